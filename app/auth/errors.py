@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from app.errors import DomainError
+
+
+class WrongCode(DomainError):
+    code = "otp_wrong"
+    status = 400
+    message_fa = "کد واردشده درست نیست."
+    message_en = "The code is not correct."
+
+
+class CodeExpired(DomainError):
+    code = "otp_expired"
+    status = 400
+    message_fa = "کد منقضی یا باطل شده است. کد تازه بگیرید."
+    message_en = "The code has expired or was used up. Ask for a new one."

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.params import JSONBody
+
+from app.auth.schemas import OtpRequest, OtpSent, OtpVerify, TokenIssued
+from app.web import Deps, client_address
+
+
+class CitizenAuthController(Controller):
+    path = "/api/v1/auth"
+    tags = ["sign-in"]
+
+    @post("/otp", status_code=202, summary="Send a one-time sign-in code by SMS")
+    async def request_code(
+        self, data: JSONBody[OtpRequest], request: Request[Any, Any, Any], container: Deps
+    ) -> OtpSent:
+        client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
+        mobile = await container.auth.request_code(mobile=data.mobile, client=client)
+        return OtpSent(mobile=mobile, expires_in=container.settings.otp_ttl_seconds)
+
+    @post("/verify", status_code=200, summary="Trade the one-time code for a bearer token")
+    async def verify(self, data: JSONBody[OtpVerify], request: Request[Any, Any, Any], container: Deps) -> TokenIssued:
+        client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
+        token = await container.auth.verify(mobile=data.mobile, code=data.code, client=client)
+        return TokenIssued(access_token=token, token_type="Bearer", expires_in=container.settings.token_ttl_seconds)

@@ -1,0 +1,67 @@
+"""Bookings: the system of record for every seat a citizen holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import Date, DateTime, ForeignKey, Index, String, UniqueConstraint, func, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base, enum_column
+from app.offices.models import Office
+
+
+class BookingStatus(enum.StrEnum):
+    BOOKED = "booked"
+    CHECKED_IN = "checked_in"
+    SERVED = "served"
+    NO_SHOW = "no_show"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (BookingStatus.BOOKED, BookingStatus.CHECKED_IN)
+"""A booking in one of these holds a seat and counts against the citizen's limits."""
+
+
+class Channel(enum.StrEnum):
+    WEB = "web"
+    SMS = "sms"
+    WALK_IN = "walk_in"
+
+
+class Booking(Base):
+    __tablename__ = "bookings"
+    __table_args__ = (
+        UniqueConstraint("mobile", "idempotency_key"),
+        # The last line of defence for "one active booking per national ID per service per
+        # day": Redis enforces it first, this index makes it hold even if Redis is wrong.
+        Index(
+            "uq_active_booking_per_service_day",
+            "national_id",
+            "service_code",
+            "date",
+            unique=True,
+            sqlite_where=text("status IN ('booked', 'checked_in')"),
+            postgresql_where=text("status IN ('booked', 'checked_in')"),
+        ),
+        Index("ix_bookings_office_day", "office_id", "date", "status"),
+        Index("ix_bookings_national_id", "national_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tracking_code: Mapped[str] = mapped_column(String(16), unique=True)
+    office_id: Mapped[int] = mapped_column(ForeignKey("offices.id"))
+    service_code: Mapped[str] = mapped_column(ForeignKey("services.code"))
+    national_id: Mapped[str] = mapped_column(String(10))
+    mobile: Mapped[str] = mapped_column(String(11))
+    date: Mapped[dt.date] = mapped_column(Date)
+    slot_time: Mapped[str] = mapped_column(String(5))
+    pool: Mapped[str] = mapped_column(String(8))
+    status: Mapped[BookingStatus] = mapped_column(enum_column(BookingStatus), default=BookingStatus.BOOKED)
+    channel: Mapped[Channel] = mapped_column(enum_column(Channel), default=Channel.WEB)
+    idempotency_key: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    office: Mapped[Office] = relationship(lazy="raise")

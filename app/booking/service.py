@@ -1,0 +1,336 @@
+"""Booking a seat: Redis decides who gets it, SQL remembers it.
+
+The order is fixed, and each step undoes the ones before it when it fails:
+1. the citizen's limits (a script on the citizen's keys, which span every office);
+2. the seat (a script on the office's keys: status, seats left and idempotency at once);
+3. the row in SQL, committed before the citizen is told "booked".
+A confirmed booking is therefore always in the record; a failed one leaves no seat taken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+
+import msgspec
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.booking.errors import (
+    BookingNotActive,
+    BookingNotFound,
+    BookingStarted,
+    IdempotencyKeyReused,
+    NotYourBooking,
+)
+from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel
+from app.booking.schemas import BookingCreate, BookingOut
+from app.booking.tracking import new_tracking_code, normalize_tracking_code
+from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
+from app.capacity.service import Capacity, Reserved
+from app.clock import Clock
+from app.errors import InvalidInput, ServiceUnavailable
+from app.identity import mask_mobile, mask_national_id, normalize_national_id
+from app.locale import jalali_datetime, normalize_digits, parse_date
+from app.offices.models import Office, Service
+from app.offices.service import BookableOffice, bookable_office
+from app.sms.backends import OutboundSms, SmsBackend
+
+log = logging.getLogger(__name__)
+
+_SLOT_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})")
+_IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+class BookingRules(msgspec.Struct, frozen=True):
+    horizon_days: int
+    max_active: int
+
+
+class Booked(msgspec.Struct, frozen=True):
+    booking: BookingOut
+    replay: bool
+
+
+def parse_slot(value: str) -> str:
+    match = _SLOT_RE.fullmatch(normalize_digits(value).strip())
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise InvalidInput("slot", "A slot is a time like 09:30.", detail_fa="زمان نوبت باید مانند ۹:۳۰ باشد.")
+    return f"{int(match[1]):02d}:{match[2]}"
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_RE.fullmatch(value):
+        raise InvalidInput(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1 to 64 visible ASCII characters.",
+            detail_fa="سرآیند Idempotency-Key باید ۱ تا ۶۴ نویسهٔ لاتین باشد.",
+        )
+    return value
+
+
+class BookingService:
+    def __init__(self, *, capacity: Capacity, clock: Clock, rules: BookingRules, sms: SmsBackend) -> None:
+        self.capacity = capacity
+        self.clock = clock
+        self.rules = rules
+        self.sms = sms
+
+    def _check_date(self, day: dt.date, today: dt.date) -> None:
+        last = today + dt.timedelta(days=self.rules.horizon_days - 1)
+        if not today <= day <= last:
+            raise InvalidInput(
+                "date",
+                f"Bookings are open from {today.isoformat()} to {last.isoformat()}.",
+                detail_fa=f"نوبت فقط برای امروز تا {self.rules.horizon_days - 1} روز آینده داده می‌شود.",
+                first=today.isoformat(),
+                last=last.isoformat(),
+            )
+
+    async def book(
+        self,
+        *,
+        session: AsyncSession,
+        mobile: str,
+        request: BookingCreate,
+        idempotency_key: str | None,
+        channel: Channel = Channel.WEB,
+    ) -> Booked:
+        national_id = normalize_national_id(request.national_id)
+        day = parse_date(request.date)
+        wanted = parse_slot(request.slot) if request.slot else None
+        idempotency_key = parse_idempotency_key(idempotency_key)
+        now = self.clock.now()
+        today = now.date()
+        self._check_date(day, today)
+        office = await bookable_office(
+            session=session, office_code=request.office_code, service_code=request.service_code
+        )
+
+        if idempotency_key:
+            earlier = await self._by_idempotency_key(session, mobile, idempotency_key)
+            if earlier is not None:
+                return self._replay(earlier, national_id, office, day, wanted)
+
+        # A slot that starts this minute has started: only later ones are bookable today.
+        not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == today else None
+        tracking_code = new_tracking_code()
+        idempotency = (mobile, idempotency_key) if idempotency_key else None
+
+        try:
+            await self.capacity.hold(
+                national_id=national_id,
+                today=today,
+                day=day,
+                service_code=office.service_code,
+                tracking_code=tracking_code,
+                limit=self.rules.max_active,
+            )
+            try:
+                reserved = await self._reserve(session, office, day, wanted, not_before, tracking_code, idempotency)
+            except BaseException:
+                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+                raise
+        except RedisError as error:
+            raise ServiceUnavailable("Capacity store unavailable.") from error
+
+        if reserved.replay:
+            # Another request with this Idempotency-Key took the seat; answer with its booking.
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            earlier = await self._by_tracking_code(session, reserved.tracking_code)
+            if earlier is None:
+                raise DuplicateRequest()
+            return self._replay(earlier, national_id, office, day, wanted)
+
+        booking = Booking(
+            tracking_code=tracking_code,
+            office_id=office.id,
+            service_code=office.service_code,
+            national_id=national_id,
+            mobile=mobile,
+            date=day,
+            slot_time=reserved.time,
+            pool=office.pool,
+            status=BookingStatus.BOOKED,
+            channel=channel,
+            idempotency_key=idempotency_key,
+            created_at=now,
+        )
+        try:
+            session.add(booking)
+            # The booking is a saga across Redis and SQL, so it commits here rather than in
+            # the request scope: only a committed row may be confirmed, and only a failed
+            # commit may give the seat back.
+            await session.commit()
+        except BaseException as error:
+            await session.rollback()
+            await self._undo(office, day, reserved.time, national_id, tracking_code, idempotency)
+            if isinstance(error, IntegrityError):
+                if idempotency_key and (earlier := await self._by_idempotency_key(session, mobile, idempotency_key)):
+                    return self._replay(earlier, national_id, office, day, wanted)
+                raise AlreadyBookedThatDay() from error
+            if isinstance(error, (OperationalError, SQLAlchemyError, OSError)):
+                raise ServiceUnavailable("The record is unavailable; nothing was booked.") from error
+            raise
+
+        view = booking_out(
+            booking, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
+        )
+        await self._tell(
+            mobile,
+            f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
+            f"{office.service_name_fa}\n{view.when_fa}",
+        )
+        return Booked(booking=view, replay=False)
+
+    async def _reserve(
+        self,
+        session: AsyncSession,
+        office: BookableOffice,
+        day: dt.date,
+        wanted: str | None,
+        not_before: str | None,
+        tracking_code: str,
+        idempotency: tuple[str, str] | None,
+    ) -> Reserved:
+        for _ in range(2):
+            reserved = await self.capacity.reserve(
+                office_code=office.code,
+                day=day,
+                pool=office.pool,
+                time=wanted,
+                not_before=not_before,
+                tracking_code=tracking_code,
+                idempotency=idempotency,
+            )
+            if reserved is not None:
+                return reserved
+            # The day is not in Redis yet (it just entered the horizon, or Redis lost it).
+            await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
+        raise ServiceUnavailable("Capacity for this day could not be prepared.")
+
+    async def _undo(
+        self,
+        office: BookableOffice,
+        day: dt.date,
+        time: str,
+        national_id: str,
+        tracking_code: str,
+        idempotency: tuple[str, str] | None,
+    ) -> None:
+        try:
+            await self.capacity.release(
+                office_code=office.code, day=day, pool=office.pool, time=time, idempotency=idempotency
+            )
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+        except RedisError:
+            # The seat stays counted (the safe side: never an overbooking) until the next rebuild.
+            log.exception("could not give back a seat after a failed insert")
+
+    def _replay(
+        self, earlier: Booking, national_id: str, office: BookableOffice, day: dt.date, wanted: str | None
+    ) -> Booked:
+        same = (
+            earlier.national_id == national_id
+            and earlier.office_id == office.id
+            and earlier.service_code == office.service_code
+            and earlier.date == day
+            and (wanted is None or earlier.slot_time == wanted)
+        )
+        if not same:
+            raise IdempotencyKeyReused()
+        view = booking_out(
+            earlier, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
+        )
+        return Booked(booking=view, replay=True)
+
+    async def _by_idempotency_key(self, session: AsyncSession, mobile: str, key: str) -> Booking | None:
+        return await session.scalar(select(Booking).where(Booking.mobile == mobile, Booking.idempotency_key == key))
+
+    async def _by_tracking_code(self, session: AsyncSession, code: str) -> Booking | None:
+        return await session.scalar(select(Booking).where(Booking.tracking_code == code))
+
+    async def get(self, *, session: AsyncSession, tracking_code: str) -> BookingOut:
+        booking, office_code, office_name_fa, service_name_fa = await self._load(session, tracking_code)
+        return booking_out(
+            booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
+        )
+
+    async def _load(
+        self, session: AsyncSession, tracking_code: str, *, lock: bool = False
+    ) -> tuple[Booking, str, str, str]:
+        code = normalize_tracking_code(tracking_code)
+        query = (
+            select(Booking, Office.code, Office.name_fa, Service.name_fa)
+            .join(Office, Office.id == Booking.office_id)
+            .join(Service, Service.code == Booking.service_code)
+            .where(Booking.tracking_code == code)
+        )
+        if lock:
+            query = query.with_for_update(of=Booking)
+        row = (await session.execute(query)).first()
+        if row is None:
+            raise BookingNotFound()
+        return row[0], row[1], row[2], row[3]
+
+    async def cancel(self, *, session: AsyncSession, tracking_code: str, mobile: str) -> BookingOut:
+        booking, office_code, office_name_fa, service_name_fa = await self._load(session, tracking_code, lock=True)
+        if booking.mobile != mobile:
+            raise NotYourBooking()
+        if booking.status not in ACTIVE_STATUSES:
+            raise BookingNotActive(status=booking.status.value)
+        now = self.clock.now()
+        if (booking.date, booking.slot_time) <= (now.date(), now.strftime("%H:%M")):
+            raise BookingStarted()
+        booking.status = BookingStatus.CANCELLED
+        booking.cancelled_at = now
+        try:
+            await session.commit()
+        except SQLAlchemyError as error:
+            await session.rollback()
+            raise ServiceUnavailable("The record is unavailable; the booking was not cancelled.") from error
+        # Only after the record says "cancelled" is the seat given back: a failure here
+        # leaves it counted, which the next rebuild corrects, and never double-books it.
+        try:
+            await self.capacity.release(
+                office_code=office_code, day=booking.date, pool=booking.pool, time=booking.slot_time
+            )
+            await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        except RedisError:
+            log.exception("cancelled booking's seat not released; a rebuild will free it")
+        view = booking_out(
+            booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
+        )
+        await self._tell(mobile, f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.")
+        return view
+
+    async def _tell(self, mobile: str, body: str) -> None:
+        try:
+            await self.sms.send(OutboundSms(to=mobile, body=body))
+        except Exception:
+            # The booking stands whether or not the SMS went out; the citizen has it on screen.
+            log.exception("confirmation SMS not sent")
+
+
+def booking_out(booking: Booking, *, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
+    hours, minutes = booking.slot_time.split(":")
+    return BookingOut(
+        tracking_code=booking.tracking_code,
+        status=booking.status.value,
+        office_code=office_code,
+        office_name_fa=office_name_fa,
+        service_code=booking.service_code,
+        service_name_fa=service_name_fa,
+        date=booking.date.isoformat(),
+        slot=booking.slot_time,
+        when_fa=jalali_datetime(booking.date, dt.time(int(hours), int(minutes))),
+        national_id=mask_national_id(booking.national_id),
+        mobile=mask_mobile(booking.mobile),
+        channel=booking.channel.value,
+        created_at=booking.created_at.isoformat() if booking.created_at else "",
+    )

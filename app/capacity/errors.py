@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from app.errors import DomainError
+
+
+class SlotFull(DomainError):
+    code = "slot_full"
+    status = 409
+    message_fa = "ظرفیت این نوبت پر شده است. زمان یا دفتر دیگری را انتخاب کنید."
+    message_en = "This slot is full. Choose another time or office."
+
+
+class DayFull(DomainError):
+    code = "day_full"
+    status = 409
+    message_fa = "ظرفیت این دفتر در این روز پر شده است. روز یا دفتر دیگری را انتخاب کنید."
+    message_en = "This office has no free slot left that day. Choose another day or office."
+
+
+class NoSuchSlot(DomainError):
+    code = "no_such_slot"
+    status = 422
+    message_fa = "این دفتر در این زمان نوبت نمی‌دهد."
+    message_en = "The office has no slot at that time."
+
+
+class OfficeClosed(DomainError):
+    code = "office_closed"
+    status = 409
+    message_fa = "این دفتر در این روز تعطیل است."
+    message_en = "The office is closed on that day."
+
+
+class OfficeBlocked(DomainError):
+    code = "office_blocked"
+    status = 403
+    message_fa = "این دفتر به دلیل تخلف مسدود شده است و نوبت جدید نمی‌پذیرد."
+    message_en = "This office is blocked and takes no new bookings."
+
+
+class DuplicateRequest(DomainError):
+    """The same Idempotency-Key is still being processed by another request."""
+
+    code = "request_in_progress"
+    status = 409
+    message_fa = "همین درخواست در حال انجام است. چند لحظه بعد نتیجه را ببینید."
+    message_en = "The same request is still in progress. Check again in a moment."
+
+
+class TooManyBookings(DomainError):
+    code = "too_many_bookings"
+    status = 409
+    message_fa = "هر کد ملی حداکثر {limit} نوبت فعال می‌تواند داشته باشد."
+    message_en = "A national ID may hold at most {limit} active bookings."
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            self.message_en.format(limit=limit),
+            detail_fa=self.message_fa.format(limit=limit),
+            limit=limit,
+        )
+
+
+class AlreadyBookedThatDay(DomainError):
+    code = "already_booked"
+    status = 409
+    message_fa = "این کد ملی برای همین خدمت در همین روز نوبت فعال دارد."
+    message_en = "This national ID already has an active booking for this service on that day."

@@ -1,0 +1,39 @@
+"""Every Redis key name, built in one place.
+
+An office's keys share the hash tag ``{o:CODE}`` so a script touching several of them runs
+on one Redis Cluster node; a citizen's keys share ``{c:NATIONAL_ID}``. Nothing outside this
+module spells a key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+NAMESPACE = "nobat"
+
+
+def office_day(office_code: str, day: dt.date) -> str:
+    return f"{NAMESPACE}:{{o:{office_code}}}:day:{day.isoformat()}"
+
+
+def idempotency(office_code: str, owner: str, key: str) -> str:
+    return f"{NAMESPACE}:{{o:{office_code}}}:idem:{owner}:{key}"
+
+
+def citizen_holds(national_id: str) -> str:
+    return f"{NAMESPACE}:{{c:{national_id}}}:holds"
+
+
+CITIZEN_HOLDS_PATTERN = f"{NAMESPACE}:{{c:*}}:holds"
+OFFICE_DAY_PATTERN = f"{NAMESPACE}:{{o:*}}:day:*"
+
+REBUILT_AT = f"{NAMESPACE}:rebuilt_at"
+"""Set when counters were last rebuilt from the record; absent after Redis lost its data."""
+
+
+def seats_field(pool: str, time: str) -> str:
+    return f"s|{pool}|{time}"
+
+
+def used_field(pool: str, time: str) -> str:
+    return f"u|{pool}|{time}"

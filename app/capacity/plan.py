@@ -1,0 +1,96 @@
+"""Day plans: which slots an office opens on a date, and how many seats each has.
+
+Pure functions over the weekly template; Redis holds their output for the horizon.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+SHARED_POOL = "*"
+"""Seats every service draws on, unless the template gives a service counters of its own."""
+
+
+class DayRule(msgspec.Struct, frozen=True, kw_only=True):
+    opens: str  # "08:00"
+    closes: str  # "16:00"
+    slot_minutes: int = 30
+    seats: int = 2
+    # A service with counters of its own (a passport desk, say); None means the shared pool.
+    service: str | None = None
+
+
+class WeeklyTemplate(msgspec.Struct, frozen=True):
+    """Rules per weekday, 0 = Saturday (the Iranian week) … 6 = Friday."""
+
+    days: dict[int, list[DayRule]]
+
+
+class Slot(msgspec.Struct, frozen=True):
+    pool: str
+    time: str  # "HH:MM"
+    seats: int
+
+
+def iranian_weekday(day: dt.date) -> int:
+    """0 = Saturday … 6 = Friday."""
+    return (day.weekday() + 2) % 7
+
+
+def default_template(counters: int, *, rural: bool = False) -> WeeklyTemplate:
+    """Saturday to Wednesday all day, Thursday morning, Friday closed: how most offices work."""
+    seats = max(1, counters)
+    full = [DayRule(opens="08:00", closes="16:00" if not rural else "14:00", slot_minutes=30, seats=seats)]
+    half = [DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=seats)]
+    return WeeklyTemplate(days={0: full, 1: full, 2: full, 3: full, 4: full, 5: half, 6: []})
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def slots_for(template: WeeklyTemplate, day: dt.date) -> list[Slot]:
+    """The slots of one date, in time order; a slot must end by closing time."""
+    slots: list[Slot] = []
+    for rule in template.days.get(iranian_weekday(day), []):
+        pool = rule.service or SHARED_POOL
+        start, end = _minutes(rule.opens), _minutes(rule.closes)
+        while start + rule.slot_minutes <= end:
+            slots.append(Slot(pool=pool, time=_hhmm(start), seats=rule.seats))
+            start += rule.slot_minutes
+    slots.sort(key=lambda s: (s.time, s.pool))
+    return slots
+
+
+def pool_for(template: WeeklyTemplate, service_code: str) -> str:
+    """The pool a service books from: its own counters if the template has any, else the shared seats."""
+    for rules in template.days.values():
+        if any(rule.service == service_code for rule in rules):
+            return service_code
+    return SHARED_POOL
+
+
+def opening_hours(template: WeeklyTemplate) -> dict[int, list[tuple[str, str]]]:
+    return {
+        weekday: sorted({(rule.opens, rule.closes) for rule in rules})
+        for weekday, rules in sorted(template.days.items())
+    }
+
+
+_decoder = msgspec.json.Decoder(WeeklyTemplate)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_template(raw: str | bytes) -> WeeklyTemplate:
+    return _decoder.decode(raw)
+
+
+def encode_template(template: WeeklyTemplate) -> str:
+    return _encoder.encode(template).decode()

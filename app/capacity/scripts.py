@@ -1,0 +1,150 @@
+"""The Lua scripts that move seats, and typed wrappers that turn their answers into domain errors.
+
+Each script touches keys of one hash tag only (one office, or one citizen), so the same
+script runs unchanged on a single Redis and on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+RESERVE = """
+-- KEYS[1] = the office's day hash (status, cap, seats and used per slot)
+-- KEYS[2] = the idempotency key of this request (same hash tag as KEYS[1])
+-- ARGV[1] = pool ("*" or a service code)
+-- ARGV[2] = slot time "HH:MM", or "" for the earliest free slot
+-- ARGV[3] = earliest time still bookable "HH:MM" ("" = any): past slots of today are out
+-- ARGV[4] = tracking code of this booking
+-- ARGV[5] = idempotency TTL in seconds (0 = the request carries no idempotency key)
+-- Returns {outcome, slot time, tracking code}; outcome is OK, REPLAY, NO_DAY, BLOCKED,
+-- CLOSED, NO_SLOT, FULL or DAY_FULL.
+local day = KEYS[1]
+if redis.call('EXISTS', day) == 0 then return {'NO_DAY', '', ''} end
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  local earlier = redis.call('GET', KEYS[2])
+  if earlier then return {'REPLAY', '', earlier} end
+end
+local status = redis.call('HGET', day, '_status')
+if status == 'blocked' then return {'BLOCKED', '', ''} end
+local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
+local pool, wanted, not_before = ARGV[1], ARGV[2], ARGV[3]
+
+local function free_seats(time)
+  local seats = tonumber(redis.call('HGET', day, 's|' .. pool .. '|' .. time) or '-1')
+  if seats < 0 then return nil end
+  local used = tonumber(redis.call('HGET', day, 'u|' .. pool .. '|' .. time) or '0')
+  return math.floor(seats * cap / 100) - used
+end
+
+local chosen = nil
+if wanted ~= '' then
+  if not_before ~= '' and wanted < not_before then return {'NO_SLOT', wanted, ''} end
+  local free = free_seats(wanted)
+  if free == nil then return {'NO_SLOT', wanted, ''} end
+  if free <= 0 then return {'FULL', wanted, ''} end
+  chosen = wanted
+else
+  local prefix = 's|' .. pool .. '|'
+  local times = {}
+  local fields = redis.call('HKEYS', day)
+  for _, field in ipairs(fields) do
+    if string.sub(field, 1, #prefix) == prefix then
+      local time = string.sub(field, #prefix + 1)
+      if not_before == '' or time >= not_before then table.insert(times, time) end
+    end
+  end
+  if #times == 0 then return {'CLOSED', '', ''} end
+  table.sort(times)
+  for _, time in ipairs(times) do
+    if free_seats(time) > 0 then chosen = time break end
+  end
+  if chosen == nil then return {'DAY_FULL', '', ''} end
+end
+redis.call('HINCRBY', day, 'u|' .. pool .. '|' .. chosen, 1)
+if ttl > 0 then redis.call('SET', KEYS[2], ARGV[4], 'EX', ttl) end
+return {'OK', chosen, ARGV[4]}
+"""
+
+RELEASE = """
+-- KEYS[1] = the office's day hash
+-- KEYS[2] = the idempotency key to forget ("" hash-tagged dummy when none)
+-- ARGV[1] = pool, ARGV[2] = slot time
+-- Frees one seat; never drives a counter below zero. A missing day (Redis emptied) is
+-- left alone: the rebuild counts from the record, where this booking is not active.
+local day = KEYS[1]
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', day) == 0 then return -1 end
+local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
+local used = tonumber(redis.call('HGET', day, field) or '0')
+if used <= 0 then return 0 end
+return redis.call('HINCRBY', day, field, -1)
+"""
+
+MATERIALISE = """
+-- KEYS[1] = the office's day hash
+-- ARGV[1] = "replace" to overwrite, "create" to write only if the day is absent
+-- ARGV[2] = unix time the key expires at (the day after the date)
+-- ARGV[3..] = field, value pairs (_status, _cap, s|pool|time, u|pool|time)
+-- Returns 1 when it wrote, 0 when the day was already there.
+local day = KEYS[1]
+if ARGV[1] == 'create' and redis.call('EXISTS', day) == 1 then return 0 end
+redis.call('DEL', day)
+for i = 3, #ARGV, 2 do redis.call('HSET', day, ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIREAT', day, tonumber(ARGV[2]))
+return 1
+"""
+
+SET_STATUS = """
+-- KEYS[1..n] = day hashes of one office
+-- ARGV[1] = status (active, restricted, blocked), ARGV[2] = cap percent
+for _, day in ipairs(KEYS) do
+  if redis.call('EXISTS', day) == 1 then
+    redis.call('HSET', day, '_status', ARGV[1], '_cap', ARGV[2])
+  end
+end
+return #KEYS
+"""
+
+HOLD = """
+-- KEYS[1] = the citizen's holds hash: tracking code -> "date|service"
+-- ARGV[1] = today "YYYY-MM-DD"; holds of earlier days are dropped as stale
+-- ARGV[2] = date of the new booking, ARGV[3] = service code
+-- ARGV[4] = tracking code of the new booking, ARGV[5] = most active bookings allowed
+-- ARGV[6] = TTL of the hash in seconds (past the booking horizon)
+-- Returns OK, SAME_DAY (an active booking for this service that day) or TOO_MANY.
+local holds = KEYS[1]
+local today, wanted = ARGV[1], ARGV[2] .. '|' .. ARGV[3]
+local entries = redis.call('HGETALL', holds)
+local active = 0
+for i = 1, #entries, 2 do
+  local value = entries[i + 1]
+  if string.sub(value, 1, 10) < today then
+    redis.call('HDEL', holds, entries[i])
+  else
+    if value == wanted then return 'SAME_DAY' end
+    active = active + 1
+  end
+end
+if active >= tonumber(ARGV[5]) then return 'TOO_MANY' end
+redis.call('HSET', holds, ARGV[4], wanted)
+redis.call('EXPIRE', holds, tonumber(ARGV[6]))
+return 'OK'
+"""
+
+
+class Scripts:
+    """The scripts registered on one connection (redis-py falls back from EVALSHA to EVAL)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.reserve = redis.register_script(RESERVE)
+        self.release = redis.register_script(RELEASE)
+        self.materialise = redis.register_script(MATERIALISE)
+        self.set_status = redis.register_script(SET_STATUS)
+        self.hold = redis.register_script(HOLD)
+
+
+def as_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

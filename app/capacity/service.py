@@ -1,0 +1,291 @@
+"""Live capacity: seats reserved and released in Redis, rebuilt from the record when lost.
+
+Redis answers "is there a seat" in one atomic step; SQL remembers who has it. Everything in
+Redis can be recomputed from SQL (``rebuild``), so losing Redis loses no booking.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from zoneinfo import ZoneInfo
+
+import msgspec
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.booking.models import ACTIVE_STATUSES, Booking
+from app.capacity import keys
+from app.capacity.errors import (
+    AlreadyBookedThatDay,
+    DayFull,
+    DuplicateRequest,
+    NoSuchSlot,
+    OfficeBlocked,
+    OfficeClosed,
+    SlotFull,
+    TooManyBookings,
+)
+from app.capacity.models import CapacityTemplate
+from app.capacity.plan import Slot, decode_template, slots_for
+from app.capacity.scripts import Scripts, as_text
+from app.offices.models import Office, OfficeStatus
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+
+class Reserved(msgspec.Struct, frozen=True):
+    time: str
+    tracking_code: str
+    replay: bool = False
+
+
+class SlotView(msgspec.Struct, frozen=True):
+    pool: str
+    time: str
+    seats: int
+    used: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.seats - self.used)
+
+
+class DayView(msgspec.Struct, frozen=True):
+    status: str
+    cap_percent: int
+    slots: list[SlotView]
+
+
+class OfficePlan(msgspec.Struct, frozen=True):
+    """What materialising an office needs from the record."""
+
+    office_id: int
+    code: str
+    status: str
+    cap_percent: int
+    template: str
+
+
+def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
+    """A day's counters live until the end of the following day, then Redis drops them."""
+    end = dt.datetime.combine(day + dt.timedelta(days=2), dt.time(), tzinfo=tz)
+    return int(end.timestamp())
+
+
+class Capacity:
+    def __init__(self, redis: Redis, *, tz: ZoneInfo, horizon_days: int) -> None:
+        self.redis = redis
+        self.scripts = Scripts(redis)
+        self.tz = tz
+        self.horizon_days = horizon_days
+
+    # --- the hot path ---
+
+    async def reserve(
+        self,
+        *,
+        office_code: str,
+        day: dt.date,
+        pool: str,
+        time: str | None,
+        not_before: str | None,
+        tracking_code: str,
+        idempotency: tuple[str, str] | None,
+    ) -> Reserved | None:
+        """Take one seat. None means the day is not in Redis yet: materialise it and call again."""
+        idem_key = (
+            keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
+        )
+        outcome, slot, code = await self.scripts.reserve(
+            keys=[keys.office_day(office_code, day), idem_key],
+            args=[pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0],
+        )
+        outcome = as_text(outcome)
+        if outcome == "OK":
+            return Reserved(time=as_text(slot), tracking_code=as_text(code))
+        if outcome == "REPLAY":
+            return Reserved(time="", tracking_code=as_text(code), replay=True)
+        if outcome == "NO_DAY":
+            return None
+        raise _RESERVE_ERRORS[outcome]()
+
+    async def release(
+        self, *, office_code: str, day: dt.date, pool: str, time: str, idempotency: tuple[str, str] | None = None
+    ) -> None:
+        idem_key = (
+            keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
+        )
+        await self.scripts.release(keys=[keys.office_day(office_code, day), idem_key], args=[pool, time])
+
+    async def hold(
+        self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
+    ) -> None:
+        """Count a booking against the citizen's limits, which span every office."""
+        outcome = as_text(
+            await self.scripts.hold(
+                keys=[keys.citizen_holds(national_id)],
+                args=[today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()],
+            )
+        )
+        if outcome == "SAME_DAY":
+            raise AlreadyBookedThatDay()
+        if outcome == "TOO_MANY":
+            raise TooManyBookings(limit)
+
+    async def unhold(self, *, national_id: str, tracking_code: str) -> None:
+        await self.redis.hdel(keys.citizen_holds(national_id), tracking_code)
+
+    def _holds_ttl(self) -> int:
+        return (self.horizon_days + 1) * 86400
+
+    # --- reading ---
+
+    async def day_view(self, *, office_code: str, day: dt.date) -> DayView | None:
+        raw = await self.redis.hgetall(keys.office_day(office_code, day))
+        if not raw:
+            return None
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
+        cap = int(fields.get("_cap", "100"))
+        slots = []
+        for field, value in fields.items():
+            if field.startswith("s|"):
+                _, pool, time = field.split("|")
+                seats = int(value) * cap // 100
+                used = int(fields.get(keys.used_field(pool, time), "0"))
+                slots.append(SlotView(pool=pool, time=time, seats=seats, used=used))
+        slots.sort(key=lambda s: (s.time, s.pool))
+        return DayView(status=fields.get("_status", "active"), cap_percent=cap, slots=slots)
+
+    # --- materialising from the record ---
+
+    def horizon(self, today: dt.date) -> list[dt.date]:
+        return [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
+
+    def _day_args(self, plan: OfficePlan, day: dt.date, used: dict[tuple[str, str], int]) -> list[str | int]:
+        args: list[str | int] = [day_expiry(day, self.tz), "_status", plan.status, "_cap", plan.cap_percent]
+        slots: Sequence[Slot] = slots_for(decode_template(plan.template), day)
+        for slot in slots:
+            args += [keys.seats_field(slot.pool, slot.time), slot.seats]
+            count = used.get((slot.pool, slot.time), 0)
+            if count:
+                args += [keys.used_field(slot.pool, slot.time), count]
+        # A booking whose slot the template no longer has still holds its seat.
+        planned = {(s.pool, s.time) for s in slots}
+        for (pool, time), count in used.items():
+            if (pool, time) not in planned:
+                args += [keys.seats_field(pool, time), 0, keys.used_field(pool, time), count]
+        return args
+
+    async def materialise_day(self, *, session: AsyncSession, office_code: str, day: dt.date) -> None:
+        """Write one office-day into Redis if it is absent (after a day rolls into the horizon or a wipe)."""
+        plans = await load_plans(session, codes=[office_code])
+        if not plans:
+            return
+        plan = plans[0]
+        used = await count_used(session, office_ids=[plan.office_id], days=[day])
+        await self.scripts.materialise(
+            keys=[keys.office_day(plan.code, day)],
+            args=["create", *self._day_args(plan, day, used.get((plan.office_id, day), {}))],
+        )
+
+    async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
+        """Recompute every counter of the horizon from the record. Returns the office-days written."""
+        days = self.horizon(today)
+        written = 0
+        plans = await load_plans(session)
+        for start in range(0, len(plans), batch):
+            chunk = plans[start : start + batch]
+            used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for plan in chunk:
+                    for day in days:
+                        args = self._day_args(plan, day, used.get((plan.office_id, day), {}))
+                        await self.scripts.materialise(
+                            keys=[keys.office_day(plan.code, day)], args=["replace", *args], client=pipe
+                        )
+                        written += 1
+                await pipe.execute()
+        await self._rebuild_holds(session=session, today=today)
+        await self.redis.set(keys.REBUILT_AT, dt.datetime.now(self.tz).isoformat())
+        log.info("capacity rebuilt", extra={"office_days": written})
+        return written
+
+    async def _rebuild_holds(self, *, session: AsyncSession, today: dt.date) -> None:
+        async for key in self.redis.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN, count=1000):
+            await self.redis.delete(key)
+        rows = await session.execute(
+            select(Booking.national_id, Booking.tracking_code, Booking.date, Booking.service_code).where(
+                Booking.status.in_(ACTIVE_STATUSES), Booking.date >= today
+            )
+        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for national_id, tracking_code, day, service_code in rows:
+                holds = keys.citizen_holds(national_id)
+                pipe.hset(holds, tracking_code, f"{day.isoformat()}|{service_code}")
+                pipe.expire(holds, self._holds_ttl())
+            await pipe.execute()
+
+    async def is_built(self) -> bool:
+        return bool(await self.redis.exists(keys.REBUILT_AT))
+
+    async def set_status(self, *, office_code: str, status: OfficeStatus, cap_percent: int, today: dt.date) -> None:
+        """Make a status change bite in the reserve script at once, for every day of the horizon."""
+        day_keys = [keys.office_day(office_code, day) for day in self.horizon(today)]
+        await self.scripts.set_status(keys=day_keys, args=[status.value, cap_percent])
+
+
+_RESERVE_ERRORS: dict[str, type[Exception]] = {
+    "BLOCKED": OfficeBlocked,
+    "CLOSED": OfficeClosed,
+    "NO_SLOT": NoSuchSlot,
+    "FULL": SlotFull,
+    "DAY_FULL": DayFull,
+    "DUPLICATE": DuplicateRequest,
+}
+
+
+async def load_plans(session: AsyncSession, *, codes: Iterable[str] | None = None) -> list[OfficePlan]:
+    query = select(Office.id, Office.code, Office.status, Office.cap_percent, CapacityTemplate.template).join(
+        CapacityTemplate, CapacityTemplate.office_id == Office.id
+    )
+    if codes is not None:
+        query = query.where(Office.code.in_(list(codes)))
+    rows = await session.execute(query.order_by(Office.id))
+    return [
+        OfficePlan(office_id=oid, code=code, status=OfficeStatus(status).value, cap_percent=cap, template=template)
+        for oid, code, status, cap, template in rows
+    ]
+
+
+async def count_used(
+    session: AsyncSession, *, office_ids: list[int], days: list[dt.date]
+) -> dict[tuple[int, dt.date], dict[tuple[str, str], int]]:
+    """Active bookings per office, day and slot, as the record has them."""
+    rows = await session.execute(
+        select(Booking.office_id, Booking.date, Booking.pool, Booking.slot_time, func.count())
+        .where(
+            Booking.office_id.in_(office_ids),
+            Booking.date.in_(days),
+            Booking.status.in_(ACTIVE_STATUSES),
+        )
+        .group_by(Booking.office_id, Booking.date, Booking.pool, Booking.slot_time)
+    )
+    used: dict[tuple[int, dt.date], dict[tuple[str, str], int]] = defaultdict(dict)
+    for office_id, day, pool, time, count in rows:
+        used[(office_id, day)][(pool, time)] = count
+    return used
+
+
+async def day_for_reading(capacity: Capacity, *, session: AsyncSession, office_code: str, day: dt.date) -> DayView:
+    """The office-day as Redis has it, materialised first if it is not there yet."""
+    view = await capacity.day_view(office_code=office_code, day=day)
+    if view is None:
+        await capacity.materialise_day(session=session, office_code=office_code, day=day)
+        view = await capacity.day_view(office_code=office_code, day=day)
+    return view or DayView(status="active", cap_percent=100, slots=[])

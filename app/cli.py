@@ -1,0 +1,87 @@
+"""Commands: run the service, load the demo network, rebuild Redis from the record.
+
+python -m app run        # embedded defaults: SQLite + redis-server under var/, demo data
+python -m app seed       # load the national demo network into an empty database
+python -m app rebuild    # recount every seat in Redis from the bookings table
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+
+from sqlalchemy import func, select
+
+from app.capacity.service import Capacity
+from app.clock import Clock
+from app.db import create_engine, create_schema, session_factory
+from app.offices import dataset
+from app.offices.models import Office
+from app.redis import connect
+from app.settings import Settings, load_settings
+
+log = logging.getLogger("nobat")
+
+
+async def seed(settings: Settings, *, offices: int) -> int:
+    """Load the demo network unless the database already has offices; returns offices loaded."""
+    engine = create_engine(settings.database_url)
+    try:
+        if settings.database_url.startswith("sqlite"):
+            settings.var_dir.mkdir(parents=True, exist_ok=True)
+        await create_schema(engine)
+        async with session_factory(engine)() as session:
+            if await session.scalar(select(func.count()).select_from(Office)):
+                return 0
+            started = time.perf_counter()
+            data = dataset.generate(offices=offices)
+            await dataset.load(session, data)
+            await session.commit()
+            log.info("demo network loaded: %d offices in %.1f s", len(data.offices), time.perf_counter() - started)
+            return len(data.offices)
+    finally:
+        await engine.dispose()
+
+
+async def rebuild(settings: Settings) -> int:
+    if not settings.redis_url:
+        raise SystemExit("rebuild needs REDIS_URL (the embedded Redis is rebuilt by the app at every start)")
+    engine = create_engine(settings.database_url)
+    redis = connect(settings.redis_url)
+    clock = Clock(settings.tz)
+    try:
+        capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
+        async with session_factory(engine)() as session:
+            return await capacity.rebuild(session=session, today=clock.today())
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m app")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve on embedded defaults, loading the demo network first if needed")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--no-seed", action="store_true", help="do not load the demo network")
+    seed_cmd = commands.add_parser("seed", help="load the national demo network into an empty database")
+    seed_cmd.add_argument("--offices", type=int, default=None)
+    commands.add_parser("rebuild", help="recount Redis from the bookings table")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+
+    if args.command == "seed":
+        loaded = asyncio.run(seed(settings, offices=args.offices or settings.demo_offices))
+        print(f"loaded {loaded} offices" if loaded else "the database already has offices; nothing loaded")
+    elif args.command == "rebuild":
+        print(f"rebuilt {asyncio.run(rebuild(settings))} office-days")
+    elif args.command == "run":
+        import uvicorn
+
+        if not args.no_seed:
+            asyncio.run(seed(settings, offices=settings.demo_offices))
+        uvicorn.run("app.main:app_from_env", factory=True, host=args.host, port=args.port, log_level="info")

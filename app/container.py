@@ -1,0 +1,61 @@
+"""The long-lived objects one app instance wires together, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.auth.service import CitizenAuth
+from app.booking.service import BookingRules, BookingService
+from app.capacity.service import Capacity
+from app.clock import Clock
+from app.db import create_engine, session_factory
+from app.ratelimit import RateLimiter
+from app.redis import connect
+from app.settings import Settings
+from app.sms.backends import ConsoleBackend, SmsBackend
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    clock: Clock
+    capacity: Capacity
+    sms: SmsBackend
+    auth: CitizenAuth
+    bookings: BookingService
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+
+def build_container(settings: Settings, redis_url: str) -> Container:
+    engine = create_engine(settings.database_url)
+    redis = connect(redis_url)
+    clock = Clock(settings.tz)
+    capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
+    sms: SmsBackend = ConsoleBackend(redis)
+    auth = CitizenAuth(redis=redis, settings=settings, limiter=RateLimiter(redis), sms=sms)
+    bookings = BookingService(
+        capacity=capacity,
+        clock=clock,
+        rules=BookingRules(horizon_days=settings.horizon_days, max_active=settings.max_active_bookings),
+        sms=sms,
+    )
+    return Container(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        redis=redis,
+        clock=clock,
+        capacity=capacity,
+        sms=sms,
+        auth=auth,
+        bookings=bookings,
+    )

@@ -1,0 +1,68 @@
+"""The record: one async engine, one session per request, one transaction per session."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+
+from sqlalchemy import Enum, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def enum_column(cls: type[enum.StrEnum]) -> Enum:
+    # Stored as plain strings, checked by the application: adding a value needs no migration.
+    return Enum(cls, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+
+
+def create_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    # WAL lets readers go on while a booking commits; the busy timeout makes writers
+    # queue instead of failing with "database is locked" during a rush.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """Yield a session; commit when the handler returned, roll back when it raised."""
+    async with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    # Import every domain's models so their tables are on Base.metadata.
+    from app.booking import models as _booking  # noqa: F401
+    from app.capacity import models as _capacity  # noqa: F401
+    from app.offices import models as _offices  # noqa: F401
+
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+
+
+__all__ = ["Base", "Engine", "create_engine", "create_schema", "session_factory", "session_scope"]

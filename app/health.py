@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+from sqlalchemy import text
+
+from app.web import Deps
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+    include_in_schema = False
+
+    @get("/live")
+    async def live(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/ready")
+    async def ready(self, container: Deps) -> Response[dict[str, str]]:
+        checks = {"database": "ok", "redis": "ok"}
+        try:
+            async with container.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            checks["database"] = "unavailable"
+        try:
+            await container.redis.ping()
+        except Exception:
+            checks["redis"] = "unavailable"
+        ready = all(v == "ok" for v in checks.values())
+        return Response(
+            {"status": "ready" if ready else "unavailable", **checks},
+            status_code=200 if ready else 503,
+            headers={} if ready else {"Retry-After": "5"},
+        )

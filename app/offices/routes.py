@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from app.capacity.service import day_for_reading
+from app.errors import InvalidInput
+from app.locale import jalali_date, jalali_time, parse_date
+from app.offices import service
+from app.offices.schemas import DaySlots, OfficeDetail, OfficePage, ServiceOut, SlotOut
+from app.web import Deps, Session
+
+
+class OfficesController(Controller):
+    path = "/api/v1"
+    tags = ["offices"]
+
+    @get("/services", summary="The national service catalogue")
+    async def services(self, session: Session) -> list[ServiceOut]:
+        return await service.list_services(session=session)
+
+    @get("/offices", summary="Find offices by province, city and service")
+    async def offices(
+        self,
+        session: Session,
+        province: FromQuery[str | None] = None,
+        city: FromQuery[str | None] = None,
+        service_code: Annotated[str | None, QueryParameter(name="service")] = None,
+        limit: FromQuery[int] = 20,
+        offset: FromQuery[int] = 0,
+    ) -> OfficePage:
+        return await service.search_offices(
+            session=session, province=province, city=city, service=service_code, limit=limit, offset=offset
+        )
+
+    @get("/offices/{code:str}", summary="One office, its services and opening hours")
+    async def office(self, code: FromPath[str], session: Session) -> OfficeDetail:
+        return await service.get_office(session=session, code=code)
+
+    @get("/offices/{code:str}/slots", summary="An office's slots for one service on one day")
+    async def slots(
+        self,
+        code: FromPath[str],
+        session: Session,
+        container: Deps,
+        service_code: Annotated[str, QueryParameter(name="service")],
+        date: FromQuery[str | None] = None,
+    ) -> DaySlots:
+        now = container.clock.now()
+        day = parse_date(date) if date else now.date()
+        last = now.date().toordinal() + container.settings.horizon_days - 1
+        if not now.date().toordinal() <= day.toordinal() <= last:
+            raise InvalidInput(
+                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
+            )
+        office = await service.bookable_office(session=session, office_code=code, service_code=service_code)
+        view = await day_for_reading(container.capacity, session=session, office_code=office.code, day=day)
+        not_before = now.strftime("%H:%M") if day == now.date() else ""
+        slots = [
+            SlotOut(time=s.time, seats=s.seats, free=s.free, label_fa=jalali_time(dt.time.fromisoformat(s.time)))
+            for s in view.slots
+            if s.pool == office.pool and s.time > not_before
+        ]
+        return DaySlots(
+            office_code=office.code,
+            service_code=office.service_code,
+            date=day.isoformat(),
+            date_fa=jalali_date(day),
+            status=view.status,
+            slots=slots,
+        )

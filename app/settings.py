@@ -1,0 +1,123 @@
+"""Settings, read once from the environment.
+
+Every knob a deployment may need is here, grouped by concern, with its environment
+variable beside it; the README's table is written from this file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    # --- storage ---
+    database_url: str = f"sqlite+aiosqlite:///{ROOT / 'var' / 'nobat.db'}"
+    """DATABASE_URL: the system of record. SQLite embedded by default; PostgreSQL in production."""
+    redis_url: str | None = None
+    """REDIS_URL: live capacity. Unset: the app starts an embedded redis-server under var/."""
+    var_dir: Path = ROOT / "var"
+    """NOBAT_VAR_DIR: where the embedded database and Redis keep their files."""
+
+    # --- public identity ---
+    public_url: str = "http://127.0.0.1:8000"
+    """NOBAT_PUBLIC_URL: the address citizens and Twilio reach us at (signatures are checked against it)."""
+    secret_key: str = ""
+    """NOBAT_SECRET_KEY: signs citizen tokens. Unset: a random key per start (tokens die with restarts)."""
+    tz: str = "Asia/Tehran"
+    """NOBAT_TZ: the time zone every office works in."""
+
+    # --- SMS ---
+    sms_backend: str = "console"
+    """NOBAT_SMS_BACKEND: `console` prints and keeps an outbox in Redis; `twilio` sends for real."""
+    twilio_account_sid: str = ""
+    """TWILIO_ACCOUNT_SID."""
+    twilio_auth_token: str = ""
+    """TWILIO_AUTH_TOKEN: also the key inbound signatures are checked with."""
+    twilio_from: str = ""
+    """TWILIO_FROM: the number (or messaging service) messages are sent from."""
+    twilio_api_base_url: str = ""
+    """TWILIO_API_BASE_URL: send to a Twilio-compatible stand-in instead of api.twilio.com."""
+
+    # --- booking rules ---
+    horizon_days: int = 14
+    """NOBAT_HORIZON_DAYS: how many days ahead (today included) citizens may book."""
+    max_active_bookings: int = 3
+    """NOBAT_MAX_ACTIVE_BOOKINGS: active bookings one national ID may hold at once."""
+
+    # --- sign-in ---
+    otp_ttl_seconds: int = 120
+    """NOBAT_OTP_TTL_SECONDS: how long a one-time code lives."""
+    otp_max_attempts: int = 5
+    """NOBAT_OTP_MAX_ATTEMPTS: wrong tries that burn a code."""
+    token_ttl_seconds: int = 24 * 3600
+    """NOBAT_TOKEN_TTL_SECONDS: how long a citizen's bearer token is good for."""
+    otp_per_mobile: str = "3/600"
+    """NOBAT_OTP_PER_MOBILE: codes one mobile may ask for, as count/seconds."""
+    otp_per_address: str = "300/600"
+    """NOBAT_OTP_PER_ADDRESS: codes one client address may ask for (generous: carrier NAT)."""
+    verify_per_address: str = "600/600"
+    """NOBAT_VERIFY_PER_ADDRESS: verification attempts one client address may make."""
+    trust_forwarded_for: bool = False
+    """NOBAT_TRUST_FORWARDED_FOR: take the client address from X-Forwarded-For (behind our own proxy only)."""
+
+    # --- demo ---
+    demo_offices: int = 17000
+    """NOBAT_DEMO_OFFICES: offices the demo dataset generates."""
+
+    def with_(self, **changes: object) -> Settings:
+        return msgspec.structs.replace(self, **changes)
+
+
+_ENV = {
+    "database_url": "DATABASE_URL",
+    "redis_url": "REDIS_URL",
+    "var_dir": "NOBAT_VAR_DIR",
+    "public_url": "NOBAT_PUBLIC_URL",
+    "secret_key": "NOBAT_SECRET_KEY",
+    "tz": "NOBAT_TZ",
+    "sms_backend": "NOBAT_SMS_BACKEND",
+    "twilio_account_sid": "TWILIO_ACCOUNT_SID",
+    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+    "twilio_from": "TWILIO_FROM",
+    "twilio_api_base_url": "TWILIO_API_BASE_URL",
+    "horizon_days": "NOBAT_HORIZON_DAYS",
+    "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
+    "otp_ttl_seconds": "NOBAT_OTP_TTL_SECONDS",
+    "otp_max_attempts": "NOBAT_OTP_MAX_ATTEMPTS",
+    "token_ttl_seconds": "NOBAT_TOKEN_TTL_SECONDS",
+    "otp_per_mobile": "NOBAT_OTP_PER_MOBILE",
+    "otp_per_address": "NOBAT_OTP_PER_ADDRESS",
+    "verify_per_address": "NOBAT_VERIFY_PER_ADDRESS",
+    "trust_forwarded_for": "NOBAT_TRUST_FORWARDED_FOR",
+    "demo_offices": "NOBAT_DEMO_OFFICES",
+}
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from the environment; a malformed value fails at start, not mid-rush."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {field: env[var] for field, var in _ENV.items() if env.get(var)}
+    settings = msgspec.convert(raw, Settings, strict=False)
+    if not settings.secret_key:
+        settings = settings.with_(secret_key=secrets.token_urlsafe(32))
+    for limit in (settings.otp_per_mobile, settings.otp_per_address, settings.verify_per_address):
+        parse_limit(limit)
+    return settings
+
+
+def parse_limit(value: str) -> tuple[int, int]:
+    """'3/600' -> (3 requests, 600 seconds)."""
+    count, _, seconds = value.partition("/")
+    try:
+        parsed = int(count), int(seconds)
+    except ValueError:
+        raise ValueError(f"a limit must look like COUNT/SECONDS, not {value!r}") from None
+    if parsed[0] < 1 or parsed[1] < 1:
+        raise ValueError(f"a limit must be positive, not {value!r}")
+    return parsed

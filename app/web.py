@@ -1,0 +1,96 @@
+"""Shared HTTP plumbing: the error-to-response mapping, the request's client and citizen."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.container import Container
+from app.errors import PROBLEM_TYPE_BASE, DomainError, ServiceUnavailable, Unauthorized, problem_body
+
+log = logging.getLogger(__name__)
+
+
+def _from_domain(error: DomainError) -> ProblemDetailsException:
+    body = problem_body(error)
+    return ProblemDetailsException(
+        status_code=error.status,
+        detail=body.pop("detail"),
+        title=body.pop("title"),
+        type_=body.pop("type"),
+        headers=error.headers or None,
+        extra={k: v for k, v in body.items() if k != "status"},
+    )
+
+
+def _from_http(error: HTTPException) -> ProblemDetailsException:
+    if isinstance(error, ValidationException) or error.status_code == 400:
+        code, fa = "malformed_request", "درخواست ناقص یا نادرست است."
+    elif isinstance(error, NotFoundException):
+        code, fa = "not_found", "پیدا نشد."
+    elif error.status_code == 405:
+        code, fa = "method_not_allowed", "این روش برای این نشانی پذیرفته نیست."
+    elif error.status_code == 413:
+        code, fa = "too_large", "درخواست بیش از اندازه بزرگ است."
+    else:
+        code, fa = f"http_{error.status_code}", "درخواست پذیرفته نشد."
+    extra: dict[str, Any] = {"code": code, "message_fa": fa, "message_en": error.detail}
+    if error.extra:
+        extra["errors"] = error.extra
+    return ProblemDetailsException(
+        status_code=error.status_code,
+        detail=error.detail,
+        title=error.detail,
+        type_=PROBLEM_TYPE_BASE + code,
+        headers=error.headers,
+        extra=extra,
+    )
+
+
+def _unavailable(error: Exception) -> ProblemDetailsException:
+    log.warning("dependency unavailable: %s", type(error).__name__)
+    return _from_domain(ServiceUnavailable())
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            enable_for_all_http_exceptions=True,
+            exception_to_problem_detail_map={
+                DomainError: _from_domain,
+                HTTPException: _from_http,
+                RedisError: _unavailable,
+                OperationalError: _unavailable,
+                ConnectionError: _unavailable,
+            },
+        )
+    )
+
+
+def client_address(request: Request[Any, Any, Any], *, trust_forwarded_for: bool) -> str:
+    if trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            return forwarded.split(",")[0].strip()
+    return request.client.host if request.client else "unknown"
+
+
+def bearer_token(request: Request[Any, Any, Any]) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized()
+    return token.strip()
+
+
+# Explicit markers for what handlers receive (Litestar 3 drops inferred dependencies).
+Session = NamedDependency[AsyncSession]
+Deps = NamedDependency[Container]

@@ -1,0 +1,98 @@
+"""Citizen sign-in with a one-time SMS code, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+
+from app.settings import Settings
+from app.sms.backends import OUTBOX
+
+Client = AsyncTestClient[Litestar]
+
+
+def last_code(redis: SyncRedis, mobile: str) -> str:
+    import json
+
+    for raw in redis.lrange(OUTBOX, 0, 50):
+        message = json.loads(raw)
+        if message["to"] == mobile:
+            found = re.search(r"\(([0-9]{6})\)", message["body"])
+            assert found
+            return found[1]
+    raise AssertionError(f"no code sent to {mobile}")
+
+
+async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis) -> None:
+    sent = await client.post("/api/v1/auth/otp", json={"mobile": "+98 912 000 1111"})
+    assert sent.status_code == 202 and sent.json()["mobile"] == "09120001111"
+    code = last_code(redis_sync, "09120001111")
+    persian = code.translate(str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹"))
+    verified = await client.post("/api/v1/auth/verify", json={"mobile": "00989120001111", "code": persian})
+    assert verified.status_code == 200, verified.text
+    token = verified.json()["access_token"]
+    assert verified.json()["token_type"] == "Bearer"
+    again = await client.post("/api/v1/auth/verify", json={"mobile": "09120001111", "code": code})
+    assert again.status_code == 400 and again.json()["code"] == "otp_expired"
+    # The token works where a citizen must be signed in.
+    lookup = await client.post("/api/v1/bookings/ABCDEFGHJK/cancel", headers={"Authorization": f"Bearer {token}"})
+    assert lookup.status_code == 404
+
+
+async def test_five_wrong_tries_burn_the_code(client: Client, redis_sync: SyncRedis) -> None:
+    await client.post("/api/v1/auth/otp", json={"mobile": "09120002222"})
+    code = last_code(redis_sync, "09120002222")
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    for _ in range(4):
+        response = await client.post("/api/v1/auth/verify", json={"mobile": "09120002222", "code": wrong})
+        assert response.status_code == 400 and response.json()["code"] == "otp_wrong"
+    fifth = await client.post("/api/v1/auth/verify", json={"mobile": "09120002222", "code": wrong})
+    assert fifth.json()["code"] == "otp_expired"
+    right_too_late = await client.post("/api/v1/auth/verify", json={"mobile": "09120002222", "code": code})
+    assert right_too_late.status_code == 400 and right_too_late.json()["code"] == "otp_expired"
+
+
+async def test_code_expires(client: Client, redis_sync: SyncRedis) -> None:
+    await client.post("/api/v1/auth/otp", json={"mobile": "09120003333"})
+    code = last_code(redis_sync, "09120003333")
+    for key in redis_sync.scan_iter(match="nobat:otp:*"):
+        redis_sync.pexpire(key, 1)
+    await asyncio.sleep(0.01)
+    response = await client.post("/api/v1/auth/verify", json={"mobile": "09120003333", "code": code})
+    assert response.json()["code"] == "otp_expired"
+
+
+async def test_codes_are_rate_limited_per_mobile(client: Client, settings: Settings) -> None:
+    count, _ = (int(x) for x in settings.otp_per_mobile.split("/"))
+    for _ in range(count):
+        assert (await client.post("/api/v1/auth/otp", json={"mobile": "09120004444"})).status_code == 202
+    limited = await client.post("/api/v1/auth/otp", json={"mobile": "09120004444"})
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) > 0
+    assert limited.json()["code"] == "rate_limited"
+    other = await client.post("/api/v1/auth/otp", json={"mobile": "09120005555"})
+    assert other.status_code == 202
+
+
+async def test_codes_are_rate_limited_per_address(settings: Settings) -> None:
+    from app.main import create_app
+
+    app = create_app(settings.with_(otp_per_address="3/60"))
+    async with AsyncTestClient(app) as client:
+        statuses = [
+            (await client.post("/api/v1/auth/otp", json={"mobile": f"0912000600{i}"})).status_code for i in range(5)
+        ]
+    assert statuses == [202, 202, 202, 429, 429]
+
+
+async def test_bad_mobiles_and_codes_are_refused(client: Client, redis_sync: SyncRedis) -> None:
+    for mobile in ("02112345678", "0912", "abc", ""):
+        response = await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+        assert response.status_code == 422 and response.json()["field"] == "mobile"
+    response = await client.post("/api/v1/auth/verify", json={"mobile": "09120007777", "code": "12"})
+    assert response.status_code == 422 and response.json()["field"] == "code"
+    assert redis_sync.llen(OUTBOX) == 0

@@ -1,0 +1,337 @@
+"""Booking against a real Redis and a real SQLite record, through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import func, select, text
+
+from app.booking.models import Booking, BookingStatus
+from app.capacity import keys
+from app.container import Container
+from tests.conftest import World, booking_body
+
+Client = AsyncTestClient[Litestar]
+
+
+def used(redis: SyncRedis, office: str, day: dt.date, time: str, pool: str = "*") -> int:
+    return int(redis.hget(keys.office_day(office, day), keys.used_field(pool, time)) or 0)
+
+
+async def count_rows(container: Container, **where: Any) -> int:
+    async with container.sessions() as session:
+        query = select(func.count()).select_from(Booking)
+        for column, value in where.items():
+            query = query.where(getattr(Booking, column) == value)
+        return int(await session.scalar(query) or 0)
+
+
+async def test_race_of_500_for_10_seats_books_exactly_10(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(seats=10)
+    day = world.tomorrow()
+
+    async def attempt() -> Any:
+        return await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+        )
+
+    responses = await asyncio.gather(*(attempt() for _ in range(500)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(201) == 10, sorted(set(statuses))
+    assert statuses.count(409) == 490
+    assert {r.json()["code"] for r in responses if r.status_code == 409} == {"slot_full"}
+    assert used(redis_sync, office, day, "10:00") == 10
+    assert await count_rows(world.container, slot_time="10:00", status=BookingStatus.BOOKED) == 10
+    codes = {r.json()["tracking_code"] for r in responses if r.status_code == 201}
+    assert len(codes) == 10
+
+
+async def test_same_idempotency_key_books_once(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(seats=5)
+    day = world.tomorrow()
+    headers = {**world.token("09121111111"), "Idempotency-Key": "retry-me-1"}
+    body = booking_body(office, world.national_id(), day, "10:00")
+
+    first, second = await asyncio.gather(
+        client.post("/api/v1/bookings", json=body, headers=headers),
+        client.post("/api/v1/bookings", json=body, headers=headers),
+    )
+    third = await client.post("/api/v1/bookings", json=body, headers=headers)
+
+    done = [r for r in (first, second, third) if r.status_code == 201]
+    assert {r.json()["tracking_code"] for r in done} == {
+        first.json().get("tracking_code") or third.json()["tracking_code"]
+    }
+    assert third.status_code == 201 and third.headers.get("Idempotent-Replayed") == "true"
+    for response in (first, second):
+        assert response.status_code == 201 or response.json()["code"] == "request_in_progress"
+    assert used(redis_sync, office, day, "10:00") == 1
+    assert await count_rows(world.container) == 1
+
+    changed = {**body, "slot": "11:00"}
+    reused = await client.post("/api/v1/bookings", json=changed, headers=headers)
+    assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
+    assert used(redis_sync, office, day, "11:00") == 0
+
+
+async def test_failed_insert_leaves_the_seat_free(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    national_id = world.national_id()
+    async with world.container.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE bookings RENAME TO bookings_away"))
+    failed = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
+    assert failed.status_code == 503
+    assert failed.headers.get("Retry-After")
+    assert used(redis_sync, office, day, "10:00") == 0
+    assert redis_sync.hlen(keys.citizen_holds(national_id)) == 0
+
+    async with world.container.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE bookings_away RENAME TO bookings"))
+    retried = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
+    assert retried.status_code == 201
+    assert used(redis_sync, office, day, "10:00") == 1
+
+
+async def test_wiping_redis_and_rebuilding_gives_the_same_counters(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    offices = [await world.office(seats=3) for _ in range(3)]
+    day = world.tomorrow()
+    for index, office in enumerate(offices):
+        for slot in ("08:00", "08:30", "12:00")[: index + 1]:
+            for _ in range(index + 1):
+                response = await client.post(
+                    "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+                )
+                assert response.status_code == 201
+    cancelled = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(offices[0], world.national_id(), day, "09:00"),
+        headers=world.token("09125550000"),
+    )
+    cancel = await client.post(
+        f"/api/v1/bookings/{cancelled.json()['tracking_code']}/cancel", headers=world.token("09125550000")
+    )
+    assert cancel.status_code == 200
+
+    def snapshot() -> dict[str, dict[bytes, bytes]]:
+        found = {}
+        for key in redis_sync.scan_iter(match=keys.OFFICE_DAY_PATTERN):
+            found[key.decode()] = redis_sync.hgetall(key)
+        for key in redis_sync.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN):
+            found[key.decode()] = redis_sync.hgetall(key)
+        return found
+
+    async with world.container.sessions() as session:
+        await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
+    before = snapshot()
+    assert used(redis_sync, offices[2], day, "12:00") == 3
+    redis_sync.flushdb()
+    assert snapshot() == {}
+    async with world.container.sessions() as session:
+        await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
+    assert snapshot() == before
+
+
+async def test_day_missing_from_redis_is_rebuilt_on_first_booking(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    first = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert first.status_code == 201
+    redis_sync.delete(keys.office_day(office, day))
+    second = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert second.status_code == 201
+    third = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert third.status_code == 409
+    assert used(redis_sync, office, day, "10:00") == 2
+
+
+async def test_earliest_free_slot_when_none_given(client: Client, world: World) -> None:
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    first = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    second = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert (first.json()["slot"], second.json()["slot"]) == ("08:00", "08:30")
+
+
+async def test_cancel_frees_the_seat_at_once(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    owner = world.token("09123334444")
+    booked = await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=owner)
+    code = booked.json()["tracking_code"]
+    full = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert full.status_code == 409
+
+    stranger = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09127778888"))
+    assert stranger.status_code == 403 and stranger.json()["code"] == "not_your_booking"
+    anonymous = await client.post(f"/api/v1/bookings/{code}/cancel")
+    assert anonymous.status_code == 401
+
+    cancelled = await client.post(f"/api/v1/bookings/{code.lower()}/cancel", headers=owner)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert used(redis_sync, office, day, "10:00") == 0
+    again = await client.post(f"/api/v1/bookings/{code}/cancel", headers=owner)
+    assert again.status_code == 409 and again.json()["code"] == "booking_not_active"
+    rebooked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert rebooked.status_code == 201
+
+
+async def test_lookup_by_tracking_code_in_any_case(client: Client, world: World) -> None:
+    office = await world.office()
+    day = world.tomorrow()
+    national_id = world.national_id()
+    booked = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
+    code = booked.json()["tracking_code"]
+    assert len(code) == 10
+    found = await client.get(f"/api/v1/bookings/{code[:5].lower()}-{code[5:]}")
+    assert found.status_code == 200
+    view = found.json()
+    assert view["tracking_code"] == code and view["office_code"] == office and view["slot"] == "10:00"
+    assert national_id not in view["national_id"] and view["national_id"].endswith(national_id[-4:])
+    assert "ساعت ۱۰:۰۰" in view["when_fa"]
+    missing = await client.get("/api/v1/bookings/ABCDEFGHJK")
+    assert missing.status_code == 404 and missing.json()["code"] == "booking_not_found"
+    malformed = await client.get("/api/v1/bookings/xyz")
+    assert malformed.status_code == 422 and malformed.json()["field"] == "tracking_code"
+
+
+async def test_citizen_limits_hold_against_a_race_across_many_offices(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    offices = [await world.office(seats=5) for _ in range(20)]
+    day = world.tomorrow()
+    national_id = world.national_id()
+    headers = world.token()
+
+    # The same service the same day at 20 offices at once: exactly one wins.
+    same_day = await asyncio.gather(
+        *(client.post("/api/v1/bookings", json=booking_body(o, national_id, day), headers=headers) for o in offices)
+    )
+    assert [r.status_code for r in same_day].count(201) == 1
+    assert {r.json()["code"] for r in same_day if r.status_code != 201} == {"already_booked"}
+
+    # Ten different days at ten offices at once: the limit of 3 active bookings holds.
+    days = [day + dt.timedelta(days=i) for i in range(1, 11)]
+    spread = await asyncio.gather(
+        *(
+            client.post("/api/v1/bookings", json=booking_body(o, national_id, d, service="102"), headers=headers)
+            for o, d in zip(offices, days, strict=False)
+        )
+    )
+    assert [r.status_code for r in spread].count(201) == 2
+    assert {r.json()["code"] for r in spread if r.status_code != 201} == {"too_many_bookings"}
+    assert await count_rows(world.container, national_id=national_id) == 3
+    total_used = sum(used(redis_sync, o, d, "10:00") for o in offices for d in [day, *days])
+    assert total_used == 3
+
+
+async def test_bad_input_gets_a_clear_error_and_changes_nothing(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=1)
+    blocked = await world.office(status="blocked")
+    day = world.tomorrow()
+    headers = world.token()
+    good = booking_body(office, world.national_id(), day)
+    cases: list[tuple[dict[str, Any] | str, int, str]] = [
+        ({**good, "national_id": "1111111111"}, 422, "invalid_input"),
+        ({**good, "national_id": "0499370898"}, 422, "invalid_input"),
+        ({**good, "office_code": "999999"}, 404, "office_not_found"),
+        ({**good, "service_code": "999"}, 404, "service_not_found"),
+        ({**good, "service_code": "103"}, 422, "service_not_offered"),
+        ({**good, "date": (day + dt.timedelta(days=30)).isoformat()}, 422, "invalid_input"),
+        ({**good, "date": (day - dt.timedelta(days=3)).isoformat()}, 422, "invalid_input"),
+        ({**good, "date": "not-a-date"}, 422, "invalid_input"),
+        ({**good, "slot": "10:15"}, 422, "no_such_slot"),
+        ({**good, "slot": "25:00"}, 422, "invalid_input"),
+        ({**good, "office_code": blocked}, 403, "office_blocked"),
+        ({k: v for k, v in good.items() if k != "national_id"}, 400, "malformed_request"),
+        ({**good, "unexpected": 1}, 400, "malformed_request"),
+        ("{not json", 400, "malformed_request"),
+    ]
+    for body, status, code in cases:
+        if isinstance(body, str):
+            response = await client.post(
+                "/api/v1/bookings", content=body, headers={**headers, "Content-Type": "application/json"}
+            )
+        else:
+            response = await client.post("/api/v1/bookings", json=body, headers=headers)
+        assert response.status_code == status, (body, response.text)
+        problem = response.json()
+        assert problem["code"] == code, (body, problem)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert problem["message_fa"] and problem["message_en"] and problem["type"].endswith(code)
+    no_token = await client.post("/api/v1/bookings", json=good)
+    assert no_token.status_code == 401
+    bad_token = await client.post("/api/v1/bookings", json=good, headers={"Authorization": "Bearer nope"})
+    assert bad_token.status_code == 401
+    assert await count_rows(world.container) == 0
+    assert used(redis_sync, office, day, "10:00") == 0
+
+
+async def test_persian_and_arabic_digits_are_accepted(client: Client, world: World) -> None:
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    to_fa = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
+    to_ar = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    body = {
+        "national_id": "0499370899".translate(to_fa),
+        "office_code": office.translate(to_ar),
+        "service_code": "101".translate(to_fa),
+        "date": day.isoformat().translate(to_fa),
+        "slot": "10:00".translate(to_ar),
+    }
+    response = await client.post("/api/v1/bookings", json=body, headers=world.token())
+    assert response.status_code == 201, response.text
+    assert response.json()["office_code"] == office
+
+
+async def test_a_past_slot_of_today_cannot_be_booked(client: Client, world: World) -> None:
+    office = await world.office(rules=None, seats=2)
+    today = world.container.clock.today()
+    response = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "00:00"), headers=world.token()
+    )
+    assert response.status_code == 422 and response.json()["code"] == "no_such_slot"
+
+
+async def test_blocked_status_bites_in_redis_at_once(client: Client, world: World) -> None:
+    from app.offices.models import OfficeStatus
+
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    first = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert first.status_code == 201
+    # Only Redis is told (the record still says active): the reserve script alone must refuse.
+    await world.container.capacity.set_status(
+        office_code=office, status=OfficeStatus.BLOCKED, cap_percent=100, today=world.container.clock.today()
+    )
+    response = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert response.status_code == 403 and response.json()["code"] == "office_blocked"

@@ -1,0 +1,85 @@
+"""The registry API over a slice of the national demo network."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.container import Container
+from app.offices import dataset
+
+Client = AsyncTestClient[Litestar]
+
+
+@pytest.fixture
+async def demo(container: Container) -> dataset.Dataset:
+    data = dataset.slice_of(dataset.generate(offices=2000), provinces=2, offices=60)
+    async with container.sessions() as session:
+        await dataset.load(session, data)
+        await session.commit()
+    return data
+
+
+async def test_services_catalogue(client: Client, demo: dataset.Dataset) -> None:
+    response = await client.get("/api/v1/services")
+    assert response.status_code == 200
+    services = response.json()
+    assert len(services) == len(demo.services) >= 20
+    assert all(s["name_fa"] and s["duration_minutes"] > 0 for s in services)
+
+
+async def test_find_offices_by_province_city_and_service(client: Client, demo: dataset.Dataset) -> None:
+    everything = (await client.get("/api/v1/offices?limit=100")).json()
+    assert everything["total"] == len(demo.offices)
+    first = everything["items"][0]
+    by_province = (await client.get("/api/v1/offices", params={"province": first["city"]["province_fa"]})).json()
+    assert by_province["total"] >= 1
+    assert all(o["city"]["province_fa"] == first["city"]["province_fa"] for o in by_province["items"])
+    by_city = (await client.get("/api/v1/offices", params={"city": first["city"]["name_fa"], "limit": 100})).json()
+    assert first["code"] in {o["code"] for o in by_city["items"]}
+    by_service = (await client.get("/api/v1/offices", params={"service": "۱۰۱", "limit": 100})).json()
+    assert 0 < by_service["total"] <= everything["total"]
+    paged = (await client.get("/api/v1/offices", params={"limit": 5, "offset": 5})).json()
+    assert [o["code"] for o in paged["items"]] == [o["code"] for o in everything["items"][5:10]]
+    bad = await client.get("/api/v1/offices", params={"limit": 1000})
+    assert bad.status_code == 422 and bad.json()["field"] == "limit"
+
+
+async def test_one_office_and_its_slots(client: Client, demo: dataset.Dataset, container: Container) -> None:
+    listing = (await client.get("/api/v1/offices", params={"service": "101"})).json()
+    code = listing["items"][0]["code"]
+    office = await client.get(f"/api/v1/offices/{code}")
+    assert office.status_code == 200
+    detail = office.json()
+    assert "101" in {s["code"] for s in detail["services"]}
+    assert detail["opening_hours"][0]["weekday_fa"] == "شنبه"
+    # The next Saturday is a working day in every demo template.
+    today = container.clock.today()
+    saturday = today + dt.timedelta(days=(5 - today.weekday()) % 7 or 7)
+    slots = await client.get(f"/api/v1/offices/{code}/slots", params={"service": "101", "date": saturday.isoformat()})
+    assert slots.status_code == 200, slots.text
+    body = slots.json()
+    assert body["date_fa"].startswith("شنبه")
+    assert body["slots"][0]["time"] == "08:00" and body["slots"][0]["free"] == body["slots"][0]["seats"] > 0
+    friday = saturday + dt.timedelta(days=6)
+    closed = (
+        await client.get(f"/api/v1/offices/{code}/slots", params={"service": "101", "date": friday.isoformat()})
+    ).json()
+    assert closed["slots"] == []
+    missing = await client.get("/api/v1/offices/999999")
+    assert missing.status_code == 404 and missing.json()["code"] == "office_not_found"
+    far = await client.get(
+        f"/api/v1/offices/{code}/slots", params={"service": "101", "date": (today + dt.timedelta(days=40)).isoformat()}
+    )
+    assert far.status_code == 422
+
+
+async def test_health(client: Client) -> None:
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["redis"] == "ok"
+    schema = await client.get("/schema/openapi.json")
+    assert "/api/v1/bookings" in schema.json()["paths"]

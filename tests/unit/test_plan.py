@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from app.capacity.plan import (
+    DayRule,
+    WeeklyTemplate,
+    decode_template,
+    default_template,
+    encode_template,
+    iranian_weekday,
+    pool_for,
+    slots_for,
+)
+
+SATURDAY = dt.date(2026, 4, 25)  # شنبه ۵ اردیبهشت ۱۴۰۵
+
+
+def test_iranian_week_starts_on_saturday() -> None:
+    assert [iranian_weekday(SATURDAY + dt.timedelta(days=i)) for i in range(7)] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_default_template_closes_friday_and_thursday_afternoon() -> None:
+    template = default_template(3)
+    assert slots_for(template, SATURDAY + dt.timedelta(days=6)) == []
+    thursday = slots_for(template, SATURDAY + dt.timedelta(days=5))
+    assert thursday[0].time == "08:00" and thursday[-1].time == "11:30"
+    saturday = slots_for(template, SATURDAY)
+    assert len(saturday) == 16 and saturday[-1].time == "15:30" and {s.seats for s in saturday} == {3}
+
+
+def test_a_slot_must_end_by_closing_time() -> None:
+    template = WeeklyTemplate(days={0: [DayRule(opens="08:00", closes="09:40", slot_minutes=30, seats=1)]})
+    assert [s.time for s in slots_for(template, SATURDAY)] == ["08:00", "08:30", "09:00"]
+
+
+def test_a_service_with_its_own_counters_has_its_own_pool() -> None:
+    template = WeeklyTemplate(
+        days={
+            0: [
+                DayRule(opens="08:00", closes="09:00", seats=2),
+                DayRule(opens="08:00", closes="09:00", seats=1, service="120"),
+            ]
+        }
+    )
+    assert pool_for(template, "120") == "120"
+    assert pool_for(template, "101") == "*"
+    pools = {(s.pool, s.time) for s in slots_for(template, SATURDAY)}
+    assert pools == {("*", "08:00"), ("*", "08:30"), ("120", "08:00"), ("120", "08:30")}
+
+
+def test_templates_round_trip_through_json() -> None:
+    template = default_template(2, rural=True)
+    assert decode_template(encode_template(template)) == template
