@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.routes import CitizenAuthController
-from app.booking.routes import BookingsController
+from app.booking.routes import BookingsController, WaitlistController
 from app.container import Container, build_container
 from app.db import create_schema, session_scope
 from app.health import HealthController
@@ -64,7 +64,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 embedded.stop()
 
     return Litestar(
-        route_handlers=[HealthController, CitizenAuthController, OfficesController, BookingsController],
+        route_handlers=[
+            HealthController,
+            CitizenAuthController,
+            OfficesController,
+            BookingsController,
+            WaitlistController,
+        ],
         dependencies={
             "container": Provide(_container, sync_to_thread=False),
             "session": Provide(_session),

@@ -13,6 +13,7 @@ from app.offices.models import Office
 
 
 class BookingStatus(enum.StrEnum):
+    WAITLISTED = "waitlisted"  # queued for the day's next free seat; holds no seat yet
     BOOKED = "booked"
     CHECKED_IN = "checked_in"
     SERVED = "served"
@@ -20,8 +21,10 @@ class BookingStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-ACTIVE_STATUSES = (BookingStatus.BOOKED, BookingStatus.CHECKED_IN)
-"""A booking in one of these holds a seat and counts against the citizen's limits."""
+SEAT_STATUSES = (BookingStatus.BOOKED, BookingStatus.CHECKED_IN)
+"""A booking in one of these holds a seat."""
+ACTIVE_STATUSES = (BookingStatus.WAITLISTED, *SEAT_STATUSES)
+"""A booking in one of these counts against the citizen's limits (a waitlist entry too)."""
 
 
 class Channel(enum.StrEnum):
@@ -42,8 +45,8 @@ class Booking(Base):
             "service_code",
             "date",
             unique=True,
-            sqlite_where=text("status IN ('booked', 'checked_in')"),
-            postgresql_where=text("status IN ('booked', 'checked_in')"),
+            sqlite_where=text("status IN ('waitlisted', 'booked', 'checked_in')"),
+            postgresql_where=text("status IN ('waitlisted', 'booked', 'checked_in')"),
         ),
         Index("ix_bookings_office_day", "office_id", "date", "status"),
         Index("ix_bookings_national_id", "national_id", "status"),

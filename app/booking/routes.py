@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
-from app.booking.schemas import BookingCreate, BookingOut
+from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.web import Deps, Session, bearer_token
 
 
@@ -39,3 +39,15 @@ class BookingsController(Controller):
     ) -> BookingOut:
         mobile = container.auth.mobile_from_token(bearer_token(request))
         return await container.bookings.cancel(session=session, tracking_code=tracking_code, mobile=mobile)
+
+
+class WaitlistController(Controller):
+    path = "/api/v1/waitlist"
+    tags = ["bookings"]
+
+    @post("/", status_code=201, summary="Join the waitlist of an office that is full that day")
+    async def join(
+        self, data: JSONBody[WaitlistJoin], request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> BookingOut:
+        mobile = container.auth.mobile_from_token(bearer_token(request))
+        return await container.bookings.join_waitlist(session=session, mobile=mobile, request=data)

@@ -11,6 +11,13 @@ class BookingCreate(msgspec.Struct, forbid_unknown_fields=True):
     slot: str | None = None  # "HH:MM"; absent: the earliest free slot that day
 
 
+class WaitlistJoin(msgspec.Struct, forbid_unknown_fields=True):
+    national_id: str
+    office_code: str
+    service_code: str
+    date: str
+
+
 class BookingOut(msgspec.Struct):
     tracking_code: str
     status: str
@@ -25,3 +32,4 @@ class BookingOut(msgspec.Struct):
     mobile: str  # masked
     channel: str
     created_at: str
+    waitlist_position: int | None = None  # for a waitlisted booking: its place in line

@@ -15,7 +15,7 @@ import re
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,14 +27,14 @@ from app.booking.errors import (
     NotYourBooking,
 )
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel
-from app.booking.schemas import BookingCreate, BookingOut
+from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
 from app.capacity.service import Capacity, Reserved
 from app.clock import Clock
 from app.errors import InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
-from app.locale import jalali_datetime, normalize_digits, parse_date
+from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
 from app.offices.models import Office, Service
 from app.offices.service import BookableOffice, bookable_office
 from app.sms.backends import OutboundSms, SmsBackend
@@ -169,7 +169,7 @@ class BookingService:
             await session.commit()
         except BaseException as error:
             await session.rollback()
-            await self._undo(office, day, reserved.time, national_id, tracking_code, idempotency)
+            await self._undo(session, office, day, reserved.time, national_id, tracking_code, idempotency)
             if isinstance(error, IntegrityError):
                 if idempotency_key and (earlier := await self._by_idempotency_key(session, mobile, idempotency_key)):
                     return self._replay(earlier, national_id, office, day, wanted)
@@ -216,6 +216,7 @@ class BookingService:
 
     async def _undo(
         self,
+        session: AsyncSession,
         office: BookableOffice,
         day: dt.date,
         time: str,
@@ -224,11 +225,11 @@ class BookingService:
         idempotency: tuple[str, str] | None,
     ) -> None:
         try:
-            await self.capacity.release(
-                office_code=office.code, day=day, pool=office.pool, time=time, idempotency=idempotency
-            )
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-        except RedisError:
+            await self.free_seat(
+                session=session, office_code=office.code, day=day, pool=office.pool, time=time, idempotency=idempotency
+            )
+        except (RedisError, SQLAlchemyError):
             # The seat stays counted (the safe side: never an overbooking) until the next rebuild.
             log.exception("could not give back a seat after a failed insert")
 
@@ -285,7 +286,9 @@ class BookingService:
         if booking.status not in ACTIVE_STATUSES:
             raise BookingNotActive(status=booking.status.value)
         now = self.clock.now()
-        if (booking.date, booking.slot_time) <= (now.date(), now.strftime("%H:%M")):
+        waitlisted = booking.status == BookingStatus.WAITLISTED
+        starts = (booking.date, "99:99" if waitlisted else booking.slot_time)
+        if starts <= (now.date(), now.strftime("%H:%M")):
             raise BookingStarted()
         booking.status = BookingStatus.CANCELLED
         booking.cancelled_at = now
@@ -297,9 +300,18 @@ class BookingService:
         # Only after the record says "cancelled" is the seat given back: a failure here
         # leaves it counted, which the next rebuild corrects, and never double-books it.
         try:
-            await self.capacity.release(
-                office_code=office_code, day=booking.date, pool=booking.pool, time=booking.slot_time
-            )
+            if waitlisted:
+                await self.capacity.leave_waitlist(
+                    office_code=office_code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
+                )
+            else:
+                await self.free_seat(
+                    session=session,
+                    office_code=office_code,
+                    day=booking.date,
+                    pool=booking.pool,
+                    time=booking.slot_time,
+                )
             await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
         except RedisError:
             log.exception("cancelled booking's seat not released; a rebuild will free it")
@@ -308,6 +320,123 @@ class BookingService:
         )
         await self._tell(mobile, f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.")
         return view
+
+    async def free_seat(
+        self,
+        *,
+        session: AsyncSession,
+        office_code: str,
+        day: dt.date,
+        pool: str,
+        time: str,
+        idempotency: tuple[str, str] | None = None,
+    ) -> None:
+        """Give a seat back (``time`` empty: only seats added by a capacity change) and record
+        whoever on the waitlist it went to, in the same step as the release."""
+        now = self.clock.now()
+        not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else None
+        promotions = await self.capacity.release(
+            office_code=office_code, day=day, pool=pool, time=time, not_before=not_before, idempotency=idempotency
+        )
+        while promotions:
+            promotion = promotions.pop(0)
+            result = await session.execute(
+                update(Booking)
+                .where(Booking.tracking_code == promotion.tracking_code, Booking.status == BookingStatus.WAITLISTED)
+                .values(status=BookingStatus.BOOKED, slot_time=promotion.time)
+            )
+            await session.commit()
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                # They left the line a moment ago: the seat goes to the next one, or back to all.
+                promotions += await self.capacity.release(
+                    office_code=office_code, day=day, pool=pool, time=promotion.time, not_before=not_before
+                )
+                continue
+            booked, _, office_name_fa, _ = await self._load(session, promotion.tracking_code)
+            view = self._view(booked, office_code, office_name_fa, "")
+            await self._tell(
+                booked.mobile,
+                f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
+            )
+
+    async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:
+        """Queue for the day's next free seat at an office that is full that day."""
+        national_id = normalize_national_id(request.national_id)
+        day = parse_date(request.date)
+        now = self.clock.now()
+        today = now.date()
+        self._check_date(day, today)
+        office = await bookable_office(
+            session=session, office_code=request.office_code, service_code=request.service_code
+        )
+        not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == today else None
+        tracking_code = new_tracking_code()
+        try:
+            await self.capacity.hold(
+                national_id=national_id,
+                today=today,
+                day=day,
+                service_code=office.service_code,
+                tracking_code=tracking_code,
+                limit=self.rules.max_active,
+            )
+        except RedisError as error:
+            raise ServiceUnavailable("Capacity store unavailable.") from error
+        # The row is committed before the citizen joins the line in Redis, so a seat freed
+        # the next instant always finds the row it promotes.
+        booking = Booking(
+            tracking_code=tracking_code,
+            office_id=office.id,
+            service_code=office.service_code,
+            national_id=national_id,
+            mobile=mobile,
+            date=day,
+            slot_time="",
+            pool=office.pool,
+            status=BookingStatus.WAITLISTED,
+            channel=Channel.WEB,
+            created_at=now,
+        )
+        try:
+            session.add(booking)
+            await session.commit()
+        except SQLAlchemyError as error:
+            await session.rollback()
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            if isinstance(error, IntegrityError):
+                raise AlreadyBookedThatDay() from error
+            raise ServiceUnavailable("The record is unavailable; you were not added to the waitlist.") from error
+        try:
+            position = None
+            for _ in range(2):
+                position = await self.capacity.join_waitlist(
+                    office_code=office.code,
+                    day=day,
+                    pool=office.pool,
+                    not_before=not_before,
+                    tracking_code=tracking_code,
+                )
+                if position is not None:
+                    break
+                await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
+        except BaseException:
+            await session.execute(delete(Booking).where(Booking.id == booking.id))
+            await session.commit()
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            raise
+        view = self._view(booking, office.code, office.name_fa, office.service_name_fa)
+        view = msgspec.structs.replace(view, waitlist_position=position)
+        await self._tell(
+            mobile,
+            f"در فهرست انتظار {office.name_fa} برای {view.when_fa} ثبت شدید؛ نفر {to_persian_digits(str(position))}. "
+            f"کد رهگیری: {tracking_code}",
+        )
+        return view
+
+    def _view(self, booking: Booking, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
+        return booking_out(
+            booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
+        )
 
     async def _tell(self, mobile: str, body: str) -> None:
         try:
@@ -318,7 +447,11 @@ class BookingService:
 
 
 def booking_out(booking: Booking, *, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
-    hours, minutes = booking.slot_time.split(":")
+    if booking.slot_time:
+        hours, minutes = booking.slot_time.split(":")
+        when_fa = jalali_datetime(booking.date, dt.time(int(hours), int(minutes)))
+    else:
+        when_fa = jalali_date(booking.date)
     return BookingOut(
         tracking_code=booking.tracking_code,
         status=booking.status.value,
@@ -328,7 +461,7 @@ def booking_out(booking: Booking, *, office_code: str, office_name_fa: str, serv
         service_name_fa=service_name_fa,
         date=booking.date.isoformat(),
         slot=booking.slot_time,
-        when_fa=jalali_datetime(booking.date, dt.time(int(hours), int(minutes))),
+        when_fa=when_fa,
         national_id=mask_national_id(booking.national_id),
         mobile=mask_mobile(booking.mobile),
         channel=booking.channel.value,

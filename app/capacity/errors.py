@@ -66,3 +66,10 @@ class AlreadyBookedThatDay(DomainError):
     status = 409
     message_fa = "این کد ملی برای همین خدمت در همین روز نوبت فعال دارد."
     message_en = "This national ID already has an active booking for this service on that day."
+
+
+class SeatsAvailable(DomainError):
+    code = "seats_available"
+    status = 409
+    message_fa = "این روز هنوز نوبت خالی دارد؛ به جای فهرست انتظار، نوبت بگیرید."
+    message_en = "There are still free slots that day: book one instead of joining the waitlist."

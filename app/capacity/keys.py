@@ -20,6 +20,24 @@ def idempotency(office_code: str, owner: str, key: str) -> str:
     return f"{NAMESPACE}:{{o:{office_code}}}:idem:{owner}:{key}"
 
 
+def waitlist(office_code: str, day: dt.date, pool: str) -> str:
+    return f"{NAMESPACE}:{{o:{office_code}}}:wait:{day.isoformat()}:{pool}"
+
+
+def waiting_now(office_code: str) -> str:
+    """How many people the office said are waiting in its room right now."""
+    return f"{NAMESPACE}:{{o:{office_code}}}:waiting"
+
+
+def office_geo(service_code: str) -> str:
+    """Positions of the offices that offer one service (a GEO sorted set)."""
+    return f"{NAMESPACE}:geo:{service_code}"
+
+
+GEO_PATTERN = f"{NAMESPACE}:geo:*"
+WAITLIST_PATTERN = f"{NAMESPACE}:{{o:*}}:wait:*"
+
+
 def citizen_holds(national_id: str) -> str:
     return f"{NAMESPACE}:{{c:{national_id}}}:holds"
 

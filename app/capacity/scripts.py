@@ -68,19 +68,89 @@ if ttl > 0 then redis.call('SET', KEYS[2], ARGV[4], 'EX', ttl) end
 return {'OK', chosen, ARGV[4]}
 """
 
-RELEASE = """
+# Shared by the scripts that can free or add seats: hand every seat with room under the
+# cap to the head of the day's waitlist, earliest slot first, before anyone else can book.
+_FILL = """
+local function fill(day, waitlist, pool, not_before)
+  local promoted = {}
+  if redis.call('LLEN', waitlist) == 0 then return promoted end
+  if redis.call('HGET', day, '_status') == 'blocked' then return promoted end
+  local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
+  local prefix = 's|' .. pool .. '|'
+  local times = {}
+  for _, field in ipairs(redis.call('HKEYS', day)) do
+    if string.sub(field, 1, #prefix) == prefix then
+      local time = string.sub(field, #prefix + 1)
+      if not_before == '' or time >= not_before then table.insert(times, time) end
+    end
+  end
+  table.sort(times)
+  for _, time in ipairs(times) do
+    local seats = tonumber(redis.call('HGET', day, prefix .. time))
+    local used_field = 'u|' .. pool .. '|' .. time
+    local room = math.floor(seats * cap / 100) - tonumber(redis.call('HGET', day, used_field) or '0')
+    while room > 0 do
+      local code = redis.call('LPOP', waitlist)
+      if not code then return promoted end
+      redis.call('HINCRBY', day, used_field, 1)
+      table.insert(promoted, code)
+      table.insert(promoted, time)
+      room = room - 1
+    end
+  end
+  return promoted
+end
+"""
+
+RELEASE = (
+    _FILL
+    + """
 -- KEYS[1] = the office's day hash
--- KEYS[2] = the idempotency key to forget ("" hash-tagged dummy when none)
--- ARGV[1] = pool, ARGV[2] = slot time
--- Frees one seat; never drives a counter below zero. A missing day (Redis emptied) is
--- left alone: the rebuild counts from the record, where this booking is not active.
+-- KEYS[2] = the idempotency key to forget (a hash-tagged dummy when none)
+-- KEYS[3] = the day's waitlist for this pool (a list of tracking codes, first in line first)
+-- ARGV[1] = pool, ARGV[2] = slot time to free ("" frees nothing: only fill from the waitlist)
+-- ARGV[3] = earliest time still bookable "HH:MM" ("" = any)
+-- Frees one seat (never below zero), then gives every seat with room to the waitlist in
+-- the same step. Returns {tracking code, slot time, ...} of the citizens promoted. A missing
+-- day (Redis emptied) is left alone: the rebuild counts from the record.
 local day = KEYS[1]
 redis.call('DEL', KEYS[2])
-if redis.call('EXISTS', day) == 0 then return -1 end
-local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
-local used = tonumber(redis.call('HGET', day, field) or '0')
-if used <= 0 then return 0 end
-return redis.call('HINCRBY', day, field, -1)
+if redis.call('EXISTS', day) == 0 then return {} end
+if ARGV[2] ~= '' then
+  local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
+  if tonumber(redis.call('HGET', day, field) or '0') > 0 then redis.call('HINCRBY', day, field, -1) end
+end
+return fill(day, KEYS[3], ARGV[1], ARGV[3])
+"""
+)
+
+JOIN_WAITLIST = """
+-- KEYS[1] = the office's day hash, KEYS[2] = the day's waitlist for the pool
+-- ARGV[1] = pool, ARGV[2] = earliest time still bookable ("" = any), ARGV[3] = tracking code
+-- Joins only when no bookable slot has room: a citizen who can book is told to book.
+-- Returns {outcome, position}; outcome is OK, NO_DAY, BLOCKED, CLOSED or FREE.
+local day, waitlist = KEYS[1], KEYS[2]
+if redis.call('EXISTS', day) == 0 then return {'NO_DAY', 0} end
+if redis.call('HGET', day, '_status') == 'blocked' then return {'BLOCKED', 0} end
+local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
+local prefix = 's|' .. ARGV[1] .. '|'
+local open = 0
+for _, field in ipairs(redis.call('HKEYS', day)) do
+  if string.sub(field, 1, #prefix) == prefix then
+    local time = string.sub(field, #prefix + 1)
+    if ARGV[2] == '' or time >= ARGV[2] then
+      open = open + 1
+      local seats = tonumber(redis.call('HGET', day, field))
+      local used = tonumber(redis.call('HGET', day, 'u|' .. ARGV[1] .. '|' .. time) or '0')
+      if math.floor(seats * cap / 100) - used > 0 then return {'FREE', 0} end
+    end
+  end
+end
+if open == 0 then return {'CLOSED', 0} end
+local position = redis.call('RPUSH', waitlist, ARGV[3])
+local ttl = redis.call('PTTL', day)
+if ttl > 0 then redis.call('PEXPIRE', waitlist, ttl) end
+return {'OK', position}
 """
 
 MATERIALISE = """
@@ -141,6 +211,7 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.reserve = redis.register_script(RESERVE)
         self.release = redis.register_script(RELEASE)
+        self.join_waitlist = redis.register_script(JOIN_WAITLIST)
         self.materialise = redis.register_script(MATERIALISE)
         self.set_status = redis.register_script(SET_STATUS)
         self.hold = redis.register_script(HOLD)

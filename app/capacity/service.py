@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.booking.models import ACTIVE_STATUSES, Booking
+from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus
 from app.capacity import keys
 from app.capacity.errors import (
     AlreadyBookedThatDay,
@@ -26,6 +26,7 @@ from app.capacity.errors import (
     NoSuchSlot,
     OfficeBlocked,
     OfficeClosed,
+    SeatsAvailable,
     SlotFull,
     TooManyBookings,
 )
@@ -43,6 +44,13 @@ class Reserved(msgspec.Struct, frozen=True):
     time: str
     tracking_code: str
     replay: bool = False
+
+
+class Promotion(msgspec.Struct, frozen=True):
+    """A waitlisted citizen who was just given a seat."""
+
+    tracking_code: str
+    time: str
 
 
 class SlotView(msgspec.Struct, frozen=True):
@@ -99,9 +107,7 @@ class Capacity:
         idempotency: tuple[str, str] | None,
     ) -> Reserved | None:
         """Take one seat. None means the day is not in Redis yet: materialise it and call again."""
-        idem_key = (
-            keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
-        )
+        idem_key = _idempotency_key(office_code, idempotency)
         outcome, slot, code = await self.scripts.reserve(
             keys=[keys.office_day(office_code, day), idem_key],
             args=[pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0],
@@ -116,12 +122,43 @@ class Capacity:
         raise _RESERVE_ERRORS[outcome]()
 
     async def release(
-        self, *, office_code: str, day: dt.date, pool: str, time: str, idempotency: tuple[str, str] | None = None
-    ) -> None:
-        idem_key = (
-            keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
+        self,
+        *,
+        office_code: str,
+        day: dt.date,
+        pool: str,
+        time: str,
+        not_before: str | None = None,
+        idempotency: tuple[str, str] | None = None,
+    ) -> list[Promotion]:
+        """Free one seat (``time`` empty: none) and hand seats with room to the day's waitlist.
+
+        Returns who was promoted: the caller records each in SQL, or frees the seat again.
+        """
+        idem_key = _idempotency_key(office_code, idempotency)
+        raw = await self.scripts.release(
+            keys=[keys.office_day(office_code, day), idem_key, keys.waitlist(office_code, day, pool)],
+            args=[pool, time, not_before or ""],
         )
-        await self.scripts.release(keys=[keys.office_day(office_code, day), idem_key], args=[pool, time])
+        return [Promotion(tracking_code=as_text(raw[i]), time=as_text(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    async def join_waitlist(
+        self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str
+    ) -> int | None:
+        """Queue for the day's next free seat: the place in line, or None when the day is not in Redis."""
+        outcome, position = await self.scripts.join_waitlist(
+            keys=[keys.office_day(office_code, day), keys.waitlist(office_code, day, pool)],
+            args=[pool, not_before or "", tracking_code],
+        )
+        outcome = as_text(outcome)
+        if outcome == "OK":
+            return int(position)
+        if outcome == "NO_DAY":
+            return None
+        raise _WAITLIST_ERRORS[outcome]()
+
+    async def leave_waitlist(self, *, office_code: str, day: dt.date, pool: str, tracking_code: str) -> None:
+        await self.redis.lrem(keys.waitlist(office_code, day, pool), 0, tracking_code)
 
     async def hold(
         self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
@@ -212,6 +249,7 @@ class Capacity:
                         written += 1
                 await pipe.execute()
         await self._rebuild_holds(session=session, today=today)
+        await self._rebuild_waitlists(session=session, today=today)
         await self.redis.set(keys.REBUILT_AT, dt.datetime.now(self.tz).isoformat())
         log.info("capacity rebuilt", extra={"office_days": written})
         return written
@@ -231,6 +269,21 @@ class Capacity:
                 pipe.expire(holds, self._holds_ttl())
             await pipe.execute()
 
+    async def _rebuild_waitlists(self, *, session: AsyncSession, today: dt.date) -> None:
+        async for key in self.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):
+            await self.redis.delete(key)
+        rows = await session.execute(
+            select(Office.code, Booking.date, Booking.pool, Booking.tracking_code)
+            .join(Office, Office.id == Booking.office_id)
+            .where(Booking.status == BookingStatus.WAITLISTED, Booking.date >= today)
+            .order_by(Booking.created_at, Booking.id)
+        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for code, day, pool, tracking_code in rows:
+                pipe.rpush(keys.waitlist(code, day, pool), tracking_code)
+                pipe.expireat(keys.waitlist(code, day, pool), day_expiry(day, self.tz))
+            await pipe.execute()
+
     async def is_built(self) -> bool:
         return bool(await self.redis.exists(keys.REBUILT_AT))
 
@@ -240,6 +293,12 @@ class Capacity:
         await self.scripts.set_status(keys=day_keys, args=[status.value, cap_percent])
 
 
+def _idempotency_key(office_code: str, idempotency: tuple[str, str] | None) -> str:
+    # Scripts take a fixed list of keys; a request without an idempotency key passes a dummy
+    # in the office's hash slot.
+    return keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
+
+
 _RESERVE_ERRORS: dict[str, type[Exception]] = {
     "BLOCKED": OfficeBlocked,
     "CLOSED": OfficeClosed,
@@ -247,6 +306,13 @@ _RESERVE_ERRORS: dict[str, type[Exception]] = {
     "FULL": SlotFull,
     "DAY_FULL": DayFull,
     "DUPLICATE": DuplicateRequest,
+}
+
+
+_WAITLIST_ERRORS: dict[str, type[Exception]] = {
+    "BLOCKED": OfficeBlocked,
+    "CLOSED": OfficeClosed,
+    "FREE": SeatsAvailable,
 }
 
 
@@ -272,7 +338,7 @@ async def count_used(
         .where(
             Booking.office_id.in_(office_ids),
             Booking.date.in_(days),
-            Booking.status.in_(ACTIVE_STATUSES),
+            Booking.status.in_(SEAT_STATUSES),
         )
         .group_by(Booking.office_id, Booking.date, Booking.pool, Booking.slot_time)
     )

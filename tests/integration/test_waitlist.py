@@ -1,0 +1,159 @@
+"""The waitlist: a freed seat goes to the first in line in the same step as the release."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import select
+
+from app.booking.models import Booking, BookingStatus
+from app.capacity import keys
+from app.sms.backends import OUTBOX
+from tests.conftest import World, booking_body
+
+Client = AsyncTestClient[Litestar]
+
+
+def one_slot_office_rules() -> list[Any]:
+    from app.capacity.plan import DayRule
+
+    return [DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)]
+
+
+async def statuses(world: World, office: str) -> dict[str, tuple[str, str]]:
+    async with world.container.sessions() as session:
+        rows = await session.execute(select(Booking.tracking_code, Booking.status, Booking.slot_time))
+        return {code: (status.value, time) for code, status, time in rows}
+
+
+async def test_join_only_when_full_and_cancel_promotes_the_first(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    early = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert early.status_code == 409 and early.json()["code"] == "seats_available"
+
+    owner = world.token("09120000001")
+    booked = await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=owner)
+    assert booked.status_code == 201
+    first_mobile, second_mobile = "09120000002", "09120000003"
+    first = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token(first_mobile)
+    )
+    second = await client.post(
+        "/api/v1/waitlist",
+        json=booking_body(office, world.national_id(), day, None),
+        headers=world.token(second_mobile),
+    )
+    assert first.status_code == 201 and first.json()["status"] == "waitlisted"
+    assert (first.json()["waitlist_position"], second.json()["waitlist_position"]) == (1, 2)
+
+    cancel = await client.post(f"/api/v1/bookings/{booked.json()['tracking_code']}/cancel", headers=owner)
+    assert cancel.status_code == 200
+    promoted = (await client.get(f"/api/v1/bookings/{first.json()['tracking_code']}")).json()
+    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
+    still = (await client.get(f"/api/v1/bookings/{second.json()['tracking_code']}")).json()
+    assert still["status"] == "waitlisted"
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1
+    assert any(first_mobile in str(m) and "رسید" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
+
+
+async def test_leaving_the_waitlist(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    owner = world.token("09120000011")
+    booked = await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=owner)
+    leaver = world.token("09120000012")
+    queued = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=leaver
+    )
+    left = await client.post(f"/api/v1/bookings/{queued.json()['tracking_code']}/cancel", headers=leaver)
+    assert left.status_code == 200 and left.json()["status"] == "cancelled"
+    assert redis_sync.llen(keys.waitlist(office, day, "*")) == 0
+    await client.post(f"/api/v1/bookings/{booked.json()['tracking_code']}/cancel", headers=owner)
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 0
+
+
+async def test_cancel_in_a_full_slot_with_50_waiting_under_a_race(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    owner = world.token("09121000000")
+    booked = await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=owner)
+    waiting = []
+    for i in range(50):
+        joined = await client.post(
+            "/api/v1/waitlist",
+            json=booking_body(office, world.national_id(), day, None),
+            headers=world.token(f"0912200{i:04d}"),
+        )
+        assert joined.status_code == 201
+        waiting.append(joined.json()["tracking_code"])
+
+    async def new_booking() -> Any:
+        return await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+
+    results = await asyncio.gather(
+        *(new_booking() for _ in range(100)),
+        client.post(f"/api/v1/bookings/{booked.json()['tracking_code']}/cancel", headers=owner),
+        *(new_booking() for _ in range(100)),
+    )
+    assert results[100].status_code == 200
+    assert all(r.status_code == 409 for i, r in enumerate(results) if i != 100)
+    state = await statuses(world, office)
+    holders = [code for code, (status, _) in state.items() if status == "booked"]
+    assert holders == [waiting[0]]
+    assert sum(1 for status, _ in state.values() if status == "waitlisted") == 49
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1
+    assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == [c.encode() for c in waiting[1:]]
+
+
+async def test_waitlist_entries_count_against_the_limits(client: Client, world: World) -> None:
+    offices = [await world.office(rules=one_slot_office_rules()) for _ in range(4)]
+    day = world.tomorrow()
+    for office in offices:
+        await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+    national_id = world.national_id()
+    headers = world.token()
+    same_day = [
+        await client.post("/api/v1/waitlist", json=booking_body(o, national_id, day, None), headers=headers)
+        for o in offices[:2]
+    ]
+    assert [r.status_code for r in same_day] == [201, 409]
+    assert same_day[1].json()["code"] == "already_booked"
+    other = [
+        await client.post(
+            "/api/v1/waitlist", json=booking_body(o, national_id, day, None, service="102"), headers=headers
+        )
+        for o in offices[2:]
+    ]
+    assert [r.status_code for r in other] == [201, 409]
+
+
+async def test_rebuild_keeps_the_line(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+    codes = []
+    for _ in range(3):
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+        )
+        codes.append(joined.json()["tracking_code"].encode())
+    redis_sync.flushdb()
+    async with world.container.sessions() as session:
+        await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
+    assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == codes
+    assert BookingStatus.WAITLISTED.value == "waitlisted"
