@@ -60,6 +60,45 @@ async def rebuild(settings: Settings) -> int:
         await engine.dispose()
 
 
+async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
+    from app.capacity import crowd_caps
+    from app.locale import parse_date
+
+    if not settings.redis_url:
+        raise SystemExit("crowd-cap needs REDIS_URL: the cap must bite in the running service's Redis")
+    engine = create_engine(settings.database_url)
+    redis = connect(settings.redis_url)
+    clock = Clock(settings.tz)
+    capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
+    try:
+        async with session_factory(engine)() as session:
+            if args.action == "add":
+                cap = await crowd_caps.add(
+                    session=session,
+                    capacity=capacity,
+                    today=clock.today(),
+                    province_code=args.province,
+                    starts_on=parse_date(args.starts),
+                    ends_on=parse_date(args.ends),
+                    percent=args.percent,
+                    reason=args.reason,
+                    created_by="cli",
+                )
+                print(cap)
+            elif args.action == "lift":
+                print(
+                    await crowd_caps.lift(
+                        session=session, capacity=capacity, today=clock.today(), cap_id=args.id, now=clock.now()
+                    )
+                )
+            else:
+                for cap in await crowd_caps.list_caps(session=session):
+                    print(cap)
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="python -m app")
@@ -71,6 +110,17 @@ def main(argv: list[str] | None = None) -> None:
     seed_cmd = commands.add_parser("seed", help="load the national demo network into an empty database")
     seed_cmd.add_argument("--offices", type=int, default=None)
     commands.add_parser("rebuild", help="recount Redis from the bookings table")
+    cap_cmd = commands.add_parser("crowd-cap", help="cap offices of a province (or all) at a share of their seats")
+    cap_actions = cap_cmd.add_subparsers(dest="action", required=True)
+    cap_add = cap_actions.add_parser("add")
+    cap_add.add_argument("--province", default=None, help="two-digit province code; omit for the whole country")
+    cap_add.add_argument("--from", dest="starts", required=True)
+    cap_add.add_argument("--to", dest="ends", required=True)
+    cap_add.add_argument("--percent", type=int, required=True)
+    cap_add.add_argument("--reason", required=True)
+    cap_lift = cap_actions.add_parser("lift")
+    cap_lift.add_argument("id", type=int)
+    cap_actions.add_parser("list")
     args = parser.parse_args(argv)
     settings = load_settings()
 
@@ -79,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"loaded {loaded} offices" if loaded else "the database already has offices; nothing loaded")
     elif args.command == "rebuild":
         print(f"rebuilt {asyncio.run(rebuild(settings))} office-days")
+    elif args.command == "crowd-cap":
+        asyncio.run(crowd_cap(settings, args))
     elif args.command == "run":
         import uvicorn
 

@@ -12,6 +12,7 @@ from app.booking.service import BookingRules, BookingService
 from app.capacity.service import Capacity
 from app.clock import Clock
 from app.db import create_engine, session_factory
+from app.load.service import LoadService
 from app.ratelimit import RateLimiter
 from app.redis import connect
 from app.settings import Settings
@@ -29,6 +30,7 @@ class Container:
     sms: SmsBackend
     auth: CitizenAuth
     bookings: BookingService
+    load: LoadService
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -58,4 +60,5 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         sms=sms,
         auth=auth,
         bookings=bookings,
+        load=LoadService(capacity=capacity, clock=clock),
     )

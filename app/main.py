@@ -18,6 +18,7 @@ from app.booking.routes import BookingsController, WaitlistController
 from app.container import Container, build_container
 from app.db import create_schema, session_scope
 from app.health import HealthController
+from app.load.routes import LoadController
 from app.offices.routes import OfficesController
 from app.redis import EmbeddedRedis
 from app.settings import Settings, load_settings
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             HealthController,
             CitizenAuthController,
+            LoadController,
             OfficesController,
             BookingsController,
             WaitlistController,

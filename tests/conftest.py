@@ -126,6 +126,8 @@ class World:
         rules: list[DayRule] | None = None,
         status: str = "active",
         services: tuple[str, ...] = ("101", "102"),
+        lat: float = 35.7,
+        lon: float = 51.4,
     ) -> str:
         from app.capacity.models import CapacityTemplate
         from app.offices.models import Office, OfficeKind, OfficeService, OfficeStatus
@@ -138,7 +140,7 @@ class World:
             session.add(
                 Office(
                     id=office_id, code=code, name_fa=f"دفتر {code}", kind=OfficeKind.COUNTER, city_id=1,
-                    address_fa="-", lat=35.7, lon=51.4, status=OfficeStatus(status), cap_percent=100, counters=seats,
+                    address_fa="-", lat=lat, lon=lon, status=OfficeStatus(status), cap_percent=100, counters=seats,
                 )
             )  # fmt: skip
             await session.flush()
@@ -148,6 +150,11 @@ class World:
             session.add(CapacityTemplate(office_id=office_id, template=template_every_day(rules)))
             await session.commit()
         return code
+
+    async def rebuild(self) -> None:
+        """Count Redis again from the record (offices made after the app started are then indexed)."""
+        async with self.container.sessions() as session:
+            await self.container.capacity.rebuild(session=session, today=self.container.clock.today())
 
     def national_id(self) -> str:
         return generate_national_id(self.rng)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, Text
+import datetime as dt
+
+from sqlalchemy import Date, DateTime, ForeignKey, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -19,3 +21,21 @@ class CapacityTemplate(Base):
 
     office_id: Mapped[int] = mapped_column(ForeignKey("offices.id"), primary_key=True)
     template: Mapped[str] = mapped_column(Text)
+
+
+class CrowdCap(Base):
+    """A regulator's cap on new bookings: every office of a province (or of the country) may
+    fill at most ``percent`` of its normal seats on the dates given, as epidemic directives
+    ordered. Bookings made before the cap stand."""
+
+    __tablename__ = "crowd_caps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    province_id: Mapped[int | None] = mapped_column(ForeignKey("provinces.id"))  # None: the whole country
+    starts_on: Mapped[dt.date] = mapped_column(Date)
+    ends_on: Mapped[dt.date] = mapped_column(Date)
+    percent: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    lifted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

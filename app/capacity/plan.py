@@ -77,6 +77,25 @@ def pool_for(template: WeeklyTemplate, service_code: str) -> str:
     return SHARED_POOL
 
 
+class CapRule(msgspec.Struct, frozen=True):
+    """A crowd cap as the plan needs it: where (None = everywhere), when, how much."""
+
+    province_id: int | None
+    starts_on: dt.date
+    ends_on: dt.date
+    percent: int
+
+
+def effective_cap(*, status: str, office_cap_percent: int, province_id: int, day: dt.date, caps: list[CapRule]) -> int:
+    """The share of its seats an office may fill on a day: the tightest of its own
+    restriction and every crowd cap over its province on that day."""
+    cap = office_cap_percent if status == "restricted" else 100
+    for rule in caps:
+        if rule.starts_on <= day <= rule.ends_on and rule.province_id in (None, province_id):
+            cap = min(cap, rule.percent)
+    return max(0, min(100, cap))
+
+
 def opening_hours(template: WeeklyTemplate) -> dict[int, list[tuple[str, str]]]:
     return {
         weekday: sorted({(rule.opens, rule.closes) for rule in rules})

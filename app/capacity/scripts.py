@@ -167,12 +167,13 @@ redis.call('EXPIREAT', day, tonumber(ARGV[2]))
 return 1
 """
 
-SET_STATUS = """
+SET_META = """
 -- KEYS[1..n] = day hashes of one office
--- ARGV[1] = status (active, restricted, blocked), ARGV[2] = cap percent
-for _, day in ipairs(KEYS) do
+-- ARGV[1] = status (active, restricted, blocked), ARGV[2..n+1] = cap percent of each day
+-- Days not in Redis are skipped: materialising them reads the record, which already agrees.
+for i, day in ipairs(KEYS) do
   if redis.call('EXISTS', day) == 1 then
-    redis.call('HSET', day, '_status', ARGV[1], '_cap', ARGV[2])
+    redis.call('HSET', day, '_status', ARGV[1], '_cap', ARGV[i + 1])
   end
 end
 return #KEYS
@@ -213,7 +214,7 @@ class Scripts:
         self.release = redis.register_script(RELEASE)
         self.join_waitlist = redis.register_script(JOIN_WAITLIST)
         self.materialise = redis.register_script(MATERIALISE)
-        self.set_status = redis.register_script(SET_STATUS)
+        self.set_meta = redis.register_script(SET_META)
         self.hold = redis.register_script(HOLD)
 
 

@@ -30,10 +30,10 @@ from app.capacity.errors import (
     SlotFull,
     TooManyBookings,
 )
-from app.capacity.models import CapacityTemplate
-from app.capacity.plan import Slot, decode_template, slots_for
+from app.capacity.models import CapacityTemplate, CrowdCap
+from app.capacity.plan import CapRule, Slot, decode_template, effective_cap, slots_for
 from app.capacity.scripts import Scripts, as_text
-from app.offices.models import Office, OfficeStatus
+from app.offices.models import City, Office, OfficeService, OfficeStatus
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,15 @@ class OfficePlan(msgspec.Struct, frozen=True):
 
     office_id: int
     code: str
+    province_id: int
     status: str
     cap_percent: int
     template: str
+
+    def cap(self, day: dt.date, caps: list[CapRule]) -> int:
+        return effective_cap(
+            status=self.status, office_cap_percent=self.cap_percent, province_id=self.province_id, day=day, caps=caps
+        )
 
 
 def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
@@ -204,8 +210,10 @@ class Capacity:
     def horizon(self, today: dt.date) -> list[dt.date]:
         return [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
 
-    def _day_args(self, plan: OfficePlan, day: dt.date, used: dict[tuple[str, str], int]) -> list[str | int]:
-        args: list[str | int] = [day_expiry(day, self.tz), "_status", plan.status, "_cap", plan.cap_percent]
+    def _day_args(
+        self, plan: OfficePlan, day: dt.date, used: dict[tuple[str, str], int], caps: list[CapRule]
+    ) -> list[str | int]:
+        args: list[str | int] = [day_expiry(day, self.tz), "_status", plan.status, "_cap", plan.cap(day, caps)]
         slots: Sequence[Slot] = slots_for(decode_template(plan.template), day)
         for slot in slots:
             args += [keys.seats_field(slot.pool, slot.time), slot.seats]
@@ -226,9 +234,10 @@ class Capacity:
             return
         plan = plans[0]
         used = await count_used(session, office_ids=[plan.office_id], days=[day])
+        caps = await load_caps(session, first=day, last=day)
         await self.scripts.materialise(
             keys=[keys.office_day(plan.code, day)],
-            args=["create", *self._day_args(plan, day, used.get((plan.office_id, day), {}))],
+            args=["create", *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps)],
         )
 
     async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
@@ -236,13 +245,14 @@ class Capacity:
         days = self.horizon(today)
         written = 0
         plans = await load_plans(session)
+        caps = await load_caps(session, first=days[0], last=days[-1])
         for start in range(0, len(plans), batch):
             chunk = plans[start : start + batch]
             used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for plan in chunk:
                     for day in days:
-                        args = self._day_args(plan, day, used.get((plan.office_id, day), {}))
+                        args = self._day_args(plan, day, used.get((plan.office_id, day), {}), caps)
                         await self.scripts.materialise(
                             keys=[keys.office_day(plan.code, day)], args=["replace", *args], client=pipe
                         )
@@ -250,6 +260,7 @@ class Capacity:
                 await pipe.execute()
         await self._rebuild_holds(session=session, today=today)
         await self._rebuild_waitlists(session=session, today=today)
+        await self._rebuild_geo(session=session)
         await self.redis.set(keys.REBUILT_AT, dt.datetime.now(self.tz).isoformat())
         log.info("capacity rebuilt", extra={"office_days": written})
         return written
@@ -284,13 +295,48 @@ class Capacity:
                 pipe.expireat(keys.waitlist(code, day, pool), day_expiry(day, self.tz))
             await pipe.execute()
 
+    async def _rebuild_geo(self, *, session: AsyncSession) -> None:
+        """One GEO set per service, so a nearby search is one GEOSEARCH over the offices that offer it."""
+        async for key in self.redis.scan_iter(match=keys.GEO_PATTERN, count=1000):
+            await self.redis.delete(key)
+        rows = await session.execute(
+            select(OfficeService.service_code, Office.lon, Office.lat, Office.code).join(
+                Office, Office.id == OfficeService.office_id
+            )
+        )
+        by_service: dict[str, list[float | str]] = defaultdict(list)
+        for service_code, lon, lat, code in rows:
+            by_service[service_code] += [lon, lat, code]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for service_code, values in by_service.items():
+                for start in range(0, len(values), 3000):
+                    pipe.execute_command("GEOADD", keys.office_geo(service_code), *values[start : start + 3000])
+            await pipe.execute()
+
     async def is_built(self) -> bool:
         return bool(await self.redis.exists(keys.REBUILT_AT))
 
     async def set_status(self, *, office_code: str, status: OfficeStatus, cap_percent: int, today: dt.date) -> None:
         """Make a status change bite in the reserve script at once, for every day of the horizon."""
         day_keys = [keys.office_day(office_code, day) for day in self.horizon(today)]
-        await self.scripts.set_status(keys=day_keys, args=[status.value, cap_percent])
+        await self.scripts.set_meta(keys=day_keys, args=[status.value, *([cap_percent] * len(day_keys))])
+
+    async def refresh_meta(self, *, session: AsyncSession, today: dt.date, codes: list[str] | None = None) -> int:
+        """Recompute status and cap of every office-day in the horizon (all offices, or ``codes``)
+        from the record, after a status change or a crowd cap. Returns the offices touched."""
+        days = self.horizon(today)
+        plans = await load_plans(session, codes=codes)
+        caps = await load_caps(session, first=days[0], last=days[-1])
+        for start in range(0, len(plans), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for plan in plans[start : start + 1000]:
+                    await self.scripts.set_meta(
+                        keys=[keys.office_day(plan.code, day) for day in days],
+                        args=[plan.status, *(plan.cap(day, caps) for day in days)],
+                        client=pipe,
+                    )
+                await pipe.execute()
+        return len(plans)
 
 
 def _idempotency_key(office_code: str, idempotency: tuple[str, str] | None) -> str:
@@ -316,16 +362,34 @@ _WAITLIST_ERRORS: dict[str, type[Exception]] = {
 }
 
 
+async def load_caps(session: AsyncSession, *, first: dt.date, last: dt.date) -> list[CapRule]:
+    rows = await session.execute(
+        select(CrowdCap.province_id, CrowdCap.starts_on, CrowdCap.ends_on, CrowdCap.percent).where(
+            CrowdCap.lifted_at.is_(None), CrowdCap.starts_on <= last, CrowdCap.ends_on >= first
+        )
+    )
+    return [CapRule(province_id=p, starts_on=s, ends_on=e, percent=pct) for p, s, e, pct in rows]
+
+
 async def load_plans(session: AsyncSession, *, codes: Iterable[str] | None = None) -> list[OfficePlan]:
-    query = select(Office.id, Office.code, Office.status, Office.cap_percent, CapacityTemplate.template).join(
-        CapacityTemplate, CapacityTemplate.office_id == Office.id
+    query = (
+        select(Office.id, Office.code, City.province_id, Office.status, Office.cap_percent, CapacityTemplate.template)
+        .join(CapacityTemplate, CapacityTemplate.office_id == Office.id)
+        .join(City, City.id == Office.city_id)
     )
     if codes is not None:
         query = query.where(Office.code.in_(list(codes)))
     rows = await session.execute(query.order_by(Office.id))
     return [
-        OfficePlan(office_id=oid, code=code, status=OfficeStatus(status).value, cap_percent=cap, template=template)
-        for oid, code, status, cap, template in rows
+        OfficePlan(
+            office_id=oid,
+            code=code,
+            province_id=province_id,
+            status=OfficeStatus(status).value,
+            cap_percent=cap,
+            template=template,
+        )
+        for oid, code, province_id, status, cap, template in rows
     ]
 
 

@@ -1,0 +1,123 @@
+"""Crowd caps: the regulator's national or provincial limit on how full offices may get."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.capacity.models import CrowdCap
+from app.capacity.service import Capacity
+from app.errors import InvalidInput, NotFound
+from app.offices.models import City, Office, Province
+
+
+class CrowdCapNotFound(NotFound):
+    code = "crowd_cap_not_found"
+    message_fa = "چنین سقف ازدحامی ثبت نشده است."
+    message_en = "No such crowd cap."
+
+
+class CrowdCapOut(msgspec.Struct):
+    id: int
+    province_code: str | None  # None: the whole country
+    starts_on: str
+    ends_on: str
+    percent: int
+    reason: str
+    created_by: str
+    active: bool
+
+
+async def _province_id(session: AsyncSession, province_code: str | None) -> int | None:
+    if province_code is None:
+        return None
+    province_id = await session.scalar(select(Province.id).where(Province.code == province_code))
+    if province_id is None:
+        raise InvalidInput("province", "No province has this code.", detail_fa="استانی با این کد وجود ندارد.")
+    return province_id
+
+
+async def _offices_of(session: AsyncSession, province_id: int | None) -> list[str] | None:
+    if province_id is None:
+        return None  # every office
+    rows = await session.scalars(
+        select(Office.code).join(City, City.id == Office.city_id).where(City.province_id == province_id)
+    )
+    return list(rows)
+
+
+async def add(
+    *,
+    session: AsyncSession,
+    capacity: Capacity,
+    today: dt.date,
+    province_code: str | None,
+    starts_on: dt.date,
+    ends_on: dt.date,
+    percent: int,
+    reason: str,
+    created_by: str,
+) -> CrowdCapOut:
+    """Record a cap and make it bite in Redis at once; bookings already made stand."""
+    if not 0 <= percent <= 100:
+        raise InvalidInput("percent", "percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
+    if ends_on < starts_on or ends_on < today:
+        raise InvalidInput(
+            "ends_on", "The cap must end after it starts, and not in the past.", detail_fa="بازهٔ تاریخ درست نیست."
+        )
+    if not reason.strip():
+        raise InvalidInput("reason", "Give the reason (the directive).", detail_fa="دلیل (مصوبه) را بنویسید.")
+    province_id = await _province_id(session, province_code)
+    cap = CrowdCap(
+        province_id=province_id,
+        starts_on=starts_on,
+        ends_on=ends_on,
+        percent=percent,
+        reason=reason.strip(),
+        created_by=created_by,
+    )
+    session.add(cap)
+    await session.commit()
+    await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, province_id))
+    return _out(cap, province_code)
+
+
+async def lift(
+    *, session: AsyncSession, capacity: Capacity, today: dt.date, cap_id: int, now: dt.datetime
+) -> CrowdCapOut:
+    cap = await session.get(CrowdCap, cap_id)
+    if cap is None:
+        raise CrowdCapNotFound()
+    cap.lifted_at = cap.lifted_at or now
+    await session.commit()
+    await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, cap.province_id))
+    return _out(cap, await _province_code(session, cap.province_id))
+
+
+async def list_caps(*, session: AsyncSession) -> list[CrowdCapOut]:
+    rows = await session.execute(
+        select(CrowdCap, Province.code).outerjoin(Province, Province.id == CrowdCap.province_id).order_by(CrowdCap.id)
+    )
+    return [_out(cap, code) for cap, code in rows]
+
+
+async def _province_code(session: AsyncSession, province_id: int | None) -> str | None:
+    if province_id is None:
+        return None
+    return await session.scalar(select(Province.code).where(Province.id == province_id))
+
+
+def _out(cap: CrowdCap, province_code: str | None) -> CrowdCapOut:
+    return CrowdCapOut(
+        id=cap.id,
+        province_code=province_code,
+        starts_on=cap.starts_on.isoformat(),
+        ends_on=cap.ends_on.isoformat(),
+        percent=cap.percent,
+        reason=cap.reason,
+        created_by=cap.created_by,
+        active=cap.lifted_at is None,
+    )

@@ -1,0 +1,269 @@
+"""Live load: how busy each office is, and the nearby offices ranked so that crowds spread out.
+
+A nearby search is one GEOSEARCH over the offices that offer the service and one pipelined
+read of the candidates' counters; SQL is asked only for the names of the few it returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.capacity import keys
+from app.capacity.plan import SHARED_POOL
+from app.capacity.scripts import as_text
+from app.capacity.service import Capacity
+from app.clock import Clock
+from app.errors import InvalidInput
+from app.load.errors import CityNotFound
+from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, score
+from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
+from app.locale import jalali_date, jalali_time, normalize_text
+from app.offices.errors import OfficeNotFound, ServiceNotFound
+from app.offices.models import City, Office, Service
+from app.offices.service import normalize_code
+
+# Iran's bounding box, with a margin: a position outside it is a typo, not a citizen.
+LAT_RANGE = (24.0, 40.5)
+LON_RANGE = (43.0, 64.0)
+SEARCH_RADII_KM = (30, 150, 1000)
+MAX_LIMIT = 50
+WAITING_REPORT_TTL_SECONDS = 2 * 3600  # an old "people waiting" report says nothing about now
+
+
+class DayCounters:
+    """One office-day as its Redis hash has it."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.raw = fields
+        self.status = fields.get("_status", "active")
+        self.cap = int(fields.get("_cap", "100"))
+
+    def slots(self, service_code: str) -> list[tuple[str, int, int]]:
+        """(time, bookable seats, used) of the pool the service books from, in time order."""
+        own = f"s|{service_code}|"
+        pool = service_code if any(f.startswith(own) for f in self.raw) else SHARED_POOL
+        prefix = f"s|{pool}|"
+        return sorted(
+            (
+                field[len(prefix) :],
+                int(value) * self.cap // 100,
+                int(self.raw.get(f"u|{pool}|{field[len(prefix) :]}", "0")),
+            )
+            for field, value in self.raw.items()
+            if field.startswith(prefix)
+        )
+
+
+def _text(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {as_text(k): as_text(v) for k, v in raw.items()}
+
+
+class LoadService:
+    def __init__(self, *, capacity: Capacity, clock: Clock) -> None:
+        self.capacity = capacity
+        self.redis = capacity.redis
+        self.clock = clock
+
+    async def report_waiting(self, *, office_code: str, count: int) -> None:
+        if not 0 <= count <= 1000:
+            raise InvalidInput(
+                "waiting", "Waiting must be 0 to 1000.", detail_fa="تعداد منتظران باید بین ۰ و ۱۰۰۰ باشد."
+            )
+        await self.redis.hset(
+            keys.waiting_now(office_code), mapping={"count": count, "at": self.clock.now().isoformat()}
+        )
+        await self.redis.expire(keys.waiting_now(office_code), WAITING_REPORT_TTL_SECONDS)
+
+    async def nearby(
+        self,
+        *,
+        session: AsyncSession,
+        service_code: str,
+        day: dt.date | None,
+        lat: float | None,
+        lon: float | None,
+        city: str | None,
+        limit: int,
+    ) -> NearbyResult:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidInput(
+                "limit", f"limit must be 1 to {MAX_LIMIT}.", detail_fa=f"limit باید بین ۱ و {MAX_LIMIT} باشد."
+            )
+        service_code = normalize_code(service_code, "service")
+        if await session.scalar(select(Service.code).where(Service.code == service_code)) is None:
+            raise ServiceNotFound()
+        lat, lon = await self._origin(session, lat, lon, city)
+        now = self.clock.now()
+        day = day or now.date()
+        self._check_horizon(day, now.date())
+        not_before = now.strftime("%H:%M") if day == now.date() else ""
+
+        found: list[list[Any]] = []
+        for radius in SEARCH_RADII_KM:
+            found = await self.redis.execute_command(
+                "GEOSEARCH", keys.office_geo(service_code), "FROMLONLAT", lon, lat,
+                "BYRADIUS", radius, "km", "ASC", "COUNT", max(3 * limit, 30), "WITHDIST",
+            )  # fmt: skip
+            if len(found) >= limit:
+                break
+        distances = {as_text(code): float(distance) for code, distance in found}
+        counters = await self._read_days(session, list(distances), day)
+
+        candidates = []
+        for code, (day_counters, waiting) in counters.items():
+            if day_counters.status == "blocked":
+                continue
+            slots = day_counters.slots(service_code)
+            seats, used = sum(s for _, s, _ in slots), sum(u for _, _, u in slots)
+            next_free = next((t for t, s, u in slots if t > not_before and s > u), None)
+            candidates.append(
+                Candidate(
+                    office_code=code,
+                    distance_km=distances[code],
+                    status=day_counters.status,
+                    seats=seats,
+                    used=used,
+                    waiting=waiting,
+                    next_free=next_free,
+                    minutes_to_next_free=_minutes_until(now, day, next_free),
+                )
+            )
+        ranked = rank(candidates, limit)
+        offices = await self._describe(session, [c.office_code for c in ranked])
+        return NearbyResult(
+            service_code=service_code,
+            date=day.isoformat(),
+            date_fa=jalali_date(day),
+            origin_lat=lat,
+            origin_lon=lon,
+            offices=[_nearby_office(c, offices[c.office_code]) for c in ranked if c.office_code in offices],
+        )
+
+    async def office_load(self, *, session: AsyncSession, office_code: str) -> OfficeLoad:
+        office_code = normalize_code(office_code, "office_code")
+        if await session.scalar(select(Office.id).where(Office.code == office_code)) is None:
+            raise OfficeNotFound()
+        today = self.clock.today()
+        counters = await self._read_days(session, [office_code], today)
+        day, waiting = counters[office_code]
+        raw_waiting = _text(await self.redis.hgetall(keys.waiting_now(office_code)))
+        by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for field, value in day.raw.items():
+            if field.startswith("s|"):
+                _, pool, time = field.split("|")
+                hour = f"{time[:2]}:00"
+                by_hour[hour][0] += int(value) * day.cap // 100
+                by_hour[hour][1] += int(day.raw.get(f"u|{pool}|{time}", "0"))
+        seats = sum(s for s, _ in by_hour.values())
+        used = sum(u for _, u in by_hour.values())
+        load = 1.0 if seats == 0 else min(1.0, used / seats)
+        level = busyness(load, waiting)
+        return OfficeLoad(
+            office_code=office_code,
+            date=today.isoformat(),
+            date_fa=jalali_date(today),
+            status=day.status,
+            seats=seats,
+            used=used,
+            load=round(load, 3),
+            busyness=level.value,
+            busyness_fa=BUSYNESS_FA[level],
+            waiting_now=waiting,
+            waiting_reported_at=raw_waiting.get("at"),
+            hours=[
+                HourLoad(hour=h, seats=s, used=u, load=round(1.0 if s == 0 else min(1.0, u / s), 3))
+                for h, (s, u) in sorted(by_hour.items())
+            ],
+        )
+
+    async def _read_days(
+        self, session: AsyncSession, codes: list[str], day: dt.date
+    ) -> dict[str, tuple[DayCounters, int]]:
+        """Each office's day hash and waiting count in one round trip; missing days are materialised."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for code in codes:
+                pipe.hgetall(keys.office_day(code, day))
+                pipe.hget(keys.waiting_now(code), "count")
+            replies = await pipe.execute()
+        result: dict[str, tuple[DayCounters, int]] = {}
+        for index, code in enumerate(codes):
+            fields = _text(replies[2 * index])
+            if not fields:
+                await self.capacity.materialise_day(session=session, office_code=code, day=day)
+                fields = _text(await self.redis.hgetall(keys.office_day(code, day)))
+            waiting = int(replies[2 * index + 1] or 0)
+            result[code] = (DayCounters(fields), waiting)
+        return result
+
+    async def _origin(
+        self, session: AsyncSession, lat: float | None, lon: float | None, city: str | None
+    ) -> tuple[float, float]:
+        if lat is not None and lon is not None:
+            if not (LAT_RANGE[0] <= lat <= LAT_RANGE[1] and LON_RANGE[0] <= lon <= LON_RANGE[1]):
+                raise InvalidInput("lat", "The position is not in Iran.", detail_fa="این موقعیت در ایران نیست.")
+            return lat, lon
+        if city:
+            value = normalize_text(city)
+            query = select(City.lat, City.lon).order_by(City.population.desc()).limit(1)
+            match = (City.name_fa == value) | (City.name_en == value)
+            if value.isdigit():
+                match = match | (City.id == int(value))
+            row = (await session.execute(query.where(match))).first()
+            if row is None:
+                raise CityNotFound()
+            return float(row[0]), float(row[1])
+        raise InvalidInput("lat", "Give lat and lon, or a city.", detail_fa="موقعیت (lat و lon) یا نام شهر را بدهید.")
+
+    def _check_horizon(self, day: dt.date, today: dt.date) -> None:
+        if not today <= day < today + dt.timedelta(days=self.capacity.horizon_days):
+            raise InvalidInput(
+                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
+            )
+
+    async def _describe(self, session: AsyncSession, codes: list[str]) -> dict[str, tuple[str, str, str, float, float]]:
+        if not codes:
+            return {}
+        rows = await session.execute(
+            select(Office.code, Office.name_fa, Office.address_fa, City.name_fa, Office.lat, Office.lon)
+            .join(City, City.id == Office.city_id)
+            .where(Office.code.in_(codes))
+        )
+        return {code: (name, address, city, lat, lon) for code, name, address, city, lat, lon in rows}
+
+
+def _minutes_until(now: dt.datetime, day: dt.date, slot: str | None) -> float | None:
+    if slot is None:
+        return None
+    hours, minutes = slot.split(":")
+    start = dt.datetime.combine(day, dt.time(int(hours), int(minutes)), tzinfo=now.tzinfo)
+    return (start - now).total_seconds() / 60
+
+
+def _nearby_office(candidate: Candidate, office: tuple[str, str, str, float, float]) -> NearbyOffice:
+    name, address, city, lat, lon = office
+    level = busyness(candidate.load, candidate.waiting)
+    return NearbyOffice(
+        code=candidate.office_code,
+        name_fa=name,
+        address_fa=address,
+        city_fa=city,
+        lat=lat,
+        lon=lon,
+        status=candidate.status,
+        restricted=candidate.status == "restricted",
+        distance_km=round(candidate.distance_km, 2),
+        seats_free=candidate.free,
+        load=round(candidate.load, 3),
+        busyness=level.value,
+        busyness_fa=BUSYNESS_FA[level],
+        waiting_now=candidate.waiting,
+        next_free_slot=candidate.next_free,
+        next_free_slot_fa=jalali_time(dt.time.fromisoformat(candidate.next_free)) if candidate.next_free else None,
+        score=round(score(candidate), 4),
+    )

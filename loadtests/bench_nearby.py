@@ -1,0 +1,80 @@
+"""In-process timing of the nearby search over the full national dataset.
+
+    .venv/bin/python -m loadtests.bench_nearby [--searches 3000]
+
+Builds the 17,000-office demo network in a temporary SQLite file, counts it into a fresh
+embedded redis-server, books some load into it, then times LoadService.nearby (GEOSEARCH,
+one pipelined read of the candidates, the ranking, one SQL read of the winners' names) from
+random points around random cities. Prints p50/p95/p99 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from app.container import build_container
+from app.db import create_schema
+from app.offices import dataset
+from app.offices.models import City
+from app.redis import EmbeddedRedis
+from app.settings import load_settings
+
+
+async def main(searches: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp) / "redis").start()
+        settings = load_settings({}).with_(database_url=f"sqlite+aiosqlite:///{tmp}/bench.db", redis_url=server.url)
+        container = build_container(settings, server.url)
+        try:
+            await create_schema(container.engine)
+            async with container.sessions() as session:
+                await dataset.load(session, dataset.generate())
+                await session.commit()
+                started = time.perf_counter()
+                await container.capacity.rebuild(session=session, today=container.clock.today())
+                print(
+                    f"rebuild of 17,000 offices x {settings.horizon_days} days: {time.perf_counter() - started:.1f} s"
+                )
+                cities = (await session.execute(select(City.lat, City.lon))).all()
+            memory = await container.redis.info("memory")
+            print(f"redis used_memory: {memory['used_memory_human']}")
+            rng = random.Random(1)
+            services = ["101", "102", "104", "110", "115"]
+            day = container.clock.today()
+            timings = []
+            async with container.sessions() as session:
+                for _ in range(searches):
+                    lat, lon = rng.choice(cities)
+                    started = time.perf_counter()
+                    await container.load.nearby(
+                        session=session,
+                        service_code=rng.choice(services),
+                        day=day,
+                        lat=lat + rng.uniform(-0.05, 0.05),
+                        lon=lon + rng.uniform(-0.05, 0.05),
+                        city=None,
+                        limit=10,
+                    )
+                    timings.append((time.perf_counter() - started) * 1000)
+            timings.sort()
+            q = statistics.quantiles(timings, n=100)
+            print(
+                f"nearby x {searches}: p50 {q[49]:.2f} ms, p95 {q[94]:.2f} ms, p99 {q[98]:.2f} ms, max {timings[-1]:.2f} ms"
+            )
+        finally:
+            await container.close()
+            server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--searches", type=int, default=3000)
+    asyncio.run(main(parser.parse_args().searches))

@@ -1,0 +1,185 @@
+"""Nearby ranking and live load against a real Redis: GEO index, counters, caps."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+
+from app.capacity import crowd_caps
+from app.offices.models import OfficeStatus
+from tests.conftest import World, booking_body
+
+Client = AsyncTestClient[Litestar]
+
+# Three offices on a line east of a citizen at (35.70, 51.40): ~1 km, ~3 km, ~6 km.
+ORIGIN = {"lat": 35.70, "lon": 51.40}
+
+
+async def three_offices(world: World) -> list[str]:
+    offices = [await world.office(seats=2, lat=35.70, lon=51.40 + km / 90.4) for km in (1, 3, 6)]
+    await world.rebuild()
+    return offices
+
+
+async def nearby(client: Client, **params: object) -> list[dict[str, object]]:
+    response = await client.get("/api/v1/offices/nearby", params={"service": "101", **ORIGIN, **params})
+    assert response.status_code == 200, response.text
+    return response.json()["offices"]  # type: ignore[no-any-return]
+
+
+async def test_least_busy_near_office_ranks_first(client: Client, world: World) -> None:
+    near, middle, far = await three_offices(world)
+    day = world.tomorrow()
+    ranked = await nearby(client, date=day.isoformat())
+    assert [o["code"] for o in ranked] == [near, middle, far]
+    assert ranked[0]["distance_km"] < ranked[1]["distance_km"] < ranked[2]["distance_km"]
+    assert ranked[0]["busyness"] == "low" and ranked[0]["busyness_fa"] == "خلوت"
+    assert ranked[0]["next_free_slot"] == "08:00" and ranked[0]["next_free_slot_fa"] == "۸:۰۰"
+
+    # Fill the nearest office for the whole day: it drops to the bottom, marked high.
+    for slot_index in range(24):
+        slot = f"{8 + slot_index // 2:02d}:{30 * (slot_index % 2):02d}"
+        for _ in range(2):
+            response = await client.post(
+                "/api/v1/bookings", json=booking_body(near, world.national_id(), day, slot), headers=world.token()
+            )
+            assert response.status_code == 201
+    ranked = await nearby(client, date=day.isoformat())
+    assert [o["code"] for o in ranked] == [middle, far, near]
+    assert ranked[2]["seats_free"] == 0 and ranked[2]["busyness"] == "high" and ranked[2]["next_free_slot"] is None
+    assert ranked[2]["load"] == 1.0
+
+
+async def test_waiting_people_and_restriction_rank_down(client: Client, world: World) -> None:
+    near, middle, far = await three_offices(world)
+    await world.container.load.report_waiting(office_code=near, count=20)
+    await world.container.capacity.set_status(
+        office_code=middle, status=OfficeStatus.RESTRICTED, cap_percent=50, today=world.container.clock.today()
+    )
+    ranked = await nearby(client, date=world.tomorrow().isoformat())
+    assert [o["code"] for o in ranked] == [far, near, middle]
+    assert ranked[1]["waiting_now"] == 20
+    assert ranked[2]["restricted"] is True and ranked[2]["status"] == "restricted"
+
+
+async def test_blocked_offices_never_appear(client: Client, world: World) -> None:
+    near, middle, far = await three_offices(world)
+    await world.container.capacity.set_status(
+        office_code=near, status=OfficeStatus.BLOCKED, cap_percent=100, today=world.container.clock.today()
+    )
+    ranked = await nearby(client, date=world.tomorrow().isoformat())
+    assert [o["code"] for o in ranked] == [middle, far]
+
+
+async def test_by_city_and_bad_input(client: Client, world: World) -> None:
+    await three_offices(world)
+    by_city = await client.get("/api/v1/offices/nearby", params={"service": "101", "city": "تهران", "limit": 2})
+    assert by_city.status_code == 200 and len(by_city.json()["offices"]) == 2
+    for params, status, code in [
+        ({"service": "101", "lat": 48.0, "lon": 2.3}, 422, "invalid_input"),
+        ({"service": "101"}, 422, "invalid_input"),
+        ({"service": "101", "city": "آتلانتیس"}, 404, "city_not_found"),
+        ({"service": "999", **ORIGIN}, 404, "service_not_found"),
+        ({"service": "101", **ORIGIN, "limit": 500}, 422, "invalid_input"),
+        ({"service": "101", **ORIGIN, "date": "2001-01-01"}, 422, "invalid_input"),
+        ({"service": "101", "lat": "north", "lon": 51}, 400, "malformed_request"),
+    ]:
+        response = await client.get("/api/v1/offices/nearby", params=params)
+        assert response.status_code == status, (params, response.text)
+        assert response.json()["code"] == code
+
+
+async def test_office_load_by_hour(client: Client, world: World) -> None:
+    office = await world.office(seats=2)
+    today = world.container.clock.today()
+    await world.container.load.report_waiting(office_code=office, count=7)
+    load = await client.get(f"/api/v1/offices/{office}/load")
+    assert load.status_code == 200, load.text
+    body = load.json()
+    assert body["waiting_now"] == 7 and body["busyness"] == "medium"
+    assert body["date"] == today.isoformat()
+    assert body["hours"][0] == {"hour": "08:00", "seats": 4, "used": 0, "load": 0.0}
+    assert sum(h["seats"] for h in body["hours"]) == body["seats"] == 48
+    assert (await client.get("/api/v1/offices/999999/load")).status_code == 404
+
+
+async def test_crowd_cap_applies_to_new_bookings_at_once(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(seats=4)
+    day = world.tomorrow()
+    for _ in range(2):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+        assert booked.status_code == 201
+    today = world.container.clock.today()
+    async with world.container.sessions() as session:
+        cap = await crowd_caps.add(
+            session=session,
+            capacity=world.container.capacity,
+            today=today,
+            province_code="01",
+            starts_on=today,
+            ends_on=day,
+            percent=25,
+            reason="ستاد ملی کرونا",
+            created_by="regulator",
+        )
+    # 25% of 4 seats is 1, and 2 are taken: the bookings stand, new ones are refused.
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert refused.status_code == 409
+    elsewhere = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "11:00"), headers=world.token()
+    )
+    assert elsewhere.status_code == 201
+    slots = (
+        await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    ).json()
+    assert {s["seats"] for s in slots["slots"]} == {1}
+    later = day + dt.timedelta(days=1)
+    uncapped = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), later), headers=world.token()
+    )
+    assert uncapped.status_code == 201
+    async with world.container.sessions() as session:
+        await crowd_caps.lift(
+            session=session,
+            capacity=world.container.capacity,
+            today=today,
+            cap_id=cap.id,
+            now=world.container.clock.now(),
+        )
+    again = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert again.status_code == 201
+
+
+async def test_concurrent_bookings_under_a_cap_never_exceed_it(client: Client, world: World) -> None:
+    office = await world.office(seats=10)
+    day = world.tomorrow()
+    today = world.container.clock.today()
+    async with world.container.sessions() as session:
+        await crowd_caps.add(
+            session=session,
+            capacity=world.container.capacity,
+            today=today,
+            province_code=None,
+            starts_on=today,
+            ends_on=day,
+            percent=30,
+            reason="national directive",
+            created_by="regulator",
+        )
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+            for _ in range(60)
+        )
+    )
+    assert [r.status_code for r in responses].count(201) == 3

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from app.load.ranking import Busyness, Candidate, busyness, rank, score
+
+
+def office(
+    code: str, *, km: float, used: int = 0, seats: int = 10, status: str = "active", waiting: int = 0
+) -> Candidate:
+    free = seats - used
+    return Candidate(
+        office_code=code,
+        distance_km=km,
+        status=status,
+        seats=seats,
+        used=used,
+        waiting=waiting,
+        next_free="09:00" if free > 0 else None,
+        minutes_to_next_free=30 if free > 0 else None,
+    )
+
+
+def codes(candidates: list[Candidate]) -> list[str]:
+    return [c.office_code for c in candidates]
+
+
+def test_nearest_office_full_the_next_one_wins() -> None:
+    assert codes(rank([office("near", km=0.5, used=10), office("next", km=3)], 2)) == ["next", "near"]
+
+
+def test_equal_load_the_nearer_wins() -> None:
+    assert codes(rank([office("far", km=9, used=5), office("near", km=2, used=5)], 2)) == ["near", "far"]
+
+
+def test_restricted_ranks_below_active() -> None:
+    ranked = rank([office("restricted", km=0.2, status="restricted"), office("active", km=20, used=8)], 2)
+    assert codes(ranked) == ["active", "restricted"]
+
+
+def test_a_much_less_busy_office_a_little_further_wins() -> None:
+    assert codes(rank([office("busy", km=1, used=9, waiting=12), office("quiet", km=4, used=1)], 2)) == [
+        "quiet",
+        "busy",
+    ]
+
+
+def test_people_waiting_in_the_room_count() -> None:
+    assert score(office("crowded", km=1, waiting=15)) > score(office("empty", km=1))
+
+
+def test_limit_and_no_seats_at_all() -> None:
+    ranked = rank([office(str(i), km=i) for i in range(10)], 3)
+    assert codes(ranked) == ["0", "1", "2"]
+    assert rank([office("closed", km=1, seats=0)], 1)[0].load == 1.0
+
+
+def test_busyness_levels() -> None:
+    assert busyness(0.1, 0) is Busyness.LOW
+    assert busyness(0.6, 0) is Busyness.MEDIUM
+    assert busyness(0.1, 7) is Busyness.MEDIUM
+    assert busyness(0.9, 0) is Busyness.HIGH
+    assert busyness(0.0, 20) is Busyness.HIGH
