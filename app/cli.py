@@ -62,21 +62,20 @@ async def rebuild(settings: Settings) -> int:
 
 async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
     from app.capacity import crowd_caps
+    from app.container import build_container
     from app.locale import parse_date
 
     if not settings.redis_url:
         raise SystemExit("crowd-cap needs REDIS_URL: the cap must bite in the running service's Redis")
-    engine = create_engine(settings.database_url)
-    redis = connect(settings.redis_url)
-    clock = Clock(settings.tz)
-    capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
+    container = build_container(settings, settings.redis_url)
+    today = container.clock.today()
     try:
-        async with session_factory(engine)() as session:
+        async with container.sessions() as session:
             if args.action == "add":
                 cap = await crowd_caps.add(
                     session=session,
-                    capacity=capacity,
-                    today=clock.today(),
+                    capacity=container.capacity,
+                    today=today,
                     province_code=args.province,
                     starts_on=parse_date(args.starts),
                     ends_on=parse_date(args.ends),
@@ -86,17 +85,16 @@ async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
                 )
                 print(cap)
             elif args.action == "lift":
-                print(
-                    await crowd_caps.lift(
-                        session=session, capacity=capacity, today=clock.today(), cap_id=args.id, now=clock.now()
-                    )
+                lifted = await crowd_caps.lift(
+                    session=session, capacity=container.capacity, today=today, cap_id=args.id, now=container.clock.now()
                 )
+                await container.bookings.fill_waitlists(session=session)
+                print(lifted)
             else:
                 for cap in await crowd_caps.list_caps(session=session):
                     print(cap)
     finally:
-        await redis.aclose()
-        await engine.dispose()
+        await container.close()
 
 
 def main(argv: list[str] | None = None) -> None:

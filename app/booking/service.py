@@ -29,6 +29,7 @@ from app.booking.errors import (
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
+from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
 from app.capacity.service import Capacity, Reserved
 from app.clock import Clock
@@ -320,6 +321,13 @@ class BookingService:
         )
         await self._tell(mobile, f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.")
         return view
+
+    async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
+        """After seats were added (a capacity raise, a cap lifted), give them to the waitlists first."""
+        async for raw in self.capacity.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):
+            office_code, day, pool = keys.parse_waitlist(raw.decode() if isinstance(raw, bytes) else raw)
+            if office_codes is None or office_code in office_codes:
+                await self.free_seat(session=session, office_code=office_code, day=day, pool=pool, time="")
 
     async def free_seat(
         self,

@@ -38,6 +38,13 @@ GEO_PATTERN = f"{NAMESPACE}:geo:*"
 WAITLIST_PATTERN = f"{NAMESPACE}:{{o:*}}:wait:*"
 
 
+def parse_waitlist(key: str) -> tuple[str, dt.date, str]:
+    """(office code, day, pool) of a waitlist key."""
+    tag, _, rest = key.partition("}:wait:")
+    day, _, pool = rest.partition(":")
+    return tag.rsplit("{o:", 1)[1], dt.date.fromisoformat(day), pool
+
+
 def citizen_holds(national_id: str) -> str:
     return f"{NAMESPACE}:{{c:{national_id}}}:holds"
 

@@ -157,3 +157,43 @@ async def test_rebuild_keeps_the_line(client: Client, world: World, redis_sync: 
         await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
     assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == codes
     assert BookingStatus.WAITLISTED.value == "waitlisted"
+
+
+async def test_lifting_a_crowd_cap_gives_the_seats_to_the_waitlist_first(client: Client, world: World) -> None:
+    from app.capacity import crowd_caps
+    from app.capacity.plan import DayRule
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=4)])
+    day = world.tomorrow()
+    today = world.container.clock.today()
+    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+    async with world.container.sessions() as session:
+        cap = await crowd_caps.add(
+            session=session,
+            capacity=world.container.capacity,
+            today=today,
+            province_code="01",
+            starts_on=day,
+            ends_on=day,
+            percent=25,
+            reason="directive",
+            created_by="test",
+        )
+    queued = [
+        await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+        )
+        for _ in range(4)
+    ]
+    assert [q.status_code for q in queued] == [201] * 4
+    async with world.container.sessions() as session:
+        await crowd_caps.lift(
+            session=session,
+            capacity=world.container.capacity,
+            today=today,
+            cap_id=cap.id,
+            now=world.container.clock.now(),
+        )
+        await world.container.bookings.fill_waitlists(session=session)
+    states = [(await client.get(f"/api/v1/bookings/{q.json()['tracking_code']}")).json()["status"] for q in queued]
+    assert states == ["booked", "booked", "booked", "waitlisted"]
