@@ -66,6 +66,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     trust_forwarded_for: bool = False
     """NOBAT_TRUST_FORWARDED_FOR: take the client address from X-Forwarded-For (behind our own proxy only)."""
 
+    # --- staff, regulator and guild accounts ---
+    staff_session_ttl_seconds: int = 8 * 3600
+    """NOBAT_STAFF_SESSION_TTL_SECONDS: a staff, regulator or guild session expires after this long."""
+    staff_max_failures: int = 5
+    """NOBAT_STAFF_MAX_FAILURES: wrong passwords in a row that lock an account."""
+    staff_lockout_seconds: int = 15 * 60
+    """NOBAT_STAFF_LOCKOUT_SECONDS: how long a locked account stays locked."""
+    staff_login_per_address: str = "60/600"
+    """NOBAT_STAFF_LOGIN_PER_ADDRESS: sign-in attempts one client address may make."""
+
+    # --- no-shows ---
+    no_show_limit: int = 3
+    """NOBAT_NO_SHOW_LIMIT: no-shows within the window that suspend a national ID."""
+    no_show_window_days: int = 30
+    """NOBAT_NO_SHOW_WINDOW_DAYS: the window no-shows are counted in."""
+    no_show_suspension_days: int = 7
+    """NOBAT_NO_SHOW_SUSPENSION_DAYS: how long web and SMS booking stay suspended."""
+
     # --- demo ---
     demo_offices: int = 17000
     """NOBAT_DEMO_OFFICES: offices the demo dataset generates."""
@@ -96,6 +114,13 @@ _ENV = {
     "verify_per_address": "NOBAT_VERIFY_PER_ADDRESS",
     "trust_forwarded_for": "NOBAT_TRUST_FORWARDED_FOR",
     "demo_offices": "NOBAT_DEMO_OFFICES",
+    "staff_session_ttl_seconds": "NOBAT_STAFF_SESSION_TTL_SECONDS",
+    "staff_max_failures": "NOBAT_STAFF_MAX_FAILURES",
+    "staff_lockout_seconds": "NOBAT_STAFF_LOCKOUT_SECONDS",
+    "staff_login_per_address": "NOBAT_STAFF_LOGIN_PER_ADDRESS",
+    "no_show_limit": "NOBAT_NO_SHOW_LIMIT",
+    "no_show_window_days": "NOBAT_NO_SHOW_WINDOW_DAYS",
+    "no_show_suspension_days": "NOBAT_NO_SHOW_SUSPENSION_DAYS",
 }
 
 
@@ -106,7 +131,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     settings = msgspec.convert(raw, Settings, strict=False)
     if not settings.secret_key:
         settings = settings.with_(secret_key=secrets.token_urlsafe(32))
-    for limit in (settings.otp_per_mobile, settings.otp_per_address, settings.verify_per_address):
+    for limit in (
+        settings.otp_per_mobile,
+        settings.otp_per_address,
+        settings.verify_per_address,
+        settings.staff_login_per_address,
+    ):
         parse_limit(limit)
     return settings
 
