@@ -8,15 +8,18 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth.service import CitizenAuth
+from app.booking.relocation import Relocator
 from app.booking.service import BookingRules, BookingService
 from app.capacity.service import Capacity
 from app.clock import Clock
+from app.console.service import Console
 from app.db import create_engine, session_factory
 from app.load.service import LoadService
 from app.ratelimit import RateLimiter
 from app.redis import connect
 from app.settings import Settings
 from app.sms.backends import ConsoleBackend, SmsBackend
+from app.staff.service import StaffAuth
 
 
 @dataclass
@@ -31,6 +34,9 @@ class Container:
     auth: CitizenAuth
     bookings: BookingService
     load: LoadService
+    staff: StaffAuth
+    relocator: Relocator
+    console: Console
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -41,15 +47,20 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     engine = create_engine(settings.database_url)
     redis = connect(redis_url)
     clock = Clock(settings.tz)
-    capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
+    capacity = Capacity(
+        redis, tz=clock.tz, horizon_days=settings.horizon_days, official_holidays=settings.official_holidays
+    )
     sms: SmsBackend = ConsoleBackend(redis)
-    auth = CitizenAuth(redis=redis, settings=settings, limiter=RateLimiter(redis), sms=sms)
+    limiter = RateLimiter(redis)
+    auth = CitizenAuth(redis=redis, settings=settings, limiter=limiter, sms=sms)
     bookings = BookingService(
         capacity=capacity,
         clock=clock,
         rules=BookingRules(horizon_days=settings.horizon_days, max_active=settings.max_active_bookings),
         sms=sms,
     )
+    load = LoadService(capacity=capacity, clock=clock)
+    relocator = Relocator(bookings=bookings, load=load)
     return Container(
         settings=settings,
         engine=engine,
@@ -60,5 +71,8 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         sms=sms,
         auth=auth,
         bookings=bookings,
-        load=LoadService(capacity=capacity, clock=clock),
+        load=load,
+        staff=StaffAuth(redis=redis, settings=settings, limiter=limiter),
+        relocator=relocator,
+        console=Console(bookings=bookings, relocator=relocator, load=load, clock=clock, settings=settings),
     )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.routes import CitizenAuthController
 from app.booking.routes import BookingsController, WaitlistController
+from app.console.routes import ConsoleController
 from app.container import Container, build_container
 from app.db import create_schema, session_scope
 from app.health import HealthController
@@ -22,6 +23,7 @@ from app.load.routes import LoadController
 from app.offices.routes import OfficesController
 from app.redis import EmbeddedRedis
 from app.settings import Settings, load_settings
+from app.staff.routes import StaffAuthController, provide_staff
 from app.web import problem_details_plugin
 
 log = logging.getLogger(__name__)
@@ -72,10 +74,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             OfficesController,
             BookingsController,
             WaitlistController,
+            StaffAuthController,
+            ConsoleController,
         ],
         dependencies={
             "container": Provide(_container, sync_to_thread=False),
             "session": Provide(_session),
+            "staff": Provide(provide_staff),
         },
         lifespan=[lifespan],
         plugins=[problem_details_plugin()],

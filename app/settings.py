@@ -47,6 +47,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # --- booking rules ---
     horizon_days: int = 14
     """NOBAT_HORIZON_DAYS: how many days ahead (today included) citizens may book."""
+    official_holidays: bool = True
+    """NOBAT_OFFICIAL_HOLIDAYS: close offices on Iran's official holidays (the `holidays` package's calendar)."""
     max_active_bookings: int = 3
     """NOBAT_MAX_ACTIVE_BOOKINGS: active bookings one national ID may hold at once."""
 
@@ -106,6 +108,7 @@ _ENV = {
     "twilio_api_base_url": "TWILIO_API_BASE_URL",
     "horizon_days": "NOBAT_HORIZON_DAYS",
     "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
+    "official_holidays": "NOBAT_OFFICIAL_HOLIDAYS",
     "otp_ttl_seconds": "NOBAT_OTP_TTL_SECONDS",
     "otp_max_attempts": "NOBAT_OTP_MAX_ATTEMPTS",
     "token_ttl_seconds": "NOBAT_TOKEN_TTL_SECONDS",

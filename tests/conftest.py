@@ -52,6 +52,9 @@ def settings(tmp_path: Path, redis_url: str, redis_sync: SyncRedis) -> Settings:
         redis_url=redis_url,
         var_dir=tmp_path,
         secret_key="test-secret-key-not-for-production-use-0123456789",
+        # Tests book "tomorrow"; a holiday tomorrow must not close their offices. The
+        # holiday tests turn it back on.
+        official_holidays=False,
     )
 
 

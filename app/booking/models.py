@@ -68,3 +68,15 @@ class Booking(Base):
     cancelled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     office: Mapped[Office] = relationship(lazy="raise")
+
+
+class Suspension(Base):
+    """A national ID barred from web and SMS booking until a date, after repeated no-shows."""
+
+    __tablename__ = "suspensions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    national_id: Mapped[str] = mapped_column(String(10), index=True)
+    until: Mapped[dt.date] = mapped_column(Date)
+    reason: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

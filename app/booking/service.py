@@ -182,7 +182,7 @@ class BookingService:
         view = booking_out(
             booking, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
         )
-        await self._tell(
+        await self.tell(
             mobile,
             f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
             f"{office.service_name_fa}\n{view.when_fa}",
@@ -319,7 +319,7 @@ class BookingService:
         view = booking_out(
             booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
         )
-        await self._tell(mobile, f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.")
+        await self.tell(mobile, f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.")
         return view
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
@@ -362,7 +362,7 @@ class BookingService:
                 continue
             booked, _, office_name_fa, _ = await self._load(session, promotion.tracking_code)
             view = self._view(booked, office_code, office_name_fa, "")
-            await self._tell(
+            await self.tell(
                 booked.mobile,
                 f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
             )
@@ -434,7 +434,7 @@ class BookingService:
             raise
         view = self._view(booking, office.code, office.name_fa, office.service_name_fa)
         view = msgspec.structs.replace(view, waitlist_position=position)
-        await self._tell(
+        await self.tell(
             mobile,
             f"در فهرست انتظار {office.name_fa} برای {view.when_fa} ثبت شدید؛ نفر {to_persian_digits(str(position))}. "
             f"کد رهگیری: {tracking_code}",
@@ -446,7 +446,7 @@ class BookingService:
             booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
         )
 
-    async def _tell(self, mobile: str, body: str) -> None:
+    async def tell(self, mobile: str, body: str) -> None:
         try:
             await self.sms.send(OutboundSms(to=mobile, body=body))
         except Exception:

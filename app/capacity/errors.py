@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+
 from app.errors import DomainError
 
 
@@ -73,3 +75,19 @@ class SeatsAvailable(DomainError):
     status = 409
     message_fa = "این روز هنوز نوبت خالی دارد؛ به جای فهرست انتظار، نوبت بگیرید."
     message_en = "There are still free slots that day: book one instead of joining the waitlist."
+
+
+class BookingSuspended(DomainError):
+    code = "booking_suspended"
+    status = 403
+    message_fa = "به دلیل غیبت‌های مکرر، نوبت‌گیری با این کد ملی تا {until} ممکن نیست."
+    message_en = "After repeated no-shows this national ID cannot book until {until}."
+
+    def __init__(self, until: dt.date) -> None:
+        from app.locale import jalali_date
+
+        super().__init__(
+            self.message_en.format(until=until.isoformat()),
+            detail_fa=self.message_fa.format(until=jalali_date(until)),
+            until=until.isoformat(),
+        )

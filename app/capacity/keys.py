@@ -62,3 +62,8 @@ def seats_field(pool: str, time: str) -> str:
 
 def used_field(pool: str, time: str) -> str:
     return f"u|{pool}|{time}"
+
+
+def staff_session(token_digest: str) -> str:
+    """A staff, regulator or guild session, named by the SHA-256 of its token (never the token itself)."""
+    return f"{NAMESPACE}:staff:session:{token_digest}"

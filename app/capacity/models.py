@@ -39,3 +39,26 @@ class CrowdCap(Base):
     created_by: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     lifted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CapacityOverride(Base):
+    """One office's plan for one date, in place of its weekly template (no rules: closed)."""
+
+    __tablename__ = "capacity_overrides"
+
+    office_id: Mapped[int] = mapped_column(ForeignKey("offices.id"), primary_key=True)
+    date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    rules: Mapped[str] = mapped_column(Text)  # msgspec-encoded list[DayRule]
+    reason: Mapped[str] = mapped_column(String(500), default="")
+
+
+class Closure(Base):
+    """A regulator's ad-hoc closure of every office of a province (or of the country) on a date."""
+
+    __tablename__ = "closures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    date: Mapped[dt.date] = mapped_column(Date, index=True)
+    province_id: Mapped[int | None] = mapped_column(ForeignKey("provinces.id"))
+    reason: Mapped[str] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(80))

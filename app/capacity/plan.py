@@ -103,7 +103,53 @@ def opening_hours(template: WeeklyTemplate) -> dict[int, list[tuple[str, str]]]:
     }
 
 
+class Calendar:
+    """Everything besides the weekly template that decides a date's slots.
+
+    An office's own override for the date wins (it may open on a holiday, or close on a
+    working day); otherwise an official holiday or a regulator's closure closes the office;
+    otherwise the weekly template applies.
+    """
+
+    def __init__(
+        self,
+        *,
+        overrides: dict[tuple[int, dt.date], list[DayRule]] | None = None,
+        closures: set[tuple[int | None, dt.date]] | None = None,
+        holidays: set[dt.date] | None = None,
+    ) -> None:
+        self.overrides = overrides or {}
+        self.closures = closures or set()
+        self.holidays = holidays or set()
+
+    def source(self, *, office_id: int, province_id: int, day: dt.date) -> str:
+        if (office_id, day) in self.overrides:
+            return "override"
+        if day in self.holidays:
+            return "holiday"
+        if (None, day) in self.closures or (province_id, day) in self.closures:
+            return "closure"
+        return "template"
+
+    def slots(self, *, office_id: int, province_id: int, template: WeeklyTemplate, day: dt.date) -> list[Slot]:
+        source = self.source(office_id=office_id, province_id=province_id, day=day)
+        if source == "override":
+            return slots_for(WeeklyTemplate(days={iranian_weekday(day): self.overrides[(office_id, day)]}), day)
+        if source in ("holiday", "closure"):
+            return []
+        return slots_for(template, day)
+
+
+def official_holidays(first: dt.date, last: dt.date) -> set[dt.date]:
+    """Iran's official holidays between two dates (lunar ones are estimates for later years)."""
+    import holidays
+
+    calendar = holidays.country_holidays("IR", years=range(first.year, last.year + 1))
+    return {day for day in calendar if first <= day <= last}
+
+
 _decoder = msgspec.json.Decoder(WeeklyTemplate)
+_rules_decoder = msgspec.json.Decoder(list[DayRule])
 _encoder = msgspec.json.Encoder()
 
 
@@ -113,3 +159,36 @@ def decode_template(raw: str | bytes) -> WeeklyTemplate:
 
 def encode_template(template: WeeklyTemplate) -> str:
     return _encoder.encode(template).decode()
+
+
+def decode_rules(raw: str | bytes) -> list[DayRule]:
+    return _rules_decoder.decode(raw)
+
+
+def encode_rules(rules: list[DayRule]) -> str:
+    return _encoder.encode(rules).decode()
+
+
+def validate_rules(rules: list[DayRule]) -> None:
+    """Refuse a plan that cannot be meant: bad times, zero-length slots, absurd seat counts."""
+    from app.errors import InvalidInput
+
+    for rule in rules:
+        try:
+            opens, closes = _minutes(rule.opens), _minutes(rule.closes)
+        except ValueError:
+            raise InvalidInput("opens", "Times look like 08:00.", detail_fa="ساعت باید مانند ۰۸:۰۰ باشد.") from None
+        if not (0 <= opens < closes <= 24 * 60):
+            raise InvalidInput(
+                "closes",
+                "Closing must come after opening, within the day.",
+                detail_fa="ساعت پایان باید بعد از ساعت شروع باشد.",
+            )
+        if not 5 <= rule.slot_minutes <= 240:
+            raise InvalidInput(
+                "slot_minutes", "A slot is 5 to 240 minutes.", detail_fa="طول هر نوبت باید بین ۵ و ۲۴۰ دقیقه باشد."
+            )
+        if not 0 <= rule.seats <= 100:
+            raise InvalidInput(
+                "seats", "Seats per slot must be 0 to 100.", detail_fa="ظرفیت هر نوبت باید بین ۰ و ۱۰۰ باشد."
+            )

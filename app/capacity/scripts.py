@@ -167,6 +167,44 @@ redis.call('EXPIREAT', day, tonumber(ARGV[2]))
 return 1
 """
 
+REPLAN = """
+-- KEYS[1] = the office's day hash
+-- ARGV[1] = "dry" to only report, "apply" to write the new plan
+-- ARGV[2..] = field, seats pairs of the new plan ("s|pool|time", raw seats per slot)
+-- Returns {field, new seats, used, ...} for every slot whose bookings the new plan cannot
+-- hold (the overflow). Applying keeps every used counter: a slot that goes away while it
+-- still has bookings stays with 0 seats until they are moved.
+local day = KEYS[1]
+if redis.call('EXISTS', day) == 0 then return {} end
+local new = {}
+for i = 2, #ARGV, 2 do new[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local function used(field) return tonumber(redis.call('HGET', day, 'u' .. string.sub(field, 2)) or '0') end
+local overflow = {}
+for field, seats in pairs(new) do
+  local taken = used(field)
+  if taken > seats then table.insert(overflow, field) table.insert(overflow, seats) table.insert(overflow, taken) end
+end
+local current = redis.call('HKEYS', day)
+for _, field in ipairs(current) do
+  if string.sub(field, 1, 2) == 's|' and new[field] == nil and used(field) > 0 then
+    table.insert(overflow, field) table.insert(overflow, 0) table.insert(overflow, used(field))
+  end
+end
+if ARGV[1] == 'apply' then
+  for _, field in ipairs(current) do
+    if string.sub(field, 1, 2) == 's|' and new[field] == nil then
+      if used(field) > 0 then
+        redis.call('HSET', day, field, 0)
+      else
+        redis.call('HDEL', day, field, 'u' .. string.sub(field, 2))
+      end
+    end
+  end
+  for field, seats in pairs(new) do redis.call('HSET', day, field, seats) end
+end
+return overflow
+"""
+
 SET_META = """
 -- KEYS[1..n] = day hashes of one office
 -- ARGV[1] = status (active, restricted, blocked), ARGV[2..n+1] = cap percent of each day
@@ -180,29 +218,42 @@ return #KEYS
 """
 
 HOLD = """
--- KEYS[1] = the citizen's holds hash: tracking code -> "date|service"
+-- KEYS[1] = the citizen's holds hash: tracking code -> "date|service", and "_suspended" ->
+--           the first date booking is allowed again after repeated no-shows
 -- ARGV[1] = today "YYYY-MM-DD"; holds of earlier days are dropped as stale
 -- ARGV[2] = date of the new booking, ARGV[3] = service code
 -- ARGV[4] = tracking code of the new booking, ARGV[5] = most active bookings allowed
 -- ARGV[6] = TTL of the hash in seconds (past the booking horizon)
--- Returns OK, SAME_DAY (an active booking for this service that day) or TOO_MANY.
+-- Returns {OK}, {SUSPENDED, until}, {SAME_DAY} (an active booking for this service that
+-- day) or {TOO_MANY}.
 local holds = KEYS[1]
 local today, wanted = ARGV[1], ARGV[2] .. '|' .. ARGV[3]
 local entries = redis.call('HGETALL', holds)
 local active = 0
 for i = 1, #entries, 2 do
-  local value = entries[i + 1]
-  if string.sub(value, 1, 10) < today then
-    redis.call('HDEL', holds, entries[i])
+  local field, value = entries[i], entries[i + 1]
+  if field == '_suspended' then
+    if value > today then return {'SUSPENDED', value} end
+    redis.call('HDEL', holds, field)
+  elseif string.sub(value, 1, 10) < today then
+    redis.call('HDEL', holds, field)
   else
-    if value == wanted then return 'SAME_DAY' end
+    if value == wanted then return {'SAME_DAY'} end
     active = active + 1
   end
 end
-if active >= tonumber(ARGV[5]) then return 'TOO_MANY' end
+if active >= tonumber(ARGV[5]) then return {'TOO_MANY'} end
 redis.call('HSET', holds, ARGV[4], wanted)
-redis.call('EXPIRE', holds, tonumber(ARGV[6]))
-return 'OK'
+if redis.call('TTL', holds) < tonumber(ARGV[6]) then redis.call('EXPIRE', holds, tonumber(ARGV[6])) end
+return {'OK'}
+"""
+
+SUSPEND = """
+-- KEYS[1] = the citizen's holds hash
+-- ARGV[1] = the first date booking is allowed again, ARGV[2] = seconds until then (and a day)
+redis.call('HSET', KEYS[1], '_suspended', ARGV[1])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 1
 """
 
 
@@ -215,7 +266,9 @@ class Scripts:
         self.join_waitlist = redis.register_script(JOIN_WAITLIST)
         self.materialise = redis.register_script(MATERIALISE)
         self.set_meta = redis.register_script(SET_META)
+        self.replan = redis.register_script(REPLAN)
         self.hold = redis.register_script(HOLD)
+        self.suspend = redis.register_script(SUSPEND)
 
 
 def as_text(value: Any) -> str:

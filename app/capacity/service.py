@@ -17,10 +17,11 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus
+from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus, Suspension
 from app.capacity import keys
 from app.capacity.errors import (
     AlreadyBookedThatDay,
+    BookingSuspended,
     DayFull,
     DuplicateRequest,
     NoSuchSlot,
@@ -30,8 +31,16 @@ from app.capacity.errors import (
     SlotFull,
     TooManyBookings,
 )
-from app.capacity.models import CapacityTemplate, CrowdCap
-from app.capacity.plan import CapRule, Slot, decode_template, effective_cap, slots_for
+from app.capacity.models import CapacityOverride, CapacityTemplate, Closure, CrowdCap
+from app.capacity.plan import (
+    Calendar,
+    CapRule,
+    Slot,
+    decode_rules,
+    decode_template,
+    effective_cap,
+    official_holidays,
+)
 from app.capacity.scripts import Scripts, as_text
 from app.offices.models import City, Office, OfficeService, OfficeStatus
 
@@ -51,6 +60,16 @@ class Promotion(msgspec.Struct, frozen=True):
 
     tracking_code: str
     time: str
+
+
+class Overflow(msgspec.Struct, frozen=True):
+    """A slot whose bookings a new plan cannot hold."""
+
+    day: dt.date
+    pool: str
+    time: str
+    seats: int  # under the new plan
+    booked: int
 
 
 class SlotView(msgspec.Struct, frozen=True):
@@ -93,7 +112,8 @@ def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
 
 
 class Capacity:
-    def __init__(self, redis: Redis, *, tz: ZoneInfo, horizon_days: int) -> None:
+    def __init__(self, redis: Redis, *, tz: ZoneInfo, horizon_days: int, official_holidays: bool = True) -> None:
+        self.official_holidays = official_holidays
         self.redis = redis
         self.scripts = Scripts(redis)
         self.tz = tz
@@ -170,16 +190,22 @@ class Capacity:
         self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
     ) -> None:
         """Count a booking against the citizen's limits, which span every office."""
-        outcome = as_text(
-            await self.scripts.hold(
-                keys=[keys.citizen_holds(national_id)],
-                args=[today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()],
-            )
+        reply = await self.scripts.hold(
+            keys=[keys.citizen_holds(national_id)],
+            args=[today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()],
         )
+        outcome = as_text(reply[0])
+        if outcome == "SUSPENDED":
+            raise BookingSuspended(dt.date.fromisoformat(as_text(reply[1])))
         if outcome == "SAME_DAY":
             raise AlreadyBookedThatDay()
         if outcome == "TOO_MANY":
             raise TooManyBookings(limit)
+
+    async def suspend(self, *, national_id: str, until: dt.date, today: dt.date) -> None:
+        """Refuse new bookings of this national ID before ``until`` (repeated no-shows)."""
+        seconds = ((until - today).days + 1) * 86400
+        await self.scripts.suspend(keys=[keys.citizen_holds(national_id)], args=[until.isoformat(), seconds])
 
     async def unhold(self, *, national_id: str, tracking_code: str) -> None:
         await self.redis.hdel(keys.citizen_holds(national_id), tracking_code)
@@ -211,10 +237,17 @@ class Capacity:
         return [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
 
     def _day_args(
-        self, plan: OfficePlan, day: dt.date, used: dict[tuple[str, str], int], caps: list[CapRule]
+        self,
+        plan: OfficePlan,
+        day: dt.date,
+        used: dict[tuple[str, str], int],
+        caps: list[CapRule],
+        calendar: Calendar,
     ) -> list[str | int]:
         args: list[str | int] = [day_expiry(day, self.tz), "_status", plan.status, "_cap", plan.cap(day, caps)]
-        slots: Sequence[Slot] = slots_for(decode_template(plan.template), day)
+        slots: Sequence[Slot] = calendar.slots(
+            office_id=plan.office_id, province_id=plan.province_id, template=decode_template(plan.template), day=day
+        )
         for slot in slots:
             args += [keys.seats_field(slot.pool, slot.time), slot.seats]
             count = used.get((slot.pool, slot.time), 0)
@@ -235,10 +268,30 @@ class Capacity:
         plan = plans[0]
         used = await count_used(session, office_ids=[plan.office_id], days=[day])
         caps = await load_caps(session, first=day, last=day)
+        calendar = await self.calendar(session, first=day, last=day, office_ids=[plan.office_id])
         await self.scripts.materialise(
             keys=[keys.office_day(plan.code, day)],
-            args=["create", *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps)],
+            args=["create", *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)],
         )
+
+    async def calendar(
+        self, session: AsyncSession, *, first: dt.date, last: dt.date, office_ids: list[int] | None = None
+    ) -> Calendar:
+        """Overrides, closures and official holidays between two dates, as the record has them."""
+        query = select(CapacityOverride.office_id, CapacityOverride.date, CapacityOverride.rules).where(
+            CapacityOverride.date >= first, CapacityOverride.date <= last
+        )
+        if office_ids is not None:
+            query = query.where(CapacityOverride.office_id.in_(office_ids))
+        overrides = {(oid, day): decode_rules(rules) for oid, day, rules in await session.execute(query)}
+        closures = {
+            (province_id, day)
+            for province_id, day in await session.execute(
+                select(Closure.province_id, Closure.date).where(Closure.date >= first, Closure.date <= last)
+            )
+        }
+        holidays = official_holidays(first, last) if self.official_holidays else set()
+        return Calendar(overrides=overrides, closures=closures, holidays=holidays)
 
     async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
         """Recompute every counter of the horizon from the record. Returns the office-days written."""
@@ -246,13 +299,14 @@ class Capacity:
         written = 0
         plans = await load_plans(session)
         caps = await load_caps(session, first=days[0], last=days[-1])
+        calendar = await self.calendar(session, first=days[0], last=days[-1])
         for start in range(0, len(plans), batch):
             chunk = plans[start : start + batch]
             used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for plan in chunk:
                     for day in days:
-                        args = self._day_args(plan, day, used.get((plan.office_id, day), {}), caps)
+                        args = self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)
                         await self.scripts.materialise(
                             keys=[keys.office_day(plan.code, day)], args=["replace", *args], client=pipe
                         )
@@ -273,11 +327,21 @@ class Capacity:
                 Booking.status.in_(ACTIVE_STATUSES), Booking.date >= today
             )
         )
+        suspensions = await session.execute(
+            select(Suspension.national_id, func.max(Suspension.until))
+            .where(Suspension.until > today)
+            .group_by(Suspension.national_id)
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for national_id, tracking_code, day, service_code in rows:
                 holds = keys.citizen_holds(national_id)
                 pipe.hset(holds, tracking_code, f"{day.isoformat()}|{service_code}")
                 pipe.expire(holds, self._holds_ttl())
+            for national_id, until in suspensions:
+                seconds = ((until - today).days + 1) * 86400
+                await self.scripts.suspend(
+                    keys=[keys.citizen_holds(national_id)], args=[until.isoformat(), seconds], client=pipe
+                )
             await pipe.execute()
 
     async def _rebuild_waitlists(self, *, session: AsyncSession, today: dt.date) -> None:
@@ -315,6 +379,42 @@ class Capacity:
 
     async def is_built(self) -> bool:
         return bool(await self.redis.exists(keys.REBUILT_AT))
+
+    async def replan(
+        self,
+        *,
+        session: AsyncSession,
+        office_code: str,
+        days: list[dt.date],
+        apply: bool,
+        calendar: Calendar | None = None,
+        template: str | None = None,
+    ) -> list[Overflow]:
+        """Check (``apply=False``) or write the office's plan for ``days`` as the given calendar and
+        template (default: the record's) make it, keeping every booking's seat counted.
+        Returns the overflow: booked seats the new plan has no room for."""
+        plans = await load_plans(session, codes=[office_code])
+        if not plans:
+            return []
+        plan = plans[0]
+        calendar = calendar or await self.calendar(
+            session, first=min(days), last=max(days), office_ids=[plan.office_id]
+        )
+        weekly = decode_template(template or plan.template)
+        overflow: list[Overflow] = []
+        for day in days:
+            if await self.day_view(office_code=office_code, day=day) is None:
+                await self.materialise_day(session=session, office_code=office_code, day=day)
+            args: list[str | int] = ["apply" if apply else "dry"]
+            for slot in calendar.slots(
+                office_id=plan.office_id, province_id=plan.province_id, template=weekly, day=day
+            ):
+                args += [keys.seats_field(slot.pool, slot.time), slot.seats]
+            raw = await self.scripts.replan(keys=[keys.office_day(office_code, day)], args=args)
+            for i in range(0, len(raw), 3):
+                _, pool, time = as_text(raw[i]).split("|")
+                overflow.append(Overflow(day=day, pool=pool, time=time, seats=int(raw[i + 1]), booked=int(raw[i + 2])))
+        return overflow
 
     async def set_status(self, *, office_code: str, status: OfficeStatus, cap_percent: int, today: dt.date) -> None:
         """Make a status change bite in the reserve script at once, for every day of the horizon."""

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import DomainError, NotFound
+
+
+class CapacityBelowBookings(DomainError):
+    """The change would leave booked citizens without a seat; nothing was changed."""
+
+    code = "capacity_below_bookings"
+    status = 409
+    message_fa = "این تغییر برای نوبت‌های ثبت‌شده جا باقی نمی‌گذارد. یا ظرفیت را کمتر کم کنید یا انتقال نوبت‌ها را بخواهید."
+    message_en = "The change leaves booked citizens without a seat. Lower it less, or ask to move the overflow."
+
+    def __init__(self, slots: list[dict[str, Any]]) -> None:
+        super().__init__(slots=slots)
+
+
+class NotAtThisOffice(NotFound):
+    code = "booking_not_at_office"
+    message_fa = "این نوبت متعلق به این دفتر نیست."
+    message_en = "This booking is not at this office."
+
+
+class WrongBookingState(DomainError):
+    code = "booking_state"
+    status = 409
+    message_fa = "این کار در وضعیت فعلی نوبت ممکن نیست."
+    message_en = "This cannot be done in the booking's current state."
+
+
+class NotToday(DomainError):
+    code = "booking_not_today"
+    status = 409
+    message_fa = "این نوبت برای امروز نیست."
+    message_en = "This booking is not for today."

@@ -1,0 +1,417 @@
+"""The office staff console: capacity plans, today's queue, walk-ins, the waiting count.
+
+Every operation first checks that the staff member belongs to the office (regulators may
+act on any office), and writes who did what, with before and after, to the audit log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.booking.models import Booking, BookingStatus, Channel, Suspension
+from app.booking.relocation import Relocator, overflow_bookings
+from app.booking.schemas import BookingCreate, BookingOut
+from app.booking.service import BookingService
+from app.booking.tracking import normalize_tracking_code
+from app.capacity.models import CapacityOverride, CapacityTemplate
+from app.capacity.plan import (
+    DayRule,
+    WeeklyTemplate,
+    decode_template,
+    encode_rules,
+    encode_template,
+    validate_rules,
+)
+from app.capacity.service import Capacity, Overflow, load_plans
+from app.clock import Clock
+from app.console.errors import CapacityBelowBookings, NotAtThisOffice, NotToday, WrongBookingState
+from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
+from app.errors import InvalidInput
+from app.identity import mask_national_id, normalize_mobile
+from app.load.service import LoadService
+from app.locale import jalali_date
+from app.offices.errors import OfficeNotFound
+from app.offices.models import Office, Service
+from app.offices.service import normalize_code
+from app.settings import Settings
+from app.staff.service import StaffPrincipal, audit, require_office
+
+
+class NoShowRules(msgspec.Struct, frozen=True):
+    limit: int
+    window_days: int
+    suspension_days: int
+
+
+class Console:
+    def __init__(
+        self,
+        *,
+        bookings: BookingService,
+        relocator: Relocator,
+        load: LoadService,
+        clock: Clock,
+        settings: Settings,
+    ) -> None:
+        self.bookings = bookings
+        self.capacity: Capacity = bookings.capacity
+        self.relocator = relocator
+        self.load = load
+        self.clock = clock
+        self.no_shows = NoShowRules(
+            limit=settings.no_show_limit,
+            window_days=settings.no_show_window_days,
+            suspension_days=settings.no_show_suspension_days,
+        )
+
+    async def _office(self, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> Office:
+        office_code = normalize_code(office_code, "office_code")
+        require_office(staff, office_code)
+        office = await session.scalar(select(Office).where(Office.code == office_code))
+        if office is None:
+            raise OfficeNotFound()
+        return office
+
+    # --- capacity ---
+
+    async def template(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> WeeklyTemplate:
+        office = await self._office(session, staff, office_code)
+        raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
+        return decode_template(raw) if raw else WeeklyTemplate(days={})
+
+    async def set_template(
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        office_code: str,
+        days: dict[int, list[DayRule]],
+        move_overflow: bool,
+    ) -> CapacityChange:
+        office = await self._office(session, staff, office_code)
+        for weekday, rules in days.items():
+            if not 0 <= weekday <= 6:
+                raise InvalidInput(
+                    "days",
+                    "Weekdays are 0 (Saturday) to 6 (Friday).",
+                    detail_fa="روزهای هفته ۰ (شنبه) تا ۶ (جمعه) هستند.",
+                )
+            validate_rules(rules)
+        new = encode_template(WeeklyTemplate(days=days))
+        row = await session.get(CapacityTemplate, office.id)
+        before = row.template if row else None
+        horizon = self.capacity.horizon(self.clock.today())
+        overflow = await self.capacity.replan(
+            session=session, office_code=office.code, days=horizon, apply=False, template=new
+        )
+        self._refuse_overflow(overflow, move_overflow)
+        if row is None:
+            session.add(CapacityTemplate(office_id=office.id, template=new))
+        else:
+            row.template = new
+        await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
+        await session.commit()
+        return await self._apply(session, office, horizon)
+
+    async def set_override(
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        office_code: str,
+        day: dt.date,
+        rules: list[DayRule],
+        reason: str,
+        move_overflow: bool,
+    ) -> CapacityChange:
+        office = await self._office(session, staff, office_code)
+        self._check_in_horizon(day)
+        validate_rules(rules)
+        calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
+        calendar.overrides[(office.id, day)] = rules
+        overflow = await self.capacity.replan(
+            session=session, office_code=office.code, days=[day], apply=False, calendar=calendar
+        )
+        self._refuse_overflow(overflow, move_overflow)
+        row = await session.get(CapacityOverride, (office.id, day))
+        before = row.rules if row else None
+        if row is None:
+            session.add(CapacityOverride(office_id=office.id, date=day, rules=encode_rules(rules), reason=reason))
+        else:
+            row.rules, row.reason = encode_rules(rules), reason
+        await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
+        await session.commit()
+        return await self._apply(session, office, [day])
+
+    async def clear_override(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
+    ) -> CapacityChange:
+        office = await self._office(session, staff, office_code)
+        row = await session.get(CapacityOverride, (office.id, day))
+        if row is None:
+            return CapacityChange(office_code=office.code, days_changed=0, moved=[])
+        calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
+        calendar.overrides.pop((office.id, day), None)
+        overflow = await self.capacity.replan(
+            session=session, office_code=office.code, days=[day], apply=False, calendar=calendar
+        )
+        self._refuse_overflow(overflow, move_overflow)
+        await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
+        await session.delete(row)
+        await session.commit()
+        return await self._apply(session, office, [day])
+
+    async def day_plans(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> list[DayPlanOut]:
+        office = await self._office(session, staff, office_code)
+        days = self.capacity.horizon(self.clock.today())
+        calendar = await self.capacity.calendar(session, first=days[0], last=days[-1], office_ids=[office.id])
+        plan = (await load_plans(session, codes=[office.code]))[0]
+        result = []
+        for day in days:
+            view = await self.capacity.day_view(office_code=office.code, day=day)
+            slots = view.slots if view else []
+            result.append(
+                DayPlanOut(
+                    date=day.isoformat(),
+                    date_fa=jalali_date(day),
+                    source=calendar.source(office_id=office.id, province_id=plan.province_id, day=day),
+                    slots=sum(1 for s in slots if s.seats > 0),
+                    seats=sum(s.seats for s in slots),
+                    booked=sum(s.used for s in slots),
+                )
+            )
+        return result
+
+    def _check_in_horizon(self, day: dt.date) -> None:
+        if day not in self.capacity.horizon(self.clock.today()):
+            raise InvalidInput(
+                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
+            )
+
+    @staticmethod
+    def _refuse_overflow(overflow: list[Overflow], move_overflow: bool) -> None:
+        if overflow and not move_overflow:
+            raise CapacityBelowBookings(
+                [
+                    {"date": o.day.isoformat(), "slot": o.time, "pool": o.pool, "seats": o.seats, "booked": o.booked}
+                    for o in overflow
+                ]
+            )
+
+    async def _apply(self, session: AsyncSession, office: Office, days: list[dt.date]) -> CapacityChange:
+        """Write the record's plan into Redis, move whoever no longer fits, then hand any new
+        seats to the waitlists."""
+        overflow = await self.capacity.replan(session=session, office_code=office.code, days=days, apply=True)
+        moved: list[MovedBooking] = []
+        for slot in overflow:
+            for booking in await overflow_bookings(
+                session,
+                office_id=office.id,
+                day=slot.day,
+                pool=slot.pool,
+                time=slot.time,
+                count=slot.booked - slot.seats,
+            ):
+                result = await self.relocator.relocate(
+                    session=session,
+                    booking=booking,
+                    from_office=office,
+                    same_office=True,
+                    why_fa=f"به دلیل تغییر ظرفیت {office.name_fa}،",
+                )
+                moved.append(
+                    MovedBooking(
+                        tracking_code=result.tracking_code,
+                        moved=result.moved,
+                        office_code=result.office_code,
+                        slot=result.time,
+                    )
+                )
+        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
+        return CapacityChange(office_code=office.code, days_changed=len(days), moved=moved)
+
+    # --- today's queue ---
+
+    async def queue(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date | None
+    ) -> list[QueueEntry]:
+        office = await self._office(session, staff, office_code)
+        rows = await session.execute(
+            select(Booking, Service.name_fa)
+            .join(Service, Service.code == Booking.service_code)
+            .where(
+                Booking.office_id == office.id,
+                Booking.date == (day or self.clock.today()),
+                Booking.status != BookingStatus.WAITLISTED,
+            )
+            .order_by(Booking.slot_time, Booking.created_at)
+        )
+        return [_entry(booking, service_name) for booking, service_name in rows]
+
+    async def _queued(
+        self, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
+    ) -> tuple[Office, Booking, str]:
+        office = await self._office(session, staff, office_code)
+        code = normalize_tracking_code(tracking_code)
+        row = (
+            await session.execute(
+                select(Booking, Service.name_fa)
+                .join(Service, Service.code == Booking.service_code)
+                .where(Booking.tracking_code == code)
+                .with_for_update(of=Booking)
+            )
+        ).first()
+        if row is None or row[0].office_id != office.id:
+            raise NotAtThisOffice()
+        if row[0].date != self.clock.today():
+            raise NotToday()
+        return office, row[0], row[1]
+
+    async def _transition(
+        self,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        office_code: str,
+        tracking_code: str,
+        allowed: tuple[BookingStatus, ...],
+        to: BookingStatus,
+    ) -> tuple[Office, Booking, QueueEntry]:
+        office, booking, service_name = await self._queued(session, staff, office_code, tracking_code)
+        if booking.status not in allowed:
+            raise WrongBookingState(status=booking.status.value)
+        before = booking.status.value
+        booking.status = to
+        await self._audit(session, staff, office, f"booking.{to.value}", booking.tracking_code, before, to.value)
+        await session.commit()
+        return office, booking, _entry(booking, service_name)
+
+    async def check_in(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
+    ) -> QueueEntry:
+        _, _, entry = await self._transition(
+            session, staff, office_code, tracking_code, (BookingStatus.BOOKED,), BookingStatus.CHECKED_IN
+        )
+        return entry
+
+    async def serve(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
+    ) -> QueueEntry:
+        _, booking, entry = await self._transition(
+            session,
+            staff,
+            office_code,
+            tracking_code,
+            (BookingStatus.BOOKED, BookingStatus.CHECKED_IN),
+            BookingStatus.SERVED,
+        )
+        # Served: no longer an active booking, so it stops counting against the citizen's limits.
+        await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        return entry
+
+    async def no_show(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
+    ) -> QueueEntry:
+        _, booking, entry = await self._transition(
+            session, staff, office_code, tracking_code, (BookingStatus.BOOKED,), BookingStatus.NO_SHOW
+        )
+        await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        await self.record_no_show(session=session, national_id=booking.national_id)
+        return entry
+
+    async def record_no_show(self, *, session: AsyncSession, national_id: str) -> dt.date | None:
+        """Suspend the national ID when its no-shows in the window reach the limit; the date it ends."""
+        today = self.clock.today()
+        since = today - dt.timedelta(days=self.no_shows.window_days)
+        count = await session.scalar(
+            select(func.count())
+            .select_from(Booking)
+            .where(Booking.national_id == national_id, Booking.status == BookingStatus.NO_SHOW, Booking.date > since)
+        )
+        if (count or 0) < self.no_shows.limit:
+            return None
+        current = await session.scalar(select(func.max(Suspension.until)).where(Suspension.national_id == national_id))
+        if current and current > today:
+            return current
+        until = today + dt.timedelta(days=self.no_shows.suspension_days)
+        session.add(
+            Suspension(
+                national_id=national_id, until=until, reason=f"{count} no-shows in {self.no_shows.window_days} days"
+            )
+        )
+        await session.commit()
+        await self.capacity.suspend(national_id=national_id, until=until, today=today)
+        return until
+
+    async def walk_in(
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        office_code: str,
+        national_id: str,
+        service_code: str,
+        mobile: str | None,
+    ) -> BookingOut:
+        """A citizen at the counter without a booking takes the next free seat, like anyone else."""
+        office = await self._office(session, staff, office_code)
+        booked = await self.bookings.book(
+            session=session,
+            mobile=normalize_mobile(mobile) if mobile else "",
+            request=BookingCreate(
+                national_id=national_id,
+                office_code=office.code,
+                service_code=service_code,
+                date=self.clock.today().isoformat(),
+            ),
+            idempotency_key=None,
+            channel=Channel.WALK_IN,
+        )
+        await self._audit(
+            session, staff, office, "booking.walk_in", booked.booking.tracking_code, None, booked.booking.slot
+        )
+        await session.commit()
+        return booked.booking
+
+    async def report_waiting(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, waiting: int
+    ) -> None:
+        office = await self._office(session, staff, office_code)
+        await self.load.report_waiting(office_code=office.code, count=waiting)
+
+    async def _audit(
+        self,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        office: Office,
+        action: str,
+        target: str,
+        before: Any,
+        after: Any,
+    ) -> None:
+        await audit(
+            session,
+            actor=staff,
+            action=action,
+            target=target,
+            office_id=office.id,
+            before=before,
+            after=after,
+            at=self.clock.now(),
+        )
+
+
+def _entry(booking: Booking, service_name_fa: str) -> QueueEntry:
+    return QueueEntry(
+        tracking_code=booking.tracking_code,
+        slot=booking.slot_time,
+        service_code=booking.service_code,
+        service_name_fa=service_name_fa,
+        status=booking.status.value,
+        channel=booking.channel.value,
+        national_id=mask_national_id(booking.national_id),
+    )

@@ -1,0 +1,320 @@
+"""Sign-in for office staff, the regulator and the guild: passwords, lockout, server-side
+sessions in Redis; who may touch which office; and the audit log of their changes."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import re
+import secrets
+
+import msgspec
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.capacity import keys
+from app.errors import Forbidden, InvalidInput, Unauthorized
+from app.locale import normalize_digits
+from app.offices.models import Office
+from app.offices.service import normalize_code
+from app.ratelimit import RateLimiter
+from app.settings import Settings
+from app.staff.errors import AccountLocked, NotYourOffice, WrongCredentials
+from app.staff.models import AuditEntry, StaffAccount, StaffRole, utcnow
+
+USERNAME = re.compile(r"[a-z0-9._-]{3,40}")
+MIN_PASSWORD = 10
+MAX_TOKEN = 100  # token_urlsafe(32) is 43 characters; anything far longer is not ours
+
+# argon2id is memory-hard (64 MiB a hash by default): a handful at once per process keeps a
+# burst of sign-ins from exhausting memory; the rest wait their turn.
+HASH_SLOTS = 4
+
+
+class StaffPrincipal(msgspec.Struct, frozen=True):
+    """Who is signed in, as the session in Redis remembers it."""
+
+    account_id: int
+    username: str
+    role: StaffRole
+    office_id: int | None
+    office_code: str | None
+
+
+def _signed_out() -> Unauthorized:
+    return Unauthorized(
+        "Sign in to your staff account first (the session is missing or has expired).",
+        detail_fa="ابتدا با حساب کاربری کارکنان وارد شوید (نشست وجود ندارد یا منقضی شده است).",
+    )
+
+
+def _session_key(token: str) -> str:
+    # Only a digest names the session: a Redis dump or MONITOR does not hand out live tokens.
+    # No key is needed: the token is 256 random bits, not something to brute-force.
+    return keys.staff_session(hashlib.sha256(token.encode()).hexdigest())
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite gives back the UTC we stored without its offset; PostgreSQL keeps it.
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _normalize_username(value: str) -> str:
+    return normalize_digits(value).strip().lower()
+
+
+class StaffAuth:
+    def __init__(
+        self, *, redis: Redis, settings: Settings, limiter: RateLimiter, hasher: PasswordHasher | None = None
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.limiter = limiter
+        self.hasher = hasher or PasswordHasher()
+        self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
+        # Verified against when the username is unknown, so that answer takes as long as a
+        # wrong password does; made with our own parameters so it costs the same.
+        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+
+    async def _hash(self, password: str) -> str:
+        async with self._hash_slots:
+            return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def _verify(self, password_hash: str, password: str) -> bool:
+        # In a thread: one verify is ~0.1 s of CPU, which would stall every other request
+        # on the event loop.
+        async with self._hash_slots:
+            try:
+                return await asyncio.to_thread(self.hasher.verify, password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+    async def sign_in(
+        self, *, session: AsyncSession, username: str, password: str, client: str
+    ) -> tuple[str, StaffPrincipal]:
+        """Check the password and open a session; returns (token, principal).
+
+        This commits ``session``: the failure count must persist even though the request
+        fails (the request's transaction rolls back on any error, which would forget the
+        wrong password and make lockout impossible). Call it on a session holding nothing else.
+        """
+        await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
+        name = _normalize_username(username)
+        row = None
+        if USERNAME.fullmatch(name):
+            row = (
+                await session.execute(
+                    select(StaffAccount, Office.code)
+                    .outerjoin(Office, Office.id == StaffAccount.office_id)
+                    .where(StaffAccount.username == name)
+                )
+            ).first()
+        if row is None:
+            await self._verify(self._dummy_hash, password)
+            raise WrongCredentials()
+        account, office_code = row
+
+        now = utcnow()
+        if account.locked_until is not None and _aware(account.locked_until) > now:
+            raise AccountLocked(_aware(account.locked_until), now=now)
+        if not await self._verify(account.password_hash, password):
+            await self._count_failure(session, account.id, now)
+            raise WrongCredentials()
+        if account.disabled:
+            # Same answer as a wrong password: a disabled account is not worth confirming.
+            raise WrongCredentials()
+
+        account.failed_attempts = 0
+        account.locked_until = None
+        if self.hasher.check_needs_rehash(account.password_hash):
+            account.password_hash = await self._hash(password)
+        await session.commit()
+
+        principal = StaffPrincipal(
+            account_id=account.id,
+            username=account.username,
+            role=account.role,
+            office_id=account.office_id,
+            office_code=office_code,
+        )
+        return await self._open_session(principal), principal
+
+    async def _count_failure(self, session: AsyncSession, account_id: int, now: dt.datetime) -> None:
+        # Incremented in SQL, not in Python: parallel wrong guesses must each count.
+        failures = await session.scalar(
+            update(StaffAccount)
+            .where(StaffAccount.id == account_id)
+            .values(failed_attempts=StaffAccount.failed_attempts + 1)
+            .returning(StaffAccount.failed_attempts)
+        )
+        if failures is not None and failures >= self.settings.staff_max_failures:
+            await session.execute(
+                update(StaffAccount)
+                .where(StaffAccount.id == account_id)
+                .values(failed_attempts=0, locked_until=now + dt.timedelta(seconds=self.settings.staff_lockout_seconds))
+            )
+        await session.commit()  # see sign_in: the count must outlive the failed request
+
+    async def _open_session(self, principal: StaffPrincipal) -> str:
+        token = secrets.token_urlsafe(32)
+        key = _session_key(token)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "account_id": principal.account_id,
+                    "username": principal.username,
+                    "role": principal.role.value,
+                    "office_id": "" if principal.office_id is None else principal.office_id,
+                    "office_code": principal.office_code or "",
+                },
+            )
+            pipe.expire(key, self.settings.staff_session_ttl_seconds)
+            await pipe.execute()
+        return token
+
+    async def principal(self, token: str) -> StaffPrincipal:
+        """The signed-in account behind ``token``; Unauthorized when missing or expired."""
+        if not token or len(token) > MAX_TOKEN:
+            raise _signed_out()
+        raw = await self.redis.hgetall(_session_key(token))
+        if not raw:
+            raise _signed_out()
+        fields = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+        return StaffPrincipal(
+            account_id=int(fields["account_id"]),
+            username=fields["username"],
+            role=StaffRole(fields["role"]),
+            office_id=int(fields["office_id"]) if fields["office_id"] else None,
+            office_code=fields["office_code"] or None,
+        )
+
+    async def sign_out(self, token: str) -> None:
+        if token and len(token) <= MAX_TOKEN:
+            await self.redis.delete(_session_key(token))
+
+    async def create_account(
+        self,
+        *,
+        session: AsyncSession,
+        username: str,
+        password: str,
+        role: StaffRole | str,
+        office_code: str | None,
+    ) -> StaffAccount:
+        """Add an account (flushed, not committed). InvalidInput names the field at fault."""
+        name = _normalize_username(username)
+        if not USERNAME.fullmatch(name):
+            raise InvalidInput(
+                "username",
+                "A username is 3 to 40 characters: a-z, 0-9, dot, underscore or hyphen.",
+                detail_fa="نام کاربری ۳ تا ۴۰ نویسه از حروف کوچک لاتین، رقم، نقطه، زیرخط یا خط تیره است.",
+            )
+        if len(password) < MIN_PASSWORD:
+            raise InvalidInput(
+                "password",
+                f"A password is at least {MIN_PASSWORD} characters.",
+                detail_fa="گذرواژه دست‌کم ۱۰ نویسه است.",
+            )
+        try:
+            role = StaffRole(role)
+        except ValueError:
+            raise InvalidInput(
+                "role",
+                "The role is office_staff, regulator or guild.",
+                detail_fa="نقش باید office_staff، regulator یا guild باشد.",
+            ) from None
+        office_id: int | None = None
+        if role is StaffRole.OFFICE_STAFF:
+            if not office_code:
+                raise InvalidInput(
+                    "office_code",
+                    "Office staff belong to one office; give its code.",
+                    detail_fa="کارکنان دفتر باید به یک دفتر تعلق داشته باشند؛ کد دفتر را وارد کنید.",
+                )
+            office_id = await session.scalar(
+                select(Office.id).where(Office.code == normalize_code(office_code, "office_code"))
+            )
+            if office_id is None:
+                raise InvalidInput("office_code", "No office has this code.", detail_fa="دفتری با این کد وجود ندارد.")
+        elif office_code:
+            raise InvalidInput(
+                "office_code",
+                "Regulator and guild accounts belong to no office.",
+                detail_fa="حساب‌های نهاد ناظر و اتحادیه به دفتری تعلق ندارند.",
+            )
+        if await session.scalar(select(StaffAccount.id).where(StaffAccount.username == name)) is not None:
+            raise InvalidInput("username", "This username is taken.", detail_fa="این نام کاربری گرفته شده است.")
+        account = StaffAccount(
+            username=name,
+            password_hash=await self._hash(password),
+            role=role,
+            office_id=office_id,
+            failed_attempts=0,
+            disabled=False,
+        )
+        session.add(account)
+        await session.flush()
+        return account
+
+
+def require_role(principal: StaffPrincipal, *roles: StaffRole) -> None:
+    if principal.role not in roles:
+        raise Forbidden(
+            f"This needs one of these roles: {', '.join(r.value for r in roles)}.",
+            detail_fa="نقش شما اجازهٔ این کار را نمی‌دهد.",
+        )
+
+
+def require_office(principal: StaffPrincipal, office_code: str) -> None:
+    """Office staff may touch only their own office; the regulator may touch any.
+
+    Guild accounts belong to no office and are refused too: a handler that lets the guild
+    see every office says so by not calling this for them.
+    """
+    if principal.role is StaffRole.REGULATOR:
+        return
+    own = principal.office_code
+    if principal.role is StaffRole.OFFICE_STAFF and own is not None and normalize_digits(office_code).strip() == own:
+        return
+    raise NotYourOffice()
+
+
+def _json(value: object | None) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+async def audit(
+    session: AsyncSession,
+    *,
+    actor: StaffPrincipal,
+    action: str,
+    target: str,
+    office_id: int | None,
+    before: object | None,
+    after: object | None,
+    at: dt.datetime,
+) -> AuditEntry:
+    """Record one change in the caller's transaction (not committed: the change and its
+    entry stand or fall together)."""
+    if at.tzinfo is None:
+        raise ValueError("audit times must carry a time zone")
+    entry = AuditEntry(
+        at=at.astimezone(dt.UTC),
+        actor=actor.username,
+        actor_role=actor.role.value,
+        office_id=office_id,
+        action=action,
+        target=target,
+        before=_json(before),
+        after=_json(after),
+    )
+    session.add(entry)
+    return entry

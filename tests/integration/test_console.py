@@ -1,0 +1,302 @@
+"""The office staff console against a real Redis and the record: isolation, capacity plans,
+overflow, today's queue and no-show suspension."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import func, select
+
+from app.capacity import keys
+from app.clock import Clock
+from app.staff.models import AuditEntry, StaffRole
+from app.sms.backends import OUTBOX
+from tests.conftest import World, booking_body
+
+Client = AsyncTestClient[Litestar]
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def morning(monkeypatch: pytest.MonkeyPatch) -> dt.datetime:
+    """Today at 07:00 in Tehran, before any office opens: every slot of today is still ahead."""
+    tz = Clock("Asia/Tehran").tz
+    fixed = dt.datetime.combine(dt.datetime.now(tz).date(), dt.time(7, 0), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: fixed)
+    return fixed
+
+
+async def account(world: World, username: str, role: StaffRole, office: str | None) -> None:
+    async with world.container.sessions() as session:
+        await world.container.staff.create_account(
+            session=session, username=username, password=PASSWORD, role=role, office_code=office
+        )
+        await session.commit()
+
+
+async def sign_in(client: Client, username: str) -> dict[str, str]:
+    response = await client.post("/api/v1/staff/login", json={"username": username, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def staff_of(client: Client, world: World, office: str) -> dict[str, str]:
+    username = f"staff-{office}"
+    await account(world, username, StaffRole.OFFICE_STAFF, office)
+    return await sign_in(client, username)
+
+
+def used(redis: SyncRedis, office: str, day: dt.date, time: str) -> int:
+    return int(redis.hget(keys.office_day(office, day), keys.used_field("*", time)) or 0)
+
+
+def seats(redis: SyncRedis, office: str, day: dt.date, time: str) -> int | None:
+    value = redis.hget(keys.office_day(office, day), keys.seats_field("*", time))
+    return None if value is None else int(value)
+
+
+def every_day(seats: int, opens: str = "08:00", closes: str = "20:00") -> dict[str, Any]:
+    rule = {"opens": opens, "closes": closes, "slot_minutes": 30, "seats": seats}
+    return {"days": {str(d): [rule] for d in range(7)}}
+
+
+async def test_staff_touch_only_their_own_office(client: Client, world: World) -> None:
+    mine, theirs = await world.office(), await world.office()
+    headers = await staff_of(client, world, mine)
+    await account(world, "guild-1", StaffRole.GUILD, None)
+    guild = await sign_in(client, "guild-1")
+    day = world.tomorrow().isoformat()
+    calls: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", "template", None),
+        ("PUT", "template", every_day(3)),
+        ("GET", "days", None),
+        ("PUT", f"overrides/{day}", {"rules": []}),
+        ("DELETE", f"overrides/{day}", None),
+        ("GET", "queue", None),
+        ("POST", "queue/ABCDEFGHJK/check-in", None),
+        ("POST", "queue/ABCDEFGHJK/served", None),
+        ("POST", "queue/ABCDEFGHJK/no-show", None),
+        ("POST", "walk-ins", {"national_id": world.national_id(), "service_code": "101"}),
+        ("PUT", "waiting", {"waiting": 3}),
+    ]
+    for method, path, body in calls:
+        url = f"/api/v1/staff/offices/{theirs}/{path}"
+        for who, expected in ((headers, "not_your_office"), (guild, "not_your_office")):
+            response = await client.request(method, url, json=body, headers=who)
+            assert response.status_code == 403, (method, path, response.text)
+            assert response.json()["code"] == expected
+        client.cookies.clear()  # the sign-ins above left a session cookie in the client
+        anonymous = await client.request(method, url, json=body)
+        assert anonymous.status_code == 401, (method, path)
+    own = await client.get(f"/api/v1/staff/offices/{mine}/template", headers=headers)
+    assert own.status_code == 200
+
+
+async def test_template_override_and_closure_resolve_per_date(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    from app.capacity.models import Closure
+
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    changed = await client.put(
+        f"/api/v1/staff/offices/{office}/template", json=every_day(4, "09:00", "12:00"), headers=headers
+    )
+    assert changed.status_code == 200, changed.text
+    day = world.tomorrow()
+    assert seats(redis_sync, office, day, "09:00") == 4 and seats(redis_sync, office, day, "08:00") is None
+
+    override_day = day + dt.timedelta(days=1)
+    closed = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{override_day.isoformat()}",
+        json={"rules": [], "reason": "تعمیرات"},
+        headers=headers,
+    )
+    assert closed.status_code == 200, closed.text
+    assert seats(redis_sync, office, override_day, "09:00") is None
+    async with world.container.sessions() as session:
+        session.add(Closure(date=day + dt.timedelta(days=2), province_id=1, reason="سیل", created_by="regulator"))
+        await session.commit()
+    plans = (await client.get(f"/api/v1/staff/offices/{office}/days", headers=headers)).json()
+    by_date = {p["date"]: p for p in plans}
+    assert by_date[day.isoformat()]["source"] == "template" and by_date[day.isoformat()]["seats"] == 24
+    assert by_date[override_day.isoformat()]["source"] == "override" and by_date[override_day.isoformat()]["seats"] == 0
+    assert by_date[(day + dt.timedelta(days=2)).isoformat()]["source"] == "closure"
+
+    reopened = await client.delete(
+        f"/api/v1/staff/offices/{office}/overrides/{override_day.isoformat()}", headers=headers
+    )
+    assert reopened.status_code == 200
+    assert seats(redis_sync, office, override_day, "09:00") == 4
+    booking = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), override_day, "09:30"), headers=world.token()
+    )
+    assert booking.status_code == 201
+
+
+async def test_lowering_below_bookings_is_refused_with_the_slots(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    day = world.tomorrow()
+    for _ in range(2):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+        assert booked.status_code == 201
+    refused = await client.put(f"/api/v1/staff/offices/{office}/template", json=every_day(1), headers=headers)
+    assert refused.status_code == 409
+    problem = refused.json()
+    assert problem["code"] == "capacity_below_bookings"
+    assert {"date": day.isoformat(), "slot": "10:00", "pool": "*", "seats": 1, "booked": 2} in problem["slots"]
+    assert seats(redis_sync, office, day, "10:00") == 2
+    template = (await client.get(f"/api/v1/staff/offices/{office}/template", headers=headers)).json()
+    assert template["days"]["0"][0]["seats"] == 2
+
+
+async def test_moving_the_overflow_rebooks_at_the_nearest_slot(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    day = world.tomorrow()
+    codes = []
+    for mobile in ("09121110001", "09121110002"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
+        )
+        codes.append(booked.json()["tracking_code"])
+    # 09:30 and 10:30 are full too, so the nearest free slot is 09:00 (earlier wins a tie with 11:00).
+    for slot in ("09:30", "10:30"):
+        for _ in range(2):
+            await client.post(
+                "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+            )
+    moved = await client.put(
+        f"/api/v1/staff/offices/{office}/template?move_overflow=true", json=every_day(1), headers=headers
+    )
+    assert moved.status_code == 200, moved.text
+    result = moved.json()["moved"]
+    assert len(result) == 3 and all(m["moved"] for m in result)
+    second = (await client.get(f"/api/v1/bookings/{codes[1]}")).json()
+    first = (await client.get(f"/api/v1/bookings/{codes[0]}")).json()
+    assert first["slot"] == "10:00" and first["status"] == "booked"
+    assert second["status"] == "booked" and second["slot"] != "10:00" and second["office_code"] == office
+    assert used(redis_sync, office, day, "10:00") == 1
+    for slot in ("09:00", "09:30", "10:00", "10:30", "11:00", "11:30"):
+        assert used(redis_sync, office, day, slot) <= 1
+    async with world.container.sessions() as session:
+        from app.booking.models import Booking, BookingStatus
+
+        rows = await session.execute(
+            select(Booking.slot_time, func.count())
+            .where(Booking.status == BookingStatus.BOOKED)
+            .group_by(Booking.slot_time)
+        )
+        for slot, count in rows:
+            assert count == used(redis_sync, office, day, slot) == 1
+    assert any("09121110002" in m.decode() and "منتقل" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 50))
+
+
+async def test_closing_a_day_moves_bookings_to_a_nearby_office(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=1, lat=35.70, lon=51.40)
+    neighbour = await world.office(seats=1, lat=35.70, lon=51.42)
+    await world.rebuild()
+    headers = await staff_of(client, world, office)
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    code = booked.json()["tracking_code"]
+    closed = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json={"rules": []},
+        headers=headers,
+    )
+    assert closed.status_code == 200, closed.text
+    moved = (await client.get(f"/api/v1/bookings/{code}")).json()
+    assert (moved["office_code"], moved["slot"], moved["status"]) == (neighbour, "10:00", "booked")
+    assert used(redis_sync, neighbour, day, "10:00") == 1
+    assert used(redis_sync, office, day, "10:00") == 0
+
+
+async def test_queue_check_in_served_and_walk_in(
+    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    today = morning.date()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "08:00"), headers=world.token()
+    )
+    code = booked.json()["tracking_code"]
+    base = f"/api/v1/staff/offices/{office}"
+    queue = (await client.get(f"{base}/queue", headers=headers)).json()
+    assert [(q["tracking_code"], q["slot"], q["status"]) for q in queue] == [(code, "08:00", "booked")]
+    served_early = await client.post(f"{base}/queue/{code}/no-show", headers=headers)
+    assert served_early.status_code == 200
+    again = await client.post(f"{base}/queue/{code}/check-in", headers=headers)
+    assert again.status_code == 409 and again.json()["code"] == "booking_state"
+
+    second = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "08:30"), headers=world.token()
+    )
+    second_code = second.json()["tracking_code"]
+    assert (await client.post(f"{base}/queue/{second_code.lower()}/check-in", headers=headers)).json()[
+        "status"
+    ] == "checked_in"
+    assert (await client.post(f"{base}/queue/{second_code}/served", headers=headers)).json()["status"] == "served"
+
+    walk_in = await client.post(
+        f"{base}/walk-ins", json={"national_id": world.national_id(), "service_code": "101"}, headers=headers
+    )
+    assert walk_in.status_code == 201, walk_in.text
+    assert walk_in.json()["channel"] == "walk_in" and walk_in.json()["slot"] == "09:00"
+    assert used(redis_sync, office, today, "09:00") == 1
+    assert (await client.put(f"{base}/waiting", json={"waiting": 12}, headers=headers)).status_code == 204
+    assert (await client.get(f"/api/v1/offices/{office}/load")).json()["waiting_now"] == 12
+    assert (await client.put(f"{base}/waiting", json={"waiting": -1}, headers=headers)).status_code == 422
+
+    async with world.container.sessions() as session:
+        actions = list(await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id)))
+    assert actions == ["booking.no_show", "booking.checked_in", "booking.served", "booking.walk_in"]
+
+
+async def test_three_no_shows_suspend_booking(client: Client, world: World, morning: dt.datetime) -> None:
+    office = await world.office(seats=2, services=("101", "102", "103"))
+    headers = await staff_of(client, world, office)
+    today = morning.date()
+    national_id = world.national_id()
+    for service, slot in (("101", "12:00"), ("102", "12:30"), ("103", "13:00")):
+        booked = await client.post(
+            "/api/v1/bookings",
+            json=booking_body(office, national_id, today, slot, service=service),
+            headers=world.token(),
+        )
+        assert booked.status_code == 201, booked.text
+        marked = await client.post(
+            f"/api/v1/staff/offices/{office}/queue/{booked.json()['tracking_code']}/no-show", headers=headers
+        )
+        assert marked.status_code == 200
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, national_id, today + dt.timedelta(days=2)), headers=world.token()
+    )
+    assert refused.status_code == 403
+    problem = refused.json()
+    assert problem["code"] == "booking_suspended"
+    assert problem["until"] == (today + dt.timedelta(days=7)).isoformat()
+    assert "۱۴۰" in problem["message_fa"]
+    other = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, world.national_id(), today + dt.timedelta(days=2)),
+        headers=world.token(),
+    )
+    assert other.status_code == 201

@@ -1,0 +1,494 @@
+"""Staff, regulator and guild accounts: passwords, lockout, Redis sessions, office scope, audit.
+
+The ``staff`` fixture builds the service on the test's own loop over the app's record and
+Redis; the HTTP tests need ``container.staff`` and ``StaffAuthController`` wired into the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from typing import Any
+
+import msgspec
+import pytest
+from argon2 import PasswordHasher
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import select, update
+
+from app.capacity import keys
+from app.container import Container
+from app.errors import Forbidden, InvalidInput, RateLimited, Unauthorized, problem_body
+from app.ratelimit import RateLimiter
+from app.settings import Settings
+from app.staff.demo import ensure_demo_accounts
+from app.staff.errors import AccountLocked, NotYourOffice, WrongCredentials
+from app.staff.models import AuditEntry, StaffAccount, StaffRole, utcnow
+from app.staff.service import StaffAuth, StaffPrincipal, audit, require_office, require_role
+from tests.conftest import World
+
+Client = AsyncTestClient[Litestar]
+PASSWORD = "correct horse battery"
+CLIENT = "192.0.2.1"
+
+
+def service(
+    container: Container, *, settings: Settings | None = None, hasher: PasswordHasher | None = None
+) -> StaffAuth:
+    return StaffAuth(
+        redis=container.redis,
+        settings=settings or container.settings,
+        limiter=RateLimiter(container.redis),
+        hasher=hasher,
+    )
+
+
+@pytest.fixture
+def staff(container: Container) -> StaffAuth:
+    return service(container)
+
+
+async def make_account(
+    container: Container,
+    staff: StaffAuth,
+    username: str,
+    *,
+    role: StaffRole = StaffRole.OFFICE_STAFF,
+    office_code: str | None = None,
+    password: str = PASSWORD,
+) -> None:
+    async with container.sessions() as session:
+        await staff.create_account(
+            session=session, username=username, password=password, role=role, office_code=office_code
+        )
+        await session.commit()
+
+
+async def sign_in(container: Container, staff: StaffAuth, username: str, password: str) -> tuple[str, StaffPrincipal]:
+    async with container.sessions() as session:
+        return await staff.sign_in(session=session, username=username, password=password, client=CLIENT)
+
+
+async def account(container: Container, username: str) -> StaffAccount:
+    async with container.sessions() as session:
+        found = await session.scalar(select(StaffAccount).where(StaffAccount.username == username))
+        assert found is not None
+        return found
+
+
+async def unlock(container: Container, username: str) -> None:
+    """Move the lock into the past, as if the lockout had run out."""
+    async with container.sessions() as session:
+        await session.execute(
+            update(StaffAccount)
+            .where(StaffAccount.username == username)
+            .values(locked_until=utcnow() - dt.timedelta(seconds=1))
+        )
+        await session.commit()
+
+
+def session_key(token: str) -> str:
+    return keys.staff_session(hashlib.sha256(token.encode()).hexdigest())
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+async def test_sign_in_opens_a_session_kept_by_digest(
+    container: Container, staff: StaffAuth, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office()
+    await make_account(container, staff, "Clerk.One", office_code=office)
+    token, principal = await sign_in(container, staff, "  CLERK.one ", PASSWORD)
+    assert principal.username == "clerk.one" and principal.role is StaffRole.OFFICE_STAFF
+    assert principal.office_code == office and principal.office_id is not None
+    assert await staff.principal(token) == principal
+    # Redis knows the session only by the token's digest, and expires it.
+    assert redis_sync.exists(session_key(token))
+    assert 0 < redis_sync.ttl(session_key(token)) <= container.settings.staff_session_ttl_seconds
+    for key in redis_sync.scan_iter(match=f"{keys.NAMESPACE}:staff:*"):
+        assert token.encode() not in key
+        assert all(token.encode() not in value for value in redis_sync.hvals(key))
+
+
+async def test_wrong_passwords_lock_the_account(container: Container, staff: StaffAuth, world: World) -> None:
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    limit = container.settings.staff_max_failures
+    for tries in range(1, limit):
+        with pytest.raises(WrongCredentials):
+            await sign_in(container, staff, "clerk", "wrong password")
+        # Counted in the record although the sign-in failed.
+        assert (await account(container, "clerk")).failed_attempts == tries
+    with pytest.raises(WrongCredentials):
+        await sign_in(container, staff, "clerk", "wrong password")
+    locked = await account(container, "clerk")
+    assert locked.failed_attempts == 0 and locked.locked_until is not None
+
+    with pytest.raises(AccountLocked) as refused:
+        await sign_in(container, staff, "clerk", PASSWORD)
+    retry_after = int(refused.value.headers["Retry-After"])
+    assert 0 < retry_after <= container.settings.staff_lockout_seconds
+    assert problem_body(refused.value)["locked_until"] == refused.value.locked_until.isoformat()
+
+    await unlock(container, "clerk")
+    await sign_in(container, staff, "clerk", PASSWORD)
+    assert (await account(container, "clerk")).locked_until is None
+
+
+async def test_success_resets_the_failure_count(container: Container, staff: StaffAuth) -> None:
+    await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
+    for _ in range(2):
+        with pytest.raises(WrongCredentials):
+            await sign_in(container, staff, "regulator", "wrong password")
+    assert (await account(container, "regulator")).failed_attempts == 2
+    _, principal = await sign_in(container, staff, "regulator", PASSWORD)
+    assert principal.office_code is None and principal.office_id is None
+    assert (await account(container, "regulator")).failed_attempts == 0
+
+
+class CountingHasher(PasswordHasher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.verified = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.verified += 1
+        return super().verify(hash, password)
+
+
+async def test_unknown_username_costs_a_verify_and_reads_like_a_wrong_password(container: Container) -> None:
+    hasher = CountingHasher()
+    staff = service(container, hasher=hasher)
+    await make_account(container, staff, "guild", role=StaffRole.GUILD)
+    with pytest.raises(WrongCredentials) as unknown:
+        await sign_in(container, staff, "nobody-here", PASSWORD)
+    assert hasher.verified == 1
+    with pytest.raises(WrongCredentials) as wrong:
+        await sign_in(container, staff, "guild", "wrong password")
+    assert hasher.verified == 2
+    assert problem_body(unknown.value) == problem_body(wrong.value)
+    # A name that could never be valid still costs the same.
+    with pytest.raises(WrongCredentials):
+        await sign_in(container, staff, "x" * 500, PASSWORD)
+    assert hasher.verified == 3
+
+
+async def test_disabled_account_is_refused_like_a_wrong_password(container: Container, staff: StaffAuth) -> None:
+    await make_account(container, staff, "guild", role=StaffRole.GUILD)
+    async with container.sessions() as session:
+        await session.execute(update(StaffAccount).values(disabled=True))
+        await session.commit()
+    with pytest.raises(WrongCredentials):
+        await sign_in(container, staff, "guild", PASSWORD)
+
+
+async def test_old_hashes_are_upgraded_on_sign_in(container: Container) -> None:
+    weak = service(container, hasher=PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+    await make_account(container, weak, "guild", role=StaffRole.GUILD)
+    old = (await account(container, "guild")).password_hash
+    assert "m=8192,t=1,p=1" in old
+    current = service(container)
+    await sign_in(container, current, "guild", PASSWORD)
+    new = (await account(container, "guild")).password_hash
+    assert new != old and not current.hasher.check_needs_rehash(new)
+    await sign_in(container, current, "guild", PASSWORD)
+
+
+async def test_sign_in_is_rate_limited_per_address(container: Container) -> None:
+    staff = service(container, settings=container.settings.with_(staff_login_per_address="2/60"))
+    await make_account(container, staff, "guild", role=StaffRole.GUILD)
+    await sign_in(container, staff, "guild", PASSWORD)
+    with pytest.raises(WrongCredentials):
+        await sign_in(container, staff, "guild", "wrong password")
+    with pytest.raises(RateLimited):
+        await sign_in(container, staff, "guild", PASSWORD)
+    async with container.sessions() as session:
+        await staff.sign_in(session=session, username="guild", password=PASSWORD, client="192.0.2.2")
+
+
+async def test_sign_out_and_expiry_end_the_session(
+    container: Container, staff: StaffAuth, redis_sync: SyncRedis
+) -> None:
+    await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
+    token, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    other, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    await staff.sign_out(token)
+    with pytest.raises(Unauthorized):
+        await staff.principal(token)
+    await staff.principal(other)  # one sign-out ends one session
+    redis_sync.pexpire(session_key(other), 1)
+    await asyncio.sleep(0.01)
+    with pytest.raises(Unauthorized):
+        await staff.principal(other)
+    for nothing in ("", "x" * 1000, "not-a-token"):
+        with pytest.raises(Unauthorized):
+            await staff.principal(nothing)
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "role", "office", "field"),
+    [
+        ("ab", PASSWORD, "office_staff", True, "username"),
+        ("x" * 41, PASSWORD, "office_staff", True, "username"),
+        ("has space", PASSWORD, "office_staff", True, "username"),
+        ("نام", PASSWORD, "office_staff", True, "username"),
+        ("clerk", "short-pw1", "office_staff", True, "password"),
+        ("clerk", PASSWORD, "cashier", True, "role"),
+        ("clerk", PASSWORD, "office_staff", False, "office_code"),
+        ("clerk", PASSWORD, "office_staff", "999999", "office_code"),
+        ("clerk", PASSWORD, "regulator", True, "office_code"),
+        ("clerk", PASSWORD, "guild", True, "office_code"),
+        ("taken", PASSWORD, "guild", False, "username"),
+        ("TAKEN", PASSWORD, "regulator", False, "username"),
+    ],
+)
+async def test_create_account_validates(
+    container: Container,
+    staff: StaffAuth,
+    world: World,
+    username: str,
+    password: str,
+    role: str,
+    office: bool | str,
+    field: str,
+) -> None:
+    code = await world.office()
+    await make_account(container, staff, "taken", role=StaffRole.GUILD)
+    office_code = office if isinstance(office, str) else (code if office else None)
+    async with container.sessions() as session:
+        with pytest.raises(InvalidInput) as refused:
+            await staff.create_account(
+                session=session, username=username, password=password, role=role, office_code=office_code
+            )
+    assert refused.value.field == field
+    assert refused.value.detail_fa and refused.value.detail_en
+
+
+async def test_create_account_accepts_persian_digits_in_the_office_code(
+    container: Container, staff: StaffAuth, world: World
+) -> None:
+    code = await world.office()
+    persian = code.translate(str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹"))
+    async with container.sessions() as session:
+        created = await staff.create_account(
+            session=session, username="clerk", password=PASSWORD, role="office_staff", office_code=persian
+        )
+        assert created.id is not None and created.role is StaffRole.OFFICE_STAFF
+        await session.rollback()  # create_account does not commit
+    async with container.sessions() as session:
+        assert await session.scalar(select(StaffAccount.id)) is None
+
+
+def principal(role: StaffRole, office_code: str | None = None) -> StaffPrincipal:
+    return StaffPrincipal(
+        account_id=1, username="someone", role=role, office_id=1 if office_code else None, office_code=office_code
+    )
+
+
+def test_require_role() -> None:
+    require_role(principal(StaffRole.REGULATOR), StaffRole.REGULATOR, StaffRole.GUILD)
+    with pytest.raises(Forbidden) as refused:
+        require_role(principal(StaffRole.OFFICE_STAFF, "010001"), StaffRole.REGULATOR)
+    assert refused.value.status == 403 and refused.value.code == "forbidden"
+
+
+def test_require_office() -> None:
+    clerk = principal(StaffRole.OFFICE_STAFF, "010001")
+    require_office(clerk, "010001")
+    require_office(clerk, "۰۱۰۰۰۱")
+    with pytest.raises(NotYourOffice) as refused:
+        require_office(clerk, "010002")
+    assert refused.value.status == 403 and refused.value.code == "not_your_office"
+    require_office(principal(StaffRole.REGULATOR), "010002")
+    with pytest.raises(NotYourOffice):
+        require_office(principal(StaffRole.GUILD), "010002")
+
+
+class Template(msgspec.Struct):
+    seats: int
+    opens: str
+
+
+async def test_audit_keeps_before_and_after(container: Container, world: World) -> None:
+    code = await world.office()
+    actor = principal(StaffRole.OFFICE_STAFF, code)
+    tehran = dt.timezone(dt.timedelta(hours=3, minutes=30))
+    at = dt.datetime(2026, 4, 25, 9, 30, tzinfo=tehran)
+    async with container.sessions() as session:
+        await audit(
+            session,
+            actor=actor,
+            action="capacity.template.set",
+            target=f"office:{code}",
+            office_id=1,
+            before=Template(seats=2, opens="08:00"),
+            after={"seats": 3, "opens": "07:30", "day": dt.date(2026, 4, 25)},
+            at=at,
+        )
+        await audit(
+            session,
+            actor=actor,
+            action="booking.check_in",
+            target="booking:ABCDEFGHJK",
+            office_id=1,
+            before=None,
+            after={"status": "checked_in"},
+            at=at,
+        )
+        await session.commit()
+    async with container.sessions() as session:
+        entries = list(await session.scalars(select(AuditEntry).order_by(AuditEntry.id)))
+        assert [e.action for e in entries] == ["capacity.template.set", "booking.check_in"]
+        first = entries[0]
+        assert (first.actor, first.actor_role, first.office_id) == ("someone", "office_staff", 1)
+        assert first.before is not None and first.after is not None
+        assert msgspec.json.decode(first.before) == {"seats": 2, "opens": "08:00"}
+        assert msgspec.json.decode(first.after) == {"seats": 3, "opens": "07:30", "day": "2026-04-25"}
+        stored = first.at if first.at.tzinfo else first.at.replace(tzinfo=dt.UTC)
+        assert stored == at
+        assert entries[1].before is None
+        # Append-only: the ORM refuses to change or remove an entry.
+        first.target = "office:elsewhere"
+        with pytest.raises(RuntimeError, match="append-only"):
+            await session.flush()
+        await session.rollback()
+    async with container.sessions() as session:
+        entry = await session.scalar(select(AuditEntry).limit(1))
+        await session.delete(entry)
+        with pytest.raises(RuntimeError, match="append-only"):
+            await session.flush()
+
+
+async def test_audit_wants_an_aware_time(container: Container) -> None:
+    async with container.sessions() as session:
+        with pytest.raises(ValueError, match="time zone"):
+            await audit(
+                session,
+                actor=principal(StaffRole.REGULATOR),
+                action="office.block",
+                target="office:010001",
+                office_id=None,
+                before=None,
+                after=None,
+                at=dt.datetime(2026, 4, 25, 9, 30),
+            )
+
+
+async def test_demo_accounts_are_made_once_and_sign_in(container: Container, staff: StaffAuth, world: World) -> None:
+    first, second = await world.office(), await world.office()
+    async with container.sessions() as session:
+        rows = await ensure_demo_accounts(session, staff, [first, second])
+        await session.commit()
+    assert rows == [
+        (f"staff-{first}", f"demo-{first}-pass", first),
+        (f"staff-{second}", f"demo-{second}-pass", second),
+        ("regulator", "regulator-demo-pass", "regulator"),
+        ("guild", "guild-demo-pass", "guild"),
+    ]
+    async with container.sessions() as session:
+        assert await ensure_demo_accounts(session, staff, [first, second]) == rows
+        await session.commit()
+    async with container.sessions() as session:
+        assert len(list(await session.scalars(select(StaffAccount.id)))) == 4
+    for username, password, _ in rows:
+        _, signed_in = await sign_in(container, staff, username, password)
+        assert signed_in.username == username
+    _, clerk = await sign_in(container, staff, f"staff-{first}", f"demo-{first}-pass")
+    assert clerk.office_code == first
+
+
+# --- HTTP (needs container.staff and StaffAuthController wired into the app) ---------------
+
+
+async def login(client: Client, username: str, password: str = PASSWORD) -> Any:
+    return await client.post("/api/v1/staff/login", json={"username": username, "password": password})
+
+
+async def test_http_sign_in_and_me(client: Client, container: Container, staff: StaffAuth, world: World) -> None:
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    response = await login(client, "Clerk")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == container.settings.staff_session_ttl_seconds
+    assert (body["username"], body["role"], body["office_code"]) == ("clerk", "office_staff", office)
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith(f"nobat_staff={body['access_token']}")
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+
+    # The cookie alone signs the web pages in ...
+    me = await client.get("/api/v1/staff/me")
+    assert me.status_code == 200 and me.json() == {"username": "clerk", "role": "office_staff", "office_code": office}
+    # ... and the bearer token alone signs API clients in.
+    client.cookies.clear()
+    assert (await client.get("/api/v1/staff/me")).status_code == 401
+    me = await client.get("/api/v1/staff/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.status_code == 200 and me.json()["username"] == "clerk"
+    # A citizen's token is not a staff session.
+    citizen = await client.get("/api/v1/staff/me", headers=world.token())
+    assert citizen.status_code == 401
+
+
+async def test_http_wrong_password_and_unknown_user_read_the_same(
+    client: Client, container: Container, staff: StaffAuth
+) -> None:
+    await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
+    wrong = await login(client, "regulator", "not the password")
+    unknown = await login(client, "no-such-user", "not the password")
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json()["code"] == "wrong_credentials"
+    assert wrong.json() == unknown.json()
+    assert "set-cookie" not in wrong.headers
+
+
+async def test_http_lockout(client: Client, container: Container, staff: StaffAuth, world: World) -> None:
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    for _ in range(container.settings.staff_max_failures):
+        response = await login(client, "clerk", "not the password")
+        assert response.status_code == 401 and response.json()["code"] == "wrong_credentials"
+    locked = await login(client, "clerk")
+    assert locked.status_code == 403, locked.text
+    assert locked.json()["code"] == "account_locked"
+    assert 0 < int(locked.headers["retry-after"]) <= container.settings.staff_lockout_seconds
+    until = dt.datetime.fromisoformat(locked.json()["locked_until"])
+    assert until > utcnow()
+    assert locked.json()["message_fa"] and locked.json()["message_en"]
+
+    await unlock(container, "clerk")
+    assert (await login(client, "clerk")).status_code == 200
+
+
+async def test_http_sign_out_ends_the_session(client: Client, container: Container, staff: StaffAuth) -> None:
+    await make_account(container, staff, "guild", role=StaffRole.GUILD)
+    token = (await login(client, "guild")).json()["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/api/v1/staff/me", headers=bearer)).status_code == 200
+    out = await client.post("/api/v1/staff/logout", headers=bearer)
+    assert out.status_code == 204
+    assert "nobat_staff=" in out.headers["set-cookie"]
+    assert (await client.get("/api/v1/staff/me", headers=bearer)).status_code == 401
+    # Signing out again is not an error.
+    assert (await client.post("/api/v1/staff/logout", headers=bearer)).status_code == 204
+
+
+async def test_http_expired_session_is_refused(
+    client: Client, container: Container, staff: StaffAuth, redis_sync: SyncRedis
+) -> None:
+    await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
+    token = (await login(client, "regulator")).json()["access_token"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert (await client.get("/api/v1/staff/me", headers=bearer)).status_code == 200
+    redis_sync.delete(session_key(token))
+    expired = await client.get("/api/v1/staff/me", headers=bearer)
+    assert expired.status_code == 401 and expired.json()["code"] == "unauthorized"
+
+
+async def test_http_me_needs_a_session(client: Client) -> None:
+    assert (await client.get("/api/v1/staff/me")).status_code == 401
+    malformed = await client.get("/api/v1/staff/me", headers={"Authorization": "Basic abc"})
+    assert malformed.status_code == 401
