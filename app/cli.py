@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import time
 
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from app.capacity.service import Capacity
@@ -19,8 +21,11 @@ from app.clock import Clock
 from app.db import create_engine, create_schema, session_factory
 from app.offices import dataset
 from app.offices.models import Office
+from app.ratelimit import RateLimiter
 from app.redis import connect
 from app.settings import Settings, load_settings
+from app.staff.demo import ensure_demo_accounts
+from app.staff.service import StaffAuth
 
 log = logging.getLogger("nobat")
 
@@ -40,7 +45,37 @@ async def seed(settings: Settings, *, offices: int) -> int:
             await dataset.load(session, data)
             await session.commit()
             log.info("demo network loaded: %d offices in %.1f s", len(data.offices), time.perf_counter() - started)
+            # One staff account for the first office of each province, plus the regulator
+            # and the guild, so every page can be tried on a fresh start.
+            firsts = sorted({office["code"][:2]: office["code"] for office in reversed(data.offices)}.values())
+            accounts = await ensure_demo_accounts(session, _account_maker(settings), firsts)
+            await session.commit()
+            for username, password, scope in accounts:
+                log.info("demo account %s / %s (%s)", username, password, scope)
             return len(data.offices)
+    finally:
+        await engine.dispose()
+
+
+def _account_maker(settings: Settings) -> StaffAuth:
+    # Creating an account only hashes a password and writes a row; the Redis client is never
+    # connected (redis-py connects lazily), so the seed works before any Redis runs.
+    lazy = Redis()
+    return StaffAuth(redis=lazy, settings=settings, limiter=RateLimiter(lazy))
+
+
+async def create_staff(settings: Settings, args: argparse.Namespace) -> None:
+    password = args.password or secrets.token_urlsafe(12)
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as session:
+            account = await _account_maker(settings).create_account(
+                session=session, username=args.username, password=password, role=args.role, office_code=args.office
+            )
+            await session.commit()
+            print(f"created {account.username} ({args.role}{' of ' + args.office if args.office else ''})")
+            if not args.password:
+                print(f"password: {password}")
     finally:
         await engine.dispose()
 
@@ -108,6 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     seed_cmd = commands.add_parser("seed", help="load the national demo network into an empty database")
     seed_cmd.add_argument("--offices", type=int, default=None)
     commands.add_parser("rebuild", help="recount Redis from the bookings table")
+    staff_cmd = commands.add_parser("staff", help="create a staff, regulator or guild account")
+    staff_cmd.add_argument("action", choices=["create"])
+    staff_cmd.add_argument("--username", required=True)
+    staff_cmd.add_argument("--role", choices=["office_staff", "regulator", "guild"], default="office_staff")
+    staff_cmd.add_argument("--office", default=None, help="office code (office staff only)")
+    staff_cmd.add_argument("--password", default=None, help="omit to generate one and print it")
     cap_cmd = commands.add_parser("crowd-cap", help="cap offices of a province (or all) at a share of their seats")
     cap_actions = cap_cmd.add_subparsers(dest="action", required=True)
     cap_add = cap_actions.add_parser("add")
@@ -127,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"loaded {loaded} offices" if loaded else "the database already has offices; nothing loaded")
     elif args.command == "rebuild":
         print(f"rebuilt {asyncio.run(rebuild(settings))} office-days")
+    elif args.command == "staff":
+        asyncio.run(create_staff(settings, args))
     elif args.command == "crowd-cap":
         asyncio.run(crowd_cap(settings, args))
     elif args.command == "run":

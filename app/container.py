@@ -17,6 +17,7 @@ from app.db import create_engine, session_factory
 from app.load.service import LoadService
 from app.ratelimit import RateLimiter
 from app.redis import connect
+from app.regulator.service import Regulator
 from app.settings import Settings
 from app.sms.backends import ConsoleBackend, SmsBackend
 from app.staff.service import StaffAuth
@@ -37,6 +38,7 @@ class Container:
     staff: StaffAuth
     relocator: Relocator
     console: Console
+    regulator: Regulator
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -61,6 +63,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     )
     load = LoadService(capacity=capacity, clock=clock)
     relocator = Relocator(bookings=bookings, load=load)
+    console = Console(bookings=bookings, relocator=relocator, load=load, clock=clock, settings=settings)
     return Container(
         settings=settings,
         engine=engine,
@@ -74,5 +77,6 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         load=load,
         staff=StaffAuth(redis=redis, settings=settings, limiter=limiter),
         relocator=relocator,
-        console=Console(bookings=bookings, relocator=relocator, load=load, clock=clock, settings=settings),
+        console=console,
+        regulator=Regulator(console=console),
     )

@@ -22,6 +22,7 @@ from app.health import HealthController
 from app.load.routes import LoadController
 from app.offices.routes import OfficesController
 from app.redis import EmbeddedRedis
+from app.regulator.routes import RegulatorCapacityController
 from app.settings import Settings, load_settings
 from app.staff.routes import StaffAuthController, provide_staff
 from app.web import problem_details_plugin
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             WaitlistController,
             StaffAuthController,
             ConsoleController,
+            RegulatorCapacityController,
         ],
         dependencies={
             "container": Provide(_container, sync_to_thread=False),

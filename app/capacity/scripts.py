@@ -118,7 +118,11 @@ redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', day) == 0 then return {} end
 if ARGV[2] ~= '' then
   local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
-  if tonumber(redis.call('HGET', day, field) or '0') > 0 then redis.call('HINCRBY', day, field, -1) end
+  local used = tonumber(redis.call('HGET', day, field) or '0')
+  if used > 0 then used = redis.call('HINCRBY', day, field, -1) end
+  -- A slot a new plan removed lives on with 0 seats only while it still has bookings.
+  local seats_field = 's|' .. ARGV[1] .. '|' .. ARGV[2]
+  if used == 0 and redis.call('HGET', day, seats_field) == '0' then redis.call('HDEL', day, seats_field, field) end
 end
 return fill(day, KEYS[3], ARGV[1], ARGV[3])
 """

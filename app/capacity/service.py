@@ -65,6 +65,7 @@ class Promotion(msgspec.Struct, frozen=True):
 class Overflow(msgspec.Struct, frozen=True):
     """A slot whose bookings a new plan cannot hold."""
 
+    office_code: str
     day: dt.date
     pool: str
     time: str
@@ -384,36 +385,62 @@ class Capacity:
         self,
         *,
         session: AsyncSession,
-        office_code: str,
+        office_codes: list[str],
         days: list[dt.date],
         apply: bool,
         calendar: Calendar | None = None,
         template: str | None = None,
     ) -> list[Overflow]:
-        """Check (``apply=False``) or write the office's plan for ``days`` as the given calendar and
-        template (default: the record's) make it, keeping every booking's seat counted.
-        Returns the overflow: booked seats the new plan has no room for."""
-        plans = await load_plans(session, codes=[office_code])
+        """Check (``apply=False``) or write the offices' plans for ``days`` as the calendar and
+        template (default: the record's; a template only with one office) make them, keeping
+        every booking's seat counted. Returns the overflow: booked seats the plan has no room for."""
+        plans = await load_plans(session, codes=office_codes)
         if not plans:
             return []
-        plan = plans[0]
-        calendar = calendar or await self.calendar(
-            session, first=min(days), last=max(days), office_ids=[plan.office_id]
-        )
-        weekly = decode_template(template or plan.template)
+        office_ids = [plan.office_id for plan in plans] if len(plans) < 500 else None
+        calendar = calendar or await self.calendar(session, first=min(days), last=max(days), office_ids=office_ids)
+        missing = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for plan in plans:
+                for day in days:
+                    pipe.exists(keys.office_day(plan.code, day))
+            present = iter(await pipe.execute())
+        for plan in plans:
+            for day in days:
+                if not next(present):
+                    missing.append((plan.code, day))
+        for code, day in missing:
+            await self.materialise_day(session=session, office_code=code, day=day)
         overflow: list[Overflow] = []
-        for day in days:
-            if await self.day_view(office_code=office_code, day=day) is None:
-                await self.materialise_day(session=session, office_code=office_code, day=day)
-            args: list[str | int] = ["apply" if apply else "dry"]
-            for slot in calendar.slots(
-                office_id=plan.office_id, province_id=plan.province_id, template=weekly, day=day
-            ):
-                args += [keys.seats_field(slot.pool, slot.time), slot.seats]
-            raw = await self.scripts.replan(keys=[keys.office_day(office_code, day)], args=args)
-            for i in range(0, len(raw), 3):
-                _, pool, time = as_text(raw[i]).split("|")
-                overflow.append(Overflow(day=day, pool=pool, time=time, seats=int(raw[i + 1]), booked=int(raw[i + 2])))
+        for start in range(0, len(plans), 500):
+            chunk = plans[start : start + 500]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for plan in chunk:
+                    weekly = decode_template(template or plan.template)
+                    for day in days:
+                        args: list[str | int] = ["apply" if apply else "dry"]
+                        slots = calendar.slots(
+                            office_id=plan.office_id, province_id=plan.province_id, template=weekly, day=day
+                        )
+                        for slot in slots:
+                            args += [keys.seats_field(slot.pool, slot.time), slot.seats]
+                        await self.scripts.replan(keys=[keys.office_day(plan.code, day)], args=args, client=pipe)
+                replies = iter(await pipe.execute())
+            for plan in chunk:
+                for day in days:
+                    raw = next(replies)
+                    for i in range(0, len(raw), 3):
+                        _, pool, time = as_text(raw[i]).split("|")
+                        overflow.append(
+                            Overflow(
+                                office_code=plan.code,
+                                day=day,
+                                pool=pool,
+                                time=time,
+                                seats=int(raw[i + 1]),
+                                booked=int(raw[i + 2]),
+                            )
+                        )
         return overflow
 
     async def set_status(self, *, office_code: str, status: OfficeStatus, cap_percent: int, today: dt.date) -> None:

@@ -107,7 +107,7 @@ class Console:
         before = row.template if row else None
         horizon = self.capacity.horizon(self.clock.today())
         overflow = await self.capacity.replan(
-            session=session, office_code=office.code, days=horizon, apply=False, template=new
+            session=session, office_codes=[office.code], days=horizon, apply=False, template=new
         )
         self._refuse_overflow(overflow, move_overflow)
         if row is None:
@@ -135,7 +135,7 @@ class Console:
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
-            session=session, office_code=office.code, days=[day], apply=False, calendar=calendar
+            session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
         self._refuse_overflow(overflow, move_overflow)
         row = await session.get(CapacityOverride, (office.id, day))
@@ -158,7 +158,7 @@ class Console:
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides.pop((office.id, day), None)
         overflow = await self.capacity.replan(
-            session=session, office_code=office.code, days=[day], apply=False, calendar=calendar
+            session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
         self._refuse_overflow(overflow, move_overflow)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
@@ -206,9 +206,22 @@ class Console:
     async def _apply(self, session: AsyncSession, office: Office, days: list[dt.date]) -> CapacityChange:
         """Write the record's plan into Redis, move whoever no longer fits, then hand any new
         seats to the waitlists."""
-        overflow = await self.capacity.replan(session=session, office_code=office.code, days=days, apply=True)
+        overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=True)
+        moved = await self.move_overflow(
+            session, overflow, {office.code: office}, why_fa=f"به دلیل تغییر ظرفیت {office.name_fa}،"
+        )
+        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
+        return CapacityChange(office_code=office.code, days_changed=len(days), moved=moved)
+
+    async def move_overflow(
+        self, session: AsyncSession, overflow: list[Overflow], offices: dict[str, Office], *, why_fa: str
+    ) -> list[MovedBooking]:
         moved: list[MovedBooking] = []
         for slot in overflow:
+            office = offices.get(slot.office_code) or await session.scalar(
+                select(Office).where(Office.code == slot.office_code)
+            )
+            assert office is not None
             for booking in await overflow_bookings(
                 session,
                 office_id=office.id,
@@ -222,7 +235,7 @@ class Console:
                     booking=booking,
                     from_office=office,
                     same_office=True,
-                    why_fa=f"به دلیل تغییر ظرفیت {office.name_fa}،",
+                    why_fa=why_fa,
                 )
                 moved.append(
                     MovedBooking(
@@ -232,8 +245,7 @@ class Console:
                         slot=result.time,
                     )
                 )
-        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
-        return CapacityChange(office_code=office.code, days_changed=len(days), moved=moved)
+        return moved
 
     # --- today's queue ---
 

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from app.capacity import keys
 from app.clock import Clock
-from app.staff.models import AuditEntry, StaffRole
 from app.sms.backends import OUTBOX
+from app.staff.models import AuditEntry, StaffRole
 from tests.conftest import World, booking_body
 
 Client = AsyncTestClient[Litestar]

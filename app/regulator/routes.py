@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, JSONBody
+
+from app.capacity.crowd_caps import CrowdCapOut
+from app.regulator.schemas import ClosureIn, ClosureOut, CrowdCapIn
+from app.staff.routes import Staff
+from app.web import Deps, Session
+
+
+class RegulatorCapacityController(Controller):
+    """Regulator only (the guild may read): crowd caps and ad-hoc closures."""
+
+    path = "/api/v1/regulator"
+    tags = ["regulator"]
+
+    @get("/crowd-caps", summary="Every crowd cap, active and lifted")
+    async def caps(self, staff: Staff, session: Session, container: Deps) -> list[CrowdCapOut]:
+        return await container.regulator.caps(session=session, staff=staff)
+
+    @post("/crowd-caps", status_code=201, summary="Cap a province's (or every) office at a share of its seats")
+    async def add_cap(self, data: JSONBody[CrowdCapIn], staff: Staff, session: Session, container: Deps) -> CrowdCapOut:
+        return await container.regulator.add_cap(session=session, staff=staff, data=data)
+
+    @post("/crowd-caps/{cap_id:int}/lift", status_code=200, summary="End a crowd cap now")
+    async def lift_cap(self, cap_id: FromPath[int], staff: Staff, session: Session, container: Deps) -> CrowdCapOut:
+        return await container.regulator.lift_cap(session=session, staff=staff, cap_id=cap_id)
+
+    @get("/closures", summary="Ad-hoc closures")
+    async def closures(self, staff: Staff, session: Session, container: Deps) -> list[ClosureOut]:
+        return await container.regulator.closures(session=session, staff=staff)
+
+    @post("/closures", status_code=201, summary="Close a province's (or every) office on a date")
+    async def close(self, data: JSONBody[ClosureIn], staff: Staff, session: Session, container: Deps) -> ClosureOut:
+        return await container.regulator.close(session=session, staff=staff, data=data)
+
+    @delete("/closures/{closure_id:int}", status_code=204, summary="Reopen: remove a closure")
+    async def reopen(self, closure_id: FromPath[int], staff: Staff, session: Session, container: Deps) -> None:
+        await container.regulator.reopen(session=session, staff=staff, closure_id=closure_id)

@@ -1,0 +1,144 @@
+"""The regulator's national levers on capacity: crowd caps and ad-hoc closures."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.capacity import crowd_caps
+from app.capacity.crowd_caps import CrowdCapOut
+from app.capacity.models import Closure
+from app.console.service import Console
+from app.errors import InvalidInput, NotFound
+from app.locale import jalali_date, parse_date
+from app.offices.models import City, Office, Province
+from app.regulator.schemas import ClosureIn, ClosureOut, CrowdCapIn
+from app.staff.models import StaffRole
+from app.staff.service import StaffPrincipal, audit, require_role
+
+
+class ClosureNotFound(NotFound):
+    code = "closure_not_found"
+    message_fa = "چنین تعطیلی ثبت نشده است."
+    message_en = "No such closure."
+
+
+class Regulator:
+    def __init__(self, *, console: Console) -> None:
+        self.console = console
+        self.capacity = console.capacity
+        self.clock = console.clock
+
+    async def add_cap(self, *, session: AsyncSession, staff: StaffPrincipal, data: CrowdCapIn) -> CrowdCapOut:
+        require_role(staff, StaffRole.REGULATOR)
+        cap = await crowd_caps.add(
+            session=session,
+            capacity=self.capacity,
+            today=self.clock.today(),
+            province_code=data.province_code,
+            starts_on=parse_date(data.starts_on, "starts_on"),
+            ends_on=parse_date(data.ends_on, "ends_on"),
+            percent=data.percent,
+            reason=data.reason,
+            created_by=staff.username,
+        )
+        await audit(
+            session, actor=staff, action="crowd_cap.add", target=str(cap.id), office_id=None, before=None, after=cap,
+            at=self.clock.now(),
+        )  # fmt: skip
+        await session.commit()
+        return cap
+
+    async def lift_cap(self, *, session: AsyncSession, staff: StaffPrincipal, cap_id: int) -> CrowdCapOut:
+        require_role(staff, StaffRole.REGULATOR)
+        cap = await crowd_caps.lift(
+            session=session, capacity=self.capacity, today=self.clock.today(), cap_id=cap_id, now=self.clock.now()
+        )
+        await self.console.bookings.fill_waitlists(session=session)
+        await audit(
+            session, actor=staff, action="crowd_cap.lift", target=str(cap_id), office_id=None, before=None, after=cap,
+            at=self.clock.now(),
+        )  # fmt: skip
+        await session.commit()
+        return cap
+
+    async def caps(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[CrowdCapOut]:
+        require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
+        return await crowd_caps.list_caps(session=session)
+
+    async def close(self, *, session: AsyncSession, staff: StaffPrincipal, data: ClosureIn) -> ClosureOut:
+        """Close every office of a province (or the country) on a date; its bookings are moved
+        to an open office nearby where one has room, or cancelled and the citizen told."""
+        require_role(staff, StaffRole.REGULATOR)
+        day = parse_date(data.date)
+        if day not in self.capacity.horizon(self.clock.today()):
+            raise InvalidInput(
+                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
+            )
+        if not data.reason.strip():
+            raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
+        province_id = None
+        if data.province_code:
+            province_id = await session.scalar(select(Province.id).where(Province.code == data.province_code))
+            if province_id is None:
+                raise InvalidInput(
+                    "province_code", "No province has this code.", detail_fa="استانی با این کد وجود ندارد."
+                )
+        closure = Closure(date=day, province_id=province_id, reason=data.reason.strip(), created_by=staff.username)
+        session.add(closure)
+        await session.flush()
+        await audit(
+            session, actor=staff, action="closure.add", target=str(closure.id), office_id=None, before=None,
+            after={"date": day.isoformat(), "province_code": data.province_code, "reason": closure.reason},
+            at=self.clock.now(),
+        )  # fmt: skip
+        await session.commit()
+        query = select(Office.code)
+        if province_id is not None:
+            query = query.join(City, City.id == Office.city_id).where(City.province_id == province_id)
+        codes = list(await session.scalars(query))
+        overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
+        moved = await self.console.move_overflow(
+            session, overflow, {}, why_fa=f"به دلیل تعطیلی {jalali_date(day)} ({closure.reason})،"
+        )
+        return ClosureOut(
+            id=closure.id,
+            date=day.isoformat(),
+            province_code=data.province_code,
+            reason=closure.reason,
+            created_by=closure.created_by,
+            moved=moved,
+        )
+
+    async def closures(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[ClosureOut]:
+        require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
+        rows = await session.execute(
+            select(Closure, Province.code)
+            .outerjoin(Province, Province.id == Closure.province_id)
+            .order_by(Closure.date)
+        )
+        return [
+            ClosureOut(id=c.id, date=c.date.isoformat(), province_code=code, reason=c.reason, created_by=c.created_by)
+            for c, code in rows
+        ]
+
+    async def reopen(self, *, session: AsyncSession, staff: StaffPrincipal, closure_id: int) -> None:
+        require_role(staff, StaffRole.REGULATOR)
+        closure = await session.get(Closure, closure_id)
+        if closure is None:
+            raise ClosureNotFound()
+        day, province_id = closure.date, closure.province_id
+        await audit(
+            session, actor=staff, action="closure.remove", target=str(closure_id), office_id=None,
+            before={"date": day.isoformat(), "reason": closure.reason}, after=None, at=self.clock.now(),
+        )  # fmt: skip
+        await session.delete(closure)
+        await session.commit()
+        if day in self.capacity.horizon(self.clock.today()):
+            query = select(Office.code)
+            if province_id is not None:
+                query = query.join(City, City.id == Office.city_id).where(City.province_id == province_id)
+            await self.capacity.replan(
+                session=session, office_codes=list(await session.scalars(query)), days=[day], apply=True
+            )
+            await self.console.bookings.fill_waitlists(session=session)

@@ -1,0 +1,77 @@
+"""The regulator's crowd caps and closures through the API, with role checks."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+
+from app.capacity import keys
+from app.sms.backends import OUTBOX
+from app.staff.models import StaffRole
+from tests.conftest import World, booking_body
+from tests.integration.test_console import account, sign_in, staff_of
+
+Client = AsyncTestClient[Litestar]
+
+
+async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, world: World) -> None:
+    office = await world.office(seats=4)
+    await account(world, "regulator-1", StaffRole.REGULATOR, None)
+    await account(world, "guild-1", StaffRole.GUILD, None)
+    staff = await staff_of(client, world, office)
+    guild = await sign_in(client, "guild-1")
+    regulator = await sign_in(client, "regulator-1")
+    day = world.tomorrow().isoformat()
+    body = {"starts_on": day, "ends_on": day, "percent": 50, "reason": "مصوبهٔ ستاد", "province_code": "01"}
+    for who in (staff, guild):
+        refused = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=who)
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    assert (await client.get("/api/v1/regulator/crowd-caps", headers=staff)).status_code == 403
+    created = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
+    assert created.status_code == 201, created.text
+    listed = (await client.get("/api/v1/regulator/crowd-caps", headers=guild)).json()
+    assert [c["percent"] for c in listed] == [50]
+    slots = (await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day})).json()
+    assert {s["seats"] for s in slots["slots"]} == {2}
+    bad = await client.post("/api/v1/regulator/crowd-caps", json={**body, "percent": 150}, headers=regulator)
+    assert bad.status_code == 422 and bad.json()["field"] == "percent"
+    lifted = await client.post(f"/api/v1/regulator/crowd-caps/{created.json()['id']}/lift", headers=regulator)
+    assert lifted.status_code == 200 and lifted.json()["active"] is False
+    slots = (await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day})).json()
+    assert {s["seats"] for s in slots["slots"]} == {4}
+
+
+async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=2)
+    await world.rebuild()
+    await account(world, "regulator-2", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-2")
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09124440000")
+    )
+    code = booked.json()["tracking_code"]
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201, closed.text
+    assert closed.json()["moved"] == [{"tracking_code": code, "moved": False, "office_code": None, "slot": None}]
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 0
+    assert any("09124440000" in m.decode() and "لغو" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert refused.status_code == 422 and refused.json()["code"] == "no_such_slot"
+
+    reopened = await client.delete(f"/api/v1/regulator/closures/{closed.json()['id']}", headers=regulator)
+    assert reopened.status_code == 204
+    again = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert again.status_code == 201
