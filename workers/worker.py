@@ -1,17 +1,21 @@
-"""RQ worker entry point: ``python -m workers.worker`` (RQ keeps its own plain Redis: RQ_REDIS_URL)."""
+"""RQ worker entry point: ``python -m workers.worker`` (with RQ's scheduler, for reminders
+and retries). RQ keeps its own plain Redis: RQ_REDIS_URL, else REDIS_URL."""
 
 from __future__ import annotations
 
-import os
+import logging
 
 from redis import Redis
 from rq import Worker
 
+from app.settings import load_settings
 from workers.queues import ALL
 
 
 def main() -> None:
-    url = os.environ.get("RQ_REDIS_URL") or os.environ.get("REDIS_URL")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+    url = settings.rq_redis_url or settings.redis_url
     if not url:
         raise SystemExit("set RQ_REDIS_URL (or REDIS_URL) to the Redis that holds the job queues")
     Worker(list(ALL), connection=Redis.from_url(url)).work(with_scheduler=True)

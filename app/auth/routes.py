@@ -6,7 +6,7 @@ from litestar import Controller, Request, post
 from litestar.params import JSONBody
 
 from app.auth.schemas import OtpRequest, OtpSent, OtpVerify, TokenIssued
-from app.web import Deps, client_address
+from app.web import Deps, Session, client_address
 
 
 class CitizenAuthController(Controller):
@@ -15,10 +15,10 @@ class CitizenAuthController(Controller):
 
     @post("/otp", status_code=202, summary="Send a one-time sign-in code by SMS")
     async def request_code(
-        self, data: JSONBody[OtpRequest], request: Request[Any, Any, Any], container: Deps
+        self, data: JSONBody[OtpRequest], request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> OtpSent:
         client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
-        mobile = await container.auth.request_code(mobile=data.mobile, client=client)
+        mobile = await container.auth.request_code(session=session, mobile=data.mobile, client=client)
         return OtpSent(mobile=mobile, expires_in=container.settings.otp_ttl_seconds)
 
     @post("/verify", status_code=200, summary="Trade the one-time code for a bearer token")

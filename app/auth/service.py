@@ -9,6 +9,7 @@ import time
 
 import jwt
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.errors import CodeExpired, WrongCode
 from app.capacity.keys import NAMESPACE
@@ -17,7 +18,7 @@ from app.identity import normalize_mobile
 from app.locale import normalize_digits, to_persian_digits
 from app.ratelimit import RateLimiter
 from app.settings import Settings
-from app.sms.backends import OutboundSms, SmsBackend
+from app.sms.service import Messenger
 
 VERIFY = """
 -- KEYS[1] = the mobile's pending code: hash {digest, tries}
@@ -39,18 +40,18 @@ def _otp_key(mobile: str) -> str:
 
 
 class CitizenAuth:
-    def __init__(self, *, redis: Redis, settings: Settings, limiter: RateLimiter, sms: SmsBackend) -> None:
+    def __init__(self, *, redis: Redis, settings: Settings, limiter: RateLimiter, messenger: Messenger) -> None:
         self.redis = redis
         self.settings = settings
         self.limiter = limiter
-        self.sms = sms
+        self.messenger = messenger
         self._verify = redis.register_script(VERIFY)
 
     def _digest(self, mobile: str, code: str) -> str:
         # Only a keyed digest is stored: a Redis dump does not reveal live codes.
         return hmac.new(self.settings.secret_key.encode(), f"{mobile}:{code}".encode(), hashlib.sha256).hexdigest()
 
-    async def request_code(self, *, mobile: str, client: str) -> str:
+    async def request_code(self, *, session: AsyncSession, mobile: str, client: str) -> str:
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("otp-address", client, self.settings.otp_per_address)
         await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
@@ -62,12 +63,15 @@ class CitizenAuth:
             pipe.expire(key, self.settings.otp_ttl_seconds)
             await pipe.execute()
         minutes = to_persian_digits(str(max(1, self.settings.otp_ttl_seconds // 60)))
-        await self.sms.send(
-            OutboundSms(
-                to=mobile,
-                body=f"نوبت: کد ورود شما {to_persian_digits(code)} ({code}) است. تا {minutes} دقیقه معتبر است.",
-            )
+        self.messenger.queue(
+            session,
+            kind="otp",
+            to=mobile,
+            body=f"نوبت: کد ورود شما {to_persian_digits(code)} ({code}) است. تا {minutes} دقیقه معتبر است.",
         )
+        # The code goes out only once this row is committed; commit now rather than at the
+        # end of the request so the worker can send it while the response is on its way.
+        await session.commit()
         return mobile
 
     async def verify(self, *, mobile: str, code: str, client: str) -> str:

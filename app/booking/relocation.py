@@ -67,29 +67,36 @@ class Relocator:
                 continue
             target, time = placed
             booking.office_id, booking.slot_time, booking.pool = target.id, time, target.pool
+            when = jalali_datetime(booking.date, dt.time.fromisoformat(time))
+            self.bookings.messenger.queue(
+                session,
+                to=booking.mobile,
+                body=f"{why_fa} نوبت {booking.tracking_code} شما به {target.name_fa} (کد {target.code})، {when} منتقل شد.",
+                kind="booking_moved",
+            )
+            self.bookings.messenger.schedule_reminders(
+                session, tracking_code=booking.tracking_code, day=booking.date, time=time, now=now
+            )
             await session.commit()
             await self.bookings.free_seat(
                 session=session, office_code=from_office.code, day=booking.date, pool=old_pool, time=old_time
-            )
-            when = jalali_datetime(booking.date, dt.time.fromisoformat(time))
-            await self.bookings.tell(
-                booking.mobile,
-                f"{why_fa} نوبت {booking.tracking_code} شما به {target.name_fa} (کد {target.code})، {when} منتقل شد.",
             )
             return Relocation(tracking_code=booking.tracking_code, moved=True, office_code=target.code, time=time)
 
         booking.status = BookingStatus.CANCELLED
         booking.cancelled_at = now
+        self.bookings.messenger.queue(
+            session,
+            to=booking.mobile,
+            body=f"{why_fa} متأسفانه برای نوبت {booking.tracking_code} شما جای خالی دیگری در همان روز پیدا نشد و "
+            "نوبت لغو شد. لطفاً دوباره نوبت بگیرید.",
+            kind="booking_cancelled",
+        )
         await session.commit()
         await self.bookings.free_seat(
             session=session, office_code=from_office.code, day=booking.date, pool=old_pool, time=old_time
         )
         await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        await self.bookings.tell(
-            booking.mobile,
-            f"{why_fa} متأسفانه برای نوبت {booking.tracking_code} شما جای خالی دیگری در همان روز پیدا نشد و "
-            "نوبت لغو شد. لطفاً دوباره نوبت بگیرید.",
-        )
         return Relocation(tracking_code=booking.tracking_code, moved=False)
 
     async def _place(

@@ -15,7 +15,7 @@ import re
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,7 +38,7 @@ from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
 from app.offices.models import Office, Service
 from app.offices.service import BookableOffice, bookable_office
-from app.sms.backends import OutboundSms, SmsBackend
+from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,11 @@ def parse_idempotency_key(value: str | None) -> str | None:
 
 
 class BookingService:
-    def __init__(self, *, capacity: Capacity, clock: Clock, rules: BookingRules, sms: SmsBackend) -> None:
+    def __init__(self, *, capacity: Capacity, clock: Clock, rules: BookingRules, messenger: Messenger) -> None:
         self.capacity = capacity
         self.clock = clock
         self.rules = rules
-        self.sms = sms
+        self.messenger = messenger
 
     def _check_date(self, day: dt.date, today: dt.date) -> None:
         last = today + dt.timedelta(days=self.rules.horizon_days - 1)
@@ -162,8 +162,23 @@ class BookingService:
             idempotency_key=idempotency_key,
             created_at=now,
         )
+        view = booking_out(
+            booking, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
+        )
         try:
             session.add(booking)
+            # The confirmation SMS and the reminders are part of the same transaction: sent
+            # if and only if the booking is.
+            self.messenger.queue(
+                session,
+                to=mobile,
+                body=f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
+                f"{office.service_name_fa}\n{view.when_fa}",
+                kind="booking_confirmed",
+            )
+            self.messenger.schedule_reminders(
+                session, tracking_code=tracking_code, day=day, time=reserved.time, now=now
+            )
             # The booking is a saga across Redis and SQL, so it commits here rather than in
             # the request scope: only a committed row may be confirmed, and only a failed
             # commit may give the seat back.
@@ -178,15 +193,6 @@ class BookingService:
             if isinstance(error, (OperationalError, SQLAlchemyError, OSError)):
                 raise ServiceUnavailable("The record is unavailable; nothing was booked.") from error
             raise
-
-        view = booking_out(
-            booking, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
-        )
-        await self.tell(
-            mobile,
-            f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
-            f"{office.service_name_fa}\n{view.when_fa}",
-        )
         return Booked(booking=view, replay=False)
 
     async def _reserve(
@@ -293,6 +299,15 @@ class BookingService:
             raise BookingStarted()
         booking.status = BookingStatus.CANCELLED
         booking.cancelled_at = now
+        view = booking_out(
+            booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
+        )
+        self.messenger.queue(
+            session,
+            to=booking.mobile,
+            body=f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.",
+            kind="booking_cancelled",
+        )
         try:
             await session.commit()
         except SQLAlchemyError as error:
@@ -316,10 +331,6 @@ class BookingService:
             await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
         except RedisError:
             log.exception("cancelled booking's seat not released; a rebuild will free it")
-        view = booking_out(
-            booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
-        )
-        await self.tell(mobile, f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.")
         return view
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
@@ -348,24 +359,25 @@ class BookingService:
         )
         while promotions:
             promotion = promotions.pop(0)
-            result = await session.execute(
-                update(Booking)
-                .where(Booking.tracking_code == promotion.tracking_code, Booking.status == BookingStatus.WAITLISTED)
-                .values(status=BookingStatus.BOOKED, slot_time=promotion.time)
-            )
-            await session.commit()
-            if result.rowcount == 0:  # type: ignore[attr-defined]
+            booked, _, office_name_fa, _ = await self._load(session, promotion.tracking_code, lock=True)
+            if booked.status != BookingStatus.WAITLISTED:
                 # They left the line a moment ago: the seat goes to the next one, or back to all.
                 promotions += await self.capacity.release(
                     office_code=office_code, day=day, pool=pool, time=promotion.time, not_before=not_before
                 )
                 continue
-            booked, _, office_name_fa, _ = await self._load(session, promotion.tracking_code)
+            booked.status, booked.slot_time = BookingStatus.BOOKED, promotion.time
             view = self._view(booked, office_code, office_name_fa, "")
-            await self.tell(
-                booked.mobile,
-                f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
+            self.messenger.queue(
+                session,
+                to=booked.mobile,
+                body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
+                kind="waitlist_promoted",
             )
+            self.messenger.schedule_reminders(
+                session, tracking_code=booked.tracking_code, day=day, time=promotion.time, now=now
+            )
+            await session.commit()
 
     async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""
@@ -434,24 +446,20 @@ class BookingService:
             raise
         view = self._view(booking, office.code, office.name_fa, office.service_name_fa)
         view = msgspec.structs.replace(view, waitlist_position=position)
-        await self.tell(
-            mobile,
-            f"در فهرست انتظار {office.name_fa} برای {view.when_fa} ثبت شدید؛ نفر {to_persian_digits(str(position))}. "
-            f"کد رهگیری: {tracking_code}",
+        self.messenger.queue(
+            session,
+            to=mobile,
+            body=f"در فهرست انتظار {office.name_fa} برای {view.when_fa} ثبت شدید؛ "
+            f"نفر {to_persian_digits(str(position))}. کد رهگیری: {tracking_code}",
+            kind="waitlist_joined",
         )
+        await session.commit()
         return view
 
     def _view(self, booking: Booking, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
         return booking_out(
             booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
         )
-
-    async def tell(self, mobile: str, body: str) -> None:
-        try:
-            await self.sms.send(OutboundSms(to=mobile, body=body))
-        except Exception:
-            # The booking stands whether or not the SMS went out; the citizen has it on screen.
-            log.exception("confirmation SMS not sent")
 
 
 def booking_out(booking: Booking, *, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:

@@ -296,7 +296,20 @@ class Capacity:
 
     async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
         """Recompute every counter of the horizon from the record. Returns the office-days written."""
-        days = self.horizon(today)
+        written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
+        await self._rebuild_holds(session=session, today=today)
+        await self._rebuild_waitlists(session=session, today=today)
+        await self._rebuild_geo(session=session)
+        await self.redis.set(keys.REBUILT_AT, dt.datetime.now(self.tz).isoformat())
+        log.info("capacity rebuilt", extra={"office_days": written})
+        return written
+
+    async def extend_horizon(self, *, session: AsyncSession, today: dt.date) -> int:
+        """Write the office-days missing from the horizon (the day that just entered it),
+        leaving the ones already there untouched."""
+        return await self._write_days(session=session, days=self.horizon(today), mode="create")
+
+    async def _write_days(self, *, session: AsyncSession, days: list[dt.date], mode: str, batch: int = 500) -> int:
         written = 0
         plans = await load_plans(session)
         caps = await load_caps(session, first=days[0], last=days[-1])
@@ -309,15 +322,10 @@ class Capacity:
                     for day in days:
                         args = self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)
                         await self.scripts.materialise(
-                            keys=[keys.office_day(plan.code, day)], args=["replace", *args], client=pipe
+                            keys=[keys.office_day(plan.code, day)], args=[mode, *args], client=pipe
                         )
-                        written += 1
-                await pipe.execute()
-        await self._rebuild_holds(session=session, today=today)
-        await self._rebuild_waitlists(session=session, today=today)
-        await self._rebuild_geo(session=session)
-        await self.redis.set(keys.REBUILT_AT, dt.datetime.now(self.tz).isoformat())
-        log.info("capacity rebuilt", extra={"office_days": written})
+                replies = await pipe.execute()
+                written += sum(1 for reply in replies if reply)
         return written
 
     async def _rebuild_holds(self, *, session: AsyncSession, today: dt.date) -> None:

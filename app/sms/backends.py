@@ -1,14 +1,22 @@
-"""Where outbound SMS go: the console (default, with an outbox a developer can read) or Twilio."""
+"""Where outbound SMS go: the console (default: logs, and keeps an outbox a developer can
+read) or Twilio. Both are called from RQ jobs, so both are synchronous.
+
+Each send is keyed on our message id, and each backend can say whether a message id was
+already handed over: a job retried after dying mid-send asks first, and never sends twice.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Protocol
 
 import msgspec
-from redis.asyncio import Redis
+from redis import Redis
 
 from app.capacity.keys import NAMESPACE
+from app.identity import mobile_to_e164
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -17,16 +25,23 @@ OUTBOX_LENGTH = 10_000
 
 
 class OutboundSms(msgspec.Struct, frozen=True):
+    id: str
     to: str
     body: str
 
 
 class SmsBackend(Protocol):
-    async def send(self, message: OutboundSms) -> None: ...
+    def send(self, message: OutboundSms) -> str:
+        """Hand the message over; returns the provider's id for it."""
+        ...
+
+    def already_sent(self, message: OutboundSms, since: dt.datetime) -> str | None:
+        """The provider's id if this message was handed over before (a retry after a crash)."""
+        ...
 
 
 class ConsoleBackend:
-    """Logs each message and keeps the newest ones in a Redis list, newest first.
+    """Logs each message and keeps the newest in a Redis list, newest first.
 
     The outbox is in Redis rather than in memory so that every process (web workers, RQ
     workers, a load test reading codes as a phone would) sees the same messages.
@@ -35,16 +50,51 @@ class ConsoleBackend:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def send(self, message: OutboundSms) -> None:
+    def send(self, message: OutboundSms) -> str:
         # The body is logged, never the number: logs must not carry personal data.
         log.info("sms (console): %s", message.body)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpush(OUTBOX, msgspec.json.encode(message))
             pipe.ltrim(OUTBOX, 0, OUTBOX_LENGTH - 1)
-            await pipe.execute()
+            pipe.execute()
+        return f"console-{message.id}"
+
+    def already_sent(self, message: OutboundSms, since: dt.datetime) -> str | None:
+        for raw in self.redis.lrange(OUTBOX, 0, OUTBOX_LENGTH - 1):
+            if msgspec.json.decode(raw, type=OutboundSms).id == message.id:
+                return f"console-{message.id}"
+        return None
 
 
-async def read_outbox(redis: Redis, *, to: str | None = None, limit: int = 100) -> list[OutboundSms]:
-    raw = await redis.lrange(OUTBOX, 0, limit - 1)
-    messages = [msgspec.json.decode(item, type=OutboundSms) for item in raw]
-    return [m for m in messages if to is None or m.to == to]
+class TwilioBackend:
+    def __init__(self, settings: Settings) -> None:
+        from app.sms.twilio_client import twilio_client
+
+        self.client = twilio_client(
+            settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url
+        )
+        self.sender = settings.twilio_from
+        self.status_callback = settings.public_url.rstrip("/") + "/sms/twilio/status"
+
+    def send(self, message: OutboundSms) -> str:
+        sender = {"messaging_service_sid": self.sender} if self.sender.startswith("MG") else {"from_": self.sender}
+        created = self.client.messages.create(
+            to=mobile_to_e164(message.to), body=message.body, status_callback=self.status_callback, **sender
+        )
+        return str(created.sid)
+
+    def already_sent(self, message: OutboundSms, since: dt.datetime) -> str | None:
+        # Twilio takes no idempotency key on Messages, so look for the same body to the same
+        # phone since the message was made.
+        for sent in self.client.messages.list(to=mobile_to_e164(message.to), date_sent_after=since, limit=50):
+            if sent.body == message.body:
+                return str(sent.sid)
+        return None
+
+
+def make_backend(settings: Settings, redis: Redis) -> SmsBackend:
+    if settings.sms_backend == "twilio":
+        return TwilioBackend(settings)
+    if settings.sms_backend == "console":
+        return ConsoleBackend(redis)
+    raise ValueError(f"NOBAT_SMS_BACKEND must be console or twilio, not {settings.sms_backend!r}")

@@ -78,7 +78,13 @@ class StaffAuth:
         self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
         # Verified against when the username is unknown, so that answer takes as long as a
         # wrong password does; made with our own parameters so it costs the same.
-        self._dummy_hash = self.hasher.hash(secrets.token_urlsafe(16))
+        # Made on first use: a worker or a command that never signs anyone in skips the cost.
+        self._dummy: str | None = None
+
+    async def _dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = await self._hash(secrets.token_urlsafe(16))
+        return self._dummy
 
     async def _hash(self, password: str) -> str:
         async with self._hash_slots:
@@ -114,7 +120,7 @@ class StaffAuth:
                 )
             ).first()
         if row is None:
-            await self._verify(self._dummy_hash, password)
+            await self._verify(await self._dummy_hash(), password)
             raise WrongCredentials()
         account, office_code = row
 

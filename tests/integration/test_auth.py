@@ -11,6 +11,7 @@ from redis import Redis as SyncRedis
 
 from app.settings import Settings
 from app.sms.backends import OUTBOX
+from tests.conftest import Deliver
 
 Client = AsyncTestClient[Litestar]
 
@@ -27,9 +28,10 @@ def last_code(redis: SyncRedis, mobile: str) -> str:
     raise AssertionError(f"no code sent to {mobile}")
 
 
-async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis) -> None:
+async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     sent = await client.post("/api/v1/auth/otp", json={"mobile": "+98 912 000 1111"})
     assert sent.status_code == 202 and sent.json()["mobile"] == "09120001111"
+    await deliver()
     code = last_code(redis_sync, "09120001111")
     persian = code.translate(str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹"))
     verified = await client.post("/api/v1/auth/verify", json={"mobile": "00989120001111", "code": persian})
@@ -43,8 +45,9 @@ async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis) -> None
     assert lookup.status_code == 404
 
 
-async def test_five_wrong_tries_burn_the_code(client: Client, redis_sync: SyncRedis) -> None:
+async def test_five_wrong_tries_burn_the_code(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     await client.post("/api/v1/auth/otp", json={"mobile": "09120002222"})
+    await deliver()
     code = last_code(redis_sync, "09120002222")
     wrong = f"{(int(code) + 1) % 10**6:06d}"
     for _ in range(4):
@@ -56,8 +59,9 @@ async def test_five_wrong_tries_burn_the_code(client: Client, redis_sync: SyncRe
     assert right_too_late.status_code == 400 and right_too_late.json()["code"] == "otp_expired"
 
 
-async def test_code_expires(client: Client, redis_sync: SyncRedis) -> None:
+async def test_code_expires(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     await client.post("/api/v1/auth/otp", json={"mobile": "09120003333"})
+    await deliver()
     code = last_code(redis_sync, "09120003333")
     for key in redis_sync.scan_iter(match="nobat:otp:*"):
         redis_sync.pexpire(key, 1)
@@ -89,10 +93,11 @@ async def test_codes_are_rate_limited_per_address(settings: Settings) -> None:
     assert statuses == [202, 202, 202, 429, 429]
 
 
-async def test_bad_mobiles_and_codes_are_refused(client: Client, redis_sync: SyncRedis) -> None:
+async def test_bad_mobiles_and_codes_are_refused(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     for mobile in ("02112345678", "0912", "abc", ""):
         response = await client.post("/api/v1/auth/otp", json={"mobile": mobile})
         assert response.status_code == 422 and response.json()["field"] == "mobile"
     response = await client.post("/api/v1/auth/verify", json={"mobile": "09120007777", "code": "12"})
     assert response.status_code == 422 and response.json()["field"] == "code"
+    await deliver()
     assert redis_sync.llen(OUTBOX) == 0

@@ -16,7 +16,7 @@ from app.capacity import keys
 from app.clock import Clock
 from app.sms.backends import OUTBOX
 from app.staff.models import AuditEntry, StaffRole
-from tests.conftest import World, booking_body
+from tests.conftest import Deliver, World, booking_body
 
 Client = AsyncTestClient[Litestar]
 PASSWORD = "correct horse battery"
@@ -161,7 +161,7 @@ async def test_lowering_below_bookings_is_refused_with_the_slots(
 
 
 async def test_moving_the_overflow_rebooks_at_the_nearest_slot(
-    client: Client, world: World, redis_sync: SyncRedis
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
     office = await world.office(seats=2)
     headers = await staff_of(client, world, office)
@@ -201,6 +201,7 @@ async def test_moving_the_overflow_rebooks_at_the_nearest_slot(
         )
         for slot, count in rows:
             assert count == used(redis_sync, office, day, slot) == 1
+    await deliver()
     assert any("09121110002" in m.decode() and "منتقل" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 50))
 
 

@@ -9,7 +9,7 @@ from redis import Redis as SyncRedis
 from app.capacity import keys
 from app.sms.backends import OUTBOX
 from app.staff.models import StaffRole
-from tests.conftest import World, booking_body
+from tests.conftest import Deliver, World, booking_body
 from tests.integration.test_console import account, sign_in, staff_of
 
 Client = AsyncTestClient[Litestar]
@@ -43,7 +43,7 @@ async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, wo
 
 
 async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
-    client: Client, world: World, redis_sync: SyncRedis
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
     office = await world.office(seats=2)
     await world.rebuild()
@@ -63,6 +63,7 @@ async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
     assert closed.json()["moved"] == [{"tracking_code": code, "moved": False, "office_code": None, "slot": None}]
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
     assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 0
+    await deliver()
     assert any("09124440000" in m.decode() and "لغو" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
     refused = await client.post(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
 from app.sms.backends import OUTBOX
-from tests.conftest import World, booking_body
+from tests.conftest import Deliver, World, booking_body
 
 Client = AsyncTestClient[Litestar]
 
@@ -31,7 +31,7 @@ async def statuses(world: World, office: str) -> dict[str, tuple[str, str]]:
 
 
 async def test_join_only_when_full_and_cancel_promotes_the_first(
-    client: Client, world: World, redis_sync: SyncRedis
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
     office = await world.office(rules=one_slot_office_rules())
     day = world.tomorrow()
@@ -62,6 +62,7 @@ async def test_join_only_when_full_and_cancel_promotes_the_first(
     still = (await client.get(f"/api/v1/bookings/{second.json()['tracking_code']}")).json()
     assert still["status"] == "waitlisted"
     assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1
+    await deliver()
     assert any(first_mobile in str(m) and "رسید" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
 
 

@@ -1,0 +1,182 @@
+"""The SMS channel: what a citizen can do by text message, with a basic phone.
+
+Each inbound message is parsed (``app.sms.parser``), carried out through the same services
+the web uses, and answered by SMS through the outbound queue. A message the provider
+delivers twice (same message id) is carried out once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.booking.models import Channel
+from app.booking.schemas import BookingCreate, WaitlistJoin
+from app.booking.service import BookingService
+from app.capacity.errors import DayFull, OfficeClosed
+from app.clock import Clock
+from app.errors import DomainError
+from app.identity import normalize_mobile
+from app.load.service import LoadService
+from app.locale import to_persian_digits
+from app.sms import parser
+from app.sms.models import CitizenPhone, InboundSms
+from app.sms.service import Messenger
+
+ComplaintHandler = Callable[[AsyncSession, str, str, str], Awaitable[str]]
+"""(session, mobile, office code, text) -> the reply; the complaints domain provides it."""
+
+_STATUS_FA = {
+    "waitlisted": "در فهرست انتظار",
+    "booked": "ثبت‌شده",
+    "checked_in": "حاضر در دفتر",
+    "served": "انجام‌شده",
+    "no_show": "غایب",
+    "cancelled": "لغوشده",
+}
+
+
+class SmsChannel:
+    def __init__(
+        self, *, bookings: BookingService, load: LoadService, messenger: Messenger, clock: Clock, horizon_days: int
+    ) -> None:
+        self.bookings = bookings
+        self.load = load
+        self.messenger = messenger
+        self.clock = clock
+        self.horizon_days = horizon_days
+        self.complaints: ComplaintHandler | None = None
+
+    async def receive(self, session: AsyncSession, *, provider_sid: str, sender: str, text: str) -> bool:
+        """Carry out one inbound message; False when it was a repeat delivery (nothing done)."""
+        try:
+            mobile = normalize_mobile(sender)
+        except DomainError:
+            return True  # not an Iranian mobile: nobody we can answer
+        command = parser.parse(text, today=self.clock.today())
+        session.add(
+            InboundSms(provider_sid=provider_sid, from_mobile=mobile, body=text[:1600], command=type(command).__name__)
+        )
+        try:
+            await session.flush()
+        except IntegrityError:
+            await session.rollback()
+            return False
+        try:
+            reply = await self._carry_out(session, mobile, command)
+        except DomainError as error:
+            await session.rollback()
+            # The row is written again: even a refused command is received once.
+            session.add(
+                InboundSms(
+                    provider_sid=provider_sid, from_mobile=mobile, body=text[:1600], command=type(command).__name__
+                )
+            )
+            reply = error.detail_fa
+        if reply:
+            self.messenger.queue(session, to=mobile, body=reply, kind="sms_reply")
+        await session.commit()
+        return True
+
+    async def _carry_out(self, session: AsyncSession, mobile: str, command: parser.Command) -> str | None:
+        match command:
+            case parser.Book():
+                return await self._book(session, mobile, command)
+            case parser.Wait():
+                national_id = await self._national_id(session, mobile, command.national_id)
+                if national_id is None:
+                    return _NEED_ID
+                await self.bookings.join_waitlist(
+                    session=session,
+                    mobile=mobile,
+                    request=WaitlistJoin(
+                        national_id=national_id,
+                        office_code=command.office_code,
+                        service_code=command.service_code,
+                        date=(command.day or self.clock.today()).isoformat(),
+                    ),
+                )
+                return None  # joining sends its own message
+            case parser.Offices():
+                result = await self.load.nearby(
+                    session=session,
+                    service_code=command.service_code,
+                    day=self.clock.today(),
+                    lat=None,
+                    lon=None,
+                    city=command.city,
+                    limit=3,
+                )
+                if not result.offices:
+                    return "در این شهر دفتری با این خدمت پیدا نشد."
+                lines = [
+                    f"{o.code}: {o.name_fa}، {o.busyness_fa}، نوبت بعدی {o.next_free_slot_fa or 'امروز ندارد'}"
+                    for o in result.offices
+                ]
+                return "کم‌ازدحام‌ترین دفاتر امروز:\n" + "\n".join(lines)
+            case parser.Cancel():
+                await self.bookings.cancel(session=session, tracking_code=command.tracking_code, mobile=mobile)
+                return None  # the cancellation sends its own message
+            case parser.Status():
+                booking = await self.bookings.get(session=session, tracking_code=command.tracking_code)
+                return (
+                    f"نوبت {booking.tracking_code}: {_STATUS_FA.get(booking.status, booking.status)}\n"
+                    f"{booking.office_name_fa}\n{booking.when_fa}"
+                )
+            case parser.Complain():
+                if self.complaints is None:
+                    return "ثبت شکایت با پیامک هنوز فعال نیست؛ از سامانهٔ نوبت استفاده کنید."
+                return await self.complaints(session, mobile, command.office_code, command.text)
+            case parser.Register():
+                await self._remember(session, mobile, command.national_id)
+                return f"کد ملی {to_persian_digits(command.national_id[-4:])}**** برای این شماره ثبت شد."
+            case parser.Help():
+                return f"{command.reason}\n{parser.HELP_TEXT_FA}" if command.reason else parser.HELP_TEXT_FA
+
+    async def _book(self, session: AsyncSession, mobile: str, command: parser.Book) -> str | None:
+        national_id = await self._national_id(session, mobile, command.national_id)
+        if national_id is None:
+            return _NEED_ID
+        # No date: the first day, from today on, with a free slot.
+        today = self.clock.today()
+        days = [command.day] if command.day else [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
+        for index, day in enumerate(days):
+            try:
+                await self.bookings.book(
+                    session=session,
+                    mobile=mobile,
+                    request=BookingCreate(
+                        national_id=national_id,
+                        office_code=command.office_code,
+                        service_code=command.service_code,
+                        date=day.isoformat(),
+                    ),
+                    idempotency_key=None,
+                    channel=Channel.SMS,
+                )
+                return None  # the booking sends its own confirmation, with the tracking code
+            except (DayFull, OfficeClosed):
+                if index == len(days) - 1:
+                    raise
+        return None
+
+    async def _national_id(self, session: AsyncSession, mobile: str, given: str | None) -> str | None:
+        if given:
+            await self._remember(session, mobile, given)
+            return given
+        return await session.scalar(select(CitizenPhone.national_id).where(CitizenPhone.mobile == mobile))
+
+    async def _remember(self, session: AsyncSession, mobile: str, national_id: str) -> None:
+        phone = await session.get(CitizenPhone, mobile)
+        if phone is None:
+            session.add(CitizenPhone(mobile=mobile, national_id=national_id, updated_at=self.clock.now()))
+        else:
+            phone.national_id, phone.updated_at = national_id, self.clock.now()
+        await session.flush()
+
+
+_NEED_ID = "کد ملی را هم بفرستید، مثلاً: نوبت ۰۱۰۰۰۱ ۱۰۱ ۰۴۹۹۳۷۰۸۹۹ — یا یک بار بفرستید: ثبت [کد ملی]"

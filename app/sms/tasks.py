@@ -1,0 +1,139 @@
+"""RQ jobs of the SMS channel. Each takes ids, reloads the row and re-checks its state, so a
+job that runs twice, late, or after the world changed does the right thing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from redis import Redis
+from sqlalchemy import select
+
+from app.booking.models import Booking, BookingStatus
+from app.container import Container, build_container
+from app.locale import jalali_datetime
+from app.offices.models import Office
+from app.settings import load_settings
+from app.sms.backends import OutboundSms, make_backend
+from app.sms.models import SmsMessage, SmsStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def job_context() -> AsyncIterator[Container]:
+    """The app's parts for one job, from the same environment the web app reads."""
+    settings = load_settings()
+    if not settings.redis_url:
+        raise RuntimeError("a worker needs REDIS_URL")
+    container = build_container(settings, settings.redis_url)
+    try:
+        yield container
+    finally:
+        await container.close()
+
+
+def send_sms(message_id: str) -> str:
+    return _run(_send(message_id))
+
+
+async def _send(message_id: str) -> str:
+    async with job_context() as app, app.sessions() as session:
+        message = await session.get(SmsMessage, message_id, with_for_update=True)
+        if message is None:
+            return "missing"
+        if message.status in (SmsStatus.SENT, SmsStatus.DELIVERED, SmsStatus.FAILED):
+            return message.status.value
+        sync_redis = Redis.from_url(app.settings.redis_url or "")
+        try:
+            backend = make_backend(app.settings, sync_redis)
+            outbound = OutboundSms(id=message.id, to=message.to, body=message.body)
+            if message.status == SmsStatus.SENDING:
+                # An earlier try died between handing it over and writing that down.
+                since = message.created_at - dt.timedelta(minutes=1)
+                if earlier := backend.already_sent(outbound, since):
+                    message.status, message.provider_sid = SmsStatus.SENT, earlier
+                    await session.commit()
+                    return "sent before"
+            message.status = SmsStatus.SENDING
+            message.attempts += 1
+            message.updated_at = app.clock.now()
+            await session.commit()
+            try:
+                sid = await asyncio.to_thread(backend.send, outbound)
+            except Exception as error:
+                give_up = message.attempts >= app.settings.sms_max_attempts
+                message.status = SmsStatus.FAILED if give_up else SmsStatus.QUEUED
+                message.error = f"{type(error).__name__}: {error}"[:500]
+                await session.commit()
+                if give_up:
+                    log.error("sms %s failed for good after %d tries", message_id, message.attempts)
+                    return "failed"
+                raise  # RQ retries with backoff
+            message.status, message.provider_sid, message.error = SmsStatus.SENT, sid, None
+            message.updated_at = app.clock.now()
+            await session.commit()
+            return "sent"
+        finally:
+            sync_redis.close()
+
+
+def remind(tracking_code: str, kind: str, day: str, time: str) -> str:
+    return _run(_remind(tracking_code, kind, dt.date.fromisoformat(day), time))
+
+
+async def _remind(tracking_code: str, kind: str, day: dt.date, time: str) -> str:
+    async with job_context() as app, app.sessions() as session:
+        row = (
+            await session.execute(
+                select(Booking, Office.name_fa)
+                .join(Office, Office.id == Booking.office_id)
+                .where(Booking.tracking_code == tracking_code)
+            )
+        ).first()
+        if row is None:
+            return "missing"
+        booking, office_name = row
+        if booking.status != BookingStatus.BOOKED or (booking.date, booking.slot_time) != (day, time):
+            return "stale"  # cancelled, served or moved since it was scheduled
+        when = jalali_datetime(day, dt.time.fromisoformat(time))
+        lead = "فردا" if kind == "evening" else "یک ساعت دیگر"
+        app.messenger.queue(
+            session,
+            to=booking.mobile,
+            body=f"یادآوری نوبت: {lead}، {when}، {office_name}. کد رهگیری {tracking_code}. برای لغو: لغو {tracking_code}",
+            kind=f"reminder_{kind}",
+        )
+        await session.commit()
+        return "reminded"
+
+
+def sweep() -> int:
+    """Enqueue again the committed messages that no worker has taken (an enqueue lost after a commit)."""
+    return _run(_sweep())
+
+
+async def _sweep() -> int:
+    async with job_context() as app, app.sessions() as session:
+        stale = app.clock.now() - dt.timedelta(minutes=2)
+        ids = list(
+            await session.scalars(
+                select(SmsMessage.id).where(
+                    SmsMessage.status == SmsStatus.QUEUED,
+                    SmsMessage.attempts == 0,
+                    SmsMessage.created_at < stale,
+                )
+            )
+        )
+        for message_id in ids:
+            app.jobs.enqueue(app.jobs.sms, "app.sms.tasks.send_sms", message_id, job_id=f"sms-{message_id}")
+        return len(ids)

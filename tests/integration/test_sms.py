@@ -1,0 +1,256 @@
+"""The SMS channel end to end: real twilio client -> local Twilio stand-in, signed webhooks,
+RQ jobs run by a real (in-thread) RQ worker, real Redis, real record."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import func, select
+from twilio.request_validator import RequestValidator
+
+from app.booking.models import Booking, BookingStatus
+from app.main import create_app
+from app.settings import Settings
+from app.sms.models import InboundSms, SmsMessage, SmsStatus
+from loadtests.twilio_standin import TwilioStandIn
+from tests.conftest import Deliver, World, booking_body
+
+Client = AsyncTestClient[Litestar]
+TOKEN = "twilio-test-auth-token"
+PUBLIC = "https://nobat.example"
+
+
+@pytest.fixture
+def standin() -> Iterator[TwilioStandIn]:
+    server = TwilioStandIn().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(settings: Settings, standin: TwilioStandIn) -> Settings:
+    return settings.with_(
+        sms_backend="twilio",
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token=TOKEN,
+        twilio_from="+15005550006",
+        twilio_api_base_url=standin.base_url,
+        public_url=PUBLIC,
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async with AsyncTestClient(create_app(settings), timeout=60) as test_client:
+        yield test_client
+
+
+def signed(path: str, params: dict[str, str]) -> dict[str, str]:
+    signature = RequestValidator(TOKEN).compute_signature(PUBLIC + path, params)
+    return {"X-Twilio-Signature": signature}
+
+
+async def text(client: Client, body: str, *, sender: str = "+989121234567", sid: str = "SM1") -> Any:
+    params = {"MessageSid": sid, "From": sender, "To": "+15005550006", "Body": body}
+    return await client.post("/sms/twilio/inbound", data=params, headers=signed("/sms/twilio/inbound", params))
+
+
+async def count(world: World, model: Any, *where: Any) -> int:
+    async with world.container.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+async def test_confirmation_goes_out_through_twilio(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office()
+    booked = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, world.national_id(), world.tomorrow()),
+        headers=world.token("09121112222"),
+    )
+    code = booked.json()["tracking_code"]
+    assert standin.messages == []  # nothing is sent from the request itself
+    await deliver()
+    [sent] = standin.wait_for(1)
+    assert sent["to"] == "+989121112222" and code in sent["body"]
+    assert sent["status_callback"] == PUBLIC + "/sms/twilio/status"
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage).where(SmsMessage.kind == "booking_confirmed"))
+        assert message is not None and message.status == SmsStatus.SENT and message.provider_sid == sent["sid"]
+
+    params = {"MessageSid": sent["sid"], "MessageStatus": "delivered"}
+    callback = await client.post("/sms/twilio/status", data=params, headers=signed("/sms/twilio/status", params))
+    assert callback.status_code == 204
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage).where(SmsMessage.provider_sid == sent["sid"]))
+        assert message is not None and message.status == SmsStatus.DELIVERED
+
+
+async def test_unsigned_or_wrongly_signed_requests_do_nothing(client: Client, world: World) -> None:
+    office = await world.office()
+    body = f"BOOK {office} 101 0499370899"
+    params = {"MessageSid": "SM2", "From": "+989121234567", "To": "+15005550006", "Body": body}
+    unsigned = await client.post("/sms/twilio/inbound", data=params)
+    assert unsigned.status_code == 403 and unsigned.json()["code"] == "bad_signature"
+    forged = await client.post(
+        "/sms/twilio/inbound", data={**params, "Body": "CANCEL X"}, headers=signed("/sms/twilio/inbound", params)
+    )
+    assert forged.status_code == 403
+    status = await client.post("/sms/twilio/status", data={"MessageSid": "SM9", "MessageStatus": "failed"})
+    assert status.status_code == 403
+    assert await count(world, InboundSms) == 0
+    assert await count(world, Booking) == 0
+
+
+async def test_booking_by_sms_in_persian_and_a_repeated_delivery_counts_once(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office()
+    fa = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
+    day = world.tomorrow().isoformat()
+    body = f"نوبت {office.translate(fa)} ۱۰۱ {day.translate(fa)} {'0499370899'.translate(fa)}"
+    first = await text(client, body, sid="SMrepeat")
+    again = await text(client, body, sid="SMrepeat")
+    assert first.status_code == again.status_code == 200
+    assert first.headers["content-type"].startswith("text/xml")
+    assert await count(world, Booking, Booking.status == BookingStatus.BOOKED) == 1
+    assert await count(world, InboundSms) == 1
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "کد رهگیری" in reply["body"] and "ساعت ۸:۰۰" in reply["body"]
+
+    # The phone now has a national ID on file: the next booking needs none.
+    standin.clear()
+    await text(client, f"book {office} 102", sid="SMsecond")
+    assert await count(world, Booking, Booking.service_code == "102") == 1
+
+
+async def test_status_cancel_offices_register_and_help(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office(lat=35.70, lon=51.40)
+    await world.rebuild()
+    await text(client, "ثبت 0499370899", sid="SMreg")
+    await text(client, f"BOOK {office} 101 فردا", sid="SMbook")
+    async with world.container.sessions() as session:
+        code = await session.scalar(select(Booking.tracking_code))
+    assert code
+    await text(client, f"وضعیت {code.lower()}", sid="SMstatus")
+    await text(client, "دفاتر تهران ۱۰۱", sid="SMoffices")
+    await text(client, f"CANCEL {code[:5]}-{code[5:]}", sid="SMcancel")
+    await text(client, "سلام", sid="SMhello")
+    await text(client, "لغو", sid="SMbad")
+    await deliver()
+    bodies = [m["body"] for m in standin.wait_for(7)]
+    assert any("برای این شماره ثبت شد" in b for b in bodies)
+    assert any(code in b and "ثبت‌شده" in b for b in bodies)
+    assert any(office in b and "خلوت" in b for b in bodies)
+    assert any(code in b and "لغو شد" in b for b in bodies)
+    assert any(b.startswith("راهنمای نوبت پیامکی") for b in bodies)  # "سلام"
+    assert any(b.startswith("کد رهگیری را بنویسید.\nراهنمای") for b in bodies)  # "لغو" alone
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(Booking.status)) == BookingStatus.CANCELLED
+
+
+async def test_a_failed_send_is_retried_and_sent_once(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office()
+    standin.fail_next(1)
+    await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    await deliver()
+    assert standin.messages == []
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage))
+        assert message is not None and message.status == SmsStatus.QUEUED and message.attempts == 1
+        assert message.error and "500" in message.error
+    await deliver(scheduled_until=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    assert len(standin.wait_for(1)) == 1
+    await deliver(scheduled_until=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    # Reminders aside, the confirmation went out exactly once.
+    assert sum("نوبت شما ثبت شد" in m["body"] for m in standin.messages) == 1
+
+
+async def test_a_send_that_died_midway_is_not_sent_again(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office()
+    await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    await deliver()
+    assert len(standin.wait_for(1)) == 1
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage))
+        assert message is not None
+        # As if the worker was killed after Twilio took it but before the row said so.
+        message.status, message.provider_sid = SmsStatus.SENDING, None
+        await session.commit()
+        world.container.jobs.enqueue(world.container.jobs.sms, "app.sms.tasks.send_sms", message.id, job_id="again")
+    await deliver()
+    assert len(standin.messages) == 1
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage))
+        assert message is not None and message.status == SmsStatus.SENT and message.provider_sid
+
+
+async def test_reminders_fire_and_skip_a_cancelled_booking(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office()
+    day = world.container.clock.today() + dt.timedelta(days=3)
+    kept = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09121110000")
+    )
+    owner = world.token("09121119999")
+    dropped = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "11:00"), headers=owner
+    )
+    await client.post(f"/api/v1/bookings/{dropped.json()['tracking_code']}/cancel", headers=owner)
+    await deliver()
+    standin.clear()
+    await deliver(scheduled_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=4))
+    await deliver()
+    reminders = [m for m in standin.messages if "یادآوری" in m["body"]]
+    assert len(reminders) == 2
+    assert all(kept.json()["tracking_code"] in m["body"] and m["to"] == "+989121110000" for m in reminders)
+
+
+async def test_close_day_marks_no_shows_and_expires_the_waitlist(world: World, deliver: Deliver) -> None:
+    from app.booking.tasks import close_day
+
+    office = await world.office()
+    yesterday = world.container.clock.today() - dt.timedelta(days=1)
+    async with world.container.sessions() as session:
+        office_id = 1
+        for index, status in enumerate((BookingStatus.BOOKED, BookingStatus.SERVED, BookingStatus.WAITLISTED)):
+            session.add(
+                Booking(
+                    tracking_code=f"OLD{index:07d}",
+                    office_id=office_id,
+                    service_code="101",
+                    national_id=world.national_id(),
+                    mobile="09120000000",
+                    date=yesterday,
+                    slot_time="10:00",
+                    pool="*",
+                    status=status,
+                )
+            )
+        await session.commit()
+    result = await asyncio.to_thread(close_day)
+    assert result["no_shows"] == 1 and result["waitlist_expired"] == 1
+    async with world.container.sessions() as session:
+        statuses = [s.value for s in await session.scalars(select(Booking.status).order_by(Booking.tracking_code))]
+    assert statuses == ["no_show", "served", "cancelled"]
+    again = await asyncio.to_thread(close_day)
+    assert again["no_shows"] == 0 and office

@@ -1,0 +1,32 @@
+"""Periodic jobs: ``python -m workers.cron`` (one per deployment; RQ's cron scheduler).
+
+Times are UTC: Tehran is UTC+3:30 all year.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from rq.cron import CronScheduler
+
+from app.booking.tasks import close_day
+from app.settings import load_settings
+from app.sms.tasks import sweep
+from workers.queues import DEFAULT, SMS
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+    url = settings.rq_redis_url or settings.redis_url
+    if not url:
+        raise SystemExit("set RQ_REDIS_URL (or REDIS_URL) to the Redis that holds the job queues")
+    scheduler = CronScheduler(connection=Redis.from_url(url), name="nobat")
+    scheduler.register(sweep, queue_name=SMS, interval=60)  # messages whose enqueue was lost
+    scheduler.register(close_day, queue_name=DEFAULT, cron="30 20 * * *")  # 00:00 Tehran
+    scheduler.start()
+
+
+if __name__ == "__main__":
+    main()
