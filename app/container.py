@@ -12,8 +12,11 @@ from app.booking.relocation import Relocator
 from app.booking.service import BookingRules, BookingService
 from app.capacity.service import Capacity
 from app.clock import Clock
+from app.complaints.service import Complaints
 from app.console.service import Console
 from app.db import create_engine, session_factory
+from app.enforcement.policy import Policy
+from app.enforcement.service import Enforcement
 from app.jobs import Jobs
 from app.load.service import LoadService
 from app.ratelimit import RateLimiter
@@ -43,6 +46,8 @@ class Container:
     console: Console
     regulator: Regulator
     sms_channel: SmsChannel
+    enforcement: Enforcement
+    complaints: Complaints
 
     async def close(self) -> None:
         self.jobs.close()
@@ -70,6 +75,33 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     load = LoadService(capacity=capacity, clock=clock)
     relocator = Relocator(bookings=bookings, load=load)
     console = Console(bookings=bookings, relocator=relocator, load=load, clock=clock, settings=settings)
+    policy = Policy(
+        window_days=settings.complaint_window_days,
+        restrict_after_substantiated=settings.restrict_after_substantiated,
+        restrict_after_received=settings.restrict_after_received,
+        restricted_cap_percent=settings.restricted_cap_percent,
+        fine_base_rials=settings.fine_base_rials,
+        fine_cap_rials=settings.fine_cap_rials,
+    )
+    enforcement = Enforcement(
+        capacity=capacity,
+        bookings=bookings,
+        relocator=relocator,
+        clock=clock,
+        policy=policy,
+        appeal_days=settings.appeal_days,
+    )
+    complaints = Complaints(
+        enforcement=enforcement,
+        messenger=messenger,
+        clock=clock,
+        policy=policy,
+        response_hours=settings.complaint_response_hours,
+    )
+    sms_channel = SmsChannel(
+        bookings=bookings, load=load, messenger=messenger, clock=clock, horizon_days=settings.horizon_days
+    )
+    sms_channel.complaints = complaints.sms_complaint
     return Container(
         settings=settings,
         engine=engine,
@@ -86,7 +118,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         relocator=relocator,
         console=console,
         regulator=Regulator(console=console),
-        sms_channel=SmsChannel(
-            bookings=bookings, load=load, messenger=messenger, clock=clock, horizon_days=settings.horizon_days
-        ),
+        sms_channel=sms_channel,
+        enforcement=enforcement,
+        complaints=complaints,
     )

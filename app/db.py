@@ -17,7 +17,7 @@ class Base(DeclarativeBase):
 
 def enum_column(cls: type[enum.StrEnum]) -> Enum:
     # Stored as plain strings, checked by the application: adding a value needs no migration.
-    return Enum(cls, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+    return Enum(cls, native_enum=False, length=30, values_callable=lambda e: [m.value for m in e])
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -59,6 +59,8 @@ async def create_schema(engine: AsyncEngine) -> None:
     # Import every domain's models so their tables are on Base.metadata.
     from app.booking import models as _booking  # noqa: F401
     from app.capacity import models as _capacity  # noqa: F401
+    from app.complaints import models as _complaints  # noqa: F401
+    from app.enforcement import models as _enforcement  # noqa: F401
     from app.offices import models as _offices  # noqa: F401
     from app.sms import models as _sms  # noqa: F401
     from app.staff import models as _staff  # noqa: F401

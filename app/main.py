@@ -15,9 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.routes import CitizenAuthController
 from app.booking.routes import BookingsController, WaitlistController
+from app.complaints.routes import ComplaintsController, RegulatorComplaintsController
 from app.console.routes import ConsoleController
 from app.container import Container, build_container
 from app.db import create_schema, session_scope
+from app.enforcement.routes import GuildController, OfficeEnforcementController, RegulatorActionsController
 from app.health import HealthController
 from app.load.routes import LoadController
 from app.offices.routes import OfficesController
@@ -80,6 +82,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ConsoleController,
             RegulatorCapacityController,
             TwilioWebhooks,
+            ComplaintsController,
+            RegulatorComplaintsController,
+            RegulatorActionsController,
+            GuildController,
+            OfficeEnforcementController,
         ],
         dependencies={
             "container": Provide(_container, sync_to_thread=False),

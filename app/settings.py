@@ -94,6 +94,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     no_show_suspension_days: int = 7
     """NOBAT_NO_SHOW_SUSPENSION_DAYS: how long web and SMS booking stay suspended."""
 
+    # --- complaints and enforcement (the documented policy; see app/enforcement/policy.py) ---
+    complaint_response_hours: int = 72
+    """NOBAT_COMPLAINT_RESPONSE_HOURS: a complaint with no first response by then is flagged overdue."""
+    complaint_window_days: int = 30
+    """NOBAT_COMPLAINT_WINDOW_DAYS: the rolling window complaints are counted in."""
+    restrict_after_substantiated: int = 2
+    """NOBAT_RESTRICT_AFTER_SUBSTANTIATED: confirmed violations in the window that restrict an office."""
+    restrict_after_received: int = 10
+    """NOBAT_RESTRICT_AFTER_RECEIVED: complaints received in the window that restrict an office."""
+    restricted_cap_percent: int = 50
+    """NOBAT_RESTRICTED_CAP_PERCENT: the share of its seats a restricted office may fill with new bookings."""
+    appeal_days: int = 7
+    """NOBAT_APPEAL_DAYS: how long an office has to appeal a restriction."""
+    fine_base_rials: int = 100_000_000
+    """NOBAT_FINE_BASE_RIALS: the first fine for a violated obligation in a year."""
+    fine_cap_rials: int = 1_000_000_000
+    """NOBAT_FINE_CAP_RIALS: the most one office pays per obligation per year."""
+
     # --- demo ---
     demo_offices: int = 17000
     """NOBAT_DEMO_OFFICES: offices the demo dataset generates."""
@@ -128,6 +146,14 @@ _ENV = {
     "verify_per_address": "NOBAT_VERIFY_PER_ADDRESS",
     "trust_forwarded_for": "NOBAT_TRUST_FORWARDED_FOR",
     "demo_offices": "NOBAT_DEMO_OFFICES",
+    "complaint_response_hours": "NOBAT_COMPLAINT_RESPONSE_HOURS",
+    "complaint_window_days": "NOBAT_COMPLAINT_WINDOW_DAYS",
+    "restrict_after_substantiated": "NOBAT_RESTRICT_AFTER_SUBSTANTIATED",
+    "restrict_after_received": "NOBAT_RESTRICT_AFTER_RECEIVED",
+    "restricted_cap_percent": "NOBAT_RESTRICTED_CAP_PERCENT",
+    "appeal_days": "NOBAT_APPEAL_DAYS",
+    "fine_base_rials": "NOBAT_FINE_BASE_RIALS",
+    "fine_cap_rials": "NOBAT_FINE_CAP_RIALS",
     "staff_session_ttl_seconds": "NOBAT_STAFF_SESSION_TTL_SECONDS",
     "staff_max_failures": "NOBAT_STAFF_MAX_FAILURES",
     "staff_lockout_seconds": "NOBAT_STAFF_LOCKOUT_SECONDS",

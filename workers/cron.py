@@ -11,6 +11,7 @@ from redis import Redis
 from rq.cron import CronScheduler
 
 from app.booking.tasks import close_day
+from app.complaints.tasks import flag_overdue
 from app.settings import load_settings
 from app.sms.tasks import sweep
 from workers.queues import DEFAULT, SMS
@@ -25,6 +26,7 @@ def main() -> None:
     scheduler = CronScheduler(connection=Redis.from_url(url), name="nobat")
     scheduler.register(sweep, queue_name=SMS, interval=60)  # messages whose enqueue was lost
     scheduler.register(close_day, queue_name=DEFAULT, cron="30 20 * * *")  # 00:00 Tehran
+    scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     scheduler.start()
 
 

@@ -27,7 +27,7 @@ from app.sms import parser
 from app.sms.models import CitizenPhone, InboundSms
 from app.sms.service import Messenger
 
-ComplaintHandler = Callable[[AsyncSession, str, str, str], Awaitable[str]]
+ComplaintHandler = Callable[[AsyncSession, str, str, str], Awaitable[str | None]]
 """(session, mobile, office code, text) -> the reply; the complaints domain provides it."""
 
 _STATUS_FA = {

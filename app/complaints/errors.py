@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from app.errors import DomainError, NotFound
+
+
+class ComplaintNotFound(NotFound):
+    code = "complaint_not_found"
+    message_fa = "شکایتی با این کد رهگیری پیدا نشد."
+    message_en = "No complaint has this tracking code."
+
+
+class TransitionNotAllowed(DomainError):
+    code = "transition_not_allowed"
+    status = 409
+    message_fa = "این مرحله از وضعیت فعلی شکایت مجاز نیست."
+    message_en = "This step is not allowed from the complaint's current state."

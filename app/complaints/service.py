@@ -1,0 +1,307 @@
+"""Complaints: filed by citizens on the web or by SMS, handled by the regulator in the seven
+steps of the documents, each step announced to the complainant by SMS with the tracking
+code. A confirmed violation is fined and may restrict or block the office (the policy)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import jdatetime
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.booking.tracking import new_tracking_code, normalize_tracking_code
+from app.clock import Clock
+from app.complaints.errors import ComplaintNotFound, TransitionNotAllowed
+from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, Complaint, ComplaintStep, State
+from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
+from app.enforcement.models import Fine
+from app.enforcement.policy import Policy, next_fine
+from app.enforcement.service import Enforcement
+from app.errors import InvalidInput
+from app.locale import normalize_text, to_persian_digits
+from app.offices.models import City, Office, Province
+from app.sms.service import Messenger
+from app.staff.models import StaffRole
+from app.staff.service import StaffPrincipal, audit, require_role
+
+MAX_DESCRIPTION = 2000
+
+
+class Complaints:
+    def __init__(
+        self, *, enforcement: Enforcement, messenger: Messenger, clock: Clock, policy: Policy, response_hours: int
+    ) -> None:
+        self.enforcement = enforcement
+        self.messenger = messenger
+        self.clock = clock
+        self.policy = policy
+        self.response_hours = response_hours
+
+    async def file(
+        self,
+        *,
+        session: AsyncSession,
+        mobile: str,
+        office_code: str,
+        category: str,
+        description: str,
+        booking_tracking_code: str | None,
+        channel: str,
+    ) -> ComplaintOut:
+        try:
+            kind = Category(category)
+        except ValueError:
+            raise InvalidInput(
+                "category",
+                "Unknown category; one of: " + ", ".join(c.value for c in Category),
+                detail_fa="دستهٔ شکایت معتبر نیست.",
+            ) from None
+        text = normalize_text(description)
+        if not 5 <= len(text) <= MAX_DESCRIPTION:
+            raise InvalidInput(
+                "description",
+                f"Describe what happened in 5 to {MAX_DESCRIPTION} characters.",
+                detail_fa="شرح ماجرا را بنویسید (دست‌کم ۵ نویسه).",
+            )
+        booking_code = normalize_tracking_code(booking_tracking_code) if booking_tracking_code else None
+        office = await self.enforcement.office(session, office_code)
+        now = self.clock.now()
+        complaint = Complaint(
+            tracking_code=new_tracking_code(),
+            office_id=office.id,
+            category=kind,
+            description=text,
+            booking_tracking_code=booking_code,
+            mobile=mobile,
+            channel=channel,
+            state=State.RECEIVED,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(complaint)
+        await session.flush()
+        session.add(
+            ComplaintStep(
+                complaint_id=complaint.id, at=now, from_state=None, to_state=State.RECEIVED, actor=mobile[-4:]
+            )
+        )
+        self.messenger.queue(
+            session,
+            to=mobile,
+            body=f"شکایت شما از {office.name_fa} ثبت شد. کد رهگیری: {complaint.tracking_code}. "
+            f"نتیجهٔ هر مرحله با همین کد پیامک می‌شود.",
+            kind="complaint_step",
+        )
+        await session.commit()
+        await self.enforcement.evaluate(session, office)
+        return await self._out(session, complaint)
+
+    async def sms_complaint(self, session: AsyncSession, mobile: str, office_code: str, text: str) -> str | None:
+        """The SMS channel's `شکایت` command: filed as "other", with the citizen's words."""
+        await self.file(
+            session=session,
+            mobile=mobile,
+            office_code=office_code,
+            category=Category.OTHER.value,
+            description=text,
+            booking_tracking_code=None,
+            channel="sms",
+        )
+        return None  # filing sends its own SMS with the tracking code
+
+    async def for_complainant(self, *, session: AsyncSession, tracking_code: str, mobile: str) -> ComplaintOut:
+        complaint = await self._get(session, tracking_code)
+        if complaint.mobile != mobile:
+            # The same answer as an unknown code: a complaint is nobody else's business.
+            raise ComplaintNotFound()
+        return await self._out(session, complaint)
+
+    async def for_regulator(self, *, session: AsyncSession, staff: StaffPrincipal, tracking_code: str) -> ComplaintOut:
+        require_role(staff, StaffRole.REGULATOR)
+        return await self._out(session, await self._get(session, tracking_code))
+
+    async def queue(
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        state: str | None,
+        overdue: bool | None,
+        province: str | None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[QueueItem]:
+        require_role(staff, StaffRole.REGULATOR)
+        query = (
+            select(Complaint, Office.code, Office.name_fa, Province.name_fa)
+            .join(Office, Office.id == Complaint.office_id)
+            .join(City, City.id == Office.city_id)
+            .join(Province, Province.id == City.province_id)
+            .order_by(Complaint.overdue.desc(), Complaint.created_at)
+            .limit(min(limit, 500))
+            .offset(offset)
+        )
+        if state:
+            try:
+                query = query.where(Complaint.state == State(state))
+            except ValueError:
+                raise InvalidInput("state", "Unknown state.", detail_fa="وضعیت معتبر نیست.") from None
+        else:
+            query = query.where(Complaint.state.not_in((State.DISMISSED, State.VERDICT_ANNOUNCED)))
+        if overdue is not None:
+            query = query.where(Complaint.overdue == overdue)
+        if province:
+            query = query.where((Province.code == province) | (Province.name_fa == province))
+        rows = await session.execute(query)
+        return [
+            QueueItem(
+                tracking_code=c.tracking_code,
+                office_code=code,
+                office_name_fa=name,
+                province_fa=province_fa,
+                category=c.category.value,
+                state=c.state.value,
+                created_at=c.created_at.isoformat(),
+                overdue=c.overdue,
+                next_states=[s.value for s in TRANSITIONS[c.state]],
+            )
+            for c, code, name, province_fa in rows
+        ]
+
+    async def transition(
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        tracking_code: str,
+        to: str,
+        note: str,
+        inspector: str | None,
+    ) -> ComplaintOut:
+        require_role(staff, StaffRole.REGULATOR)
+        complaint = await self._get(session, tracking_code, lock=True)
+        try:
+            target = State(to)
+        except ValueError:
+            raise InvalidInput("to", "Unknown state.", detail_fa="مرحلهٔ معتبر نیست.") from None
+        if target not in TRANSITIONS[complaint.state]:
+            raise TransitionNotAllowed(
+                current=complaint.state.value, allowed=[s.value for s in TRANSITIONS[complaint.state]]
+            )
+        if target is State.INSPECTOR_ASSIGNED and not (inspector or "").strip():
+            raise InvalidInput("inspector", "Name the inspector.", detail_fa="نام بازرس را بنویسید.")
+        now = self.clock.now()
+        before = complaint.state
+        complaint.state, complaint.updated_at = target, now
+        if complaint.first_response_at is None:
+            complaint.first_response_at = now
+        if inspector:
+            complaint.inspector = inspector.strip()
+        session.add(
+            ComplaintStep(
+                complaint_id=complaint.id,
+                at=now,
+                from_state=before.value,
+                to_state=target.value,
+                actor=staff.username,
+                note=note,
+            )
+        )
+        await audit(
+            session, actor=staff, action="complaint.transition", target=complaint.tracking_code,
+            office_id=complaint.office_id, before=before.value, after=target.value, at=now,
+        )  # fmt: skip
+        office = await session.get(Office, complaint.office_id)
+        assert office is not None
+        extra = ""
+        if target is State.VIOLATION_CONFIRMED:
+            amount = await self._fine(session, complaint, now)
+            if amount:
+                extra = f" جریمهٔ {to_persian_digits(f'{amount:,}')} ریال ثبت شد."
+        self.messenger.queue(
+            session,
+            to=complaint.mobile,
+            body=f"شکایت {complaint.tracking_code}: {STATE_FA[target]}.{extra} {note}".strip(),
+            kind="complaint_step",
+        )
+        await session.commit()
+        if target is State.VIOLATION_CONFIRMED:
+            await self.enforcement.evaluate(session, office, actor=staff.username)
+        return await self._out(session, complaint)
+
+    async def _fine(self, session: AsyncSession, complaint: Complaint, now: dt.datetime) -> int:
+        year = jdatetime.date.fromgregorian(date=now.date()).year
+        previous = list(
+            await session.scalars(
+                select(Fine.amount_rials)
+                .where(
+                    Fine.office_id == complaint.office_id,
+                    Fine.obligation == complaint.category.value,
+                    Fine.year == year,
+                )
+                .order_by(Fine.id)
+            )
+        )
+        amount = next_fine(previous, policy=self.policy)
+        if amount:
+            session.add(
+                Fine(
+                    office_id=complaint.office_id,
+                    complaint_id=complaint.id,
+                    obligation=complaint.category.value,
+                    year=year,
+                    amount_rials=amount,
+                    at=now,
+                )
+            )
+        return amount
+
+    async def flag_overdue(self, *, session: AsyncSession) -> int:
+        """Complaints still waiting for a first response after the promised hours."""
+        deadline = self.clock.now() - dt.timedelta(hours=self.response_hours)
+        late = list(
+            await session.scalars(
+                select(Complaint).where(
+                    Complaint.state == State.RECEIVED, Complaint.overdue.is_(False), Complaint.created_at < deadline
+                )
+            )
+        )
+        for complaint in late:
+            complaint.overdue = True
+        await session.commit()
+        return len(late)
+
+    async def _get(self, session: AsyncSession, tracking_code: str, *, lock: bool = False) -> Complaint:
+        query = select(Complaint).where(Complaint.tracking_code == normalize_tracking_code(tracking_code))
+        if lock:
+            query = query.with_for_update()
+        complaint = await session.scalar(query)
+        if complaint is None:
+            raise ComplaintNotFound()
+        return complaint
+
+    async def _out(self, session: AsyncSession, complaint: Complaint) -> ComplaintOut:
+        office = await session.get(Office, complaint.office_id)
+        assert office is not None
+        steps = await session.scalars(
+            select(ComplaintStep).where(ComplaintStep.complaint_id == complaint.id).order_by(ComplaintStep.id)
+        )
+        return ComplaintOut(
+            tracking_code=complaint.tracking_code,
+            office_code=office.code,
+            office_name_fa=office.name_fa,
+            category=complaint.category.value,
+            category_fa=CATEGORY_FA[complaint.category],
+            description=complaint.description,
+            state=complaint.state.value,
+            state_fa=STATE_FA[complaint.state],
+            created_at=complaint.created_at.isoformat(),
+            overdue=complaint.overdue,
+            steps=[
+                StepOut(
+                    at=step.at.isoformat(), state=step.to_state, state_fa=STATE_FA[State(step.to_state)], note=step.note
+                )
+                for step in steps
+            ],
+        )

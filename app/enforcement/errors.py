@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from app.errors import DomainError, NotFound
+
+
+class ActionNotFound(NotFound):
+    code = "action_not_found"
+    message_fa = "چنین محدودیتی برای این دفتر ثبت نشده است."
+    message_en = "This office has no such restriction."
+
+
+class AppealNotFound(NotFound):
+    code = "appeal_not_found"
+    message_fa = "چنین اعتراضی ثبت نشده است."
+    message_en = "No such appeal."
+
+
+class AppealNotAllowed(DomainError):
+    code = "appeal_not_allowed"
+    status = 409
+    message_fa = "مهلت اعتراض گذشته، محدودیت برداشته شده یا اعتراض قبلاً ثبت شده است."
+    message_en = "The appeal window has passed, the restriction was lifted, or an appeal was already filed."
+
+
+class AppealDecided(DomainError):
+    code = "appeal_decided"
+    status = 409
+    message_fa = "دربارهٔ این اعتراض قبلاً تصمیم گرفته شده است."
+    message_en = "This appeal was already decided."
+
+
+class OfficeNotRestricted(DomainError):
+    code = "office_not_restricted"
+    status = 409
+    message_fa = "این دفتر محدود یا مسدود نیست."
+    message_en = "This office is neither restricted nor blocked."

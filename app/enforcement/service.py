@@ -1,0 +1,472 @@
+"""Enforcement: restricting, blocking and lifting offices, appeals, and what the guild sees.
+
+A status change is written to the record, then pushed into every day of the office in
+Redis (``Capacity.refresh_meta``), so the reserve script applies it to the very next
+booking. Blocking moves the office's upcoming bookings to the least busy nearby offices
+the same day; whoever cannot be placed is told and cancelled, never silently lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections import Counter, defaultdict
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.booking.models import Booking, BookingStatus
+from app.booking.relocation import Relocator
+from app.booking.service import BookingService
+from app.capacity.service import Capacity
+from app.clock import Clock
+from app.complaints.models import Category, Complaint, State
+from app.enforcement.errors import (
+    ActionNotFound,
+    AppealDecided,
+    AppealNotAllowed,
+    AppealNotFound,
+    OfficeNotRestricted,
+)
+from app.enforcement.models import ActionKind, Appeal, AppealOutcome, OfficeAction, OfficeNotice
+from app.enforcement.policy import Policy, Verdict, verdict
+from app.enforcement.schemas import ActionOut, AppealOut, NoticeOut, WatchedOffice
+from app.errors import InvalidInput
+from app.offices.errors import OfficeNotFound
+from app.offices.models import City, Office, OfficeStatus, Province
+from app.offices.service import normalize_code
+from app.staff.models import StaffRole
+from app.staff.service import StaffPrincipal, audit, require_office, require_role
+
+SUBSTANTIATED = (State.VIOLATION_CONFIRMED, State.REFERRED_TO_TRIBUNAL, State.VERDICT_ANNOUNCED)
+
+
+class Enforcement:
+    def __init__(
+        self,
+        *,
+        capacity: Capacity,
+        bookings: BookingService,
+        relocator: Relocator,
+        clock: Clock,
+        policy: Policy,
+        appeal_days: int,
+    ) -> None:
+        self.capacity = capacity
+        self.bookings = bookings
+        self.relocator = relocator
+        self.clock = clock
+        self.policy = policy
+        self.appeal_days = appeal_days
+
+    async def office(self, session: AsyncSession, code: str) -> Office:
+        office = await session.scalar(select(Office).where(Office.code == normalize_code(code, "office_code")))
+        if office is None:
+            raise OfficeNotFound()
+        return office
+
+    # --- the policy ---
+
+    async def evaluate(self, session: AsyncSession, office: Office, *, actor: str = "policy") -> Verdict:
+        """Apply the policy to an office's complaints in the window; returns what it did."""
+        if office.status == OfficeStatus.BLOCKED:
+            return Verdict.NONE
+        since = self.clock.now() - dt.timedelta(days=self.policy.window_days)
+        rows = (
+            await session.execute(
+                select(Complaint.category, Complaint.state).where(
+                    Complaint.office_id == office.id, Complaint.created_at >= since
+                )
+            )
+        ).all()
+        substantiated = [category for category, state in rows if state in SUBSTANTIATED]
+        decision = verdict(
+            policy=self.policy,
+            received=len(rows),
+            substantiated=len(substantiated),
+            forgery_confirmed=Category.FORGERY in substantiated,
+        )
+        if decision is Verdict.BLOCK:
+            await self.block(session, office, reason="جعل مدارک (تخلف احرازشده)", source="policy", actor=actor)
+        elif decision is Verdict.RESTRICT and office.status == OfficeStatus.ACTIVE:
+            reason = f"{len(rows)} شکایت و {len(substantiated)} تخلف احرازشده در {self.policy.window_days} روز"
+            await self.restrict(
+                session, office, reason=reason, source="policy", actor=actor, cap=self.policy.restricted_cap_percent
+            )
+        else:
+            return Verdict.NONE
+        return decision
+
+    # --- actions ---
+
+    async def restrict(
+        self, session: AsyncSession, office: Office, *, reason: str, source: str, actor: str, cap: int
+    ) -> OfficeAction:
+        if not 0 <= cap <= 100:
+            raise InvalidInput("cap_percent", "cap_percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
+        now = self.clock.now()
+        action = OfficeAction(
+            office_id=office.id,
+            kind=ActionKind.RESTRICT,
+            reason=reason,
+            source=source,
+            actor=actor,
+            cap_percent=cap,
+            started_at=now,
+        )
+        session.add(action)
+        office.status, office.cap_percent = OfficeStatus.RESTRICTED, cap
+        session.add(
+            OfficeNotice(
+                office_id=office.id,
+                at=now,
+                text=f"نوبت‌دهی دفتر محدود شد ({cap}٪ ظرفیت). دلیل: {reason}. مهلت اعتراض {self.appeal_days} روز است.",
+            )
+        )
+        await session.commit()
+        await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
+        return action
+
+    async def block(
+        self, session: AsyncSession, office: Office, *, reason: str, source: str, actor: str
+    ) -> OfficeAction:
+        now = self.clock.now()
+        for open_action in await self._open_actions(session, office.id):
+            open_action.lifted_at, open_action.lifted_by, open_action.lift_reason = now, actor, "replaced by a block"
+        action = OfficeAction(
+            office_id=office.id, kind=ActionKind.BLOCK, reason=reason, source=source, actor=actor, started_at=now
+        )
+        session.add(action)
+        office.status = OfficeStatus.BLOCKED
+        session.add(OfficeNotice(office_id=office.id, at=now, text=f"دفتر مسدود شد. دلیل: {reason}"))
+        await session.commit()
+        # From here the reserve script refuses the office; then its bookings are moved.
+        await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
+        moved, cancelled = await self._move_bookings_away(session, office, reason)
+        action.bookings_moved, action.bookings_cancelled = moved, cancelled
+        await session.commit()
+        return action
+
+    async def _move_bookings_away(self, session: AsyncSession, office: Office, reason: str) -> tuple[int, int]:
+        now = self.clock.now()
+        upcoming = list(
+            await session.scalars(
+                select(Booking)
+                .where(
+                    Booking.office_id == office.id,
+                    Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
+                    Booking.date >= now.date(),
+                )
+                .order_by(Booking.date, Booking.slot_time, Booking.id)
+            )
+        )
+        moved = cancelled = 0
+        why = f"به دلیل مسدود شدن {office.name_fa}،"
+        for booking in upcoming:
+            if booking.status == BookingStatus.WAITLISTED or (
+                booking.date == now.date() and booking.slot_time <= now.strftime("%H:%M")
+            ):
+                # A waitlist entry (or a slot already under way) has no seat to move.
+                booking.status, booking.cancelled_at = BookingStatus.CANCELLED, now
+                self.bookings.messenger.queue(
+                    session,
+                    to=booking.mobile,
+                    body=f"{why} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. لطفاً از دفتر دیگری نوبت بگیرید.",
+                    kind="booking_cancelled",
+                )
+                await session.commit()
+                await self.capacity.leave_waitlist(
+                    office_code=office.code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
+                )
+                await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+                cancelled += 1
+                continue
+            result = await self.relocator.relocate(
+                session=session, booking=booking, from_office=office, same_office=False, why_fa=why
+            )
+            if result.moved:
+                moved += 1
+            else:
+                cancelled += 1
+        return moved, cancelled
+
+    async def lift(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str) -> ActionOut:
+        require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
+        if not reason.strip():
+            raise InvalidInput(
+                "reason", "Say why (for example: it now takes appointments).", detail_fa="دلیل را بنویسید."
+            )
+        office = await self.office(session, office_code)
+        actions = await self._open_actions(session, office.id)
+        if office.status == OfficeStatus.ACTIVE or not actions:
+            raise OfficeNotRestricted()
+        now = self.clock.now()
+        for action in actions:
+            action.lifted_at, action.lifted_by, action.lift_reason = now, staff.username, reason.strip()
+        before = office.status.value
+        office.status, office.cap_percent = OfficeStatus.ACTIVE, 100
+        session.add(OfficeNotice(office_id=office.id, at=now, text=f"محدودیت دفتر برداشته شد. {reason.strip()}"))
+        await audit(
+            session, actor=staff, action="office.lift", target=office.code, office_id=office.id, before=before,
+            after="active", at=now,
+        )  # fmt: skip
+        await session.commit()
+        await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
+        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
+        return _action_out(actions[-1], office.code)
+
+    async def decide(
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        office_code: str,
+        kind: ActionKind,
+        reason: str,
+        cap: int | None,
+    ) -> ActionOut:
+        """A regulator's decision to restrict or block an office."""
+        require_role(staff, StaffRole.REGULATOR)
+        if not reason.strip():
+            raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
+        office = await self.office(session, office_code)
+        before = office.status.value
+        if kind is ActionKind.BLOCK:
+            action = await self.block(session, office, reason=reason.strip(), source="regulator", actor=staff.username)
+        else:
+            action = await self.restrict(
+                session,
+                office,
+                reason=reason.strip(),
+                source="regulator",
+                actor=staff.username,
+                cap=self.policy.restricted_cap_percent if cap is None else cap,
+            )
+        await audit(
+            session, actor=staff, action=f"office.{kind.value}", target=office.code, office_id=office.id,
+            before=before, after=office.status.value, at=self.clock.now(),
+        )  # fmt: skip
+        await session.commit()
+        return _action_out(action, office.code)
+
+    async def _open_actions(self, session: AsyncSession, office_id: int) -> list[OfficeAction]:
+        return list(
+            await session.scalars(
+                select(OfficeAction)
+                .where(OfficeAction.office_id == office_id, OfficeAction.lifted_at.is_(None))
+                .order_by(OfficeAction.id)
+            )
+        )
+
+    # --- appeals ---
+
+    async def appeal(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, action_id: int, text: str
+    ) -> AppealOut:
+        require_office(staff, office_code)
+        office = await self.office(session, office_code)
+        action = await session.get(OfficeAction, action_id)
+        if action is None or action.office_id != office.id:
+            raise ActionNotFound()
+        if not text.strip():
+            raise InvalidInput("text", "Write the appeal.", detail_fa="متن اعتراض را بنویسید.")
+        now = self.clock.now()
+        already = await session.scalar(select(func.count()).select_from(Appeal).where(Appeal.action_id == action.id))
+        deadline = _aware(action.started_at) + dt.timedelta(days=self.appeal_days)
+        if action.lifted_at is not None or now > deadline or already:
+            raise AppealNotAllowed(deadline=deadline.isoformat())
+        appeal = Appeal(
+            action_id=action.id, office_id=office.id, text=text.strip(), filed_by=staff.username, filed_at=now
+        )
+        session.add(appeal)
+        await audit(
+            session, actor=staff, action="appeal.file", target=str(action.id), office_id=office.id, before=None,
+            after=text.strip(), at=now,
+        )  # fmt: skip
+        await session.commit()
+        return _appeal_out(appeal, office.code)
+
+    async def decide_appeal(
+        self, *, session: AsyncSession, staff: StaffPrincipal, appeal_id: int, outcome: str, note: str
+    ) -> AppealOut:
+        require_role(staff, StaffRole.REGULATOR)
+        appeal = await session.get(Appeal, appeal_id)
+        if appeal is None:
+            raise AppealNotFound()
+        if appeal.outcome is not AppealOutcome.PENDING:
+            raise AppealDecided()
+        try:
+            decided = AppealOutcome(outcome)
+        except ValueError:
+            decided = AppealOutcome.PENDING
+        if decided is AppealOutcome.PENDING:
+            raise InvalidInput(
+                "outcome", "outcome is upheld or overturned.", detail_fa="نتیجه باید upheld یا overturned باشد."
+            )
+        now = self.clock.now()
+        appeal.outcome, appeal.decided_by, appeal.decided_at, appeal.decision_note = decided, staff.username, now, note
+        office = await session.get(Office, appeal.office_id)
+        assert office is not None
+        verdict_fa = "پذیرفته شد و محدودیت برداشته می‌شود" if decided is AppealOutcome.OVERTURNED else "رد شد"
+        session.add(OfficeNotice(office_id=office.id, at=now, text=f"اعتراض شما {verdict_fa}. {note}"))
+        await audit(
+            session, actor=staff, action="appeal.decide", target=str(appeal.id), office_id=office.id,
+            before="pending", after=decided.value, at=now,
+        )  # fmt: skip
+        await session.commit()
+        if decided is AppealOutcome.OVERTURNED and office.status != OfficeStatus.ACTIVE:
+            await self.lift(session=session, staff=staff, office_code=office.code, reason=f"اعتراض پذیرفته شد. {note}")
+        return _appeal_out(appeal, office.code)
+
+    async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:
+        require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
+        rows = await session.execute(
+            select(Appeal, Office.code).join(Office, Office.id == Appeal.office_id).order_by(Appeal.id)
+        )
+        return [_appeal_out(appeal, code) for appeal, code in rows]
+
+    async def notices(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> list[NoticeOut]:
+        require_office(staff, office_code)
+        office = await self.office(session, office_code)
+        rows = await session.scalars(
+            select(OfficeNotice).where(OfficeNotice.office_id == office.id).order_by(OfficeNotice.id.desc()).limit(50)
+        )
+        return [NoticeOut(at=n.at.isoformat(), text=n.text) for n in rows]
+
+    # --- what the guild and the regulator watch ---
+
+    async def watched(
+        self, *, session: AsyncSession, staff: StaffPrincipal, province: str | None = None, status: str | None = None
+    ) -> list[WatchedOffice]:
+        require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
+        statuses = [OfficeStatus.RESTRICTED, OfficeStatus.BLOCKED]
+        if status:
+            try:
+                statuses = [OfficeStatus(status)]
+            except ValueError:
+                raise InvalidInput(
+                    "status", "status is restricted or blocked.", detail_fa="وضعیت باید restricted یا blocked باشد."
+                ) from None
+        query = (
+            select(Office, City.name_fa, Province.name_fa, Province.code)
+            .join(City, City.id == Office.city_id)
+            .join(Province, Province.id == City.province_id)
+            .where(Office.status.in_(statuses))
+            .order_by(Province.code, Office.code)
+        )
+        if province:
+            query = query.where(
+                (Province.code == province) | (Province.name_fa == province) | (Province.name_en == province)
+            )
+        rows = (await session.execute(query)).all()
+        ids = [office.id for office, *_ in rows]
+        if not ids:
+            return []
+        actions: dict[int, OfficeAction] = {}
+        moved: Counter[int] = Counter()
+        cancelled: Counter[int] = Counter()
+        for action in await session.scalars(
+            select(OfficeAction).where(OfficeAction.office_id.in_(ids)).order_by(OfficeAction.id)
+        ):
+            moved[action.office_id] += action.bookings_moved
+            cancelled[action.office_id] += action.bookings_cancelled
+            if action.lifted_at is None:
+                actions[action.office_id] = action
+        complaints: dict[int, Counter[str]] = defaultdict(Counter)
+        for office_id, category, count in await session.execute(
+            select(Complaint.office_id, Complaint.category, func.count())
+            .where(Complaint.office_id.in_(ids))
+            .group_by(Complaint.office_id, Complaint.category)
+        ):
+            complaints[office_id][Category(category).value] = count
+        appeals: dict[int, str] = {}
+        for appeal in await session.scalars(select(Appeal).where(Appeal.office_id.in_(ids)).order_by(Appeal.id)):
+            appeals[appeal.action_id] = appeal.outcome.value
+        result = []
+        for office, city_fa, province_fa, province_code in rows:
+            current = actions.get(office.id)
+            result.append(
+                WatchedOffice(
+                    code=office.code,
+                    name_fa=office.name_fa,
+                    province_fa=province_fa,
+                    province_code=province_code,
+                    city_fa=city_fa,
+                    status=office.status.value,
+                    since=current.started_at.isoformat() if current else None,
+                    reason=current.reason if current else None,
+                    source=current.source if current else None,
+                    cap_percent=office.cap_percent if office.status == OfficeStatus.RESTRICTED else 0,
+                    complaints_by_category=dict(complaints[office.id]),
+                    complaints_total=sum(complaints[office.id].values()),
+                    bookings_moved=moved[office.id],
+                    bookings_cancelled=cancelled[office.id],
+                    appeal=appeals.get(current.id) if current else None,
+                )
+            )
+        return result
+
+    async def history(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> list[ActionOut]:
+        if staff.role is StaffRole.OFFICE_STAFF:
+            require_office(staff, office_code)
+        office = await self.office(session, office_code)
+        actions = await session.scalars(
+            select(OfficeAction).where(OfficeAction.office_id == office.id).order_by(OfficeAction.id)
+        )
+        return [_action_out(action, office.code) for action in actions]
+
+
+CSV_COLUMNS = [
+    "code", "name_fa", "province_code", "province_fa", "city_fa", "status", "since", "reason", "source",
+    "cap_percent", "complaints_total", "bookings_moved", "bookings_cancelled", "appeal",
+]  # fmt: skip
+
+
+def watched_csv(offices: list[WatchedOffice]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    categories = [c.value for c in Category]
+    writer.writerow(CSV_COLUMNS + [f"complaints_{c}" for c in categories])
+    for office in offices:
+        writer.writerow(
+            [getattr(office, column) if getattr(office, column) is not None else "" for column in CSV_COLUMNS]
+            + [office.complaints_by_category.get(c, 0) for c in categories]
+        )
+    # A byte-order mark so Excel opens the Persian text as UTF-8.
+    return "\ufeff" + out.getvalue()
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _action_out(action: OfficeAction, office_code: str) -> ActionOut:
+    return ActionOut(
+        id=action.id,
+        office_code=office_code,
+        kind=action.kind.value,
+        reason=action.reason,
+        source=action.source,
+        actor=action.actor,
+        cap_percent=action.cap_percent,
+        started_at=action.started_at.isoformat(),
+        lifted_at=action.lifted_at.isoformat() if action.lifted_at else None,
+        lift_reason=action.lift_reason,
+        bookings_moved=action.bookings_moved,
+        bookings_cancelled=action.bookings_cancelled,
+    )
+
+
+def _appeal_out(appeal: Appeal, office_code: str) -> AppealOut:
+    return AppealOut(
+        id=appeal.id,
+        action_id=appeal.action_id,
+        office_code=office_code,
+        text=appeal.text,
+        filed_by=appeal.filed_by,
+        filed_at=appeal.filed_at.isoformat(),
+        outcome=appeal.outcome.value,
+        decided_by=appeal.decided_by,
+        decision_note=appeal.decision_note,
+    )

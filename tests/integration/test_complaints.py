@@ -1,0 +1,336 @@
+"""Complaints, restrictions and blocks against a real Redis and the record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import func, select
+
+from app.booking.models import SEAT_STATUSES, Booking
+from app.capacity import keys
+from app.complaints.models import Complaint
+from app.enforcement.models import Fine
+from app.offices.models import Office
+from app.sms.models import SmsMessage
+from app.staff.models import StaffRole
+from tests.conftest import Deliver, World, booking_body
+from tests.integration.test_console import account, sign_in, staff_of
+
+Client = AsyncTestClient[Litestar]
+STEPS = [
+    "under_review",
+    "inspector_assigned",
+    "inspection_reported",
+    "violation_confirmed",
+    "referred_to_tribunal",
+    "verdict_announced",
+]
+
+
+async def regulator(client: Client, world: World, name: str = "regulator-x") -> dict[str, str]:
+    await account(world, name, StaffRole.REGULATOR, None)
+    return await sign_in(client, name)
+
+
+async def guild(client: Client, world: World, name: str = "guild-x") -> dict[str, str]:
+    await account(world, name, StaffRole.GUILD, None)
+    return await sign_in(client, name)
+
+
+async def complain(client: Client, world: World, office: str, mobile: str, category: str = "overcharging") -> Any:
+    response = await client.post(
+        "/api/v1/complaints",
+        json={"office_code": office, "category": category, "description": "مبلغ بیشتری از تعرفه گرفتند"},
+        headers=world.token(mobile),
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_the_seven_steps_each_announced(client: Client, world: World, deliver: Deliver) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    filed = await complain(client, world, office, "09125550001")
+    code = filed["tracking_code"]
+    assert filed["state"] == "received" and filed["category_fa"]
+    assert (await client.get(f"/api/v1/complaints/{code}", headers=world.token("09125550002"))).status_code == 404
+    early = await client.post(
+        f"/api/v1/regulator/complaints/{code}/transition", json={"to": "violation_confirmed"}, headers=reg
+    )
+    assert early.status_code == 409 and early.json()["allowed"] == ["under_review"]
+    no_inspector = None
+    for step in STEPS:
+        body: dict[str, Any] = {"to": step, "note": f"مرحلهٔ {step}"}
+        if step == "inspector_assigned":
+            no_inspector = await client.post(f"/api/v1/regulator/complaints/{code}/transition", json=body, headers=reg)
+            body["inspector"] = "بازرس یکم"
+        moved = await client.post(f"/api/v1/regulator/complaints/{code}/transition", json=body, headers=reg)
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["state"] == step
+    assert no_inspector is not None and no_inspector.status_code == 422
+    mine = (await client.get(f"/api/v1/complaints/{code.lower()}", headers=world.token("09125550001"))).json()
+    assert [s["state"] for s in mine["steps"]] == ["received", *STEPS]
+    done = await client.post(f"/api/v1/regulator/complaints/{code}/transition", json={"to": "dismissed"}, headers=reg)
+    assert done.status_code == 409
+    async with world.container.sessions() as session:
+        kinds = list(
+            await session.scalars(
+                select(SmsMessage.body).where(SmsMessage.to == "09125550001").order_by(SmsMessage.created_at)
+            )
+        )
+        fines = list(await session.scalars(select(Fine.amount_rials)))
+    assert len(kinds) == 7 and all(code in body for body in kinds)
+    assert fines == [100_000_000]
+
+
+async def test_overdue_after_72_hours(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    late = (await complain(client, world, office, "09125550011"))["tracking_code"]
+    answered = (await complain(client, world, office, "09125550012"))["tracking_code"]
+    await client.post(f"/api/v1/regulator/complaints/{answered}/transition", json={"to": "under_review"}, headers=reg)
+    async with world.container.sessions() as session:
+        for complaint in await session.scalars(select(Complaint)):
+            complaint.created_at -= dt.timedelta(hours=73)
+        await session.commit()
+        flagged = await world.container.complaints.flag_overdue(session=session)
+    assert flagged == 1
+    overdue = (await client.get("/api/v1/regulator/complaints?overdue=true", headers=reg)).json()
+    assert [c["tracking_code"] for c in overdue] == [late]
+    queue = (await client.get("/api/v1/regulator/complaints", headers=reg)).json()
+    assert queue[0]["tracking_code"] == late and queue[0]["overdue"] is True
+
+
+async def test_received_threshold_restricts_and_confirmed_forgery_blocks(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=4)
+    other = await world.office(seats=4)
+    day = world.tomorrow()
+    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+    threshold = world.container.settings.restrict_after_received
+    for i in range(threshold):
+        await complain(client, world, office, f"091255501{i:02d}", category="crowding")
+    detail = (await client.get(f"/api/v1/offices/{office}")).json()
+    assert detail["status"] == "restricted"
+    # 50% of 4 seats is 2; a new booking still fits at 10:00 (1 taken), a third does not.
+    assert redis_sync.hget(keys.office_day(office, day), "_cap") == b"50"
+    second = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    third = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert (second.status_code, third.status_code) == (201, 409)
+
+    reg = await regulator(client, world)
+    code = (await complain(client, world, other, "09125559999", category="forgery"))["tracking_code"]
+    for step in STEPS[:4]:
+        body = {"to": step, "inspector": "بازرس"} if step == "inspector_assigned" else {"to": step}
+        assert (
+            await client.post(f"/api/v1/regulator/complaints/{code}/transition", json=body, headers=reg)
+        ).status_code == 200
+    assert (await client.get(f"/api/v1/offices/{other}")).json()["status"] == "blocked"
+    blocked = await client.post(
+        "/api/v1/bookings", json=booking_body(other, world.national_id(), day), headers=world.token()
+    )
+    assert blocked.status_code == 403 and blocked.json()["code"] == "office_blocked"
+
+
+async def test_a_block_moves_100_upcoming_bookings_none_lost_or_doubled(
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    from app.capacity.plan import DayRule
+
+    rules = [DayRule(opens="08:00", closes="13:00", slot_minutes=30, seats=10)]
+    offending = await world.office(rules=rules, lat=35.70, lon=51.40)
+    neighbours = [await world.office(rules=rules, lat=35.70, lon=51.40 + 0.01 * (i + 1)) for i in range(4)]
+    await world.rebuild()
+    day = world.tomorrow()
+    mobiles = [f"0912300{i:04d}" for i in range(100)]
+    for i, mobile in enumerate(mobiles):
+        slot = f"{8 + (i % 10) // 2:02d}:{30 * (i % 2):02d}"
+        booked = await client.post(
+            "/api/v1/bookings",
+            json=booking_body(offending, world.national_id(), day, slot),
+            headers=world.token(mobile),
+        )
+        assert booked.status_code == 201, booked.text
+    await deliver()
+    reg = await regulator(client, world)
+    blocked = await client.post(
+        f"/api/v1/regulator/offices/{offending}/block", json={"reason": "تصمیم نهاد ناظر"}, headers=reg
+    )
+    assert blocked.status_code == 201, blocked.text
+    assert blocked.json()["bookings_moved"] + blocked.json()["bookings_cancelled"] == 100
+    assert blocked.json()["bookings_moved"] == 100
+
+    async with world.container.sessions() as session:
+        rows = (
+            await session.execute(
+                select(Booking.mobile, Office.code, Booking.slot_time, Booking.status).join(
+                    Office, Office.id == Booking.office_id
+                )
+            )
+        ).all()
+        active = [r for r in rows if r.status in SEAT_STATUSES]
+        per_mobile = Counter(r.mobile for r in active)
+        assert set(per_mobile) == set(mobiles) and set(per_mobile.values()) == {1}
+        assert all(r.code != offending for r in active)
+        per_slot = Counter((r.code, r.slot_time) for r in active)
+        for (code, time), count in per_slot.items():
+            assert count == int(redis_sync.hget(keys.office_day(code, day), keys.used_field("*", time)) or 0) <= 10
+        assert (
+            sum(
+                int(redis_sync.hget(keys.office_day(offending, day), keys.used_field("*", t)) or 0) for _, t in per_slot
+            )
+            == 0
+        )
+    await deliver()
+    async with world.container.sessions() as session:
+        moved = Counter(await session.scalars(select(SmsMessage.to).where(SmsMessage.kind == "booking_moved")))
+    assert set(moved) == set(mobiles) and set(moved.values()) == {1}
+    assert neighbours
+
+
+async def test_appeal_overturned_and_the_guild_lifts(client: Client, world: World) -> None:
+    office = await world.office()
+    second = await world.office()
+    reg = await regulator(client, world)
+    gld = await guild(client, world)
+    staff = await staff_of(client, world, office)
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict",
+        json={"reason": "نبود سامانهٔ نوبت‌دهی", "cap_percent": 30},
+        headers=reg,
+    )
+    assert restricted.status_code == 201, restricted.text
+    action_id = restricted.json()["id"]
+    notices = (await client.get(f"/api/v1/staff/offices/{office}/notices", headers=staff)).json()
+    assert "محدود" in notices[0]["text"]
+    appeal = await client.post(
+        f"/api/v1/staff/offices/{office}/appeals",
+        json={"action_id": action_id, "text": "سامانه را راه انداختیم"},
+        headers=staff,
+    )
+    assert appeal.status_code == 201, appeal.text
+    twice = await client.post(
+        f"/api/v1/staff/offices/{office}/appeals", json={"action_id": action_id, "text": "دوباره"}, headers=staff
+    )
+    assert twice.status_code == 409 and twice.json()["code"] == "appeal_not_allowed"
+    watched = (await client.get("/api/v1/guild/offices", headers=gld)).json()
+    assert [(w["code"], w["status"], w["appeal"], w["cap_percent"]) for w in watched] == [
+        (office, "restricted", "pending", 30)
+    ]
+    decided = await client.post(
+        f"/api/v1/regulator/appeals/{appeal.json()['id']}/decide",
+        json={"outcome": "overturned", "note": "بررسی شد"},
+        headers=reg,
+    )
+    assert decided.status_code == 200 and decided.json()["outcome"] == "overturned"
+    assert (await client.get(f"/api/v1/offices/{office}")).json()["status"] == "active"
+
+    await client.post(f"/api/v1/regulator/offices/{second}/restrict", json={"reason": "ازدحام"}, headers=reg)
+    async with world.container.sessions() as session:
+        from app.enforcement.models import OfficeAction
+
+        for action in await session.scalars(select(OfficeAction)):
+            action.started_at -= dt.timedelta(days=8)
+        await session.commit()
+        late_action = await session.scalar(select(func.max(OfficeAction.id)))
+    late_staff = await staff_of(client, world, second)
+    late = await client.post(
+        f"/api/v1/staff/offices/{second}/appeals", json={"action_id": late_action, "text": "دیر"}, headers=late_staff
+    )
+    assert late.status_code == 409
+    csv = await client.get("/api/v1/guild/offices.csv", headers=gld)
+    assert csv.status_code == 200 and csv.text.lstrip("\ufeff").startswith("code,name_fa")
+    assert second in csv.text
+    lifted = await client.post(
+        f"/api/v1/guild/offices/{second}/lift", json={"reason": "نوبت‌دهی راه افتاد"}, headers=gld
+    )
+    assert lifted.status_code == 200 and lifted.json()["lift_reason"] == "نوبت‌دهی راه افتاد"
+    again = await client.post(f"/api/v1/guild/offices/{second}/lift", json={"reason": "x"}, headers=gld)
+    assert again.status_code == 409
+    history = (await client.get(f"/api/v1/guild/offices/{second}/history", headers=gld)).json()
+    assert history[0]["lifted_at"] is not None
+
+
+async def test_every_endpoint_refuses_the_wrong_role(client: Client, world: World) -> None:
+    office = await world.office()
+    staff = await staff_of(client, world, office)
+    gld = await guild(client, world)
+    reg = await regulator(client, world)
+    citizen = world.token()
+    regulator_only = [
+        ("GET", "/api/v1/regulator/complaints", None),
+        ("GET", "/api/v1/regulator/complaints/ABCDEFGHJK", None),
+        ("POST", "/api/v1/regulator/complaints/ABCDEFGHJK/transition", {"to": "under_review"}),
+        ("POST", f"/api/v1/regulator/offices/{office}/restrict", {"reason": "x"}),
+        ("POST", f"/api/v1/regulator/offices/{office}/block", {"reason": "x"}),
+        ("POST", "/api/v1/regulator/appeals/1/decide", {"outcome": "upheld"}),
+        (
+            "POST",
+            "/api/v1/regulator/crowd-caps",
+            {"starts_on": "2030-01-01", "ends_on": "2030-01-01", "percent": 1, "reason": "x"},
+        ),
+        ("POST", "/api/v1/regulator/closures", {"date": "2030-01-01", "reason": "x"}),
+    ]
+    guild_or_regulator = [
+        ("GET", "/api/v1/guild/offices", None),
+        ("GET", "/api/v1/guild/offices.csv", None),
+        ("POST", f"/api/v1/guild/offices/{office}/lift", {"reason": "x"}),
+        ("GET", "/api/v1/regulator/appeals", None),
+    ]
+    for method, path, body in regulator_only:
+        for who in (staff, gld):
+            response = await client.request(method, path, json=body, headers=who)
+            assert response.status_code == 403, (method, path, response.text)
+    for method, path, body in guild_or_regulator:
+        response = await client.request(method, path, json=body, headers=staff)
+        assert response.status_code == 403, (method, path)
+    for method, path, body in regulator_only + guild_or_regulator:
+        client.cookies.clear()
+        response = await client.request(method, path, json=body, headers=citizen)
+        assert response.status_code == 401, (method, path)
+    citizen_only = [
+        ("POST", "/api/v1/complaints", {"office_code": office, "category": "other", "description": "متن شکایت"}),
+        ("GET", "/api/v1/complaints/ABCDEFGHJK", None),
+    ]
+    for method, path, body in citizen_only:
+        for who in (reg, staff):
+            client.cookies.clear()
+            response = await client.request(method, path, json=body, headers=who)
+            assert response.status_code == 401, (method, path)
+    appeal = await client.post(
+        f"/api/v1/staff/offices/{office}/appeals", json={"action_id": 1, "text": "x"}, headers=gld
+    )
+    assert appeal.status_code == 403
+
+
+async def test_bad_complaints_change_nothing(client: Client, world: World) -> None:
+    office = await world.office()
+    headers = world.token()
+    for body, field in [
+        ({"office_code": office, "category": "aliens", "description": "متن شکایت"}, "category"),
+        ({"office_code": office, "category": "other", "description": "x"}, "description"),
+        (
+            {"office_code": office, "category": "other", "description": "متن شکایت", "booking_tracking_code": "??"},
+            "tracking_code",
+        ),
+    ]:
+        response = await client.post("/api/v1/complaints", json=body, headers=headers)
+        assert response.status_code == 422 and response.json()["field"] == field
+    missing = await client.post(
+        "/api/v1/complaints",
+        json={"office_code": "999999", "category": "other", "description": "متن شکایت"},
+        headers=headers,
+    )
+    assert missing.status_code == 404
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Complaint)) == 0
