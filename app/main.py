@@ -21,6 +21,7 @@ from app.container import Container, build_container
 from app.db import create_schema, session_scope
 from app.enforcement.routes import GuildController, OfficeEnforcementController, RegulatorActionsController
 from app.health import HealthController
+from app.pages import page_handlers, template_config
 from app.load.routes import LoadController
 from app.offices.routes import OfficesController
 from app.redis import EmbeddedRedis
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RegulatorActionsController,
             GuildController,
             OfficeEnforcementController,
+            *page_handlers(),
         ],
         dependencies={
             "container": Provide(_container, sync_to_thread=False),
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         lifespan=[lifespan],
         plugins=[problem_details_plugin()],
+        template_config=template_config(),
         openapi_config=OpenAPIConfig(title="nobat", version="1.0.0", path="/schema"),
         request_max_body_size=64 * 1024,
         debug=False,

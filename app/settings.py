@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # --- storage ---
-    database_url: str = f"sqlite+aiosqlite:///{ROOT / 'var' / 'nobat.db'}"
-    """DATABASE_URL: the system of record. SQLite embedded by default; PostgreSQL in production."""
+    database_url: str = ""
+    """DATABASE_URL: the system of record. Unset: SQLite at NOBAT_VAR_DIR/nobat.db; PostgreSQL in production."""
     redis_url: str | None = None
     """REDIS_URL: live capacity. Unset: the app starts an embedded redis-server under var/."""
     rq_redis_url: str | None = None
@@ -168,7 +168,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from the environment; a malformed value fails at start, not mid-rush."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {field: env[var] for field, var in _ENV.items() if env.get(var)}
-    settings = msgspec.convert(raw, Settings, strict=False)
+    settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
+    if not settings.database_url:
+        settings = settings.with_(database_url=f"sqlite+aiosqlite:///{settings.var_dir / 'nobat.db'}")
     if not settings.secret_key:
         settings = settings.with_(secret_key=secrets.token_urlsafe(32))
     for limit in (
@@ -179,6 +181,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     ):
         parse_limit(limit)
     return settings
+
+
+def _decode(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(kind)
 
 
 def parse_limit(value: str) -> tuple[int, int]:
