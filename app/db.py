@@ -5,7 +5,11 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator
 
-from sqlalchemy import Enum, event
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Enum, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -55,8 +59,8 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
             await session.commit()
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    # Import every domain's models so their tables are on Base.metadata.
+def import_models() -> None:
+    """Import every domain's models so their tables are on Base.metadata."""
     from app.booking import models as _booking  # noqa: F401
     from app.capacity import models as _capacity  # noqa: F401
     from app.complaints import models as _complaints  # noqa: F401
@@ -65,8 +69,26 @@ async def create_schema(engine: AsyncEngine) -> None:
     from app.sms import models as _sms  # noqa: F401
     from app.staff import models as _staff  # noqa: F401
 
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Several app instances may start at once: one migrates, the others wait for it.
+        connection.execute(text("SELECT pg_advisory_xact_lock(727370)"))
+    command.upgrade(alembic_config(connection), "head")
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Bring the schema up to date with the migrations (both SQLite and PostgreSQL)."""
+    import_models()
     async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(_upgrade)
 
 
 __all__ = ["Base", "Engine", "create_engine", "create_schema", "session_factory", "session_scope"]

@@ -59,7 +59,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         try:
             if settings.database_url.startswith("sqlite"):
                 settings.var_dir.mkdir(parents=True, exist_ok=True)
-                await create_schema(container.engine)
+            # Migrations to head (on PostgreSQL under an advisory lock, so that of several
+            # instances starting together one migrates and the others wait).
+            await create_schema(container.engine)
             if not await container.capacity.is_built():
                 # Redis is empty (first start, or it lost its data): count every seat again
                 # from the record before taking a single booking.

@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from redis.exceptions import RedisError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.container import Container
@@ -69,6 +69,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 HTTPException: _from_http,
                 RedisError: _unavailable,
                 OperationalError: _unavailable,
+                InterfaceError: _unavailable,
                 ConnectionError: _unavailable,
             },
         )

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import os
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from app.identity import generate_national_id
 from app.main import create_app
 from app.redis import EmbeddedRedis
 from app.settings import Settings, load_settings
+from tests.servers import Postgres
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +40,48 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server: PG_URL_TESTS when given, else a throwaway cluster started here."""
+    url = os.environ.get("PG_URL_TESTS")
+    if url:
+        yield url
+        return
+    server = Postgres().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+DATABASES = os.environ.get("NOBAT_TEST_DATABASES", "sqlite,postgresql").split(",")
+
+
+@pytest.fixture(params=DATABASES)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Every integration test runs against the embedded default (SQLite) and production's
+    record (PostgreSQL), each test on a database of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'nobat.db'}"
+        return
+    import asyncpg
+
+    base = request.getfixturevalue("postgres_url")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin_dsn = base.replace("postgresql+asyncpg", "postgresql")
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield base.rsplit("/", 1)[0] + f"/{name}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 def redis_sync(redis_url: str) -> Iterator[SyncRedis]:
     client = SyncRedis.from_url(redis_url)
@@ -47,9 +91,9 @@ def redis_sync(redis_url: str) -> Iterator[SyncRedis]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str, redis_sync: SyncRedis) -> Settings:
+def settings(tmp_path: Path, redis_url: str, redis_sync: SyncRedis, database_url: str) -> Settings:
     return load_settings({}).with_(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'nobat.db'}",
+        database_url=database_url,
         redis_url=redis_url,
         var_dir=tmp_path,
         secret_key="test-secret-key-not-for-production-use-0123456789",

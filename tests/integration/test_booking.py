@@ -83,10 +83,12 @@ async def test_failed_insert_leaves_the_seat_free(client: Client, world: World, 
     office = await world.office(seats=1)
     day = world.tomorrow()
     national_id = world.national_id()
+    # The day is in Redis already; from here on only the insert can fail.
+    await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
     async with world.container.engine.begin() as conn:
         await conn.execute(text("ALTER TABLE bookings RENAME TO bookings_away"))
     failed = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
-    assert failed.status_code == 503
+    assert failed.status_code == 503, failed.text
     assert failed.headers.get("Retry-After")
     assert used(redis_sync, office, day, "10:00") == 0
     assert redis_sync.hlen(keys.citizen_holds(national_id)) == 0

