@@ -20,7 +20,7 @@ from app.enforcement.service import Enforcement
 from app.jobs import Jobs
 from app.load.service import LoadService
 from app.ratelimit import RateLimiter
-from app.redis import connect
+from app.redis import CLUSTER_SCHEME, connect
 from app.regulator.service import Regulator
 from app.settings import Settings
 from app.sms.channel import SmsChannel
@@ -62,6 +62,8 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     capacity = Capacity(
         redis, tz=clock.tz, horizon_days=settings.horizon_days, official_holidays=settings.official_holidays
     )
+    if redis_url.startswith(CLUSTER_SCHEME) and not settings.rq_redis_url:
+        raise RuntimeError("with a Redis Cluster, set RQ_REDIS_URL to a plain Redis for the job queues")
     jobs = Jobs(settings.rq_redis_url or redis_url)
     messenger = Messenger(jobs=jobs, tz=clock.tz, evening_hour=settings.reminder_evening_hour)
     limiter = RateLimiter(redis)

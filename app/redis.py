@@ -12,8 +12,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 
 def redis_server_binary() -> str:
@@ -88,8 +89,19 @@ class EmbeddedRedis:
         self.process = None
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+"""REDIS_URL with this scheme (any one node's address) means a Redis Cluster."""
+
+
 def connect(url: str) -> Redis:
     # Short timeouts: a citizen waiting on a dead Redis should get a 503 quickly, not hang.
+    if url.startswith(CLUSTER_SCHEME):
+        cluster = RedisCluster.from_url(
+            "redis://" + url.removeprefix(CLUSTER_SCHEME), socket_timeout=2, socket_connect_timeout=2
+        )
+        # The capacity code only uses what both clients share: commands on keys of one hash
+        # slot, pipelines, scripts and SCAN.
+        return cast(Redis, cluster)
     return Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -59,7 +61,9 @@ class Postgres:
             # Throwaway data: durability buys nothing here and costs seconds per test run.
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
         )
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"), "-w", "start")
+        self._run(
+            _pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"), "-w", "start"
+        )
         return self
 
     def stop(self) -> None:
@@ -70,12 +74,34 @@ class Postgres:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        if all(_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class RedisCluster:
     """Three masters with no replicas, each a redis-server child on a loopback port."""
 
     def __init__(self, directory: Path, masters: int = 3) -> None:
         self.nodes = [
-            EmbeddedRedis(directory / f"node{i}", extra_args=["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"])
+            EmbeddedRedis(
+                directory / f"node{i}",
+                port=_cluster_port(),
+                extra_args=["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{i}.conf"],
+            )
             for i in range(masters)
         ]
 

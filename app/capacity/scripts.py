@@ -6,9 +6,12 @@ script runs unchanged on a single Redis and on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.commands.core import AsyncScript
 
 RESERVE = """
 -- KEYS[1] = the office's day hash (status, cap, seats and used per slot)
@@ -262,9 +265,15 @@ return 1
 
 
 class Scripts:
-    """The scripts registered on one connection (redis-py falls back from EVALSHA to EVAL)."""
+    """The scripts registered on one connection.
+
+    A single call falls back from EVALSHA to SCRIPT LOAD by itself; a pipelined call cannot
+    (on Redis Cluster redis-py does not load scripts for pipelines, redis-py #2914), so code
+    that pipelines scripts calls ``load`` first, which loads every script on every primary.
+    """
 
     def __init__(self, redis: Redis) -> None:
+        self.redis = redis
         self.reserve = redis.register_script(RESERVE)
         self.release = redis.register_script(RELEASE)
         self.join_waitlist = redis.register_script(JOIN_WAITLIST)
@@ -273,6 +282,28 @@ class Scripts:
         self.replan = redis.register_script(REPLAN)
         self.hold = redis.register_script(HOLD)
         self.suspend = redis.register_script(SUSPEND)
+
+    async def run_many(self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script for many (keys, args): pipelined on a single Redis; on a cluster,
+        where redis-py refuses scripts in pipelines, as batches of concurrent calls."""
+        if isinstance(self.redis, RedisCluster):
+            results: list[Any] = []
+            for start in range(0, len(calls), 256):
+                batch = calls[start : start + 256]
+                results += await asyncio.gather(*(script(keys=k, args=a) for k, a in batch))
+            return results
+        await self.load()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k, a in calls:
+                await script(keys=k, args=a, client=pipe)
+            return list(await pipe.execute())
+
+    async def load(self) -> None:
+        for script in (
+            self.reserve, self.release, self.join_waitlist, self.materialise, self.set_meta, self.replan, self.hold,
+            self.suspend,
+        ):  # fmt: skip
+            await self.redis.script_load(script.script)
 
 
 def as_text(value: Any) -> str:

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -317,15 +318,16 @@ class Capacity:
         for start in range(0, len(plans), batch):
             chunk = plans[start : start + batch]
             used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for plan in chunk:
-                    for day in days:
-                        args = self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)
-                        await self.scripts.materialise(
-                            keys=[keys.office_day(plan.code, day)], args=[mode, *args], client=pipe
-                        )
-                replies = await pipe.execute()
-                written += sum(1 for reply in replies if reply)
+            calls = [
+                (
+                    [keys.office_day(plan.code, day)],
+                    [mode, *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)],
+                )
+                for plan in chunk
+                for day in days
+            ]
+            replies = await self.scripts.run_many(self.scripts.materialise, calls)
+            written += sum(1 for reply in replies if reply)
         return written
 
     async def _rebuild_holds(self, *, session: AsyncSession, today: dt.date) -> None:
@@ -346,12 +348,14 @@ class Capacity:
                 holds = keys.citizen_holds(national_id)
                 pipe.hset(holds, tracking_code, f"{day.isoformat()}|{service_code}")
                 pipe.expire(holds, self._holds_ttl())
-            for national_id, until in suspensions:
-                seconds = ((until - today).days + 1) * 86400
-                await self.scripts.suspend(
-                    keys=[keys.citizen_holds(national_id)], args=[until.isoformat(), seconds], client=pipe
-                )
             await pipe.execute()
+        await self.scripts.run_many(
+            self.scripts.suspend,
+            [
+                ([keys.citizen_holds(national_id)], [until.isoformat(), ((until - today).days + 1) * 86400])
+                for national_id, until in suspensions
+            ],
+        )
 
     async def _rebuild_waitlists(self, *, session: AsyncSession, today: dt.date) -> None:
         async for key in self.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):
@@ -422,18 +426,18 @@ class Capacity:
         overflow: list[Overflow] = []
         for start in range(0, len(plans), 500):
             chunk = plans[start : start + 500]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for plan in chunk:
-                    weekly = decode_template(template or plan.template)
-                    for day in days:
-                        args: list[str | int] = ["apply" if apply else "dry"]
-                        slots = calendar.slots(
-                            office_id=plan.office_id, province_id=plan.province_id, template=weekly, day=day
-                        )
-                        for slot in slots:
-                            args += [keys.seats_field(slot.pool, slot.time), slot.seats]
-                        await self.scripts.replan(keys=[keys.office_day(plan.code, day)], args=args, client=pipe)
-                replies = iter(await pipe.execute())
+            calls: list[tuple[list[str], list[Any]]] = []
+            for plan in chunk:
+                weekly = decode_template(template or plan.template)
+                for day in days:
+                    args: list[Any] = ["apply" if apply else "dry"]
+                    slots = calendar.slots(
+                        office_id=plan.office_id, province_id=plan.province_id, template=weekly, day=day
+                    )
+                    for slot in slots:
+                        args += [keys.seats_field(slot.pool, slot.time), slot.seats]
+                    calls.append(([keys.office_day(plan.code, day)], args))
+            replies = iter(await self.scripts.run_many(self.scripts.replan, calls))
             for plan in chunk:
                 for day in days:
                     raw = next(replies)
@@ -462,15 +466,12 @@ class Capacity:
         days = self.horizon(today)
         plans = await load_plans(session, codes=codes)
         caps = await load_caps(session, first=days[0], last=days[-1])
-        for start in range(0, len(plans), 1000):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for plan in plans[start : start + 1000]:
-                    await self.scripts.set_meta(
-                        keys=[keys.office_day(plan.code, day) for day in days],
-                        args=[plan.status, *(plan.cap(day, caps) for day in days)],
-                        client=pipe,
-                    )
-                await pipe.execute()
+        calls = [
+            ([keys.office_day(plan.code, day) for day in days], [plan.status, *(plan.cap(day, caps) for day in days)])
+            for plan in plans
+        ]
+        for start in range(0, len(calls), 1000):
+            await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
         return len(plans)
 
 

@@ -53,7 +53,8 @@ async def _send(message_id: str) -> str:
             return "missing"
         if message.status in (SmsStatus.SENT, SmsStatus.DELIVERED, SmsStatus.FAILED):
             return message.status.value
-        sync_redis = Redis.from_url(app.settings.redis_url or "")
+        # The console outbox lives beside the job queues, on the plain Redis.
+        sync_redis = Redis.from_url(app.settings.rq_redis_url or app.settings.redis_url or "")
         try:
             backend = make_backend(app.settings, sync_redis)
             outbound = OutboundSms(id=message.id, to=message.to, body=message.body)

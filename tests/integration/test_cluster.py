@@ -1,0 +1,99 @@
+"""The capacity paths on a real 3-master Redis Cluster: the same Lua scripts, unchanged,
+because every key of one office shares a hash slot. RQ keeps its plain Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis.cluster import RedisCluster as SyncCluster
+
+from app.capacity import keys
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import World, booking_body
+from tests.servers import RedisCluster
+
+Client = AsyncTestClient[Litestar]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    server = RedisCluster(Path(tmp_path_factory.mktemp("cluster"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster_sync(cluster: RedisCluster) -> Iterator[SyncCluster]:
+    client = SyncCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    client.flushall(target_nodes=SyncCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(settings: Settings, cluster: RedisCluster, cluster_sync: SyncCluster) -> Settings:
+    return settings.with_(redis_url=cluster.url, rq_redis_url=settings.redis_url)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async with AsyncTestClient(create_app(settings), timeout=60) as test_client:
+        yield test_client
+
+
+def used(redis: SyncCluster, office: str, day: Any, time: str) -> int:
+    return int(redis.hget(keys.office_day(office, day), keys.used_field("*", time)) or 0)
+
+
+async def test_race_of_500_for_10_seats_on_the_cluster(client: Client, world: World, cluster_sync: SyncCluster) -> None:
+    offices = [await world.office(seats=10) for _ in range(3)]
+    day = world.tomorrow()
+    # The offices' keys land on different masters, so every node runs the scripts.
+    slots = {SyncCluster.keyslot(cluster_sync, keys.office_day(o, day)) for o in offices}
+    assert len(slots) == 3
+
+    async def attempt(office: str) -> Any:
+        return await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+
+    responses = await asyncio.gather(*(attempt(offices[i % 3]) for i in range(500)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(201) == 30 and statuses.count(409) == 470
+    for office in offices:
+        assert used(cluster_sync, office, day, "10:00") == 10
+
+
+async def test_nearby_and_rebuild_on_the_cluster(client: Client, world: World, cluster_sync: SyncCluster) -> None:
+    offices = [await world.office(seats=2, lat=35.70, lon=51.40 + km / 90.4) for km in (1, 3, 6)]
+    await world.rebuild()
+    day = world.tomorrow()
+    for _ in range(2):
+        await client.post(
+            "/api/v1/bookings", json=booking_body(offices[0], world.national_id(), day), headers=world.token()
+        )
+    ranked = await client.get(
+        "/api/v1/offices/nearby", params={"service": "101", "lat": 35.70, "lon": 51.40, "date": day.isoformat()}
+    )
+    assert ranked.status_code == 200, ranked.text
+    assert [o["code"] for o in ranked.json()["offices"]] == offices
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            key.decode(): cluster_sync.hgetall(key)
+            for key in cluster_sync.scan_iter(match=keys.OFFICE_DAY_PATTERN, target_nodes=SyncCluster.PRIMARIES)
+        }
+
+    before = snapshot()
+    assert used(cluster_sync, offices[0], day, "10:00") == 2
+    cluster_sync.flushall(target_nodes=SyncCluster.PRIMARIES)
+    async with world.container.sessions() as session:
+        await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
+    assert snapshot() == before
