@@ -37,6 +37,7 @@ class Container:
     clock: Clock
     capacity: Capacity
     jobs: Jobs
+    limiter: RateLimiter
     messenger: Messenger
     auth: CitizenAuth
     bookings: BookingService
@@ -112,6 +113,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         clock=clock,
         capacity=capacity,
         jobs=jobs,
+        limiter=limiter,
         messenger=messenger,
         auth=auth,
         bookings=bookings,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import AsyncIterator
-
 from pathlib import Path
 
 from alembic import command
@@ -13,6 +13,8 @@ from sqlalchemy import Connection, Enum, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -53,7 +55,12 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
         try:
             yield session
         except BaseException:
-            await session.rollback()
+            try:
+                await session.rollback()
+            except Exception:
+                # The database is gone (that may be why we are here): the handler's own error
+                # is the one the caller must see, not this one.
+                log.warning("rollback failed; the connection is discarded")
             raise
         else:
             await session.commit()

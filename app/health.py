@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app.observability import refresh
 from app.web import Deps
 
 
@@ -33,3 +35,15 @@ class HealthController(Controller):
             status_code=200 if ready else 503,
             headers={} if ready else {"Retry-After": "5"},
         )
+
+
+class MetricsController(Controller):
+    """Prometheus scrapes this (keep it off the public internet at the load balancer)."""
+
+    path = "/metrics"
+    include_in_schema = False
+
+    @get("/", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, container: Deps) -> Response[bytes]:
+        await refresh(container)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.routes import CitizenAuthController
 from app.booking.routes import BookingsController, WaitlistController
+from app.capacity.watch import RedisWatch
 from app.complaints.routes import ComplaintsController, RegulatorComplaintsController
 from app.console.routes import ConsoleController
 from app.container import Container, build_container
 from app.db import create_schema, session_scope
 from app.enforcement.routes import GuildController, OfficeEnforcementController, RegulatorActionsController
-from app.health import HealthController
-from app.pages import page_handlers, template_config
+from app.health import HealthController, MetricsController
 from app.load.routes import LoadController
+from app.observability import configure_logging, request_id_middleware
 from app.offices.routes import OfficesController
+from app.pages import page_handlers, template_config
 from app.redis import EmbeddedRedis
 from app.regulator.routes import RegulatorCapacityController
 from app.settings import Settings, load_settings
 from app.sms.routes import TwilioWebhooks
 from app.staff.routes import StaffAuthController, provide_staff
-from app.web import problem_details_plugin
+from app.web import client_address, problem_details_plugin
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,14 @@ def _container(state: State) -> Container:
 async def _session(state: State) -> AsyncIterator[AsyncSession]:
     async for session in session_scope(state.container.sessions):
         yield session
+
+
+async def _limit_api(request: Request[Any, Any, Any]) -> None:
+    """Every public API endpoint is rate-limited per client address, across all instances."""
+    if request.url.path.startswith("/api/"):
+        container: Container = request.app.state.container
+        client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
+        await container.limiter.hit("api", client, container.settings.api_per_address)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -62,12 +74,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # Migrations to head (on PostgreSQL under an advisory lock, so that of several
             # instances starting together one migrates and the others wait).
             await create_schema(container.engine)
-            if not await container.capacity.is_built():
-                # Redis is empty (first start, or it lost its data): count every seat again
-                # from the record before taking a single booking.
-                async with container.sessions() as session:
-                    await container.capacity.rebuild(session=session, today=container.clock.today())
-            yield
+            # Redis empty (first start, or it lost its data): count every seat again from the
+            # record before taking a single booking; then keep watching for the next time.
+            watch = RedisWatch(capacity=container.capacity, sessions=container.sessions, clock=container.clock)
+            await watch.check()
+            watcher = asyncio.create_task(watch.run())
+            try:
+                yield
+            finally:
+                watcher.cancel()
         finally:
             await container.close()
             if embedded:
@@ -90,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RegulatorActionsController,
             GuildController,
             OfficeEnforcementController,
+            MetricsController,
             *page_handlers(),
         ],
         dependencies={
@@ -99,6 +115,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         },
         lifespan=[lifespan],
         plugins=[problem_details_plugin()],
+        middleware=[
+            request_id_middleware,
+            PrometheusConfig(
+                app_name="nobat", prefix="nobat_http", group_path=True, exclude=["/metrics", "/health"]
+            ).middleware,
+        ],
+        before_request=_limit_api,
         template_config=template_config(),
         openapi_config=OpenAPIConfig(title="nobat", version="1.0.0", path="/schema"),
         request_max_body_size=64 * 1024,
@@ -108,5 +131,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 def app_from_env() -> Any:
     """Entry point for ASGI servers (``uvicorn --factory app.main:app_from_env``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     return create_app()

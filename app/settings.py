@@ -73,6 +73,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_OTP_PER_ADDRESS: codes one client address may ask for (generous: carrier NAT)."""
     verify_per_address: str = "600/600"
     """NOBAT_VERIFY_PER_ADDRESS: verification attempts one client address may make."""
+    api_per_address: str = "1200/60"
+    """NOBAT_API_PER_ADDRESS: requests to /api one client address may make (generous: carrier NAT)."""
     trust_forwarded_for: bool = False
     """NOBAT_TRUST_FORWARDED_FOR: take the client address from X-Forwarded-For (behind our own proxy only)."""
 
@@ -145,6 +147,7 @@ _ENV = {
     "otp_per_address": "NOBAT_OTP_PER_ADDRESS",
     "verify_per_address": "NOBAT_VERIFY_PER_ADDRESS",
     "trust_forwarded_for": "NOBAT_TRUST_FORWARDED_FOR",
+    "api_per_address": "NOBAT_API_PER_ADDRESS",
     "demo_offices": "NOBAT_DEMO_OFFICES",
     "complaint_response_hours": "NOBAT_COMPLAINT_RESPONSE_HOURS",
     "complaint_window_days": "NOBAT_COMPLAINT_WINDOW_DAYS",
@@ -178,6 +181,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         settings.otp_per_address,
         settings.verify_per_address,
         settings.staff_login_per_address,
+        settings.api_per_address,
     ):
         parse_limit(limit)
     return settings

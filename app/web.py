@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from redis.exceptions import RedisError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.container import Container
@@ -60,16 +60,68 @@ def _unavailable(error: Exception) -> ProblemDetailsException:
     return _from_domain(ServiceUnavailable())
 
 
+# SQLSTATEs that mean "the database is away", not "the query is wrong": connection
+# exceptions, shutdowns, too many connections, a database closed to connections.
+_AWAY = ("08", "57P01", "57P02", "57P03", "53300", "55000")
+
+
+def _database(error: DBAPIError) -> ProblemDetailsException:
+    # A lost connection is the database being away (503, try again); anything else is ours.
+    cause = error.orig
+    sqlstate = str(getattr(cause, "sqlstate", "") or getattr(getattr(cause, "__cause__", None), "sqlstate", "") or "")
+    if (
+        error.connection_invalidated
+        or isinstance(error, (OperationalError, InterfaceError))
+        or sqlstate.startswith(_AWAY)
+    ):
+        return _unavailable(error)
+    return _internal(error)
+
+
+def _internal(error: Exception) -> ProblemDetailsException:
+    log.exception("unhandled error", exc_info=error)
+    return ProblemDetailsException(
+        status_code=500,
+        detail="Something went wrong on our side; it has been logged.",
+        title="Internal error",
+        type_=PROBLEM_TYPE_BASE + "internal_error",
+        extra={
+            "code": "internal_error",
+            "message_fa": "خطایی در سامانه رخ داد و ثبت شد. لطفاً دوباره تلاش کنید.",
+            "message_en": "Something went wrong on our side; it has been logged.",
+        },
+    )
+
+
+def _driver_unavailable() -> dict[type[Exception], Any]:
+    """asyncpg raises some refusals at connect time unwrapped: the database is away (503)."""
+    try:
+        from asyncpg import exceptions as pg
+    except ImportError:
+        return {}
+    kinds = (
+        pg.PostgresConnectionError,
+        pg.CannotConnectNowError,
+        pg.TooManyConnectionsError,
+        pg.ObjectNotInPrerequisiteStateError,  # "database is not currently accepting connections"
+        pg.InterfaceError,
+    )
+    return dict.fromkeys(kinds, _unavailable)
+
+
 def problem_details_plugin() -> ProblemDetailsPlugin:
     return ProblemDetailsPlugin(
         ProblemDetailsConfig(
             enable_for_all_http_exceptions=True,
             exception_to_problem_detail_map={
+                **_driver_unavailable(),
                 DomainError: _from_domain,
                 HTTPException: _from_http,
                 RedisError: _unavailable,
+                DBAPIError: _database,
                 OperationalError: _unavailable,
                 InterfaceError: _unavailable,
+                Exception: _internal,
                 ConnectionError: _unavailable,
             },
         )

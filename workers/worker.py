@@ -4,6 +4,7 @@ and retries). RQ keeps its own plain Redis: RQ_REDIS_URL, else REDIS_URL."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from redis import Redis
 from rq import Worker
@@ -18,7 +19,8 @@ def main() -> None:
     url = settings.rq_redis_url or settings.redis_url
     if not url:
         raise SystemExit("set RQ_REDIS_URL (or REDIS_URL) to the Redis that holds the job queues")
-    Worker(list(ALL), connection=Redis.from_url(url)).work(with_scheduler=True)
+    # --burst: work off what is queued and stop (used by tests and one-off catch-ups).
+    Worker(list(ALL), connection=Redis.from_url(url)).work(with_scheduler=True, burst="--burst" in sys.argv)
 
 
 if __name__ == "__main__":

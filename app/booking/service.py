@@ -33,9 +33,10 @@ from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
 from app.capacity.service import Capacity, Reserved
 from app.clock import Clock
-from app.errors import InvalidInput, ServiceUnavailable
+from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
+from app.observability import BOOKINGS, REJECTIONS
 from app.offices.models import Office, Service
 from app.offices.service import BookableOffice, bookable_office
 from app.sms.service import Messenger
@@ -82,6 +83,11 @@ class BookingService:
         self.rules = rules
         self.messenger = messenger
 
+    def _check_ready(self) -> None:
+        if not self.capacity.ready:
+            # Redis lost its counters and they are being rebuilt: booking now could overbook.
+            raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.", retry_after=5)
+
     def _check_date(self, day: dt.date, today: dt.date) -> None:
         last = today + dt.timedelta(days=self.rules.horizon_days - 1)
         if not today <= day <= last:
@@ -102,6 +108,27 @@ class BookingService:
         idempotency_key: str | None,
         channel: Channel = Channel.WEB,
     ) -> Booked:
+        try:
+            booked = await self._book(
+                session=session, mobile=mobile, request=request, idempotency_key=idempotency_key, channel=channel
+            )
+        except DomainError as error:
+            REJECTIONS.labels(error.code).inc()
+            raise
+        if not booked.replay:
+            BOOKINGS.labels(channel.value).inc()
+        return booked
+
+    async def _book(
+        self,
+        *,
+        session: AsyncSession,
+        mobile: str,
+        request: BookingCreate,
+        idempotency_key: str | None,
+        channel: Channel,
+    ) -> Booked:
+        self._check_ready()
         national_id = normalize_national_id(request.national_id)
         day = parse_date(request.date)
         wanted = parse_slot(request.slot) if request.slot else None
@@ -381,6 +408,7 @@ class BookingService:
 
     async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""
+        self._check_ready()
         national_id = normalize_national_id(request.national_id)
         day = parse_date(request.date)
         now = self.clock.now()

@@ -43,6 +43,7 @@ from app.capacity.plan import (
     official_holidays,
 )
 from app.capacity.scripts import Scripts, as_text
+from app.observability import timed
 from app.offices.models import City, Office, OfficeService, OfficeStatus
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
 class Capacity:
     def __init__(self, redis: Redis, *, tz: ZoneInfo, horizon_days: int, official_holidays: bool = True) -> None:
         self.official_holidays = official_holidays
+        # False while Redis is down or being rebuilt (see app.capacity.watch): bookings wait.
+        self.ready = True
         self.redis = redis
         self.scripts = Scripts(redis)
         self.tz = tz
@@ -136,10 +139,11 @@ class Capacity:
     ) -> Reserved | None:
         """Take one seat. None means the day is not in Redis yet: materialise it and call again."""
         idem_key = _idempotency_key(office_code, idempotency)
-        outcome, slot, code = await self.scripts.reserve(
-            keys=[keys.office_day(office_code, day), idem_key],
-            args=[pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0],
-        )
+        async with timed("reserve"):
+            outcome, slot, code = await self.scripts.reserve(
+                keys=[keys.office_day(office_code, day), idem_key],
+                args=[pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0],
+            )
         outcome = as_text(outcome)
         if outcome == "OK":
             return Reserved(time=as_text(slot), tracking_code=as_text(code))
@@ -192,10 +196,11 @@ class Capacity:
         self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
     ) -> None:
         """Count a booking against the citizen's limits, which span every office."""
-        reply = await self.scripts.hold(
-            keys=[keys.citizen_holds(national_id)],
-            args=[today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()],
-        )
+        async with timed("hold"):
+            reply = await self.scripts.hold(
+                keys=[keys.citizen_holds(national_id)],
+                args=[today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()],
+            )
         outcome = as_text(reply[0])
         if outcome == "SUSPENDED":
             raise BookingSuspended(dt.date.fromisoformat(as_text(reply[1])))

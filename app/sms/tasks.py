@@ -118,23 +118,28 @@ async def _remind(tracking_code: str, kind: str, day: dt.date, time: str) -> str
         return "reminded"
 
 
-def sweep() -> int:
-    """Enqueue again the committed messages that no worker has taken (an enqueue lost after a commit)."""
-    return _run(_sweep())
+def sweep(stuck_after_seconds: int = 600) -> int:
+    """Enqueue again the messages no worker will finish on its own: committed but never taken
+    (the enqueue after the commit was lost), or left "sending" by a worker that died (RQ
+    would not retry it). The job asks the provider before sending, so none goes out twice."""
+    return _run(_sweep(stuck_after_seconds))
 
 
-async def _sweep() -> int:
+async def _sweep(stuck_after_seconds: int) -> int:
     async with job_context() as app, app.sessions() as session:
-        stale = app.clock.now() - dt.timedelta(minutes=2)
-        ids = list(
-            await session.scalars(
-                select(SmsMessage.id).where(
-                    SmsMessage.status == SmsStatus.QUEUED,
-                    SmsMessage.attempts == 0,
-                    SmsMessage.created_at < stale,
-                )
-            )
+        now = app.clock.now()
+        never_taken = (
+            (SmsMessage.status == SmsStatus.QUEUED)
+            & (SmsMessage.attempts == 0)
+            & (SmsMessage.created_at < now - dt.timedelta(minutes=2))
         )
+        abandoned = (SmsMessage.status == SmsStatus.SENDING) & (
+            SmsMessage.updated_at <= now - dt.timedelta(seconds=stuck_after_seconds)
+        )
+        ids = list(await session.scalars(select(SmsMessage.id).where(never_taken | abandoned)))
         for message_id in ids:
-            app.jobs.enqueue(app.jobs.sms, "app.sms.tasks.send_sms", message_id, job_id=f"sms-{message_id}")
+            # A fresh job id: the old job may sit in RQ's failed or started registry.
+            app.jobs.enqueue(
+                app.jobs.sms, "app.sms.tasks.send_sms", message_id, job_id=f"sms-{message_id}-{int(now.timestamp())}"
+            )
         return len(ids)

@@ -1,0 +1,279 @@
+"""The guild's and the regulator's pages: restricted and blocked offices (table, map, CSV),
+an office's history with restrict/block/lift, and the regulator's complaint queue."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Redirect, Template
+
+from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, State
+from app.enforcement.models import ActionKind
+from app.errors import DomainError, Forbidden, InvalidInput, NotFound
+from app.offices import service as offices
+from app.pages import iran_map
+from app.pages.render import (
+    OFFICE_STATUS_FA,
+    TOP,
+    Form,
+    check_csrf,
+    form_errors,
+    render,
+    require_staff,
+    see_other,
+    to_int,
+)
+from app.staff.models import StaffRole
+from app.staff.service import StaffPrincipal
+from app.web import Deps, Session
+
+ACTIONS = ("restrict", "block", "lift")
+
+
+def _province_options() -> list[tuple[str, str]]:
+    return sorted(((p.name_en, p.name_fa) for p in iran_map.provinces()), key=lambda option: option[1])
+
+
+class WatchPages(Controller):
+    path = "/watch"
+    include_in_schema = False
+
+    @get("/")
+    async def offices(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        province: str | None = None,
+        status: str | None = None,
+    ) -> Template:
+        staff = await require_staff(request, container)
+        errors: dict[str, str] = {}
+        try:
+            watched = await container.enforcement.watched(
+                session=session, staff=staff, province=province or None, status=status or None
+            )
+            # The map shows every province (the status filter applies, the province one does not).
+            nationwide = (
+                watched
+                if not province
+                else await container.enforcement.watched(session=session, staff=staff, status=status or None)
+            )
+        except InvalidInput as error:
+            errors = form_errors(error, ["province", "status"])
+            watched = nationwide = await container.enforcement.watched(session=session, staff=staff)
+        counts = Counter(office.province_fa for office in nationwide)
+        query = urlencode({k: v for k, v in {"province": province, "status": status}.items() if v})
+        return render(
+            request,
+            container,
+            "watch/offices.html",
+            status=422 if errors else 200,
+            staff=staff,
+            watched=watched,
+            markers=iran_map.markers(dict(counts)),
+            map_width=iran_map.WIDTH,
+            map_height=iran_map.HEIGHT,
+            outline=iran_map.outline_points(),
+            province_options=_province_options(),
+            status_options=[("restricted", OFFICE_STATUS_FA["restricted"]), ("blocked", OFFICE_STATUS_FA["blocked"])],
+            csv_url="/api/v1/guild/offices.csv" + (f"?{query}" if query else ""),
+            category_fa={c.value: label for c, label in CATEGORY_FA.items()},
+            errors=errors,
+            form={"province": province or "", "status": status or ""},
+        )
+
+    @get("/office")
+    async def find_office(self, request: Request[Any, Any, Any], container: Deps, code: str | None = None) -> Redirect:
+        """The "go to an office" form of the watch list."""
+        await require_staff(request, container)
+        return see_other(f"/watch/offices/{(code or '').strip()}" if (code or "").strip() else "/watch")
+
+    async def _office_page(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        *,
+        errors: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        status: int = 200,
+    ) -> Template:
+        if staff.role is StaffRole.OFFICE_STAFF:
+            raise Forbidden(detail_fa="این صفحه برای کانون و نهاد ناظر است.")
+        detail = await offices.get_office(session=session, code=code)
+        history = await container.enforcement.history(session=session, staff=staff, office_code=detail.code)
+        return render(
+            request,
+            container,
+            "watch/office.html",
+            status=status,
+            staff=staff,
+            office=detail,
+            history=history,
+            errors=errors or {},
+            form=form or {"restrict_cap": str(container.settings.restricted_cap_percent)},
+        )
+
+    @get("/offices/{code:str}")
+    async def office(
+        self, code: FromPath[str], request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template:
+        staff = await require_staff(request, container)
+        return await self._office_page(request, session, container, staff, code)
+
+    @post("/offices/{code:str}/{action:str}")
+    async def act(
+        self,
+        code: FromPath[str],
+        action: FromPath[str],
+        data: Form,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/watch/offices/{code}")
+        if action not in ACTIONS:
+            raise Forbidden("Unknown action.", detail_fa="چنین کاری تعریف نشده است.")
+        reason = data.get(f"{action}_reason", "")
+        try:
+            if action == "lift":
+                await container.enforcement.lift(session=session, staff=staff, office_code=code, reason=reason)
+            else:
+                cap = data.get("restrict_cap", "").strip() if action == "restrict" else ""
+                await container.enforcement.decide(
+                    session=session,
+                    staff=staff,
+                    office_code=code,
+                    kind=ActionKind.RESTRICT if action == "restrict" else ActionKind.BLOCK,
+                    reason=reason,
+                    cap=to_int(cap, "restrict_cap", "سقف را به درصد بنویسید.") if cap else None,
+                )
+        except DomainError as error:
+            await session.rollback()
+            errors = form_errors(error, [f"{action}_reason", "restrict_cap"], {"reason": f"{action}_reason"})
+            return await self._office_page(
+                request,
+                session,
+                container,
+                staff,
+                code,
+                errors={(f"{action}_top" if k == TOP else k): v for k, v in errors.items()},
+                form=dict(data),
+                status=error.status,
+            )
+        notice = {"restrict": "restricted", "block": "blocked", "lift": "lifted"}[action]
+        return see_other(f"/watch/offices/{code}?notice={notice}")
+
+    # --- the regulator's complaint queue ---
+
+    @get("/complaints")
+    async def complaints(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        step: Annotated[str | None, QueryParameter(name="state")] = None,
+        overdue: str | None = None,
+        province: str | None = None,
+    ) -> Template:
+        state = step  # `state` is a name Litestar reserves for handler parameters
+        staff = await require_staff(request, container)
+        errors: dict[str, str] = {}
+        try:
+            queue = await container.complaints.queue(
+                session=session,
+                staff=staff,
+                state=state or None,
+                overdue=True if overdue == "on" else None,
+                province=province or None,
+            )
+        except InvalidInput as error:
+            errors = form_errors(error, ["state"])
+            queue = await container.complaints.queue(
+                session=session, staff=staff, state=None, overdue=None, province=None
+            )
+        return render(
+            request,
+            container,
+            "watch/complaints.html",
+            status=422 if errors else 200,
+            staff=staff,
+            queue=queue,
+            state_options=[(s.value, label) for s, label in STATE_FA.items()],
+            province_options=[(name_fa, name_fa) for _, name_fa in _province_options()],
+            state_fa={s.value: label for s, label in STATE_FA.items()},
+            category_fa={c.value: label for c, label in CATEGORY_FA.items()},
+            errors=errors,
+            form={"state": state or "", "overdue": overdue or "", "province": province or ""},
+        )
+
+    async def _complaint_page(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        *,
+        errors: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        status: int = 200,
+    ) -> Template:
+        complaint = await container.complaints.for_regulator(session=session, staff=staff, tracking_code=code)
+        return render(
+            request,
+            container,
+            "watch/complaint.html",
+            status=status,
+            staff=staff,
+            complaint=complaint,
+            next_states=[(s.value, STATE_FA[s]) for s in TRANSITIONS[State(complaint.state)]],
+            errors=errors or {},
+            form=form or {},
+        )
+
+    @get("/complaints/{code:str}")
+    async def complaint(
+        self, code: FromPath[str], request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template:
+        staff = await require_staff(request, container)
+        return await self._complaint_page(request, session, container, staff, code)
+
+    @post("/complaints/{code:str}/transition")
+    async def transition(
+        self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/watch/complaints/{code}")
+        try:
+            complaint = await container.complaints.transition(
+                session=session,
+                staff=staff,
+                tracking_code=code,
+                to=data.get("to", ""),
+                note=data.get("note", "").strip(),
+                inspector=data.get("inspector") or None,
+            )
+        except NotFound:
+            raise
+        except DomainError as error:
+            await session.rollback()
+            return await self._complaint_page(
+                request,
+                session,
+                container,
+                staff,
+                code,
+                errors=form_errors(error, ["to", "note", "inspector"]),
+                form=dict(data),
+                status=error.status,
+            )
+        return see_other(f"/watch/complaints/{complaint.tracking_code}?notice=transition")
