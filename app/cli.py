@@ -80,6 +80,14 @@ async def create_staff(settings: Settings, args: argparse.Namespace) -> None:
         await engine.dispose()
 
 
+async def migrate(settings: Settings) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        await create_schema(engine)
+    finally:
+        await engine.dispose()
+
+
 async def rebuild(settings: Settings) -> int:
     if not settings.redis_url:
         raise SystemExit("rebuild needs REDIS_URL (the embedded Redis is rebuilt by the app at every start)")
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     seed_cmd = commands.add_parser("seed", help="load the national demo network into an empty database")
     seed_cmd.add_argument("--offices", type=int, default=None)
     commands.add_parser("rebuild", help="recount Redis from the bookings table")
+    commands.add_parser("migrate", help="bring the database schema to the latest migration")
     staff_cmd = commands.add_parser("staff", help="create a staff, regulator or guild account")
     staff_cmd.add_argument("action", choices=["create"])
     staff_cmd.add_argument("--username", required=True)
@@ -166,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "seed":
         loaded = asyncio.run(seed(settings, offices=args.offices or settings.demo_offices))
         print(f"loaded {loaded} offices" if loaded else "the database already has offices; nothing loaded")
+    elif args.command == "migrate":
+        asyncio.run(migrate(settings))
+        print("schema is at the latest migration")
     elif args.command == "rebuild":
         print(f"rebuilt {asyncio.run(rebuild(settings))} office-days")
     elif args.command == "staff":
