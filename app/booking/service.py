@@ -145,27 +145,17 @@ class BookingService:
             if earlier is not None:
                 return self._replay(earlier, national_id, office, day, wanted)
 
-        # A slot that starts this minute has started: only later ones are bookable today.
-        not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == today else None
+        not_before = _not_before(now, day)
         tracking_code = new_tracking_code()
         idempotency = (mobile, idempotency_key) if idempotency_key else None
 
+        # A Redis failure anywhere below is a 503 (app.web); each step undoes the one before.
+        await self._hold(national_id, today, day, office, tracking_code)
         try:
-            await self.capacity.hold(
-                national_id=national_id,
-                today=today,
-                day=day,
-                service_code=office.service_code,
-                tracking_code=tracking_code,
-                limit=self.rules.max_active,
-            )
-            try:
-                reserved = await self._reserve(session, office, day, wanted, not_before, tracking_code, idempotency)
-            except BaseException:
-                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-                raise
-        except RedisError as error:
-            raise ServiceUnavailable("Capacity store unavailable.") from error
+            reserved = await self._reserve(session, office, day, wanted, not_before, tracking_code, idempotency)
+        except BaseException:
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            raise
 
         if reserved.replay:
             # Another request with this Idempotency-Key took the seat; answer with its booking.
@@ -221,6 +211,18 @@ class BookingService:
                 raise ServiceUnavailable("The record is unavailable; nothing was booked.") from error
             raise
         return Booked(booking=view, replay=False)
+
+    async def _hold(
+        self, national_id: str, today: dt.date, day: dt.date, office: BookableOffice, tracking_code: str
+    ) -> None:
+        await self.capacity.hold(
+            national_id=national_id,
+            today=today,
+            day=day,
+            service_code=office.service_code,
+            tracking_code=tracking_code,
+            limit=self.rules.max_active,
+        )
 
     async def _reserve(
         self,
@@ -380,7 +382,7 @@ class BookingService:
         """Give a seat back (``time`` empty: only seats added by a capacity change) and record
         whoever on the waitlist it went to, in the same step as the release."""
         now = self.clock.now()
-        not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else None
+        not_before = _not_before(now, day)
         promotions = await self.capacity.release(
             office_code=office_code, day=day, pool=pool, time=time, not_before=not_before, idempotency=idempotency
         )
@@ -417,19 +419,9 @@ class BookingService:
         office = await bookable_office(
             session=session, office_code=request.office_code, service_code=request.service_code
         )
-        not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == today else None
+        not_before = _not_before(now, day)
         tracking_code = new_tracking_code()
-        try:
-            await self.capacity.hold(
-                national_id=national_id,
-                today=today,
-                day=day,
-                service_code=office.service_code,
-                tracking_code=tracking_code,
-                limit=self.rules.max_active,
-            )
-        except RedisError as error:
-            raise ServiceUnavailable("Capacity store unavailable.") from error
+        await self._hold(national_id, today, day, office, tracking_code)
         # The row is committed before the citizen joins the line in Redis, so a seat freed
         # the next instant always finds the row it promotes.
         booking = Booking(
@@ -488,6 +480,11 @@ class BookingService:
         return booking_out(
             booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
         )
+
+
+def _not_before(now: dt.datetime, day: dt.date) -> str | None:
+    """A slot that starts this minute has started: only later ones are bookable today."""
+    return (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else None
 
 
 def booking_out(booking: Booking, *, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
