@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.auth.service import CitizenAuth
 from app.booking.relocation import Relocator
 from app.booking.service import BookingRules, BookingService
+from app.booking.writer import GroupCommit
 from app.capacity.service import Capacity
 from app.clock import Clock
 from app.complaints.service import Complaints
@@ -58,6 +59,7 @@ class Container:
 
 def build_container(settings: Settings, redis_url: str) -> Container:
     engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
     redis = connect(redis_url)
     clock = Clock(settings.tz)
     capacity = Capacity(
@@ -74,6 +76,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         clock=clock,
         rules=BookingRules(horizon_days=settings.horizon_days, max_active=settings.max_active_bookings),
         messenger=messenger,
+        writer=GroupCommit(sessions, enabled=not settings.database_url.startswith("sqlite")),
     )
     load = LoadService(capacity=capacity, clock=clock)
     relocator = Relocator(bookings=bookings, load=load)
@@ -108,7 +111,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     return Container(
         settings=settings,
         engine=engine,
-        sessions=session_factory(engine),
+        sessions=sessions,
         redis=redis,
         clock=clock,
         capacity=capacity,

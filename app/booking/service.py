@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Callable
 
 import msgspec
 from redis.exceptions import RedisError
@@ -29,10 +30,12 @@ from app.booking.errors import (
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
+from app.booking.writer import GroupCommit
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
 from app.capacity.service import Capacity, Reserved
 from app.clock import Clock
+from app.db import Base
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
@@ -77,7 +80,10 @@ def parse_idempotency_key(value: str | None) -> str | None:
 
 
 class BookingService:
-    def __init__(self, *, capacity: Capacity, clock: Clock, rules: BookingRules, messenger: Messenger) -> None:
+    def __init__(
+        self, *, capacity: Capacity, clock: Clock, rules: BookingRules, messenger: Messenger, writer: GroupCommit
+    ) -> None:
+        self.writer = writer
         self.capacity = capacity
         self.clock = clock
         self.rules = rules
@@ -182,24 +188,24 @@ class BookingService:
         view = booking_out(
             booking, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
         )
+        # The confirmation SMS and the reminders are part of the same transaction: sent if
+        # and only if the booking is.
+        rows: list[Base] = [booking]
+        after: list[Callable[[], None]] = []
+        if confirmation := self.messenger.message(
+            to=mobile,
+            body=f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
+            f"{office.service_name_fa}\n{view.when_fa}",
+            kind="booking_confirmed",
+        ):
+            rows.append(confirmation[0])
+            after.append(confirmation[1])
+        after += self.messenger.reminders(tracking_code=tracking_code, day=day, time=reserved.time, now=now)
         try:
-            session.add(booking)
-            # The confirmation SMS and the reminders are part of the same transaction: sent
-            # if and only if the booking is.
-            self.messenger.queue(
-                session,
-                to=mobile,
-                body=f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
-                f"{office.service_name_fa}\n{view.when_fa}",
-                kind="booking_confirmed",
-            )
-            self.messenger.schedule_reminders(
-                session, tracking_code=tracking_code, day=day, time=reserved.time, now=now
-            )
-            # The booking is a saga across Redis and SQL, so it commits here rather than in
-            # the request scope: only a committed row may be confirmed, and only a failed
-            # commit may give the seat back.
-            await session.commit()
+            # The booking is a saga across Redis and SQL, so it is committed here, not in the
+            # request scope: only a committed row may be confirmed, and only a failed commit
+            # may give the seat back. Concurrent bookings share the commit (app.booking.writer).
+            await self.writer.write(session, rows, after)
         except BaseException as error:
             await session.rollback()
             await self._undo(session, office, day, reserved.time, national_id, tracking_code, idempotency)
@@ -208,6 +214,7 @@ class BookingService:
                     return self._replay(earlier, national_id, office, day, wanted)
                 raise AlreadyBookedThatDay() from error
             if isinstance(error, (OperationalError, SQLAlchemyError, OSError)):
+                log.warning("booking not recorded: %s", type(error).__name__, exc_info=error)
                 raise ServiceUnavailable("The record is unavailable; nothing was booked.") from error
             raise
         return Booked(booking=view, replay=False)

@@ -286,13 +286,13 @@ class Scripts:
     async def run_many(self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run one script for many (keys, args): pipelined on a single Redis; on a cluster,
         where redis-py refuses scripts in pipelines, as batches of concurrent calls."""
+        await self.load()
         if isinstance(self.redis, RedisCluster):
             results: list[Any] = []
-            for start in range(0, len(calls), 256):
-                batch = calls[start : start + 256]
+            for start in range(0, len(calls), 64):
+                batch = calls[start : start + 64]
                 results += await asyncio.gather(*(script(keys=k, args=a) for k, a in batch))
             return results
-        await self.load()
         async with self.redis.pipeline(transaction=False) as pipe:
             for k, a in calls:
                 await script(keys=k, args=a, client=pipe)

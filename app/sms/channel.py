@@ -176,7 +176,7 @@ class SmsChannel:
             session.add(CitizenPhone(mobile=mobile, national_id=national_id, updated_at=self.clock.now()))
         else:
             phone.national_id, phone.updated_at = national_id, self.clock.now()
-        await session.flush()
+        await session.commit()
 
 
 _NEED_ID = "کد ملی را هم بفرستید، مثلاً: نوبت ۰۱۰۰۰۱ ۱۰۱ ۰۴۹۹۳۷۰۸۹۹ — یا یک بار بفرستید: ثبت [کد ملی]"

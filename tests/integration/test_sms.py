@@ -129,7 +129,8 @@ async def test_booking_by_sms_in_persian_and_a_repeated_delivery_counts_once(
     # The phone now has a national ID on file: the next booking needs none.
     standin.clear()
     await text(client, f"book {office} 102", sid="SMsecond")
-    assert await count(world, Booking, Booking.service_code == "102") == 1
+    await deliver()
+    assert await count(world, Booking, Booking.service_code == "102") == 1, [m["body"] for m in standin.messages]
 
 
 async def test_status_cancel_offices_register_and_help(

@@ -1,0 +1,102 @@
+"""Group commit: the inserts of concurrent bookings share one transaction.
+
+During a rush hundreds of bookings a second each want a commit, and a commit is a round
+trip and a disk flush. Here the first booking to arrive is committed at once; those that
+arrive while that commit is under way are committed together right after it, and so on.
+No booking waits for a timer, and none is confirmed before its own rows are committed:
+each caller awaits the commit that carried its rows, and gets that commit's error if it
+failed. A row that breaks a constraint (the same citizen twice on a day) must not fail the
+bookings it happened to share a transaction with, so a batch that fails on a constraint is
+committed again one booking at a time.
+
+On SQLite (the embedded demo) there is one writer and a commit is cheap, so each booking
+simply commits its own session there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db import Base
+from app.jobs import after_commit
+
+log = logging.getLogger(__name__)
+
+AfterCommit = Callable[[], None]
+
+
+@dataclass
+class _Write:
+    rows: Sequence[Base]
+    after_commit: Sequence[AfterCommit]
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class GroupCommit:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, enabled: bool, max_batch: int = 500) -> None:
+        self.sessions = sessions
+        self.enabled = enabled
+        self.max_batch = max_batch
+        self._pending: list[_Write] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def write(self, session: AsyncSession, rows: Sequence[Base], after: Sequence[AfterCommit] = ()) -> None:
+        """Commit these rows (with whatever else is being committed now); then run ``after``."""
+        if not self.enabled:
+            session.add_all(rows)
+            for action in after:
+                after_commit(session, action)
+            await session.commit()
+            return
+        write = _Write(rows, after)
+        self._pending.append(write)
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        # shield: a caller that gives up (the client went away) must not cancel the commit
+        # its neighbours are waiting for.
+        await asyncio.shield(write.done)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            try:
+                await self._commit(batch)
+            except IntegrityError:
+                for write in batch:
+                    await self._commit_alone(write)
+            except BaseException as error:
+                for write in batch:
+                    if not write.done.done():
+                        write.done.set_exception(error)
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        async with self.sessions() as session:
+            for write in batch:
+                session.add_all(write.rows)
+            await session.commit()
+        for write in batch:
+            self._finish(write)
+
+    async def _commit_alone(self, write: _Write) -> None:
+        try:
+            await self._commit([write])
+        except BaseException as error:
+            if not write.done.done():
+                write.done.set_exception(error)
+
+    @staticmethod
+    def _finish(write: _Write) -> None:
+        for action in write.after_commit:
+            try:
+                action()
+            except Exception:
+                # The rows are committed; the sweep picks up whatever this failed to enqueue.
+                log.exception("could not enqueue a job after a group commit")
+        if not write.done.done():
+            write.done.set_result(None)
