@@ -10,6 +10,7 @@ from typing import Any
 
 from litestar import Litestar, Request
 from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
@@ -28,6 +29,7 @@ from app.load.routes import LoadController
 from app.observability import configure_logging, request_id_middleware
 from app.offices.routes import OfficesController
 from app.pages import page_handlers, template_config
+from app.pages.routes import not_found
 from app.redis import EmbeddedRedis
 from app.regulator.routes import RegulatorCapacityController
 from app.settings import Settings, load_settings
@@ -123,6 +125,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         before_request=_limit_api,
         template_config=template_config(),
+        # A browser asking for a page that does not exist gets a Persian page; API clients
+        # keep getting problem details.
+        exception_handlers={NotFoundException: not_found},
         openapi_config=OpenAPIConfig(title="nobat", version="1.0.0", path="/schema"),
         request_max_body_size=64 * 1024,
         debug=False,

@@ -68,9 +68,14 @@ def provinces() -> tuple[Province, ...]:
         x, y = project(lat, lon)
         result.append(
             Province(
-                name_en=row["province_en"], name_fa=row["province_fa"], capital_fa=row["capital_fa"],
-                lat=lat, lon=lon, x=x, y=y,
-            )  # fmt: skip
+                name_en=row["province_en"],
+                name_fa=row["province_fa"],
+                capital_fa=row["capital_fa"],
+                lat=lat,
+                lon=lon,
+                x=x,
+                y=y,
+            )
         )
     return tuple(result)
 

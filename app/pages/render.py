@@ -10,19 +10,22 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 from jinja2.runtime import Context
 from litestar import Request
 from litestar.datastructures import Cookie
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput, Unauthorized
 from app.identity import mask_mobile
-from app.locale import jalali_date, jalali_time, to_persian_digits
+from app.locale import jalali_date, jalali_time, normalize_digits, to_persian_digits
 from app.staff.routes import STAFF_COOKIE
 from app.staff.service import StaffPrincipal
 
@@ -70,6 +73,28 @@ APPEAL_FA = {"pending": "در انتظار تصمیم", "upheld": "رد شد", "
 ROLE_FA = {"office_staff": "کارکنان دفتر", "regulator": "نهاد ناظر", "guild": "کانون صنفی"}
 
 
+# Messages a page shows after a POST redirected to it (?notice=KEY): fixed texts, so a link
+# cannot put words of its own on our pages.
+NOTICE_FA = {
+    "signed_in": "وارد شدید.",
+    "signed_out": "از حساب خود خارج شدید.",
+    "cancelled": "نوبت لغو شد و جای آن آزاد شد.",
+    "complaint_filed": "شکایت ثبت شد. کد رهگیری پیامک هم می‌شود.",
+    "checked_in": "حضور ثبت شد.",
+    "served": "خدمت‌رسانی ثبت شد.",
+    "no_show": "غیبت ثبت شد.",
+    "walk_in": "مراجعهٔ حضوری در نخستین زمان خالی امروز ثبت شد.",
+    "waiting": "تعداد منتظران ثبت شد.",
+    "template": "برنامهٔ هفتگی ذخیره شد و برای همهٔ روزهای پیش رو اعمال شد.",
+    "override": "برنامهٔ ویژهٔ آن روز ذخیره شد.",
+    "override_cleared": "برنامهٔ ویژه برداشته شد و آن روز طبق برنامهٔ هفتگی است.",
+    "restricted": "دفتر محدود شد.",
+    "blocked": "دفتر مسدود شد و نوبت‌های آینده‌اش جابه‌جا شد.",
+    "lifted": "محدودیت دفتر برداشته شد.",
+    "transition": "مرحلهٔ تازهٔ شکایت ثبت شد و به شاکی پیامک می‌شود.",
+}
+
+
 # --- filters ---
 
 
@@ -100,10 +125,13 @@ def jdatetime(context: Context, value: str | dt.datetime | None) -> str:
     """An ISO timestamp, in the offices' time zone, as a Jalali date and time."""
     if not value:
         return ""
+    tz = context.get("tz") or ZoneInfo("Asia/Tehran")
     moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
-    if moment.tzinfo is None:  # SQLite hands back UTC without its offset
-        moment = moment.replace(tzinfo=dt.UTC)
-    local = moment.astimezone(context.get("tz") or ZoneInfo("Asia/Tehran"))
+    if moment.tzinfo is None:
+        # SQLite keeps the wall-clock time without its offset; the times these pages show
+        # (actions, complaints, notices) are all written from the clock, in the offices' zone.
+        moment = moment.replace(tzinfo=tz)
+    local = moment.astimezone(tz)
     return f"{jalali_date(local.date())}، ساعت {jalali_time(local.time())}"
 
 
@@ -149,14 +177,16 @@ async def staff_principal(request: Request[Any, Any, Any], container: Container)
         return None
 
 
-def session_cookie(container: Container, key: str, value: str, *, max_age: int, samesite: str) -> Cookie:
+def session_cookie(
+    container: Container, key: str, value: str, *, max_age: int, samesite: Literal["lax", "strict"]
+) -> Cookie:
     return Cookie(
         key=key,
         value=value,
         path="/",
         max_age=max_age,
         httponly=True,
-        samesite=samesite,  # type: ignore[arg-type]
+        samesite=samesite,
         # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
         secure=container.settings.public_url.startswith("https://"),
     )
@@ -181,7 +211,8 @@ def _binding(request: Request[Any, Any, Any], staff_area: bool) -> tuple[str, Co
     if _VISIT_RE.fullmatch(visit):
         return f"visit:{visit}", None
     visit = secrets.token_urlsafe(24)
-    cookie = Cookie(key=VISIT_COOKIE, value=visit, path="/", httponly=True, samesite="lax")
+    secure = request.url.scheme == "https"
+    cookie = Cookie(key=VISIT_COOKIE, value=visit, path="/", httponly=True, samesite="lax", secure=secure)
     return f"visit:{visit}", cookie
 
 
@@ -196,13 +227,13 @@ def check_csrf(request: Request[Any, Any, Any], container: Container, data: Mapp
     sent = data.get(CSRF_FIELD, "")
     if fresh is not None or not isinstance(sent, str):
         raise CsrfRejected()
-    if not hmac.compare_digest(sent, _token(container, binding, is_staff_area(request))):
+    if not hmac.compare_digest(sent.encode(), _token(container, binding, is_staff_area(request)).encode()):
         raise CsrfRejected()
 
 
 def is_staff_area(request: Request[Any, Any, Any]) -> bool:
     path = request.url.path
-    return path.startswith(("/office/", "/watch")) or path == "/office"
+    return path.startswith(("/office/", "/watch/")) or path in ("/office", "/watch")
 
 
 # --- rendering ---
@@ -227,7 +258,7 @@ def render(
         "citizen": mask_mobile(mobile) if mobile else None,
         "errors": {},
         "form": {},
-        "notice": None,
+        "notice": NOTICE_FA.get(request.query_params.get("notice", "")),
     }
     base.update(context)
     all_cookies = [*cookies, *([fresh] if fresh else [])]
@@ -271,3 +302,58 @@ def form_errors(error: DomainError, fields: Iterable[str], aliases: Mapping[str,
     field = error.field if isinstance(error, InvalidInput) else FIELD_OF_CODE.get(error.code, "")
     field = (aliases or {}).get(field, field)
     return {field if field in known else TOP: error.detail_fa}
+
+
+# --- the rest of what handlers share ---
+
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+"""A posted HTML form, as the page handlers receive it."""
+
+
+class SignInRequired(Exception):
+    """Raised by a page that needs a signed-in citizen or staff member; becomes a redirect."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+def here(request: Request[Any, Any, Any]) -> str:
+    """This request's path and query, to come back to after signing in."""
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def require_citizen(request: Request[Any, Any, Any], container: Container, *, back: str | None = None) -> str:
+    """The signed-in citizen's mobile; otherwise off to the sign-in page (and back afterwards)."""
+    mobile = citizen_mobile(request, container)
+    if mobile is None:
+        raise SignInRequired("/signin?" + urlencode({"next": back or here(request)}))
+    return mobile
+
+
+async def require_staff(
+    request: Request[Any, Any, Any], container: Container, *, back: str | None = None
+) -> StaffPrincipal:
+    principal = await staff_principal(request, container)
+    if principal is None:
+        raise SignInRequired("/office/signin?" + urlencode({"next": back or here(request)}))
+    return principal
+
+
+def day_options(container: Container, *, past_days: int = 0) -> list[tuple[str, str]]:
+    """(ISO date, Persian label) for each day of the booking horizon (and a few past ones)."""
+    today = container.clock.today()
+    options = []
+    for offset in range(-past_days, container.settings.horizon_days):
+        day = today + dt.timedelta(days=offset)
+        prefix = {0: "امروز، ", 1: "فردا، "}.get(offset, "")
+        options.append((day.isoformat(), prefix + jalali_date(day)))
+    return options
+
+
+def to_int(value: str | None, field: str, detail_fa: str) -> int:
+    try:
+        return int(normalize_digits(value or "").strip())
+    except ValueError:
+        raise InvalidInput(field, f"{field} must be a whole number.", detail_fa=detail_fa) from None

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, State
@@ -48,8 +48,8 @@ class WatchPages(Controller):
         request: Request[Any, Any, Any],
         session: Session,
         container: Deps,
-        province: str | None = None,
-        status: str | None = None,
+        province: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
     ) -> Template:
         staff = await require_staff(request, container)
         errors: dict[str, str] = {}
@@ -88,7 +88,9 @@ class WatchPages(Controller):
         )
 
     @get("/office")
-    async def find_office(self, request: Request[Any, Any, Any], container: Deps, code: str | None = None) -> Redirect:
+    async def find_office(
+        self, request: Request[Any, Any, Any], container: Deps, code: FromQuery[str | None] = None
+    ) -> Redirect:
         """The "go to an office" form of the watch list."""
         await require_staff(request, container)
         return see_other(f"/watch/offices/{(code or '').strip()}" if (code or "").strip() else "/watch")
@@ -181,8 +183,8 @@ class WatchPages(Controller):
         session: Session,
         container: Deps,
         step: Annotated[str | None, QueryParameter(name="state")] = None,
-        overdue: str | None = None,
-        province: str | None = None,
+        overdue: FromQuery[str | None] = None,
+        province: FromQuery[str | None] = None,
     ) -> Template:
         state = step  # `state` is a name Litestar reserves for handler parameters
         staff = await require_staff(request, container)

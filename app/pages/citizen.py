@@ -1,0 +1,527 @@
+"""Citizens' pages: find a less busy office, pick a slot, sign in with the SMS code, book,
+look a booking up or cancel it, and file and follow a complaint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, FromQuery
+from litestar.response import Redirect, Template
+
+from app.booking.schemas import BookingCreate, WaitlistJoin
+from app.booking.tracking import normalize_tracking_code
+from app.capacity.service import SlotView, day_for_reading
+from app.complaints.models import CATEGORY_FA
+from app.errors import DomainError, InvalidInput, NotFound
+from app.identity import normalize_mobile
+from app.locale import normalize_digits, parse_date
+from app.offices import service as offices
+from app.offices.service import BookableOffice
+from app.pages import iran_map
+from app.pages.render import (
+    CITIZEN_COOKIE,
+    Form,
+    check_csrf,
+    day_options,
+    form_errors,
+    render,
+    require_citizen,
+    safe_next,
+    see_other,
+    session_cookie,
+)
+from app.web import Deps, Session, client_address
+
+NEARBY_LIMIT = 10
+
+
+def _capitals() -> list[str]:
+    return sorted({p.capital_fa for p in iran_map.provinces()})
+
+
+async def _service_options(session: Session) -> list[tuple[str, str]]:
+    return [(s.code, s.name_fa) for s in await offices.list_services(session=session)]
+
+
+def _coordinate(value: str | None) -> float | None:
+    text = normalize_digits(value or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInput("lat", "Not a position.", detail_fa="موقعیت فرستاده‌شده معتبر نیست.") from None
+
+
+async def _free_slots(
+    container: Deps, session: Session, office: BookableOffice, day: dt.date
+) -> tuple[str, list[SlotView]]:
+    """The office-day's status and its slots for the service, from the next minute on
+    (what booking accepts: a slot that starts this minute has started)."""
+    now = container.clock.now()
+    view = await day_for_reading(container.capacity, session=session, office_code=office.code, day=day)
+    not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else ""
+    return view.status, [s for s in view.slots if s.pool == office.pool and s.time >= not_before]
+
+
+def _check_horizon(container: Deps, day: dt.date) -> None:
+    today = container.clock.today()
+    if not today <= day < today + dt.timedelta(days=container.settings.horizon_days):
+        raise InvalidInput("date", "Outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست.")
+
+
+class CitizenPages(Controller):
+    path = "/"
+    include_in_schema = False
+
+    @get("/")
+    async def home(self, request: Request[Any, Any, Any], session: Session, container: Deps) -> Template:
+        return render(
+            request,
+            container,
+            "citizen/home.html",
+            services_options=await _service_options(session),
+            capitals=_capitals(),
+            days=day_options(container),
+        )
+
+    @get("/offices")
+    async def nearby(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        service: FromQuery[str | None] = None,
+        city: FromQuery[str | None] = None,
+        lat: FromQuery[str | None] = None,
+        lon: FromQuery[str | None] = None,
+        date: FromQuery[str | None] = None,
+    ) -> Template:
+        form = {"service": service or "", "city": city or "", "lat": lat or "", "lon": lon or "", "date": date or ""}
+        services_options = await _service_options(session)
+        try:
+            if not service:
+                raise InvalidInput("service", "Choose a service.", detail_fa="یک خدمت را انتخاب کنید.")
+            latitude, longitude = _coordinate(lat), _coordinate(lon)
+            if not (city or "").strip() and (latitude is None or longitude is None):
+                raise InvalidInput(
+                    "city", "Give a city or a position.", detail_fa="نام شهر را بنویسید یا موقعیت خود را بفرستید."
+                )
+            result = await container.load.nearby(
+                session=session,
+                service_code=service,
+                day=parse_date(date) if date else None,
+                lat=latitude,
+                lon=longitude,
+                city=city if latitude is None or longitude is None else None,
+                limit=NEARBY_LIMIT,
+            )
+        except DomainError as error:
+            await session.rollback()
+            return render(
+                request,
+                container,
+                "citizen/home.html",
+                status=error.status,
+                errors=form_errors(error, ["service", "city", "date"], {"lat": "city", "lon": "city"}),
+                form=form,
+                services_options=services_options,
+                capitals=_capitals(),
+                days=day_options(container),
+            )
+        form["date"] = result.date
+        return render(
+            request,
+            container,
+            "citizen/offices.html",
+            result=result,
+            service_name=dict(services_options).get(result.service_code, result.service_code),
+            form=form,
+            services_options=services_options,
+            capitals=_capitals(),
+            days=day_options(container),
+        )
+
+    @get("/offices/{code:str}")
+    async def office(
+        self,
+        code: FromPath[str],
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        service: FromQuery[str | None] = None,
+        date: FromQuery[str | None] = None,
+    ) -> Template:
+        detail = await offices.get_office(session=session, code=code)
+        load = await container.load.office_load(session=session, office_code=detail.code)
+        services_options = [(s.code, s.name_fa) for s in detail.services]
+        if not service and len(services_options) == 1:
+            service = services_options[0][0]
+        day: dt.date | None = None
+        status = "active"
+        slots: list[SlotView] = []
+        errors: dict[str, str] = {}
+        if service:
+            try:
+                bookable = await offices.bookable_office(session=session, office_code=detail.code, service_code=service)
+                if date:
+                    day = parse_date(date)
+                    _check_horizon(container, day)
+                    status, slots = await _free_slots(container, session, bookable, day)
+                else:
+                    # No day chosen: the first day with a free seat, so the citizen starts from a
+                    # page that has something to book.
+                    for candidate in container.capacity.horizon(container.clock.today()):
+                        status, slots = await _free_slots(container, session, bookable, candidate)
+                        day = candidate
+                        if any(s.free for s in slots) or status == "blocked":
+                            break
+                    else:
+                        day = container.clock.today()
+                        status, slots = await _free_slots(container, session, bookable, day)
+            except DomainError as error:
+                await session.rollback()
+                errors = form_errors(error, ["service", "date"], {"service_code": "service"})
+                day = None
+        first_free = next((s.time for s in slots if s.free), None)
+        return render(
+            request,
+            container,
+            "citizen/office.html",
+            status=422 if errors else 200,
+            office=detail,
+            load=load,
+            service=service,
+            services_options=services_options,
+            days=day_options(container),
+            form={"service": service or "", "date": day.isoformat() if day else (date or "")},
+            errors=errors,
+            day=day,
+            day_status=status,
+            slots=slots,
+            free_count=sum(1 for s in slots if s.free),
+            first_free=first_free,
+        )
+
+    @get("/book")
+    async def book_form(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        office: FromQuery[str | None] = None,
+        service: FromQuery[str | None] = None,
+        date: FromQuery[str | None] = None,
+        slot: FromQuery[str | None] = None,
+        waitlist: FromQuery[str | None] = None,
+    ) -> Template | Redirect:
+        require_citizen(request, container)
+        if not office or not service or not date:
+            return see_other("/")
+        bookable = await offices.bookable_office(session=session, office_code=office, service_code=service)
+        return render(
+            request,
+            container,
+            "citizen/book.html",
+            office=bookable,
+            day=parse_date(date),
+            slot=slot or None,
+            waitlist=bool(waitlist),
+            idem=secrets.token_urlsafe(16),
+        )
+
+    @post("/book")
+    async def book(
+        self, data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        office, service, date = data.get("office", ""), data.get("service", ""), data.get("date", "")
+        slot, waitlist = data.get("slot") or None, bool(data.get("waitlist"))
+        back = "/book?" + urlencode({k: v for k, v in {"office": office, "service": service, "date": date,
+                                                         "slot": slot or "", "waitlist": "1" if waitlist else ""}.items() if v})  # fmt: skip
+        mobile = require_citizen(request, container, back=back)
+        national_id = data.get("national_id", "")
+        try:
+            if waitlist:
+                booking = await container.bookings.join_waitlist(
+                    session=session,
+                    mobile=mobile,
+                    request=WaitlistJoin(national_id=national_id, office_code=office, service_code=service, date=date),
+                )
+            else:
+                booked = await container.bookings.book(
+                    session=session,
+                    mobile=mobile,
+                    request=BookingCreate(
+                        national_id=national_id, office_code=office, service_code=service, date=date, slot=slot
+                    ),
+                    # One key per form shown: a double tap on "book" books once.
+                    idempotency_key=data.get("idem") or None,
+                )
+                booking = booked.booking
+        except DomainError as error:
+            await session.rollback()
+            bookable = await offices.bookable_office(session=session, office_code=office, service_code=service)
+            return render(
+                request,
+                container,
+                "citizen/book.html",
+                status=error.status,
+                errors=form_errors(error, ["national_id"]),
+                form={"national_id": national_id},
+                office=bookable,
+                day=parse_date(date),
+                slot=slot,
+                waitlist=waitlist,
+                idem=secrets.token_urlsafe(16),
+            )
+        return see_other(f"/bookings/{booking.tracking_code}?new=1")
+
+    @get("/bookings/{code:str}")
+    async def booking(
+        self,
+        code: FromPath[str],
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        new: FromQuery[str | None] = None,
+    ) -> Template:
+        try:
+            found = await container.bookings.get(session=session, tracking_code=code)
+        except (NotFound, InvalidInput) as error:
+            return render(
+                request,
+                container,
+                "citizen/lookup.html",
+                status=error.status,
+                errors=form_errors(error, ["tracking_code"]),
+                form={"tracking_code": code},
+            )
+        return render(request, container, "citizen/booking.html", booking=found, new=bool(new))
+
+    @post("/bookings/{code:str}/cancel")
+    async def cancel(
+        self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        mobile = require_citizen(request, container, back=f"/bookings/{code}")
+        try:
+            cancelled = await container.bookings.cancel(session=session, tracking_code=code, mobile=mobile)
+        except DomainError as error:
+            await session.rollback()
+            found = await container.bookings.get(session=session, tracking_code=code)
+            return render(
+                request,
+                container,
+                "citizen/booking.html",
+                status=error.status,
+                errors=form_errors(error, []),
+                booking=found,
+                new=False,
+            )
+        return see_other(f"/bookings/{cancelled.tracking_code}?notice=cancelled")
+
+    @get("/lookup")
+    async def lookup(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        tracking_code: FromQuery[str | None] = None,
+    ) -> Template | Redirect:
+        if tracking_code is None:
+            return render(request, container, "citizen/lookup.html")
+        try:
+            found = await container.bookings.get(session=session, tracking_code=tracking_code)
+        except (NotFound, InvalidInput) as error:
+            return render(
+                request,
+                container,
+                "citizen/lookup.html",
+                status=error.status,
+                errors=form_errors(error, ["tracking_code"]),
+                form={"tracking_code": tracking_code},
+            )
+        return see_other(f"/bookings/{found.tracking_code}")
+
+    # --- sign-in with the one-time SMS code ---
+
+    @get("/signin")
+    async def signin_form(
+        self, request: Request[Any, Any, Any], container: Deps, next: FromQuery[str | None] = None
+    ) -> Template:
+        return render(request, container, "citizen/signin.html", step="mobile", next=safe_next(next))
+
+    @post("/signin")
+    async def signin(
+        self, data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        next_path = safe_next(data.get("next"))
+        client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
+        try:
+            mobile = await container.auth.request_code(session=session, mobile=data.get("mobile", ""), client=client)
+        except DomainError as error:
+            await session.rollback()
+            return render(
+                request,
+                container,
+                "citizen/signin.html",
+                status=error.status,
+                step="mobile",
+                next=next_path,
+                errors=form_errors(error, ["mobile"]),
+                form={"mobile": data.get("mobile", "")},
+            )
+        return see_other("/signin/code?" + urlencode({"mobile": mobile, "next": next_path}))
+
+    @get("/signin/code")
+    async def code_form(
+        self,
+        request: Request[Any, Any, Any],
+        container: Deps,
+        mobile: FromQuery[str | None] = None,
+        next: FromQuery[str | None] = None,
+    ) -> Template | Redirect:
+        try:
+            mobile = normalize_mobile(mobile or "")
+        except InvalidInput:
+            return see_other("/signin")
+        return render(
+            request,
+            container,
+            "citizen/signin.html",
+            step="code",
+            mobile=mobile,
+            next=safe_next(next),
+            demo_sms=container.settings.sms_backend == "console",
+        )
+
+    @post("/signin/code")
+    async def verify(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Template | Redirect:
+        check_csrf(request, container, data)
+        mobile, next_path = data.get("mobile", ""), safe_next(data.get("next"))
+        client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
+        try:
+            token = await container.auth.verify(mobile=mobile, code=data.get("code", ""), client=client)
+        except DomainError as error:
+            return render(
+                request,
+                container,
+                "citizen/signin.html",
+                status=error.status,
+                step="code",
+                mobile=mobile,
+                next=next_path,
+                demo_sms=container.settings.sms_backend == "console",
+                errors=form_errors(error, ["code"], {"mobile": "code"}),
+                form={"code": data.get("code", "")},
+            )
+        cookie = session_cookie(
+            container, CITIZEN_COOKIE, token, max_age=container.settings.token_ttl_seconds, samesite="lax"
+        )
+        return see_other(next_path, cookies=[cookie])
+
+    @post("/signout")
+    async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
+        check_csrf(request, container, data)
+        response = see_other("/?notice=signed_out")
+        response.delete_cookie(CITIZEN_COOKIE, path="/")
+        return response
+
+    # --- complaints ---
+
+    @get("/complaints")
+    async def complaints(
+        self, request: Request[Any, Any, Any], container: Deps, tracking_code: FromQuery[str | None] = None
+    ) -> Template | Redirect:
+        if tracking_code is None:
+            return render(request, container, "citizen/complaints.html")
+        try:
+            return see_other(f"/complaints/{normalize_tracking_code(tracking_code)}")
+        except InvalidInput as error:
+            return render(
+                request,
+                container,
+                "citizen/complaints.html",
+                status=error.status,
+                errors=form_errors(error, ["tracking_code"]),
+                form={"tracking_code": tracking_code},
+            )
+
+    @get("/complaints/new")
+    async def complaint_form(
+        self,
+        request: Request[Any, Any, Any],
+        container: Deps,
+        office: FromQuery[str | None] = None,
+        booking: FromQuery[str | None] = None,
+    ) -> Template:
+        require_citizen(request, container)
+        return render(
+            request,
+            container,
+            "citizen/complaint_new.html",
+            categories=list(CATEGORY_FA.items()),
+            form={"office_code": office or "", "booking_tracking_code": booking or ""},
+        )
+
+    @post("/complaints/new")
+    async def file_complaint(
+        self, data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        mobile = require_citizen(request, container, back="/complaints/new")
+        try:
+            complaint = await container.complaints.file(
+                session=session,
+                mobile=mobile,
+                office_code=data.get("office_code", ""),
+                category=data.get("category", ""),
+                description=data.get("description", ""),
+                booking_tracking_code=data.get("booking_tracking_code") or None,
+                channel="web",
+            )
+        except DomainError as error:
+            await session.rollback()
+            return render(
+                request,
+                container,
+                "citizen/complaint_new.html",
+                status=error.status,
+                errors=form_errors(
+                    error,
+                    ["office_code", "category", "description", "booking_tracking_code"],
+                    {"tracking_code": "booking_tracking_code"},
+                ),
+                categories=list(CATEGORY_FA.items()),
+                form=data,
+            )
+        return see_other(f"/complaints/{complaint.tracking_code}?notice=complaint_filed&new=1")
+
+    @get("/complaints/{code:str}")
+    async def complaint(
+        self,
+        code: FromPath[str],
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        new: FromQuery[str | None] = None,
+    ) -> Template:
+        mobile = require_citizen(request, container)
+        try:
+            found = await container.complaints.for_complainant(session=session, tracking_code=code, mobile=mobile)
+        except (NotFound, InvalidInput) as error:
+            return render(
+                request,
+                container,
+                "citizen/complaints.html",
+                status=error.status,
+                errors=form_errors(error, ["tracking_code"]),
+                form={"tracking_code": code},
+            )
+        return render(request, container, "citizen/complaint.html", complaint=found, new=bool(new))

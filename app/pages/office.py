@@ -1,0 +1,437 @@
+"""Office staff pages: sign-in, today's queue (check-in, served, no-show, walk-ins, the
+waiting count), the weekly template and date overrides, and the office's notices."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, FromQuery
+from litestar.response import Redirect, Template
+
+from app.capacity.plan import DayRule, validate_rules
+from app.console.errors import CapacityBelowBookings
+from app.errors import DomainError, Forbidden, InvalidInput
+from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date
+from app.offices import service as offices
+from app.pages.render import (
+    TOP,
+    Form,
+    check_csrf,
+    day_options,
+    form_errors,
+    render,
+    require_staff,
+    safe_next,
+    see_other,
+    session_cookie,
+    staff_principal,
+    to_int,
+)
+from app.staff.routes import STAFF_COOKIE
+from app.staff.service import StaffPrincipal
+from app.web import Deps, Session, client_address
+
+QUEUE_ACTIONS = {"check-in": "checked_in", "served": "served", "no-show": "no_show"}
+PAST_DAYS_IN_QUEUE = 7  # yesterday's no-shows are worth a look; last month's are not
+OVERRIDE_DEFAULTS = {"o_kind": "closed", "o_opens": "08:00", "o_closes": "12:00", "o_slot": "30", "o_seats": "2"}
+
+
+def _home(principal: StaffPrincipal) -> str:
+    if principal.role.value == "office_staff" and principal.office_code:
+        return f"/office/{principal.office_code}/queue"
+    return "/watch"
+
+
+def _template_form(days: dict[int, list[DayRule]]) -> dict[str, str]:
+    """The editor's fields for the shared-seat rule of each weekday (d0_opens … d6_seats)."""
+    form: dict[str, str] = {}
+    for weekday in range(7):
+        shared = next((r for r in days.get(weekday, []) if r.service is None), None)
+        if shared is not None:
+            form |= {
+                f"d{weekday}_open": "on",
+                f"d{weekday}_opens": shared.opens,
+                f"d{weekday}_closes": shared.closes,
+                f"d{weekday}_slot": str(shared.slot_minutes),
+                f"d{weekday}_seats": str(shared.seats),
+            }
+        else:
+            form |= {f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "16:00", f"d{weekday}_slot": "30"}
+            form[f"d{weekday}_seats"] = "2"
+    return form
+
+
+def _rule(data: dict[str, str], prefix: str) -> DayRule:
+    """One day's rule from the fields PREFIX_opens, _closes, _slot, _seats; errors name those fields."""
+    rule = DayRule(
+        opens=normalize_digits(data.get(f"{prefix}_opens", "")).strip(),
+        closes=normalize_digits(data.get(f"{prefix}_closes", "")).strip(),
+        slot_minutes=to_int(data.get(f"{prefix}_slot"), f"{prefix}_slot", "طول نوبت را به دقیقه بنویسید."),
+        seats=to_int(data.get(f"{prefix}_seats"), f"{prefix}_seats", "ظرفیت هر نوبت را به عدد بنویسید."),
+    )
+    try:
+        validate_rules([rule])
+    except InvalidInput as error:
+        field = {"slot_minutes": "slot"}.get(error.field, error.field)
+        raise InvalidInput(f"{prefix}_{field}", error.detail_en, detail_fa=error.detail_fa) from None
+    return rule
+
+
+class OfficePages(Controller):
+    path = "/office"
+    include_in_schema = False
+
+    @get("/")
+    async def start(self, request: Request[Any, Any, Any], container: Deps) -> Redirect:
+        principal = await staff_principal(request, container)
+        return see_other(_home(principal) if principal else "/office/signin")
+
+    @get("/signin")
+    async def signin_form(
+        self, request: Request[Any, Any, Any], container: Deps, next: FromQuery[str | None] = None
+    ) -> Template:
+        return render(request, container, "office/signin.html", next=safe_next(next, ""), staff=None)
+
+    @post("/signin")
+    async def signin(
+        self, data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        settings = container.settings
+        client = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)
+        try:
+            token, principal = await container.staff.sign_in(
+                session=session, username=data.get("username", ""), password=data.get("password", ""), client=client
+            )
+        except DomainError as error:
+            await session.rollback()
+            return render(
+                request,
+                container,
+                "office/signin.html",
+                status=error.status,
+                errors=form_errors(error, ["username", "password"]),
+                form={"username": data.get("username", "")},
+                next=safe_next(data.get("next"), ""),
+                staff=None,
+            )
+        # The same cookie the API sets at /api/v1/staff/login, so the CSV export works too.
+        cookie = session_cookie(
+            container, STAFF_COOKIE, token, max_age=settings.staff_session_ttl_seconds, samesite="strict"
+        )
+        return see_other(safe_next(data.get("next"), _home(principal)), cookies=[cookie])
+
+    @post("/signout")
+    async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
+        check_csrf(request, container, data)
+        await container.staff.sign_out(request.cookies.get(STAFF_COOKIE, ""))
+        response = see_other("/office/signin?notice=signed_out")
+        response.delete_cookie(STAFF_COOKIE, path="/")
+        return response
+
+    # --- today's queue ---
+
+    async def _queue_page(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        *,
+        date: str | None,
+        errors: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        status: int = 200,
+    ) -> Template:
+        errors = dict(errors or {})
+        today = container.clock.today()
+        day = today
+        if date:
+            try:
+                day = parse_date(date)
+            except InvalidInput as error:
+                errors |= form_errors(error, ["date"])
+        entries = await container.console.queue(session=session, staff=staff, office_code=code, day=day)
+        detail = await offices.get_office(session=session, code=code)
+        load = await container.load.office_load(session=session, office_code=detail.code)
+        return render(
+            request,
+            container,
+            "office/queue.html",
+            status=status,
+            staff=staff,
+            office=detail,
+            load=load,
+            day=day,
+            is_today=day == today,
+            entries=entries,
+            days=day_options(container, past_days=PAST_DAYS_IN_QUEUE),
+            services_options=[(s.code, s.name_fa) for s in detail.services],
+            errors=errors,
+            form={"date": day.isoformat(), "waiting": str(load.waiting_now), **(form or {})},
+            highlight=request.query_params.get("tracking"),
+        )
+
+    @get("/{code:str}/queue")
+    async def queue(
+        self,
+        code: FromPath[str],
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        date: FromQuery[str | None] = None,
+    ) -> Template:
+        staff = await require_staff(request, container)
+        return await self._queue_page(request, session, container, staff, code, date=date)
+
+    @post("/{code:str}/queue/{tracking_code:str}/{action:str}")
+    async def queue_action(
+        self,
+        code: FromPath[str],
+        tracking_code: FromPath[str],
+        action: FromPath[str],
+        data: Form,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/office/{code}/queue")
+        steps = {
+            "check-in": container.console.check_in,
+            "served": container.console.serve,
+            "no-show": container.console.no_show,
+        }
+        if action not in steps:
+            raise Forbidden("Unknown queue action.", detail_fa="چنین کاری در صف تعریف نشده است.")
+        try:
+            entry = await steps[action](session=session, staff=staff, office_code=code, tracking_code=tracking_code)
+        except DomainError as error:
+            await session.rollback()
+            return await self._queue_page(
+                request, session, container, staff, code, date=None, errors=form_errors(error, []), status=error.status
+            )
+        query = urlencode({"notice": QUEUE_ACTIONS[action], "tracking": entry.tracking_code})
+        return see_other(f"/office/{code}/queue?{query}")
+
+    @post("/{code:str}/walk-ins")
+    async def walk_in(
+        self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/office/{code}/queue")
+        try:
+            booking = await container.console.walk_in(
+                session=session,
+                staff=staff,
+                office_code=code,
+                national_id=data.get("national_id", ""),
+                service_code=data.get("service_code", ""),
+                mobile=data.get("mobile") or None,
+            )
+        except DomainError as error:
+            await session.rollback()
+            errors = form_errors(error, ["national_id", "service_code", "mobile"], {"service": "service_code"})
+            return await self._queue_page(
+                request,
+                session,
+                container,
+                staff,
+                code,
+                date=None,
+                errors={("walk_in_top" if k == TOP else k): v for k, v in errors.items()},
+                form={k: data.get(k, "") for k in ("national_id", "service_code", "mobile")},
+                status=error.status,
+            )
+        return see_other(f"/office/{code}/queue?{urlencode({'notice': 'walk_in', 'tracking': booking.tracking_code})}")
+
+    @post("/{code:str}/waiting")
+    async def waiting(
+        self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/office/{code}/queue")
+        try:
+            count = to_int(data.get("waiting"), "waiting", "تعداد منتظران را به عدد بنویسید.")
+            await container.console.report_waiting(session=session, staff=staff, office_code=code, waiting=count)
+        except DomainError as error:
+            await session.rollback()
+            return await self._queue_page(
+                request,
+                session,
+                container,
+                staff,
+                code,
+                date=None,
+                errors=form_errors(error, ["waiting"]),
+                form={"waiting": data.get("waiting", "")},
+                status=error.status,
+            )
+        return see_other(f"/office/{code}/queue?notice=waiting")
+
+    # --- capacity: the weekly template, date overrides, the horizon's day plans ---
+
+    async def _capacity_page(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        *,
+        errors: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        refusal: dict[str, Any] | None = None,
+        status: int = 200,
+    ) -> Template:
+        template = await container.console.template(session=session, staff=staff, office_code=code)
+        plans = await container.console.day_plans(session=session, staff=staff, office_code=code)
+        detail = await offices.get_office(session=session, code=code)
+        return render(
+            request,
+            container,
+            "office/capacity.html",
+            status=status,
+            staff=staff,
+            office=detail,
+            plans=plans,
+            weekdays=list(enumerate(WEEKDAY_NAMES)),
+            other_rules={w: [r for r in rules if r.service] for w, rules in template.days.items()},
+            days=day_options(container),
+            errors=errors or {},
+            form=form if form is not None else {**_template_form(template.days), **OVERRIDE_DEFAULTS},
+            refusal=refusal,
+        )
+
+    @get("/{code:str}/capacity")
+    async def capacity(
+        self, code: FromPath[str], request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template:
+        staff = await require_staff(request, container)
+        return await self._capacity_page(request, session, container, staff, code)
+
+    async def _refused(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        error: DomainError,
+        data: dict[str, str],
+        *,
+        form_name: str,
+        fields: list[str],
+        aliases: dict[str, str] | None = None,
+    ) -> Template:
+        await session.rollback()
+        errors = form_errors(error, fields, aliases)
+        errors = {(f"{form_name}_top" if k == TOP else k): v for k, v in errors.items()}
+        refusal = None
+        if isinstance(error, CapacityBelowBookings):
+            refusal = {"form": form_name, "slots": error.extra.get("slots", []), "date": data.get("clear_date")}
+        # Keep what was typed in the form that failed; the other form shows the saved plan.
+        template = await container.console.template(session=session, staff=staff, office_code=code)
+        form = {**_template_form(template.days), **OVERRIDE_DEFAULTS}
+        form |= {k: v for k, v in data.items() if k.startswith("o_" if form_name == "override" else "d")}
+        if form_name == "template":
+            for weekday in range(7):
+                if f"d{weekday}_open" not in data:
+                    form.pop(f"d{weekday}_open", None)
+        return await self._capacity_page(
+            request, session, container, staff, code, errors=errors, form=form, refusal=refusal, status=error.status
+        )
+
+    @post("/{code:str}/capacity/template")
+    async def save_template(
+        self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/office/{code}/capacity")
+        fields = [f"d{w}_{part}" for w in range(7) for part in ("opens", "closes", "slot", "seats")]
+        try:
+            current = await container.console.template(session=session, staff=staff, office_code=code)
+            days: dict[int, list[DayRule]] = {}
+            for weekday in range(7):
+                # Counters of a service's own (a passport desk, say) are kept as they are: the
+                # editor changes the shared seats only.
+                own = [r for r in current.days.get(weekday, []) if r.service]
+                shared = [_rule(data, f"d{weekday}")] if data.get(f"d{weekday}_open") == "on" else []
+                days[weekday] = shared + own
+            change = await container.console.set_template(
+                session=session, staff=staff, office_code=code, days=days, move_overflow=data.get("move") == "on"
+            )
+        except DomainError as error:
+            return await self._refused(
+                request, session, container, staff, code, error, data, form_name="template", fields=fields
+            )
+        return see_other(f"/office/{code}/capacity?notice=template&moved={len(change.moved)}")
+
+    @post("/{code:str}/capacity/overrides")
+    async def save_override(
+        self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/office/{code}/capacity")
+        fields = ["o_date", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
+        try:
+            day = parse_date(data.get("o_date", ""), "o_date")
+            rules = [_rule(data, "o")] if data.get("o_kind") == "hours" else []
+            await container.console.set_override(
+                session=session,
+                staff=staff,
+                office_code=code,
+                day=day,
+                rules=rules,
+                reason=data.get("o_reason", "").strip(),
+                move_overflow=data.get("o_move") == "on",
+            )
+        except DomainError as error:
+            return await self._refused(
+                request, session, container, staff, code, error, data, form_name="override", fields=fields,
+                aliases={"date": "o_date"},
+            )  # fmt: skip
+        return see_other(f"/office/{code}/capacity?notice=override")
+
+    @post("/{code:str}/capacity/overrides/{date:str}/clear")
+    async def clear_override(
+        self,
+        code: FromPath[str],
+        date: FromPath[str],
+        data: Form,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+    ) -> Template | Redirect:
+        check_csrf(request, container, data)
+        staff = await require_staff(request, container, back=f"/office/{code}/capacity")
+        try:
+            await container.console.clear_override(
+                session=session,
+                staff=staff,
+                office_code=code,
+                day=parse_date(date),
+                move_overflow=data.get("move") == "on",
+            )
+        except DomainError as error:
+            return await self._refused(
+                request, session, container, staff, code, error, {"clear_date": date}, form_name="clear", fields=[]
+            )
+        return see_other(f"/office/{code}/capacity?notice=override_cleared")
+
+    # --- what the regulator and the policy told the office ---
+
+    @get("/{code:str}/notices")
+    async def notices(
+        self, code: FromPath[str], request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template:
+        staff = await require_staff(request, container)
+        notices = await container.enforcement.notices(session=session, staff=staff, office_code=code)
+        history = await container.enforcement.history(session=session, staff=staff, office_code=code)
+        detail = await offices.get_office(session=session, code=code)
+        return render(
+            request, container, "office/notices.html", staff=staff, office=detail, notices=notices, history=history
+        )

@@ -1,0 +1,46 @@
+// nobat: the only script. Every page works without it; it adds two conveniences:
+// "use my location" on the search form, and a copy button for tracking codes.
+(function () {
+  "use strict";
+
+  var locate = document.querySelector("[data-locate]");
+  if (locate && "geolocation" in navigator) {
+    var form = locate.closest("form");
+    var status = form.querySelector("[data-locate-status]");
+    form.querySelector("[data-locate-row]").hidden = false;
+    locate.addEventListener("click", function () {
+      status.textContent = "در حال گرفتن موقعیت…";
+      navigator.geolocation.getCurrentPosition(
+        function (position) {
+          form.querySelector("[data-lat]").value = position.coords.latitude.toFixed(5);
+          form.querySelector("[data-lon]").value = position.coords.longitude.toFixed(5);
+          form.querySelector("[name=city]").value = "";
+          status.textContent = "موقعیت شما گرفته شد.";
+          form.submit();
+        },
+        function () {
+          status.textContent = "موقعیت در دسترس نیست؛ نام شهر را بنویسید.";
+        },
+        { enableHighAccuracy: false, timeout: 15000, maximumAge: 600000 }
+      );
+    });
+    // Typing a city means the citizen wants that city, not the position sent earlier.
+    form.querySelector("[name=city]").addEventListener("input", function () {
+      form.querySelector("[data-lat]").value = "";
+      form.querySelector("[data-lon]").value = "";
+    });
+  }
+
+  var copy = document.querySelector("[data-copy]");
+  if (copy && navigator.clipboard) {
+    var row = document.querySelector("[data-copy-row]");
+    var copied = document.querySelector("[data-copy-status]");
+    row.hidden = false;
+    copy.addEventListener("click", function () {
+      navigator.clipboard.writeText(copy.getAttribute("data-copy")).then(
+        function () { copied.textContent = "کد رونوشت شد."; },
+        function () { copied.textContent = "رونوشت نشد؛ کد را نگه دارید."; }
+      );
+    });
+  }
+})();
