@@ -3,6 +3,7 @@ a throwaway PostgreSQL cluster and a 3-master Redis Cluster, both on loopback.""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import random
@@ -67,10 +68,8 @@ class Postgres:
         return self
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -122,7 +121,7 @@ class RedisCluster:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             info = subprocess.run(
-                [cli, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True
+                [cli, "-p", str(self.nodes[0].port), "cluster", "info"], check=False, capture_output=True, text=True
             ).stdout
             if "cluster_state:ok" in info:
                 return self
