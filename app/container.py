@@ -74,7 +74,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     bookings = BookingService(
         capacity=capacity,
         clock=clock,
-        rules=BookingRules(horizon_days=settings.horizon_days, max_active=settings.max_active_bookings),
+        rules=BookingRules(max_active=settings.max_active_bookings),
         messenger=messenger,
         writer=GroupCommit(sessions, enabled=not settings.database_url.startswith("sqlite")),
     )

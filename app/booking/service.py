@@ -33,7 +33,7 @@ from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.booking.writer import GroupCommit
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
-from app.capacity.service import Capacity, Reserved
+from app.capacity.service import Capacity, Reserved, first_bookable_time
 from app.clock import Clock
 from app.db import Base
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
@@ -51,7 +51,6 @@ _IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 class BookingRules(msgspec.Struct, frozen=True):
-    horizon_days: int
     max_active: int
 
 
@@ -94,17 +93,6 @@ class BookingService:
             # Redis lost its counters and they are being rebuilt: booking now could overbook.
             raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.", retry_after=5)
 
-    def _check_date(self, day: dt.date, today: dt.date) -> None:
-        last = today + dt.timedelta(days=self.rules.horizon_days - 1)
-        if not today <= day <= last:
-            raise InvalidInput(
-                "date",
-                f"Bookings are open from {today.isoformat()} to {last.isoformat()}.",
-                detail_fa=f"نوبت فقط برای امروز تا {self.rules.horizon_days - 1} روز آینده داده می‌شود.",
-                first=today.isoformat(),
-                last=last.isoformat(),
-            )
-
     async def book(
         self,
         *,
@@ -141,7 +129,7 @@ class BookingService:
         idempotency_key = parse_idempotency_key(idempotency_key)
         now = self.clock.now()
         today = now.date()
-        self._check_date(day, today)
+        self.capacity.check_horizon(day, today)
         office = await bookable_office(
             session=session, office_code=request.office_code, service_code=request.service_code
         )
@@ -151,7 +139,7 @@ class BookingService:
             if earlier is not None:
                 return self._replay(earlier, national_id, office, day, wanted)
 
-        not_before = _not_before(now, day)
+        not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
         idempotency = (mobile, idempotency_key) if idempotency_key else None
 
@@ -389,7 +377,7 @@ class BookingService:
         """Give a seat back (``time`` empty: only seats added by a capacity change) and record
         whoever on the waitlist it went to, in the same step as the release."""
         now = self.clock.now()
-        not_before = _not_before(now, day)
+        not_before = first_bookable_time(now, day)
         promotions = await self.capacity.release(
             office_code=office_code, day=day, pool=pool, time=time, not_before=not_before, idempotency=idempotency
         )
@@ -422,11 +410,11 @@ class BookingService:
         day = parse_date(request.date)
         now = self.clock.now()
         today = now.date()
-        self._check_date(day, today)
+        self.capacity.check_horizon(day, today)
         office = await bookable_office(
             session=session, office_code=request.office_code, service_code=request.service_code
         )
-        not_before = _not_before(now, day)
+        not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
         await self._hold(national_id, today, day, office, tracking_code)
         # The row is committed before the citizen joins the line in Redis, so a seat freed
@@ -487,11 +475,6 @@ class BookingService:
         return booking_out(
             booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
         )
-
-
-def _not_before(now: dt.datetime, day: dt.date) -> str | None:
-    """A slot that starts this minute has started: only later ones are bookable today."""
-    return (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else None
 
 
 def booking_out(booking: Booking, *, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:

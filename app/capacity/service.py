@@ -43,6 +43,7 @@ from app.capacity.plan import (
     official_holidays,
 )
 from app.capacity.scripts import Scripts, as_text
+from app.errors import InvalidInput
 from app.observability import timed
 from app.offices.models import City, Office, OfficeService, OfficeStatus
 
@@ -106,6 +107,11 @@ class OfficePlan(msgspec.Struct, frozen=True):
         return effective_cap(
             status=self.status, office_cap_percent=self.cap_percent, province_id=self.province_id, day=day, caps=caps
         )
+
+
+def first_bookable_time(now: dt.datetime, day: dt.date) -> str | None:
+    """A slot that starts this minute has started: only later ones are bookable today."""
+    return (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else None
 
 
 def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
@@ -242,6 +248,26 @@ class Capacity:
 
     def horizon(self, today: dt.date) -> list[dt.date]:
         return [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
+
+    def check_horizon(self, day: dt.date, today: dt.date) -> None:
+        """Only today and the days after it within the horizon take bookings."""
+        last = today + dt.timedelta(days=self.horizon_days - 1)
+        if not today <= day <= last:
+            raise InvalidInput(
+                "date",
+                f"Bookings are open from {today.isoformat()} to {last.isoformat()}.",
+                detail_fa=f"نوبت فقط برای امروز تا {self.horizon_days - 1} روز آینده داده می‌شود.",
+                first=today.isoformat(),
+                last=last.isoformat(),
+            )
+
+    async def bookable_slots(
+        self, *, session: AsyncSession, office_code: str, pool: str, day: dt.date, now: dt.datetime
+    ) -> tuple[str, list[SlotView]]:
+        """The office-day's status, and its slots of one pool that can still be booked."""
+        view = await day_for_reading(self, session=session, office_code=office_code, day=day)
+        not_before = first_bookable_time(now, day) or ""
+        return view.status, [s for s in view.slots if s.pool == pool and s.time >= not_before and s.seats > 0]
 
     def _day_args(
         self,

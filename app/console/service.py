@@ -130,7 +130,7 @@ class Console:
         move_overflow: bool,
     ) -> CapacityChange:
         office = await self._office(session, staff, office_code)
-        self._check_in_horizon(day)
+        self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
@@ -186,12 +186,6 @@ class Console:
                 )
             )
         return result
-
-    def _check_in_horizon(self, day: dt.date) -> None:
-        if day not in self.capacity.horizon(self.clock.today()):
-            raise InvalidInput(
-                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
-            )
 
     @staticmethod
     def _refuse_overflow(overflow: list[Overflow], move_overflow: bool) -> None:

@@ -101,7 +101,7 @@ class LoadService:
         lat, lon = await self._origin(session, lat, lon, city)
         now = self.clock.now()
         day = day or now.date()
-        self._check_horizon(day, now.date())
+        self.capacity.check_horizon(day, now.date())
         not_before = now.strftime("%H:%M") if day == now.date() else ""
 
         found: list[list[Any]] = []
@@ -219,12 +219,6 @@ class LoadService:
                 raise CityNotFound()
             return float(row[0]), float(row[1])
         raise InvalidInput("lat", "Give lat and lon, or a city.", detail_fa="موقعیت (lat و lon) یا نام شهر را بدهید.")
-
-    def _check_horizon(self, day: dt.date, today: dt.date) -> None:
-        if not today <= day < today + dt.timedelta(days=self.capacity.horizon_days):
-            raise InvalidInput(
-                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
-            )
 
     async def _describe(self, session: AsyncSession, codes: list[str]) -> dict[str, tuple[str, str, str, float, float]]:
         if not codes:

@@ -6,8 +6,6 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from app.capacity.service import day_for_reading
-from app.errors import InvalidInput
 from app.locale import jalali_date, jalali_time, parse_date
 from app.offices import service
 from app.offices.schemas import DaySlots, OfficeDetail, OfficePage, ServiceOut, SlotOut
@@ -51,24 +49,19 @@ class OfficesController(Controller):
     ) -> DaySlots:
         now = container.clock.now()
         day = parse_date(date) if date else now.date()
-        last = now.date().toordinal() + container.settings.horizon_days - 1
-        if not now.date().toordinal() <= day.toordinal() <= last:
-            raise InvalidInput(
-                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
-            )
+        container.capacity.check_horizon(day, now.date())
         office = await service.bookable_office(session=session, office_code=code, service_code=service_code)
-        view = await day_for_reading(container.capacity, session=session, office_code=office.code, day=day)
-        not_before = now.strftime("%H:%M") if day == now.date() else ""
-        slots = [
-            SlotOut(time=s.time, seats=s.seats, free=s.free, label_fa=jalali_time(dt.time.fromisoformat(s.time)))
-            for s in view.slots
-            if s.pool == office.pool and s.time > not_before
-        ]
+        status, slots = await container.capacity.bookable_slots(
+            session=session, office_code=office.code, pool=office.pool, day=day, now=now
+        )
         return DaySlots(
             office_code=office.code,
             service_code=office.service_code,
             date=day.isoformat(),
             date_fa=jalali_date(day),
-            status=view.status,
-            slots=slots,
+            status=status,
+            slots=[
+                SlotOut(time=s.time, seats=s.seats, free=s.free, label_fa=jalali_time(dt.time.fromisoformat(s.time)))
+                for s in slots
+            ],
         )

@@ -14,7 +14,7 @@ from litestar.response import Redirect, Template
 
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.tracking import normalize_tracking_code
-from app.capacity.service import SlotView, day_for_reading
+from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.errors import DomainError, InvalidInput, NotFound
 from app.identity import normalize_mobile
@@ -62,16 +62,13 @@ async def _free_slots(
 ) -> tuple[str, list[SlotView]]:
     """The office-day's status and its slots for the service, from the next minute on
     (what booking accepts: a slot that starts this minute has started)."""
-    now = container.clock.now()
-    view = await day_for_reading(container.capacity, session=session, office_code=office.code, day=day)
-    not_before = (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else ""
-    return view.status, [s for s in view.slots if s.pool == office.pool and s.time >= not_before]
+    return await container.capacity.bookable_slots(
+        session=session, office_code=office.code, pool=office.pool, day=day, now=container.clock.now()
+    )
 
 
 def _check_horizon(container: Deps, day: dt.date) -> None:
-    today = container.clock.today()
-    if not today <= day < today + dt.timedelta(days=container.settings.horizon_days):
-        raise InvalidInput("date", "Outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست.")
+    container.capacity.check_horizon(day, container.clock.today())
 
 
 class CitizenPages(Controller):
