@@ -41,7 +41,7 @@ from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
 from app.observability import BOOKINGS, REJECTIONS
 from app.offices.models import Office, Service
-from app.offices.service import BookableOffice, bookable_office
+from app.offices.service import BookableOffice, bookable_office, office_cache
 from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class BookingService:
         self, *, capacity: Capacity, clock: Clock, rules: BookingRules, messenger: Messenger, writer: GroupCommit
     ) -> None:
         self.writer = writer
+        self.offices = office_cache()
         self.capacity = capacity
         self.clock = clock
         self.rules = rules
@@ -131,7 +132,7 @@ class BookingService:
         today = now.date()
         self.capacity.check_horizon(day, today)
         office = await bookable_office(
-            session=session, office_code=request.office_code, service_code=request.service_code
+            session=session, office_code=request.office_code, service_code=request.service_code, cache=self.offices
         )
 
         if idempotency_key:
@@ -412,7 +413,7 @@ class BookingService:
         today = now.date()
         self.capacity.check_horizon(day, today)
         office = await bookable_office(
-            session=session, office_code=request.office_code, service_code=request.service_code
+            session=session, office_code=request.office_code, service_code=request.service_code, cache=self.offices
         )
         not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()

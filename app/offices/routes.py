@@ -50,7 +50,9 @@ class OfficesController(Controller):
         now = container.clock.now()
         day = parse_date(date) if date else now.date()
         container.capacity.check_horizon(day, now.date())
-        office = await service.bookable_office(session=session, office_code=code, service_code=service_code)
+        office = await service.bookable_office(
+            session=session, office_code=code, service_code=service_code, cache=container.bookings.offices
+        )
         status, slots = await container.capacity.bookable_slots(
             session=session, office_code=office.code, pool=office.pool, day=day, now=now
         )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import msgspec
+from cachetools import TTLCache
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,7 +21,8 @@ MAX_PAGE = 100
 
 
 class BookableOffice(msgspec.Struct, frozen=True):
-    """What the booking path needs to know about an office and one of its services."""
+    """What the booking path needs to know about an office and one of its services.
+    (``status`` is for display: the reserve script enforces the live one.)"""
 
     id: int
     code: str
@@ -141,10 +145,34 @@ async def _template(session: AsyncSession, office_id: int) -> WeeklyTemplate:
     return decode_template(raw) if raw else WeeklyTemplate(days={})
 
 
-async def bookable_office(*, session: AsyncSession, office_code: str, service_code: str) -> BookableOffice:
+OfficeCache = MutableMapping[tuple[str, str], "BookableOffice"]
+
+
+def office_cache() -> OfficeCache:
+    """A short-lived per-instance memory of bookable offices: two queries fewer per booking.
+
+    Thirty seconds is harmless: an office's status is enforced in Redis, not read from here,
+    and a weekly template that gives a service counters of its own takes at most that long
+    to route new bookings to them (they are capacity-checked either way).
+    """
+    return TTLCache(maxsize=50_000, ttl=30)
+
+
+async def bookable_office(
+    *, session: AsyncSession, office_code: str, service_code: str, cache: OfficeCache | None = None
+) -> BookableOffice:
     """The office and service a booking names, or the error that says which is wrong."""
     office_code = normalize_code(office_code, "office_code")
     service_code = normalize_code(service_code, "service_code")
+    if cache is not None and (known := cache.get((office_code, service_code))):
+        return known
+    found = await _bookable_office(session, office_code, service_code)
+    if cache is not None:
+        cache[(office_code, service_code)] = found
+    return found
+
+
+async def _bookable_office(session: AsyncSession, office_code: str, service_code: str) -> BookableOffice:
     row = (
         await session.execute(
             select(Office.id, Office.code, Office.name_fa, Office.status, CapacityTemplate.template)
