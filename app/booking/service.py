@@ -32,7 +32,7 @@ from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.booking.writer import GroupCommit
 from app.capacity import keys
-from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
+from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
 from app.capacity.service import Capacity, Reserved, first_bookable_time
 from app.clock import Clock
 from app.db import Base
@@ -135,17 +135,25 @@ class BookingService:
             session=session, office_code=request.office_code, service_code=request.service_code, cache=self.offices
         )
 
-        if idempotency_key:
-            earlier = await self._by_idempotency_key(session, mobile, idempotency_key)
-            if earlier is not None:
-                return self._replay(earlier, national_id, office, day, wanted)
+        # No lookup of the Idempotency-Key here: the reserve script answers REPLAY for a key it
+        # has seen, and the unique (mobile, key) constraint catches one it has forgotten (after
+        # 24 hours, or a rebuild); both paths below answer with the earlier booking.
 
         not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
         idempotency = (mobile, idempotency_key) if idempotency_key else None
 
         # A Redis failure anywhere below is a 503 (app.web); each step undoes the one before.
-        await self._hold(national_id, today, day, office, tracking_code)
+        try:
+            await self._hold(national_id, today, day, office, tracking_code)
+        except (AlreadyBookedThatDay, TooManyBookings):
+            # A retry of a booking that went through holds the citizen's limit itself.
+            if idempotency_key:
+                if earlier := await self._by_idempotency_key(session, mobile, idempotency_key):
+                    return self._replay(earlier, national_id, office, day, wanted)
+                if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):
+                    raise DuplicateRequest() from None
+            raise
         try:
             reserved = await self._reserve(session, office, day, wanted, not_before, tracking_code, idempotency)
         except BaseException:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +45,7 @@ class GroupCommit:
         self.enabled = enabled
         self.max_batch = max_batch
         self._pending: list[_Write] = []
+        self._enqueuer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
         self._draining: asyncio.Task[None] | None = None
 
     async def write(self, session: AsyncSession, rows: Sequence[Base], after: Sequence[AfterCommit] = ()) -> None:
@@ -80,8 +82,15 @@ class GroupCommit:
             for write in batch:
                 session.add_all(write.rows)
             await session.commit()
+        # Confirmed as soon as committed; the batch's jobs are enqueued on a thread of their
+        # own, so the next commit does not wait for this one's round trips to RQ's Redis (a
+        # job whose enqueue is lost is found by the sweep: its outbox row is committed).
+        actions = [action for write in batch for action in write.after_commit]
+        if actions:
+            self._enqueuer.submit(_run_all, actions)
         for write in batch:
-            self._finish(write)
+            if not write.done.done():
+                write.done.set_result(None)
 
     async def _commit_alone(self, write: _Write) -> None:
         try:
@@ -90,13 +99,11 @@ class GroupCommit:
             if not write.done.done():
                 write.done.set_exception(error)
 
-    @staticmethod
-    def _finish(write: _Write) -> None:
-        for action in write.after_commit:
-            try:
-                action()
-            except Exception:
-                # The rows are committed; the sweep picks up whatever this failed to enqueue.
-                log.exception("could not enqueue a job after a group commit")
-        if not write.done.done():
-            write.done.set_result(None)
+
+def _run_all(actions: list[AfterCommit]) -> None:
+    for action in actions:
+        try:
+            action()
+        except Exception:
+            # The rows are committed; the sweep picks up whatever this failed to enqueue.
+            log.exception("could not enqueue a job after a group commit")

@@ -198,6 +198,10 @@ class Capacity:
     async def leave_waitlist(self, *, office_code: str, day: dt.date, pool: str, tracking_code: str) -> None:
         await self.redis.lrem(keys.waitlist(office_code, day, pool), 0, tracking_code)
 
+    async def idempotency_seen(self, *, office_code: str, owner: str, key: str) -> bool:
+        """Whether a booking with this Idempotency-Key took a seat here in the last day."""
+        return bool(await self.redis.exists(keys.idempotency(office_code, owner, key)))
+
     async def hold(
         self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
     ) -> None:
