@@ -91,7 +91,9 @@ class Process:
 def run_checked(args: list[str], *, env: Mapping[str, str], log_dir: Path, name: str, timeout: float) -> None:
     """Run a command to completion (the seed, the rebuild); its output goes to a log file."""
     with open(log_dir / f"{name}.log", "ab") as log:
-        done = subprocess.run(args, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        done = subprocess.run(
+            args, check=False, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+        )
     if done.returncode:
         raise RuntimeError(f"{name} failed ({done.returncode}); see {log_dir / (name + '.log')}")
 
@@ -147,6 +149,7 @@ class NobatStack:
         twilio_token: str,
         sms_backend: str = "console",
         offices: int = 17000,
+        database_url: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.logs = workdir / "logs"
@@ -178,7 +181,10 @@ class NobatStack:
             "NOBAT_TRUST_FORWARDED_FOR": "true",
             "PYTHONUNBUFFERED": "1",
         }
-        self.env.pop("DATABASE_URL", None)  # the default: SQLite under NOBAT_VAR_DIR
+        # The default record is SQLite under NOBAT_VAR_DIR; PostgreSQL when a URL is given.
+        self.env.pop("DATABASE_URL", None)
+        if database_url:
+            self.env["DATABASE_URL"] = database_url
         self.env.pop("RQ_REDIS_URL", None)
 
     @property
@@ -187,7 +193,7 @@ class NobatStack:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.database_path}"
+        return self.env.get("DATABASE_URL") or f"sqlite+aiosqlite:///{self.database_path}"
 
     def start_redis(self) -> None:
         self.redis.start()
@@ -228,18 +234,17 @@ class NobatStack:
                 Process(f"rq-worker-{number}", [PYTHON, "-m", "workers.worker"], env=self.env, log_dir=self.logs)
             )
 
-    def pause_rq(self) -> None:
-        """Hold the SMS senders still (SIGSTOP) while a reference is measured on these 2 cores.
+    def stop_rq(self) -> None:
+        """Stop the SMS senders while a reference is measured on these 2 cores.
 
-        In production the RQ workers run elsewhere; here they would take CPU from the very
-        server being measured. Their queue simply waits and drains afterwards.
+        In production the RQ workers run on other machines; here they would take CPU from
+        the very server being measured. Their queue waits and drains once they are back.
+        They are stopped (SIGTERM: RQ finishes the job in hand), never frozen: a worker
+        frozen inside a write transaction would hold SQLite's lock and stall every booking.
         """
         for process in self.rq:
-            process.signal(signal.SIGSTOP)
-
-    def resume_rq(self) -> None:
-        for process in self.rq:
-            process.signal(signal.SIGCONT)
+            process.stop(timeout=60)
+        self.rq = []
 
     def stop_web(self) -> None:
         if self.web is not None:
@@ -267,6 +272,16 @@ class NobatStack:
             return []
         # uvicorn's supervisor also starts a multiprocessing resource tracker: keep only servers.
         return [pid for pid in pids if "resource_tracker" not in _cmdline(pid)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cmdline(pid: int) -> str:

@@ -2,8 +2,8 @@
 --
 --   wrk -t2 -c64 -d20s -s loadtests/wrk/requests.lua http://127.0.0.1:PORT -- REQUESTS_FILE RESULT_FILE 2
 --
--- One request per line, tab-separated: method, path, bearer token, Idempotency-Key, body
--- (an empty field leaves that part out). Bookings need distinct national IDs and keys, so
+-- One request per line, tab-separated: method, path, bearer token, Idempotency-Key, body,
+-- client address for X-Forwarded-For (an empty field leaves that part out). Bookings need distinct national IDs and keys, so
 -- no line is sent twice: thread i of n takes lines i, i+n, i+2n, ... and stops when they run
 -- out (the last argument is wrk's -t), so a run is bounded by the file as well as by -d. The done() hook writes requests,
 -- latency percentiles (microseconds) and a count per "status code" / "status code:problem
@@ -33,7 +33,7 @@ function init(args)
   requests = lines
   next_request = 1
   statuses = {}
-  sent = 0
+  exhausted = false
 end
 
 local function split(line)
@@ -48,15 +48,16 @@ function request()
   local line = requests[next_request]
   if line == nil then
     -- Out of requests: stop this thread; wrk still needs a request string to return.
+    exhausted = true
     wrk.thread:stop()
     return wrk.format("GET", "/health/live")
   end
   next_request = next_request + 1
-  sent = sent + 1
   local f = split(line)
   local headers = {}
   if f[3] ~= "" then headers["Authorization"] = "Bearer " .. f[3] end
   if f[4] ~= "" then headers["Idempotency-Key"] = f[4] end
+  if f[6] ~= nil and f[6] ~= "" then headers["X-Forwarded-For"] = f[6] end
   local body = nil
   if f[5] ~= nil and f[5] ~= "" then
     body = f[5]
@@ -76,7 +77,9 @@ end
 
 function done(summary, latency, requests)
   local merged = {}
+  local exhausted = false
   for _, thread in ipairs(threads) do
+    if thread:get("exhausted") then exhausted = true end
     local counts = thread:get("statuses") or {}
     for key, count in pairs(counts) do
       merged[key] = (merged[key] or 0) + count
@@ -92,11 +95,11 @@ function done(summary, latency, requests)
     '{"duration_us": %d, "requests": %d, "bytes": %d, ' ..
     '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
     '"latency_us": {"p50": %d, "p90": %d, "p95": %d, "p99": %d, "max": %d, "mean": %.1f}, ' ..
-    '"statuses": {%s}}\n',
+    '"statuses": {%s}, "exhausted": %s}\n',
     summary.duration, summary.requests, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(95), latency:percentile(99),
     latency.max, latency.mean,
-    table.concat(parts, ", ")))
+    table.concat(parts, ", "), tostring(exhausted)))
   out:close()
 end

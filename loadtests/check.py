@@ -1,0 +1,232 @@
+"""The correctness check after a load test: no seat sold twice, no citizen over their limits.
+
+    DATABASE_URL=... REDIS_URL=... NOBAT_TZ=... .venv/bin/python -m loadtests.check
+
+For every slot of every office-day in Redis (the horizon):
+- bookings in SQL holding a seat (booked, checked_in) == the slot's used counter in Redis
+  (field ``u|pool|HH:MM`` of ``nobat:{o:CODE}:day:YYYY-MM-DD``);
+- on days without a cap (``_cap`` = 100), used <= seats (field ``s|pool|HH:MM``). A cap (a
+  crowd cap or a restriction) lowers the seats but the bookings made before it stand, so
+  used may exceed the capped seats there, by design;
+and for every national ID: at most one active booking (waitlisted, booked, checked_in) per
+service per day, and at most NOBAT_MAX_ACTIVE_BOOKINGS active from today on.
+
+SQL above Redis, or above the seats, is an overbooking. Redis above SQL is a seat counted
+but not sold (the safe side of a failed undo, corrected by the next rebuild): not an
+overbooking, but still reported, and still a failure of the invariant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis import Redis
+from sqlalchemy import func, select
+
+from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking
+from app.capacity import keys
+from app.clock import Clock
+from app.db import create_engine, session_factory
+from app.offices.models import Office
+from app.settings import load_settings
+
+SlotKey = tuple[str, str, str, str]  # (office code, day, pool, time)
+MAX_LISTED = 20  # violations listed in full; the counts are always complete
+
+
+@dataclass
+class CheckResult:
+    ok: bool = True
+    overbooked: bool = False
+    office_days: int = 0
+    slots: int = 0
+    seats_booked_sql: int = 0
+    seats_used_redis: int = 0
+    seats_total: int = 0  # seats of the horizon on uncapped days: a fully booked horizon's bookings
+    capped_days_skipped_for_seats: int = 0
+    sql_above_redis: int = 0
+    redis_above_sql: int = 0
+    used_above_seats: int = 0
+    same_day_violations: int = 0
+    too_many_violations: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    attempts: int = 1
+
+    def note(self, kind: str, **detail: Any) -> None:
+        if len(self.examples) < MAX_LISTED:
+            self.examples.append({"kind": kind, **detail})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _sql_counts(
+    database_url: str, today: dt.date, last: dt.date, max_active: int
+) -> tuple[dict[SlotKey, int], list[tuple[str, str, str, int]], list[tuple[str, int]]]:
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            seated = await session.execute(
+                select(Office.code, Booking.date, Booking.pool, Booking.slot_time, func.count())
+                .join(Office, Office.id == Booking.office_id)
+                .where(Booking.status.in_(SEAT_STATUSES), Booking.date >= today, Booking.date <= last)
+                .group_by(Office.code, Booking.date, Booking.pool, Booking.slot_time)
+            )
+            counts = {(code, day.isoformat(), pool, time): int(n) for code, day, pool, time, n in seated}
+            same_day = [
+                (nid, service, day.isoformat(), int(n))
+                for nid, service, day, n in await session.execute(
+                    select(Booking.national_id, Booking.service_code, Booking.date, func.count())
+                    .where(Booking.status.in_(ACTIVE_STATUSES))
+                    .group_by(Booking.national_id, Booking.service_code, Booking.date)
+                    .having(func.count() > 1)
+                )
+            ]
+            too_many = [
+                (nid, int(n))
+                for nid, n in await session.execute(
+                    select(Booking.national_id, func.count())
+                    .where(Booking.status.in_(ACTIVE_STATUSES), Booking.date >= today)
+                    .group_by(Booking.national_id)
+                    .having(func.count() > max_active)
+                )
+            ]
+        return counts, same_day, too_many
+    finally:
+        await engine.dispose()
+
+
+def _redis_days(redis: Redis, days: set[str]) -> dict[tuple[str, str], dict[str, str]]:
+    """Every office-day hash of the horizon, read in pipelined batches."""
+    found: list[str] = []
+    for raw in redis.scan_iter(match=keys.OFFICE_DAY_PATTERN, count=5000):
+        key = raw.decode()
+        if key.rsplit(":", 1)[1] in days:
+            found.append(key)
+    result: dict[tuple[str, str], dict[str, str]] = {}
+    for start in range(0, len(found), 2000):
+        batch = found[start : start + 2000]
+        with redis.pipeline(transaction=False) as pipe:
+            for key in batch:
+                pipe.hgetall(key)
+            hashes = pipe.execute()
+        for key, fields in zip(batch, hashes, strict=True):
+            code = key.split("{o:", 1)[1].split("}", 1)[0]
+            day = key.rsplit(":", 1)[1]
+            result[(code, day)] = {k.decode(): v.decode() for k, v in fields.items()}
+    return result
+
+
+def check_once(*, database_url: str, redis_url: str, tz: str, horizon_days: int, max_active: int) -> CheckResult:
+    started = time.perf_counter()
+    result = CheckResult()
+    today = Clock(tz).today()
+    last = today + dt.timedelta(days=horizon_days - 1)
+    days = {(today + dt.timedelta(days=i)).isoformat() for i in range(horizon_days)}
+    # SQL first, then Redis: a booking committing in between shows as Redis above SQL, never
+    # as an overbooking; the caller retries a failed check once the service is quiet.
+    sql, same_day, too_many = asyncio.run(_sql_counts(database_url, today, last, max_active))
+    redis = Redis.from_url(redis_url)
+    try:
+        office_days = _redis_days(redis, days)
+    finally:
+        redis.close()
+
+    result.office_days = len(office_days)
+    seen: set[SlotKey] = set()
+    for (code, day), fields in office_days.items():
+        cap = int(fields.get("_cap", "100"))
+        uncapped = cap >= 100
+        if not uncapped:
+            result.capped_days_skipped_for_seats += 1
+        for name in fields:
+            if not name.startswith(("s|", "u|")):
+                continue
+            _, pool, slot = name.split("|")
+            slot_key = (code, day, pool, slot)
+            if slot_key in seen:
+                continue
+            seen.add(slot_key)
+            result.slots += 1
+            used = int(fields.get(f"u|{pool}|{slot}", "0"))
+            seats = int(fields.get(f"s|{pool}|{slot}", "0"))
+            if uncapped:
+                result.seats_total += seats
+            booked = sql.get(slot_key, 0)
+            result.seats_booked_sql += booked
+            result.seats_used_redis += used
+            if booked > used:
+                result.sql_above_redis += 1
+                result.note("sql_above_redis", office=code, date=day, pool=pool, slot=slot, sql=booked, redis=used)
+            elif used > booked:
+                result.redis_above_sql += 1
+                result.note("redis_above_sql", office=code, date=day, pool=pool, slot=slot, sql=booked, redis=used)
+            if uncapped and max(used, booked) > seats:
+                result.used_above_seats += 1
+                result.note(
+                    "above_seats", office=code, date=day, pool=pool, slot=slot, seats=seats, sql=booked, redis=used
+                )
+    # Bookings in SQL for a slot Redis does not know at all (a day missing from Redis is
+    # rebuilt from SQL on first use, so only days Redis has are compared).
+    for slot_key, booked in sql.items():
+        if slot_key not in seen and (slot_key[0], slot_key[1]) in office_days:
+            result.sql_above_redis += 1
+            result.seats_booked_sql += booked
+            result.note("sql_slot_missing_in_redis", office=slot_key[0], date=slot_key[1], slot=slot_key[3], sql=booked)
+
+    result.same_day_violations = len(same_day)
+    for nid, service, day, n in same_day[:5]:
+        result.note("same_day", national_id=nid[:4] + "******", service=service, date=day, active=n)
+    result.too_many_violations = len(too_many)
+    for nid, n in too_many[:5]:
+        result.note("too_many", national_id=nid[:4] + "******", active=n)
+
+    result.overbooked = bool(
+        result.sql_above_redis or result.used_above_seats or result.same_day_violations or result.too_many_violations
+    )
+    result.ok = not result.overbooked and not result.redis_above_sql
+    result.seconds = round(time.perf_counter() - started, 2)
+    return result
+
+
+def check(
+    *, database_url: str, redis_url: str, tz: str, horizon_days: int, max_active: int, attempts: int = 3
+) -> CheckResult:
+    """Check, and check again a little later if it failed: requests still finishing when the
+    load stopped can leave a seat taken in Redis whose row is a moment from committing."""
+    result = CheckResult()
+    for attempt in range(1, attempts + 1):
+        result = check_once(
+            database_url=database_url, redis_url=redis_url, tz=tz, horizon_days=horizon_days, max_active=max_active
+        )
+        result.attempts = attempt
+        if result.ok:
+            break
+        time.sleep(3)
+    return result
+
+
+def main() -> None:
+    settings = load_settings()
+    if not settings.redis_url:
+        raise SystemExit("set REDIS_URL (and DATABASE_URL or NOBAT_VAR_DIR) to the service's stores")
+    result = check(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        tz=settings.tz,
+        horizon_days=settings.horizon_days,
+        max_active=settings.max_active_bookings,
+    )
+    print(json.dumps(result.as_dict(), indent=2))
+    sys.exit(0 if result.ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""What the load is made of: the national network as the record has it, and request files for wrk.
+
+Locust's citizens sign in like people do; wrk cannot (it has no SMS inbox), so its bookings
+carry tokens minted up front with the service's own ``NOBAT_SECRET_KEY`` and
+``CitizenAuth.issue_token``, and national IDs from ``app.identity.generate_national_id``,
+every one distinct so that no request is refused for the citizen's limits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from sqlalchemy import select
+
+from app.auth.service import CitizenAuth
+from app.capacity import keys
+from app.db import create_engine, session_factory
+from app.identity import generate_national_id
+from app.offices.models import City, Office, OfficeService
+from app.ratelimit import RateLimiter
+from app.settings import load_settings
+
+# The services most offices offer (see app/offices/catalogue.py): the bulk of real demand.
+COMMON_SERVICES = ("101", "102", "104", "110", "115")
+
+
+@dataclass(frozen=True)
+class OfficeInfo:
+    code: str
+    lat: float
+    lon: float
+    city_fa: str
+    services: tuple[str, ...]
+
+
+@dataclass
+class Network:
+    offices: list[OfficeInfo]
+    cities: list[tuple[str, float, float]]  # (name_fa, lat, lon)
+    by_code: dict[str, OfficeInfo] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_code = {office.code: office for office in self.offices}
+
+    def first_offices(self) -> list[str]:
+        """The first office of each province: the ones with demo staff accounts (app/staff/demo.py)."""
+        firsts: dict[str, str] = {}
+        for office in self.offices:
+            province = office.code[:2]
+            firsts[province] = min(firsts.get(province, office.code), office.code)
+        return sorted(firsts.values())
+
+
+async def load_network(database_url: str) -> Network:
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            services: dict[int, list[str]] = {}
+            for office_id, service_code in await session.execute(
+                select(OfficeService.office_id, OfficeService.service_code)
+            ):
+                services.setdefault(office_id, []).append(service_code)
+            rows = await session.execute(
+                select(Office.id, Office.code, Office.lat, Office.lon, City.name_fa)
+                .join(City, City.id == Office.city_id)
+                .order_by(Office.code)
+            )
+            offices = [
+                OfficeInfo(code=code, lat=lat, lon=lon, city_fa=city, services=tuple(sorted(services.get(oid, []))))
+                for oid, code, lat, lon, city in rows
+            ]
+            cities = [
+                (name, lat, lon) for name, lat, lon in await session.execute(select(City.name_fa, City.lat, City.lon))
+            ]
+        return Network(offices=offices, cities=cities)
+    finally:
+        await engine.dispose()
+
+
+def open_office_days(redis: Redis, candidates: list[tuple[str, dt.date]]) -> list[tuple[str, dt.date]]:
+    """The (office, day) pairs that have slots in Redis (not a Friday, a holiday or a closure)."""
+    with redis.pipeline(transaction=False) as pipe:
+        for code, day in candidates:
+            pipe.hlen(keys.office_day(code, day))
+        lengths = pipe.execute()
+    # A day hash always has _status and _cap; anything more is a slot.
+    return [pair for pair, length in zip(candidates, lengths, strict=True) if length > 2]
+
+
+def mint_tokens(secret_key: str, count: int, rng: random.Random) -> list[tuple[str, str]]:
+    """(mobile, bearer token) pairs, signed with the service's key by the service's own code."""
+    settings = load_settings({}).with_(secret_key=secret_key)
+    lazy = AsyncRedis()  # never connected: issuing a token only signs claims
+    auth = CitizenAuth(redis=lazy, settings=settings, limiter=RateLimiter(lazy), messenger=None)  # type: ignore[arg-type]
+    mobiles = {f"0912{rng.randrange(10**7):07d}" for _ in range(count * 2)}
+    return [(mobile, auth.issue_token(mobile)) for mobile in sorted(mobiles)[:count]]
+
+
+def national_ids(rng: random.Random, *, exclude: set[str]) -> Iterator[str]:
+    """Valid national IDs, never the same twice (nor one in ``exclude``)."""
+    while True:
+        nid = generate_national_id(rng)
+        if nid not in exclude:
+            exclude.add(nid)
+            yield nid
+
+
+Line = tuple[str, str, str, str, str, str]
+"""One request for loadtests/wrk/requests.lua: method, path, token, Idempotency-Key, body, client address."""
+
+
+class Addresses:
+    """Client addresses for X-Forwarded-For (the service trusts it in a load test, as behind its
+    own proxy): citizens come from many carrier addresses, so the per-address limits (API,
+    sign-in) bite per address as they would in the field, not on the one 127.0.0.1."""
+
+    def __init__(self, rng: random.Random, count: int = 20_000) -> None:
+        self.pool = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}" for _ in range(count)]
+        self.rng = rng
+
+    def pick(self) -> str:
+        return self.rng.choice(self.pool)
+
+
+def write_requests(path: Path, lines: Iterable[Line]) -> int:
+    """Write request lines for loadtests/wrk/requests.lua."""
+    count = 0
+    with path.open("w") as out:
+        for line in lines:
+            if any("\t" in part or "\n" in part for part in line):
+                raise ValueError(f"a field holds a tab or a newline: {line!r}")
+            out.write("\t".join(line) + "\n")
+            count += 1
+    return count
+
+
+def booking_lines(
+    *,
+    count: int,
+    pairs: list[tuple[str, dt.date]],
+    network: Network,
+    tokens: list[tuple[str, str]],
+    ids: Iterator[str],
+    rng: random.Random,
+    addresses: Addresses,
+    service: str | None = None,
+    tag: str,
+) -> Iterator[Line]:
+    """POST /api/v1/bookings for the earliest free slot at (office, day) pairs drawn from ``pairs``."""
+    for number in range(count):
+        code, day = pairs[number % len(pairs)] if len(pairs) == 1 else rng.choice(pairs)
+        office = network.by_code[code]
+        wanted = service or rng.choice([s for s in office.services if s in COMMON_SERVICES] or list(office.services))
+        _, token = tokens[number % len(tokens)]
+        body = {"national_id": next(ids), "office_code": code, "service_code": wanted, "date": day.isoformat()}
+        payload = json.dumps(body, separators=(",", ":"))
+        yield ("POST", "/api/v1/bookings", token, f"{tag}-{number}", payload, addresses.pick())
+
+
+def slots_lines(
+    *, count: int, pairs: list[tuple[str, dt.date]], network: Network, rng: random.Random, addresses: Addresses
+) -> Iterator[Line]:
+    for _ in range(count):
+        code, day = rng.choice(pairs)
+        office = network.by_code[code]
+        wanted = rng.choice([s for s in office.services if s in COMMON_SERVICES] or list(office.services))
+        path = f"/api/v1/offices/{code}/slots?service={wanted}&date={day.isoformat()}"
+        yield ("GET", path, "", "", "", addresses.pick())
+
+
+def nearby_lines(*, count: int, network: Network, rng: random.Random, addresses: Addresses) -> Iterator[Line]:
+    """Searches from random points near random cities, as phones would send them."""
+    for _ in range(count):
+        _, lat, lon = rng.choice(network.cities)
+        lat += rng.uniform(-0.05, 0.05)
+        lon += rng.uniform(-0.05, 0.05)
+        wanted = rng.choice(COMMON_SERVICES)
+        path = f"/api/v1/offices/nearby?service={wanted}&lat={lat:.5f}&lon={lon:.5f}"
+        yield ("GET", path, "", "", "", addresses.pick())
+
+
+def reserve_lines(*, count: int, offices: list[str], day: dt.date, rng: random.Random, tag: str) -> Iterator[Line]:
+    """POST /reserve on the bare endpoint (loadtests/bare_reserve.py), earliest free slot."""
+    for number in range(count):
+        body = {"office_code": rng.choice(offices), "date": day.isoformat()}
+        yield ("POST", "/reserve", "", f"{tag}-{number}", json.dumps(body, separators=(",", ":")), "")
+
+
+def pg_lines(*, count: int, slot_ids: list[int], ids: Iterator[str], rng: random.Random) -> Iterator[Line]:
+    """POST /book on the PostgreSQL row-lock baseline (loadtests/pg_baseline.py)."""
+    for _ in range(count):
+        body = {"slot_id": rng.choice(slot_ids), "national_id": next(ids)}
+        yield ("POST", "/book", "", "", json.dumps(body, separators=(",", ":")), "")
