@@ -52,6 +52,7 @@ class Container:
     complaints: Complaints
 
     async def close(self) -> None:
+        await self.bookings.writer.close()
         self.jobs.close()
         await self.redis.aclose()
         await self.engine.dispose()
@@ -76,7 +77,11 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         clock=clock,
         rules=BookingRules(max_active=settings.max_active_bookings),
         messenger=messenger,
-        writer=GroupCommit(sessions, enabled=not settings.database_url.startswith("sqlite")),
+        # The writer has connections of its own, so requests waiting on it cannot starve it.
+        writer=GroupCommit(
+            session_factory(create_engine(settings.database_url, pool_size=2)),
+            enabled=not settings.database_url.startswith("sqlite"),
+        ),
     )
     load = LoadService(capacity=capacity, clock=clock)
     relocator = Relocator(bookings=bookings, load=load)

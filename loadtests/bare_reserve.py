@@ -26,6 +26,7 @@ from litestar import Litestar, Response, post
 from litestar.datastructures import State
 from litestar.params import HeaderParameter
 from redis.asyncio import Redis
+from redis.typing import EncodableT
 
 from app.booking.tracking import new_tracking_code
 from app.capacity.scripts import RESERVE, as_text
@@ -44,9 +45,9 @@ def bench_idempotency_key(office_code: str, key: str) -> str:
     return f"{BENCH_PREFIX}:{{o:{office_code}}}:idem:{key}"
 
 
-def bench_day_fields(slots: list[str], pool: str = "*") -> dict[str, str | int]:
+def bench_day_fields(slots: list[str], pool: str = "*") -> dict[EncodableT, EncodableT]:
     """A day hash like the service's (status, cap, seats per slot) with seats that never run out."""
-    fields: dict[str, str | int] = {"_status": "active", "_cap": 100}
+    fields: dict[EncodableT, EncodableT] = {"_status": "active", "_cap": 100}
     for time in slots:
         fields[f"s|{pool}|{time}"] = BENCH_SEATS
     return fields

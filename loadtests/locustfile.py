@@ -5,9 +5,10 @@ holding the console SMS outbox, the network, the hot offices and their staff acc
 picks the user classes of a scenario:
 
 - rush: ``RushCitizen`` signs in with the SMS code (read from the outbox as a phone would),
-  waits for the opening moment, searches nearby and books in the same few hot offices at
-  once; refused, it books the best office the nearby search offered, or joins the waitlist;
-  booked, it looks its booking up, sometimes cancels, and makes way for the next citizen.
+  waits for the opening moment (everyone signed in, or a deadline), searches nearby and books
+  in the same few hot offices at once; refused, it books the best office the nearby search
+  offered, or joins the waitlist; booked, it looks its booking up, sometimes cancels, then
+  books for the next member of the family (same phone, another national ID).
   ``StaffClerk`` (one per hot office) checks citizens in, reports people waiting and
   changes the day's capacity while the rush is on.
 - steady: ``SteadyCitizen`` browses and books across the whole national network,
@@ -17,8 +18,8 @@ picks the user classes of a scenario:
 Every loop is bounded: the runner gives Locust a run time, and each wait (for an SMS, for
 the opening) has its own deadline. Every response is tallied by endpoint, status and
 problem ``code`` into the outcomes file the runner reads; only what a correct service
-should never answer (5xx, connection errors, 400/401/422/429, an SMS that never arrives)
-counts as a Locust failure.
+should never answer (5xx, no answer, 400/401/422/429) counts as a Locust failure. How long
+each SMS took to reach its phone is written there too, apart from the HTTP statistics.
 """
 
 from __future__ import annotations

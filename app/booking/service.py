@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -330,6 +330,16 @@ class BookingService:
         starts = (booking.date, "99:99" if waitlisted else booking.slot_time)
         if starts <= (now.date(), now.strftime("%H:%M")):
             raise BookingStarted()
+        # Compare-and-set, so a check-in or a move that landed since the read is not undone.
+        changed = await session.execute(
+            update(Booking)
+            .where(Booking.id == booking.id, Booking.status == booking.status)
+            .values(status=BookingStatus.CANCELLED, cancelled_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            await session.rollback()
+            raise BookingNotActive(status="changed")
         booking.status = BookingStatus.CANCELLED
         booking.cancelled_at = now
         view = booking_out(

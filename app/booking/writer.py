@@ -40,6 +40,12 @@ class _Write:
 
 
 class GroupCommit:
+    async def close(self) -> None:
+        self._enqueuer.shutdown(wait=True)
+        engine = self.sessions.kw.get("bind")
+        if engine is not None:
+            await engine.dispose()
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, enabled: bool, max_batch: int = 500) -> None:
         self.sessions = sessions
         self.enabled = enabled
@@ -56,6 +62,9 @@ class GroupCommit:
                 after_commit(session, action)
             await session.commit()
             return
+        # Give the request's connection back first: with more bookings in flight than the
+        # pool holds, requests idling in a transaction would starve the writer.
+        await session.commit()
         write = _Write(rows, after)
         self._pending.append(write)
         if self._draining is None or self._draining.done():

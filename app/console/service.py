@@ -6,11 +6,12 @@ act on any office), and writes who did what, with before and after, to the audit
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus, Channel, Suspension
@@ -201,9 +202,16 @@ class Console:
         """Write the record's plan into Redis, move whoever no longer fits, then hand any new
         seats to the waitlists."""
         overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=True)
-        moved = await self.move_overflow(
-            session, overflow, {office.code: office}, why_fa=f"به دلیل تغییر ظرفیت {office.name_fa}،"
-        )
+        why = f"به دلیل تغییر ظرفیت {office.name_fa}،"
+        moved = await self.move_overflow(session, overflow, {office.code: office}, why_fa=why)
+        # A booking that took its seat just before the cut may commit just after our look at
+        # the record: look again (Redis says whether a slot is still over) until none is.
+        for _ in range(5):
+            overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=False)
+            if not overflow:
+                break
+            await asyncio.sleep(0.2)
+            moved += await self.move_overflow(session, overflow, {office.code: office}, why_fa=why)
         await self.bookings.fill_waitlists(session=session, office_codes={office.code})
         return CapacityChange(office_code=office.code, days_changed=len(days), moved=moved)
 
@@ -291,6 +299,17 @@ class Console:
         if booking.status not in allowed:
             raise WrongBookingState(status=booking.status.value)
         before = booking.status.value
+        # Compare-and-set: a cancellation that landed since the read must win (SQLite has no
+        # row locks), never be overwritten by a check-in.
+        changed = await session.execute(
+            update(Booking)
+            .where(Booking.id == booking.id, Booking.status.in_(allowed))
+            .values(status=to)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            await session.rollback()
+            raise WrongBookingState(status="changed")
         booking.status = to
         await self._audit(session, staff, office, f"booking.{to.value}", booking.tracking_code, before, to.value)
         await session.commit()

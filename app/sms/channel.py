@@ -62,7 +62,9 @@ class SmsChannel:
             InboundSms(provider_sid=provider_sid, from_mobile=mobile, body=text[:1600], command=type(command).__name__)
         )
         try:
-            await session.flush()
+            # Committed first: a repeated delivery is refused here even while the first is still
+            # being carried out, and a refused command is still received once.
+            await session.commit()
         except IntegrityError:
             await session.rollback()
             return False
@@ -70,12 +72,6 @@ class SmsChannel:
             reply = await self._carry_out(session, mobile, command)
         except DomainError as error:
             await session.rollback()
-            # The row is written again: even a refused command is received once.
-            session.add(
-                InboundSms(
-                    provider_sid=provider_sid, from_mobile=mobile, body=text[:1600], command=type(command).__name__
-                )
-            )
             reply = error.detail_fa
         if reply:
             self.messenger.queue(session, to=mobile, body=reply, kind="sms_reply")

@@ -255,3 +255,15 @@ async def test_close_day_marks_no_shows_and_expires_the_waitlist(world: World, d
     assert statuses == ["no_show", "served", "cancelled"]
     again = await asyncio.to_thread(close_day)
     assert again["no_shows"] == 0 and office
+
+
+async def test_a_refused_sms_booking_is_answered_not_dropped(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office(services=("101",))
+    refused = await text(client, f"BOOK {office} 102 0499370899", sid="SMrefused")
+    assert refused.status_code == 200
+    assert await count(world, InboundSms) == 1
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "این دفتر این خدمت را ارائه نمی‌دهد" in reply["body"]
