@@ -20,6 +20,7 @@ from app.enforcement.policy import Policy
 from app.enforcement.service import Enforcement
 from app.jobs import Jobs
 from app.load.service import LoadService
+from app.offices.directory import OfficeDirectory
 from app.ratelimit import RateLimiter
 from app.redis import CLUSTER_SCHEME, connect
 from app.regulator.service import Regulator
@@ -36,6 +37,7 @@ class Container:
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
     clock: Clock
+    offices: OfficeDirectory
     capacity: Capacity
     jobs: Jobs
     limiter: RateLimiter
@@ -72,7 +74,9 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     messenger = Messenger(jobs=jobs, tz=clock.tz, evening_hour=settings.reminder_evening_hour)
     limiter = RateLimiter(redis)
     auth = CitizenAuth(redis=redis, settings=settings, limiter=limiter, messenger=messenger)
+    offices = OfficeDirectory(sessions=sessions, redis=redis)
     bookings = BookingService(
+        offices=offices,
         capacity=capacity,
         clock=clock,
         rules=BookingRules(max_active=settings.max_active_bookings),
@@ -119,6 +123,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         sessions=sessions,
         redis=redis,
         clock=clock,
+        offices=offices,
         capacity=capacity,
         jobs=jobs,
         limiter=limiter,

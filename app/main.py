@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # record before taking a single booking; then keep watching for the next time.
             watch = RedisWatch(capacity=container.capacity, sessions=container.sessions, clock=container.clock)
             await watch.check()
+            await container.offices.load()
             watcher = asyncio.create_task(watch.run())
             try:
                 yield

@@ -40,8 +40,9 @@ from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
 from app.observability import BOOKINGS, REJECTIONS
+from app.offices.directory import OfficeDirectory
 from app.offices.models import Office, Service
-from app.offices.service import BookableOffice, bookable_office, office_cache
+from app.offices.service import BookableOffice
 from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,17 @@ def parse_idempotency_key(value: str | None) -> str | None:
 
 class BookingService:
     def __init__(
-        self, *, capacity: Capacity, clock: Clock, rules: BookingRules, messenger: Messenger, writer: GroupCommit
+        self,
+        *,
+        capacity: Capacity,
+        clock: Clock,
+        rules: BookingRules,
+        messenger: Messenger,
+        writer: GroupCommit,
+        offices: OfficeDirectory,
     ) -> None:
         self.writer = writer
-        self.offices = office_cache()
+        self.offices = offices
         self.capacity = capacity
         self.clock = clock
         self.rules = rules
@@ -131,8 +139,8 @@ class BookingService:
         now = self.clock.now()
         today = now.date()
         self.capacity.check_horizon(day, today)
-        office = await bookable_office(
-            session=session, office_code=request.office_code, service_code=request.service_code, cache=self.offices
+        office = await self.offices.bookable(
+            session=session, office_code=request.office_code, service_code=request.service_code
         )
 
         # No lookup of the Idempotency-Key here: the reserve script answers REPLAY for a key it
@@ -430,8 +438,8 @@ class BookingService:
         now = self.clock.now()
         today = now.date()
         self.capacity.check_horizon(day, today)
-        office = await bookable_office(
-            session=session, office_code=request.office_code, service_code=request.service_code, cache=self.offices
+        office = await self.offices.bookable(
+            session=session, office_code=request.office_code, service_code=request.service_code
         )
         not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()

@@ -52,6 +52,9 @@ def citizen_holds(national_id: str) -> str:
 CITIZEN_HOLDS_PATTERN = f"{NAMESPACE}:{{c:*}}:holds"
 OFFICE_DAY_PATTERN = f"{NAMESPACE}:{{o:*}}:day:*"
 
+DIRECTORY_VERSION = f"{NAMESPACE}:directory_version"
+"""Bumped whenever what app.offices.directory holds of an office changes."""
+
 REBUILT_AT = f"{NAMESPACE}:rebuilt_at"
 """Set when counters were last rebuilt from the record; absent after Redis lost its data."""
 

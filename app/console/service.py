@@ -117,6 +117,8 @@ class Console:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
         await session.commit()
+        # The template says which seat pool each service draws from.
+        await self.bookings.offices.changed(office.code)
         return await self._apply(session, office, horizon)
 
     async def set_override(

@@ -50,9 +50,7 @@ class OfficesController(Controller):
         now = container.clock.now()
         day = parse_date(date) if date else now.date()
         container.capacity.check_horizon(day, now.date())
-        office = await service.bookable_office(
-            session=session, office_code=code, service_code=service_code, cache=container.bookings.offices
-        )
+        office = await container.offices.bookable(session=session, office_code=code, service_code=service_code)
         status, slots = await container.capacity.bookable_slots(
             session=session, office_code=office.code, pool=office.pool, day=day, now=now
         )

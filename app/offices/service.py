@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-
 import msgspec
-from cachetools import TTLCache
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,13 +18,12 @@ MAX_PAGE = 100
 
 
 class BookableOffice(msgspec.Struct, frozen=True):
-    """What the booking path needs to know about an office and one of its services.
-    (``status`` is for display: the reserve script enforces the live one.)"""
+    """What the booking path needs to know about an office and one of its services. (Its
+    status is not here: the reserve script enforces the live one.)"""
 
     id: int
     code: str
     name_fa: str
-    status: str
     service_code: str
     service_name_fa: str
     pool: str
@@ -145,44 +141,25 @@ async def _template(session: AsyncSession, office_id: int) -> WeeklyTemplate:
     return decode_template(raw) if raw else WeeklyTemplate(days={})
 
 
-OfficeCache = MutableMapping[tuple[str, str], "BookableOffice"]
-
-
-def office_cache() -> OfficeCache:
-    """A short-lived per-instance memory of bookable offices: two queries fewer per booking.
-
-    Thirty seconds is harmless: an office's status is enforced in Redis, not read from here,
-    and a weekly template that gives a service counters of its own takes at most that long
-    to route new bookings to them (they are capacity-checked either way).
-    """
-    return TTLCache(maxsize=50_000, ttl=30)
-
-
-async def bookable_office(
-    *, session: AsyncSession, office_code: str, service_code: str, cache: OfficeCache | None = None
-) -> BookableOffice:
-    """The office and service a booking names, or the error that says which is wrong."""
+async def bookable_office(*, session: AsyncSession, office_code: str, service_code: str) -> BookableOffice:
+    """The office and service a booking names, read from the record, or the error that says
+    which is wrong. (The hot paths ask ``app.offices.directory`` first.)"""
     office_code = normalize_code(office_code, "office_code")
     service_code = normalize_code(service_code, "service_code")
-    if cache is not None and (known := cache.get((office_code, service_code))):
-        return known
-    found = await _bookable_office(session, office_code, service_code)
-    if cache is not None:
-        cache[(office_code, service_code)] = found
-    return found
+    return await _bookable_office(session, office_code, service_code)
 
 
 async def _bookable_office(session: AsyncSession, office_code: str, service_code: str) -> BookableOffice:
     row = (
         await session.execute(
-            select(Office.id, Office.code, Office.name_fa, Office.status, CapacityTemplate.template)
+            select(Office.id, Office.code, Office.name_fa, CapacityTemplate.template)
             .outerjoin(CapacityTemplate, CapacityTemplate.office_id == Office.id)
             .where(Office.code == office_code)
         )
     ).first()
     if row is None:
         raise OfficeNotFound()
-    office_id, code, name_fa, status, template = row
+    office_id, code, name_fa, template = row
     service = (
         await session.execute(
             select(Service.name_fa, OfficeService.office_id)
@@ -202,7 +179,6 @@ async def _bookable_office(session: AsyncSession, office_code: str, service_code
         id=office_id,
         code=code,
         name_fa=name_fa,
-        status=str(status.value if hasattr(status, "value") else status),
         service_code=service_code,
         service_name_fa=service.name_fa,
         pool=pool,

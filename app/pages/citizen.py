@@ -164,7 +164,9 @@ class CitizenPages(Controller):
         errors: dict[str, str] = {}
         if service:
             try:
-                bookable = await offices.bookable_office(session=session, office_code=detail.code, service_code=service)
+                bookable = await container.offices.bookable(
+                    session=session, office_code=detail.code, service_code=service
+                )
                 if date:
                     day = parse_date(date)
                     _check_horizon(container, day)
@@ -219,7 +221,7 @@ class CitizenPages(Controller):
         require_citizen(request, container)
         if not office or not service or not date:
             return see_other("/")
-        bookable = await offices.bookable_office(session=session, office_code=office, service_code=service)
+        bookable = await container.offices.bookable(session=session, office_code=office, service_code=service)
         return render(
             request,
             container,
@@ -262,7 +264,7 @@ class CitizenPages(Controller):
                 booking = booked.booking
         except DomainError as error:
             await session.rollback()
-            bookable = await offices.bookable_office(session=session, office_code=office, service_code=service)
+            bookable = await container.offices.bookable(session=session, office_code=office, service_code=service)
             return render(
                 request,
                 container,

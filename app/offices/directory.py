@@ -1,0 +1,152 @@
+"""Every office's booking facts in memory, so a booking or a slots read asks SQL nothing.
+
+A booking needs of the registry only what rarely changes: the office's id and Persian name,
+whether it offers the service, the service's Persian name and which seat pool the service
+draws from (its weekly template says). All of it, for the 17,000 offices, is a few MB, so
+each app instance loads it whole at start.
+
+Freshness: whoever changes one of those facts calls ``changed`` in the same process (the
+entry is dropped at once) and bumps a version in Redis; every other instance looks at that
+version at most once a ``check_every`` seconds and reloads in the background, serving the
+old copy meanwhile. An office or service the copy does not know is looked up in SQL (and
+remembered when found), so a new office is bookable at once. Staleness is harmless for
+correctness: an office's status and seats are enforced in Redis by the reserve script, and
+a pool that no longer exists is refused there, never overbooked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.capacity import keys
+from app.capacity.models import CapacityTemplate
+from app.capacity.plan import decode_template, pool_for
+from app.offices.models import Office, OfficeService, Service
+from app.offices.service import BookableOffice, bookable_office, normalize_code
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Office:
+    id: int
+    code: str
+    name_fa: str
+    template: str | None
+    services: set[str]
+    pools: dict[str, str] = field(default_factory=dict)  # decoded lazily, per service
+
+    def pool(self, service_code: str) -> str:
+        if service_code not in self.pools:
+            self.pools[service_code] = pool_for(decode_template(self.template), service_code) if self.template else "*"
+        return self.pools[service_code]
+
+
+class OfficeDirectory:
+    def __init__(self, *, sessions: async_sessionmaker[AsyncSession], redis: Redis, check_every: float = 1.0) -> None:
+        self.sessions = sessions
+        self.redis = redis
+        self.check_every = check_every
+        self._offices: dict[str, _Office] = {}
+        self._services: dict[str, str] = {}
+        self._version: bytes | None = None
+        self._checked_at = 0.0
+        self._reloading: asyncio.Task[None] | None = None
+
+    async def load(self) -> None:
+        """Read the whole registry (about a second for the national network)."""
+        version = await self._current_version()
+        async with self.sessions() as session:
+            services = {code: name for code, name in await session.execute(select(Service.code, Service.name_fa))}
+            offered: dict[int, set[str]] = {}
+            for office_id, service_code in await session.execute(
+                select(OfficeService.office_id, OfficeService.service_code)
+            ):
+                offered.setdefault(office_id, set()).add(service_code)
+            rows = await session.execute(
+                select(Office.id, Office.code, Office.name_fa, CapacityTemplate.template).outerjoin(
+                    CapacityTemplate, CapacityTemplate.office_id == Office.id
+                )
+            )
+            offices = {
+                code: _Office(
+                    id=office_id, code=code, name_fa=name, template=template, services=offered.get(office_id, set())
+                )
+                for office_id, code, name, template in rows
+            }
+        self._offices, self._services, self._version = offices, services, version
+        self._checked_at = time.monotonic()
+        log.info("office directory loaded: %d offices, %d services", len(offices), len(services))
+
+    async def bookable(self, *, session: AsyncSession, office_code: str, service_code: str) -> BookableOffice:
+        """The office and service a booking names, or the error that says which is wrong."""
+        office_code = normalize_code(office_code, "office_code")
+        service_code = normalize_code(service_code, "service_code")
+        await self._keep_fresh()
+        office = self._offices.get(office_code)
+        service_name = self._services.get(service_code)
+        if office is None or service_name is None or service_code not in office.services:
+            # Not known here (new since the load), or not offered: SQL has the last word,
+            # and says which error it is.
+            found = await bookable_office(session=session, office_code=office_code, service_code=service_code)
+            self._remember(found)
+            return found
+        return BookableOffice(
+            id=office.id,
+            code=office.code,
+            name_fa=office.name_fa,
+            service_code=service_code,
+            service_name_fa=service_name,
+            pool=office.pool(service_code),
+        )
+
+    async def changed(self, office_code: str) -> None:
+        """An office's name, services or template changed: forget it here, tell the others."""
+        self._offices.pop(office_code, None)
+        try:
+            # This instance reloads too, on its next look: the bump may not be the only one.
+            await self.redis.incr(keys.DIRECTORY_VERSION)
+        except RedisError:
+            # The others reload on their next look once Redis is back (a rebuild bumps it too).
+            log.warning("could not bump the office directory's version")
+
+    def _remember(self, found: BookableOffice) -> None:
+        office = self._offices.get(found.code)
+        if office is None:
+            # Its template is not known here: remember the pool found for this service only.
+            office = self._offices[found.code] = _Office(
+                id=found.id, code=found.code, name_fa=found.name_fa, template=None, services=set()
+            )
+        office.services.add(found.service_code)
+        office.pools[found.service_code] = found.pool
+        self._services.setdefault(found.service_code, found.service_name_fa)
+
+    async def _keep_fresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < self.check_every or (self._reloading and not self._reloading.done()):
+            return
+        self._checked_at = now
+        try:
+            version = await self._current_version()
+        except RedisError:
+            return  # the booking itself will meet Redis's absence and answer 503
+        if version != self._version:
+            self._reloading = asyncio.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        try:
+            await self.load()
+        except Exception:
+            log.exception("office directory reload failed; serving the copy in hand")
+
+    async def _current_version(self) -> bytes | None:
+        value = await self.redis.get(keys.DIRECTORY_VERSION)
+        return value if value is None or isinstance(value, bytes) else str(value).encode()

@@ -1,0 +1,91 @@
+"""The in-memory office directory: bookings ask SQL nothing, yet never act on a stale copy
+of what decides where a seat comes from."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import event
+
+from app.capacity import keys
+from app.container import Container
+from app.offices.directory import OfficeDirectory
+from app.offices.errors import OfficeNotFound, ServiceNotFound, ServiceNotOffered
+from tests.conftest import World, booking_body
+from tests.integration.test_console import every_day, staff_of
+
+Client = AsyncTestClient[Litestar]
+
+
+async def test_a_loaded_office_is_booked_without_a_query(container: Container, world: World) -> None:
+    office = await world.office()
+    directory = OfficeDirectory(sessions=container.sessions, redis=container.redis)
+    await directory.load()
+    statements: list[str] = []
+    event.listen(container.engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    async with container.sessions() as session:
+        found = await directory.bookable(session=session, office_code=office, service_code="۱۰۱")
+    assert (found.code, found.service_code, found.pool, found.name_fa) == (office, "101", "*", f"دفتر {office}")
+    assert statements == []
+
+
+async def test_an_office_made_after_the_load_is_found_and_errors_come_from_the_record(
+    container: Container, world: World
+) -> None:
+    directory = OfficeDirectory(sessions=container.sessions, redis=container.redis)
+    await directory.load()
+    office = await world.office(services=("101",))
+    async with container.sessions() as session:
+        assert (await directory.bookable(session=session, office_code=office, service_code="101")).code == office
+        with pytest.raises(ServiceNotOffered):
+            await directory.bookable(session=session, office_code=office, service_code="102")
+        with pytest.raises(ServiceNotFound):
+            await directory.bookable(session=session, office_code=office, service_code="999")
+        with pytest.raises(OfficeNotFound):
+            await directory.bookable(session=session, office_code="999999", service_code="101")
+
+
+async def test_a_template_with_counters_of_its_own_routes_bookings_at_once_everywhere(
+    client: Client, container: Container, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    first = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, service="102"), headers=world.token()
+    )
+    assert first.status_code == 201, first.text  # this instance now holds 102 -> shared seats
+
+    # Another instance, loaded before the change.
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+
+    template = every_day(3)
+    passport_desk = {"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 1, "service": "102"}
+    for rules in template["days"].values():
+        rules.append(passport_desk)
+    headers = await staff_of(client, world, office)
+    changed = await client.put(f"/api/v1/staff/offices/{office}/template", json=template, headers=headers)
+    assert changed.status_code == 200, changed.text
+
+    # This instance: the next booking of service 102 takes the desk's own seat.
+    booked = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, world.national_id(), day, service="102"),
+        headers=world.token(),
+    )
+    assert booked.status_code == 201, booked.text
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("102", "10:00")) or 0) == 1
+
+    # The other instance notices the bump and reloads in the background.
+    async with container.sessions() as session:
+        await other.bookable(session=session, office_code=office, service_code="101")
+        for _ in range(100):
+            if other._reloading and other._reloading.done():
+                break
+            await asyncio.sleep(0.02)
+        found = await other.bookable(session=session, office_code=office, service_code="102")
+    assert found.pool == "102"
