@@ -10,7 +10,7 @@ import logging
 from redis import Redis
 from rq.cron import CronScheduler
 
-from app.booking.tasks import close_day
+from app.booking.tasks import close_day, send_reminders
 from app.complaints.tasks import flag_overdue
 from app.settings import load_settings
 from app.sms.tasks import sweep
@@ -25,6 +25,7 @@ def main() -> None:
         raise SystemExit("set RQ_REDIS_URL (or REDIS_URL) to the Redis that holds the job queues")
     scheduler = CronScheduler(connection=Redis.from_url(url), name="nobat")
     scheduler.register(sweep, queue_name=SMS, interval=60)  # messages whose enqueue was lost
+    scheduler.register(send_reminders, queue_name=DEFAULT, interval=60)  # the evening before, an hour before
     scheduler.register(close_day, queue_name=DEFAULT, cron="30 20 * * *")  # 00:00 Tehran
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     scheduler.start()

@@ -50,6 +50,7 @@ class Booking(Base):
         ),
         Index("ix_bookings_office_day", "office_id", "date", "status"),
         Index("ix_bookings_national_id", "national_id", "status"),
+        Index("ix_bookings_day", "date", "status", "slot_time"),  # the reminders' scans
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -66,6 +67,9 @@ class Booking(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     cancelled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # When each reminder was queued (app.booking.reminders); cleared when the booking moves.
+    reminded_evening_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reminded_hour_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     office: Mapped[Office] = relationship(lazy="raise")
 

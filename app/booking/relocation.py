@@ -74,9 +74,8 @@ class Relocator:
                 body=f"{why_fa} نوبت {booking.tracking_code} شما به {target.name_fa} (کد {target.code})، {when} منتقل شد.",
                 kind="booking_moved",
             )
-            self.bookings.messenger.schedule_reminders(
-                session, tracking_code=booking.tracking_code, day=booking.date, time=time, now=now
-            )
+            # Reminded again, of the new place and time.
+            booking.reminded_evening_at = booking.reminded_hour_at = None
             await session.commit()
             await self.bookings.free_seat(
                 session=session, office_code=from_office.code, day=booking.date, pool=old_pool, time=old_time

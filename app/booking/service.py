@@ -193,8 +193,8 @@ class BookingService:
         view = booking_out(
             booking, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
         )
-        # The confirmation SMS and the reminders are part of the same transaction: sent if
-        # and only if the booking is.
+        # The confirmation SMS is part of the same transaction: sent if and only if the
+        # booking is. (Reminders need nothing here: app.booking.reminders finds them due.)
         rows: list[Base] = [booking]
         after: list[Callable[[], None]] = []
         if confirmation := self.messenger.message(
@@ -205,7 +205,6 @@ class BookingService:
         ):
             rows.append(confirmation[0])
             after.append(confirmation[1])
-        after += self.messenger.reminders(tracking_code=tracking_code, day=day, time=reserved.time, now=now)
         try:
             # The booking is a saga across Redis and SQL, so it is committed here, not in the
             # request scope: only a committed row may be confirmed, and only a failed commit
@@ -424,9 +423,6 @@ class BookingService:
                 to=booked.mobile,
                 body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
                 kind="waitlist_promoted",
-            )
-            self.messenger.schedule_reminders(
-                session, tracking_code=booked.tracking_code, day=day, time=promotion.time, now=now
             )
             await session.commit()
 

@@ -1,4 +1,4 @@
-"""Nightly jobs of the booking domain."""
+"""Periodic jobs of the booking domain."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 from sqlalchemy import select
 
+from app.booking import reminders
 from app.booking.models import Booking, BookingStatus
 from app.sms.tasks import job_context
 
@@ -37,3 +38,18 @@ async def _close_day() -> dict[str, int]:
             await app.console.record_no_show(session=session, national_id=national_id)
         added = await app.capacity.extend_horizon(session=session, today=today)
         return {"no_shows": len(unchecked), "waitlist_expired": len(expired), "office_days_added": added}
+
+
+def send_reminders() -> int:
+    """Every minute: queue the reminders due now (the evening before, an hour before)."""
+    return asyncio.run(_send_reminders())
+
+
+async def _send_reminders() -> int:
+    async with job_context() as app, app.sessions() as session:
+        return await reminders.send_due(
+            session=session,
+            messenger=app.messenger,
+            now=app.clock.now(),
+            evening_hour=app.settings.reminder_evening_hour,
+        )

@@ -13,10 +13,7 @@ from typing import TypeVar
 from redis import Redis
 from sqlalchemy import select
 
-from app.booking.models import Booking, BookingStatus
 from app.container import Container, build_container
-from app.locale import jalali_datetime
-from app.offices.models import Office
 from app.settings import load_settings
 from app.sms.backends import OutboundSms, make_backend
 from app.sms.models import SmsMessage, SmsStatus
@@ -86,36 +83,6 @@ async def _send(message_id: str) -> str:
             return "sent"
         finally:
             sync_redis.close()
-
-
-def remind(tracking_code: str, kind: str, day: str, time: str) -> str:
-    return _run(_remind(tracking_code, kind, dt.date.fromisoformat(day), time))
-
-
-async def _remind(tracking_code: str, kind: str, day: dt.date, time: str) -> str:
-    async with job_context() as app, app.sessions() as session:
-        row = (
-            await session.execute(
-                select(Booking, Office.name_fa)
-                .join(Office, Office.id == Booking.office_id)
-                .where(Booking.tracking_code == tracking_code)
-            )
-        ).first()
-        if row is None:
-            return "missing"
-        booking, office_name = row
-        if booking.status != BookingStatus.BOOKED or (booking.date, booking.slot_time) != (day, time):
-            return "stale"  # cancelled, served or moved since it was scheduled
-        when = jalali_datetime(day, dt.time.fromisoformat(time))
-        lead = "فردا" if kind == "evening" else "یک ساعت دیگر"
-        app.messenger.queue(
-            session,
-            to=booking.mobile,
-            body=f"یادآوری نوبت: {lead}، {when}، {office_name}. کد رهگیری {tracking_code}. برای لغو: لغو {tracking_code}",
-            kind=f"reminder_{kind}",
-        )
-        await session.commit()
-        return "reminded"
 
 
 def sweep(stuck_after_seconds: int = 600) -> int:

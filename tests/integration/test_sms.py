@@ -204,9 +204,12 @@ async def test_a_send_that_died_midway_is_not_sent_again(
         assert message is not None and message.status == SmsStatus.SENT and message.provider_sid
 
 
-async def test_reminders_fire_and_skip_a_cancelled_booking(
-    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+async def test_reminders_fire_once_each_and_skip_a_cancelled_booking(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from app.booking.tasks import send_reminders
+    from app.clock import Clock
+
     office = await world.office()
     day = world.container.clock.today() + dt.timedelta(days=3)
     kept = await client.post(
@@ -219,11 +222,44 @@ async def test_reminders_fire_and_skip_a_cancelled_booking(
     await client.post(f"/api/v1/bookings/{dropped.json()['tracking_code']}/cancel", headers=owner)
     await deliver()
     standin.clear()
-    await deliver(scheduled_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=4))
+
+    tz = world.container.clock.tz
+    sent: list[int] = []
+    for at in (
+        dt.datetime.combine(day - dt.timedelta(days=1), dt.time(19, 59), tzinfo=tz),  # not yet evening
+        dt.datetime.combine(day - dt.timedelta(days=1), dt.time(20, 0), tzinfo=tz),  # the evening before
+        dt.datetime.combine(day - dt.timedelta(days=1), dt.time(20, 1), tzinfo=tz),  # a minute later: nothing new
+        dt.datetime.combine(day, dt.time(8, 59), tzinfo=tz),  # 61 minutes before: not yet
+        dt.datetime.combine(day, dt.time(9, 0), tzinfo=tz),  # an hour before
+        dt.datetime.combine(day, dt.time(9, 10), tzinfo=tz),  # still in the window: already reminded
+    ):
+        monkeypatch.setattr(Clock, "now", lambda self, at=at: at)
+        sent.append(await asyncio.to_thread(send_reminders))
+    assert sent == [0, 1, 0, 0, 1, 0]
     await deliver()
     reminders = [m for m in standin.messages if "یادآوری" in m["body"]]
     assert len(reminders) == 2
     assert all(kept.json()["tracking_code"] in m["body"] and m["to"] == "+989121110000" for m in reminders)
+    assert "فردا" in reminders[0]["body"] and "یک ساعت دیگر" in reminders[1]["body"]
+
+
+async def test_no_hour_reminder_for_a_booking_made_within_the_hour(
+    client: Client, world: World, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.booking.tasks import send_reminders
+    from app.clock import Clock
+
+    office = await world.office()
+    tz = world.container.clock.tz
+    day = world.container.clock.today() + dt.timedelta(days=1)
+    booked_at = dt.datetime.combine(day, dt.time(9, 20), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: booked_at)
+    made = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+    )
+    assert made.status_code == 201, made.text
+    monkeypatch.setattr(Clock, "now", lambda self: booked_at + dt.timedelta(minutes=1))
+    assert await asyncio.to_thread(send_reminders) == 0  # 39 minutes before, booked 40 minutes before
 
 
 async def test_close_day_marks_no_shows_and_expires_the_waitlist(world: World, deliver: Deliver) -> None:
