@@ -82,6 +82,7 @@ async def reserve(
         keys=[
             bench_day_key(data.office_code, data.date),
             bench_idempotency_key(data.office_code, idempotency_key or "-"),
+            f"{BENCH_PREFIX}:{{o:{data.office_code}}}:wait:{data.date}:{data.pool}",
         ],
         args=[data.pool, data.slot or "", "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency_key else 0],
     )

@@ -84,11 +84,12 @@ def run_redis_benchmark(
         return {"skipped": "redis-benchmark not installed (apt-get install -y redis-tools)"}
     day_key = f"{BENCH_PREFIX}:{{o:__rand_int__}}:day:{day}"
     idem_key = f"{BENCH_PREFIX}:{{o:__rand_int__}}:idem:-"
+    wait_key = f"{BENCH_PREFIX}:{{o:__rand_int__}}:wait:{day}:*"
     args = [
         binary, "-h", host, "-p", str(port), "-n", str(calls), "-c", str(clients), "-P", str(pipeline),
         "-r", str(BENCH_OFFICES), "--csv",
         # RESERVE for the earliest free slot, no idempotency key (ARGV[5] = 0).
-        "EVALSHA", sha, "2", day_key, idem_key, "*", "", "", "BENCHTRACK0", "0",
+        "EVALSHA", sha, "3", day_key, idem_key, wait_key, "*", "", "", "BENCHTRACK0", "0",
     ]  # fmt: skip
     done = subprocess.run(args, check=False, capture_output=True, text=True, timeout=600)
     if done.returncode:
@@ -121,7 +122,11 @@ def run_pipelined(redis: Redis, day: dt.date, codes: list[str], *, calls: int, b
                 citizen = f"{BENCH_PREFIX}:{{c:{number:010d}}}:holds"
                 hold(keys=[citizen], args=[today, today, "101", track, 3, 86400], client=pipe)
                 reserve(
-                    keys=[bench_day_key(code, today), f"{BENCH_PREFIX}:{{o:{code}}}:idem:{track}"],
+                    keys=[
+                        bench_day_key(code, today),
+                        f"{BENCH_PREFIX}:{{o:{code}}}:idem:{track}",
+                        f"{BENCH_PREFIX}:{{o:{code}}}:wait:{today}:*",
+                    ],
                     args=["*", "", "", track, 86400],
                     client=pipe,
                 )

@@ -385,9 +385,10 @@ class BookingService:
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
         """After seats were added (a capacity raise, a cap lifted), give them to the waitlists first."""
-        async for raw in self.capacity.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):
-            office_code, day, pool = keys.parse_waitlist(raw.decode() if isinstance(raw, bytes) else raw)
-            if office_codes is None or office_code in office_codes:
+        patterns = [keys.WAITLIST_PATTERN] if office_codes is None else [keys.office_waitlists(c) for c in office_codes]
+        for pattern in patterns:
+            async for raw in self.capacity.redis.scan_iter(match=pattern, count=1000):
+                office_code, day, pool = keys.parse_waitlist(raw.decode() if isinstance(raw, bytes) else raw)
                 await self.free_seat(session=session, office_code=office_code, day=day, pool=pool, time="")
 
     async def free_seat(

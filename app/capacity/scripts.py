@@ -13,9 +13,30 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
-RESERVE = """
--- KEYS[1] = the office's day hash (status, cap, seats and used per slot)
+# A cap (a crowd cap, a restriction) limits the bookings of a whole day, not of each slot:
+# a 50% cap on an office with one seat a slot leaves it half its day, not nothing. Every
+# script that gives seats asks this first; each slot also keeps its own seat count.
+_ROOM = """
+local function day_room(day, pool, cap)
+  if cap >= 100 then return math.huge end
+  local seats_prefix, used_prefix = 's|' .. pool .. '|', 'u|' .. pool .. '|'
+  local seats, used = 0, 0
+  local fields = redis.call('HGETALL', day)
+  for i = 1, #fields, 2 do
+    local field = fields[i]
+    if string.sub(field, 1, #seats_prefix) == seats_prefix then seats = seats + tonumber(fields[i + 1])
+    elseif string.sub(field, 1, #used_prefix) == used_prefix then used = used + tonumber(fields[i + 1]) end
+  end
+  return math.floor(seats * cap / 100) - used
+end
+"""
+
+RESERVE = (
+    _ROOM
+    + """-- KEYS[1] = the office's day hash (status, cap, seats and used per slot)
 -- KEYS[2] = the idempotency key of this request (same hash tag as KEYS[1])
+-- KEYS[3] = the day's waitlist for the pool: while anyone is in line, added seats are
+--           theirs (the fill that follows a capacity change), so nobody may book past them
 -- ARGV[1] = pool ("*" or a service code)
 -- ARGV[2] = slot time "HH:MM", or "" for the earliest free slot
 -- ARGV[3] = earliest time still bookable "HH:MM" ("" = any): past slots of today are out
@@ -34,12 +55,14 @@ local status = redis.call('HGET', day, '_status')
 if status == 'blocked' then return {'BLOCKED', '', ''} end
 local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
 local pool, wanted, not_before = ARGV[1], ARGV[2], ARGV[3]
+local room = day_room(day, pool, cap)
+if redis.call('LLEN', KEYS[3]) > 0 then room = 0 end
 
 local function free_seats(time)
   local seats = tonumber(redis.call('HGET', day, 's|' .. pool .. '|' .. time) or '-1')
   if seats < 0 then return nil end
   local used = tonumber(redis.call('HGET', day, 'u|' .. pool .. '|' .. time) or '0')
-  return math.floor(seats * cap / 100) - used
+  return math.min(seats - used, room)
 end
 
 local chosen = nil
@@ -70,15 +93,18 @@ redis.call('HINCRBY', day, 'u|' .. pool .. '|' .. chosen, 1)
 if ttl > 0 then redis.call('SET', KEYS[2], ARGV[4], 'EX', ttl) end
 return {'OK', chosen, ARGV[4]}
 """
+)
 
 # Shared by the scripts that can free or add seats: hand every seat with room under the
 # cap to the head of the day's waitlist, earliest slot first, before anyone else can book.
-_FILL = """
+_FILL = (
+    _ROOM
+    + """
 local function fill(day, waitlist, pool, not_before)
   local promoted = {}
   if redis.call('LLEN', waitlist) == 0 then return promoted end
   if redis.call('HGET', day, '_status') == 'blocked' then return promoted end
-  local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
+  local room = day_room(day, pool, tonumber(redis.call('HGET', day, '_cap') or '100'))
   local prefix = 's|' .. pool .. '|'
   local times = {}
   for _, field in ipairs(redis.call('HKEYS', day)) do
@@ -91,19 +117,20 @@ local function fill(day, waitlist, pool, not_before)
   for _, time in ipairs(times) do
     local seats = tonumber(redis.call('HGET', day, prefix .. time))
     local used_field = 'u|' .. pool .. '|' .. time
-    local room = math.floor(seats * cap / 100) - tonumber(redis.call('HGET', day, used_field) or '0')
-    while room > 0 do
+    local free = seats - tonumber(redis.call('HGET', day, used_field) or '0')
+    while free > 0 and room > 0 do
       local code = redis.call('LPOP', waitlist)
       if not code then return promoted end
       redis.call('HINCRBY', day, used_field, 1)
       table.insert(promoted, code)
       table.insert(promoted, time)
-      room = room - 1
+      free, room = free - 1, room - 1
     end
   end
   return promoted
 end
 """
+)
 
 RELEASE = (
     _FILL
@@ -131,7 +158,9 @@ return fill(day, KEYS[3], ARGV[1], ARGV[3])
 """
 )
 
-JOIN_WAITLIST = """
+JOIN_WAITLIST = (
+    _ROOM
+    + """
 -- KEYS[1] = the office's day hash, KEYS[2] = the day's waitlist for the pool
 -- ARGV[1] = pool, ARGV[2] = earliest time still bookable ("" = any), ARGV[3] = tracking code
 -- Joins only when no bookable slot has room: a citizen who can book is told to book.
@@ -139,7 +168,7 @@ JOIN_WAITLIST = """
 local day, waitlist = KEYS[1], KEYS[2]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', 0} end
 if redis.call('HGET', day, '_status') == 'blocked' then return {'BLOCKED', 0} end
-local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
+local room = day_room(day, ARGV[1], tonumber(redis.call('HGET', day, '_cap') or '100'))
 local prefix = 's|' .. ARGV[1] .. '|'
 local open = 0
 for _, field in ipairs(redis.call('HKEYS', day)) do
@@ -149,7 +178,7 @@ for _, field in ipairs(redis.call('HKEYS', day)) do
       open = open + 1
       local seats = tonumber(redis.call('HGET', day, field))
       local used = tonumber(redis.call('HGET', day, 'u|' .. ARGV[1] .. '|' .. time) or '0')
-      if math.floor(seats * cap / 100) - used > 0 then return {'FREE', 0} end
+      if seats - used > 0 and room > 0 then return {'FREE', 0} end
     end
   end
 end
@@ -159,6 +188,7 @@ local ttl = redis.call('PTTL', day)
 if ttl > 0 then redis.call('PEXPIRE', waitlist, ttl) end
 return {'OK', position}
 """
+)
 
 MATERIALISE = """
 -- KEYS[1] = the office's day hash

@@ -44,6 +44,7 @@ from app.capacity.plan import (
 )
 from app.capacity.scripts import Scripts, as_text
 from app.errors import InvalidInput
+from app.locale import jalali_date
 from app.observability import timed
 from app.offices.models import City, Office, OfficeService, OfficeStatus
 
@@ -81,10 +82,14 @@ class SlotView(msgspec.Struct, frozen=True):
     time: str
     seats: int
     used: int
+    free: int  # bookable now: the slot's own room, and the day's under a cap (day_room)
 
-    @property
-    def free(self) -> int:
-        return max(0, self.seats - self.used)
+
+def day_room(seats: int, used: int, cap: int) -> int:
+    """Bookings a day may still take across all its slots of one pool: a cap (a crowd cap, a
+    restriction) limits the day's total, not each slot, so an office with one seat a slot
+    keeps half its day under a 50% cap rather than none of it (the scripts' day_room)."""
+    return seats * cap // 100 - used if cap < 100 else seats - used
 
 
 class DayView(msgspec.Struct, frozen=True):
@@ -111,7 +116,11 @@ class OfficePlan(msgspec.Struct, frozen=True):
 
 def first_bookable_time(now: dt.datetime, day: dt.date) -> str | None:
     """A slot that starts this minute has started: only later ones are bookable today."""
-    return (now + dt.timedelta(minutes=1)).strftime("%H:%M") if day == now.date() else None
+    if day != now.date():
+        return None
+    later = now + dt.timedelta(minutes=1)
+    # At 23:59 the next minute is tomorrow's 00:00, which would let every slot of today in.
+    return later.strftime("%H:%M") if later.date() == day else "24:00"
 
 
 def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
@@ -147,7 +156,7 @@ class Capacity:
         idem_key = _idempotency_key(office_code, idempotency)
         async with timed("reserve"):
             outcome, slot, code = await self.scripts.reserve(
-                keys=[keys.office_day(office_code, day), idem_key],
+                keys=[keys.office_day(office_code, day), idem_key, keys.waitlist(office_code, day, pool)],
                 args=[pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0],
             )
         outcome = as_text(outcome)
@@ -238,13 +247,20 @@ class Capacity:
             return None
         fields = {as_text(k): as_text(v) for k, v in raw.items()}
         cap = int(fields.get("_cap", "100"))
-        slots = []
+        counted: list[tuple[str, str, int, int]] = []
+        totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for field, value in fields.items():
             if field.startswith("s|"):
                 _, pool, time = field.split("|")
-                seats = int(value) * cap // 100
-                used = int(fields.get(keys.used_field(pool, time), "0"))
-                slots.append(SlotView(pool=pool, time=time, seats=seats, used=used))
+                seats, used = int(value), int(fields.get(keys.used_field(pool, time), "0"))
+                counted.append((pool, time, seats, used))
+                totals[pool][0] += seats
+                totals[pool][1] += used
+        rooms = {pool: day_room(seats, used, cap) for pool, (seats, used) in totals.items()}
+        slots = [
+            SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, rooms[pool])))
+            for pool, time, seats, used in counted
+        ]
         slots.sort(key=lambda s: (s.time, s.pool))
         return DayView(status=fields.get("_status", "active"), cap_percent=cap, slots=slots)
 
@@ -260,7 +276,7 @@ class Capacity:
             raise InvalidInput(
                 "date",
                 f"Bookings are open from {today.isoformat()} to {last.isoformat()}.",
-                detail_fa=f"نوبت فقط برای امروز تا {self.horizon_days - 1} روز آینده داده می‌شود.",
+                detail_fa=f"نوبت فقط از {jalali_date(today)} تا {jalali_date(last)} داده می‌شود.",
                 first=today.isoformat(),
                 last=last.isoformat(),
             )

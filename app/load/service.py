@@ -11,19 +11,19 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
 from app.capacity.plan import SHARED_POOL
 from app.capacity.scripts import as_text
-from app.capacity.service import Capacity
+from app.capacity.service import Capacity, day_room
 from app.clock import Clock
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
 from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, score
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
-from app.locale import jalali_date, jalali_time, normalize_text
+from app.locale import jalali_date, jalali_time, normalize_text, to_persian_digits
 from app.offices.errors import OfficeNotFound, ServiceNotFound
 from app.offices.models import City, Office, Service
 from app.offices.service import normalize_code
@@ -45,14 +45,15 @@ class DayCounters:
         self.cap = int(fields.get("_cap", "100"))
 
     def slots(self, service_code: str) -> list[tuple[str, int, int]]:
-        """(time, bookable seats, used) of the pool the service books from, in time order."""
+        """(time, seats, used) of the pool the service books from, in time order. (A cap limits
+        the day's total, not each slot: see ``day_room``.)"""
         own = f"s|{service_code}|"
         pool = service_code if any(f.startswith(own) for f in self.raw) else SHARED_POOL
         prefix = f"s|{pool}|"
         return sorted(
             (
                 field[len(prefix) :],
-                int(value) * self.cap // 100,
+                int(value),
                 int(self.raw.get(f"u|{pool}|{field[len(prefix) :]}", "0")),
             )
             for field, value in self.raw.items()
@@ -93,7 +94,9 @@ class LoadService:
     ) -> NearbyResult:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidInput(
-                "limit", f"limit must be 1 to {MAX_LIMIT}.", detail_fa=f"limit باید بین ۱ و {MAX_LIMIT} باشد."
+                "limit",
+                f"limit must be 1 to {MAX_LIMIT}.",
+                detail_fa=f"limit باید بین ۱ و {to_persian_digits(str(MAX_LIMIT))} باشد.",
             )
         service_code = normalize_code(service_code, "service")
         if await session.scalar(select(Service.code).where(Service.code == service_code)) is None:
@@ -121,7 +124,9 @@ class LoadService:
                 continue
             slots = day_counters.slots(service_code)
             seats, used = sum(s for _, s, _ in slots), sum(u for _, _, u in slots)
-            next_free = next((t for t, s, u in slots if t > not_before and s > u), None)
+            room = day_room(seats, used, day_counters.cap)
+            seats = used + max(0, room)  # what the day may hold under its cap
+            next_free = next((t for t, s, u in slots if t > not_before and s > u), None) if room > 0 else None
             candidates.append(
                 Candidate(
                     office_code=code,
@@ -158,10 +163,11 @@ class LoadService:
             if field.startswith("s|"):
                 _, pool, time = field.split("|")
                 hour = f"{time[:2]}:00"
-                by_hour[hour][0] += int(value) * day.cap // 100
+                by_hour[hour][0] += int(value)
                 by_hour[hour][1] += int(day.raw.get(f"u|{pool}|{time}", "0"))
-        seats = sum(s for s, _ in by_hour.values())
         used = sum(u for _, u in by_hour.values())
+        # Hours show their slots' seats; the day's total is what its cap lets it hold.
+        seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap))
         load = 1.0 if seats == 0 else min(1.0, used / seats)
         level = busyness(load, waiting)
         return OfficeLoad(
@@ -211,8 +217,8 @@ class LoadService:
         if city:
             value = normalize_text(city)
             query = select(City.lat, City.lon).order_by(City.population.desc()).limit(1)
-            match = (City.name_fa == value) | (City.name_en == value)
-            if value.isdigit():
+            match = (City.name_fa == value) | (func.lower(City.name_en) == value.lower())
+            if value.isascii() and value.isdecimal() and len(value) <= 9:
                 match = match | (City.id == int(value))
             row = (await session.execute(query.where(match))).first()
             if row is None:

@@ -7,9 +7,9 @@ import datetime as dt
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from redis import Redis as SyncRedis
 
 from app.capacity import crowd_caps
+from app.capacity.plan import DayRule
 from app.offices.models import OfficeStatus
 from tests.conftest import World, booking_body
 
@@ -107,79 +107,96 @@ async def test_office_load_by_hour(client: Client, world: World) -> None:
     assert (await client.get("/api/v1/offices/999999/load")).status_code == 404
 
 
-async def test_crowd_cap_applies_to_new_bookings_at_once(client: Client, world: World, redis_sync: SyncRedis) -> None:
-    office = await world.office(seats=4)
-    day = world.tomorrow()
-    for _ in range(2):
-        booked = await client.post(
-            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
-        )
-        assert booked.status_code == 201
+def two_hours(seats: int) -> list[DayRule]:
+    """Four half-hour slots: a day small enough to fill in a test."""
+    return [DayRule(opens="08:00", closes="10:00", slot_minutes=30, seats=seats)]
+
+
+async def add_cap(world: World, *, percent: int, ends_on: dt.date, province_code: str | None = "01") -> int:
     today = world.container.clock.today()
     async with world.container.sessions() as session:
         cap = await crowd_caps.add(
             session=session,
             capacity=world.container.capacity,
             today=today,
-            province_code="01",
+            province_code=province_code,
             starts_on=today,
-            ends_on=day,
-            percent=25,
+            ends_on=ends_on,
+            percent=percent,
             reason="ستاد ملی کرونا",
             created_by="regulator",
         )
-    # 25% of 4 seats is 1, and 2 are taken: the bookings stand, new ones are refused.
-    refused = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
-    )
-    assert refused.status_code == 409
-    elsewhere = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "11:00"), headers=world.token()
-    )
-    assert elsewhere.status_code == 201
+    return cap.id
+
+
+async def test_crowd_cap_applies_to_new_bookings_at_once(client: Client, world: World) -> None:
+    office = await world.office(rules=two_hours(2))  # 8 seats a day
+    day = world.tomorrow()
+    for slot in ("08:00", "08:00", "08:30"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+        )
+        assert booked.status_code == 201
+    cap_id = await add_cap(world, percent=25, ends_on=day)
+    # 25% of the day's 8 seats is 2, and 3 are taken: the bookings stand, new ones are refused.
+    for slot, code in (("09:00", "slot_full"), (None, "day_full")):
+        refused = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+        )
+        assert refused.status_code == 409 and refused.json()["code"] == code, refused.text
     slots = (
         await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
     ).json()
-    assert {s["seats"] for s in slots["slots"]} == {1}
+    assert {s["free"] for s in slots["slots"]} == {0}
     later = day + dt.timedelta(days=1)
     uncapped = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), later), headers=world.token()
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), later, "08:00"), headers=world.token()
     )
     assert uncapped.status_code == 201
     async with world.container.sessions() as session:
         await crowd_caps.lift(
             session=session,
             capacity=world.container.capacity,
-            today=today,
-            cap_id=cap.id,
+            today=world.container.clock.today(),
+            cap_id=cap_id,
             now=world.container.clock.now(),
         )
     again = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "09:00"), headers=world.token()
     )
     assert again.status_code == 201
 
 
-async def test_concurrent_bookings_under_a_cap_never_exceed_it(client: Client, world: World) -> None:
-    office = await world.office(seats=10)
+async def test_a_cap_limits_the_day_not_each_slot(client: Client, world: World) -> None:
+    """An office with one seat a slot (most rural ICT offices) keeps half its day under a 50%
+    cap; rounding each slot down would have closed it."""
+    office = await world.office(rules=two_hours(1))  # 4 seats a day
+    await world.rebuild()  # into the nearby index
     day = world.tomorrow()
-    today = world.container.clock.today()
-    async with world.container.sessions() as session:
-        await crowd_caps.add(
-            session=session,
-            capacity=world.container.capacity,
-            today=today,
-            province_code=None,
-            starts_on=today,
-            ends_on=day,
-            percent=30,
-            reason="national directive",
-            created_by="regulator",
+    await add_cap(world, percent=50, ends_on=day)
+    answers = [
+        await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
         )
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [201, 201, 409]
+    assert [a.json().get("slot") for a in answers[:2]] == ["08:00", "08:30"]
+    ranked = await nearby(client, date=day.isoformat())
+    mine = next(o for o in ranked if o["code"] == office)
+    assert (mine["seats_free"], mine["next_free_slot"]) == (0, None)
+
+
+async def test_concurrent_bookings_under_a_cap_never_exceed_it(client: Client, world: World) -> None:
+    office = await world.office(rules=two_hours(10))  # 40 seats a day
+    day = world.tomorrow()
+    await add_cap(world, percent=30, ends_on=day, province_code=None)
     responses = await asyncio.gather(
         *(
-            client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+            client.post(
+                "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+            )
             for _ in range(60)
         )
     )
-    assert [r.status_code for r in responses].count(201) == 3
+    assert [r.status_code for r in responses].count(201) == 12

@@ -198,3 +198,30 @@ async def test_lifting_a_crowd_cap_gives_the_seats_to_the_waitlist_first(client:
         await world.container.bookings.fill_waitlists(session=session)
     states = [(await client.get(f"/api/v1/bookings/{q.json()['tracking_code']}")).json()["status"] for q in queued]
     assert states == ["booked", "booked", "booked", "waitlisted"]
+
+
+async def test_seats_added_go_to_the_line_not_to_whoever_books_first(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Between a capacity raise and the fill that follows it, the added seat is not for sale."""
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    taken = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert taken.status_code == 201
+    waiting = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert waiting.status_code == 201, waiting.text
+    # The first half of a raise: the plan has a second seat, the line has not been served yet.
+    redis_sync.hset(keys.office_day(office, day), keys.seats_field("*", "10:00"), 2)
+    for slot in ("10:00", None):
+        jumped = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+        )
+        assert jumped.status_code == 409, jumped.text
+    async with world.container.sessions() as session:
+        await world.container.bookings.fill_waitlists(session=session, office_codes={office})
+    assert (await statuses(world, office))[waiting.json()["tracking_code"]] == ("booked", "10:00")
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2
