@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from app.capacity.service import Capacity
 from app.clock import Clock
 from app.db import create_engine, create_schema, session_factory
+from app.observability import configure_logging
 from app.offices import dataset
 from app.offices.models import Office
 from app.ratelimit import RateLimiter
@@ -141,7 +142,7 @@ async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     parser = argparse.ArgumentParser(prog="python -m app")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve on embedded defaults, loading the demo network first if needed")

@@ -131,6 +131,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={NotFoundException: not_found},
         openapi_config=OpenAPIConfig(title="nobat", version="1.0.0", path="/schema"),
         request_max_body_size=64 * 1024,
+        # Logging is configured once per process (configure_logging); Litestar's own setup
+        # would replace it with plain, unmasked lines.
+        logging_config=None,
         debug=False,
     )
 

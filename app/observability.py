@@ -72,11 +72,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    """Every log line of the process as masked JSON on stderr: ours, Litestar's, RQ's and
+    uvicorn's (whose access log would otherwise print URLs, mobiles in them, in clear)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar", "rq.worker"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:

@@ -175,6 +175,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if not settings.database_url:
         settings = settings.with_(database_url=f"sqlite+aiosqlite:///{settings.var_dir / 'nobat.db'}")
     if not settings.secret_key:
+        if not settings.database_url.startswith("sqlite"):
+            # Production runs several instances: a key made up by each would reject the
+            # tokens and codes of the others.
+            raise ValueError("NOBAT_SECRET_KEY must be set when DATABASE_URL is not the embedded SQLite")
         settings = settings.with_(secret_key=secrets.token_urlsafe(32))
     for limit in (
         settings.otp_per_mobile,

@@ -5,20 +5,19 @@ Times are UTC: Tehran is UTC+3:30 all year.
 
 from __future__ import annotations
 
-import logging
-
 from redis import Redis
 from rq.cron import CronScheduler
 
 from app.booking.tasks import close_day, send_reminders
 from app.complaints.tasks import flag_overdue
+from app.observability import configure_logging
 from app.settings import load_settings
 from app.sms.tasks import sweep
 from workers.queues import DEFAULT, SMS
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     settings = load_settings()
     url = settings.rq_redis_url or settings.redis_url
     if not url:

@@ -3,18 +3,18 @@ and retries). RQ keeps its own plain Redis: RQ_REDIS_URL, else REDIS_URL."""
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from redis import Redis
 from rq import Worker
 
+from app.observability import configure_logging
 from app.settings import load_settings
 from workers.queues import ALL
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     settings = load_settings()
     url = settings.rq_redis_url or settings.redis_url
     if not url:

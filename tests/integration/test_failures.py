@@ -69,6 +69,8 @@ async def test_redis_restarted_empty_mid_day(client: Client, world: World, capac
     down = await book(client, world, office, day)
     assert down.status_code == 503 and down.headers["Retry-After"]
     assert down.json()["code"] == "service_unavailable"
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 503 and ready.json()["redis"] == "unavailable"
 
     capacity_redis.start()  # same port, no data
     deadline = time.monotonic() + 20

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.main import create_app
-from app.observability import JsonFormatter, mask
+from app.observability import JsonFormatter, configure_logging, mask
 from app.settings import Settings
 from tests.conftest import World, booking_body
 
@@ -45,6 +47,29 @@ def test_logs_are_json_without_personal_data() -> None:
     assert "0499370899" not in line and "9121234567" not in line
     assert '"level": "info"' in line and '"request_id"' in line
     assert mask("office 010001 slot 10:00") == "office 010001 slot 10:00"
+
+
+async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
+    settings: Settings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """As served: the app's startup must not swap the JSON handler for plain lines, and
+    uvicorn's access log goes through it too."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging()
+        async with AsyncTestClient(create_app(settings)) as client:
+            await client.get("/health/live", headers={"X-Request-ID": "lb-7"})
+            logging.getLogger("app.test").warning("booked for 0499370899 from 09121234567")
+            logging.getLogger("uvicorn.access").info('"GET /signin/code?mobile=09125550001 HTTP/1.1" 200')
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    mine = next(line for line in lines if line["logger"] == "app.test")
+    access = next(line for line in lines if line["logger"] == "uvicorn.access")
+    assert "0499370899" not in mine["message"] and "9121234567" not in mine["message"]
+    assert "9125550001" not in access["message"]
 
 
 async def test_api_is_rate_limited_per_address(settings: Settings) -> None:

@@ -81,5 +81,12 @@ async def test_health(client: Client) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     ready = await client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["redis"] == "ok"
+    # While counters are rebuilt, bookings wait, and so should the load balancer.
+    client.app.state.container.capacity.ready = False
+    try:
+        rebuilding = await client.get("/health/ready")
+    finally:
+        client.app.state.container.capacity.ready = True
+    assert rebuilding.status_code == 503 and rebuilding.json()["capacity"] == "rebuilding"
     schema = await client.get("/schema/openapi.json")
     assert "/api/v1/bookings" in schema.json()["paths"]
