@@ -49,12 +49,23 @@ async def _session(state: State) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def _limit_api(request: Request[Any, Any, Any]) -> None:
-    """Every public API endpoint is rate-limited per client address, across all instances."""
-    if request.url.path.startswith("/api/"):
-        container: Container = request.app.state.container
-        client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
+# Not limited: probes and the scraper (our own infrastructure), the cacheable assets, and
+# Twilio's webhooks (signature-checked, and one Twilio address carries many citizens).
+_UNLIMITED = ("/health", "/metrics", "/static/", "/sms/twilio/")
+
+
+async def _limit_per_address(request: Request[Any, Any, Any]) -> None:
+    """Every public endpoint, API and page, is rate-limited per client address, across all
+    instances (one atomic Redis script per hit, app.ratelimit)."""
+    path = request.url.path
+    if path.startswith(_UNLIMITED):
+        return
+    container: Container = request.app.state.container
+    client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
+    if path.startswith("/api/"):
         await container.limiter.hit("api", client, container.settings.api_per_address)
+    else:
+        await container.limiter.hit("pages", client, container.settings.pages_per_address)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -124,7 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 app_name="nobat", prefix="nobat_http", group_path=True, exclude=["/metrics", "/health"]
             ).middleware,
         ],
-        before_request=_limit_api,
+        before_request=_limit_per_address,
         template_config=template_config(),
         # A browser asking for a page that does not exist gets a Persian page; API clients
         # keep getting problem details.

@@ -75,6 +75,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_VERIFY_PER_ADDRESS: verification attempts one client address may make."""
     api_per_address: str = "1200/60"
     """NOBAT_API_PER_ADDRESS: requests to /api one client address may make (generous: carrier NAT)."""
+    pages_per_address: str = "600/60"
+    """NOBAT_PAGES_PER_ADDRESS: page requests one client address may make (generous: carrier NAT)."""
     trust_forwarded_for: bool = False
     """NOBAT_TRUST_FORWARDED_FOR: take the client address from X-Forwarded-For (behind our own proxy only)."""
 
@@ -148,6 +150,7 @@ _ENV = {
     "verify_per_address": "NOBAT_VERIFY_PER_ADDRESS",
     "trust_forwarded_for": "NOBAT_TRUST_FORWARDED_FOR",
     "api_per_address": "NOBAT_API_PER_ADDRESS",
+    "pages_per_address": "NOBAT_PAGES_PER_ADDRESS",
     "demo_offices": "NOBAT_DEMO_OFFICES",
     "complaint_response_hours": "NOBAT_COMPLAINT_RESPONSE_HOURS",
     "complaint_window_days": "NOBAT_COMPLAINT_WINDOW_DAYS",
@@ -186,6 +189,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         settings.verify_per_address,
         settings.staff_login_per_address,
         settings.api_per_address,
+        settings.pages_per_address,
     ):
         parse_limit(limit)
     return settings

@@ -77,3 +77,15 @@ async def test_api_is_rate_limited_per_address(settings: Settings) -> None:
         statuses = [(await client.get("/api/v1/services")).status_code for _ in range(7)]
         assert statuses == [200] * 5 + [429, 429]
         assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_pages_are_rate_limited_per_address_with_a_persian_page(settings: Settings) -> None:
+    async with AsyncTestClient(create_app(settings.with_(pages_per_address="3/60"))) as client:
+        html = {"Accept": "text/html"}
+        statuses = [(await client.get("/", headers=html)).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        refused = await client.get("/lookup", headers=html)
+        assert refused.status_code == 429 and "text/html" in refused.headers["content-type"]
+        assert 'lang="fa"' in refused.text
+        assert (await client.get("/static/nobat.css")).status_code == 200
+        assert (await client.get("/health/ready")).status_code == 200
