@@ -36,6 +36,7 @@ from app.pages.render import (
 )
 from app.web import Deps, Session, client_address
 
+LOOK_AHEAD_DAYS = 4  # today and the three days after it
 NEARBY_LIMIT = 10
 
 
@@ -108,15 +109,24 @@ class CitizenPages(Controller):
                 raise InvalidInput(
                     "city", "Give a city or a position.", detail_fa="نام شهر را بنویسید یا موقعیت خود را بفرستید."
                 )
-            result = await container.load.nearby(
-                session=session,
-                service_code=service,
-                day=parse_date(date) if date else None,
-                lat=latitude,
-                lon=longitude,
-                city=city if latitude is None or longitude is None else None,
-                limit=NEARBY_LIMIT,
+            chosen = parse_date(date) if date else None
+            days = (
+                [chosen] if chosen else [None, *container.capacity.horizon(container.clock.today())[1:LOOK_AHEAD_DAYS]]
             )
+            for day in days:
+                # With no day chosen, a citizen searching after hours (or on a full day) is
+                # shown the first day that still has a free seat, not a list of "none left".
+                result = await container.load.nearby(
+                    session=session,
+                    service_code=service,
+                    day=day,
+                    lat=latitude,
+                    lon=longitude,
+                    city=city if latitude is None or longitude is None else None,
+                    limit=NEARBY_LIMIT,
+                )
+                if any(o.next_free_slot for o in result.offices):
+                    break
         except DomainError as error:
             await session.rollback()
             return render(
@@ -136,6 +146,7 @@ class CitizenPages(Controller):
             container,
             "citizen/offices.html",
             result=result,
+            moved_to_later_day=not date and result.date != container.clock.today().isoformat(),
             service_name=dict(services_options).get(result.service_code, result.service_code),
             form=form,
             services_options=services_options,
