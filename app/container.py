@@ -84,7 +84,6 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         # The writer has connections of its own, so requests waiting on it cannot starve it.
         writer=GroupCommit(
             session_factory(create_engine(settings.database_url, pool_size=2)),
-            enabled=not settings.database_url.startswith("sqlite"),
         ),
     )
     load = LoadService(capacity=capacity, clock=clock)
