@@ -106,9 +106,10 @@ def opening_hours(template: WeeklyTemplate) -> dict[int, list[tuple[str, str]]]:
 class Calendar:
     """Everything besides the weekly template that decides a date's slots.
 
-    An office's own override for the date wins (it may open on a holiday, or close on a
-    working day); otherwise an official holiday or a regulator's closure closes the office;
-    otherwise the weekly template applies.
+    A regulator's closure of the country or the office's province wins over everything:
+    it is an order (bad air, mourning), and an office may not open against it. Otherwise
+    the office's own override for the date applies (it may open on a holiday, or close on
+    a working day); otherwise an official holiday closes it; otherwise the weekly template.
     """
 
     def __init__(
@@ -123,12 +124,12 @@ class Calendar:
         self.holidays = holidays or set()
 
     def source(self, *, office_id: int, province_id: int, day: dt.date) -> str:
+        if (None, day) in self.closures or (province_id, day) in self.closures:
+            return "closure"
         if (office_id, day) in self.overrides:
             return "override"
         if day in self.holidays:
             return "holiday"
-        if (None, day) in self.closures or (province_id, day) in self.closures:
-            return "closure"
         return "template"
 
     def slots(self, *, office_id: int, province_id: int, template: WeeklyTemplate, day: dt.date) -> list[Slot]:

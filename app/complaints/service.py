@@ -26,6 +26,8 @@ from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_role
 
 MAX_DESCRIPTION = 2000
+MAX_PAGE = 100
+MAX_OFFSET = 1_000_000
 
 
 class Complaints:
@@ -133,13 +135,21 @@ class Complaints:
         offset: int = 0,
     ) -> list[QueueItem]:
         require_role(staff, StaffRole.REGULATOR)
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(
+                "limit", f"limit must be 1 to {MAX_PAGE}.", detail_fa=f"limit باید بین ۱ و {MAX_PAGE} باشد."
+            )
+        if not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(
+                "offset", f"offset must be 0 to {MAX_OFFSET}.", detail_fa=f"offset باید بین ۰ و {MAX_OFFSET} باشد."
+            )
         query = (
             select(Complaint, Office.code, Office.name_fa, Province.name_fa)
             .join(Office, Office.id == Complaint.office_id)
             .join(City, City.id == Office.city_id)
             .join(Province, Province.id == City.province_id)
             .order_by(Complaint.overdue.desc(), Complaint.created_at)
-            .limit(min(limit, 500))
+            .limit(limit)
             .offset(offset)
         )
         if state:
@@ -195,7 +205,9 @@ class Complaints:
         before = complaint.state
         complaint.state, complaint.updated_at = target, now
         if complaint.first_response_at is None:
-            complaint.first_response_at = now
+            # Answered: no longer overdue, so it leaves the head of the queue (the lateness
+            # stays on the record in created_at and first_response_at).
+            complaint.first_response_at, complaint.overdue = now, False
         if inspector:
             complaint.inspector = inspector.strip()
         session.add(
@@ -227,7 +239,7 @@ class Complaints:
         )
         await session.commit()
         if target is State.VIOLATION_CONFIRMED:
-            await self.enforcement.evaluate(session, office, actor=staff.username)
+            await self.enforcement.evaluate(session, office)
         return await self._out(session, complaint)
 
     async def _fine(self, session: AsyncSession, complaint: Complaint, now: dt.datetime) -> int:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.errors import DomainError, NotFound
+from app.errors import DomainError, Forbidden, NotFound
 
 
 class ActionNotFound(NotFound):
@@ -34,3 +34,16 @@ class OfficeNotRestricted(DomainError):
     status = 409
     message_fa = "این دفتر محدود یا مسدود نیست."
     message_en = "This office is neither restricted nor blocked."
+
+
+class BlockLiftRegulatorOnly(Forbidden):
+    code = "block_lift_regulator_only"
+    message_fa = "تنها سازمان تنظیم مقررات می‌تواند انسداد دفتر را بردارد؛ کانون فقط محدودیت را برمی‌دارد."
+    message_en = "Only the regulator lifts a block; the guild lifts restrictions only."
+
+
+class OfficeIsBlocked(DomainError):
+    code = "office_is_blocked"
+    status = 409
+    message_fa = "این دفتر مسدود است؛ برای محدود کردن آن ابتدا انسداد را بردارید."
+    message_en = "This office is blocked; lift the block before restricting it."

@@ -21,12 +21,14 @@ from app.booking.relocation import Relocator
 from app.booking.service import BookingService
 from app.capacity.service import Capacity
 from app.clock import Clock
-from app.complaints.models import Category, Complaint, State
+from app.complaints.models import Category, Complaint, ComplaintStep, State
 from app.enforcement.errors import (
     ActionNotFound,
     AppealDecided,
     AppealNotAllowed,
     AppealNotFound,
+    BlockLiftRegulatorOnly,
+    OfficeIsBlocked,
     OfficeNotRestricted,
 )
 from app.enforcement.models import ActionKind, Appeal, AppealOutcome, OfficeAction, OfficeNotice
@@ -39,7 +41,10 @@ from app.offices.service import normalize_code
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_office, require_role
 
-SUBSTANTIATED = (State.VIOLATION_CONFIRMED, State.REFERRED_TO_TRIBUNAL, State.VERDICT_ANNOUNCED)
+# Who the audit log names when the policy acts on its own (no staff member decided).
+POLICY_ACTOR = StaffPrincipal(
+    account_id=0, username="policy", role=StaffRole.REGULATOR, office_id=None, office_code=None
+)
 
 
 class Enforcement:
@@ -68,50 +73,82 @@ class Enforcement:
 
     # --- the policy ---
 
-    async def evaluate(self, session: AsyncSession, office: Office, *, actor: str = "policy") -> Verdict:
-        """Apply the policy to an office's complaints in the window; returns what it did."""
+    async def evaluate(self, session: AsyncSession, office: Office) -> Verdict:
+        """Apply the policy to an office's complaints in the window; returns what it did.
+
+        A complaint counts as received when it was filed, and as substantiated when its
+        violation was confirmed (an inspection may take longer than the window, and a
+        forgery confirmed today must block today). Nothing from before the office's last
+        lift counts again: the lift settled it.
+        """
         if office.status == OfficeStatus.BLOCKED:
             return Verdict.NONE
         since = self.clock.now() - dt.timedelta(days=self.policy.window_days)
-        rows = (
-            await session.execute(
-                select(Complaint.category, Complaint.state).where(
-                    Complaint.office_id == office.id, Complaint.created_at >= since
-                )
+        # Compared in SQL, not in Python: SQLite hands the stored time back without its zone.
+        last_lift = await session.scalar(
+            select(func.max(OfficeAction.lifted_at)).where(OfficeAction.office_id == office.id)
+        )
+        filed = [Complaint.office_id == office.id, Complaint.created_at >= since]
+        confirmed = [
+            Complaint.office_id == office.id,
+            ComplaintStep.to_state == State.VIOLATION_CONFIRMED.value,
+            ComplaintStep.at >= since,
+        ]
+        if last_lift is not None:
+            filed.append(Complaint.created_at > last_lift)
+            confirmed.append(ComplaintStep.at > last_lift)
+        received = await session.scalar(select(func.count()).select_from(Complaint).where(*filed)) or 0
+        substantiated = list(
+            await session.scalars(
+                select(Complaint.category)
+                .join(ComplaintStep, ComplaintStep.complaint_id == Complaint.id)
+                .where(*confirmed)
             )
-        ).all()
-        substantiated = [category for category, state in rows if state in SUBSTANTIATED]
+        )
         decision = verdict(
             policy=self.policy,
-            received=len(rows),
+            received=received,
             substantiated=len(substantiated),
             forgery_confirmed=Category.FORGERY in substantiated,
         )
         if decision is Verdict.BLOCK:
-            await self.block(session, office, reason="جعل مدارک (تخلف احرازشده)", source="policy", actor=actor)
+            await self.block(session, office, reason="جعل مدارک (تخلف احرازشده)", by=None)
         elif decision is Verdict.RESTRICT and office.status == OfficeStatus.ACTIVE:
-            reason = f"{len(rows)} شکایت و {len(substantiated)} تخلف احرازشده در {self.policy.window_days} روز"
-            await self.restrict(
-                session, office, reason=reason, source="policy", actor=actor, cap=self.policy.restricted_cap_percent
-            )
+            reason = f"{received} شکایت و {len(substantiated)} تخلف احرازشده در {self.policy.window_days} روز"
+            await self.restrict(session, office, reason=reason, by=None, cap=self.policy.restricted_cap_percent)
         else:
             return Verdict.NONE
         return decision
 
+    async def _audit(
+        self, session: AsyncSession, office: Office, *, by: StaffPrincipal | None, action: str, before: str
+    ) -> None:
+        entry = await audit(
+            session, actor=by or POLICY_ACTOR, action=action, target=office.code, office_id=office.id,
+            before=before, after=office.status.value, at=self.clock.now(),
+        )  # fmt: skip
+        if by is None:
+            entry.actor_role = "system"
+
     # --- actions ---
 
     async def restrict(
-        self, session: AsyncSession, office: Office, *, reason: str, source: str, actor: str, cap: int
+        self, session: AsyncSession, office: Office, *, reason: str, by: StaffPrincipal | None, cap: int
     ) -> OfficeAction:
+        """Restrict an office; ``by`` is the regulator who decided, None for the policy."""
         if not 0 <= cap <= 100:
             raise InvalidInput("cap_percent", "cap_percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
+        if office.status == OfficeStatus.BLOCKED:
+            # A restriction would reopen the office to bookings behind the block's back.
+            raise OfficeIsBlocked()
         now = self.clock.now()
+        before = office.status.value
         action = OfficeAction(
             office_id=office.id,
             kind=ActionKind.RESTRICT,
             reason=reason,
-            source=source,
-            actor=actor,
+            source="regulator" if by else "policy",
+            actor=by.username if by else "policy",
             cap_percent=cap,
             started_at=now,
         )
@@ -124,22 +161,32 @@ class Enforcement:
                 text=f"نوبت‌دهی دفتر محدود شد ({cap}٪ ظرفیت). دلیل: {reason}. مهلت اعتراض {self.appeal_days} روز است.",
             )
         )
+        await self._audit(session, office, by=by, action="office.restrict", before=before)
         await session.commit()
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
         return action
 
     async def block(
-        self, session: AsyncSession, office: Office, *, reason: str, source: str, actor: str
+        self, session: AsyncSession, office: Office, *, reason: str, by: StaffPrincipal | None
     ) -> OfficeAction:
+        """Block an office and move its bookings; ``by`` is the regulator, None for the policy."""
         now = self.clock.now()
+        before = office.status.value
+        actor = by.username if by else "policy"
         for open_action in await self._open_actions(session, office.id):
             open_action.lifted_at, open_action.lifted_by, open_action.lift_reason = now, actor, "replaced by a block"
         action = OfficeAction(
-            office_id=office.id, kind=ActionKind.BLOCK, reason=reason, source=source, actor=actor, started_at=now
+            office_id=office.id,
+            kind=ActionKind.BLOCK,
+            reason=reason,
+            source="regulator" if by else "policy",
+            actor=actor,
+            started_at=now,
         )
         session.add(action)
         office.status = OfficeStatus.BLOCKED
         session.add(OfficeNotice(office_id=office.id, at=now, text=f"دفتر مسدود شد. دلیل: {reason}"))
+        await self._audit(session, office, by=by, action="office.block", before=before)
         await session.commit()
         # From here the reserve script refuses the office; then its bookings are moved.
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
@@ -201,6 +248,11 @@ class Enforcement:
         actions = await self._open_actions(session, office.id)
         if office.status == OfficeStatus.ACTIVE or not actions:
             raise OfficeNotRestricted()
+        blocked = office.status == OfficeStatus.BLOCKED or any(a.kind is ActionKind.BLOCK for a in actions)
+        if blocked and staff.role is not StaffRole.REGULATOR:
+            # A block is the regulator's sanction (forgery, or its own decision); the guild
+            # vouches for compliance with the appointment rules, which lifts restrictions only.
+            raise BlockLiftRegulatorOnly()
         now = self.clock.now()
         for action in actions:
             action.lifted_at, action.lifted_by, action.lift_reason = now, staff.username, reason.strip()
@@ -231,23 +283,11 @@ class Enforcement:
         if not reason.strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         office = await self.office(session, office_code)
-        before = office.status.value
         if kind is ActionKind.BLOCK:
-            action = await self.block(session, office, reason=reason.strip(), source="regulator", actor=staff.username)
+            action = await self.block(session, office, reason=reason.strip(), by=staff)
         else:
-            action = await self.restrict(
-                session,
-                office,
-                reason=reason.strip(),
-                source="regulator",
-                actor=staff.username,
-                cap=self.policy.restricted_cap_percent if cap is None else cap,
-            )
-        await audit(
-            session, actor=staff, action=f"office.{kind.value}", target=office.code, office_id=office.id,
-            before=before, after=office.status.value, at=self.clock.now(),
-        )  # fmt: skip
-        await session.commit()
+            cap = self.policy.restricted_cap_percent if cap is None else cap
+            action = await self.restrict(session, office, reason=reason.strip(), by=staff, cap=cap)
         return _action_out(action, office.code)
 
     async def _open_actions(self, session: AsyncSession, office_id: int) -> list[OfficeAction]:

@@ -109,7 +109,10 @@ async def test_overdue_after_72_hours(client: Client, world: World) -> None:
 async def test_received_threshold_restricts_and_confirmed_forgery_blocks(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
-    office = await world.office(seats=4)
+    from app.capacity.plan import DayRule
+
+    # One slot a day: a cap limits the day's seats, so the day is that slot.
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=4)])
     other = await world.office(seats=4)
     day = world.tomorrow()
     await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
@@ -118,7 +121,7 @@ async def test_received_threshold_restricts_and_confirmed_forgery_blocks(
         await complain(client, world, office, f"091255501{i:02d}", category="crowding")
     detail = (await client.get(f"/api/v1/offices/{office}")).json()
     assert detail["status"] == "restricted"
-    # 50% of 4 seats is 2; a new booking still fits at 10:00 (1 taken), a third does not.
+    # 50% of the day's 4 seats is 2; a second booking still fits (1 taken), a third does not.
     assert redis_sync.hget(keys.office_day(office, day), "_cap") == b"50"
     second = await client.post(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()

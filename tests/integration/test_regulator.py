@@ -16,7 +16,10 @@ Client = AsyncTestClient[Litestar]
 
 
 async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, world: World) -> None:
-    office = await world.office(seats=4)
+    from app.capacity.plan import DayRule
+
+    # One slot a day: a cap limits the day's seats, so the day is that slot.
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=4)])
     await account(world, "regulator-1", StaffRole.REGULATOR, None)
     await account(world, "guild-1", StaffRole.GUILD, None)
     staff = await staff_of(client, world, office)
@@ -33,13 +36,13 @@ async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, wo
     listed = (await client.get("/api/v1/regulator/crowd-caps", headers=guild)).json()
     assert [c["percent"] for c in listed] == [50]
     slots = (await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day})).json()
-    assert {s["seats"] for s in slots["slots"]} == {2}
+    assert [(s["seats"], s["free"]) for s in slots["slots"]] == [(4, 2)]
     bad = await client.post("/api/v1/regulator/crowd-caps", json={**body, "percent": 150}, headers=regulator)
     assert bad.status_code == 422 and bad.json()["field"] == "percent"
     lifted = await client.post(f"/api/v1/regulator/crowd-caps/{created.json()['id']}/lift", headers=regulator)
     assert lifted.status_code == 200 and lifted.json()["active"] is False
     slots = (await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day})).json()
-    assert {s["seats"] for s in slots["slots"]} == {4}
+    assert [(s["seats"], s["free"]) for s in slots["slots"]] == [(4, 4)]
 
 
 async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
@@ -76,3 +79,27 @@ async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
     )
     assert again.status_code == 201
+
+
+async def test_a_closure_beats_an_office_override(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    office = await world.office(seats=2)
+    await world.rebuild()
+    staff = await staff_of(client, world, office)
+    await account(world, "regulator-3", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-3")
+    day = world.tomorrow()
+    rules = {"rules": [{"opens": "09:00", "closes": "12:00", "slot_minutes": 30, "seats": 3}], "reason": "نوبت اضافه"}
+    planned = await client.put(f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}", json=rules, headers=staff)
+    assert planned.status_code == 200, planned.text
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201, closed.text
+    plans = {p["date"]: p for p in (await client.get(f"/api/v1/staff/offices/{office}/days", headers=staff)).json()}
+    assert plans[day.isoformat()]["source"] == "closure" and plans[day.isoformat()]["seats"] == 0
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "09:30"), headers=world.token()
+    )
+    assert refused.status_code == 422 and refused.json()["code"] == "no_such_slot"

@@ -52,3 +52,25 @@ def test_a_service_with_its_own_counters_has_its_own_pool() -> None:
 def test_templates_round_trip_through_json() -> None:
     template = default_template(2, rural=True)
     assert decode_template(encode_template(template)) == template
+
+
+def test_a_regulator_closure_beats_an_office_override() -> None:
+    from app.capacity.plan import Calendar
+
+    template = default_template(2)
+    extra = [DayRule(opens="08:00", closes="10:00", seats=1)]
+    office, province, other_province = 7, 1, 2
+    holiday = SATURDAY + dt.timedelta(days=1)
+    calendar = Calendar(
+        overrides={(office, SATURDAY): extra, (office, holiday): extra},
+        closures={(province, SATURDAY)},
+        holidays={holiday},
+    )
+    # Closed by the regulator for its province: the override does not reopen it.
+    assert calendar.source(office_id=office, province_id=province, day=SATURDAY) == "closure"
+    assert calendar.slots(office_id=office, province_id=province, template=template, day=SATURDAY) == []
+    # Elsewhere the override still applies, and it still beats an official holiday.
+    assert calendar.source(office_id=office, province_id=other_province, day=SATURDAY) == "override"
+    assert len(calendar.slots(office_id=office, province_id=province, template=template, day=holiday)) == 4
+    nationwide = Calendar(overrides={(office, SATURDAY): extra}, closures={(None, SATURDAY)})
+    assert nationwide.slots(office_id=office, province_id=other_province, template=template, day=SATURDAY) == []

@@ -1,0 +1,125 @@
+"""The enforcement policy end to end: confirmation time, lifts, who lifts what, and the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+
+from app.complaints.models import Complaint
+from app.staff.models import AuditEntry
+from tests.conftest import World, booking_body
+from tests.integration.test_complaints import STEPS, complain, guild, regulator
+
+Client = AsyncTestClient[Litestar]
+
+
+async def confirm(client: Client, reg: dict[str, str], code: str) -> None:
+    """Walk a complaint up to a confirmed violation."""
+    for step in STEPS[:4]:
+        body = {"to": step, "inspector": "بازرس"} if step == "inspector_assigned" else {"to": step}
+        moved = await client.post(f"/api/v1/regulator/complaints/{code}/transition", json=body, headers=reg)
+        assert moved.status_code == 200, moved.text
+
+
+async def age_complaints(world: World, days: int) -> None:
+    async with world.container.sessions() as session:
+        for complaint in await session.scalars(select(Complaint)):
+            complaint.created_at -= dt.timedelta(days=days)
+        await session.commit()
+
+
+async def status(client: Client, office: str) -> str:
+    return str((await client.get(f"/api/v1/offices/{office}")).json()["status"])
+
+
+async def test_a_forgery_filed_long_ago_and_confirmed_now_blocks(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    code = (await complain(client, world, office, "09125552001", category="forgery"))["tracking_code"]
+    await age_complaints(world, 45)  # the inspection took longer than the window
+    await confirm(client, reg, code)
+    assert await status(client, office) == "blocked"
+
+
+async def test_n_substantiated_restrict_counted_by_confirmation_time(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    threshold = world.container.settings.restrict_after_substantiated
+    codes = [(await complain(client, world, office, f"091255521{i:02d}"))["tracking_code"] for i in range(threshold)]
+    await age_complaints(world, 40)
+    for i, code in enumerate(codes):
+        assert await status(client, office) == "active", i
+        await confirm(client, reg, code)
+    assert await status(client, office) == "restricted"
+    async with world.container.sessions() as session:
+        entry = await session.scalar(select(AuditEntry).where(AuditEntry.action == "office.restrict"))
+    assert entry is not None and (entry.actor, entry.actor_role, entry.after) == ("policy", "system", '"restricted"')
+
+
+async def test_a_lift_wipes_the_slate(client: Client, world: World) -> None:
+    office = await world.office()
+    gld = await guild(client, world)
+    threshold = world.container.settings.restrict_after_received
+    for i in range(threshold):
+        await complain(client, world, office, f"091255530{i:02d}", category="crowding")
+    assert await status(client, office) == "restricted"
+    lifted = await client.post(
+        f"/api/v1/guild/offices/{office}/lift", json={"reason": "نوبت‌دهی راه افتاد"}, headers=gld
+    )
+    assert lifted.status_code == 200, lifted.text
+    await complain(client, world, office, "09125553100", category="crowding")
+    assert await status(client, office) == "active"
+    for i in range(1, threshold):
+        await complain(client, world, office, f"091255531{i:02d}", category="crowding")
+    assert await status(client, office) == "restricted"  # ten new ones do restrict again
+
+
+async def test_only_the_regulator_lifts_a_block(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    gld = await guild(client, world)
+    code = (await complain(client, world, office, "09125554001", category="forgery"))["tracking_code"]
+    await confirm(client, reg, code)
+    assert await status(client, office) == "blocked"
+    refused = await client.post(f"/api/v1/guild/offices/{office}/lift", json={"reason": "x"}, headers=gld)
+    assert refused.status_code == 403 and refused.json()["code"] == "block_lift_regulator_only"
+    refused = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "x"}, headers=gld)
+    assert refused.status_code == 403 and refused.json()["code"] == "block_lift_regulator_only"
+    assert await status(client, office) == "blocked"
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "رأی تعزیرات"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    assert await status(client, office) == "active"
+
+
+async def test_restricting_a_blocked_office_is_refused(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "تصمیم"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    refused = await client.post(f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام"}, headers=reg)
+    assert refused.status_code == 409 and refused.json()["code"] == "office_is_blocked"
+    assert await status(client, office) == "blocked"
+    history = (await client.get(f"/api/v1/guild/offices/{office}/history", headers=reg)).json()
+    assert [(a["kind"], a["lifted_at"]) for a in history] == [("block", None)]
+    booking = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    assert booking.status_code == 403 and booking.json()["code"] == "office_blocked"
+    async with world.container.sessions() as session:
+        entries = list(await session.scalars(select(AuditEntry).where(AuditEntry.action.like("office.%"))))
+    assert [(e.action, e.actor_role) for e in entries] == [("office.block", "regulator")]
+
+
+async def test_a_policy_block_is_audited(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    code = (await complain(client, world, office, "09125555001", category="forgery"))["tracking_code"]
+    await confirm(client, reg, code)
+    async with world.container.sessions() as session:
+        entries = list(await session.scalars(select(AuditEntry).where(AuditEntry.action == "office.block")))
+    assert [(e.actor, e.actor_role, e.target, e.before, e.after) for e in entries] == [
+        ("policy", "system", office, '"active"', '"blocked"')
+    ]
