@@ -86,7 +86,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
             session_factory(create_engine(settings.database_url, pool_size=2)),
         ),
     )
-    load = LoadService(capacity=capacity, clock=clock)
+    load = LoadService(capacity=capacity, clock=clock, offices=offices)
     relocator = Relocator(bookings=bookings, load=load)
     console = Console(bookings=bookings, relocator=relocator, load=load, clock=clock, settings=settings)
     policy = Policy(

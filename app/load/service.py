@@ -24,8 +24,9 @@ from app.load.errors import CityNotFound
 from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, score
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
 from app.locale import jalali_date, jalali_time, normalize_text, to_persian_digits
+from app.offices.directory import OfficeCard, OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound
-from app.offices.models import City, Office, Service
+from app.offices.models import City, Office
 from app.offices.service import normalize_code
 
 # Iran's bounding box, with a margin: a position outside it is a typo, not a citizen.
@@ -66,7 +67,8 @@ def _text(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
 
 
 class LoadService:
-    def __init__(self, *, capacity: Capacity, clock: Clock) -> None:
+    def __init__(self, *, capacity: Capacity, clock: Clock, offices: OfficeDirectory) -> None:
+        self.offices = offices
         self.capacity = capacity
         self.redis = capacity.redis
         self.clock = clock
@@ -99,7 +101,7 @@ class LoadService:
                 detail_fa=f"limit باید بین ۱ و {to_persian_digits(str(MAX_LIMIT))} باشد.",
             )
         service_code = normalize_code(service_code, "service")
-        if await session.scalar(select(Service.code).where(Service.code == service_code)) is None:
+        if not await self.offices.has_service(session=session, service_code=service_code):
             raise ServiceNotFound()
         lat, lon = await self._origin(session, lat, lon, city)
         now = self.clock.now()
@@ -140,7 +142,7 @@ class LoadService:
                 )
             )
         ranked = rank(candidates, limit)
-        offices = await self._describe(session, [c.office_code for c in ranked])
+        offices = await self.offices.cards(session=session, office_codes=[c.office_code for c in ranked])
         return NearbyResult(
             service_code=service_code,
             date=day.isoformat(),
@@ -226,16 +228,6 @@ class LoadService:
             return float(row[0]), float(row[1])
         raise InvalidInput("lat", "Give lat and lon, or a city.", detail_fa="موقعیت (lat و lon) یا نام شهر را بدهید.")
 
-    async def _describe(self, session: AsyncSession, codes: list[str]) -> dict[str, tuple[str, str, str, float, float]]:
-        if not codes:
-            return {}
-        rows = await session.execute(
-            select(Office.code, Office.name_fa, Office.address_fa, City.name_fa, Office.lat, Office.lon)
-            .join(City, City.id == Office.city_id)
-            .where(Office.code.in_(codes))
-        )
-        return {code: (name, address, city, lat, lon) for code, name, address, city, lat, lon in rows}
-
 
 def _minutes_until(now: dt.datetime, day: dt.date, slot: str | None) -> float | None:
     if slot is None:
@@ -245,16 +237,15 @@ def _minutes_until(now: dt.datetime, day: dt.date, slot: str | None) -> float | 
     return (start - now).total_seconds() / 60
 
 
-def _nearby_office(candidate: Candidate, office: tuple[str, str, str, float, float]) -> NearbyOffice:
-    name, address, city, lat, lon = office
+def _nearby_office(candidate: Candidate, office: OfficeCard) -> NearbyOffice:
     level = busyness(candidate.load, candidate.waiting)
     return NearbyOffice(
         code=candidate.office_code,
-        name_fa=name,
-        address_fa=address,
-        city_fa=city,
-        lat=lat,
-        lon=lon,
+        name_fa=office.name_fa,
+        address_fa=office.address_fa,
+        city_fa=office.city_fa,
+        lat=office.lat,
+        lon=office.lon,
         status=candidate.status,
         restricted=candidate.status == "restricted",
         distance_km=round(candidate.distance_km, 2),

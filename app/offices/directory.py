@@ -1,4 +1,5 @@
-"""Every office's booking facts in memory, so a booking or a slots read asks SQL nothing.
+"""Every office's booking facts in memory, so a booking, a slots read or a nearby search
+asks SQL nothing.
 
 A booking needs of the registry only what rarely changes: the office's id and Persian name,
 whether it offers the service, the service's Persian name and which seat pool the service
@@ -21,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
@@ -29,10 +31,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.capacity import keys
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import decode_template, pool_for
-from app.offices.models import Office, OfficeService, Service
+from app.offices.models import City, Office, OfficeService, Service
 from app.offices.service import BookableOffice, bookable_office, normalize_code
 
 log = logging.getLogger(__name__)
+
+
+class OfficeCard(msgspec.Struct, frozen=True):
+    """What a list of offices shows of each (the nearby search)."""
+
+    name_fa: str
+    address_fa: str
+    city_fa: str
+    lat: float
+    lon: float
 
 
 @dataclass
@@ -42,6 +54,7 @@ class _Office:
     name_fa: str
     template: str | None
     services: set[str]
+    card: OfficeCard | None = None
     pools: dict[str, str] = field(default_factory=dict)  # decoded lazily, per service
 
     def pool(self, service_code: str) -> str:
@@ -72,15 +85,23 @@ class OfficeDirectory:
             ):
                 offered.setdefault(office_id, set()).add(service_code)
             rows = await session.execute(
-                select(Office.id, Office.code, Office.name_fa, CapacityTemplate.template).outerjoin(
-                    CapacityTemplate, CapacityTemplate.office_id == Office.id
+                select(
+                    Office.id, Office.code, Office.name_fa, CapacityTemplate.template,
+                    Office.address_fa, City.name_fa, Office.lat, Office.lon,
                 )
-            )
+                .join(City, City.id == Office.city_id)
+                .outerjoin(CapacityTemplate, CapacityTemplate.office_id == Office.id)
+            )  # fmt: skip
             offices = {
                 code: _Office(
-                    id=office_id, code=code, name_fa=name, template=template, services=offered.get(office_id, set())
+                    id=office_id,
+                    code=code,
+                    name_fa=name,
+                    template=template,
+                    services=offered.get(office_id, set()),
+                    card=OfficeCard(name_fa=name, address_fa=address, city_fa=city, lat=lat, lon=lon),
                 )
-                for office_id, code, name, template in rows
+                for office_id, code, name, template, address, city, lat, lon in rows
             }
         self._offices, self._services, self._version = offices, services, version
         self._checked_at = time.monotonic()
@@ -107,6 +128,35 @@ class OfficeDirectory:
             service_name_fa=service_name,
             pool=office.pool(service_code),
         )
+
+    async def has_service(self, *, session: AsyncSession, service_code: str) -> bool:
+        await self._keep_fresh()
+        if service_code in self._services:
+            return True
+        name = await session.scalar(select(Service.name_fa).where(Service.code == service_code))
+        if name is not None:
+            self._services[service_code] = name
+        return name is not None
+
+    async def cards(self, *, session: AsyncSession, office_codes: list[str]) -> dict[str, OfficeCard]:
+        """Each office's card; those the copy does not hold are read from SQL in one query."""
+        found: dict[str, OfficeCard] = {}
+        missing = []
+        for code in office_codes:
+            office = self._offices.get(code)
+            if office is not None and office.card is not None:
+                found[code] = office.card
+            else:
+                missing.append(code)
+        if missing:
+            rows = await session.execute(
+                select(Office.code, Office.name_fa, Office.address_fa, City.name_fa, Office.lat, Office.lon)
+                .join(City, City.id == Office.city_id)
+                .where(Office.code.in_(missing))
+            )
+            for code, name, address, city, lat, lon in rows:
+                found[code] = OfficeCard(name_fa=name, address_fa=address, city_fa=city, lat=lat, lon=lon)
+        return found
 
     async def changed(self, office_code: str) -> None:
         """An office's name, services or template changed: forget it here, tell the others."""
