@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
+
 from litestar import Controller, Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy import text
 
 from app.observability import refresh
@@ -47,4 +49,9 @@ class MetricsController(Controller):
     @get("/", media_type=CONTENT_TYPE_LATEST)
     async def metrics(self, container: Deps) -> Response[bytes]:
         await refresh(container)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Several worker processes: add up what each wrote, not just this one's counters.
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

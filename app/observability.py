@@ -32,10 +32,12 @@ LUA_SECONDS = Histogram(
     ["script"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
-SMS_QUEUE = Gauge("nobat_sms_queue_depth", "Jobs waiting in the SMS queue")
-SMS_FAILED = Gauge("nobat_sms_failed", "Outbound SMS given up on")
-SMS_UNSENT = Gauge("nobat_sms_unsent", "Outbound SMS committed and not yet sent")
-RESTRICTED = Gauge("nobat_offices", "Offices by status", ["status"])
+# These gauges are read from shared state at each scrape, so with several worker processes
+# (PROMETHEUS_MULTIPROC_DIR) any process's latest value is the value: "mostrecent".
+SMS_QUEUE = Gauge("nobat_sms_queue_depth", "Jobs waiting in the SMS queue", multiprocess_mode="mostrecent")
+SMS_FAILED = Gauge("nobat_sms_failed", "Outbound SMS given up on", multiprocess_mode="mostrecent")
+SMS_UNSENT = Gauge("nobat_sms_unsent", "Outbound SMS committed and not yet sent", multiprocess_mode="mostrecent")
+RESTRICTED = Gauge("nobat_offices", "Offices by status", ["status"], multiprocess_mode="mostrecent")
 
 
 @asynccontextmanager

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from litestar import Litestar
@@ -89,3 +93,31 @@ async def test_pages_are_rate_limited_per_address_with_a_persian_page(settings: 
         assert 'lang="fa"' in refused.text
         assert (await client.get("/static/nobat.css")).status_code == 200
         assert (await client.get("/health/ready")).status_code == 200
+
+
+def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR (several uvicorn workers), /metrics sums every process."""
+    script = """
+import multiprocessing, sys
+from app.observability import BOOKINGS, SMS_QUEUE
+def work():
+    BOOKINGS.labels("web").inc()
+    SMS_QUEUE.set(7)
+if __name__ == "__main__":
+    for _ in range(2):
+        p = multiprocessing.get_context("fork").Process(target=work); p.start(); p.join()
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    sys.stdout.write(generate_latest(registry).decode())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert 'nobat_bookings_total{channel="web"} 2.0' in done.stdout
+    assert "nobat_sms_queue_depth 7.0" in done.stdout
