@@ -26,7 +26,18 @@ log = logging.getLogger(__name__)
 _PENDING = "nobat.after_commit"
 
 # Waits between tries of one job: quick at first (a provider hiccup), then backing off.
+# RQ's Retry uses them for a job that crashed; the SMS send job schedules its own next
+# try with ``backoff`` so that NOBAT_SMS_MAX_ATTEMPTS, not this list, says how many tries.
 RETRY_INTERVALS = [5, 15, 60, 300, 900]
+
+SMS_JOB_TIMEOUT = 30
+"""Seconds one SMS job may run (the Twilio client gives up on a request after 10); the
+sweep's NOBAT_SMS_STUCK_SECONDS must stay above it."""
+
+
+def backoff(attempts: int) -> int:
+    """Seconds to wait before the next try, after ``attempts`` failed ones (the last wait repeats)."""
+    return RETRY_INTERVALS[min(max(attempts, 1), len(RETRY_INTERVALS)) - 1]
 
 
 def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
@@ -59,25 +70,19 @@ class Jobs:
 
     def enqueue(self, queue: Queue, func: str, *args: Any, job_id: str) -> None:
         # A deterministic job id: the same work asked for twice is one job.
-        queue.enqueue(
-            func,
-            *args,
-            job_id=job_id,
-            retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
-            result_ttl=3600,
-            failure_ttl=7 * 86400,
-        )
+        queue.enqueue(func, *args, job_id=job_id, **self._options(queue))
 
     def enqueue_at(self, when: dt.datetime, queue: Queue, func: str, *args: Any, job_id: str) -> None:
-        queue.enqueue_at(
-            when,
-            func,
-            *args,
-            job_id=job_id,
-            retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
-            result_ttl=3600,
-            failure_ttl=7 * 86400,
-        )
+        queue.enqueue_at(when, func, *args, job_id=job_id, **self._options(queue))
+
+    @staticmethod
+    def _options(queue: Queue) -> dict[str, Any]:
+        return {
+            "retry": Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
+            "job_timeout": SMS_JOB_TIMEOUT if queue.name == queues.SMS else None,
+            "result_ttl": 3600,
+            "failure_ttl": 7 * 86400,
+        }
 
     def close(self) -> None:
         self.redis.close()

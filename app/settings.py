@@ -48,7 +48,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """TWILIO_API_BASE_URL: send to a Twilio-compatible stand-in instead of api.twilio.com."""
 
     sms_max_attempts: int = 6
-    """NOBAT_SMS_MAX_ATTEMPTS: tries of one outbound message before it is marked failed."""
+    """NOBAT_SMS_MAX_ATTEMPTS: tries of one outbound message before it is marked failed (RQ's
+    retries of the send job are derived from it: one try, then this many less one)."""
+    sms_stuck_seconds: int = 45
+    """NOBAT_SMS_STUCK_SECONDS: a message "sending" for longer than this was left by a worker that
+    died; the sweep sends it again. Above the send job's timeout, well below a sign-in code's life."""
     reminder_evening_hour: int = 20
     """NOBAT_REMINDER_EVENING_HOUR: the hour (Tehran time) of the reminder the evening before."""
 
@@ -97,6 +101,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_NO_SHOW_WINDOW_DAYS: the window no-shows are counted in."""
     no_show_suspension_days: int = 7
     """NOBAT_NO_SHOW_SUSPENSION_DAYS: how long web and SMS booking stay suspended."""
+    no_show_grace_minutes: int = 15
+    """NOBAT_NO_SHOW_GRACE_MINUTES: how long after a slot starts staff may mark its citizen a no-show."""
 
     # --- complaints and enforcement (the documented policy; see app/enforcement/policy.py) ---
     complaint_response_hours: int = 72
@@ -138,6 +144,7 @@ _ENV = {
     "twilio_from": "TWILIO_FROM",
     "twilio_api_base_url": "TWILIO_API_BASE_URL",
     "sms_max_attempts": "NOBAT_SMS_MAX_ATTEMPTS",
+    "sms_stuck_seconds": "NOBAT_SMS_STUCK_SECONDS",
     "reminder_evening_hour": "NOBAT_REMINDER_EVENING_HOUR",
     "horizon_days": "NOBAT_HORIZON_DAYS",
     "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
@@ -167,6 +174,7 @@ _ENV = {
     "no_show_limit": "NOBAT_NO_SHOW_LIMIT",
     "no_show_window_days": "NOBAT_NO_SHOW_WINDOW_DAYS",
     "no_show_suspension_days": "NOBAT_NO_SHOW_SUSPENSION_DAYS",
+    "no_show_grace_minutes": "NOBAT_NO_SHOW_GRACE_MINUTES",
 }
 
 

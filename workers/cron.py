@@ -23,9 +23,16 @@ def main() -> None:
     if not url:
         raise SystemExit("set RQ_REDIS_URL (or REDIS_URL) to the Redis that holds the job queues")
     scheduler = CronScheduler(connection=Redis.from_url(url), name="nobat")
-    scheduler.register(sweep, queue_name=SMS, interval=60)  # messages whose enqueue was lost
+    # RQ's cron jobs have no Retry: a run lost to a crash or a Redis blip is simply not
+    # retried. So each job here is idempotent and catches up on the next run, and runs often
+    # enough that losing one costs little: the sweep, the reminders (each has a window and a
+    # "reminded" mark) and the overdue flags look at the record, not at what the last run did.
+    scheduler.register(sweep, queue_name=SMS, interval=30)  # messages whose enqueue or worker was lost
     scheduler.register(send_reminders, queue_name=DEFAULT, interval=60)  # the evening before, an hour before
-    scheduler.register(close_day, queue_name=DEFAULT, cron="30 20 * * *")  # 00:00 Tehran
+    # 00:00, 01:00 and 02:00 Tehran: it only closes past days and adds missing office-days,
+    # so the later runs do nothing unless the midnight one was lost. Not every hour: each
+    # run walks every office-day of the horizon in Redis, which the daytime rush should not pay.
+    scheduler.register(close_day, queue_name=DEFAULT, cron="30 20,21,22 * * *")
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     scheduler.start()
 

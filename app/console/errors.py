@@ -35,3 +35,21 @@ class NotToday(DomainError):
     status = 409
     message_fa = "این نوبت برای امروز نیست."
     message_en = "This booking is not for today."
+
+
+class NoShowTooEarly(DomainError):
+    """The citizen's slot has not started (or its grace has not passed): they may still come."""
+
+    code = "no_show_too_early"
+    status = 409
+    message_fa = "هنوز نمی‌توان این نوبت را غایب ثبت کرد؛ از ساعت {after} ممکن است."
+    message_en = "This booking cannot be marked a no-show yet; it can be from {after}."
+
+    def __init__(self, after: str) -> None:
+        from app.locale import to_persian_digits
+
+        super().__init__(
+            self.message_en.format(after=after),
+            detail_fa=self.message_fa.format(after=to_persian_digits(after)),
+            after=after,
+        )

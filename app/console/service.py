@@ -30,7 +30,7 @@ from app.capacity.plan import (
 )
 from app.capacity.service import Capacity, Overflow, load_plans
 from app.clock import Clock
-from app.console.errors import CapacityBelowBookings, NotAtThisOffice, NotToday, WrongBookingState
+from app.console.errors import CapacityBelowBookings, NoShowTooEarly, NotAtThisOffice, NotToday, WrongBookingState
 from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
@@ -47,6 +47,7 @@ class NoShowRules(msgspec.Struct, frozen=True):
     limit: int
     window_days: int
     suspension_days: int
+    grace_minutes: int
 
 
 class Console:
@@ -68,6 +69,7 @@ class Console:
             limit=settings.no_show_limit,
             window_days=settings.no_show_window_days,
             suspension_days=settings.no_show_suspension_days,
+            grace_minutes=settings.no_show_grace_minutes,
         )
 
     async def _office(self, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> Office:
@@ -300,6 +302,8 @@ class Console:
         office, booking, service_name = await self._queued(session, staff, office_code, tracking_code)
         if booking.status not in allowed:
             raise WrongBookingState(status=booking.status.value)
+        if to == BookingStatus.NO_SHOW:
+            self._refuse_early_no_show(booking)
         before = booking.status.value
         # Compare-and-set: a cancellation that landed since the read must win (SQLite has no
         # row locks), never be overwritten by a check-in.
@@ -349,6 +353,15 @@ class Console:
         await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
         await self.record_no_show(session=session, national_id=booking.national_id)
         return entry
+
+    def _refuse_early_no_show(self, booking: Booking) -> None:
+        """A citizen is absent only once their slot has started and the grace has passed:
+        marked earlier, they would lose the seat and count towards a suspension while
+        still on their way."""
+        starts = dt.datetime.combine(booking.date, dt.time.fromisoformat(booking.slot_time), tzinfo=self.clock.tz)
+        after = starts + dt.timedelta(minutes=self.no_shows.grace_minutes)
+        if self.clock.now() < after:
+            raise NoShowTooEarly(after=after.strftime("%H:%M"))
 
     async def record_no_show(self, *, session: AsyncSession, national_id: str) -> dt.date | None:
         """Suspend the national ID when its no-shows in the window reach the limit; the date it ends."""

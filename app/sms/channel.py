@@ -7,10 +7,12 @@ delivers twice (same message id) is carried out once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +28,11 @@ from app.locale import to_persian_digits
 from app.sms import parser
 from app.sms.models import CitizenPhone, InboundSms
 from app.sms.service import Messenger
+
+log = logging.getLogger(__name__)
+
+_CLAIM_LEASE = dt.timedelta(seconds=60)
+"""How long a delivery carrying out a message keeps others off it (replies take seconds)."""
 
 ComplaintHandler = Callable[[AsyncSession, str, str, str], Awaitable[str | None]]
 """(session, mobile, office code, text) -> the reply; the complaints domain provides it."""
@@ -52,31 +59,87 @@ class SmsChannel:
         self.complaints: ComplaintHandler | None = None
 
     async def receive(self, session: AsyncSession, *, provider_sid: str, sender: str, text: str) -> bool:
-        """Carry out one inbound message; False when it was a repeat delivery (nothing done)."""
+        """Carry out one inbound message; False when it was a repeat delivery (nothing done).
+
+        A repeat of a message that was never answered (carrying it out failed with Redis or
+        the database down, and the provider retries) is carried out again; one that was
+        answered, or that another delivery is carrying out right now, is not.
+        """
         try:
             mobile = normalize_mobile(sender)
         except DomainError:
             return True  # not an Iranian mobile: nobody we can answer
         command = parser.parse(text, today=self.clock.today())
-        session.add(
-            InboundSms(provider_sid=provider_sid, from_mobile=mobile, body=text[:1600], command=type(command).__name__)
-        )
-        try:
-            # Committed first: a repeated delivery is refused here even while the first is still
-            # being carried out, and a refused command is still received once.
-            await session.commit()
-        except IntegrityError:
-            await session.rollback()
+        if not await self._claim(session, provider_sid, mobile, text, command):
             return False
         try:
             reply = await self._carry_out(session, mobile, command)
         except DomainError as error:
             await session.rollback()
             reply = error.detail_fa
+        except Exception:
+            await self._release(session, provider_sid)
+            raise  # a 5xx: the provider delivers it again, and the retry carries it out
         if reply:
             self.messenger.queue(session, to=mobile, body=reply, kind="sms_reply")
+        # In the transaction that queues the answer: answered once, or not at all.
+        await session.execute(
+            update(InboundSms).where(InboundSms.provider_sid == provider_sid).values(answered_at=self.clock.now())
+        )
         await session.commit()
         return True
+
+    async def _claim(
+        self, session: AsyncSession, provider_sid: str, mobile: str, text: str, command: parser.Command
+    ) -> bool:
+        now = self.clock.now()
+        session.add(
+            InboundSms(
+                provider_sid=provider_sid,
+                from_mobile=mobile,
+                body=text[:1600],
+                command=type(command).__name__,
+                claimed_at=now,
+            )
+        )
+        try:
+            # Committed first: a repeated delivery is refused here even while the first is
+            # still being carried out, and a refused command is still received once.
+            await session.commit()
+            return True
+        except IntegrityError:
+            await session.rollback()
+        # Delivered before: take it over only if it was never answered and no delivery is
+        # on it now (one that died without letting go counts as gone after a while).
+        taken = await session.execute(
+            update(InboundSms)
+            .where(
+                InboundSms.provider_sid == provider_sid,
+                InboundSms.answered_at.is_(None),
+                or_(InboundSms.claimed_at.is_(None), InboundSms.claimed_at < now - _CLAIM_LEASE),
+            )
+            .values(claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def _release(self, session: AsyncSession, provider_sid: str) -> None:
+        """Let the provider's retry carry the message out at once (best effort: the record
+        may be what failed; the claim then lapses after _CLAIM_LEASE)."""
+        try:
+            await session.rollback()
+            await session.execute(
+                update(InboundSms)
+                .where(InboundSms.provider_sid == provider_sid, InboundSms.answered_at.is_(None))
+                .values(claimed_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+        except Exception:
+            log.warning("could not release inbound sms %s for its retry", provider_sid, exc_info=True)
+            with contextlib.suppress(Exception):
+                await session.rollback()
 
     async def _carry_out(self, session: AsyncSession, mobile: str, command: parser.Command) -> str | None:
         match command:

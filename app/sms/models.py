@@ -35,7 +35,13 @@ class SmsMessage(Base):
 
 
 class InboundSms(Base):
-    """An SMS a citizen sent us, kept once per provider message id (retried deliveries are one)."""
+    """An SMS a citizen sent us, kept once per provider message id (retried deliveries are one).
+
+    ``answered_at`` is set in the transaction that queues the answer: a delivery the provider
+    retries because carrying it out failed (Redis or the database down) finds it unset and
+    is carried out again. ``claimed_at`` is when a delivery started carrying it out, so two
+    deliveries at once do not both answer it.
+    """
 
     __tablename__ = "sms_inbound"
 
@@ -44,6 +50,8 @@ class InboundSms(Base):
     body: Mapped[str] = mapped_column(Text)
     command: Mapped[str] = mapped_column(String(20))
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    answered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CitizenPhone(Base):

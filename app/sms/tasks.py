@@ -11,12 +11,15 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from redis import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.container import Container, build_container
+from app.jobs import RETRY_INTERVALS, backoff
 from app.settings import load_settings
 from app.sms.backends import OutboundSms, make_backend
 from app.sms.models import SmsMessage, SmsStatus
+from app.sms.service import SEND_SMS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,48 +68,82 @@ async def _send(message_id: str) -> str:
             message.status = SmsStatus.SENDING
             message.attempts += 1
             message.updated_at = app.clock.now()
+            attempts = message.attempts
             await session.commit()
             try:
                 sid = await asyncio.to_thread(backend.send, outbound)
             except Exception as error:
-                give_up = message.attempts >= app.settings.sms_max_attempts
-                message.status = SmsStatus.FAILED if give_up else SmsStatus.QUEUED
-                message.error = f"{type(error).__name__}: {error}"[:500]
-                await session.commit()
+                give_up = attempts >= app.settings.sms_max_attempts
+                reason = f"{type(error).__name__}: {error}"[:500]
+                status = SmsStatus.FAILED if give_up else SmsStatus.QUEUED
+                if not await _settle(app, session, message_id, attempts, status=status, error=reason):
+                    return "settled by another job"
                 if give_up:
-                    log.error("sms %s failed for good after %d tries", message_id, message.attempts)
+                    log.error("sms %s failed for good after %d tries", message_id, attempts)
                     return "failed"
-                raise  # RQ retries with backoff
-            message.status, message.provider_sid, message.error = SmsStatus.SENT, sid, None
-            message.updated_at = app.clock.now()
-            await session.commit()
+                # The next try is scheduled here, not by RQ's Retry, so that NOBAT_SMS_MAX_ATTEMPTS
+                # alone says how many tries there are. If this enqueue is lost, the sweep
+                # finds the message (queued, tried, quiet for longer than any backoff).
+                log.warning("sms %s try %d failed: %s", message_id, attempts, reason)
+                app.jobs.enqueue_at(
+                    app.clock.now() + dt.timedelta(seconds=backoff(attempts)),
+                    app.jobs.sms,
+                    SEND_SMS,
+                    message_id,
+                    job_id=f"sms-{message_id}-try{attempts + 1}",
+                )
+                return "retry scheduled"
+            await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid)
             return "sent"
         finally:
             sync_redis.close()
 
 
-def sweep(stuck_after_seconds: int = 600) -> int:
+async def _settle(
+    app: Container, session: AsyncSession, message_id: str, attempts: int, *, status: SmsStatus, **values: object
+) -> bool:
+    """Write down how our try ended, unless another job settled the message meanwhile (the
+    sweep took it for abandoned while this one waited on the provider): never overwrite a
+    "sent" with our "queued"."""
+    result = await session.execute(
+        update(SmsMessage)
+        .where(SmsMessage.id == message_id, SmsMessage.status == SmsStatus.SENDING, SmsMessage.attempts == attempts)
+        .values(status=status, updated_at=app.clock.now(), error=values.pop("error", None), **values)
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def sweep(stuck_after_seconds: int | None = None) -> int:
     """Enqueue again the messages no worker will finish on its own: committed but never taken
-    (the enqueue after the commit was lost), or left "sending" by a worker that died (RQ
-    would not retry it). The job asks the provider before sending, so none goes out twice."""
+    (the enqueue after the commit was lost), tried and due again but with no job left (the
+    enqueue of the next try was lost), or left "sending" by a worker that died (RQ would not
+    retry it) for longer than NOBAT_SMS_STUCK_SECONDS. The job asks the provider before
+    sending, so none goes out twice."""
     return _run(_sweep(stuck_after_seconds))
 
 
-async def _sweep(stuck_after_seconds: int) -> int:
+async def _sweep(stuck_after_seconds: int | None) -> int:
     async with job_context() as app, app.sessions() as session:
         now = app.clock.now()
+        stuck = app.settings.sms_stuck_seconds if stuck_after_seconds is None else stuck_after_seconds
         never_taken = (
             (SmsMessage.status == SmsStatus.QUEUED)
             & (SmsMessage.attempts == 0)
             & (SmsMessage.created_at < now - dt.timedelta(minutes=2))
         )
-        abandoned = (SmsMessage.status == SmsStatus.SENDING) & (
-            SmsMessage.updated_at <= now - dt.timedelta(seconds=stuck_after_seconds)
+        # A message waiting for its next try was last touched at most one backoff ago.
+        retry_lost = (
+            (SmsMessage.status == SmsStatus.QUEUED)
+            & (SmsMessage.attempts > 0)
+            & (SmsMessage.updated_at < now - dt.timedelta(seconds=max(RETRY_INTERVALS) + stuck))
         )
-        ids = list(await session.scalars(select(SmsMessage.id).where(never_taken | abandoned)))
+        abandoned = (SmsMessage.status == SmsStatus.SENDING) & (
+            SmsMessage.updated_at <= now - dt.timedelta(seconds=stuck)
+        )
+        ids = list(await session.scalars(select(SmsMessage.id).where(never_taken | retry_lost | abandoned)))
         for message_id in ids:
             # A fresh job id: the old job may sit in RQ's failed or started registry.
-            app.jobs.enqueue(
-                app.jobs.sms, "app.sms.tasks.send_sms", message_id, job_id=f"sms-{message_id}-{int(now.timestamp())}"
-            )
+            app.jobs.enqueue(app.jobs.sms, SEND_SMS, message_id, job_id=f"sms-{message_id}-{int(now.timestamp())}")
         return len(ids)

@@ -4,6 +4,7 @@ overflow, today's queue and no-show suspension."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -65,36 +66,86 @@ def every_day(seats: int, opens: str = "08:00", closes: str = "20:00") -> dict[s
     return {"days": {str(d): [rule] for d in range(7)}}
 
 
-async def test_staff_touch_only_their_own_office(client: Client, world: World) -> None:
+STAFF_PREFIXES = ("/api/v1/staff/offices/{code}", "/office/{code}")
+
+
+# The guild sees every office's restrictions and blocks (its own view lists them too).
+GUILD_MAY_READ = {("GET", "/api/v1/staff/offices/{code}/actions")}
+
+
+def office_routes(app: Litestar) -> list[tuple[str, str]]:
+    """Every (method, path template) the app serves under an office's staff prefixes."""
+    found = set()
+    for route in app.routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        if not path.startswith(STAFF_PREFIXES):
+            continue
+        for handler in getattr(route, "route_handlers", []):
+            found |= {(method, path) for method in handler.http_methods if method not in ("HEAD", "OPTIONS")}
+    return sorted(found)
+
+
+def api_body(method: str, path: str, world: World, day: str) -> dict[str, Any] | None:
+    """A body the endpoint accepts, so that what refuses the call is the office check, not validation."""
+    bodies: dict[tuple[str, str], dict[str, Any]] = {
+        ("PUT", "/template"): every_day(3),
+        ("PUT", "/overrides/{date}"): {"rules": []},
+        ("POST", "/walk-ins"): {"national_id": world.national_id(), "service_code": "101"},
+        ("PUT", "/waiting"): {"waiting": 3},
+        ("POST", "/appeals"): {"action_id": 1, "text": "اعتراض داریم"},
+    }
+    return bodies.get((method, path.removeprefix(STAFF_PREFIXES[0])))
+
+
+async def test_staff_touch_only_their_own_office(client: Client, world: World, app: Litestar) -> None:
+    """Every route under an office's staff prefixes, listed from the app: a new endpoint
+    that forgets the office check fails here."""
     mine, theirs = await world.office(), await world.office()
-    headers = await staff_of(client, world, mine)
     await account(world, "guild-1", StaffRole.GUILD, None)
     guild = await sign_in(client, "guild-1")
+    headers = await staff_of(client, world, mine)  # signed in last: the client keeps its cookie
+    page = await client.get(f"/office/{mine}/queue")
+    assert page.status_code == 200, page.text
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf, "the queue page carries a CSRF token"
     day = world.tomorrow().isoformat()
-    calls: list[tuple[str, str, dict[str, Any] | None]] = [
-        ("GET", "template", None),
-        ("PUT", "template", every_day(3)),
-        ("GET", "days", None),
-        ("PUT", f"overrides/{day}", {"rules": []}),
-        ("DELETE", f"overrides/{day}", None),
-        ("GET", "queue", None),
-        ("POST", "queue/ABCDEFGHJK/check-in", None),
-        ("POST", "queue/ABCDEFGHJK/served", None),
-        ("POST", "queue/ABCDEFGHJK/no-show", None),
-        ("POST", "walk-ins", {"national_id": world.national_id(), "service_code": "101"}),
-        ("PUT", "waiting", {"waiting": 3}),
-    ]
-    for method, path, body in calls:
-        url = f"/api/v1/staff/offices/{theirs}/{path}"
-        for who, expected in ((headers, "not_your_office"), (guild, "not_your_office")):
+    routes = office_routes(app)
+    assert len(routes) >= 20, routes  # the console, enforcement and page routes are all found
+    for method, template in routes:
+        url = (
+            template.replace("{code}", theirs)
+            .replace("{tracking_code}", "ABCDEFGHJK")
+            .replace("{action}", "no-show")
+            .replace("{date}", day)
+        )
+        assert "{" not in url, f"fill in the path parameter of {template}"
+        if template.startswith("/office/"):
+            # The pages: signed in by cookie, with a valid form token.
+            form = {"_csrf": csrf.group(1), "date": day, "waiting": "3", "national_id": world.national_id()}
+            response = await client.request(
+                method, url, data=form if method == "POST" else None, follow_redirects=False
+            )
+            assert response.status_code in (403, 404), (method, template, response.status_code)
+            assert "این فرم منقضی شده" not in response.text, (method, template)  # refused for the office, not the form
+            continue
+        body = api_body(method, template, world, day)
+        for who in (headers, guild) if (method, template) not in GUILD_MAY_READ else (headers,):
             response = await client.request(method, url, json=body, headers=who)
-            assert response.status_code == 403, (method, path, response.text)
-            assert response.json()["code"] == expected
-        client.cookies.clear()  # the sign-ins above left a session cookie in the client
-        anonymous = await client.request(method, url, json=body)
-        assert anonymous.status_code == 401, (method, path)
+            assert response.status_code in (403, 404), (method, template, response.text)
+            if response.status_code == 403:
+                assert response.json()["code"] == "not_your_office", (method, template, response.text)
     own = await client.get(f"/api/v1/staff/offices/{mine}/template", headers=headers)
     assert own.status_code == 200
+    own_form = await client.post(
+        f"/office/{mine}/waiting", data={"_csrf": csrf.group(1), "waiting": "3"}, follow_redirects=False
+    )
+    assert own_form.status_code == 303, own_form.text  # the same cookie and token work on one's own office
+    client.cookies.clear()  # the sign-ins above left a session cookie in the client
+    for method, template in routes:
+        if template.startswith("/api/"):
+            url = template.replace("{code}", theirs).replace("{tracking_code}", "ABCDEFGHJK").replace("{date}", day)
+            anonymous = await client.request(method, url, json=api_body(method, template, world, day))
+            assert anonymous.status_code == 401, (method, template)
 
 
 async def test_template_override_and_closure_resolve_per_date(
@@ -229,8 +280,12 @@ async def test_closing_a_day_moves_bookings_to_a_nearby_office(
     assert used(redis_sync, office, day, "10:00") == 0
 
 
+def move_clock(monkeypatch: pytest.MonkeyPatch, to: dt.datetime) -> None:
+    monkeypatch.setattr(Clock, "now", lambda self: to)
+
+
 async def test_queue_check_in_served_and_walk_in(
-    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis
+    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     office = await world.office(seats=1)
     headers = await staff_of(client, world, office)
@@ -242,8 +297,9 @@ async def test_queue_check_in_served_and_walk_in(
     base = f"/api/v1/staff/offices/{office}"
     queue = (await client.get(f"{base}/queue", headers=headers)).json()
     assert [(q["tracking_code"], q["slot"], q["status"]) for q in queue] == [(code, "08:00", "booked")]
-    served_early = await client.post(f"{base}/queue/{code}/no-show", headers=headers)
-    assert served_early.status_code == 200
+    move_clock(monkeypatch, morning.replace(hour=8, minute=15))  # the 08:00 slot, and its grace, have passed
+    no_show = await client.post(f"{base}/queue/{code}/no-show", headers=headers)
+    assert no_show.status_code == 200, no_show.text
     again = await client.post(f"{base}/queue/{code}/check-in", headers=headers)
     assert again.status_code == 409 and again.json()["code"] == "booking_state"
 
@@ -271,11 +327,37 @@ async def test_queue_check_in_served_and_walk_in(
     assert actions == ["booking.no_show", "booking.checked_in", "booking.served", "booking.walk_in"]
 
 
-async def test_three_no_shows_suspend_booking(client: Client, world: World, morning: dt.datetime) -> None:
+async def test_a_no_show_waits_for_the_slot_and_its_grace(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    office = await world.office()
+    headers = await staff_of(client, world, office)
+    booked = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, world.national_id(), morning.date(), "10:00"),
+        headers=world.token(),
+    )
+    url = f"/api/v1/staff/offices/{office}/queue/{booked.json()['tracking_code']}/no-show"
+    for at in (morning, morning.replace(hour=10, minute=0), morning.replace(hour=10, minute=14)):
+        move_clock(monkeypatch, at)
+        early = await client.post(url, headers=headers)
+        assert early.status_code == 409, (at, early.text)
+        problem = early.json()
+        assert problem["code"] == "no_show_too_early" and problem["after"] == "10:15"
+        assert "۱۰:۱۵" in problem["message_fa"] and "10:15" in problem["message_en"]
+    move_clock(monkeypatch, morning.replace(hour=10, minute=15))
+    marked = await client.post(url, headers=headers)
+    assert marked.status_code == 200 and marked.json()["status"] == "no_show"
+
+
+async def test_three_no_shows_suspend_booking(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     office = await world.office(seats=2, services=("101", "102", "103"))
     headers = await staff_of(client, world, office)
     today = morning.date()
     national_id = world.national_id()
+    codes = []
     for service, slot in (("101", "12:00"), ("102", "12:30"), ("103", "13:00")):
         booked = await client.post(
             "/api/v1/bookings",
@@ -283,10 +365,11 @@ async def test_three_no_shows_suspend_booking(client: Client, world: World, morn
             headers=world.token(),
         )
         assert booked.status_code == 201, booked.text
-        marked = await client.post(
-            f"/api/v1/staff/offices/{office}/queue/{booked.json()['tracking_code']}/no-show", headers=headers
-        )
-        assert marked.status_code == 200
+        codes.append(booked.json()["tracking_code"])
+    move_clock(monkeypatch, morning.replace(hour=13, minute=30))  # all three slots have passed
+    for code in codes:
+        marked = await client.post(f"/api/v1/staff/offices/{office}/queue/{code}/no-show", headers=headers)
+        assert marked.status_code == 200, marked.text
     refused = await client.post(
         "/api/v1/bookings", json=booking_body(office, national_id, today + dt.timedelta(days=2)), headers=world.token()
     )

@@ -269,7 +269,9 @@ async def test_close_day_marks_no_shows_and_expires_the_waitlist(world: World, d
     yesterday = world.container.clock.today() - dt.timedelta(days=1)
     async with world.container.sessions() as session:
         office_id = 1
-        for index, status in enumerate((BookingStatus.BOOKED, BookingStatus.SERVED, BookingStatus.WAITLISTED)):
+        for index, status in enumerate(
+            (BookingStatus.BOOKED, BookingStatus.SERVED, BookingStatus.WAITLISTED, BookingStatus.CHECKED_IN)
+        ):
             session.add(
                 Booking(
                     tracking_code=f"OLD{index:07d}",
@@ -286,11 +288,12 @@ async def test_close_day_marks_no_shows_and_expires_the_waitlist(world: World, d
         await session.commit()
     result = await asyncio.to_thread(close_day)
     assert result["no_shows"] == 1 and result["waitlist_expired"] == 1
+    assert result["served"] == 1  # checked in yesterday, never marked served: the citizen came
     async with world.container.sessions() as session:
         statuses = [s.value for s in await session.scalars(select(Booking.status).order_by(Booking.tracking_code))]
-    assert statuses == ["no_show", "served", "cancelled"]
+    assert statuses == ["no_show", "served", "cancelled", "served"]
     again = await asyncio.to_thread(close_day)
-    assert again["no_shows"] == 0 and office
+    assert again["no_shows"] == again["served"] == again["waitlist_expired"] == 0 and office
 
 
 async def test_a_refused_sms_booking_is_answered_not_dropped(
@@ -303,3 +306,139 @@ async def test_a_refused_sms_booking_is_answered_not_dropped(
     await deliver()
     [reply] = standin.wait_for(1)
     assert "این دفتر این خدمت را ارائه نمی‌دهد" in reply["body"]
+
+
+async def test_a_message_that_failed_midway_is_carried_out_when_twilio_retries(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from app.booking.service import BookingService
+
+    office = await world.office()
+    real_book = BookingService.book
+    calls: list[int] = []
+
+    async def book_once_redis_is_back(self: BookingService, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RedisDown("the capacity Redis is down")
+        return await real_book(self, **kwargs)
+
+    monkeypatch.setattr(BookingService, "book", book_once_redis_is_back)
+    body = f"BOOK {office} 101 {world.tomorrow().isoformat()} 0499370899"
+    failed = await text(client, body, sid="SMflaky")
+    assert failed.status_code >= 500  # Twilio delivers it again
+    assert await count(world, InboundSms, InboundSms.answered_at.is_(None)) == 1
+    retried = await text(client, body, sid="SMflaky")
+    assert retried.status_code == 200
+    assert await count(world, Booking, Booking.status == BookingStatus.BOOKED) == 1
+    assert await count(world, InboundSms, InboundSms.answered_at.is_not(None)) == 1
+    # Answered now: a further delivery of the same message does nothing.
+    again = await text(client, body, sid="SMflaky")
+    assert again.status_code == 200 and len(calls) == 2
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "کد رهگیری" in reply["body"]
+    assert await count(world, Booking) == 1 and await count(world, InboundSms) == 1
+
+
+async def test_a_suspended_national_id_cannot_book_by_sms_either(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    from app.booking.models import Suspension
+    from app.locale import jalali_date
+
+    office = await world.office()
+    national_id = world.national_id()
+    today = world.container.clock.today()
+    until = today + dt.timedelta(days=7)
+    async with world.container.sessions() as session:
+        session.add(Suspension(national_id=national_id, until=until, reason="3 no-shows in 30 days"))
+        await session.commit()
+    await world.container.capacity.suspend(national_id=national_id, until=until, today=today)
+    answered = await text(client, f"نوبت {office} ۱۰۱ {national_id}", sid="SMsuspended")
+    assert answered.status_code == 200
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "غیبت‌های مکرر" in reply["body"] and jalali_date(until) in reply["body"], reply["body"]
+    assert await count(world, Booking) == 0
+
+
+async def test_more_tries_than_rq_retries_still_end_in_a_send(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.jobs import RETRY_INTERVALS
+
+    attempts = len(RETRY_INTERVALS) + 3  # more than RQ's retries of a job
+    monkeypatch.setenv("NOBAT_SMS_MAX_ATTEMPTS", str(attempts))
+    office = await world.office()
+    standin.fail_next(attempts - 1)
+    await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    await deliver()
+    for _ in range(attempts):
+        if standin.messages:
+            break
+        await deliver(scheduled_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    assert len(standin.messages) == 1
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage))
+        assert message is not None and message.status == SmsStatus.SENT and message.attempts == attempts
+
+
+async def test_the_last_try_failing_marks_the_message_failed(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOBAT_SMS_MAX_ATTEMPTS", "2")
+    office = await world.office()
+    standin.fail_next(5)
+    await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    for _ in range(4):
+        await deliver(scheduled_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage))
+        assert message is not None and message.status == SmsStatus.FAILED and message.attempts == 2
+    assert standin.messages == []
+
+
+async def test_the_sweep_finds_lost_retries_and_sends_stuck_past_the_setting(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    from app.jobs import RETRY_INTERVALS
+    from app.sms.tasks import sweep
+
+    now = world.container.clock.now()
+    stuck = world.container.settings.sms_stuck_seconds
+    assert stuck < world.container.settings.otp_ttl_seconds  # a stuck sign-in code still arrives in time
+    rows = {
+        # status, attempts, last touched: whether the sweep takes it
+        "retry-lost": (SmsStatus.QUEUED, 2, now - dt.timedelta(seconds=max(RETRY_INTERVALS) + stuck + 60), True),
+        "retry-due": (SmsStatus.QUEUED, 2, now - dt.timedelta(seconds=60), False),
+        "stuck": (SmsStatus.SENDING, 1, now - dt.timedelta(seconds=stuck + 5), True),
+        "in-flight": (SmsStatus.SENDING, 1, now - dt.timedelta(seconds=5), False),
+    }
+    async with world.container.sessions() as session:
+        for name, (status, attempts, touched, _) in rows.items():
+            session.add(
+                SmsMessage(
+                    id=name, to="09121234567", body=f"body {name}", kind="test", status=status,
+                    attempts=attempts, updated_at=touched,
+                )
+            )  # fmt: skip
+        await session.commit()
+    assert await asyncio.to_thread(sweep) == 2  # with this deployment's settings (the deliver fixture's environment)
+    await deliver()
+    bodies = sorted(m["body"] for m in standin.wait_for(2))
+    assert bodies == ["body retry-lost", "body stuck"]
+    async with world.container.sessions() as session:
+        statuses = {row.id: row.status for row in await session.execute(select(SmsMessage.id, SmsMessage.status))}
+    assert statuses == {
+        "retry-lost": SmsStatus.SENT,
+        "retry-due": SmsStatus.QUEUED,
+        "stuck": SmsStatus.SENT,
+        "in-flight": SmsStatus.SENDING,
+    }

@@ -1,0 +1,93 @@
+"""Which days an office is open, through the real API: Fridays closed by default, Iran's
+official holidays (the `holidays` package's calendar) closed when NOBAT_OFFICIAL_HOLIDAYS is on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import holidays
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import update
+
+from app.capacity.models import CapacityTemplate
+from app.capacity.plan import default_template, encode_template, iranian_weekday
+from app.clock import Clock
+from app.settings import Settings
+from tests.conftest import World, booking_body
+
+Client = AsyncTestClient[Litestar]
+TEHRAN = Clock("Asia/Tehran").tz
+
+
+def next_holiday() -> dt.date:
+    """The first official holiday at least three days ahead that is not a Friday anyway."""
+    start = dt.datetime.now(TEHRAN).date() + dt.timedelta(days=3)
+    calendar = holidays.country_holidays("IR", years=range(start.year, start.year + 2))
+    return min(day for day in calendar if day >= start and iranian_weekday(day) != 6)
+
+
+@pytest.fixture
+def holiday(monkeypatch: pytest.MonkeyPatch) -> dt.date:
+    """Move the clock to three days before an official holiday, before the app starts."""
+    day = next_holiday()
+    morning = dt.datetime.combine(day - dt.timedelta(days=3), dt.time(7, 0), tzinfo=TEHRAN)
+    monkeypatch.setattr(Clock, "now", lambda self: morning)
+    return day
+
+
+@pytest.fixture
+def settings(settings: Settings, holiday: dt.date) -> Settings:
+    # tests/conftest.py turns the holidays off so that "tomorrow" is always open; on here.
+    return settings.with_(official_holidays=True)
+
+
+async def slots(client: Client, office: str, day: dt.date) -> dict[str, Any]:
+    response = await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def horizon(world: World) -> list[dt.date]:
+    today = world.container.clock.today()
+    return [today + dt.timedelta(days=i) for i in range(world.container.settings.horizon_days)]
+
+
+async def test_an_official_holiday_closes_every_office(client: Client, world: World, holiday: dt.date) -> None:
+    assert world.container.settings.official_holidays
+    office = await world.office()  # open every day of the week
+    await world.rebuild()
+    official = holidays.country_holidays("IR", years=holiday.year)
+    working = next(day for day in horizon(world) if day not in official)
+    assert (await slots(client, office, working))["slots"], working
+    closed = await slots(client, office, holiday)
+    assert closed["slots"] == [], closed
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), holiday, None), headers=world.token()
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), working, None), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+
+
+async def test_fridays_are_closed_by_default(client: Client, world: World) -> None:
+    office = await world.office()
+    async with world.container.sessions() as session:
+        # The template an office starts with (the demo network's too): no rules on Friday.
+        await session.execute(update(CapacityTemplate).values(template=encode_template(default_template(counters=2))))
+        await session.commit()
+    await world.rebuild()
+    official = holidays.country_holidays("IR", years=range(horizon(world)[0].year, horizon(world)[-1].year + 1))
+    friday = next(day for day in horizon(world) if iranian_weekday(day) == 6)
+    saturday = next(day for day in horizon(world) if iranian_weekday(day) == 0 and day not in official)
+    closed = await slots(client, office, friday)
+    assert closed["slots"] == [], closed
+    assert (await slots(client, office, saturday))["slots"]
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), friday, None), headers=world.token()
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
