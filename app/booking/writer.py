@@ -22,7 +22,10 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
+from sqlalchemy import Insert, insert
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -82,8 +85,8 @@ class GroupCommit:
 
     async def _commit(self, batch: list[_Write]) -> None:
         async with self.sessions() as session:
-            for write in batch:
-                session.add_all(write.rows)
+            for statement, values in _inserts([row for write in batch for row in write.rows]):
+                await session.execute(statement, values)
             await session.commit()
         # Confirmed as soon as committed; the batch's jobs are enqueued on a thread of their
         # own, so the next commit does not wait for this one's round trips to RQ's Redis (a
@@ -101,6 +104,21 @@ class GroupCommit:
         except BaseException as error:
             if not write.done.done():
                 write.done.set_exception(error)
+
+
+def _inserts(rows: Sequence[Base]) -> list[tuple[Insert, list[dict[str, Any]]]]:
+    """One multi-row INSERT per table (and set of given columns) instead of the unit of
+    work's flush, which was the largest part of a batch's commit in the profile. The rows
+    are new objects never added to a session; columns left unset get their defaults."""
+    groups: dict[tuple[type[Base], tuple[str, ...]], list[dict[str, Any]]] = {}
+    for row in rows:
+        values = {
+            attr.key: value
+            for attr in sa_inspect(type(row)).column_attrs
+            if (value := getattr(row, attr.key)) is not None
+        }
+        groups.setdefault((type(row), tuple(values)), []).append(values)
+    return [(insert(model), values) for (model, _), values in groups.items()]
 
 
 def _run_all(actions: list[AfterCommit]) -> None:
