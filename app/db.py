@@ -63,7 +63,10 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
                 log.warning("rollback failed; the connection is discarded")
             raise
         else:
-            await session.commit()
+            # Most reads never open a transaction (the hot paths read Redis and memory):
+            # nothing to commit then, and no connection to check out for it.
+            if session.in_transaction():
+                await session.commit()
 
 
 def import_models() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import math
 import re
+import unicodedata
 
 import jdatetime
 
@@ -55,6 +57,18 @@ WEEKDAY_NAMES = (
 _JALALI_YEARS = range(1300, 1700)
 
 _DATE_RE = re.compile(r"([0-9]{4})([-/])([0-9]{1,2})\2([0-9]{1,2})")
+
+
+# Numbers as people type them: Persian or Arabic-Indic digits, the Persian decimal separator
+# «٫» (U+066B) or a dot, and a minus sign. Matched after folding, against [0-9] only:
+# int() and str.isdigit() would also take "²" or fullwidth digits, which are not numbers here.
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_TO_ASCII_NUMBER = str.maketrans({"٫": ".", "−": "-"})
+_MAX_NUMBER_CHARS = 32
+# What a database integer column holds (PostgreSQL INTEGER); larger ids name nothing.
+MAX_ID = 2**31 - 1
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def normalize_digits(text: str) -> str:
@@ -116,3 +130,74 @@ def parse_date(value: str, field: str = "date") -> datetime.date:
             f"There is no such date: {value!r}.",
             detail_fa="چنین تاریخی وجود ندارد.",
         ) from None
+
+
+def _number_text(value: str) -> str:
+    return normalize_digits(value).translate(_TO_ASCII_NUMBER).strip()
+
+
+def _show(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else repr(number)
+
+
+def _out_of_range(field: str, minimum: float | None, maximum: float | None) -> InvalidInput:
+    if minimum is not None and maximum is not None:
+        en = f"{field} must be {_show(minimum)} to {_show(maximum)}."
+        fa = f"{field} باید بین {_show(minimum)} و {_show(maximum)} باشد."
+    elif minimum is not None:
+        en, fa = f"{field} must be at least {_show(minimum)}.", f"{field} نباید کمتر از {_show(minimum)} باشد."
+    else:
+        en, fa = (
+            f"{field} must be at most {_show(maximum or 0)}.",
+            f"{field} نباید بیشتر از {_show(maximum or 0)} باشد.",
+        )
+    return InvalidInput(field, en, detail_fa=to_persian_digits(fa))
+
+
+def parse_int(value: str, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """A whole number typed in any of the digit sets we accept, within [minimum, maximum]
+    (each bound by default what a 64-bit database column holds)."""
+    text = _number_text(value)
+    if not _INT_RE.fullmatch(text):
+        raise InvalidInput(
+            field, f"{field} must be a whole number (got {value[:40]!r}).", detail_fa=f"{field} باید عدد صحیح باشد."
+        )
+    low = _INT64[0] if minimum is None else minimum
+    high = _INT64[1] if maximum is None else maximum
+    # Compare lengths before converting: int() of a 10k-digit string is refused by Python itself.
+    if len(text.lstrip("+-").lstrip("0")) > 19 or not low <= int(text) <= high:
+        raise _out_of_range(field, low, high)
+    return int(text)
+
+
+def parse_float(value: str, field: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    """A decimal number (Persian «٫» or a dot as the decimal point), finite, within bounds.
+    NaN, infinities and exponents are refused: nobody types them into a form."""
+    text = _number_text(value)
+    if len(text) > _MAX_NUMBER_CHARS or not _FLOAT_RE.fullmatch(text):
+        raise InvalidInput(
+            field, f"{field} must be a number (got {value[:40]!r}).", detail_fa=f"{field} باید عدد باشد."
+        )
+    number = float(text)
+    if not math.isfinite(number):  # the pattern admits none; kept so the contract does not rest on it
+        raise InvalidInput(field, f"{field} must be a number.", detail_fa=f"{field} باید عدد باشد.")
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise _out_of_range(field, minimum, maximum)
+    return number
+
+
+def check_text(value: str, field: str, *, max_length: int, multiline: bool = False) -> str:
+    """Refuse text no one types: control characters (NUL above all, which PostgreSQL cannot
+    store) and more than ``max_length`` characters. Returns the value unchanged."""
+    if len(value) > max_length:
+        raise InvalidInput(
+            field,
+            f"{field} must be at most {max_length} characters.",
+            detail_fa=f"{field} نباید بیش از {to_persian_digits(str(max_length))} نویسه باشد.",
+        )
+    allowed = "\n\r\t" if multiline else ""
+    if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+        raise InvalidInput(
+            field, f"{field} contains characters that are not allowed.", detail_fa=f"{field} نویسهٔ غیرمجاز دارد."
+        )
+    return value

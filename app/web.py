@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.container import Container
-from app.errors import PROBLEM_TYPE_BASE, DomainError, ServiceUnavailable, Unauthorized, problem_body
+from app.errors import PROBLEM_TYPE_BASE, DomainError, InvalidInput, ServiceUnavailable, Unauthorized, problem_body
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ _AWAY = ("08", "57P01", "57P02", "57P03", "53300", "55000")
 
 
 def _database(error: DBAPIError) -> ProblemDetailsException:
-    # A lost connection is the database being away (503, try again); anything else is ours.
+    # A lost connection is the database being away (503, try again); a value the database
+    # cannot hold (SQLSTATE class 22, or the driver's overflow) is the input's fault (422);
+    # anything else is ours.
     cause = error.orig
     sqlstate = str(getattr(cause, "sqlstate", "") or getattr(getattr(cause, "__cause__", None), "sqlstate", "") or "")
     if (
@@ -75,7 +77,33 @@ def _database(error: DBAPIError) -> ProblemDetailsException:
         or sqlstate.startswith(_AWAY)
     ):
         return _unavailable(error)
+    if sqlstate.startswith("22") or _caused_by_overflow(error.orig):
+        return _unstorable(error)
     return _internal(error)
+
+
+def _caused_by_overflow(error: BaseException | None) -> bool:
+    seen = error
+    for _ in range(5):  # asyncpg's OverflowError sits two causes under SQLAlchemy's adapted error
+        if seen is None:
+            return False
+        if isinstance(seen, OverflowError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _unstorable(error: Exception) -> ProblemDetailsException:
+    """The safety net under the edge's bounds: a number or text the database cannot hold
+    (SQLite's OverflowError, PostgreSQL's data exceptions) is a bad input, not a 500."""
+    log.warning("value the database cannot hold reached it: %s", type(error).__name__)
+    return ProblemDetailsException(
+        status_code=422,
+        detail=InvalidInput.message_en,
+        title=InvalidInput.message_en,
+        type_=PROBLEM_TYPE_BASE + InvalidInput.code,
+        extra={"code": InvalidInput.code, "message_fa": InvalidInput.message_fa, "message_en": InvalidInput.message_en},
+    )
 
 
 def _internal(error: Exception) -> ProblemDetailsException:
@@ -119,6 +147,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
                 HTTPException: _from_http,
                 RedisError: _unavailable,
                 DBAPIError: _database,
+                OverflowError: _unstorable,
                 OperationalError: _unavailable,
                 InterfaceError: _unavailable,
                 Exception: _internal,

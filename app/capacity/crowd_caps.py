@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.capacity.models import CrowdCap
 from app.capacity.service import Capacity
 from app.errors import InvalidInput, NotFound
+from app.locale import check_text, normalize_digits
 from app.offices.models import City, Office, Province
 
 
@@ -31,12 +32,23 @@ class CrowdCapOut(msgspec.Struct):
     active: bool
 
 
+REASON_MAX = 500  # the column's length
+
+
+def province_code_of(value: str | None) -> str | None:
+    """A province code as typed («۰۱», "01 "), folded to the registry's form. (None means the
+    whole country; a blank code is left for the caller to judge, never read as None.)"""
+    if value is None:
+        return None
+    return normalize_digits(check_text(value, "province_code", max_length=10)).strip()
+
+
 async def _province_id(session: AsyncSession, province_code: str | None) -> int | None:
     if province_code is None:
         return None
     province_id = await session.scalar(select(Province.id).where(Province.code == province_code))
     if province_id is None:
-        raise InvalidInput("province", "No province has this code.", detail_fa="استانی با این کد وجود ندارد.")
+        raise InvalidInput("province_code", "No province has this code.", detail_fa="استانی با این کد وجود ندارد.")
     return province_id
 
 
@@ -68,8 +80,9 @@ async def add(
         raise InvalidInput(
             "ends_on", "The cap must end after it starts, and not in the past.", detail_fa="بازهٔ تاریخ درست نیست."
         )
-    if not reason.strip():
+    if not check_text(reason, "reason", max_length=REASON_MAX, multiline=True).strip():
         raise InvalidInput("reason", "Give the reason (the directive).", detail_fa="دلیل (مصوبه) را بنویسید.")
+    province_code = province_code_of(province_code)
     province_id = await _province_id(session, province_code)
     cap = CrowdCap(
         province_id=province_id,

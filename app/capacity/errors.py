@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 
 from app.errors import DomainError
+from app.locale import to_persian_digits
 
 
 class SlotFull(DomainError):
@@ -58,7 +59,7 @@ class TooManyBookings(DomainError):
     def __init__(self, limit: int) -> None:
         super().__init__(
             self.message_en.format(limit=limit),
-            detail_fa=self.message_fa.format(limit=limit),
+            detail_fa=self.message_fa.format(limit=to_persian_digits(str(limit))),
             limit=limit,
         )
 

@@ -6,6 +6,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.complaints.schemas import ComplaintCreate, ComplaintOut, QueueItem, TransitionIn
+from app.locale import parse_int
 from app.staff.routes import Staff
 from app.web import Deps, Session, bearer_token
 
@@ -54,11 +55,18 @@ class RegulatorComplaintsController(Controller):
         step: Annotated[str | None, QueryParameter(name="state")] = None,
         overdue: FromQuery[bool | None] = None,
         province: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 100,
-        offset: FromQuery[int] = 0,
+        limit: FromQuery[str] = "100",
+        offset: FromQuery[str] = "0",
     ) -> list[QueueItem]:
+        # Numbers as text: Persian and Arabic-Indic digits are read like Latin ones.
         return await container.complaints.queue(
-            session=session, staff=staff, state=step, overdue=overdue, province=province, limit=limit, offset=offset
+            session=session,
+            staff=staff,
+            state=step,
+            overdue=overdue,
+            province=province,
+            limit=parse_int(limit, "limit"),
+            offset=parse_int(offset, "offset"),
         )
 
     @get("/{tracking_code:str}", summary="One complaint with its steps")

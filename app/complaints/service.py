@@ -137,11 +137,15 @@ class Complaints:
         require_role(staff, StaffRole.REGULATOR)
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(
-                "limit", f"limit must be 1 to {MAX_PAGE}.", detail_fa=f"limit باید بین ۱ و {MAX_PAGE} باشد."
+                "limit",
+                f"limit must be 1 to {MAX_PAGE}.",
+                detail_fa=f"limit باید بین ۱ و {to_persian_digits(str(MAX_PAGE))} باشد.",
             )
         if not 0 <= offset <= MAX_OFFSET:
             raise InvalidInput(
-                "offset", f"offset must be 0 to {MAX_OFFSET}.", detail_fa=f"offset باید بین ۰ و {MAX_OFFSET} باشد."
+                "offset",
+                f"offset must be 0 to {MAX_OFFSET}.",
+                detail_fa=f"offset باید بین ۰ و {to_persian_digits(str(MAX_OFFSET))} باشد.",
             )
         query = (
             select(Complaint, Office.code, Office.name_fa, Province.name_fa)

@@ -15,6 +15,7 @@ from app.enforcement.schemas import (
     WatchedOffice,
 )
 from app.enforcement.service import watched_csv
+from app.locale import MAX_ID, parse_int
 from app.staff.routes import Staff
 from app.web import Deps, Session
 
@@ -56,17 +57,21 @@ class RegulatorActionsController(Controller):
     async def appeals(self, staff: Staff, session: Session, container: Deps) -> list[AppealOut]:
         return await container.enforcement.appeals(session=session, staff=staff)
 
-    @post("/appeals/{appeal_id:int}/decide", status_code=200, summary="Uphold or overturn an appeal (regulator)")
+    @post("/appeals/{appeal_id:str}/decide", status_code=200, summary="Uphold or overturn an appeal (regulator)")
     async def decide(
         self,
-        appeal_id: FromPath[int],
+        appeal_id: FromPath[str],
         data: JSONBody[AppealDecisionIn],
         staff: Staff,
         session: Session,
         container: Deps,
     ) -> AppealOut:
         return await container.enforcement.decide_appeal(
-            session=session, staff=staff, appeal_id=appeal_id, outcome=data.outcome, note=data.note
+            session=session,
+            staff=staff,
+            appeal_id=parse_int(appeal_id, "appeal_id", minimum=1, maximum=MAX_ID),
+            outcome=data.outcome,
+            note=data.note,
         )
 
 

@@ -1,11 +1,27 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, get
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from app.load.schemas import NearbyResult, OfficeLoad
-from app.locale import parse_date
+from app.load.service import MAX_LIMIT
+from app.locale import check_text, parse_date, parse_float, parse_int
 from app.web import Deps, Session
+
+# Numbers arrive as text so that Persian and Arabic-Indic digits (and «٫» as the decimal
+# point) are read, not refused with a 400.
+_DIGITS = "Persian or Arabic-Indic digits, and «٫» as the decimal point, are accepted."
+Latitude = Annotated[str | None, QueryParameter(description=f"Latitude in degrees, -90 to 90. {_DIGITS}")]
+Longitude = Annotated[str | None, QueryParameter(description=f"Longitude in degrees, -180 to 180. {_DIGITS}")]
+Limit = Annotated[
+    str, QueryParameter(description="How many offices, a whole number 1 to 50; Persian digits are accepted.")
+]
+
+
+def _coordinate(value: str | None, field: str, bound: float) -> float | None:
+    return None if value is None else parse_float(value, field, minimum=-bound, maximum=bound)
 
 
 class LoadController(Controller):
@@ -18,20 +34,21 @@ class LoadController(Controller):
         session: Session,
         container: Deps,
         service: FromQuery[str],
-        lat: FromQuery[float | None] = None,
-        lon: FromQuery[float | None] = None,
+        lat: Latitude = None,
+        lon: Longitude = None,
         city: FromQuery[str | None] = None,
         date: FromQuery[str | None] = None,
-        limit: FromQuery[int] = 10,
+        limit: Limit = "10",
     ) -> NearbyResult:
         return await container.load.nearby(
             session=session,
             service_code=service,
             day=parse_date(date) if date else None,
-            lat=lat,
-            lon=lon,
-            city=city,
-            limit=limit,
+            lat=_coordinate(lat, "lat", 90),
+            lon=_coordinate(lon, "lon", 180),
+            # PostgreSQL cannot compare text holding NUL: refuse it here, with a 422.
+            city=check_text(city, "city", max_length=100) if city else None,
+            limit=parse_int(limit, "limit", minimum=1, maximum=MAX_LIMIT),
         )
 
     @get("/{code:str}/load", summary="Today's load by hour and the number waiting now")

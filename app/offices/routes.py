@@ -6,10 +6,18 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from app.locale import jalali_date, jalali_time, parse_date
+from app.locale import MAX_ID, jalali_date, jalali_time, parse_date, parse_int
 from app.offices import service
 from app.offices.schemas import DaySlots, OfficeDetail, OfficePage, ServiceOut, SlotOut
 from app.web import Deps, Session
+
+# Numbers arrive as text so that Persian and Arabic-Indic digits are read, not refused (400).
+Limit = Annotated[
+    str, QueryParameter(description="Page size, a whole number 1 to 100; Persian or Arabic-Indic digits are accepted.")
+]
+Offset = Annotated[
+    str, QueryParameter(description="How many offices to skip, 0 or more; Persian or Arabic-Indic digits are accepted.")
+]
 
 
 class OfficesController(Controller):
@@ -27,11 +35,16 @@ class OfficesController(Controller):
         province: FromQuery[str | None] = None,
         city: FromQuery[str | None] = None,
         service_code: Annotated[str | None, QueryParameter(name="service")] = None,
-        limit: FromQuery[int] = 20,
-        offset: FromQuery[int] = 0,
+        limit: Limit = "20",
+        offset: Offset = "0",
     ) -> OfficePage:
         return await service.search_offices(
-            session=session, province=province, city=city, service=service_code, limit=limit, offset=offset
+            session=session,
+            province=province,
+            city=city,
+            service=service_code,
+            limit=parse_int(limit, "limit", minimum=1, maximum=service.MAX_PAGE),
+            offset=parse_int(offset, "offset", minimum=0, maximum=MAX_ID),
         )
 
     @get("/offices/{code:str}", summary="One office, its services and opening hours")

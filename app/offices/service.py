@@ -9,12 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import WeeklyTemplate, decode_template, opening_hours, pool_for
 from app.errors import InvalidInput
-from app.locale import WEEKDAY_NAMES, normalize_digits, normalize_text
+from app.locale import MAX_ID, WEEKDAY_NAMES, check_text, normalize_digits, normalize_text, to_persian_digits
 from app.offices.errors import OfficeNotFound, ServiceNotFound, ServiceNotOffered
 from app.offices.models import City, Office, OfficeService, Province, Service
 from app.offices.schemas import CityOut, OfficeDetail, OfficePage, OfficeSummary, OpeningHours, ServiceOut
 
 MAX_PAGE = 100
+MAX_NAME = 100  # longer than any province or city name, with room for a typo
 
 
 class BookableOffice(msgspec.Struct, frozen=True):
@@ -87,19 +88,28 @@ async def search_offices(
 ) -> OfficePage:
     """Offices by province (code or name), city (id or Persian/English name) and service."""
     if not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput("limit", f"limit must be 1 to {MAX_PAGE}.", detail_fa=f"limit باید بین ۱ و {MAX_PAGE} باشد.")
-    if offset < 0:
-        raise InvalidInput("offset", "offset must not be negative.", detail_fa="offset نباید منفی باشد.")
+        raise InvalidInput(
+            "limit",
+            f"limit must be 1 to {MAX_PAGE}.",
+            detail_fa=f"limit باید بین ۱ و {to_persian_digits(str(MAX_PAGE))} باشد.",
+        )
+    if not 0 <= offset <= MAX_ID:
+        raise InvalidInput(
+            "offset",
+            f"offset must be 0 to {MAX_ID}.",
+            detail_fa=f"offset باید بین ۰ و {to_persian_digits(str(MAX_ID))} باشد.",
+        )
     query = select(Office).join(City, Office.city_id == City.id).join(Province, City.province_id == Province.id)
     if province:
-        value = normalize_text(province)
+        value = normalize_text(check_text(province, "province", max_length=MAX_NAME))
         query = query.where(
             (Province.code == value) | (Province.name_fa == value) | (func.lower(Province.name_en) == value.lower())
         )
     if city:
-        value = normalize_text(city)
+        value = normalize_text(check_text(city, "city", max_length=MAX_NAME))
         match = (City.name_fa == value) | (func.lower(City.name_en) == value.lower())
-        if value.isdigit():
+        # [0-9] only, and short enough to be an id: "²".isdigit() is true and int() refuses it.
+        if value.isascii() and value.isdecimal() and len(value) <= 9:
             match = match | (City.id == int(value))
         query = query.where(match)
     if service:

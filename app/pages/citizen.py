@@ -109,13 +109,13 @@ class CitizenPages(Controller):
                 raise InvalidInput(
                     "city", "Give a city or a position.", detail_fa="نام شهر را بنویسید یا موقعیت خود را بفرستید."
                 )
-            chosen = parse_date(date) if date else None
-            days = (
-                [chosen] if chosen else [None, *container.capacity.horizon(container.clock.today())[1:LOOK_AHEAD_DAYS]]
-            )
+            today = container.clock.today()
+            chosen = parse_date(date) if date else today
+            # Today is what the form offers first: a citizen searching it after hours (or on
+            # a full day) is shown the first day that still has a free seat, not a list of
+            # "none left". A later day they picked is kept.
+            days = container.capacity.horizon(today)[:LOOK_AHEAD_DAYS] if chosen == today else [chosen]
             for day in days:
-                # With no day chosen, a citizen searching after hours (or on a full day) is
-                # shown the first day that still has a free seat, not a list of "none left".
                 result = await container.load.nearby(
                     session=session,
                     service_code=service,
@@ -140,13 +140,16 @@ class CitizenPages(Controller):
                 capitals=_capitals(),
                 days=day_options(container),
             )
+        moved_to_later_day = result.date != container.clock.today().isoformat() and not (
+            date and parse_date(date).isoformat() == result.date
+        )
         form["date"] = result.date
         return render(
             request,
             container,
             "citizen/offices.html",
             result=result,
-            moved_to_later_day=not date and result.date != container.clock.today().isoformat(),
+            moved_to_later_day=moved_to_later_day,
             service_name=dict(services_options).get(result.service_code, result.service_code),
             form=form,
             services_options=services_options,

@@ -10,7 +10,7 @@ from app.capacity.crowd_caps import CrowdCapOut
 from app.capacity.models import Closure
 from app.console.service import Console
 from app.errors import InvalidInput, NotFound
-from app.locale import jalali_date, parse_date
+from app.locale import check_text, jalali_date, parse_date
 from app.offices.models import City, Office, Province
 from app.regulator.schemas import ClosureIn, ClosureOut, CrowdCapIn
 from app.staff.models import StaffRole
@@ -71,15 +71,16 @@ class Regulator:
         to an open office nearby where one has room, or cancelled and the citizen told."""
         require_role(staff, StaffRole.REGULATOR)
         day = parse_date(data.date)
+        province_code = crowd_caps.province_code_of(data.province_code) or None  # blank: the country, as before
         if day not in self.capacity.horizon(self.clock.today()):
             raise InvalidInput(
                 "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
             )
-        if not data.reason.strip():
+        if not check_text(data.reason, "reason", max_length=crowd_caps.REASON_MAX, multiline=True).strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         province_id = None
-        if data.province_code:
-            province_id = await session.scalar(select(Province.id).where(Province.code == data.province_code))
+        if province_code:
+            province_id = await session.scalar(select(Province.id).where(Province.code == province_code))
             if province_id is None:
                 raise InvalidInput(
                     "province_code", "No province has this code.", detail_fa="استانی با این کد وجود ندارد."
@@ -89,7 +90,7 @@ class Regulator:
         await session.flush()
         await audit(
             session, actor=staff, action="closure.add", target=str(closure.id), office_id=None, before=None,
-            after={"date": day.isoformat(), "province_code": data.province_code, "reason": closure.reason},
+            after={"date": day.isoformat(), "province_code": province_code, "reason": closure.reason},
             at=self.clock.now(),
         )  # fmt: skip
         await session.commit()
@@ -104,7 +105,7 @@ class Regulator:
         return ClosureOut(
             id=closure.id,
             date=day.isoformat(),
-            province_code=data.province_code,
+            province_code=province_code,
             reason=closure.reason,
             created_by=closure.created_by,
             moved=moved,

@@ -172,8 +172,8 @@ def open_today_and_walk_in(page: Any, site: Site, office: str) -> str | None:
     """Open the rest of today with a date override, then register a walk-in; its tracking code
     (None when not even a 5-minute slot fits before midnight)."""
     now = site.now()
-    start = now + dt.timedelta(minutes=2)
-    start = start.replace(minute=start.minute - start.minute % 5 + 5, second=0, microsecond=0) if start.minute % 5 else start.replace(second=0, microsecond=0)  # fmt: skip
+    start = (now + dt.timedelta(minutes=2)).replace(second=0, microsecond=0)
+    start += dt.timedelta(minutes=-start.minute % 5)  # up to the next 5 minutes (never minute 60)
     if start.date() != now.date() or start.time() > dt.time(23, 50):
         return None
     page.goto(f"/office/{office}/capacity")

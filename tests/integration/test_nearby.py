@@ -86,7 +86,7 @@ async def test_by_city_and_bad_input(client: Client, world: World) -> None:
         ({"service": "999", **ORIGIN}, 404, "service_not_found"),
         ({"service": "101", **ORIGIN, "limit": 500}, 422, "invalid_input"),
         ({"service": "101", **ORIGIN, "date": "2001-01-01"}, 422, "invalid_input"),
-        ({"service": "101", "lat": "north", "lon": 51}, 400, "malformed_request"),
+        ({"service": "101", "lat": "north", "lon": 51}, 422, "invalid_input"),
     ]:
         response = await client.get("/api/v1/offices/nearby", params=params)
         assert response.status_code == status, (params, response.text)

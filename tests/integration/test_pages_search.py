@@ -8,8 +8,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from app.capacity.plan import DayRule
 from app.clock import Clock
-from tests.conftest import World
+from tests.conftest import World, booking_body
 
 Client = AsyncTestClient[Litestar]
 
@@ -29,10 +30,28 @@ async def test_after_hours_the_search_shows_the_first_day_with_seats(
     assert f"/offices/{office}?service=101&amp;date={tomorrow}" in page.text
     assert "بدون نوبت خالی" not in page.text
 
-    chosen = await client.get(
+    # Today, chosen in the form, is looked past the same way.
+    today = await client.get(
         "/offices",
         params={"service": "101", "city": "Tehran", "date": late.date().isoformat()},
         headers={"Accept": "text/html"},
     )
-    # A day the citizen chose is kept, and an office with nothing left says so, not "quiet".
-    assert "امروز در این نزدیکی" not in chosen.text and "بدون نوبت خالی" in chosen.text
+    assert "امروز در این نزدیکی نوبت خالی نمانده" in today.text
+
+
+async def test_a_later_day_chosen_is_kept_and_a_full_office_says_so(client: Client, world: World) -> None:
+    office = await world.office(rules=[DayRule(opens="08:00", closes="08:30", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert booked.status_code == 201
+    page = await client.get(
+        "/offices",
+        params={"service": "101", "city": "Tehran", "date": day.isoformat()},
+        headers={"Accept": "text/html"},
+    )
+    # The day the citizen picked is kept; a full office shows "no free slot", not "quiet".
+    assert "نوبت خالی نمانده" not in page.text and "بدون نوبت خالی" in page.text
+    assert "badge-low" not in page.text

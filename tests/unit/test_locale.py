@@ -7,13 +7,17 @@ from hypothesis import strategies as st
 
 from app.errors import InvalidInput
 from app.locale import (
+    MAX_ID,
     WEEKDAY_NAMES,
+    check_text,
     jalali_date,
     jalali_datetime,
     jalali_time,
     normalize_digits,
     normalize_text,
     parse_date,
+    parse_float,
+    parse_int,
     to_persian_digits,
 )
 
@@ -124,3 +128,85 @@ def test_parse_date_round_trips_jalali_and_iso(d: datetime.date) -> None:
     jalali = to_persian_digits(f"{j.year}/{j.month:02d}/{j.day:02d}")
     assert parse_date(jalali) == d
     assert parse_date(d.isoformat()) == d
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("10", 10), ("۱۰", 10), ("١٠", 10), ("۱0", 10), (" 42 ", 42), ("-۳", -3), ("+7", 7), ("−5", -5), ("007", 7)],
+)
+def test_parse_int_accepts_every_digit_set(value: str, expected: int) -> None:
+    assert parse_int(value, "n") == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["", " ", "²", "١٢³", "１２", "1_000", "1.5", "۱٫۵", "1e3", "0x10", "ten", "--1", "1 2", "\x00"]
+)
+def test_parse_int_refuses_what_int_would_take_or_nobody_types(value: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_int(value, "limit")
+    assert info.value.field == "limit"
+    assert info.value.detail_fa == "limit باید عدد صحیح باشد."
+
+
+def test_parse_int_bounds_say_the_range_in_persian_digits() -> None:
+    assert parse_int("۱۰۰", "limit", minimum=1, maximum=100) == 100
+    with pytest.raises(InvalidInput) as info:
+        parse_int("۱۰۱", "limit", minimum=1, maximum=100)
+    assert info.value.detail_en == "limit must be 1 to 100."
+    assert info.value.detail_fa == "limit باید بین ۱ و ۱۰۰ باشد."
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "-9223372036854775809", "9" * 10_000])
+def test_parse_int_refuses_what_no_column_holds(value: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_int(value, "offset")
+    assert info.value.field == "offset"
+    assert parse_int(str(2**63 - 1), "offset") == 2**63 - 1
+
+
+def test_parse_int_id_bound() -> None:
+    assert parse_int(str(MAX_ID), "id", minimum=1, maximum=MAX_ID) == MAX_ID
+    for value in (str(MAX_ID + 1), "0"):
+        with pytest.raises(InvalidInput):
+            parse_int(value, "id", minimum=1, maximum=MAX_ID)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("35.7", 35.7), ("۳۵.۷", 35.7), ("۳۵٫۷", 35.7), ("٣٥٫٧", 35.7), ("-۱۲٫۵", -12.5), ("51", 51.0), (".5", 0.5)],
+)
+def test_parse_float_accepts_persian_digits_and_separator(value: str, expected: float) -> None:
+    assert parse_float(value, "lat") == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["", "nan", "NaN", "inf", "-inf", "Infinity", "1e400", "1e3", "3,5", "۳۵٬۷", "²", "1.2.3", "9" * 400]
+)
+def test_parse_float_refuses_junk_nan_and_infinity(value: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_float(value, "lat")
+    assert info.value.field == "lat"
+
+
+def test_parse_float_bounds() -> None:
+    assert parse_float("-۹۰", "lat", minimum=-90, maximum=90) == -90
+    with pytest.raises(InvalidInput) as info:
+        parse_float("۹۰٫۱", "lat", minimum=-90, maximum=90)
+    assert info.value.detail_fa == "lat باید بین -۹۰ و ۹۰ باشد."
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+def test_parse_int_round_trips_persian_digits(n: int) -> None:
+    assert parse_int(to_persian_digits(str(n)), "n") == n
+
+
+def test_check_text() -> None:
+    assert check_text("مصوبهٔ ستاد\nبند ۲", "reason", max_length=500, multiline=True) == "مصوبهٔ ستاد\nبند ۲"
+    assert check_text(f"سه{ZWNJ}شنبه", "city", max_length=10) == f"سه{ZWNJ}شنبه"
+    for value, multiline in (("a\x00b", True), ("a\nb", False), ("\x1b[2J", True)):
+        with pytest.raises(InvalidInput) as info:
+            check_text(value, "reason", max_length=500, multiline=multiline)
+        assert info.value.field == "reason"
+    with pytest.raises(InvalidInput) as info:
+        check_text("x" * 501, "reason", max_length=500)
+    assert info.value.detail_fa == "reason نباید بیش از ۵۰۰ نویسه باشد."
