@@ -64,7 +64,8 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
             raise
         else:
             # Most reads never open a transaction (the hot paths read Redis and memory):
-            # nothing to commit then, and no connection to check out for it.
+            # nothing to commit then, and no connection to check out for it. (Adding an
+            # object begins one, so what was only added is still committed.)
             if session.in_transaction():
                 await session.commit()
 

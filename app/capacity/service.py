@@ -168,6 +168,13 @@ class Capacity:
             return None
         raise _RESERVE_ERRORS[outcome]()
 
+    async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
+        """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
+        for slot in overflow:
+            await self.scripts.keep_holders(
+                keys=[keys.office_day(slot.office_code, slot.day)], args=[keys.seats_field(slot.pool, slot.time)]
+            )
+
     async def release(
         self,
         *,

@@ -17,6 +17,18 @@ class CapacityBelowBookings(DomainError):
         super().__init__(slots=slots)
 
 
+class CapacityBelowCheckedIn(DomainError):
+    """The change would leave citizens already checked in without their seat; nothing was changed."""
+
+    code = "capacity_below_checked_in"
+    status = 409
+    message_fa = "در این نوبت‌ها کسانی حضور ثبت کرده‌اند که نمی‌توان جابه‌جایشان کرد؛ ظرفیت را کمتر از آنان نکنید."
+    message_en = "Citizens already checked in hold these slots and cannot be moved; do not cut below them."
+
+    def __init__(self, slots: list[dict[str, Any]]) -> None:
+        super().__init__(slots=slots)
+
+
 class NotAtThisOffice(NotFound):
     code = "booking_not_at_office"
     message_fa = "این نوبت متعلق به این دفتر نیست."

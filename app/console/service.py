@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from typing import Any
 
 import msgspec
@@ -30,7 +31,14 @@ from app.capacity.plan import (
 )
 from app.capacity.service import Capacity, Overflow, load_plans
 from app.clock import Clock
-from app.console.errors import CapacityBelowBookings, NoShowTooEarly, NotAtThisOffice, NotToday, WrongBookingState
+from app.console.errors import (
+    CapacityBelowBookings,
+    CapacityBelowCheckedIn,
+    NoShowTooEarly,
+    NotAtThisOffice,
+    NotToday,
+    WrongBookingState,
+)
 from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
@@ -41,6 +49,8 @@ from app.offices.models import Office, Service
 from app.offices.service import normalize_code
 from app.settings import Settings
 from app.staff.service import StaffPrincipal, audit, require_office
+
+log = logging.getLogger(__name__)
 
 
 class NoShowRules(msgspec.Struct, frozen=True):
@@ -112,7 +122,7 @@ class Console:
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=horizon, apply=False, template=new
         )
-        self._refuse_overflow(overflow, move_overflow)
+        await self._refuse_overflow(session, office, overflow, move_overflow)
         if row is None:
             session.add(CapacityTemplate(office_id=office.id, template=new))
         else:
@@ -142,7 +152,7 @@ class Console:
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
-        self._refuse_overflow(overflow, move_overflow)
+        await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await session.get(CapacityOverride, (office.id, day))
         before = row.rules if row else None
         if row is None:
@@ -165,7 +175,7 @@ class Console:
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
-        self._refuse_overflow(overflow, move_overflow)
+        await self._refuse_overflow(session, office, overflow, move_overflow)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         await session.commit()
@@ -193,7 +203,9 @@ class Console:
         return result
 
     @staticmethod
-    def _refuse_overflow(overflow: list[Overflow], move_overflow: bool) -> None:
+    async def _refuse_overflow(
+        session: AsyncSession, office: Office, overflow: list[Overflow], move_overflow: bool
+    ) -> None:
         if overflow and not move_overflow:
             raise CapacityBelowBookings(
                 [
@@ -201,6 +213,33 @@ class Console:
                     for o in overflow
                 ]
             )
+        # Citizens already checked in are in the room: they cannot be moved, so no plan may
+        # leave a slot fewer seats than they hold (the load test found a cut that did).
+        present = []
+        for o in overflow:
+            checked_in = await session.scalar(
+                select(func.count())
+                .select_from(Booking)
+                .where(
+                    Booking.office_id == office.id,
+                    Booking.date == o.day,
+                    Booking.pool == o.pool,
+                    Booking.slot_time == o.time,
+                    Booking.status == BookingStatus.CHECKED_IN,
+                )
+            )
+            if checked_in and checked_in > o.seats:
+                present.append(
+                    {
+                        "date": o.day.isoformat(),
+                        "slot": o.time,
+                        "pool": o.pool,
+                        "seats": o.seats,
+                        "checked_in": checked_in,
+                    }
+                )
+        if present:
+            raise CapacityBelowCheckedIn(present)
 
     async def _apply(self, session: AsyncSession, office: Office, days: list[dt.date]) -> CapacityChange:
         """Write the record's plan into Redis, move whoever no longer fits, then hand any new
@@ -216,6 +255,14 @@ class Console:
                 break
             await asyncio.sleep(0.2)
             moved += await self.move_overflow(session, overflow, {office.code: office}, why_fa=why)
+        else:
+            # Still over after every try: whoever holds those seats could not be moved (they
+            # checked in a moment after the refusal check). They keep their seats: the slot
+            # takes nobody new until it is back under the plan.
+            overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=False)
+            if overflow:
+                log.warning("capacity cut kept %d slot(s) at their holders' count", len(overflow))
+                await self.capacity.keep_holders(overflow)
         await self.bookings.fill_waitlists(session=session, office_codes={office.code})
         return CapacityChange(office_code=office.code, days_changed=len(days), moved=moved)
 
