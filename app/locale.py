@@ -170,6 +170,13 @@ def parse_int(value: str, field: str, *, minimum: int | None = None, maximum: in
     return int(text)
 
 
+def check_range(value: int, field: str, *, minimum: int, maximum: int) -> int:
+    """A number already parsed (by the framework, or a caller) within [minimum, maximum]."""
+    if not minimum <= value <= maximum:
+        raise _out_of_range(field, minimum, maximum)
+    return value
+
+
 def parse_float(value: str, field: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
     """A decimal number (Persian «٫» or a dot as the decimal point), finite, within bounds.
     NaN, infinities and exponents are refused: nobody types them into a form."""

@@ -19,7 +19,7 @@ from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, next_fine
 from app.enforcement.service import Enforcement
 from app.errors import InvalidInput
-from app.locale import normalize_text, to_persian_digits
+from app.locale import check_range, normalize_text, to_persian_digits
 from app.offices.models import City, Office, Province
 from app.sms.service import Messenger
 from app.staff.models import StaffRole
@@ -135,18 +135,8 @@ class Complaints:
         offset: int = 0,
     ) -> list[QueueItem]:
         require_role(staff, StaffRole.REGULATOR)
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput(
-                "limit",
-                f"limit must be 1 to {MAX_PAGE}.",
-                detail_fa=f"limit باید بین ۱ و {to_persian_digits(str(MAX_PAGE))} باشد.",
-            )
-        if not 0 <= offset <= MAX_OFFSET:
-            raise InvalidInput(
-                "offset",
-                f"offset must be 0 to {MAX_OFFSET}.",
-                detail_fa=f"offset باید بین ۰ و {to_persian_digits(str(MAX_OFFSET))} باشد.",
-            )
+        check_range(limit, "limit", minimum=1, maximum=MAX_PAGE)
+        check_range(offset, "offset", minimum=0, maximum=MAX_OFFSET)
         query = (
             select(Complaint, Office.code, Office.name_fa, Province.name_fa)
             .join(Office, Office.id == Complaint.office_id)

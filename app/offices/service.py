@@ -9,7 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import WeeklyTemplate, decode_template, opening_hours, pool_for
 from app.errors import InvalidInput
-from app.locale import MAX_ID, WEEKDAY_NAMES, check_text, normalize_digits, normalize_text, to_persian_digits
+from app.locale import (
+    MAX_ID,
+    WEEKDAY_NAMES,
+    check_range,
+    check_text,
+    normalize_digits,
+    normalize_text,
+)
 from app.offices.errors import OfficeNotFound, ServiceNotFound, ServiceNotOffered
 from app.offices.models import City, Office, OfficeService, Province, Service
 from app.offices.schemas import CityOut, OfficeDetail, OfficePage, OfficeSummary, OpeningHours, ServiceOut
@@ -87,18 +94,8 @@ async def search_offices(
     offset: int = 0,
 ) -> OfficePage:
     """Offices by province (code or name), city (id or Persian/English name) and service."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidInput(
-            "limit",
-            f"limit must be 1 to {MAX_PAGE}.",
-            detail_fa=f"limit باید بین ۱ و {to_persian_digits(str(MAX_PAGE))} باشد.",
-        )
-    if not 0 <= offset <= MAX_ID:
-        raise InvalidInput(
-            "offset",
-            f"offset must be 0 to {MAX_ID}.",
-            detail_fa=f"offset باید بین ۰ و {to_persian_digits(str(MAX_ID))} باشد.",
-        )
+    check_range(limit, "limit", minimum=1, maximum=MAX_PAGE)
+    check_range(offset, "offset", minimum=0, maximum=MAX_ID)
     query = select(Office).join(City, Office.city_id == City.id).join(Province, City.province_id == Province.id)
     if province:
         value = normalize_text(check_text(province, "province", max_length=MAX_NAME))
