@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -45,6 +47,16 @@ class OfficeCard(msgspec.Struct, frozen=True):
     city_fa: str
     lat: float
     lon: float
+
+
+# What a card shows, read in the same order by the load and by the fallback for offices the
+# copy does not hold.
+_CARD_COLUMNS = (Office.name_fa, Office.address_fa, City.name_fa, Office.lat, Office.lon)
+
+
+def _card(row: Sequence[Any]) -> OfficeCard:
+    name, address, city, lat, lon = row
+    return OfficeCard(name_fa=name, address_fa=address, city_fa=city, lat=lat, lon=lon)
 
 
 @dataclass
@@ -85,24 +97,21 @@ class OfficeDirectory:
             ):
                 offered.setdefault(office_id, set()).add(service_code)
             rows = await session.execute(
-                select(
-                    Office.id, Office.code, Office.name_fa, CapacityTemplate.template,
-                    Office.address_fa, City.name_fa, Office.lat, Office.lon,
-                )
+                select(Office.id, Office.code, CapacityTemplate.template, *_CARD_COLUMNS)
                 .join(City, City.id == Office.city_id)
                 .outerjoin(CapacityTemplate, CapacityTemplate.office_id == Office.id)
             )  # fmt: skip
-            offices = {
-                code: _Office(
+            offices = {}
+            for office_id, code, template, *columns in rows:
+                card = _card(columns)
+                offices[code] = _Office(
                     id=office_id,
                     code=code,
-                    name_fa=name,
+                    name_fa=card.name_fa,
                     template=template,
                     services=offered.get(office_id, set()),
-                    card=OfficeCard(name_fa=name, address_fa=address, city_fa=city, lat=lat, lon=lon),
+                    card=card,
                 )
-                for office_id, code, name, template, address, city, lat, lon in rows
-            }
         self._offices, self._services, self._version = offices, services, version
         self._checked_at = time.monotonic()
         log.info("office directory loaded: %d offices, %d services", len(offices), len(services))
@@ -150,12 +159,12 @@ class OfficeDirectory:
                 missing.append(code)
         if missing:
             rows = await session.execute(
-                select(Office.code, Office.name_fa, Office.address_fa, City.name_fa, Office.lat, Office.lon)
+                select(Office.code, *_CARD_COLUMNS)
                 .join(City, City.id == Office.city_id)
                 .where(Office.code.in_(missing))
             )
-            for code, name, address, city, lat, lon in rows:
-                found[code] = OfficeCard(name_fa=name, address_fa=address, city_fa=city, lat=lat, lon=lon)
+            for code, *card in rows:
+                found[code] = _card(card)
         return found
 
     async def changed(self, office_code: str) -> None:
