@@ -66,7 +66,11 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     redis = connect(redis_url)
     clock = Clock(settings.tz)
     capacity = Capacity(
-        redis, tz=clock.tz, horizon_days=settings.horizon_days, official_holidays=settings.official_holidays
+        redis,
+        tz=clock.tz,
+        horizon_days=settings.horizon_days,
+        official_holidays=settings.official_holidays,
+        read_cache_seconds=settings.read_cache_seconds,
     )
     if redis_url.startswith(CLUSTER_SCHEME) and not settings.rq_redis_url:
         raise RuntimeError("with a Redis Cluster, set RQ_REDIS_URL to a plain Redis for the job queues")

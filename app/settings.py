@@ -63,6 +63,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_OFFICIAL_HOLIDAYS: close offices on Iran's official holidays (the `holidays` package's calendar)."""
     max_active_bookings: int = 3
     """NOBAT_MAX_ACTIVE_BOOKINGS: active bookings one national ID may hold at once."""
+    read_cache_seconds: float = 1.0
+    """NOBAT_READ_CACHE_SECONDS: how old the free seats an instance shows (slots, nearby, load)
+    may be; each instance keeps what it read this long. Bookings always decide on the live
+    counters. 0 reads Redis every time."""
 
     # --- sign-in ---
     otp_ttl_seconds: int = 120
@@ -149,6 +153,7 @@ _ENV = {
     "horizon_days": "NOBAT_HORIZON_DAYS",
     "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
     "official_holidays": "NOBAT_OFFICIAL_HOLIDAYS",
+    "read_cache_seconds": "NOBAT_READ_CACHE_SECONDS",
     "otp_ttl_seconds": "NOBAT_OTP_TTL_SECONDS",
     "otp_max_attempts": "NOBAT_OTP_MAX_ATTEMPTS",
     "token_ttl_seconds": "NOBAT_TOKEN_TTL_SECONDS",
@@ -191,6 +196,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             # tokens and codes of the others.
             raise ValueError("NOBAT_SECRET_KEY must be set when DATABASE_URL is not the embedded SQLite")
         settings = settings.with_(secret_key=secrets.token_urlsafe(32))
+    if not 0 <= settings.read_cache_seconds <= 60:
+        raise ValueError("NOBAT_READ_CACHE_SECONDS must be 0 to 60")
     for limit in (
         settings.otp_per_mobile,
         settings.otp_per_address,

@@ -42,6 +42,7 @@ from app.capacity.plan import (
     effective_cap,
     official_holidays,
 )
+from app.capacity.reading import DayReader
 from app.capacity.scripts import Scripts, as_text
 from app.errors import InvalidInput
 from app.locale import jalali_date
@@ -130,12 +131,22 @@ def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
 
 
 class Capacity:
-    def __init__(self, redis: Redis, *, tz: ZoneInfo, horizon_days: int, official_holidays: bool = True) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        tz: ZoneInfo,
+        horizon_days: int,
+        official_holidays: bool = True,
+        read_cache_seconds: float = 0.0,
+    ) -> None:
         self.official_holidays = official_holidays
         # False while Redis is down or being rebuilt (see app.capacity.watch): bookings wait.
         self.ready = True
         self.redis = redis
         self.scripts = Scripts(redis)
+        # What this instance writes below it forgets here, so its own readers see it at once.
+        self.reads = DayReader(redis, ttl=read_cache_seconds)
         self.tz = tz
         self.horizon_days = horizon_days
 
@@ -154,6 +165,7 @@ class Capacity:
     ) -> Reserved | None:
         """Take one seat. None means the day is not in Redis yet: materialise it and call again."""
         idem_key = _idempotency_key(office_code, idempotency)
+        self.reads.forget(office_code, day)
         async with timed("reserve"):
             outcome, slot, code = await self.scripts.reserve(
                 keys=[keys.office_day(office_code, day), idem_key, keys.waitlist(office_code, day, pool)],
@@ -171,6 +183,7 @@ class Capacity:
     async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
         """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
         for slot in overflow:
+            self.reads.forget(slot.office_code, slot.day)
             await self.scripts.keep_holders(
                 keys=[keys.office_day(slot.office_code, slot.day)], args=[keys.seats_field(slot.pool, slot.time)]
             )
@@ -190,6 +203,7 @@ class Capacity:
         Returns who was promoted: the caller records each in SQL, or frees the seat again.
         """
         idem_key = _idempotency_key(office_code, idempotency)
+        self.reads.forget(office_code, day)
         raw = await self.scripts.release(
             keys=[keys.office_day(office_code, day), idem_key, keys.waitlist(office_code, day, pool)],
             args=[pool, time, not_before or ""],
@@ -249,27 +263,19 @@ class Capacity:
     # --- reading ---
 
     async def day_view(self, *, office_code: str, day: dt.date) -> DayView | None:
-        raw = await self.redis.hgetall(keys.office_day(office_code, day))
-        if not raw:
+        """The office-day as readers see it (up to ``read_cache_seconds`` old; see app.capacity.reading)."""
+        counted = await self.reads.day(office_code, day)
+        if counted is None:
             return None
-        fields = {as_text(k): as_text(v) for k, v in raw.items()}
-        cap = int(fields.get("_cap", "100"))
-        counted: list[tuple[str, str, int, int]] = []
-        totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for field, value in fields.items():
-            if field.startswith("s|"):
-                _, pool, time = field.split("|")
-                seats, used = int(value), int(fields.get(keys.used_field(pool, time), "0"))
-                counted.append((pool, time, seats, used))
-                totals[pool][0] += seats
-                totals[pool][1] += used
-        rooms = {pool: day_room(seats, used, cap) for pool, (seats, used) in totals.items()}
-        slots = [
-            SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, rooms[pool])))
-            for pool, time, seats, used in counted
-        ]
+        slots = []
+        for pool, pool_slots in counted.pools.items():
+            room = day_room(sum(s for _, s, _ in pool_slots), sum(u for _, _, u in pool_slots), counted.cap)
+            slots += [
+                SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))
+                for time, seats, used in pool_slots
+            ]
         slots.sort(key=lambda s: (s.time, s.pool))
-        return DayView(status=fields.get("_status", "active"), cap_percent=cap, slots=slots)
+        return DayView(status=counted.status, cap_percent=counted.cap, slots=slots)
 
     # --- materialising from the record ---
 
@@ -329,6 +335,7 @@ class Capacity:
         used = await count_used(session, office_ids=[plan.office_id], days=[day])
         caps = await load_caps(session, first=day, last=day)
         calendar = await self.calendar(session, first=day, last=day, office_ids=[plan.office_id])
+        self.reads.forget(plan.code, day)
         await self.scripts.materialise(
             keys=[keys.office_day(plan.code, day)],
             args=["create", *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)],
@@ -369,6 +376,7 @@ class Capacity:
         return await self._write_days(session=session, days=self.horizon(today), mode="create")
 
     async def _write_days(self, *, session: AsyncSession, days: list[dt.date], mode: str, batch: int = 500) -> int:
+        self.reads.forget_all()
         written = 0
         plans = await load_plans(session)
         caps = await load_caps(session, first=days[0], last=days[-1])
@@ -495,6 +503,8 @@ class Capacity:
                     for slot in slots:
                         args += [keys.seats_field(slot.pool, slot.time), slot.seats]
                     calls.append(([keys.office_day(plan.code, day)], args))
+            for plan in chunk:
+                self.reads.forget(plan.code)
             replies = iter(await self.scripts.run_many(self.scripts.replan, calls))
             for plan in chunk:
                 for day in days:
@@ -516,6 +526,7 @@ class Capacity:
     async def set_status(self, *, office_code: str, status: OfficeStatus, cap_percent: int, today: dt.date) -> None:
         """Make a status change bite in the reserve script at once, for every day of the horizon."""
         day_keys = [keys.office_day(office_code, day) for day in self.horizon(today)]
+        self.reads.forget(office_code)
         await self.scripts.set_meta(keys=day_keys, args=[status.value, *([cap_percent] * len(day_keys))])
 
     async def refresh_meta(self, *, session: AsyncSession, today: dt.date, codes: list[str] | None = None) -> int:
@@ -528,6 +539,7 @@ class Capacity:
             ([keys.office_day(plan.code, day) for day in days], [plan.status, *(plan.cap(day, caps) for day in days)])
             for plan in plans
         ]
+        self.reads.forget_all()
         for start in range(0, len(calls), 1000):
             await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
         return len(plans)

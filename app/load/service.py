@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
-from app.capacity.plan import SHARED_POOL
+from app.capacity.reading import CountedDay
 from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, day_room
 from app.clock import Clock
@@ -37,32 +36,7 @@ MAX_LIMIT = 50
 WAITING_REPORT_TTL_SECONDS = 2 * 3600  # an old "people waiting" report says nothing about now
 
 
-class DayCounters:
-    """One office-day as its Redis hash has it."""
-
-    def __init__(self, fields: dict[str, str]) -> None:
-        self.raw = fields
-        self.status = fields.get("_status", "active")
-        self.cap = int(fields.get("_cap", "100"))
-
-    def slots(self, service_code: str) -> list[tuple[str, int, int]]:
-        """(time, seats, used) of the pool the service books from, in time order. (A cap limits
-        the day's total, not each slot: see ``day_room``.)"""
-        own = f"s|{service_code}|"
-        pool = service_code if any(f.startswith(own) for f in self.raw) else SHARED_POOL
-        prefix = f"s|{pool}|"
-        return sorted(
-            (
-                field[len(prefix) :],
-                int(value),
-                int(self.raw.get(f"u|{pool}|{field[len(prefix) :]}", "0")),
-            )
-            for field, value in self.raw.items()
-            if field.startswith(prefix)
-        )
-
-
-def _text(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+def _text(raw: dict[Any, Any]) -> dict[str, str]:
     return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
@@ -82,6 +56,7 @@ class LoadService:
             keys.waiting_now(office_code), mapping={"count": count, "at": self.clock.now().isoformat()}
         )
         await self.redis.expire(keys.waiting_now(office_code), WAITING_REPORT_TTL_SECONDS)
+        self.capacity.reads.forget(office_code)
 
     async def nearby(
         self,
@@ -121,19 +96,19 @@ class LoadService:
         counters = await self._read_days(session, list(distances), day)
 
         candidates = []
-        for code, (day_counters, waiting) in counters.items():
-            if day_counters.status == "blocked":
+        for code, (counted, waiting) in counters.items():
+            if counted.status == "blocked":
                 continue
-            slots = day_counters.slots(service_code)
+            slots = counted.slots(service_code)
             seats, used = sum(s for _, s, _ in slots), sum(u for _, _, u in slots)
-            room = day_room(seats, used, day_counters.cap)
+            room = day_room(seats, used, counted.cap)
             seats = used + max(0, room)  # what the day may hold under its cap
             next_free = next((t for t, s, u in slots if t > not_before and s > u), None) if room > 0 else None
             candidates.append(
                 Candidate(
                     office_code=code,
                     distance_km=distances[code],
-                    status=day_counters.status,
+                    status=counted.status,
                     seats=seats,
                     used=used,
                     waiting=waiting,
@@ -161,12 +136,11 @@ class LoadService:
         day, waiting = counters[office_code]
         raw_waiting = _text(await self.redis.hgetall(keys.waiting_now(office_code)))
         by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for field, value in day.raw.items():
-            if field.startswith("s|"):
-                _, pool, time = field.split("|")
+        for slots in day.pools.values():
+            for time, seats, slot_used in slots:
                 hour = f"{time[:2]}:00"
-                by_hour[hour][0] += int(value)
-                by_hour[hour][1] += int(day.raw.get(f"u|{pool}|{time}", "0"))
+                by_hour[hour][0] += seats
+                by_hour[hour][1] += slot_used
         used = sum(u for _, u in by_hour.values())
         # Hours show their slots' seats; the day's total is what its cap lets it hold.
         seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap))
@@ -192,21 +166,15 @@ class LoadService:
 
     async def _read_days(
         self, session: AsyncSession, codes: list[str], day: dt.date
-    ) -> dict[str, tuple[DayCounters, int]]:
-        """Each office's day hash and waiting count in one round trip; missing days are materialised."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for code in codes:
-                pipe.hgetall(keys.office_day(code, day))
-                pipe.hget(keys.waiting_now(code), "count")
-            replies = await pipe.execute()
-        result: dict[str, tuple[DayCounters, int]] = {}
-        for index, code in enumerate(codes):
-            fields = _text(replies[2 * index])
-            if not fields:
+    ) -> dict[str, tuple[CountedDay, int]]:
+        """Each office's counters and waiting count (app.capacity.reading); missing days are materialised."""
+        result: dict[str, tuple[CountedDay, int]] = {}
+        for code, (found, waiting) in (await self.capacity.reads.days(codes, day)).items():
+            counted = found
+            if counted is None:
                 await self.capacity.materialise_day(session=session, office_code=code, day=day)
-                fields = _text(await self.redis.hgetall(keys.office_day(code, day)))
-            waiting = int(replies[2 * index + 1] or 0)
-            result[code] = (DayCounters(fields), waiting)
+                counted = await self.capacity.reads.day(code, day)
+            result[code] = (counted or CountedDay({}), waiting)
         return result
 
     async def _origin(

@@ -1,0 +1,154 @@
+"""Reading the live counters, for the pages and lists that show them (slots, nearby, load).
+
+Reads outnumber bookings many times over in a rush, and the same few office-days are read
+over and over: every citizen near a hot office gets it among the nearby candidates. So each
+instance keeps what it read for ``ttl`` seconds (1 by default) and answers from that.
+
+What a reader may see is at most ``ttl`` seconds old, and what this instance itself changed
+it sees at once (``Capacity`` forgets an office-day it writes). That is harmless for
+correctness: nothing is booked from these figures; the reserve script decides every seat
+against the live counters, so a citizen shown a seat that went a moment ago is told "full",
+never overbooked. ``ttl=0`` reads Redis every time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.capacity import keys
+from app.capacity.plan import SHARED_POOL
+from app.capacity.scripts import as_text
+
+# The most office-days an instance remembers: a second's reads of the busiest offices, a few
+# MB; past it the expired ones go (or, if none has, everything: a cold second, not a leak).
+MAX_ENTRIES = 20_000
+
+Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
+
+
+class CountedDay:
+    """One office-day as its Redis hash has it, parsed once: status, cap, and each seat
+    pool's slots in time order."""
+
+    __slots__ = ("cap", "pools", "status")
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        self.status = fields.get("_status", "active")
+        self.cap = int(fields.get("_cap", "100"))
+        pools: dict[str, Slots] = {}
+        for field, value in fields.items():
+            if field.startswith("s|"):
+                _, pool, slot = field.split("|")
+                pools.setdefault(pool, []).append((slot, int(value), int(fields.get(f"u|{pool}|{slot}", "0"))))
+        for slots in pools.values():
+            slots.sort()
+        self.pools = pools
+
+    def pool_of(self, service_code: str) -> str:
+        """The pool a service books from: its own when the office's template gives it one."""
+        return service_code if service_code in self.pools else SHARED_POOL
+
+    def slots(self, service_code: str) -> Slots:
+        return self.pools.get(self.pool_of(service_code), [])
+
+
+class DayReader:
+    def __init__(self, redis: Redis, *, ttl: float) -> None:
+        self.redis = redis
+        self.ttl = ttl
+        self._days: dict[tuple[str, dt.date], tuple[float, CountedDay]] = {}
+        self._waiting: dict[str, tuple[float, int]] = {}
+
+    async def day(self, office_code: str, day: dt.date) -> CountedDay | None:
+        """The office-day's counters; None when Redis does not hold the day (yet)."""
+        found = self._fresh_day(office_code, day)
+        if found is not None:
+            return found
+        counted = _counted(await self.redis.hgetall(keys.office_day(office_code, day)))
+        self._remember_day(office_code, day, counted)
+        return counted
+
+    async def days(self, codes: list[str], day: dt.date) -> dict[str, tuple[CountedDay | None, int]]:
+        """Each office's counters for the day and its "people waiting" report, the ones not
+        remembered read in one round trip."""
+        result: dict[str, tuple[CountedDay | None, int]] = {}
+        missing = []
+        for code in codes:
+            counted = self._fresh_day(code, day)
+            waiting = self._fresh_waiting(code)
+            if counted is None or waiting is None:
+                missing.append(code)
+            else:
+                result[code] = (counted, waiting)
+        if missing:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for code in missing:
+                    pipe.hgetall(keys.office_day(code, day))
+                    pipe.hget(keys.waiting_now(code), "count")
+                replies = await pipe.execute()
+            for index, code in enumerate(missing):
+                counted = _counted(replies[2 * index])
+                waiting = int(replies[2 * index + 1] or 0)
+                self._remember_day(code, day, counted)
+                self._remember_waiting(code, waiting)
+                result[code] = (counted, waiting)
+        return {code: result[code] for code in codes}
+
+    def forget(self, office_code: str, day: dt.date | None = None) -> None:
+        """Drop what this instance remembers of an office-day (of every day: ``day=None``)."""
+        if day is not None:
+            self._days.pop((office_code, day), None)
+        else:
+            for key in [key for key in self._days if key[0] == office_code]:
+                del self._days[key]
+        self._waiting.pop(office_code, None)
+
+    def forget_all(self) -> None:
+        self._days.clear()
+        self._waiting.clear()
+
+    # -- the memory --
+
+    def _fresh_day(self, office_code: str, day: dt.date) -> CountedDay | None:
+        entry = self._days.get((office_code, day))
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    def _fresh_waiting(self, office_code: str) -> int | None:
+        entry = self._waiting.get(office_code)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+    def _remember_day(self, office_code: str, day: dt.date, counted: CountedDay | None) -> None:
+        # A day Redis does not hold is materialised by the caller and read again: not kept.
+        if self.ttl <= 0 or counted is None:
+            return
+        if len(self._days) >= MAX_ENTRIES:
+            self._days = _unexpired(self._days)
+        self._days[(office_code, day)] = (time.monotonic() + self.ttl, counted)
+
+    def _remember_waiting(self, office_code: str, waiting: int) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._waiting) >= MAX_ENTRIES:
+            self._waiting = _unexpired(self._waiting)
+        self._waiting[office_code] = (time.monotonic() + self.ttl, waiting)
+
+
+def _counted(raw: Mapping[bytes | str, bytes | str]) -> CountedDay | None:
+    if not raw:
+        return None
+    return CountedDay({as_text(k): as_text(v) for k, v in raw.items()})
+
+
+def _unexpired(entries: dict[Any, tuple[float, Any]]) -> dict[Any, tuple[float, Any]]:
+    now = time.monotonic()
+    kept = {key: entry for key, entry in entries.items() if entry[0] > now}
+    return kept if len(kept) < MAX_ENTRIES else {}

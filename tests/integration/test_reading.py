@@ -1,0 +1,101 @@
+"""The readers' copy of the counters (app.capacity.reading), against a real Redis: how old a
+read may be, and that an instance sees its own changes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from redis.asyncio import Redis
+
+from app.capacity import keys
+from app.capacity.service import Capacity, day_expiry
+
+DAY = dt.date(2030, 2, 7)
+OFFICE = "990101"
+
+
+async def _fresh_day(capacity: Capacity, seats: int = 2) -> None:
+    key = keys.office_day(OFFICE, DAY)
+    await capacity.redis.delete(key)
+    args: list[str | int] = ["replace", day_expiry(DAY, ZoneInfo("UTC")), "_status", "active", "_cap", 100]
+    args += [keys.seats_field("*", "08:00"), seats, keys.seats_field("101", "09:00"), 1]
+    await capacity.scripts.materialise(keys=[key], args=args)
+
+
+def _capacity(redis: Redis, ttl: float) -> Capacity:
+    return Capacity(redis, tz=ZoneInfo("UTC"), horizon_days=14, read_cache_seconds=ttl)
+
+
+async def _free(capacity: Capacity) -> int:
+    view = await capacity.day_view(office_code=OFFICE, day=DAY)
+    assert view is not None
+    return next(s.free for s in view.slots if s.pool == "*")
+
+
+async def _reserve(capacity: Capacity) -> None:
+    await capacity.reserve(
+        office_code=OFFICE, day=DAY, pool="*", time="08:00", not_before=None, tracking_code="t", idempotency=None
+    )
+
+
+async def test_another_instances_booking_shows_within_the_ttl(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    reader, writer = _capacity(redis, 0.3), _capacity(redis, 0.3)
+    try:
+        await _fresh_day(writer)
+        assert await _free(reader) == 2
+        await _reserve(writer)
+        assert await _free(reader) == 2  # the copy, at most 0.3 s old
+        await asyncio.sleep(0.35)
+        assert await _free(reader) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_an_instance_sees_its_own_booking_at_once(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    capacity = _capacity(redis, 60)
+    try:
+        await _fresh_day(capacity)
+        assert await _free(capacity) == 2
+        await _reserve(capacity)
+        assert await _free(capacity) == 1
+        await capacity.release(office_code=OFFICE, day=DAY, pool="*", time="08:00")
+        assert await _free(capacity) == 2
+    finally:
+        await redis.aclose()
+
+
+async def test_ttl_zero_reads_redis_every_time(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    reader, writer = _capacity(redis, 0), _capacity(redis, 0)
+    try:
+        await _fresh_day(writer)
+        assert await _free(reader) == 2
+        await _reserve(writer)
+        assert await _free(reader) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_waiting_reports_and_days_are_read_together(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    capacity = _capacity(redis, 60)
+    try:
+        await _fresh_day(capacity)
+        await redis.hset(keys.waiting_now(OFFICE), mapping={"count": 7})
+        found = await capacity.reads.days([OFFICE, "990199"], DAY)
+        counted, waiting = found[OFFICE]
+        assert counted is not None and waiting == 7
+        assert counted.slots("101") == [("09:00", 1, 0)]  # the service's own pool
+        assert counted.slots("102") == [("08:00", 2, 0)]  # the shared one
+        assert found["990199"] == (None, 0)  # not in Redis: the caller materialises it
+        await redis.hset(keys.waiting_now(OFFICE), mapping={"count": 9})
+        assert (await capacity.reads.days([OFFICE], DAY))[OFFICE][1] == 7  # remembered
+        capacity.reads.forget(OFFICE)
+        assert (await capacity.reads.days([OFFICE], DAY))[OFFICE][1] == 9
+    finally:
+        await redis.delete(keys.waiting_now(OFFICE))
+        await redis.aclose()

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.capacity import reading
+from app.capacity.reading import CountedDay, _unexpired
+
+
+def test_a_day_hash_parses_into_pools_in_time_order() -> None:
+    day = CountedDay(
+        {
+            "_status": "restricted",
+            "_cap": "50",
+            "s|*|09:00": "2",
+            "s|*|08:30": "3",
+            "u|*|08:30": "1",
+            "s|101|10:00": "1",
+        }
+    )
+    assert (day.status, day.cap) == ("restricted", 50)
+    assert day.pools == {"*": [("08:30", 3, 1), ("09:00", 2, 0)], "101": [("10:00", 1, 0)]}
+    assert day.slots("101") == [("10:00", 1, 0)]
+    assert day.slots("999") == day.pools["*"]
+
+
+def test_an_empty_hash_is_an_active_day_without_slots() -> None:
+    day = CountedDay({})
+    assert (day.status, day.cap, day.slots("101")) == ("active", 100, [])
+
+
+def test_the_memory_keeps_only_unexpired_entries_and_never_grows_past_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reading, "MAX_ENTRIES", 3)
+    now = time.monotonic()
+    entries = {"old": (now - 1, 1), "new": (now + 10, 2)}
+    assert _unexpired(entries) == {"new": (now + 10, 2)}
+    full = {n: (now + 10, n) for n in range(3)}
+    assert _unexpired(full) == {}  # all fresh and at the bound: start again rather than grow
