@@ -21,7 +21,7 @@ from app.enforcement.service import Enforcement
 from app.jobs import Jobs
 from app.load.service import LoadService
 from app.offices.directory import OfficeDirectory
-from app.ratelimit import RateLimiter
+from app.ratelimit import RateLimiter, RequestLimiter
 from app.redis import CLUSTER_SCHEME, connect
 from app.regulator.service import Regulator
 from app.settings import Settings
@@ -41,6 +41,7 @@ class Container:
     capacity: Capacity
     jobs: Jobs
     limiter: RateLimiter
+    requests: RequestLimiter  # the per-address limit on every request
     messenger: Messenger
     auth: CitizenAuth
     bookings: BookingService
@@ -54,6 +55,7 @@ class Container:
     complaints: Complaints
 
     async def close(self) -> None:
+        await self.requests.close()
         await self.bookings.writer.close()
         self.jobs.close()
         await self.redis.aclose()
@@ -130,6 +132,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         capacity=capacity,
         jobs=jobs,
         limiter=limiter,
+        requests=RequestLimiter(redis),
         messenger=messenger,
         auth=auth,
         bookings=bookings,

@@ -1,4 +1,6 @@
-"""Rate limits that hold across server processes and machines: one atomic Redis script each.
+"""Rate limits that hold across server processes and machines: one atomic Redis script per
+hit where each hit costs us (sign-in codes), counts added up a few times a second for the
+limit on every request.
 
 Litestar's own rate-limit middleware keeps its lock per process (litestar issue #4700), so a
 limit there is multiplied by the number of workers; these are not.
@@ -6,11 +8,21 @@ limit there is multiplied by the number of workers; these are not.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.capacity.keys import NAMESPACE
 from app.errors import RateLimited
 from app.settings import parse_limit
+
+log = logging.getLogger(__name__)
 
 HIT = """
 -- KEYS[1] = the counter of one subject (a mobile, a client address) for one action
@@ -37,3 +49,87 @@ class RateLimiter:
         retry_after = int(await self._hit(keys=[f"{NAMESPACE}:rl:{action}:{subject}"], args=[count, seconds]))
         if retry_after:
             raise RateLimited(retry_after)
+
+
+class _Window:
+    __slots__ = ("known", "pending", "seconds", "window")
+
+    def __init__(self, window: int, seconds: int) -> None:
+        self.window = window
+        self.seconds = seconds
+        self.known = 0  # every instance's hits in this window, as Redis last said
+        self.pending = 0  # this instance's hits not yet added there
+
+
+class RequestLimiter:
+    """The per-address limit on every request, without a Redis round trip per request.
+
+    ``RateLimiter`` above costs each hit a script call: right for sign-in codes (each one is
+    an SMS we pay for) but, on every API request and page, it was a tenth of a slots read.
+    Here an instance counts hits in memory, in fixed windows of wall-clock time (the same on
+    every instance), and adds its counts to Redis every ``flush_every`` seconds in one
+    pipeline, whose replies tell it everyone's totals. So the limit holds across instances
+    to within what the other instances admitted since the last flush (a tenth of a second by
+    default): a guard against floods from one address, not a metered quota.
+    """
+
+    def __init__(self, redis: Redis, *, flush_every: float = 0.1) -> None:
+        self.redis = redis
+        self.flush_every = flush_every
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._flushing: asyncio.Task[None] | None = None
+
+    def hit(self, action: str, subject: str, limit: str) -> None:
+        """Count one hit; raise RateLimited (with Retry-After) when over ``limit`` ("COUNT/SECONDS")."""
+        count, seconds = _parsed(limit)
+        now = time.time()
+        window = int(now // seconds)
+        entry = self._windows.get((action, subject))
+        if entry is None or entry.window != window:
+            entry = self._windows[(action, subject)] = _Window(window, seconds)
+        if entry.known + entry.pending >= count:
+            raise RateLimited(max(1, math.ceil((window + 1) * seconds - now)))
+        entry.pending += 1
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_soon())
+
+    async def flush(self) -> None:
+        """Add this instance's counts to Redis and learn everyone's."""
+        now = time.time()
+        for key in [key for key, e in self._windows.items() if not e.pending and e.window != int(now // e.seconds)]:
+            del self._windows[key]  # a window gone by, nothing left to add
+        sending = [(key, entry, entry.pending) for key, entry in self._windows.items() if entry.pending]
+        if not sending:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (action, subject), entry, pending in sending:
+                counter = f"{NAMESPACE}:rl:{action}:{subject}:{entry.window}"
+                pipe.incrby(counter, pending)
+                pipe.expire(counter, entry.seconds + 1)
+            replies = await pipe.execute()
+        for index, (_, entry, pending) in enumerate(sending):
+            entry.pending -= pending  # hits that came while this was on its way wait for the next
+            entry.known = int(replies[2 * index])
+
+    async def close(self) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
+        with contextlib.suppress(RedisError):
+            await self.flush()
+
+    async def _flush_soon(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_every)
+            try:
+                await self.flush()
+            except RedisError as error:
+                # Counted locally meanwhile; added at the next flush. (Without Redis, no
+                # booking or read gets far anyway.)
+                log.warning("rate-limit counts not added to Redis: %s", type(error).__name__)
+            if not any(entry.pending for entry in self._windows.values()):
+                return
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed(limit: str) -> tuple[int, int]:
+    return parse_limit(limit)

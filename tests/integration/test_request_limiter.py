@@ -1,0 +1,71 @@
+"""The per-address limit on every request (app.ratelimit.RequestLimiter) across instances,
+against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from app.errors import RateLimited
+from app.ratelimit import RequestLimiter
+
+
+async def test_one_instance_counts_exactly_and_says_when_to_come_back(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    limiter = RequestLimiter(redis)
+    subject = uuid.uuid4().hex
+    try:
+        for _ in range(3):
+            limiter.hit("api", subject, "3/60")
+        with pytest.raises(RateLimited) as refused:
+            limiter.hit("api", subject, "3/60")
+        assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+        limiter.hit("api", "someone-else-" + subject, "3/60")  # each address its own count
+    finally:
+        await limiter.close()
+        await redis.aclose()
+
+
+async def test_instances_share_the_limit_once_they_have_added_up(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    first, second = RequestLimiter(redis, flush_every=0.05), RequestLimiter(redis, flush_every=0.05)
+    subject = uuid.uuid4().hex
+    try:
+        for _ in range(3):
+            first.hit("api", subject, "5/60")
+        await asyncio.sleep(0.2)  # first has added its 3
+        second.hit("api", subject, "5/60")  # learns the total at its flush
+        await asyncio.sleep(0.2)
+        second.hit("api", subject, "5/60")
+        with pytest.raises(RateLimited):
+            second.hit("api", subject, "5/60")
+        # first hears of second's hits at its own next flush: until then it admits one more
+        # (the lag the limiter documents), after it none.
+        first.hit("api", subject, "5/60")
+        await asyncio.sleep(0.2)
+        with pytest.raises(RateLimited):
+            first.hit("api", subject, "5/60")
+    finally:
+        await first.close()
+        await second.close()
+        await redis.aclose()
+
+
+async def test_hits_made_while_a_flush_is_on_its_way_are_added_by_the_next(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    limiter = RequestLimiter(redis, flush_every=0.05)
+    subject = uuid.uuid4().hex
+    try:
+        limiter.hit("pages", subject, "100/60")
+        flushing = asyncio.create_task(limiter.flush())
+        limiter.hit("pages", subject, "100/60")
+        await flushing
+        await asyncio.sleep(0.2)
+        keys = [key async for key in redis.scan_iter(match=f"*:rl:pages:{subject}:*")]
+        assert len(keys) == 1 and await redis.get(keys[0]) == b"2"
+    finally:
+        await limiter.close()
+        await redis.aclose()
