@@ -68,9 +68,13 @@ class Jobs:
         self.sms = Queue(queues.SMS, connection=self.redis)
         self.default = Queue(queues.DEFAULT, connection=self.redis)
 
-    def enqueue(self, queue: Queue, func: str, *args: Any, job_id: str) -> None:
+    def enqueue(self, queue: Queue, func: str, *args: Any, job_id: str, items: int = 1) -> None:
+        """``items``: how many messages the job carries (its time limit grows with them)."""
         # A deterministic job id: the same work asked for twice is one job.
-        queue.enqueue(func, *args, job_id=job_id, **self._options(queue))
+        options = self._options(queue)
+        if options["job_timeout"]:
+            options["job_timeout"] *= items
+        queue.enqueue(func, *args, job_id=job_id, **options)
 
     def enqueue_at(self, when: dt.datetime, queue: Queue, func: str, *args: Any, job_id: str) -> None:
         queue.enqueue_at(when, func, *args, job_id=job_id, **self._options(queue))

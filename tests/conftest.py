@@ -141,7 +141,7 @@ Deliver = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
-def deliver(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Deliver:
+def deliver(settings: Settings, monkeypatch: pytest.MonkeyPatch, app: Litestar) -> Deliver:
     """Run the RQ jobs queued so far, as a worker of this test's deployment would."""
     for name, value in {
         "DATABASE_URL": settings.database_url,
@@ -158,6 +158,10 @@ def deliver(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Deliver:
         monkeypatch.setenv(name, value)
 
     async def run(*, scheduled_until: dt.datetime | None = None) -> None:
+        # Bookings' messages are enqueued by the app's group commit a moment after it commits.
+        container: Container | None = getattr(app.state, "container", None)
+        if container is not None:
+            assert await asyncio.to_thread(container.bookings.writer.wait_sent, 10)
         await asyncio.to_thread(_burst, settings.redis_url or "", scheduled_until)
 
     return run

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from typing import Any, cast
 
-from sqlalchemy import Date, DateTime, ForeignKey, Index, String, UniqueConstraint, func, text
+import msgspec
+from sqlalchemy import Date, DateTime, ForeignKey, Index, String, Table, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, enum_column
@@ -72,6 +74,27 @@ class Booking(Base):
     reminded_hour_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     office: Mapped[Office] = relationship(lazy="raise")
+
+
+class NewBooking(msgspec.Struct, frozen=True):
+    """A booking about to be recorded: the row's values, without the ORM's bookkeeping
+    (app.booking.writer inserts it with the rows of concurrent bookings)."""
+
+    tracking_code: str
+    office_id: int
+    service_code: str
+    national_id: str
+    mobile: str
+    date: dt.date
+    slot_time: str
+    pool: str
+    status: BookingStatus
+    channel: Channel
+    idempotency_key: str | None
+    created_at: dt.datetime
+
+    def row(self) -> tuple[Table, dict[str, Any]]:
+        return cast(Table, Booking.__table__), msgspec.structs.asdict(self)
 
 
 class Suspension(Base):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
 
 import msgspec
 from redis.exceptions import RedisError
@@ -27,7 +26,7 @@ from app.booking.errors import (
     IdempotencyKeyReused,
     NotYourBooking,
 )
-from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel
+from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.booking.writer import GroupCommit
@@ -35,7 +34,6 @@ from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
 from app.capacity.service import Capacity, Reserved, first_bookable_time
 from app.clock import Clock
-from app.db import Base
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
@@ -152,18 +150,45 @@ class BookingService:
         idempotency = (mobile, idempotency_key) if idempotency_key else None
 
         # A Redis failure anywhere below is a 503 (app.web); each step undoes the one before.
-        try:
-            await self._hold(national_id, today, day, office, tracking_code)
-        except (AlreadyBookedThatDay, TooManyBookings):
+        # The citizen's limits and the seat are asked for in one round trip: whichever is
+        # refused, the other is given back.
+        hold_error, outcome = await self.capacity.hold_and_reserve(
+            national_id=national_id,
+            today=today,
+            service_code=office.service_code,
+            limit=self.rules.max_active,
+            office_code=office.code,
+            day=day,
+            pool=office.pool,
+            time=wanted,
+            not_before=not_before,
+            tracking_code=tracking_code,
+            idempotency=idempotency,
+        )
+        if hold_error is not None:
+            if isinstance(outcome, Reserved) and not outcome.replay:
+                await self.free_seat(
+                    session=session,
+                    office_code=office.code,
+                    day=day,
+                    pool=office.pool,
+                    time=outcome.time,
+                    idempotency=idempotency,
+                )
             # A retry of a booking that went through holds the citizen's limit itself.
-            if idempotency_key:
+            if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings)) and idempotency_key:
                 if earlier := await self._by_idempotency_key(session, mobile, idempotency_key):
                     return self._replay(earlier, national_id, office, day, wanted)
                 if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):
                     raise DuplicateRequest() from None
-            raise
+            raise hold_error
         try:
-            reserved = await self._reserve(session, office, day, wanted, not_before, tracking_code, idempotency)
+            if isinstance(outcome, DomainError):
+                raise outcome
+            if outcome is None:  # the day is not in Redis yet: count it in from the record first
+                await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
+                outcome = await self._reserve(session, office, day, wanted, not_before, tracking_code, idempotency)
+            reserved = outcome
         except BaseException:
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
             raise
@@ -176,7 +201,7 @@ class BookingService:
                 raise DuplicateRequest()
             return self._replay(earlier, national_id, office, day, wanted)
 
-        booking = Booking(
+        booking = NewBooking(
             tracking_code=tracking_code,
             office_id=office.id,
             service_code=office.service_code,
@@ -195,21 +220,21 @@ class BookingService:
         )
         # The confirmation SMS is part of the same transaction: sent if and only if the
         # booking is. (Reminders need nothing here: app.booking.reminders finds them due.)
-        rows: list[Base] = [booking]
-        after: list[Callable[[], None]] = []
-        if confirmation := self.messenger.message(
+        rows = [booking.row()]
+        sms_ids = []
+        if confirmation := self.messenger.outbox_row(
             to=mobile,
             body=f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
             f"{office.service_name_fa}\n{view.when_fa}",
             kind="booking_confirmed",
         ):
-            rows.append(confirmation[0])
-            after.append(confirmation[1])
+            rows.append(confirmation)
+            sms_ids.append(confirmation[1]["id"])
         try:
             # The booking is a saga across Redis and SQL, so it is committed here, not in the
             # request scope: only a committed row may be confirmed, and only a failed commit
             # may give the seat back. Concurrent bookings share the commit (app.booking.writer).
-            await self.writer.write(session, rows, after)
+            await self.writer.write(session, rows, sms_ids)
         except BaseException as error:
             await session.rollback()
             await self._undo(session, office, day, reserved.time, national_id, tracking_code, idempotency)
@@ -501,7 +526,9 @@ class BookingService:
         )
 
 
-def booking_out(booking: Booking, *, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
+def booking_out(
+    booking: Booking | NewBooking, *, office_code: str, office_name_fa: str, service_name_fa: str
+) -> BookingOut:
     if booking.slot_time:
         hours, minutes = booking.slot_time.split(":")
         when_fa = jalali_datetime(booking.date, dt.time(int(hours), int(minutes)))

@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 # A cap (a crowd cap, a restriction) limits the bookings of a whole day, not of each slot:
 # a 50% cap on an office with one seat a slot leaves it half its day, not nothing. Every
@@ -338,6 +339,31 @@ class Scripts:
             for k, a in calls:
                 await script(keys=k, args=a, client=pipe)
             return list(await pipe.execute())
+
+    async def run_pair(
+        self, first: tuple[AsyncScript, list[str], list[Any]], second: tuple[AsyncScript, list[str], list[Any]]
+    ) -> tuple[Any, Any]:
+        """Run two scripts (on keys of different hash tags) in one round trip; a script error
+        is raised. On a cluster the two go to their nodes at once."""
+        if isinstance(self.redis, RedisCluster):
+            replies = await asyncio.gather(*(script(keys=k, args=a) for script, k, a in (first, second)))
+            return replies[0], replies[1]
+        calls = (first, second)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # EVALSHA itself, not the script objects: redis-py would ask SCRIPT EXISTS first,
+            # a round trip more every time.
+            for script, k, a in calls:
+                pipe.evalsha(script.sha, len(k), *k, *a)
+            replies = await pipe.execute(raise_on_error=False)
+        for index, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                # Redis restarted and forgot the script: this one did not run; run it alone
+                # (a single call loads it). The other ran and is not repeated.
+                script, k, a = calls[index]
+                replies[index] = await script(keys=k, args=a)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies[0], replies[1]
 
     async def load(self) -> None:
         for script in (

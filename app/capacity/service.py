@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -44,9 +45,9 @@ from app.capacity.plan import (
 )
 from app.capacity.reading import DayReader
 from app.capacity.scripts import Scripts, as_text
-from app.errors import InvalidInput
+from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
-from app.observability import timed
+from app.observability import LUA_SECONDS
 from app.offices.models import City, Office, OfficeService, OfficeStatus
 
 log = logging.getLogger(__name__)
@@ -164,21 +165,68 @@ class Capacity:
         idempotency: tuple[str, str] | None,
     ) -> Reserved | None:
         """Take one seat. None means the day is not in Redis yet: materialise it and call again."""
-        idem_key = _idempotency_key(office_code, idempotency)
         self.reads.forget(office_code, day)
-        async with timed("reserve"):
-            outcome, slot, code = await self.scripts.reserve(
-                keys=[keys.office_day(office_code, day), idem_key, keys.waitlist(office_code, day, pool)],
-                args=[pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0],
-            )
-        outcome = as_text(outcome)
-        if outcome == "OK":
-            return Reserved(time=as_text(slot), tracking_code=as_text(code))
-        if outcome == "REPLAY":
-            return Reserved(time="", tracking_code=as_text(code), replay=True)
-        if outcome == "NO_DAY":
-            return None
-        raise _RESERVE_ERRORS[outcome]()
+        started = perf_counter()
+        reply = await self.scripts.reserve(
+            *self._reserve_call(office_code, day, pool, time, not_before, tracking_code, idempotency)
+        )
+        LUA_SECONDS.labels("reserve").observe(perf_counter() - started)
+        return _reserved(reply)
+
+    async def hold_and_reserve(
+        self,
+        *,
+        national_id: str,
+        today: dt.date,
+        service_code: str,
+        limit: int,
+        office_code: str,
+        day: dt.date,
+        pool: str,
+        time: str | None,
+        not_before: str | None,
+        tracking_code: str,
+        idempotency: tuple[str, str] | None,
+    ) -> tuple[DomainError | None, Reserved | DomainError | None]:
+        """``hold`` and ``reserve`` in one round trip (a booking's two Redis steps; they touch
+        keys of two hash tags, so they cannot be one script). Each answer comes back as it
+        is, an error included, and the caller undoes whichever step the other's refusal
+        leaves alone: the hold's error, then the seat (or None: the day is not in Redis)."""
+        self.reads.forget(office_code, day)
+        started = perf_counter()
+        hold_reply, reserve_reply = await self.scripts.run_pair(
+            (self.scripts.hold, *self._hold_call(national_id, today, day, service_code, tracking_code, limit)),
+            (
+                self.scripts.reserve,
+                *self._reserve_call(office_code, day, pool, time, not_before, tracking_code, idempotency),
+            ),
+        )
+        LUA_SECONDS.labels("hold+reserve").observe(perf_counter() - started)
+        try:
+            reserved: Reserved | DomainError | None = _reserved(reserve_reply)
+        except DomainError as error:
+            reserved = error
+        return _hold_error(hold_reply, limit), reserved
+
+    def _reserve_call(
+        self,
+        office_code: str,
+        day: dt.date,
+        pool: str,
+        time: str | None,
+        not_before: str | None,
+        tracking_code: str,
+        idempotency: tuple[str, str] | None,
+    ) -> tuple[list[str], list[str | int]]:
+        keys_ = [
+            keys.office_day(office_code, day),
+            _idempotency_key(office_code, idempotency),
+            keys.waitlist(office_code, day, pool),
+        ]
+        args: list[str | int] = [
+            pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0
+        ]  # fmt: skip
+        return keys_, args
 
     async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
         """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
@@ -236,18 +284,20 @@ class Capacity:
         self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
     ) -> None:
         """Count a booking against the citizen's limits, which span every office."""
-        async with timed("hold"):
-            reply = await self.scripts.hold(
-                keys=[keys.citizen_holds(national_id)],
-                args=[today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()],
-            )
-        outcome = as_text(reply[0])
-        if outcome == "SUSPENDED":
-            raise BookingSuspended(dt.date.fromisoformat(as_text(reply[1])))
-        if outcome == "SAME_DAY":
-            raise AlreadyBookedThatDay()
-        if outcome == "TOO_MANY":
-            raise TooManyBookings(limit)
+        started = perf_counter()
+        reply = await self.scripts.hold(*self._hold_call(national_id, today, day, service_code, tracking_code, limit))
+        LUA_SECONDS.labels("hold").observe(perf_counter() - started)
+        if error := _hold_error(reply, limit):
+            raise error
+
+    def _hold_call(
+        self, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
+    ) -> tuple[list[str], list[str | int]]:
+        keys_ = [keys.citizen_holds(national_id)]
+        args: list[str | int] = [
+            today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()
+        ]  # fmt: skip
+        return keys_, args
 
     async def suspend(self, *, national_id: str, until: dt.date, today: dt.date) -> None:
         """Refuse new bookings of this national ID before ``until`` (repeated no-shows)."""
@@ -551,7 +601,33 @@ def _idempotency_key(office_code: str, idempotency: tuple[str, str] | None) -> s
     return keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
 
 
-_RESERVE_ERRORS: dict[str, type[Exception]] = {
+def _reserved(reply: Any) -> Reserved | None:
+    """RESERVE's answer: the seat taken (or the earlier booking's, on a replay), None when
+    the day is not in Redis, or the refusal raised."""
+    outcome, slot, code = reply
+    outcome = as_text(outcome)
+    if outcome == "OK":
+        return Reserved(time=as_text(slot), tracking_code=as_text(code))
+    if outcome == "REPLAY":
+        return Reserved(time="", tracking_code=as_text(code), replay=True)
+    if outcome == "NO_DAY":
+        return None
+    raise _RESERVE_ERRORS[outcome]()
+
+
+def _hold_error(reply: Any, limit: int) -> DomainError | None:
+    """HOLD's refusal, if it refused."""
+    outcome = as_text(reply[0])
+    if outcome == "SUSPENDED":
+        return BookingSuspended(dt.date.fromisoformat(as_text(reply[1])))
+    if outcome == "SAME_DAY":
+        return AlreadyBookedThatDay()
+    if outcome == "TOO_MANY":
+        return TooManyBookings(limit)
+    return None
+
+
+_RESERVE_ERRORS: dict[str, type[DomainError]] = {
     "BLOCKED": OfficeBlocked,
     "CLOSED": OfficeClosed,
     "NO_SLOT": NoSuchSlot,

@@ -43,11 +43,22 @@ async def job_context() -> AsyncIterator[Container]:
 
 
 def send_sms(message_id: str) -> str:
-    return _run(_send(message_id))
+    return _run(_send_all([message_id]))[0]
 
 
-async def _send(message_id: str) -> str:
-    async with job_context() as app, app.sessions() as session:
+def send_sms_batch(message_ids: list[str]) -> list[str]:
+    """Send the messages of one group commit, each on its own (one failing does not hold
+    the others back: it schedules its own next try)."""
+    return _run(_send_all(message_ids))
+
+
+async def _send_all(message_ids: list[str]) -> list[str]:
+    async with job_context() as app:
+        return [await _send(app, message_id) for message_id in message_ids]
+
+
+async def _send(app: Container, message_id: str) -> str:
+    async with app.sessions() as session:
         message = await session.get(SmsMessage, message_id, with_for_update=True)
         if message is None:
             return "missing"

@@ -4,7 +4,7 @@ because every key of one office shares a hash slot. RQ keeps its plain Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ from litestar.testing import AsyncTestClient
 from redis.cluster import RedisCluster as SyncCluster
 
 from app.capacity import keys
-from app.main import create_app
 from app.settings import Settings
 from tests.conftest import World, booking_body
 from tests.servers import RedisCluster
@@ -40,12 +39,6 @@ def cluster_sync(cluster: RedisCluster) -> Iterator[SyncCluster]:
 @pytest.fixture
 def settings(settings: Settings, cluster: RedisCluster, cluster_sync: SyncCluster) -> Settings:
     return settings.with_(redis_url=cluster.url, rq_redis_url=settings.redis_url)
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[Client]:
-    async with AsyncTestClient(create_app(settings), timeout=60) as test_client:
-        yield test_client
 
 
 def used(redis: SyncCluster, office: str, day: Any, time: str) -> int:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from sqlalchemy import func, select
 
 from app.booking.models import SEAT_STATUSES, Booking
 from app.capacity import keys
-from app.main import create_app
 from app.redis import EmbeddedRedis
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
@@ -45,12 +44,6 @@ def capacity_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 @pytest.fixture
 def settings(settings: Settings, capacity_redis: EmbeddedRedis) -> Settings:
     return settings.with_(redis_url=capacity_redis.url, rq_redis_url=settings.redis_url)
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[Client]:
-    async with AsyncTestClient(create_app(settings), timeout=60) as test_client:
-        yield test_client
 
 
 async def book(client: Client, world: World, office: str, day: dt.date) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from app.booking.models import Booking, BookingStatus
-from app.main import create_app
 from app.settings import Settings
 from app.sms.models import InboundSms, SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
@@ -43,12 +42,6 @@ def settings(settings: Settings, standin: TwilioStandIn) -> Settings:
         twilio_api_base_url=standin.base_url,
         public_url=PUBLIC,
     )
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[Client]:
-    async with AsyncTestClient(create_app(settings), timeout=60) as test_client:
-        yield test_client
 
 
 def signed(path: str, params: dict[str, str]) -> dict[str, str]:
