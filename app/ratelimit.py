@@ -51,6 +51,9 @@ class RateLimiter:
             raise RateLimited(retry_after)
 
 
+SWEEP_SECONDS = 10
+
+
 class _Window:
     __slots__ = ("known", "pending", "seconds", "window")
 
@@ -77,7 +80,9 @@ class RequestLimiter:
         self.redis = redis
         self.flush_every = flush_every
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._unsent: dict[tuple[str, str], _Window] = {}  # those with hits not yet added
         self._flushing: asyncio.Task[None] | None = None
+        self._swept_at = 0.0
 
     def hit(self, action: str, subject: str, limit: str) -> None:
         """Count one hit; raise RateLimited (with Retry-After) when over ``limit`` ("COUNT/SECONDS")."""
@@ -90,26 +95,42 @@ class RequestLimiter:
         if entry.known + entry.pending >= count:
             raise RateLimited(max(1, math.ceil((window + 1) * seconds - now)))
         entry.pending += 1
+        self._unsent[(action, subject)] = entry
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_soon())
 
     async def flush(self) -> None:
         """Add this instance's counts to Redis and learn everyone's."""
         now = time.time()
-        for key in [key for key, e in self._windows.items() if not e.pending and e.window != int(now // e.seconds)]:
-            del self._windows[key]  # a window gone by, nothing left to add
-        sending = [(key, entry, entry.pending) for key, entry in self._windows.items() if entry.pending]
+        if now - self._swept_at > SWEEP_SECONDS:
+            # Windows gone by, with nothing left to add: forgotten, a few times a minute (not
+            # at every flush: a rush has tens of thousands of addresses).
+            self._swept_at = now
+            for key in [key for key, e in self._windows.items() if not e.pending and e.window != int(now // e.seconds)]:
+                del self._windows[key]
+        sending = [(key, entry, entry.pending) for key, entry in self._unsent.items()]
+        self._unsent = {}  # hits from now on come back in, for the next flush
         if not sending:
             return
+        # One hash per action and window, a field per subject: one command per subject, and
+        # one expiry per hash rather than per subject.
+        windows: dict[str, int] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for (action, subject), entry, pending in sending:
-                counter = f"{NAMESPACE}:rl:{action}:{subject}:{entry.window}"
-                pipe.incrby(counter, pending)
-                pipe.expire(counter, entry.seconds + 1)
-            replies = await pipe.execute()
+                counters = f"{NAMESPACE}:rl:{action}:{entry.window}"
+                pipe.hincrby(counters, subject, pending)
+                windows[counters] = entry.seconds + 1
+            for counters, seconds in windows.items():
+                pipe.expire(counters, seconds)
+            try:
+                replies = await pipe.execute()
+            except BaseException:
+                for key, entry, _ in sending:
+                    self._unsent[key] = entry  # counted here still; added at the next flush
+                raise
         for index, (_, entry, pending) in enumerate(sending):
             entry.pending -= pending  # hits that came while this was on its way wait for the next
-            entry.known = int(replies[2 * index])
+            entry.known = int(replies[index])
 
     async def close(self) -> None:
         if self._flushing is not None:
@@ -126,7 +147,7 @@ class RequestLimiter:
                 # Counted locally meanwhile; added at the next flush. (Without Redis, no
                 # booking or read gets far anyway.)
                 log.warning("rate-limit counts not added to Redis: %s", type(error).__name__)
-            if not any(entry.pending for entry in self._windows.values()):
+            if not self._unsent:
                 return
 
 
