@@ -130,6 +130,9 @@ def uvicorn_args(factory: str, *, port: int, workers: int) -> list[str]:
         PYTHON, "-m", "uvicorn", "--factory", factory,
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning",
+        # The app reads X-Forwarded-For itself (NOBAT_TRUST_FORWARDED_FOR); uvicorn's own
+        # proxy-header layer parsed an IP address on every request for nothing.
+        "--no-proxy-headers",
         # The default backlog (2048) is plenty; keep-alive long enough for wrk's connections.
         "--timeout-keep-alive", "30",
     ]  # fmt: skip
