@@ -18,11 +18,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
-
 from app.capacity import keys
 from app.capacity.plan import SHARED_POOL
 from app.capacity.scripts import as_text
+from app.redis import AutoPipeline
 
 # The most office-days an instance remembers: a second's reads of the busiest offices, a few
 # MB; past it the expired ones go (or, if none has, everything: a cold second, not a leak).
@@ -58,8 +57,8 @@ class CountedDay:
 
 
 class DayReader:
-    def __init__(self, redis: Redis, *, ttl: float) -> None:
-        self.redis = redis
+    def __init__(self, auto: AutoPipeline, *, ttl: float) -> None:
+        self.auto = auto  # reads share their trips to Redis with the other requests'
         self.ttl = ttl
         self._days: dict[tuple[str, dt.date], tuple[float, CountedDay]] = {}
         self._waiting: dict[str, tuple[float, int]] = {}
@@ -69,7 +68,8 @@ class DayReader:
         found = self._fresh_day(office_code, day)
         if found is not None:
             return found
-        counted = _counted(await self.redis.hgetall(keys.office_day(office_code, day)))
+        [raw] = _raised(await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))]))
+        counted = _counted(raw)
         self._remember_day(office_code, day, counted)
         return counted
 
@@ -86,11 +86,10 @@ class DayReader:
             else:
                 result[code] = (counted, waiting)
         if missing:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for code in missing:
-                    pipe.hgetall(keys.office_day(code, day))
-                    pipe.hget(keys.waiting_now(code), "count")
-                replies = await pipe.execute()
+            commands: list[tuple[str, ...]] = []
+            for code in missing:
+                commands += [("HGETALL", keys.office_day(code, day)), ("HGET", keys.waiting_now(code), "count")]
+            replies = _raised(await self.auto.execute_many(commands))
             for index, code in enumerate(missing):
                 counted = _counted(replies[2 * index])
                 waiting = int(replies[2 * index + 1] or 0)
@@ -140,6 +139,13 @@ class DayReader:
         if len(self._waiting) >= MAX_ENTRIES:
             self._waiting = _unexpired(self._waiting)
         self._waiting[office_code] = (time.monotonic() + self.ttl, waiting)
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _counted(raw: Mapping[bytes | str, bytes | str]) -> CountedDay | None:

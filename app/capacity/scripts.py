@@ -14,6 +14,8 @@ from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from app.redis import AutoPipeline
+
 # A cap (a crowd cap, a restriction) limits the bookings of a whole day, not of each slot:
 # a 50% cap on an office with one seat a slot leaves it half its day, not nothing. Every
 # script that gives seats asks this first; each slot also keeps its own seat count.
@@ -313,8 +315,9 @@ class Scripts:
     that pipelines scripts calls ``load`` first, which loads every script on every primary.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, auto: AutoPipeline) -> None:
         self.redis = redis
+        self.auto = auto
         self.reserve = redis.register_script(RESERVE)
         self.release = redis.register_script(RELEASE)
         self.join_waitlist = redis.register_script(JOIN_WAITLIST)
@@ -343,18 +346,11 @@ class Scripts:
     async def run_pair(
         self, first: tuple[AsyncScript, list[str], list[Any]], second: tuple[AsyncScript, list[str], list[Any]]
     ) -> tuple[Any, Any]:
-        """Run two scripts (on keys of different hash tags) in one round trip; a script error
-        is raised. On a cluster the two go to their nodes at once."""
-        if isinstance(self.redis, RedisCluster):
-            replies = await asyncio.gather(*(script(keys=k, args=a) for script, k, a in (first, second)))
-            return replies[0], replies[1]
+        """Run two scripts (on keys of different hash tags) on one trip to Redis, with the
+        other requests' commands of the moment (app.redis.AutoPipeline); a script error is
+        raised."""
         calls = (first, second)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            # EVALSHA itself, not the script objects: redis-py would ask SCRIPT EXISTS first,
-            # a round trip more every time.
-            for script, k, a in calls:
-                pipe.evalsha(script.sha, len(k), *k, *a)
-            replies = await pipe.execute(raise_on_error=False)
+        replies = await self.auto.execute_many([("EVALSHA", script.sha, len(k), *k, *a) for script, k, a in calls])
         for index, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 # Redis restarted and forgot the script: this one did not run; run it alone

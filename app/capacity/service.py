@@ -49,6 +49,7 @@ from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
 from app.observability import LUA_SECONDS
 from app.offices.models import City, Office, OfficeService, OfficeStatus
+from app.redis import AutoPipeline
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,10 @@ class Capacity:
         # False while Redis is down or being rebuilt (see app.capacity.watch): bookings wait.
         self.ready = True
         self.redis = redis
-        self.scripts = Scripts(redis)
+        auto = AutoPipeline(redis)
+        self.scripts = Scripts(redis, auto)
         # What this instance writes below it forgets here, so its own readers see it at once.
-        self.reads = DayReader(redis, ttl=read_cache_seconds)
+        self.reads = DayReader(auto, ttl=read_cache_seconds)
         self.tz = tz
         self.horizon_days = horizon_days
 

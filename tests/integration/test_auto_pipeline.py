@@ -1,0 +1,89 @@
+"""Commands of concurrent requests sharing trips to a real Redis (app.redis.AutoPipeline), and
+the booking's two scripts on one trip (Scripts.run_pair)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError, ResponseError
+
+from app.capacity.scripts import Scripts
+from app.redis import AutoPipeline, EmbeddedRedis, connect
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_concurrent_commands_share_trips_and_each_gets_its_own_reply(redis: Redis) -> None:
+    auto = AutoPipeline(redis)
+    key = f"t:{uuid.uuid4().hex}"
+    trips = 0
+    send = redis.pipeline
+
+    def counting_pipeline(*args: object, **kwargs: object) -> object:
+        nonlocal trips
+        trips += 1
+        return send(*args, **kwargs)  # type: ignore[arg-type]
+
+    redis.pipeline = counting_pipeline  # type: ignore[method-assign]
+    replies = await asyncio.gather(*(auto.execute_many([("INCR", key), ("GET", key)]) for _ in range(50)))
+    # INCR and the GET right after it are on the same trip, in order: each pair reads its own
+    # increment or a later one, and all 50 increments happened.
+    assert sorted(incr for incr, _ in replies) == list(range(1, 51))
+    assert all(int(got) >= incr for incr, got in replies)
+    assert int(await redis.get(key)) == 50
+    # All 50 were queued before the sending task first ran: one trip.
+    assert trips == 1
+
+    # One on its way: the ten that come meanwhile go together on the next trip.
+    first = asyncio.create_task(auto.execute_many([("INCR", key)]))
+    await asyncio.sleep(0)
+    await asyncio.gather(first, *(auto.execute_many([("INCR", key)]) for _ in range(10)))
+    assert trips == 3 and int(await redis.get(key)) == 61
+
+
+async def test_a_failed_command_comes_back_as_its_error_and_spares_the_others(redis: Redis) -> None:
+    auto = AutoPipeline(redis)
+    key = f"t:{uuid.uuid4().hex}"
+    await redis.set(key, "not a number")
+    wrong, right = await asyncio.gather(
+        auto.execute_many([("INCR", key)]), auto.execute_many([("SET", key + ":ok", "1"), ("GET", key + ":ok")])
+    )
+    assert isinstance(wrong[0], ResponseError)
+    assert right == [True, b"1"]
+
+
+async def test_a_lost_connection_fails_every_command_of_the_trip(tmp_path: object) -> None:
+    server = EmbeddedRedis(tmp_path / "gone").start()  # type: ignore[operator]
+    client = connect(server.url)
+    auto = AutoPipeline(client)
+    try:
+        assert await auto.execute_many([("PING",)]) == [True]
+        server.stop()
+        replies = await asyncio.gather(*(auto.execute_many([("PING",), ("PING",)]) for _ in range(3)))
+        assert all(isinstance(reply, ConnectionError) for pair in replies for reply in pair)
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_a_script_redis_forgot_runs_alone_and_the_other_is_not_repeated(redis: Redis) -> None:
+    scripts = Scripts(redis, AutoPipeline(redis))
+    counter = f"t:{{x}}:{uuid.uuid4().hex}"
+    incr = redis.register_script("return redis.call('INCR', KEYS[1])")
+    echo = redis.register_script("return ARGV[1]")
+    await redis.script_load(incr.script)
+    await redis.script_flush()
+    await redis.script_load(echo.script)  # echo is known, incr is not
+    first, second = await scripts.run_pair((echo, [counter], ["hi"]), (incr, [counter], []))
+    assert first == b"hi" and second == 1
+    first, second = await scripts.run_pair((incr, [counter], []), (echo, [counter], ["again"]))
+    assert first == 2 and second == b"again"
