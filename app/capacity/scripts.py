@@ -34,8 +34,36 @@ local function day_room(day, pool, cap)
 end
 """
 
+# Kept in the day hash beside the counters, for finding the earliest free slot without
+# looking at every slot (a busy day has hundreds, most of them full):
+# - 't|pool': the pool's slot times, sorted and joined, five characters each ("08:00,08:30"),
+#   made by the first booking that needs them; a new plan (REPLAN) drops them;
+# - 'c|pool': a slot time before which no slot of the pool has a seat of its own left (or
+#   has started, today), moved on by RESERVE, moved back by RELEASE, dropped by REPLAN.
+_SLOT_TIMES = """
+local function slot_times(day, pool)
+  local field = 't|' .. pool
+  local list = redis.call('HGET', day, field)
+  if list then return list end
+  local prefix = 's|' .. pool .. '|'
+  local times = {}
+  for _, name in ipairs(redis.call('HKEYS', day)) do
+    if string.sub(name, 1, #prefix) == prefix then
+      local time = string.sub(name, #prefix + 1)
+      if #time ~= 5 then error('slot time is not HH:MM: ' .. name) end
+      table.insert(times, time)
+    end
+  end
+  table.sort(times)
+  list = table.concat(times, ',')
+  redis.call('HSET', day, field, list)
+  return list
+end
+"""
+
 RESERVE = (
     _ROOM
+    + _SLOT_TIMES
     + """-- KEYS[1] = the office's day hash (status, cap, seats and used per slot)
 -- KEYS[2] = the idempotency key of this request (same hash tag as KEYS[1])
 -- KEYS[3] = the day's waitlist for the pool: while anyone is in line, added seats are
@@ -61,35 +89,43 @@ local pool, wanted, not_before = ARGV[1], ARGV[2], ARGV[3]
 local room = day_room(day, pool, cap)
 if redis.call('LLEN', KEYS[3]) > 0 then room = 0 end
 
-local function free_seats(time)
+-- The slot's own seats left (the day's room under its cap aside); nil: no such slot.
+local function slot_free(time)
   local seats = tonumber(redis.call('HGET', day, 's|' .. pool .. '|' .. time) or '-1')
   if seats < 0 then return nil end
-  local used = tonumber(redis.call('HGET', day, 'u|' .. pool .. '|' .. time) or '0')
-  return math.min(seats - used, room)
+  return seats - tonumber(redis.call('HGET', day, 'u|' .. pool .. '|' .. time) or '0')
 end
 
 local chosen = nil
 if wanted ~= '' then
   if not_before ~= '' and wanted < not_before then return {'NO_SLOT', wanted, ''} end
-  local free = free_seats(wanted)
+  local free = slot_free(wanted)
   if free == nil then return {'NO_SLOT', wanted, ''} end
-  if free <= 0 then return {'FULL', wanted, ''} end
+  if math.min(free, room) <= 0 then return {'FULL', wanted, ''} end
   chosen = wanted
 else
-  local prefix = 's|' .. pool .. '|'
-  local times = {}
-  local fields = redis.call('HKEYS', day)
-  for _, field in ipairs(fields) do
-    if string.sub(field, 1, #prefix) == prefix then
-      local time = string.sub(field, #prefix + 1)
-      if not_before == '' or time >= not_before then table.insert(times, time) end
-    end
+  local list = slot_times(day, pool)
+  local count = math.floor((#list + 1) / 6)
+  local function time_at(i) return string.sub(list, 6 * i - 5, 6 * i - 1) end
+  if count == 0 or (not_before ~= '' and time_at(count) < not_before) then return {'CLOSED', '', ''} end
+  if room <= 0 then return {'DAY_FULL', '', ''} end
+  local cursor_field = 'c|' .. pool
+  local cursor = redis.call('HGET', day, cursor_field) or ''
+  local from = cursor
+  if not_before > from then from = not_before end
+  -- The first slot at or after "from", by halves.
+  local low, high = 1, count + 1
+  while low < high do
+    local middle = math.floor((low + high) / 2)
+    if time_at(middle) < from then low = middle + 1 else high = middle end
   end
-  if #times == 0 then return {'CLOSED', '', ''} end
-  table.sort(times)
-  for _, time in ipairs(times) do
-    if free_seats(time) > 0 then chosen = time break end
+  for i = low, count do
+    local free = slot_free(time_at(i))
+    if free ~= nil and free > 0 then chosen = time_at(i) break end
   end
+  -- Every slot before the one found is full, or has started: the next booking starts there.
+  local moved = chosen or '~'
+  if moved ~= cursor then redis.call('HSET', day, cursor_field, moved) end
   if chosen == nil then return {'DAY_FULL', '', ''} end
 end
 redis.call('HINCRBY', day, 'u|' .. pool .. '|' .. chosen, 1)
@@ -156,6 +192,9 @@ if ARGV[2] ~= '' then
   -- A slot a new plan removed lives on with 0 seats only while it still has bookings.
   local seats_field = 's|' .. ARGV[1] .. '|' .. ARGV[2]
   if used == 0 and redis.call('HGET', day, seats_field) == '0' then redis.call('HDEL', day, seats_field, field) end
+  -- The earliest free slot may be this one again (see RESERVE's cursor).
+  local cursor = redis.call('HGET', day, 'c|' .. ARGV[1])
+  if cursor and ARGV[2] < cursor then redis.call('HSET', day, 'c|' .. ARGV[1], ARGV[2]) end
 end
 return fill(day, KEYS[3], ARGV[1], ARGV[3])
 """
@@ -232,7 +271,10 @@ for _, field in ipairs(current) do
 end
 if ARGV[1] == 'apply' then
   for _, field in ipairs(current) do
-    if string.sub(field, 1, 2) == 's|' and new[field] == nil then
+    local kind = string.sub(field, 1, 2)
+    -- The slot times and the earliest-free cursors (RESERVE) are made again from the new plan.
+    if kind == 't|' or kind == 'c|' then redis.call('HDEL', day, field) end
+    if kind == 's|' and new[field] == nil then
       if used(field) > 0 then
         redis.call('HSET', day, field, 0)
       else
