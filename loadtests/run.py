@@ -8,7 +8,8 @@
    Twilio stand-in with ``--sms-backend twilio``).
 2. The Locust scenario, headless, for a fixed time and number of users (loadtests/locustfile.py).
 3. With wrk (``--references all``, the default; ``service``: only this part): the full booking path spread over the country
-   and on one hot office-day, the read paths (slots, nearby), profiled with py-spy.
+   and on one hot office-day, the read paths (slots, nearby; random and hot), then py-spy
+   profiles of the booking, slots and nearby paths in short runs of their own.
 4. The correctness check (loadtests/check.py): any overbooking fails the run (exit 1).
 5. The references on the same machine and the same Redis: the raw RESERVE rate
    (redis-benchmark), a bare Litestar endpoint that only runs RESERVE, and a booking done
@@ -361,9 +362,21 @@ class Run:
     # --- wrk on the service --------------------------------------------------------------------
 
     def wrk(
-        self, name: str, base_url: str, lines: Any, *, cap: int, profile_pids: list[int] | None = None
+        self,
+        name: str,
+        base_url: str,
+        lines: Any,
+        *,
+        cap: int,
+        profile_pids: list[int] | None = None,
+        profile_as: str | None = None,
+        duration: int | None = None,
     ) -> WrkResult:
+        """One wrk run; with ``profile_pids``, py-spy samples those processes meanwhile and the
+        summary is kept under ``profile_as`` (the run's own figures are then not reported:
+        py-spy takes CPU from the server it samples)."""
         args = self.args
+        duration = duration or args.wrk_duration
         path = self.workdir / f"requests-{name}.tsv"
         count = workloads.write_requests(path, lines)
         recorders = []
@@ -372,7 +385,7 @@ class Run:
             for pid in profile_pids:
                 output = self.workdir / f"profile-{name}-{pid}.txt"
                 # From 2 s in (connections open, caches warm) to 2 s before wrk stops.
-                recorder = profiling.start_recording(pid, output, seconds=max(args.wrk_duration - 4, 2))
+                recorder = profiling.start_recording(pid, output, seconds=max(duration - 4, 2))
                 if recorder is None:
                     self.note("py-spy not found (.venv/bin/pip install py-spy): no profile")
                     break
@@ -381,7 +394,7 @@ class Run:
             name,
             base_url,
             path,
-            duration=args.wrk_duration,
+            duration=duration,
             threads=args.wrk_threads,
             connections=args.wrk_connections,
             workdir=self.workdir,
@@ -398,7 +411,7 @@ class Run:
                 recorder.kill()
         if recorders:
             outputs = [output for _, output in recorders]
-            self.results.setdefault("profile", {})[name] = profiling.summarize(outputs)
+            self.results.setdefault("profile", {})[profile_as or name] = profiling.summarize(outputs)
             RESULTS.mkdir(parents=True, exist_ok=True)
             for output in outputs:
                 if output.exists():
@@ -424,63 +437,54 @@ class Run:
         ids = workloads.national_ids(self.rng, exclude=self.used_ids)
         addresses = workloads.Addresses(self.rng)
         wrk: dict[str, Any] = {}
+        count = WRK_RATE_CAP["bookings"] * duration
+        reads = WRK_RATE_CAP["reads"] * duration
+        # A rush's reads: everyone near the same few offices, today (the readers' copy of the
+        # counters is for this); the random reads above are the worst case for it.
+        hot_reads = [(network.first_offices()[i], today) for i in range(3)]
+        hot_points = [(network.by_code[code].lat, network.by_code[code].lon) for code, _ in hot_reads]
+
+        def bookings(tag: str, at: list[tuple[str, dt.date]], service: str | None = None) -> Any:
+            return workloads.booking_lines(
+                count=count, pairs=at, network=network, tokens=tokens, ids=ids, rng=self.rng,
+                addresses=addresses, service=service, tag=tag,
+            )  # fmt: skip
+
+        def slots(at: list[tuple[str, dt.date]]) -> Any:
+            return workloads.slots_lines(count=reads, pairs=at, network=network, rng=self.rng, addresses=addresses)
+
+        def nearby(points: list[tuple[float, float]] | None = None) -> Any:
+            return workloads.nearby_lines(
+                count=reads, network=network, rng=self.rng, addresses=addresses, points=points
+            )
+
         stack.stop_rq()
         self.cpu_pids = self.server_pids(stack.web_worker_pids(), stack)
         try:
             quiet = wait_for_quiet(args.quiet_load, args.quiet_wait)
             self.results["machine"]["load_before_wrk"] = round(quiet, 2)
-            count = WRK_RATE_CAP["bookings"] * duration
+            caps = WRK_RATE_CAP
             wrk["bookings_spread"] = self.wrk(
-                "bookings_spread",
-                stack.base_url,
-                workloads.booking_lines(
-                    count=count,
-                    pairs=pairs,
-                    network=network,
-                    tokens=tokens,
-                    ids=ids,
-                    rng=self.rng,
-                    addresses=addresses,
-                    tag="spread",
-                ),
-                cap=WRK_RATE_CAP["bookings"],
-                profile_pids=stack.web_worker_pids() if args.profile else None,
+                "bookings_spread", stack.base_url, bookings("spread", pairs), cap=caps["bookings"]
             ).as_dict()
-
             hot_code, hot_day = self.prepare_hot_day(stack, network, redis, today)
             wrk["bookings_hot"] = self.wrk(
-                "bookings_hot",
-                stack.base_url,
-                workloads.booking_lines(
-                    count=count,
-                    pairs=[(hot_code, hot_day)],
-                    network=network,
-                    tokens=tokens,
-                    ids=ids,
-                    rng=self.rng,
-                    addresses=addresses,
-                    service="101",
-                    tag="hot",
-                ),
-                cap=WRK_RATE_CAP["bookings"],
+                "bookings_hot", stack.base_url, bookings("hot", [(hot_code, hot_day)], "101"), cap=caps["bookings"]
             ).as_dict()
             wrk["bookings_hot"]["office_day"] = f"{hot_code} {hot_day}"
-
-            reads = WRK_RATE_CAP["reads"] * duration
-            wrk["slots"] = self.wrk(
-                "slots",
-                stack.base_url,
-                workloads.slots_lines(count=reads, pairs=pairs, network=network, rng=self.rng, addresses=addresses),
-                cap=WRK_RATE_CAP["reads"],
-                profile_pids=stack.web_worker_pids() if args.profile else None,
-            ).as_dict()
-            wrk["nearby"] = self.wrk(
-                "nearby",
-                stack.base_url,
-                workloads.nearby_lines(count=reads, network=network, rng=self.rng, addresses=addresses),
-                cap=WRK_RATE_CAP["reads"],
-                profile_pids=stack.web_worker_pids() if args.profile else None,
-            ).as_dict()
+            wrk["slots"] = self.wrk("slots", stack.base_url, slots(pairs), cap=caps["reads"]).as_dict()
+            wrk["nearby"] = self.wrk("nearby", stack.base_url, nearby(), cap=caps["reads"]).as_dict()
+            wrk["slots_hot"] = self.wrk("slots_hot", stack.base_url, slots(hot_reads), cap=caps["reads"]).as_dict()
+            wrk["nearby_hot"] = self.wrk("nearby_hot", stack.base_url, nearby(hot_points), cap=caps["reads"]).as_dict()
+            if args.profile:
+                # Profiled again, apart: py-spy takes CPU from the server it samples.
+                profiled = {"bookings_spread": bookings("spread-profiled", pairs), "slots": slots(pairs)}
+                profiled["nearby"] = nearby()
+                for name, lines in profiled.items():
+                    self.wrk(
+                        f"{name}_profiled", stack.base_url, lines, cap=caps["reads"], duration=10,
+                        profile_pids=stack.web_worker_pids(), profile_as=name,
+                    )  # fmt: skip
         finally:
             stack.start_rq()
             redis.close()
@@ -758,7 +762,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="all: wrk on the service, the Redis ceiling, the bare endpoint, PostgreSQL; service: wrk on the service only",
     )
     parser.add_argument(
-        "--profile", action=argparse.BooleanOptionalAction, default=True, help="py-spy on the workers while wrk books"
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="py-spy on the workers, in a short run of its own after the measured ones",
     )
     parser.add_argument("--wrk-duration", type=int, default=15)
     parser.add_argument("--wrk-threads", type=int, default=2)

@@ -175,10 +175,19 @@ def slots_lines(
         yield ("GET", path, "", "", "", addresses.pick())
 
 
-def nearby_lines(*, count: int, network: Network, rng: random.Random, addresses: Addresses) -> Iterator[Line]:
-    """Searches from random points near random cities, as phones would send them."""
+def nearby_lines(
+    *,
+    count: int,
+    network: Network,
+    rng: random.Random,
+    addresses: Addresses,
+    points: list[tuple[float, float]] | None = None,
+) -> Iterator[Line]:
+    """Searches from random points near random cities (or near ``points``: a crowd around a
+    few hot offices), as phones would send them."""
+    centres = points or [(lat, lon) for _, lat, lon in network.cities]
     for _ in range(count):
-        _, lat, lon = rng.choice(network.cities)
+        lat, lon = rng.choice(centres)
         lat += rng.uniform(-0.05, 0.05)
         lon += rng.uniform(-0.05, 0.05)
         wanted = rng.choice(COMMON_SERVICES)
