@@ -54,14 +54,10 @@ class RateLimiter:
 SWEEP_SECONDS = 10
 
 
-class _Window:
-    __slots__ = ("known", "pending", "seconds", "window")
-
-    def __init__(self, window: int, seconds: int) -> None:
-        self.window = window
-        self.seconds = seconds
-        self.known = 0  # every instance's hits in this window, as Redis last said
-        self.pending = 0  # this instance's hits not yet added there
+# One subject's count in one window: (window, every instance's hits in it as Redis last said,
+# this instance's hits not yet added there). A plain tuple, replaced at each hit: the tens of
+# thousands of a rush's addresses are then not tracked by the garbage collector.
+_Count = tuple[int, int, int]
 
 
 class RequestLimiter:
@@ -79,8 +75,9 @@ class RequestLimiter:
     def __init__(self, redis: Redis, *, flush_every: float = 0.1) -> None:
         self.redis = redis
         self.flush_every = flush_every
-        self._windows: dict[tuple[str, str], _Window] = {}
-        self._unsent: dict[tuple[str, str], _Window] = {}  # those with hits not yet added
+        self._counts: dict[tuple[str, str], _Count] = {}
+        self._seconds: dict[str, int] = {}  # each action's window length
+        self._unsent: set[tuple[str, str]] = set()  # those with hits not yet added
         self._flushing: asyncio.Task[None] | None = None
         self._swept_at = 0.0
 
@@ -89,13 +86,15 @@ class RequestLimiter:
         count, seconds = _parsed(limit)
         now = time.time()
         window = int(now // seconds)
-        entry = self._windows.get((action, subject))
-        if entry is None or entry.window != window:
-            entry = self._windows[(action, subject)] = _Window(window, seconds)
-        if entry.known + entry.pending >= count:
+        key = (action, subject)
+        counted, known, pending = self._counts.get(key, (window, 0, 0))
+        if counted != window:
+            known = pending = 0
+        if known + pending >= count:
             raise RateLimited(max(1, math.ceil((window + 1) * seconds - now)))
-        entry.pending += 1
-        self._unsent[(action, subject)] = entry
+        self._counts[key] = (window, known, pending + 1)
+        self._seconds[action] = seconds
+        self._unsent.add(key)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.create_task(self._flush_soon())
 
@@ -106,31 +105,35 @@ class RequestLimiter:
             # Windows gone by, with nothing left to add: forgotten, a few times a minute (not
             # at every flush: a rush has tens of thousands of addresses).
             self._swept_at = now
-            for key in [key for key, e in self._windows.items() if not e.pending and e.window != int(now // e.seconds)]:
-                del self._windows[key]
-        sending = [(key, entry, entry.pending) for key, entry in self._unsent.items()]
-        self._unsent = {}  # hits from now on come back in, for the next flush
+            self._counts = {
+                key: (window, known, pending)
+                for key, (window, known, pending) in self._counts.items()
+                if pending or window == int(now // self._seconds[key[0]])
+            }
+        sending = [(key, self._counts[key]) for key in self._unsent]
+        self._unsent = set()  # hits from now on come back in, for the next flush
         if not sending:
             return
         # One hash per action and window, a field per subject: one command per subject, and
         # one expiry per hash rather than per subject.
         windows: dict[str, int] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (action, subject), entry, pending in sending:
-                counters = f"{NAMESPACE}:rl:{action}:{entry.window}"
+            for (action, subject), (window, _, pending) in sending:
+                counters = f"{NAMESPACE}:rl:{action}:{window}"
                 pipe.hincrby(counters, subject, pending)
-                windows[counters] = entry.seconds + 1
+                windows[counters] = self._seconds[action] + 1
             for counters, seconds in windows.items():
                 pipe.expire(counters, seconds)
             try:
                 replies = await pipe.execute()
             except BaseException:
-                for key, entry, _ in sending:
-                    self._unsent[key] = entry  # counted here still; added at the next flush
+                self._unsent.update(key for key, _ in sending)  # counted here still; added at the next flush
                 raise
-        for index, (_, entry, pending) in enumerate(sending):
-            entry.pending -= pending  # hits that came while this was on its way wait for the next
-            entry.known = int(replies[index])
+        for index, (key, (sent_window, _, sent)) in enumerate(sending):
+            window, _, pending = self._counts.get(key, (-1, 0, 0))
+            if window == sent_window:
+                # Hits that came while this was on its way stay pending, for the next flush.
+                self._counts[key] = (window, int(replies[index]), pending - sent)
 
     async def close(self) -> None:
         if self._flushing is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from app.capacity import keys
 from app.capacity.plan import SHARED_POOL
@@ -28,6 +28,8 @@ from app.redis import AutoPipeline
 MAX_ENTRIES = 20_000
 
 Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
+Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, seats, used
+_NO_SLOTS: Columns = ((), (), ())
 
 
 class CountedDay:
@@ -39,21 +41,31 @@ class CountedDay:
     def __init__(self, fields: Mapping[str, str]) -> None:
         self.status = fields.get("_status", "active")
         self.cap = int(fields.get("_cap", "100"))
-        pools: dict[str, Slots] = {}
+        found: dict[str, Slots] = {}
         for field, value in fields.items():
             if field.startswith("s|"):
                 _, pool, slot = field.split("|")
-                pools.setdefault(pool, []).append((slot, int(value), int(fields.get(f"u|{pool}|{slot}", "0"))))
-        for slots in pools.values():
-            slots.sort()
-        self.pools = pools
+                found.setdefault(pool, []).append((slot, int(value), int(fields.get(f"u|{pool}|{slot}", "0"))))
+        # Each pool as three columns, tuples of strings and numbers: a day is then a handful of
+        # objects for the garbage collector (which soon stops tracking them), not one per slot.
+        # Thousands are kept here; a list of tuples per pool had stopped a worker for 40-75 ms
+        # at a time in the collector's passes.
+        self.pools: dict[str, Columns] = {
+            pool: cast(Columns, tuple(zip(*sorted(slots), strict=True))) for pool, slots in found.items()
+        }
 
     def pool_of(self, service_code: str) -> str:
         """The pool a service books from: its own when the office's template gives it one."""
         return service_code if service_code in self.pools else SHARED_POOL
 
+    def columns(self, service_code: str) -> Columns:
+        return self.pools.get(self.pool_of(service_code), _NO_SLOTS)
+
     def slots(self, service_code: str) -> Slots:
-        return self.pools.get(self.pool_of(service_code), [])
+        return list(zip(*self.columns(service_code), strict=True))
+
+    def by_pool(self) -> dict[str, Slots]:
+        return {pool: list(zip(*columns, strict=True)) for pool, columns in self.pools.items()}
 
 
 class DayReader:
@@ -61,6 +73,7 @@ class DayReader:
         self.auto = auto  # reads share their trips to Redis with the other requests'
         self.ttl = ttl
         self._days: dict[tuple[str, dt.date], tuple[float, CountedDay]] = {}
+        self._swept_at = 0.0
         self._waiting: dict[str, tuple[float, int]] = {}
 
     async def day(self, office_code: str, day: dt.date) -> CountedDay | None:
@@ -129,16 +142,30 @@ class DayReader:
         # A day Redis does not hold is materialised by the caller and read again: not kept.
         if self.ttl <= 0 or counted is None:
             return
+        now = time.monotonic()
+        self._sweep(now)
         if len(self._days) >= MAX_ENTRIES:
             self._days = _unexpired(self._days)
-        self._days[(office_code, day)] = (time.monotonic() + self.ttl, counted)
+        self._days[(office_code, day)] = (now + self.ttl, counted)
 
     def _remember_waiting(self, office_code: str, waiting: int) -> None:
         if self.ttl <= 0:
             return
+        now = time.monotonic()
+        self._sweep(now)
         if len(self._waiting) >= MAX_ENTRIES:
             self._waiting = _unexpired(self._waiting)
-        self._waiting[office_code] = (time.monotonic() + self.ttl, waiting)
+        self._waiting[office_code] = (now + self.ttl, waiting)
+
+    def _sweep(self, now: float) -> None:
+        """Drop what has expired, once a ``ttl``: what is kept is then about a second's reads,
+        not up to MAX_ENTRIES of old ones, which the garbage collector's full passes would
+        have to look through."""
+        if now < self._swept_at + self.ttl:
+            return
+        self._swept_at = now
+        self._days = _unexpired(self._days)
+        self._waiting = _unexpired(self._waiting)
 
 
 def _raised(replies: list[Any]) -> list[Any]:

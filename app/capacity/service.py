@@ -320,7 +320,7 @@ class Capacity:
         if counted is None:
             return None
         slots = []
-        for pool, pool_slots in counted.pools.items():
+        for pool, pool_slots in counted.by_pool().items():
             room = day_room(sum(s for _, s, _ in pool_slots), sum(u for _, _, u in pool_slots), counted.cap)
             slots += [
                 SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))

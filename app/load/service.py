@@ -99,11 +99,14 @@ class LoadService:
         for code, (counted, waiting) in counters.items():
             if counted.status == "blocked":
                 continue
-            slots = counted.slots(service_code)
-            seats, used = sum(s for _, s, _ in slots), sum(u for _, _, u in slots)
+            times, each_seats, each_used = counted.columns(service_code)
+            seats, used = sum(each_seats), sum(each_used)
             room = day_room(seats, used, counted.cap)
             seats = used + max(0, room)  # what the day may hold under its cap
-            next_free = next((t for t, s, u in slots if t > not_before and s > u), None) if room > 0 else None
+            next_free = None
+            if room > 0:
+                free = zip(times, each_seats, each_used, strict=True)
+                next_free = next((t for t, s, u in free if t > not_before and s > u), None)
             candidates.append(
                 Candidate(
                     office_code=code,
@@ -136,7 +139,7 @@ class LoadService:
         day, waiting = counters[office_code]
         raw_waiting = _text(await self.redis.hgetall(keys.waiting_now(office_code)))
         by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for slots in day.pools.values():
+        for slots in day.by_pool().values():
             for time, seats, slot_used in slots:
                 hour = f"{time[:2]}:00"
                 by_hour[hour][0] += seats
