@@ -66,7 +66,8 @@ class GroupCommit:
         messages among them (``sms_ids``) sent."""
         # Give the request's connection back first: with more bookings in flight than the
         # pool holds, requests idling in a transaction would starve the writer.
-        await session.commit()
+        if session.in_transaction():
+            await session.commit()
         write = _Write(rows, sms_ids)
         self._pending.append(write)
         if self._draining is None or self._draining.done():
