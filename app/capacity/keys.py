@@ -24,9 +24,10 @@ def waitlist(office_code: str, day: dt.date, pool: str) -> str:
     return f"{NAMESPACE}:{{o:{office_code}}}:wait:{day.isoformat()}:{pool}"
 
 
-def waiting_now(office_code: str) -> str:
-    """How many people the office said are waiting in its room right now."""
-    return f"{NAMESPACE}:{{o:{office_code}}}:waiting"
+WAITING_NOW = f"{NAMESPACE}:waiting"
+"""How many people each office said are waiting in its room right now: one hash, office code
+-> "count|reported at (ISO)", so that a nearby search reads all its candidates' in one command
+(one key each had been half the commands, and of the time, of a search)."""
 
 
 def office_geo(service_code: str) -> str:

@@ -44,8 +44,9 @@ class CountedDay:
         found: dict[str, Slots] = {}
         for field, value in fields.items():
             if field.startswith("s|"):
-                _, pool, slot = field.split("|")
-                found.setdefault(pool, []).append((slot, int(value), int(fields.get(f"u|{pool}|{slot}", "0"))))
+                pool, _, slot = field[2:].partition("|")
+                used = fields.get("u" + field[1:], "0")  # "s|pool|time" -> "u|pool|time"
+                found.setdefault(pool, []).append((slot, int(value), int(used)))
         # Each pool as three columns, tuples of strings and numbers: a day is then a handful of
         # objects for the garbage collector (which soon stops tracking them), not one per slot.
         # Thousands are kept here; a list of tuples per pool had stopped a worker for 40-75 ms
@@ -89,27 +90,24 @@ class DayReader:
     async def days(self, codes: list[str], day: dt.date) -> dict[str, tuple[CountedDay | None, int]]:
         """Each office's counters for the day and its "people waiting" report, the ones not
         remembered read in one round trip."""
-        result: dict[str, tuple[CountedDay | None, int]] = {}
-        missing = []
-        for code in codes:
-            counted = self._fresh_day(code, day)
-            waiting = self._fresh_waiting(code)
-            if counted is None or waiting is None:
-                missing.append(code)
-            else:
-                result[code] = (counted, waiting)
-        if missing:
-            commands: list[tuple[str, ...]] = []
-            for code in missing:
-                commands += [("HGETALL", keys.office_day(code, day)), ("HGET", keys.waiting_now(code), "count")]
+        counted = {code: self._fresh_day(code, day) for code in codes}
+        waiting = {code: self._fresh_waiting(code) for code in codes}
+        unread_days = [code for code, found in counted.items() if found is None]
+        unread_waiting = [code for code, found in waiting.items() if found is None]
+        commands: list[tuple[str, ...]] = [("HGETALL", keys.office_day(code, day)) for code in unread_days]
+        if unread_waiting:
+            commands.append(("HMGET", keys.WAITING_NOW, *unread_waiting))
+        if commands:
             replies = _raised(await self.auto.execute_many(commands))
-            for index, code in enumerate(missing):
-                counted = _counted(replies[2 * index])
-                waiting = int(replies[2 * index + 1] or 0)
-                self._remember_day(code, day, counted)
-                self._remember_waiting(code, waiting)
-                result[code] = (counted, waiting)
-        return {code: result[code] for code in codes}
+            for code, raw in zip(unread_days, replies, strict=False):
+                counted[code] = _counted(raw)
+                self._remember_day(code, day, counted[code])
+            if unread_waiting:
+                now = dt.datetime.now(dt.UTC)
+                for code, reported in zip(unread_waiting, replies[-1], strict=True):
+                    count = waiting[code] = waiting_report(reported, now)[0]
+                    self._remember_waiting(code, count)
+        return {code: (counted[code], waiting[code] or 0) for code in codes}
 
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
         """Drop what this instance remembers of an office-day (of every day: ``day=None``)."""
@@ -168,6 +166,25 @@ class DayReader:
         self._waiting = _unexpired(self._waiting)
 
 
+WAITING_REPORT_SECONDS = 2 * 3600
+"""An older "people waiting" report says nothing about now."""
+
+
+def waiting_report(value: str | bytes | None, now: dt.datetime) -> tuple[int, str | None]:
+    """An office's report of people waiting (keys.WAITING_NOW): the count and when it was
+    made, or (0, None) when there is none or it is too old."""
+    if not value:
+        return 0, None
+    count, _, at = as_text(value).partition("|")
+    try:
+        made = dt.datetime.fromisoformat(at)
+    except ValueError:
+        return 0, None
+    if (now - made).total_seconds() > WAITING_REPORT_SECONDS:
+        return 0, None
+    return int(count), at
+
+
 def _raised(replies: list[Any]) -> list[Any]:
     for reply in replies:
         if isinstance(reply, Exception):
@@ -175,9 +192,11 @@ def _raised(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def _counted(raw: Mapping[bytes | str, bytes | str]) -> CountedDay | None:
+def _counted(raw: Mapping[Any, Any]) -> CountedDay | None:
     if not raw:
         return None
+    if isinstance(next(iter(raw)), str):
+        return CountedDay(raw)  # the client decodes replies (app.redis.connect)
     return CountedDay({as_text(k): as_text(v) for k, v in raw.items()})
 
 

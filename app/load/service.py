@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
-from app.capacity.reading import CountedDay
+from app.capacity.reading import CountedDay, waiting_report
 from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, day_room
 from app.clock import Clock
@@ -33,11 +33,6 @@ LAT_RANGE = (24.0, 40.5)
 LON_RANGE = (43.0, 64.0)
 SEARCH_RADII_KM = (30, 150, 1000)
 MAX_LIMIT = 50
-WAITING_REPORT_TTL_SECONDS = 2 * 3600  # an old "people waiting" report says nothing about now
-
-
-def _text(raw: dict[Any, Any]) -> dict[str, str]:
-    return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 class LoadService:
@@ -52,10 +47,7 @@ class LoadService:
             raise InvalidInput(
                 "waiting", "Waiting must be 0 to 1000.", detail_fa="تعداد منتظران باید بین ۰ و ۱۰۰۰ باشد."
             )
-        await self.redis.hset(
-            keys.waiting_now(office_code), mapping={"count": count, "at": self.clock.now().isoformat()}
-        )
-        await self.redis.expire(keys.waiting_now(office_code), WAITING_REPORT_TTL_SECONDS)
+        await self.redis.hset(keys.WAITING_NOW, office_code, f"{count}|{self.clock.now().isoformat()}")
         self.capacity.reads.forget(office_code)
 
     async def nearby(
@@ -136,8 +128,8 @@ class LoadService:
             raise OfficeNotFound()
         today = self.clock.today()
         counters = await self._read_days(session, [office_code], today)
-        day, waiting = counters[office_code]
-        raw_waiting = _text(await self.redis.hgetall(keys.waiting_now(office_code)))
+        day, _ = counters[office_code]
+        waiting, reported_at = waiting_report(await self.redis.hget(keys.WAITING_NOW, office_code), self.clock.now())
         by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for slots in day.by_pool().values():
             for time, seats, slot_used in slots:
@@ -160,7 +152,7 @@ class LoadService:
             busyness=level.value,
             busyness_fa=BUSYNESS_FA[level],
             waiting_now=waiting,
-            waiting_reported_at=raw_waiting.get("at"),
+            waiting_reported_at=reported_at,
             hours=[
                 HourLoad(hour=h, seats=s, used=u, load=round(1.0 if s == 0 else min(1.0, u / s), 3))
                 for h, (s, u) in sorted(by_hour.items())

@@ -58,7 +58,7 @@ async def test_a_failed_command_comes_back_as_its_error_and_spares_the_others(re
         auto.execute_many([("INCR", key)]), auto.execute_many([("SET", key + ":ok", "1"), ("GET", key + ":ok")])
     )
     assert isinstance(wrong[0], ResponseError)
-    assert right == [True, b"1"]
+    assert right == [True, "1"]
 
 
 async def test_a_lost_connection_fails_every_command_of_the_trip(tmp_path: object) -> None:
@@ -84,6 +84,6 @@ async def test_a_script_redis_forgot_runs_alone_and_the_other_is_not_repeated(re
     await redis.script_flush()
     await redis.script_load(echo.script)  # echo is known, incr is not
     first, second = await scripts.run_pair((echo, [counter], ["hi"]), (incr, [counter], []))
-    assert first == b"hi" and second == 1
+    assert first == "hi" and second == 1
     first, second = await scripts.run_pair((incr, [counter], []), (echo, [counter], ["again"]))
-    assert first == 2 and second == b"again"
+    assert first == 2 and second == "again"

@@ -85,17 +85,17 @@ async def test_waiting_reports_and_days_are_read_together(redis_url: str) -> Non
     capacity = _capacity(redis, 60)
     try:
         await _fresh_day(capacity)
-        await redis.hset(keys.waiting_now(OFFICE), mapping={"count": 7})
+        await redis.hset(keys.WAITING_NOW, OFFICE, f"7|{dt.datetime.now(dt.UTC).isoformat()}")
         found = await capacity.reads.days([OFFICE, "990199"], DAY)
         counted, waiting = found[OFFICE]
         assert counted is not None and waiting == 7
         assert counted.slots("101") == [("09:00", 1, 0)]  # the service's own pool
         assert counted.slots("102") == [("08:00", 2, 0)]  # the shared one
         assert found["990199"] == (None, 0)  # not in Redis: the caller materialises it
-        await redis.hset(keys.waiting_now(OFFICE), mapping={"count": 9})
+        await redis.hset(keys.WAITING_NOW, OFFICE, f"9|{dt.datetime.now(dt.UTC).isoformat()}")
         assert (await capacity.reads.days([OFFICE], DAY))[OFFICE][1] == 7  # remembered
         capacity.reads.forget(OFFICE)
         assert (await capacity.reads.days([OFFICE], DAY))[OFFICE][1] == 9
     finally:
-        await redis.delete(keys.waiting_now(OFFICE))
+        await redis.hdel(keys.WAITING_NOW, OFFICE)
         await redis.aclose()

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import time
 
 import pytest
 
 from app.capacity import reading
-from app.capacity.reading import CountedDay, _unexpired
+from app.capacity.reading import CountedDay, _unexpired, waiting_report
 
 
 def test_a_day_hash_parses_into_pools_in_time_order() -> None:
@@ -51,3 +52,12 @@ def test_a_day_kept_for_readers_soon_leaves_the_collector_nothing_but_itself_to_
     gc.collect()
     assert not gc.is_tracked(day.pools)
     assert not any(gc.is_tracked(columns) for columns in day.pools.values())
+
+
+def test_a_waiting_report_counts_for_two_hours_and_a_bad_one_not_at_all() -> None:
+    now = dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.UTC)
+    fresh = (now - dt.timedelta(minutes=119)).isoformat()
+    assert waiting_report(f"12|{fresh}", now) == (12, fresh)
+    assert waiting_report(f"12|{(now - dt.timedelta(minutes=121)).isoformat()}", now) == (0, None)
+    assert waiting_report(None, now) == (0, None)
+    assert waiting_report("12|yesterday", now) == (0, None)
