@@ -65,6 +65,7 @@ class Jobs:
 
     def __init__(self, redis_url: str) -> None:
         self.redis = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.codes = Queue(queues.CODES, connection=self.redis)
         self.sms = Queue(queues.SMS, connection=self.redis)
         self.default = Queue(queues.DEFAULT, connection=self.redis)
 
@@ -83,7 +84,7 @@ class Jobs:
     def _options(queue: Queue) -> dict[str, Any]:
         return {
             "retry": Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
-            "job_timeout": SMS_JOB_TIMEOUT if queue.name == queues.SMS else None,
+            "job_timeout": SMS_JOB_TIMEOUT if queue.name in (queues.CODES, queues.SMS) else None,
             "result_ttl": 3600,
             "failure_ttl": 7 * 86400,
         }

@@ -19,7 +19,7 @@ from app.identity import normalize_mobile
 from app.locale import normalize_digits, to_persian_digits
 from app.ratelimit import RateLimiter
 from app.settings import Settings
-from app.sms.service import Messenger
+from app.sms.service import SIGN_IN_CODE, Messenger
 
 VERIFY = """
 -- KEYS[1] = the mobile's pending code: hash {digest, tries}
@@ -72,7 +72,7 @@ class CitizenAuth:
         minutes = to_persian_digits(str(max(1, self.settings.otp_ttl_seconds // 60)))
         self.messenger.queue(
             session,
-            kind="otp",
+            kind=SIGN_IN_CODE,
             to=mobile,
             body=f"نوبت: کد ورود شما {to_persian_digits(code)} ({code}) است. تا {minutes} دقیقه معتبر است.",
         )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import select
 
 from app.booking import reminders
 from app.booking.models import Booking, BookingStatus
-from app.sms.tasks import job_context
+from app.sms.tasks import job_context, run_job
 
 
 def close_day() -> dict[str, int]:
@@ -20,7 +18,7 @@ def close_day() -> dict[str, int]:
 
     Returns the counts: ``no_shows``, ``served`` (closed from checked in),
     ``waitlist_expired`` and ``office_days_added``."""
-    return asyncio.run(_close_day())
+    return run_job(_close_day())
 
 
 async def _close_day() -> dict[str, int]:
@@ -56,7 +54,7 @@ async def _close_day() -> dict[str, int]:
 
 def send_reminders() -> int:
     """Every minute: queue the reminders due now (the evening before, an hour before)."""
-    return asyncio.run(_send_reminders())
+    return run_job(_send_reminders())
 
 
 async def _send_reminders() -> int:

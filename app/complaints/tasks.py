@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from app.sms.tasks import job_context
+from app.sms.tasks import job_context, run_job
 
 
 def flag_overdue() -> int:
     """Flag complaints with no first response within the promised hours (72 by default)."""
-    return asyncio.run(_flag_overdue())
+    return run_job(_flag_overdue())
 
 
 async def _flag_overdue() -> int:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, cast
 
+from rq import Queue
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +18,9 @@ SEND_SMS = "app.sms.tasks.send_sms"
 SEND_SMS_BATCH = "app.sms.tasks.send_sms_batch"
 
 OUTBOX = cast(Table, SmsMessage.__table__)
+
+SIGN_IN_CODE = "otp"
+"""The kind of the messages that carry sign-in codes."""
 
 SMS_PER_JOB = 50
 """Messages one job sends. In a rush the bookings of one group commit go out together:
@@ -34,7 +38,9 @@ class Messenger:
         if row is None:
             return None
         session.add(row)
-        after_commit(session, partial(self.send, [row.id]))
+        # A sign-in code goes ahead of every other message: someone is waiting for it.
+        queue = self.jobs.codes if kind == SIGN_IN_CODE else self.jobs.sms
+        after_commit(session, partial(self.send, [row.id], queue=queue))
         return row.id
 
     def message(self, *, to: str, body: str, kind: str) -> SmsMessage | None:
@@ -57,13 +63,12 @@ class Messenger:
         }
         return OUTBOX, values
 
-    def send(self, message_ids: Sequence[str]) -> None:
+    def send(self, message_ids: Sequence[str], queue: Queue | None = None) -> None:
         """Have committed messages sent: one job for each ``SMS_PER_JOB`` of them."""
+        queue = queue or self.jobs.sms
         for start in range(0, len(message_ids), SMS_PER_JOB):
             chunk = list(message_ids[start : start + SMS_PER_JOB])
             if len(chunk) == 1:
-                self.jobs.enqueue(self.jobs.sms, SEND_SMS, chunk[0], job_id=f"sms-{chunk[0]}")
+                self.jobs.enqueue(queue, SEND_SMS, chunk[0], job_id=f"sms-{chunk[0]}")
             else:
-                self.jobs.enqueue(
-                    self.jobs.sms, SEND_SMS_BATCH, chunk, job_id=f"sms-batch-{chunk[0]}", items=len(chunk)
-                )
+                self.jobs.enqueue(queue, SEND_SMS_BATCH, chunk, job_id=f"sms-batch-{chunk[0]}", items=len(chunk))

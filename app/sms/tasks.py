@@ -25,31 +25,55 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+class _Runtime:
+    """One event loop and one set of the app's parts per worker process, kept from job to
+    job. Building them for each job (engines, Redis clients, the Twilio client) had cost more
+    than sending the message; the parts are built again only if the environment's settings
+    change (tests run many deployments in one process)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.container: Container | None = None
+
+    def run(self, coro: Awaitable[T]) -> T:
+        if self.loop is None or self.loop.is_closed():
+            self.loop = asyncio.new_event_loop()
+            self.container = None  # its connections belonged to the old loop
+        return self.loop.run_until_complete(coro)
+
+    async def parts(self) -> Container:
+        settings = load_settings()
+        if not settings.redis_url:
+            raise RuntimeError("a worker needs REDIS_URL")
+        if self.container is None or self.container.settings != settings:
+            if self.container is not None:
+                await self.container.close()
+            self.container = build_container(settings, settings.redis_url)
+        return self.container
+
+
+_runtime = _Runtime()
+
+
+def run_job(coro: Awaitable[T]) -> T:
+    """Run a job's coroutine on this worker process's loop (RQ job functions are sync)."""
+    return _runtime.run(coro)
 
 
 @asynccontextmanager
 async def job_context() -> AsyncIterator[Container]:
     """The app's parts for one job, from the same environment the web app reads."""
-    settings = load_settings()
-    if not settings.redis_url:
-        raise RuntimeError("a worker needs REDIS_URL")
-    container = build_container(settings, settings.redis_url)
-    try:
-        yield container
-    finally:
-        await container.close()
+    yield await _runtime.parts()
 
 
 def send_sms(message_id: str) -> str:
-    return _run(_send_all([message_id]))[0]
+    return run_job(_send_all([message_id]))[0]
 
 
 def send_sms_batch(message_ids: list[str]) -> list[str]:
     """Send the messages of one group commit, each on its own (one failing does not hold
     the others back: it schedules its own next try)."""
-    return _run(_send_all(message_ids))
+    return run_job(_send_all(message_ids))
 
 
 async def _send_all(message_ids: list[str]) -> list[str]:
@@ -132,7 +156,7 @@ def sweep(stuck_after_seconds: int | None = None) -> int:
     enqueue of the next try was lost), or left "sending" by a worker that died (RQ would not
     retry it) for longer than NOBAT_SMS_STUCK_SECONDS. The job asks the provider before
     sending, so none goes out twice."""
-    return _run(_sweep(stuck_after_seconds))
+    return run_job(_sweep(stuck_after_seconds))
 
 
 async def _sweep(stuck_after_seconds: int | None) -> int:

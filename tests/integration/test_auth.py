@@ -31,6 +31,8 @@ def last_code(redis: SyncRedis, mobile: str) -> str:
 async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     sent = await client.post("/api/v1/auth/otp", json={"mobile": "+98 912 000 1111"})
     assert sent.status_code == 202 and sent.json()["mobile"] == "09120001111"
+    # The code waits on its own queue, which workers take before confirmations and reminders.
+    assert redis_sync.llen("rq:queue:codes") == 1 and redis_sync.llen("rq:queue:sms") == 0
     await deliver()
     code = last_code(redis_sync, "09120001111")
     persian = code.translate(str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹"))

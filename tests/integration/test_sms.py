@@ -435,3 +435,25 @@ async def test_the_sweep_finds_lost_retries_and_sends_stuck_past_the_setting(
         "stuck": SmsStatus.SENT,
         "in-flight": SmsStatus.SENDING,
     }
+
+
+async def test_a_worker_builds_the_app_once_for_its_jobs(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    """Jobs run in the worker process (SimpleWorker) and share one loop and one set of parts:
+    building them per job had cost more than the send."""
+    from app.sms import tasks
+
+    office = await world.office()
+    for number, mobile in enumerate(("09121110001", "09121110002")):
+        booked = await client.post(
+            "/api/v1/bookings",
+            json=booking_body(office, world.national_id(), world.tomorrow()),
+            headers=world.token(mobile),
+        )
+        assert booked.status_code == 201
+        await deliver()
+        standin.wait_for(number + 1)
+        if number == 0:
+            parts = tasks._runtime.container
+    assert parts is not None and tasks._runtime.container is parts
