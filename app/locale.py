@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import re
 import unicodedata
@@ -90,12 +91,16 @@ def _weekday_name(d: datetime.date) -> str:
     return WEEKDAY_NAMES[(d.weekday() + 2) % 7]
 
 
+# Dates and times in words are asked for over and over (every booking, every slot shown) and
+# there are few of them: converting to the Jalali calendar each time was 5% of a booking.
+@functools.lru_cache(maxsize=4096)
 def jalali_date(d: datetime.date) -> str:
     j = jdatetime.date.fromgregorian(date=d)
     day, month, year = int(j.day), int(j.month), int(j.year)
     return to_persian_digits(f"{_weekday_name(d)} {day} {MONTH_NAMES[month - 1]} {year}")
 
 
+@functools.lru_cache(maxsize=2048)
 def jalali_time(t: datetime.time) -> str:
     return to_persian_digits(f"{t.hour}:{t.minute:02d}")
 

@@ -51,6 +51,18 @@ class RateLimiter:
             raise RateLimited(retry_after)
 
 
+ADD_HITS = """
+-- KEYS[1] = the counters of one action and window: a hash, subject -> hits
+-- ARGV[1] = seconds the hash lives, ARGV[2..] = subject, hits pairs
+-- Returns each subject's total (every instance's hits), in the order given.
+local totals = {}
+for i = 2, #ARGV, 2 do
+  totals[#totals + 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return totals
+"""
+
 SWEEP_SECONDS = 10
 
 
@@ -80,6 +92,7 @@ class RequestLimiter:
         self._unsent: set[tuple[str, str]] = set()  # those with hits not yet added
         self._flushing: asyncio.Task[None] | None = None
         self._swept_at = 0.0
+        self._add = redis.register_script(ADD_HITS)
 
     def hit(self, action: str, subject: str, limit: str) -> None:
         """Count one hit; raise RateLimited (with Retry-After) when over ``limit`` ("COUNT/SECONDS")."""
@@ -114,26 +127,27 @@ class RequestLimiter:
         self._unsent = set()  # hits from now on come back in, for the next flush
         if not sending:
             return
-        # One hash per action and window, a field per subject: one command per subject, and
-        # one expiry per hash rather than per subject.
-        windows: dict[str, int] = {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (action, subject), (window, _, pending) in sending:
-                counters = f"{NAMESPACE}:rl:{action}:{window}"
-                pipe.hincrby(counters, subject, pending)
-                windows[counters] = self._seconds[action] + 1
-            for counters, seconds in windows.items():
-                pipe.expire(counters, seconds)
-            try:
-                replies = await pipe.execute()
-            except BaseException:
-                self._unsent.update(key for key, _ in sending)  # counted here still; added at the next flush
-                raise
-        for index, (key, (sent_window, _, sent)) in enumerate(sending):
-            window, _, pending = self._counts.get(key, (-1, 0, 0))
-            if window == sent_window:
-                # Hits that came while this was on its way stay pending, for the next flush.
-                self._counts[key] = (window, int(replies[index]), pending - sent)
+        # One hash per action and window, a field per subject, added to by one script call
+        # for all its subjects (one command per subject had been 6% of a booking).
+        groups: dict[tuple[str, int], list[tuple[tuple[str, str], int, int]]] = {}
+        for key, (window, _, pending) in sending:
+            groups.setdefault((key[0], window), []).append((key, window, pending))
+        try:
+            for (action, window), group in groups.items():
+                args: list[str | int] = [self._seconds[action] + 1]
+                for (_, subject), _, pending in group:
+                    args += [subject, pending]
+                totals = await self._add(keys=[f"{NAMESPACE}:rl:{action}:{window}"], args=args)
+                for (key, sent_window, sent), total in zip(group, totals, strict=True):
+                    now_window, _, pending = self._counts.get(key, (-1, 0, 0))
+                    if now_window == sent_window:
+                        # Hits that came while this was on its way stay pending, for the next flush.
+                        self._counts[key] = (now_window, int(total), pending - sent)
+        except BaseException:
+            # Counted here still; added at the next flush (a group already added is not
+            # added twice: its pending hits were taken off above).
+            self._unsent.update(key for key, entry in sending if self._counts.get(key, entry)[2])
+            raise
 
     async def close(self) -> None:
         if self._flushing is not None:
