@@ -32,6 +32,7 @@ from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.booking.writer import GroupCommit
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
+from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, Reserved, first_bookable_time
 from app.clock import Clock
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
@@ -410,11 +411,21 @@ class BookingService:
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
         """After seats were added (a capacity raise, a cap lifted), give them to the waitlists first."""
-        patterns = [keys.WAITLIST_PATTERN] if office_codes is None else [keys.office_waitlists(c) for c in office_codes]
-        for pattern in patterns:
-            async for raw in self.capacity.redis.scan_iter(match=pattern, count=1000):
-                office_code, day, pool = keys.parse_waitlist(raw.decode() if isinstance(raw, bytes) else raw)
-                await self.free_seat(session=session, office_code=office_code, day=day, pool=pool, time="")
+        if office_codes is None:  # everywhere (a national cap lifted): every line there is
+            lines = [keys.parse_waitlist(as_text(raw)) async for raw in self.capacity.redis.scan_iter(
+                match=keys.WAITLIST_PATTERN, count=1000
+            )]  # fmt: skip
+        else:
+            # An office's lines are few and their names known: asked for by name. (A SCAN of
+            # the whole keyspace for them had made a clerk's capacity change in a rush take 5 s.)
+            today = self.clock.today()
+            lines = await self.capacity.waitlists(
+                office_codes=office_codes,
+                days=self.capacity.horizon(today),
+                pools={code: self.offices.pools(code) for code in office_codes},
+            )
+        for office_code, day, pool in lines:
+            await self.free_seat(session=session, office_code=office_code, day=day, pool=pool, time="")
 
     async def free_seat(
         self,

@@ -39,11 +39,6 @@ GEO_PATTERN = f"{NAMESPACE}:geo:*"
 WAITLIST_PATTERN = f"{NAMESPACE}:{{o:*}}:wait:*"
 
 
-def office_waitlists(office_code: str) -> str:
-    """A SCAN pattern for the waitlists of one office."""
-    return f"{NAMESPACE}:{{o:{office_code}}}:wait:*"
-
-
 def parse_waitlist(key: str) -> tuple[str, dt.date, str]:
     """(office code, day, pool) of a waitlist key."""
     tag, _, rest = key.partition("}:wait:")

@@ -278,6 +278,20 @@ class Capacity:
     async def leave_waitlist(self, *, office_code: str, day: dt.date, pool: str, tracking_code: str) -> None:
         await self.redis.lrem(keys.waitlist(office_code, day, pool), 0, tracking_code)
 
+    async def waitlists(
+        self, *, office_codes: set[str], days: list[dt.date], pools: dict[str, set[str]]
+    ) -> list[tuple[str, dt.date, str]]:
+        """The (office, day, pool) waitlists that have anyone in line, of these offices and days
+        (``pools``: each office's pools there may be), asked for by name in one trip."""
+        lines = [(code, day, pool) for code in sorted(office_codes) for day in days for pool in sorted(pools[code])]
+        if not lines:
+            return []
+        found = await self.scripts.auto.execute_many([("EXISTS", keys.waitlist(*line)) for line in lines])
+        for reply in found:
+            if isinstance(reply, Exception):
+                raise reply
+        return [line for line, exists in zip(lines, found, strict=True) if exists]
+
     async def idempotency_seen(self, *, office_code: str, owner: str, key: str) -> bool:
         """Whether a booking with this Idempotency-Key took a seat here in the last day."""
         return bool(await self.redis.exists(keys.idempotency(office_code, owner, key)))

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.capacity import keys
 from app.capacity.models import CapacityTemplate
-from app.capacity.plan import decode_template, pool_for
+from app.capacity.plan import SHARED_POOL, decode_template, pool_for
 from app.offices.models import City, Office, OfficeService, Service
 from app.offices.service import BookableOffice, bookable_office, normalize_code
 
@@ -137,6 +137,12 @@ class OfficeDirectory:
             service_name_fa=service_name,
             pool=office.pool(service_code),
         )
+
+    def pools(self, office_code: str) -> set[str]:
+        """The seat pools an office's services may draw from: the shared one and, at most, one
+        per service it offers (its template says which ones have their own)."""
+        office = self._offices.get(office_code)
+        return {SHARED_POOL} | (office.services if office is not None else set(self._services))
 
     async def has_service(self, *, session: AsyncSession, service_code: str) -> bool:
         await self._keep_fresh()
