@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 SPECIFIC: list[tuple[str, tuple[str, ...]]] = [
-    # After the commit, the SMS job and the two reminders go to RQ with a blocking redis-py
-    # client (from the session's after_commit hook, or the group commit's finish).
+    # The group commit's messages go to RQ on a thread of their own (not sampled here); a
+    # sign-in code or a cancellation's message is enqueued from the session's after_commit hook.
     ("RQ enqueue after commit (sync redis-py on the event loop)", ("Jobs.enqueue (", "Jobs.enqueue_at (", "(rq/")),
-    ("citizen limits: HOLD script", ("Capacity.hold (",)),
-    ("seat: RESERVE script", ("Capacity.reserve (",)),
-    ("office and service lookup (SQL)", ("bookable_office (",)),
+    ("citizen limits and seat: HOLD + RESERVE", ("Capacity.hold_and_reserve (", "Scripts.run_pair (")),
+    ("Redis trips shared by requests (AutoPipeline)", ("AutoPipeline.",)),
+    ("office and service lookup", ("bookable_office (", "OfficeDirectory.")),
     ("Idempotency-Key lookup (SQL)", ("_by_idempotency_key (",)),
-    ("SQL commit", ("AsyncSession.commit (", "Session.commit (", "GroupCommit.")),
+    ("SQL commit (group commit)", ("AsyncSession.commit (", "Session.commit (", "GroupCommit.")),
     ("bearer token check (JWT)", ("mobile_from_token (",)),
-    ("API rate limit (Redis)", ("_limit_api (", "RateLimiter.hit (")),
+    ("per-address request limit", ("_limit_per_address (", "RequestLimiter.", "RateLimiter.hit (")),
     ("metrics (Prometheus)", ("prometheus_client/",)),
     ("booking service, other", ("BookingService.",)),
     ("slots: the day's counters from Redis", ("day_for_reading (", "Capacity.day_view (", "bookable_slots (")),
@@ -43,7 +43,7 @@ SPECIFIC: list[tuple[str, tuple[str, ...]]] = [
 GENERIC: list[tuple[str, tuple[str, ...]]] = [
     ("SQL other (session, queries, pool)", ("sqlalchemy/", "asyncpg/", "aiosqlite/")),
     ("Redis client, other", ("redis/",)),
-    ("metrics and request id middleware", ("litestar/plugins/prometheus/", "app/observability.py")),
+    ("metrics and request id middleware", ("observe_requests", "app/observability.py")),
     ("Litestar, msgspec, uvicorn (HTTP, routing, JSON)", ("litestar/", "uvicorn/protocols/", "httptools", "msgspec")),
 ]
 IDLE = "event loop idle (waiting for I/O)"
