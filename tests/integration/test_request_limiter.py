@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.errors import RateLimited
 from app.ratelimit import RequestLimiter
+from app.redis import EmbeddedRedis
 
 
 async def test_one_instance_counts_exactly_and_says_when_to_come_back(redis_url: str) -> None:
@@ -69,3 +72,27 @@ async def test_hits_made_while_a_flush_is_on_its_way_are_added_by_the_next(redis
     finally:
         await limiter.close()
         await redis.aclose()
+
+
+async def test_counts_a_flush_could_not_add_are_added_by_the_next(tmp_path: Path) -> None:
+    """Redis away for a moment: the hits stay counted here and reach Redis once it is back."""
+    server = EmbeddedRedis(tmp_path / "away").start()
+    redis = Redis.from_url(server.url)
+    limiter = RequestLimiter(redis, flush_every=3600)  # flushed by hand below
+    subject = uuid.uuid4().hex
+    try:
+        limiter.hit("api", subject, "10/60")
+        limiter.hit("api", subject, "10/60")
+        port = server.port
+        server.stop()
+        with pytest.raises(RedisError):
+            await limiter.flush()
+        limiter.hit("api", subject, "10/60")
+        server = EmbeddedRedis(tmp_path / "back", port=port).start()
+        await limiter.flush()
+        counted = [await redis.hget(key, subject) async for key in redis.scan_iter(match="*:rl:api:*")]
+        assert counted == [b"3"]
+    finally:
+        await limiter.close()
+        await redis.aclose()
+        server.stop()
