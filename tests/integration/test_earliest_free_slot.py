@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from app.capacity import keys
-from app.capacity.errors import DayFull, NoSuchSlot, SlotFull
+from app.capacity.errors import DayFull, NoSuchSlot, OfficeClosed, SlotFull
 from app.capacity.service import Capacity, day_expiry
 
 DAY = dt.date(2030, 3, 9)
@@ -53,7 +53,7 @@ async def _run(redis_url: str, first_seats: list[int], today: bool, operations: 
                 office_code=OFFICE, day=DAY, pool="*", time=time, not_before=not_before, tracking_code="t",
                 idempotency=None,
             )  # fmt: skip
-        except (SlotFull, DayFull, NoSuchSlot):
+        except (SlotFull, DayFull, NoSuchSlot, OfficeClosed):  # closed: every slot of today has started
             return None
         assert got is not None
         return got.time
@@ -96,6 +96,8 @@ async def _run(redis_url: str, first_seats: list[int], today: bool, operations: 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seats=seat_counts, today=st.booleans(), operations=st.lists(operation, min_size=1, max_size=40))
+@example(seats=[0] * len(TIMES), today=True, operations=[("earliest", 2)] * 5)  # every slot of today started
+@example(seats=[1] * len(TIMES), today=False, operations=[("earliest", 0)] * 9 + [("release", 3), ("earliest", 0)])
 def test_the_earliest_free_slot_is_the_first_with_a_seat(
     redis_url: str, seats: list[int], today: bool, operations: list[tuple[str, object]]
 ) -> None:
