@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.booking.models import Booking, BookingStatus
 from app.booking.service import BookingService
 from app.capacity.errors import DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
-from app.capacity.service import day_for_reading
+from app.capacity.service import SeatRequest, day_for_reading
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
@@ -114,13 +114,14 @@ class Relocator:
         for time in free:
             try:
                 reserved = await self.capacity.reserve(
-                    office_code=office.code,
-                    day=booking.date,
-                    pool=office.pool,
-                    time=time,
-                    not_before=not_before or None,
-                    tracking_code=booking.tracking_code,
-                    idempotency=None,
+                    SeatRequest(
+                        office_code=office.code,
+                        day=booking.date,
+                        pool=office.pool,
+                        time=time,
+                        not_before=not_before or None,
+                        tracking_code=booking.tracking_code,
+                    )
                 )
             except (SlotFull, NoSuchSlot):
                 continue

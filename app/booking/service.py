@@ -33,7 +33,7 @@ from app.booking.writer import GroupCommit
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
 from app.capacity.scripts import as_text
-from app.capacity.service import Capacity, Reserved, first_bookable_time
+from app.capacity.service import Capacity, Reserved, SeatRequest, first_bookable_time
 from app.clock import Clock
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
@@ -146,9 +146,17 @@ class BookingService:
         # has seen, and the unique (mobile, key) constraint catches one it has forgotten (after
         # 24 hours, or a rebuild); both paths below answer with the earlier booking.
 
-        not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
         idempotency = (mobile, idempotency_key) if idempotency_key else None
+        seat = SeatRequest(
+            office_code=office.code,
+            day=day,
+            pool=office.pool,
+            time=wanted,
+            not_before=first_bookable_time(now, day),
+            tracking_code=tracking_code,
+            idempotency=idempotency,
+        )
 
         # A Redis failure anywhere below is a 503 (app.web); each step undoes the one before.
         # The citizen's limits and the seat are asked for in one round trip: whichever is
@@ -158,13 +166,7 @@ class BookingService:
             today=today,
             service_code=office.service_code,
             limit=self.rules.max_active,
-            office_code=office.code,
-            day=day,
-            pool=office.pool,
-            time=wanted,
-            not_before=not_before,
-            tracking_code=tracking_code,
-            idempotency=idempotency,
+            seat=seat,
         )
         if hold_error is not None:
             if isinstance(outcome, Reserved) and not outcome.replay:
@@ -188,7 +190,7 @@ class BookingService:
                 raise outcome
             if outcome is None:  # the day is not in Redis yet: count it in from the record first
                 await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
-                outcome = await self._reserve(session, office, day, wanted, not_before, tracking_code, idempotency)
+                outcome = await self._reserve(session, seat)
             reserved = outcome
         except BaseException:
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
@@ -261,30 +263,13 @@ class BookingService:
             limit=self.rules.max_active,
         )
 
-    async def _reserve(
-        self,
-        session: AsyncSession,
-        office: BookableOffice,
-        day: dt.date,
-        wanted: str | None,
-        not_before: str | None,
-        tracking_code: str,
-        idempotency: tuple[str, str] | None,
-    ) -> Reserved:
+    async def _reserve(self, session: AsyncSession, seat: SeatRequest) -> Reserved:
         for _ in range(2):
-            reserved = await self.capacity.reserve(
-                office_code=office.code,
-                day=day,
-                pool=office.pool,
-                time=wanted,
-                not_before=not_before,
-                tracking_code=tracking_code,
-                idempotency=idempotency,
-            )
+            reserved = await self.capacity.reserve(seat)
             if reserved is not None:
                 return reserved
             # The day is not in Redis yet (it just entered the horizon, or Redis lost it).
-            await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
+            await self.capacity.materialise_day(session=session, office_code=seat.office_code, day=seat.day)
         raise ServiceUnavailable("Capacity for this day could not be prepared.")
 
     async def _undo(

@@ -62,6 +62,20 @@ class Reserved(msgspec.Struct, frozen=True):
     replay: bool = False
 
 
+class SeatRequest(msgspec.Struct, frozen=True):
+    """What a booking asks of one office-day: a seat of ``pool`` at ``time``, or the earliest
+    free one from ``not_before`` on (None: any), under ``tracking_code``; ``idempotency`` is
+    the (owner, Idempotency-Key) of a request that carried one."""
+
+    office_code: str
+    day: dt.date
+    pool: str
+    time: str | None
+    not_before: str | None
+    tracking_code: str
+    idempotency: tuple[str, str] | None = None
+
+
 class Promotion(msgspec.Struct, frozen=True):
     """A waitlisted citizen who was just given a seat."""
 
@@ -155,53 +169,29 @@ class Capacity:
 
     # --- the hot path ---
 
-    async def reserve(
-        self,
-        *,
-        office_code: str,
-        day: dt.date,
-        pool: str,
-        time: str | None,
-        not_before: str | None,
-        tracking_code: str,
-        idempotency: tuple[str, str] | None,
-    ) -> Reserved | None:
+    async def reserve(self, seat: SeatRequest) -> Reserved | None:
         """Take one seat. None means the day is not in Redis yet: materialise it and call again."""
-        self.reads.forget(office_code, day)
+        self.reads.forget(seat.office_code, seat.day)
         started = perf_counter()
-        reply = await self.scripts.reserve(
-            *self._reserve_call(office_code, day, pool, time, not_before, tracking_code, idempotency)
-        )
+        reply = await self.scripts.reserve(*_reserve_call(seat))
         LUA_SECONDS.labels("reserve").observe(perf_counter() - started)
         return _reserved(reply)
 
     async def hold_and_reserve(
-        self,
-        *,
-        national_id: str,
-        today: dt.date,
-        service_code: str,
-        limit: int,
-        office_code: str,
-        day: dt.date,
-        pool: str,
-        time: str | None,
-        not_before: str | None,
-        tracking_code: str,
-        idempotency: tuple[str, str] | None,
+        self, *, national_id: str, today: dt.date, service_code: str, limit: int, seat: SeatRequest
     ) -> tuple[DomainError | None, Reserved | DomainError | None]:
         """``hold`` and ``reserve`` in one round trip (a booking's two Redis steps; they touch
         keys of two hash tags, so they cannot be one script). Each answer comes back as it
         is, an error included, and the caller undoes whichever step the other's refusal
         leaves alone: the hold's error, then the seat (or None: the day is not in Redis)."""
-        self.reads.forget(office_code, day)
+        self.reads.forget(seat.office_code, seat.day)
         started = perf_counter()
         hold_reply, reserve_reply = await self.scripts.run_pair(
-            (self.scripts.hold, *self._hold_call(national_id, today, day, service_code, tracking_code, limit)),
             (
-                self.scripts.reserve,
-                *self._reserve_call(office_code, day, pool, time, not_before, tracking_code, idempotency),
+                self.scripts.hold,
+                *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit),
             ),
+            (self.scripts.reserve, *_reserve_call(seat)),
         )
         LUA_SECONDS.labels("hold+reserve").observe(perf_counter() - started)
         try:
@@ -209,26 +199,6 @@ class Capacity:
         except DomainError as error:
             reserved = error
         return _hold_error(hold_reply, limit), reserved
-
-    def _reserve_call(
-        self,
-        office_code: str,
-        day: dt.date,
-        pool: str,
-        time: str | None,
-        not_before: str | None,
-        tracking_code: str,
-        idempotency: tuple[str, str] | None,
-    ) -> tuple[list[str], list[str | int]]:
-        keys_ = [
-            keys.office_day(office_code, day),
-            _idempotency_key(office_code, idempotency),
-            keys.waitlist(office_code, day, pool),
-        ]
-        args: list[str | int] = [
-            pool, time or "", not_before or "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency else 0
-        ]  # fmt: skip
-        return keys_, args
 
     async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
         """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
@@ -615,6 +585,17 @@ def _idempotency_key(office_code: str, idempotency: tuple[str, str] | None) -> s
     # Scripts take a fixed list of keys; a request without an idempotency key passes a dummy
     # in the office's hash slot.
     return keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
+
+
+def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
+    """RESERVE's keys and arguments for a seat request."""
+    keys_ = [
+        keys.office_day(seat.office_code, seat.day),
+        _idempotency_key(seat.office_code, seat.idempotency),
+        keys.waitlist(seat.office_code, seat.day, seat.pool),
+    ]
+    ttl = IDEMPOTENCY_TTL_SECONDS if seat.idempotency else 0
+    return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl]
 
 
 def _reserved(reply: Any) -> Reserved | None:

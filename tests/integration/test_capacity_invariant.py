@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from app.capacity import keys
 from app.capacity.errors import DayFull, SlotFull
-from app.capacity.service import Capacity, day_expiry
+from app.capacity.service import Capacity, SeatRequest, day_expiry
 
 DAY = dt.date(2030, 1, 5)
 OFFICE = "990001"
@@ -39,7 +39,7 @@ async def _run(redis_url: str, seats: int, batches: list[list[tuple[str, object]
     async def reserve(time: str | None) -> str | None:
         try:
             got = await capacity.reserve(
-                office_code=OFFICE, day=DAY, pool="*", time=time, not_before=None, tracking_code="t", idempotency=None
+                SeatRequest(office_code=OFFICE, day=DAY, pool="*", time=time, not_before=None, tracking_code="t")
             )
         except (SlotFull, DayFull):
             return None

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from app.capacity import keys
 from app.capacity.errors import DayFull, NoSuchSlot, OfficeClosed, SlotFull
-from app.capacity.service import Capacity, day_expiry
+from app.capacity.service import Capacity, SeatRequest, day_expiry
 
 DAY = dt.date(2030, 3, 9)
 OFFICE = "990002"
@@ -50,9 +50,8 @@ async def _run(redis_url: str, first_seats: list[int], today: bool, operations: 
         not_before = TIMES[clock] if today and clock < len(TIMES) else ("12:00" if today else None)
         try:
             got = await capacity.reserve(
-                office_code=OFFICE, day=DAY, pool="*", time=time, not_before=not_before, tracking_code="t",
-                idempotency=None,
-            )  # fmt: skip
+                SeatRequest(office_code=OFFICE, day=DAY, pool="*", time=time, not_before=not_before, tracking_code="t")
+            )
         except (SlotFull, DayFull, NoSuchSlot, OfficeClosed):  # closed: every slot of today has started
             return None
         assert got is not None
@@ -120,7 +119,7 @@ async def test_a_busy_day_finds_its_free_slot_without_reading_the_full_ones(redi
         booked = []
         for _ in range(200):
             got = await capacity.reserve(
-                office_code=OFFICE, day=DAY, pool="*", time=None, not_before=None, tracking_code="t", idempotency=None
+                SeatRequest(office_code=OFFICE, day=DAY, pool="*", time=None, not_before=None, tracking_code="t")
             )
             assert got is not None
             booked.append(got.time)
@@ -128,7 +127,7 @@ async def test_a_busy_day_finds_its_free_slot_without_reading_the_full_ones(redi
         await redis.config_resetstat()
         for _ in range(10):
             await capacity.reserve(
-                office_code=OFFICE, day=DAY, pool="*", time=None, not_before=None, tracking_code="t", idempotency=None
+                SeatRequest(office_code=OFFICE, day=DAY, pool="*", time=None, not_before=None, tracking_code="t")
             )
         hget = (await redis.info("commandstats")).get("cmdstat_hget", {}).get("calls", 0)
         assert hget <= 10 * 8  # without the cursor: 400 and more per booking

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 
 from app.capacity import keys
-from app.capacity.service import Capacity, day_expiry
+from app.capacity.service import Capacity, SeatRequest, day_expiry
 
 DAY = dt.date(2030, 2, 7)
 OFFICE = "990101"
@@ -36,7 +36,7 @@ async def _free(capacity: Capacity) -> int:
 
 async def _reserve(capacity: Capacity) -> None:
     await capacity.reserve(
-        office_code=OFFICE, day=DAY, pool="*", time="08:00", not_before=None, tracking_code="t", idempotency=None
+        SeatRequest(office_code=OFFICE, day=DAY, pool="*", time="08:00", not_before=None, tracking_code="t")
     )
 
 
