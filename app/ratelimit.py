@@ -78,8 +78,8 @@ class RequestLimiter:
     ``RateLimiter`` above costs each hit a script call: right for sign-in codes (each one is
     an SMS we pay for) but, on every API request and page, it was a tenth of a slots read.
     Here an instance counts hits in memory, in fixed windows of wall-clock time (the same on
-    every instance), and adds its counts to Redis every ``flush_every`` seconds in one
-    pipeline, whose replies tell it everyone's totals. So the limit holds across instances
+    every instance), and adds its counts to Redis every ``flush_every`` seconds, one script
+    call per action and window (ADD_HITS), whose reply tells it everyone's totals. So the limit holds across instances
     to within what the other instances admitted since the last flush (a tenth of a second by
     default): a guard against floods from one address, not a metered quota.
     """

@@ -122,8 +122,8 @@ class AutoPipeline:
     on the command itself. Here a command joins the trip about to leave: the first one sends
     at once, and those that come while it is on its way go together in the next, so nothing
     waits on a timer or for more than one trip ahead of its own. A failed command (a script
-    error, NOSCRIPT) comes back as its exception, for the caller to raise or handle; if the
-    trip itself fails, every command on it gets that error.
+    error, NOSCRIPT) fails only its caller; if the trip itself fails, every command on it
+    gets that error.
 
     On a Redis Cluster each command goes on its own (redis-py's cluster pipelines do not take
     scripts), concurrently.
@@ -135,8 +135,17 @@ class AutoPipeline:
         self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sending: asyncio.Task[None] | None = None
 
-    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Each command's reply, or its exception, in order (all on the same trip)."""
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]], *, raise_errors: bool = True) -> list[Any]:
+        """Each command's reply, in order (all on the same trip); the first failure is raised,
+        or with ``raise_errors=False`` comes back in its command's place."""
+        replies = await self._replies(commands)
+        if raise_errors:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
+
+    async def _replies(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         if isinstance(self.redis, RedisCluster):
             return list(await asyncio.gather(*(self._alone(c) for c in commands)))
         loop = asyncio.get_running_loop()

@@ -90,8 +90,8 @@ class GroupCommit:
                         write.done.set_exception(error)
 
     async def _commit(self, batch: list[_Write]) -> None:
-        # Core inserts on a connection of the writer's own, one multi-row INSERT per table:
-        # the ORM's unit of work (and even its bulk insert) was most of a batch's cost.
+        # Core inserts on a connection of the writer's own, one executemany per table: the
+        # ORM's unit of work (and even its bulk insert) was most of a batch's cost.
         tables: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
         for write in batch:
             for table, values in write.rows:

@@ -82,7 +82,7 @@ class DayReader:
         found = self._fresh_day(office_code, day)
         if found is not None:
             return found
-        [raw] = _raised(await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))]))
+        [raw] = await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))])
         counted = _counted(raw)
         self._remember_day(office_code, day, counted)
         return counted
@@ -98,7 +98,7 @@ class DayReader:
         if unread_waiting:
             commands.append(("HMGET", keys.WAITING_NOW, *unread_waiting))
         if commands:
-            replies = _raised(await self.auto.execute_many(commands))
+            replies = await self.auto.execute_many(commands)
             for code, raw in zip(unread_days, replies, strict=False):
                 counted[code] = _counted(raw)
                 self._remember_day(code, day, counted[code])
@@ -183,13 +183,6 @@ def waiting_report(value: str | bytes | None, now: dt.datetime) -> tuple[int, st
     if (now - made).total_seconds() > WAITING_REPORT_SECONDS:
         return 0, None
     return int(count), at
-
-
-def _raised(replies: list[Any]) -> list[Any]:
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
 
 
 def _counted(raw: Mapping[Any, Any]) -> CountedDay | None:

@@ -392,7 +392,9 @@ class Scripts:
         other requests' commands of the moment (app.redis.AutoPipeline); a script error is
         raised."""
         calls = (first, second)
-        replies = await self.auto.execute_many([("EVALSHA", script.sha, len(k), *k, *a) for script, k, a in calls])
+        replies = await self.auto.execute_many(
+            [("EVALSHA", script.sha, len(k), *k, *a) for script, k, a in calls], raise_errors=False
+        )
         for index, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 # Redis restarted and forgot the script: this one did not run; run it alone

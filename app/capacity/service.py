@@ -257,9 +257,6 @@ class Capacity:
         if not lines:
             return []
         found = await self.scripts.auto.execute_many([("EXISTS", keys.waitlist(*line)) for line in lines])
-        for reply in found:
-            if isinstance(reply, Exception):
-                raise reply
         return [line for line, exists in zip(lines, found, strict=True) if exists]
 
     async def idempotency_seen(self, *, office_code: str, owner: str, key: str) -> bool:

@@ -15,7 +15,9 @@ from app.jobs import Jobs, after_commit
 from app.sms.models import SmsMessage, SmsStatus
 
 SEND_SMS = "app.sms.tasks.send_sms"
+"""One message: its retries, and the sweep's."""
 SEND_SMS_BATCH = "app.sms.tasks.send_sms_batch"
+"""The messages of one commit (up to SMS_PER_JOB)."""
 
 OUTBOX = cast(Table, SmsMessage.__table__)
 
@@ -68,7 +70,4 @@ class Messenger:
         queue = queue or self.jobs.sms
         for start in range(0, len(message_ids), SMS_PER_JOB):
             chunk = list(message_ids[start : start + SMS_PER_JOB])
-            if len(chunk) == 1:
-                self.jobs.enqueue(queue, SEND_SMS, chunk[0], job_id=f"sms-{chunk[0]}")
-            else:
-                self.jobs.enqueue(queue, SEND_SMS_BATCH, chunk, job_id=f"sms-batch-{chunk[0]}", items=len(chunk))
+            self.jobs.enqueue(queue, SEND_SMS_BATCH, chunk, job_id=f"sms-{chunk[0]}", items=len(chunk))

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.container import Container, build_container
 from app.jobs import RETRY_INTERVALS, backoff
 from app.settings import load_settings
-from app.sms.backends import OutboundSms, make_backend
+from app.sms.backends import OutboundSms, SmsBackend, make_backend
 from app.sms.models import SmsMessage, SmsStatus
 from app.sms.service import SEND_SMS
 
@@ -26,14 +26,16 @@ T = TypeVar("T")
 
 
 class _Runtime:
-    """One event loop and one set of the app's parts per worker process, kept from job to
-    job. Building them for each job (engines, Redis clients, the Twilio client) had cost more
-    than sending the message; the parts are built again only if the environment's settings
-    change (tests run many deployments in one process)."""
+    """One event loop, one set of the app's parts and one SMS backend per worker process,
+    kept from job to job. Building them for each job (engines, Redis clients, the Twilio
+    client) had cost more than sending the message; they are built again only if the
+    environment's settings change (tests run many deployments in one process)."""
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.container: Container | None = None
+        self.backend: SmsBackend | None = None
+        self._backend_redis: Redis | None = None
 
     def run(self, coro: Awaitable[T]) -> T:
         if self.loop is None or self.loop.is_closed():
@@ -48,7 +50,12 @@ class _Runtime:
         if self.container is None or self.container.settings != settings:
             if self.container is not None:
                 await self.container.close()
+            if self._backend_redis is not None:
+                self._backend_redis.close()
             self.container = build_container(settings, settings.redis_url)
+            # The console outbox lives beside the job queues, on the plain Redis.
+            self._backend_redis = Redis.from_url(settings.rq_redis_url or settings.redis_url)
+            self.backend = make_backend(settings, self._backend_redis)
         return self.container
 
 
@@ -78,60 +85,55 @@ def send_sms_batch(message_ids: list[str]) -> list[str]:
 
 async def _send_all(message_ids: list[str]) -> list[str]:
     async with job_context() as app:
-        return [await _send(app, message_id) for message_id in message_ids]
+        assert _runtime.backend is not None  # made with the app's parts
+        return [await _send(app, _runtime.backend, message_id) for message_id in message_ids]
 
 
-async def _send(app: Container, message_id: str) -> str:
+async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
     async with app.sessions() as session:
         message = await session.get(SmsMessage, message_id, with_for_update=True)
         if message is None:
             return "missing"
         if message.status in (SmsStatus.SENT, SmsStatus.DELIVERED, SmsStatus.FAILED):
             return message.status.value
-        # The console outbox lives beside the job queues, on the plain Redis.
-        sync_redis = Redis.from_url(app.settings.rq_redis_url or app.settings.redis_url or "")
+        outbound = OutboundSms(id=message.id, to=message.to, body=message.body)
+        if message.status == SmsStatus.SENDING:
+            # An earlier try died between handing it over and writing that down.
+            since = message.created_at - dt.timedelta(minutes=1)
+            if earlier := backend.already_sent(outbound, since):
+                message.status, message.provider_sid = SmsStatus.SENT, earlier
+                await session.commit()
+                return "sent before"
+        message.status = SmsStatus.SENDING
+        message.attempts += 1
+        message.updated_at = app.clock.now()
+        attempts = message.attempts
+        await session.commit()
         try:
-            backend = make_backend(app.settings, sync_redis)
-            outbound = OutboundSms(id=message.id, to=message.to, body=message.body)
-            if message.status == SmsStatus.SENDING:
-                # An earlier try died between handing it over and writing that down.
-                since = message.created_at - dt.timedelta(minutes=1)
-                if earlier := backend.already_sent(outbound, since):
-                    message.status, message.provider_sid = SmsStatus.SENT, earlier
-                    await session.commit()
-                    return "sent before"
-            message.status = SmsStatus.SENDING
-            message.attempts += 1
-            message.updated_at = app.clock.now()
-            attempts = message.attempts
-            await session.commit()
-            try:
-                sid = await asyncio.to_thread(backend.send, outbound)
-            except Exception as error:
-                give_up = attempts >= app.settings.sms_max_attempts
-                reason = f"{type(error).__name__}: {error}"[:500]
-                status = SmsStatus.FAILED if give_up else SmsStatus.QUEUED
-                if not await _settle(app, session, message_id, attempts, status=status, error=reason):
-                    return "settled by another job"
-                if give_up:
-                    log.error("sms %s failed for good after %d tries", message_id, attempts)
-                    return "failed"
-                # The next try is scheduled here, not by RQ's Retry, so that NOBAT_SMS_MAX_ATTEMPTS
-                # alone says how many tries there are. If this enqueue is lost, the sweep
-                # finds the message (queued, tried, quiet for longer than any backoff).
-                log.warning("sms %s try %d failed: %s", message_id, attempts, reason)
-                app.jobs.enqueue_at(
-                    app.clock.now() + dt.timedelta(seconds=backoff(attempts)),
-                    app.jobs.sms,
-                    SEND_SMS,
-                    message_id,
-                    job_id=f"sms-{message_id}-try{attempts + 1}",
-                )
-                return "retry scheduled"
-            await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid)
-            return "sent"
-        finally:
-            sync_redis.close()
+            sid = await asyncio.to_thread(backend.send, outbound)
+        except Exception as error:
+            give_up = attempts >= app.settings.sms_max_attempts
+            reason = f"{type(error).__name__}: {error}"[:500]
+            status = SmsStatus.FAILED if give_up else SmsStatus.QUEUED
+            if not await _settle(app, session, message_id, attempts, status=status, error=reason):
+                return "settled by another job"
+            if give_up:
+                log.error("sms %s failed for good after %d tries", message_id, attempts)
+                return "failed"
+            # The next try is scheduled here, not by RQ's Retry, so that NOBAT_SMS_MAX_ATTEMPTS
+            # alone says how many tries there are. If this enqueue is lost, the sweep
+            # finds the message (queued, tried, quiet for longer than any backoff).
+            log.warning("sms %s try %d failed: %s", message_id, attempts, reason)
+            app.jobs.enqueue_at(
+                app.clock.now() + dt.timedelta(seconds=backoff(attempts)),
+                app.jobs.sms,
+                SEND_SMS,
+                message_id,
+                job_id=f"sms-{message_id}-try{attempts + 1}",
+            )
+            return "retry scheduled"
+        await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid)
+        return "sent"
 
 
 async def _settle(

@@ -455,5 +455,6 @@ async def test_a_worker_builds_the_app_once_for_its_jobs(
         await deliver()
         standin.wait_for(number + 1)
         if number == 0:
-            parts = tasks._runtime.container
+            parts, backend = tasks._runtime.container, tasks._runtime.backend
     assert parts is not None and tasks._runtime.container is parts
+    assert backend is not None and tasks._runtime.backend is backend  # the Twilio client too
