@@ -160,10 +160,10 @@ class Capacity:
         # False while Redis is down or being rebuilt (see app.capacity.watch): bookings wait.
         self.ready = True
         self.redis = redis
-        auto = AutoPipeline(redis)
-        self.scripts = Scripts(redis, auto)
+        self.auto = AutoPipeline(redis)  # trips to Redis shared with the other requests'
+        self.scripts = Scripts(redis, self.auto)
         # What this instance writes below it forgets here, so its own readers see it at once.
-        self.reads = DayReader(auto, ttl=read_cache_seconds)
+        self.reads = DayReader(self.auto, ttl=read_cache_seconds)
         self.tz = tz
         self.horizon_days = horizon_days
 
@@ -256,7 +256,7 @@ class Capacity:
         lines = [(code, day, pool) for code in sorted(office_codes) for day in days for pool in sorted(pools[code])]
         if not lines:
             return []
-        found = await self.scripts.auto.execute_many([("EXISTS", keys.waitlist(*line)) for line in lines])
+        found = await self.auto.execute_many([("EXISTS", keys.waitlist(*line)) for line in lines])
         return [line for line, exists in zip(lines, found, strict=True) if exists]
 
     async def idempotency_seen(self, *, office_code: str, owner: str, key: str) -> bool:
