@@ -123,10 +123,12 @@ class AutoPipeline:
     at once, and those that come while it is on its way go together in the next, so nothing
     waits on a timer or for more than one trip ahead of its own. A failed command (a script
     error, NOSCRIPT) fails only its caller; if the trip itself fails, every command on it
-    gets that error.
+    gets that error, and nothing is retried (a script that reserved a seat must not run twice).
 
-    On a Redis Cluster each command goes on its own (redis-py's cluster pipelines do not take
-    scripts), concurrently.
+    Replies come as Redis sends them, without redis-py's reply callbacks ("OK", not True).
+    On a Redis Cluster each command goes on its own through redis-py (its cluster pipelines
+    do not take scripts), concurrently; for the commands sent this way (scripts, HGETALL,
+    HMGET, EXISTS, GEOSEARCH) its replies have the same shape.
     """
 
     def __init__(self, redis: Redis, *, max_batch: int = 1000) -> None:
@@ -134,6 +136,8 @@ class AutoPipeline:
         self.max_batch = max_batch
         self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sending: asyncio.Task[None] | None = None
+        # Taken from the client's pool once and kept: the client's aclose() closes it.
+        self._connection: Connection | None = None
 
     async def execute_many(self, commands: Sequence[tuple[Any, ...]], *, raise_errors: bool = True) -> list[Any]:
         """Each command's reply, in order (all on the same trip); the first failure is raised,
@@ -169,15 +173,33 @@ class AutoPipeline:
             batch, self._queued = self._queued[: self.max_batch], self._queued[self.max_batch :]
             replies: list[Any]
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for command, _ in batch:
-                        pipe.execute_command(*command)
-                    replies = await pipe.execute(raise_on_error=False)
+                replies = await self._trip([command for command, _ in batch])
             except Exception as error:  # the trip failed (a lost connection, a timeout)
                 replies = [error] * len(batch)
             for (_, future), reply in zip(batch, replies, strict=True):
                 if not future.done():  # its request may have gone away meanwhile
                     future.set_result(reply)
+
+    async def _trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send the commands and read their replies as Redis gives them (hiredis's: an error
+        reply comes back as a ResponseError, HGETALL as a flat list), on a connection of its
+        own: one trip leaves at a time, so it needs no more. redis-py's pipeline had taken a
+        connection from the pool and put a timeout around every reply, which cost more than
+        the replies themselves on a nearby search's thirty."""
+        if self._connection is None:
+            self._connection = await self.redis.connection_pool.get_connection()
+        connection = self._connection
+        # Read from the parser itself: it gives an error reply back as a value where the
+        # connection would raise it, and the trip's other replies must still be read.
+        parser: Any = connection._parser
+        try:
+            async with asyncio.timeout(connection.socket_timeout):
+                await connection.send_packed_command(connection.pack_commands(commands))
+                return [await parser.read_response() for _ in commands]
+        except BaseException:
+            # Whatever is left unread on it would answer the next trip's commands.
+            await connection.disconnect(nowait=True)
+            raise
 
 
 def connect(url: str) -> Redis:

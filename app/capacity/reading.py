@@ -185,9 +185,14 @@ def waiting_report(value: str | bytes | None, now: dt.datetime) -> tuple[int, st
     return int(count), at
 
 
-def _counted(raw: Mapping[Any, Any]) -> CountedDay | None:
+def _counted(raw: Mapping[Any, Any] | list[Any]) -> CountedDay | None:
+    """An office-day's HGETALL reply as the shared trip gives it (a map in RESP3, field,
+    value, field... in RESP2), parsed; None when Redis does not hold the day."""
     if not raw:
         return None
+    if isinstance(raw, list):
+        pairs = iter(raw)
+        raw = dict(zip(pairs, pairs, strict=True))
     if isinstance(next(iter(raw)), str):
         return CountedDay(raw)  # the client decodes replies (app.redis.connect)
     return CountedDay({as_text(k): as_text(v) for k, v in raw.items()})
