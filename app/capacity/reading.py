@@ -31,12 +31,16 @@ Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
 Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, seats, used
 _NO_SLOTS: Columns = ((), (), ())
 
+# One pool's day in sum, as a list of offices shows it: seats, used, and the times of the slots
+# with a seat left, in order. A plain tuple: the collector stops tracking those, not NamedTuples.
+PoolTotals = tuple[int, int, tuple[str, ...]]
+
 
 class CountedDay:
     """One office-day as its Redis hash has it, parsed once: status, cap, and each seat
     pool's slots in time order."""
 
-    __slots__ = ("cap", "pools", "status")
+    __slots__ = ("_totals", "cap", "pools", "status")
 
     def __init__(self, fields: Mapping[str, str]) -> None:
         self.status = fields.get("_status", "active")
@@ -54,6 +58,7 @@ class CountedDay:
         self.pools: dict[str, Columns] = {
             pool: cast(Columns, tuple(zip(*sorted(slots), strict=True))) for pool, slots in found.items()
         }
+        self._totals: dict[str, PoolTotals] = {}
 
     def pool_of(self, service_code: str) -> str:
         """The pool a service books from: its own when the office's template gives it one."""
@@ -61,6 +66,17 @@ class CountedDay:
 
     def columns(self, service_code: str) -> Columns:
         return self.pools.get(self.pool_of(service_code), _NO_SLOTS)
+
+    def totals(self, service_code: str) -> PoolTotals:
+        """The service's pool in sum, worked out once for however many searches read this
+        copy of the day: every search near a busy office ranks it again."""
+        pool = self.pool_of(service_code)
+        found = self._totals.get(pool)
+        if found is None:
+            times, seats, used = self.pools.get(pool, _NO_SLOTS)
+            free = tuple(t for t, s, u in zip(times, seats, used, strict=True) if s > u)
+            found = self._totals[pool] = (sum(seats), sum(used), free)
+        return found
 
     def slots(self, service_code: str) -> Slots:
         return list(zip(*self.columns(service_code), strict=True))

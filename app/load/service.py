@@ -7,6 +7,7 @@ read of the candidates' counters; SQL is asked only for the names of the few it 
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_right
 from collections import defaultdict
 from typing import Any
 
@@ -78,27 +79,28 @@ class LoadService:
 
         found: list[list[Any]] = []
         for radius in SEARCH_RADII_KM:
-            found = await self.redis.execute_command(
+            [found] = await self.capacity.auto.execute_many([(
                 "GEOSEARCH", keys.office_geo(service_code), "FROMLONLAT", lon, lat,
                 "BYRADIUS", radius, "km", "ASC", "COUNT", max(3 * limit, 30), "WITHDIST",
-            )  # fmt: skip
+            )])  # fmt: skip
             if len(found) >= limit:
                 break
         distances = {as_text(code): float(distance) for code, distance in found}
         counters = await self._read_days(session, list(distances), day)
 
+        # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
+        now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
         candidates = []
         for code, (counted, waiting) in counters.items():
             if counted.status == "blocked":
                 continue
-            times, each_seats, each_used = counted.columns(service_code)
-            seats, used = sum(each_seats), sum(each_used)
+            seats, used, free_times = counted.totals(service_code)
             room = day_room(seats, used, counted.cap)
             seats = used + max(0, room)  # what the day may hold under its cap
             next_free = None
             if room > 0:
-                free = zip(times, each_seats, each_used, strict=True)
-                next_free = next((t for t, s, u in free if t > not_before and s > u), None)
+                first = bisect_right(free_times, not_before)  # the first free slot after not_before
+                next_free = free_times[first] if first < len(free_times) else None
             candidates.append(
                 Candidate(
                     office_code=code,
@@ -108,7 +110,7 @@ class LoadService:
                     used=used,
                     waiting=waiting,
                     next_free=next_free,
-                    minutes_to_next_free=_minutes_until(now, day, next_free),
+                    minutes_to_next_free=None if next_free is None else _minute_of(next_free) - now_minute,
                 )
             )
         ranked = rank(candidates, limit)
@@ -192,12 +194,9 @@ class LoadService:
         raise InvalidInput("lat", "Give lat and lon, or a city.", detail_fa="موقعیت (lat و lon) یا نام شهر را بدهید.")
 
 
-def _minutes_until(now: dt.datetime, day: dt.date, slot: str | None) -> float | None:
-    if slot is None:
-        return None
-    hours, minutes = slot.split(":")
-    start = dt.datetime.combine(day, dt.time(int(hours), int(minutes)), tzinfo=now.tzinfo)
-    return (start - now).total_seconds() / 60
+def _minute_of(slot: str) -> int:
+    """ "HH:MM" as minutes after midnight."""
+    return int(slot[:2]) * 60 + int(slot[3:5])
 
 
 def _nearby_office(candidate: Candidate, office: OfficeCard) -> NearbyOffice:

@@ -28,6 +28,25 @@ def test_a_day_hash_parses_into_pools_in_time_order() -> None:
     assert day.columns("102") == (("08:30", "09:00"), (3, 2), (1, 0))
 
 
+def test_a_pools_totals_count_every_slot_and_list_the_free_ones_in_order() -> None:
+    day = CountedDay(
+        {
+            "_cap": "50",  # a cap is the reader's to apply (day_room), not the totals'
+            "s|*|09:00": "2",
+            "u|*|09:00": "2",
+            "s|*|08:30": "3",
+            "u|*|08:30": "1",
+            "s|*|10:00": "1",
+            "s|101|10:00": "1",
+            "u|101|10:00": "1",
+        }
+    )
+    assert day.totals("102") == (6, 3, ("08:30", "10:00"))
+    assert day.totals("101") == (1, 1, ())
+    assert day.totals("101") is day.totals("101")  # worked out once per copy of the day
+    assert CountedDay({}).totals("101") == (0, 0, ())
+
+
 def test_an_empty_hash_is_an_active_day_without_slots() -> None:
     day = CountedDay({})
     assert (day.status, day.cap, day.slots("101")) == ("active", 100, [])
@@ -48,10 +67,13 @@ def test_a_day_kept_for_readers_soon_leaves_the_collector_nothing_but_itself_to_
     """Thousands of days are kept (app.capacity.reading); slots held as lists of tuples made the
     collector's passes look through every one of them, stopping a worker for 40-75 ms."""
     day = CountedDay({"_status": "active", "_cap": "100", "s|*|08:00": "2", "u|*|08:00": "1", "s|101|09:00": "1"})
+    day.totals("101")
+    day.totals("102")
     gc.collect()
     gc.collect()
     assert not gc.is_tracked(day.pools)
     assert not any(gc.is_tracked(columns) for columns in day.pools.values())
+    assert not gc.is_tracked(day._totals)
 
 
 def test_a_waiting_report_counts_for_two_hours_and_a_bad_one_not_at_all() -> None:
