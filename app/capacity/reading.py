@@ -106,8 +106,10 @@ class DayReader:
     async def days(self, codes: list[str], day: dt.date) -> dict[str, tuple[CountedDay | None, int]]:
         """Each office's counters for the day and its "people waiting" report, the ones not
         remembered read in one round trip."""
-        counted = {code: self._fresh_day(code, day) for code in codes}
-        waiting = {code: self._fresh_waiting(code) for code in codes}
+        # One look at the clock and one sweep for the lot: a search asks for thirty offices.
+        now = time.monotonic()
+        counted = {code: self._fresh_day(code, day, now) for code in codes}
+        waiting = {code: self._fresh_waiting(code, now) for code in codes}
         unread_days = [code for code, found in counted.items() if found is None]
         unread_waiting = [code for code, found in waiting.items() if found is None]
         commands: list[tuple[str, ...]] = [("HGETALL", keys.office_day(code, day)) for code in unread_days]
@@ -115,14 +117,19 @@ class DayReader:
             commands.append(("HMGET", keys.WAITING_NOW, *unread_waiting))
         if commands:
             replies = await self.auto.execute_many(commands)
+            self._make_room(time.monotonic())
+            until = time.monotonic() + self.ttl
             for code, raw in zip(unread_days, replies, strict=False):
-                counted[code] = _counted(raw)
-                self._remember_day(code, day, counted[code])
+                found = counted[code] = _counted(raw)
+                # A day Redis does not hold is materialised by the caller and read again: not kept.
+                if self.ttl > 0 and found is not None:
+                    self._days[(code, day)] = (until, found)
             if unread_waiting:
-                now = dt.datetime.now(dt.UTC)
+                reported_now = dt.datetime.now(dt.UTC)
                 for code, reported in zip(unread_waiting, replies[-1], strict=True):
-                    count = waiting[code] = waiting_report(reported, now)[0]
-                    self._remember_waiting(code, count)
+                    count = waiting[code] = waiting_report(reported, reported_now)[0]
+                    if self.ttl > 0:
+                        self._waiting[code] = (until, count)
         return {code: (counted[code], waiting[code] or 0) for code in codes}
 
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
@@ -140,15 +147,15 @@ class DayReader:
 
     # -- the memory --
 
-    def _fresh_day(self, office_code: str, day: dt.date) -> CountedDay | None:
+    def _fresh_day(self, office_code: str, day: dt.date, now: float | None = None) -> CountedDay | None:
         entry = self._days.get((office_code, day))
-        if entry is None or entry[0] <= time.monotonic():
+        if entry is None or entry[0] <= (now or time.monotonic()):
             return None
         return entry[1]
 
-    def _fresh_waiting(self, office_code: str) -> int | None:
+    def _fresh_waiting(self, office_code: str, now: float) -> int | None:
         entry = self._waiting.get(office_code)
-        if entry is None or entry[0] <= time.monotonic():
+        if entry is None or entry[0] <= now:
             return None
         return entry[1]
 
@@ -157,19 +164,15 @@ class DayReader:
         if self.ttl <= 0 or counted is None:
             return
         now = time.monotonic()
+        self._make_room(now)
+        self._days[(office_code, day)] = (now + self.ttl, counted)
+
+    def _make_room(self, now: float) -> None:
         self._sweep(now)
         if len(self._days) >= MAX_ENTRIES:
             self._days = _unexpired(self._days)
-        self._days[(office_code, day)] = (now + self.ttl, counted)
-
-    def _remember_waiting(self, office_code: str, waiting: int) -> None:
-        if self.ttl <= 0:
-            return
-        now = time.monotonic()
-        self._sweep(now)
         if len(self._waiting) >= MAX_ENTRIES:
             self._waiting = _unexpired(self._waiting)
-        self._waiting[office_code] = (now + self.ttl, waiting)
 
     def _sweep(self, now: float) -> None:
         """Drop what has expired, once a ``ttl``: what is kept is then about a second's reads,
