@@ -56,6 +56,11 @@ OFFICE_DAY_PATTERN = f"{NAMESPACE}:{{o:*}}:day:*"
 DIRECTORY_VERSION = f"{NAMESPACE}:directory_version"
 """Bumped whenever what app.offices.directory holds of an office changes."""
 
+DIRECTORY_CHANGES = f"{NAMESPACE}:{{{DIRECTORY_VERSION}}}:changes"
+"""Which office each DIRECTORY_VERSION changed: a sorted set, "version|office code" scored by
+the version, the latest ones kept. Its hash tag is the version key's whole name, so that on
+a Redis Cluster the two share a slot and one script writes both."""
+
 REBUILT_AT = f"{NAMESPACE}:rebuilt_at"
 """Set when counters were last rebuilt from the record; absent after Redis lost its data."""
 

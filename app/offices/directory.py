@@ -7,9 +7,10 @@ draws from (its weekly template says). All of it, for the 17,000 offices, is a f
 each app instance loads it whole at start.
 
 Freshness: whoever changes one of those facts calls ``changed`` in the same process (the
-entry is dropped at once) and bumps a version in Redis; every other instance looks at that
-version at most once a ``check_every`` seconds and reloads in the background, serving the
-old copy meanwhile. An office or service the copy does not know is looked up in SQL (and
+entry is dropped at once) and bumps a version in Redis, logging which office it changed;
+every other instance looks at that version at most once a ``check_every`` seconds and, in
+the background, reads again the offices changed since its copy (everything, when the log
+cannot say), serving the old copy meanwhile. An office or service the copy does not know is looked up in SQL (and
 remembered when found), so a new office is bookable at once. Staleness is harmless for
 correctness: an office's status and seats are enforced in Redis by the reserve script, and
 a pool that no longer exists is refused there, never overbooked.
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.capacity import keys
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import SHARED_POOL, decode_template, pool_for
+from app.capacity.scripts import as_text
 from app.offices.models import City, Office, OfficeService, Service
 from app.offices.service import BookableOffice, bookable_office, normalize_code
 
@@ -85,36 +87,26 @@ class OfficeDirectory:
         self._version: bytes | None = None
         self._checked_at = 0.0
         self._reloading: asyncio.Task[None] | None = None
+        self._bump = redis.register_script(BUMP)
 
     async def load(self) -> None:
         """Read the whole registry (about a second for the national network)."""
         version = await self._current_version()
         async with self.sessions() as session:
-            services = {code: name for code, name in await session.execute(select(Service.code, Service.name_fa))}
-            offered: dict[int, set[str]] = {}
-            for office_id, service_code in await session.execute(
-                select(OfficeService.office_id, OfficeService.service_code)
-            ):
-                offered.setdefault(office_id, set()).add(service_code)
-            rows = await session.execute(
-                select(Office.id, Office.code, CapacityTemplate.template, *_CARD_COLUMNS)
-                .join(City, City.id == Office.city_id)
-                .outerjoin(CapacityTemplate, CapacityTemplate.office_id == Office.id)
-            )  # fmt: skip
-            offices = {}
-            for office_id, code, template, *columns in rows:
-                card = _card(columns)
-                offices[code] = _Office(
-                    id=office_id,
-                    code=code,
-                    name_fa=card.name_fa,
-                    template=template,
-                    services=offered.get(office_id, set()),
-                    card=card,
-                )
+            services, offices = await _read(session)
         self._offices, self._services, self._version = offices, services, version
         self._checked_at = time.monotonic()
         log.info("office directory loaded: %d offices, %d services", len(offices), len(services))
+
+    async def _load_changed(self, office_codes: set[str], version: bytes) -> None:
+        """Read again only the offices changed since this copy's version."""
+        async with self.sessions() as session:
+            services, offices = await _read(session, office_codes)
+        for code in office_codes:
+            self._offices.pop(code, None)  # gone from the record, or replaced just below
+        self._offices.update(offices)
+        self._services, self._version = services, version
+        log.info("office directory: %d changed offices read again", len(office_codes))
 
     async def bookable(self, *, session: AsyncSession, office_code: str, service_code: str) -> BookableOffice:
         """The office and service a booking names, or the error that says which is wrong."""
@@ -178,7 +170,11 @@ class OfficeDirectory:
         self._offices.pop(office_code, None)
         try:
             # This instance reloads too, on its next look: the bump may not be the only one.
-            await self.redis.incr(keys.DIRECTORY_VERSION)
+            # The version and which office it changed are written together (one script), so
+            # the others read that one office again, not all 17,000: a second of a worker's
+            # time, every second, once clerks across the country edit their templates on the
+            # same morning.
+            await self._bump(keys=[keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES], args=[office_code, CHANGES_KEPT])
         except RedisError:
             # The others reload on their next look once Redis is back (a rebuild bumps it too).
             log.warning("could not bump the office directory's version")
@@ -204,14 +200,79 @@ class OfficeDirectory:
         except RedisError:
             return  # the booking itself will meet Redis's absence and answer 503
         if version != self._version:
-            self._reloading = asyncio.create_task(self._reload())
+            self._reloading = asyncio.create_task(self._reload(version))
 
-    async def _reload(self) -> None:
+    async def _reload(self, version: bytes | None) -> None:
         try:
-            await self.load()
+            changed = await self._changed_since(self._version, version)
+            if changed is None or version is None:
+                await self.load()
+            else:
+                await self._load_changed(changed, version)
         except Exception:
             log.exception("office directory reload failed; serving the copy in hand")
+
+    async def _changed_since(self, mine: bytes | None, current: bytes | None) -> set[str] | None:
+        """The offices changed after version ``mine`` up to ``current``; None when the log
+        cannot say (Redis lost it, or it was trimmed): then the whole registry is read again."""
+        seen = int(mine) if mine is not None else 0  # no version yet: nothing had changed
+        if current is None or int(current) <= seen:
+            return None  # Redis lost its data and counts again
+        first, last = seen + 1, int(current)
+        by_version = {}
+        for entry in await self.redis.zrangebyscore(keys.DIRECTORY_CHANGES, first, last):
+            version, _, code = as_text(entry).partition("|")
+            by_version[int(version)] = code
+        if len(by_version) != last - first + 1:
+            return None
+        return set(by_version.values())
 
     async def _current_version(self) -> bytes | None:
         value = await self.redis.get(keys.DIRECTORY_VERSION)
         return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+
+BUMP = """
+local version = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], version, version .. '|' .. ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[2]) - 1)
+return version
+"""
+"""A new directory version, logged with the office it changed (keys.DIRECTORY_CHANGES)."""
+
+CHANGES_KEPT = 10_000
+"""Changes kept in the log (keys.DIRECTORY_CHANGES), about 200 KB; an instance further behind
+reads everything again."""
+
+
+async def _read(
+    session: AsyncSession, office_codes: set[str] | None = None
+) -> tuple[dict[str, str], dict[str, _Office]]:
+    """The services' names, and the offices (all of them, or those named) as the copy holds them."""
+    services = {code: name for code, name in await session.execute(select(Service.code, Service.name_fa))}
+    offered_query = select(OfficeService.office_id, OfficeService.service_code)
+    offices_query = (
+        select(Office.id, Office.code, CapacityTemplate.template, *_CARD_COLUMNS)
+        .join(City, City.id == Office.city_id)
+        .outerjoin(CapacityTemplate, CapacityTemplate.office_id == Office.id)
+    )
+    if office_codes is not None:
+        offered_query = offered_query.join(Office, Office.id == OfficeService.office_id).where(
+            Office.code.in_(office_codes)
+        )
+        offices_query = offices_query.where(Office.code.in_(office_codes))
+    offered: dict[int, set[str]] = {}
+    for office_id, service_code in await session.execute(offered_query):
+        offered.setdefault(office_id, set()).add(service_code)
+    offices = {}
+    for office_id, code, template, *columns in await session.execute(offices_query):
+        card = _card(columns)
+        offices[code] = _Office(
+            id=office_id,
+            code=code,
+            name_fa=card.name_fa,
+            template=template,
+            services=offered.get(office_id, set()),
+            card=card,
+        )
+    return services, offices

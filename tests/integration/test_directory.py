@@ -9,12 +9,13 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
-from sqlalchemy import event
+from sqlalchemy import event, update
 
 from app.capacity import keys
 from app.container import Container
 from app.offices.directory import OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound, ServiceNotOffered
+from app.offices.models import Office
 from tests.conftest import World, booking_body
 from tests.integration.test_console import every_day, staff_of
 
@@ -89,3 +90,52 @@ async def test_a_template_with_counters_of_its_own_routes_bookings_at_once_every
             await asyncio.sleep(0.02)
         found = await other.bookable(session=session, office_code=office, service_code="102")
     assert found.pool == "102"
+
+
+async def _caught_up(directory: OfficeDirectory, container: Container, office: str) -> None:
+    """Let the directory take its next look at the version, and wait for the reload it starts."""
+    async with container.sessions() as session:
+        await directory.bookable(session=session, office_code=office, service_code="101")
+    for _ in range(200):
+        if directory._reloading and directory._reloading.done():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the directory did not reload")
+
+
+async def _rename(container: Container, office: str, name: str) -> None:
+    async with container.sessions() as session:
+        await session.execute(update(Office).where(Office.code == office).values(name_fa=name))
+        await session.commit()
+
+
+async def test_another_instance_reads_again_only_the_office_that_changed(container: Container, world: World) -> None:
+    changed, untouched = await world.office(), await world.office()
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+    kept = other._offices[untouched]
+
+    await _rename(container, changed, "دفتر تازه")
+    await container.offices.changed(changed)
+    await _caught_up(other, container, untouched)
+
+    assert other._offices[changed].name_fa == "دفتر تازه"
+    assert other._offices[untouched] is kept  # not read again
+    assert int(other._version or 0) == int(await container.redis.get(keys.DIRECTORY_VERSION))
+
+
+async def test_when_the_log_cannot_say_what_changed_everything_is_read_again(
+    container: Container, world: World
+) -> None:
+    changed, untouched = await world.office(), await world.office()
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+    kept = other._offices[untouched]
+
+    await _rename(container, changed, "دفتر دیگر")
+    await container.offices.changed(changed)
+    await container.redis.delete(keys.DIRECTORY_CHANGES)  # trimmed, or lost with Redis's data
+    await _caught_up(other, container, untouched)
+
+    assert other._offices[changed].name_fa == "دفتر دیگر"
+    assert other._offices[untouched] is not kept and other._offices[untouched].code == untouched
