@@ -13,7 +13,7 @@ from litestar.response import Redirect, Template
 from app.capacity.plan import DayRule, validate_rules
 from app.console.errors import CapacityBelowBookings
 from app.errors import DomainError, Forbidden, InvalidInput
-from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date
+from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date, to_persian_digits
 from app.offices import service as offices
 from app.pages.render import (
     TOP,
@@ -35,7 +35,9 @@ from app.web import Deps, Session, client_address
 
 QUEUE_ACTIONS = {"check-in": "checked_in", "served": "served", "no-show": "no_show"}
 PAST_DAYS_IN_QUEUE = 7  # yesterday's no-shows are worth a look; last month's are not
-OVERRIDE_DEFAULTS = {"o_kind": "closed", "o_opens": "08:00", "o_closes": "12:00", "o_slot": "30", "o_seats": "2"}
+# What the forms show of saved numbers is in Persian digits, as the rest of the page; what a
+# clerk typed is shown back as typed. Either kind of digit is read (normalize_digits).
+OVERRIDE_DEFAULTS = {"o_kind": "closed", "o_opens": "۰۸:۰۰", "o_closes": "۱۲:۰۰", "o_slot": "۳۰", "o_seats": "۲"}
 
 
 def _home(principal: StaffPrincipal) -> str:
@@ -50,16 +52,14 @@ def _template_form(days: dict[int, list[DayRule]]) -> dict[str, str]:
     for weekday in range(7):
         shared = next((r for r in days.get(weekday, []) if r.service is None), None)
         if shared is not None:
-            form |= {
-                f"d{weekday}_open": "on",
-                f"d{weekday}_opens": shared.opens,
-                f"d{weekday}_closes": shared.closes,
-                f"d{weekday}_slot": str(shared.slot_minutes),
-                f"d{weekday}_seats": str(shared.seats),
-            }
-        else:
-            form |= {f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "16:00", f"d{weekday}_slot": "30"}
-            form[f"d{weekday}_seats"] = "2"
+            form[f"d{weekday}_open"] = "on"
+        rule = shared or DayRule(opens="08:00", closes="16:00", slot_minutes=30, seats=2)
+        form |= {
+            f"d{weekday}_opens": to_persian_digits(rule.opens),
+            f"d{weekday}_closes": to_persian_digits(rule.closes),
+            f"d{weekday}_slot": to_persian_digits(str(rule.slot_minutes)),
+            f"d{weekday}_seats": to_persian_digits(str(rule.seats)),
+        }
     return form
 
 
@@ -171,7 +171,7 @@ class OfficePages(Controller):
             days=day_options(container, past_days=PAST_DAYS_IN_QUEUE),
             services_options=[(s.code, s.name_fa) for s in detail.services],
             errors=errors,
-            form={"date": day.isoformat(), "waiting": str(load.waiting_now), **(form or {})},
+            form={"date": day.isoformat(), "waiting": to_persian_digits(str(load.waiting_now)), **(form or {})},
             highlight=request.query_params.get("tracking"),
         )
 

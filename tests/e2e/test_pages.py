@@ -126,6 +126,9 @@ def test_staff_check_the_citizen_in(desk: Any, site: Site, server: Server, journ
     page.goto(f"/office/{office}/capacity")
     site.check(page)
     site.shot(page, "office-capacity")
+    # The saved plan is shown in Persian digits, as the rest of the page.
+    expect(page.locator(f"#f-d{iranian_weekday(day)}_seats")).to_have_value(re.compile("^[۰-۹]+$"))
+    expect(page.get_by_label("از ساعت", exact=True)).to_have_value("۰۸:۰۰")
     page.locator(f"#f-d{iranian_weekday(day)}_open").uncheck()
     page.get_by_role("button", name="ذخیرهٔ برنامهٔ هفتگی").click()
     refusal = page.locator("[data-refusal]")
@@ -158,7 +161,7 @@ def test_staff_check_the_citizen_in(desk: Any, site: Site, server: Server, journ
     page.get_by_label("هم‌اکنون چند نفر در دفتر منتظرند؟").fill("۴")
     page.get_by_role("button", name="ثبت تعداد منتظران").click()
     expect(page.locator(".notice")).to_have_text("تعداد منتظران ثبت شد.")
-    expect(page.get_by_label("هم‌اکنون چند نفر در دفتر منتظرند؟")).to_have_value("4")
+    expect(page.get_by_label("هم‌اکنون چند نفر در دفتر منتظرند؟")).to_have_value("۴")  # as saved, in Persian digits
     site.check(page)
     site.shot(page, "office-queue")
     row.get_by_role("button", name=re.compile("خدمت گرفت")).click()
