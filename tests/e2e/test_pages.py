@@ -25,6 +25,7 @@ WALK_IN_NID = generate_national_id(_rng)
 CITIZEN_MOBILE = "09121110001"
 FORM_ERROR_MOBILE = "09121110002"
 COMPLAINT_MOBILE = "09121110003"
+NARROW_MOBILE = "09121110004"
 RESTRICTED_OFFICE = "020001"  # Razavi Khorasan's first office; its province is Mashhad on the map
 
 
@@ -320,6 +321,25 @@ def test_complaint_is_filed_and_followed(phone: Any, desk: Any, site: Site, serv
     expect(page.locator(".timeline li")).to_have_count(2)
     site.check(page)
     site.shot(page, "citizen-complaint")
+
+
+def test_on_a_360_px_phone_the_header_is_two_rows(phone: Any, site: Site, server: Server) -> None:
+    """The brand, then the whole menu on one line, signed out and signed in: the page's own
+    content starts in the first screen of the cheapest phones."""
+    page = phone.new_page()
+    page.set_viewport_size({"width": 360, "height": 740})
+    for signed_in in (False, True):
+        if signed_in:
+            page.goto("/signin")
+            sign_in_citizen(page, server, NARROW_MOBILE)
+            page.wait_for_url(re.compile(r"/$"))
+        else:
+            page.goto("/")
+        header = page.locator(".site-header").bounding_box()
+        items = [item.bounding_box()["y"] for item in page.locator(".main-nav li").all()]
+        assert header["height"] <= 120, f"header {header['height']} px high (signed in: {signed_in})"
+        assert len(items) == 4 and max(items) - min(items) < 1, f"menu on more than one row: {items}"
+        site.check(page)
 
 
 def test_pages_are_accessible_and_keyboard_friendly(phone: Any, desk: Any, site: Site) -> None:
