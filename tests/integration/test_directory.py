@@ -103,20 +103,22 @@ async def _caught_up(directory: OfficeDirectory, container: Container, office: s
     raise AssertionError("the directory did not reload")
 
 
-async def _rename(container: Container, office: str, name: str) -> None:
-    async with container.sessions() as session:
-        await session.execute(update(Office).where(Office.code == office).values(name_fa=name))
-        await session.commit()
-
-
-async def test_another_instance_reads_again_only_the_office_that_changed(container: Container, world: World) -> None:
+async def _rename_on_one_instance(container: Container, world: World, name: str) -> tuple[str, str, OfficeDirectory]:
+    """Another instance's directory, loaded; then an office renamed through this one.
+    Returns the renamed office, one left untouched, and the other instance's directory."""
     changed, untouched = await world.office(), await world.office()
     other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
     await other.load()
-    kept = other._offices[untouched]
-
-    await _rename(container, changed, "دفتر تازه")
+    async with container.sessions() as session:
+        await session.execute(update(Office).where(Office.code == changed).values(name_fa=name))
+        await session.commit()
     await container.offices.changed(changed)
+    return changed, untouched, other
+
+
+async def test_another_instance_reads_again_only_the_office_that_changed(container: Container, world: World) -> None:
+    changed, untouched, other = await _rename_on_one_instance(container, world, "دفتر تازه")
+    kept = other._offices[untouched]
     await _caught_up(other, container, untouched)
 
     assert other._offices[changed].name_fa == "دفتر تازه"
@@ -127,13 +129,8 @@ async def test_another_instance_reads_again_only_the_office_that_changed(contain
 async def test_when_the_log_cannot_say_what_changed_everything_is_read_again(
     container: Container, world: World
 ) -> None:
-    changed, untouched = await world.office(), await world.office()
-    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
-    await other.load()
+    changed, untouched, other = await _rename_on_one_instance(container, world, "دفتر دیگر")
     kept = other._offices[untouched]
-
-    await _rename(container, changed, "دفتر دیگر")
-    await container.offices.changed(changed)
     await container.redis.delete(keys.DIRECTORY_CHANGES)  # trimmed, or lost with Redis's data
     await _caught_up(other, container, untouched)
 
