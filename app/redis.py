@@ -19,7 +19,9 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio import Connection, Redis, RedisCluster
 from redis.connection import HiredisRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def redis_server_binary() -> str:
@@ -169,21 +171,32 @@ class AutoPipeline:
             return error
 
     async def _send(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued[: self.max_batch], self._queued[self.max_batch :]
-            replies: list[Any]
-            try:
-                replies = await self._trip([command for command, _ in batch])
-            except Exception as error:  # the trip failed (a lost connection, a timeout)
-                replies = [error] * len(batch)
-            for (_, future), reply in zip(batch, replies, strict=True):
-                if not future.done():  # its request may have gone away meanwhile
-                    future.set_result(reply)
+        batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        try:
+            while self._queued:
+                batch, self._queued = self._queued[: self.max_batch], self._queued[self.max_batch :]
+                replies: list[Any]
+                try:
+                    replies = await self._trip([command for command, _ in batch])
+                except Exception as error:  # the trip failed (a lost connection, a timeout)
+                    replies = [error] * len(batch)
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():  # its request may have gone away meanwhile
+                        future.set_result(reply)
+        except asyncio.CancelledError:
+            # Stopped (the app shutting down): nobody is left to send what waits, so every
+            # caller is answered now rather than left waiting for ever.
+            gone = RedisConnectionError("the trip to Redis was cancelled")
+            for _, future in batch + self._queued:
+                if not future.done():
+                    future.set_result(gone)
+            self._queued = []
+            raise
 
     async def _trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send the commands and read their replies as Redis gives them (hiredis's: an error
-        reply comes back as a ResponseError, HGETALL as a flat list), on a connection of its
-        own: one trip leaves at a time, so it needs no more. redis-py's pipeline had taken a
+        reply comes back as a ResponseError, HGETALL as a map), on a connection of its own:
+        one trip leaves at a time, so it needs no more. redis-py's pipeline had taken a
         connection from the pool and put a timeout around every reply, which cost more than
         the replies themselves on a nearby search's thirty."""
         if self._connection is None:
@@ -195,11 +208,19 @@ class AutoPipeline:
         try:
             async with asyncio.timeout(connection.socket_timeout):
                 await connection.send_packed_command(connection.pack_commands(commands))
-                return [await parser.read_response() for _ in commands]
-        except BaseException:
+                replies = [await parser.read_response() for _ in commands]
+        except BaseException as error:
             # Whatever is left unread on it would answer the next trip's commands.
             await connection.disconnect(nowait=True)
+            # As redis-py's own errors, which the app answers with a 503.
+            if isinstance(error, TimeoutError):
+                raise RedisTimeoutError("Timeout reading from Redis") from error
+            if isinstance(error, OSError):
+                raise RedisConnectionError(f"Error talking to Redis: {error}") from error
             raise
+        if connection.health_check_interval:  # it was just heard from: no PING before the next trip
+            connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
+        return replies
 
 
 def connect(url: str) -> Redis:

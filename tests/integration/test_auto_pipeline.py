@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.capacity.scripts import Scripts
-from app.redis import AutoPipeline, EmbeddedRedis, connect
+from app.redis import AutoPipeline, EmbeddedRedis, PackedInC, connect
 
 
 @pytest.fixture
@@ -96,3 +97,48 @@ async def test_a_script_redis_forgot_runs_alone_and_the_other_is_not_repeated(re
     assert first == "hi" and second == 1
     first, second = await scripts.run_pair((incr, [counter], []), (echo, [counter], ["again"]))
     assert first == 2 and second == "again"
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A peer that takes the connection and never answers: a Redis stalled or cut off."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client goes away
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+async def test_a_trip_that_times_out_is_a_redis_timeout_and_the_next_trip_reconnects(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "paused").start()
+    client = Redis.from_url(server.url, socket_timeout=0.3, connection_class=PackedInC, decode_responses=True)
+    other = Redis.from_url(server.url)
+    auto = AutoPipeline(client)
+    try:
+        assert await auto.execute_many([("PING",)]) == ["PONG"]
+        await other.execute_command("CLIENT", "PAUSE", "800", "ALL")  # Redis stalls for 0.8 s
+        with pytest.raises(RedisTimeoutError):  # a 503 (app.web), not a 500
+            await auto.execute_many([("SET", "k", "v")])
+        assert auto._connection is not None and not auto._connection.is_connected  # nothing left unread on it
+        await asyncio.sleep(0.8)
+        assert await auto.execute_many([("GET", "k"), ("PING",)]) in (["v", "PONG"], [None, "PONG"])
+    finally:
+        await client.aclose()
+        await other.aclose()
+        server.stop()
+
+
+async def test_a_stopped_sender_answers_every_caller(silent_server: int) -> None:
+    client = Redis.from_url(f"redis://127.0.0.1:{silent_server}/0", socket_timeout=30, protocol=2)
+    auto = AutoPipeline(client)
+    try:
+        callers = [asyncio.create_task(auto.execute_many([("PING",)])) for _ in range(3)]
+        await asyncio.sleep(0.1)  # the first is on its way, the others wait for the next trip
+        assert auto._sending is not None
+        auto._sending.cancel()
+        replies = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), timeout=5)
+        assert all(isinstance(reply, ConnectionError) for reply in replies)
+    finally:
+        await client.aclose()
