@@ -61,6 +61,10 @@ DIRECTORY_CHANGES = f"{NAMESPACE}:{{{DIRECTORY_VERSION}}}:changes"
 the version, the latest ones kept. Its hash tag is the version key's whole name, so that on
 a Redis Cluster the two share a slot and one script writes both."""
 
+DIRECTORY_EPOCH = f"{NAMESPACE}:{{{DIRECTORY_VERSION}}}:epoch"
+"""A random token set with the first DIRECTORY_VERSION: a different one means Redis lost its
+data and the version numbers started again (same slot as the version, for the same script)."""
+
 REBUILT_AT = f"{NAMESPACE}:rebuilt_at"
 """Set when counters were last rebuilt from the record; absent after Redis lost its data."""
 

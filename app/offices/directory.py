@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,11 @@ def _card(row: Sequence[Any]) -> OfficeCard:
     return OfficeCard(name_fa=name, address_fa=address, city_fa=city, lat=lat, lon=lon)
 
 
+Version = tuple[str | None, int]
+"""(epoch, number) of the directory: keys.DIRECTORY_EPOCH and keys.DIRECTORY_VERSION, (None, 0)
+before any change."""
+
+
 @dataclass
 class _Office:
     id: int
@@ -84,10 +90,11 @@ class OfficeDirectory:
         self.check_every = check_every
         self._offices: dict[str, _Office] = {}
         self._services: dict[str, str] = {}
-        self._version: bytes | None = None
+        self._version: Version = (None, 0)
         self._checked_at = 0.0
         self._reloading: asyncio.Task[None] | None = None
         self._bump = redis.register_script(BUMP)
+        self._unannounced: set[str] = set()  # changed here, not yet told to the others
 
     async def load(self) -> None:
         """Read the whole registry (about a second for the national network)."""
@@ -98,7 +105,7 @@ class OfficeDirectory:
         self._checked_at = time.monotonic()
         log.info("office directory loaded: %d offices, %d services", len(offices), len(services))
 
-    async def _load_changed(self, office_codes: set[str], version: bytes) -> None:
+    async def _load_changed(self, office_codes: set[str], version: Version) -> None:
         """Read again only the offices changed since this copy's version."""
         async with self.sessions() as session:
             services, offices = await _read(session, office_codes)
@@ -168,16 +175,25 @@ class OfficeDirectory:
     async def changed(self, office_code: str) -> None:
         """An office's name, services or template changed: forget it here, tell the others."""
         self._offices.pop(office_code, None)
-        try:
-            # This instance reloads too, on its next look: the bump may not be the only one.
-            # The version and which office it changed are written together (one script), so
-            # the others read that one office again, not all 17,000: a second of a worker's
-            # time, every second, once clerks across the country edit their templates on the
-            # same morning.
-            await self._bump(keys=[keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES], args=[office_code, CHANGES_KEPT])
-        except RedisError:
-            # The others reload on their next look once Redis is back (a rebuild bumps it too).
-            log.warning("could not bump the office directory's version")
+        self._unannounced.add(office_code)
+        await self._announce()
+
+    async def _announce(self) -> None:
+        """Bump the version, logging which office changed (one script writes both): the other
+        instances then read that one office again, not all 17,000, which is a second of a
+        worker's time, every second, once clerks across the country edit their templates on
+        the same morning. This instance reads it again too, on its next look. What could not
+        be told (Redis away) is told on a later look."""
+        for office_code in sorted(self._unannounced):
+            try:
+                await self._bump(
+                    keys=[keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES, keys.DIRECTORY_EPOCH],
+                    args=[office_code, CHANGES_KEPT, secrets.token_hex(8)],
+                )
+            except RedisError:
+                log.warning("could not tell the other instances that office %s changed; trying again", office_code)
+                return
+            self._unannounced.discard(office_code)
 
     def _remember(self, found: BookableOffice) -> None:
         office = self._offices.get(found.code)
@@ -196,49 +212,54 @@ class OfficeDirectory:
             return
         self._checked_at = now
         try:
+            if self._unannounced:
+                await self._announce()
             version = await self._current_version()
         except RedisError:
             return  # the booking itself will meet Redis's absence and answer 503
         if version != self._version:
             self._reloading = asyncio.create_task(self._reload(version))
 
-    async def _reload(self, version: bytes | None) -> None:
+    async def _reload(self, version: Version) -> None:
         try:
             changed = await self._changed_since(self._version, version)
-            if changed is None or version is None:
+            if changed is None:
                 await self.load()
             else:
                 await self._load_changed(changed, version)
         except Exception:
             log.exception("office directory reload failed; serving the copy in hand")
 
-    async def _changed_since(self, mine: bytes | None, current: bytes | None) -> set[str] | None:
+    async def _changed_since(self, mine: Version, current: Version) -> set[str] | None:
         """The offices changed after version ``mine`` up to ``current``; None when the log
-        cannot say (Redis lost it, or it was trimmed): then the whole registry is read again."""
-        seen = int(mine) if mine is not None else 0  # no version yet: nothing had changed
-        if current is None or int(current) <= seen:
-            return None  # Redis lost its data and counts again
-        first, last = seen + 1, int(current)
+        cannot say (it was trimmed, or Redis lost its data and counts again: a new epoch)
+        and the whole registry must be read again."""
+        (my_epoch, seen), (epoch, last) = mine, current
+        if last <= seen or (seen > 0 and epoch != my_epoch):
+            return None
         by_version = {}
-        for entry in await self.redis.zrangebyscore(keys.DIRECTORY_CHANGES, first, last):
-            version, _, code = as_text(entry).partition("|")
-            by_version[int(version)] = code
-        if len(by_version) != last - first + 1:
+        for entry in await self.redis.zrangebyscore(keys.DIRECTORY_CHANGES, seen + 1, last):
+            number, _, code = as_text(entry).partition("|")
+            by_version[int(number)] = code
+        if len(by_version) != last - seen:
             return None
         return set(by_version.values())
 
-    async def _current_version(self) -> bytes | None:
-        value = await self.redis.get(keys.DIRECTORY_VERSION)
-        return value if value is None or isinstance(value, bytes) else str(value).encode()
+    async def _current_version(self) -> Version:
+        number, epoch = await self.redis.mget(keys.DIRECTORY_VERSION, keys.DIRECTORY_EPOCH)
+        return (None if epoch is None else as_text(epoch)), int(number or 0)
 
 
 BUMP = """
 local version = redis.call('INCR', KEYS[1])
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('SET', KEYS[3], ARGV[3]) end
 redis.call('ZADD', KEYS[2], version, version .. '|' .. ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[2]) - 1)
 return version
 """
-"""A new directory version, logged with the office it changed (keys.DIRECTORY_CHANGES)."""
+"""A new directory version, logged with the office it changed (keys.DIRECTORY_CHANGES); a new
+epoch (keys.DIRECTORY_EPOCH) when Redis has none, having lost its data and started counting
+again, so that nobody mistakes the new numbers for the old."""
 
 CHANGES_KEPT = 10_000
 """Changes kept in the log (keys.DIRECTORY_CHANGES), about 200 KB; an instance further behind

@@ -14,6 +14,8 @@ from litestar.testing import AsyncTestClient
 from redis.cluster import RedisCluster as SyncCluster
 
 from app.capacity import keys
+from app.container import Container
+from app.offices.directory import OfficeDirectory
 from app.settings import Settings
 from tests.conftest import World, booking_body
 from tests.servers import RedisCluster
@@ -90,3 +92,18 @@ async def test_nearby_and_rebuild_on_the_cluster(client: Client, world: World, c
     async with world.container.sessions() as session:
         await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
     assert snapshot() == before
+
+
+async def test_a_changed_office_is_told_to_the_other_instances_on_the_cluster(
+    container: Container, world: World
+) -> None:
+    """The directory's version, epoch and change log share a slot: one script writes them and
+    one MGET reads them on a cluster too."""
+    assert type(container.redis).__name__ == "RedisCluster"
+    office = await world.office()
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+    await container.offices.changed(office)
+    current = await other._current_version()
+    assert current[0] is not None and current[1] == other._version[1] + 1
+    assert await other._changed_since(other._version, current) == {office}

@@ -9,6 +9,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import event, update
 
 from app.capacity import keys
@@ -123,7 +124,7 @@ async def test_another_instance_reads_again_only_the_office_that_changed(contain
 
     assert other._offices[changed].name_fa == "دفتر تازه"
     assert other._offices[untouched] is kept  # not read again
-    assert int(other._version or 0) == int(await container.redis.get(keys.DIRECTORY_VERSION))
+    assert other._version[1] == int(await container.redis.get(keys.DIRECTORY_VERSION))
 
 
 async def test_when_the_log_cannot_say_what_changed_everything_is_read_again(
@@ -136,3 +137,43 @@ async def test_when_the_log_cannot_say_what_changed_everything_is_read_again(
 
     assert other._offices[changed].name_fa == "دفتر دیگر"
     assert other._offices[untouched] is not kept and other._offices[untouched].code == untouched
+
+
+async def test_a_change_that_could_not_be_told_is_told_on_a_later_look(
+    container: Container, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bump, attempts = container.offices._bump, []
+
+    async def redis_away_once(**kwargs: object) -> object:
+        attempts.append(kwargs)
+        if len(attempts) == 1:
+            raise RedisConnectionError("Redis is away")
+        return await bump(**kwargs)
+
+    monkeypatch.setattr(container.offices, "_bump", redis_away_once)
+    changed, untouched, other = await _rename_on_one_instance(container, world, "دفتر سوم")
+    async with container.sessions() as session:
+        await other.bookable(session=session, office_code=untouched, service_code="101")  # a look
+    assert other._reloading is None and other._offices[changed].name_fa != "دفتر سوم"  # not told yet
+
+    container.offices._checked_at = 0.0
+    await container.offices._keep_fresh()  # this instance's next look tells it
+    await _caught_up(other, container, untouched)
+    assert other._offices[changed].name_fa == "دفتر سوم" and len(attempts) == 2
+
+
+async def test_numbers_counted_again_after_redis_lost_its_data_are_not_taken_for_the_old(
+    container: Container, world: World
+) -> None:
+    changed, untouched = await world.office(), await world.office()
+    await container.offices.changed(changed)  # so that there is an epoch
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+    seen, kept = other._version[1], other._offices[untouched]
+    # Redis lost its data; since, the counter has come back to the number this copy saw.
+    await container.redis.delete(keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES, keys.DIRECTORY_EPOCH)
+    await container.redis.set(keys.DIRECTORY_VERSION, seen)
+    await container.offices.changed(changed)  # number seen + 1, logged, in a new epoch
+    await _caught_up(other, container, untouched)
+    # The log holds only seen + 1 and would have looked complete: the epoch says it is not.
+    assert other._offices[untouched] is not kept
