@@ -78,12 +78,6 @@ class CountedDay:
             found = self._totals[pool] = (sum(seats), sum(used), free)
         return found
 
-    def slots(self, service_code: str) -> Slots:
-        return list(zip(*self.columns(service_code), strict=True))
-
-    def by_pool(self) -> dict[str, Slots]:
-        return {pool: list(zip(*columns, strict=True)) for pool, columns in self.pools.items()}
-
 
 class DayReader:
     def __init__(self, auto: AutoPipeline, *, ttl: float) -> None:
@@ -100,7 +94,7 @@ class DayReader:
             return found
         [raw] = await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))])
         counted = _counted(raw)
-        self._remember_day(office_code, day, counted)
+        self._keep({(office_code, day): counted}, {})
         return counted
 
     async def days(self, codes: list[str], day: dt.date) -> dict[str, tuple[CountedDay | None, int]]:
@@ -117,19 +111,16 @@ class DayReader:
             commands.append(("HMGET", keys.WAITING_NOW, *unread_waiting))
         if commands:
             replies = await self.auto.execute_many(commands)
-            self._make_room(time.monotonic())
-            until = time.monotonic() + self.ttl
             for code, raw in zip(unread_days, replies, strict=False):
-                found = counted[code] = _counted(raw)
-                # A day Redis does not hold is materialised by the caller and read again: not kept.
-                if self.ttl > 0 and found is not None:
-                    self._days[(code, day)] = (until, found)
+                counted[code] = _counted(raw)
             if unread_waiting:
                 reported_now = dt.datetime.now(dt.UTC)
                 for code, reported in zip(unread_waiting, replies[-1], strict=True):
-                    count = waiting[code] = waiting_report(reported, reported_now)[0]
-                    if self.ttl > 0:
-                        self._waiting[code] = (until, count)
+                    waiting[code] = waiting_report(reported, reported_now)[0]
+            self._keep(
+                {(code, day): counted[code] for code in unread_days},
+                {code: waiting[code] or 0 for code in unread_waiting},
+            )
         return {code: (counted[code], waiting[code] or 0) for code in codes}
 
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
@@ -159,20 +150,20 @@ class DayReader:
             return None
         return entry[1]
 
-    def _remember_day(self, office_code: str, day: dt.date, counted: CountedDay | None) -> None:
-        # A day Redis does not hold is materialised by the caller and read again: not kept.
-        if self.ttl <= 0 or counted is None:
+    def _keep(self, days: dict[tuple[str, dt.date], CountedDay | None], waiting: dict[str, int]) -> None:
+        """Remember what was just read, for ``ttl`` seconds."""
+        if self.ttl <= 0:
             return
         now = time.monotonic()
-        self._make_room(now)
-        self._days[(office_code, day)] = (now + self.ttl, counted)
-
-    def _make_room(self, now: float) -> None:
         self._sweep(now)
         if len(self._days) >= MAX_ENTRIES:
             self._days = _unexpired(self._days)
         if len(self._waiting) >= MAX_ENTRIES:
             self._waiting = _unexpired(self._waiting)
+        until = now + self.ttl
+        # A day Redis does not hold is materialised by the caller and read again: not kept.
+        self._days.update((key, (until, found)) for key, found in days.items() if found is not None)
+        self._waiting.update((code, (until, count)) for code, count in waiting.items())
 
     def _sweep(self, now: float) -> None:
         """Drop what has expired, once a ``ttl``: what is kept is then about a second's reads,

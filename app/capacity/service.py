@@ -301,11 +301,11 @@ class Capacity:
         if counted is None:
             return None
         slots = []
-        for pool, pool_slots in counted.by_pool().items():
-            room = day_room(sum(s for _, s, _ in pool_slots), sum(u for _, _, u in pool_slots), counted.cap)
+        for pool, (times, each_seats, each_used) in counted.pools.items():
+            room = day_room(sum(each_seats), sum(each_used), counted.cap)
             slots += [
                 SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))
-                for time, seats, used in pool_slots
+                for time, seats, used in zip(times, each_seats, each_used, strict=True)
             ]
         slots.sort(key=lambda s: (s.time, s.pool))
         return DayView(status=counted.status, cap_percent=counted.cap, slots=slots)

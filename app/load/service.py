@@ -133,8 +133,8 @@ class LoadService:
         day, _ = counters[office_code]
         waiting, reported_at = waiting_report(await self.redis.hget(keys.WAITING_NOW, office_code), self.clock.now())
         by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for slots in day.by_pool().values():
-            for time, seats, slot_used in slots:
+        for times, each_seats, each_used in day.pools.values():
+            for time, seats, slot_used in zip(times, each_seats, each_used, strict=True):
                 hour = f"{time[:2]}:00"
                 by_hour[hour][0] += seats
                 by_hour[hour][1] += slot_used

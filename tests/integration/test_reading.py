@@ -89,8 +89,8 @@ async def test_waiting_reports_and_days_are_read_together(redis_url: str) -> Non
         found = await capacity.reads.days([OFFICE, "990199"], DAY)
         counted, waiting = found[OFFICE]
         assert counted is not None and waiting == 7
-        assert counted.slots("101") == [("09:00", 1, 0)]  # the service's own pool
-        assert counted.slots("102") == [("08:00", 2, 0)]  # the shared one
+        assert counted.columns("101") == (("09:00",), (1,), (0,))  # the service's own pool
+        assert counted.columns("102") == (("08:00",), (2,), (0,))  # the shared one
         assert found["990199"] == (None, 0)  # not in Redis: the caller materialises it
         await redis.hset(keys.WAITING_NOW, OFFICE, f"9|{dt.datetime.now(dt.UTC).isoformat()}")
         assert (await capacity.reads.days([OFFICE], DAY))[OFFICE][1] == 7  # remembered

@@ -22,10 +22,9 @@ def test_a_day_hash_parses_into_pools_in_time_order() -> None:
         }
     )
     assert (day.status, day.cap) == ("restricted", 50)
-    assert day.by_pool() == {"*": [("08:30", 3, 1), ("09:00", 2, 0)], "101": [("10:00", 1, 0)]}
-    assert day.slots("101") == [("10:00", 1, 0)]
-    assert day.slots("999") == day.by_pool()["*"]
-    assert day.columns("102") == (("08:30", "09:00"), (3, 2), (1, 0))
+    assert day.pools == {"*": (("08:30", "09:00"), (3, 2), (1, 0)), "101": (("10:00",), (1,), (0,))}
+    assert day.columns("101") == (("10:00",), (1,), (0,))
+    assert day.columns("999") == day.pools["*"]
 
 
 def test_a_pools_totals_count_every_slot_and_list_the_free_ones_in_order() -> None:
@@ -49,7 +48,7 @@ def test_a_pools_totals_count_every_slot_and_list_the_free_ones_in_order() -> No
 
 def test_an_empty_hash_is_an_active_day_without_slots() -> None:
     day = CountedDay({})
-    assert (day.status, day.cap, day.slots("101")) == ("active", 100, [])
+    assert (day.status, day.cap, day.columns("101")) == ("active", 100, ((), (), ()))
 
 
 def test_the_memory_keeps_only_unexpired_entries_and_never_grows_past_its_bound(
