@@ -40,10 +40,13 @@ class Messenger:
         if row is None:
             return None
         session.add(row)
-        # A sign-in code goes ahead of every other message: someone is waiting for it.
-        queue = self.jobs.codes if kind == SIGN_IN_CODE else self.jobs.sms
-        after_commit(session, partial(self.send, [row.id], queue=queue))
+        after_commit(session, partial(self.send, [row.id], queue=self.queue_for(kind)))
         return row.id
+
+    def queue_for(self, kind: str) -> Queue:
+        """A sign-in code goes ahead of every other message, its retries too: someone is
+        waiting for it with the page open."""
+        return self.jobs.codes if kind == SIGN_IN_CODE else self.jobs.sms
 
     def message(self, *, to: str, body: str, kind: str) -> SmsMessage | None:
         """The outbox row (None when there is no phone); ``send`` its id once it is committed."""

@@ -107,7 +107,7 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
         message.status = SmsStatus.SENDING
         message.attempts += 1
         message.updated_at = app.clock.now()
-        attempts = message.attempts
+        attempts, queue = message.attempts, app.messenger.queue_for(message.kind)
         await session.commit()
         try:
             sid = await asyncio.to_thread(backend.send, outbound)
@@ -126,7 +126,7 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             log.warning("sms %s try %d failed: %s", message_id, attempts, reason)
             app.jobs.enqueue_at(
                 app.clock.now() + dt.timedelta(seconds=backoff(attempts)),
-                app.jobs.sms,
+                queue,
                 SEND_SMS,
                 message_id,
                 job_id=f"sms-{message_id}-try{attempts + 1}",

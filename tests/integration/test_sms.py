@@ -174,6 +174,21 @@ async def test_a_failed_send_is_retried_and_sent_once(
     assert sum("نوبت شما ثبت شد" in m["body"] for m in standin.messages) == 1
 
 
+async def test_a_sign_in_code_that_failed_is_retried_ahead_of_other_messages(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    standin.fail_next(1)
+    answer = await client.post("/api/v1/auth/otp", json={"mobile": "09121110777"})
+    assert answer.status_code == 202, answer.text
+    await deliver()
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage).where(SmsMessage.kind == "otp"))
+    assert message is not None and message.status == SmsStatus.QUEUED and message.attempts == 1
+    jobs = world.container.jobs
+    assert f"sms-{message.id}-try2" in jobs.codes.scheduled_job_registry.get_job_ids()
+    assert f"sms-{message.id}-try2" not in jobs.sms.scheduled_job_registry.get_job_ids()
+
+
 async def test_a_send_that_died_midway_is_not_sent_again(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
 ) -> None:
