@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.capacity import keys
 from app.capacity.reading import CountedDay, waiting_report
 from app.capacity.scripts import as_text
-from app.capacity.service import Capacity, day_room
+from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
@@ -129,18 +129,16 @@ class LoadService:
         if await session.scalar(select(Office.id).where(Office.code == office_code)) is None:
             raise OfficeNotFound()
         today = self.clock.today()
-        counters = await self._read_days(session, [office_code], today)
-        day, _ = counters[office_code]
+        day = await day_for_reading(self.capacity, session=session, office_code=office_code, day=today)
         waiting, reported_at = waiting_report(await self.redis.hget(keys.WAITING_NOW, office_code), self.clock.now())
         by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for times, each_seats, each_used in day.pools.values():
-            for time, seats, slot_used in zip(times, each_seats, each_used, strict=True):
-                hour = f"{time[:2]}:00"
-                by_hour[hour][0] += seats
-                by_hour[hour][1] += slot_used
+        for slot in day.slots:
+            hour = f"{slot.time[:2]}:00"
+            by_hour[hour][0] += slot.seats
+            by_hour[hour][1] += slot.used
         used = sum(u for _, u in by_hour.values())
         # Hours show their slots' seats; the day's total is what its cap lets it hold.
-        seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap))
+        seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap_percent))
         load = 1.0 if seats == 0 else min(1.0, used / seats)
         level = busyness(load, waiting)
         return OfficeLoad(
