@@ -40,9 +40,24 @@ def backoff(attempts: int) -> int:
     return RETRY_INTERVALS[min(max(attempts, 1), len(RETRY_INTERVALS)) - 1]
 
 
-def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
-    """Run ``action`` once the session's transaction commits; forget it if it rolls back."""
-    session.sync_session.info.setdefault(_PENDING, []).append(action)
+def after_commit(session: AsyncSession, key: str, item: Any, action: Callable[[list[Any]], None]) -> None:
+    """Run ``action(items)`` once the session's transaction commits, with every ``item`` added
+    under ``key`` in that transaction; forget them if it rolls back. (Thirty messages queued
+    by one clerk's cut are one job, not thirty.)"""
+    pending = session.sync_session.info.setdefault(_PENDING, [])
+    for entry in pending:
+        if isinstance(entry, _Collected) and entry.key == key:
+            entry.items.append(item)
+            return
+    pending.append(_Collected(key, [item], action))
+
+
+class _Collected:
+    def __init__(self, key: str, items: list[Any], action: Callable[[list[Any]], None]) -> None:
+        self.key, self.items, self.action = key, items, action
+
+    def __call__(self) -> None:
+        self.action(self.items)
 
 
 @event.listens_for(Session, "after_commit")

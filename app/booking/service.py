@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Sequence
 
 import msgspec
 from redis.exceptions import RedisError
@@ -33,7 +34,7 @@ from app.booking.writer import GroupCommit
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
 from app.capacity.scripts import as_text
-from app.capacity.service import Capacity, Reserved, SeatRequest, first_bookable_time
+from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
 from app.clock import Clock
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
@@ -409,8 +410,7 @@ class BookingService:
                 days=self.capacity.horizon(today),
                 pools={code: self.offices.pools(code) for code in office_codes},
             )
-        for office_code, day, pool in lines:
-            await self.free_seat(session=session, office_code=office_code, day=day, pool=pool, time="")
+        await self.free_seats(session=session, seats=[Seat(code, day, pool, "") for code, day, pool in lines])
 
     async def free_seat(
         self,
@@ -425,28 +425,61 @@ class BookingService:
         """Give a seat back (``time`` empty: only seats added by a capacity change) and record
         whoever on the waitlist it went to, in the same step as the release."""
         now = self.clock.now()
-        not_before = first_bookable_time(now, day)
         promotions = await self.capacity.release(
-            office_code=office_code, day=day, pool=pool, time=time, not_before=not_before, idempotency=idempotency
+            office_code=office_code,
+            day=day,
+            pool=pool,
+            time=time,
+            not_before=first_bookable_time(now, day),
+            idempotency=idempotency,
         )
-        while promotions:
-            promotion = promotions.pop(0)
-            booked, _, office_name_fa, _ = await self._load(session, promotion.tracking_code, lock=True)
-            if booked.status != BookingStatus.WAITLISTED:
-                # They left the line a moment ago: the seat goes to the next one, or back to all.
-                promotions += await self.capacity.release(
-                    office_code=office_code, day=day, pool=pool, time=promotion.time, not_before=not_before
-                )
-                continue
-            booked.status, booked.slot_time = BookingStatus.BOOKED, promotion.time
-            view = self._view(booked, office_code, office_name_fa, "")
-            self.messenger.queue(
-                session,
-                to=booked.mobile,
-                body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
-                kind="waitlist_promoted",
+        await self._record_promotions(session, [(Seat(office_code, day, pool, time), promotions)], now)
+
+    async def free_seats(self, *, session: AsyncSession, seats: Sequence[Seat]) -> None:
+        """``free_seat`` for many seats: one trip to Redis, one commit for whoever was promoted."""
+        if not seats:
+            return
+        now = self.clock.now()
+        promoted = await self.capacity.release_many(seats, now=now)
+        await self._record_promotions(session, list(zip(seats, promoted, strict=True)), now)
+
+    async def _record_promotions(
+        self, session: AsyncSession, promoted: list[tuple[Seat, list[Promotion]]], now: dt.datetime
+    ) -> None:
+        """Turn the waitlisted citizens Redis gave seats to into bookings, all in one commit.
+        A seat given to someone who left the line a moment ago goes to the next one, or back to all."""
+        while True:
+            given = {p.tracking_code: (seat, p.time) for seat, promotions in promoted for p in promotions}
+            if not given:
+                return
+            rows = await session.execute(
+                select(Booking, Office.name_fa)
+                .join(Office, Office.id == Booking.office_id)
+                .where(Booking.tracking_code.in_(given))
+                .order_by(Booking.id)
+                .with_for_update(of=Booking)
             )
+            for booked, office_name_fa in rows:
+                seat, time = given[booked.tracking_code]
+                if booked.status != BookingStatus.WAITLISTED:
+                    continue
+                del given[booked.tracking_code]
+                booked.status, booked.slot_time = BookingStatus.BOOKED, time
+                view = booking_out(
+                    booked, office_code=seat.office_code, office_name_fa=office_name_fa, service_name_fa=""
+                )
+                self.messenger.queue(
+                    session,
+                    to=booked.mobile,
+                    body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
+                    kind="waitlist_promoted",
+                )
             await session.commit()
+            # Whoever is left had left the line (or has no row): their seats go round again.
+            again = [msgspec.structs.replace(seat, time=time) for seat, time in given.values()]
+            if not again:
+                return
+            promoted = list(zip(again, await self.capacity.release_many(again, now=now), strict=True))
 
     async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""

@@ -40,7 +40,8 @@ class Messenger:
         if row is None:
             return None
         session.add(row)
-        after_commit(session, partial(self.send, [row.id], queue=self.queue_for(kind)))
+        queue = self.queue_for(kind)
+        after_commit(session, queue.name, row.id, partial(self.send, queue=queue))
         return row.id
 
     def queue_for(self, kind: str) -> Queue:
