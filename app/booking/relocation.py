@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 
 import msgspec
-from sqlalchemy import select
+from redis.exceptions import RedisError
+from sqlalchemy import ColumnElement, case, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
 from app.booking.service import BookingService
 from app.capacity.errors import DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
-from app.capacity.service import SeatRequest, day_for_reading
+from app.capacity.service import Overflow, Seat, SeatRequest, day_for_reading
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
 from app.offices.models import Office
-from app.offices.service import bookable_office
+from app.offices.service import BookableOffice
 
 log = logging.getLogger(__name__)
 
@@ -45,75 +48,215 @@ class Relocator:
         self.load = load
 
     async def relocate(
-        self, *, session: AsyncSession, booking: Booking, from_office: Office, same_office: bool, why_fa: str
-    ) -> Relocation:
+        self,
+        *,
+        session: AsyncSession,
+        bookings: Sequence[Booking],
+        from_office: Office,
+        same_office: bool,
+        why_fa: str,
+    ) -> list[Relocation]:
+        """Move each booking (or cancel it where no seat is left), telling the citizen; all
+        of them in one commit, then the old seats go back on one trip. A booking that changed
+        meanwhile (cancelled by its citizen, checked in) is left as it is and not in the result.
+
+        Done one at a time, a clerk's cut of sixteen bookings took seconds behind a rush:
+        every step waits its turn on a busy event loop, and each booking took a dozen.
+        The rows passed in keep their old values; the record has the new ones."""
+        if not bookings:
+            return []
         now = self.clock.now()
-        not_before = now.strftime("%H:%M") if booking.date == now.date() else ""
-        targets = [from_office.code] if same_office else []
-        nearby = await self.load.nearby(
-            session=session,
-            service_code=booking.service_code,
-            day=booking.date,
-            lat=from_office.lat,
-            lon=from_office.lon,
-            city=None,
-            limit=NEARBY_OFFICES_TRIED,
-        )
-        targets += [office.code for office in nearby.offices if office.code != from_office.code]
-        old_time, old_pool = booking.slot_time, booking.pool
-        for office_code in targets:
-            placed = await self._place(session, booking, office_code, not_before)
-            if placed is None:
-                continue
-            target, time = placed
-            booking.office_id, booking.slot_time, booking.pool = target.id, time, target.pool
-            when = jalali_datetime(booking.date, dt.time.fromisoformat(time))
-            self.bookings.messenger.queue(
-                session,
-                to=booking.mobile,
-                body=f"{why_fa} نوبت {booking.tracking_code} شما به {target.name_fa} (کد {target.code})، {when} منتقل شد.",
-                kind="booking_moved",
-            )
-            # Reminded again, of the new place and time.
-            booking.reminded_evening_at = booking.reminded_hour_at = None
-            await session.commit()
-            await self.bookings.free_seat(
-                session=session, office_code=from_office.code, day=booking.date, pool=old_pool, time=old_time
-            )
-            return Relocation(tracking_code=booking.tracking_code, moved=True, office_code=target.code, time=time)
-
-        booking.status = BookingStatus.CANCELLED
-        booking.cancelled_at = now
-        self.bookings.messenger.queue(
-            session,
-            to=booking.mobile,
-            body=f"{why_fa} متأسفانه برای نوبت {booking.tracking_code} شما جای خالی دیگری در همان روز پیدا نشد و "
-            "نوبت لغو شد. لطفاً دوباره نوبت بگیرید.",
-            kind="booking_cancelled",
-        )
-        await session.commit()
-        await self.bookings.free_seat(
-            session=session, office_code=from_office.code, day=booking.date, pool=old_pool, time=old_time
-        )
-        await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        return Relocation(tracking_code=booking.tracking_code, moved=False)
-
-    async def _place(
-        self, session: AsyncSession, booking: Booking, office_code: str, not_before: str
-    ) -> tuple[_Target, str] | None:
-        """Reserve a seat at the office, at the free slot nearest the booking's own time."""
+        places = _Places(self, session, from_office, same_office, now)
+        placements: list[tuple[_Target, str] | None] = []
+        taken: list[Seat | None] = []  # the new seats, kept apart: a rollback expires the rows
         try:
-            office = await bookable_office(session=session, office_code=office_code, service_code=booking.service_code)
-        except DomainError:
-            return None
-        view = await day_for_reading(self.capacity, session=session, office_code=office.code, day=booking.date)
-        if view.status == "blocked":
-            return None
-        free = [s.time for s in view.slots if s.pool == office.pool and s.free > 0 and s.time > not_before]
-        free.sort(key=lambda t: (abs(_minutes(t) - _minutes(booking.slot_time)), t))
-        for time in free:
+            for booking in bookings:
+                placed = await places.find(booking)
+                placements.append(placed)
+                taken.append(None if placed is None else Seat(placed[0].code, booking.date, placed[0].pool, placed[1]))
+            changed = await _record_moves(session, from_office, bookings, placements, now)
+            for booking, placed in zip(bookings, placements, strict=True):
+                if booking.id in changed:
+                    self._tell(session, booking, placed, why_fa)
+            await session.commit()
+        except Exception:
+            # The record did not take the moves: nobody moved, so the new seats go back.
+            await session.rollback()
+            seats = [seat for seat in taken if seat is not None]
             try:
-                reserved = await self.capacity.reserve(
+                await self.bookings.free_seats(session=session, seats=seats)
+            except (RedisError, SQLAlchemyError):
+                log.exception("could not give back %d seat(s) after a failed move; a rebuild will", len(seats))
+            raise
+        # Whoever moved or was cancelled gives back the old seat; a seat taken for a booking
+        # that changed meanwhile goes back instead.
+        freed = [Seat(from_office.code, b.date, b.pool, b.slot_time) for b in bookings if b.id in changed]
+        freed += [seat for b, seat in zip(bookings, taken, strict=True) if seat is not None and b.id not in changed]
+        await self.bookings.free_seats(session=session, seats=freed)
+        results = []
+        for booking, placed in zip(bookings, placements, strict=True):
+            if booking.id not in changed:
+                continue
+            if placed is None:
+                await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+                results.append(Relocation(tracking_code=booking.tracking_code, moved=False))
+            else:
+                target, time = placed
+                results.append(
+                    Relocation(tracking_code=booking.tracking_code, moved=True, office_code=target.code, time=time)
+                )
+        return results
+
+    def _tell(self, session: AsyncSession, booking: Booking, placed: tuple[_Target, str] | None, why_fa: str) -> None:
+        if placed is None:
+            body = (
+                f"{why_fa} متأسفانه برای نوبت {booking.tracking_code} شما جای خالی دیگری در همان روز پیدا نشد و "
+                "نوبت لغو شد. لطفاً دوباره نوبت بگیرید."
+            )
+            self.bookings.messenger.queue(session, to=booking.mobile, body=body, kind="booking_cancelled")
+            return
+        target, time = placed
+        when = jalali_datetime(booking.date, dt.time.fromisoformat(time))
+        body = f"{why_fa} نوبت {booking.tracking_code} شما به {target.name_fa} (کد {target.code})، {when} منتقل شد."
+        self.bookings.messenger.queue(session, to=booking.mobile, body=body, kind="booking_moved")
+
+
+async def _record_moves(
+    session: AsyncSession,
+    from_office: Office,
+    bookings: Sequence[Booking],
+    placements: Sequence[tuple[_Target, str] | None],
+    now: dt.datetime,
+) -> set[int]:
+    """Move (or cancel) the rows that are still booked where they were found, a few hundred
+    to a statement; the ids changed. Compare-and-set: a citizen's own cancellation or a
+    check-in that landed since the rows were read wins, and its seat is not given back twice."""
+    changed: set[int] = set()
+    for start in range(0, len(bookings), 300):
+        rows = list(zip(bookings[start : start + 300], placements[start : start + 300], strict=True))
+        moves = [(b, p) for b, p in rows if p is not None]
+        cancels = [b for b, p in rows if p is None]
+        if moves:
+            ids = {b.id: p for b, p in moves}
+            statement = (
+                update(Booking)
+                .where(*_still_booked(from_office, [b for b, _ in moves]))
+                .values(
+                    office_id=case({i: t.id for i, (t, _) in ids.items()}, value=Booking.id),
+                    slot_time=case({i: time for i, (_, time) in ids.items()}, value=Booking.id),
+                    pool=case({i: t.pool for i, (t, _) in ids.items()}, value=Booking.id),
+                    # Reminded again, of the new place and time.
+                    reminded_evening_at=None,
+                    reminded_hour_at=None,
+                )
+            )
+            changed.update(await session.scalars(statement.returning(Booking.id), execution_options=_NO_SYNC))
+        if cancels:
+            statement = (
+                update(Booking)
+                .where(*_still_booked(from_office, cancels))
+                .values(status=BookingStatus.CANCELLED, cancelled_at=now)
+            )
+            changed.update(await session.scalars(statement.returning(Booking.id), execution_options=_NO_SYNC))
+    return changed
+
+
+_NO_SYNC = {"synchronize_session": False}
+
+
+def _still_booked(from_office: Office, bookings: Sequence[Booking]) -> list[ColumnElement[bool]]:
+    return [
+        Booking.id.in_([b.id for b in bookings]),
+        Booking.office_id == from_office.id,
+        Booking.status == BookingStatus.BOOKED,
+        Booking.slot_time == case({b.id: b.slot_time for b in bookings}, value=Booking.id),
+        Booking.pool == case({b.id: b.pool for b in bookings}, value=Booking.id),
+    ]
+
+
+class _Target(msgspec.Struct, frozen=True):
+    id: int
+    code: str
+    name_fa: str
+    pool: str
+
+
+class _Places:
+    """Where one batch of bookings can go: each office and day is looked up once for the
+    batch, and its free seats counted down as the batch takes them."""
+
+    def __init__(
+        self, relocator: Relocator, session: AsyncSession, from_office: Office, same_office: bool, now: dt.datetime
+    ) -> None:
+        self.relocator = relocator
+        self.session = session
+        self.from_office = from_office
+        self.same_office = same_office
+        self.now = now
+        self._nearby: dict[tuple[str, dt.date], list[str]] = {}
+        self._offices: dict[tuple[str, str], BookableOffice | None] = {}
+        self._free: dict[tuple[str, dt.date], dict[tuple[str, str], int]] = {}
+
+    async def find(self, booking: Booking) -> tuple[_Target, str] | None:
+        """A seat for the booking: the same office at the nearest time first (when asked),
+        then the least busy nearby office, the same day."""
+        not_before = self.now.strftime("%H:%M") if booking.date == self.now.date() else ""
+        if self.same_office:
+            placed = await self._place(booking, self.from_office.code, not_before)
+            if placed is not None:
+                return placed
+        for office_code in await self._nearby_codes(booking):
+            placed = await self._place(booking, office_code, not_before)
+            if placed is not None:
+                return placed
+        return None
+
+    async def _nearby_codes(self, booking: Booking) -> list[str]:
+        key = (booking.service_code, booking.date)
+        if key not in self._nearby:
+            nearby = await self.relocator.load.nearby(
+                session=self.session,
+                service_code=booking.service_code,
+                day=booking.date,
+                lat=self.from_office.lat,
+                lon=self.from_office.lon,
+                city=None,
+                limit=NEARBY_OFFICES_TRIED,
+            )
+            self._nearby[key] = [o.code for o in nearby.offices if o.code != self.from_office.code]
+        return self._nearby[key]
+
+    async def _office(self, office_code: str, service_code: str) -> BookableOffice | None:
+        key = (office_code, service_code)
+        if key not in self._offices:
+            try:
+                self._offices[key] = await self.relocator.bookings.offices.bookable(
+                    session=self.session, office_code=office_code, service_code=service_code
+                )
+            except DomainError:
+                self._offices[key] = None
+        return self._offices[key]
+
+    async def _free_seats(self, office_code: str, day: dt.date) -> dict[tuple[str, str], int]:
+        key = (office_code, day)
+        if key not in self._free:
+            capacity = self.relocator.capacity
+            view = await day_for_reading(capacity, session=self.session, office_code=office_code, day=day)
+            free = {} if view.status == "blocked" else {(s.pool, s.time): s.free for s in view.slots if s.free > 0}
+            self._free[key] = free
+        return self._free[key]
+
+    async def _place(self, booking: Booking, office_code: str, not_before: str) -> tuple[_Target, str] | None:
+        """Reserve a seat at the office, at the free slot nearest the booking's own time."""
+        office = await self._office(office_code, booking.service_code)
+        if office is None:
+            return None
+        free = await self._free_seats(office.code, booking.date)
+        times = [time for (pool, time), left in free.items() if pool == office.pool and left > 0 and time > not_before]
+        times.sort(key=lambda t: (abs(_minutes(t) - _minutes(booking.slot_time)), t))
+        for time in times:
+            try:
+                reserved = await self.relocator.capacity.reserve(
                     SeatRequest(
                         office_code=office.code,
                         day=booking.date,
@@ -124,35 +267,35 @@ class Relocator:
                     )
                 )
             except (SlotFull, NoSuchSlot):
+                free[(office.pool, time)] = 0
                 continue
             except (OfficeBlocked, OfficeClosed, DayFull):
+                free.clear()
                 return None
             if reserved is not None:
+                free[(office.pool, time)] -= 1
                 return _Target(id=office.id, code=office.code, name_fa=office.name_fa, pool=office.pool), reserved.time
         return None
 
 
-class _Target(msgspec.Struct, frozen=True):
-    id: int
-    code: str
-    name_fa: str
-    pool: str
-
-
-async def overflow_bookings(
-    session: AsyncSession, *, office_id: int, day: dt.date, pool: str, time: str, count: int
-) -> list[Booking]:
-    """The bookings to move out of an over-full slot: the most recently made go first."""
+async def overflow_bookings(session: AsyncSession, *, office_id: int, overflow: Sequence[Overflow]) -> list[Booking]:
+    """The bookings to move out of an office's over-full slots: in each, the most recently
+    made go first."""
+    excess = {(o.day, o.pool, o.time): o.booked - o.seats for o in overflow}
     rows = await session.scalars(
         select(Booking)
         .where(
             Booking.office_id == office_id,
-            Booking.date == day,
-            Booking.pool == pool,
-            Booking.slot_time == time,
+            Booking.date.in_({o.day for o in overflow}),
+            Booking.slot_time.in_({o.time for o in overflow}),
             Booking.status == BookingStatus.BOOKED,
         )
         .order_by(Booking.created_at.desc(), Booking.id.desc())
-        .limit(count)
     )
-    return list(rows)
+    chosen = []
+    for booking in rows:
+        slot = (booking.date, booking.pool, booking.slot_time)
+        if excess.get(slot, 0) > 0:
+            excess[slot] -= 1
+            chosen.append(booking)
+    return chosen

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import defaultdict
 from typing import Any
 
 import msgspec
@@ -264,35 +265,22 @@ class Console:
     async def move_overflow(
         self, session: AsyncSession, overflow: list[Overflow], offices: dict[str, Office], *, why_fa: str
     ) -> list[MovedBooking]:
-        moved: list[MovedBooking] = []
+        """Move the bookings a new plan has no room for: each office's in one batch."""
+        by_office: dict[str, list[Overflow]] = defaultdict(list)
         for slot in overflow:
-            office = offices.get(slot.office_code) or await session.scalar(
-                select(Office).where(Office.code == slot.office_code)
-            )
+            by_office[slot.office_code].append(slot)
+        moved: list[MovedBooking] = []
+        for office_code, slots in by_office.items():
+            office = offices.get(office_code) or await session.scalar(select(Office).where(Office.code == office_code))
             assert office is not None
-            for booking in await overflow_bookings(
-                session,
-                office_id=office.id,
-                day=slot.day,
-                pool=slot.pool,
-                time=slot.time,
-                count=slot.booked - slot.seats,
-            ):
-                result = await self.relocator.relocate(
-                    session=session,
-                    booking=booking,
-                    from_office=office,
-                    same_office=True,
-                    why_fa=why_fa,
-                )
-                moved.append(
-                    MovedBooking(
-                        tracking_code=result.tracking_code,
-                        moved=result.moved,
-                        office_code=result.office_code,
-                        slot=result.time,
-                    )
-                )
+            bookings = await overflow_bookings(session, office_id=office.id, overflow=slots)
+            results = await self.relocator.relocate(
+                session=session, bookings=bookings, from_office=office, same_office=True, why_fa=why_fa
+            )
+            moved += [
+                MovedBooking(tracking_code=r.tracking_code, moved=r.moved, office_code=r.office_code, slot=r.time)
+                for r in results
+            ]
         return moved
 
     # --- today's queue ---

@@ -208,35 +208,36 @@ class Enforcement:
                 .order_by(Booking.date, Booking.slot_time, Booking.id)
             )
         )
-        moved = cancelled = 0
         why = f"به دلیل مسدود شدن {office.name_fa}،"
+        started = now.strftime("%H:%M")
+        to_cancel: list[Booking] = []
+        to_move: list[Booking] = []
         for booking in upcoming:
-            if booking.status == BookingStatus.WAITLISTED or (
-                booking.date == now.date() and booking.slot_time <= now.strftime("%H:%M")
-            ):
-                # A waitlist entry (or a slot already under way) has no seat to move.
-                booking.status, booking.cancelled_at = BookingStatus.CANCELLED, now
-                self.bookings.messenger.queue(
-                    session,
-                    to=booking.mobile,
-                    body=f"{why} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. لطفاً از دفتر دیگری نوبت بگیرید.",
-                    kind="booking_cancelled",
-                )
-                await session.commit()
-                await self.capacity.leave_waitlist(
-                    office_code=office.code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
-                )
-                await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-                cancelled += 1
-                continue
-            result = await self.relocator.relocate(
-                session=session, booking=booking, from_office=office, same_office=False, why_fa=why
+            # A waitlist entry (or a slot already under way) has no seat to move.
+            seatless = booking.status == BookingStatus.WAITLISTED or (
+                booking.date == now.date() and booking.slot_time <= started
             )
-            if result.moved:
-                moved += 1
-            else:
-                cancelled += 1
-        return moved, cancelled
+            (to_cancel if seatless else to_move).append(booking)
+        for booking in to_cancel:
+            booking.status, booking.cancelled_at = BookingStatus.CANCELLED, now
+            self.bookings.messenger.queue(
+                session,
+                to=booking.mobile,
+                body=f"{why} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. لطفاً از دفتر دیگری نوبت بگیرید.",
+                kind="booking_cancelled",
+            )
+        # One commit records the cancellations with the moves (all of them, or none).
+        results = await self.relocator.relocate(
+            session=session, bookings=to_move, from_office=office, same_office=False, why_fa=why
+        )
+        await session.commit()
+        for booking in to_cancel:
+            await self.capacity.leave_waitlist(
+                office_code=office.code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
+            )
+            await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        moved = sum(result.moved for result in results)
+        return moved, len(upcoming) - moved
 
     async def lift(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str) -> ActionOut:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

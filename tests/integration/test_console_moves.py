@@ -1,0 +1,246 @@
+"""A clerk's cut that moves people, against a real Redis and the record: the same number of
+steps however many are moved, nothing moved when the record refuses, a citizen's own
+cancellation racing the move, and seats a raise adds handed to the line in one commit."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.booking.models import SEAT_STATUSES, Booking
+from app.booking.relocation import _Places
+from app.capacity import keys
+from app.offices.models import Office
+from app.sms.models import SmsMessage
+from tests.conftest import World, booking_body
+from tests.integration.test_console import staff_of
+
+Client = AsyncTestClient[Litestar]
+
+
+@contextmanager
+def statements() -> Iterator[list[str]]:
+    """Every SQL statement sent to the record inside the block (by any engine: the app's
+    are its own, not the test's)."""
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+
+
+async def book_full(client: Client, world: World, office: str, day: dt.date, slots: list[str], each: int) -> list[str]:
+    codes = []
+    for slot in slots:
+        for _ in range(each):
+            booked = await client.post(
+                "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+            )
+            assert booked.status_code == 201, booked.text
+            codes.append(booked.json()["tracking_code"])
+    return codes
+
+
+def one_seat(day: dt.date) -> dict[str, Any]:
+    return {"rules": [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 1}], "reason": "one counter"}
+
+
+async def assert_record_matches_redis(world: World, redis: SyncRedis, offices: list[str], day: dt.date) -> None:
+    """Every slot: the bookings holding a seat in the record == the seats Redis counts used."""
+    async with world.container.sessions() as session:
+        rows = await session.execute(
+            select(Office.code, Booking.pool, Booking.slot_time)
+            .join(Office, Office.id == Booking.office_id)
+            .where(Office.code.in_(offices), Booking.date == day, Booking.status.in_(SEAT_STATUSES))
+        )
+        record = Counter((code, f"u|{pool}|{time}") for code, pool, time in rows)
+    for office in offices:
+        counted = {
+            field.decode(): int(value)
+            for field, value in redis.hgetall(keys.office_day(office, day)).items()
+            if field.startswith(b"u|") and int(value)
+        }
+        assert counted == {field: n for (code, field), n in record.items() if code == office}, office
+
+
+async def test_a_cut_takes_as_many_steps_for_nine_moved_as_for_one(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    day = world.tomorrow()
+    few, many = await world.office(seats=4), await world.office(seats=4)
+    await book_full(client, world, few, day, ["10:00"], 2)
+    await book_full(client, world, many, day, ["10:00", "10:30", "11:00"], 4)
+    sent = {}
+    for office in (few, many):
+        headers = await staff_of(client, world, office)
+        with statements() as sent[office]:
+            cut = await client.put(
+                f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+                json=one_seat(day),
+                headers=headers,
+            )
+        assert cut.status_code == 200, cut.text
+        assert all(m["moved"] and m["office_code"] == office for m in cut.json()["moved"])
+    assert len(sent[few]) > 5
+    assert len(sent[few]) == len(sent[many]), (sent[few], sent[many])
+    await assert_record_matches_redis(world, redis_sync, [few, many], day)
+
+
+async def test_a_move_the_record_refuses_moves_nobody_and_gives_the_seats_back(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    codes = await book_full(client, world, office, day, ["10:00"], 3)
+    headers = await staff_of(client, world, office)
+    commit = AsyncSession.commit
+
+    async def refuse_the_moves(self: AsyncSession) -> None:
+        if any(isinstance(row, SmsMessage) and row.kind == "booking_moved" for row in self.new):
+            raise OperationalError("COMMIT", {}, Exception("the record went away"))
+        await commit(self)
+
+    monkeypatch.setattr(AsyncSession, "commit", refuse_the_moves)
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json=one_seat(day),
+        headers=headers,
+    )
+    assert cut.status_code == 503, cut.text
+    for code in codes:
+        booking = (await client.get(f"/api/v1/bookings/{code}")).json()
+        assert (booking["slot"], booking["status"]) == ("10:00", "booked")
+    # The seats the moves had taken (09:30, 10:30) are free again; 10:00 keeps its three.
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+    monkeypatch.setattr(AsyncSession, "commit", commit)
+    again = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json=one_seat(day),
+        headers=headers,
+    )
+    assert again.status_code == 200, again.text
+    assert len(again.json()["moved"]) == 2
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+@pytest.mark.parametrize("round_", range(3))
+async def test_citizens_cancelling_while_the_clerk_cuts_their_slot(
+    client: Client, world: World, redis_sync: SyncRedis, round_: int
+) -> None:
+    """A cancellation that lands between the move's look at the record and its commit wins:
+    the old seat is given back once (not by both), and the seat the move took goes back."""
+    office = await world.office(seats=6)
+    day = world.tomorrow()
+    mobiles = [f"0912333{round_}{i:03d}" for i in range(6)]
+    codes = []
+    for mobile in mobiles:
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
+        )
+        codes.append(booked.json()["tracking_code"])
+    headers = await staff_of(client, world, office)
+
+    async def cancel(code: str, mobile: str) -> Any:
+        await asyncio.sleep(0.005 * round_)
+        return await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token(mobile))
+
+    cut, *cancels = await asyncio.gather(
+        client.put(
+            f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+            json=one_seat(day),
+            headers=headers,
+        ),
+        *(cancel(code, mobile) for code, mobile in zip(codes, mobiles, strict=True)),
+    )
+    assert cut.status_code == 200, cut.text
+    assert all(c.status_code in (200, 409) for c in cancels), [c.text for c in cancels]
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) <= 1
+
+
+async def test_a_cancellation_between_the_moves_look_and_its_commit_wins(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The citizen cancels after the move found a new seat for them and before it wrote:
+    the booking stays cancelled, its old seat is given back once, and the new seat too."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    mobiles = ["09124440001", "09124440002"]
+    codes = []
+    for mobile in mobiles:
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
+        )
+        codes.append(booked.json()["tracking_code"])
+    find = _Places.find
+
+    async def find_then_cancel(places: _Places, booking: Booking) -> Any:
+        placed = await find(places, booking)
+        async with AsyncSession(places.session.bind, expire_on_commit=False) as other:
+            await places.relocator.bookings.cancel(
+                session=other, tracking_code=booking.tracking_code, mobile=booking.mobile
+            )
+        return placed
+
+    monkeypatch.setattr(_Places, "find", find_then_cancel)
+    headers = await staff_of(client, world, office)
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json=one_seat(day),
+        headers=headers,
+    )
+    assert cut.status_code == 200, cut.text
+    assert cut.json()["moved"] == []
+    statuses = {code: (await client.get(f"/api/v1/bookings/{code}")).json() for code in codes}
+    assert sorted(b["status"] for b in statuses.values()) == ["booked", "cancelled"]
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_seats_a_raise_adds_go_to_the_line_in_one_commit(client: Client, world: World) -> None:
+    """Promotions are recorded together: as many statements for six promoted as for one."""
+    day = world.tomorrow()
+    sent = {}
+    for waiting in (1, 6):
+        office = await world.office(seats=1)
+        full = {"rules": [{"opens": "10:00", "closes": "10:30", "slot_minutes": 30, "seats": 1}], "reason": "x"}
+        headers = await staff_of(client, world, office)
+        assert (
+            await client.put(f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}", json=full, headers=headers)
+        ).status_code == 200
+        await book_full(client, world, office, day, ["10:00"], 1)
+        line = []
+        for _ in range(waiting):
+            joined = await client.post(
+                "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+            )
+            assert joined.status_code == 201, joined.text
+            line.append(joined.json()["tracking_code"])
+        raised = {**full, "rules": [{**full["rules"][0], "seats": 1 + waiting}]}  # type: ignore[dict-item]
+        with statements() as sent[waiting]:
+            response = await client.put(
+                f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}", json=raised, headers=headers
+            )
+        assert response.status_code == 200, response.text
+        for code in line:
+            assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+    assert len(sent[1]) > 5
+    assert len(sent[1]) == len(sent[6]), (sent[1], sent[6])
