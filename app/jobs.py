@@ -44,9 +44,9 @@ def after_commit(session: AsyncSession, key: str, item: Any, action: Callable[[l
     """Run ``action(items)`` once the session's transaction commits, with every ``item`` added
     under ``key`` in that transaction; forget them if it rolls back. (Thirty messages queued
     by one clerk's cut are one job, not thirty.)"""
-    pending = session.sync_session.info.setdefault(_PENDING, [])
+    pending: list[_Collected] = session.sync_session.info.setdefault(_PENDING, [])
     for entry in pending:
-        if isinstance(entry, _Collected) and entry.key == key:
+        if entry.key == key:
             entry.items.append(item)
             return
     pending.append(_Collected(key, [item], action))

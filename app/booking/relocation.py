@@ -65,6 +65,7 @@ class Relocator:
         The rows passed in keep their old values; the record has the new ones."""
         if not bookings:
             return []
+        assert len({b.id for b in bookings}) == len(bookings), "each booking once"
         now = self.clock.now()
         places = _Places(self, session, from_office, same_office, now)
         placements: list[tuple[_Target, str] | None] = []
@@ -78,34 +79,43 @@ class Relocator:
             for booking, placed in zip(bookings, placements, strict=True):
                 if booking.id in changed:
                     self._tell(session, booking, placed, why_fa)
-            await session.commit()
         except Exception:
-            # The record did not take the moves: nobody moved, so the new seats go back.
+            # Nothing was written: nobody moved, so the new seats go back.
             await session.rollback()
-            seats = [seat for seat in taken if seat is not None]
-            try:
-                await self.bookings.free_seats(session=session, seats=seats)
-            except (RedisError, SQLAlchemyError):
-                log.exception("could not give back %d seat(s) after a failed move; a rebuild will", len(seats))
+            await self._give_back(session, [seat for seat in taken if seat is not None])
             raise
+        # Outside the undo above: a commit whose answer was lost may have been written, and
+        # then the new seats are the movers' own. Failed either way, every seat stays counted
+        # (never a double booking) until the next rebuild.
+        await session.commit()
         # Whoever moved or was cancelled gives back the old seat; a seat taken for a booking
-        # that changed meanwhile goes back instead.
-        freed = [Seat(from_office.code, b.date, b.pool, b.slot_time) for b in bookings if b.id in changed]
-        freed += [seat for b, seat in zip(bookings, taken, strict=True) if seat is not None and b.id not in changed]
-        await self.bookings.free_seats(session=session, seats=freed)
+        # that changed meanwhile goes back instead. The moves are recorded: what follows
+        # only tidies Redis, so its failure is logged, not the clerk's error.
         results = []
         for booking, placed in zip(bookings, placements, strict=True):
             if booking.id not in changed:
                 continue
             if placed is None:
-                await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
                 results.append(Relocation(tracking_code=booking.tracking_code, moved=False))
+                try:
+                    await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+                except RedisError:
+                    log.exception("a cancelled booking's hold stays until the next rebuild")
             else:
                 target, time = placed
                 results.append(
                     Relocation(tracking_code=booking.tracking_code, moved=True, office_code=target.code, time=time)
                 )
+        freed = [Seat(from_office.code, b.date, b.pool, b.slot_time) for b in bookings if b.id in changed]
+        freed += [seat for b, seat in zip(bookings, taken, strict=True) if seat is not None and b.id not in changed]
+        await self._give_back(session, freed)
         return results
+
+    async def _give_back(self, session: AsyncSession, seats: list[Seat]) -> None:
+        try:
+            await self.bookings.free_seats(session=session, seats=seats)
+        except (RedisError, SQLAlchemyError):
+            log.exception("%d seat(s) stay counted until the next rebuild", len(seats))
 
     def _tell(self, session: AsyncSession, booking: Booking, placed: tuple[_Target, str] | None, why_fa: str) -> None:
         if placed is None:
@@ -291,6 +301,8 @@ async def overflow_bookings(session: AsyncSession, *, office_id: int, overflow: 
             Booking.status == BookingStatus.BOOKED,
         )
         .order_by(Booking.created_at.desc(), Booking.id.desc())
+        # A row moved earlier in this session is read as the record has it now.
+        .execution_options(populate_existing=True)
     )
     chosen = []
     for booking in rows:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 _SLOT_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 _IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+SEATS_PER_TRIP = 500
+"""Seats given back on one trip to Redis (and their promotions in one commit)."""
 
 
 class BookingRules(msgspec.Struct, frozen=True):
@@ -349,10 +353,17 @@ class BookingService:
         starts = (booking.date, "99:99" if waitlisted else booking.slot_time)
         if starts <= (now.date(), now.strftime("%H:%M")):
             raise BookingStarted()
-        # Compare-and-set, so a check-in or a move that landed since the read is not undone.
+        # Compare-and-set, so a check-in or a move that landed since the read is not undone
+        # (nor the moved seat's old one given back twice: SQLite has no row locks).
         changed = await session.execute(
             update(Booking)
-            .where(Booking.id == booking.id, Booking.status == booking.status)
+            .where(
+                Booking.id == booking.id,
+                Booking.status == booking.status,
+                Booking.office_id == booking.office_id,
+                Booking.slot_time == booking.slot_time,
+                Booking.pool == booking.pool,
+            )
             .values(status=BookingStatus.CANCELLED, cancelled_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -436,50 +447,91 @@ class BookingService:
         await self._record_promotions(session, [(Seat(office_code, day, pool, time), promotions)], now)
 
     async def free_seats(self, *, session: AsyncSession, seats: Sequence[Seat]) -> None:
-        """``free_seat`` for many seats: one trip to Redis, one commit for whoever was promoted."""
-        if not seats:
-            return
+        """``free_seat`` for many seats: a trip to Redis and a commit for every few hundred.
+        A seat Redis failed to free stays counted (a rebuild corrects it); its error is
+        raised once the others' promotions are recorded."""
         now = self.clock.now()
-        promoted = await self.capacity.release_many(seats, now=now)
-        await self._record_promotions(session, list(zip(seats, promoted, strict=True)), now)
+        failed: Exception | None = None
+        for start in range(0, len(seats), SEATS_PER_TRIP):
+            chunk = seats[start : start + SEATS_PER_TRIP]
+            replies = await self.capacity.release_many(chunk, now=now)
+            promoted = []
+            for seat, reply in zip(chunk, replies, strict=True):
+                if isinstance(reply, Exception):
+                    failed = failed or reply
+                else:
+                    promoted.append((seat, reply))
+            await self._record_promotions(session, promoted, now)
+        if failed is not None:
+            raise failed
 
     async def _record_promotions(
         self, session: AsyncSession, promoted: list[tuple[Seat, list[Promotion]]], now: dt.datetime
     ) -> None:
-        """Turn the waitlisted citizens Redis gave seats to into bookings, all in one commit.
-        A seat given to someone who left the line a moment ago goes to the next one, or back to all."""
-        while True:
-            given = {p.tracking_code: (seat, p.time) for seat, promotions in promoted for p in promotions}
-            if not given:
-                return
-            rows = await session.execute(
-                select(Booking, Office.name_fa)
-                .join(Office, Office.id == Booking.office_id)
-                .where(Booking.tracking_code.in_(given))
-                .order_by(Booking.id)
-                .with_for_update(of=Booking)
-            )
-            for booked, office_name_fa in rows:
-                seat, time = given[booked.tracking_code]
-                if booked.status != BookingStatus.WAITLISTED:
-                    continue
-                del given[booked.tracking_code]
-                booked.status, booked.slot_time = BookingStatus.BOOKED, time
-                view = booking_out(
-                    booked, office_code=seat.office_code, office_name_fa=office_name_fa, service_name_fa=""
+        """Turn the waitlisted citizens Redis gave seats to into bookings. A seat given to
+        someone who left the line a moment ago (or a second one to the same citizen) goes
+        round again: to the next in line, or back to all."""
+        while promoted:
+            given: dict[str, tuple[Seat, str]] = {}
+            again: list[Seat] = []
+            for seat, promotions in promoted:
+                for promotion in promotions:
+                    if promotion.tracking_code in given:
+                        again.append(msgspec.structs.replace(seat, time=promotion.time))
+                    else:
+                        given[promotion.tracking_code] = (seat, promotion.time)
+            recorded = await self._promote(session, given)
+            again += [
+                msgspec.structs.replace(seat, time=time) for code, (seat, time) in given.items() if code not in recorded
+            ]
+            replies = await self.capacity.release_many(again, now=now) if again else []
+            promoted = []
+            for seat, reply in zip(again, replies, strict=True):
+                if isinstance(reply, Exception):
+                    log.error("a seat given back stays counted until the next rebuild: %s", reply)
+                else:
+                    promoted.append((seat, reply))
+
+    async def _promote(self, session: AsyncSession, given: dict[str, tuple[Seat, str]]) -> set[str]:
+        """Book the waitlisted rows of these tracking codes at the times given, and tell them;
+        one commit for every thousand. Compare-and-set: a citizen who left the line since
+        is not booked. The codes booked."""
+        recorded: set[str] = set()
+        codes = list(given)
+        for start in range(0, len(codes), 1000):
+            rows = (
+                await session.execute(
+                    select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)
+                    .join(Office, Office.id == Booking.office_id)
+                    .where(Booking.tracking_code.in_(codes[start : start + 1000]))
+                    .where(Booking.status == BookingStatus.WAITLISTED)
                 )
+            ).all()
+            if not rows:
+                continue
+            times = {row.id: given[row.tracking_code][1] for row in rows}
+            booked = set(
+                await session.scalars(
+                    update(Booking)
+                    .where(Booking.id.in_(times), Booking.status == BookingStatus.WAITLISTED)
+                    .values(status=BookingStatus.BOOKED, slot_time=case(times, value=Booking.id))
+                    .returning(Booking.id),
+                    execution_options={"synchronize_session": False},
+                )
+            )
+            for row in rows:
+                if row.id not in booked:
+                    continue
+                recorded.add(row.tracking_code)
+                when = jalali_datetime(row.date, dt.time.fromisoformat(times[row.id]))
                 self.messenger.queue(
                     session,
-                    to=booked.mobile,
-                    body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {view.tracking_code}\n{office_name_fa}\n{view.when_fa}",
+                    to=row.mobile,
+                    body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {row.tracking_code}\n{row.name_fa}\n{when}",
                     kind="waitlist_promoted",
                 )
             await session.commit()
-            # Whoever is left had left the line (or has no row): their seats go round again.
-            again = [msgspec.structs.replace(seat, time=time) for seat, time in given.values()]
-            if not again:
-                return
-            promoted = list(zip(again, await self.capacity.release_many(again, now=now), strict=True))
+        return recorded
 
     async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""

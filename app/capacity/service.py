@@ -231,27 +231,19 @@ class Capacity:
 
         Returns who was promoted: the caller records each in SQL, or frees the seat again.
         """
-        idem_key = _idempotency_key(office_code, idempotency)
         self.reads.forget(office_code, day)
-        raw = await self.scripts.release(
-            keys=[keys.office_day(office_code, day), idem_key, keys.waitlist(office_code, day, pool)],
-            args=[pool, time, not_before or ""],
-        )
-        return _promotions(raw)
+        seat = Seat(office_code, day, pool, time)
+        return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency)))
 
-    async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion]]:
-        """``release`` for many seats on one trip to Redis: for each, who was promoted. (A
-        clerk's cut that moves thirty people waits for one trip, not thirty, behind a rush.)"""
-        calls: list[tuple[list[str], list[Any]]] = []
+    async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion] | Exception]:
+        """``release`` for many seats on one trip to Redis: for each, who was promoted, or the
+        error its call met (the others ran: their promotions must still be recorded). A
+        clerk's cut that moves thirty people waits for one trip, not thirty, behind a rush."""
         for seat in seats:
             self.reads.forget(seat.office_code, seat.day)
-            day_keys = [
-                keys.office_day(seat.office_code, seat.day),
-                _idempotency_key(seat.office_code, None),
-                keys.waitlist(seat.office_code, seat.day, seat.pool),
-            ]
-            calls.append((day_keys, [seat.pool, seat.time, first_bookable_time(now, seat.day) or ""]))
-        return [_promotions(raw) for raw in await self.scripts.run_many(self.scripts.release, calls)]
+        calls = [_release_call(seat, first_bookable_time(now, seat.day), None) for seat in seats]
+        replies = await self.scripts.run_many(self.scripts.release, calls, raise_errors=False)
+        return [reply if isinstance(reply, Exception) else _promotions(reply) for reply in replies]
 
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str
@@ -616,6 +608,18 @@ def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
     ]
     ttl = IDEMPOTENCY_TTL_SECONDS if seat.idempotency else 0
     return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl]
+
+
+def _release_call(
+    seat: Seat, not_before: str | None, idempotency: tuple[str, str] | None
+) -> tuple[list[str], list[str]]:
+    """RELEASE's keys and arguments for a seat given back."""
+    keys_ = [
+        keys.office_day(seat.office_code, seat.day),
+        _idempotency_key(seat.office_code, idempotency),
+        keys.waitlist(seat.office_code, seat.day, seat.pool),
+    ]
+    return keys_, [seat.pool, seat.time, not_before or ""]
 
 
 def _promotions(reply: Any) -> list[Promotion]:

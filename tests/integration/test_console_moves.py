@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,17 +16,23 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
+from redis.exceptions import ResponseError
 from sqlalchemy import event, select
+from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.booking.models import SEAT_STATUSES, Booking
+from app.booking import relocation
+from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.relocation import _Places
 from app.capacity import keys
+from app.capacity.plan import DayRule
+from app.capacity.service import Seat
 from app.offices.models import Office
 from app.sms.models import SmsMessage
 from tests.conftest import World, booking_body
+from tests.integration.test_complaints import regulator
 from tests.integration.test_console import staff_of
 
 Client = AsyncTestClient[Litestar]
@@ -111,14 +118,12 @@ async def test_a_move_the_record_refuses_moves_nobody_and_gives_the_seats_back(
     day = world.tomorrow()
     codes = await book_full(client, world, office, day, ["10:00"], 3)
     headers = await staff_of(client, world, office)
-    commit = AsyncSession.commit
+    record_moves = relocation._record_moves
 
-    async def refuse_the_moves(self: AsyncSession) -> None:
-        if any(isinstance(row, SmsMessage) and row.kind == "booking_moved" for row in self.new):
-            raise OperationalError("COMMIT", {}, Exception("the record went away"))
-        await commit(self)
+    async def refused(*args: Any) -> set[int]:
+        raise OperationalError("UPDATE bookings", {}, Exception("the record went away"))
 
-    monkeypatch.setattr(AsyncSession, "commit", refuse_the_moves)
+    monkeypatch.setattr(relocation, "_record_moves", refused)
     cut = await client.put(
         f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
         json=one_seat(day),
@@ -131,7 +136,7 @@ async def test_a_move_the_record_refuses_moves_nobody_and_gives_the_seats_back(
     # The seats the moves had taken (09:30, 10:30) are free again; 10:00 keeps its three.
     await assert_record_matches_redis(world, redis_sync, [office], day)
 
-    monkeypatch.setattr(AsyncSession, "commit", commit)
+    monkeypatch.setattr(relocation, "_record_moves", record_moves)
     again = await client.put(
         f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
         json=one_seat(day),
@@ -140,6 +145,40 @@ async def test_a_move_the_record_refuses_moves_nobody_and_gives_the_seats_back(
     assert again.status_code == 200, again.text
     assert len(again.json()["moved"]) == 2
     await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_a_commit_whose_answer_is_lost_never_frees_a_movers_seat(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moves were written but the reply never came: their new seats must stay counted
+    (a leak until the next rebuild is safe; a seat counted free under a booking is not)."""
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    await book_full(client, world, office, day, ["10:00"], 3)
+    headers = await staff_of(client, world, office)
+    commit = AsyncSession.commit
+
+    async def commit_then_lose_the_answer(self: AsyncSession) -> None:
+        moving = any(isinstance(row, SmsMessage) and row.kind == "booking_moved" for row in self.new)
+        await commit(self)
+        if moving:
+            raise OperationalError("COMMIT", {}, Exception("connection lost after COMMIT"))
+
+    monkeypatch.setattr(AsyncSession, "commit", commit_then_lose_the_answer)
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json=one_seat(day),
+        headers=headers,
+    )
+    assert cut.status_code == 503, cut.text
+    async with world.container.sessions() as session:
+        rows = await session.execute(
+            select(Booking.slot_time).where(Booking.date == day, Booking.status.in_(SEAT_STATUSES))
+        )
+        record = Counter(time for (time,) in rows)
+    assert sorted(record) == ["09:30", "10:00", "10:30"]  # written, though the clerk saw 503
+    for time, holders in record.items():
+        assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", time)) or 0) >= holders
 
 
 @pytest.mark.parametrize("round_", range(3))
@@ -244,3 +283,87 @@ async def test_seats_a_raise_adds_go_to_the_line_in_one_commit(client: Client, w
             assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
     assert len(sent[1]) > 5
     assert len(sent[1]) == len(sent[6]), (sent[1], sent[6])
+
+
+async def test_a_citizen_twice_in_line_gets_one_seat_and_the_other_goes_back(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    day = world.tomorrow()
+    office = await world.office(seats=1)
+    full = {"rules": [{"opens": "10:00", "closes": "10:30", "slot_minutes": 30, "seats": 1}], "reason": "x"}
+    headers = await staff_of(client, world, office)
+    url = f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}"
+    assert (await client.put(url, json=full, headers=headers)).status_code == 200
+    await book_full(client, world, office, day, ["10:00"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    code = joined.json()["tracking_code"]
+    redis_sync.rpush(keys.waitlist(office, day, "*"), code)  # twice in line (a rebuild racing the join)
+    raised = {**full, "rules": [{**full["rules"][0], "seats": 3}]}
+    assert (await client.put(url, json=raised, headers=headers)).status_code == 200
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_one_failed_release_does_not_lose_the_others_promotions(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    day = world.tomorrow()
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    [holder] = await book_full(client, world, office, day, ["10:00"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    waiting = joined.json()["tracking_code"]
+    container = world.container
+    async with container.sessions() as session:
+        await session.execute(
+            sa_update(Booking).where(Booking.tracking_code == holder).values(status=BookingStatus.CANCELLED)
+        )
+        await session.commit()
+    other = await world.office(seats=1)
+    redis_sync.set(keys.office_day(other, day), "not a hash")  # this seat's call fails
+    async with container.sessions() as session:
+        with pytest.raises(ResponseError):
+            await container.bookings.free_seats(
+                session=session, seats=[Seat(office, day, "*", "10:00"), Seat(other, day, "*", "10:00")]
+            )
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "booked"
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_a_block_writes_nothing_while_it_looks_for_seats(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancellations and moves are written together at the end: a write begun earlier
+    would hold SQLite's one write lock (every booking in the country) through the search."""
+    day = world.tomorrow()
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
+    neighbour = await world.office(seats=4, lat=35.701, lon=51.401)
+    await world.rebuild()
+    booked = await book_full(client, world, office, day, ["10:00", "10:30"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201, joined.text
+    find = _Places.find
+    written_before: list[str] = []
+
+    async def find_watching(places: _Places, booking: Booking) -> Any:
+        written_before.extend(s for s in sent if re.match(r"\s*(UPDATE|INSERT INTO|DELETE FROM) bookings\b", s))
+        return await find(places, booking)
+
+    monkeypatch.setattr(_Places, "find", find_watching)
+    headers = await regulator(client, world)
+    with statements() as sent:
+        blocked = await client.post(
+            f"/api/v1/regulator/offices/{office}/block", json={"reason": "تصمیم"}, headers=headers
+        )
+    assert blocked.status_code == 201, blocked.text
+    assert (blocked.json()["bookings_moved"], blocked.json()["bookings_cancelled"]) == (2, 1)
+    assert written_before == []
+    assert any(re.match(r"\s*UPDATE bookings\b", s) for s in sent)
+    for code in booked:
+        assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == neighbour
+    await assert_record_matches_redis(world, redis_sync, [office, neighbour], day)
