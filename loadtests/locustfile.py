@@ -59,6 +59,9 @@ INBOUND = "/sms/twilio/inbound"
 # What a correct service may answer besides 2xx: refusals a citizen or clerk can cause.
 # Anything else (5xx, 0 = no answer, 400, 401, 422, 429) is a failure of the run.
 DOMAIN_OUTCOMES = {403, 404, 409, 410}
+# Clerks reach the staff instance (docs/deployment.md); it is the citizens' one when the
+# runner starts none.
+STAFF_URL = FIXTURE.get("staff_url") or FIXTURE["base_url"]
 
 _outcomes: collections.Counter[str] = collections.Counter()
 _sms_seconds: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
@@ -502,7 +505,7 @@ class StaffClerk(FastHttpUser):
         self.raised = False
         response = self.staff_call(
             "POST",
-            "/api/v1/staff/login",
+            f"{STAFF_URL}/api/v1/staff/login",
             "/api/v1/staff/login",
             json={"username": self.office["staff_user"], "password": self.office["staff_password"]},
             auth=False,
@@ -515,7 +518,7 @@ class StaffClerk(FastHttpUser):
         self.rules = template.json().get("days", {}).get(weekday, []) if template.status_code == 200 else []
 
     def path(self, rest: str) -> str:
-        return f"/api/v1/staff/offices/{self.office['code']}{rest}"
+        return f"{STAFF_URL}/api/v1/staff/offices/{self.office['code']}{rest}"
 
     def staff_call(self, method: str, path: str, name: str, *, auth: bool = True, **kw: Any) -> Any:
         headers = {"X-Forwarded-For": self.address}

@@ -193,7 +193,16 @@ class Run:
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "settings": {
                 key: getattr(args, key)
-                for key in ("users", "duration", "spawn_rate", "workers", "rq_workers", "database", "sms_backend")
+                for key in (
+                    "users",
+                    "duration",
+                    "spawn_rate",
+                    "workers",
+                    "staff_workers",
+                    "rq_workers",
+                    "database",
+                    "sms_backend",
+                )
             },
             "machine": {"cores": os.cpu_count(), "load_at_start": round(load_average(), 2)},
             "notes": [],
@@ -220,6 +229,7 @@ class Run:
         stack = NobatStack(
             self.workdir,
             workers=args.workers,
+            staff_workers=args.staff_workers,
             rq_workers=args.rq_workers,
             tz=self.tz,
             secret_key=self.secret,
@@ -243,7 +253,8 @@ class Run:
         stack.start_web()
         stack.start_rq()
         log(
-            f"service on {stack.base_url} ({args.workers} uvicorn workers, {args.rq_workers} RQ worker), NOBAT_TZ={self.tz}"
+            f"service on {stack.base_url} ({args.workers} uvicorn workers; staff on {stack.staff_url},"
+            f" {args.staff_workers} worker; {args.rq_workers} RQ worker), NOBAT_TZ={self.tz}"
         )
         return stack
 
@@ -274,6 +285,7 @@ class Run:
         fixture = {
             "base_url": stack.base_url,
             "public_url": stack.base_url,
+            "staff_url": stack.staff_url,
             "redis_url": stack.redis.url,
             "twilio_token": self.twilio_token,
             "twilio_account_sid": stack.env["TWILIO_ACCOUNT_SID"],
@@ -751,6 +763,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=60, help="seconds of Locust load (default 60)")
     parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default users/10)")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default 2)")
+    parser.add_argument(
+        "--staff-workers",
+        type=int,
+        default=1,
+        help="uvicorn workers of the staff instance the clerks use (default 1; 0: clerks share the citizens' instance)",
+    )
     parser.add_argument("--rq-workers", type=int, default=1)
     parser.add_argument(
         "--hot-offices", type=int, default=3, help="offices of the rush (first office of each province)"

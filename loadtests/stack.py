@@ -148,6 +148,7 @@ class NobatStack:
         workers: int,
         rq_workers: int,
         tz: str,
+        staff_workers: int = 1,
         secret_key: str,
         twilio_token: str,
         sms_backend: str = "console",
@@ -158,12 +159,18 @@ class NobatStack:
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.workers = workers
+        self.staff_workers = staff_workers
         self.rq_workers = rq_workers
         self.sms_backend = sms_backend
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.redis = EmbeddedRedis(workdir / "redis")
         self.web: Process | None = None
+        # Staff (clerks, the regulator, the guild) on an instance of their own, as
+        # docs/deployment.md has it: a clerk's change does not queue behind a rush.
+        self.staff_port = free_port() if staff_workers else self.port
+        self.staff_url = f"http://127.0.0.1:{self.staff_port}"
+        self.staff_web: Process | None = None
         self.rq: list[Process] = []
         self.standin: Process | None = None
         self.standin_url = ""
@@ -230,6 +237,10 @@ class NobatStack:
         # Each worker connects lazily: warm every one of them before any measurement.
         for _ in range(4 * self.workers):
             wait_http(self.base_url + "/api/v1/services", timeout=30, process=self.web)
+        if self.staff_workers:
+            args = uvicorn_args("app.main:app_from_env", port=self.staff_port, workers=self.staff_workers)
+            self.staff_web = Process("web-staff", args, env=self.env, log_dir=self.logs)
+            wait_http(self.staff_url + "/health/ready", timeout=120, process=self.staff_web)
 
     def start_rq(self) -> None:
         for number in range(self.rq_workers):
@@ -250,9 +261,10 @@ class NobatStack:
         self.rq = []
 
     def stop_web(self) -> None:
-        if self.web is not None:
-            self.web.stop()
-            self.web = None
+        for process in (self.web, self.staff_web):
+            if process is not None:
+                process.stop()
+        self.web = self.staff_web = None
 
     def stop(self) -> None:
         self.stop_web()
