@@ -354,8 +354,10 @@ class Scripts:
 
     A single call falls back from EVALSHA to SCRIPT LOAD by itself, and so does a pipeline on
     a single Redis (one SCRIPT EXISTS). On Redis Cluster redis-py does not load scripts for
-    pipelines (redis-py #2914), so ``run_many`` does not pipeline there. (It had loaded all
-    nine scripts first, one trip each, on every call: a clerk's change paid 27 trips for it.)
+    pipelines (redis-py #2914), so ``run_many`` sends concurrent single calls there, after
+    ``load``: dozens of them falling back at once on fresh connections failed inside
+    redis-py (the cluster test's rebuild). On a single Redis it no longer loads first: that
+    was nine trips on every call, 27 of a clerk's change.
     """
 
     def __init__(self, redis: Redis, auto: AutoPipeline) -> None:
@@ -376,9 +378,10 @@ class Scripts:
     ) -> list[Any]:
         """Run one script for many (keys, args): pipelined on a single Redis (the pipeline
         loads a script Redis forgot); on a cluster, where redis-py refuses scripts in
-        pipelines, as batches of concurrent calls (each loads its own). Every call runs even
-        when one fails; ``raise_errors=False`` returns a failed call's error in its place."""
+        pipelines, as batches of concurrent calls. Every call runs even when one fails;
+        ``raise_errors=False`` returns a failed call's error in its place."""
         if isinstance(self.redis, RedisCluster):
+            await self.load()
             results: list[Any] = []
             for start in range(0, len(calls), 64):
                 batch = calls[start : start + 64]
@@ -413,6 +416,13 @@ class Scripts:
             elif isinstance(reply, Exception):
                 raise reply
         return replies[0], replies[1]
+
+    async def load(self) -> None:
+        for script in (
+            self.reserve, self.release, self.join_waitlist, self.materialise, self.set_meta, self.replan, self.hold,
+            self.suspend, self.keep_holders,
+        ):  # fmt: skip
+            await self.redis.script_load(script.script)
 
 
 def as_text(value: Any) -> str:
