@@ -66,8 +66,16 @@ async def book_full(client: Client, world: World, office: str, day: dt.date, slo
     return codes
 
 
-def one_seat(day: dt.date) -> dict[str, Any]:
-    return {"rules": [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 1}], "reason": "one counter"}
+async def cut_to_one_seat(client: Client, office: str, day: dt.date, headers: dict[str, str]) -> Any:
+    """The clerk plans the day with one seat a slot, moving whoever no longer fits."""
+    return await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json={
+            "rules": [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 1}],
+            "reason": "one counter",
+        },
+        headers=headers,
+    )
 
 
 async def assert_record_matches_redis(world: World, redis: SyncRedis, offices: list[str], day: dt.date) -> None:
@@ -99,11 +107,7 @@ async def test_a_cut_takes_as_many_steps_for_nine_moved_as_for_one(
     for office in (few, many):
         headers = await staff_of(client, world, office)
         with statements() as sent[office]:
-            cut = await client.put(
-                f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-                json=one_seat(day),
-                headers=headers,
-            )
+            cut = await cut_to_one_seat(client, office, day, headers)
         assert cut.status_code == 200, cut.text
         assert all(m["moved"] and m["office_code"] == office for m in cut.json()["moved"])
     assert len(sent[few]) > 5
@@ -124,11 +128,7 @@ async def test_a_move_the_record_refuses_moves_nobody_and_gives_the_seats_back(
         raise OperationalError("UPDATE bookings", {}, Exception("the record went away"))
 
     monkeypatch.setattr(relocation, "_record_moves", refused)
-    cut = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-        json=one_seat(day),
-        headers=headers,
-    )
+    cut = await cut_to_one_seat(client, office, day, headers)
     assert cut.status_code == 503, cut.text
     for code in codes:
         booking = (await client.get(f"/api/v1/bookings/{code}")).json()
@@ -137,11 +137,7 @@ async def test_a_move_the_record_refuses_moves_nobody_and_gives_the_seats_back(
     await assert_record_matches_redis(world, redis_sync, [office], day)
 
     monkeypatch.setattr(relocation, "_record_moves", record_moves)
-    again = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-        json=one_seat(day),
-        headers=headers,
-    )
+    again = await cut_to_one_seat(client, office, day, headers)
     assert again.status_code == 200, again.text
     assert len(again.json()["moved"]) == 2
     await assert_record_matches_redis(world, redis_sync, [office], day)
@@ -165,11 +161,7 @@ async def test_a_commit_whose_answer_is_lost_never_frees_a_movers_seat(
             raise OperationalError("COMMIT", {}, Exception("connection lost after COMMIT"))
 
     monkeypatch.setattr(AsyncSession, "commit", commit_then_lose_the_answer)
-    cut = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-        json=one_seat(day),
-        headers=headers,
-    )
+    cut = await cut_to_one_seat(client, office, day, headers)
     assert cut.status_code == 503, cut.text
     async with world.container.sessions() as session:
         rows = await session.execute(
@@ -203,11 +195,7 @@ async def test_citizens_cancelling_while_the_clerk_cuts_their_slot(
         return await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token(mobile))
 
     cut, *cancels = await asyncio.gather(
-        client.put(
-            f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-            json=one_seat(day),
-            headers=headers,
-        ),
+        cut_to_one_seat(client, office, day, headers),
         *(cancel(code, mobile) for code, mobile in zip(codes, mobiles, strict=True)),
     )
     assert cut.status_code == 200, cut.text
@@ -242,11 +230,7 @@ async def test_a_cancellation_between_the_moves_look_and_its_commit_wins(
 
     monkeypatch.setattr(_Places, "find", find_then_cancel)
     headers = await staff_of(client, world, office)
-    cut = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-        json=one_seat(day),
-        headers=headers,
-    )
+    cut = await cut_to_one_seat(client, office, day, headers)
     assert cut.status_code == 200, cut.text
     assert cut.json()["moved"] == []
     statuses = {code: (await client.get(f"/api/v1/bookings/{code}")).json() for code in codes}
