@@ -554,7 +554,7 @@ class StaffClerk(FastHttpUser):
             json={"waiting": self.rng.randrange(40)},
         )
 
-    @task(1)
+    @task(3)  # often enough that a run measures a couple of dozen changes, not a handful
     def change_capacity(self) -> None:
         """Open a counter more for the rush day, later close it again (moving whoever no longer fits)."""
         if not self.rules:
