@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.booking.models import Booking, BookingStatus
+from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.service import BookingService
 from app.capacity.errors import DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.service import Overflow, Seat, SeatRequest, day_for_reading
@@ -115,7 +115,8 @@ class Relocator:
         try:
             await self.bookings.free_seats(session=session, seats=seats)
         except (RedisError, SQLAlchemyError):
-            log.exception("%d seat(s) stay counted until the next rebuild", len(seats))
+            log.exception("of %d seat(s) given back, some stay counted until the next rebuild", len(seats))
+            await session.rollback()  # the caller's next statement must not meet a failed transaction
 
     def _tell(self, session: AsyncSession, booking: Booking, placed: tuple[_Target, str] | None, why_fa: str) -> None:
         if placed is None:
@@ -290,24 +291,30 @@ class _Places:
 
 async def overflow_bookings(session: AsyncSession, *, office_id: int, overflow: Sequence[Overflow]) -> list[Booking]:
     """The bookings to move out of an office's over-full slots: in each, the most recently
-    made go first."""
-    excess = {(o.day, o.pool, o.time): o.booked - o.seats for o in overflow}
+    made go first. A slot is over by what Redis counts, but never by more than the record
+    holds: a seat counted with no holder (a cancellation between its commit and its
+    release, a release that failed) must not push out a citizen who fits."""
+    seats = {(o.day, o.pool, o.time): (o.seats, o.booked) for o in overflow}
     rows = await session.scalars(
         select(Booking)
         .where(
             Booking.office_id == office_id,
             Booking.date.in_({o.day for o in overflow}),
             Booking.slot_time.in_({o.time for o in overflow}),
-            Booking.status == BookingStatus.BOOKED,
+            Booking.status.in_(SEAT_STATUSES),
         )
         .order_by(Booking.created_at.desc(), Booking.id.desc())
         # A row moved earlier in this session is read as the record has it now.
         .execution_options(populate_existing=True)
     )
-    chosen = []
+    by_slot: dict[tuple[dt.date, str, str], list[Booking]] = {slot: [] for slot in seats}
     for booking in rows:
         slot = (booking.date, booking.pool, booking.slot_time)
-        if excess.get(slot, 0) > 0:
-            excess[slot] -= 1
-            chosen.append(booking)
+        if slot in by_slot:
+            by_slot[slot].append(booking)
+    chosen = []
+    for slot, holders in by_slot.items():
+        planned, counted = seats[slot]
+        excess = min(counted, len(holders)) - planned
+        chosen += [b for b in holders if b.status == BookingStatus.BOOKED][: max(excess, 0)]
     return chosen

@@ -451,13 +451,13 @@ class BookingService:
         A seat Redis failed to free stays counted (a rebuild corrects it); its error is
         raised once the others' promotions are recorded."""
         now = self.clock.now()
-        failed: Exception | None = None
+        failed: BaseException | None = None
         for start in range(0, len(seats), SEATS_PER_TRIP):
             chunk = seats[start : start + SEATS_PER_TRIP]
             replies = await self.capacity.release_many(chunk, now=now)
             promoted = []
             for seat, reply in zip(chunk, replies, strict=True):
-                if isinstance(reply, Exception):
+                if isinstance(reply, BaseException):
                     failed = failed or reply
                 else:
                     promoted.append((seat, reply))
@@ -487,7 +487,7 @@ class BookingService:
             replies = await self.capacity.release_many(again, now=now) if again else []
             promoted = []
             for seat, reply in zip(again, replies, strict=True):
-                if isinstance(reply, Exception):
+                if isinstance(reply, BaseException):
                     log.error("a seat given back stays counted until the next rebuild: %s", reply)
                 else:
                     promoted.append((seat, reply))

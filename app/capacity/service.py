@@ -235,7 +235,7 @@ class Capacity:
         seat = Seat(office_code, day, pool, time)
         return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency)))
 
-    async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion] | Exception]:
+    async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion] | BaseException]:
         """``release`` for many seats on one trip to Redis: for each, who was promoted, or the
         error its call met (the others ran: their promotions must still be recorded). A
         clerk's cut that moves thirty people waits for one trip, not thirty, behind a rush."""
@@ -243,7 +243,7 @@ class Capacity:
             self.reads.forget(seat.office_code, seat.day)
         calls = [_release_call(seat, first_bookable_time(now, seat.day), None) for seat in seats]
         replies = await self.scripts.run_many(self.scripts.release, calls, raise_errors=False)
-        return [reply if isinstance(reply, Exception) else _promotions(reply) for reply in replies]
+        return [reply if isinstance(reply, BaseException) else _promotions(reply) for reply in replies]
 
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str

@@ -26,11 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.booking import relocation
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.relocation import _Places
+from app.booking.service import BookingService
 from app.capacity import keys
 from app.capacity.plan import DayRule
 from app.capacity.service import Seat
 from app.offices.models import Office
 from app.sms.models import SmsMessage
+from app.staff.models import StaffRole
+from app.staff.service import StaffPrincipal
 from tests.conftest import World, booking_body
 from tests.integration.test_complaints import regulator
 from tests.integration.test_console import staff_of
@@ -351,3 +354,50 @@ async def test_a_block_writes_nothing_while_it_looks_for_seats(
     for code in booked:
         assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == neighbour
     await assert_record_matches_redis(world, redis_sync, [office, neighbour], day)
+
+
+async def test_a_cut_never_moves_a_citizen_who_fits_when_redis_counts_a_seat_nobody_holds(
+    client: Client, world: World, app: Litestar, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A citizen's cancel is committed, and before its seat goes back in Redis the clerk
+    cuts the slot to the two bookings left: Redis still counts three, the record two, and
+    nobody is moved or cancelled."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=3)])
+    day = world.tomorrow()
+    mobiles = ["09125550001", "09125550002", "09125550003"]
+    codes = []
+    for mobile in mobiles:
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
+        )
+        codes.append(booked.json()["tracking_code"])
+    free_seat = BookingService.free_seat
+    cut: list[Any] = []
+
+    async def cut_before_the_release(self: BookingService, **kw: Any) -> None:
+        if not cut:
+            container = app.state.container
+            clerk = StaffPrincipal(
+                account_id=1, username="c", role=StaffRole.OFFICE_STAFF, office_id=None, office_code=office
+            )
+            async with container.sessions() as other:
+                cut.append(
+                    await container.console.set_override(
+                        session=other,
+                        staff=clerk,
+                        office_code=office,
+                        day=day,
+                        rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=2)],
+                        reason="two counters",
+                        move_overflow=True,
+                    )
+                )
+        await free_seat(self, **kw)
+
+    monkeypatch.setattr(BookingService, "free_seat", cut_before_the_release)
+    cancelled = await client.post(f"/api/v1/bookings/{codes[0]}/cancel", headers=world.token(mobiles[0]))
+    assert cancelled.status_code == 200, cancelled.text
+    assert cut[0].moved == []
+    statuses = [(await client.get(f"/api/v1/bookings/{c}")).json()["status"] for c in codes]
+    assert statuses == ["cancelled", "booked", "booked"]
+    await assert_record_matches_redis(world, redis_sync, [office], day)
