@@ -57,7 +57,7 @@ class Relocator:
         why_fa: str,
     ) -> list[Relocation]:
         """Move each booking (or cancel it where no seat is left), telling the citizen; all
-        of them in one commit, then the old seats go back on one trip. A booking that changed
+        of them in one commit, then the old seats go back a few hundred to a trip. A booking that changed
         meanwhile (cancelled by its citizen, checked in) is left as it is and not in the result.
 
         Done one at a time, a clerk's cut of sixteen bookings took seconds behind a rush:
@@ -248,7 +248,7 @@ class _Places:
                 self._offices[key] = None
         return self._offices[key]
 
-    async def _free_seats(self, office_code: str, day: dt.date) -> dict[tuple[str, str], int]:
+    async def _room(self, office_code: str, day: dt.date) -> dict[tuple[str, str], int]:
         key = (office_code, day)
         if key not in self._free:
             capacity = self.relocator.capacity
@@ -262,7 +262,7 @@ class _Places:
         office = await self._office(office_code, booking.service_code)
         if office is None:
             return None
-        free = await self._free_seats(office.code, booking.date)
+        free = await self._room(office.code, booking.date)
         times = [time for (pool, time), left in free.items() if pool == office.pool and left > 0 and time > not_before]
         times.sort(key=lambda t: (abs(_minutes(t) - _minutes(booking.slot_time)), t))
         for time in times:

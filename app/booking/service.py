@@ -52,7 +52,7 @@ _IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 SEATS_PER_TRIP = 500
-"""Seats given back on one trip to Redis (and their promotions in one commit)."""
+"""Seats given back on one trip to Redis; whoever they promote is recorded before the next trip."""
 
 
 class BookingRules(msgspec.Struct, frozen=True):

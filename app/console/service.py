@@ -187,7 +187,7 @@ class Console:
         days = self.capacity.horizon(self.clock.today())
         calendar = await self.capacity.calendar(session, first=days[0], last=days[-1], office_ids=[office.id])
         plan = (await load_plans(session, codes=[office.code]))[0]
-        # Asked for together, the fourteen days go to Redis on one shared trip (app.redis.AutoPipeline).
+        # Asked for together, the fourteen days share a trip to Redis (app.redis.AutoPipeline), not take turns.
         views = await asyncio.gather(*(self.capacity.day_view(office_code=office.code, day=day) for day in days))
         result = []
         for day, view in zip(days, views, strict=True):

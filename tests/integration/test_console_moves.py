@@ -69,6 +69,18 @@ async def book_full(client: Client, world: World, office: str, day: dt.date, slo
     return codes
 
 
+async def book_as(client: Client, world: World, office: str, day: dt.date, mobiles: list[str]) -> list[str]:
+    """One booking at 10:00 for each phone (so each can cancel its own); the tracking codes."""
+    codes = []
+    for mobile in mobiles:
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    return codes
+
+
 async def cut_to_one_seat(client: Client, office: str, day: dt.date, headers: dict[str, str]) -> Any:
     """The clerk plans the day with one seat a slot, moving whoever no longer fits."""
     return await client.put(
@@ -185,12 +197,7 @@ async def test_citizens_cancelling_while_the_clerk_cuts_their_slot(
     office = await world.office(seats=6)
     day = world.tomorrow()
     mobiles = [f"0912333{round_}{i:03d}" for i in range(6)]
-    codes = []
-    for mobile in mobiles:
-        booked = await client.post(
-            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
-        )
-        codes.append(booked.json()["tracking_code"])
+    codes = await book_as(client, world, office, day, mobiles)
     headers = await staff_of(client, world, office)
 
     async def cancel(code: str, mobile: str) -> Any:
@@ -215,12 +222,7 @@ async def test_a_cancellation_between_the_moves_look_and_its_commit_wins(
     office = await world.office(seats=2)
     day = world.tomorrow()
     mobiles = ["09124440001", "09124440002"]
-    codes = []
-    for mobile in mobiles:
-        booked = await client.post(
-            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
-        )
-        codes.append(booked.json()["tracking_code"])
+    codes = await book_as(client, world, office, day, mobiles)
     find = _Places.find
 
     async def find_then_cancel(places: _Places, booking: Booking) -> Any:
@@ -365,12 +367,7 @@ async def test_a_cut_never_moves_a_citizen_who_fits_when_redis_counts_a_seat_nob
     office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=3)])
     day = world.tomorrow()
     mobiles = ["09125550001", "09125550002", "09125550003"]
-    codes = []
-    for mobile in mobiles:
-        booked = await client.post(
-            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
-        )
-        codes.append(booked.json()["tracking_code"])
+    codes = await book_as(client, world, office, day, mobiles)
     free_seat = BookingService.free_seat
     cut: list[Any] = []
 
