@@ -453,17 +453,25 @@ class BookingService:
         now = self.clock.now()
         failed: BaseException | None = None
         for start in range(0, len(seats), SEATS_PER_TRIP):
-            chunk = seats[start : start + SEATS_PER_TRIP]
-            replies = await self.capacity.release_many(chunk, now=now)
-            promoted = []
-            for seat, reply in zip(chunk, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    failed = failed or reply
-                else:
-                    promoted.append((seat, reply))
+            promoted, error = await self._release(seats[start : start + SEATS_PER_TRIP], now)
+            failed = failed or error
             await self._record_promotions(session, promoted, now)
         if failed is not None:
             raise failed
+
+    async def _release(
+        self, seats: Sequence[Seat], now: dt.datetime
+    ) -> tuple[list[tuple[Seat, list[Promotion]]], BaseException | None]:
+        """Free the seats on one trip: whom each promoted, and the first error a call met."""
+        replies = await self.capacity.release_many(seats, now=now) if seats else []
+        promoted: list[tuple[Seat, list[Promotion]]] = []
+        failed: BaseException | None = None
+        for seat, reply in zip(seats, replies, strict=True):
+            if isinstance(reply, BaseException):
+                failed = failed or reply
+            else:
+                promoted.append((seat, reply))
+        return promoted, failed
 
     async def _record_promotions(
         self, session: AsyncSession, promoted: list[tuple[Seat, list[Promotion]]], now: dt.datetime
@@ -484,13 +492,9 @@ class BookingService:
             again += [
                 msgspec.structs.replace(seat, time=time) for code, (seat, time) in given.items() if code not in recorded
             ]
-            replies = await self.capacity.release_many(again, now=now) if again else []
-            promoted = []
-            for seat, reply in zip(again, replies, strict=True):
-                if isinstance(reply, BaseException):
-                    log.error("a seat given back stays counted until the next rebuild: %s", reply)
-                else:
-                    promoted.append((seat, reply))
+            promoted, failed = await self._release(again, now)
+            if failed is not None:
+                log.error("a seat given back stays counted until the next rebuild: %s", failed)
 
     async def _promote(self, session: AsyncSession, given: dict[str, tuple[Seat, str]]) -> set[str]:
         """Book the waitlisted rows of these tracking codes at the times given, and tell them;
