@@ -4,6 +4,7 @@ because every key of one office shares a hash slot. RQ keeps its plain Redis."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,16 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from redis.asyncio import RedisCluster as AsyncCluster
 from redis.cluster import RedisCluster as SyncCluster
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.capacity import keys
+from app.capacity.scripts import Scripts
 from app.container import Container
 from app.offices.directory import OfficeDirectory
+from app.redis import AutoPipeline, connect
 from app.settings import Settings
 from tests.conftest import World, booking_body
 from tests.servers import RedisCluster
@@ -107,3 +113,54 @@ async def test_a_changed_office_is_told_to_the_other_instances_on_the_cluster(
     current = await other._current_version()
     assert current[0] is not None and current[1] == other._version[1] + 1
     assert await other._changed_since(other._version, current) == {office}
+
+
+# Keeps one Redis busy for ARGV[1] microseconds, as a slow script or a stalled node would.
+BUSY = """
+local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+return 1
+"""
+
+
+@pytest.mark.parametrize("kind", ["cluster", "single"])
+async def test_a_release_whose_answer_times_out_is_never_sent_again(kind: str, request: pytest.FixtureRequest) -> None:
+    """A release that Redis ran but answered late must not run twice: the second run would
+    free a seat somebody holds. redis-py 8's cluster client retried timeouts by default."""
+    if kind == "cluster":
+        url = request.getfixturevalue("cluster").url
+        request.getfixturevalue("cluster_sync")  # emptied
+    else:
+        url = request.getfixturevalue("redis_url")
+    office, day = "099001", dt.date(2026, 12, 4)
+    day_key = keys.office_day(office, day)
+    redis = connect(url, timeout=0.2)
+    scripts = Scripts(redis, AutoPipeline(redis))
+    release = (
+        [day_key, keys.idempotency(office, "-", "-"), keys.waitlist(office, day, "*")],
+        ["*", "10:00", ""],
+    )
+    await redis.hset(day_key, mapping={keys.seats_field("*", "10:00"): 5, keys.used_field("*", "10:00"): 4})
+    host, port = _node_of(redis, day_key)
+    stall = SyncRedis(host=host, port=port)
+    try:
+        await scripts.release(keys=release[0], args=["*", "", ""])  # loaded: no SCRIPT LOAD below
+        busy = asyncio.create_task(asyncio.to_thread(stall.eval, BUSY, 0, 1_000_000))
+        await asyncio.sleep(0.1)
+        with pytest.raises(RedisTimeoutError):  # a 503 for the clerk or citizen
+            await scripts.release(*release)
+        await busy
+        await asyncio.sleep(0.3)  # time for a retry to have landed
+        assert int(stall.hget(day_key, keys.used_field("*", "10:00"))) == 3  # ran once, late
+    finally:
+        stall.close()
+        await redis.aclose()
+
+
+def _node_of(redis: Any, key: str) -> tuple[str, int]:
+    if isinstance(redis, AsyncCluster):
+        node = redis.get_node_from_key(key)
+        return node.host, node.port
+    kwargs = redis.connection_pool.connection_kwargs
+    return kwargs["host"], kwargs["port"]
