@@ -19,6 +19,7 @@ from redis import Redis as SyncRedis
 from sqlalchemy import insert
 
 from app.capacity.plan import DayRule, WeeklyTemplate, encode_template
+from app.clock import Clock
 from app.container import Container, build_container
 from app.identity import generate_national_id
 from app.main import create_app
@@ -279,6 +280,15 @@ class World:
 
     def tomorrow(self) -> dt.date:
         return self.container.clock.today() + dt.timedelta(days=1)
+
+
+@pytest.fixture
+def morning(monkeypatch: pytest.MonkeyPatch) -> dt.datetime:
+    """Today at 07:00 in Tehran, before any office opens: every slot of today is still ahead."""
+    tz = Clock("Asia/Tehran").tz
+    fixed = dt.datetime.combine(dt.datetime.now(tz).date(), dt.time(7, 0), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: fixed)
+    return fixed
 
 
 @pytest.fixture

@@ -343,11 +343,18 @@ class Console:
         if to == BookingStatus.NO_SHOW:
             self._refuse_early_no_show(booking)
         before = booking.status.value
-        # Compare-and-set: a cancellation that landed since the read must win (SQLite has no
-        # row locks), never be overwritten by a check-in.
+        # Compare-and-set on the booking as the clerk saw it: a cancellation or a move that
+        # landed since the read must win (SQLite has no row locks). A check-in must neither
+        # overwrite the one nor mark a booking that now lives at another office or slot.
         changed = await session.execute(
             update(Booking)
-            .where(Booking.id == booking.id, Booking.status.in_(allowed))
+            .where(
+                Booking.id == booking.id,
+                Booking.status.in_(allowed),
+                Booking.office_id == booking.office_id,
+                Booking.slot_time == booking.slot_time,
+                Booking.pool == booking.pool,
+            )
             .values(status=to)
             .execution_options(synchronize_session=False)
         )

@@ -23,15 +23,6 @@ Client = AsyncTestClient[Litestar]
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-def morning(monkeypatch: pytest.MonkeyPatch) -> dt.datetime:
-    """Today at 07:00 in Tehran, before any office opens: every slot of today is still ahead."""
-    tz = Clock("Asia/Tehran").tz
-    fixed = dt.datetime.combine(dt.datetime.now(tz).date(), dt.time(7, 0), tzinfo=tz)
-    monkeypatch.setattr(Clock, "now", lambda self: fixed)
-    return fixed
-
-
 async def account(world: World, username: str, role: StaffRole, office: str | None) -> None:
     async with world.container.sessions() as session:
         await world.container.staff.create_account(

@@ -10,7 +10,7 @@ from redis import Redis as SyncRedis
 
 from app.capacity.service import Overflow
 from tests.conftest import World, booking_body
-from tests.integration.test_console import morning, seats, staff_of, used  # noqa: F401
+from tests.integration.test_console import seats, staff_of, used
 
 Client = AsyncTestClient[Litestar]
 
@@ -19,7 +19,7 @@ async def test_a_cut_below_the_checked_in_is_refused_even_when_moving(
     client: Client,
     world: World,
     redis_sync: SyncRedis,
-    morning: dt.datetime,  # noqa: F811
+    morning: dt.datetime,
 ) -> None:
     office = await world.office(seats=2)
     headers = await staff_of(client, world, office)

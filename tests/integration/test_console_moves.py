@@ -1,6 +1,7 @@
 """A clerk's cut that moves people, against a real Redis and the record: the same number of
 steps however many are moved, nothing moved when the record refuses, a citizen's own
-cancellation racing the move, and seats a raise adds handed to the line in one commit."""
+cancellation racing the move, a check-in racing one, and seats a raise adds handed to the
+line in one commit."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from app.booking.service import BookingService
 from app.capacity import keys
 from app.capacity.plan import DayRule
 from app.capacity.service import Seat
+from app.console.service import Console
 from app.offices.models import Office
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
@@ -398,3 +400,33 @@ async def test_a_cut_never_moves_a_citizen_who_fits_when_redis_counts_a_seat_nob
     statuses = [(await client.get(f"/api/v1/bookings/{c}")).json()["status"] for c in codes]
     assert statuses == ["cancelled", "booked", "booked"]
     await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_a_check_in_after_a_move_to_another_office_is_refused(
+    client: Client, world: World, morning: dt.datetime, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move that lands between the clerk's look and the check-in's write (SQLite has no
+    row locks) wins: the old office does not check in a booking that now lives elsewhere."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's row lock makes the move wait for the check-in")
+    office, elsewhere = await world.office(seats=1), await world.office(seats=1)
+    today = morning.date()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "08:00"), headers=world.token()
+    )
+    code = booked.json()["tracking_code"]
+    queued = Console._queued
+
+    async def look_then_move(console: Console, session: AsyncSession, *args: Any) -> Any:
+        found = await queued(console, session, *args)
+        async with AsyncSession(session.bind) as other:
+            moved_to = await other.scalar(select(Office.id).where(Office.code == elsewhere))
+            await other.execute(sa_update(Booking).where(Booking.tracking_code == code).values(office_id=moved_to))
+            await other.commit()
+        return found
+
+    monkeypatch.setattr(Console, "_queued", look_then_move)
+    headers = await staff_of(client, world, office)
+    checked = await client.post(f"/api/v1/staff/offices/{office}/queue/{code}/check-in", headers=headers)
+    assert checked.status_code == 409, checked.text
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
