@@ -30,7 +30,7 @@ from app.booking.errors import (
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
-from app.booking.writer import GroupCommit
+from app.booking.writer import CommitOutcomeUnknown, GroupCommit
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
 from app.capacity.scripts import as_text
@@ -243,6 +243,9 @@ class BookingService:
             # request scope: only a committed row may be confirmed, and only a failed commit
             # may give the seat back. Concurrent bookings share the commit (app.booking.writer).
             await self.writer.write(session, rows, sms_ids)
+        except CommitOutcomeUnknown as error:
+            await session.rollback()
+            return await self._after_lost_commit(session, error, view, national_id, tracking_code)
         except BaseException as error:
             await session.rollback()
             await self._undo(session, office, day, reserved.time, national_id, tracking_code, idempotency)
@@ -276,6 +279,33 @@ class BookingService:
             # The day is not in Redis yet (it just entered the horizon, or Redis lost it).
             await self.capacity.materialise_day(session=session, office_code=seat.office_code, day=seat.day)
         raise ServiceUnavailable("Capacity for this day could not be prepared.")
+
+    async def _after_lost_commit(
+        self,
+        session: AsyncSession,
+        error: CommitOutcomeUnknown,
+        view: BookingOut,
+        national_id: str,
+        tracking_code: str,
+    ) -> Booked:
+        """The commit's answer was lost. If the record has the booking, it is the citizen's:
+        confirm it (its SMS, committed in the outbox, goes out with the sweep). If not, or if
+        the record cannot be asked, the seat is not given back: the commit may still land,
+        and a seat given back under a recorded booking is sold twice. It stays counted, the
+        safe side, until the next rebuild; the citizen's limit is freed, so a retry can book."""
+        try:
+            recorded = await self._by_tracking_code(session, tracking_code)
+        except SQLAlchemyError:
+            recorded = None
+        if recorded is not None:
+            log.warning("a booking's commit answer was lost; the record has it: confirmed")
+            return Booked(booking=view, replay=False)
+        log.warning("a booking's commit answer was lost; its seat stays counted until a rebuild", exc_info=error)
+        try:
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+        except RedisError:
+            log.exception("could not free the citizen's limit after a lost commit")
+        raise ServiceUnavailable("The record did not answer; try again in a few seconds.") from error
 
     async def _undo(
         self,

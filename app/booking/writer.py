@@ -38,6 +38,12 @@ SendSms = Callable[[Sequence[str]], None]
 GATHER_SECONDS = 0.02
 
 
+class CommitOutcomeUnknown(Exception):
+    """The commit was sent and its answer lost (the connection dropped, the database failed
+    over): every row of the batch may be in the record. Its seats must stay counted, or a
+    booking in the record would share its seat with the next one sold."""
+
+
 @dataclass
 class _Write:
     rows: Sequence[Row]
@@ -96,9 +102,23 @@ class GroupCommit:
         for write in batch:
             for table, values in write.rows:
                 tables.setdefault((table, tuple(values)), []).append(values)
-        async with self.engine.begin() as connection:
-            for (table, _), rows in tables.items():
-                await connection.execute(table.insert(), rows)
+        async with self.engine.connect() as connection:
+            transaction = await connection.begin()
+            try:
+                for (table, _), rows in tables.items():
+                    await connection.execute(table.insert(), rows)
+            except BaseException:
+                await transaction.rollback()  # not committed: the callers may give their seats back
+                raise
+            try:
+                await transaction.commit()
+            except BaseException as error:
+                unknown = CommitOutcomeUnknown(f"the commit's answer was lost: {type(error).__name__}")
+                unknown.__cause__ = error
+                for write in batch:
+                    if not write.done.done():
+                        write.done.set_exception(unknown)
+                raise
         # Confirmed as soon as committed; the messages are enqueued by a thread of their own,
         # so the next commit does not wait for RQ's Redis (a message whose enqueue is lost is
         # found by the sweep: its outbox row is committed).
