@@ -166,13 +166,17 @@ class BookingService:
         # A Redis failure anywhere below is a 503 (app.web); each step undoes the one before.
         # The citizen's limits and the seat are asked for in one round trip: whichever is
         # refused, the other is given back.
-        hold_error, outcome = await self.capacity.hold_and_reserve(
-            national_id=national_id,
-            today=today,
-            service_code=office.service_code,
-            limit=self.rules.max_active,
-            seat=seat,
-        )
+        try:
+            hold_error, outcome = await self.capacity.hold_and_reserve(
+                national_id=national_id,
+                today=today,
+                service_code=office.service_code,
+                limit=self.rules.max_active,
+                seat=seat,
+            )
+        except RedisError:
+            await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+            raise
         if hold_error is not None:
             if isinstance(outcome, Reserved) and not outcome.replay:
                 await self.free_seat(
@@ -197,6 +201,9 @@ class BookingService:
                 await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
                 outcome = await self._reserve(session, seat)
             reserved = outcome
+        except RedisError:
+            await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+            raise
         except BaseException:
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
             raise

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -304,6 +305,19 @@ class Capacity:
 
     async def unhold(self, *, national_id: str, tracking_code: str) -> None:
         await self.redis.hdel(keys.citizen_holds(national_id), tracking_code)
+
+    async def forget_unanswered(self, *, national_id: str, seat: SeatRequest) -> None:
+        """After a ``hold_and_reserve`` whose answer was lost (Redis may have run both): free
+        the citizen's limit and the request's Idempotency-Key, so that the same request,
+        retried, books. Both are harmless to free if the scripts never ran. The seat cannot
+        be told apart from anyone else's, so it stays counted until a rebuild. Best effort:
+        Redis may be gone, and the caller's 503 is what matters then."""
+        try:
+            await self.unhold(national_id=national_id, tracking_code=seat.tracking_code)
+            if seat.idempotency:
+                await self.redis.delete(keys.idempotency(seat.office_code, *seat.idempotency))
+        except RedisError:
+            log.warning("could not free the limit of a booking whose answer from Redis was lost", exc_info=True)
 
     def _holds_ttl(self) -> int:
         return (self.horizon_days + 1) * 86400

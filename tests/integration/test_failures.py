@@ -1,5 +1,5 @@
 """Failures of the real parts, each against real servers: Redis restarted empty mid-day,
-the database gone, a commit's answer lost, an SMS worker killed mid-send."""
+the database gone, a commit's or Redis's answer lost, an SMS worker killed mid-send."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from app.booking.models import SEAT_STATUSES, Booking
 from app.capacity import keys
+from app.capacity.scripts import Scripts
 from app.redis import EmbeddedRedis
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
@@ -164,6 +166,35 @@ async def test_a_booking_whose_commit_answer_was_lost_keeps_its_seat_counted(
     redis.close()
     again = await client.post("/api/v1/bookings", json=booking_body(other, national_id, day), headers=world.token())
     assert again.status_code == 201, again.text
+
+
+async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the hold and the reserve, and the answer was lost (a timeout): 503. The seat
+    cannot be told from anyone's, so it stays counted; the citizen's limit and the request's
+    Idempotency-Key are freed, so the same request, retried, books (it had been refused as
+    "already booked that day", and then as "in progress", for a booking that never was)."""
+    office = await world.office(seats=2)
+    await world.rebuild()  # the day in Redis: the lost trip's reserve takes a seat
+    day = world.tomorrow()
+    run_pair = Scripts.run_pair
+
+    async def ran_but_unanswered(self: Scripts, *calls: Any) -> Any:
+        monkeypatch.setattr(Scripts, "run_pair", run_pair)  # once
+        await run_pair(self, *calls)
+        raise RedisTimeoutError("Timeout reading from Redis")
+
+    monkeypatch.setattr(Scripts, "run_pair", ran_but_unanswered)
+    body = booking_body(office, world.national_id(), day)
+    headers = {**world.token(), "Idempotency-Key": "retried-after-a-timeout"}
+    lost = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert lost.status_code == 503, lost.text
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    redis = SyncRedis.from_url(capacity_redis.url)
+    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2  # one leaked
+    redis.close()
 
 
 STUCK_SECONDS = 8
