@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 
 from app.capacity.service import Capacity
+from app.capacity.watch import rebuild_paused
 from app.clock import Clock
 from app.db import create_engine, create_schema, session_factory
 from app.observability import configure_logging
@@ -97,8 +98,10 @@ async def rebuild(settings: Settings) -> int:
     clock = Clock(settings.tz)
     try:
         capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
+        wait = settings.rebuild_settle_seconds
+        print(f"bookings pause on every instance; the count starts in {wait:.0f} s")
         async with session_factory(engine)() as session:
-            return await capacity.rebuild(session=session, today=clock.today())
+            return await rebuild_paused(capacity, session, today=clock.today(), wait=wait)
     finally:
         await redis.aclose()
         await engine.dispose()

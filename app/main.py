@@ -98,7 +98,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await create_schema(container.engine)
             # Redis empty (first start, or it lost its data): count every seat again from the
             # record before taking a single booking; then keep watching for the next time.
-            watch = RedisWatch(capacity=container.capacity, sessions=container.sessions, clock=container.clock)
+            watch = RedisWatch(
+                capacity=container.capacity,
+                sessions=container.sessions,
+                clock=container.clock,
+                settle=settings.rebuild_settle_seconds,
+            )
             await watch.check()
             await container.offices.load()
             # What start-up built (modules, the office directory, the mappers) lives as long as

@@ -67,6 +67,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_READ_CACHE_SECONDS: how old the free seats an instance shows (slots, nearby, load)
     may be; each instance keeps what it read this long. Bookings always decide on the live
     counters. 0 reads Redis every time."""
+    rebuild_settle_seconds: float = 5.0
+    """NOBAT_REBUILD_SETTLE_SECONDS: when Redis must be recounted from the record, how long
+    bookings stay paused before the count starts: every instance notices within a second,
+    and the bookings already past the pause commit (or give up) first. Counted before its
+    commit, a booking's seat would be sold again."""
 
     # --- sign-in ---
     otp_ttl_seconds: int = 120
@@ -154,6 +159,7 @@ _ENV = {
     "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
     "official_holidays": "NOBAT_OFFICIAL_HOLIDAYS",
     "read_cache_seconds": "NOBAT_READ_CACHE_SECONDS",
+    "rebuild_settle_seconds": "NOBAT_REBUILD_SETTLE_SECONDS",
     "otp_ttl_seconds": "NOBAT_OTP_TTL_SECONDS",
     "otp_max_attempts": "NOBAT_OTP_MAX_ATTEMPTS",
     "token_ttl_seconds": "NOBAT_TOKEN_TTL_SECONDS",
@@ -198,6 +204,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         settings = settings.with_(secret_key=secrets.token_urlsafe(32))
     if not 0 <= settings.read_cache_seconds <= 60:
         raise ValueError("NOBAT_READ_CACHE_SECONDS must be 0 to 60")
+    if not 0 <= settings.rebuild_settle_seconds <= 300:
+        raise ValueError("NOBAT_REBUILD_SETTLE_SECONDS must be 0 to 300")
     for limit in (
         settings.otp_per_mobile,
         settings.otp_per_address,

@@ -101,6 +101,9 @@ def settings(tmp_path: Path, redis_url: str, redis_sync: SyncRedis, database_url
         # Tests book "tomorrow"; a holiday tomorrow must not close their offices. The
         # holiday tests turn it back on.
         official_holidays=False,
+        # Nothing is in flight when a test's app starts on an empty Redis; the rebuild's
+        # pause has a test of its own.
+        rebuild_settle_seconds=0,
     )
 
 

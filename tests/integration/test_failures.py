@@ -27,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 from app.booking.models import SEAT_STATUSES, Booking
 from app.capacity import keys
 from app.capacity.scripts import Scripts
+from app.capacity.watch import rebuild_paused
 from app.redis import EmbeddedRedis
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
@@ -45,8 +46,13 @@ def capacity_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture
-def settings(settings: Settings, capacity_redis: EmbeddedRedis) -> Settings:
-    return settings.with_(redis_url=capacity_redis.url, rq_redis_url=settings.redis_url)
+def settings_changes() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def settings(settings: Settings, capacity_redis: EmbeddedRedis, settings_changes: dict[str, Any]) -> Settings:
+    return settings.with_(redis_url=capacity_redis.url, rq_redis_url=settings.redis_url, **settings_changes)
 
 
 async def book(client: Client, world: World, office: str, day: dt.date) -> Any:
@@ -86,6 +92,68 @@ async def test_redis_restarted_empty_mid_day(client: Client, world: World, capac
             select(func.count()).select_from(Booking).where(Booking.status.in_(SEAT_STATUSES))
         )
     assert booked == 3
+
+
+@pytest.mark.parametrize("settings_changes", [{"rebuild_settle_seconds": 4.0}])
+async def test_a_rebuild_waits_for_the_bookings_in_flight(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis loses its data while a booking that took the last seat is still committing:
+    the rebuild counts only after it, so the seat is not sold again."""
+    office = await world.office(seats=1)
+    await world.rebuild()
+    day = world.tomorrow()
+    redis = SyncRedis.from_url(capacity_redis.url)
+    writer = client.app.state.container.bookings.writer
+    write = writer.write
+
+    async def lose_redis_then_write(*args: Any, **kwargs: Any) -> None:
+        redis.flushall()  # with the seat taken: the instance notices within a second
+        await asyncio.sleep(2.5)  # a commit under load, or behind a slow disk
+        await write(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "write", lose_redis_then_write)
+    assert (await book(client, world, office, day)).status_code == 201
+    monkeypatch.setattr(writer, "write", write)
+    for _ in range(200):
+        if redis.exists(keys.REBUILT_AT):
+            break
+        await asyncio.sleep(0.1)
+    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 1
+    assert (await book(client, world, office, day)).status_code == 409  # the one seat is taken
+    redis.close()
+
+
+async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
+    client: Client, world: World, capacity_redis: EmbeddedRedis
+) -> None:
+    """``python -m app rebuild``: the instances see the marker gone and pause bookings, and
+    cannot start a rebuild of their own while this one holds the lock; then all resume."""
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    assert (await book(client, world, office, day)).status_code == 201
+    async with world.container.sessions() as session:
+        rebuild = asyncio.create_task(rebuild_paused(world.container.capacity, session, today=day, wait=2.5))
+        paused = None
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            if (await client.get("/health/ready")).status_code == 503:
+                paused = await book(client, world, office, day)
+                break
+        with pytest.raises(RuntimeError, match="another rebuild"):
+            await rebuild_paused(world.container.capacity, session, today=day, wait=0)
+        assert await rebuild > 0
+    assert paused is not None and paused.status_code == 503, paused
+    resumed = None
+    for _ in range(40):
+        resumed = await book(client, world, office, day)
+        if resumed.status_code != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert resumed is not None and resumed.status_code == 201, resumed.text
+    redis = SyncRedis.from_url(capacity_redis.url)
+    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2
+    redis.close()
 
 
 async def test_database_gone_answers_503_and_holds_no_seat(
