@@ -9,6 +9,7 @@ A confirmed booking is therefore always in the record; a failed one leaves no se
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
@@ -252,7 +253,11 @@ class BookingService:
             await self.writer.write(session, rows, sms_ids)
         except CommitOutcomeUnknown as error:
             await session.rollback()
-            return await self._after_lost_commit(session, error, view, national_id, tracking_code)
+            return await self._after_lost_commit(session, error, view, national_id, seat)
+        except asyncio.CancelledError:
+            # The request was cancelled (the client left, a shutdown) while its rows were on
+            # their way: the commit goes on without it and may land, so the seat stays counted.
+            raise
         except BaseException as error:
             await session.rollback()
             await self._undo(session, office, day, reserved.time, national_id, tracking_code, idempotency)
@@ -293,25 +298,25 @@ class BookingService:
         error: CommitOutcomeUnknown,
         view: BookingOut,
         national_id: str,
-        tracking_code: str,
+        seat: SeatRequest,
     ) -> Booked:
         """The commit's answer was lost. If the record has the booking, it is the citizen's:
-        confirm it (its SMS, committed in the outbox, goes out with the sweep). If not, or if
-        the record cannot be asked, the seat is not given back: the commit may still land,
-        and a seat given back under a recorded booking is sold twice. It stays counted, the
-        safe side, until the next rebuild; the citizen's limit is freed, so a retry can book."""
+        confirm it (its SMS, committed in the outbox, goes out with the sweep). Either way the
+        seat is never given back: the commit may still land, and a seat given back under a
+        recorded booking is sold twice. Not in the record, it stays counted (the safe side)
+        until the next rebuild, and the citizen's limit and Idempotency-Key are freed so that
+        a retry can book; if the record cannot be asked, both stay, so that a commit that did
+        land is not booked again."""
         try:
-            recorded = await self._by_tracking_code(session, tracking_code)
-        except SQLAlchemyError:
-            recorded = None
+            recorded = await self._by_tracking_code(session, seat.tracking_code)
+        except (SQLAlchemyError, OSError):
+            log.warning("a booking's commit answer was lost, and the record cannot say", exc_info=error)
+            raise ServiceUnavailable("The record did not answer; try again in a few seconds.") from error
         if recorded is not None:
             log.warning("a booking's commit answer was lost; the record has it: confirmed")
             return Booked(booking=view, replay=False)
         log.warning("a booking's commit answer was lost; its seat stays counted until a rebuild", exc_info=error)
-        try:
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-        except RedisError:
-            log.exception("could not free the citizen's limit after a lost commit")
+        await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
         raise ServiceUnavailable("The record did not answer; try again in a few seconds.") from error
 
     async def _undo(

@@ -78,8 +78,9 @@ class GroupCommit:
         self._pending.append(write)
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
-        # shield: a caller that gives up (the client went away) must not cancel the commit
-        # its neighbours are waiting for.
+        # shield: a caller that gives up (the client went away, a shutdown) must not cancel
+        # the commit its neighbours are waiting for. Its own rows go on too, so a cancelled
+        # caller must not give its seat back (app.booking.service).
         await asyncio.shield(write.done)
 
     async def _drain(self) -> None:
@@ -87,13 +88,15 @@ class GroupCommit:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             try:
                 await self._commit(batch)
-            except IntegrityError:
+            except IntegrityError:  # raised by an insert: nothing was committed
                 for write in batch:
                     await self._commit_alone(write)
             except BaseException as error:
                 for write in batch:
                     if not write.done.done():
                         write.done.set_exception(error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
 
     async def _commit(self, batch: list[_Write]) -> None:
         # Core inserts on a connection of the writer's own, one executemany per table: the
@@ -114,18 +117,25 @@ class GroupCommit:
                 await transaction.commit()
             except BaseException as error:
                 unknown = CommitOutcomeUnknown(f"the commit's answer was lost: {type(error).__name__}")
-                unknown.__cause__ = error
-                for write in batch:
-                    if not write.done.done():
-                        write.done.set_exception(unknown)
-                raise
-        # Confirmed as soon as committed; the messages are enqueued by a thread of their own,
-        # so the next commit does not wait for RQ's Redis (a message whose enqueue is lost is
-        # found by the sweep: its outbox row is committed).
-        self._outbox.send([sms_id for write in batch for sms_id in write.sms_ids])
-        for write in batch:
-            if not write.done.done():
-                write.done.set_result(None)
+                if isinstance(error, asyncio.CancelledError):
+                    for write in batch:
+                        if not write.done.done():
+                            write.done.set_exception(unknown)
+                    raise
+                raise unknown from error
+            # The messages are enqueued by a thread of their own, so the next commit does not
+            # wait for RQ's Redis (a message whose enqueue is lost is found by the sweep: its
+            # outbox row is committed).
+            try:
+                self._outbox.send([sms_id for write in batch for sms_id in write.sms_ids])
+            except Exception:
+                log.exception("could not hand a commit's messages over; the sweep will send them")
+            # Confirmed the moment the record says so: nothing after this (closing the
+            # connection) may turn a committed booking into a failed one, whose seat its
+            # caller would give back.
+            for write in batch:
+                if not write.done.done():
+                    write.done.set_result(None)
 
     async def _commit_alone(self, write: _Write) -> None:
         try:

@@ -307,9 +307,11 @@ class Capacity:
         await self.redis.hdel(keys.citizen_holds(national_id), tracking_code)
 
     async def forget_unanswered(self, *, national_id: str, seat: SeatRequest) -> None:
-        """After a ``hold_and_reserve`` whose answer was lost (Redis may have run both): free
+        """After a booking whose outcome is unknown (Redis's answer to ``hold_and_reserve``
+        was lost, or the record's to the commit, and the record has no such booking): free
         the citizen's limit and the request's Idempotency-Key, so that the same request,
-        retried, books. Both are harmless to free if the scripts never ran. The seat cannot
+        retried, books. Both are harmless to free if never taken; a booking that lands after
+        all is caught by its unique Idempotency-Key or the one-a-day rule. The seat cannot
         be told apart from anyone else's, so it stays counted until a rebuild. Best effort:
         Redis may be gone, and the caller's 503 is what matters then."""
         try:

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -25,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from app.booking.models import SEAT_STATUSES, Booking
+from app.booking.schemas import BookingCreate
 from app.capacity import keys
 from app.capacity.scripts import Scripts
 from app.capacity.watch import rebuild_paused
@@ -222,18 +224,79 @@ async def test_a_booking_whose_commit_answer_was_lost_keeps_its_seat_counted(
 ) -> None:
     """Not in the record (yet): the citizen gets a 503, and the seat stays counted (the commit
     might still land; a leak until the next rebuild is the safe side). The citizen's limit
-    is freed: they can book elsewhere at once."""
-    office, other = await world.office(seats=1), await world.office(seats=1)
+    and the request's Idempotency-Key are freed: the same request, retried, books."""
+    office = await world.office(seats=2)
     day = world.tomorrow()
-    national_id = world.national_id()
+    body = booking_body(office, world.national_id(), day)
+    headers = {**world.token(), "Idempotency-Key": "retried-after-a-lost-commit"}
     lose_the_commits_answer(client, monkeypatch, committed=False)
-    lost = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
+    lost = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert lost.status_code == 503, lost.text
     redis = SyncRedis.from_url(capacity_redis.url)
     assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1
-    redis.close()
-    again = await client.post("/api/v1/bookings", json=booking_body(other, national_id, day), headers=world.token())
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert again.status_code == 201, again.text
+    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2  # one leaked
+    redis.close()
+
+
+async def test_a_failure_after_the_commit_does_not_undo_the_booking(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the record said "committed", nothing after it (here: handing the SMS over) may
+    fail the booking: its caller would give back a seat a recorded booking holds."""
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    outbox = client.app.state.container.bookings.writer._outbox
+    send = outbox.send
+
+    def broken(sms_ids: Any) -> None:
+        monkeypatch.setattr(outbox, "send", send)  # once
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(outbox, "send", broken)
+    assert (await book(client, world, office, day)).status_code == 201
+    assert (await book(client, world, office, day)).status_code == 409  # the one seat is taken
+
+
+async def test_a_request_cancelled_while_its_booking_commits_never_gives_the_seat_back(
+    client: Client, world: World, capacity_redis: EmbeddedRedis
+) -> None:
+    """The caller is cancelled (a shutdown) while its rows are in a commit: the commit goes
+    on and lands, so the seat must stay counted."""
+    office = await world.office(seats=1)
+    await world.rebuild()
+    day = world.tomorrow()
+    container = world.container
+    writer = container.bookings.writer
+    commit = writer._commit
+    started = asyncio.Event()
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> None:
+        started.set()  # the caller is waiting on it now
+        await asyncio.sleep(0.3)
+        await commit(*args, **kwargs)
+
+    writer._commit = slow_commit  # type: ignore[method-assign]
+    async with container.sessions() as session:
+        booking = asyncio.create_task(
+            container.bookings.book(
+                session=session,
+                mobile="09120000001",
+                request=msgspec.convert(booking_body(office, world.national_id(), day), BookingCreate),
+                idempotency_key=None,
+            )
+        )
+        await started.wait()
+        booking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await booking
+    await asyncio.sleep(0.6)  # the commit lands
+    async with container.sessions() as session:
+        held = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status.in_(SEAT_STATUSES)))
+    redis = SyncRedis.from_url(capacity_redis.url)
+    assert held == int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 1
+    redis.close()
 
 
 async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
