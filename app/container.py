@@ -88,7 +88,11 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         rules=BookingRules(max_active=settings.max_active_bookings),
         messenger=messenger,
         # The writer has connections of its own, so requests waiting on it cannot starve it.
-        writer=GroupCommit(create_engine(settings.database_url, pool_size=2), send_sms=messenger.send),
+        writer=GroupCommit(
+            create_engine(settings.database_url, pool_size=2),
+            send_sms=messenger.send,
+            may_commit=lambda: capacity.ready,
+        ),
     )
     load = LoadService(capacity=capacity, clock=clock, offices=offices)
     relocator = Relocator(bookings=bookings, load=load)

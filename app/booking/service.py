@@ -31,7 +31,7 @@ from app.booking.errors import (
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
-from app.booking.writer import CommitOutcomeUnknown, GroupCommit
+from app.booking.writer import CommitOutcomeUnknown, CountingPaused, GroupCommit
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
 from app.capacity.scripts import as_text
@@ -187,6 +187,7 @@ class BookingService:
                     pool=office.pool,
                     time=outcome.time,
                     idempotency=idempotency,
+                    taken_in=outcome.count,
                 )
             # A retry of a booking that went through holds the citizen's limit itself.
             if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings)) and idempotency_key:
@@ -260,11 +261,13 @@ class BookingService:
             raise
         except BaseException as error:
             await session.rollback()
-            await self._undo(session, office, day, reserved.time, national_id, tracking_code, idempotency)
+            await self._undo(session, office, day, reserved, national_id, idempotency)
             if isinstance(error, IntegrityError):
                 if idempotency_key and (earlier := await self._by_idempotency_key(session, mobile, idempotency_key)):
                     return self._replay(earlier, national_id, office, day, wanted)
                 raise AlreadyBookedThatDay() from error
+            if isinstance(error, CountingPaused):
+                raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.") from error
             if isinstance(error, (OperationalError, SQLAlchemyError, OSError)):
                 log.warning("booking not recorded: %s", type(error).__name__, exc_info=error)
                 raise ServiceUnavailable("The record is unavailable; nothing was booked.") from error
@@ -324,15 +327,20 @@ class BookingService:
         session: AsyncSession,
         office: BookableOffice,
         day: dt.date,
-        time: str,
+        reserved: Reserved,
         national_id: str,
-        tracking_code: str,
         idempotency: tuple[str, str] | None,
     ) -> None:
         try:
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            await self.capacity.unhold(national_id=national_id, tracking_code=reserved.tracking_code)
             await self.free_seat(
-                session=session, office_code=office.code, day=day, pool=office.pool, time=time, idempotency=idempotency
+                session=session,
+                office_code=office.code,
+                day=day,
+                pool=office.pool,
+                time=reserved.time,
+                idempotency=idempotency,
+                taken_in=reserved.count,
             )
         except (RedisError, SQLAlchemyError):
             # The seat stays counted (the safe side: never an overbooking) until the next rebuild.
@@ -474,9 +482,11 @@ class BookingService:
         pool: str,
         time: str,
         idempotency: tuple[str, str] | None = None,
+        taken_in: str = "",
     ) -> None:
         """Give a seat back (``time`` empty: only seats added by a capacity change) and record
-        whoever on the waitlist it went to, in the same step as the release."""
+        whoever on the waitlist it went to, in the same step as the release. ``taken_in``: for
+        a seat just reserved and never recorded, ``Reserved.count`` (see ``Capacity.release``)."""
         now = self.clock.now()
         promotions = await self.capacity.release(
             office_code=office_code,
@@ -485,6 +495,7 @@ class BookingService:
             time=time,
             not_before=first_bookable_time(now, day),
             idempotency=idempotency,
+            taken_in=taken_in,
         )
         await self._record_promotions(session, [(Seat(office_code, day, pool, time), promotions)], now)
 

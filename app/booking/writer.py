@@ -51,9 +51,22 @@ class _Write:
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+class CountingPaused(Exception):
+    """Redis is being counted again from the record (app.capacity.watch): a booking that
+    committed now might be missed by the count, and its seat sold again. Rolled back."""
+
+
 class GroupCommit:
-    def __init__(self, engine: AsyncEngine, *, send_sms: SendSms, max_batch: int = 500) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        send_sms: SendSms,
+        may_commit: Callable[[], bool] = lambda: True,
+        max_batch: int = 500,
+    ) -> None:
         self.engine = engine  # the writer's own connections
+        self.may_commit = may_commit  # False while capacity is paused for a recount
         self.max_batch = max_batch
         self._pending: list[_Write] = []
         self._draining: asyncio.Task[None] | None = None
@@ -110,6 +123,10 @@ class GroupCommit:
             try:
                 for (table, _), rows in tables.items():
                     await connection.execute(table.insert(), rows)
+                # Asked at the last moment: a recount waits NOBAT_REBUILD_SETTLE_SECONDS after
+                # every instance has paused, and nothing commits once this one has.
+                if not self.may_commit():
+                    raise CountingPaused()
             except BaseException:
                 await transaction.rollback()  # not committed: the callers may give their seats back
                 raise

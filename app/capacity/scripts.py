@@ -73,8 +73,9 @@ RESERVE = (
 -- ARGV[3] = earliest time still bookable "HH:MM" ("" = any): past slots of today are out
 -- ARGV[4] = tracking code of this booking
 -- ARGV[5] = idempotency TTL in seconds (0 = the request carries no idempotency key)
--- Returns {outcome, slot time, tracking code}; outcome is OK, REPLAY, NO_DAY, BLOCKED,
--- CLOSED, NO_SLOT, FULL or DAY_FULL.
+-- Returns {outcome, slot time, tracking code}, and on OK the day's '_count' (which count of
+-- the record its counters come from; RELEASE takes it back); outcome is OK, REPLAY, NO_DAY,
+-- BLOCKED, CLOSED, NO_SLOT, FULL or DAY_FULL.
 local day = KEYS[1]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', '', ''} end
 local ttl = tonumber(ARGV[5])
@@ -130,7 +131,7 @@ else
 end
 redis.call('HINCRBY', day, 'u|' .. pool .. '|' .. chosen, 1)
 if ttl > 0 then redis.call('SET', KEYS[2], ARGV[4], 'EX', ttl) end
-return {'OK', chosen, ARGV[4]}
+return {'OK', chosen, ARGV[4], redis.call('HGET', day, '_count') or ''}
 """
 )
 
@@ -179,13 +180,17 @@ RELEASE = (
 -- KEYS[3] = the day's waitlist for this pool (a list of tracking codes, first in line first)
 -- ARGV[1] = pool, ARGV[2] = slot time to free ("" frees nothing: only fill from the waitlist)
 -- ARGV[3] = earliest time still bookable "HH:MM" ("" = any)
+-- ARGV[4] = for a seat taken moments ago and never recorded, the '_count' RESERVE gave ("" or
+--           absent: any). If the day has been counted again from the record since, that
+--           count did not include the seat: freeing it would free somebody else's.
 -- Frees one seat (never below zero), then gives every seat with room to the waitlist in
 -- the same step. Returns {tracking code, slot time, ...} of the citizens promoted. A missing
 -- day (Redis emptied) is left alone: the rebuild counts from the record.
 local day = KEYS[1]
 redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', day) == 0 then return {} end
-if ARGV[2] ~= '' then
+local taken_in = ARGV[4] or ''
+if ARGV[2] ~= '' and (taken_in == '' or taken_in == (redis.call('HGET', day, '_count') or '')) then
   local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
   local used = tonumber(redis.call('HGET', day, field) or '0')
   if used > 0 then used = redis.call('HINCRBY', day, field, -1) end
@@ -236,7 +241,7 @@ MATERIALISE = """
 -- KEYS[1] = the office's day hash
 -- ARGV[1] = "replace" to overwrite, "create" to write only if the day is absent
 -- ARGV[2] = unix time the key expires at (the day after the date)
--- ARGV[3..] = field, value pairs (_status, _cap, s|pool|time, u|pool|time)
+-- ARGV[3..] = field, value pairs (_status, _cap, _count, s|pool|time, u|pool|time)
 -- Returns 1 when it wrote, 0 when the day was already there.
 local day = KEYS[1]
 if ARGV[1] == 'create' and redis.call('EXISTS', day) == 1 then return 0 end

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from time import perf_counter
@@ -61,6 +62,7 @@ class Reserved(msgspec.Struct, frozen=True):
     time: str
     tracking_code: str
     replay: bool = False
+    count: str = ""  # which count of the record the day's counters came from (see RELEASE)
 
 
 class SeatRequest(msgspec.Struct, frozen=True):
@@ -227,14 +229,18 @@ class Capacity:
         time: str,
         not_before: str | None = None,
         idempotency: tuple[str, str] | None = None,
+        taken_in: str = "",
     ) -> list[Promotion]:
         """Free one seat (``time`` empty: none) and hand seats with room to the day's waitlist.
+        ``taken_in``: for a seat just reserved and never recorded, its ``Reserved.count``; if
+        the day was counted from the record since, the seat is not in the count, and stays.
 
         Returns who was promoted: the caller records each in SQL, or frees the seat again.
         """
         self.reads.forget(office_code, day)
         seat = Seat(office_code, day, pool, time)
-        return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency)))
+        keys_, args = _release_call(seat, not_before, idempotency)
+        return _promotions(await self.scripts.release(keys=keys_, args=[*args, taken_in]))
 
     async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion] | BaseException]:
         """``release`` for many seats on one trip to Redis: for each, who was promoted, or the
@@ -373,8 +379,11 @@ class Capacity:
         used: dict[tuple[str, str], int],
         caps: list[CapRule],
         calendar: Calendar,
+        count_id: str,
     ) -> list[str | int]:
-        args: list[str | int] = [day_expiry(day, self.tz), "_status", plan.status, "_cap", plan.cap(day, caps)]
+        args: list[str | int] = [
+            day_expiry(day, self.tz), "_status", plan.status, "_cap", plan.cap(day, caps), "_count", count_id,
+        ]  # fmt: skip
         slots: Sequence[Slot] = calendar.slots(
             office_id=plan.office_id, province_id=plan.province_id, template=decode_template(plan.template), day=day
         )
@@ -402,7 +411,10 @@ class Capacity:
         self.reads.forget(plan.code, day)
         await self.scripts.materialise(
             keys=[keys.office_day(plan.code, day)],
-            args=["create", *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)],
+            args=[
+                "create",
+                *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, new_count()),
+            ],
         )
 
     async def calendar(
@@ -445,13 +457,14 @@ class Capacity:
         plans = await load_plans(session)
         caps = await load_caps(session, first=days[0], last=days[-1])
         calendar = await self.calendar(session, first=days[0], last=days[-1])
+        count_id = new_count()
         for start in range(0, len(plans), batch):
             chunk = plans[start : start + batch]
             used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days)
             calls = [
                 (
                     [keys.office_day(plan.code, day)],
-                    [mode, *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar)],
+                    [mode, *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, count_id)],
                 )
                 for plan in chunk
                 for day in days
@@ -626,6 +639,11 @@ def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
     return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl]
 
 
+def new_count() -> str:
+    """An id for one count of the record into Redis (a rebuild, a day materialised)."""
+    return uuid.uuid4().hex[:12]
+
+
 def _release_call(
     seat: Seat, not_before: str | None, idempotency: tuple[str, str] | None
 ) -> tuple[list[str], list[str]]:
@@ -646,10 +664,10 @@ def _promotions(reply: Any) -> list[Promotion]:
 def _reserved(reply: Any) -> Reserved | None:
     """RESERVE's answer: the seat taken (or the earlier booking's, on a replay), None when
     the day is not in Redis, or the refusal raised."""
-    outcome, slot, code = reply
+    outcome, slot, code = reply[0], reply[1], reply[2]
     outcome = as_text(outcome)
     if outcome == "OK":
-        return Reserved(time=as_text(slot), tracking_code=as_text(code))
+        return Reserved(time=as_text(slot), tracking_code=as_text(code), count=as_text(reply[3]))
     if outcome == "REPLAY":
         return Reserved(time="", tracking_code=as_text(code), replay=True)
     if outcome == "NO_DAY":

@@ -100,8 +100,10 @@ async def test_redis_restarted_empty_mid_day(client: Client, world: World, capac
 async def test_a_rebuild_waits_for_the_bookings_in_flight(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Redis loses its data while a booking that took the last seat is still committing:
-    the rebuild counts only after it, so the seat is not sold again."""
+    """Redis loses its data while a booking that took the last seat is still on its way to
+    its commit: the booking does not commit during the pause (503), the count starts after
+    it, and the record and Redis agree. (Counted first and committed after, it had been in
+    the record with its seat counted free: sold again.)"""
     office = await world.office(seats=1)
     await world.rebuild()
     day = world.tomorrow()
@@ -115,14 +117,65 @@ async def test_a_rebuild_waits_for_the_bookings_in_flight(
         await write(*args, **kwargs)
 
     monkeypatch.setattr(writer, "write", lose_redis_then_write)
-    assert (await book(client, world, office, day)).status_code == 201
+    assert (await book(client, world, office, day)).status_code == 503
     monkeypatch.setattr(writer, "write", write)
     for _ in range(200):
         if redis.exists(keys.REBUILT_AT):
             break
         await asyncio.sleep(0.1)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 1
-    assert (await book(client, world, office, day)).status_code == 409  # the one seat is taken
+    async with world.container.sessions() as session:
+        recorded = await session.scalar(select(func.count()).select_from(Booking))
+    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == recorded == 0
+    assert (await book(client, world, office, day)).status_code == 201
+    redis.close()
+
+
+async def test_a_booking_undone_after_a_recount_frees_no_one_elses_seat(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A booking took its seat, the day was then counted again from the record (which did not
+    have it), and its insert failed: giving its seat back would free somebody else's."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    assert (await book(client, world, office, day)).status_code == 201
+    container = client.app.state.container
+    write = container.bookings.writer.write
+
+    async def recount_then_fail(session: Any, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(container.bookings.writer, "write", write)  # once
+        await session.commit()
+        await container.capacity.rebuild(session=session, today=container.clock.today())
+        raise OperationalError("INSERT", {}, Exception("the record went away"))
+
+    monkeypatch.setattr(container.bookings.writer, "write", recount_then_fail)
+    assert (await book(client, world, office, day)).status_code == 503
+    redis = SyncRedis.from_url(capacity_redis.url)
+    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1  # the first
+    redis.close()
+
+
+async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A booking that reaches its commit after this instance paused for a recount is rolled
+    back (503): committed now, the count might miss it and sell its seat again."""
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    capacity = client.app.state.container.capacity
+    commit = client.app.state.container.bookings.writer._commit
+
+    async def paused_meanwhile(*args: Any) -> None:
+        capacity.ready = False  # as the watch does when Redis lost its counters
+        await commit(*args)
+
+    monkeypatch.setattr(client.app.state.container.bookings.writer, "_commit", paused_meanwhile)
+    paused = await book(client, world, office, day)
+    capacity.ready = True
+    assert paused.status_code == 503, paused.text
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 0
+    redis = SyncRedis.from_url(capacity_redis.url)
+    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 0  # given back
     redis.close()
 
 
