@@ -13,8 +13,8 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -27,7 +27,9 @@ from app.clock import Clock
 log = logging.getLogger(__name__)
 
 REBUILD_LOCK = f"{keys.NAMESPACE}:rebuild-lock"
-LOCK_SECONDS = 600
+LOCK_SECONDS = 30
+"""The rebuild lock's life, renewed every third of it while its holder works: a holder that
+died (a `python -m app rebuild` killed) keeps every instance paused this long at most."""
 WATCH_INTERVAL = 1.0
 """Seconds between an instance's looks at Redis: within this, every instance has paused."""
 
@@ -57,22 +59,24 @@ class RedisWatch:
                 self.capacity.ready = True
                 return
             self.capacity.ready = False
-            if not await redis.set(REBUILD_LOCK, self.owner, nx=True, ex=LOCK_SECONDS):
-                return  # another instance is rebuilding
-            try:
+            async with rebuild_lock(redis, self.owner) as held:
+                if not held:
+                    return  # another instance (or `python -m app rebuild`) is rebuilding
                 log.warning("redis has no counters: rebuilding from the record in %.0f s", self.settle)
                 await asyncio.sleep(self.settle)
                 async with self.sessions() as session:
                     await self.capacity.rebuild(session=session, today=self.clock.today())
-            finally:
-                await release_lock(redis, self.owner)
             self.capacity.ready = True
         except RedisError:
             self.capacity.ready = False
 
     async def run(self) -> None:
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # the record failed mid-rebuild: stay paused, and look again
+                self.capacity.ready = False
+                log.exception("rebuilding capacity failed; trying again")
             await asyncio.sleep(self.interval)
 
 
@@ -81,17 +85,30 @@ async def rebuild_paused(capacity: Capacity, session: AsyncSession, *, today: dt
     bookings pause on every instance (the rebuild marker goes, as when Redis loses its
     data, and this holds the instances' rebuild lock), wait ``wait`` seconds for those in
     flight, then the count; bookings resume when it is done. The office-days written."""
-    owner = uuid.uuid4().hex
-    if not await capacity.redis.set(REBUILD_LOCK, owner, nx=True, ex=LOCK_SECONDS):
-        raise RuntimeError("another rebuild is running")
-    try:
+    async with rebuild_lock(capacity.redis, uuid.uuid4().hex) as held:
+        if not held:
+            raise RuntimeError("another rebuild is running")
         await capacity.redis.delete(keys.REBUILT_AT)
         await asyncio.sleep(wait)
         return await capacity.rebuild(session=session, today=today)
+
+
+@asynccontextmanager
+async def rebuild_lock(redis: Any, owner: str) -> AsyncIterator[bool]:
+    """Take the rebuild lock (yields False if another holds it), renewing it while held."""
+    if not await redis.set(REBUILD_LOCK, owner, nx=True, px=int(LOCK_SECONDS * 1000)):
+        yield False
+        return
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(LOCK_SECONDS / 3)
+            await redis.pexpire(REBUILD_LOCK, int(LOCK_SECONDS * 1000))
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield True
     finally:
-        await release_lock(capacity.redis, owner)
-
-
-async def release_lock(redis: Any, owner: str) -> None:
-    if await redis.get(REBUILD_LOCK) in (owner, owner.encode()):
-        await redis.delete(REBUILD_LOCK)
+        renewing.cancel()
+        if await redis.get(REBUILD_LOCK) in (owner, owner.encode()):
+            await redis.delete(REBUILD_LOCK)

@@ -27,10 +27,10 @@ from sqlalchemy.exc import OperationalError
 
 from app.booking.models import SEAT_STATUSES, Booking
 from app.booking.schemas import BookingCreate
-from app.capacity import keys
+from app.capacity import keys, watch
 from app.capacity.scripts import Scripts
 from app.capacity.watch import rebuild_paused
-from app.redis import EmbeddedRedis
+from app.redis import EmbeddedRedis, connect
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
@@ -209,6 +209,56 @@ async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
     redis = SyncRedis.from_url(capacity_redis.url)
     assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2
     redis.close()
+
+
+async def test_the_rebuild_lock_lives_while_held_and_goes_with_its_holder(
+    capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewed while its holder works; a holder that died keeps the instances paused for one
+    lock life at most (it had been ten minutes)."""
+    monkeypatch.setattr(watch, "LOCK_SECONDS", 0.6)
+    redis = connect(capacity_redis.url)
+    try:
+        async with watch.rebuild_lock(redis, "me") as held:
+            assert held
+            await asyncio.sleep(1.5)  # longer than the lock's life: renewed meanwhile
+            assert await redis.get(watch.REBUILD_LOCK) == "me"
+            async with watch.rebuild_lock(redis, "other") as also:
+                assert not also
+        assert not await redis.exists(watch.REBUILD_LOCK)
+        await redis.set(watch.REBUILD_LOCK, "killed", px=600)  # a holder gone without a word
+        await asyncio.sleep(0.7)
+        async with watch.rebuild_lock(redis, "me") as held:
+            assert held
+    finally:
+        await redis.aclose()
+
+
+async def test_a_rebuild_that_fails_is_tried_again(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record failing mid-rebuild once must not end the watch: the instance would stay
+    paused (503) until restarted."""
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    capacity = client.app.state.container.capacity
+    rebuild = capacity.rebuild
+
+    async def fails_once(**kwargs: Any) -> int:
+        monkeypatch.setattr(capacity, "rebuild", rebuild)
+        raise OperationalError("SELECT", {}, Exception("the record went away"))
+
+    monkeypatch.setattr(capacity, "rebuild", fails_once)
+    redis = SyncRedis.from_url(capacity_redis.url)
+    redis.flushall()
+    redis.close()
+    booked = None
+    for _ in range(100):
+        booked = await book(client, world, office, day)
+        if booked.status_code != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert booked is not None and booked.status_code == 201, booked.text
 
 
 async def test_database_gone_answers_503_and_holds_no_seat(
