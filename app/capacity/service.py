@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -438,11 +438,12 @@ class Capacity:
 
     async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
         """Recompute every counter of the horizon from the record. Returns the office-days written."""
+        servers = await self.servers()  # before the count: one that changes during it counts again
         written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
         await self._rebuild_holds(session=session, today=today)
         await self._rebuild_waitlists(session=session, today=today)
         await self._rebuild_geo(session=session)
-        await self.redis.set(keys.REBUILT_AT, dt.datetime.now(self.tz).isoformat())
+        await self.redis.set(keys.REBUILT_AT, f"{dt.datetime.now(self.tz).isoformat()}|{servers}")
         log.info("capacity rebuilt", extra={"office_days": written})
         return written
 
@@ -534,7 +535,20 @@ class Capacity:
             await pipe.execute()
 
     async def is_built(self) -> bool:
-        return bool(await self.redis.exists(keys.REBUILT_AT))
+        """Whether the counters were rebuilt on the Redis servers that hold them now. Another
+        server (a restart, or a failover to a replica that had not received the last writes)
+        may be short of seats taken: they must be counted again before anyone books."""
+        marker = await self.redis.get(keys.REBUILT_AT)
+        if marker is None:
+            return False
+        return as_text(marker).partition("|")[2] == await self.servers()
+
+    async def servers(self) -> str:
+        """The run ids of the Redis servers (a cluster's masters) that hold the counters."""
+        if isinstance(self.redis, RedisCluster):
+            found = await self.redis.info("server", target_nodes=RedisCluster.PRIMARIES)
+            return ",".join(sorted(info["run_id"] for info in found.values()))
+        return str((await self.redis.info("server"))["run_id"])
 
     async def replan(
         self,

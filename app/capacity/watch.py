@@ -1,4 +1,5 @@
-"""Watching Redis: when it comes back empty (restarted, failed over, flushed), new bookings
+"""Watching Redis: when it comes back empty (restarted, flushed) or is another server (a
+failover to a replica that may lack the last writes: ``Capacity.is_built``), new bookings
 wait with a 503 until every counter is rebuilt from the record, by one instance at a time.
 
 The count waits first. Bookings already past the pause (on this instance, or on one that has
