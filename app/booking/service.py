@@ -431,6 +431,11 @@ class BookingService:
             body=f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.",
             kind="booking_cancelled",
         )
+        if not self.capacity.ready:
+            # Redis is being counted again from the record (app.capacity.watch): cancelled
+            # now, the count could leave the seat out and the release below free it again.
+            await session.rollback()
+            raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.", retry_after=5)
         try:
             await session.commit()
         except SQLAlchemyError as error:

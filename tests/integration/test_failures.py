@@ -179,6 +179,30 @@ async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
     redis.close()
 
 
+async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
+    client: Client, world: World, capacity_redis: EmbeddedRedis
+) -> None:
+    """Cancelled during the pause, the count could leave the seat out and the release after
+    it free it again: the citizen is asked to try again in a few seconds."""
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09121110000")
+    )
+    code = booked.json()["tracking_code"]
+    capacity = client.app.state.container.capacity
+    capacity.ready = False  # as the watch does when the counters must be counted again
+    try:
+        paused = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    finally:
+        capacity.ready = True
+    assert paused.status_code == 503, paused.text
+    assert paused.headers["Retry-After"]
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+    again = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert again.status_code == 200, again.text
+
+
 async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
     client: Client, world: World, capacity_redis: EmbeddedRedis
 ) -> None:
