@@ -78,7 +78,7 @@ async def reserve(
 ) -> Response[Any]:
     dt.date.fromisoformat(data.date)  # the service parses the date too
     tracking_code = new_tracking_code()
-    outcome, slot, code = await state.reserve(
+    reply = await state.reserve(
         keys=[
             bench_day_key(data.office_code, data.date),
             bench_idempotency_key(data.office_code, idempotency_key or "-"),
@@ -86,7 +86,7 @@ async def reserve(
         ],
         args=[data.pool, data.slot or "", "", tracking_code, IDEMPOTENCY_TTL_SECONDS if idempotency_key else 0],
     )
-    outcome = as_text(outcome)
+    outcome, slot, code = as_text(reply[0]), reply[1], reply[2]  # (and on OK, the day's count id)
     if outcome != "OK":
         return Response({"code": outcome.lower()}, status_code=409)
     return Response(ReserveOut(slot=as_text(slot), tracking_code=as_text(code)), status_code=201)

@@ -90,8 +90,9 @@ def open_office_days(redis: Redis, candidates: list[tuple[str, dt.date]]) -> lis
         for code, day in candidates:
             pipe.hlen(keys.office_day(code, day))
         lengths = pipe.execute()
-    # A day hash always has _status and _cap; anything more is a slot.
-    return [pair for pair, length in zip(candidates, lengths, strict=True) if length > 2]
+    # A day hash always has _status, _cap and _count (app.capacity.service._day_args);
+    # anything more is a slot.
+    return [pair for pair, length in zip(candidates, lengths, strict=True) if length > 3]
 
 
 def mint_tokens(secret_key: str, count: int, rng: random.Random) -> list[tuple[str, str]]:
