@@ -64,6 +64,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             bare_ratio >= 0.4,
             bare_ratio,
         )
+    elif bare:  # it ran and nothing succeeded: a broken reference, not a missing row
+        row(">= 40% of the bare reserve endpoint", "the reference answered no 2xx: see the wrk table", False)
     for name in ("slots", "nearby"):
         read = wrk.get(name)
         if read:
