@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Litestar, Response, post
 from litestar.datastructures import State
-from litestar.params import HeaderParameter
+from litestar.params import HeaderParameter, JSONBody
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
@@ -72,7 +72,7 @@ class ReserveOut(msgspec.Struct):
 
 @post("/reserve", status_code=201)
 async def reserve(
-    data: ReserveIn,
+    data: JSONBody[ReserveIn],
     state: State,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[Any]:
