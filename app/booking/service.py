@@ -102,11 +102,6 @@ class BookingService:
         self.rules = rules
         self.messenger = messenger
 
-    def _check_ready(self) -> None:
-        if not self.capacity.ready:
-            # Redis lost its counters and they are being rebuilt: booking now could overbook.
-            raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.", retry_after=5)
-
     async def book(
         self,
         *,
@@ -136,7 +131,7 @@ class BookingService:
         idempotency_key: str | None,
         channel: Channel,
     ) -> Booked:
-        self._check_ready()
+        self.capacity.require_ready()
         national_id = normalize_national_id(request.national_id)
         day = parse_date(request.date)
         wanted = parse_slot(request.slot) if request.slot else None
@@ -435,7 +430,7 @@ class BookingService:
             # Redis is being counted again from the record (app.capacity.watch): cancelled
             # now, the count could leave the seat out and the release below free it again.
             await session.rollback()
-            raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.", retry_after=5)
+            self.capacity.require_ready()
         try:
             await session.commit()
         except SQLAlchemyError as error:
@@ -597,7 +592,7 @@ class BookingService:
 
     async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""
-        self._check_ready()
+        self.capacity.require_ready()
         national_id = normalize_national_id(request.national_id)
         day = parse_date(request.date)
         now = self.clock.now()

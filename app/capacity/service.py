@@ -47,7 +47,7 @@ from app.capacity.plan import (
 )
 from app.capacity.reading import DayReader
 from app.capacity.scripts import Scripts, as_text
-from app.errors import DomainError, InvalidInput
+from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.locale import jalali_date
 from app.observability import LUA_SECONDS
 from app.offices.models import City, Office, OfficeService, OfficeStatus
@@ -533,6 +533,13 @@ class Capacity:
                 for start in range(0, len(values), 3000):
                     pipe.execute_command("GEOADD", keys.office_geo(service_code), *values[start : start + 3000])
             await pipe.execute()
+
+    def require_ready(self) -> None:
+        """Refuse (503) whatever would move seats while the counters are being counted again
+        from the record (app.capacity.watch): done now, the count could miss it, and a seat
+        be sold twice."""
+        if not self.ready:
+            raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.", retry_after=5)
 
     async def is_built(self) -> bool:
         """Whether the counters were rebuilt on the Redis servers that hold them now. Another

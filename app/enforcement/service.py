@@ -310,6 +310,7 @@ class Enforcement:
         require_role(staff, StaffRole.REGULATOR)
         if not reason.strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
+        self.capacity.require_ready()  # a block's moves and a cap must not race a recount
         office = await self.office(session, office_code)
         if kind is ActionKind.BLOCK:
             action = await self.block(session, office, reason=reason.strip(), by=staff)

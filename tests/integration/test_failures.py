@@ -35,6 +35,8 @@ from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import World, booking_body
+from tests.integration.test_complaints import regulator
+from tests.integration.test_console import staff_of
 
 Client = AsyncTestClient[Litestar]
 
@@ -201,6 +203,32 @@ async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
     again = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     assert again.status_code == 200, again.text
+
+
+async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, world: World) -> None:
+    """A clerk's new plan or a regulator's block moves seats: during a recount they answer
+    503 and change nothing, and go through once it is done."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    clerk = await staff_of(client, world, office)
+    regulator_ = await regulator(client, world)
+    capacity = client.app.state.container.capacity
+    override = f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}"
+    closed = {"rules": [], "reason": "تعمیرات"}
+    block = f"/api/v1/regulator/offices/{office}/block"
+    capacity.ready = False  # as the watch does when the counters must be counted again
+    try:
+        paused = [
+            await client.put(override, json=closed, headers=clerk),
+            await client.post(block, json={"reason": "تصمیم"}, headers=regulator_),
+        ]
+    finally:
+        capacity.ready = True
+    assert [r.status_code for r in paused] == [503, 503], [r.text for r in paused]
+    days = (await client.get(f"/api/v1/staff/offices/{office}/days", headers=clerk)).json()
+    assert {d["date"]: d["source"] for d in days}[day.isoformat()] == "template"
+    assert (await client.put(override, json=closed, headers=clerk)).status_code == 200
+    assert (await client.post(block, json={"reason": "تصمیم"}, headers=regulator_)).status_code == 201
 
 
 async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
