@@ -33,7 +33,7 @@ from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.booking.writer import CommitOutcomeUnknown, CountingPaused, GroupCommit
 from app.capacity import keys
-from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, TooManyBookings
+from app.capacity.errors import AlreadyBookedThatDay, CapacityRebuilding, DuplicateRequest, TooManyBookings
 from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
 from app.clock import Clock
@@ -175,15 +175,7 @@ class BookingService:
             raise
         if hold_error is not None:
             if isinstance(outcome, Reserved) and not outcome.replay:
-                await self.free_seat(
-                    session=session,
-                    office_code=office.code,
-                    day=day,
-                    pool=office.pool,
-                    time=outcome.time,
-                    idempotency=idempotency,
-                    taken_in=outcome.count,
-                )
+                await self._give_back(session, office, day, outcome, idempotency)
             # A retry of a booking that went through holds the citizen's limit itself.
             if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings)) and idempotency_key:
                 if earlier := await self._by_idempotency_key(session, mobile, idempotency_key):
@@ -262,7 +254,7 @@ class BookingService:
                     return self._replay(earlier, national_id, office, day, wanted)
                 raise AlreadyBookedThatDay() from error
             if isinstance(error, CountingPaused):
-                raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.") from error
+                raise CapacityRebuilding() from error
             if isinstance(error, (OperationalError, SQLAlchemyError, OSError)):
                 log.warning("booking not recorded: %s", type(error).__name__, exc_info=error)
                 raise ServiceUnavailable("The record is unavailable; nothing was booked.") from error
@@ -328,18 +320,30 @@ class BookingService:
     ) -> None:
         try:
             await self.capacity.unhold(national_id=national_id, tracking_code=reserved.tracking_code)
-            await self.free_seat(
-                session=session,
-                office_code=office.code,
-                day=day,
-                pool=office.pool,
-                time=reserved.time,
-                idempotency=idempotency,
-                taken_in=reserved.count,
-            )
+            await self._give_back(session, office, day, reserved, idempotency)
         except (RedisError, SQLAlchemyError):
             # The seat stays counted (the safe side: never an overbooking) until the next rebuild.
             log.exception("could not give back a seat after a failed insert")
+
+    async def _give_back(
+        self,
+        session: AsyncSession,
+        office: BookableOffice,
+        day: dt.date,
+        reserved: Reserved,
+        idempotency: tuple[str, str] | None,
+    ) -> None:
+        """Give back a seat this request reserved and never recorded: unless the day has been
+        counted again from the record since (``Reserved.count``), which left it out already."""
+        await self.free_seat(
+            session=session,
+            office_code=office.code,
+            day=day,
+            pool=office.pool,
+            time=reserved.time,
+            idempotency=idempotency,
+            taken_in=reserved.count,
+        )
 
     def _replay(
         self, earlier: Booking, national_id: str, office: BookableOffice, day: dt.date, wanted: str | None

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from app.errors import DomainError
+from app.errors import DomainError, ServiceUnavailable
 from app.locale import to_persian_digits
 
 
@@ -92,3 +92,11 @@ class BookingSuspended(DomainError):
             detail_fa=self.message_fa.format(until=jalali_date(until)),
             until=until.isoformat(),
         )
+
+
+class CapacityRebuilding(ServiceUnavailable):
+    """Redis's counters are being counted again from the record (app.capacity.watch):
+    whatever would take or free a seat waits, or the count could miss it."""
+
+    def __init__(self) -> None:
+        super().__init__("Capacity is being rebuilt; try again in a few seconds.")

@@ -26,6 +26,7 @@ from app.capacity import keys
 from app.capacity.errors import (
     AlreadyBookedThatDay,
     BookingSuspended,
+    CapacityRebuilding,
     DayFull,
     DuplicateRequest,
     NoSuchSlot,
@@ -47,7 +48,7 @@ from app.capacity.plan import (
 )
 from app.capacity.reading import DayReader
 from app.capacity.scripts import Scripts, as_text
-from app.errors import DomainError, InvalidInput, ServiceUnavailable
+from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
 from app.observability import LUA_SECONDS
 from app.offices.models import City, Office, OfficeService, OfficeStatus
@@ -239,8 +240,7 @@ class Capacity:
         """
         self.reads.forget(office_code, day)
         seat = Seat(office_code, day, pool, time)
-        keys_, args = _release_call(seat, not_before, idempotency)
-        return _promotions(await self.scripts.release(keys=keys_, args=[*args, taken_in]))
+        return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency, taken_in)))
 
     async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion] | BaseException]:
         """``release`` for many seats on one trip to Redis: for each, who was promoted, or the
@@ -413,7 +413,7 @@ class Capacity:
             keys=[keys.office_day(plan.code, day)],
             args=[
                 "create",
-                *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, new_count()),
+                *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, _new_count()),
             ],
         )
 
@@ -458,7 +458,7 @@ class Capacity:
         plans = await load_plans(session)
         caps = await load_caps(session, first=days[0], last=days[-1])
         calendar = await self.calendar(session, first=days[0], last=days[-1])
-        count_id = new_count()
+        count_id = _new_count()
         for start in range(0, len(plans), batch):
             chunk = plans[start : start + batch]
             used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days)
@@ -539,7 +539,7 @@ class Capacity:
         from the record (app.capacity.watch): done now, the count could miss it, and a seat
         be sold twice."""
         if not self.ready:
-            raise ServiceUnavailable("Capacity is being rebuilt; try again in a few seconds.", retry_after=5)
+            raise CapacityRebuilding()
 
     async def is_built(self) -> bool:
         """Whether the counters were rebuilt on the Redis servers that hold them now. Another
@@ -660,21 +660,21 @@ def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
     return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl]
 
 
-def new_count() -> str:
+def _new_count() -> str:
     """An id for one count of the record into Redis (a rebuild, a day materialised)."""
     return uuid.uuid4().hex[:12]
 
 
 def _release_call(
-    seat: Seat, not_before: str | None, idempotency: tuple[str, str] | None
+    seat: Seat, not_before: str | None, idempotency: tuple[str, str] | None, taken_in: str = ""
 ) -> tuple[list[str], list[str]]:
-    """RELEASE's keys and arguments for a seat given back."""
+    """RELEASE's keys and arguments for a seat given back (``taken_in``: see ``release``)."""
     keys_ = [
         keys.office_day(seat.office_code, seat.day),
         _idempotency_key(seat.office_code, idempotency),
         keys.waitlist(seat.office_code, seat.day, seat.pool),
     ]
-    return keys_, [seat.pool, seat.time, not_before or ""]
+    return keys_, [seat.pool, seat.time, not_before or "", taken_in]
 
 
 def _promotions(reply: Any) -> list[Promotion]:

@@ -107,7 +107,7 @@ class Console:
         days: dict[int, list[DayRule]],
         move_overflow: bool,
     ) -> CapacityChange:
-        self.capacity.require_ready()  # a plan applied now could move seats the recount misses
+        self.capacity.require_ready()
         office = await self._office(session, staff, office_code)
         for weekday, rules in days.items():
             if not 0 <= weekday <= 6:
@@ -146,7 +146,7 @@ class Console:
         reason: str,
         move_overflow: bool,
     ) -> CapacityChange:
-        self.capacity.require_ready()  # a plan applied now could move seats the recount misses
+        self.capacity.require_ready()
         office = await self._office(session, staff, office_code)
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
@@ -169,7 +169,7 @@ class Console:
     async def clear_override(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
     ) -> CapacityChange:
-        self.capacity.require_ready()  # a plan applied now could move seats the recount misses
+        self.capacity.require_ready()
         office = await self._office(session, staff, office_code)
         row = await session.get(CapacityOverride, (office.id, day))
         if row is None:
