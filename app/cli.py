@@ -100,8 +100,7 @@ async def rebuild(settings: Settings) -> int:
         capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
         wait = settings.rebuild_settle_seconds
         print(f"bookings pause on every instance; the count starts in {wait:.0f} s")
-        async with session_factory(engine)() as session:
-            return await rebuild_paused(capacity, session, today=clock.today(), wait=wait)
+        return await rebuild_paused(capacity, session_factory(engine), today=clock.today(), wait=wait)
     finally:
         await redis.aclose()
         await engine.dispose()

@@ -50,24 +50,18 @@ class RedisWatch:
         self.clock = clock
         self.settle = settle
         self.interval = interval
-        self.owner = uuid.uuid4().hex
 
     async def check(self) -> None:
         """One look: mark capacity ready or not, and rebuild if Redis lost its data."""
-        redis = self.capacity.redis
         try:
             if await self.capacity.is_built():
                 self.capacity.ready = True
                 return
             self.capacity.ready = False
-            async with rebuild_lock(redis, self.owner) as held:
-                if not held:
-                    return  # another instance (or `python -m app rebuild`) is rebuilding
-                log.warning("redis has no counters: rebuilding from the record in %.0f s", self.settle)
-                await asyncio.sleep(self.settle)
-                async with self.sessions() as session:
-                    await self.capacity.rebuild(session=session, today=self.clock.today())
+            await rebuild_paused(self.capacity, self.sessions, today=self.clock.today(), wait=self.settle)
             self.capacity.ready = True
+        except RebuildRunning:
+            return  # another instance (or `python -m app rebuild`) is at it
         except RedisError:
             self.capacity.ready = False
 
@@ -81,17 +75,29 @@ class RedisWatch:
             await asyncio.sleep(self.interval)
 
 
-async def rebuild_paused(capacity: Capacity, session: AsyncSession, *, today: dt.date, wait: float) -> int:
-    """Recount Redis from the record while the service runs (``python -m app rebuild``):
-    bookings pause on every instance (the rebuild marker goes, as when Redis loses its
-    data, and this holds the instances' rebuild lock), wait ``wait`` seconds for those in
-    flight, then the count; bookings resume when it is done. The office-days written."""
+class RebuildRunning(Exception):
+    """Another instance, or `python -m app rebuild`, holds the rebuild lock."""
+
+
+async def rebuild_paused(
+    capacity: Capacity,
+    sessions: Callable[[], AbstractAsyncContextManager[AsyncSession]],
+    *,
+    today: dt.date,
+    wait: float,
+) -> int:
+    """Count Redis again from the record, by one instance (or `python -m app rebuild`) at a
+    time: bookings pause on every instance (the rebuild marker goes), ``wait`` seconds pass
+    for those in flight, then the count; bookings resume when it is done. The office-days
+    written."""
     async with rebuild_lock(capacity.redis, uuid.uuid4().hex) as held:
         if not held:
-            raise RuntimeError("another rebuild is running")
+            raise RebuildRunning()
         await capacity.redis.delete(keys.REBUILT_AT)
+        log.warning("bookings paused: counting Redis from the record in %.0f s", wait)
         await asyncio.sleep(wait)
-        return await capacity.rebuild(session=session, today=today)
+        async with sessions() as session:
+            return await capacity.rebuild(session=session, today=today)
 
 
 @asynccontextmanager

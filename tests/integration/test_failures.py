@@ -36,7 +36,7 @@ from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import World, booking_body
 from tests.integration.test_complaints import regulator
-from tests.integration.test_console import staff_of
+from tests.integration.test_console import staff_of, used
 
 Client = AsyncTestClient[Litestar]
 
@@ -57,6 +57,12 @@ def settings_changes() -> dict[str, Any]:
 @pytest.fixture
 def settings(settings: Settings, capacity_redis: EmbeddedRedis, settings_changes: dict[str, Any]) -> Settings:
     return settings.with_(redis_url=capacity_redis.url, rq_redis_url=settings.redis_url, **settings_changes)
+
+
+def ten_oclock_used(server: EmbeddedRedis, office: str, day: dt.date) -> int:
+    """Seats counted in the capacity Redis for the office's 10:00 slot (where ``book`` books)."""
+    with SyncRedis.from_url(server.url) as redis:
+        return used(redis, office, day, "10:00")
 
 
 async def book(client: Client, world: World, office: str, day: dt.date) -> Any:
@@ -88,9 +94,7 @@ async def test_redis_restarted_empty_mid_day(client: Client, world: World, capac
     assert again.status_code == 201, again.text  # the third seat, counted from the record
     full = await book(client, world, office, day)
     assert full.status_code == 409
-    redis = SyncRedis.from_url(capacity_redis.url)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 3
-    redis.close()
+    assert ten_oclock_used(capacity_redis, office, day) == 3
     async with world.container.sessions() as session:
         booked = await session.scalar(
             select(func.count()).select_from(Booking).where(Booking.status.in_(SEAT_STATUSES))
@@ -127,7 +131,7 @@ async def test_a_rebuild_waits_for_the_bookings_in_flight(
         await asyncio.sleep(0.1)
     async with world.container.sessions() as session:
         recorded = await session.scalar(select(func.count()).select_from(Booking))
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == recorded == 0
+    assert ten_oclock_used(capacity_redis, office, day) == recorded == 0
     assert (await book(client, world, office, day)).status_code == 201
     redis.close()
 
@@ -151,9 +155,7 @@ async def test_a_booking_undone_after_a_recount_frees_no_one_elses_seat(
 
     monkeypatch.setattr(container.bookings.writer, "write", recount_then_fail)
     assert (await book(client, world, office, day)).status_code == 503
-    redis = SyncRedis.from_url(capacity_redis.url)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1  # the first
-    redis.close()
+    assert ten_oclock_used(capacity_redis, office, day) == 1  # the first
 
 
 async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
@@ -176,9 +178,7 @@ async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
     assert paused.status_code == 503, paused.text
     async with world.container.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Booking)) == 0
-    redis = SyncRedis.from_url(capacity_redis.url)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 0  # given back
-    redis.close()
+    assert ten_oclock_used(capacity_redis, office, day) == 0  # given back
 
 
 async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
@@ -239,17 +239,17 @@ async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
     office = await world.office(seats=3)
     day = world.tomorrow()
     assert (await book(client, world, office, day)).status_code == 201
-    async with world.container.sessions() as session:
-        rebuild = asyncio.create_task(rebuild_paused(world.container.capacity, session, today=day, wait=2.5))
-        paused = None
-        for _ in range(40):
-            await asyncio.sleep(0.1)
-            if (await client.get("/health/ready")).status_code == 503:
-                paused = await book(client, world, office, day)
-                break
-        with pytest.raises(RuntimeError, match="another rebuild"):
-            await rebuild_paused(world.container.capacity, session, today=day, wait=0)
-        assert await rebuild > 0
+    capacity, sessions, today = world.container.capacity, world.container.sessions, world.container.clock.today()
+    rebuild = asyncio.create_task(rebuild_paused(capacity, sessions, today=today, wait=2.5))
+    paused = None
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        if (await client.get("/health/ready")).status_code == 503:
+            paused = await book(client, world, office, day)
+            break
+    with pytest.raises(watch.RebuildRunning):
+        await rebuild_paused(capacity, sessions, today=today, wait=0)
+    assert await rebuild > 0
     assert paused is not None and paused.status_code == 503, paused
     resumed = None
     for _ in range(40):
@@ -258,9 +258,7 @@ async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
             break
         await asyncio.sleep(0.1)
     assert resumed is not None and resumed.status_code == 201, resumed.text
-    redis = SyncRedis.from_url(capacity_redis.url)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2
-    redis.close()
+    assert ten_oclock_used(capacity_redis, office, day) == 2
 
 
 async def test_the_rebuild_lock_lives_while_held_and_goes_with_its_holder(
@@ -337,7 +335,7 @@ async def test_a_failover_to_a_replica_short_of_the_last_writes_is_counted_again
         if (redis.get(keys.REBUILT_AT) or b"").decode().endswith(new_server):
             break
         await asyncio.sleep(0.1)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2
+    assert used(redis, office, day, "10:00") == 2
     redis.close()
     for _ in range(3):  # a connection the restart broke fails its one trip (503), then reconnects
         third = await book(client, world, office, day)
@@ -366,9 +364,7 @@ async def test_database_gone_answers_503_and_holds_no_seat(
         gone = await book(client, world, office, day)
         assert gone.status_code == 503, gone.text
         assert gone.headers["Retry-After"]
-        redis = SyncRedis.from_url(capacity_redis.url)
-        assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1
-        redis.close()
+        assert ten_oclock_used(capacity_redis, office, day) == 1
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
@@ -402,9 +398,7 @@ async def test_a_booking_whose_commit_landed_but_the_answer_was_lost_keeps_its_s
     assert booked.status_code == 201, booked.text
     assert (await client.get(f"/api/v1/bookings/{booked.json()['tracking_code']}")).json()["status"] == "booked"
     assert (await book(client, world, office, day)).status_code == 409  # the one seat is taken
-    redis = SyncRedis.from_url(capacity_redis.url)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1
-    redis.close()
+    assert ten_oclock_used(capacity_redis, office, day) == 1
 
 
 async def test_a_booking_whose_commit_answer_was_lost_keeps_its_seat_counted(
@@ -421,10 +415,10 @@ async def test_a_booking_whose_commit_answer_was_lost_keeps_its_seat_counted(
     lost = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert lost.status_code == 503, lost.text
     redis = SyncRedis.from_url(capacity_redis.url)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 1
+    assert used(redis, office, day, "10:00") == 1
     again = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert again.status_code == 201, again.text
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2  # one leaked
+    assert used(redis, office, day, "10:00") == 2  # one leaked
     redis.close()
 
 
@@ -482,9 +476,7 @@ async def test_a_request_cancelled_while_its_booking_commits_never_gives_the_sea
     await asyncio.sleep(0.6)  # the commit lands
     async with container.sessions() as session:
         held = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status.in_(SEAT_STATUSES)))
-    redis = SyncRedis.from_url(capacity_redis.url)
-    assert held == int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 1
-    redis.close()
+    assert held == ten_oclock_used(capacity_redis, office, day) == 1
 
 
 async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
@@ -511,9 +503,7 @@ async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
     assert lost.status_code == 503, lost.text
     again = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert again.status_code == 201, again.text
-    redis = SyncRedis.from_url(capacity_redis.url)
-    assert int(redis.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2  # one leaked
-    redis.close()
+    assert ten_oclock_used(capacity_redis, office, day) == 2  # one leaked
 
 
 STUCK_SECONDS = 8
