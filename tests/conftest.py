@@ -269,8 +269,7 @@ class World:
 
     async def rebuild(self) -> None:
         """Count Redis again from the record (offices made after the app started are then indexed)."""
-        async with self.container.sessions() as session:
-            await self.container.capacity.rebuild(session=session, today=self.container.clock.today())
+        await rebuild(self.container)
 
     def national_id(self) -> str:
         return generate_national_id(self.rng)
@@ -297,6 +296,13 @@ def morning(monkeypatch: pytest.MonkeyPatch) -> dt.datetime:
 @pytest.fixture
 async def world(container: Container) -> World:
     return await World(container).setup()
+
+
+async def rebuild(container: Container) -> None:
+    """Count Redis again from the record, over the container's own connections: from inside
+    the app (a patched step), the app's container, whose connections live on its loop."""
+    async with container.sessions() as session:
+        await container.capacity.rebuild(session=session, today=container.clock.today())
 
 
 def booking_body(

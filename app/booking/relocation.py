@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.service import BookingService
 from app.capacity.errors import DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
-from app.capacity.service import Overflow, Seat, SeatRequest, day_for_reading
+from app.capacity.service import Overflow, Reserved, Seat, SeatRequest, day_for_reading
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
@@ -68,17 +68,22 @@ class Relocator:
         assert len({b.id for b in bookings}) == len(bookings), "each booking once"
         now = self.clock.now()
         places = _Places(self, session, from_office, same_office, now)
-        placements: list[tuple[_Target, str] | None] = []
+        placements: list[_Placed | None] = []
         taken: list[Seat | None] = []  # the new seats, kept apart: a rollback expires the rows
         try:
             for booking in bookings:
                 placed = await places.find(booking)
                 placements.append(placed)
-                taken.append(None if placed is None else Seat(placed[0].code, booking.date, placed[0].pool, placed[1]))
+                taken.append(None if placed is None else placed.seat(booking.date))
             changed = await _record_moves(session, from_office, bookings, placements, now)
             for booking, placed in zip(bookings, placements, strict=True):
                 if booking.id in changed:
                     self._tell(session, booking, placed, why_fa)
+            # The counts the old seats are in before the record lets them go (see Seat).
+            old_days = await self.capacity.counts({(from_office.code, b.date) for b in bookings})
+            # Committed while the counters are counted again from the record, the moves
+            # could be left out of the count: the new seats uncounted, sold again.
+            self.capacity.require_ready()
         except Exception:
             # Nothing was written: nobody moved, so the new seats go back.
             await session.rollback()
@@ -102,11 +107,19 @@ class Relocator:
                 except RedisError:
                     log.exception("a cancelled booking's hold stays until the next rebuild")
             else:
-                target, time = placed
                 results.append(
-                    Relocation(tracking_code=booking.tracking_code, moved=True, office_code=target.code, time=time)
+                    Relocation(
+                        tracking_code=booking.tracking_code,
+                        moved=True,
+                        office_code=placed.target.code,
+                        time=placed.reserved.time,
+                    )
                 )
-        freed = [Seat(from_office.code, b.date, b.pool, b.slot_time) for b in bookings if b.id in changed]
+        freed = [
+            Seat(from_office.code, b.date, b.pool, b.slot_time, old_days[(from_office.code, b.date)])
+            for b in bookings
+            if b.id in changed
+        ]
         freed += [seat for b, seat in zip(bookings, taken, strict=True) if seat is not None and b.id not in changed]
         await self._give_back(session, freed)
         return results
@@ -118,7 +131,7 @@ class Relocator:
             log.exception("of %d seat(s) given back, some stay counted until the next rebuild", len(seats))
             await session.rollback()  # the caller's next statement must not meet a failed transaction
 
-    def _tell(self, session: AsyncSession, booking: Booking, placed: tuple[_Target, str] | None, why_fa: str) -> None:
+    def _tell(self, session: AsyncSession, booking: Booking, placed: _Placed | None, why_fa: str) -> None:
         if placed is None:
             body = (
                 f"{why_fa} متأسفانه برای نوبت {booking.tracking_code} شما جای خالی دیگری در همان روز پیدا نشد و "
@@ -126,8 +139,8 @@ class Relocator:
             )
             self.bookings.messenger.queue(session, to=booking.mobile, body=body, kind="booking_cancelled")
             return
-        target, time = placed
-        when = jalali_datetime(booking.date, dt.time.fromisoformat(time))
+        target = placed.target
+        when = jalali_datetime(booking.date, dt.time.fromisoformat(placed.reserved.time))
         body = f"{why_fa} نوبت {booking.tracking_code} شما به {target.name_fa} (کد {target.code})، {when} منتقل شد."
         self.bookings.messenger.queue(session, to=booking.mobile, body=body, kind="booking_moved")
 
@@ -136,7 +149,7 @@ async def _record_moves(
     session: AsyncSession,
     from_office: Office,
     bookings: Sequence[Booking],
-    placements: Sequence[tuple[_Target, str] | None],
+    placements: Sequence[_Placed | None],
     now: dt.datetime,
 ) -> set[int]:
     """Move (or cancel) the rows that are still booked where they were found, a few hundred
@@ -153,9 +166,9 @@ async def _record_moves(
                 update(Booking)
                 .where(*_still_booked(from_office, [b for b, _ in moves]))
                 .values(
-                    office_id=case({i: t.id for i, (t, _) in ids.items()}, value=Booking.id),
-                    slot_time=case({i: time for i, (_, time) in ids.items()}, value=Booking.id),
-                    pool=case({i: t.pool for i, (t, _) in ids.items()}, value=Booking.id),
+                    office_id=case({i: p.target.id for i, p in ids.items()}, value=Booking.id),
+                    slot_time=case({i: p.reserved.time for i, p in ids.items()}, value=Booking.id),
+                    pool=case({i: p.target.pool for i, p in ids.items()}, value=Booking.id),
                     # Reminded again, of the new place and time.
                     reminded_evening_at=None,
                     reminded_hour_at=None,
@@ -192,6 +205,16 @@ class _Target(msgspec.Struct, frozen=True):
     pool: str
 
 
+class _Placed(msgspec.Struct, frozen=True):
+    """Where a booking goes: the office, and the seat reserved there for it."""
+
+    target: _Target
+    reserved: Reserved
+
+    def seat(self, day: dt.date) -> Seat:
+        return Seat(self.target.code, day, self.target.pool, self.reserved.time, self.reserved.count)
+
+
 class _Places:
     """Where one batch of bookings can go: each office and day is looked up once for the
     batch, and its free seats counted down as the batch takes them."""
@@ -208,7 +231,7 @@ class _Places:
         self._offices: dict[tuple[str, str], BookableOffice | None] = {}
         self._free: dict[tuple[str, dt.date], dict[tuple[str, str], int]] = {}
 
-    async def find(self, booking: Booking) -> tuple[_Target, str] | None:
+    async def find(self, booking: Booking) -> _Placed | None:
         """A seat for the booking: the same office at the nearest time first (when asked),
         then the least busy nearby office, the same day."""
         not_before = self.now.strftime("%H:%M") if booking.date == self.now.date() else ""
@@ -257,7 +280,7 @@ class _Places:
             self._free[key] = free
         return self._free[key]
 
-    async def _place(self, booking: Booking, office_code: str, not_before: str) -> tuple[_Target, str] | None:
+    async def _place(self, booking: Booking, office_code: str, not_before: str) -> _Placed | None:
         """Reserve a seat at the office, at the free slot nearest the booking's own time."""
         office = await self._office(office_code, booking.service_code)
         if office is None:
@@ -285,7 +308,8 @@ class _Places:
                 return None
             if reserved is not None:
                 free[(office.pool, time)] -= 1
-                return _Target(id=office.id, code=office.code, name_fa=office.name_fa, pool=office.pool), reserved.time
+                target = _Target(id=office.id, code=office.code, name_fa=office.name_fa, pool=office.pool)
+                return _Placed(target, reserved)
         return None
 
 

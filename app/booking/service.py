@@ -342,7 +342,7 @@ class BookingService:
             pool=office.pool,
             time=reserved.time,
             idempotency=idempotency,
-            taken_in=reserved.count,
+            counted_in=reserved.count,
         )
 
     def _replay(
@@ -430,6 +430,11 @@ class BookingService:
             body=f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.",
             kind="booking_cancelled",
         )
+        # The count the seat is in before the record lets it go: a count from the record
+        # after the commit leaves it out, and the release below must then free nothing.
+        # (Redis failing here answers 503 with nothing committed.)
+        day = (office_code, booking.date)
+        counted_in = "" if waitlisted else (await self.capacity.counts([day]))[day]
         if not self.capacity.ready:
             # Redis is being counted again from the record (app.capacity.watch): cancelled
             # now, the count could leave the seat out and the release below free it again.
@@ -454,6 +459,7 @@ class BookingService:
                     day=booking.date,
                     pool=booking.pool,
                     time=booking.slot_time,
+                    counted_in=counted_in,
                 )
             await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
         except RedisError:
@@ -486,11 +492,11 @@ class BookingService:
         pool: str,
         time: str,
         idempotency: tuple[str, str] | None = None,
-        taken_in: str = "",
+        counted_in: str = "",
     ) -> None:
         """Give a seat back (``time`` empty: only seats added by a capacity change) and record
-        whoever on the waitlist it went to, in the same step as the release. ``taken_in``: for
-        a seat just reserved and never recorded, ``Reserved.count`` (see ``Capacity.release``)."""
+        whoever on the waitlist it went to, in the same step as the release. ``counted_in``:
+        the count the seat is known to be in (see ``Seat``)."""
         now = self.clock.now()
         promotions = await self.capacity.release(
             office_code=office_code,
@@ -499,7 +505,7 @@ class BookingService:
             time=time,
             not_before=first_bookable_time(now, day),
             idempotency=idempotency,
-            taken_in=taken_in,
+            counted_in=counted_in,
         )
         await self._record_promotions(session, [(Seat(office_code, day, pool, time), promotions)], now)
 
@@ -535,25 +541,25 @@ class BookingService:
     ) -> None:
         """Turn the waitlisted citizens Redis gave seats to into bookings. A seat given to
         someone who left the line a moment ago (or a second one to the same citizen) goes
-        round again: to the next in line, or back to all."""
+        round again: to the next in line, or back to all. It goes with the count it was given
+        in: a count from the record since never had it, and nothing is freed (``Seat``)."""
         while promoted:
-            given: dict[str, tuple[Seat, str]] = {}
+            given: dict[str, Seat] = {}
             again: list[Seat] = []
             for seat, promotions in promoted:
                 for promotion in promotions:
+                    given_seat = msgspec.structs.replace(seat, time=promotion.time, counted_in=promotion.counted_in)
                     if promotion.tracking_code in given:
-                        again.append(msgspec.structs.replace(seat, time=promotion.time))
+                        again.append(given_seat)
                     else:
-                        given[promotion.tracking_code] = (seat, promotion.time)
+                        given[promotion.tracking_code] = given_seat
             recorded = await self._promote(session, given)
-            again += [
-                msgspec.structs.replace(seat, time=time) for code, (seat, time) in given.items() if code not in recorded
-            ]
+            again += [given_seat for code, given_seat in given.items() if code not in recorded]
             promoted, failed = await self._release(again, now)
             if failed is not None:
                 log.error("a seat given back stays counted until the next rebuild: %s", failed)
 
-    async def _promote(self, session: AsyncSession, given: dict[str, tuple[Seat, str]]) -> set[str]:
+    async def _promote(self, session: AsyncSession, given: dict[str, Seat]) -> set[str]:
         """Book the waitlisted rows of these tracking codes at the times given, and tell them;
         one commit for every thousand. Compare-and-set: a citizen who left the line since
         is not booked. The codes booked."""
@@ -570,7 +576,7 @@ class BookingService:
             ).all()
             if not rows:
                 continue
-            times = {row.id: given[row.tracking_code][1] for row in rows}
+            times = {row.id: given[row.tracking_code].time for row in rows}
             booked = set(
                 await session.scalars(
                     update(Booking)

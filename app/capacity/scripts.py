@@ -180,17 +180,21 @@ RELEASE = (
 -- KEYS[3] = the day's waitlist for this pool (a list of tracking codes, first in line first)
 -- ARGV[1] = pool, ARGV[2] = slot time to free ("" frees nothing: only fill from the waitlist)
 -- ARGV[3] = earliest time still bookable "HH:MM" ("" = any)
--- ARGV[4] = for a seat taken moments ago and never recorded, the '_count' RESERVE gave ("" or
---           absent: any). If the day has been counted again from the record since, that
---           count did not include the seat: freeing it would free somebody else's.
+-- ARGV[4] = the day's '_count' the seat is known to be counted in ("" or absent: any): for
+--           a seat taken moments ago and never recorded, the one RESERVE gave; for a seat
+--           the record just let go of, the one read before that commit. If the day has been
+--           counted again from the record since, that count went by the record: freeing the
+--           seat would free somebody else's.
 -- Frees one seat (never below zero), then gives every seat with room to the waitlist in
--- the same step. Returns {tracking code, slot time, ...} of the citizens promoted. A missing
--- day (Redis emptied) is left alone: the rebuild counts from the record.
+-- the same step. Returns {the day's '_count', tracking code, slot time, ...} of the
+-- citizens promoted. A missing day (Redis emptied) is left alone, and {} returned: the
+-- rebuild counts from the record.
 local day = KEYS[1]
 redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', day) == 0 then return {} end
-local taken_in = ARGV[4] or ''
-if ARGV[2] ~= '' and (taken_in == '' or taken_in == (redis.call('HGET', day, '_count') or '')) then
+local count = redis.call('HGET', day, '_count') or ''
+local counted_in = ARGV[4] or ''
+if ARGV[2] ~= '' and (counted_in == '' or counted_in == count) then
   local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
   local used = tonumber(redis.call('HGET', day, field) or '0')
   if used > 0 then used = redis.call('HINCRBY', day, field, -1) end
@@ -201,7 +205,9 @@ if ARGV[2] ~= '' and (taken_in == '' or taken_in == (redis.call('HGET', day, '_c
   local cursor = redis.call('HGET', day, 'c|' .. ARGV[1])
   if cursor and ARGV[2] < cursor then redis.call('HSET', day, 'c|' .. ARGV[1], ARGV[2]) end
 end
-return fill(day, KEYS[3], ARGV[1], ARGV[3])
+local promoted = fill(day, KEYS[3], ARGV[1], ARGV[3])
+table.insert(promoted, 1, count)
+return promoted
 """
 )
 

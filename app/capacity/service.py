@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -57,13 +57,14 @@ from app.redis import AutoPipeline
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+NOT_COUNTED = "-"  # a day's count when Redis does not hold the day (see Capacity.counts)
 
 
 class Reserved(msgspec.Struct, frozen=True):
     time: str
     tracking_code: str
     replay: bool = False
-    count: str = ""  # which count of the record the day's counters came from (see RELEASE)
+    count: str = ""  # which count of the record the day's counters came from (see Seat.counted_in)
 
 
 class SeatRequest(msgspec.Struct, frozen=True):
@@ -81,19 +82,28 @@ class SeatRequest(msgspec.Struct, frozen=True):
 
 
 class Seat(msgspec.Struct, frozen=True):
-    """One seat of a slot at an office on a day; ``time`` empty: no slot in particular."""
+    """One seat of a slot at an office on a day; ``time`` empty: no slot in particular.
+
+    ``counted_in``, for a seat given back: the count of the record (the day's ``_count``) the
+    seat is known to be counted in. A seat reserved and never recorded is in the count that
+    RESERVE answered with (``Reserved.count``); one whose booking the record just let go of
+    (a cancel, a move) is in the count read before that commit. If the day has been counted
+    again since, that count went by the record, and freeing the seat would free somebody
+    else's: RELEASE then frees nothing. Empty: free it whatever the count."""
 
     office_code: str
     day: dt.date
     pool: str
     time: str
+    counted_in: str = ""
 
 
 class Promotion(msgspec.Struct, frozen=True):
-    """A waitlisted citizen who was just given a seat."""
+    """A waitlisted citizen who was just given a seat, in the day's count ``counted_in``."""
 
     tracking_code: str
     time: str
+    counted_in: str
 
 
 class Overflow(msgspec.Struct, frozen=True):
@@ -213,6 +223,15 @@ class Capacity:
             reserved = error
         return _hold_error(hold_reply, limit), reserved
 
+    async def counts(self, days: Collection[tuple[str, dt.date]]) -> dict[tuple[str, dt.date], str]:
+        """The count of the record each (office, day)'s counters are in now: read before a
+        commit that lets go of seats, it is what their release hands RELEASE (``Seat``). A
+        day Redis does not hold gets an id no count has: a count that writes it from the
+        record after that commit leaves the seat out, and nothing may free it."""
+        days = list(days)
+        replies = await self.auto.execute_many([("HGET", keys.office_day(*day), "_count") for day in days])
+        return {day: NOT_COUNTED if reply is None else as_text(reply) for day, reply in zip(days, replies, strict=True)}
+
     async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
         """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
         for slot in overflow:
@@ -230,17 +249,16 @@ class Capacity:
         time: str,
         not_before: str | None = None,
         idempotency: tuple[str, str] | None = None,
-        taken_in: str = "",
+        counted_in: str = "",
     ) -> list[Promotion]:
         """Free one seat (``time`` empty: none) and hand seats with room to the day's waitlist.
-        ``taken_in``: for a seat just reserved and never recorded, its ``Reserved.count``; if
-        the day was counted from the record since, the seat is not in the count, and stays.
+        ``counted_in``: see ``Seat``.
 
         Returns who was promoted: the caller records each in SQL, or frees the seat again.
         """
         self.reads.forget(office_code, day)
-        seat = Seat(office_code, day, pool, time)
-        return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency, taken_in)))
+        seat = Seat(office_code, day, pool, time, counted_in)
+        return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency)))
 
     async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion] | BaseException]:
         """``release`` for many seats on one trip to Redis: for each, who was promoted, or the
@@ -666,20 +684,27 @@ def _new_count() -> str:
 
 
 def _release_call(
-    seat: Seat, not_before: str | None, idempotency: tuple[str, str] | None, taken_in: str = ""
+    seat: Seat, not_before: str | None, idempotency: tuple[str, str] | None
 ) -> tuple[list[str], list[str]]:
-    """RELEASE's keys and arguments for a seat given back (``taken_in``: see ``release``)."""
+    """RELEASE's keys and arguments for a seat given back."""
     keys_ = [
         keys.office_day(seat.office_code, seat.day),
         _idempotency_key(seat.office_code, idempotency),
         keys.waitlist(seat.office_code, seat.day, seat.pool),
     ]
-    return keys_, [seat.pool, seat.time, not_before or "", taken_in]
+    return keys_, [seat.pool, seat.time, not_before or "", seat.counted_in]
 
 
 def _promotions(reply: Any) -> list[Promotion]:
-    """RELEASE's answer: {tracking code, slot time, ...} of the citizens promoted."""
-    return [Promotion(tracking_code=as_text(reply[i]), time=as_text(reply[i + 1])) for i in range(0, len(reply), 2)]
+    """RELEASE's answer: the day's count, then {tracking code, slot time, ...} of the
+    citizens promoted (nothing at all when the day is not in Redis)."""
+    if not reply:
+        return []
+    count = as_text(reply[0])
+    return [
+        Promotion(tracking_code=as_text(reply[i]), time=as_text(reply[i + 1]), counted_in=count)
+        for i in range(1, len(reply), 2)
+    ]
 
 
 def _reserved(reply: Any) -> Reserved | None:

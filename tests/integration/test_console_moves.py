@@ -36,7 +36,7 @@ from app.offices.models import Office
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import World, booking_body
+from tests.conftest import World, booking_body, rebuild
 from tests.integration.test_complaints import regulator
 from tests.integration.test_console import staff_of
 
@@ -151,6 +151,66 @@ async def test_a_move_the_record_refuses_moves_nobody_and_gives_the_seats_back(
         booking = (await client.get(f"/api/v1/bookings/{code}")).json()
         assert (booking["slot"], booking["status"]) == ("10:00", "booked")
     # The seats the moves had taken (09:30, 10:30) are free again; 10:00 keeps its three.
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+    monkeypatch.setattr(relocation, "_record_moves", record_moves)
+    again = await cut_to_one_seat(client, office, day, headers)
+    assert again.status_code == 200, again.text
+    assert len(again.json()["moved"]) == 2
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_old_seats_released_after_a_recount_free_no_one_elses(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moves were committed, the day was then counted again from the record (the movers
+    at their new times), and only then were their old seats released: that freed the seat
+    of the one who stayed."""
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    await book_full(client, world, office, day, ["10:00"], 3)
+    headers = await staff_of(client, world, office)
+    bookings = client.app.state.container.bookings
+    free_seats = bookings.free_seats
+
+    async def recount_then_free(**kwargs: Any) -> None:
+        monkeypatch.setattr(bookings, "free_seats", free_seats)  # once
+        await rebuild(client.app.state.container)
+        await free_seats(**kwargs)
+
+    monkeypatch.setattr(bookings, "free_seats", recount_then_free)
+    cut = await cut_to_one_seat(client, office, day, headers)
+    assert cut.status_code == 200, cut.text
+    assert len(cut.json()["moved"]) == 2
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_a_move_that_reaches_its_commit_during_a_recount_moves_nobody(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed while the counters are counted again from the record, the moves could be
+    left out of the count, their new seats sold again: the clerk is told 503, nobody moves,
+    the seats the moves took go back, and the cut goes through when the count is done."""
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    codes = await book_full(client, world, office, day, ["10:00"], 3)
+    headers = await staff_of(client, world, office)
+    capacity = client.app.state.container.capacity
+    record_moves = relocation._record_moves
+
+    async def paused_meanwhile(*args: Any) -> set[int]:
+        capacity.ready = False  # as the watch does when the counters must be counted again
+        return await record_moves(*args)
+
+    monkeypatch.setattr(relocation, "_record_moves", paused_meanwhile)
+    try:
+        cut = await cut_to_one_seat(client, office, day, headers)
+    finally:
+        capacity.ready = True
+    assert cut.status_code == 503, cut.text
+    for code in codes:
+        booking = (await client.get(f"/api/v1/bookings/{code}")).json()
+        assert (booking["slot"], booking["status"]) == ("10:00", "booked")
     await assert_record_matches_redis(world, redis_sync, [office], day)
 
     monkeypatch.setattr(relocation, "_record_moves", record_moves)

@@ -28,13 +28,14 @@ from sqlalchemy.exc import OperationalError
 from app.booking.models import SEAT_STATUSES, Booking
 from app.booking.schemas import BookingCreate
 from app.capacity import keys, watch
+from app.capacity.plan import DayRule
 from app.capacity.scripts import Scripts
 from app.capacity.watch import rebuild_paused
 from app.redis import EmbeddedRedis, connect
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
-from tests.conftest import World, booking_body
+from tests.conftest import World, booking_body, rebuild
 from tests.integration.test_complaints import regulator
 from tests.integration.test_console import staff_of, used
 
@@ -156,6 +157,64 @@ async def test_a_booking_undone_after_a_recount_frees_no_one_elses_seat(
     monkeypatch.setattr(container.bookings.writer, "write", recount_then_fail)
     assert (await book(client, world, office, day)).status_code == 503
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the first
+
+
+async def test_a_cancel_released_after_a_recount_frees_no_one_elses_seat(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record let a cancelled booking go, the day was then counted again from it (which
+    left the seat out), and only then was the seat released: that freed somebody else's."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    mine = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09121110000")
+    )
+    assert (await book(client, world, office, day)).status_code == 201
+    container = client.app.state.container
+    release = container.capacity.release
+
+    async def recount_then_release(**kwargs: Any) -> Any:
+        await rebuild(container)
+        return await release(**kwargs)
+
+    monkeypatch.setattr(container.capacity, "release", recount_then_release)
+    code = mine.json()["tracking_code"]
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancelled.status_code == 200, cancelled.text
+    assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
+
+
+async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A freed seat went to the head of the line, the day was counted again from the record
+    (where that citizen still waits), and the promotion was not recorded: the seat given
+    back again was not in the count, and freeing it freed the other holder's."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=2)])
+    await world.rebuild()
+    day = world.tomorrow()
+    mine = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09121110000")
+    )
+    assert (await book(client, world, office, day)).status_code == 201
+    waiting = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert waiting.status_code == 201, waiting.text
+    bookings = client.app.state.container.bookings
+    promote = bookings._promote
+
+    async def recount_then_lose_the_promotion(*args: Any) -> set[str]:
+        monkeypatch.setattr(bookings, "_promote", promote)  # once: the seat then goes round again
+        await rebuild(client.app.state.container)
+        return set()
+
+    monkeypatch.setattr(bookings, "_promote", recount_then_lose_the_promotion)
+    code = mine.json()["tracking_code"]
+    assert (await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))).is_success
+    promoted = (await client.get(f"/api/v1/bookings/{waiting.json()['tracking_code']}")).json()
+    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
+    assert ten_oclock_used(capacity_redis, office, day) == 2  # the other citizen, and the one promoted
 
 
 async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
