@@ -195,6 +195,10 @@ class Complaints:
             )
         if target is State.INSPECTOR_ASSIGNED and not (inspector or "").strip():
             raise InvalidInput("inspector", "Name the inspector.", detail_fa="نام بازرس را بنویسید.")
+        if target is State.VIOLATION_CONFIRMED:
+            # A confirmed violation may block the office, whose bookings are then moved: that
+            # must not race a recount of the counters, and must not be left half done by one.
+            self.enforcement.capacity.require_ready()
         now = self.clock.now()
         before = complaint.state
         complaint.state, complaint.updated_at = target, now

@@ -31,12 +31,13 @@ from app.capacity import keys, watch
 from app.capacity.plan import DayRule
 from app.capacity.scripts import Scripts
 from app.capacity.watch import rebuild_paused
+from app.offices.models import Office, OfficeStatus
 from app.redis import EmbeddedRedis, connect
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import World, booking_body, rebuild
-from tests.integration.test_complaints import regulator
+from tests.integration.test_complaints import STEPS, complain, regulator
 from tests.integration.test_console import staff_of, used
 
 Client = AsyncTestClient[Litestar]
@@ -265,9 +266,9 @@ async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
 
 
 async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, world: World) -> None:
-    """A clerk's new plan or a regulator's block moves seats: during a recount they answer
-    503 and change nothing, and go through once it is done."""
-    office = await world.office(seats=2)
+    """A clerk's new plan, a regulator's block, or a confirmed forgery (which blocks) move
+    seats: during a recount they answer 503 and change nothing, and go through once it is done."""
+    office, forged = await world.office(seats=2), await world.office(seats=2)
     day = world.tomorrow()
     clerk = await staff_of(client, world, office)
     regulator_ = await regulator(client, world)
@@ -275,19 +276,31 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     override = f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}"
     closed = {"rules": [], "reason": "تعمیرات"}
     block = f"/api/v1/regulator/offices/{office}/block"
+    complaint = (await complain(client, world, forged, "09125550001", category="forgery"))["tracking_code"]
+    transition = f"/api/v1/regulator/complaints/{complaint}/transition"
+    for step in STEPS[:3]:
+        assert (await client.post(transition, json={"to": step, "inspector": "بازرس"}, headers=regulator_)).is_success
+    confirm = {"to": "violation_confirmed", "note": "جعل احراز شد"}
     capacity.ready = False  # as the watch does when the counters must be counted again
     try:
         paused = [
             await client.put(override, json=closed, headers=clerk),
             await client.post(block, json={"reason": "تصمیم"}, headers=regulator_),
+            await client.post(transition, json=confirm, headers=regulator_),
         ]
     finally:
         capacity.ready = True
-    assert [r.status_code for r in paused] == [503, 503], [r.text for r in paused]
+    assert [r.status_code for r in paused] == [503, 503, 503], [r.text for r in paused]
     days = (await client.get(f"/api/v1/staff/offices/{office}/days", headers=clerk)).json()
     assert {d["date"]: d["source"] for d in days}[day.isoformat()] == "template"
+    complaint_now = await client.get(f"/api/v1/regulator/complaints/{complaint}", headers=regulator_)
+    assert complaint_now.json()["state"] == "inspection_reported"
     assert (await client.put(override, json=closed, headers=clerk)).status_code == 200
     assert (await client.post(block, json={"reason": "تصمیم"}, headers=regulator_)).status_code == 201
+    assert (await client.post(transition, json=confirm, headers=regulator_)).status_code == 200
+    async with world.container.sessions() as session:
+        status = await session.scalar(select(Office.status).where(Office.code == forged))
+    assert status == OfficeStatus.BLOCKED
 
 
 async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
