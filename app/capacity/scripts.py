@@ -75,13 +75,16 @@ RESERVE = (
 -- ARGV[5] = idempotency TTL in seconds (0 = the request carries no idempotency key)
 -- Returns {outcome, slot time, tracking code}, and on OK the day's '_count' (which count of
 -- the record its counters come from; RELEASE takes it back); outcome is OK, REPLAY, NO_DAY,
--- BLOCKED, CLOSED, NO_SLOT, FULL or DAY_FULL.
+-- BLOCKED, CLOSED, NO_SLOT, FULL, DAY_FULL or FORGOTTEN.
 local day = KEYS[1]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', '', ''} end
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
   local earlier = redis.call('GET', KEYS[2])
-  if earlier then return {'REPLAY', '', earlier} end
+  -- '!' and a tracking code: that request was answered 503 and forgotten (FORGET). Run
+  -- late, it takes nothing; a retry of it (another tracking code) books.
+  if earlier == '!' .. ARGV[4] then return {'FORGOTTEN', '', ''} end
+  if earlier and string.sub(earlier, 1, 1) ~= '!' then return {'REPLAY', '', earlier} end
 end
 local status = redis.call('HGET', day, '_status')
 if status == 'blocked' then return {'BLOCKED', '', ''} end
@@ -328,9 +331,10 @@ HOLD = """
 -- ARGV[4] = tracking code of the new booking, ARGV[5] = most active bookings allowed
 -- ARGV[6] = TTL of the hash in seconds (past the booking horizon)
 -- Returns {OK}, {SUSPENDED, until}, {SAME_DAY} (an active booking for this service that
--- day) or {TOO_MANY}.
+-- day), {TOO_MANY}, or {FORGOTTEN} (this booking was answered 503 and forgotten: FORGET).
 local holds = KEYS[1]
 local today, wanted = ARGV[1], ARGV[2] .. '|' .. ARGV[3]
+if redis.call('HEXISTS', holds, '!' .. ARGV[4]) == 1 then return {'FORGOTTEN'} end
 local entries = redis.call('HGETALL', holds)
 local active = 0
 for i = 1, #entries, 2 do
@@ -340,6 +344,8 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', holds, field)
   elseif string.sub(value, 1, 10) < today then
     redis.call('HDEL', holds, field)
+  elseif string.sub(field, 1, 1) == '!' then
+    -- FORGET's mark, not a booking
   else
     if value == wanted then return {'SAME_DAY'} end
     active = active + 1
@@ -349,6 +355,18 @@ if active >= tonumber(ARGV[5]) then return {'TOO_MANY'} end
 redis.call('HSET', holds, ARGV[4], wanted)
 if redis.call('TTL', holds) < tonumber(ARGV[6]) then redis.call('EXPIRE', holds, tonumber(ARGV[6])) end
 return {'OK'}
+"""
+
+FORGET = """
+-- KEYS[1] = the citizen's holds hash
+-- ARGV[1] = tracking code of a booking answered 503 whose HOLD may yet run (Redis ran it, or
+--           will, after the answer timed out), ARGV[2] = its date, ARGV[3] = the hash's TTL
+-- Frees the booking's hold, and leaves a mark ('!' and the code, dropped with the day) that
+-- makes a late HOLD of it take nothing: deleted alone, the hold would come back.
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], '!' .. ARGV[1], ARGV[2])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
+return 1
 """
 
 SUSPEND = """
@@ -383,6 +401,7 @@ class Scripts:
         self.replan = redis.register_script(REPLAN)
         self.hold = redis.register_script(HOLD)
         self.suspend = redis.register_script(SUSPEND)
+        self.forget = redis.register_script(FORGET)
 
     async def run_many(
         self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]], *, raise_errors: bool = True

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 NOT_COUNTED = "-"  # a day's count when Redis does not hold the day (see Capacity.counts)
+FORGOTTEN = "!"  # marks a booking answered 503 whose scripts may yet run (Capacity.forget_unanswered)
 
 
 class Reserved(msgspec.Struct, frozen=True):
@@ -300,8 +301,10 @@ class Capacity:
         return [line for line, exists in zip(lines, found, strict=True) if exists]
 
     async def idempotency_seen(self, *, office_code: str, owner: str, key: str) -> bool:
-        """Whether a booking with this Idempotency-Key took a seat here in the last day."""
-        return bool(await self.redis.exists(keys.idempotency(office_code, owner, key)))
+        """Whether a booking with this Idempotency-Key took a seat here in the last day (one
+        forgotten after a lost answer, marked '!', did not: see ``forget_unanswered``)."""
+        seen = await self.redis.get(keys.idempotency(office_code, owner, key))
+        return seen is not None and not as_text(seen).startswith(FORGOTTEN)
 
     async def hold(
         self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
@@ -335,13 +338,25 @@ class Capacity:
         was lost, or the record's to the commit, and the record has no such booking): free
         the citizen's limit and the request's Idempotency-Key, so that the same request,
         retried, books. Both are harmless to free if never taken; a booking that lands after
-        all is caught by its unique Idempotency-Key or the one-a-day rule. The seat cannot
+        all is caught by its unique Idempotency-Key or the one-a-day rule. A seat taken cannot
         be told apart from anyone else's, so it stays counted until a rebuild. Best effort:
-        Redis may be gone, and the caller's 503 is what matters then."""
+        Redis may be gone, and the caller's 503 is what matters then.
+
+        Redis may also run the request's scripts after this (stalled, it answered nothing
+        in time, and runs what waits in its sockets in no set order): both are freed by
+        marking them forgotten ('!' and the tracking code), and a late HOLD or RESERVE of
+        this request that finds its mark takes nothing; deleted, they would come back."""
         try:
-            await self.unhold(national_id=national_id, tracking_code=seat.tracking_code)
+            await self.scripts.forget(
+                keys=[keys.citizen_holds(national_id)],
+                args=[seat.tracking_code, seat.day.isoformat(), self._holds_ttl()],
+            )
             if seat.idempotency:
-                await self.redis.delete(keys.idempotency(seat.office_code, *seat.idempotency))
+                await self.redis.set(
+                    keys.idempotency(seat.office_code, *seat.idempotency),
+                    FORGOTTEN + seat.tracking_code,
+                    ex=IDEMPOTENCY_TTL_SECONDS,
+                )
         except RedisError:
             log.warning("could not free the limit of a booking whose answer from Redis was lost", exc_info=True)
 
@@ -730,6 +745,8 @@ def _hold_error(reply: Any, limit: int) -> DomainError | None:
         return AlreadyBookedThatDay()
     if outcome == "TOO_MANY":
         return TooManyBookings(limit)
+    if outcome == "FORGOTTEN":
+        return DuplicateRequest()  # only a late run of a request answered 503 meets it; nobody hears
     return None
 
 
@@ -740,6 +757,7 @@ _RESERVE_ERRORS: dict[str, type[DomainError]] = {
     "FULL": SlotFull,
     "DAY_FULL": DayFull,
     "DUPLICATE": DuplicateRequest,
+    "FORGOTTEN": DuplicateRequest,  # as in _hold_error
 }
 
 

@@ -578,6 +578,39 @@ async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
     assert ten_oclock_used(capacity_redis, office, day) == 2  # one leaked
 
 
+async def test_a_booking_whose_scripts_run_after_its_503_takes_nothing(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stalled: the booking's answer timed out (503), its limit and Idempotency-Key
+    were freed, and only then did Redis run its scripts. Run then, they put both back: the
+    retry was refused, and the citizen had "a booking that day" that never was."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    run_pair = Scripts.run_pair
+    waiting: list[tuple[Any, ...]] = []
+
+    async def not_run_yet(self: Scripts, *calls: Any) -> Any:
+        monkeypatch.setattr(Scripts, "run_pair", run_pair)  # once
+        waiting.extend(calls)
+        raise RedisTimeoutError("Timeout reading from Redis")
+
+    monkeypatch.setattr(Scripts, "run_pair", not_run_yet)
+    national_id = world.national_id()
+    body = booking_body(office, national_id, day)
+    headers = {**world.token(), "Idempotency-Key": "answered-late"}
+    assert (await client.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        for script, keys_, args in waiting:  # Redis gets round to them now
+            redis.eval(script.script, len(keys_), *keys_, *args)
+        holds = [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
+    assert holds == []
+    assert ten_oclock_used(capacity_redis, office, day) == 0  # the late reserve took nothing
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert ten_oclock_used(capacity_redis, office, day) == 1
+
+
 STUCK_SECONDS = 8
 
 
