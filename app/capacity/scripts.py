@@ -450,7 +450,7 @@ class Scripts:
     async def load(self) -> None:
         for script in (
             self.reserve, self.release, self.join_waitlist, self.materialise, self.set_meta, self.replan, self.hold,
-            self.suspend, self.keep_holders,
+            self.suspend, self.keep_holders, self.forget,
         ):  # fmt: skip
             await self.redis.script_load(script.script)
 

@@ -6,11 +6,12 @@ Redis can be recomputed from SQL (``rebuild``), so losing Redis loses no booking
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -228,10 +229,15 @@ class Capacity:
         """The count of the record each (office, day)'s counters are in now: read before a
         commit that lets go of seats, it is what their release hands RELEASE (``Seat``). A
         day Redis does not hold gets an id no count has: a count that writes it from the
-        record after that commit leaves the seat out, and nothing may free it."""
+        record after that commit leaves the seat out, and nothing may free it. (Every day
+        has a ``_status``; one written before ``_count`` existed has none: "", as RELEASE
+        reads it.)"""
         days = list(days)
-        replies = await self.auto.execute_many([("HGET", keys.office_day(*day), "_count") for day in days])
-        return {day: NOT_COUNTED if reply is None else as_text(reply) for day, reply in zip(days, replies, strict=True)}
+        replies = await self.auto.execute_many([("HMGET", keys.office_day(*day), "_status", "_count") for day in days])
+        return {
+            day: NOT_COUNTED if status is None else as_text(count or "")
+            for day, (status, count) in zip(days, replies, strict=True)
+        }
 
     async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
         """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
@@ -344,21 +350,26 @@ class Capacity:
 
         Redis may also run the request's scripts after this (stalled, it answered nothing
         in time, and runs what waits in its sockets in no set order): both are freed by
-        marking them forgotten ('!' and the tracking code), and a late HOLD or RESERVE of
-        this request that finds its mark takes nothing; deleted, they would come back."""
-        try:
-            await self.scripts.forget(
+        marking them forgotten ('!' and the tracking code); deleted, they would come back.
+        A late HOLD of this request that finds its mark holds nothing, and a late RESERVE
+        of a request with an Idempotency-Key takes no seat (without one, there is no key
+        to mark: its seat stays counted, as a seat taken before the timeout does)."""
+        marks: list[Awaitable[Any]] = [
+            self.scripts.forget(
                 keys=[keys.citizen_holds(national_id)],
                 args=[seat.tracking_code, seat.day.isoformat(), self._holds_ttl()],
             )
-            if seat.idempotency:
-                await self.redis.set(
-                    keys.idempotency(seat.office_code, *seat.idempotency),
-                    FORGOTTEN + seat.tracking_code,
-                    ex=IDEMPOTENCY_TTL_SECONDS,
-                )
-        except RedisError:
-            log.warning("could not free the limit of a booking whose answer from Redis was lost", exc_info=True)
+        ]
+        if seat.idempotency:
+            key = keys.idempotency(seat.office_code, *seat.idempotency)
+            marks.append(self.redis.set(key, FORGOTTEN + seat.tracking_code, ex=IDEMPOTENCY_TTL_SECONDS))
+        # Sent together, neither waiting on the other's answer: the Redis that stalled the
+        # booking may well time this out too, and each mark must still reach it.
+        for outcome in await asyncio.gather(*marks, return_exceptions=True):
+            if isinstance(outcome, RedisError):
+                log.warning("could not free the limit of a booking whose answer from Redis was lost", exc_info=outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     def _holds_ttl(self) -> int:
         return (self.horizon_days + 1) * 86400
