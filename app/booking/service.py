@@ -562,10 +562,15 @@ class BookingService:
     async def _promote(self, session: AsyncSession, given: dict[str, Seat]) -> set[str]:
         """Book the waitlisted rows of these tracking codes at the times given, and tell them;
         one commit for every thousand. Compare-and-set: a citizen who left the line since
-        is not booked. The codes booked."""
+        is not booked. The codes booked: none while capacity is paused for a recount, as for
+        a booking (committed during the count, the seat could be left out of it and sold
+        again); the caller gives those seats back, and the recount puts the citizens back
+        in line."""
         recorded: set[str] = set()
         codes = list(given)
         for start in range(0, len(codes), 1000):
+            if not self.capacity.ready:  # checked before writing: a rollback would expire the caller's rows
+                break
             rows = (
                 await session.execute(
                     select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)
@@ -589,7 +594,6 @@ class BookingService:
             for row in rows:
                 if row.id not in booked:
                     continue
-                recorded.add(row.tracking_code)
                 when = jalali_datetime(row.date, dt.time.fromisoformat(times[row.id]))
                 self.messenger.queue(
                     session,
@@ -598,6 +602,7 @@ class BookingService:
                     kind="waitlist_promoted",
                 )
             await session.commit()
+            recorded.update(row.tracking_code for row in rows if row.id in booked)
         return recorded
 
     async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:

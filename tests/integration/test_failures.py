@@ -237,6 +237,43 @@ async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
     assert ten_oclock_used(capacity_redis, office, day) == 2  # the other citizen, and the one promoted
 
 
+async def test_a_promotion_that_reaches_its_commit_after_a_recount_is_not_recorded(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A freed seat went to the head of the line, then capacity paused and the day was
+    counted from the record, where that citizen still waits: recorded after it, the
+    promotion would hold a seat the count left out, for somebody else to take."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=2)])
+    await world.rebuild()
+    day = world.tomorrow()
+    mine = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09121110000")
+    )
+    assert (await book(client, world, office, day)).status_code == 201
+    waiting = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    container = client.app.state.container
+    release = container.capacity.release
+
+    async def release_then_recount(**kwargs: Any) -> Any:
+        promotions = await release(**kwargs)
+        container.capacity.ready = False  # the watch pauses...
+        await rebuild(container)  # ...and counts
+        return promotions
+
+    monkeypatch.setattr(container.capacity, "release", release_then_recount)
+    code = mine.json()["tracking_code"]
+    try:
+        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    finally:
+        container.capacity.ready = True
+    assert cancelled.status_code == 200, cancelled.text
+    still = (await client.get(f"/api/v1/bookings/{waiting.json()['tracking_code']}")).json()
+    assert still["status"] == "waitlisted"
+    assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
+
+
 async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
