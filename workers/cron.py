@@ -10,6 +10,7 @@ from rq.cron import CronScheduler
 
 from app.booking.tasks import close_day, send_reminders
 from app.complaints.tasks import flag_overdue
+from app.enforcement.tasks import finish_blocks
 from app.observability import configure_logging
 from app.settings import load_settings
 from app.sms.tasks import sweep
@@ -34,6 +35,7 @@ def main() -> None:
     # run walks every office-day of the horizon in Redis, which the daytime rush should not pay.
     scheduler.register(close_day, queue_name=DEFAULT, cron="30 20,21,22 * * *")
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
+    scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60)  # bookings a block could not move yet
     scheduler.start()
 
 

@@ -585,6 +585,11 @@ class Capacity:
         if not self.ready:
             raise CapacityRebuilding()
 
+    async def check_ready(self) -> bool:
+        """``ready``, asked of Redis now: for a process without the watch that keeps it (a job)."""
+        self.ready = await self.is_built()
+        return self.ready
+
     async def is_built(self) -> bool:
         """Whether the counters were rebuilt on the Redis servers that hold them now. Another
         server (a restart, or a failover to a replica that had not received the last writes)

@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from app.booking import relocation
 from app.booking.models import SEAT_STATUSES, Booking
 from app.booking.schemas import BookingCreate
 from app.capacity import keys, watch
@@ -357,6 +358,43 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     async with world.container.sessions() as session:
         status = await session.scalar(select(Office.status).where(Office.code == forged))
     assert status == OfficeStatus.BLOCKED
+
+
+async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recount began while a block was moving the office's bookings: the block stands
+    (201), and the minute's sweep moves them once the count is done. (Refused with a 503
+    instead, they stayed booked at an office that takes nobody, and a confirmed forgery,
+    already recorded, could not be confirmed again to move them.)"""
+    office, other = await world.office(seats=2), await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    code = (await book(client, world, office, day)).json()["tracking_code"]
+    regulator_ = await regulator(client, world)
+    capacity = client.app.state.container.capacity
+    record_moves = relocation._record_moves
+
+    async def paused_meanwhile(*args: Any) -> set[int]:
+        capacity.ready = False  # as the watch does when the counters must be counted again
+        return await record_moves(*args)
+
+    monkeypatch.setattr(relocation, "_record_moves", paused_meanwhile)
+    block = f"/api/v1/regulator/offices/{office}/block"
+    try:
+        blocked = await client.post(block, json={"reason": "تصمیم"}, headers=regulator_)
+    finally:
+        capacity.ready = True
+    assert blocked.status_code == 201, blocked.text
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == office  # not moved yet
+    monkeypatch.setattr(relocation, "_record_moves", record_moves)
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.finish_blocks(session=session) == 1
+        assert await world.container.enforcement.finish_blocks(session=session) == 0  # nothing left
+    moved = (await client.get(f"/api/v1/bookings/{code}")).json()
+    assert (moved["status"], moved["office_code"], moved["slot"]) == ("booked", other, "10:00")
+    assert ten_oclock_used(capacity_redis, office, day) == 0
+    assert ten_oclock_used(capacity_redis, other, day) == 1
 
 
 async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
