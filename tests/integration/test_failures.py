@@ -205,12 +205,10 @@ async def test_a_cancel_frees_its_seat_in_a_day_counted_before_count_ids(
     assert ten_oclock_used(capacity_redis, office, day) == 1
 
 
-async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
-    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A freed seat went to the head of the line, the day was counted again from the record
-    (where that citizen still waits), and the promotion was not recorded: the seat given
-    back again was not in the count, and freeing it freed the other holder's."""
+async def full_with_one_waiting(client: Client, world: World) -> tuple[str, dt.date, str, str]:
+    """An office with one slot of two seats tomorrow, both booked (one by 09121110000, who
+    will cancel), and a third citizen waiting: the office, the day, and the tracking codes
+    of the one who cancels and of the one waiting."""
     office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=2)])
     await world.rebuild()
     day = world.tomorrow()
@@ -222,6 +220,16 @@ async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
         "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
     )
     assert waiting.status_code == 201, waiting.text
+    return office, day, mine.json()["tracking_code"], waiting.json()["tracking_code"]
+
+
+async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A freed seat went to the head of the line, the day was counted again from the record
+    (where that citizen still waits), and the promotion was not recorded: the seat given
+    back again was not in the count, and freeing it freed the other holder's."""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
     bookings = client.app.state.container.bookings
     promote = bookings._promote
 
@@ -231,9 +239,8 @@ async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
         return set()
 
     monkeypatch.setattr(bookings, "_promote", recount_then_lose_the_promotion)
-    code = mine.json()["tracking_code"]
     assert (await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))).is_success
-    promoted = (await client.get(f"/api/v1/bookings/{waiting.json()['tracking_code']}")).json()
+    promoted = (await client.get(f"/api/v1/bookings/{waiting}")).json()
     assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
     assert ten_oclock_used(capacity_redis, office, day) == 2  # the other citizen, and the one promoted
 
@@ -244,16 +251,7 @@ async def test_a_promotion_that_reaches_its_commit_after_a_recount_is_not_record
     """A freed seat went to the head of the line, then capacity paused and the day was
     counted from the record, where that citizen still waits: recorded after it, the
     promotion would hold a seat the count left out, for somebody else to take."""
-    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=2)])
-    await world.rebuild()
-    day = world.tomorrow()
-    mine = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09121110000")
-    )
-    assert (await book(client, world, office, day)).status_code == 201
-    waiting = await client.post(
-        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-    )
+    office, day, code, waiting = await full_with_one_waiting(client, world)
     container = client.app.state.container
     release = container.capacity.release
 
@@ -264,13 +262,12 @@ async def test_a_promotion_that_reaches_its_commit_after_a_recount_is_not_record
         return promotions
 
     monkeypatch.setattr(container.capacity, "release", release_then_recount)
-    code = mine.json()["tracking_code"]
     try:
         cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     finally:
         container.capacity.ready = True
     assert cancelled.status_code == 200, cancelled.text
-    still = (await client.get(f"/api/v1/bookings/{waiting.json()['tracking_code']}")).json()
+    still = (await client.get(f"/api/v1/bookings/{waiting}")).json()
     assert still["status"] == "waitlisted"
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
 
