@@ -12,7 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -230,6 +231,28 @@ class AutoPipeline:
 # unanswered, the worst is a seat counted that nobody holds, which the next rebuild returns.
 # redis-py 8's cluster client retried such errors up to ten times (its single client,
 # made from a URL, did not). Here neither does: the caller gets the error, the citizen a 503.
+@asynccontextmanager
+async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float) -> AsyncIterator[bool]:
+    """Take the lock ``key`` (yields False if another holds it), renewed every third of its
+    ``seconds`` while held: a holder that died keeps it that long at most."""
+    if not await redis.set(key, owner, nx=True, px=int(seconds * 1000)):
+        yield False
+        return
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(seconds / 3)
+            await redis.pexpire(key, int(seconds * 1000))
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield True
+    finally:
+        renewing.cancel()
+        if await redis.get(key) in (owner, owner.encode()):
+            await redis.delete(key)
+
+
 def connect(url: str, *, timeout: float = 2) -> Redis:
     # Short timeouts: a citizen waiting on a dead Redis should get a 503 quickly, not hang.
     if url.startswith(CLUSTER_SCHEME):

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.service import BookingService
-from app.capacity.errors import DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
+from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.service import Overflow, Reserved, Seat, SeatRequest, day_for_reading
 from app.errors import DomainError
 from app.load.service import LoadService
@@ -70,23 +70,29 @@ class Relocator:
         places = _Places(self, session, from_office, same_office, now)
         placements: list[_Placed | None] = []
         taken: list[Seat | None] = []  # the new seats, kept apart: a rollback expires the rows
+        writing = False
         try:
             for booking in bookings:
                 placed = await places.find(booking)
                 placements.append(placed)
                 taken.append(None if placed is None else placed.seat(booking.date))
+            # Committed while the counters are counted again from the record, the moves could
+            # be left out of the count, their new seats sold again: asked before the first
+            # write, and again before the commit.
+            await self.capacity.confirm_ready()
+            writing = True
             changed = await _record_moves(session, from_office, bookings, placements, now)
             for booking, placed in zip(bookings, placements, strict=True):
                 if booking.id in changed:
                     self._tell(session, booking, placed, why_fa)
             # The counts the old seats are in before the record lets them go (see Seat).
             old_days = await self.capacity.counts({(from_office.code, b.date) for b in bookings})
-            # Committed while the counters are counted again from the record, the moves
-            # could be left out of the count: the new seats uncounted, sold again.
-            self.capacity.require_ready()
-        except Exception:
-            # Nothing was written: nobody moved, so the new seats go back.
-            await session.rollback()
+            await self.capacity.confirm_ready()
+        except Exception as error:
+            # Nothing was written: nobody moved, so the new seats go back. Refused before the
+            # first write, nothing is rolled back either (a rollback expires the caller's rows).
+            if writing or not isinstance(error, CapacityRebuilding):
+                await session.rollback()
             await self._give_back(session, [seat for seat in taken if seat is not None])
             raise
         # Outside the undo above: a commit whose answer was lost may have been written, and

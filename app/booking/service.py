@@ -554,7 +554,14 @@ class BookingService:
                     else:
                         given[promotion.tracking_code] = given_seat
             recorded = await self._promote(session, given)
-            again += [given_seat for code, given_seat in given.items() if code not in recorded]
+            unrecorded = [(given_seat, code) for code, given_seat in given.items() if code not in recorded]
+            if not self.capacity.ready:
+                # Nothing is recorded during a recount (``_promote``). Handed round again, each
+                # seat would go to the next in line, not recorded either, to the end of the
+                # line: instead each is freed and its citizen put back at the head of it.
+                await self.capacity.unpromote([*reversed(unrecorded), *((seat, "") for seat in again)])
+                return
+            again += [given_seat for given_seat, _ in unrecorded]
             promoted, failed = await self._release(again, now)
             if failed is not None:
                 log.error("a seat given back stays counted until the next rebuild: %s", failed)
@@ -564,8 +571,7 @@ class BookingService:
         one commit for every thousand. Compare-and-set: a citizen who left the line since
         is not booked. The codes booked: none while capacity is paused for a recount, as for
         a booking (committed during the count, the seat could be left out of it and sold
-        again); the caller gives those seats back, and the recount puts the citizens back
-        in line."""
+        again)."""
         recorded: set[str] = set()
         codes = list(given)
         for start in range(0, len(codes), 1000):

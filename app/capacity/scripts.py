@@ -214,6 +214,30 @@ return promoted
 """
 )
 
+UNPROMOTE = """
+-- KEYS[1] = the office's day hash, KEYS[2] = the day's waitlist for the pool
+-- ARGV[1] = pool, ARGV[2] = slot time, ARGV[3] = the day's '_count' RELEASE gave the seat in
+-- ARGV[4] = tracking code of the citizen it was given to ("": a second seat, nobody to put back)
+-- A seat RELEASE handed to the head of the line whose promotion could not be recorded
+-- (capacity paused for a recount): freed, and the citizen put back at the head of the line,
+-- with no fill (handed round, each seat would take the next in line, not recorded either,
+-- to the end of it). If the day was counted again since, that count went by the record,
+-- where the citizen still waits, and rebuilt the line: there is nothing to undo.
+local day = KEYS[1]
+if redis.call('EXISTS', day) == 0 then return 0 end
+if (redis.call('HGET', day, '_count') or '') ~= ARGV[3] then return 0 end
+local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
+if tonumber(redis.call('HGET', day, field) or '0') > 0 then redis.call('HINCRBY', day, field, -1) end
+local cursor = redis.call('HGET', day, 'c|' .. ARGV[1])
+if cursor and ARGV[2] < cursor then redis.call('HSET', day, 'c|' .. ARGV[1], ARGV[2]) end
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+  local ttl = redis.call('PTTL', day)
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return 1
+"""
+
 JOIN_WAITLIST = (
     _ROOM
     + """
@@ -402,6 +426,7 @@ class Scripts:
         self.hold = redis.register_script(HOLD)
         self.suspend = redis.register_script(SUSPEND)
         self.forget = redis.register_script(FORGET)
+        self.unpromote = redis.register_script(UNPROMOTE)
 
     async def run_many(
         self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]], *, raise_errors: bool = True
@@ -450,7 +475,7 @@ class Scripts:
     async def load(self) -> None:
         for script in (
             self.reserve, self.release, self.join_waitlist, self.materialise, self.set_meta, self.replan, self.hold,
-            self.suspend, self.keep_holders, self.forget,
+            self.suspend, self.keep_holders, self.forget, self.unpromote,
         ):  # fmt: skip
             await self.redis.script_load(script.script)
 

@@ -184,6 +184,7 @@ class Capacity:
         self.official_holidays = official_holidays
         # False while Redis is down or being rebuilt (see app.capacity.watch): bookings wait.
         self.ready = True
+        self.watched = False  # True once app.capacity.watch keeps ``ready`` fresh (web instances)
         self.redis = redis
         self.auto = AutoPipeline(redis)  # trips to Redis shared with the other requests'
         self.scripts = Scripts(redis, self.auto)
@@ -276,6 +277,21 @@ class Capacity:
         calls = [_release_call(seat, first_bookable_time(now, seat.day), None) for seat in seats]
         replies = await self.scripts.run_many(self.scripts.release, calls, raise_errors=False)
         return [reply if isinstance(reply, BaseException) else _promotions(reply) for reply in replies]
+
+    async def unpromote(self, given: Sequence[tuple[Seat, str]]) -> None:
+        """Undo promotions that could not be recorded (capacity paused for a recount): each
+        seat (``counted_in`` as RELEASE gave it) freed, and its citizen's tracking code ("":
+        none) put back at the head of the line; the last of ``given`` ends up first."""
+        for seat, _ in given:
+            self.reads.forget(seat.office_code, seat.day)
+        calls = [
+            (
+                [keys.office_day(seat.office_code, seat.day), keys.waitlist(seat.office_code, seat.day, seat.pool)],
+                [seat.pool, seat.time, seat.counted_in, tracking_code],
+            )
+            for seat, tracking_code in given
+        ]
+        await self.scripts.run_many(self.scripts.unpromote, calls)
 
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str
@@ -585,10 +601,12 @@ class Capacity:
         if not self.ready:
             raise CapacityRebuilding()
 
-    async def check_ready(self) -> bool:
-        """``ready``, asked of Redis now: for a process without the watch that keeps it (a job)."""
-        self.ready = await self.is_built()
-        return self.ready
+    async def confirm_ready(self) -> None:
+        """``require_ready`` for a write that may take a while to prepare (a batch of moves):
+        where no watch keeps ``ready`` fresh (a job), Redis is asked now."""
+        if not self.watched and not await self.is_built():
+            raise CapacityRebuilding()
+        self.require_ready()
 
     async def is_built(self) -> bool:
         """Whether the counters were rebuilt on the Redis servers that hold them now. Another

@@ -14,8 +14,8 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.capacity import keys
 from app.capacity.service import Capacity
 from app.clock import Clock
+from app.redis import renewed_lock
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class RedisWatch:
             self.capacity.ready = False
 
     async def run(self) -> None:
+        self.capacity.watched = True  # ``ready`` is kept fresh from here on
         while True:
             try:
                 await self.check()
@@ -100,22 +102,6 @@ async def rebuild_paused(
             return await capacity.rebuild(session=session, today=today)
 
 
-@asynccontextmanager
-async def rebuild_lock(redis: Any, owner: str) -> AsyncIterator[bool]:
+def rebuild_lock(redis: Any, owner: str) -> AbstractAsyncContextManager[bool]:
     """Take the rebuild lock (yields False if another holds it), renewing it while held."""
-    if not await redis.set(REBUILD_LOCK, owner, nx=True, px=int(LOCK_SECONDS * 1000)):
-        yield False
-        return
-
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(LOCK_SECONDS / 3)
-            await redis.pexpire(REBUILD_LOCK, int(LOCK_SECONDS * 1000))
-
-    renewing = asyncio.create_task(renew())
-    try:
-        yield True
-    finally:
-        renewing.cancel()
-        if await redis.get(REBUILD_LOCK) in (owner, owner.encode()):
-            await redis.delete(REBUILD_LOCK)
+    return renewed_lock(redis, REBUILD_LOCK, owner, seconds=LOCK_SECONDS)

@@ -97,6 +97,7 @@ class Complaints:
         )
         await session.commit()
         await self.enforcement.evaluate(session, office)
+        await session.refresh(complaint)  # a block's moves refused half-way roll back, expiring it
         return await self._out(session, complaint)
 
     async def sms_complaint(self, session: AsyncSession, mobile: str, office_code: str, text: str) -> str | None:
@@ -238,6 +239,7 @@ class Complaints:
         await session.commit()
         if target is State.VIOLATION_CONFIRMED:
             await self.enforcement.evaluate(session, office)
+            await session.refresh(complaint)  # a block's moves refused half-way roll back, expiring it
         return await self._out(session, complaint)
 
     async def _fine(self, session: AsyncSession, complaint: Complaint, now: dt.datetime) -> int:

@@ -12,7 +12,9 @@ import csv
 import datetime as dt
 import io
 import logging
+import uuid
 from collections import Counter, defaultdict
+from contextlib import AbstractAsyncContextManager
 
 from redis.exceptions import RedisError
 from sqlalchemy import case, func, select, update
@@ -21,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.booking.models import Booking, BookingStatus
 from app.booking.relocation import Relocator
 from app.booking.service import BookingService
+from app.capacity import keys
 from app.capacity.errors import CapacityRebuilding
 from app.capacity.service import Capacity
 from app.clock import Clock
@@ -41,10 +44,13 @@ from app.errors import InvalidInput
 from app.offices.errors import OfficeNotFound
 from app.offices.models import City, Office, OfficeStatus, Province
 from app.offices.service import normalize_code
+from app.redis import renewed_lock
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_office, require_role
 
 log = logging.getLogger(__name__)
+
+MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
 
 # Who the audit log names when the policy acts on its own (no staff member decided).
 POLICY_ACTOR = StaffPrincipal(
@@ -195,17 +201,19 @@ class Enforcement:
         await session.commit()
         # From here the reserve script refuses the office; then its bookings are moved.
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
-        try:
-            moved, cancelled = await self._move_bookings_away(session, office)
-        except CapacityRebuilding:
-            # The block is recorded; the moves would race the recount. ``finish_blocks``
-            # moves them within a minute of its end.
-            for row in (office, action):  # read again: the moves' rollback expired them
-                await session.refresh(row)
-            log.warning("office %s blocked; its bookings move after the recount", office.code)
-            return action
-        action.bookings_moved, action.bookings_cancelled = moved, cancelled
-        await session.commit()
+        async with self._moving(office.code) as held:
+            if not held:  # the minute's job is moving them already (the office blocked again)
+                return action
+            try:
+                action.bookings_moved, action.bookings_cancelled = await self._move_bookings_away(session, office)
+            except CapacityRebuilding:
+                # The block is recorded; the moves would race the recount. ``finish_blocks``
+                # moves them within a minute of its end.
+                for row in (office, action):  # read again: the moves' rollback may have expired them
+                    await session.refresh(row)
+                log.warning("office %s blocked; its bookings move after the recount", office.code)
+                return action
+            await session.commit()
         return action
 
     async def finish_blocks(self, *, session: AsyncSession) -> int:
@@ -213,29 +221,50 @@ class Enforcement:
         paused for a recount, the record or Redis away, the process stopped half-way). Run
         every minute (workers.cron); the bookings moved or cancelled. Without it they would
         stay booked at an office that takes nobody, and a second block is the only repair."""
-        today = self.clock.today()
-        done = 0
-        for office in await session.scalars(select(Office).where(Office.status == OfficeStatus.BLOCKED)):
-            left = select(Booking.id).where(
-                Booking.office_id == office.id,
-                Booking.date >= today,
-                Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
+        blocked = (
+            await session.execute(
+                select(Office.id, Office.code).where(Office.status == OfficeStatus.BLOCKED).order_by(Office.id)
             )
-            if await session.scalar(left.limit(1)) is None:
-                continue
-            # A job has no watch keeping ``ready`` (app.capacity.watch): asked here, for
-            # each office's moves, which refuse to commit during a recount.
-            if not await self.capacity.check_ready():
-                break
+        ).all()
+        done = 0
+        for office_id, code in blocked:
+            if not await self.capacity.is_built():
+                break  # paused for a recount: the next run
+            try:
+                done += await self._finish_block(session, office_id)
+            except Exception:  # one office's failure must not keep the others waiting
+                await session.rollback()
+                log.exception("the bookings left at blocked office %s wait for the next run", code)
+        return done
+
+    async def _finish_block(self, session: AsyncSession, office_id: int) -> int:
+        left = select(Booking.id).where(
+            Booking.office_id == office_id,
+            Booking.date >= self.clock.today(),
+            Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
+        )
+        if await session.scalar(left.limit(1)) is None:
+            return 0
+        office = await session.get(Office, office_id, populate_existing=True)  # lifted meanwhile?
+        if office is None or office.status is not OfficeStatus.BLOCKED:
+            return 0
+        async with self._moving(office.code) as held:
+            if not held:  # the block itself is moving them
+                return 0
             moved, cancelled = await self._move_bookings_away(session, office)
-            for action in await self._open_actions(session, office.id):
+            for action in await self._open_actions(session, office_id):
                 if action.kind is ActionKind.BLOCK:
                     action.bookings_moved += moved
                     action.bookings_cancelled += cancelled
             await session.commit()
-            log.info("moved the bookings left at blocked office %s", office.code, extra={"moved": moved})
-            done += moved + cancelled
-        return done
+        log.info("moved the bookings left at blocked office %s", office.code, extra={"moved": moved})
+        return moved + cancelled
+
+    def _moving(self, office_code: str) -> AbstractAsyncContextManager[bool]:
+        """The lock a block and ``finish_blocks`` take to move an office's bookings: moved by
+        both at once, each takes seats the other then finds gone, and cancels citizens who
+        had somewhere to go."""
+        return renewed_lock(self.capacity.redis, f"{MOVES_LOCK}:{office_code}", uuid.uuid4().hex, seconds=30)
 
     async def _move_bookings_away(self, session: AsyncSession, office: Office) -> tuple[int, int]:
         now = self.clock.now()

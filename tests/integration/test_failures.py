@@ -32,8 +32,9 @@ from app.capacity import keys, watch
 from app.capacity.plan import DayRule
 from app.capacity.scripts import Scripts
 from app.capacity.watch import rebuild_paused
+from app.enforcement.service import MOVES_LOCK
 from app.offices.models import Office, OfficeStatus
-from app.redis import EmbeddedRedis, connect
+from app.redis import EmbeddedRedis, connect, renewed_lock
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
@@ -245,23 +246,27 @@ async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
     assert ten_oclock_used(capacity_redis, office, day) == 2  # the other citizen, and the one promoted
 
 
-async def test_a_promotion_that_reaches_its_commit_after_a_recount_is_not_recorded(
-    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("recount", [True, False])
+async def test_a_promotion_during_a_recount_pause_is_not_recorded_and_keeps_the_line(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, recount: bool
 ) -> None:
-    """A freed seat went to the head of the line, then capacity paused and the day was
-    counted from the record, where that citizen still waits: recorded after it, the
-    promotion would hold a seat the count left out, for somebody else to take."""
+    """A freed seat went to the head of the line, then capacity paused (and the day was
+    counted from the record, where that citizen still waits). Recorded after the count, the
+    promotion would hold a seat the count left out, for somebody else to take; so nothing is
+    recorded during the pause, and the citizen keeps their place at the head of the line
+    (handed round instead, the seat had taken the whole line, one citizen at a time)."""
     office, day, code, waiting = await full_with_one_waiting(client, world)
     container = client.app.state.container
     release = container.capacity.release
 
-    async def release_then_recount(**kwargs: Any) -> Any:
+    async def release_then_pause(**kwargs: Any) -> Any:
         promotions = await release(**kwargs)
         container.capacity.ready = False  # the watch pauses...
-        await rebuild(container)  # ...and counts
+        if recount:
+            await rebuild(container)  # ...and counts
         return promotions
 
-    monkeypatch.setattr(container.capacity, "release", release_then_recount)
+    monkeypatch.setattr(container.capacity, "release", release_then_pause)
     try:
         cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     finally:
@@ -270,6 +275,8 @@ async def test_a_promotion_that_reaches_its_commit_after_a_recount_is_not_record
     still = (await client.get(f"/api/v1/bookings/{waiting}")).json()
     assert still["status"] == "waitlisted"
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
 
 
 async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
@@ -357,18 +364,25 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     assert status == OfficeStatus.BLOCKED
 
 
+@pytest.mark.parametrize("blocker", ["the regulator", "a confirmed forgery"])
 async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
-    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, blocker: str
 ) -> None:
-    """A recount began while a block was moving the office's bookings: the block stands
-    (201), and the minute's sweep moves them once the count is done. (Refused with a 503
-    instead, they stayed booked at an office that takes nobody, and a confirmed forgery,
-    already recorded, could not be confirmed again to move them.)"""
+    """A recount began while a block was moving the office's bookings: the block stands,
+    and the minute's job moves them once the count is done. (Refused with a 503 instead,
+    they stayed booked at an office that takes nobody, and a confirmed forgery, already
+    recorded, could not be confirmed again to move them.) The job leaves an office whose
+    bookings a block is moving, and stops when a recount begins during its own moves."""
     office, other = await world.office(seats=2), await world.office(seats=2)
     await world.rebuild()
     day = world.tomorrow()
     code = (await book(client, world, office, day)).json()["tracking_code"]
     regulator_ = await regulator(client, world)
+    if blocker == "a confirmed forgery":
+        complaint = (await complain(client, world, office, "09125550001", category="forgery"))["tracking_code"]
+        transition = f"/api/v1/regulator/complaints/{complaint}/transition"
+        for step in STEPS[:3]:
+            await client.post(transition, json={"to": step, "inspector": "بازرس"}, headers=regulator_)
     capacity = client.app.state.container.capacity
     record_moves = relocation._record_moves
 
@@ -377,17 +391,40 @@ async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
         return await record_moves(*args)
 
     monkeypatch.setattr(relocation, "_record_moves", paused_meanwhile)
-    block = f"/api/v1/regulator/offices/{office}/block"
     try:
-        blocked = await client.post(block, json={"reason": "تصمیم"}, headers=regulator_)
+        if blocker == "the regulator":
+            blocked = await client.post(
+                f"/api/v1/regulator/offices/{office}/block", json={"reason": "تصمیم"}, headers=regulator_
+            )
+        else:
+            blocked = await client.post(transition, json={"to": "violation_confirmed"}, headers=regulator_)
     finally:
         capacity.ready = True
-    assert blocked.status_code == 201, blocked.text
+    assert blocked.is_success, blocked.text
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == office  # not moved yet
     monkeypatch.setattr(relocation, "_record_moves", record_moves)
-    async with world.container.sessions() as session:
-        assert await world.container.enforcement.finish_blocks(session=session) == 1
-        assert await world.container.enforcement.finish_blocks(session=session) == 0  # nothing left
+    jobs = world.container  # the job's own parts: no watch keeps its ``ready``
+
+    async def finish_blocks() -> int:
+        async with jobs.sessions() as session:
+            return await jobs.enforcement.finish_blocks(session=session)
+
+    async with renewed_lock(jobs.redis, f"{MOVES_LOCK}:{office}", "a block", seconds=30):
+        assert await finish_blocks() == 0  # the block is moving them
+    find = relocation._Places.find
+
+    async def recount_begins(self: Any, booking: Any) -> Any:
+        await jobs.redis.delete(keys.REBUILT_AT)
+        return await find(self, booking)
+
+    monkeypatch.setattr(relocation._Places, "find", recount_begins)
+    assert await finish_blocks() == 0
+    monkeypatch.setattr(relocation._Places, "find", find)
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == office
+    assert ten_oclock_used(capacity_redis, other, day) == 0  # the seat it took went back
+    await world.rebuild()
+    assert await finish_blocks() == 1
+    assert await finish_blocks() == 0  # nothing left
     moved = (await client.get(f"/api/v1/bookings/{code}")).json()
     assert (moved["status"], moved["office_code"], moved["slot"]) == ("booked", other, "10:00")
     assert ten_oclock_used(capacity_redis, office, day) == 0
