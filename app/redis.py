@@ -226,11 +226,6 @@ class AutoPipeline:
         return replies
 
 
-# No command is sent twice. A timeout or a dropped connection can come after Redis ran a
-# script: a release run again frees a seat somebody holds, and the slot is overbooked. Left
-# unanswered, the worst is a seat counted that nobody holds, which the next rebuild returns.
-# redis-py 8's cluster client retried such errors up to ten times (its single client,
-# made from a URL, did not). Here neither does: the caller gets the error, the citizen a 503.
 @asynccontextmanager
 async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float) -> AsyncIterator[bool]:
     """Take the lock ``key`` (yields False if another holds it), renewed every third of its
@@ -253,6 +248,11 @@ async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float) -> A
             await redis.delete(key)
 
 
+# No command is sent twice. A timeout or a dropped connection can come after Redis ran a
+# script: a release run again frees a seat somebody holds, and the slot is overbooked. Left
+# unanswered, the worst is a seat counted that nobody holds, which the next rebuild returns.
+# redis-py 8's cluster client retried such errors up to ten times (its single client,
+# made from a URL, did not). Here neither does: the caller gets the error, the citizen a 503.
 def connect(url: str, *, timeout: float = 2) -> Redis:
     # Short timeouts: a citizen waiting on a dead Redis should get a 503 quickly, not hang.
     if url.startswith(CLUSTER_SCHEME):
