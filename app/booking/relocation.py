@@ -218,7 +218,7 @@ class _Placed(msgspec.Struct, frozen=True):
     reserved: Reserved
 
     def seat(self, day: dt.date) -> Seat:
-        return Seat(self.target.code, day, self.target.pool, self.reserved.time, self.reserved.count)
+        return Seat(self.target.code, day, self.target.pool, self.reserved.time, self.reserved.counted_in)
 
 
 class _Places:

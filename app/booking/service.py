@@ -334,7 +334,7 @@ class BookingService:
         idempotency: tuple[str, str] | None,
     ) -> None:
         """Give back a seat this request reserved and never recorded: unless the day has been
-        counted again from the record since (``Reserved.count``), which left it out already."""
+        counted again from the record since (``Reserved.counted_in``), which left it out already."""
         await self.free_seat(
             session=session,
             office_code=office.code,
@@ -342,7 +342,7 @@ class BookingService:
             pool=office.pool,
             time=reserved.time,
             idempotency=idempotency,
-            counted_in=reserved.count,
+            counted_in=reserved.counted_in,
         )
 
     def _replay(

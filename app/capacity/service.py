@@ -66,7 +66,7 @@ class Reserved(msgspec.Struct, frozen=True):
     time: str
     tracking_code: str
     replay: bool = False
-    count: str = ""  # which count of the record the day's counters came from (see Seat.counted_in)
+    counted_in: str = ""  # the count of the record the day's counters came from (see Seat)
 
 
 class SeatRequest(msgspec.Struct, frozen=True):
@@ -88,7 +88,7 @@ class Seat(msgspec.Struct, frozen=True):
 
     ``counted_in``, for a seat given back: the count of the record (the day's ``_count``) the
     seat is known to be counted in. A seat reserved and never recorded is in the count that
-    RESERVE answered with (``Reserved.count``); one whose booking the record just let go of
+    RESERVE answered with (``Reserved.counted_in``); one whose booking the record just let go of
     (a cancel, a move) is in the count read before that commit. If the day has been counted
     again since, that count went by the record, and freeing the seat would free somebody
     else's: RELEASE then frees nothing. Empty: free it whatever the count."""
@@ -762,7 +762,7 @@ def _reserved(reply: Any) -> Reserved | None:
     outcome, slot, code = reply[0], reply[1], reply[2]
     outcome = as_text(outcome)
     if outcome == "OK":
-        return Reserved(time=as_text(slot), tracking_code=as_text(code), count=as_text(reply[3]))
+        return Reserved(time=as_text(slot), tracking_code=as_text(code), counted_in=as_text(reply[3]))
     if outcome == "REPLAY":
         return Reserved(time="", tracking_code=as_text(code), replay=True)
     if outcome == "NO_DAY":
