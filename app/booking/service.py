@@ -433,13 +433,13 @@ class BookingService:
         # The count the seat is in before the record lets it go: a count from the record
         # after the commit leaves it out, and the release below must then free nothing.
         # (Redis failing here answers 503 with nothing committed.)
-        day = (office_code, booking.date)
-        counted_in = "" if waitlisted else (await self.capacity.counts([day]))[day]
+        office_day = (office_code, booking.date)
+        counted_in = "" if waitlisted else (await self.capacity.counts([office_day]))[office_day]
         if not self.capacity.ready:
             # Redis is being counted again from the record (app.capacity.watch): cancelled
             # now, the count could leave the seat out and the release below free it again.
             await session.rollback()
-            self.capacity.require_ready()
+            raise CapacityRebuilding()
         try:
             await session.commit()
         except SQLAlchemyError as error:
