@@ -16,7 +16,7 @@ from app.complaints.errors import ComplaintNotFound, TransitionNotAllowed
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, Complaint, ComplaintStep, State
 from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
 from app.enforcement.models import Fine
-from app.enforcement.policy import Policy, next_fine
+from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import Enforcement
 from app.errors import InvalidInput
 from app.locale import check_range, normalize_text, to_persian_digits
@@ -96,8 +96,8 @@ class Complaints:
             kind="complaint_step",
         )
         await session.commit()
-        await self.enforcement.evaluate(session, office)
-        await session.refresh(complaint)  # a block's moves refused half-way roll back, expiring it
+        if await self.enforcement.evaluate(session, office) is Verdict.BLOCK:
+            await session.refresh(complaint)  # a block's moves refused half-way roll back, expiring it
         return await self._out(session, complaint)
 
     async def sms_complaint(self, session: AsyncSession, mobile: str, office_code: str, text: str) -> str | None:
@@ -237,8 +237,7 @@ class Complaints:
             kind="complaint_step",
         )
         await session.commit()
-        if target is State.VIOLATION_CONFIRMED:
-            await self.enforcement.evaluate(session, office)
+        if target is State.VIOLATION_CONFIRMED and await self.enforcement.evaluate(session, office) is Verdict.BLOCK:
             await session.refresh(complaint)  # a block's moves refused half-way roll back, expiring it
         return await self._out(session, complaint)
 
