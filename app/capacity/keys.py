@@ -29,13 +29,8 @@ WAITING_NOW = f"{NAMESPACE}:waiting"
 -> "count|reported at (ISO)", so that a nearby search reads all its candidates' in one command
 (one key each had been half the commands, and of the time, of a search)."""
 
-
-def office_geo(service_code: str) -> str:
-    """Positions of the offices that offer one service (a GEO sorted set)."""
-    return f"{NAMESPACE}:geo:{service_code}"
-
-
 GEO_PATTERN = f"{NAMESPACE}:geo:*"
+"""The GEO sets of offices that versions before 2026-12-04 kept; a rebuild drops them."""
 WAITLIST_PATTERN = f"{NAMESPACE}:{{o:*}}:wait:*"
 
 

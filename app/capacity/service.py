@@ -52,7 +52,8 @@ from app.capacity.scripts import Scripts, as_text
 from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
 from app.observability import LUA_SECONDS
-from app.offices.models import City, Office, OfficeService, OfficeStatus
+from app.offices.directory import reread_everywhere
+from app.offices.models import City, Office, OfficeStatus
 from app.redis import AutoPipeline
 
 log = logging.getLogger(__name__)
@@ -502,7 +503,9 @@ class Capacity:
         written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
         await self._rebuild_holds(session=session, today=today)
         await self._rebuild_waitlists(session=session, today=today)
-        await self._rebuild_geo(session=session)
+        await self._drop_geo_sets()
+        # Offices may have been imported into the record since the instances loaded theirs.
+        await reread_everywhere(self.redis)
         await self.redis.set(keys.REBUILT_AT, f"{dt.datetime.now(self.tz).isoformat()}|{servers}")
         log.info("capacity rebuilt", extra={"office_days": written})
         return written
@@ -576,23 +579,11 @@ class Capacity:
                 pipe.expireat(keys.waitlist(code, day, pool), day_expiry(day, self.tz))
             await pipe.execute()
 
-    async def _rebuild_geo(self, *, session: AsyncSession) -> None:
-        """One GEO set per service, so a nearby search is one GEOSEARCH over the offices that offer it."""
+    async def _drop_geo_sets(self) -> None:
+        """Versions before 2026-12-04 kept each service's offices in a Redis GEO set for the
+        nearby search, which now finds them in memory (app.offices.nearest): drop them."""
         async for key in self.redis.scan_iter(match=keys.GEO_PATTERN, count=1000):
             await self.redis.delete(key)
-        rows = await session.execute(
-            select(OfficeService.service_code, Office.lon, Office.lat, Office.code).join(
-                Office, Office.id == OfficeService.office_id
-            )
-        )
-        by_service: dict[str, list[float | str]] = defaultdict(list)
-        for service_code, lon, lat, code in rows:
-            by_service[service_code] += [lon, lat, code]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for service_code, values in by_service.items():
-                for start in range(0, len(values), 3000):
-                    pipe.execute_command("GEOADD", keys.office_geo(service_code), *values[start : start + 3000])
-            await pipe.execute()
 
     def require_ready(self) -> None:
         """Refuse (503) whatever would move seats while the counters are being counted again

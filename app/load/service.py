@@ -1,7 +1,8 @@
 """Live load: how busy each office is, and the nearby offices ranked so that crowds spread out.
 
-A nearby search is one GEOSEARCH over the offices that offer the service and one pipelined
-read of the candidates' counters; SQL is asked only for the names of the few it returns.
+A nearby search finds the nearest offices that offer the service in memory
+(app.offices.nearest), and reads their counters in one pipelined trip to Redis (or none: an
+instance remembers what it read for a second); SQL is asked nothing.
 """
 
 from __future__ import annotations
@@ -9,14 +10,12 @@ from __future__ import annotations
 import datetime as dt
 from bisect import bisect_right
 from collections import defaultdict
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
 from app.capacity.reading import CountedDay, waiting_report
-from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.errors import InvalidInput
@@ -77,15 +76,16 @@ class LoadService:
         self.capacity.check_horizon(day, now.date())
         not_before = now.strftime("%H:%M") if day == now.date() else ""
 
-        found: list[list[Any]] = []
+        # The nearest within the first radius that holds ``limit`` offices (the nearest overall
+        # when none does); three times as many as shown, for the ranking to choose from.
+        nearest = await self.offices.nearest(
+            service_code=service_code, lat=lat, lon=lon, count=max(3 * limit, 30), radius_km=SEARCH_RADII_KM[-1]
+        )
         for radius in SEARCH_RADII_KM:
-            [found] = await self.capacity.auto.execute_many([(
-                "GEOSEARCH", keys.office_geo(service_code), "FROMLONLAT", lon, lat,
-                "BYRADIUS", radius, "km", "ASC", "COUNT", max(3 * limit, 30), "WITHDIST",
-            )])  # fmt: skip
+            found = [(code, km) for code, km in nearest if km <= radius]
             if len(found) >= limit:
                 break
-        distances = {as_text(code): float(distance) for code, distance in found}
+        distances = dict(found)
         counters = await self._read_days(session, list(distances), day)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.

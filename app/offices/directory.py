@@ -3,17 +3,19 @@ asks SQL nothing.
 
 A booking needs of the registry only what rarely changes: the office's id and Persian name,
 whether it offers the service, the service's Persian name and which seat pool the service
-draws from (its weekly template says). All of it, for the 17,000 offices, is a few MB, so
-each app instance loads it whole at start.
+draws from (its weekly template says); a nearby search, where the offices offering a service
+are (app.offices.nearest). All of it, for the 17,000 offices, is about 15 MB, so each app
+instance loads it whole at start.
 
 Freshness: whoever changes one of those facts calls ``changed`` in the same process (the
 entry is dropped at once) and bumps a version in Redis, logging which office it changed;
 every other instance looks at that version at most once a ``check_every`` seconds and, in
 the background, reads again the offices changed since its copy (everything, when the log
-cannot say), serving the old copy meanwhile. An office or service the copy does not know is looked up in SQL (and
-remembered when found), so a new office is bookable at once. Staleness is harmless for
-correctness: an office's status and seats are enforced in Redis by the reserve script, and
-a pool that no longer exists is refused there, never overbooked.
+cannot say, or after a rebuild), serving the old copy meanwhile. An office or service the
+copy does not know is looked up in SQL (and remembered when found), so a new office is
+bookable at once; nearby searches find it after the rebuild that follows its import.
+Staleness is harmless for correctness: an office's status and seats are enforced in Redis
+by the reserve script, and a pool that no longer exists is refused there, never overbooked.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from app.capacity.models import CapacityTemplate
 from app.capacity.plan import SHARED_POOL, decode_template, pool_for
 from app.capacity.scripts import as_text
 from app.offices.models import City, Office, OfficeService, Service
+from app.offices.nearest import Entry, GeoIndex, place
 from app.offices.service import BookableOffice, bookable_office, normalize_code
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ class _Office:
     template: str | None
     services: set[str]
     card: OfficeCard | None = None
+    place: Entry | None = None  # where the nearby search finds it (app.offices.nearest)
     pools: dict[str, str] = field(default_factory=dict)  # decoded lazily, per service
 
     def pool(self, service_code: str) -> str:
@@ -90,6 +94,7 @@ class OfficeDirectory:
         self.check_every = check_every
         self._offices: dict[str, _Office] = {}
         self._services: dict[str, str] = {}
+        self._near: dict[str, GeoIndex] = {}  # by service: the offices that offer it, by position
         self._version: Version = (None, 0)
         self._checked_at = 0.0
         self._reloading: asyncio.Task[None] | None = None
@@ -101,7 +106,8 @@ class OfficeDirectory:
         version = await self._current_version()
         async with self.sessions() as session:
             services, offices = await _read(session)
-        self._offices, self._services, self._version = offices, services, version
+        near = {service_code: GeoIndex(places) for service_code, places in _places(offices).items()}
+        self._offices, self._services, self._near, self._version = offices, services, near, version
         self._checked_at = time.monotonic()
         log.info("office directory loaded: %d offices, %d services", len(offices), len(services))
 
@@ -111,7 +117,13 @@ class OfficeDirectory:
             services, offices = await _read(session, office_codes)
         for code in office_codes:
             self._offices.pop(code, None)  # gone from the record, or replaced just below
+            for index in self._near.values():
+                index.remove(code)
         self._offices.update(offices)
+        for service_code, places in _places(offices).items():
+            index = self._near.setdefault(service_code, GeoIndex())
+            for entry in places:
+                index.put(entry)
         self._services, self._version = services, version
         log.info("office directory: %d changed offices read again", len(office_codes))
 
@@ -151,6 +163,16 @@ class OfficeDirectory:
         if name is not None:
             self._services[service_code] = name
         return name is not None
+
+    async def nearest(
+        self, *, service_code: str, lat: float, lon: float, count: int, radius_km: float
+    ) -> list[tuple[str, float]]:
+        """Up to ``count`` offices offering the service within ``radius_km`` of the point,
+        nearest first, with their distances in km. An office new since the last load is found
+        once the registry is read again (a rebuild has every instance read it all)."""
+        await self._keep_fresh()
+        index = self._near.get(service_code)
+        return index.nearest(lat, lon, count=count, radius_km=radius_km) if index is not None else []
 
     async def cards(self, *, session: AsyncSession, office_codes: list[str]) -> dict[str, OfficeCard]:
         """Each office's card; those the copy does not hold are read from SQL in one query."""
@@ -241,7 +263,7 @@ class OfficeDirectory:
         for entry in await self.redis.zrangebyscore(keys.DIRECTORY_CHANGES, seen + 1, last):
             number, _, code = as_text(entry).partition("|")
             by_version[int(number)] = code
-        if len(by_version) != last - seen:
+        if len(by_version) != last - seen or EVERY_OFFICE in by_version.values():
             return None
         return set(by_version.values())
 
@@ -261,9 +283,33 @@ return version
 epoch (keys.DIRECTORY_EPOCH) when Redis has none, having lost its data and started counting
 again, so that nobody mistakes the new numbers for the old."""
 
+EVERY_OFFICE = "*"
+"""Logged as the office a change names when any office may have changed."""
+
+
+async def reread_everywhere(redis: Redis) -> None:
+    """Have every instance read the whole registry again, on its next look. A rebuild does:
+    it counts Redis again from the record, which may hold offices imported since the
+    instances loaded theirs (they would be missing from nearby searches)."""
+    await redis.register_script(BUMP)(
+        keys=[keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES, keys.DIRECTORY_EPOCH],
+        args=[EVERY_OFFICE, CHANGES_KEPT, secrets.token_hex(8)],
+    )
+
+
 CHANGES_KEPT = 10_000
 """Changes kept in the log (keys.DIRECTORY_CHANGES), about 200 KB; an instance further behind
 reads everything again."""
+
+
+def _places(offices: dict[str, _Office]) -> dict[str, list[Entry]]:
+    """Where the offices offering each service are."""
+    by_service: dict[str, list[Entry]] = {}
+    for office in offices.values():
+        if office.place is not None:
+            for service_code in office.services:
+                by_service.setdefault(service_code, []).append(office.place)
+    return by_service
 
 
 async def _read(
@@ -295,5 +341,6 @@ async def _read(
             template=template,
             services=offered.get(office_id, set()),
             card=card,
+            place=place(code, card.lat, card.lon),
         )
     return services, offices

@@ -10,14 +10,14 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, select, update
 
 from app.capacity import keys
 from app.container import Container
 from app.offices.directory import OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound, ServiceNotOffered
-from app.offices.models import Office
-from tests.conftest import World, booking_body
+from app.offices.models import Office, OfficeService
+from tests.conftest import World, booking_body, rebuild
 from tests.integration.test_console import every_day, staff_of
 
 Client = AsyncTestClient[Litestar]
@@ -173,3 +173,44 @@ async def test_numbers_counted_again_after_redis_lost_its_data_are_not_taken_for
     await _caught_up(other, container, untouched)
     # The log holds only seen + 1 and would have looked complete: the epoch says it is not.
     assert other._offices[untouched] is not kept
+
+
+async def _nearest(directory: OfficeDirectory, service_code: str = "101") -> dict[str, float]:
+    found = await directory.nearest(service_code=service_code, lat=35.70, lon=51.40, count=30, radius_km=1000)
+    return dict(found)
+
+
+async def test_a_rebuild_has_every_instance_find_the_offices_imported_since(container: Container, world: World) -> None:
+    """Offices come into the record by import, which no instance hears of; the rebuild that
+    follows has every instance read the whole registry again, so nearby searches find them."""
+    known = await world.office()
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+    imported = await world.office(lat=35.71, lon=51.40)
+    assert list(await _nearest(other)) == [known]
+
+    await rebuild(container)
+    await _caught_up(other, container, known)
+    assert list(await _nearest(other)) == [known, imported]
+
+
+async def test_an_office_that_moved_or_dropped_a_service_is_found_where_it_is_now(
+    container: Container, world: World
+) -> None:
+    moved, untouched = await world.office(lat=35.70, lon=51.41), await world.office(lat=35.70, lon=51.45)
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+    assert list(await _nearest(other, "102")) == [moved, untouched]
+    async with container.sessions() as session:
+        office_id = await session.scalar(select(Office.id).where(Office.code == moved))
+        await session.execute(update(Office).where(Office.id == office_id).values(lon=51.50))
+        await session.execute(
+            delete(OfficeService).where(OfficeService.office_id == office_id, OfficeService.service_code == "102")
+        )
+        await session.commit()
+    await container.offices.changed(moved)
+    await _caught_up(other, container, untouched)
+
+    assert list(await _nearest(other, "101")) == [untouched, moved]
+    assert (await _nearest(other, "101"))[moved] == pytest.approx(9.04, abs=0.01)
+    assert list(await _nearest(other, "102")) == [untouched]
