@@ -133,7 +133,7 @@ class AutoPipeline:
     Replies come as Redis sends them, without redis-py's reply callbacks ("OK", not True).
     On a Redis Cluster each command goes on its own through redis-py (its cluster pipelines
     do not take scripts), concurrently; for the commands sent this way (scripts, HGETALL,
-    HMGET, EXISTS, GEOSEARCH) its replies have the same shape.
+    HMGET, EXISTS) its replies have the same shape.
     """
 
     def __init__(self, redis: Redis, *, max_batch: int = 1000) -> None:

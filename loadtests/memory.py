@@ -1,6 +1,6 @@
 """Redis memory by kind of key, and what a fully booked horizon would need.
 
-The national dataset (day hashes of 17,000 offices x 14 days, the GEO sets) is fixed; what
+The national dataset (day hashes of 17,000 offices x 14 days) is fixed; what
 grows is per booking: the citizen's holds, the Idempotency-Key (24 hours), and RQ's jobs (the
 confirmation, and two reminders scheduled for the evening before and the hour before,
 which stay in Redis until they are due, up to 14 days). Counting keys by kind (SCAN) and
@@ -29,8 +29,6 @@ def kind_of(key: str) -> str:
         return "capacity: office, other"
     if key.startswith("nobat:{c:"):
         return "capacity: citizen holds"
-    if key.startswith("nobat:geo:"):
-        return "capacity: GEO sets"
     if key.startswith("nobat:sms:outbox"):
         return "console SMS outbox"
     if key.startswith("rq:job:remind-"):

@@ -38,7 +38,8 @@ SPECIFIC: list[tuple[str, tuple[str, ...]]] = [
     ("metrics (Prometheus)", ("prometheus_client/",)),
     ("booking service, other", ("BookingService.",)),
     ("slots: the day's counters from Redis", ("day_for_reading (", "Capacity.day_view (", "bookable_slots (")),
-    ("nearby: GEO search and ranking", ("LoadService.",)),
+    ("nearby: the nearest offices, found in memory", ("app/offices/nearest.py",)),
+    ("nearby: counters read, ranking, the answer", ("LoadService.",)),
 ]
 GENERIC: list[tuple[str, tuple[str, ...]]] = [
     ("SQL other (session, queries, pool)", ("sqlalchemy/", "asyncpg/", "aiosqlite/")),
