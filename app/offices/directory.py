@@ -4,8 +4,8 @@ asks SQL nothing.
 A booking needs of the registry only what rarely changes: the office's id and Persian name,
 whether it offers the service, the service's Persian name and which seat pool the service
 draws from (its weekly template says); a nearby search, where the offices offering a service
-are (app.offices.nearest). All of it, for the 17,000 offices, is about 15 MB, so each app
-instance loads it whole at start.
+are (app.offices.nearest). All of it, for the 17,000 offices, is about 50 MB (the nearby
+grids most of it), so each app instance loads it whole at start.
 
 Freshness: whoever changes one of those facts calls ``changed`` in the same process (the
 entry is dropped at once) and bumps a version in Redis, logging which office it changed;
