@@ -16,7 +16,8 @@ point holds fewer offices than wanted, the finer grid is not tried at all: its r
 come up short.
 
 Distances are great-circle (haversine) on the Earth radius Redis uses, so they read as
-GEOSEARCH's did.
+GEOSEARCH's did. Longitudes do not wrap round at 180 degrees: Iran is far from it, and a
+search from outside Iran is refused before it gets here (app.load.service).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class GeoIndex:
         """Up to ``count`` offices within ``radius_km`` of the point, nearest first, with
         their distances in km."""
         lat, lon = math.radians(lat), math.radians(lon)
-        within = haversine(radius_km / EARTH_RADIUS_KM)
+        within = haversine(min(radius_km / EARTH_RADIUS_KM, math.pi))  # past half way round, everywhere
         found: Found | None = None
         for grid, coarser in zip(self._grids, [*self._grids[1:], None], strict=True):
             if coarser is not None and len(coarser.cells.get(coarser.cell(lat, lon), ())) < count:

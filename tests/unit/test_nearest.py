@@ -96,3 +96,34 @@ def test_distances_match_geosearch() -> None:
     found = index.nearest(35.70, 51.40, count=3, radius_km=30)
     for (_, km), redis_km in zip(found, (0.9991, 2.9974, 5.9952), strict=True):
         assert km == pytest.approx(redis_km, abs=0.001)
+
+
+def test_offices_added_and_moved_in_a_city_are_found_by_the_fine_grid(national: list[tuple[str, float, float]]) -> None:
+    """In Tehran a search never reaches the coarse grid: an office added or moved there must
+    be in the fine grids too."""
+    index = index_of(national)
+    offices = [*national, ("999001", 35.7001, 51.3901)]
+    index.put(place("999001", 35.7001, 51.3901))
+    moved = national[0][0]
+    offices = [(code, lat, lon) if code != moved else (code, 35.7002, 51.3899) for code, lat, lon in offices]
+    index.put(place(moved, 35.7002, 51.3899))
+    found = index.nearest(35.70, 51.39, count=30, radius_km=1000)
+    same(found, expected(offices, 35.70, 51.39, 30, 1000))
+    assert {"999001", moved} <= {code for code, _ in found}
+
+    index.remove("999001")
+    assert "999001" not in {code for code, _ in index.nearest(35.70, 51.39, count=30, radius_km=1000)}
+
+
+def test_an_office_just_south_across_a_cell_edge() -> None:
+    """The point sits just north of its cell's southern edge: the nearest office is across
+    it, 70 m south, nearer than the one in the same cell (the reach bound's latitude half)."""
+    offices = [("000001", 35.6995, 51.41), ("000002", 35.7005, 51.4135)]
+    offices += [(f"1{n:05d}", 35.75 + n * 0.001, 51.41) for n in range(40)]
+    same(index_of(offices).nearest(35.7001, 51.41, count=1, radius_km=1000), expected(offices, 35.7001, 51.41, 1, 1000))
+    assert index_of(offices).nearest(35.7001, 51.41, count=1, radius_km=1000)[0][0] == "000001"
+
+
+def test_a_radius_past_half_way_round_takes_in_everything() -> None:
+    far = [("000001", 35.70, 51.40), ("000002", -35.70, -128.60)]  # the far one is antipodal
+    assert len(index_of(far).nearest(35.70, 51.40, count=5, radius_km=30_000)) == 2
