@@ -175,8 +175,24 @@ end
 """
 )
 
+# Shared by the scripts that give a seat back.
+_FREE_SEAT = """
+local function free_seat(day, pool, time)
+  local field = 'u|' .. pool .. '|' .. time
+  local used = tonumber(redis.call('HGET', day, field) or '0')
+  if used > 0 then used = redis.call('HINCRBY', day, field, -1) end
+  -- A slot a new plan removed lives on with 0 seats only while it still has bookings.
+  local seats_field = 's|' .. pool .. '|' .. time
+  if used == 0 and redis.call('HGET', day, seats_field) == '0' then redis.call('HDEL', day, seats_field, field) end
+  -- The earliest free slot may be this one again (see RESERVE's cursor).
+  local cursor = redis.call('HGET', day, 'c|' .. pool)
+  if cursor and time < cursor then redis.call('HSET', day, 'c|' .. pool, time) end
+end
+"""
+
 RELEASE = (
     _FILL
+    + _FREE_SEAT
     + """
 -- KEYS[1] = the office's day hash
 -- KEYS[2] = the idempotency key to forget (a hash-tagged dummy when none)
@@ -197,24 +213,16 @@ redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', day) == 0 then return {} end
 local count = redis.call('HGET', day, '_count') or ''
 local counted_in = ARGV[4] or ''
-if ARGV[2] ~= '' and (counted_in == '' or counted_in == count) then
-  local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
-  local used = tonumber(redis.call('HGET', day, field) or '0')
-  if used > 0 then used = redis.call('HINCRBY', day, field, -1) end
-  -- A slot a new plan removed lives on with 0 seats only while it still has bookings.
-  local seats_field = 's|' .. ARGV[1] .. '|' .. ARGV[2]
-  if used == 0 and redis.call('HGET', day, seats_field) == '0' then redis.call('HDEL', day, seats_field, field) end
-  -- The earliest free slot may be this one again (see RESERVE's cursor).
-  local cursor = redis.call('HGET', day, 'c|' .. ARGV[1])
-  if cursor and ARGV[2] < cursor then redis.call('HSET', day, 'c|' .. ARGV[1], ARGV[2]) end
-end
+if ARGV[2] ~= '' and (counted_in == '' or counted_in == count) then free_seat(day, ARGV[1], ARGV[2]) end
 local promoted = fill(day, KEYS[3], ARGV[1], ARGV[3])
 table.insert(promoted, 1, count)
 return promoted
 """
 )
 
-UNPROMOTE = """
+UNPROMOTE = (
+    _FREE_SEAT
+    + """
 -- KEYS[1] = the office's day hash, KEYS[2] = the day's waitlist for the pool
 -- ARGV[1] = pool, ARGV[2] = slot time, ARGV[3] = the day's '_count' RELEASE gave the seat in
 -- ARGV[4] = tracking code of the citizen it was given to ("": a second seat, nobody to put back)
@@ -226,10 +234,7 @@ UNPROMOTE = """
 local day = KEYS[1]
 if redis.call('EXISTS', day) == 0 then return 0 end
 if (redis.call('HGET', day, '_count') or '') ~= ARGV[3] then return 0 end
-local field = 'u|' .. ARGV[1] .. '|' .. ARGV[2]
-if tonumber(redis.call('HGET', day, field) or '0') > 0 then redis.call('HINCRBY', day, field, -1) end
-local cursor = redis.call('HGET', day, 'c|' .. ARGV[1])
-if cursor and ARGV[2] < cursor then redis.call('HSET', day, 'c|' .. ARGV[1], ARGV[2]) end
+free_seat(day, ARGV[1], ARGV[2])
 if ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[4])
   local ttl = redis.call('PTTL', day)
@@ -237,6 +242,7 @@ if ARGV[4] ~= '' then
 end
 return 1
 """
+)
 
 JOIN_WAITLIST = (
     _ROOM
