@@ -221,30 +221,31 @@ class Enforcement:
         paused for a recount, the record or Redis away, the process stopped half-way). Run
         every minute (workers.cron); the bookings moved or cancelled. Without it they would
         stay booked at an office that takes nobody, and a second block is the only repair."""
-        blocked = (
+        if not await self.capacity.is_built():
+            return 0  # paused for a recount: the next run
+        left = select(Booking.office_id).where(
+            Booking.date >= self.clock.today(), Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED))
+        )
+        offices = (
             await session.execute(
-                select(Office.id, Office.code).where(Office.status == OfficeStatus.BLOCKED).order_by(Office.id)
+                select(Office.id, Office.code)
+                .where(Office.status == OfficeStatus.BLOCKED, Office.id.in_(left))
+                .order_by(Office.id)
             )
         ).all()
         done = 0
-        for office_id, code in blocked:
-            if not await self.capacity.is_built():
-                break  # paused for a recount: the next run
+        for office_id, code in offices:
             try:
                 done += await self._finish_block(session, office_id)
+            except CapacityRebuilding:
+                await session.rollback()
+                break  # a recount began: the next run
             except Exception:  # one office's failure must not keep the others waiting
                 await session.rollback()
                 log.exception("the bookings left at blocked office %s wait for the next run", code)
         return done
 
     async def _finish_block(self, session: AsyncSession, office_id: int) -> int:
-        left = select(Booking.id).where(
-            Booking.office_id == office_id,
-            Booking.date >= self.clock.today(),
-            Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
-        )
-        if await session.scalar(left.limit(1)) is None:
-            return 0
         office = await session.get(Office, office_id, populate_existing=True)  # lifted meanwhile?
         if office is None or office.status is not OfficeStatus.BLOCKED:
             return 0
