@@ -98,7 +98,6 @@ class OfficeDirectory:
         self._version: Version = (None, 0)
         self._checked_at = 0.0
         self._reloading: asyncio.Task[None] | None = None
-        self._bump = redis.register_script(BUMP)
         self._unannounced: set[str] = set()  # changed here, not yet told to the others
 
     async def load(self) -> None:
@@ -208,10 +207,7 @@ class OfficeDirectory:
         be told (Redis away) is told on a later look."""
         for office_code in sorted(self._unannounced):
             try:
-                await self._bump(
-                    keys=[keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES, keys.DIRECTORY_EPOCH],
-                    args=[office_code, CHANGES_KEPT, secrets.token_hex(8)],
-                )
+                await log_change(self.redis, office_code)
             except RedisError:
                 log.warning("could not tell the other instances that office %s changed; trying again", office_code)
                 return
@@ -287,14 +283,19 @@ EVERY_OFFICE = "*"
 """Logged as the office a change names when any office may have changed."""
 
 
+async def log_change(redis: Redis, office_code: str) -> None:
+    """Bump the directory's version, logging the office it changed (BUMP)."""
+    await redis.register_script(BUMP)(
+        keys=[keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES, keys.DIRECTORY_EPOCH],
+        args=[office_code, CHANGES_KEPT, secrets.token_hex(8)],
+    )
+
+
 async def reread_everywhere(redis: Redis) -> None:
     """Have every instance read the whole registry again, on its next look. A rebuild does:
     it counts Redis again from the record, which may hold offices imported since the
     instances loaded theirs (they would be missing from nearby searches)."""
-    await redis.register_script(BUMP)(
-        keys=[keys.DIRECTORY_VERSION, keys.DIRECTORY_CHANGES, keys.DIRECTORY_EPOCH],
-        args=[EVERY_OFFICE, CHANGES_KEPT, secrets.token_hex(8)],
-    )
+    await log_change(redis, EVERY_OFFICE)
 
 
 CHANGES_KEPT = 10_000
