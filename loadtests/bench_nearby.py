@@ -4,7 +4,7 @@
 
 Builds the 17,000-office demo network in a temporary SQLite file, counts it into a fresh
 embedded redis-server, loads the office directory as the app does at start, then times
-LoadService.nearby (the nearest offices from the directory's grid, one pipelined read of
+LoadService.nearby (the nearest offices from the directory's k-d trees, one pipelined read of
 the candidates, the ranking, the winners' names from the directory) from random points
 around random cities. Prints p50/p95/p99 in milliseconds, and the CPU time per search of
 this process and of redis-server.

@@ -116,13 +116,18 @@ class OfficeDirectory:
             services, offices = await _read(session, office_codes)
         for code in office_codes:
             self._offices.pop(code, None)  # gone from the record, or replaced just below
-            for index in self._near.values():
-                index.remove(code)
         self._offices.update(offices)
-        for service_code, places in _places(offices).items():
-            index = self._near.setdefault(service_code, GeoIndex())
-            for entry in places:
-                index.put(entry)
+        for service_code in _places(offices):
+            self._near.setdefault(service_code, GeoIndex())
+        # Most changes are a clerk's template, which moves nothing: put and remove leave an
+        # index alone unless the office moved, or gained or dropped its service.
+        for service_code, index in self._near.items():
+            for code in office_codes:
+                office = offices.get(code)
+                if office is not None and office.place is not None and service_code in office.services:
+                    index.put(office.place)
+                else:
+                    index.remove(code)
         self._services, self._version = services, version
         log.info("office directory: %d changed offices read again", len(office_codes))
 

@@ -68,9 +68,8 @@ def test_a_rare_service_and_an_empty_one() -> None:
     assert GeoIndex().nearest(35.7, 51.4, count=30, radius_km=1000) == []
 
 
-def test_a_far_neighbour_found_when_the_search_measures_all_that_is_left() -> None:
-    """Two offices 45 km apart, in neighbouring cells of even the coarsest grid: the second is
-    found where the search stops going ring by ring and measures every cell left."""
+def test_a_far_neighbour() -> None:
+    """Two offices 45 km apart, and a search for both from beside the first."""
     two = [("010001", 35.70, 51.40), ("010002", 35.70, 51.90)]
     found = index_of(two).nearest(35.70, 51.41, count=2, radius_km=1000)
     same(found, expected(two, 35.70, 51.41, 2, 1000))
@@ -98,9 +97,8 @@ def test_distances_match_geosearch() -> None:
         assert km == pytest.approx(redis_km, abs=0.001)
 
 
-def test_offices_added_and_moved_in_a_city_are_found_by_the_fine_grid(national: list[tuple[str, float, float]]) -> None:
-    """In Tehran a search never reaches the coarse grid: an office added or moved there must
-    be in the fine grids too."""
+def test_offices_added_and_moved_in_a_city(national: list[tuple[str, float, float]]) -> None:
+    """Among Tehran's thousand offices, an office added or moved is found where it now is."""
     index = index_of(national)
     offices = [*national, ("999001", 35.7001, 51.3901)]
     index.put(place("999001", 35.7001, 51.3901))
@@ -115,9 +113,8 @@ def test_offices_added_and_moved_in_a_city_are_found_by_the_fine_grid(national: 
     assert "999001" not in {code for code, _ in index.nearest(35.70, 51.39, count=30, radius_km=1000)}
 
 
-def test_an_office_just_south_across_a_cell_edge() -> None:
-    """The point sits just north of its cell's southern edge: the nearest office is across
-    it, 70 m south, nearer than the one in the same cell (the reach bound's latitude half)."""
+def test_the_nearest_office_alone() -> None:
+    """One office wanted (count 1): the one 70 m south, not the one 300 m east."""
     offices = [("000001", 35.6995, 51.41), ("000002", 35.7005, 51.4135)]
     offices += [(f"1{n:05d}", 35.75 + n * 0.001, 51.41) for n in range(40)]
     same(index_of(offices).nearest(35.7001, 51.41, count=1, radius_km=1000), expected(offices, 35.7001, 51.41, 1, 1000))
@@ -127,3 +124,23 @@ def test_an_office_just_south_across_a_cell_edge() -> None:
 def test_a_radius_past_half_way_round_takes_in_everything() -> None:
     far = [("000001", 35.70, 51.40), ("000002", -35.70, -128.60)]  # the far one is antipodal
     assert len(index_of(far).nearest(35.70, 51.40, count=5, radius_km=30_000)) == 2
+
+
+def test_an_office_on_the_radius_is_within_it() -> None:
+    offices = [("000001", 35.70, 51.40), ("000002", 35.70, 51.50)]
+    km = every_office(offices, 35.70, 51.40)[1][1]
+    assert [code for code, _ in index_of(offices).nearest(35.70, 51.40, count=5, radius_km=km)] == ["000001", "000002"]
+    assert [code for code, _ in index_of(offices).nearest(35.70, 51.40, count=5, radius_km=km * 0.999)] == ["000001"]
+
+
+def test_an_office_put_again_where_it_was_keeps_the_tree() -> None:
+    """A clerk's template change reads the office again without moving it: the tree is not
+    built again (for the national network, a few ms per service on every instance)."""
+    index = index_of([("010001", 35.70, 51.41), ("010002", 35.70, 51.45)])
+    tree = index._tree
+    index.put(place("010001", 35.70, 51.41))
+    index.remove("010009")
+    assert index._tree is tree
+    index.put(place("010001", 35.70, 51.42))
+    assert index._tree is None
+    assert [code for code, _ in index.nearest(35.70, 51.40, count=1, radius_km=1000)] == ["010001"]
