@@ -108,12 +108,13 @@ def settings(tmp_path: Path, redis_url: str, redis_sync: SyncRedis, database_url
 
 
 def _burst(redis_url: str, scheduled_until: dt.datetime | None) -> None:
-    from rq import Queue, SimpleWorker
+    from rq import Queue
     from rq.timeouts import TimerDeathPenalty
 
     from workers import queues
+    from workers.worker import Worker
 
-    class ThreadWorker(SimpleWorker):
+    class ThreadWorker(Worker):
         # A real RQ worker, run in a thread beside the test's event loop: signals and
         # SIGALRM timeouts only work in the main thread, so use a timer and no handlers.
         death_penalty_class = TimerDeathPenalty
