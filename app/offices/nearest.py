@@ -43,6 +43,16 @@ def chord_of(km: float) -> float:
     return 2 * math.sin(min(km / EARTH_RADIUS_KM, math.pi) / 2)
 
 
+_SAME = 1e-15
+"""Chords closer than this are one distance (a chord's own rounding is about 2e-16)."""
+
+
+def _past(chord: float) -> float:
+    """A hair past a chord (under a micrometre): SciPy's bound leaves out what lies on it, and
+    rounding must not drop an office at exactly the radius, even a metre away."""
+    return chord * (1 + 1e-12) + _SAME
+
+
 class GeoIndex:
     """The offices offering one service, by position."""
 
@@ -70,21 +80,23 @@ class GeoIndex:
         # Built again after a change: a few ms for the biggest service, at the next search.
         if self._tree is None:
             self._tree = self._build()
-        tree = self._tree
-        if not self._codes:
+        tree, codes = self._tree, self._codes
+        if count <= 0 or not codes:
             return []
-        x, y, z, _ = place("", lat, lon)
-        # A hair (a micrometre in 1,000 km) past the radius: rounding must not drop an office on it.
-        chords, rows = tree.query((x, y, z), k=count, distance_upper_bound=chord_of(radius_km) * (1 + 1e-12))
-        codes, total = self._codes, len(self._codes)
-        kms = (2 * EARTH_RADIUS_KM) * np.arcsin(np.minimum(1.0, np.atleast_1d(chords) / 2))
-        found = [
-            (km, codes[row])
-            for km, row in zip(kms.tolist(), np.atleast_1d(rows).tolist(), strict=True)
-            if row < total  # row == total: fewer than count within the radius
-        ]
-        found.sort()
-        return [(code, km) for km, code in found]
+        point = np.array(place("", lat, lon)[:3])
+        # One more than wanted, to tell whether the last one kept has a tie beyond it.
+        found, rows = tree.query(point, k=count + 1, distance_upper_bound=_past(chord_of(radius_km)))
+        rows = [row for row in rows.tolist() if row < len(codes)]  # len(codes): none left in the radius
+        chords = found[: len(rows)]
+        if len(rows) > count and chords[count] - chords[count - 1] < _SAME:
+            # Offices as far as the last one kept, and beyond it (one building's counters, or
+            # offices placed at their town's centre): which of them make the cut goes by code,
+            # not by the order the tree happened to meet them in.
+            rows = tree.query_ball_point(point, _past(chords[count - 1]))
+            chords = np.linalg.norm(tree.data[rows] - point, axis=1)
+        kms = (2 * EARTH_RADIUS_KM) * np.arcsin(np.minimum(1.0, chords / 2))
+        nearest = sorted(zip(kms.tolist(), [codes[row] for row in rows], strict=True))[:count]
+        return [(code, km) for km, code in nearest]
 
     def _build(self) -> cKDTree:
         entries = list(self._entries.values())

@@ -144,3 +144,30 @@ def test_an_office_put_again_where_it_was_keeps_the_tree() -> None:
     index.put(place("010001", 35.70, 51.42))
     assert index._tree is None
     assert [code for code, _ in index.nearest(35.70, 51.40, count=1, radius_km=1000)] == ["010001"]
+
+
+def test_offices_at_one_spot_are_cut_by_code_whatever_order_they_came_in() -> None:
+    """Ten counters in one building and one down the road: which of the ten make the cut
+    goes by code, on every instance, whatever order each read them in."""
+    building = [(f"{n:06d}", 35.70, 51.40) for n in range(10)]
+    offices = [*building, ("900000", 35.80, 51.40)]
+    for seed in range(5):
+        shuffled = offices[:]
+        random.Random(seed).shuffle(shuffled)
+        index = index_of(shuffled)
+        for count in (1, 3, 10, 11):
+            same(index.nearest(35.70, 51.41, count=count, radius_km=50), expected(offices, 35.70, 51.41, count, 50))
+
+
+def test_an_office_a_metre_away_on_the_radius_is_within_it() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        lat, lon = rng.uniform(25.0, 39.5), rng.uniform(44.5, 62.5)
+        office = [("000001", lat + rng.uniform(-1e-5, 1e-5), lon + rng.uniform(-1e-5, 1e-5))]
+        km = every_office(office, lat, lon)[0][1]
+        assert [code for code, _ in index_of(office).nearest(lat, lon, count=1, radius_km=km)] == ["000001"]
+    assert index_of([("000001", 35.70, 51.40)]).nearest(35.70, 51.40, count=1, radius_km=0) == [("000001", 0.0)]
+
+
+def test_none_wanted() -> None:
+    assert index_of([("000001", 35.70, 51.40)]).nearest(35.70, 51.40, count=0, radius_km=10) == []
