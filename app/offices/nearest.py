@@ -9,9 +9,10 @@ there, with no trip at all.
 Each service's offices are points on the unit sphere in a k-d tree (SciPy's ``cKDTree``).
 The straight line between two points on a sphere (the chord) grows with the distance along
 its surface, so the nearest by chord are the nearest on the Earth, and the tree finds them
-exactly, in compiled code: about 30 us a search wherever the point is, where the grids of
-cells this replaced took 70 us from around a city and 200 us from the countryside, in 44 MB
-per instance instead of a few.
+exactly, in compiled code, in the same time wherever the point is. Timed side by side with
+the grids of cells it replaced: 58 us a search against 131 us around a city and 334 us in
+the countryside; the 26 services' trees build in 0.19 s (0.71 s) and take 15.5 MB (44 MB),
+though importing SciPy costs a process about as much again.
 
 Distances are great-circle, on the Earth radius Redis uses, so they read as GEOSEARCH's did.
 """
