@@ -349,20 +349,33 @@ class Enforcement:
             # A block is the regulator's sanction (forgery, or its own decision); the guild
             # vouches for compliance with the appointment rules, which lifts restrictions only.
             raise BlockLiftRegulatorOnly()
+        await self._lift(session, office, actions, by=staff, reason=reason.strip())
+        return _action_out(actions[-1], office.code)
+
+    async def _lift(
+        self, session: AsyncSession, office: Office, actions: list[OfficeAction], *, by: StaffPrincipal, reason: str
+    ) -> None:
+        """Close these actions. The office is active again only when no other stays open: an
+        appeal overturns the one action it was against, not a later one."""
         now = self.clock.now()
         for action in actions:
-            action.lifted_at, action.lifted_by, action.lift_reason = now, staff.username, reason.strip()
+            action.lifted_at, action.lifted_by, action.lift_reason = now, by.username, reason
+        closed = {action.id for action in actions}
+        still_open = [a for a in await self._open_actions(session, office.id) if a.id not in closed]
         before = office.status.value
-        office.status, office.cap_percent = OfficeStatus.ACTIVE, 100
-        session.add(OfficeNotice(office_id=office.id, at=now, text=f"محدودیت دفتر برداشته شد. {reason.strip()}"))
+        if not still_open:
+            office.status, office.cap_percent = OfficeStatus.ACTIVE, 100
+            session.add(OfficeNotice(office_id=office.id, at=now, text=f"محدودیت دفتر برداشته شد. {reason}"))
+        elif office.status == OfficeStatus.RESTRICTED:
+            # Restricted again since (a regulator's later decision): that one's cap holds.
+            office.cap_percent = still_open[-1].cap_percent or office.cap_percent
         await audit(
-            session, actor=staff, action="office.lift", target=office.code, office_id=office.id, before=before,
-            after="active", at=now,
+            session, actor=by, action="office.lift", target=office.code, office_id=office.id, before=before,
+            after=office.status.value, at=now,
         )  # fmt: skip
         await session.commit()
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
         await self.bookings.fill_waitlists(session=session, office_codes={office.code})
-        return _action_out(actions[-1], office.code)
 
     async def decide(
         self,
@@ -445,15 +458,23 @@ class Enforcement:
         appeal.outcome, appeal.decided_by, appeal.decided_at, appeal.decision_note = decided, staff.username, now, note
         office = await session.get(Office, appeal.office_id)
         assert office is not None
-        verdict_fa = "پذیرفته شد و محدودیت برداشته می‌شود" if decided is AppealOutcome.OVERTURNED else "رد شد"
+        action = await session.get(OfficeAction, appeal.action_id)
+        assert action is not None
+        # Only the action appealed against is undone, and only while it is still in force: a
+        # restriction replaced by a block since must not take the block with it.
+        undo = decided is AppealOutcome.OVERTURNED and action.lifted_at is None
+        verdict_fa = {
+            (AppealOutcome.OVERTURNED, True): "پذیرفته شد و محدودیت برداشته می‌شود",
+            (AppealOutcome.OVERTURNED, False): "پذیرفته شد",
+        }.get((decided, undo), "رد شد")
         session.add(OfficeNotice(office_id=office.id, at=now, text=f"اعتراض شما {verdict_fa}. {note}"))
         await audit(
             session, actor=staff, action="appeal.decide", target=str(appeal.id), office_id=office.id,
             before="pending", after=decided.value, at=now,
         )  # fmt: skip
         await session.commit()
-        if decided is AppealOutcome.OVERTURNED and office.status != OfficeStatus.ACTIVE:
-            await self.lift(session=session, staff=staff, office_code=office.code, reason=f"اعتراض پذیرفته شد. {note}")
+        if undo:
+            await self._lift(session, office, [action], by=staff, reason=f"اعتراض پذیرفته شد. {note}".strip())
         return _appeal_out(appeal, office.code)
 
     async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:

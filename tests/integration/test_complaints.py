@@ -264,6 +264,34 @@ async def test_appeal_overturned_and_the_guild_lifts(client: Client, world: Worl
     assert history[0]["lifted_at"] is not None
 
 
+async def test_an_overturned_appeal_leaves_a_later_block(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    staff = await staff_of(client, world, office)
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 30}, headers=reg
+    )
+    appeal = await client.post(
+        f"/api/v1/staff/offices/{office}/appeals",
+        json={"action_id": restricted.json()["id"], "text": "ازدحام نبود"},
+        headers=staff,
+    )
+    assert appeal.status_code == 201, appeal.text
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+
+    decided = await client.post(
+        f"/api/v1/regulator/appeals/{appeal.json()['id']}/decide",
+        json={"outcome": "overturned", "note": "ازدحام ثابت نشد"},
+        headers=reg,
+    )
+    assert decided.status_code == 200 and decided.json()["outcome"] == "overturned"
+    # The restriction it was against had already given way to the block, which stands.
+    assert (await client.get(f"/api/v1/offices/{office}")).json()["status"] == "blocked"
+    history = (await client.get(f"/api/v1/guild/offices/{office}/history", headers=reg)).json()
+    assert [(h["kind"], h["lifted_at"] is None) for h in history] == [("restrict", False), ("block", True)]
+
+
 async def test_every_endpoint_refuses_the_wrong_role(client: Client, world: World) -> None:
     office = await world.office()
     staff = await staff_of(client, world, office)
