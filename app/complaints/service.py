@@ -19,13 +19,15 @@ from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import Enforcement
 from app.errors import InvalidInput
-from app.locale import check_range, normalize_text, to_persian_digits
+from app.locale import check_range, check_text, normalize_text, to_persian_digits
 from app.offices.models import City, Office, Province
 from app.sms.service import Messenger
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_role
 
 MAX_DESCRIPTION = 2000
+MAX_NOTE = 2000
+MAX_INSPECTOR = 120  # the column's length
 MAX_PAGE = 100
 MAX_OFFSET = 1_000_000
 
@@ -59,7 +61,8 @@ class Complaints:
                 "Unknown category; one of: " + ", ".join(c.value for c in Category),
                 detail_fa="دستهٔ شکایت معتبر نیست.",
             ) from None
-        text = normalize_text(description)
+        # Control characters refused before whitespace is folded; the length is checked after.
+        text = normalize_text(check_text(description, "description", max_length=4 * MAX_DESCRIPTION, multiline=True))
         if not 5 <= len(text) <= MAX_DESCRIPTION:
             raise InvalidInput(
                 "description",
@@ -185,6 +188,9 @@ class Complaints:
         inspector: str | None,
     ) -> ComplaintOut:
         require_role(staff, StaffRole.REGULATOR)
+        check_text(note, "note", max_length=MAX_NOTE, multiline=True)
+        if inspector:
+            check_text(inspector.strip(), "inspector", max_length=MAX_INSPECTOR)
         complaint = await self._get(session, tracking_code, lock=True)
         try:
             target = State(to)

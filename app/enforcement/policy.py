@@ -3,7 +3,8 @@
 - Restrict an office (new bookings capped at ``restricted_cap_percent`` of its seats, and
   ranked below active offices in the nearby search) when, within the rolling window of
   ``complaint_window_days``, it has ``restrict_after_substantiated`` confirmed violations or
-  ``restrict_after_received`` complaints received; or when the regulator decides so.
+  ``restrict_after_received`` complaints received (from as many citizens: one mobile's
+  repeated complaints count once); or when the regulator decides so.
 - Block an office (no new bookings; its upcoming bookings are moved) when a forgery
   complaint is confirmed, or when the regulator decides so.
 - Fines: each confirmed violation is fined. The first of an obligation in a (Jalali) year

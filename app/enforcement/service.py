@@ -41,6 +41,7 @@ from app.enforcement.models import ActionKind, Appeal, AppealOutcome, OfficeActi
 from app.enforcement.policy import Policy, Verdict, verdict
 from app.enforcement.schemas import ActionOut, AppealOut, NoticeOut, WatchedOffice
 from app.errors import InvalidInput
+from app.locale import check_text
 from app.offices.errors import OfficeNotFound
 from app.offices.models import City, Office, OfficeStatus, Province
 from app.offices.service import normalize_code
@@ -51,6 +52,7 @@ from app.staff.service import StaffPrincipal, audit, require_office, require_rol
 log = logging.getLogger(__name__)
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
+MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
 # Who the audit log names when the policy acts on its own (no staff member decided).
 POLICY_ACTOR = StaffPrincipal(
@@ -108,7 +110,8 @@ class Enforcement:
         if last_lift is not None:
             filed.append(Complaint.created_at > last_lift)
             confirmed.append(ComplaintStep.at > last_lift)
-        received = await session.scalar(select(func.count()).select_from(Complaint).where(*filed)) or 0
+        # Citizens, not complaints: one mobile filing ten times must not restrict an office.
+        received = await session.scalar(select(func.count(func.distinct(Complaint.mobile))).where(*filed)) or 0
         substantiated = list(
             await session.scalars(
                 select(Complaint.category)
@@ -125,7 +128,7 @@ class Enforcement:
         if decision is Verdict.BLOCK:
             await self.block(session, office, reason="جعل مدارک (تخلف احرازشده)", by=None)
         elif decision is Verdict.RESTRICT and office.status == OfficeStatus.ACTIVE:
-            reason = f"{received} شکایت و {len(substantiated)} تخلف احرازشده در {self.policy.window_days} روز"
+            reason = f"شکایت {received} شهروند و {len(substantiated)} تخلف احرازشده در {self.policy.window_days} روز"
             await self.restrict(session, office, reason=reason, by=None, cap=self.policy.restricted_cap_percent)
         else:
             return Verdict.NONE
@@ -336,7 +339,7 @@ class Enforcement:
 
     async def lift(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str) -> ActionOut:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
-        if not reason.strip():
+        if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True).strip():
             raise InvalidInput(
                 "reason", "Say why (for example: it now takes appointments).", detail_fa="دلیل را بنویسید."
             )
@@ -389,7 +392,7 @@ class Enforcement:
     ) -> ActionOut:
         """A regulator's decision to restrict or block an office."""
         require_role(staff, StaffRole.REGULATOR)
-        if not reason.strip():
+        if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True).strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         self.capacity.require_ready()  # a block's moves and a cap must not race a recount
         office = await self.office(session, office_code)
@@ -419,7 +422,7 @@ class Enforcement:
         action = await session.get(OfficeAction, action_id)
         if action is None or action.office_id != office.id:
             raise ActionNotFound()
-        if not text.strip():
+        if not check_text(text, "text", max_length=MAX_TEXT, multiline=True).strip():
             raise InvalidInput("text", "Write the appeal.", detail_fa="متن اعتراض را بنویسید.")
         now = self.clock.now()
         already = await session.scalar(select(func.count()).select_from(Appeal).where(Appeal.action_id == action.id))
@@ -441,6 +444,7 @@ class Enforcement:
         self, *, session: AsyncSession, staff: StaffPrincipal, appeal_id: int, outcome: str, note: str
     ) -> AppealOut:
         require_role(staff, StaffRole.REGULATOR)
+        check_text(note, "note", max_length=MAX_TEXT, multiline=True)
         appeal = await session.get(Appeal, appeal_id)
         if appeal is None:
             raise AppealNotFound()

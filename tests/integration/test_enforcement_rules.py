@@ -77,6 +77,43 @@ async def test_a_lift_wipes_the_slate(client: Client, world: World) -> None:
     assert await status(client, office) == "restricted"  # ten new ones do restrict again
 
 
+async def test_one_citizens_repeated_complaints_count_once(client: Client, world: World) -> None:
+    office = await world.office()
+    threshold = world.container.settings.restrict_after_received
+    for _ in range(2 * threshold):
+        await complain(client, world, office, "09125554000", category="crowding")
+    assert await status(client, office) == "active"
+    for i in range(1, threshold):
+        await complain(client, world, office, f"091255540{i:02d}", category="crowding")
+    assert await status(client, office) == "restricted"  # the threshold in citizens
+
+
+async def test_texts_no_one_types_are_refused_and_change_nothing(client: Client, world: World) -> None:
+    office = await world.office()
+    reg = await regulator(client, world)
+    refused = await client.post(
+        "/api/v1/complaints",
+        json={"office_code": office, "category": "other", "description": "پول\x00 بیشتر گرفتند"},
+        headers=world.token("09125554100"),
+    )
+    assert refused.status_code == 422 and refused.json()["field"] == "description", refused.text
+    code = (await complain(client, world, office, "09125554101"))["tracking_code"]
+    for body in (
+        {"to": "under_review", "note": "\x07"},
+        {"to": "inspector_assigned", "inspector": "ب" * 121},
+    ):
+        moved = await client.post(f"/api/v1/regulator/complaints/{code}/transition", json=body, headers=reg)
+        assert moved.status_code == 422, moved.text
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "x" * 2001}, headers=reg
+    )
+    assert restricted.status_code == 422 and restricted.json()["field"] == "reason"
+    async with world.container.sessions() as session:
+        complaints = list(await session.scalars(select(Complaint)))
+    assert [(c.state, c.inspector) for c in complaints] == [("received", None)]
+    assert await status(client, office) == "active"
+
+
 async def test_only_the_regulator_lifts_a_block(client: Client, world: World) -> None:
     office = await world.office()
     reg = await regulator(client, world)
