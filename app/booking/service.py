@@ -662,10 +662,10 @@ class BookingService:
                 if position is not None:
                     break
                 await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
+            if position is None:  # the day cannot be counted into Redis (the office has no plan)
+                raise ServiceUnavailable("This day cannot take a waitlist now; try again later.")
         except BaseException:
-            await session.execute(delete(Booking).where(Booking.id == booking.id))
-            await session.commit()
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            await self._take_back_join(session, booking.id, office.code, day, office.pool, national_id, tracking_code)
             raise
         view = self._view(booking, office.code, office.name_fa, office.service_name_fa)
         view = msgspec.structs.replace(view, waitlist_position=position)
@@ -678,6 +678,27 @@ class BookingService:
         )
         await session.commit()
         return view
+
+    async def _take_back_join(
+        self, session: AsyncSession, booking_id: int, office_code: str, day: dt.date, pool: str, national_id: str,
+        tracking_code: str,
+    ) -> None:  # fmt: skip
+        """Undo a waitlist join that failed. Its script may have run with the answer lost, and
+        a seat freed since may have promoted the row: a booking the citizen has been told of,
+        which stays. Only a row still waiting goes, with its hold and place in line (a seat
+        given to a code with no row goes round again: ``_record_promotions``)."""
+        await session.rollback()
+        removed = await session.execute(
+            delete(Booking).where(Booking.id == booking_id, Booking.status == BookingStatus.WAITLISTED)
+        )
+        await session.commit()
+        if not removed.rowcount:
+            return
+        try:
+            await self.capacity.leave_waitlist(office_code=office_code, day=day, pool=pool, tracking_code=tracking_code)
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+        except RedisError:
+            log.warning("a failed waitlist join keeps its hold until the next rebuild", exc_info=True)
 
     def _view(self, booking: Booking, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
         return booking_out(
