@@ -77,6 +77,12 @@ async def _limit_per_address(request: Request[Any, Any, Any]) -> None:
         container.requests.hit("pages", client, container.settings.pages_per_address)
 
 
+async def _fill_waitlists(container: Container) -> None:
+    """Every free seat to the head of its line, as after a cancel (app.capacity.watch)."""
+    async with container.sessions() as session:
+        await container.bookings.fill_waitlists(session=session)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
 
@@ -103,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 sessions=container.sessions,
                 clock=container.clock,
                 settle=settings.rebuild_settle_seconds,
+                on_resume=lambda: _fill_waitlists(container),
             )
             await watch.check()
             await container.offices.load()

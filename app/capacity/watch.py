@@ -6,7 +6,13 @@ The count waits first. Bookings already past the pause (on this instance, or on 
 not looked yet) may have taken their seat and not yet committed; counted before its commit,
 a booking would be missing from Redis and its seat sold again. So the rebuild starts
 ``settle`` seconds later (NOBAT_REBUILD_SETTLE_SECONDS): time for every instance to look
-(each does every ``WATCH_INTERVAL``) and for those bookings to commit or give up."""
+(each does every ``WATCH_INTERVAL``) and for those bookings to commit or give up.
+
+When the count is done, every instance that saw the pause runs ``on_resume``: the app gives
+the free seats to the waitlists then. A seat freed during the pause (a cancel whose promotion
+could not be recorded) was left free with the line in front of it, and while anyone is in
+line the reserve script sells no one else a seat: without the fill, that seat stayed empty
+until the next cancel at that office-day."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -45,26 +51,41 @@ class RedisWatch:
         clock: Clock,
         settle: float,
         interval: float = WATCH_INTERVAL,
+        on_resume: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.capacity = capacity
         self.sessions = sessions
         self.clock = clock
         self.settle = settle
         self.interval = interval
+        self.on_resume = on_resume
+        self._paused = False  # this instance saw the counters unbuilt, or Redis away
 
     async def check(self) -> None:
         """One look: mark capacity ready or not, and rebuild if Redis lost its data."""
         try:
             if await self.capacity.is_built():
                 self.capacity.ready = True
+                await self._resume()
                 return
-            self.capacity.ready = False
+            self.capacity.ready, self._paused = False, True
             await rebuild_paused(self.capacity, self.sessions, today=self.clock.today(), wait=self.settle)
             self.capacity.ready = True
+            await self._resume()
         except RebuildRunning:
             return  # another instance (or `python -m app rebuild`) is at it
         except RedisError:
-            self.capacity.ready = False
+            self.capacity.ready, self._paused = False, True
+
+    async def _resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self.on_resume is not None:
+            try:
+                await self.on_resume()
+            except Exception:  # bookings go on; the next cancel there fills the line too
+                log.exception("could not give the free seats to the waitlists after a recount")
 
     async def run(self) -> None:
         self.capacity.watched = True  # ``ready`` is kept fresh from here on

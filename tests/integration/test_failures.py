@@ -279,6 +279,95 @@ async def test_a_promotion_during_a_recount_pause_is_not_recorded_and_keeps_the_
         assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
 
 
+async def test_a_seat_left_free_in_a_recount_goes_to_the_line_when_bookings_resume(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seat of a cancel during a recount is left free with the citizen still first in
+    line (above). While anyone is in line nobody else may book it, and joining the line was
+    refused as "seats available": the seat stayed empty until another cancel there. When the
+    watch sees the count done, the line is filled."""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    container = client.app.state.container
+    release = container.capacity.release
+
+    async def release_then_pause(**kwargs: Any) -> Any:
+        promotions = await release(**kwargs)
+        container.capacity.ready = False
+        await rebuild(container)
+        return promotions
+
+    monkeypatch.setattr(container.capacity, "release", release_then_pause)
+    try:
+        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    finally:
+        container.capacity.ready = True
+    monkeypatch.setattr(container.capacity, "release", release)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+
+    # The app's watch (a look a second) meets a recount: the counters unbuilt, then built again.
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        redis.delete(keys.REBUILT_AT)
+    for _ in range(100):
+        promoted = (await client.get(f"/api/v1/bookings/{waiting}")).json()
+        if promoted["status"] != "waitlisted":
+            break
+        await asyncio.sleep(0.1)
+    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
+    assert ten_oclock_used(capacity_redis, office, day) == 2
+
+
+@pytest.mark.parametrize("promoted_meanwhile", [True, False])
+async def test_a_waitlist_join_whose_answer_is_lost(
+    client: Client,
+    world: World,
+    capacity_redis: EmbeddedRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    promoted_meanwhile: bool,
+) -> None:
+    """The join ran in Redis, but its answer was lost. If a cancel meanwhile gave the seat to
+    this citizen, that booking is recorded and announced: it stays (the undo had deleted it,
+    leaving a seat counted for nobody and an SMS with a code that no longer exists).
+    Otherwise the join is taken back whole: row, hold and place in line."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    day = world.tomorrow()
+    mine = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09121110000")
+    )
+    container = client.app.state.container
+    join = container.capacity.join_waitlist
+
+    async def join_then_lose_the_answer(**kwargs: Any) -> Any:
+        await join(**kwargs)
+        if promoted_meanwhile:
+            async with container.sessions() as session:
+                await container.bookings.cancel(
+                    session=session, tracking_code=mine.json()["tracking_code"], mobile="09121110000"
+                )
+        raise RedisTimeoutError("the answer was lost")
+
+    monkeypatch.setattr(container.capacity, "join_waitlist", join_then_lose_the_answer)
+    national_id = world.national_id()
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, national_id, day, None), headers=world.token("09125550000")
+    )
+    assert joined.status_code == 503, joined.text
+    async with world.container.sessions() as session:
+        rows = (
+            await session.execute(select(Booking.status, Booking.slot_time).where(Booking.mobile == "09125550000"))
+        ).all()
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        holds = [k for k in redis.hkeys(keys.citizen_holds(national_id)) if not k.startswith(b"!")]
+        line = redis.lrange(keys.waitlist(office, day, "*"), 0, -1)
+    if promoted_meanwhile:
+        assert [(r.status.value, r.slot_time) for r in rows] == [("booked", "10:00")]
+        assert len(holds) == 1 and ten_oclock_used(capacity_redis, office, day) == 1
+    else:
+        assert (rows, holds, line) == ([], [], [])
+        assert ten_oclock_used(capacity_redis, office, day) == 1  # the first citizen's
+
+
 async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
