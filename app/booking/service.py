@@ -445,8 +445,15 @@ class BookingService:
         except SQLAlchemyError as error:
             await session.rollback()
             raise ServiceUnavailable("The record is unavailable; the booking was not cancelled.") from error
+        # The citizen's limit first, on its own: a failure to give the seat back must not
+        # keep them from booking again.
+        try:
+            await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        except RedisError:
+            log.exception("a cancelled booking still counts against its citizen's limits until the next rebuild")
         # Only after the record says "cancelled" is the seat given back: a failure here
-        # leaves it counted, which the next rebuild corrects, and never double-books it.
+        # leaves it counted (or given to the waitlist and not recorded), which the next
+        # rebuild corrects, and never double-books it. The cancel itself is committed: 200.
         try:
             if waitlisted:
                 await self.capacity.leave_waitlist(
@@ -461,9 +468,9 @@ class BookingService:
                     time=booking.slot_time,
                     counted_in=counted_in,
                 )
-            await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        except RedisError:
-            log.exception("cancelled booking's seat not released; a rebuild will free it")
+        except (RedisError, SQLAlchemyError):
+            await session.rollback()
+            log.exception("cancelled booking's seat not released, or its promotion not recorded; a rebuild will")
         return view
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:

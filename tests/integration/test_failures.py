@@ -391,6 +391,40 @@ async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
     assert ten_oclock_used(capacity_redis, office, day) == 0  # given back
 
 
+@pytest.mark.parametrize("failing", ["release", "promotion"])
+async def test_a_cancel_whose_seat_cannot_be_given_back_is_still_a_cancel(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The cancel is committed; then Redis fails to take the seat back, or the record fails
+    to book the citizen the seat went to. The answer is still 200 (it is cancelled), and the
+    citizen's limit is free: they may book that day again (it had stayed taken until a
+    rebuild, refusing them as already booked that day)."""
+    _office, day, code, _waiting = await full_with_one_waiting(client, world)
+    container = client.app.state.container
+    if failing == "release":
+        monkeypatch.setattr(container.capacity, "release", _fails(RedisTimeoutError("Redis went away")))
+    else:
+        monkeypatch.setattr(container.bookings, "_promote", _fails(OperationalError("UPDATE", {}, Exception("gone"))))
+    async with world.container.sessions() as session:
+        mine = await session.scalar(select(Booking).where(Booking.tracking_code == code))
+        assert mine is not None
+        national_id = mine.national_id
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    elsewhere = await world.office()
+    again = await client.post(
+        "/api/v1/bookings", json=booking_body(elsewhere, national_id, day), headers=world.token("09121110000")
+    )
+    assert again.status_code == 201, again.text
+
+
+def _fails(error: Exception) -> Any:
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return failing
+
+
 async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
     client: Client, world: World, capacity_redis: EmbeddedRedis
 ) -> None:
