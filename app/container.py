@@ -139,7 +139,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         auth=auth,
         bookings=bookings,
         load=load,
-        staff=StaffAuth(redis=redis, settings=settings, limiter=limiter),
+        staff=StaffAuth(redis=redis, settings=settings, limiter=limiter, sessions=sessions),
         relocator=relocator,
         console=console,
         regulator=Regulator(console=console),

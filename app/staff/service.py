@@ -8,6 +8,9 @@ import datetime as dt
 import hashlib
 import re
 import secrets
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import msgspec
 from argon2 import PasswordHasher
@@ -29,6 +32,8 @@ from app.staff.models import AuditEntry, StaffAccount, StaffRole, utcnow
 USERNAME = re.compile(r"[a-z0-9._-]{3,40}")
 MIN_PASSWORD = 10
 MAX_TOKEN = 100  # token_urlsafe(32) is 43 characters; anything far longer is not ours
+ENABLED_SECONDS = 10.0
+"""How long an instance trusts that an account is still enabled before asking the record again."""
 
 # argon2id is memory-hard (64 MiB a hash by default): a handful at once per process keeps a
 # burst of sign-ins from exhausting memory; the rest wait their turn.
@@ -69,11 +74,19 @@ def _normalize_username(value: str) -> str:
 
 class StaffAuth:
     def __init__(
-        self, *, redis: Redis, settings: Settings, limiter: RateLimiter, hasher: PasswordHasher | None = None
+        self,
+        *,
+        redis: Redis,
+        settings: Settings,
+        limiter: RateLimiter,
+        hasher: PasswordHasher | None = None,
+        sessions: Callable[[], AbstractAsyncContextManager[AsyncSession]] | None = None,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.limiter = limiter
+        self.sessions = sessions  # None: sessions are not checked against the accounts (commands)
+        self._enabled: dict[int, tuple[float, bool]] = {}  # account id: (until, enabled)
         self.hasher = hasher or PasswordHasher()
         self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
         # Verified against when the username is unknown, so that answer takes as long as a
@@ -194,6 +207,9 @@ class StaffAuth:
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
         }
+        if not await self._enabled_account(int(fields["account_id"])):
+            await self.redis.delete(_session_key(token))
+            raise _signed_out()
         return StaffPrincipal(
             account_id=int(fields["account_id"]),
             username=fields["username"],
@@ -201,6 +217,22 @@ class StaffAuth:
             office_id=int(fields["office_id"]) if fields["office_id"] else None,
             office_code=fields["office_code"] or None,
         )
+
+    async def _enabled_account(self, account_id: int) -> bool:
+        """Whether the account still exists and is not disabled: a session opened before it
+        was disabled ends within ``ENABLED_SECONDS``, not when it expires hours later. Asked
+        of the record once per account per ``ENABLED_SECONDS`` on each instance."""
+        if self.sessions is None:
+            return True
+        now = time.monotonic()
+        known = self._enabled.get(account_id)
+        if known is not None and known[0] > now:
+            return known[1]
+        async with self.sessions() as session:
+            disabled = await session.scalar(select(StaffAccount.disabled).where(StaffAccount.id == account_id))
+        enabled = disabled is False
+        self._enabled[account_id] = (now + ENABLED_SECONDS, enabled)
+        return enabled
 
     async def sign_out(self, token: str) -> None:
         if token and len(token) <= MAX_TOKEN:

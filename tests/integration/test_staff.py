@@ -24,6 +24,7 @@ from app.container import Container
 from app.errors import Forbidden, InvalidInput, RateLimited, Unauthorized, problem_body
 from app.ratelimit import RateLimiter
 from app.settings import Settings
+from app.staff import service as staff_service
 from app.staff.demo import ensure_demo_accounts
 from app.staff.errors import AccountLocked, NotYourOffice, WrongCredentials
 from app.staff.models import AuditEntry, StaffAccount, StaffRole, utcnow
@@ -43,6 +44,7 @@ def service(
         settings=settings or container.settings,
         limiter=RateLimiter(container.redis),
         hasher=hasher,
+        sessions=container.sessions,
     )
 
 
@@ -227,6 +229,21 @@ async def test_sign_out_and_expiry_end_the_session(
     for nothing in ("", "x" * 1000, "not-a-token"):
         with pytest.raises(Unauthorized):
             await staff.principal(nothing)
+
+
+async def test_disabling_an_account_ends_its_sessions(
+    container: Container, staff: StaffAuth, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(staff_service, "ENABLED_SECONDS", 0.0)  # ask the record at every request
+    await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
+    token, principal = await sign_in(container, staff, "regulator", PASSWORD)
+    assert await staff.principal(token) == principal
+    async with container.sessions() as session:
+        (await session.get(StaffAccount, principal.account_id)).disabled = True  # type: ignore[union-attr]
+        await session.commit()
+    with pytest.raises(Unauthorized):
+        await staff.principal(token)
+    assert not redis_sync.exists(session_key(token))  # ended, not just refused
 
 
 @pytest.mark.parametrize(
