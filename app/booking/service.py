@@ -695,11 +695,13 @@ class BookingService:
         which stays. Only a row still waiting goes, with its hold and place in line (a seat
         given to a code with no row goes round again: ``_record_promotions``)."""
         await session.rollback()
-        removed = await session.execute(
-            delete(Booking).where(Booking.id == booking_id, Booking.status == BookingStatus.WAITLISTED)
+        removed = await session.scalar(
+            delete(Booking)
+            .where(Booking.id == booking_id, Booking.status == BookingStatus.WAITLISTED)
+            .returning(Booking.id)
         )
         await session.commit()
-        if not removed.rowcount:
+        if removed is None:
             return
         try:
             await self.capacity.leave_waitlist(office_code=office_code, day=day, pool=pool, tracking_code=tracking_code)
