@@ -224,10 +224,16 @@ class SmsChannel:
         return None
 
     async def _national_id(self, session: AsyncSession, mobile: str, given: str | None) -> str | None:
-        if given:
+        """The national ID a booking message books for: the one it gives, else the phone's.
+        The first ID a phone books with becomes its registered one; a later one is for that
+        message only (a parent booking once for a child must not have every later booking
+        made for the child). ``ثبت`` changes the registered ID."""
+        on_file = await session.scalar(select(CitizenPhone.national_id).where(CitizenPhone.mobile == mobile))
+        if not given:
+            return on_file
+        if on_file is None:
             await self._remember(session, mobile, given)
-            return given
-        return await session.scalar(select(CitizenPhone.national_id).where(CitizenPhone.mobile == mobile))
+        return given
 
     async def _remember(self, session: AsyncSession, mobile: str, national_id: str) -> None:
         phone = await session.get(CitizenPhone, mobile)

@@ -126,6 +126,19 @@ async def test_booking_by_sms_in_persian_and_a_repeated_delivery_counts_once(
     assert await count(world, Booking, Booking.service_code == "102") == 1, [m["body"] for m in standin.messages]
 
 
+async def test_an_id_given_once_does_not_replace_the_phones_own(client: Client, world: World) -> None:
+    """A parent registered on the phone books once for a child: the next booking without an
+    ID is the parent's again (it had become the child's, with nothing in the SMS to show it)."""
+    office = await world.office()
+    parent, child = world.national_id(), world.national_id()
+    await text(client, f"ثبت {parent}", sid="SMregister")
+    await text(client, f"نوبت {office} 101 {child}", sid="SMchild")
+    await text(client, f"نوبت {office} 102", sid="SMparent")
+    async with world.container.sessions() as session:
+        booked = dict((await session.execute(select(Booking.service_code, Booking.national_id))).all())
+    assert booked == {"101": child, "102": parent}
+
+
 async def test_status_cancel_offices_register_and_help(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
 ) -> None:
