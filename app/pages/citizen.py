@@ -13,6 +13,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
 from app.booking.schemas import BookingCreate, WaitlistJoin
+from app.booking.service import parse_slot
 from app.booking.tracking import normalize_tracking_code
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
@@ -242,7 +243,8 @@ class CitizenPages(Controller):
             "citizen/book.html",
             office=bookable,
             day=parse_date(date),
-            slot=slot or None,
+            # As the API reads it ("9:30", Persian digits): shown and sent back as "09:30".
+            slot=parse_slot(slot) if slot else None,
             waitlist=bool(waitlist),
             idem=secrets.token_urlsafe(16),
         )
@@ -288,7 +290,7 @@ class CitizenPages(Controller):
                 form={"national_id": national_id},
                 office=bookable,
                 day=parse_date(date),
-                slot=slot,
+                slot=_slot_or_none(slot),
                 waitlist=waitlist,
                 idem=secrets.token_urlsafe(16),
             )
@@ -538,3 +540,11 @@ class CitizenPages(Controller):
                 form={"tracking_code": code},
             )
         return render(request, container, "citizen/complaint.html", complaint=found, new=bool(new))
+
+
+def _slot_or_none(slot: str | None) -> str | None:
+    """A slot to show again beside an error: none when the slot itself was the error."""
+    try:
+        return parse_slot(slot) if slot else None
+    except InvalidInput:
+        return None

@@ -201,7 +201,7 @@ class CsrfRejected(Forbidden):
     message_en = "The form expired or was sent from elsewhere. Open the page again and retry."
 
 
-def _binding(request: Request[Any, Any, Any], staff_area: bool) -> tuple[str, Cookie | None]:
+def _binding(request: Request[Any, Any, Any], container: Container, staff_area: bool) -> tuple[str, Cookie | None]:
     """What the token is bound to: the session cookie of the area (citizen or staff) when
     there is one, else a random visit cookie, set now if the browser has none yet."""
     session = request.cookies.get(STAFF_COOKIE if staff_area else CITIZEN_COOKIE)
@@ -211,7 +211,8 @@ def _binding(request: Request[Any, Any, Any], staff_area: bool) -> tuple[str, Co
     if _VISIT_RE.fullmatch(visit):
         return f"visit:{visit}", None
     visit = secrets.token_urlsafe(24)
-    secure = request.url.scheme == "https"
+    # As the session cookies: behind a proxy that ends TLS the request itself says "http".
+    secure = container.settings.public_url.startswith("https://")
     cookie = Cookie(key=VISIT_COOKIE, value=visit, path="/", httponly=True, samesite="lax", secure=secure)
     return f"visit:{visit}", cookie
 
@@ -223,7 +224,7 @@ def _token(container: Container, binding: str, staff_area: bool) -> str:
 
 def check_csrf(request: Request[Any, Any, Any], container: Container, data: Mapping[str, str]) -> None:
     """Raise CsrfRejected unless the form carries this session's token."""
-    binding, fresh = _binding(request, is_staff_area(request))
+    binding, fresh = _binding(request, container, is_staff_area(request))
     sent = data.get(CSRF_FIELD, "")
     if fresh is not None or not isinstance(sent, str):
         raise CsrfRejected()
@@ -249,7 +250,7 @@ def render(
     **context: Any,
 ) -> Template:
     staff_area = is_staff_area(request)
-    binding, fresh = _binding(request, staff_area)
+    binding, fresh = _binding(request, container, staff_area)
     mobile = None if staff_area else citizen_mobile(request, container)
     base: dict[str, Any] = {
         "csrf": _token(container, binding, staff_area),

@@ -10,6 +10,7 @@ from litestar.testing import AsyncTestClient
 
 from app.capacity.plan import DayRule
 from app.clock import Clock
+from app.pages.render import CITIZEN_COOKIE
 from tests.conftest import World, booking_body
 
 Client = AsyncTestClient[Litestar]
@@ -55,3 +56,23 @@ async def test_a_later_day_chosen_is_kept_and_a_full_office_says_so(client: Clie
     # The day the citizen picked is kept; a full office shows "no free slot", not "quiet".
     assert "نوبت خالی نمانده" not in page.text and "بدون نوبت خالی" in page.text
     assert "badge-low" not in page.text
+
+
+async def test_the_booking_form_reads_a_slot_as_the_api_does(client: Client, world: World) -> None:
+    """A slot in the link written "9:30" or in Persian digits is the 09:30 slot; one that is
+    no time at all is a clear 422. Each had been a 500 (the template read it as ISO time)."""
+    office = await world.office()
+    token = world.token("09125556000")["Authorization"].removeprefix("Bearer ")
+    client.cookies.set(CITIZEN_COOKIE, token)
+    query = {"office": office, "service": "101", "date": world.tomorrow().isoformat()}
+    for written in ("9:30", "۰۹:۳۰"):
+        page = await client.get("/book", params={**query, "slot": written}, headers={"Accept": "text/html"})
+        assert page.status_code == 200, page.text
+        assert "۹:۳۰" in page.text and 'name="slot" value="09:30"' in page.text
+    wrong = await client.get("/book", params={**query, "slot": "x"}, headers={"Accept": "text/html"})
+    assert wrong.status_code == 422 and "۹:۳۰" in wrong.text
+
+
+async def test_a_city_no_one_types_is_a_field_error_on_the_page(client: Client, world: World) -> None:
+    page = await client.get("/offices", params={"service": "101", "city": "تهران\x00"}, headers={"Accept": "text/html"})
+    assert page.status_code == 422 and "<html" in page.text and "نویسهٔ غیرمجاز" in page.text
