@@ -44,7 +44,7 @@ from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueE
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
-from app.locale import jalali_date
+from app.locale import check_text, jalali_date
 from app.offices.errors import OfficeNotFound
 from app.offices.models import Office, Service
 from app.offices.service import normalize_code
@@ -52,6 +52,7 @@ from app.settings import Settings
 from app.staff.service import StaffPrincipal, audit, require_office
 
 log = logging.getLogger(__name__)
+MAX_REASON = 500  # the column's length
 
 
 class NoShowRules(msgspec.Struct, frozen=True):
@@ -147,6 +148,7 @@ class Console:
         move_overflow: bool,
     ) -> CapacityChange:
         self.capacity.require_ready()
+        check_text(reason, "reason", max_length=MAX_REASON, multiline=True)
         office = await self._office(session, staff, office_code)
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)

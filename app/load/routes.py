@@ -7,7 +7,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from app.load.schemas import NearbyResult, OfficeLoad
 from app.load.service import MAX_LIMIT
-from app.locale import check_text, parse_date, parse_float, parse_int
+from app.locale import parse_date, parse_float, parse_int
 from app.web import Deps, Session
 
 # Numbers arrive as text so that Persian and Arabic-Indic digits (and «٫» as the decimal
@@ -46,8 +46,7 @@ class LoadController(Controller):
             day=parse_date(date) if date else None,
             lat=_coordinate(lat, "lat", 90),
             lon=_coordinate(lon, "lon", 180),
-            # PostgreSQL cannot compare text holding NUL: refuse it here, with a 422.
-            city=check_text(city, "city", max_length=100) if city else None,
+            city=city or None,
             limit=parse_int(limit, "limit", minimum=1, maximum=MAX_LIMIT),
         )
 

@@ -22,7 +22,7 @@ from app.errors import InvalidInput
 from app.load.errors import CityNotFound
 from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, score
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
-from app.locale import jalali_date, jalali_time, normalize_text, to_persian_digits
+from app.locale import check_text, jalali_date, jalali_time, normalize_text, to_persian_digits
 from app.offices.directory import OfficeCard, OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound
 from app.offices.models import City, Office
@@ -180,7 +180,9 @@ class LoadService:
                 raise InvalidInput("lat", "The position is not in Iran.", detail_fa="این موقعیت در ایران نیست.")
             return lat, lon
         if city:
-            value = normalize_text(city)
+            # PostgreSQL cannot compare text holding NUL: refused here, with a 422, for the API
+            # and the search page alike.
+            value = normalize_text(check_text(city, "city", max_length=100))
             query = select(City.lat, City.lon).order_by(City.population.desc()).limit(1)
             match = (City.name_fa == value) | (func.lower(City.name_en) == value.lower())
             if value.isascii() and value.isdecimal() and len(value) <= 9:

@@ -154,6 +154,14 @@ async def test_template_override_and_closure_resolve_per_date(
     assert seats(redis_sync, office, day, "09:00") == 4 and seats(redis_sync, office, day, "08:00") is None
 
     override_day = day + dt.timedelta(days=1)
+    for reason in ("تعمیرات\x00", "x" * 501):  # no one types NUL; the column holds 500
+        refused = await client.put(
+            f"/api/v1/staff/offices/{office}/overrides/{override_day.isoformat()}",
+            json={"rules": [], "reason": reason},
+            headers=headers,
+        )
+        assert refused.status_code == 422 and refused.json()["field"] == "reason", refused.text
+    assert seats(redis_sync, office, override_day, "09:00") == 4  # refused, nothing changed
     closed = await client.put(
         f"/api/v1/staff/offices/{office}/overrides/{override_day.isoformat()}",
         json={"rules": [], "reason": "تعمیرات"},
