@@ -224,6 +224,33 @@ async def full_with_one_waiting(client: Client, world: World) -> tuple[str, dt.d
     return office, day, mine.json()["tracking_code"], waiting.json()["tracking_code"]
 
 
+async def cancel_in_a_pause(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, *, recount: bool
+) -> tuple[str, dt.date, str]:
+    """``full_with_one_waiting``, then a cancel whose freed seat goes to the head of the line
+    just as capacity pauses (and, with ``recount``, the day is counted from the record, where
+    that citizen still waits). The office, the day, and the waiting citizen's tracking code."""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    container = client.app.state.container
+    release = container.capacity.release
+
+    async def release_then_pause(**kwargs: Any) -> Any:
+        promotions = await release(**kwargs)
+        container.capacity.ready = False  # the watch pauses...
+        if recount:
+            await rebuild(container)  # ...and counts
+        return promotions
+
+    monkeypatch.setattr(container.capacity, "release", release_then_pause)
+    try:
+        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    finally:
+        container.capacity.ready = True
+        monkeypatch.setattr(container.capacity, "release", release)
+    assert cancelled.status_code == 200, cancelled.text
+    return office, day, waiting
+
+
 async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,23 +282,7 @@ async def test_a_promotion_during_a_recount_pause_is_not_recorded_and_keeps_the_
     promotion would hold a seat the count left out, for somebody else to take; so nothing is
     recorded during the pause, and the citizen keeps their place at the head of the line
     (handed round instead, the seat had taken the whole line, one citizen at a time)."""
-    office, day, code, waiting = await full_with_one_waiting(client, world)
-    container = client.app.state.container
-    release = container.capacity.release
-
-    async def release_then_pause(**kwargs: Any) -> Any:
-        promotions = await release(**kwargs)
-        container.capacity.ready = False  # the watch pauses...
-        if recount:
-            await rebuild(container)  # ...and counts
-        return promotions
-
-    monkeypatch.setattr(container.capacity, "release", release_then_pause)
-    try:
-        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
-    finally:
-        container.capacity.ready = True
-    assert cancelled.status_code == 200, cancelled.text
+    office, day, waiting = await cancel_in_a_pause(client, world, monkeypatch, recount=recount)
     still = (await client.get(f"/api/v1/bookings/{waiting}")).json()
     assert still["status"] == "waitlisted"
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
@@ -286,23 +297,7 @@ async def test_a_seat_left_free_in_a_recount_goes_to_the_line_when_bookings_resu
     line (above). While anyone is in line nobody else may book it, and joining the line was
     refused as "seats available": the seat stayed empty until another cancel there. When the
     watch sees the count done, the line is filled."""
-    office, day, code, waiting = await full_with_one_waiting(client, world)
-    container = client.app.state.container
-    release = container.capacity.release
-
-    async def release_then_pause(**kwargs: Any) -> Any:
-        promotions = await release(**kwargs)
-        container.capacity.ready = False
-        await rebuild(container)
-        return promotions
-
-    monkeypatch.setattr(container.capacity, "release", release_then_pause)
-    try:
-        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
-    finally:
-        container.capacity.ready = True
-    monkeypatch.setattr(container.capacity, "release", release)
-    assert cancelled.status_code == 200, cancelled.text
+    office, day, waiting = await cancel_in_a_pause(client, world, monkeypatch, recount=True)
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
 
     # The app's watch (a look a second) meets a recount: the counters unbuilt, then built again.
