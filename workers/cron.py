@@ -1,9 +1,14 @@
 """Periodic jobs: ``python -m workers.cron`` (one per deployment; RQ's cron scheduler).
 
-Times are UTC: Tehran is UTC+3:30 all year.
+RQ reads a cron expression in the process's local time, whatever the host is set to. So the
+process takes the offices' zone (NOBAT_TZ, Asia/Tehran) as its own, and the expressions say
+the offices' hours: "midnight" is midnight in Tehran on any host.
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 from redis import Redis
 from rq.cron import CronScheduler
@@ -12,7 +17,7 @@ from app.booking.tasks import close_day, send_reminders
 from app.complaints.tasks import flag_overdue
 from app.enforcement.tasks import finish_blocks
 from app.observability import configure_logging
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 from app.sms.tasks import sweep
 from workers.queues import DEFAULT, SMS
 
@@ -23,20 +28,29 @@ def main() -> None:
     url = settings.rq_redis_url or settings.redis_url
     if not url:
         raise SystemExit("set RQ_REDIS_URL (or REDIS_URL) to the Redis that holds the job queues")
-    scheduler = CronScheduler(connection=Redis.from_url(url), name="nobat")
+    scheduler(settings, Redis.from_url(url)).start()
+
+
+def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
+    """The deployment's periodic jobs, in the offices' time zone (which this process takes)."""
+    os.environ["TZ"] = settings.tz
+    time.tzset()
+    scheduler = CronScheduler(connection=connection, name="nobat")
     # RQ's cron jobs have no Retry: a run lost to a crash or a Redis blip is simply not
     # retried. So each job here is idempotent and catches up on the next run, and runs often
     # enough that losing one costs little: the sweep, the reminders (each has a window and a
     # "reminded" mark) and the overdue flags look at the record, not at what the last run did.
     scheduler.register(sweep, queue_name=SMS, interval=30)  # messages whose enqueue or worker was lost
     scheduler.register(send_reminders, queue_name=DEFAULT, interval=60)  # the evening before, an hour before
-    # 00:00, 01:00 and 02:00 Tehran: it only closes past days and adds missing office-days,
-    # so the later runs do nothing unless the midnight one was lost. Not every hour: each
-    # run walks every office-day of the horizon in Redis, which the daytime rush should not pay.
-    scheduler.register(close_day, queue_name=DEFAULT, cron="30 20,21,22 * * *")
+    # 00:00, 01:00 and 02:00 where the offices are: it only closes past days and adds missing
+    # office-days, so the later runs do nothing unless the midnight one was lost. Not every
+    # hour: each run walks every office-day of the horizon in Redis, which the daytime rush
+    # should not pay. (Written "30 20,21,22" in UTC before: on a host set to Tehran's time it
+    # ran at 20:30, closing yesterday's no-shows nearly a day late.)
+    scheduler.register(close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *")
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60)  # bookings a block could not move yet
-    scheduler.start()
+    return scheduler
 
 
 if __name__ == "__main__":

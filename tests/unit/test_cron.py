@@ -1,0 +1,31 @@
+"""The periodic jobs run at the offices' hours whatever zone the host is set to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from zoneinfo import ZoneInfo
+
+import pytest
+from redis import Redis
+
+from app.settings import load_settings
+from workers.cron import scheduler
+
+
+@pytest.fixture(autouse=True)
+def _host_zone_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield
+    monkeypatch.undo()  # the TZ the test found (or none)
+    time.tzset()
+
+
+@pytest.mark.parametrize("host", ["UTC", "Asia/Tehran", "America/New_York"])
+def test_the_day_closes_at_midnight_in_tehran(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("TZ", host)
+    time.tzset()
+    settings = load_settings({}).with_(tz="Asia/Tehran")
+    jobs = scheduler(settings, Redis.from_url("redis://127.0.0.1:1")).get_jobs()  # never connects
+    [close_day] = [job for job in jobs if job.func.__name__ == "close_day"]
+    runs = close_day.get_next_enqueue_time().astimezone(ZoneInfo("Asia/Tehran"))
+    assert (runs.hour, runs.minute) in {(0, 0), (1, 0), (2, 0)}
