@@ -249,27 +249,37 @@ class Console:
         overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=True)
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
-        moved = await self._move_all(session, office, days, overflow) if overflow else []
+        why = f"به دلیل تغییر ظرفیت {office.name_fa}،"
+        moved = await self.move_all(session, [office.code], days, overflow, {office.code: office}, why_fa=why)
         await self.bookings.fill_waitlists(session=session, office_codes={office.code})
         return CapacityChange(office_code=office.code, days_changed=len(days), moved=moved)
 
-    async def _move_all(
-        self, session: AsyncSession, office: Office, days: list[dt.date], overflow: list[Overflow]
+    async def move_all(
+        self,
+        session: AsyncSession,
+        office_codes: list[str],
+        days: list[dt.date],
+        overflow: list[Overflow],
+        offices: dict[str, Office],
+        *,
+        why_fa: str,
     ) -> list[MovedBooking]:
-        why = f"به دلیل تغییر ظرفیت {office.name_fa}،"
-        moved = await self.move_overflow(session, overflow, {office.code: office}, why_fa=why)
+        """Move the bookings a new plan (already applied) has no room for, until none is left."""
+        if not overflow:
+            return []
+        moved = await self.move_overflow(session, overflow, offices, why_fa=why_fa)
         # A booking that took its seat just before the cut may commit just after our look at
         # the record: look again (Redis says whether a slot is still over) until none is.
         for _ in range(5):
-            overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=False)
+            overflow = await self.capacity.replan(session=session, office_codes=office_codes, days=days, apply=False)
             if not overflow:
                 return moved
             await asyncio.sleep(0.2)
-            moved += await self.move_overflow(session, overflow, {office.code: office}, why_fa=why)
+            moved += await self.move_overflow(session, overflow, offices, why_fa=why_fa)
         # Still over after every try: whoever holds those seats could not be moved (they
         # checked in a moment after the refusal check). They keep their seats: the slot
         # takes nobody new until it is back under the plan.
-        overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=False)
+        overflow = await self.capacity.replan(session=session, office_codes=office_codes, days=days, apply=False)
         if overflow:
             log.warning("capacity cut kept %d slot(s) at their holders' count", len(overflow))
             await self.capacity.keep_holders(overflow)

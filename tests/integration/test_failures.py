@@ -445,8 +445,9 @@ async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
 
 
 async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, world: World) -> None:
-    """A clerk's new plan, a regulator's block, or a confirmed forgery (which blocks) move
-    seats: during a recount they answer 503 and change nothing, and go through once it is done."""
+    """A clerk's new plan, a regulator's block or closure, or a confirmed forgery (which
+    blocks) move seats: during a recount they answer 503 and change nothing, and go through
+    once it is done."""
     office, forged = await world.office(seats=2), await world.office(seats=2)
     day = world.tomorrow()
     clerk = await staff_of(client, world, office)
@@ -460,16 +461,19 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     for step in STEPS[:3]:
         assert (await client.post(transition, json={"to": step, "inspector": "بازرس"}, headers=regulator_)).is_success
     confirm = {"to": "violation_confirmed", "note": "جعل احراز شد"}
+    closure = {"date": (day + dt.timedelta(days=1)).isoformat(), "reason": "سیل"}
     capacity.ready = False  # as the watch does when the counters must be counted again
     try:
         paused = [
             await client.put(override, json=closed, headers=clerk),
             await client.post(block, json={"reason": "تصمیم"}, headers=regulator_),
             await client.post(transition, json=confirm, headers=regulator_),
+            await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_),
         ]
     finally:
         capacity.ready = True
-    assert [r.status_code for r in paused] == [503, 503, 503], [r.text for r in paused]
+    assert [r.status_code for r in paused] == [503, 503, 503, 503], [r.text for r in paused]
+    assert (await client.get("/api/v1/regulator/closures", headers=regulator_)).json() == []
     days = (await client.get(f"/api/v1/staff/offices/{office}/days", headers=clerk)).json()
     assert {d["date"]: d["source"] for d in days}[day.isoformat()] == "template"
     complaint_now = await client.get(f"/api/v1/regulator/complaints/{complaint}", headers=regulator_)
@@ -477,6 +481,7 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     assert (await client.put(override, json=closed, headers=clerk)).status_code == 200
     assert (await client.post(block, json={"reason": "تصمیم"}, headers=regulator_)).status_code == 201
     assert (await client.post(transition, json=confirm, headers=regulator_)).status_code == 200
+    assert (await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)).status_code == 201
     async with world.container.sessions() as session:
         status = await session.scalar(select(Office.status).where(Office.code == forged))
     assert status == OfficeStatus.BLOCKED
