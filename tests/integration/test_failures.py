@@ -462,6 +462,7 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
         assert (await client.post(transition, json={"to": step, "inspector": "بازرس"}, headers=regulator_)).is_success
     confirm = {"to": "violation_confirmed", "note": "جعل احراز شد"}
     closure = {"date": (day + dt.timedelta(days=1)).isoformat(), "reason": "سیل"}
+    cap = {"starts_on": day.isoformat(), "ends_on": day.isoformat(), "percent": 50, "reason": "ستاد"}
     capacity.ready = False  # as the watch does when the counters must be counted again
     try:
         paused = [
@@ -469,11 +470,13 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
             await client.post(block, json={"reason": "تصمیم"}, headers=regulator_),
             await client.post(transition, json=confirm, headers=regulator_),
             await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_),
+            await client.post("/api/v1/regulator/crowd-caps", json=cap, headers=regulator_),
         ]
     finally:
         capacity.ready = True
-    assert [r.status_code for r in paused] == [503, 503, 503, 503], [r.text for r in paused]
+    assert [r.status_code for r in paused] == [503] * 5, [r.text for r in paused]
     assert (await client.get("/api/v1/regulator/closures", headers=regulator_)).json() == []
+    assert (await client.get("/api/v1/regulator/crowd-caps", headers=regulator_)).json() == []
     days = (await client.get(f"/api/v1/staff/offices/{office}/days", headers=clerk)).json()
     assert {d["date"]: d["source"] for d in days}[day.isoformat()] == "template"
     complaint_now = await client.get(f"/api/v1/regulator/complaints/{complaint}", headers=regulator_)
@@ -482,6 +485,7 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     assert (await client.post(block, json={"reason": "تصمیم"}, headers=regulator_)).status_code == 201
     assert (await client.post(transition, json=confirm, headers=regulator_)).status_code == 200
     assert (await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)).status_code == 201
+    assert (await client.post("/api/v1/regulator/crowd-caps", json=cap, headers=regulator_)).status_code == 201
     async with world.container.sessions() as session:
         status = await session.scalar(select(Office.status).where(Office.code == forged))
     assert status == OfficeStatus.BLOCKED
