@@ -6,6 +6,8 @@ Pure functions over the weekly template; Redis holds their output for the horizo
 from __future__ import annotations
 
 import datetime as dt
+import re
+from itertools import pairwise
 
 import msgspec
 
@@ -45,6 +47,10 @@ def default_template(counters: int, *, rural: bool = False) -> WeeklyTemplate:
     full = [DayRule(opens="08:00", closes="16:00" if not rural else "14:00", slot_minutes=30, seats=seats)]
     half = [DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=seats)]
     return WeeklyTemplate(days={0: full, 1: full, 2: full, 3: full, 4: full, 5: half, 6: []})
+
+
+_TIME = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]|24:00")
+"""A time of day as a plan writes it, 00:00 to 24:00 (closing at midnight)."""
 
 
 def _minutes(hhmm: str) -> int:
@@ -175,10 +181,10 @@ def validate_rules(rules: list[DayRule]) -> None:
     from app.errors import InvalidInput
 
     for rule in rules:
-        try:
-            opens, closes = _minutes(rule.opens), _minutes(rule.closes)
-        except ValueError:
-            raise InvalidInput("opens", "Times look like 08:00.", detail_fa="ساعت باید مانند ۰۸:۰۰ باشد.") from None
+        if not (_TIME.fullmatch(rule.opens) and _TIME.fullmatch(rule.closes)):
+            # "08:75" would have read as 09:15.
+            raise InvalidInput("opens", "Times look like 08:00.", detail_fa="ساعت باید مانند ۰۸:۰۰ باشد.")
+        opens, closes = _minutes(rule.opens), _minutes(rule.closes)
         if not (0 <= opens < closes <= 24 * 60):
             raise InvalidInput(
                 "closes",
@@ -192,4 +198,15 @@ def validate_rules(rules: list[DayRule]) -> None:
         if not 0 <= rule.seats <= 100:
             raise InvalidInput(
                 "seats", "Seats per slot must be 0 to 100.", detail_fa="ظرفیت هر نوبت باید بین ۰ و ۱۰۰ باشد."
+            )
+    # Two rules of one pool over the same hours would make two slots of one time, of which
+    # the counters keep one: refused rather than silently merged.
+    by_pool: dict[str | None, list[tuple[int, int]]] = {}
+    for rule in rules:
+        by_pool.setdefault(rule.service, []).append((_minutes(rule.opens), _minutes(rule.closes)))
+    for spans in by_pool.values():
+        spans.sort()
+        if any(later[0] < earlier[1] for earlier, later in pairwise(spans)):
+            raise InvalidInput(
+                "opens", "Two rules of one service overlap in time.", detail_fa="دو بازهٔ یک خدمت هم‌پوشانی دارند."
             )

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from app.capacity.plan import (
     DayRule,
     WeeklyTemplate,
@@ -11,7 +13,9 @@ from app.capacity.plan import (
     iranian_weekday,
     pool_for,
     slots_for,
+    validate_rules,
 )
+from app.errors import InvalidInput
 
 SATURDAY = dt.date(2026, 4, 25)  # شنبه ۵ اردیبهشت ۱۴۰۵
 
@@ -74,3 +78,27 @@ def test_a_regulator_closure_beats_an_office_override() -> None:
     assert len(calendar.slots(office_id=office, province_id=province, template=template, day=holiday)) == 4
     nationwide = Calendar(overrides={(office, SATURDAY): extra}, closures={(None, SATURDAY)})
     assert nationwide.slots(office_id=office, province_id=other_province, template=template, day=SATURDAY) == []
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        [DayRule(opens="08:75", closes="12:00")],  # had read as 09:15
+        [DayRule(opens="8:00", closes="12:00")],
+        [DayRule(opens="08:00", closes="24:30")],
+        [DayRule(opens="08:00", closes="12:00", seats=2), DayRule(opens="10:00", closes="14:00", seats=3)],
+    ],
+)
+def test_a_plan_that_cannot_be_meant_is_refused(rules: list[DayRule]) -> None:
+    with pytest.raises(InvalidInput):
+        validate_rules(rules)
+
+
+def test_a_plan_of_separate_hours_and_pools_is_taken() -> None:
+    validate_rules(
+        [
+            DayRule(opens="08:00", closes="12:00"),
+            DayRule(opens="12:00", closes="24:00"),
+            DayRule(opens="08:00", closes="12:00", service="101"),
+        ]
+    )
