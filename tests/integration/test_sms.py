@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from app.booking.models import Booking, BookingStatus
+from app.pages.render import VISIT_COOKIE
 from app.settings import Settings
 from app.sms.models import InboundSms, SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
@@ -486,3 +487,12 @@ async def test_a_worker_builds_the_app_once_for_its_jobs(
             parts, backend = tasks._runtime.container, tasks._runtime.backend
     assert parts is not None and tasks._runtime.container is parts
     assert backend is not None and tasks._runtime.backend is backend  # the Twilio client too
+
+
+async def test_behind_a_proxy_that_ends_tls_the_forms_visit_cookie_is_secure(client: Client) -> None:
+    """The service is public at https (these tests' public_url) while the request reaching it
+    is plain http, as behind a proxy that ends TLS: the cookie a form's token is bound to must
+    still be Secure (it followed the request's scheme, and never was)."""
+    page = await client.get("/signin", headers={"Accept": "text/html"})
+    [visit] = [c for c in page.headers.get_list("set-cookie") if c.startswith(f"{VISIT_COOKIE}=")]
+    assert "secure" in visit.lower()
