@@ -17,7 +17,7 @@ from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, 
 from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
 from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
-from app.enforcement.service import Enforcement
+from app.enforcement.service import MAX_TEXT, Enforcement
 from app.errors import InvalidInput
 from app.locale import check_range, check_text, normalize_text, to_persian_digits
 from app.offices.models import City, Office, Province
@@ -26,7 +26,6 @@ from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_role
 
 MAX_DESCRIPTION = 2000
-MAX_NOTE = 2000
 MAX_INSPECTOR = 120  # the column's length
 MAX_PAGE = 100
 MAX_OFFSET = 1_000_000
@@ -188,7 +187,7 @@ class Complaints:
         inspector: str | None,
     ) -> ComplaintOut:
         require_role(staff, StaffRole.REGULATOR)
-        check_text(note, "note", max_length=MAX_NOTE, multiline=True)
+        check_text(note, "note", max_length=MAX_TEXT, multiline=True)
         if inspector:
             check_text(inspector.strip(), "inspector", max_length=MAX_INSPECTOR)
         complaint = await self._get(session, tracking_code, lock=True)

@@ -363,8 +363,7 @@ class Enforcement:
         now = self.clock.now()
         for action in actions:
             action.lifted_at, action.lifted_by, action.lift_reason = now, by.username, reason
-        closed = {action.id for action in actions}
-        still_open = [a for a in await self._open_actions(session, office.id) if a.id not in closed]
+        still_open = await self._open_actions(session, office.id)  # the query flushes the lifts first
         before = office.status.value
         if not still_open:
             office.status, office.cap_percent = OfficeStatus.ACTIVE, 100
@@ -467,10 +466,10 @@ class Enforcement:
         # Only the action appealed against is undone, and only while it is still in force: a
         # restriction replaced by a block since must not take the block with it.
         undo = decided is AppealOutcome.OVERTURNED and action.lifted_at is None
-        verdict_fa = {
-            (AppealOutcome.OVERTURNED, True): "پذیرفته شد و محدودیت برداشته می‌شود",
-            (AppealOutcome.OVERTURNED, False): "پذیرفته شد",
-        }.get((decided, undo), "رد شد")
+        if decided is not AppealOutcome.OVERTURNED:
+            verdict_fa = "رد شد"
+        else:
+            verdict_fa = "پذیرفته شد و محدودیت برداشته می‌شود" if undo else "پذیرفته شد"
         session.add(OfficeNotice(office_id=office.id, at=now, text=f"اعتراض شما {verdict_fa}. {note}"))
         await audit(
             session, actor=staff, action="appeal.decide", target=str(appeal.id), office_id=office.id,

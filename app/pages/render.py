@@ -178,8 +178,9 @@ async def staff_principal(request: Request[Any, Any, Any], container: Container)
 
 
 def session_cookie(
-    container: Container, key: str, value: str, *, max_age: int, samesite: Literal["lax", "strict"]
+    container: Container, key: str, value: str, *, max_age: int | None, samesite: Literal["lax", "strict"]
 ) -> Cookie:
+    """An HttpOnly cookie of ours (``max_age`` None: until the browser closes)."""
     return Cookie(
         key=key,
         value=value,
@@ -211,10 +212,7 @@ def _binding(request: Request[Any, Any, Any], container: Container, staff_area: 
     if _VISIT_RE.fullmatch(visit):
         return f"visit:{visit}", None
     visit = secrets.token_urlsafe(24)
-    # As the session cookies: behind a proxy that ends TLS the request itself says "http".
-    secure = container.settings.public_url.startswith("https://")
-    cookie = Cookie(key=VISIT_COOKIE, value=visit, path="/", httponly=True, samesite="lax", secure=secure)
-    return f"visit:{visit}", cookie
+    return f"visit:{visit}", session_cookie(container, VISIT_COOKIE, visit, max_age=None, samesite="lax")
 
 
 def _token(container: Container, binding: str, staff_area: bool) -> str:
