@@ -51,6 +51,7 @@ def _lines(kind: str, count: int, fixture: dict[str, Any]) -> list[workloads.Lin
         (rng.choice(network.offices).code, today + dt.timedelta(days=rng.randrange(1, 14))) for _ in range(20_000)
     ]
     pairs = workloads.open_office_days(redis, candidates)
+    read_day = workloads.first_open_day(redis, network.first_offices()[0], today)  # as loadtests.run reads
     redis.close()
     addresses = workloads.Addresses(rng)
     if kind == "book":
@@ -63,7 +64,7 @@ def _lines(kind: str, count: int, fixture: dict[str, Any]) -> list[workloads.Lin
     elif kind == "slots":
         lines = workloads.slots_lines(count=count, pairs=pairs, network=network, rng=rng, addresses=addresses)
     else:
-        lines = workloads.nearby_lines(count=count, network=network, rng=rng, addresses=addresses)
+        lines = workloads.nearby_lines(count=count, network=network, rng=rng, addresses=addresses, day=read_day)
     return list(lines)
 
 

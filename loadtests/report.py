@@ -97,7 +97,7 @@ def markdown(results: dict[str, Any]) -> str:
     out.append(
         f"git {results.get('git')}; {settings.get('users')} users for {settings.get('duration')} s; "
         f"{settings.get('workers')} uvicorn workers (staff: {settings.get('staff_workers', 0)} of their own); record {settings.get('database')}; SMS {settings.get('sms_backend')}; "
-        f"NOBAT_TZ {results.get('setup', {}).get('tz')}; {machine.get('cores')} cores, load average "
+        f"NOBAT_TZ {results.get('setup', {}).get('tz')} ({results.get('setup', {}).get('service_time', '-')} there); {machine.get('cores')} cores, load average "
         f"{machine.get('load_at_start')} at start, {machine.get('load_before_wrk', '-')} before wrk, "
         f"{machine.get('load_at_end')} at end.\n"
     )

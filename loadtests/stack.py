@@ -23,25 +23,40 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from app.capacity.plan import iranian_weekday
 from app.redis import EmbeddedRedis, free_port
+
+THURSDAY, FRIDAY = 5, 6  # app.capacity.plan counts the week from Saturday
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-def morning_timezone(hour: int = 6, now: dt.datetime | None = None) -> str:
-    """An ``Etc/GMT±N`` zone in which it is now ``hour`` o'clock.
+def morning_timezone(now: dt.datetime | None = None) -> str:
+    """An ``Etc/GMT±N`` zone in which it is now early morning of a working day.
 
     Offices open at 08:00 and a slot that has started cannot be booked, so a run at Tehran's
     evening could only book tomorrow, and staff could check nobody in (check-in is for today's
     bookings only). Moving the service's clock (NOBAT_TZ) to a zone where the day has not
     started yet makes the whole of today bookable whatever the wall clock says; nothing else
-    in the service changes. POSIX zone names have the sign reversed: Etc/GMT-5 is UTC+5.
+    in the service changes.
+
+    The weekday matters as much as the hour: the demo offices are closed on Fridays and open
+    only in the morning on Thursdays, and a closed day's counters are nearly empty, which made
+    nearby searches look twice as cheap as on a working day. So the zone is chosen among all
+    of them (UTC-12 to UTC+14) where it is 01:00-07:59: Saturday to Wednesday first, then
+    Thursday, a Friday only when no zone has another (from Thursday 20:00 to Friday 11:00 UTC;
+    the run then reads and books the next open day, and its results say which weekday it had),
+    and the hour nearest 06:00. POSIX names have the sign reversed: Etc/GMT-5 is UTC+5.
     """
     now = now or dt.datetime.now(dt.UTC)
-    offset = (hour - now.hour) % 24
-    if offset > 14:
-        offset -= 24
+
+    def preference(offset: int) -> tuple[int, int]:
+        local = now + dt.timedelta(hours=offset)
+        return ({FRIDAY: 2, THURSDAY: 1}.get(iranian_weekday(local.date()), 0), abs(local.hour - 6))
+
+    mornings = [o for o in range(-12, 15) if 1 <= (now + dt.timedelta(hours=o)).hour < 8]
+    offset = min(mornings, key=preference)
     return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
 
 

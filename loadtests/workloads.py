@@ -95,6 +95,17 @@ def open_office_days(redis: Redis, candidates: list[tuple[str, dt.date]]) -> lis
     return [pair for pair, length in zip(candidates, lengths, strict=True) if length > 3]
 
 
+def open_days(redis: Redis, code: str, first: dt.date, days: int) -> list[dt.date]:
+    """The days from ``first`` on which the office has slots."""
+    candidates = [(code, first + dt.timedelta(days=i)) for i in range(days)]
+    return [day for _, day in open_office_days(redis, candidates)]
+
+
+def first_open_day(redis: Redis, code: str, today: dt.date) -> dt.date:
+    """Today, or the next day the office opens (today again when none is counted)."""
+    return next(iter(open_days(redis, code, today, 14)), today)
+
+
 def mint_tokens(secret_key: str, count: int, rng: random.Random) -> list[tuple[str, str]]:
     """(mobile, bearer token) pairs, signed with the service's key by the service's own code."""
     settings = load_settings({}).with_(secret_key=secret_key)
@@ -182,17 +193,18 @@ def nearby_lines(
     network: Network,
     rng: random.Random,
     addresses: Addresses,
+    day: dt.date,
     points: list[tuple[float, float]] | None = None,
 ) -> Iterator[Line]:
-    """Searches from random points near random cities (or near ``points``: a crowd around a
-    few hot offices), as phones would send them."""
+    """Searches for ``day`` from random points near random cities (or near ``points``: a crowd
+    around a few hot offices), as phones would send them."""
     centres = points or [(lat, lon) for _, lat, lon in network.cities]
     for _ in range(count):
         lat, lon = rng.choice(centres)
         lat += rng.uniform(-0.05, 0.05)
         lon += rng.uniform(-0.05, 0.05)
         wanted = rng.choice(COMMON_SERVICES)
-        path = f"/api/v1/offices/nearby?service={wanted}&lat={lat:.5f}&lon={lon:.5f}"
+        path = f"/api/v1/offices/nearby?service={wanted}&lat={lat:.5f}&lon={lon:.5f}&date={day.isoformat()}"
         yield ("GET", path, "", "", "", addresses.pick())
 
 
