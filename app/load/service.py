@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
-from app.capacity.reading import CountedDay, waiting_report
+from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.errors import InvalidInput
@@ -86,17 +86,16 @@ class LoadService:
             if len(found) >= limit:
                 break
         distances = dict(found)
-        counters = await self._read_days(session, list(distances), day)
+        counters = await self._read_sums(session, list(distances), day)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
         candidates = []
-        for code, (counted, waiting) in counters.items():
-            if counted.status == "blocked":
+        for code, (summed, waiting) in counters.items():
+            if summed.status == "blocked":
                 continue
-            seats, used, free_times = counted.totals(service_code)
-            room = day_room(seats, used, counted.cap)
-            seats = used + max(0, room)  # what the day may hold under its cap
+            seats, used, free_times = summed.of(service_code)
+            room = day_room(seats, used, summed.cap)
             next_free = None
             if room > 0:
                 first = bisect_right(free_times, not_before)  # the first free slot after not_before
@@ -105,8 +104,8 @@ class LoadService:
                 Candidate(
                     office_code=code,
                     distance_km=distances[code],
-                    status=counted.status,
-                    seats=seats,
+                    status=summed.status,
+                    seats=used + max(0, room),  # what the day may hold under its cap
                     used=used,
                     waiting=waiting,
                     next_free=next_free,
@@ -159,17 +158,16 @@ class LoadService:
             ],
         )
 
-    async def _read_days(
-        self, session: AsyncSession, codes: list[str], day: dt.date
-    ) -> dict[str, tuple[CountedDay, int]]:
-        """Each office's counters and waiting count (app.capacity.reading); missing days are materialised."""
-        result: dict[str, tuple[CountedDay, int]] = {}
-        for code, (found, waiting) in (await self.capacity.reads.days(codes, day)).items():
-            counted = found
-            if counted is None:
+    async def _read_sums(self, session: AsyncSession, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums, int]]:
+        """Each office's day in sum and its waiting count (app.capacity.reading); missing
+        days are materialised."""
+        result: dict[str, tuple[DaySums, int]] = {}
+        for code, (found, waiting) in (await self.capacity.reads.sums(codes, day)).items():
+            summed = found
+            if summed is None:
                 await self.capacity.materialise_day(session=session, office_code=code, day=day)
-                counted = await self.capacity.reads.day(code, day)
-            result[code] = (counted or CountedDay({}), waiting)
+                [(summed, _)] = (await self.capacity.reads.sums([code], day)).values()
+            result[code] = (summed or EMPTY_DAY, waiting)
         return result
 
     async def _origin(

@@ -34,10 +34,11 @@ async def _free(capacity: Capacity) -> int:
     return next(s.free for s in view.slots if s.pool == "*")
 
 
-async def _reserve(capacity: Capacity) -> None:
-    await capacity.reserve(
-        SeatRequest(office_code=OFFICE, day=DAY, pool="*", time="08:00", not_before=None, tracking_code="t")
+async def _reserve(capacity: Capacity, tracking_code: str = "t") -> None:
+    reserved = await capacity.reserve(
+        SeatRequest(office_code=OFFICE, day=DAY, pool="*", time="08:00", not_before=None, tracking_code=tracking_code)
     )
+    assert reserved is not None
 
 
 async def test_another_instances_booking_shows_within_the_ttl(redis_url: str) -> None:
@@ -86,16 +87,31 @@ async def test_waiting_reports_and_days_are_read_together(redis_url: str) -> Non
     try:
         await _fresh_day(capacity)
         await redis.hset(keys.WAITING_NOW, OFFICE, f"7|{dt.datetime.now(dt.UTC).isoformat()}")
-        found = await capacity.reads.days([OFFICE, "990199"], DAY)
-        counted, waiting = found[OFFICE]
-        assert counted is not None and waiting == 7
-        assert counted.columns("101") == (("09:00",), (1,), (0,))  # the service's own pool
-        assert counted.columns("102") == (("08:00",), (2,), (0,))  # the shared one
+        found = await capacity.reads.sums([OFFICE, "990199"], DAY)
+        summed, waiting = found[OFFICE]
+        assert summed is not None and waiting == 7
+        assert summed.of("101") == (1, 0, ("09:00",))  # the service's own pool
+        assert summed.of("102") == (2, 0, ("08:00",))  # the shared one
         assert found["990199"] == (None, 0)  # not in Redis: the caller materialises it
         await redis.hset(keys.WAITING_NOW, OFFICE, f"9|{dt.datetime.now(dt.UTC).isoformat()}")
-        assert (await capacity.reads.days([OFFICE], DAY))[OFFICE][1] == 7  # remembered
+        assert (await capacity.reads.sums([OFFICE], DAY))[OFFICE][1] == 7  # remembered
         capacity.reads.forget(OFFICE)
-        assert (await capacity.reads.days([OFFICE], DAY))[OFFICE][1] == 9
+        assert (await capacity.reads.sums([OFFICE], DAY))[OFFICE][1] == 9
     finally:
         await redis.hdel(keys.WAITING_NOW, OFFICE)
+        await redis.aclose()
+
+
+async def test_a_search_sees_its_own_instances_booking_at_once(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    capacity = _capacity(redis, 60)
+    try:
+        await _fresh_day(capacity)
+        [(before, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
+        assert before is not None and before.of("102") == (2, 0, ("08:00",))
+        await _reserve(capacity, "t1")
+        await _reserve(capacity, "t2")
+        [(after, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
+        assert after is not None and after.of("102") == (2, 2, ())  # full: no free time left
+    finally:
         await redis.aclose()

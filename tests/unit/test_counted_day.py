@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.capacity import reading
-from app.capacity.reading import CountedDay, _unexpired, waiting_report
+from app.capacity.reading import CountedDay, DaySums, _drop_expired, waiting_report
 
 
 def test_a_day_hash_parses_into_pools_in_time_order() -> None:
@@ -27,8 +27,8 @@ def test_a_day_hash_parses_into_pools_in_time_order() -> None:
     assert day.columns("999") == day.pools["*"]
 
 
-def test_a_pools_totals_count_every_slot_and_list_the_free_ones_in_order() -> None:
-    day = CountedDay(
+def test_a_pools_sums_count_every_slot_and_list_the_free_ones_in_order() -> None:
+    day = DaySums(
         {
             "_cap": "50",  # a cap is the reader's to apply (day_room), not the totals'
             "s|*|09:00": "2",
@@ -40,10 +40,11 @@ def test_a_pools_totals_count_every_slot_and_list_the_free_ones_in_order() -> No
             "u|101|10:00": "1",
         }
     )
-    assert day.totals("102") == (6, 3, ("08:30", "10:00"))
-    assert day.totals("101") == (1, 1, ())
-    assert day.totals("101") is day.totals("101")  # worked out once per copy of the day
-    assert CountedDay({}).totals("101") == (0, 0, ())
+    assert (day.status, day.cap) == ("active", 50)
+    assert day.of("102") == (6, 3, ("08:30", "10:00"))
+    assert day.of("101") == (1, 1, ())  # its own pool, full: not the shared one
+    assert DaySums({}).of("101") == (0, 0, ())
+    assert (DaySums({}).status, DaySums({}).cap) == ("active", 100)
 
 
 def test_an_empty_hash_is_an_active_day_without_slots() -> None:
@@ -57,22 +58,24 @@ def test_the_memory_keeps_only_unexpired_entries_and_never_grows_past_its_bound(
     monkeypatch.setattr(reading, "MAX_ENTRIES", 3)
     now = time.monotonic()
     entries = {"old": (now - 1, 1), "new": (now + 10, 2)}
-    assert _unexpired(entries) == {"new": (now + 10, 2)}
+    _drop_expired(entries)
+    assert entries == {"new": (now + 10, 2)}
     full = {n: (now + 10, n) for n in range(3)}
-    assert _unexpired(full) == {}  # all fresh and at the bound: start again rather than grow
+    _drop_expired(full)
+    assert full == {}  # all fresh and at the bound: start again rather than grow
 
 
 def test_a_day_kept_for_readers_soon_leaves_the_collector_nothing_but_itself_to_track() -> None:
     """Thousands of days are kept (app.capacity.reading); slots held as lists of tuples made the
     collector's passes look through every one of them, stopping a worker for 40-75 ms."""
-    day = CountedDay({"_status": "active", "_cap": "100", "s|*|08:00": "2", "u|*|08:00": "1", "s|101|09:00": "1"})
-    day.totals("101")
-    day.totals("102")
+    fields = {"_status": "active", "_cap": "100", "s|*|08:00": "2", "u|*|08:00": "1", "s|101|09:00": "1"}
+    day, summed = CountedDay(fields), DaySums(fields)
     gc.collect()
     gc.collect()
     assert not gc.is_tracked(day.pools)
     assert not any(gc.is_tracked(columns) for columns in day.pools.values())
-    assert not gc.is_tracked(day._totals)
+    assert not gc.is_tracked(summed.pools)
+    assert not any(gc.is_tracked(totals) for totals in summed.pools.values())
 
 
 def test_a_waiting_report_counts_for_two_hours_and_a_bad_one_not_at_all() -> None:
