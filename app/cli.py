@@ -116,6 +116,12 @@ async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
     container = build_container(settings, settings.redis_url)
     today = container.clock.today()
     try:
+        # Written during a recount, a cap could be counted over by days read before it (the
+        # API answers 503 then): nothing is changed.
+        if args.action in ("add", "lift") and not await container.capacity.is_built():
+            raise SystemExit(
+                "the counters are being counted again (a rebuild): nothing changed; try again when it ends"
+            )
         async with container.sessions() as session:
             if args.action == "add":
                 cap = await crowd_caps.add(

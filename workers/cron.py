@@ -17,6 +17,7 @@ from app.booking.tasks import close_day, send_reminders
 from app.complaints.tasks import flag_overdue
 from app.enforcement.tasks import finish_blocks
 from app.observability import configure_logging
+from app.regulator.tasks import finish_closures
 from app.settings import Settings, load_settings
 from app.sms.tasks import sweep
 from workers.queues import DEFAULT, SMS
@@ -50,6 +51,7 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     scheduler.register(close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *")
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60)  # bookings a block could not move yet
+    scheduler.register(finish_closures, queue_name=DEFAULT, interval=60)  # and a closure
     return scheduler
 
 

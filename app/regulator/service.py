@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import datetime as dt
+import logging
+import uuid
+
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.capacity import crowd_caps
+from app.booking.models import Booking, BookingStatus
+from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
+from app.capacity.errors import CapacityRebuilding
 from app.capacity.models import Closure
+from app.console.schemas import MovedBooking
 from app.console.service import Console
 from app.errors import InvalidInput, NotFound
 from app.locale import check_text, jalali_date, parse_date
 from app.offices.models import City, Office, Province
+from app.redis import renewed_lock
 from app.regulator.schemas import ClosureIn, ClosureOut, CrowdCapIn
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_role
+
+log = logging.getLogger(__name__)
+
+CLOSURE_MOVES_LOCK = f"{keys.NAMESPACE}:closure-moves"
 
 
 class ClosureNotFound(NotFound):
@@ -100,22 +112,67 @@ class Regulator:
             at=self.clock.now(),
         )  # fmt: skip
         await session.commit()
-        query = select(Office.code)
-        if province_id is not None:
-            query = query.join(City, City.id == Office.city_id).where(City.province_id == province_id)
-        codes = list(await session.scalars(query))
-        overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
-        moved = await self.console.move_all(
-            session, codes, [day], overflow, {}, why_fa=f"به دلیل تعطیلی {jalali_date(day)} ({closure.reason})،"
-        )
-        return ClosureOut(
+        recorded = ClosureOut(  # before the moves, whose rollback (if any) expires the row
             id=closure.id,
             date=day.isoformat(),
             province_code=province_code,
             reason=closure.reason,
             created_by=closure.created_by,
-            moved=moved,
         )
+        codes = list(await session.scalars(_in_province(select(Office.code), province_id)))
+        recorded.moved = await self._close_offices(session, codes, day, recorded.reason)
+        return recorded
+
+    async def finish_closures(self, *, session: AsyncSession) -> int:
+        """Move the bookings still at offices a closure closed: those its request could not
+        move (a recount began, the record or Redis away, the process stopped half-way). Run
+        every minute (workers.cron). Without it they would stay booked at a closed office,
+        and the citizens would learn it at its door."""
+        if not await self.capacity.is_built():
+            return 0  # paused for a recount: the next run
+        horizon = self.capacity.horizon(self.clock.today())
+        closures = (
+            await session.execute(
+                select(Closure.date, Closure.province_id, Closure.reason).where(Closure.date.in_(horizon))
+            )
+        ).all()
+        done = 0
+        for day, province_id, reason in closures:
+            booked = select(Booking.office_id).where(Booking.date == day, Booking.status == BookingStatus.BOOKED)
+            codes = list(
+                await session.scalars(_in_province(select(Office.code).where(Office.id.in_(booked)), province_id))
+            )
+            if not codes:
+                continue
+            try:
+                done += len(await self._close_offices(session, codes, day, reason))
+            except Exception:  # one closure's failure must not keep the others waiting
+                await session.rollback()
+                log.exception("the bookings left at offices closed on %s wait for the next run", day)
+        return done
+
+    async def _close_offices(
+        self, session: AsyncSession, codes: list[str], day: dt.date, reason: str
+    ) -> list[MovedBooking]:
+        """Take a recorded closure's seats out of the offices' counters, and move their
+        bookings under the day's lock: a closure's request and the minute's job moving them at
+        once would each take seats the other then finds gone, and cancel citizens who had
+        somewhere to go. Nothing is moved when the other holds the lock, or a recount begins
+        (which counts the closure in): the job moves them within a minute."""
+        try:
+            overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
+            lock = f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}"
+            async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
+                if not held:
+                    return []
+                return await self.console.move_all(
+                    session, codes, [day], overflow, {}, why_fa=f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
+                )
+        except CapacityRebuilding:
+            # The closure is recorded; the moves would race the recount.
+            await session.rollback()
+            log.warning("offices closed on %s: their bookings move after the recount", day)
+            return []
 
     async def closures(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[ClosureOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
@@ -142,10 +199,13 @@ class Regulator:
         await session.delete(closure)
         await session.commit()
         if day in self.capacity.horizon(self.clock.today()):
-            query = select(Office.code)
-            if province_id is not None:
-                query = query.join(City, City.id == Office.city_id).where(City.province_id == province_id)
-            await self.capacity.replan(
-                session=session, office_codes=list(await session.scalars(query)), days=[day], apply=True
-            )
+            codes = list(await session.scalars(_in_province(select(Office.code), province_id)))
+            await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
             await self.console.bookings.fill_waitlists(session=session)
+
+
+def _in_province(query: Select[str], province_id: int | None) -> Select[str]:
+    """Offices' codes narrowed to a closure's province (None: the whole country)."""
+    if province_id is None:
+        return query
+    return query.join(City, City.id == Office.city_id).where(City.province_id == province_id)

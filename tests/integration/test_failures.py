@@ -3,6 +3,7 @@ the database gone, a commit's or Redis's answer lost, an SMS worker killed mid-s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import os
@@ -25,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from app import cli
 from app.booking import relocation
 from app.booking.models import SEAT_STATUSES, Booking
 from app.booking.schemas import BookingCreate
@@ -35,6 +37,7 @@ from app.capacity.watch import rebuild_paused
 from app.enforcement.service import MOVES_LOCK
 from app.offices.models import Office, OfficeStatus
 from app.redis import EmbeddedRedis, connect, renewed_lock
+from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
@@ -491,6 +494,23 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     assert status == OfficeStatus.BLOCKED
 
 
+async def test_the_crowd_cap_command_waits_out_a_recount(
+    client: Client, world: World, settings: Settings, capacity_redis: EmbeddedRedis
+) -> None:
+    """As the API answers 503 during a recount, the command refuses and records nothing."""
+    await world.rebuild()
+    day = world.tomorrow().isoformat()
+    args = argparse.Namespace(action="add", province=None, starts=day, ends=day, percent=50, reason="ستاد", id=None)
+    regulator_ = await regulator(client, world)
+    SyncRedis.from_url(capacity_redis.url).delete(keys.REBUILT_AT)  # as Redis is after a restart
+    with pytest.raises(SystemExit, match="counted again"):
+        await cli.crowd_cap(settings, args)
+    assert (await client.get("/api/v1/regulator/crowd-caps", headers=regulator_)).json() == []
+    await world.rebuild()
+    await cli.crowd_cap(settings, args)
+    assert [c["percent"] for c in (await client.get("/api/v1/regulator/crowd-caps", headers=regulator_)).json()] == [50]
+
+
 @pytest.mark.parametrize("blocker", ["the regulator", "a confirmed forgery"])
 async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, blocker: str
@@ -556,6 +576,51 @@ async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
     assert (moved["status"], moved["office_code"], moved["slot"]) == ("booked", other, "10:00")
     assert ten_oclock_used(capacity_redis, office, day) == 0
     assert ten_oclock_used(capacity_redis, other, day) == 1
+
+
+async def test_a_closure_whose_moves_meet_a_recount_moves_them_after_it(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recount began while a closure was moving its offices' bookings: the closure stands
+    (201; a 503 after it was recorded had the regulator close the day again, and the citizens
+    stayed booked at a closed office with no message), and the minute's job moves them once
+    the count is done. The job leaves a day whose bookings a closure is moving."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    code = (await book(client, world, office, day)).json()["tracking_code"]
+    regulator_ = await regulator(client, world)
+    capacity = client.app.state.container.capacity
+    find = relocation._Places.find
+
+    async def paused_meanwhile(self: Any, booking: Any) -> Any:
+        capacity.ready = False  # as the watch does when the counters must be counted again
+        return await find(self, booking)
+
+    monkeypatch.setattr(relocation._Places, "find", paused_meanwhile)
+    closure = {"date": day.isoformat(), "province_code": "01", "reason": "سیل"}
+    try:
+        closed = await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)
+    finally:
+        capacity.ready = True
+    assert closed.status_code == 201, closed.text
+    assert closed.json()["moved"] == []
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"  # not moved yet
+    monkeypatch.setattr(relocation._Places, "find", find)
+    jobs = world.container  # the job's own parts: no watch keeps its ``ready``
+
+    async def finish_closures() -> int:
+        async with jobs.sessions() as session:
+            return await jobs.regulator.finish_closures(session=session)
+
+    async with renewed_lock(jobs.redis, f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}", "a closure", seconds=30):
+        assert await finish_closures() == 0  # the closure is moving them
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+    assert await finish_closures() == 1
+    assert await finish_closures() == 0  # nothing left
+    # The whole province is closed: nowhere to go, so cancelled, and the seat given back.
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
+    assert ten_oclock_used(capacity_redis, office, day) == 0
 
 
 async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
