@@ -166,6 +166,9 @@ class TwilioStandIn:
         with self._changed:
             if self._failures:
                 status = self._failures.popleft()
+                if status == 400:  # as Twilio refuses a number it cannot send to, naming it
+                    to = form.get("To", "")
+                    return status, twilio_error(status, 21211, f"The 'To' number {to} is not a valid phone number.")
                 # 20500 for a 500, 20429 for a 429: Twilio's codes for these follow the status.
                 return status, twilio_error(status, 20000 + status, f"Stand-in failure: {HTTPStatus(status).phrase}")
 

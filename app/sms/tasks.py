@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.container import Container, build_container
 from app.jobs import RETRY_INTERVALS, backoff
+from app.observability import mask
 from app.settings import load_settings
 from app.sms.backends import OutboundSms, SmsBackend, make_backend
 from app.sms.models import SmsMessage, SmsStatus
@@ -113,7 +114,9 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             sid = await asyncio.to_thread(backend.send, outbound)
         except Exception as error:
             give_up = attempts >= app.settings.sms_max_attempts
-            reason = f"{type(error).__name__}: {error}"[:500]
+            # Twilio's texts name the number ("The 'To' number +98912... is not valid"):
+            # masked, as in the logs, for whoever reads the failures.
+            reason = mask(f"{type(error).__name__}: {error}")[:500]
             status = SmsStatus.FAILED if give_up else SmsStatus.QUEUED
             if not await _settle(app, session, message_id, attempts, status=status, error=reason):
                 return "settled by another job"

@@ -167,6 +167,23 @@ async def test_status_cancel_offices_register_and_help(
         assert await session.scalar(select(Booking.status)) == BookingStatus.CANCELLED
 
 
+async def test_a_refused_numbers_failure_is_kept_without_the_number(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office()
+    standin.fail_next(1, status=400)
+    await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, world.national_id(), world.tomorrow()),
+        headers=world.token("09121234567"),
+    )
+    await deliver()
+    async with world.container.sessions() as session:
+        message = await session.scalar(select(SmsMessage))
+        assert message is not None and message.error is not None
+        assert "is not a valid phone number" in message.error and "1234567" not in message.error
+
+
 async def test_a_failed_send_is_retried_and_sent_once(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
 ) -> None:
