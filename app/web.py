@@ -158,10 +158,14 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
 
 
 def client_address(request: Request[Any, Any, Any], *, trust_forwarded_for: bool) -> str:
+    """The citizen's address, for the per-address limits. Behind our balancer
+    (``trust_forwarded_for``) it is the last X-Forwarded-For entry, the one the balancer
+    appended: whatever came before it the client wrote itself, and taking the first let anyone
+    name a new address on each request and pass every limit."""
     if trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
-            return forwarded.split(",")[0].strip()
+            return forwarded.rsplit(",", 1)[-1].strip() or "unknown"
     return request.client.host if request.client else "unknown"
 
 
