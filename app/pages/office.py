@@ -10,7 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
-from app.capacity.plan import DayRule, validate_rules
+from app.capacity.plan import DayRule, iranian_weekday, validate_rules
 from app.console.errors import CapacityBelowBookings
 from app.errors import DomainError, Forbidden, InvalidInput
 from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date, to_persian_digits
@@ -379,7 +379,14 @@ class OfficePages(Controller):
         fields = ["o_date", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
         try:
             day = parse_date(data.get("o_date", ""), "o_date")
-            rules = [_rule(data, "o")] if data.get("o_kind") == "hours" else []
+            rules = []
+            if data.get("o_kind") == "hours":
+                # A day's override replaces all its rules: a service's own counters (a passport
+                # desk) are kept from the template, as the template editor keeps them; dropped,
+                # its bookings were moved away and nobody could book it that day.
+                current = await container.console.template(session=session, staff=staff, office_code=code)
+                own = [r for r in current.days.get(iranian_weekday(day), []) if r.service]
+                rules = [_rule(data, "o"), *own]
             await container.console.set_override(
                 session=session,
                 staff=staff,

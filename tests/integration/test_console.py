@@ -14,6 +14,7 @@ from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 
 from app.capacity import keys
+from app.capacity.plan import DayRule
 from app.clock import Clock
 from app.sms.backends import OUTBOX
 from app.staff.models import AuditEntry, StaffRole
@@ -383,3 +384,35 @@ async def test_three_no_shows_suspend_booking(
         headers=world.token(),
     )
     assert other.status_code == 201
+
+
+async def test_special_hours_from_the_page_keep_a_services_own_counter(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """A date override replaces the day's rules. The page's form names the shared seats only:
+    a passport desk's own counter is kept from the template (dropped, its bookings were moved
+    away and nobody could book the service that day)."""
+    office = await world.office(
+        rules=[
+            DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
+            DayRule(opens="09:00", closes="10:00", slot_minutes=30, seats=1, service="103"),
+        ],
+        services=("101", "103"),
+    )
+    await world.rebuild()
+    await staff_of(client, world, office)  # the client keeps the session cookie
+    page = await client.get(f"/office/{office}/capacity")
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    day = world.tomorrow()
+    form = {
+        "_csrf": csrf.group(1), "o_date": day.isoformat(), "o_kind": "hours", "o_opens": "10:00",
+        "o_closes": "14:00", "o_slot": "30", "o_seats": "3", "o_reason": "ساعت ویژه",
+    }  # fmt: skip
+    saved = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    fields = redis_sync.hgetall(keys.office_day(office, day))
+    assert {k.decode() for k in fields if k.startswith(b"s|")} == {
+        "s|103|09:00", "s|103|09:30", "s|*|10:00", "s|*|10:30", "s|*|11:00", "s|*|11:30",
+        "s|*|12:00", "s|*|12:30", "s|*|13:00", "s|*|13:30",
+    }  # fmt: skip
