@@ -255,6 +255,9 @@ local day, waitlist = KEYS[1], KEYS[2]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', 0} end
 if redis.call('HGET', day, '_status') == 'blocked' then return {'BLOCKED', 0} end
 local room = day_room(day, ARGV[1], tonumber(redis.call('HGET', day, '_cap') or '100'))
+-- As RESERVE: while anyone is in line a free seat is theirs (being given out), not the
+-- joiner's to book; told "free", the joiner could neither book nor join.
+if redis.call('LLEN', waitlist) > 0 then room = 0 end
 local prefix = 's|' .. ARGV[1] .. '|'
 local open = 0
 for _, field in ipairs(redis.call('HKEYS', day)) do

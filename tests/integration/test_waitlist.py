@@ -221,6 +221,11 @@ async def test_seats_added_go_to_the_line_not_to_whoever_books_first(
             "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
         )
         assert jumped.status_code == 409, jumped.text
+    # Refused a booking, the citizen may join the line (told "seats available", neither).
+    behind = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert behind.status_code == 201 and behind.json()["waitlist_position"] == 2, behind.text
     async with world.container.sessions() as session:
         await world.container.bookings.fill_waitlists(session=session, office_codes={office})
     assert (await statuses(world, office))[waiting.json()["tracking_code"]] == ("booked", "10:00")
