@@ -16,6 +16,13 @@ class BookingNotActive(DomainError):
     message_en = "This booking is no longer active and cannot be cancelled."
 
 
+class BookingCheckedIn(DomainError):
+    code = "booking_checked_in"
+    status = 409
+    message_fa = "حضور شما در دفتر ثبت شده است؛ برای لغو نوبت به کارمند دفتر بگویید."
+    message_en = "You have been checked in at the office; ask the counter to cancel."
+
+
 class BookingStarted(DomainError):
     code = "booking_started"
     status = 409

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.errors import (
+    BookingCheckedIn,
     BookingNotActive,
     BookingNotFound,
     BookingStarted,
@@ -395,8 +396,15 @@ class BookingService:
         booking, office_code, office_name_fa, service_name_fa = await self._load(session, tracking_code, lock=True)
         if booking.mobile != mobile:
             raise NotYourBooking()
+        if booking.status == BookingStatus.CANCELLED:
+            # A retry of a cancel whose answer was lost: the limit it frees may not have been
+            # freed then (app.capacity's HOLD), and freeing it twice is harmless.
+            await self._unhold(booking)
         if booking.status not in ACTIVE_STATUSES:
             raise BookingNotActive(status=booking.status.value)
+        if booking.status == BookingStatus.CHECKED_IN:
+            # In the room, in the queue: a seat freed now would be sold to someone else.
+            raise BookingCheckedIn()
         now = self.clock.now()
         waitlisted = booking.status == BookingStatus.WAITLISTED
         starts = (booking.date, "99:99" if waitlisted else booking.slot_time)
@@ -447,10 +455,7 @@ class BookingService:
             raise ServiceUnavailable("The record is unavailable; the booking was not cancelled.") from error
         # The citizen's limit first, on its own: a failure to give the seat back must not
         # keep them from booking again.
-        try:
-            await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        except RedisError:
-            log.exception("a cancelled booking still counts against its citizen's limits until the next rebuild")
+        await self._unhold(booking)
         # Only after the record says "cancelled" is the seat given back: a failure here
         # leaves it counted (or given to the waitlist and not recorded), which the next
         # rebuild corrects, and never double-books it. The cancel itself is committed: 200.
@@ -472,6 +477,13 @@ class BookingService:
             await session.rollback()
             log.exception("cancelled booking's seat not released, or its promotion not recorded; a rebuild will")
         return view
+
+    async def _unhold(self, booking: Booking) -> None:
+        """Free a cancelled booking's place in its citizen's limits; a failure is logged."""
+        try:
+            await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        except RedisError:
+            log.exception("a cancelled booking still counts against its citizen's limits until the next rebuild")
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
         """After seats were added (a capacity raise, a cap lifted), give them to the waitlists first."""

@@ -6,9 +6,11 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select, text
 
 from app.booking.models import Booking, BookingStatus
@@ -339,3 +341,29 @@ async def test_blocked_status_bites_in_redis_at_once(client: Client, world: Worl
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
     )
     assert response.status_code == 403 and response.json()["code"] == "office_blocked"
+
+
+async def test_a_retried_cancel_frees_the_limit_its_first_try_left(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first cancel committed, but the citizen's limit was not freed (Redis away a moment;
+    or the answer lost, so the citizen tries again): the retry frees it."""
+    office = await world.office()
+    national_id, owner, day = world.national_id(), world.token(), world.tomorrow()
+    booked = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=owner)
+    code = booked.json()["tracking_code"]
+    capacity = client.app.state.container.capacity
+    unhold = capacity.unhold
+
+    async def away(**_: Any) -> None:
+        raise RedisConnectionError("Redis away a moment")
+
+    monkeypatch.setattr(capacity, "unhold", away)
+    assert (await client.post(f"/api/v1/bookings/{code}/cancel", headers=owner)).status_code == 200
+    monkeypatch.setattr(capacity, "unhold", unhold)
+    stuck = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=owner)
+    assert stuck.status_code == 409 and stuck.json()["code"] == "already_booked"
+    retried = await client.post(f"/api/v1/bookings/{code}/cancel", headers=owner)
+    assert retried.status_code == 409 and retried.json()["code"] == "booking_not_active"
+    again = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=owner)
+    assert again.status_code == 201, again.text

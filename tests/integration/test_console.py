@@ -416,3 +416,24 @@ async def test_special_hours_from_the_page_keep_a_services_own_counter(
         "s|103|09:00", "s|103|09:30", "s|*|10:00", "s|*|10:30", "s|*|11:00", "s|*|11:30",
         "s|*|12:00", "s|*|12:30", "s|*|13:00", "s|*|13:30",
     }  # fmt: skip
+
+
+async def test_a_citizen_checked_in_cannot_cancel_online(
+    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis
+) -> None:
+    """Checked in early, in the room: a cancel from the phone would free the seat for someone
+    else while the citizen waits for it."""
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    today = morning.date()
+    owner = world.token("09120000009")
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "10:00"), headers=owner
+    )
+    code = booked.json()["tracking_code"]
+    checked = await client.post(f"/api/v1/staff/offices/{office}/queue/{code}/check-in", headers=headers)
+    assert checked.json()["status"] == "checked_in", checked.text
+    refused = await client.post(f"/api/v1/bookings/{code}/cancel", headers=owner)
+    assert refused.status_code == 409 and refused.json()["code"] == "booking_checked_in", refused.text
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "checked_in"
+    assert used(redis_sync, office, today, "10:00") == 1
