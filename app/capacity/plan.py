@@ -12,6 +12,7 @@ from itertools import pairwise
 import msgspec
 
 SHARED_POOL = "*"
+MAX_RULES_PER_DAY = 24  # a day's spans, each its own counter or hours: a real day has a few
 """Seats every service draws on, unless the template gives a service counters of its own."""
 
 
@@ -179,8 +180,20 @@ def encode_rules(rules: list[DayRule]) -> str:
 def validate_rules(rules: list[DayRule]) -> None:
     """Refuse a plan that cannot be meant: bad times, zero-length slots, absurd seat counts."""
     from app.errors import InvalidInput
+    from app.locale import to_persian_digits
 
+    if len(rules) > MAX_RULES_PER_DAY:
+        raise InvalidInput(
+            "rules",
+            f"At most {MAX_RULES_PER_DAY} rules a day.",
+            detail_fa=f"حداکثر {to_persian_digits(str(MAX_RULES_PER_DAY))} بازه در روز.",
+        )
     for rule in rules:
+        if rule.service is not None and (rule.service in ("", SHARED_POOL) or rule.service != rule.service.strip()):
+            # "" and "*" would be the shared seats under another name, past the overlap check.
+            raise InvalidInput(
+                "service", "Name a service code, or none for the shared seats.", detail_fa="کد خدمت درست نیست."
+            )
         if not (_TIME.fullmatch(rule.opens) and _TIME.fullmatch(rule.closes)):
             # "08:75" would have read as 09:15.
             raise InvalidInput("opens", "Times look like 08:00.", detail_fa="ساعت باید مانند ۰۸:۰۰ باشد.")

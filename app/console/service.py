@@ -46,7 +46,7 @@ from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
 from app.locale import check_text, jalali_date
 from app.offices.errors import OfficeNotFound
-from app.offices.models import Office, Service
+from app.offices.models import Office, OfficeService, Service
 from app.offices.service import normalize_code
 from app.settings import Settings
 from app.staff.service import StaffPrincipal, audit, require_office
@@ -118,6 +118,7 @@ class Console:
                     detail_fa="روزهای هفته ۰ (شنبه) تا ۶ (جمعه) هستند.",
                 )
             validate_rules(rules)
+        await self._check_services(session, office, [rule for rules in days.values() for rule in rules])
         new = encode_template(WeeklyTemplate(days=days))
         row = await session.get(CapacityTemplate, office.id)
         before = row.template if row else None
@@ -152,6 +153,7 @@ class Console:
         office = await self._office(session, staff, office_code)
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
+        await self._check_services(session, office, rules)
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
@@ -173,6 +175,9 @@ class Console:
     ) -> CapacityChange:
         self.capacity.require_ready()
         office = await self._office(session, staff, office_code)
+        # A past day's counters linger until the day after it: replanned, its bookings would
+        # be "moved" within a day that is over.
+        self.capacity.check_horizon(day, self.clock.today())
         row = await session.get(CapacityOverride, (office.id, day))
         if row is None:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
@@ -186,6 +191,22 @@ class Console:
         await session.delete(row)
         await session.commit()
         return await self._apply(session, office, [day])
+
+    async def _check_services(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
+        """A rule's own counter must be for a service the office offers: a typo ("1O4") made a
+        pool nobody could book from."""
+        named = {rule.service for rule in rules if rule.service is not None}
+        if not named:
+            return
+        offered = set(
+            await session.scalars(select(OfficeService.service_code).where(OfficeService.office_id == office.id))
+        )
+        if named - offered:
+            raise InvalidInput(
+                "service",
+                f"The office does not offer service {sorted(named - offered)[0]}.",
+                detail_fa="این دفتر چنین خدمتی ارائه نمی‌دهد.",
+            )
 
     async def day_plans(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> list[DayPlanOut]:
         office = await self._office(session, staff, office_code)

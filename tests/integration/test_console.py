@@ -437,3 +437,31 @@ async def test_a_citizen_checked_in_cannot_cancel_online(
     assert refused.status_code == 409 and refused.json()["code"] == "booking_checked_in", refused.text
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "checked_in"
     assert used(redis_sync, office, today, "10:00") == 1
+
+
+async def test_a_plan_naming_a_service_the_office_lacks_or_a_past_day_changes_nothing(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=2)  # offers 101 and 102
+    await world.rebuild()
+    headers = await staff_of(client, world, office)
+    base = f"/api/v1/staff/offices/{office}"
+    day = world.tomorrow()
+    shared = {"opens": "08:00", "closes": "12:00", "slot_minutes": 30, "seats": 2}
+    for service in ("1O4", "103", "*", ""):  # a typo, one it does not offer, the shared seats renamed
+        desk = {"opens": "09:00", "closes": "10:00", "slot_minutes": 30, "seats": 1, "service": service}
+        for method, path, body in (
+            ("PUT", "/template", {"days": {"0": [shared, desk]}}),
+            ("PUT", f"/overrides/{day.isoformat()}", {"rules": [shared, desk], "reason": "میز گذرنامه"}),
+        ):
+            refused = await client.request(method, base + path, json=body, headers=headers)
+            assert refused.status_code == 422 and refused.json()["field"] == "service", (service, refused.text)
+    many = {"rules": [{**shared, "opens": f"{h:02d}:00", "closes": f"{h:02d}:30"} for h in range(25)]}
+    refused = await client.put(f"{base}/overrides/{day.isoformat()}", json=many, headers=headers)
+    assert refused.status_code == 422 and refused.json()["field"] == "rules", refused.text
+    days = (await client.get(f"{base}/days", headers=headers)).json()
+    assert {d["date"]: d["source"] for d in days}[day.isoformat()] == "template"
+    assert redis_sync.hget(keys.office_day(office, day), keys.seats_field("*", "08:00")) == b"2"
+    yesterday = world.tomorrow() - dt.timedelta(days=2)
+    gone = await client.delete(f"{base}/overrides/{yesterday.isoformat()}?move_overflow=true", headers=headers)
+    assert gone.status_code == 422 and gone.json()["field"] == "date", gone.text
