@@ -96,9 +96,9 @@ class DaySums:
             pool: (seats, used, tuple(sorted(free))) for pool, ((seats, used), free) in found.items()
         }
 
-    def of(self, service_code: str) -> PoolTotals:
-        """The pool the service books from: its own when the office's template gives it one."""
-        return self.pools.get(service_code) or self.pools.get(SHARED_POOL, _NO_TOTALS)
+    def of(self, pool: str) -> PoolTotals:
+        """One pool's sums; nothing when the day has no slot of it."""
+        return self.pools.get(pool, _NO_TOTALS)
 
 
 EMPTY_DAY = DaySums({})

@@ -94,7 +94,10 @@ class LoadService:
         for code, (summed, waiting) in counters.items():
             if summed.status == "blocked":
                 continue
-            seats, used, free_times = summed.of(service_code)
+            # The pool a booking would take (its own counter if the template gives the service
+            # one, on any day), not whichever the day happens to hold: a desk open on Saturdays
+            # only has no seats for it on Sunday, whatever the shared counter has.
+            seats, used, free_times = summed.of(self.offices.pool(code, service_code))
             room = day_room(seats, used, summed.cap)
             next_free = None
             if room > 0:

@@ -159,6 +159,12 @@ class OfficeDirectory:
         office = self._offices.get(office_code)
         return {SHARED_POOL} | (office.services if office is not None else set(self._services))
 
+    def pool(self, office_code: str, service_code: str) -> str:
+        """The seat pool the service books from at the office, as a booking takes it (the
+        shared one for an office this copy does not hold yet)."""
+        office = self._offices.get(office_code)
+        return office.pool(service_code) if office is not None else SHARED_POOL
+
     async def has_service(self, *, session: AsyncSession, service_code: str) -> bool:
         await self._keep_fresh()
         if service_code in self._services:

@@ -200,3 +200,36 @@ async def test_concurrent_bookings_under_a_cap_never_exceed_it(client: Client, w
         )
     )
     assert [r.status_code for r in responses].count(201) == 12
+
+
+async def test_a_service_with_its_own_counter_shows_that_counters_seats(client: Client, world: World) -> None:
+    """A passport desk (its own counter) closed for a day: the office has no seats for the
+    service then, whatever its shared counter has, and nearby says so, as booking does."""
+    from tests.integration.test_console import staff_of
+
+    office = await world.office(
+        rules=[
+            DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
+            DayRule(opens="09:00", closes="10:00", slot_minutes=30, seats=1, service="103"),
+        ],
+        services=("101", "103"),
+        lat=ORIGIN["lat"],
+        lon=ORIGIN["lon"],
+    )
+    await world.rebuild()
+    day = world.tomorrow()
+    [desk] = await nearby(client, service="103", date=day.isoformat())
+    assert (desk["seats_free"], desk["next_free_slot"]) == (2, "09:00")
+    headers = await staff_of(client, world, office)
+    shared_only = {"rules": [{"opens": "08:00", "closes": "12:00", "slot_minutes": 30, "seats": 2}], "reason": "-"}
+    changed = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}", json=shared_only, headers=headers
+    )
+    assert changed.status_code == 200, changed.text
+    [desk] = await nearby(client, service="103", date=day.isoformat())
+    assert (desk["seats_free"], desk["next_free_slot"]) == (0, None)
+    refused = await client.post(
+        "/api/v1/bookings", json={**booking_body(office, world.national_id(), day, None), "service_code": "103"},
+        headers=world.token(),
+    )  # fmt: skip
+    assert refused.status_code in (409, 422), refused.text

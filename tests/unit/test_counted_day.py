@@ -41,9 +41,10 @@ def test_a_pools_sums_count_every_slot_and_list_the_free_ones_in_order() -> None
         }
     )
     assert (day.status, day.cap) == ("active", 50)
-    assert day.of("102") == (6, 3, ("08:30", "10:00"))
-    assert day.of("101") == (1, 1, ())  # its own pool, full: not the shared one
-    assert DaySums({}).of("101") == (0, 0, ())
+    assert day.of("*") == (6, 3, ("08:30", "10:00"))
+    assert day.of("101") == (1, 1, ())
+    assert day.of("102") == (0, 0, ())  # no slot of that pool
+    assert DaySums({}).of("*") == (0, 0, ())
     assert (DaySums({}).status, DaySums({}).cap) == ("active", 100)
 
 
