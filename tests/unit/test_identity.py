@@ -46,7 +46,9 @@ def test_national_id_in_every_digit_form(form: str) -> None:
     assert normalize_national_id(form) == "0499370899"
 
 
-@pytest.mark.parametrize("value", ["049-937089-9", " 0499 370 899 ", "۰۴۹۹-۳۷۰-۸۹۹"])
+@pytest.mark.parametrize(
+    "value", ["049-937089-9", " 0499 370 899 ", "۰۴۹۹-۳۷۰-۸۹۹", "\u202b۰۴۹۹۳۷۰۸۹۹\u202c", "\u20680499370899\u2069"]
+)
 def test_national_id_separators_are_stripped(value: str) -> None:
     assert normalize_national_id(value) == "0499370899"
 
@@ -131,6 +133,8 @@ def test_changing_check_digit_invalidates(seed: int, shift: int) -> None:
         "(0912) 123-4567",
         "+98 (912) 123 4567",
         "\u200e+98 912 123 4567\u200f",
+        "\u202a09121234567\u202c",  # as a phone wraps a number copied from RTL text
+        "\u2066+98 912 123 4567\u2069",
     ],
 )
 def test_mobile_forms(value: str) -> None:
