@@ -17,8 +17,10 @@ from app.booking.service import parse_slot
 from app.booking.tracking import normalize_tracking_code
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
+from app.container import Container
 from app.errors import DomainError, InvalidInput, NotFound
 from app.identity import normalize_mobile
+from app.load.schemas import NearbyResult
 from app.locale import normalize_digits, parse_date
 from app.offices import service as offices
 from app.offices.service import BookableOffice
@@ -116,6 +118,7 @@ class CitizenPages(Controller):
             # a full day) is shown the first day that still has a free seat, not a list of
             # "none left". A later day they picked is kept.
             days = container.capacity.horizon(today)[:LOOK_AHEAD_DAYS] if chosen == today else [chosen]
+            first: NearbyResult | None = None
             for day in days:
                 result = await container.load.nearby(
                     session=session,
@@ -126,8 +129,12 @@ class CitizenPages(Controller):
                     city=city if latitude is None or longitude is None else None,
                     limit=NEARBY_LIMIT,
                 )
+                first = first or result
                 if any(o.next_free_slot for o in result.offices):
                     break
+            else:
+                assert first is not None  # days is never empty
+                result = first  # no day ahead has room either: the day asked for, as it is
         except DomainError as error:
             await session.rollback()
             return render(
@@ -236,13 +243,14 @@ class CitizenPages(Controller):
         require_citizen(request, container)
         if not office or not service or not date:
             return see_other("/")
+        day = _bookable_day(container, date)
         bookable = await container.offices.bookable(session=session, office_code=office, service_code=service)
         return render(
             request,
             container,
             "citizen/book.html",
             office=bookable,
-            day=parse_date(date),
+            day=day,
             # As the API reads it ("9:30", Persian digits): shown and sent back as "09:30".
             slot=parse_slot(slot) if slot else None,
             waitlist=bool(waitlist),
@@ -260,6 +268,7 @@ class CitizenPages(Controller):
                                                          "slot": slot or "", "waitlist": "1" if waitlist else ""}.items() if v})  # fmt: skip
         mobile = require_citizen(request, container, back=back)
         national_id = data.get("national_id", "")
+        day = _bookable_day(container, date)  # refused as a page: the form below shows the day
         try:
             if waitlist:
                 booking = await container.bookings.join_waitlist(
@@ -289,7 +298,7 @@ class CitizenPages(Controller):
                 errors=form_errors(error, ["national_id"]),
                 form={"national_id": national_id},
                 office=bookable,
-                day=parse_date(date),
+                day=day,
                 slot=_slot_or_none(slot),
                 waitlist=waitlist,
                 idem=secrets.token_urlsafe(16),
@@ -414,6 +423,7 @@ class CitizenPages(Controller):
             mobile=mobile,
             next=safe_next(next),
             demo_sms=container.settings.sms_backend == "console",
+            code_minutes=_code_minutes(container),
         )
 
     @post("/signin/code")
@@ -433,6 +443,7 @@ class CitizenPages(Controller):
                 mobile=mobile,
                 next=next_path,
                 demo_sms=container.settings.sms_backend == "console",
+                code_minutes=_code_minutes(container),
                 errors=form_errors(error, ["code"], {"mobile": "code"}),
                 form={"code": data.get("code", "")},
             )
@@ -540,6 +551,19 @@ class CitizenPages(Controller):
                 form={"tracking_code": code},
             )
         return render(request, container, "citizen/complaint.html", complaint=found, new=bool(new))
+
+
+def _code_minutes(container: Container) -> int:
+    """How long a sign-in code lasts, as the sign-in page says it (NOBAT_OTP_TTL_SECONDS)."""
+    return max(1, container.settings.otp_ttl_seconds // 60)
+
+
+def _bookable_day(container: Container, date: str) -> dt.date:
+    """The form's day, within the booking horizon: a page for a past day offers nothing, and
+    a far one (9999-12-31) had no Jalali date to show."""
+    day = parse_date(date)
+    container.capacity.check_horizon(day, container.clock.today())
+    return day
 
 
 def _slot_or_none(slot: str | None) -> str | None:

@@ -31,6 +31,7 @@ TITLES = {
     409: "این کار اکنون ممکن نیست",
     422: "مقدار نادرست",
     429: "درخواست‌های زیاد",
+    500: "خطای سامانه",
     503: "سامانه موقتاً در دسترس نیست",
 }
 
@@ -81,6 +82,12 @@ def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Respon
     return _page(request, error.status_code, "درخواست پذیرفته نشد.", error.headers)
 
 
+def _internal(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    """A page's unexpected failure, as a page (the app's handler would answer JSON in English)."""
+    log.error("a page failed", exc_info=error)
+    return _page(request, 500, "خطایی در سامانه رخ داد و ثبت شد. لطفاً دوباره تلاش کنید.")
+
+
 def _unavailable(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
     log.warning("dependency unavailable on a page: %s", type(error).__name__)
     return _page(request, 503, "سامانه موقتاً در دسترس نیست. چند لحظه بعد دوباره تلاش کنید.", {"Retry-After": "5"})
@@ -117,6 +124,7 @@ PAGES = Router(
         RedisError: _unavailable,
         OperationalError: _unavailable,
         ConnectionError: _unavailable,
+        Exception: _internal,
     },
 )
 

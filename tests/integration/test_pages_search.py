@@ -10,6 +10,7 @@ from litestar.testing import AsyncTestClient
 
 from app.capacity.plan import DayRule
 from app.clock import Clock
+from app.locale import to_persian_digits
 from app.pages.render import CITIZEN_COOKIE
 from tests.conftest import World, booking_body
 
@@ -76,3 +77,45 @@ async def test_the_booking_form_reads_a_slot_as_the_api_does(client: Client, wor
 async def test_a_city_no_one_types_is_a_field_error_on_the_page(client: Client, world: World) -> None:
     page = await client.get("/offices", params={"service": "101", "city": "تهران\x00"}, headers={"Accept": "text/html"})
     assert page.status_code == 422 and "<html" in page.text and "نویسهٔ غیرمجاز" in page.text
+
+
+async def test_a_booking_form_for_a_day_outside_the_horizon_is_a_page_saying_so(client: Client, world: World) -> None:
+    """A past day offered a form for nothing; 9999-12-31 had no Jalali date and was a 500 in
+    JSON, in English. Each is now the horizon's 422, as a page."""
+    office = await world.office()
+    token = world.token("09125556001")["Authorization"].removeprefix("Bearer ")
+    client.cookies.set(CITIZEN_COOKIE, token)
+    yesterday = (world.container.clock.today() - dt.timedelta(days=1)).isoformat()
+    for day in ("9999-12-31", yesterday):
+        query = {"office": office, "service": "101", "date": day}
+        page = await client.get("/book", params=query, headers={"Accept": "text/html"})
+        assert page.status_code == 422 and "<html" in page.text and "نوبت فقط از" in page.text, page.text
+
+
+async def test_when_no_day_ahead_has_room_the_search_shows_the_day_asked_for(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing free today or in the days looked at after it: the page shows today, as it is,
+    not the last day looked at as "the first day that has room"."""
+    await world.office(rules=[DayRule(opens="08:00", closes="08:30", slot_minutes=30, seats=0)])
+    await world.rebuild()
+    page = await client.get("/offices", params={"service": "101", "city": "Tehran"}, headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert "امروز در این نزدیکی نوبت خالی نمانده" not in page.text
+    assert "بدون نوبت خالی" in page.text
+
+
+async def test_the_sign_in_page_says_how_long_a_code_lasts(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    container = client.app.state.container
+    monkeypatch.setattr(container, "settings", container.settings.with_(otp_ttl_seconds=300))
+    page = await client.get("/signin/code", params={"mobile": "09125556002"}, headers={"Accept": "text/html"})
+    assert f"کد تا {to_persian_digits('5')} دقیقه معتبر است" in page.text
+
+
+async def test_a_pages_unexpected_failure_is_a_persian_page(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(**_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(client.app.state.container.load, "nearby", broken)
+    page = await client.get("/offices", params={"service": "101", "city": "Tehran"}, headers={"Accept": "text/html"})
+    assert page.status_code == 500 and "<html" in page.text and "خطایی در سامانه رخ داد" in page.text
