@@ -630,7 +630,9 @@ class BookingService:
             recorded.update(row.tracking_code for row in rows if row.id in booked)
         return recorded
 
-    async def join_waitlist(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> BookingOut:
+    async def join_waitlist(
+        self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB
+    ) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""
         self.capacity.require_ready()
         national_id = normalize_national_id(request.national_id)
@@ -656,7 +658,7 @@ class BookingService:
             slot_time="",
             pool=office.pool,
             status=BookingStatus.WAITLISTED,
-            channel=Channel.WEB,
+            channel=channel,
             created_at=now,
         )
         try:
@@ -695,7 +697,13 @@ class BookingService:
             f"نفر {to_persian_digits(str(position))}. کد رهگیری: {tracking_code}",
             kind="waitlist_joined",
         )
-        await session.commit()
+        try:
+            await session.commit()
+        except SQLAlchemyError:
+            # The citizen is in line (row and place committed): a 503 now would have them
+            # try again and be told "already booked". The answer tells them the same.
+            await session.rollback()
+            log.exception("joined the waitlist; its confirmation SMS was not recorded")
         return view
 
     async def _take_back_join(

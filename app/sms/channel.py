@@ -158,6 +158,7 @@ class SmsChannel:
                         service_code=command.service_code,
                         date=(command.day or self.clock.today()).isoformat(),
                     ),
+                    channel=Channel.SMS,
                 )
                 return None  # joining sends its own message
             case parser.Offices():

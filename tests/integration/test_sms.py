@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
-from app.booking.models import Booking, BookingStatus
+from app.booking.models import Booking, BookingStatus, Channel
 from app.pages.render import VISIT_COOKIE
 from app.settings import Settings
 from app.sms.models import InboundSms, SmsMessage, SmsStatus
@@ -513,3 +513,18 @@ async def test_behind_a_proxy_that_ends_tls_the_forms_visit_cookie_is_secure(cli
     page = await client.get("/signin", headers={"Accept": "text/html"})
     [visit] = [c for c in page.headers.get_list("set-cookie") if c.startswith(f"{VISIT_COOKIE}=")]
     assert "secure" in visit.lower()
+
+
+async def test_a_waitlist_joined_by_sms_is_recorded_as_sms(client: Client, world: World) -> None:
+    from app.capacity.plan import DayRule
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    taken = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert taken.status_code == 201
+    await text(client, f"انتظار {office} 101 {day.isoformat()} {world.national_id()}", sid="SMwait")
+    async with world.container.sessions() as session:
+        waiting = await session.scalar(select(Booking).where(Booking.status == BookingStatus.WAITLISTED))
+    assert waiting is not None and waiting.channel == Channel.SMS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
@@ -230,3 +231,29 @@ async def test_seats_added_go_to_the_line_not_to_whoever_books_first(
         await world.container.bookings.fill_waitlists(session=session, office_codes={office})
     assert (await statuses(world, office))[waiting.json()["tracking_code"]] == ("booked", "10:00")
     assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00"))) == 2
+
+
+async def test_a_join_whose_message_cannot_be_recorded_is_still_a_join(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In line (row and place committed), the citizen is told so, not 503: a retry would be
+    "already booked that day"."""
+    from app.sms.models import SmsMessage
+
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    taken = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert taken.status_code == 201
+    bookings = client.app.state.container.bookings
+
+    def unrecordable(session: Any, **_: Any) -> None:
+        session.add(SmsMessage(id="x", to=None, body="-", kind="waitlist_joined"))  # NOT NULL: the commit fails
+
+    monkeypatch.setattr(bookings.messenger, "queue", unrecordable)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201 and joined.json()["waitlist_position"] == 1, joined.text
+    assert (await statuses(world, office))[joined.json()["tracking_code"]] == ("waitlisted", "")
