@@ -62,6 +62,7 @@ class CitizenAuth:
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("otp-address", client, self.settings.otp_per_address)
         await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
+        await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)
         code = f"{secrets.randbelow(10**6):06d}"
         key = _otp_key(mobile)
         async with self.redis.pipeline(transaction=True) as pipe:

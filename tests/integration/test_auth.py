@@ -95,6 +95,23 @@ async def test_codes_are_rate_limited_per_address(settings: Settings) -> None:
     assert statuses == [202, 202, 202, 429, 429]
 
 
+async def test_codes_are_limited_per_mobile_over_a_day(settings: Settings) -> None:
+    """Each code takes five guesses: within the ten-minute limit alone, a number's code could
+    be guessed at 2,160 times a day."""
+    from app.main import create_app
+
+    app = create_app(settings.with_(otp_per_mobile="100/600", otp_per_mobile_day="4/86400"))
+    async with AsyncTestClient(app) as client:
+        statuses = [
+            (await client.post("/api/v1/auth/otp", json={"mobile": "09120007777"})).status_code for _ in range(5)
+        ]
+        limited = await client.post("/api/v1/auth/otp", json={"mobile": "09120007777"})
+        other = await client.post("/api/v1/auth/otp", json={"mobile": "09120008888"})
+    assert statuses == [202, 202, 202, 202, 429]
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 3600
+    assert other.status_code == 202
+
+
 async def test_bad_mobiles_and_codes_are_refused(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     for mobile in ("02112345678", "0912", "abc", ""):
         response = await client.post("/api/v1/auth/otp", json={"mobile": mobile})
