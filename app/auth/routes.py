@@ -5,13 +5,26 @@ from typing import Any
 from litestar import Controller, Request, post
 from litestar.params import JSONBody
 
+from app.auth.errors import NotJson
 from app.auth.schemas import OtpRequest, OtpSent, OtpVerify, TokenIssued
 from app.web import Deps, Session, client_address
+
+# What a browser sends from any website without asking first (no CORS preflight).
+_SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+async def _json_only(request: Request[Any, Any, Any]) -> None:
+    """Refuse the types any website may send: read as JSON, a page anywhere could have its
+    visitors' browsers ask for sign-in codes to any number, from thousands of addresses the
+    per-address limit counts apart. (A request without a Content-Type is still read.)"""
+    if request.headers.get("content-type", "").partition(";")[0].strip().lower() in _SIMPLE_TYPES:
+        raise NotJson()
 
 
 class CitizenAuthController(Controller):
     path = "/api/v1/auth"
     tags = ["sign-in"]
+    before_request = _json_only
 
     @post("/otp", status_code=202, summary="Send a one-time sign-in code by SMS")
     async def request_code(

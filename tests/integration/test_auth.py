@@ -120,3 +120,15 @@ async def test_bad_mobiles_and_codes_are_refused(client: Client, redis_sync: Syn
     assert response.status_code == 422 and response.json()["field"] == "code"
     await deliver()
     assert redis_sync.llen(OUTBOX) == 0
+
+
+async def test_a_code_is_not_sent_for_a_body_any_website_could_post(client: Client, redis_sync: SyncRedis) -> None:
+    """A page elsewhere can make its visitors' browsers POST text/plain or a form without a
+    preflight; read as JSON, it could send codes to any number from their addresses."""
+    body = '{"mobile": "09120009999"}'
+    for kind in ("text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        refused = await client.post("/api/v1/auth/otp", content=body, headers={"Content-Type": kind})
+        assert refused.status_code == 415 and refused.json()["code"] == "unsupported_media_type", refused.text
+    assert not redis_sync.exists("nobat:otp:09120009999")  # no code made
+    sent = await client.post("/api/v1/auth/otp", content=body, headers={"Content-Type": "application/json"})
+    assert sent.status_code == 202 and redis_sync.exists("nobat:otp:09120009999")
