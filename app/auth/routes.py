@@ -24,9 +24,8 @@ async def _json_only(request: Request[Any, Any, Any]) -> None:
 class CitizenAuthController(Controller):
     path = "/api/v1/auth"
     tags = ["sign-in"]
-    before_request = _json_only
 
-    @post("/otp", status_code=202, summary="Send a one-time sign-in code by SMS")
+    @post("/otp", status_code=202, before_request=_json_only, summary="Send a one-time sign-in code by SMS")
     async def request_code(
         self, data: JSONBody[OtpRequest], request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> OtpSent:
@@ -34,7 +33,7 @@ class CitizenAuthController(Controller):
         mobile = await container.auth.request_code(session=session, mobile=data.mobile, client=client)
         return OtpSent(mobile=mobile, expires_in=container.settings.otp_ttl_seconds)
 
-    @post("/verify", status_code=200, summary="Trade the one-time code for a bearer token")
+    @post("/verify", status_code=200, before_request=_json_only, summary="Trade the one-time code for a bearer token")
     async def verify(self, data: JSONBody[OtpVerify], request: Request[Any, Any, Any], container: Deps) -> TokenIssued:
         client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
         token = await container.auth.verify(mobile=data.mobile, code=data.code, client=client)
