@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from sqlalchemy import select
@@ -61,6 +62,11 @@ async def _offices_of(session: AsyncSession, province_id: int | None) -> list[st
     return list(rows)
 
 
+Recorder = Callable[["CrowdCapOut"], Awaitable[None]]
+"""What the caller writes in the same commit as a cap (the regulator's audit entry): a cap
+recorded without it, and then refused (Redis away), had no trace of who set it."""
+
+
 async def add(
     *,
     session: AsyncSession,
@@ -72,8 +78,10 @@ async def add(
     percent: int,
     reason: str,
     created_by: str,
+    record: Recorder | None = None,
 ) -> CrowdCapOut:
-    """Record a cap and make it bite in Redis at once; bookings already made stand."""
+    """Record a cap and make it bite in Redis at once; bookings already made stand.
+    ``record`` adds to the same commit (the regulator's audit entry)."""
     if not 0 <= percent <= 100:
         raise InvalidInput("percent", "percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
     if ends_on < starts_on or ends_on < today:
@@ -93,21 +101,35 @@ async def add(
         created_by=created_by,
     )
     session.add(cap)
+    await session.flush()
+    out = _out(cap, province_code)
+    if record is not None:
+        await record(out)
     await session.commit()
     await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, province_id))
-    return _out(cap, province_code)
+    return out
 
 
 async def lift(
-    *, session: AsyncSession, capacity: Capacity, today: dt.date, cap_id: int, now: dt.datetime
+    *,
+    session: AsyncSession,
+    capacity: Capacity,
+    today: dt.date,
+    cap_id: int,
+    now: dt.datetime,
+    record: Recorder | None = None,
 ) -> CrowdCapOut:
     cap = await session.get(CrowdCap, cap_id)
     if cap is None:
         raise CrowdCapNotFound()
     cap.lifted_at = cap.lifted_at or now
+    province_id = cap.province_id
+    out = _out(cap, await _province_code(session, province_id))
+    if record is not None:
+        await record(out)
     await session.commit()
-    await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, cap.province_id))
-    return _out(cap, await _province_code(session, cap.province_id))
+    await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, province_id))
+    return out
 
 
 async def list_caps(*, session: AsyncSession) -> list[CrowdCapOut]:

@@ -45,7 +45,14 @@ class Regulator:
         require_role(staff, StaffRole.REGULATOR)
         # Written during a recount, a cap could be counted over by days read before it.
         self.capacity.require_ready()
-        cap = await crowd_caps.add(
+
+        async def record(cap: CrowdCapOut) -> None:
+            await audit(
+                session, actor=staff, action="crowd_cap.add", target=str(cap.id), office_id=None, before=None,
+                after=cap, at=self.clock.now(),
+            )  # fmt: skip
+
+        return await crowd_caps.add(
             session=session,
             capacity=self.capacity,
             today=self.clock.today(),
@@ -55,26 +62,28 @@ class Regulator:
             percent=data.percent,
             reason=data.reason,
             created_by=staff.username,
+            record=record,
         )
-        await audit(
-            session, actor=staff, action="crowd_cap.add", target=str(cap.id), office_id=None, before=None, after=cap,
-            at=self.clock.now(),
-        )  # fmt: skip
-        await session.commit()
-        return cap
 
     async def lift_cap(self, *, session: AsyncSession, staff: StaffPrincipal, cap_id: int) -> CrowdCapOut:
         require_role(staff, StaffRole.REGULATOR)
         self.capacity.require_ready()
+
+        async def record(cap: CrowdCapOut) -> None:
+            await audit(
+                session, actor=staff, action="crowd_cap.lift", target=str(cap_id), office_id=None, before=None,
+                after=cap, at=self.clock.now(),
+            )  # fmt: skip
+
         cap = await crowd_caps.lift(
-            session=session, capacity=self.capacity, today=self.clock.today(), cap_id=cap_id, now=self.clock.now()
+            session=session,
+            capacity=self.capacity,
+            today=self.clock.today(),
+            cap_id=cap_id,
+            now=self.clock.now(),
+            record=record,
         )
         await self.console.bookings.fill_waitlists(session=session)
-        await audit(
-            session, actor=staff, action="crowd_cap.lift", target=str(cap_id), office_id=None, before=None, after=cap,
-            at=self.clock.now(),
-        )  # fmt: skip
-        await session.commit()
         return cap
 
     async def caps(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[CrowdCapOut]:

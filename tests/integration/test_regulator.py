@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import select
 
 from app.capacity import keys
+from app.capacity.models import CrowdCap
 from app.sms.backends import OUTBOX
-from app.staff.models import StaffRole
+from app.staff.models import AuditEntry, StaffRole
 from tests.conftest import Deliver, World, booking_body
 from tests.integration.test_console import account, sign_in, staff_of
 
@@ -103,3 +107,24 @@ async def test_a_closure_beats_an_office_override(client: Client, world: World, 
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "09:30"), headers=world.token()
     )
     assert refused.status_code == 422 and refused.json()["code"] == "no_such_slot"
+
+
+async def test_a_cap_whose_redis_update_fails_is_recorded_with_who_set_it(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await account(world, "regulator-4", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-4")
+    capacity = client.app.state.container.capacity
+
+    async def away(**_: object) -> None:
+        raise RedisConnectionError("Redis away a moment")
+
+    monkeypatch.setattr(capacity, "refresh_meta", away)
+    day = world.tomorrow().isoformat()
+    body = {"starts_on": day, "ends_on": day, "percent": 50, "reason": "مصوبهٔ ستاد"}
+    refused = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
+    assert refused.status_code == 503, refused.text
+    async with world.container.sessions() as session:
+        caps = list(await session.scalars(select(CrowdCap.id)))
+        actions = list(await session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "regulator-4")))
+    assert len(caps) == 1 and actions == ["crowd_cap.add"]  # recorded together, or not at all
