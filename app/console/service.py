@@ -503,6 +503,9 @@ class Console:
     ) -> None:
         office = await self._office(session, staff, office_code)
         await self.load.report_waiting(office_code=office.code, count=waiting)
+        # A fifth of the public ranking: who said how many is kept, as for every other lever.
+        await self._audit(session, staff, office, "office.waiting", office.code, None, {"waiting": waiting})
+        await session.commit()
 
     async def _audit(
         self,

@@ -324,7 +324,7 @@ async def test_queue_check_in_served_and_walk_in(
 
     async with world.container.sessions() as session:
         actions = list(await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id)))
-    assert actions == ["booking.no_show", "booking.checked_in", "booking.served", "booking.walk_in"]
+    assert actions == ["booking.no_show", "booking.checked_in", "booking.served", "booking.walk_in", "office.waiting"]
 
 
 async def test_a_no_show_waits_for_the_slot_and_its_grace(
