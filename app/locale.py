@@ -198,18 +198,20 @@ def parse_float(value: str, field: str, *, minimum: float | None = None, maximum
     return number
 
 
-def check_text(value: str, field: str, *, max_length: int, multiline: bool = False) -> str:
+def check_text(value: str, field: str, *, max_length: int, multiline: bool = False, label_fa: str | None = None) -> str:
     """Refuse text no one types: control characters (NUL above all, which PostgreSQL cannot
-    store) and more than ``max_length`` characters. Returns the value unchanged."""
+    store) and more than ``max_length`` characters. Returns the value unchanged. The Persian
+    message names ``label_fa`` (what a citizen's form calls the field), else the field."""
+    label = label_fa or field
     if len(value) > max_length:
         raise InvalidInput(
             field,
             f"{field} must be at most {max_length} characters.",
-            detail_fa=f"{field} نباید بیش از {to_persian_digits(str(max_length))} نویسه باشد.",
+            detail_fa=f"{label} نباید بیش از {to_persian_digits(str(max_length))} نویسه باشد.",
         )
     allowed = "\n\r\t" if multiline else ""
     if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
         raise InvalidInput(
-            field, f"{field} contains characters that are not allowed.", detail_fa=f"{field} نویسهٔ غیرمجاز دارد."
+            field, f"{field} contains characters that are not allowed.", detail_fa=f"{label} نویسهٔ غیرمجاز دارد."
         )
     return value

@@ -61,8 +61,19 @@ class Complaints:
                 detail_fa="دستهٔ شکایت معتبر نیست.",
             ) from None
         # Control characters refused before whitespace is folded; the length is checked after.
-        text = normalize_text(check_text(description, "description", max_length=4 * MAX_DESCRIPTION, multiline=True))
-        if not 5 <= len(text) <= MAX_DESCRIPTION:
+        too_long = InvalidInput(
+            "description",
+            f"Describe what happened in 5 to {MAX_DESCRIPTION} characters.",
+            detail_fa=f"شرح ماجرا نباید بیش از {to_persian_digits(str(MAX_DESCRIPTION))} نویسه باشد.",
+        )
+        if len(description) > 4 * MAX_DESCRIPTION:  # not worth folding
+            raise too_long
+        text = normalize_text(
+            check_text(description, "description", max_length=4 * MAX_DESCRIPTION, multiline=True, label_fa="شرح ماجرا")
+        )
+        if len(text) > MAX_DESCRIPTION:
+            raise too_long
+        if len(text) < 5:
             raise InvalidInput(
                 "description",
                 f"Describe what happened in 5 to {MAX_DESCRIPTION} characters.",

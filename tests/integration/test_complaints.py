@@ -357,6 +357,15 @@ async def test_bad_complaints_change_nothing(client: Client, world: World) -> No
     ]:
         response = await client.post("/api/v1/complaints", json=body, headers=headers)
         assert response.status_code == 422 and response.json()["field"] == field
+    # A citizen reads these beside the field: in Persian, naming it as the form does.
+    for description, says in (
+        ("ش" * 2001, "شرح ماجرا نباید بیش از ۲۰۰۰ نویسه باشد."),
+        ("ش" * 8001, "شرح ماجرا نباید بیش از ۲۰۰۰ نویسه باشد."),
+        ("متن\x00شکایت", "شرح ماجرا نویسهٔ غیرمجاز دارد."),
+    ):
+        body = {"office_code": office, "category": "other", "description": description}
+        response = await client.post("/api/v1/complaints", json=body, headers=headers)
+        assert response.status_code == 422 and response.json()["message_fa"] == says, response.text
     missing = await client.post(
         "/api/v1/complaints",
         json={"office_code": "999999", "category": "other", "description": "متن شکایت"},
