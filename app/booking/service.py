@@ -34,7 +34,13 @@ from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.booking.writer import CommitOutcomeUnknown, CountingPaused, GroupCommit
 from app.capacity import keys
-from app.capacity.errors import AlreadyBookedThatDay, CapacityRebuilding, DuplicateRequest, TooManyBookings
+from app.capacity.errors import (
+    AlreadyBookedThatDay,
+    CapacityRebuilding,
+    DuplicateRequest,
+    OfficeClosed,
+    TooManyBookings,
+)
 from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
 from app.clock import Clock
@@ -188,7 +194,7 @@ class BookingService:
             if isinstance(outcome, DomainError):
                 raise outcome
             if outcome is None:  # the day is not in Redis yet: count it in from the record first
-                await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
+                await self._materialise(session, office.code, day)
                 outcome = await self._reserve(session, seat)
             reserved = outcome
         except RedisError:
@@ -280,8 +286,14 @@ class BookingService:
             if reserved is not None:
                 return reserved
             # The day is not in Redis yet (it just entered the horizon, or Redis lost it).
-            await self.capacity.materialise_day(session=session, office_code=seat.office_code, day=seat.day)
+            await self._materialise(session, seat.office_code, seat.day)
         raise ServiceUnavailable("Capacity for this day could not be prepared.")
+
+    async def _materialise(self, session: AsyncSession, office_code: str, day: dt.date) -> None:
+        """Count a day into Redis from the record. An office with no plan at all is closed
+        (409), not a day that could not be prepared: a 503 had its clients retry for ever."""
+        if not await self.capacity.materialise_day(session=session, office_code=office_code, day=day):
+            raise OfficeClosed()
 
     async def _after_lost_commit(
         self,
@@ -682,8 +694,8 @@ class BookingService:
                 )
                 if position is not None:
                     break
-                await self.capacity.materialise_day(session=session, office_code=office.code, day=day)
-            if position is None:  # the day cannot be counted into Redis (the office has no plan)
+                await self._materialise(session, office.code, day)
+            if position is None:  # counted in, then gone again (a recount under way)
                 raise ServiceUnavailable("This day cannot take a waitlist now; try again later.")
         except BaseException:
             await self._take_back_join(session, booking.id, office.code, day, office.pool, national_id, tracking_code)

@@ -460,11 +460,12 @@ class Capacity:
                 args += [keys.seats_field(pool, time), 0, keys.used_field(pool, time), count]
         return args
 
-    async def materialise_day(self, *, session: AsyncSession, office_code: str, day: dt.date) -> None:
-        """Write one office-day into Redis if it is absent (after a day rolls into the horizon or a wipe)."""
+    async def materialise_day(self, *, session: AsyncSession, office_code: str, day: dt.date) -> bool:
+        """Write one office-day into Redis if it is absent (after a day rolls into the horizon
+        or a wipe). False when the office has no plan at all: nothing to write."""
         plans = await load_plans(session, codes=[office_code])
         if not plans:
-            return
+            return False
         plan = plans[0]
         used = await count_used(session, office_ids=[plan.office_id], days=[day])
         caps = await load_caps(session, first=day, last=day)
@@ -477,6 +478,7 @@ class Capacity:
                 *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, _new_count()),
             ],
         )
+        return True
 
     async def calendar(
         self, session: AsyncSession, *, first: dt.date, last: dt.date, office_ids: list[int] | None = None

@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
@@ -367,3 +367,24 @@ async def test_a_retried_cancel_frees_the_limit_its_first_try_left(
     assert retried.status_code == 409 and retried.json()["code"] == "booking_not_active"
     again = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=owner)
     assert again.status_code == 201, again.text
+
+
+async def test_an_office_with_no_plan_is_closed_not_unavailable(client: Client, world: World) -> None:
+    """A 503 (with Retry-After) had clients retry for ever: nothing would change."""
+    from app.capacity.models import CapacityTemplate
+
+    office = await world.office()
+    async with world.container.sessions() as session:
+        await session.execute(delete(CapacityTemplate))
+        await session.commit()
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    for refused in (booked, joined):
+        assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 0
