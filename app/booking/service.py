@@ -176,6 +176,7 @@ class BookingService:
                 service_code=office.service_code,
                 limit=self.rules.max_active,
                 seat=seat,
+                walk_in=channel == Channel.WALK_IN,  # a suspension bars web and SMS booking only
             )
         except RedisError:
             await self.capacity.forget_unanswered(national_id=national_id, seat=seat)

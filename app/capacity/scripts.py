@@ -363,6 +363,7 @@ HOLD = """
 -- ARGV[2] = date of the new booking, ARGV[3] = service code
 -- ARGV[4] = tracking code of the new booking, ARGV[5] = most active bookings allowed
 -- ARGV[6] = TTL of the hash in seconds (past the booking horizon)
+-- ARGV[7] = "walk_in" for a clerk's walk-in: a suspension bars web and SMS booking only
 -- Returns {OK}, {SUSPENDED, until}, {SAME_DAY} (an active booking for this service that
 -- day), {TOO_MANY}, or {FORGOTTEN} (this booking was answered 503 and forgotten: FORGET).
 local holds = KEYS[1]
@@ -373,8 +374,11 @@ local active = 0
 for i = 1, #entries, 2 do
   local field, value = entries[i], entries[i + 1]
   if field == '_suspended' then
-    if value > today then return {'SUSPENDED', value} end
-    redis.call('HDEL', holds, field)
+    if value > today then
+      if ARGV[7] ~= 'walk_in' then return {'SUSPENDED', value} end
+    else
+      redis.call('HDEL', holds, field)
+    end
   elseif string.sub(value, 1, 10) < today then
     redis.call('HDEL', holds, field)
   elseif string.sub(field, 1, 1) == '!' then

@@ -205,7 +205,14 @@ class Capacity:
         return _reserved(reply)
 
     async def hold_and_reserve(
-        self, *, national_id: str, today: dt.date, service_code: str, limit: int, seat: SeatRequest
+        self,
+        *,
+        national_id: str,
+        today: dt.date,
+        service_code: str,
+        limit: int,
+        seat: SeatRequest,
+        walk_in: bool = False,
     ) -> tuple[DomainError | None, Reserved | DomainError | None]:
         """``hold`` and ``reserve`` in one round trip (a booking's two Redis steps; they touch
         keys of two hash tags, so they cannot be one script). Each answer comes back as it
@@ -216,7 +223,7 @@ class Capacity:
         hold_reply, reserve_reply = await self.scripts.run_pair(
             (
                 self.scripts.hold,
-                *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit),
+                *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in),
             ),
             (self.scripts.reserve, *_reserve_call(seat)),
         )
@@ -340,11 +347,19 @@ class Capacity:
             raise error
 
     def _hold_call(
-        self, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int
+        self,
+        national_id: str,
+        today: dt.date,
+        day: dt.date,
+        service_code: str,
+        tracking_code: str,
+        limit: int,
+        walk_in: bool = False,
     ) -> tuple[list[str], list[str | int]]:
         keys_ = [keys.citizen_holds(national_id)]
         args: list[str | int] = [
-            today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl()
+            today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl(),
+            "walk_in" if walk_in else "",
         ]  # fmt: skip
         return keys_, args
 

@@ -384,6 +384,16 @@ async def test_three_no_shows_suspend_booking(
         headers=world.token(),
     )
     assert other.status_code == 201
+    # Suspended from web and SMS booking, not from the counter: the clerk may take them in.
+    walk_in = await client.post(
+        f"/api/v1/staff/offices/{office}/walk-ins", json={"national_id": national_id, "service_code": "101"},
+        headers=headers,
+    )  # fmt: skip
+    assert walk_in.status_code == 201 and walk_in.json()["channel"] == "walk_in", walk_in.text
+    again = await client.post(
+        "/api/v1/bookings", json=booking_body(office, national_id, today + dt.timedelta(days=3)), headers=world.token()
+    )
+    assert again.status_code == 403 and again.json()["code"] == "booking_suspended"  # still, online
 
 
 async def test_special_hours_from_the_page_keep_a_services_own_counter(
