@@ -81,14 +81,14 @@ async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
 
 
 async def test_api_is_rate_limited_per_address(settings: Settings) -> None:
-    async with AsyncTestClient(create_app(settings.with_(api_per_address="5/60"))) as client:
+    async with AsyncTestClient(create_app(settings.with_(api_per_address="5/3600"))) as client:
         statuses = [(await client.get("/api/v1/services")).status_code for _ in range(7)]
         assert statuses == [200] * 5 + [429, 429]
         assert (await client.get("/health/live")).status_code == 200
 
 
 async def test_pages_are_rate_limited_per_address_with_a_persian_page(settings: Settings) -> None:
-    async with AsyncTestClient(create_app(settings.with_(pages_per_address="3/60"))) as client:
+    async with AsyncTestClient(create_app(settings.with_(pages_per_address="3/3600"))) as client:
         html = {"Accept": "text/html"}
         statuses = [(await client.get("/", headers=html)).status_code for _ in range(4)]
         assert statuses == [200, 200, 200, 429]

@@ -15,6 +15,10 @@ from app.errors import RateLimited
 from app.ratelimit import RequestLimiter
 from app.redis import EmbeddedRedis
 
+# The limiter counts in fixed windows of wall-clock time: the tests use hour-long ones, so that
+# a window ending between two hits (a count starting again) is one run in thousands, not one
+# in fifty as with minutes.
+
 
 async def test_one_instance_counts_exactly_and_says_when_to_come_back(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
@@ -22,11 +26,11 @@ async def test_one_instance_counts_exactly_and_says_when_to_come_back(redis_url:
     subject = uuid.uuid4().hex
     try:
         for _ in range(3):
-            limiter.hit("api", subject, "3/60")
+            limiter.hit("api", subject, "3/3600")
         with pytest.raises(RateLimited) as refused:
-            limiter.hit("api", subject, "3/60")
-        assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
-        limiter.hit("api", "someone-else-" + subject, "3/60")  # each address its own count
+            limiter.hit("api", subject, "3/3600")
+        assert 1 <= int(refused.value.headers["Retry-After"]) <= 3600
+        limiter.hit("api", "someone-else-" + subject, "3/3600")  # each address its own count
     finally:
         await limiter.close()
         await redis.aclose()
@@ -38,19 +42,19 @@ async def test_instances_share_the_limit_once_they_have_added_up(redis_url: str)
     subject = uuid.uuid4().hex
     try:
         for _ in range(3):
-            first.hit("api", subject, "5/60")
+            first.hit("api", subject, "5/3600")
         await asyncio.sleep(0.2)  # first has added its 3
-        second.hit("api", subject, "5/60")  # learns the total at its flush
+        second.hit("api", subject, "5/3600")  # learns the total at its flush
         await asyncio.sleep(0.2)
-        second.hit("api", subject, "5/60")
+        second.hit("api", subject, "5/3600")
         with pytest.raises(RateLimited):
-            second.hit("api", subject, "5/60")
+            second.hit("api", subject, "5/3600")
         # first hears of second's hits at its own next flush: until then it admits one more
         # (the lag the limiter documents), after it none.
-        first.hit("api", subject, "5/60")
+        first.hit("api", subject, "5/3600")
         await asyncio.sleep(0.2)
         with pytest.raises(RateLimited):
-            first.hit("api", subject, "5/60")
+            first.hit("api", subject, "5/3600")
     finally:
         await first.close()
         await second.close()
