@@ -245,6 +245,7 @@ def render(
     *,
     status: int = 200,
     cookies: Iterable[Cookie] = (),
+    headers: Mapping[str, str] | None = None,
     **context: Any,
 ) -> Template:
     staff_area = is_staff_area(request)
@@ -262,7 +263,11 @@ def render(
     base.update(context)
     all_cookies = [*cookies, *([fresh] if fresh else [])]
     return Template(
-        template_name=template, context=base, status_code=status, cookies=all_cookies, headers=SECURITY_HEADERS
+        template_name=template,
+        context=base,
+        status_code=status,
+        cookies=all_cookies,
+        headers={**SECURITY_HEADERS, **(headers or {})},  # a refusal's Retry-After, say
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from litestar import Litestar
@@ -119,3 +120,16 @@ async def test_a_pages_unexpected_failure_is_a_persian_page(client: Client, monk
     monkeypatch.setattr(client.app.state.container.load, "nearby", broken)
     page = await client.get("/offices", params={"service": "101", "city": "Tehran"}, headers={"Accept": "text/html"})
     assert page.status_code == 500 and "<html" in page.text and "خطایی در سامانه رخ داد" in page.text
+
+
+async def test_a_sign_in_refused_for_too_many_codes_says_when_to_come_back(client: Client) -> None:
+    page = await client.get("/signin", headers={"Accept": "text/html"})
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    form = {"_csrf": csrf.group(1), "mobile": "09125556003"}
+    for _ in range(3):  # NOBAT_OTP_PER_MOBILE: 3 in ten minutes
+        sent = await client.post("/signin", data=form, follow_redirects=False)
+        assert sent.status_code == 303, sent.text
+    refused = await client.post("/signin", data=form, follow_redirects=False)
+    assert refused.status_code == 429 and "<html" in refused.text
+    assert int(refused.headers["Retry-After"]) > 0
