@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from app.capacity import keys
-from app.capacity.plan import SHARED_POOL
 from app.capacity.scripts import as_text
 from app.redis import AutoPipeline
 
@@ -29,7 +28,6 @@ MAX_ENTRIES = 20_000
 
 Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
 Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, seats, used
-_NO_SLOTS: Columns = ((), (), ())
 # A pool's day in sum: seats, used, and the times of the slots with a seat left, in order.
 # A plain tuple: the collector stops tracking those, not NamedTuples.
 PoolTotals = tuple[int, int, tuple[str, ...]]
@@ -59,13 +57,6 @@ class CountedDay:
             pool: cast(Columns, tuple(zip(*sorted(slots), strict=True))) for pool, slots in found.items()
         }
 
-    def pool_of(self, service_code: str) -> str:
-        """The pool a service books from: its own when the office's template gives it one."""
-        return service_code if service_code in self.pools else SHARED_POOL
-
-    def columns(self, service_code: str) -> Columns:
-        return self.pools.get(self.pool_of(service_code), _NO_SLOTS)
-
 
 class DaySums:
     """One office-day in sum, pool by pool, as a list of offices shows it: status, cap, and
@@ -85,13 +76,13 @@ class DaySums:
         found: dict[str, tuple[list[int], list[str]]] = {}
         for field in [field for field in fields if field.startswith("s|")]:  # "s|pool|HH:MM"
             seats, used = int(fields[field]), int(fields.get("u" + field[1:], 0))
-            pool = found.get(field[2:-6])
-            if pool is None:
-                pool = found[field[2:-6]] = ([0, 0], [])
-            pool[0][0] += seats
-            pool[0][1] += used
+            sums = found.get(field[2:-6])
+            if sums is None:
+                sums = found[field[2:-6]] = ([0, 0], [])
+            sums[0][0] += seats
+            sums[0][1] += used
             if seats > used:
-                pool[1].append(field[-5:])
+                sums[1].append(field[-5:])
         self.pools: dict[str, PoolTotals] = {
             pool: (seats, used, tuple(sorted(free))) for pool, ((seats, used), free) in found.items()
         }

@@ -23,8 +23,6 @@ def test_a_day_hash_parses_into_pools_in_time_order() -> None:
     )
     assert (day.status, day.cap) == ("restricted", 50)
     assert day.pools == {"*": (("08:30", "09:00"), (3, 2), (1, 0)), "101": (("10:00",), (1,), (0,))}
-    assert day.columns("101") == (("10:00",), (1,), (0,))
-    assert day.columns("999") == day.pools["*"]
 
 
 def test_a_pools_sums_count_every_slot_and_list_the_free_ones_in_order() -> None:
@@ -50,7 +48,7 @@ def test_a_pools_sums_count_every_slot_and_list_the_free_ones_in_order() -> None
 
 def test_an_empty_hash_is_an_active_day_without_slots() -> None:
     day = CountedDay({})
-    assert (day.status, day.cap, day.columns("101")) == ("active", 100, ((), (), ()))
+    assert (day.status, day.cap, day.pools) == ("active", 100, {})
 
 
 def test_the_memory_keeps_only_unexpired_entries_and_never_grows_past_its_bound(
