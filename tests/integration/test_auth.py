@@ -132,3 +132,13 @@ async def test_a_code_is_not_sent_for_a_body_any_website_could_post(client: Clie
     assert not redis_sync.exists("nobat:otp:09120009999")  # no code made
     sent = await client.post("/api/v1/auth/otp", content=body, headers={"Content-Type": "application/json"})
     assert sent.status_code == 202 and redis_sync.exists("nobat:otp:09120009999")
+
+
+async def test_the_sign_in_routes_count_toward_the_per_address_api_limit(settings: Settings) -> None:
+    """Their own check (JSON only) must not take the place of the app's per-address limit."""
+    from app.main import create_app
+
+    body = {"mobile": "09120007778", "code": "123456"}
+    async with AsyncTestClient(create_app(settings.with_(api_per_address="2/3600"))) as client:
+        statuses = [(await client.post("/api/v1/auth/verify", json=body)).status_code for _ in range(3)]
+    assert statuses == [400, 400, 429]
