@@ -19,8 +19,8 @@ class BookingNotActive(DomainError):
 class BookingCheckedIn(DomainError):
     code = "booking_checked_in"
     status = 409
-    message_fa = "حضور شما در دفتر ثبت شده است؛ برای لغو نوبت به کارمند دفتر بگویید."
-    message_en = "You have been checked in at the office; ask the counter to cancel."
+    message_fa = "حضور شما در دفتر ثبت شده است و این نوبت دیگر لغو نمی‌شود."
+    message_en = "You have been checked in at the office; the booking can no longer be cancelled."
 
 
 class BookingStarted(DomainError):

@@ -10,8 +10,9 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
-from app.capacity.plan import DayRule, iranian_weekday, validate_rules
+from app.capacity.plan import SHARED_POOL, DayRule, iranian_weekday, validate_rules
 from app.console.errors import CapacityBelowBookings
+from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput
 from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date, to_persian_digits
 from app.offices import service as offices
@@ -61,6 +62,14 @@ def _template_form(days: dict[int, list[DayRule]]) -> dict[str, str]:
             f"d{weekday}_seats": to_persian_digits(str(rule.seats)),
         }
     return form
+
+
+def _own_counters(container: Container, office_code: str, rules: list[DayRule]) -> list[DayRule]:
+    """The rules of a service's own counter, which the page's forms keep as they are: only for
+    services the office still offers (a stale one would have every save refused, with no way
+    to remove it from the page)."""
+    offered = container.offices.pools(office_code) - {SHARED_POOL}
+    return [rule for rule in rules if rule.service in offered]
 
 
 def _rule(data: dict[str, str], prefix: str) -> DayRule:
@@ -358,7 +367,7 @@ class OfficePages(Controller):
             for weekday in range(7):
                 # Counters of a service's own (a passport desk, say) are kept as they are: the
                 # editor changes the shared seats only.
-                own = [r for r in current.days.get(weekday, []) if r.service]
+                own = _own_counters(container, code, current.days.get(weekday, []))
                 shared = [_rule(data, f"d{weekday}")] if data.get(f"d{weekday}_open") == "on" else []
                 days[weekday] = shared + own
             change = await container.console.set_template(
@@ -385,7 +394,7 @@ class OfficePages(Controller):
                 # desk) are kept from the template, as the template editor keeps them; dropped,
                 # its bookings were moved away and nobody could book it that day.
                 current = await container.console.template(session=session, staff=staff, office_code=code)
-                own = [r for r in current.days.get(iranian_weekday(day), []) if r.service]
+                own = _own_counters(container, code, current.days.get(iranian_weekday(day), []))
                 rules = [_rule(data, "o"), *own]
             await container.console.set_override(
                 session=session,

@@ -494,6 +494,32 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     assert status == OfficeStatus.BLOCKED
 
 
+async def test_a_closure_whose_seats_cannot_come_out_of_redis_is_finished_by_the_job(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded, then Redis away a moment: 201 (a 503 had the regulator close the day again),
+    and the minute's job takes the seats out and moves the bookings."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    code = (await book(client, world, office, day)).json()["tracking_code"]
+    regulator_ = await regulator(client, world)
+    capacity = client.app.state.container.capacity
+
+    async def away(**_: Any) -> Any:
+        raise RedisTimeoutError("Redis away a moment")
+
+    monkeypatch.setattr(capacity, "replan", away)
+    closure = {"date": day.isoformat(), "province_code": "01", "reason": "سیل"}
+    closed = await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)
+    assert closed.status_code == 201 and closed.json()["moved"] == [], closed.text
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+    async with world.container.sessions() as session:  # the job's own parts
+        assert await world.container.regulator.finish_closures(session=session) == 1
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
+    assert ten_oclock_used(capacity_redis, office, day) == 0
+
+
 async def test_the_crowd_cap_command_waits_out_a_recount(
     client: Client, world: World, settings: Settings, capacity_redis: EmbeddedRedis
 ) -> None:
