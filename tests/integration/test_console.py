@@ -402,25 +402,7 @@ async def test_special_hours_from_the_page_keep_a_services_own_counter(
     """A date override replaces the day's rules. The page's form names the shared seats only:
     a passport desk's own counter is kept from the template (dropped, its bookings were moved
     away and nobody could book the service that day)."""
-    office = await world.office(
-        rules=[
-            DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
-            DayRule(opens="09:00", closes="10:00", slot_minutes=30, seats=1, service="103"),
-        ],
-        services=("101", "103"),
-    )
-    await world.rebuild()
-    await staff_of(client, world, office)  # the client keeps the session cookie
-    page = await client.get(f"/office/{office}/capacity")
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
-    assert csrf
-    day = world.tomorrow()
-    form = {
-        "_csrf": csrf.group(1), "o_date": day.isoformat(), "o_kind": "hours", "o_opens": "10:00",
-        "o_closes": "14:00", "o_slot": "30", "o_seats": "3", "o_reason": "ساعت ویژه",
-    }  # fmt: skip
-    saved = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
-    assert saved.status_code == 303, saved.text
+    office, day = await special_hours_with_a_desk(client, world, offered=("101", "103"), closes="14:00")
     fields = redis_sync.hgetall(keys.office_day(office, day))
     assert {k.decode() for k in fields if k.startswith(b"s|")} == {
         "s|103|09:00", "s|103|09:30", "s|*|10:00", "s|*|10:30", "s|*|11:00", "s|*|11:30",
@@ -482,24 +464,34 @@ async def test_the_pages_drop_a_counter_for_a_service_no_longer_offered(
 ) -> None:
     """Kept as they are by the forms, such a rule would have every save refused (422), with
     no way to remove it from the page."""
+    # 103 is no longer offered
+    office, day = await special_hours_with_a_desk(client, world, offered=("101", "102"), closes="11:00")
+    fields = redis_sync.hgetall(keys.office_day(office, day))
+    assert {k.decode() for k in fields if k.startswith(b"s|")} == {"s|*|10:00", "s|*|10:30"}
+
+
+async def special_hours_with_a_desk(
+    client: Client, world: World, *, offered: tuple[str, ...], closes: str
+) -> tuple[str, dt.date]:
+    """An office whose template gives service 103 a desk of its own (09:00-10:00), and the
+    clerk's special hours for tomorrow from the capacity page, 10:00 to ``closes``."""
     office = await world.office(
         rules=[
             DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
             DayRule(opens="09:00", closes="10:00", slot_minutes=30, seats=1, service="103"),
         ],
-        services=("101", "102"),  # 103 no longer offered
+        services=offered,
     )
     await world.rebuild()
-    await staff_of(client, world, office)
+    await staff_of(client, world, office)  # the client keeps the session cookie
     page = await client.get(f"/office/{office}/capacity")
     csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
     assert csrf
     day = world.tomorrow()
     form = {
         "_csrf": csrf.group(1), "o_date": day.isoformat(), "o_kind": "hours", "o_opens": "10:00",
-        "o_closes": "11:00", "o_slot": "30", "o_seats": "3", "o_reason": "ساعت ویژه",
+        "o_closes": closes, "o_slot": "30", "o_seats": "3", "o_reason": "ساعت ویژه",
     }  # fmt: skip
     saved = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
     assert saved.status_code == 303, saved.text
-    fields = redis_sync.hgetall(keys.office_day(office, day))
-    assert {k.decode() for k in fields if k.startswith(b"s|")} == {"s|*|10:00", "s|*|10:30"}
+    return office, day

@@ -34,6 +34,7 @@ from app.capacity import keys, watch
 from app.capacity.plan import DayRule
 from app.capacity.scripts import Scripts
 from app.capacity.watch import rebuild_paused
+from app.container import Container
 from app.enforcement.service import MOVES_LOCK
 from app.offices.models import Office, OfficeStatus
 from app.redis import EmbeddedRedis, connect, renewed_lock
@@ -70,6 +71,27 @@ def ten_oclock_used(server: EmbeddedRedis, office: str, day: dt.date) -> int:
     """Seats counted in the capacity Redis for the office's 10:00 slot (where ``book`` books)."""
     with SyncRedis.from_url(server.url) as redis:
         return used(redis, office, day, "10:00")
+
+
+async def booked_and_a_regulator(client: Client, world: World) -> tuple[str, dt.date, str, dict[str, str]]:
+    """An office with a booking for tomorrow (its tracking code), and a signed-in regulator."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    code = (await book(client, world, office, day)).json()["tracking_code"]
+    return office, day, code, await regulator(client, world)
+
+
+async def finish_blocks(jobs: Container) -> int:
+    """The minute's job (workers.cron) that moves what blocks left."""
+    async with jobs.sessions() as session:
+        return await jobs.enforcement.finish_blocks(session=session)
+
+
+async def finish_closures(jobs: Container) -> int:
+    """The minute's job (workers.cron) that moves what closures left."""
+    async with jobs.sessions() as session:
+        return await jobs.regulator.finish_closures(session=session)
 
 
 async def book(client: Client, world: World, office: str, day: dt.date) -> Any:
@@ -499,11 +521,7 @@ async def test_a_closure_whose_seats_cannot_come_out_of_redis_is_finished_by_the
 ) -> None:
     """Recorded, then Redis away a moment: 201 (a 503 had the regulator close the day again),
     and the minute's job takes the seats out and moves the bookings."""
-    office = await world.office(seats=2)
-    await world.rebuild()
-    day = world.tomorrow()
-    code = (await book(client, world, office, day)).json()["tracking_code"]
-    regulator_ = await regulator(client, world)
+    office, day, code, regulator_ = await booked_and_a_regulator(client, world)
     capacity = client.app.state.container.capacity
 
     async def away(**_: Any) -> Any:
@@ -514,8 +532,7 @@ async def test_a_closure_whose_seats_cannot_come_out_of_redis_is_finished_by_the
     closed = await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)
     assert closed.status_code == 201 and closed.json()["moved"] == [], closed.text
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
-    async with world.container.sessions() as session:  # the job's own parts
-        assert await world.container.regulator.finish_closures(session=session) == 1
+    assert await finish_closures(world.container) == 1  # the job's own parts
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
     assert ten_oclock_used(capacity_redis, office, day) == 0
 
@@ -577,13 +594,8 @@ async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == office  # not moved yet
     monkeypatch.setattr(relocation, "_record_moves", record_moves)
     jobs = world.container  # the job's own parts: no watch keeps its ``ready``
-
-    async def finish_blocks() -> int:
-        async with jobs.sessions() as session:
-            return await jobs.enforcement.finish_blocks(session=session)
-
     async with renewed_lock(jobs.redis, f"{MOVES_LOCK}:{office}", "a block", seconds=30):
-        assert await finish_blocks() == 0  # the block is moving them
+        assert await finish_blocks(jobs) == 0  # the block is moving them
     find = relocation._Places.find
 
     async def recount_begins(self: Any, booking: Any) -> Any:
@@ -591,13 +603,13 @@ async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
         return await find(self, booking)
 
     monkeypatch.setattr(relocation._Places, "find", recount_begins)
-    assert await finish_blocks() == 0
+    assert await finish_blocks(jobs) == 0
     monkeypatch.setattr(relocation._Places, "find", find)
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == office
     assert ten_oclock_used(capacity_redis, other, day) == 0  # the seat it took went back
     await world.rebuild()
-    assert await finish_blocks() == 1
-    assert await finish_blocks() == 0  # nothing left
+    assert await finish_blocks(jobs) == 1
+    assert await finish_blocks(jobs) == 0  # nothing left
     moved = (await client.get(f"/api/v1/bookings/{code}")).json()
     assert (moved["status"], moved["office_code"], moved["slot"]) == ("booked", other, "10:00")
     assert ten_oclock_used(capacity_redis, office, day) == 0
@@ -611,11 +623,7 @@ async def test_a_closure_whose_moves_meet_a_recount_moves_them_after_it(
     (201; a 503 after it was recorded had the regulator close the day again, and the citizens
     stayed booked at a closed office with no message), and the minute's job moves them once
     the count is done. The job leaves a day whose bookings a closure is moving."""
-    office = await world.office(seats=2)
-    await world.rebuild()
-    day = world.tomorrow()
-    code = (await book(client, world, office, day)).json()["tracking_code"]
-    regulator_ = await regulator(client, world)
+    office, day, code, regulator_ = await booked_and_a_regulator(client, world)
     capacity = client.app.state.container.capacity
     find = relocation._Places.find
 
@@ -634,16 +642,11 @@ async def test_a_closure_whose_moves_meet_a_recount_moves_them_after_it(
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"  # not moved yet
     monkeypatch.setattr(relocation._Places, "find", find)
     jobs = world.container  # the job's own parts: no watch keeps its ``ready``
-
-    async def finish_closures() -> int:
-        async with jobs.sessions() as session:
-            return await jobs.regulator.finish_closures(session=session)
-
     async with renewed_lock(jobs.redis, f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}", "a closure", seconds=30):
-        assert await finish_closures() == 0  # the closure is moving them
+        assert await finish_closures(jobs) == 0  # the closure is moving them
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
-    assert await finish_closures() == 1
-    assert await finish_closures() == 0  # nothing left
+    assert await finish_closures(jobs) == 1
+    assert await finish_closures(jobs) == 0  # nothing left
     # The whole province is closed: nowhere to go, so cancelled, and the seat given back.
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
     assert ten_oclock_used(capacity_redis, office, day) == 0
