@@ -12,8 +12,8 @@ from itertools import pairwise
 import msgspec
 
 SHARED_POOL = "*"
-MAX_RULES_PER_DAY = 24  # a day's spans, each its own counter or hours: a real day has a few
 """Seats every service draws on, unless the template gives a service counters of its own."""
+MAX_RULES_PER_DAY = 24  # a day's spans, each its own counter or hours: a real day has a few
 
 
 class DayRule(msgspec.Struct, frozen=True, kw_only=True):

@@ -130,7 +130,7 @@ class Regulator:
             reason=closure.reason,
             created_by=closure.created_by,
         )
-        codes = list(await session.scalars(_in_province(select(Office.code), province_id)))
+        codes = await _offices_closed(session, province_id)
         recorded.moved = await self._close_offices(session, codes, day, recorded.reason)
         return recorded
 
@@ -156,7 +156,7 @@ class Regulator:
             try:
                 # Every office it closed, not only those with bookings left: one whose seats
                 # never left Redis (the request failed before) would take the moved citizens.
-                codes = list(await session.scalars(_in_province(select(Office.code), province_id)))
+                codes = await _offices_closed(session, province_id)
                 done += len(await self._close_offices(session, codes, day, reason))
             except Exception:  # one closure's failure must not keep the others waiting
                 await session.rollback()
@@ -213,9 +213,14 @@ class Regulator:
         await session.delete(closure)
         await session.commit()
         if day in self.capacity.horizon(self.clock.today()):
-            codes = list(await session.scalars(_in_province(select(Office.code), province_id)))
+            codes = await _offices_closed(session, province_id)
             await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
             await self.console.bookings.fill_waitlists(session=session)
+
+
+async def _offices_closed(session: AsyncSession, province_id: int | None) -> list[str]:
+    """The codes of every office a closure of the province (None: the country) closes."""
+    return list(await session.scalars(_in_province(select(Office.code), province_id)))
 
 
 def _in_province(query: Select[str], province_id: int | None) -> Select[str]:
