@@ -106,6 +106,10 @@ def _unstorable(error: Exception) -> ProblemDetailsException:
     )
 
 
+INTERNAL_ERROR_FA = "خطایی در سامانه رخ داد و ثبت شد. لطفاً دوباره تلاش کنید."
+"""What a citizen reads of an unexpected failure, from the API and the pages alike."""
+
+
 def _internal(error: Exception) -> ProblemDetailsException:
     log.exception("unhandled error", exc_info=error)
     return ProblemDetailsException(
@@ -115,7 +119,7 @@ def _internal(error: Exception) -> ProblemDetailsException:
         type_=PROBLEM_TYPE_BASE + "internal_error",
         extra={
             "code": "internal_error",
-            "message_fa": "خطایی در سامانه رخ داد و ثبت شد. لطفاً دوباره تلاش کنید.",
+            "message_fa": INTERNAL_ERROR_FA,
             "message_en": "Something went wrong on our side; it has been logged.",
         },
     )

@@ -19,6 +19,7 @@ from app.pages.citizen import CitizenPages
 from app.pages.office import OfficePages
 from app.pages.render import SECURITY_HEADERS, SignInRequired, here, is_staff_area, see_other
 from app.pages.watch import WatchPages
+from app.web import INTERNAL_ERROR_FA
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Respon
 def _internal(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
     """A page's unexpected failure, as a page (the app's handler would answer JSON in English)."""
     log.error("a page failed", exc_info=error)
-    return _page(request, 500, "خطایی در سامانه رخ داد و ثبت شد. لطفاً دوباره تلاش کنید.")
+    return _page(request, 500, INTERNAL_ERROR_FA)
 
 
 def _unavailable(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
