@@ -91,7 +91,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         writer=GroupCommit(
             create_engine(settings.database_url, pool_size=2),
             send_sms=messenger.send,
-            may_commit=lambda: capacity.ready,
+            may_commit=capacity.may_commit,
         ),
     )
     load = LoadService(capacity=capacity, clock=clock, offices=offices)

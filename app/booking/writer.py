@@ -22,11 +22,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -36,6 +36,9 @@ Row = tuple[Table, dict[str, Any]]
 """A row to insert: its table and its values."""
 SendSms = Callable[[Sequence[str]], None]
 GATHER_SECONDS = 0.02
+RECOUNT_BARRIER = 727371
+"""A PostgreSQL advisory lock: each batch holds it shared until its commit ends, and a
+recount takes it alone a moment before it reads the record (``wait_for_commits``)."""
 
 
 class CommitOutcomeUnknown(Exception):
@@ -52,8 +55,18 @@ class _Write:
 
 
 class CountingPaused(Exception):
-    """Redis is being counted again from the record (app.capacity.watch): a booking that
-    committed now might be missed by the count, and its seat sold again. Rolled back."""
+    """Redis is being counted again from the record (app.capacity.watch), or is another
+    server than the one counted (a failover): a booking committed now might be missed by the
+    count, or hold a seat already sold. Rolled back."""
+
+
+async def _always() -> bool:
+    return True
+
+
+def _seen(check: asyncio.Future[bool]) -> None:
+    if not check.cancelled():
+        check.exception()
 
 
 class GroupCommit:
@@ -62,11 +75,11 @@ class GroupCommit:
         engine: AsyncEngine,
         *,
         send_sms: SendSms,
-        may_commit: Callable[[], bool] = lambda: True,
+        may_commit: Callable[[], Awaitable[bool]] = _always,
         max_batch: int = 500,
     ) -> None:
         self.engine = engine  # the writer's own connections
-        self.may_commit = may_commit  # False while capacity is paused for a recount
+        self.may_commit = may_commit  # False while capacity is paused for a recount, or Redis failed over
         self.max_batch = max_batch
         self._pending: list[_Write] = []
         self._draining: asyncio.Task[None] | None = None
@@ -118,16 +131,26 @@ class GroupCommit:
         for write in batch:
             for table, values in write.rows:
                 tables.setdefault((table, tuple(values)), []).append(values)
+        allowed: asyncio.Future[bool] | None = None
         async with self.engine.connect() as connection:
             transaction = await connection.begin()
             try:
+                if connection.dialect.name == "postgresql":
+                    # Held until this commit ends; a recount waits for it (``wait_for_commits``).
+                    await connection.execute(
+                        text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": RECOUNT_BARRIER}
+                    )
+                # Asked after every seat of the batch was held and the lock above taken, while
+                # the rows go in: once any instance has paused for a recount, nothing commits.
+                allowed = asyncio.ensure_future(self.may_commit())
+                allowed.add_done_callback(_seen)  # its failure is the batch's when awaited, and noise if not
                 for (table, _), rows in tables.items():
                     await connection.execute(table.insert(), rows)
-                # Asked at the last moment: a recount waits NOBAT_REBUILD_SETTLE_SECONDS after
-                # every instance has paused, and nothing commits once this one has.
-                if not self.may_commit():
+                if not await allowed:
                     raise CountingPaused()
             except BaseException:
+                if allowed is not None:
+                    allowed.cancel()
                 await transaction.rollback()  # not committed: the callers may give their seats back
                 raise
             try:
@@ -160,6 +183,18 @@ class GroupCommit:
         except BaseException as error:
             if not write.done.done():
                 write.done.set_exception(error)
+
+
+async def wait_for_commits(session: AsyncSession) -> None:
+    """Wait until every batch under way, on every instance, has committed or given up. A
+    recount asks once bookings have paused and before it reads the record: a batch allowed
+    before the pause is then in what it reads, however slow its commit (a settle time alone
+    would miss one slower than itself). On PostgreSQL; the embedded SQLite record has one
+    instance, and its writer's commits are the settle time's to wait out."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RECOUNT_BARRIER})
+    await session.commit()  # at once: batches queue behind the lock while it is held
 
 
 class _Outbox:

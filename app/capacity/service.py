@@ -620,10 +620,19 @@ class Capacity:
         """Whether the counters were rebuilt on the Redis servers that hold them now. Another
         server (a restart, or a failover to a replica that had not received the last writes)
         may be short of seats taken: they must be counted again before anyone books."""
-        marker = await self.redis.get(keys.REBUILT_AT)
-        if marker is None:
-            return False
-        return as_text(marker).partition("|")[2] == await self.servers()
+        marker, servers = await asyncio.gather(self.redis.get(keys.REBUILT_AT), self.servers())
+        return marker is not None and as_text(marker).partition("|")[2] == servers
+
+    async def may_commit(self) -> bool:
+        """Whether the bookings just held may be committed: Redis is not being counted again,
+        and is still the server the counters were built on. Asked by the group commit once a
+        batch. A failover to a replica short of the last writes would otherwise sell their
+        seats again until the watch's next look (up to a second), and a job's process, which
+        no watch keeps ``ready`` fresh, would not see a recount at all."""
+        built = await self.is_built()
+        if not built and self.watched:
+            self.ready = False  # this instance's next bookings wait, until the watch has counted
+        return built and self.ready
 
     async def servers(self) -> str:
         """The run ids of the Redis servers (a cluster's masters) that hold the counters."""

@@ -6,7 +6,10 @@ The count waits first. Bookings already past the pause (on this instance, or on 
 not looked yet) may have taken their seat and not yet committed; counted before its commit,
 a booking would be missing from Redis and its seat sold again. So the rebuild starts
 ``settle`` seconds later (NOBAT_REBUILD_SETTLE_SECONDS): time for every instance to look
-(each does every ``WATCH_INTERVAL``) and for those bookings to commit or give up.
+(each does every ``WATCH_INTERVAL``) and for those bookings to commit or give up; on
+PostgreSQL it then waits for any commit still under way (``wait_for_commits``). A booking
+asks Redis itself before its commit (``Capacity.may_commit``), so one held on a server that
+failed over, or in a job's process (no watch), is not committed either.
 
 When the count is done, every instance that saw the pause runs ``on_resume``: the app gives
 the free seats to the waitlists then. A seat freed during the pause (a cancel whose promotion
@@ -27,6 +30,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.booking.writer import wait_for_commits
 from app.capacity import keys
 from app.capacity.service import Capacity
 from app.clock import Clock
@@ -120,6 +124,7 @@ async def rebuild_paused(
         log.warning("bookings paused: counting Redis from the record in %.0f s", wait)
         await asyncio.sleep(wait)
         async with sessions() as session:
+            await wait_for_commits(session)
             return await capacity.rebuild(session=session, today=today)
 
 
