@@ -21,13 +21,34 @@ from app.ratelimit import RateLimiter
 from app.settings import Settings
 from app.sms.service import SIGN_IN_CODE, Messenger
 
+ISSUE = """
+-- KEYS[1] = the mobile's codes: hash {digest, expires, earlier, earlier_expires, tries}
+-- ARGV[1] = the new code's digest, ARGV[2] = its end (unix ms), ARGV[3] = its life (s),
+-- ARGV[4] = now (unix ms). The code before it stays good until its own end.
+local live = redis.call('HMGET', KEYS[1], 'digest', 'expires')
+redis.call('DEL', KEYS[1])
+if live[1] and live[2] and tonumber(live[2]) > tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'earlier', live[1], 'earlier_expires', live[2])
+end
+redis.call('HSET', KEYS[1], 'digest', ARGV[1], 'expires', ARGV[2], 'tries', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 'OK'
+"""
+
 VERIFY = """
--- KEYS[1] = the mobile's pending code: hash {digest, tries}
--- ARGV[1] = digest of the code presented, ARGV[2] = wrong tries that burn the code
--- Returns OK (and deletes the code: it is one-time), WRONG, BURNT or NONE.
-local digest = redis.call('HGET', KEYS[1], 'digest')
-if not digest then return 'NONE' end
-if digest == ARGV[1] then redis.call('DEL', KEYS[1]) return 'OK' end
+-- KEYS[1] = the mobile's codes (ISSUE)
+-- ARGV[1] = digest of the code presented, ARGV[2] = wrong tries that burn the codes,
+-- ARGV[3] = now (unix ms)
+-- Returns OK (and deletes the codes: signing in is once), WRONG, BURNT or NONE.
+local code = redis.call('HMGET', KEYS[1], 'digest', 'expires', 'earlier', 'earlier_expires')
+local now = tonumber(ARGV[3])
+local function live(digest, expires) return digest and (not expires or tonumber(expires) > now) end
+local latest, earlier = live(code[1], code[2]), live(code[3], code[4])
+if (latest and code[1] == ARGV[1]) or (earlier and code[3] == ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 'OK'
+end
+if not latest and not earlier then redis.call('DEL', KEYS[1]) return 'NONE' end
 local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
 if tries >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) return 'BURNT' end
 return 'WRONG'
@@ -42,12 +63,17 @@ def _otp_key(mobile: str) -> str:
     return f"{NAMESPACE}:otp:{mobile}"
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class CitizenAuth:
     def __init__(self, *, redis: Redis, settings: Settings, limiter: RateLimiter, messenger: Messenger) -> None:
         self.redis = redis
         self.settings = settings
         self.limiter = limiter
         self.messenger = messenger
+        self._issue = redis.register_script(ISSUE)
         self._verify = redis.register_script(VERIFY)
         # token -> (mobile, expiry). PyJWT checks a token's base64 one character at a time in
         # Python: a twentieth of a booking. A token verified once stays valid until it
@@ -64,12 +90,11 @@ class CitizenAuth:
         await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
         await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)
         code = f"{secrets.randbelow(10**6):06d}"
-        key = _otp_key(mobile)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping={"digest": self._digest(mobile, code), "tries": 0})
-            pipe.expire(key, self.settings.otp_ttl_seconds)
-            await pipe.execute()
+        # The code before it still signs in until its own end: on a rush morning a citizen
+        # asks again while the first SMS is on its way, and types the one that came.
+        ttl = self.settings.otp_ttl_seconds
+        now = _now_ms()
+        await self._issue(keys=[_otp_key(mobile)], args=[self._digest(mobile, code), now + ttl * 1000, ttl, now])
         minutes = to_persian_digits(str(max(1, self.settings.otp_ttl_seconds // 60)))
         self.messenger.queue(
             session,
@@ -89,7 +114,7 @@ class CitizenAuth:
         if len(code) != 6 or not code.isascii() or not code.isdigit():
             raise InvalidInput("code", "The code is 6 digits.", detail_fa="کد ۶ رقم است.")
         outcome = await self._verify(
-            keys=[_otp_key(mobile)], args=[self._digest(mobile, code), self.settings.otp_max_attempts]
+            keys=[_otp_key(mobile)], args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms()]
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "WRONG":

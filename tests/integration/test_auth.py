@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 
+from app.auth import service as auth_service
 from app.settings import Settings
 from app.sms.backends import OUTBOX
 from tests.conftest import Deliver
@@ -16,16 +20,16 @@ from tests.conftest import Deliver
 Client = AsyncTestClient[Litestar]
 
 
-def last_code(redis: SyncRedis, mobile: str) -> str:
-    import json
+def codes_sent(redis: SyncRedis, mobile: str) -> list[str]:
+    """The codes sent to the mobile, the latest first."""
+    messages = [json.loads(raw) for raw in redis.lrange(OUTBOX, 0, 50)]
+    return [found[1] for m in messages if m["to"] == mobile and (found := re.search(r"\(([0-9]{6})\)", m["body"]))]
 
-    for raw in redis.lrange(OUTBOX, 0, 50):
-        message = json.loads(raw)
-        if message["to"] == mobile:
-            found = re.search(r"\(([0-9]{6})\)", message["body"])
-            assert found
-            return found[1]
-    raise AssertionError(f"no code sent to {mobile}")
+
+def last_code(redis: SyncRedis, mobile: str) -> str:
+    sent = codes_sent(redis, mobile)
+    assert sent, f"no code sent to {mobile}"
+    return sent[0]
 
 
 async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
@@ -70,6 +74,36 @@ async def test_code_expires(client: Client, redis_sync: SyncRedis, deliver: Deli
     await asyncio.sleep(0.01)
     response = await client.post("/api/v1/auth/verify", json={"mobile": "09120003333", "code": code})
     assert response.json()["code"] == "otp_expired"
+
+
+async def test_the_code_before_the_last_still_signs_in(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A citizen asks for a code again while the first SMS is on its way, and types the one
+    that came: it signs in, until its own end. Signing in uses up both; a code two back, or
+    past its end, is wrong."""
+    mobile = "09120004444"
+    for _ in range(2):
+        await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    await deliver()
+    latest, first = codes_sent(redis_sync, mobile)
+    assert (await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": first})).status_code == 200
+    used_up = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": latest})
+    assert used_up.json()["code"] == "otp_expired"
+
+    mobile = "09120005555"
+    started = time.time()
+    for late in (0, 60, 61):  # three codes: now, a minute on, a second after (each lives 120 s)
+        monkeypatch.setattr(auth_service, "_now_ms", lambda late=late: int((started + late) * 1000))
+        await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    await deliver()
+    third, second, first = codes_sent(redis_sync, mobile)
+    wrong = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": first})
+    assert wrong.status_code == 400 and wrong.json()["code"] == "otp_wrong"  # two back
+    monkeypatch.setattr(auth_service, "_now_ms", lambda: int((started + 180.5) * 1000))  # the second ended at 180
+    wrong = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": second})
+    assert wrong.status_code == 400 and wrong.json()["code"] == "otp_wrong"
+    assert (await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": third})).status_code == 200
 
 
 async def test_codes_are_rate_limited_per_mobile(client: Client, settings: Settings) -> None:
