@@ -629,7 +629,13 @@ class Capacity:
         batch. A failover to a replica short of the last writes would otherwise sell their
         seats again until the watch's next look (up to a second), and a job's process, which
         no watch keeps ``ready`` fresh, would not see a recount at all."""
-        built = await self.is_built()
+        if isinstance(self.redis, RedisCluster):
+            built = await self.is_built()
+        else:
+            # One trip shared with the requests' (AutoPipeline), and the run id found in the
+            # raw reply: asked as is_built does, this check cost a sixth of the booking rate.
+            marker, info = await self.auto.execute_many([("GET", keys.REBUILT_AT), ("INFO", "server")])
+            built = marker is not None and as_text(marker).partition("|")[2] == _run_id(as_text(info))
         if not built and self.watched:
             self.ready = False  # this instance's next bookings wait, until the watch has counted
         return built and self.ready
@@ -742,6 +748,11 @@ def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
     ]
     ttl = IDEMPOTENCY_TTL_SECONDS if seat.idempotency else 0
     return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl]
+
+
+def _run_id(info: str) -> str:
+    """The run id in an ``INFO server`` reply."""
+    return info.partition("run_id:")[2].partition("\r\n")[0]
 
 
 def _new_count() -> str:
