@@ -30,7 +30,8 @@ from app.pages.render import (
     staff_principal,
     to_int,
 )
-from app.staff.routes import STAFF_COOKIE
+from app.staff.devices import REMEMBERED_SECONDS
+from app.staff.routes import DEVICE_COOKIE, STAFF_COOKIE
 from app.staff.service import StaffPrincipal
 from app.web import Deps, Session, client_address
 
@@ -111,8 +112,12 @@ class OfficePages(Controller):
         settings = container.settings
         client = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)
         try:
-            token, principal = await container.staff.sign_in(
-                session=session, username=data.get("username", ""), password=data.get("password", ""), client=client
+            token, principal, device = await container.staff.sign_in(
+                session=session,
+                username=data.get("username", ""),
+                password=data.get("password", ""),
+                client=client,
+                device=request.cookies.get(DEVICE_COOKIE, ""),
             )
         except DomainError as error:
             await session.rollback()
@@ -127,10 +132,13 @@ class OfficePages(Controller):
                 staff=None,
             )
         # The same cookie the API sets at /api/v1/staff/login, so the CSV export works too.
-        cookie = session_cookie(
-            container, STAFF_COOKIE, token, max_age=settings.staff_session_ttl_seconds, samesite="strict"
-        )
-        return see_other(safe_next(data.get("next"), _home(principal)), cookies=[cookie])
+        cookies = [
+            session_cookie(
+                container, STAFF_COOKIE, token, max_age=settings.staff_session_ttl_seconds, samesite="strict"
+            ),
+            session_cookie(container, DEVICE_COOKIE, device, max_age=REMEMBERED_SECONDS, samesite="strict"),
+        ]
+        return see_other(safe_next(data.get("next"), _home(principal)), cookies=cookies)
 
     @post("/signout")
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:

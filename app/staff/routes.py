@@ -7,12 +7,15 @@ from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from app.staff.devices import REMEMBERED_SECONDS
 from app.staff.schemas import StaffLogin, StaffMe, StaffSessionOut
 from app.staff.service import StaffPrincipal
 from app.web import Deps, Session, bearer_token, client_address
 
 STAFF_COOKIE = "nobat_staff"
 """The session token for the staff web pages; API clients send it as a bearer token instead."""
+DEVICE_COOKIE = "nobat_staff_device"
+"""The browser's proofs of earlier sign-ins (app.staff.devices): the account's lockout spares it."""
 
 
 def staff_token(request: Request[Any, Any, Any]) -> str:
@@ -41,8 +44,12 @@ class StaffAuthController(Controller):
     ) -> Response[StaffSessionOut]:
         settings = container.settings
         client = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)
-        token, principal = await container.staff.sign_in(
-            session=session, username=data.username, password=data.password, client=client
+        token, principal, device = await container.staff.sign_in(
+            session=session,
+            username=data.username,
+            password=data.password,
+            client=client,
+            device=request.cookies.get(DEVICE_COOKIE, ""),
         )
         body = StaffSessionOut(
             access_token=token,
@@ -52,17 +59,16 @@ class StaffAuthController(Controller):
             office_code=principal.office_code,
             username=principal.username,
         )
-        cookie = Cookie(
-            key=STAFF_COOKIE,
-            value=token,
-            path="/",
-            max_age=settings.staff_session_ttl_seconds,
-            httponly=True,
-            samesite="strict",
-            # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
-            secure=settings.public_url.startswith("https://"),
-        )
-        return Response(body, status_code=200, cookies=[cookie])
+        # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
+        secure = settings.public_url.startswith("https://")
+        cookies = [
+            Cookie(key=key, value=value, path="/", max_age=max_age, httponly=True, samesite="strict", secure=secure)
+            for key, value, max_age in (
+                (STAFF_COOKIE, token, settings.staff_session_ttl_seconds),
+                (DEVICE_COOKIE, device, REMEMBERED_SECONDS),
+            )
+        ]
+        return Response(body, status_code=200, cookies=cookies)
 
     @post("/logout", status_code=204, summary="End the session (bearer token or cookie)")
     async def logout(self, request: Request[Any, Any, Any], container: Deps) -> Response[None]:

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import NamedTuple
 
 import msgspec
 from argon2 import PasswordHasher
@@ -26,6 +27,7 @@ from app.offices.models import Office
 from app.offices.service import normalize_code
 from app.ratelimit import RateLimiter
 from app.settings import Settings
+from app.staff.devices import known_device, remember_device
 from app.staff.errors import AccountLocked, NotYourOffice, WrongCredentials
 from app.staff.models import AuditEntry, StaffAccount, StaffRole, utcnow
 
@@ -50,6 +52,13 @@ class StaffPrincipal(msgspec.Struct, frozen=True):
     office_code: str | None
 
 
+class SignedIn(NamedTuple):
+    token: str
+    principal: StaffPrincipal
+    device: str
+    """The browser's proofs of sign-in, this account's first (app.staff.devices): its cookie."""
+
+
 def _signed_out() -> Unauthorized:
     return Unauthorized(
         "Sign in to your staff account first (the session is missing or has expired).",
@@ -61,6 +70,10 @@ def _session_key(token: str) -> str:
     # Only a digest names the session: a Redis dump or MONITOR does not hand out live tokens.
     # No key is needed: the token is 256 random bits, not something to brute-force.
     return keys.staff_session(hashlib.sha256(token.encode()).hexdigest())
+
+
+def _browser_failures_key(account_id: int, browser: str) -> str:
+    return f"{keys.NAMESPACE}:staff-browser-failures:{account_id}:{browser}"
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -113,9 +126,11 @@ class StaffAuth:
                 return False
 
     async def sign_in(
-        self, *, session: AsyncSession, username: str, password: str, client: str
-    ) -> tuple[str, StaffPrincipal]:
-        """Check the password and open a session; returns (token, principal).
+        self, *, session: AsyncSession, username: str, password: str, client: str, device: str = ""
+    ) -> SignedIn:
+        """Check the password and open a session. ``device``: the browser's proofs of earlier
+        sign-ins (app.staff.devices), to be kept as ``SignedIn.device``: a browser that
+        signed in to the account before is not barred by its lockout, only by its own.
 
         This commits ``session``: the failure count must persist even though the request
         fails (the request's transaction rolls back on any error, which would forget the
@@ -138,10 +153,15 @@ class StaffAuth:
         account, office_code = row
 
         now = utcnow()
-        if account.locked_until is not None and _aware(account.locked_until) > now:
+        browser = known_device(self.settings.secret_key, device, account.id)
+        if browser is not None:
+            await self._refuse_if_browser_locked(account.id, browser, now)
+        elif account.locked_until is not None and _aware(account.locked_until) > now:
             raise AccountLocked(_aware(account.locked_until), now=now)
         if not await self._verify(account.password_hash, password):
-            await self._count_failure(session, account.id, now)
+            await self._count_failure(session, account.id, now)  # locks the account to other browsers
+            if browser is not None:
+                await self._count_browser_failure(account.id, browser)
             raise WrongCredentials()
         if account.disabled:
             # Same answer as a wrong password: a disabled account is not worth confirming.
@@ -152,6 +172,8 @@ class StaffAuth:
         if self.hasher.check_needs_rehash(account.password_hash):
             account.password_hash = await self._hash(password)
         await session.commit()
+        if browser is not None:
+            await self.redis.delete(_browser_failures_key(account.id, browser))
 
         principal = StaffPrincipal(
             account_id=account.id,
@@ -160,7 +182,25 @@ class StaffAuth:
             office_id=account.office_id,
             office_code=office_code,
         )
-        return await self._open_session(principal), principal
+        token = await self._open_session(principal)
+        return SignedIn(token, principal, remember_device(self.settings.secret_key, device, account.id))
+
+    async def _refuse_if_browser_locked(self, account_id: int, browser: str, now: dt.datetime) -> None:
+        key = _browser_failures_key(account_id, browser)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            failures, ttl = await pipe.execute()
+        if int(failures or 0) >= self.settings.staff_max_failures and ttl > 0:
+            raise AccountLocked(now + dt.timedelta(milliseconds=ttl), now=now)
+
+    async def _count_browser_failure(self, account_id: int, browser: str) -> None:
+        # The window starts at the first failure, as the account's lock runs from its last.
+        key = _browser_failures_key(account_id, browser)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=self.settings.staff_lockout_seconds, nx=True)
+            pipe.incr(key)
+            await pipe.execute()
 
     async def _count_failure(self, session: AsyncSession, account_id: int, now: dt.datetime) -> None:
         # Incremented in SQL, not in Python: parallel wrong guesses must each count.

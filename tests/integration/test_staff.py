@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 from typing import Any
 
 import msgspec
@@ -26,9 +27,11 @@ from app.ratelimit import RateLimiter
 from app.settings import Settings
 from app.staff import service as staff_service
 from app.staff.demo import ensure_demo_accounts
+from app.staff.devices import known_device
 from app.staff.errors import AccountLocked, NotYourOffice, WrongCredentials
 from app.staff.models import AuditEntry, StaffAccount, StaffRole, utcnow
-from app.staff.service import StaffAuth, StaffPrincipal, audit, require_office, require_role
+from app.staff.routes import DEVICE_COOKIE
+from app.staff.service import SignedIn, StaffAuth, StaffPrincipal, audit, require_office, require_role
 from tests.conftest import World
 
 Client = AsyncTestClient[Litestar]
@@ -69,9 +72,9 @@ async def make_account(
         await session.commit()
 
 
-async def sign_in(container: Container, staff: StaffAuth, username: str, password: str) -> tuple[str, StaffPrincipal]:
+async def sign_in(container: Container, staff: StaffAuth, username: str, password: str, device: str = "") -> SignedIn:
     async with container.sessions() as session:
-        return await staff.sign_in(session=session, username=username, password=password, client=CLIENT)
+        return await staff.sign_in(session=session, username=username, password=password, client=CLIENT, device=device)
 
 
 async def account(container: Container, username: str) -> StaffAccount:
@@ -104,7 +107,7 @@ async def test_sign_in_opens_a_session_kept_by_digest(
 ) -> None:
     office = await world.office()
     await make_account(container, staff, "Clerk.One", office_code=office)
-    token, principal = await sign_in(container, staff, "  CLERK.one ", PASSWORD)
+    token, principal, _ = await sign_in(container, staff, "  CLERK.one ", PASSWORD)
     assert principal.username == "clerk.one" and principal.role is StaffRole.OFFICE_STAFF
     assert principal.office_code == office and principal.office_id is not None
     assert await staff.principal(token) == principal
@@ -114,6 +117,40 @@ async def test_sign_in_opens_a_session_kept_by_digest(
     for key in redis_sync.scan_iter(match=f"{keys.NAMESPACE}:staff:*"):
         assert token.encode() not in key
         assert all(token.encode() not in value for value in redis_sync.hvals(key))
+
+
+async def test_a_lockout_spares_a_browser_the_clerk_signed_in_from_before(
+    container: Container, staff: StaffAuth, world: World
+) -> None:
+    """Anyone who knows a clerk's username can lock the account. The clerk's own browser,
+    which signed in before, is not barred by it; its own wrong passwords lock it alone."""
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    await make_account(container, staff, "other", office_code=office)
+    shared = (await sign_in(container, staff, "other", PASSWORD)).device  # the office's computer
+    own = (await sign_in(container, staff, "clerk", PASSWORD, device=shared)).device
+    limit = container.settings.staff_max_failures
+    for _ in range(limit):  # someone else, elsewhere
+        with pytest.raises(WrongCredentials):
+            await sign_in(container, staff, "clerk", "wrong password")
+    with pytest.raises(AccountLocked):
+        await sign_in(container, staff, "clerk", PASSWORD)
+    with pytest.raises(AccountLocked):  # the other account's proof is not this one's
+        await sign_in(container, staff, "clerk", PASSWORD, device=shared)
+    account_id, nonce, _ = own.split(".")[0].split("-")
+    forged = f"{account_id}-{nonce}-{'0' * 32}"
+    with pytest.raises(AccountLocked):
+        await sign_in(container, staff, "clerk", PASSWORD, device=forged)
+
+    signed = await sign_in(container, staff, "clerk", PASSWORD, device=own)  # at the counter
+    assert signed.principal.username == "clerk" and signed.device == own
+    for _ in range(limit):  # the clerk's own typos, on their own browser
+        with pytest.raises(WrongCredentials):
+            await sign_in(container, staff, "clerk", "wrong password", device=own)
+    with pytest.raises(AccountLocked) as refused:
+        await sign_in(container, staff, "clerk", PASSWORD, device=own)
+    assert 0 < int(refused.value.headers["Retry-After"]) <= container.settings.staff_lockout_seconds
+    assert (await sign_in(container, staff, "other", PASSWORD, device=own)).principal.username == "other"
 
 
 async def test_wrong_passwords_lock_the_account(container: Container, staff: StaffAuth, world: World) -> None:
@@ -147,7 +184,7 @@ async def test_success_resets_the_failure_count(container: Container, staff: Sta
         with pytest.raises(WrongCredentials):
             await sign_in(container, staff, "regulator", "wrong password")
     assert (await account(container, "regulator")).failed_attempts == 2
-    _, principal = await sign_in(container, staff, "regulator", PASSWORD)
+    _, principal, _ = await sign_in(container, staff, "regulator", PASSWORD)
     assert principal.office_code is None and principal.office_id is None
     assert (await account(container, "regulator")).failed_attempts == 0
 
@@ -216,8 +253,8 @@ async def test_sign_out_and_expiry_end_the_session(
     container: Container, staff: StaffAuth, redis_sync: SyncRedis
 ) -> None:
     await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
-    token, _ = await sign_in(container, staff, "regulator", PASSWORD)
-    other, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    token, _, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    other, _, _ = await sign_in(container, staff, "regulator", PASSWORD)
     await staff.sign_out(token)
     with pytest.raises(Unauthorized):
         await staff.principal(token)
@@ -236,7 +273,7 @@ async def test_disabling_an_account_ends_its_sessions(
 ) -> None:
     monkeypatch.setattr(staff_service, "ENABLED_SECONDS", 0.0)  # ask the record at every request
     await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
-    token, principal = await sign_in(container, staff, "regulator", PASSWORD)
+    token, principal, _ = await sign_in(container, staff, "regulator", PASSWORD)
     assert await staff.principal(token) == principal
     async with container.sessions() as session:
         (await session.get(StaffAccount, principal.account_id)).disabled = True  # type: ignore[union-attr]
@@ -412,9 +449,9 @@ async def test_demo_accounts_are_made_once_and_sign_in(container: Container, sta
     async with container.sessions() as session:
         assert len(list(await session.scalars(select(StaffAccount.id)))) == 4
     for username, password, _ in rows:
-        _, signed_in = await sign_in(container, staff, username, password)
+        _, signed_in, _ = await sign_in(container, staff, username, password)
         assert signed_in.username == username
-    _, clerk = await sign_in(container, staff, f"staff-{first}", f"demo-{first}-pass")
+    _, clerk, _ = await sign_in(container, staff, f"staff-{first}", f"demo-{first}-pass")
     assert clerk.office_code == first
 
 
@@ -478,6 +515,36 @@ async def test_http_lockout(client: Client, container: Container, staff: StaffAu
 
     await unlock(container, "clerk")
     assert (await login(client, "clerk")).status_code == 200
+
+
+async def test_http_lockout_spares_the_clerks_own_browser(
+    client: Client, container: Container, staff: StaffAuth, world: World
+) -> None:
+    """The API and the sign-in page keep the browser's proof in a cookie of its own, which
+    outlives the session; someone else locking the account does not lock that browser out."""
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    assert (await login(client, "clerk")).status_code == 200
+    proof = client.cookies.get(DEVICE_COOKIE)
+    assert proof and known_device(container.settings.secret_key, proof, (await account(container, "clerk")).id)
+    assert (await client.post("/api/v1/staff/logout")).status_code == 204
+    assert client.cookies.get(DEVICE_COOKIE) == proof  # signing out does not forget the browser
+    [kept] = [cookie for cookie in client.cookies.jar if cookie.name == DEVICE_COOKIE]
+    client.cookies.clear()  # someone else, elsewhere
+    for _ in range(container.settings.staff_max_failures):
+        assert (await login(client, "clerk", "not the password")).status_code == 401
+    assert (await login(client, "clerk")).json()["code"] == "account_locked"
+    client.cookies.jar.set_cookie(kept)  # the clerk, at the counter
+    assert (await login(client, "clerk")).status_code == 200
+    page = await client.get("/office/signin")
+    form = {
+        "username": "clerk",
+        "password": PASSWORD,
+        "_csrf": re.findall(r'name="_csrf" value="([0-9a-f]+)"', page.text)[0],
+    }
+    signed_in = await client.post("/office/signin", data=form, follow_redirects=False)
+    assert signed_in.status_code == 303, signed_in.text
+    assert client.cookies.get(DEVICE_COOKIE) == proof
 
 
 async def test_http_sign_out_ends_the_session(client: Client, container: Container, staff: StaffAuth) -> None:
