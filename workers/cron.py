@@ -13,7 +13,7 @@ import time
 from redis import Redis
 from rq.cron import CronScheduler
 
-from app.booking.tasks import close_day, send_reminders
+from app.booking.tasks import close_day, fill_waitlists_left, send_reminders
 from app.complaints.tasks import flag_overdue
 from app.enforcement.tasks import finish_blocks
 from app.observability import configure_logging
@@ -52,6 +52,7 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60)  # bookings a block could not move yet
     scheduler.register(finish_closures, queue_name=DEFAULT, interval=60)  # and a closure
+    scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free
     return scheduler
 
 

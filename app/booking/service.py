@@ -10,6 +10,7 @@ A confirmed booking is therefore always in the record; a failed one leaves no se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -515,6 +516,19 @@ class BookingService:
             )
         await self.free_seats(session=session, seats=[Seat(code, day, pool, "") for code, day, pool in lines])
 
+    async def fill_waitlists_left(self, *, session: AsyncSession) -> int:
+        """Fill the lines a failed promotion left with a free seat in front of them
+        (``_record_promotions``); the minute's job. The offices filled."""
+        await self.capacity.confirm_ready()  # a recount fills every line when it ends
+        codes = await self.capacity.take_left_to_fill()
+        if codes:
+            try:
+                await self.fill_waitlists(session=session, office_codes=set(codes))
+            except BaseException:
+                await self.capacity.fill_later(codes)
+                raise
+        return len(codes)
+
     async def free_seat(
         self,
         *,
@@ -585,63 +599,78 @@ class BookingService:
                         again.append(given_seat)
                     else:
                         given[promotion.tracking_code] = given_seat
-            recorded = await self._promote(session, given)
+            recorded, unrecordable = await self._promote(session, given)
             unrecorded = [(given_seat, code) for code, given_seat in given.items() if code not in recorded]
-            if not self.capacity.ready:
-                # Nothing is recorded during a recount (``_promote``). Handed round again, each
-                # seat would go to the next in line, not recorded either, to the end of the
-                # line: instead each is freed and its citizen put back at the head of it.
+            if unrecordable is not None or not self.capacity.ready:
+                # Nothing is recorded during a recount (``_promote``), nor with the record
+                # failing. Handed round again, each seat would go to the next in line, not
+                # recorded either, to the end of the line: instead each is freed and its
+                # citizen put back at the head of it. (Left as they were, the citizens were out
+                # of the line until a rebuild, each holding a seat nobody had booked.)
                 await self.capacity.unpromote([*reversed(unrecorded), *((seat, "") for seat in again)])
+                if unrecordable is not None:
+                    # Free with the line in front of it, a seat is sold to nobody: the minute's
+                    # job gives it to the line (``fill_waitlists_left``). A recount's end does.
+                    await self.capacity.fill_later(
+                        {seat.office_code for seat, _ in unrecorded} | {s.office_code for s in again}
+                    )
+                    raise unrecordable
                 return
             again += [given_seat for given_seat, _ in unrecorded]
             promoted, failed = await self._release(again, now)
             if failed is not None:
                 log.error("a seat given back stays counted until the next rebuild: %s", failed)
 
-    async def _promote(self, session: AsyncSession, given: dict[str, Seat]) -> set[str]:
+    async def _promote(self, session: AsyncSession, given: dict[str, Seat]) -> tuple[set[str], SQLAlchemyError | None]:
         """Book the waitlisted rows of these tracking codes at the times given, and tell them;
         one commit for every thousand. Compare-and-set: a citizen who left the line since
         is not booked. The codes booked: none while capacity is paused for a recount, as for
         a booking (committed during the count, the seat could be left out of it and sold
-        again)."""
+        again). And the record's error that stopped it before a commit (the codes after it
+        not booked); a commit that failed is raised, for its rows may be in the record."""
         recorded: set[str] = set()
         codes = list(given)
         for start in range(0, len(codes), 1000):
             if not self.capacity.ready:  # checked before writing: a rollback would expire the caller's rows
                 break
-            rows = (
-                await session.execute(
-                    select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)
-                    .join(Office, Office.id == Booking.office_id)
-                    .where(Booking.tracking_code.in_(codes[start : start + 1000]))
-                    .where(Booking.status == BookingStatus.WAITLISTED)
-                )
-            ).all()
-            if not rows:
-                continue
-            times = {row.id: given[row.tracking_code].time for row in rows}
-            booked = set(
-                await session.scalars(
-                    update(Booking)
-                    .where(Booking.id.in_(times), Booking.status == BookingStatus.WAITLISTED)
-                    .values(status=BookingStatus.BOOKED, slot_time=case(times, value=Booking.id))
-                    .returning(Booking.id),
-                    execution_options={"synchronize_session": False},
-                )
-            )
-            for row in rows:
-                if row.id not in booked:
+            try:
+                rows = (
+                    await session.execute(
+                        select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)
+                        .join(Office, Office.id == Booking.office_id)
+                        .where(Booking.tracking_code.in_(codes[start : start + 1000]))
+                        .where(Booking.status == BookingStatus.WAITLISTED)
+                    )
+                ).all()
+                if not rows:
                     continue
-                when = jalali_datetime(row.date, dt.time.fromisoformat(times[row.id]))
-                self.messenger.queue(
-                    session,
-                    to=row.mobile,
-                    body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {row.tracking_code}\n{row.name_fa}\n{when}",
-                    kind="waitlist_promoted",
+                times = {row.id: given[row.tracking_code].time for row in rows}
+                booked = set(
+                    await session.scalars(
+                        update(Booking)
+                        .where(Booking.id.in_(times), Booking.status == BookingStatus.WAITLISTED)
+                        .values(status=BookingStatus.BOOKED, slot_time=case(times, value=Booking.id))
+                        .returning(Booking.id),
+                        execution_options={"synchronize_session": False},
+                    )
                 )
+                for row in rows:
+                    if row.id not in booked:
+                        continue
+                    when = jalali_datetime(row.date, dt.time.fromisoformat(times[row.id]))
+                    self.messenger.queue(
+                        session,
+                        to=row.mobile,
+                        body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {row.tracking_code}\n{row.name_fa}\n{when}",
+                        kind="waitlist_promoted",
+                    )
+            except SQLAlchemyError as error:
+                with contextlib.suppress(SQLAlchemyError):  # the record may be gone altogether
+                    await session.rollback()
+                return recorded, error
             await session.commit()
             recorded.update(row.tracking_code for row in rows if row.id in booked)
-        return recorded
+        return recorded, None
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB

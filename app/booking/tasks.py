@@ -52,6 +52,17 @@ async def _close_day() -> dict[str, int]:
         }
 
 
+def fill_waitlists_left() -> int:
+    """Every minute: give the lines the free seats a failed promotion left in front of them
+    (app.booking.service.BookingService.fill_waitlists_left). The offices filled."""
+    return run_job(_fill_waitlists_left())
+
+
+async def _fill_waitlists_left() -> int:
+    async with job_context() as app, app.sessions() as session:
+        return await app.bookings.fill_waitlists_left(session=session)
+
+
 def send_reminders() -> int:
     """Every minute: queue the reminders due now (the evening before, an hour before)."""
     return run_job(_send_reminders())

@@ -60,6 +60,10 @@ DIRECTORY_EPOCH = f"{NAMESPACE}:{{{DIRECTORY_VERSION}}}:epoch"
 """A random token set with the first DIRECTORY_VERSION: a different one means Redis lost its
 data and the version numbers started again (same slot as the version, for the same script)."""
 
+WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
+"""Offices whose lines may have a free seat in front of them that nobody was given (a
+promotion the record failed to take, app.booking.service): a set the minute's job empties."""
+
 REBUILT_AT = f"{NAMESPACE}:rebuilt_at"
 """Set when counters were last rebuilt from the record; absent after Redis lost its data."""
 

@@ -301,6 +301,16 @@ class Capacity:
         ]
         await self.scripts.run_many(self.scripts.unpromote, calls)
 
+    async def fill_later(self, office_codes: Collection[str]) -> None:
+        """Leave these offices' lines to the minute's job to fill (``keys.WAITLISTS_TO_FILL``)."""
+        if office_codes:
+            await self.redis.sadd(keys.WAITLISTS_TO_FILL, *office_codes)
+
+    async def take_left_to_fill(self, count: int = 500) -> list[str]:
+        """Some of the offices left to fill, taken off the set (``fill_later`` them again if
+        their fill fails)."""
+        return sorted(as_text(code) for code in await self.redis.spop(keys.WAITLISTS_TO_FILL, count) or [])
+
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str
     ) -> int | None:

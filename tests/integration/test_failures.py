@@ -287,10 +287,10 @@ async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
     bookings = client.app.state.container.bookings
     promote = bookings._promote
 
-    async def recount_then_lose_the_promotion(*args: Any) -> set[str]:
+    async def recount_then_lose_the_promotion(*args: Any) -> tuple[set[str], None]:
         monkeypatch.setattr(bookings, "_promote", promote)  # once: the seat then goes round again
         await rebuild(client.app.state.container)
-        return set()
+        return set(), None
 
     monkeypatch.setattr(bookings, "_promote", recount_then_lose_the_promotion)
     assert (await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))).is_success
@@ -437,6 +437,42 @@ async def test_a_cancel_whose_seat_cannot_be_given_back_is_still_a_cancel(
         "/api/v1/bookings", json=booking_body(elsewhere, national_id, day), headers=world.token("09121110000")
     )
     assert again.status_code == 201, again.text
+
+
+async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled_later(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel's seat went to the head of the line, and the record failed before it booked
+    them. The citizen had left the line in Redis, holding a seat nobody had booked, until a
+    rebuild. Now the seat is freed, they are first in line again, and the minute's job gives
+    it to them once the record is back."""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    messenger = client.app.state.container.bookings.messenger
+    queue = messenger.queue
+
+    def record_gone(session: Any, *, kind: str, **kwargs: Any) -> Any:
+        if kind == "waitlist_promoted":
+            raise OperationalError("INSERT", {}, Exception("the record went away"))
+        return queue(session, kind=kind, **kwargs)
+
+    monkeypatch.setattr(messenger, "queue", record_gone)
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancelled.status_code == 200, cancelled.text
+    monkeypatch.setattr(messenger, "queue", queue)
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
+        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {office.encode()}
+
+    jobs = world.container  # the job's own parts
+    async with jobs.sessions() as session:
+        assert await jobs.bookings.fill_waitlists_left(session=session) == 1
+    promoted = (await client.get(f"/api/v1/bookings/{waiting}")).json()
+    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
+    assert ten_oclock_used(capacity_redis, office, day) == 2
+    async with jobs.sessions() as session:
+        assert await jobs.bookings.fill_waitlists_left(session=session) == 0
 
 
 def _fails(error: Exception) -> Any:

@@ -31,8 +31,9 @@ def test_the_day_closes_at_midnight_in_tehran(monkeypatch: pytest.MonkeyPatch, h
     assert (runs.hour, runs.minute) in {(0, 0), (1, 0), (2, 0)}
 
 
-def test_the_moves_a_block_or_a_closure_left_are_finished_every_minute() -> None:
+def test_what_a_block_a_closure_or_a_failed_promotion_left_is_finished_every_minute() -> None:
     settings = load_settings({}).with_(tz="Asia/Tehran")
     jobs = scheduler(settings, Redis.from_url("redis://127.0.0.1:1")).get_jobs()  # never connects
     every = {job.func.__name__: job.interval for job in jobs}
     assert every["finish_blocks"] == 60 and every["finish_closures"] == 60
+    assert every["fill_waitlists_left"] == 60
