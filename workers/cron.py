@@ -15,6 +15,7 @@ from rq.cron import CronScheduler
 
 from app.booking.tasks import close_day, fill_waitlists_left, send_reminders
 from app.complaints.tasks import flag_overdue
+from app.console.tasks import finish_plans
 from app.enforcement.tasks import finish_blocks
 from app.observability import configure_logging
 from app.regulator.tasks import finish_closures
@@ -53,6 +54,7 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60)  # bookings a block could not move yet
     scheduler.register(finish_closures, queue_name=DEFAULT, interval=60)  # and a closure
     scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free
+    scheduler.register(finish_plans, queue_name=DEFAULT, interval=60)  # a clerk's change not seen through
     return scheduler
 
 

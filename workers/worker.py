@@ -41,6 +41,9 @@ def main() -> None:
     # Every job's module imported once, here.
     import app.booking.tasks
     import app.complaints.tasks
+    import app.console.tasks
+    import app.enforcement.tasks
+    import app.regulator.tasks
     import app.sms.tasks  # noqa: F401
 
     # Jobs run in this process, not in a work horse forked for each: the jobs keep one event

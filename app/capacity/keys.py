@@ -60,6 +60,11 @@ DIRECTORY_EPOCH = f"{NAMESPACE}:{{{DIRECTORY_VERSION}}}:epoch"
 """A random token set with the first DIRECTORY_VERSION: a different one means Redis lost its
 data and the version numbers started again (same slot as the version, for the same script)."""
 
+PLANS_TO_APPLY = f"{NAMESPACE}:plans-to-apply"
+"""Offices whose plan was changed in the record and may not be in Redis yet, or whose
+bookings it left no room for may not all be moved (app.console.service): a hash, office
+code -> "unix time|change id", which the minute's job empties."""
+
 WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
 """Offices whose lines may have a free seat in front of them that nobody was given (a
 promotion the record failed to take, app.booking.service): a set the minute's job empties."""

@@ -406,6 +406,13 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], tonumber(AR
 return 1
 """
 
+FORGET_IF = """
+-- KEYS[1] = a hash of things to do, ARGV[1] = a field, ARGV[2] = the value it was read with
+-- Deletes the field only if no one has set it again since (a later change to do).
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 SUSPEND = """
 -- KEYS[1] = the citizen's holds hash
 -- ARGV[1] = the first date booking is allowed again, ARGV[2] = seconds until then (and a day)
@@ -440,6 +447,7 @@ class Scripts:
         self.suspend = redis.register_script(SUSPEND)
         self.forget = redis.register_script(FORGET)
         self.unpromote = redis.register_script(UNPROMOTE)
+        self.forget_if = redis.register_script(FORGET_IF)
 
     async def run_many(
         self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]], *, raise_errors: bool = True

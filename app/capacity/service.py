@@ -301,6 +301,28 @@ class Capacity:
         ]
         await self.scripts.run_many(self.scripts.unpromote, calls)
 
+    async def apply_later(self, office_code: str) -> str:
+        """Note that the office's plan is about to change in the record (``keys.PLANS_TO_APPLY``);
+        the change's id, for ``applied``."""
+        change = f"{dt.datetime.now(dt.UTC).timestamp():.3f}|{uuid.uuid4().hex}"
+        await self.redis.hset(keys.PLANS_TO_APPLY, office_code, change)
+        return change
+
+    async def applied(self, office_code: str, change: str) -> None:
+        """The change is in Redis and its moves done: forget it, unless a later one came since."""
+        await self.scripts.forget_if(keys=[keys.PLANS_TO_APPLY], args=[office_code, change])
+
+    async def plans_to_apply(self, *, older_than: float) -> dict[str, str]:
+        """The changes noted more than ``older_than`` seconds ago (younger ones are their
+        request's to apply): office code -> change id."""
+        noted = await self.redis.hgetall(keys.PLANS_TO_APPLY)
+        due = dt.datetime.now(dt.UTC).timestamp() - older_than
+        return {
+            as_text(code): as_text(change)
+            for code, change in noted.items()
+            if float(as_text(change).partition("|")[0]) <= due
+        }
+
     async def fill_later(self, office_codes: Collection[str]) -> None:
         """Leave these offices' lines to the minute's job to fill (``keys.WAITLISTS_TO_FILL``)."""
         if office_codes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.booking.relocation import Relocator, overflow_bookings
 from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
+from app.capacity import keys
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import (
     DayRule,
@@ -48,11 +50,18 @@ from app.locale import check_text, jalali_date
 from app.offices.errors import OfficeNotFound
 from app.offices.models import Office, OfficeService, Service
 from app.offices.service import normalize_code
+from app.redis import renewed_lock
 from app.settings import Settings
 from app.staff.service import StaffPrincipal, audit, require_office
 
 log = logging.getLogger(__name__)
 MAX_REASON = 500  # the column's length
+PLAN_LOCK = f"{keys.NAMESPACE}:plan-moves"
+"""Per office: a clerk's change and the minute's job apply its plan one at a time (each would
+take seats for the same citizens and cancel those the other's moves left no room for)."""
+PLAN_REQUEST_SECONDS = 60
+"""A change noted this recently is its request's to apply: the job, reading the record before
+the request's commit, would apply the old plan and forget the new one."""
 
 
 class NoShowRules(msgspec.Struct, frozen=True):
@@ -132,10 +141,11 @@ class Console:
         else:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
+        change = await self.capacity.apply_later(office.code)
         await session.commit()
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
-        return await self._apply(session, office, horizon)
+        return await self._apply_change(session, office, horizon, change)
 
     async def set_override(
         self,
@@ -167,8 +177,9 @@ class Console:
         else:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
+        change = await self.capacity.apply_later(office.code)
         await session.commit()
-        return await self._apply(session, office, [day])
+        return await self._apply_change(session, office, [day], change)
 
     async def clear_override(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
@@ -189,8 +200,9 @@ class Console:
         await self._refuse_overflow(session, office, overflow, move_overflow)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
+        change = await self.capacity.apply_later(office.code)
         await session.commit()
-        return await self._apply(session, office, [day])
+        return await self._apply_change(session, office, [day], change)
 
     async def _check_services(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
         """A rule's own counter must be for a service the office offers: a typo ("1O4") made a
@@ -263,6 +275,46 @@ class Console:
         ]
         if present:
             raise CapacityBelowCheckedIn(present)
+
+    async def _apply_change(
+        self, session: AsyncSession, office: Office, days: list[dt.date], change: str
+    ) -> CapacityChange:
+        """Apply a plan just committed, noted by ``Capacity.apply_later`` before its commit:
+        if this fails half-way (Redis, the record, a recount), or the minute's job holds the
+        office, the job applies it again (``finish_plans``). (Before, a clerk who did not retry
+        left citizens booked in hours the office no longer kept.)"""
+        async with renewed_lock(
+            self.capacity.redis, f"{PLAN_LOCK}:{office.code}", uuid.uuid4().hex, seconds=30
+        ) as held:
+            if not held:
+                return CapacityChange(office_code=office.code, days_changed=len(days), moved=[])
+            applied = await self._apply(session, office, days)
+        await self.capacity.applied(office.code, change)
+        return applied
+
+    async def finish_plans(self, *, session: AsyncSession) -> int:
+        """The minute's job: apply the plans committed whose request did not see them through.
+        The offices done."""
+        await self.capacity.confirm_ready()
+        done = 0
+        for code, change in (await self.capacity.plans_to_apply(older_than=PLAN_REQUEST_SECONDS)).items():
+            office = await session.scalar(select(Office).where(Office.code == code))
+            if office is None:
+                await self.capacity.applied(code, change)
+                continue
+            try:
+                async with renewed_lock(
+                    self.capacity.redis, f"{PLAN_LOCK}:{code}", uuid.uuid4().hex, seconds=30
+                ) as held:
+                    if not held:
+                        continue
+                    await self._apply(session, office, self.capacity.horizon(self.clock.today()))
+                await self.capacity.applied(code, change)
+                done += 1
+            except Exception:  # one office's failure must not keep the others waiting
+                await session.rollback()
+                log.exception("the plan of office %s waits for the next run", code)
+        return done
 
     async def _apply(self, session: AsyncSession, office: Office, days: list[dt.date]) -> CapacityChange:
         """Write the record's plan into Redis, move whoever no longer fits, then hand any new

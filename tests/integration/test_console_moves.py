@@ -18,6 +18,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import event, select
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
@@ -31,6 +32,7 @@ from app.booking.service import BookingService
 from app.capacity import keys
 from app.capacity.plan import DayRule
 from app.capacity.service import Seat
+from app.console import service as console_service
 from app.console.service import Console
 from app.offices.models import Office
 from app.sms.models import SmsMessage
@@ -130,6 +132,42 @@ async def test_a_cut_takes_as_many_steps_for_nine_moved_as_for_one(
     assert len(sent[few]) > 5
     assert len(sent[few]) == len(sent[many]), (sent[few], sent[many])
     await assert_record_matches_redis(world, redis_sync, [few, many], day)
+
+
+async def test_a_cut_whose_moves_fail_half_way_is_finished_by_the_minutes_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clerk's cut was committed, then Redis failed before its moves: the clerk saw a
+    503, and unless they tried again, citizens stayed booked in seats the office no longer
+    kept. The minute's job applies it, once the request has had its minute."""
+    day = world.tomorrow()
+    office = await world.office(seats=4)
+    await book_full(client, world, office, day, ["10:00"], 3)
+    headers = await staff_of(client, world, office)
+    console = client.app.state.container.console
+    move_all = console.move_all
+
+    async def redis_gone(*args: Any, **kwargs: Any) -> Any:
+        raise RedisTimeoutError("Redis went away")
+
+    monkeypatch.setattr(console, "move_all", redis_gone)
+    assert (await cut_to_one_seat(client, office, day, headers)).status_code == 503
+    monkeypatch.setattr(console, "move_all", move_all)
+    assert int(redis_sync.hget(keys.office_day(office, day), "u|*|10:00") or 0) == 3  # nobody moved
+    jobs = world.container  # the job's own parts
+    async with jobs.sessions() as session:
+        assert await jobs.console.finish_plans(session=session) == 0  # the request's, for a minute
+    monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
+    async with jobs.sessions() as session:
+        assert await jobs.console.finish_plans(session=session) == 1
+    assert int(redis_sync.hget(keys.office_day(office, day), "u|*|10:00") or 0) == 1
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+    assert not redis_sync.hgetall(keys.PLANS_TO_APPLY)
+    async with jobs.sessions() as session:
+        assert await jobs.console.finish_plans(session=session) == 0  # nothing left
+
+    assert (await cut_to_one_seat(client, office, day, headers)).status_code == 200  # seen through
+    assert not redis_sync.hgetall(keys.PLANS_TO_APPLY)
 
 
 @pytest.mark.parametrize("refusal", ["the record goes away", "a recount begins"])

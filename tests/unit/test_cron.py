@@ -36,4 +36,4 @@ def test_what_a_block_a_closure_or_a_failed_promotion_left_is_finished_every_min
     jobs = scheduler(settings, Redis.from_url("redis://127.0.0.1:1")).get_jobs()  # never connects
     every = {job.func.__name__: job.interval for job in jobs}
     assert every["finish_blocks"] == 60 and every["finish_closures"] == 60
-    assert every["fill_waitlists_left"] == 60
+    assert every["fill_waitlists_left"] == 60 and every["finish_plans"] == 60
