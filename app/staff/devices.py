@@ -8,49 +8,63 @@ describes for this attack), and the account's lockout does not bar it; its own w
 passwords are counted apart, and lock only it. One cookie holds the proofs of the few
 accounts that share an office's computer.
 
+A proof is signed with the account's password hash too, so a new password voids every
+proof of the old one, and it says when it was given, so it ends ``REMEMBERED_DAYS`` after
+the last sign-in whatever the browser keeps.
+
 Pure functions: the cookie's value in, the account's proof found or added."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 ACCOUNTS_PER_BROWSER = 8
 """Proofs one browser keeps, the newest sign-ins': a counter's computer shared by a shift."""
-REMEMBERED_SECONDS = 180 * 86400
-"""How long a browser's proofs last after its last sign-in (the cookie's life)."""
-MAX_VALUE = 1000  # eight proofs are 8 x ~60 characters; anything far longer is not ours
+REMEMBERED_DAYS = 180
+"""How long a browser's proof lasts after its last sign-in (and the cookie's life)."""
+REMEMBERED_SECONDS = REMEMBERED_DAYS * 86400
+MAX_VALUE = 1000  # eight proofs are 8 x 70 characters; anything far longer is not ours
+PROOF = re.compile(r"([0-9]{1,12})-([0-9a-f]{16})-([0-9]{1,6})-([0-9a-f]{32})")
+"""account id - browser id - day given (days since 1970) - signature"""
 
 
-def _signature(secret: str, account_id: int, nonce: str) -> str:
-    return hmac.new(secret.encode(), f"staff-device:{account_id}:{nonce}".encode(), hashlib.sha256).hexdigest()[:32]
+def _signature(secret: str, account_key: str, account_id: int, nonce: str, given: int) -> str:
+    message = f"staff-device:{account_id}:{nonce}:{given}:{account_key}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
 
 
-def _proofs(value: str) -> list[tuple[int, str, str]]:
-    """The well-formed (account id, nonce, signature) entries of a cookie's value."""
+def _proofs(value: str) -> list[tuple[int, str, int, str]]:
+    """The well-formed (account id, browser id, day given, signature) entries of a cookie's value."""
     found = []
     for entry in value[:MAX_VALUE].split(".")[:ACCOUNTS_PER_BROWSER]:
-        account, _, rest = entry.partition("-")
-        nonce, _, signature = rest.partition("-")
-        if account.isdigit() and nonce and signature:
-            found.append((int(account), nonce, signature))
+        if match := PROOF.fullmatch(entry):
+            found.append((int(match[1]), match[2], int(match[3]), match[4]))
     return found
 
 
-def known_device(secret: str, value: str, account_id: int) -> str | None:
-    """This browser's id for the account (its nonce) when the cookie proves it signed in to
-    it before; None otherwise."""
-    for account, nonce, signature in _proofs(value):
-        if account == account_id and hmac.compare_digest(signature, _signature(secret, account_id, nonce)):
+def known_device(secret: str, value: str, *, account_id: int, account_key: str, today: int) -> str | None:
+    """This browser's id for the account when the cookie proves it signed in to it within
+    ``REMEMBERED_DAYS`` (``today`` in days since 1970), with its current password
+    (``account_key``: its hash); None otherwise."""
+    for account, nonce, given, signature in _proofs(value):
+        if (
+            account == account_id
+            and today - REMEMBERED_DAYS <= given <= today
+            and hmac.compare_digest(signature, _signature(secret, account_key, account_id, nonce, given))
+        ):
             return nonce
     return None
 
 
-def remember_device(secret: str, value: str, account_id: int) -> str:
-    """The cookie's value with the account's proof first (kept if it had one, else new),
-    the other accounts' after it, the oldest dropped past ``ACCOUNTS_PER_BROWSER``."""
-    nonce = known_device(secret, value, account_id) or secrets.token_hex(8)
-    others = [proof for proof in _proofs(value) if proof[0] != account_id]
-    proofs = [(account_id, nonce, _signature(secret, account_id, nonce)), *others]
-    return ".".join(f"{a}-{n}-{s}" for a, n, s in proofs[:ACCOUNTS_PER_BROWSER])
+def remember_device(secret: str, value: str, *, account_id: int, account_key: str, today: int) -> str:
+    """The cookie's value with the account's proof first (the browser's id kept if it had
+    one, given today), the other accounts' after it, the oldest dropped past
+    ``ACCOUNTS_PER_BROWSER``."""
+    nonce = known_device(secret, value, account_id=account_id, account_key=account_key, today=today)
+    nonce = nonce or secrets.token_hex(8)
+    mine = (account_id, nonce, today, _signature(secret, account_key, account_id, nonce, today))
+    proofs = [mine, *(proof for proof in _proofs(value) if proof[0] != account_id)]
+    return ".".join(f"{a}-{n}-{g}-{s}" for a, n, g, s in proofs[:ACCOUNTS_PER_BROWSER])

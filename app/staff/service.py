@@ -72,6 +72,9 @@ def _session_key(token: str) -> str:
     return keys.staff_session(hashlib.sha256(token.encode()).hexdigest())
 
 
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _browser_failures_key(account_id: int, browser: str) -> str:
     return f"{keys.NAMESPACE}:staff-browser-failures:{account_id}:{browser}"
 
@@ -153,11 +156,16 @@ class StaffAuth:
         account, office_code = row
 
         now = utcnow()
-        browser = known_device(self.settings.secret_key, device, account.id)
+        today = (now - EPOCH).days
+        browser = known_device(
+            self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
+        )
+        locked_until = None if account.locked_until is None else _aware(account.locked_until)
+        locked = locked_until is not None and locked_until > now
         if browser is not None:
             await self._refuse_if_browser_locked(account.id, browser, now)
-        elif account.locked_until is not None and _aware(account.locked_until) > now:
-            raise AccountLocked(_aware(account.locked_until), now=now)
+        elif locked_until is not None and locked:
+            raise AccountLocked(locked_until, now=now)
         if not await self._verify(account.password_hash, password):
             await self._count_failure(session, account.id, now)  # locks the account to other browsers
             if browser is not None:
@@ -167,8 +175,9 @@ class StaffAuth:
             # Same answer as a wrong password: a disabled account is not worth confirming.
             raise WrongCredentials()
 
-        account.failed_attempts = 0
-        account.locked_until = None
+        if not locked:  # a lock someone else set runs its course for every other browser
+            account.failed_attempts = 0
+            account.locked_until = None
         if self.hasher.check_needs_rehash(account.password_hash):
             account.password_hash = await self._hash(password)
         await session.commit()
@@ -183,7 +192,10 @@ class StaffAuth:
             office_code=office_code,
         )
         token = await self._open_session(principal)
-        return SignedIn(token, principal, remember_device(self.settings.secret_key, device, account.id))
+        proof = remember_device(
+            self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
+        )
+        return SignedIn(token, principal, proof)
 
     async def _refuse_if_browser_locked(self, account_id: int, browser: str, now: dt.datetime) -> None:
         key = _browser_failures_key(account_id, browser)

@@ -137,13 +137,15 @@ async def test_a_lockout_spares_a_browser_the_clerk_signed_in_from_before(
         await sign_in(container, staff, "clerk", PASSWORD)
     with pytest.raises(AccountLocked):  # the other account's proof is not this one's
         await sign_in(container, staff, "clerk", PASSWORD, device=shared)
-    account_id, nonce, _ = own.split(".")[0].split("-")
-    forged = f"{account_id}-{nonce}-{'0' * 32}"
+    account_id, nonce, given, _ = own.split(".")[0].split("-")
+    forged = f"{account_id}-{nonce}-{given}-{'0' * 32}"
     with pytest.raises(AccountLocked):
         await sign_in(container, staff, "clerk", PASSWORD, device=forged)
 
     signed = await sign_in(container, staff, "clerk", PASSWORD, device=own)  # at the counter
     assert signed.principal.username == "clerk" and signed.device == own
+    with pytest.raises(AccountLocked):  # the lock runs its course for everyone else
+        await sign_in(container, staff, "clerk", PASSWORD)
     for _ in range(limit):  # the clerk's own typos, on their own browser
         with pytest.raises(WrongCredentials):
             await sign_in(container, staff, "clerk", "wrong password", device=own)
@@ -526,7 +528,10 @@ async def test_http_lockout_spares_the_clerks_own_browser(
     await make_account(container, staff, "clerk", office_code=office)
     assert (await login(client, "clerk")).status_code == 200
     proof = client.cookies.get(DEVICE_COOKIE)
-    assert proof and known_device(container.settings.secret_key, proof, (await account(container, "clerk")).id)
+    clerk = await account(container, "clerk")
+    today = (utcnow() - staff_service.EPOCH).days
+    key = container.settings.secret_key
+    assert proof and known_device(key, proof, account_id=clerk.id, account_key=clerk.password_hash, today=today)
     assert (await client.post("/api/v1/staff/logout")).status_code == 204
     assert client.cookies.get(DEVICE_COOKIE) == proof  # signing out does not forget the browser
     [kept] = [cookie for cookie in client.cookies.jar if cookie.name == DEVICE_COOKIE]
