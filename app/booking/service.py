@@ -33,7 +33,7 @@ from app.booking.errors import (
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
-from app.booking.writer import CommitOutcomeUnknown, CountingPaused, GroupCommit
+from app.booking.writer import CommitOutcomeUnknown, CountingPaused, GroupCommit, hold_off_recounts
 from app.capacity import keys
 from app.capacity.errors import (
     AlreadyBookedThatDay,
@@ -512,22 +512,22 @@ class BookingService:
             lines = await self.capacity.waitlists(
                 office_codes=office_codes,
                 days=self.capacity.horizon(today),
-                pools={code: self.offices.pools(code) for code in office_codes},
+                pools=await self.offices.pools_read(office_codes),
             )
         await self.free_seats(session=session, seats=[Seat(code, day, pool, "") for code, day, pool in lines])
 
     async def fill_waitlists_left(self, *, session: AsyncSession) -> int:
         """Fill the lines a failed promotion left with a free seat in front of them
-        (``_record_promotions``); the minute's job. The offices filled."""
+        (``_record_promotions``); the minute's job. The lines filled."""
         await self.capacity.confirm_ready()  # a recount fills every line when it ends
-        codes = await self.capacity.take_left_to_fill()
-        if codes:
+        lines = await self.capacity.take_left_to_fill()
+        if lines:
             try:
-                await self.fill_waitlists(session=session, office_codes=set(codes))
+                await self.free_seats(session=session, seats=lines)
             except BaseException:
-                await self.capacity.fill_later(codes)
+                await self.capacity.fill_later(lines)
                 raise
-        return len(codes)
+        return len(lines)
 
     async def free_seat(
         self,
@@ -564,7 +564,10 @@ class BookingService:
         for start in range(0, len(seats), SEATS_PER_TRIP):
             promoted, error = await self._release(seats[start : start + SEATS_PER_TRIP], now)
             failed = failed or error
-            await self._record_promotions(session, promoted, now)
+            try:
+                await self._record_promotions(session, promoted, now)
+            except SQLAlchemyError as unrecorded:  # their citizens are back in line; free the rest
+                failed = failed or unrecorded
         if failed is not None:
             raise failed
 
@@ -599,21 +602,22 @@ class BookingService:
                         again.append(given_seat)
                     else:
                         given[promotion.tracking_code] = given_seat
-            recorded, unrecordable = await self._promote(session, given)
+            recorded, left, unrecordable = await self._promote(session, given)
             unrecorded = [(given_seat, code) for code, given_seat in given.items() if code not in recorded]
             if unrecordable is not None or not self.capacity.ready:
                 # Nothing is recorded during a recount (``_promote``), nor with the record
                 # failing. Handed round again, each seat would go to the next in line, not
                 # recorded either, to the end of the line: instead each is freed and its
-                # citizen put back at the head of it. (Left as they were, the citizens were out
-                # of the line until a rebuild, each holding a seat nobody had booked.)
-                await self.capacity.unpromote([*reversed(unrecorded), *((seat, "") for seat in again)])
-                if unrecordable is not None:
+                # citizen put back at the head of it (those who had left it, not). Left as they
+                # were, the citizens were out of the line until a rebuild, each holding a seat
+                # nobody had booked.
+                back = [(given_seat, code) for given_seat, code in unrecorded if code not in left]
+                freed = [given_seat for given_seat, code in unrecorded if code in left] + again
+                await self.capacity.unpromote([*reversed(back), *((given_seat, "") for given_seat in freed)])
+                if isinstance(unrecordable, SQLAlchemyError):
                     # Free with the line in front of it, a seat is sold to nobody: the minute's
                     # job gives it to the line (``fill_waitlists_left``). A recount's end does.
-                    await self.capacity.fill_later(
-                        {seat.office_code for seat, _ in unrecorded} | {s.office_code for s in again}
-                    )
+                    await self.capacity.fill_later([given_seat for given_seat, _ in unrecorded] + again)
                     raise unrecordable
                 return
             again += [given_seat for given_seat, _ in unrecorded]
@@ -621,19 +625,24 @@ class BookingService:
             if failed is not None:
                 log.error("a seat given back stays counted until the next rebuild: %s", failed)
 
-    async def _promote(self, session: AsyncSession, given: dict[str, Seat]) -> tuple[set[str], SQLAlchemyError | None]:
+    async def _promote(
+        self, session: AsyncSession, given: dict[str, Seat]
+    ) -> tuple[set[str], set[str], CountingPaused | SQLAlchemyError | None]:
         """Book the waitlisted rows of these tracking codes at the times given, and tell them;
-        one commit for every thousand. Compare-and-set: a citizen who left the line since
-        is not booked. The codes booked: none while capacity is paused for a recount, as for
-        a booking (committed during the count, the seat could be left out of it and sold
-        again). And the record's error that stopped it before a commit (the codes after it
-        not booked); a commit that failed is raised, for its rows may be in the record."""
+        one commit for every thousand. Compare-and-set: a citizen who left the line since is
+        not booked. Returns the codes booked, the codes found no longer waiting, and what
+        stopped it before a commit (the codes after it not tried): a recount (committed during
+        the count, as for a booking, the seat could be left out of it and sold again; asked
+        of Redis itself, for a job's process has no watch), or the record's error. A commit
+        that failed is raised: its rows may be in the record."""
         recorded: set[str] = set()
+        left: set[str] = set()
         codes = list(given)
         for start in range(0, len(codes), 1000):
             if not self.capacity.ready:  # checked before writing: a rollback would expire the caller's rows
-                break
+                return recorded, left, CountingPaused()
             try:
+                await hold_off_recounts(session)
                 rows = (
                     await session.execute(
                         select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)
@@ -642,18 +651,18 @@ class BookingService:
                         .where(Booking.status == BookingStatus.WAITLISTED)
                     )
                 ).all()
-                if not rows:
-                    continue
                 times = {row.id: given[row.tracking_code].time for row in rows}
-                booked = set(
-                    await session.scalars(
-                        update(Booking)
-                        .where(Booking.id.in_(times), Booking.status == BookingStatus.WAITLISTED)
-                        .values(status=BookingStatus.BOOKED, slot_time=case(times, value=Booking.id))
-                        .returning(Booking.id),
-                        execution_options={"synchronize_session": False},
+                booked = set()
+                if rows:
+                    booked = set(
+                        await session.scalars(
+                            update(Booking)
+                            .where(Booking.id.in_(times), Booking.status == BookingStatus.WAITLISTED)
+                            .values(status=BookingStatus.BOOKED, slot_time=case(times, value=Booking.id))
+                            .returning(Booking.id),
+                            execution_options={"synchronize_session": False},
+                        )
                     )
-                )
                 for row in rows:
                     if row.id not in booked:
                         continue
@@ -664,13 +673,19 @@ class BookingService:
                         body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {row.tracking_code}\n{row.name_fa}\n{when}",
                         kind="waitlist_promoted",
                     )
+                allowed = await self.capacity.may_commit()
             except SQLAlchemyError as error:
                 with contextlib.suppress(SQLAlchemyError):  # the record may be gone altogether
                     await session.rollback()
-                return recorded, error
+                return recorded, left, error
+            if not allowed:
+                await session.rollback()
+                return recorded, left, CountingPaused()
             await session.commit()
-            recorded.update(row.tracking_code for row in rows if row.id in booked)
-        return recorded, None
+            booked_codes = {row.tracking_code for row in rows if row.id in booked}
+            recorded |= booked_codes
+            left |= set(codes[start : start + 1000]) - booked_codes
+        return recorded, left, None
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,13 @@ GATHER_SECONDS = 0.02
 RECOUNT_BARRIER = 727371
 """A PostgreSQL advisory lock: each batch holds it shared until its commit ends, and a
 recount takes it alone a moment before it reads the record (``wait_for_commits``)."""
+BARRIER_WAIT = "2s"
+"""How long a recount waits for the barrier at a time. Meanwhile every new batch queues
+behind it: between tries they go on (and are refused, for the recount has begun)."""
+WRITER_SESSION = {"idle_in_transaction_session_timeout": "30s"}
+"""The writer's PostgreSQL sessions: a batch whose instance froze or lost the network in the
+middle of it (waiting on Redis, say) is ended by the server, and its hold on the barrier with
+it, instead of keeping every recount waiting until TCP gives up, hours later."""
 
 
 class CommitOutcomeUnknown(Exception):
@@ -135,11 +142,7 @@ class GroupCommit:
         async with self.engine.connect() as connection:
             transaction = await connection.begin()
             try:
-                if connection.dialect.name == "postgresql":
-                    # Held until this commit ends; a recount waits for it (``wait_for_commits``).
-                    await connection.execute(
-                        text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": RECOUNT_BARRIER}
-                    )
+                await hold_off_recounts(connection)
                 # Asked after every seat of the batch was held and the lock above taken, while
                 # the rows go in: once any instance has paused for a recount, nothing commits.
                 allowed = asyncio.ensure_future(self.may_commit())
@@ -185,6 +188,15 @@ class GroupCommit:
                 write.done.set_exception(error)
 
 
+async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> None:
+    """Hold the recount barrier shared until this transaction ends (PostgreSQL): a recount
+    reads the record only once every transaction that holds it has ended
+    (``wait_for_commits``). Taken before the transaction asks whether it may commit."""
+    bind = db.get_bind() if isinstance(db, AsyncSession) else db
+    if bind.dialect.name == "postgresql":
+        await db.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": RECOUNT_BARRIER})
+
+
 async def wait_for_commits(session: AsyncSession) -> None:
     """Wait until every batch under way, on every instance, has committed or given up. A
     recount asks once bookings have paused and before it reads the record: a batch allowed
@@ -193,8 +205,18 @@ async def wait_for_commits(session: AsyncSession) -> None:
     instance, and its writer's commits are the settle time's to wait out."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RECOUNT_BARRIER})
-    await session.commit()  # at once: batches queue behind the lock while it is held
+    while True:
+        try:
+            await session.execute(text(f"SET LOCAL lock_timeout = '{BARRIER_WAIT}'"))
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RECOUNT_BARRIER})
+        except DBAPIError as error:
+            await session.rollback()
+            if "lock timeout" not in str(error):
+                raise
+            log.warning("a recount waits for a commit under way")
+            continue
+        await session.commit()  # at once: batches queue behind the lock while it is held
+        return
 
 
 class _Outbox:

@@ -323,15 +323,20 @@ class Capacity:
             if float(as_text(change).partition("|")[0]) <= due
         }
 
-    async def fill_later(self, office_codes: Collection[str]) -> None:
-        """Leave these offices' lines to the minute's job to fill (``keys.WAITLISTS_TO_FILL``)."""
-        if office_codes:
-            await self.redis.sadd(keys.WAITLISTS_TO_FILL, *office_codes)
+    async def fill_later(self, seats: Collection[Seat]) -> None:
+        """Leave the lines of these seats' office-day and pool to the minute's job to fill
+        (``keys.WAITLISTS_TO_FILL``)."""
+        if seats:
+            lines = {f"{seat.office_code}|{seat.day.isoformat()}|{seat.pool}" for seat in seats}
+            await self.redis.sadd(keys.WAITLISTS_TO_FILL, *lines)
 
-    async def take_left_to_fill(self, count: int = 500) -> list[str]:
-        """Some of the offices left to fill, taken off the set (``fill_later`` them again if
-        their fill fails)."""
-        return sorted(as_text(code) for code in await self.redis.spop(keys.WAITLISTS_TO_FILL, count) or [])
+    async def take_left_to_fill(self, count: int = 500) -> list[Seat]:
+        """Some of the lines left to fill, taken off the set, each as the seat to give them
+        (any time: ``Seat``); ``fill_later`` them again if their fill fails."""
+        taken = sorted(as_text(line) for line in await self.redis.spop(keys.WAITLISTS_TO_FILL, count) or [])
+        return [
+            Seat(code, dt.date.fromisoformat(day), pool, "") for code, day, pool in (line.split("|") for line in taken)
+        ]
 
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str

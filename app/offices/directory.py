@@ -159,6 +159,17 @@ class OfficeDirectory:
         office = self._offices.get(office_code)
         return {SHARED_POOL} | (office.services if office is not None else set(self._services))
 
+    async def pools_read(self, office_codes: set[str]) -> dict[str, set[str]]:
+        """``pools`` of each office, those this copy does not hold read from the record: a
+        job's process loads no directory, and would otherwise know only the shared pool."""
+        missing = {code for code in office_codes if code not in self._offices}
+        read: dict[str, _Office] = {}
+        if missing:
+            async with self.sessions() as session:
+                _, read = await _read(session, missing)
+        known = {**read, **self._offices}
+        return {code: {SHARED_POOL} | (known[code].services if code in known else set()) for code in office_codes}
+
     def pool(self, office_code: str, service_code: str) -> str:
         """The seat pool the service books from at the office, as a booking takes it (the
         shared one for an office this copy does not hold yet)."""

@@ -23,11 +23,11 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 
 from app import cli
-from app.booking import relocation
+from app.booking import relocation, writer
 from app.booking.models import SEAT_STATUSES, Booking, Channel
 from app.booking.schemas import BookingCreate
 from app.capacity import keys, watch
@@ -287,10 +287,10 @@ async def test_a_promotion_given_back_after_a_recount_frees_no_one_elses_seat(
     bookings = client.app.state.container.bookings
     promote = bookings._promote
 
-    async def recount_then_lose_the_promotion(*args: Any) -> tuple[set[str], None]:
+    async def recount_then_lose_the_promotion(*args: Any) -> tuple[set[str], set[str], None]:
         monkeypatch.setattr(bookings, "_promote", promote)  # once: the seat then goes round again
         await rebuild(client.app.state.container)
-        return set(), None
+        return set(), set(), None
 
     monkeypatch.setattr(bookings, "_promote", recount_then_lose_the_promotion)
     assert (await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))).is_success
@@ -463,7 +463,7 @@ async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
     with SyncRedis.from_url(capacity_redis.url) as redis:
         assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
-        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {office.encode()}
+        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {f"{office}|{day.isoformat()}|*".encode()}
 
     jobs = world.container  # the job's own parts
     async with jobs.sessions() as session:
@@ -473,6 +473,42 @@ async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled
     assert ten_oclock_used(capacity_redis, office, day) == 2
     async with jobs.sessions() as session:
         assert await jobs.bookings.fill_waitlists_left(session=session) == 0
+
+
+async def test_a_jobs_promotion_is_not_committed_once_a_recount_has_begun(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel by SMS runs in a job's process, which no watch keeps paused: its seat went to
+    the head of the line just as a recount began. Committed after the count read the record,
+    the promotion would hold a seat the count left free. It is not committed, and the citizen
+    keeps their place at the head of the line."""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    jobs = world.container  # the job's own parts: no watch keeps its ``ready``
+    release = jobs.capacity.release
+
+    async def recount_begins(**kwargs: Any) -> Any:
+        released = await release(**kwargs)
+        await jobs.redis.delete(keys.REBUILT_AT)
+        return released
+
+    monkeypatch.setattr(jobs.capacity, "release", recount_begins)
+    async with jobs.sessions() as session:
+        await jobs.bookings.cancel(session=session, tracking_code=code, mobile="09121110000")
+    async with jobs.sessions() as session:
+        still = await session.scalar(select(Booking.status).where(Booking.tracking_code == waiting))
+    assert still == "waitlisted"
+    assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
+
+
+async def test_a_jobs_fill_knows_an_offices_own_counters(client: Client, world: World) -> None:
+    """A job's process loads no office directory: filling an office's lines, it knew only
+    the shared pool, and a line for a service's own counter kept its free seat all day."""
+    rules = [DayRule(opens="10:00", closes="11:00", seats=1), DayRule(opens="10:00", closes="11:00", service="102")]
+    office = await world.office(rules=rules)
+    jobs = world.container
+    assert await jobs.offices.pools_read({office}) == {office: {"*", "101", "102"}}  # the services it offers
 
 
 def _fails(error: Exception) -> Any:
@@ -911,6 +947,41 @@ async def test_a_recount_waits_for_a_commit_slower_than_the_settle_time(
             break
         await asyncio.sleep(0.1)
     assert (await book(client, world, office, day)).status_code == 409
+
+
+async def test_a_recount_waits_out_a_stuck_commit_and_the_others_go_on_meanwhile(
+    world: World, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holds the barrier and hangs (its instance froze mid-commit). The recount waits
+    for it in short tries, between which every other batch gets through (refused for the
+    recount, not hung behind it); the server ends the stuck one after a while."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the barrier is PostgreSQL's")
+    import asyncpg
+
+    monkeypatch.setattr(writer, "BARRIER_WAIT", "200ms")
+    dsn = database_url.replace("+asyncpg", "")
+    stuck, other = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        hung = stuck.transaction()
+        await hung.start()
+        await stuck.execute(f"SELECT pg_advisory_xact_lock_shared({writer.RECOUNT_BARRIER})")
+        async with world.container.sessions() as session:
+            recount = asyncio.create_task(writer.wait_for_commits(session))
+            await asyncio.sleep(0.5)
+            assert not recount.done()
+            async with other.transaction():  # a healthy batch, meanwhile
+                await asyncio.wait_for(
+                    other.execute(f"SELECT pg_advisory_xact_lock_shared({writer.RECOUNT_BARRIER})"), 1
+                )
+            await hung.rollback()  # the stuck batch ends
+            await asyncio.wait_for(recount, 2)
+    finally:
+        await stuck.close()
+        await other.close()
+    async with world.container.bookings.writer.engine.connect() as connection:
+        timeout = await connection.scalar(text("SHOW idle_in_transaction_session_timeout"))
+    assert timeout == writer.WRITER_SESSION["idle_in_transaction_session_timeout"]
 
 
 async def test_database_gone_answers_503_and_holds_no_seat(
