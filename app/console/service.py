@@ -59,6 +59,9 @@ MAX_REASON = 500  # the column's length
 PLAN_LOCK = f"{keys.NAMESPACE}:plan-moves"
 """Per office: a clerk's change and the minute's job apply its plan one at a time (each would
 take seats for the same citizens and cancel those the other's moves left no room for)."""
+PLAN_LOCK_TRIES = 50
+"""A change waits up to ten seconds (fifty tries) for its office's lock, then leaves its
+moves to the job."""
 PLAN_REQUEST_SECONDS = 60
 """A change noted this recently is its request's to apply: the job, reading the record before
 the request's commit, would apply the old plan and forget the new one."""
@@ -281,16 +284,17 @@ class Console:
     ) -> CapacityChange:
         """Apply a plan just committed, noted by ``Capacity.apply_later`` before its commit:
         if this fails half-way (Redis, the record, a recount), or the minute's job holds the
-        office, the job applies it again (``finish_plans``). (Before, a clerk who did not retry
-        left citizens booked in hours the office no longer kept.)"""
-        async with renewed_lock(
-            self.capacity.redis, f"{PLAN_LOCK}:{office.code}", uuid.uuid4().hex, seconds=30
-        ) as held:
-            if not held:
-                return CapacityChange(office_code=office.code, days_changed=len(days), moved=[])
-            applied = await self._apply(session, office, days)
-        await self.capacity.applied(office.code, change)
-        return applied
+        office past ``PLAN_LOCK_TRIES``, the job applies it again (``finish_plans``). (Before, a
+        clerk who did not retry left citizens booked in hours the office no longer kept.)"""
+        lock = f"{PLAN_LOCK}:{office.code}"
+        for _ in range(PLAN_LOCK_TRIES):  # another clerk's change, or the job, is at it: wait a little
+            async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
+                if held:
+                    applied = await self._apply(session, office, days)
+                    await self.capacity.applied(office.code, change)
+                    return applied
+            await asyncio.sleep(0.2)
+        return CapacityChange(office_code=office.code, days_changed=len(days), moved=[])  # the job's now
 
     async def finish_plans(self, *, session: AsyncSession) -> int:
         """The minute's job: apply the plans committed whose request did not see them through.
