@@ -564,10 +564,7 @@ class BookingService:
         for start in range(0, len(seats), SEATS_PER_TRIP):
             promoted, error = await self._release(seats[start : start + SEATS_PER_TRIP], now)
             failed = failed or error
-            try:
-                await self._record_promotions(session, promoted, now)
-            except SQLAlchemyError as unrecorded:  # their citizens are back in line; free the rest
-                failed = failed or unrecorded
+            await self._record_promotions(session, promoted, now)
         if failed is not None:
             raise failed
 
@@ -614,7 +611,7 @@ class BookingService:
                 back = [(given_seat, code) for given_seat, code in unrecorded if code not in left]
                 freed = [given_seat for given_seat, code in unrecorded if code in left] + again
                 await self.capacity.unpromote([*reversed(back), *((given_seat, "") for given_seat in freed)])
-                if isinstance(unrecordable, SQLAlchemyError):
+                if unrecordable is not None and not isinstance(unrecordable, CountingPaused):
                     # Free with the line in front of it, a seat is sold to nobody: the minute's
                     # job gives it to the line (``fill_waitlists_left``). A recount's end does.
                     await self.capacity.fill_later([given_seat for given_seat, _ in unrecorded] + again)
@@ -627,7 +624,7 @@ class BookingService:
 
     async def _promote(
         self, session: AsyncSession, given: dict[str, Seat]
-    ) -> tuple[set[str], set[str], CountingPaused | SQLAlchemyError | None]:
+    ) -> tuple[set[str], set[str], CountingPaused | SQLAlchemyError | RedisError | None]:
         """Book the waitlisted rows of these tracking codes at the times given, and tell them;
         one commit for every thousand. Compare-and-set: a citizen who left the line since is
         not booked. Returns the codes booked, the codes found no longer waiting, and what
@@ -674,7 +671,7 @@ class BookingService:
                         kind="waitlist_promoted",
                     )
                 allowed = await self.capacity.may_commit()
-            except SQLAlchemyError as error:
+            except (SQLAlchemyError, RedisError) as error:  # Redis unasked is Redis refusing
                 with contextlib.suppress(SQLAlchemyError):  # the record may be gone altogether
                     await session.rollback()
                 return recorded, left, error

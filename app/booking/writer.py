@@ -42,6 +42,7 @@ recount takes it alone a moment before it reads the record (``wait_for_commits``
 BARRIER_WAIT = "2s"
 """How long a recount waits for the barrier at a time. Meanwhile every new batch queues
 behind it: between tries they go on (and are refused, for the recount has begun)."""
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout that ran out
 WRITER_SESSION = {"idle_in_transaction_session_timeout": "30s"}
 """The writer's PostgreSQL sessions: a batch whose instance froze or lost the network in the
 middle of it (waiting on Redis, say) is ended by the server, and its hold on the barrier with
@@ -193,8 +194,12 @@ async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> None:
     reads the record only once every transaction that holds it has ended
     (``wait_for_commits``). Taken before the transaction asks whether it may commit."""
     bind = db.get_bind() if isinstance(db, AsyncSession) else db
-    if bind.dialect.name == "postgresql":
-        await db.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": RECOUNT_BARRIER})
+    if bind.dialect.name != "postgresql":
+        return
+    if isinstance(db, AsyncSession):  # the writer's sessions have it already (WRITER_SESSION)
+        timeout = WRITER_SESSION["idle_in_transaction_session_timeout"]
+        await db.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{timeout}'"))
+    await db.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": RECOUNT_BARRIER})
 
 
 async def wait_for_commits(session: AsyncSession) -> None:
@@ -211,7 +216,7 @@ async def wait_for_commits(session: AsyncSession) -> None:
             await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RECOUNT_BARRIER})
         except DBAPIError as error:
             await session.rollback()
-            if "lock timeout" not in str(error):
+            if getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
             log.warning("a recount waits for a commit under way")
             continue

@@ -333,10 +333,14 @@ class Capacity:
     async def take_left_to_fill(self, count: int = 500) -> list[Seat]:
         """Some of the lines left to fill, taken off the set, each as the seat to give them
         (any time: ``Seat``); ``fill_later`` them again if their fill fails."""
-        taken = sorted(as_text(line) for line in await self.redis.spop(keys.WAITLISTS_TO_FILL, count) or [])
-        return [
-            Seat(code, dt.date.fromisoformat(day), pool, "") for code, day, pool in (line.split("|") for line in taken)
-        ]
+        seats = []
+        for line in sorted(as_text(line) for line in await self.redis.spop(keys.WAITLISTS_TO_FILL, count) or []):
+            try:
+                code, day, pool = line.split("|")
+                seats.append(Seat(code, dt.date.fromisoformat(day), pool, ""))
+            except ValueError:  # not ours: dropped, for it would stop every later run
+                log.error("a waitlist to fill that is not one: %r", line)
+        return seats
 
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str

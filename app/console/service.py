@@ -286,15 +286,15 @@ class Console:
         if this fails half-way (Redis, the record, a recount), or the minute's job holds the
         office past ``PLAN_LOCK_TRIES``, the job applies it again (``finish_plans``). (Before, a
         clerk who did not retry left citizens booked in hours the office no longer kept.)"""
-        lock = f"{PLAN_LOCK}:{office.code}"
+        code = office.code
         for _ in range(PLAN_LOCK_TRIES):  # another clerk's change, or the job, is at it: wait a little
-            async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
+            async with renewed_lock(self.capacity.redis, f"{PLAN_LOCK}:{code}", uuid.uuid4().hex, seconds=30) as held:
                 if held:
                     applied = await self._apply(session, office, days)
-                    await self.capacity.applied(office.code, change)
+                    await self.capacity.applied(code, change)
                     return applied
             await asyncio.sleep(0.2)
-        return CapacityChange(office_code=office.code, days_changed=len(days), moved=[])  # the job's now
+        return CapacityChange(office_code=code, days_changed=len(days), moved=[])  # the job's now
 
     async def finish_plans(self, *, session: AsyncSession) -> int:
         """The minute's job: apply the plans committed whose request did not see them through.
@@ -323,13 +323,14 @@ class Console:
     async def _apply(self, session: AsyncSession, office: Office, days: list[dt.date]) -> CapacityChange:
         """Write the record's plan into Redis, move whoever no longer fits, then hand any new
         seats to the waitlists."""
-        overflow = await self.capacity.replan(session=session, office_codes=[office.code], days=days, apply=True)
+        code = office.code  # read now: a promotion the fill must undo rolls back, expiring ``office``
+        overflow = await self.capacity.replan(session=session, office_codes=[code], days=days, apply=True)
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
         why = f"به دلیل تغییر ظرفیت {office.name_fa}،"
-        moved = await self.move_all(session, [office.code], days, overflow, {office.code: office}, why_fa=why)
-        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
-        return CapacityChange(office_code=office.code, days_changed=len(days), moved=moved)
+        moved = await self.move_all(session, [code], days, overflow, {code: office}, why_fa=why)
+        await self.bookings.fill_waitlists(session=session, office_codes={code})
+        return CapacityChange(office_code=code, days_changed=len(days), moved=moved)
 
     async def move_all(
         self,

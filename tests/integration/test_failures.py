@@ -511,6 +511,47 @@ async def test_a_jobs_fill_knows_an_offices_own_counters(client: Client, world: 
     assert await jobs.offices.pools_read({office}) == {office: {"*", "101", "102"}}  # the services it offers
 
 
+async def test_redis_failing_as_a_promotion_asks_it_keeps_the_citizen_first_in_line(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion asks Redis whether it may commit; Redis timing out then counts as a no.
+    (Raised instead, the citizen had left the line holding a seat nobody booked.)"""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    capacity = client.app.state.container.capacity
+    monkeypatch.setattr(capacity, "may_commit", _fails(RedisTimeoutError("Redis went away")))
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    assert ten_oclock_used(capacity_redis, office, day) == 1
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
+        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {f"{office}|{day.isoformat()}|*".encode()}
+
+
+async def test_a_raise_whose_promotions_meet_a_recount_is_answered(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clerk adds seats; the line's promotion finds a recount begun, and rolls back. The
+    clerk's change is answered (it had been a 500: the rollback expired the office the
+    answer read), and the citizen keeps their place for the recount's fill."""
+    office, day, _code, waiting = await full_with_one_waiting(client, world)
+    capacity = client.app.state.container.capacity
+
+    async def recounting() -> bool:
+        return False
+
+    monkeypatch.setattr(capacity, "may_commit", recounting)
+    raised = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}",
+        json={"rules": [{"opens": "10:00", "closes": "10:30", "slot_minutes": 30, "seats": 3}], "reason": "one more"},
+        headers=await staff_of(client, world, office),
+    )
+    assert raised.status_code == 200, raised.text
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
+
+
 def _fails(error: Exception) -> Any:
     async def failing(*args: Any, **kwargs: Any) -> Any:
         raise error
