@@ -26,7 +26,8 @@ def test_a_new_password_or_time_ends_a_proof() -> None:
     assert known_device(SECRET, value, account_id=7, account_key=HASH + "new", today=TODAY) is None
     assert known_device(SECRET, value, account_id=7, account_key=HASH, today=TODAY + REMEMBERED_DAYS) is not None
     assert known_device(SECRET, value, account_id=7, account_key=HASH, today=TODAY + REMEMBERED_DAYS + 1) is None
-    assert known_device(SECRET, value, account_id=7, account_key=HASH, today=TODAY - 1) is None  # not yet given
+    assert known_device(SECRET, value, account_id=7, account_key=HASH, today=TODAY - 1)  # a server's clock behind
+    assert known_device(SECRET, value, account_id=7, account_key=HASH, today=TODAY - 2) is None  # not yet given
     later = remember_device(SECRET, value, account_id=7, account_key=HASH, today=TODAY + 100)
     assert known_device(SECRET, later, account_id=7, account_key=HASH, today=TODAY + REMEMBERED_DAYS + 1)
     assert known_device(SECRET, later, account_id=7, account_key=HASH, today=TODAY + 100) == known(value, account_id=7)
