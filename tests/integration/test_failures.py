@@ -484,14 +484,7 @@ async def test_a_jobs_promotion_is_not_committed_once_a_recount_has_begun(
     keeps their place at the head of the line."""
     office, day, code, waiting = await full_with_one_waiting(client, world)
     jobs = world.container  # the job's own parts: no watch keeps its ``ready``
-    release = jobs.capacity.release
-
-    async def recount_begins(**kwargs: Any) -> Any:
-        released = await release(**kwargs)
-        await jobs.redis.delete(keys.REBUILT_AT)
-        return released
-
-    monkeypatch.setattr(jobs.capacity, "release", recount_begins)
+    recount_begins_after(monkeypatch, jobs, "release")
     async with jobs.sessions() as session:
         await jobs.bookings.cancel(session=session, tracking_code=code, mobile="09121110000")
     async with jobs.sessions() as session:
@@ -550,6 +543,18 @@ async def test_a_raise_whose_promotions_meet_a_recount_is_answered(
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
     with SyncRedis.from_url(capacity_redis.url) as redis:
         assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
+
+
+def recount_begins_after(monkeypatch: pytest.MonkeyPatch, jobs: Container, step: str) -> None:
+    """A recount begins (the rebuild marker goes) just after the job's capacity ``step`` runs."""
+    original = getattr(jobs.capacity, step)
+
+    async def then_a_recount(**kwargs: Any) -> Any:
+        done = await original(**kwargs)
+        await jobs.redis.delete(keys.REBUILT_AT)
+        return done
+
+    monkeypatch.setattr(jobs.capacity, step, then_a_recount)
 
 
 def _fails(error: Exception) -> Any:
@@ -932,14 +937,7 @@ async def test_a_jobs_booking_is_not_committed_once_a_recount_has_begun(
     await world.rebuild()
     day = world.tomorrow()
     jobs = world.container  # the job's own parts: no watch keeps its ``ready``
-    hold_and_reserve = jobs.capacity.hold_and_reserve
-
-    async def recount_begins(**kwargs: Any) -> Any:
-        held = await hold_and_reserve(**kwargs)
-        await jobs.redis.delete(keys.REBUILT_AT)
-        return held
-
-    monkeypatch.setattr(jobs.capacity, "hold_and_reserve", recount_begins)
+    recount_begins_after(monkeypatch, jobs, "hold_and_reserve")
     request = BookingCreate(
         national_id=world.national_id(), office_code=office, service_code="101", date=day.isoformat()
     )
