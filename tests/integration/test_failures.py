@@ -852,20 +852,28 @@ async def test_a_rebuild_that_fails_is_tried_again(
     assert (await book(client, world, office, day)).status_code == 201
 
 
+async def two_booked_and_a_replica_short_of_the_second(
+    client: Client, world: World, capacity_redis: EmbeddedRedis
+) -> tuple[str, dt.date]:
+    """An office with two seats at 10:00 tomorrow, both booked; Redis's dump (the replica a
+    failover would promote) taken between the two. The office and the day."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    assert (await book(client, world, office, day)).status_code == 201
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        redis.save()  # the replica has everything up to here...
+    assert (await book(client, world, office, day)).status_code == 201  # ...but not this seat
+    return office, day
+
+
 async def test_a_failover_to_a_replica_short_of_the_last_writes_is_counted_again(
     client: Client, world: World, capacity_redis: EmbeddedRedis
 ) -> None:
     """Redis fails over to a replica that never received the last booking's seat: the
     counters say the seat is free, and the rebuild marker is there. The instance sees
     another server and counts again before anyone books."""
-    office = await world.office(seats=2)
-    await world.rebuild()
-    day = world.tomorrow()
-    assert (await book(client, world, office, day)).status_code == 201
-    redis = SyncRedis.from_url(capacity_redis.url)
-    redis.save()  # the replica has everything up to here...
-    assert (await book(client, world, office, day)).status_code == 201  # ...but not this seat
-    redis.close()
+    office, day = await two_booked_and_a_replica_short_of_the_second(client, world, capacity_redis)
     capacity_redis.stop()
     capacity_redis.start()  # the replica takes over at the same address: a new server, the old data
     redis = SyncRedis.from_url(capacity_redis.url)
@@ -890,14 +898,7 @@ async def test_no_seat_is_sold_twice_before_the_watch_sees_a_failover(
     """Between a failover and the watch's next look (up to a second), the new server says a
     seat sold on the old one is free. The booking that takes it is held there, and must not
     be committed: the group commit asks which server it holds on."""
-    office = await world.office(seats=2)
-    await world.rebuild()
-    day = world.tomorrow()
-    assert (await book(client, world, office, day)).status_code == 201
-    redis = SyncRedis.from_url(capacity_redis.url)
-    redis.save()  # the replica has everything up to here...
-    assert (await book(client, world, office, day)).status_code == 201  # ...but not this seat
-    redis.close()
+    office, day = await two_booked_and_a_replica_short_of_the_second(client, world, capacity_redis)
     check = watch.RedisWatch.check
 
     async def not_looked_yet(self: watch.RedisWatch) -> None:
