@@ -519,7 +519,8 @@ class BookingService:
     async def fill_waitlists_left(self, *, session: AsyncSession) -> int:
         """Fill the lines a failed promotion left with a free seat in front of them
         (``_record_promotions``); the minute's job. The lines filled."""
-        await self.capacity.confirm_ready()  # a recount fills every line when it ends
+        if not await self.capacity.is_built():
+            return 0  # paused for a recount, which fills every line when it ends
         lines = await self.capacity.take_left_to_fill()
         if lines:
             try:

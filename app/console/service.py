@@ -299,7 +299,8 @@ class Console:
     async def finish_plans(self, *, session: AsyncSession) -> int:
         """The minute's job: apply the plans committed whose request did not see them through.
         The offices done."""
-        await self.capacity.confirm_ready()
+        if not await self.capacity.is_built():
+            return 0  # paused for a recount: the next run
         done = 0
         for code, change in (await self.capacity.plans_to_apply(older_than=PLAN_REQUEST_SECONDS)).items():
             office = await session.scalar(select(Office).where(Office.code == code))
