@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.auth.service import CitizenAuth
 from app.booking.relocation import Relocator
 from app.booking.service import BookingRules, BookingService
-from app.booking.writer import WRITER_SESSION, GroupCommit
+from app.booking.writer import GroupCommit
 from app.capacity.service import Capacity
 from app.clock import Clock
 from app.complaints.service import Complaints
@@ -89,7 +89,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         messenger=messenger,
         # The writer has connections of its own, so requests waiting on it cannot starve it.
         writer=GroupCommit(
-            create_engine(settings.database_url, pool_size=2, server_settings=WRITER_SESSION),
+            create_engine(settings.database_url, pool_size=2),
             send_sms=messenger.send,
             may_commit=capacity.may_commit,
         ),

@@ -43,10 +43,10 @@ BARRIER_WAIT = "2s"
 """How long a recount waits for the barrier at a time. Meanwhile every new batch queues
 behind it: between tries they go on (and are refused, for the recount has begun)."""
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout that ran out
-WRITER_SESSION = {"idle_in_transaction_session_timeout": "30s"}
-"""The writer's PostgreSQL sessions: a batch whose instance froze or lost the network in the
-middle of it (waiting on Redis, say) is ended by the server, and its hold on the barrier with
-it, instead of keeping every recount waiting until TCP gives up, hours later."""
+BARRIER_HOLDER_IDLE = "30s"
+"""A transaction holding the barrier ends this long idle: one whose instance froze or lost the
+network (waiting on Redis, say) lets the recount go on, instead of keeping it waiting until
+TCP gives up, hours later."""
 
 
 class CommitOutcomeUnknown(Exception):
@@ -68,10 +68,6 @@ class CountingPaused(Exception):
     count, or hold a seat already sold. Rolled back."""
 
 
-async def _always() -> bool:
-    return True
-
-
 def _seen(check: asyncio.Future[bool]) -> None:
     if not check.cancelled():
         check.exception()
@@ -83,7 +79,7 @@ class GroupCommit:
         engine: AsyncEngine,
         *,
         send_sms: SendSms,
-        may_commit: Callable[[], Awaitable[bool]] = _always,
+        may_commit: Callable[[], Awaitable[bool]],
         max_batch: int = 500,
     ) -> None:
         self.engine = engine  # the writer's own connections
@@ -192,14 +188,17 @@ class GroupCommit:
 async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> None:
     """Hold the recount barrier shared until this transaction ends (PostgreSQL): a recount
     reads the record only once every transaction that holds it has ended
-    (``wait_for_commits``). Taken before the transaction asks whether it may commit."""
+    (``wait_for_commits``). Taken before the transaction asks whether it may commit. One
+    statement: a batch's only extra trip."""
     bind = db.get_bind() if isinstance(db, AsyncSession) else db
-    if bind.dialect.name != "postgresql":
-        return
-    if isinstance(db, AsyncSession):  # the writer's sessions have it already (WRITER_SESSION)
-        timeout = WRITER_SESSION["idle_in_transaction_session_timeout"]
-        await db.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{timeout}'"))
-    await db.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": RECOUNT_BARRIER})
+    if bind.dialect.name == "postgresql":
+        await db.execute(
+            text(
+                "SELECT set_config('idle_in_transaction_session_timeout', :idle, true),"
+                " pg_advisory_xact_lock_shared(:key)"
+            ),
+            {"idle": BARRIER_HOLDER_IDLE, "key": RECOUNT_BARRIER},
+        )
 
 
 async def wait_for_commits(session: AsyncSession) -> None:
