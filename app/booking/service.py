@@ -512,7 +512,7 @@ class BookingService:
             lines = await self.capacity.waitlists(
                 office_codes=office_codes,
                 days=self.capacity.horizon(today),
-                pools=await self.offices.pools_read(office_codes),
+                pools=await self.offices.pools(office_codes),
             )
         await self.free_seats(session=session, seats=[Seat(code, day, pool, "") for code, day, pool in lines])
 

@@ -153,22 +153,19 @@ class OfficeDirectory:
             pool=office.pool(service_code),
         )
 
-    def pools(self, office_code: str) -> set[str]:
-        """The seat pools an office's services may draw from: the shared one and, at most, one
-        per service it offers (its template says which ones have their own)."""
-        office = self._offices.get(office_code)
-        return {SHARED_POOL} | (office.services if office is not None else set(self._services))
-
-    async def pools_read(self, office_codes: set[str]) -> dict[str, set[str]]:
-        """``pools`` of each office, those this copy does not hold read from the record: a
-        job's process loads no directory, and would otherwise know only the shared pool."""
-        missing = {code for code in office_codes if code not in self._offices}
+    async def pools(self, office_codes: set[str]) -> dict[str, set[str]]:
+        """The seat pools each office's services may draw from: the shared one and, at most,
+        one per service it offers (its template says which ones have their own). Offices this
+        copy does not hold are read from the record: a job's process loads no directory."""
         read: dict[str, _Office] = {}
-        if missing:
+        if missing := {code for code in office_codes if code not in self._offices}:
             async with self.sessions() as session:
                 _, read = await _read(session, missing)
-        known = {**read, **self._offices}
-        return {code: {SHARED_POOL} | (known[code].services if code in known else set()) for code in office_codes}
+        pools = {}
+        for code in office_codes:
+            office = self._offices.get(code) or read.get(code)
+            pools[code] = {SHARED_POOL} | (office.services if office is not None else set())
+        return pools
 
     def pool(self, office_code: str, service_code: str) -> str:
         """The seat pool the service books from at the office, as a booking takes it (the

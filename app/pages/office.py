@@ -10,7 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
-from app.capacity.plan import SHARED_POOL, DayRule, iranian_weekday, validate_rules
+from app.capacity.plan import DayRule, iranian_weekday, validate_rules
 from app.console.errors import CapacityBelowBookings
 from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput
@@ -65,12 +65,17 @@ def _template_form(days: dict[int, list[DayRule]]) -> dict[str, str]:
     return form
 
 
-def _own_counters(container: Container, office_code: str, rules: list[DayRule]) -> list[DayRule]:
-    """The rules of a service's own counter, which the page's forms keep as they are: only for
-    services the office still offers (a stale one would have every save refused, with no way
-    to remove it from the page)."""
-    offered = container.offices.pools(office_code) - {SHARED_POOL}
-    return [rule for rule in rules if rule.service in offered]
+async def _own_counters(
+    container: Container, office_code: str, days: dict[int, list[DayRule]]
+) -> dict[int, list[DayRule]]:
+    """Each weekday's rules of a service's own counter, which the page's forms keep as they
+    are: only for services the office still offers (a stale one would have every save
+    refused, with no way to remove it from the page)."""
+    offered = (await container.offices.pools({office_code}))[office_code]
+    return {
+        weekday: [rule for rule in rules if rule.service is not None and rule.service in offered]
+        for weekday, rules in days.items()
+    }
 
 
 def _rule(data: dict[str, str], prefix: str) -> DayRule:
@@ -371,11 +376,12 @@ class OfficePages(Controller):
         fields = [f"d{w}_{part}" for w in range(7) for part in ("opens", "closes", "slot", "seats")]
         try:
             current = await container.console.template(session=session, staff=staff, office_code=code)
+            # Counters of a service's own (a passport desk, say) are kept as they are: the
+            # editor changes the shared seats only.
+            own_counters = await _own_counters(container, code, current.days)
             days: dict[int, list[DayRule]] = {}
             for weekday in range(7):
-                # Counters of a service's own (a passport desk, say) are kept as they are: the
-                # editor changes the shared seats only.
-                own = _own_counters(container, code, current.days.get(weekday, []))
+                own = own_counters.get(weekday, [])
                 shared = [_rule(data, f"d{weekday}")] if data.get(f"d{weekday}_open") == "on" else []
                 days[weekday] = shared + own
             change = await container.console.set_template(
@@ -402,8 +408,8 @@ class OfficePages(Controller):
                 # desk) are kept from the template, as the template editor keeps them; dropped,
                 # its bookings were moved away and nobody could book it that day.
                 current = await container.console.template(session=session, staff=staff, office_code=code)
-                own = _own_counters(container, code, current.days.get(iranian_weekday(day), []))
-                rules = [_rule(data, "o"), *own]
+                own = await _own_counters(container, code, current.days)
+                rules = [_rule(data, "o"), *own.get(iranian_weekday(day), [])]
             await container.console.set_override(
                 session=session,
                 staff=staff,

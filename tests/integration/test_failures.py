@@ -501,7 +501,7 @@ async def test_a_jobs_fill_knows_an_offices_own_counters(client: Client, world: 
     rules = [DayRule(opens="10:00", closes="11:00", seats=1), DayRule(opens="10:00", closes="11:00", service="102")]
     office = await world.office(rules=rules)
     jobs = world.container
-    assert await jobs.offices.pools_read({office}) == {office: {"*", "101", "102"}}  # the services it offers
+    assert await jobs.offices.pools({office}) == {office: {"*", "101", "102"}}  # the services it offers
 
 
 async def test_redis_failing_as_a_promotion_asks_it_keeps_the_citizen_first_in_line(
