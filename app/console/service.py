@@ -286,15 +286,28 @@ class Console:
         if this fails half-way (Redis, the record, a recount), or the minute's job holds the
         office past ``PLAN_LOCK_TRIES``, the job applies it again (``finish_plans``). (Before, a
         clerk who did not retry left citizens booked in hours the office no longer kept.)"""
+        code = office.code  # read now: ``_apply`` may leave ``office`` expired
+        applied = await self._apply_noted(session, office, days, change, tries=PLAN_LOCK_TRIES)
+        if applied is None:  # the job's now
+            return CapacityChange(office_code=code, days_changed=len(days), moved=[])
+        return applied
+
+    async def _apply_noted(
+        self, session: AsyncSession, office: Office, days: list[dt.date], change: str, *, tries: int
+    ) -> CapacityChange | None:
+        """``_apply`` under the office's plan lock, waiting up to ``tries`` x 0.2 s for it (a
+        clerk's other change, or the job, holds it), then forget the noted ``change``. None
+        when the lock stayed held."""
         code = office.code
-        for _ in range(PLAN_LOCK_TRIES):  # another clerk's change, or the job, is at it: wait a little
+        for attempt in range(tries):
+            if attempt:
+                await asyncio.sleep(0.2)
             async with renewed_lock(self.capacity.redis, f"{PLAN_LOCK}:{code}", uuid.uuid4().hex, seconds=30) as held:
                 if held:
                     applied = await self._apply(session, office, days)
                     await self.capacity.applied(code, change)
                     return applied
-            await asyncio.sleep(0.2)
-        return CapacityChange(office_code=code, days_changed=len(days), moved=[])  # the job's now
+        return None
 
     async def finish_plans(self, *, session: AsyncSession) -> int:
         """The minute's job: apply the plans committed whose request did not see them through.
@@ -308,14 +321,9 @@ class Console:
                 await self.capacity.applied(code, change)
                 continue
             try:
-                async with renewed_lock(
-                    self.capacity.redis, f"{PLAN_LOCK}:{code}", uuid.uuid4().hex, seconds=30
-                ) as held:
-                    if not held:
-                        continue
-                    await self._apply(session, office, self.capacity.horizon(self.clock.today()))
-                await self.capacity.applied(code, change)
-                done += 1
+                horizon = self.capacity.horizon(self.clock.today())
+                if await self._apply_noted(session, office, horizon, change, tries=1) is not None:
+                    done += 1
             except Exception:  # one office's failure must not keep the others waiting
                 await session.rollback()
                 log.exception("the plan of office %s waits for the next run", code)
