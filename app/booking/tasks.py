@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from app.booking import reminders
 from app.booking.models import Booking, BookingStatus
-from app.sms.tasks import job_context, run_job
+from app.sms.tasks import job_context, run_in_session, run_job
 
 
 def close_day() -> dict[str, int]:
@@ -55,12 +55,7 @@ async def _close_day() -> dict[str, int]:
 def fill_waitlists_left() -> int:
     """Every minute: give the lines the free seats a failed promotion left in front of them
     (app.booking.service.BookingService.fill_waitlists_left). The offices filled."""
-    return run_job(_fill_waitlists_left())
-
-
-async def _fill_waitlists_left() -> int:
-    async with job_context() as app, app.sessions() as session:
-        return await app.bookings.fill_waitlists_left(session=session)
+    return run_in_session(lambda app, session: app.bookings.fill_waitlists_left(session=session))
 
 
 def send_reminders() -> int:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from app.sms.tasks import job_context, run_job
+from app.sms.tasks import run_in_session
 
 
 def finish_closures() -> int:
     """Move the bookings a closure left at its offices (app.regulator.service.finish_closures)."""
-    return run_job(_finish_closures())
-
-
-async def _finish_closures() -> int:
-    async with job_context() as app, app.sessions() as session:
-        return await app.regulator.finish_closures(session=session)
+    return run_in_session(lambda app, session: app.regulator.finish_closures(session=session))

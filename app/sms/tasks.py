@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -72,6 +72,17 @@ def run_job(coro: Awaitable[T]) -> T:
 async def job_context() -> AsyncIterator[Container]:
     """The app's parts for one job, from the same environment the web app reads."""
     yield await _runtime.parts()
+
+
+def run_in_session(step: Callable[[Container, AsyncSession], Awaitable[T]]) -> T:
+    """Run a job that is one call with the app's parts and a session of its own (most
+    periodic jobs: ``lambda app, session: app.regulator.finish_closures(session=session)``)."""
+
+    async def job() -> T:
+        async with job_context() as app, app.sessions() as session:
+            return await step(app, session)
+
+    return run_job(job())
 
 
 def send_sms(message_id: str) -> str:
