@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Request
+from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
@@ -103,6 +104,22 @@ def _unstorable(error: Exception) -> ProblemDetailsException:
         title=InvalidInput.message_en,
         type_=PROBLEM_TYPE_BASE + InvalidInput.code,
         extra={"code": InvalidInput.code, "message_fa": InvalidInput.message_fa, "message_en": InvalidInput.message_en},
+    )
+
+
+def session_cookie(
+    container: Container, key: str, value: str, *, max_age: int | None, samesite: Literal["lax", "strict"]
+) -> Cookie:
+    """An HttpOnly cookie of ours (``max_age`` None: until the browser closes)."""
+    return Cookie(
+        key=key,
+        value=value,
+        path="/",
+        max_age=max_age,
+        httponly=True,
+        samesite=samesite,
+        # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
+        secure=container.settings.public_url.startswith("https://"),
     )
 
 

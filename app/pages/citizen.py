@@ -35,9 +35,8 @@ from app.pages.render import (
     require_citizen,
     safe_next,
     see_other,
-    session_cookie,
 )
-from app.web import Deps, Session, client_address
+from app.web import Deps, Session, client_address, session_cookie
 
 LOOK_AHEAD_DAYS = 4  # today and the three days after it
 NEARBY_LIMIT = 10

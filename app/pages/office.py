@@ -26,12 +26,10 @@ from app.pages.render import (
     require_staff,
     safe_next,
     see_other,
-    session_cookie,
     staff_principal,
     to_int,
 )
-from app.staff.devices import REMEMBERED_SECONDS
-from app.staff.routes import DEVICE_COOKIE, STAFF_COOKIE
+from app.staff.routes import DEVICE_COOKIE, STAFF_COOKIE, signed_in_cookies
 from app.staff.service import StaffPrincipal
 from app.web import Deps, Session, client_address
 
@@ -117,7 +115,7 @@ class OfficePages(Controller):
         settings = container.settings
         client = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)
         try:
-            token, principal, device = await container.staff.sign_in(
+            signed = await container.staff.sign_in(
                 session=session,
                 username=data.get("username", ""),
                 password=data.get("password", ""),
@@ -136,14 +134,9 @@ class OfficePages(Controller):
                 next=safe_next(data.get("next"), ""),
                 staff=None,
             )
-        # The same cookie the API sets at /api/v1/staff/login, so the CSV export works too.
-        cookies = [
-            session_cookie(
-                container, STAFF_COOKIE, token, max_age=settings.staff_session_ttl_seconds, samesite="strict"
-            ),
-            session_cookie(container, DEVICE_COOKIE, device, max_age=REMEMBERED_SECONDS, samesite="strict"),
-        ]
-        return see_other(safe_next(data.get("next"), _home(principal)), cookies=cookies)
+        return see_other(
+            safe_next(data.get("next"), _home(signed.principal)), cookies=signed_in_cookies(container, signed)
+        )
 
     @post("/signout")
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:

@@ -10,7 +10,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -28,6 +28,7 @@ from app.identity import mask_mobile
 from app.locale import jalali_date, jalali_time, normalize_digits, to_persian_digits
 from app.staff.routes import STAFF_COOKIE
 from app.staff.service import StaffPrincipal
+from app.web import session_cookie
 
 CITIZEN_COOKIE = "nobat_citizen"
 """The citizen's bearer token (from the one-time SMS code), for the pages."""
@@ -175,22 +176,6 @@ async def staff_principal(request: Request[Any, Any, Any], container: Container)
         return await container.staff.principal(request.cookies.get(STAFF_COOKIE, ""))
     except Unauthorized:
         return None
-
-
-def session_cookie(
-    container: Container, key: str, value: str, *, max_age: int | None, samesite: Literal["lax", "strict"]
-) -> Cookie:
-    """An HttpOnly cookie of ours (``max_age`` None: until the browser closes)."""
-    return Cookie(
-        key=key,
-        value=value,
-        path="/",
-        max_age=max_age,
-        httponly=True,
-        samesite=samesite,
-        # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
-        secure=container.settings.public_url.startswith("https://"),
-    )
 
 
 # --- CSRF: a token per session, in a hidden field of every POST form ---

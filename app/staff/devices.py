@@ -28,7 +28,7 @@ REMEMBERED_DAYS = 180
 REMEMBERED_SECONDS = REMEMBERED_DAYS * 86400
 MAX_VALUE = 1000  # eight proofs are 8 x 70 characters; anything far longer is not ours
 PROOF = re.compile(r"([0-9]{1,12})-([0-9a-f]{16})-([0-9]{1,6})-([0-9a-f]{32})")
-"""account id - browser id - day given (days since 1970) - signature"""
+"""account id - browser id - day given (a date's ordinal) - signature"""
 
 
 def _signature(secret: str, account_key: str, account_id: int, nonce: str, given: int) -> str:
@@ -47,7 +47,7 @@ def _proofs(value: str) -> list[tuple[int, str, int, str]]:
 
 def known_device(secret: str, value: str, *, account_id: int, account_key: str, today: int) -> str | None:
     """This browser's id for the account when the cookie proves it signed in to it within
-    ``REMEMBERED_DAYS`` (``today`` in days since 1970), with its current password
+    ``REMEMBERED_DAYS`` (``today``: the date's ordinal), with its current password
     (``account_key``: its hash); None otherwise."""
     for account, nonce, given, signature in _proofs(value):
         if (

@@ -7,15 +7,31 @@ from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from app.container import Container
 from app.staff.devices import REMEMBERED_SECONDS
 from app.staff.schemas import StaffLogin, StaffMe, StaffSessionOut
-from app.staff.service import StaffPrincipal
-from app.web import Deps, Session, bearer_token, client_address
+from app.staff.service import SignedIn, StaffPrincipal
+from app.web import Deps, Session, bearer_token, client_address, session_cookie
 
 STAFF_COOKIE = "nobat_staff"
 """The session token for the staff web pages; API clients send it as a bearer token instead."""
 DEVICE_COOKIE = "nobat_staff_device"
 """The browser's proofs of earlier sign-ins (app.staff.devices): the account's lockout spares it."""
+
+
+def signed_in_cookies(container: Container, signed: SignedIn) -> list[Cookie]:
+    """The session and the browser's proofs of sign-in (app.staff.devices), as the API and
+    the sign-in page both set them (the pages and the CSV export read the session cookie)."""
+    return [
+        session_cookie(
+            container,
+            STAFF_COOKIE,
+            signed.token,
+            max_age=container.settings.staff_session_ttl_seconds,
+            samesite="strict",
+        ),
+        session_cookie(container, DEVICE_COOKIE, signed.device, max_age=REMEMBERED_SECONDS, samesite="strict"),
+    ]
 
 
 def staff_token(request: Request[Any, Any, Any]) -> str:
@@ -44,7 +60,7 @@ class StaffAuthController(Controller):
     ) -> Response[StaffSessionOut]:
         settings = container.settings
         client = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)
-        token, principal, device = await container.staff.sign_in(
+        signed = await container.staff.sign_in(
             session=session,
             username=data.username,
             password=data.password,
@@ -52,23 +68,14 @@ class StaffAuthController(Controller):
             device=request.cookies.get(DEVICE_COOKIE, ""),
         )
         body = StaffSessionOut(
-            access_token=token,
+            access_token=signed.token,
             token_type="Bearer",
             expires_in=settings.staff_session_ttl_seconds,
-            role=principal.role,
-            office_code=principal.office_code,
-            username=principal.username,
+            role=signed.principal.role,
+            office_code=signed.principal.office_code,
+            username=signed.principal.username,
         )
-        # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
-        secure = settings.public_url.startswith("https://")
-        cookies = [
-            Cookie(key=key, value=value, path="/", max_age=max_age, httponly=True, samesite="strict", secure=secure)
-            for key, value, max_age in (
-                (STAFF_COOKIE, token, settings.staff_session_ttl_seconds),
-                (DEVICE_COOKIE, device, REMEMBERED_SECONDS),
-            )
-        ]
-        return Response(body, status_code=200, cookies=cookies)
+        return Response(body, status_code=200, cookies=signed_in_cookies(container, signed))
 
     @post("/logout", status_code=204, summary="End the session (bearer token or cookie)")
     async def logout(self, request: Request[Any, Any, Any], container: Deps) -> Response[None]:

@@ -72,9 +72,6 @@ def _session_key(token: str) -> str:
     return keys.staff_session(hashlib.sha256(token.encode()).hexdigest())
 
 
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
 def _browser_failures_key(account_id: int, browser: str) -> str:
     return f"{keys.NAMESPACE}:staff-browser-failures:{account_id}:{browser}"
 
@@ -156,7 +153,7 @@ class StaffAuth:
         account, office_code = row
 
         now = utcnow()
-        today = (now - EPOCH).days
+        today = now.date().toordinal()
         browser = known_device(
             self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
         )

@@ -7,7 +7,7 @@ from functools import partial
 from app.staff.devices import ACCOUNTS_PER_BROWSER, REMEMBERED_DAYS, known_device, remember_device
 
 SECRET = "a secret of at least thirty-two characters"
-TODAY = 20_000  # days since 1970
+TODAY = 739_954  # 2026-12-04's ordinal
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$the-account's-password-hash"
 known = partial(known_device, SECRET, account_key=HASH, today=TODAY)
 remember = partial(remember_device, SECRET, account_key=HASH, today=TODAY)
