@@ -96,12 +96,13 @@ async def rebuild(settings: Settings) -> int:
     engine = create_engine(settings.database_url)
     redis = connect(settings.redis_url)
     clock = Clock(settings.tz)
+    capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
     try:
-        capacity = Capacity(redis, tz=clock.tz, horizon_days=settings.horizon_days)
         wait = settings.rebuild_settle_seconds
         print(f"bookings pause on every instance; the count starts in {wait:.0f} s")
         return await rebuild_paused(capacity, session_factory(engine), today=clock.today(), wait=wait)
     finally:
+        await capacity.reads.told()  # the instances' copies of the counters are forgotten
         await redis.aclose()
         await engine.dispose()
 

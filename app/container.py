@@ -55,6 +55,7 @@ class Container:
     complaints: Complaints
 
     async def close(self) -> None:
+        await self.capacity.reads.told()  # the other instances hear of the last changes made here
         await self.requests.close()
         await self.bookings.writer.close()
         self.jobs.close()

@@ -65,8 +65,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_MAX_ACTIVE_BOOKINGS: active bookings one national ID may hold at once."""
     read_cache_seconds: float = 1.0
     """NOBAT_READ_CACHE_SECONDS: how old the free seats an instance shows (slots, nearby, load)
-    may be; each instance keeps what it read this long. Bookings always decide on the live
-    counters. 0 reads Redis every time."""
+    may be: each instance keeps what it read, and looks this often for what the others
+    changed (app.capacity.reading). Bookings always decide on the live counters. 0 reads
+    Redis every time."""
     rebuild_settle_seconds: float = 5.0
     """NOBAT_REBUILD_SETTLE_SECONDS: when Redis must be recounted from the record, how long
     bookings stay paused before the count starts: every instance notices within a second,

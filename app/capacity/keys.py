@@ -70,6 +70,11 @@ WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
 given (a promotion the record failed to take, app.booking.service): a set the minute's job
 empties."""
 
+DAYS_CHANGED = f"{NAMESPACE}:days-changed"
+"""Which office-days changed lately, for the instances' copies of the counters to forget
+(app.capacity.reading): a sorted set, "office|YYYY-MM-DD" ("office|": all its days; "*":
+every office) scored by Redis's clock in ms when it changed."""
+
 REBUILT_AT = f"{NAMESPACE}:rebuilt_at"
 """Set when counters were last rebuilt from the record; absent after Redis lost its data."""
 

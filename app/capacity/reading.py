@@ -1,26 +1,36 @@
 """Reading the live counters, for the pages and lists that show them (slots, nearby, load).
 
-Reads outnumber bookings many times over in a rush, and the same few office-days are read
-over and over: every citizen near a hot office gets it among the nearby candidates. So each
-instance keeps what it read for ``ttl`` seconds (1 by default) and answers from that.
+Reads outnumber bookings many times over in a rush, and the same office-days are read over
+and over: every citizen near a hot office gets it among the nearby candidates, and a search
+reads thirty offices. So each instance keeps what it read, and answers from that.
 
-What a reader may see is at most ``ttl`` seconds old, and what this instance itself changed
-it sees at once (``Capacity`` forgets an office-day it writes). That is harmless for
-correctness: nothing is booked from these figures; the reserve script decides every seat
-against the live counters, so a citizen shown a seat that went a moment ago is told "full",
-never overbooked. ``ttl=0`` reads Redis every time.
+What a reader may see is at most ``ttl`` seconds old (1 by default). Every change nobat
+makes to the counters is told to all instances (``changing``: a sorted set in Redis, which
+each instance looks at once a ``ttl``), and each forgets what changed; what did not change it
+keeps for ``KEEP_SECONDS``. What this instance itself changed it sees at once. A change whose
+telling was lost (its instance died between the write and the telling) shows within
+``KEEP_SECONDS``. That is harmless for correctness: nothing is booked from these figures;
+the reserve script decides every seat against the live counters, so a citizen shown a seat
+that went a moment ago is told "full", never overbooked. ``ttl=0`` reads Redis every time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, cast
 
+from redis.exceptions import RedisError
+
 from app.capacity import keys
-from app.capacity.scripts import as_text
+from app.capacity.scripts import HEAR_CHANGES, TELL_CHANGES, as_text
 from app.redis import AutoPipeline
+
+log = logging.getLogger(__name__)
 
 # The most office-days an instance remembers: a second's reads of the busiest offices, a few
 # MB; past it the expired ones go (or, if none has, everything: a cold second, not a leak).
@@ -28,6 +38,15 @@ MAX_ENTRIES = 20_000
 
 Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
 Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, seats, used
+KEEP_SECONDS = 10.0
+"""How long an instance keeps what it read of a day while no change to it is heard of: a bound
+on what a change whose telling was lost leaves showing. Longer keeps more of a rush's
+searches from Redis (a nearby search reads thirty offices), and more in each worker's memory
+(MAX_ENTRIES)."""
+
+EVERYTHING = "*"
+"""The change that says every office-day changed (a recount)."""
+
 # A pool's day in sum: seats, used, and the times of the slots with a seat left, in order.
 # A plain tuple: the collector stops tracking those, not NamedTuples.
 PoolTotals = tuple[int, int, tuple[str, ...]]
@@ -97,32 +116,43 @@ EMPTY_DAY = DaySums({})
 
 
 class DayReader:
-    def __init__(self, auto: AutoPipeline, *, ttl: float) -> None:
+    def __init__(self, auto: AutoPipeline, *, ttl: float, keep: float = KEEP_SECONDS) -> None:
         self.auto = auto  # reads share their trips to Redis with the other requests'
         self.ttl = ttl
+        self.keep = max(ttl, keep)
         self._days: dict[tuple[str, dt.date], tuple[float, CountedDay]] = {}
         self._sums: dict[tuple[str, dt.date], tuple[float, DaySums]] = {}
-        self._swept_at = 0.0
         self._waiting: dict[str, tuple[float, int]] = {}
+        self._swept_at = 0.0
+        # When an office-day, or an office (day None), or everything was last forgotten here: a
+        # read asked for before then is not kept, for the change may have overtaken it.
+        self._forgotten: dict[tuple[str, dt.date | None], float] = {}
+        self._forgot_all_at = 0.0
+        self._untold: set[str] = set()  # changes made here, not yet told to the others
+        self._telling: asyncio.Task[None] | None = None
+        self._heard_up_to: int | None = None  # Redis's clock (ms) when the changes were last read
+        self._next_look = 0.0
+        self._looking: asyncio.Future[None] | None = None
 
     async def day(self, office_code: str, day: dt.date) -> CountedDay | None:
         """The office-day's counters; None when Redis does not hold the day (yet)."""
-        found = _fresh(self._days, (office_code, day), time.monotonic())
+        asked = await self._hear()
+        found = _fresh(self._days, (office_code, day), asked)
         if found is not None:
             return found
         [raw] = await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))])
         fields = _fields(raw)
         counted = None if fields is None else CountedDay(fields)
-        self._keep(self._days, {(office_code, day): counted}, {})
+        self._keep(self._days, {(office_code, day): counted}, {}, asked)
         return counted
 
     async def sums(self, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums | None, int]]:
         """Each office's day in sum (None when Redis does not hold the day) and its "people
         waiting" report, the ones not remembered read in one round trip."""
         # One look at the clock and one sweep for the lot: a search asks for thirty offices.
-        now = time.monotonic()
-        summed = {code: _fresh(self._sums, (code, day), now) for code in codes}
-        waiting = {code: _fresh(self._waiting, code, now) for code in codes}
+        asked = await self._hear()
+        summed = {code: _fresh(self._sums, (code, day), asked) for code in codes}
+        waiting = {code: _fresh(self._waiting, code, asked) for code in codes}
         unread_sums = [code for code, found in summed.items() if found is None]
         unread_waiting = [code for code, found in waiting.items() if found is None]
         commands: list[tuple[str, ...]] = [("HGETALL", keys.office_day(code, day)) for code in unread_sums]
@@ -141,11 +171,35 @@ class DayReader:
                 self._sums,
                 {(code, day): summed[code] for code in unread_sums},
                 {code: waiting[code] or 0 for code in unread_waiting},
+                asked,
             )
         return {code: (summed[code], waiting[code] or 0) for code in codes}
 
+    @contextmanager
+    def changing(self, office_days: Iterable[tuple[str, dt.date | None]]) -> Iterator[None]:
+        """Around a write to these office-days (day None: all the office's days): once it is
+        done, or failed (it may have landed all the same), they are forgotten here and told
+        to the other instances. Told after the write, not before, so that no instance hears of
+        it, reads the day again and keeps what the write had not yet changed."""
+        try:
+            yield
+        finally:
+            for office_code, day in office_days:
+                self.forget(office_code, day)
+                self._tell(f"{office_code}|{day.isoformat() if day else ''}")
+
+    @contextmanager
+    def changing_all(self) -> Iterator[None]:
+        """``changing`` for every office-day (a recount)."""
+        try:
+            yield
+        finally:
+            self.forget_all()
+            self._tell(EVERYTHING)
+
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
         """Drop what this instance remembers of an office-day (of every day: ``day=None``)."""
+        self._forgotten[(office_code, day)] = time.monotonic()
         if day is not None:
             self._days.pop((office_code, day), None)
             self._sums.pop((office_code, day), None)
@@ -153,12 +207,72 @@ class DayReader:
             for memory in (self._days, self._sums):
                 for key in [key for key in memory if key[0] == office_code]:
                     del memory[key]
-        self._waiting.pop(office_code, None)
+            self._waiting.pop(office_code, None)  # a report is of the office, not of a day
 
     def forget_all(self) -> None:
+        self._forgot_all_at = time.monotonic()
         self._days.clear()
         self._sums.clear()
         self._waiting.clear()
+
+    async def told(self) -> None:
+        """Wait until the changes made here are told (before the instance stops)."""
+        if self._telling is not None:
+            await self._telling
+
+    # -- the changes, told and heard --
+
+    def _tell(self, change: str) -> None:
+        # Told even by an instance that keeps no copy itself (ttl 0): the others may.
+        self._untold.add(change)
+        if self._telling is None or self._telling.done():
+            self._telling = asyncio.get_running_loop().create_task(self._tell_all())
+
+    async def _tell_all(self) -> None:
+        """Tell what changed meanwhile, a batch at a time: one trip for the changes of a
+        moment, not one per booking."""
+        while self._untold:
+            changes, self._untold = sorted(self._untold), set()
+            kept_ms = int(2 * self.keep * 1000)  # longer than any instance keeps a read
+            try:
+                await self.auto.execute_many([("EVAL", TELL_CHANGES, 1, keys.DAYS_CHANGED, kept_ms, *changes)])
+            except RedisError:
+                # The others then see these changes once their copies end (KEEP_SECONDS).
+                log.warning("could not tell the other instances of %d changed office-days", len(changes))
+
+    async def _hear(self) -> float:
+        """Forget what the other instances changed, once a ``ttl`` (the readers of that moment
+        wait for the one look); the time to read at."""
+        now = time.monotonic()
+        if self.ttl > 0 and now >= self._next_look:
+            if self._looking is None or self._looking.done():
+                self._looking = asyncio.ensure_future(self._look(now))
+            # A reader that goes away (its request cancelled) leaves the look to the others.
+            await asyncio.shield(self._looking)
+            now = time.monotonic()
+        return now
+
+    async def _look(self, started: float) -> None:
+        since = self._heard_up_to
+        [(now, changes)] = await self.auto.execute_many(
+            [("EVAL", HEAR_CHANGES, 1, keys.DAYS_CHANGED, "" if since is None else since)]
+        )
+        if since is None:
+            self.forget_all()  # the first look: whatever is kept was read before it
+        for change in changes:
+            self._forget_told(as_text(change))
+        self._heard_up_to = int(now)
+        self._next_look = started + self.ttl
+
+    def _forget_told(self, change: str) -> None:
+        if change == EVERYTHING:
+            self.forget_all()
+            return
+        office_code, _, day = change.partition("|")
+        try:
+            self.forget(office_code, dt.date.fromisoformat(day) if day else None)
+        except ValueError:
+            log.error("a changed office-day that is not one: %r", change)
 
     # -- the memory --
 
@@ -167,22 +281,30 @@ class DayReader:
         memory: dict[tuple[str, dt.date], tuple[float, Any]],
         days: Mapping[tuple[str, dt.date], Any],
         waiting: dict[str, int],
+        asked: float,
     ) -> None:
-        """Remember what was just read (days as ``memory`` keeps them), for ``ttl`` seconds."""
-        if self.ttl <= 0:
+        """Remember what was just read (days as ``memory`` keeps them), asked for at ``asked``,
+        until ``keep`` seconds after that: unless it was forgotten meanwhile."""
+        if self.ttl <= 0 or self._forgot_all_at >= asked:
             return
-        now = time.monotonic()
-        self._sweep(now)
+        self._sweep(time.monotonic())
         for kept in (self._days, self._sums, self._waiting):
             if len(kept) >= MAX_ENTRIES:
                 _drop_expired(kept)
-        until = now + self.ttl
+        until = asked + self.keep
+        forgotten = self._forgotten
         # A day Redis does not hold is materialised by the caller and read again: not kept.
-        memory.update((key, (until, found)) for key, found in days.items() if found is not None)
-        self._waiting.update((code, (until, count)) for code, count in waiting.items())
+        memory.update(
+            (key, (until, found))
+            for key, found in days.items()
+            if found is not None and forgotten.get(key, 0.0) < asked and forgotten.get((key[0], None), 0.0) < asked
+        )
+        self._waiting.update(
+            (code, (until, count)) for code, count in waiting.items() if forgotten.get((code, None), 0.0) < asked
+        )
 
     def _sweep(self, now: float) -> None:
-        """Drop what has expired, once a ``ttl``: what is kept is then about a second's reads,
+        """Drop what has expired, once a ``ttl``: what is kept is then about a ``keep``'s reads,
         not up to MAX_ENTRIES of old ones, which the garbage collector's full passes would
         have to look through."""
         if now < self._swept_at + self.ttl:
@@ -190,6 +312,10 @@ class DayReader:
         self._swept_at = now
         for kept in (self._days, self._sums, self._waiting):
             _drop_expired(kept)
+        # No read asked for a ``keep`` ago is kept: what was forgotten before then matters no more.
+        gone = now - self.keep
+        for key in [key for key, at in self._forgotten.items() if at < gone]:
+            del self._forgotten[key]
 
 
 WAITING_REPORT_SECONDS = 2 * 3600

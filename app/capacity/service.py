@@ -198,9 +198,9 @@ class Capacity:
 
     async def reserve(self, seat: SeatRequest) -> Reserved | None:
         """Take one seat. None means the day is not in Redis yet: materialise it and call again."""
-        self.reads.forget(seat.office_code, seat.day)
         started = perf_counter()
-        reply = await self.scripts.reserve(*_reserve_call(seat))
+        with self.reads.changing([(seat.office_code, seat.day)]):
+            reply = await self.scripts.reserve(*_reserve_call(seat))
         LUA_SECONDS.labels("reserve").observe(perf_counter() - started)
         return _reserved(reply)
 
@@ -218,15 +218,15 @@ class Capacity:
         keys of two hash tags, so they cannot be one script). Each answer comes back as it
         is, an error included, and the caller undoes whichever step the other's refusal
         leaves alone: the hold's error, then the seat (or None: the day is not in Redis)."""
-        self.reads.forget(seat.office_code, seat.day)
         started = perf_counter()
-        hold_reply, reserve_reply = await self.scripts.run_pair(
-            (
-                self.scripts.hold,
-                *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in),
-            ),
-            (self.scripts.reserve, *_reserve_call(seat)),
-        )
+        with self.reads.changing([(seat.office_code, seat.day)]):
+            hold_reply, reserve_reply = await self.scripts.run_pair(
+                (
+                    self.scripts.hold,
+                    *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in),
+                ),
+                (self.scripts.reserve, *_reserve_call(seat)),
+            )
         LUA_SECONDS.labels("hold+reserve").observe(perf_counter() - started)
         try:
             reserved: Reserved | DomainError | None = _reserved(reserve_reply)
@@ -251,10 +251,10 @@ class Capacity:
     async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
         """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
         for slot in overflow:
-            self.reads.forget(slot.office_code, slot.day)
-            await self.scripts.keep_holders(
-                keys=[keys.office_day(slot.office_code, slot.day)], args=[keys.seats_field(slot.pool, slot.time)]
-            )
+            with self.reads.changing([(slot.office_code, slot.day)]):
+                await self.scripts.keep_holders(
+                    keys=[keys.office_day(slot.office_code, slot.day)], args=[keys.seats_field(slot.pool, slot.time)]
+                )
 
     async def release(
         self,
@@ -272,26 +272,23 @@ class Capacity:
 
         Returns who was promoted: the caller records each in SQL, or frees the seat again.
         """
-        self.reads.forget(office_code, day)
         seat = Seat(office_code, day, pool, time, counted_in)
-        return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency)))
+        with self.reads.changing([(office_code, day)]):
+            return _promotions(await self.scripts.release(*_release_call(seat, not_before, idempotency)))
 
     async def release_many(self, seats: Sequence[Seat], *, now: dt.datetime) -> list[list[Promotion] | BaseException]:
         """``release`` for many seats on one trip to Redis: for each, who was promoted, or the
         error its call met (the others ran: their promotions must still be recorded). A
         clerk's cut that moves thirty people waits for one trip, not thirty, behind a rush."""
-        for seat in seats:
-            self.reads.forget(seat.office_code, seat.day)
         calls = [_release_call(seat, first_bookable_time(now, seat.day), None) for seat in seats]
-        replies = await self.scripts.run_many(self.scripts.release, calls, raise_errors=False)
+        with self.reads.changing([(seat.office_code, seat.day) for seat in seats]):
+            replies = await self.scripts.run_many(self.scripts.release, calls, raise_errors=False)
         return [reply if isinstance(reply, BaseException) else _promotions(reply) for reply in replies]
 
     async def unpromote(self, given: Sequence[tuple[Seat, str]]) -> None:
         """Undo promotions that could not be recorded (capacity paused for a recount): each
         seat (``counted_in`` as RELEASE gave it) freed, and its citizen's tracking code ("":
         none) put back at the head of the line; the last of ``given`` ends up first."""
-        for seat, _ in given:
-            self.reads.forget(seat.office_code, seat.day)
         calls = [
             (
                 [keys.office_day(seat.office_code, seat.day), keys.waitlist(seat.office_code, seat.day, seat.pool)],
@@ -299,7 +296,8 @@ class Capacity:
             )
             for seat, tracking_code in given
         ]
-        await self.scripts.run_many(self.scripts.unpromote, calls)
+        with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
+            await self.scripts.run_many(self.scripts.unpromote, calls)
 
     async def apply_later(self, office_code: str) -> str:
         """Note that the office's plan is about to change in the record (``keys.PLANS_TO_APPLY``);
@@ -558,7 +556,8 @@ class Capacity:
     async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
         """Recompute every counter of the horizon from the record. Returns the office-days written."""
         servers = await self.servers()  # before the count: one that changes during it counts again
-        written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
+        with self.reads.changing_all():
+            written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
         await self._rebuild_holds(session=session, today=today)
         await self._rebuild_waitlists(session=session, today=today)
         await self._drop_geo_sets()
@@ -733,9 +732,8 @@ class Capacity:
                     for slot in slots:
                         args += [keys.seats_field(slot.pool, slot.time), slot.seats]
                     calls.append(([keys.office_day(plan.code, day)], args))
-            for plan in chunk:
-                self.reads.forget(plan.code)
-            replies = iter(await self.scripts.run_many(self.scripts.replan, calls))
+            with self.reads.changing([(plan.code, None) for plan in chunk]):
+                replies = iter(await self.scripts.run_many(self.scripts.replan, calls))
             for plan in chunk:
                 for day in days:
                     raw = next(replies)
@@ -756,8 +754,8 @@ class Capacity:
     async def set_status(self, *, office_code: str, status: OfficeStatus, cap_percent: int, today: dt.date) -> None:
         """Make a status change bite in the reserve script at once, for every day of the horizon."""
         day_keys = [keys.office_day(office_code, day) for day in self.horizon(today)]
-        self.reads.forget(office_code)
-        await self.scripts.set_meta(keys=day_keys, args=[status.value, *([cap_percent] * len(day_keys))])
+        with self.reads.changing([(office_code, None)]):
+            await self.scripts.set_meta(keys=day_keys, args=[status.value, *([cap_percent] * len(day_keys))])
 
     async def refresh_meta(self, *, session: AsyncSession, today: dt.date, codes: list[str] | None = None) -> int:
         """Recompute status and cap of every office-day in the horizon (all offices, or ``codes``)
@@ -769,9 +767,9 @@ class Capacity:
             ([keys.office_day(plan.code, day) for day in days], [plan.status, *(plan.cap(day, caps) for day in days)])
             for plan in plans
         ]
-        self.reads.forget_all()
-        for start in range(0, len(calls), 1000):
-            await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
+        with self.reads.changing_all():
+            for start in range(0, len(calls), 1000):
+                await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
         return len(plans)
 
 

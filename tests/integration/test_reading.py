@@ -1,10 +1,12 @@
 """The readers' copy of the counters (app.capacity.reading), against a real Redis: how old a
-read may be, and that an instance sees its own changes at once."""
+read may be, that an instance sees its own changes at once and the others' within a ttl, and
+how long it keeps what nobody changed."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
@@ -16,8 +18,8 @@ DAY = dt.date(2030, 2, 7)
 OFFICE = "990101"
 
 
-async def _fresh_day(capacity: Capacity, seats: int = 2) -> None:
-    key = keys.office_day(OFFICE, DAY)
+async def _fresh_day(capacity: Capacity, seats: int = 2, office: str = OFFICE) -> None:
+    key = keys.office_day(office, DAY)
     await capacity.redis.delete(key)
     args: list[str | int] = ["replace", day_expiry(DAY, ZoneInfo("UTC")), "_status", "active", "_cap", 100]
     args += [keys.seats_field("*", "08:00"), seats, keys.seats_field("101", "09:00"), 1]
@@ -28,8 +30,8 @@ def _capacity(redis: Redis, ttl: float) -> Capacity:
     return Capacity(redis, tz=ZoneInfo("UTC"), horizon_days=14, read_cache_seconds=ttl)
 
 
-async def _free(capacity: Capacity) -> int:
-    view = await capacity.day_view(office_code=OFFICE, day=DAY)
+async def _free(capacity: Capacity, office: str = OFFICE) -> int:
+    view = await capacity.day_view(office_code=office, day=DAY)
     assert view is not None
     return next(s.free for s in view.slots if s.pool == "*")
 
@@ -51,6 +53,60 @@ async def test_another_instances_booking_shows_within_the_ttl(redis_url: str) ->
         assert await _free(reader) == 2  # the copy, at most 0.3 s old
         await asyncio.sleep(0.35)
         assert await _free(reader) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_day_nobody_changed_is_kept_past_the_ttl(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    reader = _capacity(redis, 0.2)
+    reader.reads.keep = 1.0
+    office = "990102"
+    # A look sees the last second's changes again: those of the tests before this one too.
+    await redis.delete(keys.DAYS_CHANGED)
+    try:
+        await _fresh_day(reader, office=office)
+        assert await _free(reader, office) == 2
+        # Changed behind nobat's back (as by an instance that died before telling it).
+        await redis.hset(keys.office_day(office, DAY), keys.used_field("*", "08:00"), 1)
+        await asyncio.sleep(0.3)
+        assert await _free(reader, office) == 2  # past the ttl, but nobody said it changed: kept
+        await asyncio.sleep(0.8)
+        assert await _free(reader, office) == 1  # past ``keep``: read again
+    finally:
+        await redis.aclose()
+
+
+async def test_every_instance_forgets_a_recount_within_the_ttl(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    reader, writer = _capacity(redis, 0.2), _capacity(redis, 0.2)
+    try:
+        await _fresh_day(writer)
+        assert await _free(reader) == 2
+        with writer.reads.changing_all():
+            await _fresh_day(writer, seats=5)
+        await writer.reads.told()
+        await asyncio.sleep(0.25)
+        assert await _free(reader) == 5
+    finally:
+        await redis.aclose()
+
+
+async def test_a_read_a_change_overtook_is_not_kept(redis_url: str) -> None:
+    """A read asked for before a change was heard of (its reply on its way while the change
+    was made) is answered, but not kept: it may show the day before the change."""
+    redis = Redis.from_url(redis_url)
+    capacity = _capacity(redis, 60)
+    try:
+        await _fresh_day(capacity)
+        asked = time.monotonic()
+        stale = (await capacity.reads.sums([OFFICE], DAY))[OFFICE][0]
+        capacity.reads.forget(OFFICE, DAY)  # the change, heard after the read was asked for
+        capacity.reads._keep(capacity.reads._sums, {(OFFICE, DAY): stale}, {}, asked)
+        assert (OFFICE, DAY) not in capacity.reads._sums
+        later = time.monotonic()
+        capacity.reads._keep(capacity.reads._sums, {(OFFICE, DAY): stale}, {}, later)
+        assert (OFFICE, DAY) in capacity.reads._sums  # asked for after it: kept
     finally:
         await redis.aclose()
 
