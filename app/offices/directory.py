@@ -26,6 +26,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -83,8 +84,15 @@ class _Office:
 
     def pool(self, service_code: str) -> str:
         if service_code not in self.pools:
-            self.pools[service_code] = pool_for(decode_template(self.template), service_code) if self.template else "*"
+            self.pools[service_code] = _pool_of(self.template, service_code) if self.template else "*"
         return self.pools[service_code]
+
+
+@lru_cache(maxsize=4096)
+def _pool_of(template: str, service_code: str) -> str:
+    """``pool_for`` a template as the record keeps it: offices share a few templates, and a
+    nearby search asks for thirty offices' pools, so each is decoded once, not once per office."""
+    return pool_for(decode_template(template), service_code)
 
 
 class OfficeDirectory:
