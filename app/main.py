@@ -124,6 +124,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 yield
             finally:
                 watcher.cancel()
+                # Ended before the container closes: a fill it was making tells its changes.
+                await asyncio.gather(watcher, return_exceptions=True)
         finally:
             await container.close()
             if embedded:

@@ -72,8 +72,23 @@ empties."""
 
 DAYS_CHANGED = f"{NAMESPACE}:days-changed"
 """Which office-days changed lately, for the instances' copies of the counters to forget
-(app.capacity.reading): a sorted set, "office|YYYY-MM-DD" ("office|": all its days; "*":
-every office) scored by Redis's clock in ms when it changed."""
+(app.capacity.reading): a sorted set of ``day_change`` members (or EVERY_DAY_CHANGED),
+scored by Redis's clock in ms when it changed."""
+
+EVERY_DAY_CHANGED = "*"
+"""The DAYS_CHANGED member that says every office-day changed (a recount)."""
+
+
+def day_change(office_code: str, day: dt.date | None) -> str:
+    """A DAYS_CHANGED member: "office|YYYY-MM-DD", or "office|" for all the office's days."""
+    return f"{office_code}|{day.isoformat() if day else ''}"
+
+
+def parse_day_change(change: str) -> tuple[str, dt.date | None]:
+    """(office code, day or None) of a ``day_change`` member; ValueError if it is not one."""
+    office_code, _, day = change.partition("|")
+    return office_code, dt.date.fromisoformat(day) if day else None
+
 
 REBUILT_AT = f"{NAMESPACE}:rebuilt_at"
 """Set when counters were last rebuilt from the record; absent after Redis lost its data."""

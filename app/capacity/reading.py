@@ -8,8 +8,8 @@ What a reader may see is at most ``ttl`` seconds old (1 by default). Every chang
 makes to the counters is told to all instances (``changing``: a sorted set in Redis, which
 each instance looks at once a ``ttl``), and each forgets what changed; what did not change it
 keeps for ``KEEP_SECONDS``. What this instance itself changed it sees at once. A change whose
-telling was lost (its instance died between the write and the telling) shows within
-``KEEP_SECONDS``. That is harmless for correctness: nothing is booked from these figures;
+telling was lost (its instance died between the write and the telling, or a write that timed
+out landed after it was told) shows within ``KEEP_SECONDS``. That is harmless for correctness: nothing is booked from these figures;
 the reserve script decides every seat against the live counters, so a citizen shown a seat
 that went a moment ago is told "full", never overbooked. ``ttl=0`` reads Redis every time.
 """
@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any, cast
 
 from redis.exceptions import RedisError
@@ -32,8 +33,8 @@ from app.redis import AutoPipeline
 
 log = logging.getLogger(__name__)
 
-# The most office-days an instance remembers: a second's reads of the busiest offices, a few
-# MB; past it the expired ones go (or, if none has, everything: a cold second, not a leak).
+# The most office-days an instance remembers: about KEEP_SECONDS of a rush's reads, some tens
+# of MB; past it the expired ones go, then the oldest quarter (a cooler moment, not a leak).
 MAX_ENTRIES = 20_000
 
 Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
@@ -43,9 +44,6 @@ KEEP_SECONDS = 10.0
 on what a change whose telling was lost leaves showing. Longer keeps more of a rush's
 searches from Redis (a nearby search reads thirty offices), and more in each worker's memory
 (MAX_ENTRIES)."""
-
-EVERYTHING = "*"
-"""The change that says every office-day changed (a recount)."""
 
 # A pool's day in sum: seats, used, and the times of the slots with a seat left, in order.
 # A plain tuple: the collector stops tracking those, not NamedTuples.
@@ -186,7 +184,7 @@ class DayReader:
         finally:
             for office_code, day in office_days:
                 self.forget(office_code, day)
-                self._tell(f"{office_code}|{day.isoformat() if day else ''}")
+                self._tell(keys.day_change(office_code, day))
 
     @contextmanager
     def changing_all(self) -> Iterator[None]:
@@ -195,11 +193,12 @@ class DayReader:
             yield
         finally:
             self.forget_all()
-            self._tell(EVERYTHING)
+            self._tell(keys.EVERY_DAY_CHANGED)
 
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
         """Drop what this instance remembers of an office-day (of every day: ``day=None``)."""
-        self._forgotten[(office_code, day)] = time.monotonic()
+        if self.ttl > 0:
+            self._forgotten[(office_code, day)] = time.monotonic()
         if day is not None:
             self._days.pop((office_code, day), None)
             self._sums.pop((office_code, day), None)
@@ -208,6 +207,11 @@ class DayReader:
                 for key in [key for key in memory if key[0] == office_code]:
                     del memory[key]
             self._waiting.pop(office_code, None)  # a report is of the office, not of a day
+
+    def forget_waiting(self, office_code: str) -> None:
+        """Drop the office's "people waiting" report: kept a ``ttl``, and not told (clerks
+        send one every few minutes, and telling it would drop every day of the office)."""
+        self._waiting.pop(office_code, None)
 
     def forget_all(self) -> None:
         self._forgot_all_at = time.monotonic()
@@ -226,7 +230,7 @@ class DayReader:
         # Told even by an instance that keeps no copy itself (ttl 0): the others may.
         self._untold.add(change)
         if self._telling is None or self._telling.done():
-            self._telling = asyncio.get_running_loop().create_task(self._tell_all())
+            self._telling = asyncio.create_task(self._tell_all())
 
     async def _tell_all(self) -> None:
         """Tell what changed meanwhile, a batch at a time: one trip for the changes of a
@@ -246,7 +250,7 @@ class DayReader:
         now = time.monotonic()
         if self.ttl > 0 and now >= self._next_look:
             if self._looking is None or self._looking.done():
-                self._looking = asyncio.ensure_future(self._look(now))
+                self._looking = asyncio.create_task(self._look(now))
             # A reader that goes away (its request cancelled) leaves the look to the others.
             await asyncio.shield(self._looking)
             now = time.monotonic()
@@ -257,20 +261,22 @@ class DayReader:
         [(now, changes)] = await self.auto.execute_many(
             [("EVAL", HEAR_CHANGES, 1, keys.DAYS_CHANGED, "" if since is None else since)]
         )
-        if since is None:
-            self.forget_all()  # the first look: whatever is kept was read before it
+        if since is None or int(now) < since:
+            # The first look (whatever is kept was read before it), or Redis's clock went back
+            # (a replica took over): what was told in between may score below ``since``.
+            self.forget_all()
         for change in changes:
             self._forget_told(as_text(change))
         self._heard_up_to = int(now)
         self._next_look = started + self.ttl
+        self._sweep(time.monotonic())
 
     def _forget_told(self, change: str) -> None:
-        if change == EVERYTHING:
+        if change == keys.EVERY_DAY_CHANGED:
             self.forget_all()
             return
-        office_code, _, day = change.partition("|")
         try:
-            self.forget(office_code, dt.date.fromisoformat(day) if day else None)
+            self.forget(*keys.parse_day_change(change))
         except ValueError:
             log.error("a changed office-day that is not one: %r", change)
 
@@ -299,9 +305,7 @@ class DayReader:
             for key, found in days.items()
             if found is not None and forgotten.get(key, 0.0) < asked and forgotten.get((key[0], None), 0.0) < asked
         )
-        self._waiting.update(
-            (code, (until, count)) for code, count in waiting.items() if forgotten.get((code, None), 0.0) < asked
-        )
+        self._waiting.update((code, (asked + self.ttl, count)) for code, count in waiting.items())
 
     def _sweep(self, now: float) -> None:
         """Drop what has expired, once a ``ttl``: what is kept is then about a ``keep``'s reads,
@@ -359,9 +363,11 @@ def _fresh(memory: Mapping[Any, tuple[float, Any]], key: Any, now: float) -> Any
 
 
 def _drop_expired(entries: dict[Any, tuple[float, Any]]) -> None:
-    """Drop the expired entries, in place (or all, if none has: a cold second, not a leak)."""
+    """Drop the expired entries, in place; if that is not enough, the oldest down to three
+    quarters of the bound (a dict keeps the order they were first read in)."""
     now = time.monotonic()
     for key in [key for key, entry in entries.items() if entry[0] <= now]:
         del entries[key]
     if len(entries) >= MAX_ENTRIES:
-        entries.clear()
+        for key in list(islice(entries, len(entries) - MAX_ENTRIES * 3 // 4)):
+            del entries[key]

@@ -524,6 +524,7 @@ class Capacity:
         used = await count_used(session, office_ids=[plan.office_id], days=[day])
         caps = await load_caps(session, first=day, last=day)
         calendar = await self.calendar(session, first=day, last=day, office_ids=[plan.office_id])
+        # Not told: it writes only a day Redis lacks, and nobody keeps a day Redis lacks.
         self.reads.forget(plan.code, day)
         await self.scripts.materialise(
             keys=[keys.office_day(plan.code, day)],
@@ -573,7 +574,7 @@ class Capacity:
         return await self._write_days(session=session, days=self.horizon(today), mode="create")
 
     async def _write_days(self, *, session: AsyncSession, days: list[dt.date], mode: str, batch: int = 500) -> int:
-        self.reads.forget_all()
+        self.reads.forget_all()  # told by ``rebuild`` when it replaces days (created ones nobody kept)
         written = 0
         plans = await load_plans(session)
         caps = await load_caps(session, first=days[0], last=days[-1])
@@ -767,7 +768,7 @@ class Capacity:
             ([keys.office_day(plan.code, day) for day in days], [plan.status, *(plan.cap(day, caps) for day in days)])
             for plan in plans
         ]
-        with self.reads.changing_all():
+        with self.reads.changing_all() if codes is None else self.reads.changing([(c, None) for c in codes]):
             for start in range(0, len(calls), 1000):
                 await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
         return len(plans)

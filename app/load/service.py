@@ -47,8 +47,8 @@ class LoadService:
             raise InvalidInput(
                 "waiting", "Waiting must be 0 to 1000.", detail_fa="تعداد منتظران باید بین ۰ و ۱۰۰۰ باشد."
             )
-        with self.capacity.reads.changing([(office_code, None)]):
-            await self.redis.hset(keys.WAITING_NOW, office_code, f"{count}|{self.clock.now().isoformat()}")
+        await self.redis.hset(keys.WAITING_NOW, office_code, f"{count}|{self.clock.now().isoformat()}")
+        self.capacity.reads.forget_waiting(office_code)  # the others see it within their ttl
 
     async def nearby(
         self,

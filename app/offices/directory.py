@@ -80,7 +80,9 @@ class _Office:
     services: set[str]
     card: OfficeCard | None = None
     place: Entry | None = None  # where the nearby search finds it (app.offices.nearest)
-    pools: dict[str, str] = field(default_factory=dict)  # decoded lazily, per service
+    # Per service: from the template (``_pool_of``), or as a booking found it for an office
+    # whose template this copy does not hold (``_remember``).
+    pools: dict[str, str] = field(default_factory=dict)
 
     def pool(self, service_code: str) -> str:
         if service_code not in self.pools:

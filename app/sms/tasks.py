@@ -71,7 +71,12 @@ def run_job(coro: Awaitable[T]) -> T:
 @asynccontextmanager
 async def job_context() -> AsyncIterator[Container]:
     """The app's parts for one job, from the same environment the web app reads."""
-    yield await _runtime.parts()
+    container = await _runtime.parts()
+    try:
+        yield container
+    finally:
+        # The loop stops when the job ends: what it changed is told before, not at the next job.
+        await container.capacity.reads.told()
 
 
 def run_in_session(step: Callable[[Container, AsyncSession], Awaitable[T]]) -> T:

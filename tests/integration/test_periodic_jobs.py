@@ -6,10 +6,12 @@ from redis import Redis as SyncRedis
 from rq import Queue
 
 from app.booking.tasks import fill_waitlists_left
+from app.capacity import keys
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import finish_blocks
 from app.regulator.tasks import finish_closures
+from app.sms.tasks import job_context, run_job
 from tests.conftest import Deliver, World
 from workers.queues import DEFAULT
 
@@ -24,3 +26,24 @@ async def test_the_periodic_jobs_run_in_a_worker(world: World, redis_sync: SyncR
     ]
     await deliver()
     assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", 0)] * len(jobs)
+
+
+def change_an_office() -> None:
+    """A job that changes an office's counters (as a closure's end does), and nothing else."""
+
+    async def body() -> None:
+        async with job_context() as app:
+            with app.capacity.reads.changing([("990104", None)]):
+                pass
+
+    run_job(body())
+
+
+async def test_a_job_tells_its_changes_before_it_ends(world: World, redis_sync: SyncRedis, deliver: Deliver) -> None:
+    """The job's loop stops when it ends: had the telling waited for the next job, the web
+    instances would have shown the old counters until then (up to ``KEEP_SECONDS``)."""
+    redis_sync.zrem(keys.DAYS_CHANGED, "990104|")
+    job = Queue(DEFAULT, connection=redis_sync).enqueue(change_an_office)
+    await deliver()
+    assert job.get_status(refresh=True) == "finished"
+    assert redis_sync.zscore(keys.DAYS_CHANGED, "990104|") is not None

@@ -77,6 +77,24 @@ async def test_a_day_nobody_changed_is_kept_past_the_ttl(redis_url: str) -> None
         await redis.aclose()
 
 
+async def test_a_reader_forgets_everything_when_redis_clock_goes_back(redis_url: str) -> None:
+    """A replica that took over may keep a clock behind the old primary's: what is told then
+    scores below where the readers last looked, so they forget everything instead."""
+    redis = Redis.from_url(redis_url)
+    reader = _capacity(redis, 0.2)
+    office = "990103"
+    try:
+        await _fresh_day(reader, office=office)
+        assert await _free(reader, office) == 2
+        await redis.hset(keys.office_day(office, DAY), keys.used_field("*", "08:00"), 1)
+        assert reader.reads._heard_up_to is not None
+        reader.reads._heard_up_to += 60_000  # as if Redis's clock were now a minute behind it
+        await asyncio.sleep(0.25)
+        assert await _free(reader, office) == 1
+    finally:
+        await redis.aclose()
+
+
 async def test_every_instance_forgets_a_recount_within_the_ttl(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
     reader, writer = _capacity(redis, 0.2), _capacity(redis, 0.2)

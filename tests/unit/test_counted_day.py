@@ -54,14 +54,14 @@ def test_an_empty_hash_is_an_active_day_without_slots() -> None:
 def test_the_memory_keeps_only_unexpired_entries_and_never_grows_past_its_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(reading, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(reading, "MAX_ENTRIES", 4)
     now = time.monotonic()
     entries = {"old": (now - 1, 1), "new": (now + 10, 2)}
     _drop_expired(entries)
     assert entries == {"new": (now + 10, 2)}
-    full = {n: (now + 10, n) for n in range(3)}
+    full = {n: (now + 10, n) for n in range(5)}
     _drop_expired(full)
-    assert full == {}  # all fresh and at the bound: start again rather than grow
+    assert list(full) == [2, 3, 4]  # all fresh and past the bound: the oldest go, to 3/4 of it
 
 
 def test_a_day_kept_for_readers_soon_leaves_the_collector_nothing_but_itself_to_track() -> None:
