@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import AsyncIterator
 from zoneinfo import ZoneInfo
 
+import pytest
 from redis.asyncio import Redis
 
 from app.capacity import keys
@@ -24,6 +26,13 @@ async def _fresh_day(capacity: Capacity, seats: int = 2, office: str = OFFICE) -
     args: list[str | int] = ["replace", day_expiry(DAY, ZoneInfo("UTC")), "_status", "active", "_cap", 100]
     args += [keys.seats_field("*", "08:00"), seats, keys.seats_field("101", "09:00"), 1]
     await capacity.scripts.materialise(keys=[key], args=args)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 def _capacity(redis: Redis, ttl: float) -> Capacity:
@@ -43,120 +52,91 @@ async def _reserve(capacity: Capacity, tracking_code: str = "t") -> None:
     assert reserved is not None
 
 
-async def test_another_instances_booking_shows_within_the_ttl(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+async def test_another_instances_booking_shows_within_the_ttl(redis: Redis) -> None:
     reader, writer = _capacity(redis, 0.3), _capacity(redis, 0.3)
-    try:
-        await _fresh_day(writer)
-        assert await _free(reader) == 2
-        await _reserve(writer)
-        assert await _free(reader) == 2  # the copy, at most 0.3 s old
-        await asyncio.sleep(0.35)
-        assert await _free(reader) == 1
-    finally:
-        await redis.aclose()
+    await _fresh_day(writer)
+    assert await _free(reader) == 2
+    await _reserve(writer)
+    assert await _free(reader) == 2  # the copy, at most 0.3 s old
+    await asyncio.sleep(0.35)
+    assert await _free(reader) == 1
 
 
-async def test_a_day_nobody_changed_is_kept_past_the_ttl(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+async def test_a_day_nobody_changed_is_kept_past_the_ttl(redis: Redis) -> None:
     reader = _capacity(redis, 0.2)
     reader.reads.keep = 1.0
     office = "990102"
     # A look sees the last second's changes again: those of the tests before this one too.
     await redis.delete(keys.DAYS_CHANGED)
-    try:
-        await _fresh_day(reader, office=office)
-        assert await _free(reader, office) == 2
-        # Changed behind nobat's back (as by an instance that died before telling it).
-        await redis.hset(keys.office_day(office, DAY), keys.used_field("*", "08:00"), 1)
-        await asyncio.sleep(0.3)
-        assert await _free(reader, office) == 2  # past the ttl, but nobody said it changed: kept
-        await asyncio.sleep(0.8)
-        assert await _free(reader, office) == 1  # past ``keep``: read again
-    finally:
-        await redis.aclose()
+    await _fresh_day(reader, office=office)
+    assert await _free(reader, office) == 2
+    # Changed behind nobat's back (as by an instance that died before telling it).
+    await redis.hset(keys.office_day(office, DAY), keys.used_field("*", "08:00"), 1)
+    await asyncio.sleep(0.3)
+    assert await _free(reader, office) == 2  # past the ttl, but nobody said it changed: kept
+    await asyncio.sleep(0.8)
+    assert await _free(reader, office) == 1  # past ``keep``: read again
 
 
-async def test_a_reader_forgets_everything_when_redis_clock_goes_back(redis_url: str) -> None:
+async def test_a_reader_forgets_everything_when_redis_clock_goes_back(redis: Redis) -> None:
     """A replica that took over may keep a clock behind the old primary's: what is told then
     scores below where the readers last looked, so they forget everything instead."""
-    redis = Redis.from_url(redis_url)
     reader = _capacity(redis, 0.2)
     office = "990103"
-    try:
-        await _fresh_day(reader, office=office)
-        assert await _free(reader, office) == 2
-        await redis.hset(keys.office_day(office, DAY), keys.used_field("*", "08:00"), 1)
-        assert reader.reads._heard_up_to is not None
-        reader.reads._heard_up_to += 60_000  # as if Redis's clock were now a minute behind it
-        await asyncio.sleep(0.25)
-        assert await _free(reader, office) == 1
-    finally:
-        await redis.aclose()
+    await _fresh_day(reader, office=office)
+    assert await _free(reader, office) == 2
+    await redis.hset(keys.office_day(office, DAY), keys.used_field("*", "08:00"), 1)
+    assert reader.reads._heard_up_to is not None
+    reader.reads._heard_up_to += 60_000  # as if Redis's clock were now a minute behind it
+    await asyncio.sleep(0.25)
+    assert await _free(reader, office) == 1
 
 
-async def test_every_instance_forgets_a_recount_within_the_ttl(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+async def test_every_instance_forgets_a_recount_within_the_ttl(redis: Redis) -> None:
     reader, writer = _capacity(redis, 0.2), _capacity(redis, 0.2)
-    try:
-        await _fresh_day(writer)
-        assert await _free(reader) == 2
-        with writer.reads.changing_all():
-            await _fresh_day(writer, seats=5)
-        await writer.reads.told()
-        await asyncio.sleep(0.25)
-        assert await _free(reader) == 5
-    finally:
-        await redis.aclose()
+    await _fresh_day(writer)
+    assert await _free(reader) == 2
+    with writer.reads.changing_all():
+        await _fresh_day(writer, seats=5)
+    await writer.reads.told()
+    await asyncio.sleep(0.25)
+    assert await _free(reader) == 5
 
 
-async def test_a_read_a_change_overtook_is_not_kept(redis_url: str) -> None:
+async def test_a_read_a_change_overtook_is_not_kept(redis: Redis) -> None:
     """A read asked for before a change was heard of (its reply on its way while the change
     was made) is answered, but not kept: it may show the day before the change."""
-    redis = Redis.from_url(redis_url)
     capacity = _capacity(redis, 60)
-    try:
-        await _fresh_day(capacity)
-        asked = time.monotonic()
-        stale = (await capacity.reads.sums([OFFICE], DAY))[OFFICE][0]
-        capacity.reads.forget(OFFICE, DAY)  # the change, heard after the read was asked for
-        capacity.reads._keep(capacity.reads._sums, {(OFFICE, DAY): stale}, {}, asked)
-        assert (OFFICE, DAY) not in capacity.reads._sums
-        later = time.monotonic()
-        capacity.reads._keep(capacity.reads._sums, {(OFFICE, DAY): stale}, {}, later)
-        assert (OFFICE, DAY) in capacity.reads._sums  # asked for after it: kept
-    finally:
-        await redis.aclose()
+    await _fresh_day(capacity)
+    asked = time.monotonic()
+    stale = (await capacity.reads.sums([OFFICE], DAY))[OFFICE][0]
+    capacity.reads.forget(OFFICE, DAY)  # the change, heard after the read was asked for
+    capacity.reads._keep(capacity.reads._sums, {(OFFICE, DAY): stale}, {}, asked)
+    assert (OFFICE, DAY) not in capacity.reads._sums
+    later = time.monotonic()
+    capacity.reads._keep(capacity.reads._sums, {(OFFICE, DAY): stale}, {}, later)
+    assert (OFFICE, DAY) in capacity.reads._sums  # asked for after it: kept
 
 
-async def test_an_instance_sees_its_own_booking_at_once(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+async def test_an_instance_sees_its_own_booking_at_once(redis: Redis) -> None:
     capacity = _capacity(redis, 60)
-    try:
-        await _fresh_day(capacity)
-        assert await _free(capacity) == 2
-        await _reserve(capacity)
-        assert await _free(capacity) == 1
-        await capacity.release(office_code=OFFICE, day=DAY, pool="*", time="08:00")
-        assert await _free(capacity) == 2
-    finally:
-        await redis.aclose()
+    await _fresh_day(capacity)
+    assert await _free(capacity) == 2
+    await _reserve(capacity)
+    assert await _free(capacity) == 1
+    await capacity.release(office_code=OFFICE, day=DAY, pool="*", time="08:00")
+    assert await _free(capacity) == 2
 
 
-async def test_ttl_zero_reads_redis_every_time(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+async def test_ttl_zero_reads_redis_every_time(redis: Redis) -> None:
     reader, writer = _capacity(redis, 0), _capacity(redis, 0)
-    try:
-        await _fresh_day(writer)
-        assert await _free(reader) == 2
-        await _reserve(writer)
-        assert await _free(reader) == 1
-    finally:
-        await redis.aclose()
+    await _fresh_day(writer)
+    assert await _free(reader) == 2
+    await _reserve(writer)
+    assert await _free(reader) == 1
 
 
-async def test_waiting_reports_and_days_are_read_together(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+async def test_waiting_reports_and_days_are_read_together(redis: Redis) -> None:
     capacity = _capacity(redis, 60)
     try:
         await _fresh_day(capacity)
@@ -174,19 +154,14 @@ async def test_waiting_reports_and_days_are_read_together(redis_url: str) -> Non
         assert (await capacity.reads.sums([OFFICE], DAY))[OFFICE][1] == 9
     finally:
         await redis.hdel(keys.WAITING_NOW, OFFICE)
-        await redis.aclose()
 
 
-async def test_a_search_sees_its_own_instances_booking_at_once(redis_url: str) -> None:
-    redis = Redis.from_url(redis_url)
+async def test_a_search_sees_its_own_instances_booking_at_once(redis: Redis) -> None:
     capacity = _capacity(redis, 60)
-    try:
-        await _fresh_day(capacity)
-        [(before, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
-        assert before is not None and before.of("*") == (2, 0, ("08:00",))
-        await _reserve(capacity, "t1")
-        await _reserve(capacity, "t2")
-        [(after, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
-        assert after is not None and after.of("*") == (2, 2, ())  # full: no free time left
-    finally:
-        await redis.aclose()
+    await _fresh_day(capacity)
+    [(before, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
+    assert before is not None and before.of("*") == (2, 0, ("08:00",))
+    await _reserve(capacity, "t1")
+    await _reserve(capacity, "t2")
+    [(after, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
+    assert after is not None and after.of("*") == (2, 2, ())  # full: no free time left
