@@ -9,9 +9,11 @@ makes to the counters is told to all instances (``changing``: a sorted set in Re
 each instance looks at once a ``ttl``), and each forgets what changed; what did not change it
 keeps for ``KEEP_SECONDS``. What this instance itself changed it sees at once. A change whose
 telling was lost (its instance died between the write and the telling, or a write that timed
-out landed after it was told) shows within ``KEEP_SECONDS``. That is harmless for correctness: nothing is booked from these figures;
-the reserve script decides every seat against the live counters, so a citizen shown a seat
-that went a moment ago is told "full", never overbooked. ``ttl=0`` reads Redis every time.
+out landed after it was told) shows within ``KEEP_SECONDS``.
+
+That is harmless for correctness: nothing is booked from these figures; the reserve script
+decides every seat against the live counters, so a citizen shown a seat that went a moment
+ago is told "full", never overbooked. ``ttl=0`` reads Redis every time.
 """
 
 from __future__ import annotations
@@ -34,11 +36,9 @@ from app.redis import AutoPipeline
 log = logging.getLogger(__name__)
 
 # The most office-days an instance remembers: about KEEP_SECONDS of a rush's reads, some tens
-# of MB; past it the expired ones go, then the oldest quarter (a cooler moment, not a leak).
+# of MB; past it the expired ones go, then the oldest, down to three quarters of it.
 MAX_ENTRIES = 20_000
 
-Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
-Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, seats, used
 KEEP_SECONDS = 10.0
 """How long an instance keeps what it read of a day while no change to it is heard of: a bound
 on what a change whose telling was lost leaves showing. Longer keeps more of a rush's
@@ -49,6 +49,8 @@ TELL_EVERY = 0.05
 """How long the changes made here wait to be told together: a small part of the ``ttl``
 within which the other instances see them."""
 
+Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
+Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, seats, used
 # A pool's day in sum: seats, used, and the times of the slots with a seat left, in order.
 # A plain tuple: the collector stops tracking those, not NamedTuples.
 PoolTotals = tuple[int, int, tuple[str, ...]]
@@ -237,8 +239,8 @@ class DayReader:
             self._telling = asyncio.create_task(self._tell_all())
 
     async def _tell_all(self) -> None:
-        """Tell what changed, a batch every TELL_EVERY seconds: one script for a rush's
-        bookings of that while, not one per trip to Redis (that had cost bookings 5-9%)."""
+        """Tell what changed, a batch every TELL_EVERY seconds: one script for that while's
+        bookings, not one with every trip to Redis."""
         while self._untold:
             await asyncio.sleep(TELL_EVERY)
             changes, self._untold = sorted(self._untold), set()
