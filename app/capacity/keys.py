@@ -66,7 +66,7 @@ bookings it left no room for may not all be moved (app.console.service): a hash,
 code -> "unix time|change id", which the minute's job empties."""
 
 WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
-"""Lines ("office|day|pool") that may have a free seat in front of them that nobody was
+"""Lines (their ``waitlist`` keys) that may have a free seat in front of them that nobody was
 given (a promotion the record failed to take, app.booking.service): a set the minute's job
 empties."""
 

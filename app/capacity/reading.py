@@ -180,26 +180,21 @@ class DayReader:
         return {code: (summed[code], waiting[code] or 0) for code in codes}
 
     @contextmanager
-    def changing(self, office_days: Iterable[tuple[str, dt.date | None]]) -> Iterator[None]:
-        """Around a write to these office-days (day None: all the office's days): once it is
-        done, or failed (it may have landed all the same), they are forgotten here and told
-        to the other instances. Told after the write, not before, so that no instance hears of
-        it, reads the day again and keeps what the write had not yet changed."""
+    def changing(self, office_days: Iterable[tuple[str, dt.date | None]] | None) -> Iterator[None]:
+        """Around a write to these office-days (day None: all the office's days; None: every
+        office-day, a recount): once it is done, or failed (it may have landed all the same),
+        they are forgotten here and told to the other instances. Told after the write, not
+        before, so that no instance hears of it, reads the day again and keeps what the write
+        had not yet changed."""
         try:
             yield
         finally:
-            for office_code, day in office_days:
+            if office_days is None:
+                self.forget_all()
+                self._tell(keys.EVERY_DAY_CHANGED)
+            for office_code, day in office_days or ():
                 self.forget(office_code, day)
                 self._tell(keys.day_change(office_code, day))
-
-    @contextmanager
-    def changing_all(self) -> Iterator[None]:
-        """``changing`` for every office-day (a recount)."""
-        try:
-            yield
-        finally:
-            self.forget_all()
-            self._tell(keys.EVERY_DAY_CHANGED)
 
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
         """Drop what this instance remembers of an office-day (of every day: ``day=None``)."""

@@ -325,7 +325,7 @@ class Capacity:
         """Leave the lines of these seats' office-day and pool to the minute's job to fill
         (``keys.WAITLISTS_TO_FILL``)."""
         if seats:
-            lines = {f"{seat.office_code}|{seat.day.isoformat()}|{seat.pool}" for seat in seats}
+            lines = {keys.waitlist(seat.office_code, seat.day, seat.pool) for seat in seats}
             await self.redis.sadd(keys.WAITLISTS_TO_FILL, *lines)
 
     async def take_left_to_fill(self, count: int = 500) -> list[Seat]:
@@ -334,9 +334,8 @@ class Capacity:
         seats = []
         for line in sorted(as_text(line) for line in await self.redis.spop(keys.WAITLISTS_TO_FILL, count) or []):
             try:
-                code, day, pool = line.split("|")
-                seats.append(Seat(code, dt.date.fromisoformat(day), pool, ""))
-            except ValueError:  # not ours: dropped, for it would stop every later run
+                seats.append(Seat(*keys.parse_waitlist(line), ""))
+            except (ValueError, IndexError):  # not ours: dropped, for it would stop every later run
                 log.error("a waitlist to fill that is not one: %r", line)
         return seats
 
@@ -557,7 +556,7 @@ class Capacity:
     async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
         """Recompute every counter of the horizon from the record. Returns the office-days written."""
         servers = await self.servers()  # before the count: one that changes during it counts again
-        with self.reads.changing_all():
+        with self.reads.changing(None):
             written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
         await self._rebuild_holds(session=session, today=today)
         await self._rebuild_waitlists(session=session, today=today)
@@ -768,7 +767,7 @@ class Capacity:
             ([keys.office_day(plan.code, day) for day in days], [plan.status, *(plan.cap(day, caps) for day in days)])
             for plan in plans
         ]
-        with self.reads.changing_all() if codes is None else self.reads.changing([(c, None) for c in codes]):
+        with self.reads.changing(None if codes is None else [(code, None) for code in codes]):
             for start in range(0, len(calls), 1000):
                 await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
         return len(plans)

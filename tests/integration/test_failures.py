@@ -463,7 +463,7 @@ async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
     with SyncRedis.from_url(capacity_redis.url) as redis:
         assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
-        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {f"{office}|{day.isoformat()}|*".encode()}
+        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {keys.waitlist(office, day, "*").encode()}
 
     jobs = world.container  # the job's own parts
     async with jobs.sessions() as session:
@@ -518,7 +518,7 @@ async def test_redis_failing_as_a_promotion_asks_it_keeps_the_citizen_first_in_l
     assert ten_oclock_used(capacity_redis, office, day) == 1
     with SyncRedis.from_url(capacity_redis.url) as redis:
         assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
-        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {f"{office}|{day.isoformat()}|*".encode()}
+        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {keys.waitlist(office, day, "*").encode()}
 
 
 async def test_a_raise_whose_promotions_meet_a_recount_is_answered(

@@ -96,7 +96,7 @@ async def test_every_instance_forgets_a_recount_within_the_ttl(redis: Redis) -> 
     reader, writer = _capacity(redis, 0.2), _capacity(redis, 0.2)
     await _fresh_day(writer)
     assert await _free(reader) == 2
-    with writer.reads.changing_all():
+    with writer.reads.changing(None):
         await _fresh_day(writer, seats=5)
     await writer.reads.told()
     await asyncio.sleep(0.25)
