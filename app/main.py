@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.routes import CitizenAuthController
@@ -120,12 +122,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
             watcher = asyncio.create_task(watch.run())
+            # The citizens' tokens signed out (app.auth.signed_out): all known before the first
+            # request when Redis answers, else from the loop's first look that succeeds.
+            with contextlib.suppress(RedisError):
+                await container.auth.signed_out.look()
+            listener = asyncio.create_task(container.auth.signed_out.run())
             try:
                 yield
             finally:
                 watcher.cancel()
+                listener.cancel()
                 # Ended before the container closes: a fill it was making tells its changes.
-                await asyncio.gather(watcher, return_exceptions=True)
+                await asyncio.gather(watcher, listener, return_exceptions=True)
         finally:
             await container.close()
             if embedded:

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import JSONBody
 
 from app.auth.errors import NotJson
 from app.auth.schemas import OtpRequest, OtpSent, OtpVerify, TokenIssued
-from app.web import Deps, Session, client_address
+from app.errors import Unauthorized
+from app.web import Deps, Session, bearer_token, client_address
 
 # What a browser sends from any website without asking first (no CORS preflight).
 _SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
@@ -41,3 +43,11 @@ class CitizenAuthController(Controller):
         client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
         token = await container.auth.verify(mobile=data.mobile, code=data.code, client=client)
         return TokenIssued(access_token=token, token_type="Bearer", expires_in=container.settings.token_ttl_seconds)
+
+    @post("/logout", status_code=204, summary="Sign out: the bearer token stops working on every instance")
+    async def logout(self, request: Request[Any, Any, Any], container: Deps) -> Response[None]:
+        # Idempotent, like the staff's: signing out of a token that no longer signs in (or of
+        # none) is not an error.
+        with contextlib.suppress(Unauthorized):  # no bearer token
+            await container.auth.sign_out(bearer_token(request))
+        return Response(None, status_code=204)

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.errors import CodeExpired, WrongCode
+from app.auth.signed_out import SignedOutTokens
 from app.capacity.keys import NAMESPACE
 from app.errors import InvalidInput, Unauthorized
 from app.identity import normalize_mobile
@@ -75,6 +76,7 @@ class CitizenAuth:
         self.messenger = messenger
         self._issue = redis.register_script(ISSUE)
         self._verify = redis.register_script(VERIFY)
+        self.signed_out = SignedOutTokens(redis, keep_seconds=settings.token_ttl_seconds)
         # token -> (mobile, expiry). PyJWT checks a token's base64 one character at a time in
         # Python: a twentieth of a booking. A token verified once stays valid until it
         # expires (the key only changes with a restart), so the same string is not checked twice.
@@ -128,7 +130,19 @@ class CitizenAuth:
         claims = {"sub": mobile, "iat": now, "exp": now + self.settings.token_ttl_seconds, "role": "citizen"}
         return jwt.encode(claims, self.settings.secret_key, algorithm=TOKEN_ALGORITHM)
 
+    async def sign_out(self, token: str) -> None:
+        """End the token before it expires, on every instance (app.auth.signed_out). One that
+        does not sign in (expired, forged, signed out already) is left alone: only a citizen's
+        own sign-in adds to the set."""
+        try:
+            self.mobile_from_token(token)
+        except Unauthorized:
+            return
+        await self.signed_out.add(token)
+
     def mobile_from_token(self, token: str) -> str:
+        if token in self.signed_out:
+            raise Unauthorized("The token was signed out; sign in again.")
         known = self._verified.get(token)
         if known is not None and time.time() < known[1]:
             return known[0]

@@ -456,6 +456,8 @@ class CitizenPages(Controller):
     @post("/signout")
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
         check_csrf(request, container, data)
+        # Ended on the server too: a copy of the cookie (a shared computer's) signs in no more.
+        await container.auth.sign_out(request.cookies.get(CITIZEN_COOKIE, ""))
         response = see_other("/?notice=signed_out")
         response.delete_cookie(CITIZEN_COOKIE, path="/")
         return response

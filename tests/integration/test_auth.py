@@ -11,8 +11,11 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
+from redis.asyncio import Redis as AsyncRedis
 
 from app.auth import service as auth_service
+from app.auth import signed_out
+from app.pages.render import CITIZEN_COOKIE
 from app.settings import Settings
 from app.sms.backends import OUTBOX
 from tests.conftest import Deliver
@@ -176,3 +179,83 @@ async def test_the_sign_in_routes_count_toward_the_per_address_api_limit(setting
     async with AsyncTestClient(create_app(settings.with_(api_per_address="2/3600"))) as client:
         statuses = [(await client.post("/api/v1/auth/verify", json=body)).status_code for _ in range(3)]
     assert statuses == [400, 400, 429]
+
+
+async def sign_in(client: Client, redis_sync: SyncRedis, deliver: Deliver, mobile: str) -> dict[str, str]:
+    """A phone's sign-in: ask for a code, read it from the outbox, trade it for a token."""
+    assert (await client.post("/api/v1/auth/otp", json={"mobile": mobile})).status_code == 202
+    await deliver()
+    verified = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": last_code(redis_sync, mobile)})
+    assert verified.status_code == 200, verified.text
+    return {"Authorization": f"Bearer {verified.json()['access_token']}"}
+
+
+async def signed_in(client: Client, headers: dict[str, str]) -> bool:
+    """Whether the token still signs in: a cancel of no booking is 404 to a citizen, 401 to no one."""
+    answer = await client.post("/api/v1/bookings/ABCDEFGHJK/cancel", headers=headers)
+    assert answer.status_code in (401, 404), answer.text
+    return answer.status_code == 404
+
+
+async def test_a_signed_out_token_is_refused_at_once_and_by_every_instance(
+    client: Client, settings: Settings, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    from app.main import create_app
+
+    headers = await sign_in(client, redis_sync, deliver, "09120001212")
+    async with AsyncTestClient(create_app(settings)) as elsewhere:  # another instance, same Redis
+        assert await signed_in(client, headers) and await signed_in(elsewhere, headers)
+        assert (await client.post("/api/v1/auth/logout", headers=headers)).status_code == 204
+        assert not await signed_in(client, headers)
+        await asyncio.sleep(signed_out.LOOK_EVERY + 0.5)
+        assert not await signed_in(elsewhere, headers)
+        # Idempotent, and only a token that signs in is added: no header, garbage, again.
+        for other in ({}, {"Authorization": "Bearer not-a-token"}, headers):
+            assert (await elsewhere.post("/api/v1/auth/logout", headers=other)).status_code == 204
+    assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
+    # The citizen signs in again, with a new token.
+    assert await signed_in(client, await sign_in(client, redis_sync, deliver, "09120001212"))
+
+
+async def test_an_instance_started_after_a_sign_out_refuses_the_token(
+    client: Client, settings: Settings, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    from app.main import create_app
+
+    headers = await sign_in(client, redis_sync, deliver, "09120001313")
+    assert (await client.post("/api/v1/auth/logout", headers=headers)).status_code == 204
+    async with AsyncTestClient(create_app(settings)) as started_later:
+        assert not await signed_in(started_later, headers)
+
+
+async def test_signing_out_on_the_page_ends_the_token_too(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """A copy of the cookie (a shared computer's, the browser's disk) must not sign in after."""
+    headers = await sign_in(client, redis_sync, deliver, "09120001414")
+    client.cookies.set(CITIZEN_COOKIE, headers["Authorization"].removeprefix("Bearer "))
+    page = await client.get("/", headers={"Accept": "text/html"})
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf and "خروج" in page.text
+    signed = await client.post("/signout", data={"_csrf": csrf.group(1)}, follow_redirects=False)
+    assert signed.status_code == 303
+    assert not await signed_in(client, headers)
+
+
+async def test_a_digest_is_kept_as_long_as_a_token_lives(redis_url: str, redis_sync: SyncRedis) -> None:
+    """Redis and each instance forget a signed-out token once it would have expired anyway:
+    neither grows without end."""
+    redis = AsyncRedis.from_url(redis_url)
+    try:
+        here, there = (signed_out.SignedOutTokens(redis, keep_seconds=1) for _ in range(2))
+        await there.look()
+        await here.add("first-token")
+        await there.look()
+        assert "first-token" in there and "second-token" not in there
+        await asyncio.sleep(1.1)
+        await here.add("second-token")
+        assert redis_sync.zrange(signed_out.SIGNED_OUT, 0, -1) == [signed_out.digest("second-token").encode()]
+        await there.look()
+        assert "first-token" not in there and "second-token" in there
+    finally:
+        await redis.aclose()
