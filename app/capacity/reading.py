@@ -128,10 +128,13 @@ class DayReader:
         self._sums: dict[tuple[str, dt.date], tuple[float, DaySums]] = {}
         self._waiting: dict[str, tuple[float, int]] = {}
         self._swept_at = 0.0
-        # When an office-day, or an office (day None), or everything was last forgotten here: a
-        # read asked for before then is not kept, for the change may have overtaken it.
-        self._forgotten: dict[tuple[str, dt.date | None], float] = {}
-        self._forgot_all_at = 0.0
+        # The office-days being read from Redis now (how many reads of each), and those of them
+        # forgotten since their read left: such a read is answered but not kept, for the change
+        # may have overtaken it on its way. Only reads in flight are looked after, not every
+        # change a rush makes (thousands a second).
+        self._reading: dict[tuple[str, dt.date], int] = {}
+        self._overtaken: set[tuple[str, dt.date]] = set()
+        self._forgot_all_at = 0.0  # a read asked for before it is not kept either
         self._untold: set[str] = set()  # changes made here, not yet told to the others
         self._telling: asyncio.Task[None] | None = None
         self._heard_up_to: int | None = None  # Redis's clock (ms) when the changes were last read
@@ -144,10 +147,11 @@ class DayReader:
         found = _fresh(self._days, (office_code, day), asked)
         if found is not None:
             return found
-        [raw] = await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))])
-        fields = _fields(raw)
-        counted = None if fields is None else CountedDay(fields)
-        self._keep(self._days, {(office_code, day): counted}, {}, asked)
+        with self._in_flight([(office_code, day)]):
+            [raw] = await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))])
+            fields = _fields(raw)
+            counted = None if fields is None else CountedDay(fields)
+            self._keep(self._days, {(office_code, day): counted}, {}, asked)
         return counted
 
     async def sums(self, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums | None, int]]:
@@ -163,20 +167,21 @@ class DayReader:
         if unread_waiting:
             commands.append(("HMGET", keys.WAITING_NOW, *unread_waiting))
         if commands:
-            replies = await self.auto.execute_many(commands)
-            for code, raw in zip(unread_sums, replies, strict=False):
-                fields = _fields(raw)
-                summed[code] = None if fields is None else DaySums(fields)
-            if unread_waiting:
-                reported_now = dt.datetime.now(dt.UTC)
-                for code, reported in zip(unread_waiting, replies[-1], strict=True):
-                    waiting[code] = waiting_report(reported, reported_now)[0]
-            self._keep(
-                self._sums,
-                {(code, day): summed[code] for code in unread_sums},
-                {code: waiting[code] or 0 for code in unread_waiting},
-                asked,
-            )
+            with self._in_flight([(code, day) for code in unread_sums]):
+                replies = await self.auto.execute_many(commands)
+                for code, raw in zip(unread_sums, replies, strict=False):
+                    fields = _fields(raw)
+                    summed[code] = None if fields is None else DaySums(fields)
+                if unread_waiting:
+                    reported_now = dt.datetime.now(dt.UTC)
+                    for code, reported in zip(unread_waiting, replies[-1], strict=True):
+                        waiting[code] = waiting_report(reported, reported_now)[0]
+                self._keep(
+                    self._sums,
+                    {(code, day): summed[code] for code in unread_sums},
+                    {code: waiting[code] or 0 for code in unread_waiting},
+                    asked,
+                )
         return {code: (summed[code], waiting[code] or 0) for code in codes}
 
     @contextmanager
@@ -197,16 +202,19 @@ class DayReader:
                 self._tell(keys.day_change(office_code, day))
 
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
-        """Drop what this instance remembers of an office-day (of every day: ``day=None``)."""
-        if self.ttl > 0:
-            self._forgotten[(office_code, day)] = time.monotonic()
+        """Drop what this instance remembers of an office-day (of every day: ``day=None``),
+        and keep no read of it now on its way."""
         if day is not None:
-            self._days.pop((office_code, day), None)
-            self._sums.pop((office_code, day), None)
+            key = (office_code, day)
+            self._days.pop(key, None)
+            self._sums.pop(key, None)
+            if key in self._reading:
+                self._overtaken.add(key)
         else:
             for memory in (self._days, self._sums):
                 for key in [key for key in memory if key[0] == office_code]:
                     del memory[key]
+            self._overtaken.update(key for key in self._reading if key[0] == office_code)
             self._waiting.pop(office_code, None)  # a report is of the office, not of a day
 
     def forget_waiting(self, office_code: str) -> None:
@@ -284,6 +292,24 @@ class DayReader:
 
     # -- the memory --
 
+    @contextmanager
+    def _in_flight(self, office_days: list[tuple[str, dt.date]]) -> Iterator[None]:
+        """Around a read of these office-days from Redis: a change forgotten meanwhile marks
+        them overtaken (``forget``), and ``_keep``, called inside, keeps none of those."""
+        reading = self._reading
+        for key in office_days:
+            reading[key] = reading.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            for key in office_days:
+                left = reading[key] - 1
+                if left:
+                    reading[key] = left
+                else:
+                    del reading[key]
+                    self._overtaken.discard(key)
+
     def _keep(
         self,
         memory: dict[tuple[str, dt.date], tuple[float, Any]],
@@ -292,7 +318,8 @@ class DayReader:
         asked: float,
     ) -> None:
         """Remember what was just read (days as ``memory`` keeps them), asked for at ``asked``,
-        until ``keep`` seconds after that: unless it was forgotten meanwhile."""
+        until ``keep`` seconds after that: unless it was forgotten meanwhile (inside
+        ``_in_flight``)."""
         if self.ttl <= 0 or self._forgot_all_at >= asked:
             return
         self._sweep(time.monotonic())
@@ -300,12 +327,10 @@ class DayReader:
             if len(kept) >= MAX_ENTRIES:
                 _drop_expired(kept)
         until = asked + self.keep
-        forgotten = self._forgotten
+        overtaken = self._overtaken
         # A day Redis does not hold is materialised by the caller and read again: not kept.
         memory.update(
-            (key, (until, found))
-            for key, found in days.items()
-            if found is not None and forgotten.get(key, 0.0) < asked and forgotten.get((key[0], None), 0.0) < asked
+            (key, (until, found)) for key, found in days.items() if found is not None and key not in overtaken
         )
         self._waiting.update((code, (asked + self.ttl, count)) for code, count in waiting.items())
 
@@ -318,10 +343,6 @@ class DayReader:
         self._swept_at = now
         for kept in (self._days, self._sums, self._waiting):
             _drop_expired(kept)
-        # No read asked for a ``keep`` ago is kept: what was forgotten before then matters no more.
-        gone = now - self.keep
-        for key in [key for key, at in self._forgotten.items() if at < gone]:
-            del self._forgotten[key]
 
 
 WAITING_REPORT_SECONDS = 2 * 3600
