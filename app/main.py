@@ -121,11 +121,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             gc.collect()
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
-            watcher = asyncio.create_task(watch.run())
             # The citizens' tokens signed out (app.auth.signed_out): all known before the first
             # request when Redis answers, else from the loop's first look that succeeds.
             with contextlib.suppress(RedisError):
                 await container.auth.signed_out.look()
+            watcher = asyncio.create_task(watch.run())
             listener = asyncio.create_task(container.auth.signed_out.run())
             try:
                 yield

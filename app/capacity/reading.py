@@ -128,12 +128,12 @@ class DayReader:
         self._sums: dict[tuple[str, dt.date], tuple[float, DaySums]] = {}
         self._waiting: dict[str, tuple[float, int]] = {}
         self._swept_at = 0.0
-        # The office-days being read from Redis now (how many reads of each), and those of them
-        # forgotten since their read left: such a read is answered but not kept, for the change
-        # may have overtaken it on its way. Only reads in flight are looked after, not every
-        # change a rush makes (thousands a second).
+        # The office-days being read from Redis now (how many reads of each), and when those of
+        # them were last forgotten while read: a read asked for before then is answered but not
+        # kept, for the change may have overtaken it on its way. Only reads in flight are
+        # looked after, not every change a rush makes (thousands a second).
         self._reading: dict[tuple[str, dt.date], int] = {}
-        self._overtaken: set[tuple[str, dt.date]] = set()
+        self._overtaken: dict[tuple[str, dt.date], float] = {}
         self._forgot_all_at = 0.0  # a read asked for before it is not kept either
         self._untold: set[str] = set()  # changes made here, not yet told to the others
         self._telling: asyncio.Task[None] | None = None
@@ -209,12 +209,13 @@ class DayReader:
             self._days.pop(key, None)
             self._sums.pop(key, None)
             if key in self._reading:
-                self._overtaken.add(key)
+                self._overtaken[key] = time.monotonic()
         else:
             for memory in (self._days, self._sums):
                 for key in [key for key in memory if key[0] == office_code]:
                     del memory[key]
-            self._overtaken.update(key for key in self._reading if key[0] == office_code)
+            now = time.monotonic()
+            self._overtaken.update((key, now) for key in self._reading if key[0] == office_code)
             self._waiting.pop(office_code, None)  # a report is of the office, not of a day
 
     def forget_waiting(self, office_code: str) -> None:
@@ -295,7 +296,9 @@ class DayReader:
     @contextmanager
     def _in_flight(self, office_days: list[tuple[str, dt.date]]) -> Iterator[None]:
         """Around a read of these office-days from Redis: a change forgotten meanwhile marks
-        them overtaken (``forget``), and ``_keep``, called inside, keeps none of those."""
+        them overtaken (``forget``), and ``_keep``, called inside, keeps no read of them asked
+        for before that (a read asked for after it, still in flight, is kept: under a steady
+        stream of reads an office-day is always being read)."""
         reading = self._reading
         for key in office_days:
             reading[key] = reading.get(key, 0) + 1
@@ -308,7 +311,7 @@ class DayReader:
                     reading[key] = left
                 else:
                     del reading[key]
-                    self._overtaken.discard(key)
+                    self._overtaken.pop(key, None)
 
     def _keep(
         self,
@@ -330,7 +333,9 @@ class DayReader:
         overtaken = self._overtaken
         # A day Redis does not hold is materialised by the caller and read again: not kept.
         memory.update(
-            (key, (until, found)) for key, found in days.items() if found is not None and key not in overtaken
+            (key, (until, found))
+            for key, found in days.items()
+            if found is not None and overtaken.get(key, 0.0) < asked
         )
         self._waiting.update((code, (asked + self.ttl, count)) for code, count in waiting.items())
 

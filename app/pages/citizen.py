@@ -4,6 +4,7 @@ look a booking up or cancel it, and file and follow a complaint."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 from typing import Any
 from urllib.parse import urlencode
@@ -11,6 +12,7 @@ from urllib.parse import urlencode
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
+from redis.exceptions import RedisError
 
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import parse_slot
@@ -37,6 +39,8 @@ from app.pages.render import (
     see_other,
 )
 from app.web import Deps, Session, client_address, session_cookie
+
+log = logging.getLogger(__name__)
 
 LOOK_AHEAD_DAYS = 4  # today and the three days after it
 NEARBY_LIMIT = 10
@@ -457,7 +461,11 @@ class CitizenPages(Controller):
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
         check_csrf(request, container, data)
         # Ended on the server too: a copy of the cookie (a shared computer's) signs in no more.
-        await container.auth.sign_out(request.cookies.get(CITIZEN_COOKIE, ""))
+        # Without Redis only this instance refuses it; the citizen is still signed out here.
+        try:
+            await container.auth.sign_out(request.cookies.get(CITIZEN_COOKIE, ""))
+        except RedisError:
+            log.warning("a sign-out was not told to the other instances: Redis did not answer")
         response = see_other("/?notice=signed_out")
         response.delete_cookie(CITIZEN_COOKIE, path="/")
         return response

@@ -131,6 +131,39 @@ async def test_a_read_a_change_overtook_is_not_kept(
     assert not reads._reading and not reads._overtaken  # nothing left of the reads in flight
 
 
+async def test_a_read_asked_for_after_a_change_is_kept_while_an_older_one_is_on_its_way(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a steady stream of reads an office-day is always being read: a change must not
+    keep every later read of it from being kept, only those it may have overtaken."""
+    capacity = _capacity(redis, 60)
+    reads = capacity.reads
+    await _fresh_day(capacity)
+    await reads.sums([], DAY)  # the first look behind us
+    execute = reads.auto.execute_many
+    held = asyncio.Event()
+
+    async def slow_first(commands: Sequence[tuple[Any, ...]], **options: Any) -> list[Any]:
+        replies = await execute(commands, **options)
+        if not held.is_set():
+            held.set()
+            await asyncio.sleep(0.2)  # the older read's reply, slow on its way
+        return replies
+
+    monkeypatch.setattr(reads.auto, "execute_many", slow_first)
+    older = asyncio.create_task(reads.sums([OFFICE], DAY))
+    await held.wait()
+    await _reserve(capacity)  # the change, while the older read is on its way
+    await asyncio.sleep(0.01)
+    newer = (await reads.sums([OFFICE], DAY))[OFFICE][0]
+    assert newer is not None and (OFFICE, DAY) in reads._sums  # kept: it saw the change
+    assert newer.of("*")[1] == 1
+    stale = (await older)[OFFICE][0]
+    assert stale is not None and stale.of("*")[1] == 0  # answered as it was read...
+    assert reads._sums[(OFFICE, DAY)][1].of("*")[1] == 1  # ...but kept over the newer one: no
+    assert not reads._reading and not reads._overtaken
+
+
 async def test_an_instance_sees_its_own_booking_at_once(redis: Redis) -> None:
     capacity = _capacity(redis, 60)
     await _fresh_day(capacity)
