@@ -6,9 +6,10 @@ the token before it expires (NOBAT_TOKEN_TTL_SECONDS, a day): one copied off a s
 at an office, say, would otherwise go on booking and cancelling in the citizen's name until
 then. (What is ended is the token signed out with, not the citizen's other sign-ins.)
 
-So a sign-out adds a digest of the token to one Redis sorted set, scored by Redis's clock, and
-every instance reads what was added since its last look once a second, in the background
-(``run``); the check itself stays a lookup in memory. The instance that signs a token out
+So a sign-out is told to every instance as a change to the counters is (app.capacity.reading,
+with the same two scripts): a digest of the token goes into one Redis sorted set, scored by
+Redis's clock, and every instance reads what was added since its last look once a second, in
+the background (``run``); the check itself stays a lookup in memory. The instance that signs a token out
 refuses it at once. A digest is kept as long as a token lives, and a margin for the
 instances' clocks: after that the token has expired.
 """
@@ -18,43 +19,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.capacity.keys import NAMESPACE
-from app.capacity.scripts import as_text
+from app.capacity.scripts import HEAR_CHANGES, TELL_CHANGES, as_text
 
 log = logging.getLogger(__name__)
 
 SIGNED_OUT = f"{NAMESPACE}:signed-out"
 """Sorted set: the digest of each token signed out -> when (ms, by Redis's clock)."""
+EVERYTHING = 0
+"""The last look's time that reads all the set holds: the first look, or after Redis's clock
+went back (a replica took over) and the set's times may be below the last look's."""
 LOOK_EVERY = 1.0
 """Seconds between an instance's looks: a token signed out on another is refused within this."""
 CLOCKS_MARGIN_SECONDS = 300
 """Kept this much past a token's life: its expiry is judged by the clock of the instance that
-checks it, the digest's age by Redis's."""
-
-SIGN_OUT = """
--- KEYS[1] = SIGNED_OUT, ARGV[1] = the token's digest, ARGV[2] = how long (ms) a digest is kept
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-return now
-"""
-
-SINCE = """
--- KEYS[1] = SIGNED_OUT, ARGV[1] = Redis's clock (ms) at the last look ("": none)
--- Returns {that clock now, {digest, ms, ...}}: those signed out since a second before the last
--- look (the clock may step back a little: NTP), or all of them at the first look or when the
--- clock went back further (a replica took over).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local since = '-inf'
-if ARGV[1] ~= '' and tonumber(ARGV[1]) <= now then since = tonumber(ARGV[1]) - 1000 end
-return {now, redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES')}
-"""
+checked it, a digest's age by Redis's (in the set) or by when it was heard of (here)."""
 
 
 def digest(token: str) -> str:
@@ -67,12 +51,11 @@ def digest(token: str) -> str:
 
 class SignedOutTokens:
     def __init__(self, redis: Redis, *, keep_seconds: int) -> None:
-        self.keep_ms = (keep_seconds + CLOCKS_MARGIN_SECONDS) * 1000
-        self._sign_out = redis.register_script(SIGN_OUT)
-        self._since = redis.register_script(SINCE)
-        # digest -> when it was signed out (ms, Redis's clock), about the oldest first: the
-        # order in which they were heard of.
-        self._digests: dict[str, int] = {}
+        self.keep = keep_seconds + CLOCKS_MARGIN_SECONDS
+        self._tell = redis.register_script(TELL_CHANGES)
+        self._hear = redis.register_script(HEAR_CHANGES)
+        # digest -> when this instance heard of it (monotonic), the oldest first
+        self._digests: dict[str, float] = {}
         self._looked_at: int | None = None  # Redis's clock at the last look
 
     def __contains__(self, token: str) -> bool:
@@ -83,16 +66,20 @@ class SignedOutTokens:
         """Sign the token out: refused here at once (even if Redis does not answer, which is
         raised), by the other instances at their next look."""
         found = digest(token)
-        self._digests[found] = self._looked_at or 0  # until Redis gives its time
-        self._digests[found] = int(await self._sign_out(keys=[SIGNED_OUT], args=[found, self.keep_ms]))
+        self._digests.setdefault(found, time.monotonic())
+        await self._tell(keys=[SIGNED_OUT], args=[self.keep * 1000, found])
 
     async def look(self) -> None:
         """Learn the tokens signed out on other instances since the last look."""
-        now, found = await self._since(keys=[SIGNED_OUT], args=["" if self._looked_at is None else self._looked_at])
-        for i in range(0, len(found), 2):
-            self._digests.setdefault(as_text(found[i]), int(float(found[i + 1])))
+        since = EVERYTHING if self._looked_at is None else self._looked_at
+        now, found = await self._hear(keys=[SIGNED_OUT], args=[since])
+        if int(now) < since:  # Redis's clock went back: what was told meanwhile may score below
+            now, found = await self._hear(keys=[SIGNED_OUT], args=[EVERYTHING])
+        heard = time.monotonic()
+        for member in found:
+            self._digests.setdefault(as_text(member), heard)
         self._looked_at = int(now)
-        self._forget_expired(int(now) - self.keep_ms)
+        self._forget_expired(heard - self.keep)
 
     async def run(self, every: float = LOOK_EVERY) -> None:
         """Look every ``every`` seconds until cancelled (the app's lifespan, after its own first look)."""
@@ -107,7 +94,7 @@ class SignedOutTokens:
             except Exception:  # the loop must outlive any one look: else sign-outs go unheard
                 log.exception("reading the tokens signed out failed; trying again")
 
-    def _forget_expired(self, before: int) -> None:
+    def _forget_expired(self, before: float) -> None:
         """Drop the digests of tokens that have expired since: the oldest, from the front."""
         while self._digests:
             oldest = next(iter(self._digests))

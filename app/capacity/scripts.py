@@ -414,7 +414,8 @@ return 0
 """
 
 TELL_CHANGES = """
--- KEYS[1] = keys.DAYS_CHANGED, ARGV[1] = how long (ms) a change is kept, ARGV[2...] = what
+-- KEYS[1] = a sorted set of changes told to every instance (keys.DAYS_CHANGED, the signed-out
+-- tokens of app.auth.signed_out), ARGV[1] = how long (ms) a change is kept, ARGV[2...] = what
 -- changed. Scored by Redis's clock, which every instance reads alike (theirs may differ).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -424,7 +425,8 @@ return now
 """
 
 HEAR_CHANGES = """
--- KEYS[1] = keys.DAYS_CHANGED, ARGV[1] = the ms TELL_CHANGES scores by at the last look ("": none)
+-- KEYS[1] = the set TELL_CHANGES adds to, ARGV[1] = the ms it scores by at the last look ("":
+-- none; 0 for all the set holds)
 -- Returns {that clock now, what changed since a second before the last look}: the second
 -- because the clock may step back a little (NTP, a replica taking over), and what is
 -- forgotten twice is only read again.

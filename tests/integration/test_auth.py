@@ -233,17 +233,21 @@ async def test_an_instance_started_after_a_sign_out_refuses_the_token(
         assert not await signed_in(started_later, headers)
 
 
+async def sign_out_on_the_page(client: Client, headers: dict[str, str]) -> Any:
+    """The page's sign-out, from a browser holding the token as its cookie: its answer."""
+    client.cookies.set(CITIZEN_COOKIE, headers["Authorization"].removeprefix("Bearer "))
+    page = await client.get("/", headers={"Accept": "text/html"})
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf and "خروج" in page.text  # signed in, with the sign-out button
+    return await client.post("/signout", data={"_csrf": csrf.group(1)}, follow_redirects=False)
+
+
 async def test_signing_out_on_the_page_ends_the_token_too(
     client: Client, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
     """A copy of the cookie (a shared computer's, the browser's disk) must not sign in after."""
     headers = await sign_in(client, redis_sync, deliver, "09120001414")
-    client.cookies.set(CITIZEN_COOKIE, headers["Authorization"].removeprefix("Bearer "))
-    page = await client.get("/", headers={"Accept": "text/html"})
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
-    assert csrf and "خروج" in page.text
-    signed = await client.post("/signout", data={"_csrf": csrf.group(1)}, follow_redirects=False)
-    assert signed.status_code == 303
+    assert (await sign_out_on_the_page(client, headers)).status_code == 303
     assert not await signed_in(client, headers)
 
 
@@ -253,17 +257,12 @@ async def test_signing_out_on_the_page_without_redis_still_signs_out_here(
     """Redis down: the others cannot be told, but this instance refuses the token and the
     browser's cookie goes, rather than an error page that leaves the citizen signed in."""
     headers = await sign_in(client, redis_sync, deliver, "09120001515")
-    client.cookies.set(CITIZEN_COOKIE, headers["Authorization"].removeprefix("Bearer "))
-    page = await client.get("/", headers={"Accept": "text/html"})
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
-    assert csrf
 
     async def unreachable(**_: Any) -> None:
         raise RedisConnectionError("Redis is down")
 
-    tokens = client.app.state.container.auth.signed_out
-    monkeypatch.setattr(tokens, "_sign_out", unreachable)
-    signed = await client.post("/signout", data={"_csrf": csrf.group(1)}, follow_redirects=False)
+    monkeypatch.setattr(client.app.state.container.auth.signed_out, "_tell", unreachable)
+    signed = await sign_out_on_the_page(client, headers)
     assert signed.status_code == 303
     assert CITIZEN_COOKIE in signed.headers["set-cookie"] and "Max-Age=0" in signed.headers["set-cookie"]
     assert not await signed_in(client, headers)
