@@ -20,7 +20,7 @@ from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
-from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, score
+from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, weigh
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
 from app.locale import check_text, jalali_date, jalali_time, normalize_text, to_persian_digits
 from app.offices.directory import OfficeCard, OfficeDirectory
@@ -104,7 +104,7 @@ class LoadService:
                 first = bisect_right(free_times, not_before)  # the first free slot after not_before
                 next_free = free_times[first] if first < len(free_times) else None
             candidates.append(
-                Candidate(
+                weigh(
                     office_code=code,
                     distance_km=distances[code],
                     status=summed.status,
@@ -219,5 +219,5 @@ def _nearby_office(candidate: Candidate, office: OfficeCard) -> NearbyOffice:
         waiting_now=candidate.waiting,
         next_free_slot=candidate.next_free,
         next_free_slot_fa=jalali_time(dt.time.fromisoformat(candidate.next_free)) if candidate.next_free else None,
-        score=round(score(candidate), 4),
+        score=round(candidate.score, 4),
     )

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from app.load.ranking import Busyness, Candidate, busyness, rank, score
+from app.load.ranking import Busyness, Candidate, busyness, rank, weigh
 
 
 def office(
     code: str, *, km: float, used: int = 0, seats: int = 10, status: str = "active", waiting: int = 0
 ) -> Candidate:
     free = seats - used
-    return Candidate(
+    return weigh(
         office_code=code,
         distance_km=km,
         status=status,
@@ -44,7 +44,7 @@ def test_a_much_less_busy_office_a_little_further_wins() -> None:
 
 
 def test_people_waiting_in_the_room_count() -> None:
-    assert score(office("crowded", km=1, waiting=15)) > score(office("empty", km=1))
+    assert office("crowded", km=1, waiting=15).score > office("empty", km=1).score
 
 
 def test_limit_and_no_seats_at_all() -> None:
@@ -59,3 +59,10 @@ def test_busyness_levels() -> None:
     assert busyness(0.1, 7) is Busyness.MEDIUM
     assert busyness(0.9, 0) is Busyness.HIGH
     assert busyness(0.0, 20) is Busyness.HIGH
+
+
+def test_scores_equal_but_for_float_noise_the_nearer_wins() -> None:
+    # The same score worked out from different terms: 0.4 x 1/8 + 0.25 x 1/25 = 0.25 x 6/25.
+    near, far = office("near", km=1, used=1, seats=8), office("far", km=6, seats=8)
+    assert far.score < near.score  # by one unit in the last place
+    assert codes(rank([far, near], 2)) == ["near", "far"]
