@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Awaitable, Collection, Iterable, Sequence
 from time import perf_counter
@@ -47,7 +48,7 @@ from app.capacity.plan import (
     effective_cap,
     official_holidays,
 )
-from app.capacity.reading import DayReader
+from app.capacity.reading import Columns, CountedDay, DayReader
 from app.capacity.scripts import Scripts, as_text
 from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
@@ -449,17 +450,16 @@ class Capacity:
     async def day_view(self, *, office_code: str, day: dt.date) -> DayView | None:
         """The office-day as readers see it (up to ``read_cache_seconds`` old; see app.capacity.reading)."""
         counted = await self.reads.day(office_code, day)
+        return None if counted is None else _view(counted)
+
+    async def counted_for_reading(self, *, session: AsyncSession, office_code: str, day: dt.date) -> CountedDay | None:
+        """The office-day's counters as readers see them, materialised first if Redis does
+        not hold the day yet; None if it still does not (a race with a rebuild)."""
+        counted = await self.reads.day(office_code, day)
         if counted is None:
-            return None
-        slots = []
-        for pool, (times, each_seats, each_used) in counted.pools.items():
-            room = day_room(sum(each_seats), sum(each_used), counted.cap)
-            slots += [
-                SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))
-                for time, seats, used in zip(times, each_seats, each_used, strict=True)
-            ]
-        slots.sort(key=lambda s: (s.time, s.pool))
-        return DayView(status=counted.status, cap_percent=counted.cap, slots=slots)
+            await self.materialise_day(session=session, office_code=office_code, day=day)
+            counted = await self.reads.day(office_code, day)
+        return counted
 
     # --- materialising from the record ---
 
@@ -481,10 +481,17 @@ class Capacity:
     async def bookable_slots(
         self, *, session: AsyncSession, office_code: str, pool: str, day: dt.date, now: dt.datetime
     ) -> tuple[str, list[SlotView]]:
-        """The office-day's status, and its slots of one pool that can still be booked."""
-        view = await day_for_reading(self, session=session, office_code=office_code, day=day)
-        not_before = first_bookable_time(now, day) or ""
-        return view.status, [s for s in view.slots if s.pool == pool and s.time >= not_before and s.seats > 0]
+        """The office-day's status, and its slots of one pool that can still be booked. Only
+        that pool's slots from ``not_before`` on are made: the whole day's, sorted and then
+        filtered, had been a fifth of a slots request."""
+        counted = await self.counted_for_reading(session=session, office_code=office_code, day=day)
+        if counted is None:
+            return "active", []
+        columns = counted.pools.get(pool)
+        if columns is None:
+            return counted.status, []
+        first = bisect_left(columns[0], first_bookable_time(now, day) or "")
+        return counted.status, [slot for slot in _slot_views(pool, columns, counted.cap, first) if slot.seats > 0]
 
     def _day_args(
         self,
@@ -922,8 +929,23 @@ async def count_used(
 
 async def day_for_reading(capacity: Capacity, *, session: AsyncSession, office_code: str, day: dt.date) -> DayView:
     """The office-day as Redis has it, materialised first if it is not there yet."""
-    view = await capacity.day_view(office_code=office_code, day=day)
-    if view is None:
-        await capacity.materialise_day(session=session, office_code=office_code, day=day)
-        view = await capacity.day_view(office_code=office_code, day=day)
-    return view or DayView(status="active", cap_percent=100, slots=[])
+    counted = await capacity.counted_for_reading(session=session, office_code=office_code, day=day)
+    return _view(counted) if counted is not None else DayView(status="active", cap_percent=100, slots=[])
+
+
+def _view(counted: CountedDay) -> DayView:
+    """The whole office-day, every pool's slots in time order."""
+    slots = [slot for pool, columns in counted.pools.items() for slot in _slot_views(pool, columns, counted.cap)]
+    slots.sort(key=lambda s: (s.time, s.pool))
+    return DayView(status=counted.status, cap_percent=counted.cap, slots=slots)
+
+
+def _slot_views(pool: str, columns: Columns, cap: int, first: int = 0) -> list[SlotView]:
+    """One pool's slots from the ``first`` on; what each can still take is bounded by the
+    day's room in the pool under its cap (``day_room``), counted over all its slots."""
+    times, each_seats, each_used = columns
+    room = day_room(sum(each_seats), sum(each_used), cap)
+    return [
+        SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))
+        for time, seats, used in zip(times[first:], each_seats[first:], each_used[first:], strict=True)
+    ]

@@ -15,6 +15,8 @@ from sqlalchemy import delete, func, select, text
 
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
+from app.capacity.plan import DayRule
+from app.clock import Clock
 from app.container import Container
 from tests.conftest import World, booking_body
 
@@ -322,6 +324,42 @@ async def test_a_past_slot_of_today_cannot_be_booked(client: Client, world: Worl
         "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "00:00"), headers=world.token()
     )
     assert response.status_code == 422 and response.json()["code"] == "no_such_slot"
+
+
+@pytest.mark.parametrize(("now", "listed_from"), [("10:29", "10:30"), ("10:30", "11:00")])
+async def test_todays_slots_are_listed_from_the_next_minute_on(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, now: str, listed_from: str
+) -> None:
+    # A slot that starts this minute has started: listed, as booked, from the minute after.
+    office = await world.office(seats=2)
+    today = world.container.clock.today()
+    at = dt.datetime.combine(today, dt.time.fromisoformat(now), tzinfo=world.container.clock.tz)
+    monkeypatch.setattr(Clock, "now", lambda self: at)
+    response = await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": today.isoformat()})
+    assert response.status_code == 200, response.text
+    times = [slot["time"] for slot in response.json()["slots"]]
+    assert times[0] == listed_from and times[-1] == "19:30"
+    assert times == sorted(set(times))  # each once, in order
+
+
+async def test_a_service_with_its_own_counter_lists_its_own_slots(client: Client, world: World) -> None:
+    office = await world.office(
+        rules=[
+            DayRule(opens="08:00", closes="12:00", slot_minutes=60, seats=3),
+            DayRule(opens="09:30", closes="11:30", slot_minutes=30, seats=1, service="102"),
+        ]
+    )
+    day = world.tomorrow()
+
+    async def slots(service: str) -> list[tuple[str, int]]:
+        response = await client.get(
+            f"/api/v1/offices/{office}/slots", params={"service": service, "date": day.isoformat()}
+        )
+        assert response.status_code == 200, response.text
+        return [(slot["time"], slot["seats"]) for slot in response.json()["slots"]]
+
+    assert await slots("101") == [("08:00", 3), ("09:00", 3), ("10:00", 3), ("11:00", 3)]
+    assert await slots("102") == [("09:30", 1), ("10:00", 1), ("10:30", 1), ("11:00", 1)]
 
 
 async def test_blocked_status_bites_in_redis_at_once(client: Client, world: World) -> None:
