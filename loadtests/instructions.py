@@ -26,6 +26,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ from loadtests.pg_baseline import temp_workdir as pg_workdir
 from loadtests.stack import PYTHON, NobatStack, morning_timezone
 
 CONCURRENCY = 32
+STALLED_SECONDS = 600.0
+"""A driven run with no request finished for this long (at valgrind's pace; the app's start
+and stop included) has stopped: it says where each task waits, and fails."""
 
 
 def _lines(kind: str, count: int, fixture: dict[str, Any]) -> list[workloads.Line]:
@@ -115,6 +119,8 @@ async def _drive(lines: list[workloads.Line]) -> dict[int, int]:
     async def lifespan_send(message: dict[str, Any]) -> None:
         await replies.put(message)
 
+    finished = [0]
+    watch = asyncio.create_task(_watch(finished))
     lifespan = asyncio.create_task(
         app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, lifespan_receive, lifespan_send)
     )  # type: ignore[arg-type]
@@ -127,12 +133,28 @@ async def _drive(lines: list[workloads.Line]) -> dict[int, int]:
     async def worker() -> None:
         while pending:
             await call(pending.pop())
+            finished[0] += 1
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     await queue.put({"type": "lifespan.shutdown"})
     await replies.get()
     await lifespan
+    watch.cancel()
     return statuses
+
+
+async def _watch(finished: list[int]) -> None:
+    """Fail a run whose requests have stopped, saying where every task waits (one such run,
+    beside another under valgrind, had sat idle for ten minutes with nothing to show why)."""
+    seen = -1
+    while finished[0] != seen:
+        seen = finished[0]
+        await asyncio.sleep(STALLED_SECONDS)
+    print(f"no request finished for {STALLED_SECONDS:.0f} s after {seen}; where each task waits:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(3)
 
 
 def _count(kind: str, count: int, fixture_path: Path) -> int:
@@ -158,7 +180,7 @@ def _count(kind: str, count: int, fixture_path: Path) -> int:
     )
     found = re.search(r"I\s+refs:\s+([0-9,]+)", done.stderr)
     if done.returncode or not found:
-        raise RuntimeError(f"callgrind failed ({done.returncode}): {done.stderr[-2000:]}")
+        raise RuntimeError(f"callgrind failed ({done.returncode}): {done.stderr[-8000:]}")
     print(done.stdout.strip())
     return int(found[1].replace(",", ""))
 
