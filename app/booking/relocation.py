@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.service import BookingService
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
+from app.capacity.plan import minute_of
 from app.capacity.service import Overflow, Reserved, Seat, SeatRequest, day_for_reading
 from app.errors import DomainError
 from app.load.service import LoadService
@@ -34,10 +35,6 @@ class Relocation(msgspec.Struct, frozen=True):
     moved: bool
     office_code: str | None = None
     time: str | None = None
-
-
-def _minutes(hhmm: str) -> int:
-    return int(hhmm[:2]) * 60 + int(hhmm[3:])
 
 
 class Relocator:
@@ -293,7 +290,7 @@ class _Places:
             return None
         free = await self._room(office.code, booking.date)
         times = [time for (pool, time), left in free.items() if pool == office.pool and left > 0 and time > not_before]
-        times.sort(key=lambda t: (abs(_minutes(t) - _minutes(booking.slot_time)), t))
+        times.sort(key=lambda t: (abs(minute_of(t) - minute_of(booking.slot_time)), t))
         for time in times:
             try:
                 reserved = await self.relocator.capacity.reserve(

@@ -81,6 +81,10 @@ class CountedDay:
         }
 
 
+NOTHING_COUNTED = CountedDay({})
+"""A day Redis does not hold even after materialising (a race with a rebuild): active, no slots."""
+
+
 class DaySums:
     """One office-day in sum, pool by pool, as a list of offices shows it: status, cap, and
     each pool's seats, used, and the times of its slots with a seat left, in order.

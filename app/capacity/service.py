@@ -48,7 +48,7 @@ from app.capacity.plan import (
     effective_cap,
     official_holidays,
 )
-from app.capacity.reading import Columns, CountedDay, DayReader
+from app.capacity.reading import NOTHING_COUNTED, Columns, CountedDay, DayReader
 from app.capacity.scripts import Scripts, as_text
 from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
@@ -452,14 +452,14 @@ class Capacity:
         counted = await self.reads.day(office_code, day)
         return None if counted is None else _view(counted)
 
-    async def counted_for_reading(self, *, session: AsyncSession, office_code: str, day: dt.date) -> CountedDay | None:
+    async def counted_for_reading(self, *, session: AsyncSession, office_code: str, day: dt.date) -> CountedDay:
         """The office-day's counters as readers see them, materialised first if Redis does
-        not hold the day yet; None if it still does not (a race with a rebuild)."""
+        not hold the day yet (nothing counted if it still does not: a race with a rebuild)."""
         counted = await self.reads.day(office_code, day)
         if counted is None:
             await self.materialise_day(session=session, office_code=office_code, day=day)
             counted = await self.reads.day(office_code, day)
-        return counted
+        return NOTHING_COUNTED if counted is None else counted
 
     # --- materialising from the record ---
 
@@ -482,11 +482,9 @@ class Capacity:
         self, *, session: AsyncSession, office_code: str, pool: str, day: dt.date, now: dt.datetime
     ) -> tuple[str, list[SlotView]]:
         """The office-day's status, and its slots of one pool that can still be booked. Only
-        that pool's slots from ``not_before`` on are made: the whole day's, sorted and then
-        filtered, had been a fifth of a slots request."""
+        that pool's slots from ``not_before`` on are made, not the whole day's sorted and then
+        filtered: the same on a demo day, several times less on a day of several desks."""
         counted = await self.counted_for_reading(session=session, office_code=office_code, day=day)
-        if counted is None:
-            return "active", []
         columns = counted.pools.get(pool)
         if columns is None:
             return counted.status, []
@@ -929,8 +927,7 @@ async def count_used(
 
 async def day_for_reading(capacity: Capacity, *, session: AsyncSession, office_code: str, day: dt.date) -> DayView:
     """The office-day as Redis has it, materialised first if it is not there yet."""
-    counted = await capacity.counted_for_reading(session=session, office_code=office_code, day=day)
-    return _view(counted) if counted is not None else DayView(status="active", cap_percent=100, slots=[])
+    return _view(await capacity.counted_for_reading(session=session, office_code=office_code, day=day))
 
 
 def _view(counted: CountedDay) -> DayView:

@@ -49,10 +49,8 @@ class Candidate(msgspec.Struct, frozen=True, order=True):
     office_code: str  # and then by code
     score: float
     status: str  # active or restricted
-    seats: int  # bookable seats that day (after any cap)
-    used: int
-    free: int
-    load: float
+    free: int  # seats left that day (under any cap)
+    load: float  # share of the day's bookable seats taken, 0..1
     waiting: int  # people in the room now, as the office last said
     next_free: str | None  # "HH:MM" of the next slot with a seat, None when none
 
@@ -76,9 +74,9 @@ def weigh(
     next_free: str | None,
     minutes_to_next_free: float | None,
 ) -> Candidate:
-    """An office's tier and score, from what Redis says of it. (Each share is saturated by a
-    comparison, not ``min``: this is made thirty times a search, and the builtins' calls were
-    a third of it.)"""
+    """An office's tier and score, from what Redis says of it (``seats``: bookable that day,
+    after any cap). Each share is saturated by a comparison, not ``min``: this is made thirty
+    times a search, and the builtins' calls were a third of it."""
     free = seats - used if seats > used else 0
     load = used / seats if seats > 0 and used < seats else 1.0
     minutes = minutes_to_next_free
@@ -93,9 +91,7 @@ def weigh(
         + WEIGHT_DISTANCE * (distance_km / DISTANCE_SATURATES_KM if distance_km < DISTANCE_SATURATES_KM else 1.0)
     )
     tier = 2 if next_free is None or free == 0 else 1 if status == "restricted" else 0
-    return Candidate(
-        tier, round(score, 6), distance_km, office_code, score, status, seats, used, free, load, waiting, next_free
-    )
+    return Candidate(tier, round(score, 6), distance_km, office_code, score, status, free, load, waiting, next_free)
 
 
 def rank(candidates: list[Candidate], limit: int) -> list[Candidate]:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
+from app.capacity.plan import minute_of
 from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
@@ -33,9 +34,6 @@ LAT_RANGE = (24.0, 40.5)
 LON_RANGE = (43.0, 64.0)
 SEARCH_RADII_KM = (30, 150, 1000)
 MAX_LIMIT = 50
-MINUTE_OF = {f"{hour:02d}:{minute:02d}": hour * 60 + minute for hour in range(24) for minute in range(60)}
-"""Minutes after midnight of each slot time ("HH:MM"): looked up thirty times a search, where
-parsing the two numbers had been 3% of it."""
 
 
 class LoadService:
@@ -115,7 +113,7 @@ class LoadService:
                     used=used,
                     waiting=waiting,
                     next_free=next_free,
-                    minutes_to_next_free=None if next_free is None else MINUTE_OF[next_free] - now_minute,
+                    minutes_to_next_free=None if next_free is None else minute_of(next_free) - now_minute,
                 )
             )
         ranked = rank(candidates, limit)
