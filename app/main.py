@@ -23,7 +23,7 @@ from app.booking.routes import BookingsController, WaitlistController
 from app.capacity.watch import RedisWatch
 from app.complaints.routes import ComplaintsController, RegulatorComplaintsController
 from app.console.routes import ConsoleController
-from app.container import Container, build_container
+from app.container import Container, build_container, shut_down
 from app.db import create_schema, session_scope
 from app.enforcement.routes import GuildController, OfficeEnforcementController, RegulatorActionsController
 from app.health import HealthController, MetricsController
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 watcher.cancel()
                 listener.cancel()
                 # Ended before the container closes: a fill it was making tells its changes.
-                await asyncio.gather(watcher, listener, return_exceptions=True)
+                await shut_down("stopping the watch", asyncio.gather(watcher, listener, return_exceptions=True))
         finally:
             await container.close()
             if embedded:

@@ -27,6 +27,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
 
 from app import cli
+from app import container as container_module
 from app.booking import relocation, writer
 from app.booking.models import SEAT_STATUSES, Booking, Channel
 from app.booking.schemas import BookingCreate
@@ -1369,3 +1370,31 @@ async def test_a_worker_killed_mid_send_still_sends_exactly_once(
             os.killpg(worker.pid, signal.SIGKILL)
         slow.stop()
         standin.stop()
+
+
+async def test_a_shutdown_step_that_never_ends_is_given_up_and_named(
+    app: Litestar, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance stops even when one step of its shutdown hangs, the steps after it still
+    run, and the log names the one that hung."""
+    monkeypatch.setattr(container_module, "SHUTDOWN_STEP_SECONDS", 0.5)
+    later_steps: list[str] = []
+
+    async def never() -> None:
+        await asyncio.sleep(3600)
+
+    async with AsyncTestClient(app, timeout=60) as client:
+        assert (await client.get("/health/live")).status_code == 200
+        container: Container = app.state.container
+        monkeypatch.setattr(container.capacity.reads, "told", never)
+        closing = container.requests.close
+
+        async def close_requests() -> None:
+            later_steps.append("requests")
+            await closing()
+
+        monkeypatch.setattr(container.requests, "close", close_requests)
+        started = time.monotonic()
+    assert time.monotonic() - started < 10
+    assert "shutdown: telling the last changes did not end in 0.5 s" in caplog.text
+    assert later_steps == ["requests"]
