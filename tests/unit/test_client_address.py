@@ -14,6 +14,13 @@ def test_behind_the_balancer_the_address_it_appended_counts_not_what_the_client_
     assert client_address(alone, trust_forwarded_for=True) == "5.6.7.8"
 
 
+def test_of_several_header_lines_the_last_counts() -> None:
+    """A balancer may add a line of its own (HAProxy's option forwardfor), after the client's."""
+    request = RequestFactory().get("/", headers={"X-Forwarded-For": "10.0.0.7"})
+    request.scope["headers"] = [*request.scope["headers"], (b"x-forwarded-for", b"5.6.7.8")]
+    assert client_address(request, trust_forwarded_for=True) == "5.6.7.8"
+
+
 def test_the_header_is_ignored_unless_the_balancer_is_trusted() -> None:
     request = RequestFactory().get("/", headers={"X-Forwarded-For": "10.0.0.7"})
     assert request.client is not None
