@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from alembic import command
@@ -47,6 +49,18 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+"""A way to a session, for code that needs the record only now and then: the read paths ask
+it only when Redis lacks a day (a slots read or a search otherwise never touches the
+record, and opening a session for each had cost them a twentieth of their time)."""
+
+
+def within(session: AsyncSession) -> Sessions:
+    """The session already open, as ``Sessions``: for a caller inside a transaction whose
+    reads must see its own writes (a relocation reading the days it moves bookings to)."""
+    return lambda: contextlib.nullcontext(session)
 
 
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:

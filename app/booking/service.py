@@ -147,9 +147,7 @@ class BookingService:
         now = self.clock.now()
         today = now.date()
         self.capacity.check_horizon(day, today)
-        office = await self.offices.bookable(
-            session=session, office_code=request.office_code, service_code=request.service_code
-        )
+        office = await self.offices.bookable(office_code=request.office_code, service_code=request.service_code)
 
         # No lookup of the Idempotency-Key here: the reserve script answers REPLAY for a key it
         # has seen, and the unique (mobile, key) constraint catches one it has forgotten (after
@@ -695,9 +693,7 @@ class BookingService:
         now = self.clock.now()
         today = now.date()
         self.capacity.check_horizon(day, today)
-        office = await self.offices.bookable(
-            session=session, office_code=request.office_code, service_code=request.service_code
-        )
+        office = await self.offices.bookable(office_code=request.office_code, service_code=request.service_code)
         not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
         await self._hold(national_id, today, day, office, tracking_code)

@@ -50,6 +50,7 @@ from app.capacity.plan import (
 )
 from app.capacity.reading import NOTHING_COUNTED, Columns, CountedDay, DayReader
 from app.capacity.scripts import Scripts, as_text
+from app.db import Sessions
 from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
 from app.observability import LUA_SECONDS
@@ -452,12 +453,13 @@ class Capacity:
         counted = await self.reads.day(office_code, day)
         return None if counted is None else _view(counted)
 
-    async def counted_for_reading(self, *, session: AsyncSession, office_code: str, day: dt.date) -> CountedDay:
+    async def counted_for_reading(self, *, sessions: Sessions, office_code: str, day: dt.date) -> CountedDay:
         """The office-day's counters as readers see them, materialised first if Redis does
         not hold the day yet (nothing counted if it still does not: a race with a rebuild)."""
         counted = await self.reads.day(office_code, day)
         if counted is None:
-            await self.materialise_day(session=session, office_code=office_code, day=day)
+            async with sessions() as session:
+                await self.materialise_day(session=session, office_code=office_code, day=day)
             counted = await self.reads.day(office_code, day)
         return NOTHING_COUNTED if counted is None else counted
 
@@ -479,12 +481,12 @@ class Capacity:
             )
 
     async def bookable_slots(
-        self, *, session: AsyncSession, office_code: str, pool: str, day: dt.date, now: dt.datetime
+        self, *, sessions: Sessions, office_code: str, pool: str, day: dt.date, now: dt.datetime
     ) -> tuple[str, list[SlotView]]:
         """The office-day's status, and its slots of one pool that can still be booked. Only
         that pool's slots from ``not_before`` on are made, not the whole day's sorted and then
         filtered: the same on a demo day, several times less on a day of several desks."""
-        counted = await self.counted_for_reading(session=session, office_code=office_code, day=day)
+        counted = await self.counted_for_reading(sessions=sessions, office_code=office_code, day=day)
         columns = counted.pools.get(pool)
         if columns is None:
             return counted.status, []
@@ -925,9 +927,9 @@ async def count_used(
     return used
 
 
-async def day_for_reading(capacity: Capacity, *, session: AsyncSession, office_code: str, day: dt.date) -> DayView:
+async def day_for_reading(capacity: Capacity, *, sessions: Sessions, office_code: str, day: dt.date) -> DayView:
     """The office-day as Redis has it, materialised first if it is not there yet."""
-    return _view(await capacity.counted_for_reading(session=session, office_code=office_code, day=day))
+    return _view(await capacity.counted_for_reading(sessions=sessions, office_code=office_code, day=day))
 
 
 def _view(counted: CountedDay) -> DayView:

@@ -31,7 +31,6 @@ class LoadController(Controller):
     @get("/nearby", summary="Offices offering a service, least busy and near first")
     async def nearby(
         self,
-        session: Session,
         container: Deps,
         service: FromQuery[str],
         lat: Latitude = None,
@@ -41,7 +40,7 @@ class LoadController(Controller):
         limit: Limit = "10",
     ) -> NearbyResult:
         return await container.load.nearby(
-            session=session,
+            sessions=container.sessions,
             service_code=service,
             day=parse_date(date) if date else None,
             lat=_coordinate(lat, "lat", 90),

@@ -19,6 +19,7 @@ from app.capacity.plan import minute_of
 from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
+from app.db import Sessions, within
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
 from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, weigh
@@ -54,7 +55,7 @@ class LoadService:
     async def nearby(
         self,
         *,
-        session: AsyncSession,
+        sessions: Sessions,
         service_code: str,
         day: dt.date | None,
         lat: float | None,
@@ -69,9 +70,9 @@ class LoadService:
                 detail_fa=f"limit باید بین ۱ و {to_persian_digits(str(MAX_LIMIT))} باشد.",
             )
         service_code = normalize_code(service_code, "service")
-        if not await self.offices.has_service(session=session, service_code=service_code):
+        if not await self.offices.has_service(service_code):
             raise ServiceNotFound()
-        lat, lon = await self._origin(session, lat, lon, city)
+        lat, lon = await self._origin(sessions, lat, lon, city)
         now = self.clock.now()
         day = day or now.date()
         self.capacity.check_horizon(day, now.date())
@@ -87,7 +88,7 @@ class LoadService:
             if len(found) >= limit:
                 break
         distances = dict(found)
-        counters = await self._read_sums(session, list(distances), day)
+        counters = await self._read_sums(sessions, list(distances), day)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
@@ -117,7 +118,7 @@ class LoadService:
                 )
             )
         ranked = rank(candidates, limit)
-        offices = await self.offices.cards(session=session, office_codes=[c.office_code for c in ranked])
+        offices = await self.offices.cards([c.office_code for c in ranked])
         return NearbyResult(
             service_code=service_code,
             date=day.isoformat(),
@@ -132,7 +133,7 @@ class LoadService:
         if await session.scalar(select(Office.id).where(Office.code == office_code)) is None:
             raise OfficeNotFound()
         today = self.clock.today()
-        day = await day_for_reading(self.capacity, session=session, office_code=office_code, day=today)
+        day = await day_for_reading(self.capacity, sessions=within(session), office_code=office_code, day=today)
         waiting, reported_at = waiting_report(await self.redis.hget(keys.WAITING_NOW, office_code), self.clock.now())
         by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for slot in day.slots:
@@ -162,20 +163,21 @@ class LoadService:
             ],
         )
 
-    async def _read_sums(self, session: AsyncSession, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums, int]]:
+    async def _read_sums(self, sessions: Sessions, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums, int]]:
         """Each office's day in sum and its waiting count (app.capacity.reading); missing
         days are materialised."""
         result: dict[str, tuple[DaySums, int]] = {}
         for code, (found, waiting) in (await self.capacity.reads.sums(codes, day)).items():
             summed = found
             if summed is None:
-                await self.capacity.materialise_day(session=session, office_code=code, day=day)
+                async with sessions() as session:
+                    await self.capacity.materialise_day(session=session, office_code=code, day=day)
                 [(summed, _)] = (await self.capacity.reads.sums([code], day)).values()
             result[code] = (summed or EMPTY_DAY, waiting)
         return result
 
     async def _origin(
-        self, session: AsyncSession, lat: float | None, lon: float | None, city: str | None
+        self, sessions: Sessions, lat: float | None, lon: float | None, city: str | None
     ) -> tuple[float, float]:
         if lat is not None and lon is not None:
             if not (LAT_RANGE[0] <= lat <= LAT_RANGE[1] and LON_RANGE[0] <= lon <= LON_RANGE[1]):
@@ -189,7 +191,8 @@ class LoadService:
             match = (City.name_fa == value) | (func.lower(City.name_en) == value.lower())
             if value.isascii() and value.isdecimal() and len(value) <= 9:
                 match = match | (City.id == int(value))
-            row = (await session.execute(query.where(match))).first()
+            async with sessions() as session:
+                row = (await session.execute(query.where(match))).first()
             if row is None:
                 raise CityNotFound()
             return float(row[0]), float(row[1])

@@ -141,7 +141,7 @@ class OfficeDirectory:
         self._services, self._version = services, version
         log.info("office directory: %d changed offices read again", len(office_codes))
 
-    async def bookable(self, *, session: AsyncSession, office_code: str, service_code: str) -> BookableOffice:
+    async def bookable(self, *, office_code: str, service_code: str) -> BookableOffice:
         """The office and service a booking names, or the error that says which is wrong."""
         office_code = normalize_code(office_code, "office_code")
         service_code = normalize_code(service_code, "service_code")
@@ -151,7 +151,8 @@ class OfficeDirectory:
         if office is None or service_name is None or service_code not in office.services:
             # Not known here (new since the load), or not offered: SQL has the last word,
             # and says which error it is.
-            found = await bookable_office(session=session, office_code=office_code, service_code=service_code)
+            async with self.sessions() as session:
+                found = await bookable_office(session=session, office_code=office_code, service_code=service_code)
             self._remember(found)
             return found
         return BookableOffice(
@@ -183,11 +184,12 @@ class OfficeDirectory:
         office = self._offices.get(office_code)
         return office.pool(service_code) if office is not None else SHARED_POOL
 
-    async def has_service(self, *, session: AsyncSession, service_code: str) -> bool:
+    async def has_service(self, service_code: str) -> bool:
         await self._keep_fresh()
         if service_code in self._services:
             return True
-        name = await session.scalar(select(Service.name_fa).where(Service.code == service_code))
+        async with self.sessions() as session:
+            name = await session.scalar(select(Service.name_fa).where(Service.code == service_code))
         if name is not None:
             self._services[service_code] = name
         return name is not None
@@ -202,7 +204,7 @@ class OfficeDirectory:
         index = self._near.get(service_code)
         return index.nearest(lat, lon, count=count, radius_km=radius_km) if index is not None else []
 
-    async def cards(self, *, session: AsyncSession, office_codes: list[str]) -> dict[str, OfficeCard]:
+    async def cards(self, office_codes: list[str]) -> dict[str, OfficeCard]:
         """Each office's card; those the copy does not hold are read from SQL in one query."""
         found: dict[str, OfficeCard] = {}
         missing = []
@@ -213,11 +215,14 @@ class OfficeDirectory:
             else:
                 missing.append(code)
         if missing:
-            rows = await session.execute(
-                select(Office.code, *_CARD_COLUMNS)
-                .join(City, City.id == Office.city_id)
-                .where(Office.code.in_(missing))
-            )
+            async with self.sessions() as session:
+                rows = (
+                    await session.execute(
+                        select(Office.code, *_CARD_COLUMNS)
+                        .join(City, City.id == Office.city_id)
+                        .where(Office.code.in_(missing))
+                    )
+                ).all()
             for code, *card in rows:
                 found[code] = _card(card)
         return found

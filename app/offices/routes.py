@@ -55,7 +55,6 @@ class OfficesController(Controller):
     async def slots(
         self,
         code: FromPath[str],
-        session: Session,
         container: Deps,
         service_code: Annotated[str, QueryParameter(name="service")],
         date: FromQuery[str | None] = None,
@@ -63,9 +62,9 @@ class OfficesController(Controller):
         now = container.clock.now()
         day = parse_date(date) if date else now.date()
         container.capacity.check_horizon(day, now.date())
-        office = await container.offices.bookable(session=session, office_code=code, service_code=service_code)
+        office = await container.offices.bookable(office_code=code, service_code=service_code)
         status, slots = await container.capacity.bookable_slots(
-            session=session, office_code=office.code, pool=office.pool, day=day, now=now
+            sessions=container.sessions, office_code=office.code, pool=office.pool, day=day, now=now
         )
         return DaySlots(
             office_code=office.code,

@@ -20,6 +20,7 @@ from app.booking.tracking import normalize_tracking_code
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
+from app.db import within
 from app.errors import DomainError, InvalidInput, NotFound
 from app.identity import normalize_mobile
 from app.load.schemas import NearbyResult
@@ -70,7 +71,7 @@ async def _free_slots(
     """The office-day's status and its slots for the service, from the next minute on
     (what booking accepts: a slot that starts this minute has started)."""
     return await container.capacity.bookable_slots(
-        session=session, office_code=office.code, pool=office.pool, day=day, now=container.clock.now()
+        sessions=within(session), office_code=office.code, pool=office.pool, day=day, now=container.clock.now()
     )
 
 
@@ -124,7 +125,7 @@ class CitizenPages(Controller):
             first: NearbyResult | None = None
             for day in days:
                 result = await container.load.nearby(
-                    session=session,
+                    sessions=within(session),
                     service_code=service,
                     day=day,
                     lat=latitude,
@@ -189,9 +190,7 @@ class CitizenPages(Controller):
         errors: dict[str, str] = {}
         if service:
             try:
-                bookable = await container.offices.bookable(
-                    session=session, office_code=detail.code, service_code=service
-                )
+                bookable = await container.offices.bookable(office_code=detail.code, service_code=service)
                 if date:
                     day = parse_date(date)
                     _check_horizon(container, day)
@@ -247,7 +246,7 @@ class CitizenPages(Controller):
         if not office or not service or not date:
             return see_other("/")
         day = _bookable_day(container, date)
-        bookable = await container.offices.bookable(session=session, office_code=office, service_code=service)
+        bookable = await container.offices.bookable(office_code=office, service_code=service)
         return render(
             request,
             container,
@@ -292,7 +291,7 @@ class CitizenPages(Controller):
                 booking = booked.booking
         except DomainError as error:
             await session.rollback()
-            bookable = await container.offices.bookable(session=session, office_code=office, service_code=service)
+            bookable = await container.offices.bookable(office_code=office, service_code=service)
             return render(
                 request,
                 container,

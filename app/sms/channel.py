@@ -21,6 +21,7 @@ from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
 from app.capacity.errors import DayFull, OfficeClosed
 from app.clock import Clock
+from app.db import within
 from app.errors import DomainError
 from app.identity import normalize_mobile
 from app.load.service import LoadService
@@ -163,7 +164,7 @@ class SmsChannel:
                 return None  # joining sends its own message
             case parser.Offices():
                 result = await self.load.nearby(
-                    session=session,
+                    sessions=within(session),
                     service_code=command.service_code,
                     day=self.clock.today(),
                     lat=None,

@@ -31,8 +31,7 @@ async def test_a_loaded_office_is_booked_without_a_query(container: Container, w
     await directory.load()
     statements: list[str] = []
     event.listen(container.engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    async with container.sessions() as session:
-        found = await directory.bookable(session=session, office_code=office, service_code="۱۰۱")
+    found = await directory.bookable(office_code=office, service_code="۱۰۱")
     assert (found.code, found.service_code, found.pool, found.name_fa) == (office, "101", "*", f"دفتر {office}")
     assert statements == []
 
@@ -43,14 +42,13 @@ async def test_an_office_made_after_the_load_is_found_and_errors_come_from_the_r
     directory = OfficeDirectory(sessions=container.sessions, redis=container.redis)
     await directory.load()
     office = await world.office(services=("101",))
-    async with container.sessions() as session:
-        assert (await directory.bookable(session=session, office_code=office, service_code="101")).code == office
-        with pytest.raises(ServiceNotOffered):
-            await directory.bookable(session=session, office_code=office, service_code="102")
-        with pytest.raises(ServiceNotFound):
-            await directory.bookable(session=session, office_code=office, service_code="999")
-        with pytest.raises(OfficeNotFound):
-            await directory.bookable(session=session, office_code="999999", service_code="101")
+    assert (await directory.bookable(office_code=office, service_code="101")).code == office
+    with pytest.raises(ServiceNotOffered):
+        await directory.bookable(office_code=office, service_code="102")
+    with pytest.raises(ServiceNotFound):
+        await directory.bookable(office_code=office, service_code="999")
+    with pytest.raises(OfficeNotFound):
+        await directory.bookable(office_code="999999", service_code="101")
 
 
 async def test_a_template_with_counters_of_its_own_routes_bookings_at_once_everywhere(
@@ -86,15 +84,13 @@ async def test_a_template_with_counters_of_its_own_routes_bookings_at_once_every
 
     # The other instance notices the bump and reloads in the background.
     await _caught_up(other, container, office)
-    async with container.sessions() as session:
-        found = await other.bookable(session=session, office_code=office, service_code="102")
+    found = await other.bookable(office_code=office, service_code="102")
     assert found.pool == "102"
 
 
 async def _caught_up(directory: OfficeDirectory, container: Container, office: str) -> None:
     """Let the directory take its next look at the version, and wait for the reload it starts."""
-    async with container.sessions() as session:
-        await directory.bookable(session=session, office_code=office, service_code="101")
+    await directory.bookable(office_code=office, service_code="101")
     for _ in range(200):
         if directory._reloading and directory._reloading.done():
             return
@@ -150,8 +146,7 @@ async def test_a_change_that_could_not_be_told_is_told_on_a_later_look(
 
     monkeypatch.setattr(office_directory, "log_change", redis_away_once)
     changed, untouched, other = await _rename_on_one_instance(container, world, "دفتر سوم")
-    async with container.sessions() as session:
-        await other.bookable(session=session, office_code=untouched, service_code="101")  # a look
+    await other.bookable(office_code=untouched, service_code="101")  # a look
     assert other._reloading is None and other._offices[changed].name_fa != "دفتر سوم"  # not told yet
 
     container.offices._checked_at = 0.0

@@ -7,8 +7,9 @@ import datetime as dt
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
 
-from app.capacity import crowd_caps
+from app.capacity import crowd_caps, keys
 from app.capacity.plan import DayRule
 from app.offices.models import OfficeStatus
 from tests.conftest import World, booking_body
@@ -185,6 +186,32 @@ async def test_a_cap_limits_the_day_not_each_slot(client: Client, world: World) 
     ranked = await nearby(client, date=day.isoformat())
     mine = next(o for o in ranked if o["code"] == office)
     assert (mine["seats_free"], mine["next_free_slot"]) == (0, None)
+
+
+async def test_a_day_redis_lacks_is_counted_from_the_record_when_read(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Slots and nearby open a session only for a day Redis lacks (a day rolled into the
+    horizon, a wipe): that day comes back with the bookings the record holds."""
+    office = await world.office(rules=two_hours(1))  # 4 seats a day
+    await world.rebuild()  # into the nearby index
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "08:00"), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+
+    redis_sync.delete(keys.office_day(office, day))
+    answer = await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    assert answer.status_code == 200, answer.text
+    assert [(s["time"], s["free"]) for s in answer.json()["slots"]] == [
+        ("08:00", 0), ("08:30", 1), ("09:00", 1), ("09:30", 1)
+    ]  # fmt: skip
+
+    redis_sync.delete(keys.office_day(office, day))
+    mine = next(o for o in await nearby(client, date=day.isoformat()) if o["code"] == office)
+    assert (mine["seats_free"], mine["next_free_slot"]) == (3, "08:30")
+    assert redis_sync.exists(keys.office_day(office, day))
 
 
 async def test_concurrent_bookings_under_a_cap_never_exceed_it(client: Client, world: World) -> None:
