@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -57,10 +58,41 @@ it only when Redis lacks a day (a slots read or a search otherwise never touches
 record, and opening a session for each had cost them a twentieth of their time)."""
 
 
-def within(session: AsyncSession) -> Sessions:
+class Within:
     """The session already open, as ``Sessions``: for a caller inside a transaction whose
     reads must see its own writes (a relocation reading the days it moves bookings to)."""
-    return lambda: contextlib.nullcontext(session)
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def __call__(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return contextlib.nullcontext(self.session)
+
+
+class OnDemand:
+    """One session for a piece of work that seldom needs the record, opened at the first
+    ``await session()`` and closed when the ``async with`` ends; given ``Within``, the
+    caller's session, as open from the start. A booking needs one only when Redis lacks
+    the day or on its way out of a failure: its rows go in through the group commit's own
+    connections."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+        self._opening: AbstractAsyncContextManager[AsyncSession] | None = None
+        self.opened: AsyncSession | None = sessions.session if isinstance(sessions, Within) else None
+
+    async def session(self) -> AsyncSession:
+        if self.opened is None:
+            self._opening = self._sessions()
+            self.opened = await self._opening.__aenter__()
+        return self.opened
+
+    async def __aenter__(self) -> OnDemand:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._opening is not None:
+            await self._opening.__aexit__(*exc_info)
 
 
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:

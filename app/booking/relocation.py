@@ -19,7 +19,7 @@ from app.booking.service import BookingService
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.plan import minute_of
 from app.capacity.service import Overflow, Reserved, Seat, SeatRequest, day_for_reading
-from app.db import within
+from app.db import Within
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
@@ -253,7 +253,7 @@ class _Places:
         key = (booking.service_code, booking.date)
         if key not in self._nearby:
             nearby = await self.relocator.load.nearby(
-                sessions=within(self.session),
+                sessions=Within(self.session),
                 service_code=booking.service_code,
                 day=booking.date,
                 lat=self.from_office.lat,
@@ -279,7 +279,7 @@ class _Places:
         key = (office_code, day)
         if key not in self._free:
             capacity = self.relocator.capacity
-            view = await day_for_reading(capacity, sessions=within(self.session), office_code=office_code, day=day)
+            view = await day_for_reading(capacity, sessions=Within(self.session), office_code=office_code, day=day)
             free = {} if view.status == "blocked" else {(s.pool, s.time): s.free for s in view.slots if s.free > 0}
             self._free[key] = free
         return self._free[key]

@@ -18,13 +18,12 @@ class BookingsController(Controller):
         self,
         data: JSONBody[BookingCreate],
         request: Request[Any, Any, Any],
-        session: Session,
         container: Deps,
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> Response[BookingOut]:
         mobile = container.auth.mobile_from_token(bearer_token(request))
         booked = await container.bookings.book(
-            session=session, mobile=mobile, request=data, idempotency_key=idempotency_key
+            sessions=container.sessions, mobile=mobile, request=data, idempotency_key=idempotency_key
         )
         headers = {"Idempotent-Replayed": "true"} if booked.replay else {}
         return Response(booked.booking, status_code=201, headers=headers)

@@ -45,6 +45,7 @@ from app.capacity.errors import (
 from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
 from app.clock import Clock
+from app.db import OnDemand, Sessions
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
@@ -113,16 +114,17 @@ class BookingService:
     async def book(
         self,
         *,
-        session: AsyncSession,
+        sessions: Sessions,
         mobile: str,
         request: BookingCreate,
         idempotency_key: str | None,
         channel: Channel = Channel.WEB,
     ) -> Booked:
         try:
-            booked = await self._book(
-                session=session, mobile=mobile, request=request, idempotency_key=idempotency_key, channel=channel
-            )
+            async with OnDemand(sessions) as record:
+                booked = await self._book(
+                    record=record, mobile=mobile, request=request, idempotency_key=idempotency_key, channel=channel
+                )
         except DomainError as error:
             REJECTIONS.labels(error.code).inc()
             raise
@@ -133,7 +135,7 @@ class BookingService:
     async def _book(
         self,
         *,
-        session: AsyncSession,
+        record: OnDemand,
         mobile: str,
         request: BookingCreate,
         idempotency_key: str | None,
@@ -182,10 +184,10 @@ class BookingService:
             raise
         if hold_error is not None:
             if isinstance(outcome, Reserved) and not outcome.replay:
-                await self._give_back(session, office, day, outcome, idempotency)
+                await self._give_back(await record.session(), office, day, outcome, idempotency)
             # A retry of a booking that went through holds the citizen's limit itself.
             if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings)) and idempotency_key:
-                if earlier := await self._by_idempotency_key(session, mobile, idempotency_key):
+                if earlier := await self._by_idempotency_key(await record.session(), mobile, idempotency_key):
                     return self._replay(earlier, national_id, office, day, wanted)
                 if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):
                     raise DuplicateRequest() from None
@@ -194,8 +196,8 @@ class BookingService:
             if isinstance(outcome, DomainError):
                 raise outcome
             if outcome is None:  # the day is not in Redis yet: count it in from the record first
-                await self._materialise(session, office.code, day)
-                outcome = await self._reserve(session, seat)
+                await self._materialise(await record.session(), office.code, day)
+                outcome = await self._reserve(await record.session(), seat)
             reserved = outcome
         except RedisError:
             await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
@@ -207,7 +209,7 @@ class BookingService:
         if reserved.replay:
             # Another request with this Idempotency-Key took the seat; answer with its booking.
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-            earlier = await self._by_tracking_code(session, reserved.tracking_code)
+            earlier = await self._by_tracking_code(await record.session(), reserved.tracking_code)
             if earlier is None:
                 raise DuplicateRequest()
             return self._replay(earlier, national_id, office, day, wanted)
@@ -245,8 +247,9 @@ class BookingService:
             # The booking is a saga across Redis and SQL, so it is committed here, not in the
             # request scope: only a committed row may be confirmed, and only a failed commit
             # may give the seat back. Concurrent bookings share the commit (app.booking.writer).
-            await self.writer.write(session, rows, sms_ids)
+            await self.writer.write(record.opened, rows, sms_ids)
         except CommitOutcomeUnknown as error:
+            session = await record.session()
             await session.rollback()
             return await self._after_lost_commit(session, error, view, national_id, seat)
         except asyncio.CancelledError:
@@ -254,6 +257,7 @@ class BookingService:
             # their way: the commit goes on without it and may land, so the seat stays counted.
             raise
         except BaseException as error:
+            session = await record.session()
             await session.rollback()
             await self._undo(session, office, day, reserved, national_id, idempotency)
             if isinstance(error, IntegrityError):

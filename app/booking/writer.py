@@ -97,12 +97,13 @@ class GroupCommit:
         self._outbox.close()
         await self.engine.dispose()
 
-    async def write(self, session: AsyncSession, rows: Sequence[Row], sms_ids: Sequence[str] = ()) -> None:
+    async def write(self, session: AsyncSession | None, rows: Sequence[Row], sms_ids: Sequence[str] = ()) -> None:
         """Commit these rows (with whatever else is being committed now); then have the SMS
-        messages among them (``sms_ids``) sent."""
-        # Give the request's connection back first: with more bookings in flight than the
-        # pool holds, requests idling in a transaction would starve the writer.
-        if session.in_transaction():
+        messages among them (``sms_ids``) sent. ``session``: the caller's, if it has one open."""
+        # Give the caller's connection back first: with more bookings in flight than the pool
+        # holds, requests idling in a transaction would starve the others; and on SQLite a
+        # transaction that wrote would hold the lock the group commit waits for.
+        if session is not None and session.in_transaction():
             await session.commit()
         write = _Write(rows, sms_ids)
         self._pending.append(write)

@@ -43,6 +43,7 @@ from app.console.errors import (
     WrongBookingState,
 )
 from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
+from app.db import Within
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
@@ -547,7 +548,7 @@ class Console:
         """A citizen at the counter without a booking takes the next free seat, like anyone else."""
         office = await self._office(session, staff, office_code)
         booked = await self.bookings.book(
-            session=session,
+            sessions=Within(session),
             mobile=normalize_mobile(mobile) if mobile else "",
             request=BookingCreate(
                 national_id=national_id,

@@ -19,7 +19,7 @@ from app.capacity.plan import minute_of
 from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
-from app.db import Sessions, within
+from app.db import Sessions, Within
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
 from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, weigh
@@ -133,7 +133,7 @@ class LoadService:
         if await session.scalar(select(Office.id).where(Office.code == office_code)) is None:
             raise OfficeNotFound()
         today = self.clock.today()
-        day = await day_for_reading(self.capacity, sessions=within(session), office_code=office_code, day=today)
+        day = await day_for_reading(self.capacity, sessions=Within(session), office_code=office_code, day=today)
         waiting, reported_at = waiting_report(await self.redis.hget(keys.WAITING_NOW, office_code), self.clock.now())
         by_hour: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for slot in day.slots:

@@ -20,7 +20,7 @@ from app.booking.tracking import normalize_tracking_code
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
-from app.db import within
+from app.db import Within
 from app.errors import DomainError, InvalidInput, NotFound
 from app.identity import normalize_mobile
 from app.load.schemas import NearbyResult
@@ -71,7 +71,7 @@ async def _free_slots(
     """The office-day's status and its slots for the service, from the next minute on
     (what booking accepts: a slot that starts this minute has started)."""
     return await container.capacity.bookable_slots(
-        sessions=within(session), office_code=office.code, pool=office.pool, day=day, now=container.clock.now()
+        sessions=Within(session), office_code=office.code, pool=office.pool, day=day, now=container.clock.now()
     )
 
 
@@ -125,7 +125,7 @@ class CitizenPages(Controller):
             first: NearbyResult | None = None
             for day in days:
                 result = await container.load.nearby(
-                    sessions=within(session),
+                    sessions=Within(session),
                     service_code=service,
                     day=day,
                     lat=latitude,
@@ -280,7 +280,7 @@ class CitizenPages(Controller):
                 )
             else:
                 booked = await container.bookings.book(
-                    session=session,
+                    sessions=Within(session),
                     mobile=mobile,
                     request=BookingCreate(
                         national_id=national_id, office_code=office, service_code=service, date=date, slot=slot

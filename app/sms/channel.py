@@ -21,7 +21,7 @@ from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
 from app.capacity.errors import DayFull, OfficeClosed
 from app.clock import Clock
-from app.db import within
+from app.db import Within
 from app.errors import DomainError
 from app.identity import normalize_mobile
 from app.load.service import LoadService
@@ -164,7 +164,7 @@ class SmsChannel:
                 return None  # joining sends its own message
             case parser.Offices():
                 result = await self.load.nearby(
-                    sessions=within(session),
+                    sessions=Within(session),
                     service_code=command.service_code,
                     day=self.clock.today(),
                     lat=None,
@@ -208,7 +208,7 @@ class SmsChannel:
         for index, day in enumerate(days):
             try:
                 await self.bookings.book(
-                    session=session,
+                    sessions=Within(session),
                     mobile=mobile,
                     request=BookingCreate(
                         national_id=national_id,

@@ -147,6 +147,37 @@ async def test_wiping_redis_and_rebuilding_gives_the_same_counters(
     assert snapshot() == before
 
 
+async def test_a_booking_a_slots_read_and_a_search_open_no_session(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot paths never touch the record through the request (a booking's rows go in
+    through the group commit's own connections): a session made for each had cost a slots
+    read an eighth of its instructions. They open one only when they need it."""
+    office = await world.office(seats=2)
+    await world.rebuild()  # every day in Redis, the office in the nearby index
+    day = world.tomorrow()
+    container: Container = client.app.state.container
+    opened: list[object] = []
+    sessions = container.sessions
+
+    def counted() -> Any:
+        opened.append(None)
+        return sessions()
+
+    monkeypatch.setattr(container, "sessions", counted)
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    slots = await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    assert slots.status_code == 200, slots.text
+    found = await client.get(
+        "/api/v1/offices/nearby", params={"service": "101", "lat": "35.7", "lon": "51.4", "date": day.isoformat()}
+    )
+    assert found.status_code == 200 and office in [o["code"] for o in found.json()["offices"]], found.text
+    assert opened == []
+
+
 async def test_day_missing_from_redis_is_rebuilt_on_first_booking(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:

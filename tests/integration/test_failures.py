@@ -178,10 +178,10 @@ async def test_a_booking_undone_after_a_recount_frees_no_one_elses_seat(
     container = client.app.state.container
     write = container.bookings.writer.write
 
-    async def recount_then_fail(session: Any, *args: Any, **kwargs: Any) -> None:
+    async def recount_then_fail(*args: Any, **kwargs: Any) -> None:
         monkeypatch.setattr(container.bookings.writer, "write", write)  # once
-        await session.commit()
-        await container.capacity.rebuild(session=session, today=container.clock.today())
+        async with container.sessions() as session:
+            await container.capacity.rebuild(session=session, today=container.clock.today())
         raise OperationalError("INSERT", {}, Exception("the record went away"))
 
     monkeypatch.setattr(container.bookings.writer, "write", recount_then_fail)
@@ -955,11 +955,10 @@ async def test_a_jobs_booking_is_not_committed_once_a_recount_has_begun(
     request = BookingCreate(
         national_id=world.national_id(), office_code=office, service_code="101", date=day.isoformat()
     )
-    async with jobs.sessions() as session:
-        with pytest.raises(CapacityRebuilding):
-            await jobs.bookings.book(
-                session=session, mobile=world.mobile(), request=request, idempotency_key=None, channel=Channel.SMS
-            )
+    with pytest.raises(CapacityRebuilding):
+        await jobs.bookings.book(
+            sessions=jobs.sessions, mobile=world.mobile(), request=request, idempotency_key=None, channel=Channel.SMS
+        )
     async with jobs.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Booking)) == 0
     with SyncRedis.from_url(capacity_redis.url) as redis:
@@ -1153,19 +1152,18 @@ async def test_a_request_cancelled_while_its_booking_commits_never_gives_the_sea
         await commit(*args, **kwargs)
 
     writer._commit = slow_commit  # type: ignore[method-assign]
-    async with container.sessions() as session:
-        booking = asyncio.create_task(
-            container.bookings.book(
-                session=session,
-                mobile="09120000001",
-                request=msgspec.convert(booking_body(office, world.national_id(), day), BookingCreate),
-                idempotency_key=None,
-            )
+    booking = asyncio.create_task(
+        container.bookings.book(
+            sessions=container.sessions,
+            mobile="09120000001",
+            request=msgspec.convert(booking_body(office, world.national_id(), day), BookingCreate),
+            idempotency_key=None,
         )
-        await started.wait()
-        booking.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await booking
+    )
+    await started.wait()
+    booking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await booking
     await asyncio.sleep(0.6)  # the commit lands
     async with container.sessions() as session:
         held = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status.in_(SEAT_STATUSES)))
