@@ -26,3 +26,7 @@ class ClosureOut(msgspec.Struct):
     reason: str
     created_by: str
     moved: list[MovedBooking] = []
+    # In the answer to a closure: true when its request did not move every booking itself (a
+    # recount began, Redis or the record was away, another was moving that day's), so that
+    # ``moved`` is not the whole of it and the minute's job moves the rest.
+    moves_pending: bool = False

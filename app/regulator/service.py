@@ -131,7 +131,11 @@ class Regulator:
             created_by=closure.created_by,
         )
         codes = await _offices_closed(session, province_id)
-        recorded.moved = await self._close_offices(session, codes, day, recorded.reason)
+        moved = await self._close_offices(session, codes, day, recorded.reason)
+        if moved is None:
+            recorded.moves_pending = True
+        else:
+            recorded.moved = moved
         return recorded
 
     async def finish_closures(self, *, session: AsyncSession) -> int:
@@ -157,7 +161,7 @@ class Regulator:
                 # Every office it closed, not only those with bookings left: one whose seats
                 # never left Redis (the request failed before) would take the moved citizens.
                 codes = await _offices_closed(session, province_id)
-                done += len(await self._close_offices(session, codes, day, reason))
+                done += len(await self._close_offices(session, codes, day, reason) or [])
             except Exception:  # one closure's failure must not keep the others waiting
                 await session.rollback()
                 log.exception("the bookings left at offices closed on %s wait for the next run", day)
@@ -165,18 +169,19 @@ class Regulator:
 
     async def _close_offices(
         self, session: AsyncSession, codes: list[str], day: dt.date, reason: str
-    ) -> list[MovedBooking]:
+    ) -> list[MovedBooking] | None:
         """Take a recorded closure's seats out of the offices' counters, and move their
         bookings under the day's lock: a closure's request and the minute's job moving them at
         once would each take seats the other then finds gone, and cancel citizens who had
         somewhere to go. Nothing is moved when the other holds the lock, or a recount begins
-        (which counts the closure in): the job moves them within a minute."""
+        (which counts the closure in): the job moves them within a minute. None then: not
+        "nobody moved", which is what an empty list says."""
         try:
             overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
             lock = f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}"
             async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
                 if not held:
-                    return []
+                    return None
                 return await self.console.move_all(
                     session, codes, [day], overflow, {}, why_fa=f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
                 )
@@ -186,7 +191,7 @@ class Regulator:
             # is done or Redis and the record answer again.
             await session.rollback()
             log.warning("offices closed on %s: their bookings move by the next job", day, exc_info=True)
-            return []
+            return None
 
     async def closures(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[ClosureOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

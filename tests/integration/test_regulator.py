@@ -68,6 +68,7 @@ async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
     )
     assert closed.status_code == 201, closed.text
     assert closed.json()["moved"] == [{"tracking_code": code, "moved": False, "office_code": None, "slot": None}]
+    assert closed.json()["moves_pending"] is False
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
     assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 0
     await deliver()
