@@ -78,7 +78,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     otp_ttl_seconds: int = 120
     """NOBAT_OTP_TTL_SECONDS: how long a one-time code lives."""
     otp_max_attempts: int = 5
-    """NOBAT_OTP_MAX_ATTEMPTS: wrong tries that burn a code."""
+    """NOBAT_OTP_MAX_ATTEMPTS: guesses that burn a code (a wrong try while the code before it
+    is still live is a guess at each)."""
     token_ttl_seconds: int = 24 * 3600
     """NOBAT_TOKEN_TTL_SECONDS: how long a citizen's bearer token is good for."""
     otp_per_mobile: str = "3/600"

@@ -38,9 +38,12 @@ return 'OK'
 
 VERIFY = """
 -- KEYS[1] = the mobile's codes (ISSUE)
--- ARGV[1] = digest of the code presented, ARGV[2] = wrong tries that burn the codes,
+-- ARGV[1] = digest of the code presented, ARGV[2] = guesses at a code that burn the codes,
 -- ARGV[3] = now (unix ms)
 -- Returns OK (and deletes the codes: signing in is once), WRONG, BURNT or NONE.
+-- A wrong try while two codes are live was a guess at each, and counts twice: else asking
+-- for a second code doubled the chance of each guess, and the guessing bound with it. The
+-- codes burn before a try would take the count past the bound.
 local code = redis.call('HMGET', KEYS[1], 'digest', 'expires', 'earlier', 'earlier_expires')
 local now = tonumber(ARGV[3])
 local function live(digest, expires) return digest and (not expires or tonumber(expires) > now) end
@@ -50,8 +53,9 @@ if (latest and code[1] == ARGV[1]) or (earlier and code[3] == ARGV[1]) then
   return 'OK'
 end
 if not latest and not earlier then redis.call('DEL', KEYS[1]) return 'NONE' end
-local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
-if tries >= tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) return 'BURNT' end
+local cost = (latest and earlier) and 2 or 1
+local tries = redis.call('HINCRBY', KEYS[1], 'tries', cost)
+if tries + cost > tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) return 'BURNT' end
 return 'WRONG'
 """
 

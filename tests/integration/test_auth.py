@@ -70,6 +70,24 @@ async def test_five_wrong_tries_burn_the_code(client: Client, redis_sync: SyncRe
     assert right_too_late.status_code == 400 and right_too_late.json()["code"] == "otp_expired"
 
 
+async def test_with_two_codes_live_a_wrong_try_is_a_guess_at_each(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver, settings: Settings
+) -> None:
+    """Asking for a second code must not double the guessing bound: with two live, each
+    wrong try counts twice, and the codes burn before the guesses pass the bound."""
+    assert settings.otp_max_attempts == 5
+    mobile = "09120002323"
+    for _ in range(2):
+        await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    await deliver()
+    latest, first = codes_sent(redis_sync, mobile)
+    wrong = next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in (latest, first))
+    answers = [await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": wrong}) for _ in range(2)]
+    assert [a.json()["code"] for a in answers] == ["otp_wrong", "otp_expired"]  # 4 guesses, not 5 tries x 2
+    right_too_late = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": first})
+    assert right_too_late.json()["code"] == "otp_expired"
+
+
 async def test_code_expires(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     await client.post("/api/v1/auth/otp", json={"mobile": "09120003333"})
     await deliver()
