@@ -55,7 +55,7 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 Sessions = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 """A way to a session, for code that needs the record only now and then: the read paths ask
 it only when Redis lacks a day (a slots read or a search otherwise never touches the
-record, and opening a session for each had cost them a twentieth of their time)."""
+record, and the session made for each had cost a slots read an eighth of its instructions)."""
 
 
 class Within:
