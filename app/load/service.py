@@ -164,17 +164,16 @@ class LoadService:
         )
 
     async def _read_sums(self, sessions: Sessions, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums, int]]:
-        """Each office's day in sum and its waiting count (app.capacity.reading); missing
-        days are materialised."""
-        result: dict[str, tuple[DaySums, int]] = {}
-        for code, (found, waiting) in (await self.capacity.reads.sums(codes, day)).items():
-            summed = found
-            if summed is None:
-                async with sessions() as session:
+        """Each office's day in sum and its waiting count (app.capacity.reading). Days Redis
+        lacks are materialised through one session, opened only then, and read again in one trip."""
+        read = await self.capacity.reads.sums(codes, day)
+        if missing := [code for code, (summed, _) in read.items() if summed is None]:
+            async with sessions() as session:
+                for code in missing:
                     await self.capacity.materialise_day(session=session, office_code=code, day=day)
-                [(summed, _)] = (await self.capacity.reads.sums([code], day)).values()
-            result[code] = (summed or EMPTY_DAY, waiting)
-        return result
+            again = await self.capacity.reads.sums(missing, day)
+            read.update((code, (summed, read[code][1])) for code, (summed, _) in again.items())
+        return {code: (summed or EMPTY_DAY, waiting) for code, (summed, waiting) in read.items()}
 
     async def _origin(
         self, sessions: Sessions, lat: float | None, lon: float | None, city: str | None

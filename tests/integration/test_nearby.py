@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
@@ -189,11 +191,13 @@ async def test_a_cap_limits_the_day_not_each_slot(client: Client, world: World) 
 
 
 async def test_a_day_redis_lacks_is_counted_from_the_record_when_read(
-    client: Client, world: World, redis_sync: SyncRedis
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Slots and nearby open a session only for a day Redis lacks (a day rolled into the
-    horizon, a wipe): that day comes back with the bookings the record holds."""
+    horizon, a wipe): that day comes back with the bookings the record holds. A search
+    missing several days reads them all through one session."""
     office = await world.office(rules=two_hours(1))  # 4 seats a day
+    neighbour = await world.office(rules=two_hours(1))
     await world.rebuild()  # into the nearby index
     day = world.tomorrow()
     booked = await client.post(
@@ -208,10 +212,21 @@ async def test_a_day_redis_lacks_is_counted_from_the_record_when_read(
         ("08:00", 0), ("08:30", 1), ("09:00", 1), ("09:30", 1)
     ]  # fmt: skip
 
-    redis_sync.delete(keys.office_day(office, day))
-    mine = next(o for o in await nearby(client, date=day.isoformat()) if o["code"] == office)
-    assert (mine["seats_free"], mine["next_free_slot"]) == (3, "08:30")
-    assert redis_sync.exists(keys.office_day(office, day))
+    redis_sync.delete(keys.office_day(office, day), keys.office_day(neighbour, day))
+    container = client.app.state.container
+    opened: list[None] = []
+    sessions = container.sessions
+
+    def counted() -> Any:
+        opened.append(None)
+        return sessions()
+
+    monkeypatch.setattr(container, "sessions", counted)
+    found = {o["code"]: o for o in await nearby(client, date=day.isoformat())}
+    assert (found[office]["seats_free"], found[office]["next_free_slot"]) == (3, "08:30")
+    assert (found[neighbour]["seats_free"], found[neighbour]["next_free_slot"]) == (4, "08:00")
+    assert redis_sync.exists(keys.office_day(office, day), keys.office_day(neighbour, day)) == 2
+    assert len(opened) == 1
 
 
 async def test_concurrent_bookings_under_a_cap_never_exceed_it(client: Client, world: World) -> None:
