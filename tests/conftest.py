@@ -312,6 +312,19 @@ async def rebuild(container: Container) -> None:
         await container.capacity.rebuild(session=session, today=container.clock.today())
 
 
+def count_sessions(monkeypatch: pytest.MonkeyPatch, container: Container) -> list[None]:
+    """From now on, one entry for each session the app's container opens."""
+    opened: list[None] = []
+    sessions = container.sessions
+
+    def counted() -> Any:
+        opened.append(None)
+        return sessions()
+
+    monkeypatch.setattr(container, "sessions", counted)
+    return opened
+
+
 def booking_body(
     office: str, national_id: str, day: dt.date, slot: str | None = "10:00", service: str = "101"
 ) -> dict[str, Any]:

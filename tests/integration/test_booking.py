@@ -18,7 +18,7 @@ from app.capacity import keys
 from app.capacity.plan import DayRule
 from app.clock import Clock
 from app.container import Container
-from tests.conftest import World, booking_body
+from tests.conftest import World, booking_body, count_sessions
 
 Client = AsyncTestClient[Litestar]
 
@@ -157,14 +157,7 @@ async def test_a_booking_a_slots_read_and_a_search_open_no_session(
     await world.rebuild()  # every day in Redis, the office in the nearby index
     day = world.tomorrow()
     container: Container = client.app.state.container
-    opened: list[object] = []
-    sessions = container.sessions
-
-    def counted() -> Any:
-        opened.append(None)
-        return sessions()
-
-    monkeypatch.setattr(container, "sessions", counted)
+    opened = count_sessions(monkeypatch, container)
     booked = await client.post(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -14,7 +13,7 @@ from redis import Redis as SyncRedis
 from app.capacity import crowd_caps, keys
 from app.capacity.plan import DayRule
 from app.offices.models import OfficeStatus
-from tests.conftest import World, booking_body
+from tests.conftest import World, booking_body, count_sessions
 
 Client = AsyncTestClient[Litestar]
 
@@ -214,14 +213,7 @@ async def test_a_day_redis_lacks_is_counted_from_the_record_when_read(
 
     redis_sync.delete(keys.office_day(office, day), keys.office_day(neighbour, day))
     container = client.app.state.container
-    opened: list[None] = []
-    sessions = container.sessions
-
-    def counted() -> Any:
-        opened.append(None)
-        return sessions()
-
-    monkeypatch.setattr(container, "sessions", counted)
+    opened = count_sessions(monkeypatch, container)
     found = {o["code"]: o for o in await nearby(client, date=day.isoformat())}
     assert (found[office]["seats_free"], found[office]["next_free_slot"]) == (3, "08:30")
     assert (found[neighbour]["seats_free"], found[neighbour]["next_free_slot"]) == (4, "08:00")
