@@ -111,7 +111,8 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         offices=offices,
         capacity=capacity,
         clock=clock,
-        rules=BookingRules(max_active=settings.max_active_bookings),
+        rules=BookingRules(max_active=settings.max_active_bookings, per_mobile=settings.bookings_per_mobile),
+        limiter=limiter,
         messenger=messenger,
         # The writer has connections of its own, so requests waiting on it cannot starve it.
         writer=GroupCommit(

@@ -42,13 +42,45 @@ return 0
 class RateLimiter:
     def __init__(self, redis: Redis) -> None:
         self._hit = redis.register_script(HIT)
+        self._take = redis.register_script(TAKE)
+        self._give_back = redis.register_script(GIVE_BACK)
 
     async def hit(self, action: str, subject: str, limit: str) -> None:
         """Count one hit; raise RateLimited (with Retry-After) when over ``limit`` ("COUNT/SECONDS")."""
         count, seconds = parse_limit(limit)
-        retry_after = int(await self._hit(keys=[f"{NAMESPACE}:rl:{action}:{subject}"], args=[count, seconds]))
+        retry_after = int(await self._hit(keys=[_key(action, subject)], args=[count, seconds]))
         if retry_after:
             raise RateLimited(retry_after)
+
+    async def take(self, action: str, subject: str, limit: str) -> int:
+        """Take one of ``subject``'s allowance for ``action`` ("COUNT/SECONDS"); 0 when taken,
+        else the seconds until the window ends (nothing taken). Undone by ``give_back``."""
+        count, seconds = parse_limit(limit)
+        return int(await self._take(keys=[_key(action, subject)], args=[count, seconds]))
+
+    async def give_back(self, action: str, subject: str) -> None:
+        await self._give_back(keys=[_key(action, subject)])
+
+
+TAKE = """
+-- KEYS[1] = what one subject has used of an allowance, ARGV as HIT's.
+-- Like HIT, but a refused take is not counted, and a take given back (GIVE_BACK) is not:
+-- the allowance counts what was done, not what was tried.
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) ttl = tonumber(ARGV[2]) end
+  return ttl
+end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 0
+"""
+
+GIVE_BACK = """
+-- KEYS[1] = as TAKE's. One take back, never below nothing (the window may have ended since).
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+"""
 
 
 ADD_HITS = """
@@ -169,5 +201,9 @@ class RequestLimiter:
 
 
 @functools.lru_cache(maxsize=32)
+def _key(action: str, subject: str) -> str:
+    return f"{NAMESPACE}:rl:{action}:{subject}"
+
+
 def _parsed(limit: str) -> tuple[int, int]:
     return parse_limit(limit)

@@ -63,6 +63,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_OFFICIAL_HOLIDAYS: close offices on Iran's official holidays (the `holidays` package's calendar)."""
     max_active_bookings: int = 3
     """NOBAT_MAX_ACTIVE_BOOKINGS: active bookings one national ID may hold at once."""
+    bookings_per_mobile: str = "10/86400"
+    """NOBAT_BOOKINGS_PER_MOBILE: bookings one signed-in mobile may make (web and SMS), as
+    count/seconds. A phone books for its family, each with their own national ID; without a
+    bound, one phone and a list of valid national IDs took a province's seats on a rush
+    morning. Only bookings made count: a refused try, or a retry of one made, does not."""
     read_cache_seconds: float = 1.0
     """NOBAT_READ_CACHE_SECONDS: how old the free seats an instance shows (slots, nearby, load)
     may be: each instance keeps what it read, and looks this often for what the others
@@ -163,6 +168,7 @@ _ENV = {
     "reminder_evening_hour": "NOBAT_REMINDER_EVENING_HOUR",
     "horizon_days": "NOBAT_HORIZON_DAYS",
     "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
+    "bookings_per_mobile": "NOBAT_BOOKINGS_PER_MOBILE",
     "official_holidays": "NOBAT_OFFICIAL_HOLIDAYS",
     "read_cache_seconds": "NOBAT_READ_CACHE_SECONDS",
     "rebuild_settle_seconds": "NOBAT_REBUILD_SETTLE_SECONDS",
@@ -214,6 +220,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if not 0 <= settings.rebuild_settle_seconds <= 300:
         raise ValueError("NOBAT_REBUILD_SETTLE_SECONDS must be 0 to 300")
     for limit in (
+        settings.bookings_per_mobile,
         settings.otp_per_mobile,
         settings.otp_per_mobile_day,
         settings.otp_per_address,

@@ -59,10 +59,10 @@ def _lines(kind: str, count: int, fixture: dict[str, Any]) -> list[workloads.Lin
     redis.close()
     addresses = workloads.Addresses(rng)
     if kind == "book":
-        tokens = workloads.mint_tokens(fixture["secret"], 500, rng)
+        phones = workloads.phones(fixture["secret"], rng, exclude=set())
         ids = workloads.national_ids(rng, exclude=set())
         lines = workloads.booking_lines(
-            count=count, pairs=pairs, network=network, tokens=tokens, ids=ids, rng=rng, addresses=addresses,
+            count=count, pairs=pairs, network=network, phones=phones, ids=ids, rng=rng, addresses=addresses,
             tag=f"i{rng.random()}",
         )  # fmt: skip
     elif kind == "slots":

@@ -59,6 +59,10 @@ INBOUND = "/sms/twilio/inbound"
 # What a correct service may answer besides 2xx: refusals a citizen or clerk can cause.
 # Anything else (5xx, 0 = no answer, 400, 401, 422, 429) is a failure of the run.
 DOMAIN_OUTCOMES = {403, 404, 409, 410}
+# A phone that has made the bookings it may (NOBAT_BOOKINGS_PER_MOBILE) is refused the next:
+# the service keeping its rule, not failing.
+PHONE_USED_UP = "too_many_bookings_from_mobile"
+FAMILY = 5  # the bookings an SMS phone texts for before the next phone's turn
 # Clerks reach the staff instance (docs/deployment.md); it is the citizens' one when the
 # runner starts none.
 STAFF_URL = FIXTURE.get("staff_url") or FIXTURE["base_url"]
@@ -205,7 +209,7 @@ class Citizen(FastHttpUser):
             status = response.status_code or 0
             code = problem_code(response) if status >= 400 else ""
             tally(f"{method} {name} {status}{' ' + code if code else ''}")
-            if 200 <= status < 300 or status in DOMAIN_OUTCOMES:
+            if 200 <= status < 300 or status in DOMAIN_OUTCOMES or code == PHONE_USED_UP:
                 response.success()
             else:
                 response.failure(f"{status} {code}".strip())
@@ -250,9 +254,12 @@ class Citizen(FastHttpUser):
         if slot:
             body["slot"] = slot
         key = f"lt-{self.mobile}-{self.rng.getrandbits(40):x}"
-        return self.call(
+        response = self.call(
             "POST", "/api/v1/bookings", "/api/v1/bookings", auth=True, json=body, headers={"Idempotency-Key": key}
         )
+        if response.status_code == 429 and problem_code(response) == PHONE_USED_UP:
+            self.token = ""  # this phone has made its bookings: the next is another citizen's, signed in anew
+        return response
 
 
 class RushCitizen(Citizen):
@@ -287,7 +294,7 @@ class RushCitizen(Citizen):
 
     @task
     def rush(self) -> None:
-        if not self.signed_in:
+        if not self.signed_in or not self.token:
             self.signed_in = self.sign_in()
             RushCitizen.ready += self.signed_in
             return
@@ -426,6 +433,7 @@ class SmsCitizen(FastHttpUser):
         self.rng = random.Random()
         self.phone = "+98" + new_mobile(self.rng)[1:]
         self.national_id = generate_national_id(self.rng)
+        self.texted = 0
         self.validator = RequestValidator(FIXTURE["twilio_token"])
         self.codes: list[str] = []
 
@@ -472,8 +480,12 @@ class SmsCitizen(FastHttpUser):
             report_sms("reply to a booking text", sent)
             if code := TRACKING.search(reply.string):
                 self.codes.append(code[1])
-        # The next booking is another person's (one national ID may hold 3 at most).
+        # The next booking is another person's (one national ID may hold 3 at most), and
+        # after a family's, from another phone (one phone may make only so many).
         self.national_id = generate_national_id(self.rng)
+        self.texted += 1
+        if self.texted % FAMILY == 0:
+            self.phone = "+98" + new_mobile(self.rng)[1:]
 
     @task(1)
     def offices(self) -> None:

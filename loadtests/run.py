@@ -446,7 +446,7 @@ class Run:
             for _ in range(30_000)
         ]
         pairs = workloads.open_office_days(redis, candidates)
-        tokens = workloads.mint_tokens(self.secret, 2000, self.rng)
+        phones = workloads.phones(self.secret, self.rng, exclude=set())
         ids = workloads.national_ids(self.rng, exclude=self.used_ids)
         addresses = workloads.Addresses(self.rng)
         wrk: dict[str, Any] = {}
@@ -463,7 +463,7 @@ class Run:
 
         def bookings(tag: str, at: list[tuple[str, dt.date]], service: str | None = None) -> Any:
             return workloads.booking_lines(
-                count=count, pairs=at, network=network, tokens=tokens, ids=ids, rng=self.rng,
+                count=count, pairs=at, network=network, phones=phones, ids=ids, rng=self.rng,
                 addresses=addresses, service=service, tag=tag,
             )  # fmt: skip
 

@@ -3,13 +3,15 @@
 Locust's citizens sign in like people do; wrk cannot (it has no SMS inbox), so its bookings
 carry tokens minted up front with the service's own ``NOBAT_SECRET_KEY`` and
 ``CitizenAuth.issue_token``, and national IDs from ``app.identity.generate_national_id``,
-every one distinct so that no request is refused for the citizen's limits.
+every one distinct, and each phone books no more than it may, so that no request is
+refused for the citizen's limits or the phone's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from app.db import create_engine, session_factory
 from app.identity import generate_national_id
 from app.offices.models import City, Office, OfficeService
 from app.ratelimit import RateLimiter
-from app.settings import load_settings
+from app.settings import load_settings, parse_limit
 
 # The services most offices offer (see app/offices/catalogue.py): the bulk of real demand.
 COMMON_SERVICES = ("101", "102", "104", "110", "115")
@@ -106,13 +108,24 @@ def first_open_day(redis: Redis, code: str, today: dt.date) -> dt.date:
     return next(iter(open_days(redis, code, today, 14)), today)
 
 
-def mint_tokens(secret_key: str, count: int, rng: random.Random) -> list[tuple[str, str]]:
-    """(mobile, bearer token) pairs, signed with the service's key by the service's own code."""
+def phones(secret_key: str, rng: random.Random, *, exclude: set[str]) -> Iterator[str]:
+    """Bearer tokens of phones never used before (none in ``exclude``), each signed with the
+    service's key by the service's own code."""
     settings = load_settings({}).with_(secret_key=secret_key)
     lazy = AsyncRedis()  # never connected: issuing a token only signs claims
     auth = CitizenAuth(redis=lazy, settings=settings, limiter=RateLimiter(lazy), messenger=None)  # type: ignore[arg-type]
-    mobiles = {f"0912{rng.randrange(10**7):07d}" for _ in range(count * 2)}
-    return [(mobile, auth.issue_token(mobile)) for mobile in sorted(mobiles)[:count]]
+    while True:
+        mobile = f"0912{rng.randrange(10**7):07d}"
+        if mobile not in exclude:
+            exclude.add(mobile)
+            yield auth.issue_token(mobile)
+
+
+def bookings_per_phone() -> int:
+    """The bookings one phone may make (NOBAT_BOOKINGS_PER_MOBILE, as the service under test
+    has it): each phone books no more, as a family's does, so that no booking is refused for it."""
+    variable = "NOBAT_BOOKINGS_PER_MOBILE"
+    return parse_limit(load_settings({variable: os.environ.get(variable, "")}).bookings_per_mobile)[0]
 
 
 def national_ids(rng: random.Random, *, exclude: set[str]) -> Iterator[str]:
@@ -158,19 +171,23 @@ def booking_lines(
     count: int,
     pairs: list[tuple[str, dt.date]],
     network: Network,
-    tokens: list[tuple[str, str]],
+    phones: Iterator[str],
     ids: Iterator[str],
     rng: random.Random,
     addresses: Addresses,
     service: str | None = None,
     tag: str,
 ) -> Iterator[Line]:
-    """POST /api/v1/bookings for the earliest free slot at (office, day) pairs drawn from ``pairs``."""
+    """POST /api/v1/bookings for the earliest free slot at (office, day) pairs drawn from
+    ``pairs``, each from a phone of ``phones`` that makes no more than it may."""
+    per_phone = bookings_per_phone()
+    token = ""
     for number in range(count):
         code, day = pairs[number % len(pairs)] if len(pairs) == 1 else rng.choice(pairs)
         office = network.by_code[code]
         wanted = service or rng.choice([s for s in office.services if s in COMMON_SERVICES] or list(office.services))
-        _, token = tokens[number % len(tokens)]
+        if number % per_phone == 0:
+            token = next(phones)
         body = {"national_id": next(ids), "office_code": code, "service_code": wanted, "date": day.isoformat()}
         payload = json.dumps(body, separators=(",", ":"))
         yield ("POST", "/api/v1/bookings", token, f"{tag}-{number}", payload, addresses.pick())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from app.errors import DomainError, NotFound
+from app.locale import to_persian_digits
 
 
 class BookingNotFound(NotFound):
@@ -42,3 +43,28 @@ class IdempotencyKeyReused(DomainError):
     status = 422
     message_fa = "این کلید تکرار قبلاً برای درخواست دیگری به کار رفته است."
     message_en = "This Idempotency-Key was already used for a different request."
+
+
+class TooManyFromMobile(DomainError):
+    """A phone books for its family, each with their own national ID, up to a bound
+    (NOBAT_BOOKINGS_PER_MOBILE): without one, one phone took a rush's seats."""
+
+    code = "too_many_bookings_from_mobile"
+    status = 429
+    message_fa = (
+        "با این شمارهٔ همراه {limit} نوبت گرفته شده است و بیش از این مجاز نیست. "
+        "لطفاً بعداً دوباره تلاش کنید، یا برای دیگران با شمارهٔ همراه خودشان نوبت بگیرید."
+    )
+    message_en = (
+        "This mobile has made {limit} bookings, the most it may for now. "
+        "Try again later, or book for others from their own mobiles."
+    )
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(
+            self.message_en.format(limit=limit),
+            detail_fa=self.message_fa.format(limit=to_persian_digits(str(limit))),
+            limit=limit,
+            retry_after=retry_after,
+        )
+        self.headers["Retry-After"] = str(retry_after)

@@ -29,6 +29,7 @@ from app.booking.errors import (
     BookingStarted,
     IdempotencyKeyReused,
     NotYourBooking,
+    TooManyFromMobile,
 )
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
@@ -53,6 +54,8 @@ from app.observability import BOOKINGS, REJECTIONS
 from app.offices.directory import OfficeDirectory
 from app.offices.models import Office, Service
 from app.offices.service import BookableOffice
+from app.ratelimit import RateLimiter
+from app.settings import parse_limit
 from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,12 @@ SEATS_PER_TRIP = 500
 
 class BookingRules(msgspec.Struct, frozen=True):
     max_active: int
+    per_mobile: str
+    """Bookings one mobile may make on the web and by SMS, as count/seconds (a join of a
+    waitlist is one: it becomes a booking by itself)."""
+
+
+MOBILE_ALLOWANCE = "book-mobile"
 
 
 class Booked(msgspec.Struct, frozen=True):
@@ -103,8 +112,10 @@ class BookingService:
         messenger: Messenger,
         writer: GroupCommit,
         offices: OfficeDirectory,
+        limiter: RateLimiter,
     ) -> None:
         self.writer = writer
+        self.limiter = limiter
         self.offices = offices
         self.capacity = capacity
         self.clock = clock
@@ -120,17 +131,44 @@ class BookingService:
         idempotency_key: str | None,
         channel: Channel = Channel.WEB,
     ) -> Booked:
+        taken = False
         try:
+            taken = await self._take_allowance(mobile, channel)
             async with OnDemand(sessions) as record:
                 booked = await self._book(
                     record=record, mobile=mobile, request=request, idempotency_key=idempotency_key, channel=channel
                 )
-        except DomainError as error:
-            REJECTIONS.labels(error.code).inc()
+        except Exception as error:
+            # Not a booking made, so not one of the mobile's. (A cancelled request is not
+            # given back: its booking may still be committed.)
+            if taken:
+                await self._give_allowance_back(mobile)
+            if isinstance(error, DomainError):
+                REJECTIONS.labels(error.code).inc()
             raise
-        if not booked.replay:
+        if booked.replay:
+            if taken:
+                await self._give_allowance_back(mobile)
+        else:
             BOOKINGS.labels(channel.value).inc()
         return booked
+
+    async def _take_allowance(self, mobile: str, channel: Channel) -> bool:
+        """One of the bookings the mobile may make (NOBAT_BOOKINGS_PER_MOBILE); True when
+        taken. A walk-in is booked by the clerk, who sees the citizen: not counted."""
+        if channel == Channel.WALK_IN:
+            return False
+        if retry_after := await self.limiter.take(MOBILE_ALLOWANCE, mobile, self.rules.per_mobile):
+            raise TooManyFromMobile(parse_limit(self.rules.per_mobile)[0], retry_after)
+        return True
+
+    async def _give_allowance_back(self, mobile: str) -> None:
+        try:
+            await self.limiter.give_back(MOBILE_ALLOWANCE, mobile)
+        except RedisError as error:
+            # The mobile may make one booking fewer until its window ends; the booking's
+            # own answer matters more than this.
+            log.warning("a booking allowance was not given back: %s", type(error).__name__)
 
     async def _book(
         self,
@@ -691,6 +729,17 @@ class BookingService:
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB
     ) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""
+        taken = await self._take_allowance(mobile, channel)
+        try:
+            return await self._join_waitlist(session=session, mobile=mobile, request=request, channel=channel)
+        except Exception:
+            if taken:
+                await self._give_allowance_back(mobile)
+            raise
+
+    async def _join_waitlist(
+        self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel
+    ) -> BookingOut:
         self.capacity.require_ready()
         national_id = normalize_national_id(request.national_id)
         day = parse_date(request.date)

@@ -16,7 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from app.booking.models import Booking, BookingStatus, Channel
 from app.pages.render import VISIT_COOKIE
-from app.settings import Settings
+from app.settings import Settings, parse_limit
 from app.sms.models import InboundSms, SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import Deliver, World, booking_body
@@ -528,3 +528,17 @@ async def test_a_waitlist_joined_by_sms_is_recorded_as_sms(client: Client, world
     async with world.container.sessions() as session:
         waiting = await session.scalar(select(Booking).where(Booking.status == BookingStatus.WAITLISTED))
     assert waiting is not None and waiting.channel == Channel.SMS
+
+
+async def test_a_phone_past_its_bookings_is_told_so_by_sms(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    office = await world.office(seats=20)
+    allowance = parse_limit(world.container.settings.bookings_per_mobile)[0]
+    for number in range(allowance + 1):
+        assert (await text(client, f"BOOK {office} 101 {world.national_id()}", sid=f"SMfam{number}")).status_code == 200
+    assert await count(world, Booking) == allowance
+    await deliver()
+    replies = [m["body"] for m in standin.wait_for(allowance + 1)]
+    assert sum("کد رهگیری" in body for body in replies) == allowance
+    assert any("بیش از این مجاز نیست" in body for body in replies), replies

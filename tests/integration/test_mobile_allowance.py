@@ -1,0 +1,188 @@
+"""The bookings one mobile may make (NOBAT_BOOKINGS_PER_MOBILE), against a real Redis and
+record: a phone books for its family up to the bound; what was refused or retried is not
+counted; concurrent tries never pass it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+
+from app.booking.models import Booking
+from app.capacity import keys
+from app.capacity.plan import DayRule
+from app.ratelimit import RateLimiter
+from app.settings import Settings
+from tests.conftest import World, booking_body
+
+Client = AsyncTestClient[Litestar]
+
+ALLOWANCE = 3
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.with_(bookings_per_mobile=f"{ALLOWANCE}/3600")
+
+
+async def rows_of(world: World, mobile: str) -> int:
+    async with world.container.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(Booking).where(Booking.mobile == mobile)) or 0)
+
+
+def used(redis: SyncRedis, office: str, day: dt.date) -> int:
+    fields = redis.hgetall(keys.office_day(office, day))
+    return sum(int(v) for f, v in fields.items() if f.decode().startswith(keys.used_field("*", "")))
+
+
+async def book(client: Client, world: World, mobile: str, office: str, day: dt.date, **extra: Any) -> Any:
+    headers = {**world.token(mobile), **extra.pop("headers", {})}
+    return await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, extra.pop("national_id", None) or world.national_id(), day, **extra),
+        headers=headers,
+    )
+
+
+async def test_a_mobile_books_for_its_family_up_to_its_allowance(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=10)
+    day = world.tomorrow()
+    mobile = "09121234567"
+    for _ in range(ALLOWANCE):
+        assert (await book(client, world, mobile, office, day)).status_code == 201
+
+    refused_id = world.national_id()
+    refused = await book(client, world, mobile, office, day, national_id=refused_id)
+    assert refused.status_code == 429, refused.text
+    problem = refused.json()
+    assert problem["code"] == "too_many_bookings_from_mobile"
+    assert problem["limit"] == ALLOWANCE and "۳" in problem["message_fa"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 3600
+    # Refused before anything changed: no row, no seat, no hold on the national ID.
+    assert await rows_of(world, mobile) == ALLOWANCE
+    assert used(redis_sync, office, day) == ALLOWANCE
+    assert redis_sync.hlen(keys.citizen_holds(refused_id)) == 0
+
+    # Another phone is not touched by it, and the same national ID books from its own phone.
+    other = await book(client, world, "09127654321", office, day, national_id=refused_id)
+    assert other.status_code == 201, other.text
+
+
+async def test_refused_tries_and_retries_do_not_use_the_allowance(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    mobile = "09121112222"
+    national_id = world.national_id()
+    first = await book(
+        client, world, mobile, office, day, slot="10:00", national_id=national_id, headers={"Idempotency-Key": "k-1"}
+    )
+    assert first.status_code == 201
+    # A full slot, a bad national ID, and three retries of the booking made.
+    for _ in range(3):
+        full = await book(client, world, mobile, office, day, slot="10:00")
+        assert full.status_code == 409 and full.json()["code"] == "slot_full"
+    bad = await book(client, world, mobile, office, day, national_id="1111111111")
+    assert bad.status_code == 422
+    replay_body = booking_body(office, national_id, day, "10:00")
+    for _ in range(3):
+        replay = await client.post(
+            "/api/v1/bookings", json=replay_body, headers={**world.token(mobile), "Idempotency-Key": "k-1"}
+        )
+        assert replay.status_code == 201 and replay.headers.get("Idempotent-Replayed") == "true"
+
+    # Only the one booking made counts: two more fit, then the bound.
+    assert (await book(client, world, mobile, office, day, slot="10:30")).status_code == 201
+    assert (await book(client, world, mobile, office, day, slot="11:00")).status_code == 201
+    over = await book(client, world, mobile, office, day, slot="11:30")
+    assert over.status_code == 429 and over.json()["code"] == "too_many_bookings_from_mobile"
+    assert await rows_of(world, mobile) == ALLOWANCE
+    assert used(redis_sync, office, day) == ALLOWANCE
+
+
+async def test_concurrent_tries_from_one_mobile_never_pass_the_allowance(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=50)
+    day = world.tomorrow()
+    mobile = "09123334444"
+    tries = await asyncio.gather(*(book(client, world, mobile, office, day) for _ in range(30)))
+    statuses = sorted(r.status_code for r in tries)
+    assert statuses == [201] * ALLOWANCE + [429] * (30 - ALLOWANCE), statuses
+    assert await rows_of(world, mobile) == ALLOWANCE
+    assert used(redis_sync, office, day) == ALLOWANCE
+
+
+async def test_tries_that_fail_in_a_race_give_their_allowance_back(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    mobile = "09125556666"
+    # Twenty at once for one seat: the allowance is taken by all that pass it, and given
+    # back by those the seat refuses.
+    race = await asyncio.gather(*(book(client, world, mobile, office, day, slot="10:00") for _ in range(20)))
+    assert sorted(r.status_code for r in race).count(201) == 1
+    assert {r.json()["code"] for r in race if r.status_code != 201} <= {"slot_full", "too_many_bookings_from_mobile"}
+    # So the phone still has the rest of its allowance: the race's losers used none of it.
+    assert (await book(client, world, mobile, office, day, slot="10:30")).status_code == 201
+    other_office = await world.office(seats=5)
+    assert (await book(client, world, mobile, other_office, day)).status_code == 201
+    assert (await book(client, world, mobile, other_office, day)).status_code == 429
+    assert await rows_of(world, mobile) == ALLOWANCE
+
+
+async def test_a_waitlist_join_is_one_of_the_allowance(client: Client, world: World, redis_sync: SyncRedis) -> None:
+    full = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    open_office = await world.office(seats=5)
+    day = world.tomorrow()
+    assert (await book(client, world, "09120000009", full, day)).status_code == 201
+    mobile = "09127778888"
+
+    async def join() -> Any:
+        return await client.post(
+            "/api/v1/waitlist", json=booking_body(full, world.national_id(), day, None), headers=world.token(mobile)
+        )
+
+    refused = await client.post(
+        "/api/v1/waitlist", json=booking_body(open_office, world.national_id(), day, None), headers=world.token(mobile)
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "seats_available"  # given back
+    assert (await join()).status_code == 201
+    assert (await book(client, world, mobile, open_office, day)).status_code == 201
+    assert (await join()).status_code == 201
+    over = await join()
+    assert over.status_code == 429 and over.json()["code"] == "too_many_bookings_from_mobile"
+    assert (await book(client, world, mobile, open_office, day)).status_code == 429
+    assert await rows_of(world, mobile) == ALLOWANCE
+
+
+async def test_an_allowance_counts_what_was_taken_not_what_was_tried(redis_url: str, redis_sync: SyncRedis) -> None:
+    redis = Redis.from_url(redis_url)
+    limiter = RateLimiter(redis)
+    try:
+        assert await limiter.take("t", "a", "2/60") == 0
+        assert await limiter.take("t", "a", "2/60") == 0
+        # Refused tries while the allowance is used up take nothing...
+        for _ in range(3):
+            assert 0 < await limiter.take("t", "a", "2/60") <= 60
+        # ...so one given back is one that may be taken again, once.
+        await limiter.give_back("t", "a")
+        assert await limiter.take("t", "a", "2/60") == 0
+        assert await limiter.take("t", "a", "2/60") > 0
+        # Given back more than was taken (its window ended meanwhile), it never goes below nothing.
+        for _ in range(3):
+            await limiter.give_back("t", "b")
+        assert [await limiter.take("t", "b", "2/60") == 0 for _ in range(3)] == [True, True, False]
+    finally:
+        await redis.aclose()
