@@ -51,19 +51,15 @@ class TooManyFromMobile(DomainError):
 
     code = "too_many_bookings_from_mobile"
     status = 429
-    message_fa = (
-        "با این شمارهٔ همراه {limit} نوبت گرفته شده است و بیش از این مجاز نیست. "
-        "لطفاً بعداً دوباره تلاش کنید، یا برای دیگران با شمارهٔ همراه خودشان نوبت بگیرید."
-    )
-    message_en = (
-        "This mobile has made {limit} bookings, the most it may for now. "
-        "Try again later, or book for others from their own mobiles."
-    )
+    message_fa = "با این شمارهٔ همراه بیش از این نوبت نمی‌توان گرفت."
+    message_en = "This mobile has made as many bookings as it may for now."
 
     def __init__(self, limit: int, retry_after: int) -> None:
         super().__init__(
-            self.message_en.format(limit=limit),
-            detail_fa=self.message_fa.format(limit=to_persian_digits(str(limit))),
+            f"This mobile has made {limit} bookings, the most it may for now. "
+            "Try again later, or book for others from their own mobiles.",
+            detail_fa=f"با این شمارهٔ همراه {to_persian_digits(str(limit))} نوبت گرفته شده است و بیش از این مجاز نیست. "
+            "لطفاً بعداً دوباره تلاش کنید، یا برای دیگران با شمارهٔ همراه خودشان نوبت بگیرید.",
             limit=limit,
             retry_after=retry_after,
         )

@@ -53,13 +53,13 @@ class DuplicateRequest(DomainError):
 class TooManyBookings(DomainError):
     code = "too_many_bookings"
     status = 409
-    message_fa = "هر کد ملی حداکثر {limit} نوبت فعال می‌تواند داشته باشد."
-    message_en = "A national ID may hold at most {limit} active bookings."
+    message_fa = "این کد ملی بیش از این نوبت فعال نمی‌تواند داشته باشد."
+    message_en = "This national ID holds as many active bookings as it may."
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            self.message_en.format(limit=limit),
-            detail_fa=self.message_fa.format(limit=to_persian_digits(str(limit))),
+            f"A national ID may hold at most {limit} active bookings.",
+            detail_fa=f"هر کد ملی حداکثر {to_persian_digits(str(limit))} نوبت فعال می‌تواند داشته باشد.",
             limit=limit,
         )
 
@@ -81,15 +81,15 @@ class SeatsAvailable(DomainError):
 class BookingSuspended(DomainError):
     code = "booking_suspended"
     status = 403
-    message_fa = "به دلیل غیبت‌های مکرر، نوبت‌گیری با این کد ملی تا {until} ممکن نیست."
-    message_en = "After repeated no-shows this national ID cannot book until {until}."
+    message_fa = "به دلیل غیبت‌های مکرر، نوبت‌گیری با این کد ملی فعلاً ممکن نیست."
+    message_en = "After repeated no-shows this national ID cannot book for now."
 
     def __init__(self, until: dt.date) -> None:
         from app.locale import jalali_date
 
         super().__init__(
-            self.message_en.format(until=until.isoformat()),
-            detail_fa=self.message_fa.format(until=jalali_date(until)),
+            f"After repeated no-shows this national ID cannot book until {until.isoformat()}.",
+            detail_fa=f"به دلیل غیبت‌های مکرر، نوبت‌گیری با این کد ملی تا {jalali_date(until)} ممکن نیست.",
             until=until.isoformat(),
         )
 

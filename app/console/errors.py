@@ -54,14 +54,14 @@ class NoShowTooEarly(DomainError):
 
     code = "no_show_too_early"
     status = 409
-    message_fa = "هنوز نمی‌توان این نوبت را غایب ثبت کرد؛ از ساعت {after} ممکن است."
-    message_en = "This booking cannot be marked a no-show yet; it can be from {after}."
+    message_fa = "هنوز نمی‌توان این نوبت را غایب ثبت کرد."
+    message_en = "This booking cannot be marked a no-show yet."
 
     def __init__(self, after: str) -> None:
         from app.locale import to_persian_digits
 
         super().__init__(
-            self.message_en.format(after=after),
-            detail_fa=self.message_fa.format(after=to_persian_digits(after)),
+            f"This booking cannot be marked a no-show yet; it can be from {after}.",
+            detail_fa=f"هنوز نمی‌توان این نوبت را غایب ثبت کرد؛ از ساعت {to_persian_digits(after)} ممکن است.",
             after=after,
         )
