@@ -104,7 +104,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         raise RuntimeError("with a Redis Cluster, set RQ_REDIS_URL to a plain Redis for the job queues")
     jobs = Jobs(settings.rq_redis_url or redis_url)
     messenger = Messenger(jobs=jobs)
-    limiter = RateLimiter(redis)
+    limiter = RateLimiter(redis, capacity.auto)
     auth = CitizenAuth(redis=redis, settings=settings, limiter=limiter, messenger=messenger)
     offices = OfficeDirectory(sessions=sessions, redis=redis)
     bookings = BookingService(

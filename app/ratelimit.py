@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from app.capacity.keys import NAMESPACE
 from app.errors import RateLimited
+from app.redis import AutoPipeline
 from app.settings import parse_limit
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ return 0
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, auto: AutoPipeline | None = None) -> None:
+        # A booking takes from an allowance: its trip is shared with the other requests'.
+        self.auto = auto or AutoPipeline(redis)
         self._hit = redis.register_script(HIT)
         self._take = redis.register_script(TAKE)
         self._give_back = redis.register_script(GIVE_BACK)
@@ -56,10 +59,10 @@ class RateLimiter:
         """Take one of ``subject``'s allowance for ``action`` ("COUNT/SECONDS"); 0 when taken,
         else the seconds until the window ends (nothing taken). Undone by ``give_back``."""
         count, seconds = parse_limit(limit)
-        return int(await self._take(keys=[_key(action, subject)], args=[count, seconds]))
+        return int(await self.auto.run_script(self._take, [_key(action, subject)], [count, seconds]))
 
     async def give_back(self, action: str, subject: str) -> None:
-        await self._give_back(keys=[_key(action, subject)])
+        await self.auto.run_script(self._give_back, [_key(action, subject)], [])
 
 
 TAKE = """

@@ -21,9 +21,10 @@ import hiredis
 from redis.asyncio import Connection, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -153,6 +154,16 @@ class AutoPipeline:
                 if isinstance(reply, Exception):
                     raise reply
         return replies
+
+    async def run_script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call on the next trip. A script Redis forgot (it restarted) did not run:
+        it runs again alone, as a single call loads it."""
+        [reply] = await self.execute_many([("EVALSHA", script.sha, len(keys), *keys, *args)], raise_errors=False)
+        if isinstance(reply, NoScriptError):
+            return await script(keys=keys, args=args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def _replies(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         if isinstance(self.redis, RedisCluster):
