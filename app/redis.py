@@ -155,14 +155,23 @@ class AutoPipeline:
                     raise reply
         return replies
 
+    async def run_scripts(self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Script calls (script, keys, args) on one trip; a script error is raised. A script
+        Redis forgot (it restarted) did not run: it runs alone (a single call loads it); the
+        others ran and are not repeated."""
+        replies = await self.execute_many(
+            [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls], raise_errors=False
+        )
+        for index, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                script, keys, args = calls[index]
+                replies[index] = await script(keys=keys, args=args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
     async def run_script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script call on the next trip. A script Redis forgot (it restarted) did not run:
-        it runs again alone, as a single call loads it."""
-        [reply] = await self.execute_many([("EVALSHA", script.sha, len(keys), *keys, *args)], raise_errors=False)
-        if isinstance(reply, NoScriptError):
-            return await script(keys=keys, args=args)
-        if isinstance(reply, Exception):
-            raise reply
+        [reply] = await self.run_scripts([(script, keys, args)])
         return reply
 
     async def _replies(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:

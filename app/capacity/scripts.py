@@ -12,7 +12,6 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from app.redis import AutoPipeline
 
@@ -502,18 +501,7 @@ class Scripts:
         """Run two scripts (on keys of different hash tags) on one trip to Redis, with the
         other requests' commands of the moment (app.redis.AutoPipeline); a script error is
         raised."""
-        calls = (first, second)
-        replies = await self.auto.execute_many(
-            [("EVALSHA", script.sha, len(k), *k, *a) for script, k, a in calls], raise_errors=False
-        )
-        for index, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                # Redis restarted and forgot the script: this one did not run; run it alone
-                # (a single call loads it). The other ran and is not repeated.
-                script, k, a = calls[index]
-                replies[index] = await script(keys=k, args=a)
-            elif isinstance(reply, Exception):
-                raise reply
+        replies = await self.auto.run_scripts([first, second])
         return replies[0], replies[1]
 
     async def load(self) -> None:

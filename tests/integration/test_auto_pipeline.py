@@ -98,6 +98,11 @@ async def test_a_script_redis_forgot_runs_alone_and_the_other_is_not_repeated(re
     first, second = await scripts.run_pair((incr, [counter], []), (echo, [counter], ["again"]))
     assert first == 2 and second == "again"
 
+    # One call alone (an allowance taken by a booking) the same way.
+    await redis.script_flush()
+    assert await scripts.auto.run_script(incr, [counter], []) == 3
+    assert await scripts.auto.run_script(incr, [counter], []) == 4
+
 
 @pytest.fixture
 async def silent_server() -> AsyncIterator[int]:
