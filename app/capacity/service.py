@@ -56,7 +56,7 @@ from app.locale import jalali_date
 from app.observability import LUA_SECONDS
 from app.offices.directory import reread_everywhere
 from app.offices.models import City, Office, OfficeStatus
-from app.redis import AutoPipeline
+from app.redis import AutoPipeline, ScriptCall
 
 log = logging.getLogger(__name__)
 
@@ -215,26 +215,31 @@ class Capacity:
         limit: int,
         seat: SeatRequest,
         walk_in: bool = False,
-    ) -> tuple[DomainError | None, Reserved | DomainError | None]:
+        along: ScriptCall | None = None,
+    ) -> tuple[DomainError | None, Reserved | DomainError | None, Any]:
         """``hold`` and ``reserve`` in one round trip (a booking's two Redis steps; they touch
-        keys of two hash tags, so they cannot be one script). Each answer comes back as it
-        is, an error included, and the caller undoes whichever step the other's refusal
-        leaves alone: the hold's error, then the seat (or None: the day is not in Redis)."""
+        keys of two hash tags, so they cannot be one script), with ``along``, a script call of
+        the caller's, run first. Each answer comes back as it is, an error included, and the
+        caller undoes whichever step another's refusal leaves alone: the hold's error, the
+        seat (or None: the day is not in Redis), and ``along``'s reply (None without it)."""
+        calls: list[ScriptCall] = [] if along is None else [along]
+        calls += [
+            (
+                self.scripts.hold,
+                *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in),
+            ),
+            (self.scripts.reserve, *_reserve_call(seat)),
+        ]
         started = perf_counter()
         with self.reads.changing([(seat.office_code, seat.day)]):
-            hold_reply, reserve_reply = await self.scripts.run_pair(
-                (
-                    self.scripts.hold,
-                    *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in),
-                ),
-                (self.scripts.reserve, *_reserve_call(seat)),
-            )
+            replies = await self.scripts.run_together(*calls)
         LUA_SECONDS.labels("hold+reserve").observe(perf_counter() - started)
+        along_reply, hold_reply, reserve_reply = None if along is None else replies[0], replies[-2], replies[-1]
         try:
             reserved: Reserved | DomainError | None = _reserved(reserve_reply)
         except DomainError as error:
             reserved = error
-        return _hold_error(hold_reply, limit), reserved
+        return _hold_error(hold_reply, limit), reserved, along_reply
 
     async def counts(self, days: Collection[tuple[str, dt.date]]) -> dict[tuple[str, dt.date], str]:
         """The count of the record each (office, day)'s counters are in now: read before a

@@ -1,5 +1,5 @@
 """Commands of concurrent requests sharing trips to a real Redis (app.redis.AutoPipeline), and
-the booking's two scripts on one trip (Scripts.run_pair)."""
+the booking's two scripts on one trip (Scripts.run_together)."""
 
 from __future__ import annotations
 
@@ -93,9 +93,9 @@ async def test_a_script_redis_forgot_runs_alone_and_the_other_is_not_repeated(re
     await redis.script_load(incr.script)
     await redis.script_flush()
     await redis.script_load(echo.script)  # echo is known, incr is not
-    first, second = await scripts.run_pair((echo, [counter], ["hi"]), (incr, [counter], []))
+    first, second = await scripts.run_together((echo, [counter], ["hi"]), (incr, [counter], []))
     assert first == "hi" and second == 1
-    first, second = await scripts.run_pair((incr, [counter], []), (echo, [counter], ["again"]))
+    first, second = await scripts.run_together((incr, [counter], []), (echo, [counter], ["again"]))
     assert first == 2 and second == "again"
 
     # One call alone (an allowance taken by a booking) the same way.

@@ -1181,14 +1181,14 @@ async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
     office = await world.office(seats=2)
     await world.rebuild()  # the day in Redis: the lost trip's reserve takes a seat
     day = world.tomorrow()
-    run_pair = Scripts.run_pair
+    run_together = Scripts.run_together
 
     async def ran_but_unanswered(self: Scripts, *calls: Any) -> Any:
-        monkeypatch.setattr(Scripts, "run_pair", run_pair)  # once
-        await run_pair(self, *calls)
+        monkeypatch.setattr(Scripts, "run_together", run_together)  # once
+        await run_together(self, *calls)
         raise RedisTimeoutError("Timeout reading from Redis")
 
-    monkeypatch.setattr(Scripts, "run_pair", ran_but_unanswered)
+    monkeypatch.setattr(Scripts, "run_together", ran_but_unanswered)
     body = booking_body(office, world.national_id(), day)
     headers = {**world.token(), "Idempotency-Key": "retried-after-a-timeout"}
     lost = await client.post("/api/v1/bookings", json=body, headers=headers)
@@ -1209,11 +1209,11 @@ async def test_a_booking_whose_scripts_run_after_its_503_takes_nothing(
     office = await world.office(seats=2)
     await world.rebuild()
     day = world.tomorrow()
-    run_pair = Scripts.run_pair
+    run_together = Scripts.run_together
     waiting: list[tuple[Any, ...]] = []
 
     async def not_run_yet(self: Scripts, *calls: Any) -> Any:
-        monkeypatch.setattr(Scripts, "run_pair", run_pair)  # once
+        monkeypatch.setattr(Scripts, "run_together", run_together)  # once
         waiting.extend(calls)
         if forget == "timed out too":
             scripts = self.forget
@@ -1225,7 +1225,7 @@ async def test_a_booking_whose_scripts_run_after_its_503_takes_nothing(
             monkeypatch.setattr(self, "forget", forget_not_run_yet)
         raise RedisTimeoutError("Timeout reading from Redis")
 
-    monkeypatch.setattr(Scripts, "run_pair", not_run_yet)
+    monkeypatch.setattr(Scripts, "run_together", not_run_yet)
     national_id = world.national_id()
     body = booking_body(office, national_id, day)
     headers = {**world.token(), "Idempotency-Key": "answered-late"}

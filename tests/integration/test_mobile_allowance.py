@@ -186,3 +186,29 @@ async def test_an_allowance_counts_what_was_taken_not_what_was_tried(redis_url: 
         assert [await limiter.take("t", "b", "2/60") == 0 for _ in range(3)] == [True, True, False]
     finally:
         await redis.aclose()
+
+
+async def test_a_retry_once_the_allowance_is_used_up_still_gets_its_booking(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office = await world.office(seats=10)
+    day = world.tomorrow()
+    mobile = "09129990000"
+    bodies = [booking_body(office, world.national_id(), day) for _ in range(ALLOWANCE)]
+    made = []
+    for number, body in enumerate(bodies):
+        headers = {**world.token(mobile), "Idempotency-Key": f"family-{number}"}
+        made.append(await client.post("/api/v1/bookings", json=body, headers=headers))
+    assert [r.status_code for r in made] == [201] * ALLOWANCE
+    # The app lost the last answer and asks again: its booking, not "too many".
+    retried = await client.post(
+        "/api/v1/bookings",
+        json=bodies[-1],
+        headers={**world.token(mobile), "Idempotency-Key": f"family-{ALLOWANCE - 1}"},
+    )
+    assert retried.status_code == 201, retried.text
+    assert retried.headers.get("Idempotent-Replayed") == "true"
+    assert retried.json()["tracking_code"] == made[-1].json()["tracking_code"]
+    assert (await book(client, world, mobile, office, day)).status_code == 429
+    assert await rows_of(world, mobile) == ALLOWANCE
+    assert used(redis_sync, office, day) == ALLOWANCE
