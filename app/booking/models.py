@@ -72,6 +72,10 @@ class Booking(Base):
     # When each reminder was queued (app.booking.reminders); cleared when the booking moves.
     reminded_evening_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     reminded_hour_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # The office it was made at, once an office has moved it (app.booking.relocation): a retry
+    # of the request that made it is answered with it where it is now, not refused as another
+    # request. (No foreign key: it is history, and offices are not deleted.)
+    moved_from_office_id: Mapped[int | None] = mapped_column()
 
     office: Mapped[Office] = relationship(lazy="raise")
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, case, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -176,6 +176,7 @@ async def _record_moves(
                     # Reminded again, of the new place and time.
                     reminded_evening_at=None,
                     reminded_hour_at=None,
+                    moved_from_office_id=func.coalesce(Booking.moved_from_office_id, Booking.office_id),
                 )
             )
             changed.update(await session.scalars(statement.returning(Booking.id), execution_options=_NO_SYNC))

@@ -257,7 +257,7 @@ class BookingService:
             # mobile's) itself.
             if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings, TooManyFromMobile)) and idempotency_key:
                 if earlier := await self._by_idempotency_key(await record.session(), mobile, idempotency_key):
-                    return self._replay(earlier, national_id, office, day, wanted)
+                    return await self._replay(await record.session(), earlier, national_id, office, day, wanted)
                 if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):
                     raise DuplicateRequest() from None
             raise hold_error
@@ -281,7 +281,7 @@ class BookingService:
             earlier = await self._by_tracking_code(await record.session(), reserved.tracking_code)
             if earlier is None:
                 raise DuplicateRequest()
-            return self._replay(earlier, national_id, office, day, wanted)
+            return await self._replay(await record.session(), earlier, national_id, office, day, wanted)
 
         booking = NewBooking(
             tracking_code=tracking_code,
@@ -331,7 +331,7 @@ class BookingService:
             await self._undo(session, office, day, reserved, national_id, idempotency)
             if isinstance(error, IntegrityError):
                 if idempotency_key and (earlier := await self._by_idempotency_key(session, mobile, idempotency_key)):
-                    return self._replay(earlier, national_id, office, day, wanted)
+                    return await self._replay(session, earlier, national_id, office, day, wanted)
                 raise AlreadyBookedThatDay() from error
             if isinstance(error, CountingPaused):
                 raise CapacityRebuilding() from error
@@ -431,21 +431,36 @@ class BookingService:
             counted_in=reserved.counted_in,
         )
 
-    def _replay(
-        self, earlier: Booking, national_id: str, office: BookableOffice, day: dt.date, wanted: str | None
+    async def _replay(
+        self,
+        session: AsyncSession,
+        earlier: Booking,
+        national_id: str,
+        office: BookableOffice,
+        day: dt.date,
+        wanted: str | None,
     ) -> Booked:
-        same = (
-            earlier.national_id == national_id
-            and earlier.office_id == office.id
-            and earlier.service_code == office.service_code
-            and earlier.date == day
-            and (wanted is None or earlier.slot_time == wanted)
+        """The booking an earlier request with this Idempotency-Key made, if this request is
+        that one again. One the office has moved since (same day, same service) is answered
+        where it is now: the citizen's retry is still the same request."""
+        same_request = (
+            earlier.national_id == national_id and earlier.service_code == office.service_code and earlier.date == day
         )
-        if not same:
+        if earlier.moved_from_office_id is None:
+            same_place = earlier.office_id == office.id and (wanted is None or earlier.slot_time == wanted)
+        else:  # its time may have changed, and its office
+            same_place = office.id in (earlier.office_id, earlier.moved_from_office_id)
+        if not (same_request and same_place):
             raise IdempotencyKeyReused()
-        view = booking_out(
-            earlier, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
-        )
+        if earlier.office_id == office.id:
+            view = booking_out(
+                earlier, office_code=office.code, office_name_fa=office.name_fa, service_name_fa=office.service_name_fa
+            )
+        else:
+            _, office_code, office_name_fa, service_name_fa = await self._load(session, earlier.tracking_code)
+            view = booking_out(
+                earlier, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
+            )
         return Booked(booking=view, replay=True)
 
     async def _by_idempotency_key(self, session: AsyncSession, mobile: str, key: str) -> Booking | None:

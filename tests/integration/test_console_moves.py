@@ -505,3 +505,69 @@ async def test_a_check_in_after_a_move_to_another_office_is_refused(
     checked = await client.post(f"/api/v1/staff/offices/{office}/queue/{code}/check-in", headers=headers)
     assert checked.status_code == 409, checked.text
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+
+
+async def test_a_retry_of_a_booking_the_office_moved_is_answered_with_it_where_it_is_now(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """The citizen's app retries (same Idempotency-Key) after the clerk moved the booking:
+    the same request, answered with the booking as it now stands, not a 422."""
+    office, nearby = await world.office(seats=2), await world.office(seats=2)
+    day = world.tomorrow()
+    mobile, national_id = "09121230000", world.national_id()
+    body = booking_body(office, national_id, day, "10:00")
+    headers = {**world.token(mobile), "Idempotency-Key": "retry-after-move"}
+    booked = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert booked.status_code == 201
+    code = booked.json()["tracking_code"]
+
+    staff = await staff_of(client, world, office)
+    later = {"rules": [{"opens": "11:00", "closes": "12:00", "slot_minutes": 30, "seats": 2}], "reason": "late start"}
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true", json=later, headers=staff
+    )
+    assert cut.status_code == 200, cut.text
+    assert cut.json()["moved"] == [{"tracking_code": code, "moved": True, "office_code": office, "slot": "11:00"}]
+
+    retried = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert retried.headers.get("Idempotent-Replayed") == "true"
+    assert (retried.json()["tracking_code"], retried.json()["office_code"], retried.json()["slot"]) == (
+        code,
+        office,
+        "11:00",
+    )
+    # Still another request with that key is refused, and nothing was booked by any of it.
+    other = await client.post("/api/v1/bookings", json={**body, "service_code": "102"}, headers=headers)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    elsewhere = await client.post("/api/v1/bookings", json={**body, "office_code": nearby}, headers=headers)
+    assert elsewhere.status_code == 422 and elsewhere.json()["code"] == "idempotency_key_reused"
+    async with world.container.sessions() as session:
+        assert len(list(await session.scalars(select(Booking.id).where(Booking.mobile == mobile)))) == 1
+    await assert_record_matches_redis(world, redis_sync, [office, nearby], day)
+
+
+async def test_a_retry_of_a_booking_moved_to_another_office_is_answered_with_it_there(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    office, nearby = await world.office(seats=1), await world.office(seats=1)
+    await world.rebuild()  # the directory knows both, as at start
+    day = world.tomorrow()
+    body = booking_body(office, world.national_id(), day, "10:00")
+    headers = {**world.token("09121230001"), "Idempotency-Key": "retry-after-closing"}
+    code = (await client.post("/api/v1/bookings", json=body, headers=headers)).json()["tracking_code"]
+
+    staff = await staff_of(client, world, office)
+    closed = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json={"rules": [], "reason": "closed"},
+        headers=staff,
+    )
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["moved"] == [{"tracking_code": code, "moved": True, "office_code": nearby, "slot": "10:00"}]
+
+    retried = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert (retried.json()["tracking_code"], retried.json()["office_code"]) == (code, nearby)
+    assert retried.json()["office_name_fa"] != ""
+    await assert_record_matches_redis(world, redis_sync, [office, nearby], day)
