@@ -231,7 +231,8 @@ class BookingService:
         # A Redis failure anywhere below is a 503 (app.web); each step undoes the one before.
         # The mobile's allowance, the citizen's limits and the seat are asked for in one round
         # trip: whichever is refused, the others are given back.
-        allowance.taken = allowance.call is not None  # until Redis says not: an unanswered trip may have
+        # Taken unless Redis says not: a trip whose answer is lost may have taken it.
+        allowance.taken = allowance.call is not None
         try:
             hold_error, outcome, allowance_reply = await self.capacity.hold_and_reserve(
                 national_id=national_id,
