@@ -8,8 +8,10 @@ For every slot of every office-day in Redis (the horizon):
 - on days without a cap (``_cap`` = 100), used <= seats (field ``s|pool|HH:MM``). A cap (a
   crowd cap or a restriction) lowers the seats but the bookings made before it stand, so
   used may exceed the capped seats there, by design;
-and for every national ID: at most one active booking (waitlisted, booked, checked_in) per
-service per day, and at most NOBAT_MAX_ACTIVE_BOOKINGS active from today on.
+for every national ID: at most one active booking (waitlisted, booked, checked_in) per
+service per day, and at most NOBAT_MAX_ACTIVE_BOOKINGS active from today on; and for every
+mobile, no more bookings made on the web and by SMS (waitlist joins included, cancelled
+ones too) within NOBAT_BOOKINGS_PER_MOBILE's window than it allows.
 
 SQL above Redis, or above the seats, is an overbooking. Redis above SQL is a seat counted
 but not sold (the safe side of a failed undo, corrected by the next rebuild): not an
@@ -29,12 +31,12 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import func, select
 
-from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking
+from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, Channel
 from app.capacity import keys
 from app.clock import Clock
 from app.db import create_engine, session_factory
 from app.offices.models import Office
-from app.settings import load_settings
+from app.settings import load_settings, parse_limit
 
 SlotKey = tuple[str, str, str, str]  # (office code, day, pool, time)
 MAX_LISTED = 20  # violations listed in full; the counts are always complete
@@ -55,6 +57,7 @@ class CheckResult:
     used_above_seats: int = 0
     same_day_violations: int = 0
     too_many_violations: int = 0
+    mobile_over_allowance: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     attempts: int = 1
@@ -68,8 +71,8 @@ class CheckResult:
 
 
 async def _sql_counts(
-    database_url: str, today: dt.date, last: dt.date, max_active: int
-) -> tuple[dict[SlotKey, int], list[tuple[str, str, str, int]], list[tuple[str, int]]]:
+    database_url: str, today: dt.date, last: dt.date, max_active: int, per_mobile: str
+) -> tuple[dict[SlotKey, int], list[tuple[str, str, str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
     engine = create_engine(database_url)
     try:
         async with session_factory(engine)() as session:
@@ -98,7 +101,18 @@ async def _sql_counts(
                     .having(func.count() > max_active)
                 )
             ]
-        return counts, same_day, too_many
+            allowed, seconds = parse_limit(per_mobile)
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+            over_allowance = [
+                (mobile, int(n))
+                for mobile, n in await session.execute(
+                    select(Booking.mobile, func.count())
+                    .where(Booking.channel.in_([Channel.WEB, Channel.SMS]), Booking.created_at >= since)
+                    .group_by(Booking.mobile)
+                    .having(func.count() > allowed)
+                )
+            ]
+        return counts, same_day, too_many, over_allowance
     finally:
         await engine.dispose()
 
@@ -124,7 +138,9 @@ def _redis_days(redis: Redis, days: set[str]) -> dict[tuple[str, str], dict[str,
     return result
 
 
-def check_once(*, database_url: str, redis_url: str, tz: str, horizon_days: int, max_active: int) -> CheckResult:
+def check_once(
+    *, database_url: str, redis_url: str, tz: str, horizon_days: int, max_active: int, per_mobile: str
+) -> CheckResult:
     started = time.perf_counter()
     result = CheckResult()
     today = Clock(tz).today()
@@ -132,7 +148,9 @@ def check_once(*, database_url: str, redis_url: str, tz: str, horizon_days: int,
     days = {(today + dt.timedelta(days=i)).isoformat() for i in range(horizon_days)}
     # SQL first, then Redis: a booking committing in between shows as Redis above SQL, never
     # as an overbooking; the caller retries a failed check once the service is quiet.
-    sql, same_day, too_many = asyncio.run(_sql_counts(database_url, today, last, max_active))
+    sql, same_day, too_many, over_allowance = asyncio.run(
+        _sql_counts(database_url, today, last, max_active, per_mobile)
+    )
     redis = Redis.from_url(redis_url)
     try:
         office_days = _redis_days(redis, days)
@@ -187,24 +205,39 @@ def check_once(*, database_url: str, redis_url: str, tz: str, horizon_days: int,
     result.too_many_violations = len(too_many)
     for nid, n in too_many[:5]:
         result.note("too_many", national_id=nid[:4] + "******", active=n)
+    result.mobile_over_allowance = len(over_allowance)
+    for mobile, n in over_allowance[:5]:
+        result.note("mobile_over_allowance", mobile=mobile[:4] + "*****" + mobile[-2:], made=n)
 
     result.overbooked = bool(
         result.sql_above_redis or result.used_above_seats or result.same_day_violations or result.too_many_violations
     )
-    result.ok = not result.overbooked and not result.redis_above_sql
+    result.ok = not result.overbooked and not result.redis_above_sql and not result.mobile_over_allowance
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 
 
 def check(
-    *, database_url: str, redis_url: str, tz: str, horizon_days: int, max_active: int, attempts: int = 3
+    *,
+    database_url: str,
+    redis_url: str,
+    tz: str,
+    horizon_days: int,
+    max_active: int,
+    per_mobile: str,
+    attempts: int = 3,
 ) -> CheckResult:
     """Check, and check again a little later if it failed: requests still finishing when the
     load stopped can leave a seat taken in Redis whose row is a moment from committing."""
     result = CheckResult()
     for attempt in range(1, attempts + 1):
         result = check_once(
-            database_url=database_url, redis_url=redis_url, tz=tz, horizon_days=horizon_days, max_active=max_active
+            database_url=database_url,
+            redis_url=redis_url,
+            tz=tz,
+            horizon_days=horizon_days,
+            max_active=max_active,
+            per_mobile=per_mobile,
         )
         result.attempts = attempt
         if result.ok:
@@ -223,6 +256,7 @@ def main() -> None:
         tz=settings.tz,
         horizon_days=settings.horizon_days,
         max_active=settings.max_active_bookings,
+        per_mobile=settings.bookings_per_mobile,
     )
     print(json.dumps(result.as_dict(), indent=2))
     sys.exit(0 if result.ok else 1)

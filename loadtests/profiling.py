@@ -28,7 +28,10 @@ SPECIFIC: list[tuple[str, tuple[str, ...]]] = [
     # The group commit's messages go to RQ on a thread of their own (not sampled here); a
     # sign-in code or a cancellation's message is enqueued from the session's after_commit hook.
     ("RQ enqueue after commit (sync redis-py on the event loop)", ("Jobs.enqueue (", "Jobs.enqueue_at (", "(rq/")),
-    ("allowance, citizen limits and seat: TAKE + HOLD + RESERVE", ("Capacity.hold_and_reserve (", "Scripts.run_together (")),
+    (
+        "allowance, citizen limits and seat: TAKE + HOLD + RESERVE",
+        ("Capacity.hold_and_reserve (", "Scripts.run_together ("),
+    ),
     ("Redis trips shared by requests (AutoPipeline)", ("AutoPipeline.",)),
     ("office and service lookup", ("bookable_office (", "OfficeDirectory.")),
     ("Idempotency-Key lookup (SQL)", ("_by_idempotency_key (",)),

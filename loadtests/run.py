@@ -676,7 +676,12 @@ class Run:
             redis = Redis.from_url(stack.redis.url)
             log("correctness check: every slot's bookings in SQL against Redis, every citizen's limits")
             result = check.check(
-                database_url=stack.database_url, redis_url=stack.redis.url, tz=self.tz, horizon_days=14, max_active=3
+                database_url=stack.database_url,
+                redis_url=stack.redis.url,
+                tz=self.tz,
+                horizon_days=14,
+                max_active=3,
+                per_mobile=workloads.bookings_per_mobile(),
             )
             self.results["check"] = result.as_dict()
             after = memory.by_kind(redis)

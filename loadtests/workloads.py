@@ -121,11 +121,10 @@ def phones(secret_key: str, rng: random.Random, *, exclude: set[str]) -> Iterato
             yield auth.issue_token(mobile)
 
 
-def bookings_per_phone() -> int:
-    """The bookings one phone may make (NOBAT_BOOKINGS_PER_MOBILE, as the service under test
-    has it): each phone books no more, as a family's does, so that no booking is refused for it."""
+def bookings_per_mobile() -> str:
+    """NOBAT_BOOKINGS_PER_MOBILE as the service under test has it (it inherits this environment)."""
     variable = "NOBAT_BOOKINGS_PER_MOBILE"
-    return parse_limit(load_settings({variable: os.environ.get(variable, "")}).bookings_per_mobile)[0]
+    return load_settings({variable: os.environ.get(variable, "")}).bookings_per_mobile
 
 
 def national_ids(rng: random.Random, *, exclude: set[str]) -> Iterator[str]:
@@ -180,7 +179,8 @@ def booking_lines(
 ) -> Iterator[Line]:
     """POST /api/v1/bookings for the earliest free slot at (office, day) pairs drawn from
     ``pairs``, each from a phone of ``phones`` that makes no more than it may."""
-    per_phone = bookings_per_phone()
+    # Each phone books no more than it may, as a family's does: no booking is refused for it.
+    per_phone = parse_limit(bookings_per_mobile())[0]
     token = ""
     for number in range(count):
         code, day = pairs[number % len(pairs)] if len(pairs) == 1 else rng.choice(pairs)
