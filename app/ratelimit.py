@@ -50,7 +50,7 @@ class RateLimiter:
 
     async def hit(self, action: str, subject: str, limit: str) -> None:
         """Count one hit; raise RateLimited (with Retry-After) when over ``limit`` ("COUNT/SECONDS")."""
-        count, seconds = parse_limit(limit)
+        count, seconds = _parsed(limit)
         retry_after = int(await self._hit(keys=[_key(action, subject)], args=[count, seconds]))
         if retry_after:
             raise RateLimited(retry_after)
@@ -62,7 +62,7 @@ class RateLimiter:
 
     def take_call(self, action: str, subject: str, limit: str) -> ScriptCall:
         """``take`` as a script call for a trip of the caller's; its reply is ``take``'s."""
-        count, seconds = parse_limit(limit)
+        count, seconds = _parsed(limit)
         return (self._take, [_key(action, subject)], [count, seconds])
 
     async def give_back(self, action: str, subject: str) -> None:
@@ -207,10 +207,10 @@ class RequestLimiter:
                 return
 
 
-@functools.lru_cache(maxsize=32)
 def _key(action: str, subject: str) -> str:
     return f"{NAMESPACE}:rl:{action}:{subject}"
 
 
+@functools.lru_cache(maxsize=32)
 def _parsed(limit: str) -> tuple[int, int]:
     return parse_limit(limit)
