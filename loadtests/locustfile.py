@@ -296,7 +296,8 @@ class RushCitizen(Citizen):
     def rush(self) -> None:
         if not self.signed_in or not self.token:
             self.signed_in = self.sign_in()
-            RushCitizen.ready += self.signed_in
+            if not RushCitizen.opened_at:  # the next citizen after a phone's last booking is not one more waited for
+                RushCitizen.ready += self.signed_in
             return
         self.wait_for_opening()
         hot = self.rng.choice(FIXTURE["hot_offices"])
