@@ -116,7 +116,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         messenger=messenger,
         # The writer has connections of its own, so requests waiting on it cannot starve it.
         writer=GroupCommit(
-            create_engine(settings.database_url, pool_size=2),
+            create_engine(settings.database_url, pool_size=2, pre_ping=False),
             send_sms=messenger.send,
             may_commit=capacity.may_commit,
         ),

@@ -1065,6 +1065,32 @@ async def test_database_gone_answers_503_and_holds_no_seat(
     assert back.status_code == 201
 
 
+async def test_bookings_go_on_when_the_database_drops_the_group_commits_connections(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, database_url: str
+) -> None:
+    """The writer's connections are not checked as they leave its pool: one the database
+    dropped (a restart, a failover) must cost a retry of the batch, not a citizen's 503."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs a database server to drop connections")
+    import asyncpg
+
+    office = await world.office(seats=3)
+    day = world.tomorrow()
+    assert (await book(client, world, office, day)).status_code == 201  # the writer has a connection now
+    name = database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(database_url.rsplit("/", 1)[0].replace("+asyncpg", "") + "/postgres")
+    try:
+        dropped = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        assert dropped >= 1
+    finally:
+        await admin.close()
+    again = await book(client, world, office, day)
+    assert again.status_code == 201, again.text
+    assert ten_oclock_used(capacity_redis, office, day) == 2
+
+
 def lose_the_commits_answer(client: Client, monkeypatch: pytest.MonkeyPatch, *, committed: bool) -> None:
     """The bookings' next group commit is sent and its answer lost, as when the connection
     drops or the database fails over with the COMMIT on its way; ``committed``: whether it
