@@ -1,6 +1,7 @@
 """Rate limits that hold across server processes and machines: one atomic Redis script per
 hit where each hit costs us (sign-in codes), counts added up a few times a second for the
-limit on every request.
+limit on every request, and allowances that count what was done rather than tried (the
+bookings a mobile may make: taken, and given back when no booking came of it).
 
 Litestar's own rate-limit middleware keeps its lock per process (litestar issue #4700), so a
 limit there is multiplied by the number of workers; these are not.
@@ -40,6 +41,27 @@ return 0
 """
 
 
+TAKE = """
+-- KEYS[1] = what one subject has used of an allowance, ARGV as HIT's.
+-- Like HIT, but a refused take is not counted, and a take given back (GIVE_BACK) is not:
+-- the allowance counts what was done, not what was tried.
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) ttl = tonumber(ARGV[2]) end
+  return ttl
+end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 0
+"""
+
+GIVE_BACK = """
+-- KEYS[1] = as TAKE's. One take back, never below nothing (the window may have ended since).
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+
 class RateLimiter:
     def __init__(self, redis: Redis, auto: AutoPipeline | None = None) -> None:
         # A booking takes from an allowance: its trip is shared with the other requests'.
@@ -67,27 +89,6 @@ class RateLimiter:
 
     async def give_back(self, action: str, subject: str) -> None:
         await self.auto.run_script(self._give_back, [_key(action, subject)], [])
-
-
-TAKE = """
--- KEYS[1] = what one subject has used of an allowance, ARGV as HIT's.
--- Like HIT, but a refused take is not counted, and a take given back (GIVE_BACK) is not:
--- the allowance counts what was done, not what was tried.
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then
-  local ttl = redis.call('TTL', KEYS[1])
-  if ttl < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) ttl = tonumber(ARGV[2]) end
-  return ttl
-end
-if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
-return 0
-"""
-
-GIVE_BACK = """
--- KEYS[1] = as TAKE's. One take back, never below nothing (the window may have ended since).
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
-return 0
-"""
 
 
 ADD_HITS = """
