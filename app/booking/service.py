@@ -645,14 +645,19 @@ class BookingService:
 
     async def free_seats(self, *, session: AsyncSession, seats: Sequence[Seat]) -> None:
         """``free_seat`` for many seats: a trip to Redis and a commit for every few hundred.
-        A seat Redis failed to free stays counted (a rebuild corrects it); its error is
-        raised once the others' promotions are recorded."""
+        A seat Redis failed to free stays counted (a rebuild corrects it), and a chunk whose
+        promotions the record failed to take puts its citizens back in line; either error is
+        raised once every chunk has been freed (the chunks after one that failed had stayed
+        counted, sold to nobody, until a rebuild)."""
         now = self.clock.now()
         failed: BaseException | None = None
         for start in range(0, len(seats), SEATS_PER_TRIP):
             promoted, error = await self._release(seats[start : start + SEATS_PER_TRIP], now)
             failed = failed or error
-            await self._record_promotions(session, promoted, now)
+            try:
+                await self._record_promotions(session, promoted, now)
+            except (SQLAlchemyError, RedisError) as unrecorded:
+                failed = failed or unrecorded
         if failed is not None:
             raise failed
 

@@ -571,3 +571,45 @@ async def test_a_retry_of_a_booking_moved_to_another_office_is_answered_with_it_
     assert (retried.json()["tracking_code"], retried.json()["office_code"]) == (code, nearby)
     assert retried.json()["office_name_fa"] != ""
     await assert_record_matches_redis(world, redis_sync, [office, nearby], day)
+
+
+async def test_seats_after_a_chunk_whose_promotions_failed_are_still_given_back(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record fails while the first chunk's promotion is recorded: that citizen goes back
+    to the head of the line, and the chunks after it still free their seats (they had stayed
+    counted, sold to nobody, until a rebuild)."""
+    from app.booking import service as booking_service
+
+    monkeypatch.setattr(booking_service, "SEATS_PER_TRIP", 1)
+    day = world.tomorrow()
+    full = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    [first_holder] = await book_full(client, world, full, day, ["10:00"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(full, world.national_id(), day, None), headers=world.token()
+    )
+    waiting = joined.json()["tracking_code"]
+    other = await world.office(seats=1)
+    [second_holder] = await book_full(client, world, other, day, ["10:00"], 1)
+    container = world.container
+    async with container.sessions() as session:
+        await session.execute(
+            sa_update(Booking)
+            .where(Booking.tracking_code.in_([first_holder, second_holder]))
+            .values(status=BookingStatus.CANCELLED)
+        )
+        await session.commit()
+
+    async def record_away(*_: Any) -> Any:
+        return set(), set(), OperationalError("UPDATE bookings", {}, Exception("the record went away"))
+
+    monkeypatch.setattr(BookingService, "_promote", record_away)
+    async with container.sessions() as session:
+        with pytest.raises(OperationalError):
+            await container.bookings.free_seats(
+                session=session, seats=[Seat(full, day, "*", "10:00"), Seat(other, day, "*", "10:00")]
+            )
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    assert redis_sync.lrange(keys.waitlist(full, day, "*"), 0, -1) == [waiting.encode()]
+    assert redis_sync.sismember(keys.WAITLISTS_TO_FILL, keys.waitlist(full, day, "*"))
+    await assert_record_matches_redis(world, redis_sync, [full, other], day)
