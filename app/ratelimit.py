@@ -77,13 +77,11 @@ class RateLimiter:
         if retry_after:
             raise RateLimited(retry_after)
 
-    async def take(self, action: str, subject: str, limit: str) -> int:
-        """Take one of ``subject``'s allowance for ``action`` ("COUNT/SECONDS"); 0 when taken,
-        else the seconds until the window ends (nothing taken). Undone by ``give_back``."""
-        return int(await self.auto.run_script(*self.take_call(action, subject, limit)))
-
     def take_call(self, action: str, subject: str, limit: str) -> ScriptCall:
-        """``take`` as a script call for a trip of the caller's; its reply is ``take``'s."""
+        """The script call that takes one of ``subject``'s allowance for ``action``
+        ("COUNT/SECONDS"), for a trip of the caller's (``AutoPipeline.run_scripts``). Its reply
+        is 0 when taken, else the seconds until the window ends (nothing taken). Undone by
+        ``give_back``."""
         count, seconds = _parsed(limit)
         return (self._take, [_key(action, subject)], [count, seconds])
 

@@ -80,13 +80,15 @@ MOBILE_ALLOWANCE = "book-mobile"
 
 
 class _Allowance:
-    """One of the bookings a mobile may make (NOBAT_BOOKINGS_PER_MOBILE), asked for on the
-    booking's own trip to Redis (a trip of its own cost 7% of the booking rate), and given
-    back unless the request made a booking. ``call`` is None for a booking not counted."""
+    """One of the bookings a mobile may make (NOBAT_BOOKINGS_PER_MOBILE): ``call`` takes it
+    (None: not counted), and ``taken`` says it is to be given back if the request makes no
+    booking. A booking asks for it on its own trip to Redis (a trip of its own cost 7% of the
+    booking rate)."""
 
-    __slots__ = ("call", "taken")
+    __slots__ = ("call", "mobile", "taken")
 
-    def __init__(self, call: ScriptCall | None) -> None:
+    def __init__(self, mobile: str, call: ScriptCall | None) -> None:
+        self.mobile = mobile
         self.call = call
         self.taken = False
 
@@ -144,12 +146,7 @@ class BookingService:
         idempotency_key: str | None,
         channel: Channel = Channel.WEB,
     ) -> Booked:
-        # A walk-in is booked by the clerk, who sees the citizen: not one of the mobile's.
-        allowance = _Allowance(
-            None
-            if channel == Channel.WALK_IN
-            else self.limiter.take_call(MOBILE_ALLOWANCE, mobile, self.rules.per_mobile)
-        )
+        allowance = self._allowance(mobile, channel)
         try:
             async with OnDemand(sessions) as record:
                 booked = await self._book(
@@ -163,30 +160,34 @@ class BookingService:
         except Exception as error:
             # Not a booking made, so not one of the mobile's. (A cancelled request is not
             # given back: its booking may still be committed.)
-            if allowance.taken:
-                await self._give_allowance_back(mobile)
+            await self._give_back_allowance(allowance)
             if isinstance(error, DomainError):
                 REJECTIONS.labels(error.code).inc()
             raise
         if booked.replay:
-            if allowance.taken:
-                await self._give_allowance_back(mobile)
+            await self._give_back_allowance(allowance)
         else:
             BOOKINGS.labels(channel.value).inc()
         return booked
 
-    async def _take_allowance(self, mobile: str, channel: Channel) -> bool:
-        """One of the bookings the mobile may make, taken on a trip of its own (a waitlist
-        join's); True when taken. A walk-in's is not counted."""
+    def _allowance(self, mobile: str, channel: Channel) -> _Allowance:
+        # A walk-in is booked by the clerk, who sees the citizen: not one of the mobile's.
         if channel == Channel.WALK_IN:
-            return False
-        if retry_after := await self.limiter.take(MOBILE_ALLOWANCE, mobile, self.rules.per_mobile):
-            raise TooManyFromMobile(parse_limit(self.rules.per_mobile)[0], retry_after)
-        return True
+            return _Allowance(mobile, None)
+        return _Allowance(mobile, self.limiter.take_call(MOBILE_ALLOWANCE, mobile, self.rules.per_mobile))
 
-    async def _give_allowance_back(self, mobile: str) -> None:
+    def _past_allowance(self, allowance: _Allowance, retry_after: int) -> TooManyFromMobile:
+        """Redis refused the take (``retry_after``: the seconds until its window ends), so
+        nothing is to be given back."""
+        allowance.taken = False
+        return TooManyFromMobile(parse_limit(self.rules.per_mobile)[0], retry_after)
+
+    async def _give_back_allowance(self, allowance: _Allowance) -> None:
+        if not allowance.taken:
+            return
+        allowance.taken = False
         try:
-            await self.limiter.give_back(MOBILE_ALLOWANCE, mobile)
+            await self.limiter.give_back(MOBILE_ALLOWANCE, allowance.mobile)
         except RedisError as error:
             # The mobile may make one booking fewer until its window ends; the booking's
             # own answer matters more than this.
@@ -246,11 +247,10 @@ class BookingService:
         except RedisError:
             await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
             raise
-        if allowance_reply:  # the seconds until the mobile may book again; nothing was taken
-            allowance.taken = False
+        if allowance_reply:  # refused: the seconds until the mobile may book again
             if hold_error is None:
                 await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-            hold_error = TooManyFromMobile(parse_limit(self.rules.per_mobile)[0], int(allowance_reply))
+            hold_error = self._past_allowance(allowance, int(allowance_reply))
         if hold_error is not None:
             if isinstance(outcome, Reserved) and not outcome.replay:
                 await self._give_back(await record.session(), office, day, outcome, idempotency)
@@ -781,12 +781,15 @@ class BookingService:
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB
     ) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""
-        taken = await self._take_allowance(mobile, channel)
+        allowance = self._allowance(mobile, channel)
+        if allowance.call is not None:  # on a trip of its own: a join is not on the hot path
+            if retry_after := int(await self.limiter.auto.run_script(*allowance.call)):
+                raise self._past_allowance(allowance, retry_after)
+            allowance.taken = True
         try:
             return await self._join_waitlist(session=session, mobile=mobile, request=request, channel=channel)
         except Exception:
-            if taken:
-                await self._give_allowance_back(mobile)
+            await self._give_back_allowance(allowance)
             raise
 
     async def _join_waitlist(
