@@ -85,6 +85,26 @@ async def book_as(client: Client, world: World, office: str, day: dt.date, mobil
     return codes
 
 
+async def full_with_one_waiting(client: Client, world: World, day: dt.date) -> tuple[str, str, str]:
+    """An office with one seat that day, booked, and one citizen in its line: (the office,
+    the holder's tracking code, the waiting one's)."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    [holder] = await book_full(client, world, office, day, ["10:00"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    return office, holder, joined.json()["tracking_code"]
+
+
+async def cancelled_in_the_record(world: World, codes: list[str]) -> None:
+    """Cancel these bookings in the record only: their seats are left for the test to free."""
+    async with world.container.sessions() as session:
+        await session.execute(
+            sa_update(Booking).where(Booking.tracking_code.in_(codes)).values(status=BookingStatus.CANCELLED)
+        )
+        await session.commit()
+
+
 async def cut_to_one_seat(client: Client, office: str, day: dt.date, headers: dict[str, str]) -> Any:
     """The clerk plans the day with one seat a slot, moving whoever no longer fits."""
     return await client.put(
@@ -376,18 +396,9 @@ async def test_one_failed_release_does_not_lose_the_others_promotions(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
     day = world.tomorrow()
-    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
-    [holder] = await book_full(client, world, office, day, ["10:00"], 1)
-    joined = await client.post(
-        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-    )
-    waiting = joined.json()["tracking_code"]
+    office, holder, waiting = await full_with_one_waiting(client, world, day)
+    await cancelled_in_the_record(world, [holder])
     container = world.container
-    async with container.sessions() as session:
-        await session.execute(
-            sa_update(Booking).where(Booking.tracking_code == holder).values(status=BookingStatus.CANCELLED)
-        )
-        await session.commit()
     other = await world.office(seats=1)
     redis_sync.set(keys.office_day(other, day), "not a hash")  # this seat's call fails
     async with container.sessions() as session:
@@ -583,22 +594,11 @@ async def test_seats_after_a_chunk_whose_promotions_failed_are_still_given_back(
 
     monkeypatch.setattr(booking_service, "SEATS_PER_TRIP", 1)
     day = world.tomorrow()
-    full = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
-    [first_holder] = await book_full(client, world, full, day, ["10:00"], 1)
-    joined = await client.post(
-        "/api/v1/waitlist", json=booking_body(full, world.national_id(), day, None), headers=world.token()
-    )
-    waiting = joined.json()["tracking_code"]
+    full, first_holder, waiting = await full_with_one_waiting(client, world, day)
     other = await world.office(seats=1)
     [second_holder] = await book_full(client, world, other, day, ["10:00"], 1)
+    await cancelled_in_the_record(world, [first_holder, second_holder])
     container = world.container
-    async with container.sessions() as session:
-        await session.execute(
-            sa_update(Booking)
-            .where(Booking.tracking_code.in_([first_holder, second_holder]))
-            .values(status=BookingStatus.CANCELLED)
-        )
-        await session.commit()
 
     async def record_away(*_: Any) -> Any:
         return set(), set(), OperationalError("UPDATE bookings", {}, Exception("the record went away"))
