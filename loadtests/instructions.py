@@ -59,7 +59,7 @@ def _lines(kind: str, count: int, fixture: dict[str, Any]) -> list[workloads.Lin
     redis.close()
     addresses = workloads.Addresses(rng)
     if kind == "book":
-        phones = workloads.phones(fixture["secret"], rng, exclude=set())
+        phones = workloads.phones(fixture["secret"], rng)
         ids = workloads.national_ids(rng, exclude=set())
         lines = workloads.booking_lines(
             count=count, pairs=pairs, network=network, phones=phones, ids=ids, rng=rng, addresses=addresses,

@@ -446,7 +446,7 @@ class Run:
             for _ in range(30_000)
         ]
         pairs = workloads.open_office_days(redis, candidates)
-        phones = workloads.phones(self.secret, self.rng, exclude=set())
+        phones = workloads.phones(self.secret, self.rng)
         ids = workloads.national_ids(self.rng, exclude=self.used_ids)
         addresses = workloads.Addresses(self.rng)
         wrk: dict[str, Any] = {}

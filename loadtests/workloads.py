@@ -108,18 +108,19 @@ def first_open_day(redis: Redis, code: str, today: dt.date) -> dt.date:
     return next(iter(open_days(redis, code, today, 14)), today)
 
 
-def phones(secret_key: str, rng: random.Random, *, exclude: set[str]) -> Iterator[str]:
-    """Bearer tokens of phones never used before (none in ``exclude``), each signed with the
-    service's key by the service's own code."""
+def phones(secret_key: str, rng: random.Random) -> Iterator[str]:
+    """Bearer tokens of phones, none given twice, each signed with the service's key by the
+    service's own code."""
     settings = load_settings({}).with_(secret_key=secret_key)
     lazy = AsyncRedis()  # never connected: issuing a token only signs claims
     auth = CitizenAuth(redis=lazy, settings=settings, limiter=RateLimiter(lazy), messenger=None)  # type: ignore[arg-type]
+    given: set[str] = set()
     while True:
         # 0935: not the Locust citizens' 0912 (loadtests.locustfile), whose phones have
         # bookings of their own by the time wrk books.
         mobile = f"0935{rng.randrange(10**7):07d}"
-        if mobile not in exclude:
-            exclude.add(mobile)
+        if mobile not in given:
+            given.add(mobile)
             yield auth.issue_token(mobile)
 
 
