@@ -1,0 +1,110 @@
+"""The group commit (app.booking.writer) on its own: what a batch writes, and what one bad row
+in it fails. On PostgreSQL a batch is one statement of column arrays, on SQLite an
+executemany per table: both must write the same rows."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from sqlalchemy import Table, select
+from sqlalchemy.exc import IntegrityError
+
+from app.booking import writer
+from app.booking.models import Booking, BookingStatus, Channel, NewBooking
+from app.booking.writer import GroupCommit, Row
+from app.sms.models import SmsMessage, SmsStatus
+from app.sms.service import OUTBOX
+from tests.conftest import World
+
+NOW = dt.datetime(2026, 12, 5, 8, 0, 0, 123456, tzinfo=dt.UTC)
+
+
+def booking_rows(
+    national_id: str, *, mobile: str = "09120000001", key: str | None = None, sms: bool = True
+) -> list[Row]:
+    booking = NewBooking(
+        tracking_code=f"T{national_id}{mobile[-1]}",
+        office_id=1,
+        service_code="101",
+        national_id=national_id,
+        mobile=mobile,
+        date=dt.date(2026, 12, 6),
+        slot_time="10:30",
+        pool="*",
+        status=BookingStatus.BOOKED,
+        channel=Channel.WALK_IN if not sms else Channel.WEB,
+        idempotency_key=key,
+        created_at=NOW,
+    )
+    rows = [booking.row()]
+    if sms:
+        message = {
+            "id": f"sms-{national_id}-{mobile[-1]}",
+            "to": mobile,
+            "body": "نوبت شما ثبت شد.\nکد: «۱۲»",
+            "kind": "booking_confirmed",
+        }
+        rows.append((OUTBOX, {**message, "status": SmsStatus.QUEUED, "attempts": 0}))
+    return rows
+
+
+async def allowed() -> bool:
+    return True
+
+
+@pytest.fixture
+async def group_commit(world: World) -> GroupCommit:
+    await world.office()
+    return GroupCommit(world.container.bookings.writer.engine, send_sms=lambda ids: None, may_commit=allowed)
+
+
+async def test_a_batch_writes_every_row_as_given(world: World, group_commit: GroupCommit) -> None:
+    """Three bookings in one batch, of both shapes (a walk-in has no message), a key and none."""
+    writes = [booking_rows("0000000001", key="k-1"), booking_rows("0000000002", sms=False), booking_rows("0000000003")]
+    await asyncio.gather(*(group_commit.write(None, rows) for rows in writes))
+
+    async with world.container.sessions() as session:
+        bookings = (await session.scalars(select(Booking).order_by(Booking.national_id))).all()
+        messages = (await session.scalars(select(SmsMessage).order_by(SmsMessage.id))).all()
+    assert [
+        (b.tracking_code, b.office_id, b.service_code, b.mobile, b.date, b.slot_time, b.pool, b.status, b.channel)
+        for b in bookings
+    ] == [
+        (f"T000000000{n}1", 1, "101", "09120000001", dt.date(2026, 12, 6), "10:30", "*", BookingStatus.BOOKED, channel)
+        for n, channel in ((1, Channel.WEB), (2, Channel.WALK_IN), (3, Channel.WEB))
+    ]
+    assert [b.idempotency_key for b in bookings] == ["k-1", None, None]
+    assert all(b.created_at.replace(tzinfo=b.created_at.tzinfo or dt.UTC) == NOW for b in bookings)
+    assert all(b.cancelled_at is None and b.moved_from_office_id is None for b in bookings)
+    assert [(m.id, m.to, m.body, m.status, m.attempts) for m in messages] == [
+        (f"sms-000000000{n}-1", "09120000001", "نوبت شما ثبت شد.\nکد: «۱۲»", SmsStatus.QUEUED, 0) for n in (1, 3)
+    ]
+    assert all(m.created_at is not None for m in messages)  # the database's default
+
+
+async def test_a_row_that_breaks_a_constraint_fails_only_its_own_booking(
+    world: World, group_commit: GroupCommit
+) -> None:
+    """The same citizen twice on a day, in one batch with a third booking: the batch is
+    committed again one booking at a time, and only the second of the pair fails."""
+    writes = [booking_rows("0000000001"), booking_rows("0000000001", mobile="09120000002"), booking_rows("0000000003")]
+    outcomes = await asyncio.gather(*(group_commit.write(None, rows) for rows in writes), return_exceptions=True)
+
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], IntegrityError)
+    async with world.container.sessions() as session:
+        written = (await session.execute(select(Booking.national_id, Booking.mobile).order_by(Booking.id))).all()
+        messages = (await session.scalars(select(SmsMessage.to))).all()
+    assert sorted(written) == [("0000000001", "09120000001"), ("0000000003", "09120000001")]
+    assert sorted(messages) == ["09120000001", "09120000001"]  # not the failed booking's
+
+
+def test_a_column_left_to_a_default_of_pythons_is_refused() -> None:
+    """The batch statement applies only the database's defaults: a column whose default is
+    Python's, left out, would be written NULL. (SmsMessage.status defaults to queued.)"""
+    table: Table = OUTBOX
+    columns: tuple[str, ...] = ("id", "to", "body", "kind", "attempts")
+    with pytest.raises(ValueError, match=r"sms_messages\.status"):
+        writer._batch_insert(((table, columns),))
