@@ -294,7 +294,7 @@ class Run:
             "sms_inbox": args.sms_backend,
             "standin_url": stack.standin_url,
             "today": today.isoformat(),
-            "horizon_days": 14,
+            "horizon_days": workloads.service_settings().horizon_days,
             "rush_day": rush_day.isoformat(),
             # The rush opens when every citizen has signed in, or at this deadline.
             "rush_users": max(users - len(hot), 1),
@@ -674,14 +674,15 @@ class Run:
             # Bookings still on their way when the load stopped commit within moments.
             time.sleep(3)
             redis = Redis.from_url(stack.redis.url)
+            limits = workloads.service_settings()
             log("correctness check: every slot's bookings in SQL against Redis, every citizen's limits")
             result = check.check(
                 database_url=stack.database_url,
                 redis_url=stack.redis.url,
                 tz=self.tz,
-                horizon_days=14,
-                max_active=3,
-                per_mobile=workloads.bookings_per_mobile(),
+                horizon_days=limits.horizon_days,
+                max_active=limits.max_active_bookings,
+                per_mobile=limits.bookings_per_mobile,
             )
             self.results["check"] = result.as_dict()
             after = memory.by_kind(redis)
@@ -695,7 +696,7 @@ class Run:
                     before=self.memory_before,
                     bookings=bookings,
                     seats_total=result.seats_total,
-                    horizon_days=14,
+                    horizon_days=limits.horizon_days,
                 ),
             )
             redis.close()

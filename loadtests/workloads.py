@@ -27,7 +27,7 @@ from app.db import create_engine, session_factory
 from app.identity import generate_national_id
 from app.offices.models import City, Office, OfficeService
 from app.ratelimit import RateLimiter
-from app.settings import load_settings, parse_limit
+from app.settings import Settings, load_settings, parse_limit
 
 # The services most offices offer (see app/offices/catalogue.py): the bulk of real demand.
 COMMON_SERVICES = ("101", "102", "104", "110", "115")
@@ -124,10 +124,13 @@ def phones(secret_key: str, rng: random.Random) -> Iterator[str]:
             yield auth.issue_token(mobile)
 
 
-def bookings_per_mobile() -> str:
-    """NOBAT_BOOKINGS_PER_MOBILE as the service under test has it (it inherits this environment)."""
-    variable = "NOBAT_BOOKINGS_PER_MOBILE"
-    return load_settings({variable: os.environ.get(variable, "")}).bookings_per_mobile
+SERVICE_LIMITS = ("NOBAT_BOOKINGS_PER_MOBILE", "NOBAT_MAX_ACTIVE_BOOKINGS", "NOBAT_HORIZON_DAYS")
+
+
+def service_settings() -> Settings:
+    """The limits and horizon of the service under test, which inherits this environment: what
+    the load books and the check after it counts against."""
+    return load_settings({name: os.environ[name] for name in SERVICE_LIMITS if os.environ.get(name)})
 
 
 def national_ids(rng: random.Random, *, exclude: set[str]) -> Iterator[str]:
@@ -183,7 +186,7 @@ def booking_lines(
     """POST /api/v1/bookings for the earliest free slot at (office, day) pairs drawn from
     ``pairs``, each from a phone of ``phones`` that makes no more than it may."""
     # Each phone books no more than it may, as a family's does: no booking is refused for it.
-    per_phone = parse_limit(bookings_per_mobile())[0]
+    per_phone = parse_limit(service_settings().bookings_per_mobile)[0]
     token = ""
     for number in range(count):
         code, day = pairs[number % len(pairs)] if len(pairs) == 1 else rng.choice(pairs)
