@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import datetime as dt
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking import reminders
 from app.booking.models import Booking, BookingStatus
@@ -17,39 +20,44 @@ def close_day() -> dict[str, int]:
     every hour: it only touches past days' bookings still open.
 
     Returns the counts: ``no_shows``, ``served`` (closed from checked in),
-    ``waitlist_expired`` and ``office_days_added``."""
+    ``waitlist_expired``, ``suspended`` (for repeated no-shows) and ``office_days_added``."""
     return run_job(_close_day())
 
 
 async def _close_day() -> dict[str, int]:
     async with job_context() as app, app.sessions() as session:
         today = app.clock.today()
-
-        async def past(status: BookingStatus) -> list[Booking]:
-            return list(await session.scalars(select(Booking).where(Booking.status == status, Booking.date < today)))
-
-        unchecked = await past(BookingStatus.BOOKED)
-        for booking in unchecked:
-            booking.status = BookingStatus.NO_SHOW
-        served = await past(BookingStatus.CHECKED_IN)
-        for booking in served:
-            booking.status = BookingStatus.SERVED
-        expired = await past(BookingStatus.WAITLISTED)
-        for booking in expired:
-            booking.status = BookingStatus.CANCELLED
+        # One statement each, and one transaction with the suspensions they lead to: a night
+        # of a whole country's bookings, read into objects and suspended one national ID at a
+        # time, outlasted the job's time limit, and a run that died after its commit left the
+        # rest unsuspended for good (the next run found no booking still to close).
+        no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
+        served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
+        expired = await _close(session, BookingStatus.WAITLISTED, BookingStatus.CANCELLED, today)
+        suspended = await app.console.suspend_for_no_shows(session=session, national_ids=no_shows)
         await session.commit()
-        # No longer active: they stop counting against the citizen's limits, as when staff mark them.
-        for booking in unchecked + served:
-            await app.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        for national_id in sorted({b.national_id for b in unchecked}):
-            await app.console.record_no_show(session=session, national_id=national_id)
+        # Their holds need no unhold: holds of past days count for nothing (the HOLD script).
+        await app.console.tell_suspensions(session=session)
         added = await app.capacity.extend_horizon(session=session, today=today)
         return {
-            "no_shows": len(unchecked),
+            "no_shows": len(no_shows),
             "served": len(served),
             "waitlist_expired": len(expired),
+            "suspended": suspended,
             "office_days_added": added,
         }
+
+
+async def _close(session: AsyncSession, status: BookingStatus, to: BookingStatus, today: dt.date) -> list[str]:
+    """Past days' bookings still in ``status`` moved to ``to``: their national IDs."""
+    closed = await session.scalars(
+        update(Booking)
+        .where(Booking.status == status, Booking.date < today)
+        .values(status=to)
+        .returning(Booking.national_id),
+        execution_options={"synchronize_session": False},
+    )
+    return list(closed)
 
 
 def fill_waitlists_left() -> int:

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -511,29 +512,68 @@ class Console:
         if self.clock.now() < after:
             raise NoShowTooEarly(after=after.strftime("%H:%M"))
 
-    async def record_no_show(self, *, session: AsyncSession, national_id: str) -> dt.date | None:
-        """Suspend the national ID when its no-shows in the window reach the limit; the date it ends."""
+    async def record_no_show(self, *, session: AsyncSession, national_id: str) -> None:
+        """Suspend the national ID when its no-shows in the window reach the limit."""
+        if await self.suspend_for_no_shows(session=session, national_ids=[national_id]):
+            await session.commit()
+            today = self.clock.today()
+            await self.capacity.suspend(national_id=national_id, until=self._suspension_ends(today), today=today)
+
+    async def suspend_for_no_shows(self, *, session: AsyncSession, national_ids: Iterable[str]) -> int:
+        """Suspend, in the session (the caller commits), each of these national IDs whose
+        no-shows in the window reach the limit and that is not suspended already; how many.
+        A query per thousand IDs, not per ID: the nightly job brings a whole country's
+        no-shows of a day at once."""
         today = self.clock.today()
         since = today - dt.timedelta(days=self.no_shows.window_days)
-        count = await session.scalar(
-            select(func.count())
-            .select_from(Booking)
-            .where(Booking.national_id == national_id, Booking.status == BookingStatus.NO_SHOW, Booking.date > since)
-        )
-        if (count or 0) < self.no_shows.limit:
-            return None
-        current = await session.scalar(select(func.max(Suspension.until)).where(Suspension.national_id == national_id))
-        if current and current > today:
-            return current
-        until = today + dt.timedelta(days=self.no_shows.suspension_days)
-        session.add(
-            Suspension(
-                national_id=national_id, until=until, reason=f"{count} no-shows in {self.no_shows.window_days} days"
+        until = self._suspension_ends(today)
+        wanted = sorted(set(national_ids))
+        made = 0
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start : start + 1000]
+            suspended = select(Suspension.national_id).where(
+                Suspension.national_id.in_(chunk), Suspension.until > today
             )
-        )
-        await session.commit()
-        await self.capacity.suspend(national_id=national_id, until=until, today=today)
-        return until
+            due = await session.execute(
+                select(Booking.national_id, func.count())
+                .where(
+                    Booking.national_id.in_(chunk),
+                    Booking.status == BookingStatus.NO_SHOW,
+                    Booking.date > since,
+                    Booking.national_id.not_in(suspended),
+                )
+                .group_by(Booking.national_id)
+                .having(func.count() >= self.no_shows.limit)
+            )
+            suspensions = [
+                Suspension(
+                    national_id=national_id,
+                    until=until,
+                    reason=f"{count} no-shows in {self.no_shows.window_days} days",
+                )
+                for national_id, count in due
+            ]
+            session.add_all(suspensions)
+            made += len(suspensions)
+        return made
+
+    async def tell_suspensions(self, *, session: AsyncSession) -> int:
+        """Put every suspension made today (committed) in Redis, where booking refuses them;
+        how many. For the nightly job: a run that died before it got here leaves them to the
+        next run, which tells them again (telling is idempotent). A rebuild tells every
+        suspension in force."""
+        today = self.clock.today()
+        until = self._suspension_ends(today)
+        made_today = await session.scalars(select(Suspension.national_id).where(Suspension.until == until).distinct())
+        told = 0
+        for national_id in made_today:
+            await self.capacity.suspend(national_id=national_id, until=until, today=today)
+            told += 1
+        return told
+
+    def _suspension_ends(self, today: dt.date) -> dt.date:
+        """The end of a suspension made today: the first day the citizen may book again."""
+        return today + dt.timedelta(days=self.no_shows.suspension_days)
 
     async def walk_in(
         self,

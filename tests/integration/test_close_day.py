@@ -1,0 +1,96 @@
+"""The nightly close (app.booking.tasks.close_day): the no-shows it marks suspend the national
+IDs that reach the limit, in the record and in Redis, however the run ends."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+
+from app.booking.models import Booking, BookingStatus, Suspension
+from app.booking.tasks import close_day
+from app.console.service import Console
+from tests.conftest import Deliver, World, booking_body
+
+Client = AsyncTestClient[Litestar]
+
+
+async def past_bookings(world: World, *rows: tuple[str, int, BookingStatus]) -> None:
+    """Bookings of ``days`` ago, in the record only: (national ID, days ago, status)."""
+    today = world.container.clock.today()
+    async with world.container.sessions() as session:
+        for number, (national_id, days_ago, status) in enumerate(rows):
+            session.add(
+                Booking(
+                    tracking_code=f"PAST{number:06d}", office_id=1, service_code="101", national_id=national_id,
+                    mobile="09120000000", date=today - dt.timedelta(days=days_ago), slot_time="10:00", pool="*",
+                    status=status,
+                )
+            )  # fmt: skip
+        await session.commit()
+
+
+async def books(client: Client, world: World, office: str, national_id: str, *, days_ahead: int = 2) -> int:
+    day = world.container.clock.today() + dt.timedelta(days=days_ahead)
+    answer = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
+    return answer.status_code
+
+
+async def test_the_night_suspends_those_who_reach_the_limit_of_no_shows(
+    client: Client, world: World, deliver: Deliver
+) -> None:
+    office = await world.office()
+    await world.rebuild()
+    third, second, already = world.national_id(), world.national_id(), world.national_id()
+    today = world.container.clock.today()
+    await past_bookings(
+        world,
+        (third, 10, BookingStatus.NO_SHOW), (third, 5, BookingStatus.NO_SHOW), (third, 1, BookingStatus.BOOKED),
+        (second, 40, BookingStatus.NO_SHOW), (second, 1, BookingStatus.BOOKED),  # one past the window
+        *((already, days_ago, BookingStatus.NO_SHOW) for days_ago in (6, 5, 4)), (already, 1, BookingStatus.BOOKED),
+    )  # fmt: skip
+    async with world.container.sessions() as session:
+        session.add(Suspension(national_id=already, until=today + dt.timedelta(days=3), reason="3 no-shows"))
+        await session.commit()
+
+    result = await asyncio.to_thread(close_day)
+
+    assert (result["no_shows"], result["suspended"]) == (3, 1)
+    async with world.container.sessions() as session:
+        suspended = (await session.execute(select(Suspension.national_id, Suspension.until))).all()
+    assert sorted(suspended) == sorted([(third, today + dt.timedelta(days=7)), (already, today + dt.timedelta(days=3))])
+    assert await books(client, world, office, third) == 403  # told to Redis, where booking refuses it
+    assert await books(client, world, office, second) == 201
+    again = await asyncio.to_thread(close_day)
+    assert (again["no_shows"], again["suspended"]) == (0, 0)
+
+
+async def test_a_night_that_dies_before_telling_redis_is_told_by_the_next_run(
+    client: Client, world: World, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record has the suspension and the bookings marked; the next run marks nothing, and
+    still puts the suspension where booking sees it."""
+    office = await world.office()
+    await world.rebuild()
+    citizen = world.national_id()
+    await past_bookings(
+        world, *((citizen, days_ago, BookingStatus.NO_SHOW) for days_ago in (3, 2)), (citizen, 1, BookingStatus.BOOKED)
+    )
+    tell = Console.tell_suspensions
+
+    async def dies(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("the worker was killed")
+
+    monkeypatch.setattr(Console, "tell_suspensions", dies)
+    with pytest.raises(RuntimeError):
+        await asyncio.to_thread(close_day)
+    assert await books(client, world, office, citizen) == 201  # not yet told: booking does not know
+
+    monkeypatch.setattr(Console, "tell_suspensions", tell)
+    again = await asyncio.to_thread(close_day)
+    assert (again["no_shows"], again["suspended"]) == (0, 0)
+    assert await books(client, world, office, citizen, days_ahead=3) == 403
