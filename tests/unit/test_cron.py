@@ -29,6 +29,7 @@ def test_the_day_closes_at_midnight_in_tehran(monkeypatch: pytest.MonkeyPatch, h
     [close_day] = [job for job in jobs if job.func.__name__ == "close_day"]
     runs = close_day.get_next_enqueue_time().astimezone(ZoneInfo("Asia/Tehran"))
     assert (runs.hour, runs.minute) in {(0, 0), (1, 0), (2, 0)}
+    assert close_day.job_options["job_timeout"] == 30 * 60  # a country's night, not RQ's 180 s
 
 
 def test_what_a_block_a_closure_or_a_failed_promotion_left_is_finished_every_minute() -> None:
