@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, TextClause, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import String, Table, TextClause, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -200,47 +200,63 @@ async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> None:
     group commit takes it in its batch's own statement: ``_insert``.)"""
     bind = db.get_bind() if isinstance(db, AsyncSession) else db
     if bind.dialect.name == "postgresql":
-        await db.execute(text(HOLD_OFF_RECOUNTS), _barrier())
+        await db.execute(text(HOLD_OFF_RECOUNTS), _barrier_params())
 
 
-def _barrier() -> dict[str, Any]:
+def _barrier_params() -> dict[str, Any]:
     return {"idle": BARRIER_HOLDER_IDLE, "key": RECOUNT_BARRIER}
 
 
 async def _insert(connection: AsyncConnection, rows: Rows) -> None:
     """A batch's rows, and on PostgreSQL the recount barrier (``hold_off_recounts``)."""
     if connection.dialect.name != "postgresql":  # the embedded SQLite record: no barrier
-        for (table, _), values in rows.items():
-            await connection.execute(table.insert(), values)
+        for (table, _), table_rows in rows.items():
+            await connection.execute(table.insert(), table_rows)
         return
     # One statement for the whole batch: each column's values as one array, and the barrier.
-    # An executemany per table, with the barrier on a trip of its own, had been four trips to
-    # the database a batch with BEGIN and COMMIT, and its parameters handled row by row:
-    # this takes 40% less of the app's CPU for a batch, and 15% less of PostgreSQL's.
-    parameters = _barrier()
-    for number, ((_, columns), values) in enumerate(rows.items()):
-        parameters.update({f"t{number}_{column}": [row[column] for row in values] for column in columns})
-    await connection.execute(_batch_insert(tuple(rows)), parameters)
+    # An executemany per table, and the barrier on a statement of its own, had been three
+    # trips to the database between BEGIN and COMMIT, with each row's parameters handled one
+    # by one: this takes 40% less of the app's CPU a batch, and 15-30% less of PostgreSQL's
+    # (loadtests/bench_commit.py).
+    statement, to_database = _batch_insert(connection.dialect, tuple(rows))
+    parameters = _barrier_params()
+    for number, ((_, columns), table_rows) in enumerate(rows.items()):
+        for column in columns:
+            values = [row[column] for row in table_rows]
+            if convert := to_database[number].get(column):  # what SQLAlchemy does to a bound value
+                values = [convert(value) for value in values]
+            parameters[f"t{number}_{column}"] = values
+    await connection.execute(statement, parameters)
 
 
 @functools.lru_cache(maxsize=16)
-def _batch_insert(shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> TextClause:
+def _batch_insert(
+    dialect: Dialect, shape: tuple[tuple[Table, tuple[str, ...]], ...]
+) -> tuple[TextClause, list[dict[str, Any]]]:
     """``WITH t0 AS (INSERT INTO bookings (...) SELECT * FROM unnest(:t0_id, ...)), ... SELECT
-    <the barrier>``: PostgreSQL runs every insert in WITH to completion, read or not."""
-    dialect = postgresql.dialect()
-    quote = dialect.identifier_preparer.quote
-    inserts = []
+    <the barrier>`` (PostgreSQL runs every insert in WITH to completion, read or not), and for
+    each table the columns whose values SQLAlchemy would convert (an Enum's), with how."""
+    quote = dialect.identifier_preparer
+    inserts, to_database = [], []
     for number, (table, columns) in enumerate(shape):
         for column in table.c:
             # Only the database's own defaults apply to what the statement leaves out.
             if column.name not in columns and column.default is not None:
                 raise ValueError(f"{table.name}.{column.name} has a default of Python's: give its value")
-        arrays = ", ".join(
-            f"CAST(:t{number}_{column} AS {table.c[column].type.compile(dialect=dialect)}[])" for column in columns
+        # Text arrays for text columns: the insert's own cast to varchar(n) then refuses a value
+        # too long, as a plain insert does. (An explicit cast to varchar(n) would cut it short.)
+        types = {
+            column: "TEXT" if isinstance(table.c[column].type, String) else table.c[column].type.compile(dialect)
+            for column in columns
+        }
+        arrays = ", ".join(f"CAST(:t{number}_{column} AS {types[column]}[])" for column in columns)
+        names = ", ".join(quote.quote(column) for column in columns)
+        inserts.append(
+            f"t{number} AS (INSERT INTO {quote.format_table(table)} ({names}) SELECT * FROM unnest({arrays}))"
         )
-        names = ", ".join(quote(column) for column in columns)
-        inserts.append(f"t{number} AS (INSERT INTO {quote(table.name)} ({names}) SELECT * FROM unnest({arrays}))")
-    return text(f"WITH {', '.join(inserts)} {HOLD_OFF_RECOUNTS}")
+        processors = {column: table.c[column].type.bind_processor(dialect) for column in columns}
+        to_database.append({column: convert for column, convert in processors.items() if convert})
+    return text(f"WITH {', '.join(inserts)} {HOLD_OFF_RECOUNTS}"), to_database
 
 
 async def wait_for_commits(session: AsyncSession) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 from sqlalchemy import Table, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.booking import writer
 from app.booking.models import Booking, BookingStatus, Channel, NewBooking
@@ -60,10 +62,20 @@ async def group_commit(world: World) -> GroupCommit:
     return GroupCommit(world.container.bookings.writer.engine, send_sms=lambda ids: None, may_commit=allowed)
 
 
-async def test_a_batch_writes_every_row_as_given(world: World, group_commit: GroupCommit) -> None:
+async def test_a_batch_writes_every_row_as_given(
+    world: World, group_commit: GroupCommit, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three bookings in one batch, of both shapes (a walk-in has no message), a key and none."""
+    insert, batches = writer._insert, []
+
+    async def counted(connection: Any, rows: Any) -> None:
+        batches.append(rows)
+        await insert(connection, rows)
+
+    monkeypatch.setattr(writer, "_insert", counted)
     writes = [booking_rows("0000000001", key="k-1"), booking_rows("0000000002", sms=False), booking_rows("0000000003")]
     await asyncio.gather(*(group_commit.write(None, rows) for rows in writes))
+    assert len(batches) == 1
 
     async with world.container.sessions() as session:
         bookings = (await session.scalars(select(Booking).order_by(Booking.national_id))).all()
@@ -101,10 +113,23 @@ async def test_a_row_that_breaks_a_constraint_fails_only_its_own_booking(
     assert sorted(messages) == ["09120000001", "09120000001"]  # not the failed booking's
 
 
+async def test_a_value_too_long_for_its_column_is_refused_not_cut(
+    world: World, group_commit: GroupCommit, database_url: str
+) -> None:
+    """As a plain insert refuses it (the arrays are text, not the column's varchar(n), whose
+    explicit cast would cut it short and make two keys one)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite does not bound a varchar's length")
+    with pytest.raises(DBAPIError, match="too long"):
+        await group_commit.write(None, booking_rows("0000000001", key="k" * 81))
+    async with world.container.sessions() as session:
+        assert (await session.scalars(select(Booking.id))).all() == []
+
+
 def test_a_column_left_to_a_default_of_pythons_is_refused() -> None:
     """The batch statement applies only the database's defaults: a column whose default is
     Python's, left out, would be written NULL. (SmsMessage.status defaults to queued.)"""
     table: Table = OUTBOX
     columns: tuple[str, ...] = ("id", "to", "body", "kind", "attempts")
     with pytest.raises(ValueError, match=r"sms_messages\.status"):
-        writer._batch_insert(((table, columns),))
+        writer._batch_insert(postgresql.dialect(), ((table, columns),))
