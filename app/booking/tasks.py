@@ -29,15 +29,17 @@ async def _close_day() -> dict[str, int]:
         today = app.clock.today()
         # One statement each, and one transaction with the suspensions they lead to: a night
         # of a whole country's bookings, read into objects and suspended one national ID at a
-        # time, outlasted the job's time limit, and a run that died after its commit left the
+        # time, outlasted the job's time limit, and a run stopped after its commit left the
         # rest unsuspended for good (the next run found no booking still to close).
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
         expired = await _close(session, BookingStatus.WAITLISTED, BookingStatus.CANCELLED, today)
-        suspended = await app.console.suspend_for_no_shows(session=session, national_ids=no_shows)
+        suspended = await app.console.suspend_for_no_shows(session=session, national_ids=no_shows, today=today)
         await session.commit()
         # Their holds need no unhold: holds of past days count for nothing (the HOLD script).
-        await app.console.tell_suspensions(session=session)
+        # Every suspension in force is told, not only tonight's: one whose telling was lost
+        # (a run stopped here, Redis away, a clerk's mark whose call failed) is told now.
+        await app.capacity.tell_suspensions(session=session, today=today)
         added = await app.capacity.extend_horizon(session=session, today=today)
         return {
             "no_shows": len(no_shows),

@@ -614,17 +614,26 @@ class Capacity:
                 Booking.status.in_(ACTIVE_STATUSES), Booking.date >= today
             )
         )
-        suspensions = await session.execute(
-            select(Suspension.national_id, func.max(Suspension.until))
-            .where(Suspension.until > today)
-            .group_by(Suspension.national_id)
-        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for national_id, tracking_code, day, service_code in rows:
                 holds = keys.citizen_holds(national_id)
                 pipe.hset(holds, tracking_code, f"{day.isoformat()}|{service_code}")
                 pipe.expire(holds, self._holds_ttl())
             await pipe.execute()
+        await self.tell_suspensions(session=session, today=today)
+
+    async def tell_suspensions(self, *, session: AsyncSession, today: dt.date) -> int:
+        """Put every suspension in force in the record into Redis, where booking refuses
+        them; how many. Idempotent: the nightly close tells them all each run, so that one
+        whose telling was lost (a run stopped after its commit, Redis away) is told by the
+        next. A week's suspensions at most: one pipelined trip."""
+        suspensions = (
+            await session.execute(
+                select(Suspension.national_id, func.max(Suspension.until))
+                .where(Suspension.until > today)
+                .group_by(Suspension.national_id)
+            )
+        ).all()
         await self.scripts.run_many(
             self.scripts.suspend,
             [
@@ -632,6 +641,7 @@ class Capacity:
                 for national_id, until in suspensions
             ],
         )
+        return len(suspensions)
 
     async def _rebuild_waitlists(self, *, session: AsyncSession, today: dt.date) -> None:
         async for key in self.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):

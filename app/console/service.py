@@ -67,6 +67,8 @@ moves to the job."""
 PLAN_REQUEST_SECONDS = 60
 """A change noted this recently is its request's to apply: the job, reading the record before
 the request's commit, would apply the old plan and forget the new one."""
+SUSPENSION_CHUNK = 1000
+"""National IDs a suspension query asks about at once (a bound on its parameters)."""
 
 
 class NoShowRules(msgspec.Struct, frozen=True):
@@ -514,23 +516,21 @@ class Console:
 
     async def record_no_show(self, *, session: AsyncSession, national_id: str) -> None:
         """Suspend the national ID when its no-shows in the window reach the limit."""
-        if await self.suspend_for_no_shows(session=session, national_ids=[national_id]):
-            await session.commit()
-            today = self.clock.today()
-            await self.capacity.suspend(national_id=national_id, until=self._suspension_ends(today), today=today)
-
-    async def suspend_for_no_shows(self, *, session: AsyncSession, national_ids: Iterable[str]) -> int:
-        """Suspend, in the session (the caller commits), each of these national IDs whose
-        no-shows in the window reach the limit and that is not suspended already; how many.
-        A query per thousand IDs, not per ID: the nightly job brings a whole country's
-        no-shows of a day at once."""
         today = self.clock.today()
+        if await self.suspend_for_no_shows(session=session, national_ids=[national_id], today=today):
+            await session.commit()
+            await self.capacity.suspend(national_id=national_id, until=self.suspension_ends(today), today=today)
+
+    async def suspend_for_no_shows(self, *, session: AsyncSession, national_ids: Iterable[str], today: dt.date) -> int:
+        """Suspend, in the session (the caller commits, then tells Redis), each of these
+        national IDs whose no-shows in the window reach the limit and that is not suspended
+        already, until ``suspension_ends(today)``; how many. A query per ``SUSPENSION_CHUNK``
+        IDs, not per ID: the nightly close brings a whole country's no-shows at once."""
         since = today - dt.timedelta(days=self.no_shows.window_days)
-        until = self._suspension_ends(today)
         wanted = sorted(set(national_ids))
         made = 0
-        for start in range(0, len(wanted), 1000):
-            chunk = wanted[start : start + 1000]
+        for start in range(0, len(wanted), SUSPENSION_CHUNK):
+            chunk = wanted[start : start + SUSPENSION_CHUNK]
             suspended = select(Suspension.national_id).where(
                 Suspension.national_id.in_(chunk), Suspension.until > today
             )
@@ -548,7 +548,7 @@ class Console:
             suspensions = [
                 Suspension(
                     national_id=national_id,
-                    until=until,
+                    until=self.suspension_ends(today),
                     reason=f"{count} no-shows in {self.no_shows.window_days} days",
                 )
                 for national_id, count in due
@@ -557,22 +557,8 @@ class Console:
             made += len(suspensions)
         return made
 
-    async def tell_suspensions(self, *, session: AsyncSession) -> int:
-        """Put every suspension made today (committed) in Redis, where booking refuses them;
-        how many. For the nightly job: a run that died before it got here leaves them to the
-        next run, which tells them again (telling is idempotent). A rebuild tells every
-        suspension in force."""
-        today = self.clock.today()
-        until = self._suspension_ends(today)
-        made_today = await session.scalars(select(Suspension.national_id).where(Suspension.until == until).distinct())
-        told = 0
-        for national_id in made_today:
-            await self.capacity.suspend(national_id=national_id, until=until, today=today)
-            told += 1
-        return told
-
-    def _suspension_ends(self, today: dt.date) -> dt.date:
-        """The end of a suspension made today: the first day the citizen may book again."""
+    def suspension_ends(self, today: dt.date) -> dt.date:
+        """The end of a suspension made ``today``: the first day the citizen may book again."""
         return today + dt.timedelta(days=self.no_shows.suspension_days)
 
     async def walk_in(
