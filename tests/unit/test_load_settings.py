@@ -14,6 +14,7 @@ def test_the_load_test_reads_the_limits_the_service_under_test_inherits(monkeypa
     monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://elsewhere/nobat")  # not the load test's to read
     limits = workloads.service_settings()
     assert (limits.max_active_bookings, limits.bookings_per_mobile, limits.horizon_days) == (5, "4/3600", 7)
+    assert limits.database_url.startswith("sqlite")
 
 
 def test_the_load_test_uses_the_defaults_when_none_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
