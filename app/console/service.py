@@ -519,12 +519,12 @@ class Console:
         today = self.clock.today()
         if await self.suspend_for_no_shows(session=session, national_ids=[national_id], today=today):
             await session.commit()
-            await self.capacity.suspend(national_id=national_id, until=self.suspension_ends(today), today=today)
+            await self.capacity.suspend(national_id=national_id, until=self._suspension_ends(today), today=today)
 
     async def suspend_for_no_shows(self, *, session: AsyncSession, national_ids: Iterable[str], today: dt.date) -> int:
         """Suspend, in the session (the caller commits, then tells Redis), each of these
         national IDs whose no-shows in the window reach the limit and that is not suspended
-        already, until ``suspension_ends(today)``; how many. A query per ``SUSPENSION_CHUNK``
+        already, until ``_suspension_ends(today)``; how many. A query per ``SUSPENSION_CHUNK``
         IDs, not per ID: the nightly close brings a whole country's no-shows at once."""
         since = today - dt.timedelta(days=self.no_shows.window_days)
         wanted = sorted(set(national_ids))
@@ -548,7 +548,7 @@ class Console:
             suspensions = [
                 Suspension(
                     national_id=national_id,
-                    until=self.suspension_ends(today),
+                    until=self._suspension_ends(today),
                     reason=f"{count} no-shows in {self.no_shows.window_days} days",
                 )
                 for national_id, count in due
@@ -557,7 +557,7 @@ class Console:
             made += len(suspensions)
         return made
 
-    def suspension_ends(self, today: dt.date) -> dt.date:
+    def _suspension_ends(self, today: dt.date) -> dt.date:
         """The end of a suspension made ``today``: the first day the citizen may book again."""
         return today + dt.timedelta(days=self.no_shows.suspension_days)
 
