@@ -30,7 +30,7 @@ SPECIFIC: list[tuple[str, tuple[str, ...]]] = [
     ("RQ enqueue after commit (sync redis-py on the event loop)", ("Jobs.enqueue (", "Jobs.enqueue_at (", "(rq/")),
     (
         "allowance, citizen limits and seat: TAKE + HOLD + RESERVE",
-        ("Capacity.hold_and_reserve (", "Scripts.run_together ("),
+        ("Capacity.hold_and_reserve (",),
     ),
     ("Redis trips shared by requests (AutoPipeline)", ("AutoPipeline.",)),
     ("office and service lookup", ("bookable_office (", "OfficeDirectory.")),

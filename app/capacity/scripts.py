@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
-from app.redis import AutoPipeline, ScriptCall
+from app.redis import AutoPipeline
 
 # A cap (a crowd cap, a restriction) limits the bookings of a whole day, not of each slot:
 # a 50% cap on an office with one seat a slot leaves it half its day, not nothing. Every
@@ -494,11 +494,6 @@ class Scripts:
                 if isinstance(result, BaseException):
                     raise result
         return results
-
-    async def run_together(self, *calls: ScriptCall) -> list[Any]:
-        """Run scripts (on keys of different hash tags) on one trip to Redis, with the other
-        requests' commands of the moment (app.redis.AutoPipeline); a script error is raised."""
-        return await self.auto.run_scripts(calls)
 
     async def load(self) -> None:
         for script in (

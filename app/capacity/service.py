@@ -232,7 +232,7 @@ class Capacity:
         ]
         started = perf_counter()
         with self.reads.changing([(seat.office_code, seat.day)]):
-            replies = await self.scripts.run_together(*calls)
+            replies = await self.auto.run_scripts(calls)
         LUA_SECONDS.labels("hold+reserve").observe(perf_counter() - started)
         along_reply, hold_reply, reserve_reply = None if along is None else replies[0], replies[-2], replies[-1]
         try:

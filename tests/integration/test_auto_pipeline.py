@@ -1,5 +1,5 @@
 """Commands of concurrent requests sharing trips to a real Redis (app.redis.AutoPipeline), and
-the booking's two scripts on one trip (Scripts.run_together)."""
+the booking's scripts on one trip (AutoPipeline.run_scripts)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.capacity.scripts import Scripts
 from app.redis import AutoPipeline, EmbeddedRedis, PackedInC, connect
 
 
@@ -86,22 +85,22 @@ async def test_a_lost_connection_fails_every_command_of_the_trip_and_the_next_re
 
 
 async def test_a_script_redis_forgot_runs_alone_and_the_other_is_not_repeated(redis: Redis) -> None:
-    scripts = Scripts(redis, AutoPipeline(redis))
+    auto = AutoPipeline(redis)
     counter = f"t:{{x}}:{uuid.uuid4().hex}"
     incr = redis.register_script("return redis.call('INCR', KEYS[1])")
     echo = redis.register_script("return ARGV[1]")
     await redis.script_load(incr.script)
     await redis.script_flush()
     await redis.script_load(echo.script)  # echo is known, incr is not
-    first, second = await scripts.run_together((echo, [counter], ["hi"]), (incr, [counter], []))
+    first, second = await auto.run_scripts([(echo, [counter], ["hi"]), (incr, [counter], [])])
     assert first == "hi" and second == 1
-    first, second = await scripts.run_together((incr, [counter], []), (echo, [counter], ["again"]))
+    first, second = await auto.run_scripts([(incr, [counter], []), (echo, [counter], ["again"])])
     assert first == 2 and second == "again"
 
     # One call alone (an allowance taken by a booking) the same way.
     await redis.script_flush()
-    assert await scripts.auto.run_script(incr, [counter], []) == 3
-    assert await scripts.auto.run_script(incr, [counter], []) == 4
+    assert await auto.run_script(incr, [counter], []) == 3
+    assert await auto.run_script(incr, [counter], []) == 4
 
 
 @pytest.fixture

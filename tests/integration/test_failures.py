@@ -34,12 +34,11 @@ from app.booking.schemas import BookingCreate
 from app.capacity import keys, watch
 from app.capacity.errors import CapacityRebuilding
 from app.capacity.plan import DayRule
-from app.capacity.scripts import Scripts
 from app.capacity.watch import rebuild_paused
 from app.container import Container
 from app.enforcement.service import MOVES_LOCK
 from app.offices.models import Office, OfficeStatus
-from app.redis import EmbeddedRedis, connect, renewed_lock
+from app.redis import AutoPipeline, EmbeddedRedis, connect, renewed_lock
 from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
@@ -1207,14 +1206,14 @@ async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
     office = await world.office(seats=2)
     await world.rebuild()  # the day in Redis: the lost trip's reserve takes a seat
     day = world.tomorrow()
-    run_together = Scripts.run_together
+    run_scripts = AutoPipeline.run_scripts
 
-    async def ran_but_unanswered(self: Scripts, *calls: Any) -> Any:
-        monkeypatch.setattr(Scripts, "run_together", run_together)  # once
-        await run_together(self, *calls)
+    async def ran_but_unanswered(self: AutoPipeline, calls: Any) -> Any:
+        monkeypatch.setattr(AutoPipeline, "run_scripts", run_scripts)  # once: the booking's trip
+        await run_scripts(self, calls)
         raise RedisTimeoutError("Timeout reading from Redis")
 
-    monkeypatch.setattr(Scripts, "run_together", ran_but_unanswered)
+    monkeypatch.setattr(AutoPipeline, "run_scripts", ran_but_unanswered)
     body = booking_body(office, world.national_id(), day)
     headers = {**world.token(), "Idempotency-Key": "retried-after-a-timeout"}
     lost = await client.post("/api/v1/bookings", json=body, headers=headers)
@@ -1235,23 +1234,24 @@ async def test_a_booking_whose_scripts_run_after_its_503_takes_nothing(
     office = await world.office(seats=2)
     await world.rebuild()
     day = world.tomorrow()
-    run_together = Scripts.run_together
+    run_scripts = AutoPipeline.run_scripts
     waiting: list[tuple[Any, ...]] = []
+    capacity_scripts = client.app.state.container.capacity.scripts
 
-    async def not_run_yet(self: Scripts, *calls: Any) -> Any:
-        monkeypatch.setattr(Scripts, "run_together", run_together)  # once
+    async def not_run_yet(self: AutoPipeline, calls: Any) -> Any:
+        monkeypatch.setattr(AutoPipeline, "run_scripts", run_scripts)  # once: the booking's trip
         waiting.extend(calls)
         if forget == "timed out too":
-            scripts = self.forget
+            scripts = capacity_scripts.forget
 
             async def forget_not_run_yet(*, keys: list[str], args: list[Any]) -> Any:
                 waiting.append((scripts, keys, args))
                 raise RedisTimeoutError("Timeout reading from Redis")
 
-            monkeypatch.setattr(self, "forget", forget_not_run_yet)
+            monkeypatch.setattr(capacity_scripts, "forget", forget_not_run_yet)
         raise RedisTimeoutError("Timeout reading from Redis")
 
-    monkeypatch.setattr(Scripts, "run_together", not_run_yet)
+    monkeypatch.setattr(AutoPipeline, "run_scripts", not_run_yet)
     national_id = world.national_id()
     body = booking_body(office, national_id, day)
     headers = {**world.token(), "Idempotency-Key": "answered-late"}
