@@ -148,7 +148,12 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         response_hours=settings.complaint_response_hours,
     )
     sms_channel = SmsChannel(
-        bookings=bookings, load=load, messenger=messenger, clock=clock, horizon_days=settings.horizon_days
+        bookings=bookings,
+        load=load,
+        auth=auth,
+        messenger=messenger,
+        clock=clock,
+        horizon_days=settings.horizon_days,
     )
     sms_channel.complaints = complaints.sms_complaint
     return Container(

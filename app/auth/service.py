@@ -12,10 +12,10 @@ from cachetools import LRUCache
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.errors import CodeExpired, WrongCode
+from app.auth.errors import CodeExpired, CodesUsedUp, WrongCode
 from app.auth.signed_out import SignedOutTokens
 from app.capacity.keys import NAMESPACE
-from app.errors import InvalidInput, Unauthorized
+from app.errors import InvalidInput, RateLimited, Unauthorized
 from app.identity import normalize_mobile
 from app.locale import normalize_digits, to_persian_digits
 from app.ratelimit import RateLimiter
@@ -94,7 +94,26 @@ class CitizenAuth:
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("otp-address", client, self.settings.otp_per_address)
         await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
-        await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)
+        try:
+            await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)
+        except RateLimited as error:
+            raise CodesUsedUp(int(error.headers["Retry-After"]), sms_number=self.settings.twilio_from) from None
+        await self._send_code(session, mobile)
+        # The code goes out only once this row is committed; commit now rather than at the
+        # end of the request so the worker can send it while the response is on its way.
+        await session.commit()
+        return mobile
+
+    async def request_code_by_sms(self, *, session: AsyncSession, mobile: str) -> None:
+        """A code asked for by a text from the number itself (``ورود``), committed with the
+        caller's answer. Anyone can use up a number's codes on the web by asking for them,
+        so the web's limits on the number do not bind this way, which only the phone's holder
+        can take: it has a limit of its own (each ask also costs the citizen a text)."""
+        await self.limiter.hit("otp-sms", mobile, self.settings.otp_per_mobile)
+        await self._send_code(session, mobile)
+
+    async def _send_code(self, session: AsyncSession, mobile: str) -> None:
+        """Make a new code for the mobile and queue its SMS in the session."""
         code = f"{secrets.randbelow(10**6):06d}"
         # The code before it still signs in until its own end: on a rush morning a citizen
         # asks again while the first SMS is on its way, and types the one that came.
@@ -108,10 +127,6 @@ class CitizenAuth:
             to=mobile,
             body=f"نوبت: کد ورود شما {to_persian_digits(code)} ({code}) است. تا {minutes} دقیقه معتبر است.",
         )
-        # The code goes out only once this row is committed; commit now rather than at the
-        # end of the request so the worker can send it while the response is on its way.
-        await session.commit()
-        return mobile
 
     async def verify(self, *, mobile: str, code: str, client: str) -> str:
         mobile = normalize_mobile(mobile)

@@ -16,6 +16,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.service import CitizenAuth
 from app.booking.models import Channel
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
@@ -50,10 +51,18 @@ _STATUS_FA = {
 
 class SmsChannel:
     def __init__(
-        self, *, bookings: BookingService, load: LoadService, messenger: Messenger, clock: Clock, horizon_days: int
+        self,
+        *,
+        bookings: BookingService,
+        load: LoadService,
+        auth: CitizenAuth,
+        messenger: Messenger,
+        clock: Clock,
+        horizon_days: int,
     ) -> None:
         self.bookings = bookings
         self.load = load
+        self.auth = auth
         self.messenger = messenger
         self.clock = clock
         self.horizon_days = horizon_days
@@ -195,6 +204,9 @@ class SmsChannel:
             case parser.Register():
                 await self._remember(session, mobile, command.national_id)
                 return f"کد ملی {to_persian_digits(command.national_id[-4:])}**** برای این شماره ثبت شد."
+            case parser.SignIn():
+                await self.auth.request_code_by_sms(session=session, mobile=mobile)
+                return None  # the code is the answer, sent ahead of other messages
             case parser.Help():
                 return f"{command.reason}\n{parser.HELP_TEXT_FA}" if command.reason else parser.HELP_TEXT_FA
 

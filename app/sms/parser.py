@@ -58,13 +58,17 @@ class Register(msgspec.Struct, frozen=True):
     national_id: str
 
 
+class SignIn(msgspec.Struct, frozen=True):
+    """A sign-in code for the website, sent back to the phone that asked."""
+
+
 class Help(msgspec.Struct, frozen=True):
     # None: the text was not a command at all (or was HELP). Otherwise a short Persian
     # sentence saying what was wrong with a known command, to send before HELP_TEXT_FA.
     reason: str | None = None
 
 
-Command: TypeAlias = Book | Offices | Cancel | Status | Complain | Wait | Register | Help
+Command: TypeAlias = Book | Offices | Cancel | Status | Complain | Wait | Register | SignIn | Help
 
 # Square brackets mark what the citizen fills in; the rest are working examples.
 HELP_TEXT_FA = (
@@ -76,6 +80,7 @@ HELP_TEXT_FA = (
     "انتظار ۱۲۳۴۵۶ ۱۰۱\n"
     "شکایت ۱۲۳۴۵۶ [متن]\n"
     "ثبت [کد ملی]\n"
+    "ورود (کد سایت)\n"
     "۱۲۳۴۵۶ کد دفتر و ۱۰۱ کد خدمت است. "
     "پس از کد خدمت می‌توانید تاریخ (۱۴۰۵/۰۹/۰۳، امروز، فردا) و کد ملی را بنویسید."
 )
@@ -252,6 +257,10 @@ def _register(rest: str, today: datetime.date) -> Command:
         raise _BadArguments(error.detail_fa) from None
 
 
+def _sign_in(rest: str, today: datetime.date) -> Command:
+    return SignIn()  # whatever follows the word: "ورود لطفا" asks for a code all the same
+
+
 def _help(rest: str, today: datetime.date) -> Command:
     return Help(None)
 
@@ -273,6 +282,8 @@ _COMMANDS: dict[str, Callable[[str, datetime.date], Command]] = {
     "ثبت": _register,
     "reg": _register,
     "register": _register,
+    "ورود": _sign_in,
+    "login": _sign_in,
     "راهنما": _help,
     "help": _help,
 }

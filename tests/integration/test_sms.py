@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -542,3 +543,36 @@ async def test_a_phone_past_its_bookings_is_told_so_by_sms(
     replies = [m["body"] for m in standin.wait_for(allowance + 1)]
     assert sum("کد رهگیری" in body for body in replies) == allowance
     assert any("بیش از این مجاز نیست" in body for body in replies), replies
+
+
+async def test_a_number_whose_web_codes_are_used_up_asks_for_one_by_sms(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    """Anyone can ask the web for any number's codes, and so use up its day's; the phone's
+    holder then texts ``ورود`` and signs in all the same. Texts have a bound of their own."""
+    mobile = "09121113333"
+    settings = world.container.settings
+    per_day = parse_limit(settings.otp_per_mobile_day)[0]
+    per_while = parse_limit(settings.otp_per_mobile)[0]
+    for _ in range(per_day):  # as someone else would, from many addresses, over the day
+        await world.container.limiter.hit("otp-mobile-day", mobile, settings.otp_per_mobile_day)
+    refused = await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+    assert "«ورود»" in refused.json()["message_fa"] and "+15005550006" in refused.json()["detail"]
+    assert refused.json()["title"] == "Too many requests. Try again a little later."  # the code's own title
+
+    for number in range(per_while + 1):
+        assert (await text(client, "ورود", sender="+989121113333", sid=f"SMin{number}")).status_code == 200
+    await deliver()
+    replies = standin.wait_for(per_while + 1)
+    codes = [found[1] for m in replies if (found := re.search(r"\(([0-9]{6})\)", m["body"]))]
+    assert len(codes) == per_while and all(m["to"] == "+989121113333" for m in replies)
+    assert any(m["body"].startswith("درخواست‌های شما بیش از حد مجاز است") for m in replies)  # the text's own bound
+    async with world.container.sessions() as session:
+        kinds = (await session.scalars(select(SmsMessage.kind).where(SmsMessage.to == mobile))).all()
+    assert sorted(kinds) == ["otp"] * per_while + ["sms_reply"]  # codes go ahead of other messages
+
+    signed_in = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": codes[-1]})
+    assert signed_in.status_code == 200, signed_in.text
+    # The web's own bound on the number is as it was: still used up.
+    assert (await client.post("/api/v1/auth/otp", json={"mobile": mobile})).status_code == 429

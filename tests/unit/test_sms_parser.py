@@ -18,6 +18,7 @@ from app.sms.parser import (
     Help,
     Offices,
     Register,
+    SignIn,
     Status,
     Wait,
     parse,
@@ -260,11 +261,17 @@ def test_commands_are_frozen() -> None:
         command.office_code = "654321"  # type: ignore[misc,union-attr]
 
 
+@pytest.mark.parametrize("text", ["ورود", "LOGIN", "login please", "  ورود!", "ورود 09121234567"])
+def test_a_sign_in_code_is_asked_for_by_one_word(text: str) -> None:
+    # Whatever follows the word: the code goes to the phone that sent it, never to another.
+    assert p(text) == SignIn()
+
+
 def test_help_text_is_short_persian_and_its_examples_work() -> None:
     assert len(HELP_TEXT_FA) < 300
     assert not re.search("[0-9]", HELP_TEXT_FA)
     lines = HELP_TEXT_FA.splitlines()
-    for keyword in ("نوبت", "دفاتر", "وضعیت", "لغو", "انتظار", "شکایت", "ثبت"):
+    for keyword in ("نوبت", "دفاتر", "وضعیت", "لغو", "انتظار", "شکایت", "ثبت", "ورود"):
         assert any(line.startswith(keyword + " ") for line in lines), keyword
     assert p("نوبت ۱۲۳۴۵۶ ۱۰۱ فردا") == Book("123456", "101", TOMORROW)
     assert "نوبت ۱۲۳۴۵۶ ۱۰۱ فردا" in lines
@@ -276,8 +283,22 @@ def test_help_text_is_short_persian_and_its_examples_work() -> None:
 
 # --- never raises --------------------------------------------------------------------------
 
-COMMAND_TYPES = (Book, Offices, Cancel, Status, Complain, Wait, Register, Help)
-KEYWORDS = ["نوبت", "دفاتر", "لغو", "وضعیت", "شکایت", "انتظار", "ثبت", "راهنما", "BOOK", "offices", "reg", "wait"]
+COMMAND_TYPES = (Book, Offices, Cancel, Status, Complain, Wait, Register, SignIn, Help)
+KEYWORDS = [
+    "نوبت",
+    "دفاتر",
+    "لغو",
+    "وضعیت",
+    "شکایت",
+    "انتظار",
+    "ثبت",
+    "ورود",
+    "راهنما",
+    "BOOK",
+    "offices",
+    "reg",
+    "wait",
+]
 PIECES = [
     "123456",
     "۱۲۳۴۵۶",
