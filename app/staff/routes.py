@@ -8,6 +8,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from app.container import Container
+from app.errors import Unauthorized
 from app.staff.devices import REMEMBERED_SECONDS
 from app.staff.schemas import StaffLogin, StaffMe, StaffSessionOut
 from app.staff.service import SignedIn, StaffPrincipal
@@ -41,8 +42,22 @@ def staff_token(request: Request[Any, Any, Any]) -> str:
     return request.cookies.get(STAFF_COOKIE, "")
 
 
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
+
 async def provide_staff(request: Request[Any, Any, Any], container: Deps) -> StaffPrincipal:
-    """Dependency: the signed-in staff, regulator or guild account (401 when there is none)."""
+    """Dependency: the signed-in staff, regulator or guild account (401 when there is none).
+
+    The cookie signs in only reads (the CSV export a page links to): a browser sends it with
+    any request to this site, a forged one from another site's form too where SameSite is
+    not honoured (old browsers, which offices keep). A change through the API takes the
+    bearer token, which no other site can make a browser send; the pages' forms carry a
+    form token of their own (app.pages.render)."""
+    if request.method not in READ_ONLY_METHODS and not request.headers.get("authorization"):
+        raise Unauthorized(
+            "Send the session as a bearer token (Authorization: Bearer ...): the cookie signs in reading only.",
+            detail_fa="نشست را با سرآیند Authorization بفرستید؛ کوکی فقط برای خواندن پذیرفته می‌شود.",
+        )
     return await container.staff.principal(staff_token(request))
 
 

@@ -489,6 +489,24 @@ async def test_http_sign_in_and_me(client: Client, container: Container, staff: 
     assert citizen.status_code == 401
 
 
+async def test_http_the_cookie_signs_in_reads_and_not_changes(
+    client: Client, container: Container, staff: StaffAuth, world: World
+) -> None:
+    """A browser sends the cookie with a form another site makes it post, where SameSite is
+    not honoured: through the API, a change takes the bearer token."""
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    token = (await login(client, "clerk")).json()["access_token"]  # the client keeps the cookie
+    waiting = f"/api/v1/staff/offices/{office}/waiting"
+    forged = await client.put(waiting, json={"waiting": 7})
+    assert forged.status_code == 401 and "bearer" in forged.json()["detail"]
+    assert await container.redis.hget(keys.WAITING_NOW, office) is None  # nothing changed
+    assert (await client.get("/api/v1/staff/me")).status_code == 200  # reading, by the cookie
+    done = await client.put(waiting, json={"waiting": 7}, headers={"Authorization": f"Bearer {token}"})
+    assert done.status_code == 204, done.text
+    assert (await container.redis.hget(keys.WAITING_NOW, office)) is not None
+
+
 async def test_http_wrong_password_and_unknown_user_read_the_same(
     client: Client, container: Container, staff: StaffAuth
 ) -> None:
