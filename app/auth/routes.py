@@ -51,3 +51,12 @@ class CitizenAuthController(Controller):
         with contextlib.suppress(Unauthorized):  # no bearer token
             await container.auth.sign_out(bearer_token(request))
         return Response(None, status_code=204)
+
+    @post(
+        "/logout/everywhere",
+        status_code=204,
+        summary="Sign out on every device: every token of the number issued until now stops working",
+    )
+    async def logout_everywhere(self, request: Request[Any, Any, Any], container: Deps) -> None:
+        # Unlike /logout, a token that does not sign in is refused (401): nothing is ended.
+        await container.auth.sign_out_everywhere(bearer_token(request))

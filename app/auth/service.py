@@ -81,10 +81,10 @@ class CitizenAuth:
         self._issue = redis.register_script(ISSUE)
         self._verify = redis.register_script(VERIFY)
         self.signed_out = SignedOutTokens(redis, keep_seconds=settings.token_ttl_seconds)
-        # token -> (mobile, expiry). PyJWT checks a token's base64 one character at a time in
+        # token -> (mobile, expiry, issued at). PyJWT checks a token's base64 one character at a time in
         # Python: a twentieth of a booking. A token verified once stays valid until it
         # expires (the key only changes with a restart), so the same string is not checked twice.
-        self._verified: LRUCache[str, tuple[str, int]] = LRUCache(maxsize=VERIFIED_TOKENS)
+        self._verified: LRUCache[str, tuple[str, int, float]] = LRUCache(maxsize=VERIFIED_TOKENS)
 
     def _digest(self, mobile: str, code: str) -> str:
         # Only a keyed digest is stored: a Redis dump does not reveal live codes.
@@ -145,8 +145,15 @@ class CitizenAuth:
         return self.issue_token(mobile)
 
     def issue_token(self, mobile: str) -> str:
-        now = int(time.time())
-        claims = {"sub": mobile, "iat": now, "exp": now + self.settings.token_ttl_seconds, "role": "citizen"}
+        now = time.time()
+        # When issued, to the millisecond: a sign-out everywhere ends the tokens issued before
+        # it, and must not end the one the citizen signs in with a moment after it.
+        claims = {
+            "sub": mobile,
+            "iat": round(now, 3),
+            "exp": int(now) + self.settings.token_ttl_seconds,
+            "role": "citizen",
+        }
         return jwt.encode(claims, self.settings.secret_key, algorithm=TOKEN_ALGORITHM)
 
     async def sign_out(self, token: str) -> None:
@@ -159,19 +166,39 @@ class CitizenAuth:
             return
         await self.signed_out.add(token)
 
+    async def sign_out_everywhere(self, token: str) -> None:
+        """End every token of the token's number, this one too, on every instance. Only a
+        token that signs in may: an old one, signed out, could otherwise sign its citizen
+        out again and again."""
+        await self.end_every_token(self.mobile_from_token(token))
+
+    async def end_every_token(self, mobile: str) -> None:
+        """End every token of the number issued until now (``خروج`` by SMS comes here: the
+        text is from the number itself)."""
+        await self.signed_out.add_everywhere(mobile, time.time())
+
     def mobile_from_token(self, token: str) -> str:
         if token in self.signed_out:
             raise Unauthorized("The token was signed out; sign in again.")
         known = self._verified.get(token)
-        if known is not None and time.time() < known[1]:
-            return known[0]
+        if known is None or time.time() >= known[1]:
+            known = self._verify_token(token)
+        mobile, _, issued_at = known
+        if self.signed_out.ended_everywhere(mobile, issued_at):
+            raise Unauthorized("The number signed out everywhere; sign in again.")
+        return mobile
+
+    def _verify_token(self, token: str) -> tuple[str, int, float]:
+        """The token's mobile, expiry and issue time, checked (and remembered while it lasts)."""
         try:
             claims = jwt.decode(token, self.settings.secret_key, algorithms=[TOKEN_ALGORITHM])
         except jwt.PyJWTError:
             raise Unauthorized("The token is invalid or expired; sign in again.") from None
         if claims.get("role") != "citizen":
             raise Unauthorized()
-        mobile = str(claims["sub"])
-        if isinstance(claims.get("exp"), int):
-            self._verified[token] = (mobile, claims["exp"])
-        return mobile
+        expires, issued_at = claims.get("exp"), claims.get("iat")
+        if not isinstance(expires, int) or not isinstance(issued_at, int | float):
+            raise Unauthorized("The token is invalid or expired; sign in again.")
+        found = (str(claims["sub"]), expires, float(issued_at))
+        self._verified[token] = found
+        return found

@@ -4,19 +4,22 @@ A citizen's token is a signed JWT checked in process (app.auth.service): the che
 booking, and a trip to Redis for it would be one more per booking. Signing out must still end
 the token before it expires (NOBAT_TOKEN_TTL_SECONDS, a day): one copied off a shared computer
 at an office, say, would otherwise go on booking and cancelling in the citizen's name until
-then. (What is ended is the token signed out with, not the citizen's other sign-ins.)
+then. Signing out ends the token signed out with; signing out everywhere ends every token of
+the number issued before that moment (a lost phone, a computer one no longer sits at).
 
 So a sign-out is told to every instance as a change to the counters is (app.capacity.reading,
 with the same two scripts): a digest of the token goes into one Redis sorted set, scored by
 Redis's clock, and every instance reads what was added since its last look once a second, in
 the background (``run``); the check itself stays a lookup in memory. The instance that signs a token out
 refuses it at once. A digest is kept as long as a token lives, and a margin for the
-instances' clocks: after that the token has expired.
+instances' clocks: after that the token has expired. Signing out everywhere is one more
+member of the set, the number and the moment (``EVERY_TOKEN_OF``), kept as long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -41,6 +44,11 @@ CLOCKS_MARGIN_SECONDS = 300
 checked it, a digest's age by Redis's (in the set) or by when it was heard of (here)."""
 
 
+EVERY_TOKEN_OF = "mobile:"
+"""A member "mobile:<mobile>:<moment>" ends the number's tokens issued before the moment (Unix
+seconds, by the clock of the instance that signed out: each token's is its issuer's)."""
+
+
 def digest(token: str) -> str:
     """What the set holds of a token: a digest of what its signature signs (header and claims).
     Not of the whole text: PyJWT reads the signature's base64 past padding added to it, so
@@ -54,20 +62,44 @@ class SignedOutTokens:
         self.keep = keep_seconds + CLOCKS_MARGIN_SECONDS
         self._tell = redis.register_script(TELL_CHANGES)
         self._hear = redis.register_script(HEAR_CHANGES)
-        # digest -> when this instance heard of it (monotonic), the oldest first
-        self._digests: dict[str, float] = {}
+        # member of the set (a digest, or EVERY_TOKEN_OF's) -> when this instance heard of
+        # it (monotonic), the oldest first
+        self._heard: dict[str, float] = {}
+        self._issued_before: dict[str, float] = {}  # mobile -> its tokens issued before this are ended
         self._looked_at: int | None = None  # Redis's clock at the last look
 
     def __contains__(self, token: str) -> bool:
         # A digest costs a microsecond or two, against a booking's few hundred.
-        return bool(self._digests) and digest(token) in self._digests
+        return bool(self._heard) and digest(token) in self._heard
+
+    def ended_everywhere(self, mobile: str, issued_at: float) -> bool:
+        """Whether the number signed out everywhere after this token of it was issued."""
+        return bool(self._issued_before) and issued_at < self._issued_before.get(mobile, 0.0)
 
     async def add(self, token: str) -> None:
         """Sign the token out: refused here at once (even if Redis does not answer, which is
         raised), by the other instances at their next look."""
-        found = digest(token)
-        self._digests.setdefault(found, time.monotonic())
-        await self._tell(keys=[SIGNED_OUT], args=[self.keep * 1000, found])
+        await self._add(digest(token))
+
+    async def add_everywhere(self, mobile: str, moment: float) -> None:
+        """End every token of the number issued before ``moment`` (Unix seconds), as ``add``."""
+        await self._add(f"{EVERY_TOKEN_OF}{mobile}:{moment:.3f}")
+
+    async def _add(self, member: str) -> None:
+        self._heard_of(member, time.monotonic())
+        await self._tell(keys=[SIGNED_OUT], args=[self.keep * 1000, member])
+
+    def _heard_of(self, member: str, heard: float) -> None:
+        if member in self._heard:
+            return
+        self._heard[member] = heard
+        if member.startswith(EVERY_TOKEN_OF):
+            try:
+                mobile, moment = _everywhere(member)
+            except ValueError:  # not ours: one bad member must not stop every look after it
+                log.error("a sign-out everywhere that is not one: %r", member)
+                return
+            self._issued_before[mobile] = max(moment, self._issued_before.get(mobile, 0.0))
 
     async def look(self) -> None:
         """Learn the tokens signed out on other instances since the last look."""
@@ -77,7 +109,7 @@ class SignedOutTokens:
             now, found = await self._hear(keys=[SIGNED_OUT], args=[EVERYTHING])
         heard = time.monotonic()
         for member in found:
-            self._digests.setdefault(as_text(member), heard)
+            self._heard_of(as_text(member), heard)
         self._looked_at = int(now)
         self._forget_expired(heard - self.keep)
 
@@ -95,9 +127,20 @@ class SignedOutTokens:
                 log.exception("reading the tokens signed out failed; trying again")
 
     def _forget_expired(self, before: float) -> None:
-        """Drop the digests of tokens that have expired since: the oldest, from the front."""
-        while self._digests:
-            oldest = next(iter(self._digests))
-            if self._digests[oldest] >= before:
+        """Drop what ended tokens that have expired since: the oldest, from the front."""
+        while self._heard:
+            oldest = next(iter(self._heard))
+            if self._heard[oldest] >= before:
                 return
-            del self._digests[oldest]
+            del self._heard[oldest]
+            if oldest.startswith(EVERY_TOKEN_OF):
+                with contextlib.suppress(ValueError):  # logged when heard
+                    mobile, moment = _everywhere(oldest)
+                    if self._issued_before.get(mobile) == moment:  # not a later one's
+                        del self._issued_before[mobile]
+
+
+def _everywhere(member: str) -> tuple[str, float]:
+    """The mobile and the moment of an EVERY_TOKEN_OF member."""
+    mobile, _, moment = member.removeprefix(EVERY_TOKEN_OF).rpartition(":")
+    return mobile, float(moment)

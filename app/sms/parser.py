@@ -62,13 +62,17 @@ class SignIn(msgspec.Struct, frozen=True):
     """A sign-in code for the website, sent back to the phone that asked."""
 
 
+class SignOut(msgspec.Struct, frozen=True):
+    """End every sign-in of this number on the website (a lost phone, a shared computer)."""
+
+
 class Help(msgspec.Struct, frozen=True):
     # None: the text was not a command at all (or was HELP). Otherwise a short Persian
     # sentence saying what was wrong with a known command, to send before HELP_TEXT_FA.
     reason: str | None = None
 
 
-Command: TypeAlias = Book | Offices | Cancel | Status | Complain | Wait | Register | SignIn | Help
+Command: TypeAlias = Book | Offices | Cancel | Status | Complain | Wait | Register | SignIn | SignOut | Help
 
 # Square brackets mark what the citizen fills in; the rest are working examples.
 HELP_TEXT_FA = (
@@ -80,9 +84,9 @@ HELP_TEXT_FA = (
     "انتظار ۱۲۳۴۵۶ ۱۰۱\n"
     "شکایت ۱۲۳۴۵۶ [متن]\n"
     "ثبت [کد ملی]\n"
-    "ورود (کد سایت)\n"
+    "ورود یا خروج (سایت)\n"
     "۱۲۳۴۵۶ کد دفتر و ۱۰۱ کد خدمت است. "
-    "پس از کد خدمت می‌توانید تاریخ (۱۴۰۵/۰۹/۰۳، امروز، فردا) و کد ملی را بنویسید."
+    "پس از کد خدمت می‌توانید تاریخ (۱۴۰۵/۰۹/۰۳، فردا) و کد ملی را بنویسید."
 )
 
 # Invisible characters that copying from right-to-left text or some keyboards insert, and
@@ -261,6 +265,10 @@ def _sign_in(rest: str, today: datetime.date) -> Command:
     return SignIn()  # whatever follows the word: "ورود لطفا" asks for a code all the same
 
 
+def _sign_out(rest: str, today: datetime.date) -> Command:
+    return SignOut()
+
+
 def _help(rest: str, today: datetime.date) -> Command:
     return Help(None)
 
@@ -284,6 +292,8 @@ _COMMANDS: dict[str, Callable[[str, datetime.date], Command]] = {
     "register": _register,
     "ورود": _sign_in,
     "login": _sign_in,
+    "خروج": _sign_out,
+    "logout": _sign_out,
     "راهنما": _help,
     "help": _help,
 }

@@ -244,6 +244,34 @@ async def test_a_signed_out_token_is_refused_at_once_and_by_every_instance(
     assert await signed_in(client, await sign_in(client, redis_sync, deliver, "09120001212"))
 
 
+async def test_signing_out_everywhere_ends_every_token_of_the_number_and_no_other(
+    client: Client, settings: Settings, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    from app.main import create_app
+
+    phone = await sign_in(client, redis_sync, deliver, "09120001616")
+    office_computer = await sign_in(client, redis_sync, deliver, "09120001616")
+    someone_else = await sign_in(client, redis_sync, deliver, "09120001717")
+    async with AsyncTestClient(create_app(settings)) as elsewhere:  # another instance, same Redis
+        assert await signed_in(elsewhere, office_computer)
+        assert (await client.post("/api/v1/auth/logout/everywhere", headers=phone)).status_code == 204
+        assert not await signed_in(client, phone) and not await signed_in(client, office_computer)
+        await asyncio.sleep(signed_out.LOOK_EVERY + 0.5)
+        assert not await signed_in(elsewhere, office_computer) and not await signed_in(elsewhere, phone)
+        assert await signed_in(client, someone_else) and await signed_in(elsewhere, someone_else)
+        # Only a token that signs in may: an ended one (which could sign its citizen out
+        # again and again), none, or garbage is refused, and ends nothing.
+        for refused in (phone, {}, {"Authorization": "Bearer not-a-token"}):
+            answer = await elsewhere.post("/api/v1/auth/logout/everywhere", headers=refused)
+            assert answer.status_code == 401, answer.text
+        # The citizen signs in again at once, with a token issued after the sign-out.
+        again = await sign_in(client, redis_sync, deliver, "09120001616")
+        assert await signed_in(client, again) and await signed_in(elsewhere, again)
+    assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
+    async with AsyncTestClient(create_app(settings)) as started_later:
+        assert not await signed_in(started_later, office_computer) and await signed_in(started_later, again)
+
+
 async def test_an_instance_started_after_a_sign_out_refuses_the_token(
     client: Client, settings: Settings, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
@@ -335,5 +363,15 @@ async def test_a_digest_is_kept_as_long_as_a_token_lives(
         ]
         await there.look()
         assert "header.first.signature" not in there and "header.second.signature" in there
+
+        # A sign-out everywhere, the same.
+        await here.add_everywhere("09120001818", 1000.0)
+        await there.look()
+        assert there.ended_everywhere("09120001818", 999.9) and not there.ended_everywhere("09120001818", 1000.0)
+        await asyncio.sleep(1.1)
+        await here.add("header.third.signature")
+        await there.look()
+        assert not there.ended_everywhere("09120001818", 999.9)
+        assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
     finally:
         await redis.aclose()

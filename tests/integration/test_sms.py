@@ -576,3 +576,19 @@ async def test_a_number_whose_web_codes_are_used_up_asks_for_one_by_sms(
     assert signed_in.status_code == 200, signed_in.text
     # The web's own bound on the number is as it was: still used up.
     assert (await client.post("/api/v1/auth/otp", json={"mobile": mobile})).status_code == 429
+
+
+async def test_a_phone_ends_its_numbers_sign_ins_by_sms(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    """A lost phone, a computer the citizen no longer sits at: ``خروج`` from the number ends
+    every sign-in of it on the website, and no other number's."""
+    mine, theirs = world.token("09121114444"), world.token("09121115555")
+    probe = "/api/v1/bookings/ABCDEFGHJK/cancel"  # a citizen's 404, no one's 401
+    assert (await client.post(probe, headers=mine)).status_code == 404
+    assert (await text(client, "خروج", sender="+989121114444", sid="SMout")).status_code == 200
+    assert (await client.post(probe, headers=mine)).status_code == 401
+    assert (await client.post(probe, headers=theirs)).status_code == 404
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert reply["to"] == "+989121114444" and "پایان یافت" in reply["body"]

@@ -19,6 +19,7 @@ from app.sms.parser import (
     Offices,
     Register,
     SignIn,
+    SignOut,
     Status,
     Wait,
     parse,
@@ -267,8 +268,14 @@ def test_a_sign_in_code_is_asked_for_by_one_word(text: str) -> None:
     assert p(text) == SignIn()
 
 
+@pytest.mark.parametrize("text", ["خروج", "LOGOUT", "خروج از همه"])
+def test_signing_out_everywhere_is_one_word(text: str) -> None:
+    assert p(text) == SignOut()
+
+
 def test_help_text_is_short_persian_and_its_examples_work() -> None:
-    assert len(HELP_TEXT_FA) < 300
+    assert len(HELP_TEXT_FA) <= 4 * 67  # four parts of a long SMS in Persian: each is paid for
+    assert "خروج" in HELP_TEXT_FA
     assert not re.search("[0-9]", HELP_TEXT_FA)
     lines = HELP_TEXT_FA.splitlines()
     for keyword in ("نوبت", "دفاتر", "وضعیت", "لغو", "انتظار", "شکایت", "ثبت", "ورود"):
@@ -283,7 +290,7 @@ def test_help_text_is_short_persian_and_its_examples_work() -> None:
 
 # --- never raises --------------------------------------------------------------------------
 
-COMMAND_TYPES = (Book, Offices, Cancel, Status, Complain, Wait, Register, SignIn, Help)
+COMMAND_TYPES = (Book, Offices, Cancel, Status, Complain, Wait, Register, SignIn, SignOut, Help)
 KEYWORDS = [
     "نوبت",
     "دفاتر",
