@@ -723,8 +723,9 @@ class BookingService:
         not booked. Returns the codes booked, the codes found no longer waiting, and what
         stopped it before a commit (the codes after it not tried): a recount (committed during
         the count, as for a booking, the seat could be left out of it and sold again; asked
-        of Redis itself, for a job's process has no watch), or the record's error. A commit
-        that failed is raised: its rows may be in the record."""
+        of Redis itself, for a job's process has no watch), or the record's error; a commit
+        that failed too, once the record says which of its codes are still waiting
+        (``_still_waiting_after``)."""
         recorded: set[str] = set()
         left: set[str] = set()
         codes = list(given)
@@ -771,11 +772,36 @@ class BookingService:
             if not allowed:
                 await session.rollback()
                 return recorded, left, CountingPaused()
-            await session.commit()
+            try:
+                await session.commit()
+            except SQLAlchemyError as error:
+                # The commit's answer was lost: its rows may be in the record, or not.
+                recorded |= await self._still_waiting_after(session, codes[start : start + 1000], error)
+                return recorded, left, error
             booked_codes = {row.tracking_code for row in rows if row.id in booked}
             recorded |= booked_codes
             left |= set(codes[start : start + 1000]) - booked_codes
         return recorded, left, None
+
+    async def _still_waiting_after(self, session: AsyncSession, codes: list[str], error: SQLAlchemyError) -> set[str]:
+        """After a promotion's commit failed: the codes to count as recorded, read back from the
+        record. Those still waiting were not booked, and go back to the head of their line as
+        any promotion not recorded (they had been out of it until a rebuild, a seat held for
+        nobody); every other is counted as recorded, its seat left as it is: booked, or gone
+        from the line since (a seat freed twice would be sold twice). Unread, the failure is
+        raised: every seat stays counted until a rebuild."""
+        try:
+            await session.rollback()
+            waiting = set(
+                await session.scalars(
+                    select(Booking.tracking_code).where(
+                        Booking.tracking_code.in_(codes), Booking.status == BookingStatus.WAITLISTED
+                    )
+                )
+            )
+        except SQLAlchemyError:
+            raise error from None
+        return set(codes) - waiting
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB

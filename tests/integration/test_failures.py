@@ -25,6 +25,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import cli
 from app import container as container_module
@@ -473,6 +474,57 @@ async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled
     assert ten_oclock_used(capacity_redis, office, day) == 2
     async with jobs.sessions() as session:
         assert await jobs.bookings.fill_waitlists_left(session=session) == 0
+
+
+@pytest.mark.parametrize("committed", [False, True])
+async def test_a_promotion_whose_commit_fails_is_read_back(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """A cancel's seat went to the head of the line, and the promotion's commit failed, its
+    answer lost: it may have landed or not. The record is read back. Not landed, the citizen
+    is first in line again and the minute's job books them (they had been out of the line
+    until a rebuild, their seat held for nobody); landed, they are booked, the seat counted
+    once."""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    capacity = client.app.state.container.capacity
+    may_commit, commit = capacity.may_commit, AsyncSession.commit
+    armed = False
+
+    async def arming() -> bool:
+        nonlocal armed
+        armed = True  # the promotion's commit is next
+        return await may_commit()
+
+    async def lost(session: AsyncSession) -> None:
+        nonlocal armed
+        if not armed:
+            return await commit(session)
+        armed = False
+        if committed:
+            await commit(session)
+        raise OperationalError("COMMIT", {}, Exception("the connection dropped"))
+
+    monkeypatch.setattr(capacity, "may_commit", arming)
+    monkeypatch.setattr(AsyncSession, "commit", lost)
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancelled.status_code == 200, cancelled.text
+    monkeypatch.undo()
+
+    line = keys.waitlist(office, day, "*")
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        if committed:
+            assert redis.lrange(line, 0, -1) == [] and redis.smembers(keys.WAITLISTS_TO_FILL) == set()
+        else:
+            assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+            assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
+            assert redis.lrange(line, 0, -1) == [waiting.encode()]
+            assert redis.smembers(keys.WAITLISTS_TO_FILL) == {line.encode()}
+    jobs = world.container  # the job's own parts
+    async with jobs.sessions() as session:
+        await jobs.bookings.fill_waitlists_left(session=session)
+    promoted = (await client.get(f"/api/v1/bookings/{waiting}")).json()
+    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
+    assert ten_oclock_used(capacity_redis, office, day) == 2
 
 
 async def test_a_jobs_promotion_is_not_committed_once_a_recount_has_begun(
