@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -14,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Enum, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -95,6 +97,46 @@ class OnDemand:
     async def __aexit__(self, *exc_info: Any) -> None:
         if self._opening is not None:
             await self._opening.__aexit__(*exc_info)
+
+
+SETTLE_SECONDS = 5.0
+"""How long ``commit_outcome`` waits for a transaction PostgreSQL is still finishing."""
+
+
+async def transaction_id(session: AsyncSession) -> int | None:
+    """The open transaction's id on PostgreSQL (None on SQLite): asked before a commit whose
+    answer may be lost, to learn after it whether it landed (``commit_outcome``)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    return int(await session.scalar(text("SELECT txid_current()")))
+
+
+async def commit_outcome(session: AsyncSession, xid: int | None) -> bool | None:
+    """After a commit raised: whether it landed. None when that cannot be told: the record
+    does not answer, or the transaction is still finishing after SETTLE_SECONDS (a commit
+    waiting for a replica). The session is rolled back, ready for use again.
+
+    PostgreSQL says it itself (``txid_status``, made for a commit's lost answer): reading
+    the rows back could look while the commit is still finishing, and see it not landed
+    when it is about to. A SQLite commit that raises has not landed: the record is a file
+    this process writes, and its commit either completes or fails in the call."""
+    try:
+        await session.rollback()  # a transaction still open on a live connection ends here, not landed
+        if xid is None:
+            return False
+        deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+        while True:
+            status = await session.scalar(text("SELECT txid_status(:xid)"), {"xid": xid})
+            await session.rollback()
+            if status in ("committed", "aborted"):
+                return status == "committed"
+            if status is None or asyncio.get_running_loop().time() >= deadline:
+                return None  # None: too old to be told (it cannot be, a moment later)
+            await asyncio.sleep(0.1)
+    except SQLAlchemyError:
+        with contextlib.suppress(SQLAlchemyError):
+            await session.rollback()
+        return None
 
 
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:

@@ -46,7 +46,7 @@ from app.capacity.errors import (
 from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
 from app.clock import Clock
-from app.db import OnDemand, Sessions
+from app.db import OnDemand, Sessions, commit_outcome, transaction_id
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
@@ -723,22 +723,24 @@ class BookingService:
         not booked. Returns the codes booked, the codes found no longer waiting, and what
         stopped it before a commit (the codes after it not tried): a recount (committed during
         the count, as for a booking, the seat could be left out of it and sold again; asked
-        of Redis itself, for a job's process has no watch), or the record's error; a commit
-        that failed too, once the record says which of its codes are still waiting
-        (``_still_waiting_after``)."""
+        of Redis itself, for a job's process has no watch), or the record's error, a failed
+        commit's too once the record says it did not land. One that landed is carried on
+        from; one the record cannot tell of is raised."""
         recorded: set[str] = set()
         left: set[str] = set()
         codes = list(given)
         for start in range(0, len(codes), 1000):
+            chunk = codes[start : start + 1000]
             if not self.capacity.ready:  # checked before writing: a rollback would expire the caller's rows
                 return recorded, left, CountingPaused()
             try:
                 await hold_off_recounts(session)
+                xid = await transaction_id(session)
                 rows = (
                     await session.execute(
                         select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)
                         .join(Office, Office.id == Booking.office_id)
-                        .where(Booking.tracking_code.in_(codes[start : start + 1000]))
+                        .where(Booking.tracking_code.in_(chunk))
                         .where(Booking.status == BookingStatus.WAITLISTED)
                     )
                 ).all()
@@ -772,36 +774,22 @@ class BookingService:
             if not allowed:
                 await session.rollback()
                 return recorded, left, CountingPaused()
+            booked_codes = {row.tracking_code for row in rows if row.id in booked}
             try:
                 await session.commit()
             except SQLAlchemyError as error:
-                # The commit's answer was lost: its rows may be in the record, or not.
-                recorded |= await self._still_waiting_after(session, codes[start : start + 1000], error)
-                return recorded, left, error
-            booked_codes = {row.tracking_code for row in rows if row.id in booked}
+                # Its answer lost, the commit may have landed: asked of the record, as a seat
+                # given back for a booking that landed would be sold twice.
+                landed = await commit_outcome(session, xid)
+                if landed is None:
+                    raise  # every seat given stays counted, for nobody, until a rebuild
+                if not landed:
+                    return recorded, left | (set(chunk) - booked_codes), error
+                # Landed: its messages go out with the sweep of messages left unsent.
+                log.warning("a promotion's commit raised and had landed: %s", error)
             recorded |= booked_codes
-            left |= set(codes[start : start + 1000]) - booked_codes
+            left |= set(chunk) - booked_codes
         return recorded, left, None
-
-    async def _still_waiting_after(self, session: AsyncSession, codes: list[str], error: SQLAlchemyError) -> set[str]:
-        """After a promotion's commit failed: the codes to count as recorded, read back from the
-        record. Those still waiting were not booked, and go back to the head of their line as
-        any promotion not recorded (they had been out of it until a rebuild, a seat held for
-        nobody); every other is counted as recorded, its seat left as it is: booked, or gone
-        from the line since (a seat freed twice would be sold twice). Unread, the failure is
-        raised: every seat stays counted until a rebuild."""
-        try:
-            await session.rollback()
-            waiting = set(
-                await session.scalars(
-                    select(Booking.tracking_code).where(
-                        Booking.tracking_code.in_(codes), Booking.status == BookingStatus.WAITLISTED
-                    )
-                )
-            )
-        except SQLAlchemyError:
-            raise error from None
-        return set(codes) - waiting
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB
