@@ -68,6 +68,7 @@ class RateLimited(DomainError):
 
     def __init__(self, retry_after: int, **extra: Any) -> None:
         super().__init__(retry_after=retry_after, **extra)
+        self.retry_after = retry_after
         self.headers["Retry-After"] = str(retry_after)
 
 

@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """TWILIO_FROM: the number (or messaging service) messages are sent from."""
     twilio_api_base_url: str = ""
     """TWILIO_API_BASE_URL: send to a Twilio-compatible stand-in instead of api.twilio.com."""
+    sms_number: str = ""
+    """NOBAT_SMS_NUMBER: the number citizens text, named where a message tells them to text it
+    (unset: TWILIO_FROM when that is a number, not a messaging service)."""
 
     sms_max_attempts: int = 6
     """NOBAT_SMS_MAX_ATTEMPTS: tries of one outbound message before it is marked failed (RQ's
@@ -163,6 +166,7 @@ _ENV = {
     "twilio_auth_token": "TWILIO_AUTH_TOKEN",
     "twilio_from": "TWILIO_FROM",
     "twilio_api_base_url": "TWILIO_API_BASE_URL",
+    "sms_number": "NOBAT_SMS_NUMBER",
     "sms_max_attempts": "NOBAT_SMS_MAX_ATTEMPTS",
     "sms_stuck_seconds": "NOBAT_SMS_STUCK_SECONDS",
     "reminder_evening_hour": "NOBAT_REMINDER_EVENING_HOUR",

@@ -26,8 +26,8 @@ class NotJson(DomainError):
 
 
 class CodesUsedUp(RateLimited):
-    """The web's codes for a number are used up for the day: perhaps by someone else, as
-    anyone can ask for any number's codes. The phone's holder can still ask by SMS
+    """The web's codes for a number are used up for now: perhaps by someone else, as anyone
+    can ask for any number's codes. The phone's holder can still ask by SMS
     (``CitizenAuth.request_code_by_sms``), and the detail says how. Still ``rate_limited``:
     its title is RateLimited's, the same for every occurrence of the code."""
 
@@ -35,7 +35,7 @@ class CodesUsedUp(RateLimited):
         super().__init__(retry_after)
         to_fa = f" به {to_persian_digits(sms_number.removeprefix('+'))}" if sms_number else ""
         to_en = f" to {sms_number}" if sms_number else ""
-        self.detail_fa = f"امروز برای این شماره بیش از حد کد درخواست شده است. برای گرفتن کد، از همین گوشی پیامک «ورود» را{to_fa} بفرستید."
-        self.detail_en = (
-            f"Too many codes were asked for this number today. To get one, text LOGIN from this phone{to_en}."
+        self.detail_fa = (
+            f"برای این شماره بیش از حد کد درخواست شده است. برای گرفتن کد، از همین گوشی پیامک «ورود» را{to_fa} بفرستید."
         )
+        self.detail_en = f"Too many codes were asked for this number. To get one, text LOGIN from this phone{to_en}."

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.errors import CodeExpired, CodesUsedUp, WrongCode
 from app.auth.signed_out import SignedOutTokens
+from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.capacity.keys import NAMESPACE
 from app.errors import InvalidInput, RateLimited, Unauthorized
 from app.identity import normalize_mobile
@@ -59,6 +60,21 @@ if tries + cost > tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) return 'BURN
 return 'WRONG'
 """
 
+TAKE_TEXTED = """
+-- KEYS[1] = the mobile's texted code (its digest), ARGV[1] = the digest of the code presented
+-- Returns OK (and deletes it: signing in is once), WRONG or NONE. No try is counted: the code
+-- cannot be guessed, and a count anyone can run up is a way to burn it.
+local digest = redis.call('GET', KEYS[1])
+if not digest then return 'NONE' end
+if digest == ARGV[1] then redis.call('DEL', KEYS[1]) return 'OK' end
+return 'WRONG'
+"""
+
+TEXTED_CODE_SECONDS = 600
+"""Life of a code asked for by text (``ورود``): read on the phone and typed into a computer,
+perhaps at an office's counter. 50 random bits, like a tracking code: no guess finds it in
+that time, so wrong ones are not counted against it (counted, anyone could burn it)."""
+
 TOKEN_ALGORITHM = "HS256"
 VERIFIED_TOKENS = 100_000
 """Tokens an instance remembers having verified: a rush's citizens, a few MB."""
@@ -66,6 +82,10 @@ VERIFIED_TOKENS = 100_000
 
 def _otp_key(mobile: str) -> str:
     return f"{NAMESPACE}:otp:{mobile}"
+
+
+def _texted_key(mobile: str) -> str:
+    return f"{NAMESPACE}:otp-texted:{mobile}"
 
 
 def _now_ms() -> int:
@@ -80,6 +100,10 @@ class CitizenAuth:
         self.messenger = messenger
         self._issue = redis.register_script(ISSUE)
         self._verify = redis.register_script(VERIFY)
+        self._take_texted = redis.register_script(TAKE_TEXTED)
+        # The number a refusal tells citizens to text: TWILIO_FROM may be a messaging service.
+        sender = settings.twilio_from
+        self.sms_number = settings.sms_number or (sender if sender.startswith("+") else "")
         self.signed_out = SignedOutTokens(redis, keep_seconds=settings.token_ttl_seconds)
         # token -> (mobile, expiry, issued at). PyJWT checks a token's base64 one character at a time in
         # Python: a twentieth of a booking. A token verified once stays valid until it
@@ -93,50 +117,63 @@ class CitizenAuth:
     async def request_code(self, *, session: AsyncSession, mobile: str, client: str) -> str:
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("otp-address", client, self.settings.otp_per_address)
-        await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
         try:
+            await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
             await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)
         except RateLimited as error:
-            raise CodesUsedUp(int(error.headers["Retry-After"]), sms_number=self.settings.twilio_from) from None
-        await self._send_code(session, mobile)
-        # The code goes out only once this row is committed; commit now rather than at the
-        # end of the request so the worker can send it while the response is on its way.
-        await session.commit()
-        return mobile
-
-    async def request_code_by_sms(self, *, session: AsyncSession, mobile: str) -> None:
-        """A code asked for by a text from the number itself (``ورود``), committed with the
-        caller's answer. Anyone can use up a number's codes on the web by asking for them,
-        so the web's limits on the number do not bind this way, which only the phone's holder
-        can take: it has a limit of its own (each ask also costs the citizen a text)."""
-        await self.limiter.hit("otp-sms", mobile, self.settings.otp_per_mobile)
-        await self._send_code(session, mobile)
-
-    async def _send_code(self, session: AsyncSession, mobile: str) -> None:
-        """Make a new code for the mobile and queue its SMS in the session."""
+            # Perhaps used up by someone else: the phone's holder is told to text for one.
+            raise CodesUsedUp(error.retry_after, sms_number=self.sms_number) from None
         code = f"{secrets.randbelow(10**6):06d}"
         # The code before it still signs in until its own end: on a rush morning a citizen
         # asks again while the first SMS is on its way, and types the one that came.
         ttl = self.settings.otp_ttl_seconds
         now = _now_ms()
         await self._issue(keys=[_otp_key(mobile)], args=[self._digest(mobile, code), now + ttl * 1000, ttl, now])
-        minutes = to_persian_digits(str(max(1, self.settings.otp_ttl_seconds // 60)))
+        self._queue_code(session, mobile, f"{to_persian_digits(code)} ({code})", ttl)
+        # The code goes out only once this row is committed; commit now rather than at the
+        # end of the request so the worker can send it while the response is on its way.
+        await session.commit()
+        return mobile
+
+    async def request_code_by_sms(self, *, session: AsyncSession, mobile: str) -> None:
+        """A code asked for by a text from the number itself (``ورود``), queued in the
+        caller's transaction. Anyone can use up a number's web codes by asking for them, and
+        burn a live one with wrong guesses: this one only the phone's holder can ask for,
+        under limits of their own, and it cannot be guessed, so no count of wrong tries
+        burns it (TEXTED_CODE_SECONDS). Each ask replaces the last."""
+        await self.limiter.hit("otp-sms", mobile, self.settings.otp_per_mobile)
+        await self.limiter.hit("otp-sms-day", mobile, self.settings.otp_per_mobile_day)
+        code = new_tracking_code()
+        await self.redis.set(_texted_key(mobile), self._digest(mobile, code), ex=TEXTED_CODE_SECONDS)
+        self._queue_code(session, mobile, f"{code[:5]}-{code[5:]}", TEXTED_CODE_SECONDS)
+
+    def _queue_code(self, session: AsyncSession, mobile: str, code: str, ttl: int) -> None:
+        minutes = to_persian_digits(str(max(1, ttl // 60)))
         self.messenger.queue(
             session,
             kind=SIGN_IN_CODE,
             to=mobile,
-            body=f"نوبت: کد ورود شما {to_persian_digits(code)} ({code}) است. تا {minutes} دقیقه معتبر است.",
+            body=f"نوبت: کد ورود شما {code} است. تا {minutes} دقیقه معتبر است.",
         )
 
     async def verify(self, *, mobile: str, code: str, client: str) -> str:
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("verify-address", client, self.settings.verify_per_address)
         code = normalize_digits(code).strip()
-        if len(code) != 6 or not code.isascii() or not code.isdigit():
-            raise InvalidInput("code", "The code is 6 digits.", detail_fa="کد ۶ رقم است.")
-        outcome = await self._verify(
-            keys=[_otp_key(mobile)], args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms()]
-        )
+        if len(code) == 6 and code.isascii() and code.isdigit():
+            outcome = await self._verify(
+                keys=[_otp_key(mobile)], args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms()]
+            )
+        else:
+            try:
+                texted = normalize_tracking_code(code)  # written as a tracking code is, and as forgiving
+            except InvalidInput:
+                raise InvalidInput(
+                    "code",
+                    "The code is 6 digits (10 letters and digits if it was asked for by text).",
+                    detail_fa="کد ۶ رقم است (کدی که با پیامک «ورود» گرفته‌اید ۱۰ حرف و رقم لاتین است).",
+                ) from None
+            outcome = await self._take_texted(keys=[_texted_key(mobile)], args=[self._digest(mobile, texted)])
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "WRONG":
             raise WrongCode()
@@ -173,8 +210,10 @@ class CitizenAuth:
         await self.end_every_token(self.mobile_from_token(token))
 
     async def end_every_token(self, mobile: str) -> None:
-        """End every token of the number issued until now (``خروج`` by SMS comes here: the
-        text is from the number itself)."""
+        """End every token of the number issued until now (to the millisecond), and its live
+        codes: one already on a lost phone must not sign in after. ``خروج`` by SMS comes
+        here: the text is from the number itself."""
+        await self.redis.delete(_otp_key(mobile), _texted_key(mobile))
         await self.signed_out.add_everywhere(mobile, time.time())
 
     def mobile_from_token(self, token: str) -> str:

@@ -54,10 +54,12 @@ async def provide_staff(request: Request[Any, Any, Any], container: Deps) -> Sta
     bearer token, which no other site can make a browser send; the pages' forms carry a
     form token of their own (app.pages.render)."""
     if request.method not in READ_ONLY_METHODS and not request.headers.get("authorization"):
-        raise Unauthorized(
+        refused = Unauthorized(
             "Send the session as a bearer token (Authorization: Bearer ...): the cookie signs in reading only.",
             detail_fa="نشست را با سرآیند Authorization بفرستید؛ کوکی فقط برای خواندن پذیرفته می‌شود.",
         )
+        refused.headers["WWW-Authenticate"] = "Bearer"  # what to send instead (RFC 6750)
+        raise refused
     return await container.staff.principal(staff_token(request))
 
 

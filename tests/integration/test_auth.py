@@ -137,6 +137,7 @@ async def test_codes_are_rate_limited_per_mobile(client: Client, settings: Setti
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) > 0
     assert limited.json()["code"] == "rate_limited"
+    assert "«ورود»" in limited.json()["message_fa"]  # perhaps someone else's asking: text for one
     other = await client.post("/api/v1/auth/otp", json={"mobile": "09120005555"})
     assert other.status_code == 202
 
@@ -335,7 +336,10 @@ async def test_the_watch_for_sign_outs_outlives_a_failed_look(redis_url: str) ->
     tokens.look = failing_at_first  # type: ignore[method-assign]
     watch = asyncio.create_task(tokens.run(every=0.01))
     try:
-        await asyncio.sleep(0.3)
+        for _ in range(500):  # up to 5 s: a loaded machine (the browser tests beside) is slow to look
+            if looks > 3 or watch.done():
+                break
+            await asyncio.sleep(0.01)
         assert looks > 3 and not watch.done()
     finally:
         watch.cancel()

@@ -132,6 +132,11 @@ async def test_staff_touch_only_their_own_office(client: Client, world: World, a
         f"/office/{mine}/waiting", data={"_csrf": csrf.group(1), "waiting": "3"}, follow_redirects=False
     )
     assert own_form.status_code == 303, own_form.text  # the same cookie and token work on one's own office
+    for method, template in routes:  # the cookie alone changes nothing through the API, not even one's own
+        if template.startswith("/api/") and method not in ("GET", "HEAD"):
+            url = template.replace("{code}", mine).replace("{tracking_code}", "ABCDEFGHJK").replace("{date}", day)
+            by_cookie = await client.request(method, url, json=api_body(method, template, world, day))
+            assert by_cookie.status_code == 401 and "bearer" in by_cookie.json()["detail"], (method, template)
     client.cookies.clear()  # the sign-ins above left a session cookie in the client
     for method, template in routes:
         if template.startswith("/api/"):

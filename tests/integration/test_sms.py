@@ -548,8 +548,9 @@ async def test_a_phone_past_its_bookings_is_told_so_by_sms(
 async def test_a_number_whose_web_codes_are_used_up_asks_for_one_by_sms(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
 ) -> None:
-    """Anyone can ask the web for any number's codes, and so use up its day's; the phone's
-    holder then texts ``ورود`` and signs in all the same. Texts have a bound of their own."""
+    """Anyone can ask the web for any number's codes, and so use up its day's, and burn a live
+    code with wrong guesses; the phone's holder then texts ``ورود`` and signs in all the same,
+    with a code no guess finds and no wrong guess burns. Texts have bounds of their own."""
     mobile = "09121113333"
     settings = world.container.settings
     per_day = parse_limit(settings.otp_per_mobile_day)[0]
@@ -565,15 +566,24 @@ async def test_a_number_whose_web_codes_are_used_up_asks_for_one_by_sms(
         assert (await text(client, "ورود", sender="+989121113333", sid=f"SMin{number}")).status_code == 200
     await deliver()
     replies = standin.wait_for(per_while + 1)
-    codes = [found[1] for m in replies if (found := re.search(r"\(([0-9]{6})\)", m["body"]))]
+    codes = [found[1] for m in replies if (found := re.search(r"کد ورود شما ([0-9A-Z]{5}-[0-9A-Z]{5})", m["body"]))]
     assert len(codes) == per_while and all(m["to"] == "+989121113333" for m in replies)
     assert any(m["body"].startswith("درخواست‌های شما بیش از حد مجاز است") for m in replies)  # the text's own bound
     async with world.container.sessions() as session:
         kinds = (await session.scalars(select(SmsMessage.kind).where(SmsMessage.to == mobile))).all()
     assert sorted(kinds) == ["otp"] * per_while + ["sms_reply"]  # codes go ahead of other messages
 
-    signed_in = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": codes[-1]})
+    # Someone else's wrong guesses, far past what burns a six-digit code, burn nothing here.
+    for guess in range(3 * settings.otp_max_attempts):
+        wrong = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": f"ZZZZZ-{guess:05d}"})
+        assert wrong.status_code == 400 and wrong.json()["code"] == "otp_wrong", wrong.text
+    earlier = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": codes[0]})
+    assert earlier.status_code == 400  # each ask replaced the one before
+    typed = codes[-1].lower().replace("-", " ")  # as a citizen types it
+    signed_in = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": typed})
     assert signed_in.status_code == 200, signed_in.text
+    again = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": codes[-1]})
+    assert again.status_code == 400 and again.json()["code"] == "otp_expired"  # signing in is once
     # The web's own bound on the number is as it was: still used up.
     assert (await client.post("/api/v1/auth/otp", json={"mobile": mobile})).status_code == 429
 
@@ -586,8 +596,19 @@ async def test_a_phone_ends_its_numbers_sign_ins_by_sms(
     mine, theirs = world.token("09121114444"), world.token("09121115555")
     probe = "/api/v1/bookings/ABCDEFGHJK/cancel"  # a citizen's 404, no one's 401
     assert (await client.post(probe, headers=mine)).status_code == 404
+    assert (await text(client, "ورود", sender="+989121114444", sid="SMin")).status_code == 200
+    assert (await client.post("/api/v1/auth/otp", json={"mobile": "09121114444"})).status_code == 202
+    await deliver()
+    delivered = " ".join(m["body"] for m in standin.wait_for(2))  # on the phone now lost
+    web_code = re.search(r"\(([0-9]{6})\)", delivered)
+    texted_code = re.search(r"([0-9A-Z]{5}-[0-9A-Z]{5})", delivered)
+    assert web_code and texted_code
+    standin.clear()
     assert (await text(client, "خروج", sender="+989121114444", sid="SMout")).status_code == 200
     assert (await client.post(probe, headers=mine)).status_code == 401
+    for code in (web_code[1], texted_code[1]):  # already delivered: they no longer sign in
+        used = await client.post("/api/v1/auth/verify", json={"mobile": "09121114444", "code": code})
+        assert used.status_code == 400 and used.json()["code"] == "otp_expired", used.text
     assert (await client.post(probe, headers=theirs)).status_code == 404
     await deliver()
     [reply] = standin.wait_for(1)

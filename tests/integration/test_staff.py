@@ -500,6 +500,7 @@ async def test_http_the_cookie_signs_in_reads_and_not_changes(
     waiting = f"/api/v1/staff/offices/{office}/waiting"
     forged = await client.put(waiting, json={"waiting": 7})
     assert forged.status_code == 401 and "bearer" in forged.json()["detail"]
+    assert forged.headers["www-authenticate"] == "Bearer"
     assert await container.redis.hget(keys.WAITING_NOW, office) is None  # nothing changed
     assert (await client.get("/api/v1/staff/me")).status_code == 200  # reading, by the cookie
     done = await client.put(waiting, json={"waiting": 7}, headers={"Authorization": f"Bearer {token}"})
