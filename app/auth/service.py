@@ -70,6 +70,13 @@ if digest == ARGV[1] then redis.call('DEL', KEYS[1]) return 'OK' end
 return 'WRONG'
 """
 
+NEXT_GENERATION = """
+-- KEYS[1] = the number's generation (how many times it signed out everywhere), ARGV[1] = seconds to keep it
+local generation = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return generation
+"""
+
 TEXTED_CODE_SECONDS = 600
 """Life of a code asked for by text (``ورود``): read on the phone and typed into a computer,
 perhaps at an office's counter. 50 random bits, like a tracking code: no guess finds it in
@@ -88,6 +95,11 @@ def _texted_key(mobile: str) -> str:
     return f"{NAMESPACE}:otp-texted:{mobile}"
 
 
+def _generation_key(mobile: str) -> str:
+    """How many times the number has signed out everywhere (``end_every_token``)."""
+    return f"{NAMESPACE}:token-generation:{mobile}"
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -101,14 +113,15 @@ class CitizenAuth:
         self._issue = redis.register_script(ISSUE)
         self._verify = redis.register_script(VERIFY)
         self._take_texted = redis.register_script(TAKE_TEXTED)
+        self._next_generation = redis.register_script(NEXT_GENERATION)
         # The number a refusal tells citizens to text: TWILIO_FROM may be a messaging service.
         sender = settings.twilio_from
         self.sms_number = settings.sms_number or (sender if sender.startswith("+") else "")
         self.signed_out = SignedOutTokens(redis, keep_seconds=settings.token_ttl_seconds)
-        # token -> (mobile, expiry, issued at). PyJWT checks a token's base64 one character at a time in
+        # token -> (mobile, expiry, generation). PyJWT checks a token's base64 one character at a time in
         # Python: a twentieth of a booking. A token verified once stays valid until it
         # expires (the key only changes with a restart), so the same string is not checked twice.
-        self._verified: LRUCache[str, tuple[str, int, float]] = LRUCache(maxsize=VERIFIED_TOKENS)
+        self._verified: LRUCache[str, tuple[str, int, int]] = LRUCache(maxsize=VERIFIED_TOKENS)
 
     def _digest(self, mobile: str, code: str) -> str:
         # Only a keyed digest is stored: a Redis dump does not reveal live codes.
@@ -179,17 +192,18 @@ class CitizenAuth:
             raise WrongCode()
         if outcome != "OK":
             raise CodeExpired()
-        return self.issue_token(mobile)
+        return self.issue_token(mobile, generation=int(await self.redis.get(_generation_key(mobile)) or 0))
 
-    def issue_token(self, mobile: str) -> str:
-        now = time.time()
-        # When issued, to the millisecond: a sign-out everywhere ends the tokens issued before
-        # it, and must not end the one the citizen signs in with a moment after it.
+    def issue_token(self, mobile: str, *, generation: int = 0) -> str:
+        """A token for the mobile, of its ``generation``: how many times it has signed out
+        everywhere, each of which ends the tokens of the generations before."""
+        now = int(time.time())
         claims = {
             "sub": mobile,
-            "iat": round(now, 3),
-            "exp": int(now) + self.settings.token_ttl_seconds,
+            "iat": now,
+            "exp": now + self.settings.token_ttl_seconds,
             "role": "citizen",
+            "gen": generation,
         }
         return jwt.encode(claims, self.settings.secret_key, algorithm=TOKEN_ALGORITHM)
 
@@ -204,17 +218,20 @@ class CitizenAuth:
         await self.signed_out.add(token)
 
     async def sign_out_everywhere(self, token: str) -> None:
-        """End every token of the token's number, this one too, on every instance. Only a
-        token that signs in may: an old one, signed out, could otherwise sign its citizen
-        out again and again."""
+        """``end_every_token`` of the token's number, on every instance. Only a token that
+        signs in may: an old one, signed out, could otherwise sign its citizen out again and
+        again."""
         await self.end_every_token(self.mobile_from_token(token))
 
     async def end_every_token(self, mobile: str) -> None:
-        """End every token of the number issued until now (to the millisecond), and its live
-        codes: one already on a lost phone must not sign in after. ``خروج`` by SMS comes
-        here: the text is from the number itself."""
+        """End every token of the number issued until now, and its live codes: one already on
+        a lost phone must not sign in after. The number's next generation: a sign-in from
+        now on is of it (``خروج`` by SMS comes here, the text being from the number itself)."""
         await self.redis.delete(_otp_key(mobile), _texted_key(mobile))
-        await self.signed_out.add_everywhere(mobile, time.time())
+        # Kept while a token of an earlier generation may live, and as long again: begun at 0
+        # once more after that, it is still above every token then alive (all of generation 0).
+        generation = await self._next_generation(keys=[_generation_key(mobile)], args=[2 * self.signed_out.keep])
+        await self.signed_out.add_everywhere(mobile, int(generation))
 
     def mobile_from_token(self, token: str) -> str:
         if token in self.signed_out:
@@ -222,22 +239,22 @@ class CitizenAuth:
         known = self._verified.get(token)
         if known is None or time.time() >= known[1]:
             known = self._verify_token(token)
-        mobile, _, issued_at = known
-        if self.signed_out.ended_everywhere(mobile, issued_at):
+        mobile, _, generation = known
+        if self.signed_out.ended_everywhere(mobile, generation):
             raise Unauthorized("The number signed out everywhere; sign in again.")
         return mobile
 
-    def _verify_token(self, token: str) -> tuple[str, int, float]:
-        """The token's mobile, expiry and issue time, checked (and remembered while it lasts)."""
+    def _verify_token(self, token: str) -> tuple[str, int, int]:
+        """The token's mobile, expiry and generation, checked (and remembered while it lasts)."""
         try:
             claims = jwt.decode(token, self.settings.secret_key, algorithms=[TOKEN_ALGORITHM])
         except jwt.PyJWTError:
             raise Unauthorized("The token is invalid or expired; sign in again.") from None
         if claims.get("role") != "citizen":
             raise Unauthorized()
-        expires, issued_at = claims.get("exp"), claims.get("iat")
-        if not isinstance(expires, int) or not isinstance(issued_at, int | float):
+        expires, generation = claims.get("exp"), claims.get("gen", 0)  # none: from before generations
+        if not isinstance(expires, int) or not isinstance(generation, int):
             raise Unauthorized("The token is invalid or expired; sign in again.")
-        found = (str(claims["sub"]), expires, float(issued_at))
+        found = (str(claims["sub"]), expires, generation)
         self._verified[token] = found
         return found

@@ -5,7 +5,7 @@ booking, and a trip to Redis for it would be one more per booking. Signing out m
 the token before it expires (NOBAT_TOKEN_TTL_SECONDS, a day): one copied off a shared computer
 at an office, say, would otherwise go on booking and cancelling in the citizen's name until
 then. Signing out ends the token signed out with; signing out everywhere ends every token of
-the number issued before that moment (a lost phone, a computer one no longer sits at).
+the number issued until then (a lost phone, a computer one no longer sits at).
 
 So a sign-out is told to every instance as a change to the counters is (app.capacity.reading,
 with the same two scripts): a digest of the token goes into one Redis sorted set, scored by
@@ -13,7 +13,9 @@ Redis's clock, and every instance reads what was added since its last look once 
 the background (``run``); the check itself stays a lookup in memory. The instance that signs a token out
 refuses it at once. A digest is kept as long as a token lives, and a margin for the
 instances' clocks: after that the token has expired. Signing out everywhere is one more
-member of the set, the number and the moment (``EVERY_TOKEN_OF``), kept as long.
+member of the set (``EVERYWHERE``), kept as long: the number and its new generation. Each
+token carries the generation its number had when it was issued (app.auth.service), so
+"issued until then" is told without comparing two machines' clocks.
 """
 
 from __future__ import annotations
@@ -44,9 +46,8 @@ CLOCKS_MARGIN_SECONDS = 300
 checked it, a digest's age by Redis's (in the set) or by when it was heard of (here)."""
 
 
-EVERY_TOKEN_OF = "mobile:"
-"""A member "mobile:<mobile>:<moment>" ends the number's tokens issued before the moment (Unix
-seconds, by the clock of the instance that signed out: each token's is its issuer's)."""
+EVERYWHERE = "everywhere:"
+"""A member "everywhere:<mobile>:<generation>" ends the number's tokens of earlier generations."""
 
 
 def digest(token: str) -> str:
@@ -62,28 +63,28 @@ class SignedOutTokens:
         self.keep = keep_seconds + CLOCKS_MARGIN_SECONDS
         self._tell = redis.register_script(TELL_CHANGES)
         self._hear = redis.register_script(HEAR_CHANGES)
-        # member of the set (a digest, or EVERY_TOKEN_OF's) -> when this instance heard of
-        # it (monotonic), the oldest first
+        # member of the set (a digest, or EVERYWHERE's) -> when this instance heard of it
+        # (monotonic), the oldest first
         self._heard: dict[str, float] = {}
-        self._issued_before: dict[str, float] = {}  # mobile -> its tokens issued before this are ended
+        self._generation: dict[str, int] = {}  # mobile -> its tokens of earlier generations are ended
         self._looked_at: int | None = None  # Redis's clock at the last look
 
     def __contains__(self, token: str) -> bool:
         # A digest costs a microsecond or two, against a booking's few hundred.
         return bool(self._heard) and digest(token) in self._heard
 
-    def ended_everywhere(self, mobile: str, issued_at: float) -> bool:
-        """Whether the number signed out everywhere after this token of it was issued."""
-        return bool(self._issued_before) and issued_at < self._issued_before.get(mobile, 0.0)
+    def ended_everywhere(self, mobile: str, generation: int) -> bool:
+        """Whether the number signed out everywhere since a token of this generation was issued."""
+        return bool(self._generation) and generation < self._generation.get(mobile, 0)
 
     async def add(self, token: str) -> None:
         """Sign the token out: refused here at once (even if Redis does not answer, which is
         raised), by the other instances at their next look."""
         await self._add(digest(token))
 
-    async def add_everywhere(self, mobile: str, moment: float) -> None:
-        """End every token of the number issued before ``moment`` (Unix seconds), as ``add``."""
-        await self._add(f"{EVERY_TOKEN_OF}{mobile}:{moment:.3f}")
+    async def add_everywhere(self, mobile: str, generation: int) -> None:
+        """End every token of the number of a generation before this one, as ``add``."""
+        await self._add(f"{EVERYWHERE}{mobile}:{generation}")
 
     async def _add(self, member: str) -> None:
         self._heard_of(member, time.monotonic())
@@ -93,13 +94,13 @@ class SignedOutTokens:
         if member in self._heard:
             return
         self._heard[member] = heard
-        if member.startswith(EVERY_TOKEN_OF):
+        if member.startswith(EVERYWHERE):
             try:
-                mobile, moment = _everywhere(member)
+                mobile, generation = _everywhere(member)
             except ValueError:  # not ours: one bad member must not stop every look after it
                 log.error("a sign-out everywhere that is not one: %r", member)
                 return
-            self._issued_before[mobile] = max(moment, self._issued_before.get(mobile, 0.0))
+            self._generation[mobile] = max(generation, self._generation.get(mobile, 0))
 
     async def look(self) -> None:
         """Learn the tokens signed out on other instances since the last look."""
@@ -133,14 +134,14 @@ class SignedOutTokens:
             if self._heard[oldest] >= before:
                 return
             del self._heard[oldest]
-            if oldest.startswith(EVERY_TOKEN_OF):
+            if oldest.startswith(EVERYWHERE):
                 with contextlib.suppress(ValueError):  # logged when heard
-                    mobile, moment = _everywhere(oldest)
-                    if self._issued_before.get(mobile) == moment:  # not a later one's
-                        del self._issued_before[mobile]
+                    mobile, generation = _everywhere(oldest)
+                    if self._generation.get(mobile) == generation:  # not a later one's
+                        del self._generation[mobile]
 
 
-def _everywhere(member: str) -> tuple[str, float]:
-    """The mobile and the moment of an EVERY_TOKEN_OF member."""
-    mobile, _, moment = member.removeprefix(EVERY_TOKEN_OF).rpartition(":")
-    return mobile, float(moment)
+def _everywhere(member: str) -> tuple[str, int]:
+    """The mobile and the generation of an EVERYWHERE member."""
+    mobile, _, generation = member.removeprefix(EVERYWHERE).rpartition(":")
+    return mobile, int(generation)
