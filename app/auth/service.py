@@ -228,8 +228,8 @@ class CitizenAuth:
         a lost phone must not sign in after. The number's next generation: a sign-in from
         now on is of it (``خروج`` by SMS comes here, the text being from the number itself)."""
         await self.redis.delete(_otp_key(mobile), _texted_key(mobile))
-        # Kept while a token of an earlier generation may live, and as long again: begun at 0
-        # once more after that, it is still above every token then alive (all of generation 0).
+        # Kept while a token of an earlier generation may live, and as long again: gone after
+        # that, the next sign-out's generation (1) is above every token then alive (all 0).
         generation = await self._next_generation(keys=[_generation_key(mobile)], args=[2 * self.signed_out.keep])
         await self.signed_out.add_everywhere(mobile, int(generation))
 
