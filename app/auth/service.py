@@ -218,15 +218,21 @@ class CitizenAuth:
         await self.signed_out.add(token)
 
     async def sign_out_everywhere(self, token: str) -> None:
-        """``end_every_token`` of the token's number, on every instance. Only a token that
+        """``_end_every_token`` of the token's number, on every instance. Only a token that
         signs in may: an old one, signed out, could otherwise sign its citizen out again and
         again."""
-        await self.end_every_token(self.mobile_from_token(token))
+        await self._end_every_token(self.mobile_from_token(token))
 
-    async def end_every_token(self, mobile: str) -> None:
+    async def sign_out_everywhere_by_sms(self, mobile: str) -> None:
+        """``_end_every_token`` asked for by a text from the number itself (``خروج``), under a
+        limit as a code asked for by text is: each is answered by a text of ours."""
+        await self.limiter.hit("sign-out-sms", mobile, self.settings.otp_per_mobile)
+        await self._end_every_token(mobile)
+
+    async def _end_every_token(self, mobile: str) -> None:
         """End every token of the number issued until now, and its live codes: one already on
         a lost phone must not sign in after. The number's next generation: a sign-in from
-        now on is of it (``خروج`` by SMS comes here, the text being from the number itself)."""
+        now on is of it."""
         await self.redis.delete(_otp_key(mobile), _texted_key(mobile))
         # Kept while a token of an earlier generation may live, and as long again: gone after
         # that, the next sign-out's generation (1) is above every token then alive (all 0).

@@ -208,7 +208,7 @@ class SmsChannel:
                 await self.auth.request_code_by_sms(session=session, mobile=mobile)
                 return None  # the code is the answer, sent ahead of other messages
             case parser.SignOut():
-                await self.auth.end_every_token(mobile)
+                await self.auth.sign_out_everywhere_by_sms(mobile)
                 return "همهٔ ورودهای این شماره به سایت نوبت پایان یافت."
             case parser.Help():
                 return f"{command.reason}\n{parser.HELP_TEXT_FA}" if command.reason else parser.HELP_TEXT_FA
