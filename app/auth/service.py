@@ -96,7 +96,7 @@ def _texted_key(mobile: str) -> str:
 
 
 def _generation_key(mobile: str) -> str:
-    """How many times the number has signed out everywhere (``end_every_token``)."""
+    """How many times the number has signed out everywhere (``_end_every_token``)."""
     return f"{NAMESPACE}:token-generation:{mobile}"
 
 
