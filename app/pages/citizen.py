@@ -14,6 +14,8 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
 
+from app.auth.errors import CodesUsedUp
+from app.auth.service import TEXTED_CODE_SECONDS
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import parse_slot
 from app.booking.tracking import normalize_tracking_code
@@ -393,6 +395,11 @@ class CitizenPages(Controller):
             mobile = await container.auth.request_code(session=session, mobile=data.get("mobile", ""), client=client)
         except DomainError as error:
             await session.rollback()
+            texted = None
+            if isinstance(error, CodesUsedUp):  # told to text for a code: where to type it
+                texted = "/signin/code?" + urlencode(
+                    {"mobile": normalize_mobile(data.get("mobile", "")), "next": next_path, "texted": "1"}
+                )
             return render(
                 request,
                 container,
@@ -403,6 +410,7 @@ class CitizenPages(Controller):
                 next=next_path,
                 errors=form_errors(error, ["mobile"]),
                 form={"mobile": data.get("mobile", "")},
+                texted_link=texted,
             )
         return see_other("/signin/code?" + urlencode({"mobile": mobile, "next": next_path}))
 
@@ -413,6 +421,7 @@ class CitizenPages(Controller):
         container: Deps,
         mobile: FromQuery[str | None] = None,
         next: FromQuery[str | None] = None,
+        texted: FromQuery[str | None] = None,
     ) -> Template | Redirect:
         try:
             mobile = normalize_mobile(mobile or "")
@@ -426,7 +435,9 @@ class CitizenPages(Controller):
             mobile=mobile,
             next=safe_next(next),
             demo_sms=container.settings.sms_backend == "console",
-            code_minutes=_code_minutes(container),
+            texted=texted == "1",
+            code_minutes=_code_minutes(container, texted=texted == "1"),
+            sms_number=container.auth.sms_number,
         )
 
     @post("/signin/code")
@@ -437,6 +448,7 @@ class CitizenPages(Controller):
         try:
             token = await container.auth.verify(mobile=mobile, code=data.get("code", ""), client=client)
         except DomainError as error:
+            texted = data.get("texted") == "1"
             return render(
                 request,
                 container,
@@ -447,7 +459,9 @@ class CitizenPages(Controller):
                 mobile=mobile,
                 next=next_path,
                 demo_sms=container.settings.sms_backend == "console",
-                code_minutes=_code_minutes(container),
+                texted=texted,
+                code_minutes=_code_minutes(container, texted=texted),
+                sms_number=container.auth.sms_number,
                 errors=form_errors(error, ["code"], {"mobile": "code"}),
                 form={"code": data.get("code", "")},
             )
@@ -563,9 +577,10 @@ class CitizenPages(Controller):
         return render(request, container, "citizen/complaint.html", complaint=found, new=bool(new))
 
 
-def _code_minutes(container: Container) -> int:
-    """How long a sign-in code lasts, as the sign-in page says it (NOBAT_OTP_TTL_SECONDS)."""
-    return max(1, container.settings.otp_ttl_seconds // 60)
+def _code_minutes(container: Container, *, texted: bool = False) -> int:
+    """How long a sign-in code lasts, as the sign-in page says it (NOBAT_OTP_TTL_SECONDS; a
+    code asked for by texting ورود, TEXTED_CODE_SECONDS)."""
+    return max(1, (TEXTED_CODE_SECONDS if texted else container.settings.otp_ttl_seconds) // 60)
 
 
 def _bookable_day(container: Container, date: str) -> dt.date:

@@ -345,7 +345,8 @@ def test_on_a_360_px_phone_the_header_is_two_rows(phone: Any, site: Site, server
 def test_pages_are_accessible_and_keyboard_friendly(phone: Any, desk: Any, site: Site) -> None:
     page = phone.new_page()
     for path in ("/", "/offices?service=101&city=مشهد", "/offices/010001?service=102", "/lookup", "/signin",
-                 "/complaints", "/lookup?tracking_code=nope", "/bookings/ABCDEFGHJK", "/offices/999999"):  # fmt: skip
+                 "/complaints", "/lookup?tracking_code=nope", "/bookings/ABCDEFGHJK", "/offices/999999",
+                 "/signin/code?mobile=09121234567", "/signin/code?mobile=09121234567&texted=1"):  # fmt: skip
         page.goto(path)
         site.check(page)
 
