@@ -114,7 +114,7 @@ async def transaction_id(session: AsyncSession) -> int | None:
 async def commit_outcome(session: AsyncSession, xid: int | None) -> bool | None:
     """After a commit raised: whether it landed. None when that cannot be told: the record
     does not answer, or the transaction is still finishing after SETTLE_SECONDS (a commit
-    waiting for a replica). The session is rolled back, ready for use again.
+    waiting for a replica). The session is rolled back (what it had loaded is expired).
 
     PostgreSQL says it itself (``txid_status``, made for a commit's lost answer): reading
     the rows back could look while the commit is still finishing, and see it not landed
@@ -131,7 +131,7 @@ async def commit_outcome(session: AsyncSession, xid: int | None) -> bool | None:
             if status in ("committed", "aborted"):
                 return status == "committed"
             if status is None or asyncio.get_running_loop().time() >= deadline:
-                return None  # None: too old to be told (it cannot be, a moment later)
+                return None  # a status of None: PostgreSQL no longer knows the transaction
             await asyncio.sleep(0.1)
     except SQLAlchemyError:
         with contextlib.suppress(SQLAlchemyError):

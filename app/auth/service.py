@@ -41,7 +41,8 @@ VERIFY = """
 -- KEYS[1] = the mobile's codes (ISSUE)
 -- ARGV[1] = digest of the code presented, ARGV[2] = guesses at a code that burn the codes,
 -- ARGV[3] = now (unix ms)
--- Returns OK (and deletes the codes: signing in is once), WRONG, BURNT or NONE.
+-- Returns {OK, Redis's clock in ms} (and deletes the codes: signing in is once), WRONG, BURNT
+-- or NONE.
 -- A wrong try while two codes are live was a guess at each, and counts twice: else asking
 -- for a second code doubled the chance of each guess, and the guessing bound with it. The
 -- codes burn before a try would take the count past the bound.
@@ -51,7 +52,8 @@ local function live(digest, expires) return digest and (not expires or tonumber(
 local latest, earlier = live(code[1], code[2]), live(code[3], code[4])
 if (latest and code[1] == ARGV[1]) or (earlier and code[3] == ARGV[1]) then
   redis.call('DEL', KEYS[1])
-  return 'OK'
+  local t = redis.call('TIME')
+  return {'OK', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 end
 if not latest and not earlier then redis.call('DEL', KEYS[1]) return 'NONE' end
 local cost = (latest and earlier) and 2 or 1
@@ -62,19 +64,14 @@ return 'WRONG'
 
 TAKE_TEXTED = """
 -- KEYS[1] = the mobile's texted code (its digest), ARGV[1] = the digest of the code presented
--- Returns OK (and deletes it: signing in is once), WRONG or NONE. No try is counted: the code
--- cannot be guessed, and a count anyone can run up is a way to burn it.
+-- Returns VERIFY's OK (and deletes it: signing in is once), WRONG or NONE. No try is counted:
+-- the code cannot be guessed, and a count anyone can run up is a way to burn it.
 local digest = redis.call('GET', KEYS[1])
 if not digest then return 'NONE' end
-if digest == ARGV[1] then redis.call('DEL', KEYS[1]) return 'OK' end
-return 'WRONG'
-"""
-
-NEXT_GENERATION = """
--- KEYS[1] = the number's generation (how many times it signed out everywhere), ARGV[1] = seconds to keep it
-local generation = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return generation
+if digest ~= ARGV[1] then return 'WRONG' end
+redis.call('DEL', KEYS[1])
+local t = redis.call('TIME')
+return {'OK', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 """
 
 TEXTED_CODE_SECONDS = 600
@@ -95,11 +92,6 @@ def _texted_key(mobile: str) -> str:
     return f"{NAMESPACE}:otp-texted:{mobile}"
 
 
-def _generation_key(mobile: str) -> str:
-    """How many times the number has signed out everywhere (``_end_every_token``)."""
-    return f"{NAMESPACE}:token-generation:{mobile}"
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -113,12 +105,11 @@ class CitizenAuth:
         self._issue = redis.register_script(ISSUE)
         self._verify = redis.register_script(VERIFY)
         self._take_texted = redis.register_script(TAKE_TEXTED)
-        self._next_generation = redis.register_script(NEXT_GENERATION)
         # The number a refusal tells citizens to text: TWILIO_FROM may be a messaging service.
         sender = settings.twilio_from
         self.sms_number = settings.sms_number or (sender if sender.startswith("+") else "")
         self.signed_out = SignedOutTokens(redis, keep_seconds=settings.token_ttl_seconds)
-        # token -> (mobile, expiry, generation). PyJWT checks a token's base64 one character at a time in
+        # token -> (mobile, expiry, signed in at). PyJWT checks a token's base64 one character at a time in
         # Python: a twentieth of a booking. A token verified once stays valid until it
         # expires (the key only changes with a restart), so the same string is not checked twice.
         self._verified: LRUCache[str, tuple[str, int, int]] = LRUCache(maxsize=VERIFIED_TOKENS)
@@ -187,23 +178,24 @@ class CitizenAuth:
                     detail_fa="کد ۶ رقم است (کدی که با پیامک «ورود» گرفته‌اید ۱۰ حرف و رقم لاتین است).",
                 ) from None
             outcome = await self._take_texted(keys=[_texted_key(mobile)], args=[self._digest(mobile, texted)])
+        if isinstance(outcome, list):  # OK, and when by Redis's clock
+            return self.issue_token(mobile, signed_in_at=int(outcome[1]))
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "WRONG":
             raise WrongCode()
-        if outcome != "OK":
-            raise CodeExpired()
-        return self.issue_token(mobile, generation=int(await self.redis.get(_generation_key(mobile)) or 0))
+        raise CodeExpired()
 
-    def issue_token(self, mobile: str, *, generation: int = 0) -> str:
-        """A token for the mobile, of its ``generation``: how many times it has signed out
-        everywhere, each of which ends the tokens of the generations before."""
-        now = int(time.time())
+    def issue_token(self, mobile: str, *, signed_in_at: int | None = None) -> str:
+        """A token for the mobile. ``signed_in_at``: when its code was taken, in ms by Redis's
+        clock (the "at" claim), which a sign-out everywhere is told by too: one clock, not
+        each instance's (now, by this one's, when not given)."""
+        now = time.time()
         claims = {
             "sub": mobile,
-            "iat": now,
-            "exp": now + self.settings.token_ttl_seconds,
+            "iat": int(now),
+            "exp": int(now) + self.settings.token_ttl_seconds,
             "role": "citizen",
-            "gen": generation,
+            "at": int(now * 1000) if signed_in_at is None else signed_in_at,
         }
         return jwt.encode(claims, self.settings.secret_key, algorithm=TOKEN_ALGORITHM)
 
@@ -230,14 +222,13 @@ class CitizenAuth:
         await self._end_every_token(mobile)
 
     async def _end_every_token(self, mobile: str) -> None:
-        """End every token of the number issued until now, and its live codes: one already on
-        a lost phone must not sign in after. The number's next generation: a sign-in from
-        now on is of it."""
+        """End every token of the number signed in until now, and its live codes: one already
+        on a lost phone must not sign in after. The codes go first: a sign-in that took one
+        before did so earlier by Redis's clock, and is ended with the rest; one after finds
+        none. (Within the same millisecond, ended too: the citizen signs in again.)"""
         await self.redis.delete(_otp_key(mobile), _texted_key(mobile))
-        # Kept while a token of an earlier generation may live, and as long again: gone after
-        # that, the next sign-out's generation (1) is above every token then alive (all 0).
-        generation = await self._next_generation(keys=[_generation_key(mobile)], args=[2 * self.signed_out.keep])
-        await self.signed_out.add_everywhere(mobile, int(generation))
+        seconds, microseconds = await self.redis.time()
+        await self.signed_out.add_everywhere(mobile, int(seconds) * 1000 + int(microseconds) // 1000)
 
     def mobile_from_token(self, token: str) -> str:
         if token in self.signed_out:
@@ -245,22 +236,25 @@ class CitizenAuth:
         known = self._verified.get(token)
         if known is None or time.time() >= known[1]:
             known = self._verify_token(token)
-        mobile, _, generation = known
-        if self.signed_out.ended_everywhere(mobile, generation):
+        mobile, _, signed_in_at = known
+        if self.signed_out.ended_everywhere(mobile, signed_in_at):
             raise Unauthorized("The number signed out everywhere; sign in again.")
         return mobile
 
     def _verify_token(self, token: str) -> tuple[str, int, int]:
-        """The token's mobile, expiry and generation, checked (and remembered while it lasts)."""
+        """The token's mobile, expiry and sign-in time (ms), checked (and remembered while it lasts)."""
         try:
             claims = jwt.decode(token, self.settings.secret_key, algorithms=[TOKEN_ALGORITHM])
         except jwt.PyJWTError:
             raise Unauthorized("The token is invalid or expired; sign in again.") from None
         if claims.get("role") != "citizen":
             raise Unauthorized()
-        expires, generation = claims.get("exp"), claims.get("gen", 0)  # none: from before generations
-        if not isinstance(expires, int) or not isinstance(generation, int):
+        expires, issued = claims.get("exp"), claims.get("iat")
+        if not isinstance(expires, int) or not isinstance(issued, int):
             raise Unauthorized("The token is invalid or expired; sign in again.")
-        found = (str(claims["sub"]), expires, generation)
+        signed_in_at = claims.get("at", issued * 1000)  # none: a token from before "at"
+        if not isinstance(signed_in_at, int):
+            raise Unauthorized("The token is invalid or expired; sign in again.")
+        found = (str(claims["sub"]), expires, signed_in_at)
         self._verified[token] = found
         return found

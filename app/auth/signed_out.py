@@ -13,9 +13,9 @@ Redis's clock, and every instance reads what was added since its last look once 
 the background (``run``); the check itself stays a lookup in memory. The instance that signs a token out
 refuses it at once. A digest is kept as long as a token lives, and a margin for the
 instances' clocks: after that the token has expired. Signing out everywhere is one more
-member of the set (``EVERYWHERE``), kept as long: the number and its new generation. Each
-token carries the generation its number had when it was issued (app.auth.service), so
-"issued until then" is told without comparing two machines' clocks.
+member of the set (``EVERYWHERE``), kept as long: the number and the moment, by Redis's
+clock, as each token's sign-in is (app.auth.service): one clock, not two machines'. A moment
+is all it keeps, so nothing lost or left over can refuse a later sign-in.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ checked it, a digest's age by Redis's (in the set) or by when it was heard of (h
 
 
 EVERYWHERE = "everywhere:"
-"""A member "everywhere:<mobile>:<generation>" ends the number's tokens of earlier generations."""
+"""A member "everywhere:<mobile>:<ms>" ends the number's tokens signed in until then (Redis's clock)."""
 
 
 def digest(token: str) -> str:
@@ -66,25 +66,25 @@ class SignedOutTokens:
         # member of the set (a digest, or EVERYWHERE's) -> when this instance heard of it
         # (monotonic), the oldest first
         self._heard: dict[str, float] = {}
-        self._generation: dict[str, int] = {}  # mobile -> its tokens of earlier generations are ended
+        self._until: dict[str, int] = {}  # mobile -> its tokens signed in until then (ms) are ended
         self._looked_at: int | None = None  # Redis's clock at the last look
 
     def __contains__(self, token: str) -> bool:
         # A digest costs a microsecond or two, against a booking's few hundred.
         return bool(self._heard) and digest(token) in self._heard
 
-    def ended_everywhere(self, mobile: str, generation: int) -> bool:
-        """Whether the number signed out everywhere since a token of this generation was issued."""
-        return bool(self._generation) and generation < self._generation.get(mobile, 0)
+    def ended_everywhere(self, mobile: str, signed_in_at: int) -> bool:
+        """Whether the number signed out everywhere since a token signed in at this moment (ms)."""
+        return bool(self._until) and signed_in_at <= self._until.get(mobile, -1)
 
     async def add(self, token: str) -> None:
         """Sign the token out: refused here at once (even if Redis does not answer, which is
         raised), by the other instances at their next look."""
         await self._add(digest(token))
 
-    async def add_everywhere(self, mobile: str, generation: int) -> None:
-        """End every token of the number of a generation before this one, as ``add``."""
-        await self._add(f"{EVERYWHERE}{mobile}:{generation}")
+    async def add_everywhere(self, mobile: str, until: int) -> None:
+        """End every token of the number signed in until this moment (ms, Redis's clock), as ``add``."""
+        await self._add(f"{EVERYWHERE}{mobile}:{until}")
 
     async def _add(self, member: str) -> None:
         self._heard_of(member, time.monotonic())
@@ -96,11 +96,11 @@ class SignedOutTokens:
         self._heard[member] = heard
         if member.startswith(EVERYWHERE):
             try:
-                mobile, generation = _everywhere(member)
+                mobile, until = _everywhere(member)
             except ValueError:  # not ours: one bad member must not stop every look after it
                 log.error("a sign-out everywhere that is not one: %r", member)
                 return
-            self._generation[mobile] = max(generation, self._generation.get(mobile, 0))
+            self._until[mobile] = max(until, self._until.get(mobile, -1))
 
     async def look(self) -> None:
         """Learn the tokens signed out on other instances since the last look."""
@@ -136,12 +136,12 @@ class SignedOutTokens:
             del self._heard[oldest]
             if oldest.startswith(EVERYWHERE):
                 with contextlib.suppress(ValueError):  # logged when heard
-                    mobile, generation = _everywhere(oldest)
-                    if self._generation.get(mobile) == generation:  # not a later one's
-                        del self._generation[mobile]
+                    mobile, until = _everywhere(oldest)
+                    if self._until.get(mobile) == until:  # not a later one's
+                        del self._until[mobile]
 
 
 def _everywhere(member: str) -> tuple[str, int]:
-    """The mobile and the generation of an EVERYWHERE member."""
-    mobile, _, generation = member.removeprefix(EVERYWHERE).rpartition(":")
-    return mobile, int(generation)
+    """The mobile and the moment of an EVERYWHERE member."""
+    mobile, _, until = member.removeprefix(EVERYWHERE).rpartition(":")
+    return mobile, int(until)

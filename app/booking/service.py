@@ -724,8 +724,8 @@ class BookingService:
         stopped it before a commit (the codes after it not tried): a recount (committed during
         the count, as for a booking, the seat could be left out of it and sold again; asked
         of Redis itself, for a job's process has no watch), or the record's error, a failed
-        commit's too once the record says it did not land. One that landed is carried on
-        from; one the record cannot tell of is raised."""
+        commit's included (its bookings counted as booked unless the record says it did
+        not land: ``commit_outcome``)."""
         recorded: set[str] = set()
         left: set[str] = set()
         codes = list(given)
@@ -778,15 +778,15 @@ class BookingService:
             try:
                 await session.commit()
             except SQLAlchemyError as error:
-                # Its answer lost, the commit may have landed: asked of the record, as a seat
-                # given back for a booking that landed would be sold twice.
-                landed = await commit_outcome(session, xid)
-                if landed is None:
-                    raise  # every seat given stays counted, for nobody, until a rebuild
-                if not landed:
-                    return recorded, left | (set(chunk) - booked_codes), error
-                # Landed: its messages go out with the sweep of messages left unsent.
-                log.warning("a promotion's commit raised and had landed: %s", error)
+                # Its answer lost, the commit may have landed: the record is asked, as a seat
+                # given back for a booking that landed would be sold twice. Landed, or not to
+                # be told, the chunk's bookings keep their seats (untold: held for nobody if
+                # it had not, until a rebuild); the citizens not booked, and the chunks after,
+                # go back to the head of their lines, as after any error. A landed commit's
+                # messages go out with the sweep of messages left unsent.
+                if await commit_outcome(session, xid) is not False:
+                    recorded |= booked_codes
+                return recorded, left | (set(chunk) - booked_codes), error
             recorded |= booked_codes
             left |= set(chunk) - booked_codes
         return recorded, left, None

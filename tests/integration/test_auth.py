@@ -255,18 +255,18 @@ async def test_signing_out_everywhere_ends_every_token_of_the_number_and_no_othe
     office_computer = await sign_in(client, redis_sync, deliver, "09120001616")
     someone_else = await sign_in(client, redis_sync, deliver, "09120001717")
     now = int(time.time())
-    before_generations = {  # a token issued before tokens carried one
+    before_at = {  # a token issued before tokens said when they signed in, by Redis's clock
         "Authorization": "Bearer "
         + jwt.encode(
             {"sub": "09120001616", "iat": now, "exp": now + 600, "role": "citizen"}, settings.secret_key, "HS256"
         )
     }
-    assert await signed_in(client, before_generations)
+    assert await signed_in(client, before_at)
     async with AsyncTestClient(create_app(settings)) as elsewhere:  # another instance, same Redis
         assert await signed_in(elsewhere, office_computer)
         assert (await client.post("/api/v1/auth/logout/everywhere", headers=phone)).status_code == 204
         assert not await signed_in(client, phone) and not await signed_in(client, office_computer)
-        assert not await signed_in(client, before_generations)
+        assert not await signed_in(client, before_at)
         await asyncio.sleep(signed_out.LOOK_EVERY + 0.5)
         assert not await signed_in(elsewhere, office_computer) and not await signed_in(elsewhere, phone)
         assert await signed_in(client, someone_else) and await signed_in(elsewhere, someone_else)
@@ -378,16 +378,17 @@ async def test_a_digest_is_kept_as_long_as_a_token_lives(
         await there.look()
         assert "header.first.signature" not in there and "header.second.signature" in there
 
-        # A sign-out everywhere, the same; the number's latest counts, heard in any order.
-        await here.add_everywhere("09120001818", 2)
-        await here.add_everywhere("09120001818", 1)
+        # A sign-out everywhere, the same: it ends what signed in until its moment (ms).
+        await here.add_everywhere("09120001818", 2000)
         await there.look()
-        assert there.ended_everywhere("09120001818", 1) and not there.ended_everywhere("09120001818", 2)
+        await here.add_everywhere("09120001818", 1000)  # heard after: the later moment stays
+        await there.look()
+        assert there.ended_everywhere("09120001818", 2000) and not there.ended_everywhere("09120001818", 2001)
         assert not there.ended_everywhere("09120001919", 0)  # another number
         await asyncio.sleep(1.1)
         await here.add("header.third.signature")
         await there.look()
-        assert not there.ended_everywhere("09120001818", 1)
+        assert not there.ended_everywhere("09120001818", 1000)
         assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
     finally:
         await redis.aclose()
