@@ -1,13 +1,14 @@
 """In-process timing of the nearby search over the full national dataset.
 
-    .venv/bin/python -m loadtests.bench_nearby [--searches 3000]
+    .venv/bin/python -m loadtests.bench_nearby [--searches 3000] [--parts]
 
 Builds the 17,000-office demo network in a temporary SQLite file, counts it into a fresh
 embedded redis-server, loads the office directory as the app does at start, then times
 LoadService.nearby (the nearest offices from the directory's k-d trees, one pipelined read of
 the candidates, the ranking, the winners' names from the directory) from random points
 around random cities, for today or, on a Friday (closed), tomorrow. Prints p50/p95/p99 in milliseconds, and the CPU time per search of
-this process and of redis-server.
+this process and of redis-server. ``--parts``: also the wall time of the search's parts
+(the nearest offices, their counters read, the cards), each timed around its call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,49 @@ from app.settings import load_settings
 FRIDAY = 6  # app.capacity.plan counts the week from Saturday
 
 
-async def main(searches: int) -> None:
+PARTS = (
+    ("the nearest offices (GeoIndex.nearest)", "app.offices.nearest", "GeoIndex", "nearest"),
+    ("the counters read (DayReader.sums)", "app.capacity.reading", "DayReader", "sums"),
+    ("the cards (OfficeDirectory.cards)", "app.offices.directory", "OfficeDirectory", "cards"),
+)
+
+
+def _time_parts() -> dict[str, list[float]]:
+    """Wrap each of PARTS to add its calls' wall time (s) to the list returned."""
+    import functools
+    import importlib
+    import inspect
+
+    spent: dict[str, list[float]] = {}
+    for label, module, cls, name in PARTS:
+        owner = getattr(importlib.import_module(module), cls)
+        call, times = getattr(owner, name), spent.setdefault(label, [])
+
+        if inspect.iscoroutinefunction(call):
+
+            async def timed_async(*args: Any, _call: Any = call, _times: list[float] = times, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await _call(*args, **kwargs)
+                finally:
+                    _times.append(time.perf_counter() - started)
+
+            setattr(owner, name, functools.wraps(call)(timed_async))
+        else:
+
+            def timed(*args: Any, _call: Any = call, _times: list[float] = times, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return _call(*args, **kwargs)
+                finally:
+                    _times.append(time.perf_counter() - started)
+
+            setattr(owner, name, functools.wraps(call)(timed))
+    return spent
+
+
+async def main(searches: int, parts: bool = False) -> None:
+    spent = _time_parts() if parts else {}
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis").start()
         settings = load_settings({}).with_(database_url=f"sqlite+aiosqlite:///{tmp}/bench.db", redis_url=server.url)
@@ -87,6 +130,8 @@ async def main(searches: int) -> None:
                 f"CPU per search: this process {app_cpu / searches * 1e6:.0f} us, "
                 f"redis-server {redis_cpu / searches * 1e6:.0f} us"
             )
+            for label, times in spent.items():
+                print(f"{label}: {sum(times) / searches * 1e6:.0f} us a search ({len(times)} calls)")
         finally:
             await container.close()
             server.stop()
@@ -100,4 +145,6 @@ async def _redis_cpu(redis: Any) -> float:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--searches", type=int, default=3000)
-    asyncio.run(main(parser.parse_args().searches))
+    parser.add_argument("--parts", action="store_true", help="also time the search's parts")
+    args = parser.parse_args()
+    asyncio.run(main(args.searches, args.parts))
