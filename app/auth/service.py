@@ -74,6 +74,15 @@ local t = redis.call('TIME')
 return {'OK', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 """
 
+END_CODES = """
+-- KEYS[1], KEYS[2] = the mobile's web codes and texted code (one slot)
+-- Deletes both; returns the moment, in ms by the clock VERIFY and TAKE_TEXTED read: a code
+-- taken before is taken earlier by it, and one asked for after is not there.
+redis.call('DEL', KEYS[1], KEYS[2])
+local t = redis.call('TIME')
+return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
 TEXTED_CODE_SECONDS = 600
 """Life of a code asked for by text (``ورود``): read on the phone and typed into a computer,
 perhaps at an office's counter. 50 random bits, like a tracking code: no guess finds it in
@@ -89,7 +98,9 @@ def _otp_key(mobile: str) -> str:
 
 
 def _texted_key(mobile: str) -> str:
-    return f"{NAMESPACE}:otp-texted:{mobile}"
+    # On the web codes' slot of a Redis Cluster (their key is its hash tag): both are taken,
+    # and ended, on one node, by its clock (END_CODES).
+    return f"{NAMESPACE}:otp-texted:{{{_otp_key(mobile)}}}"
 
 
 def _now_ms() -> int:
@@ -105,6 +116,7 @@ class CitizenAuth:
         self._issue = redis.register_script(ISSUE)
         self._verify = redis.register_script(VERIFY)
         self._take_texted = redis.register_script(TAKE_TEXTED)
+        self._end_codes = redis.register_script(END_CODES)
         # The number a refusal tells citizens to text: TWILIO_FROM may be a messaging service.
         sender = settings.twilio_from
         self.sms_number = settings.sms_number or (sender if sender.startswith("+") else "")
@@ -170,25 +182,31 @@ class CitizenAuth:
             )
         else:
             try:
-                texted = normalize_tracking_code(code)  # written as a tracking code is, and as forgiving
+                code = normalize_tracking_code(code)  # written as a tracking code is, and as forgiving
             except InvalidInput:
                 raise InvalidInput(
                     "code",
                     "The code is 6 digits (10 letters and digits if it was asked for by text).",
                     detail_fa="کد ۶ رقم است (کدی که با پیامک «ورود» گرفته‌اید ۱۰ حرف و رقم لاتین است).",
                 ) from None
-            outcome = await self._take_texted(keys=[_texted_key(mobile)], args=[self._digest(mobile, texted)])
+            outcome = await self._take_texted(keys=[_texted_key(mobile)], args=[self._digest(mobile, code)])
         if isinstance(outcome, list):  # OK, and when by Redis's clock
             return self.issue_token(mobile, signed_in_at=int(outcome[1]))
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "WRONG":
             raise WrongCode()
+        if outcome == "BURNT":  # perhaps by someone else's guesses: a texted code cannot be
+            raise CodeExpired(
+                "Too many wrong tries burnt the code. Ask for a new one, or text LOGIN from this phone for one.",
+                detail_fa="با چند بار ورود نادرست، کد باطل شد. کد تازه بگیرید، یا از همین گوشی پیامک «ورود» بفرستید.",
+            )
         raise CodeExpired()
 
     def issue_token(self, mobile: str, *, signed_in_at: int | None = None) -> str:
-        """A token for the mobile. ``signed_in_at``: when its code was taken, in ms by Redis's
-        clock (the "at" claim), which a sign-out everywhere is told by too: one clock, not
-        each instance's (now, by this one's, when not given)."""
+        """A token for the mobile. ``signed_in_at`` (the "at" claim): when its code was taken,
+        in ms by the clock of the Redis node holding the number's codes, which a sign-out
+        everywhere reads too (``_end_every_token``). Not given (tests, load tests): this
+        instance's clock now."""
         now = time.time()
         claims = {
             "sub": mobile,
@@ -223,12 +241,12 @@ class CitizenAuth:
 
     async def _end_every_token(self, mobile: str) -> None:
         """End every token of the number signed in until now, and its live codes: one already
-        on a lost phone must not sign in after. The codes go first: a sign-in that took one
-        before did so earlier by Redis's clock, and is ended with the rest; one after finds
-        none. (Within the same millisecond, ended too: the citizen signs in again.)"""
-        await self.redis.delete(_otp_key(mobile), _texted_key(mobile))
-        seconds, microseconds = await self.redis.time()
-        await self.signed_out.add_everywhere(mobile, int(seconds) * 1000 + int(microseconds) // 1000)
+        on a lost phone must not sign in after. Both by the clock of the node that holds the
+        number's codes (END_CODES), which told each token when its code was taken: a sign-in
+        racing this took its code before (and is ended) or finds none. Within the same
+        millisecond it is ended too; the citizen signs in again."""
+        until = await self._end_codes(keys=[_otp_key(mobile), _texted_key(mobile)])
+        await self.signed_out.add_everywhere(mobile, int(until))
 
     def mobile_from_token(self, token: str) -> str:
         if token in self.signed_out:

@@ -13,9 +13,10 @@ Redis's clock, and every instance reads what was added since its last look once 
 the background (``run``); the check itself stays a lookup in memory. The instance that signs a token out
 refuses it at once. A digest is kept as long as a token lives, and a margin for the
 instances' clocks: after that the token has expired. Signing out everywhere is one more
-member of the set (``EVERYWHERE``), kept as long: the number and the moment, by Redis's
-clock, as each token's sign-in is (app.auth.service): one clock, not two machines'. A moment
-is all it keeps, so nothing lost or left over can refuse a later sign-in.
+member of the set (``EVERYWHERE``), kept as long: the number and the moment, by the clock
+of the Redis node that holds the number's codes, which also told each token when its code
+was taken (app.auth.service): one clock, not two machines'. A moment is all it keeps, so
+nothing lost or left over can refuse a later sign-in.
 """
 
 from __future__ import annotations

@@ -164,3 +164,28 @@ def _node_of(redis: Any, key: str) -> tuple[str, int]:
         return node.host, node.port
     kwargs = redis.connection_pool.connection_kwargs
     return kwargs["host"], kwargs["port"]
+
+
+async def test_sign_in_by_text_and_sign_out_everywhere_on_the_cluster(
+    client: Client, world: World, cluster_sync: SyncCluster
+) -> None:
+    """A number's web codes and texted code share a slot, so that one node's clock tells
+    when each was taken and when the number signed out everywhere."""
+    from app.auth.service import _otp_key, _texted_key
+
+    mobiles = [f"0912000{n:04d}" for n in range(8)]
+    for mobile in mobiles:
+        assert cluster_sync.keyslot(_otp_key(mobile)) == cluster_sync.keyslot(_texted_key(mobile))
+    assert len({cluster_sync.keyslot(_otp_key(mobile)) for mobile in mobiles}) > 1
+    auth = world.container.auth
+    for mobile in mobiles:
+        async with world.container.sessions() as session:
+            await auth.request_code_by_sms(session=session, mobile=mobile)
+            await session.commit()
+    tokens = {mobile: {"Authorization": f"Bearer {auth.issue_token(mobile)}"} for mobile in mobiles}
+    probe = "/api/v1/bookings/ABCDEFGHJK/cancel"  # a citizen's 404, no one's 401
+    answer = await client.post("/api/v1/auth/logout/everywhere", headers=tokens[mobiles[0]])
+    assert answer.status_code == 204, answer.text
+    assert cluster_sync.exists(_texted_key(mobiles[0])) == 0 and cluster_sync.exists(_texted_key(mobiles[1])) == 1
+    assert (await client.post(probe, headers=tokens[mobiles[0]])).status_code == 401
+    assert (await client.post(probe, headers=tokens[mobiles[1]])).status_code == 404
