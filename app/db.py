@@ -111,10 +111,11 @@ async def transaction_id(session: AsyncSession) -> int | None:
     return int(await session.scalar(text("SELECT txid_current()")))
 
 
-async def commit_outcome(session: AsyncSession, xid: int | None) -> bool | None:
+async def commit_outcome(session: AsyncSession, xid: int | None, *, wait: float | None = None) -> bool | None:
     """After a commit raised: whether it landed. None when that cannot be told: the record
-    does not answer, or the transaction is still finishing after SETTLE_SECONDS (a commit
-    waiting for a replica). The session is rolled back (what it had loaded is expired).
+    does not answer, or the transaction is still finishing after ``wait`` seconds (a commit
+    waiting for a replica; SETTLE_SECONDS unless given). The session is rolled back (what it
+    had loaded is expired).
 
     PostgreSQL says it itself (``txid_status``, made for a commit's lost answer): reading
     the rows back could look while the commit is still finishing, and see it not landed
@@ -124,7 +125,7 @@ async def commit_outcome(session: AsyncSession, xid: int | None) -> bool | None:
         await session.rollback()  # a transaction still open on a live connection ends here, not landed
         if xid is None:
             return False
-        deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+        deadline = asyncio.get_running_loop().time() + (SETTLE_SECONDS if wait is None else wait)
         while True:
             status = await session.scalar(text("SELECT txid_status(:xid)"), {"xid": xid})
             await session.rollback()

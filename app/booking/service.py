@@ -605,9 +605,11 @@ class BookingService:
 
     async def fill_waitlists_left(self, *, session: AsyncSession) -> int:
         """Fill the lines a failed promotion left with a free seat in front of them
-        (``_record_promotions``); the minute's job. The lines filled."""
+        (``_record_promotions``), once the promotions left untold are settled; the minute's
+        job. The lines filled."""
         if not await self.capacity.is_built():
             return 0  # paused for a recount, which fills every line when it ends
+        await self.settle_promotions(session=session)
         lines = await self.capacity.take_left_to_fill()
         if lines:
             try:
@@ -778,18 +780,46 @@ class BookingService:
             try:
                 await session.commit()
             except SQLAlchemyError as error:
-                # Its answer lost, the commit may have landed: the record is asked, as a seat
-                # given back for a booking that landed would be sold twice. Landed, or not to
-                # be told, the chunk's bookings keep their seats (untold: held for nobody if
-                # it had not, until a rebuild); the citizens not booked, and the chunks after,
-                # go back to the head of their lines, as after any error. A landed commit's
-                # messages go out with the sweep of messages left unsent.
-                if await commit_outcome(session, xid) is not False:
+                # Its answer lost, the commit may have landed. The record is asked: a seat
+                # given back for a booking that landed would be sold twice.
+                landed = await commit_outcome(session, xid)
+                if landed is not False:  # landed, or not yet to be told: the seats are kept
                     recorded |= booked_codes
+                if landed is None:
+                    await self._settle_later(xid, [(code, given[code]) for code in sorted(booked_codes)])
+                # The citizens not booked, and the chunks after, go back to the head of their
+                # lines, as after any error. (A landed commit's messages go with the sweep.)
                 return recorded, left | (set(chunk) - booked_codes), error
             recorded |= booked_codes
             left |= set(chunk) - booked_codes
         return recorded, left, None
+
+    async def _settle_later(self, xid: int | None, given: list[tuple[str, Seat]]) -> None:
+        """Leave promotions whose commit could not be told of to the minute's job
+        (``settle_promotions``); if even that fails, they wait for a rebuild, their seats held."""
+        if xid is None or not given:
+            return
+        try:
+            await self.capacity.settle_later(xid, given)
+        except RedisError:
+            log.exception("promotions of an untold commit wait for a rebuild: %s", [code for code, _ in given])
+
+    async def settle_promotions(self, *, session: AsyncSession) -> int:
+        """Settle the promotions whose commit could not be told of (``_promote``), now that
+        PostgreSQL can say: landed, they stand; not, their citizens go back to the head of
+        their lines, and the lines are filled. Still unknown (a transaction still open), they
+        wait for the next run. The promotions settled."""
+        settled = 0
+        for xid, given in (await self.capacity.promotions_to_settle()).items():
+            landed = await commit_outcome(session, xid, wait=0)
+            if landed is None:
+                continue
+            if not landed:
+                await self.capacity.unpromote([(seat, code) for code, seat in reversed(given)])
+                await self.capacity.fill_later([seat for _, seat in given])
+            await self.capacity.settled(xid)
+            settled += len(given)
+        return settled
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB

@@ -70,6 +70,11 @@ WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
 given (a promotion the record failed to take, app.booking.service): a set the minute's job
 empties."""
 
+PROMOTIONS_TO_SETTLE = f"{NAMESPACE}:promotions-to-settle"
+"""Promotions whose commit raised and whose outcome the record could not tell at once
+(app.booking.service): a hash, the transaction's id -> the codes given seats and their seats
+(JSON), which the minute's job settles once PostgreSQL can say whether it landed."""
+
 DAYS_CHANGED = f"{NAMESPACE}:days-changed"
 """Which office-days changed lately, for the instances' copies of the counters to forget
 (app.capacity.reading): a sorted set of ``day_change`` members (or EVERY_DAY_CHANGED),

@@ -335,6 +335,24 @@ class Capacity:
             lines = {keys.waitlist(seat.office_code, seat.day, seat.pool) for seat in seats}
             await self.redis.sadd(keys.WAITLISTS_TO_FILL, *lines)
 
+    async def settle_later(self, xid: int, given: Sequence[tuple[str, Seat]]) -> None:
+        """Leave a promotion whose commit could not be told of to the minute's job
+        (``keys.PROMOTIONS_TO_SETTLE``): its transaction's id, and each code with its seat."""
+        await self.redis.hset(keys.PROMOTIONS_TO_SETTLE, str(xid), msgspec.json.encode(list(given)))
+
+    async def promotions_to_settle(self) -> dict[int, list[tuple[str, Seat]]]:
+        found = {}
+        for xid, given in (await self.redis.hgetall(keys.PROMOTIONS_TO_SETTLE)).items():
+            try:
+                found[int(as_text(xid))] = msgspec.json.decode(given, type=list[tuple[str, Seat]])
+            except (ValueError, msgspec.DecodeError):  # not ours: dropped, for it would stop every later run
+                log.error("a promotion to settle that is not one: %r", xid)
+                await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, xid)
+        return found
+
+    async def settled(self, xid: int) -> None:
+        await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, str(xid))
+
     async def take_left_to_fill(self, count: int = 500) -> list[Seat]:
         """Some of the lines left to fill, taken off the set, each as the seat to give them
         (any time: ``Seat``); ``fill_later`` them again if their fill fails."""

@@ -36,6 +36,7 @@ from app.booking.schemas import BookingCreate
 from app.capacity import keys, watch
 from app.capacity.errors import CapacityRebuilding
 from app.capacity.plan import DayRule
+from app.capacity.service import Seat
 from app.capacity.watch import rebuild_paused
 from app.container import Container
 from app.db import commit_outcome, transaction_id
@@ -491,9 +492,9 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
     answer lost. Not landed, the citizen is first in line again and the minute's job books
     them (they had been out of the line until a rebuild, their seat held for nobody); landed,
     they are booked and the seat is counted once, not given back to be sold again; not to be
-    told (None), the seat stays counted, for nobody if need be, until a rebuild."""
-    if landed and not database_url.startswith("postgresql"):
-        pytest.skip("a SQLite commit that raises has not landed")
+    told at once (None), the seat stays counted and the minute's job asks again."""
+    if landed is not False and not database_url.startswith("postgresql"):
+        pytest.skip("a SQLite commit that raises has not landed, and its outcome is always told")
     office, day, code, waiting = await full_with_one_waiting(client, world)
     capacity = client.app.state.container.capacity
     may_commit, commit = capacity.may_commit, AsyncSession.commit
@@ -528,6 +529,8 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
     with SyncRedis.from_url(capacity_redis.url) as redis:
         if landed is not False:
             assert redis.lrange(line, 0, -1) == [] and redis.smembers(keys.WAITLISTS_TO_FILL) == set()
+            assert ten_oclock_used(capacity_redis, office, day) == 2  # the seat kept
+            assert redis.hlen(keys.PROMOTIONS_TO_SETTLE) == (1 if landed is None else 0)
         else:
             assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
             assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
@@ -537,11 +540,10 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
     async with jobs.sessions() as session:
         await jobs.bookings.fill_waitlists_left(session=session)
     promoted = (await client.get(f"/api/v1/bookings/{waiting}")).json()
-    if landed is None:  # the safe side: the seat held for nobody, the citizen waiting, until a rebuild
-        assert promoted["status"] == "waitlisted" and ten_oclock_used(capacity_redis, office, day) == 2
-        return
-    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
+    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")  # None: it had not landed
     assert ten_oclock_used(capacity_redis, office, day) == 2
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.hlen(keys.PROMOTIONS_TO_SETTLE) == 0 and redis.lrange(line, 0, -1) == []
 
 
 async def test_a_commit_still_finishing_is_waited_for_not_guessed(
@@ -568,6 +570,28 @@ async def test_a_commit_still_finishing_is_waited_for_not_guessed(
         assert await commit_outcome(asking, xid) is None  # still open: cannot be told
         await finishing.rollback()
         assert await commit_outcome(asking, xid) is False
+
+
+async def test_an_untold_promotion_is_asked_about_again_until_the_record_can_say(
+    world: World, capacity_redis: EmbeddedRedis, database_url: str
+) -> None:
+    """Left to the minute's job, a promotion whose transaction is still open stays left; once
+    it has landed it is dropped, its seat kept and no one put back in line."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a SQLite commit's outcome is always told")
+    container = world.container
+    office = await world.office()
+    seat = Seat(office, world.tomorrow(), "*", "10:00")
+    async with container.sessions() as finishing, container.sessions() as job:
+        xid = await transaction_id(finishing)
+        assert xid is not None
+        await container.capacity.settle_later(xid, [("ABCDEFGHJK", seat)])
+        assert await container.bookings.settle_promotions(session=job) == 0  # still open
+        await finishing.commit()
+        assert await container.bookings.settle_promotions(session=job) == 1
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.hlen(keys.PROMOTIONS_TO_SETTLE) == 0
+        assert redis.lrange(keys.waitlist(office, seat.day, "*"), 0, -1) == []  # landed: nobody put back
 
 
 async def test_a_jobs_promotion_is_not_committed_once_a_recount_has_begun(
