@@ -426,7 +426,9 @@ class CitizenPages(Controller):
         try:
             mobile = normalize_mobile(mobile or "")
         except InvalidInput:
-            return see_other("/signin")
+            if texted != "1":
+                return see_other("/signin")
+            mobile = ""  # a code asked for by text, before any here: the form asks for the number too
         return render(
             request,
             container,
@@ -449,6 +451,11 @@ class CitizenPages(Controller):
             token = await container.auth.verify(mobile=mobile, code=data.get("code", ""), client=client)
         except DomainError as error:
             texted = data.get("texted") == "1"
+            try:
+                mobile = normalize_mobile(mobile)
+            except InvalidInput:
+                mobile = "" if texted else mobile  # the texted form asks for the number again
+            fields, aliases = (["code", "mobile"], None) if texted and not mobile else (["code"], {"mobile": "code"})
             return render(
                 request,
                 container,
@@ -462,8 +469,8 @@ class CitizenPages(Controller):
                 texted=texted,
                 code_minutes=_code_minutes(container, texted=texted),
                 sms_number=container.auth.sms_number,
-                errors=form_errors(error, ["code"], {"mobile": "code"}),
-                form={"code": data.get("code", "")},
+                errors=form_errors(error, fields, aliases),
+                form={"code": data.get("code", ""), "mobile": data.get("mobile", "")},
             )
         cookie = session_cookie(
             container, CITIZEN_COOKIE, token, max_age=container.settings.token_ttl_seconds, samesite="lax"

@@ -346,7 +346,7 @@ def test_pages_are_accessible_and_keyboard_friendly(phone: Any, desk: Any, site:
     page = phone.new_page()
     for path in ("/", "/offices?service=101&city=مشهد", "/offices/010001?service=102", "/lookup", "/signin",
                  "/complaints", "/lookup?tracking_code=nope", "/bookings/ABCDEFGHJK", "/offices/999999",
-                 "/signin/code?mobile=09121234567", "/signin/code?mobile=09121234567&texted=1"):  # fmt: skip
+                 "/signin/code?mobile=09121234567", "/signin/code?mobile=09121234567&texted=1", "/signin/code?texted=1"):  # fmt: skip
         page.goto(path)
         site.check(page)
 

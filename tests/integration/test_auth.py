@@ -430,3 +430,22 @@ async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
     signed_in = await client.post("/signin/code", data={**fields, "code": code[1].lower()}, follow_redirects=False)
     assert signed_in.status_code == 303, signed_in.text
     assert CITIZEN_COOKIE in signed_in.headers["set-cookie"]
+
+    # Texted before coming here at all: the sign-in page links to the form, which asks for the number too.
+    assert "/signin/code?texted=1" in (await client.get("/signin")).text
+    bare = await client.get("/signin/code?texted=1&next=/")
+    assert bare.status_code == 200 and 'name="mobile"' in bare.text and 'type="hidden" name="mobile"' not in bare.text
+    async with container.sessions() as session:
+        await container.auth.request_code_by_sms(session=session, mobile=mobile)
+        await session.commit()
+    await deliver()
+    [body] = [json.loads(raw)["body"] for raw in redis_sync.lrange(OUTBOX, 0, 0)]
+    code = re.search(r"([0-9A-Z]{5}-[0-9A-Z]{5})", body)
+    assert code, body
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', bare.text)
+    assert csrf
+    fields = {**fields, "_csrf": csrf[1]}  # the form's token is bound to the session signed in above
+    typo = await client.post("/signin/code", data={**fields, "mobile": "0912", "code": code[1]})
+    assert typo.status_code == 422 and 'name="mobile"' in typo.text  # asked again, the code kept
+    again = await client.post("/signin/code", data={**fields, "code": code[1]}, follow_redirects=False)
+    assert again.status_code == 303, again.text
