@@ -103,16 +103,9 @@ SETTLE_SECONDS = 5.0
 """How long ``commit_outcome`` waits for a transaction PostgreSQL is still finishing."""
 
 
-async def transaction_id(session: AsyncSession) -> int | None:
-    """The open transaction's id on PostgreSQL (None on SQLite): asked before a commit whose
-    answer may be lost, to learn after it whether it landed (``commit_outcome``)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return None
-    return int(await session.scalar(text("SELECT txid_current()")))
-
-
 async def commit_outcome(session: AsyncSession, xid: int | None, *, wait: float | None = None) -> bool | None:
-    """After a commit raised: whether it landed. None when that cannot be told: the record
+    """After a commit raised: whether the transaction ``xid`` (PostgreSQL's ``txid_current()``;
+    None on SQLite) landed. None when that cannot be told: the record
     does not answer, or the transaction is still finishing after ``wait`` seconds (a commit
     waiting for a replica; SETTLE_SECONDS unless given). The session is rolled back (what it
     had loaded is expired).

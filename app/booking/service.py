@@ -46,7 +46,7 @@ from app.capacity.errors import (
 from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
 from app.clock import Clock
-from app.db import OnDemand, Sessions, commit_outcome, transaction_id
+from app.db import OnDemand, Sessions, commit_outcome
 from app.errors import DomainError, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
@@ -736,8 +736,7 @@ class BookingService:
             if not self.capacity.ready:  # checked before writing: a rollback would expire the caller's rows
                 return recorded, left, CountingPaused()
             try:
-                await hold_off_recounts(session)
-                xid = await transaction_id(session)
+                xid = await hold_off_recounts(session)
                 rows = (
                     await session.execute(
                         select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)

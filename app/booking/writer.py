@@ -193,14 +193,19 @@ class GroupCommit:
                 write.done.set_exception(error)
 
 
-async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> None:
+async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> int | None:
     """Hold the recount barrier shared until this transaction ends (PostgreSQL): a recount
     reads the record only once every transaction that holds it has ended
     (``wait_for_commits``). Taken before the transaction asks whether it may commit. (The
-    group commit takes it in its batch's own statement: ``_insert``.)"""
+    group commit takes it in its batch's own statement: ``_insert``.)
+
+    Returns the transaction's id (None on SQLite), asked in the same statement: with it,
+    ``app.db.commit_outcome`` learns whether a commit that raised had landed."""
     bind = db.get_bind() if isinstance(db, AsyncSession) else db
-    if bind.dialect.name == "postgresql":
-        await db.execute(text(HOLD_OFF_RECOUNTS), _barrier_params())
+    if bind.dialect.name != "postgresql":
+        return None
+    held = await db.execute(text(f"{HOLD_OFF_RECOUNTS}, txid_current()"), _barrier_params())
+    return int(held.one()[-1])
 
 
 def _barrier_params() -> dict[str, Any]:

@@ -39,7 +39,7 @@ from app.capacity.plan import DayRule
 from app.capacity.service import Seat
 from app.capacity.watch import rebuild_paused
 from app.container import Container
-from app.db import commit_outcome, transaction_id
+from app.db import commit_outcome
 from app.enforcement.service import MOVES_LOCK
 from app.offices.models import Office, OfficeStatus
 from app.redis import AutoPipeline, EmbeddedRedis, connect, renewed_lock
@@ -555,7 +555,7 @@ async def test_a_commit_still_finishing_is_waited_for_not_guessed(
     if not database_url.startswith("postgresql"):
         pytest.skip("a SQLite transaction is over when its commit returns")
     async with world.container.sessions() as finishing, world.container.sessions() as asking:
-        xid = await transaction_id(finishing)
+        xid = await writer.hold_off_recounts(finishing)
 
         async def commit_soon() -> None:
             await asyncio.sleep(0.3)
@@ -565,7 +565,7 @@ async def test_a_commit_still_finishing_is_waited_for_not_guessed(
         assert await commit_outcome(asking, xid) is True  # waited for
         await finished
 
-        xid = await transaction_id(finishing)
+        xid = await writer.hold_off_recounts(finishing)
         monkeypatch.setattr(db, "SETTLE_SECONDS", 0.2)
         assert await commit_outcome(asking, xid) is None  # still open: cannot be told
         await finishing.rollback()
@@ -583,7 +583,7 @@ async def test_an_untold_promotion_is_asked_about_again_until_the_record_can_say
     office = await world.office()
     seat = Seat(office, world.tomorrow(), "*", "10:00")
     async with container.sessions() as finishing, container.sessions() as job:
-        xid = await transaction_id(finishing)
+        xid = await writer.hold_off_recounts(finishing)
         assert xid is not None
         await container.capacity.settle_later(xid, [("ABCDEFGHJK", seat)])
         assert await container.bookings.settle_promotions(session=job) == 0  # still open
