@@ -16,6 +16,7 @@ from app.auth.errors import CodeExpired, CodesUsedUp, WrongCode
 from app.auth.signed_out import SignedOutTokens
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.capacity.keys import NAMESPACE
+from app.capacity.scripts import NOW_MS
 from app.errors import InvalidInput, RateLimited, Unauthorized
 from app.identity import normalize_mobile
 from app.locale import normalize_digits, to_persian_digits
@@ -37,8 +38,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 'OK'
 """
 
-VERIFY = """
--- KEYS[1] = the mobile's codes (ISSUE)
+VERIFY = (
+    NOW_MS
+    + """-- KEYS[1] = the mobile's codes (ISSUE)
 -- ARGV[1] = digest of the code presented, ARGV[2] = guesses at a code that burn the codes,
 -- ARGV[3] = now (unix ms)
 -- Returns {OK, Redis's clock in ms} (and deletes the codes: signing in is once), WRONG, BURNT
@@ -52,8 +54,7 @@ local function live(digest, expires) return digest and (not expires or tonumber(
 local latest, earlier = live(code[1], code[2]), live(code[3], code[4])
 if (latest and code[1] == ARGV[1]) or (earlier and code[3] == ARGV[1]) then
   redis.call('DEL', KEYS[1])
-  local t = redis.call('TIME')
-  return {'OK', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+  return {'OK', now_ms()}
 end
 if not latest and not earlier then redis.call('DEL', KEYS[1]) return 'NONE' end
 local cost = (latest and earlier) and 2 or 1
@@ -61,27 +62,30 @@ local tries = redis.call('HINCRBY', KEYS[1], 'tries', cost)
 if tries + cost > tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) return 'BURNT' end
 return 'WRONG'
 """
+)
 
-TAKE_TEXTED = """
--- KEYS[1] = the mobile's texted code (its digest), ARGV[1] = the digest of the code presented
+TAKE_TEXTED = (
+    NOW_MS
+    + """-- KEYS[1] = the mobile's texted code (its digest), ARGV[1] = the digest of the code presented
 -- Returns VERIFY's OK (and deletes it: signing in is once), WRONG or NONE. No try is counted:
 -- the code cannot be guessed, and a count anyone can run up is a way to burn it.
 local digest = redis.call('GET', KEYS[1])
 if not digest then return 'NONE' end
 if digest ~= ARGV[1] then return 'WRONG' end
 redis.call('DEL', KEYS[1])
-local t = redis.call('TIME')
-return {'OK', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+return {'OK', now_ms()}
 """
+)
 
-END_CODES = """
--- KEYS[1], KEYS[2] = the mobile's web codes and texted code (one slot)
+END_CODES = (
+    NOW_MS
+    + """-- KEYS[1], KEYS[2] = the mobile's web codes and texted code (one slot)
 -- Deletes both; returns the moment, in ms by the clock VERIFY and TAKE_TEXTED read: a code
 -- taken before is taken earlier by it, and one asked for after is not there.
 redis.call('DEL', KEYS[1], KEYS[2])
-local t = redis.call('TIME')
-return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return now_ms()
 """
+)
 
 TEXTED_CODE_SECONDS = 600
 """Life of a code asked for by text (``ورود``): read on the phone and typed into a computer,

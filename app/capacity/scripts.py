@@ -412,28 +412,37 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
-TELL_CHANGES = """
--- KEYS[1] = a sorted set of changes told to every instance (keys.DAYS_CHANGED, the signed-out
+NOW_MS = """
+local function now_ms()  -- this Redis's clock, in ms
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+TELL_CHANGES = (
+    NOW_MS
+    + """-- KEYS[1] = a sorted set of changes told to every instance (keys.DAYS_CHANGED, the signed-out
 -- tokens of app.auth.signed_out), ARGV[1] = how long (ms) a change is kept, ARGV[2...] = what
 -- changed. Scored by Redis's clock, which every instance reads alike (theirs may differ).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
 return now
 """
+)
 
-HEAR_CHANGES = """
--- KEYS[1] = the set TELL_CHANGES adds to, ARGV[1] = the ms it scores by at the last look ("":
+HEAR_CHANGES = (
+    NOW_MS
+    + """-- KEYS[1] = the set TELL_CHANGES adds to, ARGV[1] = the ms it scores by at the last look ("":
 -- none; 0 for all the set holds)
 -- Returns {that clock now, what changed since a second before the last look}: the second
 -- because the clock may step back a little (NTP, a replica taking over), and what is
 -- forgotten twice is only read again.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if ARGV[1] == '' then return {now, {}} end
 return {now, redis.call('ZRANGEBYSCORE', KEYS[1], tonumber(ARGV[1]) - 1000, '+inf')}
 """
+)
 
 SUSPEND = """
 -- KEYS[1] = the citizen's holds hash
