@@ -14,7 +14,6 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
 
-from app.auth.errors import CodesUsedUp
 from app.auth.service import TEXTED_CODE_SECONDS
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import parse_slot
@@ -395,11 +394,6 @@ class CitizenPages(Controller):
             mobile = await container.auth.request_code(session=session, mobile=data.get("mobile", ""), client=client)
         except DomainError as error:
             await session.rollback()
-            texted = None
-            if isinstance(error, CodesUsedUp):  # told to text for a code: where to type it
-                texted = "/signin/code?" + urlencode(
-                    {"mobile": normalize_mobile(data.get("mobile", "")), "next": next_path, "texted": "1"}
-                )
             return render(
                 request,
                 container,
@@ -410,7 +404,6 @@ class CitizenPages(Controller):
                 next=next_path,
                 errors=form_errors(error, ["mobile"]),
                 form={"mobile": data.get("mobile", "")},
-                texted_link=texted,
             )
         return see_other("/signin/code?" + urlencode({"mobile": mobile, "next": next_path}))
 
@@ -429,18 +422,7 @@ class CitizenPages(Controller):
             if texted != "1":
                 return see_other("/signin")
             mobile = ""  # a code asked for by text, before any here: the form asks for the number too
-        return render(
-            request,
-            container,
-            "citizen/signin.html",
-            step="code",
-            mobile=mobile,
-            next=safe_next(next),
-            demo_sms=container.settings.sms_backend == "console",
-            texted=texted == "1",
-            code_minutes=_code_minutes(container, texted=texted == "1"),
-            sms_number=container.auth.sms_number,
-        )
+        return _code_step(request, container, mobile=mobile, next_path=safe_next(next), texted=texted == "1")
 
     @post("/signin/code")
     async def verify(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Template | Redirect:
@@ -456,19 +438,14 @@ class CitizenPages(Controller):
             except InvalidInput:
                 mobile = "" if texted else mobile  # the texted form asks for the number again
             fields, aliases = (["code", "mobile"], None) if texted and not mobile else (["code"], {"mobile": "code"})
-            return render(
+            return _code_step(
                 request,
                 container,
-                "citizen/signin.html",
+                mobile=mobile,
+                next_path=next_path,
+                texted=texted,
                 status=error.status,
                 headers=error.headers,
-                step="code",
-                mobile=mobile,
-                next=next_path,
-                demo_sms=container.settings.sms_backend == "console",
-                texted=texted,
-                code_minutes=_code_minutes(container, texted=texted),
-                sms_number=container.auth.sms_number,
                 errors=form_errors(error, fields, aliases),
                 form={"code": data.get("code", ""), "mobile": data.get("mobile", "")},
             )
@@ -584,10 +561,31 @@ class CitizenPages(Controller):
         return render(request, container, "citizen/complaint.html", complaint=found, new=bool(new))
 
 
-def _code_minutes(container: Container, *, texted: bool = False) -> int:
-    """How long a sign-in code lasts, as the sign-in page says it (NOBAT_OTP_TTL_SECONDS; a
-    code asked for by texting ورود, TEXTED_CODE_SECONDS)."""
-    return max(1, (TEXTED_CODE_SECONDS if texted else container.settings.otp_ttl_seconds) // 60)
+def _code_step(
+    request: Request[Any, Any, Any],
+    container: Container,
+    *,
+    mobile: str,
+    next_path: str,
+    texted: bool,
+    **context: Any,
+) -> Template:
+    """The sign-in page's second step: the code sent (or, ``texted``, asked for by texting
+    ورود), and how long it lasts (NOBAT_OTP_TTL_SECONDS; TEXTED_CODE_SECONDS)."""
+    seconds = TEXTED_CODE_SECONDS if texted else container.settings.otp_ttl_seconds
+    return render(
+        request,
+        container,
+        "citizen/signin.html",
+        step="code",
+        mobile=mobile,
+        next=next_path,
+        texted=texted,
+        code_minutes=max(1, seconds // 60),
+        sms_number=container.auth.sms_number,
+        demo_sms=container.settings.sms_backend == "console",
+        **context,
+    )
 
 
 def _bookable_day(container: Container, date: str) -> dt.date:

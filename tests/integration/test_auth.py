@@ -394,40 +394,48 @@ async def test_a_digest_is_kept_as_long_as_a_token_lives(
         await redis.aclose()
 
 
-async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
-    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
-) -> None:
-    """The page that refuses more codes for a number links to where a code asked for by
-    texting ورود is typed, and that form takes its ten letters and digits (the six-digit
-    form would cut them short)."""
-    mobile = "09120002323"
-    container = world.container
-    settings = container.settings
-    for _ in range(int(settings.otp_per_mobile_day.split("/")[0])):
-        await container.limiter.hit("otp-mobile-day", mobile, settings.otp_per_mobile_day)
-    page = await client.get("/signin")
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
-    assert csrf
-    refused = await client.post("/signin", data={"_csrf": csrf[1], "mobile": mobile, "next": "/"})
-    assert refused.status_code == 429 and "«ورود»" in refused.text
-    link = re.search(r'href="(/signin/code\?[^"]+texted=1)"', refused.text)
-    assert link, refused.text
-    form = await client.get(link[1].replace("&amp;", "&"))
-    assert 'maxlength="14"' in form.text and 'inputmode="numeric"' not in form.text
-
-    async with container.sessions() as session:  # the text ورود, as the SMS channel takes it
-        await container.auth.request_code_by_sms(session=session, mobile=mobile)
+async def texted_code(world: World, redis_sync: SyncRedis, deliver: Deliver, mobile: str) -> str:
+    """The phone texts ورود, as the SMS channel takes it: the code it gets back."""
+    async with world.container.sessions() as session:
+        await world.container.auth.request_code_by_sms(session=session, mobile=mobile)
         await session.commit()
     await deliver()
     [body] = [json.loads(raw)["body"] for raw in redis_sync.lrange(OUTBOX, 0, 0)]
     code = re.search(r"([0-9A-Z]{5}-[0-9A-Z]{5})", body)
     assert code, body
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', form.text)
-    assert csrf
-    fields = {"_csrf": csrf[1], "mobile": mobile, "next": "/", "texted": "1"}
+    return code[1]
+
+
+def form_token(page: Any) -> str:
+    found = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert found, page.text
+    return found[1]
+
+
+async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """The page that refuses more codes for a number links to where a code asked for by
+    texting ورود is typed, with the number given, and that form takes its ten letters and
+    digits (the six-digit form would cut them short)."""
+    mobile = "09120002323"
+    settings = world.container.settings
+    for _ in range(int(settings.otp_per_mobile_day.split("/")[0])):
+        await world.container.limiter.hit("otp-mobile-day", mobile, settings.otp_per_mobile_day)
+    page = await client.get("/signin")
+    refused = await client.post("/signin", data={"_csrf": form_token(page), "mobile": mobile, "next": "/"})
+    assert refused.status_code == 429 and "«ورود»" in refused.text
+    link = re.search(r'href="(/signin/code\?texted=1[^"]*)"', refused.text)
+    assert link and f"mobile={mobile}" in link[1], refused.text
+    form = await client.get(link[1].replace("&amp;", "&"))
+    assert 'maxlength="14"' in form.text and 'inputmode="numeric"' not in form.text
+    assert f'type="hidden" name="mobile" value="{mobile}"' in form.text
+
+    code = await texted_code(world, redis_sync, deliver, mobile)
+    fields = {"_csrf": form_token(form), "mobile": mobile, "next": "/", "texted": "1"}
     wrong = await client.post("/signin/code", data={**fields, "code": "ZZZZZ-ZZZZZ"})
     assert wrong.status_code == 400 and 'maxlength="14"' in wrong.text  # the texted form again
-    signed_in = await client.post("/signin/code", data={**fields, "code": code[1].lower()}, follow_redirects=False)
+    signed_in = await client.post("/signin/code", data={**fields, "code": code.lower()}, follow_redirects=False)
     assert signed_in.status_code == 303, signed_in.text
     assert CITIZEN_COOKIE in signed_in.headers["set-cookie"]
 
@@ -435,17 +443,9 @@ async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
     assert "/signin/code?texted=1" in (await client.get("/signin")).text
     bare = await client.get("/signin/code?texted=1&next=/")
     assert bare.status_code == 200 and 'name="mobile"' in bare.text and 'type="hidden" name="mobile"' not in bare.text
-    async with container.sessions() as session:
-        await container.auth.request_code_by_sms(session=session, mobile=mobile)
-        await session.commit()
-    await deliver()
-    [body] = [json.loads(raw)["body"] for raw in redis_sync.lrange(OUTBOX, 0, 0)]
-    code = re.search(r"([0-9A-Z]{5}-[0-9A-Z]{5})", body)
-    assert code, body
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', bare.text)
-    assert csrf
-    fields = {**fields, "_csrf": csrf[1]}  # the form's token is bound to the session signed in above
-    typo = await client.post("/signin/code", data={**fields, "mobile": "0912", "code": code[1]})
+    code = await texted_code(world, redis_sync, deliver, mobile)
+    fields = {**fields, "_csrf": form_token(bare)}  # the form's token is bound to the session signed in above
+    typo = await client.post("/signin/code", data={**fields, "mobile": "0912", "code": code})
     assert typo.status_code == 422 and 'name="mobile"' in typo.text  # asked again, the code kept
-    again = await client.post("/signin/code", data={**fields, "code": code[1]}, follow_redirects=False)
+    again = await client.post("/signin/code", data={**fields, "code": code}, follow_redirects=False)
     assert again.status_code == 303, again.text
