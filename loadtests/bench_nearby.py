@@ -37,43 +37,30 @@ FRIDAY = 6  # app.capacity.plan counts the week from Saturday
 
 
 PARTS = (
-    ("the nearest offices (GeoIndex.nearest)", "app.offices.nearest", "GeoIndex", "nearest"),
+    ("the nearest offices (OfficeDirectory.nearest)", "app.offices.directory", "OfficeDirectory", "nearest"),
     ("the counters read (DayReader.sums)", "app.capacity.reading", "DayReader", "sums"),
     ("the cards (OfficeDirectory.cards)", "app.offices.directory", "OfficeDirectory", "cards"),
 )
 
 
 def _time_parts() -> dict[str, list[float]]:
-    """Wrap each of PARTS to add its calls' wall time (s) to the list returned."""
+    """Wrap each of PARTS (coroutines) to add its calls' wall time (s) to the list returned."""
     import functools
     import importlib
-    import inspect
 
     spent: dict[str, list[float]] = {}
     for label, module, cls, name in PARTS:
         owner = getattr(importlib.import_module(module), cls)
         call, times = getattr(owner, name), spent.setdefault(label, [])
 
-        if inspect.iscoroutinefunction(call):
+        async def timed(*args: Any, _call: Any = call, _times: list[float] = times, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await _call(*args, **kwargs)
+            finally:
+                _times.append(time.perf_counter() - started)
 
-            async def timed_async(*args: Any, _call: Any = call, _times: list[float] = times, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                try:
-                    return await _call(*args, **kwargs)
-                finally:
-                    _times.append(time.perf_counter() - started)
-
-            setattr(owner, name, functools.wraps(call)(timed_async))
-        else:
-
-            def timed(*args: Any, _call: Any = call, _times: list[float] = times, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                try:
-                    return _call(*args, **kwargs)
-                finally:
-                    _times.append(time.perf_counter() - started)
-
-            setattr(owner, name, functools.wraps(call)(timed))
+        setattr(owner, name, functools.wraps(call)(timed))
     return spent
 
 
