@@ -77,8 +77,8 @@ PROMOTIONS_TO_SETTLE = f"{NAMESPACE}:promotions-to-settle"
 
 DAYS_CHANGED = f"{NAMESPACE}:days-changed"
 """Which office-days changed lately, for the instances' copies of the counters to forget
-(app.capacity.reading): a sorted set of ``day_change`` members (or EVERY_DAY_CHANGED),
-scored by Redis's clock in ms when it changed."""
+(app.capacity.reading): a sorted set of ``day_change`` members (or EVERY_DAY_CHANGED, or a
+``waiting_change``), scored by Redis's clock in ms when it changed."""
 
 EVERY_DAY_CHANGED = "*"
 """The DAYS_CHANGED member that says every office-day changed (a recount)."""
@@ -87,6 +87,16 @@ EVERY_DAY_CHANGED = "*"
 def day_change(office_code: str, day: dt.date | None) -> str:
     """A DAYS_CHANGED member: "office|YYYY-MM-DD", or "office|" for all the office's days."""
     return f"{office_code}|{day.isoformat() if day else ''}"
+
+
+WAITING_CHANGE = "waiting:"
+
+
+def waiting_change(office_code: str) -> str:
+    """A DAYS_CHANGED member for a new report of people waiting at the office: "waiting:office".
+    An instance of an older version reads it as every day of an office that does not exist
+    (it has no "|"), and so forgets nothing."""
+    return f"{WAITING_CHANGE}{office_code}"
 
 
 def parse_day_change(change: str) -> tuple[str, dt.date | None]:

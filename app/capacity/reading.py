@@ -5,9 +5,9 @@ and over: every citizen near a hot office gets it among the nearby candidates, a
 reads thirty offices. So each instance keeps what it read, and answers from that.
 
 What a reader may see is at most ``ttl`` seconds old (1 by default). Every change nobat
-makes to the counters is told to all instances (``changing``: a sorted set in Redis, which
-each instance looks at once a ``ttl``), and each forgets what changed; what did not change it
-keeps for ``KEEP_SECONDS``. What this instance itself changed it sees at once. A change whose
+makes to the counters, and every report of people waiting, is told to all instances
+(``changing``, ``waiting_changed``: a sorted set in Redis, which each instance looks at once a
+``ttl``), and each forgets what changed; what did not change it keeps for ``KEEP_SECONDS``. What this instance itself changed it sees at once. A change whose
 telling was lost (its instance died between the write and the telling, or a write that timed
 out landed after it was told) shows within ``KEEP_SECONDS``.
 
@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, cast
@@ -136,8 +136,9 @@ class DayReader:
         # them were last forgotten while read: a read asked for before then is answered but not
         # kept, for the change may have overtaken it on its way. Only reads in flight are
         # looked after, not every change a rush makes (thousands a second).
-        self._reading: dict[tuple[str, dt.date], int] = {}
-        self._overtaken: dict[tuple[str, dt.date], float] = {}
+        # A waiting report is looked after as (office, None).
+        self._reading: dict[tuple[str, dt.date | None], int] = {}
+        self._overtaken: dict[tuple[str, dt.date | None], float] = {}
         self._forgot_all_at = 0.0  # a read asked for before it is not kept either
         self._untold: set[str] = set()  # changes made here, not yet told to the others
         self._telling: asyncio.Task[None] | None = None
@@ -171,7 +172,7 @@ class DayReader:
         if unread_waiting:
             commands.append(("HMGET", keys.WAITING_NOW, *unread_waiting))
         if commands:
-            with self._in_flight([(code, day) for code in unread_sums]):
+            with self._in_flight([(code, day) for code in unread_sums] + [(code, None) for code in unread_waiting]):
                 replies = await self.auto.execute_many(commands)
                 for code, raw in zip(unread_sums, replies, strict=False):
                     fields = _fields(raw)
@@ -222,10 +223,17 @@ class DayReader:
             self._overtaken.update((key, now) for key in self._reading if key[0] == office_code)
             self._waiting.pop(office_code, None)  # a report is of the office, not of a day
 
+    def waiting_changed(self, office_code: str) -> None:
+        """The office reported people waiting: forgotten here, and told to the other instances
+        (alone: a clerk reports every few minutes, and the office's days stay kept)."""
+        self.forget_waiting(office_code)
+        self._tell(keys.waiting_change(office_code))
+
     def forget_waiting(self, office_code: str) -> None:
-        """Drop the office's "people waiting" report: kept a ``ttl``, and not told (clerks
-        send one every few minutes, and telling it would drop every day of the office)."""
+        """Drop the office's "people waiting" report, and keep no read of it now on its way."""
         self._waiting.pop(office_code, None)
+        if (office_code, None) in self._reading:
+            self._overtaken[office_code, None] = time.monotonic()
 
     def forget_all(self) -> None:
         self._forgot_all_at = time.monotonic()
@@ -290,6 +298,9 @@ class DayReader:
         if change == keys.EVERY_DAY_CHANGED:
             self.forget_all()
             return
+        if change.startswith(keys.WAITING_CHANGE):
+            self.forget_waiting(change.removeprefix(keys.WAITING_CHANGE))
+            return
         try:
             self.forget(*keys.parse_day_change(change))
         except ValueError:
@@ -298,7 +309,7 @@ class DayReader:
     # -- the memory --
 
     @contextmanager
-    def _in_flight(self, office_days: list[tuple[str, dt.date]]) -> Iterator[None]:
+    def _in_flight(self, office_days: Sequence[tuple[str, dt.date | None]]) -> Iterator[None]:
         """Around a read of these office-days from Redis: a change forgotten meanwhile marks
         them overtaken (``forget``), and ``_keep``, called inside, keeps no read of them asked
         for before that (a read asked for after it, still in flight, is kept: under a steady
@@ -324,8 +335,8 @@ class DayReader:
         waiting: dict[str, int],
         asked: float,
     ) -> None:
-        """Remember what was just read (days as ``memory`` keeps them), asked for at ``asked``,
-        until ``keep`` seconds after that: unless it was forgotten meanwhile (inside
+        """Remember what was just read (days as ``memory`` keeps them, and waiting reports),
+        asked for at ``asked``, until ``keep`` seconds after that: unless it was forgotten meanwhile (inside
         ``_in_flight``)."""
         if self.ttl <= 0 or self._forgot_all_at >= asked:
             return
@@ -341,7 +352,9 @@ class DayReader:
             for key, found in days.items()
             if found is not None and overtaken.get(key, 0.0) < asked
         )
-        self._waiting.update((code, (asked + self.ttl, count)) for code, count in waiting.items())
+        self._waiting.update(
+            (code, (until, count)) for code, count in waiting.items() if overtaken.get((code, None), 0.0) < asked
+        )
 
     def _sweep(self, now: float) -> None:
         """Drop what has expired, once a ``ttl``: what is kept is then about a ``keep``'s reads,

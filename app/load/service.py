@@ -50,7 +50,7 @@ class LoadService:
                 "waiting", "Waiting must be 0 to 1000.", detail_fa="تعداد منتظران باید بین ۰ و ۱۰۰۰ باشد."
             )
         await self.redis.hset(keys.WAITING_NOW, office_code, f"{count}|{self.clock.now().isoformat()}")
-        self.capacity.reads.forget_waiting(office_code)  # the others see it within their ttl
+        self.capacity.reads.waiting_changed(office_code)  # the others see it within their ttl
 
     async def nearby(
         self,

@@ -202,6 +202,62 @@ async def test_waiting_reports_and_days_are_read_together(redis: Redis) -> None:
         await redis.hdel(keys.WAITING_NOW, OFFICE)
 
 
+async def test_another_instances_waiting_report_shows_within_the_ttl_and_an_untold_one_is_kept(
+    redis: Redis,
+) -> None:
+    """Reports are kept as long as a day's counters (a search reads thirty offices' reports,
+    and asking Redis for them every ttl had been most of a search's trips), so each is told."""
+    reader, reporter = _capacity(redis, 0.2), _capacity(redis, 0.2)
+    reader.reads.keep = 1.0
+    office = "990103"
+    # A look sees the last second's changes again: those of the tests before this one too.
+    await redis.delete(keys.DAYS_CHANGED)
+    await _fresh_day(reader, office=office)
+
+    async def waiting() -> int:
+        return (await reader.reads.sums([office], DAY))[office][1]
+
+    try:
+        await redis.hset(keys.WAITING_NOW, office, f"3|{dt.datetime.now(dt.UTC).isoformat()}")
+        assert await waiting() == 3
+        # Reported behind nobat's back (as by an instance that died before telling it).
+        await redis.hset(keys.WAITING_NOW, office, f"5|{dt.datetime.now(dt.UTC).isoformat()}")
+        await asyncio.sleep(0.3)
+        assert await waiting() == 3  # past the ttl, but nobody said it changed: kept
+        await redis.hset(keys.WAITING_NOW, office, f"6|{dt.datetime.now(dt.UTC).isoformat()}")
+        reporter.reads.waiting_changed(office)  # as LoadService.report_waiting tells it
+        await reporter.reads.told()
+        assert (office, DAY) in reader.reads._sums
+        await asyncio.sleep(0.25)
+        assert await waiting() == 6  # heard within the ttl
+        assert (office, DAY) in reader.reads._sums  # and the office's day was not forgotten with it
+    finally:
+        await redis.hdel(keys.WAITING_NOW, office)
+
+
+async def test_a_waiting_read_a_report_overtook_is_not_kept(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    capacity = _capacity(redis, 60)
+    reads = capacity.reads
+    await _fresh_day(capacity)
+    await reads.sums([], DAY)  # the first look behind us
+    execute = reads.auto.execute_many
+
+    async def overtaken(commands: Sequence[tuple[Any, ...]], **options: Any) -> list[Any]:
+        replies = await execute(commands, **options)
+        reads.waiting_changed(OFFICE)  # a report, made while the reply was on its way
+        return replies
+
+    monkeypatch.setattr(reads.auto, "execute_many", overtaken)
+    await reads.sums([OFFICE], DAY)
+    assert OFFICE not in reads._waiting and (OFFICE, DAY) in reads._sums  # the day is kept
+    monkeypatch.setattr(reads.auto, "execute_many", execute)
+    reads.forget(OFFICE, DAY)
+    await reads.sums([OFFICE], DAY)
+    assert OFFICE in reads._waiting  # read after it: kept
+    assert not reads._reading and not reads._overtaken
+    await reads.told()
+
+
 async def test_a_search_sees_its_own_instances_booking_at_once(redis: Redis) -> None:
     capacity = _capacity(redis, 60)
     await _fresh_day(capacity)
