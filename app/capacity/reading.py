@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, cast
@@ -54,6 +54,7 @@ Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, sea
 # A pool's day in sum: seats, used, and the times of the slots with a seat left, in order.
 # A plain tuple: the collector stops tracking those, not NamedTuples.
 PoolTotals = tuple[int, int, tuple[str, ...]]
+Forgetting = Callable[[str | None, dt.date | None], None]
 _NO_TOTALS: PoolTotals = (0, 0, ())
 
 
@@ -145,10 +146,17 @@ class DayReader:
         self._heard_up_to: int | None = None  # Redis's clock (ms) when the changes were last read
         self._next_look = 0.0
         self._looking: asyncio.Future[None] | None = None
+        self._forgetting: list[Forgetting] = []
+
+    def on_forget(self, forgetting: Forgetting) -> None:
+        """Have ``forgetting`` called with each office-day forgotten here (app.load.standings
+        keeps what it worked out of them): (office, day); (office, None) for all the office's
+        days, or its waiting report; (None, None) for everything."""
+        self._forgetting.append(forgetting)
 
     async def day(self, office_code: str, day: dt.date) -> CountedDay | None:
         """The office-day's counters; None when Redis does not hold the day (yet)."""
-        asked = await self._hear()
+        asked = await self.hear()
         found = _fresh(self._days, (office_code, day), asked)
         if found is not None:
             return found
@@ -159,11 +167,12 @@ class DayReader:
             self._keep(self._days, {(office_code, day): counted}, {}, asked)
         return counted
 
-    async def sums(self, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums | None, int]]:
-        """Each office's day in sum (None when Redis does not hold the day) and its "people
-        waiting" report, the ones not remembered read in one round trip."""
+    async def sums(self, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums | None, int, float]]:
+        """Each office's day in sum (None when Redis does not hold the day), its "people
+        waiting" report, and until when (``time.monotonic``) both stay as read unless forgotten:
+        0 when either is not kept. The ones not remembered are read in one round trip."""
         # One look at the clock and one sweep for the lot: a search asks for thirty offices.
-        asked = await self._hear()
+        asked = await self.hear()
         summed = {code: _fresh(self._sums, (code, day), asked) for code in codes}
         waiting = {code: _fresh(self._waiting, code, asked) for code in codes}
         unread_sums = [code for code, found in summed.items() if found is None]
@@ -187,7 +196,15 @@ class DayReader:
                     {code: waiting[code] or 0 for code in unread_waiting},
                     asked,
                 )
-        return {code: (summed[code], waiting[code] or 0) for code in codes}
+        kept_sums, kept_waiting, never = self._sums, self._waiting, (0.0, None)
+        return {
+            code: (
+                summed[code],
+                waiting[code] or 0,
+                min(kept_sums.get((code, day), never)[0], kept_waiting.get(code, never)[0]),
+            )
+            for code in codes
+        }
 
     @contextmanager
     def changing(self, office_days: Iterable[tuple[str, dt.date | None]] | None) -> Iterator[None]:
@@ -215,6 +232,8 @@ class DayReader:
             self._sums.pop(key, None)
             if key in self._reading:
                 self._overtaken[key] = time.monotonic()
+            for forgetting in self._forgetting:
+                forgetting(office_code, day)
         else:
             for memory in (self._days, self._sums):
                 for key in [key for key in memory if key[0] == office_code]:
@@ -222,6 +241,8 @@ class DayReader:
             now = time.monotonic()
             self._overtaken.update((key, now) for key in self._reading if key[0] == office_code)
             self._waiting.pop(office_code, None)  # a report is of the office, not of a day
+            for forgetting in self._forgetting:
+                forgetting(office_code, None)
 
     def waiting_changed(self, office_code: str) -> None:
         """The office reported people waiting: forgotten here, and told to the other instances
@@ -234,12 +255,16 @@ class DayReader:
         self._waiting.pop(office_code, None)
         if (office_code, None) in self._reading:
             self._overtaken[office_code, None] = time.monotonic()
+        for forgetting in self._forgetting:
+            forgetting(office_code, None)
 
     def forget_all(self) -> None:
         self._forgot_all_at = time.monotonic()
         self._days.clear()
         self._sums.clear()
         self._waiting.clear()
+        for forgetting in self._forgetting:
+            forgetting(None, None)
 
     async def told(self) -> None:
         """Wait until the changes made here are told (before the instance stops)."""
@@ -267,9 +292,9 @@ class DayReader:
                 # The others then see these changes once their copies end (KEEP_SECONDS).
                 log.warning("could not tell the other instances of %d changed office-days", len(changes))
 
-    async def _hear(self) -> float:
+    async def hear(self) -> float:
         """Forget what the other instances changed, once a ``ttl`` (the readers of that moment
-        wait for the one look); the time to read at."""
+        wait for the one look); the time to read at (``time.monotonic``)."""
         now = time.monotonic()
         if self.ttl > 0 and now >= self._next_look:
             if self._looking is None or self._looking.done():

@@ -1,6 +1,8 @@
 """Ranking offices for a citizen: the least busy office that is near enough wins.
 
-Pure functions; the service feeds them what Redis says about each candidate.
+Pure functions; the service feeds them what Redis says about each candidate: once per
+change to its counters (``stand``, kept by app.load.standings), and once per search (``weigh``,
+with the distance and the clock).
 
 An office's score (lower is better) weighs, each term scaled to 0..1:
     0.40 x load            seats taken that day / seats (under any cap)
@@ -17,6 +19,7 @@ Blocked offices are never candidates. Ties go to the nearer office.
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 import msgspec
 
@@ -36,6 +39,17 @@ class Busyness(enum.StrEnum):
 
 
 BUSYNESS_FA = {Busyness.LOW: "خلوت", Busyness.MEDIUM: "نیمه‌شلوغ", Busyness.HIGH: "شلوغ"}
+
+
+class Standing(NamedTuple):
+    """An office's day for one service as its counters say, before distance and the clock."""
+
+    status: str  # active, restricted or blocked
+    free: int  # seats left that day (under any cap)
+    load: float  # share of the day's bookable seats taken, 0..1
+    waiting: int  # people in the room now, as the office last said
+    partial: float  # the score's terms that only the counters move: load and waiting
+    free_times: tuple[str, ...]  # "HH:MM" of its slots with a seat left; none when the day is full
 
 
 class Candidate(msgspec.Struct, frozen=True, order=True):
@@ -63,35 +77,42 @@ def busyness(load: float, waiting: int) -> Busyness:
     return Busyness.LOW
 
 
+def stand(*, status: str, seats: int, used: int, waiting: int, free_times: tuple[str, ...]) -> Standing:
+    """An office's standing from its counters (``seats``: bookable that day, after any cap).
+    Each share is saturated by a comparison, not ``min``: the builtins' calls had been a third
+    of weighing an office."""
+    free = seats - used if seats > used else 0
+    load = used / seats if seats > 0 and used < seats else 1.0
+    partial = WEIGHT_LOAD * load + WEIGHT_WAITING * (
+        waiting / WAITING_SATURATES if waiting < WAITING_SATURATES else 1.0
+    )
+    return Standing(status, free, load, waiting, partial, free_times if free else ())
+
+
 def weigh(
-    *,
     office_code: str,
     distance_km: float,
-    status: str,
-    seats: int,
-    used: int,
-    waiting: int,
+    standing: Standing,
     next_free: str | None,
     minutes_to_next_free: float | None,
 ) -> Candidate:
-    """An office's tier and score, from what Redis says of it (``seats``: bookable that day,
-    after any cap). Each share is saturated by a comparison, not ``min``: this is made thirty
-    times a search, and the builtins' calls were a third of it."""
-    free = seats - used if seats > used else 0
-    load = used / seats if seats > 0 and used < seats else 1.0
+    """An office's tier and score for one search: its standing, how far it is, and how soon its
+    next free slot (``next_free``, None when it has none left) comes. Made thirty times a search."""
     minutes = minutes_to_next_free
     if minutes is None or minutes >= SOON_SATURATES_MINUTES:
         soon = 1.0
     else:
         soon = minutes / SOON_SATURATES_MINUTES if minutes > 0 else 0.0
     score = (
-        WEIGHT_LOAD * load
-        + WEIGHT_WAITING * (waiting / WAITING_SATURATES if waiting < WAITING_SATURATES else 1.0)
+        standing.partial
         + WEIGHT_SOON * soon
         + WEIGHT_DISTANCE * (distance_km / DISTANCE_SATURATES_KM if distance_km < DISTANCE_SATURATES_KM else 1.0)
     )
+    status, free = standing.status, standing.free
     tier = 2 if next_free is None or free == 0 else 1 if status == "restricted" else 0
-    return Candidate(tier, round(score, 6), distance_km, office_code, score, status, free, load, waiting, next_free)
+    return Candidate(
+        tier, round(score, 6), distance_km, office_code, score, status, free, standing.load, standing.waiting, next_free
+    )
 
 
 def rank(candidates: list[Candidate], limit: int) -> list[Candidate]:

@@ -1,13 +1,15 @@
 """Live load: how busy each office is, and the nearby offices ranked so that crowds spread out.
 
 A nearby search finds the nearest offices that offer the service in memory
-(app.offices.nearest), and reads their counters in one pipelined trip to Redis (or none: an
-instance remembers what it read for a second); SQL is asked nothing.
+(app.offices.nearest), and weighs each by its standing (app.load.standings: kept until its
+counters change; those not kept are worked out from the counters, read in one pipelined trip
+to Redis or from the instance's copy), its distance and the clock; SQL is asked nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from bisect import bisect_right
 from collections import defaultdict
 
@@ -16,14 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
 from app.capacity.plan import minute_of
-from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
+from app.capacity.reading import EMPTY_DAY, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.db import Sessions, Within
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
-from app.load.ranking import BUSYNESS_FA, Candidate, busyness, rank, weigh
+from app.load.ranking import BUSYNESS_FA, Candidate, Standing, busyness, rank, stand, weigh
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
+from app.load.standings import Standings
 from app.locale import check_text, jalali_date, jalali_time, normalize_text, to_persian_digits
 from app.offices.directory import OfficeCard, OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound
@@ -43,6 +46,7 @@ class LoadService:
         self.capacity = capacity
         self.redis = capacity.redis
         self.clock = clock
+        self.standings = Standings(capacity.reads)
 
     async def report_waiting(self, *, office_code: str, count: int) -> None:
         if not 0 <= count <= 1000:
@@ -87,36 +91,35 @@ class LoadService:
             found = [(code, km) for code, km in nearest if km <= radius]
             if len(found) >= limit:
                 break
-        distances = dict(found)
-        counters = await self._read_sums(sessions, list(distances), day)
+        # The standings kept, and the others worked out (heard first: what the other instances
+        # changed is forgotten before the kept ones are taken).
+        asked = await self.capacity.reads.hear()
+        kept = self.standings.of(service_code, day, asked)
+        standings: dict[str, Standing] = {}
+        unkept = []
+        for code, _ in found:
+            entry = kept.get(code)
+            if entry is not None and entry[0] > asked:
+                standings[code] = entry[1]
+            else:
+                unkept.append(code)
+        if unkept:
+            standings.update(await self._stand(sessions, service_code, unkept, day))
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
         candidates = []
-        for code, (summed, waiting) in counters.items():
-            if summed.status == "blocked":
+        for code, km in found:
+            standing = standings[code]
+            if standing.status == "blocked":
                 continue
-            # The pool a booking would take (its own counter if the template gives the service
-            # one, on any day), not whichever the day happens to hold: a desk open on Saturdays
-            # only has no seats for it on Sunday, whatever the shared counter has.
-            seats, used, free_times = summed.of(self.offices.pool(code, service_code))
-            room = day_room(seats, used, summed.cap)
-            next_free = None
-            if room > 0:
+            next_free, minutes = None, None
+            if free_times := standing.free_times:
                 first = bisect_right(free_times, not_before)  # the first free slot after not_before
-                next_free = free_times[first] if first < len(free_times) else None
-            candidates.append(
-                weigh(
-                    office_code=code,
-                    distance_km=distances[code],
-                    status=summed.status,
-                    seats=used + max(0, room),  # what the day may hold under its cap
-                    used=used,
-                    waiting=waiting,
-                    next_free=next_free,
-                    minutes_to_next_free=None if next_free is None else minute_of(next_free) - now_minute,
-                )
-            )
+                if first < len(free_times):
+                    next_free = free_times[first]
+                    minutes = minute_of(next_free) - now_minute
+            candidates.append(weigh(code, km, standing, next_free, minutes))
         ranked = rank(candidates, limit)
         offices = await self.offices.cards([c.office_code for c in ranked])
         return NearbyResult(
@@ -163,17 +166,37 @@ class LoadService:
             ],
         )
 
-    async def _read_sums(self, sessions: Sessions, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums, int]]:
-        """Each office's day in sum and its waiting count (app.capacity.reading). Days Redis
-        lacks are materialised through one session, opened only then, and read again in one trip."""
+    async def _stand(
+        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
+    ) -> dict[str, Standing]:
+        """The offices' standings for the service on the day, worked out from their counters
+        (app.capacity.reading), and kept for as long as those are. Days Redis lacks are
+        materialised through one session, opened only then, and read again in one trip."""
         read = await self.capacity.reads.sums(codes, day)
-        if missing := [code for code, (summed, _) in read.items() if summed is None]:
+        if missing := [code for code, (summed, _, _) in read.items() if summed is None]:
             async with sessions() as session:
                 for code in missing:
                     await self.capacity.materialise_day(session=session, office_code=code, day=day)
-            again = await self.capacity.reads.sums(missing, day)
-            read.update((code, (summed, read[code][1])) for code, (summed, _) in again.items())
-        return {code: (summed or EMPTY_DAY, waiting) for code, (summed, waiting) in read.items()}
+            read.update(await self.capacity.reads.sums(missing, day))
+        now = time.monotonic()
+        kept = self.standings.of(service_code, day, now)
+        standings = {}
+        for code, (read_sums, waiting, until) in read.items():
+            summed = read_sums or EMPTY_DAY
+            # The pool a booking would take (its own counter if the template gives the service
+            # one, on any day), not whichever the day happens to hold: a desk open on Saturdays
+            # only has no seats for it on Sunday, whatever the shared counter has.
+            seats, used, free_times = summed.of(self.offices.pool(code, service_code))
+            standing = standings[code] = stand(
+                status=summed.status,
+                seats=used + max(0, day_room(seats, used, summed.cap)),  # what the day may hold under its cap
+                used=used,
+                waiting=waiting,
+                free_times=free_times,
+            )
+            if until > now:
+                kept[code] = (until, standing)
+        return standings
 
     async def _origin(
         self, sessions: Sessions, lat: float | None, lon: float | None, city: str | None

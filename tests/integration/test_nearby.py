@@ -58,10 +58,15 @@ async def test_least_busy_near_office_ranks_first(client: Client, world: World) 
 
 async def test_waiting_people_and_restriction_rank_down(client: Client, world: World) -> None:
     near, middle, far = await three_offices(world)
+    ranked = await nearby(client, date=world.tomorrow().isoformat())
+    assert [o["code"] for o in ranked] == [near, middle, far]  # their standings now kept
+    # Told by another instance (the world's container): heard within the ttl.
     await world.container.load.report_waiting(office_code=near, count=20)
     await world.container.capacity.set_status(
         office_code=middle, status=OfficeStatus.RESTRICTED, cap_percent=50, today=world.container.clock.today()
     )
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
     ranked = await nearby(client, date=world.tomorrow().isoformat())
     assert [o["code"] for o in ranked] == [far, near, middle]
     assert ranked[1]["waiting_now"] == 20
@@ -70,11 +75,43 @@ async def test_waiting_people_and_restriction_rank_down(client: Client, world: W
 
 async def test_blocked_offices_never_appear(client: Client, world: World) -> None:
     near, middle, far = await three_offices(world)
+    assert len(await nearby(client, date=world.tomorrow().isoformat())) == 3
     await world.container.capacity.set_status(
         office_code=near, status=OfficeStatus.BLOCKED, cap_percent=100, today=world.container.clock.today()
     )
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)  # another instance's change
     ranked = await nearby(client, date=world.tomorrow().isoformat())
     assert [o["code"] for o in ranked] == [middle, far]
+
+
+async def test_standings_are_kept_between_searches_and_worked_out_again_once_changed(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    near, middle, far = await three_offices(world)
+    day = world.tomorrow()
+    reads = client.app.state.container.capacity.reads  # the instance the client talks to
+    read_for: list[list[str]] = []
+    sums = reads.sums
+
+    async def counted(codes: list[str], on: dt.date) -> object:
+        read_for.append(sorted(codes))
+        return await sums(codes, on)
+
+    monkeypatch.setattr(reads, "sums", counted)
+    first = await nearby(client, date=day.isoformat())
+    assert read_for == [sorted([near, middle, far])]
+    assert await nearby(client, date=day.isoformat()) == first  # all three kept: nothing read
+    assert len(read_for) == 1
+    response = await client.post(
+        "/api/v1/bookings", json=booking_body(middle, world.national_id(), day, "08:00"), headers=world.token()
+    )
+    assert response.status_code == 201
+    after = await nearby(client, date=day.isoformat())
+    assert read_for[1:] == [[middle]]  # only the office booked at, at once
+    assert next(o for o in after if o["code"] == middle)["seats_free"] == 47
+    assert await nearby(client, service="102", date=day.isoformat())  # another service: its own
+    assert read_for[2:] == [sorted([near, middle, far])]
 
 
 async def test_by_city_and_bad_input(client: Client, world: World) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -121,9 +122,10 @@ async def test_a_read_a_change_overtook_is_not_kept(
         return replies
 
     monkeypatch.setattr(reads.auto, "execute_many", overtaken)
-    await reads.sums([OFFICE], DAY)
+    [(_, _, until)] = (await reads.sums([OFFICE], DAY)).values()
     await reads.day(OFFICE, DAY)
     assert (OFFICE, DAY) not in reads._sums and (OFFICE, DAY) not in reads._days
+    assert until == 0.0  # nor said to be
     monkeypatch.setattr(reads.auto, "execute_many", execute)
     await reads.sums([OFFICE], DAY)
     await reads.day(OFFICE, DAY)
@@ -188,12 +190,13 @@ async def test_waiting_reports_and_days_are_read_together(redis: Redis) -> None:
         await _fresh_day(capacity)
         await redis.hset(keys.WAITING_NOW, OFFICE, f"7|{dt.datetime.now(dt.UTC).isoformat()}")
         found = await capacity.reads.sums([OFFICE, "990199"], DAY)
-        summed, waiting = found[OFFICE]
+        summed, waiting, until = found[OFFICE]
         assert summed is not None and waiting == 7
+        assert until == capacity.reads._sums[(OFFICE, DAY)][0] > time.monotonic()  # kept, until then
         assert summed.of("101") == (1, 0, ("09:00",))  # a service's own pool
         assert summed.of("*") == (2, 0, ("08:00",))  # the shared one
         assert summed.of("102") == (0, 0, ())  # no slot of its own that day
-        assert found["990199"] == (None, 0)  # not in Redis: the caller materialises it
+        assert found["990199"] == (None, 0, 0.0)  # not in Redis, so not kept: the caller materialises it
         await redis.hset(keys.WAITING_NOW, OFFICE, f"9|{dt.datetime.now(dt.UTC).isoformat()}")
         assert (await capacity.reads.sums([OFFICE], DAY))[OFFICE][1] == 7  # remembered
         capacity.reads.forget(OFFICE)
@@ -248,8 +251,9 @@ async def test_a_waiting_read_a_report_overtook_is_not_kept(redis: Redis, monkey
         return replies
 
     monkeypatch.setattr(reads.auto, "execute_many", overtaken)
-    await reads.sums([OFFICE], DAY)
+    [(_, _, until)] = (await reads.sums([OFFICE], DAY)).values()
     assert OFFICE not in reads._waiting and (OFFICE, DAY) in reads._sums  # the day is kept
+    assert until == 0.0  # and what was read of the office together is not
     monkeypatch.setattr(reads.auto, "execute_many", execute)
     reads.forget(OFFICE, DAY)
     await reads.sums([OFFICE], DAY)
@@ -261,9 +265,9 @@ async def test_a_waiting_read_a_report_overtook_is_not_kept(redis: Redis, monkey
 async def test_a_search_sees_its_own_instances_booking_at_once(redis: Redis) -> None:
     capacity = _capacity(redis, 60)
     await _fresh_day(capacity)
-    [(before, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
+    [(before, _, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
     assert before is not None and before.of("*") == (2, 0, ("08:00",))
     await _reserve(capacity, "t1")
     await _reserve(capacity, "t2")
-    [(after, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
+    [(after, _, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
     assert after is not None and after.of("*") == (2, 2, ())  # full: no free time left

@@ -1,22 +1,14 @@
 from __future__ import annotations
 
-from app.load.ranking import Busyness, Candidate, busyness, rank, weigh
+from app.load.ranking import Busyness, Candidate, busyness, rank, stand, weigh
 
 
 def office(
     code: str, *, km: float, used: int = 0, seats: int = 10, status: str = "active", waiting: int = 0
 ) -> Candidate:
-    free = seats - used
-    return weigh(
-        office_code=code,
-        distance_km=km,
-        status=status,
-        seats=seats,
-        used=used,
-        waiting=waiting,
-        next_free="09:00" if free > 0 else None,
-        minutes_to_next_free=30 if free > 0 else None,
-    )
+    standing = stand(status=status, seats=seats, used=used, waiting=waiting, free_times=("09:00",))
+    free = bool(standing.free_times)
+    return weigh(code, km, standing, "09:00" if free else None, 30 if free else None)
 
 
 def codes(candidates: list[Candidate]) -> list[str]:
@@ -66,3 +58,18 @@ def test_scores_equal_but_for_float_noise_the_nearer_wins() -> None:
     near, far = office("near", km=1, used=1, seats=8), office("far", km=6, seats=8)
     assert far.score < near.score  # by one unit in the last place
     assert codes(rank([far, near], 2)) == ["near", "far"]
+
+
+def test_a_full_day_keeps_no_free_time() -> None:
+    assert stand(status="active", seats=4, used=4, waiting=0, free_times=("09:00",)).free_times == ()
+    assert stand(status="active", seats=4, used=5, waiting=0, free_times=("09:00",)).free == 0  # over a cut cap
+    kept = stand(status="active", seats=4, used=3, waiting=0, free_times=("09:00",))
+    assert (kept.free, kept.load, kept.free_times) == (1, 0.75, ("09:00",))
+
+
+def test_a_standing_weighed_scores_as_its_terms_add_up() -> None:
+    standing = stand(status="restricted", seats=8, used=2, waiting=3, free_times=("10:00",))
+    weighed = weigh("1", 5.0, standing, "10:00", 120)
+    assert weighed.score == 0.40 * 0.25 + 0.20 * 3 / 15 + 0.15 * 120 / 480 + 0.25 * 5 / 25
+    assert (weighed.tier, weighed.status, weighed.free, weighed.waiting) == (1, "restricted", 6, 3)
+    assert weigh("1", 30.0, standing, None, None).tier == 2  # no free slot left today: last
