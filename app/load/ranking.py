@@ -19,7 +19,6 @@ Blocked offices are never candidates. Ties go to the nearer office.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
 
 import msgspec
 
@@ -41,8 +40,11 @@ class Busyness(enum.StrEnum):
 BUSYNESS_FA = {Busyness.LOW: "خلوت", Busyness.MEDIUM: "نیمه‌شلوغ", Busyness.HIGH: "شلوغ"}
 
 
-class Standing(NamedTuple):
-    """An office's day for one service as its counters say, before distance and the clock."""
+class Standing(msgspec.Struct, frozen=True, gc=False):
+    """An office's day for one service as its counters say, before distance and the clock.
+    Instances keep tens of thousands (app.load.standings): ``gc=False`` keeps them out of the
+    garbage collector's passes, as plain tuples are (a NamedTuple's had stopped a worker for
+    40-75 ms at a time; it holds no other object that could make a cycle)."""
 
     status: str  # active, restricted or blocked
     free: int  # seats left that day (under any cap)

@@ -22,42 +22,54 @@ Kept = dict[str, tuple[float, Standing]]
 
 class Standings:
     def __init__(self, reads: DayReader) -> None:
-        self.sweep_every = reads.keep
+        self.keep = reads.keep  # no standing outlives its counters' copy (DayReader.keep)
         self._kept: dict[dt.date, dict[str, Kept]] = {}  # day -> service -> offices
-        self._swept_at = 0.0
+        self._searched_at: dict[tuple[dt.date, str], float] = {}
+        self._swept_at: dict[tuple[dt.date, str], float] = {}
+        self._dropped_at = 0.0
         reads.on_forget(self.forget)
 
     def of(self, service_code: str, day: dt.date, now: float) -> Kept:
         """The standings kept for the service's offices on the day (``now``: ``time.monotonic``);
         an entry whose time is up is to be worked out again."""
-        if now >= self._swept_at + self.sweep_every:
-            self._sweep(now)
         services = self._kept.get(day)
         if services is None:
             services = self._kept[day] = {}
         kept = services.get(service_code)
+        key = (day, service_code)
         if kept is None:
             kept = services[service_code] = {}
+            self._swept_at[key] = now
+        elif now >= self._swept_at[key] + self.keep:
+            # One service-day at a time, so that no search waits for them all: the biggest
+            # holds the 17,000 offices of a service every office offers, a few ms to look over.
+            self._swept_at[key] = now
+            for code in [code for code, (until, _) in kept.items() if until <= now]:
+                del kept[code]
+        self._searched_at[key] = now
+        if now >= self._dropped_at + self.keep:
+            self._drop_unsearched(now)
         return kept
 
     def forget(self, office_code: str | None, day: dt.date | None) -> None:
         """What the copy of the counters forgot (DayReader.on_forget): an office-day, all an
         office's days (``day`` None), or everything (both None)."""
         if office_code is None:
-            self._kept.clear()
+            for services in self._kept.values():
+                for kept in services.values():
+                    kept.clear()
             return
         for services in self._kept.values() if day is None else [self._kept.get(day, {})]:
             for kept in services.values():
                 kept.pop(office_code, None)
 
-    def _sweep(self, now: float) -> None:
-        """Drop what has expired, once a ``keep``: a rush's searches cover the country within it."""
-        self._swept_at = now
-        for day, services in list(self._kept.items()):
-            for service_code, kept in list(services.items()):
-                for code in [code for code, (until, _) in kept.items() if until <= now]:
-                    del kept[code]
-                if not kept:
-                    del services[service_code]
+    def _drop_unsearched(self, now: float) -> None:
+        """Drop the service-days nobody searched for a ``keep`` (past days among them): what
+        they hold was worked out before that, and has expired."""
+        self._dropped_at = now
+        for day, service_code in [key for key, at in self._searched_at.items() if at + self.keep <= now]:
+            del self._searched_at[day, service_code], self._swept_at[day, service_code]
+            services = self._kept[day]
+            del services[service_code]
             if not services:
                 del self._kept[day]

@@ -43,6 +43,6 @@ def test_standings_whose_time_is_up_are_swept() -> None:
     standings = Standings(DayReader(cast(AutoPipeline, None), ttl=1.0))
     _kept(standings, until=5.0)
     standings.of("101", DAY, 0.0)["D"] = (50.0, STANDING)
-    standings.of("101", DAY, standings.sweep_every + 10.0)  # a search after a sweep is due
-    assert _offices(standings, "101", DAY) == ["D"]
-    assert _offices(standings, "102", NEXT_DAY) == []
+    standings.of("101", DAY, standings.keep + 10.0)  # a search once a sweep is due
+    assert _offices(standings, "101", DAY) == ["D"]  # swept: the one whose time is not up
+    assert _offices(standings, "102", NEXT_DAY) == []  # not searched since: dropped whole
