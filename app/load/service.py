@@ -8,6 +8,7 @@ to Redis or from the instance's copy), its distance and the clock; SQL is asked 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from bisect import bisect_right
@@ -105,6 +106,14 @@ class LoadService:
                 unkept.append(code)
         if unkept:
             standings.update(await self._stand(sessions, service_code, unkept, day))
+        else:
+            # Yield once, as a search that reads Redis does: a busy worker then takes its
+            # searches in the order they came, and one that waited for Redis is not overtaken
+            # by every later one with nothing to read. Measured at saturation (wrk, 2 workers):
+            # p99 of random searches 101-121 -> 72 ms, of a crowd around a few offices 78-85 ->
+            # 37-43 ms, and 15-35% more searches a second. (Why so many more was not pinned
+            # down: in process, 64 searches at a time cost the same CPU with it or without.)
+            await asyncio.sleep(0)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
