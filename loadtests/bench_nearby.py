@@ -1,6 +1,6 @@
 """In-process timing of the nearby search over the full national dataset.
 
-    .venv/bin/python -m loadtests.bench_nearby [--searches 3000] [--warm 0] [--parts]
+    .venv/bin/python -m loadtests.bench_nearby [--searches 3000] [--warm 0] [--at-once 1] [--parts]
 
 Builds the 17,000-office demo network in a temporary SQLite file, counts it into a fresh
 embedded redis-server, loads the office directory as the app does at start, then times
@@ -8,7 +8,8 @@ LoadService.nearby (the nearest offices from the directory's k-d trees, one pipe
 the candidates, the ranking, the winners' names from the directory) from random points
 around random cities, for today or, on a Friday (closed), tomorrow. Prints p50/p95/p99 in milliseconds, and the CPU time per search of
 this process and of redis-server. ``--warm N``: N searches first, not timed, as a running
-instance has made before (its copies of the counters filled). ``--parts``: also the wall time of the search's parts
+instance has made before (its copies of the counters filled). ``--at-once N``: N searches at a
+time on the event loop, as a busy worker has them (latencies are then each batch's). ``--parts``: also the wall time of the search's parts
 (the nearest offices, their counters read, the cards), each timed around its call.
 """
 
@@ -65,7 +66,7 @@ def _time_parts() -> dict[str, list[float]]:
     return spent
 
 
-async def main(searches: int, parts: bool = False, warm: int = 0) -> None:
+async def main(searches: int, parts: bool = False, warm: int = 0, at_once: int = 1) -> None:
     spent = _time_parts() if parts else {}
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis").start()
@@ -105,16 +106,17 @@ async def main(searches: int, parts: bool = False, warm: int = 0) -> None:
                     limit=10,
                 )
 
-            for _ in range(warm):
-                await search()
+            for _ in range(warm // at_once):
+                await asyncio.gather(*(search() for _ in range(at_once)))
             for times in spent.values():
                 times.clear()
             timings = []
             redis_cpu, app_cpu = await _redis_cpu(container.redis), time.process_time()
-            for _ in range(searches):
+            for _ in range(searches // at_once):
                 started = time.perf_counter()
-                await search()
+                await asyncio.gather(*(search() for _ in range(at_once)))
                 timings.append((time.perf_counter() - started) * 1000)
+            searches = searches // at_once * at_once
             app_cpu, redis_cpu = time.process_time() - app_cpu, await _redis_cpu(container.redis) - redis_cpu
             timings.sort()
             q = statistics.quantiles(timings, n=100)
@@ -142,6 +144,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--searches", type=int, default=3000)
     parser.add_argument("--warm", type=int, default=0, help="searches first, not timed")
+    parser.add_argument("--at-once", type=int, default=1, help="searches at a time on the event loop")
     parser.add_argument("--parts", action="store_true", help="also time the search's parts")
     args = parser.parse_args()
-    asyncio.run(main(args.searches, args.parts, args.warm))
+    asyncio.run(main(args.searches, args.parts, args.warm, args.at_once))
