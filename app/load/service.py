@@ -111,7 +111,7 @@ class LoadService:
             # searches in the order they came, and one that waited for Redis is not overtaken
             # by every later one with nothing to read. Measured at saturation (wrk, 2 workers):
             # p99 of random searches 101-121 -> 72 ms, of a crowd around a few offices 78-85 ->
-            # 37-43 ms, and 15-35% more searches a second. (Why so many more was not pinned
+            # 37-43 ms, and 12-42% more searches a second. (Why so many more was not pinned
             # down: in process, 64 searches at a time cost the same CPU with it or without.)
             await asyncio.sleep(0)
 
