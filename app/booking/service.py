@@ -377,8 +377,10 @@ class BookingService:
         national_id: str,
         seat: SeatRequest,
     ) -> Booked:
-        """The commit's answer was lost. If the record has the booking, it is the citizen's:
-        confirm it (its SMS, committed in the outbox, goes out with the sweep). Either way the
+        """The commit's answer was lost, and the record could not say whether the batch landed
+        (the writer asks first: app.booking.writer), or it is the SQLite record's. If the
+        record has the booking now, it is the citizen's: confirm it (its SMS, committed in the
+        outbox, goes out with the sweep). Either way the
         seat is never given back: the commit may still land, and a seat given back under a
         recorded booking is sold twice. Not in the record, it stays counted (the safe side)
         until the next rebuild, and the citizen's limit and Idempotency-Key are freed so that

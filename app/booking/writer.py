@@ -27,10 +27,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, Table, TextClause, text
+from sqlalchemy import Select, String, Table, TextClause, select, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from app.db import commit_outcome
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,9 @@ HOLD_OFF_RECOUNTS = (
 
 class CommitOutcomeUnknown(Exception):
     """The commit was sent and its answer lost (the connection dropped, the database failed
-    over): every row of the batch may be in the record. Its seats must stay counted, or a
-    booking in the record would share its seat with the next one sold."""
+    over), and the record could not say whether it landed (on SQLite it is not asked): every
+    row of the batch may be in the record. Its seats must stay counted, or a booking in the
+    record would share its seat with the next one sold."""
 
 
 @dataclass
@@ -153,7 +156,7 @@ class GroupCommit:
         async with self.engine.connect() as connection:
             transaction = await connection.begin()
             try:
-                await _insert(connection, rows)
+                xid = await _insert(connection, rows)
                 # Asked after every seat of the batch was held and the recount barrier taken:
                 # once any instance has paused for a recount, nothing commits.
                 if not await self.may_commit():
@@ -170,7 +173,15 @@ class GroupCommit:
                         if not write.done.done():
                             write.done.set_exception(unknown)
                     raise
-                raise unknown from error
+                # Asked once for the batch, which may be hundreds of bookings. Before, each
+                # looked for its own row, and one not found (yet) kept its seat counted, for
+                # nobody, until the next rebuild.
+                landed = await self._landed(xid, rows)
+                if landed is None:
+                    raise unknown from error
+                if not landed:
+                    raise  # nothing of the batch is in the record: an error like any other
+                log.warning("a group commit's answer was lost; the record says it landed: confirmed")
             # The messages are enqueued by a thread of their own, so the next commit does not
             # wait for RQ's Redis (a message whose enqueue is lost is found by the sweep: its
             # outbox row is committed).
@@ -184,6 +195,26 @@ class GroupCommit:
             for write in batch:
                 if not write.done.done():
                     write.done.set_result(None)
+
+    async def _landed(self, xid: int | None, rows: Rows) -> bool | None:
+        """Whether the batch's transaction ``xid`` landed, asked on a connection of its own
+        (``app.db.commit_outcome``, which waits a few seconds for one still finishing); None
+        when the record cannot say. Not asked on SQLite: BookingService reads each booking
+        back (a SQLite commit that raises has not landed, but that is the file's word)."""
+        probe = _read_back(rows)
+        if xid is None or probe is None:
+            return None
+        try:
+            async with AsyncSession(self.engine) as session:
+                landed = await commit_outcome(session, xid)
+                if landed:
+                    # After a failover to a replica that never had this transaction, its id
+                    # is given again, and PostgreSQL would answer for another one: only the
+                    # batch's own row tells. (Not landed is true either way.)
+                    landed = await session.scalar(probe) is not None
+                return landed
+        except (SQLAlchemyError, OSError):
+            return None
 
     async def _commit_alone(self, write: _Write) -> None:
         try:
@@ -208,16 +239,30 @@ async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> int | None:
     return int(held.one()[-1])
 
 
+def _read_back(rows: Rows) -> Select[Any] | None:
+    """A query for one row of the batch by a key its values give (the primary key, or a unique
+    column: a booking's tracking code); None when no table's rows give one."""
+    for (table, columns), table_rows in rows.items():
+        key = list(table.primary_key.columns)
+        if not all(column.name in columns for column in key):
+            key = [column for column in table.columns if column.unique and column.name in columns][:1]
+        if key:
+            first = table_rows[0]
+            return select(key[0]).where(*(column == first[column.name] for column in key))
+    return None
+
+
 def _barrier_params() -> dict[str, Any]:
     return {"idle": BARRIER_HOLDER_IDLE, "key": RECOUNT_BARRIER}
 
 
-async def _insert(connection: AsyncConnection, rows: Rows) -> None:
-    """A batch's rows, and on PostgreSQL the recount barrier (``hold_off_recounts``)."""
+async def _insert(connection: AsyncConnection, rows: Rows) -> int | None:
+    """A batch's rows, and on PostgreSQL the recount barrier (``hold_off_recounts``); the
+    transaction's id (None on SQLite), for ``app.db.commit_outcome`` if its commit raises."""
     if connection.dialect.name != "postgresql":  # the embedded SQLite record: no barrier
         for (table, _), table_rows in rows.items():
             await connection.execute(table.insert(), table_rows)
-        return
+        return None
     # One statement for the whole batch: each column's values as one array, and the barrier.
     # An executemany per table, and the barrier on a statement of its own, had been three
     # trips to the database between BEGIN and COMMIT, with each row's parameters handled one
@@ -231,7 +276,8 @@ async def _insert(connection: AsyncConnection, rows: Rows) -> None:
             if convert := to_database[number].get(column):  # what SQLAlchemy does to a bound value
                 values = [convert(value) for value in values]
             parameters[f"t{number}_{column}"] = values
-    await connection.execute(statement, parameters)
+    inserted = await connection.execute(statement, parameters)
+    return int(inserted.one()[-1])
 
 
 @functools.lru_cache(maxsize=16)
@@ -239,8 +285,9 @@ def _batch_insert(
     dialect: Dialect, shape: tuple[tuple[Table, tuple[str, ...]], ...]
 ) -> tuple[TextClause, list[dict[str, Any]]]:
     """``WITH t0 AS (INSERT INTO bookings (...) SELECT * FROM unnest(:t0_id, ...)), ... SELECT
-    <the barrier>`` (PostgreSQL runs every insert in WITH to completion, read or not), and for
-    each table the columns whose values SQLAlchemy would convert (an Enum's), with how."""
+    <the barrier>, txid_current()`` (PostgreSQL runs every insert in WITH to completion, read
+    or not), and for each table the columns whose values SQLAlchemy would convert (an Enum's),
+    with how."""
     quote = dialect.identifier_preparer
     inserts, to_database = [], []
     for number, (table, columns) in enumerate(shape):
@@ -261,7 +308,7 @@ def _batch_insert(
         )
         processors = {column: table.c[column].type.bind_processor(dialect) for column in columns}
         to_database.append({column: convert for column, convert in processors.items() if convert})
-    return text(f"WITH {', '.join(inserts)} {HOLD_OFF_RECOUNTS}"), to_database
+    return text(f"WITH {', '.join(inserts)} {HOLD_OFF_RECOUNTS}, txid_current()"), to_database
 
 
 async def wait_for_commits(session: AsyncSession) -> None:
