@@ -22,7 +22,7 @@ from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
 from app.db import Within
-from app.errors import DomainError, InvalidInput, NotFound
+from app.errors import DomainError, InvalidInput, NotFound, Unauthorized
 from app.identity import normalize_mobile
 from app.load.schemas import NearbyResult
 from app.locale import normalize_digits, parse_date
@@ -464,6 +464,22 @@ class CitizenPages(Controller):
         except RedisError:
             log.warning("a sign-out was not told to the other instances: Redis did not answer")
         response = see_other("/?notice=signed_out")
+        response.delete_cookie(CITIZEN_COOKIE, path="/")
+        return response
+
+    @post("/signout/everywhere")
+    async def signout_everywhere(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
+        """Every sign-in of the number ends, on every device: a lost phone's, an office
+        computer's. Unlike a plain sign-out this has nothing to fall back on without Redis (the
+        other instances must hear of it), so that is an error page, not a false "done"."""
+        check_csrf(request, container, data)
+        try:
+            await container.auth.sign_out_everywhere(request.cookies.get(CITIZEN_COOKIE, ""))
+        except Unauthorized:
+            # Signed out already here (a page left open): only a sign-in may end the others.
+            response = see_other("/signin?notice=sign_in_first")
+        else:
+            response = see_other("/?notice=signed_out_everywhere")
         response.delete_cookie(CITIZEN_COOKIE, path="/")
         return response
 

@@ -79,6 +79,8 @@ ROLE_FA = {"office_staff": "کارکنان دفتر", "regulator": "نهاد ن�
 NOTICE_FA = {
     "signed_in": "وارد شدید.",
     "signed_out": "از حساب خود خارج شدید.",
+    "signed_out_everywhere": "از حساب خود در همهٔ دستگاه‌ها خارج شدید.",
+    "sign_in_first": "برای خروج از همهٔ دستگاه‌ها، نخست وارد شوید.",
     "cancelled": "نوبت لغو شد و جای آن آزاد شد.",
     "complaint_filed": "شکایت ثبت شد. کد رهگیری پیامک هم می‌شود.",
     "checked_in": "حضور ثبت شد.",

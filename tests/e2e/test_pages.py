@@ -340,6 +340,12 @@ def test_on_a_360_px_phone_the_header_is_two_rows(phone: Any, site: Site, server
         assert header["height"] <= 120, f"header {header['height']} px high (signed in: {signed_in})"
         assert len(items) == 4 and max(items) - min(items) < 1, f"menu on more than one row: {items}"
         site.check(page)
+    # Signed in, the home page offers to end every sign-in of the number (a lost phone).
+    page.get_by_role("button", name="خروج از همهٔ دستگاه‌ها").click()
+    page.wait_for_url(re.compile(r"/\?notice=signed_out_everywhere$"))
+    expect(page.get_by_role("status")).to_have_text("از حساب خود در همهٔ دستگاه‌ها خارج شدید.")
+    expect(page.get_by_role("link", name="ورود")).to_be_visible()
+    site.check(page)
 
 
 def test_pages_are_accessible_and_keyboard_friendly(phone: Any, desk: Any, site: Site) -> None:

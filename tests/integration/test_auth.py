@@ -294,13 +294,34 @@ async def test_an_instance_started_after_a_sign_out_refuses_the_token(
         assert not await signed_in(started_later, headers)
 
 
-async def sign_out_on_the_page(client: Client, headers: dict[str, str]) -> Any:
-    """The page's sign-out, from a browser holding the token as its cookie: its answer."""
+async def sign_out_on_the_page(client: Client, headers: dict[str, str], action: str = "/signout") -> Any:
+    """The page's sign-out (``action``), from a browser holding the token as its cookie: its answer."""
     client.cookies.set(CITIZEN_COOKIE, headers["Authorization"].removeprefix("Bearer "))
     page = await client.get("/", headers={"Accept": "text/html"})
     csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
-    assert csrf and "خروج" in page.text  # signed in, with the sign-out button
-    return await client.post("/signout", data={"_csrf": csrf.group(1)}, follow_redirects=False)
+    assert csrf and f'action="{action}"' in page.text  # signed in, with the button
+    return await client.post(action, data={"_csrf": csrf.group(1)}, follow_redirects=False)
+
+
+async def test_signing_out_everywhere_on_the_page_ends_every_token_of_the_number(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    lost_phone = await sign_in(client, redis_sync, deliver, "09120002020")
+    browser = await sign_in(client, redis_sync, deliver, "09120002020")
+    answer = await sign_out_on_the_page(client, browser, "/signout/everywhere")
+    assert answer.status_code == 303 and answer.headers["location"] == "/?notice=signed_out_everywhere"
+    assert CITIZEN_COOKIE in answer.headers["set-cookie"] and "Max-Age=0" in answer.headers["set-cookie"]
+    assert not await signed_in(client, lost_phone) and not await signed_in(client, browser)
+    page = await client.get(answer.headers["location"], headers={"Accept": "text/html"})
+    assert "از حساب خود در همهٔ دستگاه‌ها خارج شدید." in page.text
+    assert 'action="/signout/everywhere"' not in page.text  # signed out: no button
+    # From a page left open after that: nothing ended, the citizen is asked to sign in.
+    client.cookies.set(CITIZEN_COOKIE, browser["Authorization"].removeprefix("Bearer "))
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', (await client.get("/signin")).text)
+    assert csrf
+    stale = await client.post("/signout/everywhere", data={"_csrf": csrf.group(1)}, follow_redirects=False)
+    assert stale.status_code == 303 and stale.headers["location"] == "/signin?notice=sign_in_first"
+    assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
 
 
 async def test_signing_out_on_the_page_ends_the_token_too(
