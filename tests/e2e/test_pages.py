@@ -343,8 +343,8 @@ def test_on_a_360_px_phone_the_header_is_two_rows(phone: Any, site: Site, server
     # Signed in, the home page offers to end every sign-in of the number (a lost phone).
     page.get_by_role("button", name="خروج از همهٔ دستگاه‌ها").click()
     page.wait_for_url(re.compile(r"/\?notice=signed_out_everywhere$"))
-    expect(page.get_by_role("status")).to_have_text("از حساب خود در همهٔ دستگاه‌ها خارج شدید.")
-    expect(page.get_by_role("link", name="ورود")).to_be_visible()
+    expect(page.locator(".notice")).to_have_text("از حساب خود در همهٔ دستگاه‌ها خارج شدید.")
+    expect(page.get_by_role("link", name="ورود", exact=True)).to_be_visible()  # signed out here too
     site.check(page)
 
 
