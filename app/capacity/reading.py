@@ -196,15 +196,18 @@ class DayReader:
                     {code: waiting[code] or 0 for code in unread_waiting},
                     asked,
                 )
-        kept_sums, kept_waiting, never = self._sums, self._waiting, (0.0, None)
         return {
-            code: (
-                summed[code],
-                waiting[code] or 0,
-                min(kept_sums.get((code, day), never)[0], kept_waiting.get(code, never)[0]),
-            )
+            code: (summed[code], waiting[code] or 0, self._kept_until(code, day, summed[code], waiting[code] or 0))
             for code in codes
         }
+
+    def _kept_until(self, code: str, day: dt.date, summed: DaySums | None, waiting: int) -> float:
+        """Until when what ``sums`` answers for the office is kept as answered; 0 when it is
+        not (not kept, forgotten while read, or since overtaken by another read)."""
+        kept_sums, kept_waiting = self._sums.get((code, day)), self._waiting.get(code)
+        if kept_sums is None or kept_waiting is None or kept_sums[1] is not summed or kept_waiting[1] != waiting:
+            return 0.0
+        return min(kept_sums[0], kept_waiting[0])
 
     @contextmanager
     def changing(self, office_days: Iterable[tuple[str, dt.date | None]] | None) -> Iterator[None]:

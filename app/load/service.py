@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
 from app.capacity.plan import minute_of
-from app.capacity.reading import EMPTY_DAY, waiting_report
+from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.db import Sessions, Within
@@ -48,14 +48,19 @@ class LoadService:
         self.redis = capacity.redis
         self.clock = clock
         self.standings = Standings(capacity.reads)
+        offices.on_read_again(self.standings.forget)
 
     async def report_waiting(self, *, office_code: str, count: int) -> None:
         if not 0 <= count <= 1000:
             raise InvalidInput(
                 "waiting", "Waiting must be 0 to 1000.", detail_fa="تعداد منتظران باید بین ۰ و ۱۰۰۰ باشد."
             )
-        await self.redis.hset(keys.WAITING_NOW, office_code, f"{count}|{self.clock.now().isoformat()}")
-        self.capacity.reads.waiting_changed(office_code)  # the others see it within their ttl
+        try:
+            await self.redis.hset(keys.WAITING_NOW, office_code, f"{count}|{self.clock.now().isoformat()}")
+        finally:
+            # Told even when the write failed: it may have landed (a timeout), and the others
+            # keep a report as long as the counters now, not a ttl.
+            self.capacity.reads.waiting_changed(office_code)  # the others see it within their ttl
 
     async def nearby(
         self,
@@ -179,14 +184,23 @@ class LoadService:
         self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
     ) -> dict[str, Standing]:
         """The offices' standings for the service on the day, worked out from their counters
-        (app.capacity.reading), and kept for as long as those are. Days Redis lacks are
-        materialised through one session, opened only then, and read again in one trip."""
+        (app.capacity.reading). Days Redis lacks are materialised through one session, opened
+        only then, and read again in one trip."""
         read = await self.capacity.reads.sums(codes, day)
+        standings = self._from_counters(service_code, day, read)
         if missing := [code for code, (summed, _, _) in read.items() if summed is None]:
             async with sessions() as session:
                 for code in missing:
                     await self.capacity.materialise_day(session=session, office_code=code, day=day)
-            read.update(await self.capacity.reads.sums(missing, day))
+            standings.update(self._from_counters(service_code, day, await self.capacity.reads.sums(missing, day)))
+        return standings
+
+    def _from_counters(
+        self, service_code: str, day: dt.date, read: dict[str, tuple[DaySums | None, int, float]]
+    ) -> dict[str, Standing]:
+        """Standings worked out from what ``DayReader.sums`` just answered, each kept for as long
+        as the copy keeps what it came from. Called with no await since the read: a change
+        made or heard of after it has forgotten the copy, and then finds the standing to forget."""
         now = time.monotonic()
         kept = self.standings.of(service_code, day, now)
         standings = {}
@@ -204,7 +218,7 @@ class LoadService:
                 free_times=free_times,
             )
             if until > now:
-                kept[code] = (until, standing)
+                self.standings.keep(kept, code, until, standing)
         return standings
 
     async def _origin(

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -109,6 +109,12 @@ class OfficeDirectory:
         self._checked_at = 0.0
         self._reloading: asyncio.Task[None] | None = None
         self._unannounced: set[str] = set()  # changed here, not yet told to the others
+        self._reading_again: list[Callable[[str | None], None]] = []
+
+    def on_read_again(self, listener: Callable[[str | None], None]) -> None:
+        """Have ``listener`` called with each office this copy reads again or drops (None: all
+        of them), once the new one is in: what was worked out from the old one is stale."""
+        self._reading_again.append(listener)
 
     async def load(self) -> None:
         """Read the whole registry (about a second for the national network)."""
@@ -118,6 +124,8 @@ class OfficeDirectory:
         near = {service_code: GeoIndex(places) for service_code, places in _places(offices).items()}
         self._offices, self._services, self._near, self._version = offices, services, near, version
         self._checked_at = time.monotonic()
+        for listener in self._reading_again:
+            listener(None)
         log.info("office directory loaded: %d offices, %d services", len(offices), len(services))
 
     async def _load_changed(self, office_codes: set[str], version: Version) -> None:
@@ -139,6 +147,9 @@ class OfficeDirectory:
                 else:
                     index.remove(code)
         self._services, self._version = services, version
+        for listener in self._reading_again:
+            for code in office_codes:
+                listener(code)
         log.info("office directory: %d changed offices read again", len(office_codes))
 
     async def bookable(self, *, office_code: str, service_code: str) -> BookableOffice:
@@ -230,6 +241,8 @@ class OfficeDirectory:
     async def changed(self, office_code: str) -> None:
         """An office's name, services or template changed: forget it here, tell the others."""
         self._offices.pop(office_code, None)
+        for listener in self._reading_again:
+            listener(office_code)
         self._unannounced.add(office_code)
         await self._announce()
 

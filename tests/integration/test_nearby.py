@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -12,6 +13,7 @@ from redis import Redis as SyncRedis
 
 from app.capacity import crowd_caps, keys
 from app.capacity.plan import DayRule
+from app.capacity.service import SeatRequest
 from app.offices.models import OfficeStatus
 from tests.conftest import World, booking_body, count_sessions
 
@@ -112,6 +114,42 @@ async def test_standings_are_kept_between_searches_and_worked_out_again_once_cha
     assert next(o for o in after if o["code"] == middle)["seats_free"] == 47
     assert await nearby(client, service="102", date=day.isoformat())  # another service: its own
     assert read_for[2:] == [sorted([near, middle, far])]
+
+
+async def test_a_change_made_while_a_search_materialises_a_day_is_not_hidden_by_its_standings(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search reads its offices' counters, then counts into Redis a day it lacked (an await
+    on SQL). A booking made meanwhile at an office it had already read must show on the next
+    search: the standing worked out before it was forgotten with it, not kept for seconds."""
+    near, _, far = await three_offices(world)
+    day = world.tomorrow()
+    container = client.app.state.container  # the instance the client talks to, on its own loop
+    await world.container.redis.delete(keys.office_day(far, day))  # not in Redis: materialised
+    materialise = container.capacity.materialise_day
+
+    async def booked_meanwhile(**kwargs: Any) -> bool:
+        seat = SeatRequest(office_code=near, day=day, pool="*", time="08:00", not_before=None, tracking_code="t")
+        assert await container.capacity.reserve(seat) is not None  # a booking at this instance
+        return await materialise(**kwargs)
+
+    monkeypatch.setattr(container.capacity, "materialise_day", booked_meanwhile)
+    first = await nearby(client, date=day.isoformat())
+    monkeypatch.setattr(container.capacity, "materialise_day", materialise)
+    assert next(o for o in first if o["code"] == near)["seats_free"] == 48  # read before the booking
+    after = await nearby(client, date=day.isoformat())
+    assert next(o for o in after if o["code"] == near)["seats_free"] == 47
+
+
+async def test_an_office_the_directory_reads_again_is_weighed_again(client: Client, world: World) -> None:
+    """Its template may have given the service a pool of its own: the standing goes with it."""
+    near, middle, far = await three_offices(world)
+    day = world.tomorrow()
+    container = client.app.state.container
+    await nearby(client, date=day.isoformat())
+    assert {near, middle, far} <= set(container.load.standings.of("101", day, 0.0))
+    await asyncio.to_thread(client.blocking_portal.call, container.offices.changed, middle)
+    assert set(container.load.standings.of("101", day, 0.0)) == {near, far}
 
 
 async def test_by_city_and_bad_input(client: Client, world: World) -> None:

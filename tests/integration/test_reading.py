@@ -160,8 +160,9 @@ async def test_a_read_asked_for_after_a_change_is_kept_while_an_older_one_is_on_
     newer = (await reads.sums([OFFICE], DAY))[OFFICE][0]
     assert newer is not None and (OFFICE, DAY) in reads._sums  # kept: it saw the change
     assert newer.of("*")[1] == 1
-    stale = (await older)[OFFICE][0]
+    stale, _, stale_until = (await older)[OFFICE]
     assert stale is not None and stale.of("*")[1] == 0  # answered as it was read...
+    assert stale_until == 0.0  # ...not said to be kept (the newer read is)
     assert reads._sums[(OFFICE, DAY)][1].of("*")[1] == 1  # ...but kept over the newer one: no
     assert not reads._reading and not reads._overtaken
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import cast
 
+import pytest
+
 from app.capacity.reading import DayReader
+from app.load import standings as standings_module
 from app.load.ranking import stand
 from app.load.standings import Standings
 from app.redis import AutoPipeline
@@ -18,7 +21,9 @@ STANDING = stand(status="active", seats=4, used=1, waiting=0, free_times=("08:00
 def _kept(standings: Standings, until: float = 100.0) -> None:
     for day in (DAY, NEXT_DAY):
         for service in ("101", "102"):
-            standings.of(service, day, 0.0).update({code: (until, STANDING) for code in ("A", "B", "C")})
+            kept = standings.of(service, day, 0.0)
+            for code in ("A", "B", "C"):
+                standings.keep(kept, code, until, STANDING)
 
 
 def _offices(standings: Standings, service: str, day: dt.date) -> list[str]:
@@ -42,7 +47,26 @@ def test_what_the_counters_forget_the_standings_forget() -> None:
 def test_standings_whose_time_is_up_are_swept() -> None:
     standings = Standings(DayReader(cast(AutoPipeline, None), ttl=1.0))
     _kept(standings, until=5.0)
-    standings.of("101", DAY, 0.0)["D"] = (50.0, STANDING)
-    standings.of("101", DAY, standings.keep + 10.0)  # a search once a sweep is due
+    standings.keep(standings.of("101", DAY, 0.0), "D", 50.0, STANDING)
+    standings.of("101", DAY, standings.keep_seconds + 10.0)  # a search once a sweep is due
     assert _offices(standings, "101", DAY) == ["D"]  # swept: the one whose time is not up
     assert _offices(standings, "102", NEXT_DAY) == []  # not searched since: dropped whole
+
+
+def test_no_more_are_kept_than_the_bound_and_what_goes_makes_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(standings_module, "MAX_KEPT", 12)
+    reads = DayReader(cast(AutoPipeline, None), ttl=1.0)
+    standings = Standings(reads)
+    _kept(standings)  # twelve: A, B and C for two services on two days
+    kept = standings.of("103", DAY, 0.0)
+    standings.keep(kept, "D", 100.0, STANDING)
+    assert "D" not in kept  # at the bound: used by its search, not kept
+    standings.keep(standings.of("101", DAY, 0.0), "A", 200.0, STANDING)  # kept again: no new room needed
+    reads.forget("A", DAY)  # two go
+    standings.keep(kept, "D", 100.0, STANDING)
+    standings.keep(kept, "E", 100.0, STANDING)
+    standings.keep(kept, "F", 100.0, STANDING)
+    assert sorted(kept) == ["D", "E"]
+    reads.forget_all()
+    standings.keep(kept, "F", 100.0, STANDING)
+    assert sorted(kept) == ["F"]
