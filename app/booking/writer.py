@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import Select, String, Table, TextClause, select, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.db import commit_outcome
@@ -45,6 +45,9 @@ GATHER_SECONDS = 0.02
 RECOUNT_BARRIER = 727371
 """A PostgreSQL advisory lock: each batch holds it shared until its commit ends, and a
 recount takes it alone a moment before it reads the record (``wait_for_commits``)."""
+LANDED_WAIT = 4.0
+"""Seconds the writer waits to learn whether a batch whose commit's answer was lost landed,
+while no other batch commits (``GroupCommit._landed``)."""
 BARRIER_WAIT = "2s"
 """How long a recount waits for the barrier at a time. Meanwhile every new batch queues
 behind it: between tries they go on (and are refused, for the recount has begun)."""
@@ -142,7 +145,8 @@ class GroupCommit:
             # The writer's connections are not checked as they leave the pool (a round trip
             # per batch, 4% of a booking's CPU in its profile). One the database dropped (a
             # restart, a failover) fails before anything of the batch is committed: the batch
-            # goes again, once, on a new connection. (A lost COMMIT is CommitOutcomeUnknown.)
+            # goes again, once, on a new connection; so does one whose COMMIT was lost and did
+            # not land (``_landed``). (One that may have landed is CommitOutcomeUnknown.)
             if not error.connection_invalidated:
                 raise
             log.warning("the group commit's connection was gone; the batch goes again on a new one")
@@ -176,7 +180,13 @@ class GroupCommit:
                 # Asked once for the batch, which may be hundreds of bookings. Before, each
                 # looked for its own row, and one not found (yet) kept its seat counted, for
                 # nobody, until the next rebuild.
-                landed = await self._landed(xid, rows)
+                try:
+                    landed = await self._landed(xid, rows)
+                except asyncio.CancelledError:
+                    for write in batch:
+                        if not write.done.done():
+                            write.done.set_exception(unknown)
+                    raise
                 if landed is None:
                     raise unknown from error
                 if not landed:
@@ -205,15 +215,17 @@ class GroupCommit:
         if xid is None or probe is None:
             return None
         try:
-            async with AsyncSession(self.engine) as session:
-                landed = await commit_outcome(session, xid)
+            # Every booking of the instance waits meanwhile: a few seconds at most.
+            async with asyncio.timeout(LANDED_WAIT), AsyncSession(self.engine) as session:
+                landed = await commit_outcome(session, xid, wait=LANDED_WAIT - 1)
                 if landed:
                     # After a failover to a replica that never had this transaction, its id
                     # is given again, and PostgreSQL would answer for another one: only the
                     # batch's own row tells. (Not landed is true either way.)
                     landed = await session.scalar(probe) is not None
                 return landed
-        except (SQLAlchemyError, OSError):
+        except Exception:  # anything but an answer: the seats stay counted
+            log.warning("could not ask the record whether a lost commit landed", exc_info=True)
             return None
 
     async def _commit_alone(self, write: _Write) -> None:

@@ -1209,17 +1209,21 @@ async def test_bookings_go_on_when_the_database_drops_the_group_commits_connecti
     assert ten_oclock_used(capacity_redis, office, day) == 2
 
 
-def lose_the_commits_answer(client: Client, monkeypatch: pytest.MonkeyPatch, *, committed: bool) -> None:
+def lose_the_commits_answer(
+    client: Client, monkeypatch: pytest.MonkeyPatch, *, committed: bool, dropped: bool = False
+) -> None:
     """The bookings' next group commit is sent and its answer lost, as when the connection
     drops or the database fails over with the COMMIT on its way; ``committed``: whether it
-    landed. (On the writer's own engine, at the driver: whatever the writer's code does.)"""
+    landed; ``dropped``: whether SQLAlchemy saw the connection gone. (On the writer's own
+    engine, at the driver: whatever the writer's code does.)"""
     dialect = client.app.state.container.bookings.writer.engine.dialect
     commit, rollback = dialect.do_commit, dialect.do_rollback
 
     def lost(dbapi_connection: Any) -> None:
         monkeypatch.setattr(dialect, "do_commit", commit)  # once
         (commit if committed else rollback)(dbapi_connection)
-        raise OperationalError("COMMIT", {}, Exception("connection lost with the COMMIT on its way"))
+        lost = Exception("connection lost with the COMMIT on its way")
+        raise OperationalError("COMMIT", {}, lost, connection_invalidated=dropped)
 
     monkeypatch.setattr(dialect, "do_commit", lost)
 
@@ -1262,16 +1266,24 @@ async def test_a_booking_whose_commit_did_not_land_gives_its_seat_back_once_the_
     redis.close()
 
 
+@pytest.mark.parametrize("asking", ["says nothing", "fails"])
 async def test_a_booking_whose_lost_commit_the_record_cannot_tell_keeps_its_seat_counted(
-    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
+    client: Client,
+    world: World,
+    capacity_redis: EmbeddedRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    asking: str,
 ) -> None:
-    """PostgreSQL cannot say (down, or the transaction still finishing): the commit might
-    still land, so the seat stays counted and the booking is looked for in the record, as on
-    SQLite."""
+    """PostgreSQL cannot say (down, or the transaction still finishing), or asking it fails
+    in a way nobody foresaw: the commit might still land, so the seat stays counted and the
+    booking is looked for in the record, as on SQLite."""
     if not database_url.startswith("postgresql"):
         pytest.skip("the SQLite record is not asked")
 
     async def untold(*_: Any, **__: Any) -> None:
+        if asking == "fails":
+            raise RuntimeError("an error of a kind the writer does not know")
         return None
 
     office = await world.office(seats=2)
@@ -1283,6 +1295,24 @@ async def test_a_booking_whose_lost_commit_the_record_cannot_tell_keeps_its_seat
     lose_the_commits_answer(client, monkeypatch, committed=True)
     assert (await book(client, world, office, day)).status_code == 201  # found in the record
     assert ten_oclock_used(capacity_redis, office, day) == 2
+
+
+async def test_a_lost_commit_that_did_not_land_on_a_dropped_connection_goes_again(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """As a batch whose connection was found gone before its commit: PostgreSQL says nothing
+    of it landed, so it is committed again, once, on a new connection, and the citizen is
+    booked without knowing."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the SQLite record is not asked")
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    lose_the_commits_answer(client, monkeypatch, committed=False, dropped=True)
+    booked = await book(client, world, office, day)
+    assert booked.status_code == 201, booked.text
+    assert (await client.get(f"/api/v1/bookings/{booked.json()['tracking_code']}")).json()["status"] == "booked"
+    assert ten_oclock_used(capacity_redis, office, day) == 1
+    assert (await book(client, world, office, day)).status_code == 409  # the one seat is taken
 
 
 async def test_a_reused_transaction_id_is_not_taken_for_the_lost_batchs(
