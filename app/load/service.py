@@ -97,28 +97,7 @@ class LoadService:
             found = [(code, km) for code, km in nearest if km <= radius]
             if len(found) >= limit:
                 break
-        # The standings kept, and the others worked out (heard first: what the other instances
-        # changed is forgotten before the kept ones are taken).
-        asked = await self.capacity.reads.hear()
-        kept = self.standings.of(service_code, day, asked)
-        standings: dict[str, Standing] = {}
-        unkept = []
-        for code, _ in found:
-            entry = kept.get(code)
-            if entry is not None and entry[0] > asked:
-                standings[code] = entry[1]
-            else:
-                unkept.append(code)
-        if unkept:
-            standings.update(await self._stand(sessions, service_code, unkept, day))
-        else:
-            # Yield once, as a search that reads Redis does: a busy worker then takes its
-            # searches in the order they came, and one that waited for Redis is not overtaken
-            # by every later one with nothing to read. Measured at saturation (wrk, 2 workers):
-            # p99 of random searches 101-121 -> 72 ms, of a crowd around a few offices 78-85 ->
-            # 37-43 ms, and 12-42% more searches a second. (Why so many more was not pinned
-            # down: in process, 64 searches at a time cost the same CPU with it or without.)
-            await asyncio.sleep(0)
+        standings = await self._standings(sessions, service_code, [code for code, _ in found], day)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
@@ -179,6 +158,33 @@ class LoadService:
                 for h, (s, u) in sorted(by_hour.items())
             ],
         )
+
+    async def _standings(
+        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
+    ) -> dict[str, Standing]:
+        """The offices' standings for the service on the day: those kept, and the others worked
+        out (heard first: what the other instances changed is forgotten before any is taken)."""
+        asked = await self.capacity.reads.hear()
+        kept = self.standings.of(service_code, day, asked)
+        standings: dict[str, Standing] = {}
+        unkept = []
+        for code in codes:
+            entry = kept.get(code)
+            if entry is not None and entry[0] > asked:
+                standings[code] = entry[1]
+            else:
+                unkept.append(code)
+        if unkept:
+            standings.update(await self._stand(sessions, service_code, unkept, day))
+        else:
+            # Yield once, as a search that reads Redis does: a busy worker then takes its
+            # searches in the order they came, and one that waited for Redis is not overtaken
+            # by every later one with nothing to read. Measured at saturation (wrk, 2 workers):
+            # p99 of random searches 101-121 -> 72 ms, of a crowd around a few offices 78-85 ->
+            # 37-43 ms, and 12-42% more searches a second. (Why so many more was not pinned
+            # down: in process, 64 searches at a time cost the same CPU with it or without.)
+            await asyncio.sleep(0)
+        return standings
 
     async def _stand(
         self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
