@@ -117,6 +117,27 @@ def parse_idempotency_key(value: str | None) -> str | None:
     return value
 
 
+async def _promotion_landed(
+    session: AsyncSession, xid: int | None, tracking_code: str | None, *, wait: float | None = None
+) -> bool | None:
+    """Whether a promotion's commit that raised landed (``commit_outcome``), its "committed"
+    checked on one of the bookings it promoted: after a failover to a replica that never had
+    the transaction, its id is given again, and PostgreSQL would answer for another one. A
+    booking still waitlisted did not land; one moved on since (cancelled, say) is taken as
+    landed, which keeps its seat counted (the safe side)."""
+    landed = await commit_outcome(session, xid, wait=wait)
+    if landed and tracking_code is not None:
+        try:
+            status = await session.scalar(select(Booking.status).where(Booking.tracking_code == tracking_code))
+            await session.rollback()
+        except SQLAlchemyError:
+            with contextlib.suppress(SQLAlchemyError):
+                await session.rollback()
+            return None
+        landed = status != BookingStatus.WAITLISTED
+    return landed
+
+
 class BookingService:
     def __init__(
         self,
@@ -783,7 +804,7 @@ class BookingService:
             except SQLAlchemyError as error:
                 # Its answer lost, the commit may have landed. The record is asked: a seat
                 # given back for a booking that landed would be sold twice.
-                landed = await commit_outcome(session, xid)
+                landed = await _promotion_landed(session, xid, min(booked_codes, default=None))
                 if landed is not False:  # landed, or not yet to be told: the seats are kept
                     recorded |= booked_codes
                 if landed is None:
@@ -812,7 +833,7 @@ class BookingService:
         wait for the next run. The promotions settled."""
         settled = 0
         for xid, given in (await self.capacity.promotions_to_settle()).items():
-            landed = await commit_outcome(session, xid, wait=0)
+            landed = await _promotion_landed(session, xid, given[0][0] if given else None, wait=0)
             if landed is None:
                 continue
             if not landed:
