@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Enum, event, text
+from sqlalchemy import Connection, Enum, Select, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -103,7 +103,9 @@ SETTLE_SECONDS = 5.0
 """How long ``commit_outcome`` waits for a transaction PostgreSQL is still finishing."""
 
 
-async def commit_outcome(session: AsyncSession, xid: int | None, *, wait: float | None = None) -> bool | None:
+async def commit_outcome(
+    session: AsyncSession, xid: int | None, written: Select[Any], *, wait: float | None = None
+) -> bool | None:
     """After a commit raised: whether the transaction ``xid`` (PostgreSQL's ``txid_current()``;
     None on SQLite) landed. None when that cannot be told: the record
     does not answer, or the transaction is still finishing after ``wait`` seconds (a commit
@@ -112,8 +114,11 @@ async def commit_outcome(session: AsyncSession, xid: int | None, *, wait: float 
 
     PostgreSQL says it itself (``txid_status``, made for a commit's lost answer): reading
     the rows back could look while the commit is still finishing, and see it not landed
-    when it is about to. A SQLite commit that raises has not landed: the record is a file
-    this process writes, and its commit either completes or fails in the call."""
+    when it is about to. Its "committed" is checked all the same by ``written``, a query
+    that finds a row only if the transaction landed: after a failover to a replica that never
+    had it, its id is given again, and PostgreSQL would answer for another transaction. (Its
+    "aborted" is true either way.) A SQLite commit that raises has not landed: the record is
+    a file this process writes, and its commit either completes or fails in the call."""
     try:
         await session.rollback()  # a transaction still open on a live connection ends here, not landed
         if xid is None:
@@ -122,8 +127,12 @@ async def commit_outcome(session: AsyncSession, xid: int | None, *, wait: float 
         while True:
             status = await session.scalar(text("SELECT txid_status(:xid)"), {"xid": xid})
             await session.rollback()
-            if status in ("committed", "aborted"):
-                return status == "committed"
+            if status == "committed":
+                landed = await session.scalar(written) is not None
+                await session.rollback()
+                return landed
+            if status == "aborted":
+                return False
             if status is None or asyncio.get_running_loop().time() >= deadline:
                 return None  # a status of None: PostgreSQL no longer knows the transaction
             await asyncio.sleep(0.1)

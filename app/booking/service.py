@@ -14,11 +14,12 @@ import contextlib
 import datetime as dt
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import Select, case, delete, literal, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -117,25 +118,14 @@ def parse_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-async def _promotion_landed(
-    session: AsyncSession, xid: int | None, tracking_code: str | None, *, wait: float | None = None
-) -> bool | None:
-    """Whether a promotion's commit that raised landed (``commit_outcome``), its "committed"
-    checked on one of the bookings it promoted: after a failover to a replica that never had
-    the transaction, its id is given again, and PostgreSQL would answer for another one. A
-    booking still waitlisted did not land; one moved on since (cancelled, say) is taken as
-    landed, which keeps its seat counted (the safe side)."""
-    landed = await commit_outcome(session, xid, wait=wait)
-    if landed and tracking_code is not None:
-        try:
-            status = await session.scalar(select(Booking.status).where(Booking.tracking_code == tracking_code))
-            await session.rollback()
-        except SQLAlchemyError:
-            with contextlib.suppress(SQLAlchemyError):
-                await session.rollback()
-            return None
-        landed = status != BookingStatus.WAITLISTED
-    return landed
+def _promoted(tracking_codes: Iterable[str]) -> Select[Any]:
+    """What a promotion of these bookings wrote, for ``commit_outcome``: a row when none of them
+    is still waitlisted. (One moved on since, cancelled say, counts as promoted: its seat stays
+    counted, the safe side.)"""
+    waiting = select(Booking.id).where(
+        Booking.tracking_code.in_(list(tracking_codes)), Booking.status == BookingStatus.WAITLISTED
+    )
+    return select(literal(1)).where(~waiting.exists())
 
 
 class BookingService:
@@ -804,7 +794,7 @@ class BookingService:
             except SQLAlchemyError as error:
                 # Its answer lost, the commit may have landed. The record is asked: a seat
                 # given back for a booking that landed would be sold twice.
-                landed = await _promotion_landed(session, xid, min(booked_codes, default=None))
+                landed = await commit_outcome(session, xid, _promoted(booked_codes))
                 if landed is not False:  # landed, or not yet to be told: the seats are kept
                     recorded |= booked_codes
                 if landed is None:
@@ -833,7 +823,7 @@ class BookingService:
         wait for the next run. The promotions settled."""
         settled = 0
         for xid, given in (await self.capacity.promotions_to_settle()).items():
-            landed = await _promotion_landed(session, xid, given[0][0] if given else None, wait=0)
+            landed = await commit_outcome(session, xid, _promoted(code for code, _ in given), wait=0)
             if landed is None:
                 continue
             if not landed:

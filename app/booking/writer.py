@@ -211,19 +211,13 @@ class GroupCommit:
         (``app.db.commit_outcome``, which waits a few seconds for one still finishing); None
         when the record cannot say. Not asked on SQLite: BookingService reads each booking
         back (a SQLite commit that raises has not landed, but that is the file's word)."""
-        probe = _read_back(rows)
-        if xid is None or probe is None:
+        written = _read_back(rows)
+        if xid is None or written is None:
             return None
         try:
             # Every booking of the instance waits meanwhile: a few seconds at most.
             async with asyncio.timeout(LANDED_WAIT), AsyncSession(self.engine) as session:
-                landed = await commit_outcome(session, xid, wait=LANDED_WAIT - 1)
-                if landed:
-                    # After a failover to a replica that never had this transaction, its id
-                    # is given again, and PostgreSQL would answer for another one: only the
-                    # batch's own row tells. (Not landed is true either way.)
-                    landed = await session.scalar(probe) is not None
-                return landed
+                return await commit_outcome(session, xid, written, wait=LANDED_WAIT - 1)
         except Exception:  # anything but an answer: the seats stay counted
             log.warning("could not ask the record whether a lost commit landed", exc_info=True)
             return None

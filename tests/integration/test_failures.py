@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, select, text
+from sqlalchemy import func, literal, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -519,14 +519,15 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
             await commit(session)
         raise OperationalError("COMMIT", {}, Exception("the connection dropped"))
 
-    async def answering(session: AsyncSession, xid: int | None, **_: Any) -> bool | None:
+    async def untold(session: AsyncSession, *_: Any, **__: Any) -> None:
         await session.rollback()
-        return None if answer == "none yet" else True  # "another's": committed, of another
 
     monkeypatch.setattr(capacity, "may_commit", arming)
     monkeypatch.setattr(AsyncSession, "commit", lost)
-    if answer != "its own":
-        monkeypatch.setattr(booking_service, "commit_outcome", answering)
+    if answer == "none yet":
+        monkeypatch.setattr(booking_service, "commit_outcome", untold)
+    if answer == "another's":
+        monkeypatch.setattr(booking_service, "hold_off_recounts", await another_transactions_id(world))
     cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     assert cancelled.status_code == 200, cancelled.text
     monkeypatch.undo()
@@ -568,14 +569,15 @@ async def test_a_commit_still_finishing_is_waited_for_not_guessed(
             await finishing.commit()
 
         finished = asyncio.create_task(commit_soon())
-        assert await commit_outcome(asking, xid) is True  # waited for
+        wrote_nothing = select(literal(1))  # nothing of its own to find
+        assert await commit_outcome(asking, xid, wrote_nothing) is True  # waited for
         await finished
 
         xid = await writer.hold_off_recounts(finishing)
         monkeypatch.setattr(db, "SETTLE_SECONDS", 0.2)
-        assert await commit_outcome(asking, xid) is None  # still open: cannot be told
+        assert await commit_outcome(asking, xid, wrote_nothing) is None  # still open: cannot be told
         await finishing.rollback()
-        assert await commit_outcome(asking, xid) is False
+        assert await commit_outcome(asking, xid, wrote_nothing) is False
 
 
 async def test_an_untold_promotion_is_asked_about_again_until_the_record_can_say(
@@ -1215,6 +1217,19 @@ async def test_bookings_go_on_when_the_database_drops_the_group_commits_connecti
     assert ten_oclock_used(capacity_redis, office, day) == 2
 
 
+async def another_transactions_id(world: World) -> Callable[[Any], Awaitable[int | None]]:
+    """Stands in for ``hold_off_recounts``: the id of another transaction, one committed, as
+    after a failover to a replica that never had the real one and gave its id again."""
+    async with world.container.sessions() as session:
+        other = await writer.hold_off_recounts(session)
+        await session.commit()
+
+    async def its_id(_: Any) -> int | None:
+        return other
+
+    return its_id
+
+
 def lose_the_commits_answer(
     client: Client, monkeypatch: pytest.MonkeyPatch, *, committed: bool, dropped: bool = False
 ) -> None:
@@ -1291,14 +1306,23 @@ async def test_what_the_record_says_of_a_lost_commit_that_did_not_land(
     if not database_url.startswith("postgresql"):
         pytest.skip("the SQLite record is not asked")
 
-    async def answering(*_: Any, **__: Any) -> bool | None:
+    async def untold(*_: Any, **__: Any) -> None:
         if answer == "an error":
             raise RuntimeError("an error of a kind the writer does not know")
-        return True if answer == "another transaction's" else None
 
     office = await world.office(seats=2)
     day = world.tomorrow()
-    monkeypatch.setattr(writer, "commit_outcome", answering)
+    if answer == "another transaction's":
+        taking = await another_transactions_id(world)
+        insert = writer._insert
+
+        async def reused(connection: Any, rows: Any) -> int | None:
+            await insert(connection, rows)
+            return await taking(connection)
+
+        monkeypatch.setattr(writer, "_insert", reused)
+    else:
+        monkeypatch.setattr(writer, "commit_outcome", untold)
     lose_the_commits_answer(client, monkeypatch, committed=False)
     assert (await book(client, world, office, day)).status_code == 503
     assert ten_oclock_used(capacity_redis, office, day) == (1 if kept else 0)
