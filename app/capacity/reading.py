@@ -6,8 +6,9 @@ reads thirty offices. So each instance keeps what it read, and answers from that
 
 What a reader may see is at most ``ttl`` seconds old (1 by default). Every change nobat
 makes to the counters, and every report of people waiting, is told to all instances
-(``changing``, ``waiting_changed``: a sorted set in Redis, which each instance looks at once a
-``ttl``), and each forgets what changed; what did not change it keeps for ``KEEP_SECONDS``. What this instance itself changed it sees at once. A change whose
+(``changing``, ``waiting_changed``: a sorted set in Redis, which each instance looks at once
+a ``ttl``), and each forgets what changed; what did not change it keeps for
+``KEEP_SECONDS``. What this instance itself changed it sees at once. A change whose
 telling was lost (its instance died between the write and the telling, or a write that timed
 out landed after it was told) shows within ``KEEP_SECONDS``.
 
@@ -364,8 +365,8 @@ class DayReader:
         asked: float,
     ) -> None:
         """Remember what was just read (days as ``memory`` keeps them, and waiting reports),
-        asked for at ``asked``, until ``keep`` seconds after that: unless it was forgotten meanwhile (inside
-        ``_in_flight``)."""
+        asked for at ``asked``, until ``keep`` seconds after that: unless it was forgotten
+        meanwhile (inside ``_in_flight``)."""
         if self.ttl <= 0 or self._forgot_all_at >= asked:
             return
         self._sweep(time.monotonic())
