@@ -211,6 +211,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
     from app.redis import EmbeddedRedis
+    from app.serving import CorkedHttpProtocol
 
     embedded = None
     if not settings.redis_url:
@@ -225,7 +226,9 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     # exit here, it lets the cleanup below run instead of killing the process outright.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run("app.main:app_from_env", factory=True, host=host, port=port, log_level="info")
+        uvicorn.run(
+            "app.main:app_from_env", factory=True, host=host, port=port, log_level="info", http=CorkedHttpProtocol
+        )
     finally:
         for helper in helpers:
             helper.terminate()

@@ -1,7 +1,7 @@
 """Reference (1): a bare Litestar endpoint that only runs the RESERVE Lua script.
 
     REDIS_URL=redis://127.0.0.1:PORT/0 .venv/bin/python -m uvicorn --factory \
-        loadtests.bare_reserve:app_from_env --workers 2 --port 8001
+        loadtests.bare_reserve:app_from_env --workers 2 --port 8001 --http app.serving:CorkedHttpProtocol
 
 It is what a booking would cost if it were nothing but "take a seat in Redis": the same web
 stack (uvicorn workers, Litestar, msgspec), the same JSON body, the same Lua script from

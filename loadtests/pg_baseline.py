@@ -1,7 +1,7 @@
 """Reference (2): a booking done only in PostgreSQL, with a row lock on the slot.
 
     PG_DSN=postgresql://postgres@127.0.0.1:PORT/postgres .venv/bin/python -m uvicorn --factory \
-        loadtests.pg_baseline:app_from_env --workers 2 --port 8002
+        loadtests.pg_baseline:app_from_env --workers 2 --port 8002 --http app.serving:CorkedHttpProtocol
 
 The textbook way to sell seats without Redis: in one transaction, ``SELECT … FOR UPDATE`` the
 slot's row, check seats against used, bump used, insert the booking, commit. Every booking of
