@@ -65,6 +65,16 @@ class CorkedTransport:
         self._held = []
         self._transport.abort()
 
+    # Asked on every request: spelled out, so that they skip __getattr__.
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
