@@ -332,7 +332,7 @@ class BookingService:
         except CommitOutcomeUnknown as error:
             session = await record.session()
             await session.rollback()
-            return await self._after_lost_commit(session, error, view, national_id, seat)
+            return await self._after_lost_commit(session, error, view, national_id, seat, reserved)
         except asyncio.CancelledError:
             # The request was cancelled (the client left, a shutdown) while its rows were on
             # their way: the commit goes on without it and may land, so the seat stays counted.
@@ -387,16 +387,17 @@ class BookingService:
         view: BookingOut,
         national_id: str,
         seat: SeatRequest,
+        reserved: Reserved,
     ) -> Booked:
         """The commit's answer was lost, and the record could not say whether the batch landed
         (the writer asks first: app.booking.writer), or it is the SQLite record's. If the
         record has the booking now, it is the citizen's: confirm it (its SMS, committed in the
-        outbox, goes out with the sweep). Either way the
-        seat is never given back: the commit may still land, and a seat given back under a
-        recorded booking is sold twice. Not in the record, it stays counted (the safe side)
-        until the next rebuild, and the citizen's limit and Idempotency-Key are freed so that
-        a retry can book; if the record cannot be asked, both stay, so that a commit that did
-        land is not booked again."""
+        outbox, goes out with the sweep). Either way the seat is not given back now: the
+        commit may still land, and a seat given back under a recorded booking is sold twice.
+        Not in the record, it stays counted (the safe side) until the minute's job finds that
+        the commit did not land (``settle_bookings``), and the citizen's limit and
+        Idempotency-Key are freed so that a retry can book; if the record cannot be asked,
+        both stay, so that a commit that did land is not booked again."""
         try:
             recorded = await self._by_tracking_code(session, seat.tracking_code)
         except (SQLAlchemyError, OSError):
@@ -405,8 +406,13 @@ class BookingService:
         if recorded is not None:
             log.warning("a booking's commit answer was lost; the record has it: confirmed")
             return Booked(booking=view, replay=False)
-        log.warning("a booking's commit answer was lost; its seat stays counted until a rebuild", exc_info=error)
+        log.warning("a booking's commit answer was lost; its seat is settled later", exc_info=error)
         await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+        try:
+            given = Seat(seat.office_code, seat.day, seat.pool, reserved.time, reserved.counted_in)
+            await self.capacity.settle_booking_later(seat.tracking_code, error.xid, given)
+        except RedisError:
+            log.exception("the seat of a lost commit stays counted until a rebuild: %s", seat.tracking_code)
         raise ServiceUnavailable("The record did not answer; try again in a few seconds.") from error
 
     async def _undo(
@@ -618,11 +624,12 @@ class BookingService:
 
     async def fill_waitlists_left(self, *, session: AsyncSession) -> int:
         """Fill the lines a failed promotion left with a free seat in front of them
-        (``_record_promotions``), once the promotions left untold are settled; the minute's
-        job. The lines filled."""
+        (``_record_promotions``), once the promotions and bookings left untold are settled
+        (``settle_promotions``, ``settle_bookings``); the minute's job. The lines filled."""
         if not await self.capacity.is_built():
             return 0  # paused for a recount, which fills every line when it ends
         await self.settle_promotions(session=session)
+        await self.settle_bookings(session=session)
         lines = await self.capacity.take_left_to_fill()
         if lines:
             try:
@@ -831,6 +838,33 @@ class BookingService:
                 await self.capacity.fill_later([seat for _, seat in given])
             await self.capacity.settled(xid)
             settled += len(given)
+        return settled
+
+    async def settle_bookings(self, *, session: AsyncSession) -> int:
+        """Free the seats of bookings whose commit's answer was lost and which the record did
+        not have when asked (``_after_lost_commit``), once it can say the commit did not
+        land; landed, they stand. Still unknown, they wait for the next run. Each seat goes
+        with the count it was taken in: one counted again from the record since is not freed
+        (``Seat``). The bookings settled."""
+        settled = 0
+        for xid, given in await self.capacity.bookings_to_settle():
+            codes = [code for code, _ in given]
+            written = select(Booking.id).where(Booking.tracking_code.in_(codes))
+            if xid is None:  # SQLite: a commit that raised has ended by now, and the file says
+                landed: bool | None = await session.scalar(written) is not None
+                await session.rollback()
+            else:
+                landed = await commit_outcome(session, xid, written, wait=0)
+            if landed is None:
+                continue
+            # Taken off first, and only what this run took off is freed: a seat freed twice
+            # would be sold twice. (A free that fails leaves it counted: the safe side.)
+            taken = await self.capacity.bookings_settled(codes)
+            if not landed:
+                seats = [seat for code, seat in given if code in taken]
+                log.warning("the record says %d lost commit(s) did not land: their seats are freed", len(seats))
+                await self.free_seats(session=session, seats=seats)
+            settled += len(taken)
         return settled
 
     async def join_waitlist(

@@ -63,7 +63,8 @@ async def _close(session: AsyncSession, status: BookingStatus, to: BookingStatus
 
 
 def fill_waitlists_left() -> int:
-    """Every minute: give the lines the free seats a failed promotion left in front of them
+    """Every minute: settle the promotions and bookings whose commit's answer was lost, and
+    give the lines the free seats a failed promotion left in front of them
     (app.booking.service.BookingService.fill_waitlists_left). The offices filled."""
     return run_in_session(lambda app, session: app.bookings.fill_waitlists_left(session=session))
 

@@ -66,7 +66,12 @@ class CommitOutcomeUnknown(Exception):
     """The commit was sent and its answer lost (the connection dropped, the database failed
     over), and the record could not say whether it landed (on SQLite it is not asked): every
     row of the batch may be in the record. Its seats must stay counted, or a booking in the
-    record would share its seat with the next one sold."""
+    record would share its seat with the next one sold, until the record can say (``xid``:
+    the transaction's id, None on SQLite; app.booking.service settles them)."""
+
+    def __init__(self, message: str, xid: int | None) -> None:
+        super().__init__(message)
+        self.xid = xid
 
 
 @dataclass
@@ -171,7 +176,7 @@ class GroupCommit:
             try:
                 await transaction.commit()
             except BaseException as error:
-                unknown = CommitOutcomeUnknown(f"the commit's answer was lost: {type(error).__name__}")
+                unknown = CommitOutcomeUnknown(f"the commit's answer was lost: {type(error).__name__}", xid)
                 if isinstance(error, asyncio.CancelledError):
                     for write in batch:
                         if not write.done.done():

@@ -70,6 +70,11 @@ WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
 given (a promotion the record failed to take, app.booking.service): a set the minute's job
 empties."""
 
+BOOKINGS_TO_SETTLE = f"{NAMESPACE}:bookings-to-settle"
+"""Bookings whose commit's answer was lost, which the record could not place when asked
+(app.booking.service): a hash, the tracking code -> the transaction's id (null on SQLite) and
+the seat (JSON), which the minute's job frees once the record says the commit did not land."""
+
 PROMOTIONS_TO_SETTLE = f"{NAMESPACE}:promotions-to-settle"
 """Promotions whose commit raised and whose outcome the record could not tell at once
 (app.booking.service): a hash, the transaction's id -> the codes given seats and their seats

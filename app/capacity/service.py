@@ -353,6 +353,38 @@ class Capacity:
     async def settled(self, xid: int) -> None:
         await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, str(xid))
 
+    async def settle_booking_later(self, tracking_code: str, xid: int | None, seat: Seat) -> None:
+        """Leave the seat of a booking whose commit could not be placed to the minute's job
+        (``keys.BOOKINGS_TO_SETTLE``), with its transaction's id."""
+        await self.redis.hset(keys.BOOKINGS_TO_SETTLE, tracking_code, msgspec.json.encode((xid, seat)))
+
+    async def bookings_to_settle(self) -> list[tuple[int | None, list[tuple[str, Seat]]]]:
+        """The bookings left to settle, by the transaction they were committed in (each of its
+        own on SQLite, which gives none): (xid, [(tracking code, seat), ...])."""
+        by_xid: dict[int, list[tuple[str, Seat]]] = {}
+        alone: list[tuple[int | None, list[tuple[str, Seat]]]] = []
+        for code, value in (await self.redis.hgetall(keys.BOOKINGS_TO_SETTLE)).items():
+            try:
+                xid, seat = msgspec.json.decode(value, type=tuple[int | None, Seat])
+            except msgspec.DecodeError:  # not ours: dropped, for it would stop every later run
+                log.error("a booking to settle that is not one: %r", code)
+                await self.redis.hdel(keys.BOOKINGS_TO_SETTLE, code)
+                continue
+            if xid is None:
+                alone.append((None, [(as_text(code), seat)]))
+            else:
+                by_xid.setdefault(xid, []).append((as_text(code), seat))
+        return [*by_xid.items(), *alone]
+
+    async def bookings_settled(self, tracking_codes: Sequence[str]) -> list[str]:
+        """Take these off the bookings to settle; those this call took off (not another's
+        run of the job): theirs alone to free, so that no seat is freed twice."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for code in tracking_codes:
+                pipe.hdel(keys.BOOKINGS_TO_SETTLE, code)
+            removed = await pipe.execute()
+        return [code for code, gone in zip(tracking_codes, removed, strict=True) if gone]
+
     async def take_left_to_fill(self, count: int = 500) -> list[Seat]:
         """Some of the lines left to fill, taken off the set, each as the seat to give them
         (any time: ``Seat``); ``fill_later`` them again if their fill fails."""
