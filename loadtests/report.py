@@ -184,7 +184,7 @@ def markdown(results: dict[str, Any]) -> str:
     wrk_rows += [(f"PostgreSQL row lock {name}", r) for name, r in results.get("pg_baseline", {}).items()]
     if wrk_rows:
         out.append("## wrk\n")
-        out.append("| run | req/s | 2xx/s | p50 ms | p99 ms | cores used (server processes) | answers |")
+        out.append("| run | req/s | 2xx/s | p50 ms | p99 ms | cores used (the servers, then wrk) | answers |")
         out.append("| --- | --- | --- | --- | --- | --- | --- |")
         for name, r in wrk_rows:
             answers = ", ".join(f"{k} {v:,}" for k, v in sorted(r["statuses"].items(), key=lambda kv: -kv[1]))

@@ -30,6 +30,7 @@ import gzip
 import json
 import os
 import random
+import resource
 import secrets
 import shutil
 import subprocess
@@ -52,7 +53,16 @@ from loadtests import ceiling, check, memory, profiling, report, workloads
 from loadtests.bare_reserve import bench_day_fields, bench_day_key, day_slots
 from loadtests.pg_baseline import HOT_SLOT, SCHEMA, SLOTS, PgCluster
 from loadtests.pg_baseline import temp_workdir as pg_workdir
-from loadtests.stack import PYTHON, ROOT, NobatStack, Process, cpu_seconds, morning_timezone, uvicorn_args
+from loadtests.stack import (
+    PYTHON,
+    ROOT,
+    NobatStack,
+    Process,
+    cpu_seconds,
+    morning_timezone,
+    tree_cpu_seconds,
+    uvicorn_args,
+)
 from loadtests.wrk_driver import WrkResult, run_wrk, wrk_binary
 
 RESULTS = Path(__file__).parent / "results"
@@ -394,6 +404,9 @@ class Run:
         count = workloads.write_requests(path, lines)
         recorders = []
         cpu_before = {label: cpu_seconds(pid) for label, pid in self.cpu_pids.items()}
+        postmaster = self.postmaster()
+        postgres_before = tree_cpu_seconds(postmaster) if postmaster else 0.0
+        wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         if profile_pids:
             for pid in profile_pids:
                 output = self.workdir / f"profile-{name}-{pid}.txt"
@@ -417,6 +430,13 @@ class Run:
             label: round((cpu_seconds(pid) - cpu_before[label]) / result.seconds, 2)
             for label, pid in self.cpu_pids.items()
         }
+        # The rest of the 2 cores: the record, and the load generator itself (the only child
+        # waited for meanwhile), which takes its share of what the server could have used.
+        if postmaster:
+            result.cpu["PostgreSQL"] = round((tree_cpu_seconds(postmaster) - postgres_before) / result.seconds, 2)
+        wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk_seconds = wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime
+        result.cpu["wrk"] = round(wrk_seconds / result.seconds, 2)
         for recorder, _ in recorders:
             try:
                 recorder.wait(timeout=30)
@@ -525,6 +545,13 @@ class Run:
         rate = (first - second) / seconds
         self.results["locust"]["sms_sent_per_s"] = round(rate, 1)
         log(f"SMS: {first:,} queued after the scenario, sent at {rate:,.1f}/s by {len(stack.rq)} RQ worker(s)")
+
+    def postmaster(self) -> int | None:
+        """The PostgreSQL server's process, when this run has one."""
+        try:
+            return int((self.pg.data / "postmaster.pid").read_text().split()[0]) if self.pg else None
+        except (OSError, ValueError, IndexError):
+            return None
 
     def server_pids(self, workers: list[int], stack: NobatStack) -> dict[str, int]:
         pids = {f"worker {number + 1}": pid for number, pid in enumerate(workers)}
