@@ -11,7 +11,7 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from app.serving import CorkedHttpProtocol, CorkedTransport
+from app.serving import HOLD_AT_MOST, CorkedHttpProtocol, CorkedTransport
 
 GET = b"GET /%s HTTP/1.1\r\nHost: nobat\r\n\r\n"
 
@@ -19,14 +19,22 @@ GET = b"GET /%s HTTP/1.1\r\nHost: nobat\r\n\r\n"
 class Socket:
     """What the protocol hands the kernel: each write, and when it closed."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, full_at: int | None = None) -> None:
         self.writes: list[bytes] = []
         self.closed = False
         self.aborted = False
+        self.full_at = full_at  # bytes the kernel takes before the writer is told to wait
+        self.protocol: Any = None
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "written after close"
         self.writes.append(bytes(data))
+        if self.full_at is not None and sum(map(len, self.writes)) >= self.full_at:
+            self.full_at = None
+            self.protocol.pause_writing()  # as a real transport does past its high-water mark
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.write(b"".join(parts))  # one writev
 
     def close(self) -> None:
         self.closed = True
@@ -66,11 +74,12 @@ async def streamed(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _served(requests: bytes, asgi: Any = app) -> Socket:
+async def _served(requests: bytes, asgi: Any = app, socket: Socket | None = None) -> Socket:
     config = Config(app=asgi, http=CorkedHttpProtocol, lifespan="off", access_log=False)
     config.load()
     protocol = CorkedHttpProtocol(config=config, server_state=ServerState(), app_state={})
-    socket = Socket()
+    socket = socket or Socket()
+    socket.protocol = protocol
     protocol.connection_made(socket)  # type: ignore[arg-type]
     protocol.data_received(requests)
     for _ in range(50):
@@ -107,6 +116,39 @@ async def test_a_stream_goes_out_as_it_comes() -> None:
     assert len(socket.writes) == 3  # the head with the first part, the second, the end
     assert socket.writes[0].startswith(b"HTTP/1.1 200 OK") and socket.writes[0].endswith(b"3\r\none\r\n")
     assert socket.writes[1:] == [b"3\r\ntwo\r\n", b"0\r\n\r\n"]
+
+
+async def test_a_burst_is_held_only_so_far_and_meets_the_sockets_backpressure() -> None:
+    """A stream's parts sent with no turn of the loop go out once 64 KiB are held, so that a
+    full socket makes the app wait (uvicorn's drain) instead of piling the stream up here."""
+    part, parts, sent = b"x" * 40_000, 20, []
+
+    async def burst(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"800000")]})
+        for number in range(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": number < parts - 1})
+            sent.append(number)
+
+    socket = await _served(GET % b"burst", burst, Socket(full_at=200_000))
+    assert max(map(len, socket.writes)) < HOLD_AT_MOST + len(part)
+    assert len(sent) < parts  # waiting for the socket to drain
+    socket.protocol.resume_writing()
+    for _ in range(10):
+        await asyncio.sleep(0.005)
+    assert len(sent) == parts
+    assert b"".join(socket.writes).endswith(part * parts)
+
+
+async def test_a_write_that_raises_drops_the_connection() -> None:
+    """Raised where nobody would see it (the loop's next turn), after uvicorn took the
+    answer as sent: the client is not left waiting for it until keep-alive ends."""
+    socket = Socket()
+    corked = CorkedTransport(socket, asyncio.get_running_loop())  # type: ignore[arg-type]
+    corked.write(b"head")
+    corked.write(b"body")
+    socket.writelines = None  # type: ignore[assignment,method-assign]  # calling it raises TypeError
+    await asyncio.sleep(0)
+    assert socket.aborted and socket.writes == []
 
 
 async def test_closing_abort_and_eof() -> None:
