@@ -114,7 +114,10 @@ async def commit_outcome(
 
     PostgreSQL says it itself (``txid_status``, made for a commit's lost answer): reading
     the rows back could look while the commit is still finishing, and see it not landed
-    when it is about to. Its "committed" is checked all the same by ``written``, a query
+    when it is about to. A commit waiting for its synchronous standby is "in progress" to
+    it, not "committed", though its commit log says so already (it looks at the running
+    transactions first: checked on 15.18 with a standby that never answers). Its
+    "committed" is checked all the same by ``written``, a query
     that finds a row only if the transaction landed: after a failover to a replica that never
     had it, its id is given again, and PostgreSQL would answer for another transaction. (Its
     "aborted" is true either way.) A SQLite commit that raises has not landed: the record is

@@ -843,29 +843,47 @@ class BookingService:
     async def settle_bookings(self, *, session: AsyncSession) -> int:
         """Free the seats of bookings whose commit's answer was lost and which the record did
         not have when asked (``_after_lost_commit``), once it can say the commit did not
-        land; landed, they stand. Still unknown, they wait for the next run. Each seat goes
-        with the count it was taken in: one counted again from the record since is not freed
-        (``Seat``). The bookings settled."""
+        land; landed, they stand. Still unknown, they wait for the next run, until their day
+        has gone by (its seats sell to nobody then). Each seat goes with the count it was taken
+        in: one counted again from the record since is not freed (``Seat``). One commit's
+        trouble holds up neither the others nor the lines' fill. The bookings settled."""
         settled = 0
+        today = self.clock.today()
         for xid, given in await self.capacity.bookings_to_settle():
             codes = [code for code, _ in given]
-            written = select(Booking.id).where(Booking.tracking_code.in_(codes))
-            if xid is None:  # SQLite: a commit that raised has ended by now, and the file says
-                landed: bool | None = await session.scalar(written) is not None
-                await session.rollback()
-            else:
-                landed = await commit_outcome(session, xid, written, wait=0)
-            if landed is None:
-                continue
-            # Taken off first, and only what this run took off is freed: a seat freed twice
-            # would be sold twice. (A free that fails leaves it counted: the safe side.)
-            taken = await self.capacity.bookings_settled(codes)
-            if not landed:
-                seats = [seat for code, seat in given if code in taken]
-                log.warning("the record says %d lost commit(s) did not land: their seats are freed", len(seats))
-                await self.free_seats(session=session, seats=seats)
-            settled += len(taken)
+            try:
+                if all(seat.day < today for _, seat in given):
+                    settled += len(await self.capacity.bookings_settled(codes))
+                    continue
+                landed = await self._landed(session, xid, codes)
+                if landed is None:
+                    continue
+                # Taken off first, and only what this run took off is freed: a seat freed twice
+                # would be sold twice. (A free that fails leaves it counted: the safe side.)
+                taken = await self.capacity.bookings_settled(codes)
+                settled += len(taken)
+                if not landed:
+                    seats = [seat for code, seat in given if code in taken]
+                    log.warning("the record says %d lost commit(s) did not land: their seats are freed", len(seats))
+                    await self.free_seats(session=session, seats=seats)
+            except (SQLAlchemyError, RedisError):
+                log.exception("bookings of a lost commit not settled this run: %s", codes)
+                with contextlib.suppress(SQLAlchemyError):
+                    await session.rollback()
         return settled
+
+    @staticmethod
+    async def _landed(session: AsyncSession, xid: int | None, codes: list[str]) -> bool | None:
+        """Whether the commit of these bookings (all of one transaction, ``xid``) landed; None
+        while the record cannot say (``commit_outcome``)."""
+        written = select(Booking.id).where(Booking.tracking_code.in_(codes))
+        if xid is not None:
+            return await commit_outcome(session, xid, written, wait=0)
+        # SQLite: a commit that raised has ended by now, and the file says whether it landed.
+        try:
+            return await session.scalar(written) is not None
+        finally:
+            await session.rollback()
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB

@@ -471,8 +471,10 @@ class Capacity:
         was lost, or the record's to the commit, and the record has no such booking): free
         the citizen's limit and the request's Idempotency-Key, so that the same request,
         retried, books. Both are harmless to free if never taken; a booking that lands after
-        all is caught by its unique Idempotency-Key or the one-a-day rule. A seat taken cannot
-        be told apart from anyone else's, so it stays counted until a rebuild. Best effort:
+        all is caught by its unique Idempotency-Key or the one-a-day rule. The seat stays
+        counted: one whose slot Redis named (the commit's answer lost) is left to the minute's
+        job (``settle_booking_later``); one Redis never told of, whose slot is not known,
+        until a rebuild. Best effort:
         Redis may be gone, and the caller's 503 is what matters then.
 
         Redis may also run the request's scripts after this (stalled, it answered nothing

@@ -1380,6 +1380,35 @@ async def test_the_seat_of_a_lost_commit_is_settled_once_and_never_after_a_recou
     redis.close()
 
 
+async def test_settling_lost_commits_goes_on_past_one_that_fails_and_drops_days_gone_by(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """A commit whose seats Redis fails to free holds up neither the others nor the lines'
+    fill (its seat stays counted: the safe side); and one whose day has gone by is dropped
+    unasked, for the record may no longer know a transaction that old."""
+    if database_url.startswith("postgresql"):
+        monkeypatch.setattr(writer, "commit_outcome", lambda *_, **__: asyncio.sleep(0))  # cannot say
+    container, redis = world.container, SyncRedis.from_url(capacity_redis.url)
+    office, day = await world.office(seats=3), world.tomorrow()
+    for _ in range(2):
+        lose_the_commits_answer(client, monkeypatch, committed=False)
+        assert (await book(client, world, office, day)).status_code == 503
+    gone_by = Seat(office, day - dt.timedelta(days=3), "*", "10:00")
+    await container.capacity.settle_booking_later("GONEBY0001", 2**40, gone_by)  # an id no record knows
+    free_seats = container.bookings.free_seats
+
+    async def fails_once(**kwargs: Any) -> None:
+        monkeypatch.setattr(container.bookings, "free_seats", free_seats)
+        raise RedisTimeoutError("Redis went away")
+
+    monkeypatch.setattr(container.bookings, "free_seats", fails_once)
+    async with container.sessions() as session:
+        assert await container.bookings.settle_bookings(session=session) == 3
+    assert redis.hlen(keys.BOOKINGS_TO_SETTLE) == 0
+    assert used(redis, office, day, "10:00") == 1  # one freed; the other's free failed: counted
+    redis.close()
+
+
 async def test_a_lost_commit_that_did_not_land_on_a_dropped_connection_goes_again(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
