@@ -405,8 +405,9 @@ class Run:
         recorders = []
         cpu_before = {label: cpu_seconds(pid) for label, pid in self.cpu_pids.items()}
         postmaster = self.postmaster()
-        postgres_before = tree_cpu_seconds(postmaster) if postmaster else 0.0
+        postgres_before = tree_cpu_seconds(postmaster) if postmaster else None
         wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wrk_started = time.perf_counter()
         if profile_pids:
             for pid in profile_pids:
                 output = self.workdir / f"profile-{name}-{pid}.txt"
@@ -432,11 +433,13 @@ class Run:
         }
         # The rest of the 2 cores: the record, and the load generator itself (the only child
         # waited for meanwhile), which takes its share of what the server could have used.
-        if postmaster:
-            result.cpu["PostgreSQL"] = round((tree_cpu_seconds(postmaster) - postgres_before) / result.seconds, 2)
+        # wrk's over the whole of its run: its start, which reads the request file, included.
+        wrk_wall = time.perf_counter() - wrk_started
+        if postmaster and postgres_before is not None and (postgres_after := tree_cpu_seconds(postmaster)):
+            result.cpu["PostgreSQL"] = round((postgres_after - postgres_before) / result.seconds, 2)
         wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         wrk_seconds = wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime
-        result.cpu["wrk"] = round(wrk_seconds / result.seconds, 2)
+        result.cpu["wrk"] = round(wrk_seconds / wrk_wall, 2)
         for recorder, _ in recorders:
             try:
                 recorder.wait(timeout=30)

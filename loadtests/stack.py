@@ -317,17 +317,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int) -> float | None:
     """CPU time a process and its children have used so far, those it has reaped included
-    (PostgreSQL: the postmaster, its backends and their predecessors); 0 when it is gone."""
+    (PostgreSQL: the postmaster, its backends and their predecessors); None when it cannot
+    be read (the process gone, or a kernel that does not list children)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return 0.0
+        return None
     # utime, stime, then cutime and cstime: the children it has waited for (man 5 proc).
+    # A child that ends meanwhile is counted once: listed, or in cutime once reaped.
     own = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    return own + sum(tree_cpu_seconds(int(child)) for child in children)
+    return own + sum(tree_cpu_seconds(int(child)) or 0.0 for child in children)
 
 
 def _cmdline(pid: int) -> str:
