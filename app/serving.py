@@ -3,7 +3,7 @@
 uvicorn writes a response's head as soon as the app sends ``http.response.start``, and its
 body in a write of its own: two ``send()`` calls and two TCP segments for every answer,
 which the client must read twice. On this project's 2 cores, with wrk on the same machine,
-one write instead of two served 30-50% more liveness probes a second, and 10-29% more reads
+one write instead of two served 28-54% more liveness probes a second, and 10-29% more reads
 in the load test (docs/performance.md, fourteenth session). aiohttp made the same change in
 2025 (aio-libs/aiohttp#10991); uvicorn declined a change of its own send order
 (Kludex/uvicorn#1917), so it is done here, under uvicorn, by holding what the protocol writes
