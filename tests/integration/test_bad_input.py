@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from app import web
 from app.capacity.errors import TooManyBookings
 from app.capacity.models import Closure
+from app.clock import Clock
 from app.container import Container
 from app.errors import InvalidInput
 from app.staff.models import StaffRole
@@ -213,11 +214,15 @@ async def test_nearby_unknown_city(client: Client, office: str, city: str) -> No
     ],
 )
 async def test_nearby_reads_persian_digits(
-    client: Client, world: World, persian: dict[str, str], latin: dict[str, str]
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, persian: dict[str, str], latin: dict[str, str]
 ) -> None:
     for km in (1, 3, 6):
         await world.office(lat=35.7, lon=51.4 + km / 90.4)
     await world.rebuild()
+    # One instant for both searches: in the hours before a day's first free slot, an office's
+    # score moves with every second to it, and two searches a second apart differ.
+    at = world.container.clock.now()
+    monkeypatch.setattr(Clock, "now", lambda self: at)
     base = {"service": "101"} if "city" in latin else ORIGIN
     expected = await client.get("/api/v1/offices/nearby", params={**base, **latin})
     assert expected.status_code == 200, expected.text
