@@ -38,6 +38,12 @@ SMS_QUEUE = Gauge("nobat_sms_queue_depth", "Jobs waiting in the SMS queue", mult
 SMS_FAILED = Gauge("nobat_sms_failed", "Outbound SMS given up on", multiprocess_mode="mostrecent")
 SMS_UNSENT = Gauge("nobat_sms_unsent", "Outbound SMS committed and not yet sent", multiprocess_mode="mostrecent")
 RESTRICTED = Gauge("nobat_offices", "Offices by status", ["status"], multiprocess_mode="mostrecent")
+TO_SETTLE = Gauge(
+    "nobat_commits_to_settle",
+    "Bookings and promotions whose commit's answer was lost, their seats held until the record says (-1: unread)",
+    ["kind"],
+    multiprocess_mode="mostrecent",
+)
 
 
 # --- logs ---
@@ -196,6 +202,25 @@ async def refresh(container: Any) -> None:
     SMS_FAILED.set(rows.get("failed", 0))
     SMS_UNSENT.set(rows.get("queued", 0) + rows.get("sending", 0))
     SMS_QUEUE.set(await _queue_length(container))
+    for kind, left in (await _left_to_settle(container)).items():
+        TO_SETTLE.labels(kind).set(left)
+
+
+async def _left_to_settle(container: Any) -> dict[str, int]:
+    """What the minute's job has left to settle (app.booking.service): after a database
+    failover, these seats are held for nobody until the record can say."""
+    from redis.exceptions import RedisError
+
+    from app.capacity import keys
+
+    redis = container.capacity.redis
+    try:
+        return {
+            "bookings": int(await redis.hlen(keys.BOOKINGS_TO_SETTLE)),
+            "promotions": int(await redis.hlen(keys.PROMOTIONS_TO_SETTLE)),
+        }
+    except RedisError:
+        return {"bookings": -1, "promotions": -1}
 
 
 async def _queue_length(container: Any) -> int:

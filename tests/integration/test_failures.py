@@ -1363,6 +1363,7 @@ async def test_the_seat_of_a_lost_commit_is_settled_once_and_never_after_a_recou
         code, xid = (await session.execute(select(Booking.tracking_code, xmin).select_from(Booking))).one()
     await container.capacity.settle_booking_later(code, xid, seat)
     assert redis.hlen(keys.BOOKINGS_TO_SETTLE) == 3
+    assert 'nobat_commits_to_settle{kind="bookings"} 3.0' in (await client.get("/metrics")).text
     async with container.sessions() as session, container.sessions() as other:
         settled = await asyncio.gather(
             container.bookings.settle_bookings(session=session), container.bookings.settle_bookings(session=other)

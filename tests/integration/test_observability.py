@@ -36,6 +36,7 @@ async def test_metrics_count_bookings_and_rejections(client: Client, world: Worl
     assert 'nobat_lua_seconds_count{script="reserve"}' in text
     assert 'nobat_offices{status="active"} 1.0' in text
     assert "nobat_sms_unsent" in text and "nobat_http_requests_total" in text
+    assert 'nobat_commits_to_settle{kind="bookings"} 0.0' in text
     # Each answer under its own status and the route's template (not the office's code).
     assert 'method="POST",path="/api/v1/bookings",status_code="201"' in text
     assert 'method="POST",path="/api/v1/bookings",status_code="409"' in text
