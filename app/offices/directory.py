@@ -41,7 +41,8 @@ from app.capacity.plan import SHARED_POOL, decode_template, pool_for
 from app.capacity.scripts import as_text
 from app.offices.models import City, Office, OfficeService, Service
 from app.offices.nearest import Entry, GeoIndex, place
-from app.offices.service import BookableOffice, bookable_office, normalize_code
+from app.offices.schemas import ServiceOut
+from app.offices.service import BookableOffice, bookable_office, list_services, normalize_code
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ class OfficeDirectory:
         self.redis = redis
         self.check_every = check_every
         self._offices: dict[str, _Office] = {}
-        self._services: dict[str, str] = {}
+        self._catalogue: list[ServiceOut] = []  # by code
+        self._services: dict[str, str] = {}  # each one's name, by code
         self._near: dict[str, GeoIndex] = {}  # by service: the offices that offer it, by position
         self._version: Version = (None, 0)
         self._checked_at = 0.0
@@ -120,18 +122,19 @@ class OfficeDirectory:
         """Read the whole registry (about a second for the national network)."""
         version = await self._current_version()
         async with self.sessions() as session:
-            services, offices = await _read(session)
+            catalogue, offices = await _read(session)
         near = {service_code: GeoIndex(places) for service_code, places in _places(offices).items()}
-        self._offices, self._services, self._near, self._version = offices, services, near, version
+        self._offices, self._near, self._version = offices, near, version
+        self._keep_catalogue(catalogue)
         self._checked_at = time.monotonic()
         for listener in self._reading_again:
             listener(None)
-        log.info("office directory loaded: %d offices, %d services", len(offices), len(services))
+        log.info("office directory loaded: %d offices, %d services", len(offices), len(catalogue))
 
     async def _load_changed(self, office_codes: set[str], version: Version) -> None:
         """Read again only the offices changed since this copy's version."""
         async with self.sessions() as session:
-            services, offices = await _read(session, office_codes)
+            catalogue, offices = await _read(session, office_codes)
         for code in office_codes:
             self._offices.pop(code, None)  # gone from the record, or replaced just below
         self._offices.update(offices)
@@ -146,7 +149,8 @@ class OfficeDirectory:
                     index.put(office.place)
                 else:
                     index.remove(code)
-        self._services, self._version = services, version
+        self._keep_catalogue(catalogue)
+        self._version = version
         for listener in self._reading_again:
             for code in office_codes:
                 listener(code)
@@ -194,6 +198,18 @@ class OfficeDirectory:
         shared one for an office this copy does not hold yet)."""
         office = self._offices.get(office_code)
         return office.pool(service_code) if office is not None else SHARED_POOL
+
+    def _keep_catalogue(self, catalogue: list[ServiceOut]) -> None:
+        self._catalogue, self._services = catalogue, {service.code: service.name_fa for service in catalogue}
+
+    async def services(self) -> list[ServiceOut]:
+        """The national catalogue, by code: read with the registry, so that the home page and
+        the API list it with no trip to the record (a process that loads no directory reads it)."""
+        await self._keep_fresh()
+        if self._catalogue:
+            return self._catalogue
+        async with self.sessions() as session:
+            return await list_services(session=session)
 
     async def has_service(self, service_code: str) -> bool:
         await self._keep_fresh()
@@ -362,9 +378,9 @@ def _places(offices: dict[str, _Office]) -> dict[str, list[Entry]]:
 
 async def _read(
     session: AsyncSession, office_codes: set[str] | None = None
-) -> tuple[dict[str, str], dict[str, _Office]]:
-    """The services' names, and the offices (all of them, or those named) as the copy holds them."""
-    services = {code: name for code, name in await session.execute(select(Service.code, Service.name_fa))}
+) -> tuple[list[ServiceOut], dict[str, _Office]]:
+    """The catalogue, and the offices (all of them, or those named) as the copy holds them."""
+    services = await list_services(session=session)
     offered_query = select(OfficeService.office_id, OfficeService.service_code)
     offices_query = (
         select(Office.id, Office.code, CapacityTemplate.template, *_CARD_COLUMNS)

@@ -25,8 +25,8 @@ class OfficesController(Controller):
     tags = ["offices"]
 
     @get("/services", summary="The national service catalogue")
-    async def services(self, session: Session) -> list[ServiceOut]:
-        return await service.list_services(session=session)
+    async def services(self, container: Deps) -> list[ServiceOut]:
+        return await container.offices.services()
 
     @get("/offices", summary="Find offices by province, city and service")
     async def offices(

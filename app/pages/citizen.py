@@ -52,8 +52,8 @@ def _capitals() -> list[str]:
     return sorted({p.capital_fa for p in iran_map.provinces()})
 
 
-async def _service_options(session: Session) -> list[tuple[str, str]]:
-    return [(s.code, s.name_fa) for s in await offices.list_services(session=session)]
+async def _service_options(container: Deps) -> list[tuple[str, str]]:
+    return [(s.code, s.name_fa) for s in await container.offices.services()]
 
 
 def _coordinate(value: str | None) -> float | None:
@@ -85,12 +85,12 @@ class CitizenPages(Controller):
     include_in_schema = False
 
     @get("/")
-    async def home(self, request: Request[Any, Any, Any], session: Session, container: Deps) -> Template:
+    async def home(self, request: Request[Any, Any, Any], container: Deps) -> Template:
         return render(
             request,
             container,
             "citizen/home.html",
-            services_options=await _service_options(session),
+            services_options=await _service_options(container),
             capitals=_capitals(),
             days=day_options(container),
         )
@@ -108,7 +108,7 @@ class CitizenPages(Controller):
         date: FromQuery[str | None] = None,
     ) -> Template:
         form = {"service": service or "", "city": city or "", "lat": lat or "", "lon": lon or "", "date": date or ""}
-        services_options = await _service_options(session)
+        services_options = await _service_options(container)
         try:
             if not service:
                 raise InvalidInput("service", "Choose a service.", detail_fa="یک خدمت را انتخاب کنید.")

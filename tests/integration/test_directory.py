@@ -18,7 +18,7 @@ from app.container import Container
 from app.offices import directory as office_directory
 from app.offices.directory import OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound, ServiceNotOffered
-from app.offices.models import Office, OfficeService
+from app.offices.models import Office, OfficeService, Service
 from tests.conftest import World, booking_body, rebuild
 from tests.integration.test_console import every_day, staff_of
 
@@ -189,6 +189,32 @@ async def test_a_rebuild_has_every_instance_find_the_offices_imported_since(cont
     await rebuild(container)
     await _caught_up(other, container, known)
     assert list(await _nearest(other)) == [known, imported]
+
+
+async def test_the_catalogue_is_listed_with_no_query_and_an_imported_service_after_the_rebuild(
+    client: Client, container: Container, world: World
+) -> None:
+    """The home page and ``/api/v1/services`` list the catalogue from the directory (it had
+    cost the home page two thirds of its time); a service imported since is listed once the
+    rebuild that follows has every instance read the registry again."""
+    known = await world.office()
+    other = OfficeDirectory(sessions=container.sessions, redis=container.redis, check_every=0)
+    await other.load()
+    statements: list[str] = []
+    event.listen(container.engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    listed = [service.code for service in await other.services()]
+    assert statements == [] and "101" in listed and listed == sorted(listed)
+    async with container.sessions() as session:
+        session.add(
+            Service(code="990", name_fa="خدمت تازه", name_en="New", agency_fa="-", duration_minutes=5, tariff_rials=0)
+        )
+        await session.commit()
+    assert "990" not in [service.code for service in await other.services()]
+    await rebuild(container)
+    await _caught_up(other, container, known)
+    assert "990" in [service.code for service in await other.services()]
+    answer = await client.get("/api/v1/services")
+    assert answer.status_code == 200 and "101" in [service["code"] for service in answer.json()]
 
 
 async def test_an_office_that_moved_or_dropped_a_service_is_found_where_it_is_now(
