@@ -42,7 +42,7 @@ from app.capacity.scripts import as_text
 from app.offices.models import City, Office, OfficeService, Service
 from app.offices.nearest import Entry, GeoIndex, place
 from app.offices.schemas import ServiceOut
-from app.offices.service import BookableOffice, bookable_office, list_services, normalize_code
+from app.offices.service import BookableOffice, bookable_office, list_services, normalize_code, service_out
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ class OfficeDirectory:
         self.redis = redis
         self.check_every = check_every
         self._offices: dict[str, _Office] = {}
-        self._catalogue: list[ServiceOut] = []  # by code
-        self._services: dict[str, str] = {}  # each one's name, by code
+        self._services: dict[str, ServiceOut] = {}  # the catalogue, by code
         self._near: dict[str, GeoIndex] = {}  # by service: the offices that offer it, by position
         self._version: Version = (None, 0)
         self._checked_at = 0.0
@@ -124,8 +123,7 @@ class OfficeDirectory:
         async with self.sessions() as session:
             catalogue, offices = await _read(session)
         near = {service_code: GeoIndex(places) for service_code, places in _places(offices).items()}
-        self._offices, self._near, self._version = offices, near, version
-        self._keep_catalogue(catalogue)
+        self._offices, self._services, self._near, self._version = offices, catalogue, near, version
         self._checked_at = time.monotonic()
         for listener in self._reading_again:
             listener(None)
@@ -149,8 +147,7 @@ class OfficeDirectory:
                     index.put(office.place)
                 else:
                     index.remove(code)
-        self._keep_catalogue(catalogue)
-        self._version = version
+        self._services, self._version = catalogue, version
         for listener in self._reading_again:
             for code in office_codes:
                 listener(code)
@@ -162,8 +159,8 @@ class OfficeDirectory:
         service_code = normalize_code(service_code, "service_code")
         await self._keep_fresh()
         office = self._offices.get(office_code)
-        service_name = self._services.get(service_code)
-        if office is None or service_name is None or service_code not in office.services:
+        service = self._services.get(service_code)
+        if office is None or service is None or service_code not in office.services:
             # Not known here (new since the load), or not offered: SQL has the last word,
             # and says which error it is.
             async with self.sessions() as session:
@@ -175,7 +172,7 @@ class OfficeDirectory:
             code=office.code,
             name_fa=office.name_fa,
             service_code=service_code,
-            service_name_fa=service_name,
+            service_name_fa=service.name_fa,
             pool=office.pool(service_code),
         )
 
@@ -199,15 +196,12 @@ class OfficeDirectory:
         office = self._offices.get(office_code)
         return office.pool(service_code) if office is not None else SHARED_POOL
 
-    def _keep_catalogue(self, catalogue: list[ServiceOut]) -> None:
-        self._catalogue, self._services = catalogue, {service.code: service.name_fa for service in catalogue}
-
     async def services(self) -> list[ServiceOut]:
         """The national catalogue, by code: read with the registry, so that the home page and
         the API list it with no trip to the record (a process that loads no directory reads it)."""
         await self._keep_fresh()
-        if self._catalogue:
-            return self._catalogue
+        if self._services:
+            return sorted(self._services.values(), key=lambda service: service.code)
         async with self.sessions() as session:
             return await list_services(session=session)
 
@@ -216,10 +210,10 @@ class OfficeDirectory:
         if service_code in self._services:
             return True
         async with self.sessions() as session:
-            name = await session.scalar(select(Service.name_fa).where(Service.code == service_code))
-        if name is not None:
-            self._services[service_code] = name
-        return name is not None
+            found = await session.get(Service, service_code)
+        if found is not None:
+            self._services[service_code] = service_out(found)
+        return found is not None
 
     async def nearest(
         self, *, service_code: str, lat: float, lon: float, count: int, radius_km: float
@@ -285,7 +279,6 @@ class OfficeDirectory:
             )
         office.services.add(found.service_code)
         office.pools[found.service_code] = found.pool
-        self._services.setdefault(found.service_code, found.service_name_fa)
 
     async def _keep_fresh(self) -> None:
         now = time.monotonic()
@@ -378,9 +371,9 @@ def _places(offices: dict[str, _Office]) -> dict[str, list[Entry]]:
 
 async def _read(
     session: AsyncSession, office_codes: set[str] | None = None
-) -> tuple[list[ServiceOut], dict[str, _Office]]:
+) -> tuple[dict[str, ServiceOut], dict[str, _Office]]:
     """The catalogue, and the offices (all of them, or those named) as the copy holds them."""
-    services = await list_services(session=session)
+    services = {service.code: service for service in await list_services(session=session)}
     offered_query = select(OfficeService.office_id, OfficeService.service_code)
     offices_query = (
         select(Office.id, Office.code, CapacityTemplate.template, *_CARD_COLUMNS)
