@@ -120,12 +120,15 @@ async def commit_outcome(
     "committed" is checked all the same by ``written``, a query
     that finds a row only if the transaction landed: after a failover to a replica that never
     had it, its id is given again, and PostgreSQL would answer for another transaction. (Its
-    "aborted" is true either way.) A SQLite commit that raises has not landed: the record is
-    a file this process writes, and its commit either completes or fails in the call."""
+    "aborted" is true either way.) SQLite gives no id: its record is a file, and ``written``
+    read back says, for a commit there has ended by the time it is asked (a commit that
+    raises fails in the call)."""
     try:
         await session.rollback()  # a transaction still open on a live connection ends here, not landed
         if xid is None:
-            return False
+            landed = await session.scalar(written) is not None
+            await session.rollback()
+            return landed
         deadline = asyncio.get_running_loop().time() + (SETTLE_SECONDS if wait is None else wait)
         while True:
             status = await session.scalar(text("SELECT txid_status(:xid)"), {"xid": xid})

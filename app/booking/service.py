@@ -855,7 +855,8 @@ class BookingService:
                 if all(seat.day < today for _, seat in given):
                     settled += len(await self.capacity.bookings_settled(codes))
                     continue
-                landed = await self._landed(session, xid, codes)
+                written = select(Booking.id).where(Booking.tracking_code.in_(codes))
+                landed = await commit_outcome(session, xid, written, wait=0)
                 if landed is None:
                     continue
                 # Taken off first, and only what this run took off is freed: a seat freed twice
@@ -871,19 +872,6 @@ class BookingService:
                 with contextlib.suppress(SQLAlchemyError):
                     await session.rollback()
         return settled
-
-    @staticmethod
-    async def _landed(session: AsyncSession, xid: int | None, codes: list[str]) -> bool | None:
-        """Whether the commit of these bookings (all of one transaction, ``xid``) landed; None
-        while the record cannot say (``commit_outcome``)."""
-        written = select(Booking.id).where(Booking.tracking_code.in_(codes))
-        if xid is not None:
-            return await commit_outcome(session, xid, written, wait=0)
-        # SQLite: a commit that raised has ended by now, and the file says whether it landed.
-        try:
-            return await session.scalar(written) is not None
-        finally:
-            await session.rollback()
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB

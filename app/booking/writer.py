@@ -64,10 +64,10 @@ HOLD_OFF_RECOUNTS = (
 
 class CommitOutcomeUnknown(Exception):
     """The commit was sent and its answer lost (the connection dropped, the database failed
-    over), and the record could not say whether it landed (on SQLite it is not asked): every
-    row of the batch may be in the record. Its seats must stay counted, or a booking in the
-    record would share its seat with the next one sold, until the record can say (``xid``:
-    the transaction's id, None on SQLite; app.booking.service settles them)."""
+    over), and the record could not say whether it landed: every row of the batch may be in
+    the record. Its seats must stay counted, or a booking in the record would share its seat
+    with the next one sold, until the record can say (``xid``: the transaction's id, None on
+    SQLite; app.booking.service settles them)."""
 
     def __init__(self, message: str, xid: int | None) -> None:
         super().__init__(message)
@@ -214,10 +214,9 @@ class GroupCommit:
     async def _landed(self, xid: int | None, rows: Rows) -> bool | None:
         """Whether the batch's transaction ``xid`` landed, asked on a connection of its own
         (``app.db.commit_outcome``, which waits a few seconds for one still finishing); None
-        when the record cannot say. Not asked on SQLite: BookingService reads each booking
-        back (a SQLite commit that raises has not landed, but that is the file's word)."""
+        when the record cannot say (on SQLite, which gives no id, the batch's row is read back)."""
         written = _read_back(rows)
-        if xid is None or written is None:
+        if written is None:
             return None
         try:
             # Every booking of the instance waits meanwhile: a few seconds at most.
