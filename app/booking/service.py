@@ -827,17 +827,31 @@ class BookingService:
         """Settle the promotions whose commit could not be told of (``_promote``), now that
         PostgreSQL can say: landed, they stand; not, their citizens go back to the head of
         their lines, and the lines are filled. Still unknown (a transaction still open), they
-        wait for the next run. The promotions settled."""
+        wait for the next run, until their day has gone by (PostgreSQL may no longer know a
+        transaction that old, and the seats sell to nobody then). As ``settle_bookings``: one
+        commit's trouble holds up neither the others nor what the minute's job does after.
+        The promotions settled."""
         settled = 0
+        today = self.clock.today()
         for xid, given in (await self.capacity.promotions_to_settle()).items():
-            landed = await commit_outcome(session, xid, _promoted(code for code, _ in given), wait=0)
-            if landed is None:
-                continue
-            if not landed:
-                await self.capacity.unpromote([(seat, code) for code, seat in reversed(given)])
-                await self.capacity.fill_later([seat for _, seat in given])
-            await self.capacity.settled(xid)
-            settled += len(given)
+            try:
+                if all(seat.day < today for _, seat in given):
+                    settled += len(given) if await self.capacity.settled(xid) else 0
+                    continue
+                landed = await commit_outcome(session, xid, _promoted(code for code, _ in given), wait=0)
+                # Taken off first, and only the run that took it off puts its citizens back in
+                # line: twice would put each in twice. (An undo that fails leaves the seats held
+                # for them until a rebuild: the safe side.)
+                if landed is None or not await self.capacity.settled(xid):
+                    continue
+                settled += len(given)
+                if not landed:
+                    await self.capacity.unpromote([(seat, code) for code, seat in reversed(given)])
+                    await self.capacity.fill_later([seat for _, seat in given])
+            except (SQLAlchemyError, RedisError):
+                log.exception("promotions of an untold commit not settled this run: %s", [c for c, _ in given])
+                with contextlib.suppress(SQLAlchemyError):
+                    await session.rollback()
         return settled
 
     async def settle_bookings(self, *, session: AsyncSession) -> int:

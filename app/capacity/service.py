@@ -350,8 +350,10 @@ class Capacity:
                 await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, xid)
         return found
 
-    async def settled(self, xid: int) -> None:
-        await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, str(xid))
+    async def settled(self, xid: int) -> bool:
+        """Take a promotion off those to settle; whether this call took it (not another's run
+        of the job)."""
+        return bool(await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, str(xid)))
 
     async def settle_booking_later(self, tracking_code: str, xid: int | None, seat: Seat) -> None:
         """Leave the seat of a booking whose commit could not be placed to the minute's job

@@ -36,6 +36,7 @@ from app.booking.schemas import BookingCreate
 from app.capacity import keys, watch
 from app.capacity.errors import CapacityRebuilding
 from app.capacity.plan import DayRule
+from app.capacity.scripts import as_text
 from app.capacity.service import Seat
 from app.capacity.watch import rebuild_paused
 from app.container import Container
@@ -600,6 +601,44 @@ async def test_an_untold_promotion_is_asked_about_again_until_the_record_can_say
     with SyncRedis.from_url(capacity_redis.url) as redis:
         assert redis.hlen(keys.PROMOTIONS_TO_SETTLE) == 0
         assert redis.lrange(keys.waitlist(office, seat.day, "*"), 0, -1) == []  # landed: nobody put back
+
+
+async def test_settling_promotions_goes_on_past_one_that_fails_and_drops_days_gone_by(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """Two promotions whose commits did not land, and the undo of one fails: the other's
+    citizen is back in line and its seat free, and the failed one's seat stays held (the safe
+    side). A promotion whose day has gone by is dropped unasked: PostgreSQL may no longer
+    know a transaction that old. Nothing is left to settle, and nothing is undone twice."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("promotions are left to settle on PostgreSQL only (SQLite's commits are always told)")
+    container, redis = world.container, SyncRedis.from_url(capacity_redis.url)
+    office, day = await world.office(seats=2), world.tomorrow()
+    for _ in range(2):  # the two seats the promotions were given
+        assert (await book(client, world, office, day)).status_code == 201
+    count = as_text(redis.hget(keys.office_day(office, day), "_count"))
+    async with container.sessions() as aborted:
+        for code in ("PROMOTEDA1", "PROMOTEDB2"):
+            xid = await writer.hold_off_recounts(aborted)
+            assert xid is not None
+            await aborted.rollback()  # the promotion's transaction did not land
+            await container.capacity.settle_later(xid, [(code, Seat(office, day, "*", "10:00", count))])
+    gone_by = Seat(office, day - dt.timedelta(days=3), "*", "10:00")
+    await container.capacity.settle_later(2**40, [("GONEBY0001", gone_by)])  # an id no record knows
+    unpromote = container.capacity.unpromote
+
+    async def fails_once(given: Any) -> None:
+        monkeypatch.setattr(container.capacity, "unpromote", unpromote)
+        raise RedisTimeoutError("Redis went away")
+
+    monkeypatch.setattr(container.capacity, "unpromote", fails_once)
+    async with container.sessions() as job:
+        assert await container.bookings.settle_promotions(session=job) == 3
+        assert await container.bookings.settle_promotions(session=job) == 0  # nothing twice
+    assert redis.hlen(keys.PROMOTIONS_TO_SETTLE) == 0
+    assert len(redis.lrange(keys.waitlist(office, day, "*"), 0, -1)) == 1  # one put back; the other failed
+    assert used(redis, office, day, "10:00") == 1  # its seat freed; the failed one's still held
+    redis.close()
 
 
 async def test_a_jobs_promotion_is_not_committed_once_a_recount_has_begun(
