@@ -840,14 +840,19 @@ class BookingService:
                     continue
                 landed = await commit_outcome(session, xid, _promoted(code for code, _ in given), wait=0)
                 # Taken off first, and only the run that took it off puts its citizens back in
-                # line: twice would put each in twice. (An undo that fails leaves the seats held
-                # for them until a rebuild: the safe side.)
+                # line: twice would free each seat twice. An undo that fails may have run in
+                # part (or landed after its timeout): the lines are left to fill all the same,
+                # for a seat freed with people in line sells to no one until its line is filled.
                 if landed is None or not await self.capacity.settled(xid):
                     continue
                 settled += len(given)
                 if not landed:
-                    await self.capacity.unpromote([(seat, code) for code, seat in reversed(given)])
-                    await self.capacity.fill_later([seat for _, seat in given])
+                    codes = [code for code, _ in given]
+                    log.warning("the record says a promotion's commit did not land: back in line: %s", codes)
+                    try:
+                        await self.capacity.unpromote([(seat, code) for code, seat in reversed(given)])
+                    finally:
+                        await self.capacity.fill_later([seat for _, seat in given])
             except (SQLAlchemyError, RedisError):
                 log.exception("promotions of an untold commit not settled this run: %s", [c for c, _ in given])
                 with contextlib.suppress(SQLAlchemyError):

@@ -36,8 +36,9 @@ from app.redis import AutoPipeline
 
 log = logging.getLogger(__name__)
 
-# The most office-days an instance remembers: about KEEP_SECONDS of a rush's reads, some tens
-# of MB; past it the expired ones go, then the oldest, down to three quarters of it.
+# The most office-days an instance remembers, some tens of MB: past it the expired ones go,
+# then the oldest read, down to three quarters of it. A rush's searches of one day need
+# 17,000; spread over more days within KEEP_SECONDS, the oldest read go first.
 MAX_ENTRIES = 20_000
 
 KEEP_SECONDS = 30.0
@@ -47,8 +48,9 @@ searches from Redis (a nearby search reads thirty offices), and more in each wor
 (MAX_ENTRIES bounds it). At 10 s, searches from all over the country (a worker weighs each
 of 85,000 office-services about once a second) read one in eight of their offices again, and
 two workers did 4,100 searches a second; at 30 s, 4,750. A telling is lost only when its
-instance dies in the 50 ms before it, or Redis refuses it: a seat shown free for half a
-minute more is then told "full" when booked, never sold twice."""
+instance dies in the 50 ms before it, Redis refuses it, or a write that timed out lands
+after it was told: a seat then shows free (told "full" when booked, never sold twice), or
+taken, for up to half a minute more."""
 
 TELL_EVERY = 0.05
 """How long the changes made here wait to be told together: a small part of the ``ttl``

@@ -606,24 +606,26 @@ async def test_an_untold_promotion_is_asked_about_again_until_the_record_can_say
 async def test_settling_promotions_goes_on_past_one_that_fails_and_drops_days_gone_by(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
-    """Two promotions whose commits did not land, and the undo of one fails: the other's
-    citizen is back in line and its seat free, and the failed one's seat stays held (the safe
-    side). A promotion whose day has gone by is dropped unasked: PostgreSQL may no longer
-    know a transaction that old. Nothing is left to settle, and nothing is undone twice."""
+    """Two promotions whose commits did not land, at two offices, and the undo of one fails:
+    the other's citizen is back in line and its seat free, the failed one's seat stays held
+    (the safe side), and both lines are left to fill (the failed undo may have run in part).
+    A promotion whose day has gone by is dropped unasked: PostgreSQL may no longer know a
+    transaction that old. Nothing is left to settle, and nothing is undone twice."""
     if not database_url.startswith("postgresql"):
         pytest.skip("promotions are left to settle on PostgreSQL only (SQLite's commits are always told)")
     container, redis = world.container, SyncRedis.from_url(capacity_redis.url)
-    office, day = await world.office(seats=2), world.tomorrow()
-    for _ in range(2):  # the two seats the promotions were given
-        assert (await book(client, world, office, day)).status_code == 201
-    count = as_text(redis.hget(keys.office_day(office, day), "_count"))
+    offices, day = [await world.office(seats=1) for _ in range(2)], world.tomorrow()
     async with container.sessions() as aborted:
-        for code in ("PROMOTEDA1", "PROMOTEDB2"):
+        for number, office in enumerate(offices):
+            assert (await book(client, world, office, day)).status_code == 201  # the seat it was given
+            count = as_text(redis.hget(keys.office_day(office, day), "_count"))
             xid = await writer.hold_off_recounts(aborted)
             assert xid is not None
             await aborted.rollback()  # the promotion's transaction did not land
-            await container.capacity.settle_later(xid, [(code, Seat(office, day, "*", "10:00", count))])
-    gone_by = Seat(office, day - dt.timedelta(days=3), "*", "10:00")
+            await container.capacity.settle_later(
+                xid, [(f"PROMOTED{number:02d}", Seat(office, day, "*", "10:00", count))]
+            )
+    gone_by = Seat(offices[0], day - dt.timedelta(days=3), "*", "10:00")
     await container.capacity.settle_later(2**40, [("GONEBY0001", gone_by)])  # an id no record knows
     unpromote = container.capacity.unpromote
 
@@ -636,8 +638,10 @@ async def test_settling_promotions_goes_on_past_one_that_fails_and_drops_days_go
         assert await container.bookings.settle_promotions(session=job) == 3
         assert await container.bookings.settle_promotions(session=job) == 0  # nothing twice
     assert redis.hlen(keys.PROMOTIONS_TO_SETTLE) == 0
-    assert len(redis.lrange(keys.waitlist(office, day, "*"), 0, -1)) == 1  # one put back; the other failed
-    assert used(redis, office, day, "10:00") == 1  # its seat freed; the failed one's still held
+    lines = [keys.waitlist(office, day, "*") for office in offices]
+    assert sorted(redis.llen(line) for line in lines) == [0, 1]  # one put back; the other's undo failed
+    assert sorted(used(redis, office, day, "10:00") for office in offices) == [0, 1]  # its seat still held
+    assert redis.smembers(keys.WAITLISTS_TO_FILL) == {line.encode() for line in lines}
     redis.close()
 
 
