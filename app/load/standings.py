@@ -30,8 +30,8 @@ class Standings:
         self.keep_seconds = reads.keep  # no standing outlives its counters' copy (DayReader.keep)
         self._kept: dict[dt.date, dict[str, Kept]] = {}  # day -> service -> offices
         self._count = 0
-        self._searched_at: dict[tuple[dt.date, str], float] = {}
-        self._swept_at: dict[tuple[dt.date, str], float] = {}
+        # Each service-day's last search and last sweep (``time.monotonic``), one entry for both.
+        self._times: dict[tuple[dt.date, str], _Times] = {}
         self._dropped_at = 0.0
         reads.on_forget(self.forget)
 
@@ -45,16 +45,18 @@ class Standings:
         key = (day, service_code)
         if kept is None:
             kept = services[service_code] = {}
-            self._swept_at[key] = now
-        elif now >= self._swept_at[key] + self.keep_seconds:
-            # One service-day at a time, so that no search waits for them all: the biggest
-            # holds the 17,000 offices of a service every office offers, a few ms to look over.
-            self._swept_at[key] = now
-            expired = [code for code, (until, _) in kept.items() if until <= now]
-            for code in expired:
-                del kept[code]
-            self._count -= len(expired)
-        self._searched_at[key] = now
+            times = self._times[key] = _Times(now)
+        else:
+            times = self._times[key]
+            if now >= times.swept + self.keep_seconds:
+                # One service-day at a time, so that no search waits for them all: the biggest
+                # holds the 17,000 offices of a service every office offers, a few ms to look over.
+                times.swept = now
+                expired = [code for code, (until, _) in kept.items() if until <= now]
+                for code in expired:
+                    del kept[code]
+                self._count -= len(expired)
+        times.searched = now
         if now >= self._dropped_at + self.keep_seconds:
             self._drop_unsearched(now)
         return kept
@@ -85,9 +87,20 @@ class Standings:
         """Drop the service-days nobody searched for a ``keep`` (past days among them): what
         they hold was worked out before that, and has expired."""
         self._dropped_at = now
-        for day, service_code in [key for key, at in self._searched_at.items() if at + self.keep_seconds <= now]:
-            del self._searched_at[day, service_code], self._swept_at[day, service_code]
+        for day, service_code in [
+            key for key, times in self._times.items() if times.searched + self.keep_seconds <= now
+        ]:
+            del self._times[day, service_code]
             services = self._kept[day]
             self._count -= len(services.pop(service_code))
             if not services:
                 del self._kept[day]
+
+
+class _Times:
+    """When a service-day was last searched for, and last swept."""
+
+    __slots__ = ("searched", "swept")
+
+    def __init__(self, now: float) -> None:
+        self.searched = self.swept = now
