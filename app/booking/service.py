@@ -862,7 +862,7 @@ class BookingService:
     async def settle_bookings(self, *, session: AsyncSession) -> int:
         """Free the seats of bookings whose commit's answer was lost and which the record did
         not have when asked (``_after_lost_commit``), once it can say the commit did not
-        land; landed, they stand. Still unknown, they wait for the next run, until their day
+        land; landed, they stand, and count against their citizens' limits again. Still unknown, they wait for the next run, until their day
         has gone by (its seats sell to nobody then). Each seat goes with the count it was taken
         in: one counted again from the record since is not freed (``Seat``). One commit's
         trouble holds up neither the others nor the lines' fill. The bookings settled."""
@@ -882,7 +882,12 @@ class BookingService:
                 # would be sold twice. (A free that fails leaves it counted: the safe side.)
                 taken = await self.capacity.bookings_settled(codes)
                 settled += len(taken)
-                if not landed:
+                if landed and taken:
+                    # Answered 503, their citizens' limits were freed (``_after_lost_commit``):
+                    # booked after all, they count against them again.
+                    await self.capacity.hold_recorded(session=session, where=[Booking.tracking_code.in_(taken)])
+                    await session.rollback()
+                elif not landed:
                     seats = [seat for code, seat in given if code in taken]
                     log.warning("the record says %d lost commit(s) did not land: their seats are freed", len(seats))
                     await self.free_seats(session=session, seats=seats)

@@ -37,7 +37,7 @@ from app.capacity import keys, watch
 from app.capacity.errors import CapacityRebuilding
 from app.capacity.plan import DayRule
 from app.capacity.scripts import as_text
-from app.capacity.service import Seat
+from app.capacity.service import Seat, SeatRequest
 from app.capacity.watch import rebuild_paused
 from app.container import Container
 from app.db import commit_outcome
@@ -1415,6 +1415,33 @@ async def test_the_seat_of_a_lost_commit_is_settled_once_and_never_after_a_recou
     async with container.sessions() as session:
         assert await container.bookings.settle_bookings(session=session) == 1
     assert used(redis, recounted, day, "10:00") == 1  # the new booking's, not freed
+    redis.close()
+
+
+async def test_a_lost_commit_the_job_finds_landed_counts_against_the_citizens_limit_again(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, database_url: str
+) -> None:
+    """Answered 503 and not yet in the record, a booking frees its citizen's limit so that a
+    retry can book; found landed by the minute's job, it counts against the limit again, and
+    keeps its seat."""
+    container, redis = world.container, SyncRedis.from_url(capacity_redis.url)
+    office, day, national_id = await world.office(seats=3), world.tomorrow(), world.national_id()
+    booked = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
+    assert booked.status_code == 201
+    code = booked.json()["tracking_code"]
+    # What _after_lost_commit does when the record does not have the booking yet.
+    asked = SeatRequest(office, day, "*", "10:00", None, code)
+    await container.capacity.forget_unanswered(national_id=national_id, seat=asked)
+    xmin = text("xmin::text::bigint" if database_url.startswith("postgresql") else "NULL")
+    async with container.sessions() as session:
+        xid = (await session.execute(select(xmin).select_from(Booking).where(Booking.tracking_code == code))).scalar()
+    await container.capacity.settle_booking_later(code, xid, Seat(office, day, "*", "10:00"))
+    holds = keys.citizen_holds(national_id)
+    assert redis.hget(holds, code) is None  # freed: the citizen could book past the limit
+    async with container.sessions() as session:
+        assert await container.bookings.settle_bookings(session=session) == 1
+    assert redis.hget(holds, code) == f"{day.isoformat()}|101".encode()
+    assert used(redis, office, day, "10:00") == 1  # landed: its seat kept
     redis.close()
 
 
