@@ -878,16 +878,15 @@ class BookingService:
                 landed = await commit_outcome(session, xid, written, wait=0)
                 if landed is None:
                     continue
+                if landed:
+                    # Before they are taken off, so that a failure leaves them for the next run
+                    # (holding again twice holds once).
+                    await self._hold_landed(session, codes)
                 # Taken off first, and only what this run took off is freed: a seat freed twice
                 # would be sold twice. (A free that fails leaves it counted: the safe side.)
                 taken = await self.capacity.bookings_settled(codes)
                 settled += len(taken)
-                if landed and taken:
-                    # Answered 503, their citizens' limits were freed (``_after_lost_commit``):
-                    # booked after all, they count against them again.
-                    await self.capacity.hold_recorded(session=session, where=[Booking.tracking_code.in_(taken)])
-                    await session.rollback()
-                elif not landed:
+                if not landed:
                     seats = [seat for code, seat in given if code in taken]
                     log.warning("the record says %d lost commit(s) did not land: their seats are freed", len(seats))
                     await self.free_seats(session=session, seats=seats)
@@ -896,6 +895,27 @@ class BookingService:
                 with contextlib.suppress(SQLAlchemyError):
                     await session.rollback()
         return settled
+
+    async def _hold_landed(self, session: AsyncSession, codes: list[str]) -> None:
+        """Answered 503 while the record did not have them yet, these bookings freed their
+        citizens' limits so that a retry could book (``_after_lost_commit``). Booked after
+        all, they count against them again; then those that ended meanwhile (a cancel, say,
+        whose own unhold ran before this hold) are let go again."""
+        found = select(Booking.national_id, Booking.tracking_code, Booking.date, Booking.service_code, Booking.status)
+        for national_id, code, day, service_code, status in (
+            await session.execute(found.where(Booking.tracking_code.in_(codes)))
+        ).all():
+            if status in ACTIVE_STATUSES:
+                await self.capacity.hold_again(
+                    national_id=national_id, tracking_code=code, day=day, service_code=service_code
+                )
+        await session.rollback()  # read again below, after the holds
+        ended = select(Booking.national_id, Booking.tracking_code).where(
+            Booking.tracking_code.in_(codes), Booking.status.not_in(ACTIVE_STATUSES)
+        )
+        for national_id, code in (await session.execute(ended)).all():
+            await self.capacity.unhold(national_id=national_id, tracking_code=code)
+        await session.rollback()
 
     async def join_waitlist(
         self, *, session: AsyncSession, mobile: str, request: WaitlistJoin, channel: Channel = Channel.WEB

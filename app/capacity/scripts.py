@@ -405,6 +405,17 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], tonumber(AR
 return 1
 """
 
+HOLD_AGAIN = """
+-- KEYS[1] = the citizen's holds hash
+-- ARGV[1] = tracking code of a booking the record has, ARGV[2] = "date|service" as HOLD writes
+-- it, ARGV[3] = the hash's TTL in seconds
+-- Counts the booking against the citizen's limits whatever they say (it is booked), past a
+-- FORGET mark of its own. The hash's life is only lengthened: a suspension may need longer.
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
+return 1
+"""
+
 FORGET_IF = """
 -- KEYS[1] = a hash of things to do, ARGV[1] = a field, ARGV[2] = the value it was read with
 -- Deletes the field only if no one has set it again since (a later change to do).
@@ -477,6 +488,7 @@ class Scripts:
         self.hold = redis.register_script(HOLD)
         self.suspend = redis.register_script(SUSPEND)
         self.forget = redis.register_script(FORGET)
+        self.hold_again = redis.register_script(HOLD_AGAIN)
         self.unpromote = redis.register_script(UNPROMOTE)
         self.forget_if = redis.register_script(FORGET_IF)
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus, Suspension
@@ -468,6 +468,14 @@ class Capacity:
     async def unhold(self, *, national_id: str, tracking_code: str) -> None:
         await self.redis.hdel(keys.citizen_holds(national_id), tracking_code)
 
+    async def hold_again(self, *, national_id: str, tracking_code: str, day: dt.date, service_code: str) -> None:
+        """Count a booking the record has against its citizen's limits again, whatever they
+        say: one whose limit ``forget_unanswered`` freed, and which landed after all."""
+        await self.scripts.hold_again(
+            keys=[keys.citizen_holds(national_id)],
+            args=[tracking_code, f"{day.isoformat()}|{service_code}", self._holds_ttl()],
+        )
+
     async def forget_unanswered(self, *, national_id: str, seat: SeatRequest) -> None:
         """After a booking whose outcome is unknown (Redis's answer to ``hold_and_reserve``
         was lost, or the record's to the commit, and the record has no such booking): free
@@ -663,15 +671,9 @@ class Capacity:
     async def _rebuild_holds(self, *, session: AsyncSession, today: dt.date) -> None:
         async for key in self.redis.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN, count=1000):
             await self.redis.delete(key)
-        await self.hold_recorded(session=session, where=[Booking.date >= today])
-        await self.tell_suspensions(session=session, today=today)
-
-    async def hold_recorded(self, *, session: AsyncSession, where: Sequence[ColumnElement[bool]]) -> None:
-        """Count the record's active bookings that match ``where`` against their citizens'
-        limits, whatever the limits say: they are booked."""
         rows = await session.execute(
             select(Booking.national_id, Booking.tracking_code, Booking.date, Booking.service_code).where(
-                Booking.status.in_(ACTIVE_STATUSES), *where
+                Booking.status.in_(ACTIVE_STATUSES), Booking.date >= today
             )
         )
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -680,6 +682,7 @@ class Capacity:
                 pipe.hset(holds, tracking_code, f"{day.isoformat()}|{service_code}")
                 pipe.expire(holds, self._holds_ttl())
             await pipe.execute()
+        await self.tell_suspensions(session=session, today=today)
 
     async def tell_suspensions(self, *, session: AsyncSession, today: dt.date) -> int:
         """Put every suspension in force in the record into Redis, where booking refuses

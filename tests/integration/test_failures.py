@@ -23,7 +23,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import func, literal, select, text
+from sqlalchemy import func, literal, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +33,7 @@ from app.booking import relocation, writer
 from app.booking import service as booking_service
 from app.booking.models import SEAT_STATUSES, Booking, Channel
 from app.booking.schemas import BookingCreate
+from app.booking.service import BookingRules
 from app.capacity import keys, watch
 from app.capacity.errors import CapacityRebuilding
 from app.capacity.plan import DayRule
@@ -1419,29 +1420,58 @@ async def test_the_seat_of_a_lost_commit_is_settled_once_and_never_after_a_recou
 
 
 async def test_a_lost_commit_the_job_finds_landed_counts_against_the_citizens_limit_again(
-    client: Client, world: World, capacity_redis: EmbeddedRedis, database_url: str
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     """Answered 503 and not yet in the record, a booking frees its citizen's limit so that a
-    retry can book; found landed by the minute's job, it counts against the limit again, and
-    keeps its seat."""
+    retry can book; found landed by the minute's job, it counts against the limit again (one
+    active booking allowed here: the next is refused) and keeps its seat. One cancelled
+    while the job holds them again is let go again."""
     container, redis = world.container, SyncRedis.from_url(capacity_redis.url)
-    office, day, national_id = await world.office(seats=3), world.tomorrow(), world.national_id()
-    booked = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token())
-    assert booked.status_code == 201
-    code = booked.json()["tracking_code"]
-    # What _after_lost_commit does when the record does not have the booking yet.
-    asked = SeatRequest(office, day, "*", "10:00", None, code)
-    await container.capacity.forget_unanswered(national_id=national_id, seat=asked)
+    app_bookings = client.app.state.container.bookings
+    monkeypatch.setattr(app_bookings, "rules", BookingRules(max_active=1, per_mobile=app_bookings.rules.per_mobile))
+    office, day = await world.office(seats=3), world.tomorrow()
+    held, cancelled = world.national_id(), world.national_id()
     xmin = text("xmin::text::bigint" if database_url.startswith("postgresql") else "NULL")
+    codes = {}
+    for national_id in (held, cancelled):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token()
+        )
+        assert booked.status_code == 201
+        code = codes[national_id] = booked.json()["tracking_code"]
+        # What _after_lost_commit does when the record does not have the booking yet.
+        asked = SeatRequest(office, day, "*", "10:00", None, code)
+        await container.capacity.forget_unanswered(national_id=national_id, seat=asked)
+        async with container.sessions() as session:
+            xid = (
+                await session.execute(select(xmin).select_from(Booking).where(Booking.tracking_code == code))
+            ).scalar()
+        await container.capacity.settle_booking_later(code, xid, Seat(office, day, "*", "10:00"))
+    assert redis.hget(keys.citizen_holds(held), codes[held]) is None  # freed: could book past the limit
+    hold_again = container.capacity.hold_again
+
+    async def cancelled_meanwhile(**booking: Any) -> None:
+        """A cancel that commits, and lets go of its hold, after the job read the booking
+        active and before it holds it again."""
+        if booking["tracking_code"] == codes[cancelled]:
+            async with container.sessions() as session:
+                await session.execute(
+                    update(Booking).where(Booking.tracking_code == codes[cancelled]).values(status="cancelled")
+                )
+                await session.commit()
+        await hold_again(**booking)
+
+    monkeypatch.setattr(container.capacity, "hold_again", cancelled_meanwhile)
     async with container.sessions() as session:
-        xid = (await session.execute(select(xmin).select_from(Booking).where(Booking.tracking_code == code))).scalar()
-    await container.capacity.settle_booking_later(code, xid, Seat(office, day, "*", "10:00"))
-    holds = keys.citizen_holds(national_id)
-    assert redis.hget(holds, code) is None  # freed: the citizen could book past the limit
-    async with container.sessions() as session:
-        assert await container.bookings.settle_bookings(session=session) == 1
-    assert redis.hget(holds, code) == f"{day.isoformat()}|101".encode()
-    assert used(redis, office, day, "10:00") == 1  # landed: its seat kept
+        assert await container.bookings.settle_bookings(session=session) == 2
+    assert redis.hget(keys.citizen_holds(held), codes[held]) == f"{day.isoformat()}|101".encode()
+    assert redis.hget(keys.citizen_holds(cancelled), codes[cancelled]) is None
+    later = day + dt.timedelta(days=1)
+    refused = await client.post("/api/v1/bookings", json=booking_body(office, held, later), headers=world.token())
+    assert refused.status_code == 409 and refused.json()["code"] == "too_many_bookings", refused.text
+    again = await client.post("/api/v1/bookings", json=booking_body(office, cancelled, later), headers=world.token())
+    assert again.status_code == 201, again.text  # the cancelled booking counts for nothing
+    assert used(redis, office, day, "10:00") == 2  # both landed, their seats kept (this cancel is the record's only)
     redis.close()
 
 
