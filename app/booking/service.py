@@ -862,10 +862,11 @@ class BookingService:
     async def settle_bookings(self, *, session: AsyncSession) -> int:
         """Free the seats of bookings whose commit's answer was lost and which the record did
         not have when asked (``_after_lost_commit``), once it can say the commit did not
-        land; landed, they stand, and count against their citizens' limits again. Still unknown, they wait for the next run, until their day
-        has gone by (its seats sell to nobody then). Each seat goes with the count it was taken
-        in: one counted again from the record since is not freed (``Seat``). One commit's
-        trouble holds up neither the others nor the lines' fill. The bookings settled."""
+        land; landed, they stand, and count against their citizens' limits again. Still
+        unknown, they wait for the next run, until their day has gone by (its seats sell to
+        nobody then). Each seat goes with the count it was taken in: one counted again from
+        the record since is not freed (``Seat``). One commit's trouble holds up neither the
+        others nor the lines' fill. The bookings settled."""
         settled = 0
         today = self.clock.today()
         for xid, given in await self.capacity.bookings_to_settle():
@@ -901,15 +902,15 @@ class BookingService:
         citizens' limits so that a retry could book (``_after_lost_commit``). Booked after
         all, they count against them again; then those that ended meanwhile (a cancel, say,
         whose own unhold ran before this hold) are let go again."""
-        found = select(Booking.national_id, Booking.tracking_code, Booking.date, Booking.service_code, Booking.status)
-        for national_id, code, day, service_code, status in (
-            await session.execute(found.where(Booking.tracking_code.in_(codes)))
-        ).all():
-            if status in ACTIVE_STATUSES:
-                await self.capacity.hold_again(
-                    national_id=national_id, tracking_code=code, day=day, service_code=service_code
-                )
-        await session.rollback()  # read again below, after the holds
+        found = select(Booking.national_id, Booking.tracking_code, Booking.date, Booking.service_code).where(
+            Booking.tracking_code.in_(codes), Booking.status.in_(ACTIVE_STATUSES)
+        )
+        rows = (await session.execute(found)).all()
+        await session.rollback()  # no transaction left open while Redis answers; read afresh below
+        for national_id, code, day, service_code in rows:
+            await self.capacity.hold_again(
+                national_id=national_id, tracking_code=code, day=day, service_code=service_code
+            )
         ended = select(Booking.national_id, Booking.tracking_code).where(
             Booking.tracking_code.in_(codes), Booking.status.not_in(ACTIVE_STATUSES)
         )
