@@ -805,7 +805,7 @@ class BookingService:
                 if landed is not False:  # landed, or not yet to be told: the seats are kept
                     recorded |= booked_codes
                 if landed is None:
-                    await self._settle_later(xid, [(code, given[code]) for code in sorted(booked_codes)])
+                    await self._settle_promotions_later(xid, [(code, given[code]) for code in sorted(booked_codes)])
                 # The citizens not booked, and the chunks after, go back to the head of their
                 # lines, as after any error. (A landed commit's messages go with the sweep.)
                 return recorded, left | (set(chunk) - booked_codes), error
@@ -813,13 +813,13 @@ class BookingService:
             left |= set(chunk) - booked_codes
         return recorded, left, None
 
-    async def _settle_later(self, xid: int | None, given: list[tuple[str, Seat]]) -> None:
+    async def _settle_promotions_later(self, xid: int | None, given: list[tuple[str, Seat]]) -> None:
         """Leave promotions whose commit could not be told of to the minute's job
         (``settle_promotions``); if even that fails, they wait for a rebuild, their seats held."""
         if xid is None or not given:
             return
         try:
-            await self.capacity.settle_later(xid, given)
+            await self.capacity.settle_promotions_later(xid, given)
         except RedisError:
             log.exception("promotions of an untold commit wait for a rebuild: %s", [code for code, _ in given])
 
@@ -836,14 +836,14 @@ class BookingService:
         for xid, given in (await self.capacity.promotions_to_settle()).items():
             try:
                 if all(seat.day < today for _, seat in given):
-                    settled += len(given) if await self.capacity.settled(xid) else 0
+                    settled += len(given) if await self.capacity.promotions_settled(xid) else 0
                     continue
                 landed = await commit_outcome(session, xid, _promoted(code for code, _ in given), wait=0)
                 # Taken off first, and only the run that took it off puts its citizens back in
                 # line: twice would free each seat twice. An undo that fails may have run in
                 # part (or landed after its timeout): the lines are left to fill all the same,
                 # for a seat freed with people in line sells to no one until its line is filled.
-                if landed is None or not await self.capacity.settled(xid):
+                if landed is None or not await self.capacity.promotions_settled(xid):
                     continue
                 settled += len(given)
                 if not landed:

@@ -335,7 +335,7 @@ class Capacity:
             lines = {keys.waitlist(seat.office_code, seat.day, seat.pool) for seat in seats}
             await self.redis.sadd(keys.WAITLISTS_TO_FILL, *lines)
 
-    async def settle_later(self, xid: int, given: Sequence[tuple[str, Seat]]) -> None:
+    async def settle_promotions_later(self, xid: int, given: Sequence[tuple[str, Seat]]) -> None:
         """Leave a promotion whose commit could not be told of to the minute's job
         (``keys.PROMOTIONS_TO_SETTLE``): its transaction's id, and each code with its seat."""
         await self.redis.hset(keys.PROMOTIONS_TO_SETTLE, str(xid), msgspec.json.encode(list(given)))
@@ -350,7 +350,7 @@ class Capacity:
                 await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, xid)
         return found
 
-    async def settled(self, xid: int) -> bool:
+    async def promotions_settled(self, xid: int) -> bool:
         """Take a promotion off those to settle; whether this call took it (not another's run
         of the job)."""
         return bool(await self.redis.hdel(keys.PROMOTIONS_TO_SETTLE, str(xid)))
@@ -473,7 +473,7 @@ class Capacity:
         say: one whose limit ``forget_unanswered`` freed, and which landed after all."""
         await self.scripts.hold_again(
             keys=[keys.citizen_holds(national_id)],
-            args=[tracking_code, f"{day.isoformat()}|{service_code}", self._holds_ttl()],
+            args=[tracking_code, _held_as(day, service_code), self._holds_ttl()],
         )
 
     async def forget_unanswered(self, *, national_id: str, seat: SeatRequest) -> None:
@@ -679,7 +679,7 @@ class Capacity:
         async with self.redis.pipeline(transaction=False) as pipe:
             for national_id, tracking_code, day, service_code in rows:
                 holds = keys.citizen_holds(national_id)
-                pipe.hset(holds, tracking_code, f"{day.isoformat()}|{service_code}")
+                pipe.hset(holds, tracking_code, _held_as(day, service_code))
                 pipe.expire(holds, self._holds_ttl())
             await pipe.execute()
         await self.tell_suspensions(session=session, today=today)
@@ -1025,3 +1025,8 @@ def _slot_views(pool: str, columns: Columns, cap: int, first: int = 0) -> list[S
         SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))
         for time, seats, used in zip(times[first:], each_seats[first:], each_used[first:], strict=True)
     ]
+
+
+def _held_as(day: dt.date, service_code: str) -> str:
+    """What a citizen's holds hash keeps of a booking ("date|service"), as HOLD writes it."""
+    return f"{day.isoformat()}|{service_code}"

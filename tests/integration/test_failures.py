@@ -595,7 +595,7 @@ async def test_an_untold_promotion_is_asked_about_again_until_the_record_can_say
     async with container.sessions() as finishing, container.sessions() as job:
         xid = await writer.hold_off_recounts(finishing)
         assert xid is not None
-        await container.capacity.settle_later(xid, [("ABCDEFGHJK", seat)])
+        await container.capacity.settle_promotions_later(xid, [("ABCDEFGHJK", seat)])
         assert await container.bookings.settle_promotions(session=job) == 0  # still open
         await finishing.commit()
         assert await container.bookings.settle_promotions(session=job) == 1
@@ -623,11 +623,11 @@ async def test_settling_promotions_goes_on_past_one_that_fails_and_drops_days_go
             xid = await writer.hold_off_recounts(aborted)
             assert xid is not None
             await aborted.rollback()  # the promotion's transaction did not land
-            await container.capacity.settle_later(
+            await container.capacity.settle_promotions_later(
                 xid, [(f"PROMOTED{number:02d}", Seat(office, day, "*", "10:00", count))]
             )
     gone_by = Seat(offices[0], day - dt.timedelta(days=3), "*", "10:00")
-    await container.capacity.settle_later(2**40, [("GONEBY0001", gone_by)])  # an id no record knows
+    await container.capacity.settle_promotions_later(2**40, [("GONEBY0001", gone_by)])  # an id no record knows
     unpromote = container.capacity.unpromote
 
     async def fails_once(given: Any) -> None:
@@ -1274,6 +1274,15 @@ async def another_transactions_id(world: World) -> Callable[[Any], Awaitable[int
     return its_id
 
 
+async def written_in(container: Container, tracking_code: str) -> int | None:
+    """The id of the transaction that wrote the booking (None on SQLite, which gives none)."""
+    async with container.sessions() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            return None
+        xmin = text("xmin::text::bigint")
+        return (await session.execute(select(xmin).where(Booking.tracking_code == tracking_code))).scalar_one()
+
+
 def lose_the_commits_answer(
     client: Client, monkeypatch: pytest.MonkeyPatch, *, committed: bool, dropped: bool = False
 ) -> None:
@@ -1385,7 +1394,6 @@ async def test_the_seat_of_a_lost_commit_is_settled_once_and_never_after_a_recou
     """Left to the minute's job, a lost commit's seat is freed once the record says it did
     not land, by one run only (two at once here); one that landed keeps its seat; and a day
     counted again from the record since frees nothing (the count left the seat out)."""
-    postgres = database_url.startswith("postgresql")
     monkeypatch.setattr(writer, "commit_outcome", lambda *_, **__: asyncio.sleep(0))  # cannot say
     container, redis = world.container, SyncRedis.from_url(capacity_redis.url)
     office, recounted = await world.office(seats=3), await world.office(seats=3)
@@ -1396,10 +1404,9 @@ async def test_the_seat_of_a_lost_commit_is_settled_once_and_never_after_a_recou
     assert (await book(client, world, office, day)).status_code == 201
     # The recorded booking left to settle too, as when its commit lands after the look.
     _, [(_, seat), *_] = (await container.capacity.bookings_to_settle())[0]
-    xmin = text("xmin::text::bigint" if postgres else "NULL")  # the id of the transaction that wrote it
     async with container.sessions() as session:
-        code, xid = (await session.execute(select(Booking.tracking_code, xmin).select_from(Booking))).one()
-    await container.capacity.settle_booking_later(code, xid, seat)
+        code = (await session.execute(select(Booking.tracking_code))).scalar_one()
+    await container.capacity.settle_booking_later(code, await written_in(container, code), seat)
     assert redis.hlen(keys.BOOKINGS_TO_SETTLE) == 3
     assert 'nobat_commits_to_settle{kind="bookings"} 3.0' in (await client.get("/metrics")).text
     async with container.sessions() as session, container.sessions() as other:
@@ -1432,7 +1439,6 @@ async def test_a_lost_commit_the_job_finds_landed_counts_against_the_citizens_li
     monkeypatch.setattr(app_bookings, "rules", BookingRules(max_active=1, per_mobile=app_bookings.rules.per_mobile))
     office, day = await world.office(seats=3), world.tomorrow()
     held, cancelled = world.national_id(), world.national_id()
-    xmin = text("xmin::text::bigint" if database_url.startswith("postgresql") else "NULL")
     codes = {}
     for national_id in (held, cancelled):
         booked = await client.post(
@@ -1443,11 +1449,9 @@ async def test_a_lost_commit_the_job_finds_landed_counts_against_the_citizens_li
         # What _after_lost_commit does when the record does not have the booking yet.
         asked = SeatRequest(office, day, "*", "10:00", None, code)
         await container.capacity.forget_unanswered(national_id=national_id, seat=asked)
-        async with container.sessions() as session:
-            xid = (
-                await session.execute(select(xmin).select_from(Booking).where(Booking.tracking_code == code))
-            ).scalar()
-        await container.capacity.settle_booking_later(code, xid, Seat(office, day, "*", "10:00"))
+        await container.capacity.settle_booking_later(
+            code, await written_in(container, code), Seat(office, day, "*", "10:00")
+        )
     assert redis.hget(keys.citizen_holds(held), codes[held]) is None  # freed: could book past the limit
     hold_again = container.capacity.hold_again
 
