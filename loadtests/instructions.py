@@ -208,8 +208,7 @@ def main() -> None:
     database_url = None
     if args.database == "postgres":
         pg = PgCluster(pg_workdir()).start()
-        pg.psql("CREATE DATABASE nobat")
-        database_url = pg.dsn.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + "/nobat"
+        database_url = pg.create_database("nobat")
     tz = morning_timezone()
     secret = "instructions-" + "x" * 32
     stack = NobatStack(

@@ -110,6 +110,18 @@ class PgCluster:
             with contextlib.suppress(RuntimeError):
                 self._run(f"{self.bin}/pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop", timeout=60)
 
+    def create_database(self, name: str) -> str:
+        """A new database on the cluster; its URL for SQLAlchemy's asyncpg driver."""
+        self.psql(f"CREATE DATABASE {name}")
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def postmaster_pid(self) -> int | None:
+        """The server's process (for its CPU time); None when it is not running."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def psql(self, sql: str, database: str = "postgres") -> None:
         self._run(
             f"{self.bin}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,

@@ -229,8 +229,7 @@ class Run:
         database_url = None
         if args.database == "postgres":
             self.pg = PgCluster(pg_workdir()).start()
-            self.pg.psql("CREATE DATABASE nobat")
-            database_url = self.pg.dsn.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + "/nobat"
+            database_url = self.pg.create_database("nobat")
         stack = NobatStack(
             self.workdir,
             workers=args.workers,
@@ -404,7 +403,7 @@ class Run:
         count = workloads.write_requests(path, lines)
         recorders = []
         cpu_before = {label: cpu_seconds(pid) for label, pid in self.cpu_pids.items()}
-        postmaster = self.postmaster()
+        postmaster = self.pg.postmaster_pid() if self.pg else None
         postgres_before = tree_cpu_seconds(postmaster) if postmaster else None
         wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         wrk_started = time.perf_counter()
@@ -548,13 +547,6 @@ class Run:
         rate = (first - second) / seconds
         self.results["locust"]["sms_sent_per_s"] = round(rate, 1)
         log(f"SMS: {first:,} queued after the scenario, sent at {rate:,.1f}/s by {len(stack.rq)} RQ worker(s)")
-
-    def postmaster(self) -> int | None:
-        """The PostgreSQL server's process, when this run has one."""
-        try:
-            return int((self.pg.data / "postmaster.pid").read_text().split()[0]) if self.pg else None
-        except (OSError, ValueError, IndexError):
-            return None
 
     def server_pids(self, workers: list[int], stack: NobatStack) -> dict[str, int]:
         pids = {f"worker {number + 1}": pid for number, pid in enumerate(workers)}

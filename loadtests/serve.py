@@ -50,7 +50,7 @@ def main() -> None:
         tz=tz,
         secret_key=secrets.token_hex(32),
         twilio_token="t" * 32,
-        database_url=_database(pg),
+        database_url=pg.create_database("nobat"),
     )
     try:
         stack.start_redis()
@@ -71,11 +71,6 @@ def main() -> None:
     finally:
         stack.stop()
         pg.stop()
-
-
-def _database(pg: PgCluster) -> str:
-    pg.psql("CREATE DATABASE nobat")
-    return pg.dsn.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + "/nobat"
 
 
 def _nearby_files(stack: NobatStack, work: Path, tz: str, *, searches: int, parts: int) -> list[Path]:

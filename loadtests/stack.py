@@ -310,11 +310,17 @@ class NobatStack:
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far; 0 when it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return _cpu_ticks(pid, 2) / os.sysconf("SC_CLK_TCK")
     except OSError:
         return 0.0
-    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int, count: int) -> int:
+    """The process's utime and stime (``count`` 2), then its reaped children's cutime and
+    cstime (``count`` 4), in clock ticks: fields 14 to 17 of /proc/<pid>/stat (man 5 proc),
+    counted after the command name, which may hold spaces."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(field) for field in fields[11 : 11 + count])
 
 
 def tree_cpu_seconds(pid: int) -> float | None:
@@ -322,13 +328,11 @@ def tree_cpu_seconds(pid: int) -> float | None:
     (PostgreSQL: the postmaster, its backends and their predecessors); None when it cannot
     be read (the process gone, or a kernel that does not list children)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # A child that ends meanwhile is counted once: listed, or in cutime once reaped.
+        own = _cpu_ticks(pid, 4) / os.sysconf("SC_CLK_TCK")
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
-    # utime, stime, then cutime and cstime: the children it has waited for (man 5 proc).
-    # A child that ends meanwhile is counted once: listed, or in cutime once reaped.
-    own = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return own + sum(tree_cpu_seconds(int(child)) or 0.0 for child in children)
 
 
