@@ -8,99 +8,128 @@ worked out for as long as its copy of the counters keeps what it came from
 (app.capacity.reading), and forgets it when the copy forgets that: at once for a change made
 here, within a ``ttl`` for one told by another instance. It forgets an office's standings too
 when the directory reads the office again (its template may give a service a pool of its own).
+
+A service's standings on a day are kept in arrays, a row per office as the service's k-d tree
+holds them (app.offices.nearest.Layout), so that a search reads a few numbers an office from
+them and ranks its thirty offices in a dozen calls into numpy. Weighing each office in Python,
+from a standing kept in a dict, had been a third of a search, and most of it waiting on
+memory: from random points, a search's offices are scattered over a worker's 50 MB.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
+
+from app.capacity.plan import minute_of
 from app.capacity.reading import DayReader
-from app.load.ranking import Standing
+from app.load.ranking import Standing, next_free_minute, tier_of
+from app.offices.nearest import Layout
 
-Kept = dict[str, tuple[float, Standing]]
-"""One service's offices on one day: office code -> (until when, by ``time.monotonic``; standing)."""
+MAX_ROWS = 1_000_000
+"""The most rows an instance keeps in its tables, about 100 MB: a new table past it is used by
+its search and not kept. One day of the five common services is 85,000 rows; every service
+on every day of the horizon, searched within one ``keep``, would be about two million."""
 
-MAX_KEPT = 200_000
-"""The most standings an instance keeps (some tens of MB): past it, new ones are used and not
-kept until sweeps make room. A worker's searches keep at most thirty each a ``keep``."""
+
+class Table:
+    """One service's standings on one day, by the rows of the service's offices (``layout``).
+    A row stands until ``until`` (``time.monotonic``; 0: to be worked out again)."""
+
+    __slots__ = ("layout", "next_minute", "not_before", "partial", "standings", "tier", "until")
+
+    def __init__(self, layout: Layout) -> None:
+        count = len(layout.codes)
+        self.layout = layout
+        self.until = np.zeros(count)
+        self.partial = np.zeros(count)  # Standing.partial: the score's terms the counters move
+        self.tier = np.zeros(count, dtype=np.intp)  # ranking.tier_of
+        # The minute of the next free slot after ``not_before`` (ranking.next_free_minute),
+        # worked out again once the clock has passed it.
+        self.next_minute = np.zeros(count)
+        self.not_before = -1  # minutes after midnight of the latest ``not_before`` looked up
+        self.standings: list[Standing | None] = [None] * count
+
+    def put(self, row: int, standing: Standing, until: float, not_before: str) -> None:
+        """A standing worked out now, kept until ``until`` (0: used by its search alone)."""
+        self.standings[row] = standing
+        self.partial[row] = standing.partial
+        self.tier[row] = tier_of(standing)
+        self.next_minute[row] = next_free_minute(standing.free_times, not_before)
+        self.until[row] = until
+
+    def next_minutes(self, rows: np.ndarray, not_before: str) -> np.ndarray:
+        """Each row's next free slot after ``not_before`` (ranking.next_free_minute)."""
+        minute = minute_of(not_before) if not_before else -1
+        if minute < self.not_before:
+            self.next_minute[:] = -1  # the clock went back: every row is looked up again
+        self.not_before = max(self.not_before, minute)
+        found = self.next_minute[rows]
+        # The first slot after an earlier time is still the first after this one, unless the
+        # clock has passed it (a day with none left has none later either).
+        passed = found <= minute
+        if passed.any():
+            standings = self.standings
+            for row in rows[passed].tolist():
+                standing = standings[row]
+                assert standing is not None  # every row searched was put first
+                self.next_minute[row] = next_free_minute(standing.free_times, not_before)
+            found = self.next_minute[rows]
+        return found
 
 
 class Standings:
     def __init__(self, reads: DayReader) -> None:
         self.keep_seconds = reads.keep  # no standing outlives its counters' copy (DayReader.keep)
-        self._kept: dict[dt.date, dict[str, Kept]] = {}  # day -> service -> offices
-        self._count = 0
-        # Each service-day's last search and last sweep (``time.monotonic``), one entry for both.
-        self._times: dict[tuple[dt.date, str], _Times] = {}
+        self._tables: dict[tuple[dt.date, str], Table] = {}
+        self._searched: dict[tuple[dt.date, str], float] = {}  # each table's last search (monotonic)
+        self._rows = 0
         self._dropped_at = 0.0
         reads.on_forget(self.forget)
 
-    def of(self, service_code: str, day: dt.date, now: float) -> Kept:
-        """The standings kept for the service's offices on the day (``now``: ``time.monotonic``);
-        an entry whose time is up is to be worked out again."""
-        services = self._kept.get(day)
-        if services is None:
-            services = self._kept[day] = {}
-        kept = services.get(service_code)
+    def of(self, service_code: str, day: dt.date, layout: Layout, now: float) -> Table:
+        """The standings of the service's offices on the day, by the rows of ``layout``
+        (``now``: ``time.monotonic``); a row whose time is up is to be worked out again."""
         key = (day, service_code)
-        if kept is None:
-            kept = services[service_code] = {}
-            times = self._times[key] = _Times(now)
-        else:
-            times = self._times[key]
-            if now >= times.swept + self.keep_seconds:
-                # One service-day at a time, so that no search waits for them all: the biggest
-                # holds the 17,000 offices of a service every office offers, a few ms to look over.
-                times.swept = now
-                expired = [code for code, (until, _) in kept.items() if until <= now]
-                for code in expired:
-                    del kept[code]
-                self._count -= len(expired)
-        times.searched = now
+        table = self._tables.get(key)
+        if table is None or table.layout is not layout:
+            if table is not None:  # the service's offices moved, came or went
+                self._rows -= len(table.until)
+                del self._tables[key]
+            table = Table(layout)
+            if self._rows + len(layout.codes) <= MAX_ROWS:
+                self._tables[key] = table
+                self._rows += len(layout.codes)
+        self._searched[key] = now
         if now >= self._dropped_at + self.keep_seconds:
             self._drop_unsearched(now)
-        return kept
+        return table
 
-    def keep(self, kept: Kept, office_code: str, until: float, standing: Standing) -> None:
-        """Keep a standing in ``kept`` (from ``of``) until ``until``, if there is room."""
-        if office_code not in kept:
-            if self._count >= MAX_KEPT:
-                return
-            self._count += 1
-        kept[office_code] = (until, standing)
+    def kept(self, service_code: str, day: dt.date, now: float) -> set[str]:
+        """The offices whose standing for the service on the day is kept past ``now``."""
+        table = self._tables.get((day, service_code))
+        if table is None:
+            return set()
+        return {table.layout.codes[row] for row in np.flatnonzero(table.until > now).tolist()}
 
     def forget(self, office_code: str | None, day: dt.date | None = None) -> None:
         """What the copy of the counters forgot (DayReader.on_forget), or the directory read
         again: an office-day, all an office's days (``day`` None), or everything (both None)."""
-        if office_code is None:
-            for services in self._kept.values():
-                for kept in services.values():
-                    kept.clear()
-            self._count = 0
-            return
-        for services in self._kept.values() if day is None else [self._kept.get(day, {})]:
-            for kept in services.values():
-                if kept.pop(office_code, None) is not None:
-                    self._count -= 1
+        for (table_day, _), table in self._tables.items():
+            if office_code is None:
+                table.until[:] = 0
+            elif day is None or day == table_day:
+                row = table.layout.rows.get(office_code)
+                if row is not None:
+                    table.until[row] = 0
 
     def _drop_unsearched(self, now: float) -> None:
-        """Drop the service-days nobody searched for a ``keep`` (past days among them): what
-        they hold was worked out before that, and has expired."""
+        """Drop the tables nobody searched for a ``keep`` (past days among them): what they
+        hold was worked out before that, and has expired."""
         self._dropped_at = now
-        for day, service_code in [
-            key for key, times in self._times.items() if times.searched + self.keep_seconds <= now
-        ]:
-            del self._times[day, service_code]
-            services = self._kept[day]
-            self._count -= len(services.pop(service_code))
-            if not services:
-                del self._kept[day]
-
-
-class _Times:
-    """When a service-day was last searched for, and last swept."""
-
-    __slots__ = ("searched", "swept")
-
-    def __init__(self, now: float) -> None:
-        self.searched = self.swept = now
+        for key in [key for key, searched in self._searched.items() if searched + self.keep_seconds <= now]:
+            del self._searched[key]
+            table = self._tables.pop(key, None)
+            if table is not None:
+                self._rows -= len(table.until)
