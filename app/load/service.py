@@ -13,7 +13,9 @@ import datetime as dt
 import functools
 import time
 from collections import defaultdict
+from typing import cast
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,7 +26,7 @@ from app.clock import Clock
 from app.db import Sessions, Within
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
-from app.load.ranking import BUSYNESS_FA, NO_FREE_SLOT, Standing, busyness, rank, stand
+from app.load.ranking import BUSYNESS_FA, NO_FREE_SLOT, Standing, busyness, rank, stand, tier_of
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
 from app.load.standings import Standings, Table
 from app.locale import check_text, jalali_date, jalali_time, normalize_text, to_persian_digits
@@ -97,30 +99,25 @@ class LoadService:
             found = nearest.within(radius)
             if len(found.rows) >= limit:
                 break
-        table = await self._standings(sessions, service_code, found, day, not_before)
+        standings, partial, tier, next_minutes = await self._standings(sessions, service_code, found, day, not_before)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
-        rows = found.rows
-        next_minutes = table.next_minutes(rows, not_before)
         ranked = rank(
-            partial=table.partial[rows],
-            tier=table.tier[rows],
+            partial=partial,
+            tier=tier,
             next_minute=next_minutes,
             kms=found.kms,
-            code_order=found.layout.code_order[rows],
+            code_order=found.layout.code_order[found.rows],
             now_minute=now_minute,
             limit=limit,
         )
-        codes, standings = found.layout.codes, table.standings
+        codes, rows, kms = found.layout.codes, found.rows.tolist(), found.kms.tolist()
         chosen = []
         for index, score in ranked:
-            row = int(rows[index])
-            standing = standings[row]
-            assert standing is not None  # every row searched was put first
             minute = next_minutes[index]
             next_free = None if minute == NO_FREE_SLOT else _clock(int(minute))
-            chosen.append((codes[row], float(found.kms[index]), standing, next_free, score))
+            chosen.append((codes[rows[index]], kms[index], standings[index], next_free, score))
         offices = await self.offices.cards([code for code, *_ in chosen])
         return NearbyResult(
             service_code=service_code,
@@ -168,17 +165,21 @@ class LoadService:
 
     async def _standings(
         self, sessions: Sessions, service_code: str, found: Found, day: dt.date, not_before: str
-    ) -> Table:
-        """The service's standings on the day, with every office ``found`` in them: those kept,
+    ) -> tuple[list[Standing], np.ndarray, np.ndarray, np.ndarray]:
+        """The standings of the offices ``found`` for the service on the day, in their order,
+        with the score's terms their counters move (``Standing.partial``), their tiers
+        (ranking.tier_of) and their next free slots (ranking.next_free_minute): those kept,
         and the others worked out (heard first: what the other instances changed is forgotten
-        before any is taken)."""
+        before any is taken). Taken from the table before any await: what a change makes it
+        forget meanwhile is already this search's."""
         asked = await self.capacity.reads.hear()
         table = self.standings.of(service_code, day, found.layout, asked)
-        unkept = found.rows[table.until[found.rows] <= asked]
-        if len(unkept):
-            codes = found.layout.codes
-            await self._stand(sessions, service_code, table, [codes[row] for row in unkept.tolist()], day, not_before)
-        else:
+        rows = found.rows
+        kept = table.until[rows] > asked
+        partial, tier = table.partial[rows], table.tier[rows]
+        # The kept ones' standings are there; the others' are filled in below.
+        standings = cast(list[Standing], [table.standings[row] for row in rows.tolist()])
+        if kept.all():
             # Yield once, as a search that reads Redis does: a busy worker then takes its
             # searches in the order they came, and one that waited for Redis is not overtaken
             # by every later one with nothing to read. Measured at saturation (wrk, 2 workers):
@@ -186,45 +187,58 @@ class LoadService:
             # 37-43 ms, and 12-42% more searches a second. (Why so many more was not pinned
             # down: in process, 64 searches at a time cost the same CPU with it or without.)
             await asyncio.sleep(0)
-        return table
+        else:
+            codes, unkept = found.layout.codes, np.flatnonzero(~kept).tolist()
+            unkept_codes = [codes[row] for row in rows[unkept].tolist()]
+            worked = await self._stand(sessions, service_code, table, unkept_codes, day, not_before)
+            for index, code in zip(unkept, unkept_codes, strict=True):
+                standing = standings[index] = worked[code]
+                partial[index], tier[index] = standing.partial, tier_of(standing)
+        return standings, partial, tier, table.next_minutes(rows, standings, kept, not_before)
 
     async def _stand(
         self, sessions: Sessions, service_code: str, table: Table, codes: list[str], day: dt.date, not_before: str
-    ) -> None:
+    ) -> dict[str, Standing]:
         """The offices' standings for the service on the day, worked out from their counters
-        (app.capacity.reading) and put in ``table``. Days Redis lacks are materialised through
-        one session, opened only then, and read again in one trip."""
+        (app.capacity.reading), and kept in ``table``. Days Redis lacks are materialised
+        through one session, opened only then, and read again in one trip."""
         read = await self.capacity.reads.sums(codes, day)
-        self._from_counters(service_code, table, read, not_before)
+        standings = self._from_counters(service_code, table, read, not_before)
         if missing := [code for code, (summed, _, _) in read.items() if summed is None]:
             async with sessions() as session:
                 for code in missing:
                     await self.capacity.materialise_day(session=session, office_code=code, day=day)
-            self._from_counters(service_code, table, await self.capacity.reads.sums(missing, day), not_before)
+            standings.update(
+                self._from_counters(service_code, table, await self.capacity.reads.sums(missing, day), not_before)
+            )
+        return standings
 
     def _from_counters(
         self, service_code: str, table: Table, read: dict[str, tuple[DaySums | None, int, float]], not_before: str
-    ) -> None:
-        """Standings worked out from what ``DayReader.sums`` just answered, put in ``table``, each
-        kept for as long as the copy keeps what it came from. Called with no await since the
-        read: a change made or heard of after it has forgotten the copy, and then finds the
+    ) -> dict[str, Standing]:
+        """Standings worked out from what ``DayReader.sums`` just answered, each kept in
+        ``table`` for as long as the copy keeps what it came from. Called with no await since
+        the read: a change made or heard of after it has forgotten the copy, and then finds the
         standing to forget."""
         now = time.monotonic()
         rows = table.layout.rows
+        standings = {}
         for code, (read_sums, waiting, until) in read.items():
             summed = read_sums or EMPTY_DAY
             # The pool a booking would take (its own counter if the template gives the service
             # one, on any day), not whichever the day happens to hold: a desk open on Saturdays
             # only has no seats for it on Sunday, whatever the shared counter has.
             seats, used, free_times = summed.of(self.offices.pool(code, service_code))
-            standing = stand(
+            standing = standings[code] = stand(
                 status=summed.status,
                 seats=used + max(0, day_room(seats, used, summed.cap)),  # what the day may hold under its cap
                 used=used,
                 waiting=waiting,
                 free_times=free_times,
             )
-            table.put(rows[code], standing, until if until > now else 0.0, not_before)
+            if until > now:
+                table.put(rows[code], standing, until, not_before)
+        return standings
 
     async def _origin(
         self, sessions: Sessions, lat: float | None, lon: float | None, city: str | None

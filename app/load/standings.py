@@ -19,6 +19,7 @@ memory: from random points, a search's offices are scattered over a worker's 50 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -27,63 +28,75 @@ from app.capacity.reading import DayReader
 from app.load.ranking import Standing, next_free_minute, tier_of
 from app.offices.nearest import Layout
 
-MAX_ROWS = 1_000_000
-"""The most rows an instance keeps in its tables, about 100 MB: a new table past it is used by
-its search and not kept. One day of the five common services is 85,000 rows; every service
-on every day of the horizon, searched within one ``keep``, would be about two million."""
+MAX_ROWS = 500_000
+"""The most rows an instance's tables hold (some tens of MB of arrays, and the standings kept
+in them): past it, the table searched least lately goes. A rush's searches of one day for the
+five common services are 85,000 rows."""
 
 
 class Table:
     """One service's standings on one day, by the rows of the service's offices (``layout``).
-    A row stands until ``until`` (``time.monotonic``; 0: to be worked out again)."""
+    A row's standing is kept until ``until`` (``time.monotonic``; 0: none kept)."""
 
-    __slots__ = ("layout", "next_minute", "not_before", "partial", "standings", "tier", "until")
+    __slots__ = ("after", "layout", "next_minute", "partial", "searched", "standings", "swept", "tier", "until")
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, now: float) -> None:
         count = len(layout.codes)
         self.layout = layout
         self.until = np.zeros(count)
+        self.standings: list[Standing | None] = [None] * count
         self.partial = np.zeros(count)  # Standing.partial: the score's terms the counters move
         self.tier = np.zeros(count, dtype=np.intp)  # ranking.tier_of
-        # The minute of the next free slot after ``not_before`` (ranking.next_free_minute),
-        # worked out again once the clock has passed it.
+        # The minute of the next free slot after the minute ``after`` (ranking.next_free_minute):
+        # it stands for any later minute until the clock reaches it.
         self.next_minute = np.zeros(count)
-        self.not_before = -1  # minutes after midnight of the latest ``not_before`` looked up
-        self.standings: list[Standing | None] = [None] * count
+        self.after = np.zeros(count)
+        self.searched = self.swept = now
 
     def put(self, row: int, standing: Standing, until: float, not_before: str) -> None:
-        """A standing worked out now, kept until ``until`` (0: used by its search alone)."""
+        """Keep a standing worked out now until ``until``."""
         self.standings[row] = standing
         self.partial[row] = standing.partial
         self.tier[row] = tier_of(standing)
         self.next_minute[row] = next_free_minute(standing.free_times, not_before)
+        self.after[row] = _minute(not_before)
         self.until[row] = until
 
-    def next_minutes(self, rows: np.ndarray, not_before: str) -> np.ndarray:
-        """Each row's next free slot after ``not_before`` (ranking.next_free_minute)."""
-        minute = minute_of(not_before) if not_before else -1
-        if minute < self.not_before:
-            self.next_minute[:] = -1  # the clock went back: every row is looked up again
-        self.not_before = max(self.not_before, minute)
+    def drop(self, row: int) -> None:
+        self.until[row] = 0.0
+        self.standings[row] = None
+
+    def next_minutes(
+        self, rows: np.ndarray, standings: Sequence[Standing], kept: np.ndarray, not_before: str
+    ) -> np.ndarray:
+        """The next free slot after ``not_before`` (ranking.next_free_minute) of each of a
+        search's offices (``standings``, those ``kept`` here as this table has them)."""
+        minute = _minute(not_before)
         found = self.next_minute[rows]
-        # The first slot after an earlier time is still the first after this one, unless the
-        # clock has passed it (a day with none left has none later either).
-        passed = found <= minute
-        if passed.any():
-            standings = self.standings
-            for row in rows[passed].tolist():
-                standing = standings[row]
-                assert standing is not None  # every row searched was put first
-                self.next_minute[row] = next_free_minute(standing.free_times, not_before)
-            found = self.next_minute[rows]
+        # Looked up again: a standing this table does not keep, a slot the clock has reached
+        # (a day with none left has none later either), or one looked up after a later minute
+        # (searches straddling a minute, or the clock set back).
+        again = ~kept | (found <= minute) | (self.after[rows] > minute)
+        if again.any():
+            row_of = rows.tolist()
+            for index in np.flatnonzero(again).tolist():
+                standing, row = standings[index], row_of[index]
+                found[index] = next_free_minute(standing.free_times, not_before)
+                if self.standings[row] is standing and self.after[row] <= minute:
+                    self.next_minute[row], self.after[row] = found[index], minute
         return found
+
+    def sweep(self, now: float) -> None:
+        """Let go of the standings whose time is up, once a ``keep``."""
+        self.swept = now
+        for row in np.flatnonzero((self.until > 0) & (self.until <= now)).tolist():
+            self.drop(row)
 
 
 class Standings:
     def __init__(self, reads: DayReader) -> None:
         self.keep_seconds = reads.keep  # no standing outlives its counters' copy (DayReader.keep)
-        self._tables: dict[tuple[dt.date, str], Table] = {}
-        self._searched: dict[tuple[dt.date, str], float] = {}  # each table's last search (monotonic)
+        self._tables: dict[dt.date, dict[str, Table]] = {}  # day -> service -> table
         self._rows = 0
         self._dropped_at = 0.0
         reads.on_forget(self.forget)
@@ -91,24 +104,31 @@ class Standings:
     def of(self, service_code: str, day: dt.date, layout: Layout, now: float) -> Table:
         """The standings of the service's offices on the day, by the rows of ``layout``
         (``now``: ``time.monotonic``); a row whose time is up is to be worked out again."""
-        key = (day, service_code)
-        table = self._tables.get(key)
+        services = self._tables.get(day)
+        if services is None:
+            services = self._tables[day] = {}
+        table = services.get(service_code)
         if table is None or table.layout is not layout:
+            if table is not None and table.layout.number > layout.number:
+                # A search that found its offices before they last changed: its own table,
+                # not kept, rather than throwing away the one for the offices as they are.
+                return Table(layout, now)
             if table is not None:  # the service's offices moved, came or went
-                self._rows -= len(table.until)
-                del self._tables[key]
-            table = Table(layout)
-            if self._rows + len(layout.codes) <= MAX_ROWS:
-                self._tables[key] = table
-                self._rows += len(layout.codes)
-        self._searched[key] = now
+                self._rows -= len(table.standings)
+            table = services[service_code] = Table(layout, now)
+            self._rows += len(table.standings)
+            if self._rows > MAX_ROWS:
+                self._drop_least_searched(table)
+        table.searched = now
+        if now >= table.swept + self.keep_seconds:
+            table.sweep(now)
         if now >= self._dropped_at + self.keep_seconds:
             self._drop_unsearched(now)
         return table
 
     def kept(self, service_code: str, day: dt.date, now: float) -> set[str]:
         """The offices whose standing for the service on the day is kept past ``now``."""
-        table = self._tables.get((day, service_code))
+        table = self._tables.get(day, {}).get(service_code)
         if table is None:
             return set()
         return {table.layout.codes[row] for row in np.flatnonzero(table.until > now).tolist()}
@@ -116,20 +136,47 @@ class Standings:
     def forget(self, office_code: str | None, day: dt.date | None = None) -> None:
         """What the copy of the counters forgot (DayReader.on_forget), or the directory read
         again: an office-day, all an office's days (``day`` None), or everything (both None)."""
-        for (table_day, _), table in self._tables.items():
-            if office_code is None:
-                table.until[:] = 0
-            elif day is None or day == table_day:
+        if office_code is None:
+            self._tables.clear()
+            self._rows = 0
+            return
+        for services in self._tables.values() if day is None else [self._tables.get(day, {})]:
+            for table in services.values():
                 row = table.layout.rows.get(office_code)
-                if row is not None:
-                    table.until[row] = 0
+                if row is not None and table.until[row]:
+                    table.drop(row)
 
     def _drop_unsearched(self, now: float) -> None:
         """Drop the tables nobody searched for a ``keep`` (past days among them): what they
         hold was worked out before that, and has expired."""
         self._dropped_at = now
-        for key in [key for key, searched in self._searched.items() if searched + self.keep_seconds <= now]:
-            del self._searched[key]
-            table = self._tables.pop(key, None)
-            if table is not None:
-                self._rows -= len(table.until)
+        self._drop(lambda table: table.searched + self.keep_seconds <= now)
+
+    def _drop_least_searched(self, keep: Table) -> None:
+        """Make room under MAX_ROWS, the table searched least lately first (never ``keep``)."""
+        tables = sorted(
+            (table for services in self._tables.values() for table in services.values() if table is not keep),
+            key=lambda table: table.searched,
+        )
+        going: set[int] = set()
+        rows = self._rows
+        for table in tables:
+            if rows <= MAX_ROWS:
+                break
+            going.add(id(table))
+            rows -= len(table.standings)
+        self._drop(lambda table: id(table) in going)
+
+    def _drop(self, going: Callable[[Table], bool]) -> None:
+        for day, services in list(self._tables.items()):
+            for service_code, table in list(services.items()):
+                if going(table):
+                    del services[service_code]
+                    self._rows -= len(table.standings)
+            if not services:
+                del self._tables[day]
+
+
+def _minute(not_before: str) -> int:
+    """Minutes after midnight of ``not_before`` ("HH:MM"); -1 for "" (any time of the day)."""
+    return minute_of(not_before) if not_before else -1

@@ -19,6 +19,7 @@ Distances are great-circle, on the Earth radius Redis uses, so they read as GEOS
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -55,17 +56,21 @@ def _past(chord: float) -> float:
     return chord * (1 + 1e-12) + _SAME
 
 
+_BUILDS = itertools.count()
+
+
 class Layout:
     """One build of a ``GeoIndex``: its offices in rows, as its tree holds them. What a search
     keeps about each office beside it (app.load.standings) is kept by row, and goes with the
     build: a search then reads a few numbers an office from arrays, not a dozen objects."""
 
-    __slots__ = ("code_order", "codes", "rows", "tree")
+    __slots__ = ("code_order", "codes", "number", "rows", "tree")
 
     def __init__(self, entries: list[Entry]) -> None:
+        self.number = next(_BUILDS)  # later builds have higher numbers
         self.codes = [entry[3] for entry in entries]
         self.rows = {code: row for row, code in enumerate(self.codes)}
-        # Each row's place among the codes in order: ties go by code, compared as numbers.
+        # Each row's place among the codes in order: ties go by code, and numbers compare faster.
         self.code_order = np.empty(len(self.codes), dtype=np.intp)
         self.code_order[sorted(range(len(self.codes)), key=self.codes.__getitem__)] = np.arange(len(self.codes))
         self.tree = cKDTree(np.array([entry[:3] for entry in entries], dtype=float).reshape(-1, 3))
