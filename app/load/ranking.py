@@ -1,8 +1,8 @@
 """Ranking offices for a citizen: the least busy office that is near enough wins.
 
 Pure functions; the service feeds them what Redis says about each candidate: once per
-change to its counters (``stand``, ``tier_of`` and ``next_free_minute``, kept by
-app.load.standings), and once per search (``rank``, with the distances and the clock).
+change to its counters (``stand``, kept by app.load.standings), and once per search (``weigh``,
+with the distance and the clock).
 
 An office's score (lower is better) weighs, each term scaled to 0..1:
     0.40 x load            seats taken that day / seats (under any cap)
@@ -19,13 +19,8 @@ Blocked offices are never candidates. Ties go to the nearer office.
 from __future__ import annotations
 
 import enum
-import math
-from bisect import bisect_right
 
 import msgspec
-import numpy as np
-
-from app.capacity.plan import minute_of
 
 WEIGHT_LOAD = 0.40
 WEIGHT_WAITING = 0.20
@@ -34,11 +29,6 @@ WEIGHT_DISTANCE = 0.25
 WAITING_SATURATES = 15
 SOON_SATURATES_MINUTES = 8 * 60
 DISTANCE_SATURATES_KM = 25.0
-
-ACTIVE, RESTRICTED, NO_SEATS, BLOCKED = 0, 1, 2, 3
-"""The tiers, best first (``tier_of``); blocked offices are never candidates."""
-NO_FREE_SLOT = math.inf
-"""``next_free_minute`` of a day with no free slot left."""
 
 
 class Busyness(enum.StrEnum):
@@ -64,6 +54,23 @@ class Standing(msgspec.Struct, frozen=True, gc=False):
     free_times: tuple[str, ...]  # "HH:MM" of its slots with a seat left; none when the day is full
 
 
+class Candidate(msgspec.Struct, frozen=True, order=True):
+    """An office as the ranking weighs it, made by ``weigh``. Candidates compare best first:
+    their first fields are the ranking's order, compared in C by ``sorted`` (a key function
+    in Python, and the score worked out again for the answer, had been a sixth of a search)."""
+
+    tier: int
+    ranked_score: float  # the score to 6 places: sums that differ only in float noise are a tie
+    distance_km: float  # ties go to the nearer office,
+    office_code: str  # and then by code
+    score: float
+    status: str  # active or restricted
+    free: int  # seats left that day (under any cap)
+    load: float  # share of the day's bookable seats taken, 0..1
+    waiting: int  # people in the room now, as the office last said
+    next_free: str | None  # "HH:MM" of the next slot with a seat, None when none
+
+
 def busyness(load: float, waiting: int) -> Busyness:
     if load >= 0.85 or waiting >= 15:
         return Busyness.HIGH
@@ -84,49 +91,31 @@ def stand(*, status: str, seats: int, used: int, waiting: int, free_times: tuple
     return Standing(status, free, load, waiting, partial, free_times if free else ())
 
 
-def tier_of(standing: Standing) -> int:
-    """The tier an office's standing puts it in (``BLOCKED``: never a candidate), before the
-    clock: an office whose free slots have all gone by today drops to NO_SEATS in the search."""
-    if standing.status == "blocked":
-        return BLOCKED
-    if not standing.free:
-        return NO_SEATS
-    return RESTRICTED if standing.status == "restricted" else ACTIVE
+def weigh(
+    office_code: str,
+    distance_km: float,
+    standing: Standing,
+    next_free: str | None,
+    minutes_to_next_free: float | None,
+) -> Candidate:
+    """An office's tier and score for one search: its standing, how far it is, and how soon its
+    next free slot (``next_free``, None when it has none left) comes. Made thirty times a search."""
+    minutes = minutes_to_next_free
+    if minutes is None or minutes >= SOON_SATURATES_MINUTES:
+        soon = 1.0
+    else:
+        soon = minutes / SOON_SATURATES_MINUTES if minutes > 0 else 0.0
+    score = (
+        standing.partial
+        + WEIGHT_SOON * soon
+        + WEIGHT_DISTANCE * (distance_km / DISTANCE_SATURATES_KM if distance_km < DISTANCE_SATURATES_KM else 1.0)
+    )
+    status, free = standing.status, standing.free
+    tier = 2 if next_free is None or free == 0 else 1 if status == "restricted" else 0
+    return Candidate(
+        tier, round(score, 6), distance_km, office_code, score, status, free, standing.load, standing.waiting, next_free
+    )
 
 
-def next_free_minute(free_times: tuple[str, ...], not_before: str) -> float:
-    """Minutes after midnight of the first free slot after ``not_before`` ("HH:MM", or "" for
-    any); ``NO_FREE_SLOT`` when none is left."""
-    first = bisect_right(free_times, not_before)
-    return minute_of(free_times[first]) if first < len(free_times) else NO_FREE_SLOT
-
-
-def rank(
-    *,
-    partial: np.ndarray,
-    tier: np.ndarray,
-    next_minute: np.ndarray,
-    kms: np.ndarray,
-    code_order: np.ndarray,
-    now_minute: float,
-    limit: int,
-) -> list[tuple[int, float]]:
-    """The best ``limit`` offices of one search, best first, as (index into the arrays, score);
-    blocked ones never. The arrays hold each office's standing (``partial`` and ``tier_of``),
-    the minute of its next free slot (``next_free_minute``), how far it is, and its code's
-    place among the codes; ``now_minute`` is the clock in minutes after the day's midnight.
-
-    Worked out over arrays, not office by office: thirty offices' terms, tiers and order cost
-    a search a dozen calls into numpy, where weighing each in Python had been a third of it."""
-    # Ufuncs, not np.clip and np.round: their Python wrappers had cost more than the sums.
-    soon = (next_minute - now_minute) / SOON_SATURATES_MINUTES  # none left: inf
-    np.minimum(np.maximum(soon, 0.0, out=soon), 1.0, out=soon)
-    near = kms / DISTANCE_SATURATES_KM
-    np.minimum(near, 1.0, out=near)
-    score = partial + WEIGHT_SOON * soon + WEIGHT_DISTANCE * near
-    tiers = np.where(next_minute == NO_FREE_SLOT, np.maximum(tier, NO_SEATS), tier)
-    # The score in millionths: sums that differ only in float noise are a tie, and go to the
-    # nearer office, and then by code.
-    order = np.lexsort((code_order, kms, np.rint(score * 1e6), tiers)).tolist()
-    tiers_of, scores = tiers.tolist(), score.tolist()
-    return [(index, scores[index]) for index in order if tiers_of[index] != BLOCKED][:limit]
+def rank(candidates: list[Candidate], limit: int) -> list[Candidate]:
+    return sorted(candidates)[:limit]

