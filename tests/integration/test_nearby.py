@@ -14,6 +14,7 @@ from redis import Redis as SyncRedis
 from app.capacity import crowd_caps, keys
 from app.capacity.plan import DayRule
 from app.capacity.service import SeatRequest
+from app.clock import Clock
 from app.offices.models import OfficeStatus
 from tests.conftest import World, booking_body, count_sessions
 
@@ -114,6 +115,30 @@ async def test_standings_are_kept_between_searches_and_worked_out_again_once_cha
     assert next(o for o in after if o["code"] == middle)["seats_free"] == 47
     assert await nearby(client, service="102", date=day.isoformat())  # another service: its own
     assert read_for[2:] == [sorted([near, middle, far])]
+
+
+async def test_todays_next_free_slot_follows_the_clock_while_the_standings_are_kept(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next free slot is kept with each standing, and looked up again once the clock
+    reaches it, or for a search whose clock is behind the one that looked it up."""
+    near, middle, far = await three_offices(world)
+    clock = world.container.clock
+    today = clock.today()
+    now = [dt.time(10, 29)]
+    monkeypatch.setattr(Clock, "now", lambda self: dt.datetime.combine(today, now[0], tzinfo=clock.tz))
+
+    async def next_free_slots(at: dt.time) -> list[tuple[str, str | None]]:
+        now[0] = at
+        return [(o["code"], o["next_free_slot"]) for o in await nearby(client, date=today.isoformat())]
+
+    assert await next_free_slots(dt.time(10, 29)) == [(near, "10:30"), (middle, "10:30"), (far, "10:30")]
+    reads = client.app.state.container.capacity.reads
+    monkeypatch.setattr(reads, "sums", None)  # kept from here on: none is read again
+    assert await next_free_slots(dt.time(10, 30)) == [(near, "11:00"), (middle, "11:00"), (far, "11:00")]
+    assert await next_free_slots(dt.time(10, 29, 59)) == [(near, "10:30"), (middle, "10:30"), (far, "10:30")]
+    # The day's last slot begun: none left, all three last, nearest first.
+    assert await next_free_slots(dt.time(19, 30)) == [(near, None), (middle, None), (far, None)]
 
 
 async def test_a_change_made_while_a_search_materialises_a_day_is_not_hidden_by_its_standings(
