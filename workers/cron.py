@@ -24,6 +24,8 @@ from app.sms.tasks import sweep
 from workers.queues import DEFAULT, SMS
 
 CLOSE_DAY_TIMEOUT = 30 * 60
+MOVES_TIMEOUT = 30 * 60
+"""The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
 
 
 def main() -> None:
@@ -55,8 +57,13 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     # most a few times that (loadtests/bench_close_day.py).
     scheduler.register(close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *", job_timeout=CLOSE_DAY_TIMEOUT)
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
-    scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60)  # bookings a block could not move yet
-    scheduler.register(finish_closures, queue_name=DEFAULT, interval=60)  # and a closure
+    # Bookings a block or a closure could not move yet. A province's closure can leave tens
+    # of thousands, more than RQ's 180 s moves, and RQ would stop each run in the middle of
+    # an office: their own limit, as the night's. A run that outlasts the minute has the
+    # next wait behind it on the queue, and the moves are under a lock (an office's for a
+    # block, a day's for a closure), so two runs never move the same bookings.
+    scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
+    scheduler.register(finish_closures, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
     scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free
     scheduler.register(finish_plans, queue_name=DEFAULT, interval=60)  # a clerk's change not seen through
     return scheduler
