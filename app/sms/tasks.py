@@ -4,6 +4,7 @@ job that runs twice, late, or after the world changed does the right thing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,7 +43,17 @@ class _Runtime:
         if self.loop is None or self.loop.is_closed():
             self.loop = asyncio.new_event_loop()
             self.container = None  # its connections belonged to the old loop
-        return self.loop.run_until_complete(coro)
+        task = asyncio.ensure_future(coro, loop=self.loop)
+        try:
+            return self.loop.run_until_complete(task)
+        except BaseException:
+            # A job stopped from outside (RQ's time limit raises in whatever frame runs, most
+            # often the loop's wait for I/O) leaves its task pending: cancelled here, not
+            # resumed during the worker's next jobs with its locks still held.
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                self.loop.run_until_complete(task)
+            raise
 
     async def parts(self) -> Container:
         settings = load_settings()
