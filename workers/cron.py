@@ -58,10 +58,9 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     scheduler.register(close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *", job_timeout=CLOSE_DAY_TIMEOUT)
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     # Bookings a block or a closure could not move yet. A province's closure can leave tens
-    # of thousands, more than RQ's 180 s moves, and RQ would stop each run in the middle of
-    # an office: their own limit, as the night's. A run that outlasts the minute has the
-    # next wait behind it on the queue, and the moves are under a lock (an office's for a
-    # block, a day's for a closure), so two runs never move the same bookings.
+    # of thousands to move: their own limit, as the night's, not RQ's 180 s. A run that
+    # outlasts the minute still has the next copies enqueued (RQ's cron does not wait); each
+    # finds the run under way holding its lock and ends at once.
     scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
     scheduler.register(finish_closures, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
     scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free
