@@ -120,8 +120,8 @@ async def test_standings_are_kept_between_searches_and_worked_out_again_once_cha
 async def test_todays_next_free_slot_follows_the_clock_while_the_standings_are_kept(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The next free slot is kept with each standing, and looked up again once the clock
-    reaches it, or for a search whose clock is behind the one that looked it up."""
+    """Each search finds its next free slot from the kept standing at its own clock, ahead or
+    behind another search's: from the next minute on, and none once the last has begun."""
     near, middle, far = await three_offices(world)
     clock = world.container.clock
     today = clock.today()
