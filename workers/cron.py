@@ -60,7 +60,7 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     # Bookings a block or a closure could not move yet. A province's closure can leave tens
     # of thousands to move: their own limit, as the night's, not RQ's 180 s. A run that
     # outlasts the minute still has the next copies enqueued (RQ's cron does not wait); each
-    # finds the run under way holding its lock and ends at once.
+    # finds it under way and ends at once (``run_alone``).
     scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
     scheduler.register(finish_closures, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
     scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free

@@ -52,9 +52,6 @@ from app.staff.service import StaffPrincipal, audit, require_office, require_rol
 log = logging.getLogger(__name__)
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
-FINISH_BLOCKS_LOCK = f"{keys.NAMESPACE}:finish-blocks"
-"""Held by the run of ``finish_blocks`` under way: RQ's cron enqueues one a minute whether the
-last has ended or not, and several workers would each take one."""
 MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
 # Who the audit log names when the policy acts on its own (no staff member decided).
@@ -227,10 +224,6 @@ class Enforcement:
         paused for a recount, the record or Redis away, the process stopped half-way). Run
         every minute (workers.cron); the bookings moved or cancelled. Without it they would
         stay booked at an office that takes nobody, and a second block is the only repair."""
-        async with renewed_lock(self.capacity.redis, FINISH_BLOCKS_LOCK, uuid.uuid4().hex, seconds=30) as held:
-            return await self._move_what_blocks_left(session) if held else 0
-
-    async def _move_what_blocks_left(self, session: AsyncSession) -> int:
         if not await self.capacity.is_built():
             return 0  # paused for a recount: the next run
         left = select(Booking.office_id).where(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.sms.tasks import run_in_session
+from app.sms.tasks import run_alone
 
 
 def finish_blocks() -> int:
     """Move the bookings a block left at its office (app.enforcement.service.finish_blocks)."""
-    return run_in_session(lambda app, session: app.enforcement.finish_blocks(session=session))
+    return run_alone("finish-blocks", lambda app, session: app.enforcement.finish_blocks(session=session))

@@ -29,10 +29,6 @@ from app.staff.service import StaffPrincipal, audit, require_role
 log = logging.getLogger(__name__)
 
 CLOSURE_MOVES_LOCK = f"{keys.NAMESPACE}:closure-moves"
-FINISH_CLOSURES_LOCK = f"{keys.NAMESPACE}:finish-closures"
-"""Held by the run of ``finish_closures`` under way: RQ's cron enqueues one a minute whether
-the last has ended or not, and several workers would each take one (and each count every
-office of a province's closure again before finding its day's moves under way)."""
 
 
 class ClosureNotFound(NotFound):
@@ -147,10 +143,6 @@ class Regulator:
         move (a recount began, the record or Redis away, the process stopped half-way). Run
         every minute (workers.cron). Without it they would stay booked at a closed office,
         and the citizens would learn it at its door."""
-        async with renewed_lock(self.capacity.redis, FINISH_CLOSURES_LOCK, uuid.uuid4().hex, seconds=30) as held:
-            return await self._move_what_closures_left(session) if held else 0
-
-    async def _move_what_closures_left(self, session: AsyncSession) -> int:
         if not await self.capacity.is_built():
             return 0  # paused for a recount: the next run
         horizon = self.capacity.horizon(self.clock.today())

@@ -4,20 +4,22 @@ job that runs twice, late, or after the world changed does the right thing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 from redis import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.capacity import keys
 from app.container import Container, build_container
 from app.jobs import RETRY_INTERVALS, backoff
 from app.observability import mask
+from app.redis import renewed_lock
 from app.settings import load_settings
 from app.sms.backends import OutboundSms, SmsBackend, make_backend
 from app.sms.models import SmsMessage, SmsStatus
@@ -51,7 +53,7 @@ class _Runtime:
             # often the loop's wait for I/O) leaves its task pending: cancelled here, not
             # resumed during the worker's next jobs with its locks still held.
             task.cancel()
-            with contextlib.suppress(BaseException):
+            with suppress(BaseException):
                 self.loop.run_until_complete(task)
             raise
 
@@ -97,6 +99,23 @@ def run_in_session(step: Callable[[Container, AsyncSession], Awaitable[T]]) -> T
     async def job() -> T:
         async with job_context() as app, app.sessions() as session:
             return await step(app, session)
+
+    return run_job(job())
+
+
+def run_alone(name: str, step: Callable[[Container, AsyncSession], Awaitable[int]]) -> int:
+    """``run_in_session``, one run at a time in the deployment: RQ's cron enqueues a periodic
+    job on time whether its last run has ended or not, and idle workers would each take a
+    copy. A run that finds another under way (by ``name``) does nothing: 0."""
+
+    async def job() -> int:
+        async with job_context() as app:
+            lock = f"{keys.NAMESPACE}:job-running:{name}"
+            async with renewed_lock(app.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
+                if not held:
+                    return 0
+                async with app.sessions() as session:
+                    return await step(app, session)
 
     return run_job(job())
 

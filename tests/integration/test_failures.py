@@ -42,10 +42,10 @@ from app.capacity.service import Seat, SeatRequest
 from app.capacity.watch import rebuild_paused
 from app.container import Container
 from app.db import commit_outcome
-from app.enforcement.service import FINISH_BLOCKS_LOCK, MOVES_LOCK
+from app.enforcement.service import MOVES_LOCK
 from app.offices.models import Office, OfficeStatus
 from app.redis import AutoPipeline, EmbeddedRedis, connect, renewed_lock
-from app.regulator.service import CLOSURE_MOVES_LOCK, FINISH_CLOSURES_LOCK
+from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
@@ -911,8 +911,6 @@ async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == office
     assert ten_oclock_used(capacity_redis, other, day) == 0  # the seat it took went back
     await world.rebuild()
-    async with renewed_lock(jobs.redis, FINISH_BLOCKS_LOCK, "the run before", seconds=30):
-        assert await finish_blocks(jobs) == 0  # an earlier run is still at it
     assert await finish_blocks(jobs) == 1
     assert await finish_blocks(jobs) == 0  # nothing left
     moved = (await client.get(f"/api/v1/bookings/{code}")).json()
@@ -949,9 +947,6 @@ async def test_a_closure_whose_moves_meet_a_recount_moves_them_after_it(
     jobs = world.container  # the job's own parts: no watch keeps its ``ready``
     async with renewed_lock(jobs.redis, f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}", "a closure", seconds=30):
         assert await finish_closures(jobs) == 0  # the closure is moving them
-    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
-    async with renewed_lock(jobs.redis, FINISH_CLOSURES_LOCK, "the run before", seconds=30):
-        assert await finish_closures(jobs) == 0  # an earlier run is still at it
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
     assert await finish_closures(jobs) == 1
     assert await finish_closures(jobs) == 0  # nothing left

@@ -11,7 +11,7 @@ from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import finish_blocks
 from app.regulator.tasks import finish_closures
-from app.sms.tasks import job_context, run_job
+from app.sms.tasks import job_context, run_alone, run_job
 from tests.conftest import Deliver, World
 from workers.queues import DEFAULT
 
@@ -47,3 +47,28 @@ async def test_a_job_tells_its_changes_before_it_ends(world: World, redis_sync: 
     await deliver()
     assert job.get_status(refresh=True) == "finished"
     assert redis_sync.zscore(keys.DAYS_CHANGED, "990104|") is not None
+
+
+async def _one(app: object, session: object) -> int:
+    return 1
+
+
+def once_at_a_time() -> int:
+    return run_alone("test-once", _one)
+
+
+async def test_a_job_run_alone_does_nothing_while_its_last_run_is_under_way(
+    world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """RQ's cron enqueues a periodic job every minute whether its last run has ended or not
+    (the moves a block or a closure left can take longer): the copy ends at once."""
+    queue = Queue(DEFAULT, connection=redis_sync)
+    lock = f"{keys.NAMESPACE}:job-running:test-once"
+    redis_sync.set(lock, "the run under way", px=30_000)
+    under_way = queue.enqueue(once_at_a_time)
+    await deliver()
+    redis_sync.delete(lock)
+    alone = queue.enqueue(once_at_a_time)
+    await deliver()
+    assert [job.return_value() for job in (under_way, alone)] == [0, 1]
+    assert not redis_sync.exists(lock)  # let go once done
