@@ -51,11 +51,15 @@ def test_a_job_stopped_from_outside_is_cancelled_not_left_to_resume(alarm: None)
 
     assert runtime.run(next_job()) == "ran"  # the same loop serves the next job
     assert let_go == ["locks"]
+    runtime.loop.close()
 
 
 def test_a_job_that_fails_raises_its_own_error() -> None:
     async def failing() -> None:
         raise ValueError("the job's own")
 
+    runtime = _Runtime()
     with pytest.raises(ValueError, match="the job's own"):
-        _Runtime().run(failing())
+        runtime.run(failing())
+    assert runtime.loop is not None and not asyncio.all_tasks(runtime.loop)
+    runtime.loop.close()
