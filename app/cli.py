@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
-    """The web server, an RQ worker (with its scheduler) and the cron scheduler, sharing one
+    """The web server, two RQ workers (one for messages alone) and the cron scheduler, sharing one
     Redis: the embedded one under var/ when REDIS_URL is unset, stopped with the rest."""
     import os
     import signal
@@ -212,6 +212,7 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
 
     from app.redis import EmbeddedRedis
     from app.serving import CorkedHttpProtocol
+    from workers.queues import MESSAGES
 
     embedded = None
     if not settings.redis_url:
@@ -220,6 +221,8 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         log.info("embedded redis-server on %s", embedded.url)
     helpers = [
         subprocess.Popen([sys.executable, "-m", "workers.worker"]),
+        # A second worker for messages alone, so that sign-in codes never wait for a long job.
+        subprocess.Popen([sys.executable, "-m", "workers.worker", "--queues", ",".join(MESSAGES)]),
         subprocess.Popen([sys.executable, "-m", "workers.cron"]),
     ]
     # uvicorn re-raises the signal that stopped it once it has shut down; turned into an

@@ -9,3 +9,7 @@ DEFAULT = "default"
 
 ALL = (CODES, SMS, DEFAULT)
 """What a worker listens to, first queue first."""
+MESSAGES = (CODES, SMS)
+"""What a worker kept for messages listens to (``--queues codes,sms``): a housekeeping job
+can run for up to half an hour (moving a closed province's bookings), and a worker running
+one takes nothing else meanwhile, a sign-in code included."""

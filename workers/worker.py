@@ -1,9 +1,12 @@
-"""RQ worker entry point: ``python -m workers.worker`` (with RQ's scheduler, for reminders
-and retries). RQ keeps its own plain Redis: RQ_REDIS_URL, else REDIS_URL."""
+"""RQ worker entry point: ``python -m workers.worker [--queues codes,sms] [--burst]`` (with
+RQ's scheduler, for reminders and retries). RQ keeps its own plain Redis: RQ_REDIS_URL, else
+REDIS_URL."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 
 from redis import Redis
 from rq import SimpleWorker
@@ -32,7 +35,32 @@ class Worker(SimpleWorker):
         )
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers.worker")
+    parser.add_argument(
+        "--queues",
+        type=queues_named,
+        default=ALL,
+        help=f"the queues to take jobs from, comma-separated (default: all of {','.join(ALL)})",
+    )
+    # Work off what is queued and stop (used by tests and one-off catch-ups).
+    parser.add_argument("--burst", action="store_true")
+    return parser.parse_args(argv)
+
+
+def queues_named(text: str) -> tuple[str, ...]:
+    """The queues a ``--queues`` names, in the order workers take them (``ALL``'s): a
+    worker given "default,codes" still takes a sign-in code before housekeeping."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    if unknown := names - set(ALL):
+        raise argparse.ArgumentTypeError(f"no queue named {', '.join(sorted(unknown))} (there are {', '.join(ALL)})")
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one queue")
+    return tuple(name for name in ALL if name in names)
+
+
 def main() -> None:
+    args = parse_args(sys.argv[1:])
     configure_logging()
     settings = load_settings()
     url = settings.rq_redis_url or settings.redis_url
@@ -51,8 +79,7 @@ def main() -> None:
     # send, not a fork and a new database engine (about 10 messages a second a worker then).
     # RQ's time limit still holds (SIGALRM); a job that kills the process is retried by RQ
     # once the process manager has started it again.
-    # --burst: work off what is queued and stop (used by tests and one-off catch-ups).
-    Worker(list(ALL), connection=Redis.from_url(url)).work(with_scheduler=True, burst="--burst" in sys.argv)
+    Worker(list(args.queues), connection=Redis.from_url(url)).work(with_scheduler=True, burst=args.burst)
 
 
 if __name__ == "__main__":

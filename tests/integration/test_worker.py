@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 from redis import Redis
 from rq import Queue
+from rq.job import JobStatus
 
+from workers.queues import CODES, DEFAULT
 from workers.worker import Worker
 
 
@@ -29,3 +34,17 @@ def test_a_worker_stops_at_once_when_its_listener_reads_the_unsubscribe_first(re
     worker.unsubscribe()
     assert time.monotonic() - started < 3
     assert not worker.pubsub_thread.is_alive()
+
+
+def test_a_worker_kept_for_messages_leaves_housekeeping_to_the_others(redis_sync: Redis, redis_url: str) -> None:
+    """``--queues codes,sms``: a sign-in code is sent, and a job of the default queue (which
+    can run for half an hour) is left for a worker that takes every queue."""
+    code = Queue(CODES, connection=redis_sync).enqueue("os.getpid")
+    housekeeping = Queue(DEFAULT, connection=redis_sync).enqueue("os.getpid")
+    env = {**os.environ, "REDIS_URL": redis_url, "RQ_REDIS_URL": ""}
+    command = [sys.executable, "-m", "workers.worker", "--burst"]
+    subprocess.run([*command, "--queues", "codes,sms"], env=env, check=True, timeout=60)
+    assert code.get_status(refresh=True) == JobStatus.FINISHED
+    assert housekeeping.get_status(refresh=True) == JobStatus.QUEUED
+    subprocess.run(command, env=env, check=True, timeout=60)
+    assert housekeeping.get_status(refresh=True) == JobStatus.FINISHED
