@@ -15,3 +15,8 @@ class Clock:
 
     def today(self) -> dt.date:
         return self.now().date()
+
+    def aware(self, written: dt.datetime) -> dt.datetime:
+        """A time the app wrote from this clock, as read back: SQLite gives it without its
+        zone, as the clock's wall time."""
+        return written if written.tzinfo else written.replace(tzinfo=self.tz)

@@ -103,7 +103,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
     if redis_url.startswith(CLUSTER_SCHEME) and not settings.rq_redis_url:
         raise RuntimeError("with a Redis Cluster, set RQ_REDIS_URL to a plain Redis for the job queues")
     jobs = Jobs(settings.rq_redis_url or redis_url)
-    messenger = Messenger(jobs=jobs)
+    messenger = Messenger(jobs=jobs, clock=clock)
     limiter = RateLimiter(redis, capacity.auto)
     auth = CitizenAuth(redis=redis, settings=settings, limiter=limiter, messenger=messenger)
     offices = OfficeDirectory(sessions=sessions, redis=redis)

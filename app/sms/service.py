@@ -11,6 +11,7 @@ from rq import Queue
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.clock import Clock
 from app.jobs import Jobs, after_commit
 from app.sms.models import SmsMessage, SmsStatus
 
@@ -31,8 +32,9 @@ CPU; per batch it is nothing, and the worker builds its app once for the lot."""
 
 
 class Messenger:
-    def __init__(self, *, jobs: Jobs) -> None:
+    def __init__(self, *, jobs: Jobs, clock: Clock) -> None:
         self.jobs = jobs
+        self.clock = clock
 
     def queue(self, session: AsyncSession, *, to: str, body: str, kind: str) -> str | None:
         """Add the message to the transaction; returns its id (None when there is no phone)."""
@@ -66,6 +68,10 @@ class Messenger:
             "kind": kind,
             "status": SmsStatus.QUEUED,
             "attempts": 0,
+            # From the clock the sweep compares it with, not the database's: SQLite's own
+            # CURRENT_TIMESTAMP is UTC without a zone, and read against Tehran's wall time
+            # every message looked two minutes old at once, sent again by each sweep.
+            "created_at": self.clock.now(),
         }
         return OUTBOX, values
 

@@ -144,18 +144,27 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
         if message.status in (SmsStatus.SENT, SmsStatus.DELIVERED, SmsStatus.FAILED):
             return message.status.value
         outbound = OutboundSms(id=message.id, to=message.to, body=message.body)
+        seen = (message.status, message.attempts)
+        now = app.clock.now()
         if message.status == SmsStatus.SENDING:
-            # An earlier try died between handing it over and writing that down.
-            since = message.created_at - dt.timedelta(minutes=1)
-            if earlier := backend.already_sent(outbound, since):
-                message.status, message.provider_sid = SmsStatus.SENT, earlier
-                await session.commit()
+            # Another job may be sending it this moment (the sweep's copy, or a retry, came
+            # while it waits for the provider), or one died doing so: only a try quiet for as
+            # long as the sweep waits counts as dead. The sweep sends the message if it is.
+            quiet = dt.timedelta(seconds=app.settings.sms_stuck_seconds)
+            if message.updated_at is not None and app.clock.aware(message.updated_at) > now - quiet:
+                return "in flight"
+        if message.attempts:
+            # An earlier try may have reached the provider though it failed (a timeout after
+            # Twilio took it) or died before writing it down: asked first, so none goes twice.
+            since = app.clock.aware(message.created_at) - dt.timedelta(minutes=1)
+            if earlier := await asyncio.to_thread(backend.already_sent, outbound, since):
+                if not await _claim(session, message_id, seen, status=SmsStatus.SENT, provider_sid=earlier):
+                    return "taken by another job"
                 return "sent before"
-        message.status = SmsStatus.SENDING
-        message.attempts += 1
-        message.updated_at = app.clock.now()
-        attempts, queue = message.attempts, app.messenger.queue_for(message.kind)
-        await session.commit()
+        # Claimed only if no other job changed it since it was read: SQLite takes no row lock.
+        if not await _claim(session, message_id, seen, status=SmsStatus.SENDING, attempts=seen[1] + 1, updated_at=now):
+            return "taken by another job"
+        attempts, queue = seen[1] + 1, app.messenger.queue_for(message.kind)
         try:
             sid = await asyncio.to_thread(backend.send, outbound)
         except Exception as error:
@@ -183,6 +192,20 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             return "retry scheduled"
         await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid)
         return "sent"
+
+
+async def _claim(session: AsyncSession, message_id: str, seen: tuple[SmsStatus, int], **values: object) -> bool:
+    """Write ``values`` if the message is still as it was read (``seen``: its status and
+    tries), and commit; False when another job got there first."""
+    status, attempts = seen
+    result = await session.execute(
+        update(SmsMessage)
+        .where(SmsMessage.id == message_id, SmsMessage.status == status, SmsMessage.attempts == attempts)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 async def _settle(

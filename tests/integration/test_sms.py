@@ -19,6 +19,7 @@ from app.booking.models import Booking, BookingStatus, Channel
 from app.pages.render import VISIT_COOKIE
 from app.settings import Settings, parse_limit
 from app.sms.models import InboundSms, SmsMessage, SmsStatus
+from app.sms.service import SEND_SMS
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import Deliver, World, booking_body
 
@@ -233,8 +234,11 @@ async def test_a_send_that_died_midway_is_not_sent_again(
     async with world.container.sessions() as session:
         message = await session.scalar(select(SmsMessage))
         assert message is not None
-        # As if the worker was killed after Twilio took it but before the row said so.
+        # As if the worker was killed after Twilio took it but before the row said so, longer
+        # ago than the sweep waits for a try in flight.
+        quiet = dt.timedelta(seconds=world.container.settings.sms_stuck_seconds + 1)
         message.status, message.provider_sid = SmsStatus.SENDING, None
+        message.updated_at = world.container.clock.now() - quiet
         await session.commit()
         world.container.jobs.enqueue(world.container.jobs.sms, "app.sms.tasks.send_sms", message.id, job_id="again")
     await deliver()
@@ -460,20 +464,24 @@ async def test_the_sweep_finds_lost_retries_and_sends_stuck_past_the_setting(
         "retry-due": (SmsStatus.QUEUED, 2, now - dt.timedelta(seconds=60), False),
         "stuck": (SmsStatus.SENDING, 1, now - dt.timedelta(seconds=stuck + 5), True),
         "in-flight": (SmsStatus.SENDING, 1, now - dt.timedelta(seconds=5), False),
+        # Made as the messenger makes them: committed a moment ago (its enqueue may yet
+        # come), and long enough ago that its enqueue was lost.
+        "just-made": (SmsStatus.QUEUED, 0, None, False),
+        "never-taken": (SmsStatus.QUEUED, 0, None, True),
     }
     async with world.container.sessions() as session:
         for name, (status, attempts, touched, _) in rows.items():
-            session.add(
-                SmsMessage(
-                    id=name, to="09121234567", body=f"body {name}", kind="test", status=status,
-                    attempts=attempts, updated_at=touched,
-                )
-            )  # fmt: skip
+            made = world.container.messenger.message(to="09121234567", body=f"body {name}", kind="test")
+            assert made is not None
+            made.id, made.status, made.attempts, made.updated_at = name, status, attempts, touched
+            if name == "never-taken":
+                made.created_at = now - dt.timedelta(minutes=3)
+            session.add(made)
         await session.commit()
-    assert await asyncio.to_thread(sweep) == 2  # with this deployment's settings (the deliver fixture's environment)
+    assert await asyncio.to_thread(sweep) == 3  # with this deployment's settings (the deliver fixture's environment)
     await deliver()
-    bodies = sorted(m["body"] for m in standin.wait_for(2))
-    assert bodies == ["body retry-lost", "body stuck"]
+    bodies = sorted(m["body"] for m in standin.wait_for(3))
+    assert bodies == ["body never-taken", "body retry-lost", "body stuck"]
     async with world.container.sessions() as session:
         statuses = {row.id: row.status for row in await session.execute(select(SmsMessage.id, SmsMessage.status))}
     assert statuses == {
@@ -481,7 +489,52 @@ async def test_the_sweep_finds_lost_retries_and_sends_stuck_past_the_setting(
         "retry-due": SmsStatus.QUEUED,
         "stuck": SmsStatus.SENT,
         "in-flight": SmsStatus.SENDING,
+        "just-made": SmsStatus.QUEUED,
+        "never-taken": SmsStatus.SENT,
     }
+
+
+async def test_a_message_another_job_is_sending_is_not_sent_again(
+    world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    """A second job for a message in flight (the sweep's copy, or a retry, arriving while the
+    first waits for the provider, which has not yet listed it) leaves it to the first."""
+    now = world.container.clock.now()
+    async with world.container.sessions() as session:
+        made = world.container.messenger.message(to="09121234567", body="in flight", kind="test")
+        assert made is not None
+        made.status, made.attempts, made.updated_at = SmsStatus.SENDING, 1, now - dt.timedelta(seconds=5)
+        session.add(made)
+        await session.commit()
+    world.container.jobs.enqueue(world.container.jobs.sms, SEND_SMS, made.id, job_id="sms-second-copy")
+    await deliver()
+    assert standin.messages == []
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and row.status == SmsStatus.SENDING and row.attempts == 1
+
+
+async def test_a_retry_asks_the_provider_first_when_a_failed_try_reached_it(
+    world: World, standin: TwilioStandIn, deliver: Deliver, settings: Settings
+) -> None:
+    """A try that failed after the provider took the message (its answer timed out) is
+    retried: the retry finds it there and sends nothing."""
+    from app.sms.backends import OutboundSms, TwilioBackend
+
+    async with world.container.sessions() as session:
+        made = world.container.messenger.message(to="09121234567", body="کد ورود: 123456", kind="otp")
+        assert made is not None
+        made.attempts, made.error = 1, "ReadTimeout"  # queued again for its next try
+        session.add(made)
+        await session.commit()
+    sid = await asyncio.to_thread(TwilioBackend(settings).send, OutboundSms(made.id, made.to, made.body))
+    standin.wait_for(1)
+    world.container.jobs.enqueue(world.container.jobs.codes, SEND_SMS, made.id, job_id="sms-retry")
+    await deliver()
+    assert len(standin.messages) == 1
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and row.status == SmsStatus.SENT and row.provider_sid == sid and row.attempts == 1
 
 
 async def test_a_worker_builds_the_app_once_for_its_jobs(
