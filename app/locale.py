@@ -169,10 +169,12 @@ def parse_int(value: str, field: str, *, minimum: int | None = None, maximum: in
         )
     low = _INT64[0] if minimum is None else minimum
     high = _INT64[1] if maximum is None else maximum
-    # Compare lengths before converting: int() of a 10k-digit string is refused by Python itself.
-    if len(text.lstrip("+-").lstrip("0")) > 19 or not low <= int(text) <= high:
+    # Compare lengths before converting: int() of a 10k-digit string is refused by Python
+    # itself, leading zeros included ("limit=000…0005" had answered 500).
+    sign, digits = ("-" if text.startswith("-") else ""), text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 19 or not low <= (number := int(sign + digits)) <= high:
         raise _out_of_range(field, low, high)
-    return int(text)
+    return number
 
 
 def check_range(value: int, field: str, *, minimum: int, maximum: int) -> int:

@@ -210,3 +210,14 @@ def test_check_text() -> None:
     with pytest.raises(InvalidInput) as info:
         check_text("x" * 501, "reason", max_length=500)
     assert info.value.detail_fa == "reason نباید بیش از ۵۰۰ نویسه باشد."
+
+
+def test_parse_int_reads_any_number_of_leading_zeros() -> None:
+    """Past Python's 4,300 digits int() raises ValueError: a limit padded with zeros had
+    answered 500."""
+    assert parse_int("0" * 5_000 + "5", "limit", minimum=1, maximum=50) == 5
+    assert parse_int("-" + "۰" * 5_000 + "۷", "n") == -7
+    assert parse_int("0" * 5_000, "n") == 0
+    with pytest.raises(InvalidInput) as info:
+        parse_int("0" * 5_000 + "9" * 20, "offset")
+    assert info.value.detail_en.startswith("offset must be")
