@@ -6,12 +6,12 @@ import random
 import re
 
 from app.errors import InvalidInput
-from app.locale import normalize_digits
+from app.locale import INVISIBLE_MARKS, normalize_digits
 
 # Separators people type or paste: whitespace, hyphens, parentheses, and the invisible
 # marks copying from RTL text brings along: ZWNJ, ZWJ, the direction marks and the
 # embeddings and isolates phones wrap a copied number in (U+202A-202E, U+2066-2069).
-_SEPARATORS_RE = re.compile(r"[\s\-()\u200c\u200d\u200e\u200f\u202a-\u202e\u2066-\u2069]+")
+_SEPARATORS_RE = re.compile(rf"[\s\-(){INVISIBLE_MARKS}]+")
 
 # [0-9], never \d: \d also matches Persian, Arabic-Indic and other Unicode digits.
 _NATIONAL_ID_RE = re.compile(r"[0-9]{10}")

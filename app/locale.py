@@ -72,6 +72,11 @@ MAX_ID = 2**31 - 1
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+INVISIBLE_MARKS = "\u200c\u200d\u200e\u200f\u202a-\u202e\u2066-\u2069"
+"""For a regex's character class: ZWNJ, ZWJ, the direction marks, and the embeddings and
+isolates phones wrap a number or code in when it is copied out of right-to-left text."""
+
+
 def normalize_digits(text: str) -> str:
     return text.translate(_TO_LATIN_DIGITS)
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.errors import CodeExpired, CodesUsedUp, WrongCode
 from app.auth.signed_out import SignedOutTokens
-from app.booking.tracking import new_tracking_code, normalize_tracking_code
+from app.booking.tracking import SEPARATORS, new_tracking_code, normalize_tracking_code
 from app.capacity.keys import NAMESPACE
 from app.capacity.scripts import NOW_MS
 from app.errors import InvalidInput, RateLimited, Unauthorized
@@ -179,7 +179,8 @@ class CitizenAuth:
     async def verify(self, *, mobile: str, code: str, client: str) -> str:
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("verify-address", client, self.settings.verify_per_address)
-        code = normalize_digits(code).strip()
+        # Copied from the SMS, a code may carry spaces and a phone's invisible direction marks.
+        code = SEPARATORS.sub("", normalize_digits(code))
         if len(code) == 6 and code.isascii() and code.isdigit():
             outcome = await self._verify(
                 keys=[_otp_key(mobile)], args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms()]

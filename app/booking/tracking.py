@@ -1,7 +1,7 @@
 """Tracking codes: short enough to type from an SMS, impossible to guess, forgiving to read.
 
 Ten characters of Crockford's base32 carry 50 random bits. The alphabet has no I, L, O or U,
-and reading folds the look-alikes (i, l -> 1; o -> 0) and ignores case, spaces and hyphens.
+and reading folds the look-alikes (i, l -> 1; o -> 0) and ignores case, spaces, hyphens and the invisible marks of a copied text.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import re
 import secrets
 
 from app.errors import InvalidInput
-from app.locale import normalize_digits
+from app.locale import INVISIBLE_MARKS, normalize_digits
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 LENGTH = 10  # 10 x 5 bits = 50 random bits
 _FOLD = str.maketrans({"I": "1", "L": "1", "O": "0"})
 _VALID = re.compile(f"[{ALPHABET}]{{{LENGTH}}}")
-_SEPARATORS = re.compile(r"[\s\-_.]+")
+# What people type between the characters, and what a phone adds when the code is copied.
+SEPARATORS = re.compile(rf"[\s\-_.{INVISIBLE_MARKS}]+")
 
 
 def new_tracking_code() -> str:
@@ -26,7 +27,7 @@ def new_tracking_code() -> str:
 
 
 def normalize_tracking_code(value: str) -> str:
-    code = _SEPARATORS.sub("", normalize_digits(value)).upper().translate(_FOLD)
+    code = SEPARATORS.sub("", normalize_digits(value)).upper().translate(_FOLD)
     if not _VALID.fullmatch(code):
         raise InvalidInput(
             "tracking_code",

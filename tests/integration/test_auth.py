@@ -57,6 +57,25 @@ async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis, deliver
     assert lookup.status_code == 404
 
 
+async def test_a_code_pasted_with_a_phones_invisible_marks_and_spaces_signs_in(
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """Copied out of a right-to-left SMS, a code comes wrapped in direction marks or isolates
+    (and typed, split in two): the same code, not a badly formed one."""
+    await client.post("/api/v1/auth/otp", json={"mobile": "09120001212"})
+    await deliver()
+    code = last_code(redis_sync, "09120001212")
+    pasted = "\u2068" + code[:3] + " " + code[3:].translate(str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")) + "\u2069"
+    verified = await client.post("/api/v1/auth/verify", json={"mobile": "09120001212", "code": pasted})
+    assert verified.status_code == 200, verified.text
+    texted = await texted_code(world, redis_sync, deliver, "09120001212")
+    pasted = "\u200e" + texted[:5] + "-\u200f" + texted[5:]
+    verified = await client.post("/api/v1/auth/verify", json={"mobile": "09120001212", "code": pasted})
+    assert verified.status_code == 200, verified.text
+    page = await client.get("/signin/code?mobile=09120001212&next=/")
+    assert 'maxlength="12"' in page.text  # room for them: a browser cuts a paste at maxlength
+
+
 async def test_five_wrong_tries_burn_the_code(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     await client.post("/api/v1/auth/otp", json={"mobile": "09120002222"})
     await deliver()
@@ -449,13 +468,13 @@ async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
     link = re.search(r'href="(/signin/code\?texted=1[^"]*)"', refused.text)
     assert link and f"mobile={mobile}" in link[1], refused.text
     form = await client.get(link[1].replace("&amp;", "&"))
-    assert 'maxlength="14"' in form.text and 'inputmode="numeric"' not in form.text
+    assert 'maxlength="20"' in form.text and 'inputmode="numeric"' not in form.text
     assert f'type="hidden" name="mobile" value="{mobile}"' in form.text
 
     code = await texted_code(world, redis_sync, deliver, mobile)
     fields = {"_csrf": form_token(form), "mobile": mobile, "next": "/", "texted": "1"}
     wrong = await client.post("/signin/code", data={**fields, "code": "ZZZZZ-ZZZZZ"})
-    assert wrong.status_code == 400 and 'maxlength="14"' in wrong.text  # the texted form again
+    assert wrong.status_code == 400 and 'maxlength="20"' in wrong.text  # the texted form again
     signed_in = await client.post("/signin/code", data={**fields, "code": code.lower()}, follow_redirects=False)
     assert signed_in.status_code == 303, signed_in.text
     assert CITIZEN_COOKIE in signed_in.headers["set-cookie"]
