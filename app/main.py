@@ -13,7 +13,7 @@ from typing import Any
 from litestar import Litestar, Request
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.openapi import OpenAPIConfig
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,7 +31,7 @@ from app.load.routes import LoadController
 from app.observability import configure_logging, observe_requests
 from app.offices.routes import OfficesController
 from app.pages import page_handlers, template_config
-from app.pages.routes import not_found
+from app.pages.routes import method_not_allowed, not_found
 from app.redis import EmbeddedRedis
 from app.regulator.routes import RegulatorCapacityController
 from app.settings import Settings, load_settings
@@ -171,7 +171,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         template_config=template_config(),
         # A browser asking for a page that does not exist gets a Persian page; API clients
         # keep getting problem details.
-        exception_handlers={NotFoundException: not_found},
+        exception_handlers={NotFoundException: not_found, MethodNotAllowedException: method_not_allowed},
         openapi_config=OpenAPIConfig(title="nobat", version="1.0.0", path="/schema"),
         request_max_body_size=64 * 1024,
         # Logging is configured once per process (configure_logging); Litestar's own setup

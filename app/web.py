@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from litestar import Request
@@ -12,6 +13,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.container import Container
@@ -158,24 +160,35 @@ def _driver_unavailable() -> dict[type[Exception], Any]:
     return dict.fromkeys(kinds, _unavailable)
 
 
+PROBLEMS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
+    **_driver_unavailable(),
+    DomainError: _from_domain,
+    HTTPException: _from_http,
+    RedisError: _unavailable,
+    DBAPIError: _database,
+    OverflowError: _unstorable,
+    OperationalError: _unavailable,
+    InterfaceError: _unavailable,
+    # Every connection of the pool in use for its whole wait (a rush): busy, not broken.
+    PoolTimeout: _unavailable,
+    Exception: _internal,
+    ConnectionError: _unavailable,
+}
+"""Each kind of failure and its answer, looked up by the failure's nearest class."""
+
+
 def problem_details_plugin() -> ProblemDetailsPlugin:
     return ProblemDetailsPlugin(
-        ProblemDetailsConfig(
-            enable_for_all_http_exceptions=True,
-            exception_to_problem_detail_map={
-                **_driver_unavailable(),
-                DomainError: _from_domain,
-                HTTPException: _from_http,
-                RedisError: _unavailable,
-                DBAPIError: _database,
-                OverflowError: _unstorable,
-                OperationalError: _unavailable,
-                InterfaceError: _unavailable,
-                Exception: _internal,
-                ConnectionError: _unavailable,
-            },
-        )
+        ProblemDetailsConfig(enable_for_all_http_exceptions=True, exception_to_problem_detail_map=PROBLEMS)
     )
+
+
+def problem_for(error: Exception) -> ProblemDetailsException:
+    """The API's answer to a failure, for a page to say the same (app.pages.routes)."""
+    for kind in type(error).__mro__:
+        if (answer := PROBLEMS.get(kind)) is not None:
+            return answer(error)
+    return _internal(error)
 
 
 def client_address(request: Request[Any, Any, Any], *, trust_forwarded_for: bool) -> str:

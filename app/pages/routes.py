@@ -7,19 +7,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 from litestar import Request, Response, Router
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Template
 from litestar.types import ControllerRouterHandler
-from redis.exceptions import RedisError
-from sqlalchemy.exc import OperationalError
 
 from app.errors import PROBLEM_TYPE_BASE, DomainError, Unauthorized
 from app.pages.citizen import CitizenPages
 from app.pages.office import OfficePages
 from app.pages.render import SECURITY_HEADERS, SignInRequired, here, is_staff_area, see_other
 from app.pages.watch import WatchPages
-from app.web import INTERNAL_ERROR_FA
+from app.web import INTERNAL_ERROR_FA, PROBLEMS, problem_for
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +81,32 @@ def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Respon
     return _page(request, error.status_code, "درخواست پذیرفته نشد.", error.headers)
 
 
-def _internal(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
-    """A page's unexpected failure, as a page (the app's handler would answer JSON in English)."""
-    log.error("a page failed", exc_info=error)
-    return _page(request, 500, INTERNAL_ERROR_FA)
-
-
-def _unavailable(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
-    log.warning("dependency unavailable on a page: %s", type(error).__name__)
-    return _page(request, 503, "سامانه موقتاً در دسترس نیست. چند لحظه بعد دوباره تلاش کنید.", {"Retry-After": "5"})
+def _failure(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    """A failure of what is under a page (the database or Redis away or busy, a value the
+    database cannot hold, a bug) as a page, with the status and the Persian message the API
+    gives it (app.web.PROBLEMS). Registered here for each kind the API maps: Litestar takes
+    the handler of an error's nearest class over every layer, so the app's for DBAPIError
+    would otherwise answer a citizen's page with JSON."""
+    problem = problem_for(error)
+    message = (
+        problem.extra.get("message_fa", INTERNAL_ERROR_FA) if isinstance(problem.extra, dict) else INTERNAL_ERROR_FA
+    )
+    return _page(request, problem.status_code, message, dict(problem.headers or {}))
 
 
 # Paths that belong to the API and the machines, whose errors stay RFC 9457 JSON.
 API_PREFIXES = ("/api/", "/sms/", "/health", "/schema", "/static/", "/metrics")
 
 
+def _wants_page(request: Request[Any, Any, Any]) -> bool:
+    return "text/html" in request.headers.get("accept", "") and not request.url.path.startswith(API_PREFIXES)
+
+
 def not_found(request: Request[Any, Any, Any], error: NotFoundException) -> Response[Any]:
     """An app-level handler for paths no route matches (the router's handlers never see
     those): a Persian page for a browser, the usual problem JSON for everyone else.
     Wire it in ``create_app`` with ``exception_handlers={NotFoundException: not_found}``."""
-    wants_page = "text/html" in request.headers.get("accept", "")
-    if wants_page and not request.url.path.startswith(API_PREFIXES):
+    if _wants_page(request):
         return _page(request, 404, "صفحه‌ای با این نشانی نیست.")
     return ProblemDetailsException(
         status_code=404,
@@ -114,18 +117,24 @@ def not_found(request: Request[Any, Any, Any], error: NotFoundException) -> Resp
     ).to_response(request)
 
 
+def method_not_allowed(request: Request[Any, Any, Any], error: MethodNotAllowedException) -> Response[Any]:
+    """Like ``not_found``, for a page's address asked the wrong way (a sign-out or cancel
+    link typed or bookmarked, which only its form may send): also refused while routing,
+    where only the app's handlers see it."""
+    if _wants_page(request):
+        return _page(request, 405, "این صفحه را باید از دکمهٔ خودش باز کنید.", error.headers)
+    return problem_for(error).to_response(request)
+
+
 PAGES = Router(
     path="/",
     route_handlers=[CitizenPages, OfficePages, WatchPages],
     include_in_schema=False,
     exception_handlers={
+        **dict.fromkeys(PROBLEMS, _failure),
         DomainError: _domain_error,
         SignInRequired: _sign_in,
         HTTPException: _http_error,
-        RedisError: _unavailable,
-        OperationalError: _unavailable,
-        ConnectionError: _unavailable,
-        Exception: _internal,
     },
 )
 

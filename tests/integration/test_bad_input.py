@@ -12,6 +12,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import web
 from app.capacity.errors import TooManyBookings
@@ -478,3 +479,42 @@ async def test_an_id_no_column_holds_reaching_the_database_is_a_422(container: C
     handlers = web.problem_details_plugin().config.exception_to_problem_detail_map
     kind = next(k for k in type(info.value).__mro__ if k in handlers)
     assert handlers[kind](info.value).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "message_fa"),
+    [
+        # Every connection of the pool busy for its whole wait, in a rush: try again soon.
+        (PoolTimeout("QueuePool limit of size 20 overflow 20 reached"), 503, "سامانه موقتاً در دسترس نیست"),
+        # A failure of the database the API answers as ours (not "away", not the input's).
+        (DBAPIError("SELECT", {}, Exception("syntax")), 500, web.INTERNAL_ERROR_FA[:20]),
+    ],
+)
+async def test_a_failure_under_a_page_is_a_persian_page_and_the_apis_status(
+    client: Client, monkeypatch: pytest.MonkeyPatch, failure: Exception, status: int, message_fa: str
+) -> None:
+    """The app's handler for DBAPIError (the API's) is nearer to the error's class than the
+    pages' catch-all: without the pages' own, a citizen's phone got JSON in English."""
+    from app.booking.service import BookingService
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(BookingService, "get", fail)
+    api = await client.get("/api/v1/bookings/ABCDEFGHJK")
+    assert api.status_code == status and api.headers["content-type"].startswith("application/problem+json")
+    page = await client.get("/bookings/ABCDEFGHJK", headers={"Accept": "text/html"})
+    assert page.status_code == status and page.headers["content-type"].startswith("text/html")
+    assert message_fa in page.text
+    if status == 503:
+        assert api.headers["retry-after"] == page.headers["retry-after"] == "5"
+
+
+async def test_a_page_asked_the_wrong_way_is_a_persian_page_and_the_api_stays_json(client: Client) -> None:
+    """A sign-out link typed or bookmarked: refused while routing, where only the app's
+    handlers see it."""
+    page = await client.get("/signout", headers={"Accept": "text/html"})
+    assert page.status_code == 405 and page.headers["content-type"].startswith("text/html")
+    assert 'lang="fa"' in page.text and "POST" in page.headers["allow"]
+    api = await client.get("/api/v1/auth/otp", headers={"Accept": "text/html"})
+    assert_problem(api, 405, "method_not_allowed")
