@@ -15,6 +15,7 @@ from app.clock import Clock
 from app.complaints.errors import ComplaintNotFound, TransitionNotAllowed
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, Complaint, ComplaintStep, State
 from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
+from app.db import lock_row
 from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import MAX_TEXT, Enforcement
@@ -239,7 +240,9 @@ class Complaints:
             session, actor=staff, action="complaint.transition", target=complaint.tracking_code,
             office_id=complaint.office_id, before=before.value, after=target.value, at=now,
         )  # fmt: skip
-        office = await session.get(Office, complaint.office_id)
+        # Locked before the fines so far are read: two of the office's complaints confirmed at
+        # once must each see the other's fine (100M, then 200M), not both be "the first".
+        office = await lock_row(session, Office, complaint.office_id)
         assert office is not None
         extra = ""
         if target is State.VIOLATION_CONFIRMED:
@@ -300,10 +303,13 @@ class Complaints:
         return len(late)
 
     async def _get(self, session: AsyncSession, tracking_code: str, *, lock: bool = False) -> Complaint:
-        query = select(Complaint).where(Complaint.tracking_code == normalize_tracking_code(tracking_code))
-        if lock:
-            query = query.with_for_update()
-        complaint = await session.scalar(query)
+        """``lock``: until the transaction ends, so that two regulators' steps at once (a
+        double click) are one step and a 409, not two steps, two fines and two messages."""
+        complaint = await session.scalar(
+            select(Complaint).where(Complaint.tracking_code == normalize_tracking_code(tracking_code))
+        )
+        if complaint is not None and lock:
+            complaint = await lock_row(session, Complaint, complaint.id)
         if complaint is None:
             raise ComplaintNotFound()
         return complaint

@@ -28,6 +28,7 @@ from app.capacity.errors import CapacityRebuilding
 from app.capacity.service import Capacity
 from app.clock import Clock
 from app.complaints.models import Category, Complaint, ComplaintStep, State
+from app.db import lock_row
 from app.enforcement.errors import (
     ActionNotFound,
     AppealDecided,
@@ -78,11 +79,12 @@ class Enforcement:
         self.policy = policy
         self.appeal_days = appeal_days
 
-    async def office(self, session: AsyncSession, code: str) -> Office:
+    async def office(self, session: AsyncSession, code: str, *, lock: bool = False) -> Office:
+        """``lock``: the office as it is now, locked until the transaction ends (``_locked``)."""
         office = await session.scalar(select(Office).where(Office.code == normalize_code(code, "office_code")))
         if office is None:
             raise OfficeNotFound()
-        return office
+        return await _locked(session, office) if lock else office
 
     # --- the policy ---
 
@@ -94,6 +96,7 @@ class Enforcement:
         forgery confirmed today must block today). Nothing from before the office's last
         lift counts again: the lift settled it.
         """
+        office = await _locked(session, office)
         if office.status == OfficeStatus.BLOCKED:
             return Verdict.NONE
         since = self.clock.now() - dt.timedelta(days=self.policy.window_days)
@@ -152,6 +155,7 @@ class Enforcement:
         """Restrict an office; ``by`` is the regulator who decided, None for the policy."""
         if not 0 <= cap <= 100:
             raise InvalidInput("cap_percent", "cap_percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
+        office = await _locked(session, office)
         if office.status == OfficeStatus.BLOCKED:
             # A restriction would reopen the office to bookings behind the block's back.
             raise OfficeIsBlocked()
@@ -184,6 +188,7 @@ class Enforcement:
         self, session: AsyncSession, office: Office, *, reason: str, by: StaffPrincipal | None
     ) -> OfficeAction:
         """Block an office and move its bookings; ``by`` is the regulator, None for the policy."""
+        office = await _locked(session, office)
         now = self.clock.now()
         before = office.status.value
         actor = by.username if by else "policy"
@@ -343,7 +348,7 @@ class Enforcement:
             raise InvalidInput(
                 "reason", "Say why (for example: it now takes appointments).", detail_fa="دلیل را بنویسید."
             )
-        office = await self.office(session, office_code)
+        office = await self.office(session, office_code, lock=True)
         actions = await self._open_actions(session, office.id)
         if office.status == OfficeStatus.ACTIVE or not actions:
             raise OfficeNotRestricted()
@@ -368,9 +373,10 @@ class Enforcement:
         if not still_open:
             office.status, office.cap_percent = OfficeStatus.ACTIVE, 100
             session.add(OfficeNotice(office_id=office.id, at=now, text=f"محدودیت دفتر برداشته شد. {reason}"))
-        elif office.status == OfficeStatus.RESTRICTED:
-            # Restricted again since (a regulator's later decision): that one's cap holds.
-            office.cap_percent = still_open[-1].cap_percent or office.cap_percent
+        elif office.status == OfficeStatus.RESTRICTED and still_open[-1].cap_percent is not None:
+            # Restricted again since (a regulator's later decision): that one's cap holds, 0%
+            # (a restriction that takes nobody) included.
+            office.cap_percent = still_open[-1].cap_percent
         await audit(
             session, actor=by, action="office.lift", target=office.code, office_id=office.id, before=before,
             after=office.status.value, at=now,
@@ -418,7 +424,8 @@ class Enforcement:
     ) -> AppealOut:
         require_office(staff, office_code)
         office = await self.office(session, office_code)
-        action = await session.get(OfficeAction, action_id)
+        # Locked before its appeals are counted: two filed at once (a double click) are one.
+        action = await lock_row(session, OfficeAction, action_id)
         if action is None or action.office_id != office.id:
             raise ActionNotFound()
         if not check_text(text, "text", max_length=MAX_TEXT, multiline=True).strip():
@@ -444,7 +451,9 @@ class Enforcement:
     ) -> AppealOut:
         require_role(staff, StaffRole.REGULATOR)
         check_text(note, "note", max_length=MAX_TEXT, multiline=True)
-        appeal = await session.get(Appeal, appeal_id)
+        # Locked before its outcome is read: two decisions at once (upheld, and overturned)
+        # are one decision and a 409.
+        appeal = await lock_row(session, Appeal, appeal_id)
         if appeal is None:
             raise AppealNotFound()
         if appeal.outcome is not AppealOutcome.PENDING:
@@ -459,7 +468,7 @@ class Enforcement:
             )
         now = self.clock.now()
         appeal.outcome, appeal.decided_by, appeal.decided_at, appeal.decision_note = decided, staff.username, now, note
-        office = await session.get(Office, appeal.office_id)
+        office = await lock_row(session, Office, appeal.office_id)
         assert office is not None
         action = await session.get(OfficeAction, appeal.action_id)
         assert action is not None
@@ -631,3 +640,13 @@ def _appeal_out(appeal: Appeal, office_code: str) -> AppealOut:
         decided_by=appeal.decided_by,
         decision_note=appeal.decision_note,
     )
+
+
+async def _locked(session: AsyncSession, office: Office) -> Office:
+    """The office as the record has it now, locked until the transaction ends: a status read
+    earlier in the request (a complaint's, while a regulator blocked the office) must not
+    decide, or a restriction could reopen a blocked office behind the block's back."""
+    locked = await lock_row(session, Office, office.id)
+    if locked is None:
+        raise OfficeNotFound()
+    return locked
