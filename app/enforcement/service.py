@@ -253,6 +253,25 @@ class Enforcement:
                 log.exception("the bookings left at blocked office %s wait for the next run", code)
         return done
 
+    async def push_statuses(self, *, session: AsyncSession) -> int:
+        """Tell the counters again the status and cap of every office not active, and of every
+        office lifted in the last day; the offices told. A block, a restriction or a lift
+        reaches the counters only after its commit: a Redis error then, or a recount that had
+        read the record a moment before, would leave them saying otherwise (a blocked office
+        taking bookings, a lifted one none) until the next recount. Run every minute
+        (workers.cron)."""
+        if not await self.capacity.is_built():
+            return 0  # a recount reads them from the record itself
+        lifted = select(OfficeAction.office_id).where(OfficeAction.lifted_at >= self.clock.now() - dt.timedelta(days=1))
+        codes = list(
+            await session.scalars(
+                select(Office.code).where((Office.status != OfficeStatus.ACTIVE) | Office.id.in_(lifted))
+            )
+        )
+        if not codes:
+            return 0
+        return await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=codes)
+
     async def _finish_block(self, session: AsyncSession, office_id: int) -> int:
         office = await session.get(Office, office_id, populate_existing=True)  # lifted meanwhile?
         if office is None or office.status is not OfficeStatus.BLOCKED:

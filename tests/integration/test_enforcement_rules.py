@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
@@ -160,3 +162,53 @@ async def test_a_policy_block_is_audited(client: Client, world: World) -> None:
     assert [(e.actor, e.actor_role, e.target, e.before, e.after) for e in entries] == [
         ("policy", "system", office, '"active"', '"blocked"')
     ]
+
+
+async def test_a_status_the_counters_missed_is_told_them_within_a_minute(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block whose telling the counters failed (Redis away a moment after the commit): the
+    record says blocked, the counters still sell seats. The minute's job tells them again;
+    and a lift the counters missed lets the office take bookings again."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    office = await world.office()
+    reg = await regulator(client, world)
+    capacity = client.app.state.container.capacity  # the app's own, on the test client's loop
+    tell = capacity.refresh_meta
+
+    async def away(**kwargs: Any) -> int:
+        raise RedisDown("Redis went away after the commit")
+
+    before = await client.post(  # the day counted into Redis
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    assert before.status_code == 201, before.text
+    monkeypatch.setattr(capacity, "refresh_meta", away)
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "تصمیم"}, headers=reg)
+    assert blocked.status_code == 503
+    assert await status(client, office) == "blocked"  # the record's
+    missed = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    assert missed.status_code == 201  # the counters' (finish_blocks would move it)
+    monkeypatch.setattr(capacity, "refresh_meta", tell)
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.push_statuses(session=session) == 1
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    assert refused.status_code == 403 and refused.json()["code"] == "office_blocked"
+
+    monkeypatch.setattr(capacity, "refresh_meta", away)
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "رفع شد"}, headers=reg)
+    assert lifted.status_code == 503 and await status(client, office) == "active"
+    monkeypatch.setattr(capacity, "refresh_meta", tell)
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.push_statuses(session=session) == 1
+    taken = await client.post(  # the earliest free slot: the two above filled the first
+        "/api/v1/bookings",
+        json=booking_body(office, world.national_id(), world.tomorrow(), None),
+        headers=world.token(),
+    )
+    assert taken.status_code == 201, taken.text
