@@ -16,7 +16,7 @@ from rq.cron import CronScheduler
 from app.booking.tasks import close_day, fill_waitlists_left, send_reminders
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
-from app.enforcement.tasks import finish_blocks, push_statuses
+from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
 from app.observability import configure_logging
 from app.regulator.tasks import finish_closures
 from app.settings import Settings, load_settings
@@ -66,6 +66,7 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     # What a block, a restriction or a lift told the counters after its commit, told again:
     # the telling may have failed, or met a recount that had read the record just before.
     scheduler.register(push_statuses, queue_name=DEFAULT, interval=60)
+    scheduler.register(apply_policy, queue_name=DEFAULT, interval=60)  # what a complaint's request could not
     scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free
     scheduler.register(finish_plans, queue_name=DEFAULT, interval=60)  # a clerk's change not seen through
     return scheduler

@@ -5,6 +5,7 @@ code. A confirmed violation is fined and may restrict or block the office (the p
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import jdatetime
 from sqlalchemy import select
@@ -30,6 +31,8 @@ MAX_DESCRIPTION = 2000
 MAX_INSPECTOR = 120  # the column's length
 MAX_PAGE = 100
 MAX_OFFSET = 1_000_000
+
+log = logging.getLogger(__name__)
 
 
 class Complaints:
@@ -110,9 +113,22 @@ class Complaints:
             kind="complaint_step",
         )
         await session.commit()
-        if await self.enforcement.evaluate(session, office) is Verdict.BLOCK:
-            await session.refresh(complaint)  # a block's moves refused half-way roll back, expiring it
+        await self._apply_policy(session, office, complaint)
         return await self._out(session, complaint)
+
+    async def _apply_policy(self, session: AsyncSession, office: Office, complaint: Complaint) -> None:
+        """The policy, once the complaint (or its step) is committed. Its failure (Redis or the
+        record away a moment) must not fail the request: the complaint is in the record, and
+        a citizen who retried would file it twice (an SMS's delivery is retried by itself).
+        The minute's job applies it then (Enforcement.apply_policy)."""
+        try:
+            verdict = await self.enforcement.evaluate(session, office)
+        except Exception:
+            await session.rollback()
+            log.warning("the policy for office %s is left to the minute's job", office.code, exc_info=True)
+            verdict = None
+        if verdict is not Verdict.NONE:
+            await session.refresh(complaint)  # a rollback (a block's moves refused half-way) expired it
 
     async def sms_complaint(self, session: AsyncSession, mobile: str, office_code: str, text: str) -> str | None:
         """The SMS channel's `شکایت` command: filed as "other", with the citizen's words."""
@@ -256,8 +272,8 @@ class Complaints:
             kind="complaint_step",
         )
         await session.commit()
-        if target is State.VIOLATION_CONFIRMED and await self.enforcement.evaluate(session, office) is Verdict.BLOCK:
-            await session.refresh(complaint)  # a block's moves refused half-way roll back, expiring it
+        if target is State.VIOLATION_CONFIRMED:
+            await self._apply_policy(session, office, complaint)
         return await self._out(session, complaint)
 
     async def _fine(self, session: AsyncSession, complaint: Complaint, now: dt.datetime) -> int:

@@ -253,6 +253,36 @@ class Enforcement:
                 log.exception("the bookings left at blocked office %s wait for the next run", code)
         return done
 
+    async def apply_policy(self, *, session: AsyncSession) -> int:
+        """The policy again for every office with a complaint filed or confirmed in the last
+        hour: a complaint's request applies it after its commit, and what failed there (Redis
+        or the record away) is applied here; the offices restricted or blocked. Run every
+        minute (workers.cron); the policy does nothing twice (``evaluate``)."""
+        since = self.clock.now() - dt.timedelta(hours=1)
+        confirmed = (
+            select(Complaint.office_id)
+            .join(ComplaintStep, ComplaintStep.complaint_id == Complaint.id)
+            .where(ComplaintStep.to_state == State.VIOLATION_CONFIRMED.value, ComplaintStep.at >= since)
+        )
+        filed = select(Complaint.office_id).where(Complaint.created_at >= since)
+        offices = list(
+            await session.scalars(
+                select(Office)
+                .where(Office.status != OfficeStatus.BLOCKED, Office.id.in_(filed.union(confirmed)))
+                .order_by(Office.id)
+            )
+        )
+        applied = 0
+        for office in offices:
+            try:
+                applied += await self.evaluate(session, office) is not Verdict.NONE
+            except Exception:  # one office's failure must not keep the others waiting
+                await session.rollback()
+                log.exception("the policy for office %s waits for the next run", office.code)
+            else:
+                await session.commit()  # the lock taken to evaluate, when it decided nothing
+        return applied
+
     async def push_statuses(self, *, session: AsyncSession) -> int:
         """Tell the counters again the status and cap of every office not active, and of every
         office lifted in the last day; the offices told. A block, a restriction or a lift

@@ -14,3 +14,9 @@ def push_statuses() -> int:
     """Tell the counters every restricted, blocked or lately lifted office's status again
     (app.enforcement.service.push_statuses)."""
     return run_alone("push-statuses", lambda app, session: app.enforcement.push_statuses(session=session))
+
+
+def apply_policy() -> int:
+    """Apply the policy to the offices complained of in the last hour again
+    (app.enforcement.service.apply_policy)."""
+    return run_alone("apply-policy", lambda app, session: app.enforcement.apply_policy(session=session))

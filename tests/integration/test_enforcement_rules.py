@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.complaints.models import Complaint
 from app.staff.models import AuditEntry
@@ -212,3 +212,34 @@ async def test_a_status_the_counters_missed_is_told_them_within_a_minute(
         headers=world.token(),
     )
     assert taken.status_code == 201, taken.text
+
+
+async def test_a_complaint_whose_policy_failed_is_filed_and_the_policy_applied_within_a_minute(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The complaint that reaches the threshold is committed; Redis is away as the policy
+    restricts the office. The citizen gets the complaint's 201 (a 503 would have them file it
+    again), and the minute's job restricts the office."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    office = await world.office()
+    threshold = world.container.settings.restrict_after_received
+    for i in range(threshold - 1):
+        await complain(client, world, office, f"091255570{i:02d}", category="crowding")
+    enforcement = client.app.state.container.enforcement  # the app's own, on the test client's loop
+    evaluate = enforcement.evaluate
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise RedisDown("Redis went away")
+
+    monkeypatch.setattr(enforcement, "evaluate", away)
+    last = await complain(client, world, office, "09125557099", category="crowding")
+    assert last["state"] == "received"
+    assert await status(client, office) == "active"
+    monkeypatch.setattr(enforcement, "evaluate", evaluate)
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.apply_policy(session=session) == 1
+        assert await world.container.enforcement.apply_policy(session=session) == 0  # done once
+    assert await status(client, office) == "restricted"
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Complaint)) == threshold

@@ -9,7 +9,7 @@ from app.booking.tasks import fill_waitlists_left
 from app.capacity import keys
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
-from app.enforcement.tasks import finish_blocks, push_statuses
+from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
 from app.regulator.tasks import finish_closures
 from app.sms.tasks import job_context, run_alone, run_job
 from tests.conftest import Deliver, World
@@ -23,7 +23,15 @@ async def test_the_periodic_jobs_run_in_a_worker(world: World, redis_sync: SyncR
     queue = Queue(DEFAULT, connection=redis_sync)
     jobs = [
         queue.enqueue(job)
-        for job in (fill_waitlists_left, finish_plans, finish_blocks, finish_closures, flag_overdue, push_statuses)
+        for job in (
+            fill_waitlists_left,
+            finish_plans,
+            finish_blocks,
+            finish_closures,
+            flag_overdue,
+            push_statuses,
+            apply_policy,
+        )
     ]
     await deliver()
     assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", 0)] * len(jobs)
