@@ -87,8 +87,11 @@ PROBLEM_TYPE_BASE = "https://nobat.ir/problems/"
 
 
 def problem_body(error: DomainError) -> dict[str, Any]:
-    """The RFC 9457 body of a domain error (the ``type`` URI names the stable code)."""
+    """The RFC 9457 body of a domain error (the ``type`` URI names the stable code). Its
+    extra members come first: one named like a standard member (a booking's "status") must
+    not replace it."""
     return {
+        **error.extra,
         "type": PROBLEM_TYPE_BASE + error.code,
         "title": error.message_en,
         "status": error.status,
@@ -96,5 +99,4 @@ def problem_body(error: DomainError) -> dict[str, Any]:
         "code": error.code,
         "message_fa": error.detail_fa,
         "message_en": error.detail_en,
-        **error.extra,
     }

@@ -521,7 +521,7 @@ class BookingService:
             # freed then (app.capacity's HOLD), and freeing it twice is harmless.
             await self._unhold(booking)
         if booking.status not in ACTIVE_STATUSES:
-            raise BookingNotActive(status=booking.status.value)
+            raise BookingNotActive(booking_status=booking.status.value)
         if booking.status == BookingStatus.CHECKED_IN:
             # In the room, in the queue: a seat freed now would be sold to someone else.
             raise BookingCheckedIn()
@@ -546,7 +546,7 @@ class BookingService:
         )
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             await session.rollback()
-            raise BookingNotActive(status="changed")
+            raise BookingNotActive(booking_status="changed")
         booking.status = BookingStatus.CANCELLED
         booking.cancelled_at = now
         view = booking_out(

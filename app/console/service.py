@@ -445,7 +445,7 @@ class Console:
     ) -> tuple[Office, Booking, QueueEntry]:
         office, booking, service_name = await self._queued(session, staff, office_code, tracking_code)
         if booking.status not in allowed:
-            raise WrongBookingState(status=booking.status.value)
+            raise WrongBookingState(booking_status=booking.status.value)
         if to == BookingStatus.NO_SHOW:
             self._refuse_early_no_show(booking)
         before = booking.status.value
@@ -466,7 +466,7 @@ class Console:
         )
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             await session.rollback()
-            raise WrongBookingState(status="changed")
+            raise WrongBookingState(booking_status="changed")
         booking.status = to
         await self._audit(session, staff, office, f"booking.{to.value}", booking.tracking_code, before, to.value)
         await session.commit()

@@ -21,7 +21,11 @@ Limit = Annotated[
 
 
 def _coordinate(value: str | None, field: str, bound: float) -> float | None:
-    return None if value is None else parse_float(value, field, minimum=-bound, maximum=bound)
+    # Blank as not given, as the search page reads it: a form that sends "lat=&lon=&city=…"
+    # asks by city.
+    if value is None or not value.strip():
+        return None
+    return parse_float(value, field, minimum=-bound, maximum=bound)
 
 
 class LoadController(Controller):

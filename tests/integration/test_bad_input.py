@@ -212,6 +212,7 @@ async def test_nearby_unknown_city(client: Client, office: str, city: str) -> No
         ({"limit": "۲"}, {"limit": "2"}),
         ({"city": "TEHRAN"}, {"city": "تهران"}),
         ({"city": "۱"}, {"city": "1"}),
+        ({"lat": "", "lon": " ", "city": "تهران"}, {"city": "تهران"}),  # a form's blank fields: not given
     ],
 )
 async def test_nearby_reads_persian_digits(
