@@ -19,7 +19,7 @@ import msgspec
 from app.booking.tracking import normalize_tracking_code
 from app.errors import InvalidInput
 from app.identity import normalize_national_id
-from app.locale import normalize_text, parse_date
+from app.locale import normalize_digits, normalize_text, parse_date
 
 
 class Book(msgspec.Struct, frozen=True):
@@ -161,6 +161,14 @@ def _date_or_national_id(token: str, today: datetime.date) -> datetime.date | st
         return parse_date(token)
     except InvalidInput:
         pass
+    if _compact_date(token):
+        # "14050919" is 19 Azar typed without its separators, and also a valid national ID
+        # once padded (0014050919): read as an ID, the booking went to the first free day,
+        # and the phone was registered to an ID nobody has.
+        raise _BadArguments(
+            "این عدد هم تاریخ خوانده می‌شود و هم کد ملی: تاریخ را با / بنویسید (مثل ۱۴۰۵/۰۹/۱۹) "
+            "و کد ملی را ۱۰ رقمی، با صفرهای اولش."
+        )
     try:
         return normalize_national_id(token)
     except InvalidInput as error:
@@ -172,6 +180,18 @@ def _date_or_national_id(token: str, today: datetime.date) -> datetime.date | st
     if _LOOKS_LIKE_ID_RE.fullmatch(token):
         raise _BadArguments(id_error.detail_fa)
     raise _BadArguments("پس از کد خدمت فقط تاریخ (مثل ۱۴۰۵/۰۹/۰۳ یا فردا) و کد ملی بیاید.")
+
+
+def _compact_date(token: str) -> bool:
+    """Eight digits that read as a date, year first (Jalali or Gregorian)."""
+    digits = normalize_digits(token)
+    if not (len(digits) == 8 and digits.isascii() and digits.isdigit()):
+        return False
+    try:
+        parse_date(f"{digits[:4]}/{digits[4:6]}/{digits[6:]}")
+    except InvalidInput:
+        return False
+    return True
 
 
 def _visit(rest: str, today: datetime.date) -> tuple[str, str, datetime.date | None, str | None]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.locale import to_persian_digits
+from app.locale import normalize_digits, to_persian_digits
 from app.sms.parser import (
     HELP_TEXT_FA,
     Book,
@@ -113,6 +113,16 @@ def test_national_id_without_leading_zeros_is_padded(typed: str) -> None:
 def test_a_date_shaped_token_is_a_date_even_if_its_digits_could_be_an_id() -> None:
     # "20261124" would be an 8-digit ID once padded; the separators make it a date.
     assert p("نوبت 123456 101 2026-11-24").day == AZAR_3
+
+
+@pytest.mark.parametrize("typed", ["14050919", "۱۴۰۵۰۹۱۹", "14050927"])
+def test_a_date_typed_without_separators_is_not_taken_for_a_national_id(typed: str) -> None:
+    """19 Azar as eight digits is also a valid ID once padded (0014050919): asked again, not
+    booked on the first free day for an ID nobody has."""
+    result = p(f"نوبت 123456 101 {typed}")
+    assert isinstance(result, Help) and result.reason is not None
+    assert "۱۴۰۵/۰۹/۱۹" in result.reason and "کد ملی" in result.reason
+    assert p(f"نوبت 123456 101 00{typed}") == Book("123456", "101", None, "00" + normalize_digits(typed))
 
 
 # --- دفاتر / OFFICES -----------------------------------------------------------------------
