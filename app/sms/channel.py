@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -249,15 +251,24 @@ class SmsChannel:
         if not given:
             return on_file
         if on_file is None:
-            await self._remember(session, mobile, given)
+            await self._remember(session, mobile, given, replace=False)
         return given
 
-    async def _remember(self, session: AsyncSession, mobile: str, national_id: str) -> None:
-        phone = await session.get(CitizenPhone, mobile)
-        if phone is None:
-            session.add(CitizenPhone(mobile=mobile, national_id=national_id, updated_at=self.clock.now()))
+    async def _remember(self, session: AsyncSession, mobile: str, national_id: str, *, replace: bool = True) -> None:
+        """Register the phone's ID; ``replace=False``: unless it has one. In one statement, so
+        that two of a new phone's first messages at once do not both insert (the second had
+        failed on the key, a 500, and the citizen got no answer)."""
+        values = {"mobile": mobile, "national_id": national_id, "updated_at": self.clock.now()}
+        insert = postgres_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        statement = insert(CitizenPhone).values(values)
+        if replace:
+            statement = statement.on_conflict_do_update(
+                index_elements=[CitizenPhone.mobile],
+                set_={"national_id": national_id, "updated_at": values["updated_at"]},
+            )
         else:
-            phone.national_id, phone.updated_at = national_id, self.clock.now()
+            statement = statement.on_conflict_do_nothing(index_elements=[CitizenPhone.mobile])
+        await session.execute(statement)
         await session.commit()
 
 

@@ -22,6 +22,7 @@ _STATUSES = {
     "undelivered": SmsStatus.FAILED,
     "failed": SmsStatus.FAILED,
 }
+_FINAL = (SmsStatus.DELIVERED, SmsStatus.FAILED)
 
 
 class BadSignature(Forbidden):
@@ -68,7 +69,9 @@ class TwilioWebhooks(Controller):
         if status is None or not sid:
             return
         message = await session.scalar(select(SmsMessage).where(SmsMessage.provider_sid == sid))
-        if message is not None and message.status != SmsStatus.DELIVERED:
+        # Callbacks may come out of order: a late "sent" must not undo "delivered" or "failed"
+        # (Twilio's final statuses).
+        if message is not None and message.status not in _FINAL:
             message.status = status
             message.error = params.get("ErrorCode") or None
             message.updated_at = container.clock.now()

@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from app.booking.models import Booking, BookingStatus, Channel
 from app.pages.render import VISIT_COOKIE
 from app.settings import Settings, parse_limit
-from app.sms.models import InboundSms, SmsMessage, SmsStatus
+from app.sms.models import CitizenPhone, InboundSms, SmsMessage, SmsStatus
 from app.sms.service import SEND_SMS
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import Deliver, World, booking_body
@@ -87,6 +87,40 @@ async def test_confirmation_goes_out_through_twilio(
     async with world.container.sessions() as session:
         message = await session.scalar(select(SmsMessage).where(SmsMessage.provider_sid == sent["sid"]))
         assert message is not None and message.status == SmsStatus.DELIVERED
+
+
+async def test_a_late_sent_callback_leaves_a_failed_message_failed(client: Client, world: World) -> None:
+    """Twilio's callbacks may arrive out of order: "undelivered" is final, a "sent" after it
+    is old news."""
+    async with world.container.sessions() as session:
+        made = world.container.messenger.message(to="09121112223", body="پیام", kind="test")
+        assert made is not None
+        made.status, made.provider_sid, made.attempts = SmsStatus.SENT, "SMlate", 1
+        session.add(made)
+        await session.commit()
+    for reported in ("undelivered", "sent"):
+        params = {"MessageSid": "SMlate", "MessageStatus": reported}
+        answer = await client.post("/sms/twilio/status", data=params, headers=signed("/sms/twilio/status", params))
+        assert answer.status_code == 204
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and row.status == SmsStatus.FAILED
+
+
+async def test_a_new_phones_first_two_messages_at_once_are_both_answered(world: World, standin: TwilioStandIn) -> None:
+    """Both name an ID, and both register it as the phone's first: one row, no 500."""
+    office = await world.office()
+    channel = world.container.sms_channel
+
+    async def text_in(sid: str) -> bool:
+        async with world.container.sessions() as session:
+            body = f"BOOK {office} 101 {world.national_id()}"
+            return await channel.receive(session, provider_sid=sid, sender="+989121112224", text=body)
+
+    done = await asyncio.gather(text_in("SMfirst1"), text_in("SMfirst2"), return_exceptions=True)
+    assert not [o for o in done if isinstance(o, BaseException)], done
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(CitizenPhone)) == 1
 
 
 async def test_unsigned_or_wrongly_signed_requests_do_nothing(client: Client, world: World) -> None:
