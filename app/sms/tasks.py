@@ -251,8 +251,12 @@ async def _sweep(stuck_after_seconds: int | None) -> int:
         abandoned = (SmsMessage.status == SmsStatus.SENDING) & (
             SmsMessage.updated_at <= now - dt.timedelta(seconds=stuck)
         )
-        ids = list(await session.scalars(select(SmsMessage.id).where(never_taken | retry_lost | abandoned)))
-        for message_id in ids:
-            # A fresh job id: the old job may sit in RQ's failed or started registry.
-            app.jobs.enqueue(app.jobs.sms, SEND_SMS, message_id, job_id=f"sms-{message_id}-{int(now.timestamp())}")
-        return len(ids)
+        found = (
+            await session.execute(select(SmsMessage.id, SmsMessage.kind).where(never_taken | retry_lost | abandoned))
+        ).all()
+        for message_id, kind in found:
+            # A fresh job id: the old job may sit in RQ's failed or started registry. On its
+            # kind's queue: a sign-in code found here must not wait behind every confirmation.
+            queue = app.messenger.queue_for(kind)
+            app.jobs.enqueue(queue, SEND_SMS, message_id, job_id=f"sms-{message_id}-{int(now.timestamp())}")
+        return len(found)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
@@ -526,6 +527,23 @@ async def test_the_sweep_finds_lost_retries_and_sends_stuck_past_the_setting(
         "just-made": SmsStatus.QUEUED,
         "never-taken": SmsStatus.SENT,
     }
+
+
+async def test_the_sweep_puts_a_lost_sign_in_code_ahead_of_other_messages(
+    world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    from app.sms.tasks import sweep
+
+    now = world.container.clock.now()
+    async with world.container.sessions() as session:
+        for kind in ("otp", "booking_confirmed"):
+            made = world.container.messenger.message(to="09121234567", body=f"a lost {kind}", kind=kind)
+            assert made is not None
+            made.created_at = now - dt.timedelta(minutes=3)  # its enqueue was lost
+            session.add(made)
+        await session.commit()
+    assert await asyncio.to_thread(sweep) == 2
+    assert redis_sync.llen("rq:queue:codes") == 1 and redis_sync.llen("rq:queue:sms") == 1
 
 
 async def test_a_message_another_job_is_sending_is_not_sent_again(
