@@ -33,7 +33,7 @@ from app.capacity.plan import (
     encode_template,
     validate_rules,
 )
-from app.capacity.service import Capacity, Overflow, load_plans
+from app.capacity.service import Capacity, Overflow
 from app.clock import Clock
 from app.console.errors import (
     CapacityBelowBookings,
@@ -50,7 +50,7 @@ from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
 from app.locale import check_text, jalali_date
 from app.offices.errors import OfficeNotFound
-from app.offices.models import Office, OfficeService, Service
+from app.offices.models import City, Office, OfficeService, Service
 from app.offices.service import normalize_code
 from app.redis import renewed_lock
 from app.settings import Settings
@@ -231,7 +231,9 @@ class Console:
         office = await self._office(session, staff, office_code)
         days = self.capacity.horizon(self.clock.today())
         calendar = await self.capacity.calendar(session, first=days[0], last=days[-1], office_ids=[office.id])
-        plan = (await load_plans(session, codes=[office.code]))[0]
+        # Read off the office's city, not its plan: an office with no template yet (the page
+        # that makes one lists these days) has no plan to read it from.
+        province_id = (await session.execute(select(City.province_id).where(City.id == office.city_id))).scalar_one()
         # Asked for together, the fourteen days share a trip to Redis (app.redis.AutoPipeline), not take turns.
         views = await asyncio.gather(*(self.capacity.day_view(office_code=office.code, day=day) for day in days))
         result = []
@@ -241,7 +243,7 @@ class Console:
                 DayPlanOut(
                     date=day.isoformat(),
                     date_fa=jalali_date(day),
-                    source=calendar.source(office_id=office.id, province_id=plan.province_id, day=day),
+                    source=calendar.source(office_id=office.id, province_id=province_id, day=day),
                     slots=sum(1 for s in slots if s.seats > 0),
                     seats=sum(s.seats for s in slots),
                     booked=sum(s.used for s in slots),

@@ -500,3 +500,24 @@ async def special_hours_with_a_desk(
     saved = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
     assert saved.status_code == 303, saved.text
     return office, day
+
+
+async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(client: Client, world: World) -> None:
+    """An office imported with no plan: the page that makes its first template must open
+    (its days' list read the province off the plan, and failed with a 500)."""
+    from sqlalchemy import delete
+
+    from app.capacity.models import CapacityTemplate
+    from app.offices.models import Office
+
+    office = await world.office()
+    async with world.container.sessions() as session:
+        office_id = await session.scalar(select(Office.id).where(Office.code == office))
+        await session.execute(delete(CapacityTemplate).where(CapacityTemplate.office_id == office_id))
+        await session.commit()
+    headers = await staff_of(client, world, office)
+    days = await client.get(f"/api/v1/staff/offices/{office}/days", headers=headers)
+    assert days.status_code == 200, days.text
+    assert days.json() and all(d["slots"] == 0 for d in days.json())
+    page = await client.get(f"/office/{office}/capacity")
+    assert page.status_code == 200, page.text
