@@ -76,6 +76,14 @@ async def _own_counters(
     }
 
 
+def _more_shared(days: dict[int, list[DayRule]]) -> dict[int, list[DayRule]]:
+    """Each weekday's shared-seat rules after the first (an afternoon shift after a lunch
+    break, set through the API): the editor shows and edits the first only, and keeps these
+    as they are while the day stays open. Dropped, every weekday's afternoon was gone at the
+    next save, its citizens moved or cancelled."""
+    return {weekday: [rule for rule in rules if rule.service is None][1:] for weekday, rules in days.items()}
+
+
 def _rule(data: dict[str, str], prefix: str) -> DayRule:
     """One day's rule from the fields PREFIX_opens, _closes, _slot, _seats; errors name those fields."""
     rule = DayRule(
@@ -314,7 +322,10 @@ class OfficePages(Controller):
             office=detail,
             plans=plans,
             weekdays=list(enumerate(WEEKDAY_NAMES)),
-            other_rules={w: [r for r in rules if r.service] for w, rules in template.days.items()},
+            other_rules={
+                w: [r for r in rules if r.service] + _more_shared(template.days).get(w, [])
+                for w, rules in template.days.items()
+            },
             days=day_options(container),
             errors=errors or {},
             form=form if form is not None else {**_template_form(template.days), **OVERRIDE_DEFAULTS},
@@ -372,10 +383,13 @@ class OfficePages(Controller):
             # Counters of a service's own (a passport desk, say) are kept as they are: the
             # editor changes the shared seats only.
             own_counters = await _own_counters(container, code, current.days)
+            more_shared = _more_shared(current.days)
             days: dict[int, list[DayRule]] = {}
             for weekday in range(7):
                 own = own_counters.get(weekday, [])
-                shared = [_rule(data, f"d{weekday}")] if data.get(f"d{weekday}_open") == "on" else []
+                shared = []
+                if data.get(f"d{weekday}_open") == "on":  # closed: every shared span of the day
+                    shared = [_rule(data, f"d{weekday}"), *more_shared.get(weekday, [])]
                 days[weekday] = shared + own
             change = await container.console.set_template(
                 session=session, staff=staff, office_code=code, days=days, move_overflow=data.get("move") == "on"

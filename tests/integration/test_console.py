@@ -14,8 +14,10 @@ from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 
 from app.capacity import keys
-from app.capacity.plan import DayRule
+from app.capacity.models import CapacityTemplate
+from app.capacity.plan import DayRule, decode_template
 from app.clock import Clock
+from app.offices.models import Office
 from app.sms.backends import OUTBOX
 from app.staff.models import AuditEntry, StaffRole
 from tests.conftest import Deliver, World, booking_body
@@ -507,9 +509,6 @@ async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(cli
     (its days' list read the province off the plan, and failed with a 500)."""
     from sqlalchemy import delete
 
-    from app.capacity.models import CapacityTemplate
-    from app.offices.models import Office
-
     office = await world.office()
     async with world.container.sessions() as session:
         office_id = await session.scalar(select(Office.id).where(Office.code == office))
@@ -521,3 +520,35 @@ async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(cli
     assert days.json() and all(d["slots"] == 0 for d in days.json())
     page = await client.get(f"/office/{office}/capacity")
     assert page.status_code == 200, page.text
+
+
+async def test_the_weekly_editor_keeps_an_afternoon_shift_it_does_not_show(client: Client, world: World) -> None:
+    """A second shared span of a day (after a lunch break, set through the API): the editor
+    edits the first, says the second is there, and keeps it; closing the day closes both."""
+    office = await world.office(
+        rules=[
+            DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
+            DayRule(opens="14:00", closes="17:00", slot_minutes=30, seats=2),
+        ]
+    )
+    await world.rebuild()
+    await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/capacity")
+    assert "بازهٔ دیگر یا پیشخوان ویژه" in page.text
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    form = {"_csrf": csrf.group(1)}
+    for weekday in range(7):
+        form |= {f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "11:00", f"d{weekday}_slot": "30"}
+        form |= {f"d{weekday}_seats": "2"} | ({f"d{weekday}_open": "on"} if weekday != 6 else {})
+    saved = await client.post(f"/office/{office}/capacity/template", data=form, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    async with world.container.sessions() as session:
+        raw = await session.scalar(
+            select(CapacityTemplate.template)
+            .join(Office, Office.id == CapacityTemplate.office_id)
+            .where(Office.code == office)
+        )
+    days = decode_template(raw).days
+    assert [(r.opens, r.closes) for r in days[0]] == [("08:00", "11:00"), ("14:00", "17:00")]
+    assert days.get(6, []) == []  # closed: both spans
