@@ -240,8 +240,8 @@ class Complaints:
             # Answered: no longer overdue, so it leaves the head of the queue (the lateness
             # stays on the record in created_at and first_response_at).
             complaint.first_response_at, complaint.overdue = now, False
-        if inspector:
-            complaint.inspector = inspector.strip()
+        if target is State.INSPECTOR_ASSIGNED:  # a name sent with any other step is not an assignment
+            complaint.inspector = (inspector or "").strip()
         session.add(
             ComplaintStep(
                 complaint_id=complaint.id,

@@ -481,7 +481,7 @@ class Enforcement:
             raise InvalidInput("text", "Write the appeal.", detail_fa="متن اعتراض را بنویسید.")
         now = self.clock.now()
         already = await session.scalar(select(func.count()).select_from(Appeal).where(Appeal.action_id == action.id))
-        deadline = _aware(action.started_at) + dt.timedelta(days=self.appeal_days)
+        deadline = self.clock.aware(action.started_at) + dt.timedelta(days=self.appeal_days)
         if action.lifted_at is not None or now > deadline or already:
             raise AppealNotAllowed(deadline=deadline.isoformat())
         appeal = Appeal(
@@ -654,10 +654,6 @@ def watched_csv(offices: list[WatchedOffice]) -> str:
         )
     # A byte-order mark so Excel opens the Persian text as UTF-8.
     return "\ufeff" + out.getvalue()
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _action_out(action: OfficeAction, office_code: str) -> ActionOut:

@@ -243,3 +243,33 @@ async def test_a_complaint_whose_policy_failed_is_filed_and_the_policy_applied_w
     assert await status(client, office) == "restricted"
     async with world.container.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Complaint)) == threshold
+
+
+@pytest.mark.parametrize(
+    ("ago", "allowed"), [(dt.timedelta(days=7, hours=-2), True), (dt.timedelta(days=7, hours=2), False)]
+)
+async def test_an_appeal_is_taken_until_seven_days_after_the_action_to_the_hour(
+    client: Client, world: World, ago: dt.timedelta, allowed: bool
+) -> None:
+    """SQLite hands the action's time back without its zone, Tehran's wall time; read as UTC
+    it had given offices three and a half hours more."""
+    from app.enforcement.models import OfficeAction
+    from tests.integration.test_console import staff_of
+
+    office = await world.office()
+    reg = await regulator(client, world)
+    staff = await staff_of(client, world, office)
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام"}, headers=reg
+    )
+    async with world.container.sessions() as session:
+        action = await session.get(OfficeAction, restricted.json()["id"])
+        assert action is not None
+        action.started_at = world.container.clock.now() - ago
+        await session.commit()
+    appeal = await client.post(
+        f"/api/v1/staff/offices/{office}/appeals",
+        json={"action_id": restricted.json()["id"], "text": "رفع شد"},
+        headers=staff,
+    )
+    assert appeal.status_code == (201 if allowed else 409), appeal.text
