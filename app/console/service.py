@@ -44,7 +44,7 @@ from app.console.errors import (
     WrongBookingState,
 )
 from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
-from app.db import Within
+from app.db import Within, lock_row
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
@@ -100,10 +100,17 @@ class Console:
             grace_minutes=settings.no_show_grace_minutes,
         )
 
-    async def _office(self, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> Office:
+    async def _office(
+        self, session: AsyncSession, staff: StaffPrincipal, office_code: str, *, lock: bool = False
+    ) -> Office:
+        """``lock``: until the transaction ends, for a change of the office's plan: two at once
+        (a double click on a first save) each found no row and both inserted one, the second
+        failing with a 500, and each weighed what the new plan overflows without the other."""
         office_code = normalize_code(office_code, "office_code")
         require_office(staff, office_code)
         office = await session.scalar(select(Office).where(Office.code == office_code))
+        if office is not None and lock:
+            office = await lock_row(session, Office, office.id)
         if office is None:
             raise OfficeNotFound()
         return office
@@ -125,7 +132,7 @@ class Console:
         move_overflow: bool,
     ) -> CapacityChange:
         self.capacity.require_ready()
-        office = await self._office(session, staff, office_code)
+        office = await self._office(session, staff, office_code, lock=True)
         for weekday, rules in days.items():
             if not 0 <= weekday <= 6:
                 raise InvalidInput(
@@ -167,7 +174,7 @@ class Console:
     ) -> CapacityChange:
         self.capacity.require_ready()
         check_text(reason, "reason", max_length=MAX_REASON, multiline=True)
-        office = await self._office(session, staff, office_code)
+        office = await self._office(session, staff, office_code, lock=True)
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
         await self._check_services(session, office, rules)
@@ -192,7 +199,7 @@ class Console:
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
     ) -> CapacityChange:
         self.capacity.require_ready()
-        office = await self._office(session, staff, office_code)
+        office = await self._office(session, staff, office_code, lock=True)
         # A past day's counters linger until the day after it: replanned, its bookings would
         # be "moved" within a day that is over.
         self.capacity.check_horizon(day, self.clock.today())

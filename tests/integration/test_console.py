@@ -552,3 +552,32 @@ async def test_the_weekly_editor_keeps_an_afternoon_shift_it_does_not_show(clien
     days = decode_template(raw).days
     assert [(r.opens, r.closes) for r in days[0]] == [("08:00", "11:00"), ("14:00", "17:00")]
     assert days.get(6, []) == []  # closed: both spans
+
+
+async def test_a_first_override_saved_twice_at_once_is_saved_once(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A double click on the first save of a day's special hours: each request found no row
+    and both inserted one, the second failing on the key with a 500."""
+    from app.capacity.models import CapacityOverride
+    from app.staff.service import StaffPrincipal
+    from tests.integration.test_enforcement_races import at_once, meet_at_audit
+
+    office = await world.office()
+    await world.rebuild()
+    clerk = StaffPrincipal(
+        account_id=0, username="clerk", role=StaffRole.OFFICE_STAFF, office_id=None, office_code=office
+    )
+    console, day = world.container.console, world.tomorrow()
+    rules = [DayRule(opens="09:00", closes="12:00", slot_minutes=30, seats=2)]
+
+    def save(session: Any) -> Any:
+        return console.set_override(
+            session=session, staff=clerk, office_code=office, day=day, rules=rules, reason="", move_overflow=False
+        )
+
+    meet_at_audit(monkeypatch, "app.console.service")
+    outcomes = await at_once(world, save, save)
+    assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(CapacityOverride)) == 1
