@@ -16,6 +16,7 @@ from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput
 from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date, to_persian_digits
 from app.offices import service as offices
+from app.offices.service import normalize_code
 from app.pages.render import (
     TOP,
     Form,
@@ -68,7 +69,10 @@ async def _own_counters(
 ) -> dict[int, list[DayRule]]:
     """Each weekday's rules of a service's own counter, which the page's forms keep as they
     are: only for services the office still offers (a stale one would have every save
-    refused, with no way to remove it from the page)."""
+    refused, with no way to remove it from the page). ``office_code`` as the address has it:
+    read as the console reads it, or a code typed in Persian digits found no office here,
+    and the save dropped every such counter."""
+    office_code = normalize_code(office_code, "office_code")
     offered = (await container.offices.pools({office_code}))[office_code]
     return {
         weekday: [rule for rule in rules if rule.service is not None and rule.service in offered]

@@ -581,3 +581,36 @@ async def test_a_first_override_saved_twice_at_once_is_saved_once(
     assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
     async with world.container.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(CapacityOverride)) == 1
+
+
+async def test_the_weekly_editor_at_an_address_in_persian_digits_keeps_a_services_desk(
+    client: Client, world: World
+) -> None:
+    from app.locale import to_persian_digits
+
+    office = await world.office(
+        rules=[
+            DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
+            DayRule(opens="09:00", closes="10:00", slot_minutes=30, seats=1, service="103"),
+        ],
+        services=("101", "103"),
+    )
+    await world.rebuild()
+    await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/capacity")
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    form = {"_csrf": csrf.group(1)}
+    for weekday in range(7):
+        form |= {f"d{weekday}_open": "on", f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "12:00"}
+        form |= {f"d{weekday}_slot": "30", f"d{weekday}_seats": "3"}
+    address = f"/office/{to_persian_digits(office)}/capacity/template"
+    saved = await client.post(address, data=form, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    async with world.container.sessions() as session:
+        raw = await session.scalar(
+            select(CapacityTemplate.template)
+            .join(Office, Office.id == CapacityTemplate.office_id)
+            .where(Office.code == office)
+        )
+    assert [(r.service, r.seats) for r in decode_template(raw).days[0]] == [(None, 3), ("103", 1)]
