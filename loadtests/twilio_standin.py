@@ -227,6 +227,9 @@ class TwilioStandIn:
         if page_size < 1 or page < 0:
             return 400, twilio_error(400, 20001, "Invalid paging parameters")
 
+        # A message still queued has no DateSent (this stand-in sends none), and Twilio's
+        # DateSent filters never match one that has none.
+        by_date_sent = any(key.startswith("DateSent") for key in query)
         with self._changed:
             # Twilio lists the newest first.
             matching = [
@@ -235,6 +238,7 @@ class TwilioStandIn:
                 if resource["account_sid"] == account
                 and resource["to"] == filters.get("To", resource["to"])
                 and resource["from"] == filters.get("From", resource["from"])
+                and not (by_date_sent and resource["date_sent"] is None)
             ]
         start = page * page_size
         records = matching[start : start + page_size]

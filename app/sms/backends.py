@@ -85,9 +85,11 @@ class TwilioBackend:
 
     def already_sent(self, message: OutboundSms, since: dt.datetime) -> str | None:
         # Twilio takes no idempotency key on Messages, so look for the same body to the same
-        # phone since the message was made.
-        for sent in self.client.messages.list(to=mobile_to_e164(message.to), date_sent_after=since, limit=50):
-            if sent.body == message.body:
+        # phone since the message was made: the phone's newest 50, by when Twilio took each.
+        # Not filtered by DateSent, which a message Twilio still queues does not have yet:
+        # the one most likely to be there after a crash, and then sent twice.
+        for sent in self.client.messages.list(to=mobile_to_e164(message.to), limit=50):
+            if sent.body == message.body and (sent.date_created is None or sent.date_created >= since):
                 return str(sent.sid)
         return None
 

@@ -94,6 +94,14 @@ def test_list_and_fetch(standin: TwilioStandIn, twilio: Client) -> None:
     assert missing.value.status == 404
 
 
+def test_a_message_still_queued_matches_no_date_sent_filter(twilio: Client) -> None:
+    """As at Twilio: a queued message has no DateSent yet, so a DateSent filter misses it."""
+    queued = send(twilio)
+    assert queued.date_sent is None and queued.date_created is not None
+    assert twilio.messages.list(to=MOBILE, date_sent_after=datetime(2020, 1, 1)) == []
+    assert [m.sid for m in twilio.messages.list(to=MOBILE)] == [queued.sid]
+
+
 def test_list_follows_pages_through_the_standin(standin: TwilioStandIn, twilio: Client) -> None:
     sent = [send(twilio, body=f"code {n}").sid for n in range(5)]
 
