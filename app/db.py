@@ -9,11 +9,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Enum, Select, event, text, update
+from sqlalchemy import Connection, Enum, Select, Table, event, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -58,18 +58,23 @@ Entity = TypeVar("Entity", bound=Base)
 async def lock_row(session: AsyncSession, entity: type[Entity], row_id: int) -> Entity | None:
     """The row as the record has it now, locked until the transaction ends: a decision read
     from it (a complaint's state, an office's status, the fines so far) cannot interleave
-    with another transaction's taking the same decision. On PostgreSQL, SELECT ... FOR
-    UPDATE. SQLite has no row locks, and its driver begins a transaction only at the first
-    write, so a read then a write could interleave with another's (a complaint confirmed, and
-    fined, twice): a write that changes nothing comes first, which holds SQLite's one write
-    lock until the commit, and makes what the transaction reads next current."""
+    with another transaction's taking the same decision.
+
+    On PostgreSQL, SELECT ... FOR NO KEY UPDATE: callers exclude each other, and rows that
+    only refer to it (a booking at the office, committed by the group commit) still insert;
+    plain FOR UPDATE would hold every booking at the office until the commit. SQLite has no
+    row locks, and its driver begins a transaction only at the first write, so a read then a
+    write could interleave with another's (a complaint confirmed, and fined, twice): a write
+    that changes nothing comes first, which holds SQLite's one write lock until the commit,
+    and makes what the transaction reads next current. It sets a column that is no key
+    (setting the primary key to itself had SQLite check every table that refers to it)."""
     if session.get_bind().dialect.name == "sqlite":
-        key = entity.id  # type: ignore[attr-defined]
-        await session.execute(
-            update(entity).where(key == row_id).values(id=key).execution_options(synchronize_session=False)
-        )
+        table = cast(Table, entity.__table__)
+        plain = next(c for c in table.columns if not (c.primary_key or c.foreign_keys or c.unique))
+        [key] = table.primary_key.columns
+        await session.execute(update(table).where(key == row_id).values({plain.name: plain}))
     # OF the entity's own table: the rows it loads eagerly by outer joins cannot be locked.
-    return await session.get(entity, row_id, with_for_update={"of": entity}, populate_existing=True)
+    return await session.get(entity, row_id, with_for_update={"of": entity, "key_share": True}, populate_existing=True)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

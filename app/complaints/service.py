@@ -121,11 +121,13 @@ class Complaints:
         record away a moment) must not fail the request: the complaint is in the record, and
         a citizen who retried would file it twice (an SMS's delivery is retried by itself).
         The minute's job applies it then (Enforcement.apply_policy)."""
+        office_id, code = office.id, office.code  # a rollback expires the rows
         try:
             verdict = await self.enforcement.evaluate(session, office)
         except Exception:
             await session.rollback()
-            log.warning("the policy for office %s is left to the minute's job", office.code, exc_info=True)
+            log.warning("the policy for office %s is left to the minute's job", code, exc_info=True)
+            await self.enforcement.policy_failed(office_id)
             verdict = None
         if verdict is not Verdict.NONE:
             await session.refresh(complaint)  # a rollback (a block's moves refused half-way) expired it

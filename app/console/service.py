@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import func, select, update
@@ -57,6 +57,7 @@ from app.settings import Settings
 from app.staff.service import StaffPrincipal, audit, require_office
 
 log = logging.getLogger(__name__)
+Plan = TypeVar("Plan", CapacityTemplate, CapacityOverride)
 MAX_REASON = 500  # the column's length
 PLAN_LOCK = f"{keys.NAMESPACE}:plan-moves"
 """Per office: a clerk's change and the minute's job apply its plan one at a time (each would
@@ -100,20 +101,22 @@ class Console:
             grace_minutes=settings.no_show_grace_minutes,
         )
 
-    async def _office(
-        self, session: AsyncSession, staff: StaffPrincipal, office_code: str, *, lock: bool = False
-    ) -> Office:
-        """``lock``: until the transaction ends, for a change of the office's plan: two at once
-        (a double click on a first save) each found no row and both inserted one, the second
-        failing with a 500, and each weighed what the new plan overflows without the other."""
+    async def _office(self, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> Office:
         office_code = normalize_code(office_code, "office_code")
         require_office(staff, office_code)
         office = await session.scalar(select(Office).where(Office.code == office_code))
-        if office is not None and lock:
-            office = await lock_row(session, Office, office.id)
         if office is None:
             raise OfficeNotFound()
         return office
+
+    async def _plan_row(self, session: AsyncSession, office: Office, model: type[Plan], key: Any) -> Plan | None:
+        """The office's plan row (its template, or a day's override) as the record has it,
+        with the office locked until the change commits: two changes at once (a double click
+        on a first save) had each found no row and both inserted one, the second failing with
+        a 500. Taken after the new plan is weighed, so that no lock is held over its trips to
+        Redis."""
+        await lock_row(session, Office, office.id)
+        return await session.get(model, key, populate_existing=True)
 
     # --- capacity ---
 
@@ -132,7 +135,7 @@ class Console:
         move_overflow: bool,
     ) -> CapacityChange:
         self.capacity.require_ready()
-        office = await self._office(session, staff, office_code, lock=True)
+        office = await self._office(session, staff, office_code)
         for weekday, rules in days.items():
             if not 0 <= weekday <= 6:
                 raise InvalidInput(
@@ -143,13 +146,13 @@ class Console:
             validate_rules(rules)
         await self._check_services(session, office, [rule for rules in days.values() for rule in rules])
         new = encode_template(WeeklyTemplate(days=days))
-        row = await session.get(CapacityTemplate, office.id)
-        before = row.template if row else None
         horizon = self.capacity.horizon(self.clock.today())
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=horizon, apply=False, template=new
         )
         await self._refuse_overflow(session, office, overflow, move_overflow)
+        row = await self._plan_row(session, office, CapacityTemplate, office.id)
+        before = row.template if row else None
         if row is None:
             session.add(CapacityTemplate(office_id=office.id, template=new))
         else:
@@ -174,7 +177,7 @@ class Console:
     ) -> CapacityChange:
         self.capacity.require_ready()
         check_text(reason, "reason", max_length=MAX_REASON, multiline=True)
-        office = await self._office(session, staff, office_code, lock=True)
+        office = await self._office(session, staff, office_code)
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
         await self._check_services(session, office, rules)
@@ -184,7 +187,7 @@ class Console:
             session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
         await self._refuse_overflow(session, office, overflow, move_overflow)
-        row = await session.get(CapacityOverride, (office.id, day))
+        row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         before = row.rules if row else None
         if row is None:
             session.add(CapacityOverride(office_id=office.id, date=day, rules=encode_rules(rules), reason=reason))
@@ -199,7 +202,7 @@ class Console:
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
     ) -> CapacityChange:
         self.capacity.require_ready()
-        office = await self._office(session, staff, office_code, lock=True)
+        office = await self._office(session, staff, office_code)
         # A past day's counters linger until the day after it: replanned, its bookings would
         # be "moved" within a day that is over.
         self.capacity.check_horizon(day, self.clock.today())
@@ -212,6 +215,10 @@ class Console:
             session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
         await self._refuse_overflow(session, office, overflow, move_overflow)
+        row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
+        if row is None:  # cleared meanwhile (a double click)
+            await session.commit()
+            return CapacityChange(office_code=office.code, days_changed=0, moved=[])
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         change = await self.capacity.apply_later(office.code)

@@ -53,6 +53,8 @@ from app.staff.service import StaffPrincipal, audit, require_office, require_rol
 log = logging.getLogger(__name__)
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
+POLICY_TO_APPLY = f"{keys.NAMESPACE}:policy-to-apply"
+"""Offices whose complaint's request could not apply the policy (``apply_policy``)."""
 MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
 # Who the audit log names when the policy acts on its own (no staff member decided).
@@ -98,6 +100,7 @@ class Enforcement:
         """
         office = await _locked(session, office)
         if office.status == OfficeStatus.BLOCKED:
+            await session.commit()  # the lock goes with nothing decided
             return Verdict.NONE
         since = self.clock.now() - dt.timedelta(days=self.policy.window_days)
         # Compared in SQL, not in Python: SQLite hands the stored time back without its zone.
@@ -134,6 +137,7 @@ class Enforcement:
             reason = f"شکایت {received} شهروند و {len(substantiated)} تخلف احرازشده در {self.policy.window_days} روز"
             await self.restrict(session, office, reason=reason, by=None, cap=self.policy.restricted_cap_percent)
         else:
+            await session.commit()  # the lock goes with nothing decided
             return Verdict.NONE
         return decision
 
@@ -253,34 +257,30 @@ class Enforcement:
                 log.exception("the bookings left at blocked office %s wait for the next run", code)
         return done
 
+    async def policy_failed(self, office_id: int) -> None:
+        """Leave the office's policy to the minute's job (``apply_policy``): a complaint's
+        request could not apply it after its commit. Best effort: Redis may be what failed."""
+        try:
+            await self.capacity.redis.sadd(POLICY_TO_APPLY, office_id)
+        except RedisError:
+            log.error("office %d's policy waits for its next complaint or confirmation", office_id)
+
     async def apply_policy(self, *, session: AsyncSession) -> int:
-        """The policy again for every office with a complaint filed or confirmed in the last
-        hour: a complaint's request applies it after its commit, and what failed there (Redis
-        or the record away) is applied here; the offices restricted or blocked. Run every
-        minute (workers.cron); the policy does nothing twice (``evaluate``)."""
-        since = self.clock.now() - dt.timedelta(hours=1)
-        confirmed = (
-            select(Complaint.office_id)
-            .join(ComplaintStep, ComplaintStep.complaint_id == Complaint.id)
-            .where(ComplaintStep.to_state == State.VIOLATION_CONFIRMED.value, ComplaintStep.at >= since)
-        )
-        filed = select(Complaint.office_id).where(Complaint.created_at >= since)
-        offices = list(
-            await session.scalars(
-                select(Office)
-                .where(Office.status != OfficeStatus.BLOCKED, Office.id.in_(filed.union(confirmed)))
-                .order_by(Office.id)
-            )
-        )
+        """The policy for the offices whose complaint's request could not apply it
+        (``policy_failed``); the offices it restricted or blocked. Run every minute
+        (workers.cron): one look at an empty set when nothing failed."""
         applied = 0
-        for office in offices:
+        for raw in await self.capacity.redis.smembers(POLICY_TO_APPLY):
+            office_id = int(raw)
+            office = await session.get(Office, office_id)
             try:
-                applied += await self.evaluate(session, office) is not Verdict.NONE
+                if office is not None:
+                    applied += await self.evaluate(session, office) is not Verdict.NONE
             except Exception:  # one office's failure must not keep the others waiting
                 await session.rollback()
-                log.exception("the policy for office %s waits for the next run", office.code)
-            else:
-                await session.commit()  # the lock taken to evaluate, when it decided nothing
+                log.exception("office %d's policy waits for the next run", office_id)
+                continue
+            await self.capacity.redis.srem(POLICY_TO_APPLY, raw)
         return applied
 
     async def push_statuses(self, *, session: AsyncSession) -> int:
@@ -414,6 +414,7 @@ class Enforcement:
     ) -> None:
         """Close these actions. The office is active again only when no other stays open: an
         appeal overturns the one action it was against, not a later one."""
+        office = await _locked(session, office)  # an appeal's decision committed, and let it go
         now = self.clock.now()
         for action in actions:
             action.lifted_at, action.lifted_by, action.lift_reason = now, by.username, reason
@@ -472,8 +473,9 @@ class Enforcement:
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, action_id: int, text: str
     ) -> AppealOut:
         require_office(staff, office_code)
-        office = await self.office(session, office_code)
-        # Locked before its appeals are counted: two filed at once (a double click) are one.
+        # The office, then the action (the order every path takes them in), locked before the
+        # action's appeals are counted: two filed at once (a double click) are one.
+        office = await self.office(session, office_code, lock=True)
         action = await lock_row(session, OfficeAction, action_id)
         if action is None or action.office_id != office.id:
             raise ActionNotFound()

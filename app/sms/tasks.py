@@ -153,11 +153,16 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             quiet = dt.timedelta(seconds=app.settings.sms_stuck_seconds)
             if message.updated_at is not None and app.clock.aware(message.updated_at) > now - quiet:
                 return "in flight"
+        unasked: Exception | None = None
         if message.attempts:
             # An earlier try may have reached the provider though it failed (a timeout after
             # Twilio took it) or died before writing it down: asked first, so none goes twice.
             since = app.clock.aware(message.created_at) - dt.timedelta(minutes=1)
-            if earlier := await asyncio.to_thread(backend.already_sent, outbound, since):
+            try:
+                earlier = await asyncio.to_thread(backend.already_sent, outbound, since)
+            except Exception as error:  # the provider could not say: this try fails (below)
+                earlier, unasked = None, error
+            if earlier:
                 if not await _claim(session, message_id, seen, status=SmsStatus.SENT, provider_sid=earlier):
                     return "taken by another job"
                 return "sent before"
@@ -166,6 +171,8 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             return "taken by another job"
         attempts, queue = seen[1] + 1, app.messenger.queue_for(message.kind)
         try:
+            if unasked is not None:  # not sent without asking: failed, as a send that failed
+                raise unasked
             sid = await asyncio.to_thread(backend.send, outbound)
         except Exception as error:
             give_up = attempts >= app.settings.sms_max_attempts

@@ -529,6 +529,33 @@ async def test_the_sweep_finds_lost_retries_and_sends_stuck_past_the_setting(
     }
 
 
+async def test_a_retry_the_provider_cannot_answer_about_is_tried_again_later(
+    world: World, standin: TwilioStandIn, deliver: Deliver, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio's list fails as a retry asks whether the last try reached it: not sent blind,
+    and not left for the sweep (a quarter of an hour): the next try is scheduled."""
+    from app.sms.backends import TwilioBackend
+
+    def unanswered(self: TwilioBackend, message: object, since: object) -> str | None:
+        raise ConnectionError("Twilio did not answer")
+
+    monkeypatch.setattr(TwilioBackend, "already_sent", unanswered)
+    async with world.container.sessions() as session:
+        made = world.container.messenger.message(to="09121234567", body="کد ورود: 654321", kind="otp")
+        assert made is not None
+        made.attempts = 1
+        session.add(made)
+        await session.commit()
+    world.container.jobs.enqueue(world.container.jobs.codes, SEND_SMS, made.id, job_id="sms-unanswered")
+    await deliver()
+    assert standin.messages == []
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and (row.status, row.attempts) == (SmsStatus.QUEUED, 2)
+        assert row.error is not None and "ConnectionError" in row.error
+    assert redis_sync.zcard("rq:scheduled:codes") == 1  # its next try, on its own queue
+
+
 async def test_the_sweep_puts_a_lost_sign_in_code_ahead_of_other_messages(
     world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
