@@ -17,6 +17,6 @@ def push_statuses() -> int:
 
 
 def apply_policy() -> int:
-    """Apply the policy to the offices complained of in the last hour again
+    """Apply the policy to the offices whose complaint's request could not
     (app.enforcement.service.apply_policy)."""
     return run_alone("apply-policy", lambda app, session: app.enforcement.apply_policy(session=session))
