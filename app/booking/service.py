@@ -54,7 +54,7 @@ from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_dat
 from app.observability import BOOKINGS, REJECTIONS
 from app.offices.directory import OfficeDirectory
 from app.offices.models import Office, Service
-from app.offices.service import BookableOffice
+from app.offices.service import BookableOffice, normalize_code
 from app.ratelimit import RateLimiter
 from app.redis import ScriptCall
 from app.settings import parse_limit
@@ -1005,6 +1005,28 @@ class BookingService:
             await session.rollback()
             log.exception("joined the waitlist; its confirmation SMS was not recorded")
         return view
+
+    async def waiting(self, *, session: AsyncSession, mobile: str, request: WaitlistJoin) -> str | None:
+        """The tracking code of the line this join asks for, if the mobile is in it already
+        for this national ID: the page's answer to a second tap on "join" (the first one
+        joined; the second was refused, "already booked that day")."""
+        try:
+            national_id = normalize_national_id(request.national_id)
+            day = parse_date(request.date)
+            office_code = normalize_code(request.office_code, "office_code")
+        except DomainError:
+            return None
+        return await session.scalar(
+            select(Booking.tracking_code)
+            .join(Office, Office.id == Booking.office_id)
+            .where(
+                Office.code == office_code,
+                Booking.date == day,
+                Booking.mobile == mobile,
+                Booking.national_id == national_id,
+                Booking.status == BookingStatus.WAITLISTED,
+            )
+        )
 
     async def _take_back_join(
         self, session: AsyncSession, booking_id: int, office_code: str, day: dt.date, pool: str, national_id: str,

@@ -18,6 +18,7 @@ from app.auth.service import TEXTED_CODE_SECONDS
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import parse_slot
 from app.booking.tracking import normalize_tracking_code
+from app.capacity.errors import AlreadyBookedThatDay
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
@@ -292,6 +293,12 @@ class CitizenPages(Controller):
                 booking = booked.booking
         except DomainError as error:
             await session.rollback()
+            if waitlist and isinstance(error, AlreadyBookedThatDay):
+                # A second tap on "join" (or a reload after a slow answer): the first one
+                # joined, and this is the line it joined, not an error.
+                joined = WaitlistJoin(national_id=national_id, office_code=office, service_code=service, date=date)
+                if code := await container.bookings.waiting(session=session, mobile=mobile, request=joined):
+                    return see_other(f"/bookings/{code}?new=1")
             bookable = await container.offices.bookable(office_code=office, service_code=service)
             return render(
                 request,

@@ -133,3 +133,25 @@ async def test_a_sign_in_refused_for_too_many_codes_says_when_to_come_back(clien
     refused = await client.post("/signin", data=form, follow_redirects=False)
     assert refused.status_code == 429 and "<html" in refused.text
     assert int(refused.headers["Retry-After"]) > 0
+
+
+async def test_a_second_tap_on_join_the_waitlist_shows_the_line_joined(client: Client, world: World) -> None:
+    """The first tap joined; the second was refused "already booked that day" and shown as
+    an error on the form, though the citizen was in line."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    taken = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert taken.status_code == 201, taken.text
+    token = world.token("09125556002")["Authorization"].removeprefix("Bearer ")
+    client.cookies.set(CITIZEN_COOKIE, token)
+    query = {"office": office, "service": "101", "date": day.isoformat(), "waitlist": "1"}
+    form_page = await client.get("/book", params=query, headers={"Accept": "text/html"})
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', form_page.text)
+    assert csrf, form_page.text
+    form = {"_csrf": csrf[1], "office": office, "service": "101", "date": day.isoformat(), "waitlist": "1"}
+    form["national_id"] = world.national_id()
+    answers = [await client.post("/book", data=form, follow_redirects=False) for _ in range(2)]
+    assert [a.status_code for a in answers] == [303, 303], answers[1].text
+    assert answers[0].headers["location"] == answers[1].headers["location"]
