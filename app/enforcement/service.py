@@ -535,9 +535,13 @@ class Enforcement:
             session, actor=staff, action="appeal.decide", target=str(appeal.id), office_id=office.id,
             before="pending", after=decided.value, at=now,
         )  # fmt: skip
-        await session.commit()
         if undo:
+            # The decision commits with the lift, in one transaction: committed apart, a lift
+            # that failed left the appeal "overturned" and the restriction standing, and a
+            # retry was refused as already decided.
             await self._lift(session, office, [action], by=staff, reason=f"اعتراض پذیرفته شد. {note}".strip())
+        else:
+            await session.commit()
         return _appeal_out(appeal, office.code)
 
     async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:

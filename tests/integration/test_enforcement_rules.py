@@ -273,3 +273,39 @@ async def test_an_appeal_is_taken_until_seven_days_after_the_action_to_the_hour(
         headers=staff,
     )
     assert appeal.status_code == (201 if allowed else 409), appeal.text
+
+
+async def test_an_appeal_overturned_whose_lift_failed_is_still_pending(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision and the lift are one transaction: the lift failing leaves both undone,
+    and the regulator can decide again."""
+    from tests.integration.test_console import staff_of
+
+    office = await world.office()
+    reg = await regulator(client, world)
+    staff = await staff_of(client, world, office)
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام"}, headers=reg
+    )
+    appeal = await client.post(
+        f"/api/v1/staff/offices/{office}/appeals",
+        json={"action_id": restricted.json()["id"], "text": "رفع شد"},
+        headers=staff,
+    )
+    enforcement = client.app.state.container.enforcement  # the app's own, on the test client's loop
+    open_actions = enforcement._open_actions
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the record failed mid-lift")
+
+    monkeypatch.setattr(enforcement, "_open_actions", failing)
+    url = f"/api/v1/regulator/appeals/{appeal.json()['id']}/decide"
+    failed = await client.post(url, json={"outcome": "overturned", "note": ""}, headers=reg)
+    assert failed.status_code == 500
+    assert [a["outcome"] for a in (await client.get("/api/v1/regulator/appeals", headers=reg)).json()] == ["pending"]
+    assert await status(client, office) == "restricted"
+    monkeypatch.setattr(enforcement, "_open_actions", open_actions)
+    decided = await client.post(url, json={"outcome": "overturned", "note": ""}, headers=reg)
+    assert decided.status_code == 200, decided.text
+    assert await status(client, office) == "active"
