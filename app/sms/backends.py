@@ -35,8 +35,10 @@ class SmsBackend(Protocol):
         """Hand the message over; returns the provider's id for it."""
         ...
 
-    def already_sent(self, message: OutboundSms, since: dt.datetime) -> str | None:
-        """The provider's id if this message was handed over before (a retry after a crash)."""
+    def sent_like(self, message: OutboundSms, since: dt.datetime) -> list[str]:
+        """The provider's ids of what it was handed since ``since`` that could be this message
+        (a retry after a crash, or after a try whose answer was lost), newest first. The job
+        takes the first that no other message of ours holds."""
         ...
 
 
@@ -59,11 +61,11 @@ class ConsoleBackend:
             pipe.execute()
         return f"console-{message.id}"
 
-    def already_sent(self, message: OutboundSms, since: dt.datetime) -> str | None:
+    def sent_like(self, message: OutboundSms, since: dt.datetime) -> list[str]:
         for raw in self.redis.lrange(OUTBOX, 0, OUTBOX_LENGTH - 1):
             if msgspec.json.decode(raw, type=OutboundSms).id == message.id:
-                return f"console-{message.id}"
-        return None
+                return [f"console-{message.id}"]
+        return []
 
 
 class TwilioBackend:
@@ -83,15 +85,18 @@ class TwilioBackend:
         )
         return str(created.sid)
 
-    def already_sent(self, message: OutboundSms, since: dt.datetime) -> str | None:
+    def sent_like(self, message: OutboundSms, since: dt.datetime) -> list[str]:
         # Twilio takes no idempotency key on Messages, so look for the same body to the same
         # phone since the message was made: the phone's newest 50, by when Twilio took each.
         # Not filtered by DateSent, which a message Twilio still queues does not have yet:
-        # the one most likely to be there after a crash, and then sent twice.
-        for sent in self.client.messages.list(to=mobile_to_e164(message.to), limit=50):
-            if sent.body == message.body and (sent.date_created is None or sent.date_created >= since):
-                return str(sent.sid)
-        return None
+        # the one most likely to be there after a crash, and then sent twice. The same text
+        # may have gone to the phone before as another message (two help replies): the job
+        # skips the ids other messages hold.
+        return [
+            str(sent.sid)
+            for sent in self.client.messages.list(to=mobile_to_e164(message.to), limit=50)
+            if sent.body == message.body and (sent.date_created is None or sent.date_created >= since)
+        ]
 
 
 def make_backend(settings: Settings, redis: Redis) -> SmsBackend:

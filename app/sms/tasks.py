@@ -159,7 +159,7 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             # Twilio took it) or died before writing it down: asked first, so none goes twice.
             since = app.clock.aware(message.created_at) - dt.timedelta(minutes=1)
             try:
-                earlier = await asyncio.to_thread(backend.already_sent, outbound, since)
+                earlier = await _sent_before(session, backend, outbound, since)
             except Exception as error:  # the provider could not say: this try fails (below)
                 earlier, unasked = None, error
             if earlier:
@@ -199,6 +199,22 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             return "retry scheduled"
         await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid)
         return "sent"
+
+
+async def _sent_before(
+    session: AsyncSession, backend: SmsBackend, message: OutboundSms, since: dt.datetime
+) -> str | None:
+    """The provider's id of this message, if it was handed over before: the newest of those
+    like it (``SmsBackend.sent_like``) that no other message of ours holds."""
+    like = await asyncio.to_thread(backend.sent_like, message, since)
+    if not like:
+        return None
+    held = set(
+        await session.scalars(
+            select(SmsMessage.provider_sid).where(SmsMessage.provider_sid.in_(like), SmsMessage.id != message.id)
+        )
+    )
+    return next((sid for sid in like if sid not in held), None)
 
 
 async def _claim(session: AsyncSession, message_id: str, seen: tuple[SmsStatus, int], **values: object) -> bool:

@@ -529,6 +529,35 @@ async def test_the_sweep_finds_lost_retries_and_sends_stuck_past_the_setting(
     }
 
 
+async def test_a_retry_is_not_taken_for_sent_by_an_earlier_message_of_the_same_text(
+    world: World, standin: TwilioStandIn, deliver: Deliver, settings: Settings
+) -> None:
+    """Two help replies to one phone have the same text. The second's first try failed
+    before Twilio took it: its retry finds the first reply at Twilio, which is another
+    message's, and sends its own."""
+    from app.sms.backends import OutboundSms, TwilioBackend
+
+    body = "راهنما: نوبت [کد دفتر] [کد خدمت]"
+    async with world.container.sessions() as session:
+        first = world.container.messenger.message(to="09121234567", body=body, kind="reply")
+        second = world.container.messenger.message(to="09121234567", body=body, kind="reply")
+        assert first is not None and second is not None
+        second.attempts, second.error = 1, "ConnectError"
+        session.add_all([first, second])
+        await session.flush()
+        first.provider_sid = await asyncio.to_thread(
+            TwilioBackend(settings).send, OutboundSms(first.id, first.to, first.body)
+        )
+        first.status, first.attempts = SmsStatus.SENT, 1
+        await session.commit()
+    world.container.jobs.enqueue(world.container.jobs.sms, SEND_SMS, second.id, job_id="sms-second-reply")
+    await deliver()
+    assert len(standin.wait_for(2)) == 2
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, second.id)
+        assert row is not None and row.status == SmsStatus.SENT and row.provider_sid != first.provider_sid
+
+
 async def test_a_retry_the_provider_cannot_answer_about_is_tried_again_later(
     world: World, standin: TwilioStandIn, deliver: Deliver, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -536,10 +565,10 @@ async def test_a_retry_the_provider_cannot_answer_about_is_tried_again_later(
     and not left for the sweep (a quarter of an hour): the next try is scheduled."""
     from app.sms.backends import TwilioBackend
 
-    def unanswered(self: TwilioBackend, message: object, since: object) -> str | None:
+    def unanswered(self: TwilioBackend, message: object, since: object) -> list[str]:
         raise ConnectionError("Twilio did not answer")
 
-    monkeypatch.setattr(TwilioBackend, "already_sent", unanswered)
+    monkeypatch.setattr(TwilioBackend, "sent_like", unanswered)
     async with world.container.sessions() as session:
         made = world.container.messenger.message(to="09121234567", body="کد ورود: 654321", kind="otp")
         assert made is not None
