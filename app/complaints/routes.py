@@ -89,4 +89,5 @@ class RegulatorComplaintsController(Controller):
             to=data.to,
             note=data.note,
             inspector=data.inspector,
+            category=data.category,
         )

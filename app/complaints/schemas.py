@@ -35,6 +35,7 @@ class TransitionIn(msgspec.Struct, forbid_unknown_fields=True):
     to: str
     note: str = ""
     inspector: str | None = None
+    category: str | None = None  # the regulator's correction, up to the confirmation
 
 
 class QueueItem(msgspec.Struct):

@@ -56,14 +56,7 @@ class Complaints:
         booking_tracking_code: str | None,
         channel: str,
     ) -> ComplaintOut:
-        try:
-            kind = Category(category)
-        except ValueError:
-            raise InvalidInput(
-                "category",
-                "Unknown category; one of: " + ", ".join(c.value for c in Category),
-                detail_fa="دستهٔ شکایت معتبر نیست.",
-            ) from None
+        kind = _category(category)
         # Control characters refused before whitespace is folded; the length is checked after.
         too_long = InvalidInput(
             "description",
@@ -215,7 +208,12 @@ class Complaints:
         to: str,
         note: str,
         inspector: str | None,
+        category: str | None = None,
     ) -> ComplaintOut:
+        """Move the complaint to its next step. ``category``: the regulator's correction of
+        what the complaint is about, up to the step that confirms the violation (the fine
+        and the policy go by it then). A complaint texted in is filed as "other" and could
+        never have counted as the forgery it reported."""
         require_role(staff, StaffRole.REGULATOR)
         check_text(note, "note", max_length=MAX_TEXT, multiline=True)
         if inspector:
@@ -229,6 +227,13 @@ class Complaints:
             raise TransitionNotAllowed(
                 current=complaint.state.value, allowed=[s.value for s in TRANSITIONS[complaint.state]]
             )
+        corrected = _category(category) if category else None
+        if corrected is not None and corrected is not complaint.category and complaint.state not in RECATEGORIZABLE:
+            raise InvalidInput(
+                "category",
+                "The category is set up to the confirmation of the violation.",
+                detail_fa="دستهٔ شکایت را فقط تا پیش از احراز تخلف می‌توان تغییر داد.",
+            )
         if target is State.INSPECTOR_ASSIGNED and not (inspector or "").strip():
             raise InvalidInput("inspector", "Name the inspector.", detail_fa="نام بازرس را بنویسید.")
         if target is State.VIOLATION_CONFIRMED:
@@ -237,6 +242,12 @@ class Complaints:
             self.enforcement.capacity.require_ready()
         now = self.clock.now()
         before = complaint.state
+        if corrected is not None and corrected is not complaint.category:
+            await audit(
+                session, actor=staff, action="complaint.category", target=complaint.tracking_code,
+                office_id=complaint.office_id, before=complaint.category.value, after=corrected.value, at=now,
+            )  # fmt: skip
+            complaint.category = corrected
         complaint.state, complaint.updated_at = target, now
         if complaint.first_response_at is None:
             # Answered: no longer overdue, so it leaves the head of the queue (the lateness
@@ -356,3 +367,19 @@ class Complaints:
                 for step in steps
             ],
         )
+
+
+RECATEGORIZABLE = (State.RECEIVED, State.UNDER_REVIEW, State.INSPECTOR_ASSIGNED, State.INSPECTION_REPORTED)
+"""The steps whose complaint's category the regulator may correct: before a violation is
+confirmed, and fined by it."""
+
+
+def _category(value: str) -> Category:
+    try:
+        return Category(value)
+    except ValueError:
+        raise InvalidInput(
+            "category",
+            "Unknown category; one of: " + ", ".join(c.value for c in Category),
+            detail_fa="دستهٔ شکایت معتبر نیست.",
+        ) from None

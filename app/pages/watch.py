@@ -11,7 +11,8 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
-from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, State
+from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, State
+from app.complaints.service import RECATEGORIZABLE
 from app.enforcement.models import ActionKind
 from app.errors import DomainError, Forbidden, InvalidInput, NotFound
 from app.offices import service as offices
@@ -238,6 +239,10 @@ class WatchPages(Controller):
             staff=staff,
             complaint=complaint,
             next_states=[(s.value, STATE_FA[s]) for s in TRANSITIONS[State(complaint.state)]],
+            # Corrected up to the confirmation: the fine and the policy go by it then.
+            categories=[(c.value, CATEGORY_FA[c]) for c in Category]
+            if State(complaint.state) in RECATEGORIZABLE
+            else [],
             errors=errors or {},
             form=form or {},
         )
@@ -263,6 +268,7 @@ class WatchPages(Controller):
                 to=data.get("to", ""),
                 note=data.get("note", "").strip(),
                 inspector=data.get("inspector") or None,
+                category=data.get("category") or None,
             )
         except NotFound:
             raise
@@ -274,7 +280,7 @@ class WatchPages(Controller):
                 container,
                 staff,
                 code,
-                errors=form_errors(error, ["to", "note", "inspector"]),
+                errors=form_errors(error, ["to", "note", "inspector", "category"]),
                 form=dict(data),
                 status=error.status,
             )

@@ -309,3 +309,36 @@ async def test_an_appeal_overturned_whose_lift_failed_is_still_pending(
     decided = await client.post(url, json={"outcome": "overturned", "note": ""}, headers=reg)
     assert decided.status_code == 200, decided.text
     assert await status(client, office) == "active"
+
+
+async def test_a_forgery_texted_in_is_recategorised_by_the_regulator_and_blocks(client: Client, world: World) -> None:
+    """A complaint texted in is filed as "other": the regulator says what it is before the
+    violation is confirmed, and a confirmed forgery blocks the office as it would from the
+    web. After the confirmation the category is what was fined, and stays."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    async with world.container.sessions() as session:
+        await world.container.complaints.sms_complaint(session, "09125558001", office, "مدارک مرا جعل کردند")
+        code = await session.scalar(select(Complaint.tracking_code))
+    assert code is not None
+    url = f"/api/v1/regulator/complaints/{code}/transition"
+    unknown = await client.post(url, json={"to": "under_review", "category": "forged"}, headers=reg)
+    assert unknown.status_code == 422 and unknown.json()["field"] == "category"
+    moved = await client.post(url, json={"to": "under_review", "category": "forgery"}, headers=reg)
+    assert moved.status_code == 200 and moved.json()["category"] == "forgery", moved.text
+    page = await client.get(f"/watch/complaints/{code}", headers={**reg, "Accept": "text/html"})
+    assert 'name="category"' in page.text
+    for step in STEPS[1:4]:
+        body = {"to": step, "inspector": "بازرس"} if step == "inspector_assigned" else {"to": step}
+        assert (await client.post(url, json=body, headers=reg)).status_code == 200
+    assert await status(client, office) == "blocked"
+    late = await client.post(url, json={"to": "referred_to_tribunal", "category": "other"}, headers=reg)
+    assert late.status_code == 422 and late.json()["field"] == "category"
+    async with world.container.sessions() as session:
+        complaint = await session.scalar(select(Complaint))
+        entries = list(await session.scalars(select(AuditEntry).where(AuditEntry.action == "complaint.category")))
+    assert complaint is not None and (complaint.category.value, complaint.state.value) == (
+        "forgery",
+        "violation_confirmed",
+    )
+    assert [(e.before, e.after) for e in entries] == [('"other"', '"forgery"')]
