@@ -413,8 +413,8 @@ class Enforcement:
         self, session: AsyncSession, office: Office, actions: list[OfficeAction], *, by: StaffPrincipal, reason: str
     ) -> None:
         """Close these actions. The office is active again only when no other stays open: an
-        appeal overturns the one action it was against, not a later one."""
-        office = await _locked(session, office)  # an appeal's decision committed, and let it go
+        appeal overturns the one action it was against, not a later one. The caller holds the
+        office locked (``lift``, ``decide_appeal``)."""
         now = self.clock.now()
         for action in actions:
             action.lifted_at, action.lifted_by, action.lift_reason = now, by.username, reason

@@ -317,6 +317,7 @@ class OfficePages(Controller):
         template = await container.console.template(session=session, staff=staff, office_code=code)
         plans = await container.console.day_plans(session=session, staff=staff, office_code=code)
         detail = await offices.get_office(session=session, code=code)
+        more_shared = _more_shared(template.days)
         return render(
             request,
             container,
@@ -326,10 +327,7 @@ class OfficePages(Controller):
             office=detail,
             plans=plans,
             weekdays=list(enumerate(WEEKDAY_NAMES)),
-            other_rules={
-                w: [r for r in rules if r.service] + _more_shared(template.days).get(w, [])
-                for w, rules in template.days.items()
-            },
+            other_rules={w: [r for r in rules if r.service] + more_shared[w] for w, rules in template.days.items()},
             days=day_options(container),
             errors=errors or {},
             form=form if form is not None else {**_template_form(template.days), **OVERRIDE_DEFAULTS},
