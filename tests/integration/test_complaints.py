@@ -42,6 +42,21 @@ async def guild(client: Client, world: World, name: str = "guild-x") -> dict[str
     return await sign_in(client, name)
 
 
+async def restrict(client: Client, reg: dict[str, str], office: str, cap: int | None = None) -> int:
+    """The regulator restricts the office; the restriction's id."""
+    body: dict[str, Any] = {"reason": "ازدحام"} | ({} if cap is None else {"cap_percent": cap})
+    restricted = await client.post(f"/api/v1/regulator/offices/{office}/restrict", json=body, headers=reg)
+    assert restricted.status_code == 201, restricted.text
+    return int(restricted.json()["id"])
+
+
+async def appeal(client: Client, staff: dict[str, str], office: str, action_id: int, text: str = "رفع شد") -> Any:
+    """The office's staff appeal against the action: the answer, as it came."""
+    return await client.post(
+        f"/api/v1/staff/offices/{office}/appeals", json={"action_id": action_id, "text": text}, headers=staff
+    )
+
+
 async def complain(client: Client, world: World, office: str, mobile: str, category: str = "overcharging") -> Any:
     response = await client.post(
         "/api/v1/complaints",
@@ -268,20 +283,13 @@ async def test_an_overturned_appeal_leaves_a_later_block(client: Client, world: 
     office = await world.office()
     reg = await regulator(client, world)
     staff = await staff_of(client, world, office)
-    restricted = await client.post(
-        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 30}, headers=reg
-    )
-    appeal = await client.post(
-        f"/api/v1/staff/offices/{office}/appeals",
-        json={"action_id": restricted.json()["id"], "text": "ازدحام نبود"},
-        headers=staff,
-    )
-    assert appeal.status_code == 201, appeal.text
+    appealed = await appeal(client, staff, office, await restrict(client, reg, office, cap=30), "ازدحام نبود")
+    assert appealed.status_code == 201, appealed.text
     blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
     assert blocked.status_code == 201, blocked.text
 
     decided = await client.post(
-        f"/api/v1/regulator/appeals/{appeal.json()['id']}/decide",
+        f"/api/v1/regulator/appeals/{appealed.json()['id']}/decide",
         json={"outcome": "overturned", "note": "ازدحام ثابت نشد"},
         headers=reg,
     )

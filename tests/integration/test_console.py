@@ -522,6 +522,37 @@ async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(cli
     assert page.status_code == 200, page.text
 
 
+async def save_week(
+    client: Client,
+    world: World,
+    office: str,
+    *,
+    address: str | None = None,
+    closes: str,
+    seats: int,
+    closed: tuple[int, ...] = (),
+) -> dict[int, list[DayRule]]:
+    """Save the weekly editor's form, every weekday 08:00 to ``closes`` but the ``closed``
+    ones, from the capacity page (signed in); the office's template as the record then has it."""
+    page = await client.get(f"/office/{office}/capacity")
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf, page.text
+    form = {"_csrf": csrf.group(1)}
+    for weekday in range(7):
+        form |= {f"d{weekday}_opens": "08:00", f"d{weekday}_closes": closes, f"d{weekday}_slot": "30"}
+        form |= {f"d{weekday}_seats": str(seats)} | ({} if weekday in closed else {f"d{weekday}_open": "on"})
+    target = address or f"/office/{office}/capacity/template"
+    saved = await client.post(target, data=form, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    async with world.container.sessions() as session:
+        raw = await session.scalar(
+            select(CapacityTemplate.template)
+            .join(Office, Office.id == CapacityTemplate.office_id)
+            .where(Office.code == office)
+        )
+    return decode_template(raw).days
+
+
 async def test_the_weekly_editor_keeps_an_afternoon_shift_it_does_not_show(client: Client, world: World) -> None:
     """A second shared span of a day (after a lunch break, set through the API): the editor
     edits the first, says the second is there, and keeps it; closing the day closes both."""
@@ -535,21 +566,7 @@ async def test_the_weekly_editor_keeps_an_afternoon_shift_it_does_not_show(clien
     await staff_of(client, world, office)
     page = await client.get(f"/office/{office}/capacity")
     assert "بازهٔ دیگر یا پیشخوان ویژه" in page.text
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
-    assert csrf
-    form = {"_csrf": csrf.group(1)}
-    for weekday in range(7):
-        form |= {f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "11:00", f"d{weekday}_slot": "30"}
-        form |= {f"d{weekday}_seats": "2"} | ({f"d{weekday}_open": "on"} if weekday != 6 else {})
-    saved = await client.post(f"/office/{office}/capacity/template", data=form, follow_redirects=False)
-    assert saved.status_code == 303, saved.text
-    async with world.container.sessions() as session:
-        raw = await session.scalar(
-            select(CapacityTemplate.template)
-            .join(Office, Office.id == CapacityTemplate.office_id)
-            .where(Office.code == office)
-        )
-    days = decode_template(raw).days
+    days = await save_week(client, world, office, closes="11:00", seats=2, closed=(6,))
     assert [(r.opens, r.closes) for r in days[0]] == [("08:00", "11:00"), ("14:00", "17:00")]
     assert days.get(6, []) == []  # closed: both spans
 
@@ -597,20 +614,6 @@ async def test_the_weekly_editor_at_an_address_in_persian_digits_keeps_a_service
     )
     await world.rebuild()
     await staff_of(client, world, office)
-    page = await client.get(f"/office/{office}/capacity")
-    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
-    assert csrf
-    form = {"_csrf": csrf.group(1)}
-    for weekday in range(7):
-        form |= {f"d{weekday}_open": "on", f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "12:00"}
-        form |= {f"d{weekday}_slot": "30", f"d{weekday}_seats": "3"}
     address = f"/office/{to_persian_digits(office)}/capacity/template"
-    saved = await client.post(address, data=form, follow_redirects=False)
-    assert saved.status_code == 303, saved.text
-    async with world.container.sessions() as session:
-        raw = await session.scalar(
-            select(CapacityTemplate.template)
-            .join(Office, Office.id == CapacityTemplate.office_id)
-            .where(Office.code == office)
-        )
-    assert [(r.service, r.seats) for r in decode_template(raw).days[0]] == [(None, 3), ("103", 1)]
+    days = await save_week(client, world, office, address=address, closes="12:00", seats=3)
+    assert [(r.service, r.seats) for r in days[0]] == [(None, 3), ("103", 1)]

@@ -23,7 +23,7 @@ from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
 from tests.conftest import World
-from tests.integration.test_complaints import STEPS, complain, regulator
+from tests.integration.test_complaints import STEPS, appeal, complain, regulator, restrict
 from tests.integration.test_console import staff_of
 
 Client = AsyncTestClient[Litestar]
@@ -133,17 +133,10 @@ async def test_an_appeal_decided_twice_at_once_is_decided_once(
     office = await world.office()
     reg = await regulator(client, world)
     staff = await staff_of(client, world, office)
-    restricted = await client.post(
-        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 30}, headers=reg
-    )
-    appeal = await client.post(
-        f"/api/v1/staff/offices/{office}/appeals",
-        json={"action_id": restricted.json()["id"], "text": "رفع شد"},
-        headers=staff,
-    )
-    assert appeal.status_code == 201, appeal.text
+    appealed = await appeal(client, staff, office, await restrict(client, reg, office, cap=30))
+    assert appealed.status_code == 201, appealed.text
     meet_at_audit(monkeypatch, "app.enforcement.service")
-    enforcement, appeal_id = world.container.enforcement, appeal.json()["id"]
+    enforcement, appeal_id = world.container.enforcement, appealed.json()["id"]
 
     def decide(outcome: str) -> Callable[[AsyncSession], Awaitable[Any]]:
         return lambda session: enforcement.decide_appeal(
@@ -163,19 +156,17 @@ async def test_an_appeal_filed_twice_at_once_is_filed_once(
     office = await world.office()
     reg = await regulator(client, world)
     await staff_of(client, world, office)
-    restricted = await client.post(
-        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام"}, headers=reg
-    )
+    action_id = await restrict(client, reg, office)
     meet_at_audit(monkeypatch, "app.enforcement.service")
-    enforcement, action_id = world.container.enforcement, restricted.json()["id"]
+    enforcement = world.container.enforcement
     clerk = StaffPrincipal(
         account_id=0, username=f"staff-{office}", role=StaffRole.OFFICE_STAFF, office_id=None, office_code=office
     )
 
-    def appeal(session: AsyncSession) -> Awaitable[Any]:
+    def file(session: AsyncSession) -> Awaitable[Any]:
         return enforcement.appeal(session=session, staff=clerk, office_code=office, action_id=action_id, text="رفع شد")
 
-    one_taken(await at_once(world, appeal, appeal), AppealNotAllowed)
+    one_taken(await at_once(world, file, file), AppealNotAllowed)
     assert len((await client.get("/api/v1/regulator/appeals", headers=reg)).json()) == 1
 
 
@@ -203,18 +194,10 @@ async def test_overturning_a_later_restriction_keeps_an_earlier_one_at_zero(clie
     office = await world.office()
     reg = await regulator(client, world)
     staff = await staff_of(client, world, office)
-    for cap in (0, 50):
-        made = await client.post(
-            f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": cap}, headers=reg
-        )
-        assert made.status_code == 201, made.text
-    appeal = await client.post(
-        f"/api/v1/staff/offices/{office}/appeals",
-        json={"action_id": made.json()["id"], "text": "رفع شد"},
-        headers=staff,
-    )
+    await restrict(client, reg, office, cap=0)
+    appealed = await appeal(client, staff, office, await restrict(client, reg, office, cap=50))
     decided = await client.post(
-        f"/api/v1/regulator/appeals/{appeal.json()['id']}/decide",
+        f"/api/v1/regulator/appeals/{appealed.json()['id']}/decide",
         json={"outcome": "overturned", "note": ""},
         headers=reg,
     )

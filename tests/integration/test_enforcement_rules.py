@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from app.complaints.models import Complaint
 from app.staff.models import AuditEntry
 from tests.conftest import World, booking_body
-from tests.integration.test_complaints import STEPS, complain, guild, regulator
+from tests.integration.test_complaints import STEPS, appeal, complain, guild, regulator, restrict
 
 Client = AsyncTestClient[Litestar]
 
@@ -259,20 +259,14 @@ async def test_an_appeal_is_taken_until_seven_days_after_the_action_to_the_hour(
     office = await world.office()
     reg = await regulator(client, world)
     staff = await staff_of(client, world, office)
-    restricted = await client.post(
-        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام"}, headers=reg
-    )
+    action_id = await restrict(client, reg, office)
     async with world.container.sessions() as session:
-        action = await session.get(OfficeAction, restricted.json()["id"])
+        action = await session.get(OfficeAction, action_id)
         assert action is not None
         action.started_at = world.container.clock.now() - ago
         await session.commit()
-    appeal = await client.post(
-        f"/api/v1/staff/offices/{office}/appeals",
-        json={"action_id": restricted.json()["id"], "text": "رفع شد"},
-        headers=staff,
-    )
-    assert appeal.status_code == (201 if allowed else 409), appeal.text
+    appealed = await appeal(client, staff, office, action_id)
+    assert appealed.status_code == (201 if allowed else 409), appealed.text
 
 
 async def test_an_appeal_overturned_whose_lift_failed_is_still_pending(
@@ -285,14 +279,7 @@ async def test_an_appeal_overturned_whose_lift_failed_is_still_pending(
     office = await world.office()
     reg = await regulator(client, world)
     staff = await staff_of(client, world, office)
-    restricted = await client.post(
-        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام"}, headers=reg
-    )
-    appeal = await client.post(
-        f"/api/v1/staff/offices/{office}/appeals",
-        json={"action_id": restricted.json()["id"], "text": "رفع شد"},
-        headers=staff,
-    )
+    appealed = await appeal(client, staff, office, await restrict(client, reg, office))
     enforcement = client.app.state.container.enforcement  # the app's own, on the test client's loop
     open_actions = enforcement._open_actions
 
@@ -300,7 +287,7 @@ async def test_an_appeal_overturned_whose_lift_failed_is_still_pending(
         raise RuntimeError("the record failed mid-lift")
 
     monkeypatch.setattr(enforcement, "_open_actions", failing)
-    url = f"/api/v1/regulator/appeals/{appeal.json()['id']}/decide"
+    url = f"/api/v1/regulator/appeals/{appealed.json()['id']}/decide"
     failed = await client.post(url, json={"outcome": "overturned", "note": ""}, headers=reg)
     assert failed.status_code == 500
     assert [a["outcome"] for a in (await client.get("/api/v1/regulator/appeals", headers=reg)).json()] == ["pending"]

@@ -90,15 +90,22 @@ async def test_confirmation_goes_out_through_twilio(
         assert message is not None and message.status == SmsStatus.DELIVERED
 
 
+async def outbox_message(world: World, body: str, kind: str = "test", **fields: Any) -> SmsMessage:
+    """A message as the messenger makes it (to 09121234567), with ``fields`` changed, committed."""
+    async with world.container.sessions() as session:
+        made = world.container.messenger.message(to=fields.pop("to", "09121234567"), body=body, kind=kind)
+        assert made is not None
+        for name, value in fields.items():
+            setattr(made, name, value)
+        session.add(made)
+        await session.commit()
+    return made
+
+
 async def test_a_late_sent_callback_leaves_a_failed_message_failed(client: Client, world: World) -> None:
     """Twilio's callbacks may arrive out of order: "undelivered" is final, a "sent" after it
     is old news."""
-    async with world.container.sessions() as session:
-        made = world.container.messenger.message(to="09121112223", body="پیام", kind="test")
-        assert made is not None
-        made.status, made.provider_sid, made.attempts = SmsStatus.SENT, "SMlate", 1
-        session.add(made)
-        await session.commit()
+    made = await outbox_message(world, "پیام", status=SmsStatus.SENT, provider_sid="SMlate", attempts=1)
     for reported in ("undelivered", "sent"):
         params = {"MessageSid": "SMlate", "MessageStatus": reported}
         answer = await client.post("/sms/twilio/status", data=params, headers=signed("/sms/twilio/status", params))
@@ -569,12 +576,7 @@ async def test_a_retry_the_provider_cannot_answer_about_is_tried_again_later(
         raise ConnectionError("Twilio did not answer")
 
     monkeypatch.setattr(TwilioBackend, "sent_like", unanswered)
-    async with world.container.sessions() as session:
-        made = world.container.messenger.message(to="09121234567", body="کد ورود: 654321", kind="otp")
-        assert made is not None
-        made.attempts = 1
-        session.add(made)
-        await session.commit()
+    made = await outbox_message(world, "کد ورود: 654321", "otp", attempts=1)
     world.container.jobs.enqueue(world.container.jobs.codes, SEND_SMS, made.id, job_id="sms-unanswered")
     await deliver()
     assert standin.messages == []
@@ -607,13 +609,8 @@ async def test_a_message_another_job_is_sending_is_not_sent_again(
 ) -> None:
     """A second job for a message in flight (the sweep's copy, or a retry, arriving while the
     first waits for the provider, which has not yet listed it) leaves it to the first."""
-    now = world.container.clock.now()
-    async with world.container.sessions() as session:
-        made = world.container.messenger.message(to="09121234567", body="in flight", kind="test")
-        assert made is not None
-        made.status, made.attempts, made.updated_at = SmsStatus.SENDING, 1, now - dt.timedelta(seconds=5)
-        session.add(made)
-        await session.commit()
+    sending = world.container.clock.now() - dt.timedelta(seconds=5)
+    made = await outbox_message(world, "in flight", status=SmsStatus.SENDING, attempts=1, updated_at=sending)
     world.container.jobs.enqueue(world.container.jobs.sms, SEND_SMS, made.id, job_id="sms-second-copy")
     await deliver()
     assert standin.messages == []
@@ -629,12 +626,7 @@ async def test_a_retry_asks_the_provider_first_when_a_failed_try_reached_it(
     retried: the retry finds it there and sends nothing."""
     from app.sms.backends import OutboundSms, TwilioBackend
 
-    async with world.container.sessions() as session:
-        made = world.container.messenger.message(to="09121234567", body="کد ورود: 123456", kind="otp")
-        assert made is not None
-        made.attempts, made.error = 1, "ReadTimeout"  # queued again for its next try
-        session.add(made)
-        await session.commit()
+    made = await outbox_message(world, "کد ورود: 123456", "otp", attempts=1, error="ReadTimeout")  # its next try
     sid = await asyncio.to_thread(TwilioBackend(settings).send, OutboundSms(made.id, made.to, made.body))
     standin.wait_for(1)
     world.container.jobs.enqueue(world.container.jobs.codes, SEND_SMS, made.id, job_id="sms-retry")
