@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import os
 import random
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -320,16 +321,29 @@ async def rebuild(container: Container) -> None:
 @contextlib.asynccontextmanager
 async def watch_held() -> AsyncIterator[None]:
     """The app's watch (app.capacity.watch, a look a second) held off. A test that pauses
-    capacity by hand (``capacity.ready = False``, as the watch does for a recount) is then
-    not resumed by the watch's next look halfway through its requests."""
+    capacity by hand (``capacity.ready = False``, as the watch does for a recount), or counts
+    Redis again itself, is then not undone by the watch's next look halfway through."""
+    skipped = threading.Event()
 
     async def no_look(watch: RedisWatch) -> None:
-        return None
+        skipped.set()
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(RedisWatch, "check", no_look)
-        await asyncio.sleep(0.05)  # a look already in flight ends
+        # The watch looks one at a time: once it has skipped a look, none is in flight.
+        assert await asyncio.to_thread(skipped.wait, 10), "the app's watch did not look"
         yield
+
+
+async def health_until(client: AsyncTestClient[Litestar], status: int) -> Any:
+    """The readiness answer once it has the status, within 20 s (the watch looks once a
+    second, and a recount may wait out ``rebuild_settle_seconds`` first)."""
+    for _ in range(200):
+        response = await client.get("/health/ready")
+        if response.status_code == status:
+            return response
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"/health/ready never answered {status}: {response.json()}")
 
 
 def count_sessions(monkeypatch: pytest.MonkeyPatch, container: Container) -> list[None]:

@@ -146,8 +146,9 @@ async def test_a_release_whose_answer_times_out_is_never_sent_again(kind: str, r
     stall = SyncRedis(host=host, port=port)
     try:
         await scripts.release(keys=release[0], args=["*", "", ""])  # loaded: no SCRIPT LOAD below
-        busy = asyncio.create_task(asyncio.to_thread(stall.eval, BUSY, 0, 1_000_000))
-        await asyncio.sleep(0.1)
+        stall.ping()  # connected: the script below starts at once
+        busy = asyncio.create_task(asyncio.to_thread(stall.eval, BUSY, 0, 2_000_000))
+        await asyncio.sleep(0.3)  # the script running, for 1.7 s more
         with pytest.raises(RedisTimeoutError):  # a 503 for the clerk or citizen
             await scripts.release(*release)
         await busy

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -14,6 +12,7 @@ from app.capacity import keys
 from app.capacity.watch import rebuild_lock
 from app.container import Container
 from app.offices import dataset
+from tests.conftest import health_until
 
 Client = AsyncTestClient[Litestar]
 
@@ -96,13 +95,3 @@ async def test_health(client: Client, container: Container) -> None:
     await health_until(client, 200)  # the watch counts again itself once the lock is free
     schema = await client.get("/schema/openapi.json")
     assert "/api/v1/bookings" in schema.json()["paths"]
-
-
-async def health_until(client: Client, status: int) -> Any:
-    """The readiness answer once it has the status (the watch looks once a second)."""
-    for _ in range(100):
-        response = await client.get("/health/ready")
-        if response.status_code == status:
-            return response
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"/health/ready never answered {status}: {response.json()}")

@@ -4,7 +4,6 @@ as few calls as it can, on a thread of its own."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
 from app.booking.writer import _Outbox
@@ -12,16 +11,17 @@ from app.booking.writer import _Outbox
 
 def test_messages_committed_while_one_send_is_on_its_way_go_out_together() -> None:
     calls: list[list[str]] = []
-    gate = threading.Event()
+    sending, gate = threading.Event(), threading.Event()
 
     def send(ids: Sequence[str]) -> None:
         calls.append(list(ids))
+        sending.set()
         gate.wait(5)
 
     outbox = _Outbox(send)
     try:
         outbox.send(["a"])
-        time.sleep(0.2)  # "a" is on its way, held at the gate
+        assert sending.wait(5)  # "a" is on its way, held at the gate
         outbox.send(["b"])
         outbox.send(["c", "d"])
         gate.set()
