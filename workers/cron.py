@@ -18,7 +18,7 @@ from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
 from app.observability import configure_logging
-from app.regulator.tasks import finish_closures
+from app.regulator.tasks import finish_caps, finish_closures
 from app.settings import Settings, load_settings
 from app.sms.tasks import sweep
 from workers.queues import DEFAULT, SMS
@@ -69,6 +69,7 @@ def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
     scheduler.register(apply_policy, queue_name=DEFAULT, interval=60)  # what a complaint's request could not
     scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free
     scheduler.register(finish_plans, queue_name=DEFAULT, interval=60)  # a clerk's change not seen through
+    scheduler.register(finish_caps, queue_name=DEFAULT, interval=60)  # a regulator's cap not told the counters
     return scheduler
 
 

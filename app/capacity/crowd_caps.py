@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.capacity import keys
 from app.capacity.models import CrowdCap
 from app.capacity.service import Capacity
 from app.errors import InvalidInput, NotFound
@@ -31,9 +34,17 @@ class CrowdCapOut(msgspec.Struct):
     reason: str
     created_by: str
     active: bool
+    # Recorded, but Redis refused to take it just now: it reaches the counters within a
+    # minute (``finish``). A 503 had the regulator add the cap a second time.
+    pending: bool = False
 
+
+log = logging.getLogger(__name__)
 
 REASON_MAX = 500  # the column's length
+CAP_REQUEST_SECONDS = 60
+"""A cap noted this recently is its request's to tell the counters: the job, reading the record
+before the request's commit, would tell the old caps and forget the note."""
 
 
 def province_code_of(value: str | None) -> str | None:
@@ -105,8 +116,9 @@ async def add(
     out = _out(cap, province_code)
     if record is not None:
         await record(out)
+    change = await capacity.apply_later(str(cap.id), noted_in=keys.CAPS_TO_APPLY)
     await session.commit()
-    await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, province_id))
+    out.pending = not await _tell(session, capacity, today, cap.id, province_id, change)
     return out
 
 
@@ -127,9 +139,41 @@ async def lift(
     out = _out(cap, await _province_code(session, province_id))
     if record is not None:
         await record(out)
+    change = await capacity.apply_later(str(cap_id), noted_in=keys.CAPS_TO_APPLY)
     await session.commit()
-    await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, province_id))
+    out.pending = not await _tell(session, capacity, today, cap_id, province_id, change)
     return out
+
+
+async def finish(*, session: AsyncSession, capacity: Capacity, today: dt.date) -> int:
+    """The minute's job (workers.cron): tell the counters of the caps added or lifted whose
+    request could not (Redis refused it, or the process stopped). The caps told."""
+    if not await capacity.is_built():
+        return 0  # a recount reads them from the record itself
+    done = 0
+    for field, change in (
+        await capacity.plans_to_apply(older_than=CAP_REQUEST_SECONDS, noted_in=keys.CAPS_TO_APPLY)
+    ).items():
+        cap = await session.get(CrowdCap, int(field))
+        if cap is None:
+            await capacity.applied(field, change, noted_in=keys.CAPS_TO_APPLY)
+        elif await _tell(session, capacity, today, cap.id, cap.province_id, change):
+            done += 1
+    return done
+
+
+async def _tell(
+    session: AsyncSession, capacity: Capacity, today: dt.date, cap_id: int, province_id: int | None, change: str
+) -> bool:
+    """Have the counters of the cap's offices say what the record says now; False if Redis
+    refused (the note stays, for the minute's job)."""
+    try:
+        await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, province_id))
+        await capacity.applied(str(cap_id), change, noted_in=keys.CAPS_TO_APPLY)
+    except RedisError:
+        log.warning("crowd cap %d reaches the counters by the next job", cap_id, exc_info=True)
+        return False
+    return True
 
 
 async def list_caps(*, session: AsyncSession) -> list[CrowdCapOut]:

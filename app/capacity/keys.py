@@ -65,6 +65,11 @@ PLANS_TO_APPLY = f"{NAMESPACE}:plans-to-apply"
 bookings it left no room for may not all be moved (app.console.service): a hash, office
 code -> "unix time|change id", which the minute's job empties."""
 
+CAPS_TO_APPLY = f"{NAMESPACE}:caps-to-apply"
+"""Crowd caps added or lifted in the record whose offices' counters may not say so yet
+(app.capacity.crowd_caps): a hash, cap id -> "unix time|change id", which the minute's job
+empties."""
+
 WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
 """Lines (their ``waitlist`` keys) that may have a free seat in front of them that nobody was
 given (a promotion the record failed to take, app.booking.service): a set the minute's job

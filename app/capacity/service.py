@@ -306,25 +306,26 @@ class Capacity:
         with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
             await self.scripts.run_many(self.scripts.unpromote, calls)
 
-    async def apply_later(self, office_code: str) -> str:
-        """Note that the office's plan is about to change in the record (``keys.PLANS_TO_APPLY``);
-        the change's id, for ``applied``."""
+    async def apply_later(self, field: str, *, noted_in: str = keys.PLANS_TO_APPLY) -> str:
+        """Note that what ``field`` names (an office's plan, in ``keys.PLANS_TO_APPLY``; a crowd
+        cap, in ``keys.CAPS_TO_APPLY``) is about to change in the record; the change's id, for
+        ``applied``."""
         change = f"{dt.datetime.now(dt.UTC).timestamp():.3f}|{uuid.uuid4().hex}"
-        await self.redis.hset(keys.PLANS_TO_APPLY, office_code, change)
+        await self.redis.hset(noted_in, field, change)
         return change
 
-    async def applied(self, office_code: str, change: str) -> None:
+    async def applied(self, field: str, change: str, *, noted_in: str = keys.PLANS_TO_APPLY) -> None:
         """The change is in Redis and its moves done: forget it, unless a later one came since."""
-        await self.scripts.forget_if(keys=[keys.PLANS_TO_APPLY], args=[office_code, change])
+        await self.scripts.forget_if(keys=[noted_in], args=[field, change])
 
-    async def plans_to_apply(self, *, older_than: float) -> dict[str, str]:
+    async def plans_to_apply(self, *, older_than: float, noted_in: str = keys.PLANS_TO_APPLY) -> dict[str, str]:
         """The changes noted more than ``older_than`` seconds ago (younger ones are their
-        request's to apply): office code -> change id."""
-        noted = await self.redis.hgetall(keys.PLANS_TO_APPLY)
+        request's to apply): field -> change id."""
+        noted = await self.redis.hgetall(noted_in)
         due = dt.datetime.now(dt.UTC).timestamp() - older_than
         return {
-            as_text(code): as_text(change)
-            for code, change in noted.items()
+            as_text(field): as_text(change)
+            for field, change in noted.items()
             if float(as_text(change).partition("|")[0]) <= due
         }
 
@@ -609,21 +610,26 @@ class Capacity:
         return True
 
     async def calendar(
-        self, session: AsyncSession, *, first: dt.date, last: dt.date, office_ids: list[int] | None = None
+        self,
+        session: AsyncSession,
+        *,
+        first: dt.date,
+        last: dt.date,
+        office_ids: list[int] | None = None,
+        without_closure: int | None = None,
     ) -> Calendar:
-        """Overrides, closures and official holidays between two dates, as the record has them."""
+        """Overrides, closures and official holidays between two dates, as the record has them
+        (without the closure about to be removed, if given)."""
         query = select(CapacityOverride.office_id, CapacityOverride.date, CapacityOverride.rules).where(
             CapacityOverride.date >= first, CapacityOverride.date <= last
         )
         if office_ids is not None:
             query = query.where(CapacityOverride.office_id.in_(office_ids))
         overrides = {(oid, day): decode_rules(rules) for oid, day, rules in await session.execute(query)}
-        closures = {
-            (province_id, day)
-            for province_id, day in await session.execute(
-                select(Closure.province_id, Closure.date).where(Closure.date >= first, Closure.date <= last)
-            )
-        }
+        closures_query = select(Closure.province_id, Closure.date).where(Closure.date >= first, Closure.date <= last)
+        if without_closure is not None:
+            closures_query = closures_query.where(Closure.id != without_closure)
+        closures = {(province_id, day) for province_id, day in await session.execute(closures_query)}
         holidays = official_holidays(first, last) if self.official_holidays else set()
         return Calendar(overrides=overrides, closures=closures, holidays=holidays)
 

@@ -303,6 +303,8 @@ def closure_body(world: World, **changes: Any) -> dict[str, Any]:
         ("closures", {"reason": ""}, 422, "invalid_input", "reason"),
         ("closures", {"province_code": "\x00"}, 422, "invalid_input", "province_code"),
         ("closures", {"province_code": "۹۹"}, 422, "invalid_input", "province_code"),
+        ("closures", {"province_code": ""}, 422, "invalid_input", "province_code"),  # not the country
+        ("closures", {"province_code": " \u200c"}, 422, "invalid_input", "province_code"),
         ("closures", {"date": "2026-02-30"}, 422, "invalid_input", "date"),
         ("closures", {"date": "۲۰۲۶-۰۲-۳۰"}, 422, "invalid_input", "date"),
         ("closures", {"date": 20260301}, 400, "malformed_request", None),

@@ -10,7 +10,7 @@ from app.capacity import keys
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
-from app.regulator.tasks import finish_closures
+from app.regulator.tasks import finish_caps, finish_closures
 from app.sms.tasks import job_context, run_alone, run_job
 from tests.conftest import Deliver, World
 from workers.queues import DEFAULT
@@ -28,6 +28,7 @@ async def test_the_periodic_jobs_run_in_a_worker(world: World, redis_sync: SyncR
             finish_plans,
             finish_blocks,
             finish_closures,
+            finish_caps,
             flag_overdue,
             push_statuses,
             apply_policy,
