@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 from redis import Redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +28,9 @@ from app.sms.models import SmsMessage, SmsStatus
 from app.sms.service import SEND_SMS
 
 log = logging.getLogger(__name__)
+SWEEP_LIMIT = 5000
+"""Messages a sweep enqueues at most (every 30 s): a bound on one run's work after an outage."""
+
 T = TypeVar("T")
 
 
@@ -275,11 +280,35 @@ async def _sweep(stuck_after_seconds: int | None) -> int:
             SmsMessage.updated_at <= now - dt.timedelta(seconds=stuck)
         )
         found = (
-            await session.execute(select(SmsMessage.id, SmsMessage.kind).where(never_taken | retry_lost | abandoned))
+            await session.execute(
+                select(SmsMessage.id, SmsMessage.kind)
+                .where(never_taken | retry_lost | abandoned)
+                .order_by(SmsMessage.id)
+                .limit(SWEEP_LIMIT)
+            )
         ).all()
+        enqueued = 0
         for message_id, kind in found:
-            # A fresh job id: the old job may sit in RQ's failed or started registry. On its
-            # kind's queue: a sign-in code found here must not wait behind every confirmation.
-            queue = app.messenger.queue_for(kind)
-            app.jobs.enqueue(queue, SEND_SMS, message_id, job_id=f"sms-{message_id}-{int(now.timestamp())}")
-        return len(found)
+            # One sweep job per message, waiting or not there at all. Under a backlog (the
+            # evening's reminders, nationwide) a message not yet taken may only be waiting in
+            # its queue: a job each sweep, every 30 s, had fed the backlog they were slowing.
+            job_id = f"sms-{message_id}-swept"
+            if _waiting(app.jobs.redis, job_id):
+                continue
+            # On its kind's queue: a sign-in code found here must not wait behind every confirmation.
+            app.jobs.enqueue(app.messenger.queue_for(kind), SEND_SMS, message_id, job_id=job_id)
+            enqueued += 1
+        return enqueued
+
+
+def _waiting(redis: Redis, job_id: str) -> bool:
+    """Whether the job is in RQ, yet to run or running; one that ended is removed, for the
+    sweep to enqueue it again under its id."""
+    try:
+        job = Job.fetch(job_id, connection=redis)
+    except NoSuchJobError:
+        return False
+    if job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        return True
+    job.delete()
+    return False

@@ -13,7 +13,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from twilio.request_validator import RequestValidator
 
 from app.booking.models import Booking, BookingStatus, Channel
@@ -602,6 +602,15 @@ async def test_the_sweep_puts_a_lost_sign_in_code_ahead_of_other_messages(
         await session.commit()
     assert await asyncio.to_thread(sweep) == 2
     assert redis_sync.llen("rq:queue:codes") == 1 and redis_sync.llen("rq:queue:sms") == 1
+    # Their jobs still wait (a backlog): the next sweeps add none. (A job a sweep, every 30 s,
+    # had fed the backlog it was slowing.)
+    assert await asyncio.to_thread(sweep) == 0
+    assert redis_sync.llen("rq:queue:codes") == 1 and redis_sync.llen("rq:queue:sms") == 1
+    await deliver()  # their jobs run (and end): found again, a message gets a job again
+    async with world.container.sessions() as session:
+        await session.execute(update(SmsMessage).values(status=SmsStatus.QUEUED, attempts=0))
+        await session.commit()
+    assert await asyncio.to_thread(sweep) == 2
 
 
 async def test_a_message_another_job_is_sending_is_not_sent_again(
