@@ -7,6 +7,7 @@ ships, so the demo and the tests run the same Lua as production does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -24,8 +25,10 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
 
 ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[Any]]
 """A script, its keys and its args: one call, for a trip of the caller's (AutoPipeline.run_scripts)."""
@@ -253,22 +256,44 @@ class AutoPipeline:
 async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float) -> AsyncIterator[bool]:
     """Take the lock ``key`` (yields False if another holds it), renewed every third of its
     ``seconds`` while held: a holder that died keeps it that long at most."""
-    if not await redis.set(key, owner, nx=True, px=int(seconds * 1000)):
+    life = int(seconds * 1000)
+    if not await redis.set(key, owner, nx=True, px=life):
         yield False
         return
 
     async def renew() -> None:
         while True:
             await asyncio.sleep(seconds / 3)
-            await redis.pexpire(key, int(seconds * 1000))
+            try:
+                if not await redis.eval(_RENEW_IF_OWNER, 1, key, owner, life):
+                    log.error("lock %s was lost before its holder was done", key)
+                    return
+            except RedisError:
+                # A timeout once (retries are off) must not end the renewing: the lock would
+                # lapse while its holder works on, and a second holder start beside it.
+                log.warning("could not renew lock %s; trying again", key, exc_info=True)
 
     renewing = asyncio.create_task(renew())
     try:
         yield True
     finally:
         renewing.cancel()
-        if await redis.get(key) in (owner, owner.encode()):
-            await redis.delete(key)
+        try:
+            await redis.eval(_DELETE_IF_OWNER, 1, key, owner)  # not a successor's, taken after a lapse
+        except RedisError:  # the work is done: the lock lapses within its life
+            log.warning("could not release lock %s", key, exc_info=True)
+
+
+# Renewed and released only by their holder, in one step: a GET then a PEXPIRE or a DEL
+# could extend or free the lock of another who took it after this one's lapsed.
+_RENEW_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_DELETE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 # No command is sent twice. A timeout or a dropped connection can come after Redis ran a

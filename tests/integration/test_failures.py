@@ -1013,6 +1013,34 @@ async def test_the_rebuild_lock_lives_while_held_and_goes_with_its_holder(
         await redis.aclose()
 
 
+async def test_a_lock_outlives_a_failed_renewal_and_never_frees_a_successors(capacity_redis: EmbeddedRedis) -> None:
+    """One renewal that times out (retries are off) had ended the renewing: the lock lapsed
+    while its holder worked on, and a second holder (the next minute's job, a block's
+    request) moved the same bookings beside it. And a holder whose lock had lapsed freed the
+    successor's at its end, with a GET then a DEL."""
+    redis = connect(capacity_redis.url)
+    evaluate = redis.eval
+    failures: list[str] = []
+
+    async def timing_out_once(script: str, *args: Any) -> Any:
+        if "PEXPIRE" in script and not failures:
+            failures.append(script)
+            raise RedisTimeoutError("Timeout reading from socket")
+        return await evaluate(script, *args)
+
+    redis.eval = timing_out_once  # type: ignore[method-assign]
+    try:
+        async with renewed_lock(redis, "nobat:test-lock", "me", seconds=1.5) as held:
+            assert held
+            await asyncio.sleep(3.5)  # the first renewal failed, the next ones did not
+            assert failures and await redis.get("nobat:test-lock") == "me"
+            await redis.set("nobat:test-lock", "successor")  # as after a lapse
+        assert await redis.get("nobat:test-lock") == "successor"
+    finally:
+        await redis.delete("nobat:test-lock")
+        await redis.aclose()
+
+
 async def test_a_rebuild_that_fails_is_tried_again(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
