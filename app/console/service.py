@@ -68,6 +68,8 @@ moves to the job."""
 PLAN_REQUEST_SECONDS = 60
 """A change noted this recently is its request's to apply: the job, reading the record before
 the request's commit, would apply the old plan and forget the new one."""
+QUEUE_HISTORY_DAYS = 366
+"""How far back a clerk may look at a day's queue (the record keeps more)."""
 SUSPENSION_CHUNK = 1000
 """National IDs a suspension query asks about at once (a bound on its parameters)."""
 
@@ -419,12 +421,21 @@ class Console:
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date | None
     ) -> list[QueueEntry]:
         office = await self._office(session, staff, office_code)
+        today = self.clock.today()
+        day = day or today
+        first, last = today - dt.timedelta(days=QUEUE_HISTORY_DAYS), self.capacity.horizon(today)[-1]
+        if not first <= day <= last:  # 9999-12-31 had no Jalali date for the page to show: a 500
+            raise InvalidInput(
+                "date",
+                f"A day's queue can be seen from {first.isoformat()} to {last.isoformat()}.",
+                detail_fa=f"صف روزهای {jalali_date(first)} تا {jalali_date(last)} را می‌توان دید.",
+            )
         rows = await session.execute(
             select(Booking, Service.name_fa)
             .join(Service, Service.code == Booking.service_code)
             .where(
                 Booking.office_id == office.id,
-                Booking.date == (day or self.clock.today()),
+                Booking.date == day,
                 Booking.status != BookingStatus.WAITLISTED,
             )
             .order_by(Booking.slot_time, Booking.created_at)

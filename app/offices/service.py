@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import WeeklyTemplate, decode_template, opening_hours, pool_for
 from app.errors import InvalidInput
 from app.locale import (
+    INVISIBLE_MARKS,
     MAX_ID,
     WEEKDAY_NAMES,
     check_range,
@@ -23,6 +26,7 @@ from app.offices.schemas import CityOut, OfficeDetail, OfficePage, OfficeSummary
 
 MAX_PAGE = 100
 MAX_NAME = 100  # longer than any province or city name, with room for a typo
+_INVISIBLE = re.compile(f"[{INVISIBLE_MARKS}]")
 
 
 class BookableOffice(msgspec.Struct, frozen=True):
@@ -38,7 +42,8 @@ class BookableOffice(msgspec.Struct, frozen=True):
 
 
 def normalize_code(value: str, field: str) -> str:
-    code = normalize_digits(value).strip()
+    # Copied from right-to-left text, a code comes wrapped in direction marks nobody sees.
+    code = _INVISIBLE.sub("", normalize_digits(value)).strip()
     if not code or len(code) > 10 or not code.isascii() or not code.isalnum():
         raise InvalidInput(field, f"{field} is not a valid code.", detail_fa="کد واردشده معتبر نیست.")
     return code
@@ -98,10 +103,7 @@ async def search_offices(
     check_range(offset, "offset", minimum=0, maximum=MAX_ID)
     query = select(Office).join(City, Office.city_id == City.id).join(Province, City.province_id == Province.id)
     if province:
-        value = normalize_text(check_text(province, "province", max_length=MAX_NAME))
-        query = query.where(
-            (Province.code == value) | (Province.name_fa == value) | (func.lower(Province.name_en) == value.lower())
-        )
+        query = query.where(in_province(province))
     if city:
         value = normalize_text(check_text(city, "city", max_length=MAX_NAME))
         match = (City.name_fa == value) | (func.lower(City.name_en) == value.lower())
@@ -117,6 +119,12 @@ async def search_offices(
     total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
     offices = await session.scalars(query.order_by(Office.code).limit(limit).offset(offset))
     return OfficePage(items=[office_summary(o) for o in offices], total=total, limit=limit, offset=offset)
+
+
+def in_province(province: str) -> ColumnElement[bool]:
+    """A filter on ``Province``: the one named by code («۰۱») or Persian or English name, as typed."""
+    value = normalize_text(check_text(province, "province", max_length=MAX_NAME))
+    return (Province.code == value) | (Province.name_fa == value) | (func.lower(Province.name_en) == value.lower())
 
 
 async def get_office(*, session: AsyncSession, code: str) -> OfficeDetail:

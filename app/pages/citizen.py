@@ -26,7 +26,7 @@ from app.db import Within
 from app.errors import DomainError, InvalidInput, NotFound, Unauthorized
 from app.identity import normalize_mobile
 from app.load.schemas import NearbyResult
-from app.locale import normalize_digits, parse_date
+from app.locale import parse_date, parse_float
 from app.offices import service as offices
 from app.offices.service import BookableOffice
 from app.pages import iran_map
@@ -58,12 +58,12 @@ async def _service_options(container: Deps) -> list[tuple[str, str]]:
 
 
 def _coordinate(value: str | None) -> float | None:
-    text = normalize_digits(value or "").strip()
-    if not text:
+    """A position's part as the API reads it (Persian digits and «٫» too); blank: not given."""
+    if not (value or "").strip():
         return None
     try:
-        return float(text)
-    except ValueError:
+        return parse_float(value or "", "lat")
+    except InvalidInput:
         raise InvalidInput("lat", "Not a position.", detail_fa="موقعیت فرستاده‌شده معتبر نیست.") from None
 
 

@@ -181,7 +181,12 @@ class OfficePages(Controller):
                 day = parse_date(date)
             except InvalidInput as error:
                 errors |= form_errors(error, ["date"])
-        entries = await container.console.queue(session=session, staff=staff, office_code=code, day=day)
+        try:
+            entries = await container.console.queue(session=session, staff=staff, office_code=code, day=day)
+        except InvalidInput as error:  # a day too far back or ahead: today's, with the error
+            errors |= form_errors(error, ["date"])
+            day = today
+            entries = await container.console.queue(session=session, staff=staff, office_code=code, day=day)
         detail = await offices.get_office(session=session, code=code)
         load = await container.load.office_load(session=session, office_code=detail.code)
         return render(

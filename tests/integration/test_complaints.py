@@ -245,6 +245,12 @@ async def test_appeal_overturned_and_the_guild_lifts(client: Client, world: Worl
     assert [(w["code"], w["status"], w["appeal"], w["cap_percent"]) for w in watched] == [
         (office, "restricted", "pending", 30)
     ]
+    # The province as typed (Persian digits), as the registry's search reads it.
+    in_province = (await client.get("/api/v1/guild/offices", params={"province": "۰۱"}, headers=gld)).json()
+    assert [w["code"] for w in in_province] == [office]
+    # Only the two watched statuses: "active" had listed every office of the country.
+    everyone = await client.get("/api/v1/guild/offices", params={"status": "active"}, headers=gld)
+    assert everyone.status_code == 422 and everyone.json()["field"] == "status", everyone.text
     decided = await client.post(
         f"/api/v1/regulator/appeals/{appeal.json()['id']}/decide",
         json={"outcome": "overturned", "note": "بررسی شد"},

@@ -617,3 +617,20 @@ async def test_the_weekly_editor_at_an_address_in_persian_digits_keeps_a_service
     address = f"/office/{to_persian_digits(office)}/capacity/template"
     days = await save_week(client, world, office, address=address, closes="12:00", seats=3)
     assert [(r.service, r.seats) for r in days[0]] == [(None, 3), ("103", 1)]
+
+
+async def test_a_queue_too_far_back_or_ahead_is_refused_clearly(client: Client, world: World) -> None:
+    """9999-12-31 has no Jalali date: the page had answered 500. The API refuses it with a
+    422 that names the range; the page shows today's queue with the error beside the date."""
+    office = await world.office()
+    headers = await staff_of(client, world, office)  # the client keeps the session's cookie too
+    today = world.container.clock.today()
+    queue = f"/api/v1/staff/offices/{office}/queue"
+    for far in ("9999-12-31", (today - dt.timedelta(days=400)).isoformat(), "1900-01-01"):
+        refused = await client.get(queue, params={"date": far}, headers=headers)
+        assert refused.status_code == 422 and refused.json()["field"] == "date", refused.text
+        page = await client.get(f"/office/{office}/queue", params={"date": far})
+        assert page.status_code == 200 and "صف روزهای" in page.text, page.text[:500]
+    for near in (today - dt.timedelta(days=30), world.tomorrow()):
+        assert (await client.get(queue, params={"date": near.isoformat()}, headers=headers)).status_code == 200
+        assert (await client.get(f"/office/{office}/queue", params={"date": near.isoformat()})).status_code == 200

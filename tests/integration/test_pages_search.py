@@ -155,3 +155,22 @@ async def test_a_second_tap_on_join_the_waitlist_shows_the_line_joined(client: C
     answers = [await client.post("/book", data=form, follow_redirects=False) for _ in range(2)]
     assert [a.status_code for a in answers] == [303, 303], answers[1].text
     assert answers[0].headers["location"] == answers[1].headers["location"]
+
+
+async def test_the_search_page_reads_a_position_as_the_api_does(client: Client, world: World) -> None:
+    """Persian digits with the Persian decimal point «٫» (which the API read, and the page
+    refused as "not a position"), and a code pasted with direction marks around it."""
+    office = await world.office(lat=35.7, lon=51.41)
+    await world.rebuild()
+    for lat, lon in (("35.7", "51.4"), ("۳۵٫۷", "۵۱٫۴"), ("٣٥.٧", "٥١.٤")):
+        page = await client.get(
+            "/offices", params={"service": "101", "lat": lat, "lon": lon}, headers={"Accept": "text/html"}
+        )
+        assert page.status_code == 200 and f"/offices/{office}" in page.text, (lat, page.text[:300])
+    for wrapped in (f"\u2067{office}\u2069", f"\u200f{office}\u200e", f" {to_persian_digits(office)}\u200c"):
+        answer = await client.get(f"/api/v1/offices/{wrapped}")
+        assert answer.status_code == 200 and answer.json()["code"] == office, (wrapped, answer.text)
+    refused = await client.get(
+        "/offices", params={"service": "101", "lat": "35.7.1", "lon": "51.4"}, headers={"Accept": "text/html"}
+    )
+    assert "موقعیت فرستاده‌شده معتبر نیست" in refused.text
