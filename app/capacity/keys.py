@@ -65,6 +65,10 @@ PLANS_TO_APPLY = f"{NAMESPACE}:plans-to-apply"
 bookings it left no room for may not all be moved (app.console.service): a hash, office
 code -> "unix time|change id", which the minute's job empties."""
 
+CLOSURES_TO_APPLY = f"{NAMESPACE}:closures-to-apply"
+"""Closures recorded whose offices' seats may still be in Redis (app.regulator.service): a
+hash, closure id -> "unix time|change id", which the minute's job empties."""
+
 CAPS_TO_APPLY = f"{NAMESPACE}:caps-to-apply"
 """Crowd caps added or lifted in the record whose offices' counters may not say so yet
 (app.capacity.crowd_caps): a hash, cap id -> "unix time|change id", which the minute's job

@@ -29,6 +29,8 @@ from app.staff.service import StaffPrincipal, audit, require_role
 log = logging.getLogger(__name__)
 
 CLOSURE_MOVES_LOCK = f"{keys.NAMESPACE}:closure-moves"
+CLOSURE_REQUEST_SECONDS = 60
+"""A closure noted this recently is its request's to apply: the job would only wait on its lock."""
 
 
 class ClosureNotFound(NotFound):
@@ -134,6 +136,10 @@ class Regulator:
             after={"date": day.isoformat(), "province_code": province_code, "reason": closure.reason},
             at=self.clock.now(),
         )  # fmt: skip
+        # Noted before the commit: if the seats cannot come out below, the minute's job takes
+        # them out even where nobody is booked yet (it had looked only for bookings to move,
+        # and the closed offices went on taking bookings until one came).
+        change = await self.capacity.apply_later(str(closure.id), noted_in=keys.CLOSURES_TO_APPLY)
         await session.commit()
         recorded = ClosureOut(  # before the moves, whose rollback (if any) expires the row
             id=closure.id,
@@ -148,6 +154,7 @@ class Regulator:
             recorded.moves_pending = True
         else:
             recorded.moved = moved
+            await self._closed(recorded.id, change)
         return recorded
 
     async def finish_closures(self, *, session: AsyncSession) -> int:
@@ -160,24 +167,39 @@ class Regulator:
         horizon = self.capacity.horizon(self.clock.today())
         closures = (
             await session.execute(
-                select(Closure.date, Closure.province_id, Closure.reason).where(Closure.date.in_(horizon))
+                select(Closure.id, Closure.date, Closure.province_id, Closure.reason).where(Closure.date.in_(horizon))
             )
         ).all()
+        noted = await self.capacity.plans_to_apply(older_than=CLOSURE_REQUEST_SECONDS, noted_in=keys.CLOSURES_TO_APPLY)
+        for gone in noted.keys() - {str(closure_id) for closure_id, *_ in closures}:  # reopened, or past
+            await self._closed(int(gone), noted[gone])
         done = 0
-        for day, province_id, reason in closures:
-            booked = select(Booking.office_id).where(Booking.date == day, Booking.status == BookingStatus.BOOKED)
-            left = _in_province(select(Office.code).where(Office.id.in_(booked)), province_id).limit(1)
-            if await session.scalar(left) is None:
-                continue
+        for closure_id, day, province_id, reason in closures:
+            if str(closure_id) not in noted:
+                booked = select(Booking.office_id).where(Booking.date == day, Booking.status == BookingStatus.BOOKED)
+                left = _in_province(select(Office.code).where(Office.id.in_(booked)), province_id).limit(1)
+                if await session.scalar(left) is None:
+                    continue
             try:
                 # Every office it closed, not only those with bookings left: one whose seats
                 # never left Redis (the request failed before) would take the moved citizens.
                 codes = await _offices_closed(session, province_id)
-                done += len(await self._close_offices(session, codes, day, reason) or [])
+                moved = await self._close_offices(session, codes, day, reason)
             except Exception:  # one closure's failure must not keep the others waiting
                 await session.rollback()
                 log.exception("the bookings left at offices closed on %s wait for the next run", day)
+                continue
+            if moved is not None and str(closure_id) in noted:
+                await self._closed(closure_id, noted[str(closure_id)])
+            done += len(moved or [])
         return done
+
+    async def _closed(self, closure_id: int, change: str) -> None:
+        """The closure's seats are out of Redis and its bookings moved: forget its note."""
+        try:
+            await self.capacity.applied(str(closure_id), change, noted_in=keys.CLOSURES_TO_APPLY)
+        except RedisError:  # the job does it again, to no harm
+            log.warning("closure %d stays noted for the next job", closure_id, exc_info=True)
 
     async def _close_offices(
         self, session: AsyncSession, codes: list[str], day: dt.date, reason: str

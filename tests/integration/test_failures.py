@@ -841,6 +841,46 @@ async def test_a_closure_whose_seats_cannot_come_out_of_redis_is_finished_by_the
     assert ten_oclock_used(capacity_redis, office, day) == 0
 
 
+async def test_a_closure_whose_seats_cannot_come_out_where_nobody_booked_is_finished_by_the_job(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with nobody booked there yet: the job had looked only for bookings to move,
+    so the closed office took bookings (to be moved or cancelled a minute later) until one
+    came. The closure is noted before its commit, and the job takes its seats out."""
+    from app.regulator import service as regulator_service
+
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    regulator_ = await regulator(client, world)
+    capacity = client.app.state.container.capacity
+    replan = capacity.replan
+
+    async def away(**_: Any) -> Any:
+        raise RedisTimeoutError("Redis away a moment")
+
+    monkeypatch.setattr(capacity, "replan", away)
+    closure = {"date": day.isoformat(), "province_code": "01", "reason": "سیل"}
+    closed = await client.post("/api/v1/regulator/closures", json=closure, headers=regulator_)
+    assert closed.status_code == 201 and closed.json()["moves_pending"] is True, closed.text
+    monkeypatch.setattr(capacity, "replan", replan)
+    assert await finish_closures(world.container) == 0  # its request's, for a minute
+    assert ten_oclock_seats(capacity_redis, office, day) == 2  # still open in Redis
+    monkeypatch.setattr(regulator_service, "CLOSURE_REQUEST_SECONDS", 0)
+    assert await finish_closures(world.container) == 0  # nobody to move...
+    assert ten_oclock_seats(capacity_redis, office, day) == 0  # ...but its seats are out
+    assert not SyncRedis.from_url(capacity_redis.url).hlen(keys.CLOSURES_TO_APPLY)  # done once
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)  # the app hears of it
+    refused = await book(client, world, office, day)
+    assert refused.status_code == 422 and refused.json()["code"] == "no_such_slot", refused.text
+
+
+def ten_oclock_seats(server: EmbeddedRedis, office: str, day: dt.date) -> int:
+    with SyncRedis.from_url(server.url) as redis:
+        return int(redis.hget(keys.office_day(office, day), keys.seats_field("*", "10:00")) or 0)
+
+
 async def test_the_crowd_cap_command_waits_out_a_recount(
     client: Client, world: World, settings: Settings, capacity_redis: EmbeddedRedis
 ) -> None:
