@@ -605,6 +605,47 @@ class BookingService:
         except RedisError:
             log.exception("a cancelled booking still counts against its citizen's limits until the next rebuild")
 
+    async def cancel_seatless(
+        self, session: AsyncSession, bookings: list[tuple[Booking, str]], *, now: dt.datetime, why_fa: str
+    ) -> list[Booking]:
+        """Cancel bookings that hold no seat to give back (waitlist entries; a slot already
+        under way), each with its office's code, as they were read (compare-and-set: a row a
+        citizen or a promotion changed since is left alone); tell each citizen, commit, then
+        take them out of their lines and their citizens' limits. Those cancelled."""
+        done: set[int] = set()
+        for start in range(0, len(bookings), 300):  # a few hundred to a statement
+            chunk = [booking for booking, _ in bookings[start : start + 300]]
+            done.update(
+                await session.scalars(
+                    update(Booking)
+                    .where(
+                        Booking.id.in_([b.id for b in chunk]),
+                        Booking.status == case({b.id: b.status for b in chunk}, value=Booking.id),
+                    )
+                    .values(status=BookingStatus.CANCELLED, cancelled_at=now)
+                    .returning(Booking.id),
+                    execution_options={"synchronize_session": False},
+                )
+            )
+        cancelled = [(booking, code) for booking, code in bookings if booking.id in done]
+        for booking, _ in cancelled:
+            self.messenger.queue(
+                session,
+                to=booking.mobile,
+                body=f"{why_fa} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. لطفاً نوبت دیگری بگیرید.",
+                kind="booking_cancelled",
+            )
+        await session.commit()
+        try:
+            for booking, code in cancelled:
+                await self.capacity.leave_waitlist(
+                    office_code=code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
+                )
+                await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        except RedisError:
+            log.exception("cancelled bookings' holds and places in line stay until the next rebuild")
+        return [booking for booking, _ in cancelled]
+
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
         """After seats were added (a capacity raise, a cap lifted), give them to the waitlists first."""
         if office_codes is None:  # everywhere (a national cap lifted): every line there is

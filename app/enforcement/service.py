@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from contextlib import AbstractAsyncContextManager
 
 from redis.exceptions import RedisError
-from sqlalchemy import case, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
@@ -350,46 +350,11 @@ class Enforcement:
         results = await self.relocator.relocate(
             session=session, bookings=to_move, from_office=office, same_office=False, why_fa=why
         )
-        cancelled = await self._cancel(session, to_cancel, now)
-        for booking in cancelled:
-            self.bookings.messenger.queue(
-                session,
-                to=booking.mobile,
-                body=f"{why} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. لطفاً از دفتر دیگری نوبت بگیرید.",
-                kind="booking_cancelled",
-            )
-        await session.commit()
-        try:
-            for booking in cancelled:
-                await self.capacity.leave_waitlist(
-                    office_code=office.code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
-                )
-                await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        except RedisError:
-            log.exception("cancelled bookings' holds and places in line stay until the next rebuild")
+        cancelled = await self.bookings.cancel_seatless(
+            session, [(booking, office.code) for booking in to_cancel], now=now, why_fa=why
+        )
         moved = sum(result.moved for result in results)
         return moved, len(results) - moved + len(cancelled)
-
-    @staticmethod
-    async def _cancel(session: AsyncSession, bookings: list[Booking], now: dt.datetime) -> list[Booking]:
-        """Cancel the rows still as they were read (compare-and-set: a row a citizen or a
-        promotion changed since is left alone), a few hundred to a statement; those cancelled."""
-        done: set[int] = set()
-        for start in range(0, len(bookings), 300):
-            chunk = bookings[start : start + 300]
-            done.update(
-                await session.scalars(
-                    update(Booking)
-                    .where(
-                        Booking.id.in_([b.id for b in chunk]),
-                        Booking.status == case({b.id: b.status for b in chunk}, value=Booking.id),
-                    )
-                    .values(status=BookingStatus.CANCELLED, cancelled_at=now)
-                    .returning(Booking.id),
-                    execution_options={"synchronize_session": False},
-                )
-            )
-        return [b for b in bookings if b.id in done]
 
     async def lift(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str) -> ActionOut:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from typing import TypeVarTuple
 
 from redis.exceptions import RedisError
 from sqlalchemy import Select, delete, select
@@ -27,6 +28,7 @@ from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_role
 
 log = logging.getLogger(__name__)
+Columns = TypeVarTuple("Columns")
 
 CLOSURE_MOVES_LOCK = f"{keys.NAMESPACE}:closure-moves"
 CLOSURE_REQUEST_SECONDS = 60
@@ -148,8 +150,7 @@ class Regulator:
             reason=closure.reason,
             created_by=closure.created_by,
         )
-        codes = await _offices_closed(session, province_id)
-        moved = await self._close_offices(session, codes, day, recorded.reason)
+        moved = await self._close_offices(session, province_id, day, recorded.reason)
         if moved is None:
             recorded.moves_pending = True
         else:
@@ -176,15 +177,14 @@ class Regulator:
         done = 0
         for closure_id, day, province_id, reason in closures:
             if str(closure_id) not in noted:
-                booked = select(Booking.office_id).where(Booking.date == day, Booking.status == BookingStatus.BOOKED)
+                booked = select(Booking.office_id).where(
+                    Booking.date == day, Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED))
+                )
                 left = _in_province(select(Office.code).where(Office.id.in_(booked)), province_id).limit(1)
                 if await session.scalar(left) is None:
                     continue
             try:
-                # Every office it closed, not only those with bookings left: one whose seats
-                # never left Redis (the request failed before) would take the moved citizens.
-                codes = await _offices_closed(session, province_id)
-                moved = await self._close_offices(session, codes, day, reason)
+                moved = await self._close_offices(session, province_id, day, reason)
             except Exception:  # one closure's failure must not keep the others waiting
                 await session.rollback()
                 log.exception("the bookings left at offices closed on %s wait for the next run", day)
@@ -202,23 +202,42 @@ class Regulator:
             log.warning("closure %d stays noted for the next job", closure_id, exc_info=True)
 
     async def _close_offices(
-        self, session: AsyncSession, codes: list[str], day: dt.date, reason: str
+        self, session: AsyncSession, province_id: int | None, day: dt.date, reason: str
     ) -> list[MovedBooking] | None:
-        """Take a recorded closure's seats out of the offices' counters, and move their
-        bookings under the day's lock: a closure's request and the minute's job moving them at
-        once would each take seats the other then finds gone, and cancel citizens who had
-        somewhere to go. Nothing is moved when the other holds the lock, or a recount begins
-        (which counts the closure in): the job moves them within a minute. None then: not
-        "nobody moved", which is what an empty list says."""
+        """Take a recorded closure's seats out of the counters of every office it closes (not
+        only those with bookings left: one whose seats never left Redis, the request having
+        failed before, would take the moved citizens), and under the day's lock move their
+        bookings and cancel the places in line there (a day with no seats promotes nobody).
+        A closure's request and the minute's job moving them at once would each take seats
+        the other then finds gone, and cancel citizens who had somewhere to go. Nothing is
+        moved when the other holds the lock, or a recount begins (which counts the closure
+        in): the job moves them within a minute. None then: not "nobody moved", which is what
+        an empty list says."""
+        why_fa = f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
         try:
+            codes = await _offices_closed(session, province_id)
             overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
             lock = f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}"
             async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
                 if not held:
                     return None
-                return await self.console.move_all(
-                    session, codes, [day], overflow, {}, why_fa=f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
+                moved = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
+                # Left in line, they were told nothing, kept from booking that day elsewhere
+                # (a place in line counts against the citizen's limits), and cancelled at
+                # midnight without a word.
+                waiting = _in_province(
+                    select(Booking, Office.code)
+                    .join(Office, Office.id == Booking.office_id)
+                    .where(Booking.date == day, Booking.status == BookingStatus.WAITLISTED),
+                    province_id,
                 )
+                rows = [(booking, code) for booking, code in await session.execute(waiting)]
+                cancelled = await self.console.bookings.cancel_seatless(
+                    session, rows, now=self.clock.now(), why_fa=why_fa
+                )
+                return moved + [
+                    MovedBooking(b.tracking_code, moved=False, office_code=None, slot=None) for b in cancelled
+                ]
         except (CapacityRebuilding, RedisError, SQLAlchemyError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
@@ -272,8 +291,9 @@ async def _offices_closed(session: AsyncSession, province_id: int | None) -> lis
     return list(await session.scalars(_in_province(select(Office.code), province_id)))
 
 
-def _in_province(query: Select[str], province_id: int | None) -> Select[str]:
-    """Offices' codes narrowed to a closure's province (None: the whole country)."""
+def _in_province(query: Select[*Columns], province_id: int | None) -> Select[*Columns]:
+    """A query of offices (their codes, or rows joined to them) narrowed to a closure's
+    province (None: the whole country)."""
     if province_id is None:
         return query
     return query.join(City, City.id == Office.city_id).where(City.province_id == province_id)

@@ -11,6 +11,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import select
 
+from app.booking.models import Booking
 from app.capacity import keys
 from app.capacity.models import CrowdCap
 from app.sms.backends import OUTBOX
@@ -206,3 +207,32 @@ async def test_a_reopen_redis_refuses_removes_nothing_and_may_be_tried_again(
     assert (await client.delete(f"/api/v1/regulator/closures/{first}", headers=regulator)).status_code == 404
     assert (await client.delete(f"/api/v1/regulator/closures/{second}", headers=regulator)).status_code == 204
     assert await book() == 201
+
+
+async def test_a_closure_cancels_the_places_in_line_and_tells_the_citizens(
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """A day closed has no seat to promote anyone to: left in line, the citizen was told
+    nothing, could not book that day elsewhere (a place in line counts against the limits),
+    and was cancelled at midnight without a word. Now cancelled at once, and told, as a block does."""
+    from tests.integration.test_console_moves import full_with_one_waiting
+
+    day = world.tomorrow()
+    office, holder, waiting = await full_with_one_waiting(client, world, day)
+    async with world.container.sessions() as session:
+        national_id = await session.scalar(select(Booking.national_id).where(Booking.tracking_code == waiting))
+    assert national_id and redis_sync.hexists(keys.citizen_holds(national_id), waiting)
+    await account(world, "regulator-6", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-6")
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201, closed.text
+    assert sorted(m["tracking_code"] for m in closed.json()["moved"]) == sorted([holder, waiting])
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "cancelled"
+    assert not redis_sync.exists(keys.waitlist(office, day, "*"))
+    await deliver()
+    assert any(waiting in m.decode() and "لغو" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
+    assert not redis_sync.hexists(keys.citizen_holds(national_id), waiting)  # no longer counted against the limits
