@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking import reminders
 from app.booking.models import Booking, BookingStatus
+from app.capacity.models import Closure
+from app.offices.models import City, Office
 from app.sms.tasks import job_context, run_in_session, run_job
 
 
@@ -19,7 +21,8 @@ def close_day() -> dict[str, int]:
     and the day that just entered the horizon gets its counters. Safe to run twice, or
     every hour: it only touches past days' bookings still open.
 
-    Returns the counts: ``no_shows``, ``served`` (closed from checked in),
+    Returns the counts: ``no_shows``, ``closed_office`` (cancelled: a closure shut their
+    office that day), ``served`` (closed from checked in),
     ``waitlist_expired``, ``suspended`` (for repeated no-shows) and ``office_days_added``."""
     return run_job(_close_day())
 
@@ -31,6 +34,9 @@ async def _close_day() -> dict[str, int]:
         # of a whole country's bookings, read into objects and suspended one national ID at a
         # time, outlasted the job's time limit, and a run stopped after its commit left the
         # rest unsuspended for good (the next run found no booking still to close).
+        # Bookings a closure's moves never reached (a recount, Redis away until midnight) were
+        # at an office that was shut: cancelled, not no-shows that may suspend the citizen.
+        shut = await _close(session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=_closed_that_day())
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
         expired = await _close(session, BookingStatus.WAITLISTED, BookingStatus.CANCELLED, today)
@@ -43,6 +49,7 @@ async def _close_day() -> dict[str, int]:
         added = await app.capacity.extend_horizon(session=session, today=today)
         return {
             "no_shows": len(no_shows),
+            "closed_office": len(shut),
             "served": len(served),
             "waitlist_expired": len(expired),
             "suspended": suspended,
@@ -50,16 +57,35 @@ async def _close_day() -> dict[str, int]:
         }
 
 
-async def _close(session: AsyncSession, status: BookingStatus, to: BookingStatus, today: dt.date) -> list[str]:
-    """Past days' bookings still in ``status`` moved to ``to``: their national IDs."""
+async def _close(
+    session: AsyncSession,
+    status: BookingStatus,
+    to: BookingStatus,
+    today: dt.date,
+    *,
+    only: ColumnElement[bool] | None = None,
+) -> list[str]:
+    """Past days' bookings still in ``status`` (and ``only`` those) moved to ``to``: their
+    national IDs."""
+    query = update(Booking).where(Booking.status == status, Booking.date < today)
+    if only is not None:
+        query = query.where(only)
     closed = await session.scalars(
-        update(Booking)
-        .where(Booking.status == status, Booking.date < today)
-        .values(status=to)
-        .returning(Booking.national_id),
-        execution_options={"synchronize_session": False},
+        query.values(status=to).returning(Booking.national_id), execution_options={"synchronize_session": False}
     )
     return list(closed)
+
+
+def _closed_that_day() -> ColumnElement[bool]:
+    """A booking whose office a regulator's closure (of its province, or the country) shut on its day."""
+    return (
+        select(Closure.id)
+        .join(City, Closure.province_id.is_(None) | (Closure.province_id == City.province_id))
+        .join(Office, Office.city_id == City.id)
+        .where(Closure.date == Booking.date, Office.id == Booking.office_id)
+        .correlate(Booking)
+        .exists()
+    )
 
 
 def fill_waitlists_left() -> int:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from app.booking.models import Booking, BookingStatus, Suspension
 from app.booking.tasks import close_day
+from app.capacity.models import Closure
 from app.capacity.service import Capacity
 from app.clock import Clock
 from tests.conftest import Deliver, World, booking_body
@@ -98,3 +99,31 @@ async def test_a_night_that_dies_before_telling_redis_is_told_by_the_next_run(
     again = await asyncio.to_thread(close_day)
     assert (again["no_shows"], again["suspended"]) == (0, 0)
     assert await books(client, world, office, citizen, days_ahead=3) == 403
+
+
+async def test_a_booking_left_at_an_office_a_closure_shut_is_cancelled_not_a_no_show(
+    client: Client, world: World, deliver: Deliver
+) -> None:
+    """A closure's moves that never ran (a recount, Redis away until midnight) left the
+    booking at a shut office: a no-show there counted toward the citizen's suspension."""
+    await world.office()
+    await world.rebuild()
+    citizen = world.national_id()
+    today = world.container.clock.today()
+    # Two no-shows already; the third would suspend. Then yesterday's booking, at an office shut by a closure.
+    await past_bookings(
+        world,
+        (citizen, 3, BookingStatus.NO_SHOW),
+        (citizen, 2, BookingStatus.NO_SHOW),
+        (citizen, 1, BookingStatus.BOOKED),
+    )
+    async with world.container.sessions() as session:
+        session.add(Closure(date=today - dt.timedelta(days=1), province_id=1, reason="سیل", created_by="regulator"))
+        await session.commit()
+
+    result = await asyncio.to_thread(close_day)
+
+    assert (result["no_shows"], result["closed_office"], result["suspended"]) == (0, 1, 0)
+    async with world.container.sessions() as session:
+        status = await session.scalar(select(Booking.status).where(Booking.tracking_code == "PAST000002"))
+    assert status == BookingStatus.CANCELLED
