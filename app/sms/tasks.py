@@ -12,12 +12,12 @@ from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 from redis import Redis
-from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
+from app.capacity.scripts import as_text
 from app.container import Container, build_container
 from app.jobs import RETRY_INTERVALS, backoff
 from app.observability import mask
@@ -29,7 +29,9 @@ from app.sms.service import SEND_SMS
 
 log = logging.getLogger(__name__)
 SWEEP_LIMIT = 5000
-"""Messages a sweep enqueues at most (every 30 s): a bound on one run's work after an outage."""
+"""Jobs a sweep enqueues at most (every 30 s): a bound on one run's work after an outage. Every
+message found is looked at: a bound on those would, under a backlog, look at the same waiting
+ones each time, and never reach one whose job was lost."""
 
 T = TypeVar("T")
 
@@ -283,32 +285,37 @@ async def _sweep(stuck_after_seconds: int | None) -> int:
             await session.execute(
                 select(SmsMessage.id, SmsMessage.kind)
                 .where(never_taken | retry_lost | abandoned)
-                .order_by(SmsMessage.id)
-                .limit(SWEEP_LIMIT)
+                .order_by(SmsMessage.kind != "otp", SmsMessage.created_at)  # sign-in codes first
             )
         ).all()
         enqueued = 0
-        for message_id, kind in found:
+        for start in range(0, len(found), 1000):
+            chunk = found[start : start + 1000]
             # One sweep job per message, waiting or not there at all. Under a backlog (the
             # evening's reminders, nationwide) a message not yet taken may only be waiting in
             # its queue: a job each sweep, every 30 s, had fed the backlog they were slowing.
-            job_id = f"sms-{message_id}-swept"
-            if _waiting(app.jobs.redis, job_id):
-                continue
-            # On its kind's queue: a sign-in code found here must not wait behind every confirmation.
-            app.jobs.enqueue(app.messenger.queue_for(kind), SEND_SMS, message_id, job_id=job_id)
-            enqueued += 1
+            job_ids = [f"sms-{message_id}-swept" for message_id, _ in chunk]
+            statuses = _statuses(app.jobs.redis, job_ids)
+            for (message_id, kind), job_id, status in zip(chunk, job_ids, statuses, strict=True):
+                if status in WAITING:
+                    continue
+                if status is not None:  # it ran and ended: enqueued again under its id
+                    Job(job_id, connection=app.jobs.redis).delete()
+                # On its kind's queue: a sign-in code found here must not wait behind every confirmation.
+                app.jobs.enqueue(app.messenger.queue_for(kind), SEND_SMS, message_id, job_id=job_id)
+                enqueued += 1
+                if enqueued == SWEEP_LIMIT:
+                    return enqueued
         return enqueued
 
 
-def _waiting(redis: Redis, job_id: str) -> bool:
-    """Whether the job is in RQ, yet to run or running; one that ended is removed, for the
-    sweep to enqueue it again under its id."""
-    try:
-        job = Job.fetch(job_id, connection=redis)
-    except NoSuchJobError:
-        return False
-    if job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-        return True
-    job.delete()
-    return False
+WAITING = {s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)}
+"""RQ's statuses of a job yet to run, or running."""
+
+
+def _statuses(redis: Redis, job_ids: list[str]) -> list[str | None]:
+    """The RQ status of each job (None: no such job), in one trip."""
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        return [None if status is None else as_text(status) for status in pipe.execute()]

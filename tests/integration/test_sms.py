@@ -588,8 +588,9 @@ async def test_a_retry_the_provider_cannot_answer_about_is_tried_again_later(
 
 
 async def test_the_sweep_puts_a_lost_sign_in_code_ahead_of_other_messages(
-    world: World, redis_sync: SyncRedis, deliver: Deliver
+    world: World, redis_sync: SyncRedis, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from app.sms import tasks
     from app.sms.tasks import sweep
 
     now = world.container.clock.now()
@@ -600,8 +601,15 @@ async def test_the_sweep_puts_a_lost_sign_in_code_ahead_of_other_messages(
             made.created_at = now - dt.timedelta(minutes=3)  # its enqueue was lost
             session.add(made)
         await session.commit()
-    assert await asyncio.to_thread(sweep) == 2
+    limit = tasks.SWEEP_LIMIT
+    monkeypatch.setattr(tasks, "SWEEP_LIMIT", 1)  # one job a sweep: the sign-in code's first
+    assert await asyncio.to_thread(sweep) == 1
+    assert redis_sync.llen("rq:queue:codes") == 1 and redis_sync.llen("rq:queue:sms") == 0
+    # Its job still waits: the next sweep passes it by, to the other (a bound on the messages
+    # looked at, not on the jobs enqueued, had looked at the same waiting one every time).
+    assert await asyncio.to_thread(sweep) == 1
     assert redis_sync.llen("rq:queue:codes") == 1 and redis_sync.llen("rq:queue:sms") == 1
+    monkeypatch.setattr(tasks, "SWEEP_LIMIT", limit)
     # Their jobs still wait (a backlog): the next sweeps add none. (A job a sweep, every 30 s,
     # had fed the backlog it was slowing.)
     assert await asyncio.to_thread(sweep) == 0
