@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float) -> A
                 if not await redis.eval(_RENEW_IF_OWNER, 1, key, owner, life):
                     log.error("lock %s was lost before its holder was done", key)
                     return
-            except RedisError:
+            except (RedisError, RedisClusterException):  # the latter is not a RedisError
                 # A timeout once (retries are off) must not end the renewing: the lock would
                 # lapse while its holder works on, and a second holder start beside it.
                 log.warning("could not renew lock %s; trying again", key, exc_info=True)

@@ -111,11 +111,13 @@ async def test_a_booking_left_at_an_office_a_closure_shut_is_cancelled_not_a_no_
     citizen = world.national_id()
     today = world.container.clock.today()
     # Two no-shows already; the third would suspend. Then yesterday's booking, at an office shut by a closure.
+    other = world.national_id()
     await past_bookings(
         world,
         (citizen, 3, BookingStatus.NO_SHOW),
         (citizen, 2, BookingStatus.NO_SHOW),
         (citizen, 1, BookingStatus.BOOKED),
+        (other, 2, BookingStatus.BOOKED),  # the day before: no closure, a no-show
     )
     async with world.container.sessions() as session:
         session.add(Closure(date=today - dt.timedelta(days=1), province_id=1, reason="سیل", created_by="regulator"))
@@ -123,7 +125,7 @@ async def test_a_booking_left_at_an_office_a_closure_shut_is_cancelled_not_a_no_
 
     result = await asyncio.to_thread(close_day)
 
-    assert (result["no_shows"], result["closed_office"], result["suspended"]) == (0, 1, 0)
+    assert (result["no_shows"], result["closed_office"], result["suspended"]) == (1, 1, 0)
     async with world.container.sessions() as session:
         status = await session.scalar(select(Booking.status).where(Booking.tracking_code == "PAST000002"))
     assert status == BookingStatus.CANCELLED

@@ -1070,9 +1070,9 @@ async def test_a_lock_outlives_a_failed_renewal_and_never_frees_a_successors(cap
 
     redis.eval = timing_out_once  # type: ignore[method-assign]
     try:
-        async with renewed_lock(redis, "nobat:test-lock", "me", seconds=1.5) as held:
+        async with renewed_lock(redis, "nobat:test-lock", "me", seconds=4.5) as held:
             assert held
-            await asyncio.sleep(3.5)  # the first renewal failed, the next ones did not
+            await asyncio.sleep(6.0)  # the first renewal (at 1.5 s) failed, the next ones did not
             assert failures and await redis.get("nobat:test-lock") == "me"
             await redis.set("nobat:test-lock", "successor")  # as after a lapse
         assert await redis.get("nobat:test-lock") == "successor"
