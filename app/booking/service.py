@@ -606,7 +606,13 @@ class BookingService:
             log.exception("a cancelled booking still counts against its citizen's limits until the next rebuild")
 
     async def cancel_seatless(
-        self, session: AsyncSession, bookings: list[tuple[Booking, str]], *, now: dt.datetime, why_fa: str
+        self,
+        session: AsyncSession,
+        bookings: list[tuple[Booking, str]],
+        *,
+        now: dt.datetime,
+        why_fa: str,
+        advice_fa: str,
     ) -> list[Booking]:
         """Cancel bookings that hold no seat to give back (waitlist entries; a slot already
         under way), each with its office's code, as they were read (compare-and-set: a row a
@@ -632,7 +638,7 @@ class BookingService:
             self.messenger.queue(
                 session,
                 to=booking.mobile,
-                body=f"{why_fa} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. لطفاً نوبت دیگری بگیرید.",
+                body=f"{why_fa} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. {advice_fa}",
                 kind="booking_cancelled",
             )
         await session.commit()

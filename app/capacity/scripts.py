@@ -263,8 +263,9 @@ for _, field in ipairs(redis.call('HKEYS', day)) do
   if string.sub(field, 1, #prefix) == prefix then
     local time = string.sub(field, #prefix + 1)
     if ARGV[2] == '' or time >= ARGV[2] then
-      open = open + 1
       local seats = tonumber(redis.call('HGET', day, field))
+      -- A slot cut to no seats (a closure keeps the field where bookings were) opens no line.
+      if seats > 0 then open = open + 1 end
       local used = tonumber(redis.call('HGET', day, 'u|' .. ARGV[1] .. '|' .. time) or '0')
       if seats - used > 0 and room > 0 then return {'FREE', 0} end
     end

@@ -351,7 +351,11 @@ class Enforcement:
             session=session, bookings=to_move, from_office=office, same_office=False, why_fa=why
         )
         cancelled = await self.bookings.cancel_seatless(
-            session, [(booking, office.code) for booking in to_cancel], now=now, why_fa=why
+            session,
+            [(booking, office.code) for booking in to_cancel],
+            now=now,
+            why_fa=why,
+            advice_fa="لطفاً از دفتر دیگری نوبت بگیرید.",
         )
         moved = sum(result.moved for result in results)
         return moved, len(results) - moved + len(cancelled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVarTuple
 
 from redis.exceptions import RedisError
@@ -19,7 +20,7 @@ from app.capacity.errors import CapacityRebuilding
 from app.capacity.models import Closure
 from app.console.schemas import MovedBooking
 from app.console.service import Console
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput, NotFound, ServiceUnavailable
 from app.locale import check_text, jalali_date, parse_date
 from app.offices.models import City, Office, Province
 from app.redis import renewed_lock
@@ -33,6 +34,15 @@ Columns = TypeVarTuple("Columns")
 CLOSURE_MOVES_LOCK = f"{keys.NAMESPACE}:closure-moves"
 CLOSURE_REQUEST_SECONDS = 60
 """A closure noted this recently is its request's to apply: the job would only wait on its lock."""
+
+
+class ClosureBusy(ServiceUnavailable):
+    code = "closure_busy"
+    message_fa = "جابه‌جایی نوبت‌های این روز در جریان است. یک دقیقه بعد دوباره تلاش کنید."
+    message_en = "The bookings of this day are being moved. Try again in a minute."
+
+    def __init__(self) -> None:
+        super().__init__(retry_after=30)
 
 
 class ClosureNotFound(NotFound):
@@ -89,12 +99,17 @@ class Regulator:
             now=self.clock.now(),
             record=record,
         )
-        await self.console.bookings.fill_waitlists(session=session)
+        if not cap.pending:  # else the minute's job, once the counters have the room
+            await self.console.bookings.fill_waitlists(session=session)
         return cap
 
     async def finish_caps(self, *, session: AsyncSession) -> int:
-        """The minute's job for the caps whose request could not tell the counters."""
-        return await crowd_caps.finish(session=session, capacity=self.capacity, today=self.clock.today())
+        """The minute's job for the caps whose request could not tell the counters; a lift
+        gives the lines the room it made (while anyone is in line, nobody else takes it)."""
+        done = await crowd_caps.finish(session=session, capacity=self.capacity, today=self.clock.today())
+        if done:
+            await self.console.bookings.fill_waitlists(session=session)
+        return done
 
     async def caps(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[CrowdCapOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
@@ -150,7 +165,7 @@ class Regulator:
             reason=closure.reason,
             created_by=closure.created_by,
         )
-        moved = await self._close_offices(session, province_id, day, recorded.reason)
+        moved = await self._close_offices(session, recorded.id, province_id, day, recorded.reason)
         if moved is None:
             recorded.moves_pending = True
         else:
@@ -184,7 +199,7 @@ class Regulator:
                 if await session.scalar(left) is None:
                     continue
             try:
-                moved = await self._close_offices(session, province_id, day, reason)
+                moved = await self._close_offices(session, closure_id, province_id, day, reason)
             except Exception:  # one closure's failure must not keep the others waiting
                 await session.rollback()
                 log.exception("the bookings left at offices closed on %s wait for the next run", day)
@@ -202,25 +217,26 @@ class Regulator:
             log.warning("closure %d stays noted for the next job", closure_id, exc_info=True)
 
     async def _close_offices(
-        self, session: AsyncSession, province_id: int | None, day: dt.date, reason: str
+        self, session: AsyncSession, closure_id: int, province_id: int | None, day: dt.date, reason: str
     ) -> list[MovedBooking] | None:
-        """Take a recorded closure's seats out of the counters of every office it closes (not
-        only those with bookings left: one whose seats never left Redis, the request having
-        failed before, would take the moved citizens), and under the day's lock move their
-        bookings and cancel the places in line there (a day with no seats promotes nobody).
-        A closure's request and the minute's job moving them at once would each take seats
-        the other then finds gone, and cancel citizens who had somewhere to go. Nothing is
-        moved when the other holds the lock, or a recount begins (which counts the closure
-        in): the job moves them within a minute. None then: not "nobody moved", which is what
-        an empty list says."""
+        """Under the day's lock, take a recorded closure's seats out of the counters of every
+        office it closes (not only those with bookings left: one whose seats never left Redis,
+        the request having failed before, would take the moved citizens), move their bookings
+        and cancel the places in line there (a day with no seats promotes nobody). Two of
+        these at once (a closure's request, the minute's job) would each take seats the other
+        then finds gone, and cancel citizens who had somewhere to go; one beside a reopen could
+        close again in Redis a day the record has open. Nothing is done when another holds the
+        lock, or a recount begins (which counts the closure in): the job does it within a
+        minute. None then: not "nobody moved", which is what an empty list says."""
         why_fa = f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
         try:
-            codes = await _offices_closed(session, province_id)
-            overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
-            lock = f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}"
-            async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
+            async with self._day_lock(day) as held:
                 if not held:
                     return None
+                if await session.get(Closure, closure_id, populate_existing=True) is None:
+                    return []  # reopened meanwhile: nothing to close
+                codes = await _offices_closed(session, province_id)
+                overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
                 moved = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
                 # Left in line, they were told nothing, kept from booking that day elsewhere
                 # (a place in line counts against the citizen's limits), and cancelled at
@@ -233,7 +249,7 @@ class Regulator:
                 )
                 rows = [(booking, code) for booking, code in await session.execute(waiting)]
                 cancelled = await self.console.bookings.cancel_seatless(
-                    session, rows, now=self.clock.now(), why_fa=why_fa
+                    session, rows, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً برای روز دیگری نوبت بگیرید."
                 )
                 return moved + [
                     MovedBooking(b.tracking_code, moved=False, office_code=None, slot=None) for b in cancelled
@@ -245,6 +261,12 @@ class Regulator:
             await session.rollback()
             log.warning("offices closed on %s: their bookings move by the next job", day, exc_info=True)
             return None
+
+    def _day_lock(self, day: dt.date) -> AbstractAsyncContextManager[bool]:
+        """The lock of the closures of a day: their moves, and a reopen."""
+        return renewed_lock(
+            self.capacity.redis, f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}", uuid.uuid4().hex, seconds=30
+        )
 
     async def closures(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[ClosureOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
@@ -259,10 +281,11 @@ class Regulator:
         ]
 
     async def reopen(self, *, session: AsyncSession, staff: StaffPrincipal, closure_id: int) -> None:
-        """Remove a closure, its offices' seats back in Redis before the removal commits.
-        (Committed first, a Redis error left the offices closed in Redis with nothing in the
-        record to say so, and the regulator's retry found no closure. Now an error removes
-        nothing; offices opened before it take bookings the minute's job moves away again.)"""
+        """Remove a closure, its offices' seats back in Redis before the removal commits, under
+        the day's lock (a closure's moves running beside it could close them again). Committed
+        first, a Redis error had left the offices closed in Redis with nothing in the record
+        to say so, and the regulator's retry found no closure. Now an error removes nothing,
+        and the minute's job closes again the offices opened before it."""
         require_role(staff, StaffRole.REGULATOR)
         # As for a closure: a recount that read the record before the commit would close them again.
         self.capacity.require_ready()
@@ -271,18 +294,35 @@ class Regulator:
             raise ClosureNotFound()
         day, province_id = closure.date, closure.province_id
         before = {"date": day.isoformat(), "reason": closure.reason}
-        if day in self.capacity.horizon(self.clock.today()):
+
+        async def remove() -> None:
+            removed = await session.execute(delete(Closure).where(Closure.id == closure_id))
+            if removed.rowcount == 0:  # type: ignore[attr-defined]
+                raise ClosureNotFound()  # removed meanwhile, by another request: it opened them too
+            await audit(
+                session, actor=staff, action="closure.remove", target=str(closure_id), office_id=None,
+                before=before, after=None, at=self.clock.now(),
+            )  # fmt: skip
+
+        if day not in self.capacity.horizon(self.clock.today()):  # past: no counters to open
+            await remove()
+            await session.commit()
+            return
+        async with self._day_lock(day) as held:
+            if not held:  # its bookings are being moved this moment
+                raise ClosureBusy()
+            # Noted first: if Redis fails part-way, the offices opened already would take
+            # bookings with the closure still recorded; the job closes them again.
+            change = await self.capacity.apply_later(str(closure_id), noted_in=keys.CLOSURES_TO_APPLY)
             codes = await _offices_closed(session, province_id)
             calendar = await self.capacity.calendar(session, first=day, last=day, without_closure=closure_id)
             await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True, calendar=calendar)
-        removed = await session.execute(delete(Closure).where(Closure.id == closure_id))
-        if removed.rowcount == 0:  # type: ignore[attr-defined]
-            raise ClosureNotFound()  # removed meanwhile, by another request: it opened them too
-        await audit(
-            session, actor=staff, action="closure.remove", target=str(closure_id), office_id=None,
-            before=before, after=None, at=self.clock.now(),
-        )  # fmt: skip
-        await session.commit()
+            await remove()
+            # A recount begun meanwhile may have read the closure, and close the offices again
+            # in Redis with none in the record to say so: the removal waits for it.
+            self.capacity.require_ready()
+            await session.commit()
+            await self._closed(closure_id, change)
         await self.console.bookings.fill_waitlists(session=session)
 
 

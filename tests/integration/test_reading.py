@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.capacity import keys
+from app.capacity.errors import OfficeClosed
 from app.capacity.service import Capacity, SeatRequest, day_expiry
 
 DAY = dt.date(2030, 2, 7)
@@ -272,3 +273,19 @@ async def test_a_search_sees_its_own_instances_booking_at_once(redis: Redis) -> 
     await _reserve(capacity, "t2")
     [(after, _, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
     assert after is not None and after.of("*") == (2, 2, ())  # full: no free time left
+
+
+async def test_no_line_opens_on_a_day_whose_slots_have_no_seats(redis: Redis) -> None:
+    """A closure keeps, at no seats, the fields of a slot someone is still booked in: the line
+    of such a day had taken joiners, for the minute's job to cancel and text a minute later."""
+    capacity = _capacity(redis, 0)
+    office = "990105"
+    key = keys.office_day(office, DAY)
+    await redis.delete(key, keys.waitlist(office, DAY, "*"))
+    args: list[str | int] = ["replace", day_expiry(DAY, ZoneInfo("UTC")), "_status", "active", "_cap", 100]
+    args += [keys.seats_field("*", "08:00"), 0, keys.used_field("*", "08:00"), 1]
+    await capacity.scripts.materialise(keys=[key], args=args)
+    with pytest.raises(OfficeClosed):
+        await capacity.join_waitlist(office_code=office, day=DAY, pool="*", not_before=None, tracking_code="T1")
+    assert not await redis.exists(keys.waitlist(office, DAY, "*"))
+    await redis.delete(key)

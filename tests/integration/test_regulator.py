@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app.booking.models import Booking
 from app.capacity import keys
 from app.capacity.models import CrowdCap
+from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.sms.backends import OUTBOX
 from app.staff.models import AuditEntry, StaffRole
 from tests.conftest import Deliver, World, booking_body
@@ -139,9 +140,19 @@ async def test_a_cap_redis_refuses_after_its_commit_bites_by_the_minutes_job(
         raise RedisConnectionError("Redis away a moment")
 
     body = {"starts_on": day, "ends_on": day, "percent": 50, "reason": "مصوبهٔ ستاد"}
+    waiting = None
     if change == "lift":
         cap_id = (await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)).json()["id"]
         assert await seats_free() == [(4, 2)]
+        for _ in range(2):  # the capped day full, and one citizen in line
+            booking = booking_body(office, world.national_id(), world.tomorrow(), None)
+            assert (await client.post("/api/v1/bookings", json=booking, headers=world.token())).status_code == 201
+        joined = await client.post(
+            "/api/v1/waitlist",
+            json=booking_body(office, world.national_id(), world.tomorrow(), None),
+            headers=world.token(),
+        )
+        waiting = joined.json()["tracking_code"]
     monkeypatch.setattr(capacity, "refresh_meta", away)
     if change == "add":
         answer = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
@@ -155,25 +166,25 @@ async def test_a_cap_redis_refuses_after_its_commit_bites_by_the_minutes_job(
         caps = list(await session.scalars(select(CrowdCap.id)))
         actions = list(await session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "regulator-4")))
     assert len(caps) == 1 and actions[-1] == f"crowd_cap.{change}"  # recorded together
-    assert await seats_free() == ([(4, 4)] if change == "add" else [(4, 2)])  # the counters not told yet
+    assert await seats_free() == ([(4, 4)] if change == "add" else [(4, 0)])  # the counters not told yet
 
     async def finish() -> int:
         async with world.container.sessions() as session:
-            return await crowd_caps.finish(
-                session=session, capacity=world.container.capacity, today=world.container.clock.today()
-            )
+            return await world.container.regulator.finish_caps(session=session)
 
     assert await finish() == 0  # its request's, for a minute: the job would read the record too early
     monkeypatch.setattr(crowd_caps, "CAP_REQUEST_SECONDS", 0)
     assert await finish() == 1
     await world.container.capacity.reads.told()
     await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)  # the app hears of it
-    assert await seats_free() == ([(4, 2)] if change == "add" else [(4, 4)])
+    assert await seats_free() == ([(4, 2)] if change == "add" else [(4, 1)])
+    if waiting is not None:  # the room the lift made went to the line first
+        assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "booked"
     assert await finish() == 0  # told once
 
 
 async def test_a_reopen_redis_refuses_removes_nothing_and_may_be_tried_again(
-    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The offices' seats go back into Redis before the removal commits: refused there, the
     closure stays (503, and the retry finds it). Removed first, the offices had stayed closed
@@ -200,6 +211,15 @@ async def test_a_reopen_redis_refuses_removes_nothing_and_may_be_tried_again(
     refused = await client.delete(f"/api/v1/regulator/closures/{first}", headers=regulator)
     assert refused.status_code == 503, refused.text
     monkeypatch.setattr(capacity, "replan", replan)
+    # Noted before its replan, which might have opened some offices: the job closes them again.
+    assert redis_sync.hexists(keys.CLOSURES_TO_APPLY, str(first))
+    # While a closure's moves hold the day, a reopen waits: beside them it could be closed again.
+    day_lock = f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}"
+    redis_sync.set(day_lock, "the minute's job", px=30_000)
+    busy = await client.delete(f"/api/v1/regulator/closures/{first}", headers=regulator)
+    assert busy.status_code == 503 and busy.json()["code"] == "closure_busy", busy.text
+    assert busy.headers["Retry-After"]
+    redis_sync.delete(day_lock)
     listed = (await client.get("/api/v1/regulator/closures", headers=regulator)).json()
     assert [c["id"] for c in listed] == [first, second]
     assert (await client.delete(f"/api/v1/regulator/closures/{first}", headers=regulator)).status_code == 204
@@ -207,6 +227,7 @@ async def test_a_reopen_redis_refuses_removes_nothing_and_may_be_tried_again(
     assert (await client.delete(f"/api/v1/regulator/closures/{first}", headers=regulator)).status_code == 404
     assert (await client.delete(f"/api/v1/regulator/closures/{second}", headers=regulator)).status_code == 204
     assert await book() == 201
+    assert not redis_sync.hlen(keys.CLOSURES_TO_APPLY)  # each reopen done, its note gone
 
 
 async def test_a_closure_cancels_the_places_in_line_and_tells_the_citizens(
@@ -236,3 +257,8 @@ async def test_a_closure_cancels_the_places_in_line_and_tells_the_citizens(
     await deliver()
     assert any(waiting in m.decode() and "لغو" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
     assert not redis_sync.hexists(keys.citizen_holds(national_id), waiting)  # no longer counted against the limits
+    # Nor may anyone join its line again (the closed day keeps its booked slots' fields, at no seats).
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 409 and joined.json()["code"] == "office_closed", joined.text
