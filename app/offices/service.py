@@ -42,8 +42,10 @@ class BookableOffice(msgspec.Struct, frozen=True):
 
 
 def normalize_code(value: str, field: str) -> str:
-    # Copied from right-to-left text, a code comes wrapped in direction marks nobody sees.
-    code = _INVISIBLE.sub("", normalize_digits(value)).strip()
+    code = normalize_digits(value)
+    if not code.isascii():  # copied from right-to-left text, wrapped in marks nobody sees
+        code = _INVISIBLE.sub("", code)
+    code = code.strip()
     if not code or len(code) > 10 or not code.isascii() or not code.isalnum():
         raise InvalidInput(field, f"{field} is not a valid code.", detail_fa="کد واردشده معتبر نیست.")
     return code
