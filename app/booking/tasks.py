@@ -36,7 +36,9 @@ async def _close_day() -> dict[str, int]:
         # rest unsuspended for good (the next run found no booking still to close).
         # Bookings a closure's moves never reached (a recount, Redis away until midnight) were
         # at an office that was shut: cancelled, not no-shows that may suspend the citizen.
-        shut = await _close(session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=_closed_that_day())
+        shut = await _close(
+            session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=_closed_that_day(), at=app.clock.now()
+        )
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
         expired = await _close(session, BookingStatus.WAITLISTED, BookingStatus.CANCELLED, today)
@@ -64,14 +66,17 @@ async def _close(
     today: dt.date,
     *,
     only: ColumnElement[bool] | None = None,
+    at: dt.datetime | None = None,
 ) -> list[str]:
-    """Past days' bookings still in ``status`` (and ``only`` those) moved to ``to``: their
-    national IDs."""
-    query = update(Booking).where(Booking.status == status, Booking.date < today)
+    """Past days' bookings still in ``status`` (and ``only`` those) moved to ``to`` (a cancel
+    ``at`` then): their national IDs."""
+    query = update(Booking).where(Booking.status == status, Booking.date < today).values(status=to)
     if only is not None:
         query = query.where(only)
+    if at is not None:
+        query = query.values(cancelled_at=at)
     closed = await session.scalars(
-        query.values(status=to).returning(Booking.national_id), execution_options={"synchronize_session": False}
+        query.returning(Booking.national_id), execution_options={"synchronize_session": False}
     )
     return list(closed)
 

@@ -127,5 +127,5 @@ async def test_a_booking_left_at_an_office_a_closure_shut_is_cancelled_not_a_no_
 
     assert (result["no_shows"], result["closed_office"], result["suspended"]) == (1, 1, 0)
     async with world.container.sessions() as session:
-        status = await session.scalar(select(Booking.status).where(Booking.tracking_code == "PAST000002"))
-    assert status == BookingStatus.CANCELLED
+        shut = await session.scalar(select(Booking).where(Booking.tracking_code == "PAST000002"))
+    assert shut is not None and shut.status == BookingStatus.CANCELLED and shut.cancelled_at is not None
