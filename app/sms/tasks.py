@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 from redis import Redis
+from rq import get_current_job
 from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,6 +36,9 @@ ones each time, and never reach one whose job was lost."""
 
 T = TypeVar("T")
 
+LIMIT_MARGIN = 2.0
+"""Seconds before RQ's time limit that a job's coroutine is cancelled."""
+
 
 class _Runtime:
     """One event loop, one set of the app's parts and one SMS backend per worker process,
@@ -52,6 +56,13 @@ class _Runtime:
         if self.loop is None or self.loop.is_closed():
             self.loop = asyncio.new_event_loop()
             self.container = None  # its connections belonged to the old loop
+        # Ended by a cancel a moment before RQ's time limit. RQ's own stop raises in whatever
+        # frame runs: inside a step's ``except Exception`` (one office's failure must not keep
+        # the others waiting) it was swallowed, and the job ran on past its limit.
+        job = get_current_job()
+        limit = job.timeout if job is not None and job.timeout is not None and job.timeout > 0 else None
+        if limit is not None:
+            coro = asyncio.wait_for(coro, max(limit - LIMIT_MARGIN, LIMIT_MARGIN))
         task = asyncio.ensure_future(coro, loop=self.loop)
         try:
             return self.loop.run_until_complete(task)

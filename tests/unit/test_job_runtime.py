@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterator
-from types import FrameType
+from types import FrameType, SimpleNamespace
 
 import pytest
 
@@ -61,5 +62,32 @@ def test_a_job_that_fails_raises_its_own_error() -> None:
     runtime = _Runtime()
     with pytest.raises(ValueError, match="the job's own"):
         runtime.run(failing())
+    assert runtime.loop is not None and not asyncio.all_tasks(runtime.loop)
+    runtime.loop.close()
+
+
+def test_a_job_that_swallows_errors_still_ends_before_its_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step's ``except Exception`` (one office's failure must not keep the others waiting)
+    swallowed RQ's time limit when it struck inside it: the job ran on past its limit. The
+    job's coroutine is cancelled a moment before (a cancel is no Exception)."""
+    from app.sms import tasks
+
+    monkeypatch.setattr(tasks, "get_current_job", lambda: SimpleNamespace(timeout=3))
+    steps: list[int] = []
+
+    async def every_office() -> None:
+        for office in range(300):
+            try:
+                steps.append(office)
+                await asyncio.sleep(0.1)
+            except Exception:  # as the minute's jobs do for one office's failure
+                continue
+
+    runtime = _Runtime()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        runtime.run(every_office())
+    assert time.monotonic() - started < 3  # before RQ's limit
+    assert 5 < len(steps) < 300
     assert runtime.loop is not None and not asyncio.all_tasks(runtime.loop)
     runtime.loop.close()
