@@ -280,7 +280,7 @@ async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float) -> A
         renewing.cancel()
         try:
             await redis.eval(_DELETE_IF_OWNER, 1, key, owner)  # not a successor's, taken after a lapse
-        except RedisError:  # the work is done: the lock lapses within its life
+        except (RedisError, RedisClusterException):  # the work is done: the lock lapses within its life
             log.warning("could not release lock %s", key, exc_info=True)
 
 

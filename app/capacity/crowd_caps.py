@@ -145,7 +145,12 @@ async def lift(
     return out
 
 
-async def finish(*, session: AsyncSession, capacity: Capacity, today: dt.date) -> int:
+Then = Callable[[set[str] | None], Awaitable[None]]
+"""What follows a cap told the counters, given its offices (None: every office): the lines
+there filled, for a lift. Done before the cap's note is forgotten, so a failure is tried again."""
+
+
+async def finish(*, session: AsyncSession, capacity: Capacity, today: dt.date, then: Then | None = None) -> int:
     """The minute's job (workers.cron): tell the counters of the caps added or lifted whose
     request could not (Redis refused it, or the process stopped). The caps told."""
     if not await capacity.is_built():
@@ -157,18 +162,28 @@ async def finish(*, session: AsyncSession, capacity: Capacity, today: dt.date) -
         cap = await session.get(CrowdCap, int(field))
         if cap is None:
             await capacity.applied(field, change, noted_in=keys.CAPS_TO_APPLY)
-        elif await _tell(session, capacity, today, cap.id, cap.province_id, change):
+        elif await _tell(session, capacity, today, cap.id, cap.province_id, change, then=then):
             done += 1
     return done
 
 
 async def _tell(
-    session: AsyncSession, capacity: Capacity, today: dt.date, cap_id: int, province_id: int | None, change: str
+    session: AsyncSession,
+    capacity: Capacity,
+    today: dt.date,
+    cap_id: int,
+    province_id: int | None,
+    change: str,
+    *,
+    then: Then | None = None,
 ) -> bool:
     """Have the counters of the cap's offices say what the record says now; False if Redis
     refused (the note stays, for the minute's job)."""
     try:
-        await capacity.refresh_meta(session=session, today=today, codes=await _offices_of(session, province_id))
+        codes = await _offices_of(session, province_id)
+        await capacity.refresh_meta(session=session, today=today, codes=codes)
+        if then is not None:
+            await then(None if codes is None else set(codes))
         await capacity.applied(str(cap_id), change, noted_in=keys.CAPS_TO_APPLY)
     except RedisError:
         log.warning("crowd cap %d reaches the counters by the next job", cap_id, exc_info=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVarTuple
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -106,10 +107,11 @@ class Regulator:
     async def finish_caps(self, *, session: AsyncSession) -> int:
         """The minute's job for the caps whose request could not tell the counters; a lift
         gives the lines the room it made (while anyone is in line, nobody else takes it)."""
-        done = await crowd_caps.finish(session=session, capacity=self.capacity, today=self.clock.today())
-        if done:
-            await self.console.bookings.fill_waitlists(session=session)
-        return done
+
+        async def fill(office_codes: set[str] | None) -> None:
+            await self.console.bookings.fill_waitlists(session=session, office_codes=office_codes)
+
+        return await crowd_caps.finish(session=session, capacity=self.capacity, today=self.clock.today(), then=fill)
 
     async def caps(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[CrowdCapOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
@@ -165,7 +167,10 @@ class Regulator:
             reason=closure.reason,
             created_by=closure.created_by,
         )
-        moved = await self._close_offices(session, recorded.id, province_id, day, recorded.reason)
+        # Its request waits a few seconds for the day's lock (another closure of the day, or a
+        # reopen, holding it): the job would apply it a minute or more later, its offices selling
+        # seats meanwhile.
+        moved = await self._close_offices(session, recorded.id, province_id, day, recorded.reason, tries=25)
         if moved is None:
             recorded.moves_pending = True
         else:
@@ -217,50 +222,63 @@ class Regulator:
             log.warning("closure %d stays noted for the next job", closure_id, exc_info=True)
 
     async def _close_offices(
-        self, session: AsyncSession, closure_id: int, province_id: int | None, day: dt.date, reason: str
+        self,
+        session: AsyncSession,
+        closure_id: int,
+        province_id: int | None,
+        day: dt.date,
+        reason: str,
+        *,
+        tries: int = 1,
     ) -> list[MovedBooking] | None:
-        """Under the day's lock, take a recorded closure's seats out of the counters of every
-        office it closes (not only those with bookings left: one whose seats never left Redis,
-        the request having failed before, would take the moved citizens), move their bookings
-        and cancel the places in line there (a day with no seats promotes nobody). Two of
-        these at once (a closure's request, the minute's job) would each take seats the other
-        then finds gone, and cancel citizens who had somewhere to go; one beside a reopen could
-        close again in Redis a day the record has open. Nothing is done when another holds the
-        lock, or a recount begins (which counts the closure in): the job does it within a
-        minute. None then: not "nobody moved", which is what an empty list says."""
+        """Under the day's lock (waiting up to ``tries`` x 0.2 s for it), take a recorded
+        closure's seats out of the counters of every office it closes (not only those with
+        bookings left: one whose seats never left Redis, the request having failed before,
+        would take the moved citizens), move their bookings and cancel the places in line
+        there (a day with no seats promotes nobody). Two of these at once (a closure's
+        request, the minute's job) would each take seats the other then finds gone, and cancel
+        citizens who had somewhere to go; one beside a reopen could close again in Redis a day
+        the record has open. Nothing is done when the lock stays held, or a recount begins
+        (which counts the closure in): the job does it within a minute. None then: not "nobody
+        moved", which is what an empty list says."""
         why_fa = f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
         try:
-            async with self._day_lock(day) as held:
-                if not held:
-                    return None
-                if await session.get(Closure, closure_id, populate_existing=True) is None:
-                    return []  # reopened meanwhile: nothing to close
-                codes = await _offices_closed(session, province_id)
-                overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
-                moved = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
-                # Left in line, they were told nothing, kept from booking that day elsewhere
-                # (a place in line counts against the citizen's limits), and cancelled at
-                # midnight without a word.
-                waiting = _in_province(
-                    select(Booking, Office.code)
-                    .join(Office, Office.id == Booking.office_id)
-                    .where(Booking.date == day, Booking.status == BookingStatus.WAITLISTED),
-                    province_id,
-                )
-                rows = [(booking, code) for booking, code in await session.execute(waiting)]
-                cancelled = await self.console.bookings.cancel_seatless(
-                    session, rows, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً برای روز دیگری نوبت بگیرید."
-                )
-                return moved + [
-                    MovedBooking(b.tracking_code, moved=False, office_code=None, slot=None) for b in cancelled
-                ]
-        except (CapacityRebuilding, RedisError, SQLAlchemyError):
+            for attempt in range(tries):
+                if attempt:
+                    await asyncio.sleep(0.2)
+                async with self._day_lock(day) as held:
+                    if held:
+                        return await self._close_held(session, closure_id, province_id, day, why_fa)
+            return None
+        except (CapacityRebuilding, RedisError, RedisClusterException, SQLAlchemyError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
             # is done or Redis and the record answer again.
             await session.rollback()
             log.warning("offices closed on %s: their bookings move by the next job", day, exc_info=True)
             return None
+
+    async def _close_held(
+        self, session: AsyncSession, closure_id: int, province_id: int | None, day: dt.date, why_fa: str
+    ) -> list[MovedBooking]:
+        if await session.get(Closure, closure_id, populate_existing=True) is None:
+            return []  # reopened meanwhile: nothing to close
+        codes = await _offices_closed(session, province_id)
+        overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
+        moved = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
+        # Left in line, they were told nothing, kept from booking that day elsewhere (a place
+        # in line counts against the citizen's limits), and cancelled at midnight without a word.
+        waiting = _in_province(
+            select(Booking, Office.code)
+            .join(Office, Office.id == Booking.office_id)
+            .where(Booking.date == day, Booking.status == BookingStatus.WAITLISTED),
+            province_id,
+        )
+        rows = [(booking, code) for booking, code in await session.execute(waiting)]
+        cancelled = await self.console.bookings.cancel_seatless(
+            session, rows, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً برای روز دیگری نوبت بگیرید."
+        )
+        return moved + [MovedBooking(b.tracking_code, moved=False, office_code=None, slot=None) for b in cancelled]
 
     def _day_lock(self, day: dt.date) -> AbstractAsyncContextManager[bool]:
         """The lock of the closures of a day: their moves, and a reopen."""

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from redis import Redis
 from rq import get_current_job
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,13 +27,15 @@ from app.redis import renewed_lock
 from app.settings import load_settings
 from app.sms.backends import OutboundSms, SmsBackend, make_backend
 from app.sms.models import SmsMessage, SmsStatus
-from app.sms.service import SEND_SMS
+from app.sms.service import SEND_SMS, SIGN_IN_CODE
 
 log = logging.getLogger(__name__)
 SWEEP_LIMIT = 5000
-"""Jobs a sweep enqueues at most (every 30 s): a bound on one run's work after an outage. Every
-message found is looked at: a bound on those would, under a backlog, look at the same waiting
-ones each time, and never reach one whose job was lost."""
+"""Jobs a sweep enqueues at most (every 30 s): a bound on one run's work after an outage."""
+SWEEP_READ_LIMIT = 50_000
+"""Messages a sweep reads at most, sign-in codes first, then oldest first: a bound on its memory.
+Those not yet taken while their queue is busy are not read at all, so what is read is what a
+lost enqueue or a dead worker left: after an outage, more than a run enqueues."""
 
 T = TypeVar("T")
 
@@ -270,54 +273,66 @@ def sweep(stuck_after_seconds: int | None = None) -> int:
     (the enqueue after the commit was lost), tried and due again but with no job left (the
     enqueue of the next try was lost), or left "sending" by a worker that died (RQ would not
     retry it) for longer than NOBAT_SMS_STUCK_SECONDS. The job asks the provider before
-    sending, so none goes out twice."""
-    return run_job(_sweep(stuck_after_seconds))
+    sending, so none goes out twice. One run at a time (RQ's cron enqueues it every 30 s
+    whether the last has ended or not)."""
+    return run_alone("sms-sweep", lambda app, session: _sweep(app, session, stuck_after_seconds))
 
 
-async def _sweep(stuck_after_seconds: int | None) -> int:
-    async with job_context() as app, app.sessions() as session:
-        now = app.clock.now()
-        stuck = app.settings.sms_stuck_seconds if stuck_after_seconds is None else stuck_after_seconds
-        never_taken = (
-            (SmsMessage.status == SmsStatus.QUEUED)
-            & (SmsMessage.attempts == 0)
-            & (SmsMessage.created_at < now - dt.timedelta(minutes=2))
+async def _sweep(app: Container, session: AsyncSession, stuck_after_seconds: int | None) -> int:
+    now = app.clock.now()
+    stuck = app.settings.sms_stuck_seconds if stuck_after_seconds is None else stuck_after_seconds
+    never_taken = (
+        (SmsMessage.status == SmsStatus.QUEUED)
+        & (SmsMessage.attempts == 0)
+        & (SmsMessage.created_at < now - dt.timedelta(minutes=2))
+    )
+    # Under a backlog (the evening's reminders, nationwide) a message not yet taken is most
+    # likely still waiting in its queue: looked for once that queue has emptied. (A job for
+    # each, every 30 s, had fed the backlog they were slowing.)
+    for queue, kinds in (
+        (app.jobs.codes, SmsMessage.kind == SIGN_IN_CODE),
+        (app.jobs.sms, SmsMessage.kind != SIGN_IN_CODE),
+    ):
+        if queue.count:
+            never_taken &= ~kinds
+    # A message waiting for its next try was last touched at most one backoff ago.
+    retry_lost = (
+        (SmsMessage.status == SmsStatus.QUEUED)
+        & (SmsMessage.attempts > 0)
+        & (SmsMessage.updated_at < now - dt.timedelta(seconds=max(RETRY_INTERVALS) + stuck))
+    )
+    abandoned = (SmsMessage.status == SmsStatus.SENDING) & (SmsMessage.updated_at <= now - dt.timedelta(seconds=stuck))
+    found = (
+        await session.execute(
+            select(SmsMessage.id, SmsMessage.kind)
+            .where(never_taken | retry_lost | abandoned)
+            .order_by(SmsMessage.kind != SIGN_IN_CODE, SmsMessage.created_at)  # sign-in codes first
+            .limit(SWEEP_READ_LIMIT)
         )
-        # A message waiting for its next try was last touched at most one backoff ago.
-        retry_lost = (
-            (SmsMessage.status == SmsStatus.QUEUED)
-            & (SmsMessage.attempts > 0)
-            & (SmsMessage.updated_at < now - dt.timedelta(seconds=max(RETRY_INTERVALS) + stuck))
-        )
-        abandoned = (SmsMessage.status == SmsStatus.SENDING) & (
-            SmsMessage.updated_at <= now - dt.timedelta(seconds=stuck)
-        )
-        found = (
-            await session.execute(
-                select(SmsMessage.id, SmsMessage.kind)
-                .where(never_taken | retry_lost | abandoned)
-                .order_by(SmsMessage.kind != "otp", SmsMessage.created_at)  # sign-in codes first
-            )
-        ).all()
-        enqueued = 0
-        for start in range(0, len(found), 1000):
-            chunk = found[start : start + 1000]
-            # One sweep job per message, waiting or not there at all. Under a backlog (the
-            # evening's reminders, nationwide) a message not yet taken may only be waiting in
-            # its queue: a job each sweep, every 30 s, had fed the backlog they were slowing.
-            job_ids = [f"sms-{message_id}-swept" for message_id, _ in chunk]
-            statuses = _statuses(app.jobs.redis, job_ids)
-            for (message_id, kind), job_id, status in zip(chunk, job_ids, statuses, strict=True):
-                if status in WAITING:
-                    continue
-                if status is not None:  # it ran and ended: enqueued again under its id
-                    Job(job_id, connection=app.jobs.redis).delete()
-                # On its kind's queue: a sign-in code found here must not wait behind every confirmation.
-                app.jobs.enqueue(app.messenger.queue_for(kind), SEND_SMS, message_id, job_id=job_id)
-                enqueued += 1
-                if enqueued == SWEEP_LIMIT:
-                    return enqueued
-        return enqueued
+    ).all()
+    enqueued = 0
+    for start in range(0, len(found), 1000):
+        chunk = found[start : start + 1000]
+        # One sweep job per message, waiting or not there at all.
+        job_ids = [f"sms-{message_id}-swept" for message_id, _ in chunk]
+        statuses = _statuses(app.jobs.redis, job_ids)
+        for (message_id, kind), job_id, status in zip(chunk, job_ids, statuses, strict=True):
+            if status in WAITING:
+                continue
+            if status is not None:  # it ran and ended: enqueued again under its id
+                _delete_job(app.jobs.redis, job_id)
+            # On its kind's queue: a sign-in code found here must not wait behind every confirmation.
+            app.jobs.enqueue(app.messenger.queue_for(kind), SEND_SMS, message_id, job_id=job_id)
+            enqueued += 1
+            if enqueued == SWEEP_LIMIT:
+                return enqueued
+    return enqueued
+
+
+def _delete_job(redis: Redis, job_id: str) -> None:
+    """Remove an ended job, from its queue's registries too (fetched, it knows its queue)."""
+    with suppress(NoSuchJobError, InvalidJobOperation):  # gone meanwhile: nothing to remove
+        Job.fetch(job_id, connection=redis).delete()
 
 
 WAITING = {s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)}

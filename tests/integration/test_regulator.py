@@ -262,3 +262,23 @@ async def test_a_closure_cancels_the_places_in_line_and_tells_the_citizens(
         "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
     )
     assert joined.status_code == 409 and joined.json()["code"] == "office_closed", joined.text
+
+
+async def test_a_closure_waits_a_moment_for_its_day_and_is_applied_at_once(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Another closure of the day, or a reopen, holds the day's lock a moment: the request
+    waits for it, rather than leave its offices selling seats until the minute's job."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    await account(world, "regulator-7", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-7")
+    day = world.tomorrow()
+    redis_sync.set(f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}", "a reopen", px=1000)
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201 and closed.json()["moves_pending"] is False, closed.text
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.seats_field("*", "10:00")) or 0) == 0

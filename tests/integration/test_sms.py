@@ -595,10 +595,10 @@ async def test_the_sweep_puts_a_lost_sign_in_code_ahead_of_other_messages(
 
     now = world.container.clock.now()
     async with world.container.sessions() as session:
-        for kind in ("otp", "booking_confirmed"):
+        for kind, minutes in (("booking_confirmed", 4), ("otp", 3)):  # the code the younger
             made = world.container.messenger.message(to="09121234567", body=f"a lost {kind}", kind=kind)
             assert made is not None
-            made.created_at = now - dt.timedelta(minutes=3)  # its enqueue was lost
+            made.created_at = now - dt.timedelta(minutes=minutes)  # its enqueue was lost
             session.add(made)
         await session.commit()
     limit = tasks.SWEEP_LIMIT
