@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 from redis import Redis
-from rq import get_current_job
+from rq import Queue, get_current_job
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select, update
@@ -34,8 +34,8 @@ SWEEP_LIMIT = 5000
 """Jobs a sweep enqueues at most (every 30 s): a bound on one run's work after an outage."""
 SWEEP_READ_LIMIT = 50_000
 """Messages a sweep reads at most, sign-in codes first, then oldest first: a bound on its memory.
-Those not yet taken while their queue is busy are not read at all, so what is read is what a
-lost enqueue or a dead worker left: after an outage, more than a run enqueues."""
+Those still waiting in a queue are not read at all, so what is read is what a lost enqueue or
+a dead worker left: after an outage, more than a run enqueues."""
 
 T = TypeVar("T")
 
@@ -281,20 +281,20 @@ def sweep(stuck_after_seconds: int | None = None) -> int:
 async def _sweep(app: Container, session: AsyncSession, stuck_after_seconds: int | None) -> int:
     now = app.clock.now()
     stuck = app.settings.sms_stuck_seconds if stuck_after_seconds is None else stuck_after_seconds
+    # Made two minutes before the oldest job still waiting in its queue was enqueued (or
+    # before now, none waiting), a message still untried has had its job taken off the
+    # queue, or never had one. Under a backlog (the evening's reminders, nationwide) the
+    # younger ones are most likely waiting there: a job for each, every 30 s, had fed the
+    # backlog they were slowing. (Left alone while the queue held any job at all, a lost one
+    # would have waited all day for a quiet moment.)
     never_taken = (
         (SmsMessage.status == SmsStatus.QUEUED)
         & (SmsMessage.attempts == 0)
-        & (SmsMessage.created_at < now - dt.timedelta(minutes=2))
+        & (
+            ((SmsMessage.kind == SIGN_IN_CODE) & (SmsMessage.created_at < _taken_before(app.jobs.codes, now)))
+            | ((SmsMessage.kind != SIGN_IN_CODE) & (SmsMessage.created_at < _taken_before(app.jobs.sms, now)))
+        )
     )
-    # Under a backlog (the evening's reminders, nationwide) a message not yet taken is most
-    # likely still waiting in its queue: looked for once that queue has emptied. (A job for
-    # each, every 30 s, had fed the backlog they were slowing.)
-    for queue, kinds in (
-        (app.jobs.codes, SmsMessage.kind == SIGN_IN_CODE),
-        (app.jobs.sms, SmsMessage.kind != SIGN_IN_CODE),
-    ):
-        if queue.count:
-            never_taken &= ~kinds
     # A message waiting for its next try was last touched at most one backoff ago.
     retry_lost = (
         (SmsMessage.status == SmsStatus.QUEUED)
@@ -327,6 +327,18 @@ async def _sweep(app: Container, session: AsyncSession, stuck_after_seconds: int
             if enqueued == SWEEP_LIMIT:
                 return enqueued
     return enqueued
+
+
+def _taken_before(queue: Queue, now: dt.datetime) -> dt.datetime:
+    """Messages made before this have had their job, if any, taken off ``queue`` (RQ takes
+    the oldest first): two minutes before its oldest waiting job was enqueued, or before now."""
+    oldest = now
+    for job_id in queue.get_job_ids(0, 1):
+        with suppress(NoSuchJobError):
+            enqueued = Job.fetch(job_id, connection=queue.connection).enqueued_at
+            if enqueued is not None:
+                oldest = min(oldest, enqueued.astimezone(now.tzinfo))
+    return oldest - dt.timedelta(minutes=2)
 
 
 def _delete_job(redis: Redis, job_id: str) -> None:

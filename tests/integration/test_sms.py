@@ -783,3 +783,34 @@ async def test_a_phone_ends_its_numbers_sign_ins_by_sms(
     await deliver()
     [reply] = standin.wait_for(1)
     assert reply["to"] == "+989121114444" and "پایان یافت" in reply["body"]
+
+
+async def test_the_sweep_leaves_a_backlog_alone_and_finds_a_lost_message_behind_it(
+    world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """A message younger than the oldest job waiting in its queue (less two minutes) may be
+    waiting there: left alone. An older one untried has had its job taken off the queue, or
+    never had one: sent again. (Left alone while the queue held any job, a lost message would
+    have waited all day for a quiet moment.)"""
+    from rq.job import Job
+
+    from app.sms.tasks import sweep
+
+    jobs = world.container.jobs
+    jobs.sms.enqueue("builtins.print", "a backlog", job_id="backlog")  # never run here
+    five_minutes_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    jobs.redis.hset(Job.key_for("backlog"), "enqueued_at", five_minutes_ago.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    now = world.container.clock.now()
+    made = {}
+    async with world.container.sessions() as session:
+        for name, minutes in (("waiting", 4), ("lost", 8)):
+            message = world.container.messenger.message(to="09121234567", body=name, kind="booking_confirmed")
+            assert message is not None
+            message.created_at = now - dt.timedelta(minutes=minutes)
+            session.add(message)
+            made[name] = message.id
+        await session.commit()
+    assert await asyncio.to_thread(sweep) == 1
+    assert redis_sync.exists(Job.key_for(f"sms-{made['lost']}-swept"))
+    assert not redis_sync.exists(Job.key_for(f"sms-{made['waiting']}-swept"))
+    jobs.sms.remove("backlog")
