@@ -253,11 +253,17 @@ class AutoPipeline:
 
 
 @asynccontextmanager
-async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float) -> AsyncIterator[bool]:
-    """Take the lock ``key`` (yields False if another holds it), renewed every third of its
-    ``seconds`` while held: a holder that died keeps it that long at most."""
+async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float, tries: int = 1) -> AsyncIterator[bool]:
+    """Take the lock ``key``, waiting up to ``tries`` x 0.2 s for another holder to let it go
+    (yields False if it stays held), renewed every third of its ``seconds`` while held: a
+    holder that died keeps it that long at most."""
     life = int(seconds * 1000)
-    if not await redis.set(key, owner, nx=True, px=life):
+    for attempt in range(tries):
+        if attempt:
+            await asyncio.sleep(0.2)
+        if await redis.set(key, owner, nx=True, px=life):
+            break
+    else:
         yield False
         return
 

@@ -321,15 +321,13 @@ class Console:
         clerk's other change, or the job, holds it), then forget the noted ``change``. None
         when the lock stayed held."""
         code = office.code
-        for attempt in range(tries):
-            if attempt:
-                await asyncio.sleep(0.2)
-            async with renewed_lock(self.capacity.redis, f"{PLAN_LOCK}:{code}", uuid.uuid4().hex, seconds=30) as held:
-                if held:
-                    applied = await self._apply(session, office, days)
-                    await self.capacity.applied(code, change)
-                    return applied
-        return None
+        lock = f"{PLAN_LOCK}:{code}"
+        async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30, tries=tries) as held:
+            if not held:
+                return None
+            applied = await self._apply(session, office, days)
+            await self.capacity.applied(code, change)
+            return applied
 
     async def finish_plans(self, *, session: AsyncSession) -> int:
         """The minute's job: apply the plans committed whose request did not see them through.

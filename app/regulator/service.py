@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -243,13 +242,8 @@ class Regulator:
         moved", which is what an empty list says."""
         why_fa = f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
         try:
-            for attempt in range(tries):
-                if attempt:
-                    await asyncio.sleep(0.2)
-                async with self._day_lock(day) as held:
-                    if held:
-                        return await self._close_held(session, closure_id, province_id, day, why_fa)
-            return None
+            async with self._day_lock(day, tries=tries) as held:
+                return await self._close_held(session, closure_id, province_id, day, why_fa) if held else None
         except (CapacityRebuilding, RedisError, RedisClusterException, SQLAlchemyError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
@@ -280,11 +274,10 @@ class Regulator:
         )
         return moved + [MovedBooking(b.tracking_code, moved=False, office_code=None, slot=None) for b in cancelled]
 
-    def _day_lock(self, day: dt.date) -> AbstractAsyncContextManager[bool]:
+    def _day_lock(self, day: dt.date, *, tries: int = 1) -> AbstractAsyncContextManager[bool]:
         """The lock of the closures of a day: their moves, and a reopen."""
-        return renewed_lock(
-            self.capacity.redis, f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}", uuid.uuid4().hex, seconds=30
-        )
+        lock = f"{CLOSURE_MOVES_LOCK}:{day.isoformat()}"
+        return renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30, tries=tries)
 
     async def closures(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[ClosureOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
