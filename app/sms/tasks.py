@@ -13,13 +13,12 @@ from typing import TypeVar
 
 from redis import Redis
 from rq import Queue, get_current_job
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
-from app.capacity.scripts import as_text
 from app.container import Container, build_container
 from app.jobs import RETRY_INTERVALS, backoff
 from app.observability import mask
@@ -315,12 +314,12 @@ async def _sweep(app: Container, session: AsyncSession, stuck_after_seconds: int
         chunk = found[start : start + 1000]
         # One sweep job per message, waiting or not there at all.
         job_ids = [f"sms-{message_id}-swept" for message_id, _ in chunk]
-        statuses = _statuses(app.jobs.redis, job_ids)
-        for (message_id, kind), job_id, status in zip(chunk, job_ids, statuses, strict=True):
-            if status in WAITING:
-                continue
-            if status is not None:  # it ran and ended: enqueued again under its id
-                _delete_job(app.jobs.redis, job_id)
+        jobs = Job.fetch_many(job_ids, connection=app.jobs.redis)  # one trip
+        for (message_id, kind), job_id, job in zip(chunk, job_ids, jobs, strict=True):
+            if job is not None:
+                if job.get_status(refresh=False) in WAITING:
+                    continue
+                job.delete()  # it ran and ended (and leaves its queue's registries): enqueued again
             # On its kind's queue: a sign-in code found here must not wait behind every confirmation.
             app.jobs.enqueue(app.messenger.queue_for(kind), SEND_SMS, message_id, job_id=job_id)
             enqueued += 1
@@ -341,19 +340,5 @@ def _taken_before(queue: Queue, now: dt.datetime) -> dt.datetime:
     return oldest - dt.timedelta(minutes=2)
 
 
-def _delete_job(redis: Redis, job_id: str) -> None:
-    """Remove an ended job, from its queue's registries too (fetched, it knows its queue)."""
-    with suppress(NoSuchJobError, InvalidJobOperation):  # gone meanwhile: nothing to remove
-        Job.fetch(job_id, connection=redis).delete()
-
-
-WAITING = {s.value for s in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)}
+WAITING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 """RQ's statuses of a job yet to run, or running."""
-
-
-def _statuses(redis: Redis, job_ids: list[str]) -> list[str | None]:
-    """The RQ status of each job (None: no such job), in one trip."""
-    with redis.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hget(Job.key_for(job_id), "status")
-        return [None if status is None else as_text(status) for status in pipe.execute()]
