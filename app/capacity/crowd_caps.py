@@ -116,10 +116,7 @@ async def add(
     out = _out(cap, province_code)
     if record is not None:
         await record(out)
-    change = await capacity.apply_later(str(cap.id), noted_in=keys.CAPS_TO_APPLY)
-    await session.commit()
-    out.pending = not await _tell(session, capacity, today, cap.id, province_id, change)
-    return out
+    return await _commit(session, capacity, today, out, province_id)
 
 
 async def lift(
@@ -139,9 +136,17 @@ async def lift(
     out = _out(cap, await _province_code(session, province_id))
     if record is not None:
         await record(out)
-    change = await capacity.apply_later(str(cap_id), noted_in=keys.CAPS_TO_APPLY)
+    return await _commit(session, capacity, today, out, province_id)
+
+
+async def _commit(
+    session: AsyncSession, capacity: Capacity, today: dt.date, out: CrowdCapOut, province_id: int | None
+) -> CrowdCapOut:
+    """Commit a cap added or lifted, noted first for the minute's job, then tell the counters
+    (``pending`` if Redis refused)."""
+    change = await capacity.apply_later(str(out.id), noted_in=keys.CAPS_TO_APPLY)
     await session.commit()
-    out.pending = not await _tell(session, capacity, today, cap_id, province_id, change)
+    out.pending = not await _tell(session, capacity, today, out.id, province_id, change)
     return out
 
 
@@ -156,9 +161,7 @@ async def finish(*, session: AsyncSession, capacity: Capacity, today: dt.date, t
     if not await capacity.is_built():
         return 0  # a recount reads them from the record itself
     done = 0
-    for field, change in (
-        await capacity.plans_to_apply(older_than=CAP_REQUEST_SECONDS, noted_in=keys.CAPS_TO_APPLY)
-    ).items():
+    for field, change in (await capacity.to_apply(older_than=CAP_REQUEST_SECONDS, noted_in=keys.CAPS_TO_APPLY)).items():
         cap = await session.get(CrowdCap, int(field))
         if cap is None:
             await capacity.applied(field, change, noted_in=keys.CAPS_TO_APPLY)

@@ -74,6 +74,10 @@ CAPS_TO_APPLY = f"{NAMESPACE}:caps-to-apply"
 (app.capacity.crowd_caps): a hash, cap id -> "unix time|change id", which the minute's job
 empties."""
 
+POLICY_TO_APPLY = f"{NAMESPACE}:policy-to-apply"
+"""Office ids whose complaint's request could not apply the enforcement policy after its
+commit (app.enforcement.service): a set the minute's job empties."""
+
 WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
 """Lines (their ``waitlist`` keys) that may have a free seat in front of them that nobody was
 given (a promotion the record failed to take, app.booking.service): a set the minute's job

@@ -306,19 +306,20 @@ class Capacity:
         with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
             await self.scripts.run_many(self.scripts.unpromote, calls)
 
-    async def apply_later(self, field: str, *, noted_in: str = keys.PLANS_TO_APPLY) -> str:
-        """Note that what ``field`` names (an office's plan, in ``keys.PLANS_TO_APPLY``; a crowd
-        cap, in ``keys.CAPS_TO_APPLY``) is about to change in the record; the change's id, for
-        ``applied``."""
+    async def apply_later(self, field: str, *, noted_in: str) -> str:
+        """Note that what ``field`` names is about to change in the record, and must reach
+        Redis (an office's plan in ``keys.PLANS_TO_APPLY``, a crowd cap in
+        ``keys.CAPS_TO_APPLY``, a closure in ``keys.CLOSURES_TO_APPLY``): the minute's jobs
+        see through what a request could not. The change's id, for ``applied``."""
         change = f"{dt.datetime.now(dt.UTC).timestamp():.3f}|{uuid.uuid4().hex}"
         await self.redis.hset(noted_in, field, change)
         return change
 
-    async def applied(self, field: str, change: str, *, noted_in: str = keys.PLANS_TO_APPLY) -> None:
+    async def applied(self, field: str, change: str, *, noted_in: str) -> None:
         """The change is in Redis and its moves done: forget it, unless a later one came since."""
         await self.scripts.forget_if(keys=[noted_in], args=[field, change])
 
-    async def plans_to_apply(self, *, older_than: float, noted_in: str = keys.PLANS_TO_APPLY) -> dict[str, str]:
+    async def to_apply(self, *, older_than: float, noted_in: str) -> dict[str, str]:
         """The changes noted more than ``older_than`` seconds ago (younger ones are their
         request's to apply): field -> change id."""
         noted = await self.redis.hgetall(noted_in)

@@ -160,7 +160,7 @@ class Console:
         else:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
-        change = await self.capacity.apply_later(office.code)
+        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY)
         await session.commit()
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
@@ -196,7 +196,7 @@ class Console:
         else:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
-        change = await self.capacity.apply_later(office.code)
+        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY)
         await session.commit()
         return await self._apply_change(session, office, [day], change)
 
@@ -223,7 +223,7 @@ class Console:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
-        change = await self.capacity.apply_later(office.code)
+        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY)
         await session.commit()
         return await self._apply_change(session, office, [day], change)
 
@@ -326,7 +326,7 @@ class Console:
             if not held:
                 return None
             applied = await self._apply(session, office, days)
-            await self.capacity.applied(code, change)
+            await self.capacity.applied(code, change, noted_in=keys.PLANS_TO_APPLY)
             return applied
 
     async def finish_plans(self, *, session: AsyncSession) -> int:
@@ -335,10 +335,12 @@ class Console:
         if not await self.capacity.is_built():
             return 0  # paused for a recount: the next run
         done = 0
-        for code, change in (await self.capacity.plans_to_apply(older_than=PLAN_REQUEST_SECONDS)).items():
+        for code, change in (
+            await self.capacity.to_apply(older_than=PLAN_REQUEST_SECONDS, noted_in=keys.PLANS_TO_APPLY)
+        ).items():
             office = await session.scalar(select(Office).where(Office.code == code))
             if office is None:
-                await self.capacity.applied(code, change)
+                await self.capacity.applied(code, change, noted_in=keys.PLANS_TO_APPLY)
                 continue
             try:
                 horizon = self.capacity.horizon(self.clock.today())

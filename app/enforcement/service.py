@@ -53,8 +53,6 @@ from app.staff.service import StaffPrincipal, audit, require_office, require_rol
 log = logging.getLogger(__name__)
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
-POLICY_TO_APPLY = f"{keys.NAMESPACE}:policy-to-apply"
-"""Offices whose complaint's request could not apply the policy (``apply_policy``)."""
 MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
 # Who the audit log names when the policy acts on its own (no staff member decided).
@@ -261,7 +259,7 @@ class Enforcement:
         """Leave the office's policy to the minute's job (``apply_policy``): a complaint's
         request could not apply it after its commit. Best effort: Redis may be what failed."""
         try:
-            await self.capacity.redis.sadd(POLICY_TO_APPLY, office_id)
+            await self.capacity.redis.sadd(keys.POLICY_TO_APPLY, office_id)
         except RedisError:
             log.error("office %d's policy waits for its next complaint or confirmation", office_id)
 
@@ -270,7 +268,7 @@ class Enforcement:
         (``policy_failed``); the offices it restricted or blocked. Run every minute
         (workers.cron): one look at an empty set when nothing failed."""
         applied = 0
-        for raw in await self.capacity.redis.smembers(POLICY_TO_APPLY):
+        for raw in await self.capacity.redis.smembers(keys.POLICY_TO_APPLY):
             office_id = int(raw)
             office = await session.get(Office, office_id)
             try:
@@ -280,7 +278,7 @@ class Enforcement:
                 await session.rollback()
                 log.exception("office %d's policy waits for the next run", office_id)
                 continue
-            await self.capacity.redis.srem(POLICY_TO_APPLY, raw)
+            await self.capacity.redis.srem(keys.POLICY_TO_APPLY, raw)
         return applied
 
     async def push_statuses(self, *, session: AsyncSession) -> int:
