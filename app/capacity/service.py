@@ -319,16 +319,26 @@ class Capacity:
         """The change is in Redis and its moves done: forget it, unless a later one came since."""
         await self.scripts.forget_if(keys=[noted_in], args=[field, change])
 
-    async def to_apply(self, *, older_than: float, noted_in: str) -> dict[str, str]:
+    async def to_apply(self, *, older_than: float, noted_in: str, ids: bool = False) -> dict[str, str]:
         """The changes noted more than ``older_than`` seconds ago (younger ones are their
-        request's to apply): field -> change id."""
+        request's to apply): field -> change id. With ``ids``, the fields are the record's
+        row ids (a cap's, a closure's)."""
         noted = await self.redis.hgetall(noted_in)
         due = dt.datetime.now(dt.UTC).timestamp() - older_than
-        return {
-            as_text(field): as_text(change)
-            for field, change in noted.items()
-            if float(as_text(change).partition("|")[0]) <= due
-        }
+        found = {}
+        for raw_field, raw_change in noted.items():
+            field, change = as_text(raw_field), as_text(raw_change)
+            try:
+                noted_at = float(change.partition("|")[0])
+                if ids:
+                    int(field)
+            except ValueError:  # not ours (a hand's HSET): dropped, for it would stop every later run
+                log.error("a change to apply that is not one, in %s: %r = %r", noted_in, field, change)
+                await self.redis.hdel(noted_in, raw_field)
+                continue
+            if noted_at <= due:
+                found[field] = change
+        return found
 
     async def fill_later(self, seats: Collection[Seat]) -> None:
         """Leave the lines of these seats' office-day and pool to the minute's job to fill

@@ -82,3 +82,23 @@ async def test_a_job_run_alone_does_nothing_while_its_last_run_is_under_way(
     await deliver()
     assert [job.return_value() for job in (under_way, alone)] == [0, 1]
     assert not redis_sync.exists(lock)  # let go once done
+
+
+async def test_a_note_that_is_not_one_is_dropped_and_stops_no_job(
+    world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """A field or change the jobs cannot read (a hand's HSET, a half-written note) made each
+    run of its job raise, so no later change in that hash reached Redis again."""
+    await world.rebuild()
+    bad = {
+        keys.PLANS_TO_APPLY: {"990104": "yesterday|x"},
+        keys.CAPS_TO_APPLY: {"not-a-cap": "1.0|x", "7": "soon"},
+        keys.CLOSURES_TO_APPLY: {"closure-1": "1.0|x"},
+    }
+    for noted_in, fields in bad.items():
+        redis_sync.hset(noted_in, mapping=fields)
+    queue = Queue(DEFAULT, connection=redis_sync)
+    jobs = [queue.enqueue(job) for job in (finish_plans, finish_caps, finish_closures)]
+    await deliver()
+    assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", 0)] * 3
+    assert [redis_sync.hlen(noted_in) for noted_in in bad] == [0, 0, 0]
