@@ -161,7 +161,8 @@ async def finish(*, session: AsyncSession, capacity: Capacity, today: dt.date, t
     if not await capacity.is_built():
         return 0  # a recount reads them from the record itself
     done = 0
-    for field, change in (await capacity.to_apply(older_than=CAP_REQUEST_SECONDS, noted_in=keys.CAPS_TO_APPLY, ids=True)).items():
+    noted = await capacity.to_apply(older_than=CAP_REQUEST_SECONDS, noted_in=keys.CAPS_TO_APPLY, ids=True)
+    for field, change in noted.items():
         cap = await session.get(CrowdCap, int(field))
         if cap is None:
             await capacity.applied(field, change, noted_in=keys.CAPS_TO_APPLY)

@@ -190,7 +190,9 @@ class Regulator:
                 select(Closure.id, Closure.date, Closure.province_id, Closure.reason).where(Closure.date.in_(horizon))
             )
         ).all()
-        noted = await self.capacity.to_apply(older_than=CLOSURE_REQUEST_SECONDS, noted_in=keys.CLOSURES_TO_APPLY, ids=True)
+        noted = await self.capacity.to_apply(
+            older_than=CLOSURE_REQUEST_SECONDS, noted_in=keys.CLOSURES_TO_APPLY, ids=True
+        )
         for gone in noted.keys() - {str(closure_id) for closure_id, *_ in closures}:  # reopened, or past
             await self._closed(int(gone), noted[gone])
         done = 0
