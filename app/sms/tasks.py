@@ -157,8 +157,16 @@ async def _send_all(message_ids: list[str]) -> list[str]:
 
 
 async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
+    """Read the message, ask Twilio (a retry), claim it, send it, write down how it ended:
+    each step on the record a short transaction of its own, none open while Twilio is asked."""
     async with app.sessions() as session:
-        message = await session.get(SmsMessage, message_id, with_for_update=True)
+        message = await session.get(SmsMessage, message_id)
+        # A plain read, its transaction ended at once (the session keeps what it read): nothing
+        # of the record is held while Twilio is asked, up to 10 s a call. A FOR UPDATE held
+        # over that call had kept every other writer of the row waiting for Twilio, each with
+        # a pooled connection, and this one idle in its transaction. What changes meanwhile is
+        # caught by the claims below, compare-and-sets on the status and tries read here.
+        await session.commit()
         if message is None:
             return "missing"
         if message.status in (SmsStatus.SENT, SmsStatus.DELIVERED, SmsStatus.FAILED):
@@ -186,7 +194,8 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
                 if not await _claim(session, message_id, seen, status=SmsStatus.SENT, provider_sid=earlier):
                     return "taken by another job"
                 return "sent before"
-        # Claimed only if no other job changed it since it was read: SQLite takes no row lock.
+        # Claimed only if no other job changed it since it was read (no row lock is held, and
+        # SQLite takes none), and committed before Twilio is handed it.
         if not await _claim(session, message_id, seen, status=SmsStatus.SENDING, attempts=seen[1] + 1, updated_at=now):
             return "taken by another job"
         attempts, queue = seen[1] + 1, app.messenger.queue_for(message.kind)

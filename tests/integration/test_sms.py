@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from sqlalchemy import func, select, update
+from sqlalchemy import text as sql
 from twilio.request_validator import RequestValidator
 
 from app.booking.models import Booking, BookingStatus, Channel
@@ -652,6 +654,64 @@ async def test_a_retry_asks_the_provider_first_when_a_failed_try_reached_it(
     async with world.container.sessions() as session:
         row = await session.get(SmsMessage, made.id)
         assert row is not None and row.status == SmsStatus.SENT and row.provider_sid == sid and row.attempts == 1
+
+
+async def test_no_lock_or_transaction_is_held_while_twilio_is_asked(
+    world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry asks Twilio's list whether the last try reached it, then sends: each call may
+    take 10 s on a slow day, times thousands of messages. Meanwhile the worker holds no
+    transaction open and the row is free for other writers (Twilio's status callback among
+    them, from a web worker's pooled connection): a FOR UPDATE held over the list call had
+    kept them waiting on Twilio."""
+    from app.sms.backends import TwilioBackend
+
+    # Each call to Twilio waits, once it is asked, until the test lets it go on.
+    gates = {name: (threading.Event(), threading.Event()) for name in ("sent_like", "send")}
+
+    def held(name: str) -> Any:
+        real = getattr(TwilioBackend, name)
+
+        def call(self: TwilioBackend, *args: Any) -> Any:
+            asked, go = gates[name]
+            asked.set()
+            go.wait(30)
+            return real(self, *args)
+
+        return call
+
+    for name in gates:
+        monkeypatch.setattr(TwilioBackend, name, held(name))
+    postgres = world.container.settings.database_url.startswith("postgresql")
+    made = await outbox_message(world, "کد ورود: 246810", "otp", attempts=1, error="ReadTimeout")
+    world.container.jobs.enqueue(world.container.jobs.codes, SEND_SMS, made.id, job_id="sms-slow-twilio")
+    worker = asyncio.create_task(deliver())
+    try:
+        for name, (asked, go) in gates.items():
+            assert await asyncio.to_thread(asked.wait, 30), f"Twilio was not asked ({name})"
+            async with world.container.sessions() as session:
+                if postgres:
+                    # Fails, rather than waits for the test's own timeout, if the row is locked.
+                    await session.execute(sql("SET LOCAL lock_timeout = '2s'"))
+                    open_elsewhere = await session.scalar(
+                        sql(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND state LIKE 'idle in transaction%'"
+                        )
+                    )
+                    assert open_elsewhere == 0, f"a transaction is open while Twilio is asked ({name})"
+                # As the status callback's write: done now, not after Twilio answers.
+                await session.execute(update(SmsMessage).where(SmsMessage.id == made.id).values(error=SmsMessage.error))
+                await session.commit()
+            go.set()
+    finally:
+        for _, go in gates.values():
+            go.set()
+        await worker
+    [sent] = standin.wait_for(1)
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and (row.status, row.attempts, row.provider_sid) == (SmsStatus.SENT, 2, sent["sid"])
 
 
 async def test_a_worker_builds_the_app_once_for_its_jobs(
