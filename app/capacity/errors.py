@@ -100,3 +100,11 @@ class CapacityRebuilding(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("Capacity is being rebuilt; try again in a few seconds.")
+
+
+class ClosuresChanging(ServiceUnavailable):
+    """Closures were added or removed each time a replan wrote its seats: what it wrote may
+    be from a calendar already gone, so it is left for the minute's job."""
+
+    def __init__(self) -> None:
+        super().__init__("Closures are changing; try again in a few seconds.")

@@ -69,6 +69,10 @@ CLOSURES_TO_APPLY = f"{NAMESPACE}:closures-to-apply"
 """Closures recorded whose offices' seats may still be in Redis (app.regulator.service): a
 hash, closure id -> "unix time|change id", which the minute's job empties."""
 
+CLOSURES_CHANGED = f"{NAMESPACE}:closures-changed"
+"""A count, one up after each closure's or reopen's commit, before its own replan: a replan
+that saw it move while it wrote reads the calendar again (``Capacity.replan``)."""
+
 CAPS_TO_APPLY = f"{NAMESPACE}:caps-to-apply"
 """Crowd caps added or lifted in the record whose offices' counters may not say so yet
 (app.capacity.crowd_caps): a hash, cap id -> "unix time|change id", which the minute's job

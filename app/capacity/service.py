@@ -29,6 +29,7 @@ from app.capacity.errors import (
     AlreadyBookedThatDay,
     BookingSuspended,
     CapacityRebuilding,
+    ClosuresChanging,
     DayFull,
     DuplicateRequest,
     NoSuchSlot,
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 NOT_COUNTED = "-"  # a day's count when Redis does not hold the day (see Capacity.counts)
 FORGOTTEN = "!"  # marks a booking answered 503 whose scripts may yet run (Capacity.forget_unanswered)
+REPLAN_TRIES = 5  # a replan's writes, each time a closure's commit came while they ran
 
 
 class Reserved(msgspec.Struct, frozen=True):
@@ -801,7 +803,34 @@ class Capacity:
     ) -> list[Overflow]:
         """Check (``apply=False``) or write the offices' plans for ``days`` as the calendar and
         template (default: the record's; a template only with one office) make them, keeping
-        every booking's seat counted. Returns the overflow: booked seats the plan has no room for."""
+        every booking's seat counted. Returns the overflow: booked seats the plan has no room for.
+
+        Written from the record's calendar, it is written again if a closure was added or
+        removed meanwhile (``keys.CLOSURES_CHANGED``): read before that commit and written
+        after the closure's own replan, a clerk's change had opened a closed day again (its
+        office sold seats nobody could use), or closed a reopened one."""
+        if not apply or calendar is not None:
+            return await self._replan(session, office_codes, days, apply, calendar, template)
+        for _ in range(REPLAN_TRIES):
+            seen = await self.redis.get(keys.CLOSURES_CHANGED)
+            overflow = await self._replan(session, office_codes, days, apply, calendar, template)
+            if await self.redis.get(keys.CLOSURES_CHANGED) == seen:
+                return overflow
+        raise ClosuresChanging()
+
+    async def closures_changed(self) -> None:
+        """Tell the replans under way that a closure was just added or removed in the record."""
+        await self.redis.incr(keys.CLOSURES_CHANGED)
+
+    async def _replan(
+        self,
+        session: AsyncSession,
+        office_codes: list[str],
+        days: list[dt.date],
+        apply: bool,
+        calendar: Calendar | None,
+        template: str | None,
+    ) -> list[Overflow]:
         plans = await load_plans(session, codes=office_codes)
         if not plans:
             return []

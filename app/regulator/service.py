@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.booking.models import Booking, BookingStatus
 from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
-from app.capacity.errors import CapacityRebuilding
+from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import Closure
 from app.console.schemas import MovedBooking
 from app.console.service import Console
@@ -246,7 +246,7 @@ class Regulator:
         try:
             async with self._day_lock(day, tries=tries) as held:
                 return await self._close_held(session, closure_id, province_id, day, why_fa) if held else None
-        except (CapacityRebuilding, RedisError, RedisClusterException, SQLAlchemyError):
+        except (CapacityRebuilding, ClosuresChanging, RedisError, RedisClusterException, SQLAlchemyError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
             # is done or Redis and the record answer again.
@@ -259,6 +259,7 @@ class Regulator:
     ) -> list[MovedBooking]:
         if await session.get(Closure, closure_id, populate_existing=True) is None:
             return []  # reopened meanwhile: nothing to close
+        await self.capacity.closures_changed()  # a clerk's replan under way reads it again
         codes = await _offices_closed(session, province_id)
         overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
         moved = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
@@ -335,8 +336,19 @@ class Regulator:
             # in Redis with none in the record to say so: the removal waits for it.
             self.capacity.require_ready()
             await session.commit()
+            await self._replan_reopened(session, codes, day)
             await self._closed(closure_id, change)
         await self.console.bookings.fill_waitlists(session=session)
+
+    async def _replan_reopened(self, session: AsyncSession, codes: list[str], day: dt.date) -> None:
+        """Write the reopened day again, now from the record: a clerk's replan that read the
+        closure before the commit, and wrote after the replan above, closed the day again
+        (it reads the calendar again once told). A failure here leaves the day as opened above."""
+        try:
+            await self.capacity.closures_changed()
+            await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
+        except (CapacityRebuilding, ClosuresChanging, RedisError, RedisClusterException):
+            log.warning("the offices reopened on %s were not written again", day, exc_info=True)
 
 
 async def _offices_closed(session: AsyncSession, province_id: int | None) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -14,9 +15,11 @@ from sqlalchemy import select
 from app.booking.models import Booking
 from app.capacity import keys
 from app.capacity.models import CrowdCap
+from app.regulator.schemas import ClosureIn
 from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.sms.backends import OUTBOX
-from app.staff.models import AuditEntry, StaffRole
+from app.staff.models import AuditEntry, StaffAccount, StaffRole
+from app.staff.service import StaffPrincipal
 from tests.conftest import Deliver, World, booking_body
 from tests.integration.test_console import account, sign_in, staff_of
 
@@ -112,6 +115,59 @@ async def test_a_closure_beats_an_office_override(client: Client, world: World, 
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "09:30"), headers=world.token()
     )
     assert refused.status_code == 422 and refused.json()["code"] == "no_such_slot"
+
+
+@pytest.mark.parametrize("closure", ["added", "removed"])
+async def test_a_clerks_change_read_before_a_closures_commit_is_written_again(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, closure: str
+) -> None:
+    """The clerk's replan read the calendar, then a closure of the day was added (or removed)
+    and applied in full, then the replan wrote what it had read: it had opened the closed day
+    again (the office sold seats nobody could use), or closed the reopened one."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    staff = await staff_of(client, world, office)
+    name = f"regulator-race-{closure}"
+    await account(world, name, StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, name)
+    day = world.tomorrow()
+    body = {"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"}
+    if closure == "removed":
+        first = await client.post("/api/v1/regulator/closures", json=body, headers=regulator)
+        assert first.status_code == 201, first.text
+    container = client.app.state.container  # the app's parts, on its loop
+    async with world.container.sessions() as session:
+        account_id = await session.scalar(select(StaffAccount.id).where(StaffAccount.username == name))
+    principal = StaffPrincipal(account_id, name, StaffRole.REGULATOR, None, None)
+    scripts = container.capacity.scripts
+    run_many = scripts.run_many
+    changed = []
+
+    async def change_the_closures_first(script: Any, calls: Any, **kwargs: Any) -> Any:
+        if script is scripts.replan and calls[0][1][0] == "apply" and not changed:
+            changed.append(closure)  # the clerk's replan has read the calendar: the regulator now
+            async with container.sessions() as other:
+                if closure == "added":
+                    await container.regulator.close(session=other, staff=principal, data=ClosureIn(**body))
+                else:
+                    await container.regulator.reopen(session=other, staff=principal, closure_id=first.json()["id"])
+        return await run_many(script, calls, **kwargs)
+
+    monkeypatch.setattr(scripts, "run_many", change_the_closures_first)
+    rules = {"rules": [{"opens": "09:00", "closes": "12:00", "slot_minutes": 30, "seats": 3}], "reason": "نوبت اضافه"}
+    planned = await client.put(f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}", json=rules, headers=staff)
+    assert planned.status_code == 200, planned.text
+    assert changed == [closure]
+    listed = (await client.get("/api/v1/regulator/closures", headers=regulator)).json()
+    assert len(listed) == (1 if closure == "added" else 0)
+    seats = {
+        field.decode(): int(n) for field, n in redis_sync.hgetall(keys.office_day(office, day)).items()
+        if field.startswith(b"s|") and int(n)
+    }  # fmt: skip
+    if closure == "added":
+        assert seats == {}
+    else:
+        assert seats == {keys.seats_field("*", f"{h:02d}:{m:02d}"): 3 for h in (9, 10, 11) for m in (0, 30)}
 
 
 @pytest.mark.parametrize("change", ["add", "lift"])
