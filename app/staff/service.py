@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -36,6 +37,11 @@ MIN_PASSWORD = 10
 MAX_TOKEN = 100  # token_urlsafe(32) is 43 characters; anything far longer is not ours
 ENABLED_SECONDS = 10.0
 """How long an instance trusts that an account is still enabled before asking the record again."""
+
+UNKNOWN_NAME_SECONDS = 24 * 3600
+"""How long an unknown username's wrong passwords are remembered short of a lock. An
+account's count lasts until a sign-in resets it, which a clerk's does daily; these need an
+end, or a spray of made-up names would pile up in Redis."""
 
 # argon2id is memory-hard (64 MiB a hash by default): a handful at once per process keeps a
 # burst of sign-ins from exhausting memory; the rest wait their turn.
@@ -74,6 +80,14 @@ def _session_key(token: str) -> str:
 
 def _browser_failures_key(account_id: int, browser: str) -> str:
     return f"{keys.NAMESPACE}:staff-browser-failures:{account_id}:{browser}"
+
+
+def _unknown_name_key(secret: str, name: str, part: str) -> str:
+    # Keyed, not a bare digest: people type their password into the username box, and a
+    # Redis dump must not hold an unsalted hash of it for a day.
+    # Braced, a name's two keys share a Redis Cluster slot: its lock and reset are one MULTI.
+    digest = hmac.new(secret.encode(), name.encode(), hashlib.sha256).hexdigest()
+    return f"{keys.NAMESPACE}:staff-unknown-{part}:{{{digest}}}"
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -138,6 +152,7 @@ class StaffAuth:
         """
         await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
         name = _normalize_username(username)
+        now = utcnow()
         row = None
         if USERNAME.fullmatch(name):
             row = (
@@ -148,11 +163,14 @@ class StaffAuth:
                 )
             ).first()
         if row is None:
+            # Counted and locked like an account (OWASP): were only real accounts to lock,
+            # wrong passwords until one did (or did not) would tell which usernames exist.
+            await self._refuse_if_unknown_name_locked(name, now)
             await self._verify(await self._dummy_hash(), password)
+            await self._count_unknown_name_failure(name, now)
             raise WrongCredentials()
         account, office_code = row
 
-        now = utcnow()
         today = now.date().toordinal()
         browser = known_device(
             self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
@@ -163,13 +181,12 @@ class StaffAuth:
             await self._refuse_if_browser_locked(account.id, browser, now)
         elif locked_until is not None and locked:
             raise AccountLocked(locked_until, now=now)
-        if not await self._verify(account.password_hash, password):
+        # A disabled account answers, and counts, like a wrong password: it is not worth
+        # confirming, nor is its password (one that never led to a lock would be the right one).
+        if not await self._verify(account.password_hash, password) or account.disabled:
             await self._count_failure(session, account.id, now)  # locks the account to other browsers
             if browser is not None:
                 await self._count_browser_failure(account.id, browser)
-            raise WrongCredentials()
-        if account.disabled:
-            # Same answer as a wrong password: a disabled account is not worth confirming.
             raise WrongCredentials()
 
         if not locked:  # a lock someone else set runs its course for every other browser
@@ -210,6 +227,30 @@ class StaffAuth:
             pipe.set(key, 0, ex=self.settings.staff_lockout_seconds, nx=True)
             pipe.incr(key)
             await pipe.execute()
+
+    async def _refuse_if_unknown_name_locked(self, name: str, now: dt.datetime) -> None:
+        # The lock's end is kept, not read back from its TTL: an account's lock gives the
+        # same locked_until at every answer, to the microsecond, and so must this one.
+        value = await self.redis.get(_unknown_name_key(self.settings.secret_key, name, "lock"))
+        if value is not None:
+            locked_until = dt.datetime.fromisoformat(value.decode() if isinstance(value, bytes) else value)
+            if locked_until > now:
+                raise AccountLocked(locked_until, now=now)
+
+    async def _count_unknown_name_failure(self, name: str, now: dt.datetime) -> None:
+        # As _count_failure does for an account: the threshold starts a lock and a new count.
+        key = _unknown_name_key(self.settings.secret_key, name, "failures")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, UNKNOWN_NAME_SECONDS)
+            failures, _ = await pipe.execute()
+        if failures >= self.settings.staff_max_failures:
+            locked_until = now + dt.timedelta(seconds=self.settings.staff_lockout_seconds)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                lock = _unknown_name_key(self.settings.secret_key, name, "lock")
+                pipe.set(lock, locked_until.isoformat(), ex=self.settings.staff_lockout_seconds)
+                pipe.delete(key)
+                await pipe.execute()
 
     async def _count_failure(self, session: AsyncSession, account_id: int, now: dt.datetime) -> None:
         # Incremented in SQL, not in Python: parallel wrong guesses must each count.

@@ -31,7 +31,15 @@ from app.staff.devices import known_device
 from app.staff.errors import AccountLocked, NotYourOffice, WrongCredentials
 from app.staff.models import AuditEntry, StaffAccount, StaffRole, utcnow
 from app.staff.routes import DEVICE_COOKIE
-from app.staff.service import SignedIn, StaffAuth, StaffPrincipal, audit, require_office, require_role
+from app.staff.service import (
+    SignedIn,
+    StaffAuth,
+    StaffPrincipal,
+    _unknown_name_key,
+    audit,
+    require_office,
+    require_role,
+)
 from tests.conftest import World
 
 Client = AsyncTestClient[Litestar]
@@ -93,6 +101,13 @@ async def unlock(container: Container, username: str) -> None:
             .values(locked_until=utcnow() - dt.timedelta(seconds=1))
         )
         await session.commit()
+
+
+async def unlock_unknown(container: Container, username: str) -> None:
+    """Move an unknown username's lock into the past, as ``unlock`` does an account's."""
+    key = _unknown_name_key(container.settings.secret_key, username, "lock")
+    assert await container.redis.exists(key)
+    await container.redis.set(key, (utcnow() - dt.timedelta(seconds=1)).isoformat(), keepttl=True)
 
 
 def session_key(token: str) -> str:
@@ -218,12 +233,33 @@ async def test_unknown_username_costs_a_verify_and_reads_like_a_wrong_password(c
     assert hasher.verified == 3
 
 
+async def test_an_unknown_username_costs_what_an_account_does_until_both_lock(container: Container) -> None:
+    hasher = CountingHasher()
+    staff = service(container, hasher=hasher)
+    await make_account(container, staff, "guild", role=StaffRole.GUILD)
+    limit = container.settings.staff_max_failures
+    for username in ("guild", "nobody-here"):
+        hasher.verified = 0
+        for _ in range(limit):
+            with pytest.raises(WrongCredentials):
+                await sign_in(container, staff, username, "wrong password")
+        with pytest.raises(AccountLocked):
+            await sign_in(container, staff, username, "wrong password")
+        assert hasher.verified == limit  # a lock answers before any verify, for both
+
+
 async def test_disabled_account_is_refused_like_a_wrong_password(container: Container, staff: StaffAuth) -> None:
     await make_account(container, staff, "guild", role=StaffRole.GUILD)
     async with container.sessions() as session:
         await session.execute(update(StaffAccount).values(disabled=True))
         await session.commit()
     with pytest.raises(WrongCredentials):
+        await sign_in(container, staff, "guild", PASSWORD)
+    # Counted like a wrong password too: a right one that never led to a lock would show.
+    for _ in range(container.settings.staff_max_failures - 1):
+        with pytest.raises(WrongCredentials):
+            await sign_in(container, staff, "guild", PASSWORD)
+    with pytest.raises(AccountLocked):
         await sign_in(container, staff, "guild", PASSWORD)
 
 
@@ -536,6 +572,41 @@ async def test_http_lockout(client: Client, container: Container, staff: StaffAu
 
     await unlock(container, "clerk")
     assert (await login(client, "clerk")).status_code == 200
+
+
+async def test_http_an_unknown_username_locks_like_a_real_one(
+    client: Client, container: Container, staff: StaffAuth, world: World
+) -> None:
+    """Were only real accounts to lock, wrong passwords until a lock (or none) would tell
+    anyone which usernames exist (OWASP): an unknown or malformed name is counted, locked
+    and let go again just as an account is."""
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    limit = container.settings.staff_max_failures
+    names = ("clerk", "nobody-here", "Not A Username!")
+
+    async def tries(username: str) -> list[tuple[int, str, bool]]:
+        seen, locked_until = [], set()
+        for _ in range(limit + 2):
+            response = await login(client, username, "not the password")
+            body = response.json()
+            seen.append((response.status_code, body["code"], "retry-after" in response.headers))
+            if body["code"] == "account_locked":
+                assert 0 < int(response.headers["retry-after"]) <= container.settings.staff_lockout_seconds
+                locked_until.add(body["locked_until"])
+        assert len(locked_until) == 1  # the same lock at every answer
+        return seen
+
+    expected = [(401, "wrong_credentials", False)] * limit + [(403, "account_locked", True)] * 2
+    assert [await tries(name) for name in names] == [expected] * len(names)
+    stored = await container.redis.keys("*")
+    assert not [key for key in stored for name in names[1:] if name.lower() in key]  # only a digest
+
+    await unlock(container, "clerk")
+    for name in names[1:]:
+        await unlock_unknown(container, name.lower())
+    # The lock ran its course and the count starts again, alike.
+    assert [await tries(name) for name in names] == [expected] * len(names)
 
 
 async def test_http_lockout_spares_the_clerks_own_browser(
