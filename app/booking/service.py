@@ -677,13 +677,10 @@ class BookingService:
             return 0  # paused for a recount, which fills every line when it ends
         await self.settle_promotions(session=session)
         await self.settle_bookings(session=session)
-        lines = await self.capacity.take_left_to_fill()
+        lines = await self.capacity.left_to_fill()
         if lines:
-            try:
-                await self.free_seats(session=session, seats=lines)
-            except BaseException:
-                await self.capacity.fill_later(lines)
-                raise
+            await self.free_seats(session=session, seats=list(lines))
+            await self.capacity.filled(lines)  # not before: a run that fails leaves them to the next
         return len(lines)
 
     async def free_seat(

@@ -82,10 +82,14 @@ POLICY_TO_APPLY = f"{NAMESPACE}:policy-to-apply"
 """Office ids whose complaint's request could not apply the enforcement policy after its
 commit (app.enforcement.service): a set the minute's job empties."""
 
-WAITLISTS_TO_FILL = f"{NAMESPACE}:waitlists-to-fill"
+WAITLISTS_TO_FILL = f"{NAMESPACE}:lines-to-fill"
 """Lines (their ``waitlist`` keys) that may have a free seat in front of them that nobody was
-given (a promotion the record failed to take, app.booking.service): a set the minute's job
-empties."""
+given (a promotion the record failed to take, app.booking.service): a hash, line -> "unix
+time|change id", which the minute's job empties as it fills each."""
+
+WAITLISTS_TO_FILL_BEFORE = f"{NAMESPACE}:waitlists-to-fill"
+"""The set ``WAITLISTS_TO_FILL`` was until December 2026, taken off as a run began (a run
+killed half-way lost the rest): emptied into the hash by the job."""
 
 BOOKINGS_TO_SETTLE = f"{NAMESPACE}:bookings-to-settle"
 """Bookings whose commit's answer was lost, which the record could not place when asked

@@ -346,8 +346,37 @@ class Capacity:
         """Leave the lines of these seats' office-day and pool to the minute's job to fill
         (``keys.WAITLISTS_TO_FILL``)."""
         if seats:
-            lines = {keys.waitlist(seat.office_code, seat.day, seat.pool) for seat in seats}
-            await self.redis.sadd(keys.WAITLISTS_TO_FILL, *lines)
+            await self._note_lines({keys.waitlist(seat.office_code, seat.day, seat.pool) for seat in seats})
+
+    async def _note_lines(self, lines: Collection[str]) -> None:
+        change = f"{dt.datetime.now(dt.UTC).timestamp():.3f}|{uuid.uuid4().hex}"
+        await self.redis.hset(keys.WAITLISTS_TO_FILL, mapping=dict.fromkeys(lines, change))
+
+    async def left_to_fill(self) -> dict[Seat, str]:
+        """The lines left to fill, each as the seat to give them (any time: ``Seat``) with its
+        note's change id for ``filled``. They stay noted until then: taken off as a run began,
+        the lines of a run killed half-way waited for the next cancel there, or a recount."""
+        if before := await self.redis.spop(keys.WAITLISTS_TO_FILL_BEFORE, 10_000):
+            await self._note_lines([as_text(line) for line in before])
+        seats = {}
+        for line, change in (await self.to_apply(older_than=0, noted_in=keys.WAITLISTS_TO_FILL)).items():
+            try:
+                seats[Seat(*keys.parse_waitlist(line), "")] = change
+            except (ValueError, IndexError):  # not ours: dropped, for it would stop every later run
+                log.error("a waitlist to fill that is not one: %r", line)
+                await self.redis.hdel(keys.WAITLISTS_TO_FILL, line)
+        return seats
+
+    async def filled(self, seats: dict[Seat, str]) -> None:
+        """Forget the lines ``left_to_fill`` gave, now filled, but not one noted again since."""
+        await asyncio.gather(
+            *(
+                self.applied(
+                    keys.waitlist(seat.office_code, seat.day, seat.pool), change, noted_in=keys.WAITLISTS_TO_FILL
+                )
+                for seat, change in seats.items()
+            )
+        )
 
     async def settle_promotions_later(self, xid: int, given: Sequence[tuple[str, Seat]]) -> None:
         """Leave a promotion whose commit could not be told of to the minute's job
@@ -400,17 +429,6 @@ class Capacity:
                 pipe.hdel(keys.BOOKINGS_TO_SETTLE, code)
             removed = await pipe.execute()
         return [code for code, gone in zip(tracking_codes, removed, strict=True) if gone]
-
-    async def take_left_to_fill(self, count: int = 500) -> list[Seat]:
-        """Some of the lines left to fill, taken off the set, each as the seat to give them
-        (any time: ``Seat``); ``fill_later`` them again if their fill fails."""
-        seats = []
-        for line in sorted(as_text(line) for line in await self.redis.spop(keys.WAITLISTS_TO_FILL, count) or []):
-            try:
-                seats.append(Seat(*keys.parse_waitlist(line), ""))
-            except (ValueError, IndexError):  # not ours: dropped, for it would stop every later run
-                log.error("a waitlist to fill that is not one: %r", line)
-        return seats
 
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str

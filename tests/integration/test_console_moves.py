@@ -612,5 +612,5 @@ async def test_seats_after_a_chunk_whose_promotions_failed_are_still_given_back(
             )
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
     assert redis_sync.lrange(keys.waitlist(full, day, "*"), 0, -1) == [waiting.encode()]
-    assert redis_sync.sismember(keys.WAITLISTS_TO_FILL, keys.waitlist(full, day, "*"))
+    assert redis_sync.hexists(keys.WAITLISTS_TO_FILL, keys.waitlist(full, day, "*"))
     await assert_record_matches_redis(world, redis_sync, [full, other], day)

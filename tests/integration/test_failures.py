@@ -468,7 +468,7 @@ async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
     with SyncRedis.from_url(capacity_redis.url) as redis:
         assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
-        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {keys.waitlist(office, day, "*").encode()}
+        assert set(redis.hkeys(keys.WAITLISTS_TO_FILL)) == {keys.waitlist(office, day, "*").encode()}
 
     jobs = world.container  # the job's own parts
     async with jobs.sessions() as session:
@@ -478,6 +478,55 @@ async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled
     assert ten_oclock_used(capacity_redis, office, day) == 2
     async with jobs.sessions() as session:
         assert await jobs.bookings.fill_waitlists_left(session=session) == 0
+
+
+@pytest.mark.parametrize("left", ["by a run killed half-way", "in the set of before"])
+async def test_a_line_left_to_fill_is_filled_whatever_happened_to_the_last_run(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, left: str
+) -> None:
+    """The job took the lines off as it began: a worker killed before it filled them (a
+    deploy, the OOM killer) lost them, and the citizens in line waited in front of a free
+    seat until the next cancel there or a recount."""
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    messenger = client.app.state.container.bookings.messenger
+    queue = messenger.queue
+
+    def record_gone(session: Any, *, kind: str, **kwargs: Any) -> Any:
+        if kind == "waitlist_promoted":
+            raise OperationalError("INSERT", {}, Exception("the record went away"))
+        return queue(session, kind=kind, **kwargs)
+
+    monkeypatch.setattr(messenger, "queue", record_gone)
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancelled.status_code == 200, cancelled.text
+    monkeypatch.setattr(messenger, "queue", queue)
+    line = keys.waitlist(office, day, "*")
+    jobs = world.container  # the job's own parts
+    if left == "in the set of before":
+        with SyncRedis.from_url(capacity_redis.url) as redis:
+            redis.delete(keys.WAITLISTS_TO_FILL)
+            redis.sadd(keys.WAITLISTS_TO_FILL_BEFORE, line)
+    else:
+
+        async def killed(**kwargs: Any) -> None:
+            raise SystemExit("killed")  # and no handler of the job's runs after it
+
+        async def nothing(*args: Any, **kwargs: Any) -> None:
+            pass
+
+        with monkeypatch.context() as patched:
+            patched.setattr(jobs.bookings, "free_seats", killed)
+            patched.setattr(jobs.capacity, "fill_later", nothing)
+            async with jobs.sessions() as session:
+                with pytest.raises(SystemExit):
+                    await jobs.bookings.fill_waitlists_left(session=session)
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    async with jobs.sessions() as session:
+        assert await jobs.bookings.fill_waitlists_left(session=session) == 1
+    promoted = (await client.get(f"/api/v1/bookings/{waiting}")).json()
+    assert (promoted["status"], promoted["slot"]) == ("booked", "10:00")
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.hlen(keys.WAITLISTS_TO_FILL) == 0 and redis.scard(keys.WAITLISTS_TO_FILL_BEFORE) == 0
 
 
 @pytest.mark.parametrize(
@@ -536,14 +585,14 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
     line = keys.waitlist(office, day, "*")
     with SyncRedis.from_url(capacity_redis.url) as redis:
         if landed is not False:
-            assert redis.lrange(line, 0, -1) == [] and redis.smembers(keys.WAITLISTS_TO_FILL) == set()
+            assert redis.lrange(line, 0, -1) == [] and redis.hkeys(keys.WAITLISTS_TO_FILL) == []
             assert ten_oclock_used(capacity_redis, office, day) == 2  # the seat kept
             assert redis.hlen(keys.PROMOTIONS_TO_SETTLE) == (1 if landed is None else 0)
         else:
             assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
             assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
             assert redis.lrange(line, 0, -1) == [waiting.encode()]
-            assert redis.smembers(keys.WAITLISTS_TO_FILL) == {line.encode()}
+            assert set(redis.hkeys(keys.WAITLISTS_TO_FILL)) == {line.encode()}
     jobs = world.container  # the job's own parts
     async with jobs.sessions() as session:
         await jobs.bookings.fill_waitlists_left(session=session)
@@ -641,7 +690,7 @@ async def test_settling_promotions_goes_on_past_one_that_fails_and_drops_days_go
     lines = [keys.waitlist(office, day, "*") for office in offices]
     assert sorted(redis.llen(line) for line in lines) == [0, 1]  # one put back; the other's undo failed
     assert sorted(used(redis, office, day, "10:00") for office in offices) == [0, 1]  # its seat still held
-    assert redis.smembers(keys.WAITLISTS_TO_FILL) == {line.encode() for line in lines}
+    assert set(redis.hkeys(keys.WAITLISTS_TO_FILL)) == {line.encode() for line in lines}
     redis.close()
 
 
@@ -688,7 +737,7 @@ async def test_redis_failing_as_a_promotion_asks_it_keeps_the_citizen_first_in_l
     assert ten_oclock_used(capacity_redis, office, day) == 1
     with SyncRedis.from_url(capacity_redis.url) as redis:
         assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
-        assert redis.smembers(keys.WAITLISTS_TO_FILL) == {keys.waitlist(office, day, "*").encode()}
+        assert set(redis.hkeys(keys.WAITLISTS_TO_FILL)) == {keys.waitlist(office, day, "*").encode()}
 
 
 async def test_a_raise_whose_promotions_meet_a_recount_is_answered(
