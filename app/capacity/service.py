@@ -308,13 +308,17 @@ class Capacity:
         with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
             await self.scripts.run_many(self.scripts.unpromote, calls)
 
-    async def apply_later(self, field: str, *, noted_in: str) -> str:
-        """Note that what ``field`` names is about to change in the record, and must reach
+    async def apply_later(self, *fields: str, noted_in: str) -> str:
+        """Note that what ``fields`` name is about to change in the record, and must reach
         Redis (an office's plan in ``keys.PLANS_TO_APPLY``, a crowd cap in
-        ``keys.CAPS_TO_APPLY``, a closure in ``keys.CLOSURES_TO_APPLY``): the minute's jobs
-        see through what a request could not. The change's id, for ``applied``."""
-        change = f"{dt.datetime.now(dt.UTC).timestamp():.3f}|{uuid.uuid4().hex}"
-        await self.redis.hset(noted_in, field, change)
+        ``keys.CAPS_TO_APPLY``, a closure in ``keys.CLOSURES_TO_APPLY``, a line to fill in
+        ``keys.WAITLISTS_TO_FILL``): the minute's jobs see through what a request could not.
+        The change's id, for ``applied``."""
+        # Cut, not rounded, to the millisecond: rounded up, a note was not yet due to a job
+        # that takes every note at once (``older_than=0``).
+        change = f"{int(dt.datetime.now(dt.UTC).timestamp() * 1000) / 1000:.3f}|{uuid.uuid4().hex}"
+        if fields:
+            await self.redis.hset(noted_in, mapping=dict.fromkeys(fields, change))
         return change
 
     async def applied(self, field: str, change: str, *, noted_in: str) -> None:
@@ -336,7 +340,7 @@ class Capacity:
                     int(field)
             except ValueError:  # not ours (a hand's HSET): dropped, for it would stop every later run
                 log.error("a change to apply that is not one, in %s: %r = %r", noted_in, field, change)
-                await self.redis.hdel(noted_in, raw_field)
+                await self.applied(field, change, noted_in=noted_in)  # not a good one noted since
                 continue
             if noted_at <= due:
                 found[field] = change
@@ -346,18 +350,16 @@ class Capacity:
         """Leave the lines of these seats' office-day and pool to the minute's job to fill
         (``keys.WAITLISTS_TO_FILL``)."""
         if seats:
-            await self._note_lines({keys.waitlist(seat.office_code, seat.day, seat.pool) for seat in seats})
-
-    async def _note_lines(self, lines: Collection[str]) -> None:
-        change = f"{dt.datetime.now(dt.UTC).timestamp():.3f}|{uuid.uuid4().hex}"
-        await self.redis.hset(keys.WAITLISTS_TO_FILL, mapping=dict.fromkeys(lines, change))
+            lines = {keys.waitlist(seat.office_code, seat.day, seat.pool) for seat in seats}
+            await self.apply_later(*lines, noted_in=keys.WAITLISTS_TO_FILL)
 
     async def left_to_fill(self) -> dict[Seat, str]:
         """The lines left to fill, each as the seat to give them (any time: ``Seat``) with its
         note's change id for ``filled``. They stay noted until then: taken off as a run began,
         the lines of a run killed half-way waited for the next cancel there, or a recount."""
-        if before := await self.redis.spop(keys.WAITLISTS_TO_FILL_BEFORE, 10_000):
-            await self._note_lines([as_text(line) for line in before])
+        if before := await self.redis.srandmember(keys.WAITLISTS_TO_FILL_BEFORE, 10_000):
+            await self.apply_later(*(as_text(line) for line in before), noted_in=keys.WAITLISTS_TO_FILL)
+            await self.redis.srem(keys.WAITLISTS_TO_FILL_BEFORE, *before)  # once noted, not before
         seats = {}
         for line, change in (await self.to_apply(older_than=0, noted_in=keys.WAITLISTS_TO_FILL)).items():
             try:
@@ -776,6 +778,12 @@ class Capacity:
         if not self.watched and not await self.is_built():
             raise CapacityRebuilding()
         self.require_ready()
+
+    async def rebuilt_at(self) -> str | None:
+        """The mark of the last recount, None while one runs: read twice, a change says one
+        began between the reads."""
+        marker = await self.redis.get(keys.REBUILT_AT)
+        return None if marker is None else as_text(marker)
 
     async def is_built(self) -> bool:
         """Whether the counters were rebuilt on the Redis servers that hold them now. Another

@@ -24,6 +24,7 @@ from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
 from app.capacity import keys
+from app.capacity.errors import ClosuresChanging
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import (
     DayRule,
@@ -309,7 +310,11 @@ class Console:
         office past ``PLAN_LOCK_TRIES``, the job applies it again (``finish_plans``). (Before, a
         clerk who did not retry left citizens booked in hours the office no longer kept.)"""
         code = office.code  # read now: ``_apply`` may leave ``office`` expired
-        applied = await self._apply_noted(session, office, days, change, tries=PLAN_LOCK_TRIES)
+        try:
+            applied = await self._apply_noted(session, office, days, change, tries=PLAN_LOCK_TRIES)
+        except ClosuresChanging:  # nothing is down: the job writes it once the closures settle
+            await session.rollback()
+            applied = None
         if applied is None:  # the job's now
             return CapacityChange(office_code=code, days_changed=len(days), moved=[])
         return applied

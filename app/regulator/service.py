@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -158,6 +159,7 @@ class Regulator:
         # them out even where nobody is booked yet (it had looked only for bookings to move,
         # and the closed offices went on taking bookings until one came).
         change = await self.capacity.apply_later(str(closure.id), noted_in=keys.CLOSURES_TO_APPLY)
+        counted = await self.capacity.rebuilt_at()
         await session.commit()
         recorded = ClosureOut(  # before the moves, whose rollback (if any) expires the row
             id=closure.id,
@@ -174,8 +176,18 @@ class Regulator:
             recorded.moves_pending = True
         else:
             recorded.moved = moved
-            await self._closed(recorded.id, change)
+            if not await self._recounted_since(counted):
+                await self._closed(recorded.id, change)
         return recorded
+
+    async def _recounted_since(self, counted: str | None) -> bool:
+        """Whether a recount began since ``counted`` was read (or Redis cannot say): one that
+        read the record before the closure's commit opens its offices again after the moves
+        above, so the closure stays noted, for the minute's job once the recount is done."""
+        try:
+            return counted is None or await self.capacity.rebuilt_at() != counted
+        except (RedisError, RedisClusterException):
+            return True
 
     async def finish_closures(self, *, session: AsyncSession) -> int:
         """Move the bookings still at offices a closure closed: those its request could not
@@ -347,8 +359,13 @@ class Regulator:
         try:
             await self.capacity.closures_changed()
             await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
-        except (CapacityRebuilding, ClosuresChanging, RedisError, RedisClusterException):
-            log.warning("the offices reopened on %s were not written again", day, exc_info=True)
+        except (CapacityRebuilding, ClosuresChanging, RedisError, RedisClusterException, SQLAlchemyError):
+            # The reopen is committed: no 5xx (its retry would be a 404). The plans' job
+            # writes these offices from the record.
+            await session.rollback()
+            log.warning("the offices reopened on %s are written again by the minute's job", day, exc_info=True)
+            with contextlib.suppress(RedisError, RedisClusterException):
+                await self.capacity.apply_later(*codes, noted_in=keys.PLANS_TO_APPLY)
 
 
 async def _offices_closed(session: AsyncSession, province_id: int | None) -> list[str]:

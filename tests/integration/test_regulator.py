@@ -15,6 +15,8 @@ from sqlalchemy import select
 from app.booking.models import Booking
 from app.capacity import keys
 from app.capacity.models import CrowdCap
+from app.console import service as console_service
+from app.regulator import service as regulator_module
 from app.regulator.schemas import ClosureIn
 from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.sms.backends import OUTBOX
@@ -168,6 +170,103 @@ async def test_a_clerks_change_read_before_a_closures_commit_is_written_again(
         assert seats == {}
     else:
         assert seats == {keys.seats_field("*", f"{h:02d}:{m:02d}"): 3 for h in (9, 10, 11) for m in (0, 30)}
+
+
+async def test_a_clerks_change_among_closures_that_never_settle_is_left_to_the_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of the replan's writes met another closure's commit: the plan is in the record,
+    so the clerk is not told it failed (a retry would record it again); the job writes it."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    staff = await staff_of(client, world, office)
+    day = world.tomorrow()
+    scripts = client.app.state.container.capacity.scripts
+    run_many = scripts.run_many
+
+    async def a_closure_each_time(script: Any, calls: Any, **kwargs: Any) -> Any:
+        if script is scripts.replan:
+            redis_sync.incr(keys.CLOSURES_CHANGED)
+        return await run_many(script, calls, **kwargs)
+
+    monkeypatch.setattr(scripts, "run_many", a_closure_each_time)
+    rules = {"rules": [{"opens": "09:00", "closes": "10:00", "slot_minutes": 30, "seats": 3}], "reason": "نوبت اضافه"}
+    planned = await client.put(f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}", json=rules, headers=staff)
+    assert planned.status_code == 200, planned.text
+    assert redis_sync.hexists(keys.PLANS_TO_APPLY, office)
+    monkeypatch.setattr(scripts, "run_many", run_many)
+    monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
+    async with world.container.sessions() as session:
+        assert await world.container.console.finish_plans(session=session) == 1
+    seats = {f.decode(): int(n) for f, n in redis_sync.hgetall(keys.office_day(office, day)).items() if f[:2] == b"s|"}
+    assert {field: n for field, n in seats.items() if n} == {"s|*|09:00": 3, "s|*|09:30": 3}
+    assert not redis_sync.hexists(keys.PLANS_TO_APPLY, office)
+
+
+async def test_a_reopen_whose_second_write_fails_is_committed_and_left_to_the_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reopen's commit is done when its second write from the record fails: a 5xx then
+    had the regulator's retry meet a 404. The offices are left to the plans' job."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    regulator = await sign_in_regulator(client, world, "regulator-reopen")
+    day = world.tomorrow()
+    body = {"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"}
+    closed = await client.post("/api/v1/regulator/closures", json=body, headers=regulator)
+    assert closed.status_code == 201, closed.text
+    capacity = client.app.state.container.capacity
+
+    async def redis_gone() -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(capacity, "closures_changed", redis_gone)
+    reopened = await client.delete(f"/api/v1/regulator/closures/{closed.json()['id']}", headers=regulator)
+    assert reopened.status_code == 204, reopened.text
+    assert (await client.get("/api/v1/regulator/closures", headers=regulator)).json() == []
+    assert redis_sync.hexists(keys.PLANS_TO_APPLY, office)
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text  # opened by its first write
+
+
+async def test_a_closure_a_recount_may_have_missed_stays_noted_for_the_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recount that began between the closure's last look and its commit read the record
+    without it, and wrote its offices open after the closure's moves: the closure is left
+    noted, and the job closes them again once the recount is done."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    regulator = await sign_in_regulator(client, world, "regulator-recount")
+    day = world.tomorrow()
+    regulator_service = client.app.state.container.regulator
+    close_offices = regulator_service._close_offices
+
+    async def recounted_first(*args: Any, **kwargs: Any) -> Any:
+        marker = redis_sync.get(keys.REBUILT_AT)
+        assert marker is not None
+        redis_sync.set(keys.REBUILT_AT, b"a later recount" + marker[marker.index(b"|") :])  # done on the same servers
+        return await close_offices(*args, **kwargs)
+
+    monkeypatch.setattr(regulator_service, "_close_offices", recounted_first)
+    body = {"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"}
+    closed = await client.post("/api/v1/regulator/closures", json=body, headers=regulator)
+    assert closed.status_code == 201, closed.text
+    assert redis_sync.hexists(keys.CLOSURES_TO_APPLY, str(closed.json()["id"]))
+    # What the recount wrote: the day open again.
+    redis_sync.hset(keys.office_day(office, day), keys.seats_field("*", "10:00"), 2)
+    monkeypatch.setattr(regulator_module, "CLOSURE_REQUEST_SECONDS", 0)
+    async with world.container.sessions() as session:
+        await world.container.regulator.finish_closures(session=session)
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.seats_field("*", "10:00")) or 0) == 0
+    assert not redis_sync.hexists(keys.CLOSURES_TO_APPLY, str(closed.json()["id"]))
+
+
+async def sign_in_regulator(client: Client, world: World, name: str) -> dict[str, str]:
+    await account(world, name, StaffRole.REGULATOR, None)
+    return await sign_in(client, name)
 
 
 @pytest.mark.parametrize("change", ["add", "lift"])
