@@ -162,8 +162,12 @@ class OfficePlan(msgspec.Struct, frozen=True):
 
 
 def first_bookable_time(now: dt.datetime, day: dt.date) -> str | None:
-    """A slot that starts this minute has started: only later ones are bookable today."""
-    if day != now.date():
+    """A slot that starts this minute has started: only later ones are bookable today, and
+    none of a day gone (its counters live on until the next day ends: a fill just after
+    midnight had given yesterday's line yesterday's empty slots, told by SMS)."""
+    if day < now.date():
+        return "24:00"
+    if day > now.date():
         return None
     later = now + dt.timedelta(minutes=1)
     # At 23:59 the next minute is tomorrow's 00:00, which would let every slot of today in.

@@ -258,3 +258,34 @@ async def test_a_join_whose_message_cannot_be_recorded_is_still_a_join(
     )
     assert joined.status_code == 201 and joined.json()["waitlist_position"] == 1, joined.text
     assert (await statuses(world, office))[joined.json()["tracking_code"]] == ("waitlisted", "")
+
+
+async def test_a_seat_given_back_after_its_day_promotes_nobody(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day's counters and line live until the next day ends. A seat given back after
+    midnight (the minute's fill, a failed commit's give-back) had gone to yesterday's line:
+    a slot already past, told by SMS, and a no-show at the night's close."""
+    import datetime as dt
+
+    from app.capacity.plan import DayRule
+    from app.clock import Clock
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    day = world.tomorrow()
+    holder = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+    )
+    assert holder.status_code == 201, holder.text
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201, joined.text
+    after = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0, 1), tzinfo=world.container.clock.tz)
+    monkeypatch.setattr(Clock, "now", lambda self: after)
+    async with world.container.sessions() as session:
+        await world.container.bookings.free_seat(session=session, office_code=office, day=day, pool="*", time="10:00")
+    waiting = (await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")).json()
+    assert waiting["status"] == "waitlisted"
+    assert redis_sync.llen(keys.waitlist(office, day, "*")) == 1
