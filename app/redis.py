@@ -307,10 +307,23 @@ return 0
 # unanswered, the worst is a seat counted that nobody holds, which the next rebuild returns.
 # redis-py 8's cluster client retried such errors up to ten times (its single client,
 # made from a URL, did not). Here neither does: the caller gets the error, the citizen a 503.
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, whose own failures (no node reachable, a slot no node
+    serves during a failover) are raised as a ``RedisError``: as redis-py raises them, they
+    are not one, and every path that answers a Redis failure (a 503, a seat given back, the
+    watch pausing bookings) let them through as a 500, the seat and the citizen's hold kept."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as error:
+            raise RedisConnectionError(f"Redis Cluster: {error}") from error
+
+
 def connect(url: str, *, timeout: float = 2) -> Redis:
     # Short timeouts: a citizen waiting on a dead Redis should get a 503 quickly, not hang.
     if url.startswith(CLUSTER_SCHEME):
-        cluster = RedisCluster.from_url(
+        cluster = _Cluster.from_url(
             "redis://" + url.removeprefix(CLUSTER_SCHEME),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,

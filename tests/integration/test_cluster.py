@@ -190,3 +190,17 @@ async def test_sign_in_by_text_and_sign_out_everywhere_on_the_cluster(
     assert cluster_sync.exists(_texted_key(mobiles[0])) == 0 and cluster_sync.exists(_texted_key(mobiles[1])) == 1
     assert (await client.post(probe, headers=tokens[mobiles[0]])).status_code == 401
     assert (await client.post(probe, headers=tokens[mobiles[1]])).status_code == 404
+
+
+async def test_a_cluster_no_node_answers_fails_as_a_redis_error(tmp_path: Path) -> None:
+    """redis-py raises its cluster's own failures (no node reachable, a slot no node serves)
+    as an error that is not a RedisError: every path that answers Redis going away (a 503, a
+    seat given back, the watch pausing bookings) let it through as a 500."""
+    from redis.exceptions import RedisError
+
+    down = RedisCluster(tmp_path).start()
+    down.stop()
+    client = connect(down.url)
+    with pytest.raises(RedisError):
+        await client.get("anything")
+    await client.aclose()
