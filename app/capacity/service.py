@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -813,6 +813,27 @@ class Capacity:
         if not built and self.watched:
             self.ready = False  # this instance's next bookings wait, until the watch has counted
         return built and self.ready
+
+    async def require_no_eviction(self) -> None:
+        """Refuse to count seats on Redis servers that may evict keys when memory runs short.
+        Every counter carries an expiry, the rebuild marker none: a ``volatile-*`` policy
+        (the default of some hosted Redis) would drop a day's counts and keep the marker, and
+        the day, counted again from the record without the bookings in flight, would sell
+        their seats twice. A server that does not show its configuration is trusted."""
+        try:
+            if isinstance(self.redis, RedisCluster):
+                found = await self.redis.config_get("maxmemory-policy", target_nodes=RedisCluster.ALL_NODES)
+                policies = {str(config["maxmemory-policy"]) for config in found.values()}
+            else:
+                policies = {str((await self.redis.config_get("maxmemory-policy"))["maxmemory-policy"])}
+        except ResponseError:  # CONFIG renamed or refused, as hosted Redis often does
+            log.warning("Redis does not show its maxmemory-policy: make sure it is noeviction")
+            return
+        if policies != {"noeviction"}:
+            raise RuntimeError(
+                f"Redis may evict the seat counters (maxmemory-policy {', '.join(sorted(policies))}): "
+                "set maxmemory-policy noeviction"
+            )
 
     async def servers(self) -> str:
         """The run ids of the Redis servers (a cluster's masters) that hold the counters."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
 
 from app.main import create_app
 from app.observability import JsonFormatter, configure_logging, mask
@@ -126,3 +127,21 @@ if __name__ == "__main__":
     )
     assert 'nobat_bookings_total{channel="web"} 2.0' in done.stdout
     assert "nobat_sms_queue_depth 7.0" in done.stdout
+
+
+async def test_the_service_will_not_start_on_a_redis_that_may_evict_its_counters(
+    settings: Settings, redis_sync: SyncRedis
+) -> None:
+    """Under a volatile-* policy Redis drops keys with an expiry (every counter) and keeps the
+    rebuild marker: a day counted again without the bookings in flight sells their seats twice."""
+    redis_sync.config_set("maxmemory-policy", "volatile-lru")
+    try:
+        with pytest.raises(Exception) as refused:  # the test client wraps it in a group
+            async with AsyncTestClient(create_app(settings)):
+                pass
+        errors = refused.value.exceptions if isinstance(refused.value, ExceptionGroup) else (refused.value,)
+        assert any(isinstance(e, RuntimeError) and "noeviction" in str(e) for e in errors), errors
+    finally:
+        redis_sync.config_set("maxmemory-policy", "noeviction")
+    async with AsyncTestClient(create_app(settings)) as client:
+        assert (await client.get("/health/ready")).status_code == 200
