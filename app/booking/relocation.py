@@ -303,6 +303,9 @@ class _Places:
                         time=time,
                         not_before=not_before or None,
                         tracking_code=booking.tracking_code,
+                        # Moved by its own office, a booking keeps a seat there ahead of the
+                        # line; at another office it is new there, and the line comes first.
+                        ahead_of_waitlist=office.code == self.from_office.code,
                     )
                 )
             except (SlotFull, NoSuchSlot):

@@ -72,6 +72,8 @@ RESERVE = (
 -- ARGV[3] = earliest time still bookable "HH:MM" ("" = any): past slots of today are out
 -- ARGV[4] = tracking code of this booking
 -- ARGV[5] = idempotency TTL in seconds (0 = the request carries no idempotency key)
+-- ARGV[6] = "1" for a booking the office moves within its own day: it held a seat here
+--           before anyone in line, so the line does not stop it ("" or absent: it does)
 -- Returns {outcome, slot time, tracking code}, and on OK the day's '_count' (which count of
 -- the record its counters come from; RELEASE takes it back); outcome is OK, REPLAY, NO_DAY,
 -- BLOCKED, CLOSED, NO_SLOT, FULL, DAY_FULL or FORGOTTEN.
@@ -90,7 +92,7 @@ if status == 'blocked' then return {'BLOCKED', '', ''} end
 local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
 local pool, wanted, not_before = ARGV[1], ARGV[2], ARGV[3]
 local room = day_room(day, pool, cap)
-if redis.call('LLEN', KEYS[3]) > 0 then room = 0 end
+if ARGV[6] ~= '1' and redis.call('LLEN', KEYS[3]) > 0 then room = 0 end
 
 -- The slot's own seats left (the day's room under its cap aside); nil: no such slot.
 local function slot_free(time)

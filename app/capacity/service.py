@@ -77,7 +77,12 @@ class Reserved(msgspec.Struct, frozen=True):
 class SeatRequest(msgspec.Struct, frozen=True):
     """What a booking asks of one office-day: a seat of ``pool`` at ``time``, or the earliest
     free one from ``not_before`` on (None: any), under ``tracking_code``; ``idempotency`` is
-    the (owner, Idempotency-Key) of a request that carried one."""
+    the (owner, Idempotency-Key) of a request that carried one.
+
+    ``ahead_of_waitlist``: a confirmed booking the office moves within its own day (a new
+    plan dropped its slot). It held a seat here before anyone in the day's line, so seats
+    a new plan adds are its first, and the line gets what is left. Anywhere else it is a
+    new arrival and waits its turn like anyone."""
 
     office_code: str
     day: dt.date
@@ -86,6 +91,7 @@ class SeatRequest(msgspec.Struct, frozen=True):
     not_before: str | None
     tracking_code: str
     idempotency: tuple[str, str] | None = None
+    ahead_of_waitlist: bool = False
 
 
 class Seat(msgspec.Struct, frozen=True):
@@ -968,7 +974,8 @@ def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
         keys.waitlist(seat.office_code, seat.day, seat.pool),
     ]
     ttl = IDEMPOTENCY_TTL_SECONDS if seat.idempotency else 0
-    return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl]
+    ahead = "1" if seat.ahead_of_waitlist else ""
+    return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl, ahead]
 
 
 def _run_id(info: str) -> str:
@@ -1117,7 +1124,10 @@ def _slot_views(pool: str, columns: Columns, cap: int, first: int = 0) -> list[S
     """One pool's slots from the ``first`` on; what each can still take is bounded by the
     day's room in the pool under its cap (``day_room``), counted over all its slots."""
     times, each_seats, each_used = columns
-    room = day_room(sum(each_seats), sum(each_used), cap)
+    # Without a cap only each slot's own seats bound it, as in RESERVE: summed over the day,
+    # the holders of a slot a new plan dropped (0 seats, counted until moved) hid the seats
+    # it added, and their own move found none. (The sum of all seats never binds.)
+    room = day_room(sum(each_seats), sum(each_used), cap) if cap < 100 else sum(each_seats)
     return [
         SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))
         for time, seats, used in zip(times[first:], each_seats[first:], each_used[first:], strict=True)

@@ -614,3 +614,63 @@ async def test_seats_after_a_chunk_whose_promotions_failed_are_still_given_back(
     assert redis_sync.lrange(keys.waitlist(full, day, "*"), 0, -1) == [waiting.encode()]
     assert redis_sync.hexists(keys.WAITLISTS_TO_FILL, keys.waitlist(full, day, "*"))
     await assert_record_matches_redis(world, redis_sync, [full, other], day)
+
+
+async def test_a_clerk_moving_the_hours_keeps_the_booked_ahead_of_the_line(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """09:00 goes and 11:00 comes, two seats each, at an office full with one citizen in line:
+    the two booked at 09:00 move to 11:00 at their own office, and the one in line keeps
+    waiting. (The line used to stop their moves: they were sent away or cancelled, and the
+    line was given 11:00.)"""
+    day = world.tomorrow()
+    office = await world.office(rules=[DayRule(opens="09:00", closes="11:00", slot_minutes=60, seats=2)])
+    nine = (await book_full(client, world, office, day, ["09:00", "10:00"], 2))[:2]
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201, joined.text
+    waiting = joined.json()["tracking_code"]
+
+    headers = await staff_of(client, world, office)
+    later = {"rules": [{"opens": "10:00", "closes": "12:00", "slot_minutes": 60, "seats": 2}], "reason": "late start"}
+    moved = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true", json=later, headers=headers
+    )
+    assert moved.status_code == 200, moved.text
+    assert sorted(moved.json()["moved"], key=lambda m: m["tracking_code"]) == [
+        {"tracking_code": code, "moved": True, "office_code": office, "slot": "11:00"} for code in sorted(nine)
+    ]
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_a_booking_moved_to_another_office_waits_behind_its_line(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """A closure sends a booking to a nearby office whose seat was just added and not yet
+    handed to its line (the moment between a clerk's raise and its fill): there the moved
+    citizen is a new arrival, and the seat stays the line's."""
+    day = world.tomorrow()
+    one_seat = [DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)]
+    office, nearby = await world.office(rules=one_seat), await world.office(rules=one_seat, lat=35.701)
+    await world.rebuild()  # the directory knows both
+    [holder] = await book_full(client, world, office, day, ["10:00"], 1)
+    await book_full(client, world, nearby, day, ["10:00"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(nearby, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201, joined.text
+    redis_sync.hset(keys.office_day(nearby, day), "s|*|10:00", 2)  # raised, not yet filled
+
+    headers = await staff_of(client, world, office)
+    closed = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json={"rules": [], "reason": "closed"},
+        headers=headers,
+    )
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["moved"] == [{"tracking_code": holder, "moved": False, "office_code": None, "slot": None}]
+    assert redis_sync.lrange(keys.waitlist(nearby, day, "*"), 0, -1) == [joined.json()["tracking_code"].encode()]
+    await assert_record_matches_redis(world, redis_sync, [office, nearby], day)
