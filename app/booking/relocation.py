@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.service import BookingService
+from app.booking.writer import hold_off_recounts
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.plan import minute_of
 from app.capacity.service import Overflow, Reserved, Seat, SeatRequest, day_for_reading
@@ -76,16 +77,20 @@ class Relocator:
                 taken.append(None if placed is None else placed.seat(booking.date))
             # Committed while the counters are counted again from the record, the moves could
             # be left out of the count, their new seats sold again: asked before the first
-            # write, and again before the commit.
+            # write, and before the commit as the group commit asks, of Redis itself (a flag
+            # a second old had let a failover or a recount by; the barrier, a commit slower
+            # than the recount's wait).
             await self.capacity.confirm_ready()
             writing = True
+            await hold_off_recounts(session)
             changed = await _record_moves(session, from_office, bookings, placements, now)
             for booking, placed in zip(bookings, placements, strict=True):
                 if booking.id in changed:
                     self._tell(session, booking, placed, why_fa)
             # The counts the old seats are in before the record lets them go (see Seat).
             old_days = await self.capacity.counts({(from_office.code, b.date) for b in bookings})
-            await self.capacity.confirm_ready()
+            if not await self.capacity.may_commit():
+                raise CapacityRebuilding()
         except Exception as error:
             # Nothing was written: nobody moved, so the new seats go back. Refused before the
             # first write, nothing is rolled back either (a rollback expires the caller's rows).

@@ -190,7 +190,7 @@ async def test_a_cut_whose_moves_fail_half_way_is_finished_by_the_minutes_job(
     assert not redis_sync.hgetall(keys.PLANS_TO_APPLY)
 
 
-@pytest.mark.parametrize("refusal", ["the record goes away", "a recount begins"])
+@pytest.mark.parametrize("refusal", ["the record goes away", "a recount begins", "a recount the watch has not seen"])
 async def test_a_move_refused_at_its_commit_moves_nobody_and_gives_the_seats_back(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, refusal: str
 ) -> None:
@@ -205,10 +205,15 @@ async def test_a_move_refused_at_its_commit_moves_nobody_and_gives_the_seats_bac
     capacity = client.app.state.container.capacity
     record_moves = relocation._record_moves
 
+    marker = redis_sync.get(keys.REBUILT_AT)
+
     async def refused(*args: Any) -> set[int]:
         if refusal == "the record goes away":
             raise OperationalError("UPDATE bookings", {}, Exception("the record went away"))
-        capacity.ready = False  # as the watch does when the counters must be counted again
+        if refusal == "a recount begins":
+            capacity.ready = False  # as the watch does when the counters must be counted again
+        else:  # before the watch's next look: only Redis knows
+            redis_sync.delete(keys.REBUILT_AT)
         return await record_moves(*args)
 
     monkeypatch.setattr(relocation, "_record_moves", refused)
@@ -217,6 +222,7 @@ async def test_a_move_refused_at_its_commit_moves_nobody_and_gives_the_seats_bac
             cut = await cut_to_one_seat(client, office, day, headers)
         finally:
             capacity.ready = True
+            redis_sync.set(keys.REBUILT_AT, marker)
     assert cut.status_code == 503, cut.text
     for code in codes:
         booking = (await client.get(f"/api/v1/bookings/{code}")).json()
