@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import Select, case, delete, literal, select, update
+from sqlalchemy import Select, case, delete, literal, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -126,6 +126,20 @@ def _promoted(tracking_codes: Iterable[str]) -> Select[Any]:
         Booking.tracking_code.in_(list(tracking_codes)), Booking.status == BookingStatus.WAITLISTED
     )
     return select(literal(1)).where(~waiting.exists())
+
+
+def _cancelled(booking_id: int, at: dt.datetime) -> Select[Any]:
+    """What a cancel of this booking at ``at`` wrote, for ``commit_outcome``."""
+    return select(Booking.id).where(
+        Booking.id == booking_id, Booking.status == BookingStatus.CANCELLED, Booking.cancelled_at == at
+    )
+
+
+async def _transaction_id(session: AsyncSession) -> int | None:
+    """The id of the session's transaction, for ``commit_outcome`` (None on SQLite, which gives none)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    return int(await session.scalar(text("SELECT txid_current()")))
 
 
 class BookingService:
@@ -394,15 +408,17 @@ class BookingService:
         record has the booking now, it is the citizen's: confirm it (its SMS, committed in the
         outbox, goes out with the sweep). Either way the seat is not given back now: the
         commit may still land, and a seat given back under a recorded booking is sold twice.
-        Not in the record, it stays counted (the safe side) until the minute's job finds that
-        the commit did not land (``settle_bookings``), and the citizen's limit and
-        Idempotency-Key are freed so that a retry can book; if the record cannot be asked,
-        both stay, so that a commit that did land is not booked again."""
+        Not in the record, or the record not answering (a failover, most often), it stays
+        counted (the safe side) until the minute's job finds that the commit did not land
+        (``settle_bookings``), and the citizen's limit and Idempotency-Key are freed so that a
+        retry can book. A commit that landed after all is caught by the record (its unique
+        Idempotency-Key answers the retry with it, the one-a-day rule refuses one without),
+        and the job counts it against the citizen's limit again. (Left held while the record could not
+        be asked, they had refused the retry, and the seat was never left to the job.)"""
         try:
             recorded = await self._by_tracking_code(session, seat.tracking_code)
         except (SQLAlchemyError, OSError):
-            log.warning("a booking's commit answer was lost, and the record cannot say", exc_info=error)
-            raise ServiceUnavailable("The record did not answer; try again in a few seconds.") from error
+            recorded = None  # cannot say: as one not in the record, left to the job
         if recorded is not None:
             log.warning("a booking's commit answer was lost; the record has it: confirmed")
             return Booked(booking=view, replay=False)
@@ -568,11 +584,22 @@ class BookingService:
             # now, the count could leave the seat out and the release below free it again.
             await session.rollback()
             raise CapacityRebuilding()
+        xid = await _transaction_id(session)
         try:
             await session.commit()
         except SQLAlchemyError as error:
-            await session.rollback()
-            raise ServiceUnavailable("The record is unavailable; the booking was not cancelled.") from error
+            # Its answer lost (a failover), the commit may have landed. The record is asked:
+            # landed, this is the one request to free the seat (a retry finds the booking
+            # cancelled and frees nothing), so it goes on as a cancel that was answered.
+            session.expunge(booking)  # kept as read: the rollback would expire it
+            landed = await commit_outcome(session, xid, _cancelled(booking.id, now))
+            if not landed:
+                if landed is None:
+                    # Landing later, its seat stays counted for nobody until the next rebuild
+                    # (the safe side): only a job could settle it, and none does yet.
+                    log.error("a cancel's commit answer was lost, and the record cannot say: %s", booking.tracking_code)
+                raise ServiceUnavailable("The record is unavailable; the booking was not cancelled.") from error
+            log.warning("a cancel's commit answer was lost; the record has it: cancelled")
         # The citizen's limit first, on its own: a failure to give the seat back must not
         # keep them from booking again.
         await self._unhold(booking)

@@ -25,7 +25,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import func, literal, select, text, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app import cli, db
 from app import container as container_module
@@ -1403,13 +1403,19 @@ async def written_in(container: Container, tracking_code: str) -> int | None:
 
 
 def lose_the_commits_answer(
-    client: Client, monkeypatch: pytest.MonkeyPatch, *, committed: bool, dropped: bool = False
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    committed: bool,
+    dropped: bool = False,
+    engine: AsyncEngine | None = None,
 ) -> None:
     """The bookings' next group commit is sent and its answer lost, as when the connection
     drops or the database fails over with the COMMIT on its way; ``committed``: whether it
     landed; ``dropped``: whether SQLAlchemy saw the connection gone. (On the writer's own
-    engine, at the driver: whatever the writer's code does.)"""
-    dialect = client.app.state.container.bookings.writer.engine.dialect
+    engine, at the driver: whatever the writer's code does; ``engine``: the next commit on
+    that one instead, the requests' own for a cancel.)"""
+    dialect = (engine or client.app.state.container.bookings.writer.engine).dialect
     commit, rollback = dialect.do_commit, dialect.do_rollback
 
     def lost(dbapi_connection: Any) -> None:
@@ -1656,6 +1662,92 @@ async def test_a_lost_commit_that_did_not_land_on_a_dropped_connection_goes_agai
     assert (await client.get(f"/api/v1/bookings/{booked.json()['tracking_code']}")).json()["status"] == "booked"
     assert ten_oclock_used(capacity_redis, office, day) == 1
     assert (await book(client, world, office, day)).status_code == 409  # the one seat is taken
+
+
+@pytest.mark.parametrize("landed", [False, True])
+async def test_a_lost_commit_the_record_cannot_be_asked_about_is_left_to_the_job(
+    client: Client,
+    world: World,
+    capacity_redis: EmbeddedRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    landed: bool,
+) -> None:
+    """The commit's answer was lost, and the record does not answer either (a failover, most
+    often): 503, and the booking is left to the minute's job as one the record did not have.
+    The citizen's limit and the request's Idempotency-Key are freed, so the same request,
+    retried, books, or is answered with the booking if it landed. The job then frees the
+    lost commit's seat if it did not land, or keeps it and holds the citizen's limit again.
+    (Before, the 503 came first: the seat stayed counted for nobody until a rebuild, and the
+    retry was refused as a request in progress.)"""
+    monkeypatch.setattr(writer, "commit_outcome", lambda *_, **__: asyncio.sleep(0))  # cannot say
+    app_bookings = client.app.state.container.bookings
+    by_tracking_code = app_bookings._by_tracking_code
+
+    async def record_failing_over(*_: Any) -> None:
+        monkeypatch.setattr(app_bookings, "_by_tracking_code", by_tracking_code)  # once
+        raise OperationalError("SELECT", {}, Exception("the record is failing over"))
+
+    monkeypatch.setattr(app_bookings, "_by_tracking_code", record_failing_over)
+    redis = SyncRedis.from_url(capacity_redis.url)
+    office, day, national_id = await world.office(seats=2), world.tomorrow(), world.national_id()
+    body = booking_body(office, national_id, day)
+    headers = {**world.token(), "Idempotency-Key": "retried-while-the-record-fails-over"}
+    lose_the_commits_answer(client, monkeypatch, committed=landed)
+    lost = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert lost.status_code == 503, lost.text
+    assert redis.hlen(keys.BOOKINGS_TO_SETTLE) == 1  # left to the minute's job
+    [lost_code] = [as_text(code) for code in redis.hkeys(keys.BOOKINGS_TO_SETTLE)]
+    assert used(redis, office, day, "10:00") == 1  # counted meanwhile: the safe side
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert (again.json()["tracking_code"] == lost_code) is landed
+    async with world.container.sessions() as session:
+        await world.container.bookings.fill_waitlists_left(session=session)
+    assert redis.hlen(keys.BOOKINGS_TO_SETTLE) == 0
+    assert used(redis, office, day, "10:00") == 1  # one booking, one seat
+    # The citizen's limit held by the one booking there is: the lost one if it landed.
+    assert redis.hget(keys.citizen_holds(national_id), again.json()["tracking_code"]) is not None
+    assert (redis.hget(keys.citizen_holds(national_id), lost_code) is not None) is landed
+    redis.close()
+
+
+@pytest.mark.parametrize("landed", [True, False])
+async def test_a_cancel_whose_commit_answer_was_lost_gives_its_seat_back_once(
+    client: Client,
+    world: World,
+    capacity_redis: EmbeddedRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    landed: bool,
+) -> None:
+    """The cancel's COMMIT went out and its answer was lost: the record is asked. Landed, it
+    is a cancel like any other: 200, the citizen's limit and the seat freed at once. Not, it
+    is a 503 with the booking standing, and the retry cancels. Either way the seat is freed
+    once. (Before, a cancel that landed was a 503, its retry a 409, and its seat was sold to
+    nobody until the next rebuild.)"""
+    redis = SyncRedis.from_url(capacity_redis.url)
+    office, day, national_id = await world.office(seats=2), world.tomorrow(), world.national_id()
+    mine = await client.post(
+        "/api/v1/bookings", json=booking_body(office, national_id, day), headers=world.token("09121110000")
+    )
+    assert mine.status_code == 201 and (await book(client, world, office, day)).status_code == 201
+    code = mine.json()["tracking_code"]
+    lose_the_commits_answer(client, monkeypatch, committed=landed, engine=client.app.state.container.engine)
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    if not landed:
+        assert cancelled.status_code == 503, cancelled.text
+        assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+        assert used(redis, office, day, "10:00") == 2  # nothing freed
+        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    assert used(redis, office, day, "10:00") == 1  # the other citizen's
+    assert redis.hget(keys.citizen_holds(national_id), code) is None
+    again = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert again.status_code == 409, again.text
+    assert used(redis, office, day, "10:00") == 1  # freed once
+    assert (await book(client, world, office, day)).status_code == 201  # the freed seat sells again
+    redis.close()
 
 
 async def test_a_failure_after_the_commit_does_not_undo_the_booking(
