@@ -12,7 +12,7 @@ import logging
 import uuid
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Awaitable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from time import perf_counter
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -676,8 +676,16 @@ class Capacity:
         holidays = official_holidays(first, last) if self.official_holidays else set()
         return Calendar(overrides=overrides, closures=closures, holidays=holidays)
 
-    async def rebuild(self, *, session: AsyncSession, today: dt.date, batch: int = 500) -> int:
-        """Recompute every counter of the horizon from the record. Returns the office-days written."""
+    async def rebuild(
+        self,
+        *,
+        session: AsyncSession,
+        today: dt.date,
+        batch: int = 500,
+        before_marking: Callable[[], Awaitable[None]] | None = None,
+    ) -> int:
+        """Recompute every counter of the horizon from the record, then mark them built
+        (``before_marking`` may raise to leave them unmarked). Returns the office-days written."""
         servers = await self.servers()  # before the count: one that changes during it counts again
         with self.reads.changing(None):
             written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
@@ -686,6 +694,8 @@ class Capacity:
         await self._drop_geo_sets()
         # Offices may have been imported into the record since the instances loaded theirs.
         await reread_everywhere(self.redis)
+        if before_marking is not None:
+            await before_marking()
         await self.redis.set(keys.REBUILT_AT, f"{dt.datetime.now(self.tz).isoformat()}|{servers}")
         log.info("capacity rebuilt", extra={"office_days": written})
         return written

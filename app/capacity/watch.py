@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.writer import wait_for_commits
 from app.capacity import keys
+from app.capacity.scripts import as_text
 from app.capacity.service import Capacity
 from app.clock import Clock
 from app.redis import renewed_lock
@@ -117,7 +118,15 @@ async def rebuild_paused(
     time: bookings pause on every instance (the rebuild marker goes), ``wait`` seconds pass
     for those in flight, then the count; bookings resume when it is done. The office-days
     written."""
-    async with rebuild_lock(capacity.redis, uuid.uuid4().hex) as held:
+    owner = uuid.uuid4().hex
+
+    async def still_ours() -> None:
+        # Its lock lapsed (this process stalled past its life) and another recount took it
+        # over: the pause is that one's to end, and its count may still be writing days.
+        if as_text(await capacity.redis.get(REBUILD_LOCK) or "") != owner:
+            raise RebuildRunning()
+
+    async with rebuild_lock(capacity.redis, owner) as held:
         if not held:
             raise RebuildRunning()
         await capacity.redis.delete(keys.REBUILT_AT)
@@ -125,7 +134,7 @@ async def rebuild_paused(
         await asyncio.sleep(wait)
         async with sessions() as session:
             await wait_for_commits(session)
-            return await capacity.rebuild(session=session, today=today)
+            return await capacity.rebuild(session=session, today=today, before_marking=still_ours)
 
 
 def rebuild_lock(redis: Any, owner: str) -> AbstractAsyncContextManager[bool]:

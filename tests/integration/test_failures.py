@@ -1079,6 +1079,30 @@ async def test_a_rebuild_on_a_live_system_pauses_bookings_everywhere(
     assert ten_oclock_used(capacity_redis, office, day) == 2
 
 
+async def test_a_recount_whose_lock_was_taken_over_does_not_end_the_pause(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recount that stalled past its lock's life, while another took the lock and began
+    counting: it had set the marker at its end, and every instance resumed booking while the
+    other's count, read before those bookings, went on writing days over them."""
+    capacity, sessions, today = world.container.capacity, world.container.sessions, world.container.clock.today()
+    rebuild_waitlists = capacity._rebuild_waitlists
+
+    async def taken_over(**kwargs: Any) -> None:
+        await rebuild_waitlists(**kwargs)
+        await capacity.redis.set(watch.REBUILD_LOCK, "a later recount", px=60_000)  # ours lapsed
+
+    async with watch_held():
+        monkeypatch.setattr(capacity, "_rebuild_waitlists", taken_over)
+        with pytest.raises(watch.RebuildRunning):
+            await rebuild_paused(capacity, sessions, today=today, wait=0)
+        assert not await capacity.redis.exists(keys.REBUILT_AT)  # still paused, for the other to end
+        monkeypatch.setattr(capacity, "_rebuild_waitlists", rebuild_waitlists)
+        await capacity.redis.delete(watch.REBUILD_LOCK)
+        await rebuild_paused(capacity, sessions, today=today, wait=0)
+        assert await capacity.redis.exists(keys.REBUILT_AT)
+
+
 async def test_the_rebuild_lock_lives_while_held_and_goes_with_its_holder(
     capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
