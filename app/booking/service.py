@@ -1016,7 +1016,17 @@ class BookingService:
         office = await self.offices.bookable(office_code=request.office_code, service_code=request.service_code)
         not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
-        await self._hold(national_id, today, day, office, tracking_code)
+        try:
+            await self._hold(national_id, today, day, office, tracking_code)
+        except RedisError:
+            # HOLD may have run with its answer lost (or may yet run): its hold would keep the
+            # citizen from this service that day. Forgotten, as a booking's is.
+            asked = SeatRequest(
+                office_code=office.code, day=day, pool=office.pool, time=None, not_before=not_before,
+                tracking_code=tracking_code,
+            )  # fmt: skip
+            await self.capacity.forget_unanswered(national_id=national_id, seat=asked)
+            raise
         # The row is committed before the citizen joins the line in Redis, so a seat freed
         # the next instant always finds the row it promotes.
         booking = Booking(
@@ -1032,15 +1042,27 @@ class BookingService:
             channel=channel,
             created_at=now,
         )
+        xid = await _transaction_id(session)
         try:
             session.add(booking)
             await session.commit()
-        except SQLAlchemyError as error:
+        except IntegrityError as error:
             await session.rollback()
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-            if isinstance(error, IntegrityError):
-                raise AlreadyBookedThatDay() from error
-            raise ServiceUnavailable("The record is unavailable; you were not added to the waitlist.") from error
+            raise AlreadyBookedThatDay() from error
+        except SQLAlchemyError as error:
+            # Its answer lost (a failover), the commit may have landed. The record is asked:
+            # landed, only this request puts the citizen in line (a retry is refused "already
+            # booked that day"), so it goes on as a join that was answered.
+            written = select(Booking.id).where(Booking.tracking_code == tracking_code)
+            landed = await commit_outcome(session, xid, written)
+            if not landed:
+                if landed is None:
+                    # Landing later, the row waits in no line until the next rebuild.
+                    log.error("a waitlist join's commit answer was lost, and the record cannot say: %s", tracking_code)
+                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+                raise ServiceUnavailable("The record is unavailable; you were not added to the waitlist.") from error
+            log.warning("a waitlist join's commit answer was lost; the record has it: joined")
         try:
             position = None
             for _ in range(2):

@@ -9,12 +9,14 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
 
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
 from app.sms.backends import OUTBOX
 from tests.conftest import Deliver, World, booking_body, watch_held
+from tests.integration.test_failures import lose_the_commits_answer
 
 Client = AsyncTestClient[Litestar]
 
@@ -289,3 +291,68 @@ async def test_a_seat_given_back_after_its_day_promotes_nobody(
     waiting = (await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")).json()
     assert waiting["status"] == "waitlisted"
     assert redis_sync.llen(keys.waitlist(office, day, "*")) == 1
+
+
+@pytest.mark.parametrize("hold_runs", ["before the answer is lost", "after the 503"])
+async def test_a_join_whose_hold_answer_was_lost_holds_nothing(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, hold_runs: str
+) -> None:
+    """Redis's answer to the join's HOLD was lost (503): HOLD had run, or Redis runs it only
+    after the 503. Either way the citizen's limit is freed and their retry joins. (Before, the
+    hold stayed: the retry, and any booking of that service that day, was refused "already
+    booked that day".)"""
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    taken = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert taken.status_code == 201, taken.text
+    scripts = client.app.state.container.capacity.scripts
+    hold = scripts.hold
+    late: list[tuple[list[Any], list[Any]]] = []
+
+    async def answer_lost(keys_: list[Any], args: list[Any]) -> Any:
+        monkeypatch.setattr(scripts, "hold", hold)  # once
+        if hold_runs == "after the 503":
+            late.append((keys_, args))
+        else:
+            await hold(keys_, args)
+        raise RedisTimeoutError("Timeout reading from Redis")
+
+    monkeypatch.setattr(scripts, "hold", answer_lost)
+    national_id = world.national_id()
+    body, headers = booking_body(office, national_id, day, None), world.token()
+    lost = await client.post("/api/v1/waitlist", json=body, headers=headers)
+    assert lost.status_code == 503, lost.text
+    for keys_, args in late:  # Redis gets round to it now, and it takes nothing
+        assert redis_sync.eval(hold.script, len(keys_), *keys_, *args) == [b"FORGOTTEN"]
+    held = [field for field in redis_sync.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
+    assert held == []
+    again = await client.post("/api/v1/waitlist", json=body, headers=headers)
+    assert again.status_code == 201 and again.json()["waitlist_position"] == 1, again.text
+
+
+async def test_a_join_whose_commit_landed_but_the_answer_was_lost_is_in_line(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join's COMMIT went out and its answer was lost: the record is asked, and has the
+    row, so the citizen joins the line as after any join, and the next seat freed is theirs.
+    (Before, the answer was 503 and they were in no line: never promoted, their retry
+    refused "already booked that day", their row cancelled at midnight.)"""
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    owner = world.token("09120000031")
+    taken = await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=owner)
+    assert taken.status_code == 201, taken.text
+    national_id = world.national_id()
+    lose_the_commits_answer(client, monkeypatch, committed=True, engine=client.app.state.container.engine)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, national_id, day, None), headers=world.token()
+    )
+    assert joined.status_code == 201 and joined.json()["waitlist_position"] == 1, joined.text
+    code = joined.json()["tracking_code"]
+    assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == [code.encode()]
+    assert redis_sync.hget(keys.citizen_holds(national_id), code) is not None
+    cancelled = await client.post(f"/api/v1/bookings/{taken.json()['tracking_code']}/cancel", headers=owner)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await statuses(world, office))[code] == ("booked", "10:00")
