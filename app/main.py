@@ -113,7 +113,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 settle=settings.rebuild_settle_seconds,
                 on_resume=lambda: _fill_waitlists(container),
             )
-            await container.capacity.require_no_eviction()
             await watch.check()
             await container.offices.load()
             # What start-up built (modules, the office directory, the mappers) lives as long as

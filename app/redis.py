@@ -13,19 +13,27 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Connection, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    NoScriptError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -307,17 +315,41 @@ return 0
 # unanswered, the worst is a seat counted that nobody holds, which the next rebuild returns.
 # redis-py 8's cluster client retried such errors up to ten times (its single client,
 # made from a URL, did not). Here neither does: the caller gets the error, the citizen a 503.
-class _Cluster(RedisCluster):
-    """redis-py's cluster client, whose own failures (no node reachable, a slot no node
-    serves during a failover) are raised as a ``RedisError``: as redis-py raises them, they
-    are not one, and every path that answers a Redis failure (a 503, a seat given back, the
-    watch pausing bookings) let them through as a 500, the seat and the citizen's hold kept."""
+# redis-py raises a cluster it cannot reach (no node answers, a slot no node serves during
+# a failover) as errors that are not RedisError: every path that answers Redis going away (a
+# 503, a seat given back, the watch pausing bookings) let them through as a 500, the seat
+# and the citizen's hold kept. Raised here as the ConnectionError they are. (Its other
+# errors, a command's keys in two slots say, are the code's: they stay as they are.)
+_UNREACHABLE = (RedisClusterUnreachableError, SlotNotCoveredError)
 
+
+@contextmanager
+def _cluster_reached() -> Iterator[None]:
+    try:
+        yield
+    except _UNREACHABLE as error:
+        raise RedisConnectionError(f"Redis Cluster: {error}") from error
+
+
+class _ClusterPipeline(ClusterPipeline):
+    async def initialize(self) -> ClusterPipeline:  # where a pipeline first asks for the map
+        with _cluster_reached():
+            return await super().initialize()
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        with _cluster_reached():
+            return await super().execute(*args, **kwargs)
+
+
+class _Cluster(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with _cluster_reached():
             return await super().execute_command(*args, **kwargs)
-        except RedisClusterException as error:
-            raise RedisConnectionError(f"Redis Cluster: {error}") from error
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused, as redis-py does
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py makes its own
 
 
 def connect(url: str, *, timeout: float = 2) -> Redis:

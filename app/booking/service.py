@@ -584,8 +584,9 @@ class BookingService:
             # now, the count could leave the seat out and the release below free it again.
             await session.rollback()
             raise CapacityRebuilding()
-        xid = await _transaction_id(session)
+        xid = None  # not known if the record fails before it answers: nothing is written then
         try:
+            xid = await _transaction_id(session)
             await session.commit()
         except SQLAlchemyError as error:
             # Its answer lost (a failover), the commit may have landed. The record is asked:
@@ -1042,8 +1043,9 @@ class BookingService:
             channel=channel,
             created_at=now,
         )
-        xid = await _transaction_id(session)
+        xid = None  # not known if the record fails before it answers: nothing is written then
         try:
+            xid = await _transaction_id(session)
             session.add(booking)
             await session.commit()
         except IntegrityError as error:

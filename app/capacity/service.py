@@ -682,10 +682,11 @@ class Capacity:
         session: AsyncSession,
         today: dt.date,
         batch: int = 500,
-        before_marking: Callable[[], Awaitable[None]] | None = None,
+        still_ours: Callable[[], Awaitable[None]] | None = None,
     ) -> int:
-        """Recompute every counter of the horizon from the record, then mark them built
-        (``before_marking`` may raise to leave them unmarked). Returns the office-days written."""
+        """Recompute every counter of the horizon from the record, then mark them built,
+        unless ``still_ours`` raises (asked before and after the mark: the recount's lock was
+        taken over). Returns the office-days written."""
         servers = await self.servers()  # before the count: one that changes during it counts again
         with self.reads.changing(None):
             written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
@@ -694,9 +695,15 @@ class Capacity:
         await self._drop_geo_sets()
         # Offices may have been imported into the record since the instances loaded theirs.
         await reread_everywhere(self.redis)
-        if before_marking is not None:
-            await before_marking()
+        if still_ours is not None:
+            await still_ours()
         await self.redis.set(keys.REBUILT_AT, f"{dt.datetime.now(self.tz).isoformat()}|{servers}")
+        if still_ours is not None:
+            try:  # taken over between the look and the mark (the lock and the marker share no slot)
+                await still_ours()
+            except BaseException:
+                await self.redis.delete(keys.REBUILT_AT)  # counted once more: the safe side
+                raise
         log.info("capacity rebuilt", extra={"office_days": written})
         return written
 
@@ -839,6 +846,8 @@ class Capacity:
         try:
             if isinstance(self.redis, RedisCluster):
                 found = await self.redis.config_get("maxmemory-policy", target_nodes=RedisCluster.ALL_NODES)
+                if "maxmemory-policy" in found:  # one node: redis-py gives its reply alone
+                    found = {"the node": found}
                 policies = {str(config["maxmemory-policy"]) for config in found.values()}
             else:
                 policies = {str((await self.redis.config_get("maxmemory-policy"))["maxmemory-policy"])}

@@ -65,10 +65,17 @@ class RedisWatch:
         self.interval = interval
         self.on_resume = on_resume
         self._paused = False  # this instance saw the counters unbuilt, or Redis away
+        self._policy_checked = False  # Capacity.require_no_eviction, at the first look Redis answers
 
     async def check(self) -> None:
-        """One look: mark capacity ready or not, and rebuild if Redis lost its data."""
+        """One look: mark capacity ready or not, and rebuild if Redis lost its data. Redis
+        set to evict keys raises, and bookings stay paused (at start-up: the app does not
+        start); away at start-up, it is asked at the first look it answers."""
         try:
+            if not self._policy_checked:
+                self.capacity.ready = False
+                await self.capacity.require_no_eviction()
+                self._policy_checked = True
             if await self.capacity.is_built():
                 self.capacity.ready = True
                 await self._resume()
@@ -134,7 +141,7 @@ async def rebuild_paused(
         await asyncio.sleep(wait)
         async with sessions() as session:
             await wait_for_commits(session)
-            return await capacity.rebuild(session=session, today=today, before_marking=still_ours)
+            return await capacity.rebuild(session=session, today=today, still_ours=still_ours)
 
 
 def rebuild_lock(redis: Any, owner: str) -> AbstractAsyncContextManager[bool]:

@@ -203,4 +203,8 @@ async def test_a_cluster_no_node_answers_fails_as_a_redis_error(tmp_path: Path) 
     client = connect(down.url)
     with pytest.raises(RedisError):
         await client.get("anything")
+    with pytest.raises(RedisError):
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.get("anything")
+            await pipe.execute()
     await client.aclose()
