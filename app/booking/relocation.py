@@ -7,11 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, Select, case, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +20,7 @@ from app.booking.writer import hold_off_recounts
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.plan import minute_of
 from app.capacity.service import Overflow, Reserved, Seat, SeatRequest, day_for_reading
-from app.db import Within, commit_outcome
+from app.db import Within
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
@@ -83,7 +82,7 @@ class Relocator:
             # than the recount's wait).
             await self.capacity.confirm_ready()
             writing = True
-            xid = await hold_off_recounts(session)
+            await hold_off_recounts(session)
             changed = await _record_moves(session, from_office, bookings, placements, now)
             for booking, placed in zip(bookings, placements, strict=True):
                 if booking.id in changed:
@@ -99,24 +98,10 @@ class Relocator:
                 await session.rollback()
             await self._give_back(session, [seat for seat in taken if seat is not None])
             raise
-        from_code = from_office.code  # read now: a rollback below expires the office
-        try:
-            await session.commit()
-        except SQLAlchemyError:
-            # Its answer lost (a failover), the commit may have landed: the record is asked.
-            # Landed, the moves are done and go on below; not, nobody moved and the new seats
-            # go back; unknown, every seat stays counted (never a double booking) until the
-            # next rebuild. (Every seat had stayed counted, whatever the record said.)
-            for booking in bookings:
-                if booking in session:
-                    session.expunge(booking)  # kept as read: the rollback would expire them
-            written = _written(bookings, placements, changed, now)
-            landed = False if written is None else await commit_outcome(session, xid, written)
-            if not landed:
-                if landed is False:
-                    await self._give_back(session, [seat for seat in taken if seat is not None])
-                raise
-            log.warning("a relocation's commit answer was lost; the record has it: moved")
+        # Outside the undo above: a commit whose answer was lost may have been written, and
+        # then the new seats are the movers' own. Failed either way, every seat stays counted
+        # (never a double booking) until the next rebuild.
+        await session.commit()
         # Whoever moved or was cancelled gives back the old seat; a seat taken for a booking
         # that changed meanwhile goes back instead. The moves are recorded: what follows
         # only tidies Redis, so its failure is logged, not the clerk's error.
@@ -140,7 +125,7 @@ class Relocator:
                     )
                 )
         freed = [
-            Seat(from_code, b.date, b.pool, b.slot_time, old_days[(from_code, b.date)])
+            Seat(from_office.code, b.date, b.pool, b.slot_time, old_days[(from_office.code, b.date)])
             for b in bookings
             if b.id in changed
         ]
@@ -211,21 +196,6 @@ async def _record_moves(
 
 
 _NO_SYNC = {"synchronize_session": False}
-
-
-def _written(
-    bookings: Sequence[Booking], placements: Sequence[_Placed | None], changed: set[int], now: dt.datetime
-) -> Select[Any] | None:
-    """A row the moves' commit wrote, for ``commit_outcome`` (None: it wrote none)."""
-    for booking, placed in zip(bookings, placements, strict=True):
-        if booking.id not in changed:
-            continue
-        if placed is None:
-            where = [Booking.status == BookingStatus.CANCELLED, Booking.cancelled_at == now]
-        else:
-            where = [Booking.office_id == placed.target.id, Booking.slot_time == placed.reserved.time]
-        return select(Booking.id).where(Booking.id == booking.id, *where)
-    return None
 
 
 def _still_booked(from_office: Office, bookings: Sequence[Booking]) -> list[ColumnElement[bool]]:

@@ -237,34 +237,6 @@ async def test_a_move_refused_at_its_commit_moves_nobody_and_gives_the_seats_bac
     await assert_record_matches_redis(world, redis_sync, [office], day)
 
 
-@pytest.mark.parametrize("landed", [True, False])
-async def test_moves_whose_commit_answer_was_lost_keep_only_the_seats_the_record_says(
-    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, landed: bool
-) -> None:
-    """The moves' COMMIT was sent and its answer lost (a failover): every seat, old and new,
-    had stayed counted until a rebuild, whatever the record said, and the cut office and its
-    neighbours sold fewer seats than they had. The record is asked now."""
-    from tests.integration.test_failures import lose_the_commits_answer
-
-    office = await world.office(seats=3)
-    day = world.tomorrow()
-    codes = await book_full(client, world, office, day, ["10:00"], 3)
-    headers = await staff_of(client, world, office)
-    record_moves = relocation._record_moves
-
-    async def then_lose_the_answer(*args: Any) -> set[int]:
-        changed = await record_moves(*args)
-        lose_the_commits_answer(client, monkeypatch, committed=landed, engine=client.app.state.container.engine)
-        return changed
-
-    monkeypatch.setattr(relocation, "_record_moves", then_lose_the_answer)
-    cut = await cut_to_one_seat(client, office, day, headers)
-    assert cut.status_code == (200 if landed else 503), cut.text
-    slots = [(await client.get(f"/api/v1/bookings/{code}")).json()["slot"] for code in codes]
-    assert sorted(slots) == (["09:30", "10:00", "10:30"] if landed else ["10:00"] * 3)
-    await assert_record_matches_redis(world, redis_sync, [office], day)
-
-
 async def test_old_seats_released_after_a_recount_free_no_one_elses(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
