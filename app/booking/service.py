@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import Select, case, delete, literal, select, text, update
+from sqlalchemy import Select, case, delete, literal, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -133,13 +133,6 @@ def _cancelled(booking_id: int, at: dt.datetime) -> Select[Any]:
     return select(Booking.id).where(
         Booking.id == booking_id, Booking.status == BookingStatus.CANCELLED, Booking.cancelled_at == at
     )
-
-
-async def _transaction_id(session: AsyncSession) -> int | None:
-    """The id of the session's transaction, for ``commit_outcome`` (None on SQLite, which gives none)."""
-    if session.get_bind().dialect.name != "postgresql":
-        return None
-    return int(await session.scalar(text("SELECT txid_current()")))
 
 
 class BookingService:
@@ -586,7 +579,7 @@ class BookingService:
             raise CapacityRebuilding()
         xid = None  # not known if the record fails before it answers: nothing is written then
         try:
-            xid = await _transaction_id(session)
+            xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
             await session.commit()
         except SQLAlchemyError as error:
             # Its answer lost (a failover), the commit may have landed. The record is asked:
@@ -1045,7 +1038,7 @@ class BookingService:
         )
         xid = None  # not known if the record fails before it answers: nothing is written then
         try:
-            xid = await _transaction_id(session)
+            xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
             session.add(booking)
             await session.commit()
         except IntegrityError as error:
