@@ -28,7 +28,6 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     NoScriptError,
-    RedisClusterException,
     RedisClusterUnreachableError,
     RedisError,
     ResponseError,
@@ -282,7 +281,7 @@ async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float, trie
                 if not await redis.eval(_RENEW_IF_OWNER, 1, key, owner, life):
                     log.error("lock %s was lost before its holder was done", key)
                     return
-            except (RedisError, RedisClusterException):  # the latter is not a RedisError
+            except RedisError:
                 # A timeout once (retries are off) must not end the renewing: the lock would
                 # lapse while its holder works on, and a second holder start beside it.
                 log.warning("could not renew lock %s; trying again", key, exc_info=True)
@@ -294,7 +293,7 @@ async def renewed_lock(redis: Any, key: str, owner: str, *, seconds: float, trie
         renewing.cancel()
         try:
             await redis.eval(_DELETE_IF_OWNER, 1, key, owner)  # not a successor's, taken after a lapse
-        except (RedisError, RedisClusterException):  # the work is done: the lock lapses within its life
+        except RedisError:  # the work is done: the lock lapses within its life
             log.warning("could not release lock %s", key, exc_info=True)
 
 

@@ -9,7 +9,7 @@ import uuid
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVarTuple
 
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisError
 from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -186,7 +186,7 @@ class Regulator:
         above, so the closure stays noted, for the minute's job once the recount is done."""
         try:
             return counted is None or await self.capacity.rebuilt_at() != counted
-        except (RedisError, RedisClusterException):
+        except RedisError:
             return True
 
     async def finish_closures(self, *, session: AsyncSession) -> int:
@@ -258,7 +258,7 @@ class Regulator:
         try:
             async with self._day_lock(day, tries=tries) as held:
                 return await self._close_held(session, closure_id, province_id, day, why_fa) if held else None
-        except (CapacityRebuilding, ClosuresChanging, RedisError, RedisClusterException, SQLAlchemyError):
+        except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
             # is done or Redis and the record answer again.
@@ -359,12 +359,12 @@ class Regulator:
         try:
             await self.capacity.closures_changed()
             await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
-        except (CapacityRebuilding, ClosuresChanging, RedisError, RedisClusterException, SQLAlchemyError):
+        except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError):
             # The reopen is committed: no 5xx (its retry would be a 404). The plans' job
             # writes these offices from the record.
             await session.rollback()
             log.warning("the offices reopened on %s are written again by the minute's job", day, exc_info=True)
-            with contextlib.suppress(RedisError, RedisClusterException):
+            with contextlib.suppress(RedisError):
                 await self.capacity.apply_later(*codes, noted_in=keys.PLANS_TO_APPLY)
 
 
