@@ -141,7 +141,9 @@ class SlotView(msgspec.Struct, frozen=True):
 def day_room(seats: int, used: int, cap: int) -> int:
     """Bookings a day may still take across all its slots of one pool: a cap (a crowd cap, a
     restriction) limits the day's total, not each slot, so an office with one seat a slot
-    keeps half its day under a 50% cap rather than none of it (the scripts' day_room)."""
+    keeps half its day under a 50% cap rather than none of it (the scripts' day_room, which
+    sets no bound without a cap: here the day's seats less its used, for the sums of a day
+    that have no slot's own)."""
     return seats * cap // 100 - used if cap < 100 else seats - used
 
 
@@ -376,7 +378,7 @@ class Capacity:
                 seats[Seat(*keys.parse_waitlist(line), "")] = change
             except (ValueError, IndexError):  # not ours: dropped, for it would stop every later run
                 log.error("a waitlist to fill that is not one: %r", line)
-                await self.redis.hdel(keys.WAITLISTS_TO_FILL, line)
+                await self.applied(line, change, noted_in=keys.WAITLISTS_TO_FILL)
         return seats
 
     async def filled(self, seats: dict[Seat, str]) -> None:
