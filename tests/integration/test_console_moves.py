@@ -105,16 +105,21 @@ async def cancelled_in_the_record(world: World, codes: list[str]) -> None:
         await session.commit()
 
 
-async def cut_to_one_seat(client: Client, office: str, day: dt.date, headers: dict[str, str]) -> Any:
-    """The clerk plans the day with one seat a slot, moving whoever no longer fits."""
+async def plan_the_day(
+    client: Client, office: str, day: dt.date, headers: dict[str, str], rules: list[dict[str, Any]], reason: str
+) -> Any:
+    """The clerk plans the day with these rules, moving whoever no longer fits."""
     return await client.put(
         f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-        json={
-            "rules": [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 1}],
-            "reason": "one counter",
-        },
+        json={"rules": rules, "reason": reason},
         headers=headers,
     )
+
+
+async def cut_to_one_seat(client: Client, office: str, day: dt.date, headers: dict[str, str]) -> Any:
+    """The clerk plans the day with one seat a slot, moving whoever no longer fits."""
+    one = [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 1}]
+    return await plan_the_day(client, office, day, headers, one, "one counter")
 
 
 async def assert_record_matches_redis(world: World, redis: SyncRedis, offices: list[str], day: dt.date) -> None:
@@ -540,10 +545,8 @@ async def test_a_retry_of_a_booking_the_office_moved_is_answered_with_it_where_i
     code = booked.json()["tracking_code"]
 
     staff = await staff_of(client, world, office)
-    later = {"rules": [{"opens": "11:00", "closes": "12:00", "slot_minutes": 30, "seats": 2}], "reason": "late start"}
-    cut = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true", json=later, headers=staff
-    )
+    later = [{"opens": "11:00", "closes": "12:00", "slot_minutes": 30, "seats": 2}]
+    cut = await plan_the_day(client, office, day, staff, later, "late start")
     assert cut.status_code == 200, cut.text
     assert cut.json()["moved"] == [{"tracking_code": code, "moved": True, "office_code": office, "slot": "11:00"}]
 
@@ -576,11 +579,7 @@ async def test_a_retry_of_a_booking_moved_to_another_office_is_answered_with_it_
     code = (await client.post("/api/v1/bookings", json=body, headers=headers)).json()["tracking_code"]
 
     staff = await staff_of(client, world, office)
-    closed = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-        json={"rules": [], "reason": "closed"},
-        headers=staff,
-    )
+    closed = await plan_the_day(client, office, day, staff, [], "closed")
     assert closed.status_code == 200, closed.text
     assert closed.json()["moved"] == [{"tracking_code": code, "moved": True, "office_code": nearby, "slot": "10:00"}]
 
@@ -639,10 +638,8 @@ async def test_a_clerk_moving_the_hours_keeps_the_booked_ahead_of_the_line(
     waiting = joined.json()["tracking_code"]
 
     headers = await staff_of(client, world, office)
-    later = {"rules": [{"opens": "10:00", "closes": "12:00", "slot_minutes": 60, "seats": 2}], "reason": "late start"}
-    moved = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true", json=later, headers=headers
-    )
+    later = [{"opens": "10:00", "closes": "12:00", "slot_minutes": 60, "seats": 2}]
+    moved = await plan_the_day(client, office, day, headers, later, "late start")
     assert moved.status_code == 200, moved.text
     assert sorted(moved.json()["moved"], key=lambda m: m["tracking_code"]) == [
         {"tracking_code": code, "moved": True, "office_code": office, "slot": "11:00"} for code in sorted(nine)
@@ -671,11 +668,7 @@ async def test_a_booking_moved_to_another_office_waits_behind_its_line(
     redis_sync.hset(keys.office_day(nearby, day), "s|*|10:00", 2)  # raised, not yet filled
 
     headers = await staff_of(client, world, office)
-    closed = await client.put(
-        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
-        json={"rules": [], "reason": "closed"},
-        headers=headers,
-    )
+    closed = await plan_the_day(client, office, day, headers, [], "closed")
     assert closed.status_code == 200, closed.text
     assert closed.json()["moved"] == [{"tracking_code": holder, "moved": False, "office_code": None, "slot": None}]
     assert redis_sync.lrange(keys.waitlist(nearby, day, "*"), 0, -1) == [joined.json()["tracking_code"].encode()]

@@ -444,13 +444,11 @@ async def test_a_cancel_whose_seat_cannot_be_given_back_is_still_a_cancel(
     assert again.status_code == 201, again.text
 
 
-async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled_later(
-    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A cancel's seat went to the head of the line, and the record failed before it booked
-    them. The citizen had left the line in Redis, holding a seat nobody had booked, until a
-    rebuild. Now the seat is freed, they are first in line again, and the minute's job gives
-    it to them once the record is back."""
+async def a_promotion_the_record_fails_to_take(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dt.date, str]:
+    """A cancel whose seat went to the head of the line, the record failing as it booked them
+    (``full_with_one_waiting``): the office, the day, and the waiting citizen's code."""
     office, day, code, waiting = await full_with_one_waiting(client, world)
     messenger = client.app.state.container.bookings.messenger
     queue = messenger.queue
@@ -460,10 +458,21 @@ async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled
             raise OperationalError("INSERT", {}, Exception("the record went away"))
         return queue(session, kind=kind, **kwargs)
 
-    monkeypatch.setattr(messenger, "queue", record_gone)
-    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    with monkeypatch.context() as patched:
+        patched.setattr(messenger, "queue", record_gone)
+        cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     assert cancelled.status_code == 200, cancelled.text
-    monkeypatch.setattr(messenger, "queue", queue)
+    return office, day, waiting
+
+
+async def test_a_promotion_the_record_fails_to_take_keeps_the_line_and_is_filled_later(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel's seat went to the head of the line, and the record failed before it booked
+    them. The citizen had left the line in Redis, holding a seat nobody had booked, until a
+    rebuild. Now the seat is freed, they are first in line again, and the minute's job gives
+    it to them once the record is back."""
+    office, day, waiting = await a_promotion_the_record_fails_to_take(client, world, monkeypatch)
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the other citizen's
     with SyncRedis.from_url(capacity_redis.url) as redis:
@@ -487,19 +496,7 @@ async def test_a_line_left_to_fill_is_filled_whatever_happened_to_the_last_run(
     """The job took the lines off as it began: a worker killed before it filled them (a
     deploy, the OOM killer) lost them, and the citizens in line waited in front of a free
     seat until the next cancel there or a recount."""
-    office, day, code, waiting = await full_with_one_waiting(client, world)
-    messenger = client.app.state.container.bookings.messenger
-    queue = messenger.queue
-
-    def record_gone(session: Any, *, kind: str, **kwargs: Any) -> Any:
-        if kind == "waitlist_promoted":
-            raise OperationalError("INSERT", {}, Exception("the record went away"))
-        return queue(session, kind=kind, **kwargs)
-
-    monkeypatch.setattr(messenger, "queue", record_gone)
-    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
-    assert cancelled.status_code == 200, cancelled.text
-    monkeypatch.setattr(messenger, "queue", queue)
+    office, day, waiting = await a_promotion_the_record_fails_to_take(client, world, monkeypatch)
     line = keys.waitlist(office, day, "*")
     jobs = world.container  # the job's own parts
     if left == "in the set of before":
