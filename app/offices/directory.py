@@ -71,6 +71,9 @@ Version = tuple[str | None, int]
 """(epoch, number) of the directory: keys.DIRECTORY_EPOCH and keys.DIRECTORY_VERSION, (None, 0)
 before any change."""
 
+UNKNOWN: Version = (None, -1)
+"""The version of a copy read while Redis was away: never the current one."""
+
 
 @dataclass
 class _Office:
@@ -118,8 +121,13 @@ class OfficeDirectory:
         self._reading_again.append(listener)
 
     async def load(self) -> None:
-        """Read the whole registry (about a second for the national network)."""
-        version = await self._current_version()
+        """Read the whole registry (about a second for the national network). Redis away (an
+        instance started during its failover) does not stop it: the copy is read whole again
+        at the first look Redis answers, as its version is then unknown."""
+        try:
+            version = await self._current_version()
+        except RedisError:
+            version = UNKNOWN
         async with self.sessions() as session:
             catalogue, offices = await _read(session)
         near = {service_code: GeoIndex(places) for service_code, places in _places(offices).items()}
@@ -309,7 +317,7 @@ class OfficeDirectory:
         cannot say (it was trimmed, or Redis lost its data and counts again: a new epoch)
         and the whole registry must be read again."""
         (my_epoch, seen), (epoch, last) = mine, current
-        if last <= seen or (seen > 0 and epoch != my_epoch):
+        if mine == UNKNOWN or last <= seen or (seen > 0 and epoch != my_epoch):
             return None
         by_version = {}
         for entry in await self.redis.zrangebyscore(keys.DIRECTORY_CHANGES, seen + 1, last):

@@ -43,6 +43,7 @@ from app.capacity.watch import rebuild_paused
 from app.container import Container
 from app.db import commit_outcome
 from app.enforcement.service import MOVES_LOCK
+from app.main import create_app
 from app.offices.models import Office, OfficeStatus
 from app.redis import AutoPipeline, EmbeddedRedis, connect, renewed_lock
 from app.regulator.service import CLOSURE_MOVES_LOCK
@@ -136,6 +137,28 @@ async def test_redis_restarted_empty_mid_day(client: Client, world: World, capac
             select(func.count()).select_from(Booking).where(Booking.status.in_(SEAT_STATUSES))
         )
     assert booked == 3
+
+
+async def test_an_instance_started_while_redis_is_away_serves_once_it_is_back(
+    client: Client, world: World, settings: Settings, capacity_redis: EmbeddedRedis
+) -> None:
+    """A pod restarted during Redis's failover starts (not ready), rather than failing its
+    start-up until its restarts back off for minutes, and serves as soon as Redis answers."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    capacity_redis.stop()
+    async with AsyncTestClient(create_app(settings), timeout=60) as started:
+        assert (await started.get("/health/live")).status_code == 200
+        assert (await started.get("/health/ready")).status_code == 503
+        assert (await book(started, world, office, day)).status_code == 503
+
+        capacity_redis.start()  # same port, no data: counted again from the record
+        await health_until(started, 200)
+        assert (await book(started, world, office, day)).status_code == 201
+        nearby = await started.get("/api/v1/offices/nearby", params={"service": "101", "lat": 35.7, "lon": 51.4})
+        assert nearby.status_code == 200, nearby.text
+        assert office in [found["code"] for found in nearby.json()["offices"]]
+    assert ten_oclock_used(capacity_redis, office, day) == 1
 
 
 @pytest.mark.parametrize("settings_changes", [{"rebuild_settle_seconds": 4.0}])
