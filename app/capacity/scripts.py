@@ -408,6 +408,19 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], tonumber(AR
 return 1
 """
 
+FORGET_KEY = """
+-- KEYS[1] = a request's Idempotency-Key mark
+-- ARGV[1] = tracking code of a booking with that key answered 503, whose RESERVE may yet run
+-- ARGV[2] = the mark's TTL in seconds
+-- Marks the key forgotten ('!' and the code: RESERVE then takes nothing for it), unless a
+-- retry with the same key (another tracking code) has booked meanwhile: that booking's mark
+-- stays, so that the next retry is answered with it.
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, 1) ~= '!' and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], '!' .. ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
+
 HOLD_AGAIN = """
 -- KEYS[1] = the citizen's holds hash
 -- ARGV[1] = tracking code of a booking the record has, ARGV[2] = "date|service" as HOLD writes
@@ -491,6 +504,7 @@ class Scripts:
         self.hold = redis.register_script(HOLD)
         self.suspend = redis.register_script(SUSPEND)
         self.forget = redis.register_script(FORGET)
+        self.forget_key = redis.register_script(FORGET_KEY)
         self.hold_again = redis.register_script(HOLD_AGAIN)
         self.unpromote = redis.register_script(UNPROMOTE)
         self.forget_if = redis.register_script(FORGET_IF)

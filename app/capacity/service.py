@@ -535,7 +535,8 @@ class Capacity:
 
         Redis may also run the request's scripts after this (stalled, it answered nothing
         in time, and runs what waits in its sockets in no set order): both are freed by
-        marking them forgotten ('!' and the tracking code); deleted, they would come back.
+        marking them forgotten ('!' and the tracking code); deleted, they would come back. A
+        retry that has booked meanwhile keeps the key's mark (FORGET_KEY).
         A late HOLD of this request that finds its mark holds nothing, and a late RESERVE
         of a request with an Idempotency-Key takes no seat (without one, there is no key
         to mark: its seat stays counted, as a seat taken before the timeout does)."""
@@ -547,7 +548,7 @@ class Capacity:
         ]
         if seat.idempotency:
             key = keys.idempotency(seat.office_code, *seat.idempotency)
-            marks.append(self.redis.set(key, FORGOTTEN + seat.tracking_code, ex=IDEMPOTENCY_TTL_SECONDS))
+            marks.append(self.scripts.forget_key(keys=[key], args=[seat.tracking_code, IDEMPOTENCY_TTL_SECONDS]))
         # Sent together, neither waiting on the other's answer: the Redis that stalled the
         # booking may well time this out too, and each mark must still reach it.
         for outcome in await asyncio.gather(*marks, return_exceptions=True):

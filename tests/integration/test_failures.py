@@ -1595,6 +1595,32 @@ async def test_the_seat_of_a_lost_commit_is_settled_once_and_never_after_a_recou
     redis.close()
 
 
+async def test_forgetting_a_lost_answer_keeps_the_mark_of_a_retry_that_booked_meanwhile(
+    client: Client, world: World, capacity_redis: EmbeddedRedis
+) -> None:
+    """A booking answered 503 marks its Idempotency-Key forgotten, so that a retry books.
+    When a retry with the key has booked before that mark reaches Redis, the retry's mark
+    stays, and the next retry is answered with its booking from it."""
+    office, day, national_id = await world.office(seats=3), world.tomorrow(), world.national_id()
+    mobile, key = "09121111111", "retry-me-2"
+    headers = {**world.token(mobile), "Idempotency-Key": key}
+    body = booking_body(office, national_id, day)
+    retry = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert retry.status_code == 201
+    booked = retry.json()["tracking_code"]
+
+    lost = SeatRequest(office, day, "*", "10:00", None, "LOSTANSWER", idempotency=(mobile, key))
+    await world.container.capacity.forget_unanswered(national_id=national_id, seat=lost)
+    redis = SyncRedis.from_url(capacity_redis.url)
+    assert redis.get(keys.idempotency(office, mobile, key)) == booked.encode()
+
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201 and again.json()["tracking_code"] == booked
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert ten_oclock_used(capacity_redis, office, day) == 1
+    redis.close()
+
+
 async def test_a_lost_commit_the_job_finds_landed_counts_against_the_citizens_limit_again(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
