@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import msgspec
 from redis.exceptions import RedisError
@@ -19,7 +21,7 @@ from app.booking.service import BookingService
 from app.booking.writer import hold_off_recounts
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.plan import minute_of
-from app.capacity.service import Overflow, Reserved, Seat, SeatRequest, day_for_reading
+from app.capacity.service import DayView, Overflow, Reserved, Seat, SeatRequest, day_for_reading, day_room
 from app.db import Within
 from app.errors import DomainError
 from app.load.service import LoadService
@@ -225,6 +227,40 @@ class _Placed(msgspec.Struct, frozen=True):
         return Seat(self.target.code, day, self.target.pool, self.reserved.time, self.reserved.counted_in)
 
 
+@dataclass
+class _DayRoom:
+    """What an office-day can still take, counted down as a batch takes seats: each slot's own
+    seats left, and under a cap each pool's room in the whole day (``day_room``; None: no cap)."""
+
+    free: dict[tuple[str, str], int]
+    under_cap: dict[str, int] | None
+
+    @classmethod
+    def of(cls, view: DayView) -> _DayRoom:
+        if view.status == "blocked":
+            return cls({}, None)
+        free = {(s.pool, s.time): s.seats - s.used for s in view.slots if s.seats > s.used}
+        if view.cap_percent >= 100:
+            return cls(free, None)
+        sums: dict[str, tuple[int, int]] = {}
+        for s in view.slots:
+            seats, used = sums.get(s.pool, (0, 0))
+            sums[s.pool] = (seats + s.seats, used + s.used)
+        return cls(free, {pool: day_room(seats, used, view.cap_percent) for pool, (seats, used) in sums.items()})
+
+    def times(self, pool: str, giving_back: int) -> list[str]:
+        """The pool's slots with a seat left, none when the cap leaves the day no room (with
+        ``giving_back`` seats more: see SeatRequest)."""
+        if self.under_cap is not None and self.under_cap.get(pool, 0) + giving_back <= 0:
+            return []
+        return [time for (p, time), left in self.free.items() if p == pool and left > 0]
+
+    def take(self, pool: str, time: str) -> None:
+        self.free[(pool, time)] -= 1
+        if self.under_cap is not None:
+            self.under_cap[pool] -= 1
+
+
 class _Places:
     """Where one batch of bookings can go: each office and day is looked up once for the
     batch, and its free seats counted down as the batch takes them."""
@@ -239,11 +275,18 @@ class _Places:
         self.now = now
         self._nearby: dict[tuple[str, dt.date], list[str]] = {}
         self._offices: dict[tuple[str, str], BookableOffice | None] = {}
-        self._free: dict[tuple[str, dt.date], dict[tuple[str, str], int]] = {}
+        self._rooms: dict[tuple[str, dt.date], _DayRoom] = {}
+        self._placed: Counter[tuple[dt.date, str]] = Counter()  # by the day and pool they leave
 
     async def find(self, booking: Booking) -> _Placed | None:
         """A seat for the booking: the same office at the nearest time first (when asked),
         then the least busy nearby office, the same day."""
+        placed = await self._find(booking)
+        if placed is not None:
+            self._placed[(booking.date, booking.pool)] += 1
+        return placed
+
+    async def _find(self, booking: Booking) -> _Placed | None:
         not_before = self.now.strftime("%H:%M") if booking.date == self.now.date() else ""
         if self.same_office:
             placed = await self._place(booking, self.from_office.code, not_before)
@@ -281,22 +324,26 @@ class _Places:
                 self._offices[key] = None
         return self._offices[key]
 
-    async def _room(self, office_code: str, day: dt.date) -> dict[tuple[str, str], int]:
+    async def _room(self, office_code: str, day: dt.date) -> _DayRoom:
         key = (office_code, day)
-        if key not in self._free:
+        if key not in self._rooms:
             capacity = self.relocator.capacity
             view = await day_for_reading(capacity, sessions=Within(self.session), office_code=office_code, day=day)
-            free = {} if view.status == "blocked" else {(s.pool, s.time): s.free for s in view.slots if s.free > 0}
-            self._free[key] = free
-        return self._free[key]
+            self._rooms[key] = _DayRoom.of(view)
+        return self._rooms[key]
 
     async def _place(self, booking: Booking, office_code: str, not_before: str) -> _Placed | None:
         """Reserve a seat at the office, at the free slot nearest the booking's own time."""
         office = await self._office(office_code, booking.service_code)
         if office is None:
             return None
-        free = await self._room(office.code, booking.date)
-        times = [time for (pool, time), left in free.items() if pool == office.pool and left > 0 and time > not_before]
+        # At its own office, the seats this batch's moves leave in the pool are given back once
+        # recorded: room under a cap, this booking's own among them.
+        giving_back = 0
+        if office.code == self.from_office.code:
+            giving_back = self._placed[(booking.date, office.pool)] + (booking.pool == office.pool)
+        room = await self._room(office.code, booking.date)
+        times = [time for time in room.times(office.pool, giving_back) if time > not_before]
         times.sort(key=lambda t: (abs(minute_of(t) - minute_of(booking.slot_time)), t))
         for time in times:
             try:
@@ -311,16 +358,17 @@ class _Places:
                         # Moved by its own office, a booking keeps a seat there ahead of the
                         # line; at another office it is new there, and the line comes first.
                         ahead_of_waitlist=office.code == self.from_office.code,
+                        giving_back=giving_back,
                     )
                 )
             except (SlotFull, NoSuchSlot):
-                free[(office.pool, time)] = 0
+                room.free[(office.pool, time)] = 0
                 continue
             except (OfficeBlocked, OfficeClosed, DayFull):
-                free.clear()
+                room.free.clear()
                 return None
             if reserved is not None:
-                free[(office.pool, time)] -= 1
+                room.take(office.pool, time)
                 target = _Target(id=office.id, code=office.code, name_fa=office.name_fa, pool=office.pool)
                 return _Placed(target, reserved)
         return None

@@ -74,6 +74,9 @@ RESERVE = (
 -- ARGV[5] = idempotency TTL in seconds (0 = the request carries no idempotency key)
 -- ARGV[6] = "1" for a booking the office moves within its own day: it held a seat here
 --           before anyone in line, so the line does not stop it ("" or absent: it does)
+-- ARGV[7] = seats of the pool this day's moves give back once they are recorded (the moved
+--           booking's own, and those of its batch moved before it), which a cap counts as
+--           room ("" or absent: none)
 -- Returns {outcome, slot time, tracking code}, and on OK the day's '_count' (which count of
 -- the record its counters come from; RELEASE takes it back); outcome is OK, REPLAY, NO_DAY,
 -- BLOCKED, CLOSED, NO_SLOT, FULL, DAY_FULL or FORGOTTEN.
@@ -91,7 +94,8 @@ local status = redis.call('HGET', day, '_status')
 if status == 'blocked' then return {'BLOCKED', '', ''} end
 local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
 local pool, wanted, not_before = ARGV[1], ARGV[2], ARGV[3]
-local room = day_room(day, pool, cap)
+-- Under a cap, a day's moves would find it full of the very seats they are about to give back.
+local room = day_room(day, pool, cap) + tonumber(ARGV[7] or '0')
 if ARGV[6] ~= '1' and redis.call('LLEN', KEYS[3]) > 0 then room = 0 end
 
 -- The slot's own seats left (the day's room under its cap aside); nil: no such slot.

@@ -82,7 +82,11 @@ class SeatRequest(msgspec.Struct, frozen=True):
     ``ahead_of_waitlist``: a confirmed booking the office moves within its own day (a new
     plan dropped its slot). It held a seat here before anyone in the day's line, so seats
     a new plan adds are its first, and the line gets what is left. Anywhere else it is a
-    new arrival and waits its turn like anyone."""
+    new arrival and waits its turn like anyone.
+
+    ``giving_back``: seats of the pool that the moves of this day will give back once
+    recorded (a moved booking's own, and those of its batch moved before it). Counted until
+    then, they would leave a capped day no room for the moves themselves."""
 
     office_code: str
     day: dt.date
@@ -92,6 +96,7 @@ class SeatRequest(msgspec.Struct, frozen=True):
     tracking_code: str
     idempotency: tuple[str, str] | None = None
     ahead_of_waitlist: bool = False
+    giving_back: int = 0
 
 
 class Seat(msgspec.Struct, frozen=True):
@@ -997,7 +1002,7 @@ def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
     ]
     ttl = IDEMPOTENCY_TTL_SECONDS if seat.idempotency else 0
     ahead = "1" if seat.ahead_of_waitlist else ""
-    return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl, ahead]
+    return keys_, [seat.pool, seat.time or "", seat.not_before or "", seat.tracking_code, ttl, ahead, seat.giving_back]
 
 
 def _run_id(info: str) -> str:

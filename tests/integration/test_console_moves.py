@@ -649,6 +649,41 @@ async def test_a_clerk_moving_the_hours_keeps_the_booked_ahead_of_the_line(
     await assert_record_matches_redis(world, redis_sync, [office], day)
 
 
+async def test_a_clerk_moving_the_hours_of_a_capped_day_keeps_its_booked_there(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Restricted to 50%, an office's day of four seats takes two, both booked at 09:00. The
+    clerk moves the hours (09:00 goes, 11:00 comes): both move to 10:00 at their own office,
+    the day keeps its two. (The cap counted the seats the moves were about to give back, so
+    it found the day full: the two were sent away or cancelled.)"""
+    day = world.tomorrow()
+    office = await world.office(
+        rules=[DayRule(opens="09:00", closes="11:00", slot_minutes=60, seats=2)], status="restricted"
+    )
+    async with world.container.sessions() as session:
+        await session.execute(sa_update(Office).where(Office.code == office).values(cap_percent=50))
+        await session.commit()
+    await world.rebuild()
+    nine = await book_full(client, world, office, day, ["09:00"], 2)
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+    )
+    assert refused.status_code == 409, refused.text  # the cap's two are taken
+
+    headers = await staff_of(client, world, office)
+    later = [{"opens": "10:00", "closes": "12:00", "slot_minutes": 60, "seats": 2}]
+    moved = await plan_the_day(client, office, day, headers, later, "late start")
+    assert moved.status_code == 200, moved.text
+    assert sorted(moved.json()["moved"], key=lambda m: m["tracking_code"]) == [
+        {"tracking_code": code, "moved": True, "office_code": office, "slot": "10:00"} for code in sorted(nine)
+    ]
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "11:00"), headers=world.token()
+    )
+    assert refused.status_code == 409, refused.text  # still the cap's two, no more
+
+
 async def test_a_booking_moved_to_another_office_waits_behind_its_line(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
