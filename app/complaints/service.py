@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 
 import jdatetime
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
@@ -23,6 +23,7 @@ from app.enforcement.service import MAX_TEXT, Enforcement
 from app.errors import InvalidInput
 from app.locale import check_range, check_text, normalize_text, to_persian_digits
 from app.offices.models import City, Office, Province
+from app.offices.service import in_province
 from app.sms.service import Messenger
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_role
@@ -182,7 +183,7 @@ class Complaints:
         if overdue is not None:
             query = query.where(Complaint.overdue == overdue)
         if province:
-            query = query.where((Province.code == province) | (Province.name_fa == province))
+            query = query.where(in_province(province))  # «۰۱» as 01, as the registry's search reads it
         rows = await session.execute(query)
         return [
             QueueItem(
@@ -319,17 +320,22 @@ class Complaints:
     async def flag_overdue(self, *, session: AsyncSession) -> int:
         """Complaints still waiting for a first response after the promised hours."""
         deadline = self.clock.now() - dt.timedelta(hours=self.response_hours)
-        late = list(
-            await session.scalars(
-                select(Complaint).where(
-                    Complaint.state == State.RECEIVED, Complaint.overdue.is_(False), Complaint.created_at < deadline
-                )
+        # One UPDATE, its conditions checked on each row as it is written. The rows read, then
+        # written back at the commit, had flagged a complaint the regulator answered meanwhile
+        # (``transition`` clears the flag): under review, overdue and first in the queue for ever.
+        flagged = await session.execute(
+            update(Complaint)
+            .where(
+                Complaint.state == State.RECEIVED,
+                Complaint.first_response_at.is_(None),
+                Complaint.overdue.is_(False),
+                Complaint.created_at < deadline,
             )
+            .values(overdue=True)
+            .execution_options(synchronize_session=False)
         )
-        for complaint in late:
-            complaint.overdue = True
         await session.commit()
-        return len(late)
+        return int(flagged.rowcount)  # type: ignore[attr-defined]
 
     async def _get(self, session: AsyncSession, tracking_code: str, *, lock: bool = False) -> Complaint:
         """``lock``: until the transaction ends, so that two regulators' steps at once (a
