@@ -25,7 +25,7 @@ _TO_PERSIAN_DIGITS = str.maketrans("0123456789", _PERSIAN_DIGITS)
 # don't want, so the table is ours.
 _TEXT_FOLD = str.maketrans(_PERSIAN_DIGITS + _ARABIC_INDIC_DIGITS + "يىك", "0123456789" * 2 + "ییک")
 
-_ZWNJ = "\u200c"
+ZWNJ = "\u200c"
 
 MONTH_NAMES = (
     "فروردین",
@@ -46,11 +46,11 @@ MONTH_NAMES = (
 # because libraries disagree on it and an invisible character is easy to lose in an edit.
 WEEKDAY_NAMES = (
     "شنبه",
-    f"یک{_ZWNJ}شنبه",
+    f"یک{ZWNJ}شنبه",
     "دوشنبه",
-    f"سه{_ZWNJ}شنبه",
+    f"سه{ZWNJ}شنبه",
     "چهارشنبه",
-    f"پنج{_ZWNJ}شنبه",
+    f"پنج{ZWNJ}شنبه",
     "جمعه",
 )
 
@@ -85,6 +85,16 @@ def normalize_text(text: str) -> str:
     # str.split() without arguments splits on Unicode whitespace only; ZWNJ is not
     # whitespace, so words like «سه‌شنبه» survive intact.
     return " ".join(text.translate(_TEXT_FOLD).split())
+
+
+# Dropped from a name as it is compared (``name_key``): spaces and ZWNJ (most phones type
+# «خرم آباد» for «خرم‌آباد»), the marks copying from right-to-left text adds, and tatweel.
+_NAME_IGNORED = re.compile(f"[\\s{INVISIBLE_MARKS}\u200b\ufeff\u0640]")
+
+
+def name_key(text: str) -> str:
+    """A place's name as searches compare it: «خرم آباد», «خرم‌آباد» and «خرمآباد» alike."""
+    return _NAME_IGNORED.sub("", normalize_text(text))
 
 
 def to_persian_digits(text: str) -> str:

@@ -14,7 +14,7 @@ import time
 from bisect import bisect_right
 from collections import defaultdict
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
@@ -32,7 +32,7 @@ from app.locale import check_text, jalali_date, jalali_time, normalize_text, to_
 from app.offices.directory import OfficeCard, OfficeDirectory
 from app.offices.errors import OfficeNotFound, ServiceNotFound
 from app.offices.models import City, Office
-from app.offices.service import normalize_code
+from app.offices.service import named, normalize_code
 
 # Iran's bounding box, with a margin: a position outside it is a typo, not a citizen.
 LAT_RANGE = (24.0, 40.5)
@@ -239,7 +239,7 @@ class LoadService:
             # and the search page alike.
             value = normalize_text(check_text(city, "city", max_length=100))
             query = select(City.lat, City.lon).order_by(City.population.desc()).limit(1)
-            match = (City.name_fa == value) | (func.lower(City.name_en) == value.lower())
+            match = named(value, City.name_fa, City.name_en)
             if value.isascii() and value.isdecimal() and len(value) <= 9:
                 match = match | (City.id == int(value))
             async with sessions() as session:

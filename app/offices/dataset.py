@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import default_template, encode_template
-from app.locale import to_persian_digits
+from app.locale import ZWNJ, to_persian_digits
 from app.offices.catalogue import OPERATOR_SERVICES, RURAL_SERVICES, SERVICES
 from app.offices.models import City, CityClass, Office, OfficeKind, OfficeService, OfficeStatus, Province, Service
 
@@ -106,7 +106,6 @@ _QUALIFIERS = (
 
 # Letters that never join the next one; after any other letter a compound needs a ZWNJ.
 _NON_JOINING = set("اآدذرزژو")
-_ZWNJ = "\u200c"
 
 _STREETS = (
     "امام خمینی", "آزادی", "انقلاب", "ولیعصر", "شهید بهشتی", "طالقانی", "شریعتی", "مطهری",
@@ -154,7 +153,7 @@ def _read_provinces() -> list[_ProvinceSource]:
 
 
 def _join(first: str, second: str) -> str:
-    return first + ("" if first[-1] in _NON_JOINING else _ZWNJ) + second
+    return first + ("" if first[-1] in _NON_JOINING else ZWNJ) + second
 
 
 def _name_pool() -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ import re
 import msgspec
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import WeeklyTemplate, decode_template, opening_hours, pool_for
@@ -15,8 +16,10 @@ from app.locale import (
     INVISIBLE_MARKS,
     MAX_ID,
     WEEKDAY_NAMES,
+    ZWNJ,
     check_range,
     check_text,
+    name_key,
     normalize_digits,
     normalize_text,
 )
@@ -108,7 +111,7 @@ async def search_offices(
         query = query.where(in_province(province))
     if city:
         value = normalize_text(check_text(city, "city", max_length=MAX_NAME))
-        match = (City.name_fa == value) | (func.lower(City.name_en) == value.lower())
+        match = named(value, City.name_fa, City.name_en)
         # [0-9] only, and short enough to be an id: "²".isdigit() is true and int() refuses it.
         if value.isascii() and value.isdecimal() and len(value) <= 9:
             match = match | (City.id == int(value))
@@ -126,7 +129,18 @@ async def search_offices(
 def in_province(province: str) -> ColumnElement[bool]:
     """A filter on ``Province``: the one named by code («۰۱») or Persian or English name, as typed."""
     value = normalize_text(check_text(province, "province", max_length=MAX_NAME))
-    return (Province.code == value) | (Province.name_fa == value) | (func.lower(Province.name_en) == value.lower())
+    return (Province.code == value) | named(value, Province.name_fa, Province.name_en)
+
+
+def named(value: str, name_fa: InstrumentedAttribute[str], name_en: InstrumentedAttribute[str]) -> ColumnElement[bool]:
+    """A filter on a place's Persian or English name as typed, spaces and ZWNJ aside (``name_key``),
+    English in any case. The few thousand places are scanned, not looked up in an index."""
+    key = name_key(value)
+    return (_squashed(name_fa) == key) | (_squashed(func.lower(name_en)) == key.lower())
+
+
+def _squashed(name: ColumnElement[str]) -> ColumnElement[str]:
+    return func.replace(func.replace(name, " ", ""), ZWNJ, "")
 
 
 async def get_office(*, session: AsyncSession, code: str) -> OfficeDetail:

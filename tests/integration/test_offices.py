@@ -51,6 +51,28 @@ async def test_find_offices_by_province_city_and_service(client: Client, demo: d
     assert bad.status_code == 422 and bad.json()["field"] == "limit"
 
 
+async def test_a_city_is_found_however_its_zwnj_is_typed(client: Client, demo: dataset.Dataset) -> None:
+    """«شاه‌رود» is spelled with a ZWNJ; most phones type a space, or nothing, and a name
+    copied out of right-to-left text comes wrapped in marks nobody sees."""
+    offices_in = {o["city_id"] for o in demo.offices}
+    city = next(c for c in demo.cities if "\u200c" in c["name_fa"] and c["id"] in offices_in)
+    exact = (await client.get("/api/v1/offices", params={"city": city["name_fa"]})).json()
+    assert exact["total"] >= 1
+    spelled = city["name_fa"]
+    for typed in (spelled.replace("\u200c", " "), spelled.replace("\u200c", ""), f"\u200f{spelled}\u200f"):
+        assert (await client.get("/api/v1/offices", params={"city": typed})).json() == exact, typed
+    spaced = city["name_en"].upper().replace(" ", "")
+    assert (await client.get("/api/v1/offices", params={"city": spaced})).json() == exact
+    assert (await client.get("/api/v1/offices", params={"city": spelled[:3]})).json()["total"] == 0  # no prefixes
+
+    service = next(s["service_code"] for s in demo.office_services)
+    nearby = await client.get(
+        "/api/v1/offices/nearby", params={"service": service, "city": spelled.replace("\u200c", " ")}
+    )
+    assert nearby.status_code == 200, nearby.text
+    assert (nearby.json()["origin_lat"], nearby.json()["origin_lon"]) == (city["lat"], city["lon"])
+
+
 async def test_one_office_and_its_slots(client: Client, demo: dataset.Dataset, container: Container) -> None:
     listing = (await client.get("/api/v1/offices", params={"service": "101"})).json()
     code = listing["items"][0]["code"]
