@@ -139,7 +139,7 @@ def named(value: str, name_fa: InstrumentedAttribute[str], name_en: Instrumented
     return (_squashed(name_fa) == key) | (_squashed(func.lower(name_en)) == key.lower())
 
 
-def _squashed(name: ColumnElement[str]) -> ColumnElement[str]:
+def _squashed(name: ColumnElement[str] | InstrumentedAttribute[str]) -> ColumnElement[str]:
     return func.replace(func.replace(name, " ", ""), ZWNJ, "")
 
 
