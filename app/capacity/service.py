@@ -642,6 +642,7 @@ class Capacity:
     async def materialise_day(self, *, session: AsyncSession, office_code: str, day: dt.date) -> bool:
         """Write one office-day into Redis if it is absent (after a day rolls into the horizon
         or a wipe). False when the office has no plan at all: nothing to write."""
+        caps_seen = await self.redis.get(keys.CAPS_CHANGED)
         plans = await load_plans(session, codes=[office_code])
         if not plans:
             return False
@@ -658,6 +659,7 @@ class Capacity:
                 *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, _new_count()),
             ],
         )
+        await self._caps_since(caps_seen, session=session, codes=[plan.code], days=[day])
         return True
 
     async def calendar(
@@ -718,7 +720,20 @@ class Capacity:
     async def extend_horizon(self, *, session: AsyncSession, today: dt.date) -> int:
         """Write the office-days missing from the horizon (the day that just entered it),
         leaving the ones already there untouched."""
-        return await self._write_days(session=session, days=self.horizon(today), mode="create")
+        caps_seen = await self.redis.get(keys.CAPS_CHANGED)
+        days = self.horizon(today)
+        written = await self._write_days(session=session, days=days, mode="create")
+        await self._caps_since(caps_seen, session=session, codes=None, days=days)
+        return written
+
+    async def _caps_since(
+        self, seen: Any, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]
+    ) -> None:
+        """Days just created from a read of the record that a crowd cap's commit may have
+        followed (``keys.CAPS_CHANGED`` moved): the cap, told before they were written, found
+        them absent and left them, and they hold the old cap. Told the record's caps now."""
+        if await self.redis.get(keys.CAPS_CHANGED) != seen:
+            await self._set_meta(session=session, codes=codes, days=days)
 
     async def _write_days(self, *, session: AsyncSession, days: list[dt.date], mode: str, batch: int = 500) -> int:
         self.reads.forget_all()  # told by ``rebuild`` when it replaces days (created ones nobody kept)
@@ -974,7 +989,13 @@ class Capacity:
     async def refresh_meta(self, *, session: AsyncSession, today: dt.date, codes: list[str] | None = None) -> int:
         """Recompute status and cap of every office-day in the horizon (all offices, or ``codes``)
         from the record, after a status change or a crowd cap. Returns the offices touched."""
-        days = self.horizon(today)
+        return await self._set_meta(session=session, codes=codes, days=self.horizon(today))
+
+    async def caps_changed(self) -> None:
+        """Tell the days being created that a crowd cap was just added or lifted in the record."""
+        await self.redis.incr(keys.CAPS_CHANGED)
+
+    async def _set_meta(self, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]) -> int:
         plans = await load_plans(session, codes=codes)
         caps = await load_caps(session, first=days[0], last=days[-1])
         calls = [

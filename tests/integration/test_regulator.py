@@ -437,3 +437,41 @@ async def test_a_closure_waits_a_moment_for_its_day_and_is_applied_at_once(
     )
     assert closed.status_code == 201 and closed.json()["moves_pending"] is False, closed.text
     assert int(redis_sync.hget(keys.office_day(office, day), keys.seats_field("*", "10:00")) or 0) == 0
+
+
+@pytest.mark.parametrize("creates", ["on demand", "the nightly roll"])
+async def test_a_cap_committed_while_a_day_is_created_reaches_that_day(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, creates: str
+) -> None:
+    """A day is created (as it enters the horizon, or read before Redis had it) from a read
+    of the record made just before a crowd cap's commit; the cap, told before the day was
+    written, finds it absent and leaves it. Once written, the day is told the cap. (It had
+    kept 100% until the next rebuild.)"""
+    from app.capacity import crowd_caps
+    from app.capacity import service as capacity_service
+
+    office, day, container = await world.office(), world.tomorrow(), world.container
+    assert not redis_sync.exists(keys.office_day(office, day))
+    read_caps = capacity_service.load_caps
+    added: list[crowd_caps.CrowdCapOut] = []
+
+    async def a_cap_right_after_the_read(session: Any, **dates: Any) -> Any:
+        caps = await read_caps(session, **dates)
+        monkeypatch.setattr(capacity_service, "load_caps", read_caps)  # once
+        async with container.sessions() as other:
+            added.append(
+                await crowd_caps.add(
+                    session=other, capacity=container.capacity, today=container.clock.today(),
+                    province_code=None, starts_on=day, ends_on=day, percent=50, reason="مصوبه", created_by="r",
+                )
+            )  # fmt: skip
+        return caps
+
+    monkeypatch.setattr(capacity_service, "load_caps", a_cap_right_after_the_read)
+    async with container.sessions() as session:
+        if creates == "on demand":
+            await container.capacity.materialise_day(session=session, office_code=office, day=day)
+        else:
+            await container.capacity.extend_horizon(session=session, today=container.clock.today())
+    assert added[0].pending is False  # told, and found the day absent
+    assert redis_sync.hget(keys.office_day(office, day), "_cap") == b"50"
