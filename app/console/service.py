@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import msgspec
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.booking.models import Booking, BookingStatus, Channel, Suspension
+from app.booking.models import SEAT_STATUSES, Booking, BookingStatus, Channel, Suspension
 from app.booking.relocation import Relocator, overflow_bookings
 from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
@@ -32,6 +32,7 @@ from app.capacity.plan import (
     decode_template,
     encode_rules,
     encode_template,
+    pool_for,
     validate_rules,
 )
 from app.capacity.service import Capacity, Overflow
@@ -49,7 +50,7 @@ from app.db import Within, lock_row
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
-from app.locale import check_text, jalali_date
+from app.locale import check_text, jalali_date, to_persian_digits
 from app.offices.errors import OfficeNotFound
 from app.offices.models import City, Office, OfficeService, Service
 from app.offices.service import normalize_code
@@ -73,6 +74,15 @@ QUEUE_HISTORY_DAYS = 366
 """How far back a clerk may look at a day's queue (the record keeps more)."""
 SUSPENSION_CHUNK = 1000
 """National IDs a suspension query asks about at once (a bound on its parameters)."""
+OFFICE_CHUNK = 1000
+"""Offices a count of the record's seats asks about at once (a bound on its parameters: a
+closure's moves cover a province)."""
+USED_UP = (BookingStatus.SERVED, BookingStatus.NO_SHOW)
+"""A booking in one of these used its slot's seat and holds it no longer. Redis keeps the
+seat counted (it was used, and a past slot sells no more): only the record tells it apart
+from a seat somebody holds."""
+SlotKey = tuple[str, dt.date, str, str]
+"""An office-day's slot: office code, day, pool, time."""
 
 
 class NoShowRules(msgspec.Struct, frozen=True):
@@ -184,6 +194,7 @@ class Console:
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
         await self._check_services(session, office, rules)
+        await self._check_own_counters(session, office, rules)
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
@@ -244,6 +255,28 @@ class Console:
                 detail_fa="این دفتر چنین خدمتی ارائه نمی‌دهد.",
             )
 
+    async def _check_own_counters(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
+        """A day's counter of a service's own must be one the weekly template gives it: the
+        template alone says which pool a service books from (``pool_for``), so a desk opened
+        for one day for a service that books from the shared seats was counted in the day's
+        seats while nobody could book it, and its service found no seats that day."""
+        named = {rule.service for rule in rules if rule.service is not None}
+        if not named:
+            return
+        raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
+        template = decode_template(raw) if raw else WeeklyTemplate(days={})
+        for service in sorted(named):
+            if pool_for(template, service) != service:
+                raise InvalidInput(
+                    "service",
+                    f"The weekly template gives service {service} no counter of its own: it books from the "
+                    "shared seats, and nobody could book this counter. Plan its seats in the shared rules, "
+                    "or give it a counter in the weekly template first.",
+                    detail_fa=f"خدمت {to_persian_digits(service)} در برنامهٔ هفتگی باجهٔ جداگانه ندارد و از "
+                    "ظرفیت مشترک نوبت می‌گیرد؛ کسی نمی‌تواند از این باجه نوبت بگیرد. ظرفیت آن را در بازه‌های "
+                    "مشترک بگذارید، یا نخست در برنامهٔ هفتگی برایش باجه تعریف کنید.",
+                )
+
     async def day_plans(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> list[DayPlanOut]:
         office = await self._office(session, staff, office_code)
         days = self.capacity.horizon(self.clock.today())
@@ -271,6 +304,7 @@ class Console:
     async def _refuse_overflow(
         self, session: AsyncSession, office: Office, overflow: list[Overflow], move_overflow: bool
     ) -> None:
+        overflow = await self._held_over(session, overflow)
         if overflow and not move_overflow:
             raise CapacityBelowBookings(
                 [
@@ -301,6 +335,58 @@ class Console:
         ]
         if present:
             raise CapacityBelowCheckedIn(present)
+
+    async def _held_over(self, session: AsyncSession, overflow: list[Overflow]) -> list[Overflow]:
+        """The slots of ``overflow`` over by the citizens who hold their seats, each counted
+        as ``overflow_bookings`` counts it: by Redis, but never by more than the record holds.
+        Counted by Redis alone, a morning slot whose citizens were all served (see
+        ``USED_UP``) had a same-day cut refused for nobody."""
+        if not overflow:
+            return []
+        holding, _ = await self._seats_in_record(session, overflow)
+        counted = [msgspec.structs.replace(o, booked=min(o.booked, holding[_slot(o)])) for o in overflow]
+        return [o for o in counted if o.booked > o.seats]
+
+    async def _still_over(self, session: AsyncSession, overflow: list[Overflow]) -> list[Overflow]:
+        """The slots of ``overflow`` a cut's moves must still empty: over by what Redis counts
+        less the seats used up there (``USED_UP``), which nobody can be moved out of. Not by
+        the record's holders alone: a booking that took its seat just before the cut may reach
+        the record only after this look, and is looked for again (``move_all``). Never by
+        fewer than those holders either: a recount counts no used-up seat."""
+        today = self.clock.today()
+        # Only citizens of today (the horizon's first day) can have been served or marked absent.
+        past = [o for o in overflow if o.day <= today]
+        holding, used_up = await self._seats_in_record(session, past) if past else (Counter(), Counter())
+        over = []
+        for o in overflow:
+            slot = _slot(o)
+            if max(o.booked - used_up[slot], min(o.booked, holding[slot])) > o.seats:
+                over.append(o)
+        return over
+
+    async def _seats_in_record(
+        self, session: AsyncSession, overflow: list[Overflow]
+    ) -> tuple[Counter[SlotKey], Counter[SlotKey]]:
+        """For each slot of ``overflow``, the record's bookings that hold one of its seats
+        (``SEAT_STATUSES``), and those that used one up (``USED_UP``)."""
+        holding: Counter[SlotKey] = Counter()
+        used_up: Counter[SlotKey] = Counter()
+        codes = sorted({o.office_code for o in overflow})
+        for start in range(0, len(codes), OFFICE_CHUNK):
+            rows = await session.execute(
+                select(Office.code, Booking.date, Booking.pool, Booking.slot_time, Booking.status, func.count())
+                .join(Office, Office.id == Booking.office_id)
+                .where(
+                    Office.code.in_(codes[start : start + OFFICE_CHUNK]),
+                    Booking.date.in_({o.day for o in overflow}),
+                    Booking.slot_time.in_({o.time for o in overflow}),
+                    Booking.status.in_((*SEAT_STATUSES, *USED_UP)),
+                )
+                .group_by(Office.code, Booking.date, Booking.pool, Booking.slot_time, Booking.status)
+            )
+            for code, day, pool, time, status, count in rows:
+                (holding if status in SEAT_STATUSES else used_up)[(code, day, pool, time)] += count
+        return holding, used_up
 
     async def _apply_change(
         self, session: AsyncSession, office: Office, days: list[dt.date], change: str
@@ -379,13 +465,21 @@ class Console:
         why_fa: str,
     ) -> list[MovedBooking]:
         """Move the bookings a new plan (already applied) has no room for, until none is left."""
+
+        async def still_over() -> list[Overflow]:
+            found = await self.capacity.replan(session=session, office_codes=office_codes, days=days, apply=False)
+            return await self._still_over(session, found)
+
+        # A slot over only by seats used up (a morning's served citizens) has nobody to move:
+        # taken for over-full, it was looked at again for a second and then kept at its count.
+        overflow = await self._still_over(session, overflow)
         if not overflow:
             return []
         moved = await self.move_overflow(session, overflow, offices, why_fa=why_fa)
         # A booking that took its seat just before the cut may commit just after our look at
         # the record: look again (Redis says whether a slot is still over) until none is.
         for _ in range(5):
-            overflow = await self.capacity.replan(session=session, office_codes=office_codes, days=days, apply=False)
+            overflow = await still_over()
             if not overflow:
                 return moved
             await asyncio.sleep(0.2)
@@ -393,7 +487,7 @@ class Console:
         # Still over after every try: whoever holds those seats could not be moved (they
         # checked in a moment after the refusal check). They keep their seats: the slot
         # takes nobody new until it is back under the plan.
-        overflow = await self.capacity.replan(session=session, office_codes=office_codes, days=days, apply=False)
+        overflow = await still_over()
         if overflow:
             log.warning("capacity cut kept %d slot(s) at their holders' count", len(overflow))
             await self.capacity.keep_holders(overflow)
@@ -664,3 +758,7 @@ def _entry(booking: Booking, service_name_fa: str) -> QueueEntry:
         channel=booking.channel.value,
         national_id=mask_national_id(booking.national_id),
     )
+
+
+def _slot(overflow: Overflow) -> SlotKey:
+    return (overflow.office_code, overflow.day, overflow.pool, overflow.time)

@@ -466,6 +466,55 @@ async def test_a_plan_naming_a_service_the_office_lacks_or_a_past_day_changes_no
     assert gone.status_code == 422 and gone.json()["field"] == "date", gone.text
 
 
+async def test_a_days_own_counter_for_a_service_that_books_from_the_shared_seats_is_refused(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """The weekly template alone says which seats a service books from: a counter of its own
+    for one day, for a service that books from the shared seats, was saved and counted in the
+    day's seats while nobody could book it, and the service found the office closed that day."""
+    office = await world.office(seats=2)  # shared seats only, for 101 and 102
+    await world.rebuild()
+    headers = await staff_of(client, world, office)
+    base = f"/api/v1/staff/offices/{office}"
+    day = world.tomorrow()
+    desk = {"opens": "08:00", "closes": "16:00", "slot_minutes": 30, "seats": 1, "service": "101"}
+    refused = await client.put(
+        f"{base}/overrides/{day.isoformat()}", json={"rules": [desk], "reason": "میز ۱۰۱"}, headers=headers
+    )
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()
+    assert (problem["code"], problem["field"]) == ("invalid_input", "service")
+    assert "101" in problem["detail"] and "۱۰۱" in problem["message_fa"], problem
+    days = (await client.get(f"{base}/days", headers=headers)).json()
+    assert {d["date"]: d["source"] for d in days}[day.isoformat()] == "template"
+    assert redis_sync.hget(keys.office_day(office, day), keys.seats_field("101", "08:00")) is None
+    slots = await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    assert slots.json()["slots"], slots.text
+
+    # With a counter of its own in the template, a day may give it other hours.
+    desked = await world.office(
+        rules=[
+            DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
+            DayRule(opens="09:00", closes="10:00", slot_minutes=30, seats=1, service="103"),
+        ],
+        services=("101", "103"),
+    )
+    await world.rebuild()
+    headers = await staff_of(client, world, desked)
+    rules = [
+        {"opens": "08:00", "closes": "12:00", "slot_minutes": 30, "seats": 2},
+        {"opens": "13:00", "closes": "14:00", "slot_minutes": 30, "seats": 1, "service": "103"},
+    ]
+    saved = await client.put(
+        f"/api/v1/staff/offices/{desked}/overrides/{day.isoformat()}",
+        json={"rules": rules, "reason": "میز گذرنامه بعدازظهر"},
+        headers=headers,
+    )
+    assert saved.status_code == 200, saved.text
+    slots = await client.get(f"/api/v1/offices/{desked}/slots", params={"service": "103", "date": day.isoformat()})
+    assert [s["time"] for s in slots.json()["slots"]] == ["13:00", "13:30"], slots.text
+
+
 async def test_the_pages_drop_a_counter_for_a_service_no_longer_offered(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:

@@ -1,16 +1,18 @@
-"""A capacity cut never takes a seat from a citizen who is already in the room."""
+"""A same-day capacity cut never takes a seat from a citizen who is already in the room, nor
+counts one whose turn is over."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 
 from app.capacity.service import Overflow
 from tests.conftest import World, booking_body
-from tests.integration.test_console import seats, staff_of, used
+from tests.integration.test_console import every_day, move_clock, seats, staff_of, used
 
 Client = AsyncTestClient[Litestar]
 
@@ -55,3 +57,55 @@ async def test_a_slot_left_over_by_a_race_keeps_its_holders_seats(world: World, 
         [Overflow(office_code=office, day=day, pool="*", time="10:00", seats=1, booked=2)]
     )
     assert seats(redis_sync, office, day, "10:00") == 2
+
+
+async def test_a_same_day_cut_is_not_refused_for_citizens_already_served(
+    client: Client,
+    world: World,
+    redis_sync: SyncRedis,
+    morning: dt.datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Served or marked absent, a citizen holds no seat, though Redis keeps theirs counted (it
+    was used): at 11:00 a clerk's cut of the morning was refused for them, and one that asked
+    for moves looked at their slot again for a second and then opened it at their count."""
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    today = morning.date()
+    base = f"/api/v1/staff/offices/{office}"
+    override = f"{base}/overrides/{today.isoformat()}"
+    two_seats = {"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 2}
+    opened = await client.put(override, json={"rules": [two_seats], "reason": "دو باجه"}, headers=headers)
+    assert opened.status_code == 200, opened.text
+    codes = []
+    for slot in ("08:00", "08:00", "11:30"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    served, absent, later = codes
+    move_clock(monkeypatch, morning.replace(hour=8, minute=20))
+    assert (await client.post(f"{base}/queue/{served}/served", headers=headers)).status_code == 200
+    assert (await client.post(f"{base}/queue/{absent}/no-show", headers=headers)).status_code == 200
+    move_clock(monkeypatch, morning.replace(hour=11))
+
+    # Back to the template's one seat: 08:00 counts two, and holds nobody.
+    cleared = await client.delete(override, headers=headers)
+    assert cleared.status_code == 200, cleared.text
+    # The afternoon only: refused for the citizen still to come at 11:30, and for no one else.
+    refused = await client.put(f"{base}/template", json=every_day(1, opens="12:00"), headers=headers)
+    assert refused.status_code == 409 and refused.json()["code"] == "capacity_below_bookings", refused.text
+    assert refused.json()["slots"] == [
+        {"date": today.isoformat(), "slot": "11:30", "pool": "*", "seats": 0, "booked": 1}
+    ]
+    afternoon = {"opens": "12:00", "closes": "20:00", "slot_minutes": 30, "seats": 1}
+    cut = await client.put(
+        f"{override}?move_overflow=true", json={"rules": [afternoon], "reason": "بعدازظهر"}, headers=headers
+    )
+    assert cut.status_code == 200, cut.text
+    assert [(m["tracking_code"], m["slot"]) for m in cut.json()["moved"]] == [(later, "12:00")]
+    # Nobody was moved out of 08:00, and it stays closed: not opened again at its count.
+    assert seats(redis_sync, office, today, "08:00") == 0 and used(redis_sync, office, today, "08:00") == 2
+    statuses = [(await client.get(f"/api/v1/bookings/{code}")).json()["status"] for code in codes]
+    assert statuses == ["served", "no_show", "booked"]
