@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -56,10 +56,16 @@ class Relocator:
         from_office: Office,
         same_office: bool,
         why_fa: str,
+        still_wanted: Callable[[], Awaitable[bool]] | None = None,
     ) -> list[Relocation]:
         """Move each booking (or cancel it where no seat is left), telling the citizen; all
         of them in one commit, then the old seats go back a few hundred to a trip. A booking that changed
         meanwhile (cancelled by its citizen, checked in) is left as it is and not in the result.
+
+        ``still_wanted`` is asked once the seats are found, in the transaction that writes the
+        moves, so that what it reads locked stays so until their commit (a block asks whether
+        the office is still blocked; on SQLite its lock is the one write lock, not held through
+        the search). False: nobody moves, the seats go back, and the result is empty.
 
         Done one at a time, a clerk's cut of sixteen bookings took seconds behind a rush:
         every step waits its turn on a busy event loop, and each booking took a dozen.
@@ -84,6 +90,10 @@ class Relocator:
             # than the recount's wait).
             await self.capacity.confirm_ready()
             writing = True
+            if still_wanted is not None and not await still_wanted():
+                await session.commit()  # nothing written; a rollback would expire the caller's rows
+                await self._give_back(session, [seat for seat in taken if seat is not None])
+                return []
             await hold_off_recounts(session)
             changed = await _record_moves(session, from_office, bookings, placements, now)
             for booking, placed in zip(bookings, placements, strict=True):

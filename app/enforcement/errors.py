@@ -47,3 +47,10 @@ class OfficeIsBlocked(DomainError):
     status = 409
     message_fa = "این دفتر مسدود است؛ برای محدود کردن آن ابتدا انسداد را بردارید."
     message_en = "This office is blocked; lift the block before restricting it."
+
+
+class OfficeAlreadyBlocked(DomainError):
+    code = "office_already_blocked"
+    status = 409
+    message_fa = "این دفتر از پیش مسدود است و انسداد قبلی همچنان برقرار است."
+    message_en = "This office is already blocked; the block in force stands."

@@ -35,6 +35,7 @@ from app.enforcement.errors import (
     AppealNotAllowed,
     AppealNotFound,
     BlockLiftRegulatorOnly,
+    OfficeAlreadyBlocked,
     OfficeIsBlocked,
     OfficeNotRestricted,
 )
@@ -191,6 +192,11 @@ class Enforcement:
     ) -> OfficeAction:
         """Block an office and move its bookings; ``by`` is the regulator, None for the policy."""
         office = await _locked(session, office)
+        if office.status == OfficeStatus.BLOCKED:
+            # A second block (a double click, a retry) would close the first as replaced and
+            # open a fresh appeal window: the appeal pending against the first, overturned,
+            # would then lift nothing.
+            raise OfficeAlreadyBlocked()
         now = self.clock.now()
         before = office.status.value
         actor = by.username if by else "policy"
@@ -212,14 +218,16 @@ class Enforcement:
         # From here the reserve script refuses the office; then its bookings are moved.
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
         async with self._moving(office.code) as held:
-            if not held:  # the minute's job is moving them already (the office blocked again)
+            if not held:  # the minute's job is moving them already (blocked again after a lift)
                 return action
             try:
                 action.bookings_moved, action.bookings_cancelled = await self._move_bookings_away(session, office)
             except CapacityRebuilding:
                 # The block is recorded; the moves would race the recount. ``finish_blocks``
-                # moves them within a minute of its end.
-                for row in (office, action):  # read again: the moves' rollback may have expired them
+                # moves them within a minute of its end. Rolled back here too: refused before
+                # its first write, the relocator leaves the office's lock held.
+                await session.rollback()
+                for row in (office, action):  # read again: the rollback expired them
                     await session.refresh(row)
                 log.warning("office %s blocked; its bookings move after the recount", office.code)
                 return action
@@ -323,6 +331,12 @@ class Enforcement:
         return renewed_lock(self.capacity.redis, f"{MOVES_LOCK}:{office_code}", uuid.uuid4().hex, seconds=30)
 
     async def _move_bookings_away(self, session: AsyncSession, office: Office) -> tuple[int, int]:
+        """Move the blocked office's upcoming bookings, then cancel those with no seat to move;
+        (moved, cancelled). Each step reads the office locked, in the transaction that writes
+        it: a lift committed first stops it, and a lift that comes during it waits for its
+        commit and finds it done. Nobody is moved off, or cancelled at, an office no longer
+        blocked (read once before the moves, a lift during them had answered "active" while
+        every citizen was sent away with an SMS saying the office was blocked)."""
         now = self.clock.now()
         upcoming = list(
             await session.scalars(
@@ -346,8 +360,19 @@ class Enforcement:
             )
             (to_cancel if seatless else to_move).append(booking)
         results = await self.relocator.relocate(
-            session=session, bookings=to_move, from_office=office, same_office=False, why_fa=why
-        )
+            session=session,
+            bookings=to_move,
+            from_office=office,
+            same_office=False,
+            why_fa=why,
+            still_wanted=lambda: self._still_blocked(session, office),
+        )  # its commit lets the office go: a lift may come between the two steps
+        moved = sum(result.moved for result in results)
+        if to_cancel and not await self._still_blocked(session, office):
+            await session.commit()  # nothing written: lets the office's lock go
+            to_cancel = []
+        if not to_cancel:
+            return moved, len(results) - moved
         cancelled = await self.bookings.cancel_seatless(
             session,
             [(booking, office.code) for booking in to_cancel],
@@ -355,8 +380,12 @@ class Enforcement:
             why_fa=why,
             advice_fa="لطفاً از دفتر دیگری نوبت بگیرید.",
         )
-        moved = sum(result.moved for result in results)
         return moved, len(results) - moved + len(cancelled)
+
+    async def _still_blocked(self, session: AsyncSession, office: Office) -> bool:
+        """Whether the office is still blocked, read locked until the transaction ends (the
+        moves' own, which the relocator or the cancellations commit)."""
+        return (await _locked(session, office)).status is OfficeStatus.BLOCKED
 
     async def lift(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str) -> ActionOut:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

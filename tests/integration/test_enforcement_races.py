@@ -14,17 +14,24 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.booking.models import Booking
+from app.capacity.plan import DayRule
 from app.complaints.errors import TransitionNotAllowed
 from app.complaints.models import ComplaintStep, State
-from app.enforcement.errors import AppealDecided, AppealNotAllowed, OfficeIsBlocked
-from app.enforcement.models import Fine
+from app.container import Container
+from app.enforcement.errors import AppealDecided, AppealNotAllowed, OfficeAlreadyBlocked, OfficeIsBlocked
+from app.enforcement.models import ActionKind, Fine, OfficeAction
+from app.enforcement.schemas import ActionOut
+from app.enforcement.service import MOVES_LOCK
 from app.offices.models import Office, OfficeStatus
+from app.redis import renewed_lock
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import World
+from tests.conftest import World, booking_body
 from tests.integration.test_complaints import STEPS, appeal, complain, regulator, restrict
 from tests.integration.test_console import staff_of
+from tests.integration.test_console_moves import book_full
 
 Client = AsyncTestClient[Litestar]
 REGULATOR = StaffPrincipal(
@@ -205,3 +212,140 @@ async def test_overturning_a_later_restriction_keeps_an_earlier_one_at_zero(clie
     async with world.container.sessions() as session:
         now = await session.scalar(select(Office).where(Office.code == office))
     assert now is not None and (now.status, now.cap_percent) == (OfficeStatus.RESTRICTED, 0)
+
+
+async def test_an_office_blocked_twice_at_once_is_blocked_once(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A double click on "block": the second is refused, and the first block (the one an
+    appeal may be pending against) stays the office's block."""
+    office = await world.office()
+    meet_at_audit(monkeypatch, "app.enforcement.service")
+    enforcement = world.container.enforcement
+
+    async def block(session: AsyncSession) -> OfficeAction:
+        found = await enforcement.office(session, office)
+        return await enforcement.block(session, found, reason="جعل مدارک", by=REGULATOR)
+
+    taken = one_taken(await at_once(world, block, block), OfficeAlreadyBlocked)
+    async with world.container.sessions() as session:
+        actions = list(await session.execute(select(OfficeAction.id, OfficeAction.kind, OfficeAction.lifted_at)))
+    assert actions == [(taken.id, ActionKind.BLOCK, None)]
+
+
+async def a_busy_office(client: Client, world: World) -> tuple[str, str, list[str], str]:
+    """An office whose two seats tomorrow are booked and one citizen in its line, and a
+    neighbour with room: (the office, the neighbour, the booked tracking codes, the waiting one's)."""
+    day = world.tomorrow()
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
+    neighbour = await world.office(seats=4, lat=35.701, lon=51.401)
+    await world.rebuild()
+    booked = await book_full(client, world, office, day, ["10:00", "10:30"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201, joined.text
+    return office, neighbour, booked, joined.json()["tracking_code"]
+
+
+async def lift_alone(container: Container, office: str) -> ActionOut:
+    """The regulator lifts the office's block, on a session of its own (as another request)."""
+    async with container.sessions() as session:
+        return await container.enforcement.lift(
+            session=session, staff=REGULATOR, office_code=office, reason="رأی تعزیرات"
+        )
+
+
+async def where_and_told(client: Client, world: World, codes: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Each booking's (office, status), and the kinds of SMS the bookings' citizens were sent."""
+    found = [(await client.get(f"/api/v1/bookings/{code}")).json() for code in codes]
+    async with world.container.sessions() as session:
+        mobiles = list(await session.scalars(select(Booking.mobile).where(Booking.tracking_code.in_(codes))))
+        told = list(
+            await session.scalars(
+                select(SmsMessage.kind)
+                .where(SmsMessage.to.in_(mobiles), SmsMessage.kind.in_(("booking_moved", "booking_cancelled")))
+                .order_by(SmsMessage.id)
+            )
+        )
+    return [(b["office_code"], b["status"]) for b in found], told
+
+
+async def test_a_lift_before_the_blocks_moves_begin_stops_them(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block committed, then lifted before its moves began: nobody is moved or cancelled,
+    and nobody is told the office was blocked."""
+    office, _, booked, waiting = await a_busy_office(client, world)
+    container = client.app.state.container  # the app's own, on its loop
+    moving = container.enforcement._moving
+
+    @contextlib.asynccontextmanager
+    async def lifted_first(office_code: str) -> Any:
+        await lift_alone(container, office_code)
+        async with moving(office_code) as held:
+            yield held
+
+    monkeypatch.setattr(container.enforcement, "_moving", lifted_first)
+    reg = await regulator(client, world)
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "تصمیم"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    assert (blocked.json()["bookings_moved"], blocked.json()["bookings_cancelled"]) == (0, 0)
+    assert (await client.get(f"/api/v1/offices/{office}")).json()["status"] == "active"
+    places, told = await where_and_told(client, world, [*booked, waiting])
+    assert places == [(office, "booked"), (office, "booked"), (office, "waitlisted")]
+    assert told == []
+
+
+@pytest.mark.parametrize("mover", ["the block", "the minute's job"])
+async def test_a_lift_during_the_moves_waits_for_them_and_stops_the_cancellations(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, mover: str
+) -> None:
+    """The regulator lifts the block while its bookings are being moved, by the block itself
+    or by the minute's job that finishes what a block left. The lift waits for the moves to
+    commit (committed first, it had answered "active" while every citizen was moved away),
+    and the cancellations of those with no seat to move, which come after, see the lift: the
+    citizen in line is not cancelled at an office open again."""
+    office, neighbour, booked, waiting = await a_busy_office(client, world)
+    # The parts that move them, on the loop they run on: the app's for the block's request,
+    # the test's own for the job.
+    movers = client.app.state.container if mover == "the block" else world.container
+    relocate, still_blocked = movers.relocator.relocate, movers.enforcement._still_blocked
+    waited: list[bool] = []
+    lifts: list[asyncio.Task[ActionOut]] = []
+    lifted: list[ActionOut] = []
+
+    async def lift_meanwhile(session: Any, blocked: Any) -> bool:
+        answer = await still_blocked(session, blocked)
+        if not lifts:  # the moves' first look, their seats found: the lift comes now
+            lifts.append(asyncio.create_task(lift_alone(movers, office)))
+            await asyncio.wait(lifts, timeout=1)  # time enough to commit, were it not kept waiting
+            waited.append(not lifts[0].done())
+        return answer
+
+    async def then_the_lift(**kwargs: Any) -> Any:
+        results = await relocate(**kwargs)
+        lifted.append(await lifts[0])
+        return results
+
+    monkeypatch.setattr(movers.enforcement, "_still_blocked", lift_meanwhile)
+    monkeypatch.setattr(movers.relocator, "relocate", then_the_lift)
+    reg = await regulator(client, world)
+    block = f"/api/v1/regulator/offices/{office}/block"
+    if mover == "the block":
+        blocked = await client.post(block, json={"reason": "تصمیم"}, headers=reg)
+    else:
+        # The block finds its moves' lock held (as by a job still moving), and leaves them.
+        async with renewed_lock(world.container.redis, f"{MOVES_LOCK}:{office}", "another mover", seconds=30):
+            blocked = await client.post(block, json={"reason": "تصمیم"}, headers=reg)
+        await movers.offices.load()  # the job's directory knows the neighbour made for the test
+        async with world.container.sessions() as session:
+            await world.container.enforcement.finish_blocks(session=session)
+    assert blocked.status_code == 201, blocked.text
+    assert waited == [True]
+    assert [action.lifted_at is not None for action in lifted] == [True]
+    assert (await client.get(f"/api/v1/offices/{office}")).json()["status"] == "active"
+    places, told = await where_and_told(client, world, [*booked, waiting])
+    assert places[:2] == [(neighbour, "booked"), (neighbour, "booked")]  # moved before the lift
+    assert places[2] == (office, "booked")  # not cancelled: the lift gave it a seat the moves freed
+    assert told == ["booking_moved", "booking_moved"]

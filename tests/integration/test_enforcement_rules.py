@@ -14,6 +14,7 @@ from app.complaints.models import Complaint
 from app.staff.models import AuditEntry
 from tests.conftest import World, booking_body
 from tests.integration.test_complaints import STEPS, appeal, complain, guild, regulator, restrict
+from tests.integration.test_console import staff_of
 
 Client = AsyncTestClient[Litestar]
 
@@ -150,6 +151,35 @@ async def test_restricting_a_blocked_office_is_refused(client: Client, world: Wo
     async with world.container.sessions() as session:
         entries = list(await session.scalars(select(AuditEntry).where(AuditEntry.action.like("office.%"))))
     assert [(e.action, e.actor_role) for e in entries] == [("office.block", "regulator")]
+
+
+async def test_blocking_a_blocked_office_is_refused_and_its_appeal_still_lifts_it(client: Client, world: World) -> None:
+    """Blocked, appealed, then blocked again (a double click, a retry): the second block had
+    closed the first as replaced and opened a fresh appeal window, and overturning the
+    pending appeal answered "overturned" with the office left blocked."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    staff = await staff_of(client, world, office)
+    block = f"/api/v1/regulator/offices/{office}/block"
+    blocked = await client.post(block, json={"reason": "تصمیم"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    appealed = await appeal(client, staff, office, blocked.json()["id"], "مدارک جعلی نبود")
+    assert appealed.status_code == 201, appealed.text
+    again = await client.post(block, json={"reason": "تصمیم"}, headers=reg)
+    assert again.status_code == 409 and again.json()["code"] == "office_already_blocked", again.text
+    assert again.json()["message_fa"]
+    history = (await client.get(f"/api/v1/guild/offices/{office}/history", headers=reg)).json()
+    assert [(a["id"], a["lifted_at"]) for a in history] == [(blocked.json()["id"], None)]
+    decided = await client.post(
+        f"/api/v1/regulator/appeals/{appealed.json()['id']}/decide",
+        json={"outcome": "overturned", "note": "جعل ثابت نشد"},
+        headers=reg,
+    )
+    assert decided.status_code == 200 and decided.json()["outcome"] == "overturned", decided.text
+    assert await status(client, office) == "active"
+    async with world.container.sessions() as session:
+        entries = list(await session.scalars(select(AuditEntry.action).where(AuditEntry.action.like("office.%"))))
+    assert entries == ["office.block", "office.lift"]
 
 
 async def test_a_policy_block_is_audited(client: Client, world: World) -> None:
