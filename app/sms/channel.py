@@ -85,20 +85,25 @@ class SmsChannel:
         if not await self._claim(session, provider_sid, mobile, text, command):
             return False
         try:
-            reply = await self._carry_out(session, mobile, command)
-        except DomainError as error:
-            await session.rollback()
-            reply = error.detail_fa
+            try:
+                reply = await self._carry_out(session, mobile, command)
+            except DomainError as error:
+                await session.rollback()
+                reply = error.detail_fa
+            if reply:
+                self.messenger.queue(session, to=mobile, body=reply, kind="sms_reply")
+            # In the transaction that queues the answer: answered once, or not at all.
+            await session.execute(
+                update(InboundSms).where(InboundSms.provider_sid == provider_sid).values(answered_at=self.clock.now())
+            )
+            await session.commit()
         except Exception:
+            # Not answered until that commit: a failure of the commit itself lets go too (a
+            # claim held for _CLAIM_LEASE had the provider's retries, seconds later, answered
+            # with nothing). Released only if unanswered: a commit whose answer was lost may
+            # have landed.
             await self._release(session, provider_sid)
             raise  # a 5xx: the provider delivers it again, and the retry carries it out
-        if reply:
-            self.messenger.queue(session, to=mobile, body=reply, kind="sms_reply")
-        # In the transaction that queues the answer: answered once, or not at all.
-        await session.execute(
-            update(InboundSms).where(InboundSms.provider_sid == provider_sid).values(answered_at=self.clock.now())
-        )
-        await session.commit()
         return True
 
     async def _claim(

@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, post
-from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from app.errors import Forbidden
-from app.sms.models import SmsMessage, SmsStatus
+from app.sms import delivery
+from app.sms.models import SmsStatus
 from app.web import Deps, Session
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
@@ -22,7 +22,6 @@ _STATUSES = {
     "undelivered": SmsStatus.FAILED,
     "failed": SmsStatus.FAILED,
 }
-_FINAL = (SmsStatus.DELIVERED, SmsStatus.FAILED)
 
 
 class BadSignature(Forbidden):
@@ -68,10 +67,11 @@ class TwilioWebhooks(Controller):
         sid = params.get("MessageSid", "")
         if status is None or not sid:
             return
-        message = await session.scalar(select(SmsMessage).where(SmsMessage.provider_sid == sid))
-        # Callbacks may come out of order: a late "sent" must not undo "delivered" or "failed"
-        # (Twilio's final statuses).
-        if message is not None and message.status not in _FINAL:
-            message.status = status
-            message.error = params.get("ErrorCode") or None
-            message.updated_at = container.clock.now()
+        await delivery.report(
+            session,
+            container.redis,
+            sid=sid,
+            status=status,
+            error=params.get("ErrorCode") or None,
+            now=container.clock.now(),
+        )

@@ -24,6 +24,7 @@ from app.jobs import RETRY_INTERVALS, backoff
 from app.observability import mask
 from app.redis import renewed_lock
 from app.settings import load_settings
+from app.sms import delivery
 from app.sms.backends import OutboundSms, SmsBackend, make_backend
 from app.sms.models import SmsMessage, SmsStatus
 from app.sms.service import SEND_SMS, SIGN_IN_CODE
@@ -193,6 +194,7 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             if earlier:
                 if not await _claim(session, message_id, seen, status=SmsStatus.SENT, provider_sid=earlier):
                     return "taken by another job"
+                await delivery.apply_kept(session, app.redis, earlier, app.clock.now())
                 return "sent before"
         # Claimed only if no other job changed it since it was read (no row lock is held, and
         # SQLite takes none), and committed before Twilio is handed it.
@@ -227,6 +229,8 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             )
             return "retry scheduled"
         await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid)
+        # Twilio may have called back before its answer came: what it said is applied now.
+        await delivery.apply_kept(session, app.redis, sid, app.clock.now())
         return "sent"
 
 

@@ -117,6 +117,61 @@ async def test_a_late_sent_callback_leaves_a_failed_message_failed(client: Clien
         assert row is not None and row.status == SmsStatus.FAILED
 
 
+async def report_status(client: Client, sid: str, status: str, **extra: str) -> Any:
+    params = {"MessageSid": sid, "MessageStatus": status, **extra}
+    return await client.post("/sms/twilio/status", data=params, headers=signed("/sms/twilio/status", params))
+
+
+async def test_a_status_callback_before_the_worker_writes_the_id_down_is_not_lost(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio may call back "sent" and "delivered" before its answer to the send reaches the
+    worker (a slow answer, a busy worker). It does not call back again: had the callback
+    found no message with the id and been dropped, the message would stay "sent" for good."""
+    from app.sms.backends import OutboundSms, TwilioBackend
+
+    loop = asyncio.get_running_loop()
+    real_send = TwilioBackend.send
+    answers: list[int] = []
+
+    def send_and_report_first(self: TwilioBackend, message: OutboundSms) -> str:
+        sid = real_send(self, message)
+        for status in ("sent", "delivered"):  # from the worker's thread, to the app on the test's loop
+            answers.append(
+                asyncio.run_coroutine_threadsafe(report_status(client, sid, status), loop).result(30).status_code
+            )
+        return sid
+
+    monkeypatch.setattr(TwilioBackend, "send", send_and_report_first)
+    made = await outbox_message(world, "پیام")
+    world.container.jobs.enqueue(world.container.jobs.sms, SEND_SMS, made.id, job_id="sms-early-callback")
+    await deliver()
+    [sent] = standin.wait_for(1)
+    assert answers == [204, 204]
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and (row.status, row.provider_sid) == (SmsStatus.DELIVERED, sent["sid"])
+
+
+async def test_a_status_callback_before_a_retry_finds_the_message_at_twilio_is_not_lost(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, settings: Settings
+) -> None:
+    """A try that timed out after Twilio took the message: Twilio's callback comes while no
+    message of ours has its id. The retry finds the message at Twilio, and what the callback
+    said with it."""
+    from app.sms.backends import OutboundSms, TwilioBackend
+
+    made = await outbox_message(world, "کد ورود: 135790", "otp", attempts=1, error="ReadTimeout")
+    sid = await asyncio.to_thread(TwilioBackend(settings).send, OutboundSms(made.id, made.to, made.body))
+    assert (await report_status(client, sid, "undelivered", ErrorCode="30003")).status_code == 204
+    world.container.jobs.enqueue(world.container.jobs.codes, SEND_SMS, made.id, job_id="sms-retry-after-callback")
+    await deliver()
+    assert len(standin.messages) == 1
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and (row.status, row.provider_sid, row.error) == (SmsStatus.FAILED, sid, "30003")
+
+
 async def test_a_new_phones_first_two_messages_at_once_are_both_answered(world: World, standin: TwilioStandIn) -> None:
     """Both name an ID, and both register it as the phone's first: one row, no 500."""
     office = await world.office()
@@ -429,6 +484,42 @@ async def test_a_message_that_failed_midway_is_carried_out_when_twilio_retries(
     [reply] = standin.wait_for(1)
     assert "کد رهگیری" in reply["body"]
     assert await count(world, Booking) == 1 and await count(world, InboundSms) == 1
+
+
+async def test_a_reply_whose_commit_failed_is_sent_when_twilio_retries(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message was carried out, the commit of its answer was not (the database away a
+    moment): Twilio's retry, seconds later, answers it. (The message had stayed claimed for a
+    minute, and the retry was answered with nothing.)"""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    real_execute, real_commit = AsyncSession.execute, AsyncSession.commit
+    failed: list[int] = []
+
+    async def execute(self: AsyncSession, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(statement).startswith("UPDATE sms_inbound SET answered_at"):
+            self.info["answering"] = True  # the transaction that queues the answer
+        return await real_execute(self, statement, *args, **kwargs)
+
+    async def commit_failing_once(self: AsyncSession) -> None:
+        if self.info.pop("answering", False) and not failed:
+            failed.append(1)
+            raise OperationalError("COMMIT", {}, ConnectionResetError("the database went away"))
+        await real_commit(self)
+
+    monkeypatch.setattr(AsyncSession, "execute", execute)
+    monkeypatch.setattr(AsyncSession, "commit", commit_failing_once)
+    first = await text(client, "سلام", sid="SMhelpagain")
+    assert first.status_code >= 500 and failed  # Twilio delivers it again
+    assert await count(world, SmsMessage) == 0
+    retried = await text(client, "سلام", sid="SMhelpagain")
+    assert retried.status_code == 200
+    assert await count(world, InboundSms, InboundSms.answered_at.is_not(None)) == 1
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert reply["body"].startswith("راهنمای نوبت پیامکی")
 
 
 async def test_a_suspended_national_id_cannot_book_by_sms_either(
