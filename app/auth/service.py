@@ -27,13 +27,20 @@ from app.sms.service import SIGN_IN_CODE, Messenger
 ISSUE = """
 -- KEYS[1] = the mobile's codes: hash {digest, expires, earlier, earlier_expires, tries}
 -- ARGV[1] = the new code's digest, ARGV[2] = its end (unix ms), ARGV[3] = its life (s),
--- ARGV[4] = now (unix ms). The code before it stays good until its own end.
-local live = redis.call('HMGET', KEYS[1], 'digest', 'expires')
+-- ARGV[4] = now (unix ms), ARGV[5] = guesses at a code that burn the codes (VERIFY).
+-- The code before it stays good until its own end, and the wrong tries counted so far count
+-- on with it: asking again must not give a code its tries back. Unless it could not take
+-- another guess at both codes within the bound (VERIFY counts such a try twice): then it is
+-- burnt, and the new code is counted alone.
+local live = redis.call('HMGET', KEYS[1], 'digest', 'expires', 'tries')
 redis.call('DEL', KEYS[1])
-if live[1] and live[2] and tonumber(live[2]) > tonumber(ARGV[4]) then
+local tries = tonumber(live[3]) or 0
+if live[1] and live[2] and tonumber(live[2]) > tonumber(ARGV[4]) and tries + 2 <= tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'earlier', live[1], 'earlier_expires', live[2])
+else
+  tries = 0
 end
-redis.call('HSET', KEYS[1], 'digest', ARGV[1], 'expires', ARGV[2], 'tries', 0)
+redis.call('HSET', KEYS[1], 'digest', ARGV[1], 'expires', ARGV[2], 'tries', tries)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 'OK'
 """
@@ -148,7 +155,10 @@ class CitizenAuth:
         # asks again while the first SMS is on its way, and types the one that came.
         ttl = self.settings.otp_ttl_seconds
         now = _now_ms()
-        await self._issue(keys=[_otp_key(mobile)], args=[self._digest(mobile, code), now + ttl * 1000, ttl, now])
+        await self._issue(
+            keys=[_otp_key(mobile)],
+            args=[self._digest(mobile, code), now + ttl * 1000, ttl, now, self.settings.otp_max_attempts],
+        )
         self._queue_code(session, mobile, f"{to_persian_digits(code)} ({code})", ttl)
         # The code goes out only once this row is committed; commit now rather than at the
         # end of the request so the worker can send it while the response is on its way.

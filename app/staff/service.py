@@ -4,6 +4,7 @@ sessions in Redis; who may touch which office; and the audit log of their change
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -18,10 +19,11 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
+from app.db import lock_row
 from app.errors import Forbidden, InvalidInput, Unauthorized
 from app.locale import normalize_digits
 from app.offices.models import Office
@@ -42,6 +44,24 @@ UNKNOWN_NAME_SECONDS = 24 * 3600
 """How long an unknown username's wrong passwords are remembered short of a lock. An
 account's count lasts until a sign-in resets it, which a clerk's does daily; these need an
 end, or a spray of made-up names would pile up in Redis."""
+
+TAKE_UNKNOWN_NAME_TRY = """
+-- KEYS[1] = an unknown name's wrong passwords, KEYS[2] = its lock (the lock's end)
+-- ARGV[1] = now, ARGV[2] = the tries before a lock, ARGV[3] = the end of a lock set now,
+-- ARGV[4] = the lock's life (s), ARGV[5] = the count's life (s). Times are ISO 8601 in UTC
+-- to the microsecond (_iso): as strings they sort as the times do.
+-- Returns the lock's end while the name is locked (the guess is not checked). Else counts
+-- the guess and returns nil: the one that reaches the limit locks, and a new count starts.
+local lock = redis.call('GET', KEYS[2])
+if lock and lock > ARGV[1] then return lock end
+local tries = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if tries >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+  redis.call('DEL', KEYS[1])
+end
+return false
+"""
 
 # argon2id is memory-hard (64 MiB a hash by default): a handful at once per process keeps a
 # burst of sign-ins from exhausting memory; the rest wait their turn.
@@ -90,6 +110,11 @@ def _unknown_name_key(secret: str, name: str, part: str) -> str:
     return f"{keys.NAMESPACE}:staff-unknown-{part}:{{{digest}}}"
 
 
+def _iso(value: dt.datetime) -> str:
+    # Always to the microsecond: TAKE_UNKNOWN_NAME_TRY compares these as strings.
+    return value.isoformat(timespec="microseconds")
+
+
 def _aware(value: dt.datetime) -> dt.datetime:
     # SQLite gives back the UTC we stored without its offset; PostgreSQL keeps it.
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
@@ -116,6 +141,7 @@ class StaffAuth:
         self._enabled: dict[int, tuple[float, bool]] = {}  # account id: (until, enabled)
         self.hasher = hasher or PasswordHasher()
         self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
+        self._take_unknown_name = redis.register_script(TAKE_UNKNOWN_NAME_TRY)
         # Verified against when the username is unknown, so that answer takes as long as a
         # wrong password does; made with our own parameters so it costs the same.
         # Made on first use: a worker or a command that never signs anyone in skips the cost.
@@ -165,9 +191,8 @@ class StaffAuth:
         if row is None:
             # Counted and locked like an account (OWASP): were only real accounts to lock,
             # wrong passwords until one did (or did not) would tell which usernames exist.
-            await self._refuse_if_unknown_name_locked(name, now)
+            await self._take_unknown_name_try(name, now)
             await self._verify(await self._dummy_hash(), password)
-            await self._count_unknown_name_failure(name, now)
             raise WrongCredentials()
         account, office_code = row
 
@@ -175,25 +200,28 @@ class StaffAuth:
         browser = known_device(
             self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
         )
-        locked_until = None if account.locked_until is None else _aware(account.locked_until)
-        locked = locked_until is not None and locked_until > now
+        # Each guess takes its try before its password is checked, and the try that reaches
+        # the limit locks: a burst of guesses, all sent before any was checked, gets no more
+        # than the limit checked. A browser that signed in before is counted apart.
+        own_lock = None
         if browser is not None:
-            await self._refuse_if_browser_locked(account.id, browser, now)
-        elif locked_until is not None and locked:
-            raise AccountLocked(locked_until, now=now)
+            await self._take_browser_try(account.id, browser, now)
+        else:
+            own_lock = await self._take_try(session, account.id, now)
         # A disabled account answers, and counts, like a wrong password: it is not worth
         # confirming, nor is its password (one that never led to a lock would be the right one).
         if not await self._verify(account.password_hash, password) or account.disabled:
-            await self._count_failure(session, account.id, now)  # locks the account to other browsers
             if browser is not None:
-                await self._count_browser_failure(account.id, browser)
+                # Counted against the account too, which locks it to other browsers (a lock
+                # already on it runs its course).
+                with contextlib.suppress(AccountLocked):
+                    await self._take_try(session, account.id, now)
             raise WrongCredentials()
 
-        if not locked:  # a lock someone else set runs its course for every other browser
-            account.failed_attempts = 0
-            account.locked_until = None
-        if self.hasher.check_needs_rehash(account.password_hash):
-            account.password_hash = await self._hash(password)
+        new_hash = await self._hash(password) if self.hasher.check_needs_rehash(account.password_hash) else None
+        account = await self._reset_count(session, account.id, own_lock, now)
+        if new_hash is not None:
+            account.password_hash = new_hash
         await session.commit()
         if browser is not None:
             await self.redis.delete(_browser_failures_key(account.id, browser))
@@ -211,62 +239,76 @@ class StaffAuth:
         )
         return SignedIn(token, principal, proof)
 
-    async def _refuse_if_browser_locked(self, account_id: int, browser: str, now: dt.datetime) -> None:
-        key = _browser_failures_key(account_id, browser)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(key)
-            pipe.pttl(key)
-            failures, ttl = await pipe.execute()
-        if int(failures or 0) >= self.settings.staff_max_failures and ttl > 0:
-            raise AccountLocked(now + dt.timedelta(milliseconds=ttl), now=now)
+    async def _take_try(self, session: AsyncSession, account_id: int, now: dt.datetime) -> dt.datetime | None:
+        """Count a guess at the account's password before it is checked: the try that
+        reaches ``staff_max_failures`` locks the account. Returns the lock's end when this
+        try set it (a right password lifts it again); AccountLocked when the account is locked.
 
-    async def _count_browser_failure(self, account_id: int, browser: str) -> None:
-        # The window starts at the first failure, as the account's lock runs from its last.
+        Read and counted under the row's lock, so parallel guesses take their tries one after
+        another. Committed at once: the count must outlive a failed request (see sign_in),
+        and the row must not stay locked while the password is checked."""
+        account = await lock_row(session, StaffAccount, account_id)
+        if account is None:  # removed since it was read
+            await session.rollback()
+            raise WrongCredentials()
+        locked_until = None if account.locked_until is None else _aware(account.locked_until)
+        if locked_until is not None and locked_until > now:
+            await session.rollback()
+            raise AccountLocked(locked_until, now=now)
+        own_lock = None
+        account.failed_attempts += 1
+        if account.failed_attempts >= self.settings.staff_max_failures:
+            own_lock = now + dt.timedelta(seconds=self.settings.staff_lockout_seconds)
+            account.failed_attempts, account.locked_until = 0, own_lock
+        await session.commit()
+        return own_lock
+
+    async def _reset_count(
+        self, session: AsyncSession, account_id: int, own_lock: dt.datetime | None, now: dt.datetime
+    ) -> StaffAccount:
+        """After a right password: the account as the record has it now, its count reset,
+        and the lock this guess's own try set (``own_lock``) lifted (not committed). A lock
+        other guesses set since runs its course for every other browser."""
+        account = await lock_row(session, StaffAccount, account_id)
+        if account is None:
+            raise WrongCredentials()
+        locked_until = None if account.locked_until is None else _aware(account.locked_until)
+        if own_lock is not None or locked_until is None or locked_until <= now:
+            account.failed_attempts = 0
+            account.locked_until = None
+        return account
+
+    async def _take_browser_try(self, account_id: int, browser: str, now: dt.datetime) -> None:
+        """``_take_try`` for a browser that signed in to the account before, in Redis:
+        AccountLocked once it has had its ``staff_max_failures`` tries. A right password
+        gives them all back (sign_in deletes the count)."""
+        # The window starts at the first try, as the account's lock runs from its last.
         key = _browser_failures_key(account_id, browser)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(key, 0, ex=self.settings.staff_lockout_seconds, nx=True)
             pipe.incr(key)
-            await pipe.execute()
+            pipe.pttl(key)
+            _, tries, ttl = await pipe.execute()
+        if tries > self.settings.staff_max_failures and ttl > 0:
+            raise AccountLocked(now + dt.timedelta(milliseconds=ttl), now=now)
 
-    async def _refuse_if_unknown_name_locked(self, name: str, now: dt.datetime) -> None:
+    async def _take_unknown_name_try(self, name: str, now: dt.datetime) -> None:
+        """``_take_try`` for a username no account has, in Redis (TAKE_UNKNOWN_NAME_TRY)."""
         # The lock's end is kept, not read back from its TTL: an account's lock gives the
         # same locked_until at every answer, to the microsecond, and so must this one.
-        value = await self.redis.get(_unknown_name_key(self.settings.secret_key, name, "lock"))
-        if value is not None:
-            locked_until = dt.datetime.fromisoformat(value.decode() if isinstance(value, bytes) else value)
-            if locked_until > now:
-                raise AccountLocked(locked_until, now=now)
-
-    async def _count_unknown_name_failure(self, name: str, now: dt.datetime) -> None:
-        # As _count_failure does for an account: the threshold starts a lock and a new count.
-        key = _unknown_name_key(self.settings.secret_key, name, "failures")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, UNKNOWN_NAME_SECONDS)
-            failures, _ = await pipe.execute()
-        if failures >= self.settings.staff_max_failures:
-            locked_until = now + dt.timedelta(seconds=self.settings.staff_lockout_seconds)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                lock = _unknown_name_key(self.settings.secret_key, name, "lock")
-                pipe.set(lock, locked_until.isoformat(), ex=self.settings.staff_lockout_seconds)
-                pipe.delete(key)
-                await pipe.execute()
-
-    async def _count_failure(self, session: AsyncSession, account_id: int, now: dt.datetime) -> None:
-        # Incremented in SQL, not in Python: parallel wrong guesses must each count.
-        failures = await session.scalar(
-            update(StaffAccount)
-            .where(StaffAccount.id == account_id)
-            .values(failed_attempts=StaffAccount.failed_attempts + 1)
-            .returning(StaffAccount.failed_attempts)
+        locked_until = now + dt.timedelta(seconds=self.settings.staff_lockout_seconds)
+        lock = await self._take_unknown_name(
+            keys=[_unknown_name_key(self.settings.secret_key, name, part) for part in ("failures", "lock")],
+            args=[
+                _iso(now),
+                self.settings.staff_max_failures,
+                _iso(locked_until),
+                self.settings.staff_lockout_seconds,
+                UNKNOWN_NAME_SECONDS,
+            ],
         )
-        if failures is not None and failures >= self.settings.staff_max_failures:
-            await session.execute(
-                update(StaffAccount)
-                .where(StaffAccount.id == account_id)
-                .values(failed_attempts=0, locked_until=now + dt.timedelta(seconds=self.settings.staff_lockout_seconds))
-            )
-        await session.commit()  # see sign_in: the count must outlive the failed request
+        if lock is not None:
+            raise AccountLocked(dt.datetime.fromisoformat(lock.decode() if isinstance(lock, bytes) else lock), now=now)
 
     async def _open_session(self, principal: StaffPrincipal) -> str:
         token = secrets.token_urlsafe(32)

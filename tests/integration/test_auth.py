@@ -108,6 +108,49 @@ async def test_with_two_codes_live_a_wrong_try_is_a_guess_at_each(
     assert right_too_late.json()["code"] == "otp_expired"
 
 
+async def test_asking_for_a_code_again_does_not_give_the_wrong_tries_back(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver, settings: Settings
+) -> None:
+    """Five wrong tries burn a code, and asking for another while it lives must not start its
+    count again: the tries so far go on counting while the earlier code is kept. One that
+    could not take another guess at both codes within the bound is burnt instead, and the
+    new code counts alone."""
+    assert settings.otp_max_attempts == 5
+
+    async def verify(mobile: str, code: str) -> str:
+        answer = await client.post("/api/v1/auth/verify", json={"mobile": mobile, "code": code})
+        return "signed in" if answer.status_code == 200 else answer.json()["code"]
+
+    def wrong_for(*codes: str) -> str:
+        return next(f"{n:06d}" for n in range(10**6) if f"{n:06d}" not in codes)
+
+    # Four wrong tries, then a new code: the first could not take a fifth guess beside it.
+    mobile = "09120002424"
+    await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    await deliver()
+    first = last_code(redis_sync, mobile)
+    assert [await verify(mobile, wrong_for(first)) for _ in range(4)] == ["otp_wrong"] * 4
+    await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    await deliver()
+    latest = last_code(redis_sync, mobile)
+    assert await verify(mobile, wrong_for(first, latest)) == "otp_wrong"
+    assert await verify(mobile, first) == "otp_wrong"  # its sixth guess: burnt
+    assert await verify(mobile, latest) == "signed in"
+
+    # Two wrong tries, then a new code: both are kept, and the count with them.
+    mobile = "09120002525"
+    await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    await deliver()
+    first = last_code(redis_sync, mobile)
+    assert [await verify(mobile, wrong_for(first)) for _ in range(2)] == ["otp_wrong"] * 2
+    await client.post("/api/v1/auth/otp", json={"mobile": mobile})
+    await deliver()
+    latest = last_code(redis_sync, mobile)
+    # 2 + 2 guesses: one more try at both would pass the bound, so the codes burn.
+    assert await verify(mobile, wrong_for(first, latest)) == "otp_expired"
+    assert await verify(mobile, first) == "otp_expired"
+
+
 async def test_code_expires(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     await client.post("/api/v1/auth/otp", json={"mobile": "09120003333"})
     await deliver()

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import re
+import threading
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ from sqlalchemy import select, update
 
 from app.capacity import keys
 from app.container import Container
-from app.errors import Forbidden, InvalidInput, RateLimited, Unauthorized, problem_body
+from app.errors import DomainError, Forbidden, InvalidInput, RateLimited, Unauthorized, problem_body
 from app.ratelimit import RateLimiter
 from app.settings import Settings
 from app.staff import service as staff_service
@@ -210,10 +211,18 @@ class CountingHasher(PasswordHasher):
     def __init__(self) -> None:
         super().__init__()
         self.verified = 0
+        self._counted = threading.Condition()  # verifies run in threads, several at once
 
     def verify(self, hash: str | bytes, password: str | bytes) -> bool:
-        self.verified += 1
+        with self._counted:
+            self.verified += 1
+            self._counted.notify_all()
         return super().verify(hash, password)
+
+    def wait_verified(self, count: int, timeout: float = 30) -> bool:
+        """Whether ``count`` verifies have begun within ``timeout`` seconds."""
+        with self._counted:
+            return self._counted.wait_for(lambda: self.verified >= count, timeout)
 
 
 async def test_unknown_username_costs_a_verify_and_reads_like_a_wrong_password(container: Container) -> None:
@@ -246,6 +255,51 @@ async def test_an_unknown_username_costs_what_an_account_does_until_both_lock(co
         with pytest.raises(AccountLocked):
             await sign_in(container, staff, username, "wrong password")
         assert hasher.verified == limit  # a lock answers before any verify, for both
+
+
+@pytest.mark.parametrize("who", ["account", "unknown name", "remembered browser"])
+async def test_a_burst_of_guesses_gets_no_more_checked_than_the_limit(
+    container: Container, world: World, who: str
+) -> None:
+    """Guesses sent all at once must not each find the account still unlocked: no more than
+    the limit are checked in a lock window however many arrive together, and a right
+    password sent once the burst has used the tries up, while they are still being checked,
+    is refused too. Alike for an account, an unknown name and the clerk's own browser."""
+    hasher = CountingHasher()
+    staff = service(container, hasher=hasher)
+    await make_account(container, staff, "clerk", office_code=await world.office())
+    device = (await sign_in(container, staff, "clerk", PASSWORD)).device if who == "remembered browser" else ""
+    username = "nobody-here" if who == "unknown name" else "clerk"
+    limit = container.settings.staff_max_failures
+    hasher.verified = 0
+
+    async def guess(password: str) -> tuple[int, str]:
+        try:
+            await sign_in(container, staff, username, password, device)
+        except DomainError as refused:
+            return refused.status, refused.code
+        return 200, "signed in"
+
+    async def right_once_the_tries_are_taken() -> tuple[int, str]:
+        assert await asyncio.to_thread(hasher.wait_verified, limit)
+        return await guess(PASSWORD)
+
+    burst = [guess("wrong password") for _ in range(20)]
+    answers = await asyncio.gather(*burst, right_once_the_tries_are_taken())
+    assert sorted(answers) == [(401, "wrong_credentials")] * limit + [(403, "account_locked")] * (21 - limit)
+    assert hasher.verified == limit
+
+    # The lock runs its course (its end moved into the past, or its count gone, as then).
+    if who == "account":
+        await unlock(container, "clerk")
+    elif who == "unknown name":
+        await unlock_unknown(container, username)
+    else:
+        await container.redis.delete(*await container.redis.keys(f"{keys.NAMESPACE}:staff-browser-failures:*"))
+    if who == "unknown name":  # counted afresh, as an account is
+        assert await guess("wrong password") == (401, "wrong_credentials")
+    else:
+        assert await guess(PASSWORD) == (200, "signed in")
 
 
 async def test_disabled_account_is_refused_like_a_wrong_password(container: Container, staff: StaffAuth) -> None:
