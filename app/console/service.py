@@ -77,10 +77,6 @@ SUSPENSION_CHUNK = 1000
 OFFICE_CHUNK = 1000
 """Offices a count of the record's seats asks about at once (a bound on its parameters: a
 closure's moves cover a province)."""
-USED_UP = (BookingStatus.SERVED, BookingStatus.NO_SHOW)
-"""A booking in one of these used its slot's seat and holds it no longer. Redis keeps the
-seat counted (it was used, and a past slot sells no more): only the record tells it apart
-from a seat somebody holds."""
 SlotKey = tuple[str, dt.date, str, str]
 """An office-day's slot: office code, day, pool, time."""
 
@@ -339,54 +335,50 @@ class Console:
     async def _held_over(self, session: AsyncSession, overflow: list[Overflow]) -> list[Overflow]:
         """The slots of ``overflow`` over by the citizens who hold their seats, each counted
         as ``overflow_bookings`` counts it: by Redis, but never by more than the record holds.
-        Counted by Redis alone, a morning slot whose citizens were all served (see
-        ``USED_UP``) had a same-day cut refused for nobody."""
+        Redis keeps counting a seat whose citizen was served or marked absent (it was used,
+        and a slot begun sells no more): counted by Redis alone, a morning slot whose citizens
+        were all served had a same-day cut refused for nobody."""
         if not overflow:
             return []
-        holding, _ = await self._seats_in_record(session, overflow)
+        holding = await self._holders(session, overflow)
         counted = [msgspec.structs.replace(o, booked=min(o.booked, holding[_slot(o)])) for o in overflow]
         return [o for o in counted if o.booked > o.seats]
 
     async def _still_over(self, session: AsyncSession, overflow: list[Overflow]) -> list[Overflow]:
-        """The slots of ``overflow`` a cut's moves must still empty: over by what Redis counts
-        less the seats used up there (``USED_UP``), which nobody can be moved out of. Not by
-        the record's holders alone: a booking that took its seat just before the cut may reach
-        the record only after this look, and is looked for again (``move_all``). Never by
-        fewer than those holders either: a recount counts no used-up seat."""
-        today = self.clock.today()
-        # Only citizens of today (the horizon's first day) can have been served or marked absent.
-        past = [o for o in overflow if o.day <= today]
-        holding, used_up = await self._seats_in_record(session, past) if past else (Counter(), Counter())
-        over = []
-        for o in overflow:
-            slot = _slot(o)
-            if max(o.booked - used_up[slot], min(o.booked, holding[slot])) > o.seats:
-                over.append(o)
-        return over
+        """The slots of ``overflow`` a cut's moves must still empty. A slot begun takes no
+        booking more: it is over by the record's holders (see ``_held_over``; its used-up seats
+        have nobody to move). A later one is over by what Redis counts: a booking that took
+        its seat just before the cut may reach the record only after this look, and is looked
+        for again (``move_all``)."""
+        now = self.clock.now()
+        begun = [o for o in overflow if (o.day, o.time) <= (now.date(), now.strftime("%H:%M"))]
+        if not begun:
+            return [o for o in overflow if o.booked > o.seats]
+        holding = await self._holders(session, begun)
+        started = {_slot(o) for o in begun}
+        return [
+            o for o in overflow if (min(o.booked, holding[_slot(o)]) if _slot(o) in started else o.booked) > o.seats
+        ]
 
-    async def _seats_in_record(
-        self, session: AsyncSession, overflow: list[Overflow]
-    ) -> tuple[Counter[SlotKey], Counter[SlotKey]]:
-        """For each slot of ``overflow``, the record's bookings that hold one of its seats
-        (``SEAT_STATUSES``), and those that used one up (``USED_UP``)."""
+    async def _holders(self, session: AsyncSession, overflow: list[Overflow]) -> Counter[SlotKey]:
+        """For each slot of ``overflow``, the record's bookings that hold one of its seats."""
         holding: Counter[SlotKey] = Counter()
-        used_up: Counter[SlotKey] = Counter()
         codes = sorted({o.office_code for o in overflow})
         for start in range(0, len(codes), OFFICE_CHUNK):
             rows = await session.execute(
-                select(Office.code, Booking.date, Booking.pool, Booking.slot_time, Booking.status, func.count())
+                select(Office.code, Booking.date, Booking.pool, Booking.slot_time, func.count())
                 .join(Office, Office.id == Booking.office_id)
                 .where(
                     Office.code.in_(codes[start : start + OFFICE_CHUNK]),
                     Booking.date.in_({o.day for o in overflow}),
                     Booking.slot_time.in_({o.time for o in overflow}),
-                    Booking.status.in_((*SEAT_STATUSES, *USED_UP)),
+                    Booking.status.in_(SEAT_STATUSES),
                 )
-                .group_by(Office.code, Booking.date, Booking.pool, Booking.slot_time, Booking.status)
+                .group_by(Office.code, Booking.date, Booking.pool, Booking.slot_time)
             )
-            for code, day, pool, time, status, count in rows:
-                (holding if status in SEAT_STATUSES else used_up)[(code, day, pool, time)] += count
-        return holding, used_up
+            for code, day, pool, time, count in rows:
+                holding[(code, day, pool, time)] += count
+        return holding
 
     async def _apply_change(
         self, session: AsyncSession, office: Office, days: list[dt.date], change: str
