@@ -7,11 +7,14 @@ the offices' hours: "midnight" is midnight in Tehran on any host.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.cron import CronScheduler
+from rq.exceptions import StopRequested
 
 from app.booking.tasks import close_day, fill_waitlists_left, send_reminders
 from app.complaints.tasks import flag_overdue
@@ -23,9 +26,15 @@ from app.settings import Settings, load_settings
 from app.sms.tasks import sweep
 from workers.queues import DEFAULT, SMS
 
+log = logging.getLogger(__name__)
+
 CLOSE_DAY_TIMEOUT = 30 * 60
 MOVES_TIMEOUT = 30 * 60
 """The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
+
+
+RESTART_SECONDS = 5.0
+"""How long the scheduler waits after the job queues' Redis failed before it starts again."""
 
 
 def main() -> None:
@@ -34,7 +43,31 @@ def main() -> None:
     url = settings.rq_redis_url or settings.redis_url
     if not url:
         raise SystemExit("set RQ_REDIS_URL (or REDIS_URL) to the Redis that holds the job queues")
-    scheduler(settings, Redis.from_url(url)).start()
+    run(scheduler(settings, connect(url)))
+
+
+def connect(url: str) -> Redis:
+    # Bounded waits: a connection left half-open by a failover would otherwise hang the
+    # scheduler on its next command for good, with no error to start it again.
+    return Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+
+
+def run(cron: CronScheduler, restart_seconds: float = RESTART_SECONDS) -> None:
+    """Run the scheduler until it is told to stop, starting it again whenever the job queues'
+    Redis fails: RQ's scheduler dies at the first failed command (its workers ride such an
+    outage out), and with it every periodic job, the sweep that re-enqueues lost jobs
+    included. Its jobs are idempotent and keep their next times, so the ones due meanwhile
+    run as soon as Redis answers."""
+    while True:
+        try:
+            cron.start()
+            return  # stopped by a signal
+        except RedisError:
+            log.exception("the job queues' Redis failed; the scheduler starts again in %s s", restart_seconds)
+        try:
+            time.sleep(restart_seconds)
+        except StopRequested:  # the signal handlers the scheduler installed
+            return
 
 
 def scheduler(settings: Settings, connection: Redis) -> CronScheduler:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from redis import Redis as SyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 
 from app.booking.tasks import fill_waitlists_left
@@ -10,6 +18,7 @@ from app.capacity import keys
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
+from app.redis import EmbeddedRedis
 from app.regulator.tasks import finish_caps, finish_closures
 from app.sms.tasks import job_context, run_alone, run_job
 from tests.conftest import Deliver, World
@@ -102,3 +111,44 @@ async def test_a_note_that_is_not_one_is_dropped_and_stops_no_job(
     await deliver()
     assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", 0)] * 3
     assert [redis_sync.hlen(noted_in) for noted_in in bad] == [0, 0, 0]
+
+
+def test_the_scheduler_rides_out_an_outage_of_the_job_queues_redis(tmp_path: Path) -> None:
+    """RQ's scheduler dies at the first command its Redis fails; with it went every periodic
+    job (the reminders, the night's close, the sweep that re-enqueues lost jobs) until
+    someone started it again. It starts again by itself once Redis answers, and stops on
+    SIGTERM."""
+    server = EmbeddedRedis(tmp_path / "queues").start()
+    program = (
+        "from rq.cron import CronScheduler\n"
+        "from app.sms.tasks import sweep\n"
+        "from workers import cron\n"
+        f"scheduler = CronScheduler(connection=cron.connect({server.url!r}), name='probe')\n"
+        "scheduler.register(sweep, queue_name='probe', interval=1)\n"
+        "cron.run(scheduler, restart_seconds=0.5)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", program], cwd=Path(__file__).parents[2])
+    try:
+
+        def enqueued_within(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                with contextlib.suppress(RedisConnectionError), SyncRedis.from_url(server.url) as redis:
+                    if redis.llen("rq:queue:probe"):
+                        return True
+                time.sleep(0.2)
+            return False
+
+        assert enqueued_within(20)
+        server.stop()
+        time.sleep(3)  # the scheduler meets the outage
+        assert process.poll() is None
+        server.start()  # the same port, no data
+        assert enqueued_within(20)
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.stop()
