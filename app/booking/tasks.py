@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking import reminders
 from app.booking.models import Booking, BookingStatus
 from app.capacity.models import Closure
+from app.clock import Clock
+from app.enforcement.models import ActionKind, OfficeAction
 from app.offices.models import City, Office
 from app.sms.tasks import job_context, run_in_session, run_job
 
@@ -21,8 +23,8 @@ def close_day() -> dict[str, int]:
     and the day that just entered the horizon gets its counters. Safe to run twice, or
     every hour: it only touches past days' bookings still open.
 
-    Returns the counts: ``no_shows``, ``closed_office`` (cancelled: a closure shut their
-    office that day), ``served`` (closed from checked in),
+    Returns the counts: ``no_shows``, ``closed_office`` (cancelled: a closure or a block shut
+    their office that day), ``served`` (closed from checked in),
     ``waitlist_expired``, ``suspended`` (for repeated no-shows) and ``office_days_added``."""
     return run_job(_close_day())
 
@@ -36,8 +38,13 @@ async def _close_day() -> dict[str, int]:
         # rest unsuspended for good (the next run found no booking still to close).
         # Bookings a closure's moves never reached (a recount, Redis away until midnight) were
         # at an office that was shut: cancelled, not no-shows that may suspend the citizen.
+        # So were those a block's moves never reached (the same causes): the office took nobody.
+        shut_by = _closed_that_day()
+        blocked = await _blocked_that_day(session, app.clock)
+        if blocked is not None:
+            shut_by = shut_by | blocked
         shut = await _close(
-            session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=_closed_that_day(), at=app.clock.now()
+            session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=shut_by, at=app.clock.now()
         )
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
@@ -91,6 +98,36 @@ def _closed_that_day() -> ColumnElement[bool]:
         .correlate(Booking)
         .exists()
     )
+
+
+BLOCKS_LOOKED_BACK = dt.timedelta(days=7)
+"""Blocks lifted longer ago than this are past every booking still open (the night's close runs
+every night)."""
+
+
+async def _blocked_that_day(session: AsyncSession, clock: Clock) -> ColumnElement[bool] | None:
+    """A booking at an office a block shut on its day: from the day the block began to the day
+    before it was lifted, in the offices' time. (The lift's own day counts as open: a citizen
+    who booked after the lift and did not come is a no-show.)"""
+    blocks = await session.execute(
+        select(OfficeAction.office_id, OfficeAction.started_at, OfficeAction.lifted_at).where(
+            OfficeAction.kind == ActionKind.BLOCK
+        )
+    )
+    since = clock.now() - BLOCKS_LOOKED_BACK
+    shut = []
+    for office_id, started, lifted in blocks:
+        if lifted is not None and clock.aware(lifted) < since:
+            continue
+        term = (Booking.office_id == office_id) & (Booking.date >= _day_of(clock, started))
+        if lifted is not None:
+            term = term & (Booking.date < _day_of(clock, lifted))
+        shut.append(term)
+    return or_(*shut) if shut else None
+
+
+def _day_of(clock: Clock, written: dt.datetime) -> dt.date:
+    return clock.aware(written).astimezone(clock.tz).date()
 
 
 def fill_waitlists_left() -> int:

@@ -16,6 +16,7 @@ from app.booking.tasks import close_day
 from app.capacity.models import Closure
 from app.capacity.service import Capacity
 from app.clock import Clock
+from app.enforcement.models import ActionKind, OfficeAction
 from tests.conftest import Deliver, World, booking_body
 
 Client = AsyncTestClient[Litestar]
@@ -129,3 +130,55 @@ async def test_a_booking_left_at_an_office_a_closure_shut_is_cancelled_not_a_no_
     async with world.container.sessions() as session:
         shut = await session.scalar(select(Booking).where(Booking.tracking_code == "PAST000002"))
     assert shut is not None and shut.status == BookingStatus.CANCELLED and shut.cancelled_at is not None
+
+
+async def test_a_booking_left_at_an_office_a_block_shut_is_cancelled_not_a_no_show(
+    client: Client, world: World, deliver: Deliver
+) -> None:
+    """A block's moves that never ran (a recount, Redis away until midnight) left the booking
+    at an office that took nobody: a no-show there counted toward the citizen's suspension.
+    A day before the block began, or after it was lifted, the office was open: a no-show."""
+    blocked, lifted = await world.office(), await world.office()
+    clock = world.container.clock
+    now, today = clock.now(), clock.today()
+    citizen, other = world.national_id(), world.national_id()
+
+    def ago(days: int) -> dt.datetime:
+        return now - dt.timedelta(days=days)
+
+    def booking(number: int, national_id: str, office_id: int, days_ago: int, status: BookingStatus) -> Booking:
+        return Booking(
+            tracking_code=f"BLOCK{number:05d}", office_id=office_id, service_code="101", national_id=national_id,
+            mobile="09120000000", date=today - dt.timedelta(days=days_ago), slot_time="10:00", pool="*",
+            status=status, created_at=ago(10),
+        )  # fmt: skip
+
+    async with world.container.sessions() as session:
+        session.add_all(
+            [
+                booking(1, citizen, 1, 4, BookingStatus.NO_SHOW),
+                booking(2, citizen, 1, 3, BookingStatus.NO_SHOW),
+                booking(3, citizen, 1, 1, BookingStatus.BOOKED),  # the office blocked since two days ago
+                booking(4, other, 1, 3, BookingStatus.BOOKED),  # the day before the block: a no-show
+                booking(5, other, 2, 2, BookingStatus.BOOKED),  # after that office's block was lifted
+            ]
+        )
+        for office_id, started, lifted_at in ((1, ago(2), None), (2, ago(6), ago(4))):
+            session.add(
+                OfficeAction(
+                    office_id=office_id, kind=ActionKind.BLOCK, reason="-", source="regulator", actor="r",
+                    started_at=started, lifted_at=lifted_at,
+                )
+            )  # fmt: skip
+        await session.commit()
+    assert (blocked, lifted) == ("010001", "010002")
+
+    result = await asyncio.to_thread(close_day)
+
+    assert (result["no_shows"], result["closed_office"], result["suspended"]) == (2, 1, 0)
+    async with world.container.sessions() as session:
+        statuses = dict(
+            (await session.execute(select(Booking.tracking_code, Booking.status).where(Booking.id > 0))).all()
+        )
+    assert statuses["BLOCK00003"] == BookingStatus.CANCELLED
+    assert (statuses["BLOCK00004"], statuses["BLOCK00005"]) == (BookingStatus.NO_SHOW, BookingStatus.NO_SHOW)
