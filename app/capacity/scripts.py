@@ -85,9 +85,10 @@ if redis.call('EXISTS', day) == 0 then return {'NO_DAY', '', ''} end
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
   local earlier = redis.call('GET', KEYS[2])
-  -- '!' and a tracking code: that request was answered 503 and forgotten (FORGET). Run
-  -- late, it takes nothing; a retry of it (another tracking code) books.
-  if earlier == '!' .. ARGV[4] then return {'FORGOTTEN', '', ''} end
+  -- '!' and a tracking code, once for each request with the key answered 503 and forgotten
+  -- (FORGET_KEY; the codes are all as long). Run late, each takes nothing; a retry of them
+  -- (another tracking code) books.
+  if earlier and string.find(earlier, '!' .. ARGV[4], 1, true) then return {'FORGOTTEN', '', ''} end
   if earlier and string.sub(earlier, 1, 1) ~= '!' then return {'REPLAY', '', earlier} end
 end
 local status = redis.call('HGET', day, '_status')
@@ -416,12 +417,18 @@ FORGET_KEY = """
 -- KEYS[1] = a request's Idempotency-Key mark
 -- ARGV[1] = tracking code of a booking with that key answered 503, whose RESERVE may yet run
 -- ARGV[2] = the mark's TTL in seconds
--- Marks the key forgotten ('!' and the code: RESERVE then takes nothing for it), unless a
--- retry with the same key (another tracking code) has booked meanwhile: that booking's mark
--- stays, so that the next retry is answered with it.
+-- Marks the key forgotten for it ('!' and the code: RESERVE then takes nothing for it),
+-- beside the marks of earlier requests with the key forgotten the same way (a retry answered
+-- 503 too: marked alone, the first one's late RESERVE would book), unless a retry with the
+-- key (another tracking code) has booked meanwhile: that booking's mark stays, so that the
+-- next retry is answered with it.
 local held = redis.call('GET', KEYS[1])
+local mark = '!' .. ARGV[1]
 if held and string.sub(held, 1, 1) ~= '!' and held ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], '!' .. ARGV[1], 'EX', tonumber(ARGV[2]))
+if held and string.sub(held, 1, 1) == '!' then
+  if not string.find(held, mark, 1, true) then mark = held .. mark else mark = held end
+end
+redis.call('SET', KEYS[1], mark, 'EX', tonumber(ARGV[2]))
 return 1
 """
 

@@ -38,7 +38,7 @@ from app.capacity import keys, watch
 from app.capacity.errors import CapacityRebuilding
 from app.capacity.plan import DayRule
 from app.capacity.scripts import as_text
-from app.capacity.service import Seat, SeatRequest
+from app.capacity.service import Seat, SeatRequest, _reserve_call
 from app.capacity.watch import rebuild_paused
 from app.container import Container
 from app.db import commit_outcome
@@ -1619,6 +1619,36 @@ async def test_forgetting_a_lost_answer_keeps_the_mark_of_a_retry_that_booked_me
     assert again.headers["Idempotent-Replayed"] == "true"
     assert ten_oclock_used(capacity_redis, office, day) == 1
     redis.close()
+
+
+async def test_a_request_forgotten_before_its_retry_was_forgotten_too_takes_no_seat_run_late(
+    client: Client, world: World, capacity_redis: EmbeddedRedis
+) -> None:
+    """Redis stalls: a booking with an Idempotency-Key is answered 503 and forgotten, and so is
+    its retry. Redis then runs the first one's RESERVE: it takes no seat (the key had kept the
+    retry's mark alone, and the first one booked a seat nobody held, the key answering every
+    later retry with a booking the record never had). The next retry books."""
+    office, day, national_id = await world.office(seats=3), world.tomorrow(), world.national_id()
+    mobile, key = "09121111111", "retry-me-3"
+    await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    capacity = world.container.capacity
+    first, retry = (
+        SeatRequest(office, day, "*", "10:00", None, code, idempotency=(mobile, key))
+        for code in ("FIRSTLOST1", "RETRYLOST2")
+    )
+    for lost in (first, retry):
+        await capacity.forget_unanswered(national_id=national_id, seat=lost)
+    for late in (first, retry):
+        assert as_text((await capacity.scripts.reserve(*_reserve_call(late)))[0]) == "FORGOTTEN"
+    assert ten_oclock_used(capacity_redis, office, day) == 0
+
+    booked = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, national_id, day),
+        headers={**world.token(mobile), "Idempotency-Key": key},
+    )
+    assert booked.status_code == 201, booked.text
+    assert ten_oclock_used(capacity_redis, office, day) == 1
 
 
 async def test_a_lost_commit_the_job_finds_landed_counts_against_the_citizens_limit_again(
