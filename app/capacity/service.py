@@ -698,8 +698,10 @@ class Capacity:
         unless ``still_ours`` raises (asked before and after the mark: the recount's lock was
         taken over). Returns the office-days written."""
         servers = await self.servers()  # before the count: one that changes during it counts again
+        caps_seen = await self.redis.get(keys.CAPS_CHANGED)
         with self.reads.changing(None):
             written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
+            await self._caps_since(caps_seen, session=session, codes=None, days=self.horizon(today))
         await self._rebuild_holds(session=session, today=today)
         await self._rebuild_waitlists(session=session, today=today)
         await self._drop_geo_sets()
@@ -729,9 +731,10 @@ class Capacity:
     async def _caps_since(
         self, seen: Any, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]
     ) -> None:
-        """Days just created from a read of the record that a crowd cap's commit may have
+        """Days just written from a read of the record that a crowd cap's commit may have
         followed (``keys.CAPS_CHANGED`` moved): the cap, told before they were written, found
-        them absent and left them, and they hold the old cap. Told the record's caps now."""
+        them absent and left them (or was overwritten by a recount's), and they hold the old
+        cap. Told the record's caps now."""
         if await self.redis.get(keys.CAPS_CHANGED) != seen:
             await self._set_meta(session=session, codes=codes, days=days)
 
