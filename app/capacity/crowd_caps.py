@@ -184,7 +184,6 @@ async def _tell(
     """Have the counters of the cap's offices say what the record says now; False if Redis
     refused (the note stays, for the minute's job)."""
     try:
-        await capacity.caps_changed()  # first: a day created meanwhile, which this finds absent, is told again
         codes = await _offices_of(session, province_id)
         await capacity.refresh_meta(session=session, today=today, codes=codes)
         if then is not None:

@@ -73,10 +73,10 @@ CLOSURES_CHANGED = f"{NAMESPACE}:closures-changed"
 """A count, one up after each closure's or reopen's commit, before its own replan: a replan
 that saw it move while it wrote reads the calendar again (``Capacity.replan``)."""
 
-CAPS_CHANGED = f"{NAMESPACE}:caps-changed"
-"""A count, one up after each crowd cap's commit, before it is told: days created meanwhile
-from an earlier read of the record (which the telling found absent and left) are told the
-record's caps again (``Capacity.materialise_day``, ``Capacity.extend_horizon``)."""
+META_CHANGED = f"{NAMESPACE}:meta-changed"
+"""A count, one up as each office status or crowd cap committed is told the counters
+(``Capacity.refresh_meta``): a day written meanwhile from an earlier read of the record is
+told it again by whoever wrote it (a day's creation, a recount, another telling)."""
 
 CAPS_TO_APPLY = f"{NAMESPACE}:caps-to-apply"
 """Crowd caps added or lifted in the record whose offices' counters may not say so yet

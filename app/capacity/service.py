@@ -642,7 +642,7 @@ class Capacity:
     async def materialise_day(self, *, session: AsyncSession, office_code: str, day: dt.date) -> bool:
         """Write one office-day into Redis if it is absent (after a day rolls into the horizon
         or a wipe). False when the office has no plan at all: nothing to write."""
-        caps_seen = await self.redis.get(keys.CAPS_CHANGED)
+        meta_seen = await self.redis.get(keys.META_CHANGED)
         plans = await load_plans(session, codes=[office_code])
         if not plans:
             return False
@@ -659,7 +659,7 @@ class Capacity:
                 *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, _new_count()),
             ],
         )
-        await self._caps_since(caps_seen, session=session, codes=[plan.code], days=[day])
+        await self._meta_since(meta_seen, session=session, codes=[plan.code], days=[day])
         return True
 
     async def calendar(
@@ -698,10 +698,10 @@ class Capacity:
         unless ``still_ours`` raises (asked before and after the mark: the recount's lock was
         taken over). Returns the office-days written."""
         servers = await self.servers()  # before the count: one that changes during it counts again
-        caps_seen = await self.redis.get(keys.CAPS_CHANGED)
+        meta_seen = await self.redis.get(keys.META_CHANGED)
         with self.reads.changing(None):
             written = await self._write_days(session=session, days=self.horizon(today), mode="replace", batch=batch)
-            await self._caps_since(caps_seen, session=session, codes=None, days=self.horizon(today))
+            await self._meta_since(meta_seen, session=session, codes=None, days=self.horizon(today))
         await self._rebuild_holds(session=session, today=today)
         await self._rebuild_waitlists(session=session, today=today)
         await self._drop_geo_sets()
@@ -722,21 +722,20 @@ class Capacity:
     async def extend_horizon(self, *, session: AsyncSession, today: dt.date) -> int:
         """Write the office-days missing from the horizon (the day that just entered it),
         leaving the ones already there untouched."""
-        caps_seen = await self.redis.get(keys.CAPS_CHANGED)
+        meta_seen = await self.redis.get(keys.META_CHANGED)
         days = self.horizon(today)
         written = await self._write_days(session=session, days=days, mode="create")
-        await self._caps_since(caps_seen, session=session, codes=None, days=days)
+        await self._meta_since(meta_seen, session=session, codes=None, days=days)
         return written
 
-    async def _caps_since(
+    async def _meta_since(
         self, seen: Any, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]
     ) -> None:
-        """Days just written from a read of the record that a crowd cap's commit may have
-        followed (``keys.CAPS_CHANGED`` moved): the cap, told before they were written, found
-        them absent and left them (or was overwritten by a recount's), and they hold the old
-        cap. Told the record's caps now."""
-        if await self.redis.get(keys.CAPS_CHANGED) != seen:
-            await self._set_meta(session=session, codes=codes, days=days)
+        """Days just written from a read of the record that a status's or crowd cap's commit
+        may have followed (``keys.META_CHANGED`` moved): told before they were written, it
+        found them absent and left them, or was written over. Told the record's now."""
+        if await self.redis.get(keys.META_CHANGED) != seen:
+            await self._tell_meta(session=session, codes=codes, days=days)
 
     async def _write_days(self, *, session: AsyncSession, days: list[dt.date], mode: str, batch: int = 500) -> int:
         self.reads.forget_all()  # told by ``rebuild`` when it replaces days (created ones nobody kept)
@@ -992,11 +991,19 @@ class Capacity:
     async def refresh_meta(self, *, session: AsyncSession, today: dt.date, codes: list[str] | None = None) -> int:
         """Recompute status and cap of every office-day in the horizon (all offices, or ``codes``)
         from the record, after a status change or a crowd cap. Returns the offices touched."""
-        return await self._set_meta(session=session, codes=codes, days=self.horizon(today))
+        await self.redis.incr(keys.META_CHANGED)  # first: a day written meanwhile is told again by its writer
+        return await self._tell_meta(session=session, codes=codes, days=self.horizon(today))
 
-    async def caps_changed(self) -> None:
-        """Tell the days being created that a crowd cap was just added or lifted in the record."""
-        await self.redis.incr(keys.CAPS_CHANGED)
+    async def _tell_meta(self, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]) -> int:
+        """Status and cap of the office-days, from the record; written again if another telling
+        began meanwhile (``keys.META_CHANGED`` moved), whose read may be the newer: written
+        after it, an older read had opened a day a block had just shut, for up to a minute."""
+        for _ in range(REPLAN_TRIES):
+            seen = await self.redis.get(keys.META_CHANGED)
+            told = await self._set_meta(session=session, codes=codes, days=days)
+            if await self.redis.get(keys.META_CHANGED) == seen:
+                break
+        return told
 
     async def _set_meta(self, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]) -> int:
         plans = await load_plans(session, codes=codes)

@@ -349,3 +349,44 @@ async def test_a_lift_during_the_moves_waits_for_them_and_stops_the_cancellation
     assert places[:2] == [(neighbour, "booked"), (neighbour, "booked")]  # moved before the lift
     assert places[2] == (office, "booked")  # not cancelled: the lift gave it a seat the moves freed
     assert told == ["booking_moved", "booking_moved"]
+
+
+async def test_the_minutes_telling_of_statuses_never_reopens_an_office_blocked_as_it_tells(
+    world: World, redis_sync: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minute's job reads an office lifted lately (active), then a block commits and is
+    told the counters, then the job writes what it read: the office took bookings again
+    until the next minute. The job writes again when a telling began meanwhile."""
+    from app.capacity import keys
+    from app.capacity import service as capacity_service
+
+    container = world.container
+    code = await world.office()
+    await world.rebuild()
+    day = world.tomorrow()
+    async with container.sessions() as session:
+        office = await session.scalar(select(Office).where(Office.code == code))
+        assert office is not None
+        now = container.clock.now()
+        session.add(
+            OfficeAction(
+                office_id=office.id, kind=ActionKind.BLOCK, reason="-", source="regulator", actor="r",
+                started_at=now, lifted_at=now,
+            )
+        )  # fmt: skip
+        await session.commit()
+    read_plans = capacity_service.load_plans
+
+    async def blocked_right_after_the_read(session: Any, **kwargs: Any) -> Any:
+        plans = await read_plans(session, **kwargs)
+        monkeypatch.setattr(capacity_service, "load_plans", read_plans)  # once
+        async with container.sessions() as other:
+            blocking = await other.scalar(select(Office).where(Office.code == code))
+            await container.enforcement.block(other, blocking, reason="تصمیم", by=REGULATOR)
+        assert redis_sync.hget(keys.office_day(code, day), "_status") == b"blocked"
+        return plans
+
+    monkeypatch.setattr(capacity_service, "load_plans", blocked_right_after_the_read)
+    async with container.sessions() as session:
+        assert await container.enforcement.push_statuses(session=session) == 1
+    assert redis_sync.hget(keys.office_day(code, day), "_status") == b"blocked"
