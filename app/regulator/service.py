@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TypeVarTuple
 
 from redis.exceptions import RedisError
-from sqlalchemy import Select, delete, select
+from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +21,7 @@ from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import Closure
 from app.console.schemas import MovedBooking
 from app.console.service import Console
-from app.errors import InvalidInput, NotFound, ServiceUnavailable
+from app.errors import DomainError, InvalidInput, NotFound, ServiceUnavailable
 from app.locale import check_text, jalali_date, parse_date
 from app.offices.models import City, Office, Province
 from app.redis import renewed_lock
@@ -50,6 +50,13 @@ class ClosureNotFound(NotFound):
     code = "closure_not_found"
     message_fa = "چنین تعطیلی ثبت نشده است."
     message_en = "No such closure."
+
+
+class ClosureExists(DomainError):
+    code = "closure_exists"
+    status = 409
+    message_fa = "این روز برای همین استان (یا سراسر کشور) و به همین دلیل پیش‌تر تعطیل شده است."
+    message_en = "This day is closed for this province (or the whole country), for this reason, already."
 
 
 class Regulator:
@@ -147,7 +154,14 @@ class Regulator:
                 raise InvalidInput(
                     "province_code", "No province has this code.", detail_fa="استانی با این کد وجود ندارد."
                 )
-        closure = Closure(date=day, province_id=province_id, reason=data.reason.strip(), created_by=staff.username)
+        # A retry of a closure whose answer was slow (a national one moves a day's bookings
+        # before it answers) recorded it twice, and reopening it then left the day shut by
+        # the copy. Another order for the same day (another reason) is a closure of its own.
+        reason = data.reason.strip()
+        same = await session.scalar(select(Closure.id).where(*_same_closure(day, province_id, reason)).limit(1))
+        if same is not None:
+            raise ClosureExists(closure_id=same)
+        closure = Closure(date=day, province_id=province_id, reason=reason, created_by=staff.username)
         session.add(closure)
         await session.flush()
         await audit(
@@ -366,6 +380,12 @@ class Regulator:
             log.warning("the offices reopened on %s are written again by the minute's job", day, exc_info=True)
             with contextlib.suppress(RedisError):
                 await self.capacity.apply_later(*codes, noted_in=keys.PLANS_TO_APPLY)
+
+
+def _same_closure(day: dt.date, province_id: int | None, reason: str) -> tuple[ColumnElement[bool], ...]:
+    """The closures of that day for the province (None: the whole country), for that reason."""
+    province = Closure.province_id.is_(None) if province_id is None else Closure.province_id == province_id
+    return (Closure.date == day, province, Closure.reason == reason)
 
 
 async def _offices_closed(session: AsyncSession, province_id: int | None) -> list[str]:

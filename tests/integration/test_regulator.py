@@ -351,7 +351,11 @@ async def test_a_reopen_redis_refuses_removes_nothing_and_may_be_tried_again(
     day = world.tomorrow()
     body = {"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"}
     first = (await client.post("/api/v1/regulator/closures", json=body, headers=regulator)).json()["id"]
-    second = (await client.post("/api/v1/regulator/closures", json=body, headers=regulator)).json()["id"]
+    again = await client.post("/api/v1/regulator/closures", json=body, headers=regulator)  # a retry
+    assert again.status_code == 409 and again.json()["code"] == "closure_exists", again.text
+    assert again.json()["closure_id"] == first
+    other_order = {**body, "reason": "عزای عمومی"}  # a closure of its own
+    second = (await client.post("/api/v1/regulator/closures", json=other_order, headers=regulator)).json()["id"]
     capacity = client.app.state.container.capacity
     replan = capacity.replan
 
