@@ -108,13 +108,17 @@ class DaySums:
     def __init__(self, fields: Mapping[str, str]) -> None:
         self.status = fields.get("_status", "active")
         self.cap = int(fields.get("_cap", "100"))
+        # Without a cap each slot bounds only itself, as in RESERVE: a slot holding more than
+        # its seats (a same-day cut, its citizens served or checked in) counts as full, not as
+        # taking the others' free seats. (Under a cap the day's planned seats bound the day.)
+        uncapped = self.cap >= 100
         found: dict[str, tuple[list[int], list[str]]] = {}
         for field in [field for field in fields if field.startswith("s|")]:  # "s|pool|HH:MM"
             seats, used = int(fields[field]), int(fields.get("u" + field[1:], 0))
             sums = found.get(field[2:-6])
             if sums is None:
                 sums = found[field[2:-6]] = ([0, 0], [])
-            sums[0][0] += seats
+            sums[0][0] += used if uncapped and used > seats else seats
             sums[0][1] += used
             if seats > used:
                 sums[1].append(field[-5:])

@@ -137,8 +137,12 @@ class LoadService:
             by_hour[hour][0] += slot.seats
             by_hour[hour][1] += slot.used
         used = sum(u for _, u in by_hour.values())
-        # Hours show their slots' seats; the day's total is what its cap lets it hold.
-        seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap_percent))
+        # Hours show their slots' seats; the day's total is what its cap lets it hold, or without
+        # a cap what each slot still has (an over-full one hides no other's: DaySums).
+        if day.cap_percent < 100:
+            seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap_percent))
+        else:
+            seats = used + sum(max(0, slot.seats - slot.used) for slot in day.slots)
         load = 1.0 if seats == 0 else min(1.0, used / seats)
         level = busyness(load, waiting)
         return OfficeLoad(

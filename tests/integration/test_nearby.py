@@ -387,3 +387,28 @@ async def test_a_service_with_its_own_counter_shows_that_counters_seats(client: 
         headers=world.token(),
     )  # fmt: skip
     assert refused.status_code in (409, 422), refused.text
+
+
+async def test_a_slot_holding_more_than_its_seats_hides_no_other_slots_seats(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime
+) -> None:
+    """A same-day cut leaves a slot whose citizens were served, or are checked in, holding more
+    than its new seats. Booking and the slots page count each slot on its own: so do nearby
+    and the office's load, which had summed the day and shown its free seats taken by them."""
+    office = await world.office(seats=2)  # 24 slots of 2
+    await world.rebuild()
+    day = morning.date()  # at 07:00: every slot of the day ahead
+    for _ in range(2):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+    redis_sync.hset(keys.office_day(office, day), keys.seats_field("*", "10:00"), 0)  # the cut: 10:00 closed
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)  # heard of, as another instance's
+    found = {o["code"]: o for o in await nearby(client, date=day.isoformat(), limit="50")}
+    assert found[office]["seats_free"] == 46  # every other slot's two
+    slots = await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    assert sum(s["free"] for s in slots.json()["slots"]) == 46
+    load = (await client.get(f"/api/v1/offices/{office}/load")).json()
+    assert (load["seats"], load["used"]) == (48, 2)
