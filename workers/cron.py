@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -52,17 +53,32 @@ def connect(url: str) -> Redis:
     return Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
 
 
-def run(cron: CronScheduler, restart_seconds: float = RESTART_SECONDS) -> None:
+class Scheduler(CronScheduler):
+    """RQ's cron scheduler, remembering a signal to stop: one that comes while Redis is away
+    makes the scheduler's last words to Redis fail, and that error hides it."""
+
+    stopping = False
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        super()._request_stop(signum, frame)
+
+
+def run(cron: Scheduler, restart_seconds: float = RESTART_SECONDS) -> None:
     """Run the scheduler until it is told to stop, starting it again whenever the job queues'
     Redis fails: RQ's scheduler dies at the first failed command (its workers ride such an
     outage out), and with it every periodic job, the sweep that re-enqueues lost jobs
     included. Its jobs are idempotent and keep their next times, so the ones due meanwhile
     run as soon as Redis answers."""
-    while True:
+    while not cron.stopping:
         try:
             cron.start()
             return  # stopped by a signal
+        except StopRequested:  # a signal before the scheduler's loop began
+            return
         except RedisError:
+            if cron.stopping:
+                return
             log.exception("the job queues' Redis failed; the scheduler starts again in %s s", restart_seconds)
         try:
             time.sleep(restart_seconds)
@@ -70,11 +86,11 @@ def run(cron: CronScheduler, restart_seconds: float = RESTART_SECONDS) -> None:
             return
 
 
-def scheduler(settings: Settings, connection: Redis) -> CronScheduler:
+def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     """The deployment's periodic jobs, in the offices' time zone (which this process takes)."""
     os.environ["TZ"] = settings.tz
     time.tzset()
-    scheduler = CronScheduler(connection=connection, name="nobat")
+    scheduler = Scheduler(connection=connection, name="nobat")
     # RQ's cron jobs have no Retry: a run lost to a crash or a Redis blip is simply not
     # retried. So each job here is idempotent and catches up on the next run, and runs often
     # enough that losing one costs little: the sweep, the reminders (each has a window and a

@@ -119,15 +119,18 @@ def test_the_scheduler_rides_out_an_outage_of_the_job_queues_redis(tmp_path: Pat
     someone started it again. It starts again by itself once Redis answers, and stops on
     SIGTERM."""
     server = EmbeddedRedis(tmp_path / "queues").start()
-    program = (
-        "from rq.cron import CronScheduler\n"
-        "from app.sms.tasks import sweep\n"
-        "from workers import cron\n"
-        f"scheduler = CronScheduler(connection=cron.connect({server.url!r}), name='probe')\n"
-        "scheduler.register(sweep, queue_name='probe', interval=1)\n"
-        "cron.run(scheduler, restart_seconds=0.5)\n"
-    )
-    process = subprocess.Popen([sys.executable, "-c", program], cwd=Path(__file__).parents[2])
+
+    def scheduling(every: int) -> subprocess.Popen[bytes]:
+        program = (
+            "from app.sms.tasks import sweep\n"
+            "from workers import cron\n"
+            f"scheduler = cron.Scheduler(connection=cron.connect({server.url!r}), name='probe')\n"
+            f"scheduler.register(sweep, queue_name='probe', interval={every})\n"
+            "cron.run(scheduler, restart_seconds=0.5)\n"
+        )
+        return subprocess.Popen([sys.executable, "-c", program], cwd=Path(__file__).parents[2])
+
+    process = scheduling(every=1)
     try:
 
         def enqueued_within(seconds: float) -> bool:
@@ -148,6 +151,17 @@ def test_the_scheduler_rides_out_an_outage_of_the_job_queues_redis(tmp_path: Pat
         assert process.poll() is None
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+
+        # Told to stop while Redis is away (asleep until its next job, it has not met the
+        # outage yet), it stops: its last words to Redis fail, and had been taken for one more
+        # outage to ride out, until a SIGKILL.
+        with SyncRedis.from_url(server.url) as redis:
+            redis.delete("rq:queue:probe")
+        process = scheduling(every=60)
+        assert enqueued_within(20)
+        server.stop()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
     finally:
         if process.poll() is None:
             process.kill()
