@@ -14,3 +14,14 @@ class TransitionNotAllowed(DomainError):
     status = 409
     message_fa = "این مرحله از وضعیت فعلی شکایت مجاز نیست."
     message_en = "This step is not allowed from the complaint's current state."
+
+
+class ComplaintInProgress(DomainError):
+    """The same complaint form was sent again while the first send is still filing it."""
+
+    code = "complaint_in_progress"
+    status = 409
+    message_fa = (
+        "شکایت شما هنوز در حال ثبت است. چند لحظه بعد دوباره «ثبت شکایت» را بزنید تا آن را ببینید؛ دوباره ثبت نمی‌شود."
+    )
+    message_en = "The same complaint is still being filed. Send the form again in a moment to see it."

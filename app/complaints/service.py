@@ -4,16 +4,22 @@ code. A confirmed violation is fined and may restrict or block the office (the p
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import re
+import time
 
 import jdatetime
+from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
+from app.capacity.keys import NAMESPACE
+from app.capacity.scripts import as_text
 from app.clock import Clock
-from app.complaints.errors import ComplaintNotFound, TransitionNotAllowed
+from app.complaints.errors import ComplaintInProgress, ComplaintNotFound, TransitionNotAllowed
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, Complaint, ComplaintStep, State
 from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
 from app.db import lock_row
@@ -33,6 +39,30 @@ MAX_INSPECTOR = 120  # the column's length
 MAX_PAGE = 100
 MAX_OFFSET = 1_000_000
 
+FORM_KEY_SECONDS = 24 * 3600
+"""How long a form's key remembers the complaint it filed (``Complaints.file``)."""
+FORM_CLAIM_SECONDS = 60
+"""How long a form's key is held by a send still filing it: one that died before the record
+answered frees the form within this."""
+FIRST_SEND_WAIT_SECONDS = 1.0
+"""How long a second send of a form waits for the first one's complaint to be committed."""
+
+_FORM_KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+# In one step: the complaint code an earlier send of the form took its key for, else none,
+# and the key is this send's now.
+_CLAIM_FORM = """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return earlier end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+# Only this send's claim: a later send's, taken after this one's lapsed, stays.
+_LET_GO_OF_FORM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +75,7 @@ class Complaints:
         self.clock = clock
         self.policy = policy
         self.response_hours = response_hours
+        self.redis = enforcement.capacity.redis  # the forms' keys
 
     async def file(
         self,
@@ -56,7 +87,11 @@ class Complaints:
         description: str,
         booking_tracking_code: str | None,
         channel: str,
+        form_key: str | None = None,
     ) -> ComplaintOut:
+        """File a complaint. ``form_key``, the web form's own key: the same form sent again (a
+        double tap, a resend after a slow answer) is answered with the complaint it filed,
+        not filed twice (with a second tracking code, SMS and place in the queue)."""
         kind = _category(category)
         # Control characters refused before whitespace is folded; the length is checked after.
         too_long = InvalidInput(
@@ -92,23 +127,71 @@ class Complaints:
             created_at=now,
             updated_at=now,
         )
-        session.add(complaint)
-        await session.flush()
-        session.add(
-            ComplaintStep(
-                complaint_id=complaint.id, at=now, from_state=None, to_state=State.RECEIVED, actor=mobile[-4:]
+        form = _form(mobile, form_key)
+        if form is not None and (earlier := await self._claim_form(form, complaint.tracking_code)):
+            return await self._filed_by_form(session, earlier, mobile)
+        try:
+            session.add(complaint)
+            await session.flush()
+            session.add(
+                ComplaintStep(
+                    complaint_id=complaint.id, at=now, from_state=None, to_state=State.RECEIVED, actor=mobile[-4:]
+                )
             )
-        )
-        self.messenger.queue(
-            session,
-            to=mobile,
-            body=f"شکایت شما از {office.name_fa} ثبت شد. کد رهگیری: {complaint.tracking_code}. "
-            f"نتیجهٔ هر مرحله با همین کد پیامک می‌شود.",
-            kind="complaint_step",
-        )
-        await session.commit()
+            self.messenger.queue(
+                session,
+                to=mobile,
+                body=f"شکایت شما از {office.name_fa} ثبت شد. کد رهگیری: {complaint.tracking_code}. "
+                f"نتیجهٔ هر مرحله با همین کد پیامک می‌شود.",
+                kind="complaint_step",
+            )
+            await session.commit()
+        except BaseException:
+            if form is not None:
+                await self._let_go_of_form(form, complaint.tracking_code)  # nothing filed: it may be sent again
+            raise
+        if form is not None:
+            await self._filed_form(form, complaint.tracking_code)
         await self._apply_policy(session, office, complaint)
         return await self._out(session, complaint)
+
+    async def _claim_form(self, form: str, tracking_code: str) -> str | None:
+        """The tracking code an earlier send of the form is filing (or filed) under, or None:
+        the form is this send's now. (Redis away, the complaint is filed all the same: a
+        complaint filed twice is better than one refused.)"""
+        try:
+            earlier = await self.redis.eval(_CLAIM_FORM, 1, form, tracking_code, FORM_CLAIM_SECONDS)
+        except RedisError:
+            log.warning("a complaint form's key was not checked: Redis did not answer")
+            return None
+        return as_text(earlier) if earlier else None
+
+    async def _filed_form(self, form: str, tracking_code: str) -> None:
+        """The complaint is in the record: the form's key answers with it for a day."""
+        try:
+            await self.redis.set(form, tracking_code, ex=FORM_KEY_SECONDS)
+        except RedisError:
+            log.warning("a complaint form's key lapses in %s s: Redis did not answer", FORM_CLAIM_SECONDS)
+
+    async def _let_go_of_form(self, form: str, tracking_code: str) -> None:
+        try:
+            await self.redis.eval(_LET_GO_OF_FORM, 1, form, tracking_code)
+        except RedisError:
+            log.warning("a complaint form's key lapses in %s s: Redis did not answer", FORM_CLAIM_SECONDS)
+
+    async def _filed_by_form(self, session: AsyncSession, tracking_code: str, mobile: str) -> ComplaintOut:
+        """The complaint an earlier send of the form filed, waited for a moment
+        (``FIRST_SEND_WAIT_SECONDS``): that send may not have committed it yet."""
+        deadline = time.monotonic() + FIRST_SEND_WAIT_SECONDS
+        while True:
+            # A read of its own each time: SQLite's would go on seeing the record as it first read it.
+            await session.rollback()
+            try:
+                return await self.for_complainant(session=session, tracking_code=tracking_code, mobile=mobile)
+            except ComplaintNotFound:
+                if time.monotonic() >= deadline:
+                    raise ComplaintInProgress() from None
+            await asyncio.sleep(0.1)
 
     async def _apply_policy(self, session: AsyncSession, office: Office, complaint: Complaint) -> None:
         """The policy, once the complaint (or its step) is committed. Its failure (Redis or the
@@ -389,3 +472,11 @@ def _category(value: str) -> Category:
             "Unknown category; one of: " + ", ".join(c.value for c in Category),
             detail_fa="دستهٔ شکایت معتبر نیست.",
         ) from None
+
+
+def _form(mobile: str, form_key: str | None) -> str | None:
+    """The Redis key of a complaint form sent by this mobile; None without a form key, or
+    with one no form of ours made (a hand-made request), filed as it is."""
+    if form_key is None or not _FORM_KEY_RE.fullmatch(form_key):
+        return None
+    return f"{NAMESPACE}:complaint-form:{mobile}:{form_key}"

@@ -3,9 +3,11 @@ look a booking up or cancel it, and file and follow a complaint."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,18 +15,22 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import TEXTED_CODE_SECONDS
+from app.booking.errors import BookingNotActive
+from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import parse_slot
 from app.booking.tracking import normalize_tracking_code
-from app.capacity.errors import AlreadyBookedThatDay
+from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
 from app.db import Within
 from app.errors import DomainError, InvalidInput, NotFound, Unauthorized
-from app.identity import normalize_mobile
+from app.identity import normalize_mobile, normalize_national_id
 from app.load.schemas import NearbyResult
 from app.locale import parse_date, parse_float
 from app.offices import service as offices
@@ -47,6 +53,14 @@ log = logging.getLogger(__name__)
 
 LOOK_AHEAD_DAYS = 4  # today and the three days after it
 NEARBY_LIMIT = 10
+FIRST_TAP_WAIT_SECONDS = 1.0
+"""How long a second tap on "book" waits for the first tap's booking to be in the record
+(it is on its way: a group commit takes milliseconds) before it says "still in progress"."""
+
+IN_PROGRESS_FA = (
+    "درخواست قبلی شما هنوز در حال ثبت است. چند لحظه بعد دوباره «ثبت نوبت» را بزنید تا نوبت ثبت‌شده را ببینید؛ "
+    "نوبت دوباره گرفته نمی‌شود."
+)
 
 
 def _capitals() -> list[str]:
@@ -265,13 +279,15 @@ class CitizenPages(Controller):
     async def book(
         self, data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         office, service, date = data.get("office", ""), data.get("service", ""), data.get("date", "")
         slot, waitlist = data.get("slot") or None, bool(data.get("waitlist"))
         back = "/book?" + urlencode({k: v for k, v in {"office": office, "service": service, "date": date,
                                                          "slot": slot or "", "waitlist": "1" if waitlist else ""}.items() if v})  # fmt: skip
+        # Signed in first: the form's token is bound to the sign-in, so a sign-in that ended
+        # while the form was open had the check refuse it as "expired", not ask for a sign-in.
         mobile = require_citizen(request, container, back=back)
-        national_id = data.get("national_id", "")
+        check_csrf(request, container, data)
+        national_id, idem = data.get("national_id", ""), data.get("idem", "")
         day = _bookable_day(container, date)  # refused as a page: the form below shows the day
         try:
             if waitlist:
@@ -288,7 +304,7 @@ class CitizenPages(Controller):
                         national_id=national_id, office_code=office, service_code=service, date=date, slot=slot
                     ),
                     # One key per form shown: a double tap on "book" books once.
-                    idempotency_key=data.get("idem") or None,
+                    idempotency_key=idem or None,
                 )
                 booking = booked.booking
         except DomainError as error:
@@ -299,19 +315,32 @@ class CitizenPages(Controller):
                 joined = WaitlistJoin(national_id=national_id, office_code=office, service_code=service, date=date)
                 if code := await container.bookings.waiting(session=session, mobile=mobile, request=joined):
                     return see_other(f"/bookings/{code}?new=1")
+            in_progress = isinstance(error, DuplicateRequest) and bool(idem)
+            # A second tap while the first is still booking (its seat taken, its row not yet
+            # in the record): the first one's booking, once it is there.
+            if in_progress and (code := await _booked_with_key(session, mobile, idem)):
+                return see_other(f"/bookings/{code}?new=1")
             bookable = await container.offices.bookable(office_code=office, service_code=service)
+            booked_that_day = None
+            if isinstance(error, AlreadyBookedThatDay):
+                # Their booking that day, to see: a tap on a form shown again (Back, after the
+                # booking) had ended on "already booked" without the tracking code.
+                booked_that_day = await _booked_that_day(session, mobile, national_id, bookable.service_code, day)
             return render(
                 request,
                 container,
                 "citizen/book.html",
                 status=error.status,
-                errors=form_errors(error, ["national_id"]),
+                errors={"_top": IN_PROGRESS_FA} if in_progress else form_errors(error, ["national_id"]),
                 form={"national_id": national_id},
                 office=bookable,
                 day=day,
                 slot=_slot_or_none(slot),
                 waitlist=waitlist,
-                idem=secrets.token_urlsafe(16),
+                booked_that_day=booked_that_day,
+                # Still in progress, the same key: the next tap is the same request again, and
+                # is answered with its booking (a new key had it refused "already booked").
+                idem=idem if in_progress else secrets.token_urlsafe(16),
             )
         return see_other(f"/bookings/{booking.tracking_code}?new=1")
 
@@ -341,13 +370,17 @@ class CitizenPages(Controller):
     async def cancel(
         self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
+        mobile = require_citizen(request, container, back=f"/bookings/{code}")  # before the token: see ``book``
         check_csrf(request, container, data)
-        mobile = require_citizen(request, container, back=f"/bookings/{code}")
         try:
             cancelled = await container.bookings.cancel(session=session, tracking_code=code, mobile=mobile)
         except DomainError as error:
             await session.rollback()
             found = await container.bookings.get(session=session, tracking_code=code)
+            if isinstance(error, BookingNotActive) and await _cancelled_by(session, found.tracking_code, mobile):
+                # A second tap on "cancel" (or a resend after a slow answer): the first one
+                # cancelled it, which is what the citizen asked for, not a failure.
+                return see_other(f"/bookings/{found.tracking_code}?notice=cancelled")
             return render(
                 request,
                 container,
@@ -517,6 +550,7 @@ class CitizenPages(Controller):
         container: Deps,
         office: FromQuery[str | None] = None,
         booking: FromQuery[str | None] = None,
+        category: FromQuery[str | None] = None,
     ) -> Template:
         require_citizen(request, container)
         return render(
@@ -524,15 +558,23 @@ class CitizenPages(Controller):
             container,
             "citizen/complaint_new.html",
             categories=list(CATEGORY_FA.items()),
-            form={"office_code": office or "", "booking_tracking_code": booking or ""},
+            form={"office_code": office or "", "booking_tracking_code": booking or "", "category": category or ""},
+            # One key per form shown: a double tap on "file" files once.
+            idem=secrets.token_urlsafe(16),
         )
 
     @post("/complaints/new")
     async def file_complaint(
         self, data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
+        # Signed in before the token is checked (see ``book``), and back to the form with what
+        # fits in its address: the description does not (long, and not for a shared
+        # computer's history).
+        kept = {"office": "office_code", "category": "category", "booking": "booking_tracking_code"}
+        back = "/complaints/new?" + urlencode({k: data[f] for k, f in kept.items() if data.get(f)})
+        mobile = require_citizen(request, container, back=back.removesuffix("?"))
         check_csrf(request, container, data)
-        mobile = require_citizen(request, container, back="/complaints/new")
+        idem = data.get("idem") or None
         try:
             complaint = await container.complaints.file(
                 session=session,
@@ -542,6 +584,7 @@ class CitizenPages(Controller):
                 description=data.get("description", ""),
                 booking_tracking_code=data.get("booking_tracking_code") or None,
                 channel="web",
+                form_key=idem,
             )
         except DomainError as error:
             await session.rollback()
@@ -557,6 +600,9 @@ class CitizenPages(Controller):
                 ),
                 categories=list(CATEGORY_FA.items()),
                 form=data,
+                # Nothing filed with it (or still being filed: the next send is answered with
+                # that complaint), so the form keeps its key.
+                idem=idem or secrets.token_urlsafe(16),
             )
         return see_other(f"/complaints/{complaint.tracking_code}?notice=complaint_filed&new=1")
 
@@ -625,3 +671,53 @@ def _slot_or_none(slot: str | None) -> str | None:
         return parse_slot(slot) if slot else None
     except InvalidInput:
         return None
+
+
+async def _booked_with_key(session: AsyncSession, mobile: str, key: str) -> str | None:
+    """The tracking code of the booking a form with this key made, waited for a moment
+    (``FIRST_TAP_WAIT_SECONDS``): the request that is making it may not have committed yet."""
+    deadline = time.monotonic() + FIRST_TAP_WAIT_SECONDS
+    while True:
+        # A read of its own each time: SQLite's would go on seeing the record as it first read it.
+        await session.rollback()
+        code = await session.scalar(
+            select(Booking.tracking_code).where(Booking.mobile == mobile, Booking.idempotency_key == key)
+        )
+        if code is not None or time.monotonic() >= deadline:
+            return code
+        await asyncio.sleep(0.1)
+
+
+async def _booked_that_day(
+    session: AsyncSession, mobile: str, national_id: str, service_code: str, day: dt.date
+) -> str | None:
+    """The tracking code of the active booking (or place in line) this national ID has for
+    the service that day, made from this mobile: never another number's, which the national
+    ID alone would give away."""
+    try:
+        national_id = normalize_national_id(national_id)
+    except InvalidInput:
+        return None
+    return await session.scalar(
+        select(Booking.tracking_code)
+        .where(
+            Booking.mobile == mobile,
+            Booking.national_id == national_id,
+            Booking.service_code == service_code,
+            Booking.date == day,
+            Booking.status.in_(ACTIVE_STATUSES),
+        )
+        .limit(1)
+    )
+
+
+async def _cancelled_by(session: AsyncSession, tracking_code: str, mobile: str) -> bool:
+    """Whether the booking is cancelled and this mobile's."""
+    found = await session.scalar(
+        select(Booking.id).where(
+            Booking.tracking_code == tracking_code,
+            Booking.mobile == mobile,
+            Booking.status == BookingStatus.CANCELLED,
+        )
+    )
+    return found is not None

@@ -39,8 +39,11 @@ CSRF_FIELD = "_csrf"
 _VISIT_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 # Every page: nothing from elsewhere (the service runs on closed networks too), no framing,
-# and no tracking codes leaking through the Referer header.
+# no tracking codes leaking through the Referer header, and no copy kept by the browser: on
+# an office's shared computer, Back after a sign-out had shown the last citizen's bookings
+# and complaints from its cache. (The assets under /static are cached: app.pages.)
 SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; font-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"

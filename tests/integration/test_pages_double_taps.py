@@ -1,0 +1,288 @@
+"""The citizen's forms sent twice (a double tap, a resend after a slow answer), sent after
+the sign-in ended, and the pages a shared computer's browser must not keep."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient, transport
+from redis import Redis as SyncRedis
+from sqlalchemy import func, select
+
+from app.booking.tracking import new_tracking_code
+from app.complaints.models import Complaint
+from app.pages import citizen
+from app.pages.render import CITIZEN_COOKIE
+from tests.conftest import World
+
+Client = AsyncTestClient[Litestar]
+HTML = {"Accept": "text/html"}
+
+
+def sign_in(client: Client, world: World, mobile: str) -> None:
+    client.cookies.set(CITIZEN_COOKIE, world.container.auth.issue_token(mobile))
+
+
+def hidden(page: httpx.Response, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', page.text)
+    assert found, page.text
+    return found[1]
+
+
+def post_aside(client: Client, path: str, data: dict[str, str]) -> httpx.Response:
+    """A POST from a thread of its own, beside the test client's (which sends its requests
+    one after another): a second tap while the first is still on its way."""
+    request = client.build_request("POST", path, data=data, headers=HTML)
+    response = transport.TestClientTransport(client).handle_request(request)
+    response.read()
+    return response
+
+
+async def book_form(client: Client, world: World, office: str) -> dict[str, str]:
+    """The booking form for tomorrow at 10:00, filled in."""
+    day = world.tomorrow().isoformat()
+    query = {"office": office, "service": "101", "date": day, "slot": "10:00"}
+    page = await client.get("/book", params=query, headers=HTML)
+    assert page.status_code == 200, page.text
+    return {
+        "_csrf": hidden(page, "_csrf"),
+        "idem": hidden(page, "idem"),
+        **query,
+        "national_id": world.national_id(),
+    }
+
+
+def hold_the_first_commit(client: Client, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The app's bookings stop before their commit until ``go_on`` is set; ``committing`` is
+    set once one has stopped there."""
+    writer = client.app.state.container.bookings.writer
+    write = writer.write
+    committing, go_on = threading.Event(), threading.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        committing.set()
+        assert await asyncio.to_thread(go_on.wait, 20), "the test never let the commit go on"
+        return await write(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "write", held)
+    return committing, go_on
+
+
+async def test_a_second_tap_on_book_lands_on_the_booking_the_first_is_committing(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second tap found the first one's seat but not yet its row, and the page showed
+    «in progress» with a new form key: the next tap was then "already booked that day", and
+    the citizen never saw the tracking code."""
+    office = await world.office()
+    sign_in(client, world, "09125557001")
+    form = await book_form(client, world, office)
+    committing, go_on = hold_the_first_commit(client, monkeypatch)
+    capacity = client.app.state.container.bookings.capacity
+    seen = capacity.idempotency_seen
+
+    async def then_commit(**kwargs: Any) -> bool:
+        answer = await seen(**kwargs)
+        go_on.set()  # the second tap is told "in progress" now: the first commits while it waits
+        return bool(answer)
+
+    monkeypatch.setattr(capacity, "idempotency_seen", then_commit)
+    first = asyncio.ensure_future(asyncio.to_thread(post_aside, client, "/book", form))
+    assert await asyncio.to_thread(committing.wait, 20)
+    second = await asyncio.to_thread(post_aside, client, "/book", form)
+    assert second.status_code == 303, second.text
+    assert (await first).headers["location"] == second.headers["location"]
+    assert re.fullmatch(r"/bookings/[^?]+\?new=1", second.headers["location"])
+
+
+async def test_a_second_tap_on_book_that_outwaits_the_first_keeps_the_form_key(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first tap is still not committed when the second stops waiting for it: the form
+    comes back with the same key, and the next tap is answered with the booking."""
+    monkeypatch.setattr(citizen, "FIRST_TAP_WAIT_SECONDS", 0.2)
+    office = await world.office()
+    sign_in(client, world, "09125557002")
+    form = await book_form(client, world, office)
+    committing, go_on = hold_the_first_commit(client, monkeypatch)
+    first = asyncio.ensure_future(asyncio.to_thread(post_aside, client, "/book", form))
+    try:
+        assert await asyncio.to_thread(committing.wait, 20)
+        second = await client.post("/book", data=form, headers=HTML, follow_redirects=False)
+    finally:
+        go_on.set()
+    assert second.status_code == 409 and "هنوز در حال ثبت است" in second.text
+    assert hidden(second, "idem") == form["idem"]
+    assert f'value="{form["national_id"]}"' in second.text
+    booked = await first
+    assert booked.status_code == 303, booked.text
+    third = await client.post("/book", data=form, follow_redirects=False)
+    assert third.status_code == 303 and third.headers["location"] == booked.headers["location"]
+
+
+async def test_a_form_shown_again_after_booking_points_to_the_booking(client: Client, world: World) -> None:
+    """Back after booking shows the form afresh (no copy is kept: see below), with a new key;
+    a tap on it is "already booked that day", and now shows the booking too."""
+    office = await world.office()
+    sign_in(client, world, "09125557003")
+    form = await book_form(client, world, office)
+    booked = await client.post("/book", data=form, follow_redirects=False)
+    assert booked.status_code == 303, booked.text
+    code = booked.headers["location"].removeprefix("/bookings/").removesuffix("?new=1")
+    again = await book_form(client, world, office)
+    refused = await client.post(
+        "/book", data={**again, "national_id": form["national_id"]}, headers=HTML, follow_redirects=False
+    )
+    assert refused.status_code == 409 and f'href="/bookings/{code}"' in refused.text
+    # Another number with the same national ID is not shown the booking.
+    sign_in(client, world, "09125557004")
+    other = await book_form(client, world, office)
+    refused = await client.post(
+        "/book", data={**other, "national_id": form["national_id"]}, headers=HTML, follow_redirects=False
+    )
+    assert refused.status_code == 409 and code not in refused.text
+
+
+async def file_complaint(client: Client, form: dict[str, str]) -> httpx.Response:
+    return await client.post("/complaints/new", data=form, headers=HTML, follow_redirects=False)
+
+
+async def complaint_form(client: Client, office: str) -> dict[str, str]:
+    page = await client.get("/complaints/new", params={"office": office}, headers=HTML)
+    assert page.status_code == 200, page.text
+    return {
+        "_csrf": hidden(page, "_csrf"),
+        "idem": hidden(page, "idem"),
+        "office_code": office,
+        "category": "overcharging",
+        "description": "بیش از تعرفه پول گرفتند.",
+    }
+
+
+async def complaints_filed(world: World) -> int:
+    async with world.container.sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(Complaint)) or 0)
+
+
+async def test_a_complaint_form_sent_twice_files_one_complaint(client: Client, world: World) -> None:
+    """A double tap had filed two complaints: two tracking codes, two SMSes, two in the queue."""
+    office = await world.office()
+    sign_in(client, world, "09125557005")
+    form = await complaint_form(client, office)
+    first, second = [await file_complaint(client, form) for _ in range(2)]
+    assert first.status_code == second.status_code == 303, second.text
+    assert second.headers["location"] == first.headers["location"]
+    assert await complaints_filed(world) == 1
+    # A new form is a new complaint.
+    third = await file_complaint(client, await complaint_form(client, office))
+    assert third.status_code == 303 and third.headers["location"] != first.headers["location"]
+    assert await complaints_filed(world) == 2
+
+
+async def test_a_complaint_form_refused_then_corrected_is_filed(client: Client, world: World) -> None:
+    office = await world.office()
+    sign_in(client, world, "09125557006")
+    form = await complaint_form(client, office)
+    refused = await file_complaint(client, {**form, "description": "بد"})
+    assert refused.status_code == 422 and hidden(refused, "idem") == form["idem"]
+    filed = await file_complaint(client, form)
+    assert filed.status_code == 303, filed.text
+    assert await complaints_filed(world) == 1
+
+
+async def test_a_complaint_form_sent_while_the_first_send_files_it_says_so(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The form's key taken by a send still filing it (its complaint not committed yet): the
+    second send waits a moment, then shows the form again as it was, with the same key."""
+    monkeypatch.setattr("app.complaints.service.FIRST_SEND_WAIT_SECONDS", 0.2)
+    office = await world.office()
+    mobile = "09125557007"
+    sign_in(client, world, mobile)
+    form = await complaint_form(client, office)
+    redis_sync.set(f"nobat:complaint-form:{mobile}:{form['idem']}", new_tracking_code(), ex=60)
+    waiting = await file_complaint(client, form)
+    assert waiting.status_code == 409 and "هنوز در حال ثبت است" in waiting.text
+    assert hidden(waiting, "idem") == form["idem"] and form["description"] in waiting.text
+    assert await complaints_filed(world) == 0
+
+
+async def test_a_second_tap_on_cancel_shows_the_booking_cancelled(client: Client, world: World) -> None:
+    """The second tap was refused "no longer active; cannot be cancelled", beside the
+    «cancelled» badge, as if the cancel had failed."""
+    office = await world.office()
+    sign_in(client, world, "09125557008")
+    booked = await client.post("/book", data=await book_form(client, world, office), follow_redirects=False)
+    path = booked.headers["location"].removesuffix("?new=1")
+    form = {"_csrf": hidden(await client.get(path, headers=HTML), "_csrf")}
+    taps = [await client.post(f"{path}/cancel", data=form, headers=HTML, follow_redirects=False) for _ in range(2)]
+    assert [t.status_code for t in taps] == [303, 303], taps[1].text
+    assert taps[1].headers["location"] == f"{path}?notice=cancelled"
+    # Someone else's cancelled booking is not theirs to be told about.
+    sign_in(client, world, "09125557009")
+    form = {"_csrf": hidden(await client.get(path, headers=HTML), "_csrf")}
+    other = await client.post(f"{path}/cancel", data=form, headers=HTML, follow_redirects=False)
+    assert other.status_code != 303
+
+
+async def test_a_form_sent_after_the_sign_in_ended_asks_for_a_sign_in(client: Client, world: World) -> None:
+    """The form's token is bound to the sign-in, so a form sent after the sign-in cookie had
+    gone was refused as "expired" (403), and what was typed was lost. It is a sign-in now,
+    back to the form with what its address can carry."""
+    office = await world.office()
+    sign_in(client, world, "09125557010")
+    book = await book_form(client, world, office)
+    complaint = await complaint_form(client, office)
+    client.cookies.delete(CITIZEN_COOKIE)
+    booking = await client.post("/book", data=book, headers=HTML, follow_redirects=False)
+    assert booking.status_code == 303, booking.text
+    assert booking.headers["location"].startswith("/signin?next=%2Fbook%3Foffice%3D")
+    filed = await file_complaint(client, complaint)
+    assert filed.status_code == 303, filed.text
+    back = httpx.URL(filed.headers["location"]).params["next"]
+    assert back == f"/complaints/new?office={office}&category=overcharging"
+    sign_in(client, world, "09125557010")
+    page = await client.get(back, headers=HTML)
+    assert f'value="{office}"' in page.text and 'value="overcharging" selected' in page.text
+    assert await complaints_filed(world) == 0
+
+
+async def test_no_page_is_kept_by_the_browser_but_the_assets_are(client: Client, world: World) -> None:
+    """On an office's shared computer, Back after a sign-out showed the last citizen's
+    booking and complaint from the browser's cache."""
+    office = await world.office()
+    sign_in(client, world, "09125557011")
+    booked = await client.post("/book", data=await book_form(client, world, office), follow_redirects=False)
+    filed = await file_complaint(client, await complaint_form(client, office))
+    for path in (booked.headers["location"], filed.headers["location"], "/complaints/new", "/no-such-page"):
+        page = await client.get(path, headers=HTML)
+        assert page.headers.get("cache-control") == "no-store", (path, page.status_code)
+    asset = await client.get("/static/nobat.css")
+    assert asset.status_code == 200 and "max-age=3600" in asset.headers["cache-control"]
+
+
+async def test_a_complaint_form_whose_filing_failed_may_be_sent_again(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing filed, the form's key is let go: the resend is filed, not told "in progress"."""
+    office = await world.office()
+    sign_in(client, world, "09125557012")
+    form = await complaint_form(client, office)
+    messenger = client.app.state.container.complaints.messenger
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the outbox is away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(messenger, "queue", broken)
+        failed = await file_complaint(client, form)
+    assert failed.status_code == 500
+    filed = await file_complaint(client, form)
+    assert filed.status_code == 303, filed.text
+    assert await complaints_filed(world) == 1
