@@ -40,6 +40,7 @@ from app.pages.render import (
     CITIZEN_COOKIE,
     Form,
     check_csrf,
+    citizen_mobile,
     day_options,
     form_errors,
     render,
@@ -496,7 +497,11 @@ class CitizenPages(Controller):
 
     @post("/signout")
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
-        check_csrf(request, container, data)
+        if citizen_mobile(request, container) is not None:
+            # Signed in: not on another site's say-so. Signed out already (the sign-in ran out
+            # while the page was open), it is done: the form's token, bound to the sign-in,
+            # had answered "form expired".
+            check_csrf(request, container, data)
         # Ended on the server too: a copy of the cookie (a shared computer's) signs in no more.
         # Without Redis only this instance refuses it; the citizen is still signed out here.
         try:
@@ -512,7 +517,8 @@ class CitizenPages(Controller):
         """Every sign-in of the number ends, on every device: a lost phone's, an office
         computer's. Unlike a plain sign-out this has nothing to fall back on without Redis (the
         other instances must hear of it), so that is an error page, not a false "done"."""
-        check_csrf(request, container, data)
+        if citizen_mobile(request, container) is not None:  # see ``signout``
+            check_csrf(request, container, data)
         try:
             await container.auth.sign_out_everywhere(request.cookies.get(CITIZEN_COOKIE, ""))
         except Unauthorized:

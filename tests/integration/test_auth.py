@@ -394,6 +394,31 @@ async def test_signing_out_everywhere_on_the_page_ends_every_token_of_the_number
     assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
 
 
+async def test_signing_out_on_a_page_left_open_past_the_sign_in_signs_out(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """The sign-in ran out while the page was open: the form's token, bound to it, no longer
+    matches. Signing out is then done, not a "form expired" page (which had left the
+    citizen unsure whether the shared computer still held their sign-in)."""
+    headers = await sign_in(client, redis_sync, deliver, "09120001717")
+    client.cookies.set(CITIZEN_COOKIE, headers["Authorization"].removeprefix("Bearer "))
+    page = await client.get("/", headers={"Accept": "text/html"})
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    client.cookies.set(CITIZEN_COOKIE, "a.sign-in.that-ran-out")
+    plain = await client.post("/signout", data={"_csrf": csrf.group(1)}, follow_redirects=False)
+    assert plain.status_code == 303 and plain.headers["location"] == "/?notice=signed_out", plain.text
+    assert CITIZEN_COOKIE in plain.headers["set-cookie"] and "Max-Age=0" in plain.headers["set-cookie"]
+    client.cookies.set(CITIZEN_COOKIE, "a.sign-in.that-ran-out")
+    everywhere = await client.post("/signout/everywhere", data={"_csrf": csrf.group(1)}, follow_redirects=False)
+    assert everywhere.status_code == 303 and everywhere.headers["location"] == "/signin?notice=sign_in_first"
+    # Signed in, the form's token is still asked for.
+    client.cookies.set(CITIZEN_COOKIE, headers["Authorization"].removeprefix("Bearer "))
+    forged = await client.post("/signout", data={"_csrf": "0" * 64}, follow_redirects=False)
+    assert forged.status_code == 403
+    assert await signed_in(client, headers)
+
+
 async def test_signing_out_on_the_page_ends_the_token_too(
     client: Client, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
