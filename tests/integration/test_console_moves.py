@@ -73,6 +73,21 @@ async def book_full(client: Client, world: World, office: str, day: dt.date, slo
     return codes
 
 
+async def a_busy_office(client: Client, world: World) -> tuple[str, str, list[str], str]:
+    """An office whose two seats tomorrow are booked and one citizen in its line, and a
+    neighbour with room: (the office, the neighbour, the booked tracking codes, the waiting one's)."""
+    day = world.tomorrow()
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
+    neighbour = await world.office(seats=4, lat=35.701, lon=51.401)
+    await world.rebuild()
+    booked = await book_full(client, world, office, day, ["10:00", "10:30"], 1)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201, joined.text
+    return office, neighbour, booked, joined.json()["tracking_code"]
+
+
 async def book_as(client: Client, world: World, office: str, day: dt.date, mobiles: list[str]) -> list[str]:
     """One booking at 10:00 for each phone (so each can cancel its own); the tracking codes."""
     codes = []
@@ -428,14 +443,7 @@ async def test_a_block_writes_nothing_while_it_looks_for_seats(
     """The cancellations and moves are written together at the end: a write begun earlier
     would hold SQLite's one write lock (every booking in the country) through the search."""
     day = world.tomorrow()
-    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
-    neighbour = await world.office(seats=4, lat=35.701, lon=51.401)
-    await world.rebuild()
-    booked = await book_full(client, world, office, day, ["10:00", "10:30"], 1)
-    joined = await client.post(
-        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-    )
-    assert joined.status_code == 201, joined.text
+    office, neighbour, booked, _ = await a_busy_office(client, world)
     find = _Places.find
     written_before: list[str] = []
 
@@ -621,6 +629,21 @@ async def test_seats_after_a_chunk_whose_promotions_failed_are_still_given_back(
     await assert_record_matches_redis(world, redis_sync, [full, other], day)
 
 
+async def hours_moved_to_ten_till_noon(
+    client: Client, world: World, office: str, day: dt.date, moved_to: dict[str, str]
+) -> None:
+    """The clerk moves the day's hours to 10:00-12:00 (an hour a slot, two seats each): the
+    bookings named are moved within their own office, each to its slot."""
+    headers = await staff_of(client, world, office)
+    later = [{"opens": "10:00", "closes": "12:00", "slot_minutes": 60, "seats": 2}]
+    moved = await plan_the_day(client, office, day, headers, later, "late start")
+    assert moved.status_code == 200, moved.text
+    assert sorted(moved.json()["moved"], key=lambda m: m["tracking_code"]) == [
+        {"tracking_code": code, "moved": True, "office_code": office, "slot": moved_to[code]}
+        for code in sorted(moved_to)
+    ]
+
+
 async def test_a_clerk_moving_the_hours_keeps_the_booked_ahead_of_the_line(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
@@ -637,13 +660,7 @@ async def test_a_clerk_moving_the_hours_keeps_the_booked_ahead_of_the_line(
     assert joined.status_code == 201, joined.text
     waiting = joined.json()["tracking_code"]
 
-    headers = await staff_of(client, world, office)
-    later = [{"opens": "10:00", "closes": "12:00", "slot_minutes": 60, "seats": 2}]
-    moved = await plan_the_day(client, office, day, headers, later, "late start")
-    assert moved.status_code == 200, moved.text
-    assert sorted(moved.json()["moved"], key=lambda m: m["tracking_code"]) == [
-        {"tracking_code": code, "moved": True, "office_code": office, "slot": "11:00"} for code in sorted(nine)
-    ]
+    await hours_moved_to_ten_till_noon(client, world, office, day, moved_to={code: "11:00" for code in nine})
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
     assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]
     await assert_record_matches_redis(world, redis_sync, [office], day)
@@ -670,13 +687,7 @@ async def test_a_clerk_moving_the_hours_of_a_capped_day_keeps_its_booked_there(
     )
     assert refused.status_code == 409, refused.text  # the cap's two are taken
 
-    headers = await staff_of(client, world, office)
-    later = [{"opens": "10:00", "closes": "12:00", "slot_minutes": 60, "seats": 2}]
-    moved = await plan_the_day(client, office, day, headers, later, "late start")
-    assert moved.status_code == 200, moved.text
-    assert sorted(moved.json()["moved"], key=lambda m: m["tracking_code"]) == [
-        {"tracking_code": code, "moved": True, "office_code": office, "slot": "10:00"} for code in sorted(nine)
-    ]
+    await hours_moved_to_ten_till_noon(client, world, office, day, moved_to={code: "10:00" for code in nine})
     await assert_record_matches_redis(world, redis_sync, [office], day)
     refused = await client.post(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "11:00"), headers=world.token()

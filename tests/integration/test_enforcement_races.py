@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking
-from app.capacity.plan import DayRule
 from app.complaints.errors import TransitionNotAllowed
 from app.complaints.models import ComplaintStep, State
 from app.container import Container
@@ -28,10 +27,10 @@ from app.redis import renewed_lock
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import World, booking_body
+from tests.conftest import World
 from tests.integration.test_complaints import STEPS, appeal, complain, regulator, restrict
 from tests.integration.test_console import staff_of
-from tests.integration.test_console_moves import book_full
+from tests.integration.test_console_moves import a_busy_office
 
 Client = AsyncTestClient[Litestar]
 REGULATOR = StaffPrincipal(
@@ -231,21 +230,6 @@ async def test_an_office_blocked_twice_at_once_is_blocked_once(
     async with world.container.sessions() as session:
         actions = list(await session.execute(select(OfficeAction.id, OfficeAction.kind, OfficeAction.lifted_at)))
     assert actions == [(taken.id, ActionKind.BLOCK, None)]
-
-
-async def a_busy_office(client: Client, world: World) -> tuple[str, str, list[str], str]:
-    """An office whose two seats tomorrow are booked and one citizen in its line, and a
-    neighbour with room: (the office, the neighbour, the booked tracking codes, the waiting one's)."""
-    day = world.tomorrow()
-    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
-    neighbour = await world.office(seats=4, lat=35.701, lon=51.401)
-    await world.rebuild()
-    booked = await book_full(client, world, office, day, ["10:00", "10:30"], 1)
-    joined = await client.post(
-        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-    )
-    assert joined.status_code == 201, joined.text
-    return office, neighbour, booked, joined.json()["tracking_code"]
 
 
 async def lift_alone(container: Container, office: str) -> ActionOut:
