@@ -275,7 +275,7 @@ class BookingService:
             # A retry of a booking that went through holds the citizen's limit (and one of the
             # mobile's) itself.
             if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings, TooManyFromMobile)) and idempotency_key:
-                if earlier := await self._by_idempotency_key(await record.session(), mobile, idempotency_key):
+                if earlier := await self.by_idempotency_key(await record.session(), mobile, idempotency_key):
                     return await self._replay(await record.session(), earlier, national_id, office, day, wanted)
                 if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):
                     raise DuplicateRequest() from None
@@ -349,7 +349,7 @@ class BookingService:
             await session.rollback()
             await self._undo(session, office, day, reserved, national_id, idempotency)
             if isinstance(error, IntegrityError):
-                if idempotency_key and (earlier := await self._by_idempotency_key(session, mobile, idempotency_key)):
+                if idempotency_key and (earlier := await self.by_idempotency_key(session, mobile, idempotency_key)):
                     return await self._replay(session, earlier, national_id, office, day, wanted)
                 raise AlreadyBookedThatDay() from error
             if isinstance(error, CountingPaused):
@@ -492,7 +492,7 @@ class BookingService:
             )
         return Booked(booking=view, replay=True)
 
-    async def _by_idempotency_key(self, session: AsyncSession, mobile: str, key: str) -> Booking | None:
+    async def by_idempotency_key(self, session: AsyncSession, mobile: str, key: str) -> Booking | None:
         return await session.scalar(select(Booking).where(Booking.mobile == mobile, Booking.idempotency_key == key))
 
     async def _by_tracking_code(self, session: AsyncSession, code: str) -> Booking | None:

@@ -109,16 +109,14 @@ async def _blocked_that_day(session: AsyncSession, clock: Clock) -> ColumnElemen
     """A booking at an office a block shut on its day: from the day the block began to the day
     before it was lifted, in the offices' time. (The lift's own day counts as open: a citizen
     who booked after the lift and did not come is a no-show.)"""
+    since = clock.now() - BLOCKS_LOOKED_BACK
     blocks = await session.execute(
         select(OfficeAction.office_id, OfficeAction.started_at, OfficeAction.lifted_at).where(
-            OfficeAction.kind == ActionKind.BLOCK
+            OfficeAction.kind == ActionKind.BLOCK, OfficeAction.lifted_at.is_(None) | (OfficeAction.lifted_at >= since)
         )
     )
-    since = clock.now() - BLOCKS_LOOKED_BACK
     shut = []
     for office_id, started, lifted in blocks:
-        if lifted is not None and clock.aware(lifted) < since:
-            continue
         term = (Booking.office_id == office_id) & (Booking.date >= _day_of(clock, started))
         if lifted is not None:
             term = term & (Booking.date < _day_of(clock, lifted))

@@ -142,7 +142,7 @@ class LoadService:
         if day.cap_percent < 100:
             seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap_percent))
         else:
-            seats = used + sum(max(0, slot.seats - slot.used) for slot in day.slots)
+            seats = used + sum(slot.free for slot in day.slots)
         load = 1.0 if seats == 0 else min(1.0, used / seats)
         level = busyness(load, waiting)
         return OfficeLoad(

@@ -22,7 +22,7 @@ from app.auth.service import TEXTED_CODE_SECONDS
 from app.booking.errors import BookingNotActive
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus
 from app.booking.schemas import BookingCreate, WaitlistJoin
-from app.booking.service import parse_slot
+from app.booking.service import BookingService, parse_slot
 from app.booking.tracking import normalize_tracking_code
 from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
 from app.capacity.service import SlotView
@@ -319,7 +319,7 @@ class CitizenPages(Controller):
             in_progress = isinstance(error, DuplicateRequest) and bool(idem)
             # A second tap while the first is still booking (its seat taken, its row not yet
             # in the record): the first one's booking, once it is there.
-            if in_progress and (code := await _booked_with_key(session, mobile, idem)):
+            if in_progress and (code := await _booked_with_key(container.bookings, session, mobile, idem)):
                 return see_other(f"/bookings/{code}?new=1")
             bookable = await container.offices.bookable(office_code=office, service_code=service)
             booked_that_day = None
@@ -378,7 +378,8 @@ class CitizenPages(Controller):
         except DomainError as error:
             await session.rollback()
             found = await container.bookings.get(session=session, tracking_code=code)
-            if isinstance(error, BookingNotActive) and await _cancelled_by(session, found.tracking_code, mobile):
+            # (Not one's own booking is refused before its status is looked at: NotYourBooking.)
+            if isinstance(error, BookingNotActive) and found.status == BookingStatus.CANCELLED:
                 # A second tap on "cancel" (or a resend after a slow answer): the first one
                 # cancelled it, which is what the citizen asked for, not a failure.
                 return see_other(f"/bookings/{found.tracking_code}?notice=cancelled")
@@ -679,18 +680,16 @@ def _slot_or_none(slot: str | None) -> str | None:
         return None
 
 
-async def _booked_with_key(session: AsyncSession, mobile: str, key: str) -> str | None:
+async def _booked_with_key(bookings: BookingService, session: AsyncSession, mobile: str, key: str) -> str | None:
     """The tracking code of the booking a form with this key made, waited for a moment
     (``FIRST_TAP_WAIT_SECONDS``): the request that is making it may not have committed yet."""
     deadline = time.monotonic() + FIRST_TAP_WAIT_SECONDS
     while True:
         # A read of its own each time: SQLite's would go on seeing the record as it first read it.
         await session.rollback()
-        code = await session.scalar(
-            select(Booking.tracking_code).where(Booking.mobile == mobile, Booking.idempotency_key == key)
-        )
-        if code is not None or time.monotonic() >= deadline:
-            return code
+        booking = await bookings.by_idempotency_key(session, mobile, key)
+        if booking is not None or time.monotonic() >= deadline:
+            return None if booking is None else booking.tracking_code
         await asyncio.sleep(0.1)
 
 
@@ -715,15 +714,3 @@ async def _booked_that_day(
         )
         .limit(1)
     )
-
-
-async def _cancelled_by(session: AsyncSession, tracking_code: str, mobile: str) -> bool:
-    """Whether the booking is cancelled and this mobile's."""
-    found = await session.scalar(
-        select(Booking.id).where(
-            Booking.tracking_code == tracking_code,
-            Booking.mobile == mobile,
-            Booking.status == BookingStatus.CANCELLED,
-        )
-    )
-    return found is not None

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
+from app.capacity.scripts import as_text
 from app.db import lock_row
 from app.errors import Forbidden, InvalidInput, Unauthorized
 from app.locale import normalize_digits
@@ -308,7 +309,7 @@ class StaffAuth:
             ],
         )
         if lock is not None:
-            raise AccountLocked(dt.datetime.fromisoformat(lock.decode() if isinstance(lock, bytes) else lock), now=now)
+            raise AccountLocked(dt.datetime.fromisoformat(as_text(lock)), now=now)
 
     async def _open_session(self, principal: StaffPrincipal) -> str:
         token = secrets.token_urlsafe(32)
