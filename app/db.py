@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -75,6 +76,24 @@ async def lock_row(session: AsyncSession, entity: type[Entity], row_id: int) -> 
         await session.execute(update(table).where(key == row_id).values({plain.name: plain}))
     # OF the entity's own table: the rows it loads eagerly by outer joins cannot be locked.
     return await session.get(entity, row_id, with_for_update={"of": entity, "key_share": True}, populate_existing=True)
+
+
+Found = TypeVar("Found")
+
+
+async def read_until(
+    session: AsyncSession, read: Callable[[], Awaitable[Found | None]], seconds: float
+) -> Found | None:
+    """What ``read`` finds in the record, asked every 0.1 s for up to ``seconds``: another
+    request (the first of a double tap) may be about to commit it. None if it never came."""
+    deadline = time.monotonic() + seconds
+    while True:
+        # A read of its own each time: SQLite's would go on seeing the record as it first read it.
+        await session.rollback()
+        found = await read()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(0.1)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

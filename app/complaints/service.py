@@ -4,11 +4,9 @@ code. A confirmed violation is fined and may restrict or block the office (the p
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import re
-import time
 
 import jdatetime
 from redis.exceptions import RedisError
@@ -22,7 +20,7 @@ from app.clock import Clock
 from app.complaints.errors import ComplaintInProgress, ComplaintNotFound, TransitionNotAllowed
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, Complaint, ComplaintStep, State
 from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
-from app.db import lock_row
+from app.db import lock_row, read_until
 from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import MAX_TEXT, Enforcement
@@ -182,16 +180,17 @@ class Complaints:
     async def _filed_by_form(self, session: AsyncSession, tracking_code: str, mobile: str) -> ComplaintOut:
         """The complaint an earlier send of the form filed, waited for a moment
         (``FIRST_SEND_WAIT_SECONDS``): that send may not have committed it yet."""
-        deadline = time.monotonic() + FIRST_SEND_WAIT_SECONDS
-        while True:
-            # A read of its own each time: SQLite's would go on seeing the record as it first read it.
-            await session.rollback()
+
+        async def filed() -> ComplaintOut | None:
             try:
                 return await self.for_complainant(session=session, tracking_code=tracking_code, mobile=mobile)
             except ComplaintNotFound:
-                if time.monotonic() >= deadline:
-                    raise ComplaintInProgress() from None
-            await asyncio.sleep(0.1)
+                return None
+
+        complaint = await read_until(session, filed, FIRST_SEND_WAIT_SECONDS)
+        if complaint is None:
+            raise ComplaintInProgress()
+        return complaint
 
     async def _apply_policy(self, session: AsyncSession, office: Office, complaint: Complaint) -> None:
         """The policy, once the complaint (or its step) is committed. Its failure (Redis or the

@@ -3,11 +3,9 @@ look a booking up or cancel it, and file and follow a complaint."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,7 +26,7 @@ from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
-from app.db import Within
+from app.db import Within, read_until
 from app.errors import DomainError, InvalidInput, NotFound, Unauthorized
 from app.identity import normalize_mobile, normalize_national_id
 from app.load.schemas import NearbyResult
@@ -683,14 +681,10 @@ def _slot_or_none(slot: str | None) -> str | None:
 async def _booked_with_key(bookings: BookingService, session: AsyncSession, mobile: str, key: str) -> str | None:
     """The tracking code of the booking a form with this key made, waited for a moment
     (``FIRST_TAP_WAIT_SECONDS``): the request that is making it may not have committed yet."""
-    deadline = time.monotonic() + FIRST_TAP_WAIT_SECONDS
-    while True:
-        # A read of its own each time: SQLite's would go on seeing the record as it first read it.
-        await session.rollback()
-        booking = await bookings.by_idempotency_key(session, mobile, key)
-        if booking is not None or time.monotonic() >= deadline:
-            return None if booking is None else booking.tracking_code
-        await asyncio.sleep(0.1)
+    booking = await read_until(
+        session, lambda: bookings.by_idempotency_key(session, mobile, key), FIRST_TAP_WAIT_SECONDS
+    )
+    return None if booking is None else booking.tracking_code
 
 
 async def _booked_that_day(
