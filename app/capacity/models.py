@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Date, DateTime, ForeignKey, Integer, String, Text, func
+from sqlalchemy import Date, DateTime, ForeignKey, Index, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -62,3 +62,14 @@ class Closure(Base):
     province_id: Mapped[int | None] = mapped_column(ForeignKey("provinces.id"))
     reason: Mapped[str] = mapped_column(String(500))
     created_by: Mapped[str] = mapped_column(String(80))
+
+
+# One order per day, province (0: the whole country) and reason. Checked before the insert
+# too, for a clear answer; the index is what holds when two identical orders come at once.
+Index(
+    "uq_closures_same_order",
+    Closure.date,
+    func.coalesce(Closure.province_id, 0),
+    Closure.reason,
+    unique=True,
+)

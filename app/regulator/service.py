@@ -11,7 +11,7 @@ from typing import TypeVarTuple
 
 from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, Select, delete, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
@@ -163,7 +163,12 @@ class Regulator:
             raise ClosureExists(closure_id=same)
         closure = Closure(date=day, province_id=province_id, reason=reason, created_by=staff.username)
         session.add(closure)
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:  # the same order, posted at the same instant, recorded first
+            await session.rollback()
+            same = await session.scalar(select(Closure.id).where(*_same_closure(day, province_id, reason)).limit(1))
+            raise ClosureExists(closure_id=same) from None
         await audit(
             session, actor=staff, action="closure.add", target=str(closure.id), office_id=None, before=None,
             after={"date": day.isoformat(), "province_code": province_code, "reason": closure.reason},

@@ -10,7 +10,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import select
+from sqlalchemy import false, select
 
 from app.booking.models import Booking
 from app.capacity import keys
@@ -387,6 +387,37 @@ async def test_a_reopen_redis_refuses_removes_nothing_and_may_be_tried_again(
     assert (await client.delete(f"/api/v1/regulator/closures/{second}", headers=regulator)).status_code == 204
     assert await book() == 201
     assert not redis_sync.hlen(keys.CLOSURES_TO_APPLY)  # each reopen done, its note gone
+
+
+@pytest.mark.parametrize("province_code", ["01", None])
+async def test_the_same_closure_posted_at_the_same_instant_is_recorded_once(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, province_code: str | None
+) -> None:
+    """Two identical orders at once (a retry beside a slow first answer) both passed the check
+    for a copy, read before either committed, and both were recorded: reopening one then left
+    the day shut by the other. The index holds where the check cannot; the second is a 409."""
+    await world.office(seats=2)
+    await world.rebuild()
+    await account(world, "regulator-8", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-8")
+    body = {"date": world.tomorrow().isoformat(), "province_code": province_code, "reason": "آلودگی هوا"}
+    same_closure = regulator_module._same_closure
+    blind = iter([True, True])  # each order's check runs before the other's commit
+
+    def raced(*args: Any) -> tuple[Any, ...]:
+        return (false(),) if next(blind, False) else same_closure(*args)
+
+    monkeypatch.setattr(regulator_module, "_same_closure", raced)
+    first = await client.post("/api/v1/regulator/closures", json=body, headers=regulator)
+    assert first.status_code == 201, first.text
+    again = await client.post("/api/v1/regulator/closures", json=body, headers=regulator)
+    assert again.status_code == 409 and again.json()["code"] == "closure_exists", again.text
+    assert again.json()["closure_id"] == first.json()["id"]
+    listed = (await client.get("/api/v1/regulator/closures", headers=regulator)).json()
+    assert [c["id"] for c in listed] == [first.json()["id"]]
+    async with world.container.sessions() as session:
+        actions = list(await session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "regulator-8")))
+    assert actions.count("closure.add") == 1  # the refused one left no trace
 
 
 async def test_a_closure_cancels_the_places_in_line_and_tells_the_citizens(
