@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, get, post
+from litestar.datastructures import Cookie
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
@@ -421,7 +422,10 @@ class CitizenPages(Controller):
     async def signin_form(
         self, request: Request[Any, Any, Any], container: Deps, next: FromQuery[str | None] = None
     ) -> Template:
-        return render(request, container, "citizen/signin.html", step="mobile", next=safe_next(next))
+        # Starting over: the number an earlier try left (another citizen's, on an office's
+        # shared computer) is not offered to the texted-code form.
+        forget = [_forget_cookie(SIGNIN_MOBILE_COOKIE)] if SIGNIN_MOBILE_COOKIE in request.cookies else []
+        return render(request, container, "citizen/signin.html", step="mobile", next=safe_next(next), cookies=forget)
 
     @post("/signin")
     async def signin(
@@ -434,18 +438,25 @@ class CitizenPages(Controller):
             mobile = await container.auth.request_code(session=session, mobile=data.get("mobile", ""), client=client)
         except DomainError as error:
             await session.rollback()
+            try:  # refused more codes: the link to the texted-code form keeps the number
+                remembered = [_signin_mobile_cookie(container, normalize_mobile(data.get("mobile", "")))]
+            except InvalidInput:
+                remembered = []
             return render(
                 request,
                 container,
                 "citizen/signin.html",
                 status=error.status,
                 headers=error.headers,
+                cookies=remembered,
                 step="mobile",
                 next=next_path,
                 errors=form_errors(error, ["mobile"]),
                 form={"mobile": data.get("mobile", "")},
             )
-        return see_other("/signin/code?" + urlencode({"mobile": mobile, "next": next_path}))
+        return see_other(
+            "/signin/code?" + urlencode({"next": next_path}), cookies=[_signin_mobile_cookie(container, mobile)]
+        )
 
     @get("/signin/code")
     async def code_form(
@@ -456,8 +467,8 @@ class CitizenPages(Controller):
         next: FromQuery[str | None] = None,
         texted: FromQuery[str | None] = None,
     ) -> Template | Redirect:
-        try:
-            mobile = normalize_mobile(mobile or "")
+        try:  # ?mobile= is what pages rendered before the cookie link with
+            mobile = normalize_mobile(mobile or request.cookies.get(SIGNIN_MOBILE_COOKIE, ""))
         except InvalidInput:
             if texted != "1":
                 return see_other("/signin")
@@ -492,7 +503,7 @@ class CitizenPages(Controller):
         cookie = session_cookie(
             container, CITIZEN_COOKIE, token, max_age=container.settings.token_ttl_seconds, samesite="lax"
         )
-        return see_other(next_path, cookies=[cookie])
+        return see_other(next_path, cookies=[cookie, _forget_cookie(SIGNIN_MOBILE_COOKIE)])
 
     @post("/signout")
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
@@ -660,6 +671,21 @@ def _code_step(
         demo_sms=container.settings.sms_backend == "console",
         **context,
     )
+
+
+SIGNIN_MOBILE_COOKIE = "nobat_signin"
+"""The number a sign-in's code was sent to, for the code step. Not in the page's address:
+addresses stay in the browser's history (an office's shared computer), in proxies' logs and
+in bookmarks."""
+
+
+def _signin_mobile_cookie(container: Container, mobile: str) -> Cookie:
+    lasts = max(container.settings.otp_ttl_seconds, TEXTED_CODE_SECONDS)  # as long as either code
+    return session_cookie(container, SIGNIN_MOBILE_COOKIE, mobile, max_age=lasts, samesite="lax")
+
+
+def _forget_cookie(key: str) -> Cookie:
+    return Cookie(key=key, value="", path="/", max_age=0, expires=0)
 
 
 def _bookable_day(container: Container, date: str) -> dt.date:

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.auth import service as auth_service
 from app.auth import signed_out
+from app.pages.citizen import SIGNIN_MOBILE_COOKIE
 from app.pages.render import CITIZEN_COOKIE
 from app.settings import Settings
 from app.sms.backends import OUTBOX
@@ -528,6 +529,49 @@ def form_token(page: Any) -> str:
     return found[1]
 
 
+async def test_the_sign_in_pages_keep_the_number_out_of_every_address(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """The code step's address had the full number (/signin/code?mobile=0912...): kept in the
+    browser's history on an office's shared computer, in a proxy's logs, in a bookmark. The
+    number now rides in a short-lived cookie, gone once the citizen is signed in or starts over."""
+    mobile = "09120002424"
+    page = await client.get("/signin")
+    sent = await client.post(
+        "/signin", data={"_csrf": form_token(page), "mobile": mobile, "next": "/lookup"}, follow_redirects=False
+    )
+    assert sent.status_code == 303, sent.text
+    assert "9120002424" not in sent.headers["location"] and "mobile" not in sent.headers["location"]
+    code_page = await client.get(sent.headers["location"])
+    assert f'type="hidden" name="mobile" value="{mobile}"' in code_page.text
+    assert "9120002424" not in "".join(re.findall(r'href="([^"]*)"', code_page.text))  # nor in its links
+    texted = await client.get("/signin/code?texted=1&next=/lookup")  # the link to the texted-code form
+    assert f'type="hidden" name="mobile" value="{mobile}"' in texted.text
+    await deliver()
+    signed_in = await client.post(
+        "/signin/code",
+        data={
+            "_csrf": form_token(code_page),
+            "mobile": mobile,
+            "next": "/lookup",
+            "code": last_code(redis_sync, mobile),
+        },
+        follow_redirects=False,
+    )
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/lookup", signed_in.text
+    assert SIGNIN_MOBILE_COOKIE not in client.cookies  # the number is not left behind
+    assert (await client.get("/signin/code?next=/", follow_redirects=False)).status_code == 303  # back to /signin
+
+    # Asked for a code and walked away: the next citizen to open the sign-in page starts over,
+    # and the texted-code form asks for their number rather than offer the last one.
+    await client.post("/signin", data={"_csrf": form_token(await client.get("/signin")), "mobile": mobile})
+    assert SIGNIN_MOBILE_COOKIE in client.cookies
+    await client.get("/signin")
+    assert SIGNIN_MOBILE_COOKIE not in client.cookies
+    fresh = await client.get("/signin/code?texted=1&next=/")
+    assert 'type="hidden" name="mobile"' not in fresh.text and 'name="mobile"' in fresh.text
+
+
 async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
     client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
@@ -542,7 +586,7 @@ async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
     refused = await client.post("/signin", data={"_csrf": form_token(page), "mobile": mobile, "next": "/"})
     assert refused.status_code == 429 and "«ورود»" in refused.text
     link = re.search(r'href="(/signin/code\?texted=1[^"]*)"', refused.text)
-    assert link and f"mobile={mobile}" in link[1], refused.text
+    assert link and "mobile=" not in link[1], refused.text  # kept in a cookie, not in the address
     form = await client.get(link[1].replace("&amp;", "&"))
     assert 'maxlength="20"' in form.text and 'inputmode="numeric"' not in form.text
     assert f'type="hidden" name="mobile" value="{mobile}"' in form.text
