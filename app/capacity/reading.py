@@ -23,11 +23,13 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, cast
 
+import msgspec
 from redis.exceptions import RedisError
 
 from app.capacity import keys
@@ -58,11 +60,7 @@ within which the other instances see them."""
 
 Slots = list[tuple[str, int, int]]  # (time, seats, used) in time order
 Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, seats, used
-# A pool's day in sum: seats, used, and the times of the slots with a seat left, in order.
-# A plain tuple: the collector stops tracking those, not NamedTuples.
-PoolTotals = tuple[int, int, tuple[str, ...]]
 Forgetting = Callable[[str | None, dt.date | None], None]
-_NO_TOTALS: PoolTotals = (0, 0, ())
 
 
 class CountedDay:
@@ -93,14 +91,26 @@ NOTHING_COUNTED = CountedDay({})
 """A day Redis does not hold even after materialising (a race with a rebuild): active, no slots."""
 
 
+class PoolDay(msgspec.Struct, frozen=True, gc=False):
+    """One pool's day as a list of offices shows it (``DaySums.of``). The day's own sums serve
+    its cap, which bounds the whole day; the rest counts only the slots still ahead."""
+
+    planned: int  # seats the day's slots have, all of them (0: the office takes nobody that day)
+    used: int  # seats taken, all of them
+    used_ahead: int  # seats taken in the slots not yet begun
+    free_ahead: int  # seats left in them, slot by slot (before any cap)
+    free_times: tuple[str, ...]  # "HH:MM" of those with a seat left, in order
+    next_start: str | None  # when the next of them begins: then these sums change
+
+
 class DaySums:
     """One office-day in sum, pool by pool, as a list of offices shows it: status, cap, and
-    each pool's seats, used, and the times of its slots with a seat left, in order.
+    each pool's slots as three columns (times in order, seats, used), summed by ``of``.
 
     A nearby search reads thirty offices and needs no more of each. Parsing every day into its
     slots (CountedDay) and summing them after had been a third of a search's time on a working
-    day; summing as the fields are read costs two thirds of that. (Summing in Redis, in a Lua
-    script, cost Redis 36 us a day against HGETALL's 4: more than it saved here, on shared cores.)
+    day; this parses only what the sums need. (Summing in Redis, in a Lua script, cost Redis
+    36 us a day against HGETALL's 4: more than it saved here, on shared cores.)
     """
 
     __slots__ = ("cap", "pools", "status")
@@ -108,27 +118,48 @@ class DaySums:
     def __init__(self, fields: Mapping[str, str]) -> None:
         self.status = fields.get("_status", "active")
         self.cap = int(fields.get("_cap", "100"))
-        # Without a cap each slot bounds only itself, as in RESERVE: a slot holding more than
-        # its seats (a same-day cut, its citizens served or checked in) counts as full, not as
-        # taking the others' free seats. (Under a cap the day's planned seats bound the day.)
-        uncapped = self.cap >= 100
-        found: dict[str, tuple[list[int], list[str]]] = {}
+        found: dict[str, Slots] = {}
         for field in [field for field in fields if field.startswith("s|")]:  # "s|pool|HH:MM"
-            seats, used = int(fields[field]), int(fields.get("u" + field[1:], 0))
-            sums = found.get(field[2:-6])
-            if sums is None:
-                sums = found[field[2:-6]] = ([0, 0], [])
-            sums[0][0] += used if uncapped and used > seats else seats
-            sums[0][1] += used
-            if seats > used:
-                sums[1].append(field[-5:])
-        self.pools: dict[str, PoolTotals] = {
-            pool: (seats, used, tuple(sorted(free))) for pool, ((seats, used), free) in found.items()
+            slots = found.get(field[2:-6])
+            if slots is None:
+                slots = found[field[2:-6]] = []
+            slots.append((field[-5:], int(fields[field]), int(fields.get("u" + field[1:], 0))))
+        # As CountedDay's: columns of strings and numbers, which the collector soon stops tracking.
+        self.pools: dict[str, Columns] = {
+            pool: cast(Columns, tuple(zip(*sorted(slots), strict=True))) for pool, slots in found.items()
         }
 
-    def of(self, pool: str) -> PoolTotals:
-        """One pool's sums; nothing when the day has no slot of it."""
-        return self.pools.get(pool, _NO_TOTALS)
+    def of(self, pool: str, not_before: str = "") -> PoolDay:
+        """One pool's sums, counting ahead only the slots after ``not_before`` ("HH:MM"; today's
+        that have begun are past: an empty morning is no free seat at 13:00). Nothing when the
+        day has no slot of the pool.
+
+        Slot by slot, as RESERVE: a slot holding more than its seats (a same-day cut, its
+        citizens served or checked in) is full, not a taker of the others' free seats. (Under a
+        cap the day's planned seats bound the day too: the reader's to apply, with day_room.)"""
+        columns = self.pools.get(pool)
+        if columns is None:
+            return _NO_DAY
+        times, seats, used = columns
+        first = bisect_right(times, not_before) if not_before else 0
+        free_times = []
+        used_ahead = free_ahead = 0
+        for i in range(first, len(times)):
+            used_ahead += used[i]
+            if seats[i] > used[i]:
+                free_ahead += seats[i] - used[i]
+                free_times.append(times[i])
+        return PoolDay(
+            sum(seats),
+            sum(used),
+            used_ahead,
+            free_ahead,
+            tuple(free_times),
+            times[first] if first < len(times) else None,
+        )
+
+
+_NO_DAY = PoolDay(0, 0, 0, 0, (), None)
 
 
 EMPTY_DAY = DaySums({})

@@ -5,14 +5,16 @@ change to its counters (``stand``, kept by app.load.standings), and once per sea
 with the distance and the clock).
 
 An office's score (lower is better) weighs, each term scaled to 0..1:
-    0.40 x load            seats taken that day / seats (under any cap)
+    0.40 x load            seats taken that day / seats (under any cap; today, of the slots
+                           not yet begun)
   + 0.20 x waiting now     people in the room, saturating at 15
   + 0.15 x wait for slot   minutes until its next free slot, saturating at 8 hours
   + 0.25 x distance        km, saturating at 25 km
 Offices are first put in tiers, then sorted by score inside a tier:
   1. active offices with a free slot,
   2. restricted offices with a free slot (complaints restricted them: steer people away),
-  3. offices with no free slot that day (shown so people see why, never first).
+  3. offices with no free slot that day (shown so people see why, never first),
+  4. offices that take nobody that day (a day off, a regulator's closure).
 Blocked offices are never candidates. Ties go to the nearer office.
 """
 
@@ -29,6 +31,10 @@ WEIGHT_DISTANCE = 0.25
 WAITING_SATURATES = 15
 SOON_SATURATES_MINUTES = 8 * 60
 DISTANCE_SATURATES_KM = 25.0
+
+
+NEVER = "~"
+"""A ``changes_at`` after every "HH:MM": the standing changes with its counters alone."""
 
 
 class Busyness(enum.StrEnum):
@@ -52,6 +58,10 @@ class Standing(msgspec.Struct, frozen=True, gc=False):
     waiting: int  # people in the room now, as the office last said
     partial: float  # the score's terms that only the counters move: load and waiting
     free_times: tuple[str, ...]  # "HH:MM" of its slots with a seat left; none when the day is full
+    open: bool  # false: no slot of the day has a seat (a day off, a closure), full or not
+    # "HH:MM" when the next of today's slots begins, and these sums (of the slots ahead) with
+    # it; NEVER for another day. Compared on the clock's face, not timed: the clock may jump.
+    changes_at: str
 
 
 class Candidate(msgspec.Struct, frozen=True, order=True):
@@ -69,6 +79,7 @@ class Candidate(msgspec.Struct, frozen=True, order=True):
     load: float  # share of the day's bookable seats taken, 0..1
     waiting: int  # people in the room now, as the office last said
     next_free: str | None  # "HH:MM" of the next slot with a seat, None when none
+    open: bool  # false: it takes nobody that day
 
 
 def busyness(load: float, waiting: int) -> Busyness:
@@ -79,8 +90,18 @@ def busyness(load: float, waiting: int) -> Busyness:
     return Busyness.LOW
 
 
-def stand(*, status: str, seats: int, used: int, waiting: int, free_times: tuple[str, ...]) -> Standing:
-    """An office's standing from its counters (``seats``: bookable that day, after any cap).
+def stand(
+    *,
+    status: str,
+    seats: int,
+    used: int,
+    waiting: int,
+    free_times: tuple[str, ...],
+    open: bool,
+    changes_at: str = NEVER,
+) -> Standing:
+    """An office's standing from its counters (``seats``: bookable that day, after any cap;
+    today, in the slots not yet begun).
     Each share is saturated by a comparison, not ``min``: the builtins' calls had been a third
     of weighing an office."""
     free = seats - used if seats > used else 0
@@ -88,7 +109,7 @@ def stand(*, status: str, seats: int, used: int, waiting: int, free_times: tuple
     partial = WEIGHT_LOAD * load + WEIGHT_WAITING * (
         waiting / WAITING_SATURATES if waiting < WAITING_SATURATES else 1.0
     )
-    return Standing(status, free, load, waiting, partial, free_times if free else ())
+    return Standing(status, free, load, waiting, partial, free_times if free else (), open, changes_at)
 
 
 def weigh(
@@ -111,9 +132,24 @@ def weigh(
         + WEIGHT_DISTANCE * (distance_km / DISTANCE_SATURATES_KM if distance_km < DISTANCE_SATURATES_KM else 1.0)
     )
     status, free = standing.status, standing.free
-    tier = 2 if next_free is None or free == 0 else 1 if status == "restricted" else 0
+    if not standing.open:
+        tier = 3
+    elif next_free is None or free == 0:
+        tier = 2
+    else:
+        tier = 1 if status == "restricted" else 0
     return Candidate(
-        tier, round(score, 6), distance_km, office_code, score, status, free, standing.load, standing.waiting, next_free
+        tier,
+        round(score, 6),
+        distance_km,
+        office_code,
+        score,
+        status,
+        free,
+        standing.load,
+        standing.waiting,
+        next_free,
+        standing.open,
     )
 
 

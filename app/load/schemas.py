@@ -12,6 +12,7 @@ class NearbyOffice(msgspec.Struct):
     lon: float
     status: str  # active or restricted (blocked offices never appear)
     restricted: bool
+    open: bool  # false: it takes nobody for the service that day (a day off, a closure)
     distance_km: float
     seats_free: int
     load: float  # share of the day's seats already taken, 0..1

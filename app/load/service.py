@@ -25,7 +25,7 @@ from app.clock import Clock
 from app.db import Sessions, Within
 from app.errors import InvalidInput
 from app.load.errors import CityNotFound
-from app.load.ranking import BUSYNESS_FA, Candidate, Standing, busyness, rank, stand, weigh
+from app.load.ranking import BUSYNESS_FA, NEVER, Candidate, Standing, busyness, rank, stand, weigh
 from app.load.schemas import HourLoad, NearbyOffice, NearbyResult, OfficeLoad
 from app.load.standings import Standings
 from app.locale import check_text, jalali_date, jalali_time, normalize_text, to_persian_digits
@@ -97,7 +97,7 @@ class LoadService:
             found = [(code, km) for code, km in nearest if km <= radius]
             if len(found) >= limit:
                 break
-        standings = await self._standings(sessions, service_code, [code for code, _ in found], day)
+        standings = await self._standings(sessions, service_code, [code for code, _ in found], day, now)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.
         now_minute = now.hour * 60 + now.minute + now.second / 60 - (day - now.date()).days * 1440
@@ -164,22 +164,25 @@ class LoadService:
         )
 
     async def _standings(
-        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
+        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date, now: dt.datetime
     ) -> dict[str, Standing]:
-        """The offices' standings for the service on the day: those kept, and the others worked
-        out (heard first: what the other instances changed is forgotten before any is taken)."""
+        """The offices' standings for the service on the day, as of ``now``: those kept, and the
+        others worked out (heard first: what the other instances changed is forgotten before
+        any is taken)."""
         asked = await self.capacity.reads.hear()
         kept = self.standings.of(service_code, day, asked)
+        not_before = now.strftime("%H:%M") if day == now.date() else ""
         standings: dict[str, Standing] = {}
         unkept = []
         for code in codes:
             entry = kept.get(code)
-            if entry is not None and entry[0] > asked:
+            # Today's is worked out again once the next of its slots has begun.
+            if entry is not None and entry[0] > asked and not_before < entry[1].changes_at:
                 standings[code] = entry[1]
             else:
                 unkept.append(code)
         if unkept:
-            standings.update(await self._stand(sessions, service_code, unkept, day))
+            standings.update(await self._stand(sessions, service_code, unkept, day, now))
         else:
             # Yield once, as a search that reads Redis does: a busy worker then takes its
             # searches in the order they came, and one that waited for Redis is not overtaken
@@ -191,43 +194,55 @@ class LoadService:
         return standings
 
     async def _stand(
-        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date
+        self, sessions: Sessions, service_code: str, codes: list[str], day: dt.date, now: dt.datetime
     ) -> dict[str, Standing]:
         """The offices' standings for the service on the day, worked out from their counters
         (app.capacity.reading). Days Redis lacks are materialised through one session, opened
         only then, and read again in one trip."""
         read = await self.capacity.reads.sums(codes, day)
-        standings = self._from_counters(service_code, day, read)
+        standings = self._from_counters(service_code, day, now, read)
         if missing := [code for code, (summed, _, _) in read.items() if summed is None]:
             async with sessions() as session:
                 for code in missing:
                     await self.capacity.materialise_day(session=session, office_code=code, day=day)
-            standings.update(self._from_counters(service_code, day, await self.capacity.reads.sums(missing, day)))
+            read = await self.capacity.reads.sums(missing, day)
+            standings.update(self._from_counters(service_code, day, now, read))
         return standings
 
     def _from_counters(
-        self, service_code: str, day: dt.date, read: dict[str, tuple[DaySums | None, int, float]]
+        self, service_code: str, day: dt.date, now: dt.datetime, read: dict[str, tuple[DaySums | None, int, float]]
     ) -> dict[str, Standing]:
         """Standings worked out from what ``DayReader.sums`` just answered, each kept for as long
-        as the copy keeps what it came from. Called with no await since the read: a change
-        made or heard of after it has forgotten the copy, and then finds the standing to forget."""
-        now = time.monotonic()
-        kept = self.standings.of(service_code, day, now)
+        as the copy keeps what it came from (and today's, until the next of its slots
+        begins: ``Standing.changes_at``). Called with no await since the read: a change made or heard of after it has
+        forgotten the copy, and then finds the standing to forget."""
+        monotonic = time.monotonic()
+        kept = self.standings.of(service_code, day, monotonic)
+        # Today's slots that have begun are past: an empty morning is no free seat at 13:00,
+        # nor a lighter load (an office with it and one seat left had ranked above one with a
+        # full morning and ten free in the afternoon).
+        today = day == now.date()
+        not_before = now.strftime("%H:%M") if today else ""
         standings = {}
         for code, (read_sums, waiting, until) in read.items():
             summed = read_sums or EMPTY_DAY
             # The pool a booking would take (its own counter if the template gives the service
             # one, on any day), not whichever the day happens to hold: a desk open on Saturdays
             # only has no seats for it on Sunday, whatever the shared counter has.
-            seats, used, free_times = summed.of(self.offices.pool(code, service_code))
+            pool = summed.of(self.offices.pool(code, service_code), not_before)
+            free = pool.free_ahead
+            if summed.cap < 100:  # the cap bounds the whole day, begun slots too
+                free = min(free, max(0, day_room(pool.planned, pool.used, summed.cap)))
             standing = standings[code] = stand(
                 status=summed.status,
-                seats=used + max(0, day_room(seats, used, summed.cap)),  # what the day may hold under its cap
-                used=used,
+                seats=pool.used_ahead + free,
+                used=pool.used_ahead,
                 waiting=waiting,
-                free_times=free_times,
+                free_times=pool.free_times,
+                open=pool.planned > 0,
+                changes_at=(pool.next_start or NEVER) if today else NEVER,
             )
-            if until > now:
+            if until > monotonic:
                 self.standings.keep(kept, code, until, standing)
         return standings
 
@@ -265,6 +280,7 @@ def _nearby_office(candidate: Candidate, office: OfficeCard) -> NearbyOffice:
         lon=office.lon,
         status=candidate.status,
         restricted=candidate.status == "restricted",
+        open=candidate.open,
         distance_km=round(candidate.distance_km, 2),
         seats_free=candidate.free,
         load=round(candidate.load, 3),

@@ -154,11 +154,93 @@ async def test_todays_next_free_slot_follows_the_clock_while_the_standings_are_k
 
     assert await next_free_slots(dt.time(10, 29)) == [(near, "10:30"), (middle, "10:30"), (far, "10:30")]
     reads = client.app.state.container.capacity.reads
-    monkeypatch.setattr(reads, "sums", None)  # kept from here on: none is read again
+    sums = reads.sums
+    monkeypatch.setattr(reads, "sums", None)  # kept until the next slot begins: none is read again
+    assert await next_free_slots(dt.time(10, 29, 30)) == [(near, "10:30"), (middle, "10:30"), (far, "10:30")]
+    monkeypatch.setattr(reads, "sums", sums)  # worked out again from 10:30 on (from the copy)
     assert await next_free_slots(dt.time(10, 30)) == [(near, "11:00"), (middle, "11:00"), (far, "11:00")]
-    assert await next_free_slots(dt.time(10, 29, 59)) == [(near, "10:30"), (middle, "10:30"), (far, "10:30")]
+    monkeypatch.setattr(reads, "sums", None)
+    assert await next_free_slots(dt.time(10, 45)) == [(near, "11:00"), (middle, "11:00"), (far, "11:00")]
+    monkeypatch.setattr(reads, "sums", sums)
     # The day's last slot begun: none left, all three last, nearest first.
     assert await next_free_slots(dt.time(19, 30)) == [(near, None), (middle, None), (far, None)]
+
+
+@ALONE
+async def test_today_only_the_slots_ahead_count(client: Client, world: World, morning: dt.datetime) -> None:
+    """At 13:00 an empty morning is no free seat and no lighter load. An office with one seat
+    left in the afternoon had ranked above one with a full morning and ten free after lunch:
+    the whole day's sums said it was the quieter."""
+    now = [morning]
+    mornings_empty = await world.office(
+        rules=[DayRule(opens="08:00", closes="12:00", seats=2), DayRule(opens="14:00", closes="16:00", seats=1)],
+        lat=35.70, lon=51.40 + 1 / 90.4,
+    )  # fmt: skip
+    mornings_full = await world.office(
+        rules=[DayRule(opens="08:00", closes="12:00", seats=1), DayRule(opens="14:00", closes="19:00", seats=1)],
+        lat=35.70, lon=51.40 + 3 / 90.4,
+    )  # fmt: skip
+    await world.rebuild()
+    day = morning.date()
+
+    async def book(office: str, slot: str) -> None:
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+
+    for slot in ("08:00", "08:30", "09:00", "09:30", "10:00", "10:30", "11:00", "11:30"):
+        await book(mornings_full, slot)
+    for slot in ("14:30", "15:00", "15:30"):
+        await book(mornings_empty, slot)
+
+    async def search(at: dt.time) -> dict[str, dict[str, Any]]:
+        now[0] = dt.datetime.combine(day, at, tzinfo=morning.tzinfo)
+        return {o["code"]: o for o in await nearby(client, date=day.isoformat())}
+
+    import app.clock
+
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(app.clock.Clock, "now", lambda self: now[0])
+        at_seven = await search(dt.time(7, 0))
+        assert list(at_seven) == [mornings_empty, mornings_full]  # the whole day ahead: the emptier, nearer
+        assert (at_seven[mornings_empty]["seats_free"], at_seven[mornings_full]["seats_free"]) == (17, 10)
+        after_lunch = await search(dt.time(13, 0))
+        assert list(after_lunch) == [mornings_full, mornings_empty]
+        assert (after_lunch[mornings_empty]["seats_free"], after_lunch[mornings_empty]["load"]) == (1, 0.75)
+        assert (after_lunch[mornings_full]["seats_free"], after_lunch[mornings_full]["load"]) == (10, 0.0)
+        # Its last free slot begun, the office kept from 13:00 is worked out again: none left.
+        begun = await search(dt.time(14, 0, 30))
+        assert (begun[mornings_empty]["seats_free"], begun[mornings_empty]["next_free_slot"]) == (0, None)
+        assert begun[mornings_empty]["open"] is True  # full for the rest of the day, not closed
+
+
+async def test_a_closed_day_says_so_and_ranks_after_the_full_offices(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """A regulator's closure leaves its booked slots at no seats: nearby had shown the office
+    as open and busy ("high"), as if full. It is shut (``open`` false) and ranks last, after
+    the full offices, which may yet free a seat; the search page says it takes nobody that day."""
+    near, middle, far = await three_offices(world)
+    day = world.tomorrow()
+    for slot_index in range(24):  # the middle one full
+        slot = f"{8 + slot_index // 2:02d}:{30 * (slot_index % 2):02d}"
+        for _ in range(2):
+            booked = await client.post(
+                "/api/v1/bookings", json=booking_body(middle, world.national_id(), day, slot), headers=world.token()
+            )
+            assert booked.status_code == 201, booked.text
+    # The near one's day shut, as a closure leaves it: every slot at no seats.
+    shut = keys.office_day(near, day)
+    redis_sync.hset(shut, mapping={field: 0 for field in redis_sync.hkeys(shut) if field.startswith(b"s|")})
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
+    ranked = await nearby(client, date=day.isoformat())
+    assert [(o["code"], o["open"]) for o in ranked] == [(far, True), (middle, True), (near, False)]
+    page = await client.get(
+        "/offices", params={"service": "101", **ORIGIN, "date": day.isoformat()}, headers={"Accept": "text/html"}
+    )
+    assert page.text.count("تعطیل") == 1 and "در این روز نوبت نمی‌دهد" in page.text
 
 
 async def test_a_change_made_while_a_search_materialises_a_day_is_not_hidden_by_its_standings(

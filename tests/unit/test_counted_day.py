@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.capacity import reading
-from app.capacity.reading import CountedDay, DaySums, _drop_expired, waiting_report
+from app.capacity.reading import CountedDay, DaySums, PoolDay, _drop_expired, waiting_report
 
 
 def test_a_day_hash_parses_into_pools_in_time_order() -> None:
@@ -34,16 +34,29 @@ def test_a_pools_sums_count_every_slot_and_list_the_free_ones_in_order() -> None
             "s|*|08:30": "3",
             "u|*|08:30": "1",
             "s|*|10:00": "1",
+            "s|*|11:00": "1",
+            "u|*|11:00": "3",  # over-full (a same-day cut): full, taking none of the others' seats
             "s|101|10:00": "1",
             "u|101|10:00": "1",
         }
     )
     assert (day.status, day.cap) == ("active", 50)
-    assert day.of("*") == (6, 3, ("08:30", "10:00"))
-    assert day.of("101") == (1, 1, ())
-    assert day.of("102") == (0, 0, ())  # no slot of that pool
-    assert DaySums({}).of("*") == (0, 0, ())
+    assert day.of("*") == PoolDay(7, 6, 6, 3, ("08:30", "10:00"), "08:30")
+    assert day.of("101") == PoolDay(1, 1, 1, 0, (), "10:00")
+    assert day.of("102") == PoolDay(0, 0, 0, 0, (), None)  # no slot of that pool
+    assert DaySums({}).of("*") == PoolDay(0, 0, 0, 0, (), None)
     assert (DaySums({}).status, DaySums({}).cap) == ("active", 100)
+
+
+def test_today_the_slots_begun_are_past_but_the_day_still_counts_for_its_cap() -> None:
+    """At 09:10 the empty 08:30 slot is no free seat and no lighter load; the day's own sums
+    (what its cap bounds) still count it. The sums change when the 10:00 slot begins."""
+    day = DaySums({"s|*|08:30": "3", "s|*|09:00": "2", "u|*|09:00": "2", "s|*|10:00": "4", "u|*|10:00": "1"})
+    assert day.of("*", "09:10") == PoolDay(9, 3, 1, 3, ("10:00",), "10:00")
+    assert day.of("*", "10:00") == PoolDay(9, 3, 0, 0, (), None)  # begun at 10:00:00: the day is over
+    assert day.of("*", "08:29") == day.of("*")
+    # A closed day keeps its booked slots' fields at no seats: nothing planned, however full.
+    assert DaySums({"s|*|08:30": "0", "u|*|08:30": "2"}).of("*").planned == 0
 
 
 def test_an_empty_hash_is_an_active_day_without_slots() -> None:
@@ -74,7 +87,7 @@ def test_a_day_kept_for_readers_soon_leaves_the_collector_nothing_but_itself_to_
     assert not gc.is_tracked(day.pools)
     assert not any(gc.is_tracked(columns) for columns in day.pools.values())
     assert not gc.is_tracked(summed.pools)
-    assert not any(gc.is_tracked(totals) for totals in summed.pools.values())
+    assert not any(gc.is_tracked(columns) for columns in summed.pools.values())
 
 
 def test_a_waiting_report_counts_for_two_hours_and_a_bad_one_not_at_all() -> None:

@@ -6,7 +6,7 @@ from app.load.ranking import Busyness, Candidate, busyness, rank, stand, weigh
 def office(
     code: str, *, km: float, used: int = 0, seats: int = 10, status: str = "active", waiting: int = 0
 ) -> Candidate:
-    standing = stand(status=status, seats=seats, used=used, waiting=waiting, free_times=("09:00",))
+    standing = stand(status=status, seats=seats, used=used, waiting=waiting, free_times=("09:00",), open=True)
     free = bool(standing.free_times)
     return weigh(code, km, standing, "09:00" if free else None, 30 if free else None)
 
@@ -61,15 +61,28 @@ def test_scores_equal_but_for_float_noise_the_nearer_wins() -> None:
 
 
 def test_a_full_day_keeps_no_free_time() -> None:
-    assert stand(status="active", seats=4, used=4, waiting=0, free_times=("09:00",)).free_times == ()
-    assert stand(status="active", seats=4, used=5, waiting=0, free_times=("09:00",)).free == 0  # over a cut cap
-    kept = stand(status="active", seats=4, used=3, waiting=0, free_times=("09:00",))
+    assert stand(status="active", seats=4, used=4, waiting=0, free_times=("09:00",), open=True).free_times == ()
+    assert (
+        stand(status="active", seats=4, used=5, waiting=0, free_times=("09:00",), open=True).free == 0
+    )  # over a cut cap
+    kept = stand(status="active", seats=4, used=3, waiting=0, free_times=("09:00",), open=True)
     assert (kept.free, kept.load, kept.free_times) == (1, 0.75, ("09:00",))
 
 
 def test_a_standing_weighed_scores_as_its_terms_add_up() -> None:
-    standing = stand(status="restricted", seats=8, used=2, waiting=3, free_times=("10:00",))
+    standing = stand(status="restricted", seats=8, used=2, waiting=3, free_times=("10:00",), open=True)
     weighed = weigh("1", 5.0, standing, "10:00", 120)
     assert weighed.score == 0.40 * 0.25 + 0.20 * 3 / 15 + 0.15 * 120 / 480 + 0.25 * 5 / 25
     assert (weighed.tier, weighed.status, weighed.free, weighed.waiting) == (1, "restricted", 6, 3)
     assert weigh("1", 30.0, standing, None, None).tier == 2  # no free slot left today: last
+
+
+def test_an_office_closed_that_day_ranks_after_a_full_one() -> None:
+    """A closed day (a day off, a regulator's closure) is no busier than a full one: it is shut,
+    and says so (``open``). A full office may still free a seat; a closed one never will."""
+    closed = weigh(
+        "closed", 0.1, stand(status="active", seats=0, used=0, waiting=0, free_times=(), open=False), None, None
+    )
+    full = office("full", km=20, used=10)
+    assert codes(rank([closed, full], 2)) == ["full", "closed"]
+    assert not closed.open and full.open

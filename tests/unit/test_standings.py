@@ -15,7 +15,7 @@ from app.load.standings import Standings
 from app.redis import AutoPipeline
 
 DAY, NEXT_DAY = dt.date(2030, 2, 7), dt.date(2030, 2, 8)
-STANDING = stand(status="active", seats=4, used=1, waiting=0, free_times=("08:00",))
+STANDING = stand(status="active", seats=4, used=1, waiting=0, free_times=("08:00",), open=True)
 
 
 def _kept(standings: Standings, until: float = 100.0) -> None:
