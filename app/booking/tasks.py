@@ -39,13 +39,11 @@ async def _close_day() -> dict[str, int]:
         # Bookings a closure's moves never reached (a recount, Redis away until midnight) were
         # at an office that was shut: cancelled, not no-shows that may suspend the citizen.
         # So were those a block's moves never reached (the same causes): the office took nobody.
-        shut_by = _closed_that_day()
-        blocked = await _blocked_that_day(session, app.clock)
-        if blocked is not None:
-            shut_by = shut_by | blocked
-        shut = await _close(
-            session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=shut_by, at=app.clock.now()
-        )
+        shut = []
+        for shut_by in [_closed_that_day(), *await _blocked_that_day(session, app.clock)]:
+            shut += await _close(
+                session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=shut_by, at=app.clock.now()
+            )
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
         expired = await _close(session, BookingStatus.WAITLISTED, BookingStatus.CANCELLED, today)
@@ -100,15 +98,20 @@ def _closed_that_day() -> ColumnElement[bool]:
     )
 
 
+BLOCKS_AT_ONCE = 200
+"""Blocks weighed in one statement by the night's close (``_blocked_that_day``)."""
 BLOCKS_LOOKED_BACK = dt.timedelta(days=7)
 """Blocks lifted longer ago than this are past every booking still open (the night's close runs
 every night)."""
 
 
-async def _blocked_that_day(session: AsyncSession, clock: Clock) -> ColumnElement[bool] | None:
-    """A booking at an office a block shut on its day: from the day the block began to the day
+async def _blocked_that_day(session: AsyncSession, clock: Clock) -> list[ColumnElement[bool]]:
+    """A booking at an office a block shut on its day: from the block's hour on the day it
+    began (a slot begun before it was the office's to serve, and missed, a no-show) to the day
     before it was lifted, in the offices' time. (The lift's own day counts as open: a citizen
-    who booked after the lift and did not come is a no-show.)"""
+    who booked after the lift and did not come is a no-show.) In parts of ``BLOCKS_AT_ONCE``
+    blocks, a statement each: one OR term a block, and SQLite nests an expression at most
+    1,000 deep (a country's blocks of a week could pass it)."""
     since = clock.now() - BLOCKS_LOOKED_BACK
     blocks = await session.execute(
         select(OfficeAction.office_id, OfficeAction.started_at, OfficeAction.lifted_at).where(
@@ -117,11 +120,14 @@ async def _blocked_that_day(session: AsyncSession, clock: Clock) -> ColumnElemen
     )
     shut = []
     for office_id, started, lifted in blocks:
-        term = (Booking.office_id == office_id) & (Booking.date >= _day_of(clock, started))
+        began = clock.aware(started).astimezone(clock.tz)
+        term = (Booking.office_id == office_id) & (
+            (Booking.date > began.date()) | ((Booking.date == began.date()) & (Booking.slot_time >= f"{began:%H:%M}"))
+        )
         if lifted is not None:
             term = term & (Booking.date < _day_of(clock, lifted))
         shut.append(term)
-    return or_(*shut) if shut else None
+    return [or_(*shut[i : i + BLOCKS_AT_ONCE]) for i in range(0, len(shut), BLOCKS_AT_ONCE)]
 
 
 def _day_of(clock: Clock, written: dt.datetime) -> dt.date:

@@ -182,3 +182,61 @@ async def test_a_booking_left_at_an_office_a_block_shut_is_cancelled_not_a_no_sh
         )
     assert statuses["BLOCK00003"] == BookingStatus.CANCELLED
     assert (statuses["BLOCK00004"], statuses["BLOCK00005"]) == (BookingStatus.NO_SHOW, BookingStatus.NO_SHOW)
+
+
+async def test_a_blocks_first_day_counts_from_its_hour_and_a_weeks_blocks_all_count(
+    client: Client, world: World, deliver: Deliver
+) -> None:
+    """A block at noon shut the office for the afternoon: a citizen who missed the morning's
+    slot, while it was open, is a no-show, not cancelled. And every block of the week counts:
+    one OR term each had passed SQLite's depth of 1,000 once there were that many."""
+    await world.office()
+    clock = world.container.clock
+    today = clock.today()
+    day = today - dt.timedelta(days=2)
+    noon = dt.datetime.combine(day, dt.time(12, 0), tzinfo=clock.tz)
+    citizens = [world.national_id() for _ in range(3)]
+
+    def booking(number: int, national_id: str, slot: str, days_ago: int = 2) -> Booking:
+        return Booking(
+            tracking_code=f"HOUR{number:06d}", office_id=1, service_code="101", national_id=national_id,
+            mobile="09120000000", date=today - dt.timedelta(days=days_ago), slot_time=slot, pool="*",
+            status=BookingStatus.BOOKED, created_at=noon - dt.timedelta(days=5),
+        )  # fmt: skip
+
+    async with world.container.sessions() as session:
+        session.add_all(
+            [booking(1, citizens[0], "10:00"), booking(2, citizens[1], "12:00"), booking(3, citizens[2], "14:30")]
+        )
+        session.add(
+            OfficeAction(
+                office_id=1, kind=ActionKind.BLOCK, reason="-", source="regulator", actor="r", started_at=noon,
+            )
+        )  # fmt: skip
+        # A busy week's other blocks, lifted since (all of this office here, for the test's sake).
+        session.add_all(
+            OfficeAction(
+                office_id=1,
+                kind=ActionKind.BLOCK,
+                reason="-",
+                source="regulator",
+                actor="r",
+                started_at=noon - dt.timedelta(days=5, minutes=n),
+                lifted_at=noon - dt.timedelta(days=4, minutes=n),
+            )
+            for n in range(1, 1200)
+        )
+        await session.commit()
+
+    result = await asyncio.to_thread(close_day)
+
+    assert (result["no_shows"], result["closed_office"]) == (1, 2)
+    async with world.container.sessions() as session:
+        statuses = dict(
+            (await session.execute(select(Booking.tracking_code, Booking.status).where(Booking.id > 0))).all()
+        )
+    assert statuses == {
+        "HOUR000001": BookingStatus.NO_SHOW,  # 10:00, before the block
+        "HOUR000002": BookingStatus.CANCELLED,  # its slot began as the block came
+        "HOUR000003": BookingStatus.CANCELLED,
+    }
