@@ -68,6 +68,9 @@ class ConsoleBackend:
         return []
 
 
+STATUS_CALLBACK_PATH = "/sms/twilio/status"
+
+
 class TwilioBackend:
     def __init__(self, settings: Settings) -> None:
         from app.sms.twilio_client import twilio_client
@@ -76,7 +79,10 @@ class TwilioBackend:
             settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url
         )
         self.sender = settings.twilio_from
-        self.status_callback = settings.public_url.rstrip("/") + "/sms/twilio/status"
+        # The fragment is Twilio's connection override (never sent to us): retry a 5xx. A
+        # callback that comes before the worker has written the message's id down is kept in
+        # Redis; with Redis away it is answered 503, and by Twilio's retry the id may be written.
+        self.status_callback = settings.public_url.rstrip("/") + STATUS_CALLBACK_PATH + "#rp=ct,5xx&rc=3"
 
     def send(self, message: OutboundSms) -> str:
         sender = {"messaging_service_sid": self.sender} if self.sender.startswith("MG") else {"from_": self.sender}

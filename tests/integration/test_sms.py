@@ -79,7 +79,7 @@ async def test_confirmation_goes_out_through_twilio(
     await deliver()
     [sent] = standin.wait_for(1)
     assert sent["to"] == "+989121112222" and code in sent["body"]
-    assert sent["status_callback"] == PUBLIC + "/sms/twilio/status"
+    assert sent["status_callback"] == PUBLIC + "/sms/twilio/status#rp=ct,5xx&rc=3"  # Twilio retries a 5xx
     async with world.container.sessions() as session:
         message = await session.scalar(select(SmsMessage).where(SmsMessage.kind == "booking_confirmed"))
         assert message is not None and message.status == SmsStatus.SENT and message.provider_sid == sent["sid"]
@@ -151,6 +151,34 @@ async def test_a_status_callback_before_the_worker_writes_the_id_down_is_not_los
     async with world.container.sessions() as session:
         row = await session.get(SmsMessage, made.id)
         assert row is not None and (row.status, row.provider_sid) == (SmsStatus.DELIVERED, sent["sid"])
+
+
+async def test_a_status_callback_before_the_id_with_redis_away_is_answered_for_twilio_to_retry(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis away, a callback that came before the worker wrote the message's id down had
+    nowhere to wait: 503. The callback URL asks Twilio to retry a 5xx; by its retry the id is
+    written, and the status lands without Redis."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    made = await outbox_message(world, "پیام", status=SmsStatus.SENDING, attempts=1)
+
+    def away(*_: object, **__: object) -> None:
+        raise RedisConnectionError("Redis away")
+
+    monkeypatch.setattr(client.app.state.container.redis, "pipeline", away)
+    early = await report_status(client, "SMearly", "delivered")
+    assert early.status_code == 503, early.text
+    async with world.container.sessions() as session:  # the worker writes the id down
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None
+        row.provider_sid, row.status = "SMearly", SmsStatus.SENT
+        await session.commit()
+    retried = await report_status(client, "SMearly", "delivered")
+    assert retried.status_code == 204, retried.text
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, made.id)
+        assert row is not None and row.status == SmsStatus.DELIVERED
 
 
 async def test_a_status_callback_before_a_retry_finds_the_message_at_twilio_is_not_lost(
