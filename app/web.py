@@ -110,13 +110,19 @@ def _unstorable(error: Exception) -> ProblemDetailsException:
 
 
 def session_cookie(
-    container: Container, key: str, value: str, *, max_age: int | None, samesite: Literal["lax", "strict"]
+    container: Container,
+    key: str,
+    value: str,
+    *,
+    max_age: int | None,
+    samesite: Literal["lax", "strict"],
+    path: str = "/",
 ) -> Cookie:
     """An HttpOnly cookie of ours (``max_age`` None: until the browser closes)."""
     return Cookie(
         key=key,
         value=value,
-        path="/",
+        path=path,
         max_age=max_age,
         httponly=True,
         samesite=samesite,

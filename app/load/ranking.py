@@ -59,8 +59,9 @@ class Standing(msgspec.Struct, frozen=True, gc=False):
     partial: float  # the score's terms that only the counters move: load and waiting
     free_times: tuple[str, ...]  # "HH:MM" of its slots with a seat left; none when the day is full
     open: bool  # false: no slot of the day has a seat (a day off, a closure), full or not
-    # "HH:MM" when the next of today's slots begins, and these sums (of the slots ahead) with
-    # it; NEVER for another day. Compared on the clock's face, not timed: the clock may jump.
+    # "HH:MM" when the next of the day's slots begins (the first, for a day ahead): these sums,
+    # of the slots ahead, change with it. NEVER: none left. Compared on the clock's face, not
+    # timed: the clock may jump.
     changes_at: str
 
 

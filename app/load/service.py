@@ -213,16 +213,15 @@ class LoadService:
         self, service_code: str, day: dt.date, now: dt.datetime, read: dict[str, tuple[DaySums | None, int, float]]
     ) -> dict[str, Standing]:
         """Standings worked out from what ``DayReader.sums`` just answered, each kept for as long
-        as the copy keeps what it came from (and today's, until the next of its slots
-        begins: ``Standing.changes_at``). Called with no await since the read: a change made or heard of after it has
-        forgotten the copy, and then finds the standing to forget."""
+        as the copy keeps what it came from, and until the next of its slots begins
+        (``Standing.changes_at``). Called with no await since the read: a change made or heard
+        of after it has forgotten the copy, and then finds the standing to forget."""
         monotonic = time.monotonic()
         kept = self.standings.of(service_code, day, monotonic)
         # Today's slots that have begun are past: an empty morning is no free seat at 13:00,
         # nor a lighter load (an office with it and one seat left had ranked above one with a
         # full morning and ten free in the afternoon).
-        today = day == now.date()
-        not_before = now.strftime("%H:%M") if today else ""
+        not_before = now.strftime("%H:%M") if day == now.date() else ""
         standings = {}
         for code, (read_sums, waiting, until) in read.items():
             summed = read_sums or EMPTY_DAY
@@ -239,8 +238,10 @@ class LoadService:
                 used=pool.used_ahead,
                 waiting=waiting,
                 free_times=pool.free_times,
-                open=pool.planned > 0,
-                changes_at=(pool.next_start or NEVER) if today else NEVER,
+                # A day Redis lacks even after materialising (a race with a recount) is not
+                # known to be closed: no free slot, as a full one.
+                open=pool.planned > 0 or read_sums is None,
+                changes_at=pool.next_start or NEVER,  # another day's: its first slot, after midnight
             )
             if until > monotonic:
                 self.standings.keep(kept, code, until, standing)

@@ -424,7 +424,7 @@ class CitizenPages(Controller):
     ) -> Template:
         # Starting over: the number an earlier try left (another citizen's, on an office's
         # shared computer) is not offered to the texted-code form.
-        forget = [_forget_cookie(SIGNIN_MOBILE_COOKIE)] if SIGNIN_MOBILE_COOKIE in request.cookies else []
+        forget = [_forget_signin_mobile()] if SIGNIN_MOBILE_COOKIE in request.cookies else []
         return render(request, container, "citizen/signin.html", step="mobile", next=safe_next(next), cookies=forget)
 
     @post("/signin")
@@ -440,8 +440,8 @@ class CitizenPages(Controller):
             await session.rollback()
             try:  # refused more codes: the link to the texted-code form keeps the number
                 remembered = [_signin_mobile_cookie(container, normalize_mobile(data.get("mobile", "")))]
-            except InvalidInput:
-                remembered = []
+            except InvalidInput:  # nor an earlier try's number
+                remembered = [_forget_signin_mobile()] if SIGNIN_MOBILE_COOKIE in request.cookies else []
             return render(
                 request,
                 container,
@@ -503,7 +503,7 @@ class CitizenPages(Controller):
         cookie = session_cookie(
             container, CITIZEN_COOKIE, token, max_age=container.settings.token_ttl_seconds, samesite="lax"
         )
-        return see_other(next_path, cookies=[cookie, _forget_cookie(SIGNIN_MOBILE_COOKIE)])
+        return see_other(next_path, cookies=[cookie, _forget_signin_mobile()])
 
     @post("/signout")
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
@@ -676,16 +676,17 @@ def _code_step(
 SIGNIN_MOBILE_COOKIE = "nobat_signin"
 """The number a sign-in's code was sent to, for the code step. Not in the page's address:
 addresses stay in the browser's history (an office's shared computer), in proxies' logs and
-in bookmarks."""
+in bookmarks. Sent back to the sign-in pages only, not with every request."""
+SIGNIN_PATH = "/signin"
 
 
 def _signin_mobile_cookie(container: Container, mobile: str) -> Cookie:
     lasts = max(container.settings.otp_ttl_seconds, TEXTED_CODE_SECONDS)  # as long as either code
-    return session_cookie(container, SIGNIN_MOBILE_COOKIE, mobile, max_age=lasts, samesite="lax")
+    return session_cookie(container, SIGNIN_MOBILE_COOKIE, mobile, max_age=lasts, samesite="lax", path=SIGNIN_PATH)
 
 
-def _forget_cookie(key: str) -> Cookie:
-    return Cookie(key=key, value="", path="/", max_age=0, expires=0)
+def _forget_signin_mobile() -> Cookie:
+    return Cookie(key=SIGNIN_MOBILE_COOKIE, value="", path=SIGNIN_PATH, max_age=0, expires=0)
 
 
 def _bookable_day(container: Container, date: str) -> dt.date:

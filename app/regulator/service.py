@@ -165,9 +165,11 @@ class Regulator:
         session.add(closure)
         try:
             await session.flush()
-        except IntegrityError:  # the same order, posted at the same instant, recorded first
+        except IntegrityError:  # the same order, posted at the same instant, recorded first?
             await session.rollback()
             same = await session.scalar(select(Closure.id).where(*_same_closure(day, province_id, reason)).limit(1))
+            if same is None:  # another fault (an id sequence behind, say): not "closed already"
+                raise
             raise ClosureExists(closure_id=same) from None
         await audit(
             session, actor=staff, action="closure.add", target=str(closure.id), office_id=None, before=None,

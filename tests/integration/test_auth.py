@@ -542,6 +542,7 @@ async def test_the_sign_in_pages_keep_the_number_out_of_every_address(
     )
     assert sent.status_code == 303, sent.text
     assert "9120002424" not in sent.headers["location"] and "mobile" not in sent.headers["location"]
+    assert "Path=/signin;" in sent.headers["set-cookie"]  # sent back to the sign-in pages alone
     code_page = await client.get(sent.headers["location"])
     assert f'type="hidden" name="mobile" value="{mobile}"' in code_page.text
     assert "9120002424" not in "".join(re.findall(r'href="([^"]*)"', code_page.text))  # nor in its links
@@ -567,6 +568,10 @@ async def test_the_sign_in_pages_keep_the_number_out_of_every_address(
     await client.post("/signin", data={"_csrf": form_token(await client.get("/signin")), "mobile": mobile})
     assert SIGNIN_MOBILE_COOKIE in client.cookies
     await client.get("/signin")
+    assert SIGNIN_MOBILE_COOKIE not in client.cookies
+    # Nor does a mistyped number leave the last one offered.
+    await client.post("/signin", data={"_csrf": form_token(await client.get("/signin")), "mobile": mobile})
+    await client.post("/signin", data={"_csrf": form_token(await client.get("/signin/code")), "mobile": "0912"})
     assert SIGNIN_MOBILE_COOKIE not in client.cookies
     fresh = await client.get("/signin/code?texted=1&next=/")
     assert 'type="hidden" name="mobile"' not in fresh.text and 'name="mobile"' in fresh.text

@@ -494,3 +494,20 @@ async def test_a_slot_holding_more_than_its_seats_hides_no_other_slots_seats(
     assert sum(s["free"] for s in slots.json()["slots"]) == 46
     load = (await client.get(f"/api/v1/offices/{office}/load")).json()
     assert (load["seats"], load["used"]) == (48, 2)
+
+
+async def test_a_day_redis_cannot_give_is_not_called_closed(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day Redis lacks even after materialising it (a race with a recount) is not known to
+    take nobody: shown without a free slot, not as closed."""
+    near, *_ = await three_offices(world)
+    day = world.tomorrow()
+    redis_sync.delete(keys.office_day(near, day))
+
+    async def lost(**_: object) -> bool:
+        return True  # written, and gone again before the read
+
+    monkeypatch.setattr(client.app.state.container.capacity, "materialise_day", lost)
+    ranked = await nearby(client, date=day.isoformat())
+    assert [(o["code"], o["open"], o["next_free_slot"]) for o in ranked][-1] == (near, True, None)

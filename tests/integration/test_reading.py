@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from app.capacity import keys
 from app.capacity.errors import OfficeClosed
+from app.capacity.reading import PoolDay
 from app.capacity.service import Capacity, SeatRequest, day_expiry
 
 DAY = dt.date(2030, 2, 7)
@@ -160,11 +161,11 @@ async def test_a_read_asked_for_after_a_change_is_kept_while_an_older_one_is_on_
     await asyncio.sleep(0.01)
     newer = (await reads.sums([OFFICE], DAY))[OFFICE][0]
     assert newer is not None and (OFFICE, DAY) in reads._sums  # kept: it saw the change
-    assert newer.of("*")[1] == 1
+    assert newer.of("*").used == 1
     stale, _, stale_until = (await older)[OFFICE]
-    assert stale is not None and stale.of("*")[1] == 0  # answered as it was read...
+    assert stale is not None and stale.of("*").used == 0  # answered as it was read...
     assert stale_until == 0.0  # ...not said to be kept (the newer read is)
-    assert reads._sums[(OFFICE, DAY)][1].of("*")[1] == 1  # ...but kept over the newer one: no
+    assert reads._sums[(OFFICE, DAY)][1].of("*").used == 1  # ...but kept over the newer one: no
     assert not reads._reading and not reads._overtaken
 
 
@@ -195,9 +196,9 @@ async def test_waiting_reports_and_days_are_read_together(redis: Redis) -> None:
         summed, waiting, until = found[OFFICE]
         assert summed is not None and waiting == 7
         assert until == capacity.reads._sums[(OFFICE, DAY)][0] > time.monotonic()  # kept, until then
-        assert summed.of("101") == (1, 0, ("09:00",))  # a service's own pool
-        assert summed.of("*") == (2, 0, ("08:00",))  # the shared one
-        assert summed.of("102") == (0, 0, ())  # no slot of its own that day
+        assert _totals(summed.of("101")) == (1, 0, ("09:00",))  # a service's own pool
+        assert _totals(summed.of("*")) == (2, 0, ("08:00",))  # the shared one
+        assert _totals(summed.of("102")) == (0, 0, ())  # no slot of its own that day
         assert found["990199"] == (None, 0, 0.0)  # not in Redis, so not kept: the caller materialises it
         await redis.hset(keys.WAITING_NOW, OFFICE, f"9|{dt.datetime.now(dt.UTC).isoformat()}")
         assert (await capacity.reads.sums([OFFICE], DAY))[OFFICE][1] == 7  # remembered
@@ -268,11 +269,11 @@ async def test_a_search_sees_its_own_instances_booking_at_once(redis: Redis) -> 
     capacity = _capacity(redis, 60)
     await _fresh_day(capacity)
     [(before, _, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
-    assert before is not None and before.of("*") == (2, 0, ("08:00",))
+    assert before is not None and _totals(before.of("*")) == (2, 0, ("08:00",))
     await _reserve(capacity, "t1")
     await _reserve(capacity, "t2")
     [(after, _, _)] = (await capacity.reads.sums([OFFICE], DAY)).values()
-    assert after is not None and after.of("*") == (2, 2, ())  # full: no free time left
+    assert after is not None and _totals(after.of("*")) == (2, 2, ())  # full: no free time left
 
 
 async def test_no_line_opens_on_a_day_whose_slots_have_no_seats(redis: Redis) -> None:
@@ -289,3 +290,8 @@ async def test_no_line_opens_on_a_day_whose_slots_have_no_seats(redis: Redis) ->
         await capacity.join_waitlist(office_code=office, day=DAY, pool="*", not_before=None, tracking_code="T1")
     assert not await redis.exists(keys.waitlist(office, DAY, "*"))
     await redis.delete(key)
+
+
+def _totals(pool: PoolDay) -> tuple[int, int, tuple[str, ...]]:
+    """A pool's day in sum: seats, used, and the times with a seat left."""
+    return pool.planned, pool.used, pool.free_times

@@ -14,7 +14,7 @@ from sqlalchemy import false, select
 
 from app.booking.models import Booking
 from app.capacity import keys
-from app.capacity.models import CrowdCap
+from app.capacity.models import Closure, CrowdCap
 from app.console import service as console_service
 from app.regulator import service as regulator_module
 from app.regulator.schemas import ClosureIn
@@ -418,6 +418,28 @@ async def test_the_same_closure_posted_at_the_same_instant_is_recorded_once(
     async with world.container.sessions() as session:
         actions = list(await session.scalars(select(AuditEntry.action).where(AuditEntry.actor == "regulator-8")))
     assert actions.count("closure.add") == 1  # the refused one left no trace
+
+
+async def test_a_closure_refused_by_the_record_for_another_reason_is_not_called_a_copy(
+    client: Client, world: World, database_url: str
+) -> None:
+    """Only the one-order index's refusal is "closed already": another (an id sequence left
+    behind by a restore, here) is a fault, answered as one, not a 409 that tells the regulator
+    the day is shut while nothing was recorded."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's ids follow the rows; PostgreSQL's sequence can be left behind")
+    await world.office(seats=2)
+    await world.rebuild()
+    await account(world, "regulator-9", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-9")
+    async with world.container.sessions() as session:  # restored with its ids, the sequence not moved
+        session.add(Closure(id=1, date=world.tomorrow(), province_id=1, reason="عزا", created_by="restore"))
+        await session.commit()
+    body = {"date": world.tomorrow().isoformat(), "province_code": "01", "reason": "آلودگی هوا"}
+    refused = await client.post("/api/v1/regulator/closures", json=body, headers=regulator)
+    assert refused.status_code == 500, refused.text
+    listed = (await client.get("/api/v1/regulator/closures", headers=regulator)).json()
+    assert [c["reason"] for c in listed] == ["عزا"]
 
 
 async def test_a_closure_cancels_the_places_in_line_and_tells_the_citizens(
