@@ -96,7 +96,7 @@ if status == 'blocked' then return {'BLOCKED', '', ''} end
 local cap = tonumber(redis.call('HGET', day, '_cap') or '100')
 local pool, wanted, not_before = ARGV[1], ARGV[2], ARGV[3]
 -- Under a cap, a day's moves would find it full of the very seats they are about to give back.
-local room = day_room(day, pool, cap) + tonumber(ARGV[7] or '0')
+local room = day_room(day, pool, cap) + (tonumber(ARGV[7]) or 0)
 if ARGV[6] ~= '1' and redis.call('LLEN', KEYS[3]) > 0 then room = 0 end
 
 -- The slot's own seats left (the day's room under its cap aside); nil: no such slot.
@@ -341,16 +341,6 @@ end
 return overflow
 """
 
-KEEP_HOLDERS = """
--- KEYS[1] = the office's day hash
--- ARGV[1] = the slot's seats field "s|pool|time"
--- Raises the slot's seats to the seats it has handed out, when a new plan left fewer.
-local used = tonumber(redis.call('HGET', KEYS[1], 'u' .. string.sub(ARGV[1], 2)) or '0')
-local seats = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if used > seats then redis.call('HSET', KEYS[1], ARGV[1], used) end
-return used
-"""
-
 SET_META = """
 -- KEYS[1..n] = day hashes of one office
 -- ARGV[1] = status (active, restricted, blocked), ARGV[2..n+1] = cap percent of each day
@@ -510,7 +500,6 @@ class Scripts:
         self.join_waitlist = redis.register_script(JOIN_WAITLIST)
         self.materialise = redis.register_script(MATERIALISE)
         self.set_meta = redis.register_script(SET_META)
-        self.keep_holders = redis.register_script(KEEP_HOLDERS)
         self.replan = redis.register_script(REPLAN)
         self.hold = redis.register_script(HOLD)
         self.suspend = redis.register_script(SUSPEND)
@@ -547,7 +536,7 @@ class Scripts:
     async def load(self) -> None:
         for script in (
             self.reserve, self.release, self.join_waitlist, self.materialise, self.set_meta, self.replan, self.hold,
-            self.suspend, self.keep_holders, self.forget, self.unpromote,
+            self.suspend, self.forget, self.unpromote,
         ):  # fmt: skip
             await self.redis.script_load(script.script)
 

@@ -276,14 +276,6 @@ class Capacity:
             for day, (status, count) in zip(days, replies, strict=True)
         }
 
-    async def keep_holders(self, overflow: Sequence[Overflow]) -> None:
-        """Give each over-full slot as many seats as it has handed out (nobody new gets one)."""
-        for slot in overflow:
-            with self.reads.changing([(slot.office_code, slot.day)]):
-                await self.scripts.keep_holders(
-                    keys=[keys.office_day(slot.office_code, slot.day)], args=[keys.seats_field(slot.pool, slot.time)]
-                )
-
     async def release(
         self,
         *,

@@ -477,12 +477,13 @@ class Console:
             await asyncio.sleep(0.2)
             moved += await self.move_overflow(session, overflow, offices, why_fa=why_fa)
         # Still over after every try: whoever holds those seats could not be moved (they
-        # checked in a moment after the refusal check). They keep their seats: the slot
-        # takes nobody new until it is back under the plan.
+        # checked in a moment after the refusal check). They keep their seats, and the slot
+        # its plan's: it takes nobody new until it is back under the plan (every script counts
+        # a slot holding more than its seats as full). Raised to its holders' count, it had
+        # sold again each seat a holder gave back, over the plan for good.
         overflow = await still_over()
         if overflow:
-            log.warning("capacity cut kept %d slot(s) at their holders' count", len(overflow))
-            await self.capacity.keep_holders(overflow)
+            log.warning("capacity cut left %d slot(s) over their seats, held by who could not move", len(overflow))
         return moved
 
     async def move_overflow(

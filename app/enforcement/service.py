@@ -185,6 +185,9 @@ class Enforcement:
         await self._audit(session, office, by=by, action="office.restrict", before=before)
         await session.commit()
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
+        # A higher cap than before makes room, which the lines take first (while anyone waits,
+        # nobody else may): left unfilled, the day sold nothing until a cancel came.
+        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
         return action
 
     async def block(

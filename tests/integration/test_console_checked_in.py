@@ -10,7 +10,6 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 
-from app.capacity.service import Overflow
 from tests.conftest import World, booking_body
 from tests.integration.test_console import every_day, move_clock, seats, staff_of, used
 
@@ -45,18 +44,46 @@ async def test_a_cut_below_the_checked_in_is_refused_even_when_moving(
     assert seats(redis_sync, office, today, "10:00") == 2 and used(redis_sync, office, today, "10:00") == 2
 
 
-async def test_a_slot_left_over_by_a_race_keeps_its_holders_seats(world: World, redis_sync: SyncRedis) -> None:
+async def test_a_slot_left_over_its_plan_sells_no_seat_its_holders_give_back(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cut whose moves could not empty a slot (its holders checked in a moment after the
+    refusal check, or a seat counted whose booking never reached the record) had raised the
+    slot's seats to its holders' count: each seat a holder then gave back was sold again, and
+    the slot stayed over the clerk's plan for good. It keeps the plan's seats, and is full."""
     office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
     day = world.tomorrow()
-    await world.rebuild()
-    key_seats, key_used = "s|*|10:00", "u|*|10:00"
-    from app.capacity import keys
+    mobile = "09125550077"
+    codes = []
+    for _ in range(2):
+        booked = await client.post(
+            "/api/v1/bookings",
+            json=booking_body(office, world.national_id(), day, "10:00"),
+            headers=world.token(mobile),
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
 
-    redis_sync.hset(keys.office_day(office, day), mapping={key_seats: 1, key_used: 2})
-    await world.container.capacity.keep_holders(
-        [Overflow(office_code=office, day=day, pool="*", time="10:00", seats=1, booked=2)]
+    async def nobody_moves(*_: object, **__: object) -> list[object]:
+        return []
+
+    monkeypatch.setattr(client.app.state.container.console, "move_overflow", nobody_moves)
+    one_seat = {"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 1}
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json={"rules": [one_seat], "reason": "یک باجه"},
+        headers=headers,
     )
-    assert seats(redis_sync, office, day, "10:00") == 2
+    assert cut.status_code == 200, cut.text
+    assert seats(redis_sync, office, day, "10:00") == 1 and used(redis_sync, office, day, "10:00") == 2
+    cancelled = await client.post(f"/api/v1/bookings/{codes[0]}/cancel", headers=world.token(mobile))
+    assert cancelled.status_code == 200, cancelled.text
+    again = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+    )
+    assert again.status_code == 409, again.text  # one seat, one holder: full
+    assert (seats(redis_sync, office, day, "10:00"), used(redis_sync, office, day, "10:00")) == (1, 1)
 
 
 async def test_a_same_day_cut_is_not_refused_for_citizens_already_served(

@@ -213,6 +213,32 @@ async def test_overturning_a_later_restriction_keeps_an_earlier_one_at_zero(clie
     assert now is not None and (now.status, now.cap_percent) == (OfficeStatus.RESTRICTED, 0)
 
 
+async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: Client, world: World) -> None:
+    """Restricted again at a higher cap, the office's day had room, and the line in front of it
+    kept everyone else out (while anyone waits, nobody else takes a seat), yet nobody in the
+    line was given it: the day sold nothing until a cancel came. A lift fills the lines; so
+    does a restriction now."""
+    from app.capacity.plan import DayRule
+    from tests.conftest import booking_body
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    reg = await regulator(client, world)
+    day = world.tomorrow()
+    await restrict(client, reg, office, cap=25)  # one of the day's four seats
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201 and joined.json()["status"] == "waitlisted", joined.text
+    await restrict(client, reg, office, cap=75)  # three of four: room for two more
+    waiting = await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")
+    assert waiting.json()["status"] == "booked", waiting.text
+
+
 async def test_an_office_blocked_twice_at_once_is_blocked_once(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
