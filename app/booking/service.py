@@ -68,6 +68,9 @@ _IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
 
 SEATS_PER_TRIP = 500
 """Seats given back on one trip to Redis; whoever they promote is recorded before the next trip."""
+UNDO_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 20, 30, 60, 60, 120, 120, 180)
+"""The waits between tries to give back what a failed booking took while Redis was away
+(``BookingService._undo_later``): about ten minutes in all."""
 
 
 class BookingRules(msgspec.Struct, frozen=True):
@@ -154,6 +157,7 @@ class BookingService:
         self.clock = clock
         self.rules = rules
         self.messenger = messenger
+        self._undoing: set[asyncio.Task[None]] = set()  # kept, or the loop may drop them half-way
 
     async def book(
         self,
@@ -347,7 +351,7 @@ class BookingService:
         except BaseException as error:
             session = await record.session()
             await session.rollback()
-            await self._undo(session, office, day, reserved, national_id, idempotency)
+            await self._undo(session, office, day, reserved, national_id, seat)
             if isinstance(error, IntegrityError):
                 if idempotency_key and (earlier := await self.by_idempotency_key(session, mobile, idempotency_key)):
                     return await self._replay(session, earlier, national_id, office, day, wanted)
@@ -431,14 +435,53 @@ class BookingService:
         day: dt.date,
         reserved: Reserved,
         national_id: str,
-        idempotency: tuple[str, str] | None,
+        seat: SeatRequest,
     ) -> None:
+        """Give back what a booking the record refused had taken: the citizen's limit, the seat
+        and its Idempotency-Key. With Redis away a moment, they are given back once it answers
+        (``_undo_later``): left taken, the citizen was refused "already booked" for a booking
+        that does not exist until the day went by, a retry with the key was "in progress" for
+        a day, and the seat was sold to nobody (nothing recounts a Redis that came back as it was)."""
         try:
             await self.capacity.unhold(national_id=national_id, tracking_code=reserved.tracking_code)
-            await self._give_back(session, office, day, reserved, idempotency)
-        except (RedisError, SQLAlchemyError):
-            # The seat stays counted (the safe side: never an overbooking) until the next rebuild.
+        except RedisError:
+            log.warning("a failed booking's hold and seat are given back once Redis answers", exc_info=True)
+            given = Seat(office.code, day, office.pool, reserved.time, reserved.counted_in)
+            self._undo_later(national_id, seat, given)  # RELEASE not sent: the seat is the job's to free
+            return
+        try:
+            await self._give_back(session, office, day, reserved, seat.idempotency)
+        except RedisError:
+            # Whether RELEASE ran is not known (its answer lost): freed again by the job, the
+            # seat would be sold twice. It stays counted (the safe side) until a rebuild; the
+            # key is let go of, so that a retry books.
             log.exception("could not give back a seat after a failed insert")
+            self._undo_later(national_id, seat, None)
+        except SQLAlchemyError:
+            log.exception("could not record whom a seat given back went to")
+
+    def _undo_later(self, national_id: str, seat: SeatRequest, given: Seat | None) -> None:
+        """Once Redis answers: the citizen's limit and the request's Idempotency-Key freed (marked
+        forgotten: a late script of the request takes nothing), and ``given``, a seat whose
+        RELEASE was never sent, left to the minute's job, which frees it once the record says
+        the booking is not there (``settle_bookings``). Tried for about ten minutes; an instance
+        stopped meanwhile leaves them until a rebuild."""
+
+        async def undo() -> None:
+            for wait in UNDO_RETRY_SECONDS:
+                await asyncio.sleep(wait)
+                try:
+                    if given is not None:
+                        await self.capacity.settle_booking_later(seat.tracking_code, None, given)
+                    await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+                except RedisError:
+                    continue
+                return
+            log.error("a failed booking's hold and seat stay taken until a rebuild: %s", seat.tracking_code)
+
+        task = asyncio.create_task(undo())
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
 
     async def _give_back(
         self,

@@ -214,6 +214,47 @@ async def test_a_booking_undone_after_a_recount_frees_no_one_elses_seat(
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the first
 
 
+async def test_a_failed_booking_undone_while_redis_is_away_is_undone_once_it_answers(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record refused the insert, and Redis was away a moment as the booking gave back
+    what it took: its hold, seat and Idempotency-Key stayed taken for nobody. The citizen was
+    refused "already booked" until the day went by, a retry with the key was "in progress" for
+    a day, and nothing recounted a Redis that came back as it was. Now given back once it answers."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    container = client.app.state.container
+    write, unhold = container.bookings.writer.write, container.capacity.unhold
+
+    async def insert_fails(*_: Any, **__: Any) -> None:
+        monkeypatch.setattr(container.bookings.writer, "write", write)  # once
+        raise OperationalError("INSERT", {}, Exception("the record went away"))
+
+    async def redis_away(**_: Any) -> None:
+        monkeypatch.setattr(container.capacity, "unhold", unhold)  # back for the next call
+        raise RedisConnectionError("Redis away a moment")
+
+    monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
+    monkeypatch.setattr(container.capacity, "unhold", redis_away)
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    body, headers = booking_body(office, world.national_id(), day), world.token()
+    headers = {**headers, "Idempotency-Key": "undo-later-1"}
+    assert (await client.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
+    for _ in range(50):  # the instance gives back what it can once Redis answers
+        if await world.container.redis.hlen(keys.BOOKINGS_TO_SETTLE):
+            break
+        await asyncio.sleep(0.1)
+    assert ten_oclock_used(capacity_redis, office, day) == 1  # the job's to free, once the record says
+    async with world.container.sessions() as session:
+        assert await world.container.bookings.settle_bookings(session=session) == 1
+    assert ten_oclock_used(capacity_redis, office, day) == 0
+    retried = await client.post("/api/v1/bookings", json=body, headers=headers)  # the same request again
+    assert retried.status_code == 201, retried.text
+    assert ten_oclock_used(capacity_redis, office, day) == 1
+
+
 async def test_a_cancel_released_after_a_recount_frees_no_one_elses_seat(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
