@@ -345,12 +345,17 @@ SET_META = """
 -- KEYS[1..n] = day hashes of one office
 -- ARGV[1] = status (active, restricted, blocked), ARGV[2..n+1] = cap percent of each day
 -- Days not in Redis are skipped: materialising them reads the record, which already agrees.
+-- Returns how many days it eased (a block gone, a higher cap): room that their lines take first.
+local eased = 0
 for i, day in ipairs(KEYS) do
   if redis.call('EXISTS', day) == 1 then
+    local before = redis.call('HMGET', day, '_status', '_cap')
+    local was_blocked = before[1] == 'blocked' and ARGV[1] ~= 'blocked'
+    if was_blocked or tonumber(ARGV[i + 1]) > (tonumber(before[2]) or 100) then eased = eased + 1 end
     redis.call('HSET', day, '_status', ARGV[1], '_cap', ARGV[i + 1])
   end
 end
-return #KEYS
+return eased
 """
 
 HOLD = """

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -982,24 +982,29 @@ class Capacity:
         with self.reads.changing([(office_code, None)]):
             await self.scripts.set_meta(keys=day_keys, args=[status.value, *([cap_percent] * len(day_keys))])
 
-    async def refresh_meta(self, *, session: AsyncSession, today: dt.date, codes: list[str] | None = None) -> int:
+    async def refresh_meta(self, *, session: AsyncSession, today: dt.date, codes: list[str] | None = None) -> MetaTold:
         """Recompute status and cap of every office-day in the horizon (all offices, or ``codes``)
-        from the record, after a status change or a crowd cap. Returns the offices touched."""
+        from the record, after a status change or a crowd cap: the offices told, and those whose
+        days it eased (their lines take the room first: ``BookingService.fill_waitlists``)."""
         await self.redis.incr(keys.META_CHANGED)  # first: a day written meanwhile is told again by its writer
         return await self._tell_meta(session=session, codes=codes, days=self.horizon(today))
 
-    async def _tell_meta(self, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]) -> int:
+    async def _tell_meta(self, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]) -> MetaTold:
         """Status and cap of the office-days, from the record; written again if another telling
         began meanwhile (``keys.META_CHANGED`` moved), whose read may be the newer: written
         after it, an older read had opened a day a block had just shut, for up to a minute."""
+        eased: set[str] = set()
         for _ in range(REPLAN_TRIES):
             seen = await self.redis.get(keys.META_CHANGED)
-            told = await self._set_meta(session=session, codes=codes, days=days)
+            told = await self._set_meta(session=session, codes=codes, days=days, eased=eased)
             if await self.redis.get(keys.META_CHANGED) == seen:
                 break
-        return told
+        return MetaTold(told, eased)
 
-    async def _set_meta(self, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date]) -> int:
+    async def _set_meta(
+        self, *, session: AsyncSession, codes: list[str] | None, days: list[dt.date], eased: set[str]
+    ) -> int:
+        """Write the offices' status and caps; adds to ``eased`` those it eased a day of."""
         plans = await load_plans(session, codes=codes)
         caps = await load_caps(session, first=days[0], last=days[-1])
         calls = [
@@ -1008,8 +1013,15 @@ class Capacity:
         ]
         with self.reads.changing(None if codes is None else [(code, None) for code in codes]):
             for start in range(0, len(calls), 1000):
-                await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
+                replies = await self.scripts.run_many(self.scripts.set_meta, calls[start : start + 1000])
+                batch = plans[start : start + 1000]
+                eased.update(plan.code for plan, days_eased in zip(batch, replies, strict=True) if days_eased)
         return len(plans)
+
+
+class MetaTold(NamedTuple):
+    offices: int  # told their status and caps
+    eased: set[str]  # those with a day eased (a block gone, a higher cap)
 
 
 def _idempotency_key(office_code: str, idempotency: tuple[str, str] | None) -> str:

@@ -309,7 +309,10 @@ class Enforcement:
         )
         if not codes:
             return 0
-        return await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=codes)
+        told = await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=codes)
+        if told.eased:  # a lift or a higher cap told only now: their lines take the room it made
+            await self.bookings.fill_waitlists(session=session, office_codes=told.eased)
+        return told.offices
 
     async def _finish_block(self, session: AsyncSession, office_id: int) -> int:
         office = await session.get(Office, office_id, populate_existing=True)  # lifted meanwhile?

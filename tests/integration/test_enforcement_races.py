@@ -239,6 +239,47 @@ async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: C
     assert waiting.json()["status"] == "booked", waiting.text
 
 
+async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its telling failed (Redis away after the commit): the minute's job tells the counters
+    the higher cap, and gives the room it makes to the line, which alone may take it."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from app.capacity.plan import DayRule
+    from tests.conftest import booking_body
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    reg = await regulator(client, world)
+    day = world.tomorrow()
+    await restrict(client, reg, office, cap=25)
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.json()["status"] == "waitlisted", joined.text
+    capacity = client.app.state.container.capacity
+    tell = capacity.refresh_meta
+
+    async def away(**_: Any) -> None:
+        raise RedisDown("Redis went away after the commit")
+
+    monkeypatch.setattr(capacity, "refresh_meta", away)
+    eased = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 75}, headers=reg
+    )
+    assert eased.status_code == 503, eased.text
+    monkeypatch.setattr(capacity, "refresh_meta", tell)
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.push_statuses(session=session) == 1
+    waiting = await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")
+    assert waiting.json()["status"] == "booked", waiting.text
+
+
 async def test_an_office_blocked_twice_at_once_is_blocked_once(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
