@@ -27,6 +27,14 @@ class NoSuchSlot(DomainError):
     message_en = "The office has no slot at that time."
 
 
+class SlotBegun(NoSuchSlot):
+    """A slot of today that has begun: no longer one to book (the same code, for clients that
+    know it; a message that says why, for the citizen who picked 10:00 at 10:05)."""
+
+    message_fa = "این نوبت آغاز شده است؛ زمان دیرتری را انتخاب کنید."
+    message_en = "That slot has begun; choose a later one."
+
+
 class OfficeClosed(DomainError):
     code = "office_closed"
     status = 409

@@ -79,7 +79,7 @@ RESERVE = (
 --           room ("" or absent: none)
 -- Returns {outcome, slot time, tracking code}, and on OK the day's '_count' (which count of
 -- the record its counters come from; RELEASE takes it back); outcome is OK, REPLAY, NO_DAY,
--- BLOCKED, CLOSED, NO_SLOT, FULL, DAY_FULL or FORGOTTEN.
+-- BLOCKED, CLOSED, NO_SLOT, BEGUN, FULL, DAY_FULL or FORGOTTEN.
 local day = KEYS[1]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', '', ''} end
 local ttl = tonumber(ARGV[5])
@@ -108,9 +108,9 @@ end
 
 local chosen = nil
 if wanted ~= '' then
-  if not_before ~= '' and wanted < not_before then return {'NO_SLOT', wanted, ''} end
   local free = slot_free(wanted)
   if free == nil then return {'NO_SLOT', wanted, ''} end
+  if not_before ~= '' and wanted < not_before then return {'BEGUN', wanted, ''} end
   if math.min(free, room) <= 0 then return {'FULL', wanted, ''} end
   chosen = wanted
 else

@@ -36,6 +36,7 @@ from app.capacity.errors import (
     OfficeBlocked,
     OfficeClosed,
     SeatsAvailable,
+    SlotBegun,
     SlotFull,
     TooManyBookings,
 )
@@ -1108,6 +1109,7 @@ _RESERVE_ERRORS: dict[str, type[DomainError]] = {
     "BLOCKED": OfficeBlocked,
     "CLOSED": OfficeClosed,
     "NO_SLOT": NoSuchSlot,
+    "BEGUN": SlotBegun,
     "FULL": SlotFull,
     "DAY_FULL": DayFull,
     "DUPLICATE": DuplicateRequest,

@@ -345,13 +345,28 @@ async def test_persian_and_arabic_digits_are_accepted(client: Client, world: Wor
     assert response.json()["office_code"] == office
 
 
-async def test_a_past_slot_of_today_cannot_be_booked(client: Client, world: World) -> None:
+async def test_a_past_slot_of_today_cannot_be_booked(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused with the code clients know, and a message that says why: "no slot at that
+    time" had told the citizen who picked 10:00 at 10:05 that the office never had one."""
     office = await world.office(rules=None, seats=2)
-    today = world.container.clock.today()
-    response = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "00:00"), headers=world.token()
+    clock = world.container.clock
+    today = clock.today()
+    monkeypatch.setattr(Clock, "now", lambda self: dt.datetime.combine(today, dt.time(10, 5), tzinfo=clock.tz))
+    begun = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "10:00"), headers=world.token()
     )
-    assert response.status_code == 422 and response.json()["code"] == "no_such_slot"
+    assert begun.status_code == 422 and begun.json()["code"] == "no_such_slot", begun.text
+    assert begun.json()["message_en"] == "That slot has begun; choose a later one."
+    never = await client.post(  # 30-minute slots: none at 07:15, begun or not
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "07:15"), headers=world.token()
+    )
+    assert never.status_code == 422 and never.json()["message_en"] == "The office has no slot at that time."
+    later = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "10:30"), headers=world.token()
+    )
+    assert later.status_code == 201, later.text
 
 
 @pytest.mark.parametrize(("now", "listed_from"), [("10:29", "10:30"), ("10:30", "11:00")])
