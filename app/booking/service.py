@@ -468,16 +468,26 @@ class BookingService:
         stopped meanwhile leaves them until a rebuild."""
 
         async def undo() -> None:
+            left = given
             for wait in UNDO_RETRY_SECONDS:
                 await asyncio.sleep(wait)
                 try:
-                    if given is not None:
-                        await self.capacity.settle_booking_later(seat.tracking_code, None, given)
-                    await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+                    if left is not None:
+                        await self.capacity.redis.ping()  # answering again: the seat's one try
+                        # Sent once only: a write whose answer was lost may have landed, and one
+                        # written again after the job had freed the seat would have it freed twice.
+                        to_settle, left = left, None
+                        try:
+                            await self.capacity.settle_booking_later(seat.tracking_code, None, to_settle)
+                        except RedisError:
+                            log.exception(
+                                "a failed booking's seat stays counted until a rebuild: %s", seat.tracking_code
+                            )
+                    if await self.capacity.forget_unanswered(national_id=national_id, seat=seat):
+                        return
                 except RedisError:
                     continue
-                return
-            log.error("a failed booking's hold and seat stay taken until a rebuild: %s", seat.tracking_code)
+            log.error("a failed booking's hold and key stay taken: %s", seat.tracking_code)
 
         task = asyncio.create_task(undo())
         self._undoing.add(task)

@@ -522,7 +522,7 @@ class Capacity:
             args=[tracking_code, _held_as(day, service_code), self._holds_ttl()],
         )
 
-    async def forget_unanswered(self, *, national_id: str, seat: SeatRequest) -> None:
+    async def forget_unanswered(self, *, national_id: str, seat: SeatRequest) -> bool:
         """After a booking whose outcome is unknown (Redis's answer to ``hold_and_reserve``
         was lost, or the record's to the commit, and the record has no such booking): free
         the citizen's limit and the request's Idempotency-Key, so that the same request,
@@ -539,7 +539,9 @@ class Capacity:
         retry that has booked meanwhile keeps the key's mark (FORGET_KEY).
         A late HOLD of this request that finds its mark holds nothing, and a late RESERVE
         of a request with an Idempotency-Key takes no seat (without one, there is no key
-        to mark: its seat stays counted, as a seat taken before the timeout does)."""
+        to mark: its seat stays counted, as a seat taken before the timeout does).
+
+        Whether every mark landed (each may be sent again: marking twice marks once)."""
         marks: list[Awaitable[Any]] = [
             self.scripts.forget(
                 keys=[keys.citizen_holds(national_id)],
@@ -551,11 +553,14 @@ class Capacity:
             marks.append(self.scripts.forget_key(keys=[key], args=[seat.tracking_code, IDEMPOTENCY_TTL_SECONDS]))
         # Sent together, neither waiting on the other's answer: the Redis that stalled the
         # booking may well time this out too, and each mark must still reach it.
+        landed = True
         for outcome in await asyncio.gather(*marks, return_exceptions=True):
             if isinstance(outcome, RedisError):
                 log.warning("could not free the limit of a booking whose answer from Redis was lost", exc_info=outcome)
+                landed = False
             elif isinstance(outcome, BaseException):
                 raise outcome
+        return landed
 
     def _holds_ttl(self) -> int:
         return (self.horizon_days + 1) * 86400

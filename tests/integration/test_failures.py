@@ -255,6 +255,59 @@ async def test_a_failed_booking_undone_while_redis_is_away_is_undone_once_it_ans
     assert ten_oclock_used(capacity_redis, office, day) == 1
 
 
+async def test_a_failed_bookings_undo_sends_its_seat_once_and_its_marks_until_they_land(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seat is left to the job in one write at most: its answer lost, it may have landed,
+    and written again after the job had freed the seat, the seat would be freed twice. The
+    marks that free the hold and the key are sent until they land (marking twice marks once)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    container = client.app.state.container
+    write, unhold = container.bookings.writer.write, container.capacity.unhold
+    settle, forget = container.capacity.settle_booking_later, container.capacity.forget_unanswered
+    calls = {"settle": 0, "forget": 0}
+
+    async def insert_fails(*_: Any, **__: Any) -> None:
+        monkeypatch.setattr(container.bookings.writer, "write", write)
+        raise OperationalError("INSERT", {}, Exception("the record went away"))
+
+    async def redis_away(**_: Any) -> None:
+        monkeypatch.setattr(container.capacity, "unhold", unhold)
+        raise RedisConnectionError("Redis away a moment")
+
+    async def settle_answer_lost(*args: Any) -> None:
+        calls["settle"] += 1
+        await settle(*args)
+        raise RedisTimeoutError("the answer was lost")
+
+    async def forget_not_yet(**kwargs: Any) -> bool:
+        calls["forget"] += 1
+        return calls["forget"] > 1 and await forget(**kwargs)
+
+    monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
+    monkeypatch.setattr(container.capacity, "unhold", redis_away)
+    monkeypatch.setattr(container.capacity, "settle_booking_later", settle_answer_lost)
+    monkeypatch.setattr(container.capacity, "forget_unanswered", forget_not_yet)
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1, 0.1, 0.1, 0.1))
+    body = booking_body(office, world.national_id(), day)
+    headers = {**world.token(), "Idempotency-Key": "undo-later-2"}
+    assert (await client.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
+    for _ in range(50):
+        if calls["forget"] >= 2:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # the tries left, had they gone on
+    assert calls == {"settle": 1, "forget": 2}
+    async with world.container.sessions() as session:
+        assert await world.container.bookings.settle_bookings(session=session) == 1  # it had landed
+    assert ten_oclock_used(capacity_redis, office, day) == 0
+    retried = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert retried.status_code == 201, retried.text
+
+
 async def test_a_cancel_released_after_a_recount_frees_no_one_elses_seat(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
