@@ -408,8 +408,10 @@ class Enforcement:
             # A block is the regulator's sanction (forgery, or its own decision); the guild
             # vouches for compliance with the appointment rules, which lifts restrictions only.
             raise BlockLiftRegulatorOnly()
+        code = office.code
         await self._lift(session, office, actions, by=staff, reason=reason.strip())
-        return _action_out(actions[-1], office.code)
+        await session.refresh(actions[-1])  # as in ``decide``: the fill may have expired it
+        return _action_out(actions[-1], code)
 
     async def _lift(
         self, session: AsyncSession, office: Office, actions: list[OfficeAction], *, by: StaffPrincipal, reason: str
@@ -453,12 +455,16 @@ class Enforcement:
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         self.capacity.require_ready()  # a block's moves and a cap must not race a recount
         office = await self.office(session, office_code)
+        code = office.code
         if kind is ActionKind.BLOCK:
             action = await self.block(session, office, reason=reason.strip(), by=staff)
         else:
             cap = self.policy.restricted_cap_percent if cap is None else cap
             action = await self.restrict(session, office, reason=reason.strip(), by=staff, cap=cap)
-        return _action_out(action, office.code)
+        # Read again: the lines' fill after the commit may have rolled the session back (a
+        # recount begun), which expired the action, and a lazy load here is an error.
+        await session.refresh(action)
+        return _action_out(action, code)
 
     async def _open_actions(self, session: AsyncSession, office_id: int) -> list[OfficeAction]:
         return list(
@@ -537,14 +543,16 @@ class Enforcement:
             session, actor=staff, action="appeal.decide", target=str(appeal.id), office_id=office.id,
             before="pending", after=decided.value, at=now,
         )  # fmt: skip
+        code = office.code
         if undo:
             # The decision commits with the lift, in one transaction: committed apart, a lift
             # that failed left the appeal "overturned" and the restriction standing, and a
             # retry was refused as already decided.
             await self._lift(session, office, [action], by=staff, reason=f"اعتراض پذیرفته شد. {note}".strip())
+            await session.refresh(appeal)  # as in ``decide``: the lines' fill may have expired it
         else:
             await session.commit()
-        return _appeal_out(appeal, office.code)
+        return _appeal_out(appeal, code)
 
     async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

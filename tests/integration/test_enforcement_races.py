@@ -280,6 +280,55 @@ async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told
     assert waiting.json()["status"] == "booked", waiting.text
 
 
+@pytest.mark.parametrize("then", ["restrict", "lift", "appeal"])
+async def test_a_restriction_whose_fill_meets_a_recount_is_answered(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """The fill after a restriction eased or lifted meets a recount that has just begun: its
+    promotions roll the session back, which expired what the answer is made of, and the
+    request, committed already, answered 500."""
+    from app.capacity.plan import DayRule
+    from tests.conftest import booking_body
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    reg = await regulator(client, world)
+    day = world.tomorrow()
+    restricted = await restrict(client, reg, office, cap=25)
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.json()["status"] == "waitlisted", joined.text
+    if then == "appeal":
+        appealed = await appeal(client, await staff_of(client, world, office), office, restricted)
+        assert appealed.status_code == 201, appealed.text
+
+    async def recount_begun() -> bool:
+        return False
+
+    monkeypatch.setattr(client.app.state.container.capacity, "may_commit", recount_begun)
+    if then == "restrict":
+        answer = await client.post(
+            f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 75}, headers=reg
+        )
+        assert answer.status_code == 201, answer.text
+    elif then == "lift":
+        answer = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "رفع شد"}, headers=reg)
+        assert answer.status_code == 200, answer.text
+    else:
+        answer = await client.post(
+            f"/api/v1/regulator/appeals/{appealed.json()['id']}/decide",
+            json={"outcome": "overturned", "note": ""},
+            headers=reg,
+        )
+        assert answer.status_code == 200, answer.text
+    assert answer.json()["office_code"] == office
+
+
 async def test_an_office_blocked_twice_at_once_is_blocked_once(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
