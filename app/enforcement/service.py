@@ -187,7 +187,7 @@ class Enforcement:
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
         # A higher cap than before makes room, which the lines take first (while anyone waits,
         # nobody else may): left unfilled, the day sold nothing until a cancel came.
-        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
+        await self._fill_lines(session, office, action)
         return action
 
     async def block(
@@ -408,10 +408,8 @@ class Enforcement:
             # A block is the regulator's sanction (forgery, or its own decision); the guild
             # vouches for compliance with the appointment rules, which lifts restrictions only.
             raise BlockLiftRegulatorOnly()
-        code = office.code
         await self._lift(session, office, actions, by=staff, reason=reason.strip())
-        await session.refresh(actions[-1])  # as in ``decide``: the fill may have expired it
-        return _action_out(actions[-1], code)
+        return _action_out(actions[-1], office.code)
 
     async def _lift(
         self, session: AsyncSession, office: Office, actions: list[OfficeAction], *, by: StaffPrincipal, reason: str
@@ -437,7 +435,16 @@ class Enforcement:
         )  # fmt: skip
         await session.commit()
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
+        await self._fill_lines(session, office, *actions)
+
+    async def _fill_lines(self, session: AsyncSession, office: Office, *answered: OfficeAction) -> None:
+        """Give the room a lighter sanction made to the office's lines. Their promotions may
+        roll the session back (a recount begun), which expires what it had loaded: the office
+        and ``answered``, what the caller answers with, are read again (read lazily, they were
+        an error, and a decision already recorded answered 500)."""
         await self.bookings.fill_waitlists(session=session, office_codes={office.code})
+        for row in (office, *answered):
+            await session.refresh(row)
 
     async def decide(
         self,
@@ -455,16 +462,12 @@ class Enforcement:
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         self.capacity.require_ready()  # a block's moves and a cap must not race a recount
         office = await self.office(session, office_code)
-        code = office.code
         if kind is ActionKind.BLOCK:
             action = await self.block(session, office, reason=reason.strip(), by=staff)
         else:
             cap = self.policy.restricted_cap_percent if cap is None else cap
             action = await self.restrict(session, office, reason=reason.strip(), by=staff, cap=cap)
-        # Read again: the lines' fill after the commit may have rolled the session back (a
-        # recount begun), which expired the action, and a lazy load here is an error.
-        await session.refresh(action)
-        return _action_out(action, code)
+        return _action_out(action, office.code)
 
     async def _open_actions(self, session: AsyncSession, office_id: int) -> list[OfficeAction]:
         return list(
@@ -543,16 +546,15 @@ class Enforcement:
             session, actor=staff, action="appeal.decide", target=str(appeal.id), office_id=office.id,
             before="pending", after=decided.value, at=now,
         )  # fmt: skip
-        code = office.code
+        answer = _appeal_out(appeal, office.code)  # as decided: the lift's fill may expire the row
         if undo:
             # The decision commits with the lift, in one transaction: committed apart, a lift
             # that failed left the appeal "overturned" and the restriction standing, and a
             # retry was refused as already decided.
             await self._lift(session, office, [action], by=staff, reason=f"اعتراض پذیرفته شد. {note}".strip())
-            await session.refresh(appeal)  # as in ``decide``: the lines' fill may have expired it
         else:
             await session.commit()
-        return _appeal_out(appeal, code)
+        return answer
 
     async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

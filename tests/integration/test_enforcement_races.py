@@ -213,11 +213,9 @@ async def test_overturning_a_later_restriction_keeps_an_earlier_one_at_zero(clie
     assert now is not None and (now.status, now.cap_percent) == (OfficeStatus.RESTRICTED, 0)
 
 
-async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: Client, world: World) -> None:
-    """Restricted again at a higher cap, the office's day had room, and the line in front of it
-    kept everyone else out (while anyone waits, nobody else takes a seat), yet nobody in the
-    line was given it: the day sold nothing until a cancel came. A lift fills the lines; so
-    does a restriction now."""
+async def restricted_with_one_in_line(client: Client, world: World) -> tuple[str, dict[str, str], int, str]:
+    """An office with four seats tomorrow, restricted to one, booked, and a citizen in its
+    line: (the office, the regulator's headers, the restriction's id, the waiting one's code)."""
     from app.capacity.plan import DayRule
     from tests.conftest import booking_body
 
@@ -225,7 +223,7 @@ async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: C
     await world.rebuild()
     reg = await regulator(client, world)
     day = world.tomorrow()
-    await restrict(client, reg, office, cap=25)  # one of the day's four seats
+    restricted = await restrict(client, reg, office, cap=25)  # one of the day's four seats
     booked = await client.post(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
     )
@@ -234,9 +232,18 @@ async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: C
         "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
     )
     assert joined.status_code == 201 and joined.json()["status"] == "waitlisted", joined.text
+    return office, reg, restricted, joined.json()["tracking_code"]
+
+
+async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: Client, world: World) -> None:
+    """Restricted again at a higher cap, the office's day had room, and the line in front of it
+    kept everyone else out (while anyone waits, nobody else takes a seat), yet nobody in the
+    line was given it: the day sold nothing until a cancel came. A lift fills the lines; so
+    does a restriction now."""
+    office, reg, _, waiting = await restricted_with_one_in_line(client, world)
     await restrict(client, reg, office, cap=75)  # three of four: room for two more
-    waiting = await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")
-    assert waiting.json()["status"] == "booked", waiting.text
+    promoted = await client.get(f"/api/v1/bookings/{waiting}")
+    assert promoted.json()["status"] == "booked", promoted.text
 
 
 async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told(
@@ -246,22 +253,7 @@ async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told
     the higher cap, and gives the room it makes to the line, which alone may take it."""
     from redis.exceptions import ConnectionError as RedisDown
 
-    from app.capacity.plan import DayRule
-    from tests.conftest import booking_body
-
-    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=1)])
-    await world.rebuild()
-    reg = await regulator(client, world)
-    day = world.tomorrow()
-    await restrict(client, reg, office, cap=25)
-    booked = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
-    )
-    assert booked.status_code == 201, booked.text
-    joined = await client.post(
-        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-    )
-    assert joined.json()["status"] == "waitlisted", joined.text
+    office, reg, _, waiting = await restricted_with_one_in_line(client, world)
     capacity = client.app.state.container.capacity
     tell = capacity.refresh_meta
 
@@ -276,8 +268,8 @@ async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told
     monkeypatch.setattr(capacity, "refresh_meta", tell)
     async with world.container.sessions() as session:
         assert await world.container.enforcement.push_statuses(session=session) == 1
-    waiting = await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")
-    assert waiting.json()["status"] == "booked", waiting.text
+    promoted = await client.get(f"/api/v1/bookings/{waiting}")
+    assert promoted.json()["status"] == "booked", promoted.text
 
 
 @pytest.mark.parametrize("then", ["restrict", "lift", "appeal"])
@@ -287,22 +279,7 @@ async def test_a_restriction_whose_fill_meets_a_recount_is_answered(
     """The fill after a restriction eased or lifted meets a recount that has just begun: its
     promotions roll the session back, which expired what the answer is made of, and the
     request, committed already, answered 500."""
-    from app.capacity.plan import DayRule
-    from tests.conftest import booking_body
-
-    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=1)])
-    await world.rebuild()
-    reg = await regulator(client, world)
-    day = world.tomorrow()
-    restricted = await restrict(client, reg, office, cap=25)
-    booked = await client.post(
-        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
-    )
-    assert booked.status_code == 201, booked.text
-    joined = await client.post(
-        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-    )
-    assert joined.json()["status"] == "waitlisted", joined.text
+    office, reg, restricted, _ = await restricted_with_one_in_line(client, world)
     if then == "appeal":
         appealed = await appeal(client, await staff_of(client, world, office), office, restricted)
         assert appealed.status_code == 201, appealed.text
