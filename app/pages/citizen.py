@@ -424,7 +424,7 @@ class CitizenPages(Controller):
     ) -> Template:
         # Starting over: the number an earlier try left (another citizen's, on an office's
         # shared computer) is not offered to the texted-code form.
-        forget = [_forget_signin_mobile()] if SIGNIN_MOBILE_COOKIE in request.cookies else []
+        forget = _forget_signin_mobile(request)
         return render(request, container, "citizen/signin.html", step="mobile", next=safe_next(next), cookies=forget)
 
     @post("/signin")
@@ -441,7 +441,7 @@ class CitizenPages(Controller):
             try:  # refused more codes: the link to the texted-code form keeps the number
                 remembered = [_signin_mobile_cookie(container, normalize_mobile(data.get("mobile", "")))]
             except InvalidInput:  # nor an earlier try's number
-                remembered = [_forget_signin_mobile()] if SIGNIN_MOBILE_COOKIE in request.cookies else []
+                remembered = _forget_signin_mobile(request)
             return render(
                 request,
                 container,
@@ -503,7 +503,7 @@ class CitizenPages(Controller):
         cookie = session_cookie(
             container, CITIZEN_COOKIE, token, max_age=container.settings.token_ttl_seconds, samesite="lax"
         )
-        return see_other(next_path, cookies=[cookie, _forget_signin_mobile()])
+        return see_other(next_path, cookies=[cookie, *_forget_signin_mobile(request)])
 
     @post("/signout")
     async def signout(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Redirect:
@@ -685,8 +685,11 @@ def _signin_mobile_cookie(container: Container, mobile: str) -> Cookie:
     return session_cookie(container, SIGNIN_MOBILE_COOKIE, mobile, max_age=lasts, samesite="lax", path=SIGNIN_PATH)
 
 
-def _forget_signin_mobile() -> Cookie:
-    return Cookie(key=SIGNIN_MOBILE_COOKIE, value="", path=SIGNIN_PATH, max_age=0, expires=0)
+def _forget_signin_mobile(request: Request[Any, Any, Any]) -> list[Cookie]:
+    """The cookie that drops the number an earlier try left, if the browser has one."""
+    if SIGNIN_MOBILE_COOKIE not in request.cookies:
+        return []
+    return [Cookie(key=SIGNIN_MOBILE_COOKIE, value="", path=SIGNIN_PATH, max_age=0, expires=0)]
 
 
 def _bookable_day(container: Container, date: str) -> dt.date:
