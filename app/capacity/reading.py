@@ -63,8 +63,36 @@ Columns = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]  # times, sea
 Forgetting = Callable[[str | None, dt.date | None], None]
 
 
+class CountedDay:
+    """One office-day as its Redis hash has it, parsed once: status, cap, and each seat
+    pool's slots in time order."""
+
+    __slots__ = ("cap", "pools", "status")
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        self.status = fields.get("_status", "active")
+        self.cap = int(fields.get("_cap", "100"))
+        found: dict[str, Slots] = {}
+        for field, value in fields.items():
+            if field.startswith("s|"):
+                pool, _, slot = field[2:].partition("|")
+                used = fields.get("u" + field[1:], "0")  # "s|pool|time" -> "u|pool|time"
+                found.setdefault(pool, []).append((slot, int(value), int(used)))
+        # Each pool as three columns, tuples of strings and numbers: a day is then a handful of
+        # objects for the garbage collector (which soon stops tracking them), not one per slot.
+        # Thousands are kept here; a list of tuples per pool had stopped a worker for 40-75 ms
+        # at a time in the collector's passes.
+        self.pools: dict[str, Columns] = {
+            pool: cast(Columns, tuple(zip(*sorted(slots), strict=True))) for pool, slots in found.items()
+        }
+
+
+NOTHING_COUNTED = CountedDay({})
+"""A day Redis does not hold even after materialising (a race with a rebuild): active, no slots."""
+
+
 class PoolDay(msgspec.Struct, frozen=True, gc=False):
-    """One pool's day as a list of offices shows it (``CountedDay.of``). The day's own sums serve
+    """One pool's day as a list of offices shows it (``DaySums.of``). The day's own sums serve
     its cap, which bounds the whole day; the rest counts only the slots still ahead."""
 
     planned: int  # seats the day's slots have, all of them (0: the office takes nobody that day)
@@ -75,16 +103,15 @@ class PoolDay(msgspec.Struct, frozen=True, gc=False):
     next_start: str | None  # when the next of them begins: then these sums change
 
 
-_NO_DAY = PoolDay(0, 0, 0, 0, (), None)
+class DaySums:
+    """One office-day in sum, pool by pool, as a list of offices shows it: status, cap, and
+    each pool's slots as three columns (times in order, seats, used), summed by ``of``.
 
-
-class CountedDay:
-    """One office-day as its Redis hash has it, parsed once: status, cap, and each seat
-    pool's slots in time order; a pool's sums, as a list of offices shows them, from ``of``.
-
-    A nearby search reads thirty offices and needs no more of each than ``of``. (Summing in
-    Redis, in a Lua script, cost Redis 36 us a day against HGETALL's 4: more than it saved
-    here, on shared cores.)"""
+    A nearby search reads thirty offices and needs no more of each. Parsing every day into its
+    slots (CountedDay) and summing them after had been a third of a search's time on a working
+    day; this parses only what the sums need. (Summing in Redis, in a Lua script, cost Redis
+    36 us a day against HGETALL's 4: more than it saved here, on shared cores.)
+    """
 
     __slots__ = ("cap", "pools", "status")
 
@@ -97,10 +124,7 @@ class CountedDay:
             if slots is None:
                 slots = found[field[2:-6]] = []
             slots.append((field[-5:], int(fields[field]), int(fields.get("u" + field[1:], 0))))
-        # Each pool as three columns, tuples of strings and numbers: a day is then a handful of
-        # objects for the garbage collector (which soon stops tracking them), not one per slot.
-        # Thousands are kept here; a list of tuples per pool had stopped a worker for 40-75 ms
-        # at a time in the collector's passes.
+        # As CountedDay's: columns of strings and numbers, which the collector soon stops tracking.
         self.pools: dict[str, Columns] = {
             pool: cast(Columns, tuple(zip(*sorted(slots), strict=True))) for pool, slots in found.items()
         }
@@ -135,8 +159,11 @@ class CountedDay:
         )
 
 
-NOTHING_COUNTED = CountedDay({})
-"""A day Redis does not hold even after materialising (a race with a rebuild): active, no slots."""
+_NO_DAY = PoolDay(0, 0, 0, 0, (), None)
+
+
+EMPTY_DAY = DaySums({})
+"""A day Redis does not hold even after materialising (a race with a rebuild): nothing free."""
 
 
 class DayReader:
@@ -145,7 +172,7 @@ class DayReader:
         self.ttl = ttl
         self.keep = max(ttl, keep)
         self._days: dict[tuple[str, dt.date], tuple[float, CountedDay]] = {}
-        self._sums: dict[tuple[str, dt.date], tuple[float, CountedDay]] = {}
+        self._sums: dict[tuple[str, dt.date], tuple[float, DaySums]] = {}
         self._waiting: dict[str, tuple[float, int]] = {}
         self._swept_at = 0.0
         # The office-days being read from Redis now (how many reads of each), and when those of
@@ -182,7 +209,7 @@ class DayReader:
             self._keep(self._days, {(office_code, day): counted}, {}, asked)
         return counted
 
-    async def sums(self, codes: list[str], day: dt.date) -> dict[str, tuple[CountedDay | None, int, float]]:
+    async def sums(self, codes: list[str], day: dt.date) -> dict[str, tuple[DaySums | None, int, float]]:
         """Each office's day in sum (None when Redis does not hold the day), its "people
         waiting" report, and until when (``time.monotonic``) both stay as read unless forgotten:
         0 when either is not kept. The ones not remembered are read in one round trip."""
@@ -200,7 +227,7 @@ class DayReader:
                 replies = await self.auto.execute_many(commands)
                 for code, raw in zip(unread_sums, replies, strict=False):
                     fields = _fields(raw)
-                    summed[code] = None if fields is None else CountedDay(fields)
+                    summed[code] = None if fields is None else DaySums(fields)
                 if unread_waiting:
                     reported_now = dt.datetime.now(dt.UTC)
                     for code, reported in zip(unread_waiting, replies[-1], strict=True):
@@ -216,7 +243,7 @@ class DayReader:
             for code in codes
         }
 
-    def _kept_until(self, code: str, day: dt.date, summed: CountedDay | None, waiting: int) -> float:
+    def _kept_until(self, code: str, day: dt.date, summed: DaySums | None, waiting: int) -> float:
         """Until when what ``sums`` answers for the office is kept as answered; 0 when it is
         not (not kept, forgotten while read, or since overtaken by another read)."""
         kept_sums, kept_waiting = self._sums.get((code, day)), self._waiting.get(code)

@@ -150,7 +150,7 @@ def day_room(seats: int, used: int, cap: int) -> int:
     keeps half its day under a 50% cap rather than none of it (the scripts' day_room, which
     sets no bound without a cap: here the day's seats less its used, for the sums of a day
     that have no slot's own). Without a cap each slot bounds only itself, so those sums must
-    count an over-full slot as full: CountedDay.of does, and _slot_views, the office load and the
+    count an over-full slot as full: DaySums does, and _slot_views, the office load and the
     relocator's _DayRoom go slot by slot instead of calling this."""
     return seats * cap // 100 - used if cap < 100 else seats - used
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
 from app.capacity.plan import minute_of
-from app.capacity.reading import NOTHING_COUNTED, CountedDay, waiting_report
+from app.capacity.reading import EMPTY_DAY, DaySums, waiting_report
 from app.capacity.service import Capacity, day_for_reading, day_room
 from app.clock import Clock
 from app.db import Sessions, Within
@@ -138,7 +138,7 @@ class LoadService:
             by_hour[hour][1] += slot.used
         used = sum(u for _, u in by_hour.values())
         # Hours show their slots' seats; the day's total is what its cap lets it hold, or without
-        # a cap what each slot still has (an over-full one hides no other's: CountedDay.of).
+        # a cap what each slot still has (an over-full one hides no other's: DaySums).
         if day.cap_percent < 100:
             seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap_percent))
         else:
@@ -210,7 +210,7 @@ class LoadService:
         return standings
 
     def _from_counters(
-        self, service_code: str, day: dt.date, now: dt.datetime, read: dict[str, tuple[CountedDay | None, int, float]]
+        self, service_code: str, day: dt.date, now: dt.datetime, read: dict[str, tuple[DaySums | None, int, float]]
     ) -> dict[str, Standing]:
         """Standings worked out from what ``DayReader.sums`` just answered, each kept for as long
         as the copy keeps what it came from, and until the next of its slots begins
@@ -224,7 +224,7 @@ class LoadService:
         not_before = now.strftime("%H:%M") if day == now.date() else ""
         standings = {}
         for code, (read_sums, waiting, until) in read.items():
-            summed = read_sums or NOTHING_COUNTED
+            summed = read_sums or EMPTY_DAY
             # The pool a booking would take (its own counter if the template gives the service
             # one, on any day), not whichever the day happens to hold: a desk open on Saturdays
             # only has no seats for it on Sunday, whatever the shared counter has.

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from app.capacity import reading
-from app.capacity.reading import CountedDay, PoolDay, _drop_expired, waiting_report
+from app.capacity.reading import CountedDay, DaySums, PoolDay, _drop_expired, waiting_report
 
 
 def test_a_day_hash_parses_into_pools_in_time_order() -> None:
@@ -26,7 +26,7 @@ def test_a_day_hash_parses_into_pools_in_time_order() -> None:
 
 
 def test_a_pools_sums_count_every_slot_and_list_the_free_ones_in_order() -> None:
-    day = CountedDay(
+    day = DaySums(
         {
             "_cap": "50",  # a cap is the reader's to apply (day_room), not the totals'
             "s|*|09:00": "2",
@@ -44,19 +44,19 @@ def test_a_pools_sums_count_every_slot_and_list_the_free_ones_in_order() -> None
     assert day.of("*") == PoolDay(7, 6, 6, 3, ("08:30", "10:00"), "08:30")
     assert day.of("101") == PoolDay(1, 1, 1, 0, (), "10:00")
     assert day.of("102") == PoolDay(0, 0, 0, 0, (), None)  # no slot of that pool
-    assert CountedDay({}).of("*") == PoolDay(0, 0, 0, 0, (), None)
-    assert (CountedDay({}).status, CountedDay({}).cap) == ("active", 100)
+    assert DaySums({}).of("*") == PoolDay(0, 0, 0, 0, (), None)
+    assert (DaySums({}).status, DaySums({}).cap) == ("active", 100)
 
 
 def test_today_the_slots_begun_are_past_but_the_day_still_counts_for_its_cap() -> None:
     """At 09:10 the empty 08:30 slot is no free seat and no lighter load; the day's own sums
     (what its cap bounds) still count it. The sums change when the 10:00 slot begins."""
-    day = CountedDay({"s|*|08:30": "3", "s|*|09:00": "2", "u|*|09:00": "2", "s|*|10:00": "4", "u|*|10:00": "1"})
+    day = DaySums({"s|*|08:30": "3", "s|*|09:00": "2", "u|*|09:00": "2", "s|*|10:00": "4", "u|*|10:00": "1"})
     assert day.of("*", "09:10") == PoolDay(9, 3, 1, 3, ("10:00",), "10:00")
     assert day.of("*", "10:00") == PoolDay(9, 3, 0, 0, (), None)  # begun at 10:00:00: the day is over
     assert day.of("*", "08:29") == day.of("*")
     # A closed day keeps its booked slots' fields at no seats: nothing planned, however full.
-    assert CountedDay({"s|*|08:30": "0", "u|*|08:30": "2"}).of("*").planned == 0
+    assert DaySums({"s|*|08:30": "0", "u|*|08:30": "2"}).of("*").planned == 0
 
 
 def test_an_empty_hash_is_an_active_day_without_slots() -> None:
@@ -81,11 +81,13 @@ def test_a_day_kept_for_readers_soon_leaves_the_collector_nothing_but_itself_to_
     """Thousands of days are kept (app.capacity.reading); slots held as lists of tuples made the
     collector's passes look through every one of them, stopping a worker for 40-75 ms."""
     fields = {"_status": "active", "_cap": "100", "s|*|08:00": "2", "u|*|08:00": "1", "s|101|09:00": "1"}
-    day = CountedDay(fields)
+    day, summed = CountedDay(fields), DaySums(fields)
     gc.collect()
     gc.collect()
     assert not gc.is_tracked(day.pools)
     assert not any(gc.is_tracked(columns) for columns in day.pools.values())
+    assert not gc.is_tracked(summed.pools)
+    assert not any(gc.is_tracked(columns) for columns in summed.pools.values())
 
 
 def test_a_waiting_report_counts_for_two_hours_and_a_bad_one_not_at_all() -> None:
