@@ -79,6 +79,9 @@ class Container:
     complaints: Complaints
 
     async def close(self) -> None:
+        # First, while Redis is open: what failed bookings took, given back (else until a rebuild).
+        # (Bounded within the step's limit, so that those left are named, not dropped.)
+        await shut_down("giving back what failed bookings took", self.bookings.close(SHUTDOWN_STEP_SECONDS / 2))
         # The other instances hear of the last changes made here (else when their copies end).
         await shut_down("telling the last changes", self.capacity.reads.told())
         await shut_down("adding the last rate-limit counts", self.requests.close())

@@ -158,6 +158,7 @@ class BookingService:
         self.rules = rules
         self.messenger = messenger
         self._undoing: set[asyncio.Task[None]] = set()  # kept, or the loop may drop them half-way
+        self._closing = asyncio.Event()  # an undo waiting to try again tries at once, for the last time
 
     async def book(
         self,
@@ -464,13 +465,14 @@ class BookingService:
         """Once Redis answers: the citizen's limit and the request's Idempotency-Key freed (marked
         forgotten: a late script of the request takes nothing), and ``given``, a seat whose
         RELEASE was never sent, left to the minute's job, which frees it once the record says
-        the booking is not there (``settle_bookings``). Tried for about ten minutes; an instance
-        stopped meanwhile leaves them until a rebuild."""
+        the booking is not there (``settle_bookings``). Tried for about ten minutes, and once
+        more as the instance stops (``close``)."""
 
         async def undo() -> None:
             left = given
             for wait in UNDO_RETRY_SECONDS:
-                await asyncio.sleep(wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), wait)
                 try:
                     if left is not None:
                         await self.capacity.redis.ping()  # answering again: the seat's one try
@@ -486,12 +488,27 @@ class BookingService:
                     if await self.capacity.forget_unanswered(national_id=national_id, seat=seat):
                         return
                 except RedisError:
-                    continue
+                    pass
+                if self._closing.is_set():
+                    break
             log.error("a failed booking's hold and key stay taken: %s", seat.tracking_code)
 
-        task = asyncio.create_task(undo())
+        task = asyncio.create_task(undo(), name=seat.tracking_code)
         self._undoing.add(task)
         task.add_done_callback(self._undoing.discard)
+
+    async def close(self, give_up_after: float) -> None:
+        """As the instance stops: the undos still waiting for Redis try once more now, rather
+        than minutes later in an instance that no longer exists (they had been dropped with
+        the event loop, and nothing said so). Those that do not end within ``give_up_after`` s are
+        named in the log: their holds and keys stay taken until a rebuild."""
+        self._closing.set()
+        if not self._undoing:
+            return
+        _, unfinished = await asyncio.wait(set(self._undoing), timeout=give_up_after)
+        for task in unfinished:
+            task.cancel()
+            log.error("a failed booking's hold and key stay taken (the instance stopped): %s", task.get_name())
 
     async def _give_back(
         self,

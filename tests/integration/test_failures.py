@@ -308,6 +308,59 @@ async def test_a_failed_bookings_undo_sends_its_seat_once_and_its_marks_until_th
     assert retried.status_code == 201, retried.text
 
 
+@pytest.mark.parametrize("redis_then", ["back", "still away"])
+async def test_a_failed_bookings_undo_waiting_for_redis_tries_once_more_as_the_instance_stops(
+    client: Client,
+    world: World,
+    settings: Settings,
+    capacity_redis: EmbeddedRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    redis_then: str,
+) -> None:
+    """An instance stopped (a deploy) while an undo waited minutes for its next try: the task
+    went with the event loop, and the citizen's hold and key stayed taken until a rebuild with
+    nothing in the log. Now it tries at once as the instance stops, or is named in the log."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (3600,))
+    body = booking_body(office, world.national_id(), day)
+    headers = {**world.token(), "Idempotency-Key": "undo-at-shutdown"}
+    async with AsyncTestClient(create_app(settings), timeout=60) as stopping:
+        container = stopping.app.state.container
+        write, unhold = container.bookings.writer.write, container.capacity.unhold
+
+        async def insert_fails(*_: Any, **__: Any) -> None:
+            monkeypatch.setattr(container.bookings.writer, "write", write)  # once
+            raise OperationalError("INSERT", {}, Exception("the record went away"))
+
+        async def redis_away(**_: Any) -> None:
+            monkeypatch.setattr(container.capacity, "unhold", unhold)  # back for the next call
+            raise RedisConnectionError("Redis away a moment")
+
+        async def still_away(**_: Any) -> bool:
+            raise RedisConnectionError("Redis still away")
+
+        monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
+        monkeypatch.setattr(container.capacity, "unhold", redis_away)
+        if redis_then == "still away":
+            monkeypatch.setattr(container.capacity, "forget_unanswered", still_away)
+        assert (await stopping.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
+        started = time.monotonic()
+    assert time.monotonic() - started < 10  # not the hour of the next try
+    if redis_then == "still away":
+        assert "a failed booking's hold and key stay taken" in caplog.text
+        return
+    assert await world.container.redis.hlen(keys.BOOKINGS_TO_SETTLE) == 1  # the seat, the job's to free
+    async with world.container.sessions() as session:
+        assert await world.container.bookings.settle_bookings(session=session) == 1
+    assert ten_oclock_used(capacity_redis, office, day) == 0
+    retried = await client.post("/api/v1/bookings", json=body, headers=headers)  # another instance
+    assert retried.status_code == 201, retried.text
+
+
 async def test_a_cancel_released_after_a_recount_frees_no_one_elses_seat(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
