@@ -744,7 +744,10 @@ class BookingService:
         return [booking for booking, _ in cancelled]
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
-        """After seats were added (a capacity raise, a cap lifted), give them to the waitlists first."""
+        """After seats were added (a capacity raise, a cap lifted), give them to the waitlists
+        first. A fill that fails is left to the minute's job (``fill_waitlists_left``), and the
+        change that made the room, committed already, is not answered as failed: retried, it
+        would find nothing to ease, and the lines had waited in front of free seats."""
         if office_codes is None:  # everywhere (a national cap lifted): every line there is
             lines = [keys.parse_waitlist(as_text(raw)) async for raw in self.capacity.redis.scan_iter(
                 match=keys.WAITLIST_PATTERN, count=1000
@@ -758,7 +761,12 @@ class BookingService:
                 days=self.capacity.horizon(today),
                 pools=await self.offices.pools(office_codes),
             )
-        await self.free_seats(session=session, seats=[Seat(code, day, pool, "") for code, day, pool in lines])
+        seats = [Seat(code, day, pool, "") for code, day, pool in lines]
+        try:
+            await self.free_seats(session=session, seats=seats)
+        except (SQLAlchemyError, RedisError):
+            await self.capacity.fill_later(seats)  # Redis away still: the caller's error
+            log.warning("%d lines are left to the minute's job to fill", len(seats), exc_info=True)
 
     async def fill_waitlists_left(self, *, session: AsyncSession) -> int:
         """Fill the lines a failed promotion left with a free seat in front of them

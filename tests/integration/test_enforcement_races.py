@@ -272,6 +272,34 @@ async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told
     assert promoted.json()["status"] == "booked", promoted.text
 
 
+async def test_a_lift_whose_fill_meets_redis_away_is_answered_and_the_line_filled_by_the_minutes_job(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lift was committed and told, and its fill met Redis away a moment: the regulator was
+    answered 503 for a lift that had happened (tried again, it was refused: nothing to lift),
+    and the citizen in line waited in front of the room it made, which the next telling no
+    longer found eased. Now the lift is answered, and the minute's job fills the line."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    office, reg, _, waiting = await restricted_with_one_in_line(client, world)
+    capacity = client.app.state.container.capacity
+    release_many = capacity.release_many
+
+    async def away(*_: Any, **__: Any) -> None:
+        monkeypatch.setattr(capacity, "release_many", release_many)  # back for the next call
+        raise RedisDown("Redis away a moment")
+
+    monkeypatch.setattr(capacity, "release_many", away)
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "رفع شد"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    assert lifted.json()["office_code"] == office
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    async with world.container.sessions() as session:
+        assert await world.container.bookings.fill_waitlists_left(session=session) == 1
+    promoted = await client.get(f"/api/v1/bookings/{waiting}")
+    assert promoted.json()["status"] == "booked", promoted.text
+
+
 @pytest.mark.parametrize("then", ["restrict", "lift", "appeal"])
 async def test_a_restriction_whose_fill_meets_a_recount_is_answered(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch, then: str
