@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.errors import DomainError, NotFound
+from app.errors import DomainError, NotFound, ServiceUnavailable
 from app.locale import to_persian_digits
 
 
@@ -64,3 +64,13 @@ class TooManyFromMobile(DomainError):
             retry_after=retry_after,
         )
         self.headers["Retry-After"] = str(retry_after)
+
+
+class TrackingCodeTaken(ServiceUnavailable):
+    """The tracking code drawn for a new booking or waitlist join is another booking's (50
+    random bits: once in ten million draws when a hundred million bookings are kept). Its
+    insert was refused and nothing was booked: tried once more with a new code, rather than
+    answered "already booked that day" to a citizen with no booking."""
+
+    def __init__(self) -> None:
+        super().__init__("Nothing was booked; try again.", retry_after=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from app.booking.errors import (
     IdempotencyKeyReused,
     NotYourBooking,
     TooManyFromMobile,
+    TrackingCodeTaken,
 )
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
@@ -172,7 +174,8 @@ class BookingService:
         allowance = self._allowance(mobile, channel)
         try:
             async with OnDemand(sessions) as record:
-                booked = await self._book(
+                attempt = functools.partial(
+                    self._book,
                     record=record,
                     mobile=mobile,
                     request=request,
@@ -180,6 +183,11 @@ class BookingService:
                     channel=channel,
                     allowance=allowance,
                 )
+                try:
+                    booked = await attempt()
+                except TrackingCodeTaken:  # nothing booked: once more, with a new code
+                    await self._give_back_allowance(allowance)  # taken again by the attempt
+                    booked = await attempt()
         except Exception as error:
             # Not a booking made, so not one of the mobile's. (A cancelled request is not
             # given back: its booking may still be committed.)
@@ -356,6 +364,8 @@ class BookingService:
             if isinstance(error, IntegrityError):
                 if idempotency_key and (earlier := await self.by_idempotency_key(session, mobile, idempotency_key)):
                     return await self._replay(session, earlier, national_id, office, day, wanted)
+                if await self._by_tracking_code(session, tracking_code) is not None:  # not ours: not committed
+                    raise TrackingCodeTaken() from error
                 raise AlreadyBookedThatDay() from error
             if isinstance(error, CountingPaused):
                 raise CapacityRebuilding() from error
@@ -1070,8 +1080,12 @@ class BookingService:
             if retry_after := int(await self.limiter.auto.run_script(*allowance.call)):
                 raise self._past_allowance(allowance, retry_after)
             allowance.taken = True
+        join = functools.partial(self._join_waitlist, session=session, mobile=mobile, request=request, channel=channel)
         try:
-            return await self._join_waitlist(session=session, mobile=mobile, request=request, channel=channel)
+            try:
+                return await join()
+            except TrackingCodeTaken:  # nothing joined: once more, with a new code
+                return await join()
         except Exception:
             await self._give_back_allowance(allowance)
             raise
@@ -1122,6 +1136,8 @@ class BookingService:
         except IntegrityError as error:
             await session.rollback()
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            if await self._by_tracking_code(session, tracking_code) is not None:  # not ours: not committed
+                raise TrackingCodeTaken() from error
             raise AlreadyBookedThatDay() from error
         except SQLAlchemyError as error:
             # Its answer lost (a failover), the commit may have landed. The record is asked:

@@ -104,6 +104,66 @@ async def test_failed_insert_leaves_the_seat_free(client: Client, world: World, 
     assert used(redis_sync, office, day, "10:00") == 1
 
 
+@pytest.mark.parametrize("collides", ["once", "every time"])
+async def test_a_tracking_code_drawn_twice_is_drawn_again(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, collides: str
+) -> None:
+    """The code drawn for a booking was another booking's (50 random bits: rare, and rarer
+    to see twice running): its insert was refused, and the citizen, who had no booking, was
+    answered "already booked that day". Now it is drawn again; a second collision is a 503
+    that books nothing and keeps nobody's seat."""
+    from app.booking import service as booking_service
+
+    office = await world.office(seats=5)
+    day = world.tomorrow()
+    first = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    taken = first.json()["tracking_code"]
+    draw = booking_service.new_tracking_code
+    draws = iter([taken] if collides == "once" else [taken, taken])
+    monkeypatch.setattr(booking_service, "new_tracking_code", lambda: next(draws, None) or draw())
+
+    national_id = world.national_id()
+    headers = {**world.token("09121112222"), "Idempotency-Key": "drawn-twice"}
+    body = booking_body(office, national_id, day)
+    second = await client.post("/api/v1/bookings", json=body, headers=headers)
+    if collides == "once":
+        assert second.status_code == 201, second.text
+        assert second.json()["tracking_code"] != taken
+        assert used(redis_sync, office, day, "10:00") == await count_rows(world.container) == 2
+    else:
+        assert second.status_code == 503 and second.headers["Retry-After"] == "1", second.text
+        assert used(redis_sync, office, day, "10:00") == await count_rows(world.container) == 1
+        assert redis_sync.hlen(keys.citizen_holds(national_id)) == 0
+        again = await client.post("/api/v1/bookings", json=body, headers=headers)  # the citizen's retry
+        assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers, again.text
+    mine = await client.get(f"/api/v1/bookings/{taken}")
+    assert mine.json()["status"] == "booked" and mine.json()["office_code"] == office
+
+
+async def test_a_tracking_code_drawn_twice_for_a_waitlist_join_is_drawn_again(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.booking import service as booking_service
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    taken = booked.json()["tracking_code"]
+    draw = booking_service.new_tracking_code
+    draws = iter([taken])
+    monkeypatch.setattr(booking_service, "new_tracking_code", lambda: next(draws, None) or draw())
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201 and joined.json()["status"] == "waitlisted", joined.text
+    assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == [joined.json()["tracking_code"].encode()]
+    assert joined.json()["tracking_code"] != taken
+
+
 async def test_wiping_redis_and_rebuilding_gives_the_same_counters(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
