@@ -359,17 +359,24 @@ return eased
 """
 
 HOLD = """
--- KEYS[1] = the citizen's holds hash: tracking code -> "date|service", and "_suspended" ->
+-- KEYS[1] = the citizen's holds hash: tracking code -> "date|service" (and "|tag", below),
+--           and "_suspended" ->
 --           the first date booking is allowed again after repeated no-shows
 -- ARGV[1] = today "YYYY-MM-DD"; holds of earlier days are dropped as stale
 -- ARGV[2] = date of the new booking, ARGV[3] = service code
 -- ARGV[4] = tracking code of the new booking, ARGV[5] = most active bookings allowed
 -- ARGV[6] = TTL of the hash in seconds (past the booking horizon)
 -- ARGV[7] = "walk_in" for a clerk's walk-in: a suspension bars web and SMS booking only
+-- ARGV[8] = the request's tag (its Idempotency-Key's, hashed; "" without one): a hold with
+--           the same tag is the same request sent twice (a double tap), neither SAME_DAY nor
+--           counted, and RESERVE's key lets one of the two book. Told SAME_DAY, each of a
+--           double tap split across two instances could be refused by the other's hold and
+--           the other's seat: nothing booked, and one answered "already booked".
 -- Returns {OK}, {SUSPENDED, until}, {SAME_DAY} (an active booking for this service that
 -- day), {TOO_MANY}, or {FORGOTTEN} (this booking was answered 503 and forgotten: FORGET).
 local holds = KEYS[1]
 local today, wanted = ARGV[1], ARGV[2] .. '|' .. ARGV[3]
+local tagged = (ARGV[8] or '') ~= '' and wanted .. '|' .. ARGV[8]
 if redis.call('HEXISTS', holds, '!' .. ARGV[4]) == 1 then return {'FORGOTTEN'} end
 local entries = redis.call('HGETALL', holds)
 local active = 0
@@ -385,13 +392,13 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', holds, field)
   elseif string.sub(field, 1, 1) == '!' then
     -- FORGET's mark, not a booking
-  else
-    if value == wanted then return {'SAME_DAY'} end
+  elseif value ~= tagged then
+    if value == wanted or string.sub(value, 1, #wanted + 1) == wanted .. '|' then return {'SAME_DAY'} end
     active = active + 1
   end
 end
 if active >= tonumber(ARGV[5]) then return {'TOO_MANY'} end
-redis.call('HSET', holds, ARGV[4], wanted)
+redis.call('HSET', holds, ARGV[4], tagged or wanted)
 if redis.call('TTL', holds) < tonumber(ARGV[6]) then redis.call('EXPIRE', holds, tonumber(ARGV[6])) end
 return {'OK'}
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import uuid
 from bisect import bisect_left
@@ -248,7 +249,9 @@ class Capacity:
         calls += [
             (
                 self.scripts.hold,
-                *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in),
+                *self._hold_call(
+                    national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in, _hold_tag(seat)
+                ),
             ),
             (self.scripts.reserve, *_reserve_call(seat)),
         ]
@@ -498,11 +501,12 @@ class Capacity:
         tracking_code: str,
         limit: int,
         walk_in: bool = False,
+        tag: str = "",
     ) -> tuple[list[str], list[str | int]]:
         keys_ = [keys.citizen_holds(national_id)]
         args: list[str | int] = [
             today.isoformat(), day.isoformat(), service_code, tracking_code, limit, self._holds_ttl(),
-            "walk_in" if walk_in else "",
+            "walk_in" if walk_in else "", tag,
         ]  # fmt: skip
         return keys_, args
 
@@ -1034,6 +1038,14 @@ def _idempotency_key(office_code: str, idempotency: tuple[str, str] | None) -> s
     # Scripts take a fixed list of keys; a request without an idempotency key passes a dummy
     # in the office's hash slot.
     return keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
+
+
+def _hold_tag(seat: SeatRequest) -> str:
+    """HOLD's tag for a request with an Idempotency-Key: the same for the same request sent
+    twice (one office, mobile and key), short whatever the key."""
+    if seat.idempotency is None:
+        return ""
+    return hashlib.blake2b(_idempotency_key(seat.office_code, seat.idempotency).encode(), digest_size=8).hexdigest()
 
 
 def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:

@@ -18,6 +18,7 @@ from app.capacity import keys
 from app.capacity.plan import DayRule
 from app.clock import Clock
 from app.container import Container
+from app.errors import DomainError
 from tests.conftest import World, booking_body, count_sessions, watch_held
 
 Client = AsyncTestClient[Litestar]
@@ -81,6 +82,67 @@ async def test_same_idempotency_key_books_once(client: Client, world: World, red
     reused = await client.post("/api/v1/bookings", json=changed, headers=headers)
     assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
     assert used(redis_sync, office, day, "11:00") == 0
+
+
+@pytest.mark.parametrize("day_in_redis", [True, False])
+async def test_a_double_tap_whose_steps_interleave_books_once(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, day_in_redis: bool
+) -> None:
+    """A double tap split across two instances (or on Redis Cluster, where a booking's two
+    steps go to two nodes) ran as: A's HOLD, B's HOLD, B's RESERVE, A's RESERVE. B's hold was
+    refused by A's (the same service that day), A's seat by B's key; each gave back what it
+    took, nothing was booked, and B was answered "already booked". Now B's HOLD knows A's for
+    the same request, and the key alone lets one of them book. (Called on the service: through
+    the test client, requests run one after the other.)"""
+    from app.booking.schemas import BookingCreate
+
+    office = await world.office(seats=5)
+    day = world.tomorrow()
+    national_id, mobile = world.national_id(), "09121113333"
+    body = booking_body(office, national_id, day, "10:00")
+    if day_in_redis:  # else each of the two counts it in from the record, and reserves again
+        await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day.isoformat()})
+    parts = world.container
+    run_scripts, reserve = parts.capacity.auto.run_scripts, parts.capacity.scripts.reserve
+    a_held, b_reserved, a_reserved = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    trips: list[str] = []
+
+    async def interleaved(calls: Any) -> list[Any]:
+        if calls[-1][0] is not reserve:
+            return await run_scripts(calls)
+        trips.append("A" if not trips else "B")
+        async with asyncio.timeout(10):
+            if trips[-1] == "A":  # its HOLD, then its RESERVE once B's steps have run
+                held = await run_scripts(calls[:-1])
+                a_held.set()
+                await b_reserved.wait()
+                reserved = await run_scripts(calls[-1:])
+                a_reserved.set()
+                return [*held, *reserved]
+            await a_held.wait()  # B: both steps, answered once A's RESERVE has run
+            replies = await run_scripts(calls)
+            b_reserved.set()
+            await a_reserved.wait()
+            return replies
+
+    async def tap() -> str:
+        try:
+            booked = await parts.bookings.book(
+                sessions=parts.sessions, mobile=mobile, request=BookingCreate(**body), idempotency_key="double-tap"
+            )
+        except DomainError as refused:
+            return refused.code
+        return "replayed" if booked.replay else "booked"
+
+    monkeypatch.setattr(parts.capacity.auto, "run_scripts", interleaved)
+    answers = await asyncio.gather(tap(), tap())
+    monkeypatch.undo()
+    assert sorted(answers) in (["booked", "request_in_progress"], ["booked", "replayed"]), answers
+    assert await count_rows(world.container) == used(redis_sync, office, day, "10:00") == 1
+    assert redis_sync.hlen(keys.citizen_holds(national_id)) == 1
+    headers = {**world.token(mobile), "Idempotency-Key": "double-tap"}
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
 
 
 async def test_failed_insert_leaves_the_seat_free(client: Client, world: World, redis_sync: SyncRedis) -> None:
