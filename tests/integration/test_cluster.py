@@ -23,7 +23,7 @@ from app.container import Container
 from app.offices.directory import OfficeDirectory
 from app.redis import AutoPipeline, connect
 from app.settings import Settings
-from tests.conftest import World, booking_body
+from tests.conftest import Served, World, booking_body
 from tests.servers import RedisCluster
 
 Client = AsyncTestClient[Litestar]
@@ -53,7 +53,7 @@ def used(redis: SyncCluster, office: str, day: Any, time: str) -> int:
     return int(redis.hget(keys.office_day(office, day), keys.used_field("*", time)) or 0)
 
 
-async def test_race_of_500_for_10_seats_on_the_cluster(client: Client, world: World, cluster_sync: SyncCluster) -> None:
+async def test_race_of_500_for_10_seats_on_the_cluster(served: Served, world: World, cluster_sync: SyncCluster) -> None:
     offices = [await world.office(seats=10) for _ in range(3)]
     day = world.tomorrow()
     # The offices' keys land on different masters, so every node runs the scripts.
@@ -61,7 +61,7 @@ async def test_race_of_500_for_10_seats_on_the_cluster(client: Client, world: Wo
     assert len(slots) == 3
 
     async def attempt(office: str) -> Any:
-        return await client.post(
+        return await served.post(
             "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
         )
 

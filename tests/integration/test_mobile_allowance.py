@@ -20,7 +20,7 @@ from app.capacity import keys
 from app.capacity.plan import DayRule
 from app.ratelimit import RateLimiter
 from app.settings import Settings
-from tests.conftest import World, booking_body
+from tests.conftest import Served, World, booking_body
 
 Client = AsyncTestClient[Litestar]
 
@@ -42,7 +42,7 @@ def used(redis: SyncRedis, office: str, day: dt.date) -> int:
     return sum(int(v) for f, v in fields.items() if f.decode().startswith(keys.used_field("*", "")))
 
 
-async def book(client: Client, world: World, mobile: str, office: str, day: dt.date, **extra: Any) -> Any:
+async def book(client: Client | Served, world: World, mobile: str, office: str, day: dt.date, **extra: Any) -> Any:
     headers = {**world.token(mobile), **extra.pop("headers", {})}
     return await client.post(
         "/api/v1/bookings",
@@ -116,12 +116,12 @@ async def test_refused_tries_and_retries_do_not_use_the_allowance(
 
 
 async def test_concurrent_tries_from_one_mobile_never_pass_the_allowance(
-    client: Client, world: World, redis_sync: SyncRedis
+    served: Served, world: World, redis_sync: SyncRedis
 ) -> None:
     office = await world.office(seats=50)
     day = world.tomorrow()
     mobile = "09123334444"
-    tries = await asyncio.gather(*(book(client, world, mobile, office, day) for _ in range(30)))
+    tries = await asyncio.gather(*(book(served, world, mobile, office, day) for _ in range(30)))
     statuses = sorted(r.status_code for r in tries)
     assert statuses == [201] * ALLOWANCE + [429] * (30 - ALLOWANCE), statuses
     assert await rows_of(world, mobile) == ALLOWANCE
@@ -129,14 +129,14 @@ async def test_concurrent_tries_from_one_mobile_never_pass_the_allowance(
 
 
 async def test_tries_that_fail_in_a_race_give_their_allowance_back(
-    client: Client, world: World, redis_sync: SyncRedis
+    client: Client, served: Served, world: World, redis_sync: SyncRedis
 ) -> None:
     office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
     day = world.tomorrow()
     mobile = "09125556666"
     # Twenty at once for one seat: the allowance is taken by all that pass it, and given
     # back by those the seat refuses.
-    race = await asyncio.gather(*(book(client, world, mobile, office, day, slot="10:00") for _ in range(20)))
+    race = await asyncio.gather(*(book(served, world, mobile, office, day, slot="10:00") for _ in range(20)))
     assert sorted(r.status_code for r in race).count(201) == 1
     assert {r.json()["code"] for r in race if r.status_code != 201} <= {"slot_full", "too_many_bookings_from_mobile"}
     # So the phone still has the rest of its allowance: the race's losers used none of it.

@@ -17,7 +17,7 @@ from app.capacity.service import SeatRequest
 from app.clock import Clock
 from app.offices.models import OfficeStatus
 from app.settings import Settings
-from tests.conftest import World, booking_body, count_sessions
+from tests.conftest import Served, World, booking_body, count_sessions
 
 Client = AsyncTestClient[Litestar]
 
@@ -423,13 +423,13 @@ async def test_a_day_redis_lacks_is_counted_from_the_record_when_read(
     assert len(opened) == 1
 
 
-async def test_concurrent_bookings_under_a_cap_never_exceed_it(client: Client, world: World) -> None:
+async def test_concurrent_bookings_under_a_cap_never_exceed_it(served: Served, world: World) -> None:
     office = await world.office(rules=two_hours(10))  # 40 seats a day
     day = world.tomorrow()
     await add_cap(world, percent=30, ends_on=day, province_code=None)
     responses = await asyncio.gather(
         *(
-            client.post(
+            served.post(
                 "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
             )
             for _ in range(60)

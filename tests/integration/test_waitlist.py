@@ -15,7 +15,7 @@ from sqlalchemy import select
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
 from app.sms.backends import OUTBOX
-from tests.conftest import Deliver, World, booking_body, watch_held
+from tests.conftest import Deliver, Served, World, booking_body, watch_held
 from tests.integration.test_failures import lose_the_commits_answer
 
 Client = AsyncTestClient[Litestar]
@@ -86,7 +86,7 @@ async def test_leaving_the_waitlist(client: Client, world: World, redis_sync: Sy
 
 
 async def test_cancel_in_a_full_slot_with_50_waiting_under_a_race(
-    client: Client, world: World, redis_sync: SyncRedis
+    client: Client, served: Served, world: World, redis_sync: SyncRedis
 ) -> None:
     office = await world.office(rules=one_slot_office_rules())
     day = world.tomorrow()
@@ -103,13 +103,13 @@ async def test_cancel_in_a_full_slot_with_50_waiting_under_a_race(
         waiting.append(joined.json()["tracking_code"])
 
     async def new_booking() -> Any:
-        return await client.post(
+        return await served.post(
             "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
         )
 
     results = await asyncio.gather(
         *(new_booking() for _ in range(100)),
-        client.post(f"/api/v1/bookings/{booked.json()['tracking_code']}/cancel", headers=owner),
+        served.post(f"/api/v1/bookings/{booked.json()['tracking_code']}/cancel", headers=owner),
         *(new_booking() for _ in range(100)),
     )
     assert results[100].status_code == 200
