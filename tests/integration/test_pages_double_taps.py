@@ -84,15 +84,15 @@ async def test_a_second_tap_on_book_lands_on_the_booking_the_first_is_committing
     sign_in(client, world, "09125557001")
     form = await book_form(client, world, office)
     committing, go_on = hold_the_first_commit(client, monkeypatch)
-    capacity = client.app.state.container.bookings.capacity
-    seen = capacity.idempotency_seen
+    bookings = client.app.state.container.bookings
+    by_key = bookings.by_idempotency_key
 
-    async def then_commit(**kwargs: Any) -> bool:
-        answer = await seen(**kwargs)
-        go_on.set()  # the second tap is told "in progress" now: the first commits while it waits
-        return bool(answer)
+    async def then_commit(*args: Any) -> Any:
+        found = await by_key(*args)
+        go_on.set()  # the second tap looks for the first's booking: the first commits while it waits
+        return found
 
-    monkeypatch.setattr(capacity, "idempotency_seen", then_commit)
+    monkeypatch.setattr(bookings, "by_idempotency_key", then_commit)
     first = asyncio.ensure_future(asyncio.to_thread(post_aside, client, "/book", form))
     assert await asyncio.to_thread(committing.wait, 20)
     second = await asyncio.to_thread(post_aside, client, "/book", form)
