@@ -209,7 +209,9 @@ async def served(client: AsyncTestClient[Litestar], settings: Settings) -> Async
     served at once. Through the test client they run one after the other, and a race sent
     through it is none. (After ``client``: the first instance has made the record.)"""
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    # Logging left as it is: uvicorn's own set-up would change its loggers for the tests after.
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, log_level=None, access_log=False)
+    server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     async with asyncio.timeout(30):
         while not server.started:
