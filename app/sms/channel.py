@@ -27,6 +27,7 @@ from app.clock import Clock
 from app.db import Within
 from app.errors import DomainError
 from app.identity import normalize_mobile
+from app.load.schemas import NearbyResult
 from app.load.service import LoadService
 from app.locale import to_persian_digits
 from app.sms import parser
@@ -179,22 +180,30 @@ class SmsChannel:
                 )
                 return None  # joining sends its own message
             case parser.Offices():
-                result = await self.load.nearby(
-                    sessions=Within(session),
-                    service_code=command.service_code,
-                    day=self.clock.today(),
-                    lat=None,
-                    lon=None,
-                    city=command.city,
-                    limit=3,
-                )
+
+                async def least_busy(day: dt.date) -> NearbyResult:
+                    return await self.load.nearby(
+                        sessions=Within(session),
+                        service_code=command.service_code,
+                        day=day,
+                        lat=None,
+                        lon=None,
+                        city=command.city,
+                        limit=3,
+                    )
+
+                day_fa, result = "امروز", await least_busy(self.clock.today())
+                # Once today has no free seat left there (the evening, or a full day), tomorrow's:
+                # at 21:00 every office had answered "busy, none today", which helps nobody.
+                if not any(o.next_free_slot for o in result.offices):
+                    day_fa, result = "فردا", await least_busy(self.clock.today() + dt.timedelta(days=1))
                 if not result.offices:
                     return "در این شهر دفتری با این خدمت پیدا نشد."
                 lines = [
-                    f"{o.code}: {o.name_fa}، {o.busyness_fa}، نوبت بعدی {o.next_free_slot_fa or 'امروز ندارد'}"
+                    f"{o.code}: {o.name_fa}، {o.busyness_fa}، نوبت بعدی {o.next_free_slot_fa or f'{day_fa} ندارد'}"
                     for o in result.offices
                 ]
-                return "کم‌ازدحام‌ترین دفاتر امروز:\n" + "\n".join(lines)
+                return f"کم‌ازدحام‌ترین دفاتر {day_fa}:\n" + "\n".join(lines)
             case parser.Cancel():
                 await self.bookings.cancel(session=session, tracking_code=command.tracking_code, mobile=mobile)
                 return None  # the cancellation sends its own message

@@ -19,6 +19,7 @@ from sqlalchemy import text as sql
 from twilio.request_validator import RequestValidator
 
 from app.booking.models import Booking, BookingStatus, Channel
+from app.clock import Clock
 from app.pages.render import VISIT_COOKIE
 from app.settings import Settings, parse_limit
 from app.sms.models import CitizenPhone, InboundSms, SmsMessage, SmsStatus
@@ -270,8 +271,9 @@ async def test_an_id_given_once_does_not_replace_the_phones_own(client: Client, 
 
 
 async def test_status_cancel_offices_register_and_help(
-    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, morning: dt.datetime
 ) -> None:
+    """(In the morning: today's offices are listed while today has seats ahead.)"""
     office = await world.office(lat=35.70, lon=51.40)
     await world.rebuild()
     await text(client, "ثبت 0499370899", sid="SMreg")
@@ -294,6 +296,23 @@ async def test_status_cancel_offices_register_and_help(
     assert any(b.startswith("کد رهگیری را بنویسید.\nراهنمای") for b in bodies)  # "لغو" alone
     async with world.container.sessions() as session:
         assert await session.scalar(select(Booking.status)) == BookingStatus.CANCELLED
+
+
+async def test_offices_asked_in_the_evening_are_tomorrows(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 21:00 today's slots have all begun: every office had been answered "busy, none
+    today". The reply is tomorrow's, with each office's first free time."""
+    tz = Clock("Asia/Tehran").tz
+    evening = dt.datetime.combine(dt.datetime.now(tz).date(), dt.time(21, 0), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: evening)
+    office = await world.office(lat=35.70, lon=51.40)
+    await world.rebuild()
+    await text(client, "دفاتر تهران ۱۰۱", sid="SMevening")
+    await deliver()
+    [reply] = [m["body"] for m in standin.wait_for(1)]
+    assert reply.startswith("کم‌ازدحام‌ترین دفاتر فردا:"), reply
+    assert f"{office}: " in reply and "خلوت" in reply and "ندارد" not in reply, reply
 
 
 async def test_a_refused_numbers_failure_is_kept_without_the_number(
