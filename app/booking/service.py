@@ -652,14 +652,10 @@ class BookingService:
         # (Redis failing here answers 503 with nothing committed.)
         office_day = (office_code, booking.date)
         counted_in = "" if waitlisted else (await self.capacity.counts([office_day]))[office_day]
-        if not self.capacity.ready:
-            # Redis is being counted again from the record (app.capacity.watch): cancelled
-            # now, the count could leave the seat out and the release below free it again.
-            await session.rollback()
-            raise CapacityRebuilding()
         xid = None  # not known if the record fails before it answers: nothing is written then
         try:
             xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
+            await self._before_commit(session)
             await session.commit()
         except SQLAlchemyError as error:
             # Its answer lost (a failover), the commit may have landed. The record is asked:
@@ -698,6 +694,16 @@ class BookingService:
             await session.rollback()
             log.exception("cancelled booking's seat not released, or its promotion not recorded; a rebuild will")
         return view
+
+    async def _before_commit(self, session: AsyncSession) -> None:
+        """Asked once the recount barrier is held (``hold_off_recounts``), as the group commit
+        asks for bookings: a recount begun meanwhile may have read the record already, and
+        committed now, a cancel would leave its seat in the count (the release after it frees
+        nothing of a newer count), and a join would be left out of the rebuilt line and holds.
+        This instance's ``ready`` is up to a second old, and another's recount it never sees."""
+        if not await self.capacity.may_commit():
+            await session.rollback()
+            raise CapacityRebuilding()
 
     async def _unhold(self, booking: Booking) -> None:
         """Free a cancelled booking's place in its citizen's limits; a failure is logged."""
@@ -1132,7 +1138,15 @@ class BookingService:
         try:
             xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
             session.add(booking)
+            await self._before_commit(session)
             await session.commit()
+        except (CapacityRebuilding, RedisError):  # nothing committed: the hold goes too
+            await session.rollback()
+            try:
+                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            except RedisError:
+                log.warning("a join not made keeps its hold until a rebuild: %s", tracking_code)
+            raise
         except IntegrityError as error:
             await session.rollback()
             await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)

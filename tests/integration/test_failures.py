@@ -720,11 +720,12 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
     office, day, code, waiting = await full_with_one_waiting(client, world)
     capacity = client.app.state.container.capacity
     may_commit, commit = capacity.may_commit, AsyncSession.commit
-    armed = False
+    armed, asked = False, 0
 
     async def arming() -> bool:
-        nonlocal armed
-        armed = True  # the promotion's commit is next
+        nonlocal armed, asked
+        asked += 1
+        armed = asked == 2  # the cancel's own question first; the promotion's commit follows the second
         return await may_commit()
 
     async def lost(session: AsyncSession) -> None:
@@ -897,7 +898,13 @@ async def test_redis_failing_as_a_promotion_asks_it_keeps_the_citizen_first_in_l
     (Raised instead, the citizen had left the line holding a seat nobody booked.)"""
     office, day, code, waiting = await full_with_one_waiting(client, world)
     capacity = client.app.state.container.capacity
-    monkeypatch.setattr(capacity, "may_commit", _fails(RedisTimeoutError("Redis went away")))
+    may_commit = capacity.may_commit
+
+    async def the_cancels_then_away() -> bool:  # the cancel's own question answered, the promotion's not
+        monkeypatch.setattr(capacity, "may_commit", _fails(RedisTimeoutError("Redis went away")))
+        return await may_commit()
+
+    monkeypatch.setattr(capacity, "may_commit", the_cancels_then_away)
     cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     assert cancelled.status_code == 200, cancelled.text
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
@@ -985,6 +992,61 @@ async def test_nothing_is_cancelled_while_capacity_is_paused_for_a_recount(
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
     again = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     assert again.status_code == 200, again.text
+
+
+async def test_a_cancel_is_not_committed_once_another_instances_recount_has_begun(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recount begun on another instance after this one's look (its ``ready`` is up to a
+    second old) may read the record before the cancel's commit: its count keeps the seat, and
+    the release, made for the older count, frees nothing of it. Asked of Redis once the
+    barrier is held, as a booking's commit asks, the cancel waits for the recount."""
+    office = await world.office(seats=1)
+    await world.rebuild()
+    day = world.tomorrow()
+    mobile = "09121110000"
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token(mobile)
+    )
+    code = booked.json()["tracking_code"]
+    jobs = world.container  # an instance whose watch has not looked since the recount began
+    counts = jobs.capacity.counts
+
+    async def then_a_recount(*args: Any) -> Any:
+        read = await counts(*args)
+        await jobs.redis.delete(keys.REBUILT_AT)
+        return read
+
+    monkeypatch.setattr(jobs.capacity, "counts", then_a_recount)
+    async with jobs.sessions() as session:
+        with pytest.raises(CapacityRebuilding):
+            await jobs.bookings.cancel(session=session, tracking_code=code, mobile=mobile)
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+    assert ten_oclock_used(capacity_redis, office, day) == 1
+
+
+async def test_a_waitlist_join_is_not_committed_once_another_instances_recount_has_begun(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Committed after the recount had read the record, the join was left out of the rebuilt
+    line (never promoted, yet "waitlisted") and of the citizen's rebuilt holds."""
+    from app.booking.schemas import WaitlistJoin
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    day = world.tomorrow()
+    assert (await book(client, world, office, day)).status_code == 201
+    jobs = world.container
+    recount_begins_after(monkeypatch, jobs, "hold")
+    national_id = world.national_id()
+    join = WaitlistJoin(national_id=national_id, office_code=office, service_code="101", date=day.isoformat())
+    async with jobs.sessions() as session:
+        with pytest.raises(CapacityRebuilding):
+            await jobs.bookings.join_waitlist(session=session, mobile=world.mobile(), request=join)
+    async with jobs.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 1  # the booking alone
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.hlen(keys.citizen_holds(national_id)) == 0
 
 
 async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, world: World) -> None:
