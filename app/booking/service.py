@@ -266,7 +266,7 @@ class BookingService:
         # Taken unless Redis says not: a trip whose answer is lost may have taken it.
         allowance.taken = allowance.call is not None
         try:
-            hold_error, outcome, allowance_reply = await self.capacity.hold_and_reserve(
+            hold_error, sent_before, outcome, allowance_reply = await self.capacity.hold_and_reserve(
                 national_id=national_id,
                 today=today,
                 service_code=office.service_code,
@@ -293,6 +293,18 @@ class BookingService:
                 if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):
                     raise DuplicateRequest() from None
             raise hold_error
+        # The same request held before: a double tap, or a retry of a booking made a day ago
+        # whose key Redis has forgotten, which would be answered "full" (or take a second seat
+        # for a moment). The record is asked; only then, so a booking's way is not slowed.
+        if (
+            sent_before
+            and idempotency_key
+            and (earlier := await self.by_idempotency_key(await record.session(), mobile, idempotency_key))
+        ):
+            if isinstance(outcome, Reserved) and not outcome.replay:
+                await self._give_back(await record.session(), office, day, outcome, idempotency)
+            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            return await self._replay(await record.session(), earlier, national_id, office, day, wanted)
         try:
             if isinstance(outcome, DomainError):
                 raise outcome
@@ -652,6 +664,9 @@ class BookingService:
         # (Redis failing here answers 503 with nothing committed.)
         office_day = (office_code, booking.date)
         counted_in = "" if waitlisted else (await self.capacity.counts([office_day]))[office_day]
+        if not self.capacity.ready:  # a recount known of already: refused before the barrier waits for it
+            await session.rollback()
+            raise CapacityRebuilding()
         xid = None  # not known if the record fails before it answers: nothing is written then
         try:
             xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
@@ -1108,15 +1123,15 @@ class BookingService:
         office = await self.offices.bookable(office_code=request.office_code, service_code=request.service_code)
         not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
+        asked = SeatRequest(
+            office_code=office.code, day=day, pool=office.pool, time=None, not_before=not_before,
+            tracking_code=tracking_code,
+        )  # fmt: skip
         try:
             await self._hold(national_id, today, day, office, tracking_code)
         except RedisError:
             # HOLD may have run with its answer lost (or may yet run): its hold would keep the
             # citizen from this service that day. Forgotten, as a booking's is.
-            asked = SeatRequest(
-                office_code=office.code, day=day, pool=office.pool, time=None, not_before=not_before,
-                tracking_code=tracking_code,
-            )  # fmt: skip
             await self.capacity.forget_unanswered(national_id=national_id, seat=asked)
             raise
         # The row is committed before the citizen joins the line in Redis, so a seat freed
@@ -1144,8 +1159,8 @@ class BookingService:
             await session.rollback()
             try:
                 await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-            except RedisError:
-                log.warning("a join not made keeps its hold until a rebuild: %s", tracking_code)
+            except RedisError:  # once Redis answers, as a failed booking's
+                self._undo_later(national_id, asked, None)
             raise
         except IntegrityError as error:
             await session.rollback()

@@ -368,18 +368,20 @@ HOLD = """
 -- ARGV[6] = TTL of the hash in seconds (past the booking horizon)
 -- ARGV[7] = "walk_in" for a clerk's walk-in: a suspension bars web and SMS booking only
 -- ARGV[8] = the request's tag (its Idempotency-Key's, hashed; "" without one): a hold with
---           the same tag is the same request sent twice (a double tap), neither SAME_DAY nor
---           counted, and RESERVE's key lets one of the two book. Told SAME_DAY, each of a
---           double tap split across two instances could be refused by the other's hold and
---           the other's seat: nothing booked, and one answered "already booked".
--- Returns {OK}, {SUSPENDED, until}, {SAME_DAY} (an active booking for this service that
--- day), {TOO_MANY}, or {FORGOTTEN} (this booking was answered 503 and forgotten: FORGET).
+--           the same tag is the same request sent before (a double tap, a retry), neither
+--           SAME_DAY nor counted, and RESERVE's key lets one of the two book. Told SAME_DAY,
+--           each of a double tap split across two instances could be refused by the other's
+--           hold and the other's seat: nothing booked, and one answered "already booked".
+-- Returns {OK}, {AGAIN} (held beside a hold of the same request: the record may have its
+-- booking, whose key Redis forgot after a day), {SUSPENDED, until}, {SAME_DAY} (an active
+-- booking for this service that day), {TOO_MANY}, or {FORGOTTEN} (this booking was answered
+-- 503 and forgotten: FORGET).
 local holds = KEYS[1]
 local today, wanted = ARGV[1], ARGV[2] .. '|' .. ARGV[3]
 local tagged = (ARGV[8] or '') ~= '' and wanted .. '|' .. ARGV[8]
 if redis.call('HEXISTS', holds, '!' .. ARGV[4]) == 1 then return {'FORGOTTEN'} end
 local entries = redis.call('HGETALL', holds)
-local active = 0
+local active, again = 0, false
 for i = 1, #entries, 2 do
   local field, value = entries[i], entries[i + 1]
   if field == '_suspended' then
@@ -392,7 +394,9 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', holds, field)
   elseif string.sub(field, 1, 1) == '!' then
     -- FORGET's mark, not a booking
-  elseif value ~= tagged then
+  elseif value == tagged then
+    again = true
+  else
     if value == wanted or string.sub(value, 1, #wanted + 1) == wanted .. '|' then return {'SAME_DAY'} end
     active = active + 1
   end
@@ -400,6 +404,7 @@ end
 if active >= tonumber(ARGV[5]) then return {'TOO_MANY'} end
 redis.call('HSET', holds, ARGV[4], tagged or wanted)
 if redis.call('TTL', holds) < tonumber(ARGV[6]) then redis.call('EXPIRE', holds, tonumber(ARGV[6])) end
+if again then return {'AGAIN'} end
 return {'OK'}
 """
 

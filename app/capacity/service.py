@@ -239,12 +239,13 @@ class Capacity:
         seat: SeatRequest,
         walk_in: bool = False,
         along: ScriptCall | None = None,
-    ) -> tuple[DomainError | None, Reserved | DomainError | None, Any]:
+    ) -> tuple[DomainError | None, bool, Reserved | DomainError | None, Any]:
         """``hold`` and ``reserve`` in one round trip (a booking's two Redis steps; they touch
         keys of two hash tags, so they cannot be one script), with ``along``, a script call of
         the caller's, run first. Each answer comes back as it is, an error included, and the
-        caller undoes whichever step another's refusal leaves alone: the hold's error, the
-        seat (or None: the day is not in Redis), and ``along``'s reply (None without it)."""
+        caller undoes whichever step another's refusal leaves alone: the hold's error, whether
+        the same request was held before (HOLD's AGAIN), the seat (or None: the day is not in
+        Redis), and ``along``'s reply (None without it)."""
         calls: list[ScriptCall] = [] if along is None else [along]
         calls += [
             (
@@ -264,7 +265,7 @@ class Capacity:
             reserved: Reserved | DomainError | None = _reserved(reserve_reply)
         except DomainError as error:
             reserved = error
-        return _hold_error(hold_reply, limit), reserved, along_reply
+        return _hold_error(hold_reply, limit), as_text(hold_reply[0]) == "AGAIN", reserved, along_reply
 
     async def counts(self, days: Collection[tuple[str, dt.date]]) -> dict[tuple[str, dt.date], str]:
         """The count of the record each (office, day)'s counters are in now: read before a

@@ -192,11 +192,12 @@ class SmsChannel:
                         limit=3,
                     )
 
-                day_fa, result = "امروز", await least_busy(self.clock.today())
+                today = self.clock.today()
+                day_fa, result = "امروز", await least_busy(today)
                 # Once today has no free seat left there (the evening, or a full day), tomorrow's:
                 # at 21:00 every office had answered "busy, none today", which helps nobody.
-                if not any(o.next_free_slot for o in result.offices):
-                    day_fa, result = "فردا", await least_busy(self.clock.today() + dt.timedelta(days=1))
+                if not any(o.next_free_slot for o in result.offices) and len(self.load.capacity.horizon(today)) > 1:
+                    day_fa, result = "فردا", await least_busy(today + dt.timedelta(days=1))
                 if not result.offices:
                     return "در این شهر دفتری با این خدمت پیدا نشد."
                 lines = [

@@ -147,6 +147,28 @@ async def test_a_double_tap_whose_steps_interleave_books_once(
     assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
 
 
+@pytest.mark.parametrize("seats", [1, 2], ids=["slot full", "seat free"])
+async def test_a_retry_a_day_later_whose_key_redis_forgot_is_answered_with_its_booking(
+    client: Client, world: World, redis_sync: SyncRedis, seats: int
+) -> None:
+    """Redis keeps a request's key a day; the record keeps it for good. A form sent again a
+    day later (Back, then "book") was answered "slot full" for the citizen's own booking, or
+    took a second seat until the record refused it."""
+    office = await world.office(seats=seats)
+    day = world.tomorrow()
+    national_id, mobile = world.national_id(), "09121114444"
+    headers = {**world.token(mobile), "Idempotency-Key": "a-day-later"}
+    body = booking_body(office, national_id, day, "10:00")
+    first = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    redis_sync.delete(keys.idempotency(office, mobile, "a-day-later"))  # its day in Redis is over
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
+    assert again.json()["tracking_code"] == first.json()["tracking_code"]
+    assert await count_rows(world.container) == used(redis_sync, office, day, "10:00") == 1
+    assert redis_sync.hlen(keys.citizen_holds(national_id)) == 1
+
+
 async def test_failed_insert_leaves_the_seat_free(client: Client, world: World, redis_sync: SyncRedis) -> None:
     office = await world.office(seats=1)
     day = world.tomorrow()

@@ -1049,6 +1049,45 @@ async def test_a_waitlist_join_is_not_committed_once_another_instances_recount_h
         assert redis.hlen(keys.citizen_holds(national_id)) == 0
 
 
+async def test_a_waitlist_join_whose_commit_question_meets_redis_away_gives_its_hold_back_later(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis failed as the join asked whether it may commit, and again as it gave its hold
+    back: the citizen, with no place in line, was refused "already booked" that day."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.booking.schemas import WaitlistJoin
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    assert (await book(client, world, office, day)).status_code == 201
+    jobs = world.container
+    unhold = jobs.capacity.unhold
+
+    async def unhold_fails_once(**_: Any) -> None:
+        monkeypatch.setattr(jobs.capacity, "unhold", unhold)
+        raise RedisConnectionError("Redis away a moment")
+
+    monkeypatch.setattr(jobs.capacity, "may_commit", _fails(RedisConnectionError("Redis away")))
+    monkeypatch.setattr(jobs.capacity, "unhold", unhold_fails_once)
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    national_id = world.national_id()
+    join = WaitlistJoin(national_id=national_id, office_code=office, service_code="101", date=day.isoformat())
+    async with jobs.sessions() as session:
+        with pytest.raises(RedisConnectionError):
+            await jobs.bookings.join_waitlist(session=session, mobile=world.mobile(), request=join)
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+
+        def holds() -> list[bytes]:  # FORGET's marks ("!" and the code) are not holds
+            return [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
+
+        for _ in range(50):  # given back once Redis answers
+            if not holds():
+                break
+            await asyncio.sleep(0.1)
+        assert holds() == []
+
+
 async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, world: World) -> None:
     """A clerk's new plan, a regulator's block or closure, or a confirmed forgery (which
     blocks) move seats: during a recount they answer 503 and change nothing, and go through
