@@ -214,18 +214,11 @@ async def test_a_booking_undone_after_a_recount_frees_no_one_elses_seat(
     assert ten_oclock_used(capacity_redis, office, day) == 1  # the first
 
 
-async def test_a_failed_booking_undone_while_redis_is_away_is_undone_once_it_answers(
-    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The record refused the insert, and Redis was away a moment as the booking gave back
-    what it took: its hold, seat and Idempotency-Key stayed taken for nobody. The citizen was
-    refused "already booked" until the day went by, a retry with the key was "in progress" for
-    a day, and nothing recounted a Redis that came back as it was. Now given back once it answers."""
+def insert_fails_then_redis_away(monkeypatch: pytest.MonkeyPatch, container: Container) -> None:
+    """The next booking's insert fails, and Redis is away a moment as it gives back its hold
+    (each once): its undo waits for Redis (``BookingService._undo_later``)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    office = await world.office(seats=2)
-    day = world.tomorrow()
-    container = client.app.state.container
     write, unhold = container.bookings.writer.write, container.capacity.unhold
 
     async def insert_fails(*_: Any, **__: Any) -> None:
@@ -238,6 +231,18 @@ async def test_a_failed_booking_undone_while_redis_is_away_is_undone_once_it_ans
 
     monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
     monkeypatch.setattr(container.capacity, "unhold", redis_away)
+
+
+async def test_a_failed_booking_undone_while_redis_is_away_is_undone_once_it_answers(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record refused the insert, and Redis was away a moment as the booking gave back
+    what it took: its hold, seat and Idempotency-Key stayed taken for nobody. The citizen was
+    refused "already booked" until the day went by, a retry with the key was "in progress" for
+    a day, and nothing recounted a Redis that came back as it was. Now given back once it answers."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    insert_fails_then_redis_away(monkeypatch, client.app.state.container)
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     body, headers = booking_body(office, world.national_id(), day), world.token()
     headers = {**headers, "Idempotency-Key": "undo-later-1"}
@@ -261,22 +266,11 @@ async def test_a_failed_bookings_undo_sends_its_seat_once_and_its_marks_until_th
     """The seat is left to the job in one write at most: its answer lost, it may have landed,
     and written again after the job had freed the seat, the seat would be freed twice. The
     marks that free the hold and the key are sent until they land (marking twice marks once)."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     office = await world.office(seats=2)
     day = world.tomorrow()
     container = client.app.state.container
-    write, unhold = container.bookings.writer.write, container.capacity.unhold
     settle, forget = container.capacity.settle_booking_later, container.capacity.forget_unanswered
     calls = {"settle": 0, "forget": 0}
-
-    async def insert_fails(*_: Any, **__: Any) -> None:
-        monkeypatch.setattr(container.bookings.writer, "write", write)
-        raise OperationalError("INSERT", {}, Exception("the record went away"))
-
-    async def redis_away(**_: Any) -> None:
-        monkeypatch.setattr(container.capacity, "unhold", unhold)
-        raise RedisConnectionError("Redis away a moment")
 
     async def settle_answer_lost(*args: Any) -> None:
         calls["settle"] += 1
@@ -287,8 +281,7 @@ async def test_a_failed_bookings_undo_sends_its_seat_once_and_its_marks_until_th
         calls["forget"] += 1
         return calls["forget"] > 1 and await forget(**kwargs)
 
-    monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
-    monkeypatch.setattr(container.capacity, "unhold", redis_away)
+    insert_fails_then_redis_away(monkeypatch, container)
     monkeypatch.setattr(container.capacity, "settle_booking_later", settle_answer_lost)
     monkeypatch.setattr(container.capacity, "forget_unanswered", forget_not_yet)
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1, 0.1, 0.1, 0.1))
@@ -330,21 +323,11 @@ async def test_a_failed_bookings_undo_waiting_for_redis_tries_once_more_as_the_i
     headers = {**world.token(), "Idempotency-Key": "undo-at-shutdown"}
     async with AsyncTestClient(create_app(settings), timeout=60) as stopping:
         container = stopping.app.state.container
-        write, unhold = container.bookings.writer.write, container.capacity.unhold
-
-        async def insert_fails(*_: Any, **__: Any) -> None:
-            monkeypatch.setattr(container.bookings.writer, "write", write)  # once
-            raise OperationalError("INSERT", {}, Exception("the record went away"))
-
-        async def redis_away(**_: Any) -> None:
-            monkeypatch.setattr(container.capacity, "unhold", unhold)  # back for the next call
-            raise RedisConnectionError("Redis away a moment")
 
         async def still_away(**_: Any) -> bool:
             raise RedisConnectionError("Redis still away")
 
-        monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
-        monkeypatch.setattr(container.capacity, "unhold", redis_away)
+        insert_fails_then_redis_away(monkeypatch, container)
         if redis_then == "still away":
             monkeypatch.setattr(container.capacity, "forget_unanswered", still_away)
         assert (await stopping.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
