@@ -299,12 +299,17 @@ class BookingService:
         if (
             sent_before
             and idempotency_key
-            and (earlier := await self.by_idempotency_key(await record.session(), mobile, idempotency_key))
+            and (earlier := await self._booked_with_key(record, mobile, idempotency_key))
         ):
+            session = await record.session()
             if isinstance(outcome, Reserved) and not outcome.replay:
-                await self._give_back(await record.session(), office, day, outcome, idempotency)
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-            return await self._replay(await record.session(), earlier, national_id, office, day, wanted)
+                await self._undo(session, office, day, outcome, national_id, seat)  # as after a failed insert
+            else:
+                try:
+                    await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+                except RedisError:
+                    self._undo_later(national_id, seat, None)
+            return await self._replay(session, earlier, national_id, office, day, wanted)
         try:
             if isinstance(outcome, DomainError):
                 raise outcome
@@ -583,6 +588,17 @@ class BookingService:
                 earlier, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
             )
         return Booked(booking=view, replay=True)
+
+    async def _booked_with_key(self, record: OnDemand, mobile: str, key: str) -> Booking | None:
+        """``by_idempotency_key``, or None when the record cannot say now: the booking then goes
+        on as a new one, and a copy is caught at its insert by the unique key (whose failure
+        gives back all the request took) rather than left holding its seat and hold."""
+        try:
+            return await self.by_idempotency_key(await record.session(), mobile, key)
+        except (SQLAlchemyError, OSError):
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await (await record.session()).rollback()
+            return None
 
     async def by_idempotency_key(self, session: AsyncSession, mobile: str, key: str) -> Booking | None:
         return await session.scalar(select(Booking).where(Booking.mobile == mobile, Booking.idempotency_key == key))

@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import delete, func, select, text
+from sqlalchemy.exc import OperationalError
 
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
@@ -147,13 +148,20 @@ async def test_a_double_tap_whose_steps_interleave_books_once(
     assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
 
 
+@pytest.mark.parametrize("record_answers", [True, False], ids=["", "record away at the look-up"])
 @pytest.mark.parametrize("seats", [1, 2], ids=["slot full", "seat free"])
 async def test_a_retry_a_day_later_whose_key_redis_forgot_is_answered_with_its_booking(
-    client: Client, world: World, redis_sync: SyncRedis, seats: int
+    client: Client,
+    world: World,
+    redis_sync: SyncRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    seats: int,
+    record_answers: bool,
 ) -> None:
     """Redis keeps a request's key a day; the record keeps it for good. A form sent again a
     day later (Back, then "book") was answered "slot full" for the citizen's own booking, or
-    took a second seat until the record refused it."""
+    took a second seat until the record refused it. With the record away as it is asked,
+    the retry goes on as a new booking, and takes nothing it keeps."""
     office = await world.office(seats=seats)
     day = world.tomorrow()
     national_id, mobile = world.national_id(), "09121114444"
@@ -162,9 +170,21 @@ async def test_a_retry_a_day_later_whose_key_redis_forgot_is_answered_with_its_b
     first = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert first.status_code == 201, first.text
     redis_sync.delete(keys.idempotency(office, mobile, "a-day-later"))  # its day in Redis is over
+    if not record_answers:
+        bookings = client.app.state.container.bookings
+        by_key = bookings.by_idempotency_key
+
+        async def away_once(*args: Any) -> Any:
+            monkeypatch.setattr(bookings, "by_idempotency_key", by_key)
+            raise OperationalError("SELECT", {}, Exception("the record went away"))
+
+        monkeypatch.setattr(bookings, "by_idempotency_key", away_once)
     again = await client.post("/api/v1/bookings", json=body, headers=headers)
-    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
-    assert again.json()["tracking_code"] == first.json()["tracking_code"]
+    if record_answers or seats == 2:  # (a free seat: the insert's unique key answers with the booking)
+        assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
+        assert again.json()["tracking_code"] == first.json()["tracking_code"]
+    else:
+        assert again.status_code == 409 and again.json()["code"] == "slot_full", again.text
     assert await count_rows(world.container) == used(redis_sync, office, day, "10:00") == 1
     assert redis_sync.hlen(keys.citizen_holds(national_id)) == 1
 
