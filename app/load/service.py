@@ -124,6 +124,31 @@ class LoadService:
             offices=[_nearby_office(c, offices[c.office_code]) for c in ranked if c.office_code in offices],
         )
 
+    async def nearby_soonest(
+        self,
+        *,
+        sessions: Sessions,
+        service_code: str,
+        days: list[dt.date],
+        lat: float | None,
+        lon: float | None,
+        city: str | None,
+        limit: int,
+    ) -> NearbyResult:
+        """``nearby`` for the first of ``days`` on which an office found has a free seat, or
+        for the first day when none has: a citizen asking for today after hours (or on a full
+        day) is shown where to go next, not a list of "none left" (the search page, SMS)."""
+        first: NearbyResult | None = None
+        for day in days:
+            result = await self.nearby(
+                sessions=sessions, service_code=service_code, day=day, lat=lat, lon=lon, city=city, limit=limit
+            )
+            if any(o.next_free_slot for o in result.offices):
+                return result
+            first = first or result
+        assert first is not None, "no day to search"
+        return first
+
     async def office_load(self, *, session: AsyncSession, office_code: str) -> OfficeLoad:
         office_code = normalize_code(office_code, "office_code")
         if await session.scalar(select(Office.id).where(Office.code == office_code)) is None:

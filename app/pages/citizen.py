@@ -30,7 +30,6 @@ from app.container import Container
 from app.db import Within, read_until
 from app.errors import DomainError, InvalidInput, NotFound, Unauthorized
 from app.identity import normalize_mobile, normalize_national_id
-from app.load.schemas import NearbyResult
 from app.locale import parse_date, parse_float
 from app.offices import service as offices
 from app.offices.service import BookableOffice
@@ -137,24 +136,15 @@ class CitizenPages(Controller):
             # Today is what the form offers first: a citizen searching it after hours (or on
             # a full day) is shown the first day that still has a free seat, not a list of
             # "none left". A later day they picked is kept.
-            days = container.capacity.horizon(today)[:LOOK_AHEAD_DAYS] if chosen == today else [chosen]
-            first: NearbyResult | None = None
-            for day in days:
-                result = await container.load.nearby(
-                    sessions=Within(session),
-                    service_code=service,
-                    day=day,
-                    lat=latitude,
-                    lon=longitude,
-                    city=city if latitude is None or longitude is None else None,
-                    limit=NEARBY_LIMIT,
-                )
-                first = first or result
-                if any(o.next_free_slot for o in result.offices):
-                    break
-            else:
-                assert first is not None  # days is never empty
-                result = first  # no day ahead has room either: the day asked for, as it is
+            result = await container.load.nearby_soonest(
+                sessions=Within(session),
+                service_code=service,
+                days=container.capacity.horizon(today)[:LOOK_AHEAD_DAYS] if chosen == today else [chosen],
+                lat=latitude,
+                lon=longitude,
+                city=city if latitude is None or longitude is None else None,
+                limit=NEARBY_LIMIT,
+            )
         except DomainError as error:
             await session.rollback()
             return render(

@@ -27,7 +27,6 @@ from app.clock import Clock
 from app.db import Within
 from app.errors import DomainError
 from app.identity import normalize_mobile
-from app.load.schemas import NearbyResult
 from app.load.service import LoadService
 from app.locale import to_persian_digits
 from app.sms import parser
@@ -180,24 +179,19 @@ class SmsChannel:
                 )
                 return None  # joining sends its own message
             case parser.Offices():
-
-                async def least_busy(day: dt.date) -> NearbyResult:
-                    return await self.load.nearby(
-                        sessions=Within(session),
-                        service_code=command.service_code,
-                        day=day,
-                        lat=None,
-                        lon=None,
-                        city=command.city,
-                        limit=3,
-                    )
-
+                # Today's, or tomorrow's once today has no free seat left there (as the search
+                # page does): at 21:00 every office had answered "busy, none today".
                 today = self.clock.today()
-                day_fa, result = "امروز", await least_busy(today)
-                # Once today has no free seat left there (the evening, or a full day), tomorrow's:
-                # at 21:00 every office had answered "busy, none today", which helps nobody.
-                if not any(o.next_free_slot for o in result.offices) and len(self.load.capacity.horizon(today)) > 1:
-                    day_fa, result = "فردا", await least_busy(today + dt.timedelta(days=1))
+                result = await self.load.nearby_soonest(
+                    sessions=Within(session),
+                    service_code=command.service_code,
+                    days=self.load.capacity.horizon(today)[:2],
+                    lat=None,
+                    lon=None,
+                    city=command.city,
+                    limit=3,
+                )
+                day_fa = "امروز" if result.date == today.isoformat() else "فردا"
                 if not result.offices:
                     return "در این شهر دفتری با این خدمت پیدا نشد."
                 lines = [
