@@ -299,16 +299,13 @@ class BookingService:
         if (
             sent_before
             and idempotency_key
-            and (earlier := await self._booked_with_key(record, mobile, idempotency_key))
+            and (earlier := await self._earlier_with_key(record, mobile, idempotency_key))
         ):
             session = await record.session()
             if isinstance(outcome, Reserved) and not outcome.replay:
                 await self._undo(session, office, day, outcome, national_id, seat)  # as after a failed insert
             else:
-                try:
-                    await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-                except RedisError:
-                    self._undo_later(national_id, seat, None)
+                await self._unhold_or_later(national_id, seat)
             return await self._replay(session, earlier, national_id, office, day, wanted)
         try:
             if isinstance(outcome, DomainError):
@@ -488,6 +485,14 @@ class BookingService:
         except SQLAlchemyError:
             log.exception("could not record whom a seat given back went to")
 
+    async def _unhold_or_later(self, national_id: str, seat: SeatRequest) -> None:
+        """Give back the hold of a request that made nothing; with Redis away, once it answers
+        (left taken, the citizen was refused "already booked" that day with no booking)."""
+        try:
+            await self.capacity.unhold(national_id=national_id, tracking_code=seat.tracking_code)
+        except RedisError:
+            self._undo_later(national_id, seat, None)
+
     def _undo_later(self, national_id: str, seat: SeatRequest, given: Seat | None) -> None:
         """Once Redis answers: the citizen's limit and the request's Idempotency-Key freed (marked
         forgotten: a late script of the request takes nothing), and ``given``, a seat whose
@@ -589,7 +594,7 @@ class BookingService:
             )
         return Booked(booking=view, replay=True)
 
-    async def _booked_with_key(self, record: OnDemand, mobile: str, key: str) -> Booking | None:
+    async def _earlier_with_key(self, record: OnDemand, mobile: str, key: str) -> Booking | None:
         """``by_idempotency_key``, or None when the record cannot say now: the booking then goes
         on as a new one, and a copy is caught at its insert by the unique key (whose failure
         gives back all the request took) rather than left holding its seat and hold."""
@@ -1173,14 +1178,11 @@ class BookingService:
             await session.commit()
         except (CapacityRebuilding, RedisError):  # nothing committed: the hold goes too
             await session.rollback()
-            try:
-                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-            except RedisError:  # once Redis answers, as a failed booking's
-                self._undo_later(national_id, asked, None)
+            await self._unhold_or_later(national_id, asked)
             raise
         except IntegrityError as error:
             await session.rollback()
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            await self._unhold_or_later(national_id, asked)
             if await self._by_tracking_code(session, tracking_code) is not None:  # not ours: not committed
                 raise TrackingCodeTaken() from error
             raise AlreadyBookedThatDay() from error

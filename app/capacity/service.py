@@ -246,15 +246,16 @@ class Capacity:
         caller undoes whichever step another's refusal leaves alone: the hold's error, whether
         the same request was held before (HOLD's AGAIN), the seat (or None: the day is not in
         Redis), and ``along``'s reply (None without it)."""
+        reserve_keys, reserve_args = _reserve_call(seat)
+        # The tag of a request with a key: its Redis key hashed (one office, mobile and key).
+        tag = _hold_tag(reserve_keys[1]) if seat.idempotency else ""
         calls: list[ScriptCall] = [] if along is None else [along]
         calls += [
             (
                 self.scripts.hold,
-                *self._hold_call(
-                    national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in, _hold_tag(seat)
-                ),
+                *self._hold_call(national_id, today, seat.day, service_code, seat.tracking_code, limit, walk_in, tag),
             ),
-            (self.scripts.reserve, *_reserve_call(seat)),
+            (self.scripts.reserve, reserve_keys, reserve_args),
         ]
         started = perf_counter()
         with self.reads.changing([(seat.office_code, seat.day)]):
@@ -1041,12 +1042,10 @@ def _idempotency_key(office_code: str, idempotency: tuple[str, str] | None) -> s
     return keys.idempotency(office_code, *idempotency) if idempotency else keys.idempotency(office_code, "-", "-")
 
 
-def _hold_tag(seat: SeatRequest) -> str:
-    """HOLD's tag for a request with an Idempotency-Key: the same for the same request sent
-    twice (one office, mobile and key), short whatever the key."""
-    if seat.idempotency is None:
-        return ""
-    return hashlib.blake2b(_idempotency_key(seat.office_code, seat.idempotency).encode(), digest_size=8).hexdigest()
+def _hold_tag(idempotency_key: str) -> str:
+    """HOLD's tag for a request with an Idempotency-Key (its Redis key): the same for the same
+    request sent twice, short whatever the key."""
+    return hashlib.blake2b(idempotency_key.encode(), digest_size=8).hexdigest()
 
 
 def _reserve_call(seat: SeatRequest) -> tuple[list[str], list[str | int]]:
