@@ -1196,7 +1196,7 @@ class BookingService:
                 if landed is None:
                     # Landing later, the row waits in no line until the next rebuild.
                     log.error("a waitlist join's commit answer was lost, and the record cannot say: %s", tracking_code)
-                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+                await self._unhold_or_later(national_id, asked)
                 raise ServiceUnavailable("The record is unavailable; you were not added to the waitlist.") from error
             log.warning("a waitlist join's commit answer was lost; the record has it: joined")
         try:

@@ -356,3 +356,49 @@ async def test_a_join_whose_commit_landed_but_the_answer_was_lost_is_in_line(
     cancelled = await client.post(f"/api/v1/bookings/{taken.json()['tracking_code']}/cancel", headers=owner)
     assert cancelled.status_code == 200, cancelled.text
     assert (await statuses(world, office))[code] == ("booked", "10:00")
+
+
+@pytest.mark.parametrize("redis_then", ["answers", "is away a moment"])
+async def test_a_join_whose_commit_did_not_land_holds_nothing(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, redis_then: str
+) -> None:
+    """The join's COMMIT answer was lost and the record says it did not land (503): the hold
+    is given back, with Redis away a moment once it answers, and the retry joins. (Before,
+    Redis away left the hold: the citizen, in no line, was refused "already booked" that day.)"""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.booking import service as booking_service
+
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    taken = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert taken.status_code == 201, taken.text
+    container = client.app.state.container
+    if redis_then == "is away a moment":
+        unhold = container.capacity.unhold
+
+        async def away_once(**_: Any) -> None:
+            monkeypatch.setattr(container.capacity, "unhold", unhold)
+            raise RedisConnectionError("Redis away a moment")
+
+        monkeypatch.setattr(container.capacity, "unhold", away_once)
+        monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    lose_the_commits_answer(client, monkeypatch, committed=False, engine=container.engine)
+    national_id = world.national_id()
+    body, headers = booking_body(office, national_id, day, None), world.token()
+    lost = await client.post("/api/v1/waitlist", json=body, headers=headers)
+    assert lost.status_code == 503, lost.text
+
+    def held() -> list[bytes]:  # FORGET's marks ("!" and the code) are not holds
+        return [field for field in redis_sync.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
+
+    for _ in range(50):
+        if not held():
+            break
+        await asyncio.sleep(0.1)
+    assert held() == []
+    assert redis_sync.llen(keys.waitlist(office, day, "*")) == 0
+    again = await client.post("/api/v1/waitlist", json=body, headers=headers)
+    assert again.status_code == 201 and again.json()["waitlist_position"] == 1, again.text
