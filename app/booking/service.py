@@ -41,6 +41,7 @@ from app.booking.writer import CommitOutcomeUnknown, CountingPaused, GroupCommit
 from app.capacity import keys
 from app.capacity.errors import (
     AlreadyBookedThatDay,
+    BookingSuspended,
     CapacityRebuilding,
     DuplicateRequest,
     OfficeClosed,
@@ -286,8 +287,9 @@ class BookingService:
             if isinstance(outcome, Reserved) and not outcome.replay:
                 await self._give_back(await record.session(), office, day, outcome, idempotency)
             # A retry of a booking that went through holds the citizen's limit (and one of the
-            # mobile's) itself.
-            if isinstance(hold_error, (AlreadyBookedThatDay, TooManyBookings, TooManyFromMobile)) and idempotency_key:
+            # mobile's) itself, and a suspension since (no-shows) does not undo a booking made.
+            refusals_of_a_retry = (AlreadyBookedThatDay, TooManyBookings, TooManyFromMobile, BookingSuspended)
+            if isinstance(hold_error, refusals_of_a_retry) and idempotency_key:
                 if earlier := await self.by_idempotency_key(await record.session(), mobile, idempotency_key):
                     return await self._replay(await record.session(), earlier, national_id, office, day, wanted)
                 if await self.capacity.idempotency_seen(office_code=office.code, owner=mobile, key=idempotency_key):

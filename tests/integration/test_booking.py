@@ -189,6 +189,35 @@ async def test_a_retry_a_day_later_whose_key_redis_forgot_is_answered_with_its_b
     assert redis_sync.hlen(keys.citizen_holds(national_id)) == 1
 
 
+@pytest.mark.parametrize("redis_has_the_key", [True, False])
+async def test_a_retry_after_a_suspension_is_answered_with_its_booking(
+    client: Client, world: World, redis_sync: SyncRedis, redis_has_the_key: bool
+) -> None:
+    """Suspended for no-shows after the booking went through, the citizen's retry (the same
+    request, its answer lost) was refused "suspended", as if nothing had been booked. The
+    suspension bars new bookings; the one made stands, and the retry is answered with it."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    national_id, mobile = world.national_id(), "09121115555"
+    headers = {**world.token(mobile), "Idempotency-Key": "before-the-suspension"}
+    body = booking_body(office, national_id, day, "10:00")
+    first = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    if not redis_has_the_key:
+        redis_sync.delete(keys.idempotency(office, mobile, "before-the-suspension"))
+    today = world.container.clock.today()
+    await world.container.capacity.suspend(national_id=national_id, until=today + dt.timedelta(days=7), today=today)
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
+    assert again.json()["tracking_code"] == first.json()["tracking_code"]
+    other = {**headers, "Idempotency-Key": "after-the-suspension"}
+    next_day = day + dt.timedelta(days=1)
+    refused = await client.post("/api/v1/bookings", json=booking_body(office, national_id, next_day), headers=other)
+    assert refused.status_code == 403 and refused.json()["code"] == "booking_suspended", refused.text
+    assert await count_rows(world.container) == used(redis_sync, office, day, "10:00") == 1
+    assert used(redis_sync, office, next_day, "10:00") == 0
+
+
 async def test_failed_insert_leaves_the_seat_free(client: Client, world: World, redis_sync: SyncRedis) -> None:
     office = await world.office(seats=1)
     day = world.tomorrow()
