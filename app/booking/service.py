@@ -643,7 +643,7 @@ class BookingService:
         if booking.status == BookingStatus.CANCELLED:
             # A retry of a cancel whose answer was lost: the limit it frees may not have been
             # freed then (app.capacity's HOLD), and freeing it twice is harmless.
-            await self._unhold(booking)
+            await self.unhold(booking)
         if booking.status not in ACTIVE_STATUSES:
             raise BookingNotActive(booking_status=booking.status.value)
         if booking.status == BookingStatus.CHECKED_IN:
@@ -710,7 +710,7 @@ class BookingService:
             log.warning("a cancel's commit answer was lost; the record has it: cancelled")
         # The citizen's limit first, on its own: a failure to give the seat back must not
         # keep them from booking again.
-        await self._unhold(booking)
+        await self.unhold(booking)
         # Only after the record says "cancelled" is the seat given back: a failure here
         # leaves it counted (or given to the waitlist and not recorded), which the next
         # rebuild corrects, and never double-books it. The cancel itself is committed: 200.
@@ -743,12 +743,14 @@ class BookingService:
             await session.rollback()
             raise CapacityRebuilding()
 
-    async def _unhold(self, booking: Booking) -> None:
-        """Free a cancelled booking's place in its citizen's limits; a failure is logged."""
+    async def unhold(self, booking: Booking) -> None:
+        """Free the place in its citizen's limits of a booking no longer active (cancelled,
+        served, absent), after its commit; a failure is logged, not raised: the change is
+        made, and an error would have the citizen or clerk try again, to be refused."""
         try:
             await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
         except RedisError:
-            log.exception("a cancelled booking still counts against its citizen's limits until the next rebuild")
+            log.exception("a booking no longer active still counts against its citizen's limits until the next rebuild")
 
     async def cancel_seatless(
         self,

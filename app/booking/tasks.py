@@ -47,7 +47,15 @@ async def _close_day() -> dict[str, int]:
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
         expired = await _close(session, BookingStatus.WAITLISTED, BookingStatus.CANCELLED, today)
-        suspended = await app.console.suspend_for_no_shows(session=session, national_ids=no_shows, today=today)
+        # With the absent a clerk marked yesterday: a mark whose suspension was not made (the
+        # record or Redis away just after it) is weighed again.
+        marked = await session.scalars(
+            select(Booking.national_id).where(
+                Booking.date == today - dt.timedelta(days=1), Booking.status == BookingStatus.NO_SHOW
+            )
+        )
+        absent = [*no_shows, *marked]
+        suspended = await app.console.suspend_for_no_shows(session=session, national_ids=absent, today=today)
         await session.commit()
         # Their holds need no unhold: holds of past days count for nothing (the HOLD script).
         # Every suspension in force is told, not only tonight's: one whose telling was lost

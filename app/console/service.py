@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 import msgspec
+from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus, Channel, Suspension
@@ -611,7 +613,7 @@ class Console:
             BookingStatus.SERVED,
         )
         # Served: no longer an active booking, so it stops counting against the citizen's limits.
-        await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+        await self.bookings.unhold(booking)
         return entry
 
     async def no_show(
@@ -620,8 +622,15 @@ class Console:
         _, booking, entry = await self._transition(
             session, staff, office_code, tracking_code, (BookingStatus.BOOKED,), BookingStatus.NO_SHOW
         )
-        await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        await self.record_no_show(session=session, national_id=booking.national_id)
+        # The mark is committed: a failure after it answered the clerk with an error, their
+        # retry was refused "wrong state", and the suspension it was due was never made. A
+        # suspension not made here is made by the night's close (app.booking.tasks).
+        try:
+            await self.record_no_show(session=session, national_id=booking.national_id)
+        except (SQLAlchemyError, RedisError):
+            await session.rollback()
+            log.exception("a no-show's suspension is left to the night's close")
+        await self.bookings.unhold(booking)
         return entry
 
     def _refuse_early_no_show(self, booking: Booking) -> None:

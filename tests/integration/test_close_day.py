@@ -72,6 +72,21 @@ async def test_the_night_suspends_those_who_reach_the_limit_of_no_shows(
     assert (again["no_shows"], again["suspended"]) == (0, 0)
 
 
+async def test_the_night_weighs_the_no_shows_clerks_marked_yesterday(
+    client: Client, world: World, deliver: Deliver
+) -> None:
+    """A clerk's third no-show mark whose suspension was not made (the record or Redis away
+    just after the mark): the night found no booking of its own to close, and the citizen
+    went on booking. It now weighs yesterday's marks too."""
+    office = await world.office()
+    await world.rebuild()
+    citizen = world.national_id()
+    await past_bookings(world, *((citizen, days_ago, BookingStatus.NO_SHOW) for days_ago in (10, 5, 1)))
+    result = await asyncio.to_thread(close_day)
+    assert (result["no_shows"], result["suspended"]) == (0, 1)
+    assert await books(client, world, office, citizen) == 403
+
+
 async def test_a_night_that_dies_before_telling_redis_is_told_by_the_next_run(
     client: Client, world: World, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

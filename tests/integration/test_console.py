@@ -357,6 +357,43 @@ async def test_a_no_show_waits_for_the_slot_and_its_grace(
     assert marked.status_code == 200 and marked.json()["status"] == "no_show"
 
 
+async def test_a_clerks_mark_stands_when_redis_or_the_record_fails_after_it(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The no-show or served mark was committed, then the suspension check or Redis failed:
+    the clerk was answered 503, their retry "wrong state". Now the mark's answer is the mark
+    (the suspension is left to the night's close, the hold logged)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from sqlalchemy.exc import OperationalError
+
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    today = morning.date()
+    codes = []
+    for slot in ("08:00", "08:30"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    container = client.app.state.container
+
+    async def redis_away(**_: Any) -> None:
+        raise RedisConnectionError("Redis away a moment")
+
+    async def record_away(**_: Any) -> None:
+        raise OperationalError("SELECT", {}, Exception("the record went away"))
+
+    monkeypatch.setattr(container.capacity, "unhold", redis_away)
+    monkeypatch.setattr(container.console, "record_no_show", record_away)
+    move_clock(monkeypatch, morning.replace(hour=8, minute=15))
+    base = f"/api/v1/staff/offices/{office}/queue"
+    absent = await client.post(f"{base}/{codes[0]}/no-show", headers=headers)
+    assert absent.status_code == 200 and absent.json()["status"] == "no_show", absent.text
+    served = await client.post(f"{base}/{codes[1]}/served", headers=headers)
+    assert served.status_code == 200 and served.json()["status"] == "served", served.text
+
+
 async def test_three_no_shows_suspend_booking(
     client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
