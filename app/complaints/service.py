@@ -208,8 +208,11 @@ class Complaints:
         if verdict is not Verdict.NONE:
             await session.refresh(complaint)  # a rollback (a block's moves refused half-way) expired it
 
-    async def sms_complaint(self, session: AsyncSession, mobile: str, office_code: str, text: str) -> str | None:
-        """The SMS channel's `شکایت` command: filed as "other", with the citizen's words."""
+    async def sms_complaint(
+        self, session: AsyncSession, mobile: str, office_code: str, text: str, key: str
+    ) -> str | None:
+        """The SMS channel's `شکایت` command: filed as "other", with the citizen's words;
+        ``key``, the message's, files it once however often it is delivered."""
         await self.file(
             session=session,
             mobile=mobile,
@@ -218,6 +221,7 @@ class Complaints:
             description=text,
             booking_tracking_code=None,
             channel="sms",
+            form_key=key,
         )
         return None  # filing sends its own SMS with the tracking code
 

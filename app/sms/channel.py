@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import CitizenAuth
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 _CLAIM_LEASE = dt.timedelta(seconds=60)
 """How long a delivery carrying out a message keeps others off it (replies take seconds)."""
 
-ComplaintHandler = Callable[[AsyncSession, str, str, str], Awaitable[str | None]]
-"""(session, mobile, office code, text) -> the reply; the complaints domain provides it."""
+ComplaintHandler = Callable[[AsyncSession, str, str, str, str], Awaitable[str | None]]
+"""(session, mobile, office code, text, the message's key) -> the reply; the complaints domain
+provides it."""
 
 _STATUS_FA = {
     "waitlisted": "در فهرست انتظار",
@@ -86,7 +88,7 @@ class SmsChannel:
             return False
         try:
             try:
-                reply = await self._carry_out(session, mobile, command)
+                reply = await self._carry_out(session, mobile, command, _message_key(provider_sid))
             except DomainError as error:
                 await session.rollback()
                 reply = error.detail_fa
@@ -158,10 +160,12 @@ class SmsChannel:
             with contextlib.suppress(Exception):
                 await session.rollback()
 
-    async def _carry_out(self, session: AsyncSession, mobile: str, command: parser.Command) -> str | None:
+    async def _carry_out(self, session: AsyncSession, mobile: str, command: parser.Command, key: str) -> str | None:
+        """``key``: the message's own, which its booking or complaint is made under: a delivery
+        carried out again (the commit of its answer failed after theirs) makes neither twice."""
         match command:
             case parser.Book():
-                return await self._book(session, mobile, command)
+                return await self._book(session, mobile, command, key)
             case parser.Wait():
                 national_id = await self._national_id(session, mobile, command.national_id)
                 if national_id is None:
@@ -177,6 +181,7 @@ class SmsChannel:
                     ),
                     channel=Channel.SMS,
                 )
+                await self._first_id(session, mobile, command.national_id)
                 return None  # joining sends its own message
             case parser.Offices():
                 # Today's, or tomorrow's once today has no free seat left there (as the search
@@ -211,7 +216,7 @@ class SmsChannel:
             case parser.Complain():
                 if self.complaints is None:
                     return "ثبت شکایت با پیامک هنوز فعال نیست؛ از سامانهٔ نوبت استفاده کنید."
-                return await self.complaints(session, mobile, command.office_code, command.text)
+                return await self.complaints(session, mobile, command.office_code, command.text, key)
             case parser.Register():
                 await self._remember(session, mobile, command.national_id)
                 return f"کد ملی {to_persian_digits(command.national_id[-4:])}**** برای این شماره ثبت شد."
@@ -224,10 +229,12 @@ class SmsChannel:
             case parser.Help():
                 return f"{command.reason}\n{parser.HELP_TEXT_FA}" if command.reason else parser.HELP_TEXT_FA
 
-    async def _book(self, session: AsyncSession, mobile: str, command: parser.Book) -> str | None:
+    async def _book(self, session: AsyncSession, mobile: str, command: parser.Book, key: str) -> str | None:
         national_id = await self._national_id(session, mobile, command.national_id)
         if national_id is None:
             return _NEED_ID
+        if await self.bookings.by_idempotency_key(session, mobile, key) is not None:
+            return None  # booked by this message before: its confirmation went out then
         # No date: the first day, from today on, with a free slot.
         today = self.clock.today()
         days = [command.day] if command.day else [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
@@ -242,9 +249,10 @@ class SmsChannel:
                         service_code=command.service_code,
                         date=day.isoformat(),
                     ),
-                    idempotency_key=None,
+                    idempotency_key=key,
                     channel=Channel.SMS,
                 )
+                await self._first_id(session, mobile, command.national_id)
                 return None  # the booking sends its own confirmation, with the tracking code
             except (DayFull, OfficeClosed):
                 if index == len(days) - 1:
@@ -252,16 +260,24 @@ class SmsChannel:
         return None
 
     async def _national_id(self, session: AsyncSession, mobile: str, given: str | None) -> str | None:
-        """The national ID a booking message books for: the one it gives, else the phone's.
-        The first ID a phone books with becomes its registered one; a later one is for that
-        message only (a parent booking once for a child must not have every later booking
-        made for the child). ``ثبت`` changes the registered ID."""
-        on_file = await session.scalar(select(CitizenPhone.national_id).where(CitizenPhone.mobile == mobile))
+        """The national ID a booking message books for: the one it gives, else the phone's."""
+        if given:
+            return given
+        return await session.scalar(select(CitizenPhone.national_id).where(CitizenPhone.mobile == mobile))
+
+    async def _first_id(self, session: AsyncSession, mobile: str, given: str | None) -> None:
+        """Once a booking or join is made: the first ID a phone books with becomes its registered
+        one; a later one is for that message only (a parent booking once for a child must not
+        have every later booking made for the child). ``ثبت`` changes the registered ID.
+        Registered before, a refused message (a wrong office code) registered its ID all the
+        same. Its failure is logged: the booking is made, and is the answer."""
         if not given:
-            return on_file
-        if on_file is None:
+            return
+        try:
             await self._remember(session, mobile, given, replace=False)
-        return given
+        except SQLAlchemyError:
+            await session.rollback()
+            log.warning("a phone's first national ID was not registered", exc_info=True)
 
     async def _remember(self, session: AsyncSession, mobile: str, national_id: str, *, replace: bool = True) -> None:
         """Register the phone's ID; ``replace=False``: unless it has one. In one statement, so
@@ -279,6 +295,12 @@ class SmsChannel:
             statement = statement.on_conflict_do_nothing(index_elements=[CitizenPhone.mobile])
         await session.execute(statement)
         await session.commit()
+
+
+def _message_key(provider_sid: str) -> str:
+    """The key a message's booking (an Idempotency-Key) or complaint (a form key) is made
+    under: of a shape both accept, whatever the provider's ids look like."""
+    return "sms-" + hashlib.blake2b(provider_sid.encode(), digest_size=16).hexdigest()
 
 
 _NEED_ID = "کد ملی را هم بفرستید، مثلاً: نوبت ۰۱۰۰۰۱ ۱۰۱ ۰۴۹۹۳۷۰۸۹۹ — یا یک بار بفرستید: ثبت [کد ملی]"

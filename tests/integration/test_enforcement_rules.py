@@ -335,7 +335,9 @@ async def test_a_forgery_texted_in_is_recategorised_by_the_regulator_and_blocks(
     office = await world.office()
     reg = await regulator(client, world)
     async with world.container.sessions() as session:
-        await world.container.complaints.sms_complaint(session, "09125558001", office, "مدارک مرا جعل کردند")
+        await world.container.complaints.sms_complaint(
+            session, "09125558001", office, "مدارک مرا جعل کردند", "sms-forgery-texted-in"
+        )
         code = await session.scalar(select(Complaint.tracking_code))
     assert code is not None
     url = f"/api/v1/regulator/complaints/{code}/transition"

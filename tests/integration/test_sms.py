@@ -533,12 +533,9 @@ async def test_a_message_that_failed_midway_is_carried_out_when_twilio_retries(
     assert await count(world, Booking) == 1 and await count(world, InboundSms) == 1
 
 
-async def test_a_reply_whose_commit_failed_is_sent_when_twilio_retries(
-    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The message was carried out, the commit of its answer was not (the database away a
-    moment): Twilio's retry, seconds later, answers it. (The message had stayed claimed for a
-    minute, and the retry was answered with nothing.)"""
+def answers_commit_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The commit of the next inbound message's answer fails (the database away a moment),
+    once: the list given back has an item once it has."""
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -558,6 +555,16 @@ async def test_a_reply_whose_commit_failed_is_sent_when_twilio_retries(
 
     monkeypatch.setattr(AsyncSession, "execute", execute)
     monkeypatch.setattr(AsyncSession, "commit", commit_failing_once)
+    return failed
+
+
+async def test_a_reply_whose_commit_failed_is_sent_when_twilio_retries(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message was carried out, the commit of its answer was not (the database away a
+    moment): Twilio's retry, seconds later, answers it. (The message had stayed claimed for a
+    minute, and the retry was answered with nothing.)"""
+    failed = answers_commit_fails_once(monkeypatch)
     first = await text(client, "سلام", sid="SMhelpagain")
     assert first.status_code >= 500 and failed  # Twilio delivers it again
     assert await count(world, SmsMessage) == 0
@@ -1012,3 +1019,53 @@ async def test_the_sweep_leaves_a_backlog_alone_and_finds_a_lost_message_behind_
     assert redis_sync.exists(Job.key_for(f"sms-{made['lost']}-swept"))
     assert not redis_sync.exists(Job.key_for(f"sms-{made['waiting']}-swept"))
     jobs.sms.remove("backlog")
+
+
+@pytest.mark.parametrize("command", ["book on a day", "book the first free day", "complain"])
+async def test_a_message_carried_out_again_after_its_answer_failed_books_or_files_once(
+    client: Client,
+    world: World,
+    standin: TwilioStandIn,
+    deliver: Deliver,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """The booking or complaint was committed, the commit of the message's answer was not:
+    Twilio's retry carried the message out again. A day given, the citizen was also told
+    "already booked"; none given, a seat freed since on an earlier day was booked as well;
+    a complaint was filed twice. Each is now made under the message's own key."""
+    from app.complaints.models import Complaint
+
+    office = await world.office()
+    national_id = world.national_id()
+    body = {
+        "book on a day": f"نوبت {office} 101 {world.tomorrow().isoformat()} {national_id}",
+        "book the first free day": f"نوبت {office} 101 {national_id}",
+        "complain": f"شکایت {office} سه ساعت در صف ماندم",
+    }[command]
+    failed = answers_commit_fails_once(monkeypatch)
+    first = await text(client, body, sid="SManswerlost")
+    assert first.status_code >= 500 and failed  # Twilio delivers it again
+    retried = await text(client, body, sid="SManswerlost")
+    assert retried.status_code == 200, retried.text
+    if command == "complain":
+        assert await count(world, Complaint) == 1
+    else:
+        assert await count(world, Booking) == 1
+    await deliver()
+    await asyncio.sleep(0.5)  # a second message, had one been queued
+    assert len(standin.messages) == 1, [m["body"] for m in standin.messages]
+    assert "کد رهگیری" in standin.messages[0]["body"]
+
+
+async def test_a_refused_booking_message_does_not_register_its_id(client: Client, world: World) -> None:
+    """A new phone's first message named an office that does not exist: it was refused, and
+    its national ID registered all the same, for every later message without one."""
+    office = await world.office()
+    refused = await text(client, f"نوبت 999999 101 {world.national_id()}", sid="SMnosuchoffice")
+    assert refused.status_code == 200
+    assert await count(world, CitizenPhone) == 0
+    await text(client, f"نوبت {office} 101", sid="SMnoid")
+    assert await count(world, Booking) == 0
+    await text(client, f"نوبت {office} 101 {world.national_id()}", sid="SMbooked")
+    assert await count(world, Booking) == await count(world, CitizenPhone) == 1
