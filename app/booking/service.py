@@ -280,12 +280,19 @@ class BookingService:
             await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
             raise
         if allowance_reply:  # refused: the seconds until the mobile may book again
+            refused = self._past_allowance(allowance, int(allowance_reply))
             if hold_error is None:
-                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-            hold_error = self._past_allowance(allowance, int(allowance_reply))
+                await self._unhold_or_later(national_id, seat)
+            hold_error = refused
         if hold_error is not None:
             if isinstance(outcome, Reserved) and not outcome.replay:
-                await self._give_back(await record.session(), office, day, outcome, idempotency)
+                try:
+                    await self._give_back(await record.session(), office, day, outcome, idempotency)
+                except RedisError:
+                    # RELEASE's answer lost, it may have run: the seat stays counted (the safe
+                    # side), and the key is let go of once Redis answers, so that a retry books.
+                    self._undo_later(national_id, seat, None)
+                    raise
             # A retry of a booking that went through holds the citizen's limit (and one of the
             # mobile's) itself, and a suspension since (no-shows) does not undo a booking made.
             refusals_of_a_retry = (AlreadyBookedThatDay, TooManyBookings, TooManyFromMobile, BookingSuspended)
@@ -320,12 +327,12 @@ class BookingService:
             await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
             raise
         except BaseException:
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            await self._unhold_or_later(national_id, seat)
             raise
 
         if reserved.replay:
             # Another request with this Idempotency-Key took the seat; answer with its booking.
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            await self._unhold_or_later(national_id, seat)
             earlier = await self._by_tracking_code(await record.session(), reserved.tracking_code)
             if earlier is None:
                 raise DuplicateRequest()
@@ -1219,7 +1226,7 @@ class BookingService:
             if position is None:  # counted in, then gone again (a recount under way)
                 raise ServiceUnavailable("This day cannot take a waitlist now; try again later.")
         except BaseException:
-            await self._take_back_join(session, booking.id, office.code, day, office.pool, national_id, tracking_code)
+            await self._take_back_join(session, booking.id, national_id, asked)
             raise
         view = self._view(booking, office.code, office.name_fa, office.service_name_fa)
         view = msgspec.structs.replace(view, waitlist_position=position)
@@ -1262,9 +1269,8 @@ class BookingService:
         )
 
     async def _take_back_join(
-        self, session: AsyncSession, booking_id: int, office_code: str, day: dt.date, pool: str, national_id: str,
-        tracking_code: str,
-    ) -> None:  # fmt: skip
+        self, session: AsyncSession, booking_id: int, national_id: str, asked: SeatRequest
+    ) -> None:
         """Undo a waitlist join that failed. Its script may have run with the answer lost, and
         a seat freed since may have promoted the row: a booking the citizen has been told of,
         which stays. Only a row still waiting goes, with its hold and place in line (a seat
@@ -1279,10 +1285,12 @@ class BookingService:
         if removed is None:
             return
         try:
-            await self.capacity.leave_waitlist(office_code=office_code, day=day, pool=pool, tracking_code=tracking_code)
-            await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
-        except RedisError:
-            log.warning("a failed waitlist join keeps its hold until the next rebuild", exc_info=True)
+            await self.capacity.leave_waitlist(
+                office_code=asked.office_code, day=asked.day, pool=asked.pool, tracking_code=asked.tracking_code
+            )
+        except RedisError:  # a seat given to the code goes round again (``_record_promotions``)
+            log.warning("a failed waitlist join may stay in line, with no row", exc_info=True)
+        await self._unhold_or_later(national_id, asked)
 
     def _view(self, booking: Booking, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
         return booking_out(

@@ -2364,3 +2364,83 @@ async def test_a_shutdown_step_that_never_ends_is_given_up_and_named(
     assert time.monotonic() - started < 10
     assert "shutdown: telling the last changes did not end in 0.5 s" in caplog.text
     assert later_steps == ["requests"]
+
+
+async def test_a_waitlist_join_whose_line_meets_redis_away_gives_its_hold_back_later(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join's row was committed, then Redis failed as it joined the line and again as the
+    join was taken back: the hold stayed, and the citizen, in no line and with no row, was
+    refused "already booked" that day. Given back once Redis answers."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.booking.schemas import WaitlistJoin
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    assert (await book(client, world, office, day)).status_code == 201
+    jobs = world.container
+    unhold = jobs.capacity.unhold
+
+    async def unhold_fails_once(**_: Any) -> None:
+        monkeypatch.setattr(jobs.capacity, "unhold", unhold)
+        raise RedisConnectionError("Redis away a moment")
+
+    monkeypatch.setattr(jobs.capacity, "join_waitlist", _fails(RedisConnectionError("Redis away")))
+    monkeypatch.setattr(jobs.capacity, "leave_waitlist", _fails(RedisConnectionError("Redis away")))
+    monkeypatch.setattr(jobs.capacity, "unhold", unhold_fails_once)
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    national_id = world.national_id()
+    join = WaitlistJoin(national_id=national_id, office_code=office, service_code="101", date=day.isoformat())
+    async with jobs.sessions() as session:
+        with pytest.raises(RedisConnectionError):
+            await jobs.bookings.join_waitlist(session=session, mobile=world.mobile(), request=join)
+    async with jobs.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 1  # the booking alone
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+
+        def holds() -> list[bytes]:  # FORGET's marks ("!" and the code) are not holds
+            return [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
+
+        for _ in range(50):
+            if not holds():
+                break
+            await asyncio.sleep(0.1)
+        assert holds() == []
+
+
+async def test_a_refused_booking_whose_seat_cannot_be_given_back_lets_go_of_its_key(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused "already booked that day", the request gave back the seat its trip had taken,
+    and Redis failed as it did: its Idempotency-Key pointed at a booking that exists nowhere,
+    and the retry was answered "in progress" for a day. The key is let go of once Redis
+    answers; the seat stays counted (RELEASE may have run), the safe side."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    national_id = world.national_id()
+    container = client.app.state.container
+    first = await client.post(
+        "/api/v1/bookings", json=booking_body(office, national_id, day, "10:00"), headers=world.token()
+    )
+    assert first.status_code == 201, first.text
+    release = container.capacity.release
+
+    async def away_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(container.capacity, "release", release)
+        raise RedisConnectionError("Redis away a moment")
+
+    monkeypatch.setattr(container.capacity, "release", away_once)
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    body, mobile = booking_body(office, national_id, day, "10:30"), world.mobile()
+    headers = {**world.token(mobile), "Idempotency-Key": "refused-seat-kept"}
+    assert (await client.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        for _ in range(50):  # let go of once Redis answers
+            if redis.get(keys.idempotency(office, mobile, "refused-seat-kept")).startswith(b"!"):
+                break
+            await asyncio.sleep(0.1)
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 409 and again.json()["code"] == "already_booked", again.text
