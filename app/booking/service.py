@@ -15,7 +15,7 @@ import datetime as dt
 import functools
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -509,32 +509,42 @@ class BookingService:
         the booking is not there (``settle_bookings``). Tried for about ten minutes, and once
         more as the instance stops (``close``)."""
 
-        async def undo() -> None:
-            left = given
+        left = given
+
+        async def undo() -> bool:
+            nonlocal left
+            if left is not None:
+                await self.capacity.redis.ping()  # answering again: the seat's one try
+                # Sent once only: a write whose answer was lost may have landed, and one
+                # written again after the job had freed the seat would have it freed twice.
+                to_settle, left = left, None
+                try:
+                    await self.capacity.settle_booking_later(seat.tracking_code, None, to_settle)
+                except RedisError:
+                    log.exception("a failed booking's seat stays counted until a rebuild: %s", seat.tracking_code)
+            return await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+
+        self._later(seat.tracking_code, undo, "a failed booking's hold and key stay taken")
+
+    def _later(self, name: str, step: Callable[[], Awaitable[bool]], left_as_it_is: str) -> None:
+        """Run ``step`` until it says it is done, Redis answering, for about ten minutes and once
+        more as the instance stops (``close``); if it never is, ``left_as_it_is`` is logged,
+        with ``name``."""
+
+        async def run() -> None:
             for wait in UNDO_RETRY_SECONDS:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), wait)
                 try:
-                    if left is not None:
-                        await self.capacity.redis.ping()  # answering again: the seat's one try
-                        # Sent once only: a write whose answer was lost may have landed, and one
-                        # written again after the job had freed the seat would have it freed twice.
-                        to_settle, left = left, None
-                        try:
-                            await self.capacity.settle_booking_later(seat.tracking_code, None, to_settle)
-                        except RedisError:
-                            log.exception(
-                                "a failed booking's seat stays counted until a rebuild: %s", seat.tracking_code
-                            )
-                    if await self.capacity.forget_unanswered(national_id=national_id, seat=seat):
+                    if await step():
                         return
                 except RedisError:
                     pass
                 if self._closing.is_set():
                     break
-            log.error("a failed booking's hold and key stay taken: %s", seat.tracking_code)
+            log.error("%s: %s", left_as_it_is, name)
 
-        task = asyncio.create_task(undo(), name=seat.tracking_code)
+        task = asyncio.create_task(run(), name=f"{name}: {left_as_it_is}")
         self._undoing.add(task)
         task.add_done_callback(self._undoing.discard)
 
@@ -549,7 +559,7 @@ class BookingService:
         _, unfinished = await asyncio.wait(set(self._undoing), timeout=give_up_after)
         for task in unfinished:
             task.cancel()
-            log.error("a failed booking's hold and key stay taken (the instance stopped): %s", task.get_name())
+            log.error("the instance stopped; %s", task.get_name())
 
     async def _give_back(
         self,
@@ -752,12 +762,20 @@ class BookingService:
 
     async def unhold(self, booking: Booking) -> None:
         """Free the place in its citizen's limits of a booking no longer active (cancelled,
-        served, absent), after its commit; a failure is logged, not raised: the change is
-        made, and an error would have the citizen or clerk try again, to be refused."""
+        served, absent), after its commit; with Redis away, once it answers. Not raised: the
+        change is made, and an error would have the citizen or clerk try again, to be refused
+        (and left, the hold refused the citizen that service that day, "already booked")."""
+        national_id, code = booking.national_id, booking.tracking_code  # a rollback expires the row
+
+        async def let_go() -> bool:
+            await self.capacity.unhold(national_id=national_id, tracking_code=code)
+            return True
+
         try:
-            await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
+            await let_go()
         except RedisError:
-            log.exception("a booking no longer active still counts against its citizen's limits until the next rebuild")
+            log.warning("a booking no longer active is let go of by its citizen's limits once Redis answers")
+            self._later(code, let_go, "a booking no longer active still counts against its citizen's limits")
 
     async def cancel_seatless(
         self,

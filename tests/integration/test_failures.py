@@ -2444,3 +2444,38 @@ async def test_a_refused_booking_whose_seat_cannot_be_given_back_lets_go_of_its_
             await asyncio.sleep(0.1)
     again = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert again.status_code == 409 and again.json()["code"] == "already_booked", again.text
+
+
+async def test_a_cancel_that_meets_redis_away_lets_go_of_the_hold_once_it_answers(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel was committed and its seat given back, then Redis failed as it let go of
+    the citizen's hold: the citizen was refused "already booked" for that service that day,
+    for a booking they had cancelled. Let go of once Redis answers."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    national_id, mobile = world.national_id(), world.mobile()
+    body = booking_body(office, national_id, day, "10:00")
+    booked = await client.post("/api/v1/bookings", json=body, headers=world.token(mobile))
+    assert booked.status_code == 201, booked.text
+    container = client.app.state.container
+    unhold = container.capacity.unhold
+
+    async def away_once(**_: Any) -> None:
+        monkeypatch.setattr(container.capacity, "unhold", unhold)
+        raise RedisConnectionError("Redis away a moment")
+
+    monkeypatch.setattr(container.capacity, "unhold", away_once)
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    code = booked.json()["tracking_code"]
+    cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token(mobile))
+    assert cancelled.status_code == 200, cancelled.text
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        for _ in range(50):
+            if redis.hget(keys.citizen_holds(national_id), code) is None:
+                break
+            await asyncio.sleep(0.1)
+    again = await client.post("/api/v1/bookings", json=body, headers=world.token(mobile))
+    assert again.status_code == 201, again.text
