@@ -35,7 +35,7 @@ if hits == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 if hits > tonumber(ARGV[1]) then
   local ttl = redis.call('TTL', KEYS[1])
   if ttl < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) ttl = tonumber(ARGV[2]) end
-  return ttl
+  return math.max(ttl, 1)  -- TTL rounds: under half a second left reads 0, which is "allowed"
 end
 return 0
 """
@@ -49,7 +49,7 @@ local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used >= tonumber(ARGV[1]) then
   local ttl = redis.call('TTL', KEYS[1])
   if ttl < 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) ttl = tonumber(ARGV[2]) end
-  return ttl
+  return math.max(ttl, 1)  -- TTL rounds: under half a second left reads 0, which is "allowed"
 end
 if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 0

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from app.booking.models import Booking
 from app.capacity import keys
 from app.capacity.plan import DayRule
+from app.errors import RateLimited
 from app.ratelimit import RateLimiter
 from app.settings import Settings
 from tests.conftest import Served, World, booking_body
@@ -191,6 +192,27 @@ async def test_an_allowance_counts_what_was_taken_not_what_was_tried(redis_url: 
         for _ in range(3):
             await limiter.give_back("t", "b")
         assert [await take("b") == 0 for _ in range(3)] == [True, True, False]
+    finally:
+        await redis.aclose()
+
+
+async def test_an_allowance_used_up_in_its_last_half_second_is_still_refused(
+    redis_url: str, redis_sync: SyncRedis
+) -> None:
+    """Redis's TTL rounds: with under half a second of the window left it reads 0, which the
+    scripts answered as "allowed" (a take then counted nothing, and its give-back took one
+    of someone's later takes)."""
+    redis = Redis.from_url(redis_url)
+    limiter = RateLimiter(redis)
+    try:
+        assert int(await limiter.auto.run_script(*limiter.take_call("t", "late", "1/60"))) == 0
+        await limiter.hit("h", "late", "1/60")
+        for key in redis_sync.keys("*:rl:*:late"):
+            redis_sync.pexpire(key, 400)
+        assert int(await limiter.auto.run_script(*limiter.take_call("t", "late", "1/60"))) == 1
+        with pytest.raises(RateLimited) as refused:
+            await limiter.hit("h", "late", "1/60")
+        assert refused.value.retry_after == 1
     finally:
         await redis.aclose()
 
