@@ -218,12 +218,19 @@ class BookingService:
         if not allowance.taken:
             return
         allowance.taken = False
-        try:
+
+        async def give_back() -> bool:
             await self.limiter.give_back(MOBILE_ALLOWANCE, allowance.mobile)
+            return True
+
+        try:
+            await give_back()
         except RedisError as error:
-            # The mobile may make one booking fewer until its window ends; the booking's
-            # own answer matters more than this.
-            log.warning("a booking allowance was not given back: %s", type(error).__name__)
+            # Once Redis answers: left, the mobile made one booking fewer until its window
+            # ended. (A give-back whose answer was lost and is sent again lets it make one
+            # more: the allowance stops abuse, and one over it is no harm to anyone.)
+            log.warning("a booking allowance is given back once Redis answers: %s", type(error).__name__)
+            self._later(mask_mobile(allowance.mobile), give_back, "a booking allowance was not given back")
 
     async def _book(
         self,
@@ -1147,12 +1154,12 @@ class BookingService:
     ) -> BookingOut:
         """Queue for the day's next free seat at an office that is full that day."""
         allowance = self._allowance(mobile, channel)
-        if allowance.call is not None:  # on a trip of its own: a join is not on the hot path
-            if retry_after := int(await self.limiter.auto.run_script(*allowance.call)):
-                raise self._past_allowance(allowance, retry_after)
-            allowance.taken = True
         join = functools.partial(self._join_waitlist, session=session, mobile=mobile, request=request, channel=channel)
         try:
+            if allowance.call is not None:  # on a trip of its own: a join is not on the hot path
+                allowance.taken = True  # unless Redis says not: a trip whose answer is lost may have taken it
+                if retry_after := int(await self.limiter.auto.run_script(*allowance.call)):
+                    raise self._past_allowance(allowance, retry_after)
             try:
                 return await join()
             except TrackingCodeTaken:  # nothing joined: once more, with a new code

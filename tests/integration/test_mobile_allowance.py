@@ -240,3 +240,58 @@ async def test_a_retry_once_the_allowance_is_used_up_still_gets_its_booking(
     assert retried.json()["tracking_code"] == made[-1].json()["tracking_code"]
     await assert_used_up(client, world, mobile, office, day)
     assert used(redis_sync, office, day) == ALLOWANCE
+
+
+@pytest.mark.parametrize("request_fails_at", ["a booking's insert", "a join's take"])
+async def test_a_failed_requests_allowance_is_given_back_once_redis_answers(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, request_fails_at: str
+) -> None:
+    """A booking the record refused gave its allowance back in one try, and Redis away at that
+    moment kept it taken (one booking fewer for the phone all day); a join's take whose
+    answer was lost was never given back. Both are now given back once Redis answers."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import OperationalError
+
+    from app.booking import service as booking_service
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    mobile = "09121239876"
+    container = client.app.state.container
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    counter = f"{keys.NAMESPACE}:rl:{booking_service.MOBILE_ALLOWANCE}:{mobile}"
+    if request_fails_at == "a booking's insert":
+        write, give_back = container.bookings.writer.write, container.bookings.limiter.give_back
+
+        async def insert_fails(*_: Any, **__: Any) -> None:
+            monkeypatch.setattr(container.bookings.writer, "write", write)
+            raise OperationalError("INSERT", {}, Exception("the record went away"))
+
+        async def away_once(*args: Any) -> None:
+            monkeypatch.setattr(container.bookings.limiter, "give_back", give_back)
+            raise RedisConnectionError("Redis away a moment")
+
+        monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
+        monkeypatch.setattr(container.bookings.limiter, "give_back", away_once)
+        assert (await book(client, world, mobile, office, day)).status_code == 503
+    else:
+        assert (await book(client, world, world.mobile(), office, day)).status_code == 201  # the day is full
+        auto = container.bookings.limiter.auto
+        run_script = auto.run_script
+
+        async def answer_lost(*args: Any) -> Any:
+            monkeypatch.setattr(auto, "run_script", run_script)
+            await run_script(*args)
+            raise RedisTimeoutError("Timeout reading from Redis")
+
+        monkeypatch.setattr(auto, "run_script", answer_lost)
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token(mobile)
+        )
+        assert joined.status_code == 503, joined.text
+    for _ in range(50):
+        if int(redis_sync.get(counter) or 0) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert int(redis_sync.get(counter) or 0) == 0
