@@ -57,9 +57,11 @@ class Relocator:
         same_office: bool,
         why_fa: str,
         still_wanted: Callable[[], Awaitable[bool]] | None = None,
+        cancel_unplaced: bool = True,
     ) -> list[Relocation]:
-        """Move each booking (or cancel it where no seat is left), telling the citizen; all
-        of them in one commit, then the old seats go back a few hundred to a trip. A booking that changed
+        """Move each booking (or cancel it where no seat is left, unless not ``cancel_unplaced``:
+        then it stays, and is not in the result), telling the citizen; all of them in one
+        commit, then the old seats go back a few hundred to a trip. A booking that changed
         meanwhile (cancelled by its citizen, checked in) is left as it is and not in the result.
 
         ``still_wanted`` is asked once the seats are found, in the transaction that writes the
@@ -83,6 +85,12 @@ class Relocator:
                 placed = await places.find(booking)
                 placements.append(placed)
                 taken.append(None if placed is None else placed.seat(booking.date))
+            if not cancel_unplaced:
+                bookings = [booking for booking, placed in zip(bookings, placements, strict=True) if placed]
+                placements = [placed for placed in placements if placed]
+                taken = [seat for seat in taken if seat]
+                if not bookings:
+                    return []
             # Committed while the counters are counted again from the record, the moves could
             # be left out of the count, their new seats sold again: asked before the first
             # write, and before the commit as the group commit asks, of Redis itself (a flag

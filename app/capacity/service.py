@@ -325,15 +325,15 @@ class Capacity:
         with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
             await self.scripts.run_many(self.scripts.unpromote, calls)
 
-    async def apply_later(self, *fields: str, noted_in: str) -> str:
+    async def apply_later(self, *fields: str, noted_in: str, tag: str = "") -> str:
         """Note that what ``fields`` name is about to change in the record, and must reach
         Redis (an office's plan in ``keys.PLANS_TO_APPLY``, a crowd cap in
         ``keys.CAPS_TO_APPLY``, a closure in ``keys.CLOSURES_TO_APPLY``, a line to fill in
         ``keys.WAITLISTS_TO_FILL``): the minute's jobs see through what a request could not.
-        The change's id, for ``applied``."""
+        The change's id, for ``applied``; it ends with ``tag``, for whoever applies it."""
         # Cut, not rounded, to the millisecond: rounded up, a note was not yet due to a job
         # that takes every note at once (``older_than=0``).
-        change = f"{int(dt.datetime.now(dt.UTC).timestamp() * 1000) / 1000:.3f}|{uuid.uuid4().hex}"
+        change = f"{int(dt.datetime.now(dt.UTC).timestamp() * 1000) / 1000:.3f}|{uuid.uuid4().hex}|{tag}"
         if fields:
             await self.redis.hset(noted_in, mapping=dict.fromkeys(fields, change))
         return change

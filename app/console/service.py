@@ -61,6 +61,20 @@ from app.settings import Settings
 from app.staff.service import StaffPrincipal, audit, require_office
 
 log = logging.getLogger(__name__)
+
+_MAY_CANCEL = "may-cancel"
+"""The tag of a plan change whose clerk agreed that bookings it leaves no seat be cancelled."""
+
+
+def _moves(move_overflow: bool) -> str:
+    """The tag a plan change is noted with (``Capacity.apply_later``), so that whoever applies
+    it (the request, or the minute's job after it) cancels a booking only if the clerk agreed:
+    one that took a seat of a cut slot between the clerk's check and the new plan reaching
+    Redis was cancelled by a cut whose clerk had asked that nobody be moved. It stays, over
+    the plan (the slot takes nobody new until it is back under)."""
+    return _MAY_CANCEL if move_overflow else "keep"
+
+
 Plan = TypeVar("Plan", CapacityTemplate, CapacityOverride)
 MAX_REASON = 500  # the column's length
 PLAN_LOCK = f"{keys.NAMESPACE}:plan-moves"
@@ -169,7 +183,7 @@ class Console:
         else:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
-        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY)
+        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY, tag=_moves(move_overflow))
         await session.commit()
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
@@ -206,7 +220,7 @@ class Console:
         else:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
-        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY)
+        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY, tag=_moves(move_overflow))
         await session.commit()
         return await self._apply_change(session, office, [day], change)
 
@@ -233,7 +247,7 @@ class Console:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
-        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY)
+        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY, tag=_moves(move_overflow))
         await session.commit()
         return await self._apply_change(session, office, [day], change)
 
@@ -410,7 +424,7 @@ class Console:
         async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30, tries=tries) as held:
             if not held:
                 return None
-            applied = await self._apply(session, office, days)
+            applied = await self._apply(session, office, days, cancel_unplaced=change.endswith(_MAY_CANCEL))
             await self.capacity.applied(code, change, noted_in=keys.PLANS_TO_APPLY)
             return applied
 
@@ -436,15 +450,19 @@ class Console:
                 log.exception("the plan of office %s waits for the next run", code)
         return done
 
-    async def _apply(self, session: AsyncSession, office: Office, days: list[dt.date]) -> CapacityChange:
-        """Write the record's plan into Redis, move whoever no longer fits, then hand any new
-        seats to the waitlists."""
+    async def _apply(
+        self, session: AsyncSession, office: Office, days: list[dt.date], *, cancel_unplaced: bool
+    ) -> CapacityChange:
+        """Write the record's plan into Redis, move whoever no longer fits (and cancel, if
+        ``cancel_unplaced``, whoever finds no seat left), then hand any new seats to the waitlists."""
         code = office.code  # read now: a promotion the fill must undo rolls back, expiring ``office``
         overflow = await self.capacity.replan(session=session, office_codes=[code], days=days, apply=True)
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
         why = f"به دلیل تغییر ظرفیت {office.name_fa}،"
-        moved = await self.move_all(session, [code], days, overflow, {code: office}, why_fa=why)
+        moved = await self.move_all(
+            session, [code], days, overflow, {code: office}, why_fa=why, cancel_unplaced=cancel_unplaced
+        )
         await self.bookings.fill_waitlists(session=session, office_codes={code})
         return CapacityChange(office_code=code, days_changed=len(days), moved=moved)
 
@@ -457,8 +475,10 @@ class Console:
         offices: dict[str, Office],
         *,
         why_fa: str,
+        cancel_unplaced: bool = True,
     ) -> list[MovedBooking]:
-        """Move the bookings a new plan (already applied) has no room for, until none is left."""
+        """Move the bookings a new plan (already applied) has no room for, until none is left;
+        one with no seat left is cancelled, unless not ``cancel_unplaced``."""
 
         async def still_over() -> list[Overflow]:
             found = await self.capacity.replan(session=session, office_codes=office_codes, days=days, apply=False)
@@ -469,7 +489,7 @@ class Console:
         overflow = await self._still_over(session, overflow)
         if not overflow:
             return []
-        moved = await self.move_overflow(session, overflow, offices, why_fa=why_fa)
+        moved = await self.move_overflow(session, overflow, offices, why_fa=why_fa, cancel_unplaced=cancel_unplaced)
         # A booking that took its seat just before the cut may commit just after our look at
         # the record: look again (Redis says whether a slot is still over) until none is.
         for _ in range(5):
@@ -477,7 +497,9 @@ class Console:
             if not overflow:
                 return moved
             await asyncio.sleep(0.2)
-            moved += await self.move_overflow(session, overflow, offices, why_fa=why_fa)
+            moved += await self.move_overflow(
+                session, overflow, offices, why_fa=why_fa, cancel_unplaced=cancel_unplaced
+            )
         # Still over after every try: whoever holds those seats could not be moved (they
         # checked in a moment after the refusal check). They keep their seats, and the slot
         # its plan's: it takes nobody new until it is back under the plan (every script counts
@@ -489,7 +511,13 @@ class Console:
         return moved
 
     async def move_overflow(
-        self, session: AsyncSession, overflow: list[Overflow], offices: dict[str, Office], *, why_fa: str
+        self,
+        session: AsyncSession,
+        overflow: list[Overflow],
+        offices: dict[str, Office],
+        *,
+        why_fa: str,
+        cancel_unplaced: bool = True,
     ) -> list[MovedBooking]:
         """Move the bookings a new plan has no room for: each office's in one batch."""
         by_office: dict[str, list[Overflow]] = defaultdict(list)
@@ -501,7 +529,12 @@ class Console:
             assert office is not None
             bookings = await overflow_bookings(session, office_id=office.id, overflow=slots)
             results = await self.relocator.relocate(
-                session=session, bookings=bookings, from_office=office, same_office=True, why_fa=why_fa
+                session=session,
+                bookings=bookings,
+                from_office=office,
+                same_office=True,
+                why_fa=why_fa,
+                cancel_unplaced=cancel_unplaced,
             )
             moved += [
                 MovedBooking(tracking_code=r.tracking_code, moved=r.moved, office_code=r.office_code, slot=r.time)

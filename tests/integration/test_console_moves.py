@@ -724,3 +724,63 @@ async def test_a_booking_moved_to_another_office_waits_behind_its_line(
     assert closed.json()["moved"] == [{"tracking_code": holder, "moved": False, "office_code": None, "slot": None}]
     assert redis_sync.lrange(keys.waitlist(nearby, day, "*"), 0, -1) == [joined.json()["tracking_code"].encode()]
     await assert_record_matches_redis(world, redis_sync, [office, nearby], day)
+
+
+@pytest.mark.parametrize("applied_by", ["the request", "the minute's job"])
+async def test_a_booking_that_slips_into_a_cut_whose_clerk_moved_nobody_is_not_cancelled(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, applied_by: str
+) -> None:
+    """The clerk cut the day asking that nobody be moved (move_overflow=false), and the check
+    found nobody; a citizen then took a seat of the cut slot before the new plan reached
+    Redis. Whoever applied the plan cancelled that booking, the office having no seat left
+    that day. It stays, over the plan (the slot takes nobody new)."""
+    import msgspec
+
+    from app.booking.schemas import BookingCreate
+
+    day = world.tomorrow()
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
+    kept = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:30"), headers=world.token()
+    )
+    assert kept.status_code == 201, kept.text
+    headers = await staff_of(client, world, office)
+    parts = client.app.state.container
+    console = parts.console
+    plan_row, move_all = console._plan_row, console.move_all
+    slipped: list[str] = []
+
+    async def a_booking_slips_in(*args: Any) -> Any:
+        booked = await parts.bookings.book(  # on the app's loop: the request's own parts
+            sessions=parts.sessions,
+            mobile=world.mobile(),
+            request=msgspec.convert(booking_body(office, world.national_id(), day, "10:00"), BookingCreate),
+            idempotency_key=None,
+        )
+        slipped.append(booked.booking.tracking_code)
+        return await plan_row(*args)
+
+    async def redis_gone(*args: Any, **kwargs: Any) -> Any:
+        raise RedisTimeoutError("Redis went away")
+
+    monkeypatch.setattr(console, "_plan_row", a_booking_slips_in)
+    if applied_by == "the minute's job":
+        monkeypatch.setattr(console, "move_all", redis_gone)
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=false",
+        json={"rules": [{"opens": "10:30", "closes": "11:00", "slot_minutes": 30, "seats": 1}], "reason": "late start"},
+        headers=headers,
+    )
+    if applied_by == "the request":
+        assert cut.status_code == 200 and cut.json()["moved"] == [], cut.text
+    else:
+        assert cut.status_code == 503, cut.text
+        monkeypatch.setattr(console, "move_all", move_all)
+        monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
+        async with world.container.sessions() as session:
+            assert await world.container.console.finish_plans(session=session) == 1
+    assert len(slipped) == 1
+    async with world.container.sessions() as session:
+        status = await session.scalar(select(Booking.status).where(Booking.tracking_code == slipped[0]))
+    assert status == BookingStatus.BOOKED
+    await assert_record_matches_redis(world, redis_sync, [office], day)
