@@ -81,6 +81,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     bookings stay paused before the count starts: every instance notices within a second,
     and the bookings already past the pause commit (or give up) first. Counted before its
     commit, a booking's seat would be sold again."""
+    recount_at: str = "30 3 * * *"
+    """NOBAT_RECOUNT_AT: when Redis is counted again from the record each night, as a cron
+    expression in the offices' time (`off`: never). What a failure left counted for nobody
+    (a seat whose give-back met Redis away, a hold, a place in line) comes back; nothing
+    else recounts a Redis that came back as it was. Bookings pause for
+    NOBAT_REBUILD_SETTLE_SECONDS and the count (about 20 s for the whole country)."""
 
     # --- sign-in ---
     otp_ttl_seconds: int = 120
@@ -176,6 +182,7 @@ _ENV = {
     "official_holidays": "NOBAT_OFFICIAL_HOLIDAYS",
     "read_cache_seconds": "NOBAT_READ_CACHE_SECONDS",
     "rebuild_settle_seconds": "NOBAT_REBUILD_SETTLE_SECONDS",
+    "recount_at": "NOBAT_RECOUNT_AT",
     "otp_ttl_seconds": "NOBAT_OTP_TTL_SECONDS",
     "otp_max_attempts": "NOBAT_OTP_MAX_ATTEMPTS",
     "token_ttl_seconds": "NOBAT_TOKEN_TTL_SECONDS",
@@ -223,6 +230,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("NOBAT_READ_CACHE_SECONDS must be 0 to 60")
     if not 0 <= settings.rebuild_settle_seconds <= 300:
         raise ValueError("NOBAT_REBUILD_SETTLE_SECONDS must be 0 to 300")
+    if settings.recount_at != "off" and len(settings.recount_at.split()) != 5:
+        raise ValueError("NOBAT_RECOUNT_AT must be a cron expression of five fields (`30 3 * * *`), or `off`")
     for limit in (
         settings.bookings_per_mobile,
         settings.otp_per_mobile,

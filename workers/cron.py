@@ -18,6 +18,7 @@ from rq.cron import CronScheduler
 from rq.exceptions import StopRequested
 
 from app.booking.tasks import close_day, fill_waitlists_left, send_reminders
+from app.capacity.tasks import recount
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
@@ -30,6 +31,8 @@ from workers.queues import DEFAULT, SMS
 log = logging.getLogger(__name__)
 
 CLOSE_DAY_TIMEOUT = 30 * 60
+RECOUNT_TIMEOUT = 10 * 60
+"""The night's recount: about 20 s for the whole country, with bookings paused."""
 MOVES_TIMEOUT = 30 * 60
 """The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
 
@@ -105,6 +108,11 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     # Its own time limit (RQ's is 180 s): 100,000 no-shows take about 20 s, and a night is at
     # most a few times that (loadtests/bench_close_day.py).
     scheduler.register(close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *", job_timeout=CLOSE_DAY_TIMEOUT)
+    # Redis counted again from the record, once the night's close is done: a seat, hold or
+    # place in line that a failure left counted for nobody comes back (nothing else recounts
+    # a Redis that came back as it was). Bookings pause for it, at the night's quietest hour.
+    if settings.recount_at != "off":
+        scheduler.register(recount, queue_name=DEFAULT, cron=settings.recount_at, job_timeout=RECOUNT_TIMEOUT)
     scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
     # Bookings a block or a closure could not move yet. A province's closure can leave tens
     # of thousands to move: their own limit, as the night's, not RQ's 180 s. A run that

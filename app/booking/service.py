@@ -754,7 +754,9 @@ class BookingService:
                 )
         except (RedisError, SQLAlchemyError):
             await session.rollback()
-            log.exception("cancelled booking's seat not released, or its promotion not recorded; a rebuild will")
+            log.exception(
+                "cancelled booking's seat not released, or its promotion not recorded; the night's recount will"
+            )
         return view
 
     async def _before_commit(self, session: AsyncSession) -> None:

@@ -15,6 +15,7 @@ from rq import Queue
 
 from app.booking.tasks import fill_waitlists_left
 from app.capacity import keys
+from app.capacity.tasks import recount
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
@@ -45,6 +46,28 @@ async def test_the_periodic_jobs_run_in_a_worker(world: World, redis_sync: SyncR
     ]
     await deliver()
     assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", 0)] * len(jobs)
+
+
+async def test_the_nights_recount_gives_back_what_a_failure_left_counted_for_nobody(
+    world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """A seat whose give-back met Redis away stays counted (the safe side), a hold too: only
+    a recount gives them back, and nothing recounted a Redis that came back as it was."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    field = keys.used_field("*", "10:00")
+    await world.container.capacity.day_view(office_code=office, day=day)  # the day in Redis
+    redis_sync.hincrby(keys.office_day(office, day), field, 1)  # counted for nobody
+    stranded = keys.citizen_holds(world.national_id())
+    redis_sync.hset(stranded, "NOBODY0001", f"{day.isoformat()}|101")
+    job = Queue(DEFAULT, connection=redis_sync).enqueue(recount)
+    await deliver()
+    assert job.get_status(refresh=True) == "finished", job.latest_result()
+    assert job.return_value() > 0  # office-days written
+    assert int(redis_sync.hget(keys.office_day(office, day), field) or 0) == 0
+    assert not redis_sync.exists(stranded)
+    assert redis_sync.get(keys.REBUILT_AT)  # bookings go on
 
 
 def change_an_office() -> None:

@@ -42,3 +42,21 @@ def test_what_a_block_a_closure_or_a_failed_promotion_left_is_finished_every_min
     assert every["apply_policy"] == 60  # what a complaint's request failed to apply
     limits = {job.func.__name__: job.job_options.get("job_timeout") for job in jobs}
     assert limits["finish_blocks"] == limits["finish_closures"] == 30 * 60  # a province's closure, not 180 s
+
+
+@pytest.mark.parametrize("at", ["30 3 * * *", "off"])
+def test_redis_is_recounted_each_night_unless_told_not_to(at: str) -> None:
+    settings = load_settings({"NOBAT_RECOUNT_AT": at}).with_(tz="Asia/Tehran")
+    jobs = scheduler(settings, Redis.from_url("redis://127.0.0.1:1")).get_jobs()  # never connects
+    recounts = [job for job in jobs if job.func.__name__ == "recount"]
+    if at == "off":
+        assert recounts == []
+        return
+    [recount] = recounts
+    runs = recount.get_next_enqueue_time().astimezone(ZoneInfo("Asia/Tehran"))
+    assert (runs.hour, runs.minute) == (3, 30)  # after the night's close (00:00 to 02:00)
+
+
+def test_a_recount_time_that_is_not_a_cron_expression_fails_at_start() -> None:
+    with pytest.raises(ValueError, match="NOBAT_RECOUNT_AT"):
+        load_settings({"NOBAT_RECOUNT_AT": "03:30"})
