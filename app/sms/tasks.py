@@ -197,8 +197,13 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
                 await delivery.apply_kept(session, app.redis, earlier, app.clock.now())
                 return "sent before"
         # Claimed only if no other job changed it since it was read (no row lock is held, and
-        # SQLite takes none), and committed before Twilio is handed it.
-        if not await _claim(session, message_id, seen, status=SmsStatus.SENDING, attempts=seen[1] + 1, updated_at=now):
+        # SQLite takes none), and committed before Twilio is handed it. Its time is read now,
+        # not before the provider was asked (up to 20 s): the sweep counts a try as dead
+        # from it, and would have sent a copy while this one was still on its way.
+        claimed = app.clock.now()
+        if not await _claim(
+            session, message_id, seen, status=SmsStatus.SENDING, attempts=seen[1] + 1, updated_at=claimed
+        ):
             return "taken by another job"
         attempts, queue = seen[1] + 1, app.messenger.queue_for(message.kind)
         try:

@@ -1069,3 +1069,44 @@ async def test_a_refused_booking_message_does_not_register_its_id(client: Client
     assert await count(world, Booking) == 0
     await text(client, f"نوبت {office} 101 {world.national_id()}", sid="SMbooked")
     assert await count(world, Booking) == await count(world, CitizenPhone) == 1
+
+
+async def test_a_retrys_claim_is_timed_after_the_provider_is_asked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry asks the provider first (up to 20 s), then claims the message. Its claim was
+    timed before the asking: the sweep, which counts a try quiet that long as dead, could
+    send a copy while this one was still on its way."""
+    import threading
+
+    from app.sms.backends import OutboundSms
+    from app.sms.tasks import _send
+
+    made = await outbox_message(world, "یک پیام", attempts=1, error="ReadTimeout")  # its next try
+    now = Clock.now
+    asked = dt.timedelta(0)
+    monkeypatch.setattr(Clock, "now", lambda self: now(self) + asked)
+    sending, release = threading.Event(), threading.Event()
+
+    class SlowProvider:
+        def sent_like(self, message: OutboundSms, since: dt.datetime) -> list[str]:
+            nonlocal asked
+            asked = dt.timedelta(seconds=20)  # the provider took its time to answer
+            return []
+
+        def send(self, message: OutboundSms) -> str:
+            sending.set()
+            release.wait(10)
+            return "SMslowprovider"
+
+    job = asyncio.create_task(_send(world.container, SlowProvider(), made.id))
+    try:
+        assert await asyncio.to_thread(sending.wait, 10)
+        async with world.container.sessions() as session:
+            row = await session.get(SmsMessage, made.id)
+            assert row is not None and row.status == SmsStatus.SENDING and row.updated_at is not None
+            claimed = world.container.clock.aware(row.updated_at)
+        assert claimed >= world.container.clock.now() - dt.timedelta(seconds=1)
+    finally:
+        release.set()
+        assert await job == "sent"
