@@ -657,13 +657,15 @@ class Console:
         )
         # The mark is committed: a failure after it answered the clerk with an error, their
         # retry was refused "wrong state", and the suspension it was due was never made. A
-        # suspension not made here is made by the night's close (app.booking.tasks).
+        # suspension not made here is made by the night's close (app.booking.tasks). The
+        # hold first: a rollback below expires the row.
+        national_id = booking.national_id
+        await self.bookings.unhold(booking)
         try:
-            await self.record_no_show(session=session, national_id=booking.national_id)
+            await self.record_no_show(session=session, national_id=national_id)
         except (SQLAlchemyError, RedisError):
             await session.rollback()
             log.exception("a no-show's suspension is left to the night's close")
-        await self.bookings.unhold(booking)
         return entry
 
     def _refuse_early_no_show(self, booking: Booking) -> None:

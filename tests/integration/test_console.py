@@ -381,11 +381,12 @@ async def test_a_clerks_mark_stands_when_redis_or_the_record_fails_after_it(
     async def redis_away(**_: Any) -> None:
         raise RedisConnectionError("Redis away a moment")
 
-    async def record_away(**_: Any) -> None:
+    async def record_away(*, session: Any, **_: Any) -> None:
+        await session.execute(select(func.count()).select_from(Office))  # a transaction begun
         raise OperationalError("SELECT", {}, Exception("the record went away"))
 
     monkeypatch.setattr(container.capacity, "unhold", redis_away)
-    monkeypatch.setattr(container.console, "record_no_show", record_away)
+    monkeypatch.setattr(container.console, "suspend_for_no_shows", record_away)
     move_clock(monkeypatch, morning.replace(hour=8, minute=15))
     base = f"/api/v1/staff/offices/{office}/queue"
     absent = await client.post(f"{base}/{codes[0]}/no-show", headers=headers)
