@@ -89,15 +89,16 @@ MOBILE_ALLOWANCE = "book-mobile"
 class _Allowance:
     """One of the bookings a mobile may make (NOBAT_BOOKINGS_PER_MOBILE): ``call`` takes it
     (None: not counted), and ``taken`` says it is to be given back if the request makes no
-    booking. A booking asks for it on its own trip to Redis (a trip of its own cost 7% of the
-    booking rate)."""
+    booking; ``answered``, that Redis answered the take (taken, then, for certain). A booking
+    asks for it on its own trip to Redis (a trip of its own cost 7% of the booking rate)."""
 
-    __slots__ = ("call", "mobile", "taken")
+    __slots__ = ("answered", "call", "mobile", "taken")
 
     def __init__(self, mobile: str, call: ScriptCall | None) -> None:
         self.mobile = mobile
         self.call = call
         self.taken = False
+        self.answered = False
 
 
 class Booked(msgspec.Struct, frozen=True):
@@ -226,9 +227,13 @@ class BookingService:
         try:
             await give_back()
         except RedisError as error:
-            # Once Redis answers: left, the mobile made one booking fewer until its window
-            # ended. (A give-back whose answer was lost and is sent again lets it make one
-            # more: the allowance stops abuse, and one over it is no harm to anyone.)
+            if not allowance.answered:  # the take's own trip failed: it most likely never ran
+                log.warning("a booking allowance may not have been given back: %s", type(error).__name__)
+                return
+            # Taken for certain: given back once Redis answers (left, the mobile made one
+            # booking fewer until its window ended). A give-back whose answer was lost and is
+            # sent again lets it make one more: the allowance stops abuse, and one over it
+            # is no harm to anyone.
             log.warning("a booking allowance is given back once Redis answers: %s", type(error).__name__)
             self._later(mask_mobile(allowance.mobile), give_back, "a booking allowance was not given back")
 
@@ -286,6 +291,7 @@ class BookingService:
         except RedisError:
             await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
             raise
+        allowance.answered = True
         if allowance_reply:  # refused: the seconds until the mobile may book again
             refused = self._past_allowance(allowance, int(allowance_reply))
             if hold_error is None:
@@ -1160,7 +1166,9 @@ class BookingService:
         try:
             if allowance.call is not None:  # on a trip of its own: a join is not on the hot path
                 allowance.taken = True  # unless Redis says not: a trip whose answer is lost may have taken it
-                if retry_after := int(await self.limiter.auto.run_script(*allowance.call)):
+                retry_after = int(await self.limiter.auto.run_script(*allowance.call))
+                allowance.answered = True
+                if retry_after:
                     raise self._past_allowance(allowance, retry_after)
             try:
                 return await join()
