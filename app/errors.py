@@ -100,3 +100,10 @@ def problem_body(error: DomainError) -> dict[str, Any]:
         "message_fa": error.detail_fa,
         "message_en": error.detail_en,
     }
+
+
+class NotJson(DomainError):
+    code = "unsupported_media_type"
+    status = 415
+    message_fa = "بدنهٔ درخواست باید JSON باشد (Content-Type: application/json)."
+    message_en = "Send the body as JSON (Content-Type: application/json)."

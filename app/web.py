@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -17,7 +19,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.container import Container
-from app.errors import PROBLEM_TYPE_BASE, DomainError, InvalidInput, ServiceUnavailable, Unauthorized, problem_body
+from app.errors import (
+    PROBLEM_TYPE_BASE,
+    DomainError,
+    InvalidInput,
+    NotJson,
+    ServiceUnavailable,
+    Unauthorized,
+    problem_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,3 +236,15 @@ def bearer_token(request: Request[Any, Any, Any]) -> str:
 # Explicit markers for what handlers receive (Litestar 3 drops inferred dependencies).
 Session = NamedDependency[AsyncSession]
 Deps = NamedDependency[Container]
+
+
+def json_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Refuse a body not sent as JSON, on the routes no credential guards (sign-in): a page on
+    any website may have its visitors' browsers POST one without asking us first (no CORS
+    preflight), as text/plain, a form, or bytes with no Content-Type at all, all read as JSON.
+    It could then send sign-in codes to any number, or spread password guesses, from thousands
+    of addresses the per-address limits count apart. A guard, not a before_request hook: a
+    route's hook replaces the app's (the per-address limit)."""
+    kind = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise NotJson()

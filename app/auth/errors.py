@@ -18,13 +18,6 @@ class CodeExpired(DomainError):
     message_en = "The code has expired or was used up. Ask for a new one."
 
 
-class NotJson(DomainError):
-    code = "unsupported_media_type"
-    status = 415
-    message_fa = "بدنهٔ درخواست باید JSON باشد (Content-Type: application/json)."
-    message_en = "Send the body as JSON (Content-Type: application/json)."
-
-
 class CodesUsedUp(RateLimited):
     """The web's codes for a number are used up for now: perhaps by someone else, as anyone
     can ask for any number's codes. The phone's holder can still ask by SMS

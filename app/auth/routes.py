@@ -4,33 +4,18 @@ import contextlib
 from typing import Any
 
 from litestar import Controller, Request, Response, post
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import JSONBody
 
-from app.auth.errors import NotJson
 from app.auth.schemas import OtpRequest, OtpSent, OtpVerify, TokenIssued
 from app.errors import Unauthorized
-from app.web import Deps, Session, bearer_token, client_address
-
-# What a browser sends from any website without asking first (no CORS preflight).
-_SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
-
-
-def _json_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Refuse the types any website may send: read as JSON, a page anywhere could have its
-    visitors' browsers ask for sign-in codes to any number, from thousands of addresses the
-    per-address limit counts apart. (A request without a Content-Type is still read.) A guard,
-    not a before_request hook: a route's hook replaces the app's (the per-address limit)."""
-    if connection.headers.get("content-type", "").partition(";")[0].strip().lower() in _SIMPLE_TYPES:
-        raise NotJson()
+from app.web import Deps, Session, bearer_token, client_address, json_only
 
 
 class CitizenAuthController(Controller):
     path = "/api/v1/auth"
     tags = ["sign-in"]
 
-    @post("/otp", status_code=202, guards=[_json_only], summary="Send a one-time sign-in code by SMS")
+    @post("/otp", status_code=202, guards=[json_only], summary="Send a one-time sign-in code by SMS")
     async def request_code(
         self, data: JSONBody[OtpRequest], request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> OtpSent:
@@ -38,7 +23,7 @@ class CitizenAuthController(Controller):
         mobile = await container.auth.request_code(session=session, mobile=data.mobile, client=client)
         return OtpSent(mobile=mobile, expires_in=container.settings.otp_ttl_seconds)
 
-    @post("/verify", status_code=200, guards=[_json_only], summary="Trade the one-time code for a bearer token")
+    @post("/verify", status_code=200, guards=[json_only], summary="Trade the one-time code for a bearer token")
     async def verify(self, data: JSONBody[OtpVerify], request: Request[Any, Any, Any], container: Deps) -> TokenIssued:
         client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
         token = await container.auth.verify(mobile=data.mobile, code=data.code, client=client)

@@ -12,7 +12,7 @@ from app.errors import Unauthorized
 from app.staff.devices import REMEMBERED_SECONDS
 from app.staff.schemas import StaffLogin, StaffMe, StaffSessionOut
 from app.staff.service import SignedIn, StaffPrincipal
-from app.web import Deps, Session, bearer_token, client_address, session_cookie
+from app.web import Deps, Session, bearer_token, client_address, json_only, session_cookie
 
 STAFF_COOKIE = "nobat_staff"
 """The session token for the staff web pages; API clients send it as a bearer token instead."""
@@ -71,7 +71,7 @@ class StaffAuthController(Controller):
     path = "/api/v1/staff"
     tags = ["staff sign-in"]
 
-    @post("/login", status_code=200, summary="Sign in with a username and password")
+    @post("/login", status_code=200, guards=[json_only], summary="Sign in with a username and password")
     async def login(
         self, data: JSONBody[StaffLogin], request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Response[StaffSessionOut]:

@@ -255,6 +255,14 @@ async def test_a_code_is_not_sent_for_a_body_any_website_could_post(client: Clie
     for kind in ("text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         refused = await client.post("/api/v1/auth/otp", content=body, headers={"Content-Type": kind})
         assert refused.status_code == 415 and refused.json()["code"] == "unsupported_media_type", refused.text
+    # Bytes a page's fetch() sends with no Content-Type at all (mode "no-cors"): read as JSON too, before.
+    untyped = await client.post("/api/v1/auth/otp", content=body.encode())
+    assert "content-type" not in untyped.request.headers
+    assert untyped.status_code == 415, untyped.text
+    staff = await client.post(
+        "/api/v1/staff/login", content='{"username": "x", "password": "y"}', headers={"Content-Type": "text/plain"}
+    )
+    assert staff.status_code == 415, staff.text  # password guesses spread over a page's visitors
     assert not redis_sync.exists("nobat:otp:09120009999")  # no code made
     sent = await client.post("/api/v1/auth/otp", content=body, headers={"Content-Type": "application/json"})
     assert sent.status_code == 202 and redis_sync.exists("nobat:otp:09120009999")
