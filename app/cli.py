@@ -20,6 +20,7 @@ from app.capacity.service import Capacity
 from app.capacity.watch import rebuild_paused
 from app.clock import Clock
 from app.db import create_engine, create_schema, session_factory
+from app.errors import DomainError
 from app.observability import configure_logging
 from app.offices import dataset
 from app.offices.models import Office
@@ -146,6 +147,8 @@ async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
             else:
                 for cap in await crowd_caps.list_caps(session=session):
                     print(cap)
+    except DomainError as error:  # refused (a cap in force already, a bad date): said, not a traceback
+        raise SystemExit(error.detail_en) from None
     finally:
         await container.close()
 

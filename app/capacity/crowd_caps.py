@@ -8,13 +8,14 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
 from app.capacity.models import CrowdCap
 from app.capacity.service import Capacity
-from app.errors import InvalidInput, NotFound
+from app.errors import DomainError, InvalidInput, NotFound
 from app.locale import check_text, normalize_digits
 from app.offices.models import City, Office, Province
 
@@ -23,6 +24,13 @@ class CrowdCapNotFound(NotFound):
     code = "crowd_cap_not_found"
     message_fa = "چنین سقف ازدحامی ثبت نشده است."
     message_en = "No such crowd cap."
+
+
+class CrowdCapExists(DomainError):
+    code = "crowd_cap_exists"
+    status = 409
+    message_fa = "همین سقف ازدحام (همان استان، بازه، درصد و دلیل) پیش‌تر ثبت شده و برقرار است."
+    message_en = "This crowd cap (same province, dates, percent and reason) is in force already."
 
 
 class CrowdCapOut(msgspec.Struct):
@@ -103,16 +111,39 @@ async def add(
         raise InvalidInput("reason", "Give the reason (the directive).", detail_fa="دلیل (مصوبه) را بنویسید.")
     province_code = province_code_of(province_code)
     province_id = await _province_id(session, province_code)
+    reason = reason.strip()
+    # A retry of a cap whose answer was slow (a national one tells every office's counters
+    # before it answers) recorded it twice, and lifting it then left the copy in force.
+    same = (
+        select(CrowdCap.id)
+        .where(
+            func.coalesce(CrowdCap.province_id, 0) == (province_id or 0),
+            CrowdCap.starts_on == starts_on,
+            CrowdCap.ends_on == ends_on,
+            CrowdCap.percent == percent,
+            CrowdCap.reason == reason,
+            CrowdCap.lifted_at.is_(None),
+        )
+        .limit(1)
+    )
+    if (earlier := await session.scalar(same)) is not None:
+        raise CrowdCapExists(crowd_cap_id=earlier)
     cap = CrowdCap(
         province_id=province_id,
         starts_on=starts_on,
         ends_on=ends_on,
         percent=percent,
-        reason=reason.strip(),
+        reason=reason,
         created_by=created_by,
     )
     session.add(cap)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError:  # the same order, posted at the same instant, recorded first?
+        await session.rollback()
+        if (earlier := await session.scalar(same)) is None:  # another fault: not "in force already"
+            raise
+        raise CrowdCapExists(crowd_cap_id=earlier) from None
     out = _out(cap, province_code)
     if record is not None:
         await record(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Date, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import Date, DateTime, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -39,6 +39,22 @@ class CrowdCap(Base):
     created_by: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     lifted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# One cap in force per province (0: the whole country), dates, percent and reason. Checked
+# before the insert too, for a clear answer; the index holds when two identical orders come
+# at once (a retry of a national cap, whose answer takes its time).
+Index(
+    "uq_crowd_caps_same_order",
+    func.coalesce(CrowdCap.province_id, 0),
+    CrowdCap.starts_on,
+    CrowdCap.ends_on,
+    CrowdCap.percent,
+    CrowdCap.reason,
+    unique=True,
+    sqlite_where=text("lifted_at IS NULL"),
+    postgresql_where=text("lifted_at IS NULL"),
+)
 
 
 class CapacityOverride(Base):

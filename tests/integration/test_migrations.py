@@ -84,3 +84,43 @@ async def test_the_one_order_index_keeps_the_first_of_copies_already_recorded(da
         assert kept == [1, 3, 5]
     finally:
         await engine.dispose()
+
+
+async def test_the_one_cap_index_lifts_copies_already_in_force(database_url: str) -> None:
+    """Crowd caps recorded twice before the index came (a retried national cap) are folded
+    into the first: the copies are lifted (capacity stays as it was), lifted ones untouched."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from app.db import alembic_config
+
+    def upgrade_to(revision: str) -> object:
+        def run(connection: Connection) -> None:
+            command.upgrade(alembic_config(connection), revision)
+
+        return run
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade_to("0005"))
+            await connection.execute(
+                text("INSERT INTO provinces (id, code, name_fa, name_en, population) VALUES (1, '01', 'الف', 'A', 1)")
+            )
+            for cap_id, province_id, percent, lifted in [
+                (1, None, 50, False), (2, None, 50, False), (3, None, 50, True), (4, 1, 50, False), (5, None, 40, False),
+            ]:  # fmt: skip
+                await connection.execute(
+                    text(
+                        "INSERT INTO crowd_caps (id, province_id, starts_on, ends_on, percent, reason, created_by,"
+                        " lifted_at) VALUES (:id, :province_id, '2026-12-10', '2026-12-20', :percent, 'کرونا',"
+                        " 'regulator', CASE WHEN :lifted THEN CURRENT_TIMESTAMP END)"
+                    ),
+                    {"id": cap_id, "province_id": province_id, "percent": percent, "lifted": lifted},
+                )
+            await connection.run_sync(upgrade_to("head"))
+            rows = await connection.execute(text("SELECT id FROM crowd_caps WHERE lifted_at IS NULL ORDER BY id"))
+            in_force = rows.scalars().all()
+        assert in_force == [1, 4, 5]
+    finally:
+        await engine.dispose()

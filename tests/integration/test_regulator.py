@@ -46,6 +46,10 @@ async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, wo
     assert (await client.get("/api/v1/regulator/crowd-caps", headers=staff)).status_code == 403
     created = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
     assert created.status_code == 201, created.text
+    # Sent again (a retry after a slow answer): lifted later, the copy had kept the cap in force.
+    again = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
+    assert again.status_code == 409 and again.json()["code"] == "crowd_cap_exists", again.text
+    assert again.json()["crowd_cap_id"] == created.json()["id"]
     listed = (await client.get("/api/v1/regulator/crowd-caps", headers=guild)).json()
     assert [c["percent"] for c in listed] == [50]
     slots = (await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day})).json()
@@ -56,6 +60,8 @@ async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, wo
     assert lifted.status_code == 200 and lifted.json()["active"] is False
     slots = (await client.get(f"/api/v1/offices/{office}/slots", params={"service": "101", "date": day})).json()
     assert [(s["seats"], s["free"]) for s in slots["slots"]] == [(4, 4)]
+    # Lifted, the same order may be given again.
+    assert (await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)).status_code == 201
 
 
 async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
