@@ -162,6 +162,15 @@ class Enforcement:
         if office.status == OfficeStatus.BLOCKED:
             # A restriction would reopen the office to bookings behind the block's back.
             raise OfficeIsBlocked()
+        if office.status == OfficeStatus.RESTRICTED and (
+            same := await self._same_restriction(session, office, cap, reason)
+        ):
+            # The same decision again (a double click, a retry after a slow answer) is answered
+            # with the one recorded, told the counters once more: recorded twice, the copy
+            # stayed open when an appeal against the first was won, the office still restricted.
+            await session.commit()  # the office's lock let go
+            await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
+            return same
         now = self.clock.now()
         before = office.status.value
         action = OfficeAction(
@@ -468,6 +477,16 @@ class Enforcement:
             cap = self.policy.restricted_cap_percent if cap is None else cap
             action = await self.restrict(session, office, reason=reason.strip(), by=staff, cap=cap)
         return _action_out(action, office.code)
+
+    async def _same_restriction(
+        self, session: AsyncSession, office: Office, cap: int, reason: str
+    ) -> OfficeAction | None:
+        """The office's latest open action, if it is a restriction at ``cap`` for ``reason``."""
+        open_actions = await self._open_actions(session, office.id)
+        latest = open_actions[-1] if open_actions else None
+        if latest and latest.kind == ActionKind.RESTRICT and latest.cap_percent == cap and latest.reason == reason:
+            return latest
+        return None
 
     async def _open_actions(self, session: AsyncSession, office_id: int) -> list[OfficeAction]:
         return list(

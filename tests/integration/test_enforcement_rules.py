@@ -182,6 +182,33 @@ async def test_blocking_a_blocked_office_is_refused_and_its_appeal_still_lifts_i
     assert entries == ["office.block", "office.lift"]
 
 
+async def test_restricting_again_the_same_way_answers_the_first_and_its_appeal_lifts_it(
+    client: Client, world: World
+) -> None:
+    """The same restriction sent twice (a double click, a retry after a slow answer) was
+    recorded twice: the office won its appeal against the first and stayed restricted by the
+    copy, though told "your appeal is upheld"."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    staff = await staff_of(client, world, office)
+    url = f"/api/v1/regulator/offices/{office}/restrict"
+    first = await client.post(url, json={"reason": "ازدحام", "cap_percent": 50}, headers=reg)
+    assert first.status_code == 201, first.text
+    again = await client.post(url, json={"reason": "ازدحام", "cap_percent": 50}, headers=reg)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"], again.text
+    appealed = await appeal(client, staff, office, first.json()["id"], "ازدحامی نبود")
+    assert appealed.status_code == 201, appealed.text
+    decided = await client.post(
+        f"/api/v1/regulator/appeals/{appealed.json()['id']}/decide",
+        json={"outcome": "overturned", "note": "ثابت نشد"},
+        headers=reg,
+    )
+    assert decided.status_code == 200, decided.text
+    assert await status(client, office) == "active"
+    other = await client.post(url, json={"reason": "ازدحام", "cap_percent": 30}, headers=reg)  # another decision
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"], other.text
+
+
 async def test_a_policy_block_is_audited(client: Client, world: World) -> None:
     office = await world.office()
     reg = await regulator(client, world)
