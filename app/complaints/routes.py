@@ -3,8 +3,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
+from app.booking.service import parse_idempotency_key
 from app.complaints.schemas import ComplaintCreate, ComplaintOut, QueueItem, TransitionIn
 from app.locale import parse_int
 from app.staff.routes import Staff
@@ -19,7 +20,12 @@ class ComplaintsController(Controller):
 
     @post("/", status_code=201, summary="File a complaint about an office")
     async def file(
-        self, data: JSONBody[ComplaintCreate], request: Request[Any, Any, Any], session: Session, container: Deps
+        self,
+        data: JSONBody[ComplaintCreate],
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
     ) -> ComplaintOut:
         mobile = container.auth.mobile_from_token(bearer_token(request))
         return await container.complaints.file(
@@ -30,6 +36,7 @@ class ComplaintsController(Controller):
             description=data.description,
             booking_tracking_code=data.booking_tracking_code,
             channel="web",
+            form_key=parse_idempotency_key(idempotency_key),
         )
 
     @get("/{tracking_code:str}", summary="A complaint and its steps (the complainant only)")

@@ -45,7 +45,7 @@ answered frees the form within this."""
 FIRST_SEND_WAIT_SECONDS = 1.0
 """How long a second send of a form waits for the first one's complaint to be committed."""
 
-_FORM_KEY_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_FORM_KEY_RE = re.compile(r"[\x21-\x7e]{1,64}")  # as an Idempotency-Key: the API's is one
 
 # In one step: the complaint code an earlier send of the form took its key for, else none,
 # and the key is this send's now.
@@ -87,9 +87,10 @@ class Complaints:
         channel: str,
         form_key: str | None = None,
     ) -> ComplaintOut:
-        """File a complaint. ``form_key``, the web form's own key: the same form sent again (a
-        double tap, a resend after a slow answer) is answered with the complaint it filed,
-        not filed twice (with a second tracking code, SMS and place in the queue)."""
+        """File a complaint. ``form_key``, the web form's own key (the API's Idempotency-Key, an
+        SMS's message id): the same form sent again (a double tap, a resend after a slow
+        answer) is answered with the complaint it filed, not filed twice (with a second
+        tracking code, SMS and place in the queue)."""
         kind = _category(category)
         # Control characters refused before whitespace is folded; the length is checked after.
         too_long = InvalidInput(

@@ -388,3 +388,21 @@ async def test_bad_complaints_change_nothing(client: Client, world: World) -> No
     assert missing.status_code == 404
     async with world.container.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Complaint)) == 0
+
+
+async def test_a_complaint_sent_again_with_its_idempotency_key_is_filed_once(client: Client, world: World) -> None:
+    """A phone's app sent the complaint again after a slow answer: filed twice, with two
+    tracking codes and SMS, and, both confirmed, fined as a first offence and a repeat."""
+    from app.complaints.models import Complaint
+
+    office = await world.office()
+    body = {"office_code": office, "category": "overcharging", "description": "مبلغ بیشتری از تعرفه گرفتند"}
+    headers = {**world.token("09125550077"), "Idempotency-Key": "complaint-1"}
+    first = await client.post("/api/v1/complaints", json=body, headers=headers)
+    again = await client.post("/api/v1/complaints", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json()["tracking_code"] == first.json()["tracking_code"]
+    bad = await client.post("/api/v1/complaints", json=body, headers={**headers, "Idempotency-Key": "x" * 65})
+    assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Complaint)) == 1
