@@ -803,8 +803,10 @@ class BookingService:
     ) -> list[Booking]:
         """Cancel bookings that hold no seat to give back (waitlist entries; a slot already
         under way), each with its office's code, as they were read (compare-and-set: a row a
-        citizen or a promotion changed since is left alone); tell each citizen, commit, then
-        take them out of their lines and their citizens' limits. Those cancelled."""
+        citizen, a promotion or a move changed since is left alone: a block's cancellations
+        had cancelled, at the office a closure had just moved it to, a booking it had read at
+        the blocked one); tell each citizen, commit, then take them out of their lines and
+        their citizens' limits. Those cancelled."""
         done: set[int] = set()
         for start in range(0, len(bookings), 300):  # a few hundred to a statement
             chunk = [booking for booking, _ in bookings[start : start + 300]]
@@ -814,6 +816,8 @@ class BookingService:
                     .where(
                         Booking.id.in_([b.id for b in chunk]),
                         Booking.status == case({b.id: b.status for b in chunk}, value=Booking.id),
+                        Booking.office_id == case({b.id: b.office_id for b in chunk}, value=Booking.id),
+                        Booking.slot_time == case({b.id: b.slot_time for b in chunk}, value=Booking.id),
                     )
                     .values(status=BookingStatus.CANCELLED, cancelled_at=now)
                     .returning(Booking.id),

@@ -27,7 +27,7 @@ from app.redis import renewed_lock
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import World
+from tests.conftest import World, booking_body
 from tests.integration.test_complaints import STEPS, appeal, complain, regulator, restrict
 from tests.integration.test_console import staff_of
 from tests.integration.test_console_moves import a_busy_office
@@ -495,3 +495,36 @@ async def test_the_minutes_telling_of_statuses_never_reopens_an_office_blocked_a
     async with container.sessions() as session:
         assert await container.enforcement.push_statuses(session=session) == 1
     assert redis_sync.hget(keys.office_day(code, day), "_status") == b"blocked"
+
+
+async def test_a_blocks_cancellation_leaves_a_booking_moved_since_it_was_read(client: Client, world: World) -> None:
+    """A block read a booking at the blocked office (its slot begun: nothing to move it to),
+    and a closure's moves took it to another office before the block cancelled it: it was
+    cancelled there, after the citizen had been told it was moved."""
+    from sqlalchemy import update
+
+    from app.booking.models import BookingStatus
+
+    office, elsewhere = await world.office(seats=2), await world.office(seats=2)
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    code = booked.json()["tracking_code"]
+    jobs = world.container
+    async with jobs.sessions() as session:
+        read = await session.scalar(select(Booking).where(Booking.tracking_code == code))
+        assert read is not None
+        session.expunge(read)  # as the block read it
+        moved_to = await session.scalar(select(Office.id).where(Office.code == elsewhere))
+        await session.execute(
+            update(Booking).where(Booking.id == read.id).values(office_id=moved_to, slot_time="11:00")
+        )  # the closure's move, committed meanwhile
+        await session.commit()
+        cancelled = await jobs.bookings.cancel_seatless(
+            session, [(read, office)], now=jobs.clock.now(), why_fa="مسدود شد.", advice_fa=""
+        )
+        assert cancelled == []
+        status = await session.scalar(select(Booking.status).where(Booking.id == read.id))
+    assert status == BookingStatus.BOOKED
