@@ -19,8 +19,9 @@ from app.redis import AutoPipeline
 # a 50% cap on an office with one seat a slot leaves it half its day, not nothing. Every
 # script that gives seats asks this first; each slot also keeps its own seat count.
 _ROOM = """
+-- The seats the day's cap still lets the pool sell, and how many it lets it sell in all.
 local function day_room(day, pool, cap)
-  if cap >= 100 then return math.huge end
+  if cap >= 100 then return math.huge, math.huge end
   local seats_prefix, used_prefix = 's|' .. pool .. '|', 'u|' .. pool .. '|'
   local seats, used = 0, 0
   local fields = redis.call('HGETALL', day)
@@ -29,7 +30,8 @@ local function day_room(day, pool, cap)
     if string.sub(field, 1, #seats_prefix) == seats_prefix then seats = seats + tonumber(fields[i + 1])
     elseif string.sub(field, 1, #used_prefix) == used_prefix then used = used + tonumber(fields[i + 1]) end
   end
-  return math.floor(seats * cap / 100) - used
+  local allowed = math.floor(seats * cap / 100)
+  return allowed - used, allowed
 end
 """
 
@@ -260,7 +262,9 @@ JOIN_WAITLIST = (
 local day, waitlist = KEYS[1], KEYS[2]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', 0} end
 if redis.call('HGET', day, '_status') == 'blocked' then return {'BLOCKED', 0} end
-local room = day_room(day, ARGV[1], tonumber(redis.call('HGET', day, '_cap') or '100'))
+local room, allowed = day_room(day, ARGV[1], tonumber(redis.call('HGET', day, '_cap') or '100'))
+-- A cap that lets the day sell nothing (a 0% restriction) opens no line: it could never move.
+if allowed <= 0 then return {'CLOSED', 0} end
 -- As RESERVE: while anyone is in line a free seat is theirs (being given out), not the
 -- joiner's to book; told "free", the joiner could neither book nor join.
 if redis.call('LLEN', waitlist) > 0 then room = 0 end

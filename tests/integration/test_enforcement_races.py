@@ -528,3 +528,16 @@ async def test_a_blocks_cancellation_leaves_a_booking_moved_since_it_was_read(cl
         assert cancelled == []
         status = await session.scalar(select(Booking.status).where(Booking.id == read.id))
     assert status == BookingStatus.BOOKED
+
+
+async def test_an_office_restricted_to_nothing_opens_no_line(client: Client, world: World) -> None:
+    """A 0% restriction takes nobody: a citizen who joined its line could never be promoted,
+    held that service that day against booking it elsewhere, and was dropped at midnight."""
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    reg = await regulator(client, world)
+    await restrict(client, reg, office, cap=0)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 409 and joined.json()["code"] == "office_closed", joined.text
