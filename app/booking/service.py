@@ -1293,6 +1293,7 @@ class BookingService:
             national_id = normalize_national_id(request.national_id)
             day = parse_date(request.date)
             office_code = normalize_code(request.office_code, "office_code")
+            service_code = normalize_code(request.service_code, "service_code")
         except DomainError:
             return None
         return await session.scalar(
@@ -1303,6 +1304,7 @@ class BookingService:
                 Booking.date == day,
                 Booking.mobile == mobile,
                 Booking.national_id == national_id,
+                Booking.service_code == service_code,  # refused for another service: not this line
                 Booking.status == BookingStatus.WAITLISTED,
             )
         )

@@ -302,8 +302,13 @@ class CitizenPages(Controller):
             if waitlist and isinstance(error, AlreadyBookedThatDay):
                 # A second tap on "join" (or a reload after a slow answer): the first one
                 # joined, and this is the line it joined, not an error.
+                # Waited for a moment (``FIRST_TAP_WAIT_SECONDS``): the first may not have committed yet.
                 joined = WaitlistJoin(national_id=national_id, office_code=office, service_code=service, date=date)
-                if code := await container.bookings.waiting(session=session, mobile=mobile, request=joined):
+                if code := await read_until(
+                    session,
+                    lambda: container.bookings.waiting(session=session, mobile=mobile, request=joined),
+                    FIRST_TAP_WAIT_SECONDS,
+                ):
                     return see_other(f"/bookings/{code}?new=1")
             in_progress = isinstance(error, DuplicateRequest) and bool(idem)
             # A second tap while the first is still booking (its seat taken, its row not yet

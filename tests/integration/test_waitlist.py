@@ -402,3 +402,32 @@ async def test_a_join_whose_commit_did_not_land_holds_nothing(
     assert redis_sync.llen(keys.waitlist(office, day, "*")) == 0
     again = await client.post("/api/v1/waitlist", json=body, headers=headers)
     assert again.status_code == 201 and again.json()["waitlist_position"] == 1, again.text
+
+
+async def test_the_line_a_second_tap_finds_is_the_one_it_asked_for(client: Client, world: World) -> None:
+    """Refused "already booked" for another service, the join page found the citizen's line
+    for a different service at the office that day, and said they were in it."""
+    from app.booking.schemas import WaitlistJoin
+
+    office = await world.office(rules=one_slot_office_rules(), services=("101", "102"))
+    day = world.tomorrow()
+    taken = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert taken.status_code == 201, taken.text  # the day full
+    national_id, mobile = world.national_id(), world.mobile()
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, national_id, day, None), headers=world.token(mobile)
+    )
+    assert joined.status_code == 201, joined.text
+    async with world.container.sessions() as session:
+
+        def asked(service: str) -> WaitlistJoin:
+            return WaitlistJoin(national_id=national_id, office_code=office, service_code=service, date=day.isoformat())
+
+        bookings = world.container.bookings
+        assert (
+            await bookings.waiting(session=session, mobile=mobile, request=asked("101"))
+            == joined.json()["tracking_code"]
+        )
+        assert await bookings.waiting(session=session, mobile=mobile, request=asked("102")) is None
