@@ -48,8 +48,11 @@ TO_SETTLE = Gauge(
 
 # --- logs ---
 
-_NATIONAL_ID = re.compile(r"(?<![0-9])[0-9]{10}(?![0-9])")
-_MOBILE = re.compile(r"(?:\+98|0098|0)?9[0-9]{9}(?![0-9])")
+# Latin, Persian and Arabic-Indic digits: a citizen's own text (a complaint's description, in
+# a failed statement's parameters) writes numbers in Persian, and a mobile in groups.
+_DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
+_NATIONAL_ID = re.compile(rf"(?<!{_DIGIT}){_DIGIT}{{10}}(?!{_DIGIT})")
+_MOBILE = re.compile(rf"(?:\+98|0098|[0\u06f0\u0660])?[9\u06f9\u0669](?:[ -]?{_DIGIT}){{9}}(?!{_DIGIT})")
 
 
 def mask(text: str) -> str:

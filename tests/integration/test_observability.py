@@ -59,6 +59,15 @@ def test_logs_are_json_without_personal_data() -> None:
     assert mask("office 010001 slot 10:00") == "office 010001 slot 10:00"
 
 
+def test_numbers_a_citizen_typed_in_persian_or_in_groups_are_masked_too() -> None:
+    """A complaint's description (in a failed statement's parameters, in a traceback) has a
+    citizen's own writing: Persian digits, a mobile in groups. They went to the logs in clear."""
+    assert mask("شمارهٔ من ۰۹۱۲۱۲۳۴۵۶۷ است") == "شمارهٔ من 09********* است"
+    assert mask("call 0912 123 4567 or 0912-123-4567") == "call 09********* or 09*********"
+    assert mask("کد ملی ۰۴۹۹۳۷۰۸۹۹") == "کد ملی **********"
+    assert mask("at 2026-12-06 19:43:13, 9 slots, office 010001") == "at 2026-12-06 19:43:13, 9 slots, office 010001"
+
+
 async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
     settings: Settings, capfd: pytest.CaptureFixture[str]
 ) -> None:
