@@ -230,8 +230,8 @@ class OfficePages(Controller):
         session: Session,
         container: Deps,
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         staff = await require_staff(request, container, back=f"/office/{code}/queue")
+        check_csrf(request, container, data)
         steps = {
             "check-in": container.console.check_in,
             "served": container.console.serve,
@@ -253,8 +253,8 @@ class OfficePages(Controller):
     async def walk_in(
         self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         staff = await require_staff(request, container, back=f"/office/{code}/queue")
+        check_csrf(request, container, data)
         try:
             booking = await container.console.walk_in(
                 session=session,
@@ -284,8 +284,8 @@ class OfficePages(Controller):
     async def waiting(
         self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         staff = await require_staff(request, container, back=f"/office/{code}/queue")
+        check_csrf(request, container, data)
         try:
             count = to_int(data.get("waiting"), "waiting", "تعداد منتظران را به عدد بنویسید.")
             await container.console.report_waiting(session=session, staff=staff, office_code=code, waiting=count)
@@ -382,8 +382,8 @@ class OfficePages(Controller):
     async def save_template(
         self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         staff = await require_staff(request, container, back=f"/office/{code}/capacity")
+        check_csrf(request, container, data)
         fields = [f"d{w}_{part}" for w in range(7) for part in ("opens", "closes", "slot", "seats")]
         try:
             current = await container.console.template(session=session, staff=staff, office_code=code)
@@ -411,8 +411,8 @@ class OfficePages(Controller):
     async def save_override(
         self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         staff = await require_staff(request, container, back=f"/office/{code}/capacity")
+        check_csrf(request, container, data)
         fields = ["o_date", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
         try:
             day = parse_date(data.get("o_date", ""), "o_date")
@@ -450,8 +450,8 @@ class OfficePages(Controller):
         session: Session,
         container: Deps,
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         staff = await require_staff(request, container, back=f"/office/{code}/capacity")
+        check_csrf(request, container, data)
         try:
             await container.console.clear_override(
                 session=session,

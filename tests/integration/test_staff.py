@@ -725,3 +725,15 @@ async def test_http_me_needs_a_session(client: Client) -> None:
     assert (await client.get("/api/v1/staff/me")).status_code == 401
     malformed = await client.get("/api/v1/staff/me", headers={"Authorization": "Basic abc"})
     assert malformed.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["queue/ABCDEFGHJK/check-in", "walk-ins", "waiting", "capacity/template", "capacity/overrides"],
+)
+async def test_an_office_form_sent_after_the_session_ended_asks_for_sign_in(client: Client, form: str) -> None:
+    """The session gone (expired, signed out elsewhere), a clerk's form was refused "form
+    expired" (403), a dead end with the form lost; now they are sent to sign in and back."""
+    sent = await client.post(f"/office/010001/{form}", data={"_csrf": "0" * 64}, follow_redirects=False)
+    assert sent.status_code in (302, 303), sent.text
+    assert sent.headers["location"].startswith("/office/signin?next=")
