@@ -54,6 +54,8 @@ from app.staff.service import StaffPrincipal, audit, require_office, require_rol
 log = logging.getLogger(__name__)
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
+SAME_DECISION_WITHIN = dt.timedelta(minutes=10)
+"""A restriction sent again within this long, the same in every way, is taken for a retry."""
 MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
 # Who the audit log names when the policy acts on its own (no staff member decided).
@@ -162,14 +164,14 @@ class Enforcement:
         if office.status == OfficeStatus.BLOCKED:
             # A restriction would reopen the office to bookings behind the block's back.
             raise OfficeIsBlocked()
-        if office.status == OfficeStatus.RESTRICTED and (
-            same := await self._same_restriction(session, office, cap, reason)
-        ):
+        if same := await self._same_restriction(session, office, cap, reason, by):
             # The same decision again (a double click, a retry after a slow answer) is answered
-            # with the one recorded, told the counters once more: recorded twice, the copy
-            # stayed open when an appeal against the first was won, the office still restricted.
+            # with the one recorded, seen through once more (the first's telling may have
+            # failed after its commit): recorded twice, the copy stayed open when an appeal
+            # against the first was won, the office still restricted.
             await session.commit()  # the office's lock let go
             await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
+            await self._fill_lines(session, office, same)
             return same
         now = self.clock.now()
         before = office.status.value
@@ -479,14 +481,19 @@ class Enforcement:
         return _action_out(action, office.code)
 
     async def _same_restriction(
-        self, session: AsyncSession, office: Office, cap: int, reason: str
+        self, session: AsyncSession, office: Office, cap: int, reason: str, by: StaffPrincipal | None
     ) -> OfficeAction | None:
-        """The office's latest open action, if it is a restriction at ``cap`` for ``reason``."""
+        """The office's latest open action, if it is this decision sent again: a restriction at
+        ``cap`` for ``reason`` by the same hand, minutes ago (the same order weeks later is a
+        decision of its own, with its own notice and appeal window)."""
+        if office.status != OfficeStatus.RESTRICTED:
+            return None
         open_actions = await self._open_actions(session, office.id)
         latest = open_actions[-1] if open_actions else None
-        if latest and latest.kind == ActionKind.RESTRICT and latest.cap_percent == cap and latest.reason == reason:
-            return latest
-        return None
+        if latest is None or latest.kind != ActionKind.RESTRICT or (latest.cap_percent, latest.reason) != (cap, reason):
+            return None
+        recent = self.clock.aware(latest.started_at) > self.clock.now() - SAME_DECISION_WITHIN
+        return latest if recent and latest.actor == (by.username if by else "policy") else None
 
     async def _open_actions(self, session: AsyncSession, office_id: int) -> list[OfficeAction]:
         return list(

@@ -272,6 +272,32 @@ async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told
     assert promoted.json()["status"] == "booked", promoted.text
 
 
+async def test_an_eased_restriction_retried_after_a_503_fills_the_line(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regulator retried the same decision after its 503: answered with the restriction
+    recorded, its telling and its fill were not done again, and the line in front of the
+    room it made stayed where it was (nothing else fills it)."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    office, reg, _, waiting = await restricted_with_one_in_line(client, world)
+    capacity = client.app.state.container.capacity
+    tell = capacity.refresh_meta
+
+    async def away(**_: Any) -> None:
+        raise RedisDown("Redis went away after the commit")
+
+    monkeypatch.setattr(capacity, "refresh_meta", away)
+    url, body = f"/api/v1/regulator/offices/{office}/restrict", {"reason": "ازدحام", "cap_percent": 75}
+    eased = await client.post(url, json=body, headers=reg)
+    assert eased.status_code == 503, eased.text
+    monkeypatch.setattr(capacity, "refresh_meta", tell)
+    again = await client.post(url, json=body, headers=reg)
+    assert again.status_code == 201, again.text
+    promoted = await client.get(f"/api/v1/bookings/{waiting}")
+    assert promoted.json()["status"] == "booked", promoted.text
+
+
 async def test_a_lift_whose_fill_meets_redis_away_is_answered_and_the_line_filled_by_the_minutes_job(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
+from app.clock import Clock
 from app.complaints.models import Complaint
 from app.staff.models import AuditEntry
 from tests.conftest import World, booking_body
@@ -183,7 +184,7 @@ async def test_blocking_a_blocked_office_is_refused_and_its_appeal_still_lifts_i
 
 
 async def test_restricting_again_the_same_way_answers_the_first_and_its_appeal_lifts_it(
-    client: Client, world: World
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same restriction sent twice (a double click, a retry after a slow answer) was
     recorded twice: the office won its appeal against the first and stayed restricted by the
@@ -207,6 +208,10 @@ async def test_restricting_again_the_same_way_answers_the_first_and_its_appeal_l
     assert await status(client, office) == "active"
     other = await client.post(url, json={"reason": "ازدحام", "cap_percent": 30}, headers=reg)  # another decision
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"], other.text
+    now = Clock.now
+    monkeypatch.setattr(Clock, "now", lambda self: now(self) + dt.timedelta(minutes=11))
+    later = await client.post(url, json={"reason": "ازدحام", "cap_percent": 30}, headers=reg)  # not a retry
+    assert later.status_code == 201 and later.json()["id"] != other.json()["id"], later.text
 
 
 async def test_a_policy_block_is_audited(client: Client, world: World) -> None:
