@@ -378,14 +378,14 @@ def test_pages_are_accessible_and_keyboard_friendly(phone: Any, desk: Any, site:
     # "Use my location" (the only script) fills the hidden fields and searches from there.
     located = phone.browser.new_context(
         base_url=site.url, locale="fa-IR", viewport={"width": 390, "height": 844},
-        geolocation={"latitude": 29.61, "longitude": 52.54}, permissions=["geolocation"],
+        geolocation={"latitude": 29.612345, "longitude": 52.543216}, permissions=["geolocation"],
     )  # fmt: skip
     try:
         shiraz = located.new_page()
         shiraz.goto("/")
         shiraz.get_by_label("خدمت موردنیاز").select_option("101")
         shiraz.get_by_role("button", name="استفاده از موقعیت من").click()
-        shiraz.wait_for_url(re.compile(r"/offices\?.*lat=29"))
+        shiraz.wait_for_url(re.compile(r"/offices\?.*lat=29\.612&lon=52\.543(&|$)"))  # about 100 m, in the URL
         expect(shiraz.locator(".office-card").first).to_contain_text("شیراز")
         site.check(shiraz)
     finally:

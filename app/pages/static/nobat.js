@@ -12,8 +12,10 @@
       status.textContent = "در حال گرفتن موقعیت…";
       navigator.geolocation.getCurrentPosition(
         function (position) {
-          form.querySelector("[data-lat]").value = position.coords.latitude.toFixed(5);
-          form.querySelector("[data-lon]").value = position.coords.longitude.toFixed(5);
+          // To about a hundred metres: enough to rank the offices nearby, and what the URL
+          // (the browser's history, a server's access log) keeps of where the citizen is.
+          form.querySelector("[data-lat]").value = position.coords.latitude.toFixed(3);
+          form.querySelector("[data-lon]").value = position.coords.longitude.toFixed(3);
           form.querySelector("[name=city]").value = "";
           status.textContent = "موقعیت شما گرفته شد.";
           form.submit();
