@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from sqlalchemy import insert
 
+from app.capacity import keys
 from app.capacity.plan import DayRule, WeeklyTemplate, encode_template
 from app.capacity.watch import RedisWatch
 from app.clock import Clock
@@ -411,3 +412,9 @@ def booking_body(
     if slot:
         body["slot"] = slot
     return body
+
+
+def holds(redis: SyncRedis, national_id: str) -> list[bytes]:
+    """The tracking codes a citizen's holds in Redis count against their limits (FORGET's
+    marks, "!" and the code, are not holds)."""
+    return [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]

@@ -50,7 +50,7 @@ from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
-from tests.conftest import World, booking_body, health_until, rebuild, watch_held
+from tests.conftest import World, booking_body, health_until, holds, rebuild, watch_held
 from tests.integration.test_complaints import STEPS, complain, regulator
 from tests.integration.test_console import staff_of, used
 
@@ -536,13 +536,13 @@ async def test_a_waitlist_join_whose_answer_is_lost(
             await session.execute(select(Booking.status, Booking.slot_time).where(Booking.mobile == "09125550000"))
         ).all()
     with SyncRedis.from_url(capacity_redis.url) as redis:
-        holds = [k for k in redis.hkeys(keys.citizen_holds(national_id)) if not k.startswith(b"!")]
+        held = holds(redis, national_id)
         line = redis.lrange(keys.waitlist(office, day, "*"), 0, -1)
     if promoted_meanwhile:
         assert [(r.status.value, r.slot_time) for r in rows] == [("booked", "10:00")]
-        assert len(holds) == 1 and ten_oclock_used(capacity_redis, office, day) == 1
+        assert len(held) == 1 and ten_oclock_used(capacity_redis, office, day) == 1
     else:
-        assert (rows, holds, line) == ([], [], [])
+        assert (rows, held, line) == ([], [], [])
         assert ten_oclock_used(capacity_redis, office, day) == 1  # the first citizen's
 
 
@@ -1060,15 +1060,11 @@ async def test_a_waitlist_join_whose_commit_question_meets_redis_away_gives_its_
         with pytest.raises(RedisConnectionError):
             await jobs.bookings.join_waitlist(session=session, mobile=world.mobile(), request=join)
     with SyncRedis.from_url(capacity_redis.url) as redis:
-
-        def holds() -> list[bytes]:  # FORGET's marks ("!" and the code) are not holds
-            return [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
-
         for _ in range(50):  # given back once Redis answers
-            if not holds():
+            if not holds(redis, national_id):
                 break
             await asyncio.sleep(0.1)
-        assert holds() == []
+        assert holds(redis, national_id) == []
 
 
 async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, world: World) -> None:
@@ -2200,8 +2196,8 @@ async def test_a_booking_whose_scripts_run_after_its_503_takes_nothing(
     with SyncRedis.from_url(capacity_redis.url) as redis:
         for script, keys_, args in waiting:  # Redis gets round to them now
             redis.eval(script.script, len(keys_), *keys_, *args)
-        holds = [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
-    assert holds == []
+        held = holds(redis, national_id)
+    assert held == []
     assert ten_oclock_used(capacity_redis, office, day) == 0  # the late reserve took nothing
     again = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert again.status_code == 201, again.text
@@ -2398,15 +2394,11 @@ async def test_a_waitlist_join_whose_line_meets_redis_away_gives_its_hold_back_l
     async with jobs.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Booking)) == 1  # the booking alone
     with SyncRedis.from_url(capacity_redis.url) as redis:
-
-        def holds() -> list[bytes]:  # FORGET's marks ("!" and the code) are not holds
-            return [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
-
         for _ in range(50):
-            if not holds():
+            if not holds(redis, national_id):
                 break
             await asyncio.sleep(0.1)
-        assert holds() == []
+        assert holds(redis, national_id) == []
 
 
 async def test_a_refused_booking_whose_seat_cannot_be_given_back_lets_go_of_its_key(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -12,6 +14,18 @@ from app.db import Base, create_engine, create_schema, import_models
 
 def _differences(connection: Connection) -> list[object]:
     return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+
+
+def upgrade_to(revision: str) -> Callable[[Connection], None]:
+    """Alembic's upgrade to ``revision``, for ``AsyncConnection.run_sync``."""
+    from alembic import command
+
+    from app.db import alembic_config
+
+    def run(connection: Connection) -> None:
+        command.upgrade(alembic_config(connection), revision)
+
+    return run
 
 
 # SQLite cannot reflect an expression index (the closures' one-order index); the
@@ -51,16 +65,7 @@ async def test_the_request_scope_commits_what_was_only_added(database_url: str) 
 async def test_the_one_order_index_keeps_the_first_of_copies_already_recorded(database_url: str) -> None:
     """Closures recorded twice before the index came (the same day, province or country, and
     reason) are folded into the first: the day stays shut, and the index can be built."""
-    from alembic import command
     from sqlalchemy import text
-
-    from app.db import alembic_config
-
-    def upgrade_to(revision: str) -> object:
-        def run(connection: Connection) -> None:
-            command.upgrade(alembic_config(connection), revision)
-
-        return run
 
     engine = create_engine(database_url)
     try:
@@ -89,16 +94,7 @@ async def test_the_one_order_index_keeps_the_first_of_copies_already_recorded(da
 async def test_the_one_cap_index_lifts_copies_already_in_force(database_url: str) -> None:
     """Crowd caps recorded twice before the index came (a retried national cap) are folded
     into the first: the copies are lifted (capacity stays as it was), lifted ones untouched."""
-    from alembic import command
     from sqlalchemy import text
-
-    from app.db import alembic_config
-
-    def upgrade_to(revision: str) -> object:
-        def run(connection: Connection) -> None:
-            command.upgrade(alembic_config(connection), revision)
-
-        return run
 
     engine = create_engine(database_url)
     try:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
 from app.sms.backends import OUTBOX
-from tests.conftest import Deliver, Served, World, booking_body, watch_held
+from tests.conftest import Deliver, Served, World, booking_body, holds, watch_held
 from tests.integration.test_failures import lose_the_commits_answer
 
 Client = AsyncTestClient[Litestar]
@@ -326,8 +326,7 @@ async def test_a_join_whose_hold_answer_was_lost_holds_nothing(
     assert lost.status_code == 503, lost.text
     for keys_, args in late:  # Redis gets round to it now, and it takes nothing
         assert redis_sync.eval(hold.script, len(keys_), *keys_, *args) == [b"FORGOTTEN"]
-    held = [field for field in redis_sync.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
-    assert held == []
+    assert holds(redis_sync, national_id) == []
     again = await client.post("/api/v1/waitlist", json=body, headers=headers)
     assert again.status_code == 201 and again.json()["waitlist_position"] == 1, again.text
 
@@ -391,14 +390,11 @@ async def test_a_join_whose_commit_did_not_land_holds_nothing(
     lost = await client.post("/api/v1/waitlist", json=body, headers=headers)
     assert lost.status_code == 503, lost.text
 
-    def held() -> list[bytes]:  # FORGET's marks ("!" and the code) are not holds
-        return [field for field in redis_sync.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
-
     for _ in range(50):
-        if not held():
+        if not holds(redis_sync, national_id):
             break
         await asyncio.sleep(0.1)
-    assert held() == []
+    assert holds(redis_sync, national_id) == []
     assert redis_sync.llen(keys.waitlist(office, day, "*")) == 0
     again = await client.post("/api/v1/waitlist", json=body, headers=headers)
     assert again.status_code == 201 and again.json()["waitlist_position"] == 1, again.text
