@@ -418,3 +418,15 @@ def holds(redis: SyncRedis, national_id: str) -> list[bytes]:
     """The tracking codes a citizen's holds in Redis count against their limits (FORGET's
     marks, "!" and the code, are not holds)."""
     return [field for field in redis.hkeys(keys.citizen_holds(national_id)) if not field.startswith(b"!")]
+
+
+def fails_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, error: Exception) -> None:
+    """``owner.name`` raises ``error`` at its next call, and is itself again after it (Redis or
+    the record away a moment)."""
+    real = getattr(owner, name)
+
+    async def failing(*_: Any, **__: Any) -> Any:
+        monkeypatch.setattr(owner, name, real)
+        raise error
+
+    monkeypatch.setattr(owner, name, failing)

@@ -20,7 +20,7 @@ from app.capacity.plan import DayRule
 from app.clock import Clock
 from app.container import Container
 from app.errors import DomainError
-from tests.conftest import Served, World, booking_body, count_sessions, watch_held
+from tests.conftest import Served, World, booking_body, count_sessions, fails_once, watch_held
 
 Client = AsyncTestClient[Litestar]
 
@@ -172,13 +172,12 @@ async def test_a_retry_a_day_later_whose_key_redis_forgot_is_answered_with_its_b
     redis_sync.delete(keys.idempotency(office, mobile, "a-day-later"))  # its day in Redis is over
     if not record_answers:
         bookings = client.app.state.container.bookings
-        by_key = bookings.by_idempotency_key
-
-        async def away_once(*args: Any) -> Any:
-            monkeypatch.setattr(bookings, "by_idempotency_key", by_key)
-            raise OperationalError("SELECT", {}, Exception("the record went away"))
-
-        monkeypatch.setattr(bookings, "by_idempotency_key", away_once)
+        fails_once(
+            monkeypatch,
+            bookings,
+            "by_idempotency_key",
+            OperationalError("SELECT", {}, Exception("the record went away")),
+        )
     again = await client.post("/api/v1/bookings", json=body, headers=headers)
     if record_answers or seats == 2:  # (a free seat: the insert's unique key answers with the booking)
         assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text

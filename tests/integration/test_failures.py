@@ -50,7 +50,7 @@ from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
-from tests.conftest import World, booking_body, health_until, holds, rebuild, watch_held
+from tests.conftest import World, booking_body, fails_once, health_until, holds, rebuild, watch_held
 from tests.integration.test_complaints import STEPS, complain, regulator
 from tests.integration.test_console import staff_of, used
 
@@ -827,13 +827,7 @@ async def test_settling_promotions_goes_on_past_one_that_fails_and_drops_days_go
             )
     gone_by = Seat(offices[0], day - dt.timedelta(days=3), "*", "10:00")
     await container.capacity.settle_promotions_later(2**40, [("GONEBY0001", gone_by)])  # an id no record knows
-    unpromote = container.capacity.unpromote
-
-    async def fails_once(given: Any) -> None:
-        monkeypatch.setattr(container.capacity, "unpromote", unpromote)
-        raise RedisTimeoutError("Redis went away")
-
-    monkeypatch.setattr(container.capacity, "unpromote", fails_once)
+    fails_once(monkeypatch, container.capacity, "unpromote", RedisTimeoutError("Redis went away"))
     async with container.sessions() as job:
         assert await container.bookings.settle_promotions(session=job) == 3
         assert await container.bookings.settle_promotions(session=job) == 0  # nothing twice
@@ -1045,14 +1039,8 @@ async def test_a_waitlist_join_whose_commit_question_meets_redis_away_gives_its_
     day = world.tomorrow()
     assert (await book(client, world, office, day)).status_code == 201
     jobs = world.container
-    unhold = jobs.capacity.unhold
-
-    async def unhold_fails_once(**_: Any) -> None:
-        monkeypatch.setattr(jobs.capacity, "unhold", unhold)
-        raise RedisConnectionError("Redis away a moment")
-
     monkeypatch.setattr(jobs.capacity, "may_commit", _fails(RedisConnectionError("Redis away")))
-    monkeypatch.setattr(jobs.capacity, "unhold", unhold_fails_once)
+    fails_once(monkeypatch, jobs.capacity, "unhold", RedisConnectionError("Redis away a moment"))
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     national_id = world.national_id()
     join = WaitlistJoin(national_id=national_id, office_code=office, service_code="101", date=day.isoformat())
@@ -1409,13 +1397,7 @@ async def test_a_rebuild_that_fails_is_tried_again(
     office = await world.office(seats=1)
     day = world.tomorrow()
     capacity = client.app.state.container.capacity
-    rebuild = capacity.rebuild
-
-    async def fails_once(**kwargs: Any) -> int:
-        monkeypatch.setattr(capacity, "rebuild", rebuild)
-        raise OperationalError("SELECT", {}, Exception("the record went away"))
-
-    monkeypatch.setattr(capacity, "rebuild", fails_once)
+    fails_once(monkeypatch, capacity, "rebuild", OperationalError("SELECT", {}, Exception("the record went away")))
     redis = SyncRedis.from_url(capacity_redis.url)
     redis.flushall()
     redis.close()
@@ -1921,13 +1903,13 @@ async def test_a_lost_commit_the_job_finds_landed_counts_against_the_citizens_li
     monkeypatch.setattr(container.capacity, "hold_again", cancelled_meanwhile)
     bookings_settled = container.capacity.bookings_settled
 
-    async def fails_once(taking: list[str]) -> list[str]:
+    async def held_ones_fail_once(taking: list[str]) -> list[str]:
         if codes[held] not in taking:
             return await bookings_settled(taking)
         monkeypatch.setattr(container.capacity, "bookings_settled", bookings_settled)
         raise RedisTimeoutError("Redis went away")
 
-    monkeypatch.setattr(container.capacity, "bookings_settled", fails_once)
+    monkeypatch.setattr(container.capacity, "bookings_settled", held_ones_fail_once)
     async with container.sessions() as session:
         assert await container.bookings.settle_bookings(session=session) == 1  # the held one's taking off failed
     assert redis.hlen(keys.BOOKINGS_TO_SETTLE) == 1  # left for the next run, which settles it
@@ -1961,13 +1943,7 @@ async def test_settling_lost_commits_goes_on_past_one_that_fails_and_drops_days_
         assert (await book(client, world, office, day)).status_code == 503
     gone_by = Seat(office, day - dt.timedelta(days=3), "*", "10:00")
     await container.capacity.settle_booking_later("GONEBY0001", 2**40, gone_by)  # an id no record knows
-    free_seats = container.bookings.free_seats
-
-    async def fails_once(**kwargs: Any) -> None:
-        monkeypatch.setattr(container.bookings, "free_seats", free_seats)
-        raise RedisTimeoutError("Redis went away")
-
-    monkeypatch.setattr(container.bookings, "free_seats", fails_once)
+    fails_once(monkeypatch, container.bookings, "free_seats", RedisTimeoutError("Redis went away"))
     async with container.sessions() as session:
         assert await container.bookings.settle_bookings(session=session) == 3
     assert redis.hlen(keys.BOOKINGS_TO_SETTLE) == 0
@@ -2009,13 +1985,12 @@ async def test_a_lost_commit_the_record_cannot_be_asked_about_is_left_to_the_job
     retry was refused as a request in progress.)"""
     monkeypatch.setattr(writer, "commit_outcome", lambda *_, **__: asyncio.sleep(0))  # cannot say
     app_bookings = client.app.state.container.bookings
-    by_tracking_code = app_bookings._by_tracking_code
-
-    async def record_failing_over(*_: Any) -> None:
-        monkeypatch.setattr(app_bookings, "_by_tracking_code", by_tracking_code)  # once
-        raise OperationalError("SELECT", {}, Exception("the record is failing over"))
-
-    monkeypatch.setattr(app_bookings, "_by_tracking_code", record_failing_over)
+    fails_once(
+        monkeypatch,
+        app_bookings,
+        "_by_tracking_code",
+        OperationalError("SELECT", {}, Exception("the record is failing over")),
+    )
     redis = SyncRedis.from_url(capacity_redis.url)
     office, day, national_id = await world.office(seats=2), world.tomorrow(), world.national_id()
     body = booking_body(office, national_id, day)
@@ -2376,15 +2351,9 @@ async def test_a_waitlist_join_whose_line_meets_redis_away_gives_its_hold_back_l
     day = world.tomorrow()
     assert (await book(client, world, office, day)).status_code == 201
     jobs = world.container
-    unhold = jobs.capacity.unhold
-
-    async def unhold_fails_once(**_: Any) -> None:
-        monkeypatch.setattr(jobs.capacity, "unhold", unhold)
-        raise RedisConnectionError("Redis away a moment")
-
     monkeypatch.setattr(jobs.capacity, "join_waitlist", _fails(RedisConnectionError("Redis away")))
     monkeypatch.setattr(jobs.capacity, "leave_waitlist", _fails(RedisConnectionError("Redis away")))
-    monkeypatch.setattr(jobs.capacity, "unhold", unhold_fails_once)
+    fails_once(monkeypatch, jobs.capacity, "unhold", RedisConnectionError("Redis away a moment"))
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     national_id = world.national_id()
     join = WaitlistJoin(national_id=national_id, office_code=office, service_code="101", date=day.isoformat())
@@ -2418,13 +2387,7 @@ async def test_a_refused_booking_whose_seat_cannot_be_given_back_lets_go_of_its_
         "/api/v1/bookings", json=booking_body(office, national_id, day, "10:00"), headers=world.token()
     )
     assert first.status_code == 201, first.text
-    release = container.capacity.release
-
-    async def away_once(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(container.capacity, "release", release)
-        raise RedisConnectionError("Redis away a moment")
-
-    monkeypatch.setattr(container.capacity, "release", away_once)
+    fails_once(monkeypatch, container.capacity, "release", RedisConnectionError("Redis away a moment"))
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     body, mobile = booking_body(office, national_id, day, "10:30"), world.mobile()
     headers = {**world.token(mobile), "Idempotency-Key": "refused-seat-kept"}
@@ -2453,13 +2416,7 @@ async def test_a_cancel_that_meets_redis_away_lets_go_of_the_hold_once_it_answer
     booked = await client.post("/api/v1/bookings", json=body, headers=world.token(mobile))
     assert booked.status_code == 201, booked.text
     container = client.app.state.container
-    unhold = container.capacity.unhold
-
-    async def away_once(**_: Any) -> None:
-        monkeypatch.setattr(container.capacity, "unhold", unhold)
-        raise RedisConnectionError("Redis away a moment")
-
-    monkeypatch.setattr(container.capacity, "unhold", away_once)
+    fails_once(monkeypatch, container.capacity, "unhold", RedisConnectionError("Redis away a moment"))
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     code = booked.json()["tracking_code"]
     cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token(mobile))

@@ -21,7 +21,7 @@ from app.capacity.plan import DayRule
 from app.errors import RateLimited
 from app.ratelimit import RateLimiter
 from app.settings import Settings
-from tests.conftest import Served, World, booking_body
+from tests.conftest import Served, World, booking_body, fails_once
 
 Client = AsyncTestClient[Litestar]
 
@@ -275,18 +275,8 @@ async def test_a_failed_requests_allowance_is_given_back_once_redis_answers(
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     counter = f"{keys.NAMESPACE}:rl:{booking_service.MOBILE_ALLOWANCE}:{mobile}"
     if request_fails_at == "a booking's insert":
-        write, give_back = container.bookings.writer.write, container.bookings.limiter.give_back
-
-        async def insert_fails(*_: Any, **__: Any) -> None:
-            monkeypatch.setattr(container.bookings.writer, "write", write)
-            raise OperationalError("INSERT", {}, Exception("the record went away"))
-
-        async def away_once(*args: Any) -> None:
-            monkeypatch.setattr(container.bookings.limiter, "give_back", give_back)
-            raise RedisConnectionError("Redis away a moment")
-
-        monkeypatch.setattr(container.bookings.writer, "write", insert_fails)
-        monkeypatch.setattr(container.bookings.limiter, "give_back", away_once)
+        fails_once(monkeypatch, container.bookings.writer, "write", OperationalError("INSERT", {}, Exception("away")))
+        fails_once(monkeypatch, container.bookings.limiter, "give_back", RedisConnectionError("Redis away a moment"))
         assert (await book(client, world, mobile, office, day)).status_code == 503
     else:
         assert (await book(client, world, world.mobile(), office, day)).status_code == 201  # the day is full
@@ -327,18 +317,8 @@ async def test_a_take_whose_trip_failed_is_not_given_back_later(
     container = client.app.state.container
     counter = f"{keys.NAMESPACE}:rl:{booking_service.MOBILE_ALLOWANCE}:{mobile}"
     assert int(redis_sync.get(counter) or 0) == 1
-    hold_and_reserve, give_back = container.capacity.hold_and_reserve, container.bookings.limiter.give_back
-
-    async def trip_fails(**_: Any) -> Any:
-        monkeypatch.setattr(container.capacity, "hold_and_reserve", hold_and_reserve)
-        raise RedisConnectionError("Redis away")
-
-    async def away_once(*args: Any) -> None:
-        monkeypatch.setattr(container.bookings.limiter, "give_back", give_back)
-        raise RedisConnectionError("Redis away a moment")
-
-    monkeypatch.setattr(container.capacity, "hold_and_reserve", trip_fails)
-    monkeypatch.setattr(container.bookings.limiter, "give_back", away_once)
+    fails_once(monkeypatch, container.capacity, "hold_and_reserve", RedisConnectionError("Redis away"))
+    fails_once(monkeypatch, container.bookings.limiter, "give_back", RedisConnectionError("Redis away a moment"))
     monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     assert (await book(client, world, mobile, office, day)).status_code == 503
     await asyncio.sleep(0.5)  # the give-back, had it been sent again

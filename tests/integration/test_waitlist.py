@@ -15,7 +15,7 @@ from sqlalchemy import select
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
 from app.sms.backends import OUTBOX
-from tests.conftest import Deliver, Served, World, booking_body, holds, watch_held
+from tests.conftest import Deliver, Served, World, booking_body, fails_once, holds, watch_held
 from tests.integration.test_failures import lose_the_commits_answer
 
 Client = AsyncTestClient[Litestar]
@@ -376,13 +376,7 @@ async def test_a_join_whose_commit_did_not_land_holds_nothing(
     assert taken.status_code == 201, taken.text
     container = client.app.state.container
     if redis_then == "is away a moment":
-        unhold = container.capacity.unhold
-
-        async def away_once(**_: Any) -> None:
-            monkeypatch.setattr(container.capacity, "unhold", unhold)
-            raise RedisConnectionError("Redis away a moment")
-
-        monkeypatch.setattr(container.capacity, "unhold", away_once)
+        fails_once(monkeypatch, container.capacity, "unhold", RedisConnectionError("Redis away a moment"))
         monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
     lose_the_commits_answer(client, monkeypatch, committed=False, engine=container.engine)
     national_id = world.national_id()
