@@ -66,7 +66,8 @@ from app.sms.service import Messenger
 log = logging.getLogger(__name__)
 
 _SLOT_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})")
-_IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,64}")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,64}")
+"""An Idempotency-Key (and a complaint form's key): 1 to 64 visible ASCII characters."""
 
 
 SEATS_PER_TRIP = 500
@@ -116,7 +117,7 @@ def parse_slot(value: str) -> str:
 def parse_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
-    if not _IDEMPOTENCY_RE.fullmatch(value):
+    if not IDEMPOTENCY_KEY.fullmatch(value):
         raise InvalidInput(
             "Idempotency-Key",
             "Idempotency-Key must be 1 to 64 visible ASCII characters.",
@@ -833,14 +834,14 @@ class BookingService:
                 kind="booking_cancelled",
             )
         await session.commit()
-        try:
-            for booking, code in cancelled:
+        for booking, code in cancelled:
+            try:
                 await self.capacity.leave_waitlist(
                     office_code=code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
                 )
-                await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-        except RedisError:
-            log.exception("cancelled bookings' holds and places in line stay until the next rebuild")
+            except RedisError:  # a seat given to the code goes round again (``_record_promotions``)
+                log.warning("a cancelled booking stays in its line until the night's recount", exc_info=True)
+            await self.unhold(booking)
         return [booking for booking, _ in cancelled]
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 
 import jdatetime
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.booking.service import IDEMPOTENCY_KEY
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.capacity.keys import NAMESPACE
 from app.capacity.scripts import as_text
@@ -45,7 +45,6 @@ answered frees the form within this."""
 FIRST_SEND_WAIT_SECONDS = 1.0
 """How long a second send of a form waits for the first one's complaint to be committed."""
 
-_FORM_KEY_RE = re.compile(r"[\x21-\x7e]{1,64}")  # as an Idempotency-Key: the API's is one
 
 # In one step: the complaint code an earlier send of the form took its key for, else none,
 # and the key is this send's now.
@@ -481,6 +480,6 @@ def _category(value: str) -> Category:
 def _form(mobile: str, form_key: str | None) -> str | None:
     """The Redis key of a complaint form sent by this mobile; None without a form key, or
     with one no form of ours made (a hand-made request), filed as it is."""
-    if form_key is None or not _FORM_KEY_RE.fullmatch(form_key):
+    if form_key is None or not IDEMPOTENCY_KEY.fullmatch(form_key):
         return None
     return f"{NAMESPACE}:complaint-form:{mobile}:{form_key}"

@@ -62,17 +62,12 @@ from app.staff.service import StaffPrincipal, audit, require_office
 
 log = logging.getLogger(__name__)
 
-_MAY_CANCEL = "may-cancel"
-"""The tag of a plan change whose clerk agreed that bookings it leaves no seat be cancelled."""
-
-
-def _moves(move_overflow: bool) -> str:
-    """The tag a plan change is noted with (``Capacity.apply_later``), so that whoever applies
-    it (the request, or the minute's job after it) cancels a booking only if the clerk agreed:
-    one that took a seat of a cut slot between the clerk's check and the new plan reaching
-    Redis was cancelled by a cut whose clerk had asked that nobody be moved. It stays, over
-    the plan (the slot takes nobody new until it is back under)."""
-    return _MAY_CANCEL if move_overflow else "keep"
+_CANCEL_NOBODY = "cancel-nobody"
+"""The tag (``Capacity.apply_later``) of a plan change whose clerk asked that nobody be moved,
+so that whoever applies it (the request, or the minute's job after it) cancels nobody: a
+booking that took a seat of a cut slot between the clerk's check and the new plan reaching
+Redis had been cancelled. It stays, over the plan (the slot takes nobody new until it is back
+under). Any other change (untagged) cancels whoever finds no seat left."""
 
 
 Plan = TypeVar("Plan", CapacityTemplate, CapacityOverride)
@@ -183,7 +178,9 @@ class Console:
         else:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
-        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY, tag=_moves(move_overflow))
+        change = await self.capacity.apply_later(
+            office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
+        )
         await session.commit()
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
@@ -220,7 +217,9 @@ class Console:
         else:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
-        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY, tag=_moves(move_overflow))
+        change = await self.capacity.apply_later(
+            office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
+        )
         await session.commit()
         return await self._apply_change(session, office, [day], change)
 
@@ -247,7 +246,9 @@ class Console:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
-        change = await self.capacity.apply_later(office.code, noted_in=keys.PLANS_TO_APPLY, tag=_moves(move_overflow))
+        change = await self.capacity.apply_later(
+            office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
+        )
         await session.commit()
         return await self._apply_change(session, office, [day], change)
 
@@ -424,7 +425,7 @@ class Console:
         async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30, tries=tries) as held:
             if not held:
                 return None
-            applied = await self._apply(session, office, days, cancel_unplaced=change.endswith(_MAY_CANCEL))
+            applied = await self._apply(session, office, days, cancel_unplaced=not change.endswith(_CANCEL_NOBODY))
             await self.capacity.applied(code, change, noted_in=keys.PLANS_TO_APPLY)
             return applied
 
@@ -517,7 +518,7 @@ class Console:
         offices: dict[str, Office],
         *,
         why_fa: str,
-        cancel_unplaced: bool = True,
+        cancel_unplaced: bool,
     ) -> list[MovedBooking]:
         """Move the bookings a new plan has no room for: each office's in one batch."""
         by_office: dict[str, list[Overflow]] = defaultdict(list)

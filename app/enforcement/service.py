@@ -164,37 +164,34 @@ class Enforcement:
         if office.status == OfficeStatus.BLOCKED:
             # A restriction would reopen the office to bookings behind the block's back.
             raise OfficeIsBlocked()
-        if same := await self._same_restriction(session, office, cap, reason, by):
-            # The same decision again (a double click, a retry after a slow answer) is answered
-            # with the one recorded, seen through once more (the first's telling may have
-            # failed after its commit): recorded twice, the copy stayed open when an appeal
-            # against the first was won, the office still restricted.
-            await session.commit()  # the office's lock let go
-            await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
-            await self._fill_lines(session, office, same)
-            return same
-        now = self.clock.now()
-        before = office.status.value
-        action = OfficeAction(
-            office_id=office.id,
-            kind=ActionKind.RESTRICT,
-            reason=reason,
-            source="regulator" if by else "policy",
-            actor=by.username if by else "policy",
-            cap_percent=cap,
-            started_at=now,
-        )
-        session.add(action)
-        office.status, office.cap_percent = OfficeStatus.RESTRICTED, cap
-        session.add(
-            OfficeNotice(
+        # The same decision again (a double click, a retry after a slow answer) is answered
+        # with the one recorded, seen through once more below (the first's telling may have
+        # failed after its commit): recorded twice, the copy stayed open when an appeal against
+        # the first was won, the office still restricted.
+        action = await self._same_restriction(session, office, cap, reason, by)
+        if action is None:
+            now = self.clock.now()
+            before = office.status.value
+            action = OfficeAction(
                 office_id=office.id,
-                at=now,
-                text=f"نوبت‌دهی دفتر محدود شد ({cap}٪ ظرفیت). دلیل: {reason}. مهلت اعتراض {self.appeal_days} روز است.",
+                kind=ActionKind.RESTRICT,
+                reason=reason,
+                source="regulator" if by else "policy",
+                actor=(by or POLICY_ACTOR).username,
+                cap_percent=cap,
+                started_at=now,
             )
-        )
-        await self._audit(session, office, by=by, action="office.restrict", before=before)
-        await session.commit()
+            session.add(action)
+            office.status, office.cap_percent = OfficeStatus.RESTRICTED, cap
+            session.add(
+                OfficeNotice(
+                    office_id=office.id,
+                    at=now,
+                    text=f"نوبت‌دهی دفتر محدود شد ({cap}٪ ظرفیت). دلیل: {reason}. مهلت اعتراض {self.appeal_days} روز است.",
+                )
+            )
+            await self._audit(session, office, by=by, action="office.restrict", before=before)
+        await session.commit()  # the office's lock let go
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
         # A higher cap than before makes room, which the lines take first (while anyone waits,
         # nobody else may): left unfilled, the day sold nothing until a cancel came.
@@ -493,7 +490,7 @@ class Enforcement:
         if latest is None or latest.kind != ActionKind.RESTRICT or (latest.cap_percent, latest.reason) != (cap, reason):
             return None
         recent = self.clock.aware(latest.started_at) > self.clock.now() - SAME_DECISION_WITHIN
-        return latest if recent and latest.actor == (by.username if by else "policy") else None
+        return latest if recent and latest.actor == (by or POLICY_ACTOR).username else None
 
     async def _open_actions(self, session: AsyncSession, office_id: int) -> list[OfficeAction]:
         return list(
