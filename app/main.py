@@ -86,10 +86,11 @@ async def _fill_waitlists(container: Container) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or load_settings()
-
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # Read as the app starts, not as it is built: the tests build one app (a tenth of a
+        # second of Litestar's set-up) and start it again for each test, with its settings.
+        settings: Settings = app.state.settings
         embedded = None
         redis_url = settings.redis_url
         if not redis_url:
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "staff": Provide(provide_staff),
         },
         lifespan=[lifespan],
+        state=State({"settings": settings or load_settings()}),
         plugins=[problem_details_plugin()],
         middleware=[observe_requests],
         before_request=_limit_per_address,

@@ -11,6 +11,9 @@ from sqlalchemy import Connection
 
 from app.db import Base, create_engine, create_schema, import_models
 
+# Each test starts from an empty database: the migrations are what is tested.
+pytestmark = pytest.mark.empty_database
+
 
 def _differences(connection: Connection) -> list[object]:
     return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))

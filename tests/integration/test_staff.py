@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 from argon2 import PasswordHasher
+from argon2.profiles import CHEAPEST
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
@@ -209,7 +210,7 @@ async def test_success_resets_the_failure_count(container: Container, staff: Sta
 
 class CountingHasher(PasswordHasher):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(time_cost=CHEAPEST.time_cost, memory_cost=CHEAPEST.memory_cost, parallelism=1)
         self.verified = 0
         self._counted = threading.Condition()  # verifies run in threads, several at once
 
@@ -322,7 +323,7 @@ async def test_old_hashes_are_upgraded_on_sign_in(container: Container) -> None:
     await make_account(container, weak, "guild", role=StaffRole.GUILD)
     old = (await account(container, "guild")).password_hash
     assert "m=8192,t=1,p=1" in old
-    current = service(container)
+    current = service(container, hasher=PasswordHasher())  # production's parameters
     await sign_in(container, current, "guild", PASSWORD)
     new = (await account(container, "guild")).password_hash
     assert new != old and not current.hasher.check_needs_rehash(new)
