@@ -39,6 +39,16 @@ class InvalidInput(DomainError):
         self.field = field
 
 
+class IdempotencyKeyReused(DomainError):
+    """An Idempotency-Key sent again with another request (a booking, a complaint): answered
+    with what the first one made, the second would be lost without a word."""
+
+    code = "idempotency_key_reused"
+    status = 422
+    message_fa = "این کلید تکرار قبلاً برای درخواست دیگری به کار رفته است."
+    message_en = "This Idempotency-Key was already used for a different request."
+
+
 class NotFound(DomainError):
     code = "not_found"
     status = 404

@@ -38,13 +38,6 @@ class NotYourBooking(DomainError):
     message_en = "This booking was made from another mobile number."
 
 
-class IdempotencyKeyReused(DomainError):
-    code = "idempotency_key_reused"
-    status = 422
-    message_fa = "این کلید تکرار قبلاً برای درخواست دیگری به کار رفته است."
-    message_en = "This Idempotency-Key was already used for a different request."
-
-
 class TooManyFromMobile(DomainError):
     """A phone books for its family, each with their own national ID, up to a bound
     (NOBAT_BOOKINGS_PER_MOBILE): without one, one phone took a rush's seats."""

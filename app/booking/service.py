@@ -29,7 +29,6 @@ from app.booking.errors import (
     BookingNotActive,
     BookingNotFound,
     BookingStarted,
-    IdempotencyKeyReused,
     NotYourBooking,
     TooManyFromMobile,
     TrackingCodeTaken,
@@ -51,7 +50,7 @@ from app.capacity.scripts import as_text
 from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
 from app.clock import Clock
 from app.db import OnDemand, Sessions, commit_outcome
-from app.errors import DomainError, InvalidInput, ServiceUnavailable
+from app.errors import DomainError, IdempotencyKeyReused, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
 from app.observability import BOOKINGS, REJECTIONS

@@ -24,7 +24,7 @@ from app.db import lock_row, read_until
 from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import MAX_TEXT, Enforcement
-from app.errors import InvalidInput
+from app.errors import IdempotencyKeyReused, InvalidInput
 from app.locale import check_range, check_text, normalize_text, to_persian_digits
 from app.offices.models import City, Office, Province
 from app.offices.service import in_province
@@ -127,7 +127,18 @@ class Complaints:
         )
         form = _form(mobile, form_key)
         if form is not None and (earlier := await self._claim_form(form, complaint.tracking_code)):
-            return await self._filed_by_form(session, earlier, mobile)
+            sent = (office.code, text)  # read before the wait, which may expire the office
+            filed = await self._filed_by_form(session, earlier, mobile)
+            if (filed.office_code, filed.description) != sent:
+                # Another complaint under the same key (a page edited after it was sent, or
+                # a client's mistake): answered with the first, the second would be lost.
+                raise IdempotencyKeyReused(
+                    f"This key already filed another complaint ({filed.tracking_code}); "
+                    "send this one with a new key to file it too.",
+                    detail_fa=f"این فرم پیش‌تر با متن دیگری فرستاده شد و آن شکایت با کد "
+                    f"{filed.tracking_code} ثبت شده است. برای ثبت این یکی، دوباره بفرستید.",
+                )
+            return filed
         try:
             session.add(complaint)
             await session.flush()

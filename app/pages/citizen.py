@@ -28,7 +28,7 @@ from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
 from app.db import Within, read_until
-from app.errors import DomainError, InvalidInput, NotFound, Unauthorized
+from app.errors import DomainError, IdempotencyKeyReused, InvalidInput, NotFound, Unauthorized
 from app.identity import normalize_mobile, normalize_national_id
 from app.locale import parse_date, parse_float
 from app.offices import service as offices
@@ -612,8 +612,9 @@ class CitizenPages(Controller):
                 categories=list(CATEGORY_FA.items()),
                 form=data,
                 # Nothing filed with it (or still being filed: the next send is answered with
-                # that complaint), so the form keeps its key.
-                idem=idem or secrets.token_urlsafe(16),
+                # that complaint), so the form keeps its key; unless it filed another, edited
+                # since: sent again, this one is filed too.
+                idem=secrets.token_urlsafe(16) if not idem or isinstance(error, IdempotencyKeyReused) else idem,
             )
         return see_other(f"/complaints/{complaint.tracking_code}?notice=complaint_filed&new=1")
 

@@ -402,6 +402,11 @@ async def test_a_complaint_sent_again_with_its_idempotency_key_is_filed_once(cli
     again = await client.post("/api/v1/complaints", json=body, headers=headers)
     assert first.status_code == again.status_code == 201, again.text
     assert again.json()["tracking_code"] == first.json()["tracking_code"]
+    # The key again with another complaint: refused, not answered with the first (and lost).
+    for other in ({"description": "رسید ندادند"}, {"office_code": await world.office()}):
+        reused = await client.post("/api/v1/complaints", json={**body, **other}, headers=headers)
+        assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused", reused.text
+        assert first.json()["tracking_code"] in reused.json()["detail"]
     bad = await client.post("/api/v1/complaints", json=body, headers={**headers, "Idempotency-Key": "x" * 65})
     assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
     async with world.container.sessions() as session:

@@ -196,6 +196,25 @@ async def test_a_complaint_form_refused_then_corrected_is_filed(client: Client, 
     assert await complaints_filed(world) == 1
 
 
+async def test_a_complaint_form_edited_after_it_was_filed_is_filed_on_the_next_send(
+    client: Client, world: World
+) -> None:
+    """Filed, then back to the form, its text changed and sent again: answered with the first
+    complaint, the second would be lost. Said so, with a new key for the next send."""
+    office = await world.office()
+    sign_in(client, world, "09125557007")
+    form = await complaint_form(client, office)
+    assert (await file_complaint(client, form)).status_code == 303
+    edited = {**form, "description": "بیش از تعرفه پول گرفتند و رسید ندادند."}
+    refused = await file_complaint(client, edited)
+    assert refused.status_code == 422 and "ثبت شده است" in refused.text, refused.text
+    assert hidden(refused, "idem") != form["idem"]
+    assert await complaints_filed(world) == 1
+    filed = await file_complaint(client, {**edited, "idem": hidden(refused, "idem")})
+    assert filed.status_code == 303, filed.text
+    assert await complaints_filed(world) == 2
+
+
 async def test_a_complaint_form_sent_while_the_first_send_files_it_says_so(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
