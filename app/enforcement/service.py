@@ -195,7 +195,7 @@ class Enforcement:
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
         # A higher cap than before makes room, which the lines take first (while anyone waits,
         # nobody else may): left unfilled, the day sold nothing until a cancel came.
-        await self._fill_lines(session, office, action)
+        await self._lines_after_change(session, office, action)
         return action
 
     async def block(
@@ -320,6 +320,15 @@ class Enforcement:
         told = await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=codes)
         if told.eased:  # a lift or a higher cap told only now: their lines take the room it made
             await self.bookings.fill_waitlists(session=session, office_codes=told.eased)
+        # A restriction to 0% whose own request failed after its commit: its lines end now.
+        waiting = select(Booking.office_id).where(
+            Booking.status == BookingStatus.WAITLISTED, Booking.date >= self.clock.today()
+        )
+        shut = select(Office).where(
+            Office.status == OfficeStatus.RESTRICTED, Office.cap_percent == 0, Office.id.in_(waiting)
+        )
+        for office in list(await session.scalars(shut)):
+            await self._end_lines(session, office)
         return told.offices
 
     async def _finish_block(self, session: AsyncSession, office_id: int) -> int:
@@ -443,16 +452,50 @@ class Enforcement:
         )  # fmt: skip
         await session.commit()
         await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=[office.code])
-        await self._fill_lines(session, office, *actions)
+        await self._lines_after_change(session, office, *actions)
 
-    async def _fill_lines(self, session: AsyncSession, office: Office, *answered: OfficeAction) -> None:
-        """Give the room a lighter sanction made to the office's lines. Their promotions may
-        roll the session back (a recount begun), which expires what it had loaded: the office
-        and ``answered``, what the caller answers with, are read again (read lazily, they were
-        an error, and a decision already recorded answered 500)."""
-        await self.bookings.fill_waitlists(session=session, office_codes={office.code})
+    async def _lines_after_change(self, session: AsyncSession, office: Office, *answered: OfficeAction) -> None:
+        """Give the room a lighter sanction made to the office's lines; or, restricted to 0%,
+        end them. Their promotions may roll the session back (a recount begun), which expires
+        what it had loaded: the office and ``answered``, what the caller answers with, are
+        read again (read lazily, they were an error, and a decision already recorded answered
+        500)."""
+        if _sells_nothing(office):
+            await self._end_lines(session, office)
+        else:
+            await self.bookings.fill_waitlists(session=session, office_codes={office.code})
         for row in (office, *answered):
             await session.refresh(row)
+
+    async def _end_lines(self, session: AsyncSession, office: Office) -> None:
+        """A restriction to 0% sells no seat, a freed one included: nobody in its lines would
+        ever be called. Their places are cancelled and each citizen told to book elsewhere
+        (left, they waited for nothing until the day went by, or a lift). Read with the office
+        locked until the cancellations commit: a lift that came first keeps them in line."""
+        if not _sells_nothing(await _locked(session, office)):
+            await session.commit()  # nothing written: lets the office go
+            return
+        waiting = list(
+            await session.scalars(
+                select(Booking)
+                .where(
+                    Booking.office_id == office.id,
+                    Booking.status == BookingStatus.WAITLISTED,
+                    Booking.date >= self.clock.today(),
+                )
+                .order_by(Booking.id)
+            )
+        )
+        if not waiting:
+            await session.commit()  # lets the office go
+            return
+        await self.bookings.cancel_seatless(
+            session,
+            [(booking, office.code) for booking in waiting],
+            now=self.clock.now(),
+            why_fa=f"به دلیل توقف نوبت‌دهی {office.name_fa}،",
+            advice_fa="لطفاً از دفتر دیگری نوبت بگیرید.",
+        )  # its commit lets the office go
 
     async def decide(
         self,
@@ -725,6 +768,10 @@ def _appeal_out(appeal: Appeal, office_code: str) -> AppealOut:
         decided_by=appeal.decided_by,
         decision_note=appeal.decision_note,
     )
+
+
+def _sells_nothing(office: Office) -> bool:
+    return office.status == OfficeStatus.RESTRICTED and office.cap_percent == 0
 
 
 async def _locked(session: AsyncSession, office: Office) -> Office:

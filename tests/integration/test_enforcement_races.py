@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import select
+from redis import Redis as SyncRedis
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking
+from app.capacity import keys
 from app.complaints.errors import TransitionNotAllowed
 from app.complaints.models import ComplaintStep, State
 from app.container import Container
@@ -27,7 +29,7 @@ from app.redis import renewed_lock
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import World, booking_body
+from tests.conftest import World, booking_body, fails_once, holds
 from tests.integration.test_complaints import STEPS, appeal, complain, regulator, restrict
 from tests.integration.test_console import staff_of
 from tests.integration.test_console_moves import a_busy_office
@@ -244,6 +246,52 @@ async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: C
     await restrict(client, reg, office, cap=75)  # three of four: room for two more
     promoted = await client.get(f"/api/v1/bookings/{waiting}")
     assert promoted.json()["status"] == "booked", promoted.text
+
+
+async def test_a_restriction_to_zero_ends_the_lines_and_tells_them(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Restricted to 0%, the office sells no seat, a freed one included: its line would wait
+    for nothing until the day went by. Each place is cancelled, its SMS queued, its hold let
+    go; the booked citizen keeps the booking. A cap that still sells keeps its line."""
+    office, reg, _, waiting = await restricted_with_one_in_line(client, world)
+    await restrict(client, reg, office, cap=30)  # one of four still: full, yet the line may move
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    await restrict(client, reg, office, cap=0)
+    ended = await waitlisted_ended(world, redis_sync, office, waiting)
+    assert ended.status.value == "cancelled" and not holds(redis_sync, ended.national_id)
+    async with world.container.sessions() as session:
+        told = await session.scalars(select(SmsMessage.body).where(SmsMessage.to == ended.mobile))
+        assert any(waiting in body and "لغو" in body for body in told)
+        booked = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status == "booked"))
+    assert booked == 1
+
+
+async def test_a_restriction_to_zero_whose_telling_failed_ends_the_lines_by_the_minutes_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisDown
+
+    office, reg, _, waiting = await restricted_with_one_in_line(client, world)
+    capacity = client.app.state.container.capacity
+    fails_once(monkeypatch, capacity, "refresh_meta", RedisDown("Redis went away after the commit"))
+    shut = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 0}, headers=reg
+    )
+    assert shut.status_code == 503, shut.text
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    async with world.container.sessions() as session:
+        await world.container.enforcement.push_statuses(session=session)
+    await waitlisted_ended(world, redis_sync, office, waiting)
+
+
+async def waitlisted_ended(world: World, redis: SyncRedis, office: str, code: str) -> Booking:
+    """The place in line ``code``, checked cancelled in the record and gone from Redis's line."""
+    async with world.container.sessions() as session:
+        place = await session.scalar(select(Booking).where(Booking.tracking_code == code))
+    assert place is not None and place.status.value == "cancelled"
+    assert not redis.lrange(keys.waitlist(office, place.date, place.pool), 0, -1)
+    return place
 
 
 async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told(
