@@ -47,7 +47,16 @@ from app.capacity.errors import (
     TooManyBookings,
 )
 from app.capacity.scripts import as_text
-from app.capacity.service import Capacity, Promotion, Reserved, Seat, SeatRequest, first_bookable_time
+from app.capacity.service import (
+    Capacity,
+    Promotion,
+    Reserved,
+    Seat,
+    SeatRequest,
+    first_bookable_time,
+    load_caps,
+    load_plans,
+)
 from app.clock import Clock
 from app.db import OnDemand, Sessions, commit_outcome
 from app.errors import DomainError, IdempotencyKeyReused, InvalidInput, ServiceUnavailable
@@ -55,7 +64,7 @@ from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
 from app.observability import BOOKINGS, REJECTIONS
 from app.offices.directory import OfficeDirectory
-from app.offices.models import Office, Service
+from app.offices.models import Office, OfficeStatus, Service
 from app.offices.service import BookableOffice, normalize_code
 from app.ratelimit import RateLimiter
 from app.redis import ScriptCall
@@ -842,6 +851,36 @@ class BookingService:
                 log.warning("a cancelled booking stays in its line until the night's recount", exc_info=True)
             await self.unhold(booking)
         return [booking for booking, _ in cancelled]
+
+    async def end_shut_lines(self, *, session: AsyncSession, office_codes: set[str] | None = None, why_fa: str) -> int:
+        """Cancel the places in lines that can never move: at an office-day whose cap (a 0%
+        restriction, a 0% crowd cap) lets it sell no seat, a freed one included. Left, they
+        waited for nothing until the day went by. Each citizen is told, ``why_fa`` first, to
+        book elsewhere. Commits, whatever it finds; the places cancelled. (A blocked office's
+        lines go with its bookings: ``Enforcement.block``.)"""
+        waiting = select(Booking, Office.code).join(Office, Office.id == Booking.office_id)
+        waiting = waiting.where(Booking.status == BookingStatus.WAITLISTED, Booking.date >= self.clock.today())
+        if office_codes is not None:
+            waiting = waiting.where(Office.code.in_(office_codes))
+        places = [(booking, code) for booking, code in await session.execute(waiting.order_by(Booking.id))]
+        if not places:
+            await session.commit()
+            return 0
+        days = [booking.date for booking, _ in places]
+        caps = await load_caps(session, first=min(days), last=max(days))
+        plans = {plan.code: plan for plan in await load_plans(session, codes={code for _, code in places})}
+        shut = [
+            (booking, code)
+            for booking, code in places
+            if plans[code].status != OfficeStatus.BLOCKED and plans[code].cap(booking.date, caps) == 0
+        ]
+        if not shut:
+            await session.commit()
+            return 0
+        cancelled = await self.cancel_seatless(
+            session, shut, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً از دفتر دیگری نوبت بگیرید."
+        )
+        return len(cancelled)
 
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
         """After seats were added (a capacity raise, a cap lifted), give them to the waitlists

@@ -321,12 +321,7 @@ class Enforcement:
         if told.eased:  # a lift or a higher cap told only now: their lines take the room it made
             await self.bookings.fill_waitlists(session=session, office_codes=told.eased)
         # A restriction to 0% whose own request failed after its commit: its lines end now.
-        waiting = select(Booking.office_id).where(
-            Booking.status == BookingStatus.WAITLISTED, Booking.date >= self.clock.today()
-        )
-        shut = select(Office).where(
-            Office.status == OfficeStatus.RESTRICTED, Office.cap_percent == 0, Office.id.in_(waiting)
-        )
+        shut = select(Office).where(Office.status == OfficeStatus.RESTRICTED, Office.cap_percent == 0)
         for office in list(await session.scalars(shut)):
             await self._end_lines(session, office)
         return told.offices
@@ -460,7 +455,7 @@ class Enforcement:
         what it had loaded: the office and ``answered``, what the caller answers with, are
         read again (read lazily, they were an error, and a decision already recorded answered
         500)."""
-        if _sells_nothing(office):
+        if office.status == OfficeStatus.RESTRICTED and office.cap_percent == 0:
             await self._end_lines(session, office)
         else:
             await self.bookings.fill_waitlists(session=session, office_codes={office.code})
@@ -468,34 +463,13 @@ class Enforcement:
             await session.refresh(row)
 
     async def _end_lines(self, session: AsyncSession, office: Office) -> None:
-        """A restriction to 0% sells no seat, a freed one included: nobody in its lines would
-        ever be called. Their places are cancelled and each citizen told to book elsewhere
-        (left, they waited for nothing until the day went by, or a lift). Read with the office
-        locked until the cancellations commit: a lift that came first keeps them in line."""
-        if not _sells_nothing(await _locked(session, office)):
-            await session.commit()  # nothing written: lets the office go
-            return
-        waiting = list(
-            await session.scalars(
-                select(Booking)
-                .where(
-                    Booking.office_id == office.id,
-                    Booking.status == BookingStatus.WAITLISTED,
-                    Booking.date >= self.clock.today(),
-                )
-                .order_by(Booking.id)
-            )
+        """A restriction to 0% sells no seat, a freed one included: nobody in the office's lines
+        would ever be called (``BookingService.end_shut_lines``). Read with the office locked
+        until that commits: a lift that came first keeps them in line, one that comes waits."""
+        office = await _locked(session, office)
+        await self.bookings.end_shut_lines(
+            session=session, office_codes={office.code}, why_fa=f"به دلیل توقف نوبت‌دهی {office.name_fa}،"
         )
-        if not waiting:
-            await session.commit()  # lets the office go
-            return
-        await self.bookings.cancel_seatless(
-            session,
-            [(booking, office.code) for booking in waiting],
-            now=self.clock.now(),
-            why_fa=f"به دلیل توقف نوبت‌دهی {office.name_fa}،",
-            advice_fa="لطفاً از دفتر دیگری نوبت بگیرید.",
-        )  # its commit lets the office go
 
     async def decide(
         self,
@@ -768,10 +742,6 @@ def _appeal_out(appeal: Appeal, office_code: str) -> AppealOut:
         decided_by=appeal.decided_by,
         decision_note=appeal.decision_note,
     )
-
-
-def _sells_nothing(office: Office) -> bool:
-    return office.status == OfficeStatus.RESTRICTED and office.cap_percent == 0
 
 
 async def _locked(session: AsyncSession, office: Office) -> Office:

@@ -76,7 +76,7 @@ class Regulator:
                 after=cap, at=self.clock.now(),
             )  # fmt: skip
 
-        return await crowd_caps.add(
+        cap = await crowd_caps.add(
             session=session,
             capacity=self.capacity,
             today=self.clock.today(),
@@ -88,6 +88,9 @@ class Regulator:
             created_by=staff.username,
             record=record,
         )
+        if cap.percent == 0 and not cap.pending:  # else the minute's job, once the counters have it
+            await self._end_shut_lines(session, None)
+        return cap
 
     async def lift_cap(self, *, session: AsyncSession, staff: StaffPrincipal, cap_id: int) -> CrowdCapOut:
         require_role(staff, StaffRole.REGULATOR)
@@ -117,8 +120,14 @@ class Regulator:
 
         async def fill(office_codes: set[str] | None) -> None:
             await self.console.bookings.fill_waitlists(session=session, office_codes=office_codes)
+            await self._end_shut_lines(session, office_codes)  # a cap at 0%: no line there moves
 
         return await crowd_caps.finish(session=session, capacity=self.capacity, today=self.clock.today(), then=fill)
+
+    async def _end_shut_lines(self, session: AsyncSession, office_codes: set[str] | None) -> None:
+        await self.console.bookings.end_shut_lines(
+            session=session, office_codes=office_codes, why_fa="به دلیل توقف نوبت‌دهی آن روز به دستور ناظر،"
+        )
 
     async def caps(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[CrowdCapOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy import false, select
+from sqlalchemy import false, func, select
 
 from app.booking.models import Booking
 from app.capacity import keys
@@ -20,9 +21,10 @@ from app.regulator import service as regulator_module
 from app.regulator.schemas import ClosureIn
 from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.sms.backends import OUTBOX
+from app.sms.models import SmsMessage
 from app.staff.models import AuditEntry, StaffAccount, StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import Deliver, World, booking_body
+from tests.conftest import Deliver, World, booking_body, fails_once
 from tests.integration.test_console import account, sign_in, staff_of
 
 Client = AsyncTestClient[Litestar]
@@ -342,6 +344,47 @@ async def test_a_cap_redis_refuses_after_its_commit_bites_by_the_minutes_job(
     if waiting is not None:  # the room the lift made went to the line first
         assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "booked"
     assert await finish() == 0  # told once
+
+
+@pytest.mark.parametrize("told", ["at once", "by the minute's job"])
+async def test_a_crowd_cap_at_zero_ends_the_lines_of_its_days(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, told: str
+) -> None:
+    """A day capped to 0% (a lockdown's directive) sells no seat, a freed one included: its
+    lines are cancelled and told, the day after's kept, as are the bookings already made."""
+    from app.capacity import crowd_caps
+    from app.capacity.plan import DayRule
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    await account(world, "regulator-0", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-0")
+    tomorrow, after = world.tomorrow(), world.tomorrow() + dt.timedelta(days=1)
+    lines = {}
+    for day in (tomorrow, after):  # each day full, and one citizen in its line
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+        )
+        lines[day] = joined.json()["tracking_code"]
+    if told == "by the minute's job":
+        fails_once(monkeypatch, client.app.state.container.capacity, "refresh_meta", RedisConnectionError("away"))
+    body = {"starts_on": tomorrow.isoformat(), "ends_on": tomorrow.isoformat(), "percent": 0, "reason": "قرنطینه"}
+    capped = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
+    assert capped.status_code == 201 and capped.json()["pending"] is (told != "at once"), capped.text
+    if told == "by the minute's job":
+        monkeypatch.setattr(crowd_caps, "CAP_REQUEST_SECONDS", 0)
+        async with world.container.sessions() as session:
+            assert await world.container.regulator.finish_caps(session=session) == 1
+    statuses = {day: (await client.get(f"/api/v1/bookings/{code}")).json()["status"] for day, code in lines.items()}
+    assert statuses == {tomorrow: "cancelled", after: "waitlisted"}
+    async with world.container.sessions() as session:
+        booked = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status == "booked"))
+        told_sms = list(await session.scalars(select(SmsMessage.body).where(SmsMessage.kind == "booking_cancelled")))
+    assert booked == 2 and len(told_sms) == 1 and lines[tomorrow] in told_sms[0]
 
 
 async def test_a_reopen_redis_refuses_removes_nothing_and_may_be_tried_again(
