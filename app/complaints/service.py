@@ -5,6 +5,7 @@ code. A confirmed violation is fined and may restrict or block the office (the p
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 
 import jdatetime
@@ -126,19 +127,20 @@ class Complaints:
             updated_at=now,
         )
         form = _form(mobile, form_key)
-        if form is not None and (earlier := await self._claim_form(form, complaint.tracking_code)):
-            sent = (office.code, text)  # read before the wait, which may expire the office
-            filed = await self._filed_by_form(session, earlier, mobile)
-            if (filed.office_code, filed.description) != sent:
-                # Another complaint under the same key (a page edited after it was sent, or
-                # a client's mistake): answered with the first, the second would be lost.
+        # The claim names the complaint and what was sent: the key again with anything else
+        # (another office, category, text or booking: a page edited after it was sent, or a
+        # client's mistake) is refused; answered with the first, the second would be lost.
+        claim = f"{complaint.tracking_code}|{_fingerprint(office.code, kind, text, booking_code)}"
+        if form is not None and (earlier := await self._claim_form(form, claim)):
+            earlier_code, _, earlier_sent = earlier.partition("|")
+            if earlier_sent and earlier != f"{earlier_code}|{claim.partition('|')[2]}":
                 raise IdempotencyKeyReused(
-                    f"This key already filed another complaint ({filed.tracking_code}); "
+                    f"This key already filed another complaint ({earlier_code}); "
                     "send this one with a new key to file it too.",
-                    detail_fa=f"این فرم پیش‌تر با متن دیگری فرستاده شد و آن شکایت با کد "
-                    f"{filed.tracking_code} ثبت شده است. برای ثبت این یکی، دوباره بفرستید.",
+                    detail_fa=f"این فرم پیش‌تر با نوشته‌های دیگری فرستاده شد و آن شکایت با کد "
+                    f"{earlier_code} ثبت شده است. برای ثبت این یکی، دوباره بفرستید.",
                 )
-            return filed
+            return await self._filed_by_form(session, earlier_code, mobile)
         try:
             session.add(complaint)
             await session.flush()
@@ -157,34 +159,34 @@ class Complaints:
             await session.commit()
         except BaseException:
             if form is not None:
-                await self._let_go_of_form(form, complaint.tracking_code)  # nothing filed: it may be sent again
+                await self._let_go_of_form(form, claim)  # nothing filed: it may be sent again
             raise
         if form is not None:
-            await self._filed_form(form, complaint.tracking_code)
+            await self._filed_form(form, claim)
         await self._apply_policy(session, office, complaint)
         return await self._out(session, complaint)
 
-    async def _claim_form(self, form: str, tracking_code: str) -> str | None:
-        """The tracking code an earlier send of the form is filing (or filed) under, or None:
-        the form is this send's now. (Redis away, the complaint is filed all the same: a
+    async def _claim_form(self, form: str, claim: str) -> str | None:
+        """The claim ("tracking code|what was sent") of an earlier send of the form, filing or
+        filed, or None: the form is this send's now. (Redis away, the complaint is filed all the same: a
         complaint filed twice is better than one refused.)"""
         try:
-            earlier = await self.redis.eval(_CLAIM_FORM, 1, form, tracking_code, FORM_CLAIM_SECONDS)
+            earlier = await self.redis.eval(_CLAIM_FORM, 1, form, claim, FORM_CLAIM_SECONDS)
         except RedisError:
             log.warning("a complaint form's key was not checked: Redis did not answer")
             return None
         return as_text(earlier) if earlier else None
 
-    async def _filed_form(self, form: str, tracking_code: str) -> None:
+    async def _filed_form(self, form: str, claim: str) -> None:
         """The complaint is in the record: the form's key answers with it for a day."""
         try:
-            await self.redis.set(form, tracking_code, ex=FORM_KEY_SECONDS)
+            await self.redis.set(form, claim, ex=FORM_KEY_SECONDS)
         except RedisError:
             log.warning("a complaint form's key lapses in %s s: Redis did not answer", FORM_CLAIM_SECONDS)
 
-    async def _let_go_of_form(self, form: str, tracking_code: str) -> None:
+    async def _let_go_of_form(self, form: str, claim: str) -> None:
         try:
-            await self.redis.eval(_LET_GO_OF_FORM, 1, form, tracking_code)
+            await self.redis.eval(_LET_GO_OF_FORM, 1, form, claim)
         except RedisError:
             log.warning("a complaint form's key lapses in %s s: Redis did not answer", FORM_CLAIM_SECONDS)
 
@@ -486,6 +488,12 @@ def _category(value: str) -> Category:
             "Unknown category; one of: " + ", ".join(c.value for c in Category),
             detail_fa="دستهٔ شکایت معتبر نیست.",
         ) from None
+
+
+def _fingerprint(office_code: str, category: Category, text: str, booking_code: str | None) -> str:
+    """What a complaint form sent, in 32 characters: the same form sent again has the same."""
+    sent = "\x1f".join((office_code, category.value, text, booking_code or ""))
+    return hashlib.blake2b(sent.encode(), digest_size=16).hexdigest()
 
 
 def _form(mobile: str, form_key: str | None) -> str | None:

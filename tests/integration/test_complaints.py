@@ -403,7 +403,9 @@ async def test_a_complaint_sent_again_with_its_idempotency_key_is_filed_once(cli
     assert first.status_code == again.status_code == 201, again.text
     assert again.json()["tracking_code"] == first.json()["tracking_code"]
     # The key again with another complaint: refused, not answered with the first (and lost).
-    for other in ({"description": "رسید ندادند"}, {"office_code": await world.office()}):
+    changes = ({"description": "رسید ندادند"}, {"office_code": await world.office()}, {"category": "crowding"},
+               {"booking_tracking_code": "ABCDEFGHJK"})  # fmt: skip
+    for other in changes:
         reused = await client.post("/api/v1/complaints", json={**body, **other}, headers=headers)
         assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused", reused.text
         assert first.json()["tracking_code"] in reused.json()["detail"]
