@@ -95,13 +95,14 @@ def sqlite_migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_migrated(postgres_url: str) -> str:
+def postgres_migrated(postgres_url: str) -> Iterator[str]:
     """A PostgreSQL database migrated to head, once per process: each test's database is made
     from it as a template, a file copy instead of the migrations' hundred statements."""
     name = f"migrated_{uuid.uuid4().hex[:12]}"
     _apart(_admin(postgres_url, f'CREATE DATABASE "{name}"'))
     _apart(_migrate(postgres_url.rsplit("/", 1)[0] + f"/{name}"))
-    return name
+    yield name
+    _apart(_admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))  # PG_URL_TESTS' server
 
 
 async def _admin(postgres_url: str, statement: str) -> None:

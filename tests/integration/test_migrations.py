@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from litestar.testing import AsyncTestClient
 from sqlalchemy import Connection
 
 from app.db import Base, create_engine, create_schema, import_models
+from app.main import create_app
+from app.settings import Settings
 
 # Each test starts from an empty database: the migrations are what is tested.
 pytestmark = pytest.mark.empty_database
@@ -123,3 +128,15 @@ async def test_the_one_cap_index_lifts_copies_already_in_force(database_url: str
         assert in_force == [1, 4, 5]
     finally:
         await engine.dispose()
+
+
+async def test_instances_started_together_on_an_empty_database_migrate_it_and_serve(settings: Settings) -> None:
+    """Every other test starts from a migrated copy; this one proves the app's own start-up
+    migrates before anything reads the tables, with two instances starting at once, as a
+    deploy starts them (on PostgreSQL one migrates under a lock, the other waits for it)."""
+    async with contextlib.AsyncExitStack() as started:
+        instances = [AsyncTestClient(create_app(settings)) for _ in range(2)]
+        await asyncio.gather(*(started.enter_async_context(instance) for instance in instances))
+        for instance in instances:
+            assert (await instance.get("/health/ready")).status_code == 200
+            assert (await instance.get("/api/v1/offices")).status_code == 200
