@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 NOT_COUNTED = "-"  # a day's count when Redis does not hold the day (see Capacity.counts)
 FORGOTTEN = "!"  # marks a booking answered 503 whose scripts may yet run (Capacity.forget_unanswered)
+HOLDS_PER_TRIP = 2000  # a recount's citizens' holds dropped, or written, to a trip to Redis
 REPLAN_TRIES = 5  # a replan's writes, each time a closure's commit came while they ran
 
 
@@ -766,20 +767,38 @@ class Capacity:
         return written
 
     async def _rebuild_holds(self, *, session: AsyncSession, today: dt.date) -> None:
-        async for key in self.redis.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN, count=1000):
-            await self.redis.delete(key)
-        rows = await session.execute(
+        # A trip to Redis for a page of keys or rows, not one for each: a national horizon has
+        # a million citizens holding and more bookings, and a trip each, or all of them read at
+        # once, had kept bookings paused for minutes and the process's memory swollen.
+        page: list[Any] = []
+        async for key in self.redis.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN, count=HOLDS_PER_TRIP):
+            page.append(key)
+            if len(page) == HOLDS_PER_TRIP:
+                await self._unlink(page)
+                page = []
+        await self._unlink(page)
+        rows = await session.stream(
             select(Booking.national_id, Booking.tracking_code, Booking.date, Booking.service_code).where(
                 Booking.status.in_(ACTIVE_STATUSES), Booking.date >= today
             )
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for national_id, tracking_code, day, service_code in rows:
-                holds = keys.citizen_holds(national_id)
-                pipe.hset(holds, tracking_code, _held_as(day, service_code))
-                pipe.expire(holds, self._holds_ttl())
-            await pipe.execute()
+        async for part in rows.partitions(HOLDS_PER_TRIP):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for national_id, tracking_code, day, service_code in part:
+                    holds = keys.citizen_holds(national_id)
+                    pipe.hset(holds, tracking_code, _held_as(day, service_code))
+                    pipe.expire(holds, self._holds_ttl())
+                await pipe.execute()
         await self.tell_suspensions(session=session, today=today)
+
+    async def _unlink(self, names: list[Any]) -> None:
+        """Drop keys, one command each (a cluster refuses one command over several slots)."""
+        if not names:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.unlink(name)
+            await pipe.execute()
 
     async def tell_suspensions(self, *, session: AsyncSession, today: dt.date) -> int:
         """Put every suspension in force in the record into Redis, where booking refuses
