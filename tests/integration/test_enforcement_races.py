@@ -29,7 +29,7 @@ from app.redis import renewed_lock
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
-from tests.conftest import World, booking_body, fails_once, holds
+from tests.conftest import World, booking_body, fails_once, holds, rebuild
 from tests.integration.test_complaints import STEPS, appeal, complain, regulator, restrict
 from tests.integration.test_console import staff_of
 from tests.integration.test_console_moves import a_busy_office
@@ -615,3 +615,48 @@ async def test_an_office_restricted_to_nothing_opens_no_line(client: Client, wor
         "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
     )
     assert joined.status_code == 409 and joined.json()["code"] == "office_closed", joined.text
+
+
+async def test_a_recount_that_overtakes_a_blocks_moves_has_them_refused_not_sold_twice(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recount began while a block's moves took their seats (the minute's job moving a big
+    office at the recount's hour): it counted the neighbour's day again from a record without
+    the moves, and, committed, their seats were sold again. Refused now; the seats go back,
+    the block stands, and the minute's job moves them once the recount is done."""
+    from app.booking import relocation
+
+    office, neighbour, booked, _ = await a_busy_office(client, world)
+    day = world.tomorrow()
+    await world.container.offices.load()  # the block runs here, on the test's parts: the neighbour known
+    find = relocation._Places.find
+
+    async def find_then_recount(self: Any, booking: Booking) -> Any:
+        placed = await find(self, booking)
+        monkeypatch.setattr(relocation._Places, "find", find)
+        await rebuild(world.container)  # begins, and ends, before the next seat is taken
+        return placed
+
+    monkeypatch.setattr(relocation._Places, "find", find_then_recount)
+    async with world.container.sessions() as session:
+        blocked = await session.scalar(select(Office).where(Office.code == office))
+        assert blocked is not None
+        await world.container.enforcement.block(session, blocked, reason="جعل", by=None)
+
+    async def at_neighbour() -> tuple[int, int]:
+        """Seats used at the neighbour tomorrow: (in Redis, in the record)."""
+        counters = redis_sync.hgetall(keys.office_day(neighbour, day))
+        async with world.container.sessions() as session:
+            recorded = await session.scalar(
+                select(func.count())
+                .select_from(Booking)
+                .join(Office, Office.id == Booking.office_id)
+                .where(Office.code == neighbour, Booking.status == "booked")
+            )
+        return sum(int(v) for f, v in counters.items() if f.startswith(b"u|")), int(recorded or 0)
+
+    assert await at_neighbour() == (0, 0)
+    async with world.container.sessions() as session:
+        moved_or_cancelled = await world.container.enforcement.finish_blocks(session=session)
+    assert moved_or_cancelled == len(booked) + 1  # the one in line has no seat to move: cancelled
+    assert await at_neighbour() == (len(booked), len(booked))
