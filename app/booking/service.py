@@ -298,7 +298,7 @@ class BookingService:
                 along=allowance.call,
             )
         except RedisError:
-            await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+            await self._forget_or_later(national_id, seat)
             raise
         allowance.answered = True
         if allowance_reply:  # refused: the seconds until the mobile may book again
@@ -346,7 +346,7 @@ class BookingService:
                 outcome = await self._reserve(await record.session(), seat)
             reserved = outcome
         except RedisError:
-            await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+            await self._forget_or_later(national_id, seat)
             raise
         except BaseException:
             await self._unhold_or_later(national_id, seat)
@@ -476,7 +476,7 @@ class BookingService:
             log.warning("a booking's commit answer was lost; the record has it: confirmed")
             return Booked(booking=view, replay=False)
         log.warning("a booking's commit answer was lost; its seat is settled later", exc_info=error)
-        await self.capacity.forget_unanswered(national_id=national_id, seat=seat)
+        await self._forget_or_later(national_id, seat)
         try:
             given = Seat(seat.office_code, seat.day, seat.pool, reserved.time, reserved.counted_in)
             await self.capacity.settle_booking_later(seat.tracking_code, error.xid, given)
@@ -522,6 +522,13 @@ class BookingService:
         try:
             await self.capacity.unhold(national_id=national_id, tracking_code=seat.tracking_code)
         except RedisError:
+            self._undo_later(national_id, seat, None)
+
+    async def _forget_or_later(self, national_id: str, seat: SeatRequest) -> None:
+        """``Capacity.forget_unanswered``, and again once Redis answers if a mark did not land:
+        left, the citizen was refused "already booked" that day, and the request's retry
+        answered with a booking nowhere, until the night's recount or the key's day ran out."""
+        if not await self.capacity.forget_unanswered(national_id=national_id, seat=seat):
             self._undo_later(national_id, seat, None)
 
     def _undo_later(self, national_id: str, seat: SeatRequest, given: Seat | None) -> None:
@@ -1242,7 +1249,7 @@ class BookingService:
         except RedisError:
             # HOLD may have run with its answer lost (or may yet run): its hold would keep the
             # citizen from this service that day. Forgotten, as a booking's is.
-            await self.capacity.forget_unanswered(national_id=national_id, seat=asked)
+            await self._forget_or_later(national_id, asked)
             raise
         # The row is committed before the citizen joins the line in Redis, so a seat freed
         # the next instant always finds the row it promotes.

@@ -2179,6 +2179,41 @@ async def test_a_booking_whose_scripts_run_after_its_503_takes_nothing(
     assert ten_oclock_used(capacity_redis, office, day) == 1
 
 
+async def test_a_lost_answers_marks_that_fail_too_are_sent_again_once_redis_answers(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the booking's scripts and its answer was lost (503), and the marks that free
+    the citizen's hold and the key failed too: sent once, the citizen was refused "already
+    booked" that day, and the retry was answered with a booking nowhere, until the recount.
+    Sent again now, once Redis answers."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    run_scripts = AutoPipeline.run_scripts
+    capacity_scripts = client.app.state.container.capacity.scripts
+
+    async def ran_answer_lost(self: AutoPipeline, calls: Any) -> Any:
+        monkeypatch.setattr(AutoPipeline, "run_scripts", run_scripts)  # once: the booking's trip
+        await run_scripts(self, calls)
+        fails_once(monkeypatch, capacity_scripts, "forget", RedisTimeoutError("Timeout reading from Redis"))
+        raise RedisTimeoutError("Timeout reading from Redis")
+
+    monkeypatch.setattr(AutoPipeline, "run_scripts", ran_answer_lost)
+    monkeypatch.setattr(booking_service, "UNDO_RETRY_SECONDS", (0.1,))
+    national_id = world.national_id()
+    body = booking_body(office, national_id, day)
+    headers = {**world.token(), "Idempotency-Key": "marks-sent-again"}
+    assert (await client.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        for _ in range(50):
+            if not holds(redis, national_id):
+                break
+            await asyncio.sleep(0.1)
+        assert holds(redis, national_id) == []
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+
+
 STUCK_SECONDS = 15  # the steps from the claim to the first sweep have this long, on a slow machine
 
 
