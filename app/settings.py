@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 import msgspec
+from croniter import croniter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,7 +231,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("NOBAT_READ_CACHE_SECONDS must be 0 to 60")
     if not 0 <= settings.rebuild_settle_seconds <= 300:
         raise ValueError("NOBAT_REBUILD_SETTLE_SECONDS must be 0 to 300")
-    if settings.recount_at != "off" and len(settings.recount_at.split()) != 5:
+    # Checked as RQ's cron reads it: a value it refuses (`30 25 * * *`) would pass here and
+    # stop the scheduler, and every periodic job with it, while the web app ran on.
+    if settings.recount_at != "off" and (
+        len(settings.recount_at.split()) != 5 or not croniter.is_valid(settings.recount_at)
+    ):
         raise ValueError("NOBAT_RECOUNT_AT must be a cron expression of five fields (`30 3 * * *`), or `off`")
     for limit in (
         settings.bookings_per_mobile,

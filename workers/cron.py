@@ -7,10 +7,12 @@ the offices' hours: "midnight" is midnight in Tehran on any host.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -34,6 +36,9 @@ CLOSE_DAY_TIMEOUT = 30 * 60
 RECOUNT_TIMEOUT = 10 * 60
 """The night's recount: about 20 s for the whole country, with bookings paused."""
 MOVES_TIMEOUT = 30 * 60
+NIGHT_TTL = 45 * 60
+"""How long a night's run (the close, the recount) may wait in its queue: later, it would
+meet the morning's first bookings; the close's next run, or the next night, does it."""
 """The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
 
 
@@ -93,13 +98,26 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     """The deployment's periodic jobs, in the offices' time zone (which this process takes)."""
     os.environ["TZ"] = settings.tz
     time.tzset()
+    # The C library reads the zone from the system's zoneinfo, and takes a name it lacks for
+    # UTC without a word (an image without tzdata): the night's close would run at 03:30 and
+    # the recount at 07:00, pausing bookings as offices open. The app's clock has its own.
+    expected = dt.datetime.now(ZoneInfo(settings.tz)).utcoffset()
+    if expected is None or time.localtime().tm_gmtoff != expected.total_seconds():
+        raise RuntimeError(f"this host has no zone data for {settings.tz}: install tzdata (apt-get install tzdata)")
     scheduler = Scheduler(connection=connection, name="nobat")
+
+    def every(func: Any, queue: str, seconds: int, **options: Any) -> None:
+        # Each copy waits in its queue no longer than until the next one (``ttl``): behind a
+        # backlog (the evening's reminders), a copy a minute piled up, and each then did its
+        # whole work again, one after the other.
+        scheduler.register(func, queue_name=queue, interval=seconds, ttl=seconds, **options)
+
     # RQ's cron jobs have no Retry: a run lost to a crash or a Redis blip is simply not
     # retried. So each job here is idempotent and catches up on the next run, and runs often
     # enough that losing one costs little: the sweep, the reminders (each has a window and a
     # "reminded" mark) and the overdue flags look at the record, not at what the last run did.
-    scheduler.register(sweep, queue_name=SMS, interval=30)  # messages whose enqueue or worker was lost
-    scheduler.register(send_reminders, queue_name=DEFAULT, interval=60)  # the evening before, an hour before
+    every(sweep, SMS, 30)  # messages whose enqueue or worker was lost
+    every(send_reminders, DEFAULT, 60)  # the evening before, an hour before
     # 00:00, 01:00 and 02:00 where the offices are: it only closes past days and adds missing
     # office-days, so the later runs do nothing unless the midnight one was lost. Not every
     # hour: each run walks every office-day of the horizon in Redis, which the daytime rush
@@ -107,26 +125,30 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     # ran at 20:30, closing yesterday's no-shows nearly a day late.)
     # Its own time limit (RQ's is 180 s): 100,000 no-shows take about 20 s, and a night is at
     # most a few times that (loadtests/bench_close_day.py).
-    scheduler.register(close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *", job_timeout=CLOSE_DAY_TIMEOUT)
+    scheduler.register(
+        close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *", job_timeout=CLOSE_DAY_TIMEOUT, ttl=NIGHT_TTL
+    )
     # Redis counted again from the record, once the night's close is done: a seat, hold or
     # place in line that a failure left counted for nobody comes back (nothing else recounts
     # a Redis that came back as it was). Bookings pause for it, at the night's quietest hour.
     if settings.recount_at != "off":
-        scheduler.register(recount, queue_name=DEFAULT, cron=settings.recount_at, job_timeout=RECOUNT_TIMEOUT)
-    scheduler.register(flag_overdue, queue_name=DEFAULT, interval=15 * 60)  # complaints past 72 hours
+        scheduler.register(
+            recount, queue_name=DEFAULT, cron=settings.recount_at, job_timeout=RECOUNT_TIMEOUT, ttl=NIGHT_TTL
+        )
+    every(flag_overdue, DEFAULT, 15 * 60)  # complaints past 72 hours
     # Bookings a block or a closure could not move yet. A province's closure can leave tens
     # of thousands to move: their own limit, as the night's, not RQ's 180 s. A run that
     # outlasts the minute still has the next copies enqueued (RQ's cron does not wait); each
     # finds it under way and ends at once (``run_alone``).
-    scheduler.register(finish_blocks, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
-    scheduler.register(finish_closures, queue_name=DEFAULT, interval=60, job_timeout=MOVES_TIMEOUT)
+    every(finish_blocks, DEFAULT, 60, job_timeout=MOVES_TIMEOUT)
+    every(finish_closures, DEFAULT, 60, job_timeout=MOVES_TIMEOUT)
     # What a block, a restriction or a lift told the counters after its commit, told again:
     # the telling may have failed, or met a recount that had read the record just before.
-    scheduler.register(push_statuses, queue_name=DEFAULT, interval=60)
-    scheduler.register(apply_policy, queue_name=DEFAULT, interval=60)  # what a complaint's request could not
-    scheduler.register(fill_waitlists_left, queue_name=DEFAULT, interval=60)  # seats a failed promotion left free
-    scheduler.register(finish_plans, queue_name=DEFAULT, interval=60)  # a clerk's change not seen through
-    scheduler.register(finish_caps, queue_name=DEFAULT, interval=60)  # a regulator's cap not told the counters
+    every(push_statuses, DEFAULT, 60)
+    every(apply_policy, DEFAULT, 60)  # what a complaint's request could not
+    every(fill_waitlists_left, DEFAULT, 60)  # seats a failed promotion left free
+    every(finish_plans, DEFAULT, 60)  # a clerk's change not seen through
+    every(finish_caps, DEFAULT, 60)  # a regulator's cap not told the counters
     return scheduler
 
 

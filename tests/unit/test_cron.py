@@ -60,3 +60,28 @@ def test_redis_is_recounted_each_night_unless_told_not_to(at: str) -> None:
 def test_a_recount_time_that_is_not_a_cron_expression_fails_at_start() -> None:
     with pytest.raises(ValueError, match="NOBAT_RECOUNT_AT"):
         load_settings({"NOBAT_RECOUNT_AT": "03:30"})
+
+
+def test_a_recount_time_rq_would_refuse_fails_at_start() -> None:
+    """Five fields, but no such hour: the scheduler would fail at start, every job with it."""
+    with pytest.raises(ValueError, match="NOBAT_RECOUNT_AT"):
+        load_settings({"NOBAT_RECOUNT_AT": "30 25 * * *"})
+
+
+def test_a_host_without_the_zones_data_stops_the_scheduler_rather_than_run_on_utc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The C library takes a zone it has no data for as UTC, without a word."""
+    settings = load_settings({}).with_(tz="Asia/Tehran")
+    monkeypatch.setattr(time, "localtime", lambda *_: time.gmtime())  # what such a host answers
+    with pytest.raises(RuntimeError, match="tzdata"):
+        scheduler(settings, Redis.from_url("redis://127.0.0.1:1"))
+
+
+def test_no_copy_of_a_periodic_job_waits_past_the_next_one() -> None:
+    """Behind a backlog a copy a minute piled up, each doing the whole work again."""
+    settings = load_settings({}).with_(tz="Asia/Tehran")
+    jobs = scheduler(settings, Redis.from_url("redis://127.0.0.1:1")).get_jobs()  # never connects
+    for job in jobs:
+        ttl = job.job_options.get("ttl")
+        assert ttl is not None and (job.interval is None or ttl <= job.interval), job.func.__name__
