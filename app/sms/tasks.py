@@ -82,7 +82,11 @@ class _Runtime:
         settings = load_settings()
         if not settings.redis_url:
             raise RuntimeError("a worker needs REDIS_URL")
-        if self.container is None or self.container.settings != settings:
+        # The secret aside: on the embedded defaults each read makes one up, and every job
+        # had built the parts again (a worker verifies no token).
+        if self.container is None or settings.with_(secret_key=self.container.settings.secret_key) != (
+            self.container.settings
+        ):
             if self.container is not None:
                 await self.container.close()
             if self._backend_redis is not None:

@@ -14,6 +14,10 @@ def test_a_worker_takes_every_queue_unless_told():
     assert args.burst is False
 
 
+def test_housekeeping_is_taken_before_a_backlog_of_messages():
+    assert ALL == (CODES, DEFAULT, SMS)
+
+
 def test_the_queues_named_are_taken_codes_first_whatever_order_they_are_named_in():
     assert parse_args(["--queues", "default, codes"]).queues == (CODES, DEFAULT)
     assert parse_args(["--queues", "sms,codes", "--burst"]).queues == MESSAGES == (CODES, SMS)
@@ -29,6 +33,6 @@ def test_a_queue_that_does_not_exist_stops_the_worker_with_its_name(named, capsy
     assert "--queues" in error
     if named.strip(", "):
         unknown = "codez" if named == "codez" else "mail"
-        assert f"no queue named {unknown} (there are codes, sms, default)" in error
+        assert f"no queue named {unknown} (there are codes, default, sms)" in error
     else:
         assert "name at least one queue" in error
