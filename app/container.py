@@ -122,6 +122,8 @@ def build_container(settings: Settings, redis_url: str) -> Container:
             create_engine(settings.database_url, pool_size=2, pre_ping=False),
             send_sms=messenger.send,
             may_commit=capacity.may_commit,
+            mark=lambda: capacity.mark,
+            counts=capacity.counts,
         ),
     )
     load = LoadService(capacity=capacity, clock=clock, offices=offices)

@@ -89,7 +89,7 @@ async def main(batch: int, batches: int) -> None:
 
         async def commit_one() -> None:
             nonlocal made
-            writes = [_Write(rows(made + n, office_id), []) for n in range(batch)]
+            writes = [_Write(rows(made + n, office_id), [], None) for n in range(batch)]
             made += batch
             await writer._commit(writes)
 

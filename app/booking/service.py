@@ -36,7 +36,7 @@ from app.booking.errors import (
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
-from app.booking.writer import CommitOutcomeUnknown, CountingPaused, GroupCommit, hold_off_recounts
+from app.booking.writer import CommitOutcomeUnknown, Counted, CountingPaused, GroupCommit, hold_off_recounts
 from app.capacity import keys
 from app.capacity.errors import (
     AlreadyBookedThatDay,
@@ -257,6 +257,7 @@ class BookingService:
         allowance: _Allowance,
     ) -> Booked:
         self.capacity.require_ready()
+        mark = self.capacity.mark  # the count the seat is taken in, as this instance knows it
         national_id = normalize_national_id(request.national_id)
         day = parse_date(request.date)
         wanted = parse_slot(request.slot) if request.slot else None
@@ -393,7 +394,8 @@ class BookingService:
             # The booking is a saga across Redis and SQL, so it is committed here, not in the
             # request scope: only a committed row may be confirmed, and only a failed commit
             # may give the seat back. Concurrent bookings share the commit (app.booking.writer).
-            await self.writer.write(record.opened, rows, sms_ids)
+            counted = Counted(mark, (office.code, day), reserved.counted_in)  # committed in it only
+            await self.writer.write(record.opened, rows, sms_ids, counted=counted)
         except CommitOutcomeUnknown as error:
             session = await record.session()
             await session.rollback()

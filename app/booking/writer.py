@@ -18,6 +18,7 @@ batches takes the lock once per batch.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import logging
 import queue
@@ -25,7 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, String, Table, TextClause, select, text
 from sqlalchemy.engine import Dialect
@@ -74,10 +75,19 @@ class CommitOutcomeUnknown(Exception):
         self.xid = xid
 
 
+class Counted(NamedTuple):
+    """Where a booking's seat was counted as it was taken."""
+
+    mark: str | None  # the count Redis was in as far as the instance knew (``Capacity.mark``)
+    day: tuple[str, dt.date]  # the seat's office and day
+    day_count: str  # the day's own count, as RESERVE gave it
+
+
 @dataclass
 class _Write:
     rows: Sequence[Row]
     sms_ids: Sequence[str]
+    counted: Counted | None  # None: not checked
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -94,10 +104,14 @@ class GroupCommit:
         *,
         send_sms: SendSms,
         may_commit: Callable[[], Awaitable[bool]],
+        mark: Callable[[], str | None] = lambda: None,
+        counts: Callable[[set[tuple[str, dt.date]]], Awaitable[dict[tuple[str, dt.date], str]]] | None = None,
         max_batch: int = 500,
     ) -> None:
         self.engine = engine  # the writer's own connections
         self.may_commit = may_commit  # False while capacity is paused for a recount, or Redis failed over
+        self.mark = mark  # the count Redis is in, as ``may_commit`` last saw it (``Capacity.mark``)
+        self.counts = counts  # each day's own count now (``Capacity.counts``)
         self.max_batch = max_batch
         self._pending: list[_Write] = []
         self._draining: asyncio.Task[None] | None = None
@@ -111,15 +125,24 @@ class GroupCommit:
         self._outbox.close()
         await self.engine.dispose()
 
-    async def write(self, session: AsyncSession | None, rows: Sequence[Row], sms_ids: Sequence[str] = ()) -> None:
+    async def write(
+        self,
+        session: AsyncSession | None,
+        rows: Sequence[Row],
+        sms_ids: Sequence[str] = (),
+        *,
+        counted: Counted | None = None,
+    ) -> None:
         """Commit these rows (with whatever else is being committed now); then have the SMS
-        messages among them (``sms_ids``) sent. ``session``: the caller's, if it has one open."""
+        messages among them (``sms_ids``) sent. ``session``: the caller's, if it has one open.
+        ``counted``: the count their seats were taken in; committed in another, they are
+        refused (CountingPaused)."""
         # Give the caller's connection back first: with more bookings in flight than the pool
         # holds, requests idling in a transaction would starve the others; and on SQLite a
         # transaction that wrote would hold the lock the group commit waits for.
         if session is not None and session.in_transaction():
             await session.commit()
-        write = _Write(rows, sms_ids)
+        write = _Write(rows, sms_ids, counted)
         self._pending.append(write)
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
@@ -170,6 +193,7 @@ class GroupCommit:
                 # once any instance has paused for a recount, nothing commits.
                 if not await self.may_commit():
                     raise CountingPaused()
+                await self._check_counts(batch)
             except BaseException:
                 await transaction.rollback()  # not committed: the callers may give their seats back
                 raise
@@ -210,6 +234,20 @@ class GroupCommit:
             for write in batch:
                 if not write.done.done():
                     write.done.set_result(None)
+
+    async def _check_counts(self, batch: list[_Write]) -> None:
+        """Refuse the batch if a seat of it was taken before a recount that has run since (a
+        request stalled longer than the recount's pause: a frozen process, a slow queue): its
+        day was counted again from a record without it, and the seat sold again. Asked of
+        Redis only for seats taken in a count the instance has seen end since (rare): their
+        days' own counts say whether a recount rewrote them."""
+        mark = self.mark()
+        stale = [write.counted for write in batch if write.counted is not None and write.counted.mark != mark]
+        if not stale or self.counts is None:
+            return
+        now = await self.counts({counted.day for counted in stale})
+        if any(now[counted.day] != counted.day_count for counted in stale):
+            raise CountingPaused()
 
     async def _landed(self, xid: int | None, rows: Rows) -> bool | None:
         """Whether the batch's transaction ``xid`` landed, asked on a connection of its own

@@ -212,6 +212,10 @@ class Capacity:
         # False while Redis is down or being rebuilt (see app.capacity.watch): bookings wait.
         self.ready = True
         self.watched = False  # True once app.capacity.watch keeps ``ready`` fresh (web instances)
+        # The count Redis was last seen built in (its rebuild marker), by the watch's look or a
+        # commit's: a booking notes it before taking its seat, and commits only in the same
+        # (app.booking.writer). None: not seen built.
+        self.mark: str | None = None
         self.redis = redis
         self.auto = AutoPipeline(redis)  # trips to Redis shared with the other requests'
         self.scripts = Scripts(redis, self.auto)
@@ -874,7 +878,9 @@ class Capacity:
         else:
             marker, info = await self.auto.execute_many([("GET", keys.REBUILT_AT), ("INFO", "server")])
             servers = _run_id(as_text(info))
-        return marker is not None and as_text(marker).partition("|")[2] == servers
+        built = marker is not None and as_text(marker).partition("|")[2] == servers
+        self.mark = as_text(marker) if built and marker is not None else None
+        return built
 
     async def may_commit(self) -> bool:
         """Whether the bookings just held may be committed: Redis is not being counted again,

@@ -2214,6 +2214,40 @@ async def test_a_lost_answers_marks_that_fail_too_are_sent_again_once_redis_answ
     assert again.status_code == 201, again.text
 
 
+async def test_a_booking_stalled_past_a_whole_recount_is_refused_not_sold_twice(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its seat taken, the booking stalled (a frozen process) while a recount ran from start
+    to end: the recount counted its day again from a record without it, and, committed after,
+    its seat was sold again. Refused now (503), its seat not counted twice; and a booking
+    made after a recount the instance did not see commits (its day's own count says so)."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    day = world.tomorrow()
+    app = client.app.state.container
+    write = app.bookings.writer.write
+
+    async def after_a_recount(*args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(app.bookings.writer, "write", write)
+        await rebuild(app)  # begins and ends while the booking waits
+        await write(*args, **kwargs)
+
+    monkeypatch.setattr(app.bookings.writer, "write", after_a_recount)
+    stalled = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert stalled.status_code == 503, stalled.text
+    assert ten_oclock_used(capacity_redis, office, day) == 0
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 0
+    await world.rebuild()  # another recount this instance does not see: its next booking still commits
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    assert ten_oclock_used(capacity_redis, office, day) == 1
+
+
 STUCK_SECONDS = 15  # the steps from the claim to the first sweep have this long, on a slow machine
 
 
