@@ -97,6 +97,15 @@ class CountingPaused(Exception):
     count, or hold a seat already sold. Rolled back."""
 
 
+class _Recounted(CountingPaused):
+    """Writes of a batch whose seats a recount left out (``GroupCommit._check_counts``): the
+    batch is rolled back, they are refused, and the others go again."""
+
+    def __init__(self, writes: list[_Write]) -> None:
+        super().__init__(f"{len(writes)} seats taken before a recount")
+        self.writes = writes
+
+
 class GroupCommit:
     def __init__(
         self,
@@ -156,6 +165,11 @@ class GroupCommit:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             try:
                 await self._commit(batch)
+            except _Recounted as recounted:  # nothing was committed: those refused, the rest again
+                for write in recounted.writes:
+                    write.done.set_exception(CountingPaused())
+                refused = {id(write) for write in recounted.writes}
+                self._pending[:0] = [write for write in batch if id(write) not in refused]
             except IntegrityError:  # raised by an insert: nothing was committed
                 for write in batch:
                     await self._commit_alone(write)
@@ -236,18 +250,19 @@ class GroupCommit:
                     write.done.set_result(None)
 
     async def _check_counts(self, batch: list[_Write]) -> None:
-        """Refuse the batch if a seat of it was taken before a recount that has run since (a
+        """Refuse the writes whose seat was taken before a recount that has run since (a
         request stalled longer than the recount's pause: a frozen process, a slow queue): its
         day was counted again from a record without it, and the seat sold again. Asked of
         Redis only for seats taken in a count the instance has seen end since (rare): their
-        days' own counts say whether a recount rewrote them."""
+        days' own counts say whether a recount rewrote them. Raises ``_Recounted``."""
         mark = self.mark()
-        stale = [write.counted for write in batch if write.counted is not None and write.counted.mark != mark]
-        if not stale or self.counts is None:
+        noted = [write for write in batch if write.counted is not None and write.counted.mark != mark]
+        if not noted or self.counts is None:
             return
-        now = await self.counts({counted.day for counted in stale})
-        if any(now[counted.day] != counted.day_count for counted in stale):
-            raise CountingPaused()
+        now = await self.counts({write.counted.day for write in noted if write.counted is not None})
+        stale = [w for w in noted if w.counted is not None and now[w.counted.day] != w.counted.day_count]
+        if stale:
+            raise _Recounted(stale)
 
     async def _landed(self, xid: int | None, rows: Rows) -> bool | None:
         """Whether the batch's transaction ``xid`` landed, asked on a connection of its own

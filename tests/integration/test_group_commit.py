@@ -133,3 +133,34 @@ def test_a_column_left_to_a_default_of_pythons_is_refused() -> None:
     columns: tuple[str, ...] = ("id", "to", "body", "kind", "attempts")
     with pytest.raises(ValueError, match=r"sms_messages\.status"):
         writer._batch_insert(postgresql.dialect(), ((table, columns),))
+
+
+async def test_a_seat_a_recount_left_out_is_refused_alone_and_its_batch_commits(world: World) -> None:
+    """One booking of a batch took its seat before a recount that has run since (its day's
+    count changed): it is refused, and the others of its batch commit (refusing the whole
+    batch had answered up to 500 bookings 503 for one stalled request)."""
+    await world.office()
+    day = ("010001", dt.date(2026, 12, 6))
+
+    async def counts(days: set[tuple[str, dt.date]]) -> dict[tuple[str, dt.date], str]:
+        return {asked: "after the recount" for asked in days}
+
+    group_commit = GroupCommit(
+        world.container.bookings.writer.engine,
+        send_sms=lambda ids: None,
+        may_commit=allowed,
+        mark=lambda: "recounted",
+        counts=counts,
+    )
+    stalled = writer.Counted("before", day, "before the recount")
+    fresh = writer.Counted("before", day, "after the recount")  # noted before, its seat taken after
+    answers = await asyncio.gather(
+        group_commit.write(None, booking_rows("0000000001"), counted=stalled),
+        group_commit.write(None, booking_rows("0000000002"), counted=fresh),
+        group_commit.write(None, booking_rows("0000000003")),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[0], writer.CountingPaused) and answers[1:] == [None, None]
+    async with world.container.sessions() as session:
+        booked = set(await session.scalars(select(Booking.national_id)))
+    assert booked == {"0000000002", "0000000003"}
