@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
@@ -98,9 +98,11 @@ async def add(
     reason: str,
     created_by: str,
     record: Recorder | None = None,
+    then: Then | None = None,
 ) -> CrowdCapOut:
     """Record a cap and make it bite in Redis at once; bookings already made stand.
-    ``record`` adds to the same commit (the regulator's audit entry)."""
+    ``record`` adds to the same commit (the regulator's audit entry); ``then``, what
+    follows its telling (``Then``)."""
     if not 0 <= percent <= 100:
         raise InvalidInput("percent", "percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
     if ends_on < starts_on or ends_on < today:
@@ -147,7 +149,7 @@ async def add(
     out = _out(cap, province_code)
     if record is not None:
         await record(out)
-    return await _commit(session, capacity, today, out, province_id)
+    return await _commit(session, capacity, today, out, province_id, then=then)
 
 
 async def lift(
@@ -171,13 +173,19 @@ async def lift(
 
 
 async def _commit(
-    session: AsyncSession, capacity: Capacity, today: dt.date, out: CrowdCapOut, province_id: int | None
+    session: AsyncSession,
+    capacity: Capacity,
+    today: dt.date,
+    out: CrowdCapOut,
+    province_id: int | None,
+    *,
+    then: Then | None = None,
 ) -> CrowdCapOut:
     """Commit a cap added or lifted, noted first for the minute's job, then tell the counters
     (``pending`` if Redis refused)."""
     change = await capacity.apply_later(str(out.id), noted_in=keys.CAPS_TO_APPLY)
     await session.commit()
-    out.pending = not await _tell(session, capacity, today, out.id, province_id, change)
+    out.pending = not await _tell(session, capacity, today, out.id, province_id, change, then=then)
     return out
 
 
@@ -220,8 +228,10 @@ async def _tell(
         if then is not None:
             await then(None if codes is None else set(codes))
         await capacity.applied(str(cap_id), change, noted_in=keys.CAPS_TO_APPLY)
-    except RedisError:
-        log.warning("crowd cap %d reaches the counters by the next job", cap_id, exc_info=True)
+    except (RedisError, SQLAlchemyError) as error:  # the cap is recorded: not the caller's error
+        if isinstance(error, SQLAlchemyError):
+            await session.rollback()
+        log.warning("crowd cap %d reaches the counters (or its lines) by the next job", cap_id, exc_info=True)
         return False
     return True
 

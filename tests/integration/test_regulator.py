@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import false, func, select
+from sqlalchemy.exc import OperationalError
 
 from app.booking.models import Booking
 from app.capacity import keys
@@ -346,7 +347,7 @@ async def test_a_cap_redis_refuses_after_its_commit_bites_by_the_minutes_job(
     assert await finish() == 0  # told once
 
 
-@pytest.mark.parametrize("told", ["at once", "by the minute's job"])
+@pytest.mark.parametrize("told", ["at once", "by the minute's job", "ended by the minute's job"])
 async def test_a_crowd_cap_at_zero_ends_the_lines_of_its_days(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch, told: str
 ) -> None:
@@ -372,10 +373,12 @@ async def test_a_crowd_cap_at_zero_ends_the_lines_of_its_days(
         lines[day] = joined.json()["tracking_code"]
     if told == "by the minute's job":
         fails_once(monkeypatch, client.app.state.container.capacity, "refresh_meta", RedisConnectionError("away"))
+    if told == "ended by the minute's job":  # told, and the record failed as the lines ended
+        fails_once(monkeypatch, client.app.state.container.bookings, "end_shut_lines", OperationalError("", {}, None))
     body = {"starts_on": tomorrow.isoformat(), "ends_on": tomorrow.isoformat(), "percent": 0, "reason": "قرنطینه"}
     capped = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
     assert capped.status_code == 201 and capped.json()["pending"] is (told != "at once"), capped.text
-    if told == "by the minute's job":
+    if told != "at once":
         monkeypatch.setattr(crowd_caps, "CAP_REQUEST_SECONDS", 0)
         async with world.container.sessions() as session:
             assert await world.container.regulator.finish_caps(session=session) == 1
