@@ -321,7 +321,13 @@ class Enforcement:
         if told.eased:  # a lift or a higher cap told only now: their lines take the room it made
             await self.bookings.fill_waitlists(session=session, office_codes=told.eased)
         # A restriction to 0% whose own request failed after its commit: its lines end now.
-        shut = select(Office).where(Office.status == OfficeStatus.RESTRICTED, Office.cap_percent == 0)
+        # Only offices with someone in line are locked (each lock is a write on SQLite).
+        waiting = select(Booking.id).where(
+            Booking.office_id == Office.id,
+            Booking.date >= self.clock.today(),
+            Booking.status == BookingStatus.WAITLISTED,
+        )
+        shut = select(Office).where(Office.status == OfficeStatus.RESTRICTED, Office.cap_percent == 0, waiting.exists())
         for office in list(await session.scalars(shut)):
             await self._end_lines(session, office)
         return told.offices
