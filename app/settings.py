@@ -233,9 +233,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("NOBAT_REBUILD_SETTLE_SECONDS must be 0 to 300")
     # Checked as RQ's cron reads it: a value it refuses (`30 25 * * *`) would pass here and
     # stop the scheduler, and every periodic job with it, while the web app ran on.
-    if settings.recount_at != "off" and (
-        len(settings.recount_at.split()) != 5 or not croniter.is_valid(settings.recount_at)
-    ):
+    if settings.recount_at != "off" and not _runs_sometime(settings.recount_at):
         raise ValueError("NOBAT_RECOUNT_AT must be a cron expression of five fields (`30 3 * * *`), or `off`")
     for limit in (
         settings.bookings_per_mobile,
@@ -267,3 +265,15 @@ def parse_limit(value: str) -> tuple[int, int]:
     if parsed[0] < 1 or parsed[1] < 1:
         raise ValueError(f"a limit must be positive, not {value!r}")
     return parsed
+
+
+def _runs_sometime(expression: str) -> bool:
+    """Whether a cron expression has five fields and a next run, as RQ's cron asks of it when
+    the scheduler starts (``30 3 31 2 *`` is well formed, and never comes)."""
+    if len(expression.split()) != 5 or not croniter.is_valid(expression):
+        return False
+    try:
+        croniter(expression).get_next()
+    except ValueError:  # croniter's CroniterBadDateError
+        return False
+    return True

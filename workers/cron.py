@@ -28,7 +28,7 @@ from app.observability import configure_logging
 from app.regulator.tasks import finish_caps, finish_closures
 from app.settings import Settings, load_settings
 from app.sms.tasks import sweep
-from workers.queues import DEFAULT, SMS
+from workers.queues import CODES, DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,12 @@ CLOSE_DAY_TIMEOUT = 30 * 60
 RECOUNT_TIMEOUT = 10 * 60
 """The night's recount: about 20 s for the whole country, with bookings paused."""
 MOVES_TIMEOUT = 30 * 60
+"""The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
+COPIES_KEPT = 5
+"""A periodic job's copy waits this many of its intervals in its queue at most."""
 NIGHT_TTL = 45 * 60
 """How long a night's run (the close, the recount) may wait in its queue: later, it would
 meet the morning's first bookings; the close's next run, or the next night, does it."""
-"""The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
 
 
 RESTART_SECONDS = 5.0
@@ -107,16 +109,20 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     scheduler = Scheduler(connection=connection, name="nobat")
 
     def every(func: Any, queue: str, seconds: int, **options: Any) -> None:
-        # Each copy waits in its queue no longer than until the next one (``ttl``): behind a
-        # backlog (the evening's reminders), a copy a minute piled up, and each then did its
-        # whole work again, one after the other.
-        scheduler.register(func, queue_name=queue, interval=seconds, ttl=seconds, **options)
+        # A copy waits in its queue a few intervals at most (``ttl``): behind a backlog, a
+        # copy a minute piled up, and each then did its whole work again, one after the other.
+        # Not one interval: behind a job of more than a minute on the one worker taking the
+        # queue, each copy would expire before its turn, and the job never run.
+        scheduler.register(func, queue_name=queue, interval=seconds, ttl=seconds * COPIES_KEPT, **options)
 
     # RQ's cron jobs have no Retry: a run lost to a crash or a Redis blip is simply not
     # retried. So each job here is idempotent and catches up on the next run, and runs often
     # enough that losing one costs little: the sweep, the reminders (each has a window and a
     # "reminded" mark) and the overdue flags look at the record, not at what the last run did.
-    every(sweep, SMS, 30)  # messages whose enqueue or worker was lost
+    # Messages whose enqueue or worker was lost (sign-in codes among them), on the queue
+    # workers take first: on the messages' own queue it waited behind their backlog, when it
+    # is needed most.
+    every(sweep, CODES, 30)
     every(send_reminders, DEFAULT, 60)  # the evening before, an hour before
     # 00:00, 01:00 and 02:00 where the offices are: it only closes past days and adds missing
     # office-days, so the later runs do nothing unless the midnight one was lost. Not every
