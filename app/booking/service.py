@@ -862,8 +862,9 @@ class BookingService:
         return [booking for booking, _ in cancelled]
 
     async def end_shut_lines(self, *, session: AsyncSession, office_codes: set[str] | None = None, why_fa: str) -> int:
-        """Cancel the places in lines that can never move: at an office-day whose cap (a 0%
-        restriction, a 0% crowd cap) lets it sell no seat, a freed one included. Left, they
+        """Cancel the places in lines that can never move: at an office-day whose cap (an
+        office's restriction, a crowd cap) lets it sell no seat, a freed one included (0%, or
+        a share of a small day that rounds to none, as JOIN_WAITLIST reckons it). Left, they
         waited for nothing until the day went by. Each citizen is told, ``why_fa`` first, to
         book elsewhere. Commits, whatever it finds; the places cancelled. (A blocked office's
         lines go with its bookings: ``Enforcement.block``.)"""
@@ -878,11 +879,22 @@ class BookingService:
         days = [booking.date for booking, _ in places]
         caps = await load_caps(session, first=min(days), last=max(days))
         plans = {plan.code: plan for plan in await load_plans(session, codes={code for _, code in places})}
-        shut = [
-            (booking, code)
-            for booking, code in places
-            if plans[code].status != OfficeStatus.BLOCKED and plans[code].cap(booking.date, caps) == 0
-        ]
+        shut: list[tuple[Booking, str]] = []
+        capped: list[tuple[Booking, str, int]] = []  # a share of the day's seats: how many is it?
+        for booking, code in places:
+            cap = plans[code].cap(booking.date, caps)
+            if plans[code].status == OfficeStatus.BLOCKED or cap >= 100:
+                continue
+            if cap == 0:
+                shut.append((booking, code))
+            else:
+                capped.append((booking, code, cap))
+        if capped:
+            seats = await self.capacity.pool_seats({(code, b.date, b.pool) for b, code, _ in capped})
+            for booking, code, cap in capped:
+                day_seats = seats.get((code, booking.date, booking.pool))
+                if day_seats is not None and day_seats * cap // 100 <= 0:
+                    shut.append((booking, code))
         if not shut:
             await session.commit()
             return 0

@@ -273,6 +273,21 @@ class Capacity:
             reserved = error
         return _hold_error(hold_reply, limit), as_text(hold_reply[0]) == "AGAIN", reserved, along_reply
 
+    async def pool_seats(self, pools: Collection[tuple[str, dt.date, str]]) -> dict[tuple[str, dt.date, str], int]:
+        """The seats of each (office, day, pool) in its counters, before any cap; a day Redis
+        does not hold is left out. One trip."""
+        pools = list(pools)
+        days = await self.auto.execute_many([("HGETALL", keys.office_day(code, day)) for code, day, _ in pools])
+        seats: dict[tuple[str, dt.date, str], int] = {}
+        for (code, day, pool), fields in zip(pools, days, strict=True):
+            if fields:
+                prefix = f"s|{pool}|"
+                pairs = zip(fields[::2], fields[1::2], strict=True) if isinstance(fields, list) else fields.items()
+                seats[(code, day, pool)] = sum(
+                    int(value) for field, value in pairs if as_text(field).startswith(prefix)
+                )
+        return seats
+
     async def counts(self, days: Collection[tuple[str, dt.date]]) -> dict[tuple[str, dt.date], str]:
         """The count of the record each (office, day)'s counters are in now: read before a
         commit that lets go of seats, it is what their release hands RELEASE (``Seat``). A

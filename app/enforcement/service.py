@@ -456,22 +456,24 @@ class Enforcement:
         await self._lines_after_change(session, office, *actions)
 
     async def _lines_after_change(self, session: AsyncSession, office: Office, *answered: OfficeAction) -> None:
-        """Give the room a lighter sanction made to the office's lines; or, restricted to 0%,
-        end them. Their promotions may roll the session back (a recount begun), which expires
-        what it had loaded: the office and ``answered``, what the caller answers with, are
-        read again (read lazily, they were an error, and a decision already recorded answered
-        500)."""
-        if office.status == OfficeStatus.RESTRICTED and office.cap_percent == 0:
-            await self._end_lines(session, office)
-        else:
+        """Give the room a lighter sanction made to the office's lines; and, restricted, end
+        those of the days it lets sell nothing. Their promotions may roll the session back (a
+        recount begun), which expires what it had loaded: the office and ``answered``, what the
+        caller answers with, are read again (read lazily, they were an error, and a decision
+        already recorded answered 500)."""
+        restricted, cap = office.status == OfficeStatus.RESTRICTED, office.cap_percent  # before any rollback
+        if not restricted or cap > 0:
             await self.bookings.fill_waitlists(session=session, office_codes={office.code})
         for row in (office, *answered):
             await session.refresh(row)
+        if restricted:
+            await self._end_lines(session, office)  # commits, expiring nothing
 
     async def _end_lines(self, session: AsyncSession, office: Office) -> None:
-        """A restriction to 0% sells no seat, a freed one included: nobody in the office's lines
-        would ever be called (``BookingService.end_shut_lines``). Read with the office locked
-        until that commits: a lift that came first keeps them in line, one that comes waits."""
+        """A restriction to 0%, or to a share of a small day that rounds to no seat, sells none,
+        a freed one included: nobody in those days' lines would ever be called
+        (``BookingService.end_shut_lines``). Read with the office locked until that commits: a
+        lift that came first keeps them in line, one that comes waits."""
         office = await _locked(session, office)
         await self.bookings.end_shut_lines(
             session=session, office_codes={office.code}, why_fa=f"به دلیل توقف نوبت‌دهی {office.name_fa}،"

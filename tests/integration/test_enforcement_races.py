@@ -248,16 +248,18 @@ async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: C
     assert promoted.json()["status"] == "booked", promoted.text
 
 
+@pytest.mark.parametrize("cap", [0, 20])
 async def test_a_restriction_to_zero_ends_the_lines_and_tells_them(
-    client: Client, world: World, redis_sync: SyncRedis
+    client: Client, world: World, redis_sync: SyncRedis, cap: int
 ) -> None:
-    """Restricted to 0%, the office sells no seat, a freed one included: its line would wait
-    for nothing until the day went by. Each place is cancelled, its SMS queued, its hold let
-    go; the booked citizen keeps the booking. A cap that still sells keeps its line."""
+    """Restricted to 0% (or to 20% of a day of four seats: none), the office sells no seat, a
+    freed one included: its line would wait for nothing until the day went by. Each place is
+    cancelled, its SMS queued, its hold let go; the booked citizen keeps the booking. A cap
+    that still sells keeps its line."""
     office, reg, _, waiting = await restricted_with_one_in_line(client, world)
     await restrict(client, reg, office, cap=30)  # one of four still: full, yet the line may move
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
-    await restrict(client, reg, office, cap=0)
+    await restrict(client, reg, office, cap=cap)
     ended = await waitlisted_ended(world, redis_sync, office, waiting)
     assert ended.status.value == "cancelled" and not holds(redis_sync, ended.national_id)
     async with world.container.sessions() as session:
