@@ -88,9 +88,10 @@ class Regulator:
             reason=data.reason,
             created_by=staff.username,
             record=record,
-            # At 0% no line of its days moves: ended once the counters have the cap, before
-            # its note is let go (failed, the minute's job does it; ``finish_caps``).
-            then=partial(self._end_shut_lines, session) if data.percent == 0 else None,
+            # At 0% (or a share that rounds a small day to no seat) no line of those days moves:
+            # ended once the counters have the cap, before its note is let go (failed, the
+            # minute's job does it; ``finish_caps``).
+            then=partial(self._end_shut_lines, session) if data.percent < 100 else None,
         )
 
     async def lift_cap(self, *, session: AsyncSession, staff: StaffPrincipal, cap_id: int) -> CrowdCapOut:
