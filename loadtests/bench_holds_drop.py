@@ -4,7 +4,7 @@
 
 Fills an embedded redis-server with ``--holds`` citizens' hold keys, then drops them as
 the recount did before (an awaited DEL a key) and as it does now (a page of keys unlinked
-in one pipelined trip, ``Capacity._unlink``), and prints how long each took.
+in one pipelined trip, ``Capacity.drop_holds``), and prints how long each took.
 """
 
 from __future__ import annotations
@@ -34,22 +34,12 @@ async def _one_trip_a_key(redis: Redis) -> None:
         await redis.delete(key)
 
 
-async def _a_page_a_trip(capacity: Capacity) -> None:
-    page: list[bytes] = []
-    async for key in capacity.redis.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN, count=HOLDS_PER_TRIP):
-        page.append(key)
-        if len(page) == HOLDS_PER_TRIP:
-            await capacity._unlink(page)
-            page = []
-    await capacity._unlink(page)
-
-
 async def main(holds: int) -> None:
     server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="nobat-holds-"))).start()
     redis = Redis.from_url(server.url)
     capacity = Capacity(redis, tz=None, horizon_days=14)  # type: ignore[arg-type]  # no day is read
     try:
-        for name, drop in (("one trip a key", _one_trip_a_key(redis)), ("a page a trip", _a_page_a_trip(capacity))):
+        for name, drop in (("one trip a key", _one_trip_a_key(redis)), ("a page a trip", capacity.drop_holds())):
             await _fill(redis, holds)
             started = time.perf_counter()
             await drop

@@ -789,13 +789,7 @@ class Capacity:
         # A trip to Redis for a page of keys or rows, not one for each: a national horizon has
         # a million citizens holding and more bookings, and a trip each, or all of them read at
         # once, had kept bookings paused for minutes and the process's memory swollen.
-        page: list[Any] = []
-        async for key in self.redis.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN, count=HOLDS_PER_TRIP):
-            page.append(key)
-            if len(page) == HOLDS_PER_TRIP:
-                await self._unlink(page)
-                page = []
-        await self._unlink(page)
+        await self.drop_holds()
         rows = await session.stream(
             select(Booking.national_id, Booking.tracking_code, Booking.date, Booking.service_code).where(
                 Booking.status.in_(ACTIVE_STATUSES), Booking.date >= today
@@ -809,6 +803,16 @@ class Capacity:
                     pipe.expire(holds, self._holds_ttl())
                 await pipe.execute()
         await self.tell_suspensions(session=session, today=today)
+
+    async def drop_holds(self) -> None:
+        """Drop every citizen's holds (a recount writes them again from the record)."""
+        page: list[Any] = []
+        async for key in self.redis.scan_iter(match=keys.CITIZEN_HOLDS_PATTERN, count=HOLDS_PER_TRIP):
+            page.append(key)
+            if len(page) == HOLDS_PER_TRIP:
+                await self._unlink(page)
+                page = []
+        await self._unlink(page)
 
     async def _unlink(self, names: list[Any]) -> None:
         """Drop keys, one command each (a cluster refuses one command over several slots)."""

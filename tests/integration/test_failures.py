@@ -75,6 +75,16 @@ def settings(settings: Settings, capacity_redis: EmbeddedRedis, settings_changes
     return settings.with_(redis_url=capacity_redis.url, rq_redis_url=settings.redis_url, **settings_changes)
 
 
+async def holds_let_go(server: EmbeddedRedis, national_id: str) -> None:
+    """Wait (up to 5 s) for the citizen's holds to be given back, as once Redis answers."""
+    with SyncRedis.from_url(server.url) as redis:
+        for _ in range(50):
+            if not holds(redis, national_id):
+                break
+            await asyncio.sleep(0.1)
+        assert holds(redis, national_id) == []
+
+
 def ten_oclock_used(server: EmbeddedRedis, office: str, day: dt.date) -> int:
     """Seats counted in the capacity Redis for the office's 10:00 slot (where ``book`` books)."""
     with SyncRedis.from_url(server.url) as redis:
@@ -1047,12 +1057,7 @@ async def test_a_waitlist_join_whose_commit_question_meets_redis_away_gives_its_
     async with jobs.sessions() as session:
         with pytest.raises(RedisConnectionError):
             await jobs.bookings.join_waitlist(session=session, mobile=world.mobile(), request=join)
-    with SyncRedis.from_url(capacity_redis.url) as redis:
-        for _ in range(50):  # given back once Redis answers
-            if not holds(redis, national_id):
-                break
-            await asyncio.sleep(0.1)
-        assert holds(redis, national_id) == []
+    await holds_let_go(capacity_redis, national_id)
 
 
 async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, world: World) -> None:
@@ -2204,12 +2209,7 @@ async def test_a_lost_answers_marks_that_fail_too_are_sent_again_once_redis_answ
     body = booking_body(office, national_id, day)
     headers = {**world.token(), "Idempotency-Key": "marks-sent-again"}
     assert (await client.post("/api/v1/bookings", json=body, headers=headers)).status_code == 503
-    with SyncRedis.from_url(capacity_redis.url) as redis:
-        for _ in range(50):
-            if not holds(redis, national_id):
-                break
-            await asyncio.sleep(0.1)
-        assert holds(redis, national_id) == []
+    await holds_let_go(capacity_redis, national_id)
     again = await client.post("/api/v1/bookings", json=body, headers=headers)
     assert again.status_code == 201, again.text
 
@@ -2431,12 +2431,7 @@ async def test_a_waitlist_join_whose_line_meets_redis_away_gives_its_hold_back_l
             await jobs.bookings.join_waitlist(session=session, mobile=world.mobile(), request=join)
     async with jobs.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Booking)) == 1  # the booking alone
-    with SyncRedis.from_url(capacity_redis.url) as redis:
-        for _ in range(50):
-            if not holds(redis, national_id):
-                break
-            await asyncio.sleep(0.1)
-        assert holds(redis, national_id) == []
+    await holds_let_go(capacity_redis, national_id)
 
 
 async def test_a_refused_booking_whose_seat_cannot_be_given_back_lets_go_of_its_key(
