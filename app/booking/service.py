@@ -824,8 +824,11 @@ class BookingService:
         citizen, a promotion or a move changed since is left alone: a block's cancellations
         had cancelled, at the office a closure had just moved it to, a booking it had read at
         the blocked one); tell each citizen, commit, then take them out of their lines and
-        their citizens' limits. Those cancelled."""
+        their citizens' limits. Those cancelled. Committed during a recount that read the
+        record before, the citizens' holds and places would be counted back in: the barrier is
+        held, and a recount begun meanwhile refuses it (CapacityRebuilding, rolled back)."""
         done: set[int] = set()
+        await hold_off_recounts(session)
         for start in range(0, len(bookings), 300):  # a few hundred to a statement
             chunk = [booking for booking, _ in bookings[start : start + 300]]
             done.update(
@@ -850,6 +853,7 @@ class BookingService:
                 body=f"{why_fa} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. {advice_fa}",
                 kind="booking_cancelled",
             )
+        await self._before_commit(session)
         await session.commit()
         for booking, code in cancelled:
             try:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
+from app.capacity.errors import CapacityRebuilding
 from app.capacity.models import CrowdCap
 from app.capacity.service import Capacity
 from app.errors import DomainError, InvalidInput, NotFound
@@ -228,8 +229,8 @@ async def _tell(
         if then is not None:
             await then(None if codes is None else set(codes))
         await capacity.applied(str(cap_id), change, noted_in=keys.CAPS_TO_APPLY)
-    except (RedisError, SQLAlchemyError) as error:  # the cap is recorded: not the caller's error
-        if isinstance(error, SQLAlchemyError):
+    except (RedisError, SQLAlchemyError, CapacityRebuilding) as error:  # the cap is recorded: not the caller's error
+        if not isinstance(error, RedisError):
             await session.rollback()
         log.warning("crowd cap %d reaches the counters (or its lines) by the next job", cap_id, exc_info=True)
         return False

@@ -328,8 +328,8 @@ class Enforcement:
             Booking.status == BookingStatus.WAITLISTED,
         )
         shut = select(Office).where(Office.status == OfficeStatus.RESTRICTED, Office.cap_percent == 0, waiting.exists())
-        for office in list(await session.scalars(shut)):
-            await self._end_lines(session, office)
+        for office_id in list(await session.scalars(shut.with_only_columns(Office.id))):
+            await self._end_lines(session, office_id)
         return told.offices
 
     async def _finish_block(self, session: AsyncSession, office_id: int) -> int:
@@ -461,23 +461,35 @@ class Enforcement:
         recount begun), which expires what it had loaded: the office and ``answered``, what the
         caller answers with, are read again (read lazily, they were an error, and a decision
         already recorded answered 500)."""
-        restricted, cap = office.status == OfficeStatus.RESTRICTED, office.cap_percent  # before any rollback
+        # Read before any rollback expires them.
+        office_id, code, restricted, cap = (
+            office.id,
+            office.code,
+            office.status == OfficeStatus.RESTRICTED,
+            office.cap_percent,
+        )
         if not restricted or cap > 0:
-            await self.bookings.fill_waitlists(session=session, office_codes={office.code})
+            await self.bookings.fill_waitlists(session=session, office_codes={code})
+        if restricted:
+            await self._end_lines(session, office_id)
         for row in (office, *answered):
             await session.refresh(row)
-        if restricted:
-            await self._end_lines(session, office)  # commits, expiring nothing
 
-    async def _end_lines(self, session: AsyncSession, office: Office) -> None:
+    async def _end_lines(self, session: AsyncSession, office_id: int) -> None:
         """A restriction to 0%, or to a share of a small day that rounds to no seat, sells none,
         a freed one included: nobody in those days' lines would ever be called
         (``BookingService.end_shut_lines``). Read with the office locked until that commits: a
-        lift that came first keeps them in line, one that comes waits."""
-        office = await _locked(session, office)
-        await self.bookings.end_shut_lines(
-            session=session, office_codes={office.code}, why_fa=f"به دلیل توقف نوبت‌دهی {office.name_fa}،"
-        )
+        lift that came first keeps them in line, one that comes waits. A recount begun meanwhile
+        refuses it (rolled back): the decision is recorded, not failed, and the minute's job
+        (``push_statuses``) ends the lines of a 0% restriction once the recount is done."""
+        office = await lock_row(session, Office, office_id)
+        if office is None:
+            raise OfficeNotFound()
+        code, why_fa = office.code, f"به دلیل توقف نوبت‌دهی {office.name_fa}،"
+        try:
+            await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why_fa)
+        except CapacityRebuilding:
+            log.warning("the lines office %s shut are ended after the recount", code)
 
     async def decide(
         self,

@@ -287,6 +287,32 @@ async def test_a_restriction_to_zero_whose_telling_failed_ends_the_lines_by_the_
     await waitlisted_ended(world, redis_sync, office, waiting)
 
 
+async def test_lines_a_restriction_shuts_as_a_recount_begins_are_ended_after_it(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while a recount that had read the record went on, the citizens' holds and
+    places were counted back in: the citizen told to book elsewhere was refused "already
+    booked". Refused now (rolled back), the decision still answered; the minute's job ends
+    the lines once the recount is done."""
+    office, reg, _, waiting = await restricted_with_one_in_line(client, world)
+    capacity = client.app.state.container.capacity
+    may_commit = capacity.may_commit
+
+    async def recount_begun() -> bool:
+        return False
+
+    monkeypatch.setattr(capacity, "may_commit", recount_begun)
+    shut = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 0}, headers=reg
+    )
+    assert shut.status_code == 201 and shut.json()["office_code"] == office, shut.text
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    monkeypatch.setattr(capacity, "may_commit", may_commit)  # the recount done
+    async with world.container.sessions() as session:
+        await world.container.enforcement.push_statuses(session=session)
+    await waitlisted_ended(world, redis_sync, office, waiting)
+
+
 async def waitlisted_ended(world: World, redis: SyncRedis, office: str, code: str) -> Booking:
     """The place in line ``code``, checked cancelled in the record and gone from Redis's line."""
     async with world.container.sessions() as session:
