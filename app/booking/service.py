@@ -827,6 +827,8 @@ class BookingService:
         their citizens' limits. Those cancelled. Committed during a recount that read the
         record before, the citizens' holds and places would be counted back in: the barrier is
         held, and a recount begun meanwhile refuses it (CapacityRebuilding, rolled back)."""
+        if not bookings:
+            return []
         done: set[int] = set()
         await hold_off_recounts(session)
         for start in range(0, len(bookings), 300):  # a few hundred to a statement

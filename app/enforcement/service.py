@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
@@ -233,13 +234,16 @@ class Enforcement:
                 return action
             try:
                 action.bookings_moved, action.bookings_cancelled = await self._move_bookings_away(session, office)
-            except CapacityRebuilding:
+            except CapacityRebuilding as paused:
                 # The block is recorded; the moves would race the recount. ``finish_blocks``
                 # moves them within a minute of its end. Rolled back here too: refused before
                 # its first write, the relocator leaves the office's lock held.
                 await session.rollback()
                 for row in (office, action):  # read again: the rollback expired them
                     await session.refresh(row)
+                if isinstance(paused, _MovedBeforeARecount):  # the moves committed: counted
+                    action.bookings_moved, action.bookings_cancelled = paused.moved, paused.unplaced
+                    await session.commit()
                 log.warning("office %s blocked; its bookings move after the recount", office.code)
                 return action
             await session.commit()
@@ -320,14 +324,24 @@ class Enforcement:
         told = await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=codes)
         if told.eased:  # a lift or a higher cap told only now: their lines take the room it made
             await self.bookings.fill_waitlists(session=session, office_codes=told.eased)
-        # A restriction to 0% whose own request failed after its commit: its lines end now.
-        # Only offices with someone in line are locked (each lock is a write on SQLite).
+        # The lines a restriction shut whose own request could not end them (a recount, Redis
+        # or the record away after its commit): at 0%, or restricted or lifted back to a
+        # restriction in the last day. Only offices with someone in line are locked (each lock
+        # is a write on SQLite).
         waiting = select(Booking.id).where(
             Booking.office_id == Office.id,
             Booking.date >= self.clock.today(),
             Booking.status == BookingStatus.WAITLISTED,
         )
-        shut = select(Office).where(Office.status == OfficeStatus.RESTRICTED, Office.cap_percent == 0, waiting.exists())
+        day_ago = self.clock.now() - dt.timedelta(days=1)
+        changed = select(OfficeAction.office_id).where(
+            (OfficeAction.started_at >= day_ago) | (OfficeAction.lifted_at >= day_ago)
+        )
+        shut = select(Office).where(
+            Office.status == OfficeStatus.RESTRICTED,
+            (Office.cap_percent == 0) | Office.id.in_(changed),
+            waiting.exists(),
+        )
         for office_id in list(await session.scalars(shut.with_only_columns(Office.id))):
             await self._end_lines(session, office_id)
         return told.offices
@@ -339,13 +353,20 @@ class Enforcement:
         async with self._moving(office.code) as held:
             if not held:  # the block itself is moving them
                 return 0
-            moved, cancelled = await self._move_bookings_away(session, office)
+            code, paused = office.code, None
+            try:
+                moved, cancelled = await self._move_bookings_away(session, office)
+            except _MovedBeforeARecount as moved_first:  # counted, then the next run's
+                await session.rollback()
+                moved, cancelled, paused = moved_first.moved, moved_first.unplaced, moved_first
             for action in await self._open_actions(session, office_id):
                 if action.kind is ActionKind.BLOCK:
                     action.bookings_moved += moved
                     action.bookings_cancelled += cancelled
             await session.commit()
-        log.info("moved the bookings left at blocked office %s", office.code, extra={"moved": moved})
+        log.info("moved the bookings left at blocked office %s", code, extra={"moved": moved})
+        if paused is not None:
+            raise paused
         return moved + cancelled
 
     def _moving(self, office_code: str) -> AbstractAsyncContextManager[bool]:
@@ -397,13 +418,16 @@ class Enforcement:
             to_cancel = []
         if not to_cancel:
             return moved, len(results) - moved
-        cancelled = await self.bookings.cancel_seatless(
-            session,
-            [(booking, office.code) for booking in to_cancel],
-            now=now,
-            why_fa=why,
-            advice_fa="لطفاً از دفتر دیگری نوبت بگیرید.",
-        )
+        try:
+            cancelled = await self.bookings.cancel_seatless(
+                session,
+                [(booking, office.code) for booking in to_cancel],
+                now=now,
+                why_fa=why,
+                advice_fa="لطفاً از دفتر دیگری نوبت بگیرید.",
+            )
+        except CapacityRebuilding:
+            raise _MovedBeforeARecount(moved, len(results) - moved) from None
         return moved, len(results) - moved + len(cancelled)
 
     async def _still_blocked(self, session: AsyncSession, office: Office) -> bool:
@@ -488,8 +512,9 @@ class Enforcement:
         code, why_fa = office.code, f"به دلیل توقف نوبت‌دهی {office.name_fa}،"
         try:
             await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why_fa)
-        except CapacityRebuilding:
-            log.warning("the lines office %s shut are ended after the recount", code)
+        except (CapacityRebuilding, RedisError, SQLAlchemyError):
+            await session.rollback()
+            log.warning("the lines office %s shut are ended by the minute's job", code, exc_info=True)
 
     async def decide(
         self,
@@ -762,6 +787,16 @@ def _appeal_out(appeal: Appeal, office_code: str) -> AppealOut:
         decided_by=appeal.decided_by,
         decision_note=appeal.decision_note,
     )
+
+
+class _MovedBeforeARecount(CapacityRebuilding):
+    """A block's moves committed, then its line's cancellations met a recount begun: the
+    moves (and those with no seat, cancelled with them) are counted, the line is the next
+    run's."""
+
+    def __init__(self, moved: int, unplaced: int) -> None:
+        super().__init__()
+        self.moved, self.unplaced = moved, unplaced
 
 
 async def _locked(session: AsyncSession, office: Office) -> Office:

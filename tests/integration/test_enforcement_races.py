@@ -287,8 +287,9 @@ async def test_a_restriction_to_zero_whose_telling_failed_ends_the_lines_by_the_
     await waitlisted_ended(world, redis_sync, office, waiting)
 
 
+@pytest.mark.parametrize("cap", [0, 20])
 async def test_lines_a_restriction_shuts_as_a_recount_begins_are_ended_after_it(
-    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, cap: int
 ) -> None:
     """Cancelled while a recount that had read the record went on, the citizens' holds and
     places were counted back in: the citizen told to book elsewhere was refused "already
@@ -303,7 +304,7 @@ async def test_lines_a_restriction_shuts_as_a_recount_begins_are_ended_after_it(
 
     monkeypatch.setattr(capacity, "may_commit", recount_begun)
     shut = await client.post(
-        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 0}, headers=reg
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": cap}, headers=reg
     )
     assert shut.status_code == 201 and shut.json()["office_code"] == office, shut.text
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
@@ -688,3 +689,30 @@ async def test_a_recount_that_overtakes_a_blocks_moves_has_them_refused_not_sold
         moved_or_cancelled = await world.container.enforcement.finish_blocks(session=session)
     assert moved_or_cancelled == len(booked) + 1  # the one in line has no seat to move: cancelled
     assert await at_neighbour() == (len(booked), len(booked))
+
+
+async def test_a_blocks_moves_are_counted_when_its_waitlists_cancel_meets_a_recount(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moves committed, then the line's cancellation met a recount begun: the block
+    answered as if nothing had moved, and its record never counted the moves. Counted now;
+    the minute's job cancels the line after the recount."""
+    office, _, booked, waiting = await a_busy_office(client, world)
+    await world.container.offices.load()  # the block runs here, on the test's parts: the neighbour known
+    answers = iter([True, False])  # the moves' check, then the cancellations': a recount begun
+
+    async def recount_begins_after_the_moves() -> bool:
+        return next(answers, True)
+
+    monkeypatch.setattr(world.container.capacity, "may_commit", recount_begins_after_the_moves)
+    async with world.container.sessions() as session:
+        blocked = await session.scalar(select(Office).where(Office.code == office))
+        assert blocked is not None
+        action = await world.container.enforcement.block(session, blocked, reason="جعل", by=None)
+    assert (action.bookings_moved, action.bookings_cancelled) == (len(booked), 0)
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.finish_blocks(session=session) == 1
+        recorded = await session.scalar(select(OfficeAction).where(OfficeAction.id == action.id))
+    assert recorded is not None and (recorded.bookings_moved, recorded.bookings_cancelled) == (len(booked), 1)
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "cancelled"
