@@ -83,9 +83,9 @@ class Relocator:
         # The recount the seats are taken in: one that begins while they are (a minute's job
         # moving a blocked office's two thousand bookings takes a while) counts the days again
         # from a record without the moves, and their new seats would be sold again.
-        counted = await self.capacity.rebuilt_at()
-        if counted is None:
+        if not await self.capacity.is_built():
             raise CapacityRebuilding()
+        counted = self.capacity.mark
         try:
             for booking in bookings:
                 placed = await places.find(booking)
@@ -115,7 +115,7 @@ class Relocator:
                     self._tell(session, booking, placed, why_fa)
             # The counts the old seats are in before the record lets them go (see Seat).
             old_days = await self.capacity.counts({(from_office.code, b.date) for b in bookings})
-            if not await self.capacity.may_commit() or await self.capacity.rebuilt_at() != counted:
+            if not await self.capacity.may_commit() or self.capacity.mark != counted:  # may_commit read it
                 raise CapacityRebuilding()  # the seats go back: RELEASE frees none a recount left out
         except Exception as error:
             # Nothing was written: nobody moved, so the new seats go back. Refused before the

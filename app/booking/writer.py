@@ -256,11 +256,11 @@ class GroupCommit:
         Redis only for seats taken in a count the instance has seen end since (rare): their
         days' own counts say whether a recount rewrote them. Raises ``_Recounted``."""
         mark = self.mark()
-        noted = [write for write in batch if write.counted is not None and write.counted.mark != mark]
+        noted = [(write, write.counted) for write in batch if write.counted and write.counted.mark != mark]
         if not noted or self.counts is None:
             return
-        now = await self.counts({write.counted.day for write in noted if write.counted is not None})
-        stale = [w for w in noted if w.counted is not None and now[w.counted.day] != w.counted.day_count]
+        now = await self.counts({counted.day for _, counted in noted})
+        stale = [write for write, counted in noted if now[counted.day] != counted.day_count]
         if stale:
             raise _Recounted(stale)
 
