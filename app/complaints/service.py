@@ -130,10 +130,11 @@ class Complaints:
         # The claim names the complaint and what was sent: the key again with anything else
         # (another office, category, text or booking: a page edited after it was sent, or a
         # client's mistake) is refused; answered with the first, the second would be lost.
-        claim = f"{complaint.tracking_code}|{_fingerprint(office.code, kind, text, booking_code)}"
+        sent = _fingerprint(office.code, kind, text, booking_code)
+        claim = f"{complaint.tracking_code}|{sent}"
         if form is not None and (earlier := await self._claim_form(form, claim)):
             earlier_code, _, earlier_sent = earlier.partition("|")
-            if earlier_sent and earlier != f"{earlier_code}|{claim.partition('|')[2]}":
+            if earlier_sent and earlier_sent != sent:  # none: claimed before sends were recorded
                 raise IdempotencyKeyReused(
                     f"This key already filed another complaint ({earlier_code}); "
                     "send this one with a new key to file it too.",
