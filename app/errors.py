@@ -49,6 +49,13 @@ class IdempotencyKeyReused(DomainError):
     message_en = "This Idempotency-Key was already used for a different request."
 
 
+class NotJson(DomainError):
+    code = "unsupported_media_type"
+    status = 415
+    message_fa = "بدنهٔ درخواست باید JSON باشد (Content-Type: application/json)."
+    message_en = "Send the body as JSON (Content-Type: application/json)."
+
+
 class NotFound(DomainError):
     code = "not_found"
     status = 404
@@ -110,10 +117,3 @@ def problem_body(error: DomainError) -> dict[str, Any]:
         "message_fa": error.detail_fa,
         "message_en": error.detail_en,
     }
-
-
-class NotJson(DomainError):
-    code = "unsupported_media_type"
-    status = 415
-    message_fa = "بدنهٔ درخواست باید JSON باشد (Content-Type: application/json)."
-    message_en = "Send the body as JSON (Content-Type: application/json)."

@@ -88,7 +88,7 @@ class Enforcement:
         office = await session.scalar(select(Office).where(Office.code == normalize_code(code, "office_code")))
         if office is None:
             raise OfficeNotFound()
-        return await _locked(session, office) if lock else office
+        return await _locked(session, office.id) if lock else office
 
     # --- the policy ---
 
@@ -100,7 +100,7 @@ class Enforcement:
         forgery confirmed today must block today). Nothing from before the office's last
         lift counts again: the lift settled it.
         """
-        office = await _locked(session, office)
+        office = await _locked(session, office.id)
         if office.status == OfficeStatus.BLOCKED:
             await session.commit()  # the lock goes with nothing decided
             return Verdict.NONE
@@ -161,7 +161,7 @@ class Enforcement:
         """Restrict an office; ``by`` is the regulator who decided, None for the policy."""
         if not 0 <= cap <= 100:
             raise InvalidInput("cap_percent", "cap_percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
-        office = await _locked(session, office)
+        office = await _locked(session, office.id)
         if office.status == OfficeStatus.BLOCKED:
             # A restriction would reopen the office to bookings behind the block's back.
             raise OfficeIsBlocked()
@@ -203,7 +203,7 @@ class Enforcement:
         self, session: AsyncSession, office: Office, *, reason: str, by: StaffPrincipal | None
     ) -> OfficeAction:
         """Block an office and move its bookings; ``by`` is the regulator, None for the policy."""
-        office = await _locked(session, office)
+        office = await _locked(session, office.id)
         if office.status == OfficeStatus.BLOCKED:
             # A second block (a double click, a retry) would close the first as replaced and
             # open a fresh appeal window: the appeal pending against the first, overturned,
@@ -433,7 +433,7 @@ class Enforcement:
     async def _still_blocked(self, session: AsyncSession, office: Office) -> bool:
         """Whether the office is still blocked, read locked until the transaction ends (the
         moves' own, which the relocator or the cancellations commit)."""
-        return (await _locked(session, office)).status is OfficeStatus.BLOCKED
+        return (await _locked(session, office.id)).status is OfficeStatus.BLOCKED
 
     async def lift(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str) -> ActionOut:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
@@ -506,9 +506,7 @@ class Enforcement:
         lift that came first keeps them in line, one that comes waits. A recount begun meanwhile
         refuses it (rolled back): the decision is recorded, not failed, and the minute's job
         (``push_statuses``) ends the lines of a 0% restriction once the recount is done."""
-        office = await lock_row(session, Office, office_id)
-        if office is None:
-            raise OfficeNotFound()
+        office = await _locked(session, office_id)
         code, why_fa = office.code, f"به دلیل توقف نوبت‌دهی {office.name_fa}،"
         try:
             await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why_fa)
@@ -615,8 +613,7 @@ class Enforcement:
             )
         now = self.clock.now()
         appeal.outcome, appeal.decided_by, appeal.decided_at, appeal.decision_note = decided, staff.username, now, note
-        office = await lock_row(session, Office, appeal.office_id)
-        assert office is not None
+        office = await _locked(session, appeal.office_id)
         action = await session.get(OfficeAction, appeal.action_id)
         assert action is not None
         # Only the action appealed against is undone, and only while it is still in force: a
@@ -799,11 +796,11 @@ class _MovedBeforeARecount(CapacityRebuilding):
         self.moved, self.unplaced = moved, unplaced
 
 
-async def _locked(session: AsyncSession, office: Office) -> Office:
+async def _locked(session: AsyncSession, office_id: int) -> Office:
     """The office as the record has it now, locked until the transaction ends: a status read
     earlier in the request (a complaint's, while a regulator blocked the office) must not
     decide, or a restriction could reopen a blocked office behind the block's back."""
-    locked = await lock_row(session, Office, office.id)
+    locked = await lock_row(session, Office, office_id)
     if locked is None:
         raise OfficeNotFound()
     return locked

@@ -122,7 +122,7 @@ class Regulator:
 
         async def fill(office_codes: set[str] | None) -> None:
             await self.console.bookings.fill_waitlists(session=session, office_codes=office_codes)
-            await self._end_shut_lines(session, office_codes)  # a cap at 0%: no line there moves
+            await self._end_shut_lines(session, office_codes)  # a cap that shuts a day: its lines end
 
         return await crowd_caps.finish(session=session, capacity=self.capacity, today=self.clock.today(), then=fill)
 
