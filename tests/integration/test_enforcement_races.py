@@ -237,6 +237,14 @@ async def restricted_with_one_in_line(client: Client, world: World) -> tuple[str
     return office, reg, restricted, joined.json()["tracking_code"]
 
 
+def telling_fails_once(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's next telling of a status to the counters fails: Redis away after the commit."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    capacity = client.app.state.container.capacity
+    fails_once(monkeypatch, capacity, "refresh_meta", RedisDown("Redis went away after the commit"))
+
+
 async def test_a_restriction_eased_gives_the_room_it_makes_to_the_line(client: Client, world: World) -> None:
     """Restricted again at a higher cap, the office's day had room, and the line in front of it
     kept everyone else out (while anyone waits, nobody else takes a seat), yet nobody in the
@@ -272,11 +280,8 @@ async def test_a_restriction_to_zero_ends_the_lines_and_tells_them(
 async def test_a_restriction_to_zero_whose_telling_failed_ends_the_lines_by_the_minutes_job(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from redis.exceptions import ConnectionError as RedisDown
-
     office, reg, _, waiting = await restricted_with_one_in_line(client, world)
-    capacity = client.app.state.container.capacity
-    fails_once(monkeypatch, capacity, "refresh_meta", RedisDown("Redis went away after the commit"))
+    telling_fails_once(client, monkeypatch)
     shut = await client.post(
         f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 0}, headers=reg
     )
@@ -328,21 +333,12 @@ async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told
 ) -> None:
     """Its telling failed (Redis away after the commit): the minute's job tells the counters
     the higher cap, and gives the room it makes to the line, which alone may take it."""
-    from redis.exceptions import ConnectionError as RedisDown
-
     office, reg, _, waiting = await restricted_with_one_in_line(client, world)
-    capacity = client.app.state.container.capacity
-    tell = capacity.refresh_meta
-
-    async def away(**_: Any) -> None:
-        raise RedisDown("Redis went away after the commit")
-
-    monkeypatch.setattr(capacity, "refresh_meta", away)
+    telling_fails_once(client, monkeypatch)
     eased = await client.post(
         f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 75}, headers=reg
     )
     assert eased.status_code == 503, eased.text
-    monkeypatch.setattr(capacity, "refresh_meta", tell)
     async with world.container.sessions() as session:
         assert await world.container.enforcement.push_statuses(session=session) == 1
     promoted = await client.get(f"/api/v1/bookings/{waiting}")
@@ -355,20 +351,11 @@ async def test_an_eased_restriction_retried_after_a_503_fills_the_line(
     """The regulator retried the same decision after its 503: answered with the restriction
     recorded, its telling and its fill were not done again, and the line in front of the
     room it made stayed where it was (nothing else fills it)."""
-    from redis.exceptions import ConnectionError as RedisDown
-
     office, reg, _, waiting = await restricted_with_one_in_line(client, world)
-    capacity = client.app.state.container.capacity
-    tell = capacity.refresh_meta
-
-    async def away(**_: Any) -> None:
-        raise RedisDown("Redis went away after the commit")
-
-    monkeypatch.setattr(capacity, "refresh_meta", away)
+    telling_fails_once(client, monkeypatch)
     url, body = f"/api/v1/regulator/offices/{office}/restrict", {"reason": "ازدحام", "cap_percent": 75}
     eased = await client.post(url, json=body, headers=reg)
     assert eased.status_code == 503, eased.text
-    monkeypatch.setattr(capacity, "refresh_meta", tell)
     again = await client.post(url, json=body, headers=reg)
     assert again.status_code == 201, again.text
     promoted = await client.get(f"/api/v1/bookings/{waiting}")

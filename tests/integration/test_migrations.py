@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from litestar.testing import AsyncTestClient
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from app.db import Base, create_engine, create_schema, import_models
 from app.main import create_app
@@ -70,64 +71,59 @@ async def test_the_request_scope_commits_what_was_only_added(database_url: str) 
         await engine.dispose()
 
 
-async def test_the_one_order_index_keeps_the_first_of_copies_already_recorded(database_url: str) -> None:
-    """Closures recorded twice before the index came (the same day, province or country, and
-    reason) are folded into the first: the day stays shut, and the index can be built."""
-    from sqlalchemy import text
-
+async def upgraded_over(
+    database_url: str, revision: str, insert: str, rows: list[dict[str, Any]], ask: str
+) -> list[Any]:
+    """Upgrade an empty database to ``revision``, put a province and ``rows`` (``insert``) in
+    it, upgrade to head, and answer ``ask``: what a migration made of rows already there."""
     engine = create_engine(database_url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(upgrade_to("0004"))
+            await connection.run_sync(upgrade_to(revision))
             await connection.execute(
                 text("INSERT INTO provinces (id, code, name_fa, name_en, population) VALUES (1, '01', 'الف', 'A', 1)")
             )
-            for closure_id, province_id, reason in [
-                (1, 1, "آلودگی هوا"), (2, 1, "آلودگی هوا"), (3, None, "عزا"), (4, None, "عزا"), (5, 1, "عزا"),
-            ]:  # fmt: skip
-                await connection.execute(
-                    text(
-                        "INSERT INTO closures (id, date, province_id, reason, created_by)"
-                        " VALUES (:id, '2026-12-10', :province_id, :reason, 'regulator')"
-                    ),
-                    {"id": closure_id, "province_id": province_id, "reason": reason},
-                )
+            for row in rows:
+                await connection.execute(text(insert), row)
             await connection.run_sync(upgrade_to("head"))
-            kept = (await connection.execute(text("SELECT id FROM closures ORDER BY id"))).scalars().all()
-        assert kept == [1, 3, 5]
+            return list((await connection.execute(text(ask))).scalars().all())
     finally:
         await engine.dispose()
+
+
+async def test_the_one_order_index_keeps_the_first_of_copies_already_recorded(database_url: str) -> None:
+    """Closures recorded twice before the index came (the same day, province or country, and
+    reason) are folded into the first: the day stays shut, and the index can be built."""
+    closures = [
+        (1, 1, "آلودگی هوا"), (2, 1, "آلودگی هوا"), (3, None, "عزا"), (4, None, "عزا"), (5, 1, "عزا"),
+    ]  # fmt: skip
+    kept = await upgraded_over(
+        database_url,
+        "0004",
+        "INSERT INTO closures (id, date, province_id, reason, created_by)"
+        " VALUES (:id, '2026-12-10', :province_id, :reason, 'regulator')",
+        [{"id": i, "province_id": province_id, "reason": reason} for i, province_id, reason in closures],
+        "SELECT id FROM closures ORDER BY id",
+    )
+    assert kept == [1, 3, 5]
 
 
 async def test_the_one_cap_index_lifts_copies_already_in_force(database_url: str) -> None:
     """Crowd caps recorded twice before the index came (a retried national cap) are folded
     into the first: the copies are lifted (capacity stays as it was), lifted ones untouched."""
-    from sqlalchemy import text
-
-    engine = create_engine(database_url)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(upgrade_to("0005"))
-            await connection.execute(
-                text("INSERT INTO provinces (id, code, name_fa, name_en, population) VALUES (1, '01', 'الف', 'A', 1)")
-            )
-            for cap_id, province_id, percent, lifted in [
-                (1, None, 50, False), (2, None, 50, False), (3, None, 50, True), (4, 1, 50, False), (5, None, 40, False),
-            ]:  # fmt: skip
-                await connection.execute(
-                    text(
-                        "INSERT INTO crowd_caps (id, province_id, starts_on, ends_on, percent, reason, created_by,"
-                        " lifted_at) VALUES (:id, :province_id, '2026-12-10', '2026-12-20', :percent, 'کرونا',"
-                        " 'regulator', CASE WHEN :lifted THEN CURRENT_TIMESTAMP END)"
-                    ),
-                    {"id": cap_id, "province_id": province_id, "percent": percent, "lifted": lifted},
-                )
-            await connection.run_sync(upgrade_to("head"))
-            rows = await connection.execute(text("SELECT id FROM crowd_caps WHERE lifted_at IS NULL ORDER BY id"))
-            in_force = rows.scalars().all()
-        assert in_force == [1, 4, 5]
-    finally:
-        await engine.dispose()
+    caps = [
+        (1, None, 50, False), (2, None, 50, False), (3, None, 50, True), (4, 1, 50, False), (5, None, 40, False),
+    ]  # fmt: skip
+    in_force = await upgraded_over(
+        database_url,
+        "0005",
+        "INSERT INTO crowd_caps (id, province_id, starts_on, ends_on, percent, reason, created_by, lifted_at)"
+        " VALUES (:id, :province_id, '2026-12-10', '2026-12-20', :percent, 'کرونا', 'regulator',"
+        " CASE WHEN :lifted THEN CURRENT_TIMESTAMP END)",
+        [{"id": i, "province_id": p, "percent": percent, "lifted": lifted} for i, p, percent, lifted in caps],
+        "SELECT id FROM crowd_caps WHERE lifted_at IS NULL ORDER BY id",
+    )
+    assert in_force == [1, 4, 5]
 
 
 async def test_instances_started_together_on_an_empty_database_migrate_it_and_serve(settings: Settings) -> None:
