@@ -86,6 +86,7 @@ class Container:
         await shut_down("telling the last changes", self.capacity.reads.told())
         await shut_down("adding the last rate-limit counts", self.requests.close())
         await shut_down("closing the group commit", self.bookings.writer.close())
+        await shut_down("enqueuing the last messages", asyncio.to_thread(self.messenger.close))
         self.jobs.close()
         await shut_down("closing Redis", self.redis.aclose())
         await shut_down("closing the database", self.engine.dispose())
@@ -120,7 +121,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         # The writer has connections of its own, so requests waiting on it cannot starve it.
         writer=GroupCommit(
             create_engine(settings.database_url, pool_size=2, pre_ping=False),
-            send_sms=messenger.send,
+            send_sms=messenger.hand_over,
             may_commit=capacity.may_commit,
             mark=lambda: capacity.mark,
             counts=capacity.counts,

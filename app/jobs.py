@@ -1,8 +1,9 @@
 """Background jobs: collected during a transaction, enqueued on RQ only after it commits.
 
 A job that a rolled-back transaction asked for never runs; a job for a committed change
-is enqueued right after the commit. If that enqueue fails (Redis down for a moment), the
-periodic sweep (``app.sms.tasks.sweep``) finds the committed outbox rows and enqueues
+is handed over right after the commit (messages to a thread that enqueues them:
+``app.sms.service.Messenger.hand_over``). If that enqueue fails (Redis down for a moment),
+the periodic sweep (``app.sms.tasks.sweep``) finds the committed outbox rows and enqueues
 them again, so nothing committed is lost.
 """
 

@@ -208,7 +208,9 @@ Deliver = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
-def deliver(settings: Settings, monkeypatch: pytest.MonkeyPatch, app: Litestar) -> Deliver:
+def deliver(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, app: Litestar, request: pytest.FixtureRequest
+) -> Deliver:
     """Run the RQ jobs queued so far, as a worker of this test's deployment would."""
     for name, value in {
         "DATABASE_URL": settings.database_url,
@@ -225,10 +227,14 @@ def deliver(settings: Settings, monkeypatch: pytest.MonkeyPatch, app: Litestar) 
         monkeypatch.setenv(name, value)
 
     async def run(*, scheduled_until: dt.datetime | None = None) -> None:
-        # Bookings' messages are enqueued by the app's group commit a moment after it commits.
-        container: Container | None = getattr(app.state, "container", None)
-        if container is not None:
-            assert await asyncio.to_thread(container.bookings.writer.wait_sent, 10)
+        # Messages are enqueued by handover threads a moment after their commit: the app's,
+        # and those of the parts a test built on its own loop (``container``).
+        parts = [getattr(app.state, "container", None)]
+        if "container" in request.fixturenames:
+            parts.append(request.getfixturevalue("container"))
+        for container in parts:
+            if container is not None:
+                assert await asyncio.to_thread(container.messenger.wait_sent, 10)
         await asyncio.to_thread(_burst, settings.redis_url or "", scheduled_until)
 
     return run

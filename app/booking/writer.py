@@ -21,9 +21,6 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import queue
-import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -42,7 +39,7 @@ Row = tuple[Table, dict[str, Any]]
 Rows = dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]]
 """A batch's rows by table and the columns they fill."""
 SendSms = Callable[[Sequence[str]], None]
-GATHER_SECONDS = 0.02
+"""Hands committed messages over to be sent (``Messenger.hand_over``: it must not block)."""
 RECOUNT_BARRIER = 727371
 """A PostgreSQL advisory lock: each batch holds it shared until its commit ends, and a
 recount takes it alone a moment before it reads the record (``wait_for_commits``)."""
@@ -124,14 +121,9 @@ class GroupCommit:
         self.max_batch = max_batch
         self._pending: list[_Write] = []
         self._draining: asyncio.Task[None] | None = None
-        self._outbox = _Outbox(send_sms)
-
-    def wait_sent(self, timeout: float = 10) -> bool:
-        """Wait until the messages of every commit so far are enqueued (tests, shutdown)."""
-        return self._outbox.wait(timeout)
+        self.send_sms = send_sms
 
     async def close(self) -> None:
-        self._outbox.close()
         await self.engine.dispose()
 
     async def write(
@@ -235,11 +227,11 @@ class GroupCommit:
                 if not landed:
                     raise  # nothing of the batch is in the record: an error like any other
                 log.warning("a group commit's answer was lost; the record says it landed: confirmed")
-            # The messages are enqueued by a thread of their own, so the next commit does not
-            # wait for RQ's Redis (a message whose enqueue is lost is found by the sweep: its
-            # outbox row is committed).
+            # Handed to a thread that enqueues them, so the next commit does not wait for RQ's
+            # Redis (a message whose enqueue is lost is found by the sweep: its outbox row is
+            # committed).
             try:
-                self._outbox.send([sms_id for write in batch for sms_id in write.sms_ids])
+                self.send_sms([sms_id for write in batch for sms_id in write.sms_ids])
             except Exception:
                 log.exception("could not hand a commit's messages over; the sweep will send them")
             # Confirmed the moment the record says so: nothing after this (closing the
@@ -394,61 +386,3 @@ async def wait_for_commits(session: AsyncSession) -> None:
             continue
         await session.commit()  # at once: batches queue behind the lock while it is held
         return
-
-
-class _Outbox:
-    """Hands committed messages to ``send`` on one thread, as few calls as it can: whatever
-    piled up while the last call was under way goes in the next one. (One RQ enqueue per
-    message, on this thread, had taken a third of the CPU of the whole booking path.)"""
-
-    def __init__(self, send: SendSms) -> None:
-        self._send = send
-        self._due: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._unsent = 0  # messages handed in and not yet through ``send``
-        self._sent = threading.Condition()
-
-    def send(self, sms_ids: list[str]) -> None:
-        if not sms_ids:
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sms-outbox", daemon=True)
-            self._thread.start()
-        with self._sent:
-            self._unsent += len(sms_ids)
-        self._due.put(sms_ids)
-
-    def wait(self, timeout: float) -> bool:
-        """Wait until every message handed in has been through ``send`` (tests, shutdown)."""
-        with self._sent:
-            return self._sent.wait_for(lambda: self._unsent == 0, timeout)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._due.put(None)
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        closing = False
-        while not closing:
-            ids = self._due.get()
-            if ids is None:
-                return
-            # Let a moment's commits gather (a few hundredths of a second on an SMS that takes
-            # seconds to arrive): in a rush that is one enqueue for dozens of messages.
-            time.sleep(GATHER_SECONDS)
-            while not self._due.empty():
-                more = self._due.get_nowait()
-                if more is None:
-                    closing = True
-                    break
-                ids += more
-            try:
-                self._send(ids)
-            except Exception:
-                # The rows are committed; the sweep picks up whatever this failed to enqueue.
-                log.exception("could not enqueue the SMS of a group commit")
-            with self._sent:
-                self._unsent -= len(ids)
-                self._sent.notify_all()

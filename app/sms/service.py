@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import queue as queues
+import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -14,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.clock import Clock
 from app.jobs import Jobs, after_commit
 from app.sms.models import SmsMessage, SmsStatus
+
+log = logging.getLogger(__name__)
 
 SEND_SMS = "app.sms.tasks.send_sms"
 """One message: its retries, and the sweep's."""
@@ -30,11 +36,15 @@ SMS_PER_JOB = 50
 one enqueue (about ten Redis commands and a pickle) per message was a third of a booking's
 CPU; per batch it is nothing, and the worker builds its app once for the lot."""
 
+GATHER_SECONDS = 0.02
+"""How long a handover thread lets a moment's commits gather before it enqueues them."""
+
 
 class Messenger:
     def __init__(self, *, jobs: Jobs, clock: Clock) -> None:
         self.jobs = jobs
         self.clock = clock
+        self._outboxes: dict[str, Outbox] = {}
 
     def queue(self, session: AsyncSession, *, to: str, body: str, kind: str) -> str | None:
         """Add the message to the transaction; returns its id (None when there is no phone)."""
@@ -43,7 +53,7 @@ class Messenger:
             return None
         session.add(row)
         queue = self.queue_for(kind)
-        after_commit(session, queue.name, row.id, partial(self.send, queue=queue))
+        after_commit(session, queue.name, row.id, partial(self.hand_over, queue=queue))
         return row.id
 
     def queue_for(self, kind: str) -> Queue:
@@ -75,9 +85,101 @@ class Messenger:
         }
         return OUTBOX, values
 
+    def hand_over(self, message_ids: Sequence[str], queue: Queue | None = None) -> None:
+        """Have committed messages sent, without waiting: a thread of the queue's enqueues
+        them. A commit runs on the event loop, and RQ's Redis is a blocking client (a 2 s
+        timeout): a slow or vanished one had stalled every request of the instance for it,
+        at each sign-in. A message whose enqueue is lost (Redis away, the process killed) is
+        found by the sweep: its outbox row is committed."""
+        queue = queue or self.jobs.sms
+        outbox = self._outboxes.get(queue.name)
+        if outbox is None:
+            outbox = self._outboxes[queue.name] = Outbox(partial(self.send, queue=queue), name=f"sms-{queue.name}")
+        outbox.put(message_ids)
+
+    def unsent(self) -> int:
+        """Messages handed over and not yet through an enqueue."""
+        return sum(outbox.unsent for outbox in self._outboxes.values())
+
+    def wait_sent(self, timeout: float = 10) -> bool:
+        """Wait until every message handed over has been through an enqueue (tests, a job's
+        end, shutdown)."""
+        deadline = time.monotonic() + timeout
+        return all(outbox.wait(deadline - time.monotonic()) for outbox in list(self._outboxes.values()))
+
+    def close(self) -> None:
+        """Enqueue what was handed over (a few seconds at most), then stop the threads."""
+        for outbox in self._outboxes.values():
+            outbox.close()
+        self._outboxes.clear()
+
     def send(self, message_ids: Sequence[str], queue: Queue | None = None) -> None:
         """Have committed messages sent: one job for each ``SMS_PER_JOB`` of them."""
         queue = queue or self.jobs.sms
         for start in range(0, len(message_ids), SMS_PER_JOB):
             chunk = list(message_ids[start : start + SMS_PER_JOB])
             self.jobs.enqueue(queue, SEND_SMS_BATCH, chunk, job_id=f"sms-{chunk[0]}", items=len(chunk))
+
+
+class Outbox:
+    """Hands committed messages to ``send`` on a thread of its own, in as few calls as it can:
+    whatever piled up while the last call was under way goes in the next one. (One RQ
+    enqueue per message, on the event loop, had taken a third of the CPU of the whole
+    booking path.)"""
+
+    def __init__(self, send: Callable[[Sequence[str]], None], *, name: str) -> None:
+        self._send = send
+        self._name = name
+        self._due: queues.SimpleQueue[list[str] | None] = queues.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._unsent = 0  # messages put in and not yet through ``send``
+        self._sent = threading.Condition()
+
+    @property
+    def unsent(self) -> int:
+        return self._unsent
+
+    def put(self, message_ids: Sequence[str]) -> None:
+        if not message_ids:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        with self._sent:
+            self._unsent += len(message_ids)
+        self._due.put(list(message_ids))
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every message put in has been through ``send``."""
+        with self._sent:
+            return self._sent.wait_for(lambda: self._unsent == 0, max(timeout, 0))
+
+    def close(self, timeout: float = 5) -> None:
+        if self._thread is not None:
+            self._due.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            ids = self._due.get()
+            if ids is None:
+                return
+            # Let a moment's commits gather (a few hundredths of a second on an SMS that takes
+            # seconds to arrive): in a rush that is one enqueue for dozens of messages.
+            time.sleep(GATHER_SECONDS)
+            while not self._due.empty():
+                more = self._due.get_nowait()
+                if more is None:
+                    closing = True
+                    break
+                ids += more
+            try:
+                self._send(ids)
+            except Exception:
+                # The rows are committed; the sweep enqueues whatever this failed to.
+                log.exception("could not enqueue committed messages; the sweep will")
+            with self._sent:
+                self._unsent -= len(ids)
+                self._sent.notify_all()

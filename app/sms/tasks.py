@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 LIMIT_MARGIN = 2.0
 """Seconds before RQ's time limit that a job's coroutine is cancelled."""
+HANDOVER_WAIT = 5.0
+"""Seconds a job waits at its end for its messages' enqueue (two tries against a Redis that
+does not answer); the sweep sends what is left."""
 
 
 class _Runtime:
@@ -115,6 +118,10 @@ async def job_context() -> AsyncIterator[Container]:
     finally:
         # The loop stops when the job ends: what it changed is told before, not at the next job.
         await container.capacity.reads.told()
+        # And its messages are enqueued before it ends (a worker stopped after it would drop
+        # them, for the sweep to find minutes later).
+        if container.messenger.unsent():
+            await asyncio.to_thread(container.messenger.wait_sent, HANDOVER_WAIT)
 
 
 def run_in_session(step: Callable[[Container, AsyncSession], Awaitable[T]]) -> T:

@@ -42,6 +42,7 @@ def last_code(redis: SyncRedis, mobile: str) -> str:
 async def test_code_signs_in_once(client: Client, redis_sync: SyncRedis, deliver: Deliver) -> None:
     sent = await client.post("/api/v1/auth/otp", json={"mobile": "+98 912 000 1111"})
     assert sent.status_code == 202 and sent.json()["mobile"] == "09120001111"
+    assert await asyncio.to_thread(client.app.state.container.messenger.wait_sent, 10)  # handed over
     # The code waits on its own queue, which workers take before confirmations and reminders.
     assert redis_sync.llen("rq:queue:codes") == 1 and redis_sync.llen("rq:queue:sms") == 0
     await deliver()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -50,7 +52,16 @@ from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
 from loadtests.twilio_standin import TwilioStandIn
-from tests.conftest import World, booking_body, fails_once, health_until, holds, rebuild, watch_held
+from tests.conftest import (
+    World,
+    booking_body,
+    fails_once,
+    health_until,
+    holds,
+    rebuild,
+    started_app,
+    watch_held,
+)
 from tests.integration.test_complaints import STEPS, complain, regulator
 from tests.integration.test_console import staff_of, used
 
@@ -2064,14 +2075,14 @@ async def test_a_failure_after_the_commit_does_not_undo_the_booking(
     fail the booking: its caller would give back a seat a recorded booking holds."""
     office = await world.office(seats=1)
     day = world.tomorrow()
-    outbox = client.app.state.container.bookings.writer._outbox
-    send = outbox.send
+    writer = client.app.state.container.bookings.writer
+    send = writer.send_sms
 
     def broken(sms_ids: Any) -> None:
-        monkeypatch.setattr(outbox, "send", send)  # once
+        monkeypatch.setattr(writer, "send_sms", send)  # once
         raise RuntimeError("can't start new thread")
 
-    monkeypatch.setattr(outbox, "send", broken)
+    monkeypatch.setattr(writer, "send_sms", broken)
     assert (await book(client, world, office, day)).status_code == 201
     assert (await book(client, world, office, day)).status_code == 409  # the one seat is taken
 
@@ -2376,6 +2387,37 @@ async def test_a_worker_killed_mid_send_still_sends_exactly_once(
             os.killpg(worker.pid, signal.SIGKILL)
         slow.stop()
         standin.stop()
+
+
+@contextlib.contextmanager
+def silent_redis() -> Iterator[str]:
+    """A Redis URL whose server takes connections and never answers (a host gone quiet, a
+    partition): each command waits out the client's timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # connections the kernel completes, and nobody reads
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+async def test_a_sign_in_does_not_wait_for_a_job_queue_that_never_answers(
+    settings: Settings, container: Container
+) -> None:
+    """A commit's messages are enqueued off the event loop: RQ's Redis gone quiet had held
+    each sign-in (and every other request of the instance meanwhile) for its client's whole
+    timeout. The message stays in the record for the sweep."""
+    with silent_redis() as quiet, started_app(settings.with_(rq_redis_url=quiet)) as app:
+        async with AsyncTestClient(app, timeout=60) as client:
+            started: Container = app.state.container
+            timeout = started.jobs.redis.connection_pool.connection_kwargs["socket_timeout"]
+            began = time.monotonic()
+            sent = await client.post("/api/v1/auth/otp", json={"mobile": "09120003333"})
+            assert sent.status_code == 202, sent.text
+            assert time.monotonic() - began < timeout  # not the enqueue's timeout, waited out
+            # The enqueue, on its thread, gives up after the timeout; nothing else is lost.
+            assert await asyncio.to_thread(started.messenger.wait_sent, 4 * timeout)
+            async with container.sessions() as session:
+                message = await session.scalar(select(SmsMessage).where(SmsMessage.to == "09120003333"))
+            assert message is not None and message.status == SmsStatus.QUEUED
 
 
 async def test_a_shutdown_step_that_never_ends_is_given_up_and_named(

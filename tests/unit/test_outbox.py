@@ -1,12 +1,12 @@
-"""The group commit's outbox (app.booking.writer._Outbox): committed messages handed to RQ in
-as few calls as it can, on a thread of its own."""
+"""The messenger's outbox (app.sms.service.Outbox): committed messages handed to RQ in as few
+calls as it can, on a thread of its own."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
 
-from app.booking.writer import _Outbox
+from app.sms.service import Outbox
 
 
 def test_messages_committed_while_one_send_is_on_its_way_go_out_together() -> None:
@@ -18,15 +18,16 @@ def test_messages_committed_while_one_send_is_on_its_way_go_out_together() -> No
         sending.set()
         gate.wait(5)
 
-    outbox = _Outbox(send)
+    outbox = Outbox(send, name="test")
     try:
-        outbox.send(["a"])
+        outbox.put(["a"])
         assert sending.wait(5)  # "a" is on its way, held at the gate
-        outbox.send(["b"])
-        outbox.send(["c", "d"])
+        outbox.put(["b"])
+        outbox.put(["c", "d"])
+        assert outbox.unsent == 3 + 1
         gate.set()
         assert outbox.wait(5)
-        assert calls == [["a"], ["b", "c", "d"]]
+        assert calls == [["a"], ["b", "c", "d"]] and outbox.unsent == 0
     finally:
         outbox.close()
 
@@ -39,14 +40,23 @@ def test_a_send_that_fails_is_logged_and_the_next_ones_still_go() -> None:
         if ids == ["lost"]:
             raise ConnectionError("RQ's Redis is away")  # the sweep re-enqueues committed rows
 
-    outbox = _Outbox(send)
+    outbox = Outbox(send, name="test")
     try:
-        outbox.send(["lost"])
+        outbox.put(["lost"])
         assert outbox.wait(5)
-        outbox.send(["next"])
+        outbox.put(["next"])
         assert outbox.wait(5)
         assert calls == [["lost"], ["next"]]
-        outbox.send([])  # nothing to send: no call
+        outbox.put([])  # nothing to send: no call
         assert outbox.wait(1) and len(calls) == 2
     finally:
         outbox.close()
+
+
+def test_closing_sends_what_was_put_in_first() -> None:
+    calls: list[list[str]] = []
+    outbox = Outbox(calls.append, name="test")
+    outbox.put(["a"])
+    outbox.put(["b"])
+    outbox.close()
+    assert [sent for call in calls for sent in call] == ["a", "b"]
