@@ -456,7 +456,10 @@ class Console:
     ) -> CapacityChange:
         """Write the record's plan into Redis, move whoever no longer fits (and cancel, if
         ``cancel_unplaced``, whoever finds no seat left), then hand any new seats to the waitlists."""
-        code = office.code  # read now: a promotion the fill must undo rolls back, expiring ``office``
+        code, office_id = (
+            office.code,
+            office.id,
+        )  # read now: a promotion the fill must undo rolls back, expiring ``office``
         overflow = await self.capacity.replan(session=session, office_codes=[code], days=days, apply=True)
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
@@ -465,6 +468,12 @@ class Console:
             session, [code], days, overflow, {code: office}, why_fa=why, cancel_unplaced=cancel_unplaced
         )
         await self.bookings.fill_waitlists(session=session, office_codes={code})
+        # A cut of a capped day (a restriction, a crowd cap) to a share that rounds to no seat:
+        # its line can never move, and is ended with each citizen told. Read with the office
+        # locked, as a restriction does: a lift that came first keeps the line, one that comes
+        # waits. (Failed, the minute's job applies the change again: ``finish_plans``.)
+        await lock_row(session, Office, office_id)
+        await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why)
         return CapacityChange(office_code=code, days_changed=len(days), moved=moved)
 
     async def move_all(

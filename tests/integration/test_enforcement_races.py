@@ -328,6 +328,60 @@ async def waitlisted_ended(world: World, redis: SyncRedis, office: str, code: st
     return place
 
 
+async def test_a_clerks_cut_that_leaves_a_capped_day_no_seat_ends_its_line(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Restricted to 25%, the day of four seats sells one; cut by its clerk to three, it sells
+    none (a quarter of three rounds to no seat), a freed one included: its line is ended and
+    told, as a restriction to that share ends it. A change that still sells keeps the line."""
+    office, _, _, waiting = await restricted_with_one_in_line(client, world)
+    staff = await staff_of(client, world, office)
+    day = world.tomorrow()
+
+    async def plan(closes: str) -> None:
+        changed = await client.put(
+            f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}",
+            json={"rules": [{"opens": "10:00", "closes": closes, "slot_minutes": 30, "seats": 1}]},
+            headers=staff,
+        )
+        assert changed.status_code == 200, changed.text
+
+    await plan("12:00")  # the same four seats, written as the day's own
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    await plan("11:30")  # three: the booked 10:00 stays
+    ended = await waitlisted_ended(world, redis_sync, office, waiting)
+    assert not holds(redis_sync, ended.national_id)
+    async with world.container.sessions() as session:
+        told = await session.scalars(select(SmsMessage.body).where(SmsMessage.to == ended.mobile))
+        assert any(waiting in body and "لغو" in body and "ظرفیت" in body for body in told)
+        booked = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status == "booked"))
+    assert booked == 1
+
+
+async def test_a_clerks_cut_whose_line_ending_failed_is_finished_by_the_minutes_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from app.console import service as console_service
+
+    office, _, _, waiting = await restricted_with_one_in_line(client, world)
+    staff = await staff_of(client, world, office)
+    day = world.tomorrow()
+    fails_once(monkeypatch, client.app.state.container.bookings, "end_shut_lines", RedisTimeoutError("Redis went away"))
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}",
+        json={"rules": [{"opens": "10:00", "closes": "11:30", "slot_minutes": 30, "seats": 1}]},
+        headers=staff,
+    )
+    assert cut.status_code == 503, cut.text  # the cut is committed; its line waits for the job
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
+    async with world.container.sessions() as session:
+        assert await world.container.console.finish_plans(session=session) == 1
+    await waitlisted_ended(world, redis_sync, office, waiting)
+
+
 async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
