@@ -184,7 +184,7 @@ async def _commit(
 ) -> CrowdCapOut:
     """Commit a cap added or lifted, noted first for the minute's job, then tell the counters
     (``pending`` if Redis refused)."""
-    change = await capacity.apply_later(str(out.id), noted_in=keys.CAPS_TO_APPLY)
+    change = (await capacity.apply_later(str(out.id), noted_in=keys.CAPS_TO_APPLY)).change
     await session.commit()
     out.pending = not await _tell(session, capacity, today, out.id, province_id, change, then=then)
     return out

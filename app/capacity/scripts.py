@@ -454,6 +454,27 @@ if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('EXPIRE', KEYS
 return 1
 """
 
+NOTE_CHANGE = """
+-- KEYS[1] = a hash of changes to apply, ARGV[1] = the change's id, ending with its tag after
+-- the last '|', ARGV[2..] = the fields it changes
+-- Notes the change for each field. A change noted there before and not yet applied is folded
+-- in: its tag stays when the new one has none (a clerk's "cancel nobody" is not dropped by a
+-- later change). Returns, for each field, the change noted and 1 if one was folded in, else 0.
+local answer = {}
+local tag = string.match(ARGV[1], '|([^|]*)$') or ''
+for i = 2, #ARGV do
+  local change = ARGV[1]
+  local earlier = redis.call('HGET', KEYS[1], ARGV[i])
+  if earlier and tag == '' then
+    change = change .. (string.match(earlier, '|([^|]*)$') or '')
+  end
+  redis.call('HSET', KEYS[1], ARGV[i], change)
+  answer[#answer + 1] = change
+  answer[#answer + 1] = earlier and 1 or 0
+end
+return answer
+"""
+
 FORGET_IF = """
 -- KEYS[1] = a hash of things to do, ARGV[1] = a field, ARGV[2] = the value it was read with
 -- Deletes the field only if no one has set it again since (a later change to do).
@@ -529,6 +550,7 @@ class Scripts:
         self.hold_again = redis.register_script(HOLD_AGAIN)
         self.unpromote = redis.register_script(UNPROMOTE)
         self.forget_if = redis.register_script(FORGET_IF)
+        self.note_change = redis.register_script(NOTE_CHANGE)
 
     async def run_many(
         self, script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]], *, raise_errors: bool = True

@@ -345,18 +345,22 @@ class Capacity:
         with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
             await self.scripts.run_many(self.scripts.unpromote, calls)
 
-    async def apply_later(self, *fields: str, noted_in: str, tag: str = "") -> str:
+    async def apply_later(self, *fields: str, noted_in: str, tag: str = "") -> Noted:
         """Note that what ``fields`` name is about to change in the record, and must reach
         Redis (an office's plan in ``keys.PLANS_TO_APPLY``, a crowd cap in
         ``keys.CAPS_TO_APPLY``, a closure in ``keys.CLOSURES_TO_APPLY``, a line to fill in
         ``keys.WAITLISTS_TO_FILL``): the minute's jobs see through what a request could not.
-        The change's id, for ``applied``; it ends with ``tag``, for whoever applies it."""
+        The change's id (the first field's), for ``applied``; it ends with ``tag``, for
+        whoever applies it. A change noted before for a field and not yet applied is folded in
+        (``scripts.NOTE_CHANGE``: its tag kept if this one has none), and ``earlier`` says so:
+        forgotten with this one's note, it must be applied with it."""
         # Cut, not rounded, to the millisecond: rounded up, a note was not yet due to a job
         # that takes every note at once (``older_than=0``).
         change = f"{int(dt.datetime.now(dt.UTC).timestamp() * 1000) / 1000:.3f}|{uuid.uuid4().hex}|{tag}"
-        if fields:
-            await self.redis.hset(noted_in, mapping=dict.fromkeys(fields, change))
-        return change
+        if not fields:
+            return Noted(change, earlier=False)
+        answer = await self.scripts.note_change(keys=[noted_in], args=[change, *fields])
+        return Noted(as_text(answer[0]), earlier=any(int(folded) for folded in answer[1::2]))
 
     async def applied(self, field: str, change: str, *, noted_in: str) -> None:
         """The change is in Redis and its moves done: forget it, unless a later one came since."""
@@ -1073,6 +1077,15 @@ class Capacity:
                 batch = plans[start : start + 1000]
                 eased.update(plan.code for plan, days_eased in zip(batch, replies, strict=True) if days_eased)
         return len(plans)
+
+
+class Noted(NamedTuple):
+    """A change noted for the minute's job (``Capacity.apply_later``)."""
+
+    change: str
+    """Its id, for ``Capacity.applied``."""
+    earlier: bool
+    """A change noted before and not yet applied was folded into it."""
 
 
 class MetaTold(NamedTuple):

@@ -37,7 +37,7 @@ from app.capacity.plan import (
     pool_for,
     validate_rules,
 )
-from app.capacity.service import Capacity, Overflow
+from app.capacity.service import Capacity, Noted, Overflow
 from app.clock import Clock
 from app.console.errors import (
     CapacityBelowBookings,
@@ -178,13 +178,11 @@ class Console:
         else:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
-        change = await self.capacity.apply_later(
-            office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
-        )
+        noted = await self._note_plan(office, move_overflow)
         await session.commit()
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
-        return await self._apply_change(session, office, horizon, change)
+        return await self._apply_change(session, office, horizon, noted.change)
 
     async def set_override(
         self,
@@ -217,11 +215,9 @@ class Console:
         else:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
-        change = await self.capacity.apply_later(
-            office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
-        )
+        noted = await self._note_plan(office, move_overflow)
         await session.commit()
-        return await self._apply_change(session, office, [day], change)
+        return await self._apply_change(session, office, self._days(noted, day), noted.change)
 
     async def clear_override(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
@@ -246,11 +242,9 @@ class Console:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
-        change = await self.capacity.apply_later(
-            office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
-        )
+        noted = await self._note_plan(office, move_overflow)
         await session.commit()
-        return await self._apply_change(session, office, [day], change)
+        return await self._apply_change(session, office, self._days(noted, day), noted.change)
 
     async def _check_services(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
         """A rule's own counter must be for a service the office offers: a typo ("1O4") made a
@@ -396,6 +390,19 @@ class Console:
             for code, day, pool, time, count in rows:
                 holding[(code, day, pool, time)] += count
         return holding
+
+    async def _note_plan(self, office: Office, move_overflow: bool) -> Noted:
+        """Note the office's plan change for the minute's job, before its commit."""
+        return await self.capacity.apply_later(
+            office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
+        )
+
+    def _days(self, noted: Noted, day: dt.date) -> list[dt.date]:
+        """The days a change of ``day`` applies: the whole horizon if it took over the note of
+        a change not yet applied (a request that failed, for another day maybe), whose days
+        would otherwise reach Redis only with the night's recount (its note is forgotten
+        with this one's)."""
+        return self.capacity.horizon(self.clock.today()) if noted.earlier else [day]
 
     async def _apply_change(
         self, session: AsyncSession, office: Office, days: list[dt.date], change: str

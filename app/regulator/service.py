@@ -190,7 +190,7 @@ class Regulator:
         # Noted before the commit: if the seats cannot come out below, the minute's job takes
         # them out even where nobody is booked yet (it had looked only for bookings to move,
         # and the closed offices went on taking bookings until one came).
-        change = await self.capacity.apply_later(str(closure.id), noted_in=keys.CLOSURES_TO_APPLY)
+        change = (await self.capacity.apply_later(str(closure.id), noted_in=keys.CLOSURES_TO_APPLY)).change
         counted = await self.capacity.rebuilt_at()
         await session.commit()
         recorded = ClosureOut(  # before the moves, whose rollback (if any) expires the row
@@ -371,7 +371,7 @@ class Regulator:
                 raise ClosureBusy()
             # Noted first: if Redis fails part-way, the offices opened already would take
             # bookings with the closure still recorded; the job closes them again.
-            change = await self.capacity.apply_later(str(closure_id), noted_in=keys.CLOSURES_TO_APPLY)
+            change = (await self.capacity.apply_later(str(closure_id), noted_in=keys.CLOSURES_TO_APPLY)).change
             codes = await _offices_closed(session, province_id)
             calendar = await self.capacity.calendar(session, first=day, last=day, without_closure=closure_id)
             await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True, calendar=calendar)

@@ -179,6 +179,59 @@ async def test_a_cut_takes_as_many_steps_for_nine_moved_as_for_one(
     await assert_record_matches_redis(world, redis_sync, [few, many], day)
 
 
+async def test_a_change_that_takes_over_a_failed_ones_note_applies_it_too(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clerk closed tomorrow, and Redis failed before the new plan reached it (a 503);
+    a moment later they changed the day after, which went through. Its request forgot the
+    office's note, the failed change's too: tomorrow stayed open in Redis, selling seats at a
+    closed office, until the night's recount. Now a change that finds a note not yet applied
+    applies the whole horizon."""
+    office = await world.office(seats=4)
+    await world.rebuild()
+    day, after = world.tomorrow(), world.tomorrow() + dt.timedelta(days=1)
+    headers = await staff_of(client, world, office)
+    capacity = client.app.state.container.capacity
+    replan = capacity.replan
+
+    async def fails_to_apply(*args: Any, apply: bool, **kwargs: Any) -> Any:
+        if apply:  # once committed, as the plan goes to Redis
+            monkeypatch.setattr(capacity, "replan", replan)
+            raise RedisTimeoutError("Redis went away")
+        return await replan(*args, apply=apply, **kwargs)
+
+    monkeypatch.setattr(capacity, "replan", fails_to_apply)
+    assert (await plan_the_day(client, office, day, headers, [], "تعمیرات")).status_code == 503
+    assert redis_sync.hget(keys.office_day(office, day), "s|*|10:00") == b"4"  # still open
+    assert (await cut_to_one_seat(client, office, after, headers)).status_code == 200
+    assert redis_sync.hget(keys.office_day(office, after), "s|*|10:00") == b"1"
+    assert redis_sync.hget(keys.office_day(office, day), "s|*|10:00") is None  # closed, in Redis too
+    assert not redis_sync.hgetall(keys.PLANS_TO_APPLY)
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert refused.status_code == 422 and refused.json()["code"] == "no_such_slot", refused.text
+
+
+async def test_a_later_change_keeps_a_pending_ones_ask_to_cancel_nobody(world: World) -> None:
+    """A clerk's change asked to move nobody, and its request failed; a change noted after it
+    (another clerk's, the regulator's reopening) must not turn it into one that cancels."""
+    capacity, noted_in = world.container.capacity, keys.PLANS_TO_APPLY
+    first = await capacity.apply_later("0100", noted_in=noted_in, tag="cancel-nobody")
+    assert first.change.endswith("|cancel-nobody") and not first.earlier
+    later = await capacity.apply_later("0100", "0200", noted_in=noted_in)
+    assert later.earlier and later.change.endswith("|cancel-nobody") and later.change != first.change
+    noted = await capacity.to_apply(older_than=0, noted_in=noted_in)
+    assert noted["0100"] == later.change and noted["0200"].endswith("|")  # its own, untagged
+    await capacity.applied("0100", first.change, noted_in=noted_in)  # the failed one's: not forgotten
+    assert "0100" in await capacity.to_apply(older_than=0, noted_in=noted_in)
+    await capacity.applied("0100", later.change, noted_in=noted_in)
+    await capacity.applied("0200", noted["0200"], noted_in=noted_in)
+    assert not await capacity.to_apply(older_than=0, noted_in=noted_in)
+    again = await capacity.apply_later("0100", noted_in=noted_in)  # nothing pending: its own tag
+    assert not again.earlier and again.change.endswith("|")
+
+
 async def test_a_cut_whose_moves_fail_half_way_is_finished_by_the_minutes_job(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
