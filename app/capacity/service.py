@@ -362,6 +362,11 @@ class Capacity:
         answer = await self.scripts.note_change(keys=[noted_in], args=[change, *fields])
         return Noted(as_text(answer[0]), earlier=any(int(folded) for folded in answer[1::2]))
 
+    async def noted(self, field: str, *, noted_in: str) -> str | None:
+        """The change noted for ``field`` and not yet applied (``apply_later``), if any."""
+        change = await self.redis.hget(noted_in, field)
+        return None if change is None else as_text(change)
+
     async def applied(self, field: str, change: str, *, noted_in: str) -> None:
         """The change is in Redis and its moves done: forget it, unless a later one came since."""
         await self.scripts.forget_if(keys=[noted_in], args=[field, change])

@@ -26,7 +26,7 @@ from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
 from app.capacity import keys
-from app.capacity.errors import ClosuresChanging
+from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import (
     DayRule,
@@ -432,8 +432,9 @@ class Console:
         async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30, tries=tries) as held:
             if not held:
                 return None
-            applied = await self._apply(session, office, days, cancel_unplaced=not change.endswith(_CANCEL_NOBODY))
-            await self.capacity.applied(code, change, noted_in=keys.PLANS_TO_APPLY)
+            applied, finished = await self._apply(session, office, days, change)
+            if finished:  # else the job's, to apply again
+                await self.capacity.applied(code, change, noted_in=keys.PLANS_TO_APPLY)
             return applied
 
     async def finish_plans(self, *, session: AsyncSession) -> int:
@@ -459,14 +460,13 @@ class Console:
         return done
 
     async def _apply(
-        self, session: AsyncSession, office: Office, days: list[dt.date], *, cancel_unplaced: bool
-    ) -> CapacityChange:
-        """Write the record's plan into Redis, move whoever no longer fits (and cancel, if
-        ``cancel_unplaced``, whoever finds no seat left), then hand any new seats to the waitlists."""
-        code, office_id = (
-            office.code,
-            office.id,
-        )  # read now: a promotion the fill must undo rolls back, expiring ``office``
+        self, session: AsyncSession, office: Office, days: list[dt.date], change: str
+    ) -> tuple[CapacityChange, bool]:
+        """Write the record's plan into Redis, move whoever no longer fits (and cancel, unless
+        the ``change`` asked to cancel nobody, whoever finds no seat left), hand any new seats
+        to the waitlists, and end the lines left with none. Also whether it all was done."""
+        # Read now: a promotion the fill must undo rolls back, expiring ``office``.
+        code, office_id, cancel_unplaced = office.code, office.id, not change.endswith(_CANCEL_NOBODY)
         overflow = await self.capacity.replan(session=session, office_codes=[code], days=days, apply=True)
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
@@ -475,13 +475,35 @@ class Console:
             session, [code], days, overflow, {code: office}, why_fa=why, cancel_unplaced=cancel_unplaced
         )
         await self.bookings.fill_waitlists(session=session, office_codes={code})
-        # A cut of a capped day (a restriction, a crowd cap) to a share that rounds to no seat:
-        # its line can never move, and is ended with each citizen told. Read with the office
-        # locked, as a restriction does: a lift that came first keeps the line, one that comes
-        # waits. (Failed, the minute's job applies the change again: ``finish_plans``.)
-        await lock_row(session, Office, office_id)
-        await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why)
-        return CapacityChange(office_code=code, days_changed=len(days), moved=moved)
+        ended = await self._end_shut_lines(session, code, office_id, change, why)
+        return CapacityChange(office_code=code, days_changed=len(days), moved=moved), ended
+
+    async def _end_shut_lines(self, session: AsyncSession, code: str, office_id: int, change: str, why: str) -> bool:
+        """A cut of a capped day (a restriction, a crowd cap) to a share that rounds to no seat:
+        its line can never move, and is ended with each citizen told (``end_shut_lines``).
+        Read with the office locked, as a restriction does: a lift that came first keeps the
+        line, one that comes waits. Left to a later change of the plan, noted already (a raise
+        saved meanwhile, not yet in Redis: its own application decides). False when it failed:
+        the change is committed and answered (its moves were told), and the minute's job
+        applies it again (``finish_plans``)."""
+        waiting = (
+            select(Booking.id)
+            .join(Office, Office.id == Booking.office_id)
+            .where(Office.code == code, Booking.status == BookingStatus.WAITLISTED, Booking.date >= self.clock.today())
+        )
+        try:
+            if await session.scalar(waiting.limit(1)) is None:  # no line: no lock taken
+                return True
+            await lock_row(session, Office, office_id)
+            if await self.capacity.noted(code, noted_in=keys.PLANS_TO_APPLY) not in (change, None):
+                await session.rollback()
+                return True
+            await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why)
+            return True
+        except (CapacityRebuilding, RedisError, SQLAlchemyError):
+            await session.rollback()
+            log.warning("the lines office %s's plan shut are ended by the minute's job", code, exc_info=True)
+            return False
 
     async def move_all(
         self,

@@ -44,7 +44,9 @@ class Messenger:
     def __init__(self, *, jobs: Jobs, clock: Clock) -> None:
         self.jobs = jobs
         self.clock = clock
-        self._outboxes: dict[str, Outbox] = {}
+        self._outboxes: dict[str, Outbox] = {}  # by queue
+        self._outboxes_lock = threading.Lock()
+        self._closed = False
 
     def queue(self, session: AsyncSession, *, to: str, body: str, kind: str) -> str | None:
         """Add the message to the transaction; returns its id (None when there is no phone)."""
@@ -92,26 +94,36 @@ class Messenger:
         at each sign-in. A message whose enqueue is lost (Redis away, the process killed) is
         found by the sweep: its outbox row is committed."""
         queue = queue or self.jobs.sms
-        outbox = self._outboxes.get(queue.name)
-        if outbox is None:
-            outbox = self._outboxes[queue.name] = Outbox(partial(self.send, queue=queue), name=f"sms-{queue.name}")
+        with self._outboxes_lock:  # the event loop's, and ``close`` on a thread of its own
+            outbox = self._outboxes.get(queue.name)
+            if outbox is None:
+                outbox = Outbox(partial(self.send, queue=queue), name=f"sms-{queue.name}")
+                self._outboxes[queue.name] = outbox
+                if self._closed:
+                    outbox.close()  # sends on the caller's thread: no thread left running
         outbox.put(message_ids)
 
     def unsent(self) -> int:
         """Messages handed over and not yet through an enqueue."""
-        return sum(outbox.unsent for outbox in self._outboxes.values())
+        return sum(outbox.unsent for outbox in self._each_outbox())
 
     def wait_sent(self, timeout: float = 10) -> bool:
         """Wait until every message handed over has been through an enqueue (tests, a job's
         end, shutdown)."""
         deadline = time.monotonic() + timeout
-        return all(outbox.wait(deadline - time.monotonic()) for outbox in list(self._outboxes.values()))
+        return all(outbox.wait(deadline - time.monotonic()) for outbox in self._each_outbox())
 
     def close(self) -> None:
-        """Enqueue what was handed over (a few seconds at most), then stop the threads."""
-        for outbox in self._outboxes.values():
+        """Enqueue what was handed over (a few seconds at most), then stop the threads. A
+        message handed over after (a batch that was committing) is enqueued by its caller."""
+        with self._outboxes_lock:
+            self._closed = True
+        for outbox in self._each_outbox():
             outbox.close()
-        self._outboxes.clear()
+
+    def _each_outbox(self) -> list[Outbox]:
+        with self._outboxes_lock:
+            return list(self._outboxes.values())
 
     def send(self, message_ids: Sequence[str], queue: Queue | None = None) -> None:
         """Have committed messages sent: one job for each ``SMS_PER_JOB`` of them."""
@@ -125,15 +137,17 @@ class Outbox:
     """Hands committed messages to ``send`` on a thread of its own, in as few calls as it can:
     whatever piled up while the last call was under way goes in the next one. (One RQ
     enqueue per message, on the event loop, had taken a third of the CPU of the whole
-    booking path.)"""
+    booking path.) Closed, it sends what is put in on the caller's thread: a batch still
+    committing as the instance stops is not left behind the thread's end."""
 
     def __init__(self, send: Callable[[Sequence[str]], None], *, name: str) -> None:
         self._send = send
         self._name = name
         self._due: queues.SimpleQueue[list[str] | None] = queues.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self._unsent = 0  # messages put in and not yet through ``send``
-        self._sent = threading.Condition()
+        self._sent = threading.Condition()  # guards the three above
 
     @property
     def unsent(self) -> int:
@@ -142,23 +156,31 @@ class Outbox:
     def put(self, message_ids: Sequence[str]) -> None:
         if not message_ids:
             return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
         with self._sent:
-            self._unsent += len(message_ids)
-        self._due.put(list(message_ids))
+            if not self._closed:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    thread.start()  # one that cannot start raises here, and the next put tries again
+                    self._thread = thread
+                self._unsent += len(message_ids)
+                self._due.put(list(message_ids))
+                return
+        self._send_now(list(message_ids))
 
     def wait(self, timeout: float) -> bool:
         """Wait until every message put in has been through ``send``."""
         with self._sent:
-            return self._sent.wait_for(lambda: self._unsent == 0, max(timeout, 0))
+            return self._sent.wait_for(lambda: self._unsent <= 0, max(timeout, 0))
 
     def close(self, timeout: float = 5) -> None:
-        if self._thread is not None:
-            self._due.put(None)
-            self._thread.join(timeout)
-            self._thread = None
+        """Send what was put in (within ``timeout``), then stop the thread."""
+        with self._sent:
+            self._closed = True
+            thread = self._thread
+            if thread is not None:
+                self._due.put(None)  # after everything put in: none can come after it
+        if thread is not None:
+            thread.join(timeout)
 
     def _run(self) -> None:
         closing = False
@@ -175,11 +197,14 @@ class Outbox:
                     closing = True
                     break
                 ids += more
-            try:
-                self._send(ids)
-            except Exception:
-                # The rows are committed; the sweep enqueues whatever this failed to.
-                log.exception("could not enqueue committed messages; the sweep will")
+            self._send_now(ids)
             with self._sent:
                 self._unsent -= len(ids)
                 self._sent.notify_all()
+
+    def _send_now(self, ids: list[str]) -> None:
+        try:
+            self._send(ids)
+        except Exception:
+            # The rows are committed; the sweep enqueues whatever this failed to.
+            log.exception("could not enqueue committed messages; the sweep will")

@@ -116,12 +116,14 @@ async def job_context() -> AsyncIterator[Container]:
     try:
         yield container
     finally:
-        # The loop stops when the job ends: what it changed is told before, not at the next job.
-        await container.capacity.reads.told()
-        # And its messages are enqueued before it ends (a worker stopped after it would drop
-        # them, for the sweep to find minutes later).
-        if container.messenger.unsent():
-            await asyncio.to_thread(container.messenger.wait_sent, HANDOVER_WAIT)
+        try:
+            # The loop stops when the job ends: what it changed is told before, not at the next job.
+            await container.capacity.reads.told()
+        finally:
+            # And its messages are enqueued before it ends (a worker stopped after it would
+            # drop them, for the sweep to find minutes later).
+            if container.messenger.unsent():
+                await asyncio.to_thread(container.messenger.wait_sent, HANDOVER_WAIT)
 
 
 def run_in_session(step: Callable[[Container, AsyncSession], Awaitable[T]]) -> T:

@@ -374,12 +374,44 @@ async def test_a_clerks_cut_whose_line_ending_failed_is_finished_by_the_minutes_
         json={"rules": [{"opens": "10:00", "closes": "11:30", "slot_minutes": 30, "seats": 1}]},
         headers=staff,
     )
-    assert cut.status_code == 503, cut.text  # the cut is committed; its line waits for the job
+    assert cut.status_code == 200, cut.text  # committed and applied: answered; its line waits for the job
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
     monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
     async with world.container.sessions() as session:
         assert await world.container.console.finish_plans(session=session) == 1
     await waitlisted_ended(world, redis_sync, office, waiting)
+
+
+async def test_a_clerks_cut_leaves_the_line_to_a_change_saved_meanwhile(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another change of the office's plan was saved while the cut went out (a raise, say,
+    in the record and not yet in Redis): the cut does not end the line from the seats Redis
+    has; the later change's application decides, here the minute's job's."""
+    from app.console import service as console_service
+
+    office, _, _, waiting = await restricted_with_one_in_line(client, world)
+    staff = await staff_of(client, world, office)
+    day = world.tomorrow()
+    app_parts = client.app.state.container
+    fill = app_parts.bookings.fill_waitlists
+
+    async def fill_as_another_change_is_saved(**kwargs: Any) -> None:
+        await fill(**kwargs)
+        await app_parts.capacity.apply_later(office, noted_in=keys.PLANS_TO_APPLY)
+
+    monkeypatch.setattr(app_parts.bookings, "fill_waitlists", fill_as_another_change_is_saved)
+    cut = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}",
+        json={"rules": [{"opens": "10:00", "closes": "11:30", "slot_minutes": 30, "seats": 1}]},
+        headers=staff,
+    )
+    assert cut.status_code == 200, cut.text
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
+    async with world.container.sessions() as session:
+        assert await world.container.console.finish_plans(session=session) == 1
+    await waitlisted_ended(world, redis_sync, office, waiting)  # the record still says three
 
 
 async def test_an_eased_restriction_the_counters_missed_fills_the_line_when_told(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+import pytest
+
 from app.sms.service import Outbox
 
 
@@ -60,3 +62,33 @@ def test_closing_sends_what_was_put_in_first() -> None:
     outbox.put(["b"])
     outbox.close()
     assert [sent for call in calls for sent in call] == ["a", "b"]
+
+
+def test_what_is_put_in_after_closing_is_sent_by_the_caller() -> None:
+    """A batch still committing as the instance stops: not left behind the thread's end."""
+    calls: list[tuple[list[str], str]] = []
+    outbox = Outbox(lambda ids: calls.append((list(ids), threading.current_thread().name)), name="test-outbox")
+    outbox.put(["a"])
+    outbox.close()
+    outbox.put(["late"])
+    assert calls == [(["a"], "test-outbox"), (["late"], threading.current_thread().name)]
+    assert outbox.wait(1) and outbox.unsent == 0
+
+
+def test_a_thread_that_cannot_start_is_tried_again_at_the_next_put(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    outbox = Outbox(calls.append, name="test")
+    start = threading.Thread.start
+
+    def cannot(self: threading.Thread) -> None:
+        monkeypatch.setattr(threading.Thread, "start", start)  # once
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", cannot)
+    with pytest.raises(RuntimeError):
+        outbox.put(["lost"])  # its caller logs it; the sweep sends it
+    assert outbox.unsent == 0
+    outbox.put(["next"])
+    assert outbox.wait(5)
+    assert calls == [["next"]]
+    outbox.close()
