@@ -459,20 +459,21 @@ NOTE_CHANGE = """
 -- the last '|', ARGV[2..] = the fields it changes
 -- Notes the change for each field. A change noted there before and not yet applied is folded
 -- in: its tag stays when the new one has none (a clerk's "cancel nobody" is not dropped by a
--- later change). Returns, for each field, the change noted and 1 if one was folded in, else 0.
-local answer = {}
+-- later change). Returns the change noted for the first field, and 1 if any field had one
+-- folded in, else 0 (thousands of lines are noted at once: not an answer for each).
+local first, folded = nil, 0
 local tag = string.match(ARGV[1], '|([^|]*)$') or ''
 for i = 2, #ARGV do
   local change = ARGV[1]
   local earlier = redis.call('HGET', KEYS[1], ARGV[i])
-  if earlier and tag == '' then
-    change = change .. (string.match(earlier, '|([^|]*)$') or '')
+  if earlier then
+    folded = 1
+    if tag == '' then change = change .. (string.match(earlier, '|([^|]*)$') or '') end
   end
   redis.call('HSET', KEYS[1], ARGV[i], change)
-  answer[#answer + 1] = change
-  answer[#answer + 1] = earlier and 1 or 0
+  first = first or change
 end
-return answer
+return {first, folded}
 """
 
 FORGET_IF = """

@@ -359,8 +359,8 @@ class Capacity:
         change = f"{int(dt.datetime.now(dt.UTC).timestamp() * 1000) / 1000:.3f}|{uuid.uuid4().hex}|{tag}"
         if not fields:
             return Noted(change, earlier=False)
-        answer = await self.scripts.note_change(keys=[noted_in], args=[change, *fields])
-        return Noted(as_text(answer[0]), earlier=any(int(folded) for folded in answer[1::2]))
+        first, folded = await self.scripts.note_change(keys=[noted_in], args=[change, *fields])
+        return Noted(as_text(first), earlier=bool(int(folded)))
 
     async def noted(self, field: str, *, noted_in: str) -> str | None:
         """The change noted for ``field`` and not yet applied (``apply_later``), if any."""

@@ -182,7 +182,7 @@ class Console:
         await session.commit()
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
-        return await self._apply_change(session, office, horizon, noted.change)
+        return await self._apply_change(session, office, horizon, noted, move_overflow)
 
     async def set_override(
         self,
@@ -217,7 +217,7 @@ class Console:
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
         noted = await self._note_plan(office, move_overflow)
         await session.commit()
-        return await self._apply_change(session, office, self._days(noted, day), noted.change)
+        return await self._apply_change(session, office, [day], noted, move_overflow)
 
     async def clear_override(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
@@ -244,7 +244,7 @@ class Console:
         await session.delete(row)
         noted = await self._note_plan(office, move_overflow)
         await session.commit()
-        return await self._apply_change(session, office, self._days(noted, day), noted.change)
+        return await self._apply_change(session, office, [day], noted, move_overflow)
 
     async def _check_services(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
         """A rule's own counter must be for a service the office offers: a typo ("1O4") made a
@@ -397,23 +397,28 @@ class Console:
             office.code, noted_in=keys.PLANS_TO_APPLY, tag="" if move_overflow else _CANCEL_NOBODY
         )
 
-    def _days(self, noted: Noted, day: dt.date) -> list[dt.date]:
-        """The days a change of ``day`` applies: the whole horizon if it took over the note of
-        a change not yet applied (a request that failed, for another day maybe), whose days
-        would otherwise reach Redis only with the night's recount (its note is forgotten
-        with this one's)."""
-        return self.capacity.horizon(self.clock.today()) if noted.earlier else [day]
-
     async def _apply_change(
-        self, session: AsyncSession, office: Office, days: list[dt.date], change: str
+        self, session: AsyncSession, office: Office, days: list[dt.date], noted: Noted, move_overflow: bool
     ) -> CapacityChange:
         """Apply a plan just committed, noted by ``Capacity.apply_later`` before its commit:
         if this fails half-way (Redis, the record, a recount), or the minute's job holds the
         office past ``PLAN_LOCK_TRIES``, the job applies it again (``finish_plans``). (Before, a
-        clerk who did not retry left citizens booked in hours the office no longer kept.)"""
+        clerk who did not retry left citizens booked in hours the office no longer kept.)
+        Its own days, as its clerk asked (``move_overflow``); a change noted before it and not
+        yet applied (its request failed, or is under way), folded into its note, is left to
+        the job with the note, which applies the whole horizon: forgotten here, its days had
+        reached Redis only with the night's recount."""
         code = office.code  # read now: ``_apply`` may leave ``office`` expired
         try:
-            applied = await self._apply_noted(session, office, days, change, tries=PLAN_LOCK_TRIES)
+            applied = await self._apply_noted(
+                session,
+                office,
+                days,
+                noted.change,
+                cancel_unplaced=move_overflow,
+                keep_note=noted.earlier,
+                tries=PLAN_LOCK_TRIES,
+            )
         except ClosuresChanging:  # nothing is down: the job writes it once the closures settle
             await session.rollback()
             applied = None
@@ -422,18 +427,26 @@ class Console:
         return applied
 
     async def _apply_noted(
-        self, session: AsyncSession, office: Office, days: list[dt.date], change: str, *, tries: int
+        self,
+        session: AsyncSession,
+        office: Office,
+        days: list[dt.date],
+        change: str,
+        *,
+        cancel_unplaced: bool,
+        keep_note: bool = False,
+        tries: int,
     ) -> CapacityChange | None:
         """``_apply`` under the office's plan lock, waiting up to ``tries`` x 0.2 s for it (a
-        clerk's other change, or the job, holds it), then forget the noted ``change``. None
-        when the lock stayed held."""
+        clerk's other change, or the job, holds it), then forget the noted ``change`` (unless
+        ``keep_note``, or a later change was noted since). None when the lock stayed held."""
         code = office.code
         lock = f"{PLAN_LOCK}:{code}"
         async with renewed_lock(self.capacity.redis, lock, uuid.uuid4().hex, seconds=30, tries=tries) as held:
             if not held:
                 return None
-            applied, finished = await self._apply(session, office, days, change)
-            if finished:  # else the job's, to apply again
+            applied, finished = await self._apply(session, office, days, change, cancel_unplaced=cancel_unplaced)
+            if finished and not keep_note:  # else the job's, to apply (again)
                 await self.capacity.applied(code, change, noted_in=keys.PLANS_TO_APPLY)
             return applied
 
@@ -452,7 +465,11 @@ class Console:
                 continue
             try:
                 horizon = self.capacity.horizon(self.clock.today())
-                if await self._apply_noted(session, office, horizon, change, tries=1) is not None:
+                cancel_unplaced = not change.endswith(_CANCEL_NOBODY)
+                applied = await self._apply_noted(
+                    session, office, horizon, change, cancel_unplaced=cancel_unplaced, tries=1
+                )
+                if applied is not None:
                     done += 1
             except Exception:  # one office's failure must not keep the others waiting
                 await session.rollback()
@@ -460,13 +477,15 @@ class Console:
         return done
 
     async def _apply(
-        self, session: AsyncSession, office: Office, days: list[dt.date], change: str
+        self, session: AsyncSession, office: Office, days: list[dt.date], change: str, *, cancel_unplaced: bool
     ) -> tuple[CapacityChange, bool]:
-        """Write the record's plan into Redis, move whoever no longer fits (and cancel, unless
-        the ``change`` asked to cancel nobody, whoever finds no seat left), hand any new seats
-        to the waitlists, and end the lines left with none. Also whether it all was done."""
-        # Read now: a promotion the fill must undo rolls back, expiring ``office``.
-        code, office_id, cancel_unplaced = office.code, office.id, not change.endswith(_CANCEL_NOBODY)
+        """Write the record's plan into Redis, move whoever no longer fits (and cancel, if
+        ``cancel_unplaced``, whoever finds no seat left), hand any new seats to the waitlists,
+        and end the lines left with none. Also whether it all was done."""
+        code, office_id = (
+            office.code,
+            office.id,
+        )  # read now: a promotion the fill must undo rolls back, expiring ``office``
         overflow = await self.capacity.replan(session=session, office_codes=[code], days=days, apply=True)
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
@@ -493,6 +512,7 @@ class Console:
         )
         try:
             if await session.scalar(waiting.limit(1)) is None:  # no line: no lock taken
+                await session.commit()  # the read's transaction ended (the job goes on to the next office)
                 return True
             await lock_row(session, Office, office_id)
             if await self.capacity.noted(code, noted_in=keys.PLANS_TO_APPLY) not in (change, None):

@@ -165,12 +165,14 @@ class Outbox:
                 self._unsent += len(message_ids)
                 self._due.put(list(message_ids))
                 return
+        # Closed: at shutdown only (a batch that was committing), so RQ's blocking enqueue on
+        # the caller's thread, the event loop's most often, holds up nothing else.
         self._send_now(list(message_ids))
 
     def wait(self, timeout: float) -> bool:
         """Wait until every message put in has been through ``send``."""
         with self._sent:
-            return self._sent.wait_for(lambda: self._unsent <= 0, max(timeout, 0))
+            return self._sent.wait_for(lambda: self._unsent == 0, max(timeout, 0))
 
     def close(self, timeout: float = 5) -> None:
         """Send what was put in (within ``timeout``), then stop the thread."""

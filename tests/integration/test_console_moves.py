@@ -179,14 +179,13 @@ async def test_a_cut_takes_as_many_steps_for_nine_moved_as_for_one(
     await assert_record_matches_redis(world, redis_sync, [few, many], day)
 
 
-async def test_a_change_that_takes_over_a_failed_ones_note_applies_it_too(
+async def test_a_change_that_takes_over_a_failed_ones_note_leaves_it_to_the_job(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The clerk closed tomorrow, and Redis failed before the new plan reached it (a 503);
     a moment later they changed the day after, which went through. Its request forgot the
     office's note, the failed change's too: tomorrow stayed open in Redis, selling seats at a
-    closed office, until the night's recount. Now a change that finds a note not yet applied
-    applies the whole horizon."""
+    closed office, until the night's recount. Now the note stays for the minute's job."""
     office = await world.office(seats=4)
     await world.rebuild()
     day, after = world.tomorrow(), world.tomorrow() + dt.timedelta(days=1)
@@ -203,8 +202,15 @@ async def test_a_change_that_takes_over_a_failed_ones_note_applies_it_too(
     monkeypatch.setattr(capacity, "replan", fails_to_apply)
     assert (await plan_the_day(client, office, day, headers, [], "تعمیرات")).status_code == 503
     assert redis_sync.hget(keys.office_day(office, day), "s|*|10:00") == b"4"  # still open
-    assert (await cut_to_one_seat(client, office, after, headers)).status_code == 200
+    changed = await cut_to_one_seat(client, office, after, headers)
+    assert changed.status_code == 200 and changed.json()["days_changed"] == 1, changed.text
     assert redis_sync.hget(keys.office_day(office, after), "s|*|10:00") == b"1"
+    assert redis_sync.hget(keys.PLANS_TO_APPLY, office)  # tomorrow's change: still to apply
+
+    monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
+    jobs = world.container
+    async with jobs.sessions() as session:
+        assert await jobs.console.finish_plans(session=session) == 1
     assert redis_sync.hget(keys.office_day(office, day), "s|*|10:00") is None  # closed, in Redis too
     assert not redis_sync.hgetall(keys.PLANS_TO_APPLY)
     refused = await client.post(
@@ -213,16 +219,42 @@ async def test_a_change_that_takes_over_a_failed_ones_note_applies_it_too(
     assert refused.status_code == 422 and refused.json()["code"] == "no_such_slot", refused.text
 
 
+async def test_a_change_applies_its_own_day_as_its_clerk_asked_whatever_is_pending(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Another clerk's change, asking to cancel nobody, is still noted (under way, or failed);
+    this one closes a day and asks to move (or cancel) whoever it leaves: its own day is
+    applied as asked, nobody left booked on a closed day."""
+    office = await world.office(seats=4)
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    headers = await staff_of(client, world, office)
+    await world.container.capacity.apply_later(office, noted_in=keys.PLANS_TO_APPLY, tag="cancel-nobody")
+    closed = await plan_the_day(client, office, day, headers, [], "تعمیرات")
+    assert closed.status_code == 200, closed.text
+    async with world.container.sessions() as session:
+        left = await session.scalar(select(Booking).where(Booking.tracking_code == booked.json()["tracking_code"]))
+    assert left is not None and not (left.status in SEAT_STATUSES and left.date == day), left.status
+    assert redis_sync.hget(keys.PLANS_TO_APPLY, office)  # the pending one's, for the job
+
+
 async def test_a_later_change_keeps_a_pending_ones_ask_to_cancel_nobody(world: World) -> None:
     """A clerk's change asked to move nobody, and its request failed; a change noted after it
     (another clerk's, the regulator's reopening) must not turn it into one that cancels."""
     capacity, noted_in = world.container.capacity, keys.PLANS_TO_APPLY
     first = await capacity.apply_later("0100", noted_in=noted_in, tag="cancel-nobody")
-    assert first.change.endswith("|cancel-nobody") and not first.earlier
+    assert first.change.split("|")[2:] == ["cancel-nobody"] and not first.earlier
     later = await capacity.apply_later("0100", "0200", noted_in=noted_in)
-    assert later.earlier and later.change.endswith("|cancel-nobody") and later.change != first.change
+    assert later.earlier and later.change.split("|")[2:] == ["cancel-nobody"]
+    assert later.change.split("|")[:2] != first.change.split("|")[:2]
     noted = await capacity.to_apply(older_than=0, noted_in=noted_in)
-    assert noted["0100"] == later.change and noted["0200"].endswith("|")  # its own, untagged
+    assert noted["0100"] == later.change and noted["0200"].split("|")[2:] == [""]  # its own, untagged
+    tagged = await capacity.apply_later("0200", noted_in=noted_in, tag="cancel-nobody")  # over an untagged one
+    assert tagged.earlier and tagged.change.split("|")[2:] == ["cancel-nobody"]
+    noted["0200"] = tagged.change
     await capacity.applied("0100", first.change, noted_in=noted_in)  # the failed one's: not forgotten
     assert "0100" in await capacity.to_apply(older_than=0, noted_in=noted_in)
     await capacity.applied("0100", later.change, noted_in=noted_in)

@@ -393,7 +393,7 @@ async def test_a_clerks_cut_leaves_the_line_to_a_change_saved_meanwhile(
     office, _, _, waiting = await restricted_with_one_in_line(client, world)
     staff = await staff_of(client, world, office)
     day = world.tomorrow()
-    app_parts = client.app.state.container
+    app_parts = client.app.state.container  # the request's; the job below runs on world.container's
     fill = app_parts.bookings.fill_waitlists
 
     async def fill_as_another_change_is_saved(**kwargs: Any) -> None:
