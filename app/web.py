@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any, Literal
@@ -208,21 +210,48 @@ def problem_for(error: Exception) -> ProblemDetailsException:
 
 
 def client_address(request: Request[Any, Any, Any], *, trust_forwarded_for: bool) -> str:
-    """The citizen's address, for the per-address limits. Behind our balancer
-    (``trust_forwarded_for``) it is the last X-Forwarded-For entry, the one the balancer
-    appended: whatever came before it the client wrote itself, and taking the first let anyone
-    name a new address on each request and pass every limit. Of several X-Forwarded-For lines,
-    the last: a balancer may add a line of its own (HAProxy's ``option forwardfor``) after the
-    client's. Read from the raw headers: on every request, building Litestar's headers object
-    for it had been a fiftieth of a slots read."""
+    """The citizen's address as the per-address limits count it (``limit_key``). Behind our
+    balancer (``trust_forwarded_for``) it is the last X-Forwarded-For entry, the one the
+    balancer appended: whatever came before it the client wrote itself, and taking the first
+    let anyone name a new address on each request and pass every limit. Of several
+    X-Forwarded-For lines, the last: a balancer may add a line of its own (HAProxy's ``option
+    forwardfor``) after the client's. Read from the raw headers: on every request, building
+    Litestar's headers object for it had been a fiftieth of a slots read."""
     if trust_forwarded_for:
         forwarded = b""
         for name, value in request.scope["headers"]:
             if name == b"x-forwarded-for":
                 forwarded = value
         if forwarded:
-            return forwarded.decode("latin-1").rsplit(",", 1)[-1].strip() or "unknown"
-    return request.client.host if request.client else "unknown"
+            return limit_key(forwarded.decode("latin-1").rsplit(",", 1)[-1].strip() or "unknown")
+    return limit_key(request.client.host) if request.client else "unknown"
+
+
+def limit_key(address: str) -> str:
+    """The one key of every address a client can take at will: an IPv6 one's /64 network (a
+    phone, a home, is given a whole /64, and a new address in it on each request had passed
+    every per-address limit), an IPv4 one without the port a balancer may append, an
+    IPv4-mapped IPv6 one as the IPv4 it is. An IPv4 address alone, the most common, is
+    itself, untouched (this runs on every request)."""
+    return address if ":" not in address else _key_of(address)
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_of(address: str) -> str:
+    text = address
+    if text.startswith("["):  # [2001:db8::1]:443
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # 203.0.113.7:51234
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text.partition("%")[0])  # without a link-local zone
+    except ValueError:
+        return address  # not an address (a balancer's "unknown"): counted as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
 
 
 def bearer_token(request: Request[Any, Any, Any]) -> str:

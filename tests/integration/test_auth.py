@@ -279,6 +279,30 @@ async def test_the_sign_in_routes_count_toward_the_per_address_api_limit(setting
     assert statuses == [400, 400, 429]
 
 
+async def test_codes_asked_from_one_ipv6_network_count_as_one_address(settings: Settings) -> None:
+    """A new address of the same /64 for each request (any IPv6 phone can) is the same
+    client to the per-address limit on codes, not a fresh one each time."""
+    from app.main import create_app
+
+    limited = settings.with_(otp_per_address="2/3600", trust_forwarded_for=True)
+    async with AsyncTestClient(create_app(limited)) as client:
+        statuses = [
+            (
+                await client.post(
+                    "/api/v1/auth/otp",
+                    json={"mobile": f"0912000{7780 + n}"},
+                    headers={"X-Forwarded-For": f"2001:db8:7:7::{n + 1:x}"},
+                )
+            ).status_code
+            for n in range(3)
+        ]
+        elsewhere = await client.post(
+            "/api/v1/auth/otp", json={"mobile": "09120007790"}, headers={"X-Forwarded-For": "2001:db8:7:8::1"}
+        )
+    assert statuses == [202, 202, 429]
+    assert elsewhere.status_code == 202  # another network: a limit of its own
+
+
 async def sign_in(client: Client, redis_sync: SyncRedis, deliver: Deliver, mobile: str) -> dict[str, str]:
     """A phone's sign-in: ask for a code, read it from the outbox, trade it for a token."""
     assert (await client.post("/api/v1/auth/otp", json={"mobile": mobile})).status_code == 202
