@@ -277,7 +277,13 @@ class CitizenAuth:
     def _verify_token(self, token: str) -> tuple[str, int, int]:
         """The token's mobile, expiry and sign-in time (ms), checked (and remembered while it lasts)."""
         try:
-            claims = jwt.decode(token, self.settings.secret_key, algorithms=[TOKEN_ALGORITHM])
+            # "Issued at" is not checked against this instance's clock: one a moment behind the
+            # instance that signed the citizen in (the redirect after the code lands on another)
+            # refused the token as not yet valid, and the code, used up, could not be tried
+            # again. (It is the sign-in's time for a sign-out everywhere, not a limit.)
+            claims = jwt.decode(
+                token, self.settings.secret_key, algorithms=[TOKEN_ALGORITHM], options={"verify_iat": False}
+            )
         except jwt.PyJWTError:
             raise Unauthorized("The token is invalid or expired; sign in again.") from None
         if claims.get("role") != "citizen":

@@ -351,6 +351,20 @@ async def test_a_signed_out_token_is_refused_at_once_and_by_every_instance(
     assert await signed_in(client, await sign_in(client, redis_sync, deliver, "09120001212"))
 
 
+async def test_a_token_from_an_instance_whose_clock_runs_ahead_signs_in(client: Client, settings: Settings) -> None:
+    """The redirect after the code lands on another instance, a few seconds behind the one
+    that signed the citizen in: the token is not refused as "not yet valid" (its code is
+    used up, and the citizen would have had to ask for another). An expired one still is."""
+    now = int(time.time())
+
+    def token(issued: int, expires: int) -> dict[str, str]:
+        claims = {"sub": "09120001818", "iat": issued, "exp": expires, "role": "citizen", "at": issued * 1000}
+        return {"Authorization": "Bearer " + jwt.encode(claims, settings.secret_key, "HS256")}
+
+    assert await signed_in(client, token(now + 5, now + 600))
+    assert not await signed_in(client, token(now - 700, now - 100))
+
+
 async def test_signing_out_everywhere_ends_every_token_of_the_number_and_no_other(
     client: Client, settings: Settings, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
