@@ -139,7 +139,7 @@ class StaffAuth:
         self.settings = settings
         self.limiter = limiter
         self.sessions = sessions  # None: sessions are not checked against the accounts (commands)
-        self._enabled: dict[int, tuple[float, bool]] = {}  # account id: (until, enabled)
+        self._accounts: dict[int, tuple[float, tuple[str, int | None] | None]] = {}  # id: (until, standing)
         self.hasher = hasher or PasswordHasher()
         self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
         self._take_unknown_name = redis.register_script(TAKE_UNKNOWN_NAME_TRY)
@@ -340,32 +340,43 @@ class StaffAuth:
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in raw.items()
         }
-        if not await self._enabled_account(int(fields["account_id"])):
+        account_id = int(fields["account_id"])
+        office_id = int(fields["office_id"]) if fields["office_id"] else None
+        # Disabled, or given another role or office since: the session ends, rather than act
+        # for hours as what the account was (a clerk moved to another office, a regulator
+        # made guild).
+        if self.sessions is not None and await self._standing(account_id) != (fields["role"], office_id):
             await self.redis.delete(_session_key(token))
             raise _signed_out()
         return StaffPrincipal(
-            account_id=int(fields["account_id"]),
+            account_id=account_id,
             username=fields["username"],
             role=StaffRole(fields["role"]),
-            office_id=int(fields["office_id"]) if fields["office_id"] else None,
+            office_id=office_id,
             office_code=fields["office_code"] or None,
         )
 
-    async def _enabled_account(self, account_id: int) -> bool:
-        """Whether the account still exists and is not disabled: a session opened before it
-        was disabled ends within ``ENABLED_SECONDS``, not when it expires hours later. Asked
-        of the record once per account per ``ENABLED_SECONDS`` on each instance."""
-        if self.sessions is None:
-            return True
+    async def _standing(self, account_id: int) -> tuple[str, int | None] | None:
+        """The account's role and office as the record has them now; None when it is gone or
+        disabled. A session opened before a change ends within ``ENABLED_SECONDS``, not when
+        it expires hours later. Asked of the record once per account per ``ENABLED_SECONDS``
+        on each instance."""
+        assert self.sessions is not None, "asked only with a record"
         now = time.monotonic()
-        known = self._enabled.get(account_id)
+        known = self._accounts.get(account_id)
         if known is not None and known[0] > now:
             return known[1]
         async with self.sessions() as session:
-            disabled = await session.scalar(select(StaffAccount.disabled).where(StaffAccount.id == account_id))
-        enabled = disabled is False
-        self._enabled[account_id] = (now + ENABLED_SECONDS, enabled)
-        return enabled
+            row = (
+                await session.execute(
+                    select(StaffAccount.disabled, StaffAccount.role, StaffAccount.office_id).where(
+                        StaffAccount.id == account_id
+                    )
+                )
+            ).first()
+        standing = None if row is None or row.disabled else (StaffRole(row.role).value, row.office_id)
+        self._accounts[account_id] = (now + ENABLED_SECONDS, standing)
+        return standing
 
     async def sign_out(self, token: str) -> None:
         if token and len(token) <= MAX_TOKEN:

@@ -377,6 +377,30 @@ async def test_disabling_an_account_ends_its_sessions(
     assert not redis_sync.exists(session_key(token))  # ended, not just refused
 
 
+async def test_a_new_role_or_office_ends_the_sessions_opened_before(
+    container: Container, staff: StaffAuth, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A regulator made guild, a clerk moved to another office: the session opened before
+    acted for hours as what the account had been. It ends; the account signs in again as
+    what it is now."""
+    monkeypatch.setattr(staff_service, "ENABLED_SECONDS", 0.0)  # ask the record at every request
+    await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
+    token, principal, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    untouched, _, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    assert await staff.principal(token) == principal
+    async with container.sessions() as session:
+        account = await session.get(StaffAccount, principal.account_id)
+        assert account is not None
+        account.role = StaffRole.GUILD
+        await session.commit()
+    for ended in (token, untouched):
+        with pytest.raises(Unauthorized):
+            await staff.principal(ended)
+        assert not redis_sync.exists(session_key(ended))
+    again, now, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    assert now.role == StaffRole.GUILD and await staff.principal(again) == now
+
+
 @pytest.mark.parametrize(
     ("username", "password", "role", "office", "field"),
     [
