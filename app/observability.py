@@ -53,9 +53,10 @@ TO_SETTLE = Gauge(
 _DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
 _NATIONAL_ID = re.compile(rf"(?<!{_DIGIT}){_DIGIT}{{10}}(?!{_DIGIT})")
 _MOBILE = re.compile(
-    rf"(?<![0-9A-Za-z\u06f0-\u06f9\u0660-\u0669])(?:(?:\+98|0098)[ -]?|[0\u06f0\u0660])?"
+    rf"(?<![0-9A-Za-z\u06f0-\u06f9\u0660-\u0669])(?:(?:\+98|0098|98|[\u06f9\u0669][\u06f8\u0668])[ -]?|[0\u06f0\u0660])?"
     rf"[9\u06f9\u0669]{_DIGIT}{{2}}[ -]?{_DIGIT}{{3}}[ -]?{_DIGIT}{{4}}(?!{_DIGIT})"
-)  # 0912 123 4567 and the like; not "9 500 000 000" rials, nor the middle of a longer number
+)  # 0912 123 4567, 98 912 123 4567 and the like (as normalize_mobile reads them); not "9 500 000
+# 000" rials, nor the middle of a longer number
 
 
 def mask(text: str) -> str:
