@@ -141,8 +141,10 @@ class WatchPages(Controller):
         session: Session,
         container: Deps,
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
+        # Signed in first, as every form's check (app.pages.citizen): a sign-in that ended while
+        # the form was open asks for a sign-in, not "form expired".
         staff = await require_staff(request, container, back=f"/watch/offices/{code}")
+        check_csrf(request, container, data)
         if action not in ACTIONS:
             raise Forbidden("Unknown action.", detail_fa="چنین کاری تعریف نشده است.")
         reason = data.get(f"{action}_reason", "")
@@ -258,8 +260,8 @@ class WatchPages(Controller):
     async def transition(
         self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template | Redirect:
-        check_csrf(request, container, data)
         staff = await require_staff(request, container, back=f"/watch/complaints/{code}")
+        check_csrf(request, container, data)
         try:
             complaint = await container.complaints.transition(
                 session=session,

@@ -393,3 +393,14 @@ async def test_a_forgery_texted_in_is_recategorised_by_the_regulator_and_blocks(
         "violation_confirmed",
     )
     assert [(e.before, e.after) for e in entries] == [('"other"', '"forgery"')]
+
+
+@pytest.mark.parametrize("path", ["/watch/offices/010001/block", "/watch/complaints/ABCDEFGHJK/transition"])
+async def test_a_watch_form_sent_after_its_sign_in_ended_asks_for_a_sign_in(client: Client, path: str) -> None:
+    """Its sign-in ran out while the form was open: sent, it asks for a sign-in and comes
+    back, as every other form does, not "form expired" (the form's token was bound to it)."""
+    sent = await client.post(
+        path, data={"_csrf": "bound-to-the-ended-sign-in", "block_reason": "ازدحام"}, follow_redirects=False
+    )
+    assert sent.status_code == 303, sent.text
+    assert sent.headers["location"].startswith("/office/signin?next=")
