@@ -214,6 +214,10 @@ _ENV = {
 }
 
 
+MIN_SECRET_BYTES = 32
+"""HS256's key: shorter, it is guessed offline from any signed token (RFC 7518, 3.2)."""
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from the environment; a malformed value fails at start, not mid-rush."""
     env = os.environ if environ is None else environ
@@ -227,6 +231,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             # tokens and codes of the others.
             raise ValueError("NOBAT_SECRET_KEY must be set when DATABASE_URL is not the embedded SQLite")
         settings = settings.with_(secret_key=secrets.token_urlsafe(32))
+    if len(settings.secret_key.encode()) < MIN_SECRET_BYTES:
+        # It signs every citizen's token: a short one is cracked offline from any token or
+        # form, and a token then made for any number books and cancels in its name.
+        raise ValueError(
+            f"NOBAT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     if not 0 <= settings.read_cache_seconds <= 60:
         raise ValueError("NOBAT_READ_CACHE_SECONDS must be 0 to 60")
     if not 0 <= settings.rebuild_settle_seconds <= 300:

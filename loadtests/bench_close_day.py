@@ -30,6 +30,8 @@ from app.redis import EmbeddedRedis
 from app.settings import load_settings
 from loadtests.pg_baseline import PgCluster, temp_workdir
 
+BENCH_SECRET = "bench-secret-key-not-for-production-0123456789"
+
 # Yesterday's bookings, made in one statement each: national IDs from the row number (unique
 # per citizen, not valid ones: the job does not check them), offices in turn.
 BOOKINGS = """
@@ -44,7 +46,7 @@ JOIN (SELECT office_id, service_code, row_number() OVER () AS k FROM office_serv
 
 
 async def prepare(database_url: str, redis_url: str, no_shows: int) -> None:
-    settings = load_settings({}).with_(database_url=database_url, redis_url=redis_url, secret_key="bench")
+    settings = load_settings({}).with_(database_url=database_url, redis_url=redis_url, secret_key=BENCH_SECRET)
     container = build_container(settings, redis_url)
     try:
         await create_schema(container.engine)
@@ -79,7 +81,10 @@ def main(no_shows: int) -> None:
         try:
             asyncio.run(prepare(database_url, redis.url, no_shows))
             os.environ.update(
-                DATABASE_URL=database_url, REDIS_URL=redis.url, NOBAT_SECRET_KEY="bench", NOBAT_SMS_BACKEND="console"
+                DATABASE_URL=database_url,
+                REDIS_URL=redis.url,
+                NOBAT_SECRET_KEY=BENCH_SECRET,
+                NOBAT_SMS_BACKEND="console",
             )
             started = time.perf_counter()
             result = close_day()

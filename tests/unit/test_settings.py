@@ -19,6 +19,15 @@ def test_production_without_a_secret_key_does_not_start() -> None:
     assert given.secret_key == "k" * 40
 
 
+def test_a_secret_key_too_short_to_sign_tokens_safely_does_not_start() -> None:
+    """A short key is guessed offline from any citizen's token, and a token then made for
+    any number books and cancels in its name."""
+    for short in ("changeme", "k" * 31):
+        with pytest.raises(ValueError, match="NOBAT_SECRET_KEY must be at least 32 bytes"):
+            load_settings({"NOBAT_SECRET_KEY": short})
+    assert load_settings({"NOBAT_SECRET_KEY": "k" * 32}).secret_key == "k" * 32
+
+
 def test_a_malformed_value_fails_at_start() -> None:
     with pytest.raises(Exception, match=r"[Hh]orizon|int|NOBAT"):
         load_settings({"NOBAT_HORIZON_DAYS": "fourteen"})
