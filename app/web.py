@@ -233,16 +233,21 @@ def limit_key(address: str) -> str:
     every per-address limit), an IPv4 one without the port a balancer may append, an
     IPv4-mapped IPv6 one as the IPv4 it is. An IPv4 address alone, the most common, is
     itself, untouched (this runs on every request)."""
-    return address if ":" not in address else _key_of(address)
+    colons = address.count(":")
+    if colons == 0:
+        return address
+    if colons == 1:  # 203.0.113.7:51234
+        return address.partition(":")[0]
+    if len(address) > 64:  # no address is this long: one key for all such junk, and none cached
+        return "unknown"
+    return _key_of(address)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def _key_of(address: str) -> str:
     text = address
     if text.startswith("["):  # [2001:db8::1]:443
         text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:  # 203.0.113.7:51234
-        text = text.partition(":")[0]
     try:
         ip = ipaddress.ip_address(text.partition("%")[0])  # without a link-local zone
     except ValueError:

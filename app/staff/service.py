@@ -345,7 +345,14 @@ class StaffAuth:
         # Disabled, or given another role or office since: the session ends, rather than act
         # for hours as what the account was (a clerk moved to another office, a regulator
         # made guild).
-        if self.sessions is not None and await self._standing(account_id) != (fields["role"], office_id):
+        said = (fields["role"], office_id)
+        # Asked of the record again before a session is ended for a copy up to ENABLED_SECONDS
+        # old: one opened a moment ago, after a change this instance had not yet read, is right.
+        if (
+            self.sessions is not None
+            and await self._standing(account_id) != said
+            and await self._standing(account_id, fresh=True) != said
+        ):
             await self.redis.delete(_session_key(token))
             raise _signed_out()
         return StaffPrincipal(
@@ -356,7 +363,7 @@ class StaffAuth:
             office_code=fields["office_code"] or None,
         )
 
-    async def _standing(self, account_id: int) -> tuple[str, int | None] | None:
+    async def _standing(self, account_id: int, *, fresh: bool = False) -> tuple[str, int | None] | None:
         """The account's role and office as the record has them now; None when it is gone or
         disabled. A session opened before a change ends within ``ENABLED_SECONDS``, not when
         it expires hours later. Asked of the record once per account per ``ENABLED_SECONDS``
@@ -364,7 +371,7 @@ class StaffAuth:
         assert self.sessions is not None, "asked only with a record"
         now = time.monotonic()
         known = self._accounts.get(account_id)
-        if known is not None and known[0] > now:
+        if known is not None and known[0] > now and not fresh:
             return known[1]
         async with self.sessions() as session:
             row = (

@@ -401,6 +401,25 @@ async def test_a_new_role_or_office_ends_the_sessions_opened_before(
     assert now.role == StaffRole.GUILD and await staff.principal(again) == now
 
 
+async def test_a_session_opened_after_a_change_this_instance_has_not_read_is_kept(
+    container: Container, staff: StaffAuth
+) -> None:
+    """Its copy of the account (kept up to ENABLED_SECONDS) still says regulator; the account,
+    made guild, signs in again at once: the new session is right, and kept, not ended for
+    disagreeing with an old copy."""
+    await make_account(container, staff, "regulator", role=StaffRole.REGULATOR)
+    token, principal, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    assert await staff.principal(token) == principal  # the copy: regulator
+    async with container.sessions() as session:
+        account = await session.get(StaffAccount, principal.account_id)
+        assert account is not None
+        account.role = StaffRole.GUILD
+        await session.commit()
+    again, now, _ = await sign_in(container, staff, "regulator", PASSWORD)
+    assert await staff.principal(again) == now and now.role == StaffRole.GUILD
+    assert await staff.principal(again) == now  # and the copy is now the record's
+
+
 @pytest.mark.parametrize(
     ("username", "password", "role", "office", "field"),
     [

@@ -48,6 +48,7 @@ def test_every_address_of_an_ipv6_network_counts_as_one() -> None:
         ("fe80::1%eth0", "fe80::/64"),
         ("unknown", "unknown"),  # not an address: counted as it is
         ("not:an:address", "not:an:address"),
+        ("a:" * 40, "unknown"),  # longer than any address: one key for all such junk
     ],
 )
 def test_what_each_written_address_counts_as(written: str, counted: str) -> None:
