@@ -52,11 +52,12 @@ TO_SETTLE = Gauge(
 # a failed statement's parameters) writes numbers in Persian, and a mobile in groups.
 _DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
 _NATIONAL_ID = re.compile(rf"(?<!{_DIGIT}){_DIGIT}{{10}}(?!{_DIGIT})")
+_ZERO, _EIGHT, _NINE = "[0\u06f0\u0660]", "[8\u06f8\u0668]", "[9\u06f9\u0669]"
 _MOBILE = re.compile(
-    rf"(?<![0-9A-Za-z\u06f0-\u06f9\u0660-\u0669])(?:(?:\+98|0098|98|[\u06f9\u0669][\u06f8\u0668])[ -]?|[0\u06f0\u0660])?"
-    rf"[9\u06f9\u0669]{_DIGIT}{{2}}[ -]?{_DIGIT}{{3}}[ -]?{_DIGIT}{{4}}(?!{_DIGIT})"
-)  # 0912 123 4567, 98 912 123 4567 and the like (as normalize_mobile reads them); not "9 500 000
-# 000" rials, nor the middle of a longer number
+    rf"(?<![0-9A-Za-z\u06f0-\u06f9\u0660-\u0669+(])\(?(?:(?:\+|{_ZERO}{_ZERO})?{_NINE}{_EIGHT}[ ()-]*|{_ZERO})?"
+    rf"\(?{_NINE}{_DIGIT}{{2}}\)?[ -]?{_DIGIT}{{3}}[ -]?{_DIGIT}{{4}}(?!{_DIGIT})"
+)  # every way normalize_mobile reads one (0912 123 4567, +98 (912) 123-4567, 00989121234567, in
+# any digits); not "9 500 000 000" rials, nor the middle of a longer number
 
 
 def mask(text: str) -> str:

@@ -65,6 +65,8 @@ def test_numbers_a_citizen_typed_in_persian_or_in_groups_are_masked_too() -> Non
     assert mask("شمارهٔ من ۰۹۱۲۱۲۳۴۵۶۷ است") == "شمارهٔ من 09********* است"
     assert mask("call 0912 123 4567 or 0912-123-4567") == "call 09********* or 09*********"
     assert mask("from 989121234567, ۹۸۹۱۲۱۲۳۴۵۶۷ or 98 912 123 4567") == "from 09*********, 09********* or 09*********"
+    for written in ("۰۰۹۸۹۱۲۱۲۳۴۵۶۷", "٠٠٩٨٩١٢١٢٣٤٥٦٧", "(0912) 123 4567", "+98(912)1234567", "+۹۸9121234567"):
+        assert mask(f"to {written}.") == "to 09*********.", written  # as normalize_mobile reads them
     assert mask("کد ملی ۰۴۹۹۳۷۰۸۹۹") == "کد ملی **********"
     assert mask("at 2026-12-06 19:43:13, 9 slots, office 010001") == "at 2026-12-06 19:43:13, 9 slots, office 010001"
     for kept in ("9 500 000 000 rials", "years 1399-1400-1401", "id a9123-4567-89ab"):  # not mobiles
