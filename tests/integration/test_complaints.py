@@ -413,3 +413,35 @@ async def test_a_complaint_sent_again_with_its_idempotency_key_is_filed_once(cli
     assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
     async with world.container.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Complaint)) == 1
+
+
+async def test_only_the_offices_own_staff_file_its_appeal(client: Client, world: World) -> None:
+    """Each action has one appeal, decided by the regulator: the regulator filing it (or the
+    guild) had used up the office's own."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    restricted = await restrict(client, reg, office, cap=30)
+    for who in (reg, await guild(client, world)):
+        refused = await appeal(client, who, office, restricted)
+        assert refused.status_code == 403, refused.text
+    assert (await appeal(client, await staff_of(client, world, office), office, restricted)).status_code == 201
+
+
+async def test_a_long_note_is_shortened_in_its_sms_and_kept_whole_on_the_page(client: Client, world: World) -> None:
+    """A step's note may run to 2,000 characters; the provider refuses a message over 1,600,
+    and the complainant was told nothing of that step."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    code = (await complain(client, world, office, "09125550011"))["tracking_code"]
+    note = "بررسی شد. " * 190  # 1,900 characters
+    moved = await client.post(
+        f"/api/v1/regulator/complaints/{code}/transition", json={"to": "under_review", "note": note}, headers=reg
+    )
+    assert moved.status_code == 200, moved.text
+    async with world.container.sessions() as session:
+        told = await session.scalar(
+            select(SmsMessage.body).where(SmsMessage.to == "09125550011", SmsMessage.body.contains("بررسی شد"))
+        )
+    assert told is not None and len(told) < 400 and told.endswith("(متن کامل در صفحهٔ پیگیری شکایت)"), told
+    mine = (await client.get(f"/api/v1/complaints/{code}", headers=world.token("09125550011"))).json()
+    assert mine["steps"][-1]["note"].strip() == note.strip()
