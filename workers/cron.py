@@ -27,7 +27,7 @@ from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
 from app.observability import configure_logging
 from app.regulator.tasks import finish_caps, finish_closures
 from app.settings import Settings, load_settings
-from app.sms.tasks import sweep
+from app.sms.tasks import carry_out_abandoned, sweep
 from workers.queues import CODES, DEFAULT
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     every(fill_waitlists_left, DEFAULT, 60)  # seats a failed promotion left free
     every(finish_plans, DEFAULT, 60)  # a clerk's change not seen through
     every(finish_caps, DEFAULT, 60)  # a regulator's cap not told the counters
+    every(carry_out_abandoned, DEFAULT, 60)  # inbound messages whose delivery died
     return scheduler
 
 

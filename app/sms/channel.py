@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 _CLAIM_LEASE = dt.timedelta(seconds=60)
 """How long a delivery carrying out a message keeps others off it (replies take seconds)."""
+ABANDONED_FOR = dt.timedelta(hours=1)
+"""A message never answered is carried out by the minute's job for this long after its last
+claim; older, it is left (its citizen has moved on)."""
+ABANDONED_PER_RUN = 500
 
 ComplaintHandler = Callable[[AsyncSession, str, str, str, str], Awaitable[str | None]]
 """(session, mobile, office code, text, the message's key) -> the reply; the complaints domain
@@ -143,15 +147,47 @@ class SmsChannel:
         await session.commit()
         return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
 
+    async def carry_out_abandoned(self, session: AsyncSession) -> int:
+        """The minute's job: carry out the messages received and never answered, whose
+        delivery died or failed and whose claim has lapsed. Twilio retries a delivery for
+        15 s at most, and a claim lasts _CLAIM_LEASE: an instance killed mid-message (or the
+        record away for the retries' 15 s) had lost it for good, the citizen's booking
+        neither made nor refused. Each is carried out once (``receive``'s claim), under its
+        own key (a booking it made before its answer was lost is not made twice); those older
+        than ABANDONED_FOR are left (a booking asked for an hour ago is no longer asked for).
+        The messages carried out."""
+        now = self.clock.now()
+        rows = (
+            await session.execute(
+                select(InboundSms.provider_sid, InboundSms.from_mobile, InboundSms.body)
+                .where(
+                    InboundSms.answered_at.is_(None),
+                    InboundSms.claimed_at < now - _CLAIM_LEASE,
+                    InboundSms.claimed_at > now - ABANDONED_FOR,
+                )
+                .order_by(InboundSms.claimed_at)
+                .limit(ABANDONED_PER_RUN)
+            )
+        ).all()
+        await session.commit()
+        done = 0
+        for provider_sid, mobile, body in rows:
+            try:
+                done += await self.receive(session, provider_sid=provider_sid, sender=mobile, text=body)
+            except Exception:  # one message's failure must not keep the others waiting
+                log.exception("abandoned inbound sms %s waits for the next run", provider_sid)
+        return done
+
     async def _release(self, session: AsyncSession, provider_sid: str) -> None:
         """Let the provider's retry carry the message out at once (best effort: the record
-        may be what failed; the claim then lapses after _CLAIM_LEASE)."""
+        may be what failed; the claim then lapses after _CLAIM_LEASE). Dated, not emptied:
+        the minute's job carries out what no retry did (``carry_out_abandoned``)."""
         try:
             await session.rollback()
             await session.execute(
                 update(InboundSms)
                 .where(InboundSms.provider_sid == provider_sid, InboundSms.answered_at.is_(None))
-                .values(claimed_at=None)
+                .values(claimed_at=self.clock.now() - _CLAIM_LEASE - dt.timedelta(seconds=1))
                 .execution_options(synchronize_session=False)
             )
             await session.commit()

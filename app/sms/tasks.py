@@ -298,6 +298,11 @@ async def _settle(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+def carry_out_abandoned() -> int:
+    """Inbound messages never answered whose delivery died (``SmsChannel.carry_out_abandoned``)."""
+    return run_alone("sms-abandoned", lambda app, session: app.sms_channel.carry_out_abandoned(session))
+
+
 def sweep(stuck_after_seconds: int | None = None) -> int:
     """Enqueue again the messages no worker will finish on its own: committed but never taken
     (the enqueue after the commit was lost), tried and due again but with no job left (the

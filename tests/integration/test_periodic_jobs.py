@@ -21,7 +21,7 @@ from app.console.tasks import finish_plans
 from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
 from app.redis import EmbeddedRedis
 from app.regulator.tasks import finish_caps, finish_closures
-from app.sms.tasks import job_context, run_alone, run_job
+from app.sms.tasks import carry_out_abandoned, job_context, run_alone, run_job
 from tests.conftest import Deliver, World
 from workers.queues import DEFAULT
 
@@ -42,6 +42,7 @@ async def test_the_periodic_jobs_run_in_a_worker(world: World, redis_sync: SyncR
             flag_overdue,
             push_statuses,
             apply_policy,
+            carry_out_abandoned,
         )
     ]
     await deliver()

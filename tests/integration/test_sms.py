@@ -533,6 +533,58 @@ async def test_a_message_that_failed_midway_is_carried_out_when_twilio_retries(
     assert await count(world, Booking) == 1 and await count(world, InboundSms) == 1
 
 
+@pytest.mark.parametrize("how", ["failed", "died"])
+async def test_a_message_no_retry_carried_out_is_carried_out_by_the_minutes_job(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Twilio retries a delivery for 15 s at most: one that failed through them (the record
+    away), or whose instance was killed mid-message (its claim held for a minute), was lost
+    for good, the citizen's booking neither made nor refused. The minute's job carries it
+    out once, and a second run does nothing."""
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from app.booking.service import BookingService
+    from app.sms import channel as sms_channel
+
+    office = await world.office()
+    body = f"BOOK {office} 101 {world.tomorrow().isoformat()} 0499370899"
+    if how == "failed":
+        real_book = BookingService.book
+
+        async def redis_down_once(self: BookingService, **kwargs: Any) -> Any:
+            monkeypatch.setattr(BookingService, "book", real_book)
+            raise RedisDown("the capacity Redis is down")
+
+        monkeypatch.setattr(BookingService, "book", redis_down_once)
+        assert (await text(client, body, sid="SMabandoned")).status_code >= 500  # and no retry comes
+    else:  # claimed, then the instance was killed: nothing let go of it
+        async with world.container.sessions() as session:
+            session.add(
+                InboundSms(
+                    provider_sid="SMabandoned",
+                    from_mobile="09121234567",
+                    body=body,
+                    command="Book",
+                    claimed_at=world.container.clock.now(),
+                )
+            )
+            await session.commit()
+    jobs = world.container
+    if how == "died":
+        async with jobs.sessions() as session:
+            assert await jobs.sms_channel.carry_out_abandoned(session) == 0  # its claim still held
+        monkeypatch.setattr(sms_channel, "_CLAIM_LEASE", dt.timedelta(seconds=-5))  # a minute later
+    async with jobs.sessions() as session:  # a failed one was let go: at once
+        assert await jobs.sms_channel.carry_out_abandoned(session) == 1
+    async with jobs.sessions() as session:
+        assert await jobs.sms_channel.carry_out_abandoned(session) == 0  # answered: once
+    assert await count(world, Booking, Booking.status == BookingStatus.BOOKED) == 1
+    assert await count(world, InboundSms, InboundSms.answered_at.is_not(None)) == 1
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "کد رهگیری" in reply["body"]
+
+
 def answers_commit_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The commit of the next inbound message's answer fails (the database away a moment),
     once: the list given back has an item once it has."""
