@@ -384,8 +384,10 @@ class BookingService:
         sms_ids = []
         if confirmation := self.messenger.outbox_row(
             to=mobile,
+            # Whose it is, masked: a parent who booked by SMS for a child, then for themselves,
+            # sees which national ID each is under (the counter asks for that one).
             body=f"نوبت شما ثبت شد. کد رهگیری: {view.tracking_code}\n{office.name_fa} (کد {office.code})\n"
-            f"{office.service_name_fa}\n{view.when_fa}",
+            f"{office.service_name_fa}\n{view.when_fa}\nکد ملی: {mask_national_id(national_id)}",
             kind="booking_confirmed",
         ):
             rows.append(confirmation)
@@ -1339,7 +1341,7 @@ class BookingService:
             session,
             to=mobile,
             body=f"در فهرست انتظار {office.name_fa} برای {view.when_fa} ثبت شدید؛ "
-            f"نفر {to_persian_digits(str(position))}. کد رهگیری: {tracking_code}",
+            f"نفر {to_persian_digits(str(position))}. کد رهگیری: {tracking_code}\nکد ملی: {mask_national_id(national_id)}",
             kind="waitlist_joined",
         )
         try:

@@ -249,6 +249,8 @@ async def test_booking_by_sms_in_persian_and_a_repeated_delivery_counts_once(
     await deliver()
     [reply] = standin.wait_for(1)
     assert "کد رهگیری" in reply["body"] and "ساعت ۸:۰۰" in reply["body"]
+    # Whose booking it is, masked: the phone's next one, with no ID, goes under this one.
+    assert "کد ملی: ******0899" in reply["body"]
 
     # The phone now has a national ID on file: the next booking needs none.
     standin.clear()
