@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import or_, select, update
@@ -42,6 +43,7 @@ ABANDONED_FOR = dt.timedelta(hours=1)
 """A message never answered is carried out by the minute's job for this long after its last
 claim; older, it is left (its citizen has moved on)."""
 ABANDONED_PER_RUN = 500
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")  # all but the tab and the line feed
 
 ComplaintHandler = Callable[[AsyncSession, str, str, str, str], Awaitable[str | None]]
 """(session, mobile, office code, text, the message's key) -> the reply; the complaints domain
@@ -87,6 +89,9 @@ class SmsChannel:
             mobile = normalize_mobile(sender)
         except DomainError:
             return True  # not an Iranian mobile: nobody we can answer
+        # Control characters are no command's; and PostgreSQL refuses a NUL in text: the
+        # message, stored first, was answered 422 and dropped (Twilio retries no 4xx).
+        text = _CONTROL.sub("", text)
         command = parser.parse(text, today=self.clock.today())
         if not await self._claim(session, provider_sid, mobile, text, command):
             return False

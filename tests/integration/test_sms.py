@@ -500,6 +500,20 @@ async def test_a_refused_sms_booking_is_answered_not_dropped(
     assert "این دفتر این خدمت را ارائه نمی‌دهد" in reply["body"]
 
 
+async def test_a_message_with_control_characters_is_carried_out_not_dropped(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    """PostgreSQL refuses a NUL in text: the message, stored first, was answered 422, which
+    Twilio does not retry, and nobody was answered."""
+    office = await world.office()
+    texted = await text(client, f"BOOK {office}\x00 101\x07 {world.tomorrow().isoformat()} 0499370899", sid="SMnul")
+    assert texted.status_code == 200, texted.text
+    assert await count(world, Booking, Booking.status == BookingStatus.BOOKED) == 1
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "کد رهگیری" in reply["body"]
+
+
 async def test_a_message_that_failed_midway_is_carried_out_when_twilio_retries(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
