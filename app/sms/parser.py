@@ -95,6 +95,9 @@ _INVISIBLE = str.maketrans(
     dict.fromkeys("\u200b\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u0640")
 )
 
+_DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
+_BETWEEN_DIGITS = re.compile(f"(?<={_DIGIT})[\u200b\u200c\u060c]+(?={_DIGIT})")
+
 # The keyword is the run of letters at the start, so "لغو:ABCDE-FGHJK" and "book123456"
 # still split into keyword and arguments.
 _KEYWORD_RE = re.compile(r"[^\W\d_]+")
@@ -321,6 +324,10 @@ _COMMANDS: dict[str, Callable[[str, datetime.date], Command]] = {
 
 def parse(text: str, *, today: datetime.date) -> Command:
     """Read one inbound SMS. ``today`` (Tehran's date) resolves امروز/فردا."""
+    # Codes run together with a ZWNJ (a Persian keyboard's Shift+Space), a zero-width space
+    # or a Persian comma are two codes: one 9-digit token was answered "an office code has 6
+    # digits". (Not "," : a complaint's "1,000,000 rials" stays as written.)
+    text = _BETWEEN_DIGITS.sub(" ", text)
     body = _strip_noise(normalize_text(text.translate(_INVISIBLE)), right=False)
     match = _KEYWORD_RE.match(body)
     if match is None:

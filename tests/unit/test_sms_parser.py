@@ -356,3 +356,17 @@ def test_parse_never_raises_on_keyword_messages(
 ) -> None:
     text = keyword + separator + " ".join(pieces)
     assert isinstance(parse(text, today=min(today, datetime.date(9999, 12, 30))), COMMAND_TYPES)
+
+
+@pytest.mark.parametrize("between", ["\u200c", "\u200b", "،", " \u200c "])
+def test_codes_run_together_with_a_zwnj_or_a_persian_comma_are_two_codes(between: str) -> None:
+    """Shift+Space on a Persian keyboard writes a ZWNJ, not a space: one 9-digit token had
+    been answered "an office code has 6 digits"."""
+    expected = Book(office_code="010001", service_code="101", day=None, national_id=None)
+    assert parse(f"نوبت ۰۱۰۰۰۱{between}۱۰۱", today=TODAY) == expected
+    assert parse(f"BOOK 010001{between}101", today=TODAY) == expected
+
+
+def test_a_complaints_own_numbers_keep_their_commas() -> None:
+    complaint = parse("شکایت 010001 1,000,000 ریال بیشتر گرفتند", today=TODAY)
+    assert isinstance(complaint, Complain) and "1,000,000" in complaint.text
