@@ -160,6 +160,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         messenger=messenger,
         clock=clock,
         horizon_days=settings.horizon_days,
+        replies_per_mobile=settings.sms_replies_per_mobile,
     )
     sms_channel.complaints = complaints.sms_complaint
     return Container(

@@ -103,6 +103,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_OTP_PER_MOBILE_DAY: and over a day. Each code takes NOBAT_OTP_MAX_ATTEMPTS
     guesses: without it, 3 codes every 10 minutes were 2,160 guesses a day at one number's
     code, a 6% chance a month of taking it over (and 432 messages a day to send it)."""
+    sms_replies_per_mobile: str = "20/3600"
+    """NOBAT_SMS_REPLIES_PER_MOBILE: answers to inbound messages one mobile gets, as
+    count/seconds; past it a message is carried out and recorded, not answered. A phone with
+    an auto-reply app had ping-ponged with the help text for ever, four paid segments a turn,
+    ahead of every confirmation in the queue."""
     otp_per_address: str = "300/600"
     """NOBAT_OTP_PER_ADDRESS: codes one client address may ask for (generous: carrier NAT)."""
     verify_per_address: str = "600/600"
@@ -189,6 +194,7 @@ _ENV = {
     "token_ttl_seconds": "NOBAT_TOKEN_TTL_SECONDS",
     "otp_per_mobile": "NOBAT_OTP_PER_MOBILE",
     "otp_per_mobile_day": "NOBAT_OTP_PER_MOBILE_DAY",
+    "sms_replies_per_mobile": "NOBAT_SMS_REPLIES_PER_MOBILE",
     "otp_per_address": "NOBAT_OTP_PER_ADDRESS",
     "verify_per_address": "NOBAT_VERIFY_PER_ADDRESS",
     "trust_forwarded_for": "NOBAT_TRUST_FORWARDED_FOR",
@@ -250,6 +256,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         settings.bookings_per_mobile,
         settings.otp_per_mobile,
         settings.otp_per_mobile_day,
+        settings.sms_replies_per_mobile,
         settings.otp_per_address,
         settings.verify_per_address,
         settings.staff_login_per_address,

@@ -27,7 +27,7 @@ from app.booking.service import BookingService
 from app.capacity.errors import DayFull, OfficeClosed
 from app.clock import Clock
 from app.db import Within
-from app.errors import DomainError
+from app.errors import DomainError, RateLimited
 from app.identity import normalize_mobile
 from app.load.service import LoadService
 from app.locale import to_persian_digits
@@ -69,6 +69,7 @@ class SmsChannel:
         messenger: Messenger,
         clock: Clock,
         horizon_days: int,
+        replies_per_mobile: str = "20/3600",
     ) -> None:
         self.bookings = bookings
         self.load = load
@@ -76,6 +77,7 @@ class SmsChannel:
         self.messenger = messenger
         self.clock = clock
         self.horizon_days = horizon_days
+        self.replies_per_mobile = replies_per_mobile
         self.complaints: ComplaintHandler | None = None
 
     async def receive(self, session: AsyncSession, *, provider_sid: str, sender: str, text: str) -> bool:
@@ -101,7 +103,7 @@ class SmsChannel:
             except DomainError as error:
                 await session.rollback()
                 reply = error.detail_fa
-            if reply:
+            if reply and await self._may_answer(mobile):
                 self.messenger.queue(session, to=mobile, body=reply, kind="sms_reply")
             # In the transaction that queues the answer: answered once, or not at all.
             await session.execute(
@@ -151,6 +153,16 @@ class SmsChannel:
         )
         await session.commit()
         return bool(taken.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def _may_answer(self, mobile: str) -> bool:
+        """Within NOBAT_SMS_REPLIES_PER_MOBILE (what a booking or a cancel sends of its own is
+        not counted here: it has limits of its own)."""
+        try:
+            await self.bookings.limiter.hit("sms-reply", mobile, self.replies_per_mobile)
+        except RateLimited:
+            log.warning("inbound sms from %s not answered: over NOBAT_SMS_REPLIES_PER_MOBILE", mobile)
+            return False
+        return True
 
     async def carry_out_abandoned(self, session: AsyncSession) -> int:
         """The minute's job: carry out the messages received and never answered, whose

@@ -272,6 +272,22 @@ async def test_an_id_given_once_does_not_replace_the_phones_own(client: Client, 
     assert booked == {"101": child, "102": parent}
 
 
+async def test_a_phone_that_answers_every_answer_is_answered_within_its_limit(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A phone with an auto-reply app answers our help text, and we it, for ever: four paid
+    segments a turn, ahead of every confirmation in the queue. Past
+    NOBAT_SMS_REPLIES_PER_MOBILE its messages are recorded, not answered; another phone is."""
+    monkeypatch.setattr(client.app.state.container.sms_channel, "replies_per_mobile", "3/3600")
+    for n in range(5):
+        assert (await text(client, "پاسخ خودکار: در دسترس نیستم", sid=f"SMloop{n}")).status_code == 200
+    assert (await text(client, "سلام", sender="+989127654321", sid="SMother")).status_code == 200
+    await deliver()
+    replies = standin.wait_for(4)
+    assert sorted(m["to"] for m in replies) == ["+989121234567"] * 3 + ["+989127654321"]
+    assert await count(world, InboundSms, InboundSms.answered_at.is_not(None)) == 6
+
+
 async def test_status_cancel_offices_register_and_help(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, morning: dt.datetime
 ) -> None:
