@@ -252,6 +252,16 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     # stop the scheduler, and every periodic job with it, while the web app ran on.
     if settings.recount_at != "off" and not _runs_sometime(settings.recount_at):
         raise ValueError("NOBAT_RECOUNT_AT must be a cron expression of five fields (`30 3 * * *`), or `off`")
+    # The policy's numbers, checked at start: one out of range (a cap of 150%) had failed
+    # every restriction the policy made, again each minute, while the rest ran on.
+    if not 0 <= settings.restricted_cap_percent <= 99:
+        raise ValueError("NOBAT_RESTRICTED_CAP_PERCENT must be 0 to 99")
+    if settings.appeal_days < 0 or settings.complaint_window_days < 1:
+        raise ValueError("NOBAT_APPEAL_DAYS must be 0 or more, NOBAT_COMPLAINT_WINDOW_DAYS 1 or more")
+    if not 0 <= settings.fine_base_rials <= settings.fine_cap_rials:
+        raise ValueError("NOBAT_FINE_BASE_RIALS must be 0 to NOBAT_FINE_CAP_RIALS")
+    if settings.restrict_after_substantiated < 1 or settings.restrict_after_received < 1:
+        raise ValueError("NOBAT_RESTRICT_AFTER_SUBSTANTIATED and NOBAT_RESTRICT_AFTER_RECEIVED must be 1 or more")
     for limit in (
         settings.bookings_per_mobile,
         settings.otp_per_mobile,

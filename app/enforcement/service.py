@@ -751,11 +751,21 @@ def watched_csv(offices: list[WatchedOffice]) -> str:
     writer.writerow(CSV_COLUMNS + [f"complaints_{c}" for c in categories])
     for office in offices:
         writer.writerow(
-            [getattr(office, column) if getattr(office, column) is not None else "" for column in CSV_COLUMNS]
+            [_cell(getattr(office, column)) for column in CSV_COLUMNS]
             + [office.complaints_by_category.get(c, 0) for c in categories]
         )
     # A byte-order mark so Excel opens the Persian text as UTF-8.
     return "\ufeff" + out.getvalue()
+
+
+def _cell(value: object) -> object:
+    """A value as the guild's spreadsheet should read it: text (a reason someone typed) that
+    begins as a formula would begin is kept as text, not run (OWASP's CSV injection)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _action_out(action: OfficeAction, office_code: str) -> ActionOut:

@@ -445,3 +445,16 @@ async def test_a_long_note_is_shortened_in_its_sms_and_kept_whole_on_the_page(cl
     assert told is not None and len(told) < 400 and told.endswith("(متن کامل در صفحهٔ پیگیری شکایت)"), told
     mine = (await client.get(f"/api/v1/complaints/{code}", headers=world.token("09125550011"))).json()
     assert mine["steps"][-1]["note"].strip() == note.strip()
+
+
+async def test_a_reason_typed_as_a_formula_is_text_in_the_guilds_spreadsheet(client: Client, world: World) -> None:
+    """The export is opened in Excel: a reason beginning "=" (or +, -, @) was run as a
+    formula on the guild's computer."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    typed = '=HYPERLINK("http://example.invalid","ازدحام")'
+    restricted = await client.post(f"/api/v1/regulator/offices/{office}/restrict", json={"reason": typed}, headers=reg)
+    assert restricted.status_code == 201, restricted.text
+    exported = await client.get("/api/v1/guild/offices.csv", headers=await guild(client, world))
+    [row] = [line for line in exported.text.splitlines() if line.startswith(office)]
+    assert "'=HYPERLINK" in row and ",=HYPERLINK" not in row and ',"=HYPERLINK' not in row

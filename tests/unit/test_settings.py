@@ -31,3 +31,20 @@ def test_a_secret_key_too_short_to_sign_tokens_safely_does_not_start() -> None:
 def test_a_malformed_value_fails_at_start() -> None:
     with pytest.raises(Exception, match=r"[Hh]orizon|int|NOBAT"):
         load_settings({"NOBAT_HORIZON_DAYS": "fourteen"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NOBAT_RESTRICTED_CAP_PERCENT", "150"),
+        ("NOBAT_RESTRICTED_CAP_PERCENT", "-1"),
+        ("NOBAT_APPEAL_DAYS", "-1"),
+        ("NOBAT_COMPLAINT_WINDOW_DAYS", "0"),
+        ("NOBAT_FINE_BASE_RIALS", "2000000000"),  # over the cap
+        ("NOBAT_RESTRICT_AFTER_RECEIVED", "0"),
+    ],
+)
+def test_a_policy_number_out_of_range_fails_at_start(variable: str, value: str) -> None:
+    """Not every minute in the job that applies the policy, while the rest runs on."""
+    with pytest.raises(ValueError, match=variable):
+        load_settings({variable: value})
