@@ -566,10 +566,10 @@ class Enforcement:
     async def appeal(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, action_id: int, text: str
     ) -> AppealOut:
+        require_office(staff, office_code)
         # The office's own staff only: a regulator, who decides it, filing it had used up
         # the office's one appeal of the action.
         require_role(staff, StaffRole.OFFICE_STAFF)
-        require_office(staff, office_code)
         # The office, then the action (the order every path takes them in), locked before the
         # action's appeals are counted: two filed at once (a double click) are one.
         office = await self.office(session, office_code, lock=True)
