@@ -268,13 +268,7 @@ async def test_a_restriction_to_zero_ends_the_lines_and_tells_them(
     await restrict(client, reg, office, cap=30)  # one of four still: full, yet the line may move
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
     await restrict(client, reg, office, cap=cap)
-    ended = await waitlisted_ended(world, redis_sync, office, waiting)
-    assert ended.status.value == "cancelled" and not holds(redis_sync, ended.national_id)
-    async with world.container.sessions() as session:
-        told = await session.scalars(select(SmsMessage.body).where(SmsMessage.to == ended.mobile))
-        assert any(waiting in body and "لغو" in body for body in told)
-        booked = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status == "booked"))
-    assert booked == 1
+    await ended_and_told(world, redis_sync, office, waiting)
 
 
 async def test_a_restriction_to_zero_whose_telling_failed_ends_the_lines_by_the_minutes_job(
@@ -319,6 +313,18 @@ async def test_lines_a_restriction_shuts_as_a_recount_begins_are_ended_after_it(
     await waitlisted_ended(world, redis_sync, office, waiting)
 
 
+async def ended_and_told(world: World, redis: SyncRedis, office: str, code: str, *why: str) -> None:
+    """The place in line ``code`` ended (``waitlisted_ended``), its hold let go, its citizen
+    told by SMS (with ``why``), and the one booked citizen still booked."""
+    ended = await waitlisted_ended(world, redis, office, code)
+    assert not holds(redis, ended.national_id)
+    async with world.container.sessions() as session:
+        told = await session.scalars(select(SmsMessage.body).where(SmsMessage.to == ended.mobile))
+        assert any(code in body and "لغو" in body and all(w in body for w in why) for body in told)
+        booked = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status == "booked"))
+    assert booked == 1
+
+
 async def waitlisted_ended(world: World, redis: SyncRedis, office: str, code: str) -> Booking:
     """The place in line ``code``, checked cancelled in the record and gone from Redis's line."""
     async with world.container.sessions() as session:
@@ -349,13 +355,7 @@ async def test_a_clerks_cut_that_leaves_a_capped_day_no_seat_ends_its_line(
     await plan("12:00")  # the same four seats, written as the day's own
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
     await plan("11:30")  # three: the booked 10:00 stays
-    ended = await waitlisted_ended(world, redis_sync, office, waiting)
-    assert not holds(redis_sync, ended.national_id)
-    async with world.container.sessions() as session:
-        told = await session.scalars(select(SmsMessage.body).where(SmsMessage.to == ended.mobile))
-        assert any(waiting in body and "لغو" in body and "ظرفیت" in body for body in told)
-        booked = await session.scalar(select(func.count()).select_from(Booking).where(Booking.status == "booked"))
-    assert booked == 1
+    await ended_and_told(world, redis_sync, office, waiting, "ظرفیت")
 
 
 async def test_a_clerks_cut_whose_line_ending_failed_is_finished_by_the_minutes_job(
