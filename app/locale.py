@@ -72,6 +72,10 @@ MAX_ID = 2**31 - 1
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
+"""A regex matching one digit as Iranians type it: Latin, Persian or Arabic-Indic (never \\d,
+which matches any script's)."""
+
 INVISIBLE_MARKS = "\u200c\u200d\u200e\u200f\u202a-\u202e\u2066-\u2069"
 """For a regex's character class: ZWNJ, ZWJ, the direction marks, and the embeddings and
 isolates phones wrap a number or code in when it is copied out of right-to-left text."""

@@ -22,6 +22,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import func, select
 
+from app.locale import DIGIT
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 BOOKINGS = Counter("nobat_bookings_total", "Confirmed bookings", ["channel"])
@@ -50,12 +52,11 @@ TO_SETTLE = Gauge(
 
 # Latin, Persian and Arabic-Indic digits: a citizen's own text (a complaint's description, in
 # a failed statement's parameters) writes numbers in Persian, and a mobile in groups.
-_DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
-_NATIONAL_ID = re.compile(rf"(?<!{_DIGIT}){_DIGIT}{{10}}(?!{_DIGIT})")
+_NATIONAL_ID = re.compile(rf"(?<!{DIGIT}){DIGIT}{{10}}(?!{DIGIT})")
 _ZERO, _EIGHT, _NINE = "[0\u06f0\u0660]", "[8\u06f8\u0668]", "[9\u06f9\u0669]"
 _MOBILE = re.compile(
     rf"(?<![0-9A-Za-z\u06f0-\u06f9\u0660-\u0669+(])\(?(?:(?:\+|{_ZERO}{_ZERO})?{_NINE}{_EIGHT}[ ()-]*|{_ZERO})?"
-    rf"\(?{_NINE}{_DIGIT}{{2}}\)?[ -]?{_DIGIT}{{3}}[ -]?{_DIGIT}{{4}}(?!{_DIGIT})"
+    rf"\(?{_NINE}{DIGIT}{{2}}\)?[ -]?{DIGIT}{{3}}[ -]?{DIGIT}{{4}}(?!{DIGIT})"
 )  # every way normalize_mobile reads one (0912 123 4567, +98 (912) 123-4567, 00989121234567, in
 # any digits); not "9 500 000 000" rials, nor the middle of a longer number
 

@@ -53,6 +53,7 @@ from app.capacity.service import (
     Reserved,
     Seat,
     SeatRequest,
+    day_room,
     first_bookable_time,
     load_caps,
     load_plans,
@@ -901,7 +902,7 @@ class BookingService:
             seats = await self.capacity.pool_seats({(code, b.date, b.pool) for b, code, _ in capped})
             for booking, code, cap in capped:
                 day_seats = seats.get((code, booking.date, booking.pool))
-                if day_seats is not None and day_seats * cap // 100 <= 0:
+                if day_seats is not None and day_room(day_seats, 0, cap) <= 0:
                     shut.append((booking, code))
         if not shut:
             await session.commit()

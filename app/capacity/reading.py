@@ -204,7 +204,7 @@ class DayReader:
             return found
         with self._in_flight([(office_code, day)]):
             [raw] = await self.auto.execute_many([("HGETALL", keys.office_day(office_code, day))])
-            fields = _fields(raw)
+            fields = day_fields(raw)
             counted = None if fields is None else CountedDay(fields)
             self._keep(self._days, {(office_code, day): counted}, {}, asked)
         return counted
@@ -226,7 +226,7 @@ class DayReader:
             with self._in_flight([(code, day) for code in unread_sums] + [(code, None) for code in unread_waiting]):
                 replies = await self.auto.execute_many(commands)
                 for code, raw in zip(unread_sums, replies, strict=False):
-                    fields = _fields(raw)
+                    fields = day_fields(raw)
                     summed[code] = None if fields is None else DaySums(fields)
                 if unread_waiting:
                     reported_now = dt.datetime.now(dt.UTC)
@@ -456,7 +456,7 @@ def waiting_report(value: str | bytes | None, now: dt.datetime) -> tuple[int, st
     return int(count), at
 
 
-def _fields(raw: Mapping[Any, Any] | list[Any]) -> Mapping[str, str] | None:
+def day_fields(raw: Mapping[Any, Any] | list[Any]) -> Mapping[str, str] | None:
     """An office-day's HGETALL reply as the shared trip gives it (a map in RESP3, field,
     value, field... in RESP2), as text; None when Redis does not hold the day."""
     if not raw:

@@ -51,7 +51,7 @@ from app.capacity.plan import (
     effective_cap,
     official_holidays,
 )
-from app.capacity.reading import NOTHING_COUNTED, Columns, CountedDay, DayReader
+from app.capacity.reading import NOTHING_COUNTED, Columns, CountedDay, DayReader, DaySums, day_fields
 from app.capacity.scripts import Scripts, as_text
 from app.db import Sessions
 from app.errors import DomainError, InvalidInput
@@ -279,13 +279,9 @@ class Capacity:
         pools = list(pools)
         days = await self.auto.execute_many([("HGETALL", keys.office_day(code, day)) for code, day, _ in pools])
         seats: dict[tuple[str, dt.date, str], int] = {}
-        for (code, day, pool), fields in zip(pools, days, strict=True):
-            if fields:
-                prefix = f"s|{pool}|"
-                pairs = zip(fields[::2], fields[1::2], strict=True) if isinstance(fields, list) else fields.items()
-                seats[(code, day, pool)] = sum(
-                    int(value) for field, value in pairs if as_text(field).startswith(prefix)
-                )
+        for (code, day, pool), raw in zip(pools, days, strict=True):
+            if fields := day_fields(raw):
+                seats[(code, day, pool)] = DaySums(fields).of(pool).planned
         return seats
 
     async def counts(self, days: Collection[tuple[str, dt.date]]) -> dict[tuple[str, dt.date], str]:

@@ -482,10 +482,8 @@ class Console:
         """Write the record's plan into Redis, move whoever no longer fits (and cancel, if
         ``cancel_unplaced``, whoever finds no seat left), hand any new seats to the waitlists,
         and end the lines left with none. Also whether it all was done."""
-        code, office_id = (
-            office.code,
-            office.id,
-        )  # read now: a promotion the fill must undo rolls back, expiring ``office``
+        # Read now: a promotion the fill must undo rolls back, expiring ``office``.
+        code, office_id = office.code, office.id
         overflow = await self.capacity.replan(session=session, office_codes=[code], days=days, apply=True)
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).

@@ -337,12 +337,12 @@ class Enforcement:
         changed = select(OfficeAction.office_id).where(
             (OfficeAction.started_at >= day_ago) | (OfficeAction.lifted_at >= day_ago)
         )
-        shut = select(Office).where(
+        shut = select(Office.id).where(
             Office.status == OfficeStatus.RESTRICTED,
             (Office.cap_percent == 0) | Office.id.in_(changed),
             waiting.exists(),
         )
-        for office_id in list(await session.scalars(shut.with_only_columns(Office.id))):
+        for office_id in list(await session.scalars(shut)):
             await self._end_lines(session, office_id)
         return told.offices
 

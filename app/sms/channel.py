@@ -69,7 +69,7 @@ class SmsChannel:
         messenger: Messenger,
         clock: Clock,
         horizon_days: int,
-        replies_per_mobile: str = "20/3600",
+        replies_per_mobile: str,
     ) -> None:
         self.bookings = bookings
         self.load = load

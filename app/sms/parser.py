@@ -19,7 +19,7 @@ import msgspec
 from app.booking.tracking import normalize_tracking_code
 from app.errors import InvalidInput
 from app.identity import normalize_national_id
-from app.locale import normalize_digits, normalize_text, parse_date
+from app.locale import DIGIT, normalize_digits, normalize_text, parse_date
 
 
 class Book(msgspec.Struct, frozen=True):
@@ -95,8 +95,7 @@ _INVISIBLE = str.maketrans(
     dict.fromkeys("\u200b\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u0640")
 )
 
-_DIGIT = "[0-9\u06f0-\u06f9\u0660-\u0669]"
-_BETWEEN_DIGITS = re.compile(f"(?<={_DIGIT})[\u200b\u200c\u060c]+(?={_DIGIT})")
+_BETWEEN_DIGITS = re.compile(f"(?<={DIGIT})[\u200b\u200c\u060c]+(?={DIGIT})")
 
 # The keyword is the run of letters at the start, so "لغو:ABCDE-FGHJK" and "book123456"
 # still split into keyword and arguments.
