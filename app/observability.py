@@ -55,10 +55,11 @@ TO_SETTLE = Gauge(
 _NATIONAL_ID = re.compile(rf"(?<!{DIGIT}){DIGIT}{{10}}(?!{DIGIT})")
 _ZERO, _EIGHT, _NINE = "[0\u06f0\u0660]", "[8\u06f8\u0668]", "[9\u06f9\u0669]"
 _MOBILE = re.compile(
-    rf"(?<![0-9A-Za-z\u06f0-\u06f9\u0660-\u0669+(])\(?(?:(?:\+|{_ZERO}{_ZERO})?{_NINE}{_EIGHT}[ ()-]*|{_ZERO})?"
+    rf"(?<![0-9A-Za-z\u06f0-\u06f9\u0660-\u0669+(])\(?(?:(?:\+|%2[Bb]|{_ZERO}{_ZERO})?{_NINE}{_EIGHT}[ ()-]*|{_ZERO})?"
     rf"\(?{_NINE}{DIGIT}{{2}}\)?[ -]?{DIGIT}{{3}}[ -]?{DIGIT}{{4}}(?!{DIGIT})"
 )  # every way normalize_mobile reads one (0912 123 4567, +98 (912) 123-4567, 00989121234567, in
-# any digits); not "9 500 000 000" rials, nor the middle of a longer number
+# any digits), and "%2B98…" in a URL's query (Twilio's, asked which messages went to a number);
+# not "9 500 000 000" rials, nor the middle of a longer number
 
 
 def mask(text: str) -> str:
@@ -91,6 +92,9 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # Twilio's client logs each request's URL and headers at INFO: a citizen's number, and
+    # nothing an operator needs that our own lines about the message do not say.
+    logging.getLogger("twilio").setLevel(logging.WARNING)
 
 
 class _RequestIds:

@@ -68,6 +68,8 @@ def test_numbers_a_citizen_typed_in_persian_or_in_groups_are_masked_too() -> Non
     for written in ("۰۰۹۸۹۱۲۱۲۳۴۵۶۷", "٠٠٩٨٩١٢١٢٣٤٥٦٧", "(0912) 123 4567", "+98(912)1234567", "+۹۸9121234567"):
         assert mask(f"to {written}.") == "to 09*********.", written  # as normalize_mobile reads them
     assert mask("کد ملی ۰۴۹۹۳۷۰۸۹۹") == "کد ملی **********"
+    # A number in a URL's query, as Twilio's client and urllib3's errors write it.
+    assert mask("Messages.json?To=%2B989121234567&PageSize=50") == "Messages.json?To=09*********&PageSize=50"
     assert mask("at 2026-12-06 19:43:13, 9 slots, office 010001") == "at 2026-12-06 19:43:13, 9 slots, office 010001"
     for kept in ("9 500 000 000 rials", "years 1399-1400-1401", "id a9123-4567-89ab"):  # not mobiles
         assert mask(kept) == kept
@@ -86,6 +88,8 @@ async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
             await client.get("/health/live", headers={"X-Request-ID": "lb-7"})
             logging.getLogger("app.test").warning("booked for 0499370899 from 09121234567")
             logging.getLogger("uvicorn.access").info('"GET /signin/code?mobile=09125550001 HTTP/1.1" 200')
+            # Twilio's client logs each request at INFO (asked which messages went to a number)
+            logging.getLogger("twilio.http_client").info("GET Request: /Messages.json?To=+989125550002")
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
@@ -94,6 +98,7 @@ async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
     access = next(line for line in lines if line["logger"] == "uvicorn.access")
     assert "0499370899" not in mine["message"] and "9121234567" not in mine["message"]
     assert "9125550001" not in access["message"]
+    assert not [line for line in lines if line["logger"].startswith("twilio")]
 
 
 async def test_api_is_rate_limited_per_address(settings: Settings) -> None:
