@@ -32,6 +32,12 @@ def enum_column(cls: type[enum.StrEnum]) -> Enum:
     return Enum(cls, native_enum=False, length=30, values_callable=lambda e: [m.value for m in e])
 
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection to PostgreSQL (asyncpg's own default is 60): a server that
+takes no packets (a dead host, a failover under way) is answered 503 with Retry-After
+while the citizen still waits, not after a minute."""
+
+
 def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> AsyncEngine:
     """``pre_ping``: check each connection as it leaves the pool (a round trip), so that one
     the database dropped (a restart, a failover) is replaced before it fails a request."""
@@ -39,7 +45,13 @@ def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> As
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=pre_ping,
+        connect_args={"timeout": CONNECT_TIMEOUT},
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

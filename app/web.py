@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -191,6 +192,10 @@ PROBLEMS: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
     PoolTimeout: _unavailable,
     Exception: _internal,
     ConnectionError: _unavailable,
+    # asyncpg raises these unwrapped as it connects: the server took no packets in time (a
+    # dead host, a failover), or its name did not resolve (DNS during a failover).
+    TimeoutError: _unavailable,
+    socket.gaierror: _unavailable,
 }
 """Each kind of failure and its answer, looked up by the failure's nearest class."""
 

@@ -51,6 +51,7 @@ from app.redis import AutoPipeline, EmbeddedRedis, connect, renewed_lock
 from app.regulator.service import CLOSURE_MOVES_LOCK
 from app.settings import Settings
 from app.sms.models import SmsMessage, SmsStatus
+from app.web import problem_for
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import (
     World,
@@ -1621,6 +1622,33 @@ async def test_database_gone_answers_503_and_holds_no_seat(
         await admin.close()
     back = await book(client, world, office, day)
     assert back.status_code == 201
+
+
+async def test_a_database_that_takes_no_packets_is_answered_503_while_the_citizen_waits(
+    client: Client, world: World, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg raises a connect that timed out unwrapped (TimeoutError, as it raises a name
+    that did not resolve): every read of the record had answered 500 with a traceback, and
+    only after asyncpg's own 60 s."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("asyncpg's connect")
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT", 0.5)
+    office = await world.office()
+    with socket.socket() as listener:  # a server that takes connections and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        engine = db.create_engine(f"postgresql+asyncpg://nobat@127.0.0.1:{listener.getsockname()[1]}/nobat")
+        try:
+            monkeypatch.setattr(client.app.state.container, "sessions", db.session_factory(engine))
+            began = time.monotonic()
+            answer = await client.get(f"/api/v1/offices/{office}/load")
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] and answer.json()["code"] == "service_unavailable"
+            assert time.monotonic() - began < 5
+        finally:
+            await engine.dispose()
+    # The same for a host whose name did not resolve (DNS during a failover).
+    assert problem_for(socket.gaierror(-2, "Name or service not known")).status_code == 503
 
 
 async def test_bookings_go_on_when_the_database_drops_the_group_commits_connections(
