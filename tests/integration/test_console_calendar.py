@@ -3,6 +3,7 @@ official holidays (the `holidays` package's calendar) closed when NOBAT_OFFICIAL
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -12,6 +13,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import update
 
+from app import cli
 from app.capacity.models import CapacityTemplate
 from app.capacity.plan import default_template, encode_template, iranian_weekday
 from app.clock import Clock
@@ -91,3 +93,20 @@ async def test_fridays_are_closed_by_default(client: Client, world: World) -> No
         "/api/v1/bookings", json=booking_body(office, world.national_id(), friday, None), headers=world.token()
     )
     assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
+
+
+async def test_the_rebuild_command_keeps_holidays_open_when_they_are_turned_off(
+    client: Client, world: World, settings: Settings, holiday: dt.date
+) -> None:
+    """``python -m app rebuild`` counts the calendar as the service does: with
+    NOBAT_OFFICIAL_HOLIDAYS off it had closed every holiday of the horizon anyway, in every
+    office, until the night's recount."""
+    office = await world.office()
+    await cli.rebuild(settings.with_(official_holidays=False))
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)  # the app hears of it
+    assert (await slots(client, office, holiday))["slots"]
+    await cli.rebuild(settings)  # on: closed, as the service counts it
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
+    assert (await slots(client, office, holiday))["slots"] == []

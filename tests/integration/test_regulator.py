@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 from typing import Any
@@ -14,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import false, func, select
 from sqlalchemy.exc import OperationalError
 
+from app import cli
 from app.booking.models import Booking
 from app.capacity import keys
 from app.capacity.models import Closure, CrowdCap
@@ -21,6 +23,7 @@ from app.console import service as console_service
 from app.regulator import service as regulator_module
 from app.regulator.schemas import ClosureIn
 from app.regulator.service import CLOSURE_MOVES_LOCK
+from app.settings import Settings
 from app.sms.backends import OUTBOX
 from app.sms.models import SmsMessage
 from app.staff.models import AuditEntry, StaffAccount, StaffRole
@@ -347,12 +350,13 @@ async def test_a_cap_redis_refuses_after_its_commit_bites_by_the_minutes_job(
     assert await finish() == 0  # told once
 
 
-@pytest.mark.parametrize("told", ["at once", "by the minute's job", "ended by the minute's job"])
+@pytest.mark.parametrize("told", ["at once", "by the minute's job", "ended by the minute's job", "by the command"])
 async def test_a_crowd_cap_at_zero_ends_the_lines_of_its_days(
-    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, told: str
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, told: str, settings: Settings
 ) -> None:
     """A day capped to 0% (a lockdown's directive) sells no seat, a freed one included: its
-    lines are cancelled and told, the day after's kept, as are the bookings already made."""
+    lines are cancelled and told, the day after's kept, as are the bookings already made.
+    The same from ``python -m app crowd-cap add``, which had left the lines waiting for good."""
     from app.capacity import crowd_caps
     from app.capacity.plan import DayRule
 
@@ -376,9 +380,17 @@ async def test_a_crowd_cap_at_zero_ends_the_lines_of_its_days(
     if told == "ended by the minute's job":  # told, and the record failed as the lines ended
         fails_once(monkeypatch, client.app.state.container.bookings, "end_shut_lines", OperationalError("", {}, None))
     body = {"starts_on": tomorrow.isoformat(), "ends_on": tomorrow.isoformat(), "percent": 0, "reason": "قرنطینه"}
-    capped = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
-    assert capped.status_code == 201 and capped.json()["pending"] is (told != "at once"), capped.text
-    if told != "at once":
+    if told == "by the command":
+        args = argparse.Namespace(
+            action="add", province=None, starts=body["starts_on"], ends=body["ends_on"], percent=0, reason="قرنطینه"
+        )
+        await cli.crowd_cap(settings, args)
+        async with world.container.sessions() as session:
+            assert await session.scalar(select(AuditEntry.actor).where(AuditEntry.action == "crowd_cap.add")) == "cli"
+    else:
+        capped = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
+        assert capped.status_code == 201 and capped.json()["pending"] is (told != "at once"), capped.text
+    if told not in ("at once", "by the command"):
         monkeypatch.setattr(crowd_caps, "CAP_REQUEST_SECONDS", 0)
         async with world.container.sessions() as session:
             assert await world.container.regulator.finish_caps(session=session) == 1
