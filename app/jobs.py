@@ -20,6 +20,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from app.settings import SEND_JOB_TIMEOUT
 from workers import queues
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,9 @@ _PENDING = "nobat.after_commit"
 # try with ``backoff`` so that NOBAT_SMS_MAX_ATTEMPTS, not this list, says how many tries.
 RETRY_INTERVALS = [5, 15, 60, 300, 900]
 
-SMS_JOB_TIMEOUT = 30
+SMS_JOB_TIMEOUT = SEND_JOB_TIMEOUT
 """Seconds one SMS job may run (the Twilio client gives up on a request after 10); the
-sweep's NOBAT_SMS_STUCK_SECONDS must stay above it."""
+sweep's NOBAT_SMS_STUCK_SECONDS must stay above it (checked at start, app.settings)."""
 
 
 def backoff(attempts: int) -> int:

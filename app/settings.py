@@ -220,6 +220,9 @@ _ENV = {
 }
 
 
+SEND_JOB_TIMEOUT = 30
+"""Seconds an SMS send job may run (app.jobs.SMS_JOB_TIMEOUT)."""
+
 MIN_SECRET_BYTES = 32
 """HS256's key: shorter, it is guessed offline from any signed token (RFC 7518, 3.2)."""
 
@@ -262,6 +265,24 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("NOBAT_FINE_BASE_RIALS must be 0 to NOBAT_FINE_CAP_RIALS")
     if settings.restrict_after_substantiated < 1 or settings.restrict_after_received < 1:
         raise ValueError("NOBAT_RESTRICT_AFTER_SUBSTANTIATED and NOBAT_RESTRICT_AFTER_RECEIVED must be 1 or more")
+    # The SMS channel's, checked here rather than by the worker's first job: a typo had let
+    # the web instances start and answer ready while no message ever left.
+    if settings.sms_backend not in ("console", "twilio"):
+        raise ValueError("NOBAT_SMS_BACKEND must be console or twilio")
+    if settings.sms_backend == "twilio" and not (
+        settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from
+    ):
+        raise ValueError("NOBAT_SMS_BACKEND=twilio needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM")
+    if settings.sms_stuck_seconds <= SEND_JOB_TIMEOUT or settings.sms_max_attempts < 1:
+        # At or below the send job's timeout, the sweep sends again a message still being sent.
+        raise ValueError(
+            f"NOBAT_SMS_STUCK_SECONDS must be above {SEND_JOB_TIMEOUT} (the send job's timeout), "
+            "NOBAT_SMS_MAX_ATTEMPTS 1 or more"
+        )
+    if not 0 <= settings.reminder_evening_hour <= 23:
+        raise ValueError("NOBAT_REMINDER_EVENING_HOUR must be 0 to 23")
+    if settings.otp_ttl_seconds < 30 or settings.otp_max_attempts < 1:
+        raise ValueError("NOBAT_OTP_TTL_SECONDS must be 30 or more, NOBAT_OTP_MAX_ATTEMPTS 1 or more")
     for limit in (
         settings.bookings_per_mobile,
         settings.otp_per_mobile,

@@ -49,7 +49,7 @@ from app.main import create_app
 from app.offices.models import Office, OfficeStatus
 from app.redis import AutoPipeline, EmbeddedRedis, connect, renewed_lock
 from app.regulator.service import CLOSURE_MOVES_LOCK
-from app.settings import Settings
+from app.settings import SEND_JOB_TIMEOUT, Settings
 from app.sms.models import SmsMessage, SmsStatus
 from app.web import problem_for
 from loadtests.twilio_standin import TwilioStandIn
@@ -2287,7 +2287,9 @@ async def test_a_booking_stalled_past_a_whole_recount_is_refused_not_sold_twice(
     assert ten_oclock_used(capacity_redis, office, day) == 1
 
 
-STUCK_SECONDS = 15  # the steps from the claim to the first sweep have this long, on a slow machine
+STUCK_SECONDS = SEND_JOB_TIMEOUT + 1
+"""The least the service starts with (above the send job's timeout); the steps from the claim
+to the first sweep have this long, on a slow machine."""
 
 
 def children(pid: int) -> list[int]:

@@ -48,3 +48,29 @@ def test_a_policy_number_out_of_range_fails_at_start(variable: str, value: str) 
     """Not every minute in the job that applies the policy, while the rest runs on."""
     with pytest.raises(ValueError, match=variable):
         load_settings({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NOBAT_SMS_BACKEND", "Twilio"),
+        ("NOBAT_SMS_STUCK_SECONDS", "30"),  # at the send job's timeout: a message still sending, sent again
+        ("NOBAT_SMS_MAX_ATTEMPTS", "0"),
+        ("NOBAT_REMINDER_EVENING_HOUR", "-1"),
+        ("NOBAT_REMINDER_EVENING_HOUR", "24"),
+        ("NOBAT_OTP_TTL_SECONDS", "0"),
+        ("NOBAT_OTP_MAX_ATTEMPTS", "0"),
+    ],
+)
+def test_an_sms_or_sign_in_number_out_of_range_fails_at_start(variable: str, value: str) -> None:
+    """Not in the worker's first job (no message ever left while the web answered ready), nor
+    every minute in the reminders' job, nor as a 503 on every sign-in."""
+    with pytest.raises(ValueError, match=variable):
+        load_settings({variable: value})
+
+
+def test_twilio_without_its_credentials_fails_at_start() -> None:
+    twilio = {"NOBAT_SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t" * 32}
+    with pytest.raises(ValueError, match="TWILIO_FROM"):
+        load_settings(twilio)
+    assert load_settings({**twilio, "TWILIO_FROM": "+15005550006"}).sms_backend == "twilio"
