@@ -92,7 +92,8 @@ def _free(port: int) -> bool:
 
 
 class RedisCluster:
-    """Three masters with no replicas, each a redis-server child on a loopback port."""
+    """Three masters (or as many as asked) with no replicas, each a redis-server child on a
+    loopback port."""
 
     def __init__(self, directory: Path, masters: int = 3) -> None:
         self.nodes = [
@@ -113,11 +114,12 @@ class RedisCluster:
             node.start()
         cli = str(Path(redis_server_binary()).with_name("redis-cli"))
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-        )
+        if len(self.nodes) == 1:  # redis-cli creates clusters of three masters or more
+            slots = [str(slot) for slot in range(16384)]
+            command = [cli, "-p", str(self.nodes[0].port), "cluster", "addslots", *slots]
+        else:
+            command = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(command, check=True, capture_output=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             info = subprocess.run(

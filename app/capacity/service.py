@@ -944,6 +944,8 @@ class Capacity:
         """The run ids of the Redis servers (a cluster's masters) that hold the counters."""
         if isinstance(self.redis, RedisCluster):
             found = await self.redis.info("server", target_nodes=RedisCluster.PRIMARIES)
+            if "run_id" in found:  # one master: redis-py gives its reply alone
+                found = {"the node": found}
             return ",".join(sorted(info["run_id"] for info in found.values()))
         return str((await self.redis.info("server"))["run_id"])
 

@@ -23,7 +23,7 @@ from app.container import Container
 from app.offices.directory import OfficeDirectory
 from app.redis import AutoPipeline, connect
 from app.settings import Settings
-from tests.conftest import Served, World, booking_body
+from tests.conftest import Served, World, booking_body, health_until, started_app
 from tests.servers import RedisCluster
 
 Client = AsyncTestClient[Litestar]
@@ -208,3 +208,24 @@ async def test_a_cluster_no_node_answers_fails_as_a_redis_error(tmp_path: Path) 
             pipe.get("anything")
             await pipe.execute()
     await client.aclose()
+
+
+async def test_a_cluster_of_one_master_is_counted_and_books(settings: Settings, world: World, tmp_path: Path) -> None:
+    """A hosted "cluster mode" of one shard: redis-py answers a command sent to every master
+    with the one reply alone, not by node, and reading the servers' run ids had failed, so
+    the counters were never counted and every booking was 503 for good."""
+    one = RedisCluster(tmp_path / "one", masters=1).start()
+    try:
+        office = await world.office(seats=1)
+        with started_app(settings.with_(redis_url=one.url)) as app:
+            async with AsyncTestClient(app) as client:
+                await health_until(client, 200)
+                day = world.tomorrow()
+                booked = await client.post(
+                    "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+                )
+                assert booked.status_code == 201, booked.text
+        with SyncCluster(host="127.0.0.1", port=one.nodes[0].port) as redis:
+            assert used(redis, office, day, "10:00") == 1
+    finally:
+        one.stop()
