@@ -64,6 +64,11 @@ from app.redis import AutoPipeline, ScriptCall
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+ABANDONED_KEY_SECONDS = 30
+"""An Idempotency-Key whose booking took its seat this long ago and is not in the record
+belongs to a request that died on its way (its instance killed, its task cancelled): a retry
+books instead of being told "in progress" for a day. One still alive that commits after all
+meets the record's unique (mobile, key) and gives its seat back."""
 NOT_COUNTED = "-"  # a day's count when Redis does not hold the day (see Capacity.counts)
 FORGOTTEN = "!"  # marks a booking answered 503 whose scripts may yet run (Capacity.forget_unanswered)
 HOLDS_PER_TRIP = 2000  # a recount's citizens' holds dropped, or written, to a trip to Redis
@@ -504,10 +509,29 @@ class Capacity:
         return [line for line, exists in zip(lines, found, strict=True) if exists]
 
     async def idempotency_seen(self, *, office_code: str, owner: str, key: str) -> bool:
-        """Whether a booking with this Idempotency-Key took a seat here in the last day (one
-        forgotten after a lost answer, marked '!', did not: see ``forget_unanswered``)."""
-        seen = await self.redis.get(keys.idempotency(office_code, owner, key))
-        return seen is not None and not as_text(seen).startswith(FORGOTTEN)
+        """Whether a booking with this Idempotency-Key took a seat here and may still be on its
+        way to the record: not forgotten after a lost answer (marked '!': see
+        ``forget_unanswered``), nor taken ABANDONED_KEY_SECONDS ago or more."""
+        name = keys.idempotency(office_code, owner, key)
+        seen, left = await self.auto.execute_many([("GET", name), ("TTL", name)])
+        return (
+            seen is not None
+            and not as_text(seen).startswith(FORGOTTEN)
+            and IDEMPOTENCY_TTL_SECONDS - int(left) < ABANDONED_KEY_SECONDS
+        )
+
+    async def forget_abandoned(self, seat: SeatRequest, tracking_code: str) -> bool:
+        """Let go of the Idempotency-Key of ``seat`` if it names a booking (``tracking_code``,
+        which the caller found the record lacks) that took its seat ABANDONED_KEY_SECONDS ago
+        or more: its request died, and the retry may book. Its seat stays counted until the
+        night's recount, as any seat a dead request took. Whether it was let go (not when a
+        retry with the key has booked meanwhile: FORGET_KEY)."""
+        assert seat.idempotency is not None, "a request with no key has no mark to let go of"
+        name = keys.idempotency(seat.office_code, *seat.idempotency)
+        left = await self.redis.ttl(name)
+        if left < 0 or IDEMPOTENCY_TTL_SECONDS - left < ABANDONED_KEY_SECONDS:
+            return False
+        return bool(await self.scripts.forget_key(keys=[name], args=[tracking_code, IDEMPOTENCY_TTL_SECONDS]))
 
     async def hold(
         self, *, national_id: str, today: dt.date, day: dt.date, service_code: str, tracking_code: str, limit: int

@@ -87,6 +87,51 @@ async def test_same_idempotency_key_books_once(
     assert used(redis_sync, office, day, "11:00") == 0
 
 
+@pytest.mark.parametrize("died", ["a moment ago", "long enough ago"])
+async def test_a_retry_of_a_request_that_died_after_taking_its_seat(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, died: str
+) -> None:
+    """A request killed between its seat and its commit (its instance gone, its task
+    cancelled) left its Idempotency-Key naming a booking the record never got: every retry
+    was answered 409 request_in_progress for a day, and a text message the SMS job carried
+    out again was answered so and never booked. A moment after, the request may still be on
+    its way: "in progress". Once older than any request takes, the retry books."""
+    from app.booking.schemas import BookingCreate
+    from app.capacity.service import ABANDONED_KEY_SECONDS, IDEMPOTENCY_TTL_SECONDS
+
+    office = await world.office(seats=5)
+    day = world.tomorrow()
+    mobile = "09121114444"
+    body = booking_body(office, world.national_id(), day, "10:00")
+    parts = world.container
+
+    async def killed(*args: Any, **kwargs: Any) -> None:
+        raise asyncio.CancelledError  # as the task is, its rows never sent
+
+    monkeypatch.setattr(parts.bookings.writer, "write", killed)
+    with pytest.raises(asyncio.CancelledError):
+        await parts.bookings.book(
+            sessions=parts.sessions, mobile=mobile, request=BookingCreate(**body), idempotency_key="dies"
+        )
+    monkeypatch.undo()
+    assert used(redis_sync, office, day, "10:00") == 1 and await count_rows(world.container) == 0
+    if died == "long enough ago":
+        redis_sync.expire(keys.idempotency(office, mobile, "dies"), IDEMPOTENCY_TTL_SECONDS - ABANDONED_KEY_SECONDS)
+    headers = {**world.token(mobile), "Idempotency-Key": "dies"}
+    retry = await client.post("/api/v1/bookings", json=body, headers=headers)
+    if died == "a moment ago":
+        assert retry.status_code == 409 and retry.json()["code"] == "request_in_progress", retry.text
+        assert await count_rows(world.container) == 0
+        return
+    assert retry.status_code == 201 and "Idempotent-Replayed" not in retry.headers, retry.text
+    assert await count_rows(world.container) == 1
+    again = await client.post("/api/v1/bookings", json=body, headers=headers)
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true", again.text
+    assert again.json()["tracking_code"] == retry.json()["tracking_code"]
+    # The dead request's seat stays counted (for nobody) until the night's recount.
+    assert used(redis_sync, office, day, "10:00") == 2
+
+
 @pytest.mark.parametrize("day_in_redis", [True, False])
 async def test_a_double_tap_whose_steps_interleave_books_once(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch, day_in_redis: bool
