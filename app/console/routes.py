@@ -24,10 +24,17 @@ from app.web import Deps, Session
 
 
 def _weekdays(data: TemplateIn) -> dict[int, list[DayRule]]:
-    try:
-        return {int(day): [rule.to_rule() for rule in rules] for day, rules in data.days.items()}
-    except ValueError:
-        raise InvalidInput("days", "Weekdays are 0 to 6.", detail_fa="روزهای هفته ۰ تا ۶ هستند.") from None
+    weekdays: dict[int, list[DayRule]] = {}
+    for day, rules in data.days.items():
+        try:
+            weekday = int(day)
+        except ValueError:
+            raise InvalidInput("days", "Weekdays are 0 to 6.", detail_fa="روزهای هفته ۰ تا ۶ هستند.") from None
+        # "1" and "01" (or "١") are one weekday: kept, the last had silently replaced the first.
+        if weekday in weekdays:
+            raise InvalidInput("days", f"Weekday {weekday} is given twice.", detail_fa="یک روز هفته دو بار آمده است.")
+        weekdays[weekday] = [rule.to_rule() for rule in rules]
+    return weekdays
 
 
 class ConsoleController(Controller):

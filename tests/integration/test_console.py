@@ -493,6 +493,9 @@ async def test_a_plan_naming_a_service_the_office_lacks_or_a_past_day_changes_no
         ):
             refused = await client.request(method, base + path, json=body, headers=headers)
             assert refused.status_code == 422 and refused.json()["field"] == "service", (service, refused.text)
+    # One weekday twice ("0" and "00"): the last had silently replaced the first.
+    twice = await client.put(f"{base}/template", json={"days": {"0": [shared], "00": []}}, headers=headers)
+    assert twice.status_code == 422 and twice.json()["field"] == "days", twice.text
     many = {"rules": [{**shared, "opens": f"{h:02d}:00", "closes": f"{h:02d}:30"} for h in range(25)]}
     refused = await client.put(f"{base}/overrides/{day.isoformat()}", json=many, headers=headers)
     assert refused.status_code == 422 and refused.json()["field"] == "rules", refused.text
