@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
 from redis.exceptions import RedisError
@@ -97,6 +97,13 @@ class NoShowRules(msgspec.Struct, frozen=True):
     window_days: int
     suspension_days: int
     grace_minutes: int
+
+
+class Moves(NamedTuple):
+    """What a new plan's moves did (``Console.move_all``)."""
+
+    moved: list[MovedBooking]
+    left: list[Overflow]  # slots still over their seats after every try
 
 
 class Console:
@@ -488,12 +495,24 @@ class Console:
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
         why = f"به دلیل تغییر ظرفیت {office.name_fa}،"
-        moved = await self.move_all(
+        moved, left = await self.move_all(
             session, [code], days, overflow, {code: office}, why_fa=why, cancel_unplaced=cancel_unplaced
         )
+        # A slot left over by a seat the record has no holder for: a booking on its way to the
+        # record (moved here by another office's cut or a closure, a slow commit) may land in
+        # it after the tries. Not finished: the minute's job applies the plan again, and moves
+        # it then. (Left over by citizens who checked in, it is finished: nobody can move.)
+        unheld = await self._counted_for_nobody(session, left)
         await self.bookings.fill_waitlists(session=session, office_codes={code})
         ended = await self._end_shut_lines(session, code, office_id, change, why)
-        return CapacityChange(office_code=code, days_changed=len(days), moved=moved), ended
+        return CapacityChange(office_code=code, days_changed=len(days), moved=moved), ended and not unheld
+
+    async def _counted_for_nobody(self, session: AsyncSession, overflow: list[Overflow]) -> bool:
+        """Whether a slot of ``overflow`` counts in Redis more seats than the record's holders."""
+        if not overflow:
+            return False
+        holding = await self._holders(session, overflow)
+        return any(holding[_slot(o)] < o.booked for o in overflow)
 
     async def _end_shut_lines(self, session: AsyncSession, code: str, office_id: int, change: str, why: str) -> bool:
         """A cut of a capped day (a restriction, a crowd cap) to a share that rounds to no seat:
@@ -533,7 +552,7 @@ class Console:
         *,
         why_fa: str,
         cancel_unplaced: bool = True,
-    ) -> list[MovedBooking]:
+    ) -> Moves:
         """Move the bookings a new plan (already applied) has no room for, until none is left;
         one with no seat left is cancelled, unless not ``cancel_unplaced``."""
 
@@ -545,27 +564,28 @@ class Console:
         # taken for over-full, it was looked at again for a second and then kept at its count.
         overflow = await self._still_over(session, overflow)
         if not overflow:
-            return []
+            return Moves([], [])
         moved = await self.move_overflow(session, overflow, offices, why_fa=why_fa, cancel_unplaced=cancel_unplaced)
         # A booking that took its seat just before the cut may commit just after our look at
         # the record: look again (Redis says whether a slot is still over) until none is.
         for _ in range(5):
             overflow = await still_over()
             if not overflow:
-                return moved
+                return Moves(moved, [])
             await asyncio.sleep(0.2)
             moved += await self.move_overflow(
                 session, overflow, offices, why_fa=why_fa, cancel_unplaced=cancel_unplaced
             )
         # Still over after every try: whoever holds those seats could not be moved (they
-        # checked in a moment after the refusal check). They keep their seats, and the slot
+        # checked in a moment after the refusal check), or has not reached the record yet
+        # (``_apply`` leaves that to the minute's job). They keep their seats, and the slot
         # its plan's: it takes nobody new until it is back under the plan (every script counts
         # a slot holding more than its seats as full). Raised to its holders' count, it had
         # sold again each seat a holder gave back, over the plan for good.
         overflow = await still_over()
         if overflow:
             log.warning("capacity cut left %d slot(s) over their seats, held by who could not move", len(overflow))
-        return moved
+        return Moves(moved, overflow)
 
     async def move_overflow(
         self,

@@ -306,7 +306,9 @@ class Regulator:
         await self.capacity.closures_changed()  # a clerk's replan under way reads it again
         codes = await _offices_closed(session, province_id)
         overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
-        moved = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
+        # What is left over (a booking on its way to the record) the minute's job moves
+        # (``finish_closures``).
+        moved, _ = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
         # Left in line, they were told nothing, kept from booking that day elsewhere (a place
         # in line counts against the citizen's limits), and cancelled at midnight without a word.
         waiting = _in_province(

@@ -40,7 +40,7 @@ from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
 from tests.conftest import Served, World, booking_body, rebuild, watch_held
 from tests.integration.test_complaints import regulator
-from tests.integration.test_console import staff_of
+from tests.integration.test_console import staff_of, used
 
 Client = AsyncTestClient[Litestar]
 
@@ -869,3 +869,54 @@ async def test_a_booking_that_slips_into_a_cut_whose_clerk_moved_nobody_is_not_c
         status = await session.scalar(select(Booking.status).where(Booking.tracking_code == slipped[0]))
     assert status == BookingStatus.BOOKED
     await assert_record_matches_redis(world, redis_sync, [office], day)
+
+
+async def test_a_booking_that_reaches_the_record_after_a_cuts_tries_is_moved_by_the_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A booking took its seat before the clerk's cut and reached the record only after the
+    cut's looks for it (a slow commit; as often a move here by another office's cut or a
+    closure, which commits its batch at its end). The cut had let its note go, and nothing
+    looked again: the citizen stayed booked in hours the office no longer keeps. Now the
+    minute's job applies the plan again and moves them."""
+    from app.booking.schemas import BookingCreate
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=2)])
+    day = world.tomorrow()
+    [first] = await book_as(client, world, office, day, ["09125550011"])
+    parts = world.container
+    write = parts.bookings.writer.write
+    seated, landing = asyncio.Event(), asyncio.Event()
+
+    async def slow(*args: Any, **kwargs: Any) -> None:
+        seated.set()  # its seat is taken in Redis
+        await landing.wait()
+        await write(*args, **kwargs)
+
+    monkeypatch.setattr(parts.bookings.writer, "write", slow)
+    on_its_way = asyncio.create_task(
+        parts.bookings.book(
+            sessions=parts.sessions,
+            mobile="09125550012",
+            request=BookingCreate(**booking_body(office, world.national_id(), day, "10:00")),
+            idempotency_key=None,
+        )
+    )
+    await asyncio.wait_for(seated.wait(), 10)
+    assert used(redis_sync, office, day, "10:00") == 2
+    headers = await staff_of(client, world, office)
+    one = [{"opens": "10:00", "closes": "11:00", "slot_minutes": 30, "seats": 1}]
+    cut = await plan_the_day(client, office, day, headers, one, "one counter")
+    assert cut.status_code == 200 and cut.json()["moved"] == [], cut.text  # nobody in the record to move
+    landing.set()
+    late = (await on_its_way).booking.tracking_code
+    monkeypatch.setattr(console_service, "PLAN_REQUEST_SECONDS", 0)
+    async with world.container.sessions() as session:
+        assert await world.container.console.finish_plans(session=session) == 1
+        slots = dict(
+            (await session.execute(select(Booking.tracking_code, Booking.slot_time).where(Booking.date == day))).all()
+        )
+    assert slots == {first: "10:00", late: "10:30"}  # the later booking moves
+    await assert_record_matches_redis(world, redis_sync, [office], day)
+    async with world.container.sessions() as session:
+        assert await world.container.console.finish_plans(session=session) == 0  # done once
