@@ -31,6 +31,7 @@ from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import (
     DayRule,
     WeeklyTemplate,
+    decode_rules,
     decode_template,
     encode_rules,
     encode_template,
@@ -172,8 +173,9 @@ class Console:
                 )
             validate_rules(rules)
         await self._check_services(session, office, [rule for rules in days.values() for rule in rules])
-        new = encode_template(WeeklyTemplate(days=days))
         horizon = self.capacity.horizon(self.clock.today())
+        await self._check_days_counters(session, office, WeeklyTemplate(days=days), horizon[0])
+        new = encode_template(WeeklyTemplate(days=days))
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=horizon, apply=False, template=new
         )
@@ -279,17 +281,42 @@ class Console:
             return
         raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
         template = decode_template(raw) if raw else WeeklyTemplate(days={})
-        for service in sorted(named):
-            if pool_for(template, service) != service:
-                raise InvalidInput(
-                    "service",
-                    f"The weekly template gives service {service} no counter of its own: it books from the "
-                    "shared seats, and nobody could book this counter. Plan its seats in the shared rules, "
-                    "or give it a counter in the weekly template first.",
-                    detail_fa=f"خدمت {to_persian_digits(service)} در برنامهٔ هفتگی باجهٔ جداگانه ندارد و از "
-                    "ظرفیت مشترک نوبت می‌گیرد؛ کسی نمی‌تواند از این باجه نوبت بگیرد. ظرفیت آن را در بازه‌های "
-                    "مشترک بگذارید، یا نخست در برنامهٔ هفتگی برایش باجه تعریف کنید.",
-                )
+        if service := _without_own_pool(template, rules):
+            raise InvalidInput(
+                "service",
+                f"The weekly template gives service {service} no counter of its own: it books from the "
+                "shared seats, and nobody could book this counter. Plan its seats in the shared rules, "
+                "or give it a counter in the weekly template first.",
+                detail_fa=f"خدمت {to_persian_digits(service)} در برنامهٔ هفتگی باجهٔ جداگانه ندارد و از "
+                "ظرفیت مشترک نوبت می‌گیرد؛ کسی نمی‌تواند از این باجه نوبت بگیرد. ظرفیت آن را در بازه‌های "
+                "مشترک بگذارید، یا نخست در برنامهٔ هفتگی برایش باجه تعریف کنید.",
+            )
+
+    async def _check_days_counters(
+        self, session: AsyncSession, office: Office, template: WeeklyTemplate, first: dt.date
+    ) -> None:
+        """``_check_own_counters`` for the days planned apart from ``first`` on, under a new
+        template: one that takes a service's counter away had left those days' counters for it
+        counted in their seats while nobody could book them."""
+        planned = await session.execute(
+            select(CapacityOverride.date, CapacityOverride.rules)
+            .where(CapacityOverride.office_id == office.id, CapacityOverride.date >= first)
+            .order_by(CapacityOverride.date)
+        )
+        stranded = [
+            (day, service) for day, raw in planned if (service := _without_own_pool(template, decode_rules(raw)))
+        ]
+        if stranded:
+            dates = ", ".join(day.isoformat() for day, _ in stranded)
+            service = stranded[0][1]
+            raise InvalidInput(
+                "days",
+                f"The plans of {dates} give service {service} a counter of its own, which this template "
+                "does not: nobody could book it on those days. Change those days' plans first.",
+                detail_fa=f"برنامهٔ روزهای {to_persian_digits(dates)} برای خدمت {to_persian_digits(service)} "
+                "باجهٔ جداگانه دارد و این برنامهٔ هفتگی ندارد؛ کسی نمی‌تواند آن روزها از آن باجه نوبت بگیرد. "
+                "نخست برنامهٔ آن روزها را تغییر دهید.",
+            )
 
     async def day_plans(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> list[DayPlanOut]:
         office = await self._office(session, staff, office_code)
@@ -876,3 +903,10 @@ def _entry(booking: Booking, service_name_fa: str) -> QueueEntry:
 
 def _slot(overflow: Overflow) -> SlotKey:
     return (overflow.office_code, overflow.day, overflow.pool, overflow.time)
+
+
+def _without_own_pool(template: WeeklyTemplate, rules: list[DayRule]) -> str | None:
+    """The first service ``rules`` give a counter of its own that ``template`` does not (the
+    template alone says which pool a service books from: ``pool_for``), or None."""
+    named = sorted({rule.service for rule in rules if rule.service is not None})
+    return next((service for service in named if pool_for(template, service) != service), None)

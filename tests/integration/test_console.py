@@ -555,6 +555,19 @@ async def test_a_days_own_counter_for_a_service_that_books_from_the_shared_seats
     slots = await client.get(f"/api/v1/offices/{desked}/slots", params={"service": "103", "date": day.isoformat()})
     assert [s["time"] for s in slots.json()["slots"]] == ["13:00", "13:30"], slots.text
 
+    # A template that takes the counter away while that day keeps it is refused the same way
+    # (the day's counter had stayed counted in its seats, and nobody could book it).
+    shared_only = {"days": {str(d): [rules[0]] for d in range(7)}}
+    template = f"/api/v1/staff/offices/{desked}/template"
+    refused = await client.put(template, json=shared_only, headers=headers)
+    assert refused.status_code == 422 and refused.json()["field"] == "days", refused.text
+    assert day.isoformat() in refused.json()["detail"] and "103" in refused.json()["detail"]
+    kept = (await client.get(template, headers=headers)).json()
+    assert any(rule.get("service") == "103" for rules_ in kept["days"].values() for rule in rules_), kept
+    cleared = await client.delete(f"/api/v1/staff/offices/{desked}/overrides/{day.isoformat()}", headers=headers)
+    assert cleared.status_code == 200, cleared.text
+    assert (await client.put(template, json=shared_only, headers=headers)).status_code == 200
+
 
 async def test_the_pages_drop_a_counter_for_a_service_no_longer_offered(
     client: Client, world: World, redis_sync: SyncRedis
