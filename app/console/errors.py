@@ -29,6 +29,19 @@ class CapacityBelowCheckedIn(DomainError):
         super().__init__(slots=slots)
 
 
+class RestrictedNoMoreSeats(DomainError):
+    """A restricted office's plan may not add seats: its restriction keeps a share of them, and
+    more seats would take back what it took (only a lift may). Nothing was changed."""
+
+    code = "office_restricted_no_more_seats"
+    status = 409
+    message_fa = "این دفتر محدود شده است و تا رفع محدودیت نمی‌تواند ظرفیت روزها را بیشتر کند."
+    message_en = "This office is restricted: it may not add seats to a day until the restriction is lifted."
+
+    def __init__(self, days: list[str]) -> None:
+        super().__init__(days=days)
+
+
 class NotAtThisOffice(NotFound):
     code = "booking_not_at_office"
     message_fa = "این نوبت متعلق به این دفتر نیست."

@@ -29,6 +29,7 @@ from app.capacity import keys
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import (
+    Calendar,
     DayRule,
     WeeklyTemplate,
     decode_rules,
@@ -36,6 +37,7 @@ from app.capacity.plan import (
     encode_rules,
     encode_template,
     pool_for,
+    slots_for,
     validate_rules,
 )
 from app.capacity.service import Capacity, Noted, Overflow
@@ -46,6 +48,7 @@ from app.console.errors import (
     NoShowTooEarly,
     NotAtThisOffice,
     NotToday,
+    RestrictedNoMoreSeats,
     WrongBookingState,
 )
 from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
@@ -55,7 +58,7 @@ from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
 from app.locale import check_text, jalali_date, to_persian_digits
 from app.offices.errors import OfficeNotFound
-from app.offices.models import City, Office, OfficeService, Service
+from app.offices.models import City, Office, OfficeService, OfficeStatus, Service
 from app.offices.service import normalize_code
 from app.redis import renewed_lock
 from app.settings import Settings
@@ -181,6 +184,7 @@ class Console:
         )
         await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await self._plan_row(session, office, CapacityTemplate, office.id)
+        await self._refuse_more_seats_while_restricted(session, office, horizon, template=WeeklyTemplate(days=days))
         before = row.template if row else None
         if row is None:
             session.add(CapacityTemplate(office_id=office.id, template=new))
@@ -218,6 +222,7 @@ class Console:
         )
         await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
+        await self._refuse_more_seats_while_restricted(session, office, [day], calendar=calendar)
         before = row.rules if row else None
         if row is None:
             session.add(CapacityOverride(office_id=office.id, date=day, rules=encode_rules(rules), reason=reason))
@@ -249,11 +254,49 @@ class Console:
         if row is None:  # cleared meanwhile (a double click)
             await session.commit()
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
+        await self._refuse_more_seats_while_restricted(session, office, [day], calendar=calendar)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         noted = await self._note_plan(office, move_overflow)
         await session.commit()
         return await self._apply_change(session, office, [day], noted, move_overflow)
+
+    async def _refuse_more_seats_while_restricted(
+        self,
+        session: AsyncSession,
+        office: Office,
+        days: list[dt.date],
+        *,
+        template: WeeklyTemplate | None = None,
+        calendar: Calendar | None = None,
+    ) -> None:
+        """A restricted office keeps a share of its seats (its cap): a plan with more seats on
+        a day than it has now, or than its weekly template gives that day, took back what the
+        restriction took (two seats a slot made four sold the same as before), which only a
+        lift by the regulator or the guild may. Cuts, hours moved with no seat added, and a
+        day put back to its template stay the clerk's. Read with the office locked
+        (``_plan_row``): a restriction that came first is seen. ``template``/``calendar``:
+        the new plan's."""
+        if office.status != OfficeStatus.RESTRICTED:
+            return
+        raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
+        current = decode_template(raw) if raw else WeeklyTemplate(days={})
+        now = await self.capacity.calendar(session, first=days[0], last=days[-1], office_ids=[office.id])
+        province_id = (await session.execute(select(City.province_id).where(City.id == office.city_id))).scalar_one()
+
+        def seats(plan: Calendar, weekly: WeeklyTemplate, day: dt.date) -> int:
+            return sum(
+                s.seats for s in plan.slots(office_id=office.id, province_id=province_id, template=weekly, day=day)
+            )
+
+        raised = [
+            day
+            for day in days
+            if seats(calendar or now, template or current, day)
+            > max(seats(now, current, day), sum(slot.seats for slot in slots_for(current, day)))
+        ]
+        if raised:
+            raise RestrictedNoMoreSeats([day.isoformat() for day in raised])
 
     async def _check_services(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
         """A rule's own counter must be for a service the office offers: a typo ("1O4") made a

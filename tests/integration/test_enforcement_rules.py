@@ -404,3 +404,36 @@ async def test_a_watch_form_sent_after_its_sign_in_ended_asks_for_a_sign_in(clie
     )
     assert sent.status_code == 303, sent.text
     assert sent.headers["location"].startswith("/office/signin?next=")
+
+
+async def test_a_restricted_offices_clerk_cannot_add_seats_back(client: Client, world: World) -> None:
+    """A restriction keeps a share of the office's seats: its clerk raising two seats a slot
+    to four had sold as many as before, undoing what only a lift may. Cuts, and a day put
+    back up to its weekly template, stay the clerk's."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    clerk = await staff_of(client, world, office)
+    await restrict(client, await regulator(client, world), office, cap=50)
+    base = f"/api/v1/staff/offices/{office}"
+    day = world.tomorrow().isoformat()
+
+    def every_day(seats: int) -> dict[str, Any]:
+        return {
+            "days": {
+                str(d): [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": seats}] for d in range(7)
+            }
+        }
+
+    def one_day(seats: int) -> dict[str, Any]:
+        return {"rules": [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": seats}], "reason": "x"}
+
+    before = (await client.get(f"{base}/template", headers=clerk)).json()
+    raised = await client.put(f"{base}/template", json=every_day(4), headers=clerk)
+    assert raised.status_code == 409 and raised.json()["code"] == "office_restricted_no_more_seats", raised.text
+    assert (await client.get(f"{base}/template", headers=clerk)).json() == before  # nothing changed
+    more = await client.put(f"{base}/overrides/{day}", json=one_day(3), headers=clerk)
+    assert more.status_code == 409 and more.json()["days"] == [day], more.text
+    assert (await client.put(f"{base}/overrides/{day}", json=one_day(1), headers=clerk)).status_code == 200  # a cut
+    back = await client.put(f"{base}/overrides/{day}", json=one_day(2), headers=clerk)  # up to its template
+    assert back.status_code == 200, back.text
+    assert (await client.delete(f"{base}/overrides/{day}", headers=clerk)).status_code == 200
