@@ -177,14 +177,15 @@ class Console:
             validate_rules(rules)
         await self._check_services(session, office, [rule for rules in days.values() for rule in rules])
         horizon = self.capacity.horizon(self.clock.today())
-        await self._check_days_counters(session, office, WeeklyTemplate(days=days), horizon[0])
         new = encode_template(WeeklyTemplate(days=days))
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=horizon, apply=False, template=new
         )
         await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await self._plan_row(session, office, CapacityTemplate, office.id)
-        await self._refuse_more_seats_while_restricted(session, office, horizon, template=WeeklyTemplate(days=days))
+        # Both read with the office locked: a day's plan saved meanwhile is seen, or waits.
+        await self._check_days_counters(session, office, WeeklyTemplate(days=days), horizon[0])
+        await self._refuse_more_seats_while_restricted(session, office, template=WeeklyTemplate(days=days))
         before = row.template if row else None
         if row is None:
             session.add(CapacityTemplate(office_id=office.id, template=new))
@@ -214,7 +215,6 @@ class Console:
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
         await self._check_services(session, office, rules)
-        await self._check_own_counters(session, office, rules)
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
@@ -222,7 +222,9 @@ class Console:
         )
         await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
-        await self._refuse_more_seats_while_restricted(session, office, [day], calendar=calendar)
+        # Both read with the office locked: a template saved meanwhile is seen, or waits.
+        await self._check_own_counters(session, office, rules)
+        await self._refuse_more_seats_while_restricted(session, office, day=day, calendar=calendar)
         before = row.rules if row else None
         if row is None:
             session.add(CapacityOverride(office_id=office.id, date=day, rules=encode_rules(rules), reason=reason))
@@ -254,7 +256,7 @@ class Console:
         if row is None:  # cleared meanwhile (a double click)
             await session.commit()
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
-        await self._refuse_more_seats_while_restricted(session, office, [day], calendar=calendar)
+        await self._refuse_more_seats_while_restricted(session, office, day=day, calendar=calendar)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         noted = await self._note_plan(office, move_overflow)
@@ -265,38 +267,45 @@ class Console:
         self,
         session: AsyncSession,
         office: Office,
-        days: list[dt.date],
         *,
         template: WeeklyTemplate | None = None,
+        day: dt.date | None = None,
         calendar: Calendar | None = None,
     ) -> None:
-        """A restricted office keeps a share of its seats (its cap): a plan with more seats on
-        a day than it has now, or than its weekly template gives that day, took back what the
-        restriction took (two seats a slot made four sold the same as before), which only a
-        lift by the regulator or the guild may. Cuts, hours moved with no seat added, and a
-        day put back to its template stay the clerk's. Read with the office locked
-        (``_plan_row``): a restriction that came first is seen. ``template``/``calendar``:
-        the new plan's."""
+        """A restricted office keeps a share of its seats (its cap): more seats took back what
+        the restriction took (two seats a slot made four sold the same as before), which only
+        a lift by the regulator or the guild may. So while restricted, a new weekly
+        ``template`` may give no weekday more seats than the one in force (weekday by
+        weekday, whatever overrides or holidays hide in the horizon: an override there, then
+        cleared, had let a raise through), and a ``day``'s new plan (``calendar``) no more
+        than it has now or than the template gives it (a cut undone). Cuts, and hours moved
+        with no seat added, stay the clerk's. Read with the office locked (``_plan_row``): a
+        restriction that came first is seen."""
         if office.status != OfficeStatus.RESTRICTED:
             return
         raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
         current = decode_template(raw) if raw else WeeklyTemplate(days={})
-        now = await self.capacity.calendar(session, first=days[0], last=days[-1], office_ids=[office.id])
-        province_id = (await session.execute(select(City.province_id).where(City.id == office.city_id))).scalar_one()
 
-        def seats(plan: Calendar, weekly: WeeklyTemplate, day: dt.date) -> int:
-            return sum(
-                s.seats for s in plan.slots(office_id=office.id, province_id=province_id, template=weekly, day=day)
-            )
+        def weekly(plan: WeeklyTemplate, date: dt.date) -> int:
+            return sum(slot.seats for slot in slots_for(plan, date))
 
-        raised = [
-            day
-            for day in days
-            if seats(calendar or now, template or current, day)
-            > max(seats(now, current, day), sum(slot.seats for slot in slots_for(current, day)))
-        ]
+        if template is not None:
+            week = [self.clock.today() + dt.timedelta(days=i) for i in range(7)]  # each weekday once
+            raised = [date for date in week if weekly(template, date) > weekly(current, date)]
+        else:
+            assert day is not None and calendar is not None, "a day's new plan"
+            now = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
+            province_id = (
+                await session.execute(select(City.province_id).where(City.id == office.city_id))
+            ).scalar_one()
+
+            def seats(plan: Calendar) -> int:
+                slots = plan.slots(office_id=office.id, province_id=province_id, template=current, day=day)
+                return sum(slot.seats for slot in slots)
+
+            raised = [day] if seats(calendar) > max(seats(now), weekly(current, day)) else []
         if raised:
-            raise RestrictedNoMoreSeats([day.isoformat() for day in raised])
+            raise RestrictedNoMoreSeats([date.isoformat() for date in raised])
 
     async def _check_services(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
         """A rule's own counter must be for a service the office offers: a typo ("1O4") made a

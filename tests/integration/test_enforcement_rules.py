@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
+from app.capacity.plan import iranian_weekday
 from app.clock import Clock
 from app.complaints.models import Complaint
 from app.staff.models import AuditEntry
@@ -437,3 +438,15 @@ async def test_a_restricted_offices_clerk_cannot_add_seats_back(client: Client, 
     back = await client.put(f"{base}/overrides/{day}", json=one_day(2), headers=clerk)  # up to its template
     assert back.status_code == 200, back.text
     assert (await client.delete(f"{base}/overrides/{day}", headers=clerk)).status_code == 200
+
+    # Every date of one weekday in the horizon planned apart, at the template's own seats: a
+    # raise of that weekday alone is still refused (else, the overrides cleared, it sold).
+    tomorrow = world.tomorrow()
+    same_weekday = [tomorrow + dt.timedelta(days=7 * i) for i in range(2)]
+    for date in same_weekday:
+        planned = await client.put(f"{base}/overrides/{date.isoformat()}", json=one_day(2), headers=clerk)
+        assert planned.status_code == 200, planned.text
+    weekday = str(iranian_weekday(tomorrow))
+    one_weekday = {"days": {**before["days"], weekday: every_day(4)["days"][weekday]}}
+    hidden = await client.put(f"{base}/template", json=one_weekday, headers=clerk)
+    assert hidden.status_code == 409 and hidden.json()["days"] == [tomorrow.isoformat()], hidden.text
