@@ -24,8 +24,8 @@ operation = st.one_of(
 )
 
 
-async def _run(redis_url: str, seats: int, batches: list[list[tuple[str, object]]]) -> None:
-    redis = Redis.from_url(redis_url)
+async def _fresh_day(redis: Redis, seats: int) -> Capacity:
+    """The day counted into Redis afresh, each slot with ``seats`` and none used."""
     capacity = Capacity(redis, tz=dt.UTC, horizon_days=14)  # type: ignore[arg-type]
     day_key = keys.office_day(OFFICE, DAY)
     await redis.delete(day_key)
@@ -33,6 +33,13 @@ async def _run(redis_url: str, seats: int, batches: list[list[tuple[str, object]
     for time in TIMES:
         args += [keys.seats_field("*", time), seats]
     await capacity.scripts.materialise(keys=[day_key], args=args)
+    return capacity
+
+
+async def _run(redis_url: str, seats: int, batches: list[list[tuple[str, object]]]) -> None:
+    redis = Redis.from_url(redis_url)
+    capacity = await _fresh_day(redis, seats)
+    day_key = keys.office_day(OFFICE, DAY)
     held: list[str] = []
     expected = dict.fromkeys(TIMES, 0)
 
@@ -85,5 +92,28 @@ def test_any_interleaving_keeps_used_within_seats(
 
 
 def test_release_never_goes_below_zero(redis_url: str, redis_sync: SyncRedis) -> None:
-    asyncio.run(_run(redis_url, 1, [[("release", 0)] * 5, [("reserve", "08:00")] * 3]))
-    assert int(redis_sync.hget(keys.office_day(OFFICE, DAY), keys.used_field("*", "08:00")) or 0) == 1
+    """Releases of a seat nobody holds (a release sent twice, a recount between) free
+    nothing: below zero, each would be a seat sold that does not exist."""
+
+    def used() -> int:
+        return int(redis_sync.hget(keys.office_day(OFFICE, DAY), keys.used_field("*", "08:00")) or 0)
+
+    async def run() -> None:
+        redis = Redis.from_url(redis_url)
+        try:
+            capacity = await _fresh_day(redis, 1)
+
+            async def release() -> None:
+                await capacity.release(office_code=OFFICE, day=DAY, pool="*", time="08:00")
+
+            await asyncio.gather(*(release() for _ in range(5)))
+            assert used() == 0
+            seat = SeatRequest(office_code=OFFICE, day=DAY, pool="*", time="08:00", not_before=None, tracking_code="t")
+            assert await capacity.reserve(seat) is not None
+            assert used() == 1  # the one seat, sold once: the releases made no room
+            await asyncio.gather(*(release() for _ in range(3)))
+            assert used() == 0
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
