@@ -5,9 +5,10 @@
 For every slot of every office-day in Redis (the horizon):
 - bookings in SQL holding a seat (booked, checked_in) == the slot's used counter in Redis
   (field ``u|pool|HH:MM`` of ``nobat:{o:CODE}:day:YYYY-MM-DD``);
-- on days without a cap (``_cap`` = 100), used <= seats (field ``s|pool|HH:MM``). A cap (a
-  crowd cap or a restriction) lowers the seats but the bookings made before it stand, so
-  used may exceed the capped seats there, by design;
+- used <= seats (field ``s|pool|HH:MM``), capped days too: a cap (a crowd cap or a
+  restriction) bounds the day's total, never a slot's own seats, which every script keeps;
+- an office-day with bookings in SQL that Redis lacks is a failure too (Redis lost it: its
+  rebuild would count them against seats nobody compared);
 for every national ID: at most one active booking (waitlisted, booked, checked_in) per
 service per day, and at most NOBAT_MAX_ACTIVE_BOOKINGS active from today on; and for every
 mobile, no more bookings made on the web and by SMS (waitlist joins included, cancelled
@@ -50,8 +51,8 @@ class CheckResult:
     slots: int = 0
     seats_booked_sql: int = 0
     seats_used_redis: int = 0
-    seats_total: int = 0  # seats of the horizon on uncapped days: a fully booked horizon's bookings
-    capped_days_skipped_for_seats: int = 0
+    seats_total: int = 0  # seats of the horizon: a fully booked horizon's bookings
+    days_missing_in_redis: int = 0
     sql_above_redis: int = 0
     redis_above_sql: int = 0
     used_above_seats: int = 0
@@ -71,7 +72,7 @@ class CheckResult:
 
 
 async def _sql_counts(
-    database_url: str, today: dt.date, last: dt.date, max_active: int, per_mobile: str
+    database_url: str, tz: str, today: dt.date, last: dt.date, max_active: int, per_mobile: str
 ) -> tuple[dict[SlotKey, int], list[tuple[str, str, str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
     engine = create_engine(database_url)
     try:
@@ -102,7 +103,8 @@ async def _sql_counts(
                 )
             ]
             allowed, seconds = parse_limit(per_mobile)
-            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+            # On the service's clock: SQLite keeps its wall time in NOBAT_TZ, not UTC.
+            since = Clock(tz).now() - dt.timedelta(seconds=seconds)
             over_allowance = [
                 (mobile, int(n))
                 for mobile, n in await session.execute(
@@ -149,7 +151,7 @@ def check_once(
     # SQL first, then Redis: a booking committing in between shows as Redis above SQL, never
     # as an overbooking; the caller retries a failed check once the service is quiet.
     sql, same_day, too_many, over_allowance = asyncio.run(
-        _sql_counts(database_url, today, last, max_active, per_mobile)
+        _sql_counts(database_url, tz, today, last, max_active, per_mobile)
     )
     redis = Redis.from_url(redis_url)
     try:
@@ -160,10 +162,6 @@ def check_once(
     result.office_days = len(office_days)
     seen: set[SlotKey] = set()
     for (code, day), fields in office_days.items():
-        cap = int(fields.get("_cap", "100"))
-        uncapped = cap >= 100
-        if not uncapped:
-            result.capped_days_skipped_for_seats += 1
         for name in fields:
             if not name.startswith(("s|", "u|")):
                 continue
@@ -175,8 +173,7 @@ def check_once(
             result.slots += 1
             used = int(fields.get(f"u|{pool}|{slot}", "0"))
             seats = int(fields.get(f"s|{pool}|{slot}", "0"))
-            if uncapped:
-                result.seats_total += seats
+            result.seats_total += seats
             booked = sql.get(slot_key, 0)
             result.seats_booked_sql += booked
             result.seats_used_redis += used
@@ -186,18 +183,25 @@ def check_once(
             elif used > booked:
                 result.redis_above_sql += 1
                 result.note("redis_above_sql", office=code, date=day, pool=pool, slot=slot, sql=booked, redis=used)
-            if uncapped and max(used, booked) > seats:
+            if max(used, booked) > seats:
                 result.used_above_seats += 1
                 result.note(
                     "above_seats", office=code, date=day, pool=pool, slot=slot, seats=seats, sql=booked, redis=used
                 )
-    # Bookings in SQL for a slot Redis does not know at all (a day missing from Redis is
-    # rebuilt from SQL on first use, so only days Redis has are compared).
+    # Bookings in SQL for a slot Redis does not know, or on a day it lacks altogether (it lost
+    # it: the rebuild on first use would count them against seats nobody compared).
+    missing_days: set[tuple[str, str]] = set()
     for slot_key, booked in sql.items():
-        if slot_key not in seen and (slot_key[0], slot_key[1]) in office_days:
+        if slot_key in seen:
+            continue
+        result.seats_booked_sql += booked
+        if (slot_key[0], slot_key[1]) in office_days:
             result.sql_above_redis += 1
-            result.seats_booked_sql += booked
             result.note("sql_slot_missing_in_redis", office=slot_key[0], date=slot_key[1], slot=slot_key[3], sql=booked)
+        elif (slot_key[0], slot_key[1]) not in missing_days:
+            missing_days.add((slot_key[0], slot_key[1]))
+            result.note("sql_day_missing_in_redis", office=slot_key[0], date=slot_key[1])
+    result.days_missing_in_redis = len(missing_days)
 
     result.same_day_violations = len(same_day)
     for nid, service, day, n in same_day[:5]:
@@ -212,7 +216,9 @@ def check_once(
     result.overbooked = bool(
         result.sql_above_redis or result.used_above_seats or result.same_day_violations or result.too_many_violations
     )
-    result.ok = not result.overbooked and not result.redis_above_sql and not result.mobile_over_allowance
+    result.ok = not (
+        result.overbooked or result.redis_above_sql or result.mobile_over_allowance or result.days_missing_in_redis
+    )
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 

@@ -126,7 +126,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{verdict}: {check['slots']:,} slots of {check['office_days']:,} office-days; seats booked in SQL "
             f"{check['seats_booked_sql']:,}, used in Redis {check['seats_used_redis']:,}; SQL above Redis "
             f"{check['sql_above_redis']}, Redis above SQL {check['redis_above_sql']}, above seats "
-            f"{check['used_above_seats']} (capped days not compared to seats: {check['capped_days_skipped_for_seats']}); "
+            f"{check['used_above_seats']}; office-days with bookings missing in Redis {check.get('days_missing_in_redis', '-')}; "
             f"same-day violations {check['same_day_violations']}, over the active limit {check['too_many_violations']}, "
             f"mobiles over their bookings {check.get('mobile_over_allowance', '-')}.\n"
         )

@@ -8,8 +8,10 @@ import datetime as dt
 
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
 
 from app.booking.models import Booking, BookingStatus, Channel
+from app.capacity import keys
 from loadtests import check
 from tests.conftest import World, booking_body
 
@@ -61,7 +63,7 @@ async def test_the_check_passes_a_clean_record_and_finds_a_mobile_over_its_allow
                     pool="*",
                     status=BookingStatus.WAITLISTED,
                     channel=channel,
-                    created_at=dt.datetime.now(dt.UTC),
+                    created_at=world.container.clock.now(),  # as the service writes it
                 )
             )
         await session.commit()
@@ -69,3 +71,25 @@ async def test_the_check_passes_a_clean_record_and_finds_a_mobile_over_its_allow
     assert not over.ok and over.mobile_over_allowance == 1
     assert [e["made"] for e in over.examples if e["kind"] == "mobile_over_allowance"] == [4]
     assert (await run_check(world, per_mobile="4/3600")).ok
+
+
+async def test_the_check_finds_a_capped_slot_over_its_seats_and_a_day_redis_lost(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """A cap bounds a day's total, never a slot's own seats: a capped day's slot over its
+    seats had not been compared. And a day Redis lost, with bookings in SQL, had been
+    skipped: its rebuild would count them against seats nobody compared."""
+    office = await world.office(seats=1)
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    assert (await run_check(world, per_mobile="10/3600")).ok
+    day_key = keys.office_day(office, day)
+    redis_sync.hset(day_key, mapping={"_cap": 50, keys.seats_field("*", "10:00"): 0})  # one used, none left
+    capped = await run_check(world, per_mobile="10/3600")
+    assert not capped.ok and capped.overbooked and capped.used_above_seats == 1
+    redis_sync.delete(day_key)
+    lost = await run_check(world, per_mobile="10/3600")
+    assert not lost.ok and lost.days_missing_in_redis == 1 and lost.seats_booked_sql == 1
