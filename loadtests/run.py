@@ -160,7 +160,13 @@ def read_locust_csv(prefix: Path) -> dict[str, Any]:
                 {"method": r["Method"], "name": r["Name"], "error": r["Error"], "count": int(r["Occurrences"])}
                 for r in csv.DictReader(handle)
             ]
-    return {"aggregated": aggregated, "endpoints": endpoints, "failures": failures}
+    # A user whose task raised (in on_start it is dead for the rest of the run) shows only here.
+    exceptions = []
+    exceptions_path = Path(f"{prefix}_exceptions.csv")
+    if exceptions_path.exists():
+        with exceptions_path.open() as handle:
+            exceptions = [{"count": int(r["Count"]), "message": r["Message"]} for r in csv.DictReader(handle)]
+    return {"aggregated": aggregated, "endpoints": endpoints, "failures": failures, "exceptions": exceptions}
 
 
 def rush_window_rps(prefix: Path, opened: float, ended: float) -> float | None:
@@ -207,6 +213,7 @@ class Run:
                     "rq_workers",
                     "database",
                     "sms_backend",
+                    "references",
                 )
             },
             "machine": {"cores": os.cpu_count(), "load_at_start": round(load_average(), 2)},
@@ -499,17 +506,20 @@ class Run:
 
         stack.stop_rq()
         self.cpu_pids = self.server_pids(stack.web_worker_pids(), stack)
+        # Every booking answered 201 must be in the record: the phases make no replays, moves
+        # or cancellations, so the rows they add are at least the 201s (more by those whose
+        # answer wrk never read, in flight as it stopped).
+        recorded_before = asyncio.run(booking_counts(stack.database_url))
+        answered = 0
         try:
             quiet = wait_for_quiet(args.quiet_load, args.quiet_wait)
             self.results["machine"]["load_before_wrk"] = round(quiet, 2)
             caps = WRK_RATE_CAP
-            wrk["bookings_spread"] = self.wrk(
-                "bookings_spread", stack.base_url, bookings("spread", pairs), cap=caps["bookings"]
-            ).as_dict()
+            spread = self.wrk("bookings_spread", stack.base_url, bookings("spread", pairs), cap=caps["bookings"])
             hot = self.prepare_hot_days(stack, network, redis, today)
-            wrk["bookings_hot"] = self.wrk(
-                "bookings_hot", stack.base_url, bookings("hot", hot, "101"), cap=caps["bookings"]
-            ).as_dict()
+            hot_run = self.wrk("bookings_hot", stack.base_url, bookings("hot", hot, "101"), cap=caps["bookings"])
+            answered += spread.count("201") + hot_run.count("201")
+            wrk["bookings_spread"], wrk["bookings_hot"] = spread.as_dict(), hot_run.as_dict()
             wrk["bookings_hot"]["office_day"] = f"{hot[0][0]} on {', '.join(str(day) for _, day in hot)}"
             wrk["slots"] = self.wrk("slots", stack.base_url, slots(pairs), cap=caps["reads"]).as_dict()
             wrk["nearby"] = self.wrk("nearby", stack.base_url, nearby(), cap=caps["reads"]).as_dict()
@@ -520,14 +530,17 @@ class Run:
                 profiled = {"bookings_spread": bookings("spread-profiled", pairs), "slots": slots(pairs)}
                 profiled["nearby"] = nearby()
                 for name, lines in profiled.items():
-                    self.wrk(
+                    run = self.wrk(
                         f"{name}_profiled", stack.base_url, lines, cap=caps["reads"], duration=10,
                         profile_pids=stack.web_worker_pids(), profile_as=name,
                     )  # fmt: skip
+                    answered += run.count("201") if name.startswith("bookings") else 0
         finally:
             stack.start_rq()
             redis.close()
         self.results["wrk_service"] = wrk
+        recorded = sum(sold(recorded_before, asyncio.run(booking_counts(stack.database_url))).values())
+        self.results["wrk_bookings"] = {"answered_201": answered, "recorded": recorded}
 
     def sms_drain(self, stack: NobatStack, seconds: float = 10) -> None:
         """How fast the RQ worker sends what the scenario queued: the queue's depth 10 s apart."""
@@ -688,9 +701,21 @@ class Run:
             stack = self.start_service()
             network = asyncio.run(workloads.load_network(stack.database_url))
             self.locust(stack, network)
+            if code := self.results["locust"]["exit_code"]:
+                # A failure by the locustfile's rules (a 5xx, no answer, a refusal it did not
+                # expect) or a user whose task raised.
+                self.note(f"Locust exited {code}: failures or exceptions (see the Locust tables and logs/locust.log)")
+                exit_code = 1
             self.sms_drain(stack)
             if args.references != "none" and wrk_binary():
                 self.service_references(stack, network)
+                bookings = self.results["wrk_bookings"]
+                if bookings["recorded"] < bookings["answered_201"]:
+                    self.note(
+                        f"LOST: wrk's phases were answered 201 for {bookings['answered_201']:,} bookings, "
+                        f"and the record gained {bookings['recorded']:,}"
+                    )
+                    exit_code = 1
             elif args.references != "none":
                 self.note("wrk is not installed: no references (apt-get install -y wrk)")
             # Bookings still on their way when the load stopped commit within moments.

@@ -21,3 +21,27 @@ def test_the_share_of_the_bare_endpoint() -> None:
     }
     row = {row["target"]: row for row in targets(results)}[">= 40% of the bare reserve endpoint"]
     assert row["ratio"] == 0.5 and row["met"] is True
+
+
+HOT = ">= 5x the PostgreSQL row-lock baseline on the hot slot"
+
+
+def test_the_row_lock_ratio_is_judged_only_against_a_durable_record() -> None:
+    """SQLite commits without a flush, the row-lock reference with one: no verdict there."""
+    results = {
+        "settings": {"database": "postgres", "references": "all"},
+        "wrk_service": {"bookings_hot": {"ok_rate": 4000.0}},
+        "pg_baseline": {"hot": {"ok_rate": 700.0}},
+    }
+    assert {r["target"]: r for r in targets(results)}[HOT]["met"] is True
+    results["settings"]["database"] = "sqlite"
+    row = {r["target"]: r for r in targets(results)}[HOT]
+    assert row["met"] is None and "not comparable" in row["measured"]
+
+
+def test_a_row_lock_reference_that_did_not_run_is_a_failed_row() -> None:
+    results = {
+        "settings": {"database": "postgres", "references": "all"},
+        "wrk_service": {"bookings_hot": {"ok_rate": 4000.0}},
+    }
+    assert {r["target"]: r for r in targets(results)}[HOT]["met"] is False
