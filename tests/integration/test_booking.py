@@ -20,7 +20,7 @@ from app.capacity.plan import DayRule
 from app.clock import Clock
 from app.container import Container
 from app.errors import DomainError
-from tests.conftest import Served, World, booking_body, count_sessions, fails_once, watch_held
+from tests.conftest import Served, World, booking_body, count_sessions, fails_once, holds, watch_held
 
 Client = AsyncTestClient[Litestar]
 
@@ -567,6 +567,11 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(
     assert bad_token.status_code == 401
     assert await count_rows(world.container) == 0
     assert used(redis_sync, office, day, "10:00") == 0
+    # The refusals that reached Redis (no such slot, a blocked office) held nothing either:
+    # left, the citizen was told "already booked" that day.
+    assert holds(redis_sync, good["national_id"]) == []
+    booked = await client.post("/api/v1/bookings", json=good, headers=headers)
+    assert booked.status_code == 201, booked.text
 
 
 async def test_persian_and_arabic_digits_are_accepted(client: Client, world: World) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 import pytest
 from litestar import Litestar
@@ -11,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from app.capacity import keys
 from app.capacity.watch import rebuild_lock
 from app.container import Container
+from app.locale import to_persian_digits
 from app.offices import dataset
 from tests.conftest import health_until
 
@@ -38,13 +40,17 @@ async def test_find_offices_by_province_city_and_service(client: Client, demo: d
     everything = (await client.get("/api/v1/offices?limit=100")).json()
     assert everything["total"] == len(demo.offices)
     first = everything["items"][0]
-    by_province = (await client.get("/api/v1/offices", params={"province": first["city"]["province_fa"]})).json()
-    assert by_province["total"] >= 1
-    assert all(o["city"]["province_fa"] == first["city"]["province_fa"] for o in by_province["items"])
+    province = first["city"]["province_fa"]
+    by_province = (await client.get("/api/v1/offices", params={"province": province, "limit": 100})).json()
+    there = [o["code"] for o in everything["items"] if o["city"]["province_fa"] == province]
+    assert [o["code"] for o in by_province["items"]] == there and by_province["total"] == len(there)
+    assert 0 < len(there) < everything["total"]  # a filter that was ignored would list them all
     by_city = (await client.get("/api/v1/offices", params={"city": first["city"]["name_fa"], "limit": 100})).json()
     assert first["code"] in {o["code"] for o in by_city["items"]}
-    by_service = (await client.get("/api/v1/offices", params={"service": "۱۰۱", "limit": 100})).json()
-    assert 0 < by_service["total"] <= everything["total"]
+    offering = Counter(s["service_code"] for s in demo.office_services)
+    some = next(code for code, n in sorted(offering.items()) if 0 < n < len(demo.offices))  # not every office's
+    by_service = (await client.get("/api/v1/offices", params={"service": to_persian_digits(some), "limit": 100})).json()
+    assert by_service["total"] == offering[some], some
     paged = (await client.get("/api/v1/offices", params={"limit": 5, "offset": 5})).json()
     assert [o["code"] for o in paged["items"]] == [o["code"] for o in everything["items"][5:10]]
     bad = await client.get("/api/v1/offices", params={"limit": 1000})

@@ -122,6 +122,7 @@ async def test_a_note_that_is_not_one_is_dropped_and_stops_no_job(
 ) -> None:
     """A field or change the jobs cannot read (a hand's HSET, a half-written note) made each
     run of its job raise, so no later change in that hash reached Redis again."""
+    office = await world.office()
     await world.rebuild()
     bad = {
         keys.PLANS_TO_APPLY: {"990104": "yesterday|x"},
@@ -130,10 +131,12 @@ async def test_a_note_that_is_not_one_is_dropped_and_stops_no_job(
     }
     for noted_in, fields in bad.items():
         redis_sync.hset(noted_in, mapping=fields)
+    # Beside them, a good note, long due: applied, not dropped with the bad ones.
+    redis_sync.hset(keys.PLANS_TO_APPLY, office, "1.0|")
     queue = Queue(DEFAULT, connection=redis_sync)
     jobs = [queue.enqueue(job) for job in (finish_plans, finish_caps, finish_closures)]
     await deliver()
-    assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", 0)] * 3
+    assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", n) for n in (1, 0, 0)]
     assert [redis_sync.hlen(noted_in) for noted_in in bad] == [0, 0, 0]
 
 

@@ -220,15 +220,14 @@ async def test_seats_added_go_to_the_line_not_to_whoever_books_first(
     assert waiting.status_code == 201, waiting.text
     # The first half of a raise: the plan has a second seat, the line has not been served yet.
     redis_sync.hset(keys.office_day(office, day), keys.seats_field("*", "10:00"), 2)
+    refused = world.national_id()
     for slot in ("10:00", None):
         jumped = await client.post(
-            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+            "/api/v1/bookings", json=booking_body(office, refused, day, slot), headers=world.token()
         )
         assert jumped.status_code == 409, jumped.text
-    # Refused a booking, the citizen may join the line (told "seats available", neither).
-    behind = await client.post(
-        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-    )
+    # Refused a booking, the same citizen may join the line (told "seats available", neither).
+    behind = await client.post("/api/v1/waitlist", json=booking_body(office, refused, day, None), headers=world.token())
     assert behind.status_code == 201 and behind.json()["waitlist_position"] == 2, behind.text
     async with world.container.sessions() as session:
         await world.container.bookings.fill_waitlists(session=session, office_codes={office})
