@@ -725,7 +725,7 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
     office, day, code, waiting = await full_with_one_waiting(client, world)
     capacity = client.app.state.container.capacity
     may_commit, commit = capacity.may_commit, AsyncSession.commit
-    armed, asked = False, 0
+    armed, asked, dropped = False, 0, 0
 
     async def arming() -> bool:
         nonlocal armed, asked
@@ -734,10 +734,10 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
         return await may_commit()
 
     async def lost(session: AsyncSession) -> None:
-        nonlocal armed
+        nonlocal armed, dropped
         if not armed:
             return await commit(session)
-        armed = False
+        armed, dropped = False, dropped + 1
         if landed:
             await commit(session)
         raise OperationalError("COMMIT", {}, Exception("the connection dropped"))
@@ -754,6 +754,7 @@ async def test_a_promotion_whose_commit_raised_asks_the_record_whether_it_landed
     cancelled = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
     assert cancelled.status_code == 200, cancelled.text
     monkeypatch.undo()
+    assert dropped == 1, "the promotion's commit was the one whose answer was lost"
 
     line = keys.waitlist(office, day, "*")
     with SyncRedis.from_url(capacity_redis.url) as redis:

@@ -97,12 +97,20 @@ async def test_a_batch_writes_every_row_as_given(
 
 
 async def test_a_row_that_breaks_a_constraint_fails_only_its_own_booking(
-    world: World, group_commit: GroupCommit
+    world: World, group_commit: GroupCommit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same citizen twice on a day, in one batch with a third booking: the batch is
     committed again one booking at a time, and only the second of the pair fails."""
+    insert, inserts = writer._insert, []
+
+    async def counted(connection: Any, rows: Any) -> None:
+        inserts.append(rows)
+        await insert(connection, rows)
+
+    monkeypatch.setattr(writer, "_insert", counted)
     writes = [booking_rows("0000000001"), booking_rows("0000000001", mobile="09120000002"), booking_rows("0000000003")]
     outcomes = await asyncio.gather(*(group_commit.write(None, rows) for rows in writes), return_exceptions=True)
+    assert len(inserts) == 4  # the three together, refused; then each alone
 
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], IntegrityError)

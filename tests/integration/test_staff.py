@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, Type
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
@@ -329,6 +329,22 @@ async def test_old_hashes_are_upgraded_on_sign_in(container: Container) -> None:
     new = (await account(container, "guild")).password_hash
     assert new != old and not current.hasher.check_needs_rehash(new)
     await sign_in(container, current, "guild", PASSWORD)
+
+
+def test_staff_passwords_are_hashed_at_productions_cost_unless_told(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other test hashes at argon2's cheapest (tests/conftest.py): the service's own
+    default, which production uses, is argon2's recommended profile, not that."""
+    monkeypatch.undo()  # the suite's cheap hashes
+    default = service(container).hasher
+    recommended = PasswordHasher()
+    assert (default.time_cost, default.memory_cost, default.parallelism) == (
+        recommended.time_cost,
+        recommended.memory_cost,
+        recommended.parallelism,
+    )
+    assert default.memory_cost >= 64 * 1024 and default.type is Type.ID
 
 
 async def test_sign_in_is_rate_limited_per_address(container: Container) -> None:
