@@ -9,6 +9,8 @@ For every slot of every office-day in Redis (the horizon):
   restriction) bounds the day's total, never a slot's own seats, which every script keeps;
 - an office-day with bookings in SQL that Redis lacks is a failure too (Redis lost it: its
   rebuild would count them against seats nobody compared);
+every citizen waitlisted in SQL has their place in the line in Redis (``nobat:{o:CODE}:wait:
+YYYY-MM-DD:POOL``): left out, they would never be promoted;
 for every national ID: at most one active booking (waitlisted, booked, checked_in) per
 service per day, and at most NOBAT_MAX_ACTIVE_BOOKINGS active from today on; and for every
 mobile, no more bookings made on the web and by SMS (waitlist joins included, cancelled
@@ -27,12 +29,12 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
 from sqlalchemy import func, select
 
-from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, Channel
+from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus, Channel
 from app.capacity import keys
 from app.clock import Clock
 from app.db import create_engine, session_factory
@@ -53,6 +55,8 @@ class CheckResult:
     seats_used_redis: int = 0
     seats_total: int = 0  # seats of the horizon: a fully booked horizon's bookings
     days_missing_in_redis: int = 0
+    waitlisted: int = 0
+    waitlisted_not_in_line: int = 0
     sql_above_redis: int = 0
     redis_above_sql: int = 0
     used_above_seats: int = 0
@@ -71,9 +75,17 @@ class CheckResult:
         return asdict(self)
 
 
+class _Record(NamedTuple):
+    seated: dict[SlotKey, int]  # bookings holding a seat, by slot
+    same_day: list[tuple[str, str, str, int]]
+    too_many: list[tuple[str, int]]
+    over_allowance: list[tuple[str, int]]
+    waitlisted: dict[tuple[str, str, str], set[str]]  # (office code, day, pool) -> tracking codes
+
+
 async def _sql_counts(
     database_url: str, tz: str, today: dt.date, last: dt.date, max_active: int, per_mobile: str
-) -> tuple[dict[SlotKey, int], list[tuple[str, str, str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
+) -> _Record:
     engine = create_engine(database_url)
     try:
         async with session_factory(engine)() as session:
@@ -114,7 +126,14 @@ async def _sql_counts(
                     .having(func.count() > allowed)
                 )
             ]
-        return counts, same_day, too_many, over_allowance
+            waitlisted: dict[tuple[str, str, str], set[str]] = {}
+            for code, day, pool, tracking_code in await session.execute(
+                select(Office.code, Booking.date, Booking.pool, Booking.tracking_code)
+                .join(Office, Office.id == Booking.office_id)
+                .where(Booking.status == BookingStatus.WAITLISTED, Booking.date >= today, Booking.date <= last)
+            ):
+                waitlisted.setdefault((code, day.isoformat(), pool), set()).add(tracking_code)
+        return _Record(counts, same_day, too_many, over_allowance, waitlisted)
     finally:
         await engine.dispose()
 
@@ -140,6 +159,19 @@ def _redis_days(redis: Redis, days: set[str]) -> dict[tuple[str, str], dict[str,
     return result
 
 
+def _redis_lines(redis: Redis, lines: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], set[str]]:
+    """The tracking codes in each line (office code, day, pool), read in pipelined batches."""
+    found: dict[tuple[str, str, str], set[str]] = {}
+    for start in range(0, len(lines), 2000):
+        batch = lines[start : start + 2000]
+        with redis.pipeline(transaction=False) as pipe:
+            for code, day, pool in batch:
+                pipe.lrange(keys.waitlist(code, dt.date.fromisoformat(day), pool), 0, -1)
+            for line, codes in zip(batch, pipe.execute(), strict=True):
+                found[line] = {raw.decode() for raw in codes}
+    return found
+
+
 def check_once(
     *, database_url: str, redis_url: str, tz: str, horizon_days: int, max_active: int, per_mobile: str
 ) -> CheckResult:
@@ -150,14 +182,19 @@ def check_once(
     days = {(today + dt.timedelta(days=i)).isoformat() for i in range(horizon_days)}
     # SQL first, then Redis: a booking committing in between shows as Redis above SQL, never
     # as an overbooking; the caller retries a failed check once the service is quiet.
-    sql, same_day, too_many, over_allowance = asyncio.run(
-        _sql_counts(database_url, tz, today, last, max_active, per_mobile)
-    )
+    record = asyncio.run(_sql_counts(database_url, tz, today, last, max_active, per_mobile))
+    sql, same_day, too_many, over_allowance = record.seated, record.same_day, record.too_many, record.over_allowance
     redis = Redis.from_url(redis_url)
     try:
         office_days = _redis_days(redis, days)
+        lines = _redis_lines(redis, list(record.waitlisted))
     finally:
         redis.close()
+    for line, codes in record.waitlisted.items():
+        result.waitlisted += len(codes)
+        if missing := codes - lines[line]:
+            result.waitlisted_not_in_line += len(missing)
+            result.note("waitlisted_not_in_line", office=line[0], date=line[1], pool=line[2], missing=len(missing))
 
     result.office_days = len(office_days)
     seen: set[SlotKey] = set()
@@ -217,7 +254,11 @@ def check_once(
         result.sql_above_redis or result.used_above_seats or result.same_day_violations or result.too_many_violations
     )
     result.ok = not (
-        result.overbooked or result.redis_above_sql or result.mobile_over_allowance or result.days_missing_in_redis
+        result.overbooked
+        or result.redis_above_sql
+        or result.mobile_over_allowance
+        or result.days_missing_in_redis
+        or result.waitlisted_not_in_line
     )
     result.seconds = round(time.perf_counter() - started, 2)
     return result

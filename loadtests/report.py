@@ -34,6 +34,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
 
+    def timed_out(run: dict[str, Any]) -> str:
+        # wrk's latencies leave out requests that ran past its --timeout: a p99 with any is no p99.
+        n = run.get("socket_errors", {}).get("timeout", 0)
+        return f"; {n:,} timed out" if n else ""
+
     rows: list[dict[str, Any]] = []
 
     def row(name: str, measured: str, ok: bool | None, ratio_value: float | None = None) -> None:
@@ -44,8 +49,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if booking_rate is not None:
         row(
             "full booking path >= 3,000 confirmed/s, p99 < 50 ms",
-            f"{booking_rate:,.0f}/s, p99 {p99:.0f} ms",
-            booking_rate >= 3000 and p99 < 50,
+            f"{booking_rate:,.0f}/s, p99 {p99:.0f} ms{timed_out(spread)}",
+            booking_rate >= 3000 and p99 < 50 and not timed_out(spread),
             ratio(booking_rate, 3000),
         )
     hot_ratio = ratio(hot.get("ok_rate"), pg_hot.get("ok_rate"))
@@ -81,8 +86,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             rate, p99_read = read["ok_rate"], read["latency_ms"]["p99"]
             row(
                 f"read path {name} >= 6,000 req/s, p99 < 30 ms",
-                f"{rate:,.0f}/s, p99 {p99_read:.0f} ms",
-                rate >= 6000 and p99_read < 30,
+                f"{rate:,.0f}/s, p99 {p99_read:.0f} ms{timed_out(read)}",
+                rate >= 6000 and p99_read < 30 and not timed_out(read),
                 ratio(rate, 6000),
             )
     if memory is not None:
@@ -136,6 +141,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{check['seats_booked_sql']:,}, used in Redis {check['seats_used_redis']:,}; SQL above Redis "
             f"{check['sql_above_redis']}, Redis above SQL {check['redis_above_sql']}, above seats "
             f"{check['used_above_seats']}; office-days with bookings missing in Redis {check.get('days_missing_in_redis', '-')}; "
+            f"waitlisted {check.get('waitlisted', '-')}, not in their line in Redis {check.get('waitlisted_not_in_line', '-')}; "
             f"same-day violations {check['same_day_violations']}, over the active limit {check['too_many_violations']}, "
             f"mobiles over their bookings {check.get('mobile_over_allowance', '-')}.\n"
         )

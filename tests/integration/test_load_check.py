@@ -12,6 +12,7 @@ from redis import Redis as SyncRedis
 
 from app.booking.models import Booking, BookingStatus, Channel
 from app.capacity import keys
+from app.capacity.plan import DayRule
 from loadtests import check
 from tests.conftest import World, booking_body
 
@@ -46,8 +47,8 @@ async def test_the_check_passes_a_clean_record_and_finds_a_mobile_over_its_allow
     clean = await run_check(world, per_mobile="3/3600")
     assert clean.ok and clean.mobile_over_allowance == 0 and clean.seats_booked_sql == 3
 
-    # A fourth made past the service's back (a waitlisted row: no seat, so only the
-    # allowance is broken), and a walk-in, which no allowance counts.
+    # A fourth made past the service's back (cancelled since: no seat, no place in line, so
+    # only the allowance is broken), and a walk-in, which no allowance counts.
     async with world.container.sessions() as session:
         office_id = (await world.container.offices.bookable(office_code=office, service_code="101")).id
         for channel, code in ((Channel.SMS, "CHECKSMS01"), (Channel.WALK_IN, "CHECKWALK1")):
@@ -61,7 +62,7 @@ async def test_the_check_passes_a_clean_record_and_finds_a_mobile_over_its_allow
                     date=day + dt.timedelta(days=1),
                     slot_time="",
                     pool="*",
-                    status=BookingStatus.WAITLISTED,
+                    status=BookingStatus.CANCELLED,
                     channel=channel,
                     created_at=world.container.clock.now(),  # as the service writes it
                 )
@@ -93,3 +94,19 @@ async def test_the_check_finds_a_capped_slot_over_its_seats_and_a_day_redis_lost
     redis_sync.delete(day_key)
     lost = await run_check(world, per_mobile="10/3600")
     assert not lost.ok and lost.days_missing_in_redis == 1 and lost.seats_booked_sql == 1
+
+
+async def test_the_check_finds_a_citizen_waitlisted_in_the_record_and_gone_from_the_line(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Left out of the line in Redis, a waitlisted citizen would never be promoted."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    for path in ("/api/v1/bookings", "/api/v1/waitlist"):
+        made = await client.post(path, json=booking_body(office, world.national_id(), day, None), headers=world.token())
+        assert made.status_code == 201, made.text
+    in_line = await run_check(world, per_mobile="10/3600")
+    assert in_line.ok and in_line.waitlisted == 1
+    redis_sync.delete(keys.waitlist(office, day, "*"))
+    dropped = await run_check(world, per_mobile="10/3600")
+    assert not dropped.ok and dropped.waitlisted_not_in_line == 1
