@@ -49,6 +49,8 @@ while no other batch commits (``GroupCommit._landed``)."""
 BARRIER_WAIT = "2s"
 """How long a recount waits for the barrier at a time. Meanwhile every new batch queues
 behind it: between tries they go on (and are refused, for the recount has begun)."""
+CLOSE_WAIT = 10.0
+"""Seconds a shutdown waits for the batch under way (``GroupCommit.close``)."""
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout that ran out
 BARRIER_HOLDER_IDLE = "30s"
 """A transaction holding the barrier ends this long idle: one whose instance froze or lost the
@@ -124,6 +126,10 @@ class GroupCommit:
         self.send_sms = send_sms
 
     async def close(self) -> None:
+        """Let a batch still committing finish first (up to CLOSE_WAIT): its callers, and the
+        seats they hold, wait on its answer, and the engine disposed under it would cut it."""
+        if self._draining is not None and not self._draining.done():
+            await asyncio.wait({self._draining}, timeout=CLOSE_WAIT)
         await self.engine.dispose()
 
     async def write(

@@ -9,13 +9,14 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.booking import writer
 from app.booking.models import Booking, BookingStatus, Channel, NewBooking
 from app.booking.writer import GroupCommit, Row
+from app.db import create_engine
 from app.sms.models import SmsMessage, SmsStatus
 from app.sms.service import OUTBOX
 from tests.conftest import World
@@ -172,3 +173,29 @@ async def test_a_seat_a_recount_left_out_is_refused_alone_and_its_batch_commits(
     async with world.container.sessions() as session:
         booked = set(await session.scalars(select(Booking.national_id)))
     assert booked == {"0000000002", "0000000003"}
+
+
+async def test_closing_waits_for_the_batch_under_way(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown while a batch commits: its callers get its answer, and the rows land. The
+    engine had been disposed of under it."""
+    group_commit = GroupCommit(
+        create_engine(world.container.settings.database_url), send_sms=lambda ids: None, may_commit=allowed
+    )
+    await world.office()
+    insert, inserting, go_on = writer._insert, asyncio.Event(), asyncio.Event()
+
+    async def slow(connection: Any, rows: Any) -> Any:
+        inserting.set()
+        await go_on.wait()
+        return await insert(connection, rows)
+
+    monkeypatch.setattr(writer, "_insert", slow)
+    written = asyncio.create_task(group_commit.write(None, booking_rows("0000000001")))
+    await asyncio.wait_for(inserting.wait(), 5)
+    closing = asyncio.create_task(group_commit.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # waits for the batch
+    go_on.set()
+    await asyncio.wait_for(asyncio.gather(written, closing), 5)
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 1
