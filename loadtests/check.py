@@ -186,8 +186,10 @@ def check_once(
     sql, same_day, too_many, over_allowance = record.seated, record.same_day, record.too_many, record.over_allowance
     redis = Redis.from_url(redis_url)
     try:
-        office_days = _redis_days(redis, days)
+        # The lines first, nearest the record's read of who waits: a promotion or a cancel
+        # landing between the two reads reads as a place lost (the check is tried again).
         lines = _redis_lines(redis, list(record.waitlisted))
+        office_days = _redis_days(redis, days)
     finally:
         redis.close()
     for line, codes in record.waitlisted.items():

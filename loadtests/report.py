@@ -64,7 +64,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             hot_ratio >= 5 if durable else None,
             hot_ratio,
         )
-    elif hot and results.get("pg_baseline") is None and results.get("settings", {}).get("references") == "all":
+    elif (
+        durable
+        and hot
+        and results.get("pg_baseline") is None
+        and results.get("settings", {}).get("references") == "all"
+    ):
         row(
             ">= 5x the PostgreSQL row-lock baseline on the hot slot",
             "the reference was not measured: see the notes",

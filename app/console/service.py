@@ -177,6 +177,9 @@ class Console:
             validate_rules(rules)
         await self._check_services(session, office, [rule for rules in days.values() for rule in rules])
         horizon = self.capacity.horizon(self.clock.today())
+        # Checked first for the answer's sake (a plan that is wrong is told so before any
+        # refusal for its bookings), and again below with the office locked.
+        await self._check_days_counters(session, office, WeeklyTemplate(days=days), horizon[0])
         new = encode_template(WeeklyTemplate(days=days))
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=horizon, apply=False, template=new
@@ -215,6 +218,7 @@ class Console:
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
         await self._check_services(session, office, rules)
+        await self._check_own_counters(session, office, rules)  # again below, with the office locked
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
