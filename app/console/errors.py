@@ -29,14 +29,17 @@ class CapacityBelowCheckedIn(DomainError):
         super().__init__(slots=slots)
 
 
-class RestrictedNoMoreSeats(DomainError):
-    """A restricted office's plan may not add seats: its restriction keeps a share of them, and
-    more seats would take back what it took (only a lift may). Nothing was changed."""
+class NoMoreSeatsUnderCap(DomainError):
+    """On days under a cap (the office's restriction, or a crowd cap over its province) the
+    plan may not add seats: the cap lets a share of them be filled, and more seats would take
+    back what it took (only its lift may). Nothing was changed."""
 
-    code = "office_restricted_no_more_seats"
+    code = "no_more_seats_under_cap"
     status = 409
-    message_fa = "این دفتر محدود شده است و تا رفع محدودیت نمی‌تواند ظرفیت روزها را بیشتر کند."
-    message_en = "This office is restricted: it may not add seats to a day until the restriction is lifted."
+    message_fa = (
+        "ظرفیت این دفتر در این روزها محدود شده است (محدودیت دفتر یا سقف استانی) و تا رفع آن نمی‌توان ظرفیت را بیشتر کرد."
+    )
+    message_en = "This office's seats are capped on these days (its restriction, or a crowd cap): none may be added until the cap is lifted."
 
     def __init__(self, days: list[str]) -> None:
         super().__init__(days=days)

@@ -40,15 +40,15 @@ from app.capacity.plan import (
     slots_for,
     validate_rules,
 )
-from app.capacity.service import Capacity, Noted, Overflow
+from app.capacity.service import Capacity, Noted, Overflow, load_caps
 from app.clock import Clock
 from app.console.errors import (
     CapacityBelowBookings,
     CapacityBelowCheckedIn,
+    NoMoreSeatsUnderCap,
     NoShowTooEarly,
     NotAtThisOffice,
     NotToday,
-    RestrictedNoMoreSeats,
     WrongBookingState,
 )
 from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
@@ -188,7 +188,7 @@ class Console:
         row = await self._plan_row(session, office, CapacityTemplate, office.id)
         # Both read with the office locked: a day's plan saved meanwhile is seen, or waits.
         await self._check_days_counters(session, office, WeeklyTemplate(days=days), horizon[0])
-        await self._refuse_more_seats_while_restricted(session, office, template=WeeklyTemplate(days=days))
+        await self._refuse_more_seats_under_a_cap(session, office, template=WeeklyTemplate(days=days))
         before = row.template if row else None
         if row is None:
             session.add(CapacityTemplate(office_id=office.id, template=new))
@@ -228,7 +228,7 @@ class Console:
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         # Both read with the office locked: a template saved meanwhile is seen, or waits.
         await self._check_own_counters(session, office, rules)
-        await self._refuse_more_seats_while_restricted(session, office, day=day, calendar=calendar)
+        await self._refuse_more_seats_under_a_cap(session, office, day=day, calendar=calendar)
         before = row.rules if row else None
         if row is None:
             session.add(CapacityOverride(office_id=office.id, date=day, rules=encode_rules(rules), reason=reason))
@@ -260,14 +260,14 @@ class Console:
         if row is None:  # cleared meanwhile (a double click)
             await session.commit()
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
-        await self._refuse_more_seats_while_restricted(session, office, day=day, calendar=calendar)
+        await self._refuse_more_seats_under_a_cap(session, office, day=day, calendar=calendar)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         noted = await self._note_plan(office, move_overflow)
         await session.commit()
         return await self._apply_change(session, office, [day], noted, move_overflow)
 
-    async def _refuse_more_seats_while_restricted(
+    async def _refuse_more_seats_under_a_cap(
         self,
         session: AsyncSession,
         office: Office,
@@ -276,16 +276,25 @@ class Console:
         day: dt.date | None = None,
         calendar: Calendar | None = None,
     ) -> None:
-        """A restricted office keeps a share of its seats (its cap): more seats took back what
-        the restriction took (two seats a slot made four sold the same as before), which only
-        a lift by the regulator or the guild may. So while restricted, a new weekly
-        ``template`` may give no weekday more seats than the one in force (weekday by
-        weekday, whatever overrides or holidays hide in the horizon: an override there, then
-        cleared, had let a raise through), and a ``day``'s new plan (``calendar``) no more
-        than it has now or than the template gives it (a cut undone). Cuts, and hours moved
-        with no seat added, stay the clerk's. Read with the office locked (``_plan_row``): a
+        """An office under a cap (its restriction, or a crowd cap over its province) may fill
+        a share of its seats: more seats took back what the cap took (two seats a slot made
+        four sold the same as before), which only its lift may. So on a capped day a ``day``'s
+        new plan (``calendar``) may have no more seats than it has now or than the weekly
+        template gives it (a cut undone); and a new weekly ``template`` may give no weekday
+        more seats than the one in force if a capped day falls on it (weekday by weekday,
+        whatever overrides or holidays hide: an override there, then cleared, had let a raise
+        through; a restricted office's every day is capped). Cuts, and hours moved with no
+        seat added, stay the clerk's. Read with the office locked (``_plan_row``): a
         restriction that came first is seen."""
-        if office.status != OfficeStatus.RESTRICTED:
+        today = self.clock.today()
+        province_id = (await session.execute(select(City.province_id).where(City.id == office.city_id))).scalar_one()
+        restricted = office.status == OfficeStatus.RESTRICTED
+        caps = [
+            (rule.starts_on, rule.ends_on)
+            for rule in await load_caps(session, first=today, last=dt.date.max)
+            if rule.percent < 100 and rule.province_id in (None, province_id)
+        ]
+        if not restricted and not caps:
             return
         raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
         current = decode_template(raw) if raw else WeeklyTemplate(days={})
@@ -293,15 +302,30 @@ class Console:
         def weekly(plan: WeeklyTemplate, date: dt.date) -> int:
             return sum(slot.seats for slot in slots_for(plan, date))
 
+        def first_capped(date: dt.date) -> dt.date | None:
+            """The first capped day, from today on, on ``date``'s weekday."""
+            if restricted:
+                return date
+            found = []
+            for starts_on, ends_on in caps:
+                start = max(starts_on, today)
+                candidate = start + dt.timedelta(days=(date.weekday() - start.weekday()) % 7)
+                if candidate <= ends_on:
+                    found.append(candidate)
+            return min(found, default=None)
+
         if template is not None:
-            week = [self.clock.today() + dt.timedelta(days=i) for i in range(7)]  # each weekday once
-            raised = [date for date in week if weekly(template, date) > weekly(current, date)]
+            week = [today + dt.timedelta(days=i) for i in range(7)]  # each weekday once
+            raised = [
+                capped
+                for date in week
+                if weekly(template, date) > weekly(current, date) and (capped := first_capped(date)) is not None
+            ]
         else:
             assert day is not None and calendar is not None, "a day's new plan"
+            if not restricted and not any(starts_on <= day <= ends_on for starts_on, ends_on in caps):
+                return
             now = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
-            province_id = (
-                await session.execute(select(City.province_id).where(City.id == office.city_id))
-            ).scalar_one()
 
             def seats(plan: Calendar) -> int:
                 slots = plan.slots(office_id=office.id, province_id=province_id, template=current, day=day)
@@ -309,7 +333,7 @@ class Console:
 
             raised = [day] if seats(calendar) > max(seats(now), weekly(current, day)) else []
         if raised:
-            raise RestrictedNoMoreSeats([date.isoformat() for date in raised])
+            raise NoMoreSeatsUnderCap(sorted(date.isoformat() for date in raised))
 
     async def _check_services(self, session: AsyncSession, office: Office, rules: list[DayRule]) -> None:
         """A rule's own counter must be for a service the office offers: a typo ("1O4") made a

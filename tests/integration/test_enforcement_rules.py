@@ -430,7 +430,7 @@ async def test_a_restricted_offices_clerk_cannot_add_seats_back(client: Client, 
 
     before = (await client.get(f"{base}/template", headers=clerk)).json()
     raised = await client.put(f"{base}/template", json=every_day(4), headers=clerk)
-    assert raised.status_code == 409 and raised.json()["code"] == "office_restricted_no_more_seats", raised.text
+    assert raised.status_code == 409 and raised.json()["code"] == "no_more_seats_under_cap", raised.text
     assert (await client.get(f"{base}/template", headers=clerk)).json() == before  # nothing changed
     more = await client.put(f"{base}/overrides/{day}", json=one_day(3), headers=clerk)
     assert more.status_code == 409 and more.json()["days"] == [day], more.text
@@ -450,3 +450,35 @@ async def test_a_restricted_offices_clerk_cannot_add_seats_back(client: Client, 
     one_weekday = {"days": {**before["days"], weekday: every_day(4)["days"][weekday]}}
     hidden = await client.put(f"{base}/template", json=one_weekday, headers=clerk)
     assert hidden.status_code == 409 and hidden.json()["days"] == [tomorrow.isoformat()], hidden.text
+
+
+async def test_a_clerk_cannot_add_seats_to_days_under_a_crowd_cap(client: Client, world: World) -> None:
+    """A crowd cap over the country lets each office fill half its seats: a clerk doubling
+    them sold as many as before, undoing the regulator's order. Days and weekdays the cap
+    does not reach are the clerk's to raise."""
+    office = await world.office(seats=2)
+    await world.rebuild()
+    clerk = await staff_of(client, world, office)
+    tomorrow = world.tomorrow()
+    body = {"starts_on": tomorrow.isoformat(), "ends_on": tomorrow.isoformat(), "percent": 50, "reason": "آلودگی هوا"}
+    capped = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=await regulator(client, world))
+    assert capped.status_code == 201, capped.text
+    base = f"/api/v1/staff/offices/{office}"
+    rules = [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 4}]
+    more = await client.put(
+        f"{base}/overrides/{tomorrow.isoformat()}", json={"rules": rules, "reason": "x"}, headers=clerk
+    )
+    assert more.status_code == 409 and more.json()["code"] == "no_more_seats_under_cap", more.text
+    after = tomorrow + dt.timedelta(days=1)  # not capped
+    free = await client.put(
+        f"{base}/overrides/{after.isoformat()}", json={"rules": rules, "reason": "x"}, headers=clerk
+    )
+    assert free.status_code == 200, free.text
+    template = (await client.get(f"{base}/template", headers=clerk)).json()["days"]
+    for date, refused in ((tomorrow, True), (tomorrow + dt.timedelta(days=3), False)):
+        weekday = str(iranian_weekday(date))
+        answer = await client.put(f"{base}/template", json={"days": {**template, weekday: rules}}, headers=clerk)
+        if refused:
+            assert answer.status_code == 409 and answer.json()["days"] == [tomorrow.isoformat()], answer.text
+        else:
+            assert answer.status_code == 200, answer.text
