@@ -114,6 +114,8 @@ class OfficeDirectory:
         self._reloading: asyncio.Task[None] | None = None
         self._unannounced: set[str] = set()  # changed here, not yet told to the others
         self._reading_again: list[Callable[[str | None], None]] = []
+        self._loaded = False
+        self._first_load = asyncio.Lock()
 
     def on_read_again(self, listener: Callable[[str | None], None]) -> None:
         """Have ``listener`` called with each office this copy reads again or drops (None: all
@@ -133,6 +135,7 @@ class OfficeDirectory:
         near = {service_code: GeoIndex(places) for service_code, places in _places(offices).items()}
         self._offices, self._services, self._near, self._version = offices, catalogue, near, version
         self._checked_at = time.monotonic()
+        self._loaded = True
         for listener in self._reading_again:
             listener(None)
         log.info("office directory loaded: %d offices, %d services", len(offices), len(catalogue))
@@ -229,6 +232,7 @@ class OfficeDirectory:
         """Up to ``count`` offices offering the service within ``radius_km`` of the point,
         nearest first, with their distances in km. An office new since the last load is found
         once the registry is read again (a rebuild has every instance read it all)."""
+        await self._loaded_once()
         await self._keep_fresh()
         index = self._near.get(service_code)
         return index.nearest(lat, lon, count=count, radius_km=radius_km) if index is not None else []
@@ -287,6 +291,17 @@ class OfficeDirectory:
             )
         office.services.add(found.service_code)
         office.pools[found.service_code] = found.pool
+
+    async def _loaded_once(self) -> None:
+        """Read the registry whole, if this process never has: a job's process (which loads no
+        directory as it starts) had answered its first searches from the empty copy while the
+        load ran behind them, and a block's moves found no office nearby and cancelled every
+        booking, an SMS "offices" none in the city."""
+        if self._loaded:
+            return
+        async with self._first_load:
+            if not self._loaded:
+                await self.load()
 
     async def _keep_fresh(self) -> None:
         now = time.monotonic()

@@ -237,3 +237,14 @@ async def test_an_office_that_moved_or_dropped_a_service_is_found_where_it_is_no
     assert list(await _nearest(other, "101")) == [untouched, moved]
     assert (await _nearest(other, "101"))[moved] == pytest.approx(9.04, abs=0.01)
     assert list(await _nearest(other, "102")) == [untouched]
+
+
+async def test_a_process_that_loaded_no_registry_finds_offices_at_its_first_search(
+    container: Container, world: World
+) -> None:
+    """A job's process builds its parts and loads no directory: its first search (a block's
+    moves, an SMS "offices" carried out by the job) had been answered from the empty copy,
+    and the block cancelled every booking it could have moved."""
+    office = await world.office()
+    fresh = OfficeDirectory(sessions=container.sessions, redis=container.redis)  # as a job's, never loaded
+    assert list(await _nearest(fresh)) == [office]
