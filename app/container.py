@@ -152,6 +152,8 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         clock=clock,
         policy=policy,
         response_hours=settings.complaint_response_hours,
+        limiter=limiter,
+        per_mobile=settings.complaints_per_mobile,
     )
     sms_channel = SmsChannel(
         bookings=bookings,

@@ -140,6 +140,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """NOBAT_NO_SHOW_GRACE_MINUTES: how long after a slot starts staff may mark its citizen a no-show."""
 
     # --- complaints and enforcement (the documented policy; see app/enforcement/policy.py) ---
+    complaints_per_mobile: str = "5/86400"
+    """NOBAT_COMPLAINTS_PER_MOBILE: complaints one signed-in mobile may file (web, API and SMS),
+    as count/seconds. Each sends the complainant an SMS and joins the regulator's queue: with
+    no bound, one SIM filed thousands an hour, paid for each text, delayed every citizen's
+    messages behind them and buried the real complaints."""
     complaint_response_hours: int = 72
     """NOBAT_COMPLAINT_RESPONSE_HOURS: a complaint with no first response by then is flagged overdue."""
     complaint_window_days: int = 30
@@ -201,6 +206,7 @@ _ENV = {
     "api_per_address": "NOBAT_API_PER_ADDRESS",
     "pages_per_address": "NOBAT_PAGES_PER_ADDRESS",
     "demo_offices": "NOBAT_DEMO_OFFICES",
+    "complaints_per_mobile": "NOBAT_COMPLAINTS_PER_MOBILE",
     "complaint_response_hours": "NOBAT_COMPLAINT_RESPONSE_HOURS",
     "complaint_window_days": "NOBAT_COMPLAINT_WINDOW_DAYS",
     "restrict_after_substantiated": "NOBAT_RESTRICT_AFTER_SUBSTANTIATED",
@@ -288,6 +294,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         settings.otp_per_mobile,
         settings.otp_per_mobile_day,
         settings.sms_replies_per_mobile,
+        settings.complaints_per_mobile,
         settings.otp_per_address,
         settings.verify_per_address,
         settings.staff_login_per_address,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.errors import DomainError, NotFound
+from app.errors import DomainError, NotFound, RateLimited
 
 
 class ComplaintNotFound(NotFound):
@@ -25,3 +25,11 @@ class ComplaintInProgress(DomainError):
         "شکایت شما هنوز در حال ثبت است. چند لحظه بعد دوباره «ثبت شکایت» را بزنید تا آن را ببینید؛ دوباره ثبت نمی‌شود."
     )
     message_en = "The same complaint is still being filed. Send the form again in a moment to see it."
+
+
+class TooManyComplaints(RateLimited):
+    """A mobile has filed as many complaints as it may for now (NOBAT_COMPLAINTS_PER_MOBILE)."""
+
+    code = "too_many_complaints"
+    message_fa = "با این شمارهٔ همراه بیش از این شکایت نمی‌توان ثبت کرد؛ لطفاً بعداً دوباره تلاش کنید."
+    message_en = "This mobile has filed as many complaints as it may for now; try again later."

@@ -18,17 +18,18 @@ from app.booking.tracking import new_tracking_code, normalize_tracking_code
 from app.capacity.keys import NAMESPACE
 from app.capacity.scripts import as_text
 from app.clock import Clock
-from app.complaints.errors import ComplaintInProgress, ComplaintNotFound, TransitionNotAllowed
+from app.complaints.errors import ComplaintInProgress, ComplaintNotFound, TooManyComplaints, TransitionNotAllowed
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, Complaint, ComplaintStep, State
 from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
 from app.db import lock_row, read_until
 from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import MAX_TEXT, Enforcement
-from app.errors import IdempotencyKeyReused, InvalidInput
+from app.errors import IdempotencyKeyReused, InvalidInput, RateLimited
 from app.locale import check_range, check_text, normalize_text, to_persian_digits
 from app.offices.models import City, Office, Province
 from app.offices.service import in_province
+from app.ratelimit import RateLimiter
 from app.sms.service import Messenger
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_role
@@ -66,13 +67,23 @@ log = logging.getLogger(__name__)
 
 class Complaints:
     def __init__(
-        self, *, enforcement: Enforcement, messenger: Messenger, clock: Clock, policy: Policy, response_hours: int
+        self,
+        *,
+        enforcement: Enforcement,
+        messenger: Messenger,
+        clock: Clock,
+        policy: Policy,
+        response_hours: int,
+        limiter: RateLimiter,
+        per_mobile: str,
     ) -> None:
         self.enforcement = enforcement
         self.messenger = messenger
         self.clock = clock
         self.policy = policy
         self.response_hours = response_hours
+        self.limiter = limiter
+        self.per_mobile = per_mobile  # NOBAT_COMPLAINTS_PER_MOBILE
         self.redis = enforcement.capacity.redis  # the forms' keys
 
     async def file(
@@ -143,6 +154,14 @@ class Complaints:
                 )
             return await self._filed_by_form(session, earlier_code, mobile)
         try:
+            # Counted once a complaint is to be filed: a resend of one filed is answered above.
+            # Redis away, it is filed all the same, as a resend is (``_claim_form``).
+            try:
+                await self.limiter.hit("complaint", mobile, self.per_mobile)
+            except RateLimited as error:
+                raise TooManyComplaints(error.retry_after) from None
+            except RedisError:
+                log.warning("a complaint filed without its mobile's limit counted: Redis did not answer")
             session.add(complaint)
             await session.flush()
             session.add(

@@ -6,6 +6,7 @@ import datetime as dt
 from collections import Counter
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
@@ -458,3 +459,29 @@ async def test_a_reason_typed_as_a_formula_is_text_in_the_guilds_spreadsheet(cli
     exported = await client.get("/api/v1/guild/offices.csv", headers=await guild(client, world))
     [row] = [line for line in exported.text.splitlines() if line.startswith(office)]
     assert "'=HYPERLINK" in row and ",=HYPERLINK" not in row and ',"=HYPERLINK' not in row
+
+
+async def test_a_mobile_files_only_so_many_complaints(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each complaint texts its complainant and joins the regulator's queue: one SIM had filed
+    thousands an hour. A resend of one filed is not counted; past the bound, 429 with
+    Retry-After, and nothing filed or sent."""
+    monkeypatch.setattr(client.app.state.container.complaints, "per_mobile", "2/86400")
+    office, mobile = await world.office(), "09125550077"
+    body = {"office_code": office, "category": "other", "description": "نوبت داده نشد"}
+    keyed = {**world.token(mobile), "Idempotency-Key": "form-1"}
+    first = await client.post("/api/v1/complaints", json=body, headers=keyed)
+    again = await client.post("/api/v1/complaints", json=body, headers=keyed)  # a resend: the same one
+    assert first.status_code == 201 and again.json()["tracking_code"] == first.json()["tracking_code"]
+    await complain(client, world, office, mobile)
+    refused = await client.post("/api/v1/complaints", json=body, headers=world.token(mobile))
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_complaints", refused.text
+    assert int(refused.headers["Retry-After"]) > 0
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Complaint)) == 2
+        sent = await session.scalar(
+            select(func.count()).select_from(SmsMessage).where(SmsMessage.kind == "complaint_step")
+        )
+    assert sent == 2
+    await complain(client, world, office, "09125550078")  # another mobile is not held back
