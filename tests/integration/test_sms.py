@@ -66,6 +66,38 @@ async def count(world: World, model: Any, *where: Any) -> int:
         return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
+async def test_a_forged_webhook_is_refused_before_its_signature_is_worked_out_and_counts_against_its_address(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhooks are not limited per address (one Twilio address carries many citizens),
+    and a forged form of thousands of empty fields took tens of ms of the event loop to
+    check. Such a form is refused unchecked (too big: 413), and every refusal counts against
+    its sender's address, as an API request does."""
+    container = client.app.state.container
+    monkeypatch.setattr(container, "settings", container.settings.with_(api_per_address="3/3600"))
+    checked: list[str] = []
+    validate = RequestValidator.validate
+
+    def counted(self: RequestValidator, url: str, params: Any, signature: str) -> bool:
+        checked.append(url)
+        return validate(self, url, params, signature)
+
+    monkeypatch.setattr(RequestValidator, "validate", counted)
+    many = {f"k{i}": "" for i in range(200)}
+    wide = await client.post("/sms/twilio/inbound", data=many, headers={"X-Twilio-Signature": "x"})
+    assert wide.status_code == 403 and checked == []  # refused before the signature's work
+    big = await client.post("/sms/twilio/inbound", data={"Body": "x" * 40_000}, headers={"X-Twilio-Signature": "x"})
+    assert big.status_code == 413, big.text
+    forged = [
+        (
+            await client.post("/sms/twilio/status", data={"MessageSid": "SM9"}, headers={"X-Twilio-Signature": "x"})
+        ).status_code
+        for _ in range(3)
+    ]
+    assert forged == [403, 403, 429]  # with the first refusal above, past three an hour
+    assert (await text(client, "HELP", sid="SMok")).status_code == 200  # Twilio's own: signed, never limited
+
+
 async def test_confirmation_goes_out_through_twilio(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
 ) -> None:
