@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, cast
@@ -264,8 +264,8 @@ class DayReader:
             if office_days is None:
                 self.forget_all()
                 self._tell(keys.EVERY_DAY_CHANGED)
+            self._forget_changes(office_days or ())
             for office_code, day in office_days or ():
-                self.forget(office_code, day)
                 self._tell(keys.day_change(office_code, day))
 
     def forget(self, office_code: str, day: dt.date | None = None) -> None:
@@ -280,14 +280,33 @@ class DayReader:
             for forgetting in self._forgetting:
                 forgetting(office_code, day)
         else:
-            for memory in (self._days, self._sums):
-                for key in [key for key in memory if key[0] == office_code]:
-                    del memory[key]
-            now = time.monotonic()
-            self._overtaken.update((key, now) for key in self._reading if key[0] == office_code)
+            self.forget_offices({office_code})
+
+    def forget_offices(self, office_codes: Collection[str]) -> None:
+        """``forget`` every day of each office, the memory looked over once for them all: once
+        an office, a province's crowd cap (thousands of offices, told to every instance at
+        once) had stopped each instance for seconds."""
+        if not office_codes:
+            return
+        for memory in (self._days, self._sums):
+            for key in [key for key in memory if key[0] in office_codes]:
+                del memory[key]
+        now = time.monotonic()
+        self._overtaken.update((key, now) for key in self._reading if key[0] in office_codes)
+        for office_code in office_codes:
             self._waiting.pop(office_code, None)  # a report is of the office, not of a day
             for forgetting in self._forgetting:
                 forgetting(office_code, None)
+
+    def _forget_changes(self, office_days: Iterable[tuple[str, dt.date | None]]) -> None:
+        """``forget`` each office-day, and the offices changed on every day in one pass."""
+        offices: set[str] = set()
+        for office_code, day in office_days:
+            if day is None:
+                offices.add(office_code)
+            else:
+                self.forget(office_code, day)
+        self.forget_offices(offices)
 
     def waiting_changed(self, office_code: str) -> None:
         """The office reported people waiting: forgotten here, and told to the other instances
@@ -358,23 +377,24 @@ class DayReader:
             # The first look (whatever is kept was read before it), or Redis's clock went back
             # (a replica took over): what was told in between may score below ``since``.
             self.forget_all()
-        for change in changes:
-            self._forget_told(as_text(change))
+        self._forget_told([as_text(change) for change in changes])
         self._heard_up_to = int(now)
         self._next_look = started + self.ttl
         self._sweep(time.monotonic())
 
-    def _forget_told(self, change: str) -> None:
-        if change == keys.EVERY_DAY_CHANGED:
-            self.forget_all()
-            return
-        if change.startswith(keys.WAITING_CHANGE):
-            self.forget_waiting(change.removeprefix(keys.WAITING_CHANGE))
-            return
-        try:
-            self.forget(*keys.parse_day_change(change))
-        except ValueError:
-            log.error("a changed office-day that is not one: %r", change)
+    def _forget_told(self, changes: list[str]) -> None:
+        told: list[tuple[str, dt.date | None]] = []
+        for change in changes:
+            if change == keys.EVERY_DAY_CHANGED:
+                self.forget_all()
+            elif change.startswith(keys.WAITING_CHANGE):
+                self.forget_waiting(change.removeprefix(keys.WAITING_CHANGE))
+            else:
+                try:
+                    told.append(keys.parse_day_change(change))
+                except ValueError:
+                    log.error("a changed office-day that is not one: %r", change)
+        self._forget_changes(told)
 
     # -- the memory --
 
