@@ -252,8 +252,11 @@ class SmsChannel:
                 day_fa = "امروز" if result.date == today.isoformat() else "فردا"
                 if not result.offices:
                     return "در این شهر دفتری با این خدمت پیدا نشد."
+                # An office with no slot left that day has no busyness to tell: its load reads as
+                # full, and one closed, or past its last slot, had been called busy («شلوغ»).
                 lines = [
-                    f"{o.code}: {o.name_fa}، {o.busyness_fa}، نوبت بعدی {o.next_free_slot_fa or f'{day_fa} ندارد'}"
+                    f"{o.code}: {o.name_fa}، {f'{o.busyness_fa}، ' if o.next_free_slot else ''}"
+                    f"نوبت بعدی {o.next_free_slot_fa or f'{day_fa} ندارد'}"
                     for o in result.offices
                 ]
                 return f"کم‌ازدحام‌ترین دفاتر {day_fa}:\n" + "\n".join(lines)

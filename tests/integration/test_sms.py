@@ -19,7 +19,10 @@ from sqlalchemy import text as sql
 from twilio.request_validator import RequestValidator
 
 from app.booking.models import Booking, BookingStatus, Channel
+from app.capacity.models import CapacityOverride
+from app.capacity.plan import encode_rules
 from app.clock import Clock
+from app.offices.models import Office
 from app.pages.render import VISIT_COOKIE
 from app.settings import Settings, parse_limit
 from app.sms.models import CitizenPhone, InboundSms, SmsMessage, SmsStatus
@@ -363,6 +366,27 @@ async def test_offices_asked_in_the_evening_are_tomorrows(
     [reply] = [m["body"] for m in standin.wait_for(1)]
     assert reply.startswith("کم‌ازدحام‌ترین دفاتر فردا:"), reply
     assert f"{office}: " in reply and "خلوت" in reply and "ندارد" not in reply, reply
+
+
+async def test_offices_that_take_nobody_are_not_called_busy(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 21:00 with tomorrow closed, the reply is today's, whose slots have all begun: each
+    office had been called busy («شلوغ»), its load read as full."""
+    tz = Clock("Asia/Tehran").tz
+    evening = dt.datetime.combine(dt.datetime.now(tz).date(), dt.time(21, 0), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: evening)
+    office = await world.office(lat=35.70, lon=51.40)
+    async with world.container.sessions() as session:
+        office_id = await session.scalar(select(Office.id).where(Office.code == office))
+        tomorrow = evening.date() + dt.timedelta(days=1)
+        session.add(CapacityOverride(office_id=office_id, date=tomorrow, rules=encode_rules([]), reason="تعطیل"))
+        await session.commit()
+    await world.rebuild()
+    await text(client, "دفاتر تهران ۱۰۱", sid="SMclosed")
+    await deliver()
+    [reply] = [m["body"] for m in standin.wait_for(1)]
+    assert f"{office}: " in reply and "ندارد" in reply and "شلوغ" not in reply, reply
 
 
 async def test_a_refused_numbers_failure_is_kept_without_the_number(
