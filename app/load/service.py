@@ -162,10 +162,20 @@ class LoadService:
             by_hour[hour][0] += slot.seats
             by_hour[hour][1] += slot.used
         used = sum(u for _, u in by_hour.values())
-        # Hours show their slots' seats; the day's total is what its cap lets it hold, or without
-        # a cap what each slot still has (an over-full one hides no other's: DaySums).
+        # Hours show their slots' seats; the day's total is what it holds and can still take:
+        # without a cap what each slot still has (an over-full one hides no other's: DaySums),
+        # under one what each pool's day may still take (as RESERVE bounds it: a pool full
+        # before a restriction took none of another pool's room).
         if day.cap_percent < 100:
-            seats = used + max(0, day_room(sum(s for s, _ in by_hour.values()), used, day.cap_percent))
+            pools: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # seats, used, free in its slots
+            for slot in day.slots:
+                pool = pools[slot.pool]
+                pool[0], pool[1], pool[2] = (
+                    pool[0] + slot.seats,
+                    pool[1] + slot.used,
+                    pool[2] + max(0, slot.seats - slot.used),
+                )
+            seats = used + sum(min(max(0, day_room(s, u, day.cap_percent)), free) for s, u, free in pools.values())
         else:
             seats = used + sum(slot.free for slot in day.slots)
         load = 1.0 if seats == 0 else min(1.0, used / seats)

@@ -511,3 +511,26 @@ async def test_a_day_redis_cannot_give_is_not_called_closed(
     monkeypatch.setattr(client.app.state.container.capacity, "materialise_day", lost)
     ranked = await nearby(client, date=day.isoformat())
     assert [(o["code"], o["open"], o["next_free_slot"]) for o in ranked][-1] == (near, True, None)
+
+
+async def test_an_office_loads_seats_under_a_cap_pool_by_pool(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """A cap bounds each pool's day, as a booking takes its seat: a shared pool full before a
+    restriction took none of the passport desk's room, yet the office's load had summed them
+    and shown the desk's seats gone."""
+    office = await world.office(
+        rules=[
+            DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=4),
+            DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=4, service="103"),
+        ],
+        services=("101", "103"),
+    )
+    await world.rebuild()
+    today = world.container.clock.today()
+    day_key = keys.office_day(office, today)
+    redis_sync.hset(day_key, mapping={keys.used_field("*", "10:00"): 4, "_cap": 50})  # booked full, then capped
+    await world.container.capacity.reads.told()
+    load = (await client.get(f"/api/v1/offices/{office}/load")).json()
+    assert (load["used"], load["seats"]) == (4, 6), load  # the desk's half of 4 still to take
+    assert load["busyness"] == "medium"
