@@ -25,7 +25,7 @@ from app.db import lock_row, read_until
 from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import MAX_TEXT, Enforcement
-from app.errors import IdempotencyKeyReused, InvalidInput, RateLimited
+from app.errors import IdempotencyKeyReused, InvalidInput
 from app.locale import check_range, check_text, normalize_text, to_persian_digits
 from app.offices.models import City, Office, Province
 from app.offices.service import in_province
@@ -153,15 +153,23 @@ class Complaints:
                     f"{earlier_code} ثبت شده است. برای ثبت این یکی، دوباره بفرستید.",
                 )
             return await self._filed_by_form(session, earlier_code, mobile)
+        taken = False
         try:
-            # Counted once a complaint is to be filed: a resend of one filed is answered above.
+            # Taken once a complaint is to be filed (a resend of one filed is answered above),
+            # and given back if it is not: the limit counts complaints filed, not tries (one
+            # whose commit failed, tried again by the SMS job each minute, had used it up).
             # Redis away, it is filed all the same, as a resend is (``_claim_form``).
             try:
-                await self.limiter.hit("complaint", mobile, self.per_mobile)
-            except RateLimited as error:
-                raise TooManyComplaints(error.retry_after) from None
+                [wait] = await self.limiter.auto.run_scripts(
+                    [self.limiter.take_call("complaint", mobile, self.per_mobile)]
+                )
             except RedisError:
                 log.warning("a complaint filed without its mobile's limit counted: Redis did not answer")
+                wait = 0
+            else:
+                taken = not int(wait)
+            if int(wait):
+                raise TooManyComplaints(int(wait))
             session.add(complaint)
             await session.flush()
             session.add(
@@ -180,6 +188,11 @@ class Complaints:
         except BaseException:
             if form is not None:
                 await self._let_go_of_form(form, claim)  # nothing filed: it may be sent again
+            if taken:
+                try:
+                    await self.limiter.give_back("complaint", mobile)
+                except RedisError:
+                    log.warning("a complaint not filed keeps its mobile's count: Redis did not answer")
             raise
         if form is not None:
             await self._filed_form(form, claim)

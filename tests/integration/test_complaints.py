@@ -11,6 +11,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from app.booking.models import SEAT_STATUSES, Booking
 from app.capacity import keys
@@ -485,3 +486,24 @@ async def test_a_mobile_files_only_so_many_complaints(
         )
     assert sent == 2
     await complain(client, world, office, "09125550078")  # another mobile is not held back
+
+
+async def test_a_complaint_that_was_not_filed_does_not_count_against_its_mobile(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit counts complaints filed: one whose record failed (tried again by the SMS job
+    each minute) had used it up, and the citizen was refused with none on record."""
+    complaints = client.app.state.container.complaints
+    monkeypatch.setattr(complaints, "per_mobile", "1/86400")
+    queue = complaints.messenger.queue
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(complaints.messenger, "queue", queue)
+        raise OperationalError("INSERT", {}, Exception("the record went away"))
+
+    monkeypatch.setattr(complaints.messenger, "queue", fails_once)
+    office, mobile = await world.office(), "09125550088"
+    body = {"office_code": office, "category": "other", "description": "نوبت داده نشد"}
+    failed = await client.post("/api/v1/complaints", json=body, headers=world.token(mobile))
+    assert failed.status_code == 503, failed.text
+    await complain(client, world, office, mobile)  # the one the limit allows
