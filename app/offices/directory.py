@@ -190,14 +190,18 @@ class OfficeDirectory:
     async def pools(self, office_codes: set[str]) -> dict[str, set[str]]:
         """The seat pools each office's services may draw from: the shared one and, at most,
         one per service it offers (its template says which ones have their own). Offices this
-        copy does not hold are read from the record: a job's process loads no directory."""
+        copy does not hold, or holds only as one booking found it (no template: a job's process
+        loads no directory), are read from the record: the waitlists of its other services' own
+        seats had been left out of a fill."""
         read: dict[str, _Office] = {}
-        if missing := {code for code in office_codes if code not in self._offices}:
+        if missing := {
+            code for code in office_codes if (known := self._offices.get(code)) is None or known.template is None
+        }:
             async with self.sessions() as session:
                 _, read = await _read(session, missing)
         pools = {}
         for code in office_codes:
-            office = self._offices.get(code) or read.get(code)
+            office = read.get(code) or self._offices.get(code)
             pools[code] = {SHARED_POOL} | (office.services if office is not None else set())
         return pools
 

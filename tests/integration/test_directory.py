@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import delete, event, select, update
 
 from app.capacity import keys
+from app.capacity.plan import DayRule
 from app.container import Container
 from app.offices import directory as office_directory
 from app.offices.directory import OfficeDirectory
@@ -248,3 +249,20 @@ async def test_a_process_that_loaded_no_registry_finds_offices_at_its_first_sear
     office = await world.office()
     fresh = OfficeDirectory(sessions=container.sessions, redis=container.redis)  # as a job's, never loaded
     assert list(await _nearest(fresh)) == [office]
+
+
+async def test_a_process_that_found_one_service_of_an_office_lists_all_its_pools(
+    container: Container, world: World
+) -> None:
+    """A job's process that booked one service at an office held it as that booking found it
+    (no template): the office's other pools were left out of the lines to fill there."""
+    office = await world.office(
+        rules=[
+            DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=2),
+            DayRule(opens="09:00", closes="10:00", slot_minutes=30, seats=1, service="103"),
+        ],
+        services=("101", "103"),
+    )
+    fresh = OfficeDirectory(sessions=container.sessions, redis=container.redis)  # as a job's, never loaded
+    await fresh.bookable(office_code=office, service_code="101")
+    assert (await fresh.pools({office}))[office] >= {"*", "103"}
