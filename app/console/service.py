@@ -144,8 +144,8 @@ class Console:
         """The office's plan row (its template, or a day's override) as the record has it,
         with the office locked until the change commits: two changes at once (a double click
         on a first save) had each found no row and both inserted one, the second failing with
-        a 500. Taken after the new plan is weighed, so that no lock is held over its trips to
-        Redis."""
+        a 500. Taken after the new plan's dry run in Redis, so that no lock is held over its
+        trips; what the change is weighed against in the record is read after it."""
         await lock_row(session, Office, office.id)
         return await session.get(model, key, populate_existing=True)
 
@@ -177,17 +177,16 @@ class Console:
             validate_rules(rules)
         await self._check_services(session, office, [rule for rules in days.values() for rule in rules])
         horizon = self.capacity.horizon(self.clock.today())
-        # Checked first for the answer's sake (a plan that is wrong is told so before any
-        # refusal for its bookings), and again below with the office locked.
-        await self._check_days_counters(session, office, WeeklyTemplate(days=days), horizon[0])
         new = encode_template(WeeklyTemplate(days=days))
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=horizon, apply=False, template=new
         )
-        await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await self._plan_row(session, office, CapacityTemplate, office.id)
-        # Both read with the office locked: a day's plan saved meanwhile is seen, or waits.
+        # Weighed with the office locked (a day's plan, a restriction, saved meanwhile is seen,
+        # or waits), the plan's own faults first: a wrong plan is told so before any refusal
+        # for its bookings.
         await self._check_days_counters(session, office, WeeklyTemplate(days=days), horizon[0])
+        await self._refuse_overflow(session, office, overflow, move_overflow)
         await self._refuse_more_seats_under_a_cap(session, office, template=WeeklyTemplate(days=days))
         before = row.template if row else None
         if row is None:
@@ -218,16 +217,15 @@ class Console:
         self.capacity.check_horizon(day, self.clock.today())
         validate_rules(rules)
         await self._check_services(session, office, rules)
-        await self._check_own_counters(session, office, rules)  # again below, with the office locked
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
-        await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
-        # Both read with the office locked: a template saved meanwhile is seen, or waits.
+        # Weighed with the office locked, as a template's is (``set_template``).
         await self._check_own_counters(session, office, rules)
+        await self._refuse_overflow(session, office, overflow, move_overflow)
         await self._refuse_more_seats_under_a_cap(session, office, day=day, calendar=calendar)
         before = row.rules if row else None
         if row is None:
@@ -255,12 +253,12 @@ class Console:
         overflow = await self.capacity.replan(
             session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
         )
-        await self._refuse_overflow(session, office, overflow, move_overflow)
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         if row is None:  # cleared meanwhile (a double click)
             await session.commit()
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
-        await self._refuse_more_seats_under_a_cap(session, office, day=day, calendar=calendar)
+        # (No cap to weigh: the day goes back to its template, which a cap never refuses.)
+        await self._refuse_overflow(session, office, overflow, move_overflow)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         noted = await self._note_plan(office, move_overflow)
