@@ -514,11 +514,7 @@ class Capacity:
         ``forget_unanswered``), nor taken ABANDONED_KEY_SECONDS ago or more."""
         name = keys.idempotency(office_code, owner, key)
         seen, left = await self.auto.execute_many([("GET", name), ("TTL", name)])
-        return (
-            seen is not None
-            and not as_text(seen).startswith(FORGOTTEN)
-            and IDEMPOTENCY_TTL_SECONDS - int(left) < ABANDONED_KEY_SECONDS
-        )
+        return seen is not None and not as_text(seen).startswith(FORGOTTEN) and not _abandoned(int(left))
 
     async def forget_abandoned(self, seat: SeatRequest, tracking_code: str) -> bool:
         """Let go of the Idempotency-Key of ``seat`` if it names a booking (``tracking_code``,
@@ -528,8 +524,7 @@ class Capacity:
         retry with the key has booked meanwhile: FORGET_KEY)."""
         assert seat.idempotency is not None, "a request with no key has no mark to let go of"
         name = keys.idempotency(seat.office_code, *seat.idempotency)
-        left = await self.redis.ttl(name)
-        if left < 0 or IDEMPOTENCY_TTL_SECONDS - left < ABANDONED_KEY_SECONDS:
+        if not _abandoned(await self.redis.ttl(name)):
             return False
         return bool(await self.scripts.forget_key(keys=[name], args=[tracking_code, IDEMPOTENCY_TTL_SECONDS]))
 
@@ -949,9 +944,10 @@ class Capacity:
         their seats twice. A server that does not show its configuration is trusted."""
         try:
             if isinstance(self.redis, RedisCluster):
-                found = await self.redis.config_get("maxmemory-policy", target_nodes=RedisCluster.ALL_NODES)
-                if "maxmemory-policy" in found:  # one node: redis-py gives its reply alone
-                    found = {"the node": found}
+                found = _by_node(
+                    await self.redis.config_get("maxmemory-policy", target_nodes=RedisCluster.ALL_NODES),
+                    "maxmemory-policy",
+                )
                 policies = {str(config["maxmemory-policy"]) for config in found.values()}
             else:
                 policies = {str((await self.redis.config_get("maxmemory-policy"))["maxmemory-policy"])}
@@ -967,9 +963,7 @@ class Capacity:
     async def servers(self) -> str:
         """The run ids of the Redis servers (a cluster's masters) that hold the counters."""
         if isinstance(self.redis, RedisCluster):
-            found = await self.redis.info("server", target_nodes=RedisCluster.PRIMARIES)
-            if "run_id" in found:  # one master: redis-py gives its reply alone
-                found = {"the node": found}
+            found = _by_node(await self.redis.info("server", target_nodes=RedisCluster.PRIMARIES), "run_id")
             return ",".join(sorted(info["run_id"] for info in found.values()))
         return str((await self.redis.info("server"))["run_id"])
 
@@ -1299,6 +1293,18 @@ def _slot_views(pool: str, columns: Columns, cap: int, first: int = 0) -> list[S
         SlotView(pool=pool, time=time, seats=seats, used=used, free=max(0, min(seats - used, room)))
         for time, seats, used in zip(times[first:], each_seats[first:], each_used[first:], strict=True)
     ]
+
+
+def _abandoned(ttl_left: int) -> bool:
+    """Whether an Idempotency-Key with this much of its life left (TTL's answer; below 0: no
+    such key) was taken ABANDONED_KEY_SECONDS ago or more."""
+    return ttl_left >= 0 and IDEMPOTENCY_TTL_SECONDS - ttl_left >= ABANDONED_KEY_SECONDS
+
+
+def _by_node(found: dict[Any, Any], field: str) -> dict[Any, Any]:
+    """A command's replies from a cluster's nodes, by node: redis-py gives the reply of a
+    command that went to one node alone (a one-shard cluster), ``field`` among its own."""
+    return {"the node": found} if field in found else found
 
 
 def _held_as(day: dt.date, service_code: str) -> str:
