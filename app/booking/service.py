@@ -346,8 +346,15 @@ class BookingService:
             if outcome is None:  # the day is not in Redis yet: count it in from the record first
                 await self._materialise(await record.session(), office.code, day)
                 outcome = await self._reserve(await record.session(), seat)
-            if outcome.replay and await self._abandoned(await record.session(), seat, outcome.tracking_code):
-                outcome = await self._reserve(await record.session(), seat)
+            earlier = None
+            if outcome.replay:
+                # A key whose booking the record lacks, taken long enough ago, is a dead
+                # request's: let go of (``Capacity.forget_abandoned``), this retry books. Left,
+                # every retry (and the SMS job's carrying out of a message whose instance was
+                # killed) was told "in progress" for a day.
+                earlier = await self._by_tracking_code(await record.session(), outcome.tracking_code)
+                if earlier is None and await self.capacity.forget_abandoned(seat, outcome.tracking_code):
+                    outcome = await self._reserve(await record.session(), seat)
             reserved = outcome
         except RedisError:
             await self._forget_or_later(national_id, seat)
@@ -359,7 +366,8 @@ class BookingService:
         if reserved.replay:
             # Another request with this Idempotency-Key took the seat; answer with its booking.
             await self._unhold_or_later(national_id, seat)
-            earlier = await self._by_tracking_code(await record.session(), reserved.tracking_code)
+            if earlier is None or earlier.tracking_code != reserved.tracking_code:
+                earlier = await self._by_tracking_code(await record.session(), reserved.tracking_code)
             if earlier is None:
                 raise DuplicateRequest()
             return await self._replay(await record.session(), earlier, national_id, office, day, wanted)
@@ -662,15 +670,6 @@ class BookingService:
 
     async def by_idempotency_key(self, session: AsyncSession, mobile: str, key: str) -> Booking | None:
         return await session.scalar(select(Booking).where(Booking.mobile == mobile, Booking.idempotency_key == key))
-
-    async def _abandoned(self, session: AsyncSession, seat: SeatRequest, tracking_code: str) -> bool:
-        """Whether the request that took this Idempotency-Key's seat before (its booking
-        ``tracking_code``) died on its way to the record; its key is then let go of, and this
-        retry books (``Capacity.forget_abandoned``). Left, every retry (and the SMS job's
-        carrying out of a message whose instance was killed) was told "in progress" for a day."""
-        if await self._by_tracking_code(session, tracking_code) is not None:
-            return False
-        return await self.capacity.forget_abandoned(seat, tracking_code)
 
     async def _by_tracking_code(self, session: AsyncSession, code: str) -> Booking | None:
         return await session.scalar(select(Booking).where(Booking.tracking_code == code))
