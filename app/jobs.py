@@ -32,10 +32,6 @@ _PENDING = "nobat.after_commit"
 # try with ``backoff`` so that NOBAT_SMS_MAX_ATTEMPTS, not this list, says how many tries.
 RETRY_INTERVALS = [5, 15, 60, 300, 900]
 
-SMS_JOB_TIMEOUT = SEND_JOB_TIMEOUT
-"""Seconds one SMS job may run (the Twilio client gives up on a request after 10); the
-sweep's NOBAT_SMS_STUCK_SECONDS must stay above it (checked at start, app.settings)."""
-
 
 def backoff(attempts: int) -> int:
     """Seconds to wait before the next try, after ``attempts`` failed ones (the last wait repeats)."""
@@ -101,7 +97,7 @@ class Jobs:
     def _options(queue: Queue) -> dict[str, Any]:
         return {
             "retry": Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
-            "job_timeout": SMS_JOB_TIMEOUT if queue.name in (queues.CODES, queues.SMS) else None,
+            "job_timeout": SEND_JOB_TIMEOUT if queue.name in (queues.CODES, queues.SMS) else None,
             "result_ttl": 3600,
             "failure_ttl": 7 * 86400,
         }

@@ -227,7 +227,8 @@ _ENV = {
 
 
 SEND_JOB_TIMEOUT = 30
-"""Seconds an SMS send job may run (app.jobs.SMS_JOB_TIMEOUT)."""
+"""Seconds one SMS job may run (the Twilio client gives up on a request after 10; app.jobs
+sets it on their queues); the sweep's NOBAT_SMS_STUCK_SECONDS must stay above it."""
 
 MIN_SECRET_BYTES = 32
 """HS256's key: shorter, it is guessed offline from any signed token (RFC 7518, 3.2)."""
