@@ -85,6 +85,11 @@ class RateLimiter:
         count, seconds = _parsed(limit)
         return (self._take, [_key(action, subject)], [count, seconds])
 
+    async def take(self, action: str, subject: str, limit: str) -> int:
+        """Take one of ``subject``'s allowance for ``action`` on a trip of its own: 0 when
+        taken, else the seconds until the window ends (nothing taken). Undone by ``give_back``."""
+        return int(await self.auto.run_script(*self.take_call(action, subject, limit)))
+
     async def give_back(self, action: str, subject: str) -> None:
         await self.auto.run_script(self._give_back, [_key(action, subject)], [])
 

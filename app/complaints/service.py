@@ -160,16 +160,14 @@ class Complaints:
             # whose commit failed, tried again by the SMS job each minute, had used it up).
             # Redis away, it is filed all the same, as a resend is (``_claim_form``).
             try:
-                [wait] = await self.limiter.auto.run_scripts(
-                    [self.limiter.take_call("complaint", mobile, self.per_mobile)]
-                )
+                wait = await self.limiter.take("complaint", mobile, self.per_mobile)
             except RedisError:
                 log.warning("a complaint filed without its mobile's limit counted: Redis did not answer")
                 wait = 0
             else:
-                taken = not int(wait)
-            if int(wait):
-                raise TooManyComplaints(int(wait))
+                taken = not wait
+            if wait:
+                raise TooManyComplaints(wait)
             session.add(complaint)
             await session.flush()
             session.add(
