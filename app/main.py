@@ -37,7 +37,7 @@ from app.regulator.routes import RegulatorCapacityController
 from app.settings import Settings, load_settings
 from app.sms.routes import TwilioWebhooks
 from app.staff.routes import StaffAuthController, provide_staff
-from app.web import Deps, client_address, problem_details_plugin
+from app.web import Deps, count_request, problem_details_plugin
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,7 @@ async def _limit_per_address(request: Request[Any, Any, Any]) -> None:
     path = request.scope["path"]
     if path.startswith(_UNLIMITED):
         return
-    container: Container = request.app.state.container
-    client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
-    if path.startswith("/api/"):
-        container.requests.hit("api", client, container.settings.api_per_address)
-    else:
-        container.requests.hit("pages", client, container.settings.pages_per_address)
+    count_request(request, "api" if path.startswith("/api/") else "pages")
 
 
 async def _fill_waitlists(container: Container) -> None:

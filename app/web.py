@@ -214,6 +214,15 @@ def problem_for(error: Exception) -> ProblemDetailsException:
     return _internal(error)
 
 
+def count_request(request: Request[Any, Any, Any], kind: Literal["api", "pages"]) -> None:
+    """Count one request against its client address's limit (NOBAT_API_PER_ADDRESS or
+    NOBAT_PAGES_PER_ADDRESS, across all instances: app.ratelimit); 429 past it."""
+    container = request.app.state.container
+    settings = container.settings
+    address = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)
+    container.requests.hit(kind, address, settings.api_per_address if kind == "api" else settings.pages_per_address)
+
+
 def client_address(request: Request[Any, Any, Any], *, trust_forwarded_for: bool) -> str:
     """The citizen's address as the per-address limits count it (``limit_key``). Behind our
     balancer (``trust_forwarded_for``) it is the last X-Forwarded-For entry, the one the

@@ -12,7 +12,7 @@ from twilio.request_validator import RequestValidator
 from app.errors import Forbidden
 from app.sms import delivery
 from app.sms.models import SmsStatus
-from app.web import Deps, Session, client_address
+from app.web import Deps, Session, count_request
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
@@ -52,8 +52,7 @@ async def _signed_form(request: Request[Any, Any, Any], container: Deps) -> dict
             url += "?" + request.url.query
         if RequestValidator(token).validate(url, params, signature):
             return params
-    address = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
-    container.requests.hit("api", address, container.settings.api_per_address)  # 429 past it
+    count_request(request, "api")  # 429 past it
     raise BadSignature()
 
 
