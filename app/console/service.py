@@ -153,8 +153,7 @@ class Console:
 
     async def template(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> WeeklyTemplate:
         office = await self._office(session, staff, office_code)
-        raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
-        return decode_template(raw) if raw else WeeklyTemplate(days={})
+        return await _template_of(session, office)
 
     async def set_template(
         self,
@@ -285,7 +284,7 @@ class Console:
         seat added, stay the clerk's. Read with the office locked (``_plan_row``): a
         restriction that came first is seen."""
         today = self.clock.today()
-        province_id = (await session.execute(select(City.province_id).where(City.id == office.city_id))).scalar_one()
+        province_id = await _province_of(session, office)
         restricted = office.status == OfficeStatus.RESTRICTED
         caps = [
             (rule.starts_on, rule.ends_on)
@@ -294,8 +293,7 @@ class Console:
         ]
         if not restricted and not caps:
             return
-        raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
-        current = decode_template(raw) if raw else WeeklyTemplate(days={})
+        current = await _template_of(session, office)
 
         def weekly(plan: WeeklyTemplate, date: dt.date) -> int:
             return sum(slot.seats for slot in slots_for(plan, date))
@@ -357,8 +355,7 @@ class Console:
         named = {rule.service for rule in rules if rule.service is not None}
         if not named:
             return
-        raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
-        template = decode_template(raw) if raw else WeeklyTemplate(days={})
+        template = await _template_of(session, office)
         if service := _without_own_pool(template, rules):
             raise InvalidInput(
                 "service",
@@ -402,7 +399,7 @@ class Console:
         calendar = await self.capacity.calendar(session, first=days[0], last=days[-1], office_ids=[office.id])
         # Read off the office's city, not its plan: an office with no template yet (the page
         # that makes one lists these days) has no plan to read it from.
-        province_id = (await session.execute(select(City.province_id).where(City.id == office.city_id))).scalar_one()
+        province_id = await _province_of(session, office)
         # Asked for together, the fourteen days share a trip to Redis (app.redis.AutoPipeline), not take turns.
         views = await asyncio.gather(*(self.capacity.day_view(office_code=office.code, day=day) for day in days))
         result = []
@@ -988,3 +985,13 @@ def _without_own_pool(template: WeeklyTemplate, rules: list[DayRule]) -> str | N
     template alone says which pool a service books from: ``pool_for``), or None."""
     named = sorted({rule.service for rule in rules if rule.service is not None})
     return next((service for service in named if pool_for(template, service) != service), None)
+
+
+async def _template_of(session: AsyncSession, office: Office) -> WeeklyTemplate:
+    """The office's weekly template as the record has it (none yet: no day open)."""
+    raw = await session.scalar(select(CapacityTemplate.template).where(CapacityTemplate.office_id == office.id))
+    return decode_template(raw) if raw else WeeklyTemplate(days={})
+
+
+async def _province_of(session: AsyncSession, office: Office) -> int:
+    return int((await session.execute(select(City.province_id).where(City.id == office.city_id))).scalar_one())
