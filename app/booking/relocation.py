@@ -21,7 +21,7 @@ from app.booking.service import BookingService
 from app.booking.writer import hold_off_recounts
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.plan import minute_of
-from app.capacity.service import DayView, Overflow, Reserved, Seat, SeatRequest, day_for_reading, day_room
+from app.capacity.service import DayView, Overflow, Reserved, Seat, SeatRequest, day_for_reading
 from app.db import Within
 from app.errors import DomainError
 from app.load.service import LoadService
@@ -264,13 +264,7 @@ class _DayRoom:
         if view.status == "blocked":
             return cls({}, None)
         free = {(s.pool, s.time): s.seats - s.used for s in view.slots if s.seats > s.used}
-        if view.cap_percent >= 100:
-            return cls(free, None)
-        sums: dict[str, tuple[int, int]] = {}
-        for s in view.slots:
-            seats, used = sums.get(s.pool, (0, 0))
-            sums[s.pool] = (seats + s.seats, used + s.used)
-        return cls(free, {pool: day_room(seats, used, view.cap_percent) for pool, (seats, used) in sums.items()})
+        return cls(free, view.rooms() if view.cap_percent < 100 else None)
 
     def times(self, pool: str, giving_back: int) -> list[str]:
         """The pool's slots with a seat left, none when the cap leaves the day no room (with

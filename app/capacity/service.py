@@ -158,7 +158,7 @@ def day_room(seats: int, used: int, cap: int) -> int:
     sets no bound without a cap: here the day's seats less its used, for the sums of a day
     that have no slot's own). Without a cap each slot bounds only itself, so those sums must
     count an over-full slot as full: DaySums does, and _slot_views, the office load and the
-    relocator's _DayRoom go slot by slot instead of calling this."""
+    relocator's _DayRoom go slot by slot then (``DayView.rooms`` is for a capped day)."""
     return seats * cap // 100 - used if cap < 100 else seats - used
 
 
@@ -166,6 +166,16 @@ class DayView(msgspec.Struct, frozen=True):
     status: str
     cap_percent: int
     slots: list[SlotView]
+
+    def rooms(self) -> dict[str, int]:
+        """Each pool's room in the whole day under the day's cap (``day_room`` of its slots'
+        seats and used), as RESERVE bounds a booking: a pool full before a restriction takes
+        none of another's."""
+        sums: dict[str, tuple[int, int]] = {}
+        for slot in self.slots:
+            seats, used = sums.get(slot.pool, (0, 0))
+            sums[slot.pool] = (seats + slot.seats, used + slot.used)
+        return {pool: day_room(seats, used, self.cap_percent) for pool, (seats, used) in sums.items()}
 
 
 class OfficePlan(msgspec.Struct, frozen=True):

@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import time
 from bisect import bisect_right
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -167,15 +167,10 @@ class LoadService:
         # under one what each pool's day may still take (as RESERVE bounds it: a pool full
         # before a restriction took none of another pool's room).
         if day.cap_percent < 100:
-            pools: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # seats, used, free in its slots
+            in_slots: Counter[str] = Counter()  # each pool's seats left in its slots
             for slot in day.slots:
-                pool = pools[slot.pool]
-                pool[0], pool[1], pool[2] = (
-                    pool[0] + slot.seats,
-                    pool[1] + slot.used,
-                    pool[2] + max(0, slot.seats - slot.used),
-                )
-            seats = used + sum(min(max(0, day_room(s, u, day.cap_percent)), free) for s, u, free in pools.values())
+                in_slots[slot.pool] += max(0, slot.seats - slot.used)
+            seats = used + sum(min(max(0, room), in_slots[pool]) for pool, room in day.rooms().items())
         else:
             seats = used + sum(slot.free for slot in day.slots)
         load = 1.0 if seats == 0 else min(1.0, used / seats)
