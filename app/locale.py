@@ -219,6 +219,18 @@ def parse_float(value: str, field: str, *, minimum: float | None = None, maximum
     return number
 
 
+LINE_BREAKS = "\n\r\t"
+"""The control characters a text of several lines may hold (``check_text``)."""
+
+
+def strip_controls(text: str) -> str:
+    """``text`` without the control characters (Unicode's Cc, C1 ones too) but those a text of
+    several lines may hold: what ``check_text`` with ``multiline`` then takes."""
+    if text.isprintable():  # most texts: no look at each character
+        return text
+    return "".join(c for c in text if c in LINE_BREAKS or unicodedata.category(c) != "Cc")
+
+
 def check_text(value: str, field: str, *, max_length: int, multiline: bool = False, label_fa: str | None = None) -> str:
     """Refuse text no one types: control characters (NUL above all, which PostgreSQL cannot
     store) and more than ``max_length`` characters. Returns the value unchanged. The Persian
@@ -230,7 +242,7 @@ def check_text(value: str, field: str, *, max_length: int, multiline: bool = Fal
             f"{field} must be at most {max_length} characters.",
             detail_fa=f"{label} نباید بیش از {to_persian_digits(str(max_length))} نویسه باشد.",
         )
-    allowed = "\n\r\t" if multiline else ""
+    allowed = LINE_BREAKS if multiline else ""
     if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
         raise InvalidInput(
             field, f"{field} contains characters that are not allowed.", detail_fa=f"{label} نویسهٔ غیرمجاز دارد."

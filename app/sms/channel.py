@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import or_, select, update
@@ -30,7 +29,7 @@ from app.db import Within
 from app.errors import DomainError, RateLimited
 from app.identity import normalize_mobile
 from app.load.service import LoadService
-from app.locale import to_persian_digits
+from app.locale import strip_controls, to_persian_digits
 from app.sms import parser
 from app.sms.models import CitizenPhone, InboundSms
 from app.sms.service import Messenger
@@ -43,7 +42,6 @@ ABANDONED_FOR = dt.timedelta(hours=1)
 """A message never answered is carried out by the minute's job for this long after its last
 claim; older, it is left (its citizen has moved on)."""
 ABANDONED_PER_RUN = 500
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")  # all but the tab and the line feed
 
 ComplaintHandler = Callable[[AsyncSession, str, str, str, str], Awaitable[str | None]]
 """(session, mobile, office code, text, the message's key) -> the reply; the complaints domain
@@ -92,8 +90,9 @@ class SmsChannel:
         except DomainError:
             return True  # not an Iranian mobile: nobody we can answer
         # Control characters are no command's; and PostgreSQL refuses a NUL in text: the
-        # message, stored first, was answered 422 and dropped (Twilio retries no 4xx).
-        text = _CONTROL.sub("", text)
+        # message, stored first, was answered 422 and dropped (Twilio retries no 4xx). Those a
+        # complaint's text may hold are kept (app.locale), and no other reaches it to refuse.
+        text = strip_controls(text)
         command = parser.parse(text, today=self.clock.today())
         if not await self._claim(session, provider_sid, mobile, text, command):
             return False

@@ -18,6 +18,7 @@ from app.locale import (
     parse_date,
     parse_float,
     parse_int,
+    strip_controls,
     to_persian_digits,
 )
 
@@ -221,3 +222,13 @@ def test_parse_int_reads_any_number_of_leading_zeros() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_int("0" * 5_000 + "9" * 20, "offset")
     assert info.value.detail_en.startswith("offset must be")
+
+
+def test_a_text_stripped_of_controls_is_one_check_text_takes() -> None:
+    """The SMS channel strips what the complaints' check refuses, and no more: a C1 control
+    (U+0085) had been left for the check to refuse a texted complaint with."""
+    text = "شکایت\x00 از\x85 دفتر\r\n\tبا\u200cنیم‌فاصله"
+    stripped = strip_controls(text)
+    assert stripped == "شکایت از دفتر\r\n\tبا\u200cنیم‌فاصله"
+    assert check_text(stripped, "description", max_length=100, multiline=True) == stripped
+    assert strip_controls("BOOK 010001 101") == "BOOK 010001 101"
