@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
@@ -108,11 +108,20 @@ async def _remind(
         after_id = page[-1][0].id
         wanted = {b.id: (b, name) for b, name in page if keep(b)}
         if wanted:
-            # Compare-and-set: only the rows still unmarked are ours to remind.
+            # Compare-and-set: only the rows still unmarked, and still where they were read,
+            # are ours to remind. One moved since (a closure at 20:05 moving a province's
+            # bookings as this run reads them) would be told its old office and time after
+            # the move's own message, and marked: its new place never reminded. Left, the
+            # move having cleared its marks, it is reminded by the next run.
+            still = [(b.id, b.office_id, b.date, b.slot_time) for b, _ in wanted.values()]
             ours = set(
                 await session.scalars(
                     update(Booking)
-                    .where(Booking.id.in_(wanted), mark.is_(None), Booking.status == BookingStatus.BOOKED)
+                    .where(
+                        tuple_(Booking.id, Booking.office_id, Booking.date, Booking.slot_time).in_(still),
+                        mark.is_(None),
+                        Booking.status == BookingStatus.BOOKED,
+                    )
                     .values({mark: now})
                     .returning(Booking.id)
                     .execution_options(synchronize_session=False)

@@ -26,10 +26,10 @@ from app.booking.service import BookingService
 from app.capacity.errors import DayFull, OfficeClosed
 from app.clock import Clock
 from app.db import Within
-from app.errors import DomainError, RateLimited
+from app.errors import DomainError, RateLimited, ServiceUnavailable
 from app.identity import normalize_mobile
 from app.load.service import LoadService
-from app.locale import strip_controls, to_persian_digits
+from app.locale import jalali_date, strip_controls, to_persian_digits
 from app.sms import parser
 from app.sms.models import CitizenPhone, InboundSms
 from app.sms.service import Messenger
@@ -78,12 +78,22 @@ class SmsChannel:
         self.replies_per_mobile = replies_per_mobile
         self.complaints: ComplaintHandler | None = None
 
-    async def receive(self, session: AsyncSession, *, provider_sid: str, sender: str, text: str) -> bool:
+    async def receive(
+        self,
+        session: AsyncSession,
+        *,
+        provider_sid: str,
+        sender: str,
+        text: str,
+        received_on: dt.date | None = None,
+    ) -> bool:
         """Carry out one inbound message; False when it was a repeat delivery (nothing done).
 
         A repeat of a message that was never answered (carrying it out failed with Redis or
         the database down, and the provider retries) is carried out again; one that was
-        answered, or that another delivery is carrying out right now, is not.
+        answered, or that another delivery is carrying out right now, is not. ``received_on``:
+        the day it came, when it is carried out later (its "today" and "tomorrow" are that
+        day's, not the day of a run after midnight).
         """
         try:
             mobile = normalize_mobile(sender)
@@ -93,12 +103,17 @@ class SmsChannel:
         # message, stored first, was answered 422 and dropped (Twilio retries no 4xx). Those a
         # complaint's text may hold are kept (app.locale), and no other reaches it to refuse.
         text = strip_controls(text)
-        command = parser.parse(text, today=self.clock.today())
+        command = parser.parse(text, today=received_on or self.clock.today())
         if not await self._claim(session, provider_sid, mobile, text, command):
             return False
         try:
             try:
                 reply = await self._carry_out(session, mobile, command, _message_key(provider_sid))
+            except ServiceUnavailable:
+                # A moment's (the night's recount, a failover): not the citizen's answer. Let
+                # go below, it is carried out again by the provider's retry or the minute's job,
+                # where a reply of "try again" had them send it again themselves.
+                raise
             except DomainError as error:
                 await session.rollback()
                 reply = error.detail_fa
@@ -128,6 +143,8 @@ class SmsChannel:
                 from_mobile=mobile,
                 body=text[:1600],
                 command=type(command).__name__,
+                # By the app's clock, as the minute's job reads it (the database's differs on SQLite).
+                received_at=now,
                 claimed_at=now,
             )
         )
@@ -169,27 +186,33 @@ class SmsChannel:
         15 s at most, and a claim lasts _CLAIM_LEASE: an instance killed mid-message (or the
         record away for the retries' 15 s) had lost it for good, the citizen's booking
         neither made nor refused. Each is carried out once (``receive``'s claim), under its
-        own key (a booking it made before its answer was lost is not made twice); those older
-        than ABANDONED_FOR are left (a booking asked for an hour ago is no longer asked for).
+        own key (a booking it made before its answer was lost is not made twice); those received
+        more than ABANDONED_FOR ago are left (a booking asked for an hour ago is no longer
+        asked for). Counted from when it came, not from its last claim: each failed try
+        claims it again, and a message failing every minute (a Redis node down for hours)
+        was carried out whenever the node came back, its code or booking hours late.
         The messages carried out."""
         now = self.clock.now()
         rows = (
             await session.execute(
-                select(InboundSms.provider_sid, InboundSms.from_mobile, InboundSms.body)
+                select(InboundSms.provider_sid, InboundSms.from_mobile, InboundSms.body, InboundSms.received_at)
                 .where(
                     InboundSms.answered_at.is_(None),
+                    InboundSms.received_at > now - ABANDONED_FOR,
                     InboundSms.claimed_at < now - _CLAIM_LEASE,
-                    InboundSms.claimed_at > now - ABANDONED_FOR,
                 )
-                .order_by(InboundSms.claimed_at)
+                .order_by(InboundSms.received_at)
                 .limit(ABANDONED_PER_RUN)
             )
         ).all()
         await session.commit()
         done = 0
-        for provider_sid, mobile, body in rows:
+        for provider_sid, mobile, body, received_at in rows:
+            received_on = self.clock.aware(received_at).astimezone(self.clock.tz).date()
             try:
-                done += await self.receive(session, provider_sid=provider_sid, sender=mobile, text=body)
+                done += await self.receive(
+                    session, provider_sid=provider_sid, sender=mobile, text=body, received_on=received_on
+                )
             except Exception:  # one message's failure must not keep the others waiting
                 log.exception("abandoned inbound sms %s waits for the next run", provider_sid)
         return done
@@ -293,7 +316,7 @@ class SmsChannel:
         # No date: the first day, from today on, with a free slot.
         today = self.clock.today()
         days = [command.day] if command.day else [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
-        for index, day in enumerate(days):
+        for day in days:
             try:
                 await self.bookings.book(
                     sessions=Within(session),
@@ -310,9 +333,15 @@ class SmsChannel:
                 await self._first_id(session, mobile, command.national_id)
                 return None  # the booking sends its own confirmation, with the tracking code
             except (DayFull, OfficeClosed):
-                if index == len(days) - 1:
+                if command.day:
                     raise
-        return None
+        # Every day of the horizon full or closed: the last day's refusal ("full that day",
+        # "closed that day") named no day, and the citizen could not tell all were tried.
+        await session.rollback()
+        return (
+            f"این دفتر تا {jalali_date(days[-1])} نوبت خالی برای این خدمت ندارد. "
+            f"دفترهای خلوت شهرتان را با پیامک «دفاتر نام‌شهر {to_persian_digits(command.service_code)}» بپرسید."
+        )
 
     async def _national_id(self, session: AsyncSession, mobile: str, given: str | None) -> str | None:
         """The national ID a booking message books for: the one it gives, else the phone's."""

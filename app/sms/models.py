@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import DateTime, Integer, String, Text, func
+from sqlalchemy import DateTime, Index, Integer, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, enum_column
@@ -44,6 +44,16 @@ class InboundSms(Base):
     """
 
     __tablename__ = "sms_inbound"
+    # The minute's job looks for those unanswered (``SmsChannel.carry_out_abandoned``): the
+    # table keeps every message, and the job had read it whole each minute.
+    __table_args__ = (
+        Index(
+            "ix_sms_inbound_unanswered",
+            "received_at",
+            sqlite_where=text("answered_at IS NULL"),
+            postgresql_where=text("answered_at IS NULL"),
+        ),
+    )
 
     provider_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
     from_mobile: Mapped[str] = mapped_column(String(11), index=True)

@@ -28,7 +28,7 @@ from app.settings import Settings, parse_limit
 from app.sms.models import CitizenPhone, InboundSms, SmsMessage, SmsStatus
 from app.sms.service import SEND_SMS
 from loadtests.twilio_standin import TwilioStandIn
-from tests.conftest import Deliver, World, booking_body
+from tests.conftest import Deliver, World, booking_body, fails_once
 
 Client = AsyncTestClient[Litestar]
 TOKEN = "twilio-test-auth-token"
@@ -507,6 +507,48 @@ async def test_reminders_fire_once_each_and_skip_a_cancelled_booking(
     assert "فردا" in reminders[0]["body"] and "یک ساعت دیگر" in reminders[1]["body"]
 
 
+async def test_a_booking_moved_while_the_evening_run_reads_it_is_reminded_of_its_new_time(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move (a closure at 20:05) commits between the run's read of a page and its marking:
+    the reminder had told the old time after the move's own message, and marked the booking,
+    so its new time was never reminded. It is left to the next run, which has the new time."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.booking import reminders
+
+    office = await world.office()
+    day = world.container.clock.today() + dt.timedelta(days=3)
+    made = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, "10:00"), headers=world.token()
+    )
+    assert made.status_code == 201, made.text
+    evening = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(20, 5), tzinfo=world.container.clock.tz)
+    real_scalars = AsyncSession.scalars
+    moved: list[int] = []
+
+    async def scalars(self: AsyncSession, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if not moved and str(statement).startswith("UPDATE bookings"):
+            moved.append(1)
+            async with world.container.sessions() as mover:  # the move, committed in between
+                await mover.execute(update(Booking).values(slot_time="11:30", reminded_evening_at=None))
+                await mover.commit()
+        return await real_scalars(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncSession, "scalars", scalars)
+    jobs = world.container
+
+    async def run() -> list[str]:
+        async with jobs.sessions() as session:
+            await reminders.send_due(session=session, messenger=jobs.messenger, now=evening, evening_hour=20)
+        async with jobs.sessions() as session:
+            return list(await session.scalars(select(SmsMessage.body).where(SmsMessage.kind == "reminder_evening")))
+
+    assert await run() == [] and moved
+    [reminder] = await run()
+    assert "۱۱:۳۰" in reminder and "۱۰:۰۰" not in reminder, reminder
+
+
 async def test_no_hour_reminder_for_a_booking_made_within_the_hour(
     client: Client, world: World, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -572,6 +614,20 @@ async def test_a_refused_sms_booking_is_answered_not_dropped(
     assert "این دفتر این خدمت را ارائه نمی‌دهد" in reply["body"]
 
 
+async def test_a_booking_message_with_no_date_and_no_free_day_says_so(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    """Every day of the horizon tried and full: the answer was the last day's refusal ("full
+    that day", or "closed that day" on a Friday), which named no day."""
+    office = await world.office(seats=0)
+    answered = await text(client, f"BOOK {office} 101 0499370899", sid="SMnoday")
+    assert answered.status_code == 200
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "نوبت خالی برای این خدمت ندارد" in reply["body"] and "دفاتر" in reply["body"], reply["body"]
+    assert await count(world, Booking) == 0
+
+
 async def test_a_message_with_control_characters_is_carried_out_not_dropped(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver
 ) -> None:
@@ -621,6 +677,30 @@ async def test_a_message_that_failed_midway_is_carried_out_when_twilio_retries(
     assert await count(world, Booking) == 1 and await count(world, InboundSms) == 1
 
 
+async def test_a_message_that_meets_the_recount_is_carried_out_after_it(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The night's recount (or a failover's) refuses a booking for a moment: answered "try
+    again later", the citizen had to send it again, and the retries were never made."""
+    from app.booking.service import BookingService
+    from app.capacity.errors import CapacityRebuilding
+
+    office = await world.office()
+    fails_once(monkeypatch, BookingService, "book", CapacityRebuilding())
+    body = f"BOOK {office} 101 {world.tomorrow().isoformat()} 0499370899"
+    refused = await text(client, body, sid="SMrecount")
+    assert refused.status_code >= 500  # delivered again by the provider
+    await deliver()
+    assert standin.messages == []  # no "try again later"
+    assert await count(world, InboundSms, InboundSms.answered_at.is_(None)) == 1
+    async with world.container.sessions() as session:  # the minute's job, the retries gone by
+        assert await world.container.sms_channel.carry_out_abandoned(session) == 1
+    assert await count(world, Booking, Booking.status == BookingStatus.BOOKED) == 1
+    await deliver()
+    [reply] = standin.wait_for(1)
+    assert "کد رهگیری" in reply["body"]
+
+
 @pytest.mark.parametrize("how", ["failed", "died"])
 async def test_a_message_no_retry_carried_out_is_carried_out_by_the_minutes_job(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch, how: str
@@ -653,6 +733,7 @@ async def test_a_message_no_retry_carried_out_is_carried_out_by_the_minutes_job(
                     from_mobile="09121234567",
                     body=body,
                     command="Book",
+                    received_at=world.container.clock.now(),
                     claimed_at=world.container.clock.now(),
                 )
             )
@@ -671,6 +752,59 @@ async def test_a_message_no_retry_carried_out_is_carried_out_by_the_minutes_job(
     await deliver()
     [reply] = standin.wait_for(1)
     assert "کد رهگیری" in reply["body"]
+
+
+async def test_the_minutes_job_leaves_a_message_an_hour_after_it_came(world: World) -> None:
+    """Each failed try claims a message again: counted from its last claim, a message failing
+    every minute (a Redis node down for hours) stayed in the hour for ever, and was carried
+    out whenever the node came back, its booking or sign-in code hours late."""
+    office = await world.office()
+    jobs = world.container
+    now = jobs.clock.now()
+    async with jobs.sessions() as session:
+        session.add(
+            InboundSms(
+                provider_sid="SMlongago",
+                from_mobile="09121234567",
+                body=f"BOOK {office} 101 {world.tomorrow().isoformat()} 0499370899",
+                command="Book",
+                received_at=now - dt.timedelta(minutes=61),
+                claimed_at=now - dt.timedelta(minutes=2),  # tried again a minute ago, and failed
+            )
+        )
+        await session.commit()
+    async with jobs.sessions() as session:
+        assert await jobs.sms_channel.carry_out_abandoned(session) == 0
+    assert await count(world, Booking) == 0
+    assert await count(world, InboundSms, InboundSms.answered_at.is_(None)) == 1
+
+
+async def test_a_message_carried_out_after_midnight_keeps_its_days(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "Tomorrow" in a message that came at 23:50 is the next day, however late the minute's
+    job carries it out: parsed on the day of the run after midnight, it booked a day late."""
+    office = await world.office()
+    jobs = world.container
+    today = jobs.clock.today()
+    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(0, 10), jobs.clock.tz)
+    async with jobs.sessions() as session:
+        session.add(
+            InboundSms(
+                provider_sid="SMlate",
+                from_mobile="09121234567",
+                body=f"BOOK {office} 101 فردا 0499370899",
+                command="Book",
+                received_at=midnight - dt.timedelta(minutes=20),
+                claimed_at=midnight - dt.timedelta(minutes=5),
+            )
+        )
+        await session.commit()
+    monkeypatch.setattr(jobs.clock, "now", lambda: midnight)
+    async with jobs.sessions() as session:
+        assert await jobs.sms_channel.carry_out_abandoned(session) == 1
+        booked = (await session.execute(select(Booking.date))).scalars().all()
+    assert booked == [today + dt.timedelta(days=1)]
 
 
 def answers_commit_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
