@@ -236,6 +236,11 @@ class CitizenAuth:
         """End the token before it expires, on every instance (app.auth.signed_out). One that
         does not sign in (expired, forged, signed out already) is left alone: only a citizen's
         own sign-in adds to the set."""
+        if token in self.signed_out:
+            # Signed out here before: its retry (the first answered 503, Redis away) tells the
+            # other instances now, or answers 503 again.
+            await self.signed_out.tell_again(token)
+            return
         try:
             self.mobile_from_token(token)
         except Unauthorized:

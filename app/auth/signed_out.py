@@ -69,6 +69,10 @@ class SignedOutTokens:
         self._heard: dict[str, float] = {}
         self._until: dict[str, int] = {}  # mobile -> its tokens signed in until then (ms) are ended
         self._looked_at: int | None = None  # Redis's clock at the last look
+        # Members refused here whose telling failed (Redis away): told again at each look.
+        # Else a sign-out during a blip held on this instance only, and its retry, refused
+        # here as signed out already, told nobody: the token went on working elsewhere.
+        self._untold: set[str] = set()
 
     def __contains__(self, token: str) -> bool:
         # A digest costs a microsecond or two, against a booking's few hundred.
@@ -87,9 +91,20 @@ class SignedOutTokens:
         """End every token of the number signed in until this moment (ms, Redis's clock), as ``add``."""
         await self._add(f"{EVERYWHERE}{mobile}:{until}")
 
+    async def tell_again(self, token: str) -> None:
+        """Tell the others of a token signed out here whose telling failed (a retry of the
+        sign-out): raises as ``add`` while Redis does not answer; nothing if it was told."""
+        if (member := digest(token)) in self._untold:
+            await self._tell_one(member)
+
     async def _add(self, member: str) -> None:
         self._heard_of(member, time.monotonic())
+        self._untold.add(member)
+        await self._tell_one(member)
+
+    async def _tell_one(self, member: str) -> None:
         await self._tell(keys=[SIGNED_OUT], args=[self.keep * 1000, member])
+        self._untold.discard(member)
 
     def _heard_of(self, member: str, heard: float) -> None:
         if member in self._heard:
@@ -104,7 +119,10 @@ class SignedOutTokens:
             self._until[mobile] = max(until, self._until.get(mobile, -1))
 
     async def look(self) -> None:
-        """Learn the tokens signed out on other instances since the last look."""
+        """Tell what this instance could not, then learn the tokens signed out on other
+        instances since the last look."""
+        for member in list(self._untold):
+            await self._tell_one(member)
         since = EVERYTHING if self._looked_at is None else self._looked_at
         now, found = await self._hear(keys=[SIGNED_OUT], args=[since])
         if int(now) < since:  # Redis's clock went back: what was told meanwhile may score below
@@ -135,6 +153,7 @@ class SignedOutTokens:
             if self._heard[oldest] >= before:
                 return
             del self._heard[oldest]
+            self._untold.discard(oldest)  # its token has expired: nothing left to end
             if oldest.startswith(EVERYWHERE):
                 with contextlib.suppress(ValueError):  # logged when heard
                     mobile, until = _everywhere(oldest)

@@ -22,7 +22,7 @@ from app.pages.citizen import SIGNIN_MOBILE_COOKIE
 from app.pages.render import CITIZEN_COOKIE
 from app.settings import Settings
 from app.sms.backends import OUTBOX
-from tests.conftest import Deliver, World
+from tests.conftest import Deliver, World, fails_once
 
 Client = AsyncTestClient[Litestar]
 
@@ -356,6 +356,33 @@ async def test_a_signed_out_token_is_refused_at_once_and_by_every_instance(
     assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
     # The citizen signs in again, with a new token.
     assert await signed_in(client, await sign_in(client, redis_sync, deliver, "09120001212"))
+
+
+@pytest.mark.parametrize("told_by", ["the retry", "the next look"])
+async def test_a_sign_out_that_met_redis_away_reaches_every_instance(
+    client: Client,
+    settings: Settings,
+    redis_sync: SyncRedis,
+    deliver: Deliver,
+    monkeypatch: pytest.MonkeyPatch,
+    told_by: str,
+) -> None:
+    """Refused here at once, the telling failed (503): the retry, refused here as signed out
+    already, had answered 204 and told nobody, and the token went on booking elsewhere."""
+    from app.main import create_app
+
+    headers = await sign_in(client, redis_sync, deliver, "09120001414")
+    tokens = client.app.state.container.auth.signed_out
+    fails_once(monkeypatch, tokens, "_tell", RedisConnectionError("Redis away a moment"))
+    async with AsyncTestClient(create_app(settings)) as elsewhere:  # another instance, same Redis
+        assert await signed_in(elsewhere, headers)
+        assert (await client.post("/api/v1/auth/logout", headers=headers)).status_code == 503
+        assert not await signed_in(client, headers)
+        if told_by == "the retry":
+            assert (await client.post("/api/v1/auth/logout", headers=headers)).status_code == 204
+        # Else told by the instance's next look (each second, on its own loop).
+        assert await refused_soon(elsewhere, headers)
+        assert redis_sync.zcard(signed_out.SIGNED_OUT) == 1
 
 
 async def test_a_token_from_an_instance_whose_clock_runs_ahead_signs_in(client: Client, settings: Settings) -> None:
