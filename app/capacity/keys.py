@@ -84,8 +84,13 @@ CAPS_TO_APPLY = f"{NAMESPACE}:caps-to-apply"
 empties."""
 
 POLICY_TO_APPLY = f"{NAMESPACE}:policy-to-apply"
-"""Office ids whose complaint's request could not apply the enforcement policy after its
-commit (app.enforcement.service): a set the minute's job empties."""
+"""Office ids a complaint or its confirmation was filed against, noted before its commit, whose
+enforcement policy the minute's job applies (again: the request applies it too, but may fail
+or die after its commit; app.enforcement.service): a set the job empties."""
+
+JOBS_DONE = f"{NAMESPACE}:jobs-done"
+"""Hash: each periodic job's name -> when a run of it last ended well (unix seconds), for
+/metrics: a job failing every run (or never run) shows as a time that stops moving."""
 
 WAITLISTS_TO_FILL = f"{NAMESPACE}:lines-to-fill"
 """Lines (their ``waitlist`` keys) that may have a free seat in front of them that nobody was

@@ -182,6 +182,7 @@ class Complaints:
                 f"نتیجهٔ هر مرحله با همین کد پیامک می‌شود.",
                 kind="complaint_step",
             )
+            await self.enforcement.policy_to_apply(office.id)
             await session.commit()
         except BaseException:
             if form is not None:
@@ -240,14 +241,14 @@ class Complaints:
         """The policy, once the complaint (or its step) is committed. Its failure (Redis or the
         record away a moment) must not fail the request: the complaint is in the record, and
         a citizen who retried would file it twice (an SMS's delivery is retried by itself).
-        The minute's job applies it then (Enforcement.apply_policy)."""
-        office_id, code = office.id, office.code  # a rollback expires the rows
+        The minute's job applies it then, as it does if this process dies first: the office
+        was noted before the commit (Enforcement.policy_to_apply)."""
+        code = office.code  # a rollback expires the rows
         try:
             verdict = await self.enforcement.evaluate(session, office)
         except Exception:
             await session.rollback()
             log.warning("the policy for office %s is left to the minute's job", code, exc_info=True)
-            await self.enforcement.policy_failed(office_id)
             verdict = None
         if verdict is not Verdict.NONE:
             await session.refresh(complaint)  # a rollback (a block's moves refused half-way) expired it
@@ -415,6 +416,8 @@ class Complaints:
             body=f"شکایت {complaint.tracking_code}: {STATE_FA[target]}.{extra} {_sms_note(note)}".strip(),
             kind="complaint_step",
         )
+        if target is State.VIOLATION_CONFIRMED:
+            await self.enforcement.policy_to_apply(office.id)
         await session.commit()
         if target is State.VIOLATION_CONFIRMED:
             await self._apply_policy(session, office, complaint)

@@ -44,7 +44,7 @@ from app.enforcement.models import ActionKind, Appeal, AppealOutcome, OfficeActi
 from app.enforcement.policy import Policy, Verdict, verdict
 from app.enforcement.schemas import ActionOut, AppealOut, NoticeOut, WatchedOffice
 from app.errors import InvalidInput
-from app.locale import check_text
+from app.locale import MAX_ID, check_range, check_text
 from app.offices.errors import OfficeNotFound
 from app.offices.models import City, Office, OfficeStatus, Province
 from app.offices.service import in_province, normalize_code
@@ -53,6 +53,9 @@ from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal, audit, require_office, require_role
 
 log = logging.getLogger(__name__)
+
+REPLACED_BY_A_BLOCK = "replaced by a block"
+"""A restriction's lift reason when a block replaced it (a block overturned opens it again)."""
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
 SAME_DECISION_WITHIN = dt.timedelta(minutes=10)
@@ -159,8 +162,9 @@ class Enforcement:
         self, session: AsyncSession, office: Office, *, reason: str, by: StaffPrincipal | None, cap: int
     ) -> OfficeAction:
         """Restrict an office; ``by`` is the regulator who decided, None for the policy."""
-        if not 0 <= cap <= 100:
-            raise InvalidInput("cap_percent", "cap_percent must be 0 to 100.", detail_fa="درصد باید بین ۰ و ۱۰۰ باشد.")
+        if not 0 <= cap <= 99:
+            # 100 restricts nothing, yet marked the office restricted: its clerk could add no seat.
+            raise InvalidInput("cap_percent", "cap_percent must be 0 to 99.", detail_fa="درصد باید بین ۰ و ۹۹ باشد.")
         office = await _locked(session, office.id)
         if office.status == OfficeStatus.BLOCKED:
             # A restriction would reopen the office to bookings behind the block's back.
@@ -213,7 +217,7 @@ class Enforcement:
         before = office.status.value
         actor = by.username if by else "policy"
         for open_action in await self._open_actions(session, office.id):
-            open_action.lifted_at, open_action.lifted_by, open_action.lift_reason = now, actor, "replaced by a block"
+            open_action.lifted_at, open_action.lifted_by, open_action.lift_reason = now, actor, REPLACED_BY_A_BLOCK
         action = OfficeAction(
             office_id=office.id,
             kind=ActionKind.BLOCK,
@@ -278,30 +282,38 @@ class Enforcement:
                 log.exception("the bookings left at blocked office %s wait for the next run", code)
         return done
 
-    async def policy_failed(self, office_id: int) -> None:
-        """Leave the office's policy to the minute's job (``apply_policy``): a complaint's
-        request could not apply it after its commit. Best effort: Redis may be what failed."""
+    async def policy_to_apply(self, office_id: int) -> None:
+        """Note, before a complaint or its confirmation commits, that the office's policy is to
+        be applied: the request applies it after its commit, and the minute's job
+        (``apply_policy``) again, so that a request that failed there or whose process died
+        first (a deploy, a forgery confirmed and the block never made) loses nothing. Best
+        effort: Redis away, the request's own try is all there is."""
         try:
             await self.capacity.redis.sadd(keys.POLICY_TO_APPLY, office_id)
         except RedisError:
-            log.error("office %d's policy waits for its next complaint or confirmation", office_id)
+            log.error("office %d's policy is applied by its request only: Redis did not answer", office_id)
 
     async def apply_policy(self, *, session: AsyncSession) -> int:
-        """The policy for the offices whose complaint's request could not apply it
-        (``policy_failed``); the offices it restricted or blocked. Run every minute
-        (workers.cron): one look at an empty set when nothing failed."""
+        """The policy for the offices noted by ``policy_to_apply``; the offices it restricted
+        or blocked. Run every minute (workers.cron): one look at an empty set when no
+        complaint came. Each is taken off before it is applied: one noted again meanwhile
+        stays for the next run (taken off after, that note was lost)."""
         applied = 0
         for raw in await self.capacity.redis.smembers(keys.POLICY_TO_APPLY):
-            office_id = int(raw)
-            office = await session.get(Office, office_id)
+            await self.capacity.redis.srem(keys.POLICY_TO_APPLY, raw)
             try:
+                office_id = int(raw)
+            except ValueError:  # not ours (a hand's SADD): one bad member must not stop every run
+                log.error("a policy note that is not an office id, dropped: %r", raw)
+                continue
+            try:
+                office = await session.get(Office, office_id)
                 if office is not None:
                     applied += await self.evaluate(session, office) is not Verdict.NONE
             except Exception:  # one office's failure must not keep the others waiting
                 await session.rollback()
                 log.exception("office %d's policy waits for the next run", office_id)
-                continue
-            await self.capacity.redis.srem(keys.POLICY_TO_APPLY, raw)
+                await self.capacity.redis.sadd(keys.POLICY_TO_APPLY, raw)
         return applied
 
     async def push_statuses(self, *, session: AsyncSession) -> int:
@@ -467,10 +479,15 @@ class Enforcement:
         if not still_open:
             office.status, office.cap_percent = OfficeStatus.ACTIVE, 100
             session.add(OfficeNotice(office_id=office.id, at=now, text=f"محدودیت دفتر برداشته شد. {reason}"))
-        elif office.status == OfficeStatus.RESTRICTED and still_open[-1].cap_percent is not None:
-            # Restricted again since (a regulator's later decision): that one's cap holds, 0%
-            # (a restriction that takes nobody) included.
-            office.cap_percent = still_open[-1].cap_percent
+        elif all(a.kind is ActionKind.RESTRICT for a in still_open) and still_open[-1].cap_percent is not None:
+            # Restricted again since (a regulator's later decision), or still (the restriction
+            # a block overturned had replaced): the latest one's cap holds, 0% (a restriction
+            # that takes nobody) included.
+            cap = still_open[-1].cap_percent
+            if office.status is OfficeStatus.BLOCKED:
+                text = f"انسداد دفتر برداشته شد؛ محدودیت پیشین ({cap}٪ ظرفیت) برقرار است. {reason}"
+                session.add(OfficeNotice(office_id=office.id, at=now, text=text))
+            office.status, office.cap_percent = OfficeStatus.RESTRICTED, cap
         await audit(
             session, actor=by, action="office.lift", target=office.code, office_id=office.id, before=before,
             after=office.status.value, at=now,
@@ -572,6 +589,8 @@ class Enforcement:
         require_role(staff, StaffRole.OFFICE_STAFF)
         # The office, then the action (the order every path takes them in), locked before the
         # action's appeals are counted: two filed at once (a double click) are one.
+        # Bounded as a path's id is: past the column's range, PostgreSQL refused it field-less.
+        check_range(action_id, "action_id", minimum=1, maximum=MAX_ID)
         office = await self.office(session, office_code, lock=True)
         action = await lock_row(session, OfficeAction, action_id)
         if action is None or action.office_id != office.id:
@@ -632,6 +651,8 @@ class Enforcement:
             before="pending", after=decided.value, at=now,
         )  # fmt: skip
         answer = _appeal_out(appeal, office.code)  # as decided: the lift's fill may expire the row
+        if undo and action.kind is ActionKind.BLOCK:
+            await self._restore_replaced(session, action)
         if undo:
             # The decision commits with the lift, in one transaction: committed apart, a lift
             # that failed left the appeal "overturned" and the restriction standing, and a
@@ -640,6 +661,25 @@ class Enforcement:
         else:
             await session.commit()
         return answer
+
+    async def _restore_replaced(self, session: AsyncSession, block: OfficeAction) -> None:
+        """Open again the restrictions a block overturned on appeal had replaced: the appeal was
+        against the block. Lifted with it, an office restricted for ten citizens' complaints
+        (or by the regulator, its own appeal upheld) came back at full capacity, and the
+        complaints before the overturn no longer counted. Not one whose own appeal was
+        overturned meanwhile (it would have been lifted, had the block not replaced it)."""
+        overturned = select(Appeal.action_id).where(Appeal.outcome == AppealOutcome.OVERTURNED)
+        replaced = await session.scalars(
+            select(OfficeAction).where(
+                OfficeAction.office_id == block.office_id,
+                OfficeAction.kind == ActionKind.RESTRICT,
+                OfficeAction.lift_reason == REPLACED_BY_A_BLOCK,
+                OfficeAction.lifted_at == block.started_at,
+                OfficeAction.id.not_in(overturned),
+            )
+        )
+        for action in replaced:
+            action.lifted_at, action.lifted_by, action.lift_reason = None, None, None
 
     async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

@@ -287,6 +287,17 @@ async def test_appeal_overturned_and_the_guild_lifts(client: Client, world: Worl
     assert history[0]["lifted_at"] is not None
 
 
+@pytest.mark.parametrize("action_id", [0, -1, 3_000_000_000])
+async def test_an_appeal_against_an_action_id_out_of_range_is_a_clear_422(
+    client: Client, world: World, action_id: int
+) -> None:
+    """Past the column's range, PostgreSQL refused it with a 422 that named no field."""
+    office = await world.office()
+    staff = await staff_of(client, world, office)
+    refused = await appeal(client, staff, office, action_id)
+    assert refused.status_code == 422 and refused.json()["field"] == "action_id", refused.text
+
+
 async def test_an_overturned_appeal_leaves_a_later_block(client: Client, world: World) -> None:
     office = await world.office()
     reg = await regulator(client, world)
@@ -308,6 +319,72 @@ async def test_an_overturned_appeal_leaves_a_later_block(client: Client, world: 
     assert [(h["kind"], h["lifted_at"] is None) for h in history] == [("restrict", False), ("block", True)]
 
 
+@pytest.mark.parametrize("restriction_appeal", ["none", "upheld", "overturned"])
+async def test_a_block_overturned_on_appeal_restores_the_restriction_it_replaced(
+    client: Client, world: World, redis_sync: SyncRedis, restriction_appeal: str
+) -> None:
+    """The appeal was against the block: lifted with it, the restriction it had replaced (one
+    nobody overturned, or one the regulator had just upheld) left the office at full capacity.
+    One overturned while the block stood stays lifted."""
+    office = await world.office()
+    await world.rebuild()
+    reg = await regulator(client, world)
+    staff = await staff_of(client, world, office)
+    restriction = await restrict(client, reg, office, cap=30)
+    if restriction_appeal != "none":
+        appealed = await appeal(client, staff, office, restriction, "ازدحام نبود")
+        assert appealed.status_code == 201, appealed.text
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    if restriction_appeal != "none":
+        decided = await client.post(
+            f"/api/v1/regulator/appeals/{appealed.json()['id']}/decide",
+            json={"outcome": restriction_appeal, "note": "بررسی شد"},
+            headers=reg,
+        )
+        assert decided.status_code == 200, decided.text
+    against_block = await appeal(client, staff, office, blocked.json()["id"], "جعلی در کار نبود")
+    assert against_block.status_code == 201, against_block.text
+
+    decided = await client.post(
+        f"/api/v1/regulator/appeals/{against_block.json()['id']}/decide",
+        json={"outcome": "overturned", "note": "جعل ثابت نشد"},
+        headers=reg,
+    )
+    assert decided.status_code == 200, decided.text
+    restored = restriction_appeal != "overturned"
+    assert (await client.get(f"/api/v1/offices/{office}")).json()["status"] == ("restricted" if restored else "active")
+    history = (await client.get(f"/api/v1/guild/offices/{office}/history", headers=reg)).json()
+    assert [(h["kind"], h["lifted_at"] is None) for h in history] == [("restrict", restored), ("block", False)]
+    async with world.container.sessions() as session:
+        cap = await session.scalar(select(Office.cap_percent).where(Office.code == office))
+    assert cap == (30 if restored else 100)
+    # Redis was told: the office sells 30% of its seats again, not none (blocked) nor all.
+    day = keys.office_day(office, world.tomorrow())
+    assert redis_sync.hmget(day, "_status", "_cap") == ([b"restricted", b"30"] if restored else [b"active", b"100"])
+
+
+async def test_the_guild_is_offered_the_lift_of_a_restriction_not_of_a_block(client: Client, world: World) -> None:
+    """A block is the regulator's to lift: the guild's page offered a form that was refused."""
+    restricted, blocked = await world.office(), await world.office()
+    reg = await regulator(client, world)
+    await guild(client, world)
+    await restrict(client, reg, restricted, cap=30)
+    assert (
+        await client.post(f"/api/v1/regulator/offices/{blocked}/block", json={"reason": "جعل"}, headers=reg)
+    ).is_success
+
+    async def offered(office: str, role: str) -> bool:
+        # The pages go by the session's cookie, which each sign-in sets on the client.
+        who = await sign_in(client, f"{role}-x")
+        page = await client.get(f"/watch/offices/{office}", headers={**who, "Accept": "text/html"})
+        assert page.status_code == 200, page.text
+        return f'action="/watch/offices/{office}/lift"' in page.text
+
+    assert await offered(restricted, "guild") and await offered(restricted, "regulator")
+    assert not await offered(blocked, "guild") and await offered(blocked, "regulator")
+
+
 async def test_every_endpoint_refuses_the_wrong_role(client: Client, world: World) -> None:
     office = await world.office()
     staff = await staff_of(client, world, office)
@@ -324,9 +401,9 @@ async def test_every_endpoint_refuses_the_wrong_role(client: Client, world: Worl
         (
             "POST",
             "/api/v1/regulator/crowd-caps",
-            {"starts_on": "2030-01-01", "ends_on": "2030-01-01", "percent": 1, "reason": "x"},
+            {"starts_on": "2030-01-01", "ends_on": "2030-01-01", "percent": 1, "reason": "x", "province_code": "01"},
         ),
-        ("POST", "/api/v1/regulator/closures", {"date": "2030-01-01", "reason": "x"}),
+        ("POST", "/api/v1/regulator/closures", {"date": "2030-01-01", "reason": "x", "province_code": "01"}),
     ]
     guild_or_regulator = [
         ("GET", "/api/v1/guild/offices", None),

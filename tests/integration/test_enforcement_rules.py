@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
+from app.capacity import keys
 from app.capacity.plan import iranian_weekday
 from app.clock import Clock
 from app.complaints.models import Complaint
@@ -313,6 +314,45 @@ async def test_a_complaint_whose_policy_failed_is_filed_and_the_policy_applied_w
         assert await session.scalar(select(func.count()).select_from(Complaint)) == threshold
 
 
+async def test_a_complaint_whose_process_died_before_the_policy_has_it_applied_within_a_minute(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The complaint that reaches the threshold commits, and its process dies before the policy
+    runs (a deploy): nothing had noted the office, and it went on unrestricted until some
+    later complaint. It is noted before the commit, and the minute's job applies it; a note
+    made while the job works on the office is kept for the next run."""
+    office = await world.office()
+    threshold = world.container.settings.restrict_after_received
+    for i in range(threshold - 1):
+        await complain(client, world, office, f"091255580{i:02d}", category="crowding")
+    jobs = world.container
+    async with jobs.sessions() as session:
+        assert await jobs.enforcement.apply_policy(session=session) == 0  # below the threshold
+    complaints = client.app.state.container.complaints
+
+    async def died(*_: Any) -> None:
+        return None
+
+    monkeypatch.setattr(complaints, "_apply_policy", died)
+    await complain(client, world, office, "09125558099", category="crowding")
+    assert await status(client, office) == "active"
+    evaluate = jobs.enforcement.evaluate
+
+    async def noted_meanwhile(session: Any, office_row: Any) -> Any:
+        await jobs.enforcement.policy_to_apply(office_row.id)  # another complaint, as the job works
+        return await evaluate(session, office_row)
+
+    monkeypatch.setattr(jobs.enforcement, "evaluate", noted_meanwhile)
+    async with jobs.sessions() as session:
+        assert await jobs.enforcement.apply_policy(session=session) == 1
+    assert await status(client, office) == "restricted"
+    monkeypatch.setattr(jobs.enforcement, "evaluate", evaluate)
+    assert await jobs.redis.smembers(keys.POLICY_TO_APPLY)  # the note made meanwhile waits
+    async with jobs.sessions() as session:
+        assert await jobs.enforcement.apply_policy(session=session) == 0  # restricted already
+    assert not await jobs.redis.smembers(keys.POLICY_TO_APPLY)
+
+
 @pytest.mark.parametrize(
     ("ago", "allowed"), [(dt.timedelta(days=7, hours=-2), True), (dt.timedelta(days=7, hours=2), False)]
 )
@@ -465,7 +505,13 @@ async def test_a_clerk_cannot_add_seats_to_days_under_a_crowd_cap(client: Client
     await world.rebuild()
     clerk = await staff_of(client, world, office)
     tomorrow = world.tomorrow()
-    body = {"starts_on": tomorrow.isoformat(), "ends_on": tomorrow.isoformat(), "percent": 50, "reason": "آلودگی هوا"}
+    body = {
+        "starts_on": tomorrow.isoformat(),
+        "ends_on": tomorrow.isoformat(),
+        "percent": 50,
+        "reason": "آلودگی هوا",
+        "province_code": None,
+    }
     capped = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=await regulator(client, world))
     assert capped.status_code == 201, capped.text
     base = f"/api/v1/staff/offices/{office}"
