@@ -51,6 +51,8 @@ class CrowdCapOut(msgspec.Struct):
 log = logging.getLogger(__name__)
 
 REASON_MAX = 500  # the column's length
+MAX_AHEAD = dt.timedelta(days=366)
+"""How far ahead a cap may start (a directive for the coming year at most)."""
 CAP_REQUEST_SECONDS = 60
 """A cap noted this recently is its request's to tell the counters: the job, reading the record
 before the request's commit, would tell the old caps and forget the note."""
@@ -109,6 +111,11 @@ async def add(
     if ends_on < starts_on or ends_on < today:
         raise InvalidInput(
             "ends_on", "The cap must end after it starts, and not in the past.", detail_fa="بازهٔ تاریخ درست نیست."
+        )
+    if starts_on > today + MAX_AHEAD:
+        # A typo's year (9999) made every clerk's later check of the cap's weeks overflow.
+        raise InvalidInput(
+            "starts_on", "A cap starts within a year from today.", detail_fa="محدودیت باید تا یک سال آینده آغاز شود."
         )
     if not check_text(reason, "reason", max_length=REASON_MAX, multiline=True).strip():
         raise InvalidInput("reason", "Give the reason (the directive).", detail_fa="دلیل (مصوبه) را بنویسید.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import msgspec
 
 from app.capacity.plan import DayRule
+from app.locale import normalize_digits
 
 
 class DayRuleIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -13,8 +14,13 @@ class DayRuleIn(msgspec.Struct, forbid_unknown_fields=True):
     service: str | None = None
 
     def to_rule(self) -> DayRule:
+        # Times and codes typed with Persian or Arabic-Indic digits, as the office pages take them.
         return DayRule(
-            opens=self.opens, closes=self.closes, slot_minutes=self.slot_minutes, seats=self.seats, service=self.service
+            opens=normalize_digits(self.opens).strip(),
+            closes=normalize_digits(self.closes).strip(),
+            slot_minutes=self.slot_minutes,
+            seats=self.seats,
+            service=None if self.service is None else normalize_digits(self.service).strip(),
         )
 
 

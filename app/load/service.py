@@ -281,8 +281,10 @@ class LoadService:
         self, sessions: Sessions, lat: float | None, lon: float | None, city: str | None
     ) -> tuple[float, float]:
         if lat is not None and lon is not None:
-            if not (LAT_RANGE[0] <= lat <= LAT_RANGE[1] and LON_RANGE[0] <= lon <= LON_RANGE[1]):
+            if not LAT_RANGE[0] <= lat <= LAT_RANGE[1]:
                 raise InvalidInput("lat", "The position is not in Iran.", detail_fa="این موقعیت در ایران نیست.")
+            if not LON_RANGE[0] <= lon <= LON_RANGE[1]:
+                raise InvalidInput("lon", "The position is not in Iran.", detail_fa="این موقعیت در ایران نیست.")
             return lat, lon
         if city:
             # PostgreSQL cannot compare text holding NUL: refused here, with a 422, for the API

@@ -10,13 +10,15 @@ class CrowdCapIn(msgspec.Struct, forbid_unknown_fields=True):
     ends_on: str
     percent: int
     reason: str
-    province_code: str | None = None  # None: the whole country
+    # Required, and null for the whole country: a client that left the field out had closed
+    # or capped every office in Iran, and the texts sent to the moved cannot be taken back.
+    province_code: str | None
 
 
 class ClosureIn(msgspec.Struct, forbid_unknown_fields=True):
     date: str
     reason: str
-    province_code: str | None = None  # None: the whole country
+    province_code: str | None  # required, null for the whole country (as CrowdCapIn's)
 
 
 class ClosureOut(msgspec.Struct):

@@ -196,6 +196,25 @@ async def test_template_override_and_closure_resolve_per_date(
     assert booking.status_code == 201
 
 
+async def test_a_plan_typed_with_persian_digits_is_read_as_the_office_pages_read_it(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """The README takes Persian and Arabic-Indic digits in any text: the API had refused
+    "۰۹:۰۰" as no time, and "۱۰۱" as a service the office does not offer."""
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    day = world.tomorrow()
+    rules = [
+        {"opens": "۰۸:۰۰", "closes": "۰۹:۰۰", "slot_minutes": 30, "seats": 2},
+        {"opens": "۰۹:۰۰", "closes": " ١٠:٠٠", "slot_minutes": 30, "seats": 3, "service": "۱۰۱"},
+    ]
+    planned = await client.put(
+        f"/api/v1/staff/offices/{office}/template", json={"days": {str(d): rules for d in range(7)}}, headers=headers
+    )
+    assert planned.status_code == 200, planned.text
+    assert redis_sync.hget(keys.office_day(office, day), keys.seats_field("101", "09:00")) == b"3"
+
+
 async def test_lowering_below_bookings_is_refused_with_the_slots(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:

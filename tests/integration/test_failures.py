@@ -1090,8 +1090,14 @@ async def test_capacity_changes_and_blocks_wait_out_a_recount(client: Client, wo
     for step in STEPS[:3]:
         assert (await client.post(transition, json={"to": step, "inspector": "بازرس"}, headers=regulator_)).is_success
     confirm = {"to": "violation_confirmed", "note": "جعل احراز شد"}
-    closure = {"date": (day + dt.timedelta(days=1)).isoformat(), "reason": "سیل"}
-    cap = {"starts_on": day.isoformat(), "ends_on": day.isoformat(), "percent": 50, "reason": "ستاد"}
+    closure = {"date": (day + dt.timedelta(days=1)).isoformat(), "reason": "سیل", "province_code": None}
+    cap = {
+        "starts_on": day.isoformat(),
+        "ends_on": day.isoformat(),
+        "percent": 50,
+        "reason": "ستاد",
+        "province_code": None,
+    }
     async with watch_held():
         capacity.ready = False  # as the watch does when the counters must be counted again
         try:

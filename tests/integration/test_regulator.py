@@ -306,7 +306,7 @@ async def test_a_cap_redis_refuses_after_its_commit_bites_by_the_minutes_job(
     async def away(**_: object) -> None:
         raise RedisConnectionError("Redis away a moment")
 
-    body = {"starts_on": day, "ends_on": day, "percent": 50, "reason": "مصوبهٔ ستاد"}
+    body = {"starts_on": day, "ends_on": day, "percent": 50, "reason": "مصوبهٔ ستاد", "province_code": None}
     waiting = None
     if change == "lift":
         cap_id = (await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)).json()["id"]
@@ -379,7 +379,13 @@ async def test_a_crowd_cap_at_zero_ends_the_lines_of_its_days(
         fails_once(monkeypatch, client.app.state.container.capacity, "refresh_meta", RedisConnectionError("away"))
     if told == "ended by the minute's job":  # told, and the record failed as the lines ended
         fails_once(monkeypatch, client.app.state.container.bookings, "end_shut_lines", OperationalError("", {}, None))
-    body = {"starts_on": tomorrow.isoformat(), "ends_on": tomorrow.isoformat(), "percent": 0, "reason": "قرنطینه"}
+    body = {
+        "starts_on": tomorrow.isoformat(),
+        "ends_on": tomorrow.isoformat(),
+        "percent": 0,
+        "reason": "قرنطینه",
+        "province_code": None,
+    }
     if told == "by the command":
         args = argparse.Namespace(
             action="add", province=None, starts=body["starts_on"], ends=body["ends_on"], percent=0, reason="قرنطینه"
