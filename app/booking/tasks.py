@@ -82,8 +82,12 @@ async def _close(
     at: dt.datetime | None = None,
 ) -> list[str]:
     """Past days' bookings still in ``status`` (and ``only`` those) moved to ``to`` (a cancel
-    ``at`` then): their national IDs."""
-    query = update(Booking).where(Booking.status == status, Booking.date < today).values(status=to)
+    ``at`` then), from the last CLOSE_LOOKS_BACK days: their national IDs."""
+    query = (
+        update(Booking)
+        .where(Booking.status == status, Booking.date < today, Booking.date >= today - CLOSE_LOOKS_BACK)
+        .values(status=to)
+    )
     if only is not None:
         query = query.where(only)
     if at is not None:
@@ -105,6 +109,12 @@ def _closed_that_day() -> ColumnElement[bool]:
         .exists()
     )
 
+
+CLOSE_LOOKS_BACK = dt.timedelta(days=30)
+"""How far back the night's close looks for bookings left open. Unbounded, each of its
+statements walked the index of every day since the service began: a cost growing with every
+booking ever made, against the job's time limit. A month of nights all failed is a month of
+``nobat_job_last_success_timestamp_seconds`` not moving, long paged."""
 
 BLOCKS_AT_ONCE = 200
 """Blocks weighed in one statement by the night's close (``_blocked_that_day``)."""

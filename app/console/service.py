@@ -869,23 +869,31 @@ class Console:
         already, until ``_suspension_ends(today)``; how many. A query per ``SUSPENSION_CHUNK``
         IDs, not per ID: the nightly close brings a whole country's no-shows at once."""
         since = today - dt.timedelta(days=self.no_shows.window_days)
+        suspension = dt.timedelta(days=self.no_shows.suspension_days)
         wanted = sorted(set(national_ids))
         made = 0
         for start in range(0, len(wanted), SUSPENSION_CHUNK):
             chunk = wanted[start : start + SUSPENSION_CHUNK]
-            suspended = select(Suspension.national_id).where(
-                Suspension.national_id.in_(chunk), Suspension.until > today
-            )
-            due = await session.execute(
-                select(Booking.national_id, func.count())
-                .where(
-                    Booking.national_id.in_(chunk),
-                    Booking.status == BookingStatus.NO_SHOW,
-                    Booking.date > since,
-                    Booking.national_id.not_in(suspended),
+            # The no-shows an earlier suspension was made for do not count again: counted, one
+            # more no-show after it ended (three in 30 days still) suspended the citizen again.
+            # Only those after the day the last one was made count.
+            ends = {
+                national_id: until
+                for national_id, until in await session.execute(
+                    select(Suspension.national_id, func.max(Suspension.until))
+                    .where(Suspension.national_id.in_(chunk))
+                    .group_by(Suspension.national_id)
                 )
-                .group_by(Booking.national_id)
-                .having(func.count() >= self.no_shows.limit)
+            }
+            missed = await session.execute(
+                select(Booking.national_id, Booking.date).where(
+                    Booking.national_id.in_(chunk), Booking.status == BookingStatus.NO_SHOW, Booking.date > since
+                )
+            )
+            counts = Counter(
+                national_id
+                for national_id, day in missed
+                if national_id not in ends or day > ends[national_id] - suspension
             )
             suspensions = [
                 Suspension(
@@ -893,7 +901,8 @@ class Console:
                     until=self._suspension_ends(today),
                     reason=f"{count} no-shows in {self.no_shows.window_days} days",
                 )
-                for national_id, count in due
+                for national_id, count in sorted(counts.items())
+                if count >= self.no_shows.limit and ends.get(national_id, today) <= today  # not suspended now
             ]
             session.add_all(suspensions)
             made += len(suspensions)

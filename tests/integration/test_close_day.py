@@ -72,6 +72,49 @@ async def test_the_night_suspends_those_who_reach_the_limit_of_no_shows(
     assert (again["no_shows"], again["suspended"]) == (0, 0)
 
 
+async def test_the_no_shows_a_suspension_was_made_for_do_not_count_again(
+    client: Client, world: World, deliver: Deliver
+) -> None:
+    """Three no-shows suspended a citizen for a week; the week is over. One more no-show had
+    made three in 30 days again, and each further one another week: the README's rule is
+    three, and the first three were settled by the suspension they made."""
+    office = await world.office()
+    await world.rebuild()
+    once, again = world.national_id(), world.national_id()
+    today = world.container.clock.today()
+    await past_bookings(
+        world,
+        *((once, days_ago, BookingStatus.NO_SHOW) for days_ago in (14, 13, 12)), (once, 1, BookingStatus.BOOKED),
+        *((again, days_ago, BookingStatus.NO_SHOW) for days_ago in (14, 13, 12, 3, 2)), (again, 1, BookingStatus.BOOKED),
+    )  # fmt: skip
+    async with world.container.sessions() as session:  # a week's, made after the third, ended yesterday
+        for national_id in (once, again):
+            session.add(Suspension(national_id=national_id, until=today - dt.timedelta(days=1), reason="3 no-shows"))
+        await session.commit()
+
+    result = await asyncio.to_thread(close_day)
+
+    assert (result["no_shows"], result["suspended"]) == (2, 1)  # three since the last: suspended
+    assert await books(client, world, office, once) == 201
+    assert await books(client, world, office, again) == 403
+
+
+async def test_the_night_looks_back_a_month_not_to_the_services_first_day(world: World, deliver: Deliver) -> None:
+    """Each of its statements walked every past day's bookings, a cost growing with every
+    booking ever made; a month of failed nights is long paged (the jobs' metric)."""
+    from app.booking.tasks import CLOSE_LOOKS_BACK
+
+    await world.office()
+    month = CLOSE_LOOKS_BACK.days
+    recent, old = world.national_id(), world.national_id()
+    await past_bookings(world, (recent, month, BookingStatus.BOOKED), (old, month + 1, BookingStatus.BOOKED))
+    result = await asyncio.to_thread(close_day)
+    assert result["no_shows"] == 1
+    async with world.container.sessions() as session:
+        statuses = dict((await session.execute(select(Booking.national_id, Booking.status))).all())
+    assert statuses == {recent: BookingStatus.NO_SHOW, old: BookingStatus.BOOKED}
+
+
 async def test_the_night_weighs_the_no_shows_clerks_marked_yesterday(
     client: Client, world: World, deliver: Deliver
 ) -> None:
