@@ -40,6 +40,12 @@ SMS_QUEUE = Gauge("nobat_sms_queue_depth", "Jobs waiting in the SMS queue", mult
 SMS_FAILED = Gauge("nobat_sms_failed", "Outbound SMS given up on", multiprocess_mode="mostrecent")
 SMS_UNSENT = Gauge("nobat_sms_unsent", "Outbound SMS committed and not yet sent", multiprocess_mode="mostrecent")
 RESTRICTED = Gauge("nobat_offices", "Offices by status", ["status"], multiprocess_mode="mostrecent")
+JOB_DONE = Gauge(
+    "nobat_job_last_success_timestamp_seconds",
+    "When each periodic job last ended well (unix time): alert when it stops moving",
+    ["job"],
+    multiprocess_mode="mostrecent",
+)
 TO_SETTLE = Gauge(
     "nobat_commits_to_settle",
     "Bookings and promotions whose commit's answer was lost, their seats held until the record says (-1: unread)",
@@ -217,6 +223,8 @@ async def refresh(container: Any) -> None:
     SMS_QUEUE.set(await _queue_length(container))
     for kind, left in (await _left_to_settle(container)).items():
         TO_SETTLE.labels(kind).set(left)
+    for job, at in (await _jobs_done(container)).items():
+        JOB_DONE.labels(job).set(at)
 
 
 async def _left_to_settle(container: Any) -> dict[str, int]:
@@ -234,6 +242,22 @@ async def _left_to_settle(container: Any) -> dict[str, int]:
         }
     except RedisError:
         return {"bookings": -1, "promotions": -1}
+
+
+async def _jobs_done(container: Any) -> dict[str, int]:
+    """When each periodic job last ended well (app.sms.tasks), as the job queues' Redis has it."""
+    import asyncio
+
+    from app.capacity import keys
+
+    def read() -> dict[str, int]:
+        done = container.jobs.redis.hgetall(keys.JOBS_DONE)
+        return {name.decode(): int(at) for name, at in done.items()}
+
+    try:
+        return await asyncio.to_thread(read)
+    except Exception:  # no job Redis (tests without one), or it is away: the times stay as they were
+        return {}
 
 
 async def _queue_length(container: Any) -> int:

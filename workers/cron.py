@@ -27,7 +27,7 @@ from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
 from app.observability import configure_logging
 from app.regulator.tasks import finish_caps, finish_closures
 from app.settings import Settings, load_settings
-from app.sms.tasks import carry_out_abandoned, sweep
+from app.sms.tasks import PERIODIC, carry_out_abandoned, sweep
 from workers.queues import CODES, DEFAULT
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ COPIES_KEPT = 5
 NIGHT_TTL = 45 * 60
 """How long a night's run (the close, the recount) may wait in its queue: later, it would
 meet the morning's first bookings; the close's next run, or the next night, does it."""
+FAILURE_TTL = 7 * 24 * 3600
+"""How long RQ keeps a failed run and its traceback: over a weekend, not RQ's year (a job
+failing each minute had left 1,440 a day in Redis)."""
+PERIODIC_JOB: dict[str, Any] = {"meta": {PERIODIC: True}, "failure_ttl": FAILURE_TTL}
+"""What every periodic job is registered with: its good ends noted for /metrics (app.sms.tasks)."""
 
 
 RESTART_SECONDS = 5.0
@@ -113,7 +118,9 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
         # copy a minute piled up, and each then did its whole work again, one after the other.
         # Not one interval: behind a job of more than a minute on the one worker taking the
         # queue, each copy would expire before its turn, and the job never run.
-        scheduler.register(func, queue_name=queue, interval=seconds, ttl=seconds * COPIES_KEPT, **options)
+        scheduler.register(
+            func, queue_name=queue, interval=seconds, ttl=seconds * COPIES_KEPT, **{**PERIODIC_JOB, **options}
+        )
 
     # RQ's cron jobs have no Retry: a run lost to a crash or a Redis blip is simply not
     # retried. So each job here is idempotent and catches up on the next run, and runs often
@@ -132,14 +139,24 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     # Its own time limit (RQ's is 180 s): 100,000 no-shows take about 20 s, and a night is at
     # most a few times that (loadtests/bench_close_day.py).
     scheduler.register(
-        close_day, queue_name=DEFAULT, cron="0 0,1,2 * * *", job_timeout=CLOSE_DAY_TIMEOUT, ttl=NIGHT_TTL
+        close_day,
+        queue_name=DEFAULT,
+        cron="0 0,1,2 * * *",
+        job_timeout=CLOSE_DAY_TIMEOUT,
+        ttl=NIGHT_TTL,
+        **PERIODIC_JOB,
     )
     # Redis counted again from the record, once the night's close is done: a seat, hold or
     # place in line that a failure left counted for nobody comes back (nothing else recounts
     # a Redis that came back as it was). Bookings pause for it, at the night's quietest hour.
     if settings.recount_at != "off":
         scheduler.register(
-            recount, queue_name=DEFAULT, cron=settings.recount_at, job_timeout=RECOUNT_TIMEOUT, ttl=NIGHT_TTL
+            recount,
+            queue_name=DEFAULT,
+            cron=settings.recount_at,
+            job_timeout=RECOUNT_TIMEOUT,
+            ttl=NIGHT_TTL,
+            **PERIODIC_JOB,
         )
     every(flag_overdue, DEFAULT, 15 * 60)  # complaints past 72 hours
     # Bookings a block or a closure could not move yet. A province's closure can leave tens
@@ -151,7 +168,7 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     # What a block, a restriction or a lift told the counters after its commit, told again:
     # the telling may have failed, or met a recount that had read the record just before.
     every(push_statuses, DEFAULT, 60)
-    every(apply_policy, DEFAULT, 60)  # what a complaint's request could not
+    every(apply_policy, DEFAULT, 60)  # offices complained of: again, if their request failed or died
     every(fill_waitlists_left, DEFAULT, 60)  # seats a failed promotion left free
     every(finish_plans, DEFAULT, 60)  # a clerk's change not seen through
     every(finish_caps, DEFAULT, 60)  # a regulator's cap not told the counters

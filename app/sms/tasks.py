@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import TypeVar
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -71,7 +73,7 @@ class _Runtime:
             coro = asyncio.wait_for(coro, max(limit - LIMIT_MARGIN, LIMIT_MARGIN))
         task = asyncio.ensure_future(coro, loop=self.loop)
         try:
-            return self.loop.run_until_complete(task)
+            result = self.loop.run_until_complete(task)
         except BaseException:
             # A job stopped from outside (RQ's time limit raises in whatever frame runs, most
             # often the loop's wait for I/O) leaves its task pending: cancelled here, not
@@ -80,6 +82,9 @@ class _Runtime:
             with suppress(BaseException):
                 self.loop.run_until_complete(task)
             raise
+        if job is not None and job.meta.get(PERIODIC):
+            _ended_well(job)
+        return result
 
     async def parts(self) -> Container:
         settings = load_settings()
@@ -99,6 +104,21 @@ class _Runtime:
             self._backend_redis = Redis.from_url(settings.rq_redis_url or settings.redis_url)
             self.backend = make_backend(settings, self._backend_redis)
         return self.container
+
+
+PERIODIC = "periodic"
+"""A job's meta flag (workers.cron): each run that ends well is noted in ``keys.JOBS_DONE``."""
+
+
+def _ended_well(job: Job) -> None:
+    """Note the periodic job's good end, for /metrics (``nobat_job_last_success_timestamp``):
+    a job failing each run, or no longer run, is seen as its time stops moving, where its
+    tracebacks sat in RQ's failed jobs and nothing paged anyone."""
+    name = (job.func_name or "").rpartition(".")[2]
+    try:
+        job.connection.hset(keys.JOBS_DONE, name, int(time.time()))
+    except RedisError:
+        log.warning("the good end of %s was not noted: Redis did not answer", name)
 
 
 _runtime = _Runtime()

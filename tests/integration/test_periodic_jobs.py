@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
@@ -47,6 +49,44 @@ async def test_the_periodic_jobs_run_in_a_worker(world: World, redis_sync: SyncR
     ]
     await deliver()
     assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", 0)] * len(jobs)
+
+
+async def test_a_periodic_jobs_good_end_is_on_the_metrics_and_a_failed_one_is_not(
+    client: Any, world: World, redis_sync: SyncRedis, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job failing every run left its tracebacks in RQ's failed jobs for a year, and nothing
+    paged anyone: no-shows, suspensions, reminders silently not done. Each good end of a
+    periodic job is noted, and /metrics shows when, per job; a failed run notes nothing."""
+    from workers.cron import PERIODIC_JOB
+
+    await world.rebuild()
+    queue = Queue(DEFAULT, connection=redis_sync)
+    done = queue.enqueue(flag_overdue, **PERIODIC_JOB)
+    failed = queue.enqueue(fails_on_its_loop, **PERIODIC_JOB)
+    unmarked = queue.enqueue(push_statuses)  # not registered as periodic: not noted
+    before = int(time.time())
+    await deliver()
+    assert done.get_status(refresh=True) == "finished" and unmarked.get_status(refresh=True) == "finished"
+    assert failed.get_status(refresh=True) == "failed"
+    assert failed.failure_ttl == PERIODIC_JOB["failure_ttl"]  # kept a week, not RQ's year
+    noted = {name.decode(): int(at) for name, at in redis_sync.hgetall(keys.JOBS_DONE).items()}
+    assert list(noted) == ["flag_overdue"] and noted["flag_overdue"] >= before
+    metrics = (await client.get("/metrics")).text
+    shown = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("nobat_job_last_success_timestamp_seconds{")
+    }
+    assert shown == {"flag_overdue": noted["flag_overdue"]}
+
+
+def fails_on_its_loop() -> int:
+    """A periodic job whose run fails (the record away, a bug)."""
+
+    async def body() -> int:
+        raise RuntimeError("the record went away")
+
+    return run_job(body())
 
 
 async def test_the_nights_recount_gives_back_what_a_failure_left_counted_for_nobody(
@@ -131,13 +171,17 @@ async def test_a_note_that_is_not_one_is_dropped_and_stops_no_job(
     }
     for noted_in, fields in bad.items():
         redis_sync.hset(noted_in, mapping=fields)
+    redis_sync.sadd(keys.POLICY_TO_APPLY, "not-an-office")
     # Beside them, a good note, long due: applied, not dropped with the bad ones.
     redis_sync.hset(keys.PLANS_TO_APPLY, office, "1.0|")
     queue = Queue(DEFAULT, connection=redis_sync)
-    jobs = [queue.enqueue(job) for job in (finish_plans, finish_caps, finish_closures)]
+    jobs = [queue.enqueue(job) for job in (finish_plans, finish_caps, finish_closures, apply_policy)]
     await deliver()
-    assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [("finished", n) for n in (1, 0, 0)]
+    assert [(job.get_status(refresh=True), job.return_value()) for job in jobs] == [
+        ("finished", n) for n in (1, 0, 0, 0)
+    ]
     assert [redis_sync.hlen(noted_in) for noted_in in bad] == [0, 0, 0]
+    assert not redis_sync.exists(keys.POLICY_TO_APPLY)
 
 
 def test_the_scheduler_rides_out_an_outage_of_the_job_queues_redis(tmp_path: Path) -> None:
