@@ -82,7 +82,7 @@ class _Runtime:
             with suppress(BaseException):
                 self.loop.run_until_complete(task)
             raise
-        if job is not None and job.meta.get(PERIODIC):
+        if job is not None and job.meta.get(PERIODIC) and not job.meta.get(SKIPPED):
             _ended_well(job)
         return result
 
@@ -108,6 +108,10 @@ class _Runtime:
 
 PERIODIC = "periodic"
 """A job's meta flag (workers.cron): each run that ends well is noted in ``keys.JOBS_DONE``."""
+SKIPPED = "skipped"
+"""Set (in this process) on a run that did nothing, its last run under way (``run_alone``): not
+a good end. Noted as one, a job outrunning its time limit every time looked alive, each
+minute's copy finding it under way."""
 
 
 def _ended_well(job: Job) -> None:
@@ -167,6 +171,8 @@ def run_alone(name: str, step: Callable[[Container, AsyncSession], Awaitable[int
             lock = f"{keys.NAMESPACE}:job-running:{name}"
             async with renewed_lock(app.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
                 if not held:
+                    if (job := get_current_job()) is not None:
+                        job.meta[SKIPPED] = True
                     return 0
                 async with app.sessions() as session:
                     return await step(app, session)

@@ -63,11 +63,16 @@ async def test_a_periodic_jobs_good_end_is_on_the_metrics_and_a_failed_one_is_no
     queue = Queue(DEFAULT, connection=redis_sync)
     done = queue.enqueue(flag_overdue, **PERIODIC_JOB)
     failed = queue.enqueue(fails_on_its_loop, **PERIODIC_JOB)
+    # A copy that finds its last run under way does nothing: no good end (a run outlasting
+    # its time limit each time had looked alive, the next minute's copy noted instead).
+    redis_sync.set(f"{keys.NAMESPACE}:job-running:test-once", "another run", ex=60)
+    skipped = queue.enqueue(once_at_a_time, **PERIODIC_JOB)
     unmarked = queue.enqueue(push_statuses)  # not registered as periodic: not noted
     before = int(time.time())
     await deliver()
     assert done.get_status(refresh=True) == "finished" and unmarked.get_status(refresh=True) == "finished"
     assert failed.get_status(refresh=True) == "failed"
+    assert skipped.get_status(refresh=True) == "finished" and skipped.return_value() == 0
     assert failed.failure_ttl == PERIODIC_JOB["failure_ttl"]  # kept a week, not RQ's year
     noted = {name.decode(): int(at) for name, at in redis_sync.hgetall(keys.JOBS_DONE).items()}
     assert list(noted) == ["flag_overdue"] and noted["flag_overdue"] >= before
