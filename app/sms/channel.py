@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 _CLAIM_LEASE = dt.timedelta(seconds=60)
 """How long a delivery carrying out a message keeps others off it (replies take seconds)."""
 ABANDONED_FOR = dt.timedelta(hours=1)
-"""A message never answered is carried out by the minute's job for this long after its last
-claim; older, it is left (its citizen has moved on)."""
+"""A message never answered is carried out by the minute's job for this long after it came;
+then it is answered "not done, send it again" (``_give_up``), once."""
 ABANDONED_PER_RUN = 500
 
 ComplaintHandler = Callable[[AsyncSession, str, str, str, str], Awaitable[str | None]]
@@ -103,12 +103,13 @@ class SmsChannel:
         # message, stored first, was answered 422 and dropped (Twilio retries no 4xx). Those a
         # complaint's text may hold are kept (app.locale), and no other reaches it to refuse.
         text = strip_controls(text)
-        command = parser.parse(text, today=received_on or self.clock.today())
+        asked_on = received_on or self.clock.today()
+        command = parser.parse(text, today=asked_on)
         if not await self._claim(session, provider_sid, mobile, text, command):
             return False
         try:
             try:
-                reply = await self._carry_out(session, mobile, command, _message_key(provider_sid))
+                reply = await self._carry_out(session, mobile, command, _message_key(provider_sid), asked_on)
             except ServiceUnavailable:
                 # A moment's (the night's recount, a failover): not the citizen's answer. Let
                 # go below, it is carried out again by the provider's retry or the minute's job,
@@ -201,7 +202,9 @@ class SmsChannel:
                     InboundSms.received_at > now - ABANDONED_FOR,
                     InboundSms.claimed_at < now - _CLAIM_LEASE,
                 )
-                .order_by(InboundSms.received_at)
+                # The least lately tried first: each try's failure claims it again, so those
+                # that keep failing (a Redis node down) go behind the others.
+                .order_by(InboundSms.claimed_at)
                 .limit(ABANDONED_PER_RUN)
             )
         ).all()
@@ -215,7 +218,37 @@ class SmsChannel:
                 )
             except Exception:  # one message's failure must not keep the others waiting
                 log.exception("abandoned inbound sms %s waits for the next run", provider_sid)
+        await self._give_up(session, now)
         return done
+
+    async def _give_up(self, session: AsyncSession, now: dt.datetime) -> None:
+        """Answer the messages no try carried out within ABANDONED_FOR (Redis or the record
+        away all that while, a recount begun again and again): not done, send it again. Left
+        unanswered, the citizen waited for a reply that never came. Each once: marked answered
+        with its reply, in one commit. Those that came up to a day before are looked at (a job
+        that did not run for a while still answers them)."""
+        try:
+            given_up = (
+                await session.execute(
+                    update(InboundSms)
+                    .where(
+                        InboundSms.answered_at.is_(None),
+                        InboundSms.received_at <= now - ABANDONED_FOR,
+                        InboundSms.received_at > now - dt.timedelta(days=1),
+                        InboundSms.claimed_at < now - _CLAIM_LEASE,
+                    )
+                    .values(answered_at=now)
+                    .returning(InboundSms.from_mobile)
+                    .execution_options(synchronize_session=False)
+                )
+            ).all()
+            for (mobile,) in given_up:
+                if await self._may_answer(mobile):
+                    self.messenger.queue(session, to=mobile, body=_NOT_DONE, kind="sms_reply")
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            log.warning("messages not carried out within the hour wait for the next run", exc_info=True)
 
     async def _release(self, session: AsyncSession, provider_sid: str) -> None:
         """Let the provider's retry carry the message out at once (best effort: the record
@@ -235,9 +268,12 @@ class SmsChannel:
             with contextlib.suppress(Exception):
                 await session.rollback()
 
-    async def _carry_out(self, session: AsyncSession, mobile: str, command: parser.Command, key: str) -> str | None:
+    async def _carry_out(
+        self, session: AsyncSession, mobile: str, command: parser.Command, key: str, asked_on: dt.date
+    ) -> str | None:
         """``key``: the message's own, which its booking or complaint is made under: a delivery
-        carried out again (the commit of its answer failed after theirs) makes neither twice."""
+        carried out again (the commit of its answer failed after theirs) makes neither twice.
+        ``asked_on``: the day the message came, a dateless line's day."""
         match command:
             case parser.Book():
                 return await self._book(session, mobile, command, key)
@@ -252,7 +288,7 @@ class SmsChannel:
                         national_id=national_id,
                         office_code=command.office_code,
                         service_code=command.service_code,
-                        date=(command.day or self.clock.today()).isoformat(),
+                        date=(command.day or asked_on).isoformat(),
                     ),
                     channel=Channel.SMS,
                 )
@@ -387,4 +423,5 @@ def _message_key(provider_sid: str) -> str:
     return "sms-" + hashlib.blake2b(provider_sid.encode(), digest_size=16).hexdigest()
 
 
+_NOT_DONE = "پیام شما به دلیل اختلال در سامانه انجام نشد. لطفاً دوباره بفرستید."
 _NEED_ID = "کد ملی را هم بفرستید، مثلاً: نوبت ۰۱۰۰۰۱ ۱۰۱ ۰۴۹۹۳۷۰۸۹۹ — یا یک بار بفرستید: ثبت [کد ملی]"

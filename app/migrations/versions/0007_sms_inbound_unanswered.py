@@ -11,7 +11,6 @@ Create Date: 2026-12-07 05:40:00
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
@@ -21,14 +20,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_sms_inbound_unanswered",
-        "sms_inbound",
-        ["received_at"],
-        sqlite_where=sa.text("answered_at IS NULL"),
-        postgresql_where=sa.text("answered_at IS NULL"),
+    # IF NOT EXISTS: on a large table, build it first by hand with CREATE INDEX CONCURRENTLY
+    # (docs/deployment.md); a plain build here holds every inbound webhook's insert meanwhile.
+    # (The migration runs in one transaction, where CONCURRENTLY cannot.)
+    op.execute(
+        "CREATE INDEX IF NOT EXISTS ix_sms_inbound_unanswered ON sms_inbound (received_at) WHERE answered_at IS NULL"
     )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_sms_inbound_unanswered", table_name="sms_inbound")
+    op.execute("DROP INDEX IF EXISTS ix_sms_inbound_unanswered")
