@@ -118,9 +118,10 @@ booking ever made, against the job's time limit. A month of nights all failed is
 
 BLOCKS_AT_ONCE = 200
 """Blocks weighed in one statement by the night's close (``_blocked_that_day``)."""
-BLOCKS_LOOKED_BACK = dt.timedelta(days=7)
-"""Blocks lifted longer ago than this are past every booking still open (the night's close runs
-every night)."""
+BLOCKS_LOOKED_BACK = CLOSE_LOOKS_BACK
+"""Blocks lifted longer ago than this are past every booking the close still looks at: as far
+back as it (shorter, a booking at an office blocked that day, left open by a week of failed
+nights, was a no-show that could suspend its citizen)."""
 
 
 async def _blocked_that_day(session: AsyncSession, clock: Clock) -> list[ColumnElement[bool]]:

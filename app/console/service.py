@@ -869,18 +869,19 @@ class Console:
         already, until ``_suspension_ends(today)``; how many. A query per ``SUSPENSION_CHUNK``
         IDs, not per ID: the nightly close brings a whole country's no-shows at once."""
         since = today - dt.timedelta(days=self.no_shows.window_days)
-        suspension = dt.timedelta(days=self.no_shows.suspension_days)
+        now = self.clock.now()
         wanted = sorted(set(national_ids))
         made = 0
         for start in range(0, len(wanted), SUSPENSION_CHUNK):
             chunk = wanted[start : start + SUSPENSION_CHUNK]
             # The no-shows an earlier suspension was made for do not count again: counted, one
             # more no-show after it ended (three in 30 days still) suspended the citizen again.
-            # Only those after the day the last one was made count.
-            ends = {
-                national_id: until
-                for national_id, until in await session.execute(
-                    select(Suspension.national_id, func.max(Suspension.until))
+            # Only those after the day the last one was made count (by when it was made, not
+            # by its end less today's setting, which a change of the setting would move).
+            last = {
+                national_id: (until, self.clock.aware(made).astimezone(self.clock.tz).date())
+                for national_id, until, made in await session.execute(
+                    select(Suspension.national_id, func.max(Suspension.until), func.max(Suspension.created_at))
                     .where(Suspension.national_id.in_(chunk))
                     .group_by(Suspension.national_id)
                 )
@@ -891,18 +892,17 @@ class Console:
                 )
             )
             counts = Counter(
-                national_id
-                for national_id, day in missed
-                if national_id not in ends or day > ends[national_id] - suspension
+                national_id for national_id, day in missed if national_id not in last or day > last[national_id][1]
             )
             suspensions = [
                 Suspension(
                     national_id=national_id,
                     until=self._suspension_ends(today),
                     reason=f"{count} no-shows in {self.no_shows.window_days} days",
+                    created_at=now,  # by the service's clock, as read above (SQLite's own is UTC)
                 )
                 for national_id, count in sorted(counts.items())
-                if count >= self.no_shows.limit and ends.get(national_id, today) <= today  # not suspended now
+                if count >= self.no_shows.limit and (national_id not in last or last[national_id][0] <= today)
             ]
             session.add_all(suspensions)
             made += len(suspensions)

@@ -87,9 +87,13 @@ async def test_the_no_shows_a_suspension_was_made_for_do_not_count_again(
         *((once, days_ago, BookingStatus.NO_SHOW) for days_ago in (14, 13, 12)), (once, 1, BookingStatus.BOOKED),
         *((again, days_ago, BookingStatus.NO_SHOW) for days_ago in (14, 13, 12, 3, 2)), (again, 1, BookingStatus.BOOKED),
     )  # fmt: skip
-    async with world.container.sessions() as session:  # a week's, made after the third, ended yesterday
+    # A week's, made by the night after the third, ended four days ago.
+    made = dt.datetime.combine(today - dt.timedelta(days=11), dt.time(0, 5), world.container.clock.tz)
+    async with world.container.sessions() as session:
         for national_id in (once, again):
-            session.add(Suspension(national_id=national_id, until=today - dt.timedelta(days=1), reason="3 no-shows"))
+            session.add(
+                Suspension(national_id=national_id, until=today - dt.timedelta(days=4), reason="3", created_at=made)
+            )
         await session.commit()
 
     result = await asyncio.to_thread(close_day)
