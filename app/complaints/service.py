@@ -168,6 +168,8 @@ class Complaints:
                 taken = not wait
             if wait:
                 raise TooManyComplaints(wait)
+            # Before the first write: a slow Redis would hold the transaction's locks.
+            await self.enforcement.policy_to_apply(office.id)
             session.add(complaint)
             await session.flush()
             session.add(
@@ -182,7 +184,6 @@ class Complaints:
                 f"نتیجهٔ هر مرحله با همین کد پیامک می‌شود.",
                 kind="complaint_step",
             )
-            await self.enforcement.policy_to_apply(office.id)
             await session.commit()
         except BaseException:
             if form is not None:
@@ -300,7 +301,8 @@ class Complaints:
             .join(Office, Office.id == Complaint.office_id)
             .join(City, City.id == Office.city_id)
             .join(Province, Province.id == City.province_id)
-            .order_by(Complaint.overdue.desc(), Complaint.created_at)
+            # One order (the id breaks ties): pages neither repeat nor skip a complaint.
+            .order_by(Complaint.overdue.desc(), Complaint.created_at, Complaint.id)
             .limit(limit)
             .offset(offset)
         )
@@ -372,6 +374,9 @@ class Complaints:
             # A confirmed violation may block the office, whose bookings are then moved: that
             # must not race a recount of the counters, and must not be left half done by one.
             self.enforcement.capacity.require_ready()
+            # Noted before the office is locked (a slow Redis then held its lock), and before
+            # the commit, for the minute's job to apply if this request cannot.
+            await self.enforcement.policy_to_apply(complaint.office_id)
         now = self.clock.now()
         before = complaint.state
         if corrected is not None and corrected is not complaint.category:
@@ -416,8 +421,6 @@ class Complaints:
             body=f"شکایت {complaint.tracking_code}: {STATE_FA[target]}.{extra} {_sms_note(note)}".strip(),
             kind="complaint_step",
         )
-        if target is State.VIOLATION_CONFIRMED:
-            await self.enforcement.policy_to_apply(office.id)
         await session.commit()
         if target is State.VIOLATION_CONFIRMED:
             await self._apply_policy(session, office, complaint)

@@ -12,9 +12,11 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, State
+from app.complaints.service import MAX_OFFSET as MAX_QUEUE_OFFSET
 from app.complaints.service import RECATEGORIZABLE
 from app.enforcement.models import ActionKind
 from app.errors import DomainError, Forbidden, InvalidInput, NotFound
+from app.locale import parse_int
 from app.offices import service as offices
 from app.pages import iran_map
 from app.pages.render import (
@@ -33,6 +35,8 @@ from app.staff.service import StaffPrincipal
 from app.web import Deps, Session
 
 ACTIONS = ("restrict", "block", "lift")
+QUEUE_PAGE = 50
+"""Complaints a page of the regulator's queue shows."""
 
 
 def _province_options() -> list[tuple[str, str]]:
@@ -188,10 +192,13 @@ class WatchPages(Controller):
         step: Annotated[str | None, QueryParameter(name="state")] = None,
         overdue: FromQuery[str | None] = None,
         province: FromQuery[str | None] = None,
+        page: FromQuery[str] = "1",
     ) -> Template:
         state = step  # `state` is a name Litestar reserves for handler parameters
         staff = await require_staff(request, container)
         errors: dict[str, str] = {}
+        # In pages: the queue had shown its first 100 and said nothing of the rest.
+        number = parse_int(page, "page", minimum=1, maximum=MAX_QUEUE_OFFSET // QUEUE_PAGE)
         try:
             queue = await container.complaints.queue(
                 session=session,
@@ -199,25 +206,37 @@ class WatchPages(Controller):
                 state=state or None,
                 overdue=True if overdue == "on" else None,
                 province=province or None,
+                limit=QUEUE_PAGE + 1,  # one more: whether a next page has any
+                offset=(number - 1) * QUEUE_PAGE,
             )
         except InvalidInput as error:
             errors = form_errors(error, ["state"])
+            number = 1
             queue = await container.complaints.queue(
-                session=session, staff=staff, state=None, overdue=None, province=None
+                session=session, staff=staff, state=None, overdue=None, province=None, limit=QUEUE_PAGE + 1
             )
+        filters = {"state": state or "", "overdue": overdue or "", "province": province or ""}
+        kept = {name: value for name, value in filters.items() if value and not errors}
+
+        def page_link(to: int) -> str:
+            return "/watch/complaints?" + urlencode({**kept, "page": to})
+
         return render(
             request,
             container,
             "watch/complaints.html",
             status=422 if errors else 200,
             staff=staff,
-            queue=queue,
+            queue=queue[:QUEUE_PAGE],
+            page=number,
+            previous_page=page_link(number - 1) if number > 1 else None,
+            next_page=page_link(number + 1) if len(queue) > QUEUE_PAGE else None,
             state_options=[(s.value, label) for s, label in STATE_FA.items()],
             province_options=[(name_fa, name_fa) for _, name_fa in _province_options()],
             state_fa={s.value: label for s, label in STATE_FA.items()},
             category_fa={c.value: label for c, label in CATEGORY_FA.items()},
             errors=errors,
-            form={"state": state or "", "overdue": overdue or "", "province": province or ""},
+            form=filters,
         )
 
     async def _complaint_page(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 
 import httpx
 import pytest
@@ -37,6 +38,30 @@ async def test_paging_is_bounded(client: Client, world: World) -> None:
         assert response.json()["field"] == field and response.json()["message_fa"]
     page = await client.get("/api/v1/regulator/complaints", params={"limit": 2, "offset": 1}, headers=reg)
     assert page.status_code == 200 and len(page.json()) == 2
+
+
+async def test_the_queue_page_shows_every_complaint_a_page_at_a_time(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page showed the first 100 and said nothing of the rest: past them, a complaint
+    could be reached only by filtering, and the regulator did not know it was there."""
+    from app.pages import watch
+
+    monkeypatch.setattr(watch, "QUEUE_PAGE", 2)
+    office = await world.office()
+    filed = {(await complain(client, world, office, f"09125558{i:03d}"))["tracking_code"] for i in range(5)}
+    reg = await regulator(client, world)
+    seen: list[str] = []
+    links = []
+    for number in (1, 2, 3):
+        page = await client.get(f"/watch/complaints?page={number}", headers={**reg, "Accept": "text/html"})
+        assert page.status_code == 200, page.text
+        seen += re.findall(r'data-complaint="([0-9A-Z]{10})"', page.text)
+        links.append(('rel="prev"' in page.text, 'rel="next"' in page.text))
+    assert sorted(seen) == sorted(filed)  # each once, none left out
+    assert links == [(False, True), (True, True), (True, False)]
+    refused = await client.get("/watch/complaints?page=0", headers={**reg, "Accept": "text/html"})
+    assert refused.status_code in (400, 422)
 
 
 async def test_the_first_response_clears_the_overdue_flag(client: Client, world: World) -> None:
