@@ -244,7 +244,8 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             session, message_id, seen, status=SmsStatus.SENDING, attempts=seen[1] + 1, updated_at=claimed
         ):
             return "taken by another job"
-        attempts, queue = seen[1] + 1, app.messenger.queue_for(message.kind)
+        attempts, kind = seen[1] + 1, message.kind
+        queue = app.messenger.queue_for(kind)
         try:
             if unasked is not None:  # not sent without asking: failed, as a send that failed
                 raise unasked
@@ -255,7 +256,8 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             # masked, as in the logs, for whoever reads the failures.
             reason = mask(f"{type(error).__name__}: {error}")[:500]
             status = SmsStatus.FAILED if give_up else SmsStatus.QUEUED
-            if not await _settle(app, session, message_id, attempts, status=status, error=reason):
+            erased = _erased(kind) if give_up else {}
+            if not await _settle(app, session, message_id, attempts, status=status, error=reason, **erased):
                 return "settled by another job"
             if give_up:
                 log.error("sms %s failed for good after %d tries", message_id, attempts)
@@ -272,7 +274,7 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
                 job_id=f"sms-{message_id}-try{attempts + 1}",
             )
             return "retry scheduled"
-        await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid)
+        await _settle(app, session, message_id, attempts, status=SmsStatus.SENT, provider_sid=sid, **_erased(kind))
         # Twilio may have called back before its answer came: what it said is applied now.
         await delivery.apply_kept(session, app.redis, sid, app.clock.now())
         return "sent"
@@ -306,6 +308,18 @@ async def _claim(session: AsyncSession, message_id: str, seen: tuple[SmsStatus, 
     )
     await session.commit()
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+CODE_ERASED = "نوبت: کد ورود (پس از ارسال از سامانه پاک شد)"
+"""A sign-in code's body once it is sent or given up on. Kept, a live code sat in the record,
+its replicas and backups, where anyone who could read them could sign in as the citizen
+(Redis keeps only a keyed digest of it)."""
+
+
+def _erased(kind: str) -> dict[str, str]:
+    """What a message's settling also writes: a sign-in code's text is no longer needed once
+    no try will send it again."""
+    return {"body": CODE_ERASED} if kind == SIGN_IN_CODE else {}
 
 
 async def _settle(

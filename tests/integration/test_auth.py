@@ -319,6 +319,24 @@ async def sign_in(client: Client, redis_sync: SyncRedis, deliver: Deliver, mobil
     return {"Authorization": f"Bearer {verified.json()['access_token']}"}
 
 
+async def test_a_sign_in_codes_text_leaves_the_record_once_sent(
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """Redis keeps a keyed digest of a code, but the record kept its SMS whole: anyone who
+    could read the record, a replica or a backup could sign in as the citizen. The text is
+    erased once sent; the citizen signs in with the code the phone received."""
+    from sqlalchemy import select
+
+    from app.sms.models import SmsMessage
+    from app.sms.tasks import CODE_ERASED
+
+    assert await signed_in(client, await sign_in(client, redis_sync, deliver, "09120002323"))
+    async with world.container.sessions() as session:
+        [(body, status)] = (await session.execute(select(SmsMessage.body, SmsMessage.status))).all()
+    assert (body, status.value) == (CODE_ERASED, "sent")
+    assert not any(ch.isdigit() for ch in body)
+
+
 async def signed_in(client: Client, headers: dict[str, str]) -> bool:
     """Whether the token still signs in: a cancel of no booking is 404 to a citizen, 401 to no one."""
     answer = await client.post("/api/v1/bookings/ABCDEFGHJK/cancel", headers=headers)
