@@ -41,8 +41,12 @@ while the citizen still waits, not after a minute."""
 def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> AsyncEngine:
     """``pre_ping``: check each connection as it leaves the pool (a round trip), so that one
     the database dropped (a restart, a failover) is replaced before it fails a request."""
+    # hide_parameters: a failed statement's error names its SQL, not its values. They hold
+    # national IDs, mobiles and citizens' own text, in forms (invisible marks, a card's
+    # grouping, an object's repr) the logs' masking cannot all know; and every error logged
+    # (a 500, a job's failure, RQ's kept traceback) carried them.
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
@@ -51,6 +55,7 @@ def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> As
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,
         connect_args={"timeout": CONNECT_TIMEOUT},
+        hide_parameters=True,
     )
 
 

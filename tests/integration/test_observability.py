@@ -164,3 +164,19 @@ async def test_the_service_will_not_start_on_a_redis_that_may_evict_its_counters
         redis_sync.config_set("maxmemory-policy", "noeviction")
     async with AsyncTestClient(create_app(settings)) as client:
         assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_a_failed_statements_error_names_no_citizens_values(world: World) -> None:
+    """Errors carried their statement's values into every log (a 500, a job's failure, RQ's
+    kept traceback): national IDs and mobiles in forms the masking cannot all know (a card's
+    grouping, a phone's invisible marks)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    mobile = "\u206609121234567"  # as copied from a phone, beyond the masking's reach
+    insert = text("INSERT INTO citizen_phones (mobile, national_id, updated_at) VALUES (:m, :n, :at)")
+    async with world.container.sessions() as session:
+        await session.execute(insert, {"m": mobile[1:], "n": "0499370899", "at": world.container.clock.now()})
+        with pytest.raises(IntegrityError) as failed:  # the same mobile again
+            await session.execute(insert, {"m": mobile[1:], "n": "0499370899", "at": world.container.clock.now()})
+    assert "1234567" not in str(failed.value) and "0499370899" not in str(failed.value), str(failed.value)
