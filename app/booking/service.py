@@ -881,10 +881,12 @@ class BookingService:
         return [booking for booking, _ in cancelled]
 
     async def end_shut_lines(self, *, session: AsyncSession, office_codes: set[str] | None = None, why_fa: str) -> int:
-        """Cancel the places in lines that can never move: at an office-day whose cap (an
-        office's restriction, a crowd cap) lets it sell no seat, a freed one included (0%, or
-        a share of a small day that rounds to none, as JOIN_WAITLIST reckons it). Left, they
-        waited for nothing until the day went by. Each citizen is told, ``why_fa`` first, to
+        """Cancel the places in lines that can never move: at an office-day that can sell no
+        seat, a freed one included: its cap (an office's restriction, a crowd cap) at 0%, or a
+        share of a small day that rounds to none, as JOIN_WAITLIST reckons it; or no seats
+        left in the pool at all (a clerk closed the day, or cut the service's counter). Left,
+        they waited for nothing until the day went by, their hold barring them from booking
+        the service anywhere else that day. Each citizen is told, ``why_fa`` first, to
         book elsewhere. Commits, whatever it finds; the places cancelled. (A blocked office's
         lines go with its bookings: ``Enforcement.block``.)"""
         waiting = select(Booking, Office.code).join(Office, Office.id == Booking.office_id)
@@ -902,7 +904,7 @@ class BookingService:
         capped: list[tuple[Booking, str, int]] = []  # a share of the day's seats: how many is it?
         for booking, code in places:
             cap = plans[code].cap(booking.date, caps)
-            if plans[code].status == OfficeStatus.BLOCKED or cap >= 100:
+            if plans[code].status == OfficeStatus.BLOCKED:
                 continue
             if cap == 0:
                 shut.append((booking, code))
@@ -918,7 +920,7 @@ class BookingService:
             await session.commit()
             return 0
         cancelled = await self.cancel_seatless(
-            session, shut, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً از دفتر دیگری نوبت بگیرید."
+            session, shut, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً روز یا دفتر دیگری را برگزینید."
         )
         return len(cancelled)
 

@@ -69,6 +69,40 @@ async def test_join_only_when_full_and_cancel_promotes_the_first(
     assert any(first_mobile in str(m) and "رسید" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
 
 
+async def test_a_day_its_clerk_closes_ends_its_line_and_tells_those_in_it(
+    client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """Closed by its clerk, the day's line could never move, and its place held the citizen's
+    one booking of the service that day: at no other office could they book it. Nobody was
+    told, and the night cancelled it without a word."""
+    from tests.integration.test_console import staff_of
+
+    office, other = await world.office(rules=one_slot_office_rules()), await world.office()
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09120000001")
+    )
+    assert booked.status_code == 201, booked.text
+    waiting_id, waiting = world.national_id(), world.token("09120000002")
+    joined = await client.post("/api/v1/waitlist", json=booking_body(office, waiting_id, day, None), headers=waiting)
+    assert joined.status_code == 201, joined.text
+    clerk = await staff_of(client, world, office)
+    closed = await client.put(
+        f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true",
+        json={"rules": [], "reason": "تعمیرات"},
+        headers=clerk,
+    )
+    assert closed.status_code == 200, closed.text
+    ended = (await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")).json()
+    assert ended["status"] == "cancelled"
+    assert not redis_sync.exists(keys.waitlist(office, day, "*"))
+    # Free of it, the citizen books the service elsewhere that day.
+    elsewhere = await client.post("/api/v1/bookings", json=booking_body(other, waiting_id, day), headers=waiting)
+    assert elsewhere.status_code == 201, elsewhere.text
+    await deliver()
+    assert any("09120000002" in str(m) and "روز یا دفتر دیگری" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 50))
+
+
 async def test_leaving_the_waitlist(client: Client, world: World, redis_sync: SyncRedis) -> None:
     office = await world.office(rules=one_slot_office_rules())
     day = world.tomorrow()
