@@ -49,20 +49,28 @@ VERIFY = (
     NOW_MS
     + """-- KEYS[1] = the mobile's codes (ISSUE)
 -- ARGV[1] = digest of the code presented, ARGV[2] = guesses at a code that burn the codes,
--- ARGV[3] = now (unix ms)
+-- ARGV[3] = now (unix ms), ARGV[4] = seconds a code taken answers again (TAKEN_SECONDS),
+-- ARGV[5] = the address presenting it
 -- Returns {OK, Redis's clock in ms} (and deletes the codes: signing in is once), WRONG, BURNT
--- or NONE.
+-- or NONE. The code just taken, presented again from the same address within ARGV[4] (a
+-- second tap on a slow line, whose first answer, and its cookie, the browser dropped), is
+-- OK again, as of the first take; no other code is live then.
 -- A wrong try while two codes are live was a guess at each, and counts twice: else asking
 -- for a second code doubled the chance of each guess, and the guessing bound with it. The
 -- codes burn before a try would take the count past the bound.
-local code = redis.call('HMGET', KEYS[1], 'digest', 'expires', 'earlier', 'earlier_expires')
+local code = redis.call(
+  'HMGET', KEYS[1], 'digest', 'expires', 'earlier', 'earlier_expires', 'taken', 'taken_at', 'taken_by')
 local now = tonumber(ARGV[3])
 local function live(digest, expires) return digest and (not expires or tonumber(expires) > now) end
 local latest, earlier = live(code[1], code[2]), live(code[3], code[4])
 if (latest and code[1] == ARGV[1]) or (earlier and code[3] == ARGV[1]) then
+  local at = now_ms()
   redis.call('DEL', KEYS[1])
-  return {'OK', now_ms()}
+  redis.call('HSET', KEYS[1], 'taken', ARGV[1], 'taken_at', at, 'taken_by', ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {'OK', at}
 end
+if code[5] and code[5] == ARGV[1] and code[7] == ARGV[5] then return {'OK', tonumber(code[6])} end
 if not latest and not earlier then redis.call('DEL', KEYS[1]) return 'NONE' end
 local cost = (latest and earlier) and 2 or 1
 local tries = redis.call('HINCRBY', KEYS[1], 'tries', cost)
@@ -73,14 +81,21 @@ return 'WRONG'
 
 TAKE_TEXTED = (
     NOW_MS
-    + """-- KEYS[1] = the mobile's texted code (its digest), ARGV[1] = the digest of the code presented
--- Returns VERIFY's OK (and deletes it: signing in is once), WRONG or NONE. No try is counted:
+    + """-- KEYS[1] = the mobile's texted code (its digest), ARGV[1] = the digest of the code presented,
+-- ARGV[2] = seconds a code taken answers again, ARGV[3] = the address presenting it (as VERIFY's)
+-- Returns VERIFY's OK (and takes it: signing in is once), WRONG or NONE. No try is counted:
 -- the code cannot be guessed, and a count anyone can run up is a way to burn it.
 local digest = redis.call('GET', KEYS[1])
 if not digest then return 'NONE' end
+local taken, at, by = string.match(digest, '^taken|([^|]*)|(%d+)|(.*)$')
+if taken then
+  if taken == ARGV[1] and by == ARGV[3] then return {'OK', tonumber(at)} end
+  return 'NONE'
+end
 if digest ~= ARGV[1] then return 'WRONG' end
-redis.call('DEL', KEYS[1])
-return {'OK', now_ms()}
+local now = now_ms()
+redis.call('SET', KEYS[1], 'taken|' .. ARGV[1] .. '|' .. now .. '|' .. ARGV[3], 'EX', ARGV[2])
+return {'OK', now}
 """
 )
 
@@ -98,6 +113,13 @@ TEXTED_CODE_SECONDS = 600
 """Life of a code asked for by text (``ورود``): read on the phone and typed into a computer,
 perhaps at an office's counter. 50 random bits, like a tracking code: no guess finds it in
 that time, so wrong ones are not counted against it (counted, anyone could burn it)."""
+
+TAKEN_SECONDS = 30
+"""How long a code just taken signs in again, as of its first take, from the address that took
+it: a second tap on «ورود» over a slow line, whose first answer (and its cookie) the browser
+dropped, had found the code used up, and the citizen signed out, asking for another SMS on a
+rush morning. From another address it is used up (one who saw the code over a shoulder is
+no luckier than before); a new code, or a sign-out everywhere, ends it."""
 
 TOKEN_ALGORITHM = "HS256"
 VERIFIED_TOKENS = 100_000
@@ -193,7 +215,8 @@ class CitizenAuth:
         code = SEPARATORS.sub("", normalize_digits(code))
         if len(code) == 6 and code.isascii() and code.isdigit():
             outcome = await self._verify(
-                keys=[_otp_key(mobile)], args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms()]
+                keys=[_otp_key(mobile)],
+                args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms(), TAKEN_SECONDS, client],
             )
         else:
             try:
@@ -204,7 +227,9 @@ class CitizenAuth:
                     "The code is 6 digits (10 letters and digits if it was asked for by text).",
                     detail_fa="کد ۶ رقم است (کدی که با پیامک «ورود» گرفته‌اید ۱۰ حرف و رقم لاتین است).",
                 ) from None
-            outcome = await self._take_texted(keys=[_texted_key(mobile)], args=[self._digest(mobile, code)])
+            outcome = await self._take_texted(
+                keys=[_texted_key(mobile)], args=[self._digest(mobile, code), TAKEN_SECONDS, client]
+            )
         if isinstance(outcome, list):  # OK, and when by Redis's clock
             return self.issue_token(mobile, signed_in_at=int(outcome[1]))
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
