@@ -676,9 +676,16 @@ class BookingService:
 
     async def get(self, *, session: AsyncSession, tracking_code: str) -> BookingOut:
         booking, office_code, office_name_fa, service_name_fa = await self._load(session, tracking_code)
-        return booking_out(
+        out = booking_out(
             booking, office_code=office_code, office_name_fa=office_name_fa, service_name_fa=service_name_fa
         )
+        if booking.status is BookingStatus.WAITLISTED:
+            with contextlib.suppress(RedisError):  # the place is a courtesy: the booking answers without it
+                place = await self.capacity.place_in_line(
+                    office_code=office_code, day=booking.date, pool=booking.pool, tracking_code=booking.tracking_code
+                )
+                out = msgspec.structs.replace(out, waitlist_position=place)
+        return out
 
     async def _load(
         self, session: AsyncSession, tracking_code: str, *, lock: bool = False

@@ -489,6 +489,11 @@ class Capacity:
             removed = await pipe.execute()
         return [code for code, gone in zip(tracking_codes, removed, strict=True) if gone]
 
+    async def place_in_line(self, *, office_code: str, day: dt.date, pool: str, tracking_code: str) -> int | None:
+        """The booking's place in its day's line (1: next), or None when it is not in it."""
+        index = await self.redis.lpos(keys.waitlist(office_code, day, pool), tracking_code)
+        return None if index is None else int(index) + 1
+
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str
     ) -> int | None:

@@ -69,6 +69,30 @@ async def test_join_only_when_full_and_cancel_promotes_the_first(
     assert any(first_mobile in str(m) and "رسید" in m.decode() for m in redis_sync.lrange(OUTBOX, 0, 20))
 
 
+async def test_a_place_in_line_is_shown_as_one_not_as_a_booking(client: Client, world: World) -> None:
+    """The page announced a join as "your appointment is registered", the place in line
+    never shown: a citizen on a small screen went to the office."""
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09120000001")
+    )
+    assert booked.status_code == 201, booked.text
+    codes = []
+    for mobile in ("09120000002", "09120000003"):
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token(mobile)
+        )
+        assert joined.status_code == 201, joined.text
+        codes.append(joined.json()["tracking_code"])
+    looked_up = [(await client.get(f"/api/v1/bookings/{code}")).json()["waitlist_position"] for code in codes]
+    assert looked_up == [1, 2]
+    assert (await client.get(f"/api/v1/bookings/{booked.json()['tracking_code']}")).json()["waitlist_position"] is None
+    page = await client.get(f"/bookings/{codes[1]}?new=1")
+    assert "در فهرست انتظار ثبت شدید" in page.text and "نوبت شما ثبت شد" not in page.text
+    assert "نفر ۲ در صف" in page.text
+
+
 async def test_a_day_its_clerk_closes_ends_its_line_and_tells_those_in_it(
     client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
