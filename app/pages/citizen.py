@@ -23,7 +23,7 @@ from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService, parse_slot
 from app.booking.tracking import normalize_tracking_code
-from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest
+from app.capacity.errors import AlreadyBookedThatDay, DuplicateRequest, NoSuchSlot, SeatsAvailable, SlotFull
 from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
@@ -56,6 +56,7 @@ FIRST_TAP_WAIT_SECONDS = 1.0
 """How long a second tap on "book" waits for the first tap's booking to be in the record
 (it is on its way: a group commit takes milliseconds) before it says "still in progress"."""
 
+FORM_CHANGED_FA = "فرم پس از فرستادن تغییر کرده بود. اگر همین را می‌خواهید، دوباره «ثبت نوبت» را بزنید."
 IN_PROGRESS_FA = (
     "درخواست قبلی شما هنوز در حال ثبت است. چند لحظه بعد دوباره «ثبت نوبت» را بزنید تا نوبت ثبت‌شده را ببینید؛ "
     "نوبت دوباره گرفته نمی‌شود."
@@ -321,17 +322,26 @@ class CitizenPages(Controller):
                 # Their booking that day, to see: a tap on a form shown again (Back, after the
                 # booking) had ended on "already booked" without the tracking code.
                 booked_that_day = await _booked_that_day(session, mobile, national_id, bookable.service_code, day)
+            errors = {"_top": IN_PROGRESS_FA} if in_progress else form_errors(error, ["national_id"])
+            if isinstance(error, IdempotencyKeyReused):
+                # The form came back from the history with its old key, and something changed
+                # (a second child's ID): the API's words meant nothing to a citizen. A new key
+                # below makes the next tap a new request.
+                errors = {"_top": FORM_CHANGED_FA}
             return render(
                 request,
                 container,
                 "citizen/book.html",
                 status=error.status,
-                errors={"_top": IN_PROGRESS_FA} if in_progress else form_errors(error, ["national_id"]),
+                errors=errors,
                 form={"national_id": national_id},
                 office=bookable,
                 day=day,
-                slot=_slot_or_none(slot),
-                waitlist=waitlist,
+                # Shown again for the next tap: the slot that was full or has begun is not
+                # asked for again (each tap had failed the same way), but the first free one;
+                # a line with seats free is a booking.
+                slot=None if isinstance(error, SlotFull | NoSuchSlot) else _slot_or_none(slot),
+                waitlist=waitlist and not isinstance(error, SeatsAvailable),
                 booked_that_day=booked_that_day,
                 # Still in progress, the same key: the next tap is the same request again, and
                 # is answered with its booking (a new key had it refused "already booked").

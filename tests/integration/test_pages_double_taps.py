@@ -305,3 +305,29 @@ async def test_a_complaint_form_whose_filing_failed_may_be_sent_again(
     filed = await file_complaint(client, form)
     assert filed.status_code == 303, filed.text
     assert await complaints_filed(world) == 1
+
+
+async def test_a_refused_tap_shows_a_form_the_next_tap_can_book_with(client: Client, world: World) -> None:
+    """Shown again after "this slot is full" with the same slot, each further tap failed the
+    same way; after the form came back from the history with its old key and a changed ID,
+    the citizen read the API's words about a reused key. Now the full slot gives way to the
+    first free one, and a changed form is said so in words a citizen can act on."""
+    from app.capacity.plan import DayRule
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
+    sign_in(client, world, "09120004545")
+    first = await book_form(client, world, office)
+    assert (await client.post("/book", data=first, headers=HTML, follow_redirects=False)).status_code == 303
+    # Another citizen's form for the same 10:00, sent after it filled.
+    full = {**await book_form(client, world, office), "national_id": world.national_id()}
+    refused = await client.post("/book", data=full, headers=HTML, follow_redirects=False)
+    assert refused.status_code == 409, refused.text
+    assert hidden(refused, "slot") == ""  # the next tap: the first free slot
+    again = {**full, "idem": hidden(refused, "idem"), "_csrf": hidden(refused, "_csrf"), "slot": ""}
+    booked = await client.post("/book", data=again, headers=HTML, follow_redirects=False)
+    assert booked.status_code == 303, booked.text
+    # The first form again, from the history, its ID changed (a second child).
+    changed = {**first, "national_id": world.national_id()}
+    reused = await client.post("/book", data=changed, headers=HTML, follow_redirects=False)
+    assert reused.status_code == 422, reused.text
+    assert "فرم پس از فرستادن تغییر کرده بود" in reused.text
