@@ -492,7 +492,7 @@ class Capacity:
     async def place_in_line(self, *, office_code: str, day: dt.date, pool: str, tracking_code: str) -> int | None:
         """The booking's place in its day's line (1: next), or None when it is not in it."""
         index = await self.redis.lpos(keys.waitlist(office_code, day, pool), tracking_code)
-        return None if index is None else int(index) + 1
+        return index + 1 if isinstance(index, int) else None  # one match asked for: an int or None
 
     async def join_waitlist(
         self, *, office_code: str, day: dt.date, pool: str, not_before: str | None, tracking_code: str
