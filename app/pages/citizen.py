@@ -4,6 +4,7 @@ look a booking up or cancel it, and file and follow a complaint."""
 from __future__ import annotations
 
 import datetime as dt
+import contextlib
 import logging
 import secrets
 from typing import Any
@@ -15,6 +16,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import TEXTED_CODE_SECONDS
@@ -28,7 +30,7 @@ from app.capacity.service import SlotView
 from app.complaints.models import CATEGORY_FA
 from app.container import Container
 from app.db import Within, read_until
-from app.errors import DomainError, IdempotencyKeyReused, InvalidInput, NotFound, Unauthorized
+from app.errors import DomainError, IdempotencyKeyReused, InvalidInput, NotFound, ServiceUnavailable, Unauthorized
 from app.identity import normalize_mobile, normalize_national_id
 from app.locale import parse_date, parse_float
 from app.offices import service as offices
@@ -606,6 +608,24 @@ class CitizenPages(Controller):
                 booking_tracking_code=data.get("booking_tracking_code") or None,
                 channel="web",
                 form_key=idem,
+            )
+        except (SQLAlchemyError, RedisError, OSError):
+            # The record or Redis away (a failover): the error page, and Back fetching the form
+            # again (no page is kept), lost up to 2,000 characters the citizen had typed. Shown
+            # again with them, and its key: nothing was filed, or the next send finds it.
+            log.warning("a complaint form is shown again: the record or Redis did not answer", exc_info=True)
+            with contextlib.suppress(Exception):
+                await session.rollback()
+            return render(
+                request,
+                container,
+                "citizen/complaint_new.html",
+                status=503,
+                headers={"Retry-After": "5"},
+                errors={"_top": ServiceUnavailable.message_fa},
+                categories=list(CATEGORY_FA.items()),
+                form=data,
+                idem=idem or secrets.token_urlsafe(16),
             )
         except DomainError as error:
             await session.rollback()

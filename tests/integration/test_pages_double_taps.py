@@ -331,3 +331,25 @@ async def test_a_refused_tap_shows_a_form_the_next_tap_can_book_with(client: Cli
     reused = await client.post("/book", data=changed, headers=HTML, follow_redirects=False)
     assert reused.status_code == 422, reused.text
     assert "فرم پس از فرستادن تغییر کرده بود" in reused.text
+
+
+async def test_a_complaint_that_meets_the_record_away_keeps_what_was_typed(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover as the citizen sent a long complaint: the error page, and Back fetching the
+    form again (no page is kept), lost everything typed. The form comes back with it."""
+    from sqlalchemy.exc import OperationalError
+
+    from tests.conftest import fails_once
+
+    office = await world.office()
+    sign_in(client, world, "09120004646")
+    form = {**await complaint_form(client, office), "description": "شرح بلند ماجرا: " + "تعرفه نصب نبود. " * 40}
+    fails_once(monkeypatch, client.app.state.container.complaints, "file", OperationalError("", {}, None))
+    refused = await client.post("/complaints/new", data=form, headers=HTML, follow_redirects=False)
+    assert refused.status_code == 503, refused.text
+    assert "تعرفه نصب نبود. " * 40 in refused.text and await complaints_filed(world) == 0
+    again = {**form, "_csrf": hidden(refused, "_csrf"), "idem": hidden(refused, "idem")}
+    filed = await client.post("/complaints/new", data=again, headers=HTML, follow_redirects=False)
+    assert filed.status_code == 303, filed.text
+    assert await complaints_filed(world) == 1
