@@ -264,6 +264,9 @@ def test_invalid_national_id_is_shown_beside_the_field(phone: Any, site: Site, s
     expect(field.get_by_label("کد ملی")).to_have_value("1234567890")
     expect(page.get_by_label("کد ملی")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_label("کد ملی")).to_have_attribute("aria-describedby", re.compile("f-national_id-error"))
+    # A screen reader starts again at the title, and then at the focus: both say it failed.
+    expect(page).to_have_title(re.compile("^خطا: "))
+    expect(page.get_by_label("کد ملی")).to_be_focused()
     site.check(page)
     site.shot(page, "citizen-form-error")
 

@@ -323,6 +323,7 @@ async def test_a_refused_tap_shows_a_form_the_next_tap_can_book_with(client: Cli
     refused = await client.post("/book", data=full, headers=HTML, follow_redirects=False)
     assert refused.status_code == 409, refused.text
     assert hidden(refused, "slot") == ""  # the next tap: the first free slot
+    assert "<title>خطا: " in refused.text  # said first, where a screen reader starts again
     again = {**full, "idem": hidden(refused, "idem"), "_csrf": hidden(refused, "_csrf"), "slot": ""}
     booked = await client.post("/book", data=again, headers=HTML, follow_redirects=False)
     assert booked.status_code == 303, booked.text

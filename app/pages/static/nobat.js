@@ -1,7 +1,14 @@
-// nobat: the only script. Every page works without it; it adds two conveniences:
-// "use my location" on the search form, and a copy button for tracking codes.
+// nobat: the only script. Every page works without it; it adds three conveniences:
+// "use my location" on the search form, a copy button for tracking codes, and the focus on
+// a refused form's error (a screen reader then reads it; an alert already on the page as it
+// loads is not reliably announced).
 (function () {
   "use strict";
+
+  var refused = document.querySelector(".alert[tabindex], [aria-invalid=true]");
+  if (refused) {
+    refused.focus();
+  }
 
   var locate = document.querySelector("[data-locate]");
   if (locate && "geolocation" in navigator) {
