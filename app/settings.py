@@ -276,6 +276,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     # the web instances start and answer ready while no message ever left.
     if settings.sms_backend not in ("console", "twilio"):
         raise ValueError("NOBAT_SMS_BACKEND must be console or twilio")
+    if not env.get("NOBAT_SMS_BACKEND") and not settings.database_url.startswith("sqlite"):
+        # The console backend prints every message, sign-in codes too, in the log: a
+        # deployment that forgot the setting sent no SMS, and whoever read the logs could
+        # sign in as anyone. Chosen on purpose (a load test, a staging run) it may stay.
+        raise ValueError(
+            "NOBAT_SMS_BACKEND must be set when DATABASE_URL is not the embedded SQLite "
+            "(twilio; or console, which prints every message, sign-in codes too, in the log)"
+        )
     if settings.sms_backend == "twilio" and not (
         settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from
     ):

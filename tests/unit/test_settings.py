@@ -15,8 +15,25 @@ def test_the_embedded_default_makes_up_a_secret_key() -> None:
 def test_production_without_a_secret_key_does_not_start() -> None:
     with pytest.raises(ValueError, match="NOBAT_SECRET_KEY"):
         load_settings({"DATABASE_URL": "postgresql+asyncpg://nobat@db/nobat"})
-    given = load_settings({"DATABASE_URL": "postgresql+asyncpg://nobat@db/nobat", "NOBAT_SECRET_KEY": "k" * 40})
+    given = load_settings(
+        {
+            "DATABASE_URL": "postgresql+asyncpg://nobat@db/nobat",
+            "NOBAT_SECRET_KEY": "k" * 40,
+            "NOBAT_SMS_BACKEND": "console",
+        }
+    )
     assert given.secret_key == "k" * 40
+
+
+def test_production_must_choose_its_sms_backend() -> None:
+    """The console backend, the default, prints every message (sign-in codes too) in the log: a
+    deployment that forgot the setting sent no SMS, and whoever read the logs could sign in as
+    anyone. Chosen on purpose it stays; the embedded SQLite keeps the default."""
+    production = {"DATABASE_URL": "postgresql+asyncpg://nobat@db/nobat", "NOBAT_SECRET_KEY": "k" * 40}
+    with pytest.raises(ValueError, match="NOBAT_SMS_BACKEND must be set"):
+        load_settings(production)
+    assert load_settings({**production, "NOBAT_SMS_BACKEND": "console"}).sms_backend == "console"
+    assert load_settings({}).sms_backend == "console"
 
 
 def test_a_secret_key_too_short_to_sign_tokens_safely_does_not_start() -> None:
