@@ -94,9 +94,12 @@ def mask_national_id(nid: str) -> str:
 
 
 def mask_mobile(m: str) -> str:
+    """The operator's prefix and the last two digits: enough for a citizen to know their own
+    number. The last four had left three digits hidden (a thousand guesses) to anyone holding a
+    booking's tracking code."""
     if len(m) < 9:
         return "*" * len(m)
-    return m[:4] + "*" * (len(m) - 8) + m[-4:]
+    return m[:4] + "*" * (len(m) - 6) + m[-2:]
 
 
 def generate_national_id(rng: random.Random) -> str:

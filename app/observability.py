@@ -68,7 +68,17 @@ _MOBILE = re.compile(
 # not "9 500 000 000" rials, nor the middle of a longer number
 
 
+# A phone's invisible marks (direction marks and isolates, ZWNJ), as themselves or as a repr
+# writes them (``\u2066``): inside or around a number they hid it from the patterns, and
+# citizens' own text keeps them (a number copied on a phone comes wrapped in them).
+_INVISIBLE = re.compile(r"[\u200c-\u200f\u202a-\u202e\u2066-\u2069]|\\u(?:200[c-f]|202[a-e]|206[6-9])")
+# A national ID as printed on the card (049-937089-9), or so spaced.
+_GROUPED_NATIONAL_ID = re.compile(rf"(?<!{DIGIT}){DIGIT}{{3}}[ -]{DIGIT}{{6}}[ -]{DIGIT}(?!{DIGIT})")
+
+
 def mask(text: str) -> str:
+    text = _INVISIBLE.sub("", text)
+    text = _GROUPED_NATIONAL_ID.sub("**********", text)
     return _NATIONAL_ID.sub("**********", _MOBILE.sub("09*********", text))
 
 

@@ -73,6 +73,12 @@ def test_numbers_a_citizen_typed_in_persian_or_in_groups_are_masked_too() -> Non
     assert mask("at 2026-12-06 19:43:13, 9 slots, office 010001") == "at 2026-12-06 19:43:13, 9 slots, office 010001"
     for kept in ("9 500 000 000 rials", "years 1399-1400-1401", "id a9123-4567-89ab"):  # not mobiles
         assert mask(kept) == kept
+    # Wrapped in a phone's invisible marks (as themselves, or as a repr writes them), or as
+    # the card prints an ID: they passed through in clear.
+    assert mask("a \u206609121234567\u2069 b") == "a 09********* b"
+    assert mask(repr("\u206609121234567\u2069")) == "'09*********'"
+    assert mask("۰۹۱۲\u200c۱۲۳۴۵۶۷") == "09*********"
+    assert mask("ID 049-937089-9, or 049 937089 9") == "ID **********, or **********"
 
 
 async def test_a_running_app_logs_masked_json_lines_with_the_request_id(

@@ -191,7 +191,7 @@ def test_mobile_to_e164() -> None:
 
 
 def test_mask_mobile() -> None:
-    assert mask_mobile("09121234567") == "0912***4567"
+    assert mask_mobile("09121234567") == "0912*****67"
     assert mask_mobile("0912") == "****"
 
 
