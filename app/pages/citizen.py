@@ -3,8 +3,8 @@ look a booking up or cancel it, and file and follow a complaint."""
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import logging
 import secrets
 from typing import Any
