@@ -145,6 +145,13 @@ def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("app.staff.service.PasswordHasher", partial(PasswordHasher.from_parameters, CHEAPEST))
 
 
+@pytest.fixture(autouse=True)
+def codes_sent_one_after_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ask for a web sign-in code sends one: the tests ask for several in a row (the
+    limits, two codes live). test_auth.py's double-tap test puts the guard back."""
+    monkeypatch.setattr("app.auth.service.RESEND_AFTER_SECONDS", 0)
+
+
 @pytest.fixture
 def redis_sync(redis_url: str) -> Iterator[SyncRedis]:
     client = SyncRedis.from_url(redis_url)

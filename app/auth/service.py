@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -114,6 +115,10 @@ TEXTED_CODE_SECONDS = 600
 perhaps at an office's counter. 50 random bits, like a tracking code: no guess finds it in
 that time, so wrong ones are not counted against it (counted, anyone could burn it)."""
 
+RESEND_AFTER_SECONDS = 10
+"""A web code asked for within this of the last one is the last one (a double tap); 0: off
+(the tests that ask for codes one after another)."""
+
 TAKEN_SECONDS = 30
 """How long a code just taken signs in again, as of its first take, from the address that took
 it: a second tap on «ورود» over a slow line, whose first answer (and its cookie) the browser
@@ -128,6 +133,11 @@ VERIFIED_TOKENS = 100_000
 
 def _otp_key(mobile: str) -> str:
     return f"{NAMESPACE}:otp:{mobile}"
+
+
+def _sent_key(mobile: str) -> str:
+    """Set for RESEND_AFTER_SECONDS once a web code is sent (``request_code``)."""
+    return f"{NAMESPACE}:otp-sent:{{{_otp_key(mobile)}}}"
 
 
 def _texted_key(mobile: str) -> str:
@@ -166,6 +176,21 @@ class CitizenAuth:
     async def request_code(self, *, session: AsyncSession, mobile: str, client: str) -> str:
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("otp-address", client, self.settings.otp_per_address)
+        # A code asked for again a moment after the last (a double tap on a slow line) is the
+        # one on its way: a second SMS used up the number's codes (three in ten minutes), and
+        # a third tap put the first code out of play, the first SMS to come then "wrong".
+        sent = _sent_key(mobile)
+        if RESEND_AFTER_SECONDS > 0 and not await self.redis.set(sent, 1, nx=True, ex=RESEND_AFTER_SECONDS):
+            return mobile
+        try:
+            await self._send_code(session, mobile)
+        except BaseException:
+            with contextlib.suppress(Exception):  # not sent: the next ask sends one
+                await self.redis.delete(sent)
+            raise
+        return mobile
+
+    async def _send_code(self, session: AsyncSession, mobile: str) -> None:
         try:
             await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
             await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)
@@ -185,7 +210,6 @@ class CitizenAuth:
         # The code goes out only once this row is committed; commit now rather than at the
         # end of the request so the worker can send it while the response is on its way.
         await session.commit()
-        return mobile
 
     async def request_code_by_sms(self, *, session: AsyncSession, mobile: str) -> None:
         """A code asked for by a text from the number itself (``ورود``), queued in the
