@@ -108,14 +108,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     count/seconds; past it a message is carried out and recorded, not answered. A phone with
     an auto-reply app had ping-ponged with the help text for ever, four paid segments a turn,
     ahead of every confirmation in the queue."""
-    otp_per_address: str = "300/600"
+    otp_per_address: str = "1000/600"
     """NOBAT_OTP_PER_ADDRESS: codes one client address may ask for (generous: carrier NAT)."""
-    verify_per_address: str = "600/600"
+    verify_per_address: str = "2000/600"
     """NOBAT_VERIFY_PER_ADDRESS: verification attempts one client address may make."""
-    api_per_address: str = "1200/60"
+    api_per_address: str = "3000/60"
     """NOBAT_API_PER_ADDRESS: requests to /api one client address may make (generous: carrier NAT)."""
-    pages_per_address: str = "600/60"
-    """NOBAT_PAGES_PER_ADDRESS: page requests one client address may make (generous: carrier NAT)."""
+    pages_per_address: str = "3000/60"
+    """NOBAT_PAGES_PER_ADDRESS: page requests one client address may make. Generous: a carrier's
+    NAT puts hundreds of phones behind one address, and a booking is about eleven pages; at 600
+    a minute, the 55th citizen of a rush minute behind it was refused. The per-mobile limits do
+    the real limiting; this one stops a single host's flood."""
     trust_forwarded_for: bool = False
     """NOBAT_TRUST_FORWARDED_FOR: take the client address from X-Forwarded-For (behind our own proxy only)."""
 
