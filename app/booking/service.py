@@ -1136,7 +1136,9 @@ class BookingService:
                 if landed is not False:  # landed, or not yet to be told: the seats are kept
                     recorded |= booked_codes
                 if landed is None:
-                    await self._settle_promotions_later(xid, [(code, given[code]) for code in sorted(booked_codes)])
+                    # In promotion order: put back, the first promoted is again the first in line.
+                    promoted = [(code, seat) for code, seat in given.items() if code in booked_codes]
+                    await self._settle_promotions_later(xid, promoted)
                 # The citizens not booked, and the chunks after, go back to the head of their
                 # lines, as after any error. (A landed commit's messages go with the sweep.)
                 return recorded, left | (set(chunk) - booked_codes), error

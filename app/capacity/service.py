@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import itertools
 import logging
 import uuid
 from bisect import bisect_left
@@ -353,8 +354,14 @@ class Capacity:
             )
             for seat, tracking_code in given
         ]
+        # In rounds, the n-th put back of each line in the n-th: on a cluster a round's calls
+        # run at once, and two of one line's could land in either order.
+        by_line: dict[str, list[tuple[list[str], list[Any]]]] = {}
+        for call in calls:
+            by_line.setdefault(call[0][1], []).append(call)
         with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
-            await self.scripts.run_many(self.scripts.unpromote, calls)
+            for round_ in itertools.zip_longest(*by_line.values()):
+                await self.scripts.run_many(self.scripts.unpromote, [call for call in round_ if call is not None])
 
     async def apply_later(self, *fields: str, noted_in: str, tag: str = "") -> Noted:
         """Note that what ``fields`` name is about to change in the record, and must reach

@@ -826,6 +826,31 @@ async def test_an_untold_promotion_is_asked_about_again_until_the_record_can_say
         assert redis.lrange(keys.waitlist(office, seat.day, "*"), 0, -1) == []  # landed: nobody put back
 
 
+async def test_promotions_that_did_not_land_go_back_in_the_order_they_were_made(
+    world: World, capacity_redis: EmbeddedRedis, database_url: str
+) -> None:
+    """Put back in their tracking codes' order, whoever sorted first took the head of the
+    line (the earliest slot, or the one seat left)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a SQLite commit's outcome is always told")
+    container = world.container
+    office = await world.office()
+    await world.rebuild()
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        count = redis.hget(keys.office_day(office, world.tomorrow()), "_count")
+        redis.hincrby(keys.office_day(office, world.tomorrow()), keys.used_field("*", "10:00"), 2)  # the two seats
+    seat = Seat(office, world.tomorrow(), "*", "10:00", (count or b"").decode())
+    first, second = "ZZZZZZZZZ1", "AAAAAAAAA2"  # promoted in this order; sorted, the other
+    async with container.sessions() as finishing, container.sessions() as job:
+        xid = await writer.hold_off_recounts(finishing)
+        assert xid is not None
+        await container.capacity.settle_promotions_later(xid, [(first, seat), (second, seat)])
+        await finishing.rollback()  # it did not land
+        await container.bookings.settle_promotions(session=job)
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.lrange(keys.waitlist(office, seat.day, "*"), 0, -1) == [first.encode(), second.encode()]
+
+
 async def test_settling_promotions_goes_on_past_one_that_fails_and_drops_days_gone_by(
     client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
