@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -51,10 +52,10 @@ VERIFY = (
     + """-- KEYS[1] = the mobile's codes (ISSUE)
 -- ARGV[1] = digest of the code presented, ARGV[2] = guesses at a code that burn the codes,
 -- ARGV[3] = now (unix ms), ARGV[4] = seconds a code taken answers again (TAKEN_SECONDS),
--- ARGV[5] = the address presenting it
+-- ARGV[5] = the form's secret it came with ("": none, never taken again)
 -- Returns {OK, Redis's clock in ms} (and deletes the codes: signing in is once), WRONG, BURNT
--- or NONE. The code just taken, presented again from the same address within ARGV[4] (a
--- second tap on a slow line, whose first answer, and its cookie, the browser dropped), is
+-- or NONE. The code just taken, presented again with the same form's secret within ARGV[4]
+-- (a second tap on a slow line, whose first answer, and its cookie, the browser dropped), is
 -- OK again, as of the first take; no other code is live then.
 -- A wrong try while two codes are live was a guess at each, and counts twice: else asking
 -- for a second code doubled the chance of each guess, and the guessing bound with it. The
@@ -71,7 +72,7 @@ if (latest and code[1] == ARGV[1]) or (earlier and code[3] == ARGV[1]) then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {'OK', at}
 end
-if code[5] and code[5] == ARGV[1] and code[7] == ARGV[5] then return {'OK', tonumber(code[6])} end
+if ARGV[5] ~= '' and code[5] == ARGV[1] and code[7] == ARGV[5] then return {'OK', tonumber(code[6])} end
 if not latest and not earlier then redis.call('DEL', KEYS[1]) return 'NONE' end
 local cost = (latest and earlier) and 2 or 1
 local tries = redis.call('HINCRBY', KEYS[1], 'tries', cost)
@@ -83,14 +84,14 @@ return 'WRONG'
 TAKE_TEXTED = (
     NOW_MS
     + """-- KEYS[1] = the mobile's texted code (its digest), ARGV[1] = the digest of the code presented,
--- ARGV[2] = seconds a code taken answers again, ARGV[3] = the address presenting it (as VERIFY's)
+-- ARGV[2] = seconds a code taken answers again, ARGV[3] = the form's secret (as VERIFY's)
 -- Returns VERIFY's OK (and takes it: signing in is once), WRONG or NONE. No try is counted:
 -- the code cannot be guessed, and a count anyone can run up is a way to burn it.
 local digest = redis.call('GET', KEYS[1])
 if not digest then return 'NONE' end
 local taken, at, by = string.match(digest, '^taken|([^|]*)|(%d+)|(.*)$')
 if taken then
-  if taken == ARGV[1] and by == ARGV[3] then return {'OK', tonumber(at)} end
+  if ARGV[3] ~= '' and taken == ARGV[1] and by == ARGV[3] then return {'OK', tonumber(at)} end
   return 'NONE'
 end
 if digest ~= ARGV[1] then return 'WRONG' end
@@ -99,6 +100,14 @@ redis.call('SET', KEYS[1], 'taken|' .. ARGV[1] .. '|' .. now .. '|' .. ARGV[3], 
 return {'OK', now}
 """
 )
+
+FORGET_TAKEN = """-- KEYS[1], KEYS[2] = the mobile's web codes and texted code (one slot)
+-- Forgets a code just taken (VERIFY's and TAKE_TEXTED's record of it); a live code stays.
+redis.call('HDEL', KEYS[1], 'taken', 'taken_at', 'taken_by')
+local texted = redis.call('GET', KEYS[2])
+if texted and string.sub(texted, 1, 6) == 'taken|' then redis.call('DEL', KEYS[2]) end
+return 1
+"""
 
 END_CODES = (
     NOW_MS
@@ -115,16 +124,19 @@ TEXTED_CODE_SECONDS = 600
 perhaps at an office's counter. 50 random bits, like a tracking code: no guess finds it in
 that time, so wrong ones are not counted against it (counted, anyone could burn it)."""
 
+FIRST_ASK_WAIT_SECONDS = 2.0
+"""How long a second ask waits for the first one's code to be sent (``_sent_by_the_first``)."""
 RESEND_AFTER_SECONDS = 10
 """A web code asked for within this of the last one is the last one (a double tap); 0: off
 (the tests that ask for codes one after another)."""
 
 TAKEN_SECONDS = 30
-"""How long a code just taken signs in again, as of its first take, from the address that took
-it: a second tap on «ورود» over a slow line, whose first answer (and its cookie) the browser
-dropped, had found the code used up, and the citizen signed out, asking for another SMS on a
-rush morning. From another address it is used up (one who saw the code over a shoulder is
-no luckier than before); a new code, or a sign-out everywhere, ends it."""
+"""How long a code just taken signs in again, as of its first take, sent with the same sign-in
+form's secret (its CSRF token, bound to that browser's visit cookie): a second tap on «ورود»
+over a slow line, whose first answer (and its cookie) the browser dropped, had found the code
+used up, and the citizen signed out, asking for another SMS on a rush morning. Anyone else
+(one who saw the code over a shoulder, behind the same NAT) finds it used up, as before; a
+new code, a sign-out or a sign-out everywhere ends it."""
 
 TOKEN_ALGORITHM = "HS256"
 VERIFIED_TOKENS = 100_000
@@ -160,6 +172,7 @@ class CitizenAuth:
         self._verify = redis.register_script(VERIFY)
         self._take_texted = redis.register_script(TAKE_TEXTED)
         self._end_codes = redis.register_script(END_CODES)
+        self._forget_taken = redis.register_script(FORGET_TAKEN)
         # The number a refusal tells citizens to text: TWILIO_FROM may be a messaging service.
         sender = settings.twilio_from
         self.sms_number = settings.sms_number or (sender if sender.startswith("+") else "")
@@ -180,7 +193,10 @@ class CitizenAuth:
         # one on its way: a second SMS used up the number's codes (three in ten minutes), and
         # a third tap put the first code out of play, the first SMS to come then "wrong".
         sent = _sent_key(mobile)
-        if RESEND_AFTER_SECONDS > 0 and not await self.redis.set(sent, 1, nx=True, ex=RESEND_AFTER_SECONDS):
+        first = RESEND_AFTER_SECONDS <= 0 or await self.redis.set(sent, "sending", nx=True, ex=RESEND_AFTER_SECONDS)
+        # Else a second ask: the first's code is the answer, unless the first failed (the
+        # record away, its limit reached): then this one asks itself, answered as it fares.
+        if not first and await self._sent_by_the_first(sent):
             return mobile
         try:
             await self._send_code(session, mobile)
@@ -188,7 +204,22 @@ class CitizenAuth:
             with contextlib.suppress(Exception):  # not sent: the next ask sends one
                 await self.redis.delete(sent)
             raise
+        with contextlib.suppress(Exception):
+            await self.redis.set(sent, "sent", xx=True, keepttl=True)
         return mobile
+
+    async def _sent_by_the_first(self, sent: str) -> bool:
+        """Whether the ask a moment before sent its code: waited for while it is being sent
+        (about a commit's time), for a second tap must not be told "sent" of a code whose
+        commit then failed. Still sending after FIRST_ASK_WAIT_SECONDS: on its way."""
+        # Polled: the first ask may be another instance's, so no event of this one can say.
+        state = await self.redis.get(sent)
+        for _ in range(int(FIRST_ASK_WAIT_SECONDS / 0.05)):
+            if state not in ("sending", b"sending"):
+                break
+            await asyncio.sleep(0.05)
+            state = await self.redis.get(sent)
+        return state is not None
 
     async def _send_code(self, session: AsyncSession, mobile: str) -> None:
         try:
@@ -232,7 +263,10 @@ class CitizenAuth:
             body=f"نوبت: کد ورود شما {code} است. تا {minutes} دقیقه معتبر است.",
         )
 
-    async def verify(self, *, mobile: str, code: str, client: str) -> str:
+    async def verify(self, *, mobile: str, code: str, client: str, again: str = "") -> str:
+        """A token for the mobile whose code this is. ``again``: a secret of the form the code
+        came in (the sign-in page's), with which the code just taken signs in again for
+        TAKEN_SECONDS (a second tap); none (the API), a code signs in once."""
         mobile = normalize_mobile(mobile)
         await self.limiter.hit("verify-address", client, self.settings.verify_per_address)
         # Copied from the SMS, a code may carry spaces and a phone's invisible direction marks.
@@ -240,7 +274,7 @@ class CitizenAuth:
         if len(code) == 6 and code.isascii() and code.isdigit():
             outcome = await self._verify(
                 keys=[_otp_key(mobile)],
-                args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms(), TAKEN_SECONDS, client],
+                args=[self._digest(mobile, code), self.settings.otp_max_attempts, _now_ms(), TAKEN_SECONDS, again],
             )
         else:
             try:
@@ -252,7 +286,7 @@ class CitizenAuth:
                     detail_fa="کد ۶ رقم است (کدی که با پیامک «ورود» گرفته‌اید ۱۰ حرف و رقم لاتین است).",
                 ) from None
             outcome = await self._take_texted(
-                keys=[_texted_key(mobile)], args=[self._digest(mobile, code), TAKEN_SECONDS, client]
+                keys=[_texted_key(mobile)], args=[self._digest(mobile, code), TAKEN_SECONDS, again]
             )
         if isinstance(outcome, list):  # OK, and when by Redis's clock
             return self.issue_token(mobile, signed_in_at=int(outcome[1]))
@@ -291,10 +325,13 @@ class CitizenAuth:
             await self.signed_out.tell_again(token)
             return
         try:
-            self.mobile_from_token(token)
+            mobile = self.mobile_from_token(token)
         except Unauthorized:
             return
         await self.signed_out.add(token)
+        # And the code it was taken with, which its form could take again for a few seconds
+        # (TAKEN_SECONDS): Back on a shared computer must not sign the citizen in again.
+        await self._forget_taken(keys=[_otp_key(mobile), _texted_key(mobile)])
 
     async def sign_out_everywhere(self, token: str) -> None:
         """``_end_every_token`` of the token's number, on every instance. Only a token that

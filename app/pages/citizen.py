@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import secrets
 from typing import Any
@@ -488,7 +489,9 @@ class CitizenPages(Controller):
         mobile, next_path = data.get("mobile", ""), safe_next(data.get("next"))
         client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
         try:
-            token = await container.auth.verify(mobile=mobile, code=data.get("code", ""), client=client)
+            # The form's CSRF token, bound to this browser: its second tap may take the code again.
+            again = hashlib.sha256(data.get("_csrf", "").encode()).hexdigest()[:32] if data.get("_csrf") else ""
+            token = await container.auth.verify(mobile=mobile, code=data.get("code", ""), client=client, again=again)
         except DomainError as error:
             texted = data.get("texted") == "1"
             try:
