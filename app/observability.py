@@ -69,17 +69,23 @@ _MOBILE = re.compile(
 
 
 # A phone's invisible marks (direction marks and isolates, ZWNJ), as themselves or as a repr
-# writes them (``\u2066``): inside or around a number they hid it from the patterns, and
-# citizens' own text keeps them (a number copied on a phone comes wrapped in them).
-_INVISIBLE = re.compile(r"[\u200c-\u200f\u202a-\u202e\u2066-\u2069]|\\u(?:200[c-f]|202[a-e]|206[6-9])")
+# writes them (``\u2066``), beside a digit: inside or around a number they hid it from the
+# patterns, and citizens' own text keeps them (a number copied on a phone comes wrapped in
+# them). Dropped after a first pass, which masks the numbers they bound: dropped first, two
+# numbers with only marks between them ran together into one too long for either pattern.
+_MARK = r"(?:[\u200c-\u200f\u202a-\u202e\u2066-\u2069]|\\u(?:200[c-f]|202[a-e]|206[6-9]))"
+_MARKS_BY_DIGITS = re.compile(rf"{_MARK}+(?={DIGIT})|(?<={DIGIT}){_MARK}+")
 # A national ID as printed on the card (049-937089-9), or so spaced.
 _GROUPED_NATIONAL_ID = re.compile(rf"(?<!{DIGIT}){DIGIT}{{3}}[ -]{DIGIT}{{6}}[ -]{DIGIT}(?!{DIGIT})")
 
 
-def mask(text: str) -> str:
-    text = _INVISIBLE.sub("", text)
+def _masked(text: str) -> str:
     text = _GROUPED_NATIONAL_ID.sub("**********", text)
     return _NATIONAL_ID.sub("**********", _MOBILE.sub("09*********", text))
+
+
+def mask(text: str) -> str:
+    return _masked(_MARKS_BY_DIGITS.sub("", _masked(text)))
 
 
 class JsonFormatter(logging.Formatter):

@@ -231,7 +231,8 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
             except Exception as error:  # the provider could not say: this try fails (below)
                 earlier, unasked = None, error
             if earlier:
-                if not await _claim(session, message_id, seen, status=SmsStatus.SENT, provider_sid=earlier):
+                sent = {"status": SmsStatus.SENT, "provider_sid": earlier, **_erased(message.kind)}
+                if not await _claim(session, message_id, seen, **sent):
                     return "taken by another job"
                 await delivery.apply_kept(session, app.redis, earlier, app.clock.now())
                 return "sent before"

@@ -75,10 +75,17 @@ def test_numbers_a_citizen_typed_in_persian_or_in_groups_are_masked_too() -> Non
         assert mask(kept) == kept
     # Wrapped in a phone's invisible marks (as themselves, or as a repr writes them), or as
     # the card prints an ID: they passed through in clear.
-    assert mask("a \u206609121234567\u2069 b") == "a 09********* b"
-    assert mask(repr("\u206609121234567\u2069")) == "'09*********'"
-    assert mask("۰۹۱۲\u200c۱۲۳۴۵۶۷") == "09*********"
+    for written in (
+        "a \u206609121234567\u2069 b",
+        repr("\u206609121234567\u2069"),
+        "۰۹۱۲\u200c۱۲۳۴۵۶۷",
+        "\u206609121234567\u2069\u20660499370899\u2069",  # two, with only marks between them
+        "09121234567\u200f0499370899",
+    ):
+        masked = mask(written)
+        assert "09*********" in masked and not any(d in masked for d in "1234567۱۲۳۴۵۶۷"), (written, masked)
     assert mask("ID 049-937089-9, or 049 937089 9") == "ID **********, or **********"
+    assert mask("می\u200cشود") == "می\u200cشود"  # a ZWNJ between letters stays
 
 
 async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
