@@ -153,7 +153,7 @@ class Complaints:
                     f"{earlier_code} ثبت شده است. برای ثبت این یکی، دوباره بفرستید.",
                 )
             return await self._filed_by_form(session, earlier_code, mobile)
-        taken = False
+        taken = committing = False
         try:
             # Taken once a complaint is to be filed (a resend of one filed is answered above),
             # and given back if it is not: the limit counts complaints filed, not tries (one
@@ -184,9 +184,15 @@ class Complaints:
                 f"نتیجهٔ هر مرحله با همین کد پیامک می‌شود.",
                 kind="complaint_step",
             )
+            committing = True
             await session.commit()
         except BaseException:
-            if form is not None:
+            # A commit that raised may have landed (its answer lost): the form's claim is then
+            # kept, to lapse in FORM_CLAIM_SECONDS, and a resend meanwhile waits for it or is
+            # told it is in progress. Let go, a resend of the form (the 503 page keeps its key)
+            # filed the complaint a second time. (The count goes back either way: one more
+            # complaint than the limit, at worst, rather than a limit used up by failures.)
+            if form is not None and not committing:
                 await self._let_go_of_form(form, claim)  # nothing filed: it may be sent again
             if taken:
                 try:

@@ -138,3 +138,42 @@ async def test_the_province_is_read_in_persian_digits_too(client: Client, world:
     # As typed on a Persian keyboard, as the registry's search and the guild's list read it.
     assert await listed("01") == await listed("۰۱") == await listed("تهران") == [code]
     assert await listed("۰۲") == []
+
+
+async def test_a_complaint_whose_commit_answer_was_lost_is_not_filed_again_by_its_resend(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit landed and its answer was lost: the form's key was let go, and the resend
+    (the page shown again keeps its key) filed the complaint a second time."""
+    from sqlalchemy import func
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    office = await world.office()
+    complaints = world.container.complaints
+    real_commit, lost = AsyncSession.commit, []
+
+    async def landed_but_lost(self: AsyncSession) -> None:
+        await real_commit(self)
+        if not lost and any(isinstance(o, Complaint) for o in self.identity_map.values()):
+            lost.append(1)
+            raise OperationalError("COMMIT", {}, Exception("the connection dropped"))
+
+    form = {
+        "mobile": "09125559090",
+        "office_code": office,
+        "category": "overcharging",
+        "description": "بیش از تعرفه پول گرفتند.",
+        "booking_tracking_code": None,
+        "channel": "web",
+        "form_key": "form-1",
+    }
+    monkeypatch.setattr(AsyncSession, "commit", landed_but_lost)
+    async with world.container.sessions() as session:
+        with pytest.raises(OperationalError):
+            await complaints.file(session=session, **form)
+    monkeypatch.undo()
+    async with world.container.sessions() as session:
+        again = await complaints.file(session=session, **form)
+        assert await session.scalar(select(func.count()).select_from(Complaint)) == 1
+    assert again.tracking_code
