@@ -110,8 +110,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ahead of every confirmation in the queue."""
     otp_per_address: str = "1000/600"
     """NOBAT_OTP_PER_ADDRESS: codes one client address may ask for (generous: carrier NAT)."""
-    verify_per_address: str = "2000/600"
-    """NOBAT_VERIFY_PER_ADDRESS: verification attempts one client address may make."""
+    verify_per_address: str = "1200/600"
+    """NOBAT_VERIFY_PER_ADDRESS: verification attempts one client address may make: a citizen
+    makes one or two; kept tighter than the codes, for it bounds guesses spread over numbers."""
     api_per_address: str = "3000/60"
     """NOBAT_API_PER_ADDRESS: requests to /api one client address may make (generous: carrier NAT)."""
     pages_per_address: str = "3000/60"

@@ -354,14 +354,18 @@ class Capacity:
             )
             for seat, tracking_code in given
         ]
-        # In rounds, the n-th put back of each line in the n-th: on a cluster a round's calls
-        # run at once, and two of one line's could land in either order.
-        by_line: dict[str, list[tuple[list[str], list[Any]]]] = {}
-        for call in calls:
-            by_line.setdefault(call[0][1], []).append(call)
+        # On a cluster, in rounds, the n-th put back of each line in the n-th: a round's calls
+        # run at once, and two of one line's could land in either order. (A single Redis's
+        # pipeline keeps the order: one trip.)
+        rounds: Iterable[Sequence[tuple[list[str], list[Any]]]] = [calls]
+        if isinstance(self.redis, RedisCluster):
+            by_line: dict[str, list[tuple[list[str], list[Any]]]] = {}
+            for call in calls:
+                by_line.setdefault(call[0][1], []).append(call)
+            rounds = [[c for c in round_ if c is not None] for round_ in itertools.zip_longest(*by_line.values())]
         with self.reads.changing([(seat.office_code, seat.day) for seat, _ in given]):
-            for round_ in itertools.zip_longest(*by_line.values()):
-                await self.scripts.run_many(self.scripts.unpromote, [call for call in round_ if call is not None])
+            for calls_at_once in rounds:
+                await self.scripts.run_many(self.scripts.unpromote, calls_at_once)
 
     async def apply_later(self, *fields: str, noted_in: str, tag: str = "") -> Noted:
         """Note that what ``fields`` name is about to change in the record, and must reach
