@@ -242,7 +242,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build settings from the environment; a malformed value fails at start, not mid-rush."""
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {field: env[var] for field, var in _ENV.items() if env.get(var)}
-    settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
+    except msgspec.ValidationError as error:  # named as the operator wrote it, not as a field
+        message = str(error)
+        for field, var in _ENV.items():
+            message = message.replace(f"`$.{field}`", var)
+        raise ValueError(message) from None
     if not settings.database_url:
         settings = settings.with_(database_url=f"sqlite+aiosqlite:///{settings.var_dir / 'nobat.db'}")
     if not settings.secret_key:
@@ -302,19 +308,39 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError("NOBAT_REMINDER_EVENING_HOUR must be 0 to 23")
     if settings.otp_ttl_seconds < 30 or settings.otp_max_attempts < 1:
         raise ValueError("NOBAT_OTP_TTL_SECONDS must be 30 or more, NOBAT_OTP_MAX_ATTEMPTS 1 or more")
-    for limit in (
-        settings.bookings_per_mobile,
-        settings.otp_per_mobile,
-        settings.otp_per_mobile_day,
-        settings.sms_replies_per_mobile,
-        settings.complaints_per_mobile,
-        settings.otp_per_address,
-        settings.verify_per_address,
-        settings.staff_login_per_address,
-        settings.api_per_address,
-        settings.pages_per_address,
+    # Counts and lifetimes that must be at least one: at 0 nobody could book (the horizon, the
+    # active bookings), sign in (a token's life) or keep a staff account (a lockout at the
+    # first wrong password), and some pages answered 500 (an empty horizon).
+    for field in (
+        "horizon_days",
+        "max_active_bookings",
+        "token_ttl_seconds",
+        "staff_session_ttl_seconds",
+        "staff_max_failures",
+        "no_show_limit",
+        "no_show_window_days",
+        "no_show_suspension_days",
     ):
-        parse_limit(limit)
+        if getattr(settings, field) < 1:
+            raise ValueError(f"{_ENV[field]} must be 1 or more")
+    if settings.no_show_grace_minutes < 0:
+        raise ValueError("NOBAT_NO_SHOW_GRACE_MINUTES must be 0 or more")
+    for field in (
+        "bookings_per_mobile",
+        "otp_per_mobile",
+        "otp_per_mobile_day",
+        "sms_replies_per_mobile",
+        "complaints_per_mobile",
+        "otp_per_address",
+        "verify_per_address",
+        "staff_login_per_address",
+        "api_per_address",
+        "pages_per_address",
+    ):
+        try:
+            parse_limit(getattr(settings, field))
+        except ValueError as error:
+            raise ValueError(f"{_ENV[field]}: {error}") from None
     return settings
 
 

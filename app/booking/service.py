@@ -206,6 +206,10 @@ class BookingService:
             await self._give_back_allowance(allowance)
             if isinstance(error, DomainError):
                 REJECTIONS.labels(error.code).inc()
+            elif isinstance(error, RedisError | SQLAlchemyError | OSError):
+                # Answered 503 as a ServiceUnavailable is: "a surge of service_unavailable is
+                # us" (docs/deployment.md) must count a Redis or record that did not answer.
+                REJECTIONS.labels(ServiceUnavailable.code).inc()
             raise
         if booked.replay:
             await self._give_back_allowance(allowance)

@@ -193,3 +193,24 @@ async def test_a_failed_statements_error_names_no_citizens_values(world: World) 
         with pytest.raises(IntegrityError) as failed:  # the same mobile again
             await session.execute(insert, {"m": mobile[1:], "n": "0499370899", "at": world.container.clock.now()})
     assert "1234567" not in str(failed.value) and "0499370899" not in str(failed.value), str(failed.value)
+
+
+async def test_a_booking_refused_for_redis_away_is_counted_as_unavailable(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rejections counted only the service's own refusals: a booking answered 503 for a
+    Redis that did not answer (a timeout, a failover) left the counter flat, and the
+    deployment's "a surge of service_unavailable is us" saw nothing."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    from app.observability import REJECTIONS
+    from tests.conftest import fails_once
+
+    office = await world.office()
+    before = REJECTIONS.labels("service_unavailable")._value.get()
+    fails_once(monkeypatch, client.app.state.container.capacity, "hold_and_reserve", RedisTimeout("timed out"))
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    assert refused.status_code == 503, refused.text
+    assert REJECTIONS.labels("service_unavailable")._value.get() == before + 1

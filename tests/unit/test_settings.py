@@ -91,3 +91,20 @@ def test_twilio_without_its_credentials_fails_at_start() -> None:
     with pytest.raises(ValueError, match="TWILIO_FROM"):
         load_settings(twilio)
     assert load_settings({**twilio, "TWILIO_FROM": "+15005550006"}).sms_backend == "twilio"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"NOBAT_HORIZON_DAYS": "0"}, "NOBAT_HORIZON_DAYS"),  # an empty horizon: pages answered 500
+        ({"NOBAT_MAX_ACTIVE_BOOKINGS": "0"}, "NOBAT_MAX_ACTIVE_BOOKINGS"),  # nobody could book
+        ({"NOBAT_TOKEN_TTL_SECONDS": "-1"}, "NOBAT_TOKEN_TTL_SECONDS"),  # nobody could sign in
+        ({"NOBAT_STAFF_MAX_FAILURES": "0"}, "NOBAT_STAFF_MAX_FAILURES"),  # locked at the first slip
+        ({"NOBAT_NO_SHOW_GRACE_MINUTES": "-5"}, "NOBAT_NO_SHOW_GRACE_MINUTES"),
+        ({"NOBAT_HORIZON_DAYS": "two weeks"}, "NOBAT_HORIZON_DAYS"),  # named, not `$.horizon_days`
+        ({"NOBAT_OTP_PER_MOBILE": "3per600"}, "NOBAT_OTP_PER_MOBILE"),  # the limit's name said
+    ],
+)
+def test_a_value_out_of_range_stops_the_start_naming_its_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        load_settings(env)
