@@ -8,7 +8,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking import reminders
-from app.booking.models import Booking, BookingStatus
+from app.booking.models import Booking, BookingStatus, Channel
 from app.capacity.models import Closure
 from app.clock import Clock
 from app.enforcement.models import ActionKind, OfficeAction
@@ -44,6 +44,11 @@ async def _close_day() -> dict[str, int]:
             shut += await _close(
                 session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=shut_by, at=app.clock.now()
             )
+        # A walk-in was at the counter when the clerk booked them: one never marked served is
+        # served, not a no-show that could suspend them (three such visits in a month had).
+        walked_in = await _close(
+            session, BookingStatus.BOOKED, BookingStatus.SERVED, today, only=Booking.channel == Channel.WALK_IN
+        )
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
         expired = await _close(session, BookingStatus.WAITLISTED, BookingStatus.CANCELLED, today)
@@ -65,7 +70,7 @@ async def _close_day() -> dict[str, int]:
         return {
             "no_shows": len(no_shows),
             "closed_office": len(shut),
-            "served": len(served),
+            "served": len(served) + len(walked_in),
             "waitlist_expired": len(expired),
             "suspended": suspended,
             "office_days_added": added,

@@ -119,6 +119,23 @@ async def test_the_night_looks_back_a_month_not_to_the_services_first_day(world:
     assert statuses == {recent: BookingStatus.NO_SHOW, old: BookingStatus.BOOKED}
 
 
+async def test_a_walk_in_never_marked_served_is_served_not_a_no_show(world: World, deliver: Deliver) -> None:
+    """A walk-in was at the counter when the clerk booked them; served at once and never
+    marked (forty people in the room), the night made each a no-show, and three such visits
+    in a month suspended the citizen from booking."""
+    from app.booking.models import Channel
+
+    await world.office()
+    citizen = world.national_id()
+    await past_bookings(world, *((citizen, days_ago, BookingStatus.BOOKED) for days_ago in (3, 2, 1)))
+    async with world.container.sessions() as session:
+        for booking in await session.scalars(select(Booking)):
+            booking.channel = Channel.WALK_IN
+        await session.commit()
+    result = await asyncio.to_thread(close_day)
+    assert (result["no_shows"], result["served"], result["suspended"]) == (0, 3, 0)
+
+
 async def test_the_night_weighs_the_no_shows_clerks_marked_yesterday(
     client: Client, world: World, deliver: Deliver
 ) -> None:
