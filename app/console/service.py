@@ -743,6 +743,9 @@ class Console:
                 Booking.office_id == office.id,
                 Booking.date == day,
                 Booking.status != BookingStatus.WAITLISTED,
+                # Nor places in line that ended (left, ended, expired): they never held a seat,
+                # and with no time they had headed the day's queue.
+                Booking.slot_time != "",
             )
             .order_by(Booking.slot_time, Booking.created_at)
         )
@@ -777,6 +780,12 @@ class Console:
         to: BookingStatus,
     ) -> tuple[Office, Booking, QueueEntry]:
         office, booking, service_name = await self._queued(session, staff, office_code, tracking_code)
+        if booking.status is to:
+            # The same action again (a double click, F5 on the page, a second clerk): done
+            # already, and said so, not refused as a wrong state. (What follows an action,
+            # giving back the citizen's hold, weighing a no-show, is the same done twice.)
+            await session.commit()  # the row's lock goes
+            return office, booking, _entry(booking, service_name)
         if booking.status not in allowed:
             raise WrongBookingState(booking_status=booking.status.value)
         if to == BookingStatus.NO_SHOW:

@@ -247,7 +247,8 @@ class OfficePages(Controller):
                 request, session, container, staff, code, date=None, errors=form_errors(error, []), status=error.status
             )
         query = urlencode({"notice": QUEUE_ACTIONS[action], "tracking": entry.tracking_code})
-        return see_other(f"/office/{code}/queue?{query}")
+        # Back at the row acted on: the page had opened at its top, the 35th row off-screen.
+        return see_other(f"/office/{code}/queue?{query}#t-{entry.tracking_code}")
 
     @post("/{code:str}/walk-ins")
     async def walk_in(
@@ -278,7 +279,8 @@ class OfficePages(Controller):
                 form={k: data.get(k, "") for k in ("national_id", "service_code", "mobile")},
                 status=error.status,
             )
-        return see_other(f"/office/{code}/queue?{urlencode({'notice': 'walk_in', 'tracking': booking.tracking_code})}")
+        query = urlencode({"notice": "walk_in", "tracking": booking.tracking_code})
+        return see_other(f"/office/{code}/queue?{query}#t-{booking.tracking_code}")
 
     @post("/{code:str}/waiting")
     async def waiting(

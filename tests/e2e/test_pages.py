@@ -158,6 +158,7 @@ def test_staff_check_the_citizen_in(desk: Any, site: Site, server: Server, journ
 
     row.get_by_role("button", name=re.compile("حاضر شد")).click()
     expect(page.locator(".notice")).to_have_text("حضور ثبت شد.")
+    expect(page).to_have_url(re.compile(rf"#t-{tracking}$"))  # back at the row, not the top of a long queue
     expect(row.locator("[data-status]")).to_have_attribute("data-status", "checked_in")
     page.get_by_label("هم‌اکنون چند نفر در دفتر منتظرند؟").fill("۴")
     page.get_by_role("button", name="ثبت تعداد منتظران").click()

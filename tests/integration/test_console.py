@@ -330,6 +330,33 @@ async def test_a_clerk_cannot_act_on_another_offices_booking_through_their_own_o
     assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
 
 
+async def test_places_in_line_that_ended_are_not_in_the_days_queue(
+    client: Client, world: World, morning: dt.datetime
+) -> None:
+    """Left, ended or expired, a place in line never held a seat; with no time, such places
+    had headed the day's queue, counted among its bookings."""
+    from app.booking.models import Booking, BookingStatus
+
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    booked = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, world.national_id(), morning.date(), "08:00"),
+        headers=world.token(),
+    )
+    async with world.container.sessions() as session:
+        office_id = await session.scalar(select(Office.id).where(Office.code == office))
+        session.add(
+            Booking(
+                tracking_code="LEFTLINE01", office_id=office_id, service_code="101", national_id=world.national_id(),
+                mobile="09120000000", date=morning.date(), slot_time="", pool="*", status=BookingStatus.CANCELLED,
+            )
+        )  # fmt: skip
+        await session.commit()
+    queue = (await client.get(f"/api/v1/staff/offices/{office}/queue", headers=headers)).json()
+    assert [q["tracking_code"] for q in queue] == [booked.json()["tracking_code"]]
+
+
 async def test_queue_check_in_served_and_walk_in(
     client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -348,6 +375,9 @@ async def test_queue_check_in_served_and_walk_in(
     assert no_show.status_code == 200, no_show.text
     again = await client.post(f"{base}/queue/{code}/check-in", headers=headers)
     assert again.status_code == 409 and again.json()["code"] == "booking_state"
+    # The same mark again (a double click, F5, a second clerk): done already, not refused.
+    twice = await client.post(f"{base}/queue/{code}/no-show", headers=headers)
+    assert twice.status_code == 200 and twice.json()["status"] == "no_show", twice.text
 
     second = await client.post(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "08:30"), headers=world.token()
