@@ -681,6 +681,16 @@ class Enforcement:
         for action in replaced:
             action.lifted_at, action.lifted_by, action.lift_reason = None, None, None
 
+    async def office_appeals(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str
+    ) -> dict[int, AppealOut]:
+        """The office's appeals, by the action each is against: what its staff filed, and how
+        each was decided (their notices page)."""
+        require_office(staff, office_code)
+        office = await self.office(session, office_code)
+        rows = await session.scalars(select(Appeal).where(Appeal.office_id == office.id).order_by(Appeal.id))
+        return {appeal.action_id: _appeal_out(appeal, office.code) for appeal in rows}
+
     async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
         rows = await session.execute(

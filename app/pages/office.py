@@ -475,9 +475,70 @@ class OfficePages(Controller):
         self, code: FromPath[str], request: Request[Any, Any, Any], session: Session, container: Deps
     ) -> Template:
         staff = await require_staff(request, container)
+        return await self._notices_page(request, session, container, staff, code)
+
+    async def _notices_page(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        *,
+        errors: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        status: int = 200,
+    ) -> Template:
         notices = await container.enforcement.notices(session=session, staff=staff, office_code=code)
         history = await container.enforcement.history(session=session, staff=staff, office_code=code)
+        appeals = await container.enforcement.office_appeals(session=session, staff=staff, office_code=code)
         detail = await offices.get_office(session=session, code=code)
         return render(
-            request, container, "office/notices.html", staff=staff, office=detail, notices=notices, history=history
+            request,
+            container,
+            "office/notices.html",
+            status=status,
+            staff=staff,
+            office=detail,
+            notices=notices,
+            history=history,
+            appeals=appeals,
+            errors=errors or {},
+            form=form or {},
         )
+
+    @post("/{code:str}/appeals")
+    async def appeal(
+        self, code: FromPath[str], data: Form, request: Request[Any, Any, Any], session: Session, container: Deps
+    ) -> Template | Redirect:
+        """An appeal against a restriction or a block, from the page the notice of it is on
+        (its "seven days to appeal"): through the API alone, which a browser's session may
+        only read, a clerk could not appeal at all."""
+        staff = await require_staff(request, container, back=f"/office/{code}/notices")
+        check_csrf(request, container, data)
+        action = data.get("action_id", "")
+        try:
+            await container.enforcement.appeal(
+                session=session,
+                staff=staff,
+                office_code=code,
+                action_id=to_int(action, "action_id", "این اقدام شناخته نشد."),
+                text=data.get(f"text_{action}", ""),
+            )
+        except DomainError as error:
+            await session.rollback()
+            return await self._notices_page(
+                request,
+                session,
+                container,
+                staff,
+                code,
+                # Each action's form has fields of its own: the error goes beside the one sent.
+                errors={
+                    ("_top_" if key == TOP else "text_") + action: text
+                    for key, text in form_errors(error, ["text"]).items()
+                },
+                form={f"text_{action}": data.get(f"text_{action}", "")},
+                status=error.status,
+            )
+        return see_other(f"/office/{code}/notices?notice=appeal_filed")

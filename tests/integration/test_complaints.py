@@ -584,3 +584,35 @@ async def test_a_complaint_that_was_not_filed_does_not_count_against_its_mobile(
     failed = await client.post("/api/v1/complaints", json=body, headers=world.token(mobile))
     assert failed.status_code == 503, failed.text
     await complain(client, world, office, mobile)  # the one the limit allows
+
+
+async def test_a_clerk_appeals_from_the_notices_page(client: Client, world: World) -> None:
+    """The notice said "seven days to appeal", and the pages had no way to: the API takes a
+    change with a bearer token only, which a clerk in the browser has not."""
+    import re
+
+    office = await world.office()
+    reg = await regulator(client, world)
+    action_id = await restrict(client, reg, office, cap=30)
+    await staff_of(client, world, office)  # the clerk's browser session (its cookie)
+    html = {"Accept": "text/html"}
+    page = await client.get(f"/office/{office}/notices", headers=html)
+    assert page.status_code == 200, page.text
+    assert f'data-appeal-for="{action_id}"' in page.text
+    csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert csrf
+    url = f"/office/{office}/appeals"
+    empty = await client.post(
+        url, data={"_csrf": csrf[1], "action_id": str(action_id), f"text_{action_id}": " "}, headers=html
+    )
+    assert empty.status_code == 422 and 'class="field has-error"' in empty.text  # beside its field
+    text = "سامانهٔ نوبت‌دهی را راه انداختیم و صف تشکیل نمی‌شود."
+    filed = await client.post(
+        url, data={"_csrf": csrf[1], "action_id": str(action_id), f"text_{action_id}": text}, headers=html,
+        follow_redirects=False,
+    )  # fmt: skip
+    assert filed.status_code == 303 and filed.headers["location"].endswith("notice=appeal_filed"), filed.text
+    after = await client.get(f"/office/{office}/notices", headers=html)
+    assert 'data-appeal-outcome="pending"' in after.text and f'name="text_{action_id}"' not in after.text
+    appeals = (await client.get("/api/v1/regulator/appeals", headers=reg)).json()
+    assert [(a["action_id"], a["text"]) for a in appeals] == [(action_id, text)]
