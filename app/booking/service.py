@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 from sqlalchemy import Select, case, delete, literal, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.errors import (
@@ -73,6 +74,9 @@ from app.settings import parse_limit
 from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
+
+UNAVAILABLE = (RedisError, OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)
+"""A Redis or record that did not answer (app.web answers these 503); not a bug's error."""
 
 _SLOT_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,64}")
@@ -206,7 +210,7 @@ class BookingService:
             await self._give_back_allowance(allowance)
             if isinstance(error, DomainError):
                 REJECTIONS.labels(error.code).inc()
-            elif isinstance(error, RedisError | SQLAlchemyError | OSError):
+            elif isinstance(error, UNAVAILABLE):
                 # Answered 503 as a ServiceUnavailable is: "a surge of service_unavailable is
                 # us" (docs/deployment.md) must count a Redis or record that did not answer.
                 REJECTIONS.labels(ServiceUnavailable.code).inc()

@@ -19,12 +19,13 @@ from app.sms.tasks import job_context, run_in_session, run_job
 def close_day() -> dict[str, int]:
     """After the offices close: bookings nobody checked in become no-shows (and may suspend
     their national IDs), bookings checked in but never marked served are closed as served
-    (the citizen came; staff forgot the last click), waitlist entries of past days expire,
+    (the citizen came; staff forgot the last click), as are walk-ins never marked (they were
+    at the counter), waitlist entries of past days expire,
     and the day that just entered the horizon gets its counters. Safe to run twice, or
     every hour: it only touches past days' bookings still open.
 
     Returns the counts: ``no_shows``, ``closed_office`` (cancelled: a closure or a block shut
-    their office that day), ``served`` (closed from checked in),
+    their office that day), ``served`` (closed from checked in, and walk-ins),
     ``waitlist_expired``, ``suspended`` (for repeated no-shows) and ``office_days_added``."""
     return run_job(_close_day())
 
@@ -46,8 +47,13 @@ async def _close_day() -> dict[str, int]:
             )
         # A walk-in was at the counter when the clerk booked them: one never marked served is
         # served, not a no-show that could suspend them (three such visits in a month had).
+        # (Not one moved since, to an office that never saw them: a block's or a closure's.)
         walked_in = await _close(
-            session, BookingStatus.BOOKED, BookingStatus.SERVED, today, only=Booking.channel == Channel.WALK_IN
+            session,
+            BookingStatus.BOOKED,
+            BookingStatus.SERVED,
+            today,
+            only=(Booking.channel == Channel.WALK_IN) & Booking.moved_from_office_id.is_(None),
         )
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)

@@ -3,6 +3,7 @@ waiting count), the weekly template and date overrides, and the office's notices
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,6 +31,7 @@ from app.pages.render import (
     staff_principal,
     to_int,
 )
+from app.staff.models import StaffRole
 from app.staff.routes import DEVICE_COOKIE, STAFF_COOKIE, signed_in_cookies
 from app.staff.service import StaffPrincipal
 from app.web import Deps, Session, client_address
@@ -492,6 +494,15 @@ class OfficePages(Controller):
         notices = await container.enforcement.notices(session=session, staff=staff, office_code=code)
         history = await container.enforcement.history(session=session, staff=staff, office_code=code)
         appeals = await container.enforcement.office_appeals(session=session, staff=staff, office_code=code)
+        # The actions its staff may still appeal: in force, none filed, within their days.
+        now, days = container.clock.now(), dt.timedelta(days=container.enforcement.appeal_days)
+        appealable = {
+            action.id
+            for action in history
+            if action.lifted_at is None
+            and action.id not in appeals
+            and now <= container.clock.aware(dt.datetime.fromisoformat(action.started_at)) + days
+        }
         detail = await offices.get_office(session=session, code=code)
         return render(
             request,
@@ -503,6 +514,7 @@ class OfficePages(Controller):
             notices=notices,
             history=history,
             appeals=appeals,
+            appealable=appealable if staff.role is StaffRole.OFFICE_STAFF else set(),
             errors=errors or {},
             form=form or {},
         )
@@ -533,9 +545,11 @@ class OfficePages(Controller):
                 container,
                 staff,
                 code,
-                # Each action's form has fields of its own: the error goes beside the one sent.
+                # Each action's form has a text of its own: its error goes beside it; any other
+                # (the days gone by, the action lifted meanwhile) at the top of the page, which
+                # shows whether or not that action's form is still drawn.
                 errors={
-                    ("_top_" if key == TOP else "text_") + action: text
+                    (TOP if key == TOP else f"text_{action}"): text
                     for key, text in form_errors(error, ["text"]).items()
                 },
                 form={f"text_{action}": data.get(f"text_{action}", "")},

@@ -127,13 +127,18 @@ async def test_a_walk_in_never_marked_served_is_served_not_a_no_show(world: Worl
 
     await world.office()
     citizen = world.national_id()
-    await past_bookings(world, *((citizen, days_ago, BookingStatus.BOOKED) for days_ago in (3, 2, 1)))
+    moved = world.national_id()  # a walk-in a block moved to another office, never gone there
+    await past_bookings(
+        world, *((citizen, days_ago, BookingStatus.BOOKED) for days_ago in (3, 2, 1)), (moved, 1, BookingStatus.BOOKED)
+    )
     async with world.container.sessions() as session:
         for booking in await session.scalars(select(Booking)):
             booking.channel = Channel.WALK_IN
+            if booking.national_id == moved:
+                booking.moved_from_office_id = 2
         await session.commit()
     result = await asyncio.to_thread(close_day)
-    assert (result["no_shows"], result["served"], result["suspended"]) == (0, 3, 0)
+    assert (result["no_shows"], result["served"], result["suspended"]) == (1, 3, 0)
 
 
 async def test_the_night_weighs_the_no_shows_clerks_marked_yesterday(

@@ -616,3 +616,23 @@ async def test_a_clerk_appeals_from_the_notices_page(client: Client, world: Worl
     assert 'data-appeal-outcome="pending"' in after.text and f'name="text_{action_id}"' not in after.text
     appeals = (await client.get("/api/v1/regulator/appeals", headers=reg)).json()
     assert [(a["action_id"], a["text"]) for a in appeals] == [(action_id, text)]
+    # An action past its days has no form; one sent anyway (a page left open) is refused,
+    # said at the top of the page.
+    other = await world.office()
+    old = await restrict(client, reg, other, cap=30)
+    async with world.container.sessions() as session:
+        from app.enforcement.models import OfficeAction
+
+        action = await session.get(OfficeAction, old)
+        assert action is not None
+        action.started_at -= dt.timedelta(days=world.container.settings.appeal_days + 1)
+        await session.commit()
+    await staff_of(client, world, other)
+    page = await client.get(f"/office/{other}/notices", headers=html)
+    assert f'name="text_{old}"' not in page.text
+    csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert csrf
+    late = await client.post(
+        f"/office/{other}/appeals", data={"_csrf": csrf[1], "action_id": str(old), f"text_{old}": text}, headers=html
+    )
+    assert late.status_code == 409 and 'class="alert"' in late.text, late.text
