@@ -156,6 +156,12 @@ def test_staff_check_the_citizen_in(desk: Any, site: Site, server: Server, journ
             pytest.skip("within minutes of midnight in Tehran no slot fits today; the later day was checked")
         row = page.locator(f"tr[data-tracking='{tracking}']")
 
+    # «نیامد» asks first (it cannot be undone, and counts toward a suspension): declined, nothing is sent.
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    row.get_by_role("button", name=re.compile("نیامد")).click()
+    expect(row.locator("[data-status]")).to_have_attribute("data-status", "booked")
+    assert asked and tracking in asked[0]
     row.get_by_role("button", name=re.compile("حاضر شد")).click()
     expect(page.locator(".notice")).to_have_text("حضور ثبت شد.")
     expect(page).to_have_url(re.compile(rf"#t-{tracking}$"))  # back at the row, not the top of a long queue
