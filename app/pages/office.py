@@ -4,9 +4,11 @@ waiting count), the weekly template and date overrides, and the office's notices
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
@@ -341,6 +343,7 @@ class OfficePages(Controller):
             errors=errors or {},
             form=form if form is not None else {**_template_form(template.days), **OVERRIDE_DEFAULTS},
             refusal=refusal,
+            version=_template_version(template.days),
         )
 
     @get("/{code:str}/capacity")
@@ -391,6 +394,13 @@ class OfficePages(Controller):
         fields = [f"d{w}_{part}" for w in range(7) for part in ("opens", "closes", "slot", "seats")]
         try:
             current = await container.console.template(session=session, staff=staff, office_code=code)
+            if data.get("version") and data["version"] != _template_version(current.days):
+                # Changed since this form was shown (another clerk, the regulator): saved, it
+                # had put back every weekday it showed, and with «move» ticked moved or
+                # cancelled the bookings of hours nobody meant to close. The plan as it is now.
+                return await self._capacity_page(
+                    request, session, container, staff, code, errors={"template_top": TEMPLATE_CHANGED_FA}, status=409
+                )
             # Counters of a service's own (a passport desk, say) are kept as they are: the
             # editor changes the shared seats only.
             own_counters = await _own_counters(container, code, current.days)
@@ -556,3 +566,13 @@ class OfficePages(Controller):
                 status=error.status,
             )
         return see_other(f"/office/{code}/notices?notice=appeal_filed")
+
+
+TEMPLATE_CHANGED_FA = "برنامهٔ هفتگی پس از باز شدن این صفحه تغییر کرده بود و ذخیره نشد. برنامهٔ کنونی را ببینید و تغییر خود را دوباره بدهید."
+
+
+def _template_version(days: dict[int, list[DayRule]]) -> str:
+    """A digest of the weekly template as a page shows it: sent back with the form, a change
+    saved meanwhile by someone else is found, not overwritten."""
+    plain = {str(weekday): rules for weekday, rules in sorted(days.items())}
+    return hashlib.sha256(msgspec.json.encode(plain)).hexdigest()[:16]

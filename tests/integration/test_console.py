@@ -725,6 +725,38 @@ async def save_week(
     return decode_template(raw).days
 
 
+async def test_the_weekly_editor_does_not_overwrite_a_change_saved_since_it_was_shown(
+    client: Client, world: World
+) -> None:
+    """Clerk A opened the capacity page; B (or the regulator) extended Thursday; A saved a
+    Saturday change, which put Thursday back, and with «move» ticked moved or cancelled the
+    bookings of the hours B had opened. A's save is refused with the plan as it is now."""
+    office = await world.office()
+    headers = await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/capacity")
+    version = re.search(r'name="version" value="([0-9a-f]+)"', page.text)
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert version and csrf, page.text
+    extended = await client.put(
+        f"/api/v1/staff/offices/{office}/template", json=every_day(2, "08:00", "14:00"), headers=headers
+    )
+    assert extended.status_code == 200, extended.text
+    form = {"_csrf": csrf[1], "version": version[1], "move": "on"}
+    for weekday in range(7):
+        form |= {f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "12:00", f"d{weekday}_slot": "30"}
+        form |= {f"d{weekday}_seats": "2", f"d{weekday}_open": "on"}
+    stale = await client.post(f"/office/{office}/capacity/template", data=form, follow_redirects=False)
+    assert stale.status_code == 409 and "تغییر کرده بود" in stale.text, stale.text
+    template = (await client.get(f"/api/v1/staff/offices/{office}/template", headers=headers)).json()
+    assert {rule["closes"] for rules in template["days"].values() for rule in rules} == {"14:00"}  # B's stands
+    fresh = re.search(r'name="version" value="([0-9a-f]+)"', stale.text)
+    assert fresh and fresh[1] != version[1]  # the form now drawn from the plan as it is
+    again = await client.post(
+        f"/office/{office}/capacity/template", data={**form, "version": fresh[1]}, follow_redirects=False
+    )
+    assert again.status_code == 303, again.text
+
+
 async def test_the_weekly_editor_keeps_an_afternoon_shift_it_does_not_show(client: Client, world: World) -> None:
     """A second shared span of a day (after a lunch break, set through the API): the editor
     edits the first, says the second is there, and keeps it; closing the day closes both."""
