@@ -754,6 +754,18 @@ async def test_a_message_no_retry_carried_out_is_carried_out_by_the_minutes_job(
     assert "کد رهگیری" in reply["body"]
 
 
+async def unanswered(world: World, sid: str, body: str, *, received: dt.datetime, claimed: dt.datetime) -> None:
+    """An inbound booking message in the record, never answered, its last claim lapsed."""
+    async with world.container.sessions() as session:
+        session.add(
+            InboundSms(
+                provider_sid=sid, from_mobile="09121234567", body=body, command="Book",
+                received_at=received, claimed_at=claimed,
+            )
+        )  # fmt: skip
+        await session.commit()
+
+
 async def test_the_minutes_job_leaves_a_message_an_hour_after_it_came(world: World) -> None:
     """Each failed try claims a message again: counted from its last claim, a message failing
     every minute (a Redis node down for hours) stayed in the hour for ever, and was carried
@@ -764,18 +776,11 @@ async def test_the_minutes_job_leaves_a_message_an_hour_after_it_came(world: Wor
     office = await world.office()
     jobs = world.container
     now = jobs.clock.now()
-    async with jobs.sessions() as session:
-        session.add(
-            InboundSms(
-                provider_sid="SMlongago",
-                from_mobile="09121234567",
-                body=f"BOOK {office} 101 {world.tomorrow().isoformat()} 0499370899",
-                command="Book",
-                received_at=now - dt.timedelta(minutes=61),
-                claimed_at=now - dt.timedelta(minutes=2),  # tried again a minute ago, and failed
-            )
-        )
-        await session.commit()
+    body = f"BOOK {office} 101 {world.tomorrow().isoformat()} 0499370899"
+    # Tried again two minutes ago, and failed.
+    await unanswered(
+        world, "SMlongago", body, received=now - dt.timedelta(minutes=61), claimed=now - dt.timedelta(minutes=2)
+    )
     for _ in range(2):  # answered "not done, send it again", once
         async with jobs.sessions() as session:
             assert await jobs.sms_channel.carry_out_abandoned(session) == 0
@@ -795,18 +800,10 @@ async def test_a_message_carried_out_after_midnight_keeps_its_days(
     jobs = world.container
     today = jobs.clock.today()
     midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(0, 10), jobs.clock.tz)
-    async with jobs.sessions() as session:
-        session.add(
-            InboundSms(
-                provider_sid="SMlate",
-                from_mobile="09121234567",
-                body=f"BOOK {office} 101 فردا 0499370899",
-                command="Book",
-                received_at=midnight - dt.timedelta(minutes=20),
-                claimed_at=midnight - dt.timedelta(minutes=5),
-            )
-        )
-        await session.commit()
+    body = f"BOOK {office} 101 فردا 0499370899"
+    await unanswered(
+        world, "SMlate", body, received=midnight - dt.timedelta(minutes=20), claimed=midnight - dt.timedelta(minutes=5)
+    )
     monkeypatch.setattr(jobs.clock, "now", lambda: midnight)
     async with jobs.sessions() as session:
         assert await jobs.sms_channel.carry_out_abandoned(session) == 1
