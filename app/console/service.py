@@ -384,11 +384,14 @@ class Console:
         if stranded:
             dates = ", ".join(day.isoformat() for day, _ in stranded)
             service = stranded[0][1]
+            # The clerk's own calendar and the service's name: «۲۰۲۶-۰۵-۰۳» and «۱۰۴» meant little.
+            dates_fa = "، ".join(jalali_date(day) for day, _ in stranded)
+            name = await session.scalar(select(Service.name_fa).where(Service.code == service))
             raise InvalidInput(
                 "days",
                 f"The plans of {dates} give service {service} a counter of its own, which this template "
                 "does not: nobody could book it on those days. Change those days' plans first.",
-                detail_fa=f"برنامهٔ روزهای {to_persian_digits(dates)} برای خدمت {to_persian_digits(service)} "
+                detail_fa=f"برنامهٔ روزهای {dates_fa} برای «{name or to_persian_digits(service)}» "
                 "باجهٔ جداگانه دارد و این برنامهٔ هفتگی ندارد؛ کسی نمی‌تواند آن روزها از آن باجه نوبت بگیرد. "
                 "نخست برنامهٔ آن روزها را تغییر دهید.",
             )

@@ -631,6 +631,10 @@ async def test_a_days_own_counter_for_a_service_that_books_from_the_shared_seats
     refused = await client.put(template, json=shared_only, headers=headers)
     assert refused.status_code == 422 and refused.json()["field"] == "days", refused.text
     assert day.isoformat() in refused.json()["detail"] and "103" in refused.json()["detail"]
+    # In the clerk's own words: the Jalali date and the service's name.
+    from app.locale import jalali_date
+
+    assert jalali_date(day) in refused.json()["message_fa"] and "۱۰۳" not in refused.json()["message_fa"]
     kept = (await client.get(template, headers=headers)).json()
     assert any(rule.get("service") == "103" for rules_ in kept["days"].values() for rule in rules_), kept
     cleared = await client.delete(f"/api/v1/staff/offices/{desked}/overrides/{day.isoformat()}", headers=headers)
