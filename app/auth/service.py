@@ -73,7 +73,11 @@ if (latest and code[1] == ARGV[1]) or (earlier and code[3] == ARGV[1]) then
   return {'OK', at}
 end
 if ARGV[5] ~= '' and code[5] == ARGV[1] and code[7] == ARGV[5] then return {'OK', tonumber(code[6])} end
-if not latest and not earlier then redis.call('DEL', KEYS[1]) return 'NONE' end
+-- None live: gone, but a code just taken stays for its second tap (another's try ends nothing).
+if not latest and not earlier then
+  if not code[5] then redis.call('DEL', KEYS[1]) end
+  return 'NONE'
+end
 local cost = (latest and earlier) and 2 or 1
 local tries = redis.call('HINCRBY', KEYS[1], 'tries', cost)
 if tries + cost > tonumber(ARGV[2]) then redis.call('DEL', KEYS[1]) return 'BURNT' end

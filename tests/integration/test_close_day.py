@@ -103,7 +103,9 @@ async def test_the_no_shows_a_suspension_was_made_for_do_not_count_again(
     assert await books(client, world, office, again) == 403
 
 
-async def test_the_night_looks_back_a_month_not_to_the_services_first_day(world: World, deliver: Deliver) -> None:
+async def test_the_night_looks_back_a_month_not_to_the_services_first_day(
+    world: World, deliver: Deliver, morning: dt.datetime
+) -> None:
     """Each of its statements walked every past day's bookings, a cost growing with every
     booking ever made; a month of failed nights is long paged (the jobs' metric)."""
     from app.booking.tasks import CLOSE_LOOKS_BACK
