@@ -97,6 +97,7 @@ NOTICE_FA = {
     "restricted": "دفتر محدود شد.",
     "blocked": "دفتر مسدود شد و نوبت‌های آینده‌اش جابه‌جا شد.",
     "lifted": "محدودیت دفتر برداشته شد.",
+    "not_saved": "نشست شما پایان یافته بود و آخرین کار ذخیره نشد. پس از ورود، دوباره انجامش دهید.",
     "appeal_filed": "اعتراض ثبت شد و نتیجهٔ آن در همین صفحه دیده می‌شود.",
     "transition": "مرحلهٔ تازهٔ شکایت ثبت شد و به شاکی پیامک می‌شود.",
 }
@@ -332,7 +333,12 @@ async def require_staff(
 ) -> StaffPrincipal:
     principal = await staff_principal(request, container)
     if principal is None:
-        raise SignInRequired("/office/signin?" + urlencode({"next": back or here(request)}))
+        query = {"next": back or here(request)}
+        if request.method == "POST":
+            # A change sent after the session ended (a walk-in, a no-show, a week's plan):
+            # the sign-in page says it was not saved, where it had come back without a word.
+            query["notice"] = "not_saved"
+        raise SignInRequired("/office/signin?" + urlencode(query))
     return principal
 
 

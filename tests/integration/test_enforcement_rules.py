@@ -450,6 +450,10 @@ async def test_a_watch_form_sent_after_its_sign_in_ended_asks_for_a_sign_in(clie
     )
     assert sent.status_code == 303, sent.text
     assert sent.headers["location"].startswith("/office/signin?next=")
+    # And says the change was not saved: it had come back to the page without a word.
+    assert "notice=not_saved" in sent.headers["location"]
+    signin = await client.get(sent.headers["location"])
+    assert "ذخیره نشد" in signin.text
 
 
 async def test_a_restricted_offices_clerk_cannot_add_seats_back(client: Client, world: World) -> None:
