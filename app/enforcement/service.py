@@ -599,7 +599,7 @@ class Enforcement:
             raise InvalidInput("text", "Write the appeal.", detail_fa="متن اعتراض را بنویسید.")
         now = self.clock.now()
         already = await session.scalar(select(func.count()).select_from(Appeal).where(Appeal.action_id == action.id))
-        deadline = self.clock.aware(action.started_at) + dt.timedelta(days=self.appeal_days)
+        deadline = self._appeal_deadline(action)
         if action.lifted_at is not None or now > deadline or already:
             raise AppealNotAllowed(deadline=deadline.isoformat())
         appeal = Appeal(
@@ -683,13 +683,24 @@ class Enforcement:
 
     async def office_appeals(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str
-    ) -> dict[int, AppealOut]:
-        """The office's appeals, by the action each is against: what its staff filed, and how
-        each was decided (their notices page)."""
+    ) -> tuple[dict[int, AppealOut], set[int]]:
+        """The office's appeals, by the action each is against (what its staff filed, and how
+        each was decided), and the actions its staff may still appeal (in force, none filed,
+        within their days, as ``appeal`` decides): their notices page."""
         require_office(staff, office_code)
         office = await self.office(session, office_code)
         rows = await session.scalars(select(Appeal).where(Appeal.office_id == office.id).order_by(Appeal.id))
-        return {appeal.action_id: _appeal_out(appeal, office.code) for appeal in rows}
+        appeals = {appeal.action_id: _appeal_out(appeal, office.code) for appeal in rows}
+        now = self.clock.now()
+        appealable = {
+            action.id
+            for action in await self._open_actions(session, office.id)
+            if action.id not in appeals and now <= self._appeal_deadline(action)
+        }
+        return appeals, appealable
+
+    def _appeal_deadline(self, action: OfficeAction) -> dt.datetime:
+        return self.clock.aware(action.started_at) + dt.timedelta(days=self.appeal_days)
 
     async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)

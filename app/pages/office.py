@@ -3,7 +3,6 @@ waiting count), the weekly template and date overrides, and the office's notices
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from typing import Any
 from urllib.parse import urlencode
@@ -503,16 +502,7 @@ class OfficePages(Controller):
     ) -> Template:
         notices = await container.enforcement.notices(session=session, staff=staff, office_code=code)
         history = await container.enforcement.history(session=session, staff=staff, office_code=code)
-        appeals = await container.enforcement.office_appeals(session=session, staff=staff, office_code=code)
-        # The actions its staff may still appeal: in force, none filed, within their days.
-        now, days = container.clock.now(), dt.timedelta(days=container.enforcement.appeal_days)
-        appealable = {
-            action.id
-            for action in history
-            if action.lifted_at is None
-            and action.id not in appeals
-            and now <= container.clock.aware(dt.datetime.fromisoformat(action.started_at)) + days
-        }
+        appeals, appealable = await container.enforcement.office_appeals(session=session, staff=staff, office_code=code)
         detail = await offices.get_office(session=session, code=code)
         return render(
             request,
