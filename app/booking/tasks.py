@@ -129,10 +129,6 @@ booking ever made, against the job's time limit. A month of nights all failed is
 
 BLOCKS_AT_ONCE = 200
 """Blocks weighed in one statement by the night's close (``_blocked_that_day``)."""
-BLOCKS_LOOKED_BACK = CLOSE_LOOKS_BACK
-"""Blocks lifted longer ago than this are past every booking the close still looks at: as far
-back as it (shorter, a booking at an office blocked that day, left open by a week of failed
-nights, was a no-show that could suspend its citizen)."""
 
 
 async def _blocked_that_day(session: AsyncSession, clock: Clock) -> list[ColumnElement[bool]]:
@@ -142,7 +138,7 @@ async def _blocked_that_day(session: AsyncSession, clock: Clock) -> list[ColumnE
     who booked after the lift and did not come is a no-show.) In parts of ``BLOCKS_AT_ONCE``
     blocks, a statement each: one OR term a block, and SQLite nests an expression at most
     1,000 deep (a country's blocks of a week could pass it)."""
-    since = clock.now() - BLOCKS_LOOKED_BACK
+    since = clock.now() - CLOSE_LOOKS_BACK  # the blocks of the days the close looks at
     blocks = await session.execute(
         select(OfficeAction.office_id, OfficeAction.started_at, OfficeAction.lifted_at).where(
             OfficeAction.kind == ActionKind.BLOCK, OfficeAction.lifted_at.is_(None) | (OfficeAction.lifted_at >= since)
