@@ -53,14 +53,21 @@ async def provide_staff(request: Request[Any, Any, Any], container: Deps) -> Sta
     not honoured (old browsers, which offices keep). A change through the API takes the
     bearer token, which no other site can make a browser send; the pages' forms carry a
     form token of their own (app.pages.render)."""
-    if request.method not in READ_ONLY_METHODS and not request.headers.get("authorization"):
-        refused = Unauthorized(
-            "Send the session as a bearer token (Authorization: Bearer ...): the cookie signs in reading only.",
-            detail_fa="نشست را با سرآیند Authorization بفرستید؛ کوکی فقط برای خواندن پذیرفته می‌شود.",
-        )
-        refused.headers["WWW-Authenticate"] = "Bearer"  # what to send instead (RFC 6750)
-        raise refused
+    if request.method not in READ_ONLY_METHODS:
+        refuse_the_cookie_alone(request)
     return await container.staff.principal(staff_token(request))
+
+
+def refuse_the_cookie_alone(request: Request[Any, Any, Any]) -> None:
+    """A change through the API needs the bearer token (see ``provide_staff``): 401 without it."""
+    if request.headers.get("authorization"):
+        return
+    refused = Unauthorized(
+        "Send the session as a bearer token (Authorization: Bearer ...): the cookie signs in reading only.",
+        detail_fa="نشست را با سرآیند Authorization بفرستید؛ کوکی فقط برای خواندن پذیرفته می‌شود.",
+    )
+    refused.headers["WWW-Authenticate"] = "Bearer"  # what to send instead (RFC 6750)
+    raise refused
 
 
 Staff = NamedDependency[StaffPrincipal]
@@ -94,10 +101,13 @@ class StaffAuthController(Controller):
         )
         return Response(body, status_code=200, cookies=signed_in_cookies(container, signed))
 
-    @post("/logout", status_code=204, summary="End the session (bearer token or cookie)")
+    @post("/logout", status_code=204, summary="End the session (bearer token)")
     async def logout(self, request: Request[Any, Any, Any], container: Deps) -> Response[None]:
-        # Idempotent: signing out of a session that already ended is not an error.
-        await container.staff.sign_out(staff_token(request))
+        # The cookie alone is refused as for any change: another site's form could otherwise
+        # sign a clerk out in the middle of the morning's queue. The pages sign out with their
+        # own form token (app.pages.office). Idempotent: a session that already ended is 204.
+        refuse_the_cookie_alone(request)
+        await container.staff.sign_out(bearer_token(request))
         response = Response(None, status_code=204)
         response.delete_cookie(STAFF_COOKIE, path="/")
         return response

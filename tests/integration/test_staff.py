@@ -731,13 +731,15 @@ async def test_http_lockout_spares_the_clerks_own_browser(
     outlives the session; someone else locking the account does not lock that browser out."""
     office = await world.office()
     await make_account(container, staff, "clerk", office_code=office)
-    assert (await login(client, "clerk")).status_code == 200
+    signed = await login(client, "clerk")
+    assert signed.status_code == 200
     proof = client.cookies.get(DEVICE_COOKIE)
     clerk = await account(container, "clerk")
     today = utcnow().date().toordinal()
     key = container.settings.secret_key
     assert proof and known_device(key, proof, account_id=clerk.id, account_key=clerk.password_hash, today=today)
-    assert (await client.post("/api/v1/staff/logout")).status_code == 204
+    bearer = {"Authorization": f"Bearer {signed.json()['access_token']}"}
+    assert (await client.post("/api/v1/staff/logout", headers=bearer)).status_code == 204
     assert client.cookies.get(DEVICE_COOKIE) == proof  # signing out does not forget the browser
     [kept] = [cookie for cookie in client.cookies.jar if cookie.name == DEVICE_COOKIE]
     client.cookies.clear()  # someone else, elsewhere
@@ -768,6 +770,20 @@ async def test_http_sign_out_ends_the_session(client: Client, container: Contain
     assert (await client.get("/api/v1/staff/me", headers=bearer)).status_code == 401
     # Signing out again is not an error.
     assert (await client.post("/api/v1/staff/logout", headers=bearer)).status_code == 204
+
+
+async def test_http_sign_out_by_the_cookie_alone_is_refused(
+    client: Client, container: Container, staff: StaffAuth
+) -> None:
+    """Another site's form sends the cookie and nothing else: it does not end the session."""
+    await make_account(container, staff, "guild", role=StaffRole.GUILD)
+    token = (await login(client, "guild")).json()["access_token"]
+    assert client.cookies.get("nobat_staff") == token
+    refused = await client.post("/api/v1/staff/logout")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert "nobat_staff=" not in refused.headers.get("set-cookie", "")
+    assert (await client.get("/api/v1/staff/me", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    assert (await client.get("/api/v1/staff/me")).status_code == 200  # the cookie still reads
 
 
 async def test_http_expired_session_is_refused(
