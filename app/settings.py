@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     sms_stuck_seconds: int = 45
     """NOBAT_SMS_STUCK_SECONDS: a message "sending" for longer than this was left by a worker that
     died; the sweep sends it again. Above the send job's timeout, well below a sign-in code's life."""
+    sms_kept_days: int = 90
+    """NOBAT_SMS_KEPT_DAYS: messages sent and received are deleted this many days after (a
+    nightly job): their bodies carry tracking codes, national IDs and complaints' words."""
     reminder_evening_hour: int = 20
     """NOBAT_REMINDER_EVENING_HOUR: the hour (Tehran time) of the reminder the evening before."""
 
@@ -190,6 +193,7 @@ _ENV = {
     "sms_number": "NOBAT_SMS_NUMBER",
     "sms_max_attempts": "NOBAT_SMS_MAX_ATTEMPTS",
     "sms_stuck_seconds": "NOBAT_SMS_STUCK_SECONDS",
+    "sms_kept_days": "NOBAT_SMS_KEPT_DAYS",
     "reminder_evening_hour": "NOBAT_REMINDER_EVENING_HOUR",
     "horizon_days": "NOBAT_HORIZON_DAYS",
     "max_active_bookings": "NOBAT_MAX_ACTIVE_BOOKINGS",
@@ -320,6 +324,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         "no_show_limit",
         "no_show_window_days",
         "no_show_suspension_days",
+        "sms_kept_days",
     ):
         if getattr(settings, field) < 1:
             raise ValueError(f"{_ENV[field]} must be 1 or more")

@@ -27,7 +27,7 @@ from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
 from app.observability import configure_logging
 from app.regulator.tasks import finish_caps, finish_closures
 from app.settings import Settings, load_settings
-from app.sms.tasks import PERIODIC, carry_out_abandoned, sweep
+from app.sms.tasks import PERIODIC, carry_out_abandoned, purge_old, sweep
 from workers.queues import CODES, DEFAULT
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,11 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
             ttl=NIGHT_TTL,
             **PERIODIC_JOB,
         )
+    # Old messages deleted (NOBAT_SMS_KEPT_DAYS), after the recount, before the morning.
+    # Its own time limit: the first night after an upgrade deletes every message kept till then.
+    scheduler.register(
+        purge_old, queue_name=DEFAULT, cron="15 4 * * *", job_timeout=MOVES_TIMEOUT, ttl=NIGHT_TTL, **PERIODIC_JOB
+    )
     every(flag_overdue, DEFAULT, 15 * 60)  # complaints past 72 hours
     # Bookings a block or a closure could not move yet. A province's closure can leave tens
     # of thousands to move: their own limit, as the night's, not RQ's 180 s. A run that

@@ -30,7 +30,8 @@ class SmsMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     provider_sid: Mapped[str | None] = mapped_column(String(64), index=True)
     error: Mapped[str | None] = mapped_column(String(500))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Indexed for the night's purge of old messages (NOBAT_SMS_KEPT_DAYS).
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -45,7 +46,8 @@ class InboundSms(Base):
 
     __tablename__ = "sms_inbound"
     # The minute's job looks for those unanswered (``SmsChannel.carry_out_abandoned``): the
-    # table keeps every message, and the job had read it whole each minute.
+    # table keeps every message for NOBAT_SMS_KEPT_DAYS, and the job had read it whole each
+    # minute. The night's purge looks for the old ones.
     __table_args__ = (
         Index(
             "ix_sms_inbound_unanswered",
@@ -53,6 +55,7 @@ class InboundSms(Base):
             sqlite_where=text("answered_at IS NULL"),
             postgresql_where=text("answered_at IS NULL"),
         ),
+        Index("ix_sms_inbound_received_at", "received_at"),
     )
 
     provider_sid: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -29,6 +29,7 @@ from app.settings import load_settings
 from app.sms import delivery
 from app.sms.backends import OutboundSms, SmsBackend, make_backend
 from app.sms.models import SmsMessage, SmsStatus
+from app.sms.retention import purge_before
 from app.sms.service import SEND_SMS, SIGN_IN_CODE
 
 log = logging.getLogger(__name__)
@@ -342,6 +343,16 @@ async def _settle(
 def carry_out_abandoned() -> int:
     """Inbound messages never answered whose delivery died (``SmsChannel.carry_out_abandoned``)."""
     return run_alone("sms-abandoned", lambda app, session: app.sms_channel.carry_out_abandoned(session))
+
+
+def purge_old() -> int:
+    """Messages sent and received more than NOBAT_SMS_KEPT_DAYS ago, deleted (app.sms.retention)."""
+
+    async def step(app: Container, session: AsyncSession) -> int:
+        kept = dt.timedelta(days=app.settings.sms_kept_days)
+        return await purge_before(session, app.clock.now() - kept)
+
+    return run_alone("sms-purge", step)
 
 
 def sweep(stuck_after_seconds: int | None = None) -> int:

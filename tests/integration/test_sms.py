@@ -1390,3 +1390,42 @@ async def test_a_retrys_claim_is_timed_after_the_provider_is_asked(
     finally:
         release.set()
         assert await job == "sent"
+
+
+async def test_messages_past_the_kept_days_are_deleted_by_the_nights_job(
+    world: World, deliver: Deliver, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their bodies carry tracking codes, national IDs, complaints' words: deleted once
+    NOBAT_SMS_KEPT_DAYS have passed, in batches (here of two: the first night meets them
+    all), and nothing younger."""
+    from rq import Queue
+
+    from app.sms import retention
+    from app.sms.tasks import purge_old
+    from workers.queues import DEFAULT
+
+    monkeypatch.setattr(retention, "PURGE_BATCH", 2)
+    kept = dt.timedelta(days=world.container.settings.sms_kept_days)
+    now = world.container.clock.now()
+    old, young = now - kept - dt.timedelta(hours=1), now - kept + dt.timedelta(hours=1)
+    async with world.container.sessions() as session:
+        for number, made in enumerate([old] * 5 + [young] * 2):
+            session.add(
+                SmsMessage(
+                    id=f"m{number}", to="09121234567", body=f"کد پیگیری {number}", kind="booking_confirmed",
+                    status=SmsStatus.DELIVERED, created_at=made,
+                )
+            )  # fmt: skip
+            session.add(
+                InboundSms(
+                    provider_sid=f"SM{number}", from_mobile="09121234567", body="نوبت 010011 101 0499370899",
+                    command="Book", received_at=made, answered_at=made,
+                )
+            )  # fmt: skip
+        await session.commit()
+    job = Queue(DEFAULT, connection=redis_sync).enqueue(purge_old)
+    await deliver()
+    assert (job.get_status(refresh=True), job.return_value()) == ("finished", 10)
+    async with world.container.sessions() as session:
+        assert set(await session.scalars(select(SmsMessage.id))) == {"m5", "m6"}
+        assert set(await session.scalars(select(InboundSms.provider_sid))) == {"SM5", "SM6"}

@@ -99,3 +99,12 @@ def test_the_sweep_is_taken_before_a_backlog_of_messages() -> None:
     jobs = scheduler(settings, Redis.from_url("redis://127.0.0.1:1")).get_jobs()  # never connects
     [sweep] = [job for job in jobs if job.func.__name__ == "sweep"]
     assert sweep.queue_name == "codes"
+
+
+def test_old_messages_are_purged_each_night_before_the_morning() -> None:
+    settings = load_settings({}).with_(tz="Asia/Tehran")
+    jobs = scheduler(settings, Redis.from_url("redis://127.0.0.1:1")).get_jobs()  # never connects
+    [purge] = [job for job in jobs if job.func.__name__ == "purge_old"]
+    runs = purge.get_next_enqueue_time().astimezone(ZoneInfo("Asia/Tehran"))
+    assert (runs.hour, runs.minute) == (4, 15)  # after the recount (03:30), before the offices open
+    assert purge.job_options["job_timeout"] == 30 * 60  # the first night deletes all kept till then

@@ -101,6 +101,7 @@ def test_twilio_without_its_credentials_fails_at_start() -> None:
         ({"NOBAT_TOKEN_TTL_SECONDS": "-1"}, "NOBAT_TOKEN_TTL_SECONDS"),  # nobody could sign in
         ({"NOBAT_STAFF_MAX_FAILURES": "0"}, "NOBAT_STAFF_MAX_FAILURES"),  # locked at the first slip
         ({"NOBAT_NO_SHOW_GRACE_MINUTES": "-5"}, "NOBAT_NO_SHOW_GRACE_MINUTES"),
+        ({"NOBAT_SMS_KEPT_DAYS": "0"}, "NOBAT_SMS_KEPT_DAYS"),  # the night had deleted the day's messages
         ({"NOBAT_HORIZON_DAYS": "two weeks"}, "NOBAT_HORIZON_DAYS"),  # named, not `$.horizon_days`
         ({"NOBAT_OTP_PER_MOBILE": "3per600"}, "NOBAT_OTP_PER_MOBILE"),  # the limit's name said
     ],
