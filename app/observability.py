@@ -88,13 +88,22 @@ def mask(text: str) -> str:
     return _masked(_MARKS_BY_DIGITS.sub("", _masked(text)))
 
 
+# A tracking code (app.booking.tracking) or a complaint's code as a step of a path or a query's
+# value, in the access log: whoever reads the logs would read every booking and complaint
+# they name (GET /api/v1/bookings/{code} is anyone's with the code).
+_CODE_IN_PATH = re.compile(r"(?<=[/=])[0-9A-Za-z]{10}(?=[/?&#\s]|$)")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "uvicorn.access":
+            message = _CODE_IN_PATH.sub("**********", message)
         entry: dict[str, Any] = {
             "at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": mask(record.getMessage()),
+            "message": mask(message),
             "request_id": request_id.get(),
         }
         if record.exc_info:
