@@ -127,8 +127,11 @@ class Regulator:
         return await crowd_caps.finish(session=session, capacity=self.capacity, today=self.clock.today(), then=fill)
 
     async def _end_shut_lines(self, session: AsyncSession, office_codes: set[str] | None) -> None:
+        # Not "by the regulator's order": the lines of these offices that can never move are
+        # ended here whatever shut their day (a clerk's closing it, the office's restriction),
+        # each told a reason true of them all.
         await self.console.bookings.end_shut_lines(
-            session=session, office_codes=office_codes, why_fa="به دلیل توقف نوبت‌دهی آن روز به دستور ناظر،"
+            session=session, office_codes=office_codes, why_fa="به دلیل توقف نوبت‌دهی آن روز،"
         )
 
     async def caps(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[CrowdCapOut]:
