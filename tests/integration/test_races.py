@@ -1,0 +1,278 @@
+"""Capacity paths raced against each other through a served instance (real sockets, requests
+in flight together), each ending with the load test's check of the whole record against
+Redis: every slot's bookings in the record == its seats used in Redis <= its seats, every
+citizen in line in the record in Redis's line, no national ID over its limits
+(loadtests.check). The paths raced one at a time elsewhere (a booking against bookings, a
+cancel against bookings and a line) are in test_booking.py and test_waitlist.py."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis import Redis as SyncRedis
+from sqlalchemy import select
+
+from app.booking.models import Booking, BookingStatus
+from app.capacity import keys
+from app.capacity.plan import DayRule
+from app.settings import Settings
+from loadtests.check import check_once
+from tests.conftest import Served, World, booking_body
+from tests.integration.test_complaints import regulator
+from tests.integration.test_console import staff_of
+
+Client = AsyncTestClient[Litestar]
+
+
+async def consistent(settings: Settings) -> None:
+    """The load test's check over the whole horizon, all of it clean."""
+    assert settings.redis_url
+    result = await asyncio.to_thread(
+        check_once,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        tz=settings.tz,
+        horizon_days=settings.horizon_days,
+        max_active=settings.max_active_bookings,
+        per_mobile=settings.bookings_per_mobile,
+    )
+    assert result.ok, result.examples
+
+
+async def statuses(world: World, codes: list[str]) -> dict[str, BookingStatus]:
+    async with world.container.sessions() as session:
+        rows = await session.execute(
+            select(Booking.tracking_code, Booking.status).where(Booking.tracking_code.in_(codes))
+        )
+        return {code: status for code, status in rows}
+
+
+def used(redis: SyncRedis, office: str, day: dt.date, time: str) -> int:
+    value = redis.hget(keys.office_day(office, day), keys.used_field("*", time))
+    assert value is not None, "the day's counters are not in Redis"
+    return int(value)
+
+
+async def book(client: Client | Served, world: World, office: str, day: dt.date, slot: str | None) -> Any:
+    return await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+    )
+
+
+async def test_one_booking_cancelled_twice_at_once_gives_its_seat_back_once(
+    client: Client, served: Served, world: World, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """Two taps of «لغو», or the page and the SMS: one cancels, the other is told it is no
+    longer active. The slot's other holder keeps their seat: a second release had freed it."""
+    office = await world.office(seats=2)
+    day = world.tomorrow()
+    owners = [world.token(f"0912300000{n}") for n in range(10)]
+    codes = []
+    for n, owner in enumerate(owners):
+        slot = f"{10 + n // 2}:00"  # two holders in each slot
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=owner
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    cancels = [(code, owner) for n, (code, owner) in enumerate(zip(codes, owners, strict=True)) if n % 2 == 0]
+    answers = await asyncio.gather(
+        *(served.post(f"/api/v1/bookings/{code}/cancel", headers=owner) for code, owner in cancels for _ in range(2))
+    )
+    for first, second in zip(answers[::2], answers[1::2], strict=True):
+        assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
+        refused = first if first.status_code == 409 else second
+        assert refused.json()["code"] == "booking_not_active"
+    assert [used(redis_sync, office, day, f"{10 + n}:00") for n in range(5)] == [1] * 5
+    state = await statuses(world, codes)
+    assert [state[code] for code in codes] == [BookingStatus.CANCELLED, BookingStatus.BOOKED] * 5
+    await consistent(settings)
+
+
+async def test_a_check_in_and_a_cancel_at_once_end_one_way(
+    client: Client, served: Served, world: World, morning: dt.datetime, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """The clerk checks a citizen in as the citizen cancels from the doorway: either they are
+    in the room (the cancel refused: a seat freed now would be sold to someone else) or the
+    seat is free again; never both, never neither."""
+    office = await world.office(seats=12)
+    clerk = await staff_of(client, world, office)
+    today = morning.date()
+    owners = [world.token(f"091231000{n:02d}") for n in range(12)]
+    codes = []
+    for owner in owners:
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "10:00"), headers=owner
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    base = f"/api/v1/staff/offices/{office}/queue"
+    answers = await asyncio.gather(
+        *(
+            request
+            for code, owner in zip(codes, owners, strict=True)
+            for request in (
+                served.post(f"{base}/{code}/check-in", headers=clerk),
+                served.post(f"/api/v1/bookings/{code}/cancel", headers=owner),
+            )
+        )
+    )
+    state = await statuses(world, codes)
+    for code, check_in, cancel in zip(codes, answers[::2], answers[1::2], strict=True):
+        if state[code] == BookingStatus.CHECKED_IN:
+            assert check_in.status_code == 200, check_in.text
+            assert cancel.status_code == 409 and cancel.json()["code"] in ("booking_checked_in", "booking_not_active")
+        else:
+            assert state[code] == BookingStatus.CANCELLED
+            assert cancel.status_code == 200, cancel.text
+            assert check_in.status_code == 409, check_in.text
+    checked_in = sum(1 for status in state.values() if status == BookingStatus.CHECKED_IN)
+    assert used(redis_sync, office, today, "10:00") == checked_in
+    await consistent(settings)
+
+
+async def test_walk_ins_and_web_bookings_for_the_last_seats_sell_each_once(
+    client: Client, served: Served, world: World, morning: dt.datetime, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """A clerk takes walk-ins at the counter while the web books the same morning: three seats,
+    forty asking at once, three sold."""
+    office = await world.office(rules=[DayRule(opens="09:00", closes="09:30", slot_minutes=30, seats=3)])
+    await world.rebuild()  # the office in every instance's directory, as a served one is
+    clerk = await staff_of(client, world, office)
+    today = morning.date()
+
+    async def walk_in() -> Any:
+        body = {"national_id": world.national_id(), "service_code": "101"}
+        return await served.post(f"/api/v1/staff/offices/{office}/walk-ins", json=body, headers=clerk)
+
+    answers = await asyncio.gather(
+        *(request for _ in range(20) for request in (walk_in(), book(served, world, office, today, "09:00")))
+    )
+    done = [answer for answer in answers if answer.status_code == 201]
+    assert len(done) == 3, sorted({answer.status_code for answer in answers})
+    assert {answer.status_code for answer in answers} == {201, 409}, [a.text for a in answers if a.status_code >= 500]
+    assert used(redis_sync, office, today, "09:00") == 3
+    state = await statuses(world, [answer.json()["tracking_code"] for answer in done])
+    assert set(state.values()) == {BookingStatus.BOOKED}
+    await consistent(settings)
+
+
+async def test_thirty_join_a_line_at_once_each_in_their_own_place(
+    client: Client, served: Served, world: World, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """A full slot, thirty joining its line at once: thirty places, one each, in Redis's line
+    as in the record; the seat a holder gives back goes to the first of them."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    day = world.tomorrow()
+    owner = world.token("09123200000")
+    held = await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=owner)
+    assert held.status_code == 201
+
+    async def join() -> Any:
+        body = booking_body(office, world.national_id(), day, None)
+        return await served.post("/api/v1/waitlist", json=body, headers=world.token())
+
+    joined = await asyncio.gather(*(join() for _ in range(30)))
+    assert [answer.status_code for answer in joined] == [201] * 30, {a.text for a in joined if a.status_code != 201}
+    places = sorted(answer.json()["waitlist_position"] for answer in joined)
+    assert places == list(range(1, 31))
+    by_place = {answer.json()["waitlist_position"]: answer.json()["tracking_code"] for answer in joined}
+    line = [code.decode() for code in redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1)]
+    assert line == [by_place[place] for place in places]
+    await consistent(settings)
+    cancel = await client.post(f"/api/v1/bookings/{held.json()['tracking_code']}/cancel", headers=owner)
+    assert cancel.status_code == 200
+    state = await statuses(world, line)
+    assert state[line[0]] == BookingStatus.BOOKED
+    assert [state[code] for code in line[1:]] == [BookingStatus.WAITLISTED] * 29
+    await consistent(settings)
+
+
+async def test_a_clerks_cut_while_citizens_book_the_slot_leaves_no_slot_over(
+    client: Client, served: Served, world: World, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """The clerk cuts a day's seats from six to two as thirty citizens book it: whoever the cut
+    leaves over is moved to another slot of the day (or told), and no slot ends with more
+    bookings than seats, in Redis or the record."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=6)])
+    clerk = await staff_of(client, world, office)
+    day = world.tomorrow()
+    for _ in range(4):
+        assert (await book(client, world, office, day, "10:00")).status_code == 201
+    cut = {"rules": [{"opens": "10:00", "closes": "12:00", "slot_minutes": 30, "seats": 2}]}
+    override = f"/api/v1/staff/offices/{office}/overrides/{day.isoformat()}?move_overflow=true"
+    answers = await asyncio.gather(
+        *(book(served, world, office, day, "10:00") for _ in range(15)),
+        served.put(override, json=cut, headers=clerk),
+        *(book(served, world, office, day, "10:00") for _ in range(15)),
+    )
+    assert answers[15].status_code == 200, answers[15].text
+    assert {answer.status_code for answer in answers} <= {200, 201, 409}, [a.text for a in answers]
+    assert used(redis_sync, office, day, "10:00") <= 2
+    await consistent(settings)
+
+
+async def test_a_crowd_cap_made_while_citizens_book_counts_every_booking(
+    client: Client, served: Served, world: World, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """The regulator caps the province at a quarter of its seats as forty citizens book its
+    offices: each booking is sold whole or refused, counted in Redis as in the record; once
+    the cap is in force, a day at or over its share sells no more."""
+    offices = [await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=4)])]
+    offices.append(await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=4)]))
+    day = world.tomorrow()
+    cap = {
+        "province_code": "01",
+        "starts_on": day.isoformat(),
+        "ends_on": day.isoformat(),
+        "percent": 25,
+        "reason": "ازدحام",
+    }
+    staff = await regulator(client, world)
+    answers = await asyncio.gather(
+        *(book(served, world, offices[n % 2], day, None) for n in range(20)),
+        served.post("/api/v1/regulator/crowd-caps", json=cap, headers=staff),
+        *(book(served, world, offices[n % 2], day, None) for n in range(20)),
+    )
+    assert answers[20].status_code == 201, answers[20].text
+    assert {answer.status_code for answer in answers} <= {201, 409}, [a.text for a in answers if a.status_code > 409]
+    await consistent(settings)
+    for office in offices:  # a quarter of 16 seats: 4
+        fields = redis_sync.hgetall(keys.office_day(office, day))
+        booked = sum(int(value) for name, value in fields.items() if name.startswith(b"u|"))
+        if booked >= 4:
+            later = await book(client, world, office, day, None)
+            assert later.status_code == 409, later.text
+
+
+async def test_a_closure_made_while_citizens_book_the_day_leaves_nobody_booked_there(
+    client: Client, served: Served, world: World, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """The regulator closes the province for a day as citizens book it: each booking that got
+    in before the closure is moved to the open office nearby or cancelled and told, and none
+    is left booked at a closed office (a booking that slipped in after the moves were read
+    would be)."""
+    closing = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=4)])
+    day = world.tomorrow()
+    closure = {"date": day.isoformat(), "province_code": "01", "reason": "تعطیلی"}
+    staff = await regulator(client, world)
+    answers = await asyncio.gather(
+        *(book(served, world, closing, day, None) for _ in range(10)),
+        served.post("/api/v1/regulator/closures", json=closure, headers=staff),
+        *(book(served, world, closing, day, None) for _ in range(10)),
+    )
+    assert answers[10].status_code == 201, answers[10].text
+    assert answers[10].json()["moves_pending"] is False
+    assert {answer.status_code for answer in answers} <= {201, 409}, [a.text for a in answers if a.status_code > 409]
+    codes = [
+        answer.json()["tracking_code"]
+        for answer in answers
+        if answer.status_code == 201 and "tracking_code" in answer.json()
+    ]
+    state = await statuses(world, codes)
+    assert BookingStatus.BOOKED not in set(state.values()), state
+    await consistent(settings)
