@@ -88,10 +88,13 @@ def mask(text: str) -> str:
     return _masked(_MARKS_BY_DIGITS.sub("", _masked(text)))
 
 
-# A tracking code (app.booking.tracking) or a complaint's code as a step of a path or a query's
-# value, in the access log: whoever reads the logs would read every booking and complaint
-# they name (GET /api/v1/bookings/{code} is anyone's with the code).
-_CODE_IN_PATH = re.compile(r"(?<=[/=])[0-9A-Za-z]{10}(?=[/?&#\s]|$)")
+# A tracking code (app.booking.tracking) or a complaint's code in the access log, where a path
+# or a query names one: whoever reads the logs would read every booking and complaint they
+# name (GET /api/v1/bookings/{code} is anyone's with the code). After those names only: any
+# ten letters had starred the route "/api/v1/complaints" itself.
+_CODE_IN_PATH = re.compile(
+    r"(?:(?<=/bookings/)|(?<=/complaints/)|(?<=/queue/)|(?<=code=))[0-9A-Za-z]{10}(?=[/?&#\s]|$)"
+)
 
 
 class JsonFormatter(logging.Formatter):
