@@ -136,3 +136,41 @@ async def test_instances_started_together_on_an_empty_database_migrate_it_and_se
         for instance in instances:
             assert (await instance.get("/health/ready")).status_code == 200
             assert (await instance.get("/api/v1/offices")).status_code == 200
+
+
+async def test_a_large_table_stops_the_upgrade_until_its_index_is_built_without_holding_inserts(
+    database_url: str,
+) -> None:
+    """A plain index build within the upgrade holds every insert into the table until it ends:
+    on sms_messages, every booking's and sign-in code's. A large table stops the upgrade and
+    names the CONCURRENTLY build; once the operator has run it, the upgrade goes on."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer and no CONCURRENTLY: a deployment's table is PostgreSQL's")
+    from app.migrations.live_index import SMALL_TABLE_ROWS
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade_to("0007"))
+            await connection.execute(
+                text(
+                    'INSERT INTO sms_messages (id, "to", body, kind, status, attempts, created_at)'
+                    " SELECT g::text, '09121234567', '-', 'otp', 'sent', 0, now()"
+                    " FROM generate_series(1, :rows) g"
+                ),
+                {"rows": SMALL_TABLE_ROWS + 1},
+            )
+        with pytest.raises(RuntimeError, match="CREATE INDEX CONCURRENTLY ix_sms_messages_created_at"):
+            async with engine.begin() as connection:
+                await connection.run_sync(upgrade_to("head"))
+        async with engine.connect() as connection:
+            await connection.execute(text("COMMIT"))  # CONCURRENTLY runs outside a transaction
+            await connection.execute(
+                text("CREATE INDEX CONCURRENTLY ix_sms_messages_created_at ON sms_messages (created_at)")
+            )
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade_to("head"))
+            version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+        assert version == "0008"
+    finally:
+        await engine.dispose()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from app.migrations.live_index import create_index
+
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
@@ -20,12 +22,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # IF NOT EXISTS: on a large table, build it first by hand with CREATE INDEX CONCURRENTLY
-    # (docs/deployment.md); a plain build here holds every inbound webhook's insert meanwhile.
-    # (The migration runs in one transaction, where CONCURRENTLY cannot.)
-    op.execute(
-        "CREATE INDEX IF NOT EXISTS ix_sms_inbound_unanswered ON sms_inbound (received_at) WHERE answered_at IS NULL"
-    )
+    # Built here only on a small table; on a large one the upgrade stops and names the
+    # CONCURRENTLY build to run first (app.migrations.live_index, docs/deployment.md).
+    create_index("ix_sms_inbound_unanswered", "sms_inbound", "received_at", where="answered_at IS NULL")
 
 
 def downgrade() -> None:

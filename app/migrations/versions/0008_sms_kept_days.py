@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from app.migrations.live_index import create_index
+
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
@@ -21,11 +23,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # IF NOT EXISTS: on large tables, build them first by hand with CREATE INDEX CONCURRENTLY
-    # (docs/deployment.md); a plain build here holds every message's insert meanwhile.
-    # (The migration runs in one transaction, where CONCURRENTLY cannot.)
-    op.execute("CREATE INDEX IF NOT EXISTS ix_sms_messages_created_at ON sms_messages (created_at)")
-    op.execute("CREATE INDEX IF NOT EXISTS ix_sms_inbound_received_at ON sms_inbound (received_at)")
+    # Each built here only on a small table; on a large one the upgrade stops and names the
+    # CONCURRENTLY build to run first (app.migrations.live_index, docs/deployment.md).
+    create_index("ix_sms_messages_created_at", "sms_messages", "created_at")
+    create_index("ix_sms_inbound_received_at", "sms_inbound", "received_at")
 
 
 def downgrade() -> None:
