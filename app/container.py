@@ -19,7 +19,7 @@ from app.capacity.service import Capacity
 from app.clock import Clock
 from app.complaints.service import Complaints
 from app.console.service import Console
-from app.db import create_engine, session_factory
+from app.db import STATEMENT_SECONDS, create_engine, session_factory
 from app.enforcement.policy import Policy
 from app.enforcement.service import Enforcement
 from app.jobs import Jobs
@@ -92,8 +92,8 @@ class Container:
         await shut_down("closing the database", self.engine.dispose())
 
 
-def build_container(settings: Settings, redis_url: str) -> Container:
-    engine = create_engine(settings.database_url)
+def build_container(settings: Settings, redis_url: str, *, statement_seconds: float = STATEMENT_SECONDS) -> Container:
+    engine = create_engine(settings.database_url, statement_seconds=statement_seconds)
     sessions = session_factory(engine)
     redis = connect(redis_url)
     clock = Clock(settings.tz)
@@ -120,7 +120,7 @@ def build_container(settings: Settings, redis_url: str) -> Container:
         messenger=messenger,
         # The writer has connections of its own, so requests waiting on it cannot starve it.
         writer=GroupCommit(
-            create_engine(settings.database_url, pool_size=2, pre_ping=False),
+            create_engine(settings.database_url, pool_size=2, pre_ping=False, statement_seconds=statement_seconds),
             send_sms=messenger.hand_over,
             may_commit=capacity.may_commit,
             mark=lambda: capacity.mark,

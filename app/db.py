@@ -38,9 +38,22 @@ takes no packets (a dead host, a failover under way) is answered 503 with Retry-
 while the citizen still waits, not after a minute."""
 
 
-def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> AsyncEngine:
+STATEMENT_SECONDS = 30.0
+"""Seconds a statement (a commit too) may wait for PostgreSQL's answer on the web instances.
+Without a limit, a primary that vanished without a reset (a dead host, a cut network) held
+the group commit's statement, and every booking of the instance behind it, until the
+kernel gave up on the connection: a quarter of an hour. Timed out, the commit's outcome is
+asked of the record (app.booking.writer), and requests are answered 503."""
+JOB_STATEMENT_SECONDS = 600.0
+"""The same for the jobs: the night's recount and close read and write a country's rows."""
+
+
+def create_engine(
+    url: str, *, pool_size: int = 20, pre_ping: bool = True, statement_seconds: float | None = STATEMENT_SECONDS
+) -> AsyncEngine:
     """``pre_ping``: check each connection as it leaves the pool (a round trip), so that one
-    the database dropped (a restart, a failover) is replaced before it fails a request."""
+    the database dropped (a restart, a failover) is replaced before it fails a request.
+    ``statement_seconds``: how long a statement waits for PostgreSQL's answer (None: for ever)."""
     # hide_parameters: a failed statement's error names its SQL, not its values. They hold
     # national IDs, mobiles and citizens' own text, in forms (invisible marks, a card's
     # grouping, an object's repr) the logs' masking cannot all know; and every error logged
@@ -54,7 +67,7 @@ def create_engine(url: str, *, pool_size: int = 20, pre_ping: bool = True) -> As
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=pre_ping,
-        connect_args={"timeout": CONNECT_TIMEOUT},
+        connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": statement_seconds},
         hide_parameters=True,
     )
 
@@ -264,8 +277,19 @@ def _upgrade(connection: Connection) -> None:
 async def create_schema(engine: AsyncEngine) -> None:
     """Bring the schema up to date with the migrations (both SQLite and PostgreSQL)."""
     import_models()
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    if engine.dialect.name != "postgresql":
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        return
+    # On connections of its own, with no time limit on a statement: a migration may rewrite
+    # a large table, and the web engine's limit (STATEMENT_SECONDS) would fail it half-way.
+    url = engine.url.render_as_string(hide_password=False)
+    migrating = create_engine(url, pool_size=1, pre_ping=False, statement_seconds=None)
+    try:
+        async with migrating.begin() as conn:
+            await conn.run_sync(_upgrade)
+    finally:
+        await migrating.dispose()
 
 
 __all__ = ["Base", "Engine", "create_engine", "create_schema", "session_factory", "session_scope"]

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capacity import keys
 from app.container import Container, build_container
+from app.db import JOB_STATEMENT_SECONDS
 from app.jobs import RETRY_INTERVALS, backoff
 from app.observability import mask
 from app.redis import renewed_lock
@@ -100,7 +101,7 @@ class _Runtime:
                 await self.container.close()
             if self._backend_redis is not None:
                 self._backend_redis.close()
-            self.container = build_container(settings, settings.redis_url)
+            self.container = build_container(settings, settings.redis_url, statement_seconds=JOB_STATEMENT_SECONDS)
             # The console outbox lives beside the job queues, on the plain Redis.
             self._backend_redis = Redis.from_url(settings.rq_redis_url or settings.redis_url)
             self.backend = make_backend(settings, self._backend_redis)

@@ -9,7 +9,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -199,3 +199,31 @@ async def test_closing_waits_for_the_batch_under_way(world: World, monkeypatch: 
     await asyncio.wait_for(asyncio.gather(written, closing), 5)
     async with world.container.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Booking)) == 1
+
+
+async def test_a_record_that_stops_answering_fails_the_batch_in_bounded_time(world: World) -> None:
+    """A primary that vanished without a reset answers nothing: without a time limit on a
+    statement, the batch, and every booking of the instance queued behind it, waited until
+    the kernel gave up on the connection (a quarter of an hour). Here the record holds the
+    table (as a hung server would hold the answer): the batch fails within its limit, and
+    writes nothing."""
+    if not world.container.settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite is a file of the instance's own: no server to stop answering")
+    await world.office()
+    url = world.container.settings.database_url
+    group_commit = GroupCommit(create_engine(url, statement_seconds=1), send_sms=lambda ids: None, may_commit=allowed)
+    holder = create_engine(url, statement_seconds=None)
+    try:
+        async with holder.connect() as connection:
+            await connection.execute(text("LOCK TABLE bookings IN ACCESS EXCLUSIVE MODE"))
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(group_commit.write(None, booking_rows("0000000001")), 10)
+            assert asyncio.get_running_loop().time() - started < 5
+            await connection.rollback()
+        async with world.container.sessions() as session:
+            assert await session.scalar(select(func.count()).select_from(Booking)) == 0
+    finally:
+        await group_commit.close()
+        await group_commit.engine.dispose()
+        await holder.dispose()
