@@ -25,6 +25,7 @@ from app.booking.relocation import Relocator, overflow_bookings
 from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
+from app.booking.writer import hold_off_recounts
 from app.capacity import keys
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import CapacityOverride, CapacityTemplate
@@ -194,7 +195,7 @@ class Console:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
         noted = await self._note_plan(office, move_overflow)
-        await session.commit()
+        await self._commit_plan(session)
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
         return await self._apply_change(session, office, horizon, noted, move_overflow)
@@ -233,7 +234,7 @@ class Console:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
         noted = await self._note_plan(office, move_overflow)
-        await session.commit()
+        await self._commit_plan(session)
         return await self._apply_change(session, office, [day], noted, move_overflow)
 
     async def clear_override(
@@ -261,7 +262,7 @@ class Console:
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         noted = await self._note_plan(office, move_overflow)
-        await session.commit()
+        await self._commit_plan(session)
         return await self._apply_change(session, office, [day], noted, move_overflow)
 
     async def _refuse_more_seats_under_a_cap(
@@ -502,6 +503,18 @@ class Console:
             for code, day, pool, time, count in rows:
                 holding[(code, day, pool, time)] += count
         return holding
+
+    async def _commit_plan(self, session: AsyncSession) -> None:
+        """Commit a plan change unless a recount has begun: one that read the record before it
+        would write the office's days back from the old plan after the change reached Redis,
+        and the change, applied and forgotten, was undone until the next night (a closed day
+        sold again). Holding the recount barrier (as a cancel does), a recount reads the
+        record after this commit, or this waits for none: 503, try again in a moment."""
+        await hold_off_recounts(session)
+        if not await self.capacity.may_commit():
+            await session.rollback()
+            raise CapacityRebuilding()
+        await session.commit()
 
     async def _note_plan(self, office: Office, move_overflow: bool) -> Noted:
         """Note the office's plan change for the minute's job, before its commit."""

@@ -14,7 +14,7 @@ from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 
 from app.capacity import keys
-from app.capacity.models import CapacityTemplate
+from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import DayRule, decode_template
 from app.clock import Clock
 from app.offices.models import Office
@@ -842,3 +842,39 @@ async def test_a_queue_too_far_back_or_ahead_is_refused_clearly(client: Client, 
     for near in (today - dt.timedelta(days=30), world.tomorrow()):
         assert (await client.get(queue, params={"date": near.isoformat()}, headers=headers)).status_code == 200
         assert (await client.get(f"/office/{office}/queue", params={"date": near.isoformat()})).status_code == 200
+
+
+async def test_a_plan_change_as_a_recount_begins_is_refused_and_changes_nothing(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recount that read the record before a clerk's change commits writes the office's days
+    back from the old plan after the change reached Redis; the change, applied and forgotten,
+    was undone until the next night (a day closed at the counter sold again online). Refused
+    now, as a cancel is: 503, try again in a moment, and the day as it was in both."""
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    day = world.tomorrow()
+    await world.rebuild()
+    assert seats(redis_sync, office, day, "10:00") == 2
+    capacity = client.app.state.container.capacity
+
+    async def recount_begun() -> bool:
+        return False
+
+    monkeypatch.setattr(capacity, "may_commit", recount_begun)
+    base = f"/api/v1/staff/offices/{office}"
+    answers = [
+        await client.put(f"{base}/overrides/{day.isoformat()}", json={"rules": [], "reason": "تعمیر"}, headers=headers),
+        await client.put(f"{base}/template", json=every_day(1), headers=headers),
+    ]
+    assert [answer.status_code for answer in answers] == [503, 503], [answer.text for answer in answers]
+    assert {answer.json()["code"] for answer in answers} == {"service_unavailable"}
+    assert seats(redis_sync, office, day, "10:00") == 2
+    async with world.container.sessions() as session:
+        template = await session.scalar(
+            select(CapacityTemplate.template)
+            .join(Office, Office.id == CapacityTemplate.office_id)
+            .where(Office.code == office)
+        )
+        overrides = await session.scalar(select(func.count()).select_from(CapacityOverride))
+    assert decode_template(template).days[day.weekday()][0].seats == 2 and overrides == 0
