@@ -758,17 +758,22 @@ class BookingService:
             body=f"نوبت {view.tracking_code} در {office_name_fa} برای {view.when_fa} لغو شد.",
             kind="booking_cancelled",
         )
-        # The count the seat is in before the record lets it go: a count from the record
-        # after the commit leaves it out, and the release below must then free nothing.
-        # (Redis failing here answers 503 with nothing committed.)
-        office_day = (office_code, booking.date)
-        counted_in = "" if waitlisted else (await self.capacity.counts([office_day]))[office_day]
         if not self.capacity.ready:  # a recount known of already: refused before the barrier waits for it
             await session.rollback()
             raise CapacityRebuilding()
+        office_day = (office_code, booking.date)
+        counted_in = ""
         xid = None  # not known if the record fails before it answers: nothing is written then
         try:
             xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
+            # The count the seat is in before the record lets it go: a count from the record
+            # after the commit leaves it out, and the release below must then free nothing.
+            # Read under the barrier: read before it, a whole recount could run in between
+            # (a stalled request), counting the booking as active, and the release with the
+            # older count freed nothing: the seat unsold until the next night. (Redis failing
+            # here answers 503 with nothing committed.)
+            if not waitlisted:
+                counted_in = (await self.capacity.counts([office_day]))[office_day]
             await self._before_commit(session)
             await session.commit()
         except SQLAlchemyError as error:
@@ -1076,6 +1081,15 @@ class BookingService:
             if failed is not None:
                 log.error("a seat given back stays counted until the next rebuild: %s", failed)
 
+    async def _recounted_since_given(self, seats: list[Seat]) -> bool:
+        """Whether a seat was given in a count its day is no longer in (asked under the recount
+        barrier): a whole recount ran between the seat's RELEASE and here (a stalled request),
+        writing the day from a record where the citizen still waits and the seat is free.
+        Recorded now, the promotion had booked a seat the line would give again: the slot
+        sold twice. Left to the recount, whose end gives its lines their seats."""
+        now = await self.capacity.counts({(seat.office_code, seat.day) for seat in seats})
+        return any(seat.counted_in != now[(seat.office_code, seat.day)] for seat in seats)
+
     async def _promote(
         self, session: AsyncSession, given: dict[str, Seat]
     ) -> tuple[set[str], set[str], CountingPaused | SQLAlchemyError | RedisError | None]:
@@ -1096,6 +1110,9 @@ class BookingService:
                 return recorded, left, CountingPaused()
             try:
                 xid = await hold_off_recounts(session)
+                if await self._recounted_since_given([given[code] for code in chunk]):
+                    await session.rollback()
+                    return recorded, left, CountingPaused()
                 rows = (
                     await session.execute(
                         select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)

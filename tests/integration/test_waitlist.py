@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
+from app.settings import Settings
 from app.sms.backends import OUTBOX
 from tests.conftest import Deliver, Served, World, booking_body, fails_once, holds, watch_held
 from tests.integration.test_failures import lose_the_commits_answer
@@ -478,3 +479,45 @@ async def test_the_line_a_second_tap_finds_is_the_one_it_asked_for(client: Clien
             == joined.json()["tracking_code"]
         )
         assert await bookings.waiting(session=session, mobile=mobile, request=asked("102")) is None
+
+
+async def test_a_promotion_stalled_across_a_whole_recount_books_nobody_twice(
+    client: Client, world: World, redis_sync: SyncRedis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder cancels and the seat is given to the first in line; before the promotion is
+    recorded (a request stalled: a full pool, a frozen process), a whole recount runs, writing
+    the day from a record where that citizen still waits and the seat is free. Recorded then,
+    the promotion booked a seat the line gave again to the same citizen, who, booked already,
+    passed it on: free, it was sold to someone else, two bookings in a one-seat slot. Left to
+    the recount now, whose end gives the line its seat: one booking."""
+    from tests.conftest import rebuild
+    from tests.integration.test_races import consistent
+
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    owner = world.token("09124000000")
+    held = await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=owner)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201
+    waiting = joined.json()["tracking_code"]
+    app = client.app.state.container
+    promote = app.bookings._promote
+
+    async def after_a_recount(session: Any, given: Any) -> Any:
+        await rebuild(app)  # the whole recount, between the seat's release and its record
+        return await promote(session, given)
+
+    monkeypatch.setattr(app.bookings, "_promote", after_a_recount)
+    cancel = await client.post(f"/api/v1/bookings/{held.json()['tracking_code']}/cancel", headers=owner)
+    assert cancel.status_code == 200
+    monkeypatch.setattr(app.bookings, "_promote", promote)
+    async with world.container.sessions() as session:  # the recount's end: its lines filled
+        await world.container.bookings.fill_waitlists(session=session, office_codes={office})
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "booked"
+    late = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert late.status_code == 409, late.text
+    await consistent(settings)
