@@ -196,8 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "crowd-cap":
         asyncio.run(crowd_cap(settings, args))
     elif args.command == "run":
-        if not args.no_seed:
+        if args.no_seed:
+            pass
+        elif settings.database_url.startswith("sqlite"):
             asyncio.run(seed(settings, offices=settings.demo_offices))
+        else:
+            # The demo's accounts have passwords printed in its log and the README: pointed at
+            # an empty production database by mistake, `run` had made them there.
+            log.warning("not loading the demo network: DATABASE_URL is not the embedded SQLite (`seed` loads it)")
         serve(settings, host=args.host, port=args.port)
 
 
@@ -215,6 +221,9 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     from app.serving import CorkedHttpProtocol
     from workers.queues import MESSAGES
 
+    # One key for every process started here: unset, each made up its own, and a sign-in
+    # code a worker sent (texted «ورود») was refused by the web process.
+    os.environ.setdefault("NOBAT_SECRET_KEY", settings.secret_key)
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.var_dir / "redis").start()

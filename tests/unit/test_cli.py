@@ -1,0 +1,39 @@
+"""The command line's choices that are not the services' own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app import cli
+
+
+@pytest.mark.parametrize(
+    ("database_url", "seeded"),
+    [("", True), ("postgresql+asyncpg://nobat@db.example/nobat", False)],
+)
+def test_run_loads_the_demo_network_only_into_the_embedded_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, database_url: str, seeded: bool
+) -> None:
+    """The demo's accounts have their passwords in its log and the README: `run` pointed at a
+    production database by mistake had made them there."""
+    for name, value in {
+        "DATABASE_URL": database_url,
+        "NOBAT_VAR_DIR": str(tmp_path),
+        "NOBAT_SECRET_KEY": "k" * 32,
+        "NOBAT_SMS_BACKEND": "console",
+    }.items():
+        monkeypatch.setenv(name, value)
+    seeds: list[str] = []
+    served: list[str] = []
+
+    async def seed(settings: Any, *, offices: int) -> int:
+        seeds.append(settings.database_url)
+        return 0
+
+    monkeypatch.setattr(cli, "configure_logging", lambda: None)  # the tests' own logging kept
+    monkeypatch.setattr(cli, "seed", seed)
+    monkeypatch.setattr(cli, "serve", lambda settings, *, host, port: served.append(host))
+    cli.main(["run"])
+    assert (len(seeds), served) == (int(seeded), ["127.0.0.1"])
