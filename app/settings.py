@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 from croniter import croniter
@@ -302,6 +303,21 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from
     ):
         raise ValueError("NOBAT_SMS_BACKEND=twilio needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM")
+    public = urlsplit(settings.public_url)
+    if public.scheme not in ("http", "https") or not public.hostname:
+        # Inbound SMS are checked against it: a value without its scheme ("nobat.ir") failed
+        # every signature, each message refused without a word.
+        raise ValueError("NOBAT_PUBLIC_URL must be an absolute address (https://nobat.example.ir)")
+    if (
+        settings.sms_backend == "twilio"
+        and not settings.twilio_api_base_url
+        and (public.scheme != "https" or public.hostname in ("127.0.0.1", "localhost", "::1"))
+    ):
+        # Twilio posts the citizens' messages to it, over https: left at the default, every
+        # message was refused (a signature for an address Twilio never posts to).
+        raise ValueError(
+            "NOBAT_PUBLIC_URL must be the https address Twilio reaches us at when NOBAT_SMS_BACKEND=twilio"
+        )
     if settings.sms_stuck_seconds <= SEND_JOB_TIMEOUT or settings.sms_max_attempts < 1:
         # At or below the send job's timeout, the sweep sends again a message still being sent.
         raise ValueError(

@@ -4,6 +4,8 @@ request is refused (403) and changes nothing."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from litestar import Controller, Request, Response, post
@@ -13,6 +15,8 @@ from app.errors import Forbidden
 from app.sms import delivery
 from app.sms.models import SmsStatus
 from app.web import Deps, Session, count_request
+
+log = logging.getLogger(__name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
@@ -52,8 +56,24 @@ async def _signed_form(request: Request[Any, Any, Any], container: Deps) -> dict
             url += "?" + request.url.query
         if RequestValidator(token).validate(url, params, signature):
             return params
+        _tell_of_a_bad_signature(url)
     count_request(request, "api")  # 429 past it
     raise BadSignature()
+
+
+BAD_SIGNATURE_LOGGED_EVERY = 60.0
+_bad_signature_logged_at = [-BAD_SIGNATURE_LOGGED_EVERY]  # this process's last line about one
+
+
+def _tell_of_a_bad_signature(url: str) -> None:
+    """A signed webhook that does not check out is a forgery, or every SMS being refused:
+    NOBAT_PUBLIC_URL not the address Twilio posts to (Twilio does not retry a 403, and the
+    messages were lost without a line in the log). Once a minute at most: forgeries come
+    by the thousand."""
+    now = time.monotonic()
+    if now - _bad_signature_logged_at[0] >= BAD_SIGNATURE_LOGGED_EVERY:
+        _bad_signature_logged_at[0] = now
+        log.warning("an SMS webhook's signature did not match %s: is NOBAT_PUBLIC_URL Twilio's address for us?", url)
 
 
 class TwilioWebhooks(Controller):

@@ -90,7 +90,33 @@ def test_twilio_without_its_credentials_fails_at_start() -> None:
     twilio = {"NOBAT_SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC" + "0" * 32, "TWILIO_AUTH_TOKEN": "t" * 32}
     with pytest.raises(ValueError, match="TWILIO_FROM"):
         load_settings(twilio)
+    twilio["NOBAT_PUBLIC_URL"] = "https://nobat.example.ir"
     assert load_settings({**twilio, "TWILIO_FROM": "+15005550006"}).sms_backend == "twilio"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"NOBAT_PUBLIC_URL": "nobat.example.ir"},  # no scheme: every inbound signature failed
+        {"NOBAT_PUBLIC_URL": "ftp://nobat.example.ir"},
+        # Twilio itself posts to it, over https: left at the default, every SMS was refused.
+        {"NOBAT_SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t", "TWILIO_FROM": "+1"},
+        {
+            "NOBAT_SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t", "TWILIO_FROM": "+1",
+            "NOBAT_PUBLIC_URL": "http://nobat.example.ir",
+        },
+    ],
+)  # fmt: skip
+def test_a_public_address_no_sms_could_reach_fails_at_start(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="NOBAT_PUBLIC_URL"):
+        load_settings(env)
+
+
+def test_a_twilio_stand_in_may_reach_us_on_this_machine() -> None:
+    """The load test's stand-in (TWILIO_API_BASE_URL) posts to the local address."""
+    env = {"NOBAT_SMS_BACKEND": "twilio", "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t", "TWILIO_FROM": "+1"}
+    settings = load_settings({**env, "TWILIO_API_BASE_URL": "http://127.0.0.1:9000"})
+    assert settings.public_url == "http://127.0.0.1:8000"
 
 
 @pytest.mark.parametrize(
