@@ -947,9 +947,13 @@ async def test_a_raise_whose_promotions_meet_a_recount_is_answered(
     answer read), and the citizen keeps their place for the recount's fill."""
     office, day, _code, waiting = await full_with_one_waiting(client, world)
     capacity = client.app.state.container.capacity
+    asked: list[None] = []
 
     async def recounting() -> bool:
-        return False
+        """The clerk's change commits; the recount begins just after (a recount begun
+        before it refuses the change itself: test_console.py)."""
+        asked.append(None)
+        return len(asked) == 1
 
     monkeypatch.setattr(capacity, "may_commit", recounting)
     raised = await client.put(
