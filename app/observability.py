@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import itertools
 import json
@@ -21,8 +22,11 @@ from typing import Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.locale import DIGIT
+
+log = logging.getLogger(__name__)
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -39,6 +43,12 @@ LUA_SECONDS = Histogram(
 SMS_QUEUE = Gauge("nobat_sms_queue_depth", "Jobs waiting in the SMS queue", multiprocess_mode="mostrecent")
 SMS_FAILED = Gauge("nobat_sms_failed", "Outbound SMS given up on", multiprocess_mode="mostrecent")
 SMS_UNSENT = Gauge("nobat_sms_unsent", "Outbound SMS committed and not yet sent", multiprocess_mode="mostrecent")
+QUEUE_DEPTH = Gauge(
+    "nobat_queue_depth",
+    "Jobs waiting in each RQ queue (codes: sign-in codes; sms: other messages; default: the rest)",
+    ["queue"],
+    multiprocess_mode="mostrecent",
+)
 RESTRICTED = Gauge("nobat_offices", "Offices by status", ["status"], multiprocess_mode="mostrecent")
 JOB_DONE = Gauge(
     "nobat_job_last_success_timestamp_seconds",
@@ -229,26 +239,42 @@ def observe_requests(app: ASGIApp) -> ASGIApp:
 
 # --- metrics ---
 
+RECORD_SECONDS = 2.0
+"""How long a scrape waits for the record's counts before it answers without them."""
+
 
 async def refresh(container: Any) -> None:
     """Gauges read at scrape time, from the record and the job queue."""
-    from app.offices.models import Office
+    from app.offices.models import Office, OfficeStatus
     from app.sms.models import SmsMessage, SmsStatus
 
-    async with container.sessions() as session:
-        for status, count in await session.execute(select(Office.status, func.count()).group_by(Office.status)):
-            RESTRICTED.labels(getattr(status, "value", status)).set(count)
-        rows = dict(
-            (getattr(status, "value", status), count)
-            for status, count in await session.execute(
-                select(SmsMessage.status, func.count())
-                .where(SmsMessage.status.in_((SmsStatus.FAILED, SmsStatus.QUEUED, SmsStatus.SENDING)))
-                .group_by(SmsMessage.status)
+    try:
+        # Bounded, and its failure kept to these gauges: the scrape had failed whole while the
+        # record was in trouble (a 503, or the pool's 30 s wait past the scrape's timeout),
+        # losing the request counts and the 503s the on-call engineer needed then most.
+        async with asyncio.timeout(RECORD_SECONDS), container.sessions() as session:
+            offices = dict.fromkeys((status.value for status in OfficeStatus), 0)  # none left: 0, not the last count
+            for status, count in await session.execute(select(Office.status, func.count()).group_by(Office.status)):
+                offices[getattr(status, "value", status)] = count
+            rows = dict(
+                (getattr(status, "value", status), count)
+                for status, count in await session.execute(
+                    select(SmsMessage.status, func.count())
+                    .where(SmsMessage.status.in_((SmsStatus.FAILED, SmsStatus.QUEUED, SmsStatus.SENDING)))
+                    .group_by(SmsMessage.status)
+                )
             )
-        )
+    except (SQLAlchemyError, OSError, TimeoutError):
+        log.warning("metrics: the record did not answer; its gauges read -1", exc_info=True)
+        offices, rows = {}, {"failed": -1, "queued": -1, "sending": 0}
+    for status, count in offices.items():
+        RESTRICTED.labels(status).set(count)
     SMS_FAILED.set(rows.get("failed", 0))
     SMS_UNSENT.set(rows.get("queued", 0) + rows.get("sending", 0))
-    SMS_QUEUE.set(await _queue_length(container))
+    depths = await _queue_lengths(container)
+    SMS_QUEUE.set(depths.get("sms", -1))
+    for queue, depth in depths.items():
+        QUEUE_DEPTH.labels(queue).set(depth)
     for kind, left in (await _left_to_settle(container)).items():
         TO_SETTLE.labels(kind).set(left)
     for job, at in (await _jobs_done(container)).items():
@@ -274,8 +300,6 @@ async def _left_to_settle(container: Any) -> dict[str, int]:
 
 async def _jobs_done(container: Any) -> dict[str, int]:
     """When each periodic job last ended well (app.sms.tasks), as the job queues' Redis has it."""
-    import asyncio
-
     from app.capacity import keys
 
     def read() -> dict[str, int]:
@@ -288,10 +312,12 @@ async def _jobs_done(container: Any) -> dict[str, int]:
         return {}
 
 
-async def _queue_length(container: Any) -> int:
-    import asyncio
-
+async def _queue_lengths(container: Any) -> dict[str, int]:
+    """Jobs waiting in each queue (-1: its Redis did not answer). A backlog of sign-in codes
+    had shown nowhere: only the messages' queue was counted."""
+    jobs = container.jobs
+    queues = (jobs.codes, jobs.sms, jobs.default)
     try:
-        return int(await asyncio.to_thread(lambda: len(container.jobs.sms)))
+        return await asyncio.to_thread(lambda: {queue.name: len(queue) for queue in queues})
     except Exception:
-        return -1
+        return dict.fromkeys((queue.name for queue in queues), -1)

@@ -174,6 +174,36 @@ if __name__ == "__main__":
     assert "nobat_sms_queue_depth 7.0" in done.stdout
 
 
+async def test_metrics_answer_with_the_record_away_and_a_status_left_empty_reads_0(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scrape is what the on-call engineer reads when the record is in trouble: it had
+    failed whole then (503). And a status no office has any more read its last count."""
+    from sqlalchemy import update
+
+    from app.offices.models import Office, OfficeStatus
+
+    office = await world.office()
+    async with world.container.sessions() as session:
+        await session.execute(update(Office).where(Office.code == office).values(status=OfficeStatus.BLOCKED))
+        await session.commit()
+    assert 'nobat_offices{status="blocked"} 1.0' in (await client.get("/metrics")).text
+    async with world.container.sessions() as session:
+        await session.execute(update(Office).where(Office.code == office).values(status=OfficeStatus.ACTIVE))
+        await session.commit()
+    text = (await client.get("/metrics")).text
+    assert 'nobat_offices{status="blocked"} 0.0' in text and 'nobat_offices{status="active"} 1.0' in text
+    assert 'nobat_queue_depth{queue="codes"} 0.0' in text  # sign-in codes' own queue, counted too
+
+    def away() -> None:
+        raise ConnectionRefusedError("the record is away")
+
+    monkeypatch.setattr(client.app.state.container, "sessions", away)
+    scraped = await client.get("/metrics")
+    assert scraped.status_code == 200
+    assert "nobat_sms_failed -1.0" in scraped.text and "nobat_http_requests_total" in scraped.text
+
+
 async def test_the_service_will_not_start_on_a_redis_that_may_evict_its_counters(
     settings: Settings, redis_sync: SyncRedis
 ) -> None:
