@@ -72,7 +72,10 @@ def _from_http(error: HTTPException) -> ProblemDetailsException:
 
 
 def _unavailable(error: Exception) -> ProblemDetailsException:
-    log.warning("dependency unavailable: %s", type(error).__name__)
+    # Which dependency, by the error's module: "TimeoutError" alone was Redis's, the pool's
+    # (every connection taken) or PostgreSQL's connect, and the engineer could not tell.
+    kind = type(error)
+    log.warning("dependency unavailable: %s.%s: %s", kind.__module__, kind.__name__, str(error)[:200])
     return _from_domain(ServiceUnavailable())
 
 
