@@ -324,6 +324,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"NOBAT_SMS_STUCK_SECONDS must be above {SEND_JOB_TIMEOUT} (the send job's timeout), "
             "NOBAT_SMS_MAX_ATTEMPTS 1 or more"
         )
+    if settings.sms_stuck_seconds >= settings.otp_ttl_seconds:
+        # A sign-in code left "sending" by a dead worker is sent again after this: not before
+        # the code has expired, or the citizen waits for a code that cannot sign in.
+        raise ValueError("NOBAT_SMS_STUCK_SECONDS must be below NOBAT_OTP_TTL_SECONDS")
     if not 0 <= settings.reminder_evening_hour <= 23:
         raise ValueError("NOBAT_REMINDER_EVENING_HOUR must be 0 to 23")
     if settings.otp_ttl_seconds < 30 or settings.otp_max_attempts < 1:
@@ -341,6 +345,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         "no_show_window_days",
         "no_show_suspension_days",
         "sms_kept_days",
+        "staff_lockout_seconds",  # at 0, Redis refused the lockout's expiry: every wrong password a 503
+        "complaint_response_hours",  # at 0, every complaint was overdue as it came
     ):
         if getattr(settings, field) < 1:
             raise ValueError(f"{_ENV[field]} must be 1 or more")

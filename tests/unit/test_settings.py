@@ -128,6 +128,9 @@ def test_a_twilio_stand_in_may_reach_us_on_this_machine() -> None:
         ({"NOBAT_STAFF_MAX_FAILURES": "0"}, "NOBAT_STAFF_MAX_FAILURES"),  # locked at the first slip
         ({"NOBAT_NO_SHOW_GRACE_MINUTES": "-5"}, "NOBAT_NO_SHOW_GRACE_MINUTES"),
         ({"NOBAT_SMS_KEPT_DAYS": "0"}, "NOBAT_SMS_KEPT_DAYS"),  # the night had deleted the day's messages
+        ({"NOBAT_STAFF_LOCKOUT_SECONDS": "0"}, "NOBAT_STAFF_LOCKOUT_SECONDS"),  # each wrong password a 503
+        ({"NOBAT_COMPLAINT_RESPONSE_HOURS": "0"}, "NOBAT_COMPLAINT_RESPONSE_HOURS"),  # all overdue at once
+        ({"NOBAT_SMS_STUCK_SECONDS": "120"}, "NOBAT_SMS_STUCK_SECONDS"),  # a code resent once expired
         ({"NOBAT_HORIZON_DAYS": "two weeks"}, "NOBAT_HORIZON_DAYS"),  # named, not `$.horizon_days`
         ({"NOBAT_OTP_PER_MOBILE": "3per600"}, "NOBAT_OTP_PER_MOBILE"),  # the limit's name said
     ],
