@@ -164,22 +164,28 @@ class AutoPipeline:
         replies = await self._replies(commands)
         if raise_errors:
             for reply in replies:
-                if isinstance(reply, Exception):
+                if isinstance(reply, BaseException):
                     raise reply
         return replies
 
-    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Script calls (script, keys, args) on one trip; a script error is raised. A script
-        Redis forgot (it restarted) did not run: it runs alone (a single call loads it); the
-        others ran and are not repeated."""
+    async def run_scripts(self, calls: Sequence[ScriptCall], *, raise_errors: bool = True) -> list[Any]:
+        """Script calls (script, keys, args) on one trip; a script error is raised, or with
+        ``raise_errors=False`` comes back in its call's place. A script Redis forgot (it
+        restarted) did not run: it runs alone (a single call loads it); the others ran and
+        are not repeated."""
         replies = await self.execute_many(
             [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls], raise_errors=False
         )
         for index, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 script, keys, args = calls[index]
-                replies[index] = await script(keys=keys, args=args)
-            elif isinstance(reply, Exception):
+                try:
+                    replies[index] = await script(keys=keys, args=args)
+                except RedisError as error:
+                    if raise_errors:
+                        raise
+                    replies[index] = error
+            elif isinstance(reply, BaseException) and raise_errors:
                 raise reply
         return replies
 
@@ -189,7 +195,10 @@ class AutoPipeline:
 
     async def _replies(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         if isinstance(self.redis, RedisCluster):
-            return list(await asyncio.gather(*(self._alone(c) for c in commands)))
+            # Each call's own outcome: on a cluster the calls go to different nodes, and one
+            # node failing must not hide that another ran (a seat reserved while the citizen's
+            # hold met a node away, dropped with the first error, was held for nobody).
+            return list(await asyncio.gather(*(self._alone(c) for c in commands), return_exceptions=True))
         loop = asyncio.get_running_loop()
         futures = []
         for command in commands:

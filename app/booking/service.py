@@ -52,6 +52,7 @@ from app.capacity.service import (
     Capacity,
     Promotion,
     Reserved,
+    ReservedButFailed,
     Seat,
     SeatRequest,
     day_room,
@@ -307,7 +308,12 @@ class BookingService:
                 walk_in=channel == Channel.WALK_IN,  # a suspension bars web and SMS booking only
                 along=allowance.call,
             )
-        except RedisError:
+        except RedisError as error:
+            if isinstance(error, ReservedButFailed):  # a cluster's node away, the seat taken on another
+                try:
+                    await self._give_back(await record.session(), office, day, error.reserved, idempotency)
+                except (RedisError, SQLAlchemyError):
+                    log.warning("a seat a failed booking took stays counted until the recount", exc_info=True)
             await self._forget_or_later(national_id, seat)
             raise
         allowance.answered = True

@@ -7,6 +7,7 @@ Redis can be recomputed from SQL (``rebuild``), so losing Redis loses no booking
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
@@ -81,6 +82,16 @@ class Reserved(msgspec.Struct, frozen=True):
     tracking_code: str
     replay: bool = False
     counted_in: str = ""  # the count of the record the day's counters came from (see Seat)
+
+
+class ReservedButFailed(RedisError):
+    """A booking's call to Redis failed while its RESERVE, answered by another node of a
+    cluster, took a seat (``reserved``): the booking is not made, and the seat is its to give
+    back. Left, it was held for nobody until the night's recount."""
+
+    def __init__(self, error: RedisError, reserved: Reserved) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.reserved = reserved
 
 
 class SeatRequest(msgspec.Struct, frozen=True):
@@ -280,9 +291,19 @@ class Capacity:
         ]
         started = perf_counter()
         with self.reads.changing([(seat.office_code, seat.day)]):
-            replies = await self.auto.run_scripts(calls)
+            replies = await self.auto.run_scripts(calls, raise_errors=False)
         LUA_SECONDS.labels("hold+reserve").observe(perf_counter() - started)
         along_reply, hold_reply, reserve_reply = None if along is None else replies[0], replies[-2], replies[-1]
+        failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
+        if failed is not None:
+            # On a cluster the calls reach different nodes: RESERVE may have taken a seat while
+            # another call failed. Raised with it, for the caller to give it back.
+            if isinstance(failed, RedisError) and not isinstance(reserve_reply, BaseException):
+                with contextlib.suppress(DomainError):  # refused: no seat taken
+                    reserved_anyway = _reserved(reserve_reply)
+                    if reserved_anyway is not None and not reserved_anyway.replay:
+                        raise ReservedButFailed(failed, reserved_anyway) from failed
+            raise failed
         try:
             reserved: Reserved | DomainError | None = _reserved(reserve_reply)
         except DomainError as error:

@@ -155,20 +155,20 @@ async def test_a_double_tap_whose_steps_interleave_books_once(
     a_held, b_reserved, a_reserved = asyncio.Event(), asyncio.Event(), asyncio.Event()
     trips: list[str] = []
 
-    async def interleaved(calls: Any) -> list[Any]:
+    async def interleaved(calls: Any, **options: Any) -> list[Any]:
         if calls[-1][0] is not reserve:
-            return await run_scripts(calls)
+            return await run_scripts(calls, **options)
         trips.append("A" if not trips else "B")
         async with asyncio.timeout(10):
             if trips[-1] == "A":  # its HOLD, then its RESERVE once B's steps have run
-                held = await run_scripts(calls[:-1])
+                held = await run_scripts(calls[:-1], **options)
                 a_held.set()
                 await b_reserved.wait()
-                reserved = await run_scripts(calls[-1:])
+                reserved = await run_scripts(calls[-1:], **options)
                 a_reserved.set()
                 return [*held, *reserved]
             await a_held.wait()  # B: both steps, answered once A's RESERVE has run
-            replies = await run_scripts(calls)
+            replies = await run_scripts(calls, **options)
             b_reserved.set()
             await a_reserved.wait()
             return replies

@@ -2200,9 +2200,9 @@ async def test_a_booking_whose_answer_from_redis_was_lost_can_be_retried(
     day = world.tomorrow()
     run_scripts = AutoPipeline.run_scripts
 
-    async def ran_but_unanswered(self: AutoPipeline, calls: Any) -> Any:
+    async def ran_but_unanswered(self: AutoPipeline, calls: Any, **options: Any) -> Any:
         monkeypatch.setattr(AutoPipeline, "run_scripts", run_scripts)  # once: the booking's trip
-        await run_scripts(self, calls)
+        await run_scripts(self, calls, **options)
         raise RedisTimeoutError("Timeout reading from Redis")
 
     monkeypatch.setattr(AutoPipeline, "run_scripts", ran_but_unanswered)
@@ -2230,7 +2230,7 @@ async def test_a_booking_whose_scripts_run_after_its_503_takes_nothing(
     waiting: list[tuple[Any, ...]] = []
     capacity_scripts = client.app.state.container.capacity.scripts
 
-    async def not_run_yet(self: AutoPipeline, calls: Any) -> Any:
+    async def not_run_yet(self: AutoPipeline, calls: Any, **options: Any) -> Any:
         monkeypatch.setattr(AutoPipeline, "run_scripts", run_scripts)  # once: the booking's trip
         waiting.extend(calls)
         if forget == "timed out too":
@@ -2272,9 +2272,9 @@ async def test_a_lost_answers_marks_that_fail_too_are_sent_again_once_redis_answ
     run_scripts = AutoPipeline.run_scripts
     capacity_scripts = client.app.state.container.capacity.scripts
 
-    async def ran_answer_lost(self: AutoPipeline, calls: Any) -> Any:
+    async def ran_answer_lost(self: AutoPipeline, calls: Any, **options: Any) -> Any:
         monkeypatch.setattr(AutoPipeline, "run_scripts", run_scripts)  # once: the booking's trip
-        await run_scripts(self, calls)
+        await run_scripts(self, calls, **options)
         fails_once(monkeypatch, capacity_scripts, "forget", RedisTimeoutError("Timeout reading from Redis"))
         raise RedisTimeoutError("Timeout reading from Redis")
 
