@@ -4,6 +4,7 @@ refuses different things (NUL in text, integers past int32/int64) and neither ma
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -253,9 +254,24 @@ async def nothing_changed(client: Client, regulator: dict[str, str]) -> None:
 async def test_regulator_ids_are_bounded(
     client: Client, world: World, regulator: dict[str, str], method: str, path: str, field: str, value: str
 ) -> None:
+    """Refused, and the cap and closure numbered 1 and 2 (what "1.0" or "²" might be read
+    as) are still in force: with none there, "nothing changed" could not fail."""
+    day = (world.tomorrow() + dt.timedelta(days=2)).isoformat()
+    for reason in ("ازدحام", "تعطیلی"):
+        cap = {"starts_on": day, "ends_on": day, "percent": 50, "reason": reason, "province_code": "01"}
+        closure = {"date": day, "reason": reason, "province_code": "01"}
+        assert (await client.post("/api/v1/regulator/crowd-caps", json=cap, headers=regulator)).status_code == 201
+        assert (await client.post("/api/v1/regulator/closures", json=closure, headers=regulator)).status_code == 201
+    before = [
+        (await client.get(f"/api/v1/regulator/{kind}", headers=regulator)).json() for kind in ("crowd-caps", "closures")
+    ]
+    assert sorted(item["id"] for item in before[0]) == sorted(item["id"] for item in before[1]) == [1, 2]
     response = await client.request(method, path.format(value), headers=regulator)
     assert_problem(response, 422, "invalid_input", field)
-    await nothing_changed(client, regulator)
+    after = [
+        (await client.get(f"/api/v1/regulator/{kind}", headers=regulator)).json() for kind in ("crowd-caps", "closures")
+    ]
+    assert after == before
 
 
 @pytest.mark.parametrize(

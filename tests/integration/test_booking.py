@@ -671,7 +671,7 @@ async def test_blocked_status_bites_in_redis_at_once(client: Client, world: Worl
 
 
 async def test_a_retried_cancel_frees_the_limit_its_first_try_left(
-    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch, redis_sync: SyncRedis
 ) -> None:
     """The first cancel committed, but the citizen's limit was not freed (Redis away a moment;
     or the answer lost, so the citizen tries again): the retry frees it."""
@@ -690,8 +690,13 @@ async def test_a_retried_cancel_frees_the_limit_its_first_try_left(
     monkeypatch.setattr(capacity, "unhold", unhold)
     stuck = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=owner)
     assert stuck.status_code == 409 and stuck.json()["code"] == "already_booked"
+    other = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert other.status_code == 201 and used(redis_sync, office, day, "10:00") == 1
     retried = await client.post(f"/api/v1/bookings/{code}/cancel", headers=owner)
     assert retried.status_code == 409 and retried.json()["code"] == "booking_not_active"
+    assert used(redis_sync, office, day, "10:00") == 1  # the seat is not given back twice: the other's kept
     again = await client.post("/api/v1/bookings", json=booking_body(office, national_id, day), headers=owner)
     assert again.status_code == 201, again.text
 

@@ -972,11 +972,18 @@ async def test_the_minute_jobs_wait_out_a_recount_quietly(world: World) -> None:
     finish moves and fill lines do nothing; an error a minute in every log had been the
     answer."""
     jobs = world.container
+    office = await world.office()
+    # Work left for each: a line to fill, a plan to apply (noted well before).
+    await jobs.capacity.fill_later([Seat(office, world.tomorrow(), "*", "")])
+    await jobs.capacity.apply_later(office, noted_in=keys.PLANS_TO_APPLY)
     await jobs.redis.delete(keys.REBUILT_AT)
     async with jobs.sessions() as session:
         assert await jobs.bookings.fill_waitlists_left(session=session) == 0
         assert await jobs.console.finish_plans(session=session) == 0
         assert await jobs.enforcement.finish_blocks(session=session) == 0
+    # Waited out, not done nor dropped: each is there for the run after the recount.
+    assert await jobs.redis.hlen(keys.WAITLISTS_TO_FILL) == 1
+    assert list(await jobs.capacity.to_apply(older_than=0, noted_in=keys.PLANS_TO_APPLY)) == [office]
 
 
 def recount_begins_after(monkeypatch: pytest.MonkeyPatch, jobs: Container, step: str) -> None:

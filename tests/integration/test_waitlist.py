@@ -12,7 +12,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select
 
-from app.booking.models import Booking, BookingStatus
+from app.booking.models import Booking
 from app.capacity import keys
 from app.settings import Settings
 from app.sms.backends import OUTBOX
@@ -220,7 +220,8 @@ async def test_rebuild_keeps_the_line(client: Client, world: World, redis_sync: 
         async with world.container.sessions() as session:
             await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
         assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == codes
-    assert BookingStatus.WAITLISTED.value == "waitlisted"
+    state = await statuses(world, office)
+    assert [state[code.decode()][0] for code in codes] == ["waitlisted"] * len(codes)
 
 
 async def test_lifting_a_crowd_cap_gives_the_seats_to_the_waitlist_first(client: Client, world: World) -> None:
@@ -258,6 +259,12 @@ async def test_lifting_a_crowd_cap_gives_the_seats_to_the_waitlist_first(client:
             cap_id=cap.id,
             now=world.container.clock.now(),
         )
+    # Between the lift and the fill, the freed seats are the line's: nobody else books them.
+    public = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert public.status_code == 409, public.text
+    async with world.container.sessions() as session:
         await world.container.bookings.fill_waitlists(session=session)
     states = [(await client.get(f"/api/v1/bookings/{q.json()['tracking_code']}")).json()["status"] for q in queued]
     assert states == ["booked", "booked", "booked", "waitlisted"]
