@@ -566,7 +566,9 @@ async def test_bad_input_gets_a_clear_error_and_changes_nothing(
     bad_token = await client.post("/api/v1/bookings", json=good, headers={"Authorization": "Bearer nope"})
     assert bad_token.status_code == 401
     assert await count_rows(world.container) == 0
-    assert used(redis_sync, office, day, "10:00") == 0
+    # No slot of the day taken (a bad slot read as "the earliest free" would take 08:00).
+    taken = redis_sync.hgetall(keys.office_day(office, day))
+    assert [(name, count) for name, count in taken.items() if name.startswith(b"u|") and int(count)] == []
     # The refusals that reached Redis (no such slot, a blocked office) held nothing either:
     # left, the citizen was told "already booked" that day.
     assert holds(redis_sync, good["national_id"]) == []

@@ -169,6 +169,8 @@ async def test_template_override_and_closure_resolve_per_date(
         )
         assert refused.status_code == 422 and refused.json()["field"] == "reason", refused.text
     assert seats(redis_sync, office, override_day, "09:00") == 4  # refused, nothing changed
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(CapacityOverride)) == 0  # in the record neither
     closed = await client.put(
         f"/api/v1/staff/offices/{office}/overrides/{override_day.isoformat()}",
         json={"rules": [], "reason": "تعمیرات"},
