@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 
 from litestar import Controller, Response, get
@@ -8,6 +9,9 @@ from sqlalchemy import text
 
 from app.observability import refresh
 from app.web import Deps
+
+CHECK_SECONDS = 2.0
+"""How long readiness waits for the database, and for Redis, before it says unavailable."""
 
 
 class HealthController(Controller):
@@ -23,13 +27,16 @@ class HealthController(Controller):
     async def ready(self, container: Deps) -> Response[dict[str, str]]:
         # "capacity": counters being rebuilt after Redis lost them; bookings wait (503) meanwhile.
         checks = {"database": "ok", "redis": "ok", "capacity": "ok" if container.capacity.ready else "rebuilding"}
+        # Each bounded: a pool with every connection taken waited its 30 s, past any balancer's
+        # check, and the answer came when nobody was listening.
         try:
-            async with container.engine.connect() as conn:
+            async with asyncio.timeout(CHECK_SECONDS), container.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except Exception:
             checks["database"] = "unavailable"
         try:
-            await container.redis.ping()
+            async with asyncio.timeout(CHECK_SECONDS):
+                await container.redis.ping()
         except Exception:
             checks["redis"] = "unavailable"
         ready = all(v == "ok" for v in checks.values())

@@ -257,3 +257,34 @@ async def test_a_booking_refused_for_redis_away_is_counted_as_unavailable(
     )
     assert refused.status_code == 503, refused.text
     assert REJECTIONS.labels("service_unavailable")._value.get() == before + 1
+
+
+async def test_readiness_answers_in_time_when_the_database_keeps_it_waiting(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection of the pool taken (a rush, a slow primary): readiness had waited the
+    pool's 30 s, past any balancer's check."""
+    import asyncio
+    import contextlib
+    import time as clock
+    from collections.abc import AsyncIterator
+
+    container = client.app.state.container
+
+    @contextlib.asynccontextmanager
+    async def waits_for_ever() -> AsyncIterator[None]:
+        await asyncio.sleep(3600)
+        yield
+
+    class Stuck:
+        connect = staticmethod(waits_for_ever)
+
+    engine = container.engine
+    container.engine = Stuck()
+    try:
+        started = clock.monotonic()
+        ready = await asyncio.wait_for(client.get("/health/ready"), 10)
+    finally:
+        container.engine = engine
+    assert clock.monotonic() - started < 5
+    assert ready.status_code == 503 and ready.json()["database"] == "unavailable"
