@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from rq.cron import CronScheduler
 from rq.exceptions import StopRequested
 
-from app.booking.tasks import close_day, fill_waitlists_left, send_reminders
+from app.booking.tasks import close_day, end_spent_lines, fill_waitlists_left, send_reminders
 from app.capacity.tasks import recount
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
@@ -175,6 +175,7 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     every(push_statuses, DEFAULT, 60)
     every(apply_policy, DEFAULT, 60)  # offices complained of: again, if their request failed or died
     every(fill_waitlists_left, DEFAULT, 60)  # seats a failed promotion left free
+    every(end_spent_lines, DEFAULT, 5 * 60)  # today's lines with no slot ahead: ended, each citizen told
     every(finish_plans, DEFAULT, 60)  # a clerk's change not seen through
     every(finish_caps, DEFAULT, 60)  # a regulator's cap not told the counters
     every(carry_out_abandoned, DEFAULT, 60)  # inbound messages whose delivery died

@@ -950,6 +950,44 @@ class BookingService:
         )
         return len(cancelled)
 
+    async def end_spent_lines(self, *, session: AsyncSession) -> int:
+        """End today's places in line whose every slot has begun: nobody in them can be given a
+        seat any more (a seat freed now is in a slot begun, which is sold to nobody, and a
+        promotion gives only slots to come). Left, their citizens waited with no word until the
+        night closed the line, and kept their hold on the service that day. Each is told, once
+        the office's day has no slot ahead for the line's counter. The places ended."""
+        if not await self.capacity.is_built():
+            return 0  # a recount: the next run
+        now = self.clock.now()
+        today = now.date()
+        waiting = (
+            select(Booking, Office.code)
+            .join(Office, Office.id == Booking.office_id)
+            .where(Booking.date == today, Booking.status == BookingStatus.WAITLISTED)
+            .order_by(Booking.id)
+        )
+        places = [(booking, code) for booking, code in await session.execute(waiting)]
+        ahead = first_bookable_time(now, today) or ""
+        lines: dict[tuple[str, str], bool] = {}  # (office, pool): a slot still ahead?
+        for booking, code in places:
+            if (code, booking.pool) not in lines:
+                view = await self.capacity.day_view(office_code=code, day=today)
+                lines[(code, booking.pool)] = view is None or any(  # a day Redis lacks: not known, kept
+                    slot.pool == booking.pool and slot.time >= ahead and slot.seats > 0 for slot in view.slots
+                )
+        spent = [(booking, code) for booking, code in places if not lines[(code, booking.pool)]]
+        if not spent:
+            await session.commit()  # the read's transaction ended
+            return 0
+        ended = await self.cancel_seatless(
+            session,
+            spent,
+            now=now,
+            why_fa="نوبت‌های امروز این دفتر به پایان رسید و جایی برای شما خالی نشد؛",
+            advice_fa="برای روز دیگری نوبت بگیرید.",
+        )
+        return len(ended)
+
     async def fill_waitlists(self, *, session: AsyncSession, office_codes: set[str] | None = None) -> None:
         """After seats were added (a capacity raise, a cap lifted), give them to the waitlists
         first. A fill that fails is left to the minute's job (``fill_waitlists_left``), and the

@@ -167,6 +167,12 @@ def fill_waitlists_left() -> int:
     return run_in_session(lambda app, session: app.bookings.fill_waitlists_left(session=session))
 
 
+def end_spent_lines() -> int:
+    """Every five minutes: end and tell today's places in lines with no slot left ahead
+    (app.booking.service.BookingService.end_spent_lines). The places ended."""
+    return run_in_session(lambda app, session: app.bookings.end_spent_lines(session=session))
+
+
 def send_reminders() -> int:
     """Every minute: queue the reminders due now (the evening before, an hour before)."""
     return run_job(_send_reminders())

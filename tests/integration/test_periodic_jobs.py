@@ -15,7 +15,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 
-from app.booking.tasks import fill_waitlists_left
+from app.booking.tasks import end_spent_lines, fill_waitlists_left
 from app.capacity import keys
 from app.capacity.tasks import recount
 from app.complaints.tasks import flag_overdue
@@ -45,6 +45,7 @@ async def test_the_periodic_jobs_run_in_a_worker(world: World, redis_sync: SyncR
             push_statuses,
             apply_policy,
             carry_out_abandoned,
+            end_spent_lines,
         )
     ]
     await deliver()

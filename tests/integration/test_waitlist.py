@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -528,3 +529,37 @@ async def test_a_promotion_stalled_across_a_whole_recount_books_nobody_twice(
     )
     assert late.status_code == 409, late.text
     await consistent(settings)
+
+
+async def test_a_line_whose_last_slot_has_begun_is_ended_and_each_citizen_told(
+    client: Client, world: World, redis_sync: SyncRedis, morning: Any, monkeypatch: pytest.MonkeyPatch, deliver: Deliver
+) -> None:
+    """Nobody in a line can be given a seat once the day's last slot for its counter has begun.
+    The citizen waited with no word until the night, holding the service that day; told now."""
+    from app.clock import Clock
+
+    office = await world.office(rules=one_slot_office_rules())  # 10:00 to 10:30, one seat
+    today = morning.date()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    national_id, mobile = world.national_id(), "09125000001"
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, national_id, today, None), headers=world.token(mobile)
+    )
+    assert joined.status_code == 201, joined.text
+    code = joined.json()["tracking_code"]
+    jobs = world.container
+    for minute, ended in ((59, 0), (61, 1)):  # 09:59: the slot is ahead; 10:01: it has begun
+        at = morning.replace(hour=9) + dt.timedelta(minutes=minute)
+        monkeypatch.setattr(Clock, "now", lambda self, at=at: at)
+        async with jobs.sessions() as session:
+            assert await jobs.bookings.end_spent_lines(session=session) == ended
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
+    assert (await client.get(f"/api/v1/bookings/{booked.json()['tracking_code']}")).json()["status"] == "booked"
+    assert redis_sync.lrange(keys.waitlist(office, today, "*"), 0, -1) == []
+    assert holds(redis_sync, national_id) == []  # free to book the service elsewhere today
+    await deliver()
+    told = [m.decode() for m in redis_sync.lrange(OUTBOX, 0, 50) if mobile.encode() in m]
+    assert any("به پایان رسید" in m and code in m for m in told), told

@@ -40,6 +40,7 @@ def test_what_a_block_a_closure_or_a_failed_promotion_left_is_finished_every_min
     assert every["fill_waitlists_left"] == 60 and every["finish_plans"] == 60
     assert every["push_statuses"] == 60  # what a block or a lift failed to tell the counters
     assert every["apply_policy"] == 60  # what a complaint's request failed to apply
+    assert every["end_spent_lines"] == 5 * 60  # today's lines with no slot ahead, told
     limits = {job.func.__name__: job.job_options.get("job_timeout") for job in jobs}
     assert limits["finish_blocks"] == limits["finish_closures"] == 30 * 60  # a province's closure, not 180 s
 
