@@ -275,7 +275,9 @@ class BookingService:
         now = self.clock.now()
         today = now.date()
         self.capacity.check_horizon(day, today)
-        office = await self.offices.bookable(office_code=request.office_code, service_code=request.service_code)
+        office = await self.offices.bookable(
+            office_code=request.office_code, service_code=request.service_code, session=record.opened
+        )
 
         # No lookup of the Idempotency-Key here: the reserve script answers REPLAY for a key it
         # has seen, and the unique (mobile, key) constraint catches one it has forgotten (after
@@ -1350,7 +1352,9 @@ class BookingService:
         now = self.clock.now()
         today = now.date()
         self.capacity.check_horizon(day, today)
-        office = await self.offices.bookable(office_code=request.office_code, service_code=request.service_code)
+        office = await self.offices.bookable(
+            office_code=request.office_code, service_code=request.service_code, session=session
+        )
         not_before = first_bookable_time(now, day)
         tracking_code = new_tracking_code()
         asked = SeatRequest(

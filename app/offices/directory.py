@@ -164,8 +164,13 @@ class OfficeDirectory:
                 listener(code)
         log.info("office directory: %d changed offices read again", len(office_codes))
 
-    async def bookable(self, *, office_code: str, service_code: str) -> BookableOffice:
-        """The office and service a booking names, or the error that says which is wrong."""
+    async def bookable(
+        self, *, office_code: str, service_code: str, session: AsyncSession | None = None
+    ) -> BookableOffice:
+        """The office and service a booking names, or the error that says which is wrong.
+        ``session``: the caller's, if it holds one, for the record's word on an office not
+        known here: a second connection taken while holding one, by many requests at once
+        (walk-ins at a new office), had left none for any of them until the pool's 30 s."""
         office_code = normalize_code(office_code, "office_code")
         service_code = normalize_code(service_code, "service_code")
         await self._keep_fresh()
@@ -174,8 +179,11 @@ class OfficeDirectory:
         if office is None or service is None or service_code not in office.services:
             # Not known here (new since the load), or not offered: SQL has the last word,
             # and says which error it is.
-            async with self.sessions() as session:
+            if session is not None:
                 found = await bookable_office(session=session, office_code=office_code, service_code=service_code)
+            else:
+                async with self.sessions() as own:
+                    found = await bookable_office(session=own, office_code=office_code, service_code=service_code)
             self._remember(found)
             return found
         return BookableOffice(
