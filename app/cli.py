@@ -119,7 +119,7 @@ async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
 
     if not settings.redis_url:
         raise SystemExit("crowd-cap needs REDIS_URL: the cap must bite in the running service's Redis")
-    container = build_container(settings, settings.redis_url)
+    container = build_container(settings, settings.redis_url, statement_seconds=None)  # an operator's command, watched
     # The regulator's own way, as the API's: a cap that shuts a day ends its lines, each
     # citizen told, and each change is in the audit log under "cli".
     operator = StaffPrincipal(account_id=0, username="cli", role=StaffRole.REGULATOR, office_id=None, office_code=None)

@@ -92,7 +92,9 @@ class Container:
         await shut_down("closing the database", self.engine.dispose())
 
 
-def build_container(settings: Settings, redis_url: str, *, statement_seconds: float = STATEMENT_SECONDS) -> Container:
+def build_container(
+    settings: Settings, redis_url: str, *, statement_seconds: float | None = STATEMENT_SECONDS
+) -> Container:
     engine = create_engine(settings.database_url, statement_seconds=statement_seconds)
     sessions = session_factory(engine)
     redis = connect(redis_url)

@@ -15,8 +15,8 @@ from typing import Any, TypeVar, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Enum, Select, Table, event, text, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -62,7 +62,7 @@ def create_engine(
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -70,6 +70,21 @@ def create_engine(
         connect_args={"timeout": CONNECT_TIMEOUT, "command_timeout": statement_seconds},
         hide_parameters=True,
     )
+    event.listen(engine.sync_engine, "handle_error", _timed_out_is_unavailable)
+    return engine
+
+
+def _timed_out_is_unavailable(context: ExceptionContext) -> OperationalError | None:
+    """A statement past ``statement_seconds`` raises asyncio's TimeoutError, which SQLAlchemy
+    passes on as it is: every path that handles the record's failure (a commit whose outcome
+    must be asked, a cancel's, a promotion's) catches SQLAlchemyError, and a timed-out commit
+    that had landed skipped them all, its seat never given back. Raised as the record away
+    (its connection dropped: asyncpg leaves it mid-statement)."""
+    error = context.original_exception
+    if not isinstance(error, TimeoutError):
+        return None
+    context.is_disconnect = True
+    return OperationalError(context.statement, context.parameters, error, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

@@ -22,6 +22,7 @@ from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import select
 
 from app.auth.service import CitizenAuth
+from app.booking.models import Booking
 from app.capacity import keys
 from app.db import create_engine, session_factory
 from app.identity import generate_national_id
@@ -82,6 +83,22 @@ async def load_network(database_url: str) -> Network:
                 (name, lat, lon) for name, lat, lon in await session.execute(select(City.name_fa, City.lat, City.lon))
             ]
         return Network(offices=offices, cities=cities)
+    finally:
+        await engine.dispose()
+
+
+async def not_in_record(database_url: str, tracking_codes: list[str]) -> list[str]:
+    """Of these tracking codes (bookings the service confirmed), those the record lacks."""
+    engine = create_engine(database_url)
+    try:
+        found: set[str] = set()
+        async with session_factory(engine)() as session:
+            for start in range(0, len(tracking_codes), 5000):
+                chunk = tracking_codes[start : start + 5000]
+                found.update(
+                    await session.scalars(select(Booking.tracking_code).where(Booking.tracking_code.in_(chunk)))
+                )
+        return sorted(set(tracking_codes) - found)
     finally:
         await engine.dispose()
 

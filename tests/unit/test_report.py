@@ -55,3 +55,38 @@ def test_a_run_with_timeouts_meets_no_latency_target() -> None:
     assert rows["read path slots >= 6,000 req/s, p99 < 30 ms"]["met"] is False
     assert "3 timed out" in rows["read path slots >= 6,000 req/s, p99 < 30 ms"]["measured"]
     assert rows["read path nearby >= 6,000 req/s, p99 < 30 ms"]["met"] is True
+
+
+def test_the_sms_quantiles_are_nearest_rank() -> None:
+    """The p99 of a hundred times is the 99th: it had been the largest whenever n <= 100."""
+    from loadtests.report import nearest_rank
+
+    times = [float(n) for n in range(1, 101)]
+    assert (nearest_rank(times, 0.50), nearest_rank(times, 0.99), nearest_rank(times, 1.0)) == (50.0, 99.0, 100.0)
+    assert nearest_rank([], 0.5) is None and nearest_rank([7.0], 0.99) == 7.0
+
+
+def test_a_run_that_barely_loaded_the_service_is_named_so() -> None:
+    """The sign-in codes lost (a worker down): the rush opened with few signed in, booked
+    nothing, and the run had passed on an empty record."""
+    from types import SimpleNamespace
+
+    from loadtests.run import Run
+
+    run = Run.__new__(Run)
+    run.args = SimpleNamespace(scenario="rush")
+    run.results = {
+        "locust": {
+            "rush": {"signed_in": 3, "of": 17},
+            "sms": {"sign-in code": {"not_delivered": 14}},
+            "bookings_confirmed": {},
+        }
+    }
+    reasons = run.too_little_load()
+    assert "3 of 17" in reasons and "never reached" in reasons and "no booking" in reasons
+    run.results["locust"] = {
+        "rush": {"signed_in": 17, "of": 17},
+        "sms": {"sign-in code": {"not_delivered": 0}},
+        "bookings_confirmed": {"web": 451},
+    }
+    assert run.too_little_load() == ""
