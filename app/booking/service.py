@@ -780,9 +780,9 @@ class BookingService:
             # (a stalled request), counting the booking as active, and the release with the
             # older count freed nothing: the seat unsold until the next night. (Redis failing
             # here answers 503 with nothing committed.)
-            if not waitlisted:
-                counted_in = (await self.capacity.counts([office_day]))[office_day]
             await self._before_commit(session)
+            if not waitlisted:  # after it: read before, a recount could end in between
+                counted_in = (await self.capacity.counts([office_day]))[office_day]
             await session.commit()
         except SQLAlchemyError as error:
             # Its answer lost (a failover), the commit may have landed. The record is asked:
@@ -1156,9 +1156,6 @@ class BookingService:
                 return recorded, left, CountingPaused()
             try:
                 xid = await hold_off_recounts(session)
-                if await self._recounted_since_given([given[code] for code in chunk]):
-                    await session.rollback()
-                    return recorded, left, CountingPaused()
                 rows = (
                     await session.execute(
                         select(Booking.id, Booking.tracking_code, Booking.mobile, Booking.date, Office.name_fa)
@@ -1189,7 +1186,11 @@ class BookingService:
                         body=f"یک نوبت خالی شد و به شما رسید. کد رهگیری: {row.tracking_code}\n{row.name_fa}\n{when}",
                         kind="waitlist_promoted",
                     )
-                allowed = await self.capacity.may_commit()
+                # Asked after may_commit, as the group commit asks: read before it, a recount
+                # could end in between, its new counts unseen.
+                allowed = await self.capacity.may_commit() and not await self._recounted_since_given(
+                    [given[code] for code in chunk]
+                )
             except (SQLAlchemyError, RedisError) as error:  # Redis unasked is Redis refusing
                 with contextlib.suppress(SQLAlchemyError):  # the record may be gone altogether
                     await session.rollback()

@@ -30,6 +30,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from app.capacity.errors import CapacityRebuilding
 from app.db import commit_outcome
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,19 @@ async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> int | None:
         return None
     held = await db.execute(text(f"{HOLD_OFF_RECOUNTS}, txid_current()"), _barrier_params())
     return int(held.one()[-1])
+
+
+async def commit_unless_recounting(session: AsyncSession, may_commit: Callable[[], Awaitable[bool]]) -> None:
+    """Commit a change Redis must agree with, unless a recount has begun: one that read the
+    record before the commit would write Redis back from the record without it, after the
+    change reached Redis, and nothing would bring the change back until the next night.
+    Holding the recount barrier, a recount reads the record after this commit; one begun
+    already refuses it (CapacityRebuilding, rolled back: 503, try again in a moment)."""
+    await hold_off_recounts(session)
+    if not await may_commit():
+        await session.rollback()
+        raise CapacityRebuilding()
+    await session.commit()
 
 
 def _read_back(rows: Rows) -> Select[Any] | None:

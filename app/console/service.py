@@ -25,7 +25,7 @@ from app.booking.relocation import Relocator, overflow_bookings
 from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
-from app.booking.writer import hold_off_recounts
+from app.booking.writer import commit_unless_recounting
 from app.capacity import keys
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import CapacityOverride, CapacityTemplate
@@ -505,16 +505,10 @@ class Console:
         return holding
 
     async def _commit_plan(self, session: AsyncSession) -> None:
-        """Commit a plan change unless a recount has begun: one that read the record before it
-        would write the office's days back from the old plan after the change reached Redis,
-        and the change, applied and forgotten, was undone until the next night (a closed day
-        sold again). Holding the recount barrier (as a cancel does), a recount reads the
-        record after this commit, or this waits for none: 503, try again in a moment."""
-        await hold_off_recounts(session)
-        if not await self.capacity.may_commit():
-            await session.rollback()
-            raise CapacityRebuilding()
-        await session.commit()
+        """A plan change's commit, unless a recount has begun (``commit_unless_recounting``):
+        the change, applied and its note forgotten, was undone until the next night (a day
+        closed at the counter sold again online)."""
+        await commit_unless_recounting(session, self.capacity.may_commit)
 
     async def _note_plan(self, office: Office, move_overflow: bool) -> Noted:
         """Note the office's plan change for the minute's job, before its commit."""

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
+from app.booking.writer import commit_unless_recounting
 from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
@@ -195,7 +196,9 @@ class Regulator:
         # and the closed offices went on taking bookings until one came).
         change = (await self.capacity.apply_later(str(closure.id), noted_in=keys.CLOSURES_TO_APPLY)).change
         counted = await self.capacity.rebuilt_at()
-        await session.commit()
+        # Refused during a recount: one that read the record before would open the offices
+        # again, and they sold seats until the minute's job closed them once more.
+        await commit_unless_recounting(session, self.capacity.may_commit)
         recorded = ClosureOut(  # before the moves, whose rollback (if any) expires the row
             id=closure.id,
             date=day.isoformat(),
@@ -382,9 +385,9 @@ class Regulator:
             await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True, calendar=calendar)
             await remove()
             # A recount begun meanwhile may have read the closure, and close the offices again
-            # in Redis with none in the record to say so: the removal waits for it.
-            self.capacity.require_ready()
-            await session.commit()
+            # in Redis with none in the record to say so: the removal waits for it, or is
+            # refused (the note kept: the job writes the day from the record after it).
+            await commit_unless_recounting(session, self.capacity.may_commit)
             await self._replan_reopened(session, codes, day)
             await self._closed(closure_id, change)
         await self.console.bookings.fill_waitlists(session=session)
