@@ -101,10 +101,9 @@ def mask(text: str) -> str:
 # A tracking code (app.booking.tracking) or a complaint's code in the access log, where a path
 # or a query names one: whoever reads the logs would read every booking and complaint they
 # name (GET /api/v1/bookings/{code} is anyone's with the code). After those names only: any
-# ten letters had starred the route "/api/v1/complaints" itself.
-_CODE_IN_PATH = re.compile(
-    r"(?:(?<=/bookings/)|(?<=/complaints/)|(?<=/queue/)|(?<=code=))[0-9A-Za-z]{10}(?=[/?&#\s]|$)"
-)
+# ten letters had starred the route "/api/v1/complaints" itself. The whole step, as a code
+# may be typed with hyphens, spaces or its look-alikes (app.booking.tracking reads them all).
+_CODE_IN_PATH = re.compile(r"(?:(?<=/bookings/)|(?<=/complaints/)|(?<=/queue/)|(?<=code=))[^/?&#\s]+")
 
 
 class JsonFormatter(logging.Formatter):

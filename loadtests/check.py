@@ -10,7 +10,9 @@ For every slot of every office-day in Redis (the horizon):
 - an office-day with bookings in SQL that Redis lacks is a failure too (Redis lost it: its
   rebuild would count them against seats nobody compared);
 every citizen waitlisted in SQL has their place in the line in Redis (``nobat:{o:CODE}:wait:
-YYYY-MM-DD:POOL``): left out, they would never be promoted;
+YYYY-MM-DD:POOL``): left out, they would never be promoted; and every line of the horizon
+in Redis holds only citizens the record has waiting there, each once (one left in it, promoted
+or cancelled, would be given a second seat);
 for every national ID: at most one active booking (waitlisted, booked, checked_in) per
 service per day, and at most NOBAT_MAX_ACTIVE_BOOKINGS active from today on; and for every
 mobile, no more bookings made on the web and by SMS (waitlist joins included, cancelled
@@ -57,6 +59,7 @@ class CheckResult:
     days_missing_in_redis: int = 0
     waitlisted: int = 0
     waitlisted_not_in_line: int = 0
+    line_not_waiting: int = 0  # codes in a Redis line the record has not waiting there, or twice
     sql_above_redis: int = 0
     redis_above_sql: int = 0
     used_above_seats: int = 0
@@ -159,16 +162,25 @@ def _redis_days(redis: Redis, days: set[str]) -> dict[tuple[str, str], dict[str,
     return result
 
 
-def _redis_lines(redis: Redis, lines: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], set[str]]:
-    """The tracking codes in each line (office code, day, pool), read in pipelined batches."""
-    found: dict[tuple[str, str, str], set[str]] = {}
-    for start in range(0, len(lines), 2000):
-        batch = lines[start : start + 2000]
+def _redis_lines(
+    redis: Redis, lines: list[tuple[str, str, str]], days: set[str]
+) -> dict[tuple[str, str, str], list[str]]:
+    """The tracking codes in each line (office code, day, pool), in order: the record's lines
+    and every other line Redis holds for the horizon, read in pipelined batches."""
+    wanted = set(lines)
+    for raw in redis.scan_iter(match=keys.WAITLIST_PATTERN, count=5000):
+        code, day, pool = keys.parse_waitlist(raw.decode())
+        if day.isoformat() in days:
+            wanted.add((code, day.isoformat(), pool))
+    found: dict[tuple[str, str, str], list[str]] = {}
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), 2000):
+        batch = ordered[start : start + 2000]
         with redis.pipeline(transaction=False) as pipe:
             for code, day, pool in batch:
                 pipe.lrange(keys.waitlist(code, dt.date.fromisoformat(day), pool), 0, -1)
             for line, codes in zip(batch, pipe.execute(), strict=True):
-                found[line] = {raw.decode() for raw in codes}
+                found[line] = [raw.decode() for raw in codes]
     return found
 
 
@@ -188,15 +200,24 @@ def check_once(
     try:
         # The lines first, nearest the record's read of who waits: a promotion or a cancel
         # landing between the two reads reads as a place lost (the check is tried again).
-        lines = _redis_lines(redis, list(record.waitlisted))
+        lines = _redis_lines(redis, list(record.waitlisted), days)
         office_days = _redis_days(redis, days)
     finally:
         redis.close()
     for line, codes in record.waitlisted.items():
         result.waitlisted += len(codes)
-        if missing := codes - lines[line]:
+        if missing := codes - set(lines[line]):
             result.waitlisted_not_in_line += len(missing)
             result.note("waitlisted_not_in_line", office=line[0], date=line[1], pool=line[2], missing=len(missing))
+    # And the other way: a line holds only citizens the record has waiting, each once. A code
+    # left in a line (promoted, cancelled) would be given a second seat by the next fill, and
+    # any line with people in it keeps everyone else from booking the day.
+    for line, in_line in lines.items():
+        stale = set(in_line) - record.waitlisted.get(line, set())
+        twice = len(in_line) - len(set(in_line))
+        if stale or twice:
+            result.line_not_waiting += len(stale) + twice
+            result.note("line_not_waiting", office=line[0], date=line[1], pool=line[2], stale=len(stale), twice=twice)
 
     result.office_days = len(office_days)
     seen: set[SlotKey] = set()
@@ -261,6 +282,7 @@ def check_once(
         or result.mobile_over_allowance
         or result.days_missing_in_redis
         or result.waitlisted_not_in_line
+        or result.line_not_waiting
     )
     result.seconds = round(time.perf_counter() - started, 2)
     return result

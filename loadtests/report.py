@@ -153,7 +153,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{check['seats_booked_sql']:,}, used in Redis {check['seats_used_redis']:,}; SQL above Redis "
             f"{check['sql_above_redis']}, Redis above SQL {check['redis_above_sql']}, above seats "
             f"{check['used_above_seats']}; office-days with bookings missing in Redis {check.get('days_missing_in_redis', '-')}; "
-            f"waitlisted {check.get('waitlisted', '-')}, not in their line in Redis {check.get('waitlisted_not_in_line', '-')}; "
+            f"waitlisted {check.get('waitlisted', '-')}, not in their line in Redis {check.get('waitlisted_not_in_line', '-')}, "
+            f"in a line not waiting (or twice) {check.get('line_not_waiting', '-')}; "
             f"same-day violations {check['same_day_violations']}, over the active limit {check['too_many_violations']}, "
             f"mobiles over their bookings {check.get('mobile_over_allowance', '-')}.\n"
         )

@@ -107,6 +107,16 @@ async def test_the_check_finds_a_citizen_waitlisted_in_the_record_and_gone_from_
         assert made.status_code == 201, made.text
     in_line = await run_check(world, per_mobile="10/3600")
     assert in_line.ok and in_line.waitlisted == 1
-    redis_sync.delete(keys.waitlist(office, day, "*"))
+    line = keys.waitlist(office, day, "*")
+    [waiting] = redis_sync.lrange(line, 0, -1)
+    redis_sync.rpush(line, waiting)  # twice in the line
+    twice = await run_check(world, per_mobile="10/3600")
+    assert not twice.ok and twice.line_not_waiting == 1
+    redis_sync.delete(line)
     dropped = await run_check(world, per_mobile="10/3600")
     assert not dropped.ok and dropped.waitlisted_not_in_line == 1
+    # And a code in a line that the record has not waiting (promoted or cancelled, left in it):
+    # the next fill would give it a second seat.
+    redis_sync.rpush(keys.waitlist(office, day, "*"), waiting, b"NOTWAITING")
+    stale = await run_check(world, per_mobile="10/3600")
+    assert not stale.ok and stale.line_not_waiting == 1 and stale.waitlisted_not_in_line == 0
