@@ -261,6 +261,10 @@ JOIN_WAITLIST = (
 -- Returns {outcome, position}; outcome is OK, NO_DAY, BLOCKED, CLOSED or FREE.
 local day, waitlist = KEYS[1], KEYS[2]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', 0} end
+-- In line already (this join run a second time, or a recount that wrote the line from the
+-- record after the join's commit): its place, not a second one (each would be given a seat).
+local already = redis.call('LPOS', waitlist, ARGV[3])
+if already then return {'OK', already + 1} end
 if redis.call('HGET', day, '_status') == 'blocked' then return {'BLOCKED', 0} end
 local room, allowed = day_room(day, ARGV[1], tonumber(redis.call('HGET', day, '_cap') or '100'))
 -- A cap that lets the day sell nothing (a 0% restriction) opens no line: it could never move.

@@ -563,3 +563,25 @@ async def test_a_line_whose_last_slot_has_begun_is_ended_and_each_citizen_told(
     await deliver()
     told = [m.decode() for m in redis_sync.lrange(OUTBOX, 0, 50) if mobile.encode() in m]
     assert any("به پایان رسید" in m and code in m for m in told), told
+
+
+async def test_a_join_run_again_for_a_code_in_line_keeps_its_one_place(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """The join's script run a second time for a citizen in line (a recount wrote the line from
+    the record after the join's commit, then the join's own step ran): one place, not two (each
+    would be given a seat, the second passed on only once found booked)."""
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+    codes = []
+    for _ in range(2):
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+        )
+        codes.append(joined.json()["tracking_code"])
+    place = await world.container.capacity.join_waitlist(
+        office_code=office, day=day, pool="*", not_before=None, tracking_code=codes[0]
+    )
+    assert place == 1
+    assert [code.decode() for code in redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1)] == codes
