@@ -707,7 +707,10 @@ class Capacity:
         if columns is None:
             return counted.status, []
         first = bisect_left(columns[0], first_bookable_time(now, day) or "")
-        return counted.status, [slot for slot in _slot_views(pool, columns, counted.cap, first) if slot.seats > 0]
+        # A blocked office sells nothing (RESERVE refuses it): its slots shown with no seat
+        # free, not the seats an API client would try and be refused.
+        cap = 0 if counted.status == OfficeStatus.BLOCKED else counted.cap
+        return counted.status, [slot for slot in _slot_views(pool, columns, cap, first) if slot.seats > 0]
 
     def _day_args(
         self,

@@ -9,7 +9,9 @@ An office's score (lower is better) weighs, each term scaled to 0..1:
                            not yet begun)
   + 0.20 x waiting now     people in the room, saturating at 15
   + 0.15 x wait for slot   minutes until its next free slot, saturating at 8 hours
-  + 0.25 x distance        km, saturating at 25 km
+  + 0.25 x distance        km / 25, not saturating: past 25 km further still counts (a
+                           village's search reaches 150 km and more, and an empty office
+                           140 km away had outranked a half-full one 4 km away)
 Offices are first put in tiers, then sorted by score inside a tier:
   1. active offices with a free slot,
   2. restricted offices with a free slot (complaints restricted them: steer people away),
@@ -30,7 +32,8 @@ WEIGHT_SOON = 0.15
 WEIGHT_DISTANCE = 0.25
 WAITING_SATURATES = 15
 SOON_SATURATES_MINUTES = 8 * 60
-DISTANCE_SATURATES_KM = 25.0
+DISTANCE_SCALE_KM = 25.0
+"""The distance worth the whole distance weight; twice as far counts twice as much."""
 
 
 NEVER = "~"
@@ -127,11 +130,7 @@ def weigh(
         soon = 1.0
     else:
         soon = minutes / SOON_SATURATES_MINUTES if minutes > 0 else 0.0
-    score = (
-        standing.partial
-        + WEIGHT_SOON * soon
-        + WEIGHT_DISTANCE * (distance_km / DISTANCE_SATURATES_KM if distance_km < DISTANCE_SATURATES_KM else 1.0)
-    )
+    score = standing.partial + WEIGHT_SOON * soon + WEIGHT_DISTANCE * distance_km / DISTANCE_SCALE_KM
     status, free = standing.status, standing.free
     if not standing.open:
         tier = 3

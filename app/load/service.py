@@ -269,8 +269,10 @@ class LoadService:
                 waiting=waiting,
                 free_times=pool.free_times,
                 # A day Redis lacks even after materialising (a race with a recount) is not
-                # known to be closed: no free slot, as a full one.
-                open=pool.planned > 0 or read_sums is None,
+                # known to be closed: no free slot, as a full one. A cap that lets the day sell
+                # nothing (a 0% restriction, a share that rounds to no seat) closes it: shown
+                # open and full, it offered a line the join then refused.
+                open=(pool.planned * summed.cap // 100 if summed.cap < 100 else pool.planned) > 0 or read_sums is None,
                 changes_at=pool.next_start or NEVER,  # another day's: its first slot, after midnight
             )
             if until > monotonic:

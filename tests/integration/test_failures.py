@@ -1046,14 +1046,15 @@ async def test_a_cancel_is_not_committed_once_another_instances_recount_has_begu
     )
     code = booked.json()["tracking_code"]
     jobs = world.container  # an instance whose watch has not looked since the recount began
-    counts = jobs.capacity.counts
+    from app.booking import service as booking_service
 
-    async def then_a_recount(*args: Any) -> Any:
-        read = await counts(*args)
-        await jobs.redis.delete(keys.REBUILT_AT)
-        return read
+    hold_off = booking_service.hold_off_recounts
 
-    monkeypatch.setattr(jobs.capacity, "counts", then_a_recount)
+    async def a_recount_begun_first(session: Any) -> Any:
+        await jobs.redis.delete(keys.REBUILT_AT)  # on another instance, just before the barrier
+        return await hold_off(session)
+
+    monkeypatch.setattr(booking_service, "hold_off_recounts", a_recount_begun_first)
     async with jobs.sessions() as session:
         with pytest.raises(CapacityRebuilding):
             await jobs.bookings.cancel(session=session, tracking_code=code, mobile=mobile)

@@ -534,3 +534,37 @@ async def test_an_office_loads_seats_under_a_cap_pool_by_pool(
     load = (await client.get(f"/api/v1/offices/{office}/load")).json()
     assert (load["used"], load["seats"]) == (4, 6), load  # the desk's half of 4 still to take
     assert load["busyness"] == "medium"
+
+
+async def test_an_office_restricted_to_no_seat_is_shown_closed_not_full(client: Client, world: World) -> None:
+    """A 0% restriction (or a share of a small day that rounds to no seat) sells nothing, not
+    even a freed seat: shown open and full, the office offered a line its join then refused."""
+    near, *_ = await three_offices(world)
+    day = world.tomorrow()
+    await nearby(client, date=day.isoformat())  # their standings kept: the change must reach them
+    await world.container.capacity.set_status(
+        office_code=near, status=OfficeStatus.RESTRICTED, cap_percent=0, today=world.container.clock.today()
+    )
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
+    ranked = await nearby(client, date=day.isoformat())
+    assert [(o["code"], o["open"]) for o in ranked][-1] == (near, False)
+    assert all(o["open"] for o in ranked if o["code"] != near)
+
+
+async def test_a_blocked_offices_slots_show_no_seat_free(client: Client, world: World) -> None:
+    """RESERVE refuses a blocked office: its slots had been answered with seats free that an
+    API client would try, and be refused."""
+    office = await world.office(rules=two_hours(2))
+    day = world.tomorrow()
+    params = {"service": "101", "date": day.isoformat()}
+    assert {
+        s["free"] for s in (await client.get(f"/api/v1/offices/{office}/slots", params=params)).json()["slots"]
+    } == {2}
+    await world.container.capacity.set_status(
+        office_code=office, status=OfficeStatus.BLOCKED, cap_percent=100, today=world.container.clock.today()
+    )
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
+    answer = (await client.get(f"/api/v1/offices/{office}/slots", params=params)).json()
+    assert answer["status"] == "blocked" and {s["free"] for s in answer["slots"]} == {0}

@@ -86,3 +86,15 @@ def test_an_office_closed_that_day_ranks_after_a_full_one() -> None:
     full = office("full", km=20, used=10)
     assert codes(rank([closed, full], 2)) == ["full", "closed"]
     assert not closed.open and full.open
+
+
+def test_past_the_distance_scale_further_still_counts() -> None:
+    """A village's search widens to 150 km and more; with distance saturated at 25 km, an
+    empty office 140 km away outranked a half-full one 4 km away, and an office 700 km away
+    weighed the same as one 140 km away (and a block's moves sent citizens that far)."""
+    near, far, farther = (
+        office("near", km=4, used=18, seats=32, waiting=3),
+        office("far", km=140),
+        office("farther", km=700),
+    )
+    assert codes(rank([farther, far, near], 3)) == ["near", "far", "farther"]
