@@ -48,6 +48,13 @@ JOB_STATEMENT_SECONDS = 600.0
 """The same for the jobs: the night's recount and close read and write a country's rows."""
 
 
+RECORD_AWAY: tuple[type[Exception], ...] = (SQLAlchemyError, OSError)
+"""What the record's failure raises: SQLAlchemy's errors, and a connection that could not be
+made or checked out (a connect timing out, a pre-ping past its time limit), which SQLAlchemy
+passes on as the driver raised it (OSError; asyncio's TimeoutError is one). A path that
+gives seats back or asks a commit's outcome when the record fails catches all of them."""
+
+
 def create_engine(
     url: str, *, pool_size: int = 20, pre_ping: bool = True, statement_seconds: float | None = STATEMENT_SECONDS
 ) -> AsyncEngine:
@@ -231,8 +238,8 @@ async def commit_outcome(
             if status is None or asyncio.get_running_loop().time() >= deadline:
                 return None  # a status of None: PostgreSQL no longer knows the transaction
             await asyncio.sleep(0.1)
-    except SQLAlchemyError:
-        with contextlib.suppress(SQLAlchemyError):
+    except RECORD_AWAY:
+        with contextlib.suppress(*RECORD_AWAY):
             await session.rollback()
         return None
 

@@ -61,7 +61,7 @@ from app.capacity.service import (
     load_plans,
 )
 from app.clock import Clock
-from app.db import OnDemand, Sessions, commit_outcome
+from app.db import RECORD_AWAY, OnDemand, Sessions, commit_outcome
 from app.errors import DomainError, IdempotencyKeyReused, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
@@ -75,6 +75,9 @@ from app.settings import parse_limit
 from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
+
+RECORD_OR_REDIS_AWAY: tuple[type[Exception], ...] = (*RECORD_AWAY, RedisError)
+"""The record's failure (``RECORD_AWAY``) or Redis's."""
 
 UNAVAILABLE = (RedisError, OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)
 """A Redis or record that did not answer (app.web answers these 503); not a bug's error."""
@@ -314,7 +317,7 @@ class BookingService:
             if isinstance(error, ReservedButFailed):  # a cluster's node away, the seat taken on another
                 try:
                     await self._give_back(await record.session(), office, day, error.reserved, idempotency)
-                except (RedisError, SQLAlchemyError):
+                except RECORD_OR_REDIS_AWAY:
                     log.warning("a seat a failed booking took stays counted until the recount", exc_info=True)
             await self._forget_or_later(national_id, seat)
             raise
@@ -501,7 +504,7 @@ class BookingService:
         be asked, they had refused the retry, and the seat was never left to the job.)"""
         try:
             recorded = await self._by_tracking_code(session, seat.tracking_code)
-        except (SQLAlchemyError, OSError):
+        except RECORD_AWAY:
             recorded = None  # cannot say: as one not in the record, left to the job
         if recorded is not None:
             log.warning("a booking's commit answer was lost; the record has it: confirmed")
@@ -544,7 +547,7 @@ class BookingService:
             # key is let go of, so that a retry books.
             log.exception("could not give back a seat after a failed insert")
             self._undo_later(national_id, seat, None)
-        except SQLAlchemyError:
+        except RECORD_AWAY:
             log.exception("could not record whom a seat given back went to")
 
     async def _unhold_or_later(self, national_id: str, seat: SeatRequest) -> None:
@@ -679,7 +682,7 @@ class BookingService:
         gives back all the request took) rather than left holding its seat and hold."""
         try:
             return await self.by_idempotency_key(await record.session(), mobile, key)
-        except (SQLAlchemyError, OSError):
+        except RECORD_AWAY:
             with contextlib.suppress(SQLAlchemyError, OSError):
                 await (await record.session()).rollback()
             return None
@@ -784,7 +787,7 @@ class BookingService:
             if not waitlisted:  # after it: read before, a recount could end in between
                 counted_in = (await self.capacity.counts([office_day]))[office_day]
             await session.commit()
-        except SQLAlchemyError as error:
+        except RECORD_AWAY as error:
             # Its answer lost (a failover), the commit may have landed. The record is asked:
             # landed, this is the one request to free the seat (a retry finds the booking
             # cancelled and frees nothing), so it goes on as a cancel that was answered.
@@ -817,7 +820,7 @@ class BookingService:
                     time=booking.slot_time,
                     counted_in=counted_in,
                 )
-        except (RedisError, SQLAlchemyError):
+        except RECORD_OR_REDIS_AWAY:
             await session.rollback()
             log.exception(
                 "cancelled booking's seat not released, or its promotion not recorded; the night's recount will"
@@ -1011,7 +1014,7 @@ class BookingService:
         seats = [Seat(code, day, pool, "") for code, day, pool in lines]
         try:
             await self.free_seats(session=session, seats=seats)
-        except (SQLAlchemyError, RedisError):
+        except RECORD_OR_REDIS_AWAY:
             await self.capacity.fill_later(seats)  # Redis away still: the caller's error
             log.warning("%d lines are left to the minute's job to fill", len(seats), exc_info=True)
 
@@ -1068,7 +1071,7 @@ class BookingService:
             failed = failed or error
             try:
                 await self._record_promotions(session, promoted, now)
-            except (SQLAlchemyError, RedisError) as unrecorded:
+            except RECORD_OR_REDIS_AWAY as unrecorded:
                 failed = failed or unrecorded
         if failed is not None:
             raise failed
@@ -1138,7 +1141,7 @@ class BookingService:
 
     async def _promote(
         self, session: AsyncSession, given: dict[str, Seat]
-    ) -> tuple[set[str], set[str], CountingPaused | SQLAlchemyError | RedisError | None]:
+    ) -> tuple[set[str], set[str], CountingPaused | Exception | None]:
         """Book the waitlisted rows of these tracking codes at the times given, and tell them;
         one commit for every thousand. Compare-and-set: a citizen who left the line since is
         not booked. Returns the codes booked, the codes found no longer waiting, and what
@@ -1191,8 +1194,8 @@ class BookingService:
                 allowed = await self.capacity.may_commit() and not await self._recounted_since_given(
                     [given[code] for code in chunk]
                 )
-            except (SQLAlchemyError, RedisError) as error:  # Redis unasked is Redis refusing
-                with contextlib.suppress(SQLAlchemyError):  # the record may be gone altogether
+            except RECORD_OR_REDIS_AWAY as error:  # Redis unasked is Redis refusing
+                with contextlib.suppress(*RECORD_AWAY):  # the record may be gone altogether
                     await session.rollback()
                 return recorded, left, error
             if not allowed:
@@ -1201,7 +1204,7 @@ class BookingService:
             booked_codes = {row.tracking_code for row in rows if row.id in booked}
             try:
                 await session.commit()
-            except SQLAlchemyError as error:
+            except RECORD_AWAY as error:
                 # Its answer lost, the commit may have landed. The record is asked: a seat
                 # given back for a booking that landed would be sold twice.
                 landed = await commit_outcome(session, xid, _promoted(booked_codes))
@@ -1258,9 +1261,9 @@ class BookingService:
                         await self.capacity.unpromote([(seat, code) for code, seat in reversed(given)])
                     finally:
                         await self.capacity.fill_later([seat for _, seat in given])
-            except (SQLAlchemyError, RedisError):
+            except RECORD_OR_REDIS_AWAY:
                 log.exception("promotions of an untold commit not settled this run: %s", [c for c, _ in given])
-                with contextlib.suppress(SQLAlchemyError):
+                with contextlib.suppress(*RECORD_AWAY):
                     await session.rollback()
         return settled
 
@@ -1296,9 +1299,9 @@ class BookingService:
                     seats = [seat for code, seat in given if code in taken]
                     log.warning("the record says %d lost commit(s) did not land: their seats are freed", len(seats))
                     await self.free_seats(session=session, seats=seats)
-            except (SQLAlchemyError, RedisError):
+            except RECORD_OR_REDIS_AWAY:
                 log.exception("bookings of a lost commit not settled this run: %s", codes)
-                with contextlib.suppress(SQLAlchemyError):
+                with contextlib.suppress(*RECORD_AWAY):
                     await session.rollback()
         return settled
 
@@ -1400,7 +1403,7 @@ class BookingService:
             if await self._by_tracking_code(session, tracking_code) is not None:  # not ours: not committed
                 raise TrackingCodeTaken() from error
             raise AlreadyBookedThatDay() from error
-        except SQLAlchemyError as error:
+        except RECORD_AWAY as error:
             # Its answer lost (a failover), the commit may have landed. The record is asked:
             # landed, only this request puts the citizen in line (a retry is refused "already
             # booked that day"), so it goes on as a join that was answered.
@@ -1442,7 +1445,7 @@ class BookingService:
         )
         try:
             await session.commit()
-        except SQLAlchemyError:
+        except RECORD_AWAY:
             # The citizen is in line (row and place committed): a 503 now would have them
             # try again and be told "already booked". The answer tells them the same.
             await session.rollback()

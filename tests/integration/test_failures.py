@@ -2608,3 +2608,34 @@ async def test_a_cancel_that_meets_redis_away_lets_go_of_the_hold_once_it_answer
             await asyncio.sleep(0.1)
     again = await client.post("/api/v1/bookings", json=body, headers=world.token(mobile))
     assert again.status_code == 201, again.text
+
+
+async def test_a_promotion_whose_connection_cannot_be_had_puts_the_citizen_back_first_in_line(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A primary gone silent: the promotion's connection, checked on its way out of the pool,
+    times out, raised as the driver raised it (asyncio's TimeoutError, an OSError), not as one
+    of SQLAlchemy's. It went past every handler: the cancel, committed, was answered 503, and
+    the citizen, out of the line in Redis, held a seat nobody had booked until the night."""
+    from app.booking import service as booking_service
+
+    office, day, code, waiting = await full_with_one_waiting(client, world)
+    hold_off = booking_service.hold_off_recounts
+    calls: list[None] = []
+
+    async def the_second_connection_times_out(session: Any) -> Any:
+        calls.append(None)
+        if len(calls) == 2:  # the cancel's went through; the promotion's does not
+            raise TimeoutError("the connection's check timed out")
+        return await hold_off(session)
+
+    monkeypatch.setattr(booking_service, "hold_off_recounts", the_second_connection_times_out)
+    cancel = await client.post(f"/api/v1/bookings/{code}/cancel", headers=world.token("09121110000"))
+    assert cancel.status_code == 200, cancel.text  # committed: answered so
+    monkeypatch.setattr(booking_service, "hold_off_recounts", hold_off)
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "waitlisted"
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        assert redis.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting.encode()]  # first again
+    async with world.container.sessions() as session:  # the minute's job gives the line its seat
+        await world.container.bookings.fill_waitlists_left(session=session)
+    assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "booked"
