@@ -103,7 +103,12 @@ def mask(text: str) -> str:
 # name (GET /api/v1/bookings/{code} is anyone's with the code). After those names only: any
 # ten letters had starred the route "/api/v1/complaints" itself. The whole step, as a code
 # may be typed with hyphens, spaces or its look-alikes (app.booking.tracking reads them all).
-_CODE_IN_PATH = re.compile(r"(?:(?<=/bookings/)|(?<=/complaints/)|(?<=/queue/)|(?<=code=))[^/?&#\s]+")
+# Also in a sign-in's "next" (%2Fbookings%2F...); not an office's or a service's code
+# (office_code=), nor the page /complaints/new.
+_CODE_IN_PATH = re.compile(
+    r"(?:(?<=/bookings/)|(?<=/complaints/)|(?<=/queue/)|(?<=[?&]code=)|(?<=tracking_code=)"
+    r"|(?<=%2[Ff]bookings%2[Ff])|(?<=%2[Ff]complaints%2[Ff]))(?!new(?:[/?&#\s]|$))[^/?&#\s]+"
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,7 +13,8 @@ picks the user classes of a scenario:
   changes the day's capacity while the rush is on.
 - steady: ``SteadyCitizen`` browses and books across the whole national network,
   ``SmsCitizen`` books, asks and cancels by signed Twilio webhooks, clerks at work.
-- sms: ``SmsCitizen`` only. staff: ``StaffClerk`` only.
+- sms: ``SmsCitizen`` only. staff: the rush with its clerks (``RushCitizen``, ``StaffClerk``): check-ins
+  and capacity changes while citizens book.
 
 Every loop is bounded: the runner gives Locust a run time, and each wait (for an SMS, for
 the opening) has its own deadline. Every response is tallied by endpoint, status and

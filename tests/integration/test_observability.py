@@ -109,6 +109,7 @@ async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
                 "/api/v1/bookings/7KQ2M-X9PTA",
                 "/b?code=7KQ2M+X9PTA&x=1",
                 "/api/v1/bookings/7KQ2M%20X9PTA",
+                "/signin?next=%2Fbookings%2F7KQ2MX9PTA%2Fcancel",
             ):
                 access_log.info('%s - "%s %s HTTP/%s" %d', "10.0.0.9:5000", "GET", path, "1.1", 200)
             for path in (
@@ -118,6 +119,8 @@ async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
                 access_log.info('"POST %s HTTP/1.1" 200', path)
             access_log.info('"GET /api/v1/offices/010011/slots?service=101 HTTP/1.1" 200')
             access_log.info('"GET /api/v1/complaints HTTP/1.1" 200')
+            access_log.info('"GET /book?office_code=010011&service_code=101 HTTP/1.1" 200')
+            access_log.info('"GET /complaints/new HTTP/1.1" 200')
             # Twilio's client logs each request at INFO (asked which messages went to a number)
             logging.getLogger("twilio.http_client").info("GET Request: /Messages.json?To=+989125550002")
     finally:
@@ -125,12 +128,15 @@ async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
         root.setLevel(level)
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
     mine = next(line for line in lines if line["logger"] == "app.test")
-    access, *codes, office, complaints = [line["message"] for line in lines if line["logger"] == "uvicorn.access"]
+    access, *codes, office, complaints, book_form, new_complaint = [
+        line["message"] for line in lines if line["logger"] == "uvicorn.access"
+    ]
     assert "0499370899" not in mine["message"] and "9121234567" not in mine["message"]
     assert "9125550001" not in access
     assert [line for line in codes if "X9PTA" in line.upper() or "**********" not in line] == []
     assert "/offices/010011/slots?service=101 " in office  # an office's code and a service's stay
     assert "/api/v1/complaints " in complaints  # a route of ten letters is not a code
+    assert "office_code=010011&service_code=101 " in book_form and "/complaints/new " in new_complaint
     assert not [line for line in lines if line["logger"].startswith("twilio")]
 
 
