@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import time
 from bisect import bisect_right
 from collections import Counter, defaultdict
@@ -38,6 +39,9 @@ from app.offices.service import named, normalize_code
 LAT_RANGE = (24.0, 40.5)
 LON_RANGE = (43.0, 64.0)
 SEARCH_RADII_KM = (30, 150, 1000)
+CITY_CANDIDATES = 300
+"""Offices around a city's centre that its searches draw their candidates from (Tehran has
+some 600 offering a common service in the demo network)."""
 MAX_LIMIT = 50
 
 
@@ -82,6 +86,7 @@ class LoadService:
         service_code = normalize_code(service_code, "service")
         if not await self.offices.has_service(service_code):
             raise ServiceNotFound()
+        by_city = lat is None or lon is None
         lat, lon = await self._origin(sessions, lat, lon, city)
         now = self.clock.now()
         day = day or now.date()
@@ -90,13 +95,23 @@ class LoadService:
 
         # The nearest within the first radius that holds ``limit`` offices (the nearest overall
         # when none does); three times as many as shown, for the ranking to choose from.
+        weighed = max(3 * limit, 30)
         nearest = await self.offices.nearest(
-            service_code=service_code, lat=lat, lon=lon, count=max(3 * limit, 30), radius_km=SEARCH_RADII_KM[-1]
+            service_code=service_code,
+            lat=lat,
+            lon=lon,
+            count=CITY_CANDIDATES if by_city else weighed,
+            radius_km=SEARCH_RADII_KM[-1],
         )
         for radius in SEARCH_RADII_KM:
             found = [(code, km) for code, km in nearest if km <= radius]
             if len(found) >= limit:
                 break
+        if by_city and len(found) > weighed:
+            # A city's search has one origin, its centre: every one of them had weighed the
+            # same thirty central offices, and a city of hundreds sent all its citizens to
+            # those. Each weighs its own share of the city's nearest, drawn at random.
+            found = sorted(random.sample(found, weighed), key=lambda pair: pair[1])
         standings = await self._standings(sessions, service_code, [code for code, _ in found], day, now)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.

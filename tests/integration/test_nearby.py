@@ -568,3 +568,25 @@ async def test_a_blocked_offices_slots_show_no_seat_free(client: Client, world: 
     await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
     answer = (await client.get(f"/api/v1/offices/{office}/slots", params=params)).json()
     assert answer["status"] == "blocked" and {s["free"] for s in answer["slots"]} == {0}
+
+
+async def test_a_citys_searches_spread_over_the_city_not_its_centres_thirty(client: Client, world: World) -> None:
+    """A search by city has one origin, the city's centre: every one of them had weighed the
+    same thirty central offices, and a city of hundreds sent all its citizens to those."""
+    for n in range(60):  # a city's offices, one a few hundred metres further out than the last
+        await world.office(lat=35.69 + 0.003 * n, lon=51.39)
+    await world.rebuild()
+    shown: set[str] = set()
+    for _ in range(12):
+        found = await client.get("/api/v1/offices/nearby", params={"service": "101", "city": "تهران", "limit": 10})
+        assert found.status_code == 200, found.text
+        shown |= {office["code"] for office in found.json()["offices"]}
+    # Equally empty, the nearer ones win each draw; but the draws differ (the same ten, each
+    # time, before: the best of the same thirty).
+    assert len(shown) > 15, sorted(shown)
+    # A position's search is as it was: the nearest weighed, the same answer each time.
+    at = {"service": "101", "lat": 35.69, "lon": 51.39, "limit": 10}
+    answers = [
+        [o["code"] for o in (await client.get("/api/v1/offices/nearby", params=at)).json()["offices"]] for _ in range(3)
+    ]
+    assert answers[0] == answers[1] == answers[2]
