@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
+from redis.exceptions import RedisError
 from sqlalchemy import Connection, Enum, Select, Table, event, text, update
 from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -53,6 +54,10 @@ RECORD_AWAY: tuple[type[Exception], ...] = (SQLAlchemyError, OSError)
 made or checked out (a connect timing out, a pre-ping past its time limit), which SQLAlchemy
 passes on as the driver raised it (OSError; asyncio's TimeoutError is one). A path that
 gives seats back or asks a commit's outcome when the record fails catches all of them."""
+
+
+RECORD_OR_REDIS_AWAY: tuple[type[Exception], ...] = (*RECORD_AWAY, RedisError)
+"""The record's failure (``RECORD_AWAY``) or Redis's."""
 
 
 def create_engine(

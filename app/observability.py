@@ -107,6 +107,7 @@ def mask(text: str) -> str:
 # (office_code=), nor the page /complaints/new.
 _CODE_IN_PATH = re.compile(
     r"(?:(?<=/bookings/)|(?<=/complaints/)|(?<=/queue/)|(?<=[?&]code=)|(?<=tracking_code=)"
+    r"|(?<=[?&]tracking=)|(?<=%26tracking%3[Dd])"
     r"|(?<=%2[Ff]bookings%2[Ff])|(?<=%2[Ff]complaints%2[Ff]))(?!new(?:[/?&#\s]|$))[^/?&#\s]+"
 )
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import msgspec
 from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, case, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
@@ -22,7 +21,7 @@ from app.booking.writer import hold_off_recounts
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
 from app.capacity.plan import minute_of
 from app.capacity.service import DayView, Overflow, Reserved, Seat, SeatRequest, day_for_reading
-from app.db import Within
+from app.db import RECORD_OR_REDIS_AWAY, Within
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
@@ -162,7 +161,7 @@ class Relocator:
     async def _give_back(self, session: AsyncSession, seats: list[Seat]) -> None:
         try:
             await self.bookings.free_seats(session=session, seats=seats)
-        except (RedisError, SQLAlchemyError):
+        except RECORD_OR_REDIS_AWAY:
             log.exception("of %d seat(s) given back, some stay counted until the next rebuild", len(seats))
             await session.rollback()  # the caller's next statement must not meet a failed transaction
 

@@ -61,7 +61,7 @@ from app.capacity.service import (
     load_plans,
 )
 from app.clock import Clock
-from app.db import RECORD_AWAY, OnDemand, Sessions, commit_outcome
+from app.db import RECORD_AWAY, RECORD_OR_REDIS_AWAY, OnDemand, Sessions, commit_outcome
 from app.errors import DomainError, IdempotencyKeyReused, InvalidInput, ServiceUnavailable
 from app.identity import mask_mobile, mask_national_id, normalize_national_id
 from app.locale import jalali_date, jalali_datetime, normalize_digits, parse_date, to_persian_digits
@@ -75,9 +75,6 @@ from app.settings import parse_limit
 from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
-
-RECORD_OR_REDIS_AWAY: tuple[type[Exception], ...] = (*RECORD_AWAY, RedisError)
-"""The record's failure (``RECORD_AWAY``) or Redis's."""
 
 UNAVAILABLE = (RedisError, OperationalError, InterfaceError, PoolTimeout, ConnectionError, TimeoutError)
 """A Redis or record that did not answer (app.web answers these 503); not a bug's error."""

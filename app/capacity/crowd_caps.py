@@ -236,7 +236,9 @@ async def _tell(
         if then is not None:
             await then(None if codes is None else set(codes))
         await capacity.applied(str(cap_id), change, noted_in=keys.CAPS_TO_APPLY)
-    except (RedisError, SQLAlchemyError, CapacityRebuilding) as error:  # the cap is recorded: not the caller's error
+    # The cap is recorded: not the caller's error (the record's failure is OSError too, a
+    # connection that could not be had: app.db.RECORD_AWAY).
+    except (RedisError, CapacityRebuilding, SQLAlchemyError, OSError) as error:
         if not isinstance(error, RedisError):
             await session.rollback()
         log.warning("crowd cap %d reaches the counters (or its lines) by the next job", cap_id, exc_info=True)

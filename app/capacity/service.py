@@ -706,6 +706,10 @@ class Capacity:
         columns = counted.pools.get(pool)
         if columns is None:
             return counted.status, []
+        if counted.cap < 100 and day_room(sum(columns[1]), 0, counted.cap) <= 0:
+            # A cap that lets the day sell nothing (a 0% restriction, a share that rounds to no
+            # seat): no slot, as a day off. Shown full, the page offered a line the join refused.
+            return counted.status, []
         first = bisect_left(columns[0], first_bookable_time(now, day) or "")
         # A blocked office sells nothing (RESERVE refuses it): its slots shown with no seat
         # free, not the seats an API client would try and be refused.

@@ -53,7 +53,7 @@ from app.console.errors import (
     WrongBookingState,
 )
 from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
-from app.db import Within, lock_row
+from app.db import RECORD_OR_REDIS_AWAY, Within, lock_row
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
 from app.load.service import LoadService
@@ -649,7 +649,7 @@ class Console:
                 return True
             await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why)
             return True
-        except (CapacityRebuilding, RedisError, SQLAlchemyError):
+        except (CapacityRebuilding, RedisError, SQLAlchemyError, OSError):
             await session.rollback()
             log.warning("the lines office %s's plan shut are ended by the minute's job", code, exc_info=True)
             return False
@@ -861,7 +861,7 @@ class Console:
         await self.bookings.unhold(booking)
         try:
             await self.record_no_show(session=session, national_id=national_id)
-        except (SQLAlchemyError, RedisError):
+        except RECORD_OR_REDIS_AWAY:
             await session.rollback()
             log.exception("a no-show's suspension is left to the night's close")
         return entry

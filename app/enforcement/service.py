@@ -527,7 +527,7 @@ class Enforcement:
         code, why_fa = office.code, f"به دلیل توقف نوبت‌دهی {office.name_fa}،"
         try:
             await self.bookings.end_shut_lines(session=session, office_codes={code}, why_fa=why_fa)
-        except (CapacityRebuilding, RedisError, SQLAlchemyError):
+        except (CapacityRebuilding, RedisError, SQLAlchemyError, OSError):
             await session.rollback()
             log.warning("the lines office %s shut are ended by the minute's job", code, exc_info=True)
 

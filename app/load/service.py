@@ -42,6 +42,8 @@ SEARCH_RADII_KM = (30, 150, 1000)
 CITY_CANDIDATES = 300
 """Offices around a city's centre that its searches draw their candidates from (Tehran has
 some 600 offering a common service in the demo network)."""
+CITY_RADIUS_KM = 10.0
+"""How far from its centre a city's offices are taken to be its own, for that draw."""
 MAX_LIMIT = 50
 
 
@@ -107,11 +109,15 @@ class LoadService:
             found = [(code, km) for code, km in nearest if km <= radius]
             if len(found) >= limit:
                 break
-        if by_city and len(found) > weighed:
+        if by_city:
             # A city's search has one origin, its centre: every one of them had weighed the
             # same thirty central offices, and a city of hundreds sent all its citizens to
-            # those. Each weighs its own share of the city's nearest, drawn at random.
-            found = sorted(random.sample(found, weighed), key=lambda pair: pair[1])
+            # those. Where the city holds more than are weighed, each search weighs its own
+            # share of them, drawn at random. (A town has fewer: drawn from around it, its
+            # own offices were left out of most searches.)
+            in_city = [(code, km) for code, km in found if km <= CITY_RADIUS_KM]
+            if len(in_city) > weighed:
+                found = sorted(random.sample(in_city, weighed), key=lambda pair: pair[1])
         standings = await self._standings(sessions, service_code, [code for code, _ in found], day, now)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.

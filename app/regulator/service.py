@@ -296,7 +296,7 @@ class Regulator:
         try:
             async with self._day_lock(day, tries=tries) as held:
                 return await self._close_held(session, closure_id, province_id, day, why_fa) if held else None
-        except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError):
+        except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError, OSError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
             # is done or Redis and the record answer again.
@@ -399,7 +399,7 @@ class Regulator:
         try:
             await self.capacity.closures_changed()
             await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
-        except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError):
+        except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError, OSError):
             # The reopen is committed: no 5xx (its retry would be a 404). The plans' job
             # writes these offices from the record.
             await session.rollback()

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import CitizenAuth
@@ -25,7 +25,7 @@ from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
 from app.capacity.errors import DayFull, OfficeClosed
 from app.clock import Clock
-from app.db import Within
+from app.db import RECORD_AWAY, Within
 from app.errors import DomainError, RateLimited, ServiceUnavailable
 from app.identity import normalize_mobile
 from app.load.service import LoadService
@@ -395,7 +395,7 @@ class SmsChannel:
             return
         try:
             await self._remember(session, mobile, given, replace=False)
-        except SQLAlchemyError:
+        except RECORD_AWAY:
             await session.rollback()
             log.warning("a phone's first national ID was not registered", exc_info=True)
 

@@ -573,8 +573,8 @@ async def test_a_blocked_offices_slots_show_no_seat_free(client: Client, world: 
 async def test_a_citys_searches_spread_over_the_city_not_its_centres_thirty(client: Client, world: World) -> None:
     """A search by city has one origin, the city's centre: every one of them had weighed the
     same thirty central offices, and a city of hundreds sent all its citizens to those."""
-    for n in range(60):  # a city's offices, one a few hundred metres further out than the last
-        await world.office(lat=35.69 + 0.003 * n, lon=51.39)
+    for n in range(60):  # a city's offices, each a hundred metres further out than the last
+        await world.office(lat=35.69 + 0.001 * n, lon=51.39)
     await world.rebuild()
     shown: set[str] = set()
     for _ in range(12):
@@ -590,3 +590,31 @@ async def test_a_citys_searches_spread_over_the_city_not_its_centres_thirty(clie
         [o["code"] for o in (await client.get("/api/v1/offices/nearby", params=at)).json()["offices"]] for _ in range(3)
     ]
     assert answers[0] == answers[1] == answers[2]
+
+
+async def test_a_towns_search_always_weighs_the_towns_own_office(client: Client, world: World) -> None:
+    """A town with one office, and forty around it further out: drawn from all of them at
+    random, the town's own office had been left out of most of its searches."""
+    own = await world.office(lat=35.69, lon=51.39)
+    for n in range(40):
+        await world.office(lat=35.69 + 0.12 + 0.002 * n, lon=51.39)  # 13 km out and more
+    await world.rebuild()
+    for _ in range(8):
+        found = await client.get("/api/v1/offices/nearby", params={"service": "101", "city": "تهران", "limit": 10})
+        assert own in [office["code"] for office in found.json()["offices"]]
+
+
+async def test_a_day_capped_to_no_seat_shows_no_slot_and_offers_no_line(client: Client, world: World) -> None:
+    """The office page read its slots full and offered the waitlist, which the join refused."""
+    office = await world.office(rules=two_hours(2))
+    day = world.tomorrow()
+    params = {"service": "101", "date": day.isoformat()}
+    assert (await client.get(f"/api/v1/offices/{office}/slots", params=params)).json()["slots"]
+    await world.container.capacity.set_status(
+        office_code=office, status=OfficeStatus.RESTRICTED, cap_percent=0, today=world.container.clock.today()
+    )
+    await world.container.capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
+    assert (await client.get(f"/api/v1/offices/{office}/slots", params=params)).json()["slots"] == []
+    page = await client.get(f"/offices/{office}", params=params, headers={"Accept": "text/html"})
+    assert page.status_code == 200 and "/waitlist" not in page.text

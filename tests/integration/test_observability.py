@@ -110,6 +110,8 @@ async def test_a_running_app_logs_masked_json_lines_with_the_request_id(
                 "/b?code=7KQ2M+X9PTA&x=1",
                 "/api/v1/bookings/7KQ2M%20X9PTA",
                 "/signin?next=%2Fbookings%2F7KQ2MX9PTA%2Fcancel",
+                "/office/010011/queue?notice=checked_in&tracking=7KQ2MX9PTA",
+                "/office/signin?next=%2Foffice%2F010011%2Fqueue%3Fnotice%3Dserved%26tracking%3D7KQ2MX9PTA",
             ):
                 access_log.info('%s - "%s %s HTTP/%s" %d', "10.0.0.9:5000", "GET", path, "1.1", 200)
             for path in (
