@@ -366,6 +366,19 @@ end
 return eased
 """
 
+WRITE_LINE = """
+-- KEYS[1] = a day's waitlist for a pool
+-- ARGV[1] = unix time it expires at, ARGV[2..] = its tracking codes, first in line first
+-- The line as the record has it, written at once: deleted first and filled later, a join
+-- landing in between was written by both, its citizen twice in line (given two seats).
+redis.call('DEL', KEYS[1])
+for first = 2, #ARGV, 1000 do  -- a thousand at a time: unpack has a limit of its own
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+
 HOLD = """
 -- KEYS[1] = the citizen's holds hash: tracking code -> "date|service" (and "|tag", below),
 --           and "_suspended" ->
@@ -549,6 +562,7 @@ class Scripts:
         self.set_meta = redis.register_script(SET_META)
         self.replan = redis.register_script(REPLAN)
         self.hold = redis.register_script(HOLD)
+        self.write_line = redis.register_script(WRITE_LINE)
         self.suspend = redis.register_script(SUSPEND)
         self.forget = redis.register_script(FORGET)
         self.forget_key = redis.register_script(FORGET_KEY)

@@ -923,19 +923,23 @@ class Capacity:
         return len(suspensions)
 
     async def _rebuild_waitlists(self, *, session: AsyncSession, today: dt.date) -> None:
-        async for key in self.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):
-            await self.redis.delete(key)
+        """Every line as the record has it: the lines it has no one waiting in deleted, and each
+        other written whole at once (WRITE_LINE), so that a join's own step landing meanwhile
+        is either replaced by the record's line or finds its citizen there already."""
         rows = await session.execute(
             select(Office.code, Booking.date, Booking.pool, Booking.tracking_code)
             .join(Office, Office.id == Booking.office_id)
             .where(Booking.status == BookingStatus.WAITLISTED, Booking.date >= today)
             .order_by(Booking.created_at, Booking.id)
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for code, day, pool, tracking_code in rows:
-                pipe.rpush(keys.waitlist(code, day, pool), tracking_code)
-                pipe.expireat(keys.waitlist(code, day, pool), day_expiry(day, self.tz))
-            await pipe.execute()
+        lines: dict[str, tuple[dt.date, list[str]]] = {}
+        for code, day, pool, tracking_code in rows:
+            lines.setdefault(keys.waitlist(code, day, pool), (day, []))[1].append(tracking_code)
+        async for key in self.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):
+            if as_text(key) not in lines:
+                await self.redis.delete(key)
+        calls = [([key], [day_expiry(day, self.tz), *codes]) for key, (day, codes) in lines.items()]
+        await self.scripts.run_many(self.scripts.write_line, calls)
 
     async def _drop_geo_sets(self) -> None:
         """Versions before 2026-12-04 kept each service's offices in a Redis GEO set for the

@@ -585,3 +585,39 @@ async def test_a_join_run_again_for_a_code_in_line_keeps_its_one_place(
     )
     assert place == 1
     assert [code.decode() for code in redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1)] == codes
+
+
+async def test_a_recount_writes_each_line_whole_once_and_drops_lines_nobody_waits_in(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """A join's own step landing while the recount wrote the lines (deleted first, filled
+    later) had its citizen written by both: twice in line, given two seats. Each line is now
+    written at once as the record has it; one the record has nobody waiting in goes."""
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+    codes = []
+    for _ in range(3):
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+        )
+        codes.append(joined.json()["tracking_code"])
+    line = keys.waitlist(office, day, "*")
+    stray = keys.waitlist(office, day, "102")
+    redis_sync.rpush(stray, "NOBODY0000")  # a line the record has no one in
+    async with watch_held(), world.container.sessions() as session:
+        execute = session.execute
+
+        async def then_a_joins_step(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            read = await execute(statement, *args, **kwargs)
+            if (
+                "bookings" in str(statement)
+                and "waitlisted" in str(statement.compile()).lower() + str(statement.compile().params).lower()
+            ):
+                redis_sync.rpush(line, codes[0])  # the join's own step, landing meanwhile
+            return read
+
+        session.execute = then_a_joins_step  # type: ignore[method-assign]
+        await world.container.capacity.rebuild(session=session, today=world.container.clock.today())
+    assert [code.decode() for code in redis_sync.lrange(line, 0, -1)] == codes
+    assert redis_sync.ttl(line) > 0 and not redis_sync.exists(stray)
