@@ -596,11 +596,11 @@ class Scripts:
         return results
 
     async def load(self) -> None:
-        for script in (
-            self.reserve, self.release, self.join_waitlist, self.materialise, self.set_meta, self.replan, self.hold,
-            self.suspend, self.forget, self.unpromote,
-        ):  # fmt: skip
-            await self.redis.script_load(script.script)
+        """Every script registered here (a list of them had left the recount's newest out: on
+        a cluster its first run after a deploy or a failover fell back inside redis-py)."""
+        for script in vars(self).values():
+            if isinstance(script, AsyncScript):
+                await self.redis.script_load(script.script)
 
 
 def as_text(value: Any) -> str:

@@ -118,6 +118,8 @@ class LoadService:
             in_city = [(code, km) for code, km in found if km <= CITY_RADIUS_KM]
             if len(in_city) > weighed:
                 found = sorted(random.sample(in_city, weighed), key=lambda pair: pair[1])
+            else:
+                found = found[:weighed]  # the nearest, as a position's search weighs
         standings = await self._standings(sessions, service_code, [code for code, _ in found], day, now)
 
         # Minutes to a slot counted on the clock's face, as Python subtracts two times of one zone.

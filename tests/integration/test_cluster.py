@@ -259,3 +259,24 @@ async def test_a_seat_taken_while_the_citizens_hold_met_a_node_away_is_given_bac
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
     )
     assert booked.status_code == 201, booked.text
+
+
+async def test_every_script_is_loaded_on_every_node_before_concurrent_calls(
+    world: World, cluster: RedisCluster, cluster_sync: SyncCluster
+) -> None:
+    """On a cluster ``run_many`` sends its calls at once after ``load``: a script left out of
+    it (the recount's newest, WRITE_LINE) fell back inside redis-py, dozens at once, and the
+    first recount after a deploy or a failover could fail with bookings paused."""
+    from redis.commands.core import AsyncScript
+
+    scripts = world.container.capacity.scripts
+    registered = [script for script in vars(scripts).values() if isinstance(script, AsyncScript)]
+    assert scripts.write_line in registered
+    for node in cluster.nodes:  # as a promoted replica, or a restarted node, has them: none
+        with SyncRedis(host="127.0.0.1", port=node.port) as redis:
+            redis.script_flush()
+    await scripts.load()
+    for node in cluster.nodes:
+        with SyncRedis(host="127.0.0.1", port=node.port) as redis:
+            if redis.info("replication")["role"] == "master":
+                assert all(redis.script_exists(*(script.sha for script in registered))), node.port
