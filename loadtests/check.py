@@ -41,7 +41,7 @@ from app.capacity import keys
 from app.clock import Clock
 from app.db import create_engine, session_factory
 from app.offices.models import Office
-from app.settings import load_settings, parse_limit
+from app.settings import Settings, load_settings, parse_limit
 
 SlotKey = tuple[str, str, str, str]  # (office code, day, pool, time)
 MAX_LISTED = 20  # violations listed in full; the counts are always complete
@@ -286,6 +286,20 @@ def check_once(
     )
     result.seconds = round(time.perf_counter() - started, 2)
     return result
+
+
+def check_service(settings: Settings, *, per_mobile: str | None = None) -> CheckResult:
+    """``check_once`` against a service's own stores, zone and limits (``per_mobile``: its
+    NOBAT_BOOKINGS_PER_MOBILE unless given)."""
+    assert settings.redis_url, "the check reads the service's Redis"
+    return check_once(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        tz=settings.tz,
+        horizon_days=settings.horizon_days,
+        max_active=settings.max_active_bookings,
+        per_mobile=per_mobile or settings.bookings_per_mobile,
+    )
 
 
 def check(

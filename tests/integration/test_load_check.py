@@ -20,17 +20,7 @@ Client = AsyncTestClient[Litestar]
 
 
 async def run_check(world: World, *, per_mobile: str) -> check.CheckResult:
-    settings = world.container.settings
-    assert settings.redis_url
-    return await asyncio.to_thread(
-        check.check_once,
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
-        tz=settings.tz,
-        horizon_days=settings.horizon_days,
-        max_active=settings.max_active_bookings,
-        per_mobile=per_mobile,
-    )
+    return await asyncio.to_thread(check.check_service, world.container.settings, per_mobile=per_mobile)
 
 
 async def test_the_check_passes_a_clean_record_and_finds_a_mobile_over_its_allowance(

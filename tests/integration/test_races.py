@@ -20,7 +20,7 @@ from app.booking.models import Booking, BookingStatus
 from app.capacity import keys
 from app.capacity.plan import DayRule
 from app.settings import Settings
-from loadtests.check import check_once
+from loadtests.check import check_service
 from tests.conftest import Served, World, booking_body
 from tests.integration.test_complaints import regulator
 from tests.integration.test_console import staff_of
@@ -30,16 +30,7 @@ Client = AsyncTestClient[Litestar]
 
 async def consistent(settings: Settings) -> None:
     """The load test's check over the whole horizon, all of it clean."""
-    assert settings.redis_url
-    result = await asyncio.to_thread(
-        check_once,
-        database_url=settings.database_url,
-        redis_url=settings.redis_url,
-        tz=settings.tz,
-        horizon_days=settings.horizon_days,
-        max_active=settings.max_active_bookings,
-        per_mobile=settings.bookings_per_mobile,
-    )
+    result = await asyncio.to_thread(check_service, settings)
     assert result.ok, result.examples
 
 

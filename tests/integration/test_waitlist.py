@@ -565,21 +565,29 @@ async def test_a_line_whose_last_slot_has_begun_is_ended_and_each_citizen_told(
     assert any("به پایان رسید" in m and code in m for m in told), told
 
 
+async def full_with_a_line(client: Client, world: World, *, waiting: int) -> tuple[str, dt.date, list[str]]:
+    """An office's one seat tomorrow booked, and ``waiting`` citizens in its line: the office,
+    the day and their tracking codes, first in line first."""
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
+    codes = []
+    for _ in range(waiting):
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+        )
+        assert joined.status_code == 201, joined.text
+        codes.append(joined.json()["tracking_code"])
+    return office, day, codes
+
+
 async def test_a_join_run_again_for_a_code_in_line_keeps_its_one_place(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
     """The join's script run a second time for a citizen in line (a recount wrote the line from
     the record after the join's commit, then the join's own step ran): one place, not two (each
     would be given a seat, the second passed on only once found booked)."""
-    office = await world.office(rules=one_slot_office_rules())
-    day = world.tomorrow()
-    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
-    codes = []
-    for _ in range(2):
-        joined = await client.post(
-            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-        )
-        codes.append(joined.json()["tracking_code"])
+    office, day, codes = await full_with_a_line(client, world, waiting=2)
     place = await world.container.capacity.join_waitlist(
         office_code=office, day=day, pool="*", not_before=None, tracking_code=codes[0]
     )
@@ -593,15 +601,7 @@ async def test_a_recount_writes_each_line_whole_once_and_drops_lines_nobody_wait
     """A join's own step landing while the recount wrote the lines (deleted first, filled
     later) had its citizen written by both: twice in line, given two seats. Each line is now
     written at once as the record has it; one the record has nobody waiting in goes."""
-    office = await world.office(rules=one_slot_office_rules())
-    day = world.tomorrow()
-    await client.post("/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token())
-    codes = []
-    for _ in range(3):
-        joined = await client.post(
-            "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
-        )
-        codes.append(joined.json()["tracking_code"])
+    office, day, codes = await full_with_a_line(client, world, waiting=3)
     line = keys.waitlist(office, day, "*")
     stray = keys.waitlist(office, day, "102")
     redis_sync.rpush(stray, "NOBODY0000")  # a line the record has no one in
