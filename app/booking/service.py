@@ -37,7 +37,14 @@ from app.booking.errors import (
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel, NewBooking
 from app.booking.schemas import BookingCreate, BookingOut, WaitlistJoin
 from app.booking.tracking import new_tracking_code, normalize_tracking_code
-from app.booking.writer import CommitOutcomeUnknown, Counted, CountingPaused, GroupCommit, hold_off_recounts
+from app.booking.writer import (
+    CommitOutcomeUnknown,
+    Counted,
+    CountingPaused,
+    GroupCommit,
+    hold_off_recounts,
+    refuse_while_recounting,
+)
 from app.capacity import keys
 from app.capacity.errors import (
     AlreadyBookedThatDay,
@@ -780,7 +787,7 @@ class BookingService:
             # (a stalled request), counting the booking as active, and the release with the
             # older count freed nothing: the seat unsold until the next night. (Redis failing
             # here answers 503 with nothing committed.)
-            await self._before_commit(session)
+            await refuse_while_recounting(session, self.capacity.may_commit)
             if not waitlisted:  # after it: read before, a recount could end in between
                 counted_in = (await self.capacity.counts([office_day]))[office_day]
             await session.commit()
@@ -823,16 +830,6 @@ class BookingService:
                 "cancelled booking's seat not released, or its promotion not recorded; the night's recount will"
             )
         return view
-
-    async def _before_commit(self, session: AsyncSession) -> None:
-        """Asked once the recount barrier is held (``hold_off_recounts``), as the group commit
-        asks for bookings: a recount begun meanwhile may have read the record already, and
-        committed now, a cancel would leave its seat in the count (the release after it frees
-        nothing of a newer count), and a join would be left out of the rebuilt line and holds.
-        This instance's ``ready`` is up to a second old, and another's recount it never sees."""
-        if not await self.capacity.may_commit():
-            await session.rollback()
-            raise CapacityRebuilding()
 
     async def unhold(self, booking: Booking) -> None:
         """Free the place in its citizen's limits of a booking no longer active (cancelled,
@@ -896,7 +893,7 @@ class BookingService:
                 body=f"{why_fa} نوبت/نوبت انتظار {booking.tracking_code} شما لغو شد. {advice_fa}",
                 kind="booking_cancelled",
             )
-        await self._before_commit(session)
+        await refuse_while_recounting(session, self.capacity.may_commit)
         await session.commit()
         for booking, code in cancelled:
             try:
@@ -1388,7 +1385,7 @@ class BookingService:
         try:
             xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
             session.add(booking)
-            await self._before_commit(session)
+            await refuse_while_recounting(session, self.capacity.may_commit)
             await session.commit()
         except (CapacityRebuilding, RedisError):  # nothing committed: the hold goes too
             await session.rollback()

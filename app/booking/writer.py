@@ -301,16 +301,25 @@ async def hold_off_recounts(db: AsyncSession | AsyncConnection) -> int | None:
     return int(held.one()[-1])
 
 
-async def commit_unless_recounting(session: AsyncSession, may_commit: Callable[[], Awaitable[bool]]) -> None:
-    """Commit a change Redis must agree with, unless a recount has begun: one that read the
-    record before the commit would write Redis back from the record without it, after the
-    change reached Redis, and nothing would bring the change back until the next night.
-    Holding the recount barrier, a recount reads the record after this commit; one begun
-    already refuses it (CapacityRebuilding, rolled back: 503, try again in a moment)."""
-    await hold_off_recounts(session)
+async def refuse_while_recounting(session: AsyncSession, may_commit: Callable[[], Awaitable[bool]]) -> None:
+    """Asked once the recount barrier is held (``hold_off_recounts``), as the group commit asks
+    for bookings: a recount begun meanwhile may have read the record already, and a change
+    committed now would be left out of what it writes back to Redis (a cancel's seat kept in
+    the count, a join out of its line, a plan undone). Refused: rolled back, CapacityRebuilding
+    (503, try again in a moment). An instance's ``ready`` is up to a second old, and another's
+    recount it never sees: Redis is asked."""
     if not await may_commit():
         await session.rollback()
         raise CapacityRebuilding()
+
+
+async def commit_unless_recounting(session: AsyncSession, may_commit: Callable[[], Awaitable[bool]]) -> None:
+    """Commit a change Redis must agree with (a clerk's plan, a closure, its removal), unless a
+    recount has begun (``refuse_while_recounting``): holding the barrier, a recount reads the
+    record after this commit. Committed during one that read the record before, the change,
+    applied to Redis and its note forgotten, was written back over until the next night."""
+    await hold_off_recounts(session)
+    await refuse_while_recounting(session, may_commit)
     await session.commit()
 
 

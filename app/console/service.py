@@ -195,7 +195,7 @@ class Console:
             row.template = new
         await self._audit(session, staff, office, "capacity.template.set", office.code, before, new)
         noted = await self._note_plan(office, move_overflow)
-        await self._commit_plan(session)
+        await commit_unless_recounting(session, self.capacity.may_commit)
         # The template says which seat pool each service draws from.
         await self.bookings.offices.changed(office.code)
         return await self._apply_change(session, office, horizon, noted, move_overflow)
@@ -234,7 +234,7 @@ class Console:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
         noted = await self._note_plan(office, move_overflow)
-        await self._commit_plan(session)
+        await commit_unless_recounting(session, self.capacity.may_commit)
         return await self._apply_change(session, office, [day], noted, move_overflow)
 
     async def clear_override(
@@ -262,7 +262,7 @@ class Console:
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
         noted = await self._note_plan(office, move_overflow)
-        await self._commit_plan(session)
+        await commit_unless_recounting(session, self.capacity.may_commit)
         return await self._apply_change(session, office, [day], noted, move_overflow)
 
     async def _refuse_more_seats_under_a_cap(
@@ -503,12 +503,6 @@ class Console:
             for code, day, pool, time, count in rows:
                 holding[(code, day, pool, time)] += count
         return holding
-
-    async def _commit_plan(self, session: AsyncSession) -> None:
-        """A plan change's commit, unless a recount has begun (``commit_unless_recounting``):
-        the change, applied and its note forgotten, was undone until the next night (a day
-        closed at the counter sold again online)."""
-        await commit_unless_recounting(session, self.capacity.may_commit)
 
     async def _note_plan(self, office: Office, move_overflow: bool) -> Noted:
         """Note the office's plan change for the minute's job, before its commit."""
