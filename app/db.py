@@ -88,10 +88,9 @@ def create_engine(
 
 def _timed_out_is_unavailable(context: ExceptionContext) -> OperationalError | None:
     """A statement past ``statement_seconds`` raises asyncio's TimeoutError, which SQLAlchemy
-    passes on as it is: every path that handles the record's failure (a commit whose outcome
-    must be asked, a cancel's, a promotion's) catches SQLAlchemyError, and a timed-out commit
-    that had landed skipped them all, its seat never given back. Raised as the record away
-    (its connection dropped: asyncpg leaves it mid-statement)."""
+    passes on as it is: raised as the record away instead (its connection dropped: asyncpg
+    leaves it mid-statement), it reaches every handler that catches SQLAlchemy's errors. (A
+    connection that cannot be had never reaches this hook: ``RECORD_AWAY`` names both.)"""
     error = context.original_exception
     if not isinstance(error, TimeoutError):
         return None
