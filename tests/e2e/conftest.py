@@ -322,3 +322,24 @@ def desk(browser: Any, server: Server) -> Iterator[Any]:
 def journey() -> dict[str, str]:
     """What one test leaves for the next: the citizen's booking, which the staff then check in."""
     return {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed browser test's report ends with what its pages showed and the app's last log
+    lines: CI keeps no more than the report, and a page that did not come is explained there."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when != "call":
+        return
+    funcargs = getattr(item, "funcargs", {})
+    for name in ("phone", "desk"):
+        for page in funcargs[name].pages if name in funcargs else []:
+            try:
+                shown = page.locator("main").inner_text(timeout=2_000)[:1_500]
+            except Exception as error:  # the page itself may be what failed
+                shown = f"(not read: {error})"
+            report.sections.append((f"{name} page {page.url}", shown))
+    server = funcargs.get("server")
+    if isinstance(server, Server):
+        report.sections.append(("app log (last 60 lines)", "\n".join(list(server.log)[-60:])))
