@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,20 @@ def test_logs_are_json_without_personal_data() -> None:
     assert "0499370899" not in line and "9121234567" not in line
     assert '"level": "info"' in line and '"request_id"' in line
     assert mask("office 010001 slot 10:00") == "office 010001 slot 10:00"
+
+
+def test_log_times_are_utc_in_every_process_whatever_its_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cron process sets TZ to the offices' zone; its lines must still line up with the rest."""
+    record = logging.LogRecord("t", logging.INFO, "f", 1, "m", None, None)
+    record.created, record.msecs = 1_796_000_000.25, 250.0  # 2026-11-30T00:53:20.250 UTC
+    monkeypatch.setenv("TZ", "Asia/Tehran")
+    time.tzset()
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert line["at"] == "2026-11-30T00:53:20.250Z"
 
 
 def test_numbers_a_citizen_typed_in_persian_or_in_groups_are_masked_too() -> None:
