@@ -1359,6 +1359,7 @@ class BookingService:
             office_code=office.code, day=day, pool=office.pool, time=None, not_before=not_before,
             tracking_code=tracking_code,
         )  # fmt: skip
+        counted_in = await self.capacity.counts({(office.code, day)})  # before the hold it may outlive
         try:
             await self._hold(national_id, today, day, office, tracking_code)
         except RedisError:
@@ -1386,6 +1387,12 @@ class BookingService:
             xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
             session.add(booking)
             await refuse_while_recounting(session, self.capacity.may_commit)
+            if await self.capacity.counts({(office.code, day)}) != counted_in:
+                # A whole recount ran since the hold (a stalled request), from a record without
+                # this row: the hold is gone with it. Joined now, the citizen would wait with
+                # no hold, free to book that service that day once more. Tried again, it holds.
+                await session.rollback()
+                raise CapacityRebuilding()
             await session.commit()
         except (CapacityRebuilding, RedisError):  # nothing committed: the hold goes too
             await session.rollback()
@@ -1478,11 +1485,20 @@ class BookingService:
         which stays. Only a row still waiting goes, with its hold and place in line (a seat
         given to a code with no row goes round again: ``_record_promotions``)."""
         await session.rollback()
+        await hold_off_recounts(session)
         removed = await session.scalar(
             delete(Booking)
             .where(Booking.id == booking_id, Booking.status == BookingStatus.WAITLISTED)
             .returning(Booking.id)
         )
+        if removed is not None and not await self._may_commit_or_unknown():
+            # A recount has begun, and may have read the row waiting: it writes the citizen
+            # into the line, with a hold. Deleted now, the line would keep a code with no row
+            # and the citizen a hold with no booking, refused that day. The join stands (a
+            # retry is answered "already booked", and the page shows the line).
+            await session.rollback()
+            log.warning("a failed waitlist join met a recount; the join stands: %s", asked.tracking_code)
+            return
         await session.commit()
         if removed is None:
             return
@@ -1493,6 +1509,14 @@ class BookingService:
         except RedisError:  # a seat given to the code goes round again (``_record_promotions``)
             log.warning("a failed waitlist join may stay in line, with no row", exc_info=True)
         await self._unhold_or_later(national_id, asked)
+
+    async def _may_commit_or_unknown(self) -> bool:
+        """``Capacity.may_commit``, or True when Redis cannot say: undone, a change whose Redis
+        side cannot be undone either is left to the undo's own retries (``_unhold_or_later``)."""
+        try:
+            return await self.capacity.may_commit()
+        except RedisError:
+            return True
 
     def _view(self, booking: Booking, office_code: str, office_name_fa: str, service_name_fa: str) -> BookingOut:
         return booking_out(

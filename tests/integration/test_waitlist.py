@@ -531,6 +531,85 @@ async def test_a_promotion_stalled_across_a_whole_recount_books_nobody_twice(
     await consistent(settings)
 
 
+async def test_a_join_stalled_across_a_whole_recount_is_refused_and_leaves_no_one_unheld(
+    client: Client, world: World, redis_sync: SyncRedis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join's hold was taken; before its row was committed (a stalled request), a whole
+    recount ran from a record without the row, and wrote the citizen's holds without it.
+    Committed then, the citizen waited in line with no hold: free to book that service that
+    day once more. Refused now (503, nothing kept); tried again, it joins, held."""
+    from app.booking import service as booking_service
+    from tests.conftest import rebuild
+    from tests.integration.test_races import consistent
+
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    full = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09124000001")
+    )
+    assert full.status_code == 201, full.text
+    app = client.app.state.container
+    hold_off = booking_service.hold_off_recounts
+
+    async def after_a_recount(session: Any) -> Any:
+        monkeypatch.setattr(booking_service, "hold_off_recounts", hold_off)
+        await rebuild(app)  # the whole recount, between the join's hold and its commit
+        return await hold_off(session)
+
+    monkeypatch.setattr(booking_service, "hold_off_recounts", after_a_recount)
+    national_id, mobile = world.national_id(), "09124000002"
+    body = booking_body(office, national_id, day, None)
+    stalled = await client.post("/api/v1/waitlist", json=body, headers=world.token(mobile))
+    assert stalled.status_code == 503, stalled.text
+    assert holds(redis_sync, national_id) == []
+    assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == []
+    assert [status for status, _ in (await statuses(world, office)).values()] == ["booked"]
+    again = await client.post("/api/v1/waitlist", json=body, headers=world.token(mobile))
+    assert again.status_code == 201, again.text
+    assert holds(redis_sync, national_id) == [again.json()["tracking_code"].encode()]
+    await consistent(settings)
+
+
+async def test_a_failed_join_taken_back_as_a_recount_begins_stands_as_the_recount_writes_it(
+    client: Client, world: World, redis_sync: SyncRedis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The join's row was committed; its step into the line failed as a recount began. The
+    recount may have read the row waiting already: it writes the citizen into the line, held.
+    Taken back then (the row deleted, the hold let go before the recount wrote it again), the
+    line kept a code with no row and the citizen a hold with no booking, refused that day. The
+    join stands: the recount's line has it, and a second tap is told it is in line."""
+    from tests.integration.test_races import consistent
+
+    office = await world.office(rules=one_slot_office_rules())
+    day = world.tomorrow()
+    full = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token("09124000003")
+    )
+    assert full.status_code == 201, full.text
+    capacity = client.app.state.container.capacity
+
+    async def as_a_recount_begins(**_: Any) -> Any:
+        capacity.ready = False  # as the watch does when a recount begins
+        raise RedisTimeoutError("the line's step timed out")
+
+    monkeypatch.setattr(capacity, "join_waitlist", as_a_recount_begins)
+    national_id, mobile = world.national_id(), "09124000004"
+    body = booking_body(office, national_id, day, None)
+    async with watch_held():
+        failed = await client.post("/api/v1/waitlist", json=body, headers=world.token(mobile))
+    assert failed.status_code == 503, failed.text
+    monkeypatch.undo()
+    capacity.ready = True
+    waiting = [code for code, (status, _) in (await statuses(world, office)).items() if status == "waitlisted"]
+    assert len(waiting) == 1
+    assert holds(redis_sync, national_id) == [waiting[0].encode()]
+    await world.rebuild()  # the recount's end
+    assert redis_sync.lrange(keys.waitlist(office, day, "*"), 0, -1) == [waiting[0].encode()]
+    again = await client.post("/api/v1/waitlist", json=body, headers=world.token(mobile))
+    assert again.status_code == 409 and again.json()["code"] == "already_booked", again.text
+    await consistent(settings)
+
+
 async def test_a_line_whose_last_slot_has_begun_is_ended_and_each_citizen_told(
     client: Client, world: World, redis_sync: SyncRedis, morning: Any, monkeypatch: pytest.MonkeyPatch, deliver: Deliver
 ) -> None:
