@@ -608,6 +608,10 @@ class Capacity:
         seconds = ((until - today).days + 1) * 86400
         await self.scripts.suspend(keys=[keys.citizen_holds(national_id)], args=[until.isoformat(), seconds])
 
+    async def lift_suspension(self, *, national_id: str) -> None:
+        """Let this national ID book again (its suspension deleted from the record)."""
+        await self.redis.hdel(keys.citizen_holds(national_id), "_suspended")
+
     async def unhold(self, *, national_id: str, tracking_code: str) -> None:
         await self.redis.hdel(keys.citizen_holds(national_id), tracking_code)
 

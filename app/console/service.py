@@ -782,19 +782,20 @@ class Console:
         tracking_code: str,
         allowed: tuple[BookingStatus, ...],
         to: BookingStatus,
-    ) -> tuple[Office, Booking, QueueEntry]:
+    ) -> tuple[Office, Booking, QueueEntry, BookingStatus]:
+        """The booking moved from one of ``allowed`` to ``to``; with the status it had."""
         office, booking, service_name = await self._queued(session, staff, office_code, tracking_code)
         if booking.status is to:
             # The same action again (a double click, F5 on the page, a second clerk): done
             # already, and said so, not refused as a wrong state. (What follows an action,
             # giving back the citizen's hold, weighing a no-show, is the same done twice.)
             await session.commit()  # the row's lock goes
-            return office, booking, _entry(booking, service_name)
+            return office, booking, _entry(booking, service_name), to
         if booking.status not in allowed:
             raise WrongBookingState(booking_status=booking.status.value)
         if to == BookingStatus.NO_SHOW:
             self._refuse_early_no_show(booking)
-        before = booking.status.value
+        before = booking.status
         # Compare-and-set on the booking as the clerk saw it: a cancellation or a move that
         # landed since the read must win (SQLite has no row locks). A check-in must neither
         # overwrite the one nor mark a booking that now lives at another office or slot.
@@ -814,22 +815,70 @@ class Console:
             await session.rollback()
             raise WrongBookingState(booking_status="changed")
         booking.status = to
-        await self._audit(session, staff, office, f"booking.{to.value}", booking.tracking_code, before, to.value)
+        await self._audit(session, staff, office, f"booking.{to.value}", booking.tracking_code, before.value, to.value)
         await session.commit()
-        return office, booking, _entry(booking, service_name)
+        return office, booking, _entry(booking, service_name), before
 
     async def check_in(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
     ) -> QueueEntry:
-        _, _, entry = await self._transition(
-            session, staff, office_code, tracking_code, (BookingStatus.BOOKED,), BookingStatus.CHECKED_IN
+        """Also a no-show marked today, taken back: the citizen came late after all, or the
+        clerk tapped the wrong row. Left, the mark could not be undone, and counted towards a
+        week's suspension for a citizen standing at the counter."""
+        _, booking, entry, before = await self._transition(
+            session,
+            staff,
+            office_code,
+            tracking_code,
+            (BookingStatus.BOOKED, BookingStatus.NO_SHOW),
+            BookingStatus.CHECKED_IN,
         )
+        if before is BookingStatus.NO_SHOW:
+            await self._forgive_no_show(session, booking)
         return entry
+
+    async def _forgive_no_show(self, session: AsyncSession, booking: Booking) -> None:
+        """A no-show taken back: the booking counts against the citizen's limits again (the
+        mark had let go of its hold), and a suspension made today goes, unless the no-shows
+        left still call for one (made again as ``record_no_show`` makes them)."""
+        national_id, code, day, service_code = (
+            booking.national_id,
+            booking.tracking_code,
+            booking.date,
+            booking.service_code,
+        )
+        today = self.clock.today()
+        try:
+            await self.capacity.hold_again(
+                national_id=national_id, tracking_code=code, day=day, service_code=service_code
+            )
+            made = await session.scalars(select(Suspension).where(Suspension.national_id == national_id))
+            today_s = [s for s in made if self.clock.aware(s.created_at).astimezone(self.clock.tz).date() == today]
+            if not today_s:
+                return
+            for suspension in today_s:
+                await session.delete(suspension)
+            await session.flush()
+            await self.suspend_for_no_shows(session=session, national_ids=[national_id], today=today)
+            until = await session.scalar(
+                select(func.max(Suspension.until)).where(
+                    Suspension.national_id == national_id, Suspension.until > today
+                )
+            )
+            await session.commit()
+            if until is None:
+                await self.capacity.lift_suspension(national_id=national_id)
+            else:
+                await self.capacity.suspend(national_id=national_id, until=until, today=today)
+        except RECORD_OR_REDIS_AWAY:
+            # The check-in is committed: the clerk is not told of a failure they cannot mend.
+            await session.rollback()
+            log.exception("a no-show taken back: its hold or suspension left as they were")
 
     async def serve(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
     ) -> QueueEntry:
-        _, booking, entry = await self._transition(
+        _, booking, entry, _ = await self._transition(
             session,
             staff,
             office_code,
@@ -844,7 +893,7 @@ class Console:
     async def no_show(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
     ) -> QueueEntry:
-        _, booking, entry = await self._transition(
+        _, booking, entry, _ = await self._transition(
             session, staff, office_code, tracking_code, (BookingStatus.BOOKED,), BookingStatus.NO_SHOW
         )
         # The mark is committed: a failure after it answered the clerk with an error, their

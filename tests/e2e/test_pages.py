@@ -174,7 +174,7 @@ def test_staff_check_the_citizen_in(desk: Any, site: Site, server: Server, journ
             pytest.skip("within minutes of midnight in Tehran no slot fits today; the later day was checked")
         row = page.locator(f"tr[data-tracking='{tracking}']")
 
-    # «نیامد» asks first (it cannot be undone, and counts toward a suspension): declined, nothing is sent.
+    # «نیامد» asks first (it counts toward a suspension): declined, nothing is sent.
     asked: list[str] = []
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     row.get_by_role("button", name=re.compile("نیامد")).click()

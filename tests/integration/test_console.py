@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 
+from app.booking.models import Suspension
 from app.capacity import keys
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import DayRule, decode_template
@@ -375,11 +376,12 @@ async def test_queue_check_in_served_and_walk_in(
     move_clock(monkeypatch, morning.replace(hour=8, minute=15))  # the 08:00 slot, and its grace, have passed
     no_show = await client.post(f"{base}/queue/{code}/no-show", headers=headers)
     assert no_show.status_code == 200, no_show.text
-    again = await client.post(f"{base}/queue/{code}/check-in", headers=headers)
-    assert again.status_code == 409 and again.json()["code"] == "booking_state"
     # The same mark again (a double click, F5, a second clerk): done already, not refused.
     twice = await client.post(f"{base}/queue/{code}/no-show", headers=headers)
     assert twice.status_code == 200 and twice.json()["status"] == "no_show", twice.text
+    # The citizen came after all: checked in, the mark is taken back.
+    came = await client.post(f"{base}/queue/{code}/check-in", headers=headers)
+    assert came.status_code == 200 and came.json()["status"] == "checked_in", came.text
 
     second = await client.post(
         "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "08:30"), headers=world.token()
@@ -402,7 +404,14 @@ async def test_queue_check_in_served_and_walk_in(
 
     async with world.container.sessions() as session:
         actions = list(await session.scalars(select(AuditEntry.action).order_by(AuditEntry.id)))
-    assert actions == ["booking.no_show", "booking.checked_in", "booking.served", "booking.walk_in", "office.waiting"]
+    assert actions == [
+        "booking.no_show",
+        "booking.checked_in",
+        "booking.checked_in",
+        "booking.served",
+        "booking.walk_in",
+        "office.waiting",
+    ]
 
 
 async def test_a_no_show_waits_for_the_slot_and_its_grace(
@@ -510,6 +519,53 @@ async def test_three_no_shows_suspend_booking(
         "/api/v1/bookings", json=booking_body(office, national_id, today + dt.timedelta(days=3)), headers=world.token()
     )
     assert again.status_code == 403 and again.json()["code"] == "booking_suspended"  # still, online
+
+
+async def test_a_no_show_taken_back_by_a_check_in_lifts_the_suspension_it_brought(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third no-show suspended the citizen for a week; then they came in, late (or the
+    clerk had tapped the wrong row). The mark could not be undone: check-in was refused as a
+    wrong state, and the suspension stood. Checked in now, the booking is held again and the
+    suspension lifted; marked again, it suspends again."""
+    from tests.conftest import holds
+
+    office = await world.office(seats=2, services=("101", "102", "103"))
+    headers = await staff_of(client, world, office)
+    today = morning.date()
+    national_id = world.national_id()
+    codes = []
+    for service, slot in (("101", "12:00"), ("102", "12:30"), ("103", "13:00")):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, national_id, today, slot, service=service),
+            headers=world.token(),
+        )  # fmt: skip
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    move_clock(monkeypatch, morning.replace(hour=13, minute=30))
+    base = f"/api/v1/staff/offices/{office}/queue"
+    for code in codes:
+        assert (await client.post(f"{base}/{code}/no-show", headers=headers)).status_code == 200
+    later = booking_body(office, national_id, today + dt.timedelta(days=2))
+    assert (await client.post("/api/v1/bookings", json=later, headers=world.token())).status_code == 403
+    assert holds(redis_sync, national_id) == [b"_suspended"]  # and the three marks let go of their holds
+
+    came = await client.post(f"{base}/{codes[2]}/check-in", headers=headers)
+    assert came.status_code == 200 and came.json()["status"] == "checked_in", came.text
+    assert holds(redis_sync, national_id) == [codes[2].encode()]
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Suspension)) == 0
+        actions = list(
+            await session.scalars(select(AuditEntry.before).where(AuditEntry.action == "booking.checked_in"))
+        )
+    assert len(actions) == 1 and "no_show" in str(actions[0])
+    booked = await client.post("/api/v1/bookings", json=later, headers=world.token())
+    assert booked.status_code == 201, booked.text
+
+    # Served, then nothing more to take back; another no-show of the day is marked as before.
+    assert (await client.post(f"{base}/{codes[2]}/served", headers=headers)).status_code == 200
+    again = await client.post(f"{base}/{codes[2]}/check-in", headers=headers)
+    assert again.status_code == 409 and again.json()["code"] == "booking_state", again.text
 
 
 async def test_special_hours_from_the_page_keep_a_services_own_counter(
