@@ -336,6 +336,7 @@ class CitizenPages(Controller):
                 container,
                 "citizen/book.html",
                 status=error.status,
+                headers=error.headers,  # a 429's or a 503's Retry-After
                 errors=errors,
                 form={"national_id": national_id},
                 office=bookable,
@@ -529,7 +530,7 @@ class CitizenPages(Controller):
         except RedisError:
             log.warning("a sign-out was not told to the other instances: Redis did not answer")
         response = see_other("/?notice=signed_out")
-        response.delete_cookie(CITIZEN_COOKIE, path="/")
+        _end_sign_in_cookie(request, response)
         return response
 
     @post("/signout/everywhere")
@@ -546,7 +547,7 @@ class CitizenPages(Controller):
             response = see_other("/signin?notice=sign_in_first")
         else:
             response = see_other("/?notice=signed_out_everywhere")
-        response.delete_cookie(CITIZEN_COOKIE, path="/")
+        _end_sign_in_cookie(request, response)
         return response
 
     # --- complaints ---
@@ -719,6 +720,14 @@ def _forget_signin_mobile(request: Request[Any, Any, Any]) -> list[Cookie]:
     if SIGNIN_MOBILE_COOKIE not in request.cookies:
         return []
     return [Cookie(key=SIGNIN_MOBILE_COOKIE, value="", path=SIGNIN_PATH, max_age=0, expires=0)]
+
+
+def _end_sign_in_cookie(request: Request[Any, Any, Any], response: Redirect) -> None:
+    """Delete the sign-in cookie the request came with. Only then: a form on another site,
+    posted here, comes without it (SameSite=Lax), and was answered with its deletion, which
+    the browser took: any site could sign a citizen out in the middle of booking."""
+    if CITIZEN_COOKIE in request.cookies:
+        response.delete_cookie(CITIZEN_COOKIE, path="/")
 
 
 def _bookable_day(container: Container, date: str) -> dt.date:

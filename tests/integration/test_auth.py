@@ -632,6 +632,21 @@ async def test_signing_out_on_a_page_left_open_past_the_sign_in_signs_out(
     assert await signed_in(client, headers)
 
 
+async def test_another_sites_form_posted_to_sign_out_deletes_no_cookie(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """A form on another site, posted here, comes without the sign-in cookie (SameSite=Lax).
+    Answered with the cookie's deletion, which the browser takes from a top-level navigation,
+    any site could sign a citizen out in the middle of booking."""
+    headers = await sign_in(client, redis_sync, deliver, "09120001515")
+    client.cookies.clear()  # as the browser sends the cross-site POST: no sign-in cookie
+    for action in ("/signout", "/signout/everywhere"):
+        answer = await client.post(action, data={}, follow_redirects=False)
+        assert answer.status_code == 303, answer.text
+        assert CITIZEN_COOKIE not in answer.headers.get("set-cookie", ""), action
+    assert await signed_in(client, headers)
+
+
 async def test_signing_out_on_the_page_ends_the_token_too(
     client: Client, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:

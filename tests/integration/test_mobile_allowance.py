@@ -85,6 +85,20 @@ async def test_a_mobile_books_for_its_family_up_to_its_allowance(
     assert other.status_code == 201, other.text
 
 
+async def test_the_booking_page_past_the_allowance_says_when_to_try_again(client: Client, world: World) -> None:
+    """The page's refusal is a 429 like the API's, with its Retry-After (the page had dropped it)."""
+    from tests.integration.test_pages_double_taps import HTML, book_form, sign_in
+
+    office = await world.office(seats=10)
+    mobile = "09121234568"
+    for _ in range(ALLOWANCE):
+        assert (await book(client, world, mobile, office, world.tomorrow())).status_code == 201
+    sign_in(client, world, mobile)
+    refused = await client.post("/book", data=await book_form(client, world, office), headers=HTML)
+    assert refused.status_code == 429, refused.text
+    assert 0 < int(refused.headers["Retry-After"]) <= 3600
+
+
 async def test_refused_tries_and_retries_do_not_use_the_allowance(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:

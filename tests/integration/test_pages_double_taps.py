@@ -243,6 +243,9 @@ async def test_a_second_tap_on_cancel_shows_the_booking_cancelled(client: Client
     taps = [await client.post(f"{path}/cancel", data=form, headers=HTML, follow_redirects=False) for _ in range(2)]
     assert [t.status_code for t in taps] == [303, 303], taps[1].text
     assert taps[1].headers["location"] == f"{path}?notice=cancelled"
+    # Back, to the confirmation the booking had opened on: it no longer says "booked".
+    back = await client.get(booked.headers["location"], headers=HTML)
+    assert "نوبت شما ثبت شد" not in back.text and 'data-status="cancelled"' in back.text
     # Someone else's cancelled booking is not theirs to be told about.
     sign_in(client, world, "09125557009")
     form = {"_csrf": hidden(await client.get(path, headers=HTML), "_csrf")}
