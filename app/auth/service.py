@@ -24,7 +24,7 @@ from app.identity import normalize_mobile
 from app.locale import normalize_digits, to_persian_digits
 from app.ratelimit import RateLimiter
 from app.settings import Settings
-from app.sms.service import SIGN_IN_CODE, Messenger
+from app.sms.service import SIGN_IN_CODE, TEXTED_SIGN_IN_CODE, Messenger
 
 ISSUE = """
 -- KEYS[1] = the mobile's codes: hash {digest, expires, earlier, earlier_expires, tries}
@@ -241,7 +241,7 @@ class CitizenAuth:
             keys=[_otp_key(mobile)],
             args=[self._digest(mobile, code), now + ttl * 1000, ttl, now, self.settings.otp_max_attempts],
         )
-        self._queue_code(session, mobile, f"{to_persian_digits(code)} ({code})", ttl)
+        self._queue_code(session, mobile, f"{to_persian_digits(code)} ({code})", ttl, SIGN_IN_CODE)
         # The code goes out only once this row is committed; commit now rather than at the
         # end of the request so the worker can send it while the response is on its way.
         await session.commit()
@@ -256,13 +256,13 @@ class CitizenAuth:
         await self.limiter.hit("otp-sms-day", mobile, self.settings.otp_per_mobile_day)
         code = new_tracking_code()
         await self.redis.set(_texted_key(mobile), self._digest(mobile, code), ex=TEXTED_CODE_SECONDS)
-        self._queue_code(session, mobile, f"{code[:5]}-{code[5:]}", TEXTED_CODE_SECONDS)
+        self._queue_code(session, mobile, f"{code[:5]}-{code[5:]}", TEXTED_CODE_SECONDS, TEXTED_SIGN_IN_CODE)
 
-    def _queue_code(self, session: AsyncSession, mobile: str, code: str, ttl: int) -> None:
+    def _queue_code(self, session: AsyncSession, mobile: str, code: str, ttl: int, kind: str) -> None:
         minutes = to_persian_digits(str(max(1, ttl // 60)))
         self.messenger.queue(
             session,
-            kind=SIGN_IN_CODE,
+            kind=kind,
             to=mobile,
             body=f"نوبت: کد ورود شما {code} است. تا {minutes} دقیقه معتبر است.",
         )

@@ -29,7 +29,10 @@ SEND_SMS_BATCH = "app.sms.tasks.send_sms_batch"
 OUTBOX = cast(Table, SmsMessage.__table__)
 
 SIGN_IN_CODE = "otp"
-"""The kind of the messages that carry sign-in codes."""
+"""The kind of the messages that carry a sign-in code asked for on a page or the API."""
+TEXTED_SIGN_IN_CODE = "otp_texted"
+"""The kind of those that carry a code asked for by a text (``ورود``), which lives longer."""
+SIGN_IN_CODES = (SIGN_IN_CODE, TEXTED_SIGN_IN_CODE)
 
 SMS_PER_JOB = 50
 """Messages one job sends. In a rush the bookings of one group commit go out together:
@@ -61,7 +64,7 @@ class Messenger:
     def queue_for(self, kind: str) -> Queue:
         """A sign-in code goes ahead of every other message, its retries too: someone is
         waiting for it with the page open."""
-        return self.jobs.codes if kind == SIGN_IN_CODE else self.jobs.sms
+        return self.jobs.codes if kind in SIGN_IN_CODES else self.jobs.sms
 
     def message(self, *, to: str, body: str, kind: str) -> SmsMessage | None:
         """The outbox row (None when there is no phone); ``send`` its id once it is committed."""

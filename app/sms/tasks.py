@@ -20,6 +20,7 @@ from rq.job import Job, JobStatus
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.service import TEXTED_CODE_SECONDS
 from app.capacity import keys
 from app.container import Container, build_container
 from app.db import JOB_STATEMENT_SECONDS
@@ -31,9 +32,15 @@ from app.sms import delivery
 from app.sms.backends import OutboundSms, SmsBackend, make_backend
 from app.sms.models import SmsMessage, SmsStatus
 from app.sms.retention import purge_before
-from app.sms.service import SEND_SMS, SIGN_IN_CODE
+from app.sms.service import SEND_SMS, SIGN_IN_CODE, SIGN_IN_CODES, TEXTED_SIGN_IN_CODE
 
 log = logging.getLogger(__name__)
+SWEEP_MARGIN = dt.timedelta(minutes=2)
+"""How long before the oldest job waiting in its queue a message must have been made for the
+sweep to take its job for lost (commit to enqueue is milliseconds; this covers the clocks)."""
+CODE_SWEEP_MARGIN = dt.timedelta(seconds=15)
+"""The same for sign-in codes, whose queue is drained first and whose jobs are quick: two
+minutes, the life of a code, had a lost one swept when it could sign in no more."""
 SWEEP_LIMIT = 5000
 """Jobs a sweep enqueues at most (every 30 s): a bound on one run's work after an outage."""
 SWEEP_READ_LIMIT = 50_000
@@ -216,6 +223,15 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
         outbound = OutboundSms(id=message.id, to=message.to, body=message.body)
         seen = (message.status, message.attempts)
         now = app.clock.now()
+        life = _code_life(app, message.kind)
+        if life is not None and app.clock.aware(message.created_at) < now - life:
+            # Past its life it signs nobody in: sent (a lost job swept late, the last of its
+            # tries), it would only have the citizen type a dead code, and be paid for.
+            expired = {"status": SmsStatus.FAILED, "error": "expired before it could be sent", **_erased(message.kind)}
+            if not await _claim(session, message_id, seen, **expired):
+                return "taken by another job"
+            log.warning("sms %s: a sign-in code expired before it could be sent", message_id)
+            return "expired"
         if message.status == SmsStatus.SENDING:
             # Another job may be sending it this moment (the sweep's copy, or a retry, came
             # while it waits for the provider), or one died doing so: only a try quiet for as
@@ -319,10 +335,16 @@ its replicas and backups, where anyone who could read them could sign in as the 
 (Redis keeps only a keyed digest of it)."""
 
 
+def _code_life(app: Container, kind: str) -> dt.timedelta | None:
+    """How long a sign-in code of this kind signs in (``AuthService``); None: not a code."""
+    seconds = {SIGN_IN_CODE: app.settings.otp_ttl_seconds, TEXTED_SIGN_IN_CODE: TEXTED_CODE_SECONDS}.get(kind)
+    return None if seconds is None else dt.timedelta(seconds=seconds)
+
+
 def _erased(kind: str) -> dict[str, str]:
     """What a message's settling also writes: a sign-in code's text is no longer needed once
     no try will send it again."""
-    return {"body": CODE_ERASED} if kind == SIGN_IN_CODE else {}
+    return {"body": CODE_ERASED} if kind in SIGN_IN_CODES else {}
 
 
 async def _settle(
@@ -379,8 +401,14 @@ async def _sweep(app: Container, session: AsyncSession, stuck_after_seconds: int
         (SmsMessage.status == SmsStatus.QUEUED)
         & (SmsMessage.attempts == 0)
         & (
-            ((SmsMessage.kind == SIGN_IN_CODE) & (SmsMessage.created_at < _taken_before(app.jobs.codes, now)))
-            | ((SmsMessage.kind != SIGN_IN_CODE) & (SmsMessage.created_at < _taken_before(app.jobs.sms, now)))
+            (
+                SmsMessage.kind.in_(SIGN_IN_CODES)
+                & (SmsMessage.created_at < _taken_before(app.jobs.codes, now, CODE_SWEEP_MARGIN))
+            )
+            | (
+                SmsMessage.kind.not_in(SIGN_IN_CODES)
+                & (SmsMessage.created_at < _taken_before(app.jobs.sms, now, SWEEP_MARGIN))
+            )
         )
     )
     # A message waiting for its next try was last touched at most one backoff ago.
@@ -394,7 +422,7 @@ async def _sweep(app: Container, session: AsyncSession, stuck_after_seconds: int
         await session.execute(
             select(SmsMessage.id, SmsMessage.kind)
             .where(never_taken | retry_lost | abandoned)
-            .order_by(SmsMessage.kind != SIGN_IN_CODE, SmsMessage.created_at)  # sign-in codes first
+            .order_by(SmsMessage.kind.not_in(SIGN_IN_CODES), SmsMessage.created_at)  # sign-in codes first
             .limit(SWEEP_READ_LIMIT)
         )
     ).all()
@@ -417,16 +445,16 @@ async def _sweep(app: Container, session: AsyncSession, stuck_after_seconds: int
     return enqueued
 
 
-def _taken_before(queue: Queue, now: dt.datetime) -> dt.datetime:
+def _taken_before(queue: Queue, now: dt.datetime, margin: dt.timedelta) -> dt.datetime:
     """Messages made before this have had their job, if any, taken off ``queue`` (RQ takes
-    the oldest first): two minutes before its oldest waiting job was enqueued, or before now."""
+    the oldest first): ``margin`` before its oldest waiting job was enqueued, or before now."""
     oldest = now
     for job_id in queue.get_job_ids(0, 1):
         with suppress(NoSuchJobError):
             enqueued = Job.fetch(job_id, connection=queue.connection).enqueued_at
             if enqueued is not None:
                 oldest = min(oldest, enqueued.astimezone(now.tzinfo))
-    return oldest - dt.timedelta(minutes=2)
+    return oldest - margin
 
 
 WAITING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)

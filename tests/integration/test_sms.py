@@ -1226,7 +1226,7 @@ async def test_a_number_whose_web_codes_are_used_up_asks_for_one_by_sms(
     assert any(m["body"].startswith("درخواست‌های شما بیش از حد مجاز است") for m in replies)  # the text's own bound
     async with world.container.sessions() as session:
         kinds = (await session.scalars(select(SmsMessage.kind).where(SmsMessage.to == mobile))).all()
-    assert sorted(kinds) == ["otp"] * per_while + ["sms_reply"]  # codes go ahead of other messages
+    assert sorted(kinds) == ["otp_texted"] * per_while + ["sms_reply"]  # codes go ahead of other messages
 
     # Someone else's wrong guesses, far past what burns a six-digit code, burn nothing here.
     for guess in range(3 * settings.otp_max_attempts):
@@ -1299,6 +1299,35 @@ async def test_the_sweep_leaves_a_backlog_alone_and_finds_a_lost_message_behind_
     assert redis_sync.exists(Job.key_for(f"sms-{made['lost']}-swept"))
     assert not redis_sync.exists(Job.key_for(f"sms-{made['waiting']}-swept"))
     jobs.sms.remove("backlog")
+
+
+async def test_a_lost_sign_in_code_is_swept_while_it_still_signs_in_and_a_dead_one_is_not_sent(
+    world: World, standin: TwilioStandIn, deliver: Deliver
+) -> None:
+    """A code's job lost (RQ's Redis away a moment, an instance dead after the commit): the
+    sweep took it for lost only two minutes on, the life of a code, and the SMS carried a
+    dead code. Swept within seconds now; and a code past its life (a try late in its
+    backoff) is not sent at all, while one asked for by text lives its ten minutes."""
+    from app.sms.service import SIGN_IN_CODE, TEXTED_SIGN_IN_CODE
+    from app.sms.tasks import sweep
+
+    now = world.container.clock.now()
+    ttl = world.container.settings.otp_ttl_seconds
+    ages = {"lost": (SIGN_IN_CODE, 20), "dead": (SIGN_IN_CODE, ttl + 60), "texted": (TEXTED_SIGN_IN_CODE, ttl + 60)}
+    async with world.container.sessions() as session:
+        for name, (kind, seconds) in ages.items():
+            made = world.container.messenger.message(to="09121234567", body=f"code {name}", kind=kind)
+            assert made is not None
+            made.id, made.created_at = name, now - dt.timedelta(seconds=seconds)
+            session.add(made)
+        await session.commit()
+    assert await asyncio.to_thread(sweep) == 3
+    await deliver()
+    assert sorted(m["body"] for m in standin.wait_for(2)) == ["code lost", "code texted"]
+    async with world.container.sessions() as session:
+        dead = await session.get(SmsMessage, "dead")
+        assert dead is not None and dead.status == SmsStatus.FAILED and "expired" in (dead.error or "")
+        assert "code dead" not in dead.body  # erased, as a code is once no try will send it
 
 
 @pytest.mark.parametrize("command", ["book on a day", "book the first free day", "complain"])
