@@ -311,14 +311,20 @@ return 1
 REPLAN = """
 -- KEYS[1] = the office's day hash
 -- ARGV[1] = "dry" to only report, "apply" to write the new plan
--- ARGV[2..] = field, seats pairs of the new plan ("s|pool|time", raw seats per slot)
+-- ARGV[2] = the time ("HH:MM") up to which the day's slots have begun and keep their seats
+--           (a clerk's change during the day: nobody is moved out of a slot under way), or ""
+-- ARGV[3..] = field, seats pairs of the new plan ("s|pool|time", raw seats per slot)
 -- Returns {field, new seats, used, ...} for every slot whose bookings the new plan cannot
 -- hold (the overflow). Applying keeps every used counter: a slot that goes away while it
 -- still has bookings stays with 0 seats until they are moved.
 local day = KEYS[1]
 if redis.call('EXISTS', day) == 0 then return {} end
+local kept_to = ARGV[2]
+local function begun(field) return kept_to ~= '' and string.sub(field, -5) <= kept_to end
 local new = {}
-for i = 2, #ARGV, 2 do new[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do
+  if not begun(ARGV[i]) then new[ARGV[i]] = tonumber(ARGV[i + 1]) end
+end
 local function used(field) return tonumber(redis.call('HGET', day, 'u' .. string.sub(field, 2)) or '0') end
 local overflow = {}
 for field, seats in pairs(new) do
@@ -327,7 +333,7 @@ for field, seats in pairs(new) do
 end
 local current = redis.call('HKEYS', day)
 for _, field in ipairs(current) do
-  if string.sub(field, 1, 2) == 's|' and new[field] == nil and used(field) > 0 then
+  if string.sub(field, 1, 2) == 's|' and new[field] == nil and not begun(field) and used(field) > 0 then
     table.insert(overflow, field) table.insert(overflow, 0) table.insert(overflow, used(field))
   end
 end
@@ -336,7 +342,7 @@ if ARGV[1] == 'apply' then
     local kind = string.sub(field, 1, 2)
     -- The slot times and the earliest-free cursors (RESERVE) are made again from the new plan.
     if kind == 't|' or kind == 'c|' then redis.call('HDEL', day, field) end
-    if kind == 's|' and new[field] == nil then
+    if kind == 's|' and new[field] == nil and not begun(field) then
       if used(field) > 0 then
         redis.call('HSET', day, field, 0)
       else

@@ -1038,20 +1038,24 @@ class Capacity:
         apply: bool,
         calendar: Calendar | None = None,
         template: str | None = None,
+        begun_by: dt.datetime | None = None,
     ) -> list[Overflow]:
         """Check (``apply=False``) or write the offices' plans for ``days`` as the calendar and
         template (default: the record's; a template only with one office) make them, keeping
         every booking's seat counted. Returns the overflow: booked seats the plan has no room for.
+        ``begun_by``: the slots of its day that have begun by then keep their seats, and are
+        never over (a clerk's change during the day: a slot under way sells nothing more, and
+        its citizens, in the room or on their way, are not moved out of it).
 
         Written from the record's calendar, it is written again if a closure was added or
         removed meanwhile (``keys.CLOSURES_CHANGED``): read before that commit and written
         after the closure's own replan, a clerk's change had opened a closed day again (its
         office sold seats nobody could use), or closed a reopened one."""
         if not apply or calendar is not None:
-            return await self._replan(session, office_codes, days, apply, calendar, template)
+            return await self._replan(session, office_codes, days, apply, calendar, template, begun_by)
         for _ in range(REPLAN_TRIES):
             seen = await self.redis.get(keys.CLOSURES_CHANGED)
-            overflow = await self._replan(session, office_codes, days, apply, calendar, template)
+            overflow = await self._replan(session, office_codes, days, apply, calendar, template, begun_by)
             if await self.redis.get(keys.CLOSURES_CHANGED) == seen:
                 return overflow
         raise ClosuresChanging()
@@ -1068,6 +1072,7 @@ class Capacity:
         apply: bool,
         calendar: Calendar | None,
         template: str | None,
+        begun_by: dt.datetime | None,
     ) -> list[Overflow]:
         plans = await load_plans(session, codes=office_codes)
         if not plans:
@@ -1093,7 +1098,8 @@ class Capacity:
             for plan in chunk:
                 weekly = decode_template(template or plan.template)
                 for day in days:
-                    args: list[Any] = ["apply" if apply else "dry"]
+                    kept_to = begun_by.strftime("%H:%M") if begun_by and begun_by.date() == day else ""
+                    args: list[Any] = ["apply" if apply else "dry", kept_to]
                     slots = calendar.slots(
                         office_id=plan.office_id, province_id=plan.province_id, template=weekly, day=day
                     )

@@ -179,7 +179,12 @@ class Console:
         horizon = self.capacity.horizon(self.clock.today())
         new = encode_template(WeeklyTemplate(days=days))
         overflow = await self.capacity.replan(
-            session=session, office_codes=[office.code], days=horizon, apply=False, template=new
+            session=session,
+            office_codes=[office.code],
+            days=horizon,
+            apply=False,
+            template=new,
+            begun_by=self.clock.now(),
         )
         row = await self._plan_row(session, office, CapacityTemplate, office.id)
         # Weighed with the office locked (a day's plan, a restriction, saved meanwhile is seen,
@@ -220,7 +225,12 @@ class Console:
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
-            session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
+            session=session,
+            office_codes=[office.code],
+            days=[day],
+            apply=False,
+            calendar=calendar,
+            begun_by=self.clock.now(),
         )
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         # Weighed with the office locked, as a template's is (``set_template``).
@@ -251,7 +261,12 @@ class Console:
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides.pop((office.id, day), None)
         overflow = await self.capacity.replan(
-            session=session, office_codes=[office.code], days=[day], apply=False, calendar=calendar
+            session=session,
+            office_codes=[office.code],
+            days=[day],
+            apply=False,
+            calendar=calendar,
+            begun_by=self.clock.now(),
         )
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         if row is None:  # cleared meanwhile (a double click)
@@ -597,12 +612,23 @@ class Console:
         and end the lines left with none. Also whether it all was done."""
         # Read now: a promotion the fill must undo rolls back, expiring ``office``.
         code, office_id = office.code, office.id
-        overflow = await self.capacity.replan(session=session, office_codes=[code], days=days, apply=True)
+        # A slot under way keeps its seats and its citizens (``Capacity.replan``).
+        begun_by = self.clock.now()
+        overflow = await self.capacity.replan(
+            session=session, office_codes=[code], days=days, apply=True, begun_by=begun_by
+        )
         # Redis holds the new plan now, so a slot that was not over cannot become over: only
         # a cut that found some over has anyone to move (and looks again after).
         why = f"به دلیل تغییر ظرفیت {office.name_fa}،"
         moved, left = await self.move_all(
-            session, [code], days, overflow, {code: office}, why_fa=why, cancel_unplaced=cancel_unplaced
+            session,
+            [code],
+            days,
+            overflow,
+            {code: office},
+            why_fa=why,
+            cancel_unplaced=cancel_unplaced,
+            begun_by=begun_by,
         )
         # A slot left over by a seat the record has no holder for: a booking on its way to the
         # record (moved here by another office's cut or a closure, a slow commit) may land in
@@ -658,12 +684,16 @@ class Console:
         *,
         why_fa: str,
         cancel_unplaced: bool = True,
+        begun_by: dt.datetime | None = None,
     ) -> Moves:
         """Move the bookings a new plan (already applied) has no room for, until none is left;
-        one with no seat left is cancelled, unless not ``cancel_unplaced``."""
+        one with no seat left is cancelled, unless not ``cancel_unplaced``. ``begun_by``: as
+        the plan was applied (``Capacity.replan``)."""
 
         async def still_over() -> list[Overflow]:
-            found = await self.capacity.replan(session=session, office_codes=office_codes, days=days, apply=False)
+            found = await self.capacity.replan(
+                session=session, office_codes=office_codes, days=days, apply=False, begun_by=begun_by
+            )
             return await self._still_over(session, found)
 
         # A slot over only by seats used up (a morning's served citizens) has nobody to move:

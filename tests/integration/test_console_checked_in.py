@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 
+from app.settings import Settings
 from tests.conftest import World, booking_body
 from tests.integration.test_console import every_day, move_clock, seats, staff_of, used
 
@@ -86,6 +87,42 @@ async def test_a_slot_left_over_its_plan_sells_no_seat_its_holders_give_back(
     assert (seats(redis_sync, office, day, "10:00"), used(redis_sync, office, day, "10:00")) == (1, 1)
 
 
+async def test_a_cut_during_the_day_neither_refuses_nor_moves_a_slot_under_way(
+    client: Client,
+    world: World,
+    redis_sync: SyncRedis,
+    settings: Settings,
+    morning: dt.datetime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 10:40 a clerk cuts every day to one seat, today's included. The 10:30 slot holds two
+    citizens not yet clicked in (in the room, or on their way): the cut was refused for them,
+    or, asked to move, sent them to another time or office by SMS, out of the slot they were
+    sitting in. A slot under way keeps its seats now; the later ones are cut."""
+    from tests.integration.test_races import consistent
+
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    today = morning.date()
+    codes = []
+    for slot in ("10:30", "10:30", "11:00"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    move_clock(monkeypatch, morning.replace(hour=10, minute=40))
+    base = f"/api/v1/staff/offices/{office}"
+    cut = await client.put(f"{base}/template", json=every_day(1), headers=headers)
+    assert cut.status_code == 200, cut.text
+    assert cut.json()["moved"] == []
+    assert seats(redis_sync, office, today, "10:30") == 2 and used(redis_sync, office, today, "10:30") == 2
+    assert seats(redis_sync, office, today, "11:00") == 1 and used(redis_sync, office, today, "11:00") == 1
+    statuses = [(await client.get(f"/api/v1/bookings/{code}")).json() for code in codes]
+    assert [(b["status"], b["slot"]) for b in statuses] == [("booked", "10:30")] * 2 + [("booked", "11:00")]
+    await consistent(settings)
+
+
 async def test_a_same_day_cut_is_not_refused_for_citizens_already_served(
     client: Client,
     world: World,
@@ -132,7 +169,7 @@ async def test_a_same_day_cut_is_not_refused_for_citizens_already_served(
     )
     assert cut.status_code == 200, cut.text
     assert [(m["tracking_code"], m["slot"]) for m in cut.json()["moved"]] == [(later, "12:00")]
-    # Nobody was moved out of 08:00, and it stays closed: not opened again at its count.
-    assert seats(redis_sync, office, today, "08:00") == 0 and used(redis_sync, office, today, "08:00") == 2
+    # Nobody was moved out of 08:00: under way, it keeps its seats and sells no more.
+    assert seats(redis_sync, office, today, "08:00") == 2 and used(redis_sync, office, today, "08:00") == 2
     statuses = [(await client.get(f"/api/v1/bookings/{code}")).json()["status"] for code in codes]
     assert statuses == ["served", "no_show", "booked"]
