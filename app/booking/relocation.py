@@ -31,6 +31,9 @@ from app.offices.service import BookableOffice
 log = logging.getLogger(__name__)
 
 NEARBY_OFFICES_TRIED = 8
+MOVE_LEAD = dt.timedelta(minutes=30)
+"""The least time a citizen moved to a slot today has to get there from the SMS: moved to the
+slot ten minutes on, across town, they could not come, and were marked absent at night."""
 
 
 class Relocation(msgspec.Struct, frozen=True):
@@ -223,6 +226,15 @@ async def _record_moves(
 _NO_SYNC = {"synchronize_session": False}
 
 
+def _not_before(now: dt.datetime, day: dt.date) -> str:
+    """The time a move to ``day`` must be after (""; any): today, ``MOVE_LEAD`` from now, and
+    no slot at all when that is tomorrow already."""
+    if day != now.date():
+        return ""
+    lead_ends = now + MOVE_LEAD
+    return lead_ends.strftime("%H:%M") if lead_ends.date() == day else "24:00"
+
+
 def _still_booked(from_office: Office, bookings: Sequence[Booking]) -> list[ColumnElement[bool]]:
     return [
         Booking.id.in_([b.id for b in bookings]),
@@ -304,7 +316,7 @@ class _Places:
         return placed
 
     async def _find(self, booking: Booking) -> _Placed | None:
-        not_before = self.now.strftime("%H:%M") if booking.date == self.now.date() else ""
+        not_before = _not_before(self.now, booking.date)
         if self.same_office:
             placed = await self._place(booking, self.from_office.code, not_before)
             if placed is not None:

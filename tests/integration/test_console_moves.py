@@ -734,6 +734,36 @@ async def hours_moved_to_ten_till_noon(
     ]
 
 
+async def test_a_move_today_leaves_the_citizen_time_to_get_there(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10:50 the clerk ends the day at noon. The 15:30 citizen was moved to the free slot
+    nearest their time from the minute on: 11:00, ten minutes after the SMS, which they could
+    not reach, and were marked absent at night. A move today is half an hour ahead at least:
+    with no such seat the same day, the booking is cancelled and the citizen told."""
+    from tests.integration.test_console import move_clock
+
+    office = await world.office(seats=1)
+    today = morning.date()
+    codes = {}
+    for slot in ("11:30", "15:30"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes[slot] = booked.json()["tracking_code"]
+    headers = await staff_of(client, world, office)
+    move_clock(monkeypatch, morning.replace(hour=10, minute=50))
+    noon = [{"opens": "08:00", "closes": "12:00", "slot_minutes": 30, "seats": 1}]
+    cut = await plan_the_day(client, office, today, headers, noon, "early close")
+    assert cut.status_code == 200, cut.text
+    assert cut.json()["moved"] == [
+        {"tracking_code": codes["15:30"], "moved": False, "office_code": None, "slot": None}
+    ]
+    assert (await client.get(f"/api/v1/bookings/{codes['15:30']}")).json()["status"] == "cancelled"
+    assert (await client.get(f"/api/v1/bookings/{codes['11:30']}")).json()["slot"] == "11:30"
+
+
 async def test_a_clerk_moving_the_hours_keeps_the_booked_ahead_of_the_line(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
