@@ -757,9 +757,7 @@ async def test_a_move_today_leaves_the_citizen_time_to_get_there(
     noon = [{"opens": "08:00", "closes": "12:00", "slot_minutes": 30, "seats": 1}]
     cut = await plan_the_day(client, office, today, headers, noon, "early close")
     assert cut.status_code == 200, cut.text
-    assert cut.json()["moved"] == [
-        {"tracking_code": codes["15:30"], "moved": False, "office_code": None, "slot": None}
-    ]
+    assert cut.json()["moved"] == [{"tracking_code": codes["15:30"], "moved": False, "office_code": None, "slot": None}]
     assert (await client.get(f"/api/v1/bookings/{codes['15:30']}")).json()["status"] == "cancelled"
     assert (await client.get(f"/api/v1/bookings/{codes['11:30']}")).json()["slot"] == "11:30"
 
