@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from contextlib import AbstractAsyncContextManager
 
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,6 +59,10 @@ REPLACED_BY_A_BLOCK = "replaced by a block"
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
 SAME_DECISION_WITHIN = dt.timedelta(minutes=10)
+PAST_SLOT = dt.timedelta(hours=1)
+"""A slot of today begun this long ago is past: a block leaves its booking to the night's close
+(a no-show, begun before the block). Cancelled with the rest, its citizen, served hours before
+or absent, was texted to book elsewhere, and an absence never counted."""
 """A restriction sent again within this long, the same in every way, is taken for a retry."""
 MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
@@ -261,7 +265,9 @@ class Enforcement:
         if not await self.capacity.is_built():
             return 0  # paused for a recount: the next run
         left = select(Booking.office_id).where(
-            Booking.date >= self.clock.today(), Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED))
+            Booking.date >= self.clock.today(),
+            Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
+            ~_past(self.clock.now()),
         )
         offices = (
             await session.execute(
@@ -402,6 +408,7 @@ class Enforcement:
                     Booking.office_id == office.id,
                     Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
                     Booking.date >= now.date(),
+                    ~_past(now),
                 )
                 .order_by(Booking.date, Booking.slot_time, Booking.id)
             )
@@ -878,3 +885,15 @@ async def _locked(session: AsyncSession, office_id: int) -> Office:
     if locked is None:
         raise OfficeNotFound()
     return locked
+
+
+def _past(now: dt.datetime) -> ColumnElement[bool]:
+    """The bookings of today whose slot began ``PAST_SLOT`` or more before ``now``."""
+    since = now - PAST_SLOT
+    if since.date() != now.date():
+        return false()
+    return (
+        (Booking.status == BookingStatus.BOOKED)
+        & (Booking.date == now.date())
+        & (Booking.slot_time <= since.strftime("%H:%M"))
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -15,7 +16,7 @@ from app.capacity.plan import iranian_weekday
 from app.clock import Clock
 from app.complaints.models import Complaint
 from app.staff.models import AuditEntry
-from tests.conftest import World, booking_body
+from tests.conftest import Deliver, World, booking_body
 from tests.integration.test_complaints import STEPS, appeal, complain, guild, regulator, restrict
 from tests.integration.test_console import staff_of
 
@@ -537,3 +538,38 @@ async def test_a_clerk_cannot_add_seats_to_days_under_a_crowd_cap(client: Client
             assert answer.status_code == 409 and answer.json()["days"] == [tomorrow.isoformat()], answer.text
         else:
             assert answer.status_code == 200, answer.text
+
+
+async def test_a_block_at_two_leaves_the_mornings_bookings_to_the_night(
+    client: Client, world: World, deliver: Deliver, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocked at 14:00, the office's 09:00 citizen (served hours before and never clicked, or
+    absent) was cancelled with an SMS to book elsewhere, and the night's close, which counts an
+    absence from a slot begun before the block, never saw it. A slot begun an hour before is
+    past: left to the night. One under way (13:30) is cancelled, a later one moved or cancelled."""
+    from app.booking.tasks import close_day
+    from tests.integration.test_console import move_clock
+
+    office = await world.office(seats=1)
+    today = morning.date()
+    codes = {}
+    for slot in ("09:00", "13:30", "16:00"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes[slot] = booked.json()["tracking_code"]
+    move_clock(monkeypatch, morning.replace(hour=14))
+    reg = await regulator(client, world)
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+
+    async def status(slot: str) -> str:
+        return str((await client.get(f"/api/v1/bookings/{codes[slot]}")).json()["status"])
+
+    assert [await status(slot) for slot in codes] == ["booked", "cancelled", "cancelled"]
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.finish_blocks(session=session) == 0  # nothing left to move
+    move_clock(monkeypatch, morning.replace(hour=0) + dt.timedelta(days=1))  # the night's close
+    await asyncio.to_thread(close_day)
+    assert await status("09:00") == "no_show"
