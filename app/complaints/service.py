@@ -250,11 +250,14 @@ class Complaints:
         a citizen who retried would file it twice (an SMS's delivery is retried by itself).
         The minute's job applies it then, as it does if this process dies first: the office
         was noted before the commit (Enforcement.policy_to_apply)."""
-        code = office.code  # a rollback expires the rows
+        code, office_id = office.code, office.id  # a rollback expires the rows
         try:
             verdict = await self.enforcement.evaluate(session, office)
         except Exception:
             await session.rollback()
+            # Noted again: the minute's job may have taken the note between it and the commit,
+            # and weighed the office without this complaint (uncommitted then).
+            await self.enforcement.policy_to_apply(office_id)
             log.warning("the policy for office %s is left to the minute's job", code, exc_info=True)
             verdict = None
         if verdict is not Verdict.NONE:

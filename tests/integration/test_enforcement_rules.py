@@ -354,6 +354,43 @@ async def test_a_complaint_whose_process_died_before_the_policy_has_it_applied_w
     assert not await jobs.redis.smembers(keys.POLICY_TO_APPLY)
 
 
+async def test_a_complaint_whose_policy_fails_after_the_job_took_its_note_is_noted_again(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The complaint reaching the threshold noted its office; the minute's job took the note
+    and weighed the office before the complaint committed (below the threshold still); then
+    the request's own weighing failed (the record away a moment). No note was left: the
+    office went unrestricted until some later complaint. Noted again on that failure."""
+    from sqlalchemy.exc import OperationalError
+
+    office = await world.office()
+    threshold = world.container.settings.restrict_after_received
+    for i in range(threshold - 1):
+        await complain(client, world, office, f"091255570{i:02d}", category="crowding")
+    app = client.app.state.container
+    note, evaluate = app.enforcement.policy_to_apply, app.enforcement.evaluate
+
+    async def noted_then_taken_by_the_job(office_id: int) -> None:
+        monkeypatch.setattr(app.enforcement, "policy_to_apply", note)
+        await note(office_id)
+        async with app.sessions() as job_session:  # before the complaint's commit: below the threshold
+            assert await app.enforcement.apply_policy(session=job_session) == 0
+
+        async def away(*_: Any) -> Any:
+            monkeypatch.setattr(app.enforcement, "evaluate", evaluate)
+            raise OperationalError("SELECT", {}, Exception("the record went away a moment"))
+
+        monkeypatch.setattr(app.enforcement, "evaluate", away)  # the request's own weighing, next
+
+    monkeypatch.setattr(app.enforcement, "policy_to_apply", noted_then_taken_by_the_job)
+    await complain(client, world, office, "09125557099", category="crowding")
+    assert await status(client, office) == "active"
+    jobs = world.container
+    async with jobs.sessions() as session:
+        assert await jobs.enforcement.apply_policy(session=session) == 1
+    assert await status(client, office) == "restricted"
+
+
 @pytest.mark.parametrize(
     ("ago", "allowed"), [(dt.timedelta(days=7, hours=-2), True), (dt.timedelta(days=7, hours=2), False)]
 )
