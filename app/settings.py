@@ -115,8 +115,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     otp_per_address: str = "1000/600"
     """NOBAT_OTP_PER_ADDRESS: codes one client address may ask for (generous: carrier NAT)."""
     verify_per_address: str = "1200/600"
-    """NOBAT_VERIFY_PER_ADDRESS: verification attempts one client address may make: a citizen
-    makes one or two; kept tighter than the codes, for it bounds guesses spread over numbers."""
+    """NOBAT_VERIFY_PER_ADDRESS: wrong guesses at live codes one client address may make (a
+    sign-in, or a number with no code, counts nothing): it bounds guesses spread over numbers."""
     api_per_address: str = "3000/60"
     """NOBAT_API_PER_ADDRESS: requests to /api one client address may make (generous: carrier NAT)."""
     pages_per_address: str = "3000/60"

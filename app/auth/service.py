@@ -8,10 +8,12 @@ import hashlib
 import hmac
 import secrets
 import time
+from typing import Any
 
 import jwt
 from cachetools import LRUCache
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.errors import CodeExpired, CodesUsedUp, WrongCode
@@ -272,7 +274,33 @@ class CitizenAuth:
         came in (the sign-in page's), with which the code just taken signs in again for
         TAKEN_SECONDS (a second tap); none (the API), a code signs in once."""
         mobile = normalize_mobile(mobile)
-        await self.limiter.hit("verify-address", client, self.settings.verify_per_address)
+        # Only wrong guesses at a live code are kept counted: the sign-ins of a carrier's NAT
+        # address do not use it up, and neither can one client's requests for numbers with no
+        # code (which find nothing), as they had for everyone behind the address.
+        wait = await self.limiter.take("verify-address", client, self.settings.verify_per_address)
+        if wait:
+            raise RateLimited(wait)
+        outcome: Any = None
+        try:
+            outcome = await self._take_code(mobile, code, again)
+        finally:
+            if outcome not in ("WRONG", "BURNT"):
+                with contextlib.suppress(RedisError):  # kept counted: the safe side
+                    await self.limiter.give_back("verify-address", client)
+        if isinstance(outcome, list):  # OK, and when by Redis's clock
+            return self.issue_token(mobile, signed_in_at=int(outcome[1]))
+        if outcome == "WRONG":
+            raise WrongCode()
+        if outcome == "BURNT":  # perhaps by someone else's guesses: a texted code cannot be
+            raise CodeExpired(
+                "Too many wrong tries burnt the code. Ask for a new one, or text LOGIN from this phone for one.",
+                detail_fa="با چند بار ورود نادرست، کد باطل شد. کد تازه بگیرید، یا از همین گوشی پیامک «ورود» بفرستید.",
+            )
+        raise CodeExpired()
+
+    async def _take_code(self, mobile: str, code: str, again: str) -> Any:
+        """VERIFY's or TAKE_TEXTED's outcome for the code as typed: OK (a list: when, by
+        Redis's clock), "WRONG", "BURNT" or "NONE"."""
         # Copied from the SMS, a code may carry spaces and a phone's invisible direction marks.
         code = SEPARATORS.sub("", normalize_digits(code))
         if len(code) == 6 and code.isascii() and code.isdigit():
@@ -292,17 +320,7 @@ class CitizenAuth:
             outcome = await self._take_texted(
                 keys=[_texted_key(mobile)], args=[self._digest(mobile, code), TAKEN_SECONDS, again]
             )
-        if isinstance(outcome, list):  # OK, and when by Redis's clock
-            return self.issue_token(mobile, signed_in_at=int(outcome[1]))
-        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-        if outcome == "WRONG":
-            raise WrongCode()
-        if outcome == "BURNT":  # perhaps by someone else's guesses: a texted code cannot be
-            raise CodeExpired(
-                "Too many wrong tries burnt the code. Ask for a new one, or text LOGIN from this phone for one.",
-                detail_fa="با چند بار ورود نادرست، کد باطل شد. کد تازه بگیرید، یا از همین گوشی پیامک «ورود» بفرستید.",
-            )
-        raise CodeExpired()
+        return outcome.decode() if isinstance(outcome, bytes) else outcome
 
     def issue_token(self, mobile: str, *, signed_in_at: int | None = None) -> str:
         """A token for the mobile. ``signed_in_at`` (the "at" claim): when its code was taken,

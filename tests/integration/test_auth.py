@@ -332,6 +332,24 @@ async def test_codes_are_rate_limited_per_address(settings: Settings) -> None:
     assert statuses == [202, 202, 202, 429, 429]
 
 
+async def test_only_wrong_guesses_at_live_codes_use_up_an_addresss_verifications(settings: Settings) -> None:
+    """One client behind an office's Wi-Fi or a carrier's NAT posted codes for numbers with no
+    code (which can find nothing), and used up the address's verifications: every citizen
+    behind it was refused sign-in for ten minutes. Only wrong guesses at a live code count."""
+    from app.main import create_app
+
+    async with AsyncTestClient(create_app(settings.with_(verify_per_address="3/600"))) as client:
+        for n in range(5):  # numbers with no code: nothing found, nothing counted
+            answer = await client.post("/api/v1/auth/verify", json={"mobile": f"0912000{8800 + n}", "code": "123456"})
+            assert answer.status_code == 400 and answer.json()["code"] == "otp_expired", answer.text
+        assert (await client.post("/api/v1/auth/otp", json={"mobile": "09120008899"})).status_code == 202
+        wrong = [
+            (await client.post("/api/v1/auth/verify", json={"mobile": "09120008899", "code": "000000"})).status_code
+            for _ in range(4)
+        ]
+    assert wrong == [400, 400, 400, 429]  # guesses at a live code: three, then the address waits
+
+
 async def test_codes_are_limited_per_mobile_over_a_day(settings: Settings) -> None:
     """Each code takes five guesses: within the ten-minute limit alone, a number's code could
     be guessed at 2,160 times a day."""
