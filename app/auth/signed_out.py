@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 
 from redis.asyncio import Redis
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 SIGNED_OUT = f"{NAMESPACE}:signed-out"
 """Sorted set: the digest of each token signed out -> when (ms, by Redis's clock)."""
+SET_MADE = f"{NAMESPACE}:signed-out:made"
+"""A random id written once with the set, and never expiring: changed or gone, Redis lost the set
+(restarted empty, or a replica short of it took over)."""
 EVERYTHING = 0
 """The last look's time that reads all the set holds: the first look, or after Redis's clock
 went back (a replica took over) and the set's times may be below the last look's."""
@@ -73,6 +77,8 @@ class SignedOutTokens:
         # Else a sign-out during a blip held on this instance only, and its retry, refused
         # here as signed out already, told nobody: the token went on working elsewhere.
         self._untold: set[str] = set()
+        self._redis = redis
+        self._made: str | None = None  # SET_MADE as the last look read it
 
     def __contains__(self, token: str) -> bool:
         # A digest costs a microsecond or two, against a booking's few hundred.
@@ -121,6 +127,7 @@ class SignedOutTokens:
     async def look(self) -> None:
         """Tell what this instance could not, then learn the tokens signed out on other
         instances since the last look."""
+        await self._notice_a_lost_set()
         for member in list(self._untold):
             await self._tell_one(member)
         since = EVERYTHING if self._looked_at is None else self._looked_at
@@ -132,6 +139,20 @@ class SignedOutTokens:
             self._heard_of(as_text(member), heard)
         self._looked_at = int(now)
         self._forget_expired(heard - self.keep)
+
+    async def _notice_a_lost_set(self) -> None:
+        """When Redis has lost the set, every instance tells again what it has heard of: an
+        instance started since (a deploy, a restart) read an empty set, and took every token
+        signed out until then for a good one, for the rest of its day."""
+        made = await self._redis.get(SET_MADE)
+        if made is None:
+            await self._redis.set(SET_MADE, secrets.token_hex(8), nx=True)
+            made = await self._redis.get(SET_MADE)
+        made = as_text(made)
+        if self._made is not None and made != self._made and self._heard:
+            log.warning("the tokens signed out were lost by Redis: telling again the %d heard of", len(self._heard))
+            self._untold.update(self._heard)
+        self._made = made
 
     async def run(self, every: float = LOOK_EVERY) -> None:
         """Look every ``every`` seconds until cancelled (the app's lifespan, after its own first look)."""

@@ -604,6 +604,29 @@ async def sign_out_on_the_page(client: Client, headers: dict[str, str], action: 
     return await client.post(action, data={"_csrf": csrf.group(1)}, follow_redirects=False)
 
 
+async def test_sign_outs_lost_by_redis_are_told_again_for_instances_started_after(
+    client: Client, settings: Settings, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """Redis restarted empty (it is counted again from the record, and kept without
+    persistence): the sign-outs were gone from it, and an instance started after (a deploy)
+    took the signed-out token for a good one for the rest of its day. The instances that
+    heard of them tell them again."""
+    from app.main import create_app
+
+    headers = await sign_in(client, redis_sync, deliver, "09120001919")
+    everywhere = await sign_in(client, redis_sync, deliver, "09120001920")
+    assert (await client.post("/api/v1/auth/logout", headers=headers)).status_code == 204
+    assert (await client.post("/api/v1/auth/logout/everywhere", headers=everywhere)).status_code == 204
+    redis_sync.delete(signed_out.SIGNED_OUT, signed_out.SET_MADE)  # as a restart without persistence
+    for _ in range(100):  # the instance's next look (a second)
+        if redis_sync.zcard(signed_out.SIGNED_OUT) == 2:
+            break
+        await asyncio.sleep(0.1)
+    async with AsyncTestClient(create_app(settings)) as started_after:
+        assert not await signed_in(started_after, headers)
+        assert not await signed_in(started_after, everywhere)
+
+
 async def test_signing_out_everywhere_on_the_page_ends_every_token_of_the_number(
     client: Client, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
