@@ -755,13 +755,16 @@ class Enforcement:
         actions: dict[int, OfficeAction] = {}
         moved: Counter[int] = Counter()
         cancelled: Counter[int] = Counter()
+        # The actions in force: a block lifted in January, its 500 moves with it, is the office
+        # history's (``history``), not today's row.
         for action in await session.scalars(
-            select(OfficeAction).where(OfficeAction.office_id.in_(ids)).order_by(OfficeAction.id)
+            select(OfficeAction)
+            .where(OfficeAction.office_id.in_(ids), OfficeAction.lifted_at.is_(None))
+            .order_by(OfficeAction.id)
         ):
             moved[action.office_id] += action.bookings_moved
             cancelled[action.office_id] += action.bookings_cancelled
-            if action.lifted_at is None:
-                actions[action.office_id] = action
+            actions[action.office_id] = action
         complaints: dict[int, Counter[str]] = defaultdict(Counter)
         for office_id, category, count in await session.execute(
             select(Complaint.office_id, Complaint.category, func.count())

@@ -610,3 +610,26 @@ async def test_a_block_at_two_leaves_the_mornings_bookings_to_the_night(
     move_clock(monkeypatch, morning.replace(hour=0) + dt.timedelta(days=1))  # the night's close
     await asyncio.to_thread(close_day)
     assert await status("09:00") == "no_show"
+
+
+async def test_the_guilds_row_counts_the_moves_of_the_block_in_force_not_of_the_history(
+    client: Client, world: World
+) -> None:
+    """Blocked, lifted, blocked again: the row said "since today" beside the moves of the first
+    block, summed over the office's history (which its history page shows, action by action)."""
+    office = await world.office()
+    await world.office()  # a neighbour to move to
+    await world.rebuild()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.tomorrow()), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    reg = await regulator(client, world)
+    first = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert first.status_code == 201 and first.json()["bookings_moved"] == 1, first.text
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "رفع شد"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    again = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل دوباره"}, headers=reg)
+    assert again.status_code == 201, again.text
+    rows = (await client.get("/api/v1/guild/offices", headers=reg)).json()
+    assert [(r["code"], r["reason"], r["bookings_moved"]) for r in rows] == [(office, "جعل دوباره", 0)]
