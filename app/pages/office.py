@@ -14,12 +14,14 @@ from litestar.response import Redirect, Template
 
 from app.capacity.plan import DayRule, iranian_weekday, validate_rules
 from app.console.errors import CapacityBelowBookings
+from app.console.schemas import CapacityChange
 from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput
 from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date, to_persian_digits
 from app.offices import service as offices
 from app.offices.service import normalize_code
 from app.pages.render import (
+    NOTICE_FA,
     TOP,
     Form,
     check_csrf,
@@ -323,11 +325,14 @@ class OfficePages(Controller):
         form: dict[str, str] | None = None,
         refusal: dict[str, Any] | None = None,
         status: int = 200,
+        change: CapacityChange | None = None,
+        notice: str | None = None,
     ) -> Template:
         template = await container.console.template(session=session, staff=staff, office_code=code)
         plans = await container.console.day_plans(session=session, staff=staff, office_code=code)
         detail = await offices.get_office(session=session, code=code)
         more_shared = _more_shared(template.days)
+        context: dict[str, Any] = {"notice": NOTICE_FA[notice]} if notice else {}
         return render(
             request,
             container,
@@ -343,6 +348,8 @@ class OfficePages(Controller):
             form=form if form is not None else {**_template_form(template.days), **OVERRIDE_DEFAULTS},
             refusal=refusal,
             version=_template_version(template.days),
+            moved=change.moved if change else [],
+            **context,
         )
 
     @get("/{code:str}/capacity")
@@ -418,7 +425,7 @@ class OfficePages(Controller):
             return await self._refused(
                 request, session, container, staff, code, error, data, form_name="template", fields=fields
             )
-        return see_other(f"/office/{code}/capacity?notice=template&moved={len(change.moved)}")
+        return await self._saved(request, session, container, staff, code, change, "template")
 
     @post("/{code:str}/capacity/overrides")
     async def save_override(
@@ -437,7 +444,7 @@ class OfficePages(Controller):
                 current = await container.console.template(session=session, staff=staff, office_code=code)
                 own = await _own_counters(container, code, current.days)
                 rules = [_rule(data, "o"), *own.get(iranian_weekday(day), [])]
-            await container.console.set_override(
+            change = await container.console.set_override(
                 session=session,
                 staff=staff,
                 office_code=code,
@@ -451,7 +458,7 @@ class OfficePages(Controller):
                 request, session, container, staff, code, error, data, form_name="override", fields=fields,
                 aliases={"date": "o_date"},
             )  # fmt: skip
-        return see_other(f"/office/{code}/capacity?notice=override")
+        return await self._saved(request, session, container, staff, code, change, "override")
 
     @post("/{code:str}/capacity/overrides/{date:str}/clear")
     async def clear_override(
@@ -466,7 +473,7 @@ class OfficePages(Controller):
         staff = await require_staff(request, container, back=f"/office/{code}/capacity")
         check_csrf(request, container, data)
         try:
-            await container.console.clear_override(
+            change = await container.console.clear_override(
                 session=session,
                 staff=staff,
                 office_code=code,
@@ -477,7 +484,24 @@ class OfficePages(Controller):
             return await self._refused(
                 request, session, container, staff, code, error, {"clear_date": date}, form_name="clear", fields=[]
             )
-        return see_other(f"/office/{code}/capacity?notice=override_cleared")
+        return await self._saved(request, session, container, staff, code, change, "override_cleared")
+
+    async def _saved(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        change: CapacityChange,
+        notice: str,
+    ) -> Template | Redirect:
+        """After a save, the page again; with the bookings it moved or cancelled listed, when
+        there were any: the clerk had been told nothing of them (a walk-in with no mobile,
+        moved away from the queue with no SMS, was simply gone from it)."""
+        if not change.moved:
+            return see_other(f"/office/{code}/capacity?notice={notice}")
+        return await self._capacity_page(request, session, container, staff, code, change=change, notice=notice)
 
     # --- what the regulator and the policy told the office ---
 

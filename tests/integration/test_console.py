@@ -738,6 +738,36 @@ async def special_hours_with_a_desk(
     return office, day
 
 
+async def test_a_day_plan_saved_on_the_page_lists_the_bookings_it_moved_or_cancelled(
+    client: Client, world: World
+) -> None:
+    """The save said only «saved»: the clerk never learned who was moved, or cancelled for want
+    of a seat (a walk-in with no mobile, sent away with no SMS, was simply gone from the queue)."""
+    office = await world.office(seats=1)
+    await world.rebuild()
+    day = world.tomorrow()
+    codes = []
+    for slot in ("08:00", "09:00"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    await staff_of(client, world, office)  # the client keeps the session cookie
+    page = await client.get(f"/office/{office}/capacity")
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf and "data-moved" not in page.text
+    form = {
+        "_csrf": csrf.group(1), "o_date": day.isoformat(), "o_kind": "hours", "o_opens": "08:00",
+        "o_closes": "08:30", "o_slot": "30", "o_seats": "1", "o_reason": "نیم‌روز", "o_move": "on",
+    }  # fmt: skip
+    saved = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
+    assert saved.status_code == 200, saved.text
+    assert "برنامهٔ ویژهٔ آن روز ذخیره شد." in saved.text and "data-moved" in saved.text
+    assert f'data-tracking="{codes[1]}" data-moved-to=""' in saved.text  # no seat left that day: cancelled
+    assert codes[0] not in saved.text
+
+
 async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(client: Client, world: World) -> None:
     """An office imported with no plan: the page that makes its first template must open
     (its days' list read the province off the plan, and failed with a 500)."""
