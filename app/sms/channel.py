@@ -36,8 +36,12 @@ from app.sms.service import Messenger
 
 log = logging.getLogger(__name__)
 
-_CLAIM_LEASE = dt.timedelta(seconds=60)
-"""How long a delivery carrying out a message keeps others off it (replies take seconds)."""
+_CLAIM_LEASE = dt.timedelta(minutes=3)
+"""How long a delivery carrying out a message keeps others off it. Replies take seconds, but a
+«نوبت» with no day tries up to the horizon's days, each perhaps loading its day from the
+record: under a rush's pool and statement waits that passed a one-minute lease, and the
+minute's job carried the message out beside it («لغو» answered "cancelled" and "not active").
+A delivery that fails lets go at once (``_release``): only a killed instance's waits this out."""
 ABANDONED_FOR = dt.timedelta(hours=1)
 """A message never answered is carried out by the minute's job for this long after it came;
 then it is answered "not done, send it again" (``_give_up``), once."""
