@@ -23,7 +23,7 @@ from app.auth.service import CitizenAuth
 from app.booking.models import Channel
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
-from app.capacity.errors import DayFull, OfficeClosed
+from app.capacity.errors import AlreadyBookedThatDay, DayFull, OfficeClosed
 from app.clock import Clock
 from app.db import RECORD_AWAY, Within
 from app.errors import DomainError, RateLimited, ServiceUnavailable
@@ -372,7 +372,10 @@ class SmsChannel:
                 )
                 await self._first_id(session, mobile, command.national_id)
                 return None  # the booking sends its own confirmation, with the tracking code
-            except (DayFull, OfficeClosed):
+            except (DayFull, OfficeClosed, AlreadyBookedThatDay):
+                # With no day asked for, a day the citizen holds the service already (at
+                # another office, say) is passed over as a full one is: it had ended the search
+                # on "already booked that day", naming no day, with tomorrow free.
                 if command.day:
                     raise
         # Every day of the horizon full or closed: the last day's refusal ("full that day",

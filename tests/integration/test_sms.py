@@ -1396,6 +1396,25 @@ async def test_a_refused_booking_message_does_not_register_its_id(client: Client
     assert await count(world, Booking) == await count(world, CitizenPhone) == 1
 
 
+async def test_a_booking_message_with_no_day_passes_over_a_day_the_citizen_holds_the_service(
+    client: Client, world: World, morning: dt.datetime
+) -> None:
+    """Booked for the service today at one office, the citizen texts for the first free day at
+    another: the search ended on today, "already booked that day", naming no day, with
+    tomorrow free. That day is passed over, as a full one is."""
+    here, there = await world.office(), await world.office()
+    national_id = world.national_id()
+    today = await client.post(
+        "/api/v1/bookings", json=booking_body(here, national_id, morning.date()), headers=world.token("09121234567")
+    )
+    assert today.status_code == 201, today.text
+    answered = await text(client, f"نوبت {there} 101 {national_id}", sid="SMfirstfree")
+    assert answered.status_code == 200, answered.text
+    async with world.container.sessions() as session:
+        days = sorted((await session.execute(select(Booking.date).where(Booking.national_id == national_id))).scalars())
+    assert days == [morning.date(), morning.date() + dt.timedelta(days=1)]
+
+
 async def test_a_retrys_claim_is_timed_after_the_provider_is_asked(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
