@@ -79,7 +79,7 @@ async def _run(redis_url: str, first_seats: list[int], today: bool, operations: 
                 continue
             elif kind == "replan":
                 seats = dict(zip(TIMES, value, strict=True))  # type: ignore[call-overload]
-                plan: list[str | int] = ["apply"]
+                plan: list[str | int] = ["apply", ""]  # no slot kept as begun
                 for time in TIMES:
                     plan += [keys.seats_field("*", time), seats[time]]
                 await capacity.scripts.replan(keys=[day_key], args=plan)
