@@ -42,6 +42,14 @@ class OfficeClosed(DomainError):
     message_en = "The office is closed on that day."
 
 
+class DayOver(OfficeClosed):
+    """Today past the office's last slot: ``office_closed`` still (the code is the API's), in
+    words that do not tell a citizen an open office is closed today."""
+
+    message_fa = "نوبت‌های امروز این دفتر تمام شده است؛ روز دیگری را انتخاب کنید."
+    message_en = "Today's slots at this office are over; choose another day."
+
+
 class OfficeBlocked(DomainError):
     code = "office_blocked"
     status = 403

@@ -119,7 +119,8 @@ else
   local list = slot_times(day, pool)
   local count = math.floor((#list + 1) / 6)
   local function time_at(i) return string.sub(list, 6 * i - 5, 6 * i - 1) end
-  if count == 0 or (not_before ~= '' and time_at(count) < not_before) then return {'CLOSED', '', ''} end
+  if count == 0 then return {'CLOSED', '', ''} end
+  if not_before ~= '' and time_at(count) < not_before then return {'OVER', '', ''} end  -- today's last has begun
   if room <= 0 then return {'DAY_FULL', '', ''} end
   local cursor_field = 'c|' .. pool
   local cursor = redis.call('HGET', day, cursor_field) or ''

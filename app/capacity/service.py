@@ -34,6 +34,7 @@ from app.capacity.errors import (
     CapacityRebuilding,
     ClosuresChanging,
     DayFull,
+    DayOver,
     DuplicateRequest,
     NoSuchSlot,
     OfficeBlocked,
@@ -1271,6 +1272,7 @@ def _hold_error(reply: Any, limit: int) -> DomainError | None:
 _RESERVE_ERRORS: dict[str, type[DomainError]] = {
     "BLOCKED": OfficeBlocked,
     "CLOSED": OfficeClosed,
+    "OVER": DayOver,
     "NO_SLOT": NoSuchSlot,
     "BEGUN": SlotBegun,
     "FULL": SlotFull,

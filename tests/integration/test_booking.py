@@ -722,3 +722,22 @@ async def test_an_office_with_no_plan_is_closed_not_unavailable(client: Client, 
         assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
     async with world.container.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Booking)) == 0
+
+
+async def test_today_past_the_last_slot_is_said_so_not_that_the_office_is_closed(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 18:00 a booking for today at an office open till 20:00 was told «this office is
+    closed on that day»: the code stays ``office_closed`` (the API's), the words say the day's
+    slots are over. A day with no plan is still "closed"."""
+    from app.capacity.plan import DayRule
+    from app.clock import Clock
+
+    office = await world.office(rules=[DayRule(opens="08:00", closes="18:00", slot_minutes=30, seats=2)])
+    late = morning.replace(hour=17, minute=45)
+    monkeypatch.setattr(Clock, "now", lambda self: late)
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), late.date(), None), headers=world.token()
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
+    assert "تمام شده" in refused.json()["message_fa"] and "تعطیل" not in refused.json()["message_fa"]
