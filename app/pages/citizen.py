@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.errors import CodeExpired
 from app.auth.service import TEXTED_CODE_SECONDS
 from app.booking.errors import BookingNotActive
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus
@@ -495,11 +496,17 @@ class CitizenPages(Controller):
             token = await container.auth.verify(mobile=mobile, code=data.get("code", ""), client=client, again=again)
         except DomainError as error:
             texted = data.get("texted") == "1"
+            # The texted form asked for the number: asked again, as typed. Kept out of sight, a
+            # number typed one digit wrong was sent with every later try, each one "expired".
+            asked = texted and data.get("ask_mobile") == "1"
             try:
-                mobile = normalize_mobile(mobile)
+                mobile = "" if asked else normalize_mobile(mobile)
             except InvalidInput:
                 mobile = "" if texted else mobile  # the texted form asks for the number again
             fields, aliases = (["code", "mobile"], None) if texted and not mobile else (["code"], {"mobile": "code"})
+            errors = form_errors(error, fields, aliases)
+            if asked and isinstance(error, CodeExpired) and "mobile" not in errors:
+                errors["mobile"] = NO_TEXTED_CODE_FA
             return _code_step(
                 request,
                 container,
@@ -508,7 +515,7 @@ class CitizenPages(Controller):
                 texted=texted,
                 status=error.status,
                 headers=error.headers,
-                errors=form_errors(error, fields, aliases),
+                errors=errors,
                 form={"code": data.get("code", ""), "mobile": data.get("mobile", "")},
             )
         cookie = session_cookie(
@@ -702,6 +709,8 @@ def _code_step(
         **context,
     )
 
+
+NO_TEXTED_CODE_FA = "برای این شماره کد معتبری نیست: شماره را بررسی کنید، یا دوباره پیامک «ورود» بفرستید."
 
 SIGNIN_MOBILE_COOKIE = "nobat_signin"
 """The number a sign-in's code was sent to, for the code step. Not in the page's address:

@@ -899,7 +899,13 @@ async def test_the_sign_in_page_takes_a_code_asked_for_by_text(
     assert bare.status_code == 200 and 'name="mobile"' in bare.text and 'type="hidden" name="mobile"' not in bare.text
     code = await texted_code(world, redis_sync, deliver, mobile)
     fields = {**fields, "_csrf": form_token(bare)}  # the form's token is bound to the session signed in above
-    typo = await client.post("/signin/code", data={**fields, "mobile": "0912", "code": code})
+    typo = await client.post("/signin/code", data={**fields, "ask_mobile": "1", "mobile": "0912", "code": code})
     assert typo.status_code == 422 and 'name="mobile"' in typo.text  # asked again, the code kept
-    again = await client.post("/signin/code", data={**fields, "code": code}, follow_redirects=False)
+    # A whole number, one digit wrong: it had gone hidden into every later try, each "expired".
+    other = "09120002324"
+    wrong_number = await client.post("/signin/code", data={**fields, "ask_mobile": "1", "mobile": other, "code": code})
+    assert wrong_number.status_code == 400
+    assert 'type="hidden" name="mobile"' not in wrong_number.text and f'value="{other}"' in wrong_number.text
+    assert "شماره را بررسی کنید" in wrong_number.text
+    again = await client.post("/signin/code", data={**fields, "ask_mobile": "1", "code": code}, follow_redirects=False)
     assert again.status_code == 303, again.text
