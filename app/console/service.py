@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus, Channel, Suspension
@@ -27,7 +27,7 @@ from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
 from app.booking.writer import commit_unless_recounting
 from app.capacity import keys
-from app.capacity.errors import CapacityRebuilding, ClosuresChanging
+from app.capacity.errors import AlreadyBookedThatDay, CapacityRebuilding, ClosuresChanging
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import (
     Calendar,
@@ -829,18 +829,24 @@ class Console:
         # Compare-and-set on the booking as the clerk saw it: a cancellation or a move that
         # landed since the read must win (SQLite has no row locks). A check-in must neither
         # overwrite the one nor mark a booking that now lives at another office or slot.
-        changed = await session.execute(
-            update(Booking)
-            .where(
-                Booking.id == booking.id,
-                Booking.status.in_(allowed),
-                Booking.office_id == booking.office_id,
-                Booking.slot_time == booking.slot_time,
-                Booking.pool == booking.pool,
+        try:
+            changed = await session.execute(
+                update(Booking)
+                .where(
+                    Booking.id == booking.id,
+                    Booking.status.in_(allowed),
+                    Booking.office_id == booking.office_id,
+                    Booking.slot_time == booking.slot_time,
+                    Booking.pool == booking.pool,
+                )
+                .values(status=to)
+                .execution_options(synchronize_session=False)
             )
-            .values(status=to)
-            .execution_options(synchronize_session=False)
-        )
+        except IntegrityError:
+            # A no-show checked in after all, whose citizen has booked the service that day
+            # again since (a walk-in, a later slot): one active booking a service a day.
+            await session.rollback()
+            raise AlreadyBookedThatDay() from None
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             await session.rollback()
             raise WrongBookingState(booking_status="changed")

@@ -562,7 +562,17 @@ async def test_a_no_show_taken_back_by_a_check_in_lifts_the_suspension_it_brough
     booked = await client.post("/api/v1/bookings", json=later, headers=world.token())
     assert booked.status_code == 201, booked.text
 
-    # Served, then nothing more to take back; another no-show of the day is marked as before.
+    # Another of the day's no-shows, whose citizen was taken in as a walk-in for the service
+    # since: taken back, the service would be booked twice that day. Refused (it was a 500).
+    walk_in = await client.post(
+        f"/api/v1/staff/offices/{office}/walk-ins", json={"national_id": national_id, "service_code": "102"},
+        headers=headers,
+    )  # fmt: skip
+    assert walk_in.status_code == 201, walk_in.text
+    twice = await client.post(f"{base}/{codes[1]}/check-in", headers=headers)
+    assert twice.status_code == 409 and twice.json()["code"] == "already_booked", twice.text
+
+    # Served, then nothing more to take back.
     assert (await client.post(f"{base}/{codes[2]}/served", headers=headers)).status_code == 200
     again = await client.post(f"{base}/{codes[2]}/check-in", headers=headers)
     assert again.status_code == 409 and again.json()["code"] == "booking_state", again.text
