@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import CitizenAuth
-from app.booking.models import Channel
+from app.booking.models import ACTIVE_STATUSES, Booking, Channel
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
 from app.capacity.errors import AlreadyBookedThatDay, DayFull, OfficeClosed
@@ -30,6 +30,7 @@ from app.errors import DomainError, RateLimited, ServiceUnavailable
 from app.identity import normalize_mobile
 from app.load.service import LoadService
 from app.locale import jalali_date, strip_controls, to_persian_digits
+from app.offices.models import Office
 from app.sms import parser
 from app.sms.models import CitizenPhone, InboundSms
 from app.sms.service import Messenger
@@ -372,11 +373,15 @@ class SmsChannel:
                 )
                 await self._first_id(session, mobile, command.national_id)
                 return None  # the booking sends its own confirmation, with the tracking code
-            except (DayFull, OfficeClosed, AlreadyBookedThatDay):
-                # With no day asked for, a day the citizen holds the service already (at
-                # another office, say) is passed over as a full one is: it had ended the search
-                # on "already booked that day", naming no day, with tomorrow free.
-                if command.day:
+            except (DayFull, OfficeClosed, AlreadyBookedThatDay) as error:
+                # With no day asked for, a day the citizen holds the service at another office
+                # is passed over as a full one is: it had ended the search on "already booked
+                # that day", naming no day, with tomorrow free. At this office it is the answer
+                # (the same message sent twice must not book a second day).
+                if command.day or (
+                    isinstance(error, AlreadyBookedThatDay)
+                    and await self._holds_here(session, national_id, command, day)
+                ):
                     raise
         # Every day of the horizon full or closed: the last day's refusal ("full that day",
         # "closed that day") named no day, and the citizen could not tell all were tried.
@@ -385,6 +390,22 @@ class SmsChannel:
             f"این دفتر تا {jalali_date(days[-1])} نوبت خالی برای این خدمت ندارد. "
             f"دفترهای خلوت شهرتان را با پیامک «دفاتر نام‌شهر {to_persian_digits(command.service_code)}» بپرسید."
         )
+
+    async def _holds_here(self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date) -> bool:
+        """Whether the citizen holds the command's service at its office on ``day``."""
+        held = await session.scalar(
+            select(Booking.id)
+            .join(Office, Office.id == Booking.office_id)
+            .where(
+                Booking.national_id == national_id,
+                Booking.service_code == command.service_code,
+                Booking.date == day,
+                Booking.status.in_(ACTIVE_STATUSES),
+                Office.code == command.office_code,
+            )
+            .limit(1)
+        )
+        return held is not None
 
     async def _national_id(self, session: AsyncSession, mobile: str, given: str | None) -> str | None:
         """The national ID a booking message books for: the one it gives, else the phone's."""

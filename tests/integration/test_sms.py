@@ -1413,6 +1413,11 @@ async def test_a_booking_message_with_no_day_passes_over_a_day_the_citizen_holds
     async with world.container.sessions() as session:
         days = sorted((await session.execute(select(Booking.date).where(Booking.national_id == national_id))).scalars())
     assert days == [morning.date(), morning.date() + dt.timedelta(days=1)]
+    # The same message sent again (the confirmation was slow): the day it holds here is the
+    # answer, not a second day booked.
+    again = await text(client, f"نوبت {there} 101 {national_id}", sid="SMfirstfreeagain")
+    assert again.status_code == 200, again.text
+    assert await count(world, Booking, Booking.national_id == national_id) == 2
 
 
 async def test_a_retrys_claim_is_timed_after_the_provider_is_asked(
