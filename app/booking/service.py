@@ -1359,7 +1359,11 @@ class BookingService:
             office_code=office.code, day=day, pool=office.pool, time=None, not_before=not_before,
             tracking_code=tracking_code,
         )  # fmt: skip
-        counted_in = await self.capacity.counts({(office.code, day)})  # before the hold it may outlive
+        # Before the hold, which a recount would drop (writing every hold again from the record):
+        # the mark of the last recount, None while one runs.
+        recounted_as = await self.capacity.rebuilt_at()
+        if recounted_as is None:
+            raise CapacityRebuilding()
         try:
             await self._hold(national_id, today, day, office, tracking_code)
         except RedisError:
@@ -1387,10 +1391,10 @@ class BookingService:
             xid = await hold_off_recounts(session)  # its id, for commit_outcome; a recount counts it in
             session.add(booking)
             await refuse_while_recounting(session, self.capacity.may_commit)
-            if await self.capacity.counts({(office.code, day)}) != counted_in:
-                # A whole recount ran since the hold (a stalled request), from a record without
-                # this row: the hold is gone with it. Joined now, the citizen would wait with
-                # no hold, free to book that service that day once more. Tried again, it holds.
+            if await self.capacity.rebuilt_at() != recounted_as:
+                # A recount ran since the hold (a stalled request), from a record without this
+                # row: the hold is gone with it. Joined now, the citizen would wait with no
+                # hold, free to book that service that day once more. Tried again, it holds.
                 await session.rollback()
                 raise CapacityRebuilding()
             await session.commit()
