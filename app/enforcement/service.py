@@ -59,11 +59,12 @@ REPLACED_BY_A_BLOCK = "replaced by a block"
 
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
 SAME_DECISION_WITHIN = dt.timedelta(minutes=10)
-PAST_SLOT = dt.timedelta(hours=1)
-"""A slot of today begun this long ago is past: a block leaves its booking to the night's close
-(a no-show, begun before the block). Cancelled with the rest, its citizen, served hours before
-or absent, was texted to book elsewhere, and an absence never counted."""
 """A restriction sent again within this long, the same in every way, is taken for a retry."""
+PAST_SLOT = dt.timedelta(hours=1)
+"""A slot of today begun before the block, and this long ago, is past: the block leaves its
+booking to the night's close (a no-show, begun before the block). Cancelled with the rest, its
+citizen, served hours before or absent, was texted to book elsewhere, and an absence never
+counted."""
 MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
 # Who the audit log names when the policy acts on its own (no staff member decided).
@@ -267,8 +268,7 @@ class Enforcement:
         left = select(Booking.office_id).where(
             Booking.date >= self.clock.today(),
             Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
-            ~_past(self.clock.now()),
-        )
+        )  # a past booking left for the night has its office looked at again: a few, each minute
         offices = (
             await session.execute(
                 select(Office.id, Office.code)
@@ -401,6 +401,14 @@ class Enforcement:
         blocked (read once before the moves, a lift during them had answered "active" while
         every citizen was sent away with an SMS saying the office was blocked)."""
         now = self.clock.now()
+        blocked_at = max(
+            (
+                self.clock.aware(a.started_at)
+                for a in await self._open_actions(session, office.id)
+                if a.kind is ActionKind.BLOCK
+            ),
+            default=now,
+        )
         upcoming = list(
             await session.scalars(
                 select(Booking)
@@ -408,7 +416,7 @@ class Enforcement:
                     Booking.office_id == office.id,
                     Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
                     Booking.date >= now.date(),
-                    ~_past(now),
+                    ~_past(now, blocked_at),
                 )
                 .order_by(Booking.date, Booking.slot_time, Booking.id)
             )
@@ -890,12 +898,14 @@ async def _locked(session: AsyncSession, office_id: int) -> Office:
     return locked
 
 
-def _past(now: dt.datetime) -> ColumnElement[bool]:
-    """The bookings of today whose slot began ``PAST_SLOT`` or more before ``now``."""
+def _past(now: dt.datetime, blocked_at: dt.datetime) -> ColumnElement[bool]:
+    """The bookings of today whose slot began before the block and ``PAST_SLOT`` or more before
+    ``now``. (Begun after the block, the office was shut to them: cancelled, and told.)"""
+    blocked_at = blocked_at.astimezone(now.tzinfo)
     since = now - PAST_SLOT
-    if since.date() != now.date():
+    if since.date() != now.date() or blocked_at.date() != now.date():
         return false()
-    return (
+    return (Booking.slot_time < blocked_at.strftime("%H:%M")) & (
         (Booking.status == BookingStatus.BOOKED)
         & (Booking.date == now.date())
         & (Booking.slot_time <= since.strftime("%H:%M"))

@@ -607,6 +607,29 @@ async def test_a_block_at_two_leaves_the_mornings_bookings_to_the_night(
     assert [await status(slot) for slot in codes] == ["booked", "cancelled", "cancelled"]
     async with world.container.sessions() as session:
         assert await world.container.enforcement.finish_blocks(session=session) == 0  # nothing left to move
+    # A booking the block's moves missed (committed just after their look), for 14:30, found by
+    # the minute's job at 15:40: begun after the block, the office was shut to it. Cancelled and
+    # told, not left to the night (whose close cancels such a one without a word).
+    from app.booking.models import Booking, BookingStatus
+    from app.booking.tracking import new_tracking_code
+    from app.offices.models import Office
+
+    missed = new_tracking_code()
+    async with world.container.sessions() as session:
+        office_id = await session.scalar(select(Office.id).where(Office.code == office))
+        session.add(
+            Booking(
+                tracking_code=missed, office_id=office_id, service_code="101", national_id=world.national_id(),
+                mobile="09120000000", date=today, slot_time="14:30", pool="*", status=BookingStatus.BOOKED,
+                created_at=morning,
+            )
+        )  # fmt: skip
+        await session.commit()
+    codes["14:30"] = missed
+    move_clock(monkeypatch, morning.replace(hour=15, minute=40))
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.finish_blocks(session=session) == 1
+    assert await status("14:30") == "cancelled" and await status("09:00") == "booked"
     move_clock(monkeypatch, morning.replace(hour=0) + dt.timedelta(days=1))  # the night's close
     await asyncio.to_thread(close_day)
     assert await status("09:00") == "no_show"
