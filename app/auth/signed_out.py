@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 
 SIGNED_OUT = f"{NAMESPACE}:signed-out"
 """Sorted set: the digest of each token signed out -> when (ms, by Redis's clock)."""
-SET_MADE = f"{NAMESPACE}:signed-out:made"
+SET_MADE = f"{{{SIGNED_OUT}}}:made"
 """A random id written once with the set, and never expiring: changed or gone, Redis lost the set
-(restarted empty, or a replica short of it took over)."""
+(restarted empty). In the set's own slot on a cluster (its hash tag is the set's name), so that
+the node that loses the one loses the other. (A replica that took over short of the last few
+sign-outs keeps it: those few go unheard by instances started after.)"""
 EVERYTHING = 0
 """The last look's time that reads all the set holds: the first look, or after Redis's clock
 went back (a replica took over) and the set's times may be below the last look's."""
