@@ -259,7 +259,8 @@ JOIN_WAITLIST = (
 -- KEYS[1] = the office's day hash, KEYS[2] = the day's waitlist for the pool
 -- ARGV[1] = pool, ARGV[2] = earliest time still bookable ("" = any), ARGV[3] = tracking code
 -- Joins only when no bookable slot has room: a citizen who can book is told to book.
--- Returns {outcome, position}; outcome is OK, NO_DAY, BLOCKED, CLOSED or FREE.
+-- Returns {outcome, position}; outcome is OK, NO_DAY, BLOCKED, CLOSED, OVER (today's slots have
+-- all begun) or FREE.
 local day, waitlist = KEYS[1], KEYS[2]
 if redis.call('EXISTS', day) == 0 then return {'NO_DAY', 0} end
 -- In line already (this join run a second time, or a recount that wrote the line from the
@@ -274,11 +275,13 @@ if allowed <= 0 then return {'CLOSED', 0} end
 -- joiner's to book; told "free", the joiner could neither book nor join.
 if redis.call('LLEN', waitlist) > 0 then room = 0 end
 local prefix = 's|' .. ARGV[1] .. '|'
-local open = 0
+local open, begun = 0, 0
 for _, field in ipairs(redis.call('HKEYS', day)) do
   if string.sub(field, 1, #prefix) == prefix then
     local time = string.sub(field, #prefix + 1)
-    if ARGV[2] == '' or time >= ARGV[2] then
+    if ARGV[2] ~= '' and time < ARGV[2] then
+      if tonumber(redis.call('HGET', day, field)) > 0 then begun = begun + 1 end
+    else
       local seats = tonumber(redis.call('HGET', day, field))
       -- A slot cut to no seats (a closure keeps the field where bookings were) opens no line.
       if seats > 0 then open = open + 1 end
@@ -287,6 +290,7 @@ for _, field in ipairs(redis.call('HKEYS', day)) do
     end
   end
 end
+if open == 0 and begun > 0 then return {'OVER', 0} end
 if open == 0 then return {'CLOSED', 0} end
 local position = redis.call('RPUSH', waitlist, ARGV[3])
 local ttl = redis.call('PTTL', day)

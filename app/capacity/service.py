@@ -1285,6 +1285,7 @@ _RESERVE_ERRORS: dict[str, type[DomainError]] = {
 _WAITLIST_ERRORS: dict[str, type[Exception]] = {
     "BLOCKED": OfficeBlocked,
     "CLOSED": OfficeClosed,
+    "OVER": DayOver,
     "FREE": SeatsAvailable,
 }
 

@@ -741,3 +741,28 @@ async def test_today_past_the_last_slot_is_said_so_not_that_the_office_is_closed
     )
     assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
     assert "تمام شده" in refused.json()["message_fa"] and "تعطیل" not in refused.json()["message_fa"]
+
+
+async def test_a_join_today_past_the_last_slot_is_said_so_too(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waitlist's words, as a booking's: today's slots are over, not "closed that day";
+    and nothing is left of the join (no row, no hold)."""
+    from app.capacity.plan import DayRule
+    from app.clock import Clock
+
+    office = await world.office(rules=[DayRule(opens="08:00", closes="18:00", slot_minutes=30, seats=1)])
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), morning.date(), "17:30"),
+        headers=world.token(),
+    )  # fmt: skip
+    assert booked.status_code == 201, booked.text
+    late = morning.replace(hour=17, minute=45)
+    monkeypatch.setattr(Clock, "now", lambda self: late)
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), late.date(), None), headers=world.token()
+    )
+    assert joined.status_code == 409 and joined.json()["code"] == "office_closed", joined.text
+    assert "تمام شده" in joined.json()["message_fa"]
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 1
