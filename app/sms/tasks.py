@@ -223,15 +223,6 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
         outbound = OutboundSms(id=message.id, to=message.to, body=message.body)
         seen = (message.status, message.attempts)
         now = app.clock.now()
-        life = _code_life(app, message.kind)
-        if life is not None and app.clock.aware(message.created_at) < now - life:
-            # Past its life it signs nobody in: sent (a lost job swept late, the last of its
-            # tries), it would only have the citizen type a dead code, and be paid for.
-            expired = {"status": SmsStatus.FAILED, "error": "expired before it could be sent", **_erased(message.kind)}
-            if not await _claim(session, message_id, seen, **expired):
-                return "taken by another job"
-            log.warning("sms %s: a sign-in code expired before it could be sent", message_id)
-            return "expired"
         if message.status == SmsStatus.SENDING:
             # Another job may be sending it this moment (the sweep's copy, or a retry, came
             # while it waits for the provider), or one died doing so: only a try quiet for as
@@ -254,6 +245,16 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
                     return "taken by another job"
                 await delivery.apply_kept(session, app.redis, earlier, app.clock.now())
                 return "sent before"
+        life = _code_life(app, message.kind)
+        if life is not None and app.clock.aware(message.created_at) < now - life:
+            # Past its life it signs nobody in: sent (a lost job swept late, the last of its
+            # tries), it would only have the citizen type a dead code, and be paid for. (Asked
+            # after the in-flight and sent-before checks: a try on its way is left to finish.)
+            expired = {"status": SmsStatus.FAILED, "error": "expired before it could be sent", **_erased(message.kind)}
+            if not await _claim(session, message_id, seen, **expired):
+                return "taken by another job"
+            log.warning("sms %s: a sign-in code expired before it could be sent", message_id)
+            return "expired"
         # Claimed only if no other job changed it since it was read (no row lock is held, and
         # SQLite takes none), and committed before Twilio is handed it. Its time is read now,
         # not before the provider was asked (up to 20 s): the sweep counts a try as dead

@@ -1345,6 +1345,19 @@ async def test_a_lost_sign_in_code_is_swept_while_it_still_signs_in_and_a_dead_o
         assert dead is not None and dead.status == SmsStatus.FAILED and "expired" in (dead.error or "")
         assert "code dead" not in dead.body  # erased, as a code is once no try will send it
 
+    # Past its life while a try is on its way to the provider: a second job (a retry, the
+    # sweep's copy) leaves it to finish, not marked failed under the send that delivers it.
+    from app.sms.tasks import _send
+
+    in_flight = await outbox_message(
+        world, "code in flight", SIGN_IN_CODE, status=SmsStatus.SENDING, attempts=1,
+        created_at=now - dt.timedelta(seconds=ttl + 1), updated_at=world.container.clock.now(),
+    )  # fmt: skip
+    assert await _send(world.container, object(), in_flight.id) == "in flight"  # type: ignore[arg-type]
+    async with world.container.sessions() as session:
+        row = await session.get(SmsMessage, in_flight.id)
+        assert row is not None and row.status == SmsStatus.SENDING and row.body == "code in flight"
+
 
 @pytest.mark.parametrize("command", ["book on a day", "book the first free day", "complain"])
 async def test_a_message_carried_out_again_after_its_answer_failed_books_or_files_once(
