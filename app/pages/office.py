@@ -4,6 +4,7 @@ waiting count), the weekly template and date overrides, and the office's notices
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Any
 from urllib.parse import urlencode
 
@@ -11,10 +12,12 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
+from redis.exceptions import RedisError
 
+from app.capacity.keys import NAMESPACE
 from app.capacity.plan import DayRule, iranian_weekday, validate_rules
 from app.console.errors import CapacityBelowBookings
-from app.console.schemas import CapacityChange
+from app.console.schemas import CapacityChange, MovedBooking
 from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput
 from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date, to_persian_digits
@@ -325,7 +328,7 @@ class OfficePages(Controller):
         form: dict[str, str] | None = None,
         refusal: dict[str, Any] | None = None,
         status: int = 200,
-        change: CapacityChange | None = None,
+        moved: list[MovedBooking] | None = None,
         notice: str | None = None,
     ) -> Template:
         template = await container.console.template(session=session, staff=staff, office_code=code)
@@ -348,16 +351,22 @@ class OfficePages(Controller):
             form=form if form is not None else {**_template_form(template.days), **OVERRIDE_DEFAULTS},
             refusal=refusal,
             version=_template_version(template.days),
-            moved=change.moved if change else [],
+            moved=moved or [],
             **context,
         )
 
     @get("/{code:str}/capacity")
     async def capacity(
-        self, code: FromPath[str], request: Request[Any, Any, Any], session: Session, container: Deps
+        self,
+        code: FromPath[str],
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        moves: FromQuery[str | None] = None,
     ) -> Template:
         staff = await require_staff(request, container)
-        return await self._capacity_page(request, session, container, staff, code)
+        shown = await _moves_shown(container, code, moves) if moves else None
+        return await self._capacity_page(request, session, container, staff, code, moved=shown)
 
     async def _refused(
         self,
@@ -498,10 +507,21 @@ class OfficePages(Controller):
     ) -> Template | Redirect:
         """After a save, the page again; with the bookings it moved or cancelled listed, when
         there were any: the clerk had been told nothing of them (a walk-in with no mobile,
-        moved away from the queue with no SMS, was simply gone from it)."""
-        if not change.moved:
-            return see_other(f"/office/{code}/capacity?notice={notice}")
-        return await self._capacity_page(request, session, container, staff, code, change=change, notice=notice)
+        moved away from the queue with no SMS, was simply gone from it). Redirected, the list
+        kept a few minutes under a key of its own: the page reloaded does not save again."""
+        query = {"notice": notice}
+        if change.moved:
+            key = secrets.token_urlsafe(12)
+            try:
+                await container.redis.set(
+                    _moves_key(code, key), msgspec.json.encode(change.moved), ex=MOVES_SHOWN_SECONDS
+                )
+            except RedisError:  # shown at once instead
+                return await self._capacity_page(
+                    request, session, container, staff, code, moved=change.moved, notice=notice
+                )
+            query["moves"] = key
+        return see_other(f"/office/{code}/capacity?{urlencode(query)}")
 
     # --- what the regulator and the policy told the office ---
 
@@ -590,3 +610,20 @@ def _template_version(days: dict[int, list[DayRule]]) -> str:
     saved meanwhile by someone else is found, not overwritten."""
     plain = {str(weekday): rules for weekday, rules in sorted(days.items())}
     return hashlib.sha256(msgspec.json.encode(plain)).hexdigest()[:16]
+
+
+MOVES_SHOWN_SECONDS = 600
+"""How long the list of a save's moves can be shown again (``OfficePages._saved``)."""
+
+
+def _moves_key(office_code: str, key: str) -> str:
+    return f"{NAMESPACE}:moves-shown:{office_code}:{key}"
+
+
+async def _moves_shown(container: Deps, office_code: str, key: str) -> list[MovedBooking] | None:
+    """A save's moves, kept for its page; None when gone (or Redis does not answer)."""
+    try:
+        raw = await container.redis.get(_moves_key(office_code, key[:40]))
+    except RedisError:
+        return None
+    return None if raw is None else msgspec.json.decode(raw, type=list[MovedBooking])

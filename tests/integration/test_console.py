@@ -772,10 +772,16 @@ async def test_a_day_plan_saved_on_the_page_lists_the_bookings_it_moved_or_cance
         "o_closes": "08:30", "o_slot": "30", "o_seats": "1", "o_reason": "نیم‌روز", "o_move": "on",
     }  # fmt: skip
     saved = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
-    assert saved.status_code == 200, saved.text
-    assert "برنامهٔ ویژهٔ آن روز ذخیره شد." in saved.text and "data-moved" in saved.text
-    assert f'data-tracking="{codes[1]}" data-moved-to=""' in saved.text  # no seat left that day: cancelled
-    assert codes[0] not in saved.text
+    assert saved.status_code == 303 and "moves=" in saved.headers["location"], saved.text
+    # Redirected (a reload does not save again), the list kept for the page under its own key.
+    shown = await client.get(saved.headers["location"])
+    assert "برنامهٔ ویژهٔ آن روز ذخیره شد." in shown.text and "data-moved" in shown.text
+    assert f'data-tracking="{codes[1]}" data-moved-to=""' in shown.text  # no seat left that day: cancelled
+    assert codes[0] not in shown.text
+    other = await world.office()
+    await staff_of(client, world, other)
+    elsewhere = await client.get(saved.headers["location"].replace(f"/office/{office}/", f"/office/{other}/"))
+    assert elsewhere.status_code == 200 and "data-moved" not in elsewhere.text  # another office's key
 
 
 async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(client: Client, world: World) -> None:
