@@ -11,6 +11,7 @@ from app.capacity.plan import DayRule, WeeklyTemplate
 from app.console.schemas import (
     CapacityChange,
     DayPlanOut,
+    FarOverride,
     OverrideIn,
     QueueEntry,
     TemplateIn,
@@ -63,7 +64,13 @@ class ConsoleController(Controller):
     async def days(self, code: FromPath[str], staff: Staff, session: Session, container: Deps) -> list[DayPlanOut]:
         return await container.console.day_plans(session=session, staff=staff, office_code=code)
 
-    @put("/overrides/{date:str}", summary="Plan one date differently (no rules: closed)")
+    @get("/overrides", summary="The days beyond the horizon planned differently")
+    async def far_overrides(
+        self, code: FromPath[str], staff: Staff, session: Session, container: Deps
+    ) -> list[FarOverride]:
+        return await container.console.far_overrides(session=session, staff=staff, office_code=code)
+
+    @put("/overrides/{date:str}", summary="Plan one date differently (no rules: closed), up to a year ahead")
     async def set_override(
         self,
         code: FromPath[str],

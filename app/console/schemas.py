@@ -59,6 +59,15 @@ class DayPlanOut(msgspec.Struct):
     booked: int
 
 
+class FarOverride(msgspec.Struct):
+    """A day beyond the horizon its office has planned differently."""
+
+    date: str
+    date_fa: str
+    closed: bool
+    reason: str
+
+
 class QueueEntry(msgspec.Struct):
     tracking_code: str
     slot: str

@@ -52,7 +52,7 @@ from app.console.errors import (
     NotToday,
     WrongBookingState,
 )
-from app.console.schemas import CapacityChange, DayPlanOut, MovedBooking, QueueEntry
+from app.console.schemas import CapacityChange, DayPlanOut, FarOverride, MovedBooking, QueueEntry
 from app.db import RECORD_OR_REDIS_AWAY, Within, lock_row
 from app.errors import InvalidInput
 from app.identity import mask_national_id, normalize_mobile
@@ -86,6 +86,9 @@ moves to the job."""
 PLAN_REQUEST_SECONDS = 60
 """A change noted this recently is its request's to apply: the job, reading the record before
 the request's commit, would apply the old plan and forget the new one."""
+OVERRIDE_AHEAD_DAYS = 366
+"""How far ahead a clerk may plan a day differently: a renovation or an inspection is known
+weeks before, and planned only once its day was bookable, it found citizens booked there."""
 QUEUE_HISTORY_DAYS = 366
 """How far back a clerk may look at a day's queue (the record keeps more)."""
 SUSPENSION_CHUNK = 1000
@@ -219,9 +222,12 @@ class Console:
         self.capacity.require_ready()
         check_text(reason, "reason", max_length=MAX_REASON, multiline=True)
         office = await self._office(session, staff, office_code)
-        self.capacity.check_horizon(day, self.clock.today())
+        self._check_override_day(day)
         validate_rules(rules)
         await self._check_services(session, office, rules)
+        if not self._in_horizon(day):
+            await self._check_own_counters(session, office, rules)
+            return await self._plan_far_day(session, staff, office, day, encode_rules(rules), reason)
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
         overflow = await self.capacity.replan(
@@ -254,10 +260,12 @@ class Console:
         office = await self._office(session, staff, office_code)
         # A past day's counters linger until the day after it: replanned, its bookings would
         # be "moved" within a day that is over.
-        self.capacity.check_horizon(day, self.clock.today())
+        self._check_override_day(day)
         row = await session.get(CapacityOverride, (office.id, day))
         if row is None:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
+        if not self._in_horizon(day):
+            return await self._plan_far_day(session, staff, office, day, None, "")
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides.pop((office.id, day), None)
         overflow = await self.capacity.replan(
@@ -279,6 +287,59 @@ class Console:
         noted = await self._note_plan(office, move_overflow)
         await commit_unless_recounting(session, self.capacity.may_commit)
         return await self._apply_change(session, office, [day], noted, move_overflow)
+
+    def _check_override_day(self, day: dt.date) -> None:
+        """A day from today to ``OVERRIDE_AHEAD_DAYS`` ahead."""
+        today = self.clock.today()
+        last = today + dt.timedelta(days=OVERRIDE_AHEAD_DAYS)
+        if not today <= day <= last:
+            raise InvalidInput(
+                "date",
+                f"A day may be planned from {today.isoformat()} to {last.isoformat()}.",
+                detail_fa=f"برنامهٔ ویژه از {jalali_date(today)} تا {jalali_date(last)} ممکن است.",
+                first=today.isoformat(),
+                last=last.isoformat(),
+            )
+
+    def _in_horizon(self, day: dt.date) -> bool:
+        return day <= self.clock.today() + dt.timedelta(days=self.capacity.horizon_days - 1)
+
+    async def _plan_far_day(
+        self, session: AsyncSession, staff: StaffPrincipal, office: Office, day: dt.date, rules: str | None, reason: str
+    ) -> CapacityChange:
+        """A day beyond the horizon planned (``rules``), or back to the template (None): only the
+        record's row. Nobody can have booked it, and the night that brings it into the horizon
+        counts it from the record (``Capacity.extend_horizon``)."""
+        row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
+        before = row.rules if row else None
+        if rules is None:
+            if row is not None:
+                await session.delete(row)
+        elif row is None:
+            session.add(CapacityOverride(office_id=office.id, date=day, rules=rules, reason=reason))
+        else:
+            row.rules, row.reason = rules, reason
+        action = "capacity.override.clear" if rules is None else "capacity.override.set"
+        await self._audit(session, staff, office, action, day.isoformat(), before, rules)
+        await session.commit()
+        return CapacityChange(office_code=office.code, days_changed=0, moved=[])
+
+    async def far_overrides(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str
+    ) -> list[FarOverride]:
+        """The days beyond the horizon the office has planned differently."""
+        office = await self._office(session, staff, office_code)
+        first = self.clock.today() + dt.timedelta(days=self.capacity.horizon_days)
+        rows = await session.scalars(
+            select(CapacityOverride)
+            .where(CapacityOverride.office_id == office.id, CapacityOverride.date >= first)
+            .order_by(CapacityOverride.date)
+        )
+        return [
+            FarOverride(date=row.date.isoformat(), date_fa=jalali_date(row.date), closed=not decode_rules(row.rules),
+                        reason=row.reason)
+            for row in rows
+        ]  # fmt: skip
 
     async def _refuse_more_seats_under_a_cap(
         self,

@@ -333,6 +333,7 @@ class OfficePages(Controller):
     ) -> Template:
         template = await container.console.template(session=session, staff=staff, office_code=code)
         plans = await container.console.day_plans(session=session, staff=staff, office_code=code)
+        far_overrides = await container.console.far_overrides(session=session, staff=staff, office_code=code)
         detail = await offices.get_office(session=session, code=code)
         more_shared = _more_shared(template.days)
         context: dict[str, Any] = {"notice": NOTICE_FA[notice]} if notice else {}
@@ -344,6 +345,7 @@ class OfficePages(Controller):
             staff=staff,
             office=detail,
             plans=plans,
+            far_overrides=far_overrides,
             weekdays=list(enumerate(WEEKDAY_NAMES)),
             other_rules={w: [r for r in rules if r.service] + more_shared[w] for w, rules in template.days.items()},
             days=day_options(container),
@@ -442,9 +444,10 @@ class OfficePages(Controller):
     ) -> Template | Redirect:
         staff = await require_staff(request, container, back=f"/office/{code}/capacity")
         check_csrf(request, container, data)
-        fields = ["o_date", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
+        fields = ["o_date", "o_date_far", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
+        far = data.get("o_date_far", "").strip()  # a day past the list's, typed (Jalali or ISO)
         try:
-            day = parse_date(data.get("o_date", ""), "o_date")
+            day = parse_date(far, "o_date_far") if far else parse_date(data.get("o_date", ""), "o_date")
             rules = []
             if data.get("o_kind") == "hours":
                 # A day's override replaces all its rules: a service's own counters (a passport
@@ -465,7 +468,7 @@ class OfficePages(Controller):
         except DomainError as error:
             return await self._refused(
                 request, session, container, staff, code, error, data, form_name="override", fields=fields,
-                aliases={"date": "o_date"},
+                aliases={"date": "o_date_far" if far else "o_date"},
             )  # fmt: skip
         return await self._saved(request, session, container, staff, code, change, "override")
 

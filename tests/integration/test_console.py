@@ -784,6 +784,70 @@ async def test_a_day_plan_saved_on_the_page_lists_the_bookings_it_moved_or_cance
     assert elsewhere.status_code == 200 and "data-moved" not in elsewhere.text  # another office's key
 
 
+async def test_a_day_beyond_the_horizon_is_planned_ahead_and_counted_so_when_it_comes(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An office knew of its closure (a renovation) weeks ahead, but a day could be planned
+    only once bookable: by then citizens had booked it, to be moved or cancelled. Planned up
+    to a year ahead now: kept in the record, and counted closed the night it enters the
+    horizon. A year and a day, or yesterday, is refused."""
+    office = await world.office()
+    headers = await staff_of(client, world, office)
+    base = f"/api/v1/staff/offices/{office}"
+    today = morning.date()
+    far = today + dt.timedelta(days=20)
+    closed = await client.put(
+        f"{base}/overrides/{far.isoformat()}", json={"rules": [], "reason": "بازسازی"}, headers=headers
+    )
+    assert closed.status_code == 200 and closed.json()["moved"] == [], closed.text
+    listed = (await client.get(f"{base}/overrides", headers=headers)).json()
+    assert [(o["date"], o["closed"], o["reason"]) for o in listed] == [(far.isoformat(), True, "بازسازی")]
+    assert not redis_sync.exists(keys.office_day(office, far))
+    for refused_day in (today + dt.timedelta(days=367), today - dt.timedelta(days=1)):
+        refused = await client.put(
+            f"{base}/overrides/{refused_day.isoformat()}", json={"rules": [], "reason": "-"}, headers=headers
+        )
+        assert refused.status_code == 422 and refused.json()["field"] == "date", refused.text
+
+    move_clock(monkeypatch, morning + dt.timedelta(days=10))  # the day is in the horizon now
+    await world.rebuild()
+    assert seats(redis_sync, office, far, "10:00") is None  # closed: no slot
+    near = far - dt.timedelta(days=1)
+    assert seats(redis_sync, office, near, "10:00") == 2  # the template's
+    days = {d["date"]: d["source"] for d in (await client.get(f"{base}/days", headers=headers)).json()}
+    assert days[far.isoformat()] == "override"
+    assert (await client.get(f"{base}/overrides", headers=headers)).json() == []  # in the horizon's list now
+
+
+async def test_the_capacity_page_plans_a_far_day_and_takes_it_back(client: Client, world: World) -> None:
+    import jdatetime
+
+    office = await world.office()
+    await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/capacity")
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf and "data-far-date" not in page.text
+    far = world.container.clock.today() + dt.timedelta(days=40)
+    form = {
+        "_csrf": csrf.group(1), "o_date": world.tomorrow().isoformat(), "o_date_far": jdatetime.date.fromgregorian(date=far).strftime("%Y/%m/%d"),
+        "o_kind": "closed", "o_reason": "بازرسی",
+    }  # fmt: skip
+    saved = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    shown = await client.get(saved.headers["location"])
+    assert f'data-far-date="{far.isoformat()}"' in shown.text and "بازرسی" in shown.text
+    cleared = await client.post(
+        f"/office/{office}/capacity/overrides/{far.isoformat()}/clear", data={"_csrf": csrf.group(1)},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert cleared.status_code == 303, cleared.text
+    assert "data-far-date" not in (await client.get(f"/office/{office}/capacity")).text
+    wrong = await client.post(
+        f"/office/{office}/capacity/overrides", data={**form, "o_date_far": "1405/13/40"}, follow_redirects=False
+    )
+    assert wrong.status_code == 422 and 'id="f-o_date_far-error"' in wrong.text
+
+
 async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(client: Client, world: World) -> None:
     """An office imported with no plan: the page that makes its first template must open
     (its days' list read the province off the plan, and failed with a 500)."""
