@@ -3,6 +3,7 @@
 python -m app run        # embedded defaults: SQLite + redis-server under var/, demo data
 python -m app seed       # load the national demo network into an empty database
 python -m app rebuild    # recount every seat in Redis from the bookings table
+python -m app staff create|reset-password|disable|enable|unlock --username NAME
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from app.capacity.service import Capacity
 from app.capacity.watch import rebuild_paused
@@ -28,13 +30,19 @@ from app.ratelimit import RateLimiter
 from app.redis import connect
 from app.settings import Settings, load_settings
 from app.staff.demo import ensure_demo_accounts
-from app.staff.service import StaffAuth
+from app.staff.models import StaffRole, utcnow
+from app.staff.service import StaffAuth, StaffPrincipal, audit
 
 log = logging.getLogger("nobat")
 
 
-async def seed(settings: Settings, *, offices: int) -> int:
-    """Load the demo network unless the database already has offices; returns offices loaded."""
+async def seed(settings: Settings, *, offices: int, demo_accounts: bool | None = None) -> int:
+    """Load the demo network unless the database already has offices; returns offices loaded.
+    ``demo_accounts``: also the demo staff, guild and regulator accounts, whose passwords the
+    README publishes; by default on the embedded SQLite only (a regulator account, made on a
+    staging or production PostgreSQL by mistake, could block any office)."""
+    if demo_accounts is None:
+        demo_accounts = settings.database_url.startswith("sqlite")
     engine = create_engine(settings.database_url, statement_seconds=None)  # an operator's command, watched
     try:
         if settings.database_url.startswith("sqlite"):
@@ -48,6 +56,9 @@ async def seed(settings: Settings, *, offices: int) -> int:
             await dataset.load(session, data)
             await session.commit()
             log.info("demo network loaded: %d offices in %.1f s", len(data.offices), time.perf_counter() - started)
+            if not demo_accounts:
+                log.info("no demo accounts made (not the embedded SQLite; --demo-accounts makes them)")
+                return len(data.offices)
             # One staff account for the first office of each province, plus the regulator
             # and the guild, so every page can be tried on a fresh start.
             firsts = sorted({office["code"][:2]: office["code"] for office in reversed(data.offices)}.values())
@@ -67,20 +78,44 @@ def _account_maker(settings: Settings) -> StaffAuth:
     return StaffAuth(redis=lazy, settings=settings, limiter=RateLimiter(lazy))
 
 
-async def create_staff(settings: Settings, args: argparse.Namespace) -> None:
-    password = args.password or secrets.token_urlsafe(12)
+CLI_OPERATOR = StaffPrincipal(account_id=0, username="cli", role=StaffRole.REGULATOR, office_id=None, office_code=None)
+"""Who the audit log names for an operator's command."""
+
+
+async def manage_staff(settings: Settings, args: argparse.Namespace) -> None:
+    """Create an account, or reset its password, disable, enable or unlock it: each audited,
+    in the same transaction. A refusal (a name taken, a short password) is said, not a traceback."""
+    new_password = args.action in ("create", "reset-password")
+    password = (args.password or secrets.token_urlsafe(12)) if new_password else None
     engine = create_engine(settings.database_url, statement_seconds=None)  # an operator's command, watched
+    staff = _account_maker(settings)
     try:
         async with session_factory(engine)() as session:
-            account = await _account_maker(settings).create_account(
-                session=session, username=args.username, password=password, role=args.role, office_code=args.office
-            )
+            if args.action == "create":
+                assert password is not None
+                account = await staff.create_account(
+                    session=session, username=args.username, password=password, role=args.role, office_code=args.office
+                )
+                after: dict[str, object] | None = {"role": account.role.value, "office_id": account.office_id}
+            else:
+                account = await staff.manage(
+                    session=session, username=args.username, action=args.action, password=password
+                )
+                after = {"disabled": account.disabled} if args.action in ("disable", "enable") else None
+            await audit(
+                session, actor=CLI_OPERATOR, action=f"staff.{args.action}", target=account.username,
+                office_id=account.office_id, before=None, after=after, at=utcnow(),
+            )  # fmt: skip
             await session.commit()
-            print(f"created {account.username} ({args.role}{' of ' + args.office if args.office else ''})")
-            if not args.password:
-                print(f"password: {password}")
+    except DomainError as error:
+        raise SystemExit(error.detail_en) from None
+    except IntegrityError:  # the same username made at the same moment by another command
+        raise SystemExit("This username is taken.") from None
     finally:
         await engine.dispose()
+    print(f"{args.action}: {account.username}")
+    if new_password and not args.password:
+        print(f"password: {password}")
 
 
 async def migrate(settings: Settings) -> None:
@@ -114,15 +149,13 @@ async def crowd_cap(settings: Settings, args: argparse.Namespace) -> None:
     from app.capacity import crowd_caps
     from app.container import build_container
     from app.regulator.schemas import CrowdCapIn
-    from app.staff.models import StaffRole
-    from app.staff.service import StaffPrincipal
 
     if not settings.redis_url:
         raise SystemExit("crowd-cap needs REDIS_URL: the cap must bite in the running service's Redis")
     container = build_container(settings, settings.redis_url, statement_seconds=None)  # an operator's command, watched
     # The regulator's own way, as the API's: a cap that shuts a day ends its lines, each
     # citizen told, and each change is in the audit log under "cli".
-    operator = StaffPrincipal(account_id=0, username="cli", role=StaffRole.REGULATOR, office_id=None, office_code=None)
+    operator = CLI_OPERATOR
     try:
         # Written during a recount, a cap could be counted over by days read before it (the
         # API answers 503 then): nothing is changed.
@@ -161,14 +194,20 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--no-seed", action="store_true", help="do not load the demo network")
     seed_cmd = commands.add_parser("seed", help="load the national demo network into an empty database")
     seed_cmd.add_argument("--offices", type=int, default=None)
+    seed_cmd.add_argument(
+        "--demo-accounts", action="store_true", default=None,
+        help="also make the demo accounts (whose passwords the README publishes) outside the embedded SQLite",
+    )  # fmt: skip
     commands.add_parser("rebuild", help="recount Redis from the bookings table")
     commands.add_parser("migrate", help="bring the database schema to the latest migration")
-    staff_cmd = commands.add_parser("staff", help="create a staff, regulator or guild account")
-    staff_cmd.add_argument("action", choices=["create"])
+    staff_cmd = commands.add_parser(
+        "staff", help="create a staff, regulator or guild account, or reset its password, disable, enable or unlock it"
+    )
+    staff_cmd.add_argument("action", choices=["create", "reset-password", "disable", "enable", "unlock"])
     staff_cmd.add_argument("--username", required=True)
     staff_cmd.add_argument("--role", choices=["office_staff", "regulator", "guild"], default="office_staff")
     staff_cmd.add_argument("--office", default=None, help="office code (office staff only)")
-    staff_cmd.add_argument("--password", default=None, help="omit to generate one and print it")
+    staff_cmd.add_argument("--password", default=None, help="create, reset-password: omit to generate one and print it")
     cap_cmd = commands.add_parser("crowd-cap", help="cap offices of a province (or all) at a share of their seats")
     cap_actions = cap_cmd.add_subparsers(dest="action", required=True)
     cap_add = cap_actions.add_parser("add")
@@ -184,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings()
 
     if args.command == "seed":
-        loaded = asyncio.run(seed(settings, offices=args.offices or settings.demo_offices))
+        loaded = asyncio.run(
+            seed(settings, offices=args.offices or settings.demo_offices, demo_accounts=args.demo_accounts)
+        )
         print(f"loaded {loaded} offices" if loaded else "the database already has offices; nothing loaded")
     elif args.command == "migrate":
         asyncio.run(migrate(settings))
@@ -192,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "rebuild":
         print(f"rebuilt {asyncio.run(rebuild(settings))} office-days")
     elif args.command == "staff":
-        asyncio.run(create_staff(settings, args))
+        asyncio.run(manage_staff(settings, args))
     elif args.command == "crowd-cap":
         asyncio.run(crowd_cap(settings, args))
     elif args.command == "run":

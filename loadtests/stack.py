@@ -233,7 +233,9 @@ class NobatStack:
         The rebuild runs here, once, rather than in each web worker's start-up, so that the
         workers do not count the same seats at the same time.
         """
-        run_checked([PYTHON, "-m", "app", "seed"], env=self.env, log_dir=self.logs, name="seed", timeout=600)
+        run_checked(
+            [PYTHON, "-m", "app", "seed", "--demo-accounts"], env=self.env, log_dir=self.logs, name="seed", timeout=600
+        )
         run_checked([PYTHON, "-m", "app", "rebuild"], env=self.env, log_dir=self.logs, name="rebuild", timeout=600)
 
     def start_standin(self) -> None:

@@ -93,6 +93,11 @@ def _signed_out() -> Unauthorized:
     )
 
 
+def _key_of(password_hash: str) -> str:
+    """What a session keeps of the password it was opened with: a new one ends it."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
 def _session_key(token: str) -> str:
     # Only a digest names the session: a Redis dump or MONITOR does not hand out live tokens.
     # No key is needed: the token is 256 random bits, not something to brute-force.
@@ -139,7 +144,7 @@ class StaffAuth:
         self.settings = settings
         self.limiter = limiter
         self.sessions = sessions  # None: sessions are not checked against the accounts (commands)
-        self._accounts: dict[int, tuple[float, tuple[str, int | None] | None]] = {}  # id: (until, standing)
+        self._accounts: dict[int, tuple[float, tuple[str, int | None, str] | None]] = {}  # id: (until, standing)
         self.hasher = hasher or PasswordHasher()
         self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
         self._take_unknown_name = redis.register_script(TAKE_UNKNOWN_NAME_TRY)
@@ -234,7 +239,7 @@ class StaffAuth:
             office_id=account.office_id,
             office_code=office_code,
         )
-        token = await self._open_session(principal)
+        token = await self._open_session(principal, _key_of(account.password_hash))
         proof = remember_device(
             self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
         )
@@ -311,7 +316,7 @@ class StaffAuth:
         if lock is not None:
             raise AccountLocked(dt.datetime.fromisoformat(as_text(lock)), now=now)
 
-    async def _open_session(self, principal: StaffPrincipal) -> str:
+    async def _open_session(self, principal: StaffPrincipal, key_of: str) -> str:
         token = secrets.token_urlsafe(32)
         key = _session_key(token)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -323,6 +328,7 @@ class StaffAuth:
                     "role": principal.role.value,
                     "office_id": "" if principal.office_id is None else principal.office_id,
                     "office_code": principal.office_code or "",
+                    "key": key_of,
                 },
             )
             pipe.expire(key, self.settings.staff_session_ttl_seconds)
@@ -342,16 +348,20 @@ class StaffAuth:
         }
         account_id = int(fields["account_id"])
         office_id = int(fields["office_id"]) if fields["office_id"] else None
-        # Disabled, or given another role or office since: the session ends, rather than act
-        # for hours as what the account was (a clerk moved to another office, a regulator
-        # made guild).
-        said = (fields["role"], office_id)
+        # Disabled, given another role or office, or a new password since: the session ends,
+        # rather than act for hours as what the account was (a clerk moved to another office,
+        # a regulator made guild, a password that leaked and was reset).
+        said = (fields["role"], office_id, fields.get("key"))  # no key: opened before sessions kept one
+
+        def stands(standing: tuple[str, int | None, str] | None) -> bool:
+            return standing is not None and standing[:2] == said[:2] and said[2] in (None, standing[2])
+
         # Asked of the record again before a session is ended for a copy up to ENABLED_SECONDS
         # old: one opened a moment ago, after a change this instance had not yet read, is right.
         if (
             self.sessions is not None
-            and await self._standing(account_id) != said
-            and await self._standing(account_id, fresh=True) != said
+            and not stands(await self._standing(account_id))
+            and not stands(await self._standing(account_id, fresh=True))
         ):
             await self.redis.delete(_session_key(token))
             raise _signed_out()
@@ -363,7 +373,7 @@ class StaffAuth:
             office_code=fields["office_code"] or None,
         )
 
-    async def _standing(self, account_id: int, *, fresh: bool = False) -> tuple[str, int | None] | None:
+    async def _standing(self, account_id: int, *, fresh: bool = False) -> tuple[str, int | None, str] | None:
         """The account's role and office as the record has them now; None when it is gone or
         disabled. A session opened before a change ends within ``ENABLED_SECONDS``, not when
         it expires hours later. Asked of the record once per account per ``ENABLED_SECONDS``
@@ -376,12 +386,16 @@ class StaffAuth:
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(StaffAccount.disabled, StaffAccount.role, StaffAccount.office_id).where(
-                        StaffAccount.id == account_id
-                    )
+                    select(
+                        StaffAccount.disabled, StaffAccount.role, StaffAccount.office_id, StaffAccount.password_hash
+                    ).where(StaffAccount.id == account_id)
                 )
             ).first()
-        standing = None if row is None or row.disabled else (StaffRole(row.role).value, row.office_id)
+        standing = (
+            None
+            if row is None or row.disabled
+            else (StaffRole(row.role).value, row.office_id, _key_of(row.password_hash))
+        )
         self._accounts[account_id] = (now + ENABLED_SECONDS, standing)
         return standing
 
@@ -406,12 +420,7 @@ class StaffAuth:
                 "A username is 3 to 40 characters: a-z, 0-9, dot, underscore or hyphen.",
                 detail_fa="نام کاربری ۳ تا ۴۰ نویسه از حروف کوچک لاتین، رقم، نقطه، زیرخط یا خط تیره است.",
             )
-        if len(password) < MIN_PASSWORD:
-            raise InvalidInput(
-                "password",
-                f"A password is at least {MIN_PASSWORD} characters.",
-                detail_fa="گذرواژه دست‌کم ۱۰ نویسه است.",
-            )
+        _check_password(password)
         try:
             role = StaffRole(role)
         except ValueError:
@@ -453,6 +462,34 @@ class StaffAuth:
         await session.flush()
         return account
 
+    async def manage(
+        self, *, session: AsyncSession, username: str, action: str, password: str | None = None
+    ) -> StaffAccount:
+        """An operator's change to an account (flushed, not committed; the caller audits it):
+        ``reset-password`` (its sessions end, on every instance within ``ENABLED_SECONDS``, as
+        do its browsers' proofs), ``disable``, ``enable``, ``unlock`` (its lock and count of
+        wrong passwords gone: a clerk locked out on a new browser). Each of the first three
+        unlocks too."""
+        account = await session.scalar(
+            select(StaffAccount).where(StaffAccount.username == _normalize_username(username))
+        )
+        if account is None:
+            raise InvalidInput("username", "No account has this username.", detail_fa="حسابی با این نام کاربری نیست.")
+        if action == "reset-password":
+            _check_password(password or "")
+            account.password_hash = await self._hash(password or "")
+        elif action in ("disable", "enable"):
+            account.disabled = action == "disable"
+        elif action != "unlock":
+            raise InvalidInput(
+                "action",
+                "The action is reset-password, disable, enable or unlock.",
+                detail_fa="کار باید reset-password، disable، enable یا unlock باشد.",
+            )
+        account.failed_attempts, account.locked_until = 0, None
+        await session.flush()
+        return account
+
 
 def require_role(principal: StaffPrincipal, *roles: StaffRole) -> None:
     if principal.role not in roles:
@@ -474,6 +511,13 @@ def require_office(principal: StaffPrincipal, office_code: str) -> None:
     if principal.role is StaffRole.OFFICE_STAFF and own is not None and normalize_digits(office_code).strip() == own:
         return
     raise NotYourOffice()
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidInput(
+            "password", f"A password is at least {MIN_PASSWORD} characters.", detail_fa="گذرواژه دست‌کم ۱۰ نویسه است."
+        )
 
 
 def _json(value: object | None) -> str | None:

@@ -417,6 +417,35 @@ async def test_a_new_role_or_office_ends_the_sessions_opened_before(
     assert now.role == StaffRole.GUILD and await staff.principal(again) == now
 
 
+async def test_a_password_reset_by_the_operator_ends_the_sessions_opened_before(
+    container: Container, staff: StaffAuth, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clerk's password leaked and was reset: the session opened with it (someone else's
+    copy) went on for hours, marking no-shows and cutting seats. It ends; the new password
+    signs in, the old one no more. A session opened before sessions kept the password's mark
+    is not ended for lacking it."""
+    monkeypatch.setattr(staff_service, "ENABLED_SECONDS", 0.0)  # ask the record at every request
+    await make_account(container, staff, "clerk-leak", role=StaffRole.REGULATOR)
+    token, principal, _ = await sign_in(container, staff, "clerk-leak", PASSWORD)
+    older, _, _ = await sign_in(container, staff, "clerk-leak", PASSWORD)
+    redis_sync.hdel(session_key(older), "key")  # as a session opened by the version before
+    async with container.sessions() as session:
+        await staff.manage(session=session, username="clerk-leak", action="unlock")
+        await session.commit()
+    assert await staff.principal(token) == principal and await staff.principal(older) == principal
+    async with container.sessions() as session:
+        await staff.manage(session=session, username="clerk-leak", action="reset-password", password="a-new-secret-1")
+        await session.commit()
+    with pytest.raises(Unauthorized):
+        await staff.principal(token)
+    assert not redis_sync.exists(session_key(token))
+    assert await staff.principal(older) == principal  # no mark to compare: kept, until it expires
+    with pytest.raises(WrongCredentials):
+        await sign_in(container, staff, "clerk-leak", PASSWORD)
+    again, _, _ = await sign_in(container, staff, "clerk-leak", "a-new-secret-1")
+    assert await staff.principal(again) == principal
+
+
 async def test_a_session_opened_after_a_change_this_instance_has_not_read_is_kept(
     container: Container, staff: StaffAuth
 ) -> None:
