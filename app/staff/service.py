@@ -182,7 +182,6 @@ class StaffAuth:
         fails (the request's transaction rolls back on any error, which would forget the
         wrong password and make lockout impossible). Call it on a session holding nothing else.
         """
-        await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
         name = _normalize_username(username)
         now = utcnow()
         row = None
@@ -195,6 +194,7 @@ class StaffAuth:
                 )
             ).first()
         if row is None:
+            await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
             # Counted and locked like an account (OWASP): were only real accounts to lock,
             # wrong passwords until one did (or did not) would tell which usernames exist.
             await self._take_unknown_name_try(name, now)
@@ -206,6 +206,11 @@ class StaffAuth:
         browser = known_device(
             self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
         )
+        if browser is None:
+            # The address's limit binds browsers that never signed in to the account: a stranger
+            # behind an office's shared address, using it up, kept every clerk there out of
+            # their own browsers too (which the device proof exists to let in).
+            await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
         # Each guess takes its try before its password is checked, and the try that reaches
         # the limit locks: a burst of guesses, all sent before any was checked, gets no more
         # than the limit checked. A browser that signed in before is counted apart.
