@@ -309,8 +309,16 @@ class Console:
     ) -> CapacityChange:
         """A day beyond the horizon planned (``rules``), or back to the template (None): only the
         record's row. Nobody can have booked it, and the night that brings it into the horizon
-        counts it from the record (``Capacity.extend_horizon``)."""
+        counts it from the record (``Capacity.extend_horizon``). Noted for the minute's job
+        too: saved as midnight brought the day into the horizon, the row could commit after
+        the night had counted the day from the template."""
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
+        if rules is not None:
+            # A day under a cap (a restriction, a crowd cap dated ahead) may not be given seats
+            # a fortnight ahead that the cap took: as for a day in the horizon.
+            calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
+            calendar.overrides[(office.id, day)] = decode_rules(rules)
+            await self._refuse_more_seats_under_a_cap(session, office, day=day, calendar=calendar)
         before = row.rules if row else None
         if rules is None:
             if row is not None:
@@ -321,6 +329,7 @@ class Console:
             row.rules, row.reason = rules, reason
         action = "capacity.override.clear" if rules is None else "capacity.override.set"
         await self._audit(session, staff, office, action, day.isoformat(), before, rules)
+        await self._note_plan(office, move_overflow=False)
         await session.commit()
         return CapacityChange(office_code=office.code, days_changed=0, moved=[])
 

@@ -803,6 +803,14 @@ async def test_a_day_beyond_the_horizon_is_planned_ahead_and_counted_so_when_it_
     listed = (await client.get(f"{base}/overrides", headers=headers)).json()
     assert [(o["date"], o["closed"], o["reason"]) for o in listed] == [(far.isoformat(), True, "بازسازی")]
     assert not redis_sync.exists(keys.office_day(office, far))
+    # Under a restriction no day may be given seats the cap took, however far ahead.
+    restricted = await world.office(status="restricted")
+    capped = await client.put(
+        f"/api/v1/staff/offices/{restricted}/overrides/{far.isoformat()}",
+        json={"rules": [{"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 9}], "reason": "-"},
+        headers=await staff_of(client, world, restricted),
+    )
+    assert capped.status_code == 409 and capped.json()["code"] == "no_more_seats_under_cap", capped.text
     for refused_day in (today + dt.timedelta(days=367), today - dt.timedelta(days=1)):
         refused = await client.put(
             f"{base}/overrides/{refused_day.isoformat()}", json={"rules": [], "reason": "-"}, headers=headers
