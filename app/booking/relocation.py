@@ -31,6 +31,11 @@ from app.offices.service import BookableOffice
 log = logging.getLogger(__name__)
 
 NEARBY_OFFICES_TRIED = 8
+PAST_SLOT = dt.timedelta(hours=1)
+"""A slot of today begun this long before an office was shut (a block, a closure) is past: its
+booking is left to the night's close, not moved or cancelled with an SMS. Its citizen was
+served hours before without a click, or did not come: texted to book elsewhere, or moved to an
+afternoon they would miss, they were told nonsense, and the absence went uncounted."""
 MOVE_LEAD = dt.timedelta(minutes=30)
 """The least time a citizen moved to a slot today has to get there from the SMS: moved to the
 slot ten minutes on, across town, they could not come, and were marked absent at night."""

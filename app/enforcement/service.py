@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
-from app.booking.relocation import Relocator
+from app.booking.relocation import PAST_SLOT, Relocator
 from app.booking.service import BookingService
 from app.capacity import keys
 from app.capacity.errors import CapacityRebuilding
@@ -60,11 +60,6 @@ REPLACED_BY_A_BLOCK = "replaced by a block"
 MOVES_LOCK = f"{keys.NAMESPACE}:block-moves"
 SAME_DECISION_WITHIN = dt.timedelta(minutes=10)
 """A restriction sent again within this long, the same in every way, is taken for a retry."""
-PAST_SLOT = dt.timedelta(hours=1)
-"""A slot of today begun before the block, and this long ago, is past: the block leaves its
-booking to the night's close (a no-show, begun before the block). Cancelled with the rest, its
-citizen, served hours before or absent, was texted to book elsewhere, and an absence never
-counted."""
 MAX_TEXT = 2000  # a reason, an appeal, a decision's note: what the regulator reads, and SMS quote
 
 # Who the audit log names when the policy acts on its own (no staff member decided).

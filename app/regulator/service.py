@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
+from app.booking.relocation import PAST_SLOT
 from app.booking.writer import commit_unless_recounting
 from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
@@ -311,10 +312,15 @@ class Regulator:
             return []  # reopened meanwhile: nothing to close
         await self.capacity.closures_changed()  # a clerk's replan under way reads it again
         codes = await _offices_closed(session, province_id)
-        overflow = await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
+        # Today's slots begun over an hour before keep their seats and bookings: the night's
+        # close cancels those, without a penalty (``PAST_SLOT``).
+        begun_by = self.clock.now() - PAST_SLOT
+        overflow = await self.capacity.replan(
+            session=session, office_codes=codes, days=[day], apply=True, begun_by=begun_by
+        )
         # What is left over (a booking on its way to the record) the minute's job moves
         # (``finish_closures``).
-        moved, _ = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa)
+        moved, _ = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa, begun_by=begun_by)
         # Left in line, they were told nothing, kept from booking that day elsewhere (a place
         # in line counts against the citizen's limits), and cancelled at midnight without a word.
         waiting = _in_province(

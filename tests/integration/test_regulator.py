@@ -70,6 +70,48 @@ async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, wo
     assert (await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)).status_code == 201
 
 
+async def test_a_closure_of_today_leaves_the_mornings_bookings_to_the_night(
+    client: Client, world: World, deliver: Deliver, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed at 14:00 for bad air, the office's 09:00 citizen (served without a click, or
+    absent) was texted, and moved to an afternoon slot elsewhere that they would miss, a
+    no-show there. Begun over an hour before, the slot keeps its booking, which the night
+    cancels without a penalty; one under way (13:30), and later ones, are moved or told."""
+    from app.booking.tasks import close_day
+    from app.clock import Clock
+
+    office = await world.office(seats=1)
+    await world.rebuild()
+    await account(world, "regulator-3", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-3")
+    today = morning.date()
+    codes = {}
+    for slot in ("09:00", "13:30", "16:00"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes[slot] = booked.json()["tracking_code"]
+    two = morning.replace(hour=14)
+    monkeypatch.setattr(Clock, "now", lambda self: two)
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": today.isoformat(), "province_code": "01", "reason": "آلودگی هوا"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201, closed.text
+    assert sorted(m["tracking_code"] for m in closed.json()["moved"]) == sorted([codes["13:30"], codes["16:00"]])
+
+    async def status(slot: str) -> str:
+        return str((await client.get(f"/api/v1/bookings/{codes[slot]}")).json()["status"])
+
+    assert await status("09:00") == "booked"
+    midnight = morning.replace(hour=0) + dt.timedelta(days=1)
+    monkeypatch.setattr(Clock, "now", lambda self: midnight)
+    await asyncio.to_thread(close_day)
+    assert await status("09:00") == "cancelled"  # at a closed office: no no-show
+
+
 async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
     client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
