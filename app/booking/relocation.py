@@ -19,13 +19,14 @@ from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
 from app.booking.service import BookingService
 from app.booking.writer import hold_off_recounts
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
+from app.capacity.models import Closure
 from app.capacity.plan import minute_of
 from app.capacity.service import DayView, Overflow, Reserved, Seat, SeatRequest, day_for_reading
 from app.db import RECORD_OR_REDIS_AWAY, Within
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
-from app.offices.models import Office
+from app.offices.models import City, Office
 from app.offices.service import BookableOffice
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,7 @@ class _Places:
         self._nearby: dict[tuple[str, dt.date], list[str]] = {}
         self._offices: dict[tuple[str, str], BookableOffice | None] = {}
         self._rooms: dict[tuple[str, dt.date], _DayRoom] = {}
+        self._closures: dict[dt.date, set[int | None]] = {}  # the provinces closed each day (None: all)
         self._placed: Counter[tuple[dt.date, str]] = Counter()  # by the day and pool they leave
 
     async def find(self, booking: Booking) -> _Placed | None:
@@ -361,10 +363,29 @@ class _Places:
     async def _room(self, office_code: str, day: dt.date) -> _DayRoom:
         key = (office_code, day)
         if key not in self._rooms:
+            if await self._closed(office_code, day):
+                self._rooms[key] = _DayRoom({}, None)
+                return self._rooms[key]
             capacity = self.relocator.capacity
             view = await day_for_reading(capacity, sessions=Within(self.session), office_code=office_code, day=day)
             self._rooms[key] = _DayRoom.of(view)
         return self._rooms[key]
+
+    async def _closed(self, office_code: str, day: dt.date) -> bool:
+        """Whether the record closes the office that day. Redis may still sell its seats: a
+        closure posted while another of the day moves its citizens (they share one lock) takes
+        them out only after, and meanwhile those moves had sent citizens there, to be moved
+        again, or cancelled, by the minute's job: two contradictory SMS each."""
+        if day not in self._closures:
+            rows = await self.session.execute(select(Closure.province_id).where(Closure.date == day))
+            self._closures[day] = {province for (province,) in rows}
+        closed = self._closures[day]
+        if not closed or None in closed:
+            return bool(closed)
+        province = await self.session.scalar(
+            select(City.province_id).join(Office, Office.city_id == City.id).where(Office.code == office_code)
+        )
+        return province in closed
 
     async def _place(self, booking: Booking, office_code: str, not_before: str) -> _Placed | None:
         """Reserve a seat at the office, at the free slot nearest the booking's own time."""

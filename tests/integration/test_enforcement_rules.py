@@ -656,3 +656,30 @@ async def test_the_guilds_row_counts_the_moves_of_the_block_in_force_not_of_the_
     assert again.status_code == 201, again.text
     rows = (await client.get("/api/v1/guild/offices", headers=reg)).json()
     assert [(r["code"], r["reason"], r["bookings_moved"]) for r in rows] == [(office, "جعل دوباره", 0)]
+
+
+async def test_a_blocks_moves_send_nobody_to_an_office_the_record_closes_that_day(client: Client, world: World) -> None:
+    """A closure of the day whose seats have not yet left Redis (another closure's moves held
+    the day's lock): moves read Redis and sent citizens there, to be moved again or cancelled
+    by the minute's job, two contradictory SMS each. The record's closures are weighed too."""
+    from app.capacity.models import Closure
+    from app.offices.models import City, Office
+
+    office = await world.office()
+    neighbour = await world.office(lat=35.701, lon=51.401)
+    await world.rebuild()
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    async with world.container.sessions() as session:
+        province = await session.scalar(
+            select(City.province_id).join(Office, Office.city_id == City.id).where(Office.code == neighbour)
+        )
+        session.add(Closure(date=day, province_id=province, reason="آلودگی هوا", created_by="regulator"))
+        await session.commit()  # recorded; its seats still in Redis
+    reg = await regulator(client, world)
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    assert blocked.json()["bookings_moved"] == 0 and blocked.json()["bookings_cancelled"] == 1
