@@ -168,6 +168,7 @@ async def lift(
     cap_id: int,
     now: dt.datetime,
     record: Recorder | None = None,
+    then: Then | None = None,
 ) -> CrowdCapOut:
     cap = await session.get(CrowdCap, cap_id)
     if cap is None:
@@ -177,7 +178,7 @@ async def lift(
     out = _out(cap, await _province_code(session, province_id))
     if record is not None:
         await record(out)
-    return await _commit(session, capacity, today, out, province_id)
+    return await _commit(session, capacity, today, out, province_id, then=then)
 
 
 async def _commit(

@@ -106,17 +106,20 @@ class Regulator:
                 after=cap, at=self.clock.now(),
             )  # fmt: skip
 
-        cap = await crowd_caps.lift(
+        async def fill(office_codes: set[str] | None) -> None:
+            # The cap's own offices' lines, asked for by name (a SCAN of the whole keyspace, for
+            # a province's lift, had taken seconds in a rush). Pending, the minute's job fills them.
+            await self.console.bookings.fill_waitlists(session=session, office_codes=office_codes)
+
+        return await crowd_caps.lift(
             session=session,
             capacity=self.capacity,
             today=self.clock.today(),
             cap_id=cap_id,
             now=self.clock.now(),
             record=record,
+            then=fill,
         )
-        if not cap.pending:  # else the minute's job, once the counters have the room
-            await self.console.bookings.fill_waitlists(session=session)
-        return cap
 
     async def finish_caps(self, *, session: AsyncSession) -> int:
         """The minute's job for the caps whose request could not tell the counters; a lift
@@ -396,7 +399,10 @@ class Regulator:
             await commit_unless_recounting(session, self.capacity.may_commit)
             await self._replan_reopened(session, codes, day)
             await self._closed(closure_id, change)
-        await self.console.bookings.fill_waitlists(session=session)
+        # The reopened offices' lines (all of them by a SCAN, for the country's).
+        await self.console.bookings.fill_waitlists(
+            session=session, office_codes=None if province_id is None else set(codes)
+        )
 
     async def _replan_reopened(self, session: AsyncSession, codes: list[str], day: dt.date) -> None:
         """Write the reopened day again, now from the record: a clerk's replan that read the

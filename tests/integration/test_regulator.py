@@ -70,6 +70,38 @@ async def test_only_the_regulator_caps_and_the_guild_may_read(client: Client, wo
     assert (await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)).status_code == 201
 
 
+async def test_a_province_caps_lift_gives_its_lines_the_room_asking_for_them_by_name(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """The lift filled every line of the country by a SCAN of the whole keyspace, seconds in a
+    rush; it asks for its province's offices' lines by name now, and the first in line there
+    gets the seat the cap had taken."""
+    from app.capacity.plan import DayRule
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=2)])
+    await world.rebuild()
+    await account(world, "regulator-4", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-4")
+    day = world.tomorrow()
+    body = {"starts_on": day.isoformat(), "ends_on": day.isoformat(), "percent": 50, "reason": "ستاد",
+            "province_code": "01"}  # fmt: skip
+    created = await client.post("/api/v1/regulator/crowd-caps", json=body, headers=regulator)
+    assert created.status_code == 201, created.text
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    joined = await client.post(
+        "/api/v1/waitlist", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert joined.status_code == 201, joined.text
+    scans = int(redis_sync.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+    lifted = await client.post(f"/api/v1/regulator/crowd-caps/{created.json()['id']}/lift", headers=regulator)
+    assert lifted.status_code == 200 and lifted.json()["pending"] is False, lifted.text
+    assert (await client.get(f"/api/v1/bookings/{joined.json()['tracking_code']}")).json()["status"] == "booked"
+    assert int(redis_sync.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)) == scans
+
+
 async def test_a_closure_of_today_leaves_the_mornings_bookings_to_the_night(
     client: Client, world: World, deliver: Deliver, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
