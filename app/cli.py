@@ -41,8 +41,7 @@ async def seed(settings: Settings, *, offices: int, demo_accounts: bool | None =
     ``demo_accounts``: also the demo staff, guild and regulator accounts, whose passwords the
     README publishes; by default on the embedded SQLite only (a regulator account, made on a
     staging or production PostgreSQL by mistake, could block any office)."""
-    if demo_accounts is None:
-        demo_accounts = settings.database_url.startswith("sqlite")
+    demo_accounts = demo_accounts_wanted(settings, demo_accounts)
     engine = create_engine(settings.database_url, statement_seconds=None)  # an operator's command, watched
     try:
         if settings.database_url.startswith("sqlite"):
@@ -69,6 +68,11 @@ async def seed(settings: Settings, *, offices: int, demo_accounts: bool | None =
             return len(data.offices)
     finally:
         await engine.dispose()
+
+
+def demo_accounts_wanted(settings: Settings, asked: bool | None) -> bool:
+    """Whether ``seed`` makes the demo accounts: when asked, else on the embedded SQLite only."""
+    return settings.database_url.startswith("sqlite") if asked is None else asked
 
 
 def _account_maker(settings: Settings) -> StaffAuth:

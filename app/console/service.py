@@ -226,7 +226,6 @@ class Console:
         validate_rules(rules)
         await self._check_services(session, office, rules)
         if not self._in_horizon(day):
-            await self._check_own_counters(session, office, rules)
             return await self._plan_far_day(session, staff, office, day, encode_rules(rules), reason)
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
@@ -314,6 +313,9 @@ class Console:
         the night had counted the day from the template."""
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         if rules is not None:
+            # Weighed with the office locked, as a day's in the horizon is: a template saved
+            # meanwhile, without a counter this day keeps, is seen, or waits.
+            await self._check_own_counters(session, office, decode_rules(rules))
             # A day under a cap (a restriction, a crowd cap dated ahead) may not be given seats
             # a fortnight ahead that the cap took: as for a day in the horizon.
             calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
@@ -329,7 +331,9 @@ class Console:
             row.rules, row.reason = rules, reason
         action = "capacity.override.clear" if rules is None else "capacity.override.set"
         await self._audit(session, staff, office, action, day.isoformat(), before, rules)
-        await self._note_plan(office, move_overflow=False)
+        # Its own tag "": folded into a change noted before and not yet applied, it leaves that
+        # one's ask (to move, to cancel whoever has no seat) as it was.
+        await self._note_plan(office, move_overflow=True)
         await session.commit()
         return CapacityChange(office_code=office.code, days_changed=0, moved=[])
 

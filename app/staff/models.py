@@ -44,6 +44,10 @@ class StaffAccount(Base):
     # loading is not allowed on an async session).
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When an operator last ended the account's sessions (``staff reset-password``, ``staff
+    # disable``): one opened before ends, for good. Not the hash, which a sign-in also writes
+    # when argon2's parameters change.
+    sessions_ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEntry(Base):

@@ -93,9 +93,11 @@ def _signed_out() -> Unauthorized:
     )
 
 
-def _key_of(password_hash: str) -> str:
-    """What a session keeps of the password it was opened with: a new one ends it."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+def _key_of(sessions_ended_at: dt.datetime | None) -> str:
+    """What a session keeps of the account's ``sessions_ended_at`` when it was opened: an
+    operator's reset or disable since ends it (a rehash at sign-in, the same password, does not)."""
+    at = "" if sessions_ended_at is None else _iso(_aware(sessions_ended_at).astimezone(dt.UTC))
+    return hashlib.sha256(at.encode()).hexdigest()[:16]
 
 
 def _session_key(token: str) -> str:
@@ -244,7 +246,7 @@ class StaffAuth:
             office_id=account.office_id,
             office_code=office_code,
         )
-        token = await self._open_session(principal, _key_of(account.password_hash))
+        token = await self._open_session(principal, _key_of(account.sessions_ended_at))
         proof = remember_device(
             self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
         )
@@ -392,14 +394,14 @@ class StaffAuth:
             row = (
                 await session.execute(
                     select(
-                        StaffAccount.disabled, StaffAccount.role, StaffAccount.office_id, StaffAccount.password_hash
+                        StaffAccount.disabled, StaffAccount.role, StaffAccount.office_id, StaffAccount.sessions_ended_at
                     ).where(StaffAccount.id == account_id)
                 )
             ).first()
         standing = (
             None
             if row is None or row.disabled
-            else (StaffRole(row.role).value, row.office_id, _key_of(row.password_hash))
+            else (StaffRole(row.role).value, row.office_id, _key_of(row.sessions_ended_at))
         )
         self._accounts[account_id] = (now + ENABLED_SECONDS, standing)
         return standing
@@ -472,9 +474,10 @@ class StaffAuth:
     ) -> StaffAccount:
         """An operator's change to an account (flushed, not committed; the caller audits it):
         ``reset-password`` (its sessions end, on every instance within ``ENABLED_SECONDS``, as
-        do its browsers' proofs), ``disable``, ``enable``, ``unlock`` (its lock and count of
-        wrong passwords gone: a clerk locked out on a new browser). Each of the first three
-        unlocks too."""
+        do its browsers' proofs), ``disable`` (its sessions end for good), ``enable``,
+        ``unlock`` (its lock and count of wrong passwords gone: a clerk locked out on a new
+        browser). Each unlocks too. (Sessions opened before sessions kept a mark keep working
+        until they expire, or the account is disabled while they are used.)"""
         account = await session.scalar(
             select(StaffAccount).where(StaffAccount.username == _normalize_username(username))
         )
@@ -483,8 +486,11 @@ class StaffAuth:
         if action == "reset-password":
             _check_password(password or "")
             account.password_hash = await self._hash(password or "")
+            account.sessions_ended_at = utcnow()
         elif action in ("disable", "enable"):
             account.disabled = action == "disable"
+            if account.disabled:  # ended for good: an idle one is not revived by the enable
+                account.sessions_ended_at = utcnow()
         elif action != "unlock":
             raise InvalidInput(
                 "action",

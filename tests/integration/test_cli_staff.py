@@ -75,3 +75,25 @@ def test_seed_makes_the_demo_accounts_only_when_asked_outside_the_embedded_datab
     settings = load_settings()
     assert asyncio.run(cli.seed(settings, offices=200, demo_accounts=False)) == 200
     assert rows(record, select(StaffAccount.username)) == []
+
+
+def test_seed_on_the_embedded_database_makes_the_demo_accounts_by_default(record: str) -> None:
+    cli.main(["seed", "--offices", "200"])
+    names = {name for (name,) in rows(record, select(StaffAccount.username))}
+    assert {"regulator", "guild", "staff-010001"} <= names
+
+
+def test_seed_elsewhere_makes_no_demo_accounts_unless_asked(record: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default read off the database's address: a PostgreSQL one makes none."""
+    made: list[bool] = []
+
+    async def fake_seed(settings: Any, *, offices: int, demo_accounts: bool | None = None) -> int:
+        made.append(cli.demo_accounts_wanted(settings, demo_accounts))
+        return 0
+
+    monkeypatch.setattr(cli, "seed", fake_seed)
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://nobat@db.example/nobat")
+    monkeypatch.setenv("NOBAT_SECRET_KEY", "k" * 32)
+    cli.main(["seed"])
+    cli.main(["seed", "--demo-accounts"])
+    assert made == [False, True]

@@ -817,6 +817,17 @@ async def test_a_day_beyond_the_horizon_is_planned_ahead_and_counted_so_when_it_
         )
         assert refused.status_code == 422 and refused.json()["field"] == "date", refused.text
 
+    # A far day's note for the minute's job (in case midnight brought the day in as it was
+    # saved) keeps the ask of a change pending before it: its own is no ask at all.
+    capacity = world.container.capacity
+    await capacity.applied(office, (await capacity.to_apply(older_than=0, noted_in=keys.PLANS_TO_APPLY))[office],
+                           noted_in=keys.PLANS_TO_APPLY)  # fmt: skip
+    await capacity.apply_later(office, noted_in=keys.PLANS_TO_APPLY)  # a change whose moves failed: "" (move all)
+    again = await client.put(f"{base}/overrides/{far.isoformat()}", json={"rules": [], "reason": "-"}, headers=headers)
+    assert again.status_code == 200, again.text
+    noted = await capacity.to_apply(older_than=0, noted_in=keys.PLANS_TO_APPLY)
+    assert noted[office].endswith("|")  # not turned into "cancel nobody"
+
     move_clock(monkeypatch, morning + dt.timedelta(days=10))  # the day is in the horizon now
     await world.rebuild()
     assert seats(redis_sync, office, far, "10:00") is None  # closed: no slot

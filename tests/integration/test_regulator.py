@@ -103,7 +103,12 @@ async def test_a_province_caps_lift_gives_its_lines_the_room_asking_for_them_by_
 
 
 async def test_a_closure_of_today_leaves_the_mornings_bookings_to_the_night(
-    client: Client, world: World, deliver: Deliver, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+    client: Client,
+    world: World,
+    redis_sync: SyncRedis,
+    deliver: Deliver,
+    morning: dt.datetime,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Closed at 14:00 for bad air, the office's 09:00 citizen (served without a click, or
     absent) was texted, and moved to an afternoon slot elsewhere that they would miss, a
@@ -138,6 +143,12 @@ async def test_a_closure_of_today_leaves_the_mornings_bookings_to_the_night(
         return str((await client.get(f"/api/v1/bookings/{codes[slot]}")).json()["status"])
 
     assert await status("09:00") == "booked"
+    # The minute's job leaves the closure be: the booking it kept is no booking left to move
+    # (taken for one, the whole closure had run again every minute until midnight).
+    changed = redis_sync.get(keys.CLOSURES_CHANGED)
+    async with world.container.sessions() as session:
+        assert await world.container.regulator.finish_closures(session=session) == 0
+    assert redis_sync.get(keys.CLOSURES_CHANGED) == changed
     midnight = morning.replace(hour=0) + dt.timedelta(days=1)
     monkeypatch.setattr(Clock, "now", lambda self: midnight)
     await asyncio.to_thread(close_day)

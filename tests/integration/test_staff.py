@@ -434,6 +434,10 @@ async def test_a_password_reset_by_the_operator_ends_the_sessions_opened_before(
     redis_sync.hdel(session_key(older), "key")  # as a session opened by the version before
     async with container.sessions() as session:
         await staff.manage(session=session, username="clerk-leak", action="unlock")
+        # The same password hashed again (argon2's parameters changed: a sign-in rehashes it).
+        found = await session.scalar(select(StaffAccount).where(StaffAccount.username == "clerk-leak"))
+        assert found is not None
+        found.password_hash = PasswordHasher().hash(PASSWORD)
         await session.commit()
     assert await staff.principal(token) == principal and await staff.principal(older) == principal
     async with container.sessions() as session:
@@ -447,6 +451,13 @@ async def test_a_password_reset_by_the_operator_ends_the_sessions_opened_before(
         await sign_in(container, staff, "clerk-leak", PASSWORD)
     again, _, _ = await sign_in(container, staff, "clerk-leak", "a-new-secret-1")
     assert await staff.principal(again) == principal
+    # Disabled, then enabled: a session opened before the disable, idle meanwhile, stays ended.
+    for action in ("disable", "enable"):
+        async with container.sessions() as session:
+            await staff.manage(session=session, username="clerk-leak", action=action)
+            await session.commit()
+    with pytest.raises(Unauthorized):
+        await staff.principal(again)
 
 
 async def test_a_session_opened_after_a_change_this_instance_has_not_read_is_kept(
