@@ -125,7 +125,9 @@ class OfficePages(Controller):
     async def signin_form(
         self, request: Request[Any, Any, Any], container: Deps, next: FromQuery[str | None] = None
     ) -> Template:
-        return render(request, container, "office/signin.html", next=safe_next(next, ""), staff=None)
+        return render(
+            request, container, "office/signin.html", next=safe_next(next, ""), staff=None, **_lock_terms(container)
+        )
 
     @post("/signin")
     async def signin(
@@ -149,10 +151,12 @@ class OfficePages(Controller):
                 container,
                 "office/signin.html",
                 status=error.status,
+                headers=error.headers,  # a lock's or a limit's Retry-After
                 errors=form_errors(error, ["username", "password"]),
                 form={"username": data.get("username", "")},
                 next=safe_next(data.get("next"), ""),
                 staff=None,
+                **_lock_terms(container),
             )
         return see_other(
             safe_next(data.get("next"), _home(signed.principal)), cookies=signed_in_cookies(container, signed)
@@ -630,3 +634,9 @@ async def _moves_shown(container: Deps, office_code: str, key: str) -> list[Move
     except RedisError:
         return None
     return None if raw is None else msgspec.json.decode(raw, type=list[MovedBooking])
+
+
+def _lock_terms(container: Deps) -> dict[str, Any]:
+    """The lockout the sign-in page tells of, as the deployment sets it (it said 5 and 15 always)."""
+    settings = container.settings
+    return {"lock_tries": settings.staff_max_failures, "lock_minutes": max(1, settings.staff_lockout_seconds // 60)}

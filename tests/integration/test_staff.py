@@ -857,3 +857,23 @@ async def test_an_office_form_sent_after_the_session_ended_asks_for_sign_in(clie
     sent = await client.post(f"/office/010001/{form}", data={"_csrf": "0" * 64}, follow_redirects=False)
     assert sent.status_code in (302, 303), sent.text
     assert sent.headers["location"].startswith("/office/signin?next=")
+
+
+async def test_the_sign_in_page_tells_the_deployments_lockout_and_when_to_try_again(
+    settings: Settings, container: Container
+) -> None:
+    """It said "5 wrong passwords, 15 minutes" whatever NOBAT_STAFF_MAX_FAILURES and
+    NOBAT_STAFF_LOCKOUT_SECONDS said, and its refusal dropped the lock's Retry-After."""
+    from app.main import create_app
+
+    staff = service(container)
+    await make_account(container, staff, "clerk-page", role=StaffRole.GUILD)
+    locked = settings.with_(staff_max_failures=3, staff_lockout_seconds=600)
+    async with AsyncTestClient(create_app(locked)) as client:
+        page = await client.get("/office/signin")
+        assert "پس از ۳ گذرواژهٔ نادرست پیاپی، حساب ۱۰ دقیقه قفل می‌شود." in page.text
+        csrf = re.findall(r'name="_csrf" value="([0-9a-f]+)"', page.text)[0]
+        form = {"username": "clerk-page", "password": "not the password", "_csrf": csrf}
+        answers = [await client.post("/office/signin", data=form) for _ in range(4)]
+    assert [a.status_code for a in answers[:3]] == [401, 401, 401]
+    assert answers[3].status_code == 403 and 0 < int(answers[3].headers["Retry-After"]) <= 600
