@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, case, func, select, update
+from sqlalchemy import ColumnElement, case, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
@@ -230,6 +230,24 @@ async def _record_moves(
 
 
 _NO_SYNC = {"synchronize_session": False}
+
+
+def past_slots(now: dt.datetime, shut_at: dt.datetime | None = None) -> ColumnElement[bool]:
+    """The bookings a shut office leaves to the night's close (``PAST_SLOT``): today's, begun
+    ``PAST_SLOT`` or more before ``now`` and, given ``shut_at`` (a block's start), before it.
+    (Begun after the office was shut, a slot was never the office's to serve: moved or told.)"""
+    kept_to = now - PAST_SLOT
+    if kept_to.date() != now.date():
+        return false()
+    past = (
+        (Booking.status == BookingStatus.BOOKED)
+        & (Booking.date == now.date())
+        & (Booking.slot_time <= kept_to.strftime("%H:%M"))
+    )
+    if shut_at is None:
+        return past
+    shut_at = shut_at.astimezone(now.tzinfo)
+    return false() if shut_at.date() != now.date() else past & (Booking.slot_time < shut_at.strftime("%H:%M"))
 
 
 def _not_before(now: dt.datetime, day: dt.date) -> str:

@@ -689,10 +689,14 @@ class Capacity:
     def horizon(self, today: dt.date) -> list[dt.date]:
         return [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
 
+    def in_horizon(self, day: dt.date, today: dt.date) -> bool:
+        """Whether the day is today or one after it within the horizon (the days that take bookings)."""
+        return today <= day <= today + dt.timedelta(days=self.horizon_days - 1)
+
     def check_horizon(self, day: dt.date, today: dt.date) -> None:
         """Only today and the days after it within the horizon take bookings."""
-        last = today + dt.timedelta(days=self.horizon_days - 1)
-        if not today <= day <= last:
+        if not self.in_horizon(day, today):
+            last = today + dt.timedelta(days=self.horizon_days - 1)
             raise InvalidInput(
                 "date",
                 f"Bookings are open from {today.isoformat()} to {last.isoformat()}.",

@@ -225,18 +225,12 @@ class Console:
         self._check_override_day(day)
         validate_rules(rules)
         await self._check_services(session, office, rules)
-        if not self._in_horizon(day):
-            return await self._plan_far_day(session, staff, office, day, encode_rules(rules), reason)
+        # A day beyond the horizon is in the record alone: nobody can have booked it, and the
+        # night that brings it into the horizon counts it from the record.
+        far = not self.capacity.in_horizon(day, self.clock.today())
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides[(office.id, day)] = rules
-        overflow = await self.capacity.replan(
-            session=session,
-            office_codes=[office.code],
-            days=[day],
-            apply=False,
-            calendar=calendar,
-            begun_by=self.clock.now(),
-        )
+        overflow = [] if far else await self._dry_run(session, office, day, calendar)
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         # Weighed with the office locked, as a template's is (``set_template``).
         await self._check_own_counters(session, office, rules)
@@ -248,9 +242,7 @@ class Console:
         else:
             row.rules, row.reason = encode_rules(rules), reason
         await self._audit(session, staff, office, "capacity.override.set", day.isoformat(), before, encode_rules(rules))
-        noted = await self._note_plan(office, move_overflow)
-        await commit_unless_recounting(session, self.capacity.may_commit)
-        return await self._apply_change(session, office, [day], noted, move_overflow)
+        return await self._commit_day_plan(session, office, day, move_overflow, far=far)
 
     async def clear_override(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, day: dt.date, move_overflow: bool
@@ -263,18 +255,10 @@ class Console:
         row = await session.get(CapacityOverride, (office.id, day))
         if row is None:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
-        if not self._in_horizon(day):
-            return await self._plan_far_day(session, staff, office, day, None, "")
+        far = not self.capacity.in_horizon(day, self.clock.today())
         calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
         calendar.overrides.pop((office.id, day), None)
-        overflow = await self.capacity.replan(
-            session=session,
-            office_codes=[office.code],
-            days=[day],
-            apply=False,
-            calendar=calendar,
-            begun_by=self.clock.now(),
-        )
+        overflow = [] if far else await self._dry_run(session, office, day, calendar)
         row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
         if row is None:  # cleared meanwhile (a double click)
             await session.commit()
@@ -283,8 +267,31 @@ class Console:
         await self._refuse_overflow(session, office, overflow, move_overflow)
         await self._audit(session, staff, office, "capacity.override.clear", day.isoformat(), row.rules, None)
         await session.delete(row)
-        noted = await self._note_plan(office, move_overflow)
+        return await self._commit_day_plan(session, office, day, move_overflow, far=far)
+
+    async def _dry_run(self, session: AsyncSession, office: Office, day: dt.date, calendar: Calendar) -> list[Overflow]:
+        """The day's new plan tried in Redis: the bookings it has no room for. Today's slots
+        under way are kept as they are (``Capacity.replan``'s ``begun_by``)."""
+        return await self.capacity.replan(
+            session=session,
+            office_codes=[office.code],
+            days=[day],
+            apply=False,
+            calendar=calendar,
+            begun_by=self.clock.now(),
+        )
+
+    async def _commit_day_plan(
+        self, session: AsyncSession, office: Office, day: dt.date, move_overflow: bool, *, far: bool
+    ) -> CapacityChange:
+        """Commit a day's plan and apply it. A day beyond the horizon is noted for the minute's
+        job only (saved as midnight brought the day into the horizon, the row could commit
+        after the night had counted the day from the template), with no ask of its own: folded
+        into a change noted before and not yet applied, it leaves that one's as it was."""
+        noted = await self._note_plan(office, move_overflow or far)
         await commit_unless_recounting(session, self.capacity.may_commit)
+        if far:
+            return CapacityChange(office_code=office.code, days_changed=0, moved=[])
         return await self._apply_change(session, office, [day], noted, move_overflow)
 
     def _check_override_day(self, day: dt.date) -> None:
@@ -299,43 +306,6 @@ class Console:
                 first=today.isoformat(),
                 last=last.isoformat(),
             )
-
-    def _in_horizon(self, day: dt.date) -> bool:
-        return day <= self.clock.today() + dt.timedelta(days=self.capacity.horizon_days - 1)
-
-    async def _plan_far_day(
-        self, session: AsyncSession, staff: StaffPrincipal, office: Office, day: dt.date, rules: str | None, reason: str
-    ) -> CapacityChange:
-        """A day beyond the horizon planned (``rules``), or back to the template (None): only the
-        record's row. Nobody can have booked it, and the night that brings it into the horizon
-        counts it from the record (``Capacity.extend_horizon``). Noted for the minute's job
-        too: saved as midnight brought the day into the horizon, the row could commit after
-        the night had counted the day from the template."""
-        row = await self._plan_row(session, office, CapacityOverride, (office.id, day))
-        if rules is not None:
-            # Weighed with the office locked, as a day's in the horizon is: a template saved
-            # meanwhile, without a counter this day keeps, is seen, or waits.
-            await self._check_own_counters(session, office, decode_rules(rules))
-            # A day under a cap (a restriction, a crowd cap dated ahead) may not be given seats
-            # a fortnight ahead that the cap took: as for a day in the horizon.
-            calendar = await self.capacity.calendar(session, first=day, last=day, office_ids=[office.id])
-            calendar.overrides[(office.id, day)] = decode_rules(rules)
-            await self._refuse_more_seats_under_a_cap(session, office, day=day, calendar=calendar)
-        before = row.rules if row else None
-        if rules is None:
-            if row is not None:
-                await session.delete(row)
-        elif row is None:
-            session.add(CapacityOverride(office_id=office.id, date=day, rules=rules, reason=reason))
-        else:
-            row.rules, row.reason = rules, reason
-        action = "capacity.override.clear" if rules is None else "capacity.override.set"
-        await self._audit(session, staff, office, action, day.isoformat(), before, rules)
-        # Its own tag "": folded into a change noted before and not yet applied, it leaves that
-        # one's ask (to move, to cancel whoever has no seat) as it was.
-        await self._note_plan(office, move_overflow=True)
-        await session.commit()
-        return CapacityChange(office_code=office.code, days_changed=0, moved=[])
 
     async def far_overrides(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str

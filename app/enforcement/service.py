@@ -17,12 +17,12 @@ from collections import Counter, defaultdict
 from contextlib import AbstractAsyncContextManager
 
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, false, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
-from app.booking.relocation import PAST_SLOT, Relocator
+from app.booking.relocation import Relocator, past_slots
 from app.booking.service import BookingService
 from app.capacity import keys
 from app.capacity.errors import CapacityRebuilding
@@ -411,7 +411,7 @@ class Enforcement:
                     Booking.office_id == office.id,
                     Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)),
                     Booking.date >= now.date(),
-                    ~_past(now, blocked_at),
+                    ~past_slots(now, blocked_at),
                 )
                 .order_by(Booking.date, Booking.slot_time, Booking.id)
             )
@@ -891,17 +891,3 @@ async def _locked(session: AsyncSession, office_id: int) -> Office:
     if locked is None:
         raise OfficeNotFound()
     return locked
-
-
-def _past(now: dt.datetime, blocked_at: dt.datetime) -> ColumnElement[bool]:
-    """The bookings of today whose slot began before the block and ``PAST_SLOT`` or more before
-    ``now``. (Begun after the block, the office was shut to them: cancelled, and told.)"""
-    blocked_at = blocked_at.astimezone(now.tzinfo)
-    since = now - PAST_SLOT
-    if since.date() != now.date() or blocked_at.date() != now.date():
-        return false()
-    return (Booking.slot_time < blocked_at.strftime("%H:%M")) & (
-        (Booking.status == BookingStatus.BOOKED)
-        & (Booking.date == now.date())
-        & (Booking.slot_time <= since.strftime("%H:%M"))
-    )

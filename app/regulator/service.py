@@ -11,12 +11,12 @@ from functools import partial
 from typing import TypeVarTuple
 
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, Select, delete, false, select
+from sqlalchemy import ColumnElement, Select, delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import Booking, BookingStatus
-from app.booking.relocation import PAST_SLOT
+from app.booking.relocation import PAST_SLOT, past_slots
 from app.booking.writer import commit_unless_recounting
 from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
@@ -250,7 +250,7 @@ class Regulator:
         for gone in noted.keys() - {str(closure_id) for closure_id, *_ in closures}:  # reopened, or past
             await self._closed(int(gone), noted[gone])
         done = 0
-        past = _past_slots(self.clock.now())
+        past = past_slots(self.clock.now())
         for closure_id, day, province_id, reason in closures:
             if str(closure_id) not in noted:
                 # Not the slots a closure of today keeps (begun over an hour before): left for
@@ -321,7 +321,7 @@ class Regulator:
         await self.capacity.closures_changed()  # a clerk's replan under way reads it again
         codes = await _offices_closed(session, province_id)
         # Today's slots begun over an hour before keep their seats and bookings: the night's
-        # close cancels those, without a penalty (``PAST_SLOT``; ``_past_slots``).
+        # close cancels those, without a penalty (``PAST_SLOT``; ``past_slots``).
         begun_by = self.clock.now() - PAST_SLOT
         overflow = await self.capacity.replan(
             session=session, office_codes=codes, days=[day], apply=True, begun_by=begun_by
@@ -442,16 +442,3 @@ def _in_province(query: Select[*Columns], province_id: int | None) -> Select[*Co
     if province_id is None:
         return query
     return query.join(City, City.id == Office.city_id).where(City.province_id == province_id)
-
-
-def _past_slots(now: dt.datetime) -> ColumnElement[bool]:
-    """The bookings a closure of today keeps for the night: begun ``PAST_SLOT`` or more before
-    ``now`` (REPLAN keeps their slots' seats to ``now - PAST_SLOT``: ``_close_held``)."""
-    kept_to = now - PAST_SLOT
-    if kept_to.date() != now.date():
-        return false()
-    return (
-        (Booking.status == BookingStatus.BOOKED)
-        & (Booking.date == now.date())
-        & (Booking.slot_time <= kept_to.strftime("%H:%M"))
-    )
