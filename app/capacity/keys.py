@@ -65,6 +65,12 @@ PLANS_TO_APPLY = f"{NAMESPACE}:plans-to-apply"
 bookings it left no room for may not all be moved (app.console.service): a hash, office
 code -> "unix time|change id", which the minute's job empties."""
 
+
+def moves_shown(office_code: str, key: str) -> str:
+    """The list of a clerk's save's moves, kept a few minutes for its page (app.pages.office)."""
+    return f"{NAMESPACE}:moves-shown:{office_code}:{key}"
+
+
 CLOSURES_TO_APPLY = f"{NAMESPACE}:closures-to-apply"
 """Closures recorded whose offices' seats may still be in Redis (app.regulator.service): a
 hash, closure id -> "unix time|change id", which the minute's job empties."""

@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
 
-from app.capacity.keys import NAMESPACE
+from app.capacity import keys
 from app.capacity.plan import DayRule, iranian_weekday, validate_rules
 from app.console.errors import CapacityBelowBookings
 from app.console.schemas import CapacityChange, MovedBooking
@@ -521,7 +521,7 @@ class OfficePages(Controller):
             key = secrets.token_urlsafe(12)
             try:
                 await container.redis.set(
-                    _moves_key(code, key), msgspec.json.encode(change.moved), ex=MOVES_SHOWN_SECONDS
+                    keys.moves_shown(code, key), msgspec.json.encode(change.moved), ex=MOVES_SHOWN_SECONDS
                 )
             except RedisError:  # shown at once instead
                 return await self._capacity_page(
@@ -623,14 +623,10 @@ MOVES_SHOWN_SECONDS = 600
 """How long the list of a save's moves can be shown again (``OfficePages._saved``)."""
 
 
-def _moves_key(office_code: str, key: str) -> str:
-    return f"{NAMESPACE}:moves-shown:{office_code}:{key}"
-
-
 async def _moves_shown(container: Deps, office_code: str, key: str) -> list[MovedBooking] | None:
     """A save's moves, kept for its page; None when gone (or Redis does not answer)."""
     try:
-        raw = await container.redis.get(_moves_key(office_code, key[:40]))
+        raw = await container.redis.get(keys.moves_shown(office_code, key[:40]))
     except RedisError:
         return None
     return None if raw is None else msgspec.json.decode(raw, type=list[MovedBooking])
