@@ -164,7 +164,7 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
         purge_old, queue_name=DEFAULT, cron="15 4 * * *", job_timeout=MOVES_TIMEOUT, ttl=NIGHT_TTL, **PERIODIC_JOB
     )
     every(flag_overdue, DEFAULT, 15 * 60)  # complaints past 72 hours
-    # Bookings a block or a closure could not move yet. A province's closure can leave tens
+    # Bookings a block or a closure could not move yet; an official holiday new to the calendar. A province's closure can leave tens
     # of thousands to move: their own limit, as the night's, not RQ's 180 s. A run that
     # outlasts the minute still has the next copies enqueued (RQ's cron does not wait); each
     # finds it under way and ends at once (``run_alone``).

@@ -79,6 +79,11 @@ CLOSURES_CHANGED = f"{NAMESPACE}:closures-changed"
 """A count, one up after each closure's or reopen's commit, before its own replan: a replan
 that saw it move while it wrote reads the calendar again (``Capacity.replan``)."""
 
+HOLIDAYS_FOLLOWED = f"{NAMESPACE}:holidays-followed"
+"""The official holidays the counters were last made to follow (app.regulator.service): JSON,
+the horizon's first and last day and the holidays between. A release with a new `holidays`
+calendar, or NOBAT_OFFICIAL_HOLIDAYS turned, shows as a difference from it."""
+
 META_CHANGED = f"{NAMESPACE}:meta-changed"
 """A count, one up as each office status or crowd cap committed is told the counters
 (``Capacity.refresh_meta``): a day written meanwhile from an earlier read of the record is

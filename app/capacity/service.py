@@ -796,8 +796,34 @@ class Capacity:
         if without_closure is not None:
             closures_query = closures_query.where(Closure.id != without_closure)
         closures = {(province_id, day) for province_id, day in await session.execute(closures_query)}
-        holidays = official_holidays(first, last) if self.official_holidays else set()
-        return Calendar(overrides=overrides, closures=closures, holidays=holidays)
+        return Calendar(overrides=overrides, closures=closures, holidays=self.holidays(first, last))
+
+    def holidays(self, first: dt.date, last: dt.date) -> set[dt.date]:
+        """The official holidays between two dates, as this release's calendar and the
+        setting (NOBAT_OFFICIAL_HOLIDAYS) have them."""
+        return official_holidays(first, last) if self.official_holidays else set()
+
+    async def holidays_changed(self, today: dt.date) -> HolidaysChanged:
+        """The days of the horizon whose being an official holiday differs from what the
+        counters were last made to follow (``holidays_followed``): every holiday of the
+        horizon when that is unknown (a first run, Redis emptied). A day new to the horizon
+        since was written from the calendar as it entered: not a change."""
+        horizon = self.horizon(today)
+        now = self.holidays(horizon[0], horizon[-1])
+        following = msgspec.json.encode(_Followed(first=horizon[0], last=horizon[-1], holidays=sorted(now)))
+        raw = await self.redis.get(keys.HOLIDAYS_FOLLOWED)
+        if raw is None:
+            return HolidaysChanged(horizon, now, added=now, removed=set(), following=following)
+        followed = _followed_decoder.decode(raw)
+        before = set(followed.holidays)
+        seen = {day for day in horizon if followed.first <= day <= followed.last}
+        added, removed = (now - before) & seen, (before - now) & seen
+        return HolidaysChanged(horizon, now, added, removed, following=None if raw == following else following)
+
+    async def holidays_followed(self, changed: HolidaysChanged) -> None:
+        """Note that the counters follow ``changed``'s holidays now, over its horizon."""
+        if changed.following is not None:
+            await self.redis.set(keys.HOLIDAYS_FOLLOWED, changed.following)
 
     async def rebuild(
         self,
@@ -1171,6 +1197,25 @@ class Capacity:
                 batch = plans[start : start + 1000]
                 eased.update(plan.code for plan, days_eased in zip(batch, replies, strict=True) if days_eased)
         return len(plans)
+
+
+class HolidaysChanged(NamedTuple):
+    horizon: list[dt.date]
+    holidays: set[dt.date]
+    """The horizon's official holidays, as the calendar has them now."""
+    added: set[dt.date]
+    removed: set[dt.date]
+    following: bytes | None
+    """What to note once the counters follow them (``Capacity.holidays_followed``); None: noted."""
+
+
+class _Followed(msgspec.Struct, frozen=True):
+    first: dt.date
+    last: dt.date
+    holidays: list[dt.date]
+
+
+_followed_decoder = msgspec.json.Decoder(_Followed)
 
 
 class Noted(NamedTuple):

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import TypeVarTuple
@@ -21,7 +22,7 @@ from app.booking.writer import commit_unless_recounting
 from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
-from app.capacity.models import Closure
+from app.capacity.models import CapacityOverride, Closure
 from app.console.schemas import MovedBooking
 from app.console.service import Console
 from app.errors import DomainError, InvalidInput, NotFound, ServiceUnavailable
@@ -235,7 +236,8 @@ class Regulator:
         """Move the bookings still at offices a closure closed: those its request could not
         move (a recount began, the record or Redis away, the process stopped half-way). Run
         every minute (workers.cron). Without it they would stay booked at a closed office,
-        and the citizens would learn it at its door."""
+        and the citizens would learn it at its door. Then the official holidays' changes
+        (``_follow_holidays``)."""
         if not await self.capacity.is_built():
             return 0  # paused for a recount: the next run
         horizon = self.capacity.horizon(self.clock.today())
@@ -272,7 +274,55 @@ class Regulator:
             if moved is not None and str(closure_id) in noted:
                 await self._closed(closure_id, noted[str(closure_id)])
             done += len(moved or [])
+        return done + await self._follow_holidays(session)
+
+    async def _follow_holidays(self, session: AsyncSession) -> int:
+        """Official holidays are closures nobody records: the calendar changes with a release
+        (the `holidays` package's estimate of a lunar holiday corrected) or with the setting
+        (NOBAT_OFFICIAL_HOLIDAYS), not by a request. A day become one is shut at every office
+        no override opens, its bookings moved or cancelled and told, as a closure's; a day no
+        longer one opens. Left to the night's recount, a new holiday's bookings stood, sold
+        until then, and their citizens found the office shut and were counted absent.
+        The bookings moved or cancelled."""
+        changed = await self.capacity.holidays_changed(self.clock.today())
+        done, complete = 0, True
+        past = past_slots(self.clock.now())
+        for day in changed.horizon:
+            if day in changed.removed:
+                work = partial(self._open_after_holiday, session, day)
+            elif day in changed.added:
+                work = partial(self._shut_holiday, session, day)
+            elif day in changed.holidays:
+                # What a run before could not move (a booking on its way to the record then).
+                left = _waiting_on(day, BookingStatus.BOOKED).where(~past, _not_overridden(day)).limit(1)
+                if (await session.execute(left)).first() is None:
+                    continue
+                work = partial(self._shut_holiday, session, day)
+            else:
+                continue
+            try:
+                moved = await self._under_day_lock(session, day, work)
+            except Exception:  # one day's failure must not keep the others waiting
+                await session.rollback()
+                log.exception("the holiday change of %s waits for the next run", day)
+                moved = None
+            complete = complete and moved is not None
+            done += len(moved or [])
+        if complete:
+            await self.capacity.holidays_followed(changed)
         return done
+
+    async def _shut_holiday(self, session: AsyncSession, day: dt.date) -> list[MovedBooking]:
+        why_fa = f"به دلیل تعطیل رسمی {jalali_date(day)}،"
+        line = _waiting_on(day).where(_not_overridden(day))
+        return await self._shut(session, await _offices_closed(session, None), day, why_fa, line)
+
+    async def _open_after_holiday(self, session: AsyncSession, day: dt.date) -> list[MovedBooking]:
+        """Write a day that is no longer an official holiday from the record's calendar."""
+        codes = await _offices_closed(session, None)
+        await self.capacity.closures_changed()
+        await self.capacity.replan(session=session, office_codes=codes, days=[day], apply=True)
+        return []
 
     async def _closed(self, closure_id: int, change: str) -> None:
         """The closure's seats are out of Redis and its bookings moved: forget its note."""
@@ -301,10 +351,29 @@ class Regulator:
         the record has open. Nothing is done when the lock stays held, or a recount begins
         (which counts the closure in): the job does it within a minute. None then: not "nobody
         moved", which is what an empty list says."""
-        why_fa = f"به دلیل تعطیلی {jalali_date(day)} ({reason})،"
+
+        async def close() -> list[MovedBooking]:
+            if await session.get(Closure, closure_id, populate_existing=True) is None:
+                return []  # reopened meanwhile: nothing to close
+            codes = await _offices_closed(session, province_id)
+            line = _in_province(_waiting_on(day), province_id)
+            return await self._shut(session, codes, day, f"به دلیل تعطیلی {jalali_date(day)} ({reason})،", line)
+
+        return await self._under_day_lock(session, day, close, tries=tries)
+
+    async def _under_day_lock(
+        self,
+        session: AsyncSession,
+        day: dt.date,
+        work: Callable[[], Awaitable[list[MovedBooking]]],
+        *,
+        tries: int = 1,
+    ) -> list[MovedBooking] | None:
+        """``work`` on a shut day's offices, under the day's lock; None when it could not be
+        done now (the lock held, a recount begun, Redis or the record away): the job's next run."""
         try:
             async with self._day_lock(day, tries=tries) as held:
-                return await self._close_held(session, closure_id, province_id, day, why_fa) if held else None
+                return await work() if held else None
         except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError, OSError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
@@ -313,13 +382,18 @@ class Regulator:
             log.warning("offices closed on %s: their bookings move by the next job", day, exc_info=True)
             return None
 
-    async def _close_held(
-        self, session: AsyncSession, closure_id: int, province_id: int | None, day: dt.date, why_fa: str
+    async def _shut(
+        self,
+        session: AsyncSession,
+        codes: list[str],
+        day: dt.date,
+        why_fa: str,
+        line: Select[Booking, str],
     ) -> list[MovedBooking]:
-        if await session.get(Closure, closure_id, populate_existing=True) is None:
-            return []  # reopened meanwhile: nothing to close
+        """Write the day of ``codes`` from the record's calendar, which shuts it, move the
+        bookings it leaves no room for, and cancel the places in ``line`` (a day with no seats
+        promotes nobody)."""
         await self.capacity.closures_changed()  # a clerk's replan under way reads it again
-        codes = await _offices_closed(session, province_id)
         # Today's slots begun over an hour before keep their seats and bookings: the night's
         # close cancels those, without a penalty (``PAST_SLOT``; ``past_slots``).
         begun_by = self.clock.now() - PAST_SLOT
@@ -331,13 +405,7 @@ class Regulator:
         moved, _ = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa, begun_by=begun_by)
         # Left in line, they were told nothing, kept from booking that day elsewhere (a place
         # in line counts against the citizen's limits), and cancelled at midnight without a word.
-        waiting = _in_province(
-            select(Booking, Office.code)
-            .join(Office, Office.id == Booking.office_id)
-            .where(Booking.date == day, Booking.status == BookingStatus.WAITLISTED),
-            province_id,
-        )
-        rows = [(booking, code) for booking, code in await session.execute(waiting)]
+        rows = [(booking, code) for booking, code in await session.execute(line)]
         cancelled = await self.console.bookings.cancel_seatless(
             session, rows, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً برای روز دیگری نوبت بگیرید."
         )
@@ -429,6 +497,21 @@ def _same_closure(day: dt.date, province_id: int | None, reason: str) -> tuple[C
     """The closures of that day for the province (None: the whole country), for that reason."""
     province = Closure.province_id.is_(None) if province_id is None else Closure.province_id == province_id
     return (Closure.date == day, province, Closure.reason == reason)
+
+
+def _waiting_on(day: dt.date, *statuses: BookingStatus) -> Select[Booking, str]:
+    """The bookings of a day in these statuses (the places in line by default), each with its office's code."""
+    return (
+        select(Booking, Office.code)
+        .join(Office, Office.id == Booking.office_id)
+        .where(Booking.date == day, Booking.status.in_(statuses or (BookingStatus.WAITLISTED,)))
+    )
+
+
+def _not_overridden(day: dt.date) -> ColumnElement[bool]:
+    """The booking's office has no plan of its own for the day (one that opens it on a holiday)."""
+    overridden = select(CapacityOverride.office_id).where(CapacityOverride.date == day)
+    return Booking.office_id.not_in(overridden)
 
 
 async def _offices_closed(session: AsyncSession, province_id: int | None) -> list[str]:

@@ -6,7 +6,8 @@ from app.sms.tasks import run_alone
 
 
 def finish_closures() -> int:
-    """Move the bookings a closure left at its offices (app.regulator.service.finish_closures)."""
+    """Move the bookings a closure, or an official holiday new to the calendar, left at its offices
+    (app.regulator.service.finish_closures)."""
     return run_alone("finish-closures", lambda app, session: app.regulator.finish_closures(session=session))
 
 

@@ -11,14 +11,18 @@ import holidays
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy import update
+from redis import Redis as SyncRedis
+from sqlalchemy import select, update
 
 from app import cli
-from app.capacity.models import CapacityTemplate
-from app.capacity.plan import default_template, encode_template, iranian_weekday
+from app.capacity import keys
+from app.capacity.models import CapacityOverride, CapacityTemplate
+from app.capacity.plan import DayRule, default_template, encode_rules, encode_template, iranian_weekday
 from app.clock import Clock
+from app.offices.models import Office
 from app.settings import Settings
-from tests.conftest import World, booking_body
+from app.sms.backends import OUTBOX
+from tests.conftest import Deliver, World, booking_body
 
 Client = AsyncTestClient[Litestar]
 TEHRAN = Clock("Asia/Tehran").tz
@@ -110,3 +114,70 @@ async def test_the_rebuild_command_keeps_holidays_open_when_they_are_turned_off(
     await world.container.capacity.reads.told()
     await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
     assert (await slots(client, office, holiday))["slots"] == []
+
+
+async def test_a_new_official_holiday_moves_its_bookings_and_one_dropped_opens(
+    client: Client, world: World, holiday: dt.date, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """The calendar changes with a release (a lunar holiday's estimate corrected) or the
+    setting, not by a request: the minute's job shuts a day become a holiday at every office
+    no override opens, cancels its bookings and places in line with an SMS, and opens a day
+    that is one no longer, each at once. (The bookings had stood, sold until the night's
+    recount, and their citizens found the office shut and were counted absent.)"""
+    capacity = world.container.capacity
+    regulator = world.container.regulator
+    shut = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    opened = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    async with world.container.sessions() as session:
+        opened_id = await session.scalar(select(Office.id).where(Office.code == opened))
+        rules = [DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)]
+        session.add(CapacityOverride(office_id=opened_id, date=holiday, rules=encode_rules(rules), reason="کشیک"))
+        await session.commit()
+    capacity.official_holidays = False  # the release before: the day is a working one
+    await world.rebuild()
+    async with world.container.sessions() as session:
+        assert await regulator.finish_closures(session=session) == 0
+
+    async def book(office: str, path: str = "/api/v1/bookings", mobile: str = "09120000000") -> str:
+        body = booking_body(office, world.national_id(), holiday, None if "waitlist" in path else "10:00")
+        answer = await client.post(path, json=body, headers=world.token(mobile))
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["tracking_code"])
+
+    booked = await book(shut, mobile="09125550001")
+    waiting = await book(shut, "/api/v1/waitlist", mobile="09125550002")
+    kept = await book(opened)
+
+    capacity.official_holidays = True  # the new release: the day is an official holiday
+    async with world.container.sessions() as session:
+        assert await regulator.finish_closures(session=session) == 2
+    statuses = {
+        code: (await client.get(f"/api/v1/bookings/{code}")).json()["status"] for code in (booked, waiting, kept)
+    }
+    assert statuses == {booked: "cancelled", waiting: "cancelled", kept: "booked"}
+    day_key = keys.office_day(shut, holiday)
+    assert int(redis_sync.hget(day_key, keys.seats_field("*", "10:00")) or 0) == 0
+    assert int(redis_sync.hget(day_key, keys.used_field("*", "10:00")) or 0) == 0
+    assert not redis_sync.exists(keys.waitlist(shut, holiday, "*"))
+    await deliver()
+    told = [m.decode() for m in redis_sync.lrange(OUTBOX, 0, 50)]
+    for mobile in ("09125550001", "09125550002"):
+        assert any(mobile in m and "تعطیل رسمی" in m and "لغو" in m for m in told), told
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(shut, world.national_id(), holiday, None), headers=world.token()
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
+
+    # Followed now: the next run finds nothing to do, and writes nothing.
+    changed = redis_sync.get(keys.CLOSURES_CHANGED)
+    async with world.container.sessions() as session:
+        assert await regulator.finish_closures(session=session) == 0
+    assert redis_sync.get(keys.CLOSURES_CHANGED) == changed
+
+    capacity.official_holidays = False  # the holiday dropped again: the day opens, no recount
+    async with world.container.sessions() as session:
+        assert await regulator.finish_closures(session=session) == 0
+    assert int(redis_sync.hget(day_key, keys.seats_field("*", "10:00")) or 0) == 1
+    await capacity.reads.told()
+    await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
+    await book(shut)
