@@ -95,7 +95,12 @@ _INVISIBLE = str.maketrans(
     dict.fromkeys("\u200b\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff\u0640")
 )
 
+# Codes run together with a ZWNJ (a Persian keyboard's Shift+Space), a zero-width space or a
+# Persian comma are two codes: one 9-digit token was answered "an office code has 6 digits".
+# (Not "," : "1,000,000 rials" stays as written.) The zero-width space, which _INVISIBLE
+# drops, is a ZWNJ there first.
 _BETWEEN_DIGITS = re.compile(f"(?<={DIGIT})[\u200b\u200c\u060c]+(?={DIGIT})")
+_ZWSP_BETWEEN_DIGITS = re.compile(f"(?<={DIGIT})\u200b+(?={DIGIT})")
 
 # The keyword is the run of letters at the start, so "لغو:ABCDE-FGHJK" and "book123456"
 # still split into keyword and arguments.
@@ -201,7 +206,7 @@ def _visit(rest: str, today: datetime.date) -> tuple[str, str, datetime.date | N
     tokens = _tokens(rest)
     office_code = _code(tokens, 0, _OFFICE_CODE_RE, _MISSING_OFFICE, _BAD_OFFICE)
     service_code = _code(tokens, 1, _SERVICE_CODE_RE, _MISSING_SERVICE, _BAD_SERVICE)
-    extras = tokens[2:]
+    extras = _digit_groups_joined(tokens[2:])
     if len(extras) > 2:
         raise _BadArguments("پس از کد خدمت فقط تاریخ و کد ملی بیاید.")
     day: datetime.date | None = None
@@ -217,6 +222,24 @@ def _visit(rest: str, today: datetime.date) -> tuple[str, str, datetime.date | N
                 raise _BadArguments("فقط یک کد ملی بنویسید.")
             national_id = value
     return office_code, service_code, day, national_id
+
+
+def _digit_groups_joined(tokens: list[str]) -> list[str]:
+    """Runs of short bare digit groups as one: a national ID is typed as printed on the card,
+    "049 937089 9", or split by a ZWNJ (read as a space above); each group alone was refused
+    as a national ID. (A date always has its separators or is a word, so it is never in one.)"""
+    joined: list[str] = []
+    run = False
+    for token in tokens:
+        # 8 digits or more are a whole ID already (its leading zeros dropped, at most): two
+        # of those side by side are two IDs, and answered so.
+        group = token.isascii() and token.isdigit() and len(token) < 8
+        if group and run:
+            joined[-1] += token
+        else:
+            joined.append(token)
+        run = group
+    return joined
 
 
 def _book(rest: str, today: datetime.date) -> Command:
@@ -262,7 +285,13 @@ def _status(rest: str, today: datetime.date) -> Command:
 
 
 def _complain(rest: str, today: datetime.date) -> Command:
-    office_word, _, text = _strip_noise(rest, right=False).partition(" ")
+    rest = _strip_noise(rest, right=False)
+    office_word, _, text = rest.partition(" ")
+    # The office code run into the text by a ZWNJ or a Persian comma ("۱۲۳۴۵۶،۲ ساعت"): split
+    # there only. Everywhere in the text, "۱۰۰۰،۰۰۰ ریال" is the citizen's number, kept whole.
+    joined = _BETWEEN_DIGITS.search(office_word)
+    if joined is not None:
+        office_word, text = rest[: joined.start()], rest[joined.end() :]
     office_code = _code(_tokens(office_word), 0, _OFFICE_CODE_RE, _MISSING_OFFICE, _BAD_OFFICE)
     # The citizen's words are kept as typed (after normalize_text), trailing "!!" included;
     # only the separator between code and text (" - ", ": ") is dropped.
@@ -323,10 +352,7 @@ _COMMANDS: dict[str, Callable[[str, datetime.date], Command]] = {
 
 def parse(text: str, *, today: datetime.date) -> Command:
     """Read one inbound SMS. ``today`` (Tehran's date) resolves امروز/فردا."""
-    # Codes run together with a ZWNJ (a Persian keyboard's Shift+Space), a zero-width space
-    # or a Persian comma are two codes: one 9-digit token was answered "an office code has 6
-    # digits". (Not "," : a complaint's "1,000,000 rials" stays as written.)
-    text = _BETWEEN_DIGITS.sub(" ", text)
+    text = _ZWSP_BETWEEN_DIGITS.sub("\u200c", text)
     body = _strip_noise(normalize_text(text.translate(_INVISIBLE)), right=False)
     match = _KEYWORD_RE.match(body)
     if match is None:
@@ -334,7 +360,10 @@ def parse(text: str, *, today: datetime.date) -> Command:
     handler = _COMMANDS.get(match[0].casefold())
     if handler is None:
         return Help(None)
+    rest = body[match.end() :]
+    if handler is not _complain:  # a complaint's own words keep "۱۰۰۰،۰۰۰ ریال" (``_complain``)
+        rest = _BETWEEN_DIGITS.sub(" ", rest)
     try:
-        return handler(body[match.end() :], today)
+        return handler(rest, today)
     except _BadArguments as error:
         return Help(error.reason)

@@ -370,3 +370,25 @@ def test_codes_run_together_with_a_zwnj_or_a_persian_comma_are_two_codes(between
 def test_a_complaints_own_numbers_keep_their_commas() -> None:
     complaint = parse("شکایت 010001 1,000,000 ریال بیشتر گرفتند", today=TODAY)
     assert isinstance(complaint, Complain) and "1,000,000" in complaint.text
+
+
+@pytest.mark.parametrize("between", [" ", ZWNJ, "\u200b", "،"])
+def test_a_national_id_typed_in_groups_is_one_id(between: str) -> None:
+    """As printed on the card ("049 937089 9"), or with Shift+Space: each group alone had been
+    refused as a national ID, and the booking with it."""
+    grouped = between.join(["۰۴۹", "۹۳۷۰۸۹", "۹"])
+    assert NID == "0499370899"
+    assert p(f"نوبت ۰۱۰۰۰۱ ۱۰۱ {grouped} فردا") == Book("010001", "101", TOMORROW, NID)
+    assert p(f"انتظار 010001 101 فردا {grouped}") == Wait("010001", "101", TOMORROW, NID)
+    # Two IDs, or an ID and a stray number, are still refused, not read as one.
+    assert isinstance(p(f"نوبت 010001 101 {NID} 12"), Help)
+
+
+@pytest.mark.parametrize("between", [ZWNJ, "\u200b", "،"])
+def test_a_complaints_persian_comma_or_zwnj_inside_its_text_stays(between: str) -> None:
+    """Only the office code is split from what it runs into: "۱۰۰۰،۰۰۰ ریال" in the text had
+    been read as "1000 000", the citizen's words changed."""
+    complaint = p(f"شکایت ۰۱۰۰۰۱ ۱۰۰۰{between}۰۰۰ ریال اضافه گرفتند")
+    assert isinstance(complaint, Complain) and complaint.office_code == "010001"
+    assert "1000 000" not in complaint.text and complaint.text.endswith("ریال اضافه گرفتند")
+    assert p(f"شکایت ۰۱۰۰۰۱{between}۲ ساعت معطل شدم") == Complain("010001", "2 ساعت معطل شدم")
