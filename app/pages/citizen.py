@@ -9,7 +9,7 @@ import hashlib
 import logging
 import secrets
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
@@ -131,8 +131,15 @@ class CitizenPages(Controller):
         try:
             if not service:
                 raise InvalidInput("service", "Choose a service.", detail_fa="یک خدمت را انتخاب کنید.")
-            latitude, longitude = _coordinate(lat), _coordinate(lon)
-            if not (city or "").strip() and (latitude is None or longitude is None):
+            latitude = longitude = None
+            if (city or "").strip():
+                # A city typed means that city: the position of a search before stays in the
+                # form's hidden fields (the script clears them as the city is typed; without
+                # it, the city had been ignored, and after a refused position, every city).
+                form["lat"] = form["lon"] = ""
+            else:
+                latitude, longitude = _coordinate(lat), _coordinate(lon)
+            if not form["city"].strip() and (latitude is None or longitude is None):
                 raise InvalidInput(
                     "city", "Give a city or a position.", detail_fa="نام شهر را بنویسید یا موقعیت خود را بفرستید."
                 )
@@ -147,7 +154,7 @@ class CitizenPages(Controller):
                 days=container.capacity.horizon(today)[:LOOK_AHEAD_DAYS] if chosen == today else [chosen],
                 lat=latitude,
                 lon=longitude,
-                city=city if latitude is None or longitude is None else None,
+                city=city if latitude is None else None,
                 limit=NEARBY_LIMIT,
             )
         except DomainError as error:
@@ -235,6 +242,8 @@ class CitizenPages(Controller):
             form={"service": service or "", "date": day.isoformat() if day else (date or "")},
             errors=errors,
             day=day,
+            # Sought for the citizen (no day asked for) past today: said, as the search says it.
+            later_day=bool(not date and day and day != container.clock.today()),
             day_status=status,
             slots=slots,
             free_count=sum(1 for s in slots if s.free),
@@ -283,6 +292,11 @@ class CitizenPages(Controller):
         mobile = require_citizen(request, container, back=back)
         check_csrf(request, container, data)
         national_id, idem = data.get("national_id", ""), data.get("idem", "")
+        if office and service and parse_date(date) < container.clock.today():
+            # A form left open overnight, sent the next morning: its day has passed. The
+            # office's page, its days to choose again (a bare error page had lost them all).
+            page = f"/offices/{quote(office, safe='')}?"
+            return see_other(page + urlencode({"service": service, "notice": "day_passed"}))
         day = _bookable_day(container, date)  # refused as a page: the form below shows the day
         try:
             if waitlist:

@@ -300,6 +300,13 @@ def test_invalid_national_id_is_shown_beside_the_field(phone: Any, site: Site, s
     page.get_by_label("کد ملی").fill("۰۴۹۹۳۷۰۸۹۹")  # Persian digits, as a phone keyboard types them
     page.get_by_role("button", name="ثبت نوبت").click()
     page.wait_for_url(re.compile(r"/bookings/[0-9A-Z]{10}\?new=1"))
+    # Asked first (it cannot be undone): declined, the booking stands; accepted, it goes.
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.get_by_role("button", name="لغو این نوبت").click()
+    expect(page.locator("[data-status]")).to_have_attribute("data-status", "booked")
+    assert asked and "لغو شود" in asked[0]
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="لغو این نوبت").click()
     expect(page.locator(".notice")).to_have_text(re.compile("نوبت لغو شد"))
     expect(page.locator("[data-status]")).to_have_attribute("data-status", "cancelled")

@@ -174,3 +174,63 @@ async def test_the_search_page_reads_a_position_as_the_api_does(client: Client, 
         "/offices", params={"service": "101", "lat": "35.7.1", "lon": "51.4"}, headers={"Accept": "text/html"}
     )
     assert "موقعیت فرستاده‌شده معتبر نیست" in refused.text
+
+
+async def test_a_city_typed_wins_over_the_position_left_in_the_form(client: Client, world: World) -> None:
+    """Without the script, the hidden position of a search before stayed in the form: a city
+    typed was ignored, and after a position refused («not in Iran»), every city was too."""
+    office = await world.office(lat=35.7, lon=51.41)
+    await world.rebuild()
+    for lat, lon in (("10.0", "10.0"), ("35.7.1", "51.4")):
+        page = await client.get(
+            "/offices",
+            params={"service": "101", "city": "Tehran", "lat": lat, "lon": lon},
+            headers={"Accept": "text/html"},
+        )
+        assert page.status_code == 200 and f"/offices/{office}" in page.text, (lat, page.text[:500])
+        assert 'name="lat" value=""' in page.text  # and the next search from this page is the city's
+
+
+async def test_the_office_page_says_when_it_shows_a_later_day_and_what_waiting_is_unknown(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    office = await world.office()  # open 08:00-20:00 every day
+    await world.rebuild()
+    tz = world.container.clock.tz
+    late = dt.datetime.combine(world.container.clock.today(), dt.time(22, 0), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: late)
+    page = await client.get(f"/offices/{office}", params={"service": "101"}, headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert "امروز در این دفتر نوبت خالی نمانده" in page.text
+    # No clerk has reported the room: not "0 people".
+    assert "گزارش نشده" in page.text and "۰ نفر" not in page.text
+    await world.container.load.report_waiting(office_code=office, count=7)
+    await world.container.capacity.reads.told()
+    reported = await client.get(
+        f"/offices/{office}",
+        params={"service": "101", "date": (late.date() + dt.timedelta(days=1)).isoformat()},
+        headers={"Accept": "text/html"},
+    )
+    assert "۷ نفر" in reported.text and "گزارش نشده" not in reported.text
+    assert "امروز در این دفتر نوبت خالی نمانده" not in reported.text  # a day the citizen chose
+
+
+async def test_a_booking_form_sent_after_its_day_has_passed_goes_back_to_the_office(
+    client: Client, world: World
+) -> None:
+    """Left open overnight and sent the next morning: a bare error page had lost the office,
+    the service and the national ID typed."""
+    office = await world.office()
+    token = world.token("09125556003")["Authorization"].removeprefix("Bearer ")
+    client.cookies.set(CITIZEN_COOKIE, token)
+    query = {"office": office, "service": "101", "date": world.tomorrow().isoformat()}
+    form_page = await client.get("/book", params=query, headers={"Accept": "text/html"})
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', form_page.text)
+    assert csrf, form_page.text
+    yesterday = (world.container.clock.today() - dt.timedelta(days=1)).isoformat()
+    form = {**query, "_csrf": csrf[1], "date": yesterday, "national_id": world.national_id()}
+    answer = await client.post("/book", data=form, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == f"/offices/{office}?service=101&notice=day_passed"
+    page = await client.get(answer.headers["location"], headers={"Accept": "text/html"})
+    assert "روز آن فرم گذشته است" in page.text

@@ -1,12 +1,13 @@
 // nobat: the only script. Every page works without it; it adds four conveniences:
 // "use my location" on the search form, a copy button for tracking codes, the focus on a
 // refused form's error (a screen reader then reads it; an alert already on the page as it
-// loads is not reliably announced), and a question before a mark that cannot be undone.
+// loads is not reliably announced), and a question before a step that cannot be undone.
 (function () {
   "use strict";
 
+  // Not when the citizen has begun typing already (the script came late on a slow line).
   var refused = document.querySelector(".alert[tabindex], [aria-invalid=true]");
-  if (refused) {
+  if (refused && (!document.activeElement || document.activeElement === document.body)) {
     refused.focus();
   }
 
