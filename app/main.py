@@ -89,6 +89,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         embedded = None
         redis_url = settings.redis_url
         if not redis_url:
+            if not settings.database_url.startswith("sqlite"):
+                # Each process had started a redis-server of its own, counted every seat into
+                # it from the shared record, and sold each seat once per process, while
+                # answering ready. The embedded Redis is the embedded SQLite's only.
+                raise RuntimeError("REDIS_URL must be set when DATABASE_URL is not the embedded SQLite")
             embedded = EmbeddedRedis(settings.var_dir / "redis").start()
             redis_url = embedded.url
             log.info("embedded redis-server on %s", redis_url)

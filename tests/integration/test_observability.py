@@ -252,6 +252,18 @@ async def test_the_service_will_not_start_on_a_redis_that_may_evict_its_counters
         assert (await client.get("/health/ready")).status_code == 200
 
 
+async def test_the_service_will_not_start_on_a_shared_record_without_redis_url(settings: Settings) -> None:
+    """Each process had started a Redis of its own, counted every seat into it from the
+    shared record, and sold each seat once per process, answering ready. Refused before it
+    touches the record (the address below answers nothing)."""
+    shared = settings.with_(redis_url=None, database_url="postgresql+asyncpg://nobat@127.0.0.1:9/nobat")
+    with pytest.raises(Exception) as refused:  # the test client wraps it in a group
+        async with AsyncTestClient(create_app(shared)):
+            pass
+    errors = refused.value.exceptions if isinstance(refused.value, ExceptionGroup) else (refused.value,)
+    assert any(isinstance(e, RuntimeError) and "REDIS_URL must be set" in str(e) for e in errors), errors
+
+
 async def test_a_failed_statements_error_names_no_citizens_values(world: World) -> None:
     """Errors carried their statement's values into every log (a 500, a job's failure, RQ's
     kept traceback): national IDs and mobiles in forms the masking cannot all know (a card's
