@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.capacity.service import Capacity
-from app.capacity.watch import rebuild_paused
+from app.capacity.watch import RebuildRunning, rebuild_paused
 from app.clock import Clock
 from app.db import create_engine, create_schema, session_factory
 from app.errors import DomainError
@@ -141,8 +141,17 @@ async def rebuild(settings: Settings) -> int:
     )
     try:
         wait = settings.rebuild_settle_seconds
-        print(f"bookings pause on every instance; the count starts in {wait:.0f} s")
-        return await rebuild_paused(capacity, session_factory(engine), today=clock.today(), wait=wait)
+        print(
+            f"once the recount's lock is taken, bookings pause on every instance and the count starts in {wait:.0f} s"
+        )
+        try:
+            return await rebuild_paused(capacity, session_factory(engine), today=clock.today(), wait=wait)
+        except RebuildRunning:
+            # A bare traceback had followed "bookings pause", though nothing had paused.
+            raise SystemExit(
+                "a recount is already under way (an instance's, or the night's): nothing was done. "
+                "Try again once /health/ready answers 200."
+            ) from None
     finally:
         await capacity.reads.told()  # the instances' copies of the counters are forgotten
         await redis.aclose()

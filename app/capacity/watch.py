@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.writer import wait_for_commits
@@ -66,6 +67,7 @@ class RedisWatch:
         self.on_resume = on_resume
         self._paused = False  # this instance saw the counters unbuilt, or Redis away
         self._policy_checked = False  # Capacity.require_no_eviction, at the first look Redis answers
+        self._told_at = -SAY_WHY_EVERY  # when a paused look last said why in the log
 
     async def check(self) -> None:
         """One look: mark capacity ready or not, and rebuild if Redis lost its data. Redis
@@ -86,8 +88,21 @@ class RedisWatch:
             await self._resume()
         except RebuildRunning:
             return  # another instance (or `python -m app rebuild`) is at it
-        except RedisError:
+        except RedisError as error:
             self.capacity.ready, self._paused = False, True
+            self._say_why(error)
+
+    def _say_why(self, error: RedisError) -> None:
+        """In the log, at most once a SAY_WHY_EVERY: a pause that said nothing had shown the
+        engineer a "rebuilding" that never ended, and nothing was being rebuilt."""
+        now = time.monotonic()
+        if now - self._told_at < SAY_WHY_EVERY:
+            return
+        self._told_at = now
+        # Refused (a command the Redis user may not run, as hosted Redis forbids INFO; a
+        # cluster's node given as a plain Redis) is a fault of set-up, which no wait ends.
+        level = logging.ERROR if isinstance(error, ResponseError) else logging.WARNING
+        log.log(level, "bookings paused: the capacity Redis answered %s: %s", type(error).__name__, error)
 
     async def _resume(self) -> None:
         if not self._paused:
@@ -108,6 +123,10 @@ class RedisWatch:
                 self.capacity.ready = False
                 log.exception("rebuilding capacity failed; trying again")
             await asyncio.sleep(self.interval)
+
+
+SAY_WHY_EVERY = 60.0
+"""Seconds between two log lines saying why bookings stay paused."""
 
 
 class RebuildRunning(Exception):

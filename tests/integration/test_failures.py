@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import signal
 import socket
@@ -1422,6 +1423,18 @@ async def test_the_rebuild_lock_lives_while_held_and_goes_with_its_holder(
         await redis.aclose()
 
 
+async def test_the_rebuild_command_during_a_recount_says_nothing_was_done(settings: Settings) -> None:
+    """It had printed "bookings pause on every instance" and then died in a bare traceback,
+    nothing paused and nothing counted: an operator could believe a rebuild had run."""
+    with SyncRedis.from_url(settings.redis_url or "") as redis:
+        redis.set(watch.REBUILD_LOCK, "the night's recount", px=60_000)
+        try:
+            with pytest.raises(SystemExit, match="a recount is already under way"):
+                await cli.rebuild(settings)
+        finally:
+            redis.delete(watch.REBUILD_LOCK)
+
+
 async def test_a_lock_outlives_a_failed_renewal_and_never_frees_a_successors(capacity_redis: EmbeddedRedis) -> None:
     """One renewal that times out (retries are off) had ended the renewing: the lock lapsed
     while its holder worked on, and a second holder (the next minute's job, a block's
@@ -2639,3 +2652,27 @@ async def test_a_promotion_whose_connection_cannot_be_had_puts_the_citizen_back_
     async with world.container.sessions() as session:  # the minute's job gives the line its seat
         await world.container.bookings.fill_waitlists_left(session=session)
     assert (await client.get(f"/api/v1/bookings/{waiting}")).json()["status"] == "booked"
+
+
+async def test_a_pause_the_watch_cannot_end_says_why_in_the_log(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis user forbidden INFO (hosted Redis's -@dangerous) kept bookings paused forever
+    with "rebuilding" on /health/ready and not a line in the log. Said once a minute, at error
+    level for a refusal, which no wait ends."""
+    from redis.exceptions import NoPermissionError
+
+    container = world.container
+
+    async def refused() -> bool:
+        raise NoPermissionError("this user has no permissions to run the 'info' command")
+
+    monkeypatch.setattr(container.capacity, "is_built", refused)
+    looks = watch.RedisWatch(capacity=container.capacity, sessions=container.sessions, clock=container.clock, settle=0)
+    looks._policy_checked = True  # the policy's look is a test of its own
+    with caplog.at_level(logging.WARNING, logger="app.capacity.watch"):
+        for _ in range(3):
+            await looks.check()
+    said = [r for r in caplog.records if "bookings paused: the capacity Redis answered" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR and "'info'" in said[0].getMessage(), said
+    assert not container.capacity.ready
