@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking import reminders
 from app.booking.models import Booking, BookingStatus, Channel
-from app.capacity.models import Closure
+from app.capacity.models import CapacityOverride, Closure
 from app.clock import Clock
 from app.enforcement.models import ActionKind, OfficeAction
 from app.offices.models import City, Office
@@ -24,8 +24,8 @@ def close_day() -> dict[str, int]:
     and the day that just entered the horizon gets its counters. Safe to run twice, or
     every hour: it only touches past days' bookings still open.
 
-    Returns the counts: ``no_shows``, ``closed_office`` (cancelled: a closure or a block shut
-    their office that day), ``served`` (closed from checked in, and walk-ins),
+    Returns the counts: ``no_shows``, ``closed_office`` (cancelled: a closure, an official
+    holiday or a block shut their office that day), ``served`` (closed from checked in, and walk-ins),
     ``waitlist_expired``, ``suspended`` (for repeated no-shows) and ``office_days_added``."""
     return run_job(_close_day())
 
@@ -40,20 +40,25 @@ async def _close_day() -> dict[str, int]:
         # Bookings a closure's moves never reached (a recount, Redis away until midnight) were
         # at an office that was shut: cancelled, not no-shows that may suspend the citizen.
         # So were those a block's moves never reached (the same causes): the office took nobody.
+        # And those of an official holiday the calendar learned of late (a release, the
+        # setting turned; app.regulator.service._follow_holidays leaves a begun slot's to us).
+        holidays = app.capacity.holidays(today - CLOSE_LOOKS_BACK, today - dt.timedelta(days=1))
         shut = []
-        for shut_by in [_closed_that_day(), *await _blocked_that_day(session, app.clock)]:
+        for shut_by in [_closed_that_day(), _holiday_that_day(holidays), *await _blocked_that_day(session, app.clock)]:
             shut += await _close(
                 session, BookingStatus.BOOKED, BookingStatus.CANCELLED, today, only=shut_by, at=app.clock.now()
             )
         # A walk-in was at the counter when the clerk booked them: one never marked served is
         # served, not a no-show that could suspend them (three such visits in a month had).
-        # (Not one moved since, to an office that never saw them: a block's or a closure's.)
+        # (Not one moved since to an office that never saw them, a block's or a closure's; one
+        # moved to a later slot of the same office, a clerk's cut, was still in its room.)
+        stayed = Booking.moved_from_office_id.is_(None) | (Booking.moved_from_office_id == Booking.office_id)
         walked_in = await _close(
             session,
             BookingStatus.BOOKED,
             BookingStatus.SERVED,
             today,
-            only=(Booking.channel == Channel.WALK_IN) & Booking.moved_from_office_id.is_(None),
+            only=(Booking.channel == Channel.WALK_IN) & stayed,
         )
         no_shows = await _close(session, BookingStatus.BOOKED, BookingStatus.NO_SHOW, today)
         served = await _close(session, BookingStatus.CHECKED_IN, BookingStatus.SERVED, today)
@@ -119,6 +124,20 @@ def _closed_that_day() -> ColumnElement[bool]:
         .correlate(Booking)
         .exists()
     )
+
+
+def _holiday_that_day(holidays: set[dt.date]) -> ColumnElement[bool]:
+    """A booking on an official holiday at an office with no plan of its own for the day (one
+    that opens it on a holiday)."""
+    if not holidays:
+        return false()
+    overridden = (
+        select(CapacityOverride.office_id)
+        .where(CapacityOverride.office_id == Booking.office_id, CapacityOverride.date == Booking.date)
+        .correlate(Booking)
+        .exists()
+    )
+    return Booking.date.in_(sorted(holidays)) & ~overridden
 
 
 CLOSE_LOOKS_BACK = dt.timedelta(days=30)

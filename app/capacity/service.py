@@ -810,7 +810,7 @@ class Capacity:
         since was written from the calendar as it entered: not a change."""
         horizon = self.horizon(today)
         now = self.holidays(horizon[0], horizon[-1])
-        following = msgspec.json.encode(_Followed(first=horizon[0], last=horizon[-1], holidays=sorted(now)))
+        following = msgspec.json.encode(_Followed(first=horizon[0], last=horizon[-1], holidays=sorted(now))).decode()
         raw = await self.redis.get(keys.HOLIDAYS_FOLLOWED)
         if raw is None:
             return HolidaysChanged(horizon, now, added=now, removed=set(), following=following)
@@ -818,7 +818,7 @@ class Capacity:
         before = set(followed.holidays)
         seen = {day for day in horizon if followed.first <= day <= followed.last}
         added, removed = (now - before) & seen, (before - now) & seen
-        return HolidaysChanged(horizon, now, added, removed, following=None if raw == following else following)
+        return HolidaysChanged(horizon, now, added, removed, following=None if as_text(raw) == following else following)
 
     async def holidays_followed(self, changed: HolidaysChanged) -> None:
         """Note that the counters follow ``changed``'s holidays now, over its horizon."""
@@ -1205,7 +1205,7 @@ class HolidaysChanged(NamedTuple):
     """The horizon's official holidays, as the calendar has them now."""
     added: set[dt.date]
     removed: set[dt.date]
-    following: bytes | None
+    following: str | None
     """What to note once the counters follow them (``Capacity.holidays_followed``); None: noted."""
 
 

@@ -130,17 +130,55 @@ async def test_a_walk_in_never_marked_served_is_served_not_a_no_show(world: Worl
     await world.office()
     citizen = world.national_id()
     moved = world.national_id()  # a walk-in a block moved to another office, never gone there
+    later = world.national_id()  # one a clerk's cut moved to a later slot of the same office
     await past_bookings(
-        world, *((citizen, days_ago, BookingStatus.BOOKED) for days_ago in (3, 2, 1)), (moved, 1, BookingStatus.BOOKED)
+        world,
+        *((citizen, days_ago, BookingStatus.BOOKED) for days_ago in (3, 2, 1)),
+        (moved, 1, BookingStatus.BOOKED),
+        (later, 1, BookingStatus.BOOKED),
     )
     async with world.container.sessions() as session:
         for booking in await session.scalars(select(Booking)):
             booking.channel = Channel.WALK_IN
             if booking.national_id == moved:
                 booking.moved_from_office_id = 2
+            if booking.national_id == later:
+                booking.moved_from_office_id = booking.office_id
         await session.commit()
     result = await asyncio.to_thread(close_day)
-    assert (result["no_shows"], result["served"], result["suspended"]) == (1, 3, 0)
+    assert (result["no_shows"], result["served"], result["suspended"]) == (1, 4, 0)
+
+
+async def test_bookings_on_an_official_holiday_learned_late_are_cancelled_not_no_shows(
+    world: World, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holiday the calendar learned on the day (a release at noon) leaves the slots begun
+    before it to the night (as a closure does): they were made no-shows, and their citizens,
+    who found the office shut, could be suspended. An office whose own plan opened it that
+    day took its citizens: its absent are no-shows."""
+    from app.capacity import service as capacity_service
+    from app.capacity.models import CapacityOverride
+    from app.capacity.plan import encode_rules
+
+    await world.office()
+    await world.office()
+    today = world.container.clock.today()
+    holiday = today - dt.timedelta(days=2)
+    monkeypatch.setattr(capacity_service, "official_holidays", lambda first, last: {holiday} & {first, last, holiday})
+    monkeypatch.setenv("NOBAT_OFFICIAL_HOLIDAYS", "true")
+    shut, opened, working = world.national_id(), world.national_id(), world.national_id()
+    await past_bookings(
+        world, (shut, 2, BookingStatus.BOOKED), (opened, 2, BookingStatus.BOOKED), (working, 1, BookingStatus.BOOKED)
+    )
+    async with world.container.sessions() as session:
+        session.add(CapacityOverride(office_id=2, date=holiday, rules=encode_rules([]), reason="کشیک"))
+        (await session.scalars(select(Booking).where(Booking.national_id == opened))).one().office_id = 2
+        await session.commit()
+    result = await asyncio.to_thread(close_day)
+    assert (result["closed_office"], result["no_shows"]) == (1, 2), result
+    async with world.container.sessions() as session:
+        statuses = dict((await session.execute(select(Booking.national_id, Booking.status))).all())
+    assert statuses == {shut: BookingStatus.CANCELLED, opened: BookingStatus.NO_SHOW, working: BookingStatus.NO_SHOW}
 
 
 async def test_the_night_weighs_the_no_shows_clerks_marked_yesterday(

@@ -170,9 +170,11 @@ async def test_a_new_official_holiday_moves_its_bookings_and_one_dropped_opens(
 
     # Followed now: the next run finds nothing to do, and writes nothing.
     changed = redis_sync.get(keys.CLOSURES_CHANGED)
+    redis_sync.expire(keys.HOLIDAYS_FOLLOWED, 1000)  # a SET would clear it
     async with world.container.sessions() as session:
         assert await regulator.finish_closures(session=session) == 0
     assert redis_sync.get(keys.CLOSURES_CHANGED) == changed
+    assert redis_sync.ttl(keys.HOLIDAYS_FOLLOWED) > 0  # the note not written again each minute
 
     capacity.official_holidays = False  # the holiday dropped again: the day opens, no recount
     async with world.container.sessions() as session:
