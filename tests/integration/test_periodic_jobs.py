@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -64,6 +65,9 @@ async def test_a_periodic_jobs_good_end_is_on_the_metrics_and_a_failed_one_is_no
     queue = Queue(DEFAULT, connection=redis_sync)
     done = queue.enqueue(flag_overdue, **PERIODIC_JOB)
     failed = queue.enqueue(fails_on_its_loop, **PERIODIC_JOB)
+    # One that goes on past each item's failure ends normally, every item failed: not a good
+    # end either (finish_blocks, finish_closures... had noted one every minute).
+    items_failed = queue.enqueue(logs_each_items_failure, **PERIODIC_JOB)
     # A copy that finds its last run under way does nothing: no good end (a run outlasting
     # its time limit each time had looked alive, the next minute's copy noted instead).
     redis_sync.set(f"{keys.NAMESPACE}:job-running:test-once", "another run", ex=60)
@@ -73,6 +77,7 @@ async def test_a_periodic_jobs_good_end_is_on_the_metrics_and_a_failed_one_is_no
     await deliver()
     assert done.get_status(refresh=True) == "finished" and unmarked.get_status(refresh=True) == "finished"
     assert failed.get_status(refresh=True) == "failed"
+    assert items_failed.get_status(refresh=True) == "finished"
     assert skipped.get_status(refresh=True) == "finished" and skipped.return_value() == 0
     assert failed.failure_ttl == PERIODIC_JOB["failure_ttl"]  # kept a week, not RQ's year
     noted = {name.decode(): int(at) for name, at in redis_sync.hgetall(keys.JOBS_DONE).items()}
@@ -84,6 +89,20 @@ async def test_a_periodic_jobs_good_end_is_on_the_metrics_and_a_failed_one_is_no
         if line.startswith("nobat_job_last_success_timestamp_seconds{")
     }
     assert shown == {"flag_overdue": noted["flag_overdue"]}
+
+
+def logs_each_items_failure() -> int:
+    """A periodic job that logs each item's failure and goes on to the next, as the minute's
+    jobs do (one office's failure must not keep the others waiting)."""
+
+    async def body() -> int:
+        try:
+            raise RuntimeError("one office's moves failed")
+        except RuntimeError:
+            logging.getLogger("app.enforcement.service").exception("office 010001's moves wait for the next run")
+        return 0
+
+    return run_job(body())
 
 
 def fails_on_its_loop() -> int:
