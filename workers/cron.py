@@ -20,7 +20,7 @@ from rq.cron import CronScheduler
 from rq.exceptions import StopRequested
 
 from app.booking.tasks import close_day, end_spent_lines, fill_waitlists_left, send_reminders
-from app.capacity.tasks import recount
+from app.capacity.tasks import NIGHT_LATE, recount
 from app.complaints.tasks import flag_overdue
 from app.console.tasks import finish_plans
 from app.enforcement.tasks import apply_policy, finish_blocks, push_statuses
@@ -39,7 +39,7 @@ MOVES_TIMEOUT = 30 * 60
 """The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
 COPIES_KEPT = 5
 """A periodic job's copy waits this many of its intervals in its queue at most."""
-NIGHT_TTL = 45 * 60
+NIGHT_TTL = int(NIGHT_LATE.total_seconds())
 """How long a night's run (the close, the recount) may wait in its queue: later, it would
 meet the morning's first bookings; the close's next run, or the next night, does it."""
 FAILURE_TTL = 7 * 24 * 3600

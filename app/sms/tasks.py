@@ -192,6 +192,18 @@ def run_in_session(step: Callable[[Container, AsyncSession], Awaitable[T]]) -> T
     return run_job(job())
 
 
+def skip_this_run() -> None:
+    """Mark the periodic run under way as one that did nothing (not a good end)."""
+    if (job := get_current_job()) is not None:
+        job.meta[SKIPPED] = True
+
+
+def scheduled_run() -> bool:
+    """Whether the job under way is a periodic run (workers.cron), not one enqueued by hand."""
+    job = get_current_job()
+    return job is not None and bool(job.meta.get(PERIODIC))
+
+
 def run_alone(name: str, step: Callable[[Container, AsyncSession], Awaitable[int]]) -> int:
     """``run_in_session``, one run at a time in the deployment: RQ's cron enqueues a periodic
     job on time whether its last run has ended or not, and idle workers would each take a
@@ -202,8 +214,7 @@ def run_alone(name: str, step: Callable[[Container, AsyncSession], Awaitable[int
             lock = f"{keys.NAMESPACE}:job-running:{name}"
             async with renewed_lock(app.capacity.redis, lock, uuid.uuid4().hex, seconds=30) as held:
                 if not held:
-                    if (job := get_current_job()) is not None:
-                        job.meta[SKIPPED] = True
+                    skip_this_run()
                     return 0
                 async with app.sessions() as session:
                     return await step(app, session)

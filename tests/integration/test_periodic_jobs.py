@@ -136,6 +136,42 @@ async def test_the_nights_recount_gives_back_what_a_failure_left_counted_for_nob
     assert redis_sync.get(keys.REBUILT_AT)  # bookings go on
 
 
+@pytest.mark.parametrize(("at", "runs"), [((3, 30), True), ((4, 10), True), ((9, 0), False)])
+async def test_the_nights_recount_come_in_the_morning_waits_for_the_next_night(
+    world: World,
+    redis_sync: SyncRedis,
+    deliver: Deliver,
+    monkeypatch: pytest.MonkeyPatch,
+    at: tuple[int, int],
+    runs: bool,
+) -> None:
+    """The job queues' Redis away all night, the scheduler, started again at 09:00, enqueued
+    the overdue recount at once: bookings paused nationwide in the morning rush. A recount
+    enqueued by hand (an operator's) runs at any hour."""
+    import datetime as dt
+
+    from app.clock import Clock
+    from workers.cron import PERIODIC_JOB
+
+    await world.office()
+    await world.rebuild()
+    tz = world.container.clock.tz
+    moment = dt.datetime.combine(world.container.clock.today(), dt.time(*at), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: moment)
+    monkeypatch.setenv("NOBAT_REBUILD_SETTLE_SECONDS", "0")  # nothing in flight to wait for
+    marker = redis_sync.get(keys.REBUILT_AT)
+    queue = Queue(DEFAULT, connection=redis_sync)
+    scheduled = queue.enqueue(recount, **PERIODIC_JOB)
+    await deliver()
+    assert scheduled.get_status(refresh=True) == "finished"
+    assert (scheduled.return_value() > 0) is runs
+    assert (redis_sync.get(keys.REBUILT_AT) != marker) is runs
+    assert redis_sync.hexists(keys.JOBS_DONE, "recount") is runs  # skipped: not a good end
+    by_hand = queue.enqueue(recount)
+    await deliver()
+    assert by_hand.return_value() > 0
+
+
 def change_an_office() -> None:
     """A job that changes an office's counters (as a closure's end does), and nothing else."""
 
