@@ -173,7 +173,9 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     # What a block, a restriction or a lift told the counters after its commit, told again:
     # the telling may have failed, or met a recount that had read the record just before.
     every(push_statuses, DEFAULT, 60)
-    every(apply_policy, DEFAULT, 60)  # offices complained of: again, if their request failed or died
+    # Offices complained of: again, if their request failed or died. A block it makes moves the
+    # office's bookings: the moves' time limit.
+    every(apply_policy, DEFAULT, 60, job_timeout=MOVES_TIMEOUT)
     every(fill_waitlists_left, DEFAULT, 60)  # seats a failed promotion left free
     every(end_spent_lines, DEFAULT, 5 * 60)  # today's lines with no slot ahead: ended, each citizen told
     every(finish_plans, DEFAULT, 60)  # a clerk's change not seen through

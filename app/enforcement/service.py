@@ -8,6 +8,7 @@ the same day; whoever cannot be placed is told and cancelled, never silently los
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -315,6 +316,12 @@ class Enforcement:
                 await session.rollback()
                 log.exception("office %d's policy waits for the next run", office_id)
                 await self.capacity.redis.sadd(keys.POLICY_TO_APPLY, raw)
+            except BaseException:
+                # Stopped half-way (the job's time limit cancels it): noted again, or the
+                # office would not be weighed until its next complaint.
+                with contextlib.suppress(RedisError):
+                    await self.capacity.redis.sadd(keys.POLICY_TO_APPLY, raw)
+                raise
         return applied
 
     async def push_statuses(self, *, session: AsyncSession) -> int:

@@ -307,6 +307,19 @@ async def test_a_complaint_whose_policy_failed_is_filed_and_the_policy_applied_w
     assert last["state"] == "received"
     assert await status(client, office) == "active"
     monkeypatch.setattr(enforcement, "evaluate", evaluate)
+    # A run stopped half-way (its time limit cancels it) keeps the note: the office had not
+    # been weighed again until its next complaint.
+    jobs = world.container.enforcement
+    weighs = jobs.evaluate
+
+    async def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise asyncio.CancelledError()
+
+    monkeypatch.setattr(jobs, "evaluate", stopped)
+    async with world.container.sessions() as session:
+        with pytest.raises(asyncio.CancelledError):
+            await jobs.apply_policy(session=session)
+    monkeypatch.setattr(jobs, "evaluate", weighs)
     async with world.container.sessions() as session:
         assert await world.container.enforcement.apply_policy(session=session) == 1
         assert await world.container.enforcement.apply_policy(session=session) == 0  # done once

@@ -43,6 +43,7 @@ def test_what_a_block_a_closure_or_a_failed_promotion_left_is_finished_every_min
     assert every["end_spent_lines"] == 5 * 60  # today's lines with no slot ahead, told
     limits = {job.func.__name__: job.job_options.get("job_timeout") for job in jobs}
     assert limits["finish_blocks"] == limits["finish_closures"] == 30 * 60  # a province's closure, not 180 s
+    assert limits["apply_policy"] == 30 * 60  # a block it makes moves the office's bookings
 
 
 @pytest.mark.parametrize("at", ["30 3 * * *", "off"])
