@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -41,7 +41,8 @@ _VISIT_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # Every page: nothing from elsewhere (the service runs on closed networks too), no framing,
 # no tracking codes leaking through the Referer header, and no copy kept by the browser: on
 # an office's shared computer, Back after a sign-out had shown the last citizen's bookings
-# and complaints from its cache. (The assets under /static are cached: app.pages.)
+# and complaints from its cache. (The assets under /static are cached: app.pages; and so are
+# the PUBLIC_PAGES.)
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
@@ -162,8 +163,24 @@ def environment(directory: Path) -> Environment:
         APPEAL_FA=APPEAL_FA,
         ROLE_FA=ROLE_FA,
         CSRF_FIELD=CSRF_FIELD,
+        asset=asset_urls(directory.parent / "static"),
     )
     return env
+
+
+def asset_urls(static: Path) -> Callable[[str], str]:
+    """``asset("nobat.css")``: the file's address with its content's digest, so that a phone
+    keeps it as long as it likes (app.pages: a year) and a release's new file is a new address."""
+    digests = {
+        path.relative_to(static).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        for path in static.rglob("*")
+        if path.is_file()
+    }
+
+    def asset(name: str) -> str:
+        return f"/static/{name}?v={digests[name]}"
+
+    return asset
 
 
 # --- who is signed in ---
@@ -255,13 +272,20 @@ def render(
     }
     base.update(context)
     all_cookies = [*cookies, *([fresh] if fresh else [])]
+    kept = {"Cache-Control": "private, no-cache"} if template in PUBLIC_PAGES and not mobile and not staff_area else {}
     return Template(
         template_name=template,
         context=base,
         status_code=status,
         cookies=all_cookies,
-        headers={**SECURITY_HEADERS, **(headers or {})},  # a refusal's Retry-After, say
+        headers={**SECURITY_HEADERS, **kept, **(headers or {})},  # a refusal's Retry-After, say
     )
+
+
+PUBLIC_PAGES = frozenset({"citizen/home.html", "citizen/offices.html", "citizen/office.html"})
+"""Pages with nothing of anyone's on them (shown to a visitor not signed in): the browser may
+keep them (``private, no-cache``), so that Back from an office's page on a slow line shows the
+results again at once, where ``no-store`` had fetched them again and run the search anew."""
 
 
 def see_other(path: str, *, cookies: Iterable[Cookie] = ()) -> Redirect:

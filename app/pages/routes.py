@@ -13,6 +13,7 @@ from litestar.response import Template
 from litestar.types import ControllerRouterHandler
 
 from app.errors import PROBLEM_TYPE_BASE, DomainError, Unauthorized
+from app.pages import COMPRESSED
 from app.pages.citizen import CitizenPages
 from app.pages.office import OfficePages
 from app.pages.render import SECURITY_HEADERS, SignInRequired, here, is_staff_area, see_other
@@ -130,6 +131,7 @@ PAGES = Router(
     path="/",
     route_handlers=[CitizenPages, OfficePages, WatchPages],
     include_in_schema=False,
+    middleware=[COMPRESSED],
     exception_handlers={
         **dict.fromkeys(PROBLEMS, _failure),
         DomainError: _domain_error,
