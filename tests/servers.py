@@ -120,15 +120,20 @@ class RedisCluster:
         else:
             command = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
         subprocess.run(command, check=True, capture_output=True)
+        # Every node, not the first only: the others learn the slots by gossip a moment
+        # later, and answered CLUSTERDOWN meanwhile (a test's first bookings refused 503, on
+        # a machine busy with the rest of the suite).
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            info = subprocess.run(
-                [cli, "-p", str(self.nodes[0].port), "cluster", "info"], check=False, capture_output=True, text=True
-            ).stdout
-            if "cluster_state:ok" in info:
+            if all("cluster_state:ok" in self._info(cli, node) for node in self.nodes):
                 return self
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not become ready")
+
+    @staticmethod
+    def _info(cli: str, node: EmbeddedRedis) -> str:
+        command = [cli, "-p", str(node.port), "cluster", "info"]
+        return subprocess.run(command, check=False, capture_output=True, text=True).stdout
 
     def stop(self) -> None:
         for node in self.nodes:
