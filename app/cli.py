@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.capacity.service import Capacity
-from app.capacity.watch import RebuildRunning, rebuild_paused
+from app.capacity.watch import RebuildRunning, RebuildTakenOver, rebuild_paused
 from app.clock import Clock
 from app.db import create_engine, create_schema, session_factory
 from app.errors import DomainError
@@ -146,6 +146,11 @@ async def rebuild(settings: Settings) -> int:
         )
         try:
             return await rebuild_paused(capacity, session_factory(engine), today=clock.today(), wait=wait)
+        except RebuildTakenOver:
+            raise SystemExit(
+                "this recount stalled past its lock's life and another took it over: that one finishes "
+                "the count and resumes bookings. Check that /health/ready answers 200 within a minute."
+            ) from None
         except RebuildRunning:
             # A bare traceback had followed "bookings pause", though nothing had paused.
             raise SystemExit(
@@ -280,6 +285,10 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     os.environ.setdefault("NOBAT_SECRET_KEY", settings.secret_key)
     embedded = None
     if not settings.redis_url:
+        if not settings.database_url.startswith("sqlite"):
+            # As the app refuses it (app.main): two hosts running this on one record would
+            # each count every seat into a Redis of its own, and sell it once each.
+            raise SystemExit("REDIS_URL must be set when DATABASE_URL is not the embedded SQLite")
         embedded = EmbeddedRedis(settings.var_dir / "redis").start()
         os.environ["REDIS_URL"] = embedded.url
         log.info("embedded redis-server on %s", embedded.url)

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking import reminders
 from app.booking.models import Booking, BookingStatus, Channel
-from app.capacity.models import CapacityOverride, Closure
+from app.capacity.models import Closure, opened_by_own_plan
 from app.clock import Clock
 from app.enforcement.models import ActionKind, OfficeAction
 from app.offices.models import City, Office
@@ -127,17 +127,10 @@ def _closed_that_day() -> ColumnElement[bool]:
 
 
 def _holiday_that_day(holidays: set[dt.date]) -> ColumnElement[bool]:
-    """A booking on an official holiday at an office with no plan of its own for the day (one
-    that opens it on a holiday)."""
+    """A booking on an official holiday at an office no plan of its own opened that day."""
     if not holidays:
         return false()
-    overridden = (
-        select(CapacityOverride.office_id)
-        .where(CapacityOverride.office_id == Booking.office_id, CapacityOverride.date == Booking.date)
-        .correlate(Booking)
-        .exists()
-    )
-    return Booking.date.in_(sorted(holidays)) & ~overridden
+    return Booking.date.in_(sorted(holidays)) & ~opened_by_own_plan(Booking.office_id, Booking.date)
 
 
 CLOSE_LOOKS_BACK = dt.timedelta(days=30)

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Date, DateTime, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SQLColumnExpression,
+    String,
+    Text,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -66,6 +79,17 @@ class CapacityOverride(Base):
     date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     rules: Mapped[str] = mapped_column(Text)  # msgspec-encoded list[DayRule]
     reason: Mapped[str] = mapped_column(String(500), default="")
+
+
+def opened_by_own_plan(office_id: SQLColumnExpression[int], day: SQLColumnExpression[dt.date]) -> ColumnElement[bool]:
+    """The office has a plan of its own for the day that opens it (an override with rules, on
+    a holiday say); an empty one closes it, as the clerk who wrote it meant."""
+    return (
+        select(CapacityOverride.office_id)
+        .where(CapacityOverride.office_id == office_id, CapacityOverride.date == day, CapacityOverride.rules != "[]")
+        .correlate_except(CapacityOverride)
+        .exists()
+    )
 
 
 class Closure(Base):

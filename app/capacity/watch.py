@@ -133,6 +133,10 @@ class RebuildRunning(Exception):
     """Another instance, or `python -m app rebuild`, holds the rebuild lock."""
 
 
+class RebuildTakenOver(RebuildRunning):
+    """This recount's lock lapsed half-way and another took it over: that one ends the pause."""
+
+
 async def rebuild_paused(
     capacity: Capacity,
     sessions: Callable[[], AbstractAsyncContextManager[AsyncSession]],
@@ -150,7 +154,7 @@ async def rebuild_paused(
         # Its lock lapsed (this process stalled past its life) and another recount took it
         # over: the pause is that one's to end, and its count may still be writing days.
         if as_text(await capacity.redis.get(REBUILD_LOCK) or "") != owner:
-            raise RebuildRunning()
+            raise RebuildTakenOver()
 
     async with rebuild_lock(capacity.redis, owner) as held:
         if not held:

@@ -12,7 +12,7 @@ from functools import partial
 from typing import TypeVarTuple
 
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, Select, delete, select
+from sqlalchemy import ColumnElement, Select, delete, literal, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,7 +22,7 @@ from app.booking.writer import commit_unless_recounting
 from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
-from app.capacity.models import CapacityOverride, Closure
+from app.capacity.models import Closure, opened_by_own_plan
 from app.console.schemas import MovedBooking
 from app.console.service import Console
 from app.errors import DomainError, InvalidInput, NotFound, ServiceUnavailable
@@ -294,7 +294,7 @@ class Regulator:
                 work = partial(self._shut_holiday, session, day)
             elif day in changed.holidays:
                 # What a run before could not move (a booking on its way to the record then).
-                left = _waiting_on(day, BookingStatus.BOOKED).where(~past, _not_overridden(day)).limit(1)
+                left = _waiting_on(day, BookingStatus.BOOKED).where(~past, _not_opened(day)).limit(1)
                 if (await session.execute(left)).first() is None:
                     continue
                 work = partial(self._shut_holiday, session, day)
@@ -314,7 +314,7 @@ class Regulator:
 
     async def _shut_holiday(self, session: AsyncSession, day: dt.date) -> list[MovedBooking]:
         why_fa = f"به دلیل تعطیل رسمی {jalali_date(day)}،"
-        line = _waiting_on(day).where(_not_overridden(day))
+        line = _waiting_on(day).where(_not_opened(day))
         return await self._shut(session, await _offices_closed(session, None), day, why_fa, line)
 
     async def _open_after_holiday(self, session: AsyncSession, day: dt.date) -> list[MovedBooking]:
@@ -508,10 +508,9 @@ def _waiting_on(day: dt.date, *statuses: BookingStatus) -> Select[Booking, str]:
     )
 
 
-def _not_overridden(day: dt.date) -> ColumnElement[bool]:
-    """The booking's office has no plan of its own for the day (one that opens it on a holiday)."""
-    overridden = select(CapacityOverride.office_id).where(CapacityOverride.date == day)
-    return Booking.office_id.not_in(overridden)
+def _not_opened(day: dt.date) -> ColumnElement[bool]:
+    """The booking's office has no plan of its own that opens it on the day (a holiday)."""
+    return ~opened_by_own_plan(Booking.office_id, literal(day))
 
 
 async def _offices_closed(session: AsyncSession, province_id: int | None) -> list[str]:

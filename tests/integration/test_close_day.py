@@ -155,30 +155,45 @@ async def test_bookings_on_an_official_holiday_learned_late_are_cancelled_not_no
     """A holiday the calendar learned on the day (a release at noon) leaves the slots begun
     before it to the night (as a closure does): they were made no-shows, and their citizens,
     who found the office shut, could be suspended. An office whose own plan opened it that
-    day took its citizens: its absent are no-shows."""
+    day took its citizens: its absent are no-shows; one whose clerk closed the day too (an
+    empty plan) took nobody."""
     from app.capacity import service as capacity_service
     from app.capacity.models import CapacityOverride
-    from app.capacity.plan import encode_rules
+    from app.capacity.plan import DayRule, encode_rules
 
-    await world.office()
-    await world.office()
+    for _ in range(3):
+        await world.office()
     today = world.container.clock.today()
     holiday = today - dt.timedelta(days=2)
     monkeypatch.setattr(capacity_service, "official_holidays", lambda first, last: {holiday} & {first, last, holiday})
     monkeypatch.setenv("NOBAT_OFFICIAL_HOLIDAYS", "true")
-    shut, opened, working = world.national_id(), world.national_id(), world.national_id()
+    shut, opened, closed_too, working = (world.national_id() for _ in range(4))
     await past_bookings(
-        world, (shut, 2, BookingStatus.BOOKED), (opened, 2, BookingStatus.BOOKED), (working, 1, BookingStatus.BOOKED)
+        world,
+        (shut, 2, BookingStatus.BOOKED),
+        (opened, 2, BookingStatus.BOOKED),
+        (closed_too, 2, BookingStatus.BOOKED),
+        (working, 1, BookingStatus.BOOKED),
     )
+    opening = encode_rules([DayRule(opens="08:00", closes="12:00", slot_minutes=30, seats=1)])
     async with world.container.sessions() as session:
-        session.add(CapacityOverride(office_id=2, date=holiday, rules=encode_rules([]), reason="کشیک"))
-        (await session.scalars(select(Booking).where(Booking.national_id == opened))).one().office_id = 2
+        session.add(CapacityOverride(office_id=2, date=holiday, rules=opening, reason="کشیک"))
+        session.add(CapacityOverride(office_id=3, date=holiday, rules=encode_rules([]), reason="تعطیل"))
+        for national_id, office_id in ((opened, 2), (closed_too, 3)):
+            (
+                await session.scalars(select(Booking).where(Booking.national_id == national_id))
+            ).one().office_id = office_id
         await session.commit()
     result = await asyncio.to_thread(close_day)
-    assert (result["closed_office"], result["no_shows"]) == (1, 2), result
+    assert (result["closed_office"], result["no_shows"]) == (2, 2), result
     async with world.container.sessions() as session:
         statuses = dict((await session.execute(select(Booking.national_id, Booking.status))).all())
-    assert statuses == {shut: BookingStatus.CANCELLED, opened: BookingStatus.NO_SHOW, working: BookingStatus.NO_SHOW}
+    assert statuses == {
+        shut: BookingStatus.CANCELLED,
+        opened: BookingStatus.NO_SHOW,
+        closed_too: BookingStatus.CANCELLED,
+        working: BookingStatus.NO_SHOW,
+    }
 
 
 async def test_the_night_weighs_the_no_shows_clerks_marked_yesterday(

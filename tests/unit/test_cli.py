@@ -37,3 +37,23 @@ def test_run_loads_the_demo_network_only_into_the_embedded_database(
     monkeypatch.setattr(cli, "serve", lambda settings, *, host, port: served.append(host))
     cli.main(["run"])
     assert (len(seeds), served) == (int(seeded), ["127.0.0.1"])
+
+
+def test_run_on_a_shared_record_without_redis_url_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Two hosts running `run` on one PostgreSQL each counted every seat into a Redis of its
+    own, and sold it once each. Refused before any Redis, worker or server is started."""
+    from app.settings import load_settings
+
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql+asyncpg://nobat@db.example/nobat",
+            "NOBAT_VAR_DIR": str(tmp_path),
+            "NOBAT_SECRET_KEY": "k" * 32,
+            "NOBAT_SMS_BACKEND": "console",
+        }
+    )
+    with pytest.raises(SystemExit, match="REDIS_URL must be set"):
+        cli.serve(settings, host="127.0.0.1", port=0)
+    assert not (tmp_path / "redis").exists()
