@@ -84,6 +84,11 @@ HOLIDAYS_FOLLOWED = f"{NAMESPACE}:holidays-followed"
 the horizon's first and last day and the holidays between. A release with a new `holidays`
 calendar, or NOBAT_OFFICIAL_HOLIDAYS turned, shows as a difference from it."""
 
+HOLIDAY_CALENDARS = f"{NAMESPACE}:holiday-calendars"
+"""Hash: each official calendar a process follows ("holidays 0.109", "none") -> when the
+minute's job last looked with it (unix seconds): while two are in use (a rollout), nobody
+changes which one the counters follow."""
+
 META_CHANGED = f"{NAMESPACE}:meta-changed"
 """A count, one up as each office status or crowd cap committed is told the counters
 (``Capacity.refresh_meta``): a day written meanwhile from an earlier read of the record is

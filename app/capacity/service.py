@@ -17,6 +17,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from time import perf_counter
+from time import time as unix_time
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -807,18 +808,49 @@ class Capacity:
         """The days of the horizon whose being an official holiday differs from what the
         counters were last made to follow (``holidays_followed``): every holiday of the
         horizon when that is unknown (a first run, Redis emptied). A day new to the horizon
-        since was written from the calendar as it entered: not a change."""
+        since was written from the calendar as it entered: not a change.
+
+        Another calendar than this process's (an older release's, the setting not turned
+        there yet) looked within CALENDAR_SETTLE seconds, and the note not this calendar's:
+        no change, and the note's holidays. During a release's rollout the minute's job
+        had run on old and new workers in turn, each undoing the other: a day shut and
+        opened every minute, its bookings cancelled with an SMS on a day that was to open."""
         horizon = self.horizon(today)
+        mine = self.calendar_name()
+        now_s = int(unix_time())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.HOLIDAY_CALENDARS, mine, now_s)
+            pipe.hgetall(keys.HOLIDAY_CALENDARS)
+            pipe.get(keys.HOLIDAYS_FOLLOWED)
+            _, calendars, raw = await pipe.execute()
+        followed = None if raw is None else _followed_decoder.decode(raw)
+        others = [
+            as_text(name)
+            for name, at in calendars.items()
+            if as_text(name) != mine and now_s - int(at) < CALENDAR_SETTLE
+        ]
+        if others and (followed is None or followed.by != mine):
+            log.info("official holidays: %s waits for %s to go before following its calendar", mine, others)
+            kept = set() if followed is None else {day for day in followed.holidays if day in horizon}
+            return HolidaysChanged(horizon, kept, added=set(), removed=set(), following=None)
         now = self.holidays(horizon[0], horizon[-1])
-        following = msgspec.json.encode(_Followed(first=horizon[0], last=horizon[-1], holidays=sorted(now))).decode()
-        raw = await self.redis.get(keys.HOLIDAYS_FOLLOWED)
-        if raw is None:
+        following = msgspec.json.encode(
+            _Followed(first=horizon[0], last=horizon[-1], holidays=sorted(now), by=mine)
+        ).decode()
+        if followed is None:
             return HolidaysChanged(horizon, now, added=now, removed=set(), following=following)
-        followed = _followed_decoder.decode(raw)
         before = set(followed.holidays)
         seen = {day for day in horizon if followed.first <= day <= followed.last}
         added, removed = (now - before) & seen, (before - now) & seen
         return HolidaysChanged(horizon, now, added, removed, following=None if as_text(raw) == following else following)
+
+    def calendar_name(self) -> str:
+        """Which official calendar this process follows: the `holidays` release, or none."""
+        if not self.official_holidays:
+            return "none"
+        import holidays
+
+        return f"holidays {holidays.__version__}"
 
     async def holidays_followed(self, changed: HolidaysChanged) -> None:
         """Note that the counters follow ``changed``'s holidays now, over its horizon."""
@@ -1213,6 +1245,12 @@ class _Followed(msgspec.Struct, frozen=True):
     first: dt.date
     last: dt.date
     holidays: list[dt.date]
+    by: str = ""  # the calendar (``Capacity.calendar_name``) that wrote it
+
+
+CALENDAR_SETTLE = 10 * 60
+"""Seconds since another official calendar was last looked at by the minute's job before this
+one's is followed (``Capacity.holidays_changed``): a release's rollout, workers old and new."""
 
 
 _followed_decoder = msgspec.json.Decoder(_Followed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from typing import Any
 
 import holidays
@@ -18,6 +19,7 @@ from app import cli
 from app.capacity import keys
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import DayRule, default_template, encode_rules, encode_template, iranian_weekday
+from app.capacity.service import CALENDAR_SETTLE
 from app.clock import Clock
 from app.offices.models import Office
 from app.settings import Settings
@@ -149,6 +151,13 @@ async def test_a_new_official_holiday_moves_its_bookings_and_one_dropped_opens(
     kept = await book(opened)
 
     capacity.official_holidays = True  # the new release: the day is an official holiday
+    # Rolling out, workers of the old calendar still run the job: the new one waits (the two
+    # had undone each other every minute), the day as it was.
+    async with world.container.sessions() as session:
+        assert await regulator.finish_closures(session=session) == 0
+    assert (await client.get(f"/api/v1/bookings/{booked}")).json()["status"] == "booked"
+    assert int(redis_sync.hget(keys.office_day(shut, holiday), keys.seats_field("*", "10:00")) or 0) == 1
+    last_old_worker_gone(redis_sync, "none")
     async with world.container.sessions() as session:
         assert await regulator.finish_closures(session=session) == 2
     statuses = {
@@ -168,6 +177,7 @@ async def test_a_new_official_holiday_moves_its_bookings_and_one_dropped_opens(
     )
     assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
 
+    capacity_calendar = capacity.calendar_name()
     # Followed now: the next run finds nothing to do, and writes nothing.
     changed = redis_sync.get(keys.CLOSURES_CHANGED)
     redis_sync.expire(keys.HOLIDAYS_FOLLOWED, 1000)  # a SET would clear it
@@ -177,9 +187,15 @@ async def test_a_new_official_holiday_moves_its_bookings_and_one_dropped_opens(
     assert redis_sync.ttl(keys.HOLIDAYS_FOLLOWED) > 0  # the note not written again each minute
 
     capacity.official_holidays = False  # the holiday dropped again: the day opens, no recount
+    last_old_worker_gone(redis_sync, capacity_calendar)
     async with world.container.sessions() as session:
         assert await regulator.finish_closures(session=session) == 0
     assert int(redis_sync.hget(day_key, keys.seats_field("*", "10:00")) or 0) == 1
     await capacity.reads.told()
     await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
     await book(shut)
+
+
+def last_old_worker_gone(redis: SyncRedis, calendar: str) -> None:
+    """The workers of ``calendar`` last ran the minute's job longer ago than the rollout's wait."""
+    redis.hset(keys.HOLIDAY_CALENDARS, calendar, int(time.time()) - CALENDAR_SETTLE - 1)
