@@ -91,6 +91,12 @@ def normalize_text(text: str) -> str:
     return " ".join(text.translate(_TEXT_FOLD).split())
 
 
+def normalize_paragraphs(text: str) -> str:
+    """``normalize_text`` line by line, the lines kept (empty ones dropped): a citizen's
+    account of what happened, read by the guild and the regulator as it was set out."""
+    return "\n".join(line for line in map(normalize_text, text.splitlines()) if line)
+
+
 # Dropped from a name as it is compared (``name_key``): spaces and ZWNJ (most phones type
 # «خرم آباد» for «خرم‌آباد»), the marks copying from right-to-left text adds, and tatweel.
 _NAME_IGNORED = re.compile(f"[\\s{INVISIBLE_MARKS}\u200b\ufeff\u0640]")

@@ -26,7 +26,7 @@ from app.enforcement.models import Fine
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import MAX_TEXT, Enforcement
 from app.errors import IdempotencyKeyReused, InvalidInput
-from app.locale import check_range, check_text, normalize_text, to_persian_digits
+from app.locale import check_range, check_text, normalize_paragraphs, to_persian_digits
 from app.offices.models import City, Office, Province
 from app.offices.service import in_province
 from app.ratelimit import RateLimiter
@@ -111,7 +111,7 @@ class Complaints:
         )
         if len(description) > 4 * MAX_DESCRIPTION:  # not worth folding
             raise too_long
-        text = normalize_text(
+        text = normalize_paragraphs(
             check_text(description, "description", max_length=4 * MAX_DESCRIPTION, multiline=True, label_fa="شرح ماجرا")
         )
         if len(text) > MAX_DESCRIPTION:

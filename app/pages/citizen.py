@@ -341,6 +341,13 @@ class CitizenPages(Controller):
                 # booking) had ended on "already booked" without the tracking code.
                 booked_that_day = await _booked_that_day(session, mobile, national_id, bookable.service_code, day)
             errors = {"_top": IN_PROGRESS_FA} if in_progress else form_errors(error, ["national_id"])
+            shown_slot = _slot_or_none(slot)
+            if isinstance(error, SlotFull | NoSuchSlot):
+                # The slot that was full or has begun is not asked for again (each tap had failed
+                # the same way), but the first free one, named: told "choose another time", the
+                # next tap had booked one the citizen never saw (None: the day is full, said so).
+                _, left = await _free_slots(container, session, bookable, day)
+                shown_slot = next((s.time for s in left if s.free), None)
             if isinstance(error, IdempotencyKeyReused):
                 # The form came back from the history with its old key, and something changed
                 # (a second child's ID): the API's words meant nothing to a citizen. A new key
@@ -356,10 +363,7 @@ class CitizenPages(Controller):
                 form={"national_id": national_id},
                 office=bookable,
                 day=day,
-                # Shown again for the next tap: the slot that was full or has begun is not
-                # asked for again (each tap had failed the same way), but the first free one;
-                # a line with seats free is a booking.
-                slot=None if isinstance(error, SlotFull | NoSuchSlot) else _slot_or_none(slot),
+                slot=shown_slot,  # a line with seats free is a booking, below
                 waitlist=waitlist and not isinstance(error, SeatsAvailable),
                 booked_that_day=booked_that_day,
                 # Still in progress, the same key: the next tap is the same request again, and

@@ -384,3 +384,42 @@ async def test_a_complaint_that_meets_the_record_away_keeps_what_was_typed(
     filed = await client.post("/complaints/new", data=again, headers=HTML, follow_redirects=False)
     assert filed.status_code == 303, filed.text
     assert await complaints_filed(world) == 1
+
+
+async def test_a_full_slot_refused_offers_the_next_free_one_by_its_time(client: Client, world: World) -> None:
+    """Told "the slot is full, choose another time", the next tap on the same button booked
+    the day's first free time, which the page had not named (the citizen meant to go back)."""
+    from app.capacity.plan import DayRule
+
+    office = await world.office(rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    day = world.tomorrow().isoformat()
+    taken = await client.post(
+        "/api/v1/bookings",
+        json={
+            "national_id": world.national_id(),
+            "office_code": office,
+            "service_code": "101",
+            "date": day,
+            "slot": "10:00",
+        },
+        headers=world.token(),
+    )
+    assert taken.status_code == 201, taken.text
+    sign_in(client, world, "09125557030")
+    refused = await client.post("/book", data=await book_form(client, world, office), headers=HTML)
+    assert refused.status_code == 409, refused.text
+    assert hidden(refused, "slot") == "10:30" and "۱۰:۳۰" in refused.text
+
+
+async def test_a_complaint_keeps_the_lines_it_was_written_in(client: Client, world: World) -> None:
+    """Folded into one line, a long account lost its paragraphs for the guild and the
+    regulator who read it."""
+    office = await world.office()
+    body = {"office_code": office, "category": "other", "description": "ساعت ۱۰ رسیدم.\r\n\r\n  دو ساعت  منتظر ماندم. "}
+    filed = await client.post("/api/v1/complaints", json=body, headers=world.token("09125557031"))
+    assert filed.status_code == 201, filed.text
+    assert filed.json()["description"] == "ساعت 10 رسیدم.\nدو ساعت منتظر ماندم."
+    sign_in(client, world, "09125557031")
+    page = await client.get(f"/complaints/{filed.json()['tracking_code']}", headers=HTML)
+    assert 'class="paragraphs">ساعت 10 رسیدم.\nدو ساعت منتظر ماندم.<' in page.text
