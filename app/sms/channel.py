@@ -28,7 +28,7 @@ from app.clock import Clock
 from app.db import RECORD_AWAY, Within
 from app.errors import DomainError, RateLimited, ServiceUnavailable
 from app.identity import normalize_mobile
-from app.load.service import LoadService
+from app.load.service import CITY_RADIUS_KM, LoadService
 from app.locale import jalali_date, strip_controls, to_persian_digits
 from app.offices.models import Office
 from app.sms import parser
@@ -60,6 +60,10 @@ _STATUS_FA = {
     "no_show": "غایب",
     "cancelled": "لغوشده",
 }
+
+
+OFFICES_WEIGHED = 10
+"""Offices a «دفاتر» search ranks, for three of the city's own to be among them."""
 
 
 class SmsChannel:
@@ -310,17 +314,23 @@ class SmsChannel:
                     lat=None,
                     lon=None,
                     city=command.city,
-                    limit=3,
+                    limit=OFFICES_WEIGHED,
                 )
                 day_fa = "امروز" if result.date == today.isoformat() else "فردا"
                 if not result.offices:
                     return "در این شهر دفتری با این خدمت پیدا نشد."
+                # The city's own first, in their order: a town's search weighs the villages
+                # around it too, and a quiet village office 18 km away had come before the town's.
+                # Others only where the city has fewer than three, each with its place's name.
+                inside = [o for o in result.offices if o.distance_km <= CITY_RADIUS_KM]
+                chosen = (inside + [o for o in result.offices if o not in inside])[:3]
                 # An office with no slot left that day has no busyness to tell: its load reads as
                 # full, and one closed, or past its last slot, had been called busy («شلوغ»).
                 lines = [
-                    f"{o.code}: {o.name_fa}، {f'{o.busyness_fa}، ' if o.next_free_slot else ''}"
+                    f"{o.code}: {o.name_fa}{'' if o in inside else f' ({o.city_fa})'}، "
+                    f"{f'{o.busyness_fa}، ' if o.next_free_slot else ''}"
                     f"نوبت بعدی {o.next_free_slot_fa or f'{day_fa} ندارد'}"
-                    for o in result.offices
+                    for o in chosen
                 ]
                 return f"کم‌ازدحام‌ترین دفاتر {day_fa}:\n" + "\n".join(lines)
             case parser.Cancel():

@@ -368,6 +368,41 @@ async def test_offices_asked_in_the_evening_are_tomorrows(
     assert f"{office}: " in reply and "خلوت" in reply and "ندارد" not in reply, reply
 
 
+async def test_offices_lists_the_citys_own_before_a_quieter_one_in_another_place(
+    client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, morning: dt.datetime
+) -> None:
+    """«دفاتر تهران» is the city's offices (issue 5): a town's search weighs the places around
+    it too, and a quiet office 15 km off, in another town, came first, its place unnamed."""
+    from sqlalchemy import insert
+
+    from app.capacity.plan import DayRule
+    from app.offices.models import City, CityClass
+
+    own = await world.office(
+        lat=35.70, lon=51.40, rules=[DayRule(opens="10:00", closes="11:00", slot_minutes=30, seats=1)]
+    )
+    other = await world.office(lat=35.83, lon=51.40)
+    async with world.container.sessions() as session:
+        await session.execute(
+            insert(City),
+            [{"id": 2, "province_id": 1, "name_fa": "کرج", "name_en": "Karaj", "city_class": CityClass.METROPOLIS,
+              "population": 1, "lat": 35.83, "lon": 51.40}],
+        )  # fmt: skip
+        await session.execute(update(Office).where(Office.code == other).values(city_id=2))
+        await session.commit()
+    await world.rebuild()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(own, world.national_id(), morning.date()), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text  # half its day taken: busier than the other
+    await text(client, "دفاتر تهران ۱۰۱", sid="SMcity")
+    await deliver()
+    [reply] = [m["body"] for m in standin.wait_for(2) if m["body"].startswith("کم‌ازدحام‌ترین")]
+    first, second = reply.splitlines()[1:3]
+    assert first.startswith(f"{own}: ") and "(" not in first, reply
+    assert second.startswith(f"{other}: ") and "(کرج)" in second, reply
+
+
 async def test_offices_that_take_nobody_are_not_called_busy(
     client: Client, world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
