@@ -24,7 +24,7 @@ from app.capacity.crowd_caps import CrowdCapOut
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import Closure, opened_by_own_plan
 from app.console.schemas import MovedBooking
-from app.console.service import Console
+from app.console.service import OVERRIDE_AHEAD_DAYS, Console
 from app.errors import DomainError, InvalidInput, NotFound, ServiceUnavailable
 from app.locale import check_text, jalali_date, parse_date
 from app.offices.models import City, Office, Province
@@ -161,10 +161,19 @@ class Regulator:
                 "Give a province code, or none (null) to close the whole country.",
                 detail_fa="کد استان را بنویسید (برای تعطیلی سراسری، آن را نفرستید).",
             )
-        if day not in self.capacity.horizon(self.clock.today()):
+        today = self.clock.today()
+        last = today + dt.timedelta(days=OVERRIDE_AHEAD_DAYS)
+        if not today <= day <= last:
+            # A decree for a day weeks away (a holiday declared, a mourning) had to wait until
+            # the day came within the horizon, and someone to remember it then.
             raise InvalidInput(
-                "date", "The date is outside the booking horizon.", detail_fa="این تاریخ در بازهٔ نوبت‌دهی نیست."
+                "date",
+                f"A closure may be set from {today.isoformat()} to {last.isoformat()}.",
+                detail_fa=f"تعطیلی از {jalali_date(today)} تا {jalali_date(last)} ثبت می‌شود.",
+                first=today.isoformat(),
+                last=last.isoformat(),
             )
+        far = day not in self.capacity.horizon(today)
         if not check_text(data.reason, "reason", max_length=crowd_caps.REASON_MAX, multiline=True).strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         province_id = None
@@ -196,6 +205,14 @@ class Regulator:
             after={"date": day.isoformat(), "province_code": province_code, "reason": closure.reason},
             at=self.clock.now(),
         )  # fmt: skip
+        if far:
+            # Beyond the horizon: nobody is booked that day and it has no counters yet. The day
+            # is written closed as it enters the horizon (the calendar has the closure).
+            await session.commit()
+            return ClosureOut(
+                id=closure.id, date=day.isoformat(), province_code=province_code, reason=closure.reason,
+                created_by=closure.created_by,
+            )  # fmt: skip
         # Noted before the commit: if the seats cannot come out below, the minute's job takes
         # them out even where nobody is booked yet (it had looked only for bookings to move,
         # and the closed offices went on taking bookings until one came).

@@ -722,3 +722,41 @@ async def test_a_closure_or_its_reopen_as_a_recount_begins_is_refused_and_change
     assert (
         int(redis_sync.hget(keys.office_day(office, day + dt.timedelta(days=1)), keys.seats_field("*", "10:00"))) == 2
     )
+
+
+async def test_a_closure_weeks_ahead_is_recorded_and_shuts_the_day_as_it_enters_the_horizon(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decree for a day a month away had to wait (422) until the day came within the
+    horizon, and someone to remember it then. A year ahead is the bound, as for an office's plan."""
+    from app.clock import Clock
+
+    office = await world.office()
+    await world.rebuild()
+    regulator = await sign_in_regulator(client, world, "regulator-far")
+    today = world.container.clock.today()
+    day = today + dt.timedelta(days=30)
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": None, "reason": "عزای عمومی"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201, closed.text
+    assert closed.json()["moved"] == [] and closed.json()["moves_pending"] is False
+    assert not redis_sync.exists(keys.office_day(office, day))  # no counters written a month early
+    too_far = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": (today + dt.timedelta(days=400)).isoformat(), "province_code": None, "reason": "x"},
+        headers=regulator,
+    )
+    assert too_far.status_code == 422 and too_far.json()["field"] == "date", too_far.text
+
+    # The day enters the horizon: written closed.
+    later = dt.datetime.combine(day - dt.timedelta(days=3), dt.time(9, 0), tzinfo=world.container.clock.tz)
+    monkeypatch.setattr(Clock, "now", lambda self: later)
+    async with world.container.sessions() as session:
+        await world.container.capacity.extend_horizon(session=session, today=later.date())
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
