@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import msgspec
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, case, false, func, select, update
+from sqlalchemy import ColumnElement, Select, case, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
@@ -22,7 +22,7 @@ from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeB
 from app.capacity.models import Closure
 from app.capacity.plan import minute_of
 from app.capacity.service import DayView, Overflow, Reserved, Seat, SeatRequest, day_for_reading
-from app.db import RECORD_OR_REDIS_AWAY, Within
+from app.db import RECORD_AWAY, RECORD_OR_REDIS_AWAY, Within, commit_outcome
 from app.errors import DomainError
 from app.load.service import LoadService
 from app.locale import jalali_datetime
@@ -116,7 +116,7 @@ class Relocator:
                 await session.commit()  # nothing written; a rollback would expire the caller's rows
                 await self._give_back(session, [seat for seat in taken if seat is not None])
                 return []
-            await hold_off_recounts(session)
+            xid = await hold_off_recounts(session)  # its id, for commit_outcome
             changed = await _record_moves(session, from_office, bookings, placements, now)
             for booking, placed in zip(bookings, placements, strict=True):
                 if booking.id in changed:
@@ -132,23 +132,15 @@ class Relocator:
                 await session.rollback()
             await self._give_back(session, [seat for seat in taken if seat is not None])
             raise
-        # Outside the undo above: a commit whose answer was lost may have been written, and
-        # then the new seats are the movers' own. Failed either way, every seat stays counted
-        # (never a double booking) until the next rebuild.
-        await session.commit()
-        # Whoever moved or was cancelled gives back the old seat; a seat taken for a booking
-        # that changed meanwhile goes back instead. The moves are recorded: what follows
-        # only tidies Redis, so its failure is logged, not the clerk's error.
-        results = []
+        # What follows the commit, worked out before it: a commit whose answer was lost is
+        # asked about below, and that rolls the session back, expiring every row it holds.
+        results, cancelled = [], []
         for booking, placed in zip(bookings, placements, strict=True):
             if booking.id not in changed:
                 continue
             if placed is None:
                 results.append(Relocation(tracking_code=booking.tracking_code, moved=False))
-                try:
-                    await self.capacity.unhold(national_id=booking.national_id, tracking_code=booking.tracking_code)
-                except RedisError:
-                    log.exception("a cancelled booking's hold stays until the next rebuild")
+                cancelled.append((booking.national_id, booking.tracking_code))
             else:
                 results.append(
                     Relocation(
@@ -158,12 +150,47 @@ class Relocator:
                         time=placed.reserved.time,
                     )
                 )
+        # Whoever moved or was cancelled gives back the old seat; a seat taken for a booking
+        # that changed meanwhile goes back instead.
         freed = [
             Seat(from_office.code, b.date, b.pool, b.slot_time, old_days[(from_office.code, b.date)])
             for b in bookings
             if b.id in changed
         ]
         freed += [seat for b, seat in zip(bookings, taken, strict=True) if seat is not None and b.id not in changed]
+        # Outside the undo above: a commit whose answer was lost may have been written, and
+        # then the new seats are the movers' own. The record is asked: not written, the new
+        # seats go back (kept, a block's two thousand had left the offices around it full for
+        # nobody until the night's recount, and the job's next try took as many again);
+        # written, the old ones do, below. Unknown, every seat stays counted (never a double
+        # booking) until the next rebuild.
+        written = _moves_written(bookings, placements, changed) if changed else None
+        try:
+            await session.commit()
+        except RECORD_AWAY:
+            if written is not None:
+                landed = await commit_outcome(session, xid, written)
+            else:
+                await session.rollback()
+                landed = False
+            if landed is False:
+                await self._give_back(session, [seat for seat in taken if seat is not None])
+            if not landed:
+                if landed is None:
+                    log.error("moves' commit answer lost, and the record cannot say: their seats stay counted")
+                raise
+            log.warning("moves' commit answer lost; the record has them")
+            # Asking rolled the session back, which expired every row it holds, the caller's
+            # too (its office, the rows it goes on with): read again, as the record has them.
+            for row in list(session.identity_map.values()):
+                await session.refresh(row)
+        # The moves are recorded: what follows only tidies Redis, so its failure is logged,
+        # not the clerk's error.
+        for national_id, tracking_code in cancelled:
+            try:
+                await self.capacity.unhold(national_id=national_id, tracking_code=tracking_code)
+            except RedisError:
+                log.exception("a cancelled booking's hold stays until the next rebuild")
         await self._give_back(session, freed)
         return results
 
@@ -230,6 +257,17 @@ async def _record_moves(
 
 
 _NO_SYNC = {"synchronize_session": False}
+
+
+def _moves_written(bookings: Sequence[Booking], placements: Sequence[_Placed | None], changed: set[int]) -> Select[int]:
+    """A query that finds a row only if the moves' transaction landed: one of its bookings as
+    it left it (at its new office and time, or cancelled)."""
+    booking, placed = next((b, p) for b, p in zip(bookings, placements, strict=True) if b.id in changed)
+    if placed is None:
+        return select(Booking.id).where(Booking.id == booking.id, Booking.status == BookingStatus.CANCELLED)
+    return select(Booking.id).where(
+        Booking.id == booking.id, Booking.office_id == placed.target.id, Booking.slot_time == placed.reserved.time
+    )
 
 
 def past_slots(now: dt.datetime, shut_at: dt.datetime | None = None) -> ColumnElement[bool]:
