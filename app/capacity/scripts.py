@@ -192,7 +192,12 @@ local function free_seat(day, pool, time)
   if used > 0 then used = redis.call('HINCRBY', day, field, -1) end
   -- A slot a new plan removed lives on with 0 seats only while it still has bookings.
   local seats_field = 's|' .. pool .. '|' .. time
-  if used == 0 and redis.call('HGET', day, seats_field) == '0' then redis.call('HDEL', day, seats_field, field) end
+  if used == 0 and redis.call('HGET', day, seats_field) == '0' then
+    -- With the pool's list of times (RESERVE's 't|'), built again at the next booking: kept,
+    -- it named the gone slot the day's last, and a booking after the real last one was told
+    -- "the day is full", not "today's slots are over".
+    redis.call('HDEL', day, seats_field, field, 't|' .. pool)
+  end
   -- The earliest free slot may be this one again (see RESERVE's cursor).
   local cursor = redis.call('HGET', day, 'c|' .. pool)
   if cursor and time < cursor then redis.call('HSET', day, 'c|' .. pool, time) end

@@ -743,6 +743,43 @@ async def test_today_past_the_last_slot_is_said_so_not_that_the_office_is_closed
     assert "تمام شده" in refused.json()["message_fa"] and "تعطیل" not in refused.json()["message_fa"]
 
 
+async def test_a_slot_a_cut_removed_is_forgotten_from_the_days_times_once_its_last_booking_goes(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clerk's cut keeps a removed slot (0 seats) while it has bookings. Its last booking
+    moved or cancelled, the slot went, but RESERVE's list of the day's times kept it: past
+    the day's real last slot a booking was told "the day is full", not "today's are over"."""
+    from app.capacity.plan import DayRule
+    from app.clock import Clock
+
+    office = await world.office(rules=[DayRule(opens="08:00", closes="18:00", slot_minutes=30, seats=1)])
+    mobile = "09125558801"
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), morning.date(), "17:30"),
+        headers=world.token(mobile),
+    )  # fmt: skip
+    assert booked.status_code == 201, booked.text
+    first_free = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), morning.date(), None), headers=world.token()
+    )
+    assert first_free.status_code == 201, first_free.text
+    day = keys.office_day(office, morning.date())
+    assert redis_sync.hexists(day, "t|*")  # the day's times, listed by a booking with no slot
+    redis_sync.hset(day, keys.seats_field("*", "17:30"), 0)  # cut, kept for its booking
+    late = morning.replace(hour=17, minute=10)
+    monkeypatch.setattr(Clock, "now", lambda self: late)
+    cancelled = await client.post(
+        f"/api/v1/bookings/{booked.json()['tracking_code']}/cancel", headers=world.token(mobile)
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert not redis_sync.hexists(day, keys.seats_field("*", "17:30"))
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), late.date(), None), headers=world.token()
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
+    assert "تمام شده" in refused.json()["message_fa"]
+
+
 async def test_a_join_today_past_the_last_slot_is_said_so_too(
     client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
