@@ -1436,16 +1436,25 @@ class BookingService:
                 await self._materialise(session, office.code, day)
             if position is None:  # counted in, then gone again (a recount under way)
                 raise ServiceUnavailable("This day cannot take a waitlist now; try again later.")
-        except BaseException:
-            await self._take_back_join(session, booking.id, national_id, asked)
-            raise
+        except BaseException as error:
+            booking_id = booking.id
+            if not await self._take_back_join(session, booking_id, national_id, asked) or not isinstance(
+                error, Exception
+            ):
+                raise
+            # The join stands (a recount began, and puts the citizen in line from the record):
+            # answered as joined, with its SMS. Answered with the error ("seats are free, book
+            # instead"), the citizen's booking was then refused "already booked that day".
+            booking = await session.get_one(Booking, booking_id)
+            position = None
         view = self._view(booking, office.code, office.name_fa, office.service_name_fa)
         view = msgspec.structs.replace(view, waitlist_position=position)
         self.messenger.queue(
             session,
             to=mobile,
-            body=f"در فهرست انتظار {office.name_fa} برای {view.when_fa} ثبت شدید؛ "
-            f"نفر {to_persian_digits(str(position))}. کد رهگیری: {tracking_code}\nکد ملی: {mask_national_id(national_id)}",
+            body=f"در فهرست انتظار {office.name_fa} برای {view.when_fa} ثبت شدید"
+            f"{'' if position is None else f'؛ نفر {to_persian_digits(str(position))}'}. "
+            f"کد رهگیری: {tracking_code}\nکد ملی: {mask_national_id(national_id)}",
             kind="waitlist_joined",
         )
         try:
@@ -1483,11 +1492,12 @@ class BookingService:
 
     async def _take_back_join(
         self, session: AsyncSession, booking_id: int, national_id: str, asked: SeatRequest
-    ) -> None:
+    ) -> bool:
         """Undo a waitlist join that failed. Its script may have run with the answer lost, and
         a seat freed since may have promoted the row: a booking the citizen has been told of,
         which stays. Only a row still waiting goes, with its hold and place in line (a seat
-        given to a code with no row goes round again: ``_record_promotions``)."""
+        given to a code with no row goes round again: ``_record_promotions``). True when the
+        join stands, still waiting, for a recount that began meanwhile."""
         await session.rollback()
         await hold_off_recounts(session)
         removed = await session.scalar(
@@ -1502,10 +1512,10 @@ class BookingService:
             # retry is answered "already booked", and the page shows the line).
             await session.rollback()
             log.warning("a failed waitlist join met a recount; the join stands: %s", asked.tracking_code)
-            return
+            return True
         await session.commit()
         if removed is None:
-            return
+            return False
         try:
             await self.capacity.leave_waitlist(
                 office_code=asked.office_code, day=asked.day, pool=asked.pool, tracking_code=asked.tracking_code
@@ -1513,6 +1523,7 @@ class BookingService:
         except RedisError:  # a seat given to the code goes round again (``_record_promotions``)
             log.warning("a failed waitlist join may stay in line, with no row", exc_info=True)
         await self._unhold_or_later(national_id, asked)
+        return False
 
     async def _may_commit_or_unknown(self) -> bool:
         """``Capacity.may_commit``, or True when Redis cannot say: undone, a change whose Redis
