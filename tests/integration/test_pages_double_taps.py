@@ -352,9 +352,14 @@ async def test_a_refused_tap_shows_a_form_the_next_tap_can_book_with(client: Cli
     full = {**await book_form(client, world, office), "national_id": world.national_id()}
     refused = await client.post("/book", data=full, headers=HTML, follow_redirects=False)
     assert refused.status_code == 409, refused.text
-    assert hidden(refused, "slot") == ""  # the next tap: the first free slot
+    assert hidden(refused, "slot") == "10:30"  # the next tap: the first free slot, named
     assert "<title>خطا: " in refused.text  # said first, where a screen reader starts again
-    again = {**full, "idem": hidden(refused, "idem"), "_csrf": hidden(refused, "_csrf"), "slot": ""}
+    again = {
+        **full,
+        "idem": hidden(refused, "idem"),
+        "_csrf": hidden(refused, "_csrf"),
+        "slot": hidden(refused, "slot"),
+    }
     booked = await client.post("/book", data=again, headers=HTML, follow_redirects=False)
     assert booked.status_code == 303, booked.text
     # The first form again, from the history, its ID changed (a second child).
