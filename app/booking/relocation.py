@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import msgspec
 from redis.exceptions import RedisError
 from sqlalchemy import ColumnElement, Select, case, false, func, select, update
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
@@ -164,7 +166,7 @@ class Relocator:
         # nobody until the night's recount, and the job's next try took as many again);
         # written, the old ones do, below. Unknown, every seat stays counted (never a double
         # booking) until the next rebuild.
-        written = _moves_written(bookings, placements, changed) if changed else None
+        written = _moves_written(bookings, placements, changed, now) if changed else None
         try:
             await session.commit()
         except RECORD_AWAY:
@@ -180,10 +182,6 @@ class Relocator:
                     log.error("moves' commit answer lost, and the record cannot say: their seats stay counted")
                 raise
             log.warning("moves' commit answer lost; the record has them")
-            # Asking rolled the session back, which expired every row it holds, the caller's
-            # too (its office, the rows it goes on with): read again, as the record has them.
-            for row in list(session.identity_map.values()):
-                await session.refresh(row)
         # The moves are recorded: what follows only tidies Redis, so its failure is logged,
         # not the clerk's error.
         for national_id, tracking_code in cancelled:
@@ -192,6 +190,7 @@ class Relocator:
             except RedisError:
                 log.exception("a cancelled booking's hold stays until the next rebuild")
         await self._give_back(session, freed)
+        await _read_again(session)
         return results
 
     async def _give_back(self, session: AsyncSession, seats: list[Seat]) -> None:
@@ -259,12 +258,29 @@ async def _record_moves(
 _NO_SYNC = {"synchronize_session": False}
 
 
-def _moves_written(bookings: Sequence[Booking], placements: Sequence[_Placed | None], changed: set[int]) -> Select[int]:
+async def _read_again(session: AsyncSession) -> None:
+    """After a lost commit answer was asked about, which rolled the session back and expired
+    every row it holds, the caller's too (its office, the rows it goes on with): each read
+    again as the record has it, or let go if it is gone (a join taken back meanwhile)."""
+    for row in [row for row in session.identity_map.values() if sa_inspect(row).expired_attributes]:
+        try:
+            await session.refresh(row)
+        except (SQLAlchemyError, OSError):  # gone (InvalidRequestError), or the record away
+            session.expunge(row)
+
+
+def _moves_written(
+    bookings: Sequence[Booking], placements: Sequence[_Placed | None], changed: set[int], now: dt.datetime
+) -> Select[int]:
     """A query that finds a row only if the moves' transaction landed: one of its bookings as
     it left it (at its new office and time, or cancelled)."""
-    booking, placed = next((b, p) for b, p in zip(bookings, placements, strict=True) if b.id in changed)
+    written = [(b, p) for b, p in zip(bookings, placements, strict=True) if b.id in changed]
+    # A moved one first: a cancelled one could have been cancelled by its citizen meanwhile.
+    booking, placed = next(((b, p) for b, p in written if p is not None), written[0])
     if placed is None:
-        return select(Booking.id).where(Booking.id == booking.id, Booking.status == BookingStatus.CANCELLED)
+        return select(Booking.id).where(
+            Booking.id == booking.id, Booking.status == BookingStatus.CANCELLED, Booking.cancelled_at == now
+        )
     return select(Booking.id).where(
         Booking.id == booking.id, Booking.office_id == placed.target.id, Booking.slot_time == placed.reserved.time
     )

@@ -812,7 +812,7 @@ class Capacity:
 
         Another calendar than this process's (an older release's, the setting not turned
         there yet) looked within CALENDAR_SETTLE seconds, and the note not this calendar's:
-        no change, and the note's holidays. During a release's rollout the minute's job
+        no change, and no holiday to look after. During a release's rollout the minute's job
         had run on old and new workers in turn, each undoing the other: a day shut and
         opened every minute, its bookings cancelled with an SMS on a day that was to open."""
         horizon = self.horizon(today)
@@ -830,9 +830,10 @@ class Capacity:
             if as_text(name) != mine and now_s - int(at) < CALENDAR_SETTLE
         ]
         if others and (followed is None or followed.by != mine):
+            # Nothing at all, not even the note's leftover bookings: a replan here would write
+            # the day from this process's calendar, and undo the other's.
             log.info("official holidays: %s waits for %s to go before following its calendar", mine, others)
-            kept = set() if followed is None else {day for day in followed.holidays if day in horizon}
-            return HolidaysChanged(horizon, kept, added=set(), removed=set(), following=None)
+            return HolidaysChanged(horizon, set(), added=set(), removed=set(), following=None)
         now = self.holidays(horizon[0], horizon[-1])
         following = msgspec.json.encode(
             _Followed(first=horizon[0], last=horizon[-1], holidays=sorted(now), by=mine)

@@ -27,7 +27,8 @@ def recount() -> int:
 
     async def job() -> int:
         async with job_context() as app:
-            if scheduled_run() and (due := _late(app.settings.recount_at, app.clock.now())):
+            recount_at = app.settings.recount_at  # "off" here: a copy queued before it was turned off
+            if scheduled_run() and recount_at != "off" and (due := _late(recount_at, app.clock.now())):
                 # Bookings paused nationwide for half a minute at 09:00 had been the price.
                 log.warning("the night's recount due at %s came in the morning: left to the next night", due)
                 skip_this_run()

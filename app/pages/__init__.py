@@ -34,14 +34,17 @@ answers (small, and each byte of CPU there is a booking less in a rush), nor the
 
 
 def page_handlers() -> list[ControllerRouterHandler]:
+    from litestar import Router
+
+    from app.pages.assets import asset
     from app.pages.routes import PAGE_CONTROLLERS
 
     return [
         *PAGE_CONTROLLERS,
-        # Thirty days: the pages ask for the style sheet and the script by their content's
-        # digest (render.asset_urls), so a release's are new addresses; the fonts keep
-        # theirs. (An hour had each phone fetch them all again, fonts too, every hour:
-        # Litestar sends an ETag but never answers 304.)
+        Router(path="/", route_handlers=[asset], middleware=[COMPRESSED]),  # the style sheet, the script
+        # The fonts (and the old addresses of the above): thirty days. The fonts never change
+        # under their names. (An hour had each phone fetch them all again every hour: Litestar
+        # sends an ETag but never answers 304.)
         create_static_files_router(
             path="/static",
             directories=[HERE / "static"],

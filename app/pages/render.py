@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -26,6 +26,7 @@ from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput, Unauthorized
 from app.identity import mask_mobile
 from app.locale import jalali_date, jalali_time, normalize_digits, to_persian_digits
+from app.pages.assets import asset_url
 from app.staff.routes import STAFF_COOKIE
 from app.staff.service import StaffPrincipal
 from app.web import session_cookie
@@ -163,24 +164,9 @@ def environment(directory: Path) -> Environment:
         APPEAL_FA=APPEAL_FA,
         ROLE_FA=ROLE_FA,
         CSRF_FIELD=CSRF_FIELD,
-        asset=asset_urls(directory.parent / "static"),
+        asset=asset_url,
     )
     return env
-
-
-def asset_urls(static: Path) -> Callable[[str], str]:
-    """``asset("nobat.css")``: the file's address with its content's digest, so that a phone
-    keeps it as long as it likes (app.pages: a year) and a release's new file is a new address."""
-    digests = {
-        path.relative_to(static).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        for path in static.rglob("*")
-        if path.is_file()
-    }
-
-    def asset(name: str) -> str:
-        return f"/static/{name}?v={digests[name]}"
-
-    return asset
 
 
 # --- who is signed in ---

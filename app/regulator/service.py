@@ -207,12 +207,25 @@ class Regulator:
         )  # fmt: skip
         if far:
             # Beyond the horizon: nobody is booked that day and it has no counters yet. The day
-            # is written closed as it enters the horizon (the calendar has the closure).
+            # is written closed as it enters the horizon (the calendar has the closure)...
             await session.commit()
-            return ClosureOut(
+            recorded = ClosureOut(
                 id=closure.id, date=day.isoformat(), province_code=province_code, reason=closure.reason,
                 created_by=closure.created_by,
             )  # fmt: skip
+            if day not in self.capacity.horizon(self.clock.today()):
+                return recorded
+            # ...unless it entered it as this request ran (posted at midnight): written open by
+            # the night's new day from the record without it, it is closed here, and noted for
+            # the minute's job should that fail.
+            change = (await self.capacity.apply_later(str(recorded.id), noted_in=keys.CLOSURES_TO_APPLY)).change
+            moved = await self._close_offices(session, recorded.id, province_id, day, recorded.reason, tries=25)
+            if moved is None:
+                recorded.moves_pending = True
+            else:
+                recorded.moved = moved
+                await self._closed(recorded.id, change)
+            return recorded
         # Noted before the commit: if the seats cannot come out below, the minute's job takes
         # them out even where nobody is booked yet (it had looked only for bookings to move,
         # and the closed offices went on taking bookings until one came).

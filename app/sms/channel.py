@@ -28,7 +28,7 @@ from app.clock import Clock
 from app.db import RECORD_AWAY, Within
 from app.errors import DomainError, RateLimited, ServiceUnavailable
 from app.identity import normalize_mobile
-from app.load.service import CITY_RADIUS_KM, LoadService
+from app.load.service import CITY_RADIUS_KM, SEARCH_RADII_KM, LoadService
 from app.locale import jalali_date, strip_controls, to_persian_digits
 from app.offices.models import Office
 from app.sms import parser
@@ -319,11 +319,14 @@ class SmsChannel:
                 day_fa = "امروز" if result.date == today.isoformat() else "فردا"
                 if not result.offices:
                     return "در این شهر دفتری با این خدمت پیدا نشد."
-                # The city's own first, in their order: a town's search weighs the villages
-                # around it too, and a quiet village office 18 km away had come before the town's.
-                # Others only where the city has fewer than three, each with its place's name.
+                # The city's own before the places around it (a town's search weighs the villages
+                # around it too, and a quiet village office 18 km away had come before the town's),
+                # within the ranking's rule that an office with a free slot comes before one with
+                # none; the others within the first search radius only, each with its place's name.
                 inside = [o for o in result.offices if o.distance_km <= CITY_RADIUS_KM]
-                chosen = (inside + [o for o in result.offices if o not in inside])[:3]
+                around = [o for o in result.offices if o not in inside and o.distance_km <= SEARCH_RADII_KM[0]]
+                ranked = sorted(inside + around, key=lambda o: (o.next_free_slot is None, o not in inside))
+                chosen = ranked[:3] or result.offices[:3]  # a remote place: the nearest, wherever
                 # An office with no slot left that day has no busyness to tell: its load reads as
                 # full, and one closed, or past its last slot, had been called busy («شلوغ»).
                 lines = [

@@ -291,13 +291,20 @@ async def test_no_personal_page_is_kept_by_the_browser_but_the_assets_are(client
     for path in (booked.headers["location"], filed.headers["location"], "/complaints/new", "/no-such-page", *public):
         page = await client.get(path, headers=HTML)
         assert page.headers.get("cache-control") == "no-store", (path, page.status_code)
-    # The style sheet and the script by their content's digest, kept thirty days.
+    # The style sheet and the script by their content's digest, kept a year; asked for by
+    # another digest (a page from another release's instance), answered, not to be kept.
     home = (await client.get("/", headers=HTML)).text
     for name in ("nobat.css", "nobat.js"):
-        address = re.search(rf'"(/static/{name}\?v=[0-9a-f]{{12}})"', home)
+        address = re.search(rf'"(/assets/[0-9a-f]{{12}}/{name})"', home)
         assert address, home[:600]
         asset = await client.get(address[1])
-        assert asset.status_code == 200 and "max-age=2592000" in asset.headers["cache-control"]
+        assert asset.status_code == 200 and asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+        other = await client.get(f"/assets/000000000000/{name}")
+        assert other.status_code == 200 and other.content == asset.content
+        assert other.headers["cache-control"] == "no-cache"
+    assert (await client.get("/assets/000000000000/secrets.txt")).status_code == 404
+    font = await client.get("/static/fonts/vazirmatn-arabic-400-normal.woff2")
+    assert font.status_code == 200 and "max-age=2592000" in font.headers["cache-control"]
 
 
 async def test_pages_and_their_assets_are_gzipped_and_the_api_and_fonts_are_not(client: Client, world: World) -> None:
@@ -306,7 +313,9 @@ async def test_pages_and_their_assets_are_gzipped_and_the_api_and_fonts_are_not(
     office = await world.office()
     await world.rebuild()
     gzip = {"Accept-Encoding": "gzip"}
-    for path in ("/", f"/offices/{office}?service=101", "/static/nobat.css", "/static/nobat.js"):
+    from app.pages.assets import asset_url
+
+    for path in ("/", f"/offices/{office}?service=101", asset_url("nobat.css"), asset_url("nobat.js")):
         answer = await client.get(path, headers={**HTML, **gzip})
         assert answer.status_code == 200 and answer.headers.get("content-encoding") == "gzip", path
     slots = f"/api/v1/offices/{office}/slots?service=101&date={world.tomorrow().isoformat()}"

@@ -760,3 +760,43 @@ async def test_a_closure_weeks_ahead_is_recorded_and_shuts_the_day_as_it_enters_
         "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
     )
     assert refused.status_code == 409 and refused.json()["code"] == "office_closed", refused.text
+
+
+async def test_a_far_closure_committed_as_its_day_enters_the_horizon_is_applied_at_once(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Posted at 23:59:59 for the day that enters the horizon at midnight, committed after
+    it: the night's new day had been written open from the record without it, and stayed
+    open until a booking came to be moved."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.clock import Clock
+
+    office = await world.office()
+    await world.rebuild()
+    regulator = await sign_in_regulator(client, world, "regulator-midnight")
+    tz = world.container.clock.tz
+    before = dt.datetime.combine(world.container.clock.today(), dt.time(23, 59, 59), tzinfo=tz)
+    after = before + dt.timedelta(seconds=2)
+    day = before.date() + dt.timedelta(days=world.container.settings.horizon_days)  # tomorrow's last
+    passed = False
+    commit = AsyncSession.commit
+
+    async def midnight_at_the_commit(session: AsyncSession) -> None:
+        nonlocal passed
+        await commit(session)
+        passed = True
+
+    monkeypatch.setattr(Clock, "now", lambda self: after if passed else before)
+    monkeypatch.setattr(AsyncSession, "commit", midnight_at_the_commit)
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": None, "reason": "عزای عمومی"},
+        headers=regulator,
+    )
+    monkeypatch.setattr(AsyncSession, "commit", commit)
+    assert closed.status_code == 201, closed.text
+    assert closed.json()["moves_pending"] is False
+    assert redis_sync.exists(keys.office_day(office, day))  # written...
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.seats_field("*", "10:00")) or 0) == 0  # closed
+    assert not redis_sync.hexists(keys.CLOSURES_TO_APPLY, str(closed.json()["id"]))
