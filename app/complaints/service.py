@@ -362,6 +362,8 @@ class Complaints:
         if inspector:
             check_text(inspector.strip(), "inspector", max_length=MAX_INSPECTOR)
         complaint = await self._get(session, tracking_code, lock=True)
+        if not to.strip():
+            raise InvalidInput("to", "Choose the next step.", detail_fa="مرحلهٔ بعد را انتخاب کنید.")
         try:
             target = State(to)
         except ValueError:
@@ -379,6 +381,7 @@ class Complaints:
             )
         if target is State.INSPECTOR_ASSIGNED and not (inspector or "").strip():
             raise InvalidInput("inspector", "Name the inspector.", detail_fa="نام بازرس را بنویسید.")
+
         if target is State.VIOLATION_CONFIRMED:
             # A confirmed violation may block the office, whose bookings are then moved: that
             # must not race a recount of the counters, and must not be left half done by one.

@@ -46,7 +46,9 @@ QUEUE_ACTIONS = {"check-in": "checked_in", "served": "served", "no-show": "no_sh
 PAST_DAYS_IN_QUEUE = 7  # yesterday's no-shows are worth a look; last month's are not
 # What the forms show of saved numbers is in Persian digits, as the rest of the page; what a
 # clerk typed is shown back as typed. Either kind of digit is read (normalize_digits).
-OVERRIDE_DEFAULTS = {"o_kind": "closed", "o_opens": "۰۸:۰۰", "o_closes": "۱۲:۰۰", "o_slot": "۳۰", "o_seats": "۲"}
+# No day and no kind chosen for the clerk: "closed" and the list's first day (today) had been
+# sent by a form whose hours were typed and its choices left as they were, closing today.
+OVERRIDE_DEFAULTS = {"o_kind": "", "o_opens": "۰۸:۰۰", "o_closes": "۱۲:۰۰", "o_slot": "۳۰", "o_seats": "۲"}
 
 
 def _home(principal: StaffPrincipal) -> str:
@@ -448,10 +450,18 @@ class OfficePages(Controller):
     ) -> Template | Redirect:
         staff = await require_staff(request, container, back=f"/office/{code}/capacity")
         check_csrf(request, container, data)
-        fields = ["o_date", "o_date_far", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
+        fields = ["o_date", "o_date_far", "o_kind", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
         far = data.get("o_date_far", "").strip()  # a day past the list's, typed (Jalali or ISO)
         try:
+            if not far and not data.get("o_date"):
+                raise InvalidInput("o_date", "Choose the day.", detail_fa="روز را انتخاب کنید.")
             day = parse_date(far, "o_date_far") if far else parse_date(data.get("o_date", ""), "o_date")
+            if data.get("o_kind") not in ("closed", "hours"):
+                raise InvalidInput(
+                    "o_kind",
+                    "Choose whether the office is closed that day or keeps special hours.",
+                    detail_fa="بگویید دفتر آن روز تعطیل است یا ساعت کاری ویژه دارد.",
+                )
             rules = []
             if data.get("o_kind") == "hours":
                 # A day's override replaces all its rules: a service's own counters (a passport

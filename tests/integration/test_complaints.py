@@ -80,6 +80,8 @@ async def test_the_seven_steps_each_announced(client: Client, world: World, deli
         f"/api/v1/regulator/complaints/{code}/transition", json={"to": "violation_confirmed"}, headers=reg
     )
     assert early.status_code == 409 and early.json()["allowed"] == ["under_review"]
+    unchosen = await client.post(f"/api/v1/regulator/complaints/{code}/transition", json={"to": ""}, headers=reg)
+    assert unchosen.status_code == 422 and unchosen.json()["field"] == "to", unchosen.text
     no_inspector = None
     for step in STEPS:
         body: dict[str, Any] = {"to": step, "note": f"مرحلهٔ {step}"}

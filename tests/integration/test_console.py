@@ -867,6 +867,29 @@ async def test_the_capacity_page_plans_a_far_day_and_takes_it_back(client: Clien
     assert wrong.status_code == 422 and 'id="f-o_date_far-error"' in wrong.text
 
 
+async def test_the_day_plan_form_chooses_neither_the_day_nor_closed_for_the_clerk(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """ "Closed" was preselected and the day list started at today: hours typed, the choices
+    left as they were, the form closed today and moved every booking left in it."""
+    office = await world.office()
+    await world.rebuild()
+    await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/capacity")
+    assert 'value="closed" checked' not in page.text and "یک روز را انتخاب کنید" in page.text
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    typed = {"_csrf": csrf.group(1), "o_opens": "10:00", "o_closes": "12:00", "o_slot": "30", "o_seats": "2"}
+    today = world.container.clock.today()
+    for missing, form in (
+        ("o_date", {**typed, "o_kind": "closed"}),
+        ("o_kind", {**typed, "o_date": today.isoformat()}),
+    ):
+        refused = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
+        assert refused.status_code == 422 and f'id="f-{missing}-error"' in refused.text, (missing, refused.text[:300])
+    assert seats(redis_sync, office, today, "10:00") == 2  # nothing changed
+
+
 async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(client: Client, world: World) -> None:
     """An office imported with no plan: the page that makes its first template must open
     (its days' list read the province off the plan, and failed with a 500)."""
