@@ -20,6 +20,7 @@ from app.console.errors import CapacityBelowBookings
 from app.console.schemas import CapacityChange, MovedBooking
 from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput
+from app.load.schemas import OfficeLoad
 from app.locale import WEEKDAY_NAMES, normalize_digits, parse_date, to_persian_digits
 from app.offices import service as offices
 from app.offices.service import normalize_code
@@ -49,6 +50,21 @@ PAST_DAYS_IN_QUEUE = 7  # yesterday's no-shows are worth a look; last month's ar
 # No day and no kind chosen for the clerk: "closed" and the list's first day (today) had been
 # sent by a form whose hours were typed and its choices left as they were, closing today.
 OVERRIDE_DEFAULTS = {"o_kind": "", "o_opens": "۰۸:۰۰", "o_closes": "۱۲:۰۰", "o_slot": "۳۰", "o_seats": "۲"}
+
+
+def _reported(load: OfficeLoad) -> str:
+    """The waiting count as the form shows it: the last report's, or none when it is too old."""
+    return to_persian_digits(str(load.waiting_now)) if load.waiting_reported_at else ""
+
+
+def _no_show_terms(container: Deps) -> str:
+    """What a no-show mark may bring, from the settings (the «نیامد» button's question)."""
+    settings = container.settings
+    return (
+        f"{to_persian_digits(str(settings.no_show_limit))} غیبت در "
+        f"{to_persian_digits(str(settings.no_show_window_days))} روز نوبت‌گیری این کد ملی را "
+        f"{to_persian_digits(str(settings.no_show_suspension_days))} روز می‌بندد."
+    )
 
 
 def _home(principal: StaffPrincipal) -> str:
@@ -186,6 +202,7 @@ class OfficePages(Controller):
         errors: dict[str, str] | None = None,
         form: dict[str, str] | None = None,
         status: int = 200,
+        highlight: str | None = None,
     ) -> Template:
         errors = dict(errors or {})
         today = container.clock.today()
@@ -217,8 +234,11 @@ class OfficePages(Controller):
             days=day_options(container, past_days=PAST_DAYS_IN_QUEUE),
             services_options=[(s.code, s.name_fa) for s in detail.services],
             errors=errors,
-            form={"date": day.isoformat(), "waiting": to_persian_digits(str(load.waiting_now)), **(form or {})},
-            highlight=request.query_params.get("tracking"),
+            # No report in the last two hours (``WAITING_REPORT_SECONDS``): an empty field and
+            # a hint saying so, not a «۰» the clerk would take for the public's figure.
+            form={"date": day.isoformat(), "waiting": _reported(load), **(form or {})},
+            highlight=highlight or request.query_params.get("tracking"),
+            no_show_terms=_no_show_terms(container),
         )
 
     @get("/{code:str}/queue")
@@ -257,9 +277,13 @@ class OfficePages(Controller):
             entry = await steps[action](session=session, staff=staff, office_code=code, tracking_code=tracking_code)
         except DomainError as error:
             await session.rollback()
+            # Named, and its row marked: on a long queue the clerk had been left at the top
+            # with "not possible now" and no word of which booking.
+            errors = {key: f"{tracking_code}: {text}" for key, text in form_errors(error, []).items()}
             return await self._queue_page(
-                request, session, container, staff, code, date=None, errors=form_errors(error, []), status=error.status
-            )
+                request, session, container, staff, code, date=None, errors=errors, status=error.status,
+                highlight=tracking_code,
+            )  # fmt: skip
         query = urlencode({"notice": QUEUE_ACTIONS[action], "tracking": entry.tracking_code})
         # Back at the row acted on: the page had opened at its top, the 35th row off-screen.
         return see_other(f"/office/{code}/queue?{query}#t-{entry.tracking_code}")

@@ -235,6 +235,7 @@ class WatchPages(Controller):
             province_options=[(name_fa, name_fa) for _, name_fa in _province_options()],
             state_fa={s.value: label for s, label in STATE_FA.items()},
             category_fa={c.value: label for c, label in CATEGORY_FA.items()},
+            response_hours=container.settings.complaint_response_hours,  # NOBAT_COMPLAINT_RESPONSE_HOURS
             errors=errors,
             form=filters,
         )

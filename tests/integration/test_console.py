@@ -1054,6 +1054,33 @@ async def test_a_queue_too_far_back_or_ahead_is_refused_clearly(client: Client, 
         assert (await client.get(f"/office/{office}/queue", params={"date": near.isoformat()})).status_code == 200
 
 
+async def test_the_queue_page_names_a_refused_rows_booking_and_says_when_waiting_was_reported(
+    client: Client, world: World
+) -> None:
+    """A «نیامد» too early on a long queue left the clerk at the top with "not possible now"
+    and no word of which booking; the waiting field showed «۰» when nobody had reported."""
+    office = await world.office()
+    await world.rebuild()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), world.container.clock.today(), None),
+        headers=world.token(),
+    )  # fmt: skip
+    assert booked.status_code == 201, booked.text
+    code = booked.json()["tracking_code"]
+    await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/queue")
+    assert "در دو ساعت گذشته گزارشی نشده است" in page.text and 'name="waiting" type="text" value=""' in page.text
+    assert "۳ غیبت در ۳۰ روز" in page.text  # the no-show question, from the settings
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    early = await client.post(f"/office/{office}/queue/{code}/no-show", data={"_csrf": csrf.group(1)})
+    assert early.status_code == 409, early.text[:300]
+    assert f"{code}: " in early.text and f'id="t-{code}" data-tracking="{code}" class="highlight"' in early.text
+    await world.container.load.report_waiting(office_code=office, count=4)
+    reported = await client.get(f"/office/{office}/queue")
+    assert "آخرین گزارش" in reported.text and 'name="waiting" type="text" value="۴"' in reported.text
+
+
 async def test_a_plan_change_as_a_recount_begins_is_refused_and_changes_nothing(
     client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
