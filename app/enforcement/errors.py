@@ -29,6 +29,13 @@ class AppealDecided(DomainError):
     message_en = "This appeal was already decided."
 
 
+class OfficeChangedSince(DomainError):
+    code = "office_changed"
+    status = 409
+    message_fa = "وضعیت این دفتر از هنگام باز شدن این صفحه تغییر کرده است؛ صفحه را دوباره ببینید."
+    message_en = "The office's status changed since this page was opened; look at it again."
+
+
 class OfficeNotRestricted(DomainError):
     code = "office_not_restricted"
     status = 409

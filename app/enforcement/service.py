@@ -38,6 +38,7 @@ from app.enforcement.errors import (
     AppealNotFound,
     BlockLiftRegulatorOnly,
     OfficeAlreadyBlocked,
+    OfficeChangedSince,
     OfficeIsBlocked,
     OfficeNotRestricted,
 )
@@ -464,7 +465,11 @@ class Enforcement:
         moves' own, which the relocator or the cancellations commit)."""
         return (await _locked(session, office.id)).status is OfficeStatus.BLOCKED
 
-    async def lift(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str) -> ActionOut:
+    async def lift(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str, seen: str | None = None
+    ) -> ActionOut:
+        """Close every open action of the office. ``seen``: the status the lifter saw (a page's
+        form): another now (a block made since), nothing is lifted."""
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
         if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True).strip():
             raise InvalidInput(
@@ -474,6 +479,10 @@ class Enforcement:
         actions = await self._open_actions(session, office.id)
         if office.status == OfficeStatus.ACTIVE or not actions:
             raise OfficeNotRestricted()
+        if seen is not None and seen != office.status.value:
+            # A restricted office's page left open while the policy blocked it (a forgery
+            # confirmed): its lift form had lifted the block the regulator never saw.
+            raise OfficeChangedSince()
         blocked = office.status == OfficeStatus.BLOCKED or any(a.kind is ActionKind.BLOCK for a in actions)
         if blocked and staff.role is not StaffRole.REGULATOR:
             # A block is the regulator's sanction (forgery, or its own decision); the guild

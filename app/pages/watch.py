@@ -154,7 +154,9 @@ class WatchPages(Controller):
         reason = data.get(f"{action}_reason", "")
         try:
             if action == "lift":
-                await container.enforcement.lift(session=session, staff=staff, office_code=code, reason=reason)
+                await container.enforcement.lift(
+                    session=session, staff=staff, office_code=code, reason=reason, seen=data.get("lift_seen") or None
+                )
             else:
                 cap = data.get("restrict_cap", "").strip() if action == "restrict" else ""
                 await container.enforcement.decide(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import Counter
 from typing import Any
 
@@ -17,7 +18,7 @@ from app.booking.models import SEAT_STATUSES, Booking
 from app.capacity import keys
 from app.complaints.models import Complaint
 from app.enforcement.models import Fine
-from app.offices.models import Office
+from app.offices.models import Office, OfficeStatus
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from tests.conftest import Deliver, World, booking_body
@@ -385,6 +386,26 @@ async def test_the_guild_is_offered_the_lift_of_a_restriction_not_of_a_block(cli
 
     assert await offered(restricted, "guild") and await offered(restricted, "regulator")
     assert not await offered(blocked, "guild") and await offered(blocked, "regulator")
+
+
+async def test_a_lift_form_left_open_does_not_lift_a_block_made_since(client: Client, world: World) -> None:
+    """A restricted office's page left open while the office was blocked (a forgery
+    confirmed): its lift form lifted the block the regulator never saw."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    await restrict(client, reg, office, cap=30)
+    who = await sign_in(client, "regulator-x")  # made by regulator() above
+    page = await client.get(f"/watch/offices/{office}", headers={**who, "Accept": "text/html"})
+    assert 'name="lift_seen" value="restricted"' in page.text
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.is_success, blocked.text
+    form = {"_csrf": csrf.group(1), "lift_seen": "restricted", "lift_reason": "نوبت‌دهی راه افتاد"}
+    stale = await client.post(f"/watch/offices/{office}/lift", data=form, headers={"Accept": "text/html"})
+    assert stale.status_code == 409 and "تغییر کرده است" in stale.text, stale.text[:300]
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(Office.status).where(Office.code == office)) == OfficeStatus.BLOCKED
 
 
 async def test_every_endpoint_refuses_the_wrong_role(client: Client, world: World) -> None:
