@@ -363,6 +363,8 @@ class Complaints:
             check_text(inspector.strip(), "inspector", max_length=MAX_INSPECTOR)
         complaint = await self._get(session, tracking_code, lock=True)
         if not to.strip():
+            if not TRANSITIONS[complaint.state]:  # ended meanwhile: that, not "choose a step"
+                raise TransitionNotAllowed(current=complaint.state.value, allowed=[])
             raise InvalidInput("to", "Choose the next step.", detail_fa="مرحلهٔ بعد را انتخاب کنید.")
         try:
             target = State(to)

@@ -468,8 +468,9 @@ class Enforcement:
     async def lift(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, reason: str, seen: str | None = None
     ) -> ActionOut:
-        """Close every open action of the office. ``seen``: the status the lifter saw (a page's
-        form): another now (a block made since), nothing is lifted."""
+        """Close every open action of the office. ``seen``: the id of the latest open action the
+        lifter saw (a page's form): another now (a block, or a harder restriction, made since),
+        nothing is lifted."""
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
         if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True).strip():
             raise InvalidInput(
@@ -479,7 +480,7 @@ class Enforcement:
         actions = await self._open_actions(session, office.id)
         if office.status == OfficeStatus.ACTIVE or not actions:
             raise OfficeNotRestricted()
-        if seen is not None and seen != office.status.value:
+        if seen is not None and seen != str(max(action.id for action in actions)):
             # A restricted office's page left open while the policy blocked it (a forgery
             # confirmed): its lift form had lifted the block the regulator never saw.
             raise OfficeChangedSince()
