@@ -55,7 +55,7 @@ from app.console.errors import (
 from app.console.schemas import CapacityChange, DayPlanOut, FarOverride, MovedBooking, QueueEntry
 from app.db import RECORD_OR_REDIS_AWAY, Within, lock_row
 from app.errors import InvalidInput
-from app.identity import mask_national_id, normalize_mobile
+from app.identity import mask_national_id, normalize_mobile, normalize_national_id
 from app.load.service import LoadService
 from app.locale import check_text, jalali_date, to_persian_digits
 from app.offices.errors import OfficeNotFound
@@ -1083,6 +1083,27 @@ class Console:
         )
         await session.commit()
         return booked.booking
+
+    async def walk_in_today(
+        self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, national_id: str, service_code: str
+    ) -> str | None:
+        """The tracking code of the citizen's walk-in at this office today for the service, still
+        open (booked or checked in): what a second tap on «ثبت مراجعهٔ حضوری» made already."""
+        office = await self._office(session, staff, office_code)
+        try:
+            national_id = normalize_national_id(national_id)
+        except InvalidInput:
+            return None
+        return await session.scalar(
+            select(Booking.tracking_code).where(
+                Booking.office_id == office.id,
+                Booking.date == self.clock.today(),
+                Booking.national_id == national_id,
+                Booking.service_code == service_code.strip(),
+                Booking.channel == Channel.WALK_IN,
+                Booking.status.in_((BookingStatus.BOOKED, BookingStatus.CHECKED_IN)),
+            )
+        )
 
     async def report_waiting(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, waiting: int

@@ -15,6 +15,7 @@ from litestar.response import Redirect, Template
 from redis.exceptions import RedisError
 
 from app.capacity import keys
+from app.capacity.errors import AlreadyBookedThatDay
 from app.capacity.plan import DayRule, iranian_weekday, validate_rules
 from app.console.errors import CapacityBelowBookings
 from app.console.schemas import CapacityChange, MovedBooking
@@ -305,6 +306,20 @@ class OfficePages(Controller):
             )
         except DomainError as error:
             await session.rollback()
+            done = None
+            if isinstance(error, AlreadyBookedThatDay):
+                done = await container.console.walk_in_today(
+                    session=session,
+                    staff=staff,
+                    office_code=code,
+                    national_id=data.get("national_id", ""),
+                    service_code=data.get("service_code", ""),
+                )
+            if done:
+                # A second tap (or the citizen already in today's queue): their row, not a
+                # refusal that had the clerk turn them away or try again.
+                query = urlencode({"notice": "walk_in_already", "tracking": done})
+                return see_other(f"/office/{code}/queue?{query}#t-{done}")
             errors = form_errors(error, ["national_id", "service_code", "mobile"], {"service": "service_code"})
             return await self._queue_page(
                 request,

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 
-from app.booking.models import Suspension
+from app.booking.models import Booking, Suspension
 from app.capacity import keys
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import DayRule, decode_template
@@ -1079,6 +1079,28 @@ async def test_the_queue_page_names_a_refused_rows_booking_and_says_when_waiting
     await world.container.load.report_waiting(office_code=office, count=4)
     reported = await client.get(f"/office/{office}/queue")
     assert "آخرین گزارش" in reported.text and 'name="waiting" type="text" value="۴"' in reported.text
+
+
+async def test_a_walk_in_tapped_twice_shows_its_row_not_a_refusal(
+    client: Client, world: World, morning: dt.datetime
+) -> None:
+    """The second tap on «ثبت مراجعهٔ حضوری» was refused "already booked", the form still
+    filled in: the clerk turned the citizen away, or tried again."""
+    office = await world.office()
+    await world.rebuild()
+    await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/queue")
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    form = {"_csrf": csrf.group(1), "national_id": world.national_id(), "service_code": "101"}
+    first = await client.post(f"/office/{office}/walk-ins", data=form, follow_redirects=False)
+    assert first.status_code == 303, first.text
+    second = await client.post(f"/office/{office}/walk-ins", data=form, follow_redirects=False)
+    assert second.status_code == 303, second.text[:300]
+    code = first.headers["location"].rsplit("#t-", 1)[1]
+    assert "notice=walk_in_already" in second.headers["location"] and second.headers["location"].endswith(f"#t-{code}")
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Booking)) == 1
 
 
 async def test_a_plan_change_as_a_recount_begins_is_refused_and_changes_nothing(
