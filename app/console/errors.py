@@ -17,6 +17,18 @@ class CapacityBelowBookings(DomainError):
         super().__init__(slots=slots)
 
 
+class TemplateChanged(DomainError):
+    """The weekly plan changed since the one the change was made from; nothing was changed."""
+
+    code = "template_changed"
+    status = 409
+    message_fa = (
+        "برنامهٔ هفتگی پس از باز شدن این صفحه تغییر کرده بود و ذخیره نشد. "
+        "برنامهٔ کنونی را ببینید و تغییر خود را دوباره بدهید."
+    )
+    message_en = "The weekly plan changed since this one was read; nothing was saved."
+
+
 class CapacityBelowCheckedIn(DomainError):
     """The change would leave citizens already checked in without their seat; nothing was changed."""
 

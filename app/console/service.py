@@ -50,6 +50,7 @@ from app.console.errors import (
     NoShowTooEarly,
     NotAtThisOffice,
     NotToday,
+    TemplateChanged,
     WrongBookingState,
 )
 from app.console.schemas import CapacityChange, DayPlanOut, FarOverride, MovedBooking, QueueEntry
@@ -167,7 +168,10 @@ class Console:
         office_code: str,
         days: dict[int, list[DayRule]],
         move_overflow: bool,
+        seen: WeeklyTemplate | None = None,
     ) -> CapacityChange:
+        """Replace the office's weekly plan. ``seen``: the plan the new one was made from (a
+        page's editor); another in the record once the office is locked, nothing is saved."""
         self.capacity.require_ready()
         office = await self._office(session, staff, office_code)
         for weekday, rules in days.items():
@@ -190,6 +194,10 @@ class Console:
             begun_by=self.clock.now(),
         )
         row = await self._plan_row(session, office, CapacityTemplate, office.id)
+        if seen is not None and (decode_template(row.template) if row else WeeklyTemplate(days={})) != seen:
+            # Saved by someone else while this one was weighed: checked only before the lock
+            # (by the page), the later of two saves at once had put back every day it showed.
+            raise TemplateChanged()
         # Weighed with the office locked (a day's plan, a restriction, saved meanwhile is seen,
         # or waits), the plan's own faults first: a wrong plan is told so before any refusal
         # for its bookings.

@@ -475,7 +475,12 @@ class OfficePages(Controller):
                     shared = [_rule(data, f"d{weekday}"), *more_shared.get(weekday, [])]
                 days[weekday] = shared + own
             change = await container.console.set_template(
-                session=session, staff=staff, office_code=code, days=days, move_overflow=data.get("move") == "on"
+                session=session,
+                staff=staff,
+                office_code=code,
+                days=days,
+                move_overflow=data.get("move") == "on",
+                seen=current,  # and again under the office's lock: two saves at once
             )
         except DomainError as error:
             return await self._refused(

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from app.booking.models import Booking, Suspension
 from app.capacity import keys
 from app.capacity.models import CapacityOverride, CapacityTemplate
-from app.capacity.plan import DayRule, decode_template
+from app.capacity.plan import DayRule, WeeklyTemplate, decode_template, encode_template
 from app.clock import Clock
 from app.offices.models import Office
 from app.sms.backends import OUTBOX
@@ -969,6 +969,49 @@ async def test_the_weekly_editor_does_not_overwrite_a_change_saved_since_it_was_
         f"/office/{office}/capacity/template", data={**form, "version": fresh[1]}, follow_redirects=False
     )
     assert again.status_code == 303, again.text
+
+
+async def test_the_weekly_editor_does_not_overwrite_a_change_saved_while_it_saves(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two saves at once: both read the plan and passed the page's version check before either
+    took the office's lock, and the later one put back every day it showed. The plan the form
+    was made from is compared again under the lock."""
+    office = await world.office()
+    headers = await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/capacity")
+    version = re.search(r'name="version" value="([0-9a-f]+)"', page.text)
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert version and csrf, page.text
+    console = client.app.state.container.console
+    replan = console.capacity.replan
+
+    async def another_saves_meanwhile(**kwargs: Any) -> Any:
+        monkeypatch.setattr(console.capacity, "replan", replan)
+        async with client.app.state.container.sessions() as other:  # on the app's own loop
+            row = await other.scalar(
+                select(CapacityTemplate)
+                .join(Office, Office.id == CapacityTemplate.office_id)
+                .where(Office.code == office)
+            )
+            assert row is not None
+            row.template = encode_template(
+                WeeklyTemplate(
+                    days={d: [DayRule(opens="08:00", closes="14:00", slot_minutes=30, seats=2)] for d in range(7)}
+                )
+            )
+            await other.commit()
+        return await replan(**kwargs)
+
+    monkeypatch.setattr(console.capacity, "replan", another_saves_meanwhile)  # the save's dry run
+    form = {"_csrf": csrf[1], "version": version[1]}
+    for weekday in range(7):
+        form |= {f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "12:00", f"d{weekday}_slot": "30"}
+        form |= {f"d{weekday}_seats": "2", f"d{weekday}_open": "on"}
+    late = await client.post(f"/office/{office}/capacity/template", data=form, follow_redirects=False)
+    assert late.status_code == 409 and "تغییر کرده بود" in late.text, late.text[:300]
+    template = (await client.get(f"/api/v1/staff/offices/{office}/template", headers=headers)).json()
+    assert {rule["closes"] for rules in template["days"].values() for rule in rules} == {"14:00"}  # the other's stands
 
 
 async def test_the_weekly_editor_keeps_an_afternoon_shift_it_does_not_show(client: Client, world: World) -> None:
