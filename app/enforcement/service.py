@@ -806,7 +806,11 @@ class Enforcement:
                     province_code=province_code,
                     city_fa=city_fa,
                     status=office.status.value,
-                    since=current.started_at.isoformat() if current else None,
+                    # In the offices' time, on either record: PostgreSQL's came back in UTC, and
+                    # the guild's spreadsheet showed each block three and a half hours off.
+                    since=self.clock.aware(current.started_at).astimezone(self.clock.tz).isoformat()
+                    if current
+                    else None,
                     reason=current.reason if current else None,
                     source=current.source if current else None,
                     cap_percent=office.cap_percent if office.status == OfficeStatus.RESTRICTED else 0,

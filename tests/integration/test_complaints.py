@@ -280,6 +280,10 @@ async def test_appeal_overturned_and_the_guild_lifts(client: Client, world: Worl
     csv = await client.get("/api/v1/guild/offices.csv", headers=gld)
     assert csv.status_code == 200 and csv.text.lstrip("\ufeff").startswith("code,name_fa")
     assert second in csv.text
+    # In the offices' time on either record (PostgreSQL's had come back in UTC: 3.5 hours off).
+    [watched] = [o for o in (await client.get("/api/v1/guild/offices", headers=gld)).json() if o["code"] == second]
+    assert watched["since"].endswith("+03:30"), watched
+    assert watched["since"] in csv.text
     lifted = await client.post(
         f"/api/v1/guild/offices/{second}/lift", json={"reason": "نوبت‌دهی راه افتاد"}, headers=gld
     )
