@@ -221,6 +221,23 @@ def first_bookable_time(now: dt.datetime, day: dt.date) -> str | None:
     return later.strftime("%H:%M") if later.date() == day else "24:00"
 
 
+PLAN_AHEAD_DAYS = 366
+"""How far ahead a day's plan may be set: an office's own, or a regulator's closure (a decree
+weeks away), recorded and written into the counters as the day enters the horizon."""
+
+
+def _refuse_outside(day: dt.date, first: dt.date, last: dt.date, what_en: str, what_fa: str) -> None:
+    """InvalidInput on ``date`` naming the range, unless ``first <= day <= last``."""
+    if not first <= day <= last:
+        raise InvalidInput(
+            "date",
+            f"{what_en} from {first.isoformat()} to {last.isoformat()}.",
+            detail_fa=what_fa.format(f"از {jalali_date(first)} تا {jalali_date(last)}"),
+            first=first.isoformat(),
+            last=last.isoformat(),
+        )
+
+
 def day_expiry(day: dt.date, tz: ZoneInfo) -> int:
     """A day's counters live until the end of the following day, then Redis drops them."""
     end = dt.datetime.combine(day + dt.timedelta(days=2), dt.time(), tzinfo=tz)
@@ -696,15 +713,14 @@ class Capacity:
 
     def check_horizon(self, day: dt.date, today: dt.date) -> None:
         """Only today and the days after it within the horizon take bookings."""
-        if not self.in_horizon(day, today):
-            last = today + dt.timedelta(days=self.horizon_days - 1)
-            raise InvalidInput(
-                "date",
-                f"Bookings are open from {today.isoformat()} to {last.isoformat()}.",
-                detail_fa=f"نوبت فقط از {jalali_date(today)} تا {jalali_date(last)} داده می‌شود.",
-                first=today.isoformat(),
-                last=last.isoformat(),
-            )
+        last = today + dt.timedelta(days=self.horizon_days - 1)
+        _refuse_outside(day, today, last, "Bookings are open", "نوبت فقط {} داده می‌شود.")
+
+    def check_plannable(self, day: dt.date, today: dt.date) -> None:
+        """A day a plan may be set for (an office's own, a regulator's closure): today to
+        PLAN_AHEAD_DAYS ahead, beyond the horizon too."""
+        last = today + dt.timedelta(days=PLAN_AHEAD_DAYS)
+        _refuse_outside(day, today, last, "A day may be planned", "برنامهٔ یک روز (ویژه یا تعطیلی) فقط {} ثبت می‌شود.")
 
     async def bookable_slots(
         self, *, sessions: Sessions, office_code: str, pool: str, day: dt.date, now: dt.datetime

@@ -87,9 +87,6 @@ moves to the job."""
 PLAN_REQUEST_SECONDS = 60
 """A change noted this recently is its request's to apply: the job, reading the record before
 the request's commit, would apply the old plan and forget the new one."""
-OVERRIDE_AHEAD_DAYS = 366
-"""How far ahead a clerk may plan a day differently: a renovation or an inspection is known
-weeks before, and planned only once its day was bookable, it found citizens booked there."""
 QUEUE_HISTORY_DAYS = 366
 """How far back a clerk may look at a day's queue (the record keeps more)."""
 SUSPENSION_CHUNK = 1000
@@ -230,7 +227,7 @@ class Console:
         self.capacity.require_ready()
         check_text(reason, "reason", max_length=MAX_REASON, multiline=True)
         office = await self._office(session, staff, office_code)
-        self._check_override_day(day)
+        self.capacity.check_plannable(day, self.clock.today())
         validate_rules(rules)
         await self._check_services(session, office, rules)
         # A day beyond the horizon is in the record alone: nobody can have booked it, and the
@@ -259,7 +256,7 @@ class Console:
         office = await self._office(session, staff, office_code)
         # A past day's counters linger until the day after it: replanned, its bookings would
         # be "moved" within a day that is over.
-        self._check_override_day(day)
+        self.capacity.check_plannable(day, self.clock.today())
         row = await session.get(CapacityOverride, (office.id, day))
         if row is None:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
@@ -301,19 +298,6 @@ class Console:
         if far:
             return CapacityChange(office_code=office.code, days_changed=0, moved=[])
         return await self._apply_change(session, office, [day], noted, move_overflow)
-
-    def _check_override_day(self, day: dt.date) -> None:
-        """A day from today to ``OVERRIDE_AHEAD_DAYS`` ahead."""
-        today = self.clock.today()
-        last = today + dt.timedelta(days=OVERRIDE_AHEAD_DAYS)
-        if not today <= day <= last:
-            raise InvalidInput(
-                "date",
-                f"A day may be planned from {today.isoformat()} to {last.isoformat()}.",
-                detail_fa=f"برنامهٔ ویژه از {jalali_date(today)} تا {jalali_date(last)} ممکن است.",
-                first=today.isoformat(),
-                last=last.isoformat(),
-            )
 
     async def far_overrides(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay
 from app.capacity.plan import DayRule, iranian_weekday, validate_rules
-from app.console.errors import CapacityBelowBookings
+from app.console.errors import CapacityBelowBookings, TemplateChanged
 from app.console.schemas import CapacityChange, MovedBooking
 from app.container import Container
 from app.errors import DomainError, Forbidden, InvalidInput
@@ -461,7 +461,13 @@ class OfficePages(Controller):
                 # had put back every weekday it showed, and with «move» ticked moved or
                 # cancelled the bookings of hours nobody meant to close. The plan as it is now.
                 return await self._capacity_page(
-                    request, session, container, staff, code, errors={"template_top": TEMPLATE_CHANGED_FA}, status=409
+                    request,
+                    session,
+                    container,
+                    staff,
+                    code,
+                    errors={"template_top": TemplateChanged.message_fa},
+                    status=409,
                 )
             # Counters of a service's own (a passport desk, say) are kept as they are: the
             # editor changes the shared seats only.
@@ -661,9 +667,6 @@ class OfficePages(Controller):
                 status=error.status,
             )
         return see_other(f"/office/{code}/notices?notice=appeal_filed")
-
-
-TEMPLATE_CHANGED_FA = "برنامهٔ هفتگی پس از باز شدن این صفحه تغییر کرده بود و ذخیره نشد. برنامهٔ کنونی را ببینید و تغییر خود را دوباره بدهید."
 
 
 def _template_version(days: dict[int, list[DayRule]]) -> str:

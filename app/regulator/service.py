@@ -24,7 +24,7 @@ from app.capacity.crowd_caps import CrowdCapOut
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import Closure, opened_by_own_plan
 from app.console.schemas import MovedBooking
-from app.console.service import OVERRIDE_AHEAD_DAYS, Console
+from app.console.service import Console
 from app.errors import DomainError, InvalidInput, NotFound, ServiceUnavailable
 from app.locale import check_text, jalali_date, parse_date
 from app.offices.models import City, Office, Province
@@ -162,17 +162,9 @@ class Regulator:
                 detail_fa="کد استان را بنویسید (برای تعطیلی سراسری، آن را نفرستید).",
             )
         today = self.clock.today()
-        last = today + dt.timedelta(days=OVERRIDE_AHEAD_DAYS)
-        if not today <= day <= last:
-            # A decree for a day weeks away (a holiday declared, a mourning) had to wait until
-            # the day came within the horizon, and someone to remember it then.
-            raise InvalidInput(
-                "date",
-                f"A closure may be set from {today.isoformat()} to {last.isoformat()}.",
-                detail_fa=f"تعطیلی از {jalali_date(today)} تا {jalali_date(last)} ثبت می‌شود.",
-                first=today.isoformat(),
-                last=last.isoformat(),
-            )
+        # A decree for a day weeks away (a holiday declared, a mourning) had to wait until the
+        # day came within the horizon, and someone to remember it then.
+        self.capacity.check_plannable(day, today)
         far = day not in self.capacity.horizon(today)
         if not check_text(data.reason, "reason", max_length=crowd_caps.REASON_MAX, multiline=True).strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
