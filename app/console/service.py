@@ -1020,9 +1020,14 @@ class Console:
                     .group_by(Suspension.national_id)
                 )
             }
+            # A walk-in's no-show does not count: anyone at the counter can be given any
+            # national ID, so a clerk could otherwise bar a stranger from booking for a week.
             missed = await session.execute(
                 select(Booking.national_id, Booking.date).where(
-                    Booking.national_id.in_(chunk), Booking.status == BookingStatus.NO_SHOW, Booking.date > since
+                    Booking.national_id.in_(chunk),
+                    Booking.status == BookingStatus.NO_SHOW,
+                    Booking.channel != Channel.WALK_IN,
+                    Booking.date > since,
                 )
             )
             counts = Counter(

@@ -521,6 +521,35 @@ async def test_three_no_shows_suspend_booking(
     assert again.status_code == 403 and again.json()["code"] == "booking_suspended"  # still, online
 
 
+async def test_walk_ins_marked_no_shows_suspend_nobody(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clerk can give any national ID to a walk-in: three walk-ins marked absent had barred
+    a stranger from booking on the web and by SMS for a week. Only bookings the citizen made
+    count towards a suspension."""
+    office = await world.office(seats=2, services=("101", "102", "103"))
+    headers = await staff_of(client, world, office)
+    national_id = world.national_id()
+    codes = []
+    for service in ("101", "102", "103"):
+        walk_in = await client.post(
+            f"/api/v1/staff/offices/{office}/walk-ins", json={"national_id": national_id, "service_code": service},
+            headers=headers,
+        )  # fmt: skip
+        assert walk_in.status_code == 201, walk_in.text
+        codes.append(walk_in.json()["tracking_code"])
+    move_clock(monkeypatch, morning.replace(hour=19, minute=30))  # all three slots have passed
+    for code in codes:
+        marked = await client.post(f"/api/v1/staff/offices/{office}/queue/{code}/no-show", headers=headers)
+        assert marked.status_code == 200 and marked.json()["status"] == "no_show", marked.text
+    booked = await client.post(
+        "/api/v1/bookings",
+        json=booking_body(office, national_id, morning.date() + dt.timedelta(days=2)),
+        headers=world.token(),
+    )
+    assert booked.status_code == 201, booked.text
+
+
 async def test_a_no_show_taken_back_by_a_check_in_lifts_the_suspension_it_brought(
     client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1098,7 +1127,7 @@ async def test_a_queue_too_far_back_or_ahead_is_refused_clearly(client: Client, 
 
 
 async def test_the_queue_page_names_a_refused_rows_booking_and_says_when_waiting_was_reported(
-    client: Client, world: World
+    client: Client, world: World, morning: dt.datetime
 ) -> None:
     """A «نیامد» too early on a long queue left the clerk at the top with "not possible now"
     and no word of which booking; the waiting field showed «۰» when nobody had reported."""
