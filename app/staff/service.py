@@ -11,7 +11,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple
 
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.capacity import keys
 from app.capacity.scripts import as_text
 from app.db import lock_row
-from app.errors import Forbidden, InvalidInput, Unauthorized
+from app.errors import Forbidden, InvalidInput, ServiceUnavailable, Unauthorized
 from app.locale import normalize_digits
 from app.offices.models import Office
 from app.offices.service import normalize_code
@@ -67,6 +67,10 @@ return false
 # argon2id is memory-hard (64 MiB a hash by default): a handful at once per process keeps a
 # burst of sign-ins from exhausting memory; the rest wait their turn.
 HASH_SLOTS = 4
+HASH_QUEUE = 8 * HASH_SLOTS
+"""Sign-ins waiting for a hash slot at most, a few seconds' worth; past it the answer is 503
+at once. Unbounded, a burst of made-up sign-ins from many addresses grew the line without
+end, and every real clerk's sign-in waited behind it."""
 
 
 class StaffPrincipal(msgspec.Struct, frozen=True):
@@ -149,6 +153,7 @@ class StaffAuth:
         self._accounts: dict[int, tuple[float, tuple[str, int | None, str] | None]] = {}  # id: (until, standing)
         self.hasher = hasher or PasswordHasher()
         self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
+        self._hashes_waiting = 0
         self._take_unknown_name = redis.register_script(TAKE_UNKNOWN_NAME_TRY)
         # Verified against when the username is unknown, so that answer takes as long as a
         # wrong password does; made with our own parameters so it costs the same.
@@ -160,14 +165,28 @@ class StaffAuth:
             self._dummy = await self._hash(secrets.token_urlsafe(16))
         return self._dummy
 
+    @contextlib.asynccontextmanager
+    async def _hash_slot(self) -> AsyncIterator[None]:
+        if self._hashes_waiting >= HASH_QUEUE:
+            raise ServiceUnavailable("Too many sign-ins at once; try again in a few seconds.", retry_after=5)
+        self._hashes_waiting += 1
+        try:
+            await self._hash_slots.acquire()
+        finally:
+            self._hashes_waiting -= 1
+        try:
+            yield
+        finally:
+            self._hash_slots.release()
+
     async def _hash(self, password: str) -> str:
-        async with self._hash_slots:
+        async with self._hash_slot():
             return await asyncio.to_thread(self.hasher.hash, password)
 
     async def _verify(self, password_hash: str, password: str) -> bool:
         # In a thread: one verify is ~0.1 s of CPU, which would stall every other request
         # on the event loop.
-        async with self._hash_slots:
+        async with self._hash_slot():
             try:
                 return await asyncio.to_thread(self.hasher.verify, password_hash, password)
             except (VerificationError, InvalidHashError):
@@ -195,6 +214,13 @@ class StaffAuth:
                     .where(StaffAccount.username == name)
                 )
             ).first()
+        # Nothing is held while the password is checked: a connection kept through the wait
+        # for a hash slot and the hash itself, a burst of sign-ins took the whole pool, and
+        # every clerk's page waited for one.
+        if row is not None:
+            account, office_code = row
+            account_id, password_hash, disabled = account.id, account.password_hash, account.disabled
+        await session.rollback()
         if row is None:
             await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
             # Counted and locked like an account (OWASP): were only real accounts to lock,
@@ -202,11 +228,10 @@ class StaffAuth:
             await self._take_unknown_name_try(name, now)
             await self._verify(await self._dummy_hash(), password)
             raise WrongCredentials()
-        account, office_code = row
 
         today = now.date().toordinal()
         browser = known_device(
-            self.settings.secret_key, device, account_id=account.id, account_key=account.password_hash, today=today
+            self.settings.secret_key, device, account_id=account_id, account_key=password_hash, today=today
         )
         if browser is None:
             # The address's limit binds browsers that never signed in to the account: a stranger
@@ -218,21 +243,21 @@ class StaffAuth:
         # than the limit checked. A browser that signed in before is counted apart.
         own_lock = None
         if browser is not None:
-            await self._take_browser_try(account.id, browser, now)
+            await self._take_browser_try(account_id, browser, now)
         else:
-            own_lock = await self._take_try(session, account.id, now)
+            own_lock = await self._take_try(session, account_id, now)
         # A disabled account answers, and counts, like a wrong password: it is not worth
         # confirming, nor is its password (one that never led to a lock would be the right one).
-        if not await self._verify(account.password_hash, password) or account.disabled:
+        if not await self._verify(password_hash, password) or disabled:
             if browser is not None:
                 # Counted against the account too, which locks it to other browsers (a lock
                 # already on it runs its course).
                 with contextlib.suppress(AccountLocked):
-                    await self._take_try(session, account.id, now)
+                    await self._take_try(session, account_id, now)
             raise WrongCredentials()
 
-        new_hash = await self._hash(password) if self.hasher.check_needs_rehash(account.password_hash) else None
-        account = await self._reset_count(session, account.id, own_lock, now)
+        new_hash = await self._hash(password) if self.hasher.check_needs_rehash(password_hash) else None
+        account = await self._reset_count(session, account_id, own_lock, now)
         if new_hash is not None:
             account.password_hash = new_hash
         await session.commit()

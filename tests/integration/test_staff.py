@@ -7,6 +7,7 @@ Redis; the HTTP tests need ``container.staff`` and ``StaffAuthController`` wired
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import re
@@ -23,7 +24,15 @@ from sqlalchemy import select, update
 
 from app.capacity import keys
 from app.container import Container
-from app.errors import DomainError, Forbidden, InvalidInput, RateLimited, Unauthorized, problem_body
+from app.errors import (
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+    problem_body,
+)
 from app.ratelimit import RateLimiter
 from app.settings import Settings
 from app.staff import service as staff_service
@@ -257,6 +266,80 @@ async def test_an_unknown_username_costs_what_an_account_does_until_both_lock(co
         with pytest.raises(AccountLocked):
             await sign_in(container, staff, username, "wrong password")
         assert hasher.verified == limit  # a lock answers before any verify, for both
+
+
+class WatchingHasher(PasswordHasher):
+    """Notes whether the sign-in's session held a transaction (a pooled connection) while the
+    password was checked; and, while ``gate`` is clear, holds every check."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        self.session: Any = None
+        self.held: list[bool] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.held.append(self.session.in_transaction())
+        assert self.gate.wait(30)
+        return super().verify(hash, password)
+
+
+async def test_no_connection_is_held_while_a_password_is_checked(container: Container, world: World) -> None:
+    """A sign-in waits for a hash slot, then hashes for a fifth of a second: with its read's
+    transaction still open, a burst of made-up sign-ins took every connection of the pool,
+    and every clerk's page waited."""
+    hasher = WatchingHasher()
+    staff = service(container, hasher=hasher)
+    office = await world.office()
+    await make_account(container, staff, "clerk", office_code=office)
+    async with container.sessions() as session:
+        hasher.session = session
+        device = (await staff.sign_in(session=session, username="clerk", password=PASSWORD, client=CLIENT)).device
+        for username, password, known in (
+            ("nobody-here", PASSWORD, ""),
+            ("clerk", "wrong password", ""),
+            ("clerk", "wrong password", device),
+            ("clerk", PASSWORD, device),
+        ):
+            with contextlib.suppress(WrongCredentials):
+                await staff.sign_in(session=session, username=username, password=password, client=CLIENT, device=known)
+    assert hasher.held == [False] * 5
+
+
+async def test_sign_ins_past_the_hash_line_are_answered_at_once(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sign-ins wait for one of a few hash slots; a line grown past ``HASH_QUEUE`` is answered
+    503 at once rather than joined (it had no end: a burst of made-up sign-ins from many
+    addresses, and each clerk's waited behind all of it)."""
+    monkeypatch.setattr(staff_service, "HASH_QUEUE", 2)
+    hasher = WatchingHasher()
+    staff = service(container, hasher=hasher)
+    await staff._dummy_hash()
+    hasher.gate.clear()
+
+    async def attempt(name: str) -> Exception:
+        async with container.sessions() as session:
+            hasher.session = session
+            try:
+                await staff.sign_in(session=session, username=name, password=PASSWORD, client=CLIENT)
+            except DomainError as error:
+                return error
+        raise AssertionError("signed in")
+
+    waiting = [asyncio.create_task(attempt(f"nobody-{n}")) for n in range(staff_service.HASH_SLOTS + 2)]
+    for _ in range(500):
+        if staff._hashes_waiting == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert staff._hashes_waiting == 2
+    refused = await attempt("one-too-many")
+    assert isinstance(refused, ServiceUnavailable) and refused.headers["Retry-After"] == "5"
+    hasher.gate.set()
+    assert all(isinstance(error, WrongCredentials) for error in await asyncio.gather(*waiting))
+    assert staff._hashes_waiting == 0
+    assert isinstance(await attempt("after-the-burst"), WrongCredentials)
 
 
 @pytest.mark.parametrize("who", ["account", "unknown name", "remembered browser"])
