@@ -299,6 +299,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             "NOBAT_SMS_BACKEND must be set when DATABASE_URL is not the embedded SQLite "
             "(twilio; or console, which prints every message, sign-in codes too, in the log)"
         )
+    if "NOBAT_TRUST_FORWARDED_FOR" not in env and not settings.database_url.startswith("sqlite"):
+        # Behind the balancer with the default, every citizen has the balancer's address: the
+        # whole country shared one address's sign-in codes and one staff sign-in allowance,
+        # and one script used them up. Without a proxy it is false; either way, said.
+        raise ValueError(
+            "NOBAT_TRUST_FORWARDED_FOR must be set when DATABASE_URL is not the embedded SQLite "
+            "(true behind our own balancer, which appends the client's address; false when clients connect directly)"
+        )
     if settings.sms_backend == "twilio" and not (
         settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from
     ):

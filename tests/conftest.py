@@ -225,6 +225,7 @@ def deliver(
         "NOBAT_SECRET_KEY": settings.secret_key,
         "NOBAT_OFFICIAL_HOLIDAYS": "false",
         "NOBAT_SMS_BACKEND": settings.sms_backend,
+        "NOBAT_TRUST_FORWARDED_FOR": str(settings.trust_forwarded_for).lower(),
         "NOBAT_PUBLIC_URL": settings.public_url,
         "TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
         "TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
