@@ -35,12 +35,14 @@ from app.capacity.service import Seat
 from app.console import service as console_service
 from app.console.service import Console
 from app.offices.models import Office
+from app.settings import Settings
 from app.sms.models import SmsMessage
 from app.staff.models import StaffRole
 from app.staff.service import StaffPrincipal
 from tests.conftest import Served, World, booking_body, rebuild, watch_held
 from tests.integration.test_complaints import regulator
 from tests.integration.test_console import staff_of, used
+from tests.integration.test_races import consistent
 
 Client = AsyncTestClient[Litestar]
 
@@ -406,7 +408,7 @@ async def test_a_commit_whose_answer_is_lost_never_frees_a_movers_seat(
 
 @pytest.mark.parametrize("round_", range(3))
 async def test_citizens_cancelling_while_the_clerk_cuts_their_slot(
-    client: Client, served: Served, world: World, redis_sync: SyncRedis, round_: int
+    client: Client, served: Served, world: World, redis_sync: SyncRedis, settings: Settings, round_: int
 ) -> None:
     """A cancellation that lands between the move's look at the record and its commit wins:
     the old seat is given back once (not by both), and the seat the move took goes back."""
@@ -428,6 +430,7 @@ async def test_citizens_cancelling_while_the_clerk_cuts_their_slot(
     assert all(c.status_code in (200, 409) for c in cancels), [c.text for c in cancels]
     await assert_record_matches_redis(world, redis_sync, [office], day)
     assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) <= 1
+    await consistent(settings)  # every slot within its seats: two moved into one would match above
 
 
 async def test_a_cancellation_between_the_moves_look_and_its_commit_wins(

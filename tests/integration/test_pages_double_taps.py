@@ -15,6 +15,7 @@ from litestar.testing import AsyncTestClient, transport
 from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 
+from app.booking.models import Booking, BookingStatus
 from app.booking.tracking import new_tracking_code
 from app.complaints.models import Complaint
 from app.pages import citizen
@@ -250,7 +251,21 @@ async def test_a_second_tap_on_cancel_shows_the_booking_cancelled(client: Client
     sign_in(client, world, "09125557009")
     form = {"_csrf": hidden(await client.get(path, headers=HTML), "_csrf")}
     other = await client.post(f"{path}/cancel", data=form, headers=HTML, follow_redirects=False)
-    assert other.status_code != 303
+    assert other.status_code == 403 and "شمارهٔ همراه دیگری" in other.text
+
+
+async def test_someone_elses_cancel_leaves_the_booking_booked(client: Client, world: World) -> None:
+    office = await world.office()
+    sign_in(client, world, "09125557011")
+    booked = await client.post("/book", data=await book_form(client, world, office), follow_redirects=False)
+    path = booked.headers["location"].removesuffix("?new=1")
+    sign_in(client, world, "09125557012")
+    form = {"_csrf": hidden(await client.get(path, headers=HTML), "_csrf")}
+    other = await client.post(f"{path}/cancel", data=form, headers=HTML, follow_redirects=False)
+    assert other.status_code == 403 and "شمارهٔ همراه دیگری" in other.text
+    async with world.container.sessions() as session:
+        status = await session.scalar(select(Booking.status).where(Booking.tracking_code == path.rsplit("/", 1)[1]))
+    assert status == BookingStatus.BOOKED
 
 
 async def test_a_form_sent_after_the_sign_in_ended_asks_for_a_sign_in(client: Client, world: World) -> None:
