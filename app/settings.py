@@ -114,6 +114,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ahead of every confirmation in the queue."""
     otp_per_address: str = "1000/600"
     """NOBAT_OTP_PER_ADDRESS: codes one client address may ask for (generous: carrier NAT)."""
+    otp_web_total: str = "3000/10"
+    """NOBAT_OTP_WEB_TOTAL: codes the web may send, every address and instance together, at
+    most what the SMS workers can send. Per address alone, a few hundred addresses asking for
+    random numbers' codes filled the queue: citizens' codes waited behind them past their
+    two minutes, unsent, and each was paid for. Past it, the web asks the citizen to text
+    «ورود», which an attacker cannot send for other people's phones."""
     verify_per_address: str = "1200/600"
     """NOBAT_VERIFY_PER_ADDRESS: wrong guesses at live codes one client address may make (a
     sign-in, or a number with no code, counts nothing): it bounds guesses spread over numbers."""
@@ -210,6 +216,7 @@ _ENV = {
     "otp_per_mobile_day": "NOBAT_OTP_PER_MOBILE_DAY",
     "sms_replies_per_mobile": "NOBAT_SMS_REPLIES_PER_MOBILE",
     "otp_per_address": "NOBAT_OTP_PER_ADDRESS",
+    "otp_web_total": "NOBAT_OTP_WEB_TOTAL",
     "verify_per_address": "NOBAT_VERIFY_PER_ADDRESS",
     "trust_forwarded_for": "NOBAT_TRUST_FORWARDED_FOR",
     "api_per_address": "NOBAT_API_PER_ADDRESS",
@@ -367,6 +374,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         "sms_replies_per_mobile",
         "complaints_per_mobile",
         "otp_per_address",
+        "otp_web_total",
         "verify_per_address",
         "staff_login_per_address",
         "api_per_address",

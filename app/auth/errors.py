@@ -18,6 +18,25 @@ class CodeExpired(DomainError):
     message_en = "The code has expired or was used up. Ask for a new one."
 
 
+class WebCodesBusy(RateLimited):
+    """The web's codes for every number together are used up for now (``otp_web_total``): a
+    flood of asks for random numbers, or a rush past what the SMS workers send. A code asked
+    for by SMS is not counted there, and the detail says how. Still ``rate_limited``."""
+
+    def __init__(self, retry_after: int, *, sms_number: str) -> None:
+        super().__init__(retry_after)
+        to_fa = f" به {to_persian_digits(sms_number.removeprefix('+'))}" if sms_number else ""
+        to_en = f" to {sms_number}" if sms_number else ""
+        self.detail_fa = (
+            f"درخواست کد از راه وب اکنون بیش از توان ارسال است. برای گرفتن کد، از گوشی خود پیامک «ورود» را{to_fa} "
+            "بفرستید، یا کمی بعد دوباره تلاش کنید."
+        )
+        self.detail_en = (
+            f"Too many codes are being asked for on the web right now. Text LOGIN from your phone{to_en}, "
+            "or try again shortly."
+        )
+
+
 class CodesUsedUp(RateLimited):
     """The web's codes for a number are used up for now: perhaps by someone else, as anyone
     can ask for any number's codes. The phone's holder can still ask by SMS

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.errors import CodeExpired, CodesUsedUp, WrongCode
+from app.auth.errors import CodeExpired, CodesUsedUp, WebCodesBusy, WrongCode
 from app.auth.signed_out import SignedOutTokens
 from app.booking.tracking import SEPARATORS, new_tracking_code, normalize_tracking_code
 from app.capacity.keys import NAMESPACE
@@ -228,6 +228,11 @@ class CitizenAuth:
         return state is not None
 
     async def _send_code(self, session: AsyncSession, mobile: str) -> None:
+        try:
+            # Every address's together, first: refused here, the number's own allowance is kept.
+            await self.limiter.hit("otp-web", "all", self.settings.otp_web_total)
+        except RateLimited as error:
+            raise WebCodesBusy(error.retry_after, sms_number=self.sms_number) from None
         try:
             await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
             await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)

@@ -332,6 +332,30 @@ async def test_codes_are_rate_limited_per_address(settings: Settings) -> None:
     assert statuses == [202, 202, 202, 429, 429]
 
 
+async def test_codes_from_every_address_together_are_bounded_and_told_to_text(
+    settings: Settings, redis_sync: SyncRedis
+) -> None:
+    """A few hundred addresses, each under its own allowance, asking for random numbers'
+    codes filled the SMS queue: citizens' codes waited behind them past their two minutes, and
+    each was paid for. The web's codes are bounded all together; past the bound a citizen is
+    asked to text «ورود», and the number's own allowance is not spent."""
+    from app.main import create_app
+
+    app = create_app(settings.with_(otp_web_total="3/60", trust_forwarded_for=True))
+    async with AsyncTestClient(app) as client:
+        answers = [
+            await client.post(
+                "/api/v1/auth/otp", json={"mobile": f"0912000700{n}"}, headers={"X-Forwarded-For": f"198.51.100.{n}"}
+            )
+            for n in range(5)
+        ]
+        assert [answer.status_code for answer in answers] == [202, 202, 202, 429, 429]
+        refused = answers[3]
+        assert refused.json()["code"] == "rate_limited" and "«ورود»" in refused.json()["message_fa"]
+        assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert redis_sync.keys("*otp-mobile*09120007002*") and not redis_sync.keys("*otp-mobile*09120007003*")
+
+
 async def test_only_wrong_guesses_at_live_codes_use_up_an_addresss_verifications(settings: Settings) -> None:
     """One client behind an office's Wi-Fi or a carrier's NAT posted codes for numbers with no
     code (which can find nothing), and used up the address's verifications: every citizen
