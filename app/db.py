@@ -15,9 +15,9 @@ from typing import Any, TypeVar, cast
 from alembic import command
 from alembic.config import Config
 from redis.exceptions import RedisError
-from sqlalchemy import Connection, Enum, Select, Table, event, text, update
+from sqlalchemy import BigInteger, Connection, Enum, Integer, Select, Table, event, text, update
 from sqlalchemy.engine import Engine, ExceptionContext
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 class Base(DeclarativeBase):
     pass
+
+
+WIDE_ID = BigInteger().with_variant(Integer, "sqlite")
+"""The id of a table that grows by millions a day (bookings, the audit log): 64 bits on
+PostgreSQL, where SERIAL's 32 run out within two years; SQLite numbers only an INTEGER
+primary key by itself, and that is 64 bits there already."""
 
 
 def enum_column(cls: type[enum.StrEnum]) -> Enum:
@@ -293,11 +299,33 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+MIGRATION_LOCK_SECONDS = 5
+"""How long a migration waits for a table another transaction holds (the night's close, a
+recount, a long report) before it gives up. Waiting, it queued every later read and write of
+that table behind it: a deploy during the night's close held every booking's insert past its
+statement limit."""
+
+
+class MigrationWaited(RuntimeError):
+    """A migration gave up waiting for a table in use; nothing was changed."""
+
+
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Several app instances may start at once: one migrates, the others wait for it.
         connection.execute(text("SELECT pg_advisory_xact_lock(727370)"))
-    command.upgrade(alembic_config(connection), "head")
+        # After the advisory lock: that one is waited for as long as the other's migration takes.
+        connection.execute(text(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_SECONDS}s'"))
+    try:
+        command.upgrade(alembic_config(connection), "head")
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise MigrationWaited(
+            f"a migration waited over {MIGRATION_LOCK_SECONDS} s for a table another transaction holds "
+            "(the night's close, a recount, a long query) and changed nothing: start the instance again "
+            "in a minute (the instances still serving go on meanwhile)"
+        ) from error
 
 
 async def create_schema(engine: AsyncEngine) -> None:

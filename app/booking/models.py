@@ -10,7 +10,7 @@ import msgspec
 from sqlalchemy import Date, DateTime, ForeignKey, Index, String, Table, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db import Base, enum_column
+from app.db import WIDE_ID, Base, enum_column
 from app.offices.models import Office
 
 
@@ -55,7 +55,7 @@ class Booking(Base):
         Index("ix_bookings_day", "date", "status", "slot_time"),  # the reminders' scans
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(WIDE_ID, primary_key=True)
     tracking_code: Mapped[str] = mapped_column(String(16), unique=True)
     office_id: Mapped[int] = mapped_column(ForeignKey("offices.id"))
     service_code: Mapped[str] = mapped_column(ForeignKey("services.code"))

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text, event
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, enum_column
+from app.db import WIDE_ID, Base, enum_column
 
 
 class StaffRole(enum.StrEnum):
@@ -64,7 +64,7 @@ class AuditEntry(Base):
         Index("ix_audit_actor_at", "actor", "at"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(WIDE_ID, primary_key=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))  # UTC
     actor: Mapped[str] = mapped_column(String(40))
     actor_role: Mapped[str] = mapped_column(String(20))

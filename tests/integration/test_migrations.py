@@ -179,3 +179,80 @@ async def test_a_large_table_stops_the_upgrade_until_its_index_is_built_without_
         assert version == LATEST  # every migration after it ran too
     finally:
         await engine.dispose()
+
+
+async def test_the_ids_that_grow_by_millions_a_day_are_64_bits_and_a_large_table_waits_for_a_window(
+    database_url: str,
+) -> None:
+    """bookings.id and audit_log.id were SERIAL: 32 bits, used up within two years at the
+    planned three million bookings a day, after which no booking could be inserted. Widened
+    within the upgrade while small; a large table stops the upgrade with the statements for a
+    maintenance window (the rewrite holds the table), and goes on once they have run."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's INTEGER PRIMARY KEY is 64 bits already")
+    from app.migrations.live_index import SMALL_TABLE_ROWS
+
+    insert = (
+        "INSERT INTO audit_log (at, actor, actor_role, action, target)"
+        " SELECT now(), 'cli', 'system', 'test', g::text FROM generate_series(1, :rows) g"
+    )
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade_to("0009"))
+            await connection.execute(text(insert), {"rows": SMALL_TABLE_ROWS + 1})
+        with pytest.raises(RuntimeError, match="ALTER TABLE audit_log ALTER COLUMN id TYPE bigint"):
+            async with engine.begin() as connection:
+                await connection.run_sync(upgrade_to("head"))
+        async with engine.begin() as connection:  # the window
+            await connection.execute(text("ALTER TABLE audit_log ALTER COLUMN id TYPE bigint"))
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade_to("head"))
+            widths = dict(
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT sequence_name, data_type FROM information_schema.sequences"
+                            " WHERE sequence_name IN ('bookings_id_seq', 'audit_log_id_seq')"
+                        )
+                    )
+                ).all()
+            )
+            assert widths == {"bookings_id_seq": "bigint", "audit_log_id_seq": "bigint"}
+            await connection.execute(text("SELECT setval('audit_log_id_seq', 3000000000)"))
+            await connection.execute(text(insert), {"rows": 1})
+            assert await connection.scalar(text("SELECT max(id) FROM audit_log")) == 3000000001
+    finally:
+        await engine.dispose()
+
+
+async def test_a_migration_gives_up_on_a_table_in_use_rather_than_queue_everyone_behind_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that must lock a table (0010 widens bookings.id) waited behind a long
+    transaction on it, the night's close, and every booking's insert queued behind the
+    migration. It gives up after a few seconds, changing nothing, and runs once the table is
+    free."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: the migration waits for nobody's reads")
+    from app import db
+
+    monkeypatch.setattr(db, "MIGRATION_LOCK_SECONDS", 1)
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade_to("0009"))
+        async with engine.connect() as holder:
+            await holder.execute(text("SELECT count(*) FROM bookings"))  # its transaction open: a long close
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(db.MigrationWaited, match="start the instance again"):
+                await create_schema(engine)
+            assert asyncio.get_running_loop().time() - started < 10
+            await holder.rollback()
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT version_num FROM alembic_version")) == "0009"
+        await create_schema(engine)
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT version_num FROM alembic_version")) == LATEST
+    finally:
+        await engine.dispose()
