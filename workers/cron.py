@@ -107,10 +107,14 @@ def scheduler(settings: Settings, connection: Redis) -> Scheduler:
     time.tzset()
     # The C library reads the zone from the system's zoneinfo, and takes a name it lacks for
     # UTC without a word (an image without tzdata): the night's close would run at 03:30 and
-    # the recount at 07:00, pausing bookings as offices open. The app's clock has its own.
+    # the recount at 07:00, pausing bookings as offices open. The app's clock has its own
+    # (the pinned tzdata package: app/__init__.py), which the host's must agree with.
     expected = dt.datetime.now(ZoneInfo(settings.tz)).utcoffset()
     if expected is None or time.localtime().tm_gmtoff != expected.total_seconds():
-        raise RuntimeError(f"this host has no zone data for {settings.tz}: install tzdata (apt-get install tzdata)")
+        raise RuntimeError(
+            f"this host's zone data for {settings.tz} is missing or differs from the app's: "
+            "install or update tzdata (apt-get install tzdata)"
+        )
     scheduler = Scheduler(connection=connection, name="nobat")
 
     def every(func: Any, queue: str, seconds: int, **options: Any) -> None:
