@@ -63,12 +63,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _read_reply(sock: socket.socket) -> bytes:
+    """One bulk reply (INFO's), read whole."""
+    reply = sock.recv(65536)
+    header, _, body = reply.partition(b"\r\n")
+    if not header.startswith(b"$"):
+        return reply
+    wanted = int(header[1:]) + 2
+    while len(body) < wanted:
+        more = sock.recv(65536)
+        if not more:
+            break
+        body += more
+    return body
+
+
 class EmbeddedRedis:
     """A redis-server child process on a loopback port, with its data under ``directory``."""
 
     def __init__(self, directory: Path, *, port: int | None = None, extra_args: list[str] | None = None) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self._port_ours_to_choose = port is None
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -77,6 +93,16 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
+        # A port found free may be taken before the server binds it (another process's
+        # server, chosen the same way): ours then exits, and another port is tried.
+        for _ in range(4 if self._port_ours_to_choose else 1):
+            if self._start():
+                return self
+            self.port = free_port()
+        raise RuntimeError(f"redis-server exited; see {self.directory}/redis-*.log")
+
+    def _start(self) -> bool:
+        """Whether this server is up; False when it exited (its port was taken)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             redis_server_binary(),
@@ -93,14 +119,17 @@ class EmbeddedRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {log.name}")
+                return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
+                    # Its own answer, not another server's on the same port: answered by that
+                    # one, a test's FLUSHDB had emptied another test's Redis.
+                    sock.sendall(b"INFO server\r\n")
+                    if f"process_id:{self.process.pid}\r".encode() in _read_reply(sock):
+                        return True
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError("redis-server did not answer within 10 s")
 
     def stop(self) -> None:

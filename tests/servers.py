@@ -74,9 +74,10 @@ class Postgres:
 
 
 def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    """A free port whose cluster bus port (port + 10000) is free and valid too. Both below
+    Linux's ephemeral ports (32768 and up), which any client's connection may take meanwhile."""
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(10000, 22000)
         if all(_free(p) for p in (port, port + 10000)):
             return port
     raise RuntimeError("no free port pair for a Redis Cluster node")
