@@ -165,10 +165,15 @@ class StaffAuth:
             self._dummy = await self._hash(secrets.token_urlsafe(16))
         return self._dummy
 
-    @contextlib.asynccontextmanager
-    async def _hash_slot(self) -> AsyncIterator[None]:
+    def _refuse_when_the_line_is_long(self) -> None:
+        """503 when ``HASH_QUEUE`` sign-ins already wait for a hash slot. Asked as a sign-in
+        begins, before any try is counted: refused after its try, a clerk sending the right
+        password through a flood of made-up sign-ins had locked their own account."""
         if self._hashes_waiting >= HASH_QUEUE:
             raise ServiceUnavailable("Too many sign-ins at once; try again in a few seconds.", retry_after=5)
+
+    @contextlib.asynccontextmanager
+    async def _hash_slot(self) -> AsyncIterator[None]:
         self._hashes_waiting += 1
         try:
             await self._hash_slots.acquire()
@@ -221,6 +226,7 @@ class StaffAuth:
             account, office_code = row
             account_id, password_hash, disabled = account.id, account.password_hash, account.disabled
         await session.rollback()
+        self._refuse_when_the_line_is_long()
         if row is None:
             await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
             # Counted and locked like an account (OWASP): were only real accounts to lock,
@@ -257,7 +263,7 @@ class StaffAuth:
             raise WrongCredentials()
 
         new_hash = await self._hash(password) if self.hasher.check_needs_rehash(password_hash) else None
-        account = await self._reset_count(session, account_id, own_lock, now)
+        account = await self._reset_count(session, account_id, password_hash, own_lock, now)
         if new_hash is not None:
             account.password_hash = new_hash
         await session.commit()
@@ -302,13 +308,17 @@ class StaffAuth:
         return own_lock
 
     async def _reset_count(
-        self, session: AsyncSession, account_id: int, own_lock: dt.datetime | None, now: dt.datetime
+        self, session: AsyncSession, account_id: int, checked: str, own_lock: dt.datetime | None, now: dt.datetime
     ) -> StaffAccount:
-        """After a right password: the account as the record has it now, its count reset,
-        and the lock this guess's own try set (``own_lock``) lifted (not committed). A lock
-        other guesses set since runs its course for every other browser."""
+        """After a right password (right for the ``checked`` hash): the account as the record
+        has it now, its count reset, and the lock this guess's own try set (``own_lock``)
+        lifted (not committed). A lock other guesses set since runs its course for every other
+        browser."""
         account = await lock_row(session, StaffAccount, account_id)
-        if account is None:
+        # Reset or disabled while the password was being checked (a leaked one, replaced): the
+        # old password is not let in under the new one's sessions and device proofs.
+        if account is None or account.password_hash != checked or account.disabled:
+            await session.rollback()
             raise WrongCredentials()
         locked_until = None if account.locked_until is None else _aware(account.locked_until)
         if own_lock is not None or locked_until is None or locked_until <= now:

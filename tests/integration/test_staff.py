@@ -317,6 +317,7 @@ async def test_sign_ins_past_the_hash_line_are_answered_at_once(
     hasher = WatchingHasher()
     staff = service(container, hasher=hasher)
     await staff._dummy_hash()
+    await make_account(container, staff, "clerk", role=StaffRole.GUILD)
     hasher.gate.clear()
 
     async def attempt(name: str) -> Exception:
@@ -336,10 +337,47 @@ async def test_sign_ins_past_the_hash_line_are_answered_at_once(
     assert staff._hashes_waiting == 2
     refused = await attempt("one-too-many")
     assert isinstance(refused, ServiceUnavailable) and refused.headers["Retry-After"] == "5"
+    # A clerk's sign-in refused so counts no try: five of them had locked the account.
+    assert isinstance(await attempt("clerk"), ServiceUnavailable)
+    assert (await account(container, "clerk")).failed_attempts == 0
     hasher.gate.set()
     assert all(isinstance(error, WrongCredentials) for error in await asyncio.gather(*waiting))
     assert staff._hashes_waiting == 0
     assert isinstance(await attempt("after-the-burst"), WrongCredentials)
+
+
+async def test_a_password_reset_while_the_old_one_is_checked_lets_it_in_no_more(container: Container) -> None:
+    """The operator resets a leaked password as a sign-in with it waits for its hash: the
+    old password, right for the hash read before, opened a session (and a device proof)
+    under the new one."""
+    hasher = WatchingHasher()
+    staff = service(container, hasher=hasher)
+    await make_account(container, staff, "clerk", role=StaffRole.GUILD)
+    hasher.gate.clear()
+
+    async def leaked() -> Exception | SignedIn:
+        async with container.sessions() as session:
+            hasher.session = session
+            try:
+                return await staff.sign_in(session=session, username="clerk", password=PASSWORD, client=CLIENT)
+            except DomainError as error:
+                return error
+
+    signing_in = asyncio.create_task(leaked())
+    for _ in range(500):
+        if hasher.held:
+            break
+        await asyncio.sleep(0.01)
+    async with container.sessions() as session:
+        await session.execute(
+            update(StaffAccount)
+            .where(StaffAccount.username == "clerk")
+            .values(password_hash=hasher.hash("a new password"))
+        )
+        await session.commit()
+    hasher.gate.set()
+    assert isinstance(await signing_in, WrongCredentials)
+    assert (await sign_in(container, staff, "clerk", "a new password")).principal.username == "clerk"
 
 
 @pytest.mark.parametrize("who", ["account", "unknown name", "remembered browser"])
