@@ -325,7 +325,7 @@ async def test_a_weekly_plan_cut_while_citizens_book_leaves_no_slot_over(
     assert answers[15].status_code == 200, answers[15].text
     assert {answer.status_code for answer in answers} <= {200, 201, 409}, [a.text for a in answers]
     for day in days:
-        assert [used(redis_sync, office, day, time) for time in SLOTS] <= [1] * 4
+        assert max(used(redis_sync, office, day, time) for time in SLOTS) <= 1
         assert sum(used(redis_sync, office, day, time) for time in SLOTS) == 4  # 3 before, at least 1 more
     await consistent(settings)
 
@@ -393,7 +393,8 @@ async def test_an_office_blocked_while_citizens_book_it_keeps_nobody_booked_ther
     client: Client, served: Served, world: World, redis_sync: SyncRedis, settings: Settings
 ) -> None:
     """The regulator blocks an office as citizens book it: every booking that got in, before
-    or during the block's moves, is moved to another office or cancelled and told."""
+    or during the block's moves, is moved to another office or cancelled and told (by the
+    block, or by the minute's job for one still on its way to the record)."""
     rules = [DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=4)]
     blocked = await world.office(rules=rules)
     await world.office(rules=rules)  # somewhere to move them to
@@ -408,6 +409,9 @@ async def test_an_office_blocked_while_citizens_book_it_keeps_nobody_booked_ther
     )
     assert answers[10].status_code == 201, answers[10].text
     assert {answer.status_code for answer in answers} <= {201, 403, 409}, [a.text for a in answers]
+    # A booking on its way to the record as the block read it is the minute's job's (README).
+    async with world.container.sessions() as session:
+        await world.container.enforcement.finish_blocks(session=session)
     assert await seated_at(world, blocked) == 0
     assert seats_used(redis_sync, blocked, day) == 0
     assert (await book(client, world, blocked, day, None)).json()["code"] == "office_blocked"
@@ -496,10 +500,11 @@ async def test_joins_and_cancels_at_once_leave_no_seat_free_while_someone_waits(
 async def test_a_recount_during_a_rush_loses_no_booking_and_sells_no_seat_twice(
     client: Client, served: Served, world: World, settings: Settings
 ) -> None:
-    """Redis is counted again from the record (`python -m app rebuild`) while citizens book,
-    cancel and join: bookings pause (503) and resume; each booking confirmed is in the record,
-    each slot within its seats, each line as the record has it."""
-    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=3)])
+    """Redis is counted again from the record (`python -m app rebuild`) while citizens go on
+    booking, cancelling and joining lines, before, during and after it: bookings pause (503)
+    and resume; each booking confirmed is in the record, each slot within its seats, each
+    line as the record has it."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=6)])
     day = world.tomorrow()
     held = []
     for _ in range(6):
@@ -510,23 +515,36 @@ async def test_a_recount_during_a_rush_loses_no_booking_and_sells_no_seat_twice(
         assert booked.status_code == 201, booked.text
         held.append((booked.json()["tracking_code"], owner))
     container = served.app.state.container
+    over = asyncio.Event()
+    answers: list[Any] = []
 
     async def recount() -> int:
-        await asyncio.sleep(0.05)
-        return await rebuild_paused(container.capacity, container.sessions, today=container.clock.today(), wait=0.3)
+        await asyncio.sleep(0.2)
+        try:
+            # Settled as in production (seconds): a commit queued behind SQLite's one writer
+            # longer than a shorter pause was counted out of the recount.
+            return await rebuild_paused(container.capacity, container.sessions, today=container.clock.today(), wait=2.0)
+        finally:
+            over.set()
 
     async def join() -> Any:
         body = booking_body(office, world.national_id(), day, None)
         return await served.post("/api/v1/waitlist", json=body, headers=world.token())
 
-    written, *answers = await asyncio.gather(
-        recount(),
-        *(book(served, world, office, day, None) for _ in range(12)),
-        *(served.post(f"/api/v1/bookings/{code}/cancel", headers=owner) for code, owner in held[:3]),
-        *(join() for _ in range(4)),
-    )
+    async def rush() -> None:
+        cancels = [served.post(f"/api/v1/bookings/{code}/cancel", headers=owner) for code, owner in held[:3]]
+        while True:
+            answers.extend(await asyncio.gather(*(book(served, world, office, day, None) for _ in range(3)), join()))
+            if cancels:
+                answers.append(await cancels.pop())
+            if over.is_set():
+                return
+            await asyncio.sleep(0.05)
+
+    written, _ = await asyncio.gather(recount(), rush())
     assert written > 0
     assert {answer.status_code for answer in answers} <= {200, 201, 409, 503}, [a.text for a in answers]
+    assert 503 in {answer.status_code for answer in answers}  # the rush met the pause
     confirmed = [a.json()["tracking_code"] for a in answers if a.status_code == 201]
     state = await statuses(world, confirmed)
     assert set(state) == set(confirmed)
