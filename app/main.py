@@ -97,6 +97,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             embedded = EmbeddedRedis(settings.var_dir / "redis").start()
             redis_url = embedded.url
             log.info("embedded redis-server on %s", redis_url)
+        if settings.trust_forwarded_for is None and not settings.database_url.startswith("sqlite"):
+            # Behind the balancer with the default, every client had the balancer's address:
+            # the whole country shared one address's sign-in codes and staff sign-ins, and one
+            # script used them up. Only the web reads it: workers and commands start without.
+            raise RuntimeError(
+                "NOBAT_TRUST_FORWARDED_FOR must be set when DATABASE_URL is not the embedded SQLite (true behind "
+                "our own balancer, which appends the client's address; false when clients connect directly)"
+            )
         container = build_container(settings, redis_url)
         app.state.container = container
         try:

@@ -130,8 +130,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     NAT puts hundreds of phones behind one address, and a booking is about eleven pages; at 600
     a minute, the 55th citizen of a rush minute behind it was refused. The per-mobile limits do
     the real limiting; this one stops a single host's flood."""
-    trust_forwarded_for: bool = False
-    """NOBAT_TRUST_FORWARDED_FOR: take the client address from X-Forwarded-For (behind our own proxy only)."""
+    trust_forwarded_for: bool | None = None
+    """NOBAT_TRUST_FORWARDED_FOR: take the client address from X-Forwarded-For (behind our own
+    proxy only). Unset, false; but a web instance on PostgreSQL refuses to start without it
+    said either way (app.main): left at false behind the balancer, every client had the
+    balancer's address, and the whole country shared one address's allowances."""
 
     # --- staff, regulator and guild accounts ---
     staff_session_ttl_seconds: int = 8 * 3600
@@ -305,14 +308,6 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError(
             "NOBAT_SMS_BACKEND must be set when DATABASE_URL is not the embedded SQLite "
             "(twilio; or console, which prints every message, sign-in codes too, in the log)"
-        )
-    if "NOBAT_TRUST_FORWARDED_FOR" not in env and not settings.database_url.startswith("sqlite"):
-        # Behind the balancer with the default, every citizen has the balancer's address: the
-        # whole country shared one address's sign-in codes and one staff sign-in allowance,
-        # and one script used them up. Without a proxy it is false; either way, said.
-        raise ValueError(
-            "NOBAT_TRUST_FORWARDED_FOR must be set when DATABASE_URL is not the embedded SQLite "
-            "(true behind our own balancer, which appends the client's address; false when clients connect directly)"
         )
     if settings.sms_backend == "twilio" and not (
         settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from

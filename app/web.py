@@ -226,7 +226,7 @@ def count_request(request: Request[Any, Any, Any], kind: Literal["api", "pages"]
     container.requests.hit(kind, address, settings.api_per_address if kind == "api" else settings.pages_per_address)
 
 
-def client_address(request: Request[Any, Any, Any], *, trust_forwarded_for: bool) -> str:
+def client_address(request: Request[Any, Any, Any], *, trust_forwarded_for: bool | None) -> str:
     """The citizen's address as the per-address limits count it (``limit_key``). Behind our
     balancer (``trust_forwarded_for``) it is the last X-Forwarded-For entry, the one the
     balancer appended: whatever came before it the client wrote itself, and taking the first

@@ -85,7 +85,6 @@ def main(no_shows: int) -> None:
                 REDIS_URL=redis.url,
                 NOBAT_SECRET_KEY=BENCH_SECRET,
                 NOBAT_SMS_BACKEND="console",
-                NOBAT_TRUST_FORWARDED_FOR="false",
             )
             started = time.perf_counter()
             result = close_day()

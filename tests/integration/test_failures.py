@@ -2425,7 +2425,6 @@ async def test_a_worker_killed_mid_send_still_sends_exactly_once(
         "RQ_REDIS_URL": settings.rq_redis_url or "",
         "NOBAT_SECRET_KEY": settings.secret_key,
         "NOBAT_SMS_BACKEND": "twilio",
-        "NOBAT_TRUST_FORWARDED_FOR": "false",
         "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
         "TWILIO_AUTH_TOKEN": "token",
         "TWILIO_FROM": "+15005550006",

@@ -264,6 +264,23 @@ async def test_the_service_will_not_start_on_a_shared_record_without_redis_url(s
     assert any(isinstance(e, RuntimeError) and "REDIS_URL must be set" in str(e) for e in errors), errors
 
 
+async def test_the_web_will_not_start_on_a_shared_record_without_saying_whether_behind_a_proxy(
+    settings: Settings,
+) -> None:
+    """Left at false behind the balancer, every client had the balancer's address: the whole
+    country shared one address's sign-in codes and staff sign-ins. Refused before it touches
+    the record (the address below answers nothing); said either way, it goes on."""
+    shared = settings.with_(trust_forwarded_for=None, database_url="postgresql+asyncpg://nobat@127.0.0.1:9/nobat")
+    with pytest.raises(Exception) as refused:  # the test client wraps it in a group
+        async with AsyncTestClient(create_app(shared)):
+            pass
+    errors = refused.value.exceptions if isinstance(refused.value, ExceptionGroup) else (refused.value,)
+    assert any(isinstance(e, RuntimeError) and "NOBAT_TRUST_FORWARDED_FOR must be set" in str(e) for e in errors)
+    if settings.database_url.startswith("sqlite"):  # the embedded record keeps the default
+        async with AsyncTestClient(create_app(settings.with_(trust_forwarded_for=None))) as client:
+            assert (await client.get("/health/ready")).status_code == 200
+
+
 async def test_a_failed_statements_error_names_no_citizens_values(world: World) -> None:
     """Errors carried their statement's values into every log (a 500, a job's failure, RQ's
     kept traceback): national IDs and mobiles in forms the masking cannot all know (a card's

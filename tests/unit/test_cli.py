@@ -23,7 +23,6 @@ def test_run_loads_the_demo_network_only_into_the_embedded_database(
         "NOBAT_VAR_DIR": str(tmp_path),
         "NOBAT_SECRET_KEY": "k" * 32,
         "NOBAT_SMS_BACKEND": "console",
-        "NOBAT_TRUST_FORWARDED_FOR": "false",
     }.items():
         monkeypatch.setenv(name, value)
     seeds: list[str] = []
@@ -53,7 +52,6 @@ def test_run_on_a_shared_record_without_redis_url_refuses_to_start(
             "NOBAT_VAR_DIR": str(tmp_path),
             "NOBAT_SECRET_KEY": "k" * 32,
             "NOBAT_SMS_BACKEND": "console",
-            "NOBAT_TRUST_FORWARDED_FOR": "false",
         }
     )
     with pytest.raises(SystemExit, match="REDIS_URL must be set"):
