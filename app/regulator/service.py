@@ -12,7 +12,7 @@ from functools import partial
 from typing import TypeVarTuple
 
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, Select, delete, literal, select
+from sqlalchemy import ColumnElement, Select, delete, func, literal, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ from app.capacity import crowd_caps, keys
 from app.capacity.crowd_caps import CrowdCapOut
 from app.capacity.errors import CapacityRebuilding, ClosuresChanging
 from app.capacity.models import Closure, opened_by_own_plan
+from app.capacity.service import Overflow
 from app.console.schemas import MovedBooking
 from app.console.service import Console
 from app.errors import DomainError, InvalidInput, NotFound, ServiceUnavailable
@@ -39,6 +40,12 @@ Columns = TypeVarTuple("Columns")
 CLOSURE_MOVES_LOCK = f"{keys.NAMESPACE}:closure-moves"
 CLOSURE_REQUEST_SECONDS = 60
 """A closure noted this recently is its request's to apply: the job would only wait on its lock."""
+MOVES_IN_REQUEST = 2_000
+"""Bookings a closure's request moves itself at most (an office's busy day, as a block moves
+its own). More (Tehran closed for a day's air: some hundred thousand), and its seats come out
+in the request while the minute's job moves them: in the request, the regulator's answer
+waited many minutes (past any balancer's timeout, retried as a second closure) and a list of
+every booking moved was held by an instance serving citizens."""
 
 
 class ClosureBusy(ServiceUnavailable):
@@ -211,7 +218,9 @@ class Regulator:
             # the night's new day from the record without it, it is closed here, and noted for
             # the minute's job should that fail.
             change = (await self.capacity.apply_later(str(recorded.id), noted_in=keys.CLOSURES_TO_APPLY)).change
-            moved = await self._close_offices(session, recorded.id, province_id, day, recorded.reason, tries=25)
+            moved = await self._close_offices(
+                session, recorded.id, province_id, day, recorded.reason, tries=25, moves_up_to=MOVES_IN_REQUEST
+            )
             if moved is None:
                 recorded.moves_pending = True
             else:
@@ -236,7 +245,9 @@ class Regulator:
         # Its request waits a few seconds for the day's lock (another closure of the day, or a
         # reopen, holding it): the job would apply it a minute or more later, its offices selling
         # seats meanwhile.
-        moved = await self._close_offices(session, recorded.id, province_id, day, recorded.reason, tries=25)
+        moved = await self._close_offices(
+            session, recorded.id, province_id, day, recorded.reason, tries=25, moves_up_to=MOVES_IN_REQUEST
+        )
         if moved is None:
             recorded.moves_pending = True
         else:
@@ -362,6 +373,7 @@ class Regulator:
         reason: str,
         *,
         tries: int = 1,
+        moves_up_to: int | None = None,
     ) -> list[MovedBooking] | None:
         """Under the day's lock (waiting up to ``tries`` x 0.2 s for it), take a recorded
         closure's seats out of the counters of every office it closes (not only those with
@@ -372,12 +384,16 @@ class Regulator:
         citizens who had somewhere to go; one beside a reopen could close again in Redis a day
         the record has open. Nothing is done when the lock stays held, or a recount begins
         (which counts the closure in): the job does it within a minute. None then: not "nobody
-        moved", which is what an empty list says."""
+        moved", which is what an empty list says. With more than ``moves_up_to`` bookings
+        to move, only the seats come out: None too, the moves the job's."""
 
-        async def close() -> list[MovedBooking]:
+        async def close() -> list[MovedBooking] | None:
             if await session.get(Closure, closure_id, populate_existing=True) is None:
                 return []  # reopened meanwhile: nothing to close
             codes = await _offices_closed(session, province_id)
+            if moves_up_to is not None and await _bookings_on(session, day, province_id, moves_up_to + 1) > moves_up_to:
+                await self._shut_seats(session, codes, day)
+                return None
             line = _in_province(_waiting_on(day), province_id)
             return await self._shut(session, codes, day, f"به دلیل تعطیلی {jalali_date(day)} ({reason})،", line)
 
@@ -387,7 +403,7 @@ class Regulator:
         self,
         session: AsyncSession,
         day: dt.date,
-        work: Callable[[], Awaitable[list[MovedBooking]]],
+        work: Callable[[], Awaitable[list[MovedBooking] | None]],
         *,
         tries: int = 1,
     ) -> list[MovedBooking] | None:
@@ -415,13 +431,7 @@ class Regulator:
         """Write the day of ``codes`` from the record's calendar, which shuts it, move the
         bookings it leaves no room for, and cancel the places in ``line`` (a day with no seats
         promotes nobody)."""
-        await self.capacity.closures_changed()  # a clerk's replan under way reads it again
-        # Today's slots begun over an hour before keep their seats and bookings: the night's
-        # close cancels those, without a penalty (``PAST_SLOT``; ``past_slots``).
-        begun_by = self.clock.now() - PAST_SLOT
-        overflow = await self.capacity.replan(
-            session=session, office_codes=codes, days=[day], apply=True, begun_by=begun_by
-        )
+        overflow, begun_by = await self._shut_seats(session, codes, day)
         # What is left over (a booking on its way to the record) the minute's job moves
         # (``finish_closures``).
         moved, _ = await self.console.move_all(session, codes, [day], overflow, {}, why_fa=why_fa, begun_by=begun_by)
@@ -432,6 +442,20 @@ class Regulator:
             session, rows, now=self.clock.now(), why_fa=why_fa, advice_fa="لطفاً برای روز دیگری نوبت بگیرید."
         )
         return moved + [MovedBooking(b.tracking_code, moved=False, office_code=None, slot=None) for b in cancelled]
+
+    async def _shut_seats(
+        self, session: AsyncSession, codes: list[str], day: dt.date
+    ) -> tuple[list[Overflow], dt.datetime]:
+        """Write the day of ``codes`` from the record's calendar, which shuts it: the slots
+        over their seats now, and the time before which a slot of today is kept as it was."""
+        await self.capacity.closures_changed()  # a clerk's replan under way reads it again
+        # Today's slots begun over an hour before keep their seats and bookings: the night's
+        # close cancels those, without a penalty (``PAST_SLOT``; ``past_slots``).
+        begun_by = self.clock.now() - PAST_SLOT
+        overflow = await self.capacity.replan(
+            session=session, office_codes=codes, days=[day], apply=True, begun_by=begun_by
+        )
+        return overflow, begun_by
 
     def _day_lock(self, day: dt.date, *, tries: int = 1) -> AbstractAsyncContextManager[bool]:
         """The lock of the closures of a day: their moves, and a reopen."""
@@ -533,6 +557,17 @@ def _waiting_on(day: dt.date, *statuses: BookingStatus) -> Select[Booking, str]:
 def _not_opened(day: dt.date) -> ColumnElement[bool]:
     """The booking's office has no plan of its own that opens it on the day (a holiday)."""
     return ~opened_by_own_plan(Booking.office_id, literal(day))
+
+
+async def _bookings_on(session: AsyncSession, day: dt.date, province_id: int | None, at_most: int) -> int:
+    """The bookings and places in line of a day at a closure's offices, counted up to ``at_most``."""
+    found = _in_province(
+        select(Booking.id)
+        .join(Office, Office.id == Booking.office_id)
+        .where(Booking.date == day, Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED))),
+        province_id,
+    ).limit(at_most)
+    return int(await session.scalar(select(func.count()).select_from(found.subquery())) or 0)
 
 
 async def _offices_closed(session: AsyncSession, province_id: int | None) -> list[str]:

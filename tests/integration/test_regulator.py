@@ -155,6 +155,46 @@ async def test_a_closure_of_today_leaves_the_mornings_bookings_to_the_night(
     assert await status("09:00") == "cancelled"  # at a closed office: no no-show
 
 
+async def test_a_closure_with_many_bookings_takes_its_seats_out_at_once_and_moves_them_by_the_job(
+    client: Client, world: World, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tehran closed for a day's air moved some hundred thousand bookings inside the
+    regulator's request: minutes past any balancer's timeout, every move held in one answer.
+    Past MOVES_IN_REQUEST the seats come out at once and the minute's job moves them."""
+    from app.regulator import service as regulator_service
+
+    monkeypatch.setattr(regulator_service, "MOVES_IN_REQUEST", 2)
+    office = await world.office(seats=2)
+    await world.rebuild()
+    await account(world, "regulator-9", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-9")
+    day = world.tomorrow()
+    codes = []
+    for slot in ("10:00", "10:00", "10:30"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day, slot), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201, closed.text
+    assert (closed.json()["moved"], closed.json()["moves_pending"]) == ([], True)
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    # No seat sold: the booked slots' seats are out (kept at none, with their bookings until moved).
+    assert refused.status_code == 409 and refused.json()["code"] in ("office_closed", "day_full"), refused.text
+    async with world.container.sessions() as session:
+        assert await world.container.regulator.finish_closures(session=session) == 3
+    for code in codes:
+        assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
+    assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 0
+
+
 async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
     client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
