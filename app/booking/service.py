@@ -967,10 +967,20 @@ class BookingService:
         )
         places = [(booking, code) for booking, code in await session.execute(waiting)]
         ahead = first_bookable_time(now, today) or ""
+        # Every office's day at once (one trip of the AutoPipeline, not one an office: the
+        # country's lines are thousands of offices).
+        codes = sorted({code for _, code in places})
+        views = dict(
+            zip(
+                codes,
+                await asyncio.gather(*(self.capacity.day_view(office_code=c, day=today) for c in codes)),
+                strict=True,
+            )
+        )
         lines: dict[tuple[str, str], bool] = {}  # (office, pool): a slot still ahead?
         for booking, code in places:
             if (code, booking.pool) not in lines:
-                view = await self.capacity.day_view(office_code=code, day=today)
+                view = views[code]
                 lines[(code, booking.pool)] = view is None or any(  # a day Redis lacks: not known, kept
                     slot.pool == booking.pool and slot.time >= ahead and slot.seats > 0 for slot in view.slots
                 )
