@@ -326,25 +326,26 @@ class Enforcement:
         return applied
 
     async def push_statuses(self, *, session: AsyncSession) -> int:
-        """Tell the counters again the status and cap of every office not active, and of every
-        office lifted in the last day; the offices told. A block, a restriction or a lift
-        reaches the counters only after its commit: a Redis error then, or a recount that had
-        read the record a moment before, would leave them saying otherwise (a blocked office
-        taking bookings, a lifted one none) until the next recount. Run every minute
-        (workers.cron)."""
+        """Tell the counters again the status and cap of every office restricted, blocked or
+        lifted in the last day; the offices told. A block, a restriction or a lift reaches the
+        counters only after its commit: a Redis error then, or a recount that had read the
+        record a moment before, would leave them saying otherwise (a blocked office taking
+        bookings, a lifted one none) until the next recount. Run every minute
+        (workers.cron). Not every office restricted since long ago: each minute, thousands
+        told again what they had, and every instance's copies of their days forgotten."""
         if not await self.capacity.is_built():
             return 0  # a recount reads them from the record itself
-        lifted = select(OfficeAction.office_id).where(OfficeAction.lifted_at >= self.clock.now() - dt.timedelta(days=1))
-        codes = list(
-            await session.scalars(
-                select(Office.code).where((Office.status != OfficeStatus.ACTIVE) | Office.id.in_(lifted))
-            )
+        day_ago = self.clock.now() - dt.timedelta(days=1)
+        changed = select(OfficeAction.office_id).where(
+            (OfficeAction.started_at >= day_ago) | (OfficeAction.lifted_at >= day_ago)
         )
-        if not codes:
-            return 0
-        told = await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=codes)
-        if told.eased:  # a lift or a higher cap told only now: their lines take the room it made
-            await self.bookings.fill_waitlists(session=session, office_codes=told.eased)
+        codes = list(await session.scalars(select(Office.code).where(Office.id.in_(changed))))
+        offices_told = 0
+        if codes:
+            told = await self.capacity.refresh_meta(session=session, today=self.clock.today(), codes=codes)
+            offices_told = told.offices
+            if told.eased:  # a lift or a higher cap told only now: their lines take the room it made
+                await self.bookings.fill_waitlists(session=session, office_codes=told.eased)
         # The lines a restriction shut whose own request could not end them (a recount, Redis
         # or the record away after its commit): at 0%, or restricted or lifted back to a
         # restriction in the last day. Only offices with someone in line are locked (each lock
@@ -354,10 +355,6 @@ class Enforcement:
             Booking.date >= self.clock.today(),
             Booking.status == BookingStatus.WAITLISTED,
         )
-        day_ago = self.clock.now() - dt.timedelta(days=1)
-        changed = select(OfficeAction.office_id).where(
-            (OfficeAction.started_at >= day_ago) | (OfficeAction.lifted_at >= day_ago)
-        )
         shut = select(Office.id).where(
             Office.status == OfficeStatus.RESTRICTED,
             (Office.cap_percent == 0) | Office.id.in_(changed),
@@ -365,7 +362,7 @@ class Enforcement:
         )
         for office_id in list(await session.scalars(shut)):
             await self._end_lines(session, office_id)
-        return told.offices
+        return offices_told
 
     async def _finish_block(self, session: AsyncSession, office_id: int) -> int:
         office = await session.get(Office, office_id, populate_existing=True)  # lifted meanwhile?

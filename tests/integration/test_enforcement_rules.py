@@ -234,6 +234,26 @@ async def test_a_policy_block_is_audited(client: Client, world: World) -> None:
     ]
 
 
+async def test_the_minutes_job_tells_again_only_what_changed_in_the_last_day(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every office restricted since long ago was told again each minute (thousands, at a
+    national scale), and every instance forgot its copies of their days. Only an action
+    begun or lifted in the last day is told again."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 50}, headers=reg
+    )
+    assert restricted.status_code == 201, restricted.text
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.push_statuses(session=session) == 1
+    later = Clock.now(world.container.clock) + dt.timedelta(days=1, minutes=1)
+    monkeypatch.setattr(Clock, "now", lambda self: later)
+    async with world.container.sessions() as session:
+        assert await world.container.enforcement.push_statuses(session=session) == 0
+
+
 async def test_a_status_the_counters_missed_is_told_them_within_a_minute(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
