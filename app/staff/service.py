@@ -68,9 +68,9 @@ return false
 # burst of sign-ins from exhausting memory; the rest wait their turn.
 HASH_SLOTS = 4
 HASH_QUEUE = 8 * HASH_SLOTS
-"""Sign-ins waiting for a hash slot at most, a few seconds' worth; past it the answer is 503
-at once. Unbounded, a burst of made-up sign-ins from many addresses grew the line without
-end, and every real clerk's sign-in waited behind it."""
+"""Sign-ins under way beyond those hashing, at most: a few seconds' worth of waiting for a
+hash slot; past it the answer is 503 at once. Unbounded, a burst of made-up sign-ins from
+many addresses grew the line without end, and every real clerk's sign-in waited behind it."""
 
 
 class StaffPrincipal(msgspec.Struct, frozen=True):
@@ -153,7 +153,7 @@ class StaffAuth:
         self._accounts: dict[int, tuple[float, tuple[str, int | None, str] | None]] = {}  # id: (until, standing)
         self.hasher = hasher or PasswordHasher()
         self._hash_slots = asyncio.Semaphore(HASH_SLOTS)
-        self._hashes_waiting = 0
+        self._signing_in = 0
         self._take_unknown_name = redis.register_script(TAKE_UNKNOWN_NAME_TRY)
         # Verified against when the username is unknown, so that answer takes as long as a
         # wrong password does; made with our own parameters so it costs the same.
@@ -165,24 +165,25 @@ class StaffAuth:
             self._dummy = await self._hash(secrets.token_urlsafe(16))
         return self._dummy
 
-    def _refuse_when_the_line_is_long(self) -> None:
-        """503 when ``HASH_QUEUE`` sign-ins already wait for a hash slot. Asked as a sign-in
-        begins, before any try is counted: refused after its try, a clerk sending the right
-        password through a flood of made-up sign-ins had locked their own account."""
-        if self._hashes_waiting >= HASH_QUEUE:
-            raise ServiceUnavailable("Too many sign-ins at once; try again in a few seconds.", retry_after=5)
-
     @contextlib.asynccontextmanager
-    async def _hash_slot(self) -> AsyncIterator[None]:
-        self._hashes_waiting += 1
-        try:
-            await self._hash_slots.acquire()
-        finally:
-            self._hashes_waiting -= 1
+    async def _place_in_line(self) -> AsyncIterator[None]:
+        """A sign-in's place, taken as it begins (before any try is counted: refused after
+        its try, a clerk sending the right password through a flood of made-up sign-ins had
+        locked their own account) and held to its end; 503 when ``HASH_SLOTS + HASH_QUEUE``
+        are under way. Taken at the look, with no wait between: a few hundred arriving within
+        one commit's time had each seen room and all joined."""
+        if self._signing_in >= HASH_SLOTS + HASH_QUEUE:
+            raise ServiceUnavailable("Too many sign-ins at once; try again in a few seconds.", retry_after=5)
+        self._signing_in += 1
         try:
             yield
         finally:
-            self._hash_slots.release()
+            self._signing_in -= 1
+
+    @contextlib.asynccontextmanager
+    async def _hash_slot(self) -> AsyncIterator[None]:
+        async with self._hash_slots:
+            yield
 
     async def _hash(self, password: str) -> str:
         async with self._hash_slot():
@@ -200,6 +201,10 @@ class StaffAuth:
     async def sign_in(
         self, *, session: AsyncSession, username: str, password: str, client: str, device: str = ""
     ) -> SignedIn:
+        async with self._place_in_line():
+            return await self._sign_in(session, username, password, client, device)
+
+    async def _sign_in(self, session: AsyncSession, username: str, password: str, client: str, device: str) -> SignedIn:
         """Check the password and open a session. ``device``: the browser's proofs of earlier
         sign-ins (app.staff.devices), to be kept as ``SignedIn.device``: a browser that
         signed in to the account before is not barred by its lockout, only by its own.
@@ -225,8 +230,8 @@ class StaffAuth:
         if row is not None:
             account, office_code = row
             account_id, password_hash, disabled = account.id, account.password_hash, account.disabled
+            ended = account.sessions_ended_at
         await session.rollback()
-        self._refuse_when_the_line_is_long()
         if row is None:
             await self.limiter.hit("staff-login-address", client, self.settings.staff_login_per_address)
             # Counted and locked like an account (OWASP): were only real accounts to lock,
@@ -263,7 +268,7 @@ class StaffAuth:
             raise WrongCredentials()
 
         new_hash = await self._hash(password) if self.hasher.check_needs_rehash(password_hash) else None
-        account = await self._reset_count(session, account_id, password_hash, own_lock, now)
+        account = await self._reset_count(session, account_id, ended, own_lock, now)
         if new_hash is not None:
             account.password_hash = new_hash
         await session.commit()
@@ -308,16 +313,23 @@ class StaffAuth:
         return own_lock
 
     async def _reset_count(
-        self, session: AsyncSession, account_id: int, checked: str, own_lock: dt.datetime | None, now: dt.datetime
+        self,
+        session: AsyncSession,
+        account_id: int,
+        ended: dt.datetime | None,
+        own_lock: dt.datetime | None,
+        now: dt.datetime,
     ) -> StaffAccount:
-        """After a right password (right for the ``checked`` hash): the account as the record
-        has it now, its count reset, and the lock this guess's own try set (``own_lock``)
-        lifted (not committed). A lock other guesses set since runs its course for every other
-        browser."""
+        """After a right password (right when the account's sessions were last ``ended``): the
+        account as the record has it now, its count reset, and the lock this guess's own try
+        set (``own_lock``) lifted (not committed). A lock other guesses set since runs its
+        course for every other browser."""
         account = await lock_row(session, StaffAccount, account_id)
         # Reset or disabled while the password was being checked (a leaked one, replaced): the
-        # old password is not let in under the new one's sessions and device proofs.
-        if account is None or account.password_hash != checked or account.disabled:
+        # old password is not let in under the new one's sessions and device proofs. (By the
+        # mark a reset and a disable leave, not the hash, which another sign-in's upgrade of
+        # its parameters changes too.)
+        if account is None or account.sessions_ended_at != ended or account.disabled:
             await session.rollback()
             raise WrongCredentials()
         locked_until = None if account.locked_until is None else _aware(account.locked_until)

@@ -331,10 +331,10 @@ async def test_sign_ins_past_the_hash_line_are_answered_at_once(
 
     waiting = [asyncio.create_task(attempt(f"nobody-{n}")) for n in range(staff_service.HASH_SLOTS + 2)]
     for _ in range(500):
-        if staff._hashes_waiting == 2:
+        if len(hasher.held) == staff_service.HASH_SLOTS:
             break
         await asyncio.sleep(0.01)
-    assert staff._hashes_waiting == 2
+    assert len(hasher.held) == staff_service.HASH_SLOTS and staff._signing_in == staff_service.HASH_SLOTS + 2
     refused = await attempt("one-too-many")
     assert isinstance(refused, ServiceUnavailable) and refused.headers["Retry-After"] == "5"
     # A clerk's sign-in refused so counts no try: five of them had locked the account.
@@ -342,8 +342,40 @@ async def test_sign_ins_past_the_hash_line_are_answered_at_once(
     assert (await account(container, "clerk")).failed_attempts == 0
     hasher.gate.set()
     assert all(isinstance(error, WrongCredentials) for error in await asyncio.gather(*waiting))
-    assert staff._hashes_waiting == 0
+    assert staff._signing_in == 0
     assert isinstance(await attempt("after-the-burst"), WrongCredentials)
+
+
+async def test_a_burst_arriving_at_once_takes_the_lines_places_as_it_looks(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few hundred made-up sign-ins arriving within one commit's time each looked at the
+    line before any had reached it, and all joined: the bound was no bound."""
+    monkeypatch.setattr(staff_service, "HASH_QUEUE", 2)
+    hasher = WatchingHasher()
+    staff = service(container, hasher=hasher)
+    await staff._dummy_hash()
+    hasher.gate.clear()
+
+    async def attempt(name: str) -> Exception:
+        async with container.sessions() as session:
+            hasher.session = session
+            try:
+                await staff.sign_in(session=session, username=name, password=PASSWORD, client=CLIENT)
+            except DomainError as error:
+                return error
+        raise AssertionError("signed in")
+
+    burst = [asyncio.create_task(attempt(f"nobody-{n}")) for n in range(10)]
+    for _ in range(500):  # four hashing (held at the gate), two waiting, four refused
+        if len(hasher.held) == staff_service.HASH_SLOTS and sum(task.done() for task in burst) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert staff._signing_in == staff_service.HASH_SLOTS + 2
+    hasher.gate.set()
+    answers = await asyncio.gather(*burst)
+    assert sum(isinstance(answer, ServiceUnavailable) for answer in answers) == 4
+    assert sum(isinstance(answer, WrongCredentials) for answer in answers) == 6
 
 
 async def test_a_password_reset_while_the_old_one_is_checked_lets_it_in_no_more(container: Container) -> None:
@@ -369,11 +401,7 @@ async def test_a_password_reset_while_the_old_one_is_checked_lets_it_in_no_more(
             break
         await asyncio.sleep(0.01)
     async with container.sessions() as session:
-        await session.execute(
-            update(StaffAccount)
-            .where(StaffAccount.username == "clerk")
-            .values(password_hash=hasher.hash("a new password"))
-        )
+        await staff.manage(session=session, username="clerk", action="reset-password", password="a new password")
         await session.commit()
     hasher.gate.set()
     assert isinstance(await signing_in, WrongCredentials)
