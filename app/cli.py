@@ -292,6 +292,9 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         embedded = EmbeddedRedis(settings.var_dir / "redis").start()
         os.environ["REDIS_URL"] = embedded.url
         log.info("embedded redis-server on %s", embedded.url)
+    if settings.trust_forwarded_for is None and not settings.database_url.startswith("sqlite"):
+        # As the app refuses it (app.main), said before the workers and the scheduler start.
+        raise SystemExit("NOBAT_TRUST_FORWARDED_FOR must be set when DATABASE_URL is not the embedded SQLite")
     helpers = [
         subprocess.Popen([sys.executable, "-m", "workers.worker"]),
         # A second worker for messages alone, so that sign-in codes never wait for a long job.

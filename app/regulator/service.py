@@ -391,13 +391,24 @@ class Regulator:
             if await session.get(Closure, closure_id, populate_existing=True) is None:
                 return []  # reopened meanwhile: nothing to close
             codes = await _offices_closed(session, province_id)
-            if moves_up_to is not None and await _bookings_on(session, day, province_id, moves_up_to + 1) > moves_up_to:
-                await self._shut_seats(session, codes, day)
-                return None
+            if moves_up_to is not None:
+                past = past_slots(self.clock.now())  # kept for the night, not moved
+                if await _bookings_on(session, day, province_id, ~past, moves_up_to + 1) > moves_up_to:
+                    await self._shut_seats(session, codes, day)
+                    return None
             line = _in_province(_waiting_on(day), province_id)
             return await self._shut(session, codes, day, f"به دلیل تعطیلی {jalali_date(day)} ({reason})،", line)
 
-        return await self._under_day_lock(session, day, close, tries=tries)
+        async def seats_only() -> None:
+            if await session.get(Closure, closure_id, populate_existing=True) is not None:
+                await self._shut_seats(session, await _offices_closed(session, province_id), day)
+
+        # The day's lock held by the job moving another closure's bookings (a province's can
+        # take it for minutes): a request's seats come out all the same, or its offices sold
+        # seats until that job had ended. Not its moves, which meet the other's.
+        return await self._under_day_lock(
+            session, day, close, tries=tries, meanwhile=seats_only if moves_up_to is not None else None
+        )
 
     async def _under_day_lock(
         self,
@@ -406,12 +417,18 @@ class Regulator:
         work: Callable[[], Awaitable[list[MovedBooking] | None]],
         *,
         tries: int = 1,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> list[MovedBooking] | None:
-        """``work`` on a shut day's offices, under the day's lock; None when it could not be
-        done now (the lock held, a recount begun, Redis or the record away): the job's next run."""
+        """``work`` on a shut day's offices, under the day's lock (else ``meanwhile``, if
+        given); None when it could not be done now (the lock held, a recount begun, Redis or
+        the record away): the job's next run."""
         try:
             async with self._day_lock(day, tries=tries) as held:
-                return await work() if held else None
+                if held:
+                    return await work()
+                if meanwhile is not None:
+                    await meanwhile()
+                return None
         except (CapacityRebuilding, ClosuresChanging, RedisError, SQLAlchemyError, OSError):
             # The closure is recorded: a 503 now would have the regulator record it again.
             # Its seats come out and its bookings move by the minute's job, once the recount
@@ -559,12 +576,15 @@ def _not_opened(day: dt.date) -> ColumnElement[bool]:
     return ~opened_by_own_plan(Booking.office_id, literal(day))
 
 
-async def _bookings_on(session: AsyncSession, day: dt.date, province_id: int | None, at_most: int) -> int:
-    """The bookings and places in line of a day at a closure's offices, counted up to ``at_most``."""
+async def _bookings_on(
+    session: AsyncSession, day: dt.date, province_id: int | None, only: ColumnElement[bool], at_most: int
+) -> int:
+    """The bookings and places in line of a day at a closure's offices (``only`` those),
+    counted up to ``at_most``."""
     found = _in_province(
         select(Booking.id)
         .join(Office, Office.id == Booking.office_id)
-        .where(Booking.date == day, Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED))),
+        .where(Booking.date == day, Booking.status.in_((BookingStatus.BOOKED, BookingStatus.WAITLISTED)), only),
         province_id,
     ).limit(at_most)
     return int(await session.scalar(select(func.count()).select_from(found.subquery())) or 0)

@@ -195,6 +195,43 @@ async def test_a_closure_with_many_bookings_takes_its_seats_out_at_once_and_move
     assert int(redis_sync.hget(keys.office_day(office, day), keys.used_field("*", "10:00")) or 0) == 0
 
 
+async def test_a_closure_posted_while_another_closures_moves_hold_the_day_takes_its_seats_out_at_once(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Tehran's closure for a day, its bookings moved by the minute's job for minutes; Alborz
+    closed for the same day meanwhile: its request could not take the day's lock, did
+    nothing, and Alborz's offices sold seats until Tehran's job had ended."""
+    from app.regulator import service as regulator_service
+
+    office = await world.office(seats=2)
+    await world.rebuild()
+    await account(world, "regulator-10", StaffRole.REGULATOR, None)
+    regulator = await sign_in(client, "regulator-10")
+    day = world.tomorrow()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    code = booked.json()["tracking_code"]
+    lock = f"{regulator_service.CLOSURE_MOVES_LOCK}:{day.isoformat()}"
+    redis_sync.set(lock, "the job moving another province", ex=60)
+    closed = await client.post(
+        "/api/v1/regulator/closures",
+        json={"date": day.isoformat(), "province_code": "01", "reason": "آلودگی هوا"},
+        headers=regulator,
+    )
+    assert closed.status_code == 201, closed.text
+    assert (closed.json()["moved"], closed.json()["moves_pending"]) == ([], True)
+    refused = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day, None), headers=world.token()
+    )
+    assert refused.status_code == 409, refused.text  # no seat sold while the moves wait
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "booked"
+    redis_sync.delete(lock)
+    async with world.container.sessions() as session:
+        assert await world.container.regulator.finish_closures(session=session) == 1
+    assert (await client.get(f"/api/v1/bookings/{code}")).json()["status"] == "cancelled"
+
+
 async def test_a_closure_tells_and_cancels_when_nowhere_is_open(
     client: Client, world: World, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:

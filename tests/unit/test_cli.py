@@ -57,3 +57,25 @@ def test_run_on_a_shared_record_without_redis_url_refuses_to_start(
     with pytest.raises(SystemExit, match="REDIS_URL must be set"):
         cli.serve(settings, host="127.0.0.1", port=0)
     assert not (tmp_path / "redis").exists()
+
+
+def test_run_on_a_shared_record_must_say_whether_behind_a_proxy(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """As the web refuses it at its start, said before any worker or the scheduler starts."""
+    import subprocess
+
+    from app.settings import load_settings
+
+    started: list[Any] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+    settings = load_settings(
+        {
+            "DATABASE_URL": "postgresql+asyncpg://nobat@db.example/nobat",
+            "REDIS_URL": "redis://127.0.0.1:9/0",
+            "NOBAT_VAR_DIR": str(tmp_path),
+            "NOBAT_SECRET_KEY": "k" * 32,
+            "NOBAT_SMS_BACKEND": "console",
+        }
+    )
+    with pytest.raises(SystemExit, match="NOBAT_TRUST_FORWARDED_FOR must be set"):
+        cli.serve(settings, host="127.0.0.1", port=0)
+    assert started == []
