@@ -33,8 +33,11 @@ from workers.queues import CODES, DEFAULT
 log = logging.getLogger(__name__)
 
 CLOSE_DAY_TIMEOUT = 30 * 60
-RECOUNT_TIMEOUT = 10 * 60
-"""The night's recount: about 20 s for the whole country, with bookings paused."""
+RECOUNT_TIMEOUT = 30 * 60
+"""The night's recount, with bookings paused: 13 s for the country's offices with nobody
+booked, 140 s with two million upcoming bookings (loadtests.bench_recount), growing with
+them: some 7 minutes at ten million. Stopped at a shorter limit, the pause went on while a
+web instance's watch began the whole count again."""
 MOVES_TIMEOUT = 30 * 60
 """The time limit of the jobs that move what a block or a closure left (RQ's own is 180 s)."""
 COPIES_KEPT = 5
