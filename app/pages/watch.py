@@ -37,6 +37,9 @@ from app.web import Deps, Session
 ACTIONS = ("restrict", "block", "lift")
 QUEUE_PAGE = 50
 """Complaints a page of the regulator's queue shows."""
+WATCH_PAGE = 100
+"""Offices a page of the watch list shows: the country's thousands, restricted over a bad
+month, had made one page of megabytes, each row with its reason (up to 2,000 letters)."""
 
 
 def _province_options() -> list[tuple[str, str]]:
@@ -55,9 +58,11 @@ class WatchPages(Controller):
         container: Deps,
         province: FromQuery[str | None] = None,
         status: FromQuery[str | None] = None,
+        page: FromQuery[str] = "1",
     ) -> Template:
         staff = await require_staff(request, container)
         errors: dict[str, str] = {}
+        number = parse_int(page, "page", minimum=1, maximum=1_000_000)
         try:
             watched = await container.enforcement.watched(
                 session=session, staff=staff, province=province or None, status=status or None
@@ -70,16 +75,29 @@ class WatchPages(Controller):
             )
         except InvalidInput as error:
             errors = form_errors(error, ["province", "status"])
+            number = 1
             watched = nationwide = await container.enforcement.watched(session=session, staff=staff)
         counts = Counter(office.province_fa for office in nationwide)
         query = urlencode({k: v for k, v in {"province": province, "status": status}.items() if v})
+        last = max(1, -(-len(watched) // WATCH_PAGE))
+        number = min(number, last)
+
+        kept = {name: value for name, value in {"province": province, "status": status}.items() if value and not errors}
+
+        def page_link(to: int) -> str:
+            return "/watch?" + urlencode({**kept, "page": to})
+
         return render(
             request,
             container,
             "watch/offices.html",
             status=422 if errors else 200,
             staff=staff,
-            watched=watched,
+            watched=watched[(number - 1) * WATCH_PAGE : number * WATCH_PAGE],
+            watched_total=len(watched),
+            page=number,
+            previous_page=page_link(number - 1) if number > 1 else None,
+            next_page=page_link(number + 1) if number < last else None,
             markers=iran_map.markers(dict(counts)),
             map_width=iran_map.WIDTH,
             map_height=iran_map.HEIGHT,

@@ -716,3 +716,34 @@ async def test_a_blocks_moves_send_nobody_to_an_office_the_record_closes_that_da
     blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
     assert blocked.status_code == 201, blocked.text
     assert blocked.json()["bookings_moved"] == 0 and blocked.json()["bookings_cancelled"] == 1
+
+
+async def test_the_watch_list_shows_every_office_a_page_at_a_time(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The country's thousands of restricted offices, each row with its reason, made one page
+    of megabytes for the guild's phone. A page at a time now, the filter kept in its links."""
+    import re
+
+    from app.pages import watch
+
+    monkeypatch.setattr(watch, "WATCH_PAGE", 2)
+    reg = await regulator(client, world)
+    restricted = set()
+    for _ in range(5):
+        office = await world.office()
+        await restrict(client, reg, office)
+        restricted.add(office)
+    seen: list[str] = []
+    links = []
+    for number in (1, 2, 3):
+        page = await client.get(f"/watch?status=restricted&page={number}", headers={**reg, "Accept": "text/html"})
+        assert page.status_code == 200, page.text
+        assert "(۵ دفتر)" in page.text  # the whole list's count, on every page
+        seen += re.findall(r'<tr data-office="([0-9]+)"', page.text)
+        links.append(re.findall(r'href="(/watch\?[^"]*)" rel="(prev|next)"', page.text))
+    assert sorted(seen) == sorted(restricted)  # each once, none left out
+    assert [[rel for _, rel in found] for found in links] == [["next"], ["prev", "next"], ["prev"]]
+    assert all("status=restricted" in href for found in links for href, _ in found)
+    past = await client.get("/watch?page=9", headers={**reg, "Accept": "text/html"})
+    assert past.status_code == 200 and len(re.findall(r'<tr data-office="', past.text)) == 1  # the last page
