@@ -91,7 +91,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     expression in the offices' time (`off`: never). What a failure left counted for nobody
     (a seat whose give-back met Redis away, a hold, a place in line) comes back; nothing
     else recounts a Redis that came back as it was. Bookings pause for
-    NOBAT_REBUILD_SETTLE_SECONDS and the count (about 20 s for the whole country)."""
+    NOBAT_REBUILD_SETTLE_SECONDS and the count (13 s for the whole country with nobody booked,
+    140 s with two million upcoming bookings: loadtests.bench_recount)."""
 
     # --- sign-in ---
     otp_ttl_seconds: int = 120
