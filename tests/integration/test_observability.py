@@ -318,6 +318,38 @@ async def test_a_booking_refused_for_redis_away_is_counted_as_unavailable(
     assert REJECTIONS.labels("service_unavailable")._value.get() == before + 1
 
 
+async def test_an_instance_pausing_bookings_for_a_recount_still_serves(client: Client, world: World) -> None:
+    """During a recount every instance answers /health/ready 503 at once, for minutes with a
+    country's bookings: a balancer that took them out had none, and pages, the consoles and
+    Twilio's webhooks got its error. /health/serving, the balancer's check, says whether the
+    instance can serve at all: the database and Redis."""
+    from tests.conftest import watch_held
+
+    office = await world.office()
+    container = client.app.state.container
+    async with watch_held():
+        container.capacity.ready = False  # as the watch pauses bookings for a recount
+        try:
+            ready = await client.get("/health/ready")
+            serving = await client.get("/health/serving")
+            page = await client.get(f"/api/v1/offices/{office}")
+        finally:
+            container.capacity.ready = True
+    assert ready.status_code == 503 and ready.json()["capacity"] == "rebuilding"
+    assert serving.status_code == 200 and serving.json() == {"status": "ready", "database": "ok", "redis": "ok"}
+    assert page.status_code == 200
+    from redis.asyncio import Redis as AsyncRedis
+
+    redis = container.redis
+    container.redis = AsyncRedis(host="127.0.0.1", port=9)  # nothing listens there
+    try:
+        away = await client.get("/health/serving")
+    finally:
+        await container.redis.aclose()
+        container.redis = redis
+    assert away.status_code == 503 and away.json()["redis"] == "unavailable" and away.headers["Retry-After"]
+
+
 async def test_readiness_answers_in_time_when_the_database_keeps_it_waiting(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
