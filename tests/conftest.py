@@ -305,7 +305,18 @@ async def served(client: AsyncTestClient[Litestar], settings: Settings) -> Async
 @contextlib.asynccontextmanager
 async def _serve(app: Litestar) -> AsyncIterator[Served]:
     # Logging left as it is: uvicorn's own set-up would change its loggers for the tests after.
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None, log_level=None, access_log=False)
+    # The server keeps an idle connection longer than httpx's pool does (5 s): at the same
+    # keep-alive on both sides, a request sent on a connection the server was closing at that
+    # moment failed with a ReadError (a busy 2-core run, the cluster's 500-request race).
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=free_port(),
+        log_config=None,
+        log_level=None,
+        access_log=False,
+        timeout_keep_alive=60,
+    )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     async with asyncio.timeout(30):
