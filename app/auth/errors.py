@@ -18,6 +18,13 @@ class CodeExpired(DomainError):
     message_en = "The code has expired or was used up. Ask for a new one."
 
 
+def _to(sms_number: str) -> tuple[str, str]:
+    """Words naming the number a citizen texts «ورود» to, in Persian and English (none when unknown)."""
+    if not sms_number:
+        return "", ""
+    return f" به {to_persian_digits(sms_number.removeprefix('+'))}", f" to {sms_number}"
+
+
 class WebCodesBusy(RateLimited):
     """The web's codes for every number together are used up for now (``otp_web_total``): a
     flood of asks for random numbers, or a rush past what the SMS workers send. A code asked
@@ -25,8 +32,7 @@ class WebCodesBusy(RateLimited):
 
     def __init__(self, retry_after: int, *, sms_number: str) -> None:
         super().__init__(retry_after)
-        to_fa = f" به {to_persian_digits(sms_number.removeprefix('+'))}" if sms_number else ""
-        to_en = f" to {sms_number}" if sms_number else ""
+        to_fa, to_en = _to(sms_number)
         self.detail_fa = (
             f"درخواست کد از راه وب اکنون بیش از توان ارسال است. برای گرفتن کد، از گوشی خود پیامک «ورود» را{to_fa} "
             "بفرستید، یا کمی بعد دوباره تلاش کنید."
@@ -45,8 +51,7 @@ class CodesUsedUp(RateLimited):
 
     def __init__(self, retry_after: int, *, sms_number: str) -> None:
         super().__init__(retry_after)
-        to_fa = f" به {to_persian_digits(sms_number.removeprefix('+'))}" if sms_number else ""
-        to_en = f" to {sms_number}" if sms_number else ""
+        to_fa, to_en = _to(sms_number)
         self.detail_fa = (
             f"برای این شماره بیش از حد کد درخواست شده است. برای گرفتن کد، از همین گوشی پیامک «ورود» را{to_fa} بفرستید."
         )

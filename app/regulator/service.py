@@ -218,14 +218,7 @@ class Regulator:
             # the night's new day from the record without it, it is closed here, and noted for
             # the minute's job should that fail.
             change = (await self.capacity.apply_later(str(recorded.id), noted_in=keys.CLOSURES_TO_APPLY)).change
-            moved = await self._close_offices(
-                session, recorded.id, province_id, day, recorded.reason, tries=25, moves_up_to=MOVES_IN_REQUEST
-            )
-            if moved is None:
-                recorded.moves_pending = True
-            else:
-                recorded.moved = moved
-                await self._closed(recorded.id, change)
+            await self._close_in_request(session, recorded, province_id, day, change, await self.capacity.rebuilt_at())
             return recorded
         # Noted before the commit: if the seats cannot come out below, the minute's job takes
         # them out even where nobody is booked yet (it had looked only for bookings to move,
@@ -242,6 +235,21 @@ class Regulator:
             reason=closure.reason,
             created_by=closure.created_by,
         )
+        await self._close_in_request(session, recorded, province_id, day, change, counted)
+        return recorded
+
+    async def _close_in_request(
+        self,
+        session: AsyncSession,
+        recorded: ClosureOut,
+        province_id: int | None,
+        day: dt.date,
+        change: str,
+        counted: str | None,
+    ) -> None:
+        """A recorded closure's seats out and its bookings moved, as its request can: said in
+        ``recorded`` (``moved``, or ``moves_pending`` for the minute's job, whose note is kept
+        also when a recount began since ``counted`` was read)."""
         # Its request waits a few seconds for the day's lock (another closure of the day, or a
         # reopen, holding it): the job would apply it a minute or more later, its offices selling
         # seats meanwhile.
@@ -250,11 +258,10 @@ class Regulator:
         )
         if moved is None:
             recorded.moves_pending = True
-        else:
-            recorded.moved = moved
-            if not await self._recounted_since(counted):
-                await self._closed(recorded.id, change)
-        return recorded
+            return
+        recorded.moved = moved
+        if not await self._recounted_since(counted):
+            await self._closed(recorded.id, change)
 
     async def _recounted_since(self, counted: str | None) -> bool:
         """Whether a recount began since ``counted`` was read (or Redis cannot say): one that

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import re
 import threading
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
@@ -307,6 +308,17 @@ async def test_no_connection_is_held_while_a_password_is_checked(container: Cont
     assert hasher.held == [False] * 5
 
 
+async def sign_in_refused(container: Container, staff: StaffAuth, hasher: WatchingHasher, name: str) -> Exception:
+    """A sign-in as ``name`` with PASSWORD: how it was refused (signed in, it fails the test)."""
+    async with container.sessions() as session:
+        hasher.session = session
+        try:
+            await staff.sign_in(session=session, username=name, password=PASSWORD, client=CLIENT)
+        except DomainError as error:
+            return error
+    raise AssertionError("signed in")
+
+
 async def test_sign_ins_past_the_hash_line_are_answered_at_once(
     container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,14 +332,8 @@ async def test_sign_ins_past_the_hash_line_are_answered_at_once(
     await make_account(container, staff, "clerk", role=StaffRole.GUILD)
     hasher.gate.clear()
 
-    async def attempt(name: str) -> Exception:
-        async with container.sessions() as session:
-            hasher.session = session
-            try:
-                await staff.sign_in(session=session, username=name, password=PASSWORD, client=CLIENT)
-            except DomainError as error:
-                return error
-        raise AssertionError("signed in")
+    def attempt(name: str) -> Awaitable[Exception]:
+        return sign_in_refused(container, staff, hasher, name)
 
     waiting = [asyncio.create_task(attempt(f"nobody-{n}")) for n in range(staff_service.HASH_SLOTS + 2)]
     for _ in range(500):
@@ -357,14 +363,8 @@ async def test_a_burst_arriving_at_once_takes_the_lines_places_as_it_looks(
     await staff._dummy_hash()
     hasher.gate.clear()
 
-    async def attempt(name: str) -> Exception:
-        async with container.sessions() as session:
-            hasher.session = session
-            try:
-                await staff.sign_in(session=session, username=name, password=PASSWORD, client=CLIENT)
-            except DomainError as error:
-                return error
-        raise AssertionError("signed in")
+    def attempt(name: str) -> Awaitable[Exception]:
+        return sign_in_refused(container, staff, hasher, name)
 
     burst = [asyncio.create_task(attempt(f"nobody-{n}")) for n in range(10)]
     for _ in range(500):  # four hashing (held at the gate), two waiting, four refused
