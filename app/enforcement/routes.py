@@ -53,9 +53,16 @@ class RegulatorActionsController(Controller):
     ) -> ActionOut:
         return await container.enforcement.lift(session=session, staff=staff, office_code=code, reason=data.reason)
 
-    @get("/appeals", summary="Appeals of offices (regulator, guild)")
-    async def appeals(self, staff: Staff, session: Session, container: Deps) -> list[AppealOut]:
-        return await container.enforcement.appeals(session=session, staff=staff)
+    @get("/appeals", summary="Appeals of offices (regulator, guild); ?office=CODE, ?outcome=pending")
+    async def appeals(
+        self,
+        staff: Staff,
+        session: Session,
+        container: Deps,
+        office: FromQuery[str | None] = None,
+        outcome: FromQuery[str | None] = None,
+    ) -> list[AppealOut]:
+        return await container.enforcement.appeals(session=session, staff=staff, office_code=office, outcome=outcome)
 
     @post("/appeals/{appeal_id:str}/decide", status_code=200, summary="Uphold or overturn an appeal (regulator)")
     async def decide(

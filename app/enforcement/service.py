@@ -726,12 +726,30 @@ class Enforcement:
     def _appeal_deadline(self, action: OfficeAction) -> dt.datetime:
         return self.clock.aware(action.started_at) + dt.timedelta(days=self.appeal_days)
 
-    async def appeals(self, *, session: AsyncSession, staff: StaffPrincipal) -> list[AppealOut]:
+    async def appeals(
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        office_code: str | None = None,
+        outcome: str | None = None,
+    ) -> list[AppealOut]:
+        """Appeals, oldest first; narrowed to one office's, or to those awaiting a decision
+        (``outcome="pending"``): the regulator's work, which the whole list buries in years."""
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
-        rows = await session.execute(
-            select(Appeal, Office.code).join(Office, Office.id == Appeal.office_id).order_by(Appeal.id)
-        )
-        return [_appeal_out(appeal, code) for appeal, code in rows]
+        query = select(Appeal, Office.code).join(Office, Office.id == Appeal.office_id).order_by(Appeal.id)
+        if office_code is not None:
+            query = query.where(Appeal.office_id == (await self.office(session, office_code)).id)
+        if outcome is not None:
+            try:
+                query = query.where(Appeal.outcome == AppealOutcome(outcome.strip().lower()))
+            except ValueError:
+                raise InvalidInput(
+                    "outcome",
+                    "outcome is pending, upheld or overturned.",
+                    detail_fa="نتیجه باید pending، upheld یا overturned باشد.",
+                ) from None
+        return [_appeal_out(appeal, code) for appeal, code in await session.execute(query)]
 
     async def notices(self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str) -> list[NoticeOut]:
         require_office(staff, office_code)

@@ -14,9 +14,10 @@ from litestar.response import Redirect, Template
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, State
 from app.complaints.service import MAX_OFFSET as MAX_QUEUE_OFFSET
 from app.complaints.service import RECATEGORIZABLE
+from app.enforcement.errors import AppealNotFound
 from app.enforcement.models import ActionKind
 from app.errors import DomainError, Forbidden, InvalidInput, NotFound
-from app.locale import parse_int
+from app.locale import MAX_ID, parse_int
 from app.offices import service as offices
 from app.pages import iran_map
 from app.pages.render import (
@@ -134,6 +135,7 @@ class WatchPages(Controller):
             raise Forbidden(detail_fa="این صفحه برای کانون و نهاد ناظر است.")
         detail = await offices.get_office(session=session, code=code)
         history = await container.enforcement.history(session=session, staff=staff, office_code=detail.code)
+        appeals = await container.enforcement.appeals(session=session, staff=staff, office_code=detail.code)
         return render(
             request,
             container,
@@ -142,6 +144,7 @@ class WatchPages(Controller):
             staff=staff,
             office=detail,
             history=history,
+            appeals={appeal.action_id: appeal for appeal in appeals},
             errors=errors or {},
             form=form or {"restrict_cap": str(container.settings.restricted_cap_percent)},
         )
@@ -200,6 +203,46 @@ class WatchPages(Controller):
             )
         notice = {"restrict": "restricted", "block": "blocked", "lift": "lifted"}[action]
         return see_other(f"/watch/offices/{code}?notice={notice}")
+
+    @post("/offices/{code:str}/appeals/{appeal_id:str}")
+    async def decide_appeal(
+        self,
+        code: FromPath[str],
+        appeal_id: FromPath[str],
+        data: Form,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+    ) -> Template | Redirect:
+        """The regulator's decision on an office's appeal, from the office's page, where the
+        action appealed against is shown beside it."""
+        staff = await require_staff(request, container, back=f"/watch/offices/{code}")
+        check_csrf(request, container, data)
+        number = parse_int(appeal_id, "appeal_id", minimum=1, maximum=MAX_ID)
+        note = f"note_{number}"
+        try:
+            if number not in {
+                a.id for a in await container.enforcement.appeals(session=session, staff=staff, office_code=code)
+            }:
+                raise AppealNotFound()  # another office's: decided from its own page only
+            decided = await container.enforcement.decide_appeal(
+                session=session, staff=staff, appeal_id=number, outcome=data.get("outcome", ""), note=data.get(note, "")
+            )
+        except DomainError as error:
+            await session.rollback()
+            top = f"appeal_{number}_top"
+            errors = form_errors(error, [note], {"note": note})
+            return await self._office_page(
+                request,
+                session,
+                container,
+                staff,
+                code,
+                errors={(top if k == TOP else k): v for k, v in errors.items()},
+                form=dict(data),
+                status=error.status,
+            )
+        return see_other(f"/watch/offices/{code}?notice=appeal_{decided.outcome}")
 
     # --- the regulator's complaint queue ---
 

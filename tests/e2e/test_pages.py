@@ -274,6 +274,42 @@ def test_regulator_restricts_and_the_guild_sees_it(desk: Any, site: Site, server
     assert RESTRICTED_OFFICE in response.text()
 
 
+def test_an_office_appeals_and_the_regulator_overturns_it(desk: Any, site: Site, server: Server) -> None:
+    office = "030001"  # another province's first office: the guild's map above is not touched
+    page = desk.new_page()
+    sign_in_staff(page, site, "regulator", "regulator-demo-pass")
+    page.wait_for_url(re.compile(r"/watch$"))
+    page.goto(f"/watch/offices/{office}")
+    page.get_by_label("دلیل").first.fill("نداشتن سامانهٔ نوبت‌دهی")
+    page.get_by_role("button", name="محدود کردن").click()
+    expect(page.locator("[data-office-status]")).to_have_attribute("data-office-status", "restricted")
+    page.get_by_role("button", name=re.compile("خروج")).click()
+    page.wait_for_url(re.compile(r"/office/signin"))
+
+    sign_in_staff(page, site, *server.staff_account(office))
+    page.wait_for_url(re.compile(rf"/office/{office}/queue$"))
+    page.goto(f"/office/{office}/notices")
+    page.get_by_label("متن اعتراض").fill("سامانهٔ نوبت‌دهی را راه انداختیم.")
+    page.get_by_role("button", name="ثبت اعتراض").click()
+    expect(page.locator("[data-appeal-outcome]")).to_have_attribute("data-appeal-outcome", "pending")
+    page.get_by_role("button", name=re.compile("خروج")).click()
+    page.wait_for_url(re.compile(r"/office/signin"))
+
+    sign_in_staff(page, site, "regulator", "regulator-demo-pass")
+    page.wait_for_url(re.compile(r"/watch$"))
+    page.goto(f"/watch/offices/{office}")
+    expect(page.locator("[data-appeal]")).to_contain_text("سامانهٔ نوبت‌دهی را راه انداختیم.")
+    site.check(page)
+    site.shot(page, "watch-appeal")
+    page.get_by_label("دلیل تصمیم").fill("بازدید تأیید کرد.")
+    page.get_by_role("button", name="پذیرفتن اعتراض").click()
+    expect(page.locator(".notice")).to_have_text(re.compile("اعتراض پذیرفته شد"))
+    expect(page.locator("[data-appeal-outcome]")).to_have_attribute("data-appeal-outcome", "overturned")
+    expect(page.locator("[data-office-status]")).to_have_attribute("data-office-status", "active")
+    expect(page.get_by_role("button", name="پذیرفتن اعتراض")).to_have_count(0)
+    site.check(page)
+
+
 def test_invalid_national_id_is_shown_beside_the_field(phone: Any, site: Site, server: Server) -> None:
     page = phone.new_page()
     # A later day: today's first free slot could begin between the two taps, and be refused as begun.

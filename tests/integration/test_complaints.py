@@ -663,3 +663,71 @@ async def test_a_clerk_appeals_from_the_notices_page(client: Client, world: Worl
         f"/office/{other}/appeals", data={"_csrf": csrf[1], "action_id": str(old), f"text_{old}": text}, headers=html
     )
     assert late.status_code == 409 and 'class="alert"' in late.text, late.text
+
+
+async def test_the_regulator_decides_an_appeal_from_the_offices_page(client: Client, world: World) -> None:
+    """The clerk could appeal from a page, and the regulator could decide only through the
+    API: the appeal waited for someone with a bearer token and a terminal."""
+    office, other = await world.office(), await world.office()
+    reg = await regulator(client, world)
+    action_id = await restrict(client, reg, office, cap=30)
+    other_action = await restrict(client, reg, other, cap=30)
+    filed = await appeal(client, await staff_of(client, world, office), office, action_id, "صف را برچیدیم.")
+    other_filed = await appeal(client, await staff_of(client, world, other), other, other_action)
+    assert filed.status_code == other_filed.status_code == 201
+    appeal_id, other_id = filed.json()["id"], other_filed.json()["id"]
+    html = {"Accept": "text/html"}
+
+    async def outcomes() -> dict[int, str]:
+        listed = await client.get("/api/v1/regulator/appeals", headers=reg)
+        return {a["id"]: a["outcome"] for a in listed.json()}
+
+    # The guild reads the appeal and is offered no decision; one sent anyway is refused.
+    await guild(client, world)
+    page = await client.get(f"/watch/offices/{office}", headers=html)
+    assert page.status_code == 200 and "صف را برچیدیم." in page.text and 'data-appeal-outcome="pending"' in page.text
+    assert f"/appeals/{appeal_id}" not in page.text
+    csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert csrf
+    url = f"/watch/offices/{office}/appeals/{appeal_id}"
+    refused = await client.post(url, data={"_csrf": csrf[1], "outcome": "overturned"}, headers=html)
+    assert refused.status_code == 403 and 'class="alert"' in refused.text, refused.text
+
+    await sign_in(client, "regulator-x")
+    page = await client.get(f"/watch/offices/{office}", headers=html)
+    assert f'action="{url}"' in page.text
+    csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert csrf
+    bad = await client.post(url, data={"_csrf": csrf[1], "outcome": "maybe", f"note_{appeal_id}": "x"}, headers=html)
+    assert bad.status_code == 422 and 'class="alert"' in bad.text, bad.text
+    assert ">x</textarea>" in bad.text  # what the regulator typed is kept
+    elsewhere = await client.post(
+        f"/watch/offices/{office}/appeals/{other_id}", data={"_csrf": csrf[1], "outcome": "overturned"}, headers=html
+    )
+    assert elsewhere.status_code == 404, elsewhere.text
+    assert await outcomes() == {appeal_id: "pending", other_id: "pending"}  # neither changed
+
+    note = "نوبت‌دهی برقرار است."
+    decided = await client.post(
+        url, data={"_csrf": csrf[1], "outcome": "overturned", f"note_{appeal_id}": note}, headers=html,
+        follow_redirects=False,
+    )  # fmt: skip
+    assert decided.status_code == 303 and decided.headers["location"].endswith("notice=appeal_overturned")
+    assert await outcomes() == {appeal_id: "overturned", other_id: "pending"}
+    page = await client.get(decided.headers["location"], headers=html)
+    assert 'data-appeal-outcome="overturned"' in page.text and note in page.text
+    assert f'action="{url}"' not in page.text
+    async with world.container.sessions() as session:
+        status = await session.scalar(select(Office.status).where(Office.code == office))
+    assert status is OfficeStatus.ACTIVE  # the restriction lifted with it
+    again = await client.post(url, data={"_csrf": csrf[1], "outcome": "upheld"}, headers=html)
+    assert again.status_code == 409 and 'class="alert"' in again.text
+    assert await outcomes() == {appeal_id: "overturned", other_id: "pending"}
+
+    # The API narrows the list to one office's, or to those awaiting a decision.
+    pending = await client.get("/api/v1/regulator/appeals?outcome=pending", headers=reg)
+    assert [a["id"] for a in pending.json()] == [other_id]
+    mine = await client.get(f"/api/v1/regulator/appeals?office={office}", headers=reg)
+    assert [a["id"] for a in mine.json()] == [appeal_id]
+    assert (await client.get("/api/v1/regulator/appeals?outcome=maybe", headers=reg)).status_code == 422
+    assert (await client.get("/api/v1/regulator/appeals?office=9999999", headers=reg)).status_code == 404
