@@ -505,8 +505,13 @@ class CitizenPages(Controller):
 
     @post("/signin/code")
     async def verify(self, data: Form, request: Request[Any, Any, Any], container: Deps) -> Template | Redirect:
-        check_csrf(request, container, data)
         mobile, next_path = data.get("mobile", ""), safe_next(data.get("next"))
+        if _signed_in_as(request, container, mobile):
+            # A second tap after the first signed in (its cookie kept, its page still loading):
+            # on where the first was going. The form's token was bound to the visit, not to the
+            # sign-in, and had answered "form expired", the booking's slot lost with it.
+            return see_other(next_path)
+        check_csrf(request, container, data)
         client = client_address(request, trust_forwarded_for=container.settings.trust_forwarded_for)
         try:
             # The form's CSRF token, bound to this browser: its second tap may take the code again.
@@ -747,6 +752,13 @@ def _forget_signin_mobile(request: Request[Any, Any, Any]) -> list[Cookie]:
     if SIGNIN_MOBILE_COOKIE not in request.cookies:
         return []
     return [Cookie(key=SIGNIN_MOBILE_COOKIE, value="", path=SIGNIN_PATH, max_age=0, expires=0)]
+
+
+def _signed_in_as(request: Request[Any, Any, Any], container: Container, mobile: str) -> bool:
+    try:
+        return citizen_mobile(request, container) == normalize_mobile(mobile)
+    except InvalidInput:
+        return False
 
 
 def _end_sign_in_cookie(request: Request[Any, Any, Any], response: Redirect) -> None:

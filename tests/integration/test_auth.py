@@ -846,6 +846,28 @@ async def test_a_second_tap_on_the_sign_in_page_signs_in_as_the_first(
     assert CITIZEN_COOKIE in second.headers.get("set-cookie", "")
 
 
+async def test_a_second_tap_after_the_sign_in_goes_on_where_the_first_was_going(
+    client: Client, redis_sync: SyncRedis, deliver: Deliver
+) -> None:
+    """The first tap signed in and its cookie was kept, its page still loading; the second tap
+    sent the old form, whose token was bound to the visit, not the sign-in: "form expired", and
+    the slot the citizen had picked (in ``next``) was lost in a rush."""
+    mobile = "09120002626"
+    page = await client.get("/signin")
+    sent = await client.post("/signin", data={"_csrf": form_token(page), "mobile": mobile}, follow_redirects=False)
+    code_page = await client.get(sent.headers["location"])
+    await deliver()
+    chosen = "/book?office=010002&service=101"
+    form = {"_csrf": form_token(code_page), "mobile": mobile, "next": chosen, "code": last_code(redis_sync, mobile)}
+    first = await client.post("/signin/code", data=form, follow_redirects=False)
+    assert first.status_code == 303 and CITIZEN_COOKIE in client.cookies, first.text
+    second = await client.post("/signin/code", data=form, follow_redirects=False)
+    assert second.status_code == 303 and second.headers["location"] == chosen, second.text
+    # Signed in as another number, the form is checked as any other: no way past the token.
+    other = {**form, "mobile": "09120002727", "_csrf": "forged"}
+    assert (await client.post("/signin/code", data=other, follow_redirects=False)).status_code == 403
+
+
 async def test_the_sign_in_pages_keep_the_number_out_of_every_address(
     client: Client, redis_sync: SyncRedis, deliver: Deliver
 ) -> None:
