@@ -63,7 +63,7 @@ def province_code_of(value: str | None) -> str | None:
     whole country; a blank code is left for the caller to judge, never read as None.)"""
     if value is None:
         return None
-    return normalize_digits(check_text(value, "province_code", max_length=10)).strip()
+    return normalize_digits(check_text(value, "province_code", max_length=10, label_fa="کد استان")).strip()
 
 
 async def _province_id(session: AsyncSession, province_code: str | None) -> int | None:
@@ -117,7 +117,7 @@ async def add(
         raise InvalidInput(
             "starts_on", "A cap starts within a year from today.", detail_fa="محدودیت باید تا یک سال آینده آغاز شود."
         )
-    if not check_text(reason, "reason", max_length=REASON_MAX, multiline=True).strip():
+    if not check_text(reason, "reason", max_length=REASON_MAX, multiline=True, label_fa="دلیل").strip():
         raise InvalidInput("reason", "Give the reason (the directive).", detail_fa="دلیل (مصوبه) را بنویسید.")
     province_code = province_code_of(province_code)
     province_id = await _province_id(session, province_code)

@@ -358,9 +358,9 @@ class Complaints:
         and the policy go by it then). A complaint texted in is filed as "other" and could
         never have counted as the forgery it reported."""
         require_role(staff, StaffRole.REGULATOR)
-        check_text(note, "note", max_length=MAX_TEXT, multiline=True)
+        check_text(note, "note", max_length=MAX_TEXT, multiline=True, label_fa="یادداشت")
         if inspector:
-            check_text(inspector.strip(), "inspector", max_length=MAX_INSPECTOR)
+            check_text(inspector.strip(), "inspector", max_length=MAX_INSPECTOR, label_fa="بازرس")
         complaint = await self._get(session, tracking_code, lock=True)
         if not to.strip():
             if not TRANSITIONS[complaint.state]:  # ended meanwhile: that, not "choose a step"

@@ -225,7 +225,7 @@ class Console:
         move_overflow: bool,
     ) -> CapacityChange:
         self.capacity.require_ready()
-        check_text(reason, "reason", max_length=MAX_REASON, multiline=True)
+        check_text(reason, "reason", max_length=MAX_REASON, multiline=True, label_fa="دلیل")
         office = await self._office(session, staff, office_code)
         self.capacity.check_plannable(day, self.clock.today())
         validate_rules(rules)

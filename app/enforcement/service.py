@@ -469,7 +469,7 @@ class Enforcement:
         lifter saw (a page's form): another now (a block, or a harder restriction, made since),
         nothing is lifted."""
         require_role(staff, StaffRole.REGULATOR, StaffRole.GUILD)
-        if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True).strip():
+        if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True, label_fa="دلیل").strip():
             raise InvalidInput(
                 "reason", "Say why (for example: it now takes appointments).", detail_fa="دلیل را بنویسید."
             )
@@ -567,7 +567,7 @@ class Enforcement:
     ) -> ActionOut:
         """A regulator's decision to restrict or block an office."""
         require_role(staff, StaffRole.REGULATOR)
-        if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True).strip():
+        if not check_text(reason, "reason", max_length=MAX_TEXT, multiline=True, label_fa="دلیل").strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         self.capacity.require_ready()  # a block's moves and a cap must not race a recount
         office = await self.office(session, office_code)
@@ -619,7 +619,7 @@ class Enforcement:
         action = await lock_row(session, OfficeAction, action_id)
         if action is None or action.office_id != office.id:
             raise ActionNotFound()
-        if not check_text(text, "text", max_length=MAX_TEXT, multiline=True).strip():
+        if not check_text(text, "text", max_length=MAX_TEXT, multiline=True, label_fa="متن اعتراض").strip():
             raise InvalidInput("text", "Write the appeal.", detail_fa="متن اعتراض را بنویسید.")
         now = self.clock.now()
         already = await session.scalar(select(func.count()).select_from(Appeal).where(Appeal.action_id == action.id))
@@ -641,7 +641,7 @@ class Enforcement:
         self, *, session: AsyncSession, staff: StaffPrincipal, appeal_id: int, outcome: str, note: str
     ) -> AppealOut:
         require_role(staff, StaffRole.REGULATOR)
-        check_text(note, "note", max_length=MAX_TEXT, multiline=True)
+        check_text(note, "note", max_length=MAX_TEXT, multiline=True, label_fa="دلیل تصمیم")
         # Locked before its outcome is read: two decisions at once (upheld, and overturned)
         # are one decision and a 409.
         appeal = await lock_row(session, Appeal, appeal_id)

@@ -289,7 +289,9 @@ class LoadService:
                 status=summed.status,
                 seats=pool.used_ahead + free,
                 used=pool.used_ahead,
-                waiting=waiting,
+                # The room now says nothing of another day: an office with a queue today and
+                # an empty tomorrow had ranked low, and shown "busy", for tomorrow.
+                waiting=waiting if day == now.date() else 0,
                 free_times=pool.free_times,
                 # A day Redis lacks even after materialising (a race with a recount) is not
                 # known to be closed: no free slot, as a full one. A cap that lets the day sell
@@ -314,7 +316,7 @@ class LoadService:
         if city:
             # PostgreSQL cannot compare text holding NUL: refused here, with a 422, for the API
             # and the search page alike.
-            value = normalize_text(check_text(city, "city", max_length=100))
+            value = normalize_text(check_text(city, "city", max_length=100, label_fa="نام شهر"))
             query = select(City.lat, City.lon).order_by(City.population.desc()).limit(1)
             match = named(value, City.name_fa, City.name_en)
             if value.isascii() and value.isdecimal() and len(value) <= 9:

@@ -110,7 +110,7 @@ async def search_offices(
     if province:
         query = query.where(in_province(province))
     if city:
-        value = normalize_text(check_text(city, "city", max_length=MAX_NAME))
+        value = normalize_text(check_text(city, "city", max_length=MAX_NAME, label_fa="نام شهر"))
         match = named(value, City.name_fa, City.name_en)
         # [0-9] only, and short enough to be an id: "²".isdigit() is true and int() refuses it.
         if value.isascii() and value.isdecimal() and len(value) <= 9:
@@ -128,7 +128,7 @@ async def search_offices(
 
 def in_province(province: str) -> ColumnElement[bool]:
     """A filter on ``Province``: the one named by code («۰۱») or Persian or English name, as typed."""
-    value = normalize_text(check_text(province, "province", max_length=MAX_NAME))
+    value = normalize_text(check_text(province, "province", max_length=MAX_NAME, label_fa="نام استان"))
     return (Province.code == value) | named(value, Province.name_fa, Province.name_en)
 
 

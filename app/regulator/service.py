@@ -173,7 +173,9 @@ class Regulator:
         # day came within the horizon, and someone to remember it then.
         self.capacity.check_plannable(day, today)
         far = day not in self.capacity.horizon(today)
-        if not check_text(data.reason, "reason", max_length=crowd_caps.REASON_MAX, multiline=True).strip():
+        if not check_text(
+            data.reason, "reason", max_length=crowd_caps.REASON_MAX, multiline=True, label_fa="دلیل"
+        ).strip():
             raise InvalidInput("reason", "Give the reason.", detail_fa="دلیل را بنویسید.")
         province_id = None
         if province_code:

@@ -88,6 +88,16 @@ async def test_office_search_refuses(client: Client, office: str, params: dict[s
     assert_problem(await client.get("/api/v1/offices", params=params), 422, "invalid_input", field)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/offices", "/api/v1/offices/nearby"])
+@pytest.mark.parametrize("city", ["تهران\tشمال", LONG])
+async def test_a_refused_city_is_named_in_persian(client: Client, office: str, path: str, city: str) -> None:
+    """The search page shows message_fa beside the city: it had said «city نویسهٔ غیرمجاز دارد»."""
+    response = await client.get(path, params={"city": city, "service": "101"})
+    assert_problem(response, 422, "invalid_input", "city")
+    message = response.json()["message_fa"]
+    assert "نام شهر" in message and not re.search("[A-Za-z]", message), message
+
+
 @pytest.mark.parametrize("city", ["²", "٣²", HUGE, "9223372036854775808", "0", "1" * 100])
 async def test_a_city_that_only_looks_like_an_id_finds_nothing(client: Client, office: str, city: str) -> None:
     response = await client.get("/api/v1/offices", params={"city": city})

@@ -77,21 +77,38 @@ async def test_least_busy_near_office_ranks_first(client: Client, world: World) 
     assert ranked[2]["load"] == 1.0
 
 
-async def test_waiting_people_and_restriction_rank_down(client: Client, world: World) -> None:
+async def test_waiting_people_and_restriction_rank_down(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     near, middle, far = await three_offices(world)
-    ranked = await nearby(client, date=world.tomorrow().isoformat())
-    assert [o["code"] for o in ranked] == [near, middle, far]  # their standings now kept
-    # Told by another instance (the world's container): heard within the ttl.
+    clock = world.container.clock
+    seven = dt.datetime.combine(clock.today(), dt.time(7, 0), tzinfo=clock.tz)  # every slot of today ahead
+    today, tomorrow = seven.date().isoformat(), world.tomorrow().isoformat()
+
+    async def ranked_on(day: str) -> list[dict[str, object]]:
+        with monkeypatch.context() as at_seven:
+            at_seven.setattr(Clock, "now", lambda self: seven)
+            return await nearby(client, date=day)
+
+    for day in (today, tomorrow):
+        assert [o["code"] for o in await ranked_on(day)] == [near, middle, far]  # now kept
+    # Told by another instance (the world's container): heard within the ttl. Reported at
+    # the real time, as the reading judges a report's age by it.
     await world.container.load.report_waiting(office_code=near, count=20)
     await world.container.capacity.set_status(
-        office_code=middle, status=OfficeStatus.RESTRICTED, cap_percent=50, today=world.container.clock.today()
+        office_code=middle, status=OfficeStatus.RESTRICTED, cap_percent=50, today=clock.today()
     )
     await world.container.capacity.reads.told()
     await asyncio.sleep(world.container.settings.read_cache_seconds + 0.1)
-    ranked = await nearby(client, date=world.tomorrow().isoformat())
+    ranked = await ranked_on(today)
     assert [o["code"] for o in ranked] == [far, near, middle]
-    assert ranked[1]["waiting_now"] == 20
+    assert ranked[1]["waiting_now"] == 20 and ranked[1]["busyness"] == "high"
     assert ranked[2]["restricted"] is True and ranked[2]["status"] == "restricted"
+    # The room today says nothing of tomorrow: the office with the queue and an empty
+    # tomorrow had ranked down, and been called busy, for tomorrow too.
+    ranked = await ranked_on(tomorrow)
+    assert [o["code"] for o in ranked] == [near, far, middle]
+    assert ranked[0]["waiting_now"] == 0 and ranked[0]["busyness"] == "low"
 
 
 async def test_blocked_offices_never_appear(client: Client, world: World) -> None:
