@@ -62,7 +62,7 @@ async def _session(container: Deps) -> AsyncIterator[AsyncSession]:
 
 # Not limited: probes and the scraper (our own infrastructure), the cacheable assets, and
 # Twilio's webhooks (signature-checked, and one Twilio address carries many citizens).
-_UNLIMITED = ("/health", "/metrics", "/static/", "/sms/twilio/")
+_UNLIMITED = ("/health", "/metrics", "/static/", "/assets/", "/sms/twilio/")
 
 
 async def _limit_per_address(request: Request[Any, Any, Any]) -> None:

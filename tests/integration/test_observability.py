@@ -173,6 +173,12 @@ async def test_pages_are_rate_limited_per_address_with_a_persian_page(settings: 
         assert refused.status_code == 429 and "text/html" in refused.headers["content-type"]
         assert 'lang="fa"' in refused.text
         assert (await client.get("/static/nobat.css")).status_code == 200
+        # The page's style sheet and script, as the pages name them: a page over the limit
+        # had come without its style, to every phone behind a carrier's busy address.
+        from app.pages.assets import asset_url
+
+        for name in ("nobat.css", "nobat.js"):
+            assert (await client.get(asset_url(name))).status_code == 200, name
         assert (await client.get("/health/ready")).status_code == 200
 
 
