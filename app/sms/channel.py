@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import CitizenAuth
-from app.booking.models import ACTIVE_STATUSES, Booking, Channel
+from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, Channel
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
 from app.capacity.errors import AlreadyBookedThatDay, DayFull, OfficeClosed
@@ -29,7 +29,7 @@ from app.db import RECORD_AWAY, Within
 from app.errors import DomainError, RateLimited, ServiceUnavailable
 from app.identity import normalize_mobile
 from app.load.service import CITY_RADIUS_KM, SEARCH_RADII_KM, LoadService
-from app.locale import jalali_date, strip_controls, to_persian_digits
+from app.locale import jalali_date, jalali_datetime, strip_controls, to_persian_digits
 from app.offices.models import Office
 from app.sms import parser
 from app.sms.models import CitizenPhone, InboundSms
@@ -369,6 +369,12 @@ class SmsChannel:
             return None  # booked by this message before: its confirmation went out then
         # No date: the first day, from today on, with a free slot.
         today = self.clock.today()
+        if command.day is None:
+            # Held here already (the same message sent again, its confirmation slow): that
+            # booking is the answer. The search had booked an earlier day freed since as well.
+            held = await self._held_here(session, national_id, command, since=today)
+            if held is not None:
+                return _held_answer(held, mobile)
         days = [command.day] if command.day else [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
         for day in days:
             try:
@@ -387,15 +393,21 @@ class SmsChannel:
                 await self._first_id(session, mobile, command.national_id)
                 return None  # the booking sends its own confirmation, with the tracking code
             except (DayFull, OfficeClosed, AlreadyBookedThatDay) as error:
+                if command.day:
+                    raise
                 # With no day asked for, a day the citizen holds the service at another office
                 # is passed over as a full one is: it had ended the search on "already booked
-                # that day", naming no day, with tomorrow free. At this office it is the answer
-                # (the same message sent twice must not book a second day).
-                if command.day or (
-                    isinstance(error, AlreadyBookedThatDay)
-                    and await self._holds_here(session, national_id, command, day)
+                # that day", naming no day, with tomorrow free. Held anywhere else (here: a
+                # copy of this message delivered twice at once, its booking not committed
+                # yet) the search ends on that day, not on a second one.
+                if isinstance(error, AlreadyBookedThatDay) and not await self._held_elsewhere(
+                    session, national_id, command, day
                 ):
-                    raise
+                    await session.rollback()
+                    return (
+                        f"برای این کد ملی در {jalali_date(day)} در این دفتر نوبت ثبت شده است؛ "
+                        "پیامک تأیید آن با کد رهگیری فرستاده می‌شود."
+                    )
         # Every day of the horizon full or closed: the last day's refusal ("full that day",
         # "closed that day") named no day, and the citizen could not tell all were tried.
         await session.rollback()
@@ -404,8 +416,29 @@ class SmsChannel:
             f"دفترهای خلوت شهرتان را با پیامک «دفاتر نام‌شهر {to_persian_digits(command.service_code)}» بپرسید."
         )
 
-    async def _holds_here(self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date) -> bool:
-        """Whether the citizen holds the command's service at its office on ``day``."""
+    async def _held_here(
+        self, session: AsyncSession, national_id: str, command: parser.Book, *, since: dt.date
+    ) -> Booking | None:
+        """The citizen's first booked seat (not a place in line) for the command's service at its office, from ``since`` on."""
+        booking: Booking | None = await session.scalar(
+            select(Booking)
+            .join(Office, Office.id == Booking.office_id)
+            .where(
+                Booking.national_id == national_id,
+                Booking.service_code == command.service_code,
+                Booking.date >= since,
+                Booking.status.in_(SEAT_STATUSES),
+                Office.code == command.office_code,
+            )
+            .order_by(Booking.date)
+            .limit(1)
+        )
+        return booking
+
+    async def _held_elsewhere(
+        self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date
+    ) -> bool:
+        """Whether the citizen holds the command's service on ``day`` at another office."""
         held = await session.scalar(
             select(Booking.id)
             .join(Office, Office.id == Booking.office_id)
@@ -414,7 +447,7 @@ class SmsChannel:
                 Booking.service_code == command.service_code,
                 Booking.date == day,
                 Booking.status.in_(ACTIVE_STATUSES),
-                Office.code == command.office_code,
+                Office.code != command.office_code,
             )
             .limit(1)
         )
@@ -456,6 +489,15 @@ class SmsChannel:
             statement = statement.on_conflict_do_nothing(index_elements=[CitizenPhone.mobile])
         await session.execute(statement)
         await session.commit()
+
+
+def _held_answer(held: Booking, mobile: str) -> str:
+    """A dateless «نوبت» for a service the citizen holds at that office already: the booking.
+    Its tracking code only to the phone that made it (another's phone may know the ID alone)."""
+    hours, _, minutes = held.slot_time.partition(":")
+    when = jalali_datetime(held.date, dt.time(int(hours), int(minutes)))
+    code = f" با کد رهگیری {held.tracking_code}" if held.mobile == mobile else ""
+    return f"برای این کد ملی در این دفتر برای {when} نوبت{code} ثبت است؛ نوبت دیگری گرفته نشد."
 
 
 def _message_key(provider_sid: str) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy import text as sql
 from twilio.request_validator import RequestValidator
 
-from app.booking.models import Booking, BookingStatus, Channel
+from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel
 from app.capacity.models import CapacityOverride
 from app.capacity.plan import encode_rules
 from app.clock import Clock
@@ -1466,6 +1466,36 @@ async def test_a_booking_message_with_no_day_passes_over_a_day_the_citizen_holds
     again = await text(client, f"نوبت {there} 101 {national_id}", sid="SMfirstfreeagain")
     assert again.status_code == 200, again.text
     assert await count(world, Booking, Booking.national_id == national_id) == 2
+
+
+async def test_a_booking_message_with_no_day_for_a_service_held_here_answers_with_that_booking(
+    client: Client, world: World, morning: dt.datetime
+) -> None:
+    """Held here tomorrow (the dateless message's own booking, a slow confirmation, a seat
+    freed today since; or booked on the web), the same «نوبت» with no day booked today too:
+    the search found the day held only when it reached it."""
+    office, national_id, mobile = await world.office(), world.national_id(), "09121234567"
+    tomorrow = morning.date() + dt.timedelta(days=1)
+    held = await client.post(
+        "/api/v1/bookings", json=booking_body(office, national_id, tomorrow), headers=world.token(mobile)
+    )
+    assert held.status_code == 201, held.text
+    answered = await text(client, f"نوبت {office} 101 {national_id}", sid="SMheldhere")
+    assert answered.status_code == 200, answered.text
+    active = Booking.national_id == national_id, Booking.status.in_(ACTIVE_STATUSES)
+    assert await count(world, Booking, *active) == 1  # today's seat not taken as well
+    async with world.container.sessions() as session:
+        replies = list(await session.scalars(select(SmsMessage.body).where(SmsMessage.kind == "sms_reply")))
+    assert len(replies) == 1 and held.json()["tracking_code"] in replies[0], replies
+    # From another phone that knows the ID: the day, not the booking's tracking code.
+    other = await text(client, f"نوبت {office} 101 {national_id}", sender="+989125550000", sid="SMheldother")
+    assert other.status_code == 200, other.text
+    assert await count(world, Booking, *active) == 1
+    async with world.container.sessions() as session:
+        to_other = await session.scalar(
+            select(SmsMessage.body).where(SmsMessage.kind == "sms_reply", SmsMessage.to.like("%9125550000"))
+        )
+    assert to_other and held.json()["tracking_code"] not in to_other and "ثبت است" in to_other, to_other
 
 
 async def test_a_retrys_claim_is_timed_after_the_provider_is_asked(
