@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisError
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -188,6 +189,11 @@ class SmsChannel:
         except RateLimited:
             log.warning("inbound sms from %s not answered: over NOBAT_SMS_REPLIES_PER_MOBILE", mobile)
             return False
+        except RedisError:
+            # Answered uncounted: raised, the command done was released and carried out
+            # again every minute, and one mobile's counter on a node away held back every
+            # citizen's "not done" notice (``_give_up``'s rollback).
+            log.warning("an sms reply sent without its mobile's count: Redis did not answer")
         return True
 
     async def carry_out_abandoned(self, session: AsyncSession) -> int:

@@ -302,8 +302,13 @@ def _complain(rest: str, today: datetime.date) -> Command:
 
 
 def _register(rest: str, today: datetime.date) -> Command:
+    # «ثبت‌نام» (register), as people say it, with or without its half-space: the «نام» had
+    # been read as the start of the national ID, "the ID must be 10 digits".
+    tokens = _tokens(rest)
+    if tokens[:1] == ["نام"]:
+        tokens = tokens[1:]
     # Joined because people group the digits: "049 937089 9".
-    national_id = "".join(_tokens(rest))
+    national_id = "".join(tokens)
     if not national_id:
         raise _BadArguments("کد ملی را بنویسید.")
     try:
@@ -339,6 +344,7 @@ _COMMANDS: dict[str, Callable[[str, datetime.date], Command]] = {
     "انتظار": _wait,
     "wait": _wait,
     "ثبت": _register,
+    "ثبتنام": _register,
     "reg": _register,
     "register": _register,
     "ورود": _sign_in,

@@ -1576,3 +1576,29 @@ async def test_messages_past_the_kept_days_are_deleted_by_the_nights_job(
     async with world.container.sessions() as session:
         assert set(await session.scalars(select(SmsMessage.id))) == {"m5", "m6"}
         assert set(await session.scalars(select(InboundSms.provider_sid))) == {"SM5", "SM6"}
+
+
+async def test_a_reply_is_sent_when_its_counter_cannot_be_reached(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-mobile reply counter's Redis away: the command was released undone-looking,
+    carried out again every minute for an hour, then told "not done"."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    limiter = client.app.state.container.bookings.limiter
+    hit = limiter.hit
+
+    async def counter_away(kind: str, *args: Any, **kwargs: Any) -> Any:
+        if kind == "sms-reply":
+            raise RedisConnectionError("the node is away")
+        return await hit(kind, *args, **kwargs)
+
+    monkeypatch.setattr(limiter, "hit", counter_away)
+    answered = await text(client, "راهنما", sid="SMcounteraway")
+    assert answered.status_code == 200, answered.text
+    async with world.container.sessions() as session:
+        replies = list(await session.scalars(select(SmsMessage.body).where(SmsMessage.kind == "sms_reply")))
+        answered_at = await session.scalar(
+            select(InboundSms.answered_at).where(InboundSms.provider_sid == "SMcounteraway")
+        )
+    assert len(replies) == 1 and answered_at is not None

@@ -181,7 +181,7 @@ def test_complaint_text_is_normalized() -> None:
 
 
 @digit_forms
-@pytest.mark.parametrize("keyword", ["ثبت", "REG", "reg", "Register", "REGISTER"])
+@pytest.mark.parametrize("keyword", ["ثبت", f"ثبت{ZWNJ}نام", "ثبت نام", "ثبتنام", "REG", "reg", "Register", "REGISTER"])
 def test_register_in_every_digit_form(form: Callable[[str], str], keyword: str) -> None:
     assert p(form(f"{keyword} {NID}")) == Register(NID)
     assert p(form(f"{keyword} 0499 370 899")) == Register(NID)
