@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -25,7 +25,7 @@ from app.booking.relocation import Relocator, overflow_bookings
 from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
-from app.booking.writer import commit_unless_recounting
+from app.booking.writer import commit_unless_recounting, hold_off_recounts
 from app.capacity import keys
 from app.capacity.errors import AlreadyBookedThatDay, CapacityRebuilding, ClosuresChanging
 from app.capacity.models import CapacityOverride, CapacityTemplate
@@ -848,8 +848,11 @@ class Console:
         tracking_code: str,
         allowed: tuple[BookingStatus, ...],
         to: BookingStatus,
+        before_commit: Callable[[Office, Booking], Awaitable[None]] | None = None,
     ) -> tuple[Office, Booking, QueueEntry, BookingStatus]:
-        """The booking moved from one of ``allowed`` to ``to``; with the status it had."""
+        """The booking moved from one of ``allowed`` to ``to``; with the status it had.
+        ``before_commit``: run with the change made, just before it commits (not when the
+        booking was ``to`` already)."""
         office, booking, service_name = await self._queued(session, staff, office_code, tracking_code)
         if booking.status is to:
             # The same action again (a double click, F5 on the page, a second clerk): done
@@ -888,6 +891,8 @@ class Console:
             raise WrongBookingState(booking_status="changed")
         booking.status = to
         await self._audit(session, staff, office, f"booking.{to.value}", booking.tracking_code, before.value, to.value)
+        if before_commit is not None:
+            await before_commit(office, booking)
         await session.commit()
         return office, booking, _entry(booking, service_name), before
 
@@ -950,16 +955,51 @@ class Console:
     async def serve(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
     ) -> QueueEntry:
-        _, booking, entry, _ = await self._transition(
+        """Served before the booking's slot began (a walk-in given 15:00, served at 10:10; an
+        early arrival), its seat goes back on sale and to the line, as a cancel's does: it had
+        stayed counted, sold to nobody, until the slot passed."""
+        early: list[str] = []  # the count the seat is in, read under the recount barrier
+
+        async def read_count(office: Office, booking: Booking) -> None:
+            now = self.clock.now()
+            if (booking.date, booking.slot_time) <= (now.date(), now.strftime("%H:%M")) or not self.capacity.ready:
+                return
+            # A capped day (a restriction, a crowd cap) sells a share of its seats to be
+            # served: given back, the seat would serve one more than the cap lets in.
+            day_key = keys.office_day(office.code, booking.date)
+            if int(await self.capacity.redis.hget(day_key, "_cap") or 100) < 100:
+                return
+            await hold_off_recounts(session)
+            # A recount begun meanwhile: served all the same, the seat left counted (the
+            # safe side; the next recount frees it) rather than the clerk refused.
+            if await self.capacity.may_commit():
+                office_day = (office.code, booking.date)
+                early.append((await self.capacity.counts([office_day]))[office_day])
+
+        office, booking, entry, _ = await self._transition(
             session,
             staff,
             office_code,
             tracking_code,
             (BookingStatus.BOOKED, BookingStatus.CHECKED_IN),
             BookingStatus.SERVED,
+            before_commit=read_count,
         )
         # Served: no longer an active booking, so it stops counting against the citizen's limits.
         await self.bookings.unhold(booking)
+        if early:
+            try:
+                await self.bookings.free_seat(
+                    session=session,
+                    office_code=office.code,
+                    day=booking.date,
+                    pool=booking.pool,
+                    time=booking.slot_time,
+                    counted_in=early[0],
+                )
+            except RECORD_OR_REDIS_AWAY:
+                await session.rollback()
+                log.exception("a booking served before its slot: its seat left counted until the night's recount")
         return entry
 
     async def no_show(

@@ -414,6 +414,45 @@ async def test_queue_check_in_served_and_walk_in(
     ]
 
 
+async def test_a_booking_served_before_its_slot_gives_the_seat_back(
+    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk-in given 15:00 and served at 10:10 (or an early arrival): the 15:00 seat had
+    stayed counted, sold to nobody, until the slot passed, while the record counted it free."""
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    base, today = f"/api/v1/staff/offices/{office}/queue", morning.date()
+
+    async def booked(slot: str) -> str:
+        made = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=world.token()
+        )
+        assert made.status_code == 201, made.text
+        return str(made.json()["tracking_code"])
+
+    early, begun = await booked("15:00"), await booked("08:00")
+    move_clock(monkeypatch, morning.replace(hour=10, minute=10))
+    for code in (early, begun):
+        served = await client.post(f"{base}/{code}/served", headers=headers)
+        assert served.status_code == 200 and served.json()["status"] == "served", served.text
+    assert used(redis_sync, office, today, "15:00") == 0  # back on sale
+    assert used(redis_sync, office, today, "08:00") == 1  # begun: nobody else can use it
+    again = await client.post(f"{base}/{early}/served", headers=headers)  # a double tap
+    assert again.status_code == 200 and used(redis_sync, office, today, "15:00") == 0
+    await booked("15:00")  # sold again
+    assert used(redis_sync, office, today, "15:00") == 1
+    # A capped day sells a share of its seats to be served: the seat is not given back.
+    await account(world, "regulator-serve", StaffRole.REGULATOR, None)
+    reg = await sign_in(client, "regulator-serve")
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 90}, headers=reg
+    )
+    assert restricted.status_code == 201, restricted.text
+    capped = await booked("16:00")
+    assert (await client.post(f"{base}/{capped}/served", headers=headers)).status_code == 200
+    assert used(redis_sync, office, today, "16:00") == 1
+
+
 async def test_a_no_show_waits_for_the_slot_and_its_grace(
     client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -550,3 +550,31 @@ async def test_a_recount_during_a_rush_loses_no_booking_and_sells_no_seat_twice(
     assert set(state) == set(confirmed)
     assert set(state.values()) <= {BookingStatus.BOOKED, BookingStatus.WAITLISTED}
     await consistent(settings)
+
+
+async def test_a_booking_served_early_twice_while_citizens_book_its_slot_sells_the_seat_once(
+    client: Client, served: Served, world: World, morning: dt.datetime, redis_sync: SyncRedis, settings: Settings
+) -> None:
+    """The clerk taps «served» twice for a citizen booked at 15:00, served at 07:00, as
+    citizens try for the 15:00 seat: it is given back once and sold at most once."""
+    office = await world.office(seats=1)
+    clerk = await staff_of(client, world, office)
+    today = morning.date()
+    owner = await book(client, world, office, today, "15:00")
+    assert owner.status_code == 201, owner.text
+    code = owner.json()["tracking_code"]
+    base = f"/api/v1/staff/offices/{office}/queue"
+    answers = await asyncio.gather(
+        served.post(f"{base}/{code}/served", headers=clerk),
+        *(book(served, world, office, today, "15:00") for _ in range(6)),
+        served.post(f"{base}/{code}/served", headers=clerk),
+    )
+    serves, bookings = [answers[0], answers[-1]], answers[1:-1]
+    assert any(s.status_code == 200 for s in serves), [s.text for s in serves]
+    assert all(s.status_code in (200, 409) for s in serves), [s.text for s in serves]
+    sold = [b for b in bookings if b.status_code == 201]
+    assert len(sold) <= 1 and all(b.status_code in (201, 409) for b in bookings), [b.text for b in bookings]
+    assert used(redis_sync, office, today, "15:00") == len(sold)
+    if not sold:  # every try came before the seat was back: it is on sale now
+        assert (await book(client, world, office, today, "15:00")).status_code == 201
+    await consistent(settings)
