@@ -17,7 +17,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.booking.models import SEAT_STATUSES, Booking, BookingStatus
+from app.booking.models import SEAT_STATUSES, Booking, BookingStatus, Channel
 from app.booking.service import BookingService
 from app.booking.writer import hold_off_recounts
 from app.capacity.errors import CapacityRebuilding, DayFull, NoSuchSlot, OfficeBlocked, OfficeClosed, SlotFull
@@ -503,9 +503,10 @@ class _Places:
 
 async def overflow_bookings(session: AsyncSession, *, office_id: int, overflow: Sequence[Overflow]) -> list[Booking]:
     """The bookings to move out of an office's over-full slots: in each, the most recently
-    made go first. A slot is over by what Redis counts, but never by more than the record
-    holds: a seat counted with no holder (a cancellation between its commit and its
-    release, a release that failed) must not push out a citizen who fits."""
+    made go first, walk-ins last (they are in the room; the newest of the day, they had been
+    the first sent to another office). A slot is over by what Redis counts, but never by more
+    than the record holds: a seat counted with no holder (a cancellation between its commit
+    and its release, a release that failed) must not push out a citizen who fits."""
     seats = {(o.day, o.pool, o.time): (o.seats, o.booked) for o in overflow}
     rows = await session.scalars(
         select(Booking)
@@ -528,5 +529,8 @@ async def overflow_bookings(session: AsyncSession, *, office_id: int, overflow: 
     for slot, holders in by_slot.items():
         planned, counted = seats[slot]
         excess = min(counted, len(holders)) - planned
-        chosen += [b for b in holders if b.status == BookingStatus.BOOKED][: max(excess, 0)]
+        movable = sorted(
+            (b for b in holders if b.status == BookingStatus.BOOKED), key=lambda b: b.channel == Channel.WALK_IN
+        )  # stable: newest first within each
+        chosen += movable[: max(excess, 0)]
     return chosen

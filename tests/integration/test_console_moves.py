@@ -953,3 +953,41 @@ async def test_a_booking_that_reaches_the_record_after_a_cuts_tries_is_moved_by_
     await assert_record_matches_redis(world, redis_sync, [office], day)
     async with world.container.sessions() as session:
         assert await world.container.console.finish_plans(session=session) == 0  # done once
+
+
+async def test_a_cut_moves_web_bookings_before_the_walk_ins_in_the_room(
+    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis
+) -> None:
+    """The walk-ins are the day's newest bookings, so a cut's "newest first" had sent the
+    people sitting in the room to another office, and kept those booked days ago."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=3)])
+    await world.office(lat=35.71)  # somewhere to move to
+    await world.rebuild()
+    today = morning.date()
+    clerk = await staff_of(client, world, office)
+    web = await book_as(client, world, office, today, ["09125550011", "09125550012"])
+    walk_in = await client.post(
+        f"/api/v1/staff/offices/{office}/walk-ins",
+        json={"national_id": world.national_id(), "service_code": "101"},
+        headers=clerk,
+    )
+    assert walk_in.status_code == 201 and walk_in.json()["slot"] == "10:00", walk_in.text
+    container = world.container  # another instance's clerk: the test's own loop
+    principal = StaffPrincipal(
+        account_id=1, username="c", role=StaffRole.OFFICE_STAFF, office_id=None, office_code=office
+    )
+    async with container.sessions() as session:
+        change = await container.console.set_override(
+            session=session,
+            staff=principal,
+            office_code=office,
+            day=today,
+            rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=2)],
+            reason="one counter fewer",
+            move_overflow=True,
+        )
+    assert [m.tracking_code for m in change.moved] == [web[1]]  # the newest web booking
+    async with world.container.sessions() as session:
+        kept = await session.scalar(select(Booking).where(Booking.tracking_code == walk_in.json()["tracking_code"]))
+    assert kept is not None and kept.status is BookingStatus.BOOKED and kept.slot_time == "10:00"
+    await assert_record_matches_redis(world, redis_sync, [office], today)
