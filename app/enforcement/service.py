@@ -486,6 +486,12 @@ class Enforcement:
             # A block is the regulator's sanction (forgery, or its own decision); the guild
             # vouches for compliance with the appointment rules, which lifts restrictions only.
             raise BlockLiftRegulatorOnly()
+        for block in (a for a in actions if a.kind is ActionKind.BLOCK):
+            # As an overturned appeal does: the block lifted, the restriction it replaced
+            # stands, and is lifted on its own when the office complies with it too. Lifted
+            # with the block, an office restricted for ten citizens' complaints came back at
+            # full capacity, and those complaints could never restrict it again.
+            await self._restore_replaced(session, block)
         await self._lift(session, office, actions, by=staff, reason=reason.strip())
         return _action_out(actions[-1], office.code)
 
@@ -687,8 +693,8 @@ class Enforcement:
         return answer
 
     async def _restore_replaced(self, session: AsyncSession, block: OfficeAction) -> None:
-        """Open again the restrictions a block overturned on appeal had replaced: the appeal was
-        against the block. Lifted with it, an office restricted for ten citizens' complaints
+        """Open again the restrictions a block had replaced, as the block is lifted or overturned
+        on appeal: the lift or the appeal was of the block. Lifted with it, an office restricted for ten citizens' complaints
         (or by the regulator, its own appeal upheld) came back at full capacity, and the
         complaints before the overturn no longer counted. Not one whose own appeal was
         overturned meanwhile (it would have been lifted, had the block not replaced it)."""

@@ -731,3 +731,31 @@ async def test_the_regulator_decides_an_appeal_from_the_offices_page(client: Cli
     assert [a["id"] for a in mine.json()] == [appeal_id]
     assert (await client.get("/api/v1/regulator/appeals?outcome=maybe", headers=reg)).status_code == 422
     assert (await client.get("/api/v1/regulator/appeals?office=9999999", headers=reg)).status_code == 404
+
+
+async def test_lifting_a_block_leaves_the_restriction_it_replaced(client: Client, world: World) -> None:
+    """Restricted for having no appointment system, then blocked for a forgery: the regulator
+    lifting the block (the forgery cleared) had left the office at full capacity, and the
+    complaints behind the restriction could never restrict it again."""
+    office = await world.office()
+    await world.rebuild()
+    reg = await regulator(client, world)
+    await restrict(client, reg, office, cap=30)
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    page = await client.get(f"/watch/offices/{office}", headers={"Accept": "text/html"})
+    assert "data-restores" in page.text  # the lift form says what stays
+
+    async def standing() -> tuple[OfficeStatus, int]:
+        async with world.container.sessions() as session:
+            row = (await session.execute(select(Office.status, Office.cap_percent).where(Office.code == office))).one()
+        return row[0], row[1]
+
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "جعل ثابت نشد"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    assert await standing() == (OfficeStatus.RESTRICTED, 30)
+    page = await client.get(f"/watch/offices/{office}", headers={"Accept": "text/html"})
+    assert "data-restores" not in page.text
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "نوبت‌دهی دارد"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    assert await standing() == (OfficeStatus.ACTIVE, 100)
