@@ -78,7 +78,9 @@ async def _close_day() -> dict[str, int]:
             )
         )
         absent = [*no_shows, *marked]
-        suspended = await app.console.suspend_for_no_shows(session=session, national_ids=absent, today=today)
+        suspended = await app.console.suspend_for_no_shows(
+            session=session, national_ids=absent, today=today, last_day=today - dt.timedelta(days=1)
+        )
         await session.commit()
         # Their holds need no unhold: holds of past days count for nothing (the HOLD script).
         # Every suspension in force is told, not only tonight's: one whose telling was lost

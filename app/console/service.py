@@ -1037,12 +1037,16 @@ class Console:
             await session.commit()
             await self.capacity.suspend(national_id=national_id, until=self._suspension_ends(today), today=today)
 
-    async def suspend_for_no_shows(self, *, session: AsyncSession, national_ids: Iterable[str], today: dt.date) -> int:
+    async def suspend_for_no_shows(
+        self, *, session: AsyncSession, national_ids: Iterable[str], today: dt.date, last_day: dt.date | None = None
+    ) -> int:
         """Suspend, in the session (the caller commits, then tells Redis), each of these
         national IDs whose no-shows in the window reach the limit and that is not suspended
         already, until ``_suspension_ends(today)``; how many. A query per ``SUSPENSION_CHUNK``
-        IDs, not per ID: the nightly close brings a whole country's no-shows at once."""
-        since = today - dt.timedelta(days=self.no_shows.window_days)
+        IDs, not per ID: the nightly close brings a whole country's no-shows at once.
+        ``last_day``: the window's last day (the night's close: the day it closed; it had
+        counted from after midnight, 29 days where a clerk's mark counts 30)."""
+        since = (last_day or today) - dt.timedelta(days=self.no_shows.window_days)
         now = self.clock.now()
         wanted = sorted(set(national_ids))
         made = 0
@@ -1062,11 +1066,14 @@ class Console:
             }
             # A walk-in's no-show does not count: anyone at the counter can be given any
             # national ID, so a clerk could otherwise bar a stranger from booking for a week.
+            # Nor one of a booking moved to another office (a block, a closure): the citizen
+            # did not choose it, and may have had only the morning's SMS to learn of it.
             missed = await session.execute(
                 select(Booking.national_id, Booking.date).where(
                     Booking.national_id.in_(chunk),
                     Booking.status == BookingStatus.NO_SHOW,
                     Booking.channel != Channel.WALK_IN,
+                    Booking.moved_from_office_id.is_(None) | (Booking.moved_from_office_id == Booking.office_id),
                     Booking.date > since,
                 )
             )

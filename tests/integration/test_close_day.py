@@ -72,6 +72,34 @@ async def test_the_night_suspends_those_who_reach_the_limit_of_no_shows(
     assert (again["no_shows"], again["suspended"]) == (0, 0)
 
 
+async def test_the_nights_window_is_the_clerks_thirty_days_and_a_moved_booking_is_not_counted(
+    client: Client, world: World, deliver: Deliver
+) -> None:
+    """The night runs after midnight: its window, counted from its own day, held 29 days where
+    a clerk's mark of the same no-show counts 30. And a booking a block or a closure moved to
+    another office, missed, had counted as the citizen's own no-show."""
+    await world.office()
+    await world.rebuild()
+    edge, moved = world.national_id(), world.national_id()
+    await past_bookings(
+        world,
+        (edge, 30, BookingStatus.NO_SHOW), (edge, 15, BookingStatus.NO_SHOW), (edge, 1, BookingStatus.BOOKED),
+        (moved, 10, BookingStatus.NO_SHOW), (moved, 5, BookingStatus.NO_SHOW), (moved, 1, BookingStatus.BOOKED),
+    )  # fmt: skip
+    async with world.container.sessions() as session:
+        yesterday = world.container.clock.today() - dt.timedelta(days=1)
+        made = await session.scalar(select(Booking).where(Booking.national_id == moved, Booking.date == yesterday))
+        assert made is not None
+        made.moved_from_office_id = made.office_id + 1000  # from an office that was blocked
+        await session.commit()
+
+    result = await asyncio.to_thread(close_day)
+
+    assert (result["no_shows"], result["suspended"]) == (2, 1)
+    async with world.container.sessions() as session:
+        assert list(await session.scalars(select(Suspension.national_id))) == [edge]
+
+
 async def test_the_no_shows_a_suspension_was_made_for_do_not_count_again(
     client: Client, world: World, deliver: Deliver
 ) -> None:
