@@ -22,7 +22,7 @@ from app.complaints.errors import ComplaintInProgress, ComplaintNotFound, TooMan
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, Complaint, ComplaintStep, State
 from app.complaints.schemas import ComplaintOut, QueueItem, StepOut
 from app.db import lock_row, read_until
-from app.enforcement.models import Fine
+from app.enforcement.models import Fine, OfficeNotice
 from app.enforcement.policy import Policy, Verdict, next_fine
 from app.enforcement.service import MAX_TEXT, Enforcement
 from app.errors import IdempotencyKeyReused, InvalidInput
@@ -429,6 +429,9 @@ class Complaints:
             amount = await self._fine(session, complaint, now)
             if amount:
                 extra = f" جریمهٔ {to_persian_digits(f'{amount:,}')} ریال ثبت شد."
+                # The office is told too (its notices page): only the complainant had been.
+                text = f"تخلف «{CATEGORY_FA[complaint.category]}» در پی شکایت یک شهروند تأیید شد.{extra}"
+                session.add(OfficeNotice(office_id=complaint.office_id, at=now, text=text))
         self.messenger.queue(
             session,
             to=complaint.mobile,

@@ -106,6 +106,10 @@ async def test_the_seven_steps_each_announced(client: Client, world: World, deli
         fines = list(await session.scalars(select(Fine.amount_rials)))
     assert len(kinds) == 7 and all(code in body for body in kinds)
     assert fines == [100_000_000]
+    # The office is told of its fine too, on its notices (only the complainant had been).
+    clerk = await staff_of(client, world, office)
+    notices = (await client.get(f"/api/v1/staff/offices/{office}/notices", headers=clerk)).json()
+    assert any("۱۰۰,۰۰۰,۰۰۰ ریال" in n["text"] and code not in n["text"] for n in notices), notices
 
 
 async def test_overdue_after_72_hours(client: Client, world: World) -> None:
