@@ -27,8 +27,13 @@ class HealthController(Controller):
     @get("/ready")
     async def ready(self, container: Deps) -> Response[dict[str, str]]:
         """Bookable: the database and Redis answer, and the counters are built ("capacity":
-        "rebuilding" while they are counted again, and bookings wait with a 503)."""
-        checks = {**await _servers(container), "capacity": "ok" if container.capacity.ready else "rebuilding"}
+        "rebuilding" while they are counted again, and bookings wait with a 503; "redis
+        ResponseError" and the like when Redis refuses the watch, a write above all)."""
+        capacity = container.capacity
+        checks = {
+            **await _servers(container),
+            "capacity": "ok" if capacity.ready else capacity.paused_by or "rebuilding",
+        }
         return _answer(checks)
 
     @get("/serving")

@@ -258,6 +258,7 @@ class Capacity:
         # False while Redis is down or being rebuilt (see app.capacity.watch): bookings wait.
         self.ready = True
         self.watched = False  # True once app.capacity.watch keeps ``ready`` fresh (web instances)
+        self.paused_by = ""  # why the watch last paused bookings, when Redis refused it ("" else)
         # The count Redis was last seen built in (its rebuild marker), by the watch's look or a
         # commit's: a booking notes it before taking its seat, and commits only in the same
         # (app.booking.writer). None: not seen built.

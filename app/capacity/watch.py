@@ -44,6 +44,8 @@ REBUILD_LOCK = f"{keys.NAMESPACE}:rebuild-lock"
 LOCK_SECONDS = 30
 """The rebuild lock's life, renewed every third of it while its holder works: a holder that
 died (a `python -m app rebuild` killed) keeps every instance paused this long at most."""
+WRITE_PROBE = f"{keys.NAMESPACE}:write-probe"
+"""Set at every look (kept 5 s): the watch learns that Redis takes writes."""
 WATCH_INTERVAL = 1.0
 """Seconds between an instance's looks at Redis: within this, every instance has paused."""
 
@@ -79,10 +81,14 @@ class RedisWatch:
                 await self.capacity.require_no_eviction()
                 self._policy_checked = True
             if await self.capacity.is_built():
-                self.capacity.ready = True
+                # Written to, not only read: a Redis full under noeviction (OOM) or with its
+                # disk full (MISCONF) answers PING and GET and refuses every booking, and the
+                # readiness the engineer is paged on had stayed green through it.
+                await self.capacity.redis.set(WRITE_PROBE, "1", px=5000)
+                self.capacity.ready, self.capacity.paused_by = True, ""
                 await self._resume()
                 return
-            self.capacity.ready, self._paused = False, True
+            self.capacity.ready, self._paused, self.capacity.paused_by = False, True, ""  # rebuilding
             await rebuild_paused(self.capacity, self.sessions, today=self.clock.today(), wait=self.settle)
             self.capacity.ready = True
             await self._resume()
@@ -90,6 +96,7 @@ class RedisWatch:
             return  # another instance (or `python -m app rebuild`) is at it
         except RedisError as error:
             self.capacity.ready, self._paused = False, True
+            self.capacity.paused_by = f"redis {type(error).__name__}"
             self._say_why(error)
 
     def _say_why(self, error: RedisError) -> None:

@@ -2676,3 +2676,32 @@ async def test_a_pause_the_watch_cannot_end_says_why_in_the_log(
     said = [r for r in caplog.records if "bookings paused: the capacity Redis answered" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.ERROR and "'info'" in said[0].getMessage(), said
     assert not container.capacity.ready
+
+
+async def test_a_redis_that_refuses_writes_pauses_bookings_and_says_so(
+    client: Client, world: World, capacity_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis full under noeviction (or its disk full) answers PING, GET and INFO and refuses
+    every booking: /health/ready, what the engineer is paged on, had stayed green."""
+    container = world.container
+    looks = watch.RedisWatch(capacity=container.capacity, sessions=container.sessions, clock=container.clock, settle=0)
+    looks._policy_checked = True  # the policy's look is a test of its own
+    await looks.check()
+    assert container.capacity.ready
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        used_memory = int(redis.info("memory")["used_memory"])
+        redis.config_set("maxmemory", used_memory // 2)  # full: every write refused, OOM
+        with caplog.at_level(logging.WARNING, logger="app.capacity.watch"):
+            await looks.check()
+        assert not container.capacity.ready and container.capacity.paused_by.startswith("redis ")
+        said = [r for r in caplog.records if "bookings paused: the capacity Redis answered" in r.getMessage()]
+        assert len(said) == 1 and "maxmemory" in said[0].getMessage(), said
+        for _ in range(40):  # the served instance's own watch, within its second
+            ready = await client.get("/health/ready")
+            if ready.status_code == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert ready.status_code == 503 and ready.json()["capacity"].startswith("redis "), ready.text
+        redis.config_set("maxmemory", 0)
+    await looks.check()
+    assert container.capacity.ready and container.capacity.paused_by == ""
