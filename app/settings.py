@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -288,6 +289,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     # stop the scheduler, and every periodic job with it, while the web app ran on.
     if settings.recount_at != "off" and not _runs_sometime(settings.recount_at):
         raise ValueError("NOBAT_RECOUNT_AT must be a cron expression of five fields (`30 3 * * *`), or `off`")
+    try:  # named here: a zone misspelt had stopped the web instance on a nameless error, and
+        # an RQ worker only at its first job, every sign-in code's included
+        zoneinfo.ZoneInfo(settings.tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"NOBAT_TZ is not a time zone the tzdata package knows: {settings.tz!r}") from None
     # The policy's numbers, checked at start: one out of range (a cap of 150%) had failed
     # every restriction the policy made, again each minute, while the rest ran on.
     if not 0 <= settings.restricted_cap_percent <= 99:

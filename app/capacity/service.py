@@ -1098,7 +1098,7 @@ class Capacity:
             log.warning("Redis does not show its maxmemory-policy: make sure it is noeviction")
             return
         if policies != {"noeviction"}:
-            raise RuntimeError(
+            raise EvictionPolicy(
                 f"Redis may evict the seat counters (maxmemory-policy {', '.join(sorted(policies))}): "
                 "set maxmemory-policy noeviction"
             )
@@ -1486,3 +1486,7 @@ def _by_node(found: dict[Any, Any], field: str) -> dict[Any, Any]:
 def _held_as(day: dt.date, service_code: str) -> str:
     """What a citizen's holds hash keeps of a booking ("date|service"), as HOLD writes it."""
     return f"{day.isoformat()}|{service_code}"
+
+
+class EvictionPolicy(RuntimeError):
+    """Redis may evict the counters (``Capacity.require_no_eviction``): a fault of set-up."""

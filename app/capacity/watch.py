@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.booking.writer import wait_for_commits
 from app.capacity import keys
 from app.capacity.scripts import as_text
-from app.capacity.service import Capacity
+from app.capacity.service import Capacity, EvictionPolicy
 from app.clock import Clock
 from app.redis import renewed_lock
 
@@ -89,6 +89,8 @@ class RedisWatch:
                 await self._resume()
                 return
             self.capacity.ready, self._paused, self.capacity.paused_by = False, True, ""  # rebuilding
+            # Other servers behind the counters (a failover, a node added): theirs asked too.
+            await self.capacity.require_no_eviction()
             await rebuild_paused(self.capacity, self.sessions, today=self.clock.today(), wait=self.settle)
             self.capacity.ready = True
             await self._resume()
@@ -98,8 +100,17 @@ class RedisWatch:
             self.capacity.ready, self._paused = False, True
             self.capacity.paused_by = f"redis {type(error).__name__}"
             self._say_why(error)
+        except EvictionPolicy as error:
+            if self.capacity.watched:
+                # Running (Redis away at the start, or a node replaced since): said once a
+                # minute, as what it is. Raised into the loop, it had logged "rebuilding
+                # capacity failed" with a traceback every second, and no rebuild was tried.
+                self.capacity.ready, self._paused, self.capacity.paused_by = False, True, "redis evicts keys"
+                self._say_why(error)
+            else:
+                raise  # at start-up: the app does not start
 
-    def _say_why(self, error: RedisError) -> None:
+    def _say_why(self, error: Exception) -> None:
         """In the log, at most once a SAY_WHY_EVERY: a pause that said nothing had shown the
         engineer a "rebuilding" that never ended, and nothing was being rebuilt."""
         now = time.monotonic()
@@ -108,7 +119,7 @@ class RedisWatch:
         self._told_at = now
         # Refused (a command the Redis user may not run, as hosted Redis forbids INFO; a
         # cluster's node given as a plain Redis) is a fault of set-up, which no wait ends.
-        level = logging.ERROR if isinstance(error, ResponseError) else logging.WARNING
+        level = logging.ERROR if isinstance(error, ResponseError | EvictionPolicy) else logging.WARNING
         log.log(level, "bookings paused: the capacity Redis answered %s: %s", type(error).__name__, error)
 
     async def _resume(self) -> None:

@@ -2705,3 +2705,28 @@ async def test_a_redis_that_refuses_writes_pauses_bookings_and_says_so(
         redis.config_set("maxmemory", 0)
     await looks.check()
     assert container.capacity.ready and container.capacity.paused_by == ""
+
+
+async def test_a_redis_that_may_evict_found_while_running_pauses_and_says_so_once_a_minute(
+    world: World, capacity_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis away at the start, or a failover to a node set to evict keys: the policy's refusal
+    was raised into the watch's loop, which logged "rebuilding capacity failed" with a
+    traceback every second, and the new node's policy was never asked at all."""
+    container = world.container
+    container.capacity.watched = True  # a running instance's watch
+    looks = watch.RedisWatch(capacity=container.capacity, sessions=container.sessions, clock=container.clock, settle=0)
+    await looks.check()
+    assert container.capacity.ready
+    with SyncRedis.from_url(capacity_redis.url) as redis:
+        redis.config_set("maxmemory-policy", "volatile-lru")
+        redis.delete(keys.REBUILT_AT)  # as on a node the counters were not built on
+        with caplog.at_level(logging.WARNING, logger="app.capacity.watch"):
+            for _ in range(3):
+                await looks.check()
+        assert not container.capacity.ready and container.capacity.paused_by == "redis evicts keys"
+        said = [r for r in caplog.records if "noeviction" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.ERROR and not said[0].exc_info, said
+        redis.config_set("maxmemory-policy", "noeviction")
+    await looks.check()
+    assert container.capacity.ready and container.capacity.paused_by == ""

@@ -153,3 +153,12 @@ def test_a_twilio_stand_in_may_reach_us_on_this_machine() -> None:
 def test_a_value_out_of_range_stops_the_start_naming_its_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         load_settings(env)
+
+
+@pytest.mark.parametrize("zone", ["Asia/Tehrn", "Tehran", "../../etc/passwd"])
+def test_a_time_zone_misspelt_fails_at_start_naming_the_setting(zone: str) -> None:
+    """It had passed here and stopped the web instance on a nameless ZoneInfoNotFoundError, and
+    an RQ worker only at its first job: every sign-in code failed."""
+    with pytest.raises(ValueError, match="NOBAT_TZ"):
+        load_settings({"NOBAT_TZ": zone})
+    assert load_settings({"NOBAT_TZ": "Asia/Tehran"}).tz == "Asia/Tehran"
