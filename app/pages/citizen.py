@@ -265,6 +265,10 @@ class CitizenPages(Controller):
         require_citizen(request, container)
         if not office or not service or not date:
             return see_other("/")
+        if parse_date(date) < container.clock.today():
+            # Picked at 23:58, or a sign-in that ended after midnight: the office's page, its
+            # days to choose again, as the form's POST does (an "outside the horizon" page).
+            return _day_passed(office, service)
         day = _bookable_day(container, date)
         bookable = await container.offices.bookable(office_code=office, service_code=service)
         return render(
@@ -295,8 +299,7 @@ class CitizenPages(Controller):
         if office and service and parse_date(date) < container.clock.today():
             # A form left open overnight, sent the next morning: its day has passed. The
             # office's page, its days to choose again (a bare error page had lost them all).
-            page = f"/offices/{quote(office, safe='')}?"
-            return see_other(page + urlencode({"service": service, "notice": "day_passed"}))
+            return _day_passed(office, service)
         day = _bookable_day(container, date)  # refused as a page: the form below shows the day
         try:
             if waitlist:
@@ -767,6 +770,11 @@ def _end_sign_in_cookie(request: Request[Any, Any, Any], response: Redirect) -> 
     the browser took: any site could sign a citizen out in the middle of booking."""
     if CITIZEN_COOKIE in request.cookies:
         response.delete_cookie(CITIZEN_COOKIE, path="/")
+
+
+def _day_passed(office: str, service: str) -> Redirect:
+    page = f"/offices/{quote(office, safe='')}?"
+    return see_other(page + urlencode({"service": service, "notice": "day_passed"}))
 
 
 def _bookable_day(container: Container, date: str) -> dt.date:

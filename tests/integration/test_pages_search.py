@@ -234,3 +234,7 @@ async def test_a_booking_form_sent_after_its_day_has_passed_goes_back_to_the_off
     assert answer.headers["location"] == f"/offices/{office}?service=101&notice=day_passed"
     page = await client.get(answer.headers["location"], headers={"Accept": "text/html"})
     assert "روز آن فرم گذشته است" in page.text
+    # The form itself asked for a day just passed (picked at 23:58, a sign-in that ended after
+    # midnight): the same, not an "outside the horizon" page.
+    opened = await client.get("/book", params={**query, "date": yesterday}, follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == answer.headers["location"], opened.text
