@@ -201,7 +201,7 @@ async def test_the_office_page_says_when_it_shows_a_later_day_and_what_waiting_i
     monkeypatch.setattr(Clock, "now", lambda self: late)
     page = await client.get(f"/offices/{office}", params={"service": "101"}, headers={"Accept": "text/html"})
     assert page.status_code == 200
-    assert "امروز در این دفتر نوبت خالی نمانده" in page.text
+    assert "امروز در این دفتر نوبت خالی نیست" in page.text
     # No clerk has reported the room: not "0 people".
     assert "گزارش نشده" in page.text and "۰ نفر" not in page.text
     await world.container.load.report_waiting(office_code=office, count=7)
@@ -212,7 +212,7 @@ async def test_the_office_page_says_when_it_shows_a_later_day_and_what_waiting_i
         headers={"Accept": "text/html"},
     )
     assert "۷ نفر" in reported.text and "گزارش نشده" not in reported.text
-    assert "امروز در این دفتر نوبت خالی نمانده" not in reported.text  # a day the citizen chose
+    assert "امروز در این دفتر نوبت خالی نیست" not in reported.text  # a day the citizen chose
 
 
 async def test_a_booking_form_sent_after_its_day_has_passed_goes_back_to_the_office(
