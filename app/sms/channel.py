@@ -365,7 +365,7 @@ class SmsChannel:
                 await self.auth.sign_out_everywhere_by_sms(mobile)
                 return "همهٔ ورودهای این شماره به سایت نوبت پایان یافت."
             case parser.Help():
-                return f"{command.reason}\n{parser.HELP_TEXT_FA}" if command.reason else parser.HELP_TEXT_FA
+                return command.answer_fa()
 
     async def _book(self, session: AsyncSession, mobile: str, command: parser.Book, key: str) -> str | None:
         national_id = await self._national_id(session, mobile, command.national_id)

@@ -68,8 +68,19 @@ class SignOut(msgspec.Struct, frozen=True):
 
 class Help(msgspec.Struct, frozen=True):
     # None: the text was not a command at all (or was HELP). Otherwise a short Persian
-    # sentence saying what was wrong with a known command, to send before HELP_TEXT_FA.
+    # sentence saying what was wrong with a known command, sent with that command's own
+    # example (``example``, a line of HELP_TEXT_FA), not the whole help.
     reason: str | None = None
+    example: str | None = None
+
+    def answer_fa(self) -> str:
+        """The reply: the whole help for a text that was no command; for a known command
+        written wrong, why, its example, and how to ask for the rest. The whole help after a
+        reason was five paid parts of an SMS for one mistyped digit; this is one or two."""
+        if self.reason is None:
+            return HELP_TEXT_FA
+        example = f"\nنمونه: {self.example}" if self.example else ""
+        return f"{self.reason}{example}\nهمهٔ دستورها: «راهنما»"
 
 
 Command: TypeAlias = Book | Offices | Cancel | Status | Complain | Wait | Register | SignIn | SignOut | Help
@@ -356,6 +367,23 @@ _COMMANDS: dict[str, Callable[[str, datetime.date], Command]] = {
 }
 
 
+# Each command's line of HELP_TEXT_FA, sent with a refusal of it.
+_EXAMPLES: dict[Callable[[str, datetime.date], Command], str] = {
+    handler: line
+    for handler, keyword in (
+        (_book, "نوبت"),
+        (_offices, "دفاتر"),
+        (_status, "وضعیت"),
+        (_cancel, "لغو"),
+        (_wait, "انتظار"),
+        (_complain, "شکایت"),
+        (_register, "ثبت"),
+    )
+    for line in HELP_TEXT_FA.splitlines()
+    if line.startswith(keyword + " ")
+}
+
+
 def parse(text: str, *, today: datetime.date) -> Command:
     """Read one inbound SMS. ``today`` (Tehran's date) resolves امروز/فردا."""
     text = _ZWSP_BETWEEN_DIGITS.sub("\u200c", text)
@@ -372,4 +400,4 @@ def parse(text: str, *, today: datetime.date) -> Command:
     try:
         return handler(rest, today)
     except _BadArguments as error:
-        return Help(error.reason)
+        return Help(error.reason, _EXAMPLES.get(handler))

@@ -392,3 +392,27 @@ def test_a_complaints_persian_comma_or_zwnj_inside_its_text_stays(between: str) 
     assert isinstance(complaint, Complain) and complaint.office_code == "010001"
     assert "1000 000" not in complaint.text and complaint.text.endswith("ریال اضافه گرفتند")
     assert p(f"شکایت ۰۱۰۰۰۱{between}۲ ساعت معطل شدم") == Complain("010001", "2 ساعت معطل شدم")
+
+
+@pytest.mark.parametrize(
+    ("text", "keyword"),
+    [
+        ("لغو", "لغو"),
+        ("وضعیت", "وضعیت"),
+        ("نوبت ۱۲۳۴۵ ۱۰۱", "نوبت"),
+        ("نوبت ۱۲۳۴۵۶ ۱۰۱ ۳ آذر", "نوبت"),
+        ("دفاتر", "دفاتر"),
+        ("انتظار ۱", "انتظار"),
+        ("شکایت", "شکایت"),
+        ("ثبت ۱۲۳", "ثبت"),
+    ],
+)
+def test_a_command_written_wrong_is_answered_with_its_own_example_in_one_part(text: str, keyword: str) -> None:
+    """Each refusal had been its reason and the whole help: five paid parts of an SMS for one
+    mistyped digit, to a citizen who needed one line."""
+    answer = p(text)
+    assert isinstance(answer, Help) and answer.reason
+    reply = answer.answer_fa()
+    assert reply.startswith(answer.reason) and f"نمونه: {keyword} " in reply and "«راهنما»" in reply
+    assert len(reply) <= 2 * 67  # at most two parts; most fit one (70)
+    assert Help().answer_fa() == HELP_TEXT_FA  # no command at all: the whole help
