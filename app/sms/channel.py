@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import CitizenAuth
-from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, Channel
+from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus, Channel
 from app.booking.schemas import BookingCreate, WaitlistJoin
 from app.booking.service import BookingService
 from app.capacity.errors import AlreadyBookedThatDay, DayFull, OfficeClosed
@@ -409,11 +409,7 @@ class SmsChannel:
                 if isinstance(error, AlreadyBookedThatDay) and not await self._held_elsewhere(
                     session, national_id, command, day
                 ):
-                    await session.rollback()
-                    return (
-                        f"برای این کد ملی در {jalali_date(day)} در این دفتر نوبت ثبت شده است؛ "
-                        "پیامک تأیید آن با کد رهگیری فرستاده می‌شود."
-                    )
+                    return await self._held_that_day(session, national_id, command, day, mobile)
         # Every day of the horizon full or closed: the last day's refusal ("full that day",
         # "closed that day") named no day, and the citizen could not tell all were tried.
         await session.rollback()
@@ -440,6 +436,36 @@ class SmsChannel:
             .limit(1)
         )
         return booking
+
+    async def _held_that_day(
+        self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date, mobile: str
+    ) -> str:
+        """The answer for a day the search found held, and not at another office: the place in
+        this office's line, the booking, or (neither in the record yet: a copy of this message
+        delivered twice at once, its booking not committed) the day."""
+        held = await session.scalar(
+            select(Booking)
+            .join(Office, Office.id == Booking.office_id)
+            .where(
+                Booking.national_id == national_id,
+                Booking.service_code == command.service_code,
+                Booking.date == day,
+                Booking.status.in_(ACTIVE_STATUSES),
+                Office.code == command.office_code,
+            )
+            .limit(1)
+        )
+        if held is None:
+            answer = (
+                f"نوبت این کد ملی در این دفتر برای {jalali_date(day)} در دست ثبت است؛ "
+                "اگر تا چند دقیقهٔ دیگر پیامکی نرسید، دوباره بفرستید."
+            )
+        elif held.status is BookingStatus.WAITLISTED:
+            answer = f"این کد ملی در فهرست انتظار این دفتر برای {jalali_date(day)} است؛ نوبت دیگری گرفته نشد."
+        else:
+            answer = _held_answer(held, mobile)
+        await session.rollback()  # after the row is read: it expires the row
+        return answer
 
     async def _held_elsewhere(
         self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date
@@ -498,12 +524,16 @@ class SmsChannel:
 
 
 def _held_answer(held: Booking, mobile: str) -> str:
-    """A dateless «نوبت» for a service the citizen holds at that office already: the booking.
-    Its tracking code only to the phone that made it (another's phone may know the ID alone)."""
+    """A dateless «نوبت» for a service the citizen holds at that office already: the booking,
+    to the phone that made it. Another phone, which may know the national ID alone, learns only
+    that there is one: not its tracking code, nor when its holder will be where."""
+    if held.mobile != mobile:
+        return "برای این کد ملی در این دفتر نوبت این خدمت ثبت است؛ نوبت دیگری گرفته نشد."
     hours, _, minutes = held.slot_time.partition(":")
     when = jalali_datetime(held.date, dt.time(int(hours), int(minutes)))
-    code = f" با کد رهگیری {held.tracking_code}" if held.mobile == mobile else ""
-    return f"برای این کد ملی در این دفتر برای {when} نوبت{code} ثبت است؛ نوبت دیگری گرفته نشد."
+    return (
+        f"برای این کد ملی در این دفتر برای {when} نوبت با کد رهگیری {held.tracking_code} ثبت است؛ نوبت دیگری گرفته نشد."
+    )
 
 
 def _message_key(provider_sid: str) -> str:

@@ -20,7 +20,7 @@ from twilio.request_validator import RequestValidator
 
 from app.booking.models import ACTIVE_STATUSES, Booking, BookingStatus, Channel
 from app.capacity.models import CapacityOverride
-from app.capacity.plan import encode_rules
+from app.capacity.plan import DayRule, encode_rules
 from app.clock import Clock
 from app.offices.models import Office
 from app.pages.render import VISIT_COOKIE
@@ -1496,6 +1496,34 @@ async def test_a_booking_message_with_no_day_for_a_service_held_here_answers_wit
             select(SmsMessage.body).where(SmsMessage.kind == "sms_reply", SmsMessage.to.like("%9125550000"))
         )
     assert to_other and held.json()["tracking_code"] not in to_other and "ثبت است" in to_other, to_other
+    assert "ساعت" not in to_other  # nor when its holder will be there
+
+
+async def test_a_booking_message_with_no_day_for_a_line_the_citizen_is_in_says_so(
+    client: Client, world: World, morning: dt.datetime
+) -> None:
+    """In tomorrow's line at the office, today full: the dateless «نوبت» had been told a
+    booking was made and its confirmation on its way. Neither was."""
+    office = await world.office(rules=[DayRule(opens="10:00", closes="10:30", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    today, national_id = morning.date(), world.national_id()
+    for day in (today, today + dt.timedelta(days=1)):
+        taken = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+        assert taken.status_code == 201, taken.text
+    joined = await client.post(
+        "/api/v1/waitlist",
+        json=booking_body(office, national_id, today + dt.timedelta(days=1), None),
+        headers=world.token("09121234567"),
+    )
+    assert joined.status_code == 201, joined.text
+    answered = await text(client, f"نوبت {office} 101 {national_id}", sid="SMinline")
+    assert answered.status_code == 200, answered.text
+    async with world.container.sessions() as session:
+        reply = await session.scalar(select(SmsMessage.body).where(SmsMessage.kind == "sms_reply"))
+    assert reply and "فهرست انتظار" in reply and "پیامک تأیید" not in reply, reply
+    assert await count(world, Booking, Booking.national_id == national_id) == 1  # the place in line
 
 
 async def test_a_retrys_claim_is_timed_after_the_provider_is_asked(
