@@ -848,11 +848,11 @@ class Console:
         tracking_code: str,
         allowed: tuple[BookingStatus, ...],
         to: BookingStatus,
-        before_commit: Callable[[Office, Booking], Awaitable[None]] | None = None,
+        before_commit: Callable[[Office, Booking, BookingStatus], Awaitable[None]] | None = None,
     ) -> tuple[Office, Booking, QueueEntry, BookingStatus]:
         """The booking moved from one of ``allowed`` to ``to``; with the status it had.
-        ``before_commit``: run with the change made, just before it commits (not when the
-        booking was ``to`` already)."""
+        ``before_commit``: run with the change made and the status it had, just before it
+        commits (not when the booking was ``to`` already)."""
         office, booking, service_name = await self._queued(session, staff, office_code, tracking_code)
         if booking.status is to:
             # The same action again (a double click, F5 on the page, a second clerk): done
@@ -892,7 +892,7 @@ class Console:
         booking.status = to
         await self._audit(session, staff, office, f"booking.{to.value}", booking.tracking_code, before.value, to.value)
         if before_commit is not None:
-            await before_commit(office, booking)
+            await before_commit(office, booking, before)
         await session.commit()
         return office, booking, _entry(booking, service_name), before
 
@@ -955,26 +955,28 @@ class Console:
     async def serve(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str, tracking_code: str
     ) -> QueueEntry:
-        """Served before the booking's slot began (a walk-in given 15:00, served at 10:10; an
-        early arrival), its seat goes back on sale and to the line, as a cancel's does: it had
-        stayed counted, sold to nobody, until the slot passed."""
+        """Served before the booking's slot began, a citizen known to be in the room (checked
+        in, or a walk-in: given 15:00, served at 10:10), its seat goes back on sale and to the
+        line, as a cancel's does: it had stayed counted, sold to nobody, until the slot passed.
+        Not a booking served straight from "booked": a tap on the wrong row cannot be taken
+        back, and the seat, sold again, would be its holder's at 15:00 too."""
         early: list[str] = []  # the count the seat is in, read under the recount barrier
 
-        async def read_count(office: Office, booking: Booking) -> None:
+        async def read_count(office: Office, booking: Booking, before: BookingStatus) -> None:
             now = self.clock.now()
             if (booking.date, booking.slot_time) <= (now.date(), now.strftime("%H:%M")) or not self.capacity.ready:
                 return
-            # A capped day (a restriction, a crowd cap) sells a share of its seats to be
-            # served: given back, the seat would serve one more than the cap lets in.
-            day_key = keys.office_day(office.code, booking.date)
-            if int(await self.capacity.redis.hget(day_key, "_cap") or 100) < 100:
+            if before is not BookingStatus.CHECKED_IN and booking.channel is not Channel.WALK_IN:
                 return
             await hold_off_recounts(session)
-            # A recount begun meanwhile: served all the same, the seat left counted (the
-            # safe side; the next recount frees it) rather than the clerk refused.
-            if await self.capacity.may_commit():
-                office_day = (office.code, booking.date)
-                early.append((await self.capacity.counts([office_day]))[office_day])
+            # A recount begun meanwhile, or Redis not answering: served all the same, the
+            # seat left counted (the safe side; the next recount frees it), the clerk not refused.
+            try:
+                if await self.capacity.may_commit():
+                    office_day = (office.code, booking.date)
+                    early.append((await self.capacity.counts([office_day]))[office_day])
+            except RedisError:
+                log.warning("a booking served before its slot keeps its seat counted: Redis did not answer")
 
         office, booking, entry, _ = await self._transition(
             session,

@@ -418,8 +418,10 @@ async def test_queue_check_in_served_and_walk_in(
 async def test_a_booking_served_before_its_slot_gives_the_seat_back(
     client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A walk-in given 15:00 and served at 10:10 (or an early arrival): the 15:00 seat had
-    stayed counted, sold to nobody, until the slot passed, while the record counted it free."""
+    """A walk-in given 15:00 and served at 10:10, or a citizen checked in early: the 15:00
+    seat had stayed counted, sold to nobody, until the slot passed, while the record counted
+    it free. Not one served straight from "booked": a tap on the wrong row cannot be taken
+    back, and its holder would come at 15:00 to a seat sold again."""
     office = await world.office(seats=1)
     headers = await staff_of(client, world, office)
     base, today = f"/api/v1/staff/offices/{office}/queue", morning.date()
@@ -431,27 +433,56 @@ async def test_a_booking_served_before_its_slot_gives_the_seat_back(
         assert made.status_code == 201, made.text
         return str(made.json()["tracking_code"])
 
-    early, begun = await booked("15:00"), await booked("08:00")
+    early, begun, straight = await booked("15:00"), await booked("08:00"), await booked("16:00")
     move_clock(monkeypatch, morning.replace(hour=10, minute=10))
     for code in (early, begun):
+        assert (await client.post(f"{base}/{code}/check-in", headers=headers)).status_code == 200
+    for code in (early, begun, straight):
         served = await client.post(f"{base}/{code}/served", headers=headers)
         assert served.status_code == 200 and served.json()["status"] == "served", served.text
     assert used(redis_sync, office, today, "15:00") == 0  # back on sale
     assert used(redis_sync, office, today, "08:00") == 1  # begun: nobody else can use it
+    assert used(redis_sync, office, today, "16:00") == 1  # its holder may still come
     again = await client.post(f"{base}/{early}/served", headers=headers)  # a double tap
     assert again.status_code == 200 and used(redis_sync, office, today, "15:00") == 0
     await booked("15:00")  # sold again
     assert used(redis_sync, office, today, "15:00") == 1
-    # A capped day sells a share of its seats to be served: the seat is not given back.
-    await account(world, "regulator-serve", StaffRole.REGULATOR, None)
-    reg = await sign_in(client, "regulator-serve")
-    restricted = await client.post(
-        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 90}, headers=reg
+    # A walk-in is in the room: served at once, its seat goes back.
+    walk_in = await client.post(
+        f"/api/v1/staff/offices/{office}/walk-ins",
+        json={"national_id": world.national_id(), "service_code": "101"},
+        headers=headers,
     )
-    assert restricted.status_code == 201, restricted.text
-    capped = await booked("16:00")
-    assert (await client.post(f"{base}/{capped}/served", headers=headers)).status_code == 200
-    assert used(redis_sync, office, today, "16:00") == 1
+    assert walk_in.status_code == 201, walk_in.text
+    slot = walk_in.json()["slot"]
+    assert used(redis_sync, office, today, slot) == 1
+    assert (await client.post(f"{base}/{walk_in.json()['tracking_code']}/served", headers=headers)).status_code == 200
+    assert used(redis_sync, office, today, slot) == 0
+
+
+async def test_a_booking_served_early_is_served_when_redis_does_not_answer(
+    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seat's count is read from Redis before the mark commits: a Redis error there had
+    answered the clerk 503 and left the citizen unserved. Served; the seat stays counted."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    base, today = f"/api/v1/staff/offices/{office}/queue", morning.date()
+    made = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "15:00"), headers=world.token()
+    )
+    code = made.json()["tracking_code"]
+    assert (await client.post(f"{base}/{code}/check-in", headers=headers)).status_code == 200
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(client.app.state.container.capacity, "counts", away)
+    served = await client.post(f"{base}/{code}/served", headers=headers)
+    assert served.status_code == 200 and served.json()["status"] == "served", served.text
+    assert used(redis_sync, office, today, "15:00") == 1  # counted until the night's recount
 
 
 async def test_a_no_show_waits_for_the_slot_and_its_grace(

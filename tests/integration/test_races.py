@@ -555,7 +555,7 @@ async def test_a_recount_during_a_rush_loses_no_booking_and_sells_no_seat_twice(
 async def test_a_booking_served_early_twice_while_citizens_book_its_slot_sells_the_seat_once(
     client: Client, served: Served, world: World, morning: dt.datetime, redis_sync: SyncRedis, settings: Settings
 ) -> None:
-    """The clerk taps «served» twice for a citizen booked at 15:00, served at 07:00, as
+    """The clerk taps «served» twice for a citizen booked at 15:00, checked in and served at 07:00, as
     citizens try for the 15:00 seat: it is given back once and sold at most once."""
     office = await world.office(seats=1)
     clerk = await staff_of(client, world, office)
@@ -564,6 +564,7 @@ async def test_a_booking_served_early_twice_while_citizens_book_its_slot_sells_t
     assert owner.status_code == 201, owner.text
     code = owner.json()["tracking_code"]
     base = f"/api/v1/staff/offices/{office}/queue"
+    assert (await client.post(f"{base}/{code}/check-in", headers=clerk)).status_code == 200  # in the room
     answers = await asyncio.gather(
         served.post(f"{base}/{code}/served", headers=clerk),
         *(book(served, world, office, today, "15:00") for _ in range(6)),
