@@ -172,3 +172,8 @@ def used_field(pool: str, time: str) -> str:
 def staff_session(token_digest: str) -> str:
     """A staff, regulator or guild session, named by the SHA-256 of its token (never the token itself)."""
     return f"{NAMESPACE}:staff:session:{token_digest}"
+
+
+WRITE_PROBE = f"{NAMESPACE}:write-probe"
+"""Set by every instance's watch at each look, kept 5 s (``Capacity.probe_writes``): that Redis
+takes writes, on each master of a cluster (there ``{n}`` is added, a slot of each)."""

@@ -259,6 +259,7 @@ class Capacity:
         self.ready = True
         self.watched = False  # True once app.capacity.watch keeps ``ready`` fresh (web instances)
         self.paused_by = ""  # why the watch last paused bookings, when Redis refused it ("" else)
+        self._probes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # masters, a key on each (probe_writes)
         # The count Redis was last seen built in (its rebuild marker), by the watch's look or a
         # commit's: a booking notes it before taking its seat, and commits only in the same
         # (app.booking.writer). None: not seen built.
@@ -1078,6 +1079,24 @@ class Capacity:
         if not built and self.watched:
             self.ready = False  # this instance's next bookings wait, until the watch has counted
         return built and self.ready
+
+    async def probe_writes(self) -> None:
+        """Set a short-lived key on every server that holds counters (each master of a
+        cluster): a server full under noeviction (OOM) or with its disk full (MISCONF) answers
+        reads and refuses every booking. Raises its refusal."""
+        if not isinstance(self.redis, RedisCluster):
+            await self.redis.set(keys.WRITE_PROBE, "1", px=5000)
+            return
+        masters = tuple(sorted(node.name for node in self.redis.get_primaries()))
+        if self._probes[0] != masters:  # a key in a slot of each master, found again as they change
+            found: dict[str, str] = {}
+            for n in range(100_000):
+                if len(found) == len(masters):
+                    break
+                key = f"{keys.WRITE_PROBE}:{{{n}}}"
+                found.setdefault(self.redis.get_node_from_key(key).name, key)
+            self._probes = (masters, tuple(found.values()))
+        await asyncio.gather(*(self.redis.set(key, "1", px=5000) for key in self._probes[1]))
 
     async def require_no_eviction(self) -> None:
         """Refuse to count seats on Redis servers that may evict keys when memory runs short.

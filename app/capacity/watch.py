@@ -44,8 +44,6 @@ REBUILD_LOCK = f"{keys.NAMESPACE}:rebuild-lock"
 LOCK_SECONDS = 30
 """The rebuild lock's life, renewed every third of it while its holder works: a holder that
 died (a `python -m app rebuild` killed) keeps every instance paused this long at most."""
-WRITE_PROBE = f"{keys.NAMESPACE}:write-probe"
-"""Set at every look (kept 5 s): the watch learns that Redis takes writes."""
 WATCH_INTERVAL = 1.0
 """Seconds between an instance's looks at Redis: within this, every instance has paused."""
 
@@ -81,10 +79,11 @@ class RedisWatch:
                 await self.capacity.require_no_eviction()
                 self._policy_checked = True
             if await self.capacity.is_built():
-                # Written to, not only read: a Redis full under noeviction (OOM) or with its
-                # disk full (MISCONF) answers PING and GET and refuses every booking, and the
-                # readiness the engineer is paged on had stayed green through it.
-                await self.capacity.redis.set(WRITE_PROBE, "1", px=5000)
+                # Written to, not only read (every master of a cluster): a Redis full under
+                # noeviction (OOM) or with its disk full (MISCONF) answers PING and GET and
+                # refuses every booking, and the readiness the engineer is paged on had stayed
+                # green through it.
+                await self.capacity.probe_writes()
                 self.capacity.ready, self.capacity.paused_by = True, ""
                 await self._resume()
                 return

@@ -280,3 +280,25 @@ async def test_every_script_is_loaded_on_every_node_before_concurrent_calls(
         with SyncRedis(host="127.0.0.1", port=node.port) as redis:
             if redis.info("replication")["role"] == "master":
                 assert all(redis.script_exists(*(script.sha for script in registered))), node.port
+
+
+async def test_each_master_that_refuses_writes_pauses_bookings(world: World, cluster: RedisCluster) -> None:
+    """The watch's write went to the one master its key's slot is on: another full under
+    noeviction refused every booking of the offices it holds, and readiness stayed green."""
+    from app.capacity.watch import RedisWatch
+
+    container = world.container
+    looks = RedisWatch(capacity=container.capacity, sessions=container.sessions, clock=container.clock, settle=0)
+    looks._policy_checked = True  # the policy's look is a test of its own
+    await looks.check()
+    assert container.capacity.ready
+    for node in cluster.nodes:
+        with SyncRedis(host="127.0.0.1", port=node.port) as redis:
+            redis.config_set("maxmemory", int(redis.info("memory")["used_memory"]) // 2)
+            try:
+                await looks.check()
+                assert not container.capacity.ready, node.port
+            finally:
+                redis.config_set("maxmemory", 0)
+        await looks.check()
+        assert container.capacity.ready, node.port
