@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from contextlib import AbstractAsyncContextManager
 
 from redis.exceptions import RedisError
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -692,23 +692,22 @@ class Enforcement:
             await session.commit()
         return answer
 
+    async def lift_restores(self, *, session: AsyncSession, office_code: str) -> bool:
+        """Whether lifting the office now opens again a restriction its block replaced (the
+        lift form says so): asked as ``_restore_replaced`` finds them."""
+        office = await self.office(session, office_code)
+        for action in await self._open_actions(session, office.id):
+            if action.kind is ActionKind.BLOCK and list(await session.scalars(_replaced_by(action))):
+                return True
+        return False
+
     async def _restore_replaced(self, session: AsyncSession, block: OfficeAction) -> None:
         """Open again the restrictions a block had replaced, as the block is lifted or overturned
         on appeal: the lift or the appeal was of the block. Lifted with it, an office restricted for ten citizens' complaints
         (or by the regulator, its own appeal upheld) came back at full capacity, and the
         complaints before the overturn no longer counted. Not one whose own appeal was
         overturned meanwhile (it would have been lifted, had the block not replaced it)."""
-        overturned = select(Appeal.action_id).where(Appeal.outcome == AppealOutcome.OVERTURNED)
-        replaced = await session.scalars(
-            select(OfficeAction).where(
-                OfficeAction.office_id == block.office_id,
-                OfficeAction.kind == ActionKind.RESTRICT,
-                OfficeAction.lift_reason == REPLACED_BY_A_BLOCK,
-                OfficeAction.lifted_at == block.started_at,
-                OfficeAction.id.not_in(overturned),
-            )
-        )
-        for action in replaced:
+        for action in await session.scalars(_replaced_by(block)):
             action.lifted_at, action.lifted_by, action.lift_reason = None, None, None
 
     async def office_appeals(
@@ -923,6 +922,18 @@ class _MovedBeforeARecount(CapacityRebuilding):
     def __init__(self, moved: int, unplaced: int) -> None:
         super().__init__()
         self.moved, self.unplaced = moved, unplaced
+
+
+def _replaced_by(block: OfficeAction) -> Select[OfficeAction]:
+    """The restrictions the block replaced, less any overturned on appeal meanwhile."""
+    overturned = select(Appeal.action_id).where(Appeal.outcome == AppealOutcome.OVERTURNED)
+    return select(OfficeAction).where(
+        OfficeAction.office_id == block.office_id,
+        OfficeAction.kind == ActionKind.RESTRICT,
+        OfficeAction.lift_reason == REPLACED_BY_A_BLOCK,
+        OfficeAction.lifted_at == block.started_at,
+        OfficeAction.id.not_in(overturned),
+    )
 
 
 async def _locked(session: AsyncSession, office_id: int) -> Office:

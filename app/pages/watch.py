@@ -145,6 +145,7 @@ class WatchPages(Controller):
             office=detail,
             history=history,
             appeals={appeal.action_id: appeal for appeal in appeals},
+            lift_restores=await container.enforcement.lift_restores(session=session, office_code=detail.code),
             errors=errors or {},
             form=form or {"restrict_cap": str(container.settings.restricted_cap_percent)},
         )

@@ -763,3 +763,31 @@ async def test_lifting_a_block_leaves_the_restriction_it_replaced(client: Client
     lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "نوبت‌دهی دارد"}, headers=reg)
     assert lifted.status_code == 200, lifted.text
     assert await standing() == (OfficeStatus.ACTIVE, 100)
+
+
+async def test_the_lift_form_does_not_promise_a_restriction_overturned_while_blocked(
+    client: Client, world: World
+) -> None:
+    """The restriction's appeal was overturned while the block stood: the lift does not bring
+    it back, and the form had said it would."""
+    office = await world.office()
+    await world.rebuild()
+    reg = await regulator(client, world)
+    restriction = await restrict(client, reg, office, cap=30)
+    filed = await appeal(client, await staff_of(client, world, office), office, restriction, "ازدحام نبود")
+    assert filed.status_code == 201, filed.text
+    await sign_in(client, "regulator-x")  # the regulator's browser again
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    decided = await client.post(
+        f"/api/v1/regulator/appeals/{filed.json()['id']}/decide",
+        json={"outcome": "overturned", "note": ""},
+        headers=reg,
+    )
+    assert decided.status_code == 200, decided.text
+    page = await client.get(f"/watch/offices/{office}", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and "data-restores" not in page.text
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "جعل ثابت نشد"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(Office.status).where(Office.code == office)) is OfficeStatus.ACTIVE
