@@ -126,6 +126,9 @@ _LOOKS_LIKE_DATE_RE = re.compile(r".*/|[0-9]{4}-[0-9]{1,2}(-|$)")
 _LOOKS_LIKE_ID_RE = re.compile(r"[0-9-]+")
 
 _DAY_OFFSETS = {"امروز": 0, "today": 0, "فردا": 1, "tomorrow": 1}
+_MONTHS = frozenset(
+    ["فروردین", "اردیبهشت", "خرداد", "تیر", "مرداد", "شهریور", "مهر", "آبان", "آذر", "دی", "بهمن", "اسفند"]
+)
 
 _MISSING_OFFICE = "کد دفتر ۶ رقمی را بنویسید."
 _BAD_OFFICE = "کد دفتر ۶ رقم است."
@@ -217,6 +220,9 @@ def _visit(rest: str, today: datetime.date) -> tuple[str, str, datetime.date | N
     tokens = _tokens(rest)
     office_code = _code(tokens, 0, _OFFICE_CODE_RE, _MISSING_OFFICE, _BAD_OFFICE)
     service_code = _code(tokens, 1, _SERVICE_CODE_RE, _MISSING_SERVICE, _BAD_SERVICE)
+    if any(token in _MONTHS for token in tokens[2:]):
+        # "۳ آذر": a date in words had been answered "the national ID must be 10 digits".
+        raise _BadArguments("تاریخ را با عدد بنویسید، مثل ۱۴۰۵/۰۹/۰۳، یا فردا.")
     extras = _digit_groups_joined(tokens[2:])
     if len(extras) > 2:
         raise _BadArguments("پس از کد خدمت فقط تاریخ و کد ملی بیاید.")
@@ -266,6 +272,9 @@ def _offices(rest: str, today: datetime.date) -> Command:
     if not tokens:
         raise _BadArguments("نام شهر و کد خدمت را بنویسید.")
     last = tokens[-1]
+    if last.casefold() in _DAY_OFFSETS and len(tokens) > 1:
+        # "دفاتر تهران ۱۰۱ فردا" had been told to write the service code it had.
+        raise _BadArguments("«دفاتر» روز نمی‌گیرد؛ خلوت‌ترین دفترها از امروز به بعد را می‌فرستد.")
     if not any(char.isdigit() for char in last):
         raise _BadArguments(_MISSING_SERVICE)
     service_code = _code(tokens, len(tokens) - 1, _SERVICE_CODE_RE, _MISSING_SERVICE, _BAD_SERVICE)

@@ -416,3 +416,13 @@ def test_a_command_written_wrong_is_answered_with_its_own_example_in_one_part(te
     assert reply.startswith(answer.reason) and f"نمونه: {keyword} " in reply and "«راهنما»" in reply
     assert len(reply) <= 2 * 67  # at most two parts; most fit one (70)
     assert Help().answer_fa() == HELP_TEXT_FA  # no command at all: the whole help
+
+
+def test_a_date_in_words_and_a_day_after_offices_are_told_what_to_write() -> None:
+    """«۳ آذر» had been answered "the national ID must be 10 digits", and «دفاتر تهران ۱۰۱
+    فردا» "write the service code": each now says what is wrong."""
+    in_words = p("نوبت ۱۲۳۴۵۶ ۱۰۱ ۳ آذر")
+    assert isinstance(in_words, Help) and in_words.reason and "تاریخ را با عدد" in in_words.reason
+    with_a_day = p("دفاتر تهران ۱۰۱ فردا")
+    assert isinstance(with_a_day, Help) and with_a_day.reason and "روز نمی" in with_a_day.reason
+    assert p("دفاتر تهران ۱۰۱") == Offices("تهران", "101")
