@@ -792,7 +792,12 @@ class Enforcement:
         ids = [office.id for office, *_ in rows]
         if not ids:
             return []
+        # The latest action in force says why the office is as it is; the first, since when:
+        # restricted by the policy on the 1st and again by the regulator on the 5th, it has
+        # been restricted since the 1st.
         actions: dict[int, OfficeAction] = {}
+        first: dict[int, OfficeAction] = {}
+        in_force: dict[int, list[int]] = defaultdict(list)
         moved: Counter[int] = Counter()
         cancelled: Counter[int] = Counter()
         # The actions in force: a block lifted in January, its 500 moves with it, is the office
@@ -804,7 +809,9 @@ class Enforcement:
         ):
             moved[action.office_id] += action.bookings_moved
             cancelled[action.office_id] += action.bookings_cancelled
+            first.setdefault(action.office_id, action)
             actions[action.office_id] = action
+            in_force[action.office_id].append(action.id)
         complaints: dict[int, Counter[str]] = defaultdict(Counter)
         for office_id, category, count in await session.execute(
             select(Complaint.office_id, Complaint.category, func.count())
@@ -817,7 +824,11 @@ class Enforcement:
             appeals[appeal.action_id] = appeal.outcome.value
         result = []
         for office, city_fa, province_fa, province_code in rows:
-            current = actions.get(office.id)
+            current, since = actions.get(office.id), first.get(office.id)
+            # Pending if any action in force awaits its decision: the first one's appeal had
+            # been shown nowhere once a second action was made.
+            outcomes = [appeals[action_id] for action_id in in_force[office.id] if action_id in appeals]
+            appeal_state = "pending" if "pending" in outcomes else appeals.get(current.id) if current else None
             result.append(
                 WatchedOffice(
                     code=office.code,
@@ -828,9 +839,7 @@ class Enforcement:
                     status=office.status.value,
                     # In the offices' time, on either record: PostgreSQL's came back in UTC, and
                     # the guild's spreadsheet showed each block three and a half hours off.
-                    since=self.clock.aware(current.started_at).astimezone(self.clock.tz).isoformat()
-                    if current
-                    else None,
+                    since=self.clock.aware(since.started_at).astimezone(self.clock.tz).isoformat() if since else None,
                     reason=current.reason if current else None,
                     source=current.source if current else None,
                     cap_percent=office.cap_percent if office.status == OfficeStatus.RESTRICTED else 0,
@@ -838,7 +847,7 @@ class Enforcement:
                     complaints_total=sum(complaints[office.id].values()),
                     bookings_moved=moved[office.id],
                     bookings_cancelled=cancelled[office.id],
-                    appeal=appeals.get(current.id) if current else None,
+                    appeal=appeal_state,
                 )
             )
         return result

@@ -791,3 +791,28 @@ async def test_the_lift_form_does_not_promise_a_restriction_overturned_while_blo
     assert lifted.status_code == 200, lifted.text
     async with world.container.sessions() as session:
         assert await session.scalar(select(Office.status).where(Office.code == office)) is OfficeStatus.ACTIVE
+
+
+async def test_the_watch_list_shows_since_the_first_action_in_force_and_any_pending_appeal(
+    client: Client, world: World
+) -> None:
+    """Restricted on the 1st and again, harder, on the 5th: the list said "since the 5th", and
+    the appeal pending against the first was shown nowhere."""
+    from app.enforcement.models import OfficeAction
+
+    office = await world.office()
+    reg = await regulator(client, world)
+    first = await restrict(client, reg, office, cap=50)
+    filed = await appeal(client, await staff_of(client, world, office), office, first)
+    assert filed.status_code == 201, filed.text
+    async with world.container.sessions() as session:
+        action = await session.get(OfficeAction, first)
+        assert action is not None
+        action.started_at -= dt.timedelta(days=4)
+        began = world.container.clock.aware(action.started_at)
+        await session.commit()
+    second = await restrict(client, reg, office, cap=20)
+    assert second != first
+    [row] = [o for o in (await client.get("/api/v1/guild/offices", headers=reg)).json() if o["code"] == office]
+    assert dt.datetime.fromisoformat(row["since"]) == began, row
+    assert row["appeal"] == "pending" and row["cap_percent"] == 20, row
