@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -259,7 +260,7 @@ class Capacity:
         self.ready = True
         self.watched = False  # True once app.capacity.watch keeps ``ready`` fresh (web instances)
         self.paused_by = ""  # why the watch last paused bookings, when Redis refused it ("" else)
-        self._probes: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # masters, a key on each (probe_writes)
+        self._probes: list[str] = []  # a key in a slot of each master of a cluster (probe_writes)
         # The count Redis was last seen built in (its rebuild marker), by the watch's look or a
         # commit's: a booking notes it before taking its seat, and commits only in the same
         # (app.booking.writer). None: not seen built.
@@ -1087,16 +1088,13 @@ class Capacity:
         if not isinstance(self.redis, RedisCluster):
             await self.redis.set(keys.WRITE_PROBE, "1", px=5000)
             return
-        masters = tuple(sorted(node.name for node in self.redis.get_primaries()))
-        if self._probes[0] != masters:  # a key in a slot of each master, found again as they change
-            found: dict[str, str] = {}
-            for n in range(100_000):
-                if len(found) == len(masters):
-                    break
-                key = f"{keys.WRITE_PROBE}:{{{n}}}"
-                found.setdefault(self.redis.get_node_from_key(key).name, key)
-            self._probes = (masters, tuple(found.values()))
-        await asyncio.gather(*(self.redis.set(key, "1", px=5000) for key in self._probes[1]))
+        masters = {node.name for node in self.redis.get_primaries()}
+        # Checked at each look against the client's slot map: slots moved between the same
+        # masters (a resharding) had left a master with no key, unprobed.
+        if {self.redis.get_node_from_key(key).name for key in self._probes} != masters:
+            owners = {slot: nodes[0].name for slot, nodes in self.redis.nodes_manager.slots_cache.items() if nodes}
+            self._probes = [key for master in sorted(masters) if (key := _probe_key(owners, master))]
+        await asyncio.gather(*(self.redis.set(key, "1", px=5000) for key in self._probes))
 
     async def require_no_eviction(self) -> None:
         """Refuse to count seats on Redis servers that may evict keys when memory runs short.
@@ -1505,6 +1503,18 @@ def _by_node(found: dict[Any, Any], field: str) -> dict[Any, Any]:
 def _held_as(day: dt.date, service_code: str) -> str:
     """What a citizen's holds hash keeps of a booking ("date|service"), as HOLD writes it."""
     return f"{day.isoformat()}|{service_code}"
+
+
+def _probe_key(owners: dict[int, str], master: str) -> str | None:
+    """A write probe's key in a slot the master owns (``owners``: slot -> master); None when
+    the client knows of none yet. Some 16,384 tries for a master of one slot, a few for most."""
+    owned = {slot for slot, owner in owners.items() if owner == master}
+    if not owned:
+        return None
+    for n in range(1_000_000):
+        if key_slot(str(n).encode()) in owned:
+            return f"{keys.WRITE_PROBE}:{{{n}}}"
+    return None
 
 
 class EvictionPolicy(RuntimeError):

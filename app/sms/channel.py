@@ -440,9 +440,9 @@ class SmsChannel:
     async def _held_that_day(
         self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date, mobile: str
     ) -> str:
-        """The answer for a day the search found held, and not at another office: the place in
-        this office's line, the booking, or (neither in the record yet: a copy of this message
-        delivered twice at once, its booking not committed) the day."""
+        """The answer for a day the search found held, and not at another office in the record:
+        the place in this office's line, the booking, or (neither in the record yet: another
+        booking message for the ID committing at this moment) the day."""
         held = await session.scalar(
             select(Booking)
             .join(Office, Office.id == Booking.office_id)
@@ -456,12 +456,15 @@ class SmsChannel:
             .limit(1)
         )
         if held is None:
+            # Not in the record (yet): a booking of that day committing now, here or at another
+            # office, or a hold left for later. Nothing said of where.
             answer = (
-                f"نوبت این کد ملی در این دفتر برای {jalali_date(day)} در دست ثبت است؛ "
+                f"برای این کد ملی در {jalali_date(day)} نوبتی در دست ثبت است؛ "
                 "اگر تا چند دقیقهٔ دیگر پیامکی نرسید، دوباره بفرستید."
             )
         elif held.status is BookingStatus.WAITLISTED:
-            answer = f"این کد ملی در فهرست انتظار این دفتر برای {jalali_date(day)} است؛ نوبت دیگری گرفته نشد."
+            day_fa = f" برای {jalali_date(day)}" if held.mobile == mobile else ""  # as for a seat: not to another phone
+            answer = f"این کد ملی در فهرست انتظار این دفتر{day_fa} است؛ نوبت دیگری گرفته نشد."
         else:
             answer = _held_answer(held, mobile)
         await session.rollback()  # after the row is read: it expires the row

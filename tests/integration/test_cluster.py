@@ -302,3 +302,16 @@ async def test_each_master_that_refuses_writes_pauses_bookings(world: World, clu
                 redis.config_set("maxmemory", 0)
         await looks.check()
         assert container.capacity.ready, node.port
+    # Keys that no longer reach every master (slots moved between the same masters, a
+    # resharding): found so at the next look, and found again.
+    cluster_client = container.capacity.redis
+    one = cluster_client.get_node_from_key(container.capacity._probes[0]).name
+    container.capacity._probes = [container.capacity._probes[0]] * 3
+    other = next(node for node in cluster.nodes if not one.endswith(f":{node.port}"))
+    with SyncRedis(host="127.0.0.1", port=other.port) as redis:
+        redis.config_set("maxmemory", int(redis.info("memory")["used_memory"]) // 2)
+        try:
+            await looks.check()
+            assert not container.capacity.ready
+        finally:
+            redis.config_set("maxmemory", 0)

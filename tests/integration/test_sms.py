@@ -1487,7 +1487,7 @@ async def test_a_booking_message_with_no_day_for_a_service_held_here_answers_wit
     async with world.container.sessions() as session:
         replies = list(await session.scalars(select(SmsMessage.body).where(SmsMessage.kind == "sms_reply")))
     assert len(replies) == 1 and held.json()["tracking_code"] in replies[0], replies
-    # From another phone that knows the ID: the day, not the booking's tracking code.
+    # From another phone that knows the ID: that one is held, not its tracking code nor its time.
     other = await text(client, f"نوبت {office} 101 {national_id}", sender="+989125550000", sid="SMheldother")
     assert other.status_code == 200, other.text
     assert await count(world, Booking, *active) == 1
