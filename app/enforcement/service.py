@@ -51,11 +51,13 @@ from app.offices.errors import OfficeNotFound
 from app.offices.models import City, Office, OfficeStatus, Province
 from app.offices.service import in_province, normalize_code
 from app.redis import renewed_lock
-from app.staff.models import StaffRole
+from app.staff.models import AuditEntry, StaffRole
 from app.staff.service import StaffPrincipal, audit, require_office, require_role
 
 log = logging.getLogger(__name__)
 
+RESTORED = "restriction.restored"
+"""The audit entry of a restriction a block's end opened again (``_restore_replaced``)."""
 REPLACED_BY_A_BLOCK = "replaced by a block"
 """A restriction's lift reason when a block replaced it (a block overturned opens it again)."""
 
@@ -491,7 +493,7 @@ class Enforcement:
             # stands, and is lifted on its own when the office complies with it too. Lifted
             # with the block, an office restricted for ten citizens' complaints came back at
             # full capacity, and those complaints could never restrict it again.
-            await self._restore_replaced(session, block)
+            await self._restore_replaced(session, block, by=staff)
         await self._lift(session, office, actions, by=staff, reason=reason.strip())
         return _action_out(actions[-1], office.code)
 
@@ -629,7 +631,7 @@ class Enforcement:
             raise InvalidInput("text", "Write the appeal.", detail_fa="متن اعتراض را بنویسید.")
         now = self.clock.now()
         already = await session.scalar(select(func.count()).select_from(Appeal).where(Appeal.action_id == action.id))
-        deadline = self._appeal_deadline(action)
+        deadline = await self._appeal_deadline(session, action)
         if action.lifted_at is not None or now > deadline or already:
             raise AppealNotAllowed(deadline=deadline.isoformat())
         appeal = Appeal(
@@ -682,7 +684,7 @@ class Enforcement:
         )  # fmt: skip
         answer = _appeal_out(appeal, office.code)  # as decided: the lift's fill may expire the row
         if undo and action.kind is ActionKind.BLOCK:
-            await self._restore_replaced(session, action)
+            await self._restore_replaced(session, action, by=staff)
         if undo:
             # The decision commits with the lift, in one transaction: committed apart, a lift
             # that failed left the appeal "overturned" and the restriction standing, and a
@@ -701,14 +703,20 @@ class Enforcement:
                 return True
         return False
 
-    async def _restore_replaced(self, session: AsyncSession, block: OfficeAction) -> None:
+    async def _restore_replaced(self, session: AsyncSession, block: OfficeAction, *, by: StaffPrincipal) -> None:
         """Open again the restrictions a block had replaced, as the block is lifted or overturned
-        on appeal: the lift or the appeal was of the block. Lifted with it, an office restricted for ten citizens' complaints
-        (or by the regulator, its own appeal upheld) came back at full capacity, and the
-        complaints before the overturn no longer counted. Not one whose own appeal was
-        overturned meanwhile (it would have been lifted, had the block not replaced it)."""
+        on appeal: the lift or the appeal was of the block. Lifted with it, an office restricted
+        for ten citizens' complaints (or by the regulator, its own appeal upheld) came back at
+        full capacity, and the complaints before the overturn no longer counted. Not one whose
+        own appeal was overturned meanwhile (it would have been lifted, had the block not
+        replaced it). Each is audited as restored: its days to appeal count from then."""
+        now = self.clock.now()
         for action in await session.scalars(_replaced_by(block)):
             action.lifted_at, action.lifted_by, action.lift_reason = None, None, None
+            await audit(
+                session, actor=by, action=RESTORED, target=str(action.id), office_id=action.office_id, before=None,
+                after=None, at=now,
+            )  # fmt: skip
 
     async def office_appeals(
         self, *, session: AsyncSession, staff: StaffPrincipal, office_code: str
@@ -724,12 +732,25 @@ class Enforcement:
         appealable = {
             action.id
             for action in await self._open_actions(session, office.id)
-            if action.id not in appeals and now <= self._appeal_deadline(action)
+            if action.id not in appeals and now <= await self._appeal_deadline(session, action)
         }
         return appeals, appealable
 
-    def _appeal_deadline(self, action: OfficeAction) -> dt.datetime:
-        return self.clock.aware(action.started_at) + dt.timedelta(days=self.appeal_days)
+    async def _appeal_deadline(self, session: AsyncSession, action: OfficeAction) -> dt.datetime:
+        """Its days from when it began, or from when a block's end restored it: a restriction
+        a block replaced could not be appealed while the block stood, and had come back with
+        its days gone."""
+        began = self.clock.aware(action.started_at)
+        restored = await session.scalar(
+            select(func.max(AuditEntry.at)).where(
+                AuditEntry.office_id == action.office_id,
+                AuditEntry.at >= action.started_at,
+                AuditEntry.action == RESTORED,
+                AuditEntry.target == str(action.id),
+            )
+        )
+        since = max(began, self.clock.aware(restored)) if restored is not None else began
+        return since + dt.timedelta(days=self.appeal_days)
 
     async def appeals(
         self,

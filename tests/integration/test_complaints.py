@@ -816,3 +816,30 @@ async def test_the_watch_list_shows_since_the_first_action_in_force_and_any_pend
     [row] = [o for o in (await client.get("/api/v1/guild/offices", headers=reg)).json() if o["code"] == office]
     assert dt.datetime.fromisoformat(row["since"]) == began, row
     assert row["appeal"] == "pending" and row["cap_percent"] == 20, row
+
+
+async def test_a_restriction_a_blocks_end_restored_may_be_appealed_for_its_days_again(
+    client: Client, world: World
+) -> None:
+    """Restricted, then blocked two days later, the block lifted ten days on: the restriction
+    came back with its seven days gone. It could not be appealed while the block stood."""
+    from app.enforcement.models import OfficeAction
+
+    office = await world.office()
+    await world.rebuild()
+    reg = await regulator(client, world)
+    restriction = await restrict(client, reg, office, cap=30)
+    async with world.container.sessions() as session:
+        action = await session.get(OfficeAction, restriction)
+        assert action is not None
+        action.started_at -= dt.timedelta(days=12)
+        await session.commit()
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "جعل ثابت نشد"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    clerk = await staff_of(client, world, office)
+    notices = await client.get(f"/office/{office}/notices", headers={"Accept": "text/html"})
+    assert f'name="text_{restriction}"' in notices.text  # the form is offered again
+    filed = await appeal(client, clerk, office, restriction, "سامانهٔ نوبت‌دهی داریم")
+    assert filed.status_code == 201, filed.text
