@@ -972,6 +972,10 @@ class Console:
             # A recount begun meanwhile, or Redis not answering: served all the same, the
             # seat left counted (the safe side; the next recount frees it), the clerk not refused.
             try:
+                # Nor on a capped day (a restriction, a crowd cap): a cancel's seat given back is
+                # one person fewer, a served one's would be one more than the cap lets in.
+                if int(await self.capacity.redis.hget(keys.office_day(office.code, booking.date), "_cap") or 100) < 100:
+                    return
                 if await self.capacity.may_commit():
                     office_day = (office.code, booking.date)
                     early.append((await self.capacity.counts([office_day]))[office_day])

@@ -458,6 +458,18 @@ async def test_a_booking_served_before_its_slot_gives_the_seat_back(
     assert used(redis_sync, office, today, slot) == 1
     assert (await client.post(f"{base}/{walk_in.json()['tracking_code']}/served", headers=headers)).status_code == 200
     assert used(redis_sync, office, today, slot) == 0
+    # A capped day lets in a share of its seats: a served citizen's seat sold again would be
+    # one more than that (a cancel's is one fewer). Not given back.
+    await account(world, "regulator-serve", StaffRole.REGULATOR, None)
+    reg = await sign_in(client, "regulator-serve")
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict", json={"reason": "ازدحام", "cap_percent": 90}, headers=reg
+    )
+    assert restricted.status_code == 201, restricted.text
+    capped = await booked("17:00")
+    assert (await client.post(f"{base}/{capped}/check-in", headers=headers)).status_code == 200
+    assert (await client.post(f"{base}/{capped}/served", headers=headers)).status_code == 200
+    assert used(redis_sync, office, today, "17:00") == 1
 
 
 async def test_a_booking_served_early_is_served_when_redis_does_not_answer(
