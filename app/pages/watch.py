@@ -150,6 +150,32 @@ class WatchPages(Controller):
             form=form or {"restrict_cap": str(container.settings.restricted_cap_percent)},
         )
 
+    async def _refused(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        container: Deps,
+        staff: StaffPrincipal,
+        code: str,
+        error: DomainError,
+        errors: dict[str, str],
+        top: str,
+        data: dict[str, str],
+    ) -> Template:
+        """The office's page again, a form's refusal beside its field, or at the top of that
+        form (``top``: each form on the page has its own), what was typed kept."""
+        await session.rollback()
+        return await self._office_page(
+            request,
+            session,
+            container,
+            staff,
+            code,
+            errors={(top if k == TOP else k): v for k, v in errors.items()},
+            form=dict(data),
+            status=error.status,
+        )
+
     @get("/offices/{code:str}")
     async def office(
         self, code: FromPath[str], request: Request[Any, Any, Any], session: Session, container: Deps
@@ -190,18 +216,8 @@ class WatchPages(Controller):
                     cap=to_int(cap, "restrict_cap", "سقف را به درصد بنویسید.") if cap else None,
                 )
         except DomainError as error:
-            await session.rollback()
             errors = form_errors(error, [f"{action}_reason", "restrict_cap"], {"reason": f"{action}_reason"})
-            return await self._office_page(
-                request,
-                session,
-                container,
-                staff,
-                code,
-                errors={(f"{action}_top" if k == TOP else k): v for k, v in errors.items()},
-                form=dict(data),
-                status=error.status,
-            )
+            return await self._refused(request, session, container, staff, code, error, errors, f"{action}_top", data)
         notice = {"restrict": "restricted", "block": "blocked", "lift": "lifted"}[action]
         return see_other(f"/watch/offices/{code}?notice={notice}")
 
@@ -230,18 +246,9 @@ class WatchPages(Controller):
                 session=session, staff=staff, appeal_id=number, outcome=data.get("outcome", ""), note=data.get(note, "")
             )
         except DomainError as error:
-            await session.rollback()
-            top = f"appeal_{number}_top"
             errors = form_errors(error, [note], {"note": note})
-            return await self._office_page(
-                request,
-                session,
-                container,
-                staff,
-                code,
-                errors={(top if k == TOP else k): v for k, v in errors.items()},
-                form=dict(data),
-                status=error.status,
+            return await self._refused(
+                request, session, container, staff, code, error, errors, f"appeal_{number}_top", data
             )
         return see_other(f"/watch/offices/{code}?notice=appeal_{decided.outcome}")
 

@@ -406,10 +406,10 @@ class SmsChannel:
                 # that day", naming no day, with tomorrow free. Held anywhere else (here: a
                 # copy of this message delivered twice at once, its booking not committed
                 # yet) the search ends on that day, not on a second one.
-                if isinstance(error, AlreadyBookedThatDay) and not await self._held_elsewhere(
-                    session, national_id, command, day
-                ):
-                    return await self._held_that_day(session, national_id, command, day, mobile)
+                if isinstance(error, AlreadyBookedThatDay):
+                    that_day = await self._held_on(session, national_id, command, day)
+                    if all(code == command.office_code for _, code in that_day):
+                        return await self._held_that_day(session, day, mobile, next((b for b, _ in that_day), None))
         # Every day of the horizon full or closed: the last day's refusal ("full that day",
         # "closed that day") named no day, and the citizen could not tell all were tried.
         await session.rollback()
@@ -437,24 +437,27 @@ class SmsChannel:
         )
         return booking
 
-    async def _held_that_day(
-        self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date, mobile: str
-    ) -> str:
-        """The answer for a day the search found held, and not at another office in the record:
-        the place in this office's line, the booking, or (neither in the record yet: another
-        booking message for the ID committing at this moment) the day."""
-        held = await session.scalar(
-            select(Booking)
+    async def _held_on(
+        self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date
+    ) -> list[tuple[Booking, str]]:
+        """The citizen's active bookings and places in line for the command's service on
+        ``day``, each with its office's code."""
+        rows = await session.execute(
+            select(Booking, Office.code)
             .join(Office, Office.id == Booking.office_id)
             .where(
                 Booking.national_id == national_id,
                 Booking.service_code == command.service_code,
                 Booking.date == day,
                 Booking.status.in_(ACTIVE_STATUSES),
-                Office.code == command.office_code,
             )
-            .limit(1)
         )
+        return [(booking, code) for booking, code in rows]
+
+    async def _held_that_day(self, session: AsyncSession, day: dt.date, mobile: str, held: Booking | None) -> str:
+        """The answer for a day the search found held, and at no other office in the record:
+        the place in this office's line, the booking, or (neither in the record yet: another
+        booking message for the ID committing at this moment) the day."""
         if held is None:
             # Not in the record (yet): a booking of that day committing now, here or at another
             # office, or a hold left for later. Nothing said of where.
@@ -469,24 +472,6 @@ class SmsChannel:
             answer = _held_answer(held, mobile)
         await session.rollback()  # after the row is read: it expires the row
         return answer
-
-    async def _held_elsewhere(
-        self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date
-    ) -> bool:
-        """Whether the citizen holds the command's service on ``day`` at another office."""
-        held = await session.scalar(
-            select(Booking.id)
-            .join(Office, Office.id == Booking.office_id)
-            .where(
-                Booking.national_id == national_id,
-                Booking.service_code == command.service_code,
-                Booking.date == day,
-                Booking.status.in_(ACTIVE_STATUSES),
-                Office.code != command.office_code,
-            )
-            .limit(1)
-        )
-        return held is not None
 
     async def _national_id(self, session: AsyncSession, mobile: str, given: str | None) -> str | None:
         """The national ID a booking message books for: the one it gives, else the phone's."""
