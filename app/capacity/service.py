@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -1091,9 +1091,12 @@ class Capacity:
         masters = {node.name for node in self.redis.get_primaries()}
         # Checked at each look against the client's slot map: slots moved between the same
         # masters (a resharding) had left a master with no key, unprobed.
-        if {self.redis.get_node_from_key(key).name for key in self._probes} != masters:
-            owners = {slot: nodes[0].name for slot, nodes in self.redis.nodes_manager.slots_cache.items() if nodes}
-            self._probes = [key for master in sorted(masters) if (key := _probe_key(owners, master))]
+        try:
+            if {self.redis.get_node_from_key(key).name for key in self._probes} != masters:
+                owners = {slot: nodes[0].name for slot, nodes in self.redis.nodes_manager.slots_cache.items() if nodes}
+                self._probes = [key for master in sorted(masters) if (key := _probe_key(owners, master))]
+        except RedisClusterException as error:  # a slot the client's map lacks: not a RedisError
+            raise RedisError(f"the cluster's slot map: {error}") from error
         await asyncio.gather(*(self.redis.set(key, "1", px=5000) for key in self._probes))
 
     async def require_no_eviction(self) -> None:

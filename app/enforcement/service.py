@@ -740,17 +740,26 @@ class Enforcement:
         """Its days from when it began, or from when a block's end restored it: a restriction
         a block replaced could not be appealed while the block stood, and had come back with
         its days gone."""
+        days = dt.timedelta(days=self.appeal_days)
         began = self.clock.aware(action.started_at)
+        now = self.clock.now()
+        if action.kind is not ActionKind.RESTRICT or now <= began + days:
+            return began + days  # a block is never restored; within its days, they are its own
+        # Only a restore within the last days can open them again: the office's entries read
+        # from then, not from when it began (every check-in of months is one).
         restored = await session.scalar(
             select(func.max(AuditEntry.at)).where(
                 AuditEntry.office_id == action.office_id,
-                AuditEntry.at >= action.started_at,
+                AuditEntry.at >= max(began, now - days).astimezone(dt.UTC),  # as audit() writes it
                 AuditEntry.action == RESTORED,
                 AuditEntry.target == str(action.id),
             )
         )
-        since = max(began, self.clock.aware(restored)) if restored is not None else began
-        return since + dt.timedelta(days=self.appeal_days)
+        if restored is None:
+            return began + days
+        # Written in UTC (audit()); SQLite gives it back without its zone.
+        at = restored.replace(tzinfo=dt.UTC) if restored.tzinfo is None else restored
+        return max(began, at.astimezone(self.clock.tz)) + days
 
     async def appeals(
         self,
