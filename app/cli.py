@@ -23,7 +23,7 @@ from app.capacity.watch import RebuildRunning, RebuildTakenOver, rebuild_paused
 from app.clock import Clock
 from app.db import create_engine, create_schema, session_factory
 from app.errors import DomainError
-from app.observability import configure_logging
+from app.observability import LOG_CONFIG, configure_logging
 from app.offices import dataset
 from app.offices.models import Office
 from app.ratelimit import RateLimiter
@@ -306,7 +306,13 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
-            "app.main:app_from_env", factory=True, host=host, port=port, log_level="info", http=CorkedHttpProtocol
+            "app.main:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            log_level="info",
+            http=CorkedHttpProtocol,
+            log_config=str(LOG_CONFIG),  # the server's own lines too (a worker died) as JSON
         )
     finally:
         for helper in helpers:

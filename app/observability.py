@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -132,6 +133,12 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = mask(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
+
+
+LOG_CONFIG = Path(__file__).with_name("log-config.json")
+"""``configure_logging`` for uvicorn's own process (``--log-config app/log-config.json``): with
+``--workers``, the parent that restarts a dead worker never loads the app, and its lines
+("Child process ... died") had been plain text among the JSON."""
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -182,6 +182,25 @@ async def test_pages_are_rate_limited_per_address_with_a_persian_page(settings: 
         assert (await client.get("/health/ready")).status_code == 200
 
 
+def test_uvicorns_own_process_logs_json_with_the_shipped_log_config() -> None:
+    """With --workers, uvicorn's parent restarts a dead worker and never loads the app: its
+    lines ("Child process [...] died") had been plain text among the JSON."""
+    from app.observability import LOG_CONFIG
+
+    script = f"""
+import logging
+from uvicorn.config import Config
+Config("app.main:app_from_env", log_config={str(LOG_CONFIG)!r})  # as `uvicorn --log-config` loads it
+logging.getLogger("uvicorn.error").warning("Child process [4242] died")
+logging.getLogger("uvicorn.access").info('1.2.3.4 - "GET /api/v1/bookings/ABCDE12345 HTTP/1.1" 200')
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert lines[0]["message"] == "Child process [4242] died", done.stderr
+    assert lines[0]["logger"] == "uvicorn.error" and lines[0]["at"].endswith("Z")
+    assert "ABCDE12345" not in lines[1]["message"]  # the access log masked as in the workers
+
+
 def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
     """With PROMETHEUS_MULTIPROC_DIR (several uvicorn workers), /metrics sums every process."""
     script = """
