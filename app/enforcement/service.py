@@ -646,14 +646,24 @@ class Enforcement:
         return _appeal_out(appeal, office.code)
 
     async def decide_appeal(
-        self, *, session: AsyncSession, staff: StaffPrincipal, appeal_id: int, outcome: str, note: str
+        self,
+        *,
+        session: AsyncSession,
+        staff: StaffPrincipal,
+        appeal_id: int,
+        outcome: str,
+        note: str,
+        office_code: str | None = None,
     ) -> AppealOut:
+        """``office_code``: the office the decision was made from (its page); another's appeal
+        is not found there."""
         require_role(staff, StaffRole.REGULATOR)
         check_text(note, "note", max_length=MAX_TEXT, multiline=True, label_fa="دلیل تصمیم")
+        from_office = None if office_code is None else (await self.office(session, office_code)).id
         # Locked before its outcome is read: two decisions at once (upheld, and overturned)
         # are one decision and a 409.
         appeal = await lock_row(session, Appeal, appeal_id)
-        if appeal is None:
+        if appeal is None or from_office not in (None, appeal.office_id):
             raise AppealNotFound()
         if appeal.outcome is not AppealOutcome.PENDING:
             raise AppealDecided()

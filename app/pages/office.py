@@ -320,7 +320,8 @@ class OfficePages(Controller):
                 # refusal that had the clerk turn them away or try again.
                 query = urlencode({"notice": "walk_in_already", "tracking": done})
                 return see_other(f"/office/{code}/queue?{query}#t-{done}")
-            errors = form_errors(error, ["national_id", "service_code", "mobile"], {"service": "service_code"})
+            fields = ["national_id", "service_code", "mobile"]
+            errors = form_errors(error, fields, {"service": "service_code"}, top="walk_in_top")
             return await self._queue_page(
                 request,
                 session,
@@ -328,7 +329,7 @@ class OfficePages(Controller):
                 staff,
                 code,
                 date=None,
-                errors={("walk_in_top" if k == TOP else k): v for k, v in errors.items()},
+                errors=errors,
                 form={k: data.get(k, "") for k in ("national_id", "service_code", "mobile")},
                 status=error.status,
             )
@@ -430,8 +431,7 @@ class OfficePages(Controller):
         aliases: dict[str, str] | None = None,
     ) -> Template:
         await session.rollback()
-        errors = form_errors(error, fields, aliases)
-        errors = {(f"{form_name}_top" if k == TOP else k): v for k, v in errors.items()}
+        errors = form_errors(error, fields, aliases, top=f"{form_name}_top")
         refusal = None
         if isinstance(error, CapacityBelowBookings):
             refusal = {"form": form_name, "slots": error.extra.get("slots", []), "date": data.get("clear_date")}

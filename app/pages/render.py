@@ -306,12 +306,15 @@ FIELD_OF_CODE = {
 TOP = "_top"
 
 
-def form_errors(error: DomainError, fields: Iterable[str], aliases: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The error as {field: Persian message}; on the form's top ("_top") when it names no field of this form."""
+def form_errors(
+    error: DomainError, fields: Iterable[str], aliases: Mapping[str, str] | None = None, *, top: str = TOP
+) -> dict[str, str]:
+    """The error as {field: Persian message}; on the form's top (``top``: "_top", or that of
+    one form of several on a page) when it names no field of this form."""
     known = set(fields)
     field = error.field if isinstance(error, InvalidInput) else FIELD_OF_CODE.get(error.code, "")
     field = (aliases or {}).get(field, field)
-    return {field if field in known else TOP: error.detail_fa}
+    return {field if field in known else top: error.detail_fa}
 
 
 # --- the rest of what handlers share ---

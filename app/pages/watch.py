@@ -14,7 +14,6 @@ from litestar.response import Redirect, Template
 from app.complaints.models import CATEGORY_FA, STATE_FA, TRANSITIONS, Category, State
 from app.complaints.service import MAX_OFFSET as MAX_QUEUE_OFFSET
 from app.complaints.service import RECATEGORIZABLE
-from app.enforcement.errors import AppealNotFound
 from app.enforcement.models import ActionKind
 from app.errors import DomainError, Forbidden, InvalidInput, NotFound
 from app.locale import MAX_ID, parse_int
@@ -22,7 +21,6 @@ from app.offices import service as offices
 from app.pages import iran_map
 from app.pages.render import (
     OFFICE_STATUS_FA,
-    TOP,
     Form,
     check_csrf,
     form_errors,
@@ -159,21 +157,12 @@ class WatchPages(Controller):
         code: str,
         error: DomainError,
         errors: dict[str, str],
-        top: str,
         data: dict[str, str],
     ) -> Template:
-        """The office's page again, a form's refusal beside its field, or at the top of that
-        form (``top``: each form on the page has its own), what was typed kept."""
+        """The office's page again, a form's refusal (``errors``) shown, what was typed kept."""
         await session.rollback()
         return await self._office_page(
-            request,
-            session,
-            container,
-            staff,
-            code,
-            errors={(top if k == TOP else k): v for k, v in errors.items()},
-            form=dict(data),
-            status=error.status,
+            request, session, container, staff, code, errors=errors, form=dict(data), status=error.status
         )
 
     @get("/offices/{code:str}")
@@ -216,8 +205,9 @@ class WatchPages(Controller):
                     cap=to_int(cap, "restrict_cap", "سقف را به درصد بنویسید.") if cap else None,
                 )
         except DomainError as error:
-            errors = form_errors(error, [f"{action}_reason", "restrict_cap"], {"reason": f"{action}_reason"})
-            return await self._refused(request, session, container, staff, code, error, errors, f"{action}_top", data)
+            fields, aliases = [f"{action}_reason", "restrict_cap"], {"reason": f"{action}_reason"}
+            errors = form_errors(error, fields, aliases, top=f"{action}_top")
+            return await self._refused(request, session, container, staff, code, error, errors, data)
         notice = {"restrict": "restricted", "block": "blocked", "lift": "lifted"}[action]
         return see_other(f"/watch/offices/{code}?notice={notice}")
 
@@ -238,18 +228,17 @@ class WatchPages(Controller):
         number = parse_int(appeal_id, "appeal_id", minimum=1, maximum=MAX_ID)
         note = f"note_{number}"
         try:
-            if number not in {
-                a.id for a in await container.enforcement.appeals(session=session, staff=staff, office_code=code)
-            }:
-                raise AppealNotFound()  # another office's: decided from its own page only
             decided = await container.enforcement.decide_appeal(
-                session=session, staff=staff, appeal_id=number, outcome=data.get("outcome", ""), note=data.get(note, "")
+                session=session,
+                staff=staff,
+                appeal_id=number,
+                outcome=data.get("outcome", ""),
+                note=data.get(note, ""),
+                office_code=code,  # another office's appeal: decided from its own page only
             )
         except DomainError as error:
-            errors = form_errors(error, [note], {"note": note})
-            return await self._refused(
-                request, session, container, staff, code, error, errors, f"appeal_{number}_top", data
-            )
+            errors = form_errors(error, [note], {"note": note}, top=f"appeal_{number}_top")
+            return await self._refused(request, session, container, staff, code, error, errors, data)
         return see_other(f"/watch/offices/{code}?notice=appeal_{decided.outcome}")
 
     # --- the regulator's complaint queue ---
