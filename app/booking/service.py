@@ -1549,14 +1549,17 @@ class BookingService:
         )
 
 
+def when_fa(booking: Booking | NewBooking) -> str:
+    """The booking's day and time as citizens read them (a place in line: its day)."""
+    if not booking.slot_time:
+        return jalali_date(booking.date)
+    hours, minutes = booking.slot_time.split(":")
+    return jalali_datetime(booking.date, dt.time(int(hours), int(minutes)))
+
+
 def booking_out(
     booking: Booking | NewBooking, *, office_code: str, office_name_fa: str, service_name_fa: str
 ) -> BookingOut:
-    if booking.slot_time:
-        hours, minutes = booking.slot_time.split(":")
-        when_fa = jalali_datetime(booking.date, dt.time(int(hours), int(minutes)))
-    else:
-        when_fa = jalali_date(booking.date)
     return BookingOut(
         tracking_code=booking.tracking_code,
         status=booking.status.value,
@@ -1566,7 +1569,7 @@ def booking_out(
         service_name_fa=service_name_fa,
         date=booking.date.isoformat(),
         slot=booking.slot_time,
-        when_fa=when_fa,
+        when_fa=when_fa(booking),
         national_id=mask_national_id(booking.national_id),
         mobile=mask_mobile(booking.mobile),
         channel=booking.channel.value,

@@ -23,14 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.service import CitizenAuth
 from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus, Channel
 from app.booking.schemas import BookingCreate, WaitlistJoin
-from app.booking.service import BookingService
+from app.booking.service import BookingService, when_fa
 from app.capacity.errors import AlreadyBookedThatDay, DayFull, OfficeClosed
 from app.clock import Clock
 from app.db import RECORD_AWAY, Within
 from app.errors import DomainError, RateLimited, ServiceUnavailable
 from app.identity import normalize_mobile
 from app.load.service import CITY_RADIUS_KM, SEARCH_RADII_KM, LoadService
-from app.locale import jalali_date, jalali_datetime, strip_controls, to_persian_digits
+from app.locale import jalali_date, strip_controls, to_persian_digits
 from app.offices.models import Office
 from app.sms import parser
 from app.sms.models import CitizenPhone, InboundSms
@@ -517,10 +517,9 @@ def _held_answer(held: Booking, mobile: str) -> str:
     that there is one: not its tracking code, nor when its holder will be where."""
     if held.mobile != mobile:
         return "برای این کد ملی در این دفتر نوبت این خدمت ثبت است؛ نوبت دیگری گرفته نشد."
-    hours, _, minutes = held.slot_time.partition(":")
-    when = jalali_datetime(held.date, dt.time(int(hours), int(minutes)))
     return (
-        f"برای این کد ملی در این دفتر برای {when} نوبت با کد رهگیری {held.tracking_code} ثبت است؛ نوبت دیگری گرفته نشد."
+        f"برای این کد ملی در این دفتر برای {when_fa(held)} نوبت با کد رهگیری {held.tracking_code} ثبت است؛ "
+        "نوبت دیگری گرفته نشد."
     )
 
 
