@@ -1081,6 +1081,11 @@ class Capacity:
             self.ready = False  # this instance's next bookings wait, until the watch has counted
         return built and self.ready
 
+    async def capped(self, office_code: str, day: dt.date) -> bool:
+        """Whether the office-day sells a share of its seats (a restriction, a crowd cap), as
+        the counters have it."""
+        return int(await self.redis.hget(keys.office_day(office_code, day), "_cap") or 100) < 100
+
     async def probe_writes(self) -> None:
         """Set a short-lived key on every server that holds counters (each master of a
         cluster): a server full under noeviction (OOM) or with its disk full (MISCONF) answers

@@ -974,7 +974,7 @@ class Console:
             try:
                 # Nor on a capped day (a restriction, a crowd cap): a cancel's seat given back is
                 # one person fewer, a served one's would be one more than the cap lets in.
-                if int(await self.capacity.redis.hget(keys.office_day(office.code, booking.date), "_cap") or 100) < 100:
+                if await self.capacity.capped(office.code, booking.date):
                     return
                 if await self.capacity.may_commit():
                     office_day = (office.code, booking.date)
@@ -1072,8 +1072,8 @@ class Console:
             }
             # A walk-in's no-show does not count: anyone at the counter can be given any
             # national ID, so a clerk could otherwise bar a stranger from booking for a week.
-            # Nor one of a booking moved to another office (a block, a closure): the citizen
-            # did not choose it, and may have had only the morning's SMS to learn of it.
+            # Nor one of a booking moved to another office (a block, a closure, a clerk's cut):
+            # the citizen did not choose it, and may have had only the morning's SMS to learn of it.
             missed = await session.execute(
                 select(Booking.national_id, Booking.date).where(
                     Booking.national_id.in_(chunk),
