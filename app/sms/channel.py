@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -421,17 +421,11 @@ class SmsChannel:
     async def _held_here(
         self, session: AsyncSession, national_id: str, command: parser.Book, *, since: dt.date
     ) -> Booking | None:
-        """The citizen's first booked seat (not a place in line) for the command's service at its office, from ``since`` on."""
+        """The citizen's first booked seat (not a place in line) for the command's service at
+        its office, from ``since`` on."""
         booking: Booking | None = await session.scalar(
-            select(Booking)
-            .join(Office, Office.id == Booking.office_id)
-            .where(
-                Booking.national_id == national_id,
-                Booking.service_code == command.service_code,
-                Booking.date >= since,
-                Booking.status.in_(SEAT_STATUSES),
-                Office.code == command.office_code,
-            )
+            _holdings(national_id, command)
+            .where(Office.code == command.office_code, Booking.date >= since, Booking.status.in_(SEAT_STATUSES))
             .order_by(Booking.date)
             .limit(1)
         )
@@ -443,14 +437,7 @@ class SmsChannel:
         """The citizen's active bookings and places in line for the command's service on
         ``day``, each with its office's code."""
         rows = await session.execute(
-            select(Booking, Office.code)
-            .join(Office, Office.id == Booking.office_id)
-            .where(
-                Booking.national_id == national_id,
-                Booking.service_code == command.service_code,
-                Booking.date == day,
-                Booking.status.in_(ACTIVE_STATUSES),
-            )
+            _holdings(national_id, command).where(Booking.date == day, Booking.status.in_(ACTIVE_STATUSES))
         )
         return [(booking, code) for booking, code in rows]
 
@@ -509,6 +496,15 @@ class SmsChannel:
             statement = statement.on_conflict_do_nothing(index_elements=[CitizenPhone.mobile])
         await session.execute(statement)
         await session.commit()
+
+
+def _holdings(national_id: str, command: parser.Book) -> Select[Booking, str]:
+    """The citizen's bookings of the command's service, any office, any status, with its code."""
+    return (
+        select(Booking, Office.code)
+        .join(Office, Office.id == Booking.office_id)
+        .where(Booking.national_id == national_id, Booking.service_code == command.service_code)
+    )
 
 
 def _held_answer(held: Booking, mobile: str) -> str:
