@@ -137,7 +137,7 @@ async def rebuild(settings: Settings) -> int:
     redis = connect(settings.redis_url)
     clock = Clock(settings.tz)
     capacity = Capacity(
-        redis, tz=clock.tz, horizon_days=settings.horizon_days, official_holidays=settings.official_holidays
+        redis, clock=clock, horizon_days=settings.horizon_days, official_holidays=settings.official_holidays
     )
     try:
         wait = settings.rebuild_settle_seconds

@@ -101,7 +101,7 @@ def build_container(
     clock = Clock(settings.tz)
     capacity = Capacity(
         redis,
-        tz=clock.tz,
+        clock=clock,
         horizon_days=settings.horizon_days,
         official_holidays=settings.official_holidays,
         read_cache_seconds=settings.read_cache_seconds,

@@ -58,6 +58,7 @@ from app.capacity.plan import (
 )
 from app.capacity.reading import NOTHING_COUNTED, Columns, CountedDay, DayReader, DaySums, day_fields
 from app.capacity.scripts import Scripts, as_text
+from app.clock import Clock
 from app.db import Sessions
 from app.errors import DomainError, InvalidInput
 from app.locale import jalali_date
@@ -250,7 +251,7 @@ class Capacity:
         self,
         redis: Redis,
         *,
-        tz: ZoneInfo,
+        clock: Clock,
         horizon_days: int,
         official_holidays: bool = True,
         read_cache_seconds: float = 0.0,
@@ -270,7 +271,8 @@ class Capacity:
         self.scripts = Scripts(redis, self.auto)
         # What this instance writes below it forgets here, so its own readers see it at once.
         self.reads = DayReader(self.auto, ttl=read_cache_seconds)
-        self.tz = tz
+        self.clock = clock
+        self.tz = clock.tz
         self.horizon_days = horizon_days
 
     # --- the hot path ---
@@ -749,25 +751,27 @@ class Capacity:
         self,
         plan: OfficePlan,
         day: dt.date,
-        used: dict[tuple[str, str], int],
+        used: Used,
         caps: list[CapRule],
         calendar: Calendar,
         count_id: str,
     ) -> list[str | int]:
+        cap = plan.cap(day, caps)
         args: list[str | int] = [
-            day_expiry(day, self.tz), "_status", plan.status, "_cap", plan.cap(day, caps), "_count", count_id,
+            day_expiry(day, self.tz), "_status", plan.status, "_cap", cap, "_count", count_id,
         ]  # fmt: skip
+        taken = used.on(plan.office_id, day, capped=cap < 100)
         slots: Sequence[Slot] = calendar.slots(
             office_id=plan.office_id, province_id=plan.province_id, template=decode_template(plan.template), day=day
         )
         for slot in slots:
             args += [keys.seats_field(slot.pool, slot.time), slot.seats]
-            count = used.get((slot.pool, slot.time), 0)
+            count = taken.get((slot.pool, slot.time), 0)
             if count:
                 args += [keys.used_field(slot.pool, slot.time), count]
         # A booking whose slot the template no longer has still holds its seat.
         planned = {(s.pool, s.time) for s in slots}
-        for (pool, time), count in used.items():
+        for (pool, time), count in taken.items():
             if (pool, time) not in planned:
                 args += [keys.seats_field(pool, time), 0, keys.used_field(pool, time), count]
         return args
@@ -780,7 +784,7 @@ class Capacity:
         if not plans:
             return False
         plan = plans[0]
-        used = await count_used(session, office_ids=[plan.office_id], days=[day])
+        used = await count_used(session, office_ids=[plan.office_id], days=[day], now=self.clock.now())
         caps = await load_caps(session, first=day, last=day)
         calendar = await self.calendar(session, first=day, last=day, office_ids=[plan.office_id])
         # Not told: it writes only a day Redis lacks, and nobody keeps a day Redis lacks.
@@ -789,7 +793,7 @@ class Capacity:
             keys=[keys.office_day(plan.code, day)],
             args=[
                 "create",
-                *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, _new_count()),
+                *self._day_args(plan, day, used, caps, calendar, _new_count()),
             ],
         )
         await self._meta_since(meta_seen, session=session, codes=[plan.code], days=[day])
@@ -937,11 +941,11 @@ class Capacity:
         count_id = _new_count()
         for start in range(0, len(plans), batch):
             chunk = plans[start : start + batch]
-            used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days)
+            used = await count_used(session, office_ids=[p.office_id for p in chunk], days=days, now=self.clock.now())
             calls = [
                 (
                     [keys.office_day(plan.code, day)],
-                    [mode, *self._day_args(plan, day, used.get((plan.office_id, day), {}), caps, calendar, count_id)],
+                    [mode, *self._day_args(plan, day, used, caps, calendar, count_id)],
                 )
                 for plan in chunk
                 for day in days
@@ -1451,22 +1455,44 @@ async def load_plans(session: AsyncSession, *, codes: Iterable[str] | None = Non
     ]
 
 
-async def count_used(
-    session: AsyncSession, *, office_ids: list[int], days: list[dt.date]
-) -> dict[tuple[int, dt.date], dict[tuple[str, str], int]]:
-    """Active bookings per office, day and slot, as the record has them."""
+class Used:
+    """The seats the record counts taken on each office-day, by slot (pool, time), as Redis
+    counts them: the bookings standing, and the served and absent whose slot has begun (their
+    seats were used up: under a cap, the morning's served are people let in, and counting only
+    those standing had a mid-day recount sell the afternoon past the cap by that many). A
+    citizen served before their slot (app.console.service.ConsoleService.serve) gave the seat
+    back, unless the day was capped: a cap counts the people let in."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[int, dt.date], dict[tuple[str, str], int]] = defaultdict(dict)
+        self._served_early: dict[tuple[int, dt.date], dict[tuple[str, str], int]] = defaultdict(dict)
+
+    def add(self, office_id: int, day: dt.date, slot: tuple[str, str], count: int, *, held: bool) -> None:
+        counts = (self._held if held else self._served_early)[(office_id, day)]
+        counts[slot] = counts.get(slot, 0) + count
+
+    def on(self, office_id: int, day: dt.date, *, capped: bool) -> dict[tuple[str, str], int]:
+        held = self._held.get((office_id, day), {})
+        early = self._served_early.get((office_id, day), {}) if capped else {}
+        return {slot: held.get(slot, 0) + early.get(slot, 0) for slot in held.keys() | early.keys()}
+
+
+async def count_used(session: AsyncSession, *, office_ids: list[int], days: list[dt.date], now: dt.datetime) -> Used:
+    """The seats taken per office, day and slot, as the record has them (see ``Used``)."""
     rows = await session.execute(
-        select(Booking.office_id, Booking.date, Booking.pool, Booking.slot_time, func.count())
+        select(Booking.office_id, Booking.date, Booking.pool, Booking.slot_time, Booking.status, func.count())
         .where(
             Booking.office_id.in_(office_ids),
             Booking.date.in_(days),
-            Booking.status.in_(SEAT_STATUSES),
+            Booking.status.in_((*SEAT_STATUSES, BookingStatus.SERVED, BookingStatus.NO_SHOW)),
         )
-        .group_by(Booking.office_id, Booking.date, Booking.pool, Booking.slot_time)
+        .group_by(Booking.office_id, Booking.date, Booking.pool, Booking.slot_time, Booking.status)
     )
-    used: dict[tuple[int, dt.date], dict[tuple[str, str], int]] = defaultdict(dict)
-    for office_id, day, pool, time, count in rows:
-        used[(office_id, day)][(pool, time)] = count
+    begun = (now.date(), now.strftime("%H:%M"))  # as serve decides "before its slot"
+    used = Used()
+    for office_id, day, pool, time, status, count in rows:
+        early = status == BookingStatus.SERVED and (day, time) > begun
+        used.add(office_id, day, (pool, time), count, held=not early)
     return used
 
 

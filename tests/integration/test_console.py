@@ -472,6 +472,54 @@ async def test_a_booking_served_before_its_slot_gives_the_seat_back(
     assert used(redis_sync, office, today, "17:00") == 1
 
 
+async def test_a_recount_at_noon_keeps_the_mornings_served_and_absent_under_a_cap(
+    client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cap counts the people a day lets in. A recount counted only the bookings standing:
+    at noon the morning's served and absent dropped out of the count, and the afternoon
+    could sell past the cap by that many. Uncapped, a citizen served before their slot
+    still gives the seat back, recount or not."""
+    capped, uncapped = await world.office(seats=1), await world.office(seats=1)  # 24 slots of one seat
+    await account(world, "regulator-recount", StaffRole.REGULATOR, None)
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{capped}/restrict",
+        json={"reason": "ازدحام", "cap_percent": 50},
+        headers=await sign_in(client, "regulator-recount"),
+    )
+    assert restricted.status_code == 201, restricted.text
+    today, times = morning.date(), ("08:00", "08:30", "15:00")
+    for office in (capped, uncapped):
+        headers = await staff_of(client, world, office)
+        base = f"/api/v1/staff/offices/{office}/queue"
+        codes = []
+        for time in times:
+            made = await client.post(
+                "/api/v1/bookings", json=booking_body(office, world.national_id(), today, time), headers=world.token()
+            )
+            assert made.status_code == 201, made.text
+            codes.append(made.json()["tracking_code"])
+        served, absent, early = codes
+        move_clock(monkeypatch, morning.replace(hour=10, minute=10))
+        assert (await client.post(f"{base}/{served}/served", headers=headers)).status_code == 200
+        assert (await client.post(f"{base}/{absent}/no-show", headers=headers)).status_code == 200
+        assert (await client.post(f"{base}/{early}/check-in", headers=headers)).status_code == 200
+        assert (await client.post(f"{base}/{early}/served", headers=headers)).status_code == 200
+        move_clock(monkeypatch, morning)
+
+    def counted(office: str) -> tuple[list[int], int]:
+        """Each time's used, and the day's room (its cap's share of its seats, less its used)."""
+        day = {k.decode(): v.decode() for k, v in redis_sync.hgetall(keys.office_day(office, today)).items()}
+        seats = sum(int(v) for k, v in day.items() if k.startswith("s|"))
+        taken = sum(int(v) for k, v in day.items() if k.startswith("u|"))
+        return [used(redis_sync, office, today, time) for time in times], seats * int(day["_cap"]) // 100 - taken
+
+    before = {office: counted(office) for office in (capped, uncapped)}
+    assert before == {capped: ([1, 1, 1], 12 - 3), uncapped: ([1, 1, 0], 24 - 2)}
+    move_clock(monkeypatch, morning.replace(hour=12))
+    await world.rebuild()
+    assert {office: counted(office) for office in (capped, uncapped)} == before
+
+
 async def test_a_booking_served_early_is_served_when_redis_does_not_answer(
     client: Client, world: World, morning: dt.datetime, redis_sync: SyncRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

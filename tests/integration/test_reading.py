@@ -18,6 +18,7 @@ from app.capacity import keys
 from app.capacity.errors import OfficeClosed
 from app.capacity.reading import PoolDay
 from app.capacity.service import Capacity, SeatRequest, day_expiry
+from app.clock import Clock
 
 DAY = dt.date(2030, 2, 7)
 OFFICE = "990101"
@@ -39,7 +40,7 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 def _capacity(redis: Redis, ttl: float) -> Capacity:
-    return Capacity(redis, tz=ZoneInfo("UTC"), horizon_days=14, read_cache_seconds=ttl)
+    return Capacity(redis, clock=Clock("UTC"), horizon_days=14, read_cache_seconds=ttl)
 
 
 async def _free(capacity: Capacity, office: str = OFFICE) -> int:
