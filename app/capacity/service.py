@@ -1460,7 +1460,7 @@ class Used:
     counts them: the bookings standing, and the served and absent whose slot has begun (their
     seats were used up: under a cap, the morning's served are people let in, and counting only
     those standing had a mid-day recount sell the afternoon past the cap by that many). A
-    citizen served before their slot (app.console.service.ConsoleService.serve) gave the seat
+    citizen served before their slot (app.console.service.Console.serve) gave the seat
     back, unless the day was capped: a cap counts the people let in."""
 
     def __init__(self) -> None:

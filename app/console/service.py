@@ -867,13 +867,16 @@ class Console:
         before = booking.status
         # Compare-and-set on the booking as the clerk saw it: a cancellation or a move that
         # landed since the read must win (SQLite has no row locks). A check-in must neither
-        # overwrite the one nor mark a booking that now lives at another office or slot.
+        # overwrite the one nor mark a booking that now lives at another office or slot. The
+        # status read exactly, not any allowed: a check-in that read "booked" and landed on a
+        # second clerk's "absent" had taken back the mark without forgiving it (the hold it
+        # let go of, the suspension it brought).
         try:
             changed = await session.execute(
                 update(Booking)
                 .where(
                     Booking.id == booking.id,
-                    Booking.status.in_(allowed),
+                    Booking.status == before,
                     Booking.office_id == booking.office_id,
                     Booking.slot_time == booking.slot_time,
                     Booking.pool == booking.pool,
@@ -1016,15 +1019,21 @@ class Console:
         )
         # The mark is committed: a failure after it answered the clerk with an error, their
         # retry was refused "wrong state", and the suspension it was due was never made. A
-        # suspension not made here is made by the night's close (app.booking.tasks). The
-        # hold first: a rollback below expires the row.
-        national_id = booking.national_id
-        await self.bookings.unhold(booking)
+        # suspension not made here is made by the night's close (app.booking.tasks), a hold
+        # not let go of by the night's recount.
+        booking_id, national_id = booking.id, booking.national_id
         try:
-            await self.record_no_show(session=session, national_id=national_id)
+            # Under the row's lock, and only while it is still absent: a second clerk's
+            # "arrived", landed since the mark, took it back and forgave what it found; the
+            # hold let go of after it had left a citizen in the room unable to book again.
+            marked = await lock_row(session, Booking, booking_id)
+            if marked is not None and marked.status is BookingStatus.NO_SHOW:
+                await self.bookings.unhold(marked)
+                await self.record_no_show(session=session, national_id=national_id)
+            await session.commit()
         except RECORD_OR_REDIS_AWAY:
             await session.rollback()
-            log.exception("a no-show's suspension is left to the night's close")
+            log.exception("a no-show's hold and suspension are left to the night")
         return entry
 
     def _refuse_early_no_show(self, booking: Booking) -> None:

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from redis import Redis as SyncRedis
 from sqlalchemy import func, select
 
-from app.booking.models import Booking, Suspension
+from app.booking.models import Booking, BookingStatus, Suspension
 from app.capacity import keys
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import DayRule, WeeklyTemplate, decode_template, encode_template
@@ -736,6 +736,62 @@ async def test_a_no_show_taken_back_by_a_check_in_lifts_the_suspension_it_brough
     assert (await client.post(f"{base}/{codes[2]}/served", headers=headers)).status_code == 200
     again = await client.post(f"{base}/{codes[2]}/check-in", headers=headers)
     assert again.status_code == 409 and again.json()["code"] == "booking_state", again.text
+
+
+async def test_absent_and_arrived_tapped_at_once_leave_the_citizen_checked_in_and_held(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clerks, one row: one taps "absent", the other "arrived". An "arrived" landed
+    between the mark's commit and what follows it had its hold let go of after it was given
+    back: checked in, the citizen could book the service that day again. And an "arrived"
+    that had read the row before the mark (SQLite has no row locks) took the mark back
+    without forgiving it: refused now as changed, and forgiven when tapped again."""
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    from tests.conftest import holds
+
+    office = await world.office(seats=2)
+    headers = await staff_of(client, world, office)
+    national_id, base = world.national_id(), f"/api/v1/staff/offices/{office}/queue"
+    codes = []
+    for service in ("101", "102"):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, national_id, morning.date(), "12:00", service=service),
+            headers=world.token(),
+        )  # fmt: skip
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    move_clock(monkeypatch, morning.replace(hour=13, minute=30))
+    app = client.app.state.container
+    transition, queued = app.console._transition, app.console._queued
+
+    async def arrived_meanwhile(session: Any, staff: Any, *args: Any, **kwargs: Any) -> Any:
+        done = await transition(session, staff, *args, **kwargs)
+        monkeypatch.setattr(app.console, "_transition", transition)  # the check-in's own, as it is
+        async with app.sessions() as other:
+            await app.console.check_in(session=other, staff=staff, office_code=office, tracking_code=codes[0])
+        return done
+
+    monkeypatch.setattr(app.console, "_transition", arrived_meanwhile)
+    assert (await client.post(f"{base}/{codes[0]}/no-show", headers=headers)).status_code == 200
+    assert sorted(holds(redis_sync, national_id)) == sorted(code.encode() for code in codes)
+
+    # The other: "absent" committed, and an "arrived" that read the row as "booked" before it.
+    assert (await client.post(f"{base}/{codes[1]}/no-show", headers=headers)).status_code == 200
+    assert holds(redis_sync, national_id) == [codes[0].encode()]
+
+    async def read_before_the_mark(*args: Any) -> Any:
+        office_row, booking, service_name = await queued(*args)
+        set_committed_value(booking, "status", BookingStatus.BOOKED)
+        return office_row, booking, service_name
+
+    monkeypatch.setattr(app.console, "_queued", read_before_the_mark)
+    stale = await client.post(f"{base}/{codes[1]}/check-in", headers=headers)
+    assert stale.status_code == 409 and stale.json()["code"] == "booking_state", stale.text
+    monkeypatch.setattr(app.console, "_queued", queued)
+    again = await client.post(f"{base}/{codes[1]}/check-in", headers=headers)
+    assert again.status_code == 200 and again.json()["status"] == "checked_in", again.text
+    assert sorted(holds(redis_sync, national_id)) == sorted(code.encode() for code in codes)
 
 
 async def test_special_hours_from_the_page_keep_a_services_own_counter(
