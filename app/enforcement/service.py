@@ -837,7 +837,6 @@ class Enforcement:
         # been restricted since the 1st.
         actions: dict[int, OfficeAction] = {}
         first: dict[int, OfficeAction] = {}
-        in_force: dict[int, list[int]] = defaultdict(list)
         moved: Counter[int] = Counter()
         cancelled: Counter[int] = Counter()
         # The actions in force: a block lifted in January, its 500 moves with it, is the office
@@ -851,7 +850,6 @@ class Enforcement:
             cancelled[action.office_id] += action.bookings_cancelled
             first.setdefault(action.office_id, action)
             actions[action.office_id] = action
-            in_force[action.office_id].append(action.id)
         complaints: dict[int, Counter[str]] = defaultdict(Counter)
         for office_id, category, count in await session.execute(
             select(Complaint.office_id, Complaint.category, func.count())
@@ -860,15 +858,19 @@ class Enforcement:
         ):
             complaints[office_id][Category(category).value] = count
         appeals: dict[int, str] = {}
+        awaiting: set[int] = set()  # offices with an appeal awaiting its decision
         for appeal in await session.scalars(select(Appeal).where(Appeal.office_id.in_(ids)).order_by(Appeal.id)):
             appeals[appeal.action_id] = appeal.outcome.value
+            if appeal.outcome is AppealOutcome.PENDING:
+                awaiting.add(appeal.office_id)
         result = []
         for office, city_fa, province_fa, province_code in rows:
             current, since = actions.get(office.id), first.get(office.id)
-            # Pending if any action in force awaits its decision: the first one's appeal had
-            # been shown nowhere once a second action was made.
-            outcomes = [appeals[action_id] for action_id in in_force[office.id] if action_id in appeals]
-            appeal_state = "pending" if "pending" in outcomes else appeals.get(current.id) if current else None
+            # Pending if any of the office's appeals awaits its decision, not only the latest
+            # action's: the first one's had been shown nowhere once a second action was made,
+            # and one against a restriction a block replaced (no longer in force, and back
+            # when the block ends) while the block stood.
+            appeal_state = "pending" if office.id in awaiting else appeals.get(current.id) if current else None
             result.append(
                 WatchedOffice(
                     code=office.code,

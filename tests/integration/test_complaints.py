@@ -798,7 +798,7 @@ async def test_the_watch_list_shows_since_the_first_action_in_force_and_any_pend
     client: Client, world: World
 ) -> None:
     """Restricted on the 1st and again, harder, on the 5th: the list said "since the 5th", and
-    the appeal pending against the first was shown nowhere."""
+    the appeal pending against the first was shown nowhere; nor, once a block replaced them."""
     from app.enforcement.models import OfficeAction
 
     office = await world.office()
@@ -817,6 +817,12 @@ async def test_the_watch_list_shows_since_the_first_action_in_force_and_any_pend
     [row] = [o for o in (await client.get("/api/v1/guild/offices", headers=reg)).json() if o["code"] == office]
     assert dt.datetime.fromisoformat(row["since"]) == began, row
     assert row["appeal"] == "pending" and row["cap_percent"] == 20, row
+    # Blocked now: the restrictions are replaced (back when the block ends), the appeal
+    # against the first still awaits its decision.
+    blocked = await client.post(f"/api/v1/regulator/offices/{office}/block", json={"reason": "جعل"}, headers=reg)
+    assert blocked.status_code == 201, blocked.text
+    [row] = [o for o in (await client.get("/api/v1/guild/offices", headers=reg)).json() if o["code"] == office]
+    assert row["status"] == "blocked" and row["appeal"] == "pending", row
 
 
 async def test_a_restriction_a_blocks_end_restored_may_be_appealed_for_its_days_again(
