@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 
 from app.container import Container
-from app.observability import refresh
+from app.observability import forget_dead_workers, refresh
 from app.web import Deps
 
 CHECK_SECONDS = 2.0
@@ -80,8 +80,9 @@ class MetricsController(Controller):
     @get("/", media_type=CONTENT_TYPE_LATEST)
     async def metrics(self, container: Deps) -> Response[bytes]:
         await refresh(container)
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Several worker processes: add up what each wrote, not just this one's counters.
+            forget_dead_workers(directory)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -260,6 +260,30 @@ RECORD_SECONDS = 2.0
 """How long a scrape waits for the record's counts before it answers without them."""
 
 
+def forget_dead_workers(directory: str) -> list[int]:
+    """Drop the live gauges (requests in progress) of worker processes that are gone: one
+    killed mid-request (out of memory, a crash) left its requests in progress for ever, for
+    a live gauge is summed over every process's file until the process is marked dead, and
+    the server that restarts workers does not. The pids dropped."""
+    from prometheus_client import multiprocess
+
+    pids = {path.stem.rpartition("_")[2] for path in Path(directory).glob("gauge_live*_*.db")}
+    dead = sorted(int(pid) for pid in pids if pid.isdigit() and not _alive(int(pid)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, another user's
+        return True
+    return True
+
+
 async def refresh(container: Any) -> None:
     """Gauges read at scrape time, from the record and the job queue."""
     from app.offices.models import Office, OfficeStatus
@@ -283,7 +307,10 @@ async def refresh(container: Any) -> None:
             )
     except (SQLAlchemyError, OSError, TimeoutError):
         log.warning("metrics: the record did not answer; its gauges read -1", exc_info=True)
-        offices, rows = {}, {"failed": -1, "queued": -1, "sending": 0}
+        # Every office count too: left at its last value, a count of blocked offices read
+        # as today's while the record was away.
+        offices = dict.fromkeys((status.value for status in OfficeStatus), -1)
+        rows = {"failed": -1, "queued": -1, "sending": 0}
     for status, count in offices.items():
         RESTRICTED.labels(status).set(count)
     SMS_FAILED.set(rows.get("failed", 0))

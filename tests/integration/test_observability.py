@@ -257,6 +257,7 @@ async def test_metrics_answer_with_the_record_away_and_a_status_left_empty_reads
     scraped = await client.get("/metrics")
     assert scraped.status_code == 200
     assert "nobat_sms_failed -1.0" in scraped.text and "nobat_http_requests_total" in scraped.text
+    assert 'nobat_offices{status="active"} -1.0' in scraped.text  # not its last count
 
 
 async def test_the_service_will_not_start_on_a_redis_that_may_evict_its_counters(
