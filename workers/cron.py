@@ -1,4 +1,4 @@
-"""Periodic jobs: ``python -m workers.cron`` (one per deployment; RQ's cron scheduler).
+"""Periodic jobs: ``python -m workers.cron`` (RQ's cron scheduler; one leads, any other stands by).
 
 RQ reads a cron expression in the process's local time, whatever the host is set to. So the
 process takes the offices' zone (NOBAT_TZ, Asia/Tehran) as its own, and the expressions say
@@ -7,6 +7,7 @@ the offices' hours: "midnight" is midnight in Tehran on any host.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -15,9 +16,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from redis import Redis
-from redis.exceptions import RedisError
-from rq.cron import CronScheduler
+from redis.exceptions import LockError, RedisError
+from redis.lock import Lock
+from rq.cron import CronJob, CronScheduler
 from rq.exceptions import StopRequested
+from rq.utils import now as rq_now
 
 from app.booking.tasks import close_day, end_spent_lines, fill_waitlists_left, send_reminders
 from app.capacity.tasks import NIGHT_LATE, recount
@@ -54,6 +57,10 @@ PERIODIC_JOB: dict[str, Any] = {"meta": {PERIODIC: True}, "failure_ttl": FAILURE
 
 RESTART_SECONDS = 5.0
 """How long the scheduler waits after the job queues' Redis failed before it starts again."""
+LEADER_KEY = "nobat:cron:leader"
+LEADER_SECONDS = 180
+"""How long a scheduler's lead lasts unrenewed: three of its longest sleeps (60 s). Another
+scheduler (a deploy's overlap, one started by mistake, a standby) waits until then."""
 
 
 def main() -> None:
@@ -73,13 +80,52 @@ def connect(url: str) -> Redis:
 
 class Scheduler(CronScheduler):
     """RQ's cron scheduler, remembering a signal to stop: one that comes while Redis is away
-    makes the scheduler's last words to Redis fail, and that error hides it."""
+    makes the scheduler's last words to Redis fail, and that error hides it.
+
+    One scheduler enqueues at a time (``LEADER_KEY``); any other stands by, and takes over
+    once the first stops or its lead runs out. Two had enqueued every job twice: two nightly
+    recounts, bookings paused nationwide for each."""
 
     stopping = False
+    leading = False
+    _lead: Lock | None = None
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.stopping = True
         super()._request_stop(signum, frame)
+
+    def enqueue_jobs(self) -> list[CronJob]:
+        if self.leads():
+            return super().enqueue_jobs()
+        # Standing by, each job's next time moves on as the leader's does, nothing enqueued:
+        # left due, the loop had spun, and on taking over enqueued every job at once.
+        at = rq_now()
+        for job in self._cron_jobs:
+            if job.should_run():
+                job.set_enqueue_time(at)
+        return []
+
+    def leads(self) -> bool:
+        """Whether this scheduler leads: its lead renewed, or taken now that nobody holds it."""
+        if self._lead is None:
+            self._lead = self.connection.lock(LEADER_KEY, timeout=LEADER_SECONDS, blocking=False, thread_local=False)
+        try:
+            self._lead.reacquire()
+            leading = True
+        except LockError:  # not held, or held by another scheduler
+            leading = bool(self._lead.acquire())
+        if leading != self.leading:
+            log.warning("this scheduler %s", "leads: it enqueues the jobs" if leading else "stands by: another leads")
+        self.leading = leading
+        return leading
+
+    def register_death(self, pipeline: Any = None) -> None:
+        super().register_death(pipeline)
+        if self.leading and self._lead is not None:
+            # Handed over now, not when it runs out: a deploy's new scheduler starts at once.
+            with contextlib.suppress(RedisError):
+                self._lead.release()
+            self.leading = False
 
 
 def run(cron: Scheduler, restart_seconds: float = RESTART_SECONDS) -> None:

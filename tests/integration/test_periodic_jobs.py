@@ -298,3 +298,33 @@ def test_the_scheduler_rides_out_an_outage_of_the_job_queues_redis(tmp_path: Pat
         if process.poll() is None:
             process.kill()
         server.stop()
+
+
+def test_one_scheduler_enqueues_and_another_stands_by_until_it_stops(tmp_path: Path) -> None:
+    """Two schedulers (a deploy's overlap, one started by mistake) had enqueued every job
+    twice: two nightly recounts, bookings paused nationwide for each. One leads; the other's
+    jobs move on unenqueued, and it takes over when the first stops, or its lead runs out."""
+    from app.sms.tasks import sweep
+    from workers import cron
+
+    server = EmbeddedRedis(tmp_path / "queues").start()
+    try:
+        with SyncRedis.from_url(server.url) as redis:
+            first, second = (cron.Scheduler(connection=redis, name=name) for name in ("first", "second"))
+            for scheduler in (first, second):
+                scheduler.register(sweep, queue_name="probe", interval=60)
+                scheduler.register_birth()  # as start() does
+            assert len(first.enqueue_jobs()) == 1 and first.leading
+            assert second.enqueue_jobs() == [] and not second.leading
+            assert redis.llen("rq:queue:probe") == 1
+            [job] = second.get_jobs()
+            assert not job.should_run()  # its time moved on: no spin, no burst on taking over
+            assert second.calculate_sleep_interval() > 50
+
+            first.register_death()  # stopped: handed over at once
+            assert second.leads() and not first.leads()
+            redis.pexpire(cron.LEADER_KEY, 1)  # the second dies without a word: its lead runs out
+            time.sleep(0.05)
+            assert first.leads() and not second.leads()
+    finally:
+        server.stop()
