@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from app.capacity import keys
 from app.capacity.service import HOLDS_PER_TRIP, Capacity
+from app.clock import Clock
 from app.redis import EmbeddedRedis
 
 
@@ -37,7 +38,7 @@ async def _one_trip_a_key(redis: Redis) -> None:
 async def main(holds: int) -> None:
     server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="nobat-holds-"))).start()
     redis = Redis.from_url(server.url)
-    capacity = Capacity(redis, tz=None, horizon_days=14)  # type: ignore[arg-type]  # no day is read
+    capacity = Capacity(redis, clock=Clock("UTC"), horizon_days=14)  # no day is read
     try:
         for name, drop in (("one trip a key", _one_trip_a_key(redis)), ("a page a trip", capacity.drop_holds())):
             await _fill(redis, holds)

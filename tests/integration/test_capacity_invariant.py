@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from app.capacity import keys
 from app.capacity.errors import DayFull, SlotFull
 from app.capacity.service import Capacity, SeatRequest, day_expiry
+from app.clock import Clock
 
 DAY = dt.date(2030, 1, 5)
 OFFICE = "990001"
@@ -26,7 +27,7 @@ operation = st.one_of(
 
 async def _fresh_day(redis: Redis, seats: int) -> Capacity:
     """The day counted into Redis afresh, each slot with ``seats`` and none used."""
-    capacity = Capacity(redis, tz=dt.UTC, horizon_days=14)  # type: ignore[arg-type]
+    capacity = Capacity(redis, clock=Clock("UTC"), horizon_days=14)
     day_key = keys.office_day(OFFICE, DAY)
     await redis.delete(day_key)
     args: list[str | int] = ["replace", day_expiry(DAY, dt.UTC), "_status", "active", "_cap", 100]  # type: ignore[arg-type]

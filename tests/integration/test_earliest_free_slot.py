@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from app.capacity import keys
 from app.capacity.errors import DayFull, NoSuchSlot, OfficeClosed, SlotFull
 from app.capacity.service import Capacity, SeatRequest, day_expiry
+from app.clock import Clock
 
 DAY = dt.date(2030, 3, 9)
 OFFICE = "990002"
@@ -34,7 +35,7 @@ def _expected(seats: dict[str, int], used: dict[str, int], not_before: str) -> s
 
 async def _run(redis_url: str, first_seats: list[int], today: bool, operations: list[tuple[str, object]]) -> None:
     redis = Redis.from_url(redis_url)
-    capacity = Capacity(redis, tz=dt.UTC, horizon_days=14)  # type: ignore[arg-type]
+    capacity = Capacity(redis, clock=Clock("UTC"), horizon_days=14)
     day_key = keys.office_day(OFFICE, DAY)
     await redis.delete(day_key)
     seats = dict(zip(TIMES, first_seats, strict=True))
@@ -107,7 +108,7 @@ async def test_a_busy_day_finds_its_free_slot_without_reading_the_full_ones(redi
     """The cursor's point: on a day of 288 slots filled from the morning, a booking reads a
     few fields, not every slot (counted in Redis's own command statistics)."""
     redis = Redis.from_url(redis_url)
-    capacity = Capacity(redis, tz=dt.UTC, horizon_days=14)  # type: ignore[arg-type]
+    capacity = Capacity(redis, clock=Clock("UTC"), horizon_days=14)
     day_key = keys.office_day(OFFICE, DAY)
     times = [f"{m // 60:02d}:{m % 60:02d}" for m in range(0, 24 * 60, 5)]
     try:
