@@ -7,6 +7,7 @@ act on any office), and writes who did what, with before and after, to the audit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -920,7 +921,7 @@ class Console:
     async def _forgive_no_show(self, session: AsyncSession, booking: Booking) -> None:
         """A no-show taken back: the booking counts against the citizen's limits again (the
         mark had let go of its hold), and a suspension made today goes, unless the no-shows
-        left still call for one (made again as ``record_no_show`` makes them)."""
+        left still call for one (made again as ``no_show`` makes them)."""
         national_id, code, day, service_code = (
             booking.national_id,
             booking.tracking_code,
@@ -1022,6 +1023,7 @@ class Console:
         # suspension not made here is made by the night's close (app.booking.tasks), a hold
         # not let go of by the night's recount.
         booking_id, national_id = booking.id, booking.national_id
+        told = False
         try:
             # Under the row's lock, and only while it is still absent: a second clerk's
             # "arrived", landed since the mark, took it back and forgave what it found; the
@@ -1029,11 +1031,22 @@ class Console:
             marked = await lock_row(session, Booking, booking_id)
             if marked is not None and marked.status is BookingStatus.NO_SHOW:
                 await self.bookings.unhold(marked)
-                await self.record_no_show(session=session, national_id=national_id)
+                today = self.clock.today()
+                if await self.suspend_for_no_shows(session=session, national_ids=[national_id], today=today):
+                    await session.flush()
+                    # Told before the commit lets the lock go: told after, an "arrived" in
+                    # between lifted it first, and this put it back on a citizen in the room.
+                    told = True
+                    await self.capacity.suspend(
+                        national_id=national_id, until=self._suspension_ends(today), today=today
+                    )
             await session.commit()
         except RECORD_OR_REDIS_AWAY:
             await session.rollback()
             log.exception("a no-show's hold and suspension are left to the night")
+            if told:  # made in no record: none stood before it (suspend_for_no_shows makes none then)
+                with contextlib.suppress(RedisError):
+                    await self.capacity.lift_suspension(national_id=national_id)
         return entry
 
     def _refuse_early_no_show(self, booking: Booking) -> None:
@@ -1044,13 +1057,6 @@ class Console:
         after = starts + dt.timedelta(minutes=self.no_shows.grace_minutes)
         if self.clock.now() < after:
             raise NoShowTooEarly(after=after.strftime("%H:%M"))
-
-    async def record_no_show(self, *, session: AsyncSession, national_id: str) -> None:
-        """Suspend the national ID when its no-shows in the window reach the limit."""
-        today = self.clock.today()
-        if await self.suspend_for_no_shows(session=session, national_ids=[national_id], today=today):
-            await session.commit()
-            await self.capacity.suspend(national_id=national_id, until=self._suspension_ends(today), today=today)
 
     async def suspend_for_no_shows(
         self, *, session: AsyncSession, national_ids: Iterable[str], today: dt.date, last_day: dt.date | None = None

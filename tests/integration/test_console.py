@@ -794,6 +794,43 @@ async def test_absent_and_arrived_tapped_at_once_leave_the_citizen_checked_in_an
     assert sorted(holds(redis_sync, national_id)) == sorted(code.encode() for code in codes)
 
 
+async def test_a_no_shows_suspension_is_told_to_redis_before_its_commit_lets_the_row_go(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told after the commit, a second clerk's "arrived" in between (waiting on the row) had
+    lifted the suspension first, and the late telling put it back in Redis on a citizen in
+    the room: refused web and SMS booking until the night's recount."""
+    from tests.conftest import holds
+
+    office = await world.office(seats=2, services=("101", "102", "103"))
+    headers = await staff_of(client, world, office)
+    national_id, base = world.national_id(), f"/api/v1/staff/offices/{office}/queue"
+    codes = []
+    for service, slot in (("101", "12:00"), ("102", "12:30"), ("103", "13:00")):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, national_id, morning.date(), slot, service=service),
+            headers=world.token(),
+        )  # fmt: skip
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    move_clock(monkeypatch, morning.replace(hour=13, minute=30))
+    app = client.app.state.container
+    suspend, committed = app.capacity.suspend, []
+
+    async def telling(**kwargs: Any) -> None:
+        async with app.sessions() as other:  # what another request can see now
+            committed.append(await other.scalar(select(func.count()).select_from(Suspension)))
+        await suspend(**kwargs)
+
+    monkeypatch.setattr(app.capacity, "suspend", telling)
+    for code in codes:
+        assert (await client.post(f"{base}/{code}/no-show", headers=headers)).status_code == 200
+    assert committed == [0]  # told while the row was still the no-show's
+    assert holds(redis_sync, national_id) == [b"_suspended"]
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Suspension)) == 1
+
+
 async def test_special_hours_from_the_page_keep_a_services_own_counter(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
