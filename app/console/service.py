@@ -536,8 +536,11 @@ class Console:
             o for o in overflow if (min(o.booked, holding[_slot(o)]) if _slot(o) in started else o.booked) > o.seats
         ]
 
-    async def _holders(self, session: AsyncSession, overflow: list[Overflow]) -> Counter[SlotKey]:
-        """For each slot of ``overflow``, the record's bookings that hold one of its seats."""
+    async def _holders(
+        self, session: AsyncSession, overflow: list[Overflow], statuses: Iterable[BookingStatus] = SEAT_STATUSES
+    ) -> Counter[SlotKey]:
+        """For each slot of ``overflow``, the record's bookings that hold one of its seats
+        (or are in one of ``statuses``)."""
         holding: Counter[SlotKey] = Counter()
         codes = sorted({o.office_code for o in overflow})
         for start in range(0, len(codes), OFFICE_CHUNK):
@@ -548,7 +551,7 @@ class Console:
                     Office.code.in_(codes[start : start + OFFICE_CHUNK]),
                     Booking.date.in_({o.day for o in overflow}),
                     Booking.slot_time.in_({o.time for o in overflow}),
-                    Booking.status.in_(SEAT_STATUSES),
+                    Booking.status.in_(list(statuses)),
                 )
                 .group_by(Office.code, Booking.date, Booking.pool, Booking.slot_time)
             )
@@ -677,10 +680,13 @@ class Console:
         return CapacityChange(office_code=code, days_changed=len(days), moved=moved), ended and not unheld
 
     async def _counted_for_nobody(self, session: AsyncSession, overflow: list[Overflow]) -> bool:
-        """Whether a slot of ``overflow`` counts in Redis more seats than the record's holders."""
+        """Whether a slot of ``overflow`` counts in Redis more seats than the record's holders.
+        The served and absent among them: their seats stay counted (app.capacity.service.Used), and a capped
+        day's citizen served early had kept this "not finished" until the slot passed, the
+        plan applied again every minute."""
         if not overflow:
             return False
-        holding = await self._holders(session, overflow)
+        holding = await self._holders(session, overflow, (*SEAT_STATUSES, BookingStatus.SERVED, BookingStatus.NO_SHOW))
         return any(holding[_slot(o)] < o.booked for o in overflow)
 
     async def _end_shut_lines(self, session: AsyncSession, code: str, office_id: int, change: str, why: str) -> bool:

@@ -173,3 +173,50 @@ async def test_a_same_day_cut_is_not_refused_for_citizens_already_served(
     assert seats(redis_sync, office, today, "08:00") == 2 and used(redis_sync, office, today, "08:00") == 2
     statuses = [(await client.get(f"/api/v1/bookings/{code}")).json()["status"] for code in codes]
     assert statuses == ["served", "no_show", "booked"]
+
+
+async def test_a_cut_of_a_capped_day_is_finished_with_a_citizen_served_early_still_counted(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a capped day a citizen served before their slot keeps the seat counted (the cap is
+    of people let in). A clerk's cut of that slot found it counting more than its holders,
+    took that for a booking on its way to the record, and left the change "not finished":
+    the minute's job applied the whole plan again every minute until the slot passed."""
+    from app.capacity import keys
+    from app.staff.models import StaffRole
+    from tests.integration.test_console import account, sign_in
+
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    today, base = morning.date(), f"/api/v1/staff/offices/{office}"
+    override = f"{base}/overrides/{today.isoformat()}"
+    day = {"opens": "08:00", "closes": "20:00", "slot_minutes": 30}
+    opened = await client.put(override, json={"rules": [{**day, "seats": 2}], "reason": "دو باجه"}, headers=headers)
+    assert opened.status_code == 200, opened.text
+    await account(world, "regulator-cut", StaffRole.REGULATOR, None)
+    restricted = await client.post(
+        f"/api/v1/regulator/offices/{office}/restrict",
+        json={"reason": "ازدحام", "cap_percent": 50},
+        headers=await sign_in(client, "regulator-cut"),
+    )
+    assert restricted.status_code == 201, restricted.text
+    codes = []
+    for _ in range(2):
+        booked = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "15:00"), headers=world.token()
+        )
+        assert booked.status_code == 201, booked.text
+        codes.append(booked.json()["tracking_code"])
+    move_clock(monkeypatch, morning.replace(hour=10, minute=10))
+    assert (await client.post(f"{base}/queue/{codes[0]}/check-in", headers=headers)).status_code == 200
+    assert (await client.post(f"{base}/queue/{codes[0]}/served", headers=headers)).status_code == 200
+    assert used(redis_sync, office, today, "15:00") == 2  # capped: kept
+
+    move_clock(monkeypatch, morning.replace(hour=11))
+    cut = await client.put(
+        f"{override}?move_overflow=true", json={"rules": [{**day, "seats": 1}], "reason": "یک باجه"}, headers=headers
+    )
+    assert cut.status_code == 200, cut.text
+    assert cut.json()["moved"] == []  # the one still to come keeps 15:00
+    assert seats(redis_sync, office, today, "15:00") == 1
+    assert redis_sync.hget(keys.PLANS_TO_APPLY, office) is None  # finished: nothing left to the job
