@@ -82,6 +82,10 @@ def _unavailable(error: Exception) -> ProblemDetailsException:
 # SQLSTATEs that mean "the database is away", not "the query is wrong": connection
 # exceptions, shutdowns, too many connections, a database closed to connections.
 _AWAY = ("08", "57P01", "57P02", "57P03", "53300", "55000")
+# A transaction PostgreSQL aborted for losing a race with another (a deadlock, a
+# serialization failure): nothing of it committed, and the same request again succeeds.
+# A 500 had had a clerk or regulator report a bug for a change that only needed a retry.
+_RACE_LOST = ("40P01", "40001")
 
 
 def _database(error: DBAPIError) -> ProblemDetailsException:
@@ -93,7 +97,7 @@ def _database(error: DBAPIError) -> ProblemDetailsException:
     if (
         error.connection_invalidated
         or isinstance(error, (OperationalError, InterfaceError))
-        or sqlstate.startswith(_AWAY)
+        or sqlstate.startswith(_AWAY + _RACE_LOST)
     ):
         return _unavailable(error)
     if sqlstate.startswith("22") or _caused_by_overflow(error.orig):

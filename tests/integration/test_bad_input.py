@@ -513,6 +513,7 @@ def _wrapped(cause: BaseException) -> DBAPIError:
         (DBAPIError("SELECT 1", {}, _DriverError("22001")), 422),  # PostgreSQL: string too long
         (DBAPIError("SELECT 1", {}, _DriverError("22021")), 422),  # PostgreSQL: NUL in text
         (DBAPIError("SELECT 1", {}, _DriverError("42P01")), 500),  # our bug stays a 500
+        (DBAPIError("SELECT 1", {}, _DriverError("40001")), 503),  # a serialization failure: again
     ],
 )
 def test_database_value_errors_are_422_not_500(error: DBAPIError, status: int) -> None:
@@ -529,6 +530,44 @@ def test_database_value_errors_are_422_not_500(error: DBAPIError, status: int) -
 def test_sqlite_overflow_is_mapped_to_422() -> None:
     handlers = web.problem_details_plugin().config.exception_to_problem_detail_map
     assert handlers[OverflowError](OverflowError("Python int too large")).status_code == 422
+
+
+async def test_a_transaction_postgresql_aborts_in_a_deadlock_is_a_503_to_try_again(world: World) -> None:
+    """Two transactions locking the same rows in opposite orders (a block's moves and the
+    evening reminders' page, say): PostgreSQL aborts one. Nothing of it committed, and the
+    same request again succeeds: a 500 had had the clerk report a bug."""
+    import asyncio
+
+    from sqlalchemy import update
+
+    from app.offices.models import Office
+
+    if world.container.settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no row locks: one writer at a time, no deadlock")
+    first, second = await world.office(), await world.office()
+
+    async def lock(code: str, then: str, ready: asyncio.Event, go: asyncio.Event) -> None:
+        async with world.container.sessions() as session:
+            for step in (code, then):
+                await session.execute(update(Office).where(Office.code == step).values(name_fa=Office.name_fa))
+                if step == code:
+                    ready.set()
+                    await go.wait()
+            await session.rollback()
+
+    ready_a, ready_b, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    runs = [
+        asyncio.create_task(lock(first, second, ready_a, go)),
+        asyncio.create_task(lock(second, first, ready_b, go)),
+    ]
+    await ready_a.wait()
+    await ready_b.wait()
+    go.set()
+    outcomes = await asyncio.gather(*runs, return_exceptions=True)
+    [aborted] = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert isinstance(aborted, DBAPIError), repr(aborted)
+    problem = web._database(aborted)
+    assert problem.status_code == 503 and problem.headers["Retry-After"], problem
 
 
 async def test_an_id_no_column_holds_reaching_the_database_is_a_422(container: Container) -> None:
