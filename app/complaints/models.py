@@ -49,6 +49,9 @@ class State(enum.StrEnum):
     VERDICT_ANNOUNCED = "verdict_announced"
 
 
+OPEN_STATES = tuple(state for state in State if state not in (State.DISMISSED, State.VERDICT_ANNOUNCED))
+"""The states of a complaint still awaiting the regulator (the queue's default view)."""
+
 STATE_FA = {
     State.RECEIVED: "دریافت شد",
     State.UNDER_REVIEW: "در حال بررسی کارشناسی",
