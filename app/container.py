@@ -95,7 +95,7 @@ class Container:
 def build_container(
     settings: Settings, redis_url: str, *, statement_seconds: float | None = STATEMENT_SECONDS
 ) -> Container:
-    engine = create_engine(settings.database_url, statement_seconds=statement_seconds)
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool, statement_seconds=statement_seconds)
     sessions = session_factory(engine)
     redis = connect(redis_url)
     clock = Clock(settings.tz)

@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     may be: each instance keeps what it read, and looks this often for what the others
     changed (app.capacity.reading). Bookings always decide on the live counters. 0 reads
     Redis every time."""
+    db_pool: int = 20
+    """NOBAT_DB_POOL: the connections each process keeps to PostgreSQL, and as many more at a
+    peak (a booking's record goes through the group commit's own few): size PostgreSQL's
+    max_connections, or a pooler, for every process's 2 x this + 4 (docs/deployment.md)."""
     rebuild_settle_seconds: float = 5.0
     """NOBAT_REBUILD_SETTLE_SECONDS: when Redis must be recounted from the record, how long
     bookings stay paused before the count starts: every instance notices within a second,
@@ -212,6 +216,7 @@ _ENV = {
     "bookings_per_mobile": "NOBAT_BOOKINGS_PER_MOBILE",
     "official_holidays": "NOBAT_OFFICIAL_HOLIDAYS",
     "read_cache_seconds": "NOBAT_READ_CACHE_SECONDS",
+    "db_pool": "NOBAT_DB_POOL",
     "rebuild_settle_seconds": "NOBAT_REBUILD_SETTLE_SECONDS",
     "recount_at": "NOBAT_RECOUNT_AT",
     "otp_ttl_seconds": "NOBAT_OTP_TTL_SECONDS",
@@ -283,6 +288,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         )
     if not 0 <= settings.read_cache_seconds <= 60:
         raise ValueError("NOBAT_READ_CACHE_SECONDS must be 0 to 60")
+    if not 1 <= settings.db_pool <= 500:
+        raise ValueError("NOBAT_DB_POOL must be 1 to 500")
     if not 0 <= settings.rebuild_settle_seconds <= 300:
         raise ValueError("NOBAT_REBUILD_SETTLE_SECONDS must be 0 to 300")
     # Checked as RQ's cron reads it: a value it refuses (`30 25 * * *`) would pass here and

@@ -405,3 +405,23 @@ async def test_readiness_answers_in_time_when_the_database_keeps_it_waiting(
         container.engine = engine
     assert clock.monotonic() - started < 5
     assert ready.status_code == 503 and ready.json()["database"] == "unavailable"
+
+
+async def test_the_scrape_counts_the_unsent_and_failed_sms_up_to_a_bound(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every scrape of every instance had counted the evening's backlog of reminders whole
+    (hundreds of thousands of rows, every 15 s). Counted up to a bound: past it, "that many
+    or more", which is what the alert needs."""
+    from app import observability
+    from app.sms.models import SmsMessage, SmsStatus
+
+    async with world.container.sessions() as session:
+        for n, status in enumerate([SmsStatus.FAILED] * 3 + [SmsStatus.QUEUED] * 4):
+            session.add(SmsMessage(id=f"bound-{n}", to="09120000000", body="-", kind="reminder", status=status))
+        await session.commit()
+    text = (await client.get("/metrics")).text
+    assert "nobat_sms_failed 3.0" in text and "nobat_sms_unsent 4.0" in text
+    monkeypatch.setattr(observability, "SMS_COUNTED", 2)
+    text = (await client.get("/metrics")).text
+    assert "nobat_sms_failed 2.0" in text and "nobat_sms_unsent 2.0" in text

@@ -162,3 +162,27 @@ def test_a_time_zone_misspelt_fails_at_start_naming_the_setting(zone: str) -> No
     with pytest.raises(ValueError, match="NOBAT_TZ"):
         load_settings({"NOBAT_TZ": zone})
     assert load_settings({"NOBAT_TZ": "Asia/Tehran"}).tz == "Asia/Tehran"
+
+
+@pytest.mark.parametrize("value", ["0", "501"])
+def test_a_database_pool_out_of_range_fails_at_start(value: str) -> None:
+    with pytest.raises(ValueError, match="NOBAT_DB_POOL"):
+        load_settings({"NOBAT_DB_POOL": value})
+
+
+def test_the_database_pool_is_the_engines() -> None:
+    """Sized for PostgreSQL's max_connections (or a pooler) across every process. Nothing
+    connects: the engine and Redis's client connect on first use."""
+    from app.container import build_container
+
+    settings = load_settings(
+        {
+            "NOBAT_DB_POOL": "5",
+            "DATABASE_URL": "postgresql+asyncpg://nobat:secret@127.0.0.1:1/nobat",
+            "REDIS_URL": "redis://127.0.0.1:1",
+            "NOBAT_SECRET_KEY": "k" * 32,
+            "NOBAT_SMS_BACKEND": "console",
+            "NOBAT_TRUST_FORWARDED_FOR": "false",
+        }
+    )
+    assert build_container(settings, settings.redis_url).engine.pool.size() == 5  # type: ignore[attr-defined]
