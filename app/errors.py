@@ -39,6 +39,18 @@ class InvalidInput(DomainError):
         self.field = field
 
 
+class InvalidFields(InvalidInput):
+    """Several fields of one form failed, each named (``each``): the form shows every error
+    at once. Told of one at a time, a clerk sent the form again for each. As a problem, the
+    first is the field; ``errors`` lists them all."""
+
+    def __init__(self, each: list[InvalidInput]) -> None:
+        first = each[0]
+        errors = [{"field": e.field, "detail_en": e.detail_en, "detail_fa": e.detail_fa} for e in each]
+        super().__init__(first.field, first.detail_en, detail_fa=first.detail_fa, errors=errors)
+        self.each = each
+
+
 class IdempotencyKeyReused(DomainError):
     """An Idempotency-Key sent again with another request (a booking, a complaint): answered
     with what the first one made, the second would be lost without a word."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +30,7 @@ from app.pages.render import (
     NOTICE_FA,
     TOP,
     Form,
+    FormCheck,
     check_csrf,
     day_options,
     form_errors,
@@ -117,11 +119,16 @@ def _more_shared(days: dict[int, list[DayRule]]) -> dict[int, list[DayRule]]:
 
 def _rule(data: dict[str, str], prefix: str) -> DayRule:
     """One day's rule from the fields PREFIX_opens, _closes, _slot, _seats; errors name those fields."""
+    check = FormCheck()
+    slot = check(lambda: to_int(data.get(f"{prefix}_slot"), f"{prefix}_slot", "طول نوبت را به دقیقه بنویسید."))
+    seats = check(lambda: to_int(data.get(f"{prefix}_seats"), f"{prefix}_seats", "ظرفیت هر نوبت را به عدد بنویسید."))
+    check.done()
+    assert slot is not None and seats is not None  # done() raised otherwise
     rule = DayRule(
         opens=normalize_digits(data.get(f"{prefix}_opens", "")).strip(),
         closes=normalize_digits(data.get(f"{prefix}_closes", "")).strip(),
-        slot_minutes=to_int(data.get(f"{prefix}_slot"), f"{prefix}_slot", "طول نوبت را به دقیقه بنویسید."),
-        seats=to_int(data.get(f"{prefix}_seats"), f"{prefix}_seats", "ظرفیت هر نوبت را به عدد بنویسید."),
+        slot_minutes=slot,
+        seats=seats,
     )
     try:
         validate_rules([rule])
@@ -474,12 +481,15 @@ class OfficePages(Controller):
             own_counters = await _own_counters(container, code, current.days)
             more_shared = _more_shared(current.days)
             days: dict[int, list[DayRule]] = {}
+            check = FormCheck()  # every weekday's errors at once
             for weekday in range(7):
                 own = own_counters.get(weekday, [])
                 shared = []
                 if data.get(f"d{weekday}_open") == "on":  # closed: every shared span of the day
-                    shared = [_rule(data, f"d{weekday}"), *more_shared.get(weekday, [])]
+                    rule = check(partial(_rule, data, f"d{weekday}"))
+                    shared = [rule, *more_shared.get(weekday, [])] if rule else []
                 days[weekday] = shared + own
+            check.done()
             change = await container.console.set_template(
                 session=session,
                 staff=staff,
@@ -503,23 +513,31 @@ class OfficePages(Controller):
         fields = ["o_date", "o_date_far", "o_kind", "o_opens", "o_closes", "o_slot", "o_seats", "o_reason"]
         far = data.get("o_date_far", "").strip()  # a day past the list's, typed (Jalali or ISO)
         try:
+            check = FormCheck()  # the day, the choice and the hours' errors at once
+            day = None
             if not far and not data.get("o_date"):
-                raise InvalidInput("o_date", "Choose the day.", detail_fa="روز را انتخاب کنید.")
-            day = parse_date(far, "o_date_far") if far else parse_date(data.get("o_date", ""), "o_date")
+                check.fail(InvalidInput("o_date", "Choose the day.", detail_fa="روز را انتخاب کنید."))
+            else:
+                day = check(lambda: parse_date(far, "o_date_far") if far else parse_date(data["o_date"], "o_date"))
             if data.get("o_kind") not in ("closed", "hours"):
-                raise InvalidInput(
-                    "o_kind",
-                    "Choose whether the office is closed that day or keeps special hours.",
-                    detail_fa="بگویید دفتر آن روز تعطیل است یا ساعت کاری ویژه دارد.",
+                check.fail(
+                    InvalidInput(
+                        "o_kind",
+                        "Choose whether the office is closed that day or keeps special hours.",
+                        detail_fa="بگویید دفتر آن روز تعطیل است یا ساعت کاری ویژه دارد.",
+                    )
                 )
+            hours = check(lambda: _rule(data, "o")) if data.get("o_kind") == "hours" else None
+            check.done()
+            assert day is not None  # done() raised otherwise
             rules = []
-            if data.get("o_kind") == "hours":
+            if hours is not None:
                 # A day's override replaces all its rules: a service's own counters (a passport
                 # desk) are kept from the template, as the template editor keeps them; dropped,
                 # its bookings were moved away and nobody could book it that day.
                 current = await container.console.template(session=session, staff=staff, office_code=code)
                 own = await _own_counters(container, code, current.days)
-                rules = [_rule(data, "o"), *own.get(iranian_weekday(day), [])]
+                rules = [hours, *own.get(iranian_weekday(day), [])]
             change = await container.console.set_override(
                 session=session,
                 staff=staff,

@@ -8,9 +8,9 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,7 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from app.container import Container
-from app.errors import DomainError, Forbidden, InvalidInput, Unauthorized
+from app.errors import DomainError, Forbidden, InvalidFields, InvalidInput, Unauthorized
 from app.identity import mask_mobile
 from app.locale import jalali_date, jalali_time, normalize_digits, to_persian_digits
 from app.pages.assets import asset_url
@@ -304,6 +304,7 @@ FIELD_OF_CODE = {
 }
 
 TOP = "_top"
+Checked = TypeVar("Checked")
 
 
 def form_errors(
@@ -312,9 +313,38 @@ def form_errors(
     """The error as {field: Persian message}; on the form's top (``top``: "_top", or that of
     one form of several on a page) when it names no field of this form."""
     known = set(fields)
-    field = error.field if isinstance(error, InvalidInput) else FIELD_OF_CODE.get(error.code, "")
-    field = (aliases or {}).get(field, field)
-    return {field if field in known else top: error.detail_fa}
+    errors: dict[str, str] = {}
+    for each in error.each if isinstance(error, InvalidFields) else [error]:
+        field = each.field if isinstance(each, InvalidInput) else FIELD_OF_CODE.get(each.code, "")
+        field = (aliases or {}).get(field, field)
+        errors.setdefault(field if field in known else top, each.detail_fa)  # the first of any one place
+    return errors
+
+
+class FormCheck:
+    """A form's field checks, all run before one error names every field that failed
+    (``InvalidFields``): told of one at a time, a clerk sent the form again for each."""
+
+    def __init__(self) -> None:
+        self.failed: list[InvalidInput] = []
+
+    def __call__(self, check: Callable[[], Checked]) -> Checked | None:
+        """``check()``'s value; None, its error kept, if it failed."""
+        try:
+            return check()
+        except InvalidInput as error:
+            self.fail(error)
+            return None
+
+    def fail(self, error: InvalidInput) -> None:
+        self.failed += error.each if isinstance(error, InvalidFields) else [error]
+
+    def done(self) -> None:
+        """Raise what failed: the one error, or all of them."""
+        if len(self.failed) == 1:
+            raise self.failed[0]
+        if self.failed:
+            raise InvalidFields(self.failed)
 
 
 # --- the rest of what handlers share ---

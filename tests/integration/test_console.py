@@ -1143,6 +1143,39 @@ async def test_the_day_plan_form_chooses_neither_the_day_nor_closed_for_the_cler
     assert seats(redis_sync, office, today, "10:00") == 2  # nothing changed
 
 
+async def test_the_day_plan_forms_name_every_field_that_failed_at_once(
+    client: Client, world: World, redis_sync: SyncRedis
+) -> None:
+    """Told of one missing choice or bad number at a time, a clerk sent the form again for
+    each: now every field that failed is named, and nothing changes."""
+    office = await world.office()
+    await world.rebuild()
+    await staff_of(client, world, office)
+    page = await client.get(f"/office/{office}/capacity")
+    csrf = re.search(r'name="_csrf" value="([0-9a-f]+)"', page.text)
+    assert csrf
+    typed = {"_csrf": csrf.group(1), "o_opens": "10:00", "o_closes": "12:00", "o_slot": "30", "o_seats": "2"}
+    for form, failed in (
+        (typed, ("o_date", "o_kind")),
+        ({**typed, "o_kind": "hours", "o_slot": "نیم ساعت", "o_seats": ""}, ("o_date", "o_slot", "o_seats")),
+    ):
+        refused = await client.post(f"/office/{office}/capacity/overrides", data=form, follow_redirects=False)
+        assert refused.status_code == 422, refused.text[:300]
+        named = set(re.findall(r'id="f-(o_[a-z_]+)-error"', refused.text))
+        assert named == set(failed), (named, failed)
+
+    week = {"_csrf": csrf.group(1)}
+    for weekday in range(7):
+        week |= {f"d{weekday}_open": "on", f"d{weekday}_opens": "08:00", f"d{weekday}_closes": "16:00"}
+        week |= {f"d{weekday}_slot": "30", f"d{weekday}_seats": "3"}
+    week |= {"d1_slot": "x", "d4_seats": "", "d4_slot": ""}
+    refused = await client.post(f"/office/{office}/capacity/template", data=week, follow_redirects=False)
+    assert refused.status_code == 422, refused.text[:300]
+    assert set(re.findall(r'id="f-(d[0-9]_[a-z]+)-error"', refused.text)) == {"d1_slot", "d4_slot", "d4_seats"}
+    today = world.container.clock.today()
+    assert seats(redis_sync, office, today, "10:00") == 2  # nothing changed
+
+
 async def test_an_office_with_no_template_yet_has_its_days_and_capacity_page(client: Client, world: World) -> None:
     """An office imported with no plan: the page that makes its first template must open
     (its days' list read the province off the plan, and failed with a 500)."""
