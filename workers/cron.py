@@ -20,7 +20,6 @@ from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 from rq.cron import CronJob, CronScheduler
 from rq.exceptions import StopRequested
-from rq.utils import now as rq_now
 
 from app.booking.tasks import close_day, end_spent_lines, fill_waitlists_left, send_reminders
 from app.capacity.tasks import NIGHT_LATE, recount
@@ -61,6 +60,8 @@ LEADER_KEY = "nobat:cron:leader"
 LEADER_SECONDS = 180
 """How long a scheduler's lead lasts unrenewed: three of its longest sleeps (60 s). Another
 scheduler (a deploy's overlap, one started by mistake, a standby) waits until then."""
+STANDBY_SECONDS = 15
+"""How often a scheduler standing by asks for the lead."""
 
 
 def main() -> None:
@@ -95,15 +96,16 @@ class Scheduler(CronScheduler):
         super()._request_stop(signum, frame)
 
     def enqueue_jobs(self) -> list[CronJob]:
-        if self.leads():
-            return super().enqueue_jobs()
-        # Standing by, each job's next time moves on as the leader's does, nothing enqueued:
-        # left due, the loop had spun, and on taking over enqueued every job at once.
-        at = rq_now()
-        for job in self._cron_jobs:
-            if job.should_run():
-                job.set_enqueue_time(at)
-        return []
+        # Standing by, nothing is enqueued and the jobs stay due: on taking over, each due is
+        # enqueued once. Moved on instead, a scheduler started again after its process died
+        # (its lead still held by the dead one, for up to LEADER_SECONDS) had skipped what fell
+        # due meanwhile: the night's recount at 03:30, lost sign-in codes' sweep. (The night's
+        # runs guard themselves against coming in the morning: app.capacity.tasks.)
+        return super().enqueue_jobs() if self.leads() else []
+
+    def calculate_sleep_interval(self) -> float:
+        # Standing by, the jobs stay due, and RQ's loop would not sleep at all.
+        return super().calculate_sleep_interval() if self.leading else STANDBY_SECONDS
 
     def leads(self) -> bool:
         """Whether this scheduler leads: its lead renewed, or taken now that nobody holds it."""
