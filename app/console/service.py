@@ -42,7 +42,7 @@ from app.capacity.plan import (
     slots_for,
     validate_rules,
 )
-from app.capacity.service import Capacity, Noted, Overflow, load_caps
+from app.capacity.service import Capacity, Noted, Overflow, count_used, load_caps
 from app.clock import Clock
 from app.console.errors import (
     CapacityBelowBookings,
@@ -536,11 +536,8 @@ class Console:
             o for o in overflow if (min(o.booked, holding[_slot(o)]) if _slot(o) in started else o.booked) > o.seats
         ]
 
-    async def _holders(
-        self, session: AsyncSession, overflow: list[Overflow], statuses: Iterable[BookingStatus] = SEAT_STATUSES
-    ) -> Counter[SlotKey]:
-        """For each slot of ``overflow``, the record's bookings that hold one of its seats
-        (or are in one of ``statuses``)."""
+    async def _holders(self, session: AsyncSession, overflow: list[Overflow]) -> Counter[SlotKey]:
+        """For each slot of ``overflow``, the record's bookings that hold one of its seats."""
         holding: Counter[SlotKey] = Counter()
         codes = sorted({o.office_code for o in overflow})
         for start in range(0, len(codes), OFFICE_CHUNK):
@@ -551,7 +548,7 @@ class Console:
                     Office.code.in_(codes[start : start + OFFICE_CHUNK]),
                     Booking.date.in_({o.day for o in overflow}),
                     Booking.slot_time.in_({o.time for o in overflow}),
-                    Booking.status.in_(list(statuses)),
+                    Booking.status.in_(SEAT_STATUSES),
                 )
                 .group_by(Office.code, Booking.date, Booking.pool, Booking.slot_time)
             )
@@ -680,14 +677,23 @@ class Console:
         return CapacityChange(office_code=code, days_changed=len(days), moved=moved), ended and not unheld
 
     async def _counted_for_nobody(self, session: AsyncSession, overflow: list[Overflow]) -> bool:
-        """Whether a slot of ``overflow`` counts in Redis more seats than the record's holders.
-        The served and absent among them: their seats stay counted (app.capacity.service.Used), and a capped
-        day's citizen served early had kept this "not finished" until the slot passed, the
-        plan applied again every minute."""
+        """Whether a slot of ``overflow`` counts in Redis more seats than the record has taken,
+        counted as a recount counts them (``count_used``): the served and absent keep theirs,
+        a citizen served early on a capped day too. Counting only those standing, a capped
+        day's citizen served early kept a cut "not finished" until the slot passed, the plan
+        applied again every minute."""
         if not overflow:
             return False
-        holding = await self._holders(session, overflow, (*SEAT_STATUSES, BookingStatus.SERVED, BookingStatus.NO_SHOW))
-        return any(holding[_slot(o)] < o.booked for o in overflow)
+        offices = select(Office.code, Office.id).where(Office.code.in_({o.office_code for o in overflow}))
+        ids: dict[str, int] = {code: office_id for code, office_id in await session.execute(offices)}
+        days = sorted({o.day for o in overflow})
+        used = await count_used(session, office_ids=list(ids.values()), days=days, now=self.clock.now())
+        for office_day in sorted({(o.office_code, o.day) for o in overflow}):
+            capped = await self.capacity.capped(*office_day)
+            taken = used.on(ids[office_day[0]], office_day[1], capped=capped)
+            if any(taken.get((o.pool, o.time), 0) < o.booked for o in overflow if (o.office_code, o.day) == office_day):
+                return True
+        return False
 
     async def _end_shut_lines(self, session: AsyncSession, code: str, office_id: int, change: str, why: str) -> bool:
         """A cut of a capped day (a restriction, a crowd cap) to a share that rounds to no seat:

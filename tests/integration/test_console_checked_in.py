@@ -220,3 +220,37 @@ async def test_a_cut_of_a_capped_day_is_finished_with_a_citizen_served_early_sti
     assert cut.json()["moved"] == []  # the one still to come keeps 15:00
     assert seats(redis_sync, office, today, "15:00") == 1
     assert redis_sync.hget(keys.PLANS_TO_APPLY, office) is None  # finished: nothing left to the job
+
+
+async def test_a_cut_over_a_seat_counted_for_nobody_is_left_to_the_job_beside_one_served_early(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uncapped, a citizen served early gave the seat back. Counted as the slot's holder, a
+    cut that left a seat counted for a booking on its way to the record (not yet committed)
+    was taken as finished: that booking landed in an hour the office no longer kept."""
+    from app.capacity import keys
+
+    office = await world.office(seats=1)
+    headers = await staff_of(client, world, office)
+    today, base = morning.date(), f"/api/v1/staff/offices/{office}"
+    override = f"{base}/overrides/{today.isoformat()}"
+    day = {"opens": "08:00", "closes": "20:00", "slot_minutes": 30, "seats": 2}
+    opened = await client.put(override, json={"rules": [day], "reason": "دو باجه"}, headers=headers)
+    assert opened.status_code == 200, opened.text
+    made = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), today, "15:00"), headers=world.token()
+    )
+    early = made.json()["tracking_code"]
+    move_clock(monkeypatch, morning.replace(hour=10, minute=10))
+    assert (await client.post(f"{base}/queue/{early}/check-in", headers=headers)).status_code == 200
+    assert (await client.post(f"{base}/queue/{early}/served", headers=headers)).status_code == 200
+    assert used(redis_sync, office, today, "15:00") == 0  # given back
+    redis_sync.hincrby(keys.office_day(office, today), keys.used_field("*", "15:00"), 1)  # on its way
+
+    move_clock(monkeypatch, morning.replace(hour=11))
+    cut = await client.put(
+        f"{override}?move_overflow=true", json={"rules": [{**day, "closes": "14:00"}], "reason": "نیم روز"},
+        headers=headers,
+    )  # fmt: skip
+    assert cut.status_code == 200, cut.text
+    assert redis_sync.hget(keys.PLANS_TO_APPLY, office) is not None  # the job's, to move it once it lands
