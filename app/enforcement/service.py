@@ -841,11 +841,14 @@ class Enforcement:
         cancelled: Counter[int] = Counter()
         # The actions in force: a block lifted in January, its 500 moves with it, is the office
         # history's (``history``), not today's row.
+        blocks_began: dict[int, set[dt.datetime]] = defaultdict(set)  # the blocks in force, by when
         for action in await session.scalars(
             select(OfficeAction)
             .where(OfficeAction.office_id.in_(ids), OfficeAction.lifted_at.is_(None))
             .order_by(OfficeAction.id)
         ):
+            if action.kind is ActionKind.BLOCK:
+                blocks_began[action.office_id].add(action.started_at)
             moved[action.office_id] += action.bookings_moved
             cancelled[action.office_id] += action.bookings_cancelled
             first.setdefault(action.office_id, action)
@@ -859,9 +862,17 @@ class Enforcement:
             complaints[office_id][Category(category).value] = count
         appeals: dict[int, str] = {}
         awaiting: set[int] = set()  # offices with an appeal awaiting its decision
-        for appeal in await session.scalars(select(Appeal).where(Appeal.office_id.in_(ids)).order_by(Appeal.id)):
+        for appeal, action in await session.execute(
+            select(Appeal, OfficeAction)
+            .join(OfficeAction, OfficeAction.id == Appeal.action_id)
+            .where(Appeal.office_id.in_(ids))
+            .order_by(Appeal.id)
+        ):
             appeals[appeal.action_id] = appeal.outcome.value
-            if appeal.outcome is AppealOutcome.PENDING:
+            # Against an action in force, or a restriction a block in force replaced (back when
+            # the block ends); not one lifted since, which nobody will decide any more.
+            replaced = action.lift_reason == REPLACED_BY_A_BLOCK and action.lifted_at in blocks_began[action.office_id]
+            if appeal.outcome is AppealOutcome.PENDING and (action.lifted_at is None or replaced):
                 awaiting.add(appeal.office_id)
         result = []
         for office, city_fa, province_fa, province_code in rows:

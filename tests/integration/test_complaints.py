@@ -904,3 +904,20 @@ async def test_the_complaint_queue_reads_the_open_complaints_not_every_one_ever_
     async with world.container.engine.connect() as connection:
         plan = "\n".join(row[0] for row in await connection.exec_driver_sql(f"EXPLAIN {statement}", parameters))
     assert "Seq Scan on complaints" not in plan, plan
+
+
+async def test_an_appeal_left_undecided_against_a_lifted_restriction_is_not_shown_pending_on_a_new_one(
+    client: Client, world: World
+) -> None:
+    """Restricted and appealed, then lifted with the appeal left undecided, then restricted
+    again: the list showed the new restriction's appeal "pending", though nobody appealed it
+    and its days to appeal ran out unnoticed."""
+    office = await world.office()
+    reg = await regulator(client, world)
+    first = await restrict(client, reg, office, cap=50)
+    assert (await appeal(client, await staff_of(client, world, office), office, first)).status_code == 201
+    lifted = await client.post(f"/api/v1/regulator/offices/{office}/lift", json={"reason": "رفع شد"}, headers=reg)
+    assert lifted.status_code == 200, lifted.text
+    await restrict(client, reg, office, cap=30)
+    [row] = [o for o in (await client.get("/api/v1/guild/offices", headers=reg)).json() if o["code"] == office]
+    assert row["status"] == "restricted" and row["appeal"] is None, row
