@@ -14,7 +14,7 @@ from app.enforcement.schemas import (
     NoticeOut,
     WatchedOffice,
 )
-from app.enforcement.service import watched_csv
+from app.enforcement.service import watched_csv, watched_xlsx
 from app.locale import MAX_ID, parse_int
 from app.staff.routes import Staff
 from app.web import Deps, Session
@@ -113,6 +113,22 @@ class GuildController(Controller):
             watched_csv(offices),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": 'attachment; filename="restricted-offices.csv"'},
+        )
+
+    @get("/offices.xlsx", summary="The same, as a spreadsheet (codes as text, right to left)")
+    async def offices_xlsx(
+        self,
+        staff: Staff,
+        session: Session,
+        container: Deps,
+        province: FromQuery[str | None] = None,
+        status: FromQuery[str | None] = None,
+    ) -> Response[bytes]:
+        offices = await container.enforcement.watched(session=session, staff=staff, province=province, status=status)
+        return Response(
+            watched_xlsx(offices),
+            media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            headers={"Content-Disposition": 'attachment; filename="restricted-offices.xlsx"'},
         )
 
     @get("/offices/{code:str}/history", summary="An office's restrictions and blocks")

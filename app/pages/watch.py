@@ -104,6 +104,7 @@ class WatchPages(Controller):
             province_options=_province_options(),
             status_options=[("restricted", OFFICE_STATUS_FA["restricted"]), ("blocked", OFFICE_STATUS_FA["blocked"])],
             csv_url="/api/v1/guild/offices.csv" + (f"?{query}" if query else ""),
+            xlsx_url="/api/v1/guild/offices.xlsx" + (f"?{query}" if query else ""),
             category_fa={c.value: label for c, label in CATEGORY_FA.items()},
             errors=errors,
             form={"province": province or "", "status": status or ""},

@@ -440,6 +440,7 @@ async def test_every_endpoint_refuses_the_wrong_role(client: Client, world: Worl
     guild_or_regulator = [
         ("GET", "/api/v1/guild/offices", None),
         ("GET", "/api/v1/guild/offices.csv", None),
+        ("GET", "/api/v1/guild/offices.xlsx", None),
         ("POST", f"/api/v1/guild/offices/{office}/lift", {"reason": "x"}),
         ("GET", "/api/v1/regulator/appeals", None),
     ]
@@ -569,6 +570,36 @@ async def test_a_reason_typed_as_a_formula_is_text_in_the_guilds_spreadsheet(cli
     exported = await client.get("/api/v1/guild/offices.csv", headers=await guild(client, world))
     [row] = [line for line in exported.text.splitlines() if line.startswith(office)]
     assert "'=HYPERLINK" in row and ",=HYPERLINK" not in row and ',"=HYPERLINK' not in row
+
+
+async def test_the_guilds_spreadsheet_keeps_the_codes_as_text_and_reads_right_to_left(
+    client: Client, world: World
+) -> None:
+    """Opened in Excel, the CSV's office "010001" read as 10001 and its province "01" as 1:
+    the guild could not find the office by its code. The spreadsheet keeps them as text,
+    reads right to left, and takes no typed reason for a formula."""
+    import io
+
+    from openpyxl import load_workbook
+
+    office = await world.office()
+    reg = await regulator(client, world)
+    typed = '=HYPERLINK("http://example.invalid","ازدحام")'
+    restricted = await client.post(f"/api/v1/regulator/offices/{office}/restrict", json={"reason": typed}, headers=reg)
+    assert restricted.status_code == 201, restricted.text
+    exported = await client.get("/api/v1/guild/offices.xlsx?province=01", headers=await guild(client, world))
+    assert exported.status_code == 200 and "spreadsheetml" in exported.headers["content-type"]
+    sheet = load_workbook(io.BytesIO(exported.content))["offices"]
+    header, *rows = [list(row) for row in sheet.iter_rows()]
+    column = {cell.value: n for n, cell in enumerate(header)}
+    [row] = [r for r in rows if r[column["code"]].value == office]
+    assert office.startswith("0") and row[column["code"]].data_type == "s"
+    assert row[column["province_code"]].value == "01" and row[column["name_fa"]].value == f"دفتر {office}"
+    assert row[column["reason"]].value == typed and row[column["reason"]].data_type == "s"
+    assert isinstance(row[column["cap_percent"]].value, int)  # a number, summed as one
+    assert sheet.sheet_view.rightToLeft
+    page = await client.get("/watch", headers={"Accept": "text/html"})
+    assert 'href="/api/v1/guild/offices.xlsx"' in page.text
 
 
 async def test_a_mobile_files_only_so_many_complaints(
