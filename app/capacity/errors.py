@@ -103,9 +103,14 @@ class BookingSuspended(DomainError):
     def __init__(self, until: dt.date) -> None:
         from app.locale import jalali_date
 
+        # ``until`` is the first day it may book again: "cannot book until the 8th" read as
+        # the 8th included, and citizens waited a day more than they had to.
         super().__init__(
-            f"After repeated no-shows this national ID cannot book until {until.isoformat()}.",
-            detail_fa=f"به دلیل غیبت‌های مکرر، نوبت‌گیری با این کد ملی تا {jalali_date(until)} ممکن نیست.",
+            f"After repeated no-shows this national ID can book again from {until.isoformat()}.",
+            detail_fa=(
+                f"به دلیل غیبت‌های مکرر، نوبت‌گیری با این کد ملی فعلاً ممکن نیست؛ "
+                f"از {jalali_date(until)} دوباره می‌توانید نوبت بگیرید."
+            ),
             until=until.isoformat(),
         )
 

@@ -18,6 +18,7 @@ from app.capacity import keys
 from app.capacity.models import CapacityOverride, CapacityTemplate
 from app.capacity.plan import DayRule, WeeklyTemplate, decode_template, encode_template
 from app.clock import Clock
+from app.locale import jalali_date
 from app.offices.models import Office
 from app.sms.backends import OUTBOX
 from app.staff.models import AuditEntry, StaffRole
@@ -633,7 +634,10 @@ async def test_three_no_shows_suspend_booking(
     problem = refused.json()
     assert problem["code"] == "booking_suspended"
     assert problem["until"] == (today + dt.timedelta(days=7)).isoformat()
-    assert "۱۴۰" in problem["message_fa"]
+    # The first day it may book again, said as that: "until the 8th" read as the 8th included.
+    again_on = jalali_date(today + dt.timedelta(days=7))
+    assert f"از {again_on} دوباره می‌توانید نوبت بگیرید" in problem["message_fa"], problem["message_fa"]
+    assert f"can book again from {problem['until']}" in problem["message_en"]
     other = await client.post(
         "/api/v1/bookings",
         json=booking_body(office, world.national_id(), today + dt.timedelta(days=2)),
