@@ -374,11 +374,12 @@ class SmsChannel:
         if await self.bookings.by_idempotency_key(session, mobile, key) is not None:
             return None  # booked by this message before: its confirmation went out then
         # No date: the first day, from today on, with a free slot.
-        today = self.clock.today()
+        now = self.clock.now()
+        today, begun = now.date(), now.strftime("%H:%M")
         if command.day is None:
             # Held here already (the same message sent again, its confirmation slow): that
             # booking is the answer. The search had booked an earlier day freed since as well.
-            held = await self._held_here(session, national_id, command, since=today)
+            held = await self._held_here(session, national_id, command, now=now)
             if held is not None:
                 return _held_answer(held, mobile)
         days = [command.day] if command.day else [today + dt.timedelta(days=i) for i in range(self.horizon_days)]
@@ -408,6 +409,11 @@ class SmsChannel:
                 # yet) the search ends on that day, not on a second one.
                 if isinstance(error, AlreadyBookedThatDay):
                     that_day = await self._held_on(session, national_id, command, day)
+                    # Today's booking whose time has passed (missed, or served) is no answer
+                    # to "book me": the search goes on to the next day.
+                    passed = [b for b, _ in that_day if b.status in SEAT_STATUSES and b.slot_time <= begun]
+                    if day == today and that_day and len(passed) == len(that_day):
+                        continue
                     if all(code == command.office_code for _, code in that_day):
                         return await self._held_that_day(session, day, mobile, next((b for b, _ in that_day), None))
         # Every day of the horizon full or closed: the last day's refusal ("full that day",
@@ -419,13 +425,19 @@ class SmsChannel:
         )
 
     async def _held_here(
-        self, session: AsyncSession, national_id: str, command: parser.Book, *, since: dt.date
+        self, session: AsyncSession, national_id: str, command: parser.Book, *, now: dt.datetime
     ) -> Booking | None:
         """The citizen's first booked seat (not a place in line) for the command's service at
-        its office, from ``since`` on."""
+        its office whose time is still to come (today's, missed at 09:00, answered "you have
+        a booking at 09:00" at 15:00, and tomorrow never tried)."""
+        today, begun = now.date(), now.strftime("%H:%M")
         booking: Booking | None = await session.scalar(
             _holdings(national_id, command)
-            .where(Office.code == command.office_code, Booking.date >= since, Booking.status.in_(SEAT_STATUSES))
+            .where(
+                Office.code == command.office_code,
+                (Booking.date > today) | ((Booking.date == today) & (Booking.slot_time > begun)),
+                Booking.status.in_(SEAT_STATUSES),
+            )
             .order_by(Booking.date)
             .limit(1)
         )

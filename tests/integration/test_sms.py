@@ -1499,6 +1499,32 @@ async def test_a_booking_message_with_no_day_for_a_service_held_here_answers_wit
     assert "ساعت" not in to_other  # nor when its holder will be there
 
 
+async def test_a_booking_message_with_no_day_after_todays_booking_passed_books_the_next_day(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Booked here at 09:00 today and missed it, the citizen texts «نوبت» at 15:00: they were
+    told "you have a booking here today at 9:00, no other was made", and tomorrow was never
+    tried. A booking whose time has passed is no answer to "book me"."""
+    office, national_id, mobile = await world.office(), world.national_id(), "09121234567"
+    missed = await client.post(
+        "/api/v1/bookings", json=booking_body(office, national_id, morning.date(), "09:00"), headers=world.token(mobile)
+    )
+    assert missed.status_code == 201, missed.text
+    at_three = morning.replace(hour=15)
+    monkeypatch.setattr(Clock, "now", lambda self: at_three)
+    answered = await text(client, f"نوبت {office} 101 {national_id}", sid="SMpassed")
+    assert answered.status_code == 200, answered.text
+    async with world.container.sessions() as session:
+        days = list(
+            await session.scalars(
+                select(Booking.date).where(Booking.national_id == national_id, Booking.status.in_(ACTIVE_STATUSES))
+            )
+        )
+        replies = list(await session.scalars(select(SmsMessage.body).where(SmsMessage.kind == "sms_reply")))
+    assert len(days) == 2 and min(days) == morning.date() and max(days) > morning.date(), days  # the next open day
+    assert not any(missed.json()["tracking_code"] in reply for reply in replies), replies
+
+
 async def test_a_booking_message_with_no_day_for_a_line_the_citizen_is_in_says_so(
     client: Client, world: World, morning: dt.datetime
 ) -> None:
