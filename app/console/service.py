@@ -932,8 +932,8 @@ class Console:
 
     async def _forgive_no_show(self, session: AsyncSession, booking: Booking) -> None:
         """A no-show taken back: the booking counts against the citizen's limits again (the
-        mark had let go of its hold), and a suspension made today goes, unless the no-shows
-        left still call for one (made again as ``no_show`` makes them)."""
+        mark had let go of its hold), and a suspension made since it could be marked goes,
+        unless the no-shows left still call for one (made again as ``no_show`` makes them)."""
         national_id, code, day, service_code = (
             booking.national_id,
             booking.tracking_code,
@@ -941,12 +941,16 @@ class Console:
             booking.service_code,
         )
         today = self.clock.today()
+        # The earliest this mark could have been made: a suspension made before it (the
+        # night's close, for yesterday's no-shows) is not this mark's to take back.
+        slot_start = dt.datetime.combine(day, dt.time.fromisoformat(booking.slot_time), tzinfo=self.clock.tz)
+        marked_from = slot_start + dt.timedelta(minutes=self.no_shows.grace_minutes)
         try:
             await self.capacity.hold_again(
                 national_id=national_id, tracking_code=code, day=day, service_code=service_code
             )
             made = await session.scalars(select(Suspension).where(Suspension.national_id == national_id))
-            today_s = [s for s in made if self.clock.aware(s.created_at).astimezone(self.clock.tz).date() == today]
+            today_s = [s for s in made if self.clock.aware(s.created_at) >= marked_from]
             if not today_s:
                 return
             for suspension in today_s:

@@ -835,6 +835,36 @@ async def test_a_no_shows_suspension_is_told_to_redis_before_its_commit_lets_the
         assert await session.scalar(select(func.count()).select_from(Suspension)) == 1
 
 
+async def test_a_no_show_taken_back_leaves_the_suspension_the_night_made(
+    client: Client, world: World, redis_sync: SyncRedis, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The night's close suspended the citizen at 00:05 for yesterday's no-shows; today's
+    mark, taken back by a check-in, took that suspension with it: every suspension made
+    today went, not only those the mark could have made."""
+    from tests.conftest import holds
+
+    office = await world.office()
+    headers = await staff_of(client, world, office)
+    national_id, base, today = world.national_id(), f"/api/v1/staff/offices/{office}/queue", morning.date()
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, national_id, today, "12:00"), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    code = booked.json()["tracking_code"]
+    night = morning.replace(hour=0, minute=5)
+    until = today + dt.timedelta(days=7)
+    async with world.container.sessions() as session:
+        session.add(Suspension(national_id=national_id, until=until, reason="the night's", created_at=night))
+        await session.commit()
+    await world.container.capacity.suspend(national_id=national_id, until=until, today=today)
+    move_clock(monkeypatch, morning.replace(hour=13, minute=30))
+    assert (await client.post(f"{base}/{code}/no-show", headers=headers)).status_code == 200
+    assert (await client.post(f"{base}/{code}/check-in", headers=headers)).status_code == 200
+    async with world.container.sessions() as session:
+        assert list(await session.scalars(select(Suspension.reason))) == ["the night's"]
+    assert b"_suspended" in holds(redis_sync, national_id)
+
+
 async def test_special_hours_from_the_page_keep_a_services_own_counter(
     client: Client, world: World, redis_sync: SyncRedis
 ) -> None:
