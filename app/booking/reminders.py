@@ -29,6 +29,9 @@ from app.sms.service import Messenger
 
 PAGE = 500
 HOUR_LATE_MINUTES = 15
+EVENING_REMINDER = "reminder_evening"
+HOUR_REMINDER = "reminder_hour"
+"""Their messages' kinds: not sent once untrue (app.sms.tasks._life_ends)."""
 
 
 def _starts_between(after: dt.datetime, until: dt.datetime) -> ColumnElement[bool]:
@@ -135,7 +138,7 @@ async def _remind(
                     to=booking.mobile,
                     body=f"یادآوری نوبت: {lead}، {when}، {office_name}. کد رهگیری {booking.tracking_code}. "
                     f"برای لغو: لغو {booking.tracking_code}",
-                    kind=f"reminder_{kind}",
+                    kind={"evening": EVENING_REMINDER, "hour": HOUR_REMINDER}[kind],
                 )
             sent += len(ours)
         await session.commit()

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import TEXTED_CODE_SECONDS
+from app.booking.reminders import EVENING_REMINDER, HOUR_LATE_MINUTES, HOUR_REMINDER
 from app.capacity import keys
 from app.container import Container, build_container
 from app.db import JOB_STATEMENT_SECONDS
@@ -278,15 +279,17 @@ async def _send(app: Container, backend: SmsBackend, message_id: str) -> str:
                     return "taken by another job"
                 await delivery.apply_kept(session, app.redis, earlier, app.clock.now())
                 return "sent before"
-        life = _code_life(app, message.kind)
-        if life is not None and app.clock.aware(message.created_at) < now - life:
+        ends = _life_ends(app, message.kind, app.clock.aware(message.created_at))
+        if ends is not None and now > ends:
             # Past its life it signs nobody in: sent (a lost job swept late, the last of its
-            # tries), it would only have the citizen type a dead code, and be paid for. (Asked
-            # after the in-flight and sent-before checks: a try on its way is left to finish.)
+            # tries), it would only have the citizen type a dead code, and be paid for. A
+            # reminder likewise: "tomorrow" read after midnight, "in an hour" after the slot
+            # began. (Asked after the in-flight and sent-before checks: a try on its way is
+            # left to finish.)
             expired = {"status": SmsStatus.FAILED, "error": "expired before it could be sent", **_erased(message.kind)}
             if not await _claim(session, message_id, seen, **expired):
                 return "taken by another job"
-            log.warning("sms %s: a sign-in code expired before it could be sent", message_id)
+            log.warning("sms %s: a %s expired before it could be sent", message_id, message.kind)
             return "expired"
         # Claimed only if no other job changed it since it was read (no row lock is held, and
         # SQLite takes none), and committed before Twilio is handed it. Its time is read now,
@@ -369,10 +372,20 @@ its replicas and backups, where anyone who could read them could sign in as the 
 (Redis keeps only a keyed digest of it)."""
 
 
-def _code_life(app: Container, kind: str) -> dt.timedelta | None:
-    """How long a sign-in code of this kind signs in (``AuthService``); None: not a code."""
+def _life_ends(app: Container, kind: str, created: dt.datetime) -> dt.datetime | None:
+    """When a message of this kind made at ``created`` stops being true, and is not sent
+    after: a sign-in code once it signs in no more (``AuthService``); the evening's reminder
+    ("tomorrow at ...") at midnight; the hour's ("in an hour") as the slot begins
+    (``app.booking.reminders``). None: any time."""
     seconds = {SIGN_IN_CODE: app.settings.otp_ttl_seconds, TEXTED_SIGN_IN_CODE: TEXTED_CODE_SECONDS}.get(kind)
-    return None if seconds is None else dt.timedelta(seconds=seconds)
+    if seconds is not None:
+        return created + dt.timedelta(seconds=seconds)
+    if kind == EVENING_REMINDER:
+        local = created.astimezone(app.clock.tz)
+        return dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tzinfo=app.clock.tz)
+    if kind == HOUR_REMINDER:  # made 45 to 60 minutes before the slot
+        return created + dt.timedelta(minutes=60 - HOUR_LATE_MINUTES)
+    return None
 
 
 def _erased(kind: str) -> dict[str, str]:

@@ -140,6 +140,35 @@ async def outbox_message(world: World, body: str, kind: str = "test", **fields: 
     return made
 
 
+async def test_a_reminder_is_not_sent_once_it_is_untrue(
+    world: World, standin: TwilioStandIn, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind the evening's backlog, or a try late in its backoff, the evening's reminder
+    ("tomorrow at 9") went out after midnight, when tomorrow was today, and the hour's ("in
+    an hour") after the slot began. Past that, it is not sent."""
+    from app.booking.reminders import EVENING_REMINDER, HOUR_REMINDER
+    from app.sms.tasks import sweep
+
+    tz = world.container.clock.tz
+    now = dt.datetime.combine(world.container.clock.today(), dt.time(21, 0), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: now)
+    ages = {
+        "evening last night": (EVENING_REMINDER, now - dt.timedelta(hours=21, minutes=10)),  # 23:50 yesterday
+        "evening tonight": (EVENING_REMINDER, now - dt.timedelta(minutes=30)),
+        "hour past its slot": (HOUR_REMINDER, now - dt.timedelta(minutes=50)),
+        "hour still ahead": (HOUR_REMINDER, now - dt.timedelta(minutes=10)),
+    }
+    for name, (kind, made) in ages.items():
+        await outbox_message(world, name, kind, id=name.replace(" ", "-"), created_at=made)
+    assert await asyncio.to_thread(sweep) == 4
+    await deliver()
+    assert sorted(m["body"] for m in standin.wait_for(2)) == ["evening tonight", "hour still ahead"]
+    async with world.container.sessions() as session:
+        for name in ("evening last night", "hour past its slot"):
+            row = await session.get(SmsMessage, name.replace(" ", "-"))
+            assert row is not None and row.status == SmsStatus.FAILED and "expired" in (row.error or ""), name
+
+
 async def test_a_late_sent_callback_leaves_a_failed_message_failed(client: Client, world: World) -> None:
     """Twilio's callbacks may arrive out of order: "undelivered" is final, a "sent" after it
     is old news."""
