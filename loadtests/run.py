@@ -200,6 +200,8 @@ class Run:
         self.args = args
         self.workdir = Path(tempfile.mkdtemp(prefix="nobat-load-"))
         self.tz = morning_timezone() if args.tz == "auto" else args.tz
+        # The run's first day in the service's zone: the check starts there, past midnight too.
+        self.first_day = dt.datetime.now(ZoneInfo(self.tz)).date()
         self.secret = secrets.token_urlsafe(32)
         self.twilio_token = secrets.token_hex(16)
         self.rng = random.Random(args.seed)
@@ -772,7 +774,7 @@ class Run:
                 horizon_days=limits.horizon_days,
                 max_active=limits.max_active_bookings,
                 per_mobile=limits.bookings_per_mobile,
-                first_day=dt.date.fromisoformat(self.results["locust"]["today"]),  # a run past midnight too
+                first_day=self.first_day,
             )
             self.results["check"] = result.as_dict()
             after = memory.by_kind(redis)
