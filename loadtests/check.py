@@ -31,9 +31,10 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from redis import Redis
+from redis.cluster import RedisCluster
 from sqlalchemy import func, select
 
 from app.booking.models import ACTIVE_STATUSES, SEAT_STATUSES, Booking, BookingStatus, Channel
@@ -41,6 +42,7 @@ from app.capacity import keys
 from app.clock import Clock
 from app.db import create_engine, session_factory
 from app.offices.models import Office
+from app.redis import CLUSTER_SCHEME
 from app.settings import Settings, load_settings, parse_limit
 
 SlotKey = tuple[str, str, str, str]  # (office code, day, pool, time)
@@ -141,6 +143,14 @@ async def _sql_counts(
         await engine.dispose()
 
 
+def _connect(url: str) -> Redis:
+    """The service's Redis: a cluster (``redis+cluster://``, as production's) read through
+    every master, SCAN and pipelines included; it had refused the scheme."""
+    if url.startswith(CLUSTER_SCHEME):
+        return cast(Redis, RedisCluster.from_url("redis://" + url.removeprefix(CLUSTER_SCHEME)))
+    return Redis.from_url(url)
+
+
 def _redis_days(redis: Redis, days: set[str]) -> dict[tuple[str, str], dict[str, str]]:
     """Every office-day hash of the horizon, read in pipelined batches."""
     found: list[str] = []
@@ -206,7 +216,7 @@ def check_once(
     # as an overbooking; the caller retries a failed check once the service is quiet.
     record = asyncio.run(_sql_counts(database_url, tz, today, last, max_active, per_mobile))
     sql, same_day, too_many, over_allowance = record.seated, record.same_day, record.too_many, record.over_allowance
-    redis = Redis.from_url(redis_url)
+    redis = _connect(redis_url)
     try:
         # The lines first, nearest the record's read of who waits: a promotion or a cancel
         # landing between the two reads reads as a place lost (the check is tried again).

@@ -315,3 +315,25 @@ async def test_each_master_that_refuses_writes_pauses_bookings(world: World, clu
             assert not container.capacity.ready
         finally:
             redis.config_set("maxmemory", 0)
+
+
+async def test_the_load_tests_check_reads_every_master_of_a_cluster(
+    served: Served, world: World, settings: Settings, cluster_sync: SyncCluster
+) -> None:
+    """`python -m loadtests.check` against production's Redis: it refused the cluster's URL,
+    and a single node's SCAN would have seen one master's office-days."""
+    from loadtests.check import check_service
+
+    offices = [await world.office(seats=10) for _ in range(3)]
+    day = world.tomorrow()
+    assert len({SyncCluster.keyslot(cluster_sync, keys.office_day(o, day)) for o in offices}) == 3
+    for office in offices:
+        made = await served.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+        )
+        assert made.status_code == 201, made.text
+    result = await asyncio.to_thread(check_service, settings)
+    assert result.ok and result.seats_booked_sql == 3 and result.seats_used_redis == 3, result.as_dict()
+    # And a seat counted there for nobody, on the third master, is seen.
+    cluster_sync.hincrby(keys.office_day(offices[2], day), keys.used_field("*", "10:00"), 1)
+    assert not (await asyncio.to_thread(check_service, settings)).ok
