@@ -76,6 +76,9 @@ class Booking(Base):
     # of the request that made it is answered with it where it is now, not refused as another
     # request. (No foreign key: it is history, and offices are not deleted.)
     moved_from_office_id: Mapped[int | None] = mapped_column()
+    # When a place in line was given its seat (app.booking.service._promote): given one just
+    # before its slot, the citizen may not get there, and their no-show does not count.
+    promoted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     office: Mapped[Office] = relationship(lazy="raise")
 

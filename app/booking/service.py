@@ -1178,7 +1178,11 @@ class BookingService:
                         await session.scalars(
                             update(Booking)
                             .where(Booking.id.in_(times), Booking.status == BookingStatus.WAITLISTED)
-                            .values(status=BookingStatus.BOOKED, slot_time=case(times, value=Booking.id))
+                            .values(
+                                status=BookingStatus.BOOKED,
+                                slot_time=case(times, value=Booking.id),
+                                promoted_at=self.clock.now(),
+                            )
                             .returning(Booking.id),
                             execution_options={"synchronize_session": False},
                         )

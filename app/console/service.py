@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.booking.models import SEAT_STATUSES, Booking, BookingStatus, Channel, Suspension
-from app.booking.relocation import Relocator, overflow_bookings
+from app.booking.relocation import MOVE_LEAD, Relocator, overflow_bookings
 from app.booking.schemas import BookingCreate, BookingOut
 from app.booking.service import BookingService
 from app.booking.tracking import normalize_tracking_code
@@ -1105,8 +1105,9 @@ class Console:
             # national ID, so a clerk could otherwise bar a stranger from booking for a week.
             # Nor one of a booking moved to another office (a block, a closure, a clerk's cut):
             # the citizen did not choose it, and may have had only the morning's SMS to learn of it.
+            # Nor one given from the line too near its slot to come (a seat freed a minute before).
             missed = await session.execute(
-                select(Booking.national_id, Booking.date).where(
+                select(Booking.national_id, Booking.date, Booking.slot_time, Booking.promoted_at).where(
                     Booking.national_id.in_(chunk),
                     Booking.status == BookingStatus.NO_SHOW,
                     Booking.channel != Channel.WALK_IN,
@@ -1115,7 +1116,10 @@ class Console:
                 )
             )
             counts = Counter(
-                national_id for national_id, day in missed if national_id not in last or day > last[national_id][1]
+                national_id
+                for national_id, day, slot_time, promoted_at in missed
+                if (national_id not in last or day > last[national_id][1])
+                and not self._promoted_too_late(day, slot_time, promoted_at)
             )
             suspensions = [
                 Suspension(
@@ -1130,6 +1134,14 @@ class Console:
             session.add_all(suspensions)
             made += len(suspensions)
         return made
+
+    def _promoted_too_late(self, day: dt.date, slot_time: str, promoted_at: dt.datetime | None) -> bool:
+        """Whether a place in line was given its seat with less than ``MOVE_LEAD`` to get
+        there: the lead a clerk's move gives a citizen."""
+        if promoted_at is None:
+            return False
+        starts = dt.datetime.combine(day, dt.time.fromisoformat(slot_time), tzinfo=self.clock.tz)
+        return self.clock.aware(promoted_at) > starts - MOVE_LEAD
 
     def _suspension_ends(self, today: dt.date) -> dt.date:
         """The end of a suspension made ``today``: the first day the citizen may book again."""

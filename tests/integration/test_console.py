@@ -656,6 +656,53 @@ async def test_three_no_shows_suspend_booking(
     assert again.status_code == 403 and again.json()["code"] == "booking_suspended"  # still, online
 
 
+async def test_a_no_show_of_a_seat_given_from_the_line_just_before_its_slot_counts_for_nothing(
+    client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seat freed at 10:59 went to the head of the line, for 11:00: the citizen could not
+    get there, and the no-show was their third in a month, a week's suspension. Given a seat
+    with less than the lead a clerk's move gives (30 minutes), it counts for nothing; given
+    in good time, it counts."""
+    from tests.integration.test_close_day import past_bookings
+
+    office = await world.office(seats=1, rules=[DayRule(opens="10:00", closes="12:00", slot_minutes=30, seats=1)])
+    await world.rebuild()
+    headers = await staff_of(client, world, office)
+    today, base = morning.date(), f"/api/v1/staff/offices/{office}/queue"
+    late, early = world.national_id(), world.national_id()
+    await past_bookings(world, *((nid, days, BookingStatus.NO_SHOW) for nid in (late, early) for days in (9, 4)))
+    owners = {}
+    for slot in ("10:00", "10:30", "11:00", "11:30"):
+        owner = world.token()
+        made = await client.post(
+            "/api/v1/bookings", json=booking_body(office, world.national_id(), today, slot), headers=owner
+        )
+        assert made.status_code == 201, made.text
+        owners[slot] = (made.json()["tracking_code"], owner)
+    for national_id in (early, late):
+        joined = await client.post(
+            "/api/v1/waitlist", json=booking_body(office, national_id, today, None), headers=world.token()
+        )
+        assert joined.status_code == 201, joined.text
+
+    async def freed_at(slot: str, at: dt.datetime) -> None:
+        move_clock(monkeypatch, at)
+        code, owner = owners[slot]
+        assert (await client.post(f"/api/v1/bookings/{code}/cancel", headers=owner)).status_code == 200
+
+    await freed_at("11:30", morning.replace(hour=10, minute=20))  # to the first in line, early: 70 minutes
+    await freed_at("11:00", morning.replace(hour=10, minute=59, second=10))  # to the next, late: 50 seconds
+    async with world.container.sessions() as session:
+        rows = await session.execute(select(Booking.national_id, Booking.tracking_code).where(Booking.date == today))
+        given = {national_id: code for national_id, code in rows}
+    move_clock(monkeypatch, morning.replace(hour=11, minute=50))
+    for national_id in (late, early):
+        marked = await client.post(f"{base}/{given[national_id]}/no-show", headers=headers)
+        assert marked.status_code == 200, marked.text
+    async with world.container.sessions() as session:
+        assert list(await session.scalars(select(Suspension.national_id))) == [early]
+
+
 async def test_walk_ins_marked_no_shows_suspend_nobody(
     client: Client, world: World, morning: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
