@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ def build_container(
         clock=clock,
         horizon_days=settings.horizon_days,
         replies_per_mobile=settings.sms_replies_per_mobile,
+        no_show_grace=dt.timedelta(minutes=settings.no_show_grace_minutes),
     )
     sms_channel.complaints = complaints.sms_complaint
     return Container(

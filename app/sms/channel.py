@@ -78,6 +78,7 @@ class SmsChannel:
         clock: Clock,
         horizon_days: int,
         replies_per_mobile: str,
+        no_show_grace: dt.timedelta = dt.timedelta(minutes=15),
     ) -> None:
         self.bookings = bookings
         self.load = load
@@ -86,6 +87,7 @@ class SmsChannel:
         self.clock = clock
         self.horizon_days = horizon_days
         self.replies_per_mobile = replies_per_mobile
+        self.no_show_grace = no_show_grace  # a booking is missed once its slot and this have passed
         self.complaints: ComplaintHandler | None = None
 
     async def receive(
@@ -375,7 +377,7 @@ class SmsChannel:
             return None  # booked by this message before: its confirmation went out then
         # No date: the first day, from today on, with a free slot.
         now = self.clock.now()
-        today, begun = now.date(), now.strftime("%H:%M")
+        today, missed_to = now.date(), self._missed_to(now)
         if command.day is None:
             # Held here already (the same message sent again, its confirmation slow): that
             # booking is the answer. The search had booked an earlier day freed since as well.
@@ -409,10 +411,10 @@ class SmsChannel:
                 # yet) the search ends on that day, not on a second one.
                 if isinstance(error, AlreadyBookedThatDay):
                     that_day = await self._held_on(session, national_id, command, day)
-                    # Today's booking whose time has passed (missed, or served) is no answer
-                    # to "book me": the search goes on to the next day.
-                    passed = [b for b, _ in that_day if b.status in SEAT_STATUSES and b.slot_time <= begun]
-                    if day == today and that_day and len(passed) == len(that_day):
+                    # Today's booking missed (its time and the grace gone, nobody checked in)
+                    # is no answer to "book me": the search goes on to the next day.
+                    missed = [b for b, _ in that_day if b.status is BookingStatus.BOOKED and b.slot_time <= missed_to]
+                    if day == today and that_day and len(missed) == len(that_day):
                         continue
                     if all(code == command.office_code for _, code in that_day):
                         return await self._held_that_day(session, day, mobile, next((b for b, _ in that_day), None))
@@ -428,20 +430,32 @@ class SmsChannel:
         self, session: AsyncSession, national_id: str, command: parser.Book, *, now: dt.datetime
     ) -> Booking | None:
         """The citizen's first booked seat (not a place in line) for the command's service at
-        its office whose time is still to come (today's, missed at 09:00, answered "you have
-        a booking at 09:00" at 15:00, and tomorrow never tried)."""
-        today, begun = now.date(), now.strftime("%H:%M")
+        its office, not missed (today's, missed at 09:00, answered "you have a booking at
+        09:00" at 15:00, and tomorrow never tried). A booking whose slot began within the
+        grace, or checked in, is not missed: the same text again at 10:32 for 10:30 is
+        answered with it, not booked a second time."""
+        today, missed_to = now.date(), self._missed_to(now)
         booking: Booking | None = await session.scalar(
             _holdings(national_id, command)
             .where(
                 Office.code == command.office_code,
-                (Booking.date > today) | ((Booking.date == today) & (Booking.slot_time > begun)),
+                (Booking.date > today)
+                | (
+                    (Booking.date == today)
+                    & ((Booking.slot_time > missed_to) | (Booking.status == BookingStatus.CHECKED_IN))
+                ),
                 Booking.status.in_(SEAT_STATUSES),
             )
             .order_by(Booking.date)
             .limit(1)
         )
         return booking
+
+    def _missed_to(self, now: dt.datetime) -> str:
+        """Today's slots up to this time ("HH:MM"; "": none) are missed if nobody checked in:
+        begun, and their grace gone, as a clerk may mark them absent."""
+        cutoff = now - self.no_show_grace
+        return cutoff.strftime("%H:%M") if cutoff.date() == now.date() else ""
 
     async def _held_on(
         self, session: AsyncSession, national_id: str, command: parser.Book, day: dt.date

@@ -29,6 +29,7 @@ from app.sms.models import CitizenPhone, InboundSms, SmsMessage, SmsStatus
 from app.sms.service import SEND_SMS
 from loadtests.twilio_standin import TwilioStandIn
 from tests.conftest import Deliver, World, booking_body, fails_once
+from tests.integration.test_console import staff_of
 
 Client = AsyncTestClient[Litestar]
 TOKEN = "twilio-test-auth-token"
@@ -1552,6 +1553,34 @@ async def test_a_booking_message_with_no_day_after_todays_booking_passed_books_t
         replies = list(await session.scalars(select(SmsMessage.body).where(SmsMessage.kind == "sms_reply")))
     assert len(days) == 2 and min(days) == morning.date() and max(days) > morning.date(), days  # the next open day
     assert not any(missed.json()["tracking_code"] in reply for reply in replies), replies
+
+    # Within the grace (the same text again at 09:35, its confirmation slow in the rush), or
+    # checked in: not missed, and the answer, not a second day.
+    for slot, at, check_in in (
+        ("09:30", morning.replace(hour=9, minute=35), False),
+        ("10:00", morning.replace(hour=15), True),
+    ):
+        national_id = world.national_id()
+        monkeypatch.setattr(Clock, "now", lambda self: morning)
+        held = await client.post(
+            "/api/v1/bookings", json=booking_body(office, national_id, morning.date(), slot),
+            headers=world.token(mobile),
+        )  # fmt: skip
+        assert held.status_code == 201, held.text
+        monkeypatch.setattr(Clock, "now", lambda self, at=at: at)
+        if check_in:
+            staff = await staff_of(client, world, office)
+            queue = f"/api/v1/staff/offices/{office}/queue/{held.json()['tracking_code']}/check-in"
+            assert (await client.post(queue, headers=staff)).status_code == 200
+        answered = await text(client, f"نوبت {office} 101 {national_id}", sid=f"SMgrace{int(check_in)}")
+        assert answered.status_code == 200, answered.text
+        async with world.container.sessions() as session:
+            active = await session.scalar(
+                select(func.count())
+                .select_from(Booking)
+                .where(Booking.national_id == national_id, Booking.status.in_(ACTIVE_STATUSES))
+            )
+        assert active == 1, (at, check_in)
 
 
 async def test_a_booking_message_with_no_day_for_a_line_the_citizen_is_in_says_so(
