@@ -20,6 +20,7 @@ from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 from rq.cron import CronJob, CronScheduler
 from rq.exceptions import StopRequested
+from rq.utils import now as rq_now
 
 from app.booking.tasks import close_day, end_spent_lines, fill_waitlists_left, send_reminders
 from app.capacity.tasks import NIGHT_LATE, recount
@@ -96,12 +97,19 @@ class Scheduler(CronScheduler):
         super()._request_stop(signum, frame)
 
     def enqueue_jobs(self) -> list[CronJob]:
-        # Standing by, nothing is enqueued and the jobs stay due: on taking over, each due is
-        # enqueued once. Moved on instead, a scheduler started again after its process died
-        # (its lead still held by the dead one, for up to LEADER_SECONDS) had skipped what fell
-        # due meanwhile: the night's recount at 03:30, lost sign-in codes' sweep. (The night's
-        # runs guard themselves against coming in the morning: app.capacity.tasks.)
-        return super().enqueue_jobs() if self.leads() else []
+        # Standing by, nothing is enqueued and the jobs due lately stay due: on taking over,
+        # each is enqueued once. Moved on instead, a scheduler started again after its process
+        # died (its lead still held by the dead one, for up to LEADER_SECONDS) had skipped what
+        # fell due meanwhile: the night's recount at 03:30, lost sign-in codes' sweep. Not those
+        # due long ago: a standby of days, taking over at 10:00, had run the night's close and
+        # purge in the rush.
+        if self.leads():
+            return super().enqueue_jobs()
+        at = rq_now()
+        for job in self._cron_jobs:
+            if job.should_run() and job.next_enqueue_time is not None and at - job.next_enqueue_time > NIGHT_LATE:
+                job.set_enqueue_time(at)
+        return []
 
     def calculate_sleep_interval(self) -> float:
         # Standing by, the jobs stay due, and RQ's loop would not sleep at all.

@@ -306,6 +306,10 @@ def test_one_scheduler_enqueues_and_another_stands_by_until_it_stops(tmp_path: P
     enqueues nothing, and takes over, with what fell due meanwhile, when the first stops or
     its lead runs out (a scheduler started again after its process died, the lead still the
     dead one's, had skipped the night's recount)."""
+    import datetime as dt
+
+    from rq.utils import now as rq_now
+
     from app.sms.tasks import sweep
     from workers import cron
 
@@ -324,9 +328,19 @@ def test_one_scheduler_enqueues_and_another_stands_by_until_it_stops(tmp_path: P
             # and it asks again in a while, not in a spin.
             assert job.should_run() and second.calculate_sleep_interval() == cron.STANDBY_SECONDS
 
+            # A night's job due long ago (a standby of days) is moved on, not run at 10:00 in
+            # the rush on taking over; one due lately (a minute's, the recount at 03:30 for a
+            # scheduler started again at 03:31) stays due.
+            second.register(sweep, queue_name="probe", cron="0 0 * * *")
+            second.register(sweep, queue_name="probe", cron="30 3 * * *")
+            nightly, lately = second.get_jobs()[1:]
+            nightly.next_enqueue_time = rq_now() - cron.NIGHT_LATE - dt.timedelta(minutes=1)
+            lately.next_enqueue_time = rq_now() - dt.timedelta(minutes=1)
+            assert second.enqueue_jobs() == [] and not nightly.should_run() and lately.should_run()
+
             first.register_death()  # stopped: handed over at its next ask
-            assert len(second.enqueue_jobs()) == 1 and second.leading and not first.leads()
-            assert redis.llen("rq:queue:probe") == 2 and not job.should_run()
+            assert len(second.enqueue_jobs()) == 2 and second.leading and not first.leads()
+            assert redis.llen("rq:queue:probe") == 3 and not job.should_run() and not lately.should_run()
             redis.pexpire(cron.LEADER_KEY, 1)  # the second dies without a word: its lead runs out
             time.sleep(0.05)
             assert first.leads() and not second.leads()
