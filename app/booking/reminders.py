@@ -108,6 +108,10 @@ async def _remind(
         page: Sequence[tuple[Booking, str]] = [(booking, name) for booking, name in rows]
         if not page:
             return sent
+        if kind == "evening" and messenger.clock.now().date() != now.date():
+            # Past midnight, "tomorrow" is today: what is left is the hour's reminder's.
+            await session.rollback()
+            return sent
         after_id = page[-1][0].id
         wanted = {b.id: (b, name) for b, name in page if keep(b)}
         if wanted:

@@ -375,15 +375,16 @@ its replicas and backups, where anyone who could read them could sign in as the 
 def _life_ends(app: Container, kind: str, created: dt.datetime) -> dt.datetime | None:
     """When a message of this kind made at ``created`` stops being true, and is not sent
     after: a sign-in code once it signs in no more (``AuthService``); the evening's reminder
-    ("tomorrow at ...") at midnight; the hour's ("in an hour") as the slot begins
-    (``app.booking.reminders``). None: any time."""
+    ("tomorrow at ...") at midnight; the hour's ("in an hour") 45 minutes after it was made,
+    by when its slot may have begun (``app.booking.reminders``; the message does not keep
+    the slot's time). None: any time."""
     seconds = {SIGN_IN_CODE: app.settings.otp_ttl_seconds, TEXTED_SIGN_IN_CODE: TEXTED_CODE_SECONDS}.get(kind)
     if seconds is not None:
         return created + dt.timedelta(seconds=seconds)
     if kind == EVENING_REMINDER:
         local = created.astimezone(app.clock.tz)
         return dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tzinfo=app.clock.tz)
-    if kind == HOUR_REMINDER:  # made 45 to 60 minutes before the slot
+    if kind == HOUR_REMINDER:  # made 45 to 60 minutes before the slot: gone by then, at the latest
         return created + dt.timedelta(minutes=60 - HOUR_LATE_MINUTES)
     return None
 

@@ -572,6 +572,29 @@ async def test_reminders_fire_once_each_and_skip_a_cancelled_booking(
     assert "فردا" in reminders[0]["body"] and "یک ساعت دیگر" in reminders[1]["body"]
 
 
+async def test_an_evening_run_that_reaches_midnight_queues_no_tomorrow(
+    client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run begun at 23:59:50 queued its last pages after midnight: their messages, made on
+    the booking's own day, lived until the next midnight and said "tomorrow"."""
+    from app.booking.reminders import send_due
+
+    office = await world.office()
+    day = world.container.clock.today() + dt.timedelta(days=3)
+    booked = await client.post(
+        "/api/v1/bookings", json=booking_body(office, world.national_id(), day), headers=world.token()
+    )
+    assert booked.status_code == 201, booked.text
+    tz = world.container.clock.tz
+    began = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(23, 59, 50), tzinfo=tz)
+    monkeypatch.setattr(Clock, "now", lambda self: began + dt.timedelta(seconds=20))  # past midnight
+    async with world.container.sessions() as session:
+        sent = await send_due(session=session, messenger=world.container.messenger, now=began, evening_hour=20)
+    assert sent == 0
+    async with world.container.sessions() as session:
+        assert await session.scalar(select(Booking.reminded_evening_at).where(Booking.date == day)) is None
+
+
 async def test_a_booking_moved_while_the_evening_run_reads_it_is_reminded_of_its_new_time(
     client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
