@@ -37,6 +37,7 @@ import re
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -53,6 +54,7 @@ FIXTURE: dict[str, Any] = json.loads(open(os.environ["NOBAT_LOADTEST_FIXTURE"]).
 OUTBOX = "nobat:sms:outbox"
 OTP_CODE = re.compile(r"\(([0-9]{6})\)")  # "... کد ورود شما ۱۲۳۴۵۶ (123456) است"
 TRACKING = re.compile(r"کد رهگیری: ([0-9A-Z]{10})")
+CODE_LIKE = re.compile(r"\b[0-9A-Z]{10}\b")  # a tracking code, however a message writes it
 ANY_TEXT = re.compile(r".")
 # How long a phone waits for its code before giving up: the SMS queue is part of what is measured.
 SMS_WAIT_SECONDS = float(FIXTURE.get("sms_wait_seconds", 120))
@@ -106,11 +108,19 @@ def inbox(phone: str) -> list[tuple[str, str]]:
     return found
 
 
-def wait_for_sms(phone: str, pattern: re.Pattern[str], *, seen: set[str], deadline: float) -> re.Match[str] | None:
-    """The first new message to ``phone`` matching ``pattern``, polling until ``deadline``."""
+def wait_for_sms(
+    phone: str,
+    pattern: re.Pattern[str],
+    *,
+    seen: set[str],
+    deadline: float,
+    ignore: Callable[[str], bool] = lambda body: False,
+) -> re.Match[str] | None:
+    """The first new message to ``phone`` matching ``pattern`` (and not ``ignore``d),
+    polling until ``deadline``."""
     while time.time() < deadline:
         for message_id, body in inbox(phone):
-            if message_id not in seen and (match := pattern.search(body)):
+            if message_id not in seen and not ignore(body) and (match := pattern.search(body)):
                 return match
         gevent.sleep(0.25)
     return None
@@ -456,6 +466,7 @@ class SmsCitizen(FastHttpUser):
         self.texted = 0
         self.validator = RequestValidator(FIXTURE["twilio_token"])
         self.codes: list[str] = []
+        self.known: set[str] = set()  # every tracking code this user was given
 
     def text(self, body: str, name: str) -> None:
         params = {
@@ -477,16 +488,19 @@ class SmsCitizen(FastHttpUser):
             else:
                 response.failure(f"{status} {problem_code(response)}".strip())
 
-    def ask(self, body: str, name: str) -> re.Match[str] | None:
+    def ask(self, body: str, name: str, ignore: Callable[[str], bool] = lambda body: False) -> re.Match[str] | None:
         """Text ``body`` and wait for its answer, as the phone's owner would before the next
         text: an answer left unread (a status, a cancel) was taken for the next booking's, and
         that booking's confirmation, never read, escaped the lost-booking check."""
         seen = {message_id for message_id, _ in inbox(self.phone)}
         sent = time.time()
         self.text(body, name)
-        reply = wait_for_sms(self.phone, ANY_TEXT, seen=seen, deadline=sent + SMS_WAIT_SECONDS)
+        reply = wait_for_sms(self.phone, ANY_TEXT, seen=seen, deadline=sent + SMS_WAIT_SECONDS, ignore=ignore)
         report_sms(f"reply to a text ({name})", sent, None if reply is not None else TimeoutError("no reply"))
         return reply
+
+    def about_known(self, body: str) -> bool:
+        return any(code in self.known for code in CODE_LIKE.findall(body))
 
     def persian(self, text: str) -> str:
         # Half the phones type Persian digits.
@@ -501,9 +515,13 @@ class SmsCitizen(FastHttpUser):
         reply = self.ask(
             self.persian(f"{keyword} {office[0]} {self.rng.choice(office[4])} {day.isoformat()} {self.national_id}"),
             "book",
+            # Not a message about a booking this user knows already (a clerk's move of it, a
+            # late answer): the answer to a booking text names a new one, or none.
+            ignore=self.about_known,
         )
         if reply is not None and (code := TRACKING.search(reply.string)):
             self.codes.append(code[1])
+            self.known.add(code[1])
             confirmed(code[1])
         # The next booking is another person's (one national ID may hold 3 at most), and
         # after a family's, from another phone (one phone may make only so many).

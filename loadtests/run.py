@@ -751,7 +751,7 @@ class Run:
                 except Exception as error:  # the check below still runs: Locust's phase is checked
                     self.results["error"] = f"{type(error).__name__}: {error}"
                     self.note(f"the service's wrk phases failed ({self.results['error']}): no references")
-                    exit_code = 2
+                    exit_code = exit_code or 2  # a LOST found before stays the run's answer
                 else:
                     bookings = self.results["wrk_bookings"]
                     if bookings["recorded"] < bookings["answered_201"]:
