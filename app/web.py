@@ -8,6 +8,7 @@ import logging
 import socket
 from collections.abc import Callable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -147,7 +148,8 @@ def session_cookie(
         httponly=True,
         samesite=samesite,
         # Secure whenever we are served over HTTPS; the plain-HTTP demo would never get it back.
-        secure=container.settings.public_url.startswith("https://"),
+        # The scheme as the settings' check reads it: "HTTPS://" passed it, and sent no cookie Secure.
+        secure=urlsplit(container.settings.public_url).scheme == "https",
     )
 
 
