@@ -228,15 +228,19 @@ class CitizenAuth:
         return state is not None
 
     async def _send_code(self, session: AsyncSession, mobile: str) -> None:
-        try:
-            # Every address's together, first: refused here, the number's own allowance is kept.
-            await self.limiter.hit("otp-web", "all", self.settings.otp_web_total)
-        except RateLimited as error:
-            raise WebCodesBusy(error.retry_after, sms_number=self.sms_number) from None
+        # Every address's together, first: refused here, the number's own allowance is kept.
+        # Taken, not hit: a refusal takes nothing of it, and the number's own refusal gives
+        # it back. Hit, the requests for a number used up (sending nothing) spent the whole
+        # country's budget in seconds, from a few hundred addresses, and nobody could sign in.
+        wait = await self.limiter.take("otp-web", "all", self.settings.otp_web_total)
+        if wait:
+            raise WebCodesBusy(wait, sms_number=self.sms_number)
         try:
             await self.limiter.hit("otp-mobile", mobile, self.settings.otp_per_mobile)
             await self.limiter.hit("otp-mobile-day", mobile, self.settings.otp_per_mobile_day)
         except RateLimited as error:
+            with contextlib.suppress(RedisError):  # kept taken: the safe side
+                await self.limiter.give_back("otp-web", "all")
             # Perhaps used up by someone else: the phone's holder is told to text for one.
             raise CodesUsedUp(error.retry_after, sms_number=self.sms_number) from None
         code = f"{secrets.randbelow(10**6):06d}"

@@ -356,6 +356,29 @@ async def test_codes_from_every_address_together_are_bounded_and_told_to_text(
     assert redis_sync.keys("*otp-mobile*09120007002*") and not redis_sync.keys("*otp-mobile*09120007003*")
 
 
+async def test_requests_for_a_number_used_up_do_not_spend_every_addresss_codes(settings: Settings) -> None:
+    """Counted whether sent or not, the requests for one number whose own allowance was used
+    up (sending nothing), from a few hundred addresses, spent the whole country's web codes
+    in seconds: every citizen was told to text «ورود», and no SMS went out to show it."""
+    from app.main import create_app
+
+    app = create_app(settings.with_(otp_web_total="3/60", otp_per_mobile="1/600", trust_forwarded_for=True))
+    async with AsyncTestClient(app) as client:
+
+        async def ask(mobile: str, n: int) -> Any:
+            return await client.post(
+                "/api/v1/auth/otp", json={"mobile": mobile}, headers={"X-Forwarded-For": f"198.51.100.{n}"}
+            )
+
+        assert (await ask("09120007100", 1)).status_code == 202
+        for n in range(2, 8):  # the same number again, from other addresses: its own allowance refuses
+            refused = await ask("09120007100", n)
+            assert refused.status_code == 429 and "«ورود»" in refused.json()["message_fa"], refused.text
+        assert [(await ask(f"0912000710{n}", 10 + n)).status_code for n in (1, 2)] == [202, 202]
+        busy = await ask("09120007103", 20)  # the bound itself still holds
+        assert busy.status_code == 429 and busy.json()["code"] == "rate_limited", busy.text
+
+
 async def test_only_wrong_guesses_at_live_codes_use_up_an_addresss_verifications(settings: Settings) -> None:
     """One client behind an office's Wi-Fi or a carrier's NAT posted codes for numbers with no
     code (which can find nothing), and used up the address's verifications: every citizen
