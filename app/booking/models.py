@@ -114,3 +114,6 @@ class Suspension(Base):
     until: Mapped[dt.date] = mapped_column(Date)
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The last day whose no-shows it counted: no-shows after it count towards the next. (The
+    # night's close counts up to yesterday; a clerk's mark, today.) None: made before it was kept.
+    counted_to: Mapped[dt.date | None] = mapped_column(Date)

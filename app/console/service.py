@@ -1091,12 +1091,19 @@ class Console:
             chunk = wanted[start : start + SUSPENSION_CHUNK]
             # The no-shows an earlier suspension was made for do not count again: counted, one
             # more no-show after it ended (three in 30 days still) suspended the citizen again.
-            # Only those after the day the last one was made count (by when it was made, not
-            # by its end less today's setting, which a change of the setting would move).
+            # Only those after the last day the last one counted count (``counted_to``; one made
+            # before it was kept: the day it was made): not by its end less today's setting,
+            # which a change of the setting would move. The night's counts up to yesterday,
+            # and a no-show marked the day it was made counted later, as it had not.
             last = {
-                national_id: (until, self.clock.aware(made).astimezone(self.clock.tz).date())
-                for national_id, until, made in await session.execute(
-                    select(Suspension.national_id, func.max(Suspension.until), func.max(Suspension.created_at))
+                national_id: (until, counted_to or self.clock.aware(made).astimezone(self.clock.tz).date())
+                for national_id, until, made, counted_to in await session.execute(
+                    select(
+                        Suspension.national_id,
+                        func.max(Suspension.until),
+                        func.max(Suspension.created_at),
+                        func.max(Suspension.counted_to),
+                    )
                     .where(Suspension.national_id.in_(chunk))
                     .group_by(Suspension.national_id)
                 )
@@ -1127,6 +1134,7 @@ class Console:
                     until=self._suspension_ends(today),
                     reason=f"{count} no-shows in {self.no_shows.window_days} days",
                     created_at=now,  # by the service's clock, as read above (SQLite's own is UTC)
+                    counted_to=last_day or today,
                 )
                 for national_id, count in sorted(counts.items())
                 if count >= self.no_shows.limit and (national_id not in last or last[national_id][0] <= today)

@@ -407,3 +407,32 @@ async def test_a_blocks_first_day_counts_from_its_hour_and_a_weeks_blocks_all_co
         "HOUR000002": BookingStatus.CANCELLED,  # its slot began as the block came
         "HOUR000003": BookingStatus.CANCELLED,
     }
+
+
+async def test_a_no_show_on_the_day_the_night_suspended_counts_towards_the_next(
+    world: World, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The night's close suspends for the no-shows up to yesterday; one marked that same day
+    (a booking made before the suspension) was never counted after, for only the no-shows
+    after the day a suspension was made counted. It counts towards the next now."""
+    await world.office()
+    national_id = world.national_id()
+    today = world.container.clock.today()
+    night = today - dt.timedelta(days=9)  # the night that suspended
+    ago = {(today - night).days + n: status for n, status in ((3, "no_show"), (2, "no_show"), (1, "booked"))}
+    await past_bookings(
+        world,
+        *((national_id, days, BookingStatus(status)) for days, status in ago.items()),
+        (national_id, (today - night).days, BookingStatus.NO_SHOW),  # marked that day
+        (national_id, 5, BookingStatus.NO_SHOW),
+        (national_id, 1, BookingStatus.BOOKED),
+    )
+    tz = world.container.clock.tz
+    for day in (night, today):
+        at = dt.datetime.combine(day, dt.time(0, 10), tzinfo=tz)
+        monkeypatch.setattr(Clock, "now", lambda self, at=at: at)
+        await asyncio.to_thread(close_day)
+    async with world.container.sessions() as session:
+        made = list(await session.scalars(select(Suspension.counted_to).order_by(Suspension.id)))
+    # The night's, then today's: that day's no-show, the one 5 days ago and yesterday's.
+    assert made == [night - dt.timedelta(days=1), today - dt.timedelta(days=1)], made
