@@ -612,6 +612,7 @@ async def test_a_booking_moved_while_the_evening_run_reads_it_is_reminded_of_its
     )
     assert made.status_code == 201, made.text
     evening = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(20, 5), tzinfo=world.container.clock.tz)
+    monkeypatch.setattr(Clock, "now", lambda self: evening)  # the run's clock, as the job's is
     real_scalars = AsyncSession.scalars
     moved: list[int] = []
 
