@@ -1122,19 +1122,23 @@ class Console:
                     Booking.date > since,
                 )
             )
-            counts = Counter(
-                national_id
-                for national_id, day, slot_time, promoted_at in missed
-                if (national_id not in last or day > last[national_id][1])
-                and not self._promoted_too_late(day, slot_time, promoted_at)
-            )
+            counted: dict[str, list[dt.date]] = defaultdict(list)  # each ID's no-shows that count
+            for national_id, day, slot_time, promoted_at in missed:
+                if (national_id not in last or day > last[national_id][1]) and not self._promoted_too_late(
+                    day, slot_time, promoted_at
+                ):
+                    counted[national_id].append(day)
+            counts = Counter({national_id: len(days) for national_id, days in counted.items()})
             suspensions = [
                 Suspension(
                     national_id=national_id,
                     until=self._suspension_ends(today),
                     reason=f"{count} no-shows in {self.no_shows.window_days} days",
                     created_at=now,  # by the service's clock, as read above (SQLite's own is UTC)
-                    counted_to=last_day or today,
+                    # The last day it counted: the night's counts up to yesterday (a no-show
+                    # marked today counts towards the next), a run by day today's too (counted
+                    # once, not again in the next).
+                    counted_to=max(counted[national_id]),
                 )
                 for national_id, count in sorted(counts.items())
                 if count >= self.no_shows.limit and (national_id not in last or last[national_id][0] <= today)

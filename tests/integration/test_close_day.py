@@ -420,19 +420,53 @@ async def test_a_no_show_on_the_day_the_night_suspended_counts_towards_the_next(
     today = world.container.clock.today()
     night = today - dt.timedelta(days=9)  # the night that suspended
     ago = {(today - night).days + n: status for n, status in ((3, "no_show"), (2, "no_show"), (1, "booked"))}
-    await past_bookings(
-        world,
-        *((national_id, days, BookingStatus(status)) for days, status in ago.items()),
-        (national_id, (today - night).days, BookingStatus.NO_SHOW),  # marked that day
-        (national_id, 5, BookingStatus.NO_SHOW),
-        (national_id, 1, BookingStatus.BOOKED),
-    )
+    await past_bookings(world, *((national_id, days, BookingStatus(status)) for days, status in ago.items()))
     tz = world.container.clock.tz
     for day in (night, today):
         at = dt.datetime.combine(day, dt.time(0, 10), tzinfo=tz)
         monkeypatch.setattr(Clock, "now", lambda self, at=at: at)
         await asyncio.to_thread(close_day)
+        if day == night:  # that day, after the night's close: a clerk's mark, then two more
+            async with world.container.sessions() as session:
+                for number, days_ago in enumerate(((today - night).days, 5)):
+                    session.add(
+                        Booking(
+                            tracking_code=f"LATER{number:05d}", office_id=1, service_code="101",
+                            national_id=national_id, mobile="09120000000", date=today - dt.timedelta(days=days_ago),
+                            slot_time="10:00", pool="*", status=BookingStatus.NO_SHOW,
+                        )
+                    )  # fmt: skip
+                session.add(
+                    Booking(
+                        tracking_code="LATER00009", office_id=1, service_code="101", national_id=national_id,
+                        mobile="09120000000", date=today - dt.timedelta(days=1), slot_time="10:00", pool="*",
+                        status=BookingStatus.BOOKED,
+                    )
+                )  # fmt: skip
+                await session.commit()
     async with world.container.sessions() as session:
         made = list(await session.scalars(select(Suspension.counted_to).order_by(Suspension.id)))
     # The night's, then today's: that day's no-show, the one 5 days ago and yesterday's.
     assert made == [night - dt.timedelta(days=1), today - dt.timedelta(days=1)], made
+
+
+async def test_a_close_run_by_day_counts_todays_no_show_once(
+    world: World, deliver: Deliver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The night's close run again at 11:00 (requeued by the engineer) counts a no-show a
+    clerk marked this morning: the suspension it makes has counted today, and today's
+    no-show does not count again towards the next."""
+    await world.office()
+    national_id = world.national_id()
+    today = world.container.clock.today()
+    await past_bookings(
+        world,
+        (national_id, 3, BookingStatus.NO_SHOW),
+        (national_id, 1, BookingStatus.BOOKED),  # the night's to close
+        (national_id, 0, BookingStatus.NO_SHOW),  # a clerk's mark this morning
+    )
+    at = dt.datetime.combine(today, dt.time(11, 0), tzinfo=world.container.clock.tz)
+    monkeypatch.setattr(Clock, "now", lambda self: at)
+    await asyncio.to_thread(close_day)
+    async with world.container.sessions() as session:
+        assert list(await session.scalars(select(Suspension.counted_to))) == [today]
