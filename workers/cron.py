@@ -100,16 +100,27 @@ class Scheduler(CronScheduler):
         # Standing by, nothing is enqueued and the jobs due lately stay due: on taking over,
         # each is enqueued once. Moved on instead, a scheduler started again after its process
         # died (its lead still held by the dead one, for up to LEADER_SECONDS) had skipped what
-        # fell due meanwhile: the night's recount at 03:30, lost sign-in codes' sweep. Not those
-        # due long ago: a standby of days, taking over at 10:00, had run the night's close and
-        # purge in the rush.
-        if self.leads():
-            return super().enqueue_jobs()
+        # fell due meanwhile: the night's recount at 03:30, lost sign-in codes' sweep.
+        leading = self.leads()
         at = rq_now()
         for job in self._cron_jobs:
-            if job.should_run() and job.next_enqueue_time is not None and at - job.next_enqueue_time > NIGHT_LATE:
+            due = job.next_enqueue_time
+            if due is None or not job.should_run():
+                continue
+            # Not one due long ago: a standby of days taking over at 10:00, or a leader whose
+            # Redis was away all night, had run the night's close and purge in the rush.
+            long_ago = at - due > NIGHT_LATE and (job.cron or not leading)
+            # Nor a night's job the lead's last holder enqueued already (it stopped at 03:40):
+            # the recount run twice paused bookings twice.
+            done = leading and job.cron and self._enqueued_since(job, due)
+            if long_ago or done:
                 job.set_enqueue_time(at)
-        return []
+        return super().enqueue_jobs() if leading else []
+
+    def _enqueued_since(self, job: CronJob, due: dt.datetime) -> bool:
+        """Whether any scheduler enqueued ``job`` at or after ``due`` (RQ's history of it)."""
+        last = self.connection.zrange(job.job_history_key, -1, -1, withscores=True)
+        return bool(last) and float(last[0][1]) >= due.timestamp()
 
     def calculate_sleep_interval(self) -> float:
         # Standing by, the jobs stay due, and RQ's loop would not sleep at all.

@@ -331,16 +331,24 @@ def test_one_scheduler_enqueues_and_another_stands_by_until_it_stops(tmp_path: P
             # A night's job due long ago (a standby of days) is moved on, not run at 10:00 in
             # the rush on taking over; one due lately (a minute's, the recount at 03:30 for a
             # scheduler started again at 03:31) stays due.
-            second.register(sweep, queue_name="probe", cron="0 0 * * *")
-            second.register(sweep, queue_name="probe", cron="30 3 * * *")
-            nightly, lately = second.get_jobs()[1:]
+            nightly = second.register(sweep, queue_name="probe", cron="0 0 * * *", name="nightly")
+            lately = second.register(sweep, queue_name="probe", cron="30 3 * * *", name="lately")
+            already = second.register(sweep, queue_name="probe", cron="45 3 * * *", name="already")
             nightly.next_enqueue_time = rq_now() - cron.NIGHT_LATE - dt.timedelta(minutes=1)
-            lately.next_enqueue_time = rq_now() - dt.timedelta(minutes=1)
+            lately.next_enqueue_time = already.next_enqueue_time = rq_now() - dt.timedelta(minutes=10)
+            # The leader enqueued "already" when it fell due, then stopped (a deploy at 03:40).
+            redis.zadd(already.job_history_key, {"by-the-leader": (already.next_enqueue_time.timestamp() + 1)})
             assert second.enqueue_jobs() == [] and not nightly.should_run() and lately.should_run()
 
             first.register_death()  # stopped: handed over at its next ask
-            assert len(second.enqueue_jobs()) == 2 and second.leading and not first.leads()
+            assert len(second.enqueue_jobs()) == 2 and second.leading and not first.leads()  # the sweep and "lately"
             assert redis.llen("rq:queue:probe") == 3 and not job.should_run() and not lately.should_run()
+            assert not already.should_run()  # moved on, not run a second time
+
+            # Leading, a night's job due long ago (the job queues' Redis away all night) is moved
+            # on, not run at 09:00 in the rush.
+            nightly.next_enqueue_time = rq_now() - cron.NIGHT_LATE - dt.timedelta(minutes=1)
+            assert second.enqueue_jobs() == [] and not nightly.should_run()
             redis.pexpire(cron.LEADER_KEY, 1)  # the second dies without a word: its lead runs out
             time.sleep(0.05)
             assert first.leads() and not second.leads()
