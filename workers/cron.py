@@ -113,8 +113,16 @@ class Scheduler(CronScheduler):
             # Nor a night's job the lead's last holder enqueued already (it stopped at 03:40):
             # the recount run twice paused bookings twice.
             done = leading and job.cron and self._enqueued_since(job, due)
-            if long_ago or done:
+            if done or (long_ago and not job.cron):
                 job.set_enqueue_time(at)
+            elif long_ago:
+                # On to its first time in the last NIGHT_LATE, if any: still due, and run (the
+                # close's 02:00 for a Redis back at 02:10), not skipped to tomorrow's; unless
+                # the lead's last holder enqueued that one already.
+                job.set_enqueue_time(at - NIGHT_LATE)
+                moved = job.next_enqueue_time
+                if leading and moved is not None and moved <= at and self._enqueued_since(job, moved):
+                    job.set_enqueue_time(at)
         return super().enqueue_jobs() if leading else []
 
     def _enqueued_since(self, job: CronJob, due: dt.datetime) -> bool:

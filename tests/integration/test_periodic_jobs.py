@@ -349,6 +349,15 @@ def test_one_scheduler_enqueues_and_another_stands_by_until_it_stops(tmp_path: P
             # on, not run at 09:00 in the rush.
             nightly.next_enqueue_time = rq_now() - cron.NIGHT_LATE - dt.timedelta(minutes=1)
             assert second.enqueue_jobs() == [] and not nightly.should_run()
+            # But to its last time within the lateness, run then (the close's 02:00 for a Redis
+            # back at 02:10, not skipped to tomorrow's), and not if already run.
+            often = second.register(sweep, queue_name="probe", cron="*/10 * * * *", name="often")
+            often.next_enqueue_time = rq_now() - dt.timedelta(hours=2)
+            assert [j.name for j in second.enqueue_jobs()] == ["often"]
+            again = second.register(sweep, queue_name="probe", cron="*/10 * * * *", name="again")
+            again.next_enqueue_time = rq_now() - dt.timedelta(hours=2)
+            redis.zadd(again.job_history_key, {"by-the-leader": rq_now().timestamp()})
+            assert second.enqueue_jobs() == [] and not again.should_run()
             redis.pexpire(cron.LEADER_KEY, 1)  # the second dies without a word: its lead runs out
             time.sleep(0.05)
             assert first.leads() and not second.leads()
