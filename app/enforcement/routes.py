@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -20,6 +21,8 @@ from app.enforcement.service import watched_csv, watched_xlsx
 from app.locale import MAX_ID, parse_int
 from app.staff.routes import Staff
 from app.web import Deps, Session
+
+Body = TypeVar("Body", str, bytes)
 
 
 class RegulatorActionsController(Controller):
@@ -111,11 +114,7 @@ class GuildController(Controller):
         status: FromQuery[str | None] = None,
     ) -> Response[str]:
         offices = await container.enforcement.watched(session=session, staff=staff, province=province, status=status)
-        return Response(
-            watched_csv(offices),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="restricted-offices.csv"'},
-        )
+        return _download(watched_csv(offices), "text/csv; charset=utf-8", "restricted-offices.csv")
 
     @get("/offices.xlsx", summary="The same, as a spreadsheet (codes as text, right to left)")
     async def offices_xlsx(
@@ -127,10 +126,9 @@ class GuildController(Controller):
         status: FromQuery[str | None] = None,
     ) -> Response[bytes]:
         offices = await container.enforcement.watched(session=session, staff=staff, province=province, status=status)
-        return Response(
-            await asyncio.to_thread(watched_xlsx, offices),  # seconds for the whole country: off the loop
-            media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-            headers={"Content-Disposition": 'attachment; filename="restricted-offices.xlsx"'},
+        made = await asyncio.to_thread(watched_xlsx, offices)  # seconds for the whole country: off the loop
+        return _download(
+            made, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet", "restricted-offices.xlsx"
         )
 
     @get("/offices/{code:str}/history", summary="An office's restrictions and blocks")
@@ -165,3 +163,8 @@ class OfficeEnforcementController(Controller):
         return await container.enforcement.appeal(
             session=session, staff=staff, office_code=code, action_id=data.action_id, text=data.text
         )
+
+
+def _download(body: Body, media_type: str, filename: str) -> Response[Body]:
+    """A file the browser saves, as the guild's exports are."""
+    return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -15,6 +15,7 @@ import io
 import logging
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 
 from redis.exceptions import RedisError
@@ -921,24 +922,28 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
+def watched_table(offices: list[WatchedOffice]) -> Iterator[list[object]]:
+    """The guild's list as a table: the header, then a row for each office (values as they
+    are; each format writes them its own way)."""
+    categories = [c.value for c in Category]
+    yield [*CSV_COLUMNS, *(f"complaints_{c}" for c in categories)]
+    for office in offices:
+        yield [getattr(office, column) for column in CSV_COLUMNS] + [
+            office.complaints_by_category.get(c, 0) for c in categories
+        ]
+
+
 def watched_csv(offices: list[WatchedOffice]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
-    categories = [c.value for c in Category]
-    writer.writerow(CSV_COLUMNS + [f"complaints_{c}" for c in categories])
-    for office in offices:
-        writer.writerow(
-            [_cell(getattr(office, column)) for column in CSV_COLUMNS]
-            + [office.complaints_by_category.get(c, 0) for c in categories]
-        )
+    csv.writer(out).writerows([_cell(value) for value in row] for row in watched_table(offices))
     # A byte-order mark so Excel opens the Persian text as UTF-8.
     return "\ufeff" + out.getvalue()
 
 
 def watched_xlsx(offices: list[WatchedOffice]) -> bytes:
-    """``watched_csv``'s table as a spreadsheet, what the guild opens it in: the codes stay
-    text (the CSV's office "010001" read as 10001 in Excel, its province "01" as 1), the
-    sheet reads right to left, and no text someone typed is taken for a formula."""
+    """``watched_table`` as a spreadsheet, what the guild opens it in: the codes stay text
+    (the CSV's office "010001" read as 10001 in Excel, its province "01" as 1), the sheet
+    reads right to left, and no text someone typed is taken for a formula."""
     from openpyxl import Workbook
     from openpyxl.cell import WriteOnlyCell
 
@@ -953,13 +958,8 @@ def watched_xlsx(offices: list[WatchedOffice]) -> bytes:
         text.data_type = "s"  # as typed: "=..." is not run, "010001" keeps its zero
         return text
 
-    categories = [c.value for c in Category]
-    sheet.append([cell(name) for name in CSV_COLUMNS + [f"complaints_{c}" for c in categories]])
-    for office in offices:
-        sheet.append(
-            [cell(getattr(office, column)) for column in CSV_COLUMNS]
-            + [office.complaints_by_category.get(c, 0) for c in categories]
-        )
+    for row in watched_table(offices):
+        sheet.append([cell(value) for value in row])
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
