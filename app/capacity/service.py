@@ -272,7 +272,6 @@ class Capacity:
         # What this instance writes below it forgets here, so its own readers see it at once.
         self.reads = DayReader(self.auto, ttl=read_cache_seconds)
         self.clock = clock
-        self.tz = clock.tz
         self.horizon_days = horizon_days
 
     # --- the hot path ---
@@ -758,7 +757,7 @@ class Capacity:
     ) -> list[str | int]:
         cap = plan.cap(day, caps)
         args: list[str | int] = [
-            day_expiry(day, self.tz), "_status", plan.status, "_cap", cap, "_count", count_id,
+            day_expiry(day, self.clock.tz), "_status", plan.status, "_cap", cap, "_count", count_id,
         ]  # fmt: skip
         taken = used.on(plan.office_id, day, capped=cap < 100)
         slots: Sequence[Slot] = calendar.slots(
@@ -904,7 +903,7 @@ class Capacity:
         await reread_everywhere(self.redis)
         if still_ours is not None:
             await still_ours()
-        await self.redis.set(keys.REBUILT_AT, f"{dt.datetime.now(self.tz).isoformat()}|{servers}")
+        await self.redis.set(keys.REBUILT_AT, f"{self.clock.now().isoformat()}|{servers}")
         if still_ours is not None:
             try:  # taken over between the look and the mark (the lock and the marker share no slot)
                 await still_ours()
@@ -1029,7 +1028,7 @@ class Capacity:
         async for key in self.redis.scan_iter(match=keys.WAITLIST_PATTERN, count=1000):
             if as_text(key) not in lines:
                 await self.redis.delete(key)
-        calls = [([key], [day_expiry(day, self.tz), *codes]) for key, (day, codes) in lines.items()]
+        calls = [([key], [day_expiry(day, self.clock.tz), *codes]) for key, (day, codes) in lines.items()]
         await self.scripts.run_many(self.scripts.write_line, calls)
 
     async def _drop_geo_sets(self) -> None:

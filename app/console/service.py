@@ -943,8 +943,7 @@ class Console:
         today = self.clock.today()
         # The earliest this mark could have been made: a suspension made before it (the
         # night's close, for yesterday's no-shows) is not this mark's to take back.
-        slot_start = dt.datetime.combine(day, dt.time.fromisoformat(booking.slot_time), tzinfo=self.clock.tz)
-        marked_from = slot_start + dt.timedelta(minutes=self.no_shows.grace_minutes)
+        marked_from = self._absent_from(day, booking.slot_time)
         try:
             await self.capacity.hold_again(
                 national_id=national_id, tracking_code=code, day=day, service_code=service_code
@@ -1069,8 +1068,7 @@ class Console:
         """A citizen is absent only once their slot has started and the grace has passed:
         marked earlier, they would lose the seat and count towards a suspension while
         still on their way."""
-        starts = dt.datetime.combine(booking.date, dt.time.fromisoformat(booking.slot_time), tzinfo=self.clock.tz)
-        after = starts + dt.timedelta(minutes=self.no_shows.grace_minutes)
+        after = self._absent_from(booking.date, booking.slot_time)
         if self.clock.now() < after:
             raise NoShowTooEarly(after=after.strftime("%H:%M"))
 
@@ -1128,20 +1126,19 @@ class Console:
                     day, slot_time, promoted_at
                 ):
                     counted[national_id].append(day)
-            counts = Counter({national_id: len(days) for national_id, days in counted.items()})
             suspensions = [
                 Suspension(
                     national_id=national_id,
                     until=self._suspension_ends(today),
-                    reason=f"{count} no-shows in {self.no_shows.window_days} days",
+                    reason=f"{len(days)} no-shows in {self.no_shows.window_days} days",
                     created_at=now,  # by the service's clock, as read above (SQLite's own is UTC)
                     # The last day it counted: the night's counts up to yesterday (a no-show
                     # marked today counts towards the next), a run by day today's too (counted
                     # once, not again in the next).
-                    counted_to=max(counted[national_id]),
+                    counted_to=max(days),
                 )
-                for national_id, count in sorted(counts.items())
-                if count >= self.no_shows.limit and (national_id not in last or last[national_id][0] <= today)
+                for national_id, days in sorted(counted.items())
+                if len(days) >= self.no_shows.limit and (national_id not in last or last[national_id][0] <= today)
             ]
             session.add_all(suspensions)
             made += len(suspensions)
@@ -1152,8 +1149,15 @@ class Console:
         there: the lead a clerk's move gives a citizen."""
         if promoted_at is None:
             return False
-        starts = dt.datetime.combine(day, dt.time.fromisoformat(slot_time), tzinfo=self.clock.tz)
-        return self.clock.aware(promoted_at) > starts - MOVE_LEAD
+        return self.clock.aware(promoted_at) > self._starts(day, slot_time) - MOVE_LEAD
+
+    def _starts(self, day: dt.date, slot_time: str) -> dt.datetime:
+        """When a slot begins, in the offices' time."""
+        return dt.datetime.combine(day, dt.time.fromisoformat(slot_time), tzinfo=self.clock.tz)
+
+    def _absent_from(self, day: dt.date, slot_time: str) -> dt.datetime:
+        """The earliest a booking of this slot may be marked absent: its start and the grace."""
+        return self._starts(day, slot_time) + dt.timedelta(minutes=self.no_shows.grace_minutes)
 
     def _suspension_ends(self, today: dt.date) -> dt.date:
         """The end of a suspension made ``today``: the first day the citizen may book again."""
