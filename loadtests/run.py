@@ -288,7 +288,7 @@ class Run:
     def locust(self, stack: NobatStack, network: workloads.Network) -> None:
         args = self.args
         redis = Redis.from_url(stack.redis.url)
-        today = dt.datetime.now(ZoneInfo(self.tz)).date()
+        today = self.first_day
         firsts = network.first_offices()
         hot_codes = firsts[: args.hot_offices]
         # The rush is today when the hot offices open today (check-ins are for today only).
