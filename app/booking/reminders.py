@@ -63,7 +63,7 @@ async def send_due(*, session: AsyncSession, messenger: Messenger, now: dt.datet
             session,
             messenger,
             now,
-            kind="evening",
+            kind=EVENING_REMINDER,
             where=and_(
                 Booking.date == now.date() + dt.timedelta(days=1),
                 Booking.reminded_evening_at.is_(None),
@@ -75,7 +75,7 @@ async def send_due(*, session: AsyncSession, messenger: Messenger, now: dt.datet
         session,
         messenger,
         now,
-        kind="hour",
+        kind=HOUR_REMINDER,
         where=and_(
             _starts_between(now + dt.timedelta(minutes=60 - HOUR_LATE_MINUTES), now + dt.timedelta(minutes=60)),
             Booking.reminded_hour_at.is_(None),
@@ -94,8 +94,9 @@ async def _remind(
     where: ColumnElement[bool],
     keep: Callable[[Booking], bool],
 ) -> int:
-    mark = Booking.reminded_evening_at if kind == "evening" else Booking.reminded_hour_at
-    lead = "فردا" if kind == "evening" else "یک ساعت دیگر"
+    evening = kind == EVENING_REMINDER
+    mark = Booking.reminded_evening_at if evening else Booking.reminded_hour_at
+    lead = "فردا" if evening else "یک ساعت دیگر"
     sent, after_id = 0, 0
     while True:
         rows = await session.execute(
@@ -108,7 +109,7 @@ async def _remind(
         page: Sequence[tuple[Booking, str]] = [(booking, name) for booking, name in rows]
         if not page:
             return sent
-        if kind == "evening" and messenger.clock.now().date() != now.date():
+        if evening and messenger.clock.now().date() != now.date():
             # Past midnight, "tomorrow" is today: what is left is the hour's reminder's.
             await session.rollback()
             return sent
@@ -142,7 +143,7 @@ async def _remind(
                     to=booking.mobile,
                     body=f"یادآوری نوبت: {lead}، {when}، {office_name}. کد رهگیری {booking.tracking_code}. "
                     f"برای لغو: لغو {booking.tracking_code}",
-                    kind={"evening": EVENING_REMINDER, "hour": HOUR_REMINDER}[kind],
+                    kind=kind,
                 )
             sent += len(ours)
         await session.commit()
