@@ -108,27 +108,23 @@ class Scheduler(CronScheduler):
             if due is None or not job.should_run():
                 continue
             # Not one due long ago: a standby of days taking over at 10:00, or a leader whose
-            # Redis was away all night, had run the night's close and purge in the rush.
-            long_ago = at - due > NIGHT_LATE and (job.cron or not leading)
+            # Redis was away all night, had run the night's close and purge in the rush. A
+            # night's job moves on to its last time within the lateness, if any (the close's
+            # 02:00 for a Redis back at 02:10, not tomorrow's); standing by, any other to now.
+            if at - due > NIGHT_LATE and job.cron:
+                job.set_enqueue_time(at - NIGHT_LATE)
+            elif at - due > NIGHT_LATE and not leading:
+                job.set_enqueue_time(at)
             # Nor a night's job the lead's last holder enqueued already (it stopped at 03:40):
             # the recount run twice paused bookings twice.
-            done = leading and job.cron and self._enqueued_since(job, due)
-            if done or (long_ago and not job.cron):
+            if leading and job.cron and job.should_run() and self._enqueued_since(job, job.next_enqueue_time):
                 job.set_enqueue_time(at)
-            elif long_ago:
-                # On to its first time in the last NIGHT_LATE, if any: still due, and run (the
-                # close's 02:00 for a Redis back at 02:10), not skipped to tomorrow's; unless
-                # the lead's last holder enqueued that one already.
-                job.set_enqueue_time(at - NIGHT_LATE)
-                moved = job.next_enqueue_time
-                if leading and moved is not None and moved <= at and self._enqueued_since(job, moved):
-                    job.set_enqueue_time(at)
         return super().enqueue_jobs() if leading else []
 
-    def _enqueued_since(self, job: CronJob, due: dt.datetime) -> bool:
+    def _enqueued_since(self, job: CronJob, due: dt.datetime | None) -> bool:
         """Whether any scheduler enqueued ``job`` at or after ``due`` (RQ's history of it)."""
         last = self.connection.zrange(job.job_history_key, -1, -1, withscores=True)
-        return bool(last) and float(last[0][1]) >= due.timestamp()
+        return due is not None and bool(last) and float(last[0][1]) >= due.timestamp()
 
     def calculate_sleep_interval(self) -> float:
         # Standing by, the jobs stay due, and RQ's loop would not sleep at all.
