@@ -284,6 +284,7 @@ async def test_appeal_overturned_and_the_guild_lifts(client: Client, world: Worl
     assert late.status_code == 409
     csv = await client.get("/api/v1/guild/offices.csv", headers=gld)
     assert csv.status_code == 200 and csv.text.lstrip("\ufeff").startswith("code,name_fa")
+    assert csv.headers["content-type"] == "text/csv; charset=utf-8"  # said once, not twice
     assert second in csv.text
     # In the offices' time on either record (PostgreSQL's had come back in UTC: 3.5 hours off).
     [watched] = [o for o in (await client.get("/api/v1/guild/offices", headers=gld)).json() if o["code"] == second]
